@@ -1,0 +1,38 @@
+/**
+ * `nmoe` command line. Each command lives in its own file and registers itself on the program; this file only
+ * wires them together and turns errors into exit codes (2: the user's input is wrong, 1: a bug or a crash).
+ */
+import { Command, CommanderError } from 'commander';
+import pc from 'picocolors';
+import { UserError } from '../util/errors.ts';
+import { registerConfigCommand } from './config-cmd.ts';
+import { registerTrainCommand } from './train-cmd.ts';
+
+export const VERSION = '0.1.0';
+
+export function buildProgram(): Command {
+  const program = new Command('nmoe')
+    .description('Mixture-of-Experts trainer: TOML configs, a CPU reference backend and a CUDA backend.')
+    .version(VERSION)
+    .showHelpAfterError()
+    .exitOverride();
+  registerTrainCommand(program);
+  registerConfigCommand(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode; // commander already printed help or the error
+    if (err instanceof UserError) {
+      process.stderr.write(`${pc.red('nmoe: error:')} ${err.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`${pc.red('nmoe: internal error:')} ${(err as Error)?.stack ?? String(err)}\n`);
+    return 1;
+  }
+}

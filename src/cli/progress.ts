@@ -1,0 +1,54 @@
+/**
+ * Progress output for long work. On a TTY: one redrawn line with a bar, step, loss, tok/s and ETA, with log lines
+ * printed above it. Elsewhere (CI, files, pipes): only the log lines, so logs stay readable.
+ */
+import pc from 'picocolors';
+
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return '--';
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  return h > 0 ? `${h}h${String(m).padStart(2, '0')}m` : m > 0 ? `${m}m${String(r).padStart(2, '0')}s` : `${r}s`;
+}
+
+export function formatCount(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)}B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(2)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}K`;
+  return n.toFixed(0);
+}
+
+export class Progress {
+  readonly #stream: NodeJS.WriteStream;
+  readonly #tty: boolean;
+  #barShown = false;
+
+  constructor(stream: NodeJS.WriteStream = process.stderr) {
+    this.#stream = stream;
+    this.#tty = !!stream.isTTY && process.env.CI === undefined;
+  }
+
+  /** Prints a line of log output (above the bar on a TTY). */
+  line(text: string): void {
+    this.#clear();
+    process.stdout.write(`${text}\n`);
+  }
+
+  bar(done: number, total: number, fields: string): void {
+    if (!this.#tty) return;
+    const width = 24;
+    const filled = Math.round((width * Math.min(done, total)) / Math.max(total, 1));
+    const bar = pc.cyan('█'.repeat(filled)) + pc.dim('░'.repeat(width - filled));
+    this.#stream.write(`\r\x1b[2K${bar} ${fields}`);
+    this.#barShown = true;
+  }
+
+  finish(): void {
+    this.#clear();
+  }
+
+  #clear(): void {
+    if (this.#barShown) this.#stream.write('\r\x1b[2K');
+    this.#barShown = false;
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * `nmoe train [config.toml] [--key=value ...]`: loads and validates the config (file, then NMOE_* environment,
+ * then command-line overrides), picks the backend and runs the training loop with progress output. Without a
+ * config it trains the embedded default, configs/tiny.toml. Ctrl-C stops after the step in flight; a second
+ * Ctrl-C exits at once.
+ */
+import type { Command } from 'commander';
+import pc from 'picocolors';
+import { configFingerprint } from '../config/fingerprint.ts';
+import { defaultConfigPath, loadConfig } from '../config/load.ts';
+import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
+import { selectBackend } from '../tensor/select.ts';
+import { type LogRecord, type TrainEvents, train } from '../train/trainer.ts';
+import { Progress, formatCount, formatDuration } from './progress.ts';
+
+function formatLog(r: LogRecord): string[] {
+  const main =
+    `step ${String(r.step).padStart(String(r.steps).length)}/${r.steps}  loss ${r.loss.toFixed(4)}  grad_norm ${r.gradNorm.toFixed(3)}  ` +
+    `lr ${r.lr.toExponential(2)}  ${formatCount(r.tokensPerSecond)} tok/s  ${r.tflops.toFixed(3)} TFLOPS  ${r.msPerStep.toFixed(0)} ms/step`;
+  if (!r.routerAgg) return [main];
+  const layers = r.router
+    .map((l, i) => `L${i}[cv ${l.cv.toFixed(0)}% max ${l.max_load.toFixed(0)}% H ${l.entropy.toFixed(2)} act ${l.experts_active} bias ${l.bias_range.toFixed(3)}]`)
+    .join(' ');
+  return [main, pc.dim(`  router: mean cv ${r.routerAgg.mean_cv.toFixed(1)}%  dead ${r.routerAgg.dead_experts_count}  ${layers}`)];
+}
+
+export function registerTrainCommand(program: Command): void {
+  program
+    .command('train')
+    .description('Train a model. Without a config, trains the embedded default (configs/tiny.toml) on the bundled corpus.')
+    .argument('[config]', 'TOML config file', undefined)
+    .argument('[overrides...]', 'config overrides as --key=value (also --resume / --no-resume)')
+    .allowUnknownOption()
+    .helpOption('-h, --help', 'show help')
+    .addHelpText('after', '\nExamples:\n  nmoe train\n  nmoe train configs/tiny.toml --steps=50 --lr_dense=1e-3\n  NMOE_STEPS=20 nmoe train configs/tiny.toml')
+    .action(async (configArg: string | undefined, rest: string[]) => {
+      // A leading --key=value lands in `configArg` when no file is given.
+      const args = [configArg, ...rest].filter((a): a is string => a !== undefined);
+      const path = args[0] && !args[0].startsWith('--') ? args.shift()! : defaultConfigPath();
+      const { config } = loadConfig(path, { overrides: args });
+      const backend = selectBackend(config.device);
+      const progress = new Progress();
+      const abort = new AbortController();
+      const onSigint = () => {
+        if (abort.signal.aborted) process.exit(130);
+        progress.line(pc.yellow('interrupted: stopping after this step (Ctrl-C again to exit now)'));
+        abort.abort();
+      };
+      process.on('SIGINT', onSigint);
+      process.on('SIGTERM', onSigint);
+      progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
+      const events: TrainEvents = {
+        start(info) {
+          progress.line(
+            `device ${info.device} | params ${formatCount(info.params.total)} total, ${formatCount(info.params.active)} active | ` +
+              `${formatCount(info.flopsPerToken)} FLOPs/token | ${formatCount(info.tokensPerStep)} tokens/step | data ${formatCount(info.dataTokens)} tokens`,
+          );
+          if (config.data_path === null && config.tokenizer === 'bytes') {
+            const entropy = unigramEntropy(embeddedTokens(), config.vocab_size, config.eos_token_id);
+            progress.line(`embedded corpus (Moby Dick, bytes): unigram entropy ${entropy.toFixed(4)} nats/token; a model that learns anything beats it`);
+          }
+        },
+        step(r) {
+          progress.bar(r.step, r.steps, `step ${r.step}/${r.steps}  loss ${r.loss.toFixed(4)}  ${formatCount(r.tokensPerSecond)} tok/s  ETA ${formatDuration(r.etaSeconds)}`);
+        },
+        log(r) {
+          for (const l of formatLog(r)) progress.line(l);
+        },
+      };
+      try {
+        const s = await train(config, backend, events, abort.signal);
+        progress.finish();
+        progress.line(
+          `${s.stoppedEarly ? pc.yellow('stopped') : pc.green('done')}: ${s.steps} steps in ${formatDuration(s.wallSeconds)} | ` +
+            `loss ${s.firstLoss.toFixed(4)} -> ${s.finalLoss.toFixed(4)} | ${formatCount(s.tokensSeen)} tokens at ${formatCount(s.tokensPerSecond)} tok/s`,
+        );
+      } finally {
+        progress.finish();
+        process.off('SIGINT', onSigint);
+        process.off('SIGTERM', onSigint);
+      }
+    });
+}

@@ -1,0 +1,32 @@
+/**
+ * Config fingerprint: a hash of only the fields that change the training math (`math: true` in FIELDS). Resume
+ * compares fingerprints, so run-management knobs (steps, log_every, checkpointing, resume, paths of outputs) can
+ * change between runs; the reference hashed every field, so raising `steps` blocked resuming.
+ */
+import { createHash } from 'node:crypto';
+import { CONFIG_KEYS, FIELDS, type Config } from './schema.ts';
+
+export const MATH_KEYS: readonly (keyof Config)[] = CONFIG_KEYS.filter((k) => FIELDS[k].math);
+
+/** JSON with object keys sorted at every depth and no whitespace; absent (undefined) table entries are dropped. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (typeof value === 'object' && value !== null) {
+    const entries = Object.entries(value)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : 1)); // keys are unique
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/** sha256 (hex) of the canonical JSON of the math fields. */
+export function configFingerprint(cfg: Config): string {
+  const math = Object.fromEntries(MATH_KEYS.map((k) => [k, cfg[k]]));
+  return createHash('sha256').update(canonicalJson(math)).digest('hex');
+}
+
+/** The math fields whose values differ between two configs, in FIELDS order. */
+export function fingerprintDiff(a: Config, b: Config): string[] {
+  return MATH_KEYS.filter((k) => canonicalJson(a[k]) !== canonicalJson(b[k]));
+}

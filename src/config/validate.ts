@@ -1,0 +1,337 @@
+/**
+ * Config checking. Every problem is reported as ONE line of the form
+ *   `<key> = <value> <what is wrong> [<where it came from>]. Fix: <what to do>.`
+ * where "where" is `file:line`, `NMOE_STEPS (environment)`, `--steps=5 (command line)` or the default. The loader
+ * collects all problems (bad types, unknown keys, then the rules below) and throws a single ConfigError.
+ */
+import { yarnBand } from '../model/rope.ts';
+import { UserError } from '../util/errors.ts';
+import { FIELDS, TOKENIZERS, tomlLiteral, type Config, type ScalarType } from './schema.ts';
+
+export class ConfigError extends UserError {
+  override name = 'ConfigError';
+  /** Every problem found, one line each; `message` is the first. */
+  readonly errors: string[];
+
+  constructor(errors: string[]) {
+    super(errors[0]);
+    this.errors = errors;
+  }
+}
+
+export function problem(subject: string, what: string, where: string, fix: string): string {
+  return `${subject} ${what} [${where}]. Fix: ${fix}${fix.endsWith('?') ? '' : '.'}`;
+}
+
+export function syntaxProblem(file: string, line: number, column: number, reason: string, source: string): string {
+  const text = source.split(/\r?\n/)[line - 1]?.trim() ?? '';
+  return problem(`invalid TOML syntax (${reason})`, `in ${JSON.stringify(text)}`, `${file}:${line}:${column}`,
+    `correct line ${line} of ${file} (strings need quotes; one key = value per line)`);
+}
+
+export function unknownKeyProblem(name: string, value: unknown, where: string, known: readonly string[]): string {
+  if (isTable(value)) {
+    return problem(`[${name}]`, 'is not a config table', where,
+      'move its keys to the top level (the only tables are [attn_swa], [attn_nsa] and [attn_dsa])');
+  }
+  const guess = closest(name.slice(name.lastIndexOf('.') + 1), known);
+  const prefix = name.includes('.') ? `${name.slice(0, name.lastIndexOf('.'))}.` : '';
+  const fix = guess ? `did you mean ${prefix}${guess}?`
+    : known.length > 12 ? 'remove it (`nmoe config show configs/tiny.toml` lists every key)'
+    : `remove it (the keys here are ${known.join(', ')})`;
+  return problem(value === undefined ? name : `${name} = ${tomlLiteral(value)}`, 'is not a config key', where, fix);
+}
+
+/** A TOML table (the parser returns dates as Date objects and arrays as arrays). */
+export function isTable(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
+}
+
+/** The closest candidate by edit distance, if it is close enough to be a plausible typo. */
+export function closest(name: string, candidates: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Math.max(2, Math.floor(name.length / 3)) + 1;
+  for (const c of candidates) {
+    const d = editDistance(name, c);
+    if (d < bestDistance) [best, bestDistance] = [c, d];
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = row;
+  }
+  return prev[b.length];
+}
+
+export type Coerced = { ok: true; value: unknown } | { ok: false; problem: string };
+
+/**
+ * Checks a parsed value against a field's type. Integers arrive as bigint (the TOML parser runs with
+ * integersAsBigInt) so `dim = 20.0` can be told apart from `dim = 20`; they become numbers here.
+ */
+export function coerce(name: string, type: ScalarType, value: unknown, where: string): Coerced {
+  const bad = (what: string, fix: string): Coerced =>
+    ({ ok: false, problem: problem(`${name} = ${tomlLiteral(value)}`, what, where, fix) });
+  const unquoted = typeof value === 'string' ? value.trim() : undefined;
+  if (value === null && type.nullable) return { ok: true, value };
+  switch (type.kind) {
+    case 'int':
+      if (typeof value === 'bigint') {
+        return Number.isSafeInteger(Number(value))
+          ? { ok: true, value: Number(value) }
+          : bad('is too large', `use an integer between ${Number.MIN_SAFE_INTEGER} and ${Number.MAX_SAFE_INTEGER}`);
+      }
+      if (typeof value === 'number') {
+        return Number.isInteger(value)
+          ? bad('is a float, expected an integer', `drop the decimal point (${name} = ${value})`)
+          : bad('is a float, expected an integer',
+            `use a whole number (${name} = ${Math.floor(value)} or ${Math.ceil(value)})`);
+      }
+      if (unquoted !== undefined && /^[+-]?\d+$/.test(unquoted)) {
+        return bad('is a string, expected an integer', `remove the quotes (${name} = ${unquoted})`);
+      }
+      return bad(`is ${kindOf(value)}, expected an integer`, `give ${name} a whole number`);
+    case 'float':
+      if (typeof value === 'bigint') return { ok: true, value: Number(value) };
+      if (typeof value === 'number') {
+        return Number.isFinite(value) ? { ok: true, value } : bad('is not a finite number', `give ${name} a finite number`);
+      }
+      if (unquoted !== undefined && unquoted !== '' && Number.isFinite(Number(unquoted))) {
+        return bad('is a string, expected a number', `remove the quotes (${name} = ${unquoted})`);
+      }
+      return bad(`is ${kindOf(value)}, expected a number`, `give ${name} a number such as 1.0`);
+    case 'bool':
+      if (typeof value === 'boolean') return { ok: true, value };
+      if (unquoted === 'true' || unquoted === 'false') {
+        return bad('is a string, expected true or false', `remove the quotes (${name} = ${unquoted})`);
+      }
+      return bad(`is ${kindOf(value)}, expected true or false`, `use ${name} = true or ${name} = false`);
+    case 'string':
+      if (typeof value === 'string') return { ok: true, value };
+      return bad(`is ${kindOf(value)}, expected a string`, `quote the value (${name} = "${String(value)}")`);
+    case 'enum': {
+      const choices = type.values.map((v) => JSON.stringify(v)).join(', ');
+      if (typeof value === 'string' && type.values.includes(value)) return { ok: true, value };
+      if (typeof value === 'string' && type.notYet?.includes(value)) {
+        return bad('is supported by the reference but not implemented in nmoe yet', `use one of ${choices}`);
+      }
+      const guess = typeof value === 'string' ? closest(value, type.values) : undefined;
+      return bad(`is not one of ${choices}`, guess ? `did you mean ${name} = "${guess}"?` : `use one of ${choices}`);
+    }
+  }
+}
+
+function kindOf(value: unknown): string {
+  if (typeof value === 'bigint') return 'an integer';
+  if (typeof value === 'number') return 'a float';
+  if (typeof value === 'boolean') return 'a boolean';
+  if (typeof value === 'string') return 'a string';
+  if (isTable(value)) return 'a table';
+  return Array.isArray(value) ? 'an array' : 'a date';
+}
+
+/** Inputs of a rule are never null when it runs (absent required fields are reported on their own). */
+type Checked = { [K in keyof Config]: NonNullable<Config[K]> };
+
+interface Rule {
+  /** The message is about keys[0]; the rule is skipped if any key is null or had a bad value. */
+  keys: (keyof Config)[];
+  when?: (c: Checked) => boolean;
+  ok: (c: Checked, world: number) => boolean;
+  what: (c: Checked, world: number) => string;
+  fix: (c: Checked, world: number) => string;
+}
+
+const hasMoe = (c: Pick<Config, 'n_layers' | 'n_dense_layers'>): boolean =>
+  c.n_layers === null || c.n_dense_layers < c.n_layers;
+const hasDense = (c: Pick<Config, 'n_dense_layers'>): boolean => c.n_dense_layers > 0;
+
+const REQUIRED: [keyof Config, (c: Config) => boolean, string][] = [
+  ['dim', () => true, ''],
+  ['n_layers', () => true, ''],
+  ['n_heads', () => true, ''],
+  ['inter_dim', hasDense, ' (the first n_dense_layers layers use a dense MLP)'],
+  ['moe_inter_dim', hasMoe, ' (layers past n_dense_layers are MoE)'],
+  ['n_routed_experts', hasMoe, ' (layers past n_dense_layers are MoE)'],
+  ['n_activated_experts', hasMoe, ' (layers past n_dense_layers are MoE)'],
+];
+
+function positive(key: keyof Config, fix: string, when?: Rule['when']): Rule {
+  return { keys: [key], when, ok: (c) => (c[key] as number) > 0, what: () => 'must be > 0', fix: () => fix };
+}
+
+function atLeast(key: keyof Config, min: number, fix: string): Rule {
+  return { keys: [key], ok: (c) => (c[key] as number) >= min, what: () => `must be >= ${min}`, fix: () => fix };
+}
+
+/** YaRN's ramp band in rotary-pair units, from the same function that builds the RoPE tables. */
+function yarnBandOf(c: Config): { low: number; high: number; limit: number } {
+  const band = yarnBand({
+    dim: c.qk_rope_head_dim, theta: Math.trunc(c.rope_theta), maxPositions: c.max_position_embeddings,
+    scalingFactor: c.rope_scaling_factor, ntkAlpha: c.rope_ntk_alpha, ntkBeta: c.rope_ntk_beta,
+  });
+  return { ...band, limit: c.qk_rope_head_dim / 2 - 1 };
+}
+
+const RULES: Rule[] = [
+  ...(['vocab_size', 'dim', 'n_layers', 'n_heads', 'kv_lora_rank', 'qk_nope_head_dim',
+    'qk_rope_head_dim', 'v_head_dim', 'max_position_embeddings'] as const)
+    .map((key) => positive(key, `give ${key} a positive value`)),
+  positive('inter_dim', 'give inter_dim a positive value', hasDense),
+  positive('moe_inter_dim', 'give moe_inter_dim a positive value', hasMoe),
+  positive('n_routed_experts', 'give n_routed_experts a positive value', hasMoe),
+  positive('batch_size', 'set batch_size to the global number of sequences per step, e.g. 8'),
+  positive('seq_len', 'set seq_len to the tokens per sequence, e.g. 4096'),
+  atLeast('q_lora_rank', 0, 'use 0 for an uncompressed query projection'),
+  atLeast('n_shared_experts', 0, 'use 0 for no shared expert'),
+  atLeast('n_dense_layers', 0, 'use 0 for an all-MoE model'),
+  {
+    keys: ['n_dense_layers', 'n_layers'],
+    ok: (c) => c.n_dense_layers <= c.n_layers,
+    what: (c) => `must be <= n_layers (${c.n_layers})`,
+    fix: () => 'lower n_dense_layers or raise n_layers',
+  },
+  positive('n_activated_experts', 'route each token to at least one expert', hasMoe),
+  {
+    keys: ['n_activated_experts', 'n_routed_experts'], when: hasMoe,
+    ok: (c) => c.n_activated_experts <= c.n_routed_experts,
+    what: (c) => `must be <= n_routed_experts (${c.n_routed_experts})`,
+    fix: () => 'lower n_activated_experts or raise n_routed_experts',
+  },
+  {
+    keys: ['n_activated_experts'], when: hasMoe,
+    ok: (c) => c.n_activated_experts <= 32,
+    what: () => 'must be <= 32 (the routing kernels handle at most 32 experts per token)',
+    fix: () => 'lower n_activated_experts to 32 or less',
+  },
+  {
+    keys: ['vocab_size', 'tokenizer'],
+    ok: (c) => c.vocab_size >= TOKENIZERS[c.tokenizer].vocabSize,
+    what: (c) => {
+      const v = TOKENIZERS[c.tokenizer].vocabSize;
+      return `is smaller than the ${c.tokenizer} tokenizer's vocabulary (${v}): ` +
+        `ids up to ${v - 1} would overflow the embedding`;
+    },
+    fix: (c) => `set vocab_size = ${TOKENIZERS[c.tokenizer].vocabSize}`,
+  },
+  atLeast('eos_token_id', 0, 'use the tokenizer\'s end-of-text id'),
+  {
+    keys: ['eos_token_id', 'vocab_size'],
+    ok: (c) => c.eos_token_id < c.vocab_size,
+    what: (c) => `must be < vocab_size (${c.vocab_size})`,
+    fix: (c) => `use the ${c.tokenizer} end-of-text id (${TOKENIZERS[c.tokenizer].eosTokenId})`,
+  },
+  {
+    keys: ['seq_len', 'max_position_embeddings'],
+    ok: (c) => c.seq_len <= 2 * c.max_position_embeddings,
+    what: (c) => `exceeds the RoPE tables (2 * max_position_embeddings = ${2 * c.max_position_embeddings} positions)`,
+    fix: (c) => `lower seq_len or raise max_position_embeddings to at least ${Math.ceil(c.seq_len / 2)}`,
+  },
+  {
+    keys: ['rope_theta'],
+    ok: (c) => c.rope_theta > 1,
+    what: () => 'must be > 1',
+    fix: () => 'use a RoPE base such as 10000.0 or 50000.0',
+  },
+  {
+    keys: ['qk_rope_head_dim'],
+    ok: (c) => c.qk_rope_head_dim % 2 === 0,
+    what: () => 'must be even (RoPE rotates pairs of dims)',
+    fix: (c) => `use ${c.qk_rope_head_dim + 1}`,
+  },
+  atLeast('rope_scaling_factor', 1, 'use 1.0 for no context extension, or a factor > 1 for YaRN'),
+  {
+    keys: ['rope_scaling_factor', 'qk_rope_head_dim', 'max_position_embeddings', 'rope_theta', 'rope_ntk_alpha',
+      'rope_ntk_beta'],
+    when: (c) => c.rope_scaling_factor > 1,
+    ok: (c) => {
+      const { low, high, limit } = yarnBandOf(c);
+      return low > 0 && low < high && high < limit;
+    },
+    what: (c) => {
+      const { low, high, limit } = yarnBandOf(c);
+      return `needs a YaRN band with 0 < low < high < qk_rope_head_dim/2 - 1 = ${limit}, ` +
+        `but low = ${low.toFixed(2)} and high = ${high.toFixed(2)}`;
+    },
+    fix: () => 'adjust rope_ntk_beta (moves low), rope_ntk_alpha (moves high), max_position_embeddings or rope_theta',
+  },
+  {
+    keys: ['attn_global_every'],
+    ok: (c) => c.attn_global_every === 1,
+    what: () => 'must be 1: nmoe does not implement local (windowed) attention layers yet',
+    fix: () => 'set attn_global_every = 1 (every layer uses global attention)',
+  },
+  positive('decay_floor', 'use a small absolute LR such as 3e-5'),
+  {
+    keys: ['decay_floor', 'lr_expert', 'lr_dense'],
+    ok: (c) => c.decay_floor <= Math.min(c.lr_expert, c.lr_dense),
+    what: (c) => `must be <= min(lr_expert, lr_dense) = ${Math.min(c.lr_expert, c.lr_dense)}`,
+    fix: () => 'lower decay_floor (it is an absolute LR, not a ratio) or raise the peak LRs',
+  },
+  atLeast('warmup_steps', 0, 'use 0 for no warmup'),
+  atLeast('log_every', 1, 'log at least every step (log_every = 1)'),
+  atLeast('grad_clip_norm', 0, 'use 0 to disable clipping'),
+  positive('route_scale', 'use 1.0 for unscaled router logits'),
+  atLeast('router_bias_update_rate', 0, 'use 0 to freeze the router bias'),
+  {
+    keys: ['steps'], when: (c) => c.flow_mode === null,
+    ok: (c) => c.steps >= 1,
+    what: () => 'must be >= 1 (steps <= 0 means "derive from the flow budget" only when flow_mode is set)',
+    fix: () => 'give steps a positive number of optimizer steps',
+  },
+  {
+    keys: ['n_routed_experts'], when: hasMoe,
+    ok: (c, world) => c.n_routed_experts % world === 0,
+    what: (_, world) => `must be divisible by the world size (${world}): every rank owns the same number of experts`,
+    fix: (c) => `run on a number of ranks that divides ${c.n_routed_experts}, or change n_routed_experts`,
+  },
+  {
+    keys: ['batch_size'],
+    ok: (c, world) => c.batch_size % world === 0,
+    what: (_, world) => `must be divisible by the world size (${world}): batch_size is the global batch`,
+    fix: (_, world) => `make batch_size a multiple of ${world}`,
+  },
+];
+
+export interface CheckContext {
+  /** Where a key's value came from, for messages. */
+  where: (key: keyof Config) => string;
+  /** The config file, named when a required key is absent. */
+  file: string;
+  worldSize: number;
+  /** Keys whose value was rejected already: their rules are skipped to avoid follow-on noise. */
+  skip?: ReadonlySet<string>;
+}
+
+/** Every rule violation of a well-typed config, in a stable order (required keys first). */
+export function configProblems(cfg: Config, ctx: CheckContext): string[] {
+  const skipped = (key: keyof Config): boolean => cfg[key] === null || (ctx.skip?.has(key) ?? false);
+  const out: string[] = [];
+  for (const [key, needed, why] of REQUIRED) {
+    if (cfg[key] === null && !ctx.skip?.has(key) && needed(cfg)) {
+      out.push(problem(key, `is required but absent${why}`, ctx.file, `add a line ${key} = <integer> to ${ctx.file}`));
+    }
+  }
+  const c = cfg as Checked;
+  for (const rule of RULES) {
+    if (rule.keys.some(skipped) || (rule.when && !rule.when(c))) continue;
+    if (rule.ok(c, ctx.worldSize)) continue;
+    const key = rule.keys[0];
+    out.push(problem(`${key} = ${tomlLiteral(cfg[key], FIELDS[key].type)}`, rule.what(c, ctx.worldSize),
+      ctx.where(key), rule.fix(c, ctx.worldSize)));
+  }
+  return out;
+}
+
+/** Throws a ConfigError listing every problem, if there are any. */
+export function validateConfig(cfg: Config, ctx: CheckContext): void {
+  const problems = configProblems(cfg, ctx);
+  if (problems.length) throw new ConfigError(problems);
+}

@@ -1,0 +1,35 @@
+/**
+ * What every layer's forward and backward needs: the backend, the parameters, the config, the batch geometry and
+ * the RoPE tables; plus the Linear helpers (weights are [out, in] as in PyTorch, so y = x W^T).
+ */
+import type { Backend } from '../tensor/backend.ts';
+import type { Tensor } from '../tensor/tensor.ts';
+import type { ParamStore } from './params.ts';
+import type { ModelConfig } from './spec.ts';
+
+export interface LayerContext {
+  b: Backend;
+  p: ParamStore;
+  cfg: ModelConfig;
+  batch: number;
+  seqLen: number;
+  /** f32 [positions, qk_rope_head_dim / 2] */
+  ropeCos: Tensor;
+  ropeSin: Tensor;
+}
+
+/** y [T, out] = x [T, in] @ W^T, W [out, in]. */
+export function linear(ctx: LayerContext, x: Tensor, weight: string): Tensor {
+  return ctx.b.matmul(x, ctx.p.get(weight), { transB: true });
+}
+
+/** Accumulates dW += dy^T x and returns dx = dy W. */
+export function linearBackward(ctx: LayerContext, dy: Tensor, x: Tensor, weight: string): Tensor {
+  ctx.b.matmul(dy, x, { transA: true, out: ctx.p.grad(weight), accumulate: true });
+  return ctx.b.matmul(dy, ctx.p.get(weight));
+}
+
+/** Frees every tensor in a saved-activation record. */
+export function freeAll(saved: Record<string, Tensor | null | undefined>): void {
+  for (const t of Object.values(saved)) t?.free();
+}

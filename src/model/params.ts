@@ -1,0 +1,122 @@
+/**
+ * The parameter store: every weight (and the router-bias buffers) by name, with its shape, its initialiser, its
+ * optimizer group, and its gradient. Names follow the reference's module paths (`blocks.3.attn.wq_a.weight`,
+ * `blocks.3.ffn.W1`), which also decide the optimizer groups exactly as the reference's rules do (inventory §5.1).
+ *
+ * Init (inventory §3.2): embedding N(0, 0.02); lm_head N(0, dim^-0.5) clamped to ±2 (torch's trunc_normal bounds
+ * are absolute); norms 1; input projections N(0, 0.02); output projections, router gates and all expert weights
+ * N(0, 0.02 / sqrt(2 (layer + 1))). Each tensor draws from its own Philox stream keyed by (seed, name), and expert
+ * tensors index the stream by GLOBAL expert, so every expert starts different (the reference gives each rank's
+ * local experts identical copies) and a rank's slice equals the same experts on one GPU.
+ */
+import type { Backend } from '../tensor/backend.ts';
+import type { Tensor } from '../tensor/tensor.ts';
+import { shapeNumel } from '../tensor/tensor.ts';
+import { hashString } from '../util/philox.ts';
+
+export type ParamGroup = 'expert' | 'router' | 'dense_decay' | 'dense_no_decay';
+
+export type Init = { kind: 'normal'; std: number; clamp?: number } | { kind: 'ones' } | { kind: 'zeros' };
+
+export interface ParamSpec {
+  name: string;
+  /** Local shape (for expert tensors: [local experts, ...]). */
+  shape: number[];
+  init: Init;
+  /** Buffers (router bias) are state, not trained: no gradient, no optimizer group. */
+  buffer?: boolean;
+  /** Expert tensors: index of the first local expert among all experts. */
+  firstExpert?: number;
+}
+
+export interface Param extends ParamSpec {
+  value: Tensor;
+  grad: Tensor | null;
+  group: ParamGroup | null;
+}
+
+/** The reference's grouping rules, by name. */
+export function paramGroup(name: string): ParamGroup {
+  if (/\.W[123]$/.test(name)) return 'expert';
+  if (name.includes('router')) return 'router';
+  const noDecay = name.endsWith('.bias') || name.includes('norm') || name.startsWith('embedding.') || name.startsWith('lm_head.');
+  return noDecay ? 'dense_no_decay' : 'dense_decay';
+}
+
+export class ParamStore {
+  readonly params: Param[] = [];
+  readonly #byName = new Map<string, Param>();
+
+  constructor(readonly backend: Backend, specs: readonly ParamSpec[]) {
+    for (const spec of specs) {
+      if (this.#byName.has(spec.name)) throw new Error(`duplicate parameter ${spec.name}`);
+      const value = backend.zeros(spec.shape, 'f32');
+      const p: Param = {
+        ...spec,
+        value,
+        grad: spec.buffer ? null : backend.zeros(spec.shape, 'f32'),
+        group: spec.buffer ? null : paramGroup(spec.name),
+      };
+      this.params.push(p);
+      this.#byName.set(spec.name, p);
+    }
+  }
+
+  /** Fills every tensor from its initialiser. */
+  initialize(seed: number): void {
+    for (const p of this.params) {
+      const { init } = p;
+      if (init.kind === 'ones') this.backend.fill(p.value, 1);
+      else if (init.kind === 'zeros') this.backend.zero(p.value);
+      else {
+        const perExpert = p.firstExpert === undefined ? 0 : shapeNumel(p.shape.slice(1));
+        this.backend.fillNormal(p.value, {
+          std: init.std,
+          seed,
+          stream: hashString(p.name),
+          offset: (p.firstExpert ?? 0) * perExpert,
+          ...(init.clamp === undefined ? {} : { clamp: init.clamp }),
+        });
+      }
+    }
+  }
+
+  get(name: string): Tensor {
+    return this.#param(name).value;
+  }
+
+  grad(name: string): Tensor {
+    const g = this.#param(name).grad;
+    if (!g) throw new Error(`parameter ${name} is a buffer and has no gradient`);
+    return g;
+  }
+
+  has(name: string): boolean {
+    return this.#byName.has(name);
+  }
+
+  trainable(): Param[] {
+    return this.params.filter((p) => !p.buffer);
+  }
+
+  zeroGrads(): void {
+    for (const p of this.params) if (p.grad) this.backend.zero(p.grad);
+  }
+
+  count(filter: (p: Param) => boolean = () => true): number {
+    return this.params.filter((p) => !p.buffer && filter(p)).reduce((n, p) => n + shapeNumel(p.shape), 0);
+  }
+
+  free(): void {
+    for (const p of this.params) {
+      p.value.free();
+      p.grad?.free();
+    }
+  }
+
+  #param(name: string): Param {
+    const p = this.#byName.get(name);
+    if (!p) throw new Error(`no parameter named ${name}`);
+    return p;
+  }
+}

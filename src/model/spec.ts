@@ -1,0 +1,111 @@
+/**
+ * The model's parameter list, derived from the config: names, local shapes and initialisers. Layer kinds follow
+ * the reference: layers [0, n_dense_layers) use a dense SwiGLU MLP, the rest are MoE; attention is MLA or MHA.
+ */
+import type { Config } from '../config/schema.ts';
+import type { ParamSpec } from './params.ts';
+
+type RequiredModelKey = 'dim' | 'n_layers' | 'n_heads' | 'inter_dim' | 'moe_inter_dim' | 'n_routed_experts' | 'n_activated_experts';
+
+/** A validated config: the model fields the reference leaves as None until a preset sets them are numbers here. */
+export type ModelConfig = Omit<Config, RequiredModelKey> & { [K in RequiredModelKey]: number };
+
+/** Narrows a validated config. Validation rejects configs that lack these fields (experts only matter for MoE). */
+export function modelConfig(cfg: Config): ModelConfig {
+  const missing = (['dim', 'n_layers', 'n_heads', 'inter_dim', 'moe_inter_dim'] as const).filter((k) => cfg[k] === null);
+  if (missing.length > 0) throw new Error(`config was not validated: ${missing.join(', ')} unset`);
+  return { ...cfg, n_routed_experts: cfg.n_routed_experts ?? 0, n_activated_experts: cfg.n_activated_experts ?? 0 } as ModelConfig;
+}
+
+export interface Parallel {
+  rank: number;
+  world: number;
+}
+
+export const SINGLE: Parallel = { rank: 0, world: 1 };
+
+export function isMoeLayer(cfg: ModelConfig, layer: number): boolean {
+  return layer >= cfg.n_dense_layers;
+}
+
+export function moeLayerCount(cfg: ModelConfig): number {
+  return Math.max(0, cfg.n_layers - cfg.n_dense_layers);
+}
+
+export function qkHeadDim(cfg: ModelConfig): number {
+  return cfg.qk_nope_head_dim + cfg.qk_rope_head_dim;
+}
+
+/** Depth-scaled std for output projections, router gates and experts of block `layer`. */
+export function outputStd(layer: number): number {
+  return 0.02 / Math.sqrt(2 * (layer + 1));
+}
+
+function attentionSpecs(cfg: ModelConfig, prefix: string, layer: number): ParamSpec[] {
+  const d = cfg.dim, h = cfg.n_heads, dqk = qkHeadDim(cfg), dv = cfg.v_head_dim;
+  const input = { kind: 'normal', std: 0.02 } as const;
+  const output = { kind: 'normal', std: outputStd(layer) } as const;
+  const ones = { kind: 'ones' } as const;
+  if (cfg.attn === 'mha') {
+    return [
+      { name: `${prefix}.wq.weight`, shape: [h * dqk, d], init: input },
+      { name: `${prefix}.wk.weight`, shape: [h * dqk, d], init: input },
+      { name: `${prefix}.wv.weight`, shape: [h * dv, d], init: input },
+      { name: `${prefix}.wo.weight`, shape: [d, h * dv], init: output },
+    ];
+  }
+  const q: ParamSpec[] = cfg.q_lora_rank > 0
+    ? [
+        { name: `${prefix}.wq_a.weight`, shape: [cfg.q_lora_rank, d], init: input },
+        { name: `${prefix}.q_norm.weight`, shape: [cfg.q_lora_rank], init: ones },
+        { name: `${prefix}.wq_b.weight`, shape: [h * dqk, cfg.q_lora_rank], init: input },
+      ]
+    : [{ name: `${prefix}.wq.weight`, shape: [h * dqk, d], init: input }];
+  return [
+    ...q,
+    { name: `${prefix}.wkv_a.weight`, shape: [cfg.kv_lora_rank + cfg.qk_rope_head_dim, d], init: input },
+    { name: `${prefix}.kv_norm.weight`, shape: [cfg.kv_lora_rank], init: ones },
+    { name: `${prefix}.wkv_b.weight`, shape: [h * (cfg.qk_nope_head_dim + dv), cfg.kv_lora_rank], init: input },
+    { name: `${prefix}.wo.weight`, shape: [d, h * dv], init: output },
+  ];
+}
+
+function mlpSpecs(prefix: string, dim: number, hidden: number, layer: number): ParamSpec[] {
+  return [
+    { name: `${prefix}.w1.weight`, shape: [hidden, dim], init: { kind: 'normal', std: 0.02 } },
+    { name: `${prefix}.w3.weight`, shape: [hidden, dim], init: { kind: 'normal', std: 0.02 } },
+    { name: `${prefix}.w2.weight`, shape: [dim, hidden], init: { kind: 'normal', std: outputStd(layer) } },
+  ];
+}
+
+function moeSpecs(cfg: ModelConfig, prefix: string, layer: number, par: Parallel): ParamSpec[] {
+  const local = cfg.n_routed_experts / par.world;
+  const firstExpert = par.rank * local;
+  const std = { kind: 'normal', std: outputStd(layer) } as const;
+  const specs: ParamSpec[] = [
+    { name: `${prefix}.router.gate.weight`, shape: [cfg.n_routed_experts, cfg.dim], init: std },
+    { name: `${prefix}.router.bias`, shape: [cfg.n_routed_experts], init: { kind: 'zeros' }, buffer: true },
+    { name: `${prefix}.W1`, shape: [local, cfg.dim, cfg.moe_inter_dim], init: std, firstExpert },
+    { name: `${prefix}.W3`, shape: [local, cfg.dim, cfg.moe_inter_dim], init: std, firstExpert },
+    { name: `${prefix}.W2`, shape: [local, cfg.moe_inter_dim, cfg.dim], init: std, firstExpert },
+  ];
+  if (cfg.n_shared_experts > 0) {
+    // The reference fuses all shared experts into one MLP of n_shared_experts * moe_inter_dim.
+    specs.push(...mlpSpecs(`${prefix}.shared`, cfg.dim, cfg.n_shared_experts * cfg.moe_inter_dim, layer));
+  }
+  return specs;
+}
+
+export function modelParamSpecs(cfg: ModelConfig, par: Parallel = SINGLE): ParamSpec[] {
+  const specs: ParamSpec[] = [{ name: 'embedding.weight', shape: [cfg.vocab_size, cfg.dim], init: { kind: 'normal', std: 0.02 } }];
+  for (let i = 0; i < cfg.n_layers; i++) {
+    const prefix = `blocks.${i}`;
+    specs.push({ name: `${prefix}.attn_norm.weight`, shape: [cfg.dim], init: { kind: 'ones' } });
+    specs.push(...attentionSpecs(cfg, `${prefix}.attn`, i));
+    specs.push({ name: `${prefix}.ffn_norm.weight`, shape: [cfg.dim], init: { kind: 'ones' } });
+    specs.push(...(isMoeLayer(cfg, i) ? moeSpecs(cfg, `${prefix}.ffn`, i, par) : mlpSpecs(`${prefix}.ffn`, cfg.dim, cfg.inter_dim, i)));
+  }
+  specs.push({ name: 'norm.weight', shape: [cfg.dim], init: { kind: 'ones' } });
+  specs.push({ name: 'lm_head.weight', shape: [cfg.vocab_size, cfg.dim], init: { kind: 'normal', std: cfg.dim ** -0.5, clamp: 2 } });
+  return specs;
+}

@@ -1,0 +1,151 @@
+/**
+ * The whole model, forward and backward, in the style of llm.c: forward saves exactly what backward needs, and
+ * backward walks the blocks in reverse, accumulating parameter gradients into the ParamStore.
+ *
+ *   x = embedding(tokens) * 10.667                      (the reference's muP input scale)
+ *   for each block: x += attn(attn_norm(x)); x += ffn(ffn_norm(x))     (ffn: dense MLP or MoE)
+ *   loss = CE(norm(x) @ lm_head^T * 0.125, targets)    (EOS targets masked unless loss_mask_eos = false)
+ */
+import type { Backend, CrossEntropySpec } from '../tensor/backend.ts';
+import type { Tensor } from '../tensor/tensor.ts';
+import { type AttentionSaved, attentionBackward, attentionForward } from './attention.ts';
+import { type LayerContext, freeAll } from './context.ts';
+import { type MlpSaved, type MoeSaved, mlpBackward, mlpForward, moeBackward, moeForward } from './ffn.ts';
+import { ParamStore } from './params.ts';
+import { ropeTables } from './rope.ts';
+import { type ModelConfig, type Parallel, SINGLE, isMoeLayer, modelParamSpecs } from './spec.ts';
+
+export const EMBED_SCALE = 10.667;
+export const LOGIT_SCALE = 0.125;
+
+interface BlockSaved {
+  x: Tensor;
+  attnNormRstd: Tensor;
+  attnIn: Tensor;
+  attn: AttentionSaved;
+  mid: Tensor;
+  ffnNormRstd: Tensor;
+  ffnIn: Tensor;
+  ffn: { kind: 'mlp'; saved: MlpSaved } | { kind: 'moe'; saved: MoeSaved };
+}
+
+export interface ForwardResult {
+  /** f32 [1], mean over counted targets. */
+  loss: Tensor;
+  /** f32 [1], number of counted targets. */
+  count: Tensor;
+  /** One i32 [E] per MoE layer: tokens routed to each expert in this forward. */
+  routerCounts: Tensor[];
+  /** Saved activations; pass to backward() exactly once (or release()). */
+  saved: ForwardSaved;
+}
+
+export interface ForwardSaved {
+  ids: Tensor;
+  targets: Tensor;
+  blocks: BlockSaved[];
+  xFinal: Tensor;
+  normRstd: Tensor;
+  xNormed: Tensor;
+  lse: Tensor;
+  count: Tensor;
+  batch: number;
+}
+
+export class Transformer {
+  readonly params: ParamStore;
+  readonly #ropeCos: Tensor;
+  readonly #ropeSin: Tensor;
+
+  constructor(readonly b: Backend, readonly cfg: ModelConfig, par: Parallel = SINGLE) {
+    this.params = new ParamStore(b, modelParamSpecs(cfg, par));
+    const tables = ropeTables({
+      dim: cfg.qk_rope_head_dim,
+      theta: cfg.rope_theta,
+      maxPositions: cfg.max_position_embeddings,
+      scalingFactor: cfg.rope_scaling_factor,
+      ntkAlpha: cfg.rope_ntk_alpha,
+      ntkBeta: cfg.rope_ntk_beta,
+    });
+    this.#ropeCos = b.upload(tables.cos, [tables.positions, cfg.qk_rope_head_dim / 2], 'f32');
+    this.#ropeSin = b.upload(tables.sin, [tables.positions, cfg.qk_rope_head_dim / 2], 'f32');
+  }
+
+  get lossSpec(): CrossEntropySpec {
+    return { logitScale: LOGIT_SCALE, ignoreIndex: this.cfg.loss_mask_eos ? this.cfg.eos_token_id : -1 };
+  }
+
+  #ctx(batch: number): LayerContext {
+    return { b: this.b, p: this.params, cfg: this.cfg, batch, seqLen: this.cfg.seq_len, ropeCos: this.#ropeCos, ropeSin: this.#ropeSin };
+  }
+
+  /** ids, targets: i32 [batch * seq_len]. The model keeps references to both until backward. */
+  forward(ids: Tensor, targets: Tensor, batch: number): ForwardResult {
+    const { b, cfg, params: p } = this;
+    const ctx = this.#ctx(batch);
+    let x = b.embedding(ids, p.get('embedding.weight'), EMBED_SCALE);
+    const blocks: BlockSaved[] = [];
+    const routerCounts: Tensor[] = [];
+    for (let i = 0; i < cfg.n_layers; i++) {
+      const pre = `blocks.${i}`;
+      const { y: attnIn, rstd: attnNormRstd } = b.rmsnorm(x, p.get(`${pre}.attn_norm.weight`), cfg.rms_norm_eps);
+      const attn = attentionForward(ctx, `${pre}.attn`, attnIn);
+      const mid = b.add(x, attn.out);
+      attn.out.free();
+      const { y: ffnIn, rstd: ffnNormRstd } = b.rmsnorm(mid, p.get(`${pre}.ffn_norm.weight`), cfg.rms_norm_eps);
+      let ffnOut: Tensor;
+      let ffn: BlockSaved['ffn'];
+      if (isMoeLayer(cfg, i)) {
+        const r = moeForward(ctx, `${pre}.ffn`, ffnIn);
+        routerCounts.push(r.counts);
+        ffnOut = r.out;
+        ffn = { kind: 'moe', saved: r.saved };
+      } else {
+        const r = mlpForward(ctx, `${pre}.ffn`, ffnIn);
+        ffnOut = r.out;
+        ffn = { kind: 'mlp', saved: r.saved };
+      }
+      const next = b.add(mid, ffnOut);
+      ffnOut.free();
+      blocks.push({ x, attnNormRstd, attnIn, attn: attn.saved, mid, ffnNormRstd, ffnIn, ffn });
+      x = next;
+    }
+    const { y: xNormed, rstd: normRstd } = b.rmsnorm(x, p.get('norm.weight'), cfg.rms_norm_eps);
+    const { loss, lse, count } = b.crossEntropy(xNormed, p.get('lm_head.weight'), targets, this.lossSpec);
+    return { loss, count, routerCounts, saved: { ids, targets, blocks, xFinal: x, normRstd, xNormed, lse, count, batch } };
+  }
+
+  /** Accumulates d(loss)/d(param) into the parameter gradients and frees the saved activations. */
+  backward(s: ForwardSaved): void {
+    const { b, cfg, params: p } = this;
+    const ctx = this.#ctx(s.batch);
+    const dxNormed = b.crossEntropyBackward(s.xNormed, p.get('lm_head.weight'), s.targets, s.lse, s.count, this.lossSpec, p.grad('lm_head.weight'));
+    let dx = b.rmsnormBackward(dxNormed, s.xFinal, p.get('norm.weight'), s.normRstd, p.grad('norm.weight'));
+    freeAll({ dxNormed, xFinal: s.xFinal, normRstd: s.normRstd, xNormed: s.xNormed, lse: s.lse });
+    for (let i = cfg.n_layers - 1; i >= 0; i--) {
+      const pre = `blocks.${i}`;
+      const blk = s.blocks[i]!;
+      // x_next = mid + ffn(norm(mid)): d(mid) = dx + ffn-branch gradient.
+      const dFfnIn = blk.ffn.kind === 'moe'
+        ? moeBackward(ctx, `${pre}.ffn`, dx, blk.ffn.saved)
+        : mlpBackward(ctx, `${pre}.ffn`, dx, blk.ffn.saved);
+      const dMid = b.rmsnormBackward(dFfnIn, blk.mid, p.get(`${pre}.ffn_norm.weight`), blk.ffnNormRstd, p.grad(`${pre}.ffn_norm.weight`));
+      b.addInPlace(dMid, dx);
+      // mid = x + attn(norm(x)).
+      const dAttnIn = attentionBackward(ctx, `${pre}.attn`, dMid, blk.attn);
+      const dX = b.rmsnormBackward(dAttnIn, blk.x, p.get(`${pre}.attn_norm.weight`), blk.attnNormRstd, p.grad(`${pre}.attn_norm.weight`));
+      b.addInPlace(dX, dMid);
+      freeAll({ dx, dFfnIn, dMid, dAttnIn, ffnIn: blk.ffnIn, ffnNormRstd: blk.ffnNormRstd, mid: blk.mid, attnIn: blk.attnIn, attnNormRstd: blk.attnNormRstd, x: blk.x });
+      dx = dX;
+    }
+    b.embeddingBackward(s.ids, dx, p.grad('embedding.weight'), EMBED_SCALE);
+    dx.free();
+    s.count.free();
+  }
+
+  free(): void {
+    this.params.free();
+    this.#ropeCos.free();
+    this.#ropeSin.free();
+  }
+}

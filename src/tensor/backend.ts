@@ -1,0 +1,216 @@
+/**
+ * The Backend interface: every op the model, the optimizer and the trainer use, each a coarse fused kernel with an
+ * explicit backward. Model code talks only to this interface, so the CPU backend (the reference oracle, plain
+ * TypeScript) and the CUDA backend are interchangeable.
+ *
+ * Contract (what lets a GPU backend plug in unchanged):
+ * - Ops are asynchronous with respect to the host. They enqueue work and return handles; only `read` brings values
+ *   back into JS. Nothing in the hot path reads a tensor.
+ * - Every returned tensor is owned by the caller, who frees it. Inputs are never freed by an op.
+ * - Gradient rule (as in llm.c): parameter gradients are ACCUMULATED into caller-provided tensors; activation
+ *   gradients are returned fresh.
+ * - Shapes use the legend T tokens (B*S), D model dim, E experts, K top-k, N = T*K routed rows, F expert hidden,
+ *   V vocab, H heads.
+ */
+import type { DType, DeviceKind, Tensor } from './tensor.ts';
+
+export interface MatmulOptions {
+  transA?: boolean;
+  transB?: boolean;
+  /** Write into this tensor instead of allocating. */
+  out?: Tensor;
+  /** out = alpha * op(A) op(B) + (accumulate ? out : 0). */
+  accumulate?: boolean;
+  alpha?: number;
+}
+
+/** Where RoPE applies inside each row of a [T, C] tensor: `heads` segments of `headStride` columns starting at
+ *  `base`, rotating columns [offset, offset + dim) of each segment (NeoX half split). Positions are t % seqLen. */
+export interface RopeSpec {
+  heads: number;
+  headStride: number;
+  base: number;
+  offset: number;
+  dim: number;
+  seqLen: number;
+}
+
+export interface AttentionSpec {
+  batch: number;
+  seqLen: number;
+  heads: number;
+  /** Softmax scale applied to q.k. */
+  scale: number;
+}
+
+export interface CrossEntropySpec {
+  /** Multiplies the logits (the reference's 0.125). */
+  logitScale: number;
+  /** Targets equal to this id do not count (the reference masks EOS); -1 masks nothing. */
+  ignoreIndex: number;
+}
+
+/**
+ * Routing of T tokens x K slots to E experts, grouped by expert. Rows of the grouped layout are ordered by expert,
+ * then by (token, slot): the order is a function of the routing alone, never of arrival order.
+ */
+export interface MoePlan {
+  readonly numTokens: number;
+  readonly topK: number;
+  readonly numExperts: number;
+  /** i32 [E]: rows routed to each expert. */
+  readonly counts: Tensor;
+  /** i32 [E+1]: start row of each expert's segment in the grouped layout. */
+  readonly offsets: Tensor;
+  /** i32 [N]: for grouped row r, the flat slot t*K+k it came from. */
+  readonly slotOfRow: Tensor;
+  /** i32 [N]: for flat slot t*K+k, its grouped row. */
+  readonly rowOfSlot: Tensor;
+  free(): void;
+}
+
+export interface AdamWGroup {
+  params: Tensor[];
+  grads: Tensor[];
+  expAvg: Tensor[];
+  expAvgSq: Tensor[];
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based step used for bias correction. */
+  step: number;
+}
+
+export interface AdamWOptions {
+  /** Global gradient norm (f32 [1]) from `globalNorm`. A non-finite norm skips the whole update on the device. */
+  gradNorm: Tensor;
+  /** Clip gradients to this global norm; 0 disables clipping. */
+  maxNorm: number;
+}
+
+export interface NormalInit {
+  std: number;
+  seed: number;
+  stream: number;
+  /** Element offset into the stream (even): a rank's slice of a larger tensor draws what the whole would. */
+  offset?: number;
+  clamp?: number;
+}
+
+export interface Backend {
+  readonly device: DeviceKind;
+  /** Human-readable device name for logs ("CPU (2 threads)", "NVIDIA H100 80GB HBM3"). */
+  readonly name: string;
+
+  // --- memory ---------------------------------------------------------------------------------------------
+  empty(shape: readonly number[], dtype: DType): Tensor;
+  zeros(shape: readonly number[], dtype: DType): Tensor;
+  upload(data: Float32Array | Int32Array, shape: readonly number[], dtype: DType): Tensor;
+  /** Copies a tensor back to the host (f32 for f32/bf16, i32 for i32). The only way values reach JS. */
+  read(t: Tensor): Promise<Float32Array | Int32Array>;
+  /** Same storage, new shape (same numel). The view must not outlive `t`; freeing a view is a no-op. */
+  view(t: Tensor, shape: readonly number[]): Tensor;
+  zero(t: Tensor): void;
+  copy(src: Tensor, dst: Tensor): void;
+  /** t[i] = normal(0, std) from Philox keyed by (seed, stream) at counter offset + i, clamped to [-clamp, clamp]. */
+  fillNormal(t: Tensor, init: NormalInit): void;
+  fill(t: Tensor, value: number): void;
+  /** Waits until all queued work is done. */
+  synchronize(): Promise<void>;
+
+  // --- dense math -------------------------------------------------------------------------------------------
+  /** 2-D GEMM: out[M,N] = alpha * op(a) @ op(b) (+ out). */
+  matmul(a: Tensor, b: Tensor, opts?: MatmulOptions): Tensor;
+  /** out = a + b (same shape). */
+  add(a: Tensor, b: Tensor): Tensor;
+  /** dst += src. */
+  addInPlace(dst: Tensor, src: Tensor): void;
+  /** out[t,:] = table[ids[t],:] * scale. ids i32 [T], table [V,D]. */
+  embedding(ids: Tensor, table: Tensor, scale: number): Tensor;
+  /** dTable[ids[t],:] += dOut[t,:] * scale. */
+  embeddingBackward(ids: Tensor, dOut: Tensor, dTable: Tensor, scale: number): void;
+  /** y = x / rms(x) * w over the last dim. Returns y and rstd f32 [rows]. */
+  rmsnorm(x: Tensor, w: Tensor, eps: number): { y: Tensor; rstd: Tensor };
+  /** Returns dx; accumulates dw. */
+  rmsnormBackward(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dw: Tensor): Tensor;
+  /** a = silu(g) * u, elementwise. */
+  swiglu(g: Tensor, u: Tensor): Tensor;
+  swigluBackward(da: Tensor, g: Tensor, u: Tensor): { dg: Tensor; du: Tensor };
+  /** Splits the columns of x [R, sum(widths)] into contiguous parts. */
+  splitCols(x: Tensor, widths: readonly number[]): Tensor[];
+  /** Inverse of splitCols. */
+  concatCols(parts: readonly Tensor[]): Tensor;
+
+  // --- attention --------------------------------------------------------------------------------------------
+  /** Rotates in place. cos/sin are f32 [positions, spec.dim/2]; `inverse` rotates by -angle (the backward). */
+  ropeInPlace(x: Tensor, cos: Tensor, sin: Tensor, spec: RopeSpec, inverse: boolean): void;
+  /**
+   * MLA key/value assembly. kvb [T, H*(dNope+dV)] holds per head [k_nope | v]; kpe [T, dRope] is the shared rope
+   * key. Returns k [T, H*(dNope+dRope)] = per head [k_nope | kpe] and v [T, H*dV].
+   */
+  mlaAssembleKV(kvb: Tensor, kpe: Tensor, heads: number, dNope: number, dV: number): { k: Tensor; v: Tensor };
+  /** Backward of mlaAssembleKV: dkpe sums over heads. */
+  mlaAssembleKVBackward(dk: Tensor, dv: Tensor, heads: number, dNope: number, dV: number): { dkvb: Tensor; dkpe: Tensor };
+  /**
+   * Causal attention. q, k [T, H*dQK], v [T, H*dV], T = batch*seqLen, each sequence attends within itself.
+   * Returns out [T, H*dV] and the log-sum-exp f32 [T, H] of the scaled scores. Never materialises [S, S].
+   */
+  attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec): { out: Tensor; lse: Tensor };
+  attentionBackward(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, spec: AttentionSpec): {
+    dq: Tensor;
+    dk: Tensor;
+    dv: Tensor;
+  };
+
+  // --- router and experts -----------------------------------------------------------------------------------
+  /**
+   * Sigmoid router: scores = sigmoid(routeScale * logits); experts chosen by top-K of scores + bias (ties go to the
+   * lower expert id); gates = chosen scores renormalised to sum 1. logits f32 [T,E], bias f32 [E].
+   * Returns gates f32 [T,K] and idx i32 [T,K].
+   */
+  routerTopK(logits: Tensor, bias: Tensor, topK: number, routeScale: number): { gates: Tensor; idx: Tensor };
+  /** dLogits f32 [T,E] from dGates [T,K] (selection itself has no gradient). */
+  routerTopKBackward(dGates: Tensor, logits: Tensor, idx: Tensor, routeScale: number): Tensor;
+  /** Builds the grouped layout for idx i32 [T,K] on the device (no host sync). */
+  moePlan(idx: Tensor, numExperts: number): MoePlan;
+  /** xe[r,:] = x[slotOfRow[r] / K, :]: x [T,D] to grouped rows [N,D]. */
+  moeGather(x: Tensor, plan: MoePlan): Tensor;
+  /** dx[t,:] = sum over k (in slot order) of dxe[rowOfSlot[t*K+k], :]. */
+  moeGatherBackward(dxe: Tensor, plan: MoePlan): Tensor;
+  /** out[t,:] = sum over k (in slot order, fp32) of gates[t,k] * ye[rowOfSlot[t*K+k], :]. */
+  moeCombine(ye: Tensor, gates: Tensor, plan: MoePlan): Tensor;
+  moeCombineBackward(dOut: Tensor, ye: Tensor, gates: Tensor, plan: MoePlan): { dye: Tensor; dGates: Tensor };
+  /**
+   * Per-expert GEMM over grouped rows: y[seg_e] = x[seg_e] @ w[e] with w [E, Din, Dout], or @ w[e]^T with
+   * `transB` and w [E, Dout, Din]. `offsets` i32 [E+1] (from a MoePlan).
+   */
+  groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB?: boolean): Tensor;
+  /** dw[e] += x[seg_e]^T @ dy[seg_e], dw [E, Din, Dout]. */
+  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void;
+  /**
+   * Aux-loss-free balancing after a step: l = counts/sum(counts); s = sign(l - 1/E);
+   * bias -= rate * (s - mean(s)); clamp to [-16, 16]. counts i32 [E], bias f32 [E].
+   */
+  routerBiasUpdate(bias: Tensor, counts: Tensor, rate: number): void;
+
+  // --- loss ------------------------------------------------------------------------------------------------
+  /**
+   * Cross-entropy of logits = (x @ w^T) * logitScale against targets, averaged over counted targets, computed in
+   * chunks so [T, V] never exists. x [T,D], w [V,D], targets i32 [T]. Returns loss f32 [1], lse f32 [T] and the
+   * counted-target number f32 [1].
+   */
+  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec): { loss: Tensor; lse: Tensor; count: Tensor };
+  /** Gradient of the mean loss: returns dx, accumulates dw. */
+  crossEntropyBackward(x: Tensor, w: Tensor, targets: Tensor, lse: Tensor, count: Tensor, spec: CrossEntropySpec, dw: Tensor): Tensor;
+
+  // --- optimizer -------------------------------------------------------------------------------------------
+  /** sqrt(sum of squares of every element of every tensor), f32 [1]. */
+  globalNorm(tensors: readonly Tensor[]): Tensor;
+  /**
+   * Decoupled AdamW, PyTorch order: p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+   * p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). Gradients are scaled by min(1, maxNorm/(norm+1e-6)) first.
+   */
+  adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void;
+}

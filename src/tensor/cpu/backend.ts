@@ -1,0 +1,221 @@
+/**
+ * The CPU backend: plain TypeScript, the reference oracle every other backend is tested against, and what trains
+ * the embedded default where there is no GPU. Kernels live beside this file by family; this class checks
+ * arguments, owns allocation and maps the Backend interface onto them.
+ */
+import os from 'node:os';
+import { philoxNormal } from '../../util/philox.ts';
+import type { AdamWGroup, AdamWOptions, AttentionSpec, Backend, CrossEntropySpec, MatmulOptions, MoePlan, NormalInit, RopeSpec } from '../backend.ts';
+import { type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
+import * as attn from './attention.ts';
+import { gemm } from './gemm.ts';
+import * as loss from './loss.ts';
+import * as moe from './moe.ts';
+import * as nn from './nn.ts';
+import * as optim from './optim.ts';
+import { CpuTensor, allocate, asCpu, settle } from './storage.ts';
+
+function asPlan(p: MoePlan): moe.CpuMoePlan {
+  if (!(p instanceof moe.CpuMoePlan)) throw new Error('CPU backend got a MoE plan from another backend');
+  return p;
+}
+
+function sameShape(a: Tensor, b: Tensor, op: string): void {
+  if (a.numel !== b.numel) throw new Error(`${op}: ${describe(a)} and ${describe(b)} differ in size`);
+}
+
+export class CpuBackend implements Backend {
+  readonly device = 'cpu' as const;
+  readonly name = `CPU (${os.cpus()[0]?.model.trim() ?? 'unknown'}, 1 thread)`;
+
+  empty(shape: readonly number[], dtype: DType): Tensor {
+    return allocate(shape, dtype);
+  }
+
+  zeros(shape: readonly number[], dtype: DType): Tensor {
+    return allocate(shape, dtype);
+  }
+
+  upload(data: Float32Array | Int32Array, shape: readonly number[], dtype: DType): Tensor {
+    if (data.length !== shapeNumel(shape)) throw new Error(`upload: ${data.length} values for shape [${shape}]`);
+    if ((dtype === 'i32') !== data instanceof Int32Array) throw new Error(`upload: ${data.constructor.name} for dtype ${dtype}`);
+    return settle(new CpuTensor(shape, dtype, data.slice()));
+  }
+
+  async read(t: Tensor): Promise<Float32Array | Int32Array> {
+    return asCpu(t).data.slice();
+  }
+
+  view(t: Tensor, shape: readonly number[]): Tensor {
+    const c = asCpu(t);
+    if (shapeNumel(shape) !== c.numel) throw new Error(`view: cannot view ${describe(c)} as [${shape}]`);
+    return new CpuTensor(shape, c.dtype, c.data, true);
+  }
+
+  zero(t: Tensor): void {
+    asCpu(t).data.fill(0);
+  }
+
+  copy(src: Tensor, dst: Tensor): void {
+    sameShape(src, dst, 'copy');
+    const d = asCpu(dst);
+    d.data.set(asCpu(src).data);
+    settle(d);
+  }
+
+  fillNormal(t: Tensor, init: NormalInit): void {
+    const c = asCpu(t);
+    philoxNormal(c.f, init);
+    const clamp = init.clamp ?? Infinity;
+    if (Number.isFinite(clamp)) for (let i = 0; i < c.numel; i++) c.f[i] = Math.min(clamp, Math.max(-clamp, c.f[i]!));
+    settle(c);
+  }
+
+  fill(t: Tensor, value: number): void {
+    const c = asCpu(t);
+    c.data.fill(value);
+    if (c.dtype !== 'i32') settle(c);
+  }
+
+  async synchronize(): Promise<void> {}
+
+  matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+    const A = asCpu(a), B = asCpu(b);
+    const [ar, ac] = A.shape as [number, number];
+    const [br, bc] = B.shape as [number, number];
+    const [m, k] = opts.transA ? [ac, ar] : [ar, ac];
+    const [k2, n] = opts.transB ? [bc, br] : [br, bc];
+    if (A.shape.length !== 2 || B.shape.length !== 2 || k !== k2) {
+      throw new Error(`matmul: ${describe(A)}${opts.transA ? 'ᵀ' : ''} @ ${describe(B)}${opts.transB ? 'ᵀ' : ''} do not compose`);
+    }
+    const C = opts.out ? asCpu(opts.out) : allocate([m, n], A.dtype);
+    if (C.numel !== m * n) throw new Error(`matmul: output ${describe(C)} is not [${m},${n}]`);
+    gemm({ m, n, k, a: A.f, transA: !!opts.transA, b: B.f, transB: !!opts.transB, c: C.f, alpha: opts.alpha ?? 1, accumulate: !!opts.accumulate });
+    return settle(C);
+  }
+
+  add(a: Tensor, b: Tensor): Tensor {
+    sameShape(a, b, 'add');
+    const A = asCpu(a), B = asCpu(b);
+    const out = allocate(A.shape, A.dtype);
+    for (let i = 0; i < out.numel; i++) out.f[i] = A.f[i]! + B.f[i]!;
+    return settle(out);
+  }
+
+  addInPlace(dst: Tensor, src: Tensor): void {
+    sameShape(dst, src, 'addInPlace');
+    const D = asCpu(dst), S = asCpu(src);
+    for (let i = 0; i < D.numel; i++) D.f[i] += S.f[i]!;
+    settle(D);
+  }
+
+  embedding(ids: Tensor, table: Tensor, scale: number): Tensor {
+    return nn.embedding(asCpu(ids), asCpu(table), scale);
+  }
+
+  embeddingBackward(ids: Tensor, dOut: Tensor, dTable: Tensor, scale: number): void {
+    nn.embeddingBackward(asCpu(ids), asCpu(dOut), asCpu(dTable), scale);
+  }
+
+  rmsnorm(x: Tensor, w: Tensor, eps: number): { y: Tensor; rstd: Tensor } {
+    return nn.rmsnorm(asCpu(x), asCpu(w), eps);
+  }
+
+  rmsnormBackward(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dw: Tensor): Tensor {
+    return nn.rmsnormBackward(asCpu(dy), asCpu(x), asCpu(w), asCpu(rstd), asCpu(dw));
+  }
+
+  swiglu(g: Tensor, u: Tensor): Tensor {
+    sameShape(g, u, 'swiglu');
+    return nn.swiglu(asCpu(g), asCpu(u));
+  }
+
+  swigluBackward(da: Tensor, g: Tensor, u: Tensor): { dg: Tensor; du: Tensor } {
+    return nn.swigluBackward(asCpu(da), asCpu(g), asCpu(u));
+  }
+
+  splitCols(x: Tensor, widths: readonly number[]): Tensor[] {
+    return nn.splitCols(asCpu(x), widths);
+  }
+
+  concatCols(parts: readonly Tensor[]): Tensor {
+    return nn.concatCols(parts.map(asCpu));
+  }
+
+  ropeInPlace(x: Tensor, cos: Tensor, sin: Tensor, spec: RopeSpec, inverse: boolean): void {
+    attn.ropeInPlace(asCpu(x), asCpu(cos), asCpu(sin), spec, inverse);
+  }
+
+  mlaAssembleKV(kvb: Tensor, kpe: Tensor, heads: number, dNope: number, dV: number): { k: Tensor; v: Tensor } {
+    return attn.mlaAssembleKV(asCpu(kvb), asCpu(kpe), heads, dNope, dV);
+  }
+
+  mlaAssembleKVBackward(dk: Tensor, dv: Tensor, heads: number, dNope: number, dV: number): { dkvb: Tensor; dkpe: Tensor } {
+    return attn.mlaAssembleKVBackward(asCpu(dk), asCpu(dv), heads, dNope, dV);
+  }
+
+  attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec): { out: Tensor; lse: Tensor } {
+    sameShape(q, k, 'attention q/k');
+    return attn.attention(asCpu(q), asCpu(k), asCpu(v), spec);
+  }
+
+  attentionBackward(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, spec: AttentionSpec) {
+    return attn.attentionBackward(asCpu(dOut), asCpu(q), asCpu(k), asCpu(v), asCpu(out), asCpu(lse), spec);
+  }
+
+  routerTopK(logits: Tensor, bias: Tensor, topK: number, routeScale: number): { gates: Tensor; idx: Tensor } {
+    return moe.routerTopK(asCpu(logits), asCpu(bias), topK, routeScale);
+  }
+
+  routerTopKBackward(dGates: Tensor, logits: Tensor, idx: Tensor, routeScale: number): Tensor {
+    return moe.routerTopKBackward(asCpu(dGates), asCpu(logits), asCpu(idx), routeScale);
+  }
+
+  moePlan(idx: Tensor, numExperts: number): MoePlan {
+    return moe.moePlan(asCpu(idx), numExperts);
+  }
+
+  moeGather(x: Tensor, plan: MoePlan): Tensor {
+    return moe.moeGather(asCpu(x), asPlan(plan));
+  }
+
+  moeGatherBackward(dxe: Tensor, plan: MoePlan): Tensor {
+    return moe.moeGatherBackward(asCpu(dxe), asPlan(plan));
+  }
+
+  moeCombine(ye: Tensor, gates: Tensor, plan: MoePlan): Tensor {
+    return moe.moeCombine(asCpu(ye), asCpu(gates), asPlan(plan));
+  }
+
+  moeCombineBackward(dOut: Tensor, ye: Tensor, gates: Tensor, plan: MoePlan): { dye: Tensor; dGates: Tensor } {
+    return moe.moeCombineBackward(asCpu(dOut), asCpu(ye), asCpu(gates), asPlan(plan));
+  }
+
+  groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB = false): Tensor {
+    return moe.groupedMatmul(asCpu(x), asCpu(w), asCpu(offsets), transB);
+  }
+
+  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void {
+    moe.groupedMatmulWeightGrad(asCpu(x), asCpu(dy), asCpu(offsets), asCpu(dw));
+  }
+
+  routerBiasUpdate(bias: Tensor, counts: Tensor, rate: number): void {
+    moe.routerBiasUpdate(asCpu(bias), asCpu(counts), rate);
+  }
+
+  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec): { loss: Tensor; lse: Tensor; count: Tensor } {
+    return loss.crossEntropy(asCpu(x), asCpu(w), asCpu(targets), spec);
+  }
+
+  crossEntropyBackward(x: Tensor, w: Tensor, targets: Tensor, lse: Tensor, count: Tensor, spec: CrossEntropySpec, dw: Tensor): Tensor {
+    return loss.crossEntropyBackward(asCpu(x), asCpu(w), asCpu(targets), asCpu(lse), asCpu(count), spec, asCpu(dw));
+  }
+
+  globalNorm(tensors: readonly Tensor[]): Tensor {
+    return optim.globalNorm(tensors.map(asCpu));
+  }
+
+  adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void {
+    optim.adamw(groups, opts);
+  }
+}

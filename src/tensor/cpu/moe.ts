@@ -1,0 +1,199 @@
+/**
+ * CPU kernels for the router and the grouped experts. The grouped layout is built with a stable counting sort, so
+ * rows within an expert's segment are in (token, slot) order: deterministic, as the GPU path must also be.
+ */
+import type { MoePlan } from '../backend.ts';
+import { gemm } from './gemm.ts';
+import { type CpuTensor, allocate, settle } from './storage.ts';
+
+export function routerTopK(logits: CpuTensor, bias: CpuTensor, topK: number, routeScale: number): { gates: CpuTensor; idx: CpuTensor } {
+  const [tokens, experts] = logits.shape as [number, number];
+  const gates = allocate([tokens, topK], 'f32');
+  const idx = allocate([tokens, topK], 'i32');
+  const scores = new Float64Array(experts);
+  const taken = new Uint8Array(experts);
+  for (let t = 0; t < tokens; t++) {
+    for (let e = 0; e < experts; e++) scores[e] = 1 / (1 + Math.exp(-routeScale * logits.f[t * experts + e]!));
+    taken.fill(0);
+    let sum = 0;
+    for (let k = 0; k < topK; k++) {
+      let best = -1;
+      let bestKey = -Infinity;
+      for (let e = 0; e < experts; e++) {
+        const key = scores[e]! + bias.f[e]!;
+        if (!taken[e] && (best < 0 || key > bestKey)) { best = e; bestKey = key; }
+      }
+      taken[best] = 1;
+      idx.i[t * topK + k] = best;
+      gates.f[t * topK + k] = scores[best]!;
+      sum += scores[best]!;
+    }
+    const inv = 1 / Math.max(sum, 1e-12);
+    for (let k = 0; k < topK; k++) gates.f[t * topK + k] *= inv;
+  }
+  return { gates, idx };
+}
+
+/** gates_j = s_j / S with S the sum of chosen scores: ds_j = (dg_j - sum_k dg_k g_k) / S; dlogit = rs * s (1 - s) ds. */
+export function routerTopKBackward(dGates: CpuTensor, logits: CpuTensor, idx: CpuTensor, routeScale: number): CpuTensor {
+  const [tokens, experts] = logits.shape as [number, number];
+  const topK = idx.shape[1]!;
+  const dLogits = allocate([tokens, experts], 'f32');
+  const s = new Float64Array(topK);
+  for (let t = 0; t < tokens; t++) {
+    let sum = 0;
+    for (let k = 0; k < topK; k++) {
+      s[k] = 1 / (1 + Math.exp(-routeScale * logits.f[t * experts + idx.i[t * topK + k]!]!));
+      sum += s[k]!;
+    }
+    sum = Math.max(sum, 1e-12);
+    let dot = 0;
+    for (let k = 0; k < topK; k++) dot += dGates.f[t * topK + k]! * (s[k]! / sum);
+    for (let k = 0; k < topK; k++) {
+      const ds = (dGates.f[t * topK + k]! - dot) / sum;
+      dLogits.f[t * experts + idx.i[t * topK + k]!] += routeScale * s[k]! * (1 - s[k]!) * ds;
+    }
+  }
+  return dLogits;
+}
+
+export class CpuMoePlan implements MoePlan {
+  constructor(
+    readonly numTokens: number,
+    readonly topK: number,
+    readonly numExperts: number,
+    readonly counts: CpuTensor,
+    readonly offsets: CpuTensor,
+    readonly slotOfRow: CpuTensor,
+    readonly rowOfSlot: CpuTensor,
+  ) {}
+
+  free(): void {
+    for (const t of [this.counts, this.offsets, this.slotOfRow, this.rowOfSlot]) t.free();
+  }
+}
+
+export function moePlan(idx: CpuTensor, numExperts: number): CpuMoePlan {
+  const [tokens, topK] = idx.shape as [number, number];
+  const n = tokens * topK;
+  const counts = allocate([numExperts], 'i32');
+  const offsets = allocate([numExperts + 1], 'i32');
+  const slotOfRow = allocate([n], 'i32');
+  const rowOfSlot = allocate([n], 'i32');
+  for (let s = 0; s < n; s++) {
+    const e = idx.i[s]!;
+    if (e < 0 || e >= numExperts) throw new Error(`moePlan: expert id ${e} outside [0, ${numExperts})`);
+    counts.i[e]++;
+  }
+  for (let e = 0; e < numExperts; e++) offsets.i[e + 1] = offsets.i[e]! + counts.i[e]!;
+  const cursor = Int32Array.from(offsets.i.subarray(0, numExperts));
+  for (let s = 0; s < n; s++) {
+    const r = cursor[idx.i[s]!]!++;
+    slotOfRow.i[r] = s;
+    rowOfSlot.i[s] = r;
+  }
+  return new CpuMoePlan(tokens, topK, numExperts, counts, offsets, slotOfRow, rowOfSlot);
+}
+
+export function moeGather(x: CpuTensor, plan: CpuMoePlan): CpuTensor {
+  const dim = x.shape[1]!;
+  const rows = plan.numTokens * plan.topK;
+  const xe = allocate([rows, dim], x.dtype);
+  for (let r = 0; r < rows; r++) {
+    const t = Math.floor(plan.slotOfRow.i[r]! / plan.topK);
+    xe.f.set(x.f.subarray(t * dim, (t + 1) * dim), r * dim);
+  }
+  return xe;
+}
+
+export function moeGatherBackward(dxe: CpuTensor, plan: CpuMoePlan): CpuTensor {
+  const dim = dxe.shape[1]!;
+  const { numTokens: T, topK: K } = plan;
+  const dx = allocate([T, dim], dxe.dtype);
+  const acc = new Float64Array(dim);
+  for (let t = 0; t < T; t++) {
+    acc.fill(0);
+    for (let k = 0; k < K; k++) {
+      const r = plan.rowOfSlot.i[t * K + k]!;
+      for (let d = 0; d < dim; d++) acc[d] += dxe.f[r * dim + d]!;
+    }
+    dx.f.set(acc, t * dim);
+  }
+  return settle(dx);
+}
+
+export function moeCombine(ye: CpuTensor, gates: CpuTensor, plan: CpuMoePlan): CpuTensor {
+  const dim = ye.shape[1]!;
+  const { numTokens: T, topK: K } = plan;
+  const out = allocate([T, dim], ye.dtype);
+  const acc = new Float64Array(dim);
+  for (let t = 0; t < T; t++) {
+    acc.fill(0);
+    for (let k = 0; k < K; k++) {
+      const r = plan.rowOfSlot.i[t * K + k]!;
+      const g = gates.f[t * K + k]!;
+      for (let d = 0; d < dim; d++) acc[d] += g * ye.f[r * dim + d]!;
+    }
+    out.f.set(acc, t * dim);
+  }
+  return settle(out);
+}
+
+export function moeCombineBackward(dOut: CpuTensor, ye: CpuTensor, gates: CpuTensor, plan: CpuMoePlan): { dye: CpuTensor; dGates: CpuTensor } {
+  const dim = ye.shape[1]!;
+  const { numTokens: T, topK: K } = plan;
+  const dye = allocate(ye.shape, ye.dtype);
+  const dGates = allocate([T, K], 'f32');
+  for (let t = 0; t < T; t++) {
+    for (let k = 0; k < K; k++) {
+      const r = plan.rowOfSlot.i[t * K + k]!;
+      const g = gates.f[t * K + k]!;
+      let dot = 0;
+      for (let d = 0; d < dim; d++) {
+        const go = dOut.f[t * dim + d]!;
+        dot += go * ye.f[r * dim + d]!;
+        dye.f[r * dim + d] = g * go;
+      }
+      dGates.f[t * K + k] = dot;
+    }
+  }
+  return { dye: settle(dye), dGates };
+}
+
+export function groupedMatmul(x: CpuTensor, w: CpuTensor, offsets: CpuTensor, transB: boolean): CpuTensor {
+  const [experts, w1, w2] = w.shape as [number, number, number];
+  const [din, dout] = transB ? [w2, w1] : [w1, w2];
+  if (x.shape[1] !== din) throw new Error(`groupedMatmul: x [${x.shape}] does not match w [${w.shape}] (transB=${transB})`);
+  const y = allocate([x.shape[0]!, dout], x.dtype);
+  for (let e = 0; e < experts; e++) {
+    const r0 = offsets.i[e]!, rows = offsets.i[e + 1]! - r0;
+    if (rows === 0) continue;
+    gemm({ m: rows, n: dout, k: din, a: x.f, aOffset: r0 * din, transA: false, b: w.f, bOffset: e * w1 * w2, transB, c: y.f, cOffset: r0 * dout, alpha: 1, accumulate: false });
+  }
+  return settle(y);
+}
+
+export function groupedMatmulWeightGrad(x: CpuTensor, dy: CpuTensor, offsets: CpuTensor, dw: CpuTensor): void {
+  const [experts, din, dout] = dw.shape as [number, number, number];
+  for (let e = 0; e < experts; e++) {
+    const r0 = offsets.i[e]!, rows = offsets.i[e + 1]! - r0;
+    if (rows === 0) continue;
+    // dw[e] [din, dout] += x_e^T [din, rows] @ dy_e [rows, dout]
+    gemm({ m: din, n: dout, k: rows, a: x.f, aOffset: r0 * din, transA: true, b: dy.f, bOffset: r0 * dout, transB: false, c: dw.f, cOffset: e * din * dout, alpha: 1, accumulate: true });
+  }
+  settle(dw);
+}
+
+export function routerBiasUpdate(bias: CpuTensor, counts: CpuTensor, rate: number): void {
+  const experts = bias.numel;
+  let total = 0;
+  for (let e = 0; e < experts; e++) total += counts.i[e]!;
+  if (total === 0) return;
+  const sign = new Float64Array(experts);
+  let mean = 0;
+  for (let e = 0; e < experts; e++) {
+    sign[e] = Math.sign(counts.i[e]! / total - 1 / experts);
+    mean += sign[e]! / experts;
+  }
+  for (let e = 0; e < experts; e++) bias.f[e] = Math.min(16, Math.max(-16, bias.f[e]! - rate * (sign[e]! - mean)));
+}

@@ -1,0 +1,36 @@
+/** CPU global gradient norm and fused AdamW (the reference's update order, plus norm clipping and a NaN guard). */
+import type { AdamWGroup, AdamWOptions } from '../backend.ts';
+import { type CpuTensor, allocate, asCpu, settle } from './storage.ts';
+
+export function globalNorm(tensors: readonly CpuTensor[]): CpuTensor {
+  let ss = 0;
+  for (const t of tensors) for (const v of t.f) ss += v * v;
+  const out = allocate([1], 'f32');
+  out.f[0] = Math.sqrt(ss);
+  return out;
+}
+
+export function adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void {
+  const norm = asCpu(opts.gradNorm).f[0]!;
+  if (!Number.isFinite(norm)) return; // leave weights and moments untouched; the trainer reports the bad step
+  const clip = opts.maxNorm > 0 ? Math.min(1, opts.maxNorm / (norm + 1e-6)) : 1;
+  for (const g of groups) {
+    const bc1 = 1 - g.beta1 ** g.step;
+    const bc2Sqrt = Math.sqrt(1 - g.beta2 ** g.step);
+    const stepSize = g.lr / bc1;
+    const decay = 1 - g.lr * g.weightDecay;
+    g.params.forEach((pt, i) => {
+      const p = asCpu(pt), grad = asCpu(g.grads[i]!).f, m = asCpu(g.expAvg[i]!), v = asCpu(g.expAvgSq[i]!);
+      const ps = p.f, ms = m.f, vs = v.f;
+      for (let j = 0; j < ps.length; j++) {
+        const gj = grad[j]! * clip;
+        const mj = g.beta1 * ms[j]! + (1 - g.beta1) * gj;
+        const vj = g.beta2 * vs[j]! + (1 - g.beta2) * gj * gj;
+        ms[j] = mj;
+        vs[j] = vj;
+        ps[j] = ps[j]! * decay - stepSize * (mj / (Math.sqrt(vj) / bc2Sqrt + g.eps));
+      }
+      settle(p); settle(m); settle(v);
+    });
+  }
+}

@@ -44,7 +44,7 @@ export function hashString(s: string): number {
  * counter i >> 1 (low word first) and Box-Muller on two uniforms in (0, 1]; one counter yields elements 2j and 2j+1, hence an
  * even offset.
  */
-export function philoxNormal(out: Float32Array, init: { std: number; seed: number; stream: number; offset?: number }): void {
+export function philoxNormal(out: Float32Array | Float64Array, init: { std: number; seed: number; stream: number; offset?: number }): void {
   const offset = init.offset ?? 0;
   if (offset % 2 !== 0) throw new Error(`philoxNormal: offset ${offset} must be even`);
   const k0 = init.seed >>> 0;

@@ -4,7 +4,7 @@
  * same scheme a flash kernel uses.
  */
 import type { AttentionSpec, RopeSpec } from '../backend.ts';
-import { type CpuTensor, allocate, settle } from './storage.ts';
+import { type CpuTensor, allocate, settle, type FloatArray, newFloats } from './storage.ts';
 
 export function ropeInPlace(x: CpuTensor, cos: CpuTensor, sin: CpuTensor, spec: RopeSpec, inverse: boolean): void {
   const cols = x.shape[x.shape.length - 1]!;
@@ -69,14 +69,14 @@ function headDims(q: CpuTensor, v: CpuTensor, spec: AttentionSpec): { dQK: numbe
 }
 
 /** Copies head h of sequence b out of a [T, H*d] tensor into a contiguous [S, d] block (and back). */
-function packHead(src: Float32Array, dst: Float32Array, b: number, h: number, S: number, H: number, d: number): void {
+function packHead(src: FloatArray, dst: FloatArray, b: number, h: number, S: number, H: number, d: number): void {
   for (let i = 0; i < S; i++) {
     const from = ((b * S + i) * H + h) * d;
     dst.set(src.subarray(from, from + d), i * d);
   }
 }
 
-function unpackHead(src: Float64Array, dst: Float32Array, b: number, h: number, S: number, H: number, d: number): void {
+function unpackHead(src: Float64Array, dst: FloatArray, b: number, h: number, S: number, H: number, d: number): void {
   for (let i = 0; i < S; i++) {
     const to = ((b * S + i) * H + h) * d;
     for (let x = 0; x < d; x++) dst[to + x] = src[i * d + x]!;
@@ -88,7 +88,7 @@ export function attention(q: CpuTensor, k: CpuTensor, v: CpuTensor, spec: Attent
   const { dQK, dV } = headDims(q, v, spec);
   const out = allocate([batch * S, H * dV], q.dtype);
   const lse = allocate([batch * S, H], 'f32');
-  const Q = new Float32Array(S * dQK), K = new Float32Array(S * dQK), V = new Float32Array(S * dV);
+  const Q = newFloats(S * dQK), K = newFloats(S * dQK), V = newFloats(S * dV);
   const O = new Float64Array(S * dV);
   const p = new Float64Array(S);
   for (let b = 0; b < batch; b++) {
@@ -126,8 +126,8 @@ export function attentionBackward(
   const { batch, seqLen: S, heads: H, scale } = spec;
   const { dQK, dV } = headDims(q, v, spec);
   const dq = allocate(q.shape, q.dtype), dk = allocate(k.shape, k.dtype), dv = allocate(v.shape, v.dtype);
-  const Q = new Float32Array(S * dQK), K = new Float32Array(S * dQK), V = new Float32Array(S * dV);
-  const O = new Float32Array(S * dV), G = new Float32Array(S * dV);
+  const Q = newFloats(S * dQK), K = newFloats(S * dQK), V = newFloats(S * dV);
+  const O = newFloats(S * dV), G = newFloats(S * dV);
   const dQ = new Float64Array(S * dQK), dK = new Float64Array(S * dQK), dVh = new Float64Array(S * dV);
   for (let b = 0; b < batch; b++) {
     for (let h = 0; h < H; h++) {

@@ -13,7 +13,7 @@ import * as loss from './loss.ts';
 import * as moe from './moe.ts';
 import * as nn from './nn.ts';
 import * as optim from './optim.ts';
-import { CpuTensor, allocate, asCpu, settle } from './storage.ts';
+import { CpuTensor, allocate, asCpu, newFloats, settle } from './storage.ts';
 
 function asPlan(p: MoePlan): moe.CpuMoePlan {
   if (!(p instanceof moe.CpuMoePlan)) throw new Error('CPU backend got a MoE plan from another backend');
@@ -39,11 +39,15 @@ export class CpuBackend implements Backend {
   upload(data: Float32Array | Int32Array, shape: readonly number[], dtype: DType): Tensor {
     if (data.length !== shapeNumel(shape)) throw new Error(`upload: ${data.length} values for shape [${shape}]`);
     if ((dtype === 'i32') !== data instanceof Int32Array) throw new Error(`upload: ${data.constructor.name} for dtype ${dtype}`);
-    return settle(new CpuTensor(shape, dtype, data.slice()));
+    if (data instanceof Int32Array) return new CpuTensor(shape, dtype, data.slice());
+    const floats = newFloats(data.length);
+    floats.set(data);
+    return settle(new CpuTensor(shape, dtype, floats));
   }
 
   async read(t: Tensor): Promise<Float32Array | Int32Array> {
-    return asCpu(t).data.slice();
+    const d = asCpu(t).data;
+    return d instanceof Float64Array ? Float32Array.from(d) : d.slice();
   }
 
   view(t: Tensor, shape: readonly number[]): Tensor {

@@ -3,25 +3,27 @@
  * contiguous K (A as [M,K], B as [N,K]); each output then is a dot product accumulated in a double, which makes
  * this the accurate reference the GPU is compared against.
  */
+import { type FloatArray, newFloats } from './storage.ts';
+
 export interface GemmArgs {
   m: number;
   n: number;
   k: number;
-  a: Float32Array;
+  a: FloatArray;
   aOffset?: number;
   transA: boolean;
-  b: Float32Array;
+  b: FloatArray;
   bOffset?: number;
   transB: boolean;
-  c: Float32Array;
+  c: FloatArray;
   cOffset?: number;
   alpha: number;
   accumulate: boolean;
 }
 
 /** Copies a row-major [rows, cols] block to [cols, rows]. */
-function transposed(src: Float32Array, offset: number, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
+function transposed(src: FloatArray, offset: number, rows: number, cols: number): FloatArray {
+  const out = newFloats(rows * cols);
   for (let r = 0; r < rows; r++) {
     const s = offset + r * cols;
     for (let c = 0; c < cols; c++) out[c * rows + r] = src[s + c]!;
@@ -70,7 +72,7 @@ export function gemm(g: GemmArgs): void {
   }
 }
 
-function dot(a: Float32Array, ai: number, b: Float32Array, bi: number, k: number): number {
+function dot(a: FloatArray, ai: number, b: FloatArray, bi: number, k: number): number {
   let s = 0;
   for (let p = 0; p < k; p++) s += a[ai + p]! * b[bi + p]!;
   return s;

@@ -4,11 +4,11 @@
  */
 import type { CrossEntropySpec } from '../backend.ts';
 import { gemm } from './gemm.ts';
-import { type CpuTensor, allocate, settle } from './storage.ts';
+import { type CpuTensor, allocate, settle, type FloatArray, newFloats } from './storage.ts';
 
 const CHUNK = 256;
 
-function chunkLogits(x: CpuTensor, w: CpuTensor, t0: number, rows: number, scale: number, out: Float32Array): void {
+function chunkLogits(x: CpuTensor, w: CpuTensor, t0: number, rows: number, scale: number, out: FloatArray): void {
   const [vocab, dim] = w.shape as [number, number];
   gemm({ m: rows, n: vocab, k: dim, a: x.f, aOffset: t0 * dim, transA: false, b: w.f, transB: true, c: out, alpha: scale, accumulate: false });
 }
@@ -17,7 +17,7 @@ export function crossEntropy(x: CpuTensor, w: CpuTensor, targets: CpuTensor, spe
   const tokens = x.shape[0]!;
   const vocab = w.shape[0]!;
   const lse = allocate([tokens], 'f32');
-  const logits = new Float32Array(CHUNK * vocab);
+  const logits = newFloats(CHUNK * vocab);
   let total = 0;
   let counted = 0;
   for (let t0 = 0; t0 < tokens; t0 += CHUNK) {
@@ -51,7 +51,7 @@ export function crossEntropyBackward(
   const tokens = x.shape[0]!;
   const [vocab, dim] = w.shape as [number, number];
   const dx = allocate(x.shape, x.dtype);
-  const logits = new Float32Array(CHUNK * vocab);
+  const logits = newFloats(CHUNK * vocab);
   const norm = spec.logitScale / Math.max(count.f[0]!, 1);
   for (let t0 = 0; t0 < tokens; t0 += CHUNK) {
     const rows = Math.min(CHUNK, tokens - t0);

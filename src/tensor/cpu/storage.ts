@@ -1,8 +1,25 @@
-/** CPU tensors: f32 and bf16 live in Float32Array (bf16 values kept exactly representable), i32 in Int32Array. */
+/**
+ * CPU tensors: f32 and bf16 live in Float32Array (bf16 values kept exactly representable), i32 in Int32Array.
+ * Gradient checks of the whole model switch float storage to Float64Array (`setDoubleStorage`), so finite
+ * differences resolve gradients far below fp32's rounding of the loss; the kernels are the same code either way.
+ */
 import { roundArrayToBf16 } from '../bf16.ts';
 import { type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
 
-export type CpuArray = Float32Array | Int32Array;
+export type FloatArray = Float32Array | Float64Array;
+export type CpuArray = FloatArray | Int32Array;
+
+let FloatStorage: Float32ArrayConstructor | Float64ArrayConstructor = Float32Array;
+
+/** Test hook: store float tensors in doubles (true) or in fp32 (false, the default). */
+export function setDoubleStorage(on: boolean): void {
+  FloatStorage = on ? Float64Array : Float32Array;
+}
+
+/** Scratch or output storage for float values, in the current storage precision. */
+export function newFloats(n: number): FloatArray {
+  return new FloatStorage(n);
+}
 
 export class CpuTensor implements Tensor {
   readonly device = 'cpu' as const;
@@ -21,9 +38,9 @@ export class CpuTensor implements Tensor {
   }
 
   /** Float view of f32/bf16 storage. */
-  get f(): Float32Array {
+  get f(): FloatArray {
     const d = this.data;
-    if (!(d instanceof Float32Array)) throw new Error(`expected a float tensor, got ${describe(this)}`);
+    if (d instanceof Int32Array) throw new Error(`expected a float tensor, got ${describe(this)}`);
     return d;
   }
 
@@ -41,12 +58,13 @@ export class CpuTensor implements Tensor {
 
 export function allocate(shape: readonly number[], dtype: DType): CpuTensor {
   const n = shapeNumel(shape);
-  return new CpuTensor(shape, dtype, dtype === 'i32' ? new Int32Array(n) : new Float32Array(n));
+  return new CpuTensor(shape, dtype, dtype === 'i32' ? new Int32Array(n) : newFloats(n));
 }
 
 /** Applies the dtype's storage rounding after a kernel wrote float values. */
 export function settle(t: CpuTensor): CpuTensor {
-  if (t.dtype === 'bf16') roundArrayToBf16(t.f);
+  const f = t.data;
+  if (t.dtype === 'bf16' && f instanceof Float32Array) roundArrayToBf16(f);
   return t;
 }
 

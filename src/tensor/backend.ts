@@ -191,9 +191,10 @@ export interface Backend {
   groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void;
   /**
    * Aux-loss-free balancing after a step: l = counts/sum(counts); s = sign(l - 1/E);
-   * bias -= rate * (s - mean(s)); clamp to [-16, 16]. counts i32 [E], bias f32 [E].
+   * bias -= rate * (s - mean(s)); clamp to [-16, 16]. counts i32 [E], bias f32 [E]. Skipped, like the AdamW
+   * update, when `gradNorm` (f32 [1]) is not finite, so a diverged step leaves all state as it was.
    */
-  routerBiasUpdate(bias: Tensor, counts: Tensor, rate: number): void;
+  routerBiasUpdate(bias: Tensor, counts: Tensor, rate: number, gradNorm: Tensor): void;
 
   // --- loss ------------------------------------------------------------------------------------------------
   /**

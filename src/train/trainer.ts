@@ -113,7 +113,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       model.backward(fwd.saved);
       const { gradNorm, lr } = opt.update(tokensSeen);
       for (const [j, layer] of moeLayers.entries()) {
-        backend.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), fwd.routerCounts[j]!, cfg.router_bias_update_rate);
+        backend.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), fwd.routerCounts[j]!, cfg.router_bias_update_rate, gradNorm);
       }
       tokensSeen += tokensPerStep;
 

@@ -203,8 +203,8 @@ export class CpuBackend implements Backend {
     moe.groupedMatmulWeightGrad(asCpu(x), asCpu(dy), asCpu(offsets), asCpu(dw));
   }
 
-  routerBiasUpdate(bias: Tensor, counts: Tensor, rate: number): void {
-    moe.routerBiasUpdate(asCpu(bias), asCpu(counts), rate);
+  routerBiasUpdate(bias: Tensor, counts: Tensor, rate: number, gradNorm: Tensor): void {
+    if (Number.isFinite(asCpu(gradNorm).f[0])) moe.routerBiasUpdate(asCpu(bias), asCpu(counts), rate);
   }
 
   crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec): { loss: Tensor; lse: Tensor; count: Tensor } {

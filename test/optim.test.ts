@@ -1,0 +1,108 @@
+/** AdamW groups and update rule, the WSD schedule, clipping and the NaN guard, and the router-bias update. */
+import { describe, expect, it } from 'vitest';
+import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
+import { paramGroup } from '../src/model/params.ts';
+import { modelConfig } from '../src/model/spec.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { AdamW } from '../src/optim/adamw.ts';
+import { asCpu } from '../src/tensor/cpu/storage.ts';
+import { wsdLr, wsdScale } from '../src/optim/schedule.ts';
+import { cpu, data, ints } from './helpers/gradcheck.ts';
+
+describe('WSD schedule', () => {
+  const s = { warmupSteps: 4, holdTokens: 1000, decayTokens: 500, floor: 0.1 };
+  it('warms up by steps from floor + (peak - floor)/warmup', () => {
+    expect(wsdLr(s, 1.1, 0, 0)).toBeCloseTo(0.1 + 1 / 4, 12);
+    expect(wsdLr(s, 1.1, 3, 0)).toBeCloseTo(1.1, 12);
+  });
+  it('holds, then decays by tokens with a cosine to the absolute floor', () => {
+    expect(wsdScale(s, 10, 999)).toBe(1);
+    expect(wsdScale(s, 10, 1250)).toBeCloseTo(0.5, 12);
+    expect(wsdLr(s, 1.1, 10, 1500)).toBeCloseTo(0.1, 12);
+    expect(wsdLr(s, 1.1, 10, 10_000)).toBeCloseTo(0.1, 12);
+  });
+  it('never puts the floor above a group peak (router rule)', () => {
+    expect(wsdLr(s, 0.05, 10, 10_000)).toBeCloseTo(0.05, 12);
+  });
+});
+
+describe('parameter groups follow the reference rules', () => {
+  it.each([
+    ['blocks.2.ffn.W1', 'expert'],
+    ['blocks.2.ffn.router.gate.weight', 'router'],
+    ['embedding.weight', 'dense_no_decay'],
+    ['lm_head.weight', 'dense_no_decay'],
+    ['blocks.0.attn.q_norm.weight', 'dense_no_decay'],
+    ['blocks.0.attn.wq_a.weight', 'dense_decay'],
+    ['blocks.1.ffn.shared.w2.weight', 'dense_decay'],
+  ])('%s -> %s', (name, group) => expect(paramGroup(name)).toBe(group));
+});
+
+function tinyModel(overrides: string[] = []) {
+  const { config } = loadConfig(defaultConfigPath(), { env: {}, overrides: ['--dim=8', '--n_layers=2', '--n_heads=2', '--seq_len=4', '--batch_size=1', ...overrides] });
+  const cfg = modelConfig(config);
+  const model = new Transformer(cpu, cfg);
+  model.params.initialize(cfg.seed);
+  return { cfg, model };
+}
+
+describe('AdamW', () => {
+  it('applies the decoupled update of each group with its own lr, betas and decay', () => {
+    const { cfg, model } = tinyModel(['--grad_clip_norm=0', '--warmup_steps=1', '--lr_expert=0.01', '--lr_dense=0.002', '--lr_router=0.003', '--decay_floor=1e-4']);
+    const opt = new AdamW(cpu, model.params, cfg);
+    const check = ['blocks.1.ffn.W1', 'blocks.1.ffn.router.gate.weight', 'blocks.0.attn.wq_a.weight', 'embedding.weight'];
+    const before = check.map((n) => Float64Array.from(data(model.params.get(n))));
+    for (const p of model.params.trainable()) data(p.grad!).fill(0.5);
+    const { lr } = opt.update(0);
+    expect(lr).toEqual({ expert: 0.01, router: 0.003, dense_decay: 0.002, dense_no_decay: 0.002 });
+    // Step 1 with a constant gradient g: m/(1-b1) = g, sqrt(v/(1-b2)) = |g|, so p' = p (1 - lr wd) - lr g/(|g| + eps).
+    const wd = { 'blocks.1.ffn.W1': 0.1, 'blocks.1.ffn.router.gate.weight': 0, 'blocks.0.attn.wq_a.weight': 0.1, 'embedding.weight': 0 };
+    const lrOf = { 'blocks.1.ffn.W1': 0.01, 'blocks.1.ffn.router.gate.weight': 0.003, 'blocks.0.attn.wq_a.weight': 0.002, 'embedding.weight': 0.002 };
+    check.forEach((n, i) => {
+      const after = data(model.params.get(n));
+      const l = lrOf[n as keyof typeof lrOf], w = wd[n as keyof typeof wd];
+      for (let j = 0; j < after.length; j += 7) expect(after[j]).toBeCloseTo(before[i]![j]! * (1 - l * w) - l * (0.5 / (0.5 + 1e-8)), 6);
+    });
+  });
+
+  it('clips to the global norm and skips the update when the norm is not finite', () => {
+    const { cfg, model } = tinyModel(['--grad_clip_norm=1.0']);
+    const opt = new AdamW(cpu, model.params, cfg);
+    for (const p of model.params.trainable()) data(p.grad!).fill(3);
+    const n = model.params.count();
+    const { gradNorm } = opt.update(0);
+    expect(data(gradNorm)[0]).toBeCloseTo(3 * Math.sqrt(n), 2);
+    const moment = data(opt.groups.find((g) => g.name === 'dense_decay')!.expAvg[0]!)[0]!;
+    expect(moment).toBeCloseTo(0.1 * (3 / (3 * Math.sqrt(n) + 1e-6)), 6); // (1 - b1) * clipped g
+    const snapshot = model.params.trainable().map((p) => Float64Array.from(data(p.value)));
+    data(model.params.trainable()[0]!.grad!)[0] = NaN;
+    opt.update(0);
+    model.params.trainable().forEach((p, i) => expect(Array.from(data(p.value))).toEqual(Array.from(snapshot[i]!)));
+  });
+});
+
+describe('router bias update (aux-loss-free balancing)', () => {
+  it('moves bias against the load sign, centred, and clamps to ±16', () => {
+    const bias = cpu.zeros([4], 'f32');
+    const finite = cpu.upload(Float32Array.of(1), [1], 'f32');
+    cpu.routerBiasUpdate(bias, ints([10, 0, 5, 5]), 0.5, finite);
+    // l = [.5, 0, .25, .25]; sign(l - 1/4) = [1, -1, 0, 0], mean 0
+    expect(Array.from(data(bias))).toEqual([-0.5, 0.5, 0, 0]);
+    cpu.fill(bias, 15.9);
+    cpu.routerBiasUpdate(bias, ints([0, 9, 9, 9]), 1, finite);
+    // sign = [-1, 1, 1, 1], mean 0.5: bias -= [-1.5, .5, .5, .5]
+    expect(Array.from(data(bias)).map((x) => +x.toFixed(4))).toEqual([16, 15.4, 15.4, 15.4]);
+    cpu.routerBiasUpdate(bias, ints([0, 9, 9, 9]), 1, cpu.upload(Float32Array.of(NaN), [1], 'f32'));
+    expect(Array.from(data(bias)).map((x) => +x.toFixed(4))).toEqual([16, 15.4, 15.4, 15.4]);
+  });
+});
+
+describe('MoE grouping', () => {
+  it('orders rows by expert, then by (token, slot), independent of anything but the routing', () => {
+    const plan = cpu.moePlan(ints([2, 0, 1, 2, 2, 1], [3, 2]), 3);
+    expect(Array.from(asCpu(plan.counts).i)).toEqual([1, 2, 3]);
+    expect(Array.from(asCpu(plan.offsets).i)).toEqual([0, 1, 3, 6]);
+    expect(Array.from(asCpu(plan.slotOfRow).i)).toEqual([1, 2, 5, 0, 3, 4]);
+    expect(Array.from(asCpu(plan.rowOfSlot).i)).toEqual([3, 0, 1, 4, 5, 2]);
+  });
+});

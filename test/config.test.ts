@@ -58,8 +58,8 @@ describe('presets', () => {
       tokenizer: 'bytes', vocab_size: 256, eos_token_id: 0, dim: 64, n_layers: 4, n_dense_layers: 1, n_heads: 4,
       inter_dim: 192, moe_inter_dim: 64, n_routed_experts: 8, n_activated_experts: 2, n_shared_experts: 1,
       q_lora_rank: 32, kv_lora_rank: 32, qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16,
-      max_position_embeddings: 128, rope_theta: 10000, lr_dense: 3e-3, lr_router: 3e-3, lr_expert: 3e-3,
-      warmup_steps: 20, hold_tokens: 1e9, decay_tokens: 1e9, decay_floor: 3e-4, steps: 300, batch_size: 8,
+      max_position_embeddings: 128, rope_theta: 10000, lr_dense: 1e-2, lr_router: 1e-2, lr_expert: 1e-2,
+      warmup_steps: 20, hold_tokens: 102_400, decay_tokens: 102_400, decay_floor: 3e-4, steps: 200, batch_size: 8,
       seq_len: 128, log_every: 10, router_bias_update_rate: 1e-3, device: 'auto', resume: false, data_path: null,
       checkpoint_dir: 'runs/tiny/checkpoints', metrics_dir: 'runs/metrics', experiments_db: 'runs/experiments.db',
       data_root: 'runs/data',
@@ -219,7 +219,7 @@ describe('sources and precedence: file < environment < command line', () => {
 
   it('records where each value came from', () => {
     const file = loadConfig(TINY, NO_ENV);
-    expect([file.config.steps, file.origin.steps, file.origin.seed]).toEqual([300, stepsLine, 'default']);
+    expect([file.config.steps, file.origin.steps, file.origin.seed]).toEqual([200, stepsLine, 'default']);
 
     const env = loadConfig(TINY, { env: { NMOE_STEPS: '7', NMOE_RESUME: 'true', NMOE_DTYPE: 'fp8', NMOE_BATCH_SIZE: '4', NMOE_SEQ_LEN: '64' } });
     expect(env.config).toMatchObject({ steps: 7, resume: true, dtype: 'fp8', batch_size: 4, seq_len: 64 });
@@ -230,7 +230,7 @@ describe('sources and precedence: file < environment < command line', () => {
   });
 
   it('reads only the five reference environment variables', () => {
-    expect(tiny([], { env: { NMOE_SEED: '1', NMOE_DIM: '8', NMOE_STEPS: '' } })).toMatchObject({ seed: 42, dim: 64, steps: 300 });
+    expect(tiny([], { env: { NMOE_SEED: '1', NMOE_DIM: '8', NMOE_STEPS: '' } })).toMatchObject({ seed: 42, dim: 64, steps: 200 });
   });
 
   it('rejects a bad environment value, naming the variable', () => {

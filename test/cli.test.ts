@@ -61,10 +61,11 @@ describe('nmoe CLI', () => {
     expect(r.err).toMatch(/the loss became (NaN|-?Infinity) at step \d+; the update was skipped, so the weights hold step \d+\. Fix: lower the learning rates/);
   });
 
-  it('says plainly that device = "cuda" is not in this build', () => {
+  it('says plainly why device = "cuda" cannot start on a machine without a GPU', () => {
     const r = nmoe(['train', '--device=cuda']);
     expect(r.code).toBe(2);
-    expect(r.err).toMatch(/device = "cuda".*Fix: set device = "cpu"/);
+    expect(r.err.trim().split('\n')).toHaveLength(1);
+    expect(r.err).toMatch(/device = "cuda" but the CUDA backend cannot start: cannot load the CUDA driver \(libcuda\.so\.1\)\. Looked in: .*; or set device = "cpu"\./);
   });
 
   it('checks every shipped config', () => {

@@ -38,7 +38,7 @@ export function registerTrainCommand(program: Command): void {
       const args = [configArg, ...rest].filter((a): a is string => a !== undefined);
       const path = args[0] && !args[0].startsWith('--') ? args.shift()! : defaultConfigPath();
       const { config } = loadConfig(path, { overrides: args });
-      const backend = selectBackend(config.device);
+      const { backend, note } = await selectBackend(config.device);
       const progress = new Progress();
       const abort = new AbortController();
       const onSigint = () => {
@@ -49,6 +49,7 @@ export function registerTrainCommand(program: Command): void {
       process.on('SIGINT', onSigint);
       process.on('SIGTERM', onSigint);
       progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
+      if (note) progress.line(pc.dim(note));
       const events: TrainEvents = {
         start(info) {
           progress.line(

@@ -23,10 +23,10 @@ export function linear(ctx: LayerContext, x: Tensor, weight: string): Tensor {
   return ctx.b.matmul(x, ctx.p.get(weight), { transB: true });
 }
 
-/** Accumulates dW += dy^T x and returns dx = dy W. */
+/** Accumulates dW += dy^T x and returns dx = dy W (in x's dtype: fp32 router gradients meet bf16 activations). */
 export function linearBackward(ctx: LayerContext, dy: Tensor, x: Tensor, weight: string): Tensor {
   ctx.b.matmul(dy, x, { transA: true, out: ctx.p.grad(weight), accumulate: true });
-  return ctx.b.matmul(dy, ctx.p.get(weight));
+  return ctx.b.matmul(dy, ctx.p.get(weight), { outDtype: x.dtype });
 }
 
 /** Frees every tensor in a saved-activation record. */

@@ -51,7 +51,8 @@ export interface MoeSaved {
 /** x [T, D] -> out [T, D], plus a copy of the per-expert token counts i32 [E] (for stats and the bias update). */
 export function moeForward(ctx: LayerContext, prefix: string, x: Tensor): { out: Tensor; counts: Tensor; saved: MoeSaved } {
   const { b, cfg } = ctx;
-  const logits = linear(ctx, x, `${prefix}.router.gate.weight`);
+  // The router runs in fp32 whatever the activation dtype, as the reference's gate(x).float().
+  const logits = b.matmul(x, ctx.p.get(`${prefix}.router.gate.weight`), { transB: true, outDtype: 'f32' });
   const { gates, idx } = b.routerTopK(logits, ctx.p.get(`${prefix}.router.bias`), cfg.n_activated_experts, cfg.route_scale);
   const plan = b.moePlan(idx, cfg.n_routed_experts);
   const counts = b.empty([cfg.n_routed_experts], 'i32');

@@ -10,7 +10,7 @@
  * local experts identical copies) and a rank's slice equals the same experts on one GPU.
  */
 import type { Backend } from '../tensor/backend.ts';
-import type { Tensor } from '../tensor/tensor.ts';
+import type { DType, Tensor } from '../tensor/tensor.ts';
 import { shapeNumel } from '../tensor/tensor.ts';
 import { hashString } from '../util/philox.ts';
 
@@ -47,14 +47,15 @@ export class ParamStore {
   readonly params: Param[] = [];
   readonly #byName = new Map<string, Param>();
 
-  constructor(readonly backend: Backend, specs: readonly ParamSpec[]) {
+  /** Weights and their gradients are stored in `dtype`; buffers (router bias) stay fp32. */
+  constructor(readonly backend: Backend, specs: readonly ParamSpec[], readonly dtype: DType = 'f32') {
     for (const spec of specs) {
       if (this.#byName.has(spec.name)) throw new Error(`duplicate parameter ${spec.name}`);
-      const value = backend.zeros(spec.shape, 'f32');
+      const value = backend.zeros(spec.shape, spec.buffer ? 'f32' : dtype);
       const p: Param = {
         ...spec,
         value,
-        grad: spec.buffer ? null : backend.zeros(spec.shape, 'f32'),
+        grad: spec.buffer ? null : backend.zeros(spec.shape, dtype),
         group: spec.buffer ? null : paramGroup(spec.name),
       };
       this.params.push(p);

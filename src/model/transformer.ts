@@ -7,7 +7,7 @@
  *   loss = CE(norm(x) @ lm_head^T * 0.125, targets)    (EOS targets masked unless loss_mask_eos = false)
  */
 import type { Backend, CrossEntropySpec } from '../tensor/backend.ts';
-import type { Tensor } from '../tensor/tensor.ts';
+import type { DType, Tensor } from '../tensor/tensor.ts';
 import { type AttentionSaved, attentionBackward, attentionForward } from './attention.ts';
 import { type LayerContext, freeAll } from './context.ts';
 import { type MlpSaved, type MoeSaved, mlpBackward, mlpForward, moeBackward, moeForward } from './ffn.ts';
@@ -57,8 +57,8 @@ export class Transformer {
   readonly #ropeCos: Tensor;
   readonly #ropeSin: Tensor;
 
-  constructor(readonly b: Backend, readonly cfg: ModelConfig, par: Parallel = SINGLE) {
-    this.params = new ParamStore(b, modelParamSpecs(cfg, par));
+  constructor(readonly b: Backend, readonly cfg: ModelConfig, opts: { parallel?: Parallel; dtype?: DType } = {}) {
+    this.params = new ParamStore(b, modelParamSpecs(cfg, opts.parallel ?? SINGLE), opts.dtype ?? 'f32');
     const tables = ropeTables({
       dim: cfg.qk_rope_head_dim,
       theta: cfg.rope_theta,

@@ -6,7 +6,7 @@
 import type { ModelConfig } from '../model/spec.ts';
 import type { Param, ParamGroup, ParamStore } from '../model/params.ts';
 import type { AdamWGroup, Backend } from '../tensor/backend.ts';
-import type { Tensor } from '../tensor/tensor.ts';
+import type { DType, Tensor } from '../tensor/tensor.ts';
 import { type WsdSchedule, wsdLr } from './schedule.ts';
 
 interface GroupState {
@@ -32,7 +32,8 @@ export class AdamW {
   /** Completed optimizer steps (bias correction uses step + 1). */
   step = 0;
 
-  constructor(readonly b: Backend, readonly store: ParamStore, readonly cfg: ModelConfig) {
+  /** `stateDtype`: storage of the two moments (fp32, or bf16 as the reference keeps them). */
+  constructor(readonly b: Backend, readonly store: ParamStore, readonly cfg: ModelConfig, stateDtype: DType = 'f32') {
     this.schedule = { warmupSteps: cfg.warmup_steps, holdTokens: cfg.hold_tokens, decayTokens: cfg.decay_tokens, floor: cfg.decay_floor };
     const settings: Record<ParamGroup, { peakLr: number; beta2: number; weightDecay: number }> = {
       expert: { peakLr: cfg.lr_expert, beta2: cfg.adam_beta2_expert, weightDecay: cfg.weight_decay },
@@ -45,8 +46,8 @@ export class AdamW {
       return {
         name,
         params,
-        expAvg: params.map((p) => b.zeros(p.shape, 'f32')),
-        expAvgSq: params.map((p) => b.zeros(p.shape, 'f32')),
+        expAvg: params.map((p) => b.zeros(p.shape, stateDtype)),
+        expAvgSq: params.map((p) => b.zeros(p.shape, stateDtype)),
         ...settings[name],
       };
     });

@@ -19,6 +19,8 @@ export interface MatmulOptions {
   transB?: boolean;
   /** Write into this tensor instead of allocating. */
   out?: Tensor;
+  /** dtype of a freshly allocated output (default: a's); e.g. fp32 router logits from bf16 operands. */
+  outDtype?: DType;
   /** out = alpha * op(A) op(B) + (accumulate ? out : 0). */
   accumulate?: boolean;
   alpha?: number;

@@ -81,7 +81,8 @@ function dataSources(cfg: ModelConfig): Int32Array[] {
 export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal): Promise<TrainSummary> {
   const cfg = modelConfig(config);
   const loader = new TokenLoader(dataSources(cfg), cfg.seq_len, cfg.batch_size);
-  const model = new Transformer(backend, cfg);
+  // The GPU keeps weights and activations in bf16 (fp32 accumulation); the CPU oracle stays in fp32.
+  const model = new Transformer(backend, cfg, { dtype: backend.device === 'cuda' ? 'bf16' : 'f32' });
   model.params.initialize(cfg.seed);
   const opt = new AdamW(backend, model.params, cfg);
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));

@@ -92,7 +92,7 @@ export class CpuBackend implements Backend {
     if (A.shape.length !== 2 || B.shape.length !== 2 || k !== k2) {
       throw new Error(`matmul: ${describe(A)}${opts.transA ? 'ᵀ' : ''} @ ${describe(B)}${opts.transB ? 'ᵀ' : ''} do not compose`);
     }
-    const C = opts.out ? asCpu(opts.out) : allocate([m, n], A.dtype);
+    const C = opts.out ? asCpu(opts.out) : allocate([m, n], opts.outDtype ?? A.dtype);
     if (C.numel !== m * n) throw new Error(`matmul: output ${describe(C)} is not [${m},${n}]`);
     gemm({ m, n, k, a: A.f, transA: !!opts.transA, b: B.f, transB: !!opts.transB, c: C.f, alpha: opts.alpha ?? 1, accumulate: !!opts.accumulate });
     return settle(C);

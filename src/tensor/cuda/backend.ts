@@ -1,0 +1,471 @@
+/**
+ * The CUDA backend: every Backend op on the GPU, launched on one stream without host syncs (only `read` and
+ * `synchronize` wait). Dense GEMMs go through cuBLASLt; everything else is nmoe's own kernels in ./kernels,
+ * compiled by NVRTC for the device. Float tensors may be fp32 or bf16 (kernels take either, accumulate in fp32).
+ */
+import { fromBf16Bits, toBf16Bits } from '../bf16.ts';
+import type { AdamWGroup, AdamWOptions, AttentionSpec, Backend, CrossEntropySpec, MatmulOptions, MoePlan, NormalInit, RopeSpec } from '../backend.ts';
+import { DTYPE_BYTES, type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
+import { check, cu } from './driver.ts';
+import { CudaDevice, type KernelArg } from './device.ts';
+import { KERNEL_NAMES } from './kernel-names.ts';
+import { CudaTensor, asCuda, ctype } from './tensor.ts';
+
+const ptr = (t: Tensor): KernelArg => ({ ptr: asCuda(t).ptr });
+const i32 = (v: number): KernelArg => ({ i32: v });
+const i64 = (v: number): KernelArg => ({ i64: v });
+const f32 = (v: number): KernelArg => ({ f32: v });
+const u32 = (v: number): KernelArg => ({ u32: v });
+
+const GROUP_TILE = 64;
+const NORM_BLOCKS = 256;
+const CE_CHUNK_ELEMENTS = 64 << 20; // fp32 logits per chunk: 256 MiB
+
+function gridFor(n: number, block = 256): number {
+  return Math.max(1, Math.min(Math.ceil(n / block), 8192));
+}
+
+class CudaMoePlan implements MoePlan {
+  constructor(
+    readonly numTokens: number,
+    readonly topK: number,
+    readonly numExperts: number,
+    readonly counts: Tensor,
+    readonly offsets: Tensor,
+    readonly slotOfRow: Tensor,
+    readonly rowOfSlot: Tensor,
+    /** i32 [maxTiles, 2] (expert, first row) tiles for the grouped GEMMs, and their count i32 [1]. */
+    readonly tiles: Tensor,
+    readonly numTiles: Tensor,
+  ) {}
+
+  free(): void {
+    for (const t of [this.counts, this.offsets, this.slotOfRow, this.rowOfSlot, this.tiles, this.numTiles]) t.free();
+  }
+}
+
+export class CudaBackend implements Backend {
+  readonly device = 'cuda' as const;
+  readonly dev: CudaDevice;
+  /** Device flag set by kernels that meet an out-of-range id; checked on read(). */
+  readonly #bad: CudaTensor;
+  /** The grouped GEMMs take a plan's offsets; its tile list is found through them. */
+  readonly #plans = new WeakMap<Tensor, CudaMoePlan>();
+
+  constructor(ordinal = 0) {
+    this.dev = new CudaDevice(ordinal, KERNEL_NAMES);
+    this.#bad = this.zeros([1], 'i32') as CudaTensor;
+  }
+
+  get name(): string {
+    return this.dev.info.name;
+  }
+
+  #k(file: string, name: string, grid: [number, number?, number?], block: number, args: KernelArg[], smem = 0): void {
+    this.dev.launch(this.dev.kernel(file, name), grid, block, args, smem);
+  }
+
+  // --- memory ---------------------------------------------------------------------------------------------
+
+  empty(shape: readonly number[], dtype: DType): Tensor {
+    const bytes = Math.max(1, shapeNumel(shape) * DTYPE_BYTES[dtype]);
+    const { ptr: p, size } = this.dev.allocator.alloc(bytes);
+    return new CudaTensor(shape, dtype, p, size, this.dev.allocator);
+  }
+
+  zeros(shape: readonly number[], dtype: DType): Tensor {
+    const t = this.empty(shape, dtype);
+    this.zero(t);
+    return t;
+  }
+
+  upload(data: Float32Array | Int32Array, shape: readonly number[], dtype: DType): Tensor {
+    if (data.length !== shapeNumel(shape)) throw new Error(`upload: ${data.length} values for shape [${shape}]`);
+    const t = this.empty(shape, dtype) as CudaTensor;
+    const src = dtype === 'bf16' ? toBf16Bits(data as Float32Array) : data;
+    const bytes = new Uint8Array(src.buffer, src.byteOffset, t.bytes);
+    this.dev.synchronize(); // the staging buffer may still feed an earlier copy
+    const staging = this.dev.staging(t.bytes);
+    new Uint8Array(staging.view).set(bytes);
+    check('cuMemcpyHtoDAsync', cu.memcpyHtoDAsync(t.ptr, staging.ptr, t.bytes, this.dev.stream));
+    return t;
+  }
+
+  async read(t: Tensor): Promise<Float32Array | Int32Array> {
+    const c = asCuda(t);
+    const staging = this.dev.staging(c.bytes + 4);
+    check('cuMemcpyDtoHAsync', cu.memcpyDtoHAsync(staging.ptr, c.ptr, c.bytes, this.dev.stream));
+    check('cuMemcpyDtoHAsync', cu.memcpyDtoHAsync(staging.ptr + BigInt(c.bytes), this.#bad.ptr, 4, this.dev.stream));
+    this.dev.synchronize();
+    const bad = new Int32Array(staging.view.slice(c.bytes, c.bytes + 4))[0]!;
+    if (bad !== 0) throw new Error(`a kernel met an out-of-range index (token or expert id) at position ${bad - 1}; the inputs are inconsistent with the model (vocab_size, n_routed_experts)`);
+    const copy = staging.view.slice(0, c.bytes);
+    if (c.dtype === 'i32') return new Int32Array(copy);
+    if (c.dtype === 'f32') return new Float32Array(copy);
+    return fromBf16Bits(new Uint16Array(copy));
+  }
+
+  view(t: Tensor, shape: readonly number[]): Tensor {
+    const c = asCuda(t);
+    if (shapeNumel(shape) !== c.numel) throw new Error(`view: cannot view ${describe(c)} as [${shape}]`);
+    return new CudaTensor(shape, c.dtype, c.ptr, c.size, null);
+  }
+
+  zero(t: Tensor): void {
+    const c = asCuda(t);
+    check('cuMemsetD8Async', cu.memsetD8Async(c.ptr, 0, c.bytes, this.dev.stream));
+  }
+
+  copy(src: Tensor, dst: Tensor): void {
+    const s = asCuda(src), d = asCuda(dst);
+    if (s.bytes !== d.bytes || s.dtype !== d.dtype) throw new Error(`copy: ${describe(s)} into ${describe(d)}`);
+    check('cuMemcpyDtoDAsync', cu.memcpyDtoDAsync(d.ptr, s.ptr, s.bytes, this.dev.stream));
+  }
+
+  fillNormal(t: Tensor, init: NormalInit): void {
+    const offset = init.offset ?? 0;
+    if (offset % 2 !== 0) throw new Error(`fillNormal: offset ${offset} must be even`);
+    this.#k('elementwise.cu', `fill_normal<${ctype(t)}>`, [gridFor(t.numel / 2)], 256, [
+      ptr(t), i64(t.numel), f32(init.std), u32(init.seed), u32(init.stream), i64(offset), f32(init.clamp ?? 3.4e38),
+    ]);
+  }
+
+  fill(t: Tensor, value: number): void {
+    if (t.dtype === 'i32') {
+      check('cuMemsetD32Async', cu.memsetD32Async(asCuda(t).ptr, value | 0, t.numel, this.dev.stream));
+      return;
+    }
+    this.#k('elementwise.cu', `fill_value<${ctype(t)}>`, [gridFor(t.numel)], 256, [ptr(t), i64(t.numel), f32(value)]);
+  }
+
+  async synchronize(): Promise<void> {
+    this.dev.synchronize();
+  }
+
+  // --- dense math -------------------------------------------------------------------------------------------
+
+  matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+    const [ar, ac] = a.shape as [number, number];
+    const [br, bc] = b.shape as [number, number];
+    const [m, k] = opts.transA ? [ac, ar] : [ar, ac];
+    const [k2, n] = opts.transB ? [bc, br] : [br, bc];
+    if (a.shape.length !== 2 || b.shape.length !== 2 || k !== k2) throw new Error(`matmul: ${describe(a)} @ ${describe(b)} do not compose`);
+    // cuBLASLt wants both operands in one type: a mixed pair runs in bf16.
+    const abType: DType = a.dtype === 'bf16' || b.dtype === 'bf16' ? 'bf16' : 'f32';
+    const A = this.#as(a, abType), B = this.#as(b, abType);
+    const out = opts.out ?? this.empty([m, n], opts.outDtype ?? a.dtype);
+    if (out.numel !== m * n) throw new Error(`matmul: output ${describe(out)} is not [${m},${n}]`);
+    this.dev.gemm.run({
+      m, n, k, a: asCuda(A).ptr, b: asCuda(B).ptr, c: asCuda(out).ptr, transA: !!opts.transA, transB: !!opts.transB,
+      abType, cType: out.dtype, alpha: opts.alpha ?? 1, beta: opts.accumulate ? 1 : 0,
+    });
+    if (A !== a) A.free();
+    if (B !== b) B.free();
+    return out;
+  }
+
+  /** `t` in dtype `to`: `t` itself, or a fresh copy (only fp32 -> bf16 arises: router gradients meet bf16 weights). */
+  #as(t: Tensor, to: DType): Tensor {
+    if (t.dtype === to) return t;
+    if (t.dtype !== 'f32' || to !== 'bf16') throw new Error(`no conversion from ${describe(t)} to ${to}`);
+    const out = this.empty(t.shape, to);
+    // sum_partials over a single part is exactly an fp32 -> T conversion.
+    this.#k('elementwise.cu', 'sum_partials<bf16>', [gridFor(t.numel)], 256, [ptr(t), i32(1), i32(t.numel), ptr(out), i32(0)]);
+    return out;
+  }
+
+  add(a: Tensor, b: Tensor): Tensor {
+    const out = this.empty(a.shape, a.dtype);
+    this.#elementwiseAdd(a, b, out);
+    return out;
+  }
+
+  addInPlace(dst: Tensor, src: Tensor): void {
+    this.#elementwiseAdd(dst, src, dst);
+  }
+
+  #elementwiseAdd(a: Tensor, b: Tensor, out: Tensor): void {
+    if (a.numel !== b.numel || a.dtype !== b.dtype) throw new Error(`add: ${describe(a)} and ${describe(b)}`);
+    this.#k('elementwise.cu', `add<${ctype(a)}>`, [gridFor(a.numel)], 256, [ptr(a), ptr(b), ptr(out), i64(a.numel)]);
+  }
+
+  embedding(ids: Tensor, table: Tensor, scale: number): Tensor {
+    const [vocab, dim] = table.shape as [number, number];
+    const out = this.empty([ids.numel, dim], table.dtype);
+    this.#k('elementwise.cu', `embedding_fwd<${ctype(table)}>`, [ids.numel], 256, [ptr(ids), ptr(table), ptr(out), i32(ids.numel), i32(dim), i32(vocab), f32(scale), ptr(this.#bad)]);
+    return out;
+  }
+
+  embeddingBackward(ids: Tensor, dOut: Tensor, dTable: Tensor, scale: number): void {
+    const dim = dTable.shape[1]!;
+    this.#k('elementwise.cu', `embedding_bwd<${ctype(dTable)}>`, [Math.ceil(dim / 64)], 64, [ptr(ids), ptr(dOut), ptr(dTable), i32(ids.numel), i32(dim), f32(scale)]);
+  }
+
+  rmsnorm(x: Tensor, w: Tensor, eps: number): { y: Tensor; rstd: Tensor } {
+    const dim = w.numel, rows = x.numel / dim;
+    const y = this.empty(x.shape, x.dtype), rstd = this.empty([rows], 'f32');
+    this.#k('elementwise.cu', `rmsnorm_fwd<${ctype(x)}>`, [rows], 256, [ptr(x), ptr(w), ptr(y), ptr(rstd), i32(dim), f32(eps)]);
+    return { y, rstd };
+  }
+
+  rmsnormBackward(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dw: Tensor): Tensor {
+    const dim = w.numel, rows = x.numel / dim;
+    const rowsPerBlock = Math.max(1, Math.ceil(rows / 512));
+    const blocks = Math.ceil(rows / rowsPerBlock);
+    const dx = this.empty(x.shape, x.dtype), partial = this.empty([blocks, dim], 'f32');
+    this.#k('elementwise.cu', `rmsnorm_bwd<${ctype(x)}>`, [blocks], 256, [ptr(dy), ptr(x), ptr(w), ptr(rstd), ptr(dx), ptr(partial), i32(rows), i32(dim), i32(rowsPerBlock)]);
+    this.#k('elementwise.cu', `sum_partials<${ctype(dw)}>`, [gridFor(dim)], 256, [ptr(partial), i32(blocks), i32(dim), ptr(dw), i32(1)]);
+    partial.free();
+    return dx;
+  }
+
+  swiglu(g: Tensor, u: Tensor): Tensor {
+    const a = this.empty(g.shape, g.dtype);
+    this.#k('elementwise.cu', `swiglu_fwd<${ctype(g)}>`, [gridFor(g.numel)], 256, [ptr(g), ptr(u), ptr(a), i64(g.numel)]);
+    return a;
+  }
+
+  swigluBackward(da: Tensor, g: Tensor, u: Tensor): { dg: Tensor; du: Tensor } {
+    const dg = this.empty(g.shape, g.dtype), du = this.empty(u.shape, u.dtype);
+    this.#k('elementwise.cu', `swiglu_bwd<${ctype(g)}>`, [gridFor(g.numel)], 256, [ptr(da), ptr(g), ptr(u), ptr(dg), ptr(du), i64(g.numel)]);
+    return { dg, du };
+  }
+
+  splitCols(x: Tensor, widths: readonly number[]): Tensor[] {
+    const cols = x.shape[x.shape.length - 1]!, rows = x.numel / cols;
+    let off = 0;
+    return widths.map((w) => {
+      const part = this.empty([rows, w], x.dtype);
+      this.#k('elementwise.cu', `copy_cols<${ctype(x)}>`, [rows], 128, [ptr(x), i32(cols), i32(off), ptr(part), i32(w), i32(0), i32(rows), i32(w)]);
+      off += w;
+      return part;
+    });
+  }
+
+  concatCols(parts: readonly Tensor[]): Tensor {
+    const rows = parts[0]!.shape[0]!;
+    const cols = parts.reduce((n, p) => n + p.shape[1]!, 0);
+    const out = this.empty([rows, cols], parts[0]!.dtype);
+    let off = 0;
+    for (const p of parts) {
+      const w = p.shape[1]!;
+      this.#k('elementwise.cu', `copy_cols<${ctype(p)}>`, [rows], 128, [ptr(p), i32(w), i32(0), ptr(out), i32(cols), i32(off), i32(rows), i32(w)]);
+      off += w;
+    }
+    return out;
+  }
+
+  // --- attention --------------------------------------------------------------------------------------------
+
+  ropeInPlace(x: Tensor, cos: Tensor, sin: Tensor, s: RopeSpec, inverse: boolean): void {
+    const cols = x.shape[x.shape.length - 1]!, rows = x.numel / cols;
+    this.#k('attention.cu', `rope_inplace<${ctype(x)}>`, [rows], 128, [
+      ptr(x), ptr(cos), ptr(sin), i32(rows), i32(cols), i32(s.heads), i32(s.headStride), i32(s.base), i32(s.offset), i32(s.dim), i32(s.seqLen), i32(inverse ? 1 : 0),
+    ]);
+  }
+
+  mlaAssembleKV(kvb: Tensor, kpe: Tensor, heads: number, dNope: number, dV: number): { k: Tensor; v: Tensor } {
+    const rows = kvb.shape[0]!, dRope = kpe.shape[1]!;
+    const k = this.empty([rows, heads * (dNope + dRope)], kvb.dtype), v = this.empty([rows, heads * dV], kvb.dtype);
+    this.#k('attention.cu', `mla_assemble<${ctype(kvb)}>`, [rows], 256, [ptr(kvb), ptr(kpe), ptr(k), ptr(v), i32(heads), i32(dNope), i32(dRope), i32(dV)]);
+    return { k, v };
+  }
+
+  mlaAssembleKVBackward(dk: Tensor, dv: Tensor, heads: number, dNope: number, dV: number): { dkvb: Tensor; dkpe: Tensor } {
+    const rows = dk.shape[0]!, dRope = dk.shape[1]! / heads - dNope;
+    const dkvb = this.empty([rows, heads * (dNope + dV)], dk.dtype), dkpe = this.empty([rows, dRope], dk.dtype);
+    this.#k('attention.cu', `mla_assemble_bwd<${ctype(dk)}>`, [rows], 256, [ptr(dk), ptr(dv), ptr(dkvb), ptr(dkpe), i32(heads), i32(dNope), i32(dRope), i32(dV)]);
+    return { dkvb, dkpe };
+  }
+
+  #attnDims(q: Tensor, v: Tensor, s: AttentionSpec): { dQK: number; dV: number; warps: number } {
+    const dQK = q.shape[1]! / s.heads, dV = v.shape[1]! / s.heads;
+    if (dQK > 256 || dV > 256) throw new Error(`attention: head dims ${dQK}/${dV} exceed 256`);
+    return { dQK, dV, warps: s.batch * s.seqLen * s.heads };
+  }
+
+  attention(q: Tensor, k: Tensor, v: Tensor, s: AttentionSpec): { out: Tensor; lse: Tensor } {
+    const { dQK, dV, warps } = this.#attnDims(q, v, s);
+    const out = this.empty([s.batch * s.seqLen, s.heads * dV], q.dtype), lse = this.empty([s.batch * s.seqLen, s.heads], 'f32');
+    this.#k('attention.cu', `attention_fwd<${ctype(q)}>`, [Math.ceil(warps / 4)], 128, [
+      ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), i32(s.batch), i32(s.seqLen), i32(s.heads), i32(dQK), i32(dV), f32(s.scale),
+    ]);
+    return { out, lse };
+  }
+
+  attentionBackward(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, s: AttentionSpec) {
+    const { dQK, dV, warps } = this.#attnDims(q, v, s);
+    const T = ctype(q);
+    const delta = this.empty([warps], 'f32');
+    this.#k('attention.cu', `attention_delta<${T}>`, [Math.ceil(warps / 8)], 256, [ptr(dOut), ptr(out), ptr(delta), i64(warps), i32(dV)]);
+    const dq = this.empty(q.shape, q.dtype), dk = this.empty(k.shape, k.dtype), dv = this.empty(v.shape, v.dtype);
+    const common = [i32(s.batch), i32(s.seqLen), i32(s.heads), i32(dQK), i32(dV), f32(s.scale)];
+    this.#k('attention.cu', `attention_bwd_dq<${T}>`, [Math.ceil(warps / 4)], 128, [ptr(dOut), ptr(q), ptr(k), ptr(v), ptr(lse), ptr(delta), ptr(dq), ...common]);
+    this.#k('attention.cu', `attention_bwd_dkdv<${T}>`, [Math.ceil(warps / 4)], 128, [ptr(dOut), ptr(q), ptr(k), ptr(v), ptr(lse), ptr(delta), ptr(dk), ptr(dv), ...common]);
+    delta.free();
+    return { dq, dk, dv };
+  }
+
+  // --- router and experts -----------------------------------------------------------------------------------
+
+  routerTopK(logits: Tensor, bias: Tensor, topK: number, routeScale: number): { gates: Tensor; idx: Tensor } {
+    const [tokens, experts] = logits.shape as [number, number];
+    if (logits.dtype !== 'f32') throw new Error(`routerTopK: logits must be f32, got ${describe(logits)}`);
+    const gates = this.empty([tokens, topK], 'f32'), idx = this.empty([tokens, topK], 'i32');
+    this.#k('moe.cu', 'router_topk', [Math.ceil(tokens / 128)], 128, [ptr(logits), ptr(bias), ptr(gates), ptr(idx), i32(tokens), i32(experts), i32(topK), f32(routeScale)]);
+    return { gates, idx };
+  }
+
+  routerTopKBackward(dGates: Tensor, logits: Tensor, idx: Tensor, routeScale: number): Tensor {
+    const [tokens, experts] = logits.shape as [number, number];
+    const dLogits = this.empty([tokens, experts], 'f32');
+    this.#k('moe.cu', 'router_topk_bwd', [Math.ceil(tokens / 128)], 128, [ptr(dGates), ptr(logits), ptr(idx), ptr(dLogits), i32(tokens), i32(experts), i32(idx.shape[1]!), f32(routeScale)]);
+    return dLogits;
+  }
+
+  moePlan(idx: Tensor, numExperts: number): MoePlan {
+    const [tokens, topK] = idx.shape as [number, number];
+    const slots = tokens * topK;
+    const maxTiles = Math.ceil(slots / GROUP_TILE) + numExperts;
+    const counts = this.zeros([numExperts], 'i32'), offsets = this.empty([numExperts + 1], 'i32');
+    const slotOfRow = this.empty([slots], 'i32'), rowOfSlot = this.empty([slots], 'i32');
+    const tiles = this.empty([maxTiles, 2], 'i32'), numTiles = this.empty([1], 'i32');
+    this.#k('moe.cu', 'moe_count', [gridFor(slots)], 256, [ptr(idx), i64(slots), i32(numExperts), ptr(counts), ptr(this.#bad)]);
+    this.#k('moe.cu', 'moe_offsets', [1], 32, [ptr(counts), i32(numExperts), ptr(offsets), i32(GROUP_TILE), ptr(tiles), ptr(numTiles)]);
+    this.#k('moe.cu', 'moe_place', [numExperts], 256, [ptr(idx), i64(slots), ptr(offsets), ptr(slotOfRow), ptr(rowOfSlot)]);
+    const plan = new CudaMoePlan(tokens, topK, numExperts, counts, offsets, slotOfRow, rowOfSlot, tiles, numTiles);
+    this.#plans.set(offsets, plan);
+    return plan;
+  }
+
+  moeGather(x: Tensor, plan: MoePlan): Tensor {
+    const dim = x.shape[1]!, rows = plan.numTokens * plan.topK;
+    const xe = this.empty([rows, dim], x.dtype);
+    this.#k('moe.cu', `moe_gather<${ctype(x)}>`, [rows], 128, [ptr(x), ptr(plan.slotOfRow), ptr(xe), i64(rows), i32(dim), i32(plan.topK)]);
+    return xe;
+  }
+
+  moeGatherBackward(dxe: Tensor, plan: MoePlan): Tensor {
+    const dim = dxe.shape[1]!;
+    const dx = this.empty([plan.numTokens, dim], dxe.dtype);
+    this.#k('moe.cu', `moe_gather_bwd<${ctype(dxe)}>`, [plan.numTokens], 128, [ptr(dxe), ptr(plan.rowOfSlot), ptr(dx), i32(dim), i32(plan.topK)]);
+    return dx;
+  }
+
+  moeCombine(ye: Tensor, gates: Tensor, plan: MoePlan): Tensor {
+    const dim = ye.shape[1]!;
+    const out = this.empty([plan.numTokens, dim], ye.dtype);
+    this.#k('moe.cu', `moe_combine<${ctype(ye)}>`, [plan.numTokens], 128, [ptr(ye), ptr(gates), ptr(plan.rowOfSlot), ptr(out), i32(dim), i32(plan.topK)]);
+    return out;
+  }
+
+  moeCombineBackward(dOut: Tensor, ye: Tensor, gates: Tensor, plan: MoePlan): { dye: Tensor; dGates: Tensor } {
+    const dim = ye.shape[1]!;
+    const dye = this.empty(ye.shape, ye.dtype), dGates = this.empty([plan.numTokens, plan.topK], 'f32');
+    this.#k('moe.cu', `moe_combine_bwd<${ctype(ye)}>`, [plan.numTokens * plan.topK], 128, [ptr(dOut), ptr(ye), ptr(gates), ptr(plan.rowOfSlot), ptr(dye), ptr(dGates), i32(dim), i32(plan.topK)]);
+    return { dye, dGates };
+  }
+
+  groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB = false): Tensor {
+    const plan = this.#planOf(offsets);
+    const [, w1, w2] = w.shape as [number, number, number];
+    const [din, dout] = transB ? [w2, w1] : [w1, w2];
+    if (x.shape[1] !== din) throw new Error(`groupedMatmul: ${describe(x)} does not match ${describe(w)} (transB=${transB})`);
+    const y = this.empty([x.shape[0]!, dout], x.dtype);
+    this.#k('moe.cu', `grouped_gemm<${ctype(x)}>`, [plan.tiles.shape[0]!, Math.ceil(dout / GROUP_TILE)], 256, [
+      ptr(x), ptr(w), ptr(y), ptr(offsets), ptr(plan.tiles), ptr(plan.numTiles), i32(din), i32(dout), i32(transB ? 1 : 0),
+    ]);
+    return y;
+  }
+
+  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void {
+    const [experts, din, dout] = dw.shape as [number, number, number];
+    this.#k('moe.cu', `grouped_wgrad<${ctype(x)}>`, [Math.ceil(din / GROUP_TILE), Math.ceil(dout / GROUP_TILE), experts], 256, [ptr(x), ptr(dy), ptr(offsets), ptr(dw), i32(din), i32(dout)]);
+  }
+
+  #planOf(offsets: Tensor): CudaMoePlan {
+    const plan = this.#plans.get(offsets);
+    if (!plan) throw new Error('groupedMatmul: offsets must come from moePlan on this backend');
+    return plan;
+  }
+
+  routerBiasUpdate(bias: Tensor, counts: Tensor, rate: number, gradNorm: Tensor): void {
+    this.#k('moe.cu', 'router_bias_update', [1], 256, [ptr(bias), ptr(counts), i32(bias.numel), f32(rate), ptr(gradNorm)]);
+  }
+
+  // --- loss ------------------------------------------------------------------------------------------------
+
+  #ceChunk(vocab: number): number {
+    return Math.max(1, Math.floor(CE_CHUNK_ELEMENTS / vocab));
+  }
+
+  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec): { loss: Tensor; lse: Tensor; count: Tensor } {
+    const [tokens, dim] = x.shape as [number, number];
+    const vocab = w.shape[0]!;
+    const chunk = Math.min(tokens, this.#ceChunk(vocab));
+    const lse = this.empty([tokens], 'f32'), rowLoss = this.empty([tokens], 'f32');
+    const logits = this.empty([chunk, vocab], 'f32');
+    for (let t0 = 0; t0 < tokens; t0 += chunk) {
+      const rows = Math.min(chunk, tokens - t0);
+      const xc = this.#rows(x, t0, rows, dim), lc = this.#rows(logits, 0, rows, vocab);
+      this.matmul(xc, w, { transB: true, out: lc, alpha: spec.logitScale });
+      this.#k('loss.cu', 'ce_fwd_rows', [rows], 256, [ptr(lc), { ptr: asCuda(targets).ptr + BigInt(4 * t0) }, { ptr: asCuda(lse).ptr + BigInt(4 * t0) }, { ptr: asCuda(rowLoss).ptr + BigInt(4 * t0) }, i32(vocab), i32(spec.ignoreIndex), ptr(this.#bad)]);
+    }
+    const loss = this.empty([1], 'f32'), count = this.empty([1], 'f32');
+    this.#k('loss.cu', 'ce_finish', [1], 1024, [ptr(rowLoss), ptr(targets), i64(tokens), i32(spec.ignoreIndex), ptr(loss), ptr(count)]);
+    logits.free();
+    rowLoss.free();
+    return { loss, lse, count };
+  }
+
+  crossEntropyBackward(x: Tensor, w: Tensor, targets: Tensor, lse: Tensor, count: Tensor, spec: CrossEntropySpec, dw: Tensor): Tensor {
+    const [tokens, dim] = x.shape as [number, number];
+    const vocab = w.shape[0]!;
+    const chunk = Math.min(tokens, this.#ceChunk(vocab));
+    const dx = this.empty(x.shape, x.dtype);
+    const logits = this.empty([chunk, vocab], 'f32'), dlogits = this.empty([chunk, vocab], w.dtype);
+    for (let t0 = 0; t0 < tokens; t0 += chunk) {
+      const rows = Math.min(chunk, tokens - t0);
+      const xc = this.#rows(x, t0, rows, dim), lc = this.#rows(logits, 0, rows, vocab), dc = this.#rows(dlogits, 0, rows, vocab);
+      this.matmul(xc, w, { transB: true, out: lc, alpha: spec.logitScale });
+      this.#k('loss.cu', `ce_bwd_rows<${ctype(w)}>`, [rows], 256, [ptr(lc), { ptr: asCuda(targets).ptr + BigInt(4 * t0) }, { ptr: asCuda(lse).ptr + BigInt(4 * t0) }, ptr(count), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale)]);
+      this.matmul(dc, w, { out: this.#rows(dx, t0, rows, dim) });
+      this.matmul(dc, xc, { transA: true, out: dw, accumulate: true });
+    }
+    logits.free();
+    dlogits.free();
+    return dx;
+  }
+
+  /** A view of rows [r0, r0 + rows) of a row-major [R, cols] tensor. */
+  #rows(t: Tensor, r0: number, rows: number, cols: number): Tensor {
+    const c = asCuda(t);
+    return new CudaTensor([rows, cols], c.dtype, c.ptr + BigInt(r0 * cols * DTYPE_BYTES[c.dtype]), 0, null);
+  }
+
+  // --- optimizer -------------------------------------------------------------------------------------------
+
+  globalNorm(tensors: readonly Tensor[]): Tensor {
+    const partial = this.empty([tensors.length * NORM_BLOCKS], 'f32');
+    tensors.forEach((t, i) => {
+      this.#k('optim.cu', `sumsq_partial<${ctype(t)}>`, [NORM_BLOCKS], 256, [ptr(t), i64(t.numel), { ptr: asCuda(partial).ptr + BigInt(4 * i * NORM_BLOCKS) }]);
+    });
+    const norm = this.empty([1], 'f32');
+    this.#k('optim.cu', 'norm_finish', [1], 1024, [ptr(partial), i64(tensors.length * NORM_BLOCKS), ptr(norm)]);
+    partial.free();
+    return norm;
+  }
+
+  adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void {
+    for (const g of groups) {
+      const bc1 = 1 - g.beta1 ** g.step, bc2Sqrt = Math.sqrt(1 - g.beta2 ** g.step);
+      g.params.forEach((p, i) => {
+        const m = g.expAvg[i]!;
+        const name = `adamw<${ctype(p)}, ${ctype(m)}>`;
+        this.#k('optim.cu', name, [gridFor(p.numel)], 256, [
+          ptr(p), ptr(g.grads[i]!), ptr(m), ptr(g.expAvgSq[i]!), i64(p.numel), f32(g.lr), f32(g.beta1), f32(g.beta2), f32(g.eps), f32(g.weightDecay), f32(bc1), f32(bc2Sqrt), ptr(opts.gradNorm), f32(opts.maxNorm),
+        ]);
+      });
+    }
+  }
+}

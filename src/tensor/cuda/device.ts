@@ -1,0 +1,139 @@
+/**
+ * The CUDA runtime nmoe needs, directly on the driver: one device, its primary context and one stream, the
+ * caching allocator, pinned staging for copies, kernels compiled by NVRTC (loaded once per file), and a launcher
+ * that packs arguments into one preallocated block passed through cuLaunchKernel's `extra` (no per-launch
+ * allocation).
+ */
+import koffi from 'koffi';
+import { UserError } from '../../util/errors.ts';
+import { CachingAllocator } from './allocator.ts';
+import { CU_DEVICE_ATTRIBUTE as A, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, check, cu, outI32, outU64 } from './driver.ts';
+import { GemmRunner } from './cublaslt.ts';
+import { compileKernels } from './nvrtc.ts';
+
+export type KernelArg = { ptr: bigint } | { i32: number } | { i64: number } | { f32: number } | { u32: number };
+
+const ARG_BYTES = 4096;
+const GEMM_WORKSPACE_BYTES = 32 << 20;
+
+export interface DeviceInfo {
+  ordinal: number;
+  name: string;
+  capability: [number, number];
+  arch: string;
+  multiprocessors: number;
+  totalMemory: number;
+}
+
+let initialized = false;
+
+export function deviceCount(): number {
+  if (!initialized) {
+    check('cuInit', cu.init(0));
+    initialized = true;
+  }
+  return outI32('cuDeviceGetCount', cu.deviceGetCount);
+}
+
+export function deviceInfo(ordinal: number): DeviceInfo {
+  deviceCount();
+  const dev = outI32('cuDeviceGet', cu.deviceGet, ordinal);
+  const name = Buffer.alloc(256);
+  check('cuDeviceGetName', cu.deviceGetName(name, 256, dev));
+  const attr = (a: number) => outI32('cuDeviceGetAttribute', cu.deviceGetAttribute, a, dev);
+  const capability: [number, number] = [attr(A.COMPUTE_CAPABILITY_MAJOR), attr(A.COMPUTE_CAPABILITY_MINOR)];
+  // Hopper gets its architecture-specific target (wgmma, setmaxnreg); others their plain one.
+  const arch = capability[0] === 9 && capability[1] === 0 ? 'sm_90a' : `sm_${capability[0]}${capability[1]}`;
+  return {
+    ordinal,
+    name: name.toString('utf8').replace(/\0.*$/s, ''),
+    capability,
+    arch,
+    multiprocessors: attr(A.MULTIPROCESSOR_COUNT),
+    totalMemory: Number(outU64('cuDeviceTotalMem', cu.deviceTotalMem, dev)),
+  };
+}
+
+export class CudaDevice {
+  readonly info: DeviceInfo;
+  readonly stream: bigint;
+  readonly allocator = new CachingAllocator();
+  readonly gemm: GemmRunner;
+  readonly #modules = new Map<string, { module: bigint; symbols: Record<string, string> }>();
+  readonly #functions = new Map<string, bigint>();
+  readonly #args: bigint;
+  readonly #argView: DataView;
+  readonly #extra: bigint;
+  #staging: { ptr: bigint; bytes: number } | null = null;
+
+  constructor(ordinal: number, readonly kernelNames: Record<string, readonly string[]>) {
+    const count = deviceCount();
+    if (ordinal >= count) throw new UserError(`GPU ${ordinal} does not exist: the driver reports ${count} device(s). Fix: set LOCAL_RANK or CUDA_VISIBLE_DEVICES.`);
+    this.info = deviceInfo(ordinal);
+    const dev = outI32('cuDeviceGet', cu.deviceGet, ordinal);
+    check('cuCtxSetCurrent', cu.ctxSetCurrent(outU64('cuDevicePrimaryCtxRetain', cu.primaryCtxRetain, dev)));
+    this.stream = outU64('cuStreamCreate', cu.streamCreate, 0);
+    this.#args = koffi.alloc('uint8_t', ARG_BYTES) as bigint;
+    this.#argView = new DataView(koffi.view(this.#args, ARG_BYTES));
+    // extra = { CU_LAUNCH_PARAM_BUFFER_POINTER, args, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END }
+    this.#extra = koffi.alloc('uint64_t', 6) as bigint;
+    const extra = new BigUint64Array(koffi.view(this.#extra, 48));
+    extra.set([1n, this.#args, 2n, this.#extra + 40n, 0n, 0n]);
+    const workspace = this.allocator.alloc(GEMM_WORKSPACE_BYTES).ptr;
+    this.gemm = new GemmRunner(workspace, GEMM_WORKSPACE_BYTES, this.stream);
+  }
+
+  /** The function for a kernel name expression (e.g. "rmsnorm_fwd<bf16>") of a kernel file. */
+  kernel(file: string, name: string): bigint {
+    const key = `${file}:${name}`;
+    const cached = this.#functions.get(key);
+    if (cached !== undefined) return cached;
+    let mod = this.#modules.get(file);
+    if (!mod) {
+      const names = this.kernelNames[file];
+      if (!names?.includes(name)) throw new Error(`kernel ${name} is not declared for ${file}`);
+      const compiled = compileKernels(file, names, this.info.arch);
+      mod = { module: outU64('cuModuleLoadData', cu.moduleLoadData, compiled.cubin), symbols: compiled.symbols };
+      this.#modules.set(file, mod);
+    }
+    const symbol = mod.symbols[name];
+    if (!symbol) throw new Error(`kernel ${name} is not declared for ${file}`);
+    const fn = outU64('cuModuleGetFunction', cu.moduleGetFunction, mod.module, symbol);
+    this.#functions.set(key, fn);
+    return fn;
+  }
+
+  launch(fn: bigint, grid: [number, number?, number?], block: number, args: readonly KernelArg[], smem = 0): void {
+    let off = 0;
+    const v = this.#argView;
+    for (const a of args) {
+      if ('ptr' in a) { off = align(off, 8); v.setBigUint64(off, a.ptr, true); off += 8; }
+      else if ('i64' in a) { off = align(off, 8); v.setBigInt64(off, BigInt(a.i64), true); off += 8; }
+      else if ('i32' in a) { off = align(off, 4); v.setInt32(off, a.i32, true); off += 4; }
+      else if ('u32' in a) { off = align(off, 4); v.setUint32(off, a.u32 >>> 0, true); off += 4; }
+      else { off = align(off, 4); v.setFloat32(off, a.f32, true); off += 4; }
+    }
+    // The exact parameter bytes: more than the kernel declares is CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES.
+    new BigUint64Array(koffi.view(this.#extra + 40n, 8))[0] = BigInt(off);
+    if (smem > 48 * 1024) check('cuFuncSetAttribute', cu.funcSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem));
+    check('cuLaunchKernel', cu.launchKernel(fn, grid[0], grid[1] ?? 1, grid[2] ?? 1, block, 1, 1, smem, this.stream, 0n, this.#extra));
+  }
+
+  /** Pinned host memory of at least `bytes`, grown on demand (callers synchronize before reuse). */
+  staging(bytes: number): { ptr: bigint; view: ArrayBuffer } {
+    if (!this.#staging || this.#staging.bytes < bytes) {
+      if (this.#staging) check('cuMemFreeHost', cu.memFreeHost(this.#staging.ptr));
+      const size = Math.max(bytes, 1 << 20);
+      this.#staging = { ptr: outU64('cuMemHostAlloc', cu.memHostAlloc, size, 0), bytes: size };
+    }
+    return { ptr: this.#staging.ptr, view: koffi.view(this.#staging.ptr, bytes) };
+  }
+
+  synchronize(): void {
+    check('cuStreamSynchronize', cu.streamSynchronize(this.stream));
+  }
+}
+
+function align(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}

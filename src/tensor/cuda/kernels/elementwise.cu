@@ -1,0 +1,140 @@
+// Row-wise and elementwise kernels: embedding, RMSNorm, SwiGLU, add, column copies, Philox normal init.
+// Reductions over rows go through fixed-order partial buffers, never float atomics, so results are deterministic.
+#include "common.cuh"
+
+template <typename T>
+__global__ void embedding_fwd(const int* ids, const T* table, T* out, int tokens, int dim, int vocab, float scale, int* bad) {
+  const int t = blockIdx.x;
+  const int id = ids[t];
+  if (id < 0 || id >= vocab) { if (threadIdx.x == 0) atomicExch(bad, t + 1); return; }
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) out[(long)t * dim + d] = from_f32<T>(to_f32(table[(long)id * dim + d]) * scale);
+}
+
+// Deterministic scatter-add: each thread owns one column and walks the tokens in order.
+template <typename T>
+__global__ void embedding_bwd(const int* ids, const T* dout, T* dtable, int tokens, int dim, float scale) {
+  const int d = blockIdx.x * blockDim.x + threadIdx.x;
+  if (d >= dim) return;
+  for (int t = 0; t < tokens; ++t) {
+    const long row = (long)ids[t] * dim + d;
+    dtable[row] = from_f32<T>(to_f32(dtable[row]) + to_f32(dout[(long)t * dim + d]) * scale);
+  }
+}
+
+template <typename T>
+__global__ void rmsnorm_fwd(const T* x, const T* w, T* y, float* rstd, int dim, float eps) {
+  const long base = (long)blockIdx.x * dim;
+  float ss = 0.f;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) { const float v = to_f32(x[base + d]); ss += v * v; }
+  const float s = rsqrtf(block_sum(ss) / dim + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = s;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) y[base + d] = from_f32<T>(to_f32(x[base + d]) * s * to_f32(w[d]));
+}
+
+// dx per row; per-block partial dw over ROWS_PER_BLOCK rows into dw_partial[block][dim] (summed by sum_partials).
+template <typename T>
+__global__ void rmsnorm_bwd(const T* dy, const T* x, const T* w, const float* rstd, T* dx, float* dw_partial, int rows, int dim, int rows_per_block) {
+  const int r0 = blockIdx.x * rows_per_block;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) dw_partial[(long)blockIdx.x * dim + d] = 0.f;
+  for (int r = r0; r < min(rows, r0 + rows_per_block); ++r) {
+    const long base = (long)r * dim;
+    const float s = rstd[r];
+    float dot = 0.f;
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) dot += to_f32(x[base + d]) * s * to_f32(w[d]) * to_f32(dy[base + d]);
+    dot = block_sum(dot) / dim;
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+      const float xv = to_f32(x[base + d]), g = to_f32(dy[base + d]);
+      dx[base + d] = from_f32<T>(s * (to_f32(w[d]) * g - xv * s * dot));
+      dw_partial[(long)blockIdx.x * dim + d] += g * xv * s;
+    }
+  }
+}
+
+// out[i] (+)= sum over p of partial[p][i], in order p = 0, 1, ...
+template <typename T>
+__global__ void sum_partials(const float* partial, int parts, int n, T* out, int accumulate) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float s = accumulate ? to_f32(out[i]) : 0.f;
+  for (int p = 0; p < parts; ++p) s += partial[(long)p * n + i];
+  out[i] = from_f32<T>(s);
+}
+
+template <typename T>
+__global__ void swiglu_fwd(const T* g, const T* u, T* a, long n) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    const float x = to_f32(g[i]);
+    a[i] = from_f32<T>(x / (1.f + __expf(-x)) * to_f32(u[i]));
+  }
+}
+
+template <typename T>
+__global__ void swiglu_bwd(const T* da, const T* g, const T* u, T* dg, T* du, long n) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    const float x = to_f32(g[i]), d = to_f32(da[i]);
+    const float sig = 1.f / (1.f + __expf(-x));
+    du[i] = from_f32<T>(d * x * sig);
+    dg[i] = from_f32<T>(d * to_f32(u[i]) * sig * (1.f + x * (1.f - sig)));
+  }
+}
+
+// out = a + b, or a += b when out == a.
+template <typename T>
+__global__ void add(const T* a, const T* b, T* out, long n) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
+}
+
+// dst[r, dst_off : dst_off + width] = src[r, src_off : src_off + width]
+template <typename T>
+__global__ void copy_cols(const T* src, int src_cols, int src_off, T* dst, int dst_cols, int dst_off, int rows, int width) {
+  const int r = blockIdx.x;
+  if (r >= rows) return;
+  for (int c = threadIdx.x; c < width; c += blockDim.x) dst[(long)r * dst_cols + dst_off + c] = src[(long)r * src_cols + src_off + c];
+}
+
+// Philox4x32-10, the same generator as src/util/philox.ts: element i draws from the 64-bit counter (offset + i) / 2.
+__device__ __forceinline__ void philox(unsigned c[4], unsigned k0, unsigned k1) {
+  for (int r = 0; r < 10; ++r) {
+    const unsigned hi0 = __umulhi(0xD2511F53u, c[0]), lo0 = 0xD2511F53u * c[0];
+    const unsigned hi1 = __umulhi(0xCD9E8D57u, c[2]), lo1 = 0xCD9E8D57u * c[2];
+    const unsigned n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
+    c[0] = n0; c[1] = lo1; c[2] = n2; c[3] = lo0;
+    k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+  }
+}
+
+template <typename T>
+__global__ void fill_normal(T* out, long n, float std, unsigned seed, unsigned stream, long offset, float clamp) {
+  for (long pair = blockIdx.x * (long)blockDim.x + threadIdx.x; pair * 2 < n; pair += (long)gridDim.x * blockDim.x) {
+    const unsigned long long counter = (unsigned long long)((offset >> 1) + pair);
+    unsigned c[4] = {(unsigned)counter, (unsigned)(counter >> 32), 0u, 0u};
+    philox(c, seed, stream);
+    const float u1 = ((double)c[0] + 1.0) * (1.0 / 4294967296.0);
+    const float u2 = (double)c[1] * (1.0 / 4294967296.0);
+    const float rad = std * sqrtf(-2.f * logf(u1));
+    float s, co;
+    sincospif(2.f * u2, &s, &co);
+    out[pair * 2] = from_f32<T>(fminf(clamp, fmaxf(-clamp, rad * co)));
+    if (pair * 2 + 1 < n) out[pair * 2 + 1] = from_f32<T>(fminf(clamp, fmaxf(-clamp, rad * s)));
+  }
+}
+
+template <typename T>
+__global__ void fill_value(T* out, long n, float value) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = from_f32<T>(value);
+}
+
+#define INSTANTIATE(T)                                                                                          \
+  template __global__ void embedding_fwd<T>(const int*, const T*, T*, int, int, int, float, int*);             \
+  template __global__ void embedding_bwd<T>(const int*, const T*, T*, int, int, float);                        \
+  template __global__ void rmsnorm_fwd<T>(const T*, const T*, T*, float*, int, float);                         \
+  template __global__ void rmsnorm_bwd<T>(const T*, const T*, const T*, const float*, T*, float*, int, int, int); \
+  template __global__ void sum_partials<T>(const float*, int, int, T*, int);                                   \
+  template __global__ void swiglu_fwd<T>(const T*, const T*, T*, long);                                        \
+  template __global__ void swiglu_bwd<T>(const T*, const T*, const T*, T*, T*, long);                          \
+  template __global__ void add<T>(const T*, const T*, T*, long);                                               \
+  template __global__ void copy_cols<T>(const T*, int, int, T*, int, int, int, int);                           \
+  template __global__ void fill_normal<T>(T*, long, float, unsigned, unsigned, long, float);                   \
+  template __global__ void fill_value<T>(T*, long, float);
+INSTANTIATE(float)
+INSTANTIATE(bf16)

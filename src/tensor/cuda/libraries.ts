@@ -1,0 +1,106 @@
+/**
+ * Finds and loads the NVIDIA shared libraries. Search order: NMOE_<LIB>_PATH (a file), LD_LIBRARY_PATH, the
+ * ldconfig cache, CUDA_HOME / CUDA_PATH, /usr/local/cuda, and the lib folders of pip's nvidia-* wheels. A missing
+ * library is an error that lists every place looked and says what to install or set.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import koffi, { type LibraryHandle } from 'koffi';
+import { UserError } from '../../util/errors.ts';
+
+export interface LibrarySpec {
+  /** Short name for messages and the override variable (NMOE_<KEY>_PATH). */
+  key: string;
+  what: string;
+  sonames: readonly string[];
+  install: string;
+}
+
+export const LIBRARIES = {
+  cuda: { key: 'CUDA', what: 'the CUDA driver', sonames: ['libcuda.so.1'], install: 'install the NVIDIA driver' },
+  nvrtc: { key: 'NVRTC', what: 'NVRTC, the run-time CUDA compiler', sonames: ['libnvrtc.so.13', 'libnvrtc.so.12'], install: 'install the CUDA toolkit or `pip install nvidia-cuda-nvrtc`' },
+  cublasLt: { key: 'CUBLASLT', what: 'cuBLASLt', sonames: ['libcublasLt.so.13', 'libcublasLt.so.12'], install: 'install the CUDA toolkit or `pip install nvidia-cublas`' },
+  nvml: { key: 'NVML', what: 'NVML, the GPU management library', sonames: ['libnvidia-ml.so.1'], install: 'install the NVIDIA driver' },
+} as const satisfies Record<string, LibrarySpec>;
+
+export interface LoadedLibrary {
+  lib: LibraryHandle;
+  path: string;
+}
+
+function ldconfigPaths(): Map<string, string> {
+  const found = new Map<string, string>();
+  try {
+    const out = execFileSync('ldconfig', ['-p'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    for (const line of out.split('\n')) {
+      const m = /^\s*(\S+) \(.*\) => (\S+)$/.exec(line);
+      if (m && !found.has(m[1]!)) found.set(m[1]!, m[2]!);
+    }
+  } catch {
+    // no ldconfig: the other places still count
+  }
+  return found;
+}
+
+function pipWheelDirs(): string[] {
+  const roots = ['/opt/torch/.venv/lib', '/usr/local/lib', '/usr/lib', `${process.env.HOME ?? ''}/.local/lib`];
+  if (process.env.VIRTUAL_ENV) roots.unshift(join(process.env.VIRTUAL_ENV, 'lib'));
+  const dirs: string[] = [];
+  for (const root of roots) {
+    if (!existsSync(root)) continue;
+    for (const py of readdirSync(root).filter((d) => d.startsWith('python3'))) {
+      for (const site of ['site-packages', 'dist-packages']) {
+        const nvidia = join(root, py, site, 'nvidia');
+        if (!existsSync(nvidia)) continue;
+        for (const pkg of readdirSync(nvidia)) dirs.push(join(nvidia, pkg, 'lib'));
+      }
+    }
+  }
+  return dirs;
+}
+
+function searchDirs(): string[] {
+  const cudaHomes = [process.env.CUDA_HOME, process.env.CUDA_PATH, '/usr/local/cuda'].filter((d): d is string => !!d);
+  return [
+    ...(process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean),
+    ...cudaHomes.flatMap((h) => [join(h, 'lib64'), join(h, 'targets/x86_64-linux/lib')]),
+    '/usr/local/nvidia/lib64',
+    '/usr/lib/x86_64-linux-gnu',
+    ...pipWheelDirs(),
+  ];
+}
+
+export function loadLibrary(spec: LibrarySpec): LoadedLibrary {
+  const tried: string[] = [];
+  const attempt = (path: string): LoadedLibrary | null => {
+    tried.push(path);
+    if (path.includes('/') && !existsSync(path)) return null;
+    try {
+      return { lib: koffi.load(path), path };
+    } catch {
+      return null;
+    }
+  };
+  const override = process.env[`NMOE_${spec.key}_PATH`];
+  if (override) {
+    const r = attempt(override);
+    if (r) return r;
+  }
+  const cache = ldconfigPaths();
+  for (const soname of spec.sonames) {
+    for (const dir of searchDirs()) {
+      const r = attempt(join(dir, soname));
+      if (r) return r;
+    }
+    const cached = cache.get(soname);
+    if (cached) {
+      const r = attempt(cached);
+      if (r) return r;
+    }
+  }
+  throw new UserError(
+    `cannot load ${spec.what} (${spec.sonames.join(' or ')}). Looked in: ${tried.join(', ') || '(nowhere)'}. ` +
+      `Fix: ${spec.install}, or set NMOE_${spec.key}_PATH to the library file.`,
+  );
+}

@@ -1,0 +1,123 @@
+/**
+ * NVRTC: compiles the package's .cu kernel files for the device's architecture at run time and caches the cubin
+ * on disk, keyed by the source (with its headers), the options, the architecture and the NVRTC version. Template
+ * kernels are instantiated through name expressions, so callers name `rmsnorm<bf16>` and get the mangled symbol.
+ * A compile error is a CompileError carrying the kernel file and the compiler log.
+ */
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, renameSync, writeFileSync, existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { LIBRARIES, loadLibrary } from './libraries.ts';
+
+export const KERNEL_DIR = fileURLToPath(new URL('./kernels/', import.meta.url));
+
+export class CompileError extends Error {
+  override name = 'CompileError';
+  constructor(readonly file: string, readonly log: string) {
+    super(`NVRTC failed to compile ${file}:\n${log}`);
+  }
+}
+
+let nvrtcLib: ReturnType<typeof bind> | null = null;
+
+function bind() {
+  const { lib, path } = loadLibrary(LIBRARIES.nvrtc);
+  const f = (sig: string) => lib.func(sig);
+  return {
+    path,
+    version: f('int nvrtcVersion(_Out_ int *major, _Out_ int *minor)'),
+    create: f('int nvrtcCreateProgram(_Out_ uint64_t *prog, const char *src, const char *name, int numHeaders, uint64_t headers, uint64_t names)'),
+    compile: f('int nvrtcCompileProgram(uint64_t prog, int numOptions, const char **options)'),
+    logSize: f('int nvrtcGetProgramLogSize(uint64_t prog, _Out_ uint64_t *size)'),
+    log: f('int nvrtcGetProgramLog(uint64_t prog, _Out_ uint8_t *log)'),
+    cubinSize: f('int nvrtcGetCUBINSize(uint64_t prog, _Out_ uint64_t *size)'),
+    cubin: f('int nvrtcGetCUBIN(uint64_t prog, _Out_ uint8_t *cubin)'),
+    addName: f('int nvrtcAddNameExpression(uint64_t prog, const char *expr)'),
+    loweredName: f('int nvrtcGetLoweredName(uint64_t prog, const char *expr, _Out_ const char **lowered)'),
+    destroy: f('int nvrtcDestroyProgram(_Inout_ uint64_t *prog)'),
+    errorString: f('const char *nvrtcGetErrorString(int result)'),
+  };
+}
+
+function nvrtc() {
+  nvrtcLib ??= bind();
+  return nvrtcLib;
+}
+
+function ok(api: string, code: number): void {
+  if (code !== 0) throw new Error(`${api} failed: ${nvrtc().errorString(code)}`);
+}
+
+export function nvrtcVersion(): string {
+  const major = new Int32Array(1), minor = new Int32Array(1);
+  ok('nvrtcVersion', nvrtc().version(major, minor));
+  return `${major[0]}.${minor[0]}`;
+}
+
+export interface CompiledModule {
+  cubin: Buffer;
+  /** name expression -> mangled symbol */
+  symbols: Record<string, string>;
+}
+
+/** The file's source with every local `#include "x.cuh"` it names (one level: headers include nothing local). */
+function sourceWithHeaders(file: string): { source: string; headerText: string } {
+  const source = readFileSync(join(KERNEL_DIR, file), 'utf8');
+  const headers = [...source.matchAll(/#include "([^"]+)"/g)].map((m) => readFileSync(join(KERNEL_DIR, m[1]!), 'utf8'));
+  return { source, headerText: headers.join('\n') };
+}
+
+function cacheDir(): string {
+  return process.env.NMOE_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'nmoe', 'kernels');
+}
+
+/** Compiles `file` for `arch` (e.g. "sm_90a"), instantiating `names`; reuses the disk cache when it matches. */
+export function compileKernels(file: string, names: readonly string[], arch: string): CompiledModule {
+  const { source, headerText } = sourceWithHeaders(file);
+  const options = [`--gpu-architecture=${arch}`, '-std=c++17', '-lineinfo', `--include-path=${KERNEL_DIR}`];
+  const key = createHash('sha256')
+    .update([nvrtcVersion(), arch, options.slice(0, 3).join(' '), names.join(','), source, headerText].join('\0'))
+    .digest('hex')
+    .slice(0, 32);
+  const base = join(cacheDir(), `${file.replace(/\.cu$/, '')}-${arch}-${key}`);
+  if (existsSync(`${base}.cubin`) && existsSync(`${base}.json`)) {
+    return { cubin: readFileSync(`${base}.cubin`), symbols: JSON.parse(readFileSync(`${base}.json`, 'utf8')) };
+  }
+  const api = nvrtc();
+  const prog = new BigUint64Array(1);
+  ok('nvrtcCreateProgram', api.create(prog, source, join(KERNEL_DIR, file), 0, 0n, 0n));
+  try {
+    for (const n of names) ok('nvrtcAddNameExpression', api.addName(prog[0]!, n));
+    const rc = api.compile(prog[0]!, options.length, options);
+    const logSize = new BigUint64Array(1);
+    ok('nvrtcGetProgramLogSize', api.logSize(prog[0]!, logSize));
+    const log = Buffer.alloc(Number(logSize[0]));
+    ok('nvrtcGetProgramLog', api.log(prog[0]!, log));
+    if (rc !== 0) throw new CompileError(join(KERNEL_DIR, file), log.toString('utf8').replace(/\0+$/, ''));
+    const size = new BigUint64Array(1);
+    ok('nvrtcGetCUBINSize', api.cubinSize(prog[0]!, size));
+    const cubin = Buffer.alloc(Number(size[0]));
+    ok('nvrtcGetCUBIN', api.cubin(prog[0]!, cubin));
+    const symbols: Record<string, string> = {};
+    for (const n of names) {
+      const lowered: (string | null)[] = [null];
+      ok('nvrtcGetLoweredName', api.loweredName(prog[0]!, n, lowered));
+      symbols[n] = lowered[0]!;
+    }
+    writeAtomically(`${base}.cubin`, cubin);
+    writeAtomically(`${base}.json`, JSON.stringify(symbols));
+    return { cubin, symbols };
+  } finally {
+    api.destroy(prog);
+  }
+}
+
+/** Write to a temp file, then rename: concurrent ranks sharing the cache never see half a file. */
+function writeAtomically(path: string, data: Buffer | string): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, data);
+  renameSync(tmp, path);
+}

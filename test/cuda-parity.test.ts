@@ -1,0 +1,183 @@
+/**
+ * GPU tests: every CUDA backend op against the CPU oracle, in fp32 and bf16, then the whole model's loss and
+ * gradients, then training. They run only where a GPU answers (see README, "GPU tests"); elsewhere they are skipped.
+ * Errors are norm-wise, ||gpu - cpu|| / ||cpu||: fp32 ops land near 1e-6 (different summation orders), bf16 ones
+ * near 1e-3 (storage rounding), so the bounds are 1e-4 and 2e-2.
+ */
+import { describe, expect, it } from 'vitest';
+import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
+import { modelConfig } from '../src/model/spec.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import type { Backend } from '../src/tensor/backend.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { selectBackend } from '../src/tensor/select.ts';
+import type { DType, Tensor } from '../src/tensor/tensor.ts';
+import { philoxNormal } from '../src/util/philox.ts';
+
+const cpu = new CpuBackend();
+const selected = await selectBackend('auto');
+const gpu: Backend | null = selected.backend.device === 'cuda' ? selected.backend : null;
+if (!gpu) console.warn(`GPU tests skipped: ${selected.note}`);
+
+let stream = 100;
+function hostRandn(n: number, std = 1): Float32Array {
+  const a = new Float32Array(n);
+  philoxNormal(a, { std, seed: 5, stream: stream++ });
+  return a;
+}
+
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0, n = 0;
+  for (let i = 0; i < a.length; i++) {
+    d += (a[i]! - b[i]!) ** 2;
+    n += b[i]! ** 2;
+  }
+  return n === 0 ? Math.sqrt(d) : Math.sqrt(d / n);
+}
+
+type Put = (data: Float32Array | Int32Array, shape: number[], dtype?: DType) => Tensor;
+
+/** Runs `build` on both backends (same host inputs via `put`, default dtype `dtype`) and compares every output. */
+async function parity(dtype: DType, build: (b: Backend, put: Put) => Tensor[]) {
+  const putOn = (b: Backend): Put => (data, shape, dt) => b.upload(data, shape, dt ?? (data instanceof Int32Array ? 'i32' : dtype));
+  const want = build(cpu, putOn(cpu));
+  const got = build(gpu!, putOn(gpu!));
+  const errors: number[] = [];
+  for (let i = 0; i < want.length; i++) errors.push(relErr(await gpu!.read(got[i]!), await cpu.read(want[i]!)));
+  return errors;
+}
+
+const bound = (dtype: DType) => (dtype === 'f32' ? 1e-4 : 2e-2);
+
+describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
+  for (const dtype of ['f32', 'bf16'] as const) {
+    describe(dtype, () => {
+      const T = 96, D = 80;
+      it('matmul in every transpose combination, with accumulate', async () => {
+        for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+          const a = hostRandn(T * D), b = hostRandn(D * 48), c = hostRandn(T * 48);
+          const errs = await parity(dtype, (be, put) => {
+            const x = put(a, ta ? [D, T] : [T, D]), y = put(b, tb ? [48, D] : [D, 48]), z = put(c, [T, 48]);
+            return [be.matmul(x, y, { transA: ta, transB: tb }), be.matmul(x, y, { transA: ta, transB: tb, out: z, accumulate: true, alpha: 0.5 })];
+          });
+          for (const e of errs) expect(e, `transA=${ta} transB=${tb}`).toBeLessThan(bound(dtype));
+        }
+      });
+
+      it('embedding, rmsnorm, swiglu, add, split/concat (forward and backward)', async () => {
+        const idsH = Int32Array.from({ length: T }, (_, i) => (i * 7) % 50);
+        const tableH = hostRandn(50 * D), xH = hostRandn(T * D), wH = hostRandn(D), rH = hostRandn(T * D);
+        const errs = await parity(dtype, (b, put) => {
+          const i = put(idsH, [T]), t = put(tableH, [50, D]), xx = put(xH, [T, D]), ww = put(wH, [D]), rr = put(rH, [T, D]);
+          const dTable = b.zeros([50, D], dtype);
+          b.embeddingBackward(i, rr, dTable, 10.667);
+          const { y, rstd } = b.rmsnorm(xx, ww, 1e-5);
+          const dw = b.zeros([D], dtype);
+          const dx = b.rmsnormBackward(rr, xx, ww, rstd, dw);
+          const { dg, du } = b.swigluBackward(rr, xx, y);
+          const parts = b.splitCols(xx, [30, 50]);
+          return [b.embedding(i, t, 10.667), dTable, y, rstd, dx, dw, b.swiglu(xx, y), dg, du, b.add(xx, rr), b.concatCols(parts.reverse())];
+        });
+        errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
+      });
+
+      it('rope, MLA assembly and causal attention (forward and backward)', async () => {
+        const B = 2, S = 24, H = 3, dN = 16, dR = 8, dV = 12;
+        const positions = 64;
+        const cosH = Float32Array.from({ length: positions * 4 }, (_, i) => Math.cos(i * 0.1));
+        const sinH = Float32Array.from({ length: positions * 4 }, (_, i) => Math.sin(i * 0.1));
+        const kvbH = hostRandn(B * S * H * (dN + dV)), kpeH = hostRandn(B * S * dR), qH = hostRandn(B * S * H * (dN + dR)), dOH = hostRandn(B * S * H * dV);
+        const spec = { batch: B, seqLen: S, heads: H, scale: (dN + dR) ** -0.5 };
+        const errs = await parity(dtype, (b, put) => {
+          const c = put(cosH, [positions, 4], 'f32'), s = put(sinH, [positions, 4], 'f32');
+          const kv = put(kvbH, [B * S, H * (dN + dV)]), pe = put(kpeH, [B * S, dR]), qq = put(qH, [B * S, H * (dN + dR)]), g = put(dOH, [B * S, H * dV]);
+          b.ropeInPlace(qq, c, s, { heads: H, headStride: dN + dR, base: 0, offset: dN, dim: dR, seqLen: S }, false);
+          b.ropeInPlace(pe, c, s, { heads: 1, headStride: dR, base: 0, offset: 0, dim: dR, seqLen: S }, true);
+          const { k, v } = b.mlaAssembleKV(kv, pe, H, dN, dV);
+          const { out, lse } = b.attention(qq, k, v, spec);
+          const { dq, dk, dv } = b.attentionBackward(g, qq, k, v, out, lse, spec);
+          const { dkvb, dkpe } = b.mlaAssembleKVBackward(dk, dv, H, dN, dV);
+          return [qq, k, v, out, lse, dq, dk, dv, dkvb, dkpe];
+        });
+        errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
+      });
+
+      it('router, grouping, grouped GEMMs and combine (forward and backward)', async () => {
+        const E = 6, K = 2, F = 40;
+        const logitsH = hostRandn(T * E), biasH = hostRandn(E, 0.1), xH = hostRandn(T * D), w1H = hostRandn(E * D * F, 0.1);
+        const dOutH = hostRandn(T * F), dgH = hostRandn(T * K);
+        const errs = await parity(dtype, (b, put) => {
+          const l32 = put(logitsH, [T, E], 'f32'), b32 = put(biasH, [E], 'f32'), dg32 = put(dgH, [T, K], 'f32');
+          const xx = put(xH, [T, D]), w = put(w1H, [E, D, F]), g = put(dOutH, [T, F]);
+          const { gates, idx } = b.routerTopK(l32, b32, K, 2.0);
+          const dLogits = b.routerTopKBackward(dg32, l32, idx, 2.0);
+          const plan = b.moePlan(idx, E);
+          const xe = b.moeGather(xx, plan);
+          const h = b.groupedMatmul(xe, w, plan.offsets);
+          const out = b.moeCombine(h, gates, plan);
+          const { dye, dGates } = b.moeCombineBackward(g, h, gates, plan);
+          const dw = b.zeros([E, D, F], dtype);
+          b.groupedMatmulWeightGrad(xe, dye, plan.offsets, dw);
+          const dxe = b.groupedMatmul(dye, w, plan.offsets, true);
+          const dx = b.moeGatherBackward(dxe, plan);
+          const bias2 = put(new Float32Array(E), [E], 'f32');
+          b.routerBiasUpdate(bias2, plan.counts, 0.01, put(Float32Array.of(1), [1], 'f32'));
+          return [gates, idx, dLogits, plan.counts, plan.offsets, plan.slotOfRow, plan.rowOfSlot, xe, h, out, dye, dGates, dw, dxe, dx, bias2];
+        });
+        errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(i < 7 || i === 15 ? 1e-6 : bound(dtype)));
+      });
+
+      it('chunked cross-entropy, global norm and AdamW', async () => {
+        const V = 300;
+        const xH = hostRandn(T * D), wH = hostRandn(V * D, 0.2), tH = Int32Array.from({ length: T }, (_, i) => (i * 13) % V);
+        const errs = await parity(dtype, (b, put) => {
+          const xx = put(xH, [T, D]), ww = put(wH, [V, D]), tt = put(tH, [T]);
+          const spec = { logitScale: 0.125, ignoreIndex: 0 };
+          const { loss, lse, count } = b.crossEntropy(xx, ww, tt, spec);
+          const dw = b.zeros([V, D], dtype);
+          const dx = b.crossEntropyBackward(xx, ww, tt, lse, count, spec, dw);
+          const norm = b.globalNorm([dx, dw]);
+          const m = b.zeros([V, D], 'f32'), v = b.zeros([V, D], 'f32');
+          const p = b.zeros([V, D], dtype);
+          b.copy(ww, p);
+          b.adamw([{ params: [p], grads: [dw], expAvg: [m], expAvgSq: [v], lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 1 }], { gradNorm: norm, maxNorm: 1e-3 });
+          return [loss, lse, count, dx, dw, norm, p, m, v];
+        });
+        errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
+      });
+    });
+  }
+
+  describe('whole model', () => {
+    function tiny(extra: string[] = []) {
+      const { config } = loadConfig(defaultConfigPath(), { env: {}, overrides: ['--seq_len=32', '--batch_size=4', ...extra] });
+      return modelConfig(config);
+    }
+
+    for (const dtype of ['f32', 'bf16'] as const) {
+      it(`loss and every gradient match the CPU (${dtype} weights)`, async () => {
+        const cfg = tiny();
+        const ref = new Transformer(cpu, cfg, { dtype });
+        ref.params.initialize(cfg.seed);
+        const dev = new Transformer(gpu!, cfg, { dtype });
+        for (const [i, p] of ref.params.params.entries()) {
+          const host = (await cpu.read(p.value)) as Float32Array;
+          dev.params.backend.copy(gpu!.upload(host, p.shape, p.value.dtype), dev.params.params[i]!.value);
+        }
+        const ids = Int32Array.from({ length: 128 }, (_, i) => (i * 37 + 11) % 256);
+        const targets = Int32Array.from({ length: 128 }, (_, i) => (i * 53 + 5) % 256);
+        const run = async (b: Backend, m: Transformer) => {
+          const fwd = m.forward(b.upload(ids, [128], 'i32'), b.upload(targets, [128], 'i32'), 4);
+          const loss = (await b.read(fwd.loss))[0]!;
+          m.params.zeroGrads();
+          m.backward(fwd.saved);
+          return { loss, grads: await Promise.all(m.params.trainable().map((p) => b.read(p.grad!))) };
+        };
+        const want = await run(cpu, ref), got = await run(gpu!, dev);
+        expect(Math.abs(got.loss - want.loss) / want.loss).toBeLessThan(dtype === 'f32' ? 1e-5 : 1e-2);
+        const names = ref.params.trainable().map((p) => p.name);
+        want.grads.forEach((g, i) => expect(relErr(got.grads[i]!, g), names[i]).toBeLessThan(dtype === 'f32' ? 1e-3 : 5e-2));
+      });
+    }
+  });
+});

@@ -9,8 +9,7 @@
  * `signal` (Ctrl-C) stops the run cleanly after the step in flight.
  */
 import type { Config } from '../config/schema.ts';
-import { embeddedTokens } from '../data/embedded-corpus.ts';
-import { TokenLoader } from '../data/token-loader.ts';
+import { createLoader } from '../data/loader/build.ts';
 import { flopsPerToken, parameterCounts } from '../model/flops.ts';
 import { type ModelConfig, isMoeLayer, modelConfig } from '../model/spec.ts';
 import { Transformer } from '../model/transformer.ts';
@@ -61,30 +60,13 @@ export class TrainingDiverged extends UserError {
   override name = 'TrainingDiverged';
 }
 
-/** The token sources for a config. Shard datasets (data_path, flows) arrive with the data pipeline. */
-function dataSources(cfg: ModelConfig): Int32Array[] {
-  if (cfg.data_path !== null || cfg.flow_mode !== null) {
-    throw new UserError(
-      `data_path = ${JSON.stringify(cfg.data_path)} / flow_mode = ${JSON.stringify(cfg.flow_mode)}: this build of nmoe cannot read token shards yet. ` +
-        'Fix: remove data_path and flow_mode to train on the embedded corpus (tokenizer = "bytes").',
-    );
-  }
-  if (cfg.tokenizer !== 'bytes') {
-    throw new UserError(
-      `tokenizer = "${cfg.tokenizer}" needs prepared token shards (data_path), but none is set; the embedded corpus is byte-level. ` +
-        'Fix: set tokenizer = "bytes", vocab_size = 256, eos_token_id = 0, or point data_path at shards.',
-    );
-  }
-  return [embeddedTokens()];
-}
-
 export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal): Promise<TrainSummary> {
   const cfg = modelConfig(config);
-  const loader = new TokenLoader(dataSources(cfg), cfg.seq_len, cfg.batch_size);
+  const loader = createLoader(cfg, 0, 1);
   // The GPU keeps weights and activations in bf16 (fp32 accumulation); the CPU oracle stays in fp32.
   const model = new Transformer(backend, cfg, { dtype: backend.device === 'cuda' ? 'bf16' : 'f32' });
   model.params.initialize(cfg.seed);
-  const opt = new AdamW(backend, model.params, cfg);
+  const opt = new AdamW(backend, model.params, cfg, cfg.optim_state_dtype === 'bf16' ? 'bf16' : 'f32');
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
   const tokensPerStep = cfg.batch_size * cfg.seq_len;
   const flops = flopsPerToken(cfg, model.params);
@@ -93,7 +75,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     params: parameterCounts(cfg, model.params),
     flopsPerToken: flops,
     tokensPerStep,
-    dataTokens: loader.sources.reduce((n, s) => n + s.length, 0),
+    dataTokens: loader.totalTokens,
   });
 
   const t0 = performance.now();

@@ -132,6 +132,23 @@ export class CudaDevice {
   synchronize(): void {
     check('cuStreamSynchronize', cu.streamSynchronize(this.stream));
   }
+
+  /** Records a new timing event on the stream. */
+  event(): bigint {
+    const ev = outU64('cuEventCreate', cu.eventCreate, 0);
+    check('cuEventRecord', cu.eventRecord(ev, this.stream));
+    return ev;
+  }
+
+  /** Milliseconds between two recorded events (waits for the later one), then releases both. */
+  elapsedMs(start: bigint, end: bigint): number {
+    check('cuEventSynchronize', cu.eventSynchronize(end));
+    const ms = new Float32Array(1);
+    check('cuEventElapsedTime', cu.eventElapsedTime(ms, start, end));
+    cu.eventDestroy(start);
+    cu.eventDestroy(end);
+    return ms[0]!;
+  }
 }
 
 function align(n: number, a: number): number {

@@ -1,0 +1,97 @@
+/**
+ * `nmoe bench train`: the training step of a config on random tokens, timed after a warm-up. Reports tokens/s,
+ * ms/step, TFLOPS by the reference's FLOPs/token formula, MFU against the device's dense BF16 peak, peak device
+ * memory and the device name; with `profile`, the time per op kind.
+ */
+import type { Config } from '../config/schema.ts';
+import { flopsPerToken } from '../model/flops.ts';
+import { isMoeLayer, modelConfig } from '../model/spec.ts';
+import { Transformer } from '../model/transformer.ts';
+import { AdamW } from '../optim/adamw.ts';
+import type { Backend } from '../tensor/backend.ts';
+import { type OpClock, type OpTime, hostClock, profiled } from './profile.ts';
+
+/** Dense BF16 tensor peaks (TFLOPS) by device name, as the reference's table (H100/H200 SXM: 989). */
+const PEAK_TFLOPS: [RegExp, number][] = [
+  [/H100.*(PCIe)/i, 756],
+  [/H100.*NVL/i, 835],
+  [/H100|H200|H800|GH200/i, 989],
+  [/B200/i, 2250],
+  [/A100/i, 312],
+];
+
+export function peakTflops(device: string): number | null {
+  return PEAK_TFLOPS.find(([re]) => re.test(device))?.[1] ?? null;
+}
+
+export interface BenchResult {
+  device: string;
+  steps: number;
+  tokensPerStep: number;
+  tokensPerSecond: number;
+  msPerStep: number;
+  tflops: number;
+  mfu: number | null;
+  peakMemoryGiB: number | null;
+  finalLoss: number;
+  profile: OpTime[] | null;
+}
+
+export interface BenchOptions {
+  steps: number;
+  warmup: number;
+  profile: boolean;
+  /** Device memory high-water mark in bytes, when the backend tracks it. */
+  peakMemory?: () => number;
+  clock?: OpClock;
+}
+
+export async function benchTrain(config: Config, base: Backend, o: BenchOptions): Promise<BenchResult> {
+  const cfg = modelConfig(config);
+  const prof = o.profile ? profiled(base, o.clock ?? hostClock) : null;
+  const b = prof?.backend ?? base;
+  const model = new Transformer(b, cfg, { dtype: base.device === 'cuda' ? 'bf16' : 'f32' });
+  model.params.initialize(cfg.seed);
+  const opt = new AdamW(b, model.params, cfg, cfg.optim_state_dtype === 'bf16' ? 'bf16' : 'f32');
+  const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
+  const tokens = cfg.batch_size * cfg.seq_len;
+  // Uniform random ids: the step's cost does not depend on the text.
+  let seed = 12345;
+  const randomIds = () => Int32Array.from({ length: tokens }, () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % cfg.vocab_size);
+  let loss = NaN;
+  const step = async (read: boolean) => {
+    const ids = b.upload(randomIds(), [tokens], 'i32'), targets = b.upload(randomIds(), [tokens], 'i32');
+    model.params.zeroGrads();
+    const fwd = model.forward(ids, targets, cfg.batch_size);
+    model.backward(fwd.saved);
+    const { gradNorm } = opt.update(0);
+    for (const [j, layer] of moeLayers.entries()) b.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), fwd.routerCounts[j]!, cfg.router_bias_update_rate, gradNorm);
+    if (read) loss = (await b.read(fwd.loss))[0]!;
+    for (const t of [ids, targets, fwd.loss, gradNorm, ...fwd.routerCounts]) t.free();
+  };
+  for (let i = 0; i < o.warmup; i++) await step(i === o.warmup - 1);
+  prof?.report(); // drop warm-up timings
+  await b.synchronize();
+  const t0 = performance.now();
+  for (let i = 0; i < o.steps; i++) await step(i === o.steps - 1);
+  await b.synchronize();
+  const seconds = (performance.now() - t0) / 1000;
+  const profile = prof?.report() ?? null;
+  const tokensPerSecond = (tokens * o.steps) / seconds;
+  const tflops = (flopsPerToken(cfg, model.params) * tokensPerSecond) / 1e12;
+  const peak = peakTflops(base.name);
+  opt.free();
+  model.free();
+  return {
+    device: base.name,
+    steps: o.steps,
+    tokensPerStep: tokens,
+    tokensPerSecond,
+    msPerStep: (seconds * 1000) / o.steps,
+    tflops,
+    mfu: peak ? tflops / peak : null,
+    peakMemoryGiB: o.peakMemory ? o.peakMemory() / 2 ** 30 : null,
+    finalLoss: loss,
+    profile,
+  };
+}

@@ -1,0 +1,62 @@
+/**
+ * `nmoe bench train <config> [--steps N] [--warmup W] [--profile] [--json] [--key=value ...]`: times training steps
+ * of a config on this machine's backend and prints one summary line (see src/bench/train-bench.ts).
+ */
+import type { Command } from 'commander';
+import { loadConfig } from '../config/load.ts';
+import { benchTrain, type BenchResult } from '../bench/train-bench.ts';
+import type { OpClock } from '../bench/profile.ts';
+import { selectBackend } from '../tensor/select.ts';
+import { UserError } from '../util/errors.ts';
+import { formatCount } from './progress.ts';
+
+function summary(r: BenchResult): string {
+  const mfu = r.mfu === null ? 'MFU n/a (unknown peak)' : `MFU ${(100 * r.mfu).toFixed(1)}%`;
+  const mem = r.peakMemoryGiB === null ? 'peak memory n/a' : `peak memory ${r.peakMemoryGiB.toFixed(2)} GiB`;
+  return `${r.device}: ${formatCount(r.tokensPerSecond)} tokens/s | ${r.msPerStep.toFixed(1)} ms/step | ${r.tflops.toFixed(1)} TFLOPS | ${mfu} | ${mem} | ${r.steps} steps of ${formatCount(r.tokensPerStep)} tokens, loss ${r.finalLoss.toFixed(3)}`;
+}
+
+function positiveInt(flag: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new UserError(`${flag} ${v} is not a whole number >= 0. Fix: e.g. ${flag} 10`);
+    return n;
+  };
+}
+
+export function registerBenchTrain(bench: Command): void {
+  bench
+    .command('train')
+    .description('Time training steps of a config (random tokens) and print tokens/s, ms/step, TFLOPS, MFU and peak memory.')
+    .argument('<config>', 'TOML config file, e.g. configs/bench/moonlet6.toml')
+    .argument('[overrides...]', 'config overrides as --key=value')
+    .option('--steps <n>', 'timed steps', positiveInt('--steps'), 10)
+    .option('--warmup <n>', 'untimed steps first (kernel compiles, allocator warm-up)', positiveInt('--warmup'), 3)
+    .option('--profile', 'also report the time per op kind')
+    .option('--json', 'print the result as JSON')
+    .allowUnknownOption()
+    .action(async (path: string, overrides: string[], opts: { steps: number; warmup: number; profile?: boolean; json?: boolean }) => {
+      const { config } = loadConfig(path, { overrides });
+      const { backend } = await selectBackend(config.device);
+      let peakMemory: (() => number) | undefined;
+      let clock: OpClock | undefined;
+      if (backend.device === 'cuda') {
+        const { CudaBackend } = await import('../tensor/cuda/backend.ts');
+        const dev = (backend as InstanceType<typeof CudaBackend>).dev;
+        peakMemory = () => dev.allocator.stats.peak;
+        clock = { start: () => { const a = dev.event(); return () => { const e = dev.event(); return () => dev.elapsedMs(a, e); }; } };
+      }
+      const r = await benchTrain(config, backend, { steps: opts.steps, warmup: opts.warmup, profile: !!opts.profile, peakMemory, clock });
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(r)}\n`);
+        return;
+      }
+      if (r.profile) {
+        const total = r.profile.reduce((s, p) => s + p.ms, 0);
+        for (const p of r.profile) {
+          process.stdout.write(`${p.op.padEnd(26)} ${(p.ms / r.steps).toFixed(2).padStart(9)} ms/step ${((100 * p.ms) / total).toFixed(1).padStart(5)}%  ${String(p.calls / r.steps).padStart(5)} calls/step\n`);
+        }
+      }
+      process.stdout.write(`${summary(r)}\n`);
+    });
+}

@@ -34,7 +34,9 @@ export function profiled(backend: Backend, clock: OpClock): { backend: Backend; 
   const proxy = new Proxy(backend, {
     get(target, prop) {
       const value: unknown = Reflect.get(target, prop, target);
-      if (typeof value !== 'function' || typeof prop !== 'string' || NOT_TIMED.has(prop)) return value;
+      if (typeof value !== 'function') return value;
+      // Methods run on the real backend (its private fields are not reachable through the proxy).
+      if (typeof prop !== 'string' || NOT_TIMED.has(prop)) return value.bind(target);
       return (...args: unknown[]) => {
         const end = clock.start();
         const out = (value as (...a: unknown[]) => unknown).apply(target, args);

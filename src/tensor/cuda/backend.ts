@@ -8,7 +8,7 @@ import type { AdamWGroup, AdamWOptions, AttentionSpec, Backend, CrossEntropySpec
 import { DTYPE_BYTES, type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
 import { check, cu } from './driver.ts';
 import { CudaDevice, type KernelArg } from './device.ts';
-import { KERNEL_NAMES } from './kernel-names.ts';
+import { FLASH_HEAD_DIMS, KERNEL_NAMES } from './kernel-names.ts';
 import { CudaTensor, asCuda, ctype } from './tensor.ts';
 
 const ptr = (t: Tensor): KernelArg => ({ ptr: asCuda(t).ptr });
@@ -278,30 +278,48 @@ export class CudaBackend implements Backend {
     return { dkvb, dkpe };
   }
 
-  #attnDims(q: Tensor, v: Tensor, s: AttentionSpec): { dQK: number; dV: number; warps: number } {
+  #attnDims(q: Tensor, v: Tensor, s: AttentionSpec): { dQK: number; dV: number; warps: number; flash: [number, number] | null } {
     const dQK = q.shape[1]! / s.heads, dV = v.shape[1]! / s.heads;
     if (dQK > 256 || dV > 256) throw new Error(`attention: head dims ${dQK}/${dV} exceed 256`);
-    return { dQK, dV, warps: s.batch * s.seqLen * s.heads };
+    // Tensor cores for bf16 at the smallest built head dims that fit; the plain kernels otherwise (fp32, odd dims).
+    const flash = q.dtype === 'bf16' ? FLASH_HEAD_DIMS.find(([a, b]) => dQK <= a && dV <= b) ?? null : null;
+    return { dQK, dV, warps: s.batch * s.seqLen * s.heads, flash };
   }
 
   attention(q: Tensor, k: Tensor, v: Tensor, s: AttentionSpec): { out: Tensor; lse: Tensor } {
-    const { dQK, dV, warps } = this.#attnDims(q, v, s);
+    const { dQK, dV, warps, flash } = this.#attnDims(q, v, s);
     const out = this.empty([s.batch * s.seqLen, s.heads * dV], q.dtype), lse = this.empty([s.batch * s.seqLen, s.heads], 'f32');
-    this.#k('attention.cu', `attention_fwd<${ctype(q)}>`, [Math.ceil(warps / 4)], 128, [
-      ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), i32(s.batch), i32(s.seqLen), i32(s.heads), i32(dQK), i32(dV), f32(s.scale),
-    ]);
+    const dims = [i32(s.seqLen), i32(s.heads), i32(dQK), i32(dV), f32(s.scale)];
+    if (flash) {
+      const [P, V] = flash;
+      const smem = (64 * (P + 8) + V * (64 + 8)) * 2;
+      this.#k('flash.cu', `flash_fwd<${P}, ${V}>`, [Math.ceil(s.seqLen / 64), s.batch * s.heads], 128, [ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), ...dims], smem);
+    } else {
+      this.#k('attention.cu', `attention_fwd<${ctype(q)}>`, [Math.ceil(warps / 4)], 128, [ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), i32(s.batch), ...dims]);
+    }
     return { out, lse };
   }
 
   attentionBackward(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, s: AttentionSpec) {
-    const { dQK, dV, warps } = this.#attnDims(q, v, s);
+    const { dQK, dV, warps, flash } = this.#attnDims(q, v, s);
     const T = ctype(q);
     const delta = this.empty([warps], 'f32');
     this.#k('attention.cu', `attention_delta<${T}>`, [Math.ceil(warps / 8)], 256, [ptr(dOut), ptr(out), ptr(delta), i64(warps), i32(dV)]);
     const dq = this.empty(q.shape, q.dtype), dk = this.empty(k.shape, k.dtype), dv = this.empty(v.shape, v.dtype);
-    const common = [i32(s.batch), i32(s.seqLen), i32(s.heads), i32(dQK), i32(dV), f32(s.scale)];
-    this.#k('attention.cu', `attention_bwd_dq<${T}>`, [Math.ceil(warps / 4)], 128, [ptr(dOut), ptr(q), ptr(k), ptr(v), ptr(lse), ptr(delta), ptr(dq), ...common]);
-    this.#k('attention.cu', `attention_bwd_dkdv<${T}>`, [Math.ceil(warps / 4)], 128, [ptr(dOut), ptr(q), ptr(k), ptr(v), ptr(lse), ptr(delta), ptr(dk), ptr(dv), ...common]);
+    const dims = [i32(s.seqLen), i32(s.heads), i32(dQK), i32(dV), f32(s.scale)];
+    const inputs = [ptr(dOut), ptr(q), ptr(k), ptr(v), ptr(lse), ptr(delta)];
+    if (flash) {
+      const [P, V] = flash;
+      const dqSmem = (2 * 64 * (P + 8) + P * (64 + 8) + 2 * 64 * (V + 8)) * 2;
+      const dkdvSmem = (64 * (P + 8) + 64 * (V + 8) + 32 * (P + 8) + P * 40 + 32 * (V + 8) + V * 40) * 2;
+      const grid: [number, number] = [Math.ceil(s.seqLen / 64), s.batch * s.heads];
+      this.#k('flash.cu', `flash_bwd_dq<${P}, ${V}>`, grid, 128, [...inputs, ptr(dq), ...dims], dqSmem);
+      this.#k('flash.cu', `flash_bwd_dkdv<${P}, ${V}>`, grid, 128, [...inputs, ptr(dk), ptr(dv), ...dims], dkdvSmem);
+    } else {
+      const grid = [Math.ceil(warps / 4)] as [number];
+      this.#k('attention.cu', `attention_bwd_dq<${T}>`, grid, 128, [...inputs, ptr(dq), i32(s.batch), ...dims]);
+      this.#k('attention.cu', `attention_bwd_dkdv<${T}>`, grid, 128, [...inputs, ptr(dk), ptr(dv), i32(s.batch), ...dims]);
+    }
     delta.free();
     return { dq, dk, dv };
   }

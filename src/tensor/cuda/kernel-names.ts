@@ -4,10 +4,15 @@
  */
 const both = (names: readonly string[]) => names.flatMap((n) => [`${n}<float>`, `${n}<bf16>`]);
 
+/** Padded (qk, v) head dims the tensor-core attention is built for; other dims use the plain kernels. */
+export const FLASH_HEAD_DIMS: readonly [number, number][] = [[32, 16], [64, 64], [128, 128], [192, 128]];
+const flash = (names: readonly string[]) => names.flatMap((n) => FLASH_HEAD_DIMS.map(([qk, v]) => `${n}<${qk}, ${v}>`));
+
 export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'elementwise.cu': both(['embedding_fwd', 'embedding_bwd', 'rmsnorm_fwd', 'rmsnorm_bwd', 'sum_partials', 'swiglu_fwd', 'swiglu_bwd', 'add', 'copy_cols', 'fill_normal', 'fill_value']),
   'attention.cu': both(['rope_inplace', 'mla_assemble', 'mla_assemble_bwd', 'attention_fwd', 'attention_delta', 'attention_bwd_dq', 'attention_bwd_dkdv']),
   'moe.cu': ['router_topk', 'router_topk_bwd', 'moe_count', 'moe_offsets', 'moe_place', 'router_bias_update', ...both(['moe_gather', 'moe_gather_bwd', 'moe_combine', 'moe_combine_bwd', 'grouped_gemm', 'grouped_wgrad'])],
+  'flash.cu': flash(['flash_fwd', 'flash_bwd_dq', 'flash_bwd_dkdv']),
   'loss.cu': ['ce_fwd_rows', 'ce_finish', ...both(['ce_bwd_rows'])],
   'optim.cu': ['norm_finish', ...both(['sumsq_partial']), 'adamw<float, float>', 'adamw<bf16, float>', 'adamw<bf16, bf16>'],
 };

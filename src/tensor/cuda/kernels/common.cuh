@@ -52,3 +52,19 @@ __device__ __forceinline__ float block_max(float v) {
   v = lane < warps ? partial[lane] : NEG_INF;
   return warp_max(v);
 }
+
+// Tensor cores: D = A (16x16, row) * B (16x8, col) + D in fp32, bf16 operands. Per lane (g = lane / 4,
+// t = lane % 4): a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]}, b = {B[2t..][g], B[2t+8..][g]},
+// d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}; each register holds two consecutive bf16.
+__device__ __forceinline__ void mma_bf16(float d[4], const unsigned a[4], unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+  return (unsigned)from_f32<bf16>(lo) | ((unsigned)from_f32<bf16>(hi) << 16);
+}
+
+// Two consecutive bf16 of shared memory (even index) as one register.
+__device__ __forceinline__ unsigned ld_pair(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }

@@ -140,6 +140,22 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(i < 7 || i === 15 ? 1e-6 : bound(dtype)));
       });
 
+      it('grouped GEMMs over many uneven expert segments (several 128-row tiles each)', async () => {
+        const T = 700, K = 6, E = 8, Din = 264, Dout = 200;
+        const idxH = Int32Array.from({ length: T * K }, (_, i) => ((i * 7919) % 13) % E); // skewed loads, some experts heavy
+        const xH = hostRandn(T * Din), wH = hostRandn(E * Din * Dout, 0.05), wtH = hostRandn(E * Dout * Din, 0.05), gH = hostRandn(T * K * Dout);
+        const errs = await parity(dtype, (b, put) => {
+          const plan = b.moePlan(put(idxH, [T, K]), E);
+          const xe = b.moeGather(put(xH, [T, Din]), plan);
+          const y = b.groupedMatmul(xe, put(wH, [E, Din, Dout]), plan.offsets);
+          const yt = b.groupedMatmul(xe, put(wtH, [E, Dout, Din]), plan.offsets, true);
+          const dw = b.zeros([E, Din, Dout], dtype);
+          b.groupedMatmulWeightGrad(xe, put(gH, [T * K, Dout]), plan.offsets, dw);
+          return [y, yt, dw];
+        });
+        errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
+      });
+
       it('chunked cross-entropy, global norm and AdamW', async () => {
         const V = 300;
         const xH = hostRandn(T * D), wH = hostRandn(V * D, 0.2), tH = Int32Array.from({ length: T }, (_, i) => (i * 13) % V);

@@ -60,3 +60,11 @@ export function philoxNormal(out: Float32Array | Float64Array, init: { std: numb
     if (i + 1 < out.length) out[i + 1] = rad * Math.sin(2 * Math.PI * u2);
   }
 }
+
+/** Uniforms in [0, 1) for stream elements [0, out.length): element i is output word i % 4 of counter i >> 2. */
+export function philoxUniform(out: Float32Array, seed: number, stream: number): void {
+  for (let i = 0; i < out.length; i += 4) {
+    const r = philox4x32(i >>> 2, 0, 0, 0, seed >>> 0, stream >>> 0);
+    for (let j = 0; j < 4 && i + j < out.length; j++) out[i + j] = r[j]! / 4294967296;
+  }
+}

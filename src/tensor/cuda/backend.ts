@@ -17,9 +17,17 @@ const i64 = (v: number): KernelArg => ({ i64: v });
 const f32 = (v: number): KernelArg => ({ f32: v });
 const u32 = (v: number): KernelArg => ({ u32: v });
 
-const GROUP_TILE = 64;
+/** Rows per scheduled expert tile (the tensor-core tile; the fp32 kernel splits it in halves). */
+const GROUP_TILE = 128;
 const NORM_BLOCKS = 256;
 const CE_CHUNK_ELEMENTS = 64 << 20; // fp32 logits per chunk: 256 MiB
+
+/** Dynamic shared memory of the tensor-core grouped GEMMs (grouped.cu): 3 stages of an A and a B tile, each
+ *  128 x (32 + 8) elements when k is inner (layout 0) or 32 x (128 + 8) when k is outer (layout 1). */
+function groupedSmem(a: 0 | 1, b: 0 | 1): number {
+  const tile = (l: 0 | 1) => (l === 0 ? 128 * 40 : 32 * 136);
+  return 3 * 2 * (tile(a) + tile(b));
+}
 
 function gridFor(n: number, block = 256): number {
   return Math.max(1, Math.min(Math.ceil(n / block), 8192));
@@ -390,15 +398,22 @@ export class CudaBackend implements Backend {
     const [din, dout] = transB ? [w2, w1] : [w1, w2];
     if (x.shape[1] !== din) throw new Error(`groupedMatmul: ${describe(x)} does not match ${describe(w)} (transB=${transB})`);
     const y = this.empty([x.shape[0]!, dout], x.dtype);
-    this.#k('moe.cu', `grouped_gemm<${ctype(x)}>`, [plan.tiles.shape[0]!, Math.ceil(dout / GROUP_TILE)], 256, [
-      ptr(x), ptr(w), ptr(y), ptr(offsets), ptr(plan.tiles), ptr(plan.numTiles), i32(din), i32(dout), i32(transB ? 1 : 0),
-    ]);
+    const args = [ptr(x), ptr(w), ptr(y), ptr(offsets), ptr(plan.tiles), ptr(plan.numTiles), i32(din), i32(dout), i32(transB ? 1 : 0)];
+    if (this.#tensorCores(x, din, dout)) this.#k('grouped.cu', 'grouped_gemm_tc', [plan.tiles.shape[0]!, Math.ceil(dout / 128)], 256, args, groupedSmem(0, transB ? 0 : 1));
+    else this.#k('moe.cu', `grouped_gemm<${ctype(x)}>`, [plan.tiles.shape[0]!, Math.ceil(dout / 64), 2], 256, args);
     return y;
   }
 
   groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void {
     const [experts, din, dout] = dw.shape as [number, number, number];
-    this.#k('moe.cu', `grouped_wgrad<${ctype(x)}>`, [Math.ceil(din / GROUP_TILE), Math.ceil(dout / GROUP_TILE), experts], 256, [ptr(x), ptr(dy), ptr(offsets), ptr(dw), i32(din), i32(dout)]);
+    const args = [ptr(x), ptr(dy), ptr(offsets), ptr(dw), i32(din), i32(dout)];
+    if (this.#tensorCores(x, din, dout)) this.#k('grouped.cu', 'grouped_wgrad_tc', [Math.ceil(din / 128), Math.ceil(dout / 128), experts], 256, args, groupedSmem(1, 1));
+    else this.#k('moe.cu', `grouped_wgrad<${ctype(x)}>`, [Math.ceil(din / 64), Math.ceil(dout / 64), experts], 256, args);
+  }
+
+  /** bf16 with dims in multiples of 8 (16-byte operand loads) runs on tensor cores; anything else on the fp32 kernels. */
+  #tensorCores(x: Tensor, din: number, dout: number): boolean {
+    return x.dtype === 'bf16' && din % 8 === 0 && dout % 8 === 0;
   }
 
   #planOf(offsets: Tensor): CudaMoePlan {

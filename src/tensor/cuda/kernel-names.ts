@@ -12,6 +12,7 @@ export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'elementwise.cu': both(['embedding_fwd', 'embedding_bwd', 'rmsnorm_fwd', 'rmsnorm_bwd', 'sum_partials', 'swiglu_fwd', 'swiglu_bwd', 'add', 'copy_cols', 'fill_normal', 'fill_value']),
   'attention.cu': both(['rope_inplace', 'mla_assemble', 'mla_assemble_bwd', 'attention_fwd', 'attention_delta', 'attention_bwd_dq', 'attention_bwd_dkdv']),
   'moe.cu': ['router_topk', 'router_topk_bwd', 'moe_count', 'moe_offsets', 'moe_place', 'router_bias_update', ...both(['moe_gather', 'moe_gather_bwd', 'moe_combine', 'moe_combine_bwd', 'grouped_gemm', 'grouped_wgrad'])],
+  'grouped.cu': ['grouped_gemm_tc', 'grouped_wgrad_tc'],
   'flash.cu': flash(['flash_fwd', 'flash_bwd_dq', 'flash_bwd_dkdv']),
   'loss.cu': ['ce_fwd_rows', 'ce_finish', ...both(['ce_bwd_rows'])],
   'optim.cu': ['norm_finish', ...both(['sumsq_partial']), 'adamw<float, float>', 'adamw<bf16, float>', 'adamw<bf16, bf16>'],

@@ -9,9 +9,26 @@
 #define BK 64  // keys per block in the forward and dq passes; keys per CTA in the dk/dv pass
 #define BQ2 32 // query rows per step in the dk/dv pass (keeps its accumulators in registers)
 
+// Tile loads move 16-byte chunks (8 bf16) when the source rows allow it (row stride, column offset and width all
+// multiples of 8 elements), else single elements. A chunk is all inside [0, width) or all outside.
+__device__ __forceinline__ bool vec8(long stride, int col, int width) { return stride % 8 == 0 && col % 8 == 0 && width % 8 == 0; }
+
+__device__ __forceinline__ uint4 chunk8(const bf16* src, long row, long stride, int col, int c, bool live) {
+  uint4 v;
+  v.x = v.y = v.z = v.w = 0u;
+  return live ? *reinterpret_cast<const uint4*>(src + row * stride + col + c) : v;
+}
+
 // dst[r * ld + c] = src row (row0 + r), columns [col, col + width), zero past `rows_valid` rows or `width`.
 __device__ __forceinline__ void load_tile(bf16* dst, int ld, const bf16* src, long row0, int rows_valid, long stride, int col,
                                           int width, int rows, int cols) {
+  if (vec8(stride, col, width) && ld % 8 == 0) {
+    for (int i = threadIdx.x; i < rows * cols / 8; i += blockDim.x) {
+      const int r = i / (cols / 8), c = 8 * (i % (cols / 8));
+      *reinterpret_cast<uint4*>(dst + r * ld + c) = chunk8(src, row0 + r, stride, col, c, r < rows_valid && c < width);
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < rows * cols; i += blockDim.x) {
     const int r = i / cols, c = i % cols;
     dst[r * ld + c] = (r < rows_valid && c < width) ? src[(row0 + r) * stride + col + c] : (bf16)0;
@@ -21,6 +38,16 @@ __device__ __forceinline__ void load_tile(bf16* dst, int ld, const bf16* src, lo
 // dst[c * ld + r] = src(row0 + r, col + c): the transposed tile.
 __device__ __forceinline__ void load_tile_t(bf16* dst, int ld, const bf16* src, long row0, int rows_valid, long stride, int col,
                                             int width, int rows, int cols) {
+  if (vec8(stride, col, width)) {
+    for (int i = threadIdx.x; i < rows * cols / 8; i += blockDim.x) {
+      const int r = i % rows, c = 8 * (i / rows);
+      const uint4 v = chunk8(src, row0 + r, stride, col, c, r < rows_valid && c < width);
+      const bf16* e = reinterpret_cast<const bf16*>(&v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) dst[(c + j) * ld + r] = e[j];
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < rows * cols; i += blockDim.x) {
     const int r = i % rows, c = i / rows;
     dst[c * ld + r] = (r < rows_valid && c < width) ? src[(row0 + r) * stride + col + c] : (bf16)0;
@@ -63,7 +90,7 @@ template <int DQK, int DV>
 __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int seq,
                                                  int heads, int dqk, int dv, float scale) {
   constexpr int LDK = DQK + 8, LDV = BK + 8;
-  extern __shared__ bf16 smem[];
+  extern __shared__ __align__(16) bf16 smem[];
   bf16* Ks = smem;             // [BK][LDK]; also holds the Q tile at the start
   bf16* Vt = Ks + BK * LDK;    // [DV][LDV]
   const int qb = blockIdx.x, b = blockIdx.y / heads, h = blockIdx.y % heads;
@@ -149,7 +176,7 @@ template <int DQK, int DV>
 __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
                                                     const float* delta, bf16* dq, int seq, int heads, int dqk, int dv, float scale) {
   constexpr int LDK = DQK + 8, LDV = DV + 8, LDT = BK + 8;
-  extern __shared__ bf16 smem[];
+  extern __shared__ __align__(16) bf16 smem[];
   bf16* Qs = smem;
   bf16* Ks = Qs + BQ * LDK;
   bf16* Kt = Ks + BK * LDK;
@@ -232,7 +259,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv(const bf16* dout, const bf
                                                       const float* delta, bf16* dk, bf16* dv_out, int seq, int heads, int dqk, int dv,
                                                       float scale) {
   constexpr int LDK = DQK + 8, LDV = DV + 8, LDT = BQ2 + 8;
-  extern __shared__ bf16 smem[];
+  extern __shared__ __align__(16) bf16 smem[];
   bf16* Ks = smem;
   bf16* Vs = Ks + BK * LDK;
   bf16* Qs = Vs + BK * LDV;

@@ -145,11 +145,13 @@ __global__ void moe_combine_bwd(const T* dout, const T* ye, const float* gates, 
 #define KT 16
 
 // y[rows of tile] = x[rows] @ w[e] (w [E, din, dout]) or @ w[e]^T (trans_b: w [E, dout, din]).
-// grid.x over the tile list (extra blocks exit), grid.y over 64-column tiles; 256 threads, 4x4 outputs each.
+// grid.x over the tile list (extra blocks exit), grid.y over 64-column tiles, grid.z over the two 64-row halves of
+// a scheduled 128-row tile; 256 threads, 4x4 outputs each. The fp32 path; bf16 runs on tensor cores (grouped.cu).
 template <typename T>
 __global__ void grouped_gemm(const T* x, const T* w, T* y, const int* offsets, const int* tiles, const int* num_tiles, int din, int dout, int trans_b) {
   if ((int)blockIdx.x >= *num_tiles) return;
-  const int e = tiles[2 * blockIdx.x], r0 = tiles[2 * blockIdx.x + 1];
+  // A scheduled tile has 2 * TILE rows; grid.z picks the half.
+  const int e = tiles[2 * blockIdx.x], r0 = tiles[2 * blockIdx.x + 1] + blockIdx.z * TILE;
   const int r1 = min(offsets[e + 1], r0 + TILE);
   const int c0 = blockIdx.y * TILE;
   __shared__ float As[KT][TILE + 1], Bs[KT][TILE + 1];

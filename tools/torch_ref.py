@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""Independent PyTorch reference of nmoe's model, for parity tests (tools/parity.ts drives it).
+
+It re-derives the math of src/model from the reference's description, in plain PyTorch with autograd, and shares
+no code with nmoe: only the files. Given
+
+  --config   the nmoe config as JSON (`nmoe config show <file> --json`, or the bare config object)
+  --weights  a safetensors file of every parameter under nmoe's names (router biases are the buffers
+             `blocks.N.ffn.router.bias`)
+  --batch    a safetensors file with I32 `inputs` and `targets` of shape [batch * seq_len], metadata `batch`
+
+it computes the loss of one forward pass and the gradient of every trainable parameter, and writes `loss` (F32 [1])
+and `grad.<name>` (F32, the parameter's shape) to --out.
+
+The model (inventory section 3; the same as src/model):
+  x = embedding(ids) * 10.667
+  each block: x += attn(rmsnorm(x)); x += ffn(rmsnorm(x))         ffn = SwiGLU MLP below n_dense_layers, else MoE
+  MLA: q = wq_b(q_norm(wq_a x)) (or wq x when q_lora_rank = 0) per head [q_nope | q_pe];
+       wkv_a x = [c_kv | k_pe]; wkv_b(kv_norm(c_kv)) per head [k_nope | v]; k_pe is one RoPE key shared by all
+       heads; RoPE (NeoX half split) on q_pe and k_pe at positions t % seq_len; causal softmax with scale
+       (d_nope + d_rope)^-1/2.  MHA: wq/wk/wv, RoPE on the last qk_rope_head_dim dims of each q and k head.
+  MoE: logits = x @ gate^T in fp32; scores = sigmoid(route_scale * logits); top-k of scores + bias (ties to the
+       lower expert id); gates = chosen scores renormalised; routed experts SwiGLU with W1, W3 [E, dim, inter] and
+       W2 [E, inter, dim] (y = x @ W); the shared experts are one MLP `ffn.shared.w{1,2,3}` added to the output.
+  loss = mean over targets != eos_token_id (when loss_mask_eos) of CE(rmsnorm(x) @ lm_head^T * 0.125, targets)
+
+Precision (--dtype): fp32 computes everything in fp32 (TF32 off). bf16 keeps parameters and the activations
+between ops in bf16 and computes inside each op in fp32, rounding once on output, as nmoe's kernels do; the
+router, the attention softmax, the MoE combine and the loss are fp32.
+
+--routing FILE (tensors `route.blocks.N.ffn.idx`, I32 [tokens, top_k], nmoe's choices) makes the MoE layers use
+those experts instead of their own top-k, so a near-tie that rounds differently cannot move a token to another
+expert; the fraction of tokens whose own choice differs is reported and written to the output metadata
+(`routing_mismatch`). Gates and their gradients are still computed here from this model's scores.
+
+Needs only torch and safetensors.
+"""
+
+import argparse
+import json
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+EMBED_SCALE = 10.667
+LOGIT_SCALE = 0.125
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config and parameter names
+
+
+def load_config(path):
+    with open(path) as f:
+        doc = json.load(f)
+    cfg = doc["config"] if isinstance(doc.get("config"), dict) else doc
+    if cfg.get("attn", "mla") not in ("mla", "mha"):
+        sys.exit(f"torch_ref: attn = {cfg['attn']!r} is not supported (mla or mha)")
+    if cfg.get("attn_global_every", 1) != 1:
+        sys.exit("torch_ref: attn_global_every must be 1")
+    return cfg
+
+
+def is_moe_layer(cfg, layer):
+    return layer >= cfg["n_dense_layers"]
+
+
+def expected_shapes(cfg):
+    """Every parameter and buffer nmoe's model has, with its shape, derived from the config alone."""
+    d, h = cfg["dim"], cfg["n_heads"]
+    dn, dr, dv = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    shapes = {"embedding.weight": [cfg["vocab_size"], d]}
+    for i in range(cfg["n_layers"]):
+        a, f = f"blocks.{i}.attn", f"blocks.{i}.ffn"
+        shapes[f"blocks.{i}.attn_norm.weight"] = [d]
+        if cfg["attn"] == "mha":
+            shapes.update({f"{a}.wq.weight": [h * (dn + dr), d], f"{a}.wk.weight": [h * (dn + dr), d],
+                           f"{a}.wv.weight": [h * dv, d]})
+        else:
+            if cfg["q_lora_rank"] > 0:
+                shapes.update({f"{a}.wq_a.weight": [cfg["q_lora_rank"], d], f"{a}.q_norm.weight": [cfg["q_lora_rank"]],
+                               f"{a}.wq_b.weight": [h * (dn + dr), cfg["q_lora_rank"]]})
+            else:
+                shapes[f"{a}.wq.weight"] = [h * (dn + dr), d]
+            shapes.update({f"{a}.wkv_a.weight": [cfg["kv_lora_rank"] + dr, d], f"{a}.kv_norm.weight": [cfg["kv_lora_rank"]],
+                           f"{a}.wkv_b.weight": [h * (dn + dv), cfg["kv_lora_rank"]]})
+        shapes[f"{a}.wo.weight"] = [d, h * dv]
+        shapes[f"blocks.{i}.ffn_norm.weight"] = [d]
+        if is_moe_layer(cfg, i):
+            e, fi = cfg["n_routed_experts"], cfg["moe_inter_dim"]
+            shapes.update({f"{f}.router.gate.weight": [e, d], f"{f}.router.bias": [e],
+                           f"{f}.W1": [e, d, fi], f"{f}.W3": [e, d, fi], f"{f}.W2": [e, fi, d]})
+            if cfg["n_shared_experts"] > 0:
+                shapes.update(mlp_shapes(f"{f}.shared", d, cfg["n_shared_experts"] * fi))
+        else:
+            shapes.update(mlp_shapes(f, d, cfg["inter_dim"]))
+    shapes["norm.weight"] = [d]
+    shapes["lm_head.weight"] = [cfg["vocab_size"], d]
+    return shapes
+
+
+def mlp_shapes(prefix, dim, hidden):
+    return {f"{prefix}.w1.weight": [hidden, dim], f"{prefix}.w3.weight": [hidden, dim], f"{prefix}.w2.weight": [dim, hidden]}
+
+
+def is_buffer(name):
+    return name.endswith(".router.bias")
+
+
+def load_params(path, cfg, dtype, device):
+    raw = load_file(path)
+    want = expected_shapes(cfg)
+    missing = sorted(set(want) - set(raw))
+    extra = sorted(set(raw) - set(want))
+    shape = [n for n in want if n in raw and list(raw[n].shape) != want[n]]
+    if missing or extra or shape:
+        sys.exit(f"torch_ref: {path} does not match the config: missing {missing[:8]}, unexpected {extra[:8]}, "
+                 f"wrong shape {[(n, list(raw[n].shape), want[n]) for n in shape[:8]]}")
+    params = {}
+    for name, t in raw.items():
+        if is_buffer(name):
+            params[name] = t.to(device=device, dtype=torch.float32)
+        else:
+            params[name] = t.to(device=device, dtype=dtype).requires_grad_(True)
+    return params
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# building blocks: each computes in fp32 and returns its input's dtype
+
+
+def rope_tables(cfg):
+    """cos, sin f32 [2 * max_position_embeddings, rope_dim / 2], computed in float64 as src/model/rope.ts does."""
+    d = cfg["qk_rope_head_dim"]
+    half = d // 2
+    base = int(cfg["rope_theta"])
+    positions = 2 * cfg["max_position_embeddings"]
+    s = cfg["rope_scaling_factor"]
+    i = torch.arange(half, dtype=torch.float64)
+    freq = base ** (2 * i / d)
+    if s > 1:
+        concentration = 0.1 * math.log(s) + 1
+        ctx = cfg["max_position_embeddings"]
+        low = half * math.log(ctx / (cfg["rope_ntk_beta"] * 2 * math.pi)) / math.log(base)
+        high = half * math.log(ctx / (cfg["rope_ntk_alpha"] * 2 * math.pi)) / math.log(base)
+        mask = 1 - ((i - low) / (high - low)).clamp(0, 1)
+        inv_freq = (1 / (s * freq)) * (1 - mask) + (1 / freq) * mask
+    else:
+        concentration = 1.0
+        inv_freq = 1 / freq
+    angles = torch.arange(positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return (angles.cos() * concentration).float(), (angles.sin() * concentration).float()
+
+
+def linear(x, w):
+    """x [.., in] @ w[out, in]^T; torch accumulates in fp32 and rounds once in bf16."""
+    return F.linear(x, w)
+
+
+def rmsnorm(x, w, eps):
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()
+    return y.to(x.dtype)
+
+
+def swiglu(g, u):
+    return (F.silu(g.float()) * u.float()).to(g.dtype)
+
+
+def mlp(x, p, prefix):
+    return linear(swiglu(linear(x, p[f"{prefix}.w1.weight"]), linear(x, p[f"{prefix}.w3.weight"])), p[f"{prefix}.w2.weight"])
+
+
+def rope(x, cos, sin):
+    """NeoX half split on the last dim of x [B, S, heads, d]; cos/sin [S, d/2]."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    x1, x2 = xf[..., :half], xf[..., half:]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+
+def causal_attention(q, k, v, scale):
+    """q, k [B, S, H, dqk], v [B, S, H, dv] -> [B, S, H, dv]; softmax in fp32."""
+    qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
+    seq = q.shape[1]
+    scores = (qf @ kf.transpose(-1, -2)) * scale
+    future = torch.ones(seq, seq, dtype=torch.bool, device=q.device).triu(1)
+    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    return (probs @ vf).transpose(1, 2).to(q.dtype)
+
+
+def mla(x, p, prefix, cfg, cos, sin, batch):
+    seq, h = cfg["seq_len"], cfg["n_heads"]
+    dn, dr, dv, rank = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
+    eps = cfg["rms_norm_eps"]
+    if cfg["q_lora_rank"] > 0:
+        qa = rmsnorm(linear(x, p[f"{prefix}.wq_a.weight"]), p[f"{prefix}.q_norm.weight"], eps)
+        q = linear(qa, p[f"{prefix}.wq_b.weight"])
+    else:
+        q = linear(x, p[f"{prefix}.wq.weight"])
+    q = q.view(batch, seq, h, dn + dr)
+    q = torch.cat([q[..., :dn], rope(q[..., dn:], cos, sin)], dim=-1)
+    kva = linear(x, p[f"{prefix}.wkv_a.weight"])
+    c_kv, k_pe = kva[:, :rank], kva[:, rank:]
+    kvb = linear(rmsnorm(c_kv, p[f"{prefix}.kv_norm.weight"], eps), p[f"{prefix}.wkv_b.weight"]).view(batch, seq, h, dn + dv)
+    k_pe = rope(k_pe.reshape(batch, seq, 1, dr), cos, sin).expand(batch, seq, h, dr)
+    k = torch.cat([kvb[..., :dn], k_pe], dim=-1)
+    o = causal_attention(q, k, kvb[..., dn:], (dn + dr) ** -0.5)
+    return linear(o.reshape(batch * seq, h * dv), p[f"{prefix}.wo.weight"])
+
+
+def mha(x, p, prefix, cfg, cos, sin, batch):
+    seq, h = cfg["seq_len"], cfg["n_heads"]
+    dn, dr, dv = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    q = linear(x, p[f"{prefix}.wq.weight"]).view(batch, seq, h, dn + dr)
+    k = linear(x, p[f"{prefix}.wk.weight"]).view(batch, seq, h, dn + dr)
+    v = linear(x, p[f"{prefix}.wv.weight"]).view(batch, seq, h, dv)
+    q = torch.cat([q[..., :dn], rope(q[..., dn:], cos, sin)], dim=-1)
+    k = torch.cat([k[..., :dn], rope(k[..., dn:], cos, sin)], dim=-1)
+    o = causal_attention(q, k, v, (dn + dr) ** -0.5)
+    return linear(o.reshape(batch * seq, h * dv), p[f"{prefix}.wo.weight"])
+
+
+def top_k_lowest_id(keys, k):
+    """Indices of the k largest keys per row, best first; equal keys go to the lower index (stable sort)."""
+    return torch.sort(keys, dim=-1, descending=True, stable=True).indices[:, :k]
+
+
+def moe(x, p, prefix, cfg, forced_idx, stats):
+    tokens, dim = x.shape
+    k, experts = cfg["n_activated_experts"], cfg["n_routed_experts"]
+    logits = F.linear(x.float(), p[f"{prefix}.router.gate.weight"].float())
+    scores = torch.sigmoid(cfg["route_scale"] * logits)
+    own = top_k_lowest_id(scores.detach() + p[f"{prefix}.router.bias"], k)
+    idx = own
+    if forced_idx is not None:
+        idx = forced_idx.to(device=x.device, dtype=torch.long).view(tokens, k)
+        differs = (own.sort(dim=-1).values != idx.sort(dim=-1).values).any(dim=-1)
+        stats["mismatched_tokens"] += int(differs.sum())
+    stats["tokens"] += tokens
+    chosen = scores.gather(1, idx)
+    gates = chosen / chosen.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    # Rows grouped by expert, inside an expert by (token, slot): a stable sort of the flat slot list.
+    flat = idx.reshape(-1)
+    order = torch.sort(flat, stable=True).indices
+    counts = torch.bincount(flat, minlength=experts).tolist()
+    rows = x[torch.div(order, k, rounding_mode="floor")]
+    w1, w3, w2 = p[f"{prefix}.W1"], p[f"{prefix}.W3"], p[f"{prefix}.W2"]
+    outs = []
+    for e, xe in enumerate(torch.split(rows, counts)):
+        if xe.shape[0] > 0:
+            outs.append(swiglu(xe @ w1[e], xe @ w3[e]) @ w2[e])
+    grouped = torch.cat(outs)
+    slot_rows = torch.empty_like(order)
+    slot_rows[order] = torch.arange(order.numel(), device=order.device)
+    per_slot = grouped[slot_rows].view(tokens, k, dim)
+    out = (per_slot.float() * gates[..., None]).sum(dim=1).to(x.dtype)
+    if cfg["n_shared_experts"] > 0:
+        out = out + mlp(x, p, f"{prefix}.shared")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the model
+
+
+def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
+    dtype = p["embedding.weight"].dtype
+    eps = cfg["rms_norm_eps"]
+    cos, sin = (t[: cfg["seq_len"]] for t in tables)
+    attention = mha if cfg["attn"] == "mha" else mla
+    x = (F.embedding(inputs, p["embedding.weight"]).float() * EMBED_SCALE).to(dtype)
+    for i in range(cfg["n_layers"]):
+        pre = f"blocks.{i}"
+        x = x + attention(rmsnorm(x, p[f"{pre}.attn_norm.weight"], eps), p, f"{pre}.attn", cfg, cos, sin, batch)
+        h = rmsnorm(x, p[f"{pre}.ffn_norm.weight"], eps)
+        if is_moe_layer(cfg, i):
+            forced = routing.get(f"route.{pre}.ffn.idx") if routing is not None else None
+            if routing is not None and forced is None:
+                sys.exit(f"torch_ref: the routing file has no route.{pre}.ffn.idx")
+            x = x + moe(h, p, f"{pre}.ffn", cfg, forced, stats)
+        else:
+            x = x + mlp(h, p, f"{pre}.ffn")
+    h = rmsnorm(x, p["norm.weight"], eps)
+    logits = F.linear(h.float(), p["lm_head.weight"].float()) * LOGIT_SCALE
+    per_token = F.cross_entropy(logits, targets, reduction="none")
+    counted = (targets != cfg["eos_token_id"]) if cfg.get("loss_mask_eos", True) else torch.ones_like(targets, dtype=torch.bool)
+    counted = counted.float()
+    return (per_token * counted).sum() / counted.sum().clamp(min=1), int(counted.sum())
+
+
+def pick_device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        sys.exit("torch_ref: --device cuda but torch sees no GPU")
+    return name
+
+
+def exact_math():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:  # absent from old releases, which raise AssertionError rather than AttributeError
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    except (AttributeError, AssertionError):
+        pass
+    torch.set_float32_matmul_precision("highest")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="nmoe config JSON (nmoe config show <file> --json)")
+    ap.add_argument("--weights", required=True, help="safetensors of every parameter under nmoe's names")
+    ap.add_argument("--batch", required=True, help="safetensors with I32 inputs, targets and metadata batch")
+    ap.add_argument("--out", required=True, help="where to write loss and grad.<name>")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--routing", help="safetensors with route.blocks.N.ffn.idx: use these experts (see above)")
+    args = ap.parse_args()
+
+    exact_math()
+    device = pick_device(args.device)
+    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    cfg = load_config(args.config)
+    params = load_params(args.weights, cfg, dtype, device)
+    with safe_open(args.batch, framework="pt") as f:
+        batch = int((f.metadata() or {}).get("batch", "0"))
+        inputs = f.get_tensor("inputs").to(device=device, dtype=torch.long)
+        targets = f.get_tensor("targets").to(device=device, dtype=torch.long)
+    if batch <= 0 or inputs.numel() != batch * cfg["seq_len"] or targets.numel() != inputs.numel():
+        sys.exit(f"torch_ref: {args.batch}: {inputs.numel()} inputs, {targets.numel()} targets, batch {batch}, "
+                 f"seq_len {cfg['seq_len']} do not agree")
+    routing = load_file(args.routing) if args.routing else None
+
+    stats = {"tokens": 0, "mismatched_tokens": 0}
+    loss, counted = forward(params, cfg, inputs, targets, batch, rope_tables(cfg), routing, stats)
+    loss.backward()
+
+    out = {"loss": loss.detach().float().reshape(1).cpu()}
+    for name, t in params.items():
+        if is_buffer(name):
+            continue
+        g = t.grad if t.grad is not None else torch.zeros_like(t)
+        out[f"grad.{name}"] = g.detach().float().cpu().contiguous()
+    meta = {"dtype": args.dtype, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "torch": torch.__version__, "counted_targets": str(counted), "routing_forced": str(routing is not None)}
+    note = "routing: own top-k"
+    if routing is not None:
+        mismatch = stats["mismatched_tokens"] / stats["tokens"] if stats["tokens"] else 0.0
+        meta.update({"routing_mismatch": repr(mismatch), "routing_mismatched_tokens": str(stats["mismatched_tokens"]),
+                     "routing_tokens": str(stats["tokens"])})
+        note = (f"routing: nmoe's choices; this model's own top-k differs for {stats['mismatched_tokens']} of "
+                f"{stats['tokens']} token-layers")
+    save_file(out, args.out, metadata=meta)
+    print(f"torch_ref: loss {loss.item():.7f} over {counted} targets, {len(out) - 1} gradients, {args.dtype} on "
+          f"{meta['device']}, torch {torch.__version__}; {note} -> {args.out}")
+
+if __name__ == "__main__":
+    main()

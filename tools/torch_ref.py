@@ -273,7 +273,7 @@ def moe(x, p, prefix, cfg, forced_idx, stats):
 def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
     dtype = p["embedding.weight"].dtype
     eps = cfg["rms_norm_eps"]
-    cos, sin = (t[: cfg["seq_len"]] for t in tables)
+    cos, sin = (t[: cfg["seq_len"]].to(inputs.device) for t in tables)
     attention = mha if cfg["attn"] == "mha" else mla
     x = (F.embedding(inputs, p["embedding.weight"]).float() * EMBED_SCALE).to(dtype)
     for i in range(cfg["n_layers"]):

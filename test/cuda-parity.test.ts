@@ -170,7 +170,17 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           const p = b.zeros([V, D], dtype);
           b.copy(ww, p);
           b.adamw([{ params: [p], grads: [dw], expAvg: [m], expAvgSq: [v], lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 1 }], { gradNorm: norm, maxNorm: 1e-3 });
-          return [loss, lse, count, dx, dw, norm, p, m, v];
+          // The bf16 policies: fp32 masters, and stochastic rounding.
+          const pm = b.zeros([V, D], dtype), master = b.zeros([V, D], 'f32'), psr = b.zeros([V, D], dtype);
+          b.copy(ww, pm);
+          b.convert(ww, master);
+          b.copy(ww, psr);
+          const moments = () => [b.zeros([V, D], 'f32'), b.zeros([V, D], 'f32')] as const;
+          const [m2, v2] = moments(), [m3, v3] = moments();
+          const hyper = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 3 };
+          b.adamw([{ params: [pm], grads: [dw], expAvg: [m2], expAvgSq: [v2], master: [master], ...hyper }], { gradNorm: norm, maxNorm: 0 });
+          b.adamw([{ params: [psr], grads: [dw], expAvg: [m3], expAvgSq: [v3], ...hyper }], { gradNorm: norm, maxNorm: 0, stochasticRounding: { seed: 7 } });
+          return [loss, lse, count, dx, dw, norm, p, m, v, pm, master, psr];
         });
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
       });

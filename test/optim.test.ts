@@ -106,3 +106,29 @@ describe('MoE grouping', () => {
     expect(Array.from(asCpu(plan.rowOfSlot).i)).toEqual([3, 0, 1, 4, 5, 2]);
   });
 });
+
+describe('precision policy for bf16 weights', () => {
+  it('fp32 masters keep updates that bf16 rounding would lose; bf16_sr is unbiased', async () => {
+    const run = async (policy: string) => {
+      const { config } = loadConfig(defaultConfigPath(), { env: {}, overrides: ['--dim=8', '--n_layers=1', '--n_dense_layers=1', '--n_heads=2', '--seq_len=4', '--batch_size=1', `--master_weights=${policy}`, '--weight_decay=0', '--grad_clip_norm=0', '--warmup_steps=1', '--lr_dense=1e-5', '--decay_floor=1e-6'] });
+      const cfg = modelConfig(config);
+      const model = new Transformer(cpu, cfg, { dtype: 'bf16' });
+      model.params.initialize(cfg.seed);
+      const w = model.params.get('blocks.0.attn.wq_a.weight');
+      cpu.fill(w, 1); // bf16 spacing at 1.0 is 2^-7: a 1e-5 step rounds back to 1 every time
+      const opt = new AdamW(cpu, model.params, cfg);
+      opt.syncMasters();
+      for (let s = 0; s < 500; s++) {
+        for (const p of model.params.trainable()) cpu.fill(p.grad!, 1);
+        opt.update(0);
+      }
+      const values = Array.from(data(w));
+      return values.reduce((a, b) => a + b, 0) / values.length;
+    };
+    // 500 Adam steps of ~lr each (m/sqrt(v) = 1): the exact result is 1 - 500e-5 = 0.995.
+    expect(await run('bf16')).toBe(1); // every step rounds back to 1
+    expect(await run('fp32')).toBe(1 - 2 ** -8); // the bf16 nearest to the fp32 master 0.995
+    const sr = await run('bf16_sr');
+    expect(Math.abs(sr - 0.995)).toBeLessThan(0.0015); // unbiased: the mean over the tensor tracks the exact value
+  });
+});

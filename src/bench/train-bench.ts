@@ -53,7 +53,8 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions)
   const b = prof?.backend ?? base;
   const model = new Transformer(b, cfg, { dtype: base.device === 'cuda' ? 'bf16' : 'f32' });
   model.params.initialize(cfg.seed);
-  const opt = new AdamW(b, model.params, cfg, cfg.optim_state_dtype === 'bf16' ? 'bf16' : 'f32');
+  const opt = new AdamW(b, model.params, cfg);
+  opt.syncMasters();
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
   const tokens = cfg.batch_size * cfg.seq_len;
   // Uniform random ids (a fresh Philox stream per call): the step's cost does not depend on the text, and the

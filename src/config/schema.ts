@@ -197,6 +197,9 @@ export interface Config {
   device: Device;
   grad_clip_norm: number;
   loss_mask_eos: boolean;
+  strict_data: boolean;
+  optim_state_dtype: 'fp32' | 'bf16';
+  master_weights: 'fp32' | 'bf16' | 'bf16_sr';
 }
 
 const INT = { kind: 'int' } as const;
@@ -366,6 +369,12 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
     'nmoe addition: global-norm gradient clipping threshold; 0 disables (the reference never clips).'),
   loss_mask_eos: field('nmoe', BOOL, true, true,
     'nmoe addition: true (reference) drops targets equal to eos_token_id from the loss; false trains on all.'),
+  strict_data: field('nmoe', BOOL, false, false,
+    'nmoe addition: true makes too little data for the requested steps an error; false (reference) warns and wraps.'),
+  optim_state_dtype: field('nmoe', { kind: 'enum', values: ['fp32', 'bf16'] }, 'fp32', true,
+    'nmoe addition: storage of the AdamW moments; fp32 costs 8 bytes per parameter, bf16 (the reference) 4.'),
+  master_weights: field('nmoe', { kind: 'enum', values: ['fp32', 'bf16', 'bf16_sr'] }, 'fp32', true,
+    'nmoe addition: updates of bf16 weights: fp32 master copies (+4 bytes per parameter), bf16 rounded to nearest (the reference; small updates can vanish) or bf16_sr, stochastic rounding (unbiased, no extra memory).'),
 };
 
 export const CONFIG_KEYS = Object.keys(FIELDS) as (keyof Config)[];

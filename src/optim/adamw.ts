@@ -14,6 +14,8 @@ interface GroupState {
   params: Param[];
   expAvg: Tensor[];
   expAvgSq: Tensor[];
+  /** fp32 copies of bf16 weights (master_weights = "fp32"), else undefined. */
+  master: Tensor[] | undefined;
   peakLr: number;
   beta2: number;
   weightDecay: number;
@@ -32,8 +34,13 @@ export class AdamW {
   /** Completed optimizer steps (bias correction uses step + 1). */
   step = 0;
 
-  /** `stateDtype`: storage of the two moments (fp32, or bf16 as the reference keeps them). */
-  constructor(readonly b: Backend, readonly store: ParamStore, readonly cfg: ModelConfig, stateDtype: DType = 'f32') {
+  /**
+   * Precision policy from the config: `optim_state_dtype` stores the moments in fp32 or bf16 (the reference);
+   * `master_weights` decides how bf16 weights take updates (fp32 masters, round to nearest, or stochastic).
+   */
+  constructor(readonly b: Backend, readonly store: ParamStore, readonly cfg: ModelConfig) {
+    const stateDtype: DType = cfg.optim_state_dtype === 'bf16' ? 'bf16' : 'f32';
+    const masters = cfg.master_weights === 'fp32' && store.dtype === 'bf16';
     this.schedule = { warmupSteps: cfg.warmup_steps, holdTokens: cfg.hold_tokens, decayTokens: cfg.decay_tokens, floor: cfg.decay_floor };
     const settings: Record<ParamGroup, { peakLr: number; beta2: number; weightDecay: number }> = {
       expert: { peakLr: cfg.lr_expert, beta2: cfg.adam_beta2_expert, weightDecay: cfg.weight_decay },
@@ -48,6 +55,7 @@ export class AdamW {
         params,
         expAvg: params.map((p) => b.zeros(p.shape, stateDtype)),
         expAvgSq: params.map((p) => b.zeros(p.shape, stateDtype)),
+        master: masters ? params.map((p) => b.empty(p.shape, 'f32')) : undefined,
         ...settings[name],
       };
     });
@@ -71,14 +79,21 @@ export class AdamW {
         eps: this.cfg.adam_eps,
         weightDecay: g.weightDecay,
         step: this.step + 1,
+        ...(g.master ? { master: g.master } : {}),
       };
     });
-    this.b.adamw(groups, { gradNorm, maxNorm: this.cfg.grad_clip_norm });
+    const stochastic = this.cfg.master_weights === 'bf16_sr' ? { stochasticRounding: { seed: this.cfg.seed } } : {};
+    this.b.adamw(groups, { gradNorm, maxNorm: this.cfg.grad_clip_norm, ...stochastic });
     this.step++;
     return { gradNorm, lr };
   }
 
+  /** Copies the weights into the fp32 masters; call after the weights are initialised or loaded. */
+  syncMasters(): void {
+    for (const g of this.groups) g.master?.forEach((m, i) => this.b.convert(g.params[i]!.value, m));
+  }
+
   free(): void {
-    for (const g of this.groups) for (const t of [...g.expAvg, ...g.expAvgSq]) t.free();
+    for (const g of this.groups) for (const t of [...g.expAvg, ...g.expAvgSq, ...(g.master ?? [])]) t.free();
   }
 }

@@ -83,9 +83,13 @@ export interface AdamWGroup {
   weightDecay: number;
   /** 1-based step used for bias correction. */
   step: number;
+  /** fp32 master copies of bf16 params: the update runs on them and params get their rounding. */
+  master?: Tensor[];
 }
 
 export interface AdamWOptions {
+  /** Round updated bf16 params (without masters) stochastically, seeded by (seed, step); else to nearest. */
+  stochasticRounding?: { seed: number };
   /** Global gradient norm (f32 [1]) from `globalNorm`. A non-finite norm skips the whole update on the device. */
   gradNorm: Tensor;
   /** Clip gradients to this global norm; 0 disables clipping. */
@@ -119,6 +123,8 @@ export interface Backend {
   /** t[i] = normal(0, std) from Philox keyed by (seed, stream) at counter offset + i, clamped to [-clamp, clamp]. */
   fillNormal(t: Tensor, init: NormalInit): void;
   fill(t: Tensor, value: number): void;
+  /** dst = src converted to dst's float dtype (same number of elements). */
+  convert(src: Tensor, dst: Tensor): void;
   /** Waits until all queued work is done. */
   synchronize(): Promise<void>;
 

@@ -37,3 +37,12 @@ export function fromBf16Bits(a: Uint16Array): Float32Array {
   for (let i = 0; i < a.length; i++) bits[i] = a[i]! << 16;
   return new Float32Array(bits.buffer);
 }
+
+/** Stochastic rounding to bf16: adds 16 random low bits before truncating, so E[result] = x. */
+export function stochasticBf16(x: number, random16: number): number {
+  f32[0] = x;
+  const bits = u32[0]!;
+  if ((bits & 0x7f800000) === 0x7f800000) return x;
+  u32[0] = ((bits + random16) & 0xffff0000) >>> 0;
+  return f32[0];
+}

@@ -66,7 +66,8 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   // The GPU keeps weights and activations in bf16 (fp32 accumulation); the CPU oracle stays in fp32.
   const model = new Transformer(backend, cfg, { dtype: backend.device === 'cuda' ? 'bf16' : 'f32' });
   model.params.initialize(cfg.seed);
-  const opt = new AdamW(backend, model.params, cfg, cfg.optim_state_dtype === 'bf16' ? 'bf16' : 'f32');
+  const opt = new AdamW(backend, model.params, cfg);
+  opt.syncMasters();
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
   const tokensPerStep = cfg.batch_size * cfg.seq_len;
   const flops = flopsPerToken(cfg, model.params);

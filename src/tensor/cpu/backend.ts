@@ -81,6 +81,13 @@ export class CpuBackend implements Backend {
     if (c.dtype !== 'i32') settle(c);
   }
 
+  convert(src: Tensor, dst: Tensor): void {
+    sameShape(src, dst, 'convert');
+    const d = asCpu(dst);
+    d.f.set(asCpu(src).f);
+    settle(d);
+  }
+
   async synchronize(): Promise<void> {}
 
   matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {

@@ -1,5 +1,7 @@
 /** CPU global gradient norm and fused AdamW (the reference's update order, plus norm clipping and a NaN guard). */
 import type { AdamWGroup, AdamWOptions } from '../backend.ts';
+import { stochasticBf16 } from '../bf16.ts';
+import { philox4x32 } from '../../util/philox.ts';
 import { type CpuTensor, allocate, asCpu, settle } from './storage.ts';
 
 export function globalNorm(tensors: readonly CpuTensor[]): CpuTensor {
@@ -21,16 +23,28 @@ export function adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void {
     const decay = 1 - g.lr * g.weightDecay;
     g.params.forEach((pt, i) => {
       const p = asCpu(pt), grad = asCpu(g.grads[i]!).f, m = asCpu(g.expAvg[i]!), v = asCpu(g.expAvgSq[i]!);
-      const ps = p.f, ms = m.f, vs = v.f;
-      for (let j = 0; j < ps.length; j++) {
+      // With a master copy the update runs in fp32 on it and the param takes its rounding.
+      const master = g.master ? asCpu(g.master[i]!) : null;
+      const ws = (master ?? p).f, ms = m.f, vs = v.f;
+      const sr = opts.stochasticRounding && !master && p.dtype === 'bf16' ? opts.stochasticRounding : null;
+      for (let j = 0; j < ws.length; j++) {
         const gj = grad[j]! * clip;
         const mj = g.beta1 * ms[j]! + (1 - g.beta1) * gj;
         const vj = g.beta2 * vs[j]! + (1 - g.beta2) * gj * gj;
         ms[j] = mj;
         vs[j] = vj;
-        ps[j] = ps[j]! * decay - stepSize * (mj / (Math.sqrt(vj) / bc2Sqrt + g.eps));
+        const w = ws[j]! * decay - stepSize * (mj / (Math.sqrt(vj) / bc2Sqrt + g.eps));
+        ws[j] = sr ? stochasticBf16(w, philoxBits(sr.seed, g.step, j)) : w;
       }
-      settle(p); settle(m); settle(v);
+      if (master) p.f.set(master.f);
+      if (!sr) settle(p);
+      settle(m);
+      settle(v);
     });
   }
+}
+
+/** Random 16 bits for element j of step `step` (Philox, as the CUDA kernel draws them). */
+function philoxBits(seed: number, step: number, j: number): number {
+  return philox4x32(j >>> 0, Math.floor(j / 4294967296), step >>> 0, 0, seed >>> 0, 0x5eed)[0]! & 0xffff;
 }

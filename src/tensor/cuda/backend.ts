@@ -172,14 +172,21 @@ export class CudaBackend implements Backend {
     return out;
   }
 
-  /** `t` in dtype `to`: `t` itself, or a fresh copy (only fp32 -> bf16 arises: router gradients meet bf16 weights). */
+  /** `t` in dtype `to`: `t` itself, or a converted copy (router gradients in fp32 meet bf16 weights). */
   #as(t: Tensor, to: DType): Tensor {
     if (t.dtype === to) return t;
-    if (t.dtype !== 'f32' || to !== 'bf16') throw new Error(`no conversion from ${describe(t)} to ${to}`);
     const out = this.empty(t.shape, to);
-    // sum_partials over a single part is exactly an fp32 -> T conversion.
-    this.#k('elementwise.cu', 'sum_partials<bf16>', [gridFor(t.numel)], 256, [ptr(t), i32(1), i32(t.numel), ptr(out), i32(0)]);
+    this.convert(t, out);
     return out;
+  }
+
+  convert(src: Tensor, dst: Tensor): void {
+    if (src.numel !== dst.numel) throw new Error(`convert: ${describe(src)} into ${describe(dst)}`);
+    if (src.dtype === dst.dtype) {
+      this.copy(src, dst);
+      return;
+    }
+    this.#k('elementwise.cu', `convert<${ctype(src)}, ${ctype(dst)}>`, [gridFor(src.numel)], 256, [ptr(src), ptr(dst), i64(src.numel)]);
   }
 
   add(a: Tensor, b: Tensor): Tensor {
@@ -490,13 +497,15 @@ export class CudaBackend implements Backend {
   }
 
   adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void {
+    const sr = opts.stochasticRounding;
     for (const g of groups) {
       const bc1 = 1 - g.beta1 ** g.step, bc2Sqrt = Math.sqrt(1 - g.beta2 ** g.step);
       g.params.forEach((p, i) => {
         const m = g.expAvg[i]!;
-        const name = `adamw<${ctype(p)}, ${ctype(m)}>`;
-        this.#k('optim.cu', name, [gridFor(p.numel)], 256, [
-          ptr(p), ptr(g.grads[i]!), ptr(m), ptr(g.expAvgSq[i]!), i64(p.numel), f32(g.lr), f32(g.beta1), f32(g.beta2), f32(g.eps), f32(g.weightDecay), f32(bc1), f32(bc2Sqrt), ptr(opts.gradNorm), f32(opts.maxNorm),
+        const master: KernelArg = g.master ? ptr(g.master[i]!) : { ptr: 0n };
+        this.#k('optim.cu', `adamw<${ctype(p)}, ${ctype(m)}>`, [gridFor(p.numel)], 256, [
+          ptr(p), master, ptr(g.grads[i]!), ptr(m), ptr(g.expAvgSq[i]!), i64(p.numel), f32(g.lr), f32(g.beta1), f32(g.beta2), f32(g.eps),
+          f32(g.weightDecay), f32(bc1), f32(bc2Sqrt), ptr(opts.gradNorm), f32(opts.maxNorm), i32(sr ? 1 : 0), u32(sr?.seed ?? 0), u32(g.step),
         ]);
       });
     }

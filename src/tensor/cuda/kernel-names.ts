@@ -9,7 +9,11 @@ export const FLASH_HEAD_DIMS: readonly [number, number][] = [[32, 16], [64, 64],
 const flash = (names: readonly string[]) => names.flatMap((n) => FLASH_HEAD_DIMS.map(([qk, v]) => `${n}<${qk}, ${v}>`));
 
 export const KERNEL_NAMES: Record<string, readonly string[]> = {
-  'elementwise.cu': both(['embedding_fwd', 'embedding_bwd', 'rmsnorm_fwd', 'rmsnorm_bwd', 'sum_partials', 'swiglu_fwd', 'swiglu_bwd', 'add', 'copy_cols', 'fill_normal', 'fill_value']),
+  'elementwise.cu': [
+    ...both(['embedding_fwd', 'embedding_bwd', 'rmsnorm_fwd', 'rmsnorm_bwd', 'sum_partials', 'swiglu_fwd', 'swiglu_bwd', 'add', 'copy_cols', 'fill_normal', 'fill_value']),
+    'convert<float, bf16>',
+    'convert<bf16, float>',
+  ],
   'attention.cu': both(['rope_inplace', 'mla_assemble', 'mla_assemble_bwd', 'attention_fwd', 'attention_delta', 'attention_bwd_dq', 'attention_bwd_dkdv']),
   'moe.cu': ['router_topk', 'router_topk_bwd', 'moe_count', 'moe_offsets', 'moe_place', 'router_bias_update', ...both(['moe_gather', 'moe_gather_bwd', 'moe_combine', 'moe_combine_bwd', 'grouped_gemm', 'grouped_wgrad'])],
   'grouped.cu': ['grouped_gemm_tc', 'grouped_wgrad_tc'],

@@ -68,3 +68,14 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
 
 // Two consecutive bf16 of shared memory (even index) as one register.
 __device__ __forceinline__ unsigned ld_pair(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
+
+// Philox4x32-10, the same generator as src/util/philox.ts: element i draws from the 64-bit counter (offset + i) / 2.
+__device__ __forceinline__ void philox(unsigned c[4], unsigned k0, unsigned k1) {
+  for (int r = 0; r < 10; ++r) {
+    const unsigned hi0 = __umulhi(0xD2511F53u, c[0]), lo0 = 0xD2511F53u * c[0];
+    const unsigned hi1 = __umulhi(0xCD9E8D57u, c[2]), lo1 = 0xCD9E8D57u * c[2];
+    const unsigned n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
+    c[0] = n0; c[1] = lo1; c[2] = n2; c[3] = lo0;
+    k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+  }
+}

@@ -92,17 +92,6 @@ __global__ void copy_cols(const T* src, int src_cols, int src_off, T* dst, int d
   for (int c = threadIdx.x; c < width; c += blockDim.x) dst[(long)r * dst_cols + dst_off + c] = src[(long)r * src_cols + src_off + c];
 }
 
-// Philox4x32-10, the same generator as src/util/philox.ts: element i draws from the 64-bit counter (offset + i) / 2.
-__device__ __forceinline__ void philox(unsigned c[4], unsigned k0, unsigned k1) {
-  for (int r = 0; r < 10; ++r) {
-    const unsigned hi0 = __umulhi(0xD2511F53u, c[0]), lo0 = 0xD2511F53u * c[0];
-    const unsigned hi1 = __umulhi(0xCD9E8D57u, c[2]), lo1 = 0xCD9E8D57u * c[2];
-    const unsigned n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
-    c[0] = n0; c[1] = lo1; c[2] = n2; c[3] = lo0;
-    k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
-  }
-}
-
 template <typename T>
 __global__ void fill_normal(T* out, long n, float std, unsigned seed, unsigned stream, long offset, float clamp) {
   for (long pair = blockIdx.x * (long)blockDim.x + threadIdx.x; pair * 2 < n; pair += (long)gridDim.x * blockDim.x) {
@@ -117,6 +106,11 @@ __global__ void fill_normal(T* out, long n, float std, unsigned seed, unsigned s
     out[pair * 2] = from_f32<T>(fminf(clamp, fmaxf(-clamp, rad * co)));
     if (pair * 2 + 1 < n) out[pair * 2 + 1] = from_f32<T>(fminf(clamp, fmaxf(-clamp, rad * s)));
   }
+}
+
+template <typename S, typename D>
+__global__ void convert(const S* src, D* dst, long n) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) dst[i] = from_f32<D>(to_f32(src[i]));
 }
 
 template <typename T>
@@ -138,3 +132,5 @@ __global__ void fill_value(T* out, long n, float value) {
   template __global__ void fill_value<T>(T*, long, float);
 INSTANTIATE(float)
 INSTANTIATE(bf16)
+template __global__ void convert<float, bf16>(const float*, bf16*, long);
+template __global__ void convert<bf16, float>(const bf16*, float*, long);

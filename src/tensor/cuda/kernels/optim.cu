@@ -40,7 +40,7 @@ __global__ void adamw(P* p, float* master, const P* g, S* m, S* v, long n, float
     v[i] = from_f32<S>(vi);
     const float w = (master ? master[i] : to_f32(p[i])) * decay - step_size * (mi / (sqrtf(vi) / bias_correction2_sqrt + eps));
     if (master) master[i] = w;
-    if (stochastic && !master) {
+    if (stochastic && !master && sizeof(P) == 2) {  // stochastic rounding applies to bf16 params only
       unsigned c[4] = {(unsigned)i, (unsigned)((unsigned long long)i >> 32), step, 0u};
       philox(c, seed, 0x5eedu);
       const unsigned bits = __float_as_uint(w);

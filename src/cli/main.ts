@@ -5,7 +5,10 @@
 import { Command, CommanderError } from 'commander';
 import pc from 'picocolors';
 import { UserError } from '../util/errors.ts';
+import { registerBenchCommand } from './bench-cmd.ts';
 import { registerConfigCommand } from './config-cmd.ts';
+import { registerDataCommand } from './data-cmd.ts';
+import { registerDoctorCommand } from './doctor-cmd.ts';
 import { registerTrainCommand } from './train-cmd.ts';
 
 export const VERSION = '0.1.0';
@@ -18,6 +21,9 @@ export function buildProgram(): Command {
     .exitOverride();
   registerTrainCommand(program);
   registerConfigCommand(program);
+  registerDataCommand(program);
+  registerBenchCommand(program);
+  registerDoctorCommand(program);
   return program;
 }
 

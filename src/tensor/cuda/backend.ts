@@ -296,8 +296,10 @@ export class CudaBackend implements Backend {
   #attnDims(q: Tensor, v: Tensor, s: AttentionSpec): { dQK: number; dV: number; warps: number; flash: [number, number] | null } {
     const dQK = q.shape[1]! / s.heads, dV = v.shape[1]! / s.heads;
     if (dQK > 256 || dV > 256) throw new Error(`attention: head dims ${dQK}/${dV} exceed 256`);
-    // Tensor cores for bf16 at the smallest built head dims that fit; the plain kernels otherwise (fp32, odd dims).
-    const flash = q.dtype === 'bf16' ? FLASH_HEAD_DIMS.find(([a, b]) => dQK <= a && dV <= b) ?? null : null;
+    // Tensor cores for bf16 with head dims in multiples of 8 (16-byte tile copies), at the smallest built head
+    // dims that fit; the plain kernels otherwise (fp32, other dims).
+    const fits = q.dtype === 'bf16' && dQK % 8 === 0 && dV % 8 === 0;
+    const flash = fits ? FLASH_HEAD_DIMS.find(([a, b]) => dQK <= a && dV <= b) ?? null : null;
     return { dQK, dV, warps: s.batch * s.seqLen * s.heads, flash };
   }
 
@@ -307,7 +309,7 @@ export class CudaBackend implements Backend {
     const dims = [i32(s.seqLen), i32(s.heads), i32(dQK), i32(dV), f32(s.scale)];
     if (flash) {
       const [P, V] = flash;
-      const smem = (64 * (P + 8) + V * (64 + 8)) * 2;
+      const smem = (64 * (P + 8) + 2 * 64 * (P + 8 + V + 8)) * 2; // Q, then 2 stages of K and V (flash.cu)
       this.#k('flash.cu', `flash_fwd<${P}, ${V}>`, [Math.ceil(s.seqLen / 64), s.batch * s.heads], 128, [ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), ...dims], smem);
     } else {
       this.#k('attention.cu', `attention_fwd<${ctype(q)}>`, [Math.ceil(warps / 4)], 128, [ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse), i32(s.batch), ...dims]);
@@ -325,8 +327,9 @@ export class CudaBackend implements Backend {
     const inputs = [ptr(dOut), ptr(q), ptr(k), ptr(v), ptr(lse), ptr(delta)];
     if (flash) {
       const [P, V] = flash;
-      const dqSmem = (2 * 64 * (P + 8) + P * (64 + 8) + 2 * 64 * (V + 8)) * 2;
-      const dkdvSmem = (64 * (P + 8) + 64 * (V + 8) + 32 * (P + 8) + P * 40 + 32 * (V + 8) + V * 40) * 2;
+      // flash.cu: dq holds Q and dO, then 2 stages of K and V; dk/dv holds K and V, then 2 stages of Q and dO.
+      const dqSmem = (64 * (P + 8) + 64 * (V + 8) + 2 * 64 * (P + 8 + V + 8)) * 2;
+      const dkdvSmem = (64 * (P + 8) + 64 * (V + 8) + 2 * 32 * (P + 8 + V + 8)) * 2;
       const grid: [number, number] = [Math.ceil(s.seqLen / 64), s.batch * s.heads];
       this.#k('flash.cu', `flash_bwd_dq<${P}, ${V}>`, grid, 128, [...inputs, ptr(dq), ...dims], dqSmem);
       this.#k('flash.cu', `flash_bwd_dkdv<${P}, ${V}>`, grid, 128, [...inputs, ptr(dk), ptr(dv), ...dims], dkdvSmem);

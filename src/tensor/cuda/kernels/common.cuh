@@ -79,3 +79,48 @@ __device__ __forceinline__ void philox(unsigned c[4], unsigned k0, unsigned k1) 
     k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
   }
 }
+
+// Asynchronous copies and ldmatrix (sm_80+). cp16 zero-fills when !live (nothing is read).
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  unsigned r;
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+  return r;
+}
+
+// 16 bytes global -> shared, zero-filled when !live.
+__device__ __forceinline__ void cp16(void* dst, const void* src, bool live) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(live ? 16 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// ldmatrix takes 32-bit shared addresses: callers compute each lane's base once (the lane_* helpers) and add
+// constant offsets, so unrolled loops keep one register per tile instead of one per fragment.
+__device__ __forceinline__ void ldsm_x4(unsigned r[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned r[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// Lane bases for fragments of a shared tile with `ld` elements per stored row; fragment offsets are in elements.
+// A (16 x 16) of a tile stored [row][k], rows from r0: fragment at k0 is ldsm_x4(a, base + 2 * k0).
+__device__ __forceinline__ unsigned lane_a(const bf16* tile, int ld, int r0, int lane) {
+  const int i = lane >> 3, j = lane & 7;
+  return smem_addr(tile + (r0 + j + 8 * (i & 1)) * ld + 8 * (i >> 1));
+}
+// B of two 8-column tiles {t0.b0, t0.b1, t1.b0, t1.b1} from a tile stored [n][k]: at (n, k0), base + 2 * (n * ld + k0).
+__device__ __forceinline__ unsigned lane_b_nk(const bf16* tile, int ld, int lane) {
+  const int i = lane >> 3, j = lane & 7;
+  return smem_addr(tile + (j + 8 * (i >> 1)) * ld + 8 * (i & 1));
+}
+// The same from a tile stored [k][n] (ldmatrix transposes): at (n, k0), ldsm_x4_t(b, base + 2 * (k0 * ld + n)).
+__device__ __forceinline__ unsigned lane_b_kn(const bf16* tile, int ld, int lane) {
+  const int i = lane >> 3, j = lane & 7;
+  return smem_addr(tile + (j + 8 * (i & 1)) * ld + 8 * (i >> 1));
+}
+// A (16 x 16) from a tile stored [k][m] (transposed): rows from m, fragment at k0 is ldsm_x4_t(a, base + 2 * (k0 * ld + m)).
+__device__ __forceinline__ unsigned lane_a_km(const bf16* tile, int ld, int lane) {
+  const int i = lane >> 3, j = lane & 7;
+  return smem_addr(tile + (j + 8 * (i >> 1)) * ld + 8 * (i & 1));
+}

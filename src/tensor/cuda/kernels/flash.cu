@@ -1,73 +1,27 @@
 // Causal flash attention on tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate), FlashAttention-2 style:
-// the [S, S] scores never leave registers. Head dims are template constants padded to multiples of 16 (tiles
-// are zero-filled past the real dims). Forward: a CTA owns 64 query rows (16 per warp) and walks the key blocks
-// up to the diagonal with an online softmax. Backward is two deterministic passes that recompute probabilities
-// from the saved log-sum-exp: dq by query blocks, dk/dv by key blocks (no float atomics).
+// the [S, S] scores never leave registers. Head dims are template constants padded to multiples of 16 (tiles are
+// zero-filled past the real dims, which must be multiples of 8). Tiles stream into shared memory with cp.async,
+// double-buffered, and every fragment comes out through ldmatrix (transposing where an operand is stored the other
+// way round), so no tile is ever copied transposed. Forward: a CTA owns 64 query rows (16 per warp) and walks the
+// key blocks up to the diagonal with an online softmax. Backward is two deterministic passes that recompute the
+// probabilities from the saved log-sum-exp: dq by query blocks, dk/dv by key blocks (no float atomics).
 #include "common.cuh"
 
-#define BQ 64  // query rows per CTA (4 warps x 16)
+#define BQ 64  // query rows per CTA (4 warps x 16) in the forward and dq passes
 #define BK 64  // keys per block in the forward and dq passes; keys per CTA in the dk/dv pass
 #define BQ2 32 // query rows per step in the dk/dv pass (keeps its accumulators in registers)
 
-// Tile loads move 16-byte chunks (8 bf16) when the source rows allow it (row stride, column offset and width all
-// multiples of 8 elements), else single elements. A chunk is all inside [0, width) or all outside.
-__device__ __forceinline__ bool vec8(long stride, int col, int width) { return stride % 8 == 0 && col % 8 == 0 && width % 8 == 0; }
-
-__device__ __forceinline__ uint4 chunk8(const bf16* src, long row, long stride, int col, int c, bool live) {
-  uint4 v;
-  v.x = v.y = v.z = v.w = 0u;
-  return live ? *reinterpret_cast<const uint4*>(src + row * stride + col + c) : v;
-}
-
-// dst[r * ld + c] = src row (row0 + r), columns [col, col + width), zero past `rows_valid` rows or `width`.
-__device__ __forceinline__ void load_tile(bf16* dst, int ld, const bf16* src, long row0, int rows_valid, long stride, int col,
+// cp.async of `rows` token rows (from row0; rows past rows_valid and columns past width are zero) of head columns
+// [col, col + width) into a [rows][ld] tile of cols (padded) columns. Chunks of 8 elements.
+__device__ __forceinline__ void load_rows(bf16* dst, int ld, const bf16* src, long row0, int rows_valid, long stride, int col,
                                           int width, int rows, int cols) {
-  if (vec8(stride, col, width) && ld % 8 == 0) {
-    for (int i = threadIdx.x; i < rows * cols / 8; i += blockDim.x) {
-      const int r = i / (cols / 8), c = 8 * (i % (cols / 8));
-      *reinterpret_cast<uint4*>(dst + r * ld + c) = chunk8(src, row0 + r, stride, col, c, r < rows_valid && c < width);
-    }
-    return;
-  }
-  for (int i = threadIdx.x; i < rows * cols; i += blockDim.x) {
-    const int r = i / cols, c = i % cols;
-    dst[r * ld + c] = (r < rows_valid && c < width) ? src[(row0 + r) * stride + col + c] : (bf16)0;
+  for (int c = threadIdx.x; c < rows * cols / 8; c += blockDim.x) {
+    const int r = c / (cols / 8), k = 8 * (c % (cols / 8));
+    const bool live = r < rows_valid && k < width;
+    cp16(dst + r * ld + k, live ? src + (row0 + r) * stride + col + k : src, live);
   }
 }
 
-// dst[c * ld + r] = src(row0 + r, col + c): the transposed tile.
-__device__ __forceinline__ void load_tile_t(bf16* dst, int ld, const bf16* src, long row0, int rows_valid, long stride, int col,
-                                            int width, int rows, int cols) {
-  if (vec8(stride, col, width)) {
-    for (int i = threadIdx.x; i < rows * cols / 8; i += blockDim.x) {
-      const int r = i % rows, c = 8 * (i / rows);
-      const uint4 v = chunk8(src, row0 + r, stride, col, c, r < rows_valid && c < width);
-      const bf16* e = reinterpret_cast<const bf16*>(&v);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) dst[(c + j) * ld + r] = e[j];
-    }
-    return;
-  }
-  for (int i = threadIdx.x; i < rows * cols; i += blockDim.x) {
-    const int r = i % rows, c = i / rows;
-    dst[c * ld + r] = (r < rows_valid && c < width) ? src[(row0 + r) * stride + col + c] : (bf16)0;
-  }
-}
-
-// A fragment (16 rows from r0, k-step at k0) of a row-major shared tile.
-__device__ __forceinline__ void frag_a(unsigned a[4], const bf16* s, int ld, int r0, int k0, int g, int t) {
-  a[0] = ld_pair(s + (r0 + g) * ld + k0 + 2 * t);
-  a[1] = ld_pair(s + (r0 + g + 8) * ld + k0 + 2 * t);
-  a[2] = ld_pair(s + (r0 + g) * ld + k0 + 8 + 2 * t);
-  a[3] = ld_pair(s + (r0 + g + 8) * ld + k0 + 8 + 2 * t);
-}
-
-// B fragment (8 columns from n0, k-step at k0) of a tile stored [n][k].
-__device__ __forceinline__ void mma_b(float d[4], const unsigned a[4], const bf16* s, int ld, int n0, int k0, int g, int t) {
-  mma_bf16(d, a, ld_pair(s + (n0 + g) * ld + k0 + 2 * t), ld_pair(s + (n0 + g) * ld + k0 + 8 + 2 * t));
-}
-
-// Accumulator tiles j and j+1 (16 columns) as an A fragment.
 __device__ __forceinline__ void acc_to_a(unsigned a[4], const float c0[4], const float c1[4]) {
   a[0] = pack_bf16(c0[0], c0[1]);
   a[1] = pack_bf16(c0[2], c0[3]);
@@ -85,39 +39,91 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// grid (ceil(seq / BQ), batch * heads), 128 threads, dynamic smem (BK * (DQK + 8) + DV * (BK + 8)) * 2 bytes.
+// acc[0..N/8) += A (16 x DK, ldmatrix from a [row][k] tile at r0) x B^T, B a [N][ld] tile stored [n][k].
+template <int DK, int N>
+__device__ __forceinline__ void mma_abT(float acc[][4], const bf16* a_tile, int lda, int r0, const bf16* b_tile, int ldb, int lane) {
+  const unsigned a_base = lane_a(a_tile, lda, r0, lane), b_base = lane_b_nk(b_tile, ldb, lane);
+#pragma unroll
+  for (int kk = 0; kk < DK; kk += 16) {
+    unsigned a[4];
+    ldsm_x4(a, a_base + 2 * kk);
+#pragma unroll
+    for (int n = 0; n < N; n += 16) {
+      unsigned b[4];
+      ldsm_x4(b, b_base + 2 * (n * ldb + kk));
+      mma_bf16(acc[n / 8], a, b[0], b[1]);
+      mma_bf16(acc[n / 8 + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// The same for one pair of 8-column tiles (columns n..n+15) only: keeps fewer accumulators live.
+template <int DK>
+__device__ __forceinline__ void mma_abT_pair(float d0[4], float d1[4], const bf16* a_tile, int lda, int r0, const bf16* b_tile, int ldb, int n,
+                                             int lane) {
+  const unsigned a_base = lane_a(a_tile, lda, r0, lane), b_base = lane_b_nk(b_tile, ldb, lane) + 2 * n * ldb;
+#pragma unroll
+  for (int kk = 0; kk < DK; kk += 16) {
+    unsigned a[4], b[4];
+    ldsm_x4(a, a_base + 2 * kk);
+    ldsm_x4(b, b_base + 2 * kk);
+    mma_bf16(d0, a, b[0], b[1]);
+    mma_bf16(d1, a, b[2], b[3]);
+  }
+}
+
+// acc[0..N/8) += P (16 x KN, register accumulators as A) x B, B a [KN][ld] tile stored [k][n].
+template <int KN, int N>
+__device__ __forceinline__ void mma_pb(float acc[][4], const float p[][4], const bf16* b_tile, int ldb, int lane) {
+  const unsigned b_base = lane_b_kn(b_tile, ldb, lane);
+#pragma unroll
+  for (int kk = 0; kk < KN; kk += 16) {
+    unsigned a[4];
+    acc_to_a(a, p[kk / 8], p[kk / 8 + 1]);
+#pragma unroll
+    for (int n = 0; n < N; n += 16) {
+      unsigned b[4];
+      ldsm_x4_t(b, b_base + 2 * (kk * ldb + n));
+      mma_bf16(acc[n / 8], a, b[0], b[1]);
+      mma_bf16(acc[n / 8 + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// grid (ceil(seq / BQ), batch * heads), 128 threads, dynamic smem (BQ * LDK + 2 * BK * (LDK + LDV)) * 2 bytes.
 template <int DQK, int DV>
 __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int seq,
                                                  int heads, int dqk, int dv, float scale) {
-  constexpr int LDK = DQK + 8, LDV = BK + 8;
+  constexpr int LDK = DQK + 8, LDV = DV + 8, STAGE = BK * (LDK + LDV);
   extern __shared__ __align__(16) bf16 smem[];
-  bf16* Ks = smem;             // [BK][LDK]; also holds the Q tile at the start
-  bf16* Vt = Ks + BK * LDK;    // [DV][LDV]
+  bf16* Qs = smem;
+  bf16* stages = Qs + BQ * LDK;  // stage s: K [BK][LDK], then V [BK][LDV]
   const int qb = blockIdx.x, b = blockIdx.y / heads, h = blockIdx.y % heads;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const long qk_stride = (long)heads * dqk, v_stride = (long)heads * dv, base = (long)b * seq;
   const int q_first = qb * BQ, r0 = warp * 16;
-
-  load_tile(Ks, LDK, q, base + q_first, seq - q_first, qk_stride, h * dqk, dqk, BQ, DQK);
-  __syncthreads();
-  unsigned qf[DQK / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < DQK / 16; ++kk) frag_a(qf[kk], Ks, LDK, r0, kk * 16, g, t);
+  auto load_kv = [&](int kb, int s) {
+    bf16* st = stages + s * STAGE;
+    load_rows(st, LDK, k, base + kb * BK, seq - kb * BK, qk_stride, h * dqk, dqk, BK, DQK);
+    load_rows(st + BK * LDK, LDV, v, base + kb * BK, seq - kb * BK, v_stride, h * dv, dv, BK, DV);
+  };
+  load_rows(Qs, LDK, q, base + q_first, seq - q_first, qk_stride, h * dqk, dqk, BQ, DQK);
+  load_kv(0, 0);
+  cp_commit();
 
   float o[DV / 8][4] = {};
   float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
   const int qrow[2] = {q_first + r0 + g, q_first + r0 + g + 8};
   for (int kb = 0; kb <= qb; ++kb) {
+    cp_wait<0>();
+    __syncthreads();
+    if (kb < qb) load_kv(kb + 1, (kb + 1) & 1);
+    cp_commit();
+    const bf16* Ks = stages + (kb & 1) * STAGE;
+    const bf16* Vs = Ks + BK * LDK;
     const int k_first = kb * BK;
-    __syncthreads();
-    load_tile(Ks, LDK, k, base + k_first, seq - k_first, qk_stride, h * dqk, dqk, BK, DQK);
-    load_tile_t(Vt, LDV, v, base + k_first, seq - k_first, v_stride, h * dv, dv, BK, DV);
-    __syncthreads();
     float s[BK / 8][4] = {};
-#pragma unroll
-    for (int n = 0; n < BK / 8; ++n)
-#pragma unroll
-      for (int kk = 0; kk < DQK / 16; ++kk) mma_b(s[n], qf[kk], Ks, LDK, n * 8, kk * 16, g, t);
+    mma_abT<DQK, BK>(s, Qs, LDK, r0, Ks, LDK, lane);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float mx = NEG_INF;
@@ -146,13 +152,7 @@ __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, c
 #pragma unroll
       for (int n = 0; n < DV / 8; ++n) { o[n][2 * r] *= corr; o[n][2 * r + 1] *= corr; }
     }
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) {
-      unsigned a[4];
-      acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < DV / 8; ++n) mma_b(o[n], a, Vt, LDV, n * 8, kk * 16, g, t);
-    }
+    mma_pb<BK, DV>(o, s, Vs, LDV, lane);
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -170,24 +170,29 @@ __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, c
   }
 }
 
-// dq for 64 query rows per CTA: dq = scale * sum over keys of P * (dP - delta) * k, with dP = dO v^T.
-// smem: Qs, Ks [64][DQK+8], Kt [DQK][64+8], dOs, Vs [64][DV+8].
+// dq for 64 query rows per CTA: dq = scale * sum over keys of P (dP - delta) k, with dP = dO v^T.
+// smem: Qs [BQ][LDK], dOs [BQ][LDV], then 2 stages of K [BK][LDK], V [BK][LDV].
 template <int DQK, int DV>
 __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
                                                     const float* delta, bf16* dq, int seq, int heads, int dqk, int dv, float scale) {
-  constexpr int LDK = DQK + 8, LDV = DV + 8, LDT = BK + 8;
+  constexpr int LDK = DQK + 8, LDV = DV + 8, STAGE = BK * (LDK + LDV);
   extern __shared__ __align__(16) bf16 smem[];
   bf16* Qs = smem;
-  bf16* Ks = Qs + BQ * LDK;
-  bf16* Kt = Ks + BK * LDK;
-  bf16* dOs = Kt + DQK * LDT;
-  bf16* Vs = dOs + BQ * LDV;
+  bf16* dOs = Qs + BQ * LDK;
+  bf16* stages = dOs + BQ * LDV;
   const int qb = blockIdx.x, b = blockIdx.y / heads, h = blockIdx.y % heads;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const long qk_stride = (long)heads * dqk, v_stride = (long)heads * dv, base = (long)b * seq;
   const int q_first = qb * BQ, r0 = warp * 16;
-  load_tile(Qs, LDK, q, base + q_first, seq - q_first, qk_stride, h * dqk, dqk, BQ, DQK);
-  load_tile(dOs, LDV, dout, base + q_first, seq - q_first, v_stride, h * dv, dv, BQ, DV);
+  auto load_kv = [&](int kb, int s) {
+    bf16* st = stages + s * STAGE;
+    load_rows(st, LDK, k, base + kb * BK, seq - kb * BK, qk_stride, h * dqk, dqk, BK, DQK);
+    load_rows(st + BK * LDK, LDV, v, base + kb * BK, seq - kb * BK, v_stride, h * dv, dv, BK, DV);
+  };
+  load_rows(Qs, LDK, q, base + q_first, seq - q_first, qk_stride, h * dqk, dqk, BQ, DQK);
+  load_rows(dOs, LDV, dout, base + q_first, seq - q_first, v_stride, h * dv, dv, BQ, DV);
+  load_kv(0, 0);
+  cp_commit();
   const int qrow[2] = {q_first + r0 + g, q_first + r0 + g + 8};
   float lse_r[2], delta_r[2];
 #pragma unroll
@@ -198,44 +203,31 @@ __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16
   }
   float acc[DQK / 8][4] = {};
   for (int kb = 0; kb <= qb; ++kb) {
+    cp_wait<0>();
+    __syncthreads();
+    if (kb < qb) load_kv(kb + 1, (kb + 1) & 1);
+    cp_commit();
+    const bf16* Ks = stages + (kb & 1) * STAGE;
+    const bf16* Vs = Ks + BK * LDK;
     const int k_first = kb * BK;
-    __syncthreads();
-    load_tile(Ks, LDK, k, base + k_first, seq - k_first, qk_stride, h * dqk, dqk, BK, DQK);
-    load_tile_t(Kt, LDT, k, base + k_first, seq - k_first, qk_stride, h * dqk, dqk, BK, DQK);
-    load_tile(Vs, LDV, v, base + k_first, seq - k_first, v_stride, h * dv, dv, BK, DV);
-    __syncthreads();
-    float s[BK / 8][4] = {}, dp[BK / 8][4] = {};
+    float s[BK / 8][4] = {};
+    mma_abT<DQK, BK>(s, Qs, LDK, r0, Ks, LDK, lane);
+    // dS = P (dP - delta), masked, kept in s; dP = dO V^T one pair of tiles at a time (fewer live registers).
 #pragma unroll
-    for (int kk = 0; kk < DQK / 16; ++kk) {
-      unsigned a[4];
-      frag_a(a, Qs, LDK, r0, kk * 16, g, t);
+    for (int n = 0; n < BK / 8; n += 2) {
+      float dp[2][4] = {};
+      mma_abT_pair<DV>(dp[0], dp[1], dOs, LDV, r0, Vs, LDV, n * 8, lane);
 #pragma unroll
-      for (int n = 0; n < BK / 8; ++n) mma_b(s[n], a, Ks, LDK, n * 8, kk * 16, g, t);
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = i >> 1, key = k_first + (n + u) * 8 + 2 * t + (i & 1);
+          const bool live = key <= qrow[r] && key < seq && qrow[r] < seq;
+          const float p = live ? __expf(s[n + u][i] * scale - lse_r[r]) : 0.f;
+          s[n + u][i] = p * (dp[u][i] - delta_r[r]);
+        }
     }
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk) {
-      unsigned a[4];
-      frag_a(a, dOs, LDV, r0, kk * 16, g, t);
-#pragma unroll
-      for (int n = 0; n < BK / 8; ++n) mma_b(dp[n], a, Vs, LDV, n * 8, kk * 16, g, t);
-    }
-    // dS = P (dP - delta), masked; reuse s for it.
-#pragma unroll
-    for (int n = 0; n < BK / 8; ++n)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = i >> 1, key = k_first + n * 8 + 2 * t + (i & 1);
-        const bool live = key <= qrow[r] && key < seq && qrow[r] < seq;
-        const float p = live ? __expf(s[n][i] * scale - lse_r[r]) : 0.f;
-        s[n][i] = p * (dp[n][i] - delta_r[r]);
-      }
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) {
-      unsigned a[4];
-      acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < DQK / 8; ++n) mma_b(acc[n], a, Kt, LDT, n * 8, kk * 16, g, t);
-    }
+    mma_pb<BK, DQK>(acc, s, Ks, LDK, lane);
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -253,55 +245,49 @@ __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16
 
 // dk, dv for 64 keys per CTA (16 per warp), walking query blocks of BQ2 from the diagonal on:
 // S^T = K Q^T, P^T = exp(S^T scale - lse), dV += P^T dO, dP^T = V dO^T, dK += scale * P^T (dP^T - delta) Q.
-// smem: Ks [64][DQK+8], Vs [64][DV+8], Qs [BQ2][DQK+8], Qt [DQK][BQ2+8], dOs [BQ2][DV+8], dOt [DV][BQ2+8].
+// smem: Ks [BK][LDK], Vs [BK][LDV], then 2 stages of Q [BQ2][LDK], dO [BQ2][LDV]; lse and delta of the step.
 template <int DQK, int DV>
 __global__ void __launch_bounds__(128) flash_bwd_dkdv(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
                                                       const float* delta, bf16* dk, bf16* dv_out, int seq, int heads, int dqk, int dv,
                                                       float scale) {
-  constexpr int LDK = DQK + 8, LDV = DV + 8, LDT = BQ2 + 8;
+  constexpr int LDK = DQK + 8, LDV = DV + 8, STAGE = BQ2 * (LDK + LDV);
   extern __shared__ __align__(16) bf16 smem[];
   bf16* Ks = smem;
   bf16* Vs = Ks + BK * LDK;
-  bf16* Qs = Vs + BK * LDV;
-  bf16* Qt = Qs + BQ2 * LDK;
-  bf16* dOs = Qt + DQK * LDT;
-  bf16* dOt = dOs + BQ2 * LDV;
-  __shared__ float lse_s[BQ2], delta_s[BQ2];
+  bf16* stages = Vs + BK * LDV;
+  __shared__ float lse_s[2][BQ2], delta_s[2][BQ2];
   const int kb = blockIdx.x, b = blockIdx.y / heads, h = blockIdx.y % heads;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const long qk_stride = (long)heads * dqk, v_stride = (long)heads * dv, base = (long)b * seq;
   const int k_first = kb * BK, r0 = warp * 16;
-  load_tile(Ks, LDK, k, base + k_first, seq - k_first, qk_stride, h * dqk, dqk, BK, DQK);
-  load_tile(Vs, LDV, v, base + k_first, seq - k_first, v_stride, h * dv, dv, BK, DV);
-  const int krow[2] = {k_first + r0 + g, k_first + r0 + g + 8};
-  float dk_acc[DQK / 8][4] = {}, dv_acc[DV / 8][4] = {};
-  for (int q_first = k_first; q_first < seq; q_first += BQ2) {
-    __syncthreads();
-    load_tile(Qs, LDK, q, base + q_first, seq - q_first, qk_stride, h * dqk, dqk, BQ2, DQK);
-    load_tile_t(Qt, LDT, q, base + q_first, seq - q_first, qk_stride, h * dqk, dqk, BQ2, DQK);
-    load_tile(dOs, LDV, dout, base + q_first, seq - q_first, v_stride, h * dv, dv, BQ2, DV);
-    load_tile_t(dOt, LDT, dout, base + q_first, seq - q_first, v_stride, h * dv, dv, BQ2, DV);
+  auto load_q = [&](int q_first, int s) {
+    bf16* st = stages + s * STAGE;
+    load_rows(st, LDK, q, base + q_first, seq - q_first, qk_stride, h * dqk, dqk, BQ2, DQK);
+    load_rows(st + BQ2 * LDK, LDV, dout, base + q_first, seq - q_first, v_stride, h * dv, dv, BQ2, DV);
     for (int i = threadIdx.x; i < BQ2; i += blockDim.x) {
       const bool ok = q_first + i < seq;
-      lse_s[i] = ok ? lse[(base + q_first + i) * heads + h] : 0.f;
-      delta_s[i] = ok ? delta[(base + q_first + i) * heads + h] : 0.f;
+      lse_s[s][i] = ok ? lse[(base + q_first + i) * heads + h] : 0.f;
+      delta_s[s][i] = ok ? delta[(base + q_first + i) * heads + h] : 0.f;
     }
+  };
+  load_rows(Ks, LDK, k, base + k_first, seq - k_first, qk_stride, h * dqk, dqk, BK, DQK);
+  load_rows(Vs, LDV, v, base + k_first, seq - k_first, v_stride, h * dv, dv, BK, DV);
+  load_q(k_first, 0);
+  cp_commit();
+  const int krow[2] = {k_first + r0 + g, k_first + r0 + g + 8};
+  float dk_acc[DQK / 8][4] = {}, dv_acc[DV / 8][4] = {};
+  for (int q_first = k_first, step = 0; q_first < seq; q_first += BQ2, ++step) {
+    cp_wait<0>();
     __syncthreads();
+    if (q_first + BQ2 < seq) load_q(q_first + BQ2, (step + 1) & 1);
+    cp_commit();
+    const bf16* Qs = stages + (step & 1) * STAGE;
+    const bf16* dOs = Qs + BQ2 * LDK;
+    const float* lse_q = lse_s[step & 1];
+    const float* delta_q = delta_s[step & 1];
     float s[BQ2 / 8][4] = {}, dp[BQ2 / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < DQK / 16; ++kk) {
-      unsigned a[4];
-      frag_a(a, Ks, LDK, r0, kk * 16, g, t);
-#pragma unroll
-      for (int n = 0; n < BQ2 / 8; ++n) mma_b(s[n], a, Qs, LDK, n * 8, kk * 16, g, t);
-    }
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk) {
-      unsigned a[4];
-      frag_a(a, Vs, LDV, r0, kk * 16, g, t);
-#pragma unroll
-      for (int n = 0; n < BQ2 / 8; ++n) mma_b(dp[n], a, dOs, LDV, n * 8, kk * 16, g, t);
-    }
+    mma_abT<DQK, BQ2>(s, Ks, LDK, r0, Qs, LDK, lane);
+    mma_abT<DV, BQ2>(dp, Vs, LDV, r0, dOs, LDV, lane);
     // s -> P^T, dp -> dS^T (rows are keys, columns queries).
 #pragma unroll
     for (int n = 0; n < BQ2 / 8; ++n)
@@ -309,20 +295,12 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv(const bf16* dout, const bf
       for (int i = 0; i < 4; ++i) {
         const int r = i >> 1, qi = n * 8 + 2 * t + (i & 1), query = q_first + qi;
         const bool live = krow[r] <= query && query < seq && krow[r] < seq;
-        const float p = live ? __expf(s[n][i] * scale - lse_s[qi]) : 0.f;
+        const float p = live ? __expf(s[n][i] * scale - lse_q[qi]) : 0.f;
         s[n][i] = p;
-        dp[n][i] = p * (dp[n][i] - delta_s[qi]);
+        dp[n][i] = p * (dp[n][i] - delta_q[qi]);
       }
-#pragma unroll
-    for (int kk = 0; kk < BQ2 / 16; ++kk) {
-      unsigned a[4];
-      acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < DV / 8; ++n) mma_b(dv_acc[n], a, dOt, LDT, n * 8, kk * 16, g, t);
-      acc_to_a(a, dp[2 * kk], dp[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < DQK / 8; ++n) mma_b(dk_acc[n], a, Qt, LDT, n * 8, kk * 16, g, t);
-    }
+    mma_pb<BQ2, DV>(dv_acc, s, dOs, LDV, lane);
+    mma_pb<BQ2, DQK>(dk_acc, dp, Qs, LDK, lane);
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

@@ -10,26 +10,6 @@
 #define TK 32
 #define STAGES 3
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  unsigned r;
-  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
-  return r;
-}
-
-// 16 bytes global -> shared, zero-filled when !live.
-__device__ __forceinline__ void cp16(void* dst, const void* src, bool live) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(live ? 16 : 0));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldsm_x4(unsigned r[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(unsigned r[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
-}
-
 // Operand layouts in global and shared memory: K_INNER = [rows][k] (k contiguous), K_OUTER = [k][rows].
 enum Layout { K_INNER = 0, K_OUTER = 1 };
 
@@ -54,17 +34,16 @@ template <int L> struct Tile {
       }
     }
   }
-  // A fragment (16 rows from m, k-step kk) of an A operand.
-  static __device__ __forceinline__ void frag_a(unsigned a[4], const bf16* s, int m, int kk, int lane) {
-    const int i = lane >> 3, j = lane & 7;
-    if (L == K_INNER) ldsm_x4(a, s + (m + j + 8 * (i & 1)) * LD + kk + 8 * (i >> 1));
-    else ldsm_x4_t(a, s + (kk + j + 8 * (i >> 1)) * LD + m + 8 * (i & 1));
+  // Lane bases (see common.cuh): A fragments at (m, kk), B fragment pairs at (n, kk).
+  static __device__ __forceinline__ unsigned a_base(const bf16* s, int lane) { return L == K_INNER ? lane_a(s, LD, 0, lane) : lane_a_km(s, LD, lane); }
+  static __device__ __forceinline__ unsigned b_base(const bf16* s, int lane) { return L == K_INNER ? lane_b_nk(s, LD, lane) : lane_b_kn(s, LD, lane); }
+  static __device__ __forceinline__ void frag_a(unsigned a[4], unsigned base, int m, int kk) {
+    if (L == K_INNER) ldsm_x4(a, base + 2 * (m * LD + kk));
+    else ldsm_x4_t(a, base + 2 * (kk * LD + m));
   }
-  // B fragments of two 8-column tiles (from n, k-step kk): b = {tile0.b0, tile0.b1, tile1.b0, tile1.b1}.
-  static __device__ __forceinline__ void frag_b2(unsigned b[4], const bf16* s, int n, int kk, int lane) {
-    const int i = lane >> 3, j = lane & 7;
-    if (L == K_INNER) ldsm_x4(b, s + (n + j + 8 * (i >> 1)) * LD + kk + 8 * (i & 1));
-    else ldsm_x4_t(b, s + (kk + j + 8 * (i & 1)) * LD + n + 8 * (i >> 1));
+  static __device__ __forceinline__ void frag_b2(unsigned b[4], unsigned base, int n, int kk) {
+    if (L == K_INNER) ldsm_x4(b, base + 2 * (n * LD + kk));
+    else ldsm_x4_t(b, base + 2 * (kk * LD + n));
   }
 };
 
@@ -98,14 +77,14 @@ __device__ __forceinline__ void mainloop(float acc[4][4][4], bf16* smem, const b
     }
     cp_commit();
     const bf16* sa = smem + (kt % STAGES) * STAGE;
-    const bf16* sb = sa + TA::ELEMS;
+    const unsigned a_base = TA::a_base(sa, lane), b_base = TB::b_base(sa + TA::ELEMS, lane);
 #pragma unroll
     for (int kk = 0; kk < TK; kk += 16) {
       unsigned a[4][4], b[2][4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) TA::frag_a(a[i], sa, wm + 16 * i, kk, lane);
+      for (int i = 0; i < 4; ++i) TA::frag_a(a[i], a_base, wm + 16 * i, kk);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) TB::frag_b2(b[j], sb, wn + 16 * j, kk, lane);
+      for (int j = 0; j < 2; ++j) TB::frag_b2(b[j], b_base, wn + 16 * j, kk);
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll

@@ -1,0 +1,15 @@
+/**
+ * `nmoe bench ...`: measurements a user can repeat on their own machine. Each subcommand lives in its own file
+ * and registers itself; adding one is one line in SUBCOMMANDS.
+ */
+import type { Command } from 'commander';
+import { registerBenchData } from './bench-data.ts';
+import { registerBenchKernels } from './bench-kernels.ts';
+import { registerBenchTrain } from './bench-train.ts';
+
+const SUBCOMMANDS: ((bench: Command) => void)[] = [registerBenchData, registerBenchTrain, registerBenchKernels];
+
+export function registerBenchCommand(program: Command): void {
+  const bench = program.command('bench').description('Measure nmoe on this machine (data pipeline, training).');
+  for (const register of SUBCOMMANDS) register(bench);
+}

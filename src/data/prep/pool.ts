@@ -1,0 +1,96 @@
+/**
+ * A pool of tokenizer worker threads. Each worker runs tokenize-worker.ts through tsx (registered inside the
+ * worker, since module hooks do not cross threads) and loads the tokenizer once. `run` hands a batch to the least
+ * busy worker; callers await results in submission order, which keeps prep's output independent of timing.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import type { TokenizeSettings, TokenizedBatch } from './tokenize.ts';
+
+interface Pending {
+  resolve(r: TokenizedBatch): void;
+  reject(e: Error): void;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: number;
+}
+
+/** An eval'd bootstrap that registers tsx's ESM hooks in the new thread, then imports the worker module. */
+function bootstrap(): string {
+  const require = createRequire(import.meta.url);
+  const pkgPath = require.resolve('tsx/package.json');
+  const api = (require(pkgPath) as { exports: Record<string, { import: { default: string } }> }).exports['./esm/api']!.import.default;
+  const apiUrl = pathToFileURL(join(dirname(pkgPath), api)).href;
+  const workerUrl = new URL('./tokenize-worker.ts', import.meta.url).href;
+  return `import(${JSON.stringify(apiUrl)}).then((m) => { m.register(); return import(${JSON.stringify(workerUrl)}); });`;
+}
+
+export class TokenizerPool {
+  readonly #slots: Slot[] = [];
+  readonly #pending = new Map<number, Pending>();
+  #seq = 0;
+  #failure: Error | null = null;
+  #closing = false;
+
+  private constructor() {}
+
+  /** Starts `workers` threads and waits until each has loaded the tokenizer. */
+  static async start(workers: number, settings: TokenizeSettings & { tokenizer: string }): Promise<TokenizerPool> {
+    const pool = new TokenizerPool();
+    const code = bootstrap();
+    await Promise.all(Array.from({ length: workers }, () => new Promise<void>((resolve, reject) => {
+      const slot: Slot = { worker: new Worker(code, { eval: true, workerData: settings }), busy: 0 };
+      pool.#slots.push(slot);
+      slot.worker.on('message', (msg: { ready?: true; seq?: number; result?: TokenizedBatch; error?: string }) => {
+        if (msg.ready) return resolve();
+        const p = pool.#pending.get(msg.seq!);
+        slot.busy--;
+        if (!p) return; // dropped by close()
+        pool.#pending.delete(msg.seq!);
+        if (msg.error !== undefined) p.reject(new Error(`tokenizer worker failed: ${msg.error}`));
+        else p.resolve(msg.result!);
+      });
+      slot.worker.on('error', (err) => {
+        pool.#fail(err);
+        reject(err);
+      });
+      slot.worker.on('exit', (code) => {
+        if (code !== 0 && !pool.#closing) pool.#fail(new Error(`tokenizer worker exited with code ${code}`));
+      });
+    })));
+    return pool;
+  }
+
+  get size(): number {
+    return this.#slots.length;
+  }
+
+  run(ids: string[], texts: string[]): Promise<TokenizedBatch> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    const slot = this.#slots.reduce((a, b) => (b.busy < a.busy ? b : a));
+    const seq = this.#seq++;
+    slot.busy++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(seq, { resolve, reject });
+      slot.worker.postMessage({ seq, ids, texts });
+    });
+  }
+
+  /** Stops the threads; batches still in flight are dropped (their promises never settle). */
+  async close(): Promise<void> {
+    this.#closing = true;
+    this.#pending.clear();
+    const slots = this.#slots.splice(0);
+    await Promise.all(slots.map((s) => s.worker.terminate()));
+  }
+
+  #fail(err: Error): void {
+    this.#failure ??= err;
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+  }
+}

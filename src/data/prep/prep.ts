@@ -1,0 +1,267 @@
+/**
+ * `nmoe data prep`: source -> (worker threads: normalise, tokenize, filter, bucket) -> per-bucket shard writers ->
+ * manifests, streaming in batches as the reference's PrepPipeline. Batches are tokenized in parallel but applied
+ * strictly in input order, so the output bytes depend only on the input and the output parameters. Every
+ * `checkpointEvery` records the writers are flushed and fsynced and the journal is written; an interrupted prep
+ * (Ctrl-C, a crash, a kill) resumes from the last checkpoint when run again, and ends with the same bytes as an
+ * uninterrupted one. The layout is the reference's: `<output>/shard_NNNN/<name>-<version>-shard-NNNNNN.{npy,idx}`.
+ */
+import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { canonicalJson } from '../../config/fingerprint.ts';
+import { UserError } from '../../util/errors.ts';
+import { MANIFEST_SCHEMA_VERSION, type Manifest, type ShardEntry, readManifest, writeJsonAtomic } from '../manifest.ts';
+import { createSource } from '../sources/index.ts';
+import type { SourceRecord } from '../sources/source.ts';
+import { type TextTokenizer, loadTokenizer, tokenizerHash } from '../tokenizers.ts';
+import { BucketWriter, removeShardFiles } from './bucket-writer.ts';
+import { type Journal, type PrepStats, emptyStats, readJournal, removeJournal, writeJournal } from './journal.ts';
+import { type OutputParams, type PrepOptions, checkPrepOptions, outputParams } from './options.ts';
+import { TokenizerPool } from './pool.ts';
+import { DocStatus, type TokenizedBatch } from './tokenize.ts';
+
+export const CREATOR_VERSION = 'nmoe 0.1.0';
+/** Text per tokenizer batch, besides the reference's document count (--batch-size): keeps workers evenly fed. */
+export const BATCH_CHARS = 1 << 20;
+/**
+ * Batches in flight per worker. Results are applied oldest first, so a worker that finishes early idles unless
+ * several of its batches are queued behind a slow one.
+ */
+export const INFLIGHT_PER_WORKER = 4;
+const EXAMPLES_PER_REASON = 3;
+
+export interface PrepProgress {
+  records: number;
+  documents: number;
+  tokens: number;
+  bytesRead: number;
+  totalBytes: number | null;
+}
+
+export interface PrepResult {
+  output: string;
+  manifest: Manifest | null;
+  stats: PrepStats;
+  /** Records skipped at the start because a previous run had applied them. */
+  resumedAt: number;
+  alreadyDone: boolean;
+  interrupted: boolean;
+  /** Seconds to load the tokenizer and start the worker threads (a fixed cost, included in the total). */
+  startupSeconds: number;
+}
+
+export interface PrepHooks {
+  progress?(p: PrepProgress): void;
+  signal?: AbortSignal;
+}
+
+const bucketDir = (b: number) => `shard_${String(b).padStart(4, '0')}`;
+
+/** Removes this prep's files from one bucket folder. */
+function wipeBucket(dir: string, prefix: string): void {
+  removeShardFiles(dir, prefix);
+  rmSync(join(dir, 'manifest.json'), { force: true });
+  if (readdirSync(dir).length === 0) rmdirSync(dir);
+}
+
+/** Removes this prep's files from `out` (shards, indexes, temp files, manifests, journal). */
+function wipe(out: string, prefix: string): void {
+  for (const d of readdirSync(out)) if (/^shard_\d{4}$/.test(d)) wipeBucket(join(out, d), prefix);
+  rmSync(join(out, 'manifest.json'), { force: true });
+  removeJournal(out);
+}
+
+function recordName(r: SourceRecord): string {
+  return r.kind === 'doc' ? `doc ${r.id}` : `skip ${r.where}`;
+}
+
+class PrepRun {
+  readonly stats: PrepStats;
+  readonly writers = new Map<number, BucketWriter>();
+  #lastRecord: string | null;
+  #sinceCheckpoint = 0;
+
+  constructor(readonly o: PrepOptions, readonly out: string, readonly prefix: string, readonly params: OutputParams, journal: Journal | null) {
+    this.stats = journal?.stats ?? emptyStats();
+    this.#lastRecord = journal?.lastDocId ?? null;
+    for (const [b, state] of Object.entries(journal?.buckets ?? {})) {
+      this.writers.set(Number(b), new BucketWriter(join(out, bucketDir(Number(b))), prefix, o.tokensPerShard, state));
+    }
+    for (const d of readdirSync(out)) {
+      const b = /^shard_(\d{4})$/.exec(d);
+      if (b && !this.writers.has(Number(b[1]))) wipeBucket(join(out, d), prefix);
+    }
+  }
+
+  get lastRecord(): string | null {
+    return this.#lastRecord;
+  }
+
+  #writer(b: number): BucketWriter {
+    let w = this.writers.get(b);
+    if (!w) this.writers.set(b, (w = new BucketWriter(join(this.out, bucketDir(b)), this.prefix, this.o.tokensPerShard)));
+    return w;
+  }
+
+  /** Applies one tokenized batch in record order; stops at --max-tokens-total. */
+  apply(records: SourceRecord[], r: TokenizedBatch): void {
+    const s = this.stats;
+    let doc = 0, offset = 0;
+    for (const rec of records) {
+      if (s.reachedLimit) return;
+      s.records++;
+      this.#lastRecord = recordName(rec);
+      if (rec.kind === 'skip') {
+        s.skipped[rec.reason]++;
+        const ex = (s.examples[rec.reason] ??= []);
+        if (ex.length < EXAMPLES_PER_REASON) ex.push(rec.where);
+      } else {
+        const status = r.status[doc]!, length = r.lengths[doc]!, bucket = r.buckets[doc]!;
+        doc++;
+        if (status === DocStatus.EMPTY) s.empty++;
+        else if (status === DocStatus.SHORT) s.tooShort++;
+        else if (status === DocStatus.HAS_EOS_BYTE) s.hasEosByte++;
+        else {
+          if (status === DocStatus.TRUNCATED) s.truncated++;
+          this.#writer(bucket).add(r.tokens.subarray(offset, offset + length));
+          offset += length;
+          s.documents++;
+          s.tokens += length;
+          if (this.o.maxTokensTotal !== null && s.tokens >= this.o.maxTokensTotal) s.reachedLimit = true;
+        }
+      }
+      if (++this.#sinceCheckpoint >= this.o.checkpointEvery) this.checkpoint();
+    }
+  }
+
+  checkpoint(): void {
+    for (const w of this.writers.values()) w.flush(true);
+    const buckets = Object.fromEntries([...this.writers].map(([b, w]) => [String(b), w.state()]));
+    writeJournal(this.out, { journal_version: 1, params: this.params, lastDocId: this.#lastRecord, stats: this.stats, buckets });
+    this.#sinceCheckpoint = 0;
+  }
+
+  /** Finishes every bucket and writes the per-bucket and combined manifests. */
+  finish(tok: TextTokenizer, sourceName: string): Manifest {
+    const all: ShardEntry[] = [];
+    const base = {
+      dataset: this.o.name, version: this.o.version, tokenizer: tok.name, vocab_size: tok.vocabSize, eos_token_id: tok.eosTokenId,
+      dtype: 'uint32', created_at: new Date().toISOString(),
+    };
+    const stamps = {
+      tokenizer_name: tok.name, tokenizer_hash: tokenizerHash(tok), tokenizer_version: tok.version,
+      schema_version: MANIFEST_SCHEMA_VERSION, creator_version: CREATOR_VERSION,
+    };
+    const buckets = [...this.writers.keys()].sort((a, b) => a - b);
+    for (const b of buckets) {
+      const shards = this.writers.get(b)!.finish();
+      const m: Manifest = {
+        ...base, total_tokens: shards.reduce((n, s) => n + s.num_tokens, 0), total_documents: shards.reduce((n, s) => n + s.num_documents, 0),
+        num_shards: shards.length, shards, source_info: { source: sourceName }, ...stamps,
+      };
+      writeJsonAtomic(join(this.out, bucketDir(b), 'manifest.json'), m);
+      all.push(...shards.map((s) => ({ ...s, path: `${bucketDir(b)}/${s.path}`, index_path: `${bucketDir(b)}/${s.index_path}` })));
+    }
+    const { examples: _examples, ...counts } = this.stats;
+    const manifest: Manifest = {
+      ...base, total_tokens: this.stats.tokens, total_documents: this.stats.documents, num_shards: all.length, shards: all,
+      source_info: { source: sourceName, num_shard_dirs: buckets.length, prep_params: this.params, prep_stats: counts }, ...stamps,
+    };
+    writeJsonAtomic(join(this.out, 'manifest.json'), manifest);
+    removeJournal(this.out);
+    return manifest;
+  }
+}
+
+/** Decides between a fresh start, a resume and "already done" from what the output folder holds. */
+function openOutput(o: PrepOptions, out: string, prefix: string, params: OutputParams): { journal: Journal | null; done: Manifest | null } {
+  mkdirSync(out, { recursive: true });
+  if (o.force) wipe(out, prefix);
+  const journal = readJournal(out);
+  const manifestPath = join(out, 'manifest.json');
+  const same = (p: unknown) => canonicalJson(p) === canonicalJson(params);
+  if (!journal && existsSync(manifestPath)) {
+    const m = readManifest(manifestPath);
+    if (same(m.source_info.prep_params)) return { journal: null, done: m };
+    throw new UserError(`${out} already holds a finished prep made with other settings or inputs. Fix: add --force to replace it, or pick another --output.`);
+  }
+  if (journal && !same(journal.params)) {
+    throw new UserError(`${out} holds an interrupted prep made with other settings or inputs. ` +
+      'Fix: rerun it with the same flags and inputs to resume, or add --force to start over.');
+  }
+  if (!journal) wipe(out, prefix); // leftovers of a run stopped before its first checkpoint
+  return { journal, done: null };
+}
+
+export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<PrepResult> {
+  const t0 = performance.now();
+  const tok = await loadTokenizer(o.tokenizer);
+  checkPrepOptions(o, tok);
+  const out = o.numWorkers > 1 ? join(o.output, `worker_${String(o.workerIndex).padStart(3, '0')}`) : o.output;
+  const source = createSource(o);
+  await source.open?.();
+  const params = outputParams(o, tok, source.inputs());
+  const prefix = `${o.name}-${o.version}`;
+  const { journal, done } = openOutput(o, out, prefix, params);
+  if (done) return { output: out, manifest: done, stats: emptyStats(), resumedAt: 0, alreadyDone: true, interrupted: false, startupSeconds: 0 };
+
+  const run = new PrepRun(o, out, prefix, params, journal);
+  const resumedAt = run.stats.records;
+  const pool = await TokenizerPool.start(o.workers, { tokenizer: tok.name, minTokens: o.minTokens, maxTokens: o.maxTokens, numShards: o.numShards });
+  const startupSeconds = (performance.now() - t0) / 1000;
+  const inflight: { records: SourceRecord[]; result: Promise<TokenizedBatch> }[] = [];
+  let batch: SourceRecord[] = [], ids: string[] = [], texts: string[] = [], chars = 0;
+  const progress = () => hooks.progress?.({
+    records: run.stats.records, documents: run.stats.documents, tokens: run.stats.tokens, bytesRead: source.bytesRead(), totalBytes: source.totalBytes,
+  });
+  const dispatch = () => {
+    inflight.push({ records: batch, result: pool.run(ids, texts) });
+    batch = [];
+    ids = [];
+    texts = [];
+    chars = 0;
+  };
+  const applyOldest = async () => {
+    const head = inflight.shift()!;
+    run.apply(head.records, await head.result);
+    progress();
+  };
+  try {
+    let seen = 0;
+    for await (const rec of source.records()) {
+      if (seen++ < resumedAt) {
+        if (seen === resumedAt && recordName(rec) !== run.lastRecord) {
+          throw new UserError(`the input changed since the interrupted prep: record ${seen} is ${recordName(rec)}, ` +
+            `the journal says ${run.lastRecord} [${out}]. Fix: add --force to start over.`);
+        }
+        continue;
+      }
+      batch.push(rec);
+      if (rec.kind === 'doc') {
+        ids.push(rec.id);
+        texts.push(rec.text);
+        chars += rec.text.length;
+      }
+      if (ids.length >= o.batchSize || chars >= BATCH_CHARS) dispatch();
+      while (inflight.length >= INFLIGHT_PER_WORKER * pool.size) await applyOldest();
+      if (run.stats.reachedLimit || hooks.signal?.aborted) break;
+    }
+    if (seen < resumedAt) {
+      throw new UserError(`the input changed since the interrupted prep: it now ends after ${seen} records, ` +
+        `the journal had applied ${resumedAt} [${out}]. Fix: add --force to start over.`);
+    }
+    if (!hooks.signal?.aborted) {
+      if (batch.length > 0) dispatch();
+      while (inflight.length > 0 && !run.stats.reachedLimit) await applyOldest();
+    }
+    if (hooks.signal?.aborted) {
+      run.checkpoint();
+      return { output: out, manifest: null, stats: run.stats, resumedAt, alreadyDone: false, interrupted: true, startupSeconds };
+    }
+    const manifest = run.finish(tok, source.name);
+    return { output: out, manifest, stats: run.stats, resumedAt, alreadyDone: false, interrupted: false, startupSeconds };
+  } finally {
+    for (const w of run.writers.values()) w.abandon();
+    await pool.close();
+  }
+}

@@ -1,0 +1,205 @@
+/**
+ * The data CLI as a user runs it, in child processes: a prep killed mid-run leaves no complete-looking partial
+ * shard and resumes to the same bytes; Ctrl-C saves a checkpoint; verify/info/inspect/regenerate-index report and
+ * exit 2 on damaged data; the Hub source against a local stand-in server (listing, range reads, HF_TOKEN) and with
+ * no network; training on prepared shards gives the same losses as on the same tokens embedded.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parquetWriteBuffer } from 'hyparquet-writer';
+import { afterAll, describe, expect, it } from 'vitest';
+import { embeddedDocuments } from '../src/data/embedded-corpus.ts';
+import { PREP_DEFAULTS } from '../src/data/prep/options.ts';
+import { runPrep } from '../src/data/prep/prep.ts';
+import { NpyShard } from '../src/data/shard.ts';
+import { listFiles } from '../src/data/sources/paths.ts';
+import { documents, expected, nmoe, nmoeAsync, removeTempDirs, shardBytes, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
+
+afterAll(removeTempDirs);
+
+/** Moby Dick's chapters, three times over, as JSONL: enough work that a prep can be stopped in the middle. */
+function bookJsonl(copies: number): string {
+  const dir = tempDir('book');
+  const docs = Array.from({ length: copies }, (_, c) => embeddedDocuments().map((text, i) => ({ id: `c${c}-ch${i}`, text }))).flat();
+  writeJsonl(join(dir, 'book.jsonl'), docs);
+  return join(dir, 'book.jsonl');
+}
+
+const waitFor = async (cond: () => boolean, ms: number) => {
+  for (const t0 = Date.now(); !cond(); await new Promise((r) => setTimeout(r, 10))) if (Date.now() - t0 > ms) throw new Error('timed out');
+};
+
+describe('nmoe data', () => {
+  it('has --help on every subcommand, and on bench data', () => {
+    for (const cmd of [['data'], ...['prep', 'verify', 'info', 'inspect', 'regenerate-index', 'dedup'].map((c) => ['data', c]), ['bench', 'data']]) {
+      const r = nmoe([...cmd, '--help']);
+      expect(r.code, cmd.join(' ')).toBe(0);
+      expect(r.out).toMatch(new RegExp(`Usage: nmoe ${cmd.join(' ')}`));
+    }
+    expect(nmoe(['data', 'prep', '--help']).out).toMatch(/--num-shards <n> +hash buckets: md5\(doc id\) picks one \(default: 64\)/);
+  });
+});
+
+describe('an interrupted prep', () => {
+  const input = bookJsonl(3);
+  const args = ['--source', 'jsonl', '--paths', input, '--name', 'book', '--num-shards', '4', '--tokens-per-shard', '60000', '--workers', '1', '--batch-size', '5', '--checkpoint-every', '15'];
+  const whole = runPrep({ ...PREP_DEFAULTS, source: 'jsonl', paths: [input], output: tempDir('whole'), name: 'book', numShards: 4, tokensPerShard: 60000, workers: 2 });
+
+  it('killed (SIGKILL) after a checkpoint leaves only complete .npy files, and a rerun ends with the same bytes', async () => {
+    const out = tempDir('killed');
+    const run = nmoeAsync(['data', 'prep', ...args, '-o', out]);
+    await waitFor(() => existsSync(join(out, '.nmoe-prep.json')) && listFiles(out).some((f) => f.endsWith('.npy')), 60_000);
+    run.child.kill('SIGKILL');
+    expect((await run.done).signal).toBe('SIGKILL');
+    expect(existsSync(join(out, 'manifest.json'))).toBe(false);
+    const files = listFiles(out);
+    const partial = files.filter((f) => f.endsWith('.npy.tmp'));
+    expect(partial.length).toBeGreaterThan(0);
+    for (const f of files.filter((p) => p.endsWith('.npy'))) NpyShard.open(f).close(); // every .npy is whole
+    for (const f of partial) expect(() => NpyShard.open(f)).toThrow(/magic string/); // a partial one does not pass for one
+
+    const again = nmoe(['data', 'prep', ...args, '-o', out]);
+    expect(again.code, again.err).toBe(0);
+    expect(again.out).toMatch(/^resumed after \d+ records applied by an earlier run$/m);
+    expect(again.out).toMatch(/^done: 405 documents, [\d,]+ tokens in \d+ shards \(4 buckets\)/m);
+    expect(shardBytes(out)).toEqual(shardBytes((await whole).output));
+    expect(existsSync(join(out, '.nmoe-prep.json'))).toBe(false);
+  });
+
+  it('stopped with Ctrl-C saves a checkpoint, exits 130 and says how to resume', async () => {
+    const out = tempDir('sigint');
+    const run = nmoeAsync(['data', 'prep', ...args, '-o', out]);
+    await waitFor(() => existsSync(join(out, '.nmoe-prep.json')), 60_000);
+    run.child.kill('SIGINT');
+    const r = await run.done;
+    expect(r.code, r.out).toBe(130);
+    expect(r.out).toMatch(/interrupted after [\d,]+ records .* run the same command again to resume/);
+    const again = nmoe(['data', 'prep', ...args, '-o', out]);
+    expect(again.code, again.err).toBe(0);
+    expect(shardBytes(out)).toEqual(shardBytes((await whole).output));
+  });
+});
+
+describe('verify, info, inspect, regenerate-index', () => {
+  it('report on good data, and name each problem and exit 2 on damaged data', async () => {
+    const out = tempDir('check');
+    const prep = nmoe(['data', 'prep', '--source', 'jsonl', '--paths', bookJsonl(1), '-o', out, '--name', 'moby', '--version', 'v2', '--num-shards', '2', '--tokenizer', 'bytes', '-j', '1']);
+    expect(prep.code, prep.err).toBe(0);
+    const manifest = join(out, 'manifest.json');
+    expect(nmoe(['data', 'verify', manifest, '--checksums']).out).toMatch(/^ok .*manifest\.json: 2 shards, 1\.2\dM tokens, checksums match$/m);
+    const info = nmoe(['data', 'info', manifest]).out;
+    expect(info).toMatch(/^Tokenizer: +bytes \(hash [0-9a-f]{16}, built in\)$/m);
+    expect(info).toMatch(/^Total documents: +135$/m);
+    const inspect = nmoe(['data', 'inspect', '--manifest', manifest, '--all', '--stats', '--sample', '1']);
+    expect(inspect.code, inspect.err).toBe(0);
+    expect(inspect.out).toMatch(/sample doc 0 \(tokens 0\.\.\d+\): "CHAPTER \d+\./);
+    expect(inspect.out).toMatch(/inspected 2 of 2 shards: .* 135 EOS, 0 double EOS; no issues/);
+
+    const shard = join(out, 'shard_0000', 'moby-v2-shard-000000.npy');
+    const bytes = readFileSync(shard);
+    bytes.writeUInt32LE(0, bytes.length - 8); // a second EOS (id 0) right before the last: an empty document
+    writeFileSync(shard, bytes);
+    const bad = nmoe(['data', 'verify', manifest, '--checksums']);
+    expect(bad.code).toBe(2);
+    expect(bad.out).toMatch(/^FAIL shard_0000\/moby-v2-shard-000000\.npy: checksum mismatch/m);
+    expect(bad.err).toMatch(/nmoe: error: 1 problem\(s\) in .*manifest\.json\. Fix: re-run `nmoe data prep`/);
+    const inspected = nmoe(['data', 'inspect', '--manifest', manifest, '--all']);
+    expect(inspected.code).toBe(2);
+    expect(inspected.out).toMatch(/ISSUE 1 double EOS \(empty documents\), first at token \d+/);
+    expect(inspected.out).toMatch(/ISSUE its \.idx lists \d+ documents, the shard has \d+/);
+    const regen = nmoe(['data', 'regenerate-index', shard, '--eos-token-id', '0']);
+    expect(regen.out).toMatch(/^wrote .*moby-v2-shard-000000\.idx: \d+ documents$/m);
+    rmSync(join(out, 'shard_0001'), { recursive: true });
+    expect(nmoe(['data', 'verify', manifest]).out).toMatch(/^FAIL missing shard shard_0001\/moby-v2-shard-000000\.npy$/m);
+  });
+});
+
+describe('the Hugging Face Hub source', () => {
+  const rows = Array.from({ length: 120 }, (_, i) => `Hub row ${i}: ${'text streamed from the stand-in server '.repeat(1 + (i % 4))}`);
+  const file = Buffer.from(parquetWriteBuffer({ columnData: [{ name: 'text', data: rows }], rowGroupSize: 50 }));
+  const ranges: string[] = [];
+  let server: Server;
+  let base = '';
+  const started = new Promise<void>((resolve) => {
+    server = createServer((req, res) => {
+      if (req.headers.authorization !== 'Bearer secret-token') return void res.writeHead(401).end('{"error":"unauthorized"}');
+      const url = req.url ?? '';
+      if (url === '/api/datasets/acme/tiny/parquet') return void res.end(JSON.stringify({ default: { train: [`${base}/files/0.parquet`, `${base}/files/1.parquet`] } }));
+      if (url === '/api/datasets/acme/tiny/parquet/default/train') return void res.end(JSON.stringify([`${base}/files/0.parquet`]));
+      if (url.startsWith('/files/')) {
+        if (req.method === 'HEAD') return void res.writeHead(200, { 'content-length': file.length }).end();
+        const m = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '');
+        if (!m) return void res.writeHead(400).end();
+        ranges.push(req.headers.range!);
+        const end = m[2] ? Number(m[2]) + 1 : file.length;
+        return void res.writeHead(206, { 'content-range': `bytes ${m[1]}-${end - 1}/${file.length}` }).end(file.subarray(Number(m[1]), end));
+      }
+      res.writeHead(404).end('{"error":"not found"}');
+    }).listen(0, '127.0.0.1', () => {
+      base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      resolve();
+    });
+  });
+  afterAll(() => server?.close());
+  // The server lives in this process, so the CLI must run without blocking it.
+  const hub = async (extra: string[], env: Record<string, string>) => {
+    await started;
+    const run = nmoeAsync(['data', 'prep', '--source', 'hf', '--dataset', 'acme/tiny', '-o', tempDir('hub'), '--name', 'hub', '--num-shards', '3', '-j', '1', ...extra], { HF_ENDPOINT: base, ...env });
+    return run.done;
+  };
+
+  it('lists the split\'s parquet files and streams them by range requests, sending HF_TOKEN', async () => {
+    const r = await hub([], { HF_TOKEN: 'secret-token' });
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(/^done: 240 documents/m);
+    const out = /-> (.*)\/manifest\.json/.exec(r.out)![1]!;
+    expect(documents(out)).toEqual(expected([...rows, ...rows].map((t, i) => [`acme/tiny:${i}`, t]), 3));
+    expect(ranges.length).toBeGreaterThanOrEqual(4); // footer + row groups, each a range
+    const subset = await hub(['--subset', 'default'], { HF_TOKEN: 'secret-token' });
+    expect(subset.out).toMatch(/^done: 120 documents/m);
+  });
+
+  it('without a token, or for a missing dataset or split, says what to do', async () => {
+    const noToken = await hub([], { HF_TOKEN: '' });
+    expect(noToken.code).toBe(2);
+    expect(noToken.out).toMatch(/the Hub refused access to acme\/tiny split train \(HTTP 401\) .*Fix: set HF_TOKEN/);
+    const split = await hub(['--split', 'test'], { HF_TOKEN: 'secret-token' });
+    expect(split.out).toMatch(/has no split "test" \(splits: train\)\. Fix: pick one with --split/);
+    const missing = await hub(['--subset', 'other'], { HF_TOKEN: 'secret-token' });
+    expect(missing.out).toMatch(/the Hub has no acme\/tiny subset other split train \(HTTP 404\).*Fix: check --dataset, --subset and --split/);
+  });
+
+  it('fails at once with a clear error when the Hub cannot be reached', async () => {
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise((r) => closed.close(r)); // a port where nothing listens
+    const t0 = Date.now();
+    const out = tempDir('offline');
+    const r = nmoe(['data', 'prep', '--source', 'hf', '--dataset', 'acme/tiny', '-o', out, '--name', 'x'], { HF_ENDPOINT: `http://127.0.0.1:${port}` });
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(new RegExp(`cannot reach the Hugging Face Hub at http://127\\.0\\.0\\.1:${port} \\(ECONNREFUSED\\) .*Fix: check the network or proxy`));
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    expect(readdirSync(out)).toEqual([]); // nothing was started
+  });
+});
+
+describe('training on prepared shards', () => {
+  it('gives the same losses as the embedded corpus when the shards hold the same tokens', () => {
+    const out = tempDir('train');
+    const docs = embeddedDocuments().map((text, i) => ({ id: `ch${i}`, text }));
+    const input = join(out, 'book.jsonl');
+    writeJsonl(input, docs);
+    const prep = nmoe(['data', 'prep', '--source', 'jsonl', '--paths', input, '-o', join(out, 'shards'), '--name', 'moby', '--tokenizer', 'bytes', '--num-shards', '1', '-j', '1']);
+    expect(prep.code, prep.err).toBe(0);
+    const quick = ['--steps=2', '--seq_len=32', '--batch_size=4', '--warmup_steps=2', '--log_every=1'];
+    const losses = (r: { out: string }) => [...r.out.matchAll(/^step +\d\/2 +loss (\d+\.\d+)/gm)].map((m) => m[1]);
+    const embedded = nmoe(['train', ...quick]);
+    const sharded = nmoe(['train', ...quick, `--data_path=${join(out, 'shards')}`]);
+    expect(sharded.code, sharded.err).toBe(0);
+    expect(losses(sharded)).toHaveLength(2);
+    expect(losses(sharded)).toEqual(losses(embedded));
+  });
+});

@@ -5,9 +5,8 @@
  */
 import type { Config } from '../config/schema.ts';
 import { flopsPerToken } from '../model/flops.ts';
-import { isMoeLayer, modelConfig } from '../model/spec.ts';
-import { Transformer } from '../model/transformer.ts';
-import { AdamW } from '../optim/adamw.ts';
+import { modelConfig } from '../model/spec.ts';
+import { createTrainee, trainStep } from '../train/step.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { philoxUniform } from '../util/philox.ts';
 import { type OpClock, type OpTime, hostClock, profiled } from './profile.ts';
@@ -51,11 +50,7 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions)
   const cfg = modelConfig(config);
   const prof = o.profile ? profiled(base, o.clock ?? hostClock) : null;
   const b = prof?.backend ?? base;
-  const model = new Transformer(b, cfg, { dtype: base.device === 'cuda' ? 'bf16' : 'f32' });
-  model.params.initialize(cfg.seed);
-  const opt = new AdamW(b, model.params, cfg);
-  opt.syncMasters();
-  const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
+  const trainee = createTrainee(b, cfg);
   const tokens = cfg.batch_size * cfg.seq_len;
   // Uniform random ids (a fresh Philox stream per call): the step's cost does not depend on the text, and the
   // loss stays near ln(vocab), as nothing is learnable.
@@ -68,13 +63,11 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions)
   let loss = NaN;
   const step = async (read: boolean) => {
     const ids = b.upload(randomIds(), [tokens], 'i32'), targets = b.upload(randomIds(), [tokens], 'i32');
-    model.params.zeroGrads();
-    const fwd = model.forward(ids, targets, cfg.batch_size);
-    model.backward(fwd.saved);
-    const { gradNorm } = opt.update(0);
-    for (const [j, layer] of moeLayers.entries()) b.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), fwd.routerCounts[j]!, cfg.router_bias_update_rate, gradNorm);
-    if (read) loss = (await b.read(fwd.loss))[0]!;
-    for (const t of [ids, targets, fwd.loss, gradNorm, ...fwd.routerCounts]) t.free();
+    const out = trainStep(trainee, ids, targets, cfg.batch_size, 0);
+    if (read) loss = (await b.read(out.loss))[0]!;
+    out.free();
+    ids.free();
+    targets.free();
   };
   for (let i = 0; i < o.warmup; i++) await step(i === o.warmup - 1);
   prof?.report(); // drop warm-up timings
@@ -85,10 +78,10 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions)
   const seconds = (performance.now() - t0) / 1000;
   const profile = prof?.report() ?? null;
   const tokensPerSecond = (tokens * o.steps) / seconds;
-  const tflops = (flopsPerToken(cfg, model.params) * tokensPerSecond) / 1e12;
+  const tflops = (flopsPerToken(cfg, trainee.model.params) * tokensPerSecond) / 1e12;
   const peak = peakTflops(base.name);
-  opt.free();
-  model.free();
+  trainee.opt.free();
+  trainee.model.free();
   return {
     device: base.name,
     steps: o.steps,

@@ -390,16 +390,19 @@ function readTensor(fd: number, e: HeaderEntry, dataStart: number, path: string)
   }
 }
 
-/** Reads a safetensors file (or the tensors named in `opts.names`), checking its layout in full. */
-export function readSafetensors(path: string, opts: ReadOptions = {}): SafetensorsContents {
+function openForReading(path: string): number {
   checkHost();
-  let fd: number;
   try {
-    fd = openSync(path, 'r');
+    return openSync(path, 'r');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     throw new SafetensorsError(code === 'ENOENT' ? `${path}: no such file` : `${path}: cannot open (${(err as Error).message})`);
   }
+}
+
+/** Reads a safetensors file (or the tensors named in `opts.names`), checking its layout in full. */
+export function readSafetensors(path: string, opts: ReadOptions = {}): SafetensorsContents {
+  const fd = openForReading(path);
   try {
     const fileBytes = fstatSync(fd).size;
     const { headerBytes, entries, metadata } = parseHeader(path, fd, fileBytes, opts.maxHeaderBytes ?? MAX_HEADER_BYTES);
@@ -425,14 +428,7 @@ export function readSafetensorsHeader(path: string, opts: Pick<ReadOptions, 'max
   tensors: Map<string, { dtype: SafetensorsDtype; shape: number[] }>;
   metadata: Record<string, string>;
 } {
-  checkHost();
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new SafetensorsError(code === 'ENOENT' ? `${path}: no such file` : `${path}: cannot open (${(err as Error).message})`);
-  }
+  const fd = openForReading(path);
   try {
     const { entries, metadata } = parseHeader(path, fd, fstatSync(fd).size, opts.maxHeaderBytes ?? MAX_HEADER_BYTES);
     return { tensors: new Map(entries.map((e) => [e.name, { dtype: e.dtype, shape: e.shape }])), metadata };

@@ -16,7 +16,7 @@ import { prepReport } from '../data/prep/report.ts';
 import { SOURCE_KINDS } from '../data/sources/index.ts';
 import { parseTokenCount } from '../data/text.ts';
 import { UserError } from '../util/errors.ts';
-import { Progress, formatCount, formatDuration } from './progress.ts';
+import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
 
 function count(min: number) {
   return (text: string): number => {
@@ -85,25 +85,17 @@ function registerPrep(data: Command): void {
     .action(async (opts: PrepOptions & { maxTokensTotal?: number }) => {
       const o: PrepOptions = { ...PREP_DEFAULTS, ...opts, maxTokensTotal: opts.maxTokensTotal ?? null };
       const progress = new Progress();
-      const abort = new AbortController();
-      const onSigint = () => {
-        if (abort.signal.aborted) process.exit(130);
-        progress.line(pc.yellow('interrupted: saving a checkpoint (Ctrl-C again to exit now; the next run resumes from the last checkpoint)'));
-        abort.abort();
-      };
-      process.on('SIGINT', onSigint);
-      process.on('SIGTERM', onSigint);
+      const interrupt = onInterrupt(progress, 'interrupted: saving a checkpoint (Ctrl-C again to exit now; the next run resumes from the last checkpoint)');
       const t0 = performance.now();
       try {
-        const r = await runPrep(o, { progress: prepProgress(progress), signal: abort.signal });
+        const r = await runPrep(o, { progress: prepProgress(progress), signal: interrupt.signal });
         progress.finish();
         for (const line of prepReport(r, o, (performance.now() - t0) / 1000)) progress.line(line);
         // Exit code 130, as a shell reports Ctrl-C; commander's error type carries it through main() unprinted.
         if (r.interrupted) throw new CommanderError(130, 'nmoe.interrupted', 'interrupted');
       } finally {
         progress.finish();
-        process.off('SIGINT', onSigint);
-        process.off('SIGTERM', onSigint);
+        interrupt.dispose();
       }
     });
 }

@@ -52,3 +52,25 @@ export class Progress {
     this.#barShown = false;
   }
 }
+
+/**
+ * Ctrl-C and SIGTERM for long work: the first prints `message` and aborts the returned signal, so the work can stop
+ * cleanly; a second exits at once with code 130. Call dispose() when the work is over.
+ */
+export function onInterrupt(progress: Progress, message: string): { signal: AbortSignal; dispose(): void } {
+  const abort = new AbortController();
+  const handler = () => {
+    if (abort.signal.aborted) process.exit(130);
+    progress.line(pc.yellow(message));
+    abort.abort();
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  return {
+    signal: abort.signal,
+    dispose: () => {
+      process.off('SIGINT', handler);
+      process.off('SIGTERM', handler);
+    },
+  };
+}

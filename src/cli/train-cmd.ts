@@ -11,7 +11,7 @@ import { defaultConfigPath, loadConfig } from '../config/load.ts';
 import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { type LogRecord, type TrainEvents, train } from '../train/trainer.ts';
-import { Progress, formatCount, formatDuration } from './progress.ts';
+import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
 
 function formatLog(r: LogRecord): string[] {
   const main =
@@ -40,14 +40,7 @@ export function registerTrainCommand(program: Command): void {
       const { config } = loadConfig(path, { overrides: args });
       const { backend, note } = await selectBackend(config.device);
       const progress = new Progress();
-      const abort = new AbortController();
-      const onSigint = () => {
-        if (abort.signal.aborted) process.exit(130);
-        progress.line(pc.yellow('interrupted: stopping after this step (Ctrl-C again to exit now)'));
-        abort.abort();
-      };
-      process.on('SIGINT', onSigint);
-      process.on('SIGTERM', onSigint);
+      const interrupt = onInterrupt(progress, 'interrupted: stopping after this step (Ctrl-C again to exit now)');
       progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
       if (note) progress.line(pc.dim(note));
       const events: TrainEvents = {
@@ -69,7 +62,7 @@ export function registerTrainCommand(program: Command): void {
         },
       };
       try {
-        const s = await train(config, backend, events, abort.signal);
+        const s = await train(config, backend, events, interrupt.signal);
         progress.finish();
         progress.line(
           `${s.stoppedEarly ? pc.yellow('stopped') : pc.green('done')}: ${s.steps} steps in ${formatDuration(s.wallSeconds)} | ` +
@@ -77,8 +70,7 @@ export function registerTrainCommand(program: Command): void {
         );
       } finally {
         progress.finish();
-        process.off('SIGINT', onSigint);
-        process.off('SIGTERM', onSigint);
+        interrupt.dispose();
       }
     });
 }

@@ -12,11 +12,11 @@ import type { Config } from '../config/schema.ts';
 import { createLoader } from '../data/loader/build.ts';
 import { flopsPerToken, parameterCounts } from '../model/flops.ts';
 import { type ModelConfig, isMoeLayer, modelConfig } from '../model/spec.ts';
-import { Transformer } from '../model/transformer.ts';
-import { AdamW } from '../optim/adamw.ts';
+import type { Transformer } from '../model/transformer.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import { UserError } from '../util/errors.ts';
+import { createTrainee, trainStep } from './step.ts';
 import { type RouterAggregate, type RouterLayerStats, routerAggregate, routerLayerStats } from './router-stats.ts';
 
 export interface StepRecord {
@@ -63,11 +63,8 @@ export class TrainingDiverged extends UserError {
 export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal): Promise<TrainSummary> {
   const cfg = modelConfig(config);
   const loader = createLoader(cfg, 0, 1);
-  // The GPU keeps weights and activations in bf16 (fp32 accumulation); the CPU oracle stays in fp32.
-  const model = new Transformer(backend, cfg, { dtype: backend.device === 'cuda' ? 'bf16' : 'f32' });
-  model.params.initialize(cfg.seed);
-  const opt = new AdamW(backend, model.params, cfg);
-  opt.syncMasters();
+  const trainee = createTrainee(backend, cfg);
+  const { model, opt } = trainee;
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
   const tokensPerStep = cfg.batch_size * cfg.seq_len;
   const flops = flopsPerToken(cfg, model.params);
@@ -92,13 +89,8 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       const batch = loader.next();
       const ids = backend.upload(batch.inputs, [batch.inputs.length], 'i32');
       const targets = backend.upload(batch.targets, [batch.targets.length], 'i32');
-      model.params.zeroGrads();
-      const fwd = model.forward(ids, targets, batch.localBatch);
-      model.backward(fwd.saved);
-      const { gradNorm, lr } = opt.update(tokensSeen);
-      for (const [j, layer] of moeLayers.entries()) {
-        backend.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), fwd.routerCounts[j]!, cfg.router_bias_update_rate, gradNorm);
-      }
+      const fwd = trainStep(trainee, ids, targets, batch.localBatch, tokensSeen);
+      const { gradNorm, lr } = fwd;
       tokensSeen += tokensPerStep;
 
       const loss = (await backend.read(fwd.loss))[0]!;
@@ -139,7 +131,9 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
         lastLogTokens = tokensSeen;
         lastLogStep = done;
       }
-      for (const t of [ids, targets, fwd.loss, gradNorm, ...fwd.routerCounts]) t.free();
+      fwd.free();
+      ids.free();
+      targets.free();
     }
   } finally {
     opt.free();

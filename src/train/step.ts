@@ -1,0 +1,57 @@
+/**
+ * One training step, shared by the training loop and `nmoe bench train`: forward, backward, the clipped AdamW
+ * update, then the aux-loss-free router-bias update from this step's expert loads. Nothing is read back here.
+ */
+import type { ParamGroup } from '../model/params.ts';
+import { type ModelConfig, isMoeLayer } from '../model/spec.ts';
+import { Transformer } from '../model/transformer.ts';
+import { AdamW } from '../optim/adamw.ts';
+import type { Backend } from '../tensor/backend.ts';
+import type { Tensor } from '../tensor/tensor.ts';
+
+export interface Trainee {
+  model: Transformer;
+  opt: AdamW;
+}
+
+/** An initialised model and its optimizer. The GPU keeps weights in bf16 (fp32 accumulation), the CPU in fp32. */
+export function createTrainee(b: Backend, cfg: ModelConfig): Trainee {
+  const model = new Transformer(b, cfg, { dtype: b.device === 'cuda' ? 'bf16' : 'f32' });
+  model.params.initialize(cfg.seed);
+  const opt = new AdamW(b, model.params, cfg);
+  opt.syncMasters();
+  return { model, opt };
+}
+
+export interface StepOutput {
+  /** f32 [1] loss, f32 [1] gradient norm, one i32 [E] expert load per MoE layer: owned by the caller. */
+  loss: Tensor;
+  gradNorm: Tensor;
+  routerCounts: Tensor[];
+  lr: Record<ParamGroup, number>;
+  free(): void;
+}
+
+/** ids, targets: i32 [batch * seq_len]; `tokensSeen` counts global tokens before this step (the LR schedule). */
+export function trainStep(t: Trainee, ids: Tensor, targets: Tensor, batch: number, tokensSeen: number): StepOutput {
+  const { model, opt } = t;
+  const cfg = model.cfg, b = model.b;
+  model.params.zeroGrads();
+  const fwd = model.forward(ids, targets, batch);
+  model.backward(fwd.saved);
+  const { gradNorm, lr } = opt.update(tokensSeen);
+  let j = 0;
+  for (let layer = 0; layer < cfg.n_layers; layer++) {
+    if (!isMoeLayer(cfg, layer)) continue;
+    b.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), fwd.routerCounts[j++]!, cfg.router_bias_update_rate, gradNorm);
+  }
+  return {
+    loss: fwd.loss,
+    gradNorm,
+    routerCounts: fwd.routerCounts,
+    lr,
+    free: () => {
+      for (const x of [fwd.loss, gradNorm, ...fwd.routerCounts]) x.free();
+    },
+  };
+}

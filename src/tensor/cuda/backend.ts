@@ -500,17 +500,45 @@ export class CudaBackend implements Backend {
   }
 
   adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void {
+    if (groups.length > 4) throw new Error(`adamw: ${groups.length} groups, the kernel takes at most 4`);
+    const first = groups.find((g) => g.params.length > 0);
+    if (!first) return;
+    const table = this.#adamTable(groups);
+    const hyper = new Float32Array(28); // AdamGroups: lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt; 4 each
+    groups.forEach((g, i) => {
+      const values = [g.lr, g.beta1, g.beta2, g.eps, g.weightDecay, 1 - g.beta1 ** g.step, Math.sqrt(1 - g.beta2 ** g.step)];
+      values.forEach((x, field) => { hyper[4 * field + i] = x; });
+    });
     const sr = opts.stochasticRounding;
-    for (const g of groups) {
-      const bc1 = 1 - g.beta1 ** g.step, bc2Sqrt = Math.sqrt(1 - g.beta2 ** g.step);
-      g.params.forEach((p, i) => {
-        const m = g.expAvg[i]!;
-        const master: KernelArg = g.master ? ptr(g.master[i]!) : { ptr: 0n };
-        this.#k('optim.cu', `adamw<${ctype(p)}, ${ctype(m)}>`, [gridFor(p.numel)], 256, [
-          ptr(p), master, ptr(g.grads[i]!), ptr(m), ptr(g.expAvgSq[i]!), i64(p.numel), f32(g.lr), f32(g.beta1), f32(g.beta2), f32(g.eps),
-          f32(g.weightDecay), f32(bc1), f32(bc2Sqrt), ptr(opts.gradNorm), f32(opts.maxNorm), i32(sr ? 1 : 0), u32(sr?.seed ?? 0), u32(g.step),
-        ]);
-      });
-    }
+    this.#k('optim.cu', `adamw_multi<${ctype(first.params[0]!)}, ${ctype(first.expAvg[0]!)}>`, [table.chunks], 256, [
+      ptr(table.tensors), ptr(table.chunkList), { bytes: new Uint8Array(hyper.buffer) }, ptr(opts.gradNorm), f32(opts.maxNorm),
+      i32(sr ? 1 : 0), u32(sr?.seed ?? 0), u32(first.step),
+    ]);
+  }
+
+  /** The device table of a parameter set's tensors and 8192-element chunks, built once per set (optim.cu). */
+  readonly #adamTables = new Map<string, { tensors: Tensor; chunkList: Tensor; chunks: number }>();
+  #adamTable(groups: readonly AdamWGroup[]) {
+    // Keyed by every pointer involved: the allocator may hand a freed param's block to another tensor.
+    const ptrs = (ts: readonly Tensor[] | undefined) => (ts ?? []).map((t) => asCuda(t).ptr).join(',');
+    const key = groups.map((g) => [g.params, g.master, g.grads, g.expAvg, g.expAvgSq].map(ptrs).join('|')).join(';');
+    const cached = this.#adamTables.get(key);
+    if (cached) return cached;
+    const words: number[] = [], chunkWords: number[] = [];
+    const push64 = (out: number[], x: bigint) => out.push(Number(x & 0xffffffffn) | 0, Number(x >> 32n) | 0);
+    let index = 0;
+    groups.forEach((g, gi) => g.params.forEach((p, i) => {
+      for (const t of [p, g.master?.[i], g.grads[i], g.expAvg[i], g.expAvgSq[i]]) push64(words, t ? asCuda(t).ptr : 0n);
+      for (const x of [BigInt(p.numel), BigInt(gi), 0n]) push64(words, x);
+      for (let e = 0; e < p.numel; e += 8192) push64(chunkWords, (BigInt(index) << 40n) | BigInt(e));
+      index++;
+    }));
+    const table = {
+      tensors: this.upload(Int32Array.from(words), [words.length], 'i32'),
+      chunkList: this.upload(Int32Array.from(chunkWords), [chunkWords.length], 'i32'),
+      chunks: chunkWords.length / 2,
+    };
+    this.#adamTables.set(key, table);
+    return table;
   }
 }

@@ -19,5 +19,5 @@ export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'grouped.cu': ['grouped_gemm_tc', 'grouped_wgrad_tc'],
   'flash.cu': flash(['flash_fwd', 'flash_bwd_dq', 'flash_bwd_dkdv']),
   'loss.cu': ['ce_fwd_rows', 'ce_finish', ...both(['ce_bwd_rows'])],
-  'optim.cu': ['norm_finish', ...both(['sumsq_partial']), 'adamw<float, float>', 'adamw<bf16, float>', 'adamw<bf16, bf16>'],
+  'optim.cu': ['norm_finish', ...both(['sumsq_partial']), 'adamw_multi<float, float>', 'adamw_multi<bf16, float>', 'adamw_multi<bf16, bf16>'],
 };

@@ -1,5 +1,5 @@
-// Global gradient norm (fixed-order partial sums) and the fused AdamW update with norm clipping and a NaN guard:
-// a non-finite norm leaves weights and moments untouched. Parameter and state dtypes are independent (fp32 or
+// Global gradient norm (fixed-order partial sums) and the fused multi-tensor AdamW update with norm clipping and a
+// NaN guard: a non-finite norm leaves weights and moments untouched. Parameter and state dtypes are independent (fp32 or
 // bf16 each).
 #include "common.cuh"
 
@@ -70,48 +70,72 @@ __device__ __forceinline__ float adam_element(long i, float w, float g, float& m
   return w;
 }
 
-// With `master` (fp32 copies of bf16 params) the update runs on the master and the param takes its rounding; else
-// the param is updated in place, rounded to nearest or, with `stochastic`, stochastically (Philox bits keyed by
-// (seed, step) at element i, as the CPU backend draws them). Eight elements per thread step, 16-byte accesses
-// (tensors are 512-byte aligned), then the tail one by one.
+// One tensor of the multi-tensor update (written by the host as 8 little-endian 64-bit words).
 template <typename P, typename S>
-__global__ void adamw(P* p, float* master, const P* g, S* m, S* v, long n, float lr, float beta1, float beta2, float eps,
-                      float weight_decay, float bias_correction1, float bias_correction2_sqrt, const float* grad_norm, float max_norm,
-                      int stochastic, unsigned seed, unsigned step) {
+struct AdamTensor {
+  P* p;
+  float* master;  // fp32 copy of a bf16 param, or null
+  const P* g;
+  S* m;
+  S* v;
+  long n;
+  long group;
+  long unused;
+};
+
+// Per optimizer group (at most 4): learning rate, betas, eps, weight decay and bias corrections.
+struct AdamGroups {
+  float lr[4], beta1[4], beta2[4], eps[4], weight_decay[4], bc1[4], bc2_sqrt[4];
+};
+
+#define ADAM_CHUNK 8192  // elements per block; a multiple of 8 so every chunk starts 16-byte aligned
+
+// The whole AdamW step in one launch: block b updates chunk b = (tensor, first element). With `master` the update
+// runs on the fp32 copy and the bf16 param takes its rounding; else the param is updated in place, rounded to
+// nearest or, with `stochastic`, stochastically (Philox bits keyed by (seed, step) at element i, as the CPU
+// backend draws them). A non-finite gradient norm skips the whole step.
+template <typename P, typename S>
+__global__ void adamw_multi(const AdamTensor<P, S>* tensors, const long* chunks, AdamGroups groups, const float* grad_norm, float max_norm,
+                            int stochastic, unsigned seed, unsigned step) {
   const float norm = *grad_norm;
-  if (!(fabsf(norm) <= 3.402823466e38f)) return;  // NaN or Inf: skip the step
-  const AdamHyper h = {beta1, beta2, eps, max_norm > 0.f ? fminf(1.f, max_norm / (norm + 1e-6f)) : 1.f, lr / bias_correction1,
-                       1.f - lr * weight_decay, bias_correction2_sqrt, stochastic, seed, step};
-  const long n8 = n / 8 * 8, stride = (long)gridDim.x * blockDim.x;
-  for (long base = 8 * (blockIdx.x * (long)blockDim.x + threadIdx.x); base < n8; base += 8 * stride) {
+  if (!(fabsf(norm) <= 3.402823466e38f)) return;
+  const long chunk = chunks[blockIdx.x];
+  const AdamTensor<P, S> t = tensors[chunk >> 40];  // chunk = tensor index << 40 | first element
+  const long first = chunk & ((1L << 40) - 1), end = min(t.n, first + ADAM_CHUNK);
+  const int gi = (int)t.group;
+  const float lr = groups.lr[gi];
+  const AdamHyper h = {groups.beta1[gi], groups.beta2[gi], groups.eps[gi], max_norm > 0.f ? fminf(1.f, max_norm / (norm + 1e-6f)) : 1.f,
+                       lr / groups.bc1[gi], 1.f - lr * groups.weight_decay[gi], groups.bc2_sqrt[gi], stochastic, seed, step};
+  const long vec_end = first + (end - first) / 8 * 8;
+  for (long base = first + 8 * threadIdx.x; base < vec_end; base += 8 * blockDim.x) {
     float w[8], gr[8], mm[8], vv[8];
-    if (master) load8(master + base, w);
-    else load8(p + base, w);
-    load8(g + base, gr);
-    load8(m + base, mm);
-    load8(v + base, vv);
+    if (t.master) load8(t.master + base, w);
+    else load8(t.p + base, w);
+    load8(t.g + base, gr);
+    load8(t.m + base, mm);
+    load8(t.v + base, vv);
     P out[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) w[j] = adam_element<P>(base + j, w[j], gr[j], mm[j], vv[j], h, master != nullptr, &out[j]);
+    for (int j = 0; j < 8; ++j) w[j] = adam_element<P>(base + j, w[j], gr[j], mm[j], vv[j], h, t.master != nullptr, &out[j]);
     float stored[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) stored[j] = to_f32(out[j]);
-    store8(p + base, stored);
-    store8(m + base, mm);
-    store8(v + base, vv);
-    if (master) store8(master + base, w);
+    store8(t.p + base, stored);
+    store8(t.m + base, mm);
+    store8(t.v + base, vv);
+    if (t.master) store8(t.master + base, w);
   }
-  for (long i = n8 + blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += stride) {
-    float mi = to_f32(m[i]), vi = to_f32(v[i]);
-    const float w = adam_element<P>(i, master ? master[i] : to_f32(p[i]), to_f32(g[i]), mi, vi, h, master != nullptr, &p[i]);
-    m[i] = from_f32<S>(mi);
-    v[i] = from_f32<S>(vi);
-    if (master) master[i] = w;
+  for (long i = vec_end + threadIdx.x; i < end; i += blockDim.x) {
+    float mi = to_f32(t.m[i]), vi = to_f32(t.v[i]);
+    const float w = adam_element<P>(i, t.master ? t.master[i] : to_f32(t.p[i]), to_f32(t.g[i]), mi, vi, h, t.master != nullptr, &t.p[i]);
+    t.m[i] = from_f32<S>(mi);
+    t.v[i] = from_f32<S>(vi);
+    if (t.master) t.master[i] = w;
   }
 }
 
 template __global__ void sumsq_partial<float>(const float*, long, float*);
 template __global__ void sumsq_partial<bf16>(const bf16*, long, float*);
-template __global__ void adamw<float, float>(float*, float*, const float*, float*, float*, long, float, float, float, float, float, float, float, const float*, float, int, unsigned, unsigned);
-template __global__ void adamw<bf16, float>(bf16*, float*, const bf16*, float*, float*, long, float, float, float, float, float, float, float, const float*, float, int, unsigned, unsigned);
-template __global__ void adamw<bf16, bf16>(bf16*, float*, const bf16*, bf16*, bf16*, long, float, float, float, float, float, float, float, const float*, float, int, unsigned, unsigned);
+template __global__ void adamw_multi<float, float>(const AdamTensor<float, float>*, const long*, AdamGroups, const float*, float, int, unsigned, unsigned);
+template __global__ void adamw_multi<bf16, float>(const AdamTensor<bf16, float>*, const long*, AdamGroups, const float*, float, int, unsigned, unsigned);
+template __global__ void adamw_multi<bf16, bf16>(const AdamTensor<bf16, bf16>*, const long*, AdamGroups, const float*, float, int, unsigned, unsigned);

@@ -41,8 +41,6 @@ export interface BenchOptions {
   steps: number;
   warmup: number;
   profile: boolean;
-  /** Device memory high-water mark in bytes, when the backend tracks it. */
-  peakMemory?: () => number;
   clock?: OpClock;
 }
 
@@ -90,7 +88,7 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions)
     msPerStep: (seconds * 1000) / o.steps,
     tflops,
     mfu: peak ? tflops / peak : null,
-    peakMemoryGiB: o.peakMemory ? o.peakMemory() / 2 ** 30 : null,
+    peakMemoryGiB: base.memory() === null ? null : base.memory()!.peak / 2 ** 30,
     finalLoss: loss,
     profile,
   };

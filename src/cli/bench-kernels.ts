@@ -26,8 +26,8 @@ export function registerBenchKernels(bench: Command): void {
       const { CudaBackend } = await import('../tensor/cuda/backend.ts');
       const dev = (backend as InstanceType<typeof CudaBackend>).dev;
       const timer = () => {
-        const start = dev.event();
-        return () => dev.elapsedMs(start, dev.event());
+        const end = dev.startTiming();
+        return () => end()();
       };
       const results = await benchKernels(backend, modelConfig(config), timer);
       if (opts.json) {

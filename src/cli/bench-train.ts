@@ -38,15 +38,13 @@ export function registerBenchTrain(bench: Command): void {
     .action(async (path: string, overrides: string[], opts: { steps: number; warmup: number; profile?: boolean; json?: boolean }) => {
       const { config } = loadConfig(path, { overrides });
       const { backend } = await selectBackend(config.device);
-      let peakMemory: (() => number) | undefined;
       let clock: OpClock | undefined;
       if (backend.device === 'cuda') {
         const { CudaBackend } = await import('../tensor/cuda/backend.ts');
         const dev = (backend as InstanceType<typeof CudaBackend>).dev;
-        peakMemory = () => dev.allocator.stats.peak;
-        clock = { start: () => { const a = dev.event(); return () => { const e = dev.event(); return () => dev.elapsedMs(a, e); }; } };
+        clock = { start: () => dev.startTiming() };
       }
-      const r = await benchTrain(config, backend, { steps: opts.steps, warmup: opts.warmup, profile: !!opts.profile, peakMemory, clock });
+      const r = await benchTrain(config, backend, { steps: opts.steps, warmup: opts.warmup, profile: !!opts.profile, clock });
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(r)}\n`);
         return;

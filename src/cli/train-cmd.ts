@@ -16,7 +16,8 @@ import { Progress, formatCount, formatDuration, onInterrupt } from './progress.t
 function formatLog(r: LogRecord): string[] {
   const main =
     `step ${String(r.step).padStart(String(r.steps).length)}/${r.steps}  loss ${r.loss.toFixed(4)}  grad_norm ${r.gradNorm.toFixed(3)}  ` +
-    `lr ${r.lr.toExponential(2)}  ${formatCount(r.tokensPerSecond)} tok/s  ${r.tflops.toFixed(3)} TFLOPS  ${r.msPerStep.toFixed(0)} ms/step`;
+    `lr ${r.lr.toExponential(2)}  ${formatCount(r.tokensPerSecond)} tok/s  ${r.tflops.toFixed(3)} TFLOPS  ${r.msPerStep.toFixed(0)} ms/step` +
+    (r.memory ? `  memory ${(r.memory.current / 2 ** 30).toFixed(2)} GiB (peak ${(r.memory.peak / 2 ** 30).toFixed(2)})` : '');
   if (!r.routerAgg) return [main];
   const layers = r.router
     .map((l, i) => `L${i}[cv ${l.cv.toFixed(0)}% max ${l.max_load.toFixed(0)}% H ${l.entropy.toFixed(2)} act ${l.experts_active} bias ${l.bias_range.toFixed(3)}]`)

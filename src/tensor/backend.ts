@@ -127,6 +127,8 @@ export interface Backend {
   convert(src: Tensor, dst: Tensor): void;
   /** Waits until all queued work is done. */
   synchronize(): Promise<void>;
+  /** Device memory held by live tensors now and at its peak, in bytes; null where it is not tracked (CPU). */
+  memory(): { current: number; peak: number } | null;
 
   // --- dense math -------------------------------------------------------------------------------------------
   /** 2-D GEMM: out[M,N] = alpha * op(a) @ op(b) (+ out). */

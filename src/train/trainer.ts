@@ -35,6 +35,8 @@ export interface LogRecord extends StepRecord {
   msPerStep: number;
   router: RouterLayerStats[];
   routerAgg: RouterAggregate | null;
+  /** Device memory in tensors now and at peak, bytes (null on the CPU). */
+  memory: { current: number; peak: number } | null;
 }
 
 export interface TrainEvents {
@@ -125,6 +127,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
           tokensPerSecond: tps,
           tflops: (flops * tps) / 1e12,
           msPerStep: (windowSeconds * 1000) / (done - lastLogStep),
+          memory: backend.memory(),
           ...(await readRouterStats(backend, model, moeLayers, fwd.routerCounts, cfg.n_routed_experts)),
         });
         lastLogTime = now;

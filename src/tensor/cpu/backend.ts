@@ -90,6 +90,10 @@ export class CpuBackend implements Backend {
 
   async synchronize(): Promise<void> {}
 
+  memory(): null {
+    return null;
+  }
+
   matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     const A = asCpu(a), B = asCpu(b);
     const [ar, ac] = A.shape as [number, number];

@@ -150,6 +150,11 @@ export class CudaBackend implements Backend {
     this.dev.synchronize();
   }
 
+  memory(): { current: number; peak: number } {
+    const { current, peak } = this.dev.allocator.stats;
+    return { current, peak };
+  }
+
   // --- dense math -------------------------------------------------------------------------------------------
 
   matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {

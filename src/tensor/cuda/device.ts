@@ -142,6 +142,15 @@ export class CudaDevice {
     return ev;
   }
 
+  /** Marks a start on the stream; the returned function marks the end and returns a resolver of the ms between. */
+  startTiming(): () => () => number {
+    const start = this.event();
+    return () => {
+      const end = this.event();
+      return () => this.elapsedMs(start, end);
+    };
+  }
+
   /** Milliseconds between two recorded events (waits for the later one), then releases both. */
   elapsedMs(start: bigint, end: bigint): number {
     check('cuEventSynchronize', cu.eventSynchronize(end));

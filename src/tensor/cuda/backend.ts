@@ -20,7 +20,9 @@ const u32 = (v: number): KernelArg => ({ u32: v });
 /** Rows per scheduled expert tile (the tensor-core tile; the fp32 kernel splits it in halves). */
 const GROUP_TILE = 128;
 const NORM_BLOCKS = 256;
-const CE_CHUNK_ELEMENTS = 64 << 20; // fp32 logits per chunk: 256 MiB
+// fp32 logits per chunk (1 GiB, 1335 rows at vocab 201088): large GEMMs for the logits and their gradients, small
+// against the [tokens x vocab] logits it replaces. See dev/LOG.md for the measured effect.
+const CE_CHUNK_ELEMENTS = 256 << 20;
 
 /** Dynamic shared memory of the tensor-core grouped GEMMs (grouped.cu): 3 stages of an A and a B tile, each
  *  128 x (32 + 8) elements when k is inner (layout 0) or 32 x (128 + 8) when k is outer (layout 1). */

@@ -41,8 +41,8 @@ function build(overrides: string[]) {
   return { model, ids, targets };
 }
 
-function lossAndRouting(model: Transformer, ids: ReturnType<typeof ints>, targets: ReturnType<typeof ints>) {
-  const fwd = model.forward(ids, targets, 2);
+function lossAndRouting(model: Transformer, ids: ReturnType<typeof ints>, targets: ReturnType<typeof ints>, grad = false) {
+  const fwd = model.forward(ids, targets, 2, { grad });
   const loss = asCpu(fwd.loss).f[0]!;
   const routing = fwd.routerCounts.map((c) => Array.from(asCpu(c).i).join(',')).join('|');
   return { loss, routing, fwd };
@@ -50,8 +50,8 @@ function lossAndRouting(model: Transformer, ids: ReturnType<typeof ints>, target
 
 function check(overrides: string[]) {
   const { model, ids, targets } = build(overrides);
-  const base = lossAndRouting(model, ids, targets);
-  model.params.zeroGrads();
+  model.params.zeroGrads(); // before the forward: the loss's own gradient pass accumulates the lm_head gradient
+  const base = lossAndRouting(model, ids, targets, true);
   model.backward(base.fwd.saved);
   const worst: { name: string; err: number }[] = [];
   for (const [i, p] of model.params.trainable().entries()) {

@@ -5,6 +5,9 @@
  *   x = embedding(tokens) * 10.667                      (the reference's muP input scale)
  *   for each block: x += attn(attn_norm(x)); x += ffn(ffn_norm(x))     (ffn: dense MLP or MoE)
  *   loss = CE(norm(x) @ lm_head^T * 0.125, targets)    (EOS targets masked unless loss_mask_eos = false)
+ *
+ * The loss's own gradient comes out of the forward's chunked cross-entropy pass (the lm_head gradient accumulates
+ * there), so the [tokens x vocab] logits are formed once per step.
  */
 import type { Backend, CrossEntropySpec } from '../tensor/backend.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
@@ -32,8 +35,6 @@ interface BlockSaved {
 export interface ForwardResult {
   /** f32 [1], mean over counted targets. */
   loss: Tensor;
-  /** f32 [1], number of counted targets. */
-  count: Tensor;
   /** One i32 [E] per MoE layer: tokens routed to each expert in this forward. */
   routerCounts: Tensor[];
   /** Saved activations; pass to backward() exactly once (or release()). */
@@ -46,9 +47,8 @@ export interface ForwardSaved {
   blocks: BlockSaved[];
   xFinal: Tensor;
   normRstd: Tensor;
-  xNormed: Tensor;
-  lse: Tensor;
-  count: Tensor;
+  /** d(loss)/d(norm(x)), from the fused cross-entropy; null for a forward without gradient. */
+  dxNormed: Tensor | null;
   batch: number;
 }
 
@@ -79,8 +79,12 @@ export class Transformer {
     return { b: this.b, p: this.params, cfg: this.cfg, batch, seqLen: this.cfg.seq_len, ropeCos: this.#ropeCos, ropeSin: this.#ropeSin };
   }
 
-  /** ids, targets: i32 [batch * seq_len]. The model keeps references to both until backward. */
-  forward(ids: Tensor, targets: Tensor, batch: number): ForwardResult {
+  /**
+   * ids, targets: i32 [batch * seq_len]. The model keeps references to both until backward. With `grad` (the
+   * default) the forward already accumulates the lm_head gradient (see the header): zero the gradients first.
+   * Without, it only computes the loss, and backward() cannot follow.
+   */
+  forward(ids: Tensor, targets: Tensor, batch: number, opts: { grad?: boolean } = {}): ForwardResult {
     const { b, cfg, params: p } = this;
     const ctx = this.#ctx(batch);
     let x = b.embedding(ids, p.get('embedding.weight'), EMBED_SCALE);
@@ -111,17 +115,19 @@ export class Transformer {
       x = next;
     }
     const { y: xNormed, rstd: normRstd } = b.rmsnorm(x, p.get('norm.weight'), cfg.rms_norm_eps);
-    const { loss, lse, count } = b.crossEntropy(xNormed, p.get('lm_head.weight'), targets, this.lossSpec);
-    return { loss, count, routerCounts, saved: { ids, targets, blocks, xFinal: x, normRstd, xNormed, lse, count, batch } };
+    const dLmHead = opts.grad === false ? undefined : p.grad('lm_head.weight');
+    const { loss, count, dx: dxNormed } = b.crossEntropy(xNormed, p.get('lm_head.weight'), targets, this.lossSpec, dLmHead);
+    freeAll({ xNormed, count });
+    return { loss, routerCounts, saved: { ids, targets, blocks, xFinal: x, normRstd, dxNormed, batch } };
   }
 
   /** Accumulates d(loss)/d(param) into the parameter gradients and frees the saved activations. */
   backward(s: ForwardSaved): void {
     const { b, cfg, params: p } = this;
     const ctx = this.#ctx(s.batch);
-    const dxNormed = b.crossEntropyBackward(s.xNormed, p.get('lm_head.weight'), s.targets, s.lse, s.count, this.lossSpec, p.grad('lm_head.weight'));
-    let dx = b.rmsnormBackward(dxNormed, s.xFinal, p.get('norm.weight'), s.normRstd, p.grad('norm.weight'));
-    freeAll({ dxNormed, xFinal: s.xFinal, normRstd: s.normRstd, xNormed: s.xNormed, lse: s.lse });
+    if (!s.dxNormed) throw new Error('backward() after a forward without gradient (forward(..., { grad: false }))');
+    let dx = b.rmsnormBackward(s.dxNormed, s.xFinal, p.get('norm.weight'), s.normRstd, p.grad('norm.weight'));
+    freeAll({ dxNormed: s.dxNormed, xFinal: s.xFinal, normRstd: s.normRstd });
     for (let i = cfg.n_layers - 1; i >= 0; i--) {
       const pre = `blocks.${i}`;
       const blk = s.blocks[i]!;
@@ -140,7 +146,6 @@ export class Transformer {
     }
     b.embeddingBackward(s.ids, dx, p.grad('embedding.weight'), EMBED_SCALE);
     dx.free();
-    s.count.free();
   }
 
   free(): void {

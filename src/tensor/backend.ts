@@ -209,12 +209,11 @@ export interface Backend {
   // --- loss ------------------------------------------------------------------------------------------------
   /**
    * Cross-entropy of logits = (x @ w^T) * logitScale against targets, averaged over counted targets, computed in
-   * chunks so [T, V] never exists. x [T,D], w [V,D], targets i32 [T]. Returns loss f32 [1], lse f32 [T] and the
-   * counted-target number f32 [1].
+   * chunks so [T, V] never exists. x [T,D], w [V,D], targets i32 [T]. Returns loss f32 [1] and the counted-target
+   * number f32 [1]. With `dw` it is also the backward, in the same pass (no logits recomputed): returns
+   * dx = d(mean loss)/dx and accumulates d(mean loss)/dw into dw; without, dx is null.
    */
-  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec): { loss: Tensor; lse: Tensor; count: Tensor };
-  /** Gradient of the mean loss: returns dx, accumulates dw. */
-  crossEntropyBackward(x: Tensor, w: Tensor, targets: Tensor, lse: Tensor, count: Tensor, spec: CrossEntropySpec, dw: Tensor): Tensor;
+  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null };
 
   // --- optimizer -------------------------------------------------------------------------------------------
   /** sqrt(sum of squares of every element of every tensor), f32 [1]. */

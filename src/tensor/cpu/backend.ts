@@ -218,12 +218,8 @@ export class CpuBackend implements Backend {
     if (Number.isFinite(asCpu(gradNorm).f[0])) moe.routerBiasUpdate(asCpu(bias), asCpu(counts), rate);
   }
 
-  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec): { loss: Tensor; lse: Tensor; count: Tensor } {
-    return loss.crossEntropy(asCpu(x), asCpu(w), asCpu(targets), spec);
-  }
-
-  crossEntropyBackward(x: Tensor, w: Tensor, targets: Tensor, lse: Tensor, count: Tensor, spec: CrossEntropySpec, dw: Tensor): Tensor {
-    return loss.crossEntropyBackward(asCpu(x), asCpu(w), asCpu(targets), asCpu(lse), asCpu(count), spec, asCpu(dw));
+  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null } {
+    return loss.crossEntropy(asCpu(x), asCpu(w), asCpu(targets), spec, dw ? asCpu(dw) : undefined);
   }
 
   globalNorm(tensors: readonly Tensor[]): Tensor {

@@ -449,42 +449,31 @@ export class CudaBackend implements Backend {
     return Math.max(1, Math.floor(CE_CHUNK_ELEMENTS / vocab));
   }
 
-  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec): { loss: Tensor; lse: Tensor; count: Tensor } {
+  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null } {
     const [tokens, dim] = x.shape as [number, number];
     const vocab = w.shape[0]!;
     const chunk = Math.min(tokens, this.#ceChunk(vocab));
     const lse = this.empty([tokens], 'f32'), rowLoss = this.empty([tokens], 'f32');
+    const loss = this.empty([1], 'f32'), count = this.empty([1], 'f32');
+    this.#k('loss.cu', 'ce_count', [1], 1024, [ptr(targets), i64(tokens), i32(spec.ignoreIndex), ptr(count)]);
     const logits = this.empty([chunk, vocab], 'f32');
+    const dlogits = dw ? this.empty([chunk, vocab], w.dtype) : null;
+    const dx = dw ? this.empty(x.shape, x.dtype) : null;
+    const at = (t: Tensor, t0: number) => ({ ptr: asCuda(t).ptr + BigInt(4 * t0) });
     for (let t0 = 0; t0 < tokens; t0 += chunk) {
       const rows = Math.min(chunk, tokens - t0);
       const xc = this.#rows(x, t0, rows, dim), lc = this.#rows(logits, 0, rows, vocab);
       this.matmul(xc, w, { transB: true, out: lc, alpha: spec.logitScale });
-      this.#k('loss.cu', 'ce_fwd_rows', [rows], 256, [ptr(lc), { ptr: asCuda(targets).ptr + BigInt(4 * t0) }, { ptr: asCuda(lse).ptr + BigInt(4 * t0) }, { ptr: asCuda(rowLoss).ptr + BigInt(4 * t0) }, i32(vocab), i32(spec.ignoreIndex), ptr(this.#bad)]);
-    }
-    const loss = this.empty([1], 'f32'), count = this.empty([1], 'f32');
-    this.#k('loss.cu', 'ce_finish', [1], 1024, [ptr(rowLoss), ptr(targets), i64(tokens), i32(spec.ignoreIndex), ptr(loss), ptr(count)]);
-    logits.free();
-    rowLoss.free();
-    return { loss, lse, count };
-  }
-
-  crossEntropyBackward(x: Tensor, w: Tensor, targets: Tensor, lse: Tensor, count: Tensor, spec: CrossEntropySpec, dw: Tensor): Tensor {
-    const [tokens, dim] = x.shape as [number, number];
-    const vocab = w.shape[0]!;
-    const chunk = Math.min(tokens, this.#ceChunk(vocab));
-    const dx = this.empty(x.shape, x.dtype);
-    const logits = this.empty([chunk, vocab], 'f32'), dlogits = this.empty([chunk, vocab], w.dtype);
-    for (let t0 = 0; t0 < tokens; t0 += chunk) {
-      const rows = Math.min(chunk, tokens - t0);
-      const xc = this.#rows(x, t0, rows, dim), lc = this.#rows(logits, 0, rows, vocab), dc = this.#rows(dlogits, 0, rows, vocab);
-      this.matmul(xc, w, { transB: true, out: lc, alpha: spec.logitScale });
-      this.#k('loss.cu', `ce_bwd_rows<${ctype(w)}>`, [rows], 256, [ptr(lc), { ptr: asCuda(targets).ptr + BigInt(4 * t0) }, { ptr: asCuda(lse).ptr + BigInt(4 * t0) }, ptr(count), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale)]);
+      this.#k('loss.cu', 'ce_fwd_rows', [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), at(rowLoss, t0), i32(vocab), i32(spec.ignoreIndex), ptr(this.#bad)]);
+      if (!dw || !dlogits || !dx) continue;
+      const dc = this.#rows(dlogits, 0, rows, vocab);
+      this.#k('loss.cu', `ce_bwd_rows<${ctype(w)}>`, [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), ptr(count), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale)]);
       this.matmul(dc, w, { out: this.#rows(dx, t0, rows, dim) });
       this.matmul(dc, xc, { transA: true, out: dw, accumulate: true });
     }
-    logits.free();
-    dlogits.free();
-    return dx;
+    this.#k('loss.cu', 'ce_finish', [1], 1024, [ptr(rowLoss), i64(tokens), ptr(count), ptr(loss)]);
+    for (const t of [lse, rowLoss, logits, dlogits]) t?.free();
+    return { loss, count, dx };
   }
 
   /** A view of rows [r0, r0 + rows) of a row-major [R, cols] tensor. */

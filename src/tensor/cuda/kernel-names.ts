@@ -18,6 +18,6 @@ export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'moe.cu': ['router_topk', 'router_topk_bwd', 'moe_count', 'moe_offsets', 'moe_place', 'router_bias_update', ...both(['moe_gather', 'moe_gather_bwd', 'moe_combine', 'moe_combine_bwd', 'grouped_gemm', 'grouped_wgrad'])],
   'grouped.cu': ['grouped_gemm_tc', 'grouped_wgrad_tc'],
   'flash.cu': flash(['flash_fwd', 'flash_bwd_dq', 'flash_bwd_dkdv']),
-  'loss.cu': ['ce_fwd_rows', 'ce_finish', ...both(['ce_bwd_rows'])],
+  'loss.cu': ['ce_fwd_rows', 'ce_count', 'ce_finish', ...both(['ce_bwd_rows'])],
   'optim.cu': ['norm_finish', ...both(['sumsq_partial']), 'adamw_multi<float, float>', 'adamw_multi<bf16, float>', 'adamw_multi<bf16, bf16>'],
 };

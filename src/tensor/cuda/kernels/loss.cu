@@ -1,6 +1,7 @@
 // Cross-entropy over chunks of logits: the host runs one GEMM per chunk of tokens into a [chunk, V] fp32 buffer,
-// these kernels turn it into per-token log-sum-exp and loss (forward) or into d(loss)/d(logits) (backward), so the
-// full [T, V] logits never exist. Sums run in a fixed order.
+// these kernels turn it into per-token log-sum-exp and loss, and (when training) into d(loss)/d(logits) for the
+// gradient GEMMs of the same chunk, so the full [T, V] logits never exist and are never recomputed. Sums run in a
+// fixed order.
 #include "common.cuh"
 
 // One block per row of the chunk. Rows whose target equals `ignore` count zero.
@@ -23,13 +24,20 @@ __global__ void ce_fwd_rows(const float* logits, const int* targets, float* lse,
   }
 }
 
-// loss = sum(row_loss) / max(count, 1), count = #targets != ignore. One block.
-__global__ void ce_finish(const float* row_loss, const int* targets, long tokens, int ignore, float* loss, float* count) {
-  float s = 0.f, c = 0.f;
-  for (long i = threadIdx.x; i < tokens; i += blockDim.x) { s += row_loss[i]; c += targets[i] != ignore ? 1.f : 0.f; }
-  s = block_sum(s);
+// count = #targets != ignore (needed before the first chunk's gradient). One block.
+__global__ void ce_count(const int* targets, long tokens, int ignore, float* count) {
+  float c = 0.f;
+  for (long i = threadIdx.x; i < tokens; i += blockDim.x) c += targets[i] != ignore ? 1.f : 0.f;
   c = block_sum(c);
-  if (threadIdx.x == 0) { *count = c; *loss = s / fmaxf(c, 1.f); }
+  if (threadIdx.x == 0) *count = c;
+}
+
+// loss = sum(row_loss) / max(count, 1). One block.
+__global__ void ce_finish(const float* row_loss, long tokens, const float* count, float* loss) {
+  float s = 0.f;
+  for (long i = threadIdx.x; i < tokens; i += blockDim.x) s += row_loss[i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) *loss = s / fmaxf(*count, 1.f);
 }
 
 // dlogits = (softmax - onehot(target)) * scale / count, zero for ignored rows; written as T for the GEMMs.

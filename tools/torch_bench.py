@@ -34,19 +34,11 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from nmoe_config import load_config
 
 EMBED_SCALE = 10.667
 LOGIT_SCALE = 0.125
 PEAK_TFLOPS = 989.0
-
-
-def load_config(path):
-    with open(path) as f:
-        doc = json.load(f)
-    cfg = doc["config"] if isinstance(doc.get("config"), dict) else doc
-    if cfg.get("attn", "mla") not in ("mla", "mha") or cfg.get("attn_global_every", 1) != 1:
-        sys.exit("torch_bench: only attn = mla or mha with attn_global_every = 1")
-    return cfg
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -398,7 +390,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, "torch_bench")
     if args.batch_size:
         cfg["batch_size"] = args.batch_size
     if args.seq_len:

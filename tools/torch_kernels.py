@@ -8,10 +8,10 @@ routing (segments padded to 16 rows, as the op needs), SDPA causal forward and b
 cross-entropy forward and backward. FLOPs are counted as in src/bench/kernel-bench.ts.
 """
 import argparse
-import json
 
 import torch
 import torch.nn.functional as F
+from nmoe_config import load_config
 
 
 def median_ms(fn, iters=10, warmup=3):
@@ -36,8 +36,7 @@ def report(name, shape, ms, flops):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="nmoe config JSON (nmoe config show <toml> --json)")
-    cfg = json.load(open(ap.parse_args().config))
-    cfg = cfg.get("config", cfg)
+    cfg = load_config(ap.parse_args().config, "torch_kernels")
     dev, bf16 = "cuda", torch.bfloat16
     torch.manual_seed(0)
     B, S, D, F_, E, K = cfg["batch_size"], cfg["seq_len"], cfg["dim"], cfg["moe_inter_dim"], cfg["n_routed_experts"], cfg["n_activated_experts"]

@@ -43,6 +43,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from nmoe_config import load_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -52,17 +53,6 @@ LOGIT_SCALE = 0.125
 
 # ----------------------------------------------------------------------------------------------------------------
 # config and parameter names
-
-
-def load_config(path):
-    with open(path) as f:
-        doc = json.load(f)
-    cfg = doc["config"] if isinstance(doc.get("config"), dict) else doc
-    if cfg.get("attn", "mla") not in ("mla", "mha"):
-        sys.exit(f"torch_ref: attn = {cfg['attn']!r} is not supported (mla or mha)")
-    if cfg.get("attn_global_every", 1) != 1:
-        sys.exit("torch_ref: attn_global_every must be 1")
-    return cfg
 
 
 def is_moe_layer(cfg, layer):
@@ -327,7 +317,7 @@ def main():
     exact_math()
     device = pick_device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, "torch_ref")
     params = load_params(args.weights, cfg, dtype, device)
     with safe_open(args.batch, framework="pt") as f:
         batch = int((f.metadata() or {}).get("batch", "0"))

@@ -90,6 +90,17 @@ __device__ __forceinline__ void mma_pb(float acc[][4], const float p[][4], const
   }
 }
 
+// The double-buffered tile loop's step: waits for step `i`'s tiles, then starts loading step i + 1 (when
+// `more`) into the other stage, so the copy overlaps step i's math. Returns step i's stage.
+template <typename Load>
+__device__ __forceinline__ bf16* next_stage(bf16* stages, int stage_elems, int i, bool more, Load load) {
+  cp_wait<0>();
+  __syncthreads();
+  if (more) load(i + 1, (i + 1) & 1);
+  cp_commit();
+  return stages + (i & 1) * stage_elems;
+}
+
 // grid (ceil(seq / BQ), batch * heads), 128 threads, dynamic smem (BQ * LDK + 2 * BK * (LDK + LDV)) * 2 bytes.
 template <int DQK, int DV>
 __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int seq,
@@ -115,11 +126,7 @@ __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, c
   float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
   const int qrow[2] = {q_first + r0 + g, q_first + r0 + g + 8};
   for (int kb = 0; kb <= qb; ++kb) {
-    cp_wait<0>();
-    __syncthreads();
-    if (kb < qb) load_kv(kb + 1, (kb + 1) & 1);
-    cp_commit();
-    const bf16* Ks = stages + (kb & 1) * STAGE;
+    const bf16* Ks = next_stage(stages, STAGE, kb, kb < qb, load_kv);
     const bf16* Vs = Ks + BK * LDK;
     const int k_first = kb * BK;
     float s[BK / 8][4] = {};
@@ -203,11 +210,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16
   }
   float acc[DQK / 8][4] = {};
   for (int kb = 0; kb <= qb; ++kb) {
-    cp_wait<0>();
-    __syncthreads();
-    if (kb < qb) load_kv(kb + 1, (kb + 1) & 1);
-    cp_commit();
-    const bf16* Ks = stages + (kb & 1) * STAGE;
+    const bf16* Ks = next_stage(stages, STAGE, kb, kb < qb, load_kv);
     const bf16* Vs = Ks + BK * LDK;
     const int k_first = kb * BK;
     float s[BK / 8][4] = {};
@@ -277,11 +280,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv(const bf16* dout, const bf
   const int krow[2] = {k_first + r0 + g, k_first + r0 + g + 8};
   float dk_acc[DQK / 8][4] = {}, dv_acc[DV / 8][4] = {};
   for (int q_first = k_first, step = 0; q_first < seq; q_first += BQ2, ++step) {
-    cp_wait<0>();
-    __syncthreads();
-    if (q_first + BQ2 < seq) load_q(q_first + BQ2, (step + 1) & 1);
-    cp_commit();
-    const bf16* Qs = stages + (step & 1) * STAGE;
+    const bf16* Qs = next_stage(stages, STAGE, step, q_first + BQ2 < seq, [&](int next, int st) { load_q(k_first + next * BQ2, st); });
     const bf16* dOs = Qs + BQ2 * LDK;
     const float* lse_q = lse_s[step & 1];
     const float* delta_q = delta_s[step & 1];

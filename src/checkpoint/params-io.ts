@@ -5,8 +5,9 @@
  * store's LOCAL slices: a multi-rank run saves one file per rank.
  */
 import type { ParamStore } from '../model/params.ts';
-import { shapeNumel } from '../tensor/tensor.ts';
-import { type TensorToWrite, readSafetensors, writeSafetensors } from './safetensors.ts';
+import type { Backend } from '../tensor/backend.ts';
+import { type Tensor, shapeNumel } from '../tensor/tensor.ts';
+import { type ReadTensor, type TensorToWrite, readSafetensors, writeSafetensors } from './safetensors.ts';
 
 export interface SaveParamsOptions {
   /**
@@ -35,9 +36,24 @@ export async function saveParams(path: string, store: ParamStore, opts: SavePara
  * Values are converted to each tensor's dtype (F32 into a bf16 tensor rounds to nearest even).
  */
 export async function loadParams(path: string, store: ParamStore): Promise<void> {
-  const { tensors } = readSafetensors(path);
+  await assignTensors(path, readSafetensors(path).tensors, store.params, store.backend);
+}
+
+/** A device tensor to fill from a file, by name. */
+export interface TensorTarget {
+  name: string;
+  shape: readonly number[];
+  value: Tensor;
+}
+
+/**
+ * Copies `tensors` (read from `source`) into `targets`: the names must match exactly with the same shapes;
+ * otherwise nothing is copied and the error lists what is missing, unexpected or mis-shaped.
+ */
+export async function assignTensors(source: string, tensors: Map<string, ReadTensor>, targets: readonly TensorTarget[], b: Backend): Promise<void> {
   const missing: string[] = [], misShaped: string[] = [], wrongType: string[] = [];
-  for (const p of store.params) {
+  const wanted = new Set(targets.map((p) => p.name));
+  for (const p of targets) {
     const t = tensors.get(p.name);
     if (!t) missing.push(`${p.name} [${p.shape.join(', ')}]`);
     else if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i])) {
@@ -46,7 +62,7 @@ export async function loadParams(path: string, store: ParamStore): Promise<void>
       wrongType.push(`${p.name} is ${t.dtype} in the file, the model needs F32 or BF16`);
     }
   }
-  const unexpected = [...tensors.keys()].filter((name) => !store.has(name));
+  const unexpected = [...tensors.keys()].filter((name) => !wanted.has(name));
   const groups: [string, string[]][] = [['missing', missing], ['unexpected', unexpected], ['wrong shape', misShaped], ['wrong dtype', wrongType]];
   const problems = groups.filter(([, list]) => list.length > 0);
   if (problems.length) {
@@ -54,12 +70,11 @@ export async function loadParams(path: string, store: ParamStore): Promise<void>
       const more = list.length > 6 ? `, and ${list.length - 6} more` : '';
       return `${list.length} ${what}: ${list.slice(0, 6).join('; ')}${more}`;
     }).join('. ');
-    throw new Error(`${path} does not match the model. ${text}. Check that the config matches the one the file was saved with.`);
+    throw new Error(`${source} does not match the model. ${text}. Check that the config matches the one the file was saved with.`);
   }
-  const b = store.backend;
-  for (const p of store.params) {
+  for (const p of targets) {
     const t = tensors.get(p.name)!;
-    if (t.data.length !== shapeNumel(p.shape)) throw new Error(`loadParams: ${p.name}: size mismatch`);
+    if (t.data.length !== shapeNumel(p.shape)) throw new Error(`assignTensors: ${p.name}: size mismatch`);
     const staged = b.upload(t.data, p.shape, p.value.dtype);
     b.copy(staged, p.value);
     staged.free();

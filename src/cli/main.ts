@@ -5,18 +5,19 @@
 import { Command, CommanderError } from 'commander';
 import pc from 'picocolors';
 import { UserError } from '../util/errors.ts';
+import { NMOE_VERSION } from '../util/version.ts';
 import { registerBenchCommand } from './bench-cmd.ts';
+import { registerCkptCommand } from './ckpt-cmd.ts';
 import { registerConfigCommand } from './config-cmd.ts';
 import { registerDataCommand } from './data-cmd.ts';
 import { registerDoctorCommand } from './doctor-cmd.ts';
+import { registerRunsCommand } from './runs-cmd.ts';
 import { registerTrainCommand } from './train-cmd.ts';
-
-export const VERSION = '0.1.0';
 
 export function buildProgram(): Command {
   const program = new Command('nmoe')
     .description('Mixture-of-Experts trainer: TOML configs, a CPU reference backend and a CUDA backend.')
-    .version(VERSION)
+    .version(NMOE_VERSION)
     .showHelpAfterError()
     .exitOverride();
   registerTrainCommand(program);
@@ -24,6 +25,8 @@ export function buildProgram(): Command {
   registerDataCommand(program);
   registerBenchCommand(program);
   registerDoctorCommand(program);
+  registerRunsCommand(program);
+  registerCkptCommand(program);
   return program;
 }
 

@@ -10,7 +10,8 @@ import { configFingerprint } from '../config/fingerprint.ts';
 import { defaultConfigPath, loadConfig } from '../config/load.ts';
 import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
 import { selectBackend } from '../tensor/select.ts';
-import { type LogRecord, type TrainEvents, train } from '../train/trainer.ts';
+import { trainTracked } from '../train/tracked.ts';
+import type { LogRecord, TrainEvents } from '../train/trainer.ts';
 import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
 
 function formatLog(r: LogRecord): string[] {
@@ -61,9 +62,12 @@ export function registerTrainCommand(program: Command): void {
         log(r) {
           for (const l of formatLog(r)) progress.line(l);
         },
+        warn: (m) => progress.line(pc.yellow(`warning: ${m}`)),
+        resumed: (r) => progress.line(`resumed run ${r.runId} from step ${r.step} (${r.dir})`),
+        checkpoint: (c) => progress.line(pc.dim(`[ckpt] saved step=${c.step} size=${(c.bytes / 2 ** 20).toFixed(1)}MB time=${c.ms.toFixed(0)}ms`)),
       };
       try {
-        const s = await train(config, backend, events, interrupt.signal);
+        const s = await trainTracked(config, backend, events, interrupt.signal);
         progress.finish();
         progress.line(
           `${s.stoppedEarly ? pc.yellow('stopped') : pc.green('done')}: ${s.steps} steps in ${formatDuration(s.wallSeconds)} | ` +

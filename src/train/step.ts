@@ -8,6 +8,7 @@ import { Transformer } from '../model/transformer.ts';
 import { AdamW } from '../optim/adamw.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
+import type { PhaseTimer } from './phase-timer.ts';
 
 export interface Trainee {
   model: Transformer;
@@ -32,19 +33,26 @@ export interface StepOutput {
   free(): void;
 }
 
-/** ids, targets: i32 [batch * seq_len]; `tokensSeen` counts global tokens before this step (the LR schedule). */
-export function trainStep(t: Trainee, ids: Tensor, targets: Tensor, batch: number, tokensSeen: number): StepOutput {
+/**
+ * ids, targets: i32 [batch * seq_len]; `tokensSeen` counts global tokens before this step (the LR schedule).
+ * `timer` (optional) charges forward, backward and the optimizer (with the router-bias update) to their phases.
+ */
+export function trainStep(t: Trainee, ids: Tensor, targets: Tensor, batch: number, tokensSeen: number, timer?: PhaseTimer): StepOutput {
   const { model, opt } = t;
   const cfg = model.cfg, b = model.b;
+  const time = <T>(phase: 'fwd_total' | 'bwd_total' | 'opt_step', fn: () => T): T => (timer ? timer.time(phase, fn) : fn());
   model.params.zeroGrads();
-  const fwd = model.forward(ids, targets, batch);
-  model.backward(fwd.saved);
-  const { gradNorm, lr } = opt.update(tokensSeen);
-  let j = 0;
-  for (let layer = 0; layer < cfg.n_layers; layer++) {
-    if (!isMoeLayer(cfg, layer)) continue;
-    b.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), fwd.routerCounts[j++]!, cfg.router_bias_update_rate, gradNorm);
-  }
+  const fwd = time('fwd_total', () => model.forward(ids, targets, batch));
+  time('bwd_total', () => model.backward(fwd.saved));
+  const { gradNorm, lr } = time('opt_step', () => {
+    const r = opt.update(tokensSeen);
+    let j = 0;
+    for (let layer = 0; layer < cfg.n_layers; layer++) {
+      if (!isMoeLayer(cfg, layer)) continue;
+      b.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), fwd.routerCounts[j++]!, cfg.router_bias_update_rate, r.gradNorm);
+    }
+    return r;
+  });
   return {
     loss: fwd.loss,
     gradNorm,

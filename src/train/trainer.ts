@@ -6,9 +6,19 @@
  *
  * Divergence: a non-finite gradient norm makes the optimizer skip the update on the device, so when the loss comes
  * back NaN or Inf the weights still hold the last good state; the run then stops with an error naming the step.
- * `signal` (Ctrl-C) stops the run cleanly after the step in flight.
+ * `signal` (Ctrl-C, SIGTERM) stops the run cleanly after the step in flight, and a final checkpoint is saved.
+ *
+ * Checkpoints (src/checkpoint/): with `resume`, the newest complete checkpoint in checkpoint_dir is loaded first.
+ * Every `checkpoint_every` steps, at the last step and when stopped, the state is copied off the device (awaited)
+ * and written in the background; the loop never writes to disk itself.
  */
+import { randomBytes } from 'node:crypto';
+import { hostClock } from '../bench/profile.ts';
 import type { Config } from '../config/schema.ts';
+import { Checkpointer } from '../checkpoint/checkpointer.ts';
+import { latestComplete } from '../checkpoint/layout.ts';
+import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
+import { configFingerprint } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
 import { flopsPerToken, parameterCounts } from '../model/flops.ts';
 import { type ModelConfig, isMoeLayer, modelConfig } from '../model/spec.ts';
@@ -16,6 +26,8 @@ import type { Transformer } from '../model/transformer.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import { UserError } from '../util/errors.ts';
+import { gitInfo } from '../util/version.ts';
+import { type Phase, PhaseTimer } from './phase-timer.ts';
 import { createTrainee, trainStep } from './step.ts';
 import { type RouterAggregate, type RouterLayerStats, routerAggregate, routerLayerStats } from './router-stats.ts';
 
@@ -37,15 +49,23 @@ export interface LogRecord extends StepRecord {
   routerAgg: RouterAggregate | null;
   /** Device memory in tensors now and at peak, bytes (null on the CPU). */
   memory: { current: number; peak: number } | null;
+  /** ms spent in each phase since the last log step. */
+  timings: Record<Phase, number>;
 }
 
 export interface TrainEvents {
   /** Once, before the first step. */
-  start(info: { device: string; params: { total: number; active: number }; flopsPerToken: number; tokensPerStep: number; dataTokens: number }): void;
+  start(info: { runId: string; startStep: number; device: string; params: { total: number; active: number }; flopsPerToken: number; tokensPerStep: number; dataTokens: number }): void;
   /** After every step. */
   step(r: StepRecord): void;
   /** On log steps. */
   log(r: LogRecord): void;
+  /** Something the user should know that does not stop the run (an incomplete checkpoint skipped). */
+  warn?(message: string): void;
+  /** Resumed from the checkpoint of `step`. */
+  resumed?(info: { step: number; dir: string; runId: string }): void;
+  /** A checkpoint finished writing (in the background). */
+  checkpoint?(info: { step: number; bytes: number; ms: number }): void;
 }
 
 export interface TrainSummary {
@@ -56,6 +76,10 @@ export interface TrainSummary {
   wallSeconds: number;
   tokensPerSecond: number;
   stoppedEarly: boolean;
+  /** Step the run started from (0, or the resumed checkpoint's). */
+  startStep: number;
+  /** Shared by the run's checkpoints, metrics and registry row; a resumed run keeps its checkpoint's. */
+  runId: string;
 }
 
 export class TrainingDiverged extends UserError {
@@ -64,34 +88,57 @@ export class TrainingDiverged extends UserError {
 
 export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal): Promise<TrainSummary> {
   const cfg = modelConfig(config);
-  const loader = createLoader(cfg, 0, 1);
+  const rank = 0, world = 1;
+  const loader = createLoader(cfg, rank, world);
   const trainee = createTrainee(backend, cfg);
   const { model, opt } = trainee;
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
   const tokensPerStep = cfg.batch_size * cfg.seq_len;
   const flops = flopsPerToken(cfg, model.params);
+  let step = 0;
+  let tokensSeen = 0;
+  // Start time, config fingerprint and a random suffix: unique even for runs started in the same second.
+  let runId = `run_${new Date().toISOString().replace(/[-:]/g, '').replace('T', '_').slice(0, 15)}_${configFingerprint(config).slice(0, 8)}_${randomBytes(2).toString('hex')}`;
+  const found = config.resume ? latestComplete(config.checkpoint_dir, (m) => events.warn?.(m)) : null;
+  if (found) {
+    const saved = await restoreSnapshot(found, trainee, loader, config, rank, world).catch((err: unknown) => {
+      opt.free();
+      model.free();
+      throw err;
+    });
+    ({ step, tokens_seen: tokensSeen, run_id: runId } = saved);
+    events.resumed?.({ step, dir: found.dir, runId });
+  }
+  const gitSha = gitInfo().sha; // asked once here, never on a checkpoint step
+  const startStep = step;
   events.start({
+    runId,
+    startStep,
     device: backend.name,
     params: parameterCounts(cfg, model.params),
     flopsPerToken: flops,
     tokensPerStep,
     dataTokens: loader.totalTokens,
   });
+  const ckpt = new Checkpointer({
+    base: config.checkpoint_dir, rank, world, keepLast: config.checkpoint_keep_last_n,
+    onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
+  });
 
+  const timer = await PhaseTimer.for(backend);
   const t0 = performance.now();
-  let tokensSeen = 0;
+  const tokens0 = tokensSeen;
   let firstLoss = NaN;
   let lastLoss = NaN;
   let lastLogTime = t0;
-  let lastLogTokens = 0;
-  let lastLogStep = 0;
-  let step = 0;
+  let lastLogTokens = tokensSeen;
+  let lastLogStep = step;
   try {
     for (; step < cfg.steps && !signal?.aborted; step++) {
-      const batch = loader.next();
+      const batch = timer.time('loader_wait', () => loader.next(), hostClock);
       const ids = backend.upload(batch.inputs, [batch.inputs.length], 'i32');
       const targets = backend.upload(batch.targets, [batch.targets.length], 'i32');
-      const fwd = trainStep(trainee, ids, targets, batch.localBatch, tokensSeen);
+      const fwd = trainStep(trainee, ids, targets, batch.localBatch, tokensSeen, timer);
       const { gradNorm, lr } = fwd;
       tokensSeen += tokensPerStep;
 
@@ -102,7 +149,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
             'Fix: lower the learning rates (lr_dense, lr_expert, lr_router), keep grad_clip_norm > 0, or lengthen warmup_steps.',
         );
       }
-      if (step === 0) firstLoss = loss;
+      if (step === startStep) firstLoss = loss;
       lastLoss = loss;
       const now = performance.now();
       const elapsed = (now - t0) / 1000;
@@ -111,11 +158,14 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
         step: done,
         steps: cfg.steps,
         loss,
-        tokensPerSecond: tokensSeen / elapsed,
+        tokensPerSecond: (tokensSeen - tokens0) / elapsed,
         elapsedSeconds: elapsed,
-        etaSeconds: (elapsed / done) * (cfg.steps - done),
+        etaSeconds: (elapsed / (done - startStep)) * (cfg.steps - done),
       };
       events.step(record);
+      // Let background writes and signal handlers run. This is the loop's only yield to the event loop (outside
+      // saves), and it comes before the log and save checks, so a stop signal is always followed by a final save.
+      await new Promise(setImmediate);
       const isLogStep = done === 1 || done % cfg.log_every === 0 || done === cfg.steps || signal?.aborted;
       if (isLogStep) {
         const windowSeconds = (now - lastLogTime) / 1000;
@@ -128,6 +178,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
           tflops: (flops * tps) / 1e12,
           msPerStep: (windowSeconds * 1000) / (done - lastLogStep),
           memory: backend.memory(),
+          timings: timer.drain(),
           ...(await readRouterStats(backend, model, moeLayers, fwd.routerCounts, cfg.n_routed_experts)),
         });
         lastLogTime = now;
@@ -137,13 +188,24 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       fwd.free();
       ids.free();
       targets.free();
+      const every = config.checkpoint_every;
+      if ((every > 0 && done % every === 0) || done === cfg.steps || signal?.aborted) {
+        await ckpt.save(await captureSnapshot(trainee, loader, { config, step: done, tokensSeen, world, runId, gitSha }));
+      }
     }
+    await ckpt.close();
+  } catch (err) {
+    await ckpt.close().catch(() => {}); // finish the saves already queued; the first error is the one to report
+    throw err;
   } finally {
     opt.free();
     model.free();
   }
   const wallSeconds = (performance.now() - t0) / 1000;
-  return { steps: step, firstLoss, finalLoss: lastLoss, tokensSeen, wallSeconds, tokensPerSecond: tokensSeen / wallSeconds, stoppedEarly: step < cfg.steps };
+  return {
+    steps: step, firstLoss, finalLoss: lastLoss, tokensSeen, wallSeconds, tokensPerSecond: (tokensSeen - tokens0) / wallSeconds,
+    stoppedEarly: step < cfg.steps, startStep, runId,
+  };
 }
 
 async function readRouterStats(b: Backend, model: Transformer, moeLayers: number[], counts: Tensor[], experts: number) {

@@ -1,0 +1,134 @@
+/**
+ * What a checkpoint holds, and moving it between a live trainee and files. `captureSnapshot` copies everything off
+ * the device (awaited, before training goes on: the background writer never touches live tensors); `restoreSnapshot`
+ * puts a saved step back. Exact resume needs exactly this: every weight and buffer, the AdamW moments, fp32 masters
+ * and step counter, the tokens seen (the LR schedule), and the loader state. nmoe's only randomness is counter-based
+ * Philox keyed by (seed, name) for init and (seed, optimizer step) for stochastic rounding, so the RNG state is
+ * (seed, optimizer step), recorded as such.
+ *
+ * Tensor names: parameters keep their names (`blocks.3.ffn.W1`); optimizer state is `optim.exp_avg.NAME`,
+ * `optim.exp_avg_sq.NAME` and `optim.master.NAME`. Experts and all optimizer state go to the rank file (with one
+ * rank, the optimizer shard is the whole optimizer), everything else to the dense file.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Config } from '../config/schema.ts';
+import { MATH_KEYS, configFingerprint, fingerprintDiff } from '../config/fingerprint.ts';
+import type { DeterministicLoader, LoaderState } from '../data/loader/loader.ts';
+import type { Trainee } from '../train/step.ts';
+import type { Tensor } from '../tensor/tensor.ts';
+import { UserError } from '../util/errors.ts';
+import { NMOE_VERSION } from '../util/version.ts';
+import { type TensorTarget, assignTensors } from './params-io.ts';
+import { type TensorToWrite, readSafetensors } from './safetensors.ts';
+import { DENSE_FILE, STATE_FILE, type StepDir, rankFile } from './layout.ts';
+
+export interface TrainState {
+  format: 'nmoe-train-state';
+  version: 1;
+  step: number;
+  tokens_seen: number;
+  world: number;
+  loader: LoaderState;
+  plan_hash: string;
+  rng: { generator: 'philox4x32-10'; seed: number; optimizer_step: number };
+  config_fingerprint: string;
+  /** The math fields of the config, so a mismatch can name what differs. */
+  config: Partial<Config>;
+  run_id: string;
+  nmoe_version: string;
+  git_sha: string | null;
+}
+
+export interface Snapshot {
+  step: number;
+  dense: TensorToWrite[];
+  rank: TensorToWrite[];
+  state: TrainState;
+}
+
+interface Named extends TensorTarget {
+  expert: boolean;
+}
+
+/** Every tensor a checkpoint holds, with where it goes. */
+function stateTensors(t: Trainee): Named[] {
+  const out: Named[] = t.model.params.params.map((p) => ({ name: p.name, shape: p.shape, value: p.value, expert: p.firstExpert !== undefined }));
+  for (const g of t.opt.groups) {
+    g.params.forEach((p, i) => {
+      const add = (kind: string, value: Tensor) => out.push({ name: `optim.${kind}.${p.name}`, shape: p.shape, value, expert: true });
+      add('exp_avg', g.expAvg[i]!);
+      add('exp_avg_sq', g.expAvgSq[i]!);
+      if (g.master) add('master', g.master[i]!);
+    });
+  }
+  return out;
+}
+
+export interface CaptureInfo {
+  config: Config;
+  step: number;
+  tokensSeen: number;
+  world: number;
+  runId: string;
+  gitSha: string | null;
+}
+
+/** Copies the whole training state off the device. */
+export async function captureSnapshot(t: Trainee, loader: DeterministicLoader, info: CaptureInfo): Promise<Snapshot> {
+  const dense: TensorToWrite[] = [], rank: TensorToWrite[] = [];
+  for (const x of stateTensors(t)) {
+    const data = await t.model.b.read(x.value);
+    if (!(data instanceof Float32Array)) throw new Error(`checkpoint: ${x.name} is not a float tensor`);
+    (x.expert ? rank : dense).push({ name: x.name, dtype: x.value.dtype === 'bf16' ? 'BF16' : 'F32', shape: [...x.shape], data });
+  }
+  const loaderState = loader.state();
+  const state: TrainState = {
+    format: 'nmoe-train-state',
+    version: 1,
+    step: info.step,
+    tokens_seen: info.tokensSeen,
+    world: info.world,
+    loader: loaderState,
+    plan_hash: loaderState.plan_hash,
+    rng: { generator: 'philox4x32-10', seed: info.config.seed, optimizer_step: t.opt.step },
+    config_fingerprint: configFingerprint(info.config),
+    config: Object.fromEntries(MATH_KEYS.map((k) => [k, info.config[k]])),
+    run_id: info.runId,
+    nmoe_version: NMOE_VERSION,
+    git_sha: info.gitSha,
+  };
+  return { step: info.step, dense, rank, state };
+}
+
+export function readTrainState(dir: string): TrainState {
+  return JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8')) as TrainState;
+}
+
+/**
+ * Checks that the saved step belongs to this config and world size, then loads it into `t` and `loader`.
+ * Refuses (UserError) a different world size or a fingerprint mismatch, naming the fields that differ.
+ */
+export async function restoreSnapshot(found: StepDir, t: Trainee, loader: DeterministicLoader, config: Config, rank: number, world: number): Promise<TrainState> {
+  const state = readTrainState(found.dir);
+  if (state.world !== world) {
+    throw new UserError(
+      `checkpoint ${found.dir} was saved by ${state.world} rank(s), this run has ${world}. Fix: resume with ${state.world} rank(s) ` +
+        '(resharding expert and optimizer shards to another world size is not supported yet), or pass --no-resume.',
+    );
+  }
+  if (state.config_fingerprint !== configFingerprint(config)) {
+    const saved = { ...config, ...state.config } as Config;
+    const diff = fingerprintDiff(saved, config).map((k) => `${k} (${JSON.stringify(saved[k as keyof Config])} -> ${JSON.stringify(config[k as keyof Config])})`);
+    throw new UserError(
+      `checkpoint ${found.dir} was saved with a different config: ${diff.join(', ') || 'fingerprint only'}. ` +
+        'Fix: restore those values, point checkpoint_dir elsewhere, or pass --no-resume.',
+    );
+  }
+  const tensors = readSafetensors(join(found.dir, DENSE_FILE)).tensors;
+  for (const [name, x] of readSafetensors(join(found.dir, rankFile(rank))).tensors) tensors.set(name, x);
+  await assignTensors(found.dir, tensors, stateTensors(t), t.model.b);
+  t.opt.step = state.rng.optimizer_step;
+  loader.restore(state.loader);
+  return state;
+}

@@ -1,0 +1,57 @@
+/**
+ * Metrics for a training run: wraps the loop's TrainEvents so that every log step's record becomes the reference's
+ * tags in this rank's DuckDB file, and, where the backend is CUDA, an NVML reading (at most one a second) becomes
+ * the GPU tags. The file opens when the run id is known (the start event; a resumed run keeps its id, so its rows
+ * continue the same file); rows are buffered and written in the background (see duckdb-writer.ts).
+ */
+import type { Backend } from '../tensor/backend.ts';
+import type { GpuSample } from '../tensor/cuda/nvml.ts';
+import type { TrainEvents } from '../train/trainer.ts';
+import { MetricsWriter } from './duckdb-writer.ts';
+import { gpuTags, logTags } from './tags.ts';
+
+export interface MetricsObserver {
+  events: TrainEvents;
+  /** Path of the DuckDB file, once the run has started. */
+  path(): string | null;
+  /** Waits for every write and closes the file. */
+  close(): Promise<void>;
+}
+
+export function observeMetrics(inner: TrainEvents, metricsDir: string, backend: Backend, rank = 0): MetricsObserver {
+  let writer: Promise<MetricsWriter> | null = null;
+  let path: string | null = null;
+  let sampler: Promise<() => GpuSample[]> | null = null;
+  if (backend.device === 'cuda' && rank === 0) sampler = import('../tensor/cuda/nvml.ts').then((m) => m.sampleGpus);
+  let lastGpuMs = -Infinity;
+  let logs: Promise<void> = Promise.resolve();
+  const events: TrainEvents = {
+    ...inner,
+    start(info) {
+      writer = MetricsWriter.open(metricsDir, info.runId, rank);
+      void writer.then((w) => (path = w.path), () => {});
+      inner.start(info);
+    },
+    log(r) {
+      inner.log(r);
+      const ts = Date.now();
+      const tags = logTags(r, rank);
+      const gpu = sampler && ts - lastGpuMs >= 1000 ? sampler : null;
+      if (gpu) lastGpuMs = ts;
+      const opened = writer!;
+      logs = logs.then(async () => {
+        const w = await opened;
+        w.record(r.step, gpu ? { ...tags, ...gpuTags((await gpu)()) } : tags, ts);
+        w.flush();
+      }).catch(() => {}); // an open error is thrown by close()
+    },
+  };
+  return {
+    events,
+    path: () => path,
+    async close() {
+      await logs;
+      if (writer) await (await writer).close();
+    },
+  };
+}

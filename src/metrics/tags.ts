@@ -1,0 +1,62 @@
+/**
+ * The reference's metric tags (inventory §9.1) from one log record. Rank 0 writes core, router and GPU tags; every
+ * rank writes its `r{rank}` tags. Router layers are numbered by ordinal among MoE layers, two digits.
+ *
+ * Differences, on purpose: `optimizer/grad_norm` is an nmoe addition; on the CPU the memory tags hold the process's
+ * resident set (current) and its peak, since there is no device allocator; `time_ms/r{rank}/zero2_*` are 0 because
+ * a single process has no ZeRO-2 communication. Not written: `time_ms/r{rank}/{loss, dense_mlp_*, head_*}` (the
+ * loss is fused into the lm_head, and per-module timers do not exist yet), `efficiency/fp8_tflops` (the reference
+ * never records it either) and `efficiency/bf16_tflops`.
+ */
+import type { GpuSample } from '../tensor/cuda/nvml.ts';
+import type { LogRecord } from '../train/trainer.ts';
+
+const GIB = 2 ** 30;
+
+export function logTags(r: LogRecord, rank: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  if (rank === 0) {
+    const mem = r.memory ?? { current: process.memoryUsage().rss, peak: process.resourceUsage().maxRSS * 1024 };
+    Object.assign(out, {
+      'train/loss': r.loss,
+      'optimizer/lr': r.lr,
+      'optimizer/grad_norm': r.gradNorm,
+      'throughput/tokens_per_s_gpu': r.tokensPerSecond,
+      'throughput/ms_per_step': r.msPerStep,
+      'efficiency/tflops': r.tflops,
+      'throughput/loader_wait_ms': r.timings.loader_wait,
+      'memory/current_alloc_gib': mem.current / GIB,
+      'memory/max_alloc_gib': mem.peak / GIB,
+    });
+    r.router.forEach((l, i) => {
+      for (const [k, v] of Object.entries(l)) out[`router/layer_${String(i).padStart(2, '0')}/${k}`] = v;
+    });
+    if (r.routerAgg) for (const [k, v] of Object.entries(r.routerAgg)) out[`router_agg/${k}`] = v;
+  }
+  const t = r.timings;
+  Object.assign(out, {
+    [`throughput/r${rank}/tokens_per_s`]: r.tokensPerSecond,
+    [`time_ms/r${rank}/fwd_total`]: t.fwd_total,
+    [`time_ms/r${rank}/bwd_total`]: t.bwd_total,
+    [`time_ms/r${rank}/opt_step`]: t.opt_step,
+    [`time_ms/r${rank}/zero2_reduce_scatter`]: 0,
+    [`time_ms/r${rank}/zero2_all_gather`]: 0,
+  });
+  return out;
+}
+
+/** `gpu/{idx}/*` and `gpu_agg/*` from one NVML reading. */
+export function gpuTags(samples: readonly GpuSample[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const s of samples) {
+    for (const [k, v] of Object.entries(s)) if (typeof v === 'number' && k !== 'index') out[`gpu/${s.index}/${k}`] = v;
+  }
+  if (samples.length) {
+    const sum = (f: (s: GpuSample) => number) => samples.reduce((a, s) => a + f(s), 0);
+    out['gpu_agg/mean_utilization_gpu'] = sum((s) => s.utilization_gpu) / samples.length;
+    out['gpu_agg/total_memory_used_gib'] = sum((s) => s.memory_used_gib);
+    out['gpu_agg/total_power_w'] = sum((s) => s.power_draw_w);
+    out['gpu_agg/max_temperature_c'] = Math.max(...samples.map((s) => s.temperature_c));
+  }
+  return out;
+}

@@ -1,0 +1,40 @@
+/**
+ * Per-phase step timings for the metrics (`time_ms/r{rank}/{fwd_total, bwd_total, opt_step}`,
+ * `throughput/loader_wait_ms`): sums since the last log step. On the GPU each phase is bracketed by device events
+ * (resolved only when the log step reads them, after its sync, so timing adds no host sync); on the CPU by the host
+ * clock. The CUDA module is imported only when the backend is CUDA.
+ */
+import { type OpClock, hostClock } from '../bench/profile.ts';
+import type { Backend } from '../tensor/backend.ts';
+
+export type Phase = 'fwd_total' | 'bwd_total' | 'opt_step' | 'loader_wait';
+export const PHASES: readonly Phase[] = ['fwd_total', 'bwd_total', 'opt_step', 'loader_wait'];
+
+export class PhaseTimer {
+  #spans: { phase: Phase; ms: () => number }[] = [];
+
+  private constructor(readonly clock: OpClock) {}
+
+  static async for(b: Backend): Promise<PhaseTimer> {
+    if (b.device !== 'cuda') return new PhaseTimer(hostClock);
+    const { CudaBackend } = await import('../tensor/cuda/backend.ts');
+    const dev = (b as InstanceType<typeof CudaBackend>).dev;
+    return new PhaseTimer({ start: () => dev.startTiming() });
+  }
+
+  /** Runs `fn`, charging its time to `phase` (`clock`: hostClock for host work such as the loader). */
+  time<T>(phase: Phase, fn: () => T, clock: OpClock = this.clock): T {
+    const stop = clock.start();
+    const out = fn();
+    this.#spans.push({ phase, ms: stop() });
+    return out;
+  }
+
+  /** ms per phase since the last drain; call after the device has caught up (a log step's read). */
+  drain(): Record<Phase, number> {
+    const out = Object.fromEntries(PHASES.map((p) => [p, 0])) as Record<Phase, number>;
+    for (const s of this.#spans) out[s.phase] += s.ms();
+    this.#spans = [];
+    return out;
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * Checkpoints and exact resume on the CPU backend: N steps straight against k steps + resume (bit-identical losses
+ * and final files), a real SIGKILL mid-run then resume, a step killed mid-write skipped with a warning, retention,
+ * and the refusals (a fingerprint mismatch naming the fields, another world size). python3 + numpy read the files.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { DENSE_FILE, STATE_FILE, TRACKER, iterName, listSteps, rankFile } from '../src/checkpoint/layout.ts';
+import { readSafetensors } from '../src/checkpoint/safetensors.ts';
+import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { type TrainSummary, train } from '../src/train/trainer.ts';
+import { pyReadSafetensors, sum64 } from './helpers/py-safetensors.ts';
+
+const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
+const QUICK = ['--seq_len=32', '--batch_size=2', '--warmup_steps=2', '--log_every=100', '--checkpoint_every=2'];
+const N = 6;
+const root = mkdtempSync(join(tmpdir(), 'nmoe-ckpt-'));
+
+function cfgArgs(dir: string, extra: string[] = []): string[] {
+  return [...QUICK, `--checkpoint_dir=${dir}`, `--metrics_dir=${join(root, 'metrics')}`, `--experiments_db=${join(root, 'exp.db')}`, ...extra];
+}
+
+async function run(dir: string, steps: number, extra: string[] = []) {
+  const { config } = loadConfig(defaultConfigPath(), { env: {}, overrides: cfgArgs(dir, [`--steps=${steps}`, ...extra]) });
+  const losses: number[] = [], warnings: string[] = [];
+  const summary: TrainSummary = await train(config, new CpuBackend(), {
+    start: () => {}, step: (r) => losses.push(r.loss), log: () => {}, warn: (m) => warnings.push(m),
+  });
+  return { losses, warnings, summary };
+}
+
+/** sha256 of the two safetensors files of a step: equal hashes mean byte-identical weights and optimizer state. */
+const stepBytes = (dir: string, step: number) =>
+  [DENSE_FILE, rankFile(0)].map((f) => createHash('sha256').update(readFileSync(join(dir, iterName(step), f))).digest('hex'));
+
+let straight: { losses: number[]; dir: string };
+
+beforeAll(async () => {
+  const dir = join(root, 'straight');
+  straight = { losses: (await run(dir, N)).losses, dir };
+});
+
+describe('checkpoints', () => {
+  it('writes the reference layout with complete manifests, the tracker last, and keeps the newest N', async () => {
+    const dir = join(root, 'retain');
+    await run(dir, N, ['--checkpoint_every=1', '--checkpoint_keep_last_n=2']);
+    expect(readdirSync(dir).sort()).toEqual([iterName(5), iterName(6), TRACKER]);
+    expect(readFileSync(join(dir, TRACKER), 'utf8')).toBe('6\n');
+    const [latest] = listSteps(dir);
+    expect(latest!.complete).toBe(true);
+    expect(latest!.manifest!.files).toEqual([DENSE_FILE, STATE_FILE, rankFile(0)]);
+    const state = JSON.parse(readFileSync(join(dir, iterName(6), STATE_FILE), 'utf8'));
+    expect(state).toMatchObject({ step: 6, tokens_seen: 6 * 64, world: 1, rng: { optimizer_step: 6, seed: 42 } });
+    expect(state.loader.global_sequence_index).toBe(12);
+    expect(state.config.lr_dense).toBe(0.01);
+    expect(state.config_fingerprint).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('python3 reads the checkpoint files: names, shapes and values agree with nmoe', () => {
+    const path = join(straight.dir, iterName(N), rankFile(0));
+    const ours = readSafetensors(path).tensors;
+    const py = pyReadSafetensors(path);
+    expect(Object.keys(py.tensors).sort()).toEqual([...ours.keys()].sort());
+    for (const name of ['blocks.1.ffn.W1', 'optim.exp_avg.embedding.weight', 'optim.exp_avg_sq.blocks.3.ffn.W2']) {
+      const t = ours.get(name)!;
+      expect(py.tensors[name]!.shape).toEqual(t.shape);
+      expect(py.tensors[name]!.head).toEqual([...t.data.subarray(0, 4)]);
+      expect(py.tensors[name]!.sum).toBeCloseTo(sum64(t.data), 6);
+    }
+    expect(ours.get('blocks.1.ffn.W1')!.shape).toEqual([8, 64, 64]);
+    const dense = pyReadSafetensors(join(straight.dir, iterName(N), DENSE_FILE));
+    expect(dense.tensors['blocks.1.ffn.router.bias']!.shape).toEqual([8]);
+    expect(dense.metadata).toEqual({ format: 'nmoe-checkpoint', step: String(N) });
+  });
+});
+
+describe('exact resume', () => {
+  it('k steps, stop, resume to N: bit-identical losses and final files; an incomplete newer step is skipped', async () => {
+    const dir = join(root, 'resume');
+    const first = await run(dir, 3);
+    expect(first.losses).toEqual(straight.losses.slice(0, 3));
+    // What a kill in the middle of saving step 5 leaves: one file renamed in, another still a temp file, no manifest.
+    mkdirSync(join(dir, iterName(5)));
+    copyFileSync(join(dir, iterName(3), rankFile(0)), join(dir, iterName(5), rankFile(0)));
+    writeFileSync(join(dir, iterName(5), `.${DENSE_FILE}.tmp-1-x`), 'partial');
+    const second = await run(dir, N, ['--resume']);
+    expect(second.warnings).toEqual([expect.stringMatching(/skipping incomplete checkpoint .*iter_0000005: no manifest\.json/)]);
+    expect(second.summary.startStep).toBe(3);
+    expect(second.summary.runId).toBe(first.summary.runId);
+    expect(second.losses).toEqual(straight.losses.slice(3));
+    expect(stepBytes(dir, N)).toEqual(stepBytes(straight.dir, N));
+  });
+
+  it('SIGKILL mid-run, then resume from the last complete checkpoint: bit-identical', async () => {
+    const dir = join(root, 'killed');
+    const child = spawn(process.execPath, [BIN, 'train', ...cfgArgs(dir, ['--steps=1000'])], { stdio: 'ignore', env: { ...process.env, CI: '1' } });
+    const exited = new Promise((r) => child.on('exit', r));
+    while (!existsSync(join(dir, TRACKER)) && child.exitCode === null) await new Promise((r) => setTimeout(r, 10));
+    expect(child.exitCode, 'the child exited before its first checkpoint').toBeNull();
+    child.kill('SIGKILL');
+    await exited;
+    const resumed = await run(dir, N, ['--resume']);
+    const k = resumed.summary.startStep;
+    expect(k).toBeGreaterThanOrEqual(2);
+    expect(k).toBeLessThan(N);
+    expect(resumed.losses).toEqual(straight.losses.slice(k));
+    expect(stepBytes(dir, N)).toEqual(stepBytes(straight.dir, N));
+  });
+
+  it('refuses a changed training config, naming the fields, but allows steps, log_every and cadence', async () => {
+    await expect(run(straight.dir, N + 1, ['--resume', '--lr_dense=0.02', '--seed=7'])).rejects.toThrow(
+      /was saved with a different config: seed \(42 -> 7\), lr_dense \(0\.01 -> 0\.02\)|lr_dense \(0\.01 -> 0\.02\).*seed \(42 -> 7\)/,
+    );
+    const more = await run(straight.dir, N + 1, ['--resume', '--log_every=3', '--checkpoint_every=5']);
+    expect(more.summary.startStep).toBe(N);
+    expect(more.losses).toHaveLength(1);
+  });
+
+  it('refuses another world size with the fix', async () => {
+    const dir = join(root, 'world');
+    await run(dir, 2);
+    const path = join(dir, iterName(2), STATE_FILE);
+    writeFileSync(path, readFileSync(path, 'utf8').replace('"world": 1', '"world": 2')); // same length: still complete
+    await expect(run(dir, 4, ['--resume'])).rejects.toThrow(/saved by 2 rank\(s\), this run has 1\. Fix: resume with 2 rank\(s\)/);
+  });
+});

@@ -1,0 +1,116 @@
+/**
+ * Metrics and the run registry after real short runs: every tag of the reference's catalogue that nmoe writes is in
+ * the rank's DuckDB file with the logged values; a reader opening the file mid-run is refused at once and the run's
+ * writes are whole; the registry records completed, killed (after a final checkpoint) and failed runs.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DuckDBInstance } from '@duckdb/node-api';
+import { describe, expect, it } from 'vitest';
+import { TRACKER, iterName } from '../src/checkpoint/layout.ts';
+import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
+import { metricsPath } from '../src/metrics/duckdb-writer.ts';
+import { Registry } from '../src/metrics/registry.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { trainTracked } from '../src/train/tracked.ts';
+import type { LogRecord, TrainEvents } from '../src/train/trainer.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'nmoe-metrics-'));
+
+function setup(name: string, extra: string[] = []) {
+  const dir = join(root, name);
+  const { config } = loadConfig(defaultConfigPath(), {
+    env: {},
+    overrides: ['--seq_len=32', '--batch_size=2', '--warmup_steps=2', '--log_every=2', '--steps=4', `--checkpoint_dir=${dir}/ckpt`,
+      `--metrics_dir=${dir}/metrics`, `--experiments_db=${join(root, 'experiments.db')}`, ...extra],
+  });
+  const logs: LogRecord[] = [];
+  const events: TrainEvents = { start: () => {}, step: () => {}, log: (r) => logs.push(r) };
+  return { config, logs, events };
+}
+
+async function readMetrics(path: string) {
+  const db = await DuckDBInstance.create(path, { access_mode: 'READ_ONLY' });
+  const conn = await db.connect();
+  const rows = (await conn.runAndReadAll('SELECT run, tag, step, ts_ms, value FROM metrics ORDER BY tag, step')).getRowObjectsJS();
+  const pk = (await conn.runAndReadAll(`SELECT constraint_text FROM duckdb_constraints() WHERE table_name = 'metrics' AND constraint_type = 'PRIMARY KEY'`)).getRowObjectsJS();
+  conn.closeSync();
+  db.closeSync();
+  return { rows: rows as { run: string; tag: string; step: number; ts_ms: bigint; value: number }[], pk };
+}
+
+const CATALOGUE = [
+  'train/loss', 'optimizer/lr', 'throughput/tokens_per_s_gpu', 'throughput/ms_per_step', 'efficiency/tflops', 'throughput/loader_wait_ms',
+  'memory/current_alloc_gib', 'memory/max_alloc_gib',
+  ...[0, 1, 2].flatMap((l) => ['cv', 'entropy', 'experts_active', 'bias_range', 'max_load'].map((k) => `router/layer_0${l}/${k}`)),
+  ...['mean_cv', 'std_cv', 'mean_entropy', 'min_entropy', 'dead_experts_count', 'experts_active_mean'].map((k) => `router_agg/${k}`),
+  'throughput/r0/tokens_per_s',
+  ...['fwd_total', 'bwd_total', 'opt_step', 'zero2_reduce_scatter', 'zero2_all_gather'].map((k) => `time_ms/r0/${k}`),
+];
+
+describe('metrics and run registry', () => {
+  it('writes the catalogue to rank_0.duckdb with the logged values; a concurrent reader never disturbs the run', async () => {
+    const { config, logs, events } = setup('ok');
+    let readerError = '';
+    events.step = (r) => {
+      if (r.step !== 3) return;
+      const dbFile = join(config.metrics_dir, readdirRun(config.metrics_dir), 'rank_0.duckdb');
+      const reader = `import { DuckDBInstance } from '@duckdb/node-api';
+        try { await DuckDBInstance.create(${JSON.stringify(dbFile)}, { access_mode: 'READ_ONLY' }); console.log('opened'); } catch (e) { console.log(String(e.message)); }`;
+      readerError = spawnSync(process.execPath, ['--input-type=module', '-e', reader], { encoding: 'utf8' }).stdout;
+    };
+    const s = await trainTracked(config, new CpuBackend(), events);
+    expect(readerError).toMatch(/lock/i);
+    const { rows, pk } = await readMetrics(metricsPath(config.metrics_dir, s.runId, 0));
+    expect(pk[0]!.constraint_text).toBe('PRIMARY KEY(run, tag, step)');
+    const tags = new Set(rows.map((r) => r.tag));
+    for (const tag of CATALOGUE) expect(tags, tag).toContain(tag);
+    expect(tags.has('gpu_agg/total_power_w')).toBe(false); // CPU run: no GPU tags
+    expect(rows.every((r) => r.run === s.runId)).toBe(true);
+    const loss = rows.filter((r) => r.tag === 'train/loss');
+    expect(loss.map((r) => [r.step, r.value])).toEqual(logs.map((l) => [l.step, l.loss]));
+    expect(loss.map((r) => r.step)).toEqual([1, 2, 4]);
+    const fwd = rows.filter((r) => r.tag === 'time_ms/r0/fwd_total');
+    expect(fwd.every((r) => r.value > 0)).toBe(true);
+    const active = rows.find((r) => r.tag === 'router/layer_01/experts_active' && r.step === 4)!;
+    expect(active.value).toBe(logs[2]!.router[1]!.experts_active);
+
+    const reg = new Registry(config.experiments_db, { readonly: true });
+    const row = reg.getRun(s.runId)!;
+    reg.close();
+    expect(row).toMatchObject({ experiment_id: 'tiny', status: 'completed', git_hash: expect.stringMatching(/^[0-9a-f]{40}$/) });
+    expect(JSON.parse(row.results_json!)).toMatchObject({ final_loss: s.finalLoss, tokens_seen: 256, steps_completed: 4 });
+    expect(JSON.parse(row.config_json).lr_dense).toBe(0.01);
+    expect(row.ended_at).not.toBeNull();
+  });
+
+  it('marks a signalled run killed after its final checkpoint, and a crash failed with the error', async () => {
+    const killed = setup('killed', ['--steps=50', '--checkpoint_every=100']);
+    const abort = new AbortController();
+    killed.events.step = (r) => r.step === 2 && abort.abort();
+    const s = await trainTracked(killed.config, new CpuBackend(), killed.events, abort.signal);
+    expect(s.steps).toBe(2);
+    expect(existsSync(join(killed.config.checkpoint_dir, iterName(2), 'manifest.json'))).toBe(true);
+
+    const crashed = setup('crashed');
+    crashed.events.step = (r) => {
+      if (r.step === 3) throw new Error('disk on fire');
+    };
+    await expect(trainTracked(crashed.config, new CpuBackend(), crashed.events)).rejects.toThrow('disk on fire');
+    expect(existsSync(join(crashed.config.checkpoint_dir, TRACKER))).toBe(false);
+
+    const reg = new Registry(killed.config.experiments_db, { readonly: true });
+    expect(reg.getRun(s.runId)).toMatchObject({ status: 'killed' });
+    expect(JSON.parse(reg.getRun(s.runId)!.results_json!)).toMatchObject({ steps_completed: 2 });
+    const failed = reg.listRuns({ status: 'failed' });
+    reg.close();
+    expect(failed).toHaveLength(1);
+    expect(JSON.parse(failed[0]!.results_json!)).toEqual({ error: 'disk on fire' });
+  });
+});
+
+function readdirRun(metricsDir: string): string {
+  return readdirSync(metricsDir)[0]!;
+}

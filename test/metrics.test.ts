@@ -46,8 +46,9 @@ const CATALOGUE = [
   'memory/current_alloc_gib', 'memory/max_alloc_gib',
   ...[0, 1, 2].flatMap((l) => ['cv', 'entropy', 'experts_active', 'bias_range', 'max_load'].map((k) => `router/layer_0${l}/${k}`)),
   ...['mean_cv', 'std_cv', 'mean_entropy', 'min_entropy', 'dead_experts_count', 'experts_active_mean'].map((k) => `router_agg/${k}`),
-  'throughput/r0/tokens_per_s',
-  ...['fwd_total', 'bwd_total', 'opt_step', 'zero2_reduce_scatter', 'zero2_all_gather'].map((k) => `time_ms/r0/${k}`),
+  'throughput/r0/tokens_per_s', 'efficiency/bf16_tflops', 'efficiency/fp8_tflops',
+  ...['fwd_total', 'bwd_total', 'opt_step', 'zero2_reduce_scatter', 'zero2_all_gather', 'loss',
+    'dense_mlp_fwd', 'dense_mlp_bwd', 'head_fwd', 'head_bwd'].map((k) => `time_ms/r0/${k}`),
 ];
 
 describe('metrics and run registry', () => {

@@ -4,9 +4,10 @@
  *
  * Differences, on purpose: `optimizer/grad_norm` is an nmoe addition; on the CPU the memory tags hold the process's
  * resident set (current) and its peak, since there is no device allocator; `time_ms/r{rank}/zero2_*` are 0 because
- * a single process has no ZeRO-2 communication. Not written: `time_ms/r{rank}/{loss, dense_mlp_*, head_*}` (the
- * loss is fused into the lm_head, and per-module timers do not exist yet), `efficiency/fp8_tflops` (the reference
- * never records it either) and `efficiency/bf16_tflops`.
+ * a single process has no ZeRO-2 communication; `time_ms/r{rank}/loss` is 0 because the loss is computed inside the
+ * head's fused pass (its time is in `head_fwd`, which also produces the loss gradient); `efficiency/bf16_tflops` is
+ * the whole step's rate on the GPU (all of nmoe's GPU math is bf16) and 0 on the CPU (fp32), and
+ * `efficiency/fp8_tflops` is 0 (nmoe has no fp8 path).
  */
 import type { GpuSample } from '../tensor/cuda/nvml.ts';
 import type { LogRecord } from '../train/trainer.ts';
@@ -24,6 +25,8 @@ export function logTags(r: LogRecord, rank: number): Record<string, number> {
       'throughput/tokens_per_s_gpu': r.tokensPerSecond,
       'throughput/ms_per_step': r.msPerStep,
       'efficiency/tflops': r.tflops,
+      'efficiency/bf16_tflops': r.memory ? r.tflops : 0,
+      'efficiency/fp8_tflops': 0,
       'throughput/loader_wait_ms': r.timings.loader_wait,
       'memory/current_alloc_gib': mem.current / GIB,
       'memory/max_alloc_gib': mem.peak / GIB,
@@ -41,6 +44,11 @@ export function logTags(r: LogRecord, rank: number): Record<string, number> {
     [`time_ms/r${rank}/opt_step`]: t.opt_step,
     [`time_ms/r${rank}/zero2_reduce_scatter`]: 0,
     [`time_ms/r${rank}/zero2_all_gather`]: 0,
+    [`time_ms/r${rank}/dense_mlp_fwd`]: t.dense_mlp_fwd,
+    [`time_ms/r${rank}/dense_mlp_bwd`]: t.dense_mlp_bwd,
+    [`time_ms/r${rank}/head_fwd`]: t.head_fwd,
+    [`time_ms/r${rank}/head_bwd`]: t.head_bwd,
+    [`time_ms/r${rank}/loss`]: 0,
   });
   return out;
 }

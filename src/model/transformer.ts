@@ -52,6 +52,13 @@ export interface ForwardSaved {
   batch: number;
 }
 
+/** Charges a part of the model's work to a named phase (the trainer's PhaseTimer); optional. */
+export interface ModuleTimer {
+  time<T>(phase: 'dense_mlp_fwd' | 'dense_mlp_bwd' | 'head_fwd' | 'head_bwd', fn: () => T): T;
+}
+
+const untimed: ModuleTimer = { time: (_phase, fn) => fn() };
+
 export class Transformer {
   readonly params: ParamStore;
   readonly #ropeCos: Tensor;
@@ -84,7 +91,8 @@ export class Transformer {
    * default) the forward already accumulates the lm_head gradient (see the header): zero the gradients first.
    * Without, it only computes the loss, and backward() cannot follow.
    */
-  forward(ids: Tensor, targets: Tensor, batch: number, opts: { grad?: boolean } = {}): ForwardResult {
+  forward(ids: Tensor, targets: Tensor, batch: number, opts: { grad?: boolean; timer?: ModuleTimer } = {}): ForwardResult {
+    const timer = opts.timer ?? untimed;
     const { b, cfg, params: p } = this;
     const ctx = this.#ctx(batch);
     let x = b.embedding(ids, p.get('embedding.weight'), EMBED_SCALE);
@@ -105,7 +113,7 @@ export class Transformer {
         ffnOut = r.out;
         ffn = { kind: 'moe', saved: r.saved };
       } else {
-        const r = mlpForward(ctx, `${pre}.ffn`, ffnIn);
+        const r = timer.time('dense_mlp_fwd', () => mlpForward(ctx, `${pre}.ffn`, ffnIn));
         ffnOut = r.out;
         ffn = { kind: 'mlp', saved: r.saved };
       }
@@ -114,27 +122,32 @@ export class Transformer {
       blocks.push({ x, attnNormRstd, attnIn, attn: attn.saved, mid, ffnNormRstd, ffnIn, ffn });
       x = next;
     }
-    const { y: xNormed, rstd: normRstd } = b.rmsnorm(x, p.get('norm.weight'), cfg.rms_norm_eps);
-    const dLmHead = opts.grad === false ? undefined : p.grad('lm_head.weight');
-    const { loss, count, dx: dxNormed } = b.crossEntropy(xNormed, p.get('lm_head.weight'), targets, this.lossSpec, dLmHead);
-    freeAll({ xNormed, count });
-    return { loss, routerCounts, saved: { ids, targets, blocks, xFinal: x, normRstd, dxNormed, batch } };
+    const head = timer.time('head_fwd', () => {
+      const { y: xNormed, rstd: normRstd } = b.rmsnorm(x, p.get('norm.weight'), cfg.rms_norm_eps);
+      const dLmHead = opts.grad === false ? undefined : p.grad('lm_head.weight');
+      const { loss, count, dx: dxNormed } = b.crossEntropy(xNormed, p.get('lm_head.weight'), targets, this.lossSpec, dLmHead);
+      freeAll({ xNormed, count });
+      return { loss, normRstd, dxNormed };
+    });
+    return { loss: head.loss, routerCounts, saved: { ids, targets, blocks, xFinal: x, normRstd: head.normRstd, dxNormed: head.dxNormed, batch } };
   }
 
   /** Accumulates d(loss)/d(param) into the parameter gradients and frees the saved activations. */
-  backward(s: ForwardSaved): void {
+  backward(s: ForwardSaved, timer: ModuleTimer = untimed): void {
     const { b, cfg, params: p } = this;
     const ctx = this.#ctx(s.batch);
-    if (!s.dxNormed) throw new Error('backward() after a forward without gradient (forward(..., { grad: false }))');
-    let dx = b.rmsnormBackward(s.dxNormed, s.xFinal, p.get('norm.weight'), s.normRstd, p.grad('norm.weight'));
+    const dxNormed = s.dxNormed;
+    if (!dxNormed) throw new Error('backward() after a forward without gradient (forward(..., { grad: false }))');
+    let dx = timer.time('head_bwd', () => b.rmsnormBackward(dxNormed, s.xFinal, p.get('norm.weight'), s.normRstd, p.grad('norm.weight')));
     freeAll({ dxNormed: s.dxNormed, xFinal: s.xFinal, normRstd: s.normRstd });
     for (let i = cfg.n_layers - 1; i >= 0; i--) {
       const pre = `blocks.${i}`;
       const blk = s.blocks[i]!;
       // x_next = mid + ffn(norm(mid)): d(mid) = dx + ffn-branch gradient.
-      const dFfnIn = blk.ffn.kind === 'moe'
-        ? moeBackward(ctx, `${pre}.ffn`, dx, blk.ffn.saved)
-        : mlpBackward(ctx, `${pre}.ffn`, dx, blk.ffn.saved);
+      const ffn = blk.ffn;
+      const dFfnIn = ffn.kind === 'moe'
+        ? moeBackward(ctx, `${pre}.ffn`, dx, ffn.saved)
+        : timer.time('dense_mlp_bwd', () => mlpBackward(ctx, `${pre}.ffn`, dx, ffn.saved));
       const dMid = b.rmsnormBackward(dFfnIn, blk.mid, p.get(`${pre}.ffn_norm.weight`), blk.ffnNormRstd, p.grad(`${pre}.ffn_norm.weight`));
       b.addInPlace(dMid, dx);
       // mid = x + attn(norm(x)).

@@ -42,8 +42,8 @@ export function trainStep(t: Trainee, ids: Tensor, targets: Tensor, batch: numbe
   const cfg = model.cfg, b = model.b;
   const time = <T>(phase: 'fwd_total' | 'bwd_total' | 'opt_step', fn: () => T): T => (timer ? timer.time(phase, fn) : fn());
   model.params.zeroGrads();
-  const fwd = time('fwd_total', () => model.forward(ids, targets, batch));
-  time('bwd_total', () => model.backward(fwd.saved));
+  const fwd = time('fwd_total', () => model.forward(ids, targets, batch, timer ? { timer } : {}));
+  time('bwd_total', () => model.backward(fwd.saved, timer));
   const { gradNorm, lr } = time('opt_step', () => {
     const r = opt.update(tokensSeen);
     let j = 0;

@@ -25,6 +25,8 @@ function bind() {
     powerLimit: f('int nvmlDeviceGetEnforcedPowerLimit(uint64_t device, _Out_ unsigned int *milliwatts)'),
     clock: f('int nvmlDeviceGetClockInfo(uint64_t device, int type, _Out_ unsigned int *mhz)'),
     throttle: f('int nvmlDeviceGetCurrentClocksThrottleReasons(uint64_t device, _Out_ uint64_t *reasons)'),
+    // errorType 0 corrected / 1 uncorrected; counterType 0 = volatile (since the driver loaded)
+    ecc: f('int nvmlDeviceGetTotalEccErrors(uint64_t device, int errorType, int counterType, _Out_ uint64_t *count)'),
     errorString: f('const char *nvmlErrorString(int result)'),
   };
   const rc = nvml.init();
@@ -60,6 +62,9 @@ export interface GpuSample {
   throttle_power: number;
   throttle_hw_slowdown: number;
   throttle_apps: number;
+  /** NaN where ECC is off or unsupported. */
+  ecc_corrected: number;
+  ecc_uncorrected: number;
 }
 
 /** One reading of every GPU; a field NVML cannot read is NaN. */
@@ -82,6 +87,10 @@ export function sampleGpus(): GpuSample[] {
     const reasons = new BigUint64Array(1);
     const thrOk = n.throttle(dev, reasons) === 0;
     const flag = (bits: bigint) => (thrOk ? Number((reasons[0]! & bits) !== 0n) : NaN);
+    const ecc = (type: number) => {
+      const c = new BigUint64Array(1);
+      return n.ecc(dev, type, 0, c) === 0 ? Number(c[0]) : NaN;
+    };
     return {
       index,
       name: name.toString('utf8').replace(/\0.*$/s, ''),
@@ -96,6 +105,8 @@ export function sampleGpus(): GpuSample[] {
       throttle_power: flag(THROTTLE.power),
       throttle_hw_slowdown: flag(THROTTLE.hwSlowdown),
       throttle_apps: flag(THROTTLE.apps),
+      ecc_corrected: ecc(0),
+      ecc_uncorrected: ecc(1),
     };
   });
 }

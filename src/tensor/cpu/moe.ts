@@ -106,33 +106,28 @@ export function moeGather(x: CpuTensor, plan: CpuMoePlan): CpuTensor {
   return xe;
 }
 
+/** The gather's backward: each token's gradient is the sum of its expert rows' gradients. */
 export function moeGatherBackward(dxe: CpuTensor, plan: CpuMoePlan): CpuTensor {
-  const dim = dxe.shape[1]!;
-  const { numTokens: T, topK: K } = plan;
-  const dx = allocate([T, dim], dxe.dtype);
-  const acc = new Float64Array(dim);
-  for (let t = 0; t < T; t++) {
-    acc.fill(0);
-    for (let k = 0; k < K; k++) {
-      const r = plan.rowOfSlot.i[t * K + k]!;
-      for (let d = 0; d < dim; d++) acc[d] += dxe.f[r * dim + d]!;
-    }
-    dx.f.set(acc, t * dim);
-  }
-  return settle(dx);
+  return sumTokenRows(dxe, plan, null);
 }
 
+/** Each token's output is the gate-weighted sum of its experts' rows. */
 export function moeCombine(ye: CpuTensor, gates: CpuTensor, plan: CpuMoePlan): CpuTensor {
-  const dim = ye.shape[1]!;
+  return sumTokenRows(ye, plan, gates);
+}
+
+/** out[t] = sum over t's top-k slots of gate(slot) * rows[row of slot], accumulated in doubles (gate 1 without gates). */
+function sumTokenRows(rows: CpuTensor, plan: CpuMoePlan, gates: CpuTensor | null): CpuTensor {
+  const dim = rows.shape[1]!;
   const { numTokens: T, topK: K } = plan;
-  const out = allocate([T, dim], ye.dtype);
+  const out = allocate([T, dim], rows.dtype);
   const acc = new Float64Array(dim);
   for (let t = 0; t < T; t++) {
     acc.fill(0);
     for (let k = 0; k < K; k++) {
       const r = plan.rowOfSlot.i[t * K + k]!;
-      const g = gates.f[t * K + k]!;
-      for (let d = 0; d < dim; d++) acc[d] += g * ye.f[r * dim + d]!;
+      const g = gates ? gates.f[t * K + k]! : 1;
+      for (let d = 0; d < dim; d++) acc[d] += g * rows.f[r * dim + d]!;
     }
     out.f.set(acc, t * dim);
   }

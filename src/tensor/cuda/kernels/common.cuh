@@ -27,31 +27,24 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result. The order of the
-// additions is fixed by the thread layout, so the result is deterministic.
-__device__ __forceinline__ float block_sum(float v) {
+// Reduces over the block (blockDim.x a multiple of 32, at most 1024) with the warp reduction `warp_reduce` whose
+// identity is `identity`; every thread gets the result. The order of the operations is fixed by the thread layout,
+// so the result is deterministic.
+template <float (*warp_reduce)(float)>
+__device__ __forceinline__ float block_reduce(float v, float identity) {
   __shared__ float partial[32];
   __syncthreads();
-  v = warp_sum(v);
+  v = warp_reduce(v);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) partial[warp] = v;
   __syncthreads();
   const int warps = blockDim.x >> 5;
-  v = lane < warps ? partial[lane] : 0.f;
-  return warp_sum(v);
+  v = lane < warps ? partial[lane] : identity;
+  return warp_reduce(v);
 }
 
-__device__ __forceinline__ float block_max(float v) {
-  __shared__ float partial[32];
-  __syncthreads();
-  v = warp_max(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  const int warps = blockDim.x >> 5;
-  v = lane < warps ? partial[lane] : NEG_INF;
-  return warp_max(v);
-}
+__device__ __forceinline__ float block_sum(float v) { return block_reduce<warp_sum>(v, 0.f); }
+__device__ __forceinline__ float block_max(float v) { return block_reduce<warp_max>(v, NEG_INF); }
 
 // Tensor cores: D = A (16x16, row) * B (16x8, col) + D in fp32, bf16 operands. Per lane (g = lane / 4,
 // t = lane % 4): a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]}, b = {B[2t..][g], B[2t+8..][g]},

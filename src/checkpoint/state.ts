@@ -7,7 +7,8 @@
  * (seed, optimizer step), recorded as such.
  *
  * Tensor names: parameters keep their names (`blocks.3.ffn.W1`); optimizer state is `optim.exp_avg.NAME`,
- * `optim.exp_avg_sq.NAME` and `optim.master.NAME`. Experts and all optimizer state go to the rank file (with one
+ * `optim.exp_avg_sq.NAME` and `optim.master.NAME`, where a dense parameter split between ZeRO-2 shards is named
+ * per piece, `NAME@start:end` (its element range). Experts and all optimizer state go to the rank file (with one
  * rank, the optimizer shard is the whole optimizer), everything else to the dense file.
  */
 import { readFileSync } from 'node:fs';
@@ -16,7 +17,7 @@ import type { Config } from '../config/schema.ts';
 import { MATH_KEYS, configFingerprint, fingerprintDiff } from '../config/fingerprint.ts';
 import type { DeterministicLoader, LoaderState } from '../data/loader/loader.ts';
 import type { Trainee } from '../train/step.ts';
-import type { Tensor } from '../tensor/tensor.ts';
+import { type Tensor, shapeNumel } from '../tensor/tensor.ts';
 import { UserError } from '../util/errors.ts';
 import { NMOE_VERSION } from '../util/version.ts';
 import { type TensorTarget, assignTensors } from './params-io.ts';
@@ -55,8 +56,10 @@ interface Named extends TensorTarget {
 function stateTensors(t: Trainee): Named[] {
   const out: Named[] = t.model.params.params.map((p) => ({ name: p.name, shape: p.shape, value: p.value, expert: p.firstExpert !== undefined }));
   for (const g of t.opt.groups) {
-    g.params.forEach((p, i) => {
-      const add = (kind: string, value: Tensor) => out.push({ name: `optim.${kind}.${p.name}`, shape: p.shape, value, expert: true });
+    g.slots.forEach((x, i) => {
+      const whole = x.start === 0 && x.end === shapeNumel(t.model.params.shapeOf(x.name));
+      const name = whole ? x.name : `${x.name}@${x.start}:${x.end}`;
+      const add = (kind: string, value: Tensor) => out.push({ name: `optim.${kind}.${name}`, shape: x.shape, value, expert: true });
       add('exp_avg', g.expAvg[i]!);
       add('exp_avg_sq', g.expAvgSq[i]!);
       if (g.master) add('master', g.master[i]!);

@@ -11,8 +11,10 @@ import { registerCkptCommand } from './ckpt-cmd.ts';
 import { registerConfigCommand } from './config-cmd.ts';
 import { registerDataCommand } from './data-cmd.ts';
 import { registerDoctorCommand } from './doctor-cmd.ts';
+import { LaunchFailed, registerLaunchCommand } from './launch-cmd.ts';
 import { registerRunsCommand } from './runs-cmd.ts';
 import { registerTrainCommand } from './train-cmd.ts';
+import { registerVizCommand } from './viz-cmd.ts';
 
 export function buildProgram(): Command {
   const program = new Command('nmoe')
@@ -21,12 +23,14 @@ export function buildProgram(): Command {
     .showHelpAfterError()
     .exitOverride();
   registerTrainCommand(program);
+  registerLaunchCommand(program);
   registerConfigCommand(program);
   registerDataCommand(program);
   registerBenchCommand(program);
   registerDoctorCommand(program);
   registerRunsCommand(program);
   registerCkptCommand(program);
+  registerVizCommand(program);
   return program;
 }
 
@@ -37,6 +41,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode; // commander already printed help or the error
+    if (err instanceof LaunchFailed) return err.exitCode; // the launcher already said which rank failed and how
     if (err instanceof UserError) {
       process.stderr.write(`${pc.red('nmoe: error:')} ${err.message}\n`);
       return 2;

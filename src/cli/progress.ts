@@ -23,13 +23,18 @@ export class Progress {
   readonly #tty: boolean;
   #barShown = false;
 
-  constructor(stream: NodeJS.WriteStream = process.stderr) {
+  readonly #quiet: boolean;
+
+  /** `quiet`: print nothing (the ranks other than 0 of a multi-rank run; errors still reach stderr). */
+  constructor(stream: NodeJS.WriteStream = process.stderr, { quiet = false } = {}) {
     this.#stream = stream;
-    this.#tty = !!stream.isTTY && process.env.CI === undefined;
+    this.#tty = !!stream.isTTY && process.env.CI === undefined && !quiet;
+    this.#quiet = quiet;
   }
 
   /** Prints a line of log output (above the bar on a TTY). */
   line(text: string): void {
+    if (this.#quiet) return;
     this.#clear();
     process.stdout.write(`${text}\n`);
   }

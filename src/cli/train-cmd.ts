@@ -9,6 +9,8 @@ import pc from 'picocolors';
 import { configFingerprint } from '../config/fingerprint.ts';
 import { defaultConfigPath, loadConfig } from '../config/load.ts';
 import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
+import { readDistEnv } from '../dist/env.ts';
+import { joinRun } from '../dist/parallel.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { trainTracked } from '../train/tracked.ts';
 import type { LogRecord, TrainEvents } from '../train/trainer.ts';
@@ -40,8 +42,11 @@ export function registerTrainCommand(program: Command): void {
       const args = [configArg, ...rest].filter((a): a is string => a !== undefined);
       const path = args[0] && !args[0].startsWith('--') ? args.shift()! : defaultConfigPath();
       const { config } = loadConfig(path, { overrides: args });
-      const { backend, note } = await selectBackend(config.device);
-      const progress = new Progress();
+      const env = readDistEnv();
+      const { backend, note } = await selectBackend(config.device, env.localRank);
+      const dist = await joinRun(env, backend, config.n_routed_experts ?? 0);
+      // Rank 0 speaks for the run; the other ranks stay quiet unless something goes wrong (errors reach stderr).
+      const progress = new Progress(process.stderr, { quiet: env.rank !== 0 });
       const interrupt = onInterrupt(progress, 'interrupted: stopping after this step (Ctrl-C again to exit now)');
       progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
       if (note) progress.line(pc.dim(note));
@@ -66,16 +71,20 @@ export function registerTrainCommand(program: Command): void {
         resumed: (r) => progress.line(`resumed run ${r.runId} from step ${r.step} (${r.dir})`),
         checkpoint: (c) => progress.line(pc.dim(`[ckpt] saved step=${c.step} size=${(c.bytes / 2 ** 20).toFixed(1)}MB time=${c.ms.toFixed(0)}ms`)),
       };
+      let ok = false;
       try {
-        const s = await trainTracked(config, backend, events, interrupt.signal);
+        if (dist) progress.line(`ranks ${env.worldSize} (${env.nnodes} node(s)): data and expert parallel, ZeRO-2 dense optimizer`);
+        const s = await trainTracked(config, backend, events, interrupt.signal, dist);
         progress.finish();
         progress.line(
           `${s.stoppedEarly ? pc.yellow('stopped') : pc.green('done')}: ${s.steps} steps in ${formatDuration(s.wallSeconds)} | ` +
             `loss ${s.firstLoss.toFixed(4)} -> ${s.finalLoss.toFixed(4)} | ${formatCount(s.tokensSeen)} tokens at ${formatCount(s.tokensPerSecond)} tok/s`,
         );
+        ok = true;
       } finally {
         progress.finish();
         interrupt.dispose();
+        await (ok ? dist?.close() : dist?.abort());
       }
     });
 }

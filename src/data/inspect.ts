@@ -25,8 +25,13 @@ export interface InspectOptions {
   verbose: boolean;
 }
 
-interface ShardScan {
+export interface ShardScan {
+  /** Tokens scanned (the whole shard, or the first `limit`). */
   tokens: number;
+  min: number;
+  max: number;
+  /** Tokens equal to the one before them. */
+  repeats: number;
   eos: number;
   doubleEos: number[];
   doubleEosCount: number;
@@ -40,18 +45,23 @@ interface ShardScan {
 const CHUNK = 1 << 22;
 const n = (x: number) => x.toLocaleString('en-US');
 
-function scanShard(shard: NpyShard, eos: number, vocab: number, wantCounts: boolean): ShardScan {
+/** One pass over the shard's first `limit` tokens (all of them by default), in chunks. */
+export function scanShard(shard: NpyShard, eos: number, vocab: number, wantCounts: boolean, limit = shard.length): ShardScan {
+  const end = Math.min(limit, shard.length);
   const s: ShardScan = {
-    tokens: shard.length, eos: 0, doubleEos: [], doubleEosCount: 0, endsWithEos: false, outOfVocab: 0, docs: [],
+    tokens: end, min: Infinity, max: -Infinity, repeats: 0, eos: 0, doubleEos: [], doubleEosCount: 0, endsWithEos: false, outOfVocab: 0, docs: [],
     counts: wantCounts ? new Uint32Array(vocab) : null,
   };
-  const buf = new Uint32Array(Math.min(CHUNK, Math.max(1, shard.length)));
+  const buf = new Uint32Array(Math.min(CHUNK, Math.max(1, end)));
   let prev = -1, start = 0;
-  for (let base = 0; base < shard.length; base += buf.length) {
-    const n = Math.min(buf.length, shard.length - base);
+  for (let base = 0; base < end; base += buf.length) {
+    const n = Math.min(buf.length, end - base);
     shard.readSync(base, n, buf, 0);
     for (let i = 0; i < n; i++) {
       const t = buf[i]!;
+      if (t < s.min) s.min = t;
+      if (t > s.max) s.max = t;
+      if (t === prev) s.repeats++;
       if (t >= vocab) s.outOfVocab++;
       else if (s.counts) s.counts[t]!++;
       if (t === eos) {

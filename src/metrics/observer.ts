@@ -2,8 +2,10 @@
  * Metrics for a training run: wraps the loop's TrainEvents so that every log step's record becomes the reference's
  * tags in this rank's DuckDB file, and, where the backend is CUDA, an NVML reading (at most one a second) becomes
  * the GPU tags. The file opens when the run id is known (the start event; a resumed run keeps its id, so its rows
- * continue the same file); rows are buffered and written in the background (see duckdb-writer.ts).
+ * continue the same file); rows are buffered and written in the background, and the file is held only while a
+ * write is in flight, so `nmoe viz` can read it during the run (see duckdb-writer.ts).
  */
+import { peakTflops } from '../bench/train-bench.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { GpuSample } from '../tensor/cuda/nvml.ts';
 import type { TrainEvents } from '../train/trainer.ts';
@@ -23,6 +25,7 @@ export function observeMetrics(inner: TrainEvents, metricsDir: string, backend: 
   let path: string | null = null;
   let sampler: Promise<() => GpuSample[]> | null = null;
   if (backend.device === 'cuda' && rank === 0) sampler = import('../tensor/cuda/nvml.ts').then((m) => m.sampleGpus);
+  const peak = peakTflops(backend.name);
   let lastGpuMs = -Infinity;
   let logs: Promise<void> = Promise.resolve();
   const events: TrainEvents = {
@@ -35,14 +38,14 @@ export function observeMetrics(inner: TrainEvents, metricsDir: string, backend: 
     log(r) {
       inner.log(r);
       const ts = Date.now();
-      const tags = logTags(r, rank);
+      const tags = logTags(r, rank, peak);
       const gpu = sampler && ts - lastGpuMs >= 1000 ? sampler : null;
       if (gpu) lastGpuMs = ts;
       const opened = writer!;
       logs = logs.then(async () => {
         const w = await opened;
         w.record(r.step, gpu ? { ...tags, ...gpuTags((await gpu)()) } : tags, ts);
-        w.flush();
+        void w.flush();
       }).catch(() => {}); // an open error is thrown by close()
     },
   };

@@ -3,18 +3,20 @@
  * rank writes its `r{rank}` tags. Router layers are numbered by ordinal among MoE layers, two digits.
  *
  * Differences, on purpose: `optimizer/grad_norm` is an nmoe addition; on the CPU the memory tags hold the process's
- * resident set (current) and its peak, since there is no device allocator; `time_ms/r{rank}/zero2_*` are 0 because
- * a single process has no ZeRO-2 communication; `time_ms/r{rank}/loss` is 0 because the loss is computed inside the
+ * resident set (current) and its peak, since there is no device allocator; `time_ms/r{rank}/zero2_*` are 0 on one
+ * rank (no ZeRO-2 communication); `time_ms/r{rank}/loss` is 0 because the loss is computed inside the
  * head's fused pass (its time is in `head_fwd`, which also produces the loss gradient); `efficiency/bf16_tflops` is
  * the whole step's rate on the GPU (all of nmoe's GPU math is bf16) and 0 on the CPU (fp32), and
- * `efficiency/fp8_tflops` is 0 (nmoe has no fp8 path).
+ * `efficiency/fp8_tflops` is 0 (nmoe has no fp8 path). `efficiency/mfu` is an nmoe addition: `efficiency/tflops` as
+ * a fraction (0..1) of the device's dense BF16 peak, written only where the peak is known (not on the CPU).
  */
 import type { GpuSample } from '../tensor/cuda/nvml.ts';
 import type { LogRecord } from '../train/trainer.ts';
 
 const GIB = 2 ** 30;
 
-export function logTags(r: LogRecord, rank: number): Record<string, number> {
+/** `peakTflops`: the device's dense BF16 peak (bench/train-bench.ts), or null where unknown. */
+export function logTags(r: LogRecord, rank: number, peakTflops: number | null): Record<string, number> {
   const out: Record<string, number> = {};
   if (rank === 0) {
     const mem = r.memory ?? { current: process.memoryUsage().rss, peak: process.resourceUsage().maxRSS * 1024 };
@@ -31,6 +33,7 @@ export function logTags(r: LogRecord, rank: number): Record<string, number> {
       'memory/current_alloc_gib': mem.current / GIB,
       'memory/max_alloc_gib': mem.peak / GIB,
     });
+    if (peakTflops) out['efficiency/mfu'] = r.tflops / peakTflops;
     r.router.forEach((l, i) => {
       for (const [k, v] of Object.entries(l)) out[`router/layer_${String(i).padStart(2, '0')}/${k}`] = v;
     });
@@ -42,8 +45,8 @@ export function logTags(r: LogRecord, rank: number): Record<string, number> {
     [`time_ms/r${rank}/fwd_total`]: t.fwd_total,
     [`time_ms/r${rank}/bwd_total`]: t.bwd_total,
     [`time_ms/r${rank}/opt_step`]: t.opt_step,
-    [`time_ms/r${rank}/zero2_reduce_scatter`]: 0,
-    [`time_ms/r${rank}/zero2_all_gather`]: 0,
+    [`time_ms/r${rank}/zero2_reduce_scatter`]: t.zero2_reduce_scatter,
+    [`time_ms/r${rank}/zero2_all_gather`]: t.zero2_all_gather,
     [`time_ms/r${rank}/dense_mlp_fwd`]: t.dense_mlp_fwd,
     [`time_ms/r${rank}/dense_mlp_bwd`]: t.dense_mlp_bwd,
     [`time_ms/r${rank}/head_fwd`]: t.head_fwd,

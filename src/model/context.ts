@@ -2,6 +2,7 @@
  * What every layer's forward and backward needs: the backend, the parameters, the config, the batch geometry and
  * the RoPE tables; plus the Linear helpers (weights are [out, in] as in PyTorch, so y = x W^T).
  */
+import type { ExpertExchange } from '../moe/rdep/exchange.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import type { ParamStore } from './params.ts';
@@ -16,6 +17,8 @@ export interface LayerContext {
   /** f32 [positions, qk_rope_head_dim / 2] */
   ropeCos: Tensor;
   ropeSin: Tensor;
+  /** Expert parallelism (RDEP) when the experts are split over ranks; null on one rank. */
+  ep: ExpertExchange | null;
 }
 
 /** y [T, out] = x [T, in] @ W^T, W [out, in]. */

@@ -4,6 +4,7 @@
  * renormalised gates; routed experts as SwiGLU over tokens grouped by expert; shared experts as one fused MLP added
  * to the routed output. Legend: T tokens, D dim, E experts, K top-k, N = T*K rows, F expert hidden.
  */
+import type { ExpertRoute } from '../moe/rdep/exchange.ts';
 import type { MoePlan } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import { type LayerContext, freeAll, linear, linearBackward } from './context.ts';
@@ -40,17 +41,26 @@ export interface MoeSaved {
   gates: Tensor;
   idx: Tensor;
   plan: MoePlan;
-  xe: Tensor;
+  /** Expert parallel: where this rank's rows went and where its experts' rows came from (null on one rank). */
+  route: ExpertRoute | null;
+  /** The rows this rank's experts ran on (grouped by local expert), and their segment offsets. */
+  xr: Tensor;
+  offsets: Tensor;
   h1: Tensor;
   h3: Tensor;
   a: Tensor;
+  /** Expert outputs back in this rank's grouped layout. */
   ye: Tensor;
   shared: MlpSaved | null;
 }
 
-/** x [T, D] -> out [T, D], plus a copy of the per-expert token counts i32 [E] (for stats and the bias update). */
+/**
+ * x [T, D] -> out [T, D], plus a copy of the per-expert token counts i32 [E] (for stats and the bias update).
+ * With expert parallelism (`ctx.ep`) the grouped rows are dispatched to their experts' owners, which run their
+ * local experts on the rows of every rank, and the outputs are returned before the gate-weighted combine.
+ */
 export function moeForward(ctx: LayerContext, prefix: string, x: Tensor): { out: Tensor; counts: Tensor; saved: MoeSaved } {
-  const { b, cfg } = ctx;
+  const { b, cfg, ep } = ctx;
   // The router runs in fp32 whatever the activation dtype, as the reference's gate(x).float().
   const logits = b.matmul(x, ctx.p.get(`${prefix}.router.gate.weight`), { transB: true, outDtype: 'f32' });
   const { gates, idx } = b.routerTopK(logits, ctx.p.get(`${prefix}.router.bias`), cfg.n_activated_experts, cfg.route_scale);
@@ -58,10 +68,16 @@ export function moeForward(ctx: LayerContext, prefix: string, x: Tensor): { out:
   const counts = b.empty([cfg.n_routed_experts], 'i32');
   b.copy(plan.counts, counts);
   const xe = b.moeGather(x, plan);
-  const h1 = b.groupedMatmul(xe, ctx.p.get(`${prefix}.W1`), plan.offsets);
-  const h3 = b.groupedMatmul(xe, ctx.p.get(`${prefix}.W3`), plan.offsets);
+  const route = ep ? ep.route(plan.counts) : null;
+  const xr = route ? ep!.dispatch(xe, route) : xe;
+  if (route) xe.free();
+  const offsets = route ? route.offsets : plan.offsets;
+  const h1 = b.groupedMatmul(xr, ctx.p.get(`${prefix}.W1`), offsets);
+  const h3 = b.groupedMatmul(xr, ctx.p.get(`${prefix}.W3`), offsets);
   const a = b.swiglu(h1, h3);
-  const ye = b.groupedMatmul(a, ctx.p.get(`${prefix}.W2`), plan.offsets);
+  const yr = b.groupedMatmul(a, ctx.p.get(`${prefix}.W2`), offsets);
+  const ye = route ? ep!.combine(yr, route) : yr;
+  if (route) yr.free();
   const out = b.moeCombine(ye, gates, plan);
   let shared: MlpSaved | null = null;
   if (cfg.n_shared_experts > 0) {
@@ -70,20 +86,23 @@ export function moeForward(ctx: LayerContext, prefix: string, x: Tensor): { out:
     s.out.free();
     shared = s.saved;
   }
-  return { out, counts, saved: { x, logits, gates, idx, plan, xe, h1, h3, a, ye, shared } };
+  return { out, counts, saved: { x, logits, gates, idx, plan, route, xr, offsets, h1, h3, a, ye, shared } };
 }
 
+/** The reverse of moeForward; with expert parallelism, output gradients are dispatched and input gradients returned. */
 export function moeBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: MoeSaved): Tensor {
-  const { b, cfg } = ctx;
+  const { b, cfg, ep } = ctx;
   const { dye, dGates } = b.moeCombineBackward(dOut, s.ye, s.gates, s.plan);
-  b.groupedMatmulWeightGrad(s.a, dye, s.plan.offsets, ctx.p.grad(`${prefix}.W2`));
-  const da = b.groupedMatmul(dye, ctx.p.get(`${prefix}.W2`), s.plan.offsets, true);
+  const dyr = s.route ? ep!.dispatch(dye, s.route) : dye;
+  b.groupedMatmulWeightGrad(s.a, dyr, s.offsets, ctx.p.grad(`${prefix}.W2`));
+  const da = b.groupedMatmul(dyr, ctx.p.get(`${prefix}.W2`), s.offsets, true);
   const { dg: dh1, du: dh3 } = b.swigluBackward(da, s.h1, s.h3);
-  b.groupedMatmulWeightGrad(s.xe, dh1, s.plan.offsets, ctx.p.grad(`${prefix}.W1`));
-  b.groupedMatmulWeightGrad(s.xe, dh3, s.plan.offsets, ctx.p.grad(`${prefix}.W3`));
-  const dxe = b.groupedMatmul(dh1, ctx.p.get(`${prefix}.W1`), s.plan.offsets, true);
-  const dxe3 = b.groupedMatmul(dh3, ctx.p.get(`${prefix}.W3`), s.plan.offsets, true);
-  b.addInPlace(dxe, dxe3);
+  b.groupedMatmulWeightGrad(s.xr, dh1, s.offsets, ctx.p.grad(`${prefix}.W1`));
+  b.groupedMatmulWeightGrad(s.xr, dh3, s.offsets, ctx.p.grad(`${prefix}.W3`));
+  const dxr = b.groupedMatmul(dh1, ctx.p.get(`${prefix}.W1`), s.offsets, true);
+  const dxr3 = b.groupedMatmul(dh3, ctx.p.get(`${prefix}.W3`), s.offsets, true);
+  b.addInPlace(dxr, dxr3);
+  const dxe = s.route ? ep!.combine(dxr, s.route) : dxr;
   const dx = b.moeGatherBackward(dxe, s.plan);
   const dLogits = b.routerTopKBackward(dGates, s.logits, s.idx, cfg.route_scale);
   const dxRouter = linearBackward(ctx, dLogits, s.x, `${prefix}.router.gate.weight`);
@@ -93,8 +112,10 @@ export function moeBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: 
     b.addInPlace(dx, dxShared);
     dxShared.free();
   }
-  freeAll({ dye, dGates, da, dh1, dh3, dxe, dxe3, dLogits, dxRouter });
-  freeAll({ logits: s.logits, gates: s.gates, idx: s.idx, xe: s.xe, h1: s.h1, h3: s.h3, a: s.a, ye: s.ye });
+  if (s.route) freeAll({ dyr, dxr });
+  freeAll({ dye, dGates, da, dh1, dh3, dxe, dxr3, dLogits, dxRouter });
+  freeAll({ logits: s.logits, gates: s.gates, idx: s.idx, xr: s.xr, h1: s.h1, h3: s.h3, a: s.a, ye: s.ye });
+  s.route?.free();
   s.plan.free();
   return dx;
 }

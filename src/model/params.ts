@@ -43,21 +43,58 @@ export function paramGroup(name: string): ParamGroup {
   return noDecay ? 'dense_no_decay' : 'dense_decay';
 }
 
+/** Dense parameters start on multiples of this many elements, so views keep the device's vector alignment. */
+const DENSE_ALIGN = 64;
+
+/**
+ * Where the dense (replicated) weights live: one flat buffer for the values and one for the gradients, each
+ * parameter a view at `offset`. The length is padded to `shards` equal slices of `shardLength` elements, which
+ * is what ZeRO-2 reduce-scatters and all-gathers (src/optim/zero2.ts); padding stays zero.
+ */
+export interface DenseLayout {
+  value: Tensor;
+  grad: Tensor;
+  entries: { param: Param; offset: number }[];
+  shards: number;
+  shardLength: number;
+}
+
 export class ParamStore {
   readonly params: Param[] = [];
+  readonly dense: DenseLayout;
   readonly #byName = new Map<string, Param>();
 
-  /** Weights and their gradients are stored in `dtype`; buffers (router bias) stay fp32. */
-  constructor(readonly backend: Backend, specs: readonly ParamSpec[], readonly dtype: DType = 'f32') {
+  /**
+   * Weights and their gradients are stored in `dtype`; buffers (router bias) stay fp32. Dense weights go into the
+   * flat layout, padded for `shards` ranks; experts and buffers get tensors of their own.
+   */
+  constructor(readonly backend: Backend, specs: readonly ParamSpec[], readonly dtype: DType = 'f32', shards = 1) {
+    const isDense = (s: ParamSpec) => !s.buffer && s.firstExpert === undefined;
+    const offsets: number[] = [];
+    let length = 0;
+    for (const s of specs.filter(isDense)) {
+      offsets.push(length);
+      length += Math.ceil(shapeNumel(s.shape) / DENSE_ALIGN) * DENSE_ALIGN;
+    }
+    const shardLength = Math.max(DENSE_ALIGN, Math.ceil(length / shards / DENSE_ALIGN) * DENSE_ALIGN);
+    const flat = { value: backend.zeros([shards * shardLength], dtype), grad: backend.zeros([shards * shardLength], dtype) };
+    this.dense = { ...flat, entries: [], shards, shardLength };
     for (const spec of specs) {
       if (this.#byName.has(spec.name)) throw new Error(`duplicate parameter ${spec.name}`);
-      const value = backend.zeros(spec.shape, spec.buffer ? 'f32' : dtype);
-      const p: Param = {
-        ...spec,
-        value,
-        grad: spec.buffer ? null : backend.zeros(spec.shape, dtype),
-        group: spec.buffer ? null : paramGroup(spec.name),
-      };
+      let p: Param;
+      if (isDense(spec)) {
+        const offset = offsets[this.dense.entries.length]!;
+        const view = (t: Tensor) => backend.view(t, spec.shape, offset);
+        p = { ...spec, value: view(flat.value), grad: view(flat.grad), group: paramGroup(spec.name) };
+        this.dense.entries.push({ param: p, offset });
+      } else {
+        p = {
+          ...spec,
+          value: backend.zeros(spec.shape, spec.buffer ? 'f32' : dtype),
+          grad: spec.buffer ? null : backend.zeros(spec.shape, dtype),
+          group: spec.buffer ? null : paramGroup(spec.name),
+        };
+      }
       this.params.push(p);
       this.#byName.set(spec.name, p);
     }
@@ -96,12 +133,24 @@ export class ParamStore {
     return this.#byName.has(name);
   }
 
+  shapeOf(name: string): readonly number[] {
+    return this.#param(name).shape;
+  }
+
+  /** The optimizer group of a trainable parameter. */
+  paramGroupOf(name: string): ParamGroup {
+    const g = this.#param(name).group;
+    if (!g) throw new Error(`parameter ${name} is a buffer and has no optimizer group`);
+    return g;
+  }
+
   trainable(): Param[] {
     return this.params.filter((p) => !p.buffer);
   }
 
   zeroGrads(): void {
-    for (const p of this.params) if (p.grad) this.backend.zero(p.grad);
+    this.backend.zero(this.dense.grad);
+    for (const p of this.params) if (p.grad && p.firstExpert !== undefined) this.backend.zero(p.grad);
   }
 
   count(filter: (p: Param) => boolean = () => true): number {
@@ -113,6 +162,8 @@ export class ParamStore {
       p.value.free();
       p.grad?.free();
     }
+    this.dense.value.free();
+    this.dense.grad.free();
   }
 
   #param(name: string): Param {

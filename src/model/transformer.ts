@@ -9,6 +9,7 @@
  * The loss's own gradient comes out of the forward's chunked cross-entropy pass (the lm_head gradient accumulates
  * there), so the [tokens x vocab] logits are formed once per step.
  */
+import type { ExpertExchange } from '../moe/rdep/exchange.ts';
 import type { Backend, CrossEntropySpec } from '../tensor/backend.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
 import { type AttentionSaved, attentionBackward, attentionForward } from './attention.ts';
@@ -64,8 +65,14 @@ export class Transformer {
   readonly #ropeCos: Tensor;
   readonly #ropeSin: Tensor;
 
-  constructor(readonly b: Backend, readonly cfg: ModelConfig, opts: { parallel?: Parallel; dtype?: DType } = {}) {
-    this.params = new ParamStore(b, modelParamSpecs(cfg, opts.parallel ?? SINGLE), opts.dtype ?? 'f32');
+  /** RDEP when the experts are split over ranks. */
+  readonly ep: ExpertExchange | null;
+
+  /** With `ep`, this rank holds experts [rank*E/world, (rank+1)*E/world) and dense weights padded for ZeRO-2. */
+  constructor(readonly b: Backend, readonly cfg: ModelConfig, opts: { ep?: ExpertExchange; dtype?: DType } = {}) {
+    this.ep = opts.ep ?? null;
+    const parallel: Parallel = this.ep ? { rank: this.ep.rank, world: this.ep.world } : SINGLE;
+    this.params = new ParamStore(b, modelParamSpecs(cfg, parallel), opts.dtype ?? 'f32', parallel.world);
     const tables = ropeTables({
       dim: cfg.qk_rope_head_dim,
       theta: cfg.rope_theta,
@@ -83,15 +90,17 @@ export class Transformer {
   }
 
   #ctx(batch: number): LayerContext {
-    return { b: this.b, p: this.params, cfg: this.cfg, batch, seqLen: this.cfg.seq_len, ropeCos: this.#ropeCos, ropeSin: this.#ropeSin };
+    return { b: this.b, p: this.params, cfg: this.cfg, batch, seqLen: this.cfg.seq_len, ropeCos: this.#ropeCos, ropeSin: this.#ropeSin, ep: this.ep };
   }
 
   /**
    * ids, targets: i32 [batch * seq_len]. The model keeps references to both until backward. With `grad` (the
    * default) the forward already accumulates the lm_head gradient (see the header): zero the gradients first.
-   * Without, it only computes the loss, and backward() cannot follow.
+   * Without, it only computes the loss, and backward() cannot follow. `normalizer` (f32 [1]) divides the summed
+   * loss instead of this batch's counted targets: with data parallelism, the count over the global batch, so the
+   * ranks' losses and gradients add up to the global mean's.
    */
-  forward(ids: Tensor, targets: Tensor, batch: number, opts: { grad?: boolean; timer?: ModuleTimer } = {}): ForwardResult {
+  forward(ids: Tensor, targets: Tensor, batch: number, opts: { grad?: boolean; timer?: ModuleTimer; normalizer?: Tensor } = {}): ForwardResult {
     const timer = opts.timer ?? untimed;
     const { b, cfg, params: p } = this;
     const ctx = this.#ctx(batch);
@@ -125,7 +134,7 @@ export class Transformer {
     const head = timer.time('head_fwd', () => {
       const { y: xNormed, rstd: normRstd } = b.rmsnorm(x, p.get('norm.weight'), cfg.rms_norm_eps);
       const dLmHead = opts.grad === false ? undefined : p.grad('lm_head.weight');
-      const { loss, count, dx: dxNormed } = b.crossEntropy(xNormed, p.get('lm_head.weight'), targets, this.lossSpec, dLmHead);
+      const { loss, count, dx: dxNormed } = b.crossEntropy(xNormed, p.get('lm_head.weight'), targets, this.lossSpec, dLmHead, opts.normalizer);
       freeAll({ xNormed, count });
       return { loss, normRstd, dxNormed };
     });

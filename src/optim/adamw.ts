@@ -2,16 +2,34 @@
  * AdamW over the reference's four parameter groups (inventory §5.1): experts (lr_expert, betas (beta1,
  * beta2_expert), decay), router (lr_router, no decay), dense with decay and dense without decay (lr_dense). Each
  * step takes the WSD learning rates, clips to the global gradient norm, and runs one fused multi-tensor update.
+ *
+ * Dense weights go through ZeRO-2 (zero2.ts): this rank updates only its shard, so its "slots" are the shard's
+ * pieces of the dense parameters (whole parameters with one rank) plus its own experts. The gradient norm is taken
+ * over exactly what this rank holds — its shard and its experts, each element on one rank only — and combined
+ * across ranks, so every rank clips with the same global norm.
  */
+import type { Communicator } from '../dist/comm.ts';
 import type { ModelConfig } from '../model/spec.ts';
-import type { Param, ParamGroup, ParamStore } from '../model/params.ts';
+import type { PhaseTimer } from '../train/phase-timer.ts';
+import type { ParamGroup, ParamStore } from '../model/params.ts';
 import type { AdamWGroup, Backend } from '../tensor/backend.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
 import { type WsdSchedule, wsdLr } from './schedule.ts';
+import { Zero2 } from './zero2.ts';
+
+/** What the optimizer updates: a whole parameter, or the piece [start, end) of one in this rank's ZeRO-2 shard. */
+export interface Slot {
+  name: string;
+  shape: readonly number[];
+  start: number;
+  end: number;
+  value: Tensor;
+  grad: Tensor;
+}
 
 interface GroupState {
   name: ParamGroup;
-  params: Param[];
+  slots: Slot[];
   expAvg: Tensor[];
   expAvgSq: Tensor[];
   /** fp32 copies of bf16 weights (master_weights = "fp32"), else undefined. */
@@ -38,10 +56,21 @@ export class AdamW {
    * Precision policy from the config: `optim_state_dtype` stores the moments in fp32 or bf16 (the reference);
    * `master_weights` decides how bf16 weights take updates (fp32 masters, round to nearest, or stochastic).
    */
-  constructor(readonly b: Backend, readonly store: ParamStore, readonly cfg: ModelConfig) {
+  readonly zero: Zero2;
+  /** Every slot in parameter order (the gradient norm's summation order, the same on every run). */
+  readonly #slots: Slot[];
+
+  constructor(readonly b: Backend, readonly store: ParamStore, readonly cfg: ModelConfig, readonly comm: Communicator | null = null) {
     const stateDtype: DType = cfg.optim_state_dtype === 'bf16' ? 'bf16' : 'f32';
     const masters = cfg.master_weights === 'fp32' && store.dtype === 'bf16';
     this.schedule = { warmupSteps: cfg.warmup_steps, holdTokens: cfg.hold_tokens, decayTokens: cfg.decay_tokens, floor: cfg.decay_floor };
+    this.zero = new Zero2(b, store.dense, comm);
+    const pieces = new Map(this.zero.pieces.map((x) => [x.param, x]));
+    this.#slots = store.trainable().flatMap((p): Slot[] => {
+      if (p.firstExpert !== undefined) return [{ name: p.name, shape: p.shape, start: 0, end: p.value.numel, value: p.value, grad: p.grad! }];
+      const x = pieces.get(p);
+      return x ? [{ name: p.name, shape: x.value.shape, start: x.start, end: x.end, value: x.value, grad: x.grad }] : [];
+    });
     const settings: Record<ParamGroup, { peakLr: number; beta2: number; weightDecay: number }> = {
       expert: { peakLr: cfg.lr_expert, beta2: cfg.adam_beta2_expert, weightDecay: cfg.weight_decay },
       router: { peakLr: cfg.lr_router, beta2: cfg.adam_beta2, weightDecay: 0 },
@@ -49,28 +78,32 @@ export class AdamW {
       dense_no_decay: { peakLr: cfg.lr_dense, beta2: cfg.adam_beta2, weightDecay: 0 },
     };
     this.groups = (Object.keys(settings) as ParamGroup[]).map((name) => {
-      const params = store.trainable().filter((p) => p.group === name);
+      const slots = this.#slots.filter((x) => store.paramGroupOf(x.name) === name);
       return {
         name,
-        params,
-        expAvg: params.map((p) => b.zeros(p.shape, stateDtype)),
-        expAvgSq: params.map((p) => b.zeros(p.shape, stateDtype)),
-        master: masters ? params.map((p) => b.empty(p.shape, 'f32')) : undefined,
+        slots,
+        expAvg: slots.map((x) => b.zeros(x.shape, stateDtype)),
+        expAvgSq: slots.map((x) => b.zeros(x.shape, stateDtype)),
+        master: masters ? slots.map((x) => b.empty(x.shape, 'f32')) : undefined,
         ...settings[name],
       };
     });
   }
 
-  /** Applies one update from the accumulated gradients. `tokensSeen` counts global tokens before this step. */
-  update(tokensSeen: number): StepResult {
-    const grads = this.store.trainable().map((p) => p.grad!);
-    const gradNorm = this.b.globalNorm(grads);
+  /**
+   * Applies one update from the accumulated gradients: reduce-scatter (ZeRO-2), global norm, AdamW on this
+   * rank's slots, all-gather. `tokensSeen` counts global tokens before this step.
+   */
+  update(tokensSeen: number, timer?: PhaseTimer): StepResult {
+    const time = <T>(phase: 'zero2_reduce_scatter' | 'zero2_all_gather', fn: () => T): T => (timer ? timer.time(phase, fn) : fn());
+    time('zero2_reduce_scatter', () => this.zero.reduceScatter());
+    const gradNorm = this.#globalNorm();
     const lr = {} as Record<ParamGroup, number>;
     const groups: AdamWGroup[] = this.groups.map((g) => {
       lr[g.name] = wsdLr(this.schedule, g.peakLr, this.step, tokensSeen);
       return {
-        params: g.params.map((p) => p.value),
-        grads: g.params.map((p) => p.grad!),
+        params: g.slots.map((x) => x.value),
+        grads: g.slots.map((x) => x.grad),
         expAvg: g.expAvg,
         expAvgSq: g.expAvgSq,
         lr: lr[g.name],
@@ -84,16 +117,30 @@ export class AdamW {
     });
     const stochastic = this.cfg.master_weights === 'bf16_sr' ? { stochasticRounding: { seed: this.cfg.seed } } : {};
     this.b.adamw(groups, { gradNorm, maxNorm: this.cfg.grad_clip_norm, ...stochastic });
+    time('zero2_all_gather', () => this.zero.allGather());
     this.step++;
     return { gradNorm, lr };
   }
 
+  /** sqrt of the sum of squares over every rank's slots: each rank's norm, all-gathered, then their norm. */
+  #globalNorm(): Tensor {
+    const local = this.b.globalNorm(this.#slots.map((x) => x.grad));
+    if (!this.comm || this.comm.world === 1) return local;
+    const all = this.b.empty([this.comm.world], 'f32');
+    this.comm.allGather(local, all);
+    local.free();
+    const norm = this.b.globalNorm([all]);
+    all.free();
+    return norm;
+  }
+
   /** Copies the weights into the fp32 masters; call after the weights are initialised or loaded. */
   syncMasters(): void {
-    for (const g of this.groups) g.master?.forEach((m, i) => this.b.convert(g.params[i]!.value, m));
+    for (const g of this.groups) g.master?.forEach((m, i) => this.b.convert(g.slots[i]!.value, m));
   }
 
   free(): void {
     for (const g of this.groups) for (const t of [...g.expAvg, ...g.expAvgSq, ...(g.master ?? [])]) t.free();
+    this.zero.free();
   }
 }

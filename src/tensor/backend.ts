@@ -116,8 +116,11 @@ export interface Backend {
   upload(data: Float32Array | Int32Array, shape: readonly number[], dtype: DType): Tensor;
   /** Copies a tensor back to the host (f32 for f32/bf16, i32 for i32). The only way values reach JS. */
   read(t: Tensor): Promise<Float32Array | Int32Array>;
-  /** Same storage, new shape (same numel). The view must not outlive `t`; freeing a view is a no-op. */
-  view(t: Tensor, shape: readonly number[]): Tensor;
+  /**
+   * Same storage, new shape: elements [offset, offset + numel(shape)) of `t` (default: all of it, reshaped). The
+   * view must not outlive `t`; freeing a view is a no-op.
+   */
+  view(t: Tensor, shape: readonly number[], offset?: number): Tensor;
   zero(t: Tensor): void;
   copy(src: Tensor, dst: Tensor): void;
   /** t[i] = normal(0, std) from Philox keyed by (seed, stream) at counter offset + i, clamped to [-clamp, clamp]. */
@@ -211,9 +214,10 @@ export interface Backend {
    * Cross-entropy of logits = (x @ w^T) * logitScale against targets, averaged over counted targets, computed in
    * chunks so [T, V] never exists. x [T,D], w [V,D], targets i32 [T]. Returns loss f32 [1] and the counted-target
    * number f32 [1]. With `dw` it is also the backward, in the same pass (no logits recomputed): returns
-   * dx = d(mean loss)/dx and accumulates d(mean loss)/dw into dw; without, dx is null.
+   * dx = d(mean loss)/dx and accumulates d(mean loss)/dw into dw; without, dx is null. `normalizer` (f32 [1])
+   * replaces the counted-target number as the mean's divisor (data parallelism: the global batch's count).
    */
-  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null };
+  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor, normalizer?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null };
 
   // --- optimizer -------------------------------------------------------------------------------------------
   /** sqrt(sum of squares of every element of every tensor), f32 [1]. */

@@ -1,5 +1,5 @@
 /**
- * Per-phase step timings for the metrics (`time_ms/r{rank}/{fwd_total, bwd_total, opt_step, dense_mlp_*, head_*}`,
+ * Per-phase step timings for the metrics (`time_ms/r{rank}/{fwd_total, bwd_total, opt_step, dense_mlp_*, head_*, zero2_*}`,
  * `throughput/loader_wait_ms`): sums since the last log step. On the GPU each phase is bracketed by device events
  * (resolved only when the log step reads them, after its sync, so timing adds no host sync); on the CPU by the host
  * clock. The CUDA module is imported only when the backend is CUDA.
@@ -7,11 +7,15 @@
 import { type OpClock, hostClock } from '../bench/profile.ts';
 import type { Backend } from '../tensor/backend.ts';
 
-export type Phase = 'fwd_total' | 'bwd_total' | 'opt_step' | 'loader_wait' | ModulePhase;
+export type Phase = 'fwd_total' | 'bwd_total' | 'opt_step' | 'loader_wait' | ModulePhase | ZeroPhase;
+/** ZeRO-2's communication, nested in opt_step (zero on one rank: nothing moves). */
+export type ZeroPhase = 'zero2_reduce_scatter' | 'zero2_all_gather';
 /** Phases inside the model (nested in fwd_total / bwd_total): the dense MLP layers and the head (final norm, lm_head
  *  and the fused cross-entropy, whose forward also computes the loss gradient). */
 export type ModulePhase = 'dense_mlp_fwd' | 'dense_mlp_bwd' | 'head_fwd' | 'head_bwd';
-export const PHASES: readonly Phase[] = ['fwd_total', 'bwd_total', 'opt_step', 'loader_wait', 'dense_mlp_fwd', 'dense_mlp_bwd', 'head_fwd', 'head_bwd'];
+export const PHASES: readonly Phase[] = [
+  'fwd_total', 'bwd_total', 'opt_step', 'loader_wait', 'dense_mlp_fwd', 'dense_mlp_bwd', 'head_fwd', 'head_bwd', 'zero2_reduce_scatter', 'zero2_all_gather',
+];
 
 export class PhaseTimer {
   #spans: { phase: Phase; ms: () => number }[] = [];

@@ -6,6 +6,8 @@ import type { ParamGroup } from '../model/params.ts';
 import { type ModelConfig, isMoeLayer } from '../model/spec.ts';
 import { Transformer } from '../model/transformer.ts';
 import { AdamW } from '../optim/adamw.ts';
+import type { Communicator } from '../dist/comm.ts';
+import type { ExpertExchange } from '../moe/rdep/exchange.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import type { PhaseTimer } from './phase-timer.ts';
@@ -13,19 +15,27 @@ import type { PhaseTimer } from './phase-timer.ts';
 export interface Trainee {
   model: Transformer;
   opt: AdamW;
+  /** Data parallelism's collectives; null on one rank. */
+  comm: Communicator | null;
+}
+
+/** Several ranks: the collectives (dense gradients, router loads, the loss) and the expert exchange (RDEP). */
+export interface Parallelism {
+  comm: Communicator;
+  ep: ExpertExchange;
 }
 
 /** An initialised model and its optimizer. The GPU keeps weights in bf16 (fp32 accumulation), the CPU in fp32. */
-export function createTrainee(b: Backend, cfg: ModelConfig): Trainee {
-  const model = new Transformer(b, cfg, { dtype: b.device === 'cuda' ? 'bf16' : 'f32' });
+export function createTrainee(b: Backend, cfg: ModelConfig, par: Parallelism | null = null): Trainee {
+  const model = new Transformer(b, cfg, { dtype: b.device === 'cuda' ? 'bf16' : 'f32', ...(par ? { ep: par.ep } : {}) });
   model.params.initialize(cfg.seed);
-  const opt = new AdamW(b, model.params, cfg);
+  const opt = new AdamW(b, model.params, cfg, par?.comm ?? null);
   opt.syncMasters();
-  return { model, opt };
+  return { model, opt, comm: par?.comm ?? null };
 }
 
 export interface StepOutput {
-  /** f32 [1] loss, f32 [1] gradient norm, one i32 [E] expert load per MoE layer: owned by the caller. */
+  /** f32 [1] loss (the global batch's), f32 [1] gradient norm, one i32 [E] global expert load per MoE layer: owned by the caller. */
   loss: Tensor;
   gradNorm: Tensor;
   routerCounts: Tensor[];
@@ -34,25 +44,30 @@ export interface StepOutput {
 }
 
 /**
- * ids, targets: i32 [batch * seq_len]; `tokensSeen` counts global tokens before this step (the LR schedule).
- * `timer` (optional) charges forward, backward and the optimizer (with the router-bias update) to their phases.
+ * ids, targets: i32 [batch * seq_len], this rank's slice of the global batch; `tokensSeen` counts global tokens
+ * before this step (the LR schedule). With several ranks, `normalizer` (f32 [1]) is the global batch's counted
+ * targets, so that each rank's loss is its share of the global mean. `timer` (optional) charges forward, backward
+ * and the optimizer (with the router-bias update) to their phases.
  */
-export function trainStep(t: Trainee, ids: Tensor, targets: Tensor, batch: number, tokensSeen: number, timer?: PhaseTimer): StepOutput {
-  const { model, opt } = t;
+export function trainStep(t: Trainee, ids: Tensor, targets: Tensor, batch: number, tokensSeen: number, timer?: PhaseTimer, normalizer?: Tensor): StepOutput {
+  const { model, opt, comm } = t;
   const cfg = model.cfg, b = model.b;
   const time = <T>(phase: 'fwd_total' | 'bwd_total' | 'opt_step', fn: () => T): T => (timer ? timer.time(phase, fn) : fn());
   model.params.zeroGrads();
-  const fwd = time('fwd_total', () => model.forward(ids, targets, batch, timer ? { timer } : {}));
+  const fwd = time('fwd_total', () => model.forward(ids, targets, batch, { ...(timer ? { timer } : {}), ...(normalizer ? { normalizer } : {}) }));
   time('bwd_total', () => model.backward(fwd.saved, timer));
   const { gradNorm, lr } = time('opt_step', () => {
-    const r = opt.update(tokensSeen);
+    const r = opt.update(tokensSeen, timer);
     let j = 0;
     for (let layer = 0; layer < cfg.n_layers; layer++) {
       if (!isMoeLayer(cfg, layer)) continue;
-      b.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), fwd.routerCounts[j++]!, cfg.router_bias_update_rate, r.gradNorm);
+      const counts = fwd.routerCounts[j++]!;
+      comm?.allReduce(counts); // global loads: every rank's bias takes the same update
+      b.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), counts, cfg.router_bias_update_rate, r.gradNorm);
     }
     return r;
   });
+  comm?.allReduce(fwd.loss);
   return {
     loss: fwd.loss,
     gradNorm,

@@ -1,40 +1,42 @@
 /**
  * A training run with its records: the loop (trainer.ts) plus this rank's DuckDB metrics and, on rank 0, the run
- * registry row. The row is `running` from the start event, then `completed`; `killed` when a signal stopped the run
+ * registry row (`dist`: this process's rank of a multi-rank run, or null). The row is `running` from the start event, then `completed`; `killed` when a signal stopped the run
  * (after its final checkpoint is written: train() waits for it); `failed` with the error when the loop threw.
  */
 import type { Config } from '../config/schema.ts';
 import { observeMetrics } from '../metrics/observer.ts';
 import { Registry } from '../metrics/registry.ts';
 import type { Backend } from '../tensor/backend.ts';
+import type { DistRun } from '../dist/parallel.ts';
 import { gitInfo } from '../util/version.ts';
 import { type TrainEvents, type TrainSummary, train } from './trainer.ts';
 
-export async function trainTracked(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal): Promise<TrainSummary> {
-  const metrics = observeMetrics(events, config.metrics_dir, backend);
-  const registry = new Registry(config.experiments_db);
+export async function trainTracked(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal, dist: DistRun | null = null): Promise<TrainSummary> {
+  const rank = dist?.env.rank ?? 0;
+  const metrics = observeMetrics(events, config.metrics_dir, backend, rank);
+  const registry = rank === 0 ? new Registry(config.experiments_db) : null;
   let runId: string | null = null;
   const tracked: TrainEvents = {
     ...metrics.events,
     start(info) {
       runId = info.runId;
       const git = gitInfo();
-      registry.startRun({ id: runId, experimentId: config.experiment_id, config, gitHash: git.sha, gitDirty: git.dirty });
+      registry?.startRun({ id: runId, experimentId: config.experiment_id, config, gitHash: git.sha, gitDirty: git.dirty });
       metrics.events.start(info);
     },
   };
   try {
-    const s = await train(config, backend, tracked, signal);
+    const s = await train(config, backend, tracked, signal, dist);
     await metrics.close();
-    registry.endRun(s.runId, s.stoppedEarly ? 'killed' : 'completed', {
+    registry?.endRun(s.runId, s.stoppedEarly ? 'killed' : 'completed', {
       final_loss: s.finalLoss, tokens_seen: s.tokensSeen, steps_completed: s.steps, start_step: s.startStep, metrics: metrics.path(),
     });
     return s;
   } catch (err) {
     await metrics.close().catch(() => {});
-    if (runId) registry.endRun(runId, 'failed', { error: (err as Error)?.message ?? String(err) });
+    if (runId) registry?.endRun(runId, 'failed', { error: (err as Error)?.message ?? String(err) });
     throw err;
   } finally {
-    registry.close();
+    registry?.close();
   }
 }

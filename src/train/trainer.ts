@@ -25,6 +25,8 @@ import { type ModelConfig, isMoeLayer, modelConfig } from '../model/spec.ts';
 import type { Transformer } from '../model/transformer.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
+import type { Communicator } from '../dist/comm.ts';
+import type { DistRun } from '../dist/parallel.ts';
 import { UserError } from '../util/errors.ts';
 import { gitInfo } from '../util/version.ts';
 import { type Phase, PhaseTimer } from './phase-timer.ts';
@@ -86,11 +88,15 @@ export class TrainingDiverged extends UserError {
   override name = 'TrainingDiverged';
 }
 
-export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal): Promise<TrainSummary> {
+/**
+ * Trains on this process's rank: `dist` (null for one rank) splits the global batch, the experts (RDEP) and the
+ * dense optimizer state (ZeRO-2) over the ranks; every rank runs this same loop in lockstep.
+ */
+export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal, dist: DistRun | null = null): Promise<TrainSummary> {
   const cfg = modelConfig(config);
-  const rank = 0, world = 1;
+  const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
   const loader = createLoader(cfg, rank, world);
-  const trainee = createTrainee(backend, cfg);
+  const trainee = createTrainee(backend, cfg, dist);
   const { model, opt } = trainee;
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
   const tokensPerStep = cfg.batch_size * cfg.seq_len;
@@ -109,6 +115,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     ({ step, tokens_seen: tokensSeen, run_id: runId } = saved);
     events.resumed?.({ step, dir: found.dir, runId });
   }
+  if (dist) runId = await dist.agree('run_id', runId);
   const gitSha = gitInfo().sha; // asked once here, never on a checkpoint step
   const startStep = step;
   events.start({
@@ -134,11 +141,13 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   let lastLogTokens = tokensSeen;
   let lastLogStep = step;
   try {
-    for (; step < cfg.steps && !signal?.aborted; step++) {
+    for (let stop = false; step < cfg.steps && !stop; step++) {
       const batch = timer.time('loader_wait', () => loader.next(), hostClock);
       const ids = backend.upload(batch.inputs, [batch.inputs.length], 'i32');
       const targets = backend.upload(batch.targets, [batch.targets.length], 'i32');
-      const fwd = trainStep(trainee, ids, targets, batch.localBatch, tokensSeen, timer);
+      const normalizer = dist ? globalTargetCount(backend, dist.comm, batch.targets, model.lossSpec.ignoreIndex) : undefined;
+      const fwd = trainStep(trainee, ids, targets, batch.localBatch, tokensSeen, timer, normalizer);
+      normalizer?.free();
       const { gradNorm, lr } = fwd;
       tokensSeen += tokensPerStep;
 
@@ -166,7 +175,9 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       // Let background writes and signal handlers run. This is the loop's only yield to the event loop (outside
       // saves), and it comes before the log and save checks, so a stop signal is always followed by a final save.
       await new Promise(setImmediate);
-      const isLogStep = done === 1 || done % cfg.log_every === 0 || done === cfg.steps || signal?.aborted;
+      // Ranks see a stop signal at slightly different times; they agree on it, so all stop after the same step.
+      const stopping = dist ? await anyRank(backend, dist.comm, !!signal?.aborted) : !!signal?.aborted;
+      const isLogStep = done === 1 || done % cfg.log_every === 0 || done === cfg.steps || stopping;
       if (isLogStep) {
         const windowSeconds = (now - lastLogTime) / 1000;
         const tps = (tokensSeen - lastLogTokens) / windowSeconds;
@@ -175,7 +186,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
           gradNorm: (await backend.read(gradNorm))[0]!,
           lr: lr.dense_decay,
           tokensPerSecond: tps,
-          tflops: (flops * tps) / 1e12,
+          tflops: (flops * tps) / world / 1e12,
           msPerStep: (windowSeconds * 1000) / (done - lastLogStep),
           memory: backend.memory(),
           timings: timer.drain(),
@@ -189,9 +200,10 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       ids.free();
       targets.free();
       const every = config.checkpoint_every;
-      if ((every > 0 && done % every === 0) || done === cfg.steps || signal?.aborted) {
+      if ((every > 0 && done % every === 0) || done === cfg.steps || stopping) {
         await ckpt.save(await captureSnapshot(trainee, loader, { config, step: done, tokensSeen, world, runId, gitSha }));
       }
+      stop = stopping;
     }
     await ckpt.close();
   } catch (err) {
@@ -206,6 +218,24 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     steps: step, firstLoss, finalLoss: lastLoss, tokensSeen, wallSeconds, tokensPerSecond: (tokensSeen - tokens0) / wallSeconds,
     stoppedEarly: step < cfg.steps, startStep, runId,
   };
+}
+
+/** The counted targets of the whole global batch, f32 [1] on the device: every rank's count, summed. */
+function globalTargetCount(b: Backend, comm: Communicator, targets: Int32Array, ignoreIndex: number): Tensor {
+  let counted = 0;
+  for (const t of targets) if (t !== ignoreIndex) counted++;
+  const n = b.upload(new Float32Array([counted]), [1], 'f32');
+  comm.allReduce(n);
+  return n;
+}
+
+/** True on every rank when `flag` is true on any. */
+async function anyRank(b: Backend, comm: Communicator, flag: boolean): Promise<boolean> {
+  const t = b.upload(new Float32Array([flag ? 1 : 0]), [1], 'f32');
+  comm.allReduce(t);
+  const any = (await b.read(t))[0]! > 0;
+  t.free();
+  return any;
 }
 
 async function readRouterStats(b: Backend, model: Transformer, moeLayers: number[], counts: Tensor[], experts: number) {

@@ -3,10 +3,8 @@
  * worker, since module hooks do not cross threads) and loads the tokenizer once. `run` hands a batch to the least
  * busy worker; callers await results in submission order, which keeps prep's output independent of timing.
  */
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startTsWorker } from '../../util/ts-worker.ts';
 import type { TokenizeSettings, TokenizedBatch } from './tokenize.ts';
 
 interface Pending {
@@ -17,16 +15,6 @@ interface Pending {
 interface Slot {
   worker: Worker;
   busy: number;
-}
-
-/** An eval'd bootstrap that registers tsx's ESM hooks in the new thread, then imports the worker module. */
-function bootstrap(): string {
-  const require = createRequire(import.meta.url);
-  const pkgPath = require.resolve('tsx/package.json');
-  const api = (require(pkgPath) as { exports: Record<string, { import: { default: string } }> }).exports['./esm/api']!.import.default;
-  const apiUrl = pathToFileURL(join(dirname(pkgPath), api)).href;
-  const workerUrl = new URL('./tokenize-worker.ts', import.meta.url).href;
-  return `import(${JSON.stringify(apiUrl)}).then((m) => { m.register(); return import(${JSON.stringify(workerUrl)}); });`;
 }
 
 export class TokenizerPool {
@@ -41,9 +29,8 @@ export class TokenizerPool {
   /** Starts `workers` threads and waits until each has loaded the tokenizer. */
   static async start(workers: number, settings: TokenizeSettings & { tokenizer: string }): Promise<TokenizerPool> {
     const pool = new TokenizerPool();
-    const code = bootstrap();
     await Promise.all(Array.from({ length: workers }, () => new Promise<void>((resolve, reject) => {
-      const slot: Slot = { worker: new Worker(code, { eval: true, workerData: settings }), busy: 0 };
+      const slot: Slot = { worker: startTsWorker(new URL('./tokenize-worker.ts', import.meta.url), { workerData: settings }), busy: 0 };
       pool.#slots.push(slot);
       slot.worker.on('message', (msg: { ready?: true; seq?: number; result?: TokenizedBatch; error?: string }) => {
         if (msg.ready) return resolve();

@@ -50,10 +50,13 @@ export class CpuBackend implements Backend {
     return d instanceof Float64Array ? Float32Array.from(d) : d.slice();
   }
 
-  view(t: Tensor, shape: readonly number[]): Tensor {
+  view(t: Tensor, shape: readonly number[], offset?: number): Tensor {
     const c = asCpu(t);
-    if (shapeNumel(shape) !== c.numel) throw new Error(`view: cannot view ${describe(c)} as [${shape}]`);
-    return new CpuTensor(shape, c.dtype, c.data, true);
+    const n = shapeNumel(shape);
+    if (offset === undefined ? n !== c.numel : offset < 0 || offset + n > c.numel) {
+      throw new Error(`view: cannot view ${describe(c)} as [${shape}] at offset ${offset ?? 0}`);
+    }
+    return new CpuTensor(shape, c.dtype, offset === undefined ? c.data : c.data.subarray(offset, offset + n), true);
   }
 
   zero(t: Tensor): void {
@@ -218,8 +221,8 @@ export class CpuBackend implements Backend {
     if (Number.isFinite(asCpu(gradNorm).f[0])) moe.routerBiasUpdate(asCpu(bias), asCpu(counts), rate);
   }
 
-  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null } {
-    return loss.crossEntropy(asCpu(x), asCpu(w), asCpu(targets), spec, dw ? asCpu(dw) : undefined);
+  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor, normalizer?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null } {
+    return loss.crossEntropy(asCpu(x), asCpu(w), asCpu(targets), spec, dw ? asCpu(dw) : undefined, normalizer ? asCpu(normalizer) : undefined);
   }
 
   globalNorm(tensors: readonly Tensor[]): Tensor {

@@ -9,7 +9,7 @@ import { type CpuTensor, allocate, settle, newFloats } from './storage.ts';
 
 const CHUNK = 256;
 
-export function crossEntropy(x: CpuTensor, w: CpuTensor, targets: CpuTensor, spec: CrossEntropySpec, dw?: CpuTensor): {
+export function crossEntropy(x: CpuTensor, w: CpuTensor, targets: CpuTensor, spec: CrossEntropySpec, dw?: CpuTensor, normalizer?: CpuTensor): {
   loss: CpuTensor;
   count: CpuTensor;
   dx: CpuTensor | null;
@@ -23,7 +23,8 @@ export function crossEntropy(x: CpuTensor, w: CpuTensor, targets: CpuTensor, spe
     if (target < 0 || target >= vocab) throw new Error(`crossEntropy: target ${target} at position ${t} is outside [0, ${vocab})`);
     counted++;
   }
-  const norm = spec.logitScale / Math.max(counted, 1);
+  const divisor = Math.max(normalizer ? normalizer.f[0]! : counted, 1);
+  const norm = spec.logitScale / divisor;
   const dx = dw ? allocate(x.shape, x.dtype) : null;
   const logits = newFloats(CHUNK * vocab);
   let total = 0;
@@ -54,7 +55,7 @@ export function crossEntropy(x: CpuTensor, w: CpuTensor, targets: CpuTensor, spe
     }
   }
   const loss = allocate([1], 'f32');
-  loss.f[0] = total / Math.max(counted, 1);
+  loss.f[0] = total / divisor;
   const count = allocate([1], 'f32');
   count.f[0] = counted;
   if (dw) settle(dw);

@@ -115,10 +115,14 @@ export class CudaBackend implements Backend {
     return fromBf16Bits(new Uint16Array(copy));
   }
 
-  view(t: Tensor, shape: readonly number[]): Tensor {
+  view(t: Tensor, shape: readonly number[], offset?: number): Tensor {
     const c = asCuda(t);
-    if (shapeNumel(shape) !== c.numel) throw new Error(`view: cannot view ${describe(c)} as [${shape}]`);
-    return new CudaTensor(shape, c.dtype, c.ptr, c.size, null);
+    const n = shapeNumel(shape);
+    if (offset === undefined ? n !== c.numel : offset < 0 || offset + n > c.numel) {
+      throw new Error(`view: cannot view ${describe(c)} as [${shape}] at offset ${offset ?? 0}`);
+    }
+    const bytes = BigInt((offset ?? 0) * DTYPE_BYTES[c.dtype]);
+    return new CudaTensor(shape, c.dtype, c.ptr + bytes, n * DTYPE_BYTES[c.dtype], null);
   }
 
   zero(t: Tensor): void {
@@ -449,13 +453,14 @@ export class CudaBackend implements Backend {
     return Math.max(1, Math.floor(CE_CHUNK_ELEMENTS / vocab));
   }
 
-  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null } {
+  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor, normalizer?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null } {
     const [tokens, dim] = x.shape as [number, number];
     const vocab = w.shape[0]!;
     const chunk = Math.min(tokens, this.#ceChunk(vocab));
     const lse = this.empty([tokens], 'f32'), rowLoss = this.empty([tokens], 'f32');
     const loss = this.empty([1], 'f32'), count = this.empty([1], 'f32');
     this.#k('loss.cu', 'ce_count', [1], 1024, [ptr(targets), i64(tokens), i32(spec.ignoreIndex), ptr(count)]);
+    const divisor = normalizer ?? count;
     const logits = this.empty([chunk, vocab], 'f32');
     const dlogits = dw ? this.empty([chunk, vocab], w.dtype) : null;
     const dx = dw ? this.empty(x.shape, x.dtype) : null;
@@ -467,11 +472,11 @@ export class CudaBackend implements Backend {
       this.#k('loss.cu', 'ce_fwd_rows', [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), at(rowLoss, t0), i32(vocab), i32(spec.ignoreIndex), ptr(this.#bad)]);
       if (!dw || !dlogits || !dx) continue;
       const dc = this.#rows(dlogits, 0, rows, vocab);
-      this.#k('loss.cu', `ce_bwd_rows<${ctype(w)}>`, [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), ptr(count), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale)]);
+      this.#k('loss.cu', `ce_bwd_rows<${ctype(w)}>`, [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), ptr(divisor), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale)]);
       this.matmul(dc, w, { out: this.#rows(dx, t0, rows, dim) });
       this.matmul(dc, xc, { transA: true, out: dw, accumulate: true });
     }
-    this.#k('loss.cu', 'ce_finish', [1], 1024, [ptr(rowLoss), i64(tokens), ptr(count), ptr(loss)]);
+    this.#k('loss.cu', 'ce_finish', [1], 1024, [ptr(rowLoss), i64(tokens), ptr(divisor), ptr(loss)]);
     for (const t of [lse, rowLoss, logits, dlogits]) t?.free();
     return { loss, count, dx };
   }

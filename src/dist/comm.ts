@@ -1,0 +1,21 @@
+/**
+ * Collectives for data parallelism (dense gradients, ZeRO-2, router loads), one implementation per device: the
+ * CPU mesh (the test oracle) and NCCL on the GPU. Like the backend's ops they are enqueued in program order and
+ * every rank must issue the same collectives in the same order. Reductions are sums taken in rank order, so every
+ * rank ends with bit-identical values and a rerun with the same inputs reproduces them.
+ */
+import type { Tensor } from '../tensor/tensor.ts';
+
+export interface Communicator {
+  readonly rank: number;
+  readonly world: number;
+  /** t = sum of t over ranks, in place. */
+  allReduce(t: Tensor): void;
+  /** dst [n] = sum over ranks of their src [world * n]'s block `rank`. */
+  reduceScatter(src: Tensor, dst: Tensor): void;
+  /** dst [world * n] = every rank's src [n], in rank order. */
+  allGather(src: Tensor, dst: Tensor): void;
+  /** t = root's t. */
+  broadcast(t: Tensor, root: number): void;
+  close(): Promise<void>;
+}

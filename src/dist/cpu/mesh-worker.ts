@@ -1,0 +1,200 @@
+/**
+ * The CPU mesh's network thread (see mesh.ts). It owns one TCP connection to and one from every other rank and
+ * moves the bytes of each exchange: the main thread posts one payload per rank and blocks; this thread writes them
+ * out, waits for one payload from every rank, and hands them back through the sync port, then wakes the main thread
+ * by bumping `signal[0]` to the exchange's sequence number. Connections carry length-prefixed frames in order, and
+ * every rank runs the same exchanges in the same order, so the k-th frame from a rank belongs to the k-th exchange.
+ *
+ * Failures (a peer's connection drops, an exchange outlives the timeout) are posted instead of the result, with
+ * `signal[1]` set, so the main thread raises them instead of hanging.
+ */
+import { type Server, type Socket, createConnection, createServer } from 'node:net';
+import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
+
+export interface MeshWorkerData {
+  rank: number;
+  world: number;
+  host: string;
+  timeoutMs: number;
+  signal: SharedArrayBuffer;
+  sync: MessagePort;
+}
+
+/** Main thread -> worker, on the worker's parent port (setup) or the sync port (exchanges). */
+export type MeshRequest = { kind: 'peers'; addrs: string[] } | { kind: 'exchange'; seq: number; sends: Uint8Array[] } | { kind: 'close' };
+/** Worker -> main thread. */
+export type MeshReply =
+  | { kind: 'listening'; port: number }
+  | { kind: 'ready' }
+  | { kind: 'done'; seq: number; recvs: Uint8Array[] }
+  | { kind: 'error'; message: string };
+
+const data = workerData as MeshWorkerData;
+const { rank, world, timeoutMs } = data;
+const signal = new Int32Array(data.signal);
+
+/** Reassembles length-prefixed frames from one inbound connection; each frame gets its own ArrayBuffer. */
+class FrameReader {
+  readonly frames: Uint8Array[] = [];
+  #chunks: Buffer[] = [];
+  #buffered = 0;
+  /** Payload length of the frame being read, once its header is in. */
+  #need = -1;
+
+  push(chunk: Buffer): void {
+    this.#chunks.push(chunk);
+    this.#buffered += chunk.length;
+    for (;;) {
+      if (this.#need < 0) {
+        if (this.#buffered < 8) return;
+        this.#need = Number(this.#flat().readBigUInt64LE(0));
+      }
+      if (this.#buffered < 8 + this.#need) return;
+      const all = this.#flat();
+      const frame = new Uint8Array(this.#need); // never a view of Node's shared buffer pool: it is transferred
+      frame.set(all.subarray(8, 8 + this.#need));
+      this.frames.push(frame);
+      this.#chunks = [all.subarray(8 + this.#need)];
+      this.#buffered -= 8 + this.#need;
+      this.#need = -1;
+    }
+  }
+
+  /** The buffered bytes as one Buffer (concatenated at most twice per frame: for its header and its payload). */
+  #flat(): Buffer {
+    if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks)];
+    return this.#chunks[0]!;
+  }
+}
+
+const outbound = new Map<number, Socket>();
+const inbound = new Map<number, FrameReader>();
+let pending: { seq: number; timer: NodeJS.Timeout } | null = null;
+let failed = false;
+
+function fail(message: string): void {
+  if (failed) return;
+  failed = true;
+  if (pending) clearTimeout(pending.timer);
+  data.sync.postMessage({ kind: 'error', message } satisfies MeshReply);
+  parentPort!.postMessage({ kind: 'error', message } satisfies MeshReply);
+  Atomics.store(signal, 1, 1);
+  Atomics.notify(signal, 0);
+}
+
+/** Completes the pending exchange once every other rank's frame is in. */
+function tryComplete(): void {
+  if (!pending || failed) return;
+  const waiting = [...inbound].filter(([, r]) => r.frames.length === 0).map(([j]) => j);
+  if (waiting.length > 0 || inbound.size < world - 1) return;
+  const recvs: Uint8Array[] = [];
+  for (let j = 0; j < world; j++) recvs.push(j === rank ? selfFrame! : inbound.get(j)!.frames.shift()!);
+  const { seq, timer } = pending;
+  clearTimeout(timer);
+  pending = null;
+  selfFrame = null;
+  data.sync.postMessage({ kind: 'done', seq, recvs } satisfies MeshReply, recvs.map((r) => r.buffer as ArrayBuffer));
+  Atomics.store(signal, 0, seq);
+  Atomics.notify(signal, 0);
+}
+
+let selfFrame: Uint8Array | null = null;
+
+function exchange(seq: number, sends: Uint8Array[]): void {
+  if (failed) return;
+  const timer = setTimeout(() => {
+    const missing = [...inbound].filter(([, r]) => r.frames.length === 0).map(([j]) => j);
+    fail(`rank ${rank}: exchange ${seq} waited ${timeoutMs / 1000} s for rank(s) ${missing.join(', ')} (stuck or out of step?)`);
+  }, timeoutMs);
+  pending = { seq, timer };
+  for (let j = 0; j < world; j++) {
+    const payload = sends[j]!;
+    if (j === rank) {
+      // A copy: the reply transfers (detaches) its buffers, and `payload`'s buffer may be the very one a socket
+      // is still writing to another rank (a collective sends one payload to everybody).
+      selfFrame = payload.slice();
+      continue;
+    }
+    const head = Buffer.alloc(8);
+    head.writeBigUInt64LE(BigInt(payload.byteLength));
+    const sock = outbound.get(j)!;
+    sock.write(head);
+    sock.write(payload);
+  }
+  tryComplete();
+}
+
+function acceptInbound(server: Server): void {
+  server.on('connection', (sock) => {
+    sock.setNoDelay(true);
+    let from = -1;
+    let hello = Buffer.alloc(0);
+    const reader = new FrameReader();
+    sock.on('data', (chunk: Buffer) => {
+      if (from < 0) {
+        hello = Buffer.concat([hello, chunk]);
+        if (hello.length < 4) return;
+        from = hello.readUInt32LE(0);
+        inbound.set(from, reader);
+        chunk = hello.subarray(4);
+        readyCheck();
+      }
+      if (chunk.length) reader.push(chunk);
+      tryComplete();
+    });
+    sock.on('close', () => {
+      if (from >= 0 && !closing) fail(`rank ${rank}: lost the connection from rank ${from} (did its process exit?)`);
+    });
+    sock.on('error', () => {});
+  });
+}
+
+function connectOutbound(addrs: string[]): void {
+  for (let j = 0; j < world; j++) {
+    if (j === rank) continue;
+    const [host, port] = [addrs[j]!.slice(0, addrs[j]!.lastIndexOf(':')), Number(addrs[j]!.slice(addrs[j]!.lastIndexOf(':') + 1))];
+    const sock = createConnection({ host, port }, () => {
+      const hello = Buffer.alloc(4);
+      hello.writeUInt32LE(rank);
+      sock.write(hello);
+      outbound.set(j, sock);
+      readyCheck();
+    });
+    sock.setNoDelay(true);
+    const lost = () => {
+      if (!closing) fail(`rank ${rank}: lost the connection to rank ${j} (did its process exit?)`);
+    };
+    sock.on('error', (err) => (outbound.has(j) ? lost() : fail(`rank ${rank}: cannot reach rank ${j} at ${addrs[j]}: ${err.message}`)));
+    sock.on('close', lost);
+  }
+}
+
+let announcedReady = false;
+function readyCheck(): void {
+  if (announcedReady || outbound.size < world - 1 || inbound.size < world - 1) return;
+  announcedReady = true;
+  parentPort!.postMessage({ kind: 'ready' } satisfies MeshReply);
+}
+
+let closing = false;
+const server = createServer();
+acceptInbound(server);
+server.listen(0, data.host, () => {
+  parentPort!.postMessage({ kind: 'listening', port: (server.address() as { port: number }).port } satisfies MeshReply);
+});
+
+parentPort!.on('message', (msg: MeshRequest) => {
+  if (msg.kind === 'peers') {
+    connectOutbound(msg.addrs);
+    readyCheck();
+  } else if (msg.kind === 'close') {
+    closing = true;
+    for (const s of outbound.values()) s.end();
+    server.close();
+    parentPort!.close();
+    data.sync.close();
+  }
+});
+data.sync.on('message', (msg: MeshRequest) => {
+  if (msg.kind === 'exchange') exchange(msg.seq, msg.sends);
+});

@@ -1,0 +1,158 @@
+/**
+ * Multi-rank training on the CPU backend, in real processes over real TCP: the collectives and the RDEP exchange
+ * (exact values, deterministic placement), a rank that dies mid-collective, first-step expert gradients against
+ * the single-process run (bit for bit), and `nmoe launch` training on 2 and 4 ranks: the same losses as one
+ * process, bitwise repeatable, and exact resume on 2 ranks.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DuckDBInstance } from '@duckdb/node-api';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BIN, nmoe, removeTempDirs, tempDir } from './fixtures/data/helpers.ts';
+
+afterAll(removeTempDirs);
+
+const RANK_ENTRY = fileURLToPath(new URL('./fixtures/dist/rank.ts', import.meta.url));
+const CONTRACT = /^(RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|SLURM_.*|NMOE_LAUNCH_STORE)$/;
+const BASE_ENV = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !CONTRACT.test(k))), CI: '1', NO_COLOR: '1' };
+
+let nextPort = 29800 + (process.pid % 100) * 10;
+
+/** Starts `world` processes of the fixture with the torchrun environment (rank 0 hosts the store). */
+async function ranks(world: number, args: (rank: number) => string[], env: Record<string, string> = {}) {
+  const port = String(nextPort++);
+  const runs = Array.from({ length: world }, (_, rank) => new Promise<{ code: number | null; out: string }>((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', RANK_ENTRY, ...args(rank)], {
+      env: { ...BASE_ENV, RANK: String(rank), WORLD_SIZE: String(world), LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: port, ...env },
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.on('close', (code) => resolve({ code, out }));
+  }));
+  return Promise.all(runs);
+}
+
+const readJson = (path: string) => JSON.parse(readFileSync(path, 'utf8'));
+
+describe('CPU collectives and RDEP exchange (3 ranks)', () => {
+  it('sum in rank order to bit-identical values, and place dispatched rows by expert, then source rank', async () => {
+    const dir = tempDir('coll');
+    const done = await ranks(3, (r) => ['collectives', join(dir, `${r}.json`)]);
+    for (const d of done) expect(d.code, d.out).toBe(0);
+    const got = [0, 1, 2].map((r) => readJson(join(dir, `${r}.json`)));
+    // allReduce: fp32 sums in rank order, identical on every rank.
+    const f32 = (x: number) => Math.fround(x);
+    const expected = Array.from({ length: 6 }, (_, i) => [0, 1, 2].reduce((acc, r) => f32(acc + f32((i % 2 ? 1e8 : 1) * (r + 1) + i * 0.1)), 0));
+    for (const g of got) {
+      expect(g.allReduce).toEqual(expected);
+      expect(g.counts).toEqual([30, 33, 36, 39, 42, 45]);
+      expect(g.allGather).toEqual([0, 0.5, 0, 1, 1.5, -1, 2, 2.5, -2]); // (JSON writes -0 as 0)
+      expect(g.broadcast).toEqual([9, 10]);
+      expect(g.returned).toEqual(g.sent); // combine brings every row back where it came from
+    }
+    got.forEach((g, r) => expect(g.reduceScatter).toEqual([0, 1].map((i) => [0, 1, 2].reduce((a, s) => a + s * 100 + 2 * r + i, 0))));
+    // Rank r owns experts 2r, 2r+1; rank s sends (s + e) % 3 rows [s, e, i] to expert e.
+    got.forEach((g, r) => {
+      const rows: number[] = [];
+      const offsets = [0];
+      for (const e of [2 * r, 2 * r + 1]) {
+        for (let s = 0; s < 3; s++) for (let i = 0; i < (s + e) % 3; i++) rows.push(s, e, i);
+        offsets.push(rows.length / 3);
+      }
+      expect(g.offsets).toEqual(offsets);
+      expect(g.dispatched).toEqual(rows);
+    });
+  });
+
+  it('a rank that dies mid-collective stops the others at once, naming it', async () => {
+    const dir = tempDir('die');
+    const t0 = Date.now();
+    const done = await ranks(3, (r) => ['die-in-exchange', join(dir, `${r}.json`)]);
+    expect(Date.now() - t0).toBeLessThan(30_000);
+    expect(done[1]!.code).toBe(3);
+    for (const r of [0, 2]) expect(readJson(join(dir, `${r}.json`)).error).toMatch(/rank 1 \(did its process exit\?\)/);
+  });
+});
+
+describe('expert parallelism', () => {
+  it("each rank's first-step expert gradients equal its slice of the single-process run's, bit for bit", async () => {
+    const dir = tempDir('grads');
+    const cfg = ['configs/tiny.toml', '--device=cpu', '--batch_size=4', '--seq_len=64'];
+    const [single] = await ranks(1, () => ['grads', join(dir, 'single.json'), ...cfg], { EXPERTS: '8' });
+    expect(single!.code, single!.out).toBe(0);
+    const ref = readJson(join(dir, 'single.json'));
+    for (const world of [2, 4]) {
+      const done = await ranks(world, (r) => ['grads', join(dir, `w${world}r${r}.json`), ...cfg], { EXPERTS: '8' });
+      for (const d of done) expect(d.code, d.out).toBe(0);
+      const parts = Array.from({ length: world }, (_, r) => readJson(join(dir, `w${world}r${r}.json`)));
+      for (const [name, full] of Object.entries(ref.grads as Record<string, number[]>)) {
+        const n = full.length / world;
+        parts.forEach((p, r) => expect(p.grads[name], `${name} on rank ${r} of ${world}`).toEqual(full.slice(r * n, (r + 1) * n)));
+      }
+      // Each rank's loss is its share of the global mean; the shares add up to the single-process loss.
+      expect(parts.reduce((a, p) => a + p.loss, 0)).toBeCloseTo(ref.loss, 5);
+    }
+  });
+});
+
+/** train/loss per step from a run's rank-0 metrics. */
+async function losses(metricsDir: string): Promise<number[]> {
+  const run = readdirSync(metricsDir)[0]!;
+  const db = await DuckDBInstance.create(join(metricsDir, run, 'rank_0.duckdb'), { access_mode: 'READ_ONLY' });
+  const conn = await db.connect();
+  const rows = (await conn.runAndReadAll(`SELECT value FROM metrics WHERE tag = 'train/loss' ORDER BY step`)).getRows();
+  conn.closeSync();
+  db.closeSync();
+  return rows.map((r) => r[0] as number);
+}
+
+const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+describe('nmoe launch on the CPU backend', () => {
+  const steps = 50;
+  const train = (dir: string, extra: string[] = []) => [
+    'configs/tiny.toml', '--device=cpu', `--steps=${steps}`, '--batch_size=4', '--seq_len=32', '--log_every=1', '--checkpoint_every=0',
+    `--metrics_dir=${join(dir, 'metrics')}`, `--experiments_db=${join(dir, 'runs.db')}`, `--checkpoint_dir=${join(dir, 'ckpt')}`, ...extra,
+  ];
+  const launch = (world: number, dir: string, extra: string[] = []) =>
+    nmoe(['launch', '--nproc-per-node', String(world), '--master-port', String(nextPort++), '--', ...train(dir, extra)], BASE_ENV as Record<string, string>);
+
+  it(`trains on 2 and 4 ranks with the single-process losses over ${steps} steps`, async () => {
+    const one = tempDir('one');
+    const r1 = nmoe(['train', ...train(one)]);
+    expect(r1.code, r1.err).toBe(0);
+    const ref = await losses(join(one, 'metrics'));
+    expect(ref).toHaveLength(steps);
+    for (const world of [2, 4]) {
+      const dir = tempDir(`w${world}`);
+      const r = launch(world, dir);
+      expect(r.code, r.out + r.err).toBe(0);
+      expect(r.out).toMatch(new RegExp(`ranks ${world} \\(1 node\\(s\\)\\)`));
+      const got = await losses(join(dir, 'metrics'));
+      // fp32 on the CPU: only the order of the gradient sums differs from one process.
+      got.forEach((l, i) => expect(Math.abs(l - ref[i]!) / ref[i]!, `step ${i + 1} on ${world} ranks`).toBeLessThan(1e-4));
+      expect(readdirSync(join(dir, 'metrics', readdirSync(join(dir, 'metrics'))[0]!)).sort()).toEqual(
+        Array.from({ length: world }, (_, r) => `rank_${r}.duckdb`));
+    }
+  });
+
+  it('is bitwise repeatable, and resumes exactly on 2 ranks: 6 steps straight twice, and 3 steps, stop, resume to 6', async () => {
+    const a = tempDir('straight-a'), b = tempDir('straight-b'), resumed = tempDir('resumed');
+    const six = ['--steps=6', '--checkpoint_every=3'];
+    for (const d of [a, b]) expect(launch(2, d, six).code).toBe(0);
+    expect(launch(2, resumed, ['--steps=3', '--checkpoint_every=3']).code).toBe(0);
+    const again = launch(2, resumed, [...six, '--resume']);
+    expect(again.code, again.out + again.err).toBe(0);
+    expect(again.out).toMatch(/resumed run \S+ from step 3/);
+    expect(await losses(join(a, 'metrics'))).toEqual(await losses(join(b, 'metrics')));
+    for (const f of ['dense.safetensors', 'rank_000.safetensors', 'rank_001.safetensors']) {
+      const want = sha(join(a, 'ckpt', 'iter_0000006', f));
+      expect(sha(join(b, 'ckpt', 'iter_0000006', f)), `${f}: a rerun`).toBe(want);
+      expect(sha(join(resumed, 'ckpt', 'iter_0000006', f)), `${f}: stop and resume`).toBe(want);
+    }
+  });
+});

@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync } from 'node:fs';
+import { cpSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
@@ -153,6 +153,24 @@ describe('nmoe launch on the CPU backend', () => {
       const want = sha(join(a, 'ckpt', 'iter_0000006', f));
       expect(sha(join(b, 'ckpt', 'iter_0000006', f)), `${f}: a rerun`).toBe(want);
       expect(sha(join(resumed, 'ckpt', 'iter_0000006', f)), `${f}: stop and resume`).toBe(want);
+    }
+  });
+
+  it('resumes a 2-rank checkpoint on 1 and on 4 ranks (experts and ZeRO-2 shards resharded), continuing the same losses', async () => {
+    const straight = tempDir('reshard-straight'), saved = tempDir('reshard-saved');
+    const six = ['--steps=6', '--checkpoint_every=3'];
+    expect(launch(2, straight, six).code).toBe(0);
+    expect(launch(2, saved, ['--steps=3', '--checkpoint_every=3']).code).toBe(0);
+    const want = (await losses(join(straight, 'metrics'))).slice(3);
+    for (const world of [1, 4]) {
+      const dir = tempDir(`reshard-${world}`);
+      cpSync(join(saved, 'ckpt'), join(dir, 'ckpt'), { recursive: true });
+      const r = world === 1 ? nmoe(['train', ...train(dir, [...six, '--resume'])]) : launch(world, dir, [...six, '--resume']);
+      expect(r.code, r.out + r.err).toBe(0);
+      expect(r.out).toMatch(/resumed run \S+ from step 3/);
+      const got = await losses(join(dir, 'metrics'));
+      expect(got).toHaveLength(3);
+      got.forEach((l, i) => expect(Math.abs(l - want[i]!) / want[i]!, `step ${i + 4} on ${world} rank(s)`).toBeLessThan(1e-4));
     }
   });
 });

@@ -21,6 +21,7 @@ import { type Tensor, shapeNumel } from '../tensor/tensor.ts';
 import { UserError } from '../util/errors.ts';
 import { NMOE_VERSION } from '../util/version.ts';
 import { type TensorTarget, assignTensors } from './params-io.ts';
+import { reshardRankFiles } from './reshard.ts';
 import { type TensorToWrite, readSafetensors } from './safetensors.ts';
 import { DENSE_FILE, STATE_FILE, type StepDir, rankFile } from './layout.ts';
 
@@ -109,17 +110,12 @@ export function readTrainState(dir: string): TrainState {
 }
 
 /**
- * Checks that the saved step belongs to this config and world size, then loads it into `t` and `loader`.
- * Refuses (UserError) a different world size or a fingerprint mismatch, naming the fields that differ.
+ * Checks that the saved step belongs to this config, then loads it into `t` and `loader`, resharding experts and
+ * ZeRO-2 optimizer shards when the checkpoint was saved by another number of ranks. Refuses (UserError) a
+ * fingerprint mismatch, naming the fields that differ.
  */
 export async function restoreSnapshot(found: StepDir, t: Trainee, loader: DeterministicLoader, config: Config, rank: number, world: number): Promise<TrainState> {
   const state = readTrainState(found.dir);
-  if (state.world !== world) {
-    throw new UserError(
-      `checkpoint ${found.dir} was saved by ${state.world} rank(s), this run has ${world}. Fix: resume with ${state.world} rank(s) ` +
-        '(resharding expert and optimizer shards to another world size is not supported yet), or pass --no-resume.',
-    );
-  }
   if (state.config_fingerprint !== configFingerprint(config)) {
     const saved = { ...config, ...state.config } as Config;
     const diff = fingerprintDiff(saved, config).map((k) => `${k} (${JSON.stringify(saved[k as keyof Config])} -> ${JSON.stringify(config[k as keyof Config])})`);
@@ -128,9 +124,15 @@ export async function restoreSnapshot(found: StepDir, t: Trainee, loader: Determ
         'Fix: restore those values, point checkpoint_dir elsewhere, or pass --no-resume.',
     );
   }
+  const targets = stateTensors(t);
   const tensors = readSafetensors(join(found.dir, DENSE_FILE)).tensors;
-  for (const [name, x] of readSafetensors(join(found.dir, rankFile(rank))).tensors) tensors.set(name, x);
-  await assignTensors(found.dir, tensors, stateTensors(t), t.model.b);
+  // The same world reads its own file; another world reshards every old rank's file (reshard.ts).
+  const rankTensors = state.world === world
+    ? readSafetensors(join(found.dir, rankFile(rank))).tensors
+    : reshardRankFiles(Array.from({ length: state.world }, (_, r) => readSafetensors(join(found.dir, rankFile(r))).tensors), rank,
+      targets.filter((x) => x.expert), (name) => shapeNumel(t.model.params.shapeOf(name)));
+  for (const [name, x] of rankTensors) tensors.set(name, x);
+  await assignTensors(found.dir, tensors, targets, t.model.b);
   t.opt.step = state.rng.optimizer_step;
   loader.restore(state.loader);
   return state;

@@ -5,10 +5,11 @@
 import type { Command } from 'commander';
 import { registerBenchData } from './bench-data.ts';
 import { registerBenchKernels } from './bench-kernels.ts';
+import { registerBenchRdep } from './bench-rdep.ts';
 import { registerBenchTrain } from './bench-train.ts';
 import { registerBenchViz } from './bench-viz.ts';
 
-const SUBCOMMANDS: ((bench: Command) => void)[] = [registerBenchData, registerBenchTrain, registerBenchKernels, registerBenchViz];
+const SUBCOMMANDS: ((bench: Command) => void)[] = [registerBenchData, registerBenchTrain, registerBenchKernels, registerBenchRdep, registerBenchViz];
 
 export function registerBenchCommand(program: Command): void {
   const bench = program.command('bench').description('Measure nmoe on this machine (data pipeline, training, dashboard).');

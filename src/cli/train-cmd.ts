@@ -11,6 +11,7 @@ import { defaultConfigPath, loadConfig } from '../config/load.ts';
 import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
 import { readDistEnv } from '../dist/env.ts';
 import { joinRun } from '../dist/parallel.ts';
+import { modelConfig } from '../model/spec.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { trainTracked } from '../train/tracked.ts';
 import type { LogRecord, TrainEvents } from '../train/trainer.ts';
@@ -44,7 +45,10 @@ export function registerTrainCommand(program: Command): void {
       const { config } = loadConfig(path, { overrides: args });
       const env = readDistEnv();
       const { backend, note } = await selectBackend(config.device, env.localRank);
-      const dist = await joinRun(env, backend, config.n_routed_experts ?? 0);
+      const model = modelConfig(config);
+      const dist = await joinRun(env, backend, {
+        experts: model.n_routed_experts, dim: model.dim, topK: model.n_activated_experts, tokens: (model.batch_size / env.worldSize) * model.seq_len,
+      });
       // Rank 0 speaks for the run; the other ranks stay quiet unless something goes wrong (errors reach stderr).
       const progress = new Progress(process.stderr, { quiet: env.rank !== 0 });
       const interrupt = onInterrupt(progress, 'interrupted: stopping after this step (Ctrl-C again to exit now)');

@@ -1,6 +1,7 @@
 /**
  * Joins a multi-rank run: rendezvous through the store (rendezvous.ts), then the device's transports — on the CPU
- * backend the CPU mesh, which carries both the collectives and the expert exchange. One rank needs none of this.
+ * backend the CPU mesh, which carries both the collectives and the expert exchange; on the GPUs of one node NCCL
+ * for the collectives and RDEP over CUDA IPC for the experts. One rank needs none of this.
  */
 import type { Backend } from '../tensor/backend.ts';
 import { CpuExpertExchange } from '../moe/rdep/cpu.ts';
@@ -15,10 +16,21 @@ export interface DistRun extends Parallelism {
   env: DistEnv;
   /** Rank 0's `value` for `key`, on every rank (the run id, chosen once). */
   agree(key: string, value: string): Promise<string>;
+  /** Throws a transport error raised since the last call (GPU: NCCL's async errors, RDEP barrier timeouts). */
+  check(): Promise<void>;
   /** Leaves the run after a success: waits (bounded) until every rank has left, so none loses the store mid-call. */
   close(): Promise<void>;
   /** Leaves at once after a failure (peers may be dead; nothing is waited for). */
   abort(): Promise<void>;
+}
+
+/** What the transports are sized for. */
+export interface ModelShape {
+  experts: number;
+  dim: number;
+  topK: number;
+  /** Tokens per rank per step: local batch x seq_len. */
+  tokens: number;
 }
 
 /** How long a collective may wait for the slowest rank (NMOE_COMM_TIMEOUT_S, default 300). The rendezvous has its
@@ -30,33 +42,44 @@ function commTimeoutMs(): number {
   return s * 1000;
 }
 
-export async function joinRun(env: DistEnv, backend: Backend, numExperts: number): Promise<DistRun | null> {
+export async function joinRun(env: DistEnv, backend: Backend, shape: ModelShape): Promise<DistRun | null> {
   if (env.worldSize === 1) return null;
-  if (backend.device !== 'cpu') {
-    throw new UserError(
-      `WORLD_SIZE=${env.worldSize} on ${backend.name}: multi-GPU training (NCCL and RDEP over CUDA IPC) is not in this build yet. ` +
-        'Fix: run multi-rank training on the CPU backend (device = "cpu"), or train on one GPU.',
-    );
-  }
   const timeoutMs = commTimeoutMs();
   const rdzv = await rendezvous(env);
-  const host = env.nnodes === 1 ? '127.0.0.1' : (process.env.NMOE_MESH_HOST ?? (await import('node:os')).hostname());
-  const mesh = await CpuMesh.connect(env.rank, env.worldSize, rdzv.store, { host, timeoutMs });
-  return {
-    env,
-    comm: new CpuCollectives(mesh),
-    ep: new CpuExpertExchange(mesh, numExperts),
-    async agree(key, value) {
-      if (env.rank === 0) await rdzv.store.set(`agree/${key}`, value);
-      return Buffer.from(await rdzv.store.get(`agree/${key}`, timeoutMs)).toString();
-    },
-    async close() {
-      await mesh.close();
-      await rdzv.close();
-    },
-    async abort() {
-      await mesh.close();
-      await rdzv.abort();
-    },
+  const agree = async (key: string, value: string) => {
+    if (env.rank === 0) await rdzv.store.set(`agree/${key}`, value);
+    return Buffer.from(await rdzv.store.get(`agree/${key}`, timeoutMs)).toString();
   };
+  try {
+    if (backend.device === 'cpu') {
+      const host = env.nnodes === 1 ? '127.0.0.1' : (process.env.NMOE_MESH_HOST ?? (await import('node:os')).hostname());
+      const mesh = await CpuMesh.connect(env.rank, env.worldSize, rdzv.store, { host, timeoutMs });
+      return {
+        env, agree, comm: new CpuCollectives(mesh), ep: new CpuExpertExchange(mesh, shape.experts),
+        check: async () => {},
+        close: async () => { await mesh.close(); await rdzv.close(); },
+        abort: async () => { await mesh.close(); await rdzv.abort(); },
+      };
+    }
+    if (env.nnodes > 1) {
+      throw new UserError(`${env.nnodes} nodes on the GPU: RDEP across nodes (NVSHMEM) is not in this build yet. Fix: train on the GPUs of one node.`);
+    }
+    const { CudaBackend } = await import('../tensor/cuda/backend.ts');
+    const { NcclCommunicator } = await import('./cuda/nccl.ts');
+    const { CudaIpcExchange } = await import('../moe/rdep/cuda-ipc.ts');
+    const b = backend as InstanceType<typeof CudaBackend>;
+    const comm = await NcclCommunicator.create(env.rank, env.worldSize, rdzv.store, b.dev.stream, timeoutMs);
+    const ep = await CudaIpcExchange.create(b, rdzv.store, {
+      rank: env.rank, world: env.worldSize, experts: shape.experts, dim: shape.dim, dtype: 'bf16', rows: shape.tokens * shape.topK, timeoutMs,
+    });
+    return {
+      env, agree, comm, ep,
+      check: async () => { comm.checkAsync(); await ep.check(); },
+      close: async () => { ep.close(); await comm.close(); await rdzv.close(); },
+      abort: async () => { comm.abort(); await rdzv.abort(); },
+    };
+  } catch (err) {
+    await rdzv.abort();
+    throw err;
+  }
 }

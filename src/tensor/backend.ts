@@ -188,6 +188,11 @@ export interface Backend {
   routerTopKBackward(dGates: Tensor, logits: Tensor, idx: Tensor, routeScale: number): Tensor;
   /** Builds the grouped layout for idx i32 [T,K] on the device (no host sync). */
   moePlan(idx: Tensor, numExperts: number): MoePlan;
+  /**
+   * Segment offsets i32 [E+1] for rows already grouped by expert with per-expert `counts` i32 [E] (at most
+   * `maxRows` rows in all), usable by the grouped GEMMs like a plan's offsets: the layout RDEP's dispatch delivers.
+   */
+  moeSegments(counts: Tensor, maxRows: number): { offsets: Tensor; free(): void };
   /** xe[r,:] = x[slotOfRow[r] / K, :]: x [T,D] to grouped rows [N,D]. */
   moeGather(x: Tensor, plan: MoePlan): Tensor;
   /** dx[t,:] = sum over k (in slot order) of dxe[rowOfSlot[t*K+k], :]. */

@@ -152,6 +152,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       tokensSeen += tokensPerStep;
 
       const loss = (await backend.read(fwd.loss))[0]!;
+      await dist?.check(); // a transport failure surfaces here, at the step's one host sync
       if (!Number.isFinite(loss)) {
         throw new TrainingDiverged(
           `the loss became ${loss} at step ${step + 1}; the update was skipped, so the weights hold step ${step}. ` +

@@ -5,6 +5,7 @@
 import { arrayLike, bytesOf } from '../../dist/cpu/collectives.ts';
 import type { CpuMesh } from '../../dist/cpu/mesh.ts';
 import { type CpuTensor, allocate, asCpu } from '../../tensor/cpu/storage.ts';
+import type { MoePlan } from '../../tensor/backend.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
 import type { ExpertExchange, ExpertRoute } from './exchange.ts';
 
@@ -35,8 +36,8 @@ export class CpuExpertExchange implements ExpertExchange {
     return this.mesh.world;
   }
 
-  route(counts: Tensor): CpuRoute {
-    const c = asCpu(counts).i;
+  route(plan: MoePlan): CpuRoute {
+    const c = asCpu(plan.counts).i;
     const local = this.numExperts / this.world;
     const sent: number[] = [], sendStart: number[] = [];
     const sends: Uint8Array[] = [];

@@ -10,12 +10,16 @@
  * the backward pass uses the same two moves with the same route (dispatch for output gradients, combine for input
  * gradients). The gate-weighted sum over a token's K slots happens back on its own rank, in slot order (fp32).
  */
+import type { MoePlan } from '../../tensor/backend.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
 
 export interface ExpertRoute {
   /** i32 [El + 1]: start row of each local expert's segment among the received rows. */
   readonly offsets: Tensor;
-  /** Rows this rank receives (the sum of the segments). */
+  /**
+   * Rows of a dispatched tensor: on the CPU exactly the rows received; on the GPU the worst-case capacity (every
+   * rank's rows for this rank's experts), of which only the first offsets[El] hold rows.
+   */
   readonly rows: number;
   free(): void;
 }
@@ -23,8 +27,8 @@ export interface ExpertRoute {
 export interface ExpertExchange {
   readonly rank: number;
   readonly world: number;
-  /** `counts` i32 [E]: this rank's rows per global expert (its MoE plan's counts). */
-  route(counts: Tensor): ExpertRoute;
+  /** Phase one, from this rank's MoE plan (its rows per global expert and where each expert's rows start). */
+  route(plan: MoePlan): ExpertRoute;
   /** rows [N, D] grouped by global expert -> [route.rows, D] grouped by local expert, then source rank. */
   dispatch(rows: Tensor, route: ExpertRoute): Tensor;
   /** rows [route.rows, D] in the dispatched layout -> [N, D] in this rank's grouped layout. */

@@ -193,6 +193,14 @@ export class CpuBackend implements Backend {
     return moe.moePlan(asCpu(idx), numExperts);
   }
 
+  moeSegments(counts: Tensor, maxRows: number): { offsets: Tensor; free(): void } {
+    const c = asCpu(counts).i;
+    const offsets = allocate([c.length + 1], 'i32');
+    for (let e = 0; e < c.length; e++) offsets.i[e + 1] = offsets.i[e]! + c[e]!;
+    if (offsets.i[c.length]! > maxRows) throw new Error(`moeSegments: ${offsets.i[c.length]} rows, at most ${maxRows} expected`);
+    return { offsets, free: () => offsets.free() };
+  }
+
   moeGather(x: Tensor, plan: MoePlan): Tensor {
     return moe.moeGather(asCpu(x), asPlan(plan));
   }

@@ -35,7 +35,13 @@ function gridFor(n: number, block = 256): number {
   return Math.max(1, Math.min(Math.ceil(n / block), 8192));
 }
 
-class CudaMoePlan implements MoePlan {
+/** i32 [maxTiles, 2] (expert, first row) tiles for the grouped GEMMs, and their count i32 [1]. */
+interface GroupedTiles {
+  tiles: Tensor;
+  numTiles: Tensor;
+}
+
+class CudaMoePlan implements MoePlan, GroupedTiles {
   constructor(
     readonly numTokens: number,
     readonly topK: number,
@@ -59,8 +65,8 @@ export class CudaBackend implements Backend {
   readonly dev: CudaDevice;
   /** Device flag set by kernels that meet an out-of-range id; checked on read(). */
   readonly #bad: CudaTensor;
-  /** The grouped GEMMs take a plan's offsets; its tile list is found through them. */
-  readonly #plans = new WeakMap<Tensor, CudaMoePlan>();
+  /** The grouped GEMMs take segment offsets (a plan's, or moeSegments'); their tile list is found through them. */
+  readonly #tiles = new WeakMap<Tensor, GroupedTiles>();
 
   constructor(ordinal = 0) {
     this.dev = new CudaDevice(ordinal, KERNEL_NAMES);
@@ -381,8 +387,17 @@ export class CudaBackend implements Backend {
     this.#k('moe.cu', 'moe_offsets', [1], 32, [ptr(counts), i32(numExperts), ptr(offsets), i32(GROUP_TILE), ptr(tiles), ptr(numTiles)]);
     this.#k('moe.cu', 'moe_place', [numExperts], 256, [ptr(idx), i64(slots), ptr(offsets), ptr(slotOfRow), ptr(rowOfSlot)]);
     const plan = new CudaMoePlan(tokens, topK, numExperts, counts, offsets, slotOfRow, rowOfSlot, tiles, numTiles);
-    this.#plans.set(offsets, plan);
+    this.#tiles.set(offsets, plan);
     return plan;
+  }
+
+  moeSegments(counts: Tensor, maxRows: number): { offsets: Tensor; free(): void } {
+    const experts = counts.numel;
+    const offsets = this.empty([experts + 1], 'i32');
+    const tiles = this.empty([Math.ceil(maxRows / GROUP_TILE) + experts, 2], 'i32'), numTiles = this.empty([1], 'i32');
+    this.#k('moe.cu', 'moe_offsets', [1], 32, [ptr(counts), i32(experts), ptr(offsets), i32(GROUP_TILE), ptr(tiles), ptr(numTiles)]);
+    this.#tiles.set(offsets, { tiles, numTiles });
+    return { offsets, free: () => [offsets, tiles, numTiles].forEach((t) => t.free()) };
   }
 
   moeGather(x: Tensor, plan: MoePlan): Tensor {
@@ -414,7 +429,7 @@ export class CudaBackend implements Backend {
   }
 
   groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB = false): Tensor {
-    const plan = this.#planOf(offsets);
+    const plan = this.#tilesOf(offsets);
     const [, w1, w2] = w.shape as [number, number, number];
     const [din, dout] = transB ? [w2, w1] : [w1, w2];
     if (x.shape[1] !== din) throw new Error(`groupedMatmul: ${describe(x)} does not match ${describe(w)} (transB=${transB})`);
@@ -437,10 +452,10 @@ export class CudaBackend implements Backend {
     return x.dtype === 'bf16' && din % 8 === 0 && dout % 8 === 0;
   }
 
-  #planOf(offsets: Tensor): CudaMoePlan {
-    const plan = this.#plans.get(offsets);
-    if (!plan) throw new Error('groupedMatmul: offsets must come from moePlan on this backend');
-    return plan;
+  #tilesOf(offsets: Tensor): GroupedTiles {
+    const tiles = this.#tiles.get(offsets);
+    if (!tiles) throw new Error('groupedMatmul: offsets must come from moePlan or moeSegments on this backend');
+    return tiles;
   }
 
   routerBiasUpdate(bias: Tensor, counts: Tensor, rate: number, gradNorm: Tensor): void {

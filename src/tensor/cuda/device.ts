@@ -12,7 +12,8 @@ import { GemmRunner } from './cublaslt.ts';
 import { compileKernels } from './nvrtc.ts';
 
 /** A kernel argument; `bytes` is a struct passed by value (4-byte aligned). */
-export type KernelArg = { ptr: bigint } | { i32: number } | { i64: number } | { f32: number } | { u32: number } | { bytes: Uint8Array };
+/** A kernel parameter; `bytes` is a struct passed by value, aligned to `align` (default 4). */
+export type KernelArg = { ptr: bigint } | { i32: number } | { i64: number } | { f32: number } | { u32: number } | { bytes: Uint8Array; align?: number };
 
 const ARG_BYTES = 4096;
 const GEMM_WORKSPACE_BYTES = 32 << 20;
@@ -112,7 +113,7 @@ export class CudaDevice {
       else if ('i64' in a) { off = align(off, 8); v.setBigInt64(off, BigInt(a.i64), true); off += 8; }
       else if ('i32' in a) { off = align(off, 4); v.setInt32(off, a.i32, true); off += 4; }
       else if ('u32' in a) { off = align(off, 4); v.setUint32(off, a.u32 >>> 0, true); off += 4; }
-      else if ('bytes' in a) { off = align(off, 4); new Uint8Array(v.buffer, off, a.bytes.length).set(a.bytes); off += a.bytes.length; }
+      else if ('bytes' in a) { off = align(off, a.align ?? 4); new Uint8Array(v.buffer, off, a.bytes.length).set(a.bytes); off += a.bytes.length; }
       else { off = align(off, 4); v.setFloat32(off, a.f32, true); off += 4; }
     }
     // The exact parameter bytes: more than the kernel declares is CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES.

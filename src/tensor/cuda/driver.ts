@@ -3,6 +3,7 @@
  * uint64 (BigInt); every call goes through `check`, which throws a CudaError naming the call and the driver's own
  * error name and text.
  */
+import koffi from 'koffi';
 import { LIBRARIES, loadLibrary } from './libraries.ts';
 
 export class CudaError extends Error {
@@ -13,6 +14,12 @@ export class CudaError extends Error {
 }
 
 const { lib, path } = loadLibrary(LIBRARIES.cuda);
+
+/** An IPC handle to device memory: 64 opaque bytes, passed by value to cuIpcOpenMemHandle. */
+export const IPC_HANDLE_BYTES = 64;
+koffi.struct('CUipcMemHandle', { reserved: koffi.array('uint8_t', IPC_HANDLE_BYTES) });
+/** cuIpcOpenMemHandle: enable peer access on demand. */
+export const CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1;
 
 const f = (sig: string) => lib.func(sig);
 export const cu = {
@@ -52,6 +59,9 @@ export const cu = {
   launchKernel: f(
     'int cuLaunchKernel(uint64_t fn, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem, uint64_t stream, uint64_t params, uint64_t extra)',
   ),
+  ipcGetMemHandle: f('int cuIpcGetMemHandle(_Out_ uint8_t *handle, uint64_t dptr)'),
+  ipcOpenMemHandle: f('int cuIpcOpenMemHandle_v2(_Out_ uint64_t *dptr, CUipcMemHandle handle, unsigned int flags)'),
+  ipcCloseMemHandle: f('int cuIpcCloseMemHandle(uint64_t dptr)'),
   getErrorName: f('int cuGetErrorName(int error, _Out_ const char **name)'),
   getErrorString: f('int cuGetErrorString(int error, _Out_ const char **text)'),
 };

@@ -21,6 +21,7 @@ export const LIBRARIES = {
   cuda: { key: 'CUDA', what: 'the CUDA driver', sonames: ['libcuda.so.1'], install: 'install the NVIDIA driver' },
   nvrtc: { key: 'NVRTC', what: 'NVRTC, the run-time CUDA compiler', sonames: ['libnvrtc.so.13', 'libnvrtc.so.12'], install: 'install the CUDA toolkit or `pip install nvidia-cuda-nvrtc`' },
   cublasLt: { key: 'CUBLASLT', what: 'cuBLASLt', sonames: ['libcublasLt.so.13', 'libcublasLt.so.12'], install: 'install the CUDA toolkit or `pip install nvidia-cublas`' },
+  nccl: { key: 'NCCL', what: 'NCCL, the collectives library', sonames: ['libnccl.so.2'], install: 'install NCCL (Debian/Ubuntu: libnccl2) or `pip install nvidia-nccl-cu12`' },
   nvml: { key: 'NVML', what: 'NVML, the GPU management library', sonames: ['libnvidia-ml.so.1'], install: 'install the NVIDIA driver' },
 } as const satisfies Record<string, LibrarySpec>;
 

@@ -1,0 +1,21 @@
+/**
+ * One rank of `nmoe bench rdep` (started by the launcher, like `nmoe train`): joins the run on its GPU, runs the
+ * cases, and rank 0 writes the results (JSON) to the file the CLI named.
+ */
+import { writeFileSync } from 'node:fs';
+import { readDistEnv } from '../dist/env.ts';
+import { joinRun } from '../dist/parallel.ts';
+import type { CudaBackend } from '../tensor/cuda/backend.ts';
+import { selectBackend } from '../tensor/select.ts';
+import { type RdepCase, benchRdepRank } from './rdep-bench.ts';
+
+const [dim, experts, iters, casesJson, out] = process.argv.slice(2);
+const cases = JSON.parse(casesJson!) as RdepCase[];
+const env = readDistEnv();
+const { backend } = await selectBackend('cuda', env.localRank);
+const maxTokens = Math.max(...cases.map((c) => c.tokens)), maxK = Math.max(...cases.map((c) => c.topK));
+const dist = await joinRun(env, backend, { experts: Number(experts), dim: Number(dim), topK: maxK, tokens: maxTokens });
+if (!dist) throw new Error('nmoe bench rdep needs at least 2 ranks');
+const results = await benchRdepRank(backend as CudaBackend, dist, { dim: Number(dim), experts: Number(experts), cases, iters: Number(iters) });
+if (env.rank === 0) writeFileSync(out!, JSON.stringify({ device: backend.name, world: env.worldSize, results }));
+await dist.close();

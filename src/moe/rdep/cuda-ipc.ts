@@ -1,0 +1,178 @@
+/**
+ * RDEP over CUDA IPC between the GPUs of one node (kernels in src/tensor/cuda/kernels/rdep.cu). Each rank
+ * allocates one symmetric buffer sized for the worst case (every rank's rows routed to this rank's experts, so no
+ * token is ever dropped), publishes its IPC handle through the rendezvous store and maps every peer's. Dispatch and
+ * return are kernels storing rows straight into the peer's buffer, then a barrier through IPC-mapped flags; no
+ * NCCL call is on this path. A barrier that waits longer than the timeout records the missing rank in a device word
+ * instead of hanging, and `check()` (called by the trainer once a step) turns it into an error naming it.
+ */
+import type { CudaBackend } from '../../tensor/cuda/backend.ts';
+import { CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS, IPC_HANDLE_BYTES, check, cu, outU64 } from '../../tensor/cuda/driver.ts';
+import type { KernelArg } from '../../tensor/cuda/device.ts';
+import { type CudaTensor, asCuda } from '../../tensor/cuda/tensor.ts';
+import type { MoePlan } from '../../tensor/backend.ts';
+import { DTYPE_BYTES, type DType, type Tensor } from '../../tensor/tensor.ts';
+import { UserError } from '../../util/errors.ts';
+import type { StoreClient } from '../../dist/store.ts';
+import type { ExpertExchange, ExpertRoute } from './exchange.ts';
+
+/** The Peers struct of rdep.cu holds this many buffer pointers: one node's ranks. */
+const MAX_RANKS = 8;
+const FLAGS_BYTES = 256;
+/** Blocks for the row moves (grid-stride loops): enough warps in flight to fill NVLink from every SM. */
+const MOVE_BLOCKS = 132 * 4;
+const align = (n: number) => Math.ceil(n / 256) * 256;
+
+export interface IpcExchangeOptions {
+  rank: number;
+  world: number;
+  experts: number;
+  /** Row width (the model dim) and dtype of the rows that travel. */
+  dim: number;
+  dtype: DType;
+  /** Most routed rows this rank sends per exchange (local tokens x top-k); the buffers are sized for it. */
+  rows: number;
+  timeoutMs: number;
+}
+
+class IpcRoute implements ExpertRoute {
+  constructor(
+    readonly offsets: Tensor,
+    readonly rows: number,
+    /** Rows this rank sent (its plan's rows). */
+    readonly sent: number,
+    readonly dest: Tensor,
+    readonly destRank: Tensor,
+    readonly origin: Tensor,
+    readonly originRank: Tensor,
+    private readonly segments: { free(): void },
+  ) {}
+
+  free(): void {
+    for (const t of [this.dest, this.destRank, this.origin, this.originRank]) t.free();
+    this.segments.free();
+  }
+}
+
+export class CudaIpcExchange implements ExpertExchange {
+  #epoch = 0;
+  readonly #local: number;
+  readonly #rowVecs: number;
+  readonly #peersArg: KernelArg;
+  readonly #layout: { counts: number; starts: number; recv: number; ret: number };
+
+  private constructor(private readonly b: CudaBackend, private readonly o: IpcExchangeOptions, private readonly base: bigint,
+    private readonly peers: bigint[], layout: { counts: number; starts: number; recv: number; ret: number }, private readonly err: CudaTensor) {
+    this.#local = o.experts / o.world;
+    this.#rowVecs = (o.dim * DTYPE_BYTES[o.dtype]) / 16;
+    const table = new BigUint64Array(MAX_RANKS);
+    peers.forEach((p, j) => (table[j] = p));
+    this.#peersArg = { bytes: new Uint8Array(table.buffer), align: 8 };
+    this.#layout = layout;
+  }
+
+  get rank(): number {
+    return this.o.rank;
+  }
+
+  get world(): number {
+    return this.o.world;
+  }
+
+  static async create(b: CudaBackend, store: StoreClient, o: IpcExchangeOptions): Promise<CudaIpcExchange> {
+    if (o.world > MAX_RANKS) throw new UserError(`RDEP over CUDA IPC joins the GPUs of one node, at most ${MAX_RANKS}; this run has ${o.world} ranks.`);
+    const rowBytes = o.dim * DTYPE_BYTES[o.dtype];
+    if (rowBytes % 16 !== 0) throw new UserError(`RDEP moves rows in 16-byte vectors: dim = ${o.dim} (${o.dtype}) is ${rowBytes} bytes a row. Fix: a dim that is a multiple of 8.`);
+    const local = o.experts / o.world, capacity = o.world * o.rows;
+    const counts = FLAGS_BYTES, starts = counts + align(4 * o.world * local), recv = starts + align(4 * o.world * local);
+    const ret = recv + align(capacity * rowBytes), total = ret + align(o.rows * rowBytes);
+    const free = new BigUint64Array(1), all = new BigUint64Array(1);
+    check('cuMemGetInfo', cu.memGetInfo(free, all));
+    if (total > Number(free[0]!) * 0.9) {
+      throw new UserError(
+        `RDEP needs ${(total / 2 ** 30).toFixed(2)} GiB per GPU for its worst-case buffers (${o.world} ranks x ${o.rows} routed rows x ` +
+          `${rowBytes} bytes may all land on one rank), but only ${(Number(free[0]!) / 2 ** 30).toFixed(2)} GiB is free. ` +
+          'Fix: lower batch_size or seq_len (rows per rank), or n_activated_experts.',
+      );
+    }
+    const base = outU64('cuMemAlloc', cu.memAlloc, total);
+    check('cuMemsetD8Async', cu.memsetD8Async(base, 0, FLAGS_BYTES, b.dev.stream));
+    check('cuStreamSynchronize', cu.streamSynchronize(b.dev.stream)); // flags are zero before any peer can see them
+    const handle = new Uint8Array(IPC_HANDLE_BYTES);
+    check('cuIpcGetMemHandle', cu.ipcGetMemHandle(handle, base));
+    await store.set(`rdep/ipc/${o.rank}`, handle);
+    const peers: bigint[] = [];
+    for (let j = 0; j < o.world; j++) {
+      if (j === o.rank) peers.push(base);
+      else {
+        const h = await store.get(`rdep/ipc/${j}`, o.timeoutMs);
+        peers.push(outU64('cuIpcOpenMemHandle', cu.ipcOpenMemHandle, { reserved: Array.from(h) }, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+      }
+    }
+    const err = asCuda(b.zeros([1], 'i32'));
+    return new CudaIpcExchange(b, o, base, peers, { counts, starts, recv, ret }, err);
+  }
+
+  #k(name: string, grid: number, block: number, args: KernelArg[]): void {
+    this.b.dev.launch(this.b.dev.kernel('rdep.cu', name), [grid], block, args);
+  }
+
+  #barrier(): void {
+    const cycles = Math.round(this.o.timeoutMs * 2e6); // ~2 GHz SM clock
+    this.#k('rdep_barrier', 1, 32, [this.#peersArg, { i32: this.o.rank }, { i32: this.o.world }, { u32: ++this.#epoch }, { i64: cycles }, { ptr: this.err.ptr }]);
+  }
+
+  route(plan: MoePlan): IpcRoute {
+    const { b, o } = this;
+    const local = this.#local, L = this.#layout;
+    const counts = { ptr: asCuda(plan.counts).ptr }, offsets = { ptr: asCuda(plan.offsets).ptr };
+    this.#k('rdep_route_send', Math.ceil(o.experts / 256), 256, [counts, offsets, this.#peersArg, { i64: L.counts }, { i64: L.starts }, { i32: o.experts }, { i32: local }, { i32: o.rank }]);
+    this.#barrier();
+    const n = plan.numTokens * plan.topK;
+    if (n > o.rows) throw new Error(`RDEP route: the plan has ${n} rows, the exchange was sized for at most ${o.rows}`);
+    const cap = o.world * n; // every rank routes n rows: at most all of them land here
+    const dest = asCuda(b.empty([n], 'i32')), destRank = asCuda(b.empty([n], 'i32'));
+    this.#k('rdep_dest', o.experts, 128, [counts, offsets, this.#peersArg, { i64: L.counts }, { i32: local }, { i32: o.world }, { i32: o.rank }, { ptr: dest.ptr }, { ptr: destRank.ptr }]);
+    const origin = asCuda(b.empty([cap], 'i32')), originRank = asCuda(b.empty([cap], 'i32')), segCounts = asCuda(b.empty([local], 'i32'));
+    check('cuMemsetD32Async', cu.memsetD32Async(originRank.ptr, 0xffffffff, cap, b.dev.stream)); // -1: no row here
+    this.#k('rdep_origin', local * o.world, 128, [this.#peersArg, { i32: o.rank }, { i64: L.counts }, { i64: L.starts }, { i32: local }, { i32: o.world },
+      { ptr: origin.ptr }, { ptr: originRank.ptr }, { ptr: segCounts.ptr }]);
+    const segments = b.moeSegments(segCounts, cap);
+    segCounts.free();
+    return new IpcRoute(segments.offsets, cap, n, dest, destRank, origin, originRank, segments);
+  }
+
+  dispatch(rows: Tensor, route: ExpertRoute): Tensor {
+    const r = route as IpcRoute, x = asCuda(rows);
+    this.#k('rdep_dispatch', MOVE_BLOCKS, 256, [{ ptr: x.ptr }, { ptr: asCuda(r.dest).ptr }, { ptr: asCuda(r.destRank).ptr }, this.#peersArg,
+      { i64: this.#layout.recv }, { i32: this.#rowVecs }, { i64: x.shape[0]! }]);
+    this.#barrier();
+    const out = asCuda(this.b.empty([r.rows, this.o.dim], x.dtype));
+    const received = asCuda(r.offsets).ptr + BigInt(4 * this.#local); // offsets[El]: the rows that arrived
+    this.#k('rdep_collect', MOVE_BLOCKS, 256, [{ ptr: this.base + BigInt(this.#layout.recv) }, { ptr: out.ptr }, { ptr: received }, { i32: this.#rowVecs }]);
+    return out;
+  }
+
+  combine(rows: Tensor, route: ExpertRoute): Tensor {
+    const r = route as IpcRoute, y = asCuda(rows);
+    this.#k('rdep_return', MOVE_BLOCKS, 256, [{ ptr: y.ptr }, { ptr: asCuda(r.origin).ptr }, { ptr: asCuda(r.originRank).ptr }, this.#peersArg,
+      { i64: this.#layout.ret }, { i32: this.#rowVecs }, { i64: r.rows }]);
+    this.#barrier();
+    const out = asCuda(this.b.empty([r.sent, this.o.dim], y.dtype));
+    check('cuMemcpyDtoDAsync', cu.memcpyDtoDAsync(out.ptr, this.base + BigInt(this.#layout.ret), out.bytes, this.b.dev.stream));
+    return out;
+  }
+
+  /** Throws if a barrier timed out since the last check (reads one word: call it where the host syncs anyway). */
+  async check(): Promise<void> {
+    const missing = (await this.b.read(this.err))[0]!;
+    if (missing) throw new UserError(`rank ${this.o.rank}: an RDEP barrier waited ${this.o.timeoutMs / 1000} s for rank ${missing - 1} (stuck, dead or out of step?)`);
+  }
+
+  close(): void {
+    check('cuCtxSynchronize', cu.ctxSynchronize());
+    this.peers.forEach((p, j) => j !== this.o.rank && check('cuIpcCloseMemHandle', cu.ipcCloseMemHandle(p)));
+    check('cuMemFree', cu.memFree(this.base));
+    this.err.free();
+  }
+}

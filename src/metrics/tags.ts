@@ -24,7 +24,7 @@ export function logTags(r: LogRecord, rank: number, peakTflops: number | null): 
       'train/loss': r.loss,
       'optimizer/lr': r.lr,
       'optimizer/grad_norm': r.gradNorm,
-      'throughput/tokens_per_s_gpu': r.tokensPerSecond,
+      'throughput/tokens_per_s_gpu': r.tokensPerSecond / r.ranks,
       'throughput/ms_per_step': r.msPerStep,
       'efficiency/tflops': r.tflops,
       'efficiency/bf16_tflops': r.memory ? r.tflops : 0,
@@ -41,7 +41,7 @@ export function logTags(r: LogRecord, rank: number, peakTflops: number | null): 
   }
   const t = r.timings;
   Object.assign(out, {
-    [`throughput/r${rank}/tokens_per_s`]: r.tokensPerSecond,
+    [`throughput/r${rank}/tokens_per_s`]: r.tokensPerSecond / r.ranks,
     [`time_ms/r${rank}/fwd_total`]: t.fwd_total,
     [`time_ms/r${rank}/bwd_total`]: t.bwd_total,
     [`time_ms/r${rank}/opt_step`]: t.opt_step,

@@ -68,7 +68,7 @@ export function moeForward(ctx: LayerContext, prefix: string, x: Tensor): { out:
   const counts = b.empty([cfg.n_routed_experts], 'i32');
   b.copy(plan.counts, counts);
   const xe = b.moeGather(x, plan);
-  const route = ep ? ep.route(plan.counts) : null;
+  const route = ep ? ep.route(plan) : null;
   const xr = route ? ep!.dispatch(xe, route) : xe;
   if (route) xe.free();
   const offsets = route ? route.offsets : plan.offsets;

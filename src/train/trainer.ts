@@ -37,6 +37,7 @@ export interface StepRecord {
   step: number;
   steps: number;
   loss: number;
+  /** Tokens per second of the whole run (every rank). */
   tokensPerSecond: number;
   elapsedSeconds: number;
   etaSeconds: number;
@@ -45,6 +46,9 @@ export interface StepRecord {
 export interface LogRecord extends StepRecord {
   gradNorm: number;
   lr: number;
+  /** Ranks sharing the run (per-GPU rates divide by it). */
+  ranks: number;
+  /** Per GPU. */
   tflops: number;
   msPerStep: number;
   router: RouterLayerStats[];
@@ -187,6 +191,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
           gradNorm: (await backend.read(gradNorm))[0]!,
           lr: lr.dense_decay,
           tokensPerSecond: tps,
+          ranks: world,
           tflops: (flops * tps) / world / 1e12,
           msPerStep: (windowSeconds * 1000) / (done - lastLogStep),
           memory: backend.memory(),

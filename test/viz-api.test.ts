@@ -80,6 +80,7 @@ afterAll(async () => {
 describe('nmoe viz API on a real run', () => {
   it('lists runs newest first, merged with the registry, including runs only one side knows', async () => {
     expect((await get('/api/health')).body).toEqual({ ok: true });
+    expect((await fetch(new URL('/api/runs', server.url))).headers.get('cache-control')).toBe('no-cache'); // polls see new rows
     const { status, body } = await get<RunsResponse>('/api/runs');
     expect(status).toBe(200);
     const trained = body.runs.find((r) => r.run === run)!;
@@ -252,10 +253,12 @@ describe('nmoe viz API on a real run', () => {
     const seen: number[] = [];
     const lastSteps: number[] = [];
     while (!exited) {
+      // As a page does: several reads of the run at once, each a query on the same attachment of its file.
       const since = seen.length ? `&since_step=${seen.at(-1)}` : '';
-      const r = await get<SeriesResponse>(`/api/series?run=${live}&tag=train/loss${since}`);
-      expect(r.status, JSON.stringify(r.body)).toBe(200);
-      seen.push(...r.body.series[0]!.points.map((p) => p.step));
+      const [r, ...others] = await Promise.all([`/api/series?run=${live}&tag=train/loss${since}`, `/api/summary?run=${live}`,
+        `/api/tags?run=${live}`, `/api/router?run=${live}`, `/api/series?run=${live}&tag=optimizer/lr`].map((path) => get<SeriesResponse>(path)));
+      for (const answer of [r!, ...others]) expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+      seen.push(...r!.body.series[0]!.points.map((p) => p.step));
       lastSteps.push(seen.at(-1) ?? 0);
       await new Promise((res) => setTimeout(res, 100));
     }

@@ -16,8 +16,11 @@
  * training loop never waits: `record` and `flush` return at once. `close` keeps retrying for `closeTimeoutMs`
  * (60 s), then throws an error naming the file and the process that holds it.
  *
- * Cost, measured on the 2-core CI machine (Intel Xeon, DuckDB 1.5.6): a write of one log step (50-200 rows) takes
- * 10-25 ms inside DuckDB and under a millisecond of the main thread (building the statement).
+ * Cost, measured on the 2-core CI machine (Intel Xeon, DuckDB 1.5.6, otherwise idle): a write of one log step takes
+ * 15 ms (50 rows) to 20 ms (200 rows), median, inside DuckDB; the main thread only builds the statement (over 60
+ * writes its event loop was delayed 1.4 ms at p99). Opening the file with a DuckDB instance of its own for each write
+ * took 33-43 ms instead, 3-8 ms of them on the main thread, and held the file across the training loop's steps
+ * while each of its calls waited for the loop to yield.
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';

@@ -39,8 +39,9 @@ export function createApp(ctx: VizContext, opts: { webRoot: string; loopbackOnly
   });
   app.use('/api/*', async (c, next) => {
     await next();
-    // Short, as the reference's: charts poll, and a finished run's answers are cached on the server anyway.
-    c.header('Cache-Control', 'private, max-age=2');
+    // Not the reference's max-age=2: a page that polls a live run asks the same URL again within seconds and must
+    // see the rows written meanwhile. Repeats cost little: the server keeps answers until the run's files change.
+    c.header('Cache-Control', 'no-cache');
   });
   app.get('/api/health', (c) => c.json({ ok: true }));
   metricsRoutes(app, ctx);

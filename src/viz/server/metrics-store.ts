@@ -4,12 +4,17 @@
  * for answers it already has. When a live run's file stays locked past the attach's retries, the request gets the
  * last answer computed for it rather than an error (503 only when there is none yet).
  *
- * How long files stay attached: a run that may be training is attached for one request and detached at once, so
- * its writer is never kept out for longer than a query. A run the registry marks finished (completed, killed or
- * failed) stays attached between requests, until WARM_IDLE_MS pass without one: DuckDB keeps its blocks in memory,
- * which halves the time of a series over a 20M-row run (a fresh attach must load and verify every block of the
- * columns it scans). A finished run that is resumed marks itself running before it writes; the next request then
- * detaches it, and with no request its writer waits at most WARM_IDLE_MS, buffering, losing nothing.
+ * One attachment per run at a time, shared by every request that reads the run meanwhile. Besides saving work, this
+ * keeps the locks right: DuckDB's file locks are POSIX record locks, which a process loses on a file as soon as it
+ * closes any handle to it, so a second attachment of the same file closing under a running query would let the
+ * writer in under that query. A newer attachment opens only once the older one has closed.
+ *
+ * How long a run stays attached: a run that may be training only while requests are reading it, so its writer is
+ * never kept out longer than the queries in flight. A run the registry marks finished (completed, killed or failed)
+ * stays attached until WARM_IDLE_MS pass without a request: DuckDB keeps its blocks in memory, which makes a series
+ * over a 20M-row run about 0.6x as long as on a fresh attach (that must load and verify every block it scans). A
+ * finished run that is resumed marks itself running before it writes; the next request then detaches it, and with
+ * no request its writer waits at most WARM_IDLE_MS, buffering, losing nothing.
  */
 import { lstatSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,19 +29,23 @@ const RANK_FILE = /^rank_(\d+)\.duckdb$/;
 const CACHE_ENTRIES = 500;
 const WARM_IDLE_MS = 10_000;
 
-/** A finished run's files, attached for as long as requests keep coming. */
-interface Warm {
+interface Attachment {
   signature: string;
   db: Promise<DuckDBInstance>;
   users: number;
+  /** Stay attached after the last user (a finished run). */
+  linger: boolean;
+  /** No new users: it closes when the last one leaves. */
   retired: boolean;
-  closed: boolean;
   idle?: NodeJS.Timeout;
+  /** Resolves once closed and removed. */
+  closed: Promise<void>;
+  close(): void;
 }
 
 export class MetricsStore {
   readonly #cache = new Map<string, { signature: string; value: unknown }>();
-  readonly #warm = new Map<string, Warm>();
+  readonly #attached = new Map<string, Attachment>();
 
   /** `finished(run)`: whether the run is known to write no more (the registry says so). */
   constructor(readonly dir: string, private readonly finished: (run: string) => boolean) {}
@@ -64,14 +73,14 @@ export class MetricsStore {
   async read<T>(run: string, key: string, query: (db: MetricsDb) => Promise<T>): Promise<T> {
     const { files, signature } = this.#rankFiles(run);
     const finished = this.finished(run);
-    const warm = this.#warm.get(run);
-    if (warm && !finished) this.#retire(run, warm); // resumed: its writer must get in
+    const attached = this.#attached.get(run);
+    if (attached?.linger && !finished) this.#retire(attached); // resumed: its writer must get in
     const cacheKey = `${run}\n${key}`;
     const cached = this.#cache.get(cacheKey);
     if (cached?.signature === signature) return this.#remember(cacheKey, cached) as T;
     let value: T;
     try {
-      value = finished ? await this.#queryWarm(run, files, signature, query) : await this.#queryOnce(files, query);
+      value = await this.#query(run, files, signature, finished, query);
     } catch (err) {
       if (!isLockError(err)) throw err;
       if (cached) return cached.value as T;
@@ -83,7 +92,7 @@ export class MetricsStore {
 
   /** Detaches every run. */
   close(): void {
-    for (const [run, w] of this.#warm) this.#retire(run, w);
+    for (const a of this.#attached.values()) this.#retire(a);
   }
 
   #rankFiles(run: string): { files: string[]; signature: string } {
@@ -107,47 +116,52 @@ export class MetricsStore {
     return entry.value;
   }
 
-  async #queryOnce<T>(files: string[], query: (db: MetricsDb) => Promise<T>): Promise<T> {
-    const db = await openRunDb(files);
-    try {
-      return await queryRunDb(db, query);
-    } finally {
-      db.closeSync();
+  async #query<T>(run: string, files: string[], signature: string, linger: boolean, query: (db: MetricsDb) => Promise<T>): Promise<T> {
+    let a = this.#attached.get(run);
+    while (a && (a.retired || a.signature !== signature)) {
+      this.#retire(a);
+      await a.closed;
+      a = this.#attached.get(run); // another request may have attached it meanwhile
     }
-  }
-
-  async #queryWarm<T>(run: string, files: string[], signature: string, query: (db: MetricsDb) => Promise<T>): Promise<T> {
-    let w = this.#warm.get(run);
-    if (w && w.signature !== signature) this.#retire(run, w);
-    if (!w || w.retired) {
-      w = { signature, db: openRunDb(files), users: 0, retired: false, closed: false };
-      this.#warm.set(run, w);
-    }
-    const warm = w;
-    warm.users++;
-    clearTimeout(warm.idle);
+    a ??= this.#attach(run, files, signature);
+    a.users++;
+    a.linger = linger;
+    clearTimeout(a.idle);
     try {
-      return await queryRunDb(await warm.db, query);
+      return await queryRunDb(await a.db, query);
     } catch (err) {
-      this.#retire(run, warm); // an attach that failed, or a database in a bad state: the next request starts afresh
+      this.#retire(a); // a failed attach, or a database in a bad state: the next request starts afresh
       throw err;
     } finally {
-      warm.users--;
-      if (warm.retired) this.#closeIfUnused(warm);
-      else if (warm.users === 0) warm.idle = setTimeout(() => this.#retire(run, warm), WARM_IDLE_MS).unref();
+      if (--a.users === 0) {
+        if (a.linger && !a.retired) a.idle = setTimeout(() => this.#retire(a), WARM_IDLE_MS).unref();
+        else this.#retire(a);
+      }
     }
   }
 
-  #retire(run: string, w: Warm): void {
-    if (this.#warm.get(run) === w) this.#warm.delete(run);
-    w.retired = true;
-    clearTimeout(w.idle);
-    this.#closeIfUnused(w);
+  #attach(run: string, files: string[], signature: string): Attachment {
+    let done!: () => void;
+    let closing = false;
+    const a: Attachment = {
+      signature, db: openRunDb(files), users: 0, linger: false, retired: false,
+      closed: new Promise((resolve) => (done = resolve)),
+      close: () => {
+        if (closing) return;
+        closing = true;
+        void a.db.then((db) => db.closeSync()).catch(() => {}).finally(() => {
+          if (this.#attached.get(run) === a) this.#attached.delete(run);
+          done();
+        });
+      },
+    };
+    this.#attached.set(run, a);
+    return a;
   }
 
-  #closeIfUnused(w: Warm): void {
-    if (w.users > 0 || w.closed) return;
-    w.closed = true;
-    void w.db.then((db) => db.closeSync(), () => {});
+  #retire(a: Attachment): void {
+    a.retired = true;
+    clearTimeout(a.idle);
+    if (a.users === 0) a.close();
   }
 }

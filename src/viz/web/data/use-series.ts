@@ -87,8 +87,12 @@ export function useSeries(runs: readonly string[], tags: readonly string[], opts
   );
 
   const live = runs.filter((r) => opts.liveRuns.has(r));
+  // The runs to poll: the live ones, and after a run stops being live, the ones that were (usePoll's last tick
+  // fetches what they wrote between the previous tick and their end).
+  const polled = useRef<string[]>([]);
+  if (live.length) polled.current = live;
   usePoll(async () => {
-    const polls = live.flatMap((run) => {
+    const polls = polled.current.flatMap((run) => {
       // Each series asks for what comes after its own last point (an empty one: everything; steps start at 1), so
       // one that is behind, or whose first load failed, catches up. Series at the same step share a request; those
       // whose first load is still in flight wait for it.

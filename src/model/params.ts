@@ -137,13 +137,6 @@ export class ParamStore {
     return this.#param(name).shape;
   }
 
-  /** The optimizer group of a trainable parameter. */
-  paramGroupOf(name: string): ParamGroup {
-    const g = this.#param(name).group;
-    if (!g) throw new Error(`parameter ${name} is a buffer and has no optimizer group`);
-    return g;
-  }
-
   trainable(): Param[] {
     return this.params.filter((p) => !p.buffer);
   }

@@ -20,6 +20,7 @@ import { Zero2 } from './zero2.ts';
 /** What the optimizer updates: a whole parameter, or the piece [start, end) of one in this rank's ZeRO-2 shard. */
 export interface Slot {
   name: string;
+  group: ParamGroup;
   shape: readonly number[];
   start: number;
   end: number;
@@ -67,9 +68,10 @@ export class AdamW {
     this.zero = new Zero2(b, store.dense, comm);
     const pieces = new Map(this.zero.pieces.map((x) => [x.param, x]));
     this.#slots = store.trainable().flatMap((p): Slot[] => {
-      if (p.firstExpert !== undefined) return [{ name: p.name, shape: p.shape, start: 0, end: p.value.numel, value: p.value, grad: p.grad! }];
+      const group = p.group!;
+      if (p.firstExpert !== undefined) return [{ name: p.name, group, shape: p.shape, start: 0, end: p.value.numel, value: p.value, grad: p.grad! }];
       const x = pieces.get(p);
-      return x ? [{ name: p.name, shape: x.value.shape, start: x.start, end: x.end, value: x.value, grad: x.grad }] : [];
+      return x ? [{ name: p.name, group, shape: x.value.shape, start: x.start, end: x.end, value: x.value, grad: x.grad }] : [];
     });
     const settings: Record<ParamGroup, { peakLr: number; beta2: number; weightDecay: number }> = {
       expert: { peakLr: cfg.lr_expert, beta2: cfg.adam_beta2_expert, weightDecay: cfg.weight_decay },
@@ -78,7 +80,7 @@ export class AdamW {
       dense_no_decay: { peakLr: cfg.lr_dense, beta2: cfg.adam_beta2, weightDecay: 0 },
     };
     this.groups = (Object.keys(settings) as ParamGroup[]).map((name) => {
-      const slots = this.#slots.filter((x) => store.paramGroupOf(x.name) === name);
+      const slots = this.#slots.filter((x) => x.group === name);
       return {
         name,
         slots,

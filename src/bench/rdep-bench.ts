@@ -51,9 +51,10 @@ export async function benchRdepRank(b: CudaBackend, dist: DistRun, o: { dim: num
     // Rows this rank sends to each rank; every rank's row of that matrix tells who returns how much.
     const sendTo = new Float32Array(world);
     for (const e of idxHost) sendTo[Math.floor(e / local)]!++;
-    const matrix = b.empty([world * world], 'f32');
-    dist.comm.allGather(b.upload(sendTo, [world], 'f32'), matrix);
+    const mine = b.upload(sendTo, [world], 'f32'), matrix = b.empty([world * world], 'f32');
+    dist.comm.allGather(mine, matrix);
     const m = await b.read(matrix) as Float32Array;
+    mine.free();
     matrix.free();
     let leaving = 0; // summed over ranks: dispatched to others + returned to others
     for (let s = 0; s < world; s++) for (let d = 0; d < world; d++) if (s !== d) leaving += 2 * m[s * world + d]!;
@@ -83,15 +84,15 @@ export async function benchRdepRank(b: CudaBackend, dist: DistRun, o: { dim: num
       plan.free();
     }
     await dist.check();
-    const mine = b.upload(Float32Array.from([median(times[0]), median(times[1])]), [2], 'f32');
+    const medians = b.upload(Float32Array.from([median(times[0]), median(times[1])]), [2], 'f32');
     const all = b.empty([2 * world], 'f32');
-    dist.comm.allGather(mine, all);
+    dist.comm.allGather(medians, all);
     const per = await b.read(all) as Float32Array;
     const slowest = (k: number) => Math.max(...Array.from({ length: world }, (_, r) => per[2 * r + k]!));
     const dispatchMs = slowest(0), combineMs = slowest(1), roundTripMs = dispatchMs + combineMs;
     const bytesPerRank = (leaving / world) * rowBytes;
     out.push({ ...c, dispatchMs, combineMs, roundTripMs, bytesPerRank, gbPerSecond: bytesPerRank / (roundTripMs * 1e6) });
-    for (const t of [idx, gates, x, mine, all]) t.free();
+    for (const t of [idx, gates, x, medians, all]) t.free();
   }
   return out;
 }

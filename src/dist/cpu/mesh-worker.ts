@@ -70,6 +70,8 @@ class FrameReader {
 const outbound = new Map<number, Socket>();
 const inbound = new Map<number, FrameReader>();
 let pending: { seq: number; timer: NodeJS.Timeout } | null = null;
+/** This rank's own payload of the pending exchange. */
+let selfFrame: Uint8Array | null = null;
 let failed = false;
 
 function fail(message: string): void {
@@ -97,8 +99,6 @@ function tryComplete(): void {
   Atomics.store(signal, 0, seq);
   Atomics.notify(signal, 0);
 }
-
-let selfFrame: Uint8Array | null = null;
 
 function exchange(seq: number, sends: Uint8Array[]): void {
   if (failed) return;

@@ -85,17 +85,26 @@ describe('CPU collectives and RDEP exchange (3 ranks)', () => {
     expect(done[1]!.code).toBe(3);
     for (const r of [0, 2]) expect(readJson(join(dir, `${r}.json`)).error).toMatch(/rank 1 \(did its process exit\?\)/);
   });
+
+  it('an expert exchange that a rank never joins fails after the timeout, naming that rank', async () => {
+    const dir = tempDir('stall');
+    const done = await ranks(2, (r) => ['stall-in-exchange', join(dir, `${r}.json`)], { NMOE_COMM_TIMEOUT_S: '2' });
+    expect(done[0]!.code, done[0]!.out).toBe(0);
+    const { error, seconds } = readJson(join(dir, '0.json'));
+    expect(error).toMatch(/waited 2 s for rank\(s\) 1/);
+    expect(seconds).toBeLessThan(10);
+  });
 });
 
 describe('expert parallelism', () => {
   it("each rank's first-step expert gradients equal its slice of the single-process run's, bit for bit", async () => {
     const dir = tempDir('grads');
     const cfg = ['configs/tiny.toml', '--device=cpu', '--batch_size=4', '--seq_len=64'];
-    const [single] = await ranks(1, () => ['grads', join(dir, 'single.json'), ...cfg], { EXPERTS: '8' });
+    const [single] = await ranks(1, () => ['grads', join(dir, 'single.json'), ...cfg]);
     expect(single!.code, single!.out).toBe(0);
     const ref = readJson(join(dir, 'single.json'));
     for (const world of [2, 4]) {
-      const done = await ranks(world, (r) => ['grads', join(dir, `w${world}r${r}.json`), ...cfg], { EXPERTS: '8' });
+      const done = await ranks(world, (r) => ['grads', join(dir, `w${world}r${r}.json`), ...cfg]);
       for (const d of done) expect(d.code, d.out).toBe(0);
       const parts = Array.from({ length: world }, (_, r) => readJson(join(dir, `w${world}r${r}.json`)));
       for (const [name, full] of Object.entries(ref.grads as Record<string, number[]>)) {
@@ -182,5 +191,14 @@ describe('nmoe launch on the CPU backend', () => {
       expect(got).toHaveLength(3);
       got.forEach((l, i) => expect(Math.abs(l - want[i]!) / want[i]!, `step ${i + 4} on ${world} rank(s)`).toBeLessThan(1e-4));
     }
+  });
+
+  it('runs `nmoe bench train` on 2 ranks, each with its slice of the batch, rank 0 reporting for both', () => {
+    const r = nmoe(['launch', '--nproc-per-node', '2', '--master-port', '0', '--entry', BIN, '--',
+      'bench', 'train', 'configs/tiny.toml', '--device=cpu', '--steps', '2', '--warmup', '1', '--batch_size=4', '--seq_len=32'], BASE_ENV as Record<string, string>);
+    expect(r.code, r.out + r.err).toBe(0);
+    const lines = r.out.split('\n').filter((l) => l.includes('tokens/s |'));
+    expect(lines).toHaveLength(1); // rank 1 stays quiet
+    expect(lines[0]).toMatch(/ x 2 \(\S+ tokens\/s per rank\): \S+ tokens\/s \| .* 2 steps of 128 tokens, loss \d/);
   });
 });

@@ -6,6 +6,7 @@
 import type { Config } from '../config/schema.ts';
 import { flopsPerToken } from '../model/flops.ts';
 import { modelConfig } from '../model/spec.ts';
+import type { DistRun } from '../dist/parallel.ts';
 import { createTrainee, trainStep } from '../train/step.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { philoxUniform } from '../util/philox.ts';
@@ -26,6 +27,8 @@ export function peakTflops(device: string): number | null {
 
 export interface BenchResult {
   device: string;
+  /** Ranks (GPUs) the step ran on; the rates below are for all of them together, MFU is per GPU. */
+  world: number;
   steps: number;
   tokensPerStep: number;
   tokensPerSecond: number;
@@ -44,24 +47,31 @@ export interface BenchOptions {
   clock?: OpClock;
 }
 
-export async function benchTrain(config: Config, base: Backend, o: BenchOptions): Promise<BenchResult> {
+/**
+ * With `dist` (under `nmoe launch`) every rank runs its slice of the global batch, data and expert parallel as in
+ * training, and the step's time is the slowest rank's.
+ */
+export async function benchTrain(config: Config, base: Backend, o: BenchOptions, dist: DistRun | null = null): Promise<BenchResult> {
   const cfg = modelConfig(config);
   const prof = o.profile ? profiled(base, o.clock ?? hostClock) : null;
   const b = prof?.backend ?? base;
-  const trainee = createTrainee(b, cfg);
-  const tokens = cfg.batch_size * cfg.seq_len;
+  const world = dist?.env.worldSize ?? 1;
+  const trainee = createTrainee(b, cfg, dist);
+  const localBatch = cfg.batch_size / world, tokens = localBatch * cfg.seq_len;
+  // Each rank's loss is its share of the global batch's mean (every random target counts).
+  const normalizer = dist ? b.upload(Float32Array.from([cfg.batch_size * cfg.seq_len]), [1], 'f32') : undefined;
   // Uniform random ids (a fresh Philox stream per call): the step's cost does not depend on the text, and the
   // loss stays near ln(vocab), as nothing is learnable.
   let stream = 0;
   const randomIds = () => {
     const u = new Float32Array(tokens);
-    philoxUniform(u, 4321, stream++);
+    philoxUniform(u, 4321 + 7919 * (dist?.env.rank ?? 0), stream++); // each rank its own tokens
     return Int32Array.from(u, (x) => Math.min(cfg.vocab_size - 1, Math.floor(x * cfg.vocab_size)));
   };
   let loss = NaN;
   const step = async (read: boolean) => {
     const ids = b.upload(randomIds(), [tokens], 'i32'), targets = b.upload(randomIds(), [tokens], 'i32');
-    const out = trainStep(trainee, ids, targets, cfg.batch_size, 0);
+    const out = trainStep(trainee, ids, targets, localBatch, 0, undefined, normalizer);
     if (read) loss = (await b.read(out.loss))[0]!;
     out.free();
     ids.free();
@@ -73,17 +83,19 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions)
   const t0 = performance.now();
   for (let i = 0; i < o.steps; i++) await step(i === o.steps - 1);
   await b.synchronize();
-  const seconds = (performance.now() - t0) / 1000;
+  const seconds = await slowest(dist, b, (performance.now() - t0) / 1000);
+  normalizer?.free();
   const profile = prof?.report() ?? null;
-  const tokensPerSecond = (tokens * o.steps) / seconds;
-  const tflops = (flopsPerToken(cfg, trainee.model.params) * tokensPerSecond) / 1e12;
+  const tokensPerSecond = (world * tokens * o.steps) / seconds;
+  const tflops = (flopsPerToken(cfg, trainee.model.params) * tokensPerSecond) / world / 1e12; // per GPU, as MFU
   const peak = peakTflops(base.name);
   trainee.opt.free();
   trainee.model.free();
   return {
     device: base.name,
+    world,
     steps: o.steps,
-    tokensPerStep: tokens,
+    tokensPerStep: world * tokens,
     tokensPerSecond,
     msPerStep: (seconds * 1000) / o.steps,
     tflops,
@@ -92,4 +104,15 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions)
     finalLoss: loss,
     profile,
   };
+}
+
+/** The largest of the ranks' `seconds` (one rank: its own). */
+async function slowest(dist: DistRun | null, b: Backend, seconds: number): Promise<number> {
+  if (!dist) return seconds;
+  const t = b.upload(Float32Array.from([seconds]), [1], 'f32'), all = b.empty([dist.env.worldSize], 'f32');
+  dist.comm.allGather(t, all);
+  const max = Math.max(...(await b.read(all)));
+  t.free();
+  all.free();
+  return max;
 }

@@ -1,11 +1,15 @@
 /**
  * `nmoe bench train <config> [--steps N] [--warmup W] [--profile] [--json] [--key=value ...]`: times training steps
- * of a config on this machine's backend and prints one summary line (see src/bench/train-bench.ts).
+ * of a config on this machine's backend and prints one summary line (see src/bench/train-bench.ts). Under
+ * `nmoe launch` the ranks split the global batch as in training, and rank 0 prints the result for all of them.
  */
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
 import { benchTrain, type BenchResult } from '../bench/train-bench.ts';
 import type { OpClock } from '../bench/profile.ts';
+import { readDistEnv } from '../dist/env.ts';
+import { joinRun, modelShape } from '../dist/parallel.ts';
+import { modelConfig } from '../model/spec.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { UserError } from '../util/errors.ts';
 import { formatCount } from './progress.ts';
@@ -13,7 +17,8 @@ import { formatCount } from './progress.ts';
 function summary(r: BenchResult): string {
   const mfu = r.mfu === null ? 'MFU n/a (unknown peak)' : `MFU ${(100 * r.mfu).toFixed(1)}%`;
   const mem = r.peakMemoryGiB === null ? 'peak memory n/a' : `peak memory ${r.peakMemoryGiB.toFixed(2)} GiB`;
-  return `${r.device}: ${formatCount(r.tokensPerSecond)} tokens/s | ${r.msPerStep.toFixed(1)} ms/step | ${r.tflops.toFixed(1)} TFLOPS | ${mfu} | ${mem} | ${r.steps} steps of ${formatCount(r.tokensPerStep)} tokens, loss ${r.finalLoss.toFixed(3)}`;
+  const gpus = r.world > 1 ? ` x ${r.world} (${formatCount(r.tokensPerSecond / r.world)} tokens/s per rank)` : '';
+  return `${r.device}${gpus}: ${formatCount(r.tokensPerSecond)} tokens/s | ${r.msPerStep.toFixed(1)} ms/step | ${r.tflops.toFixed(1)} TFLOPS | ${mfu} | ${mem} | ${r.steps} steps of ${formatCount(r.tokensPerStep)} tokens, loss ${r.finalLoss.toFixed(3)}`;
 }
 
 function positiveInt(flag: string) {
@@ -37,14 +42,18 @@ export function registerBenchTrain(bench: Command): void {
     .allowUnknownOption()
     .action(async (path: string, overrides: string[], opts: { steps: number; warmup: number; profile?: boolean; json?: boolean }) => {
       const { config } = loadConfig(path, { overrides });
-      const { backend } = await selectBackend(config.device);
+      const env = readDistEnv();
+      const { backend } = await selectBackend(config.device, env.localRank);
+      const dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
       let clock: OpClock | undefined;
       if (backend.device === 'cuda') {
         const { CudaBackend } = await import('../tensor/cuda/backend.ts');
         const dev = (backend as InstanceType<typeof CudaBackend>).dev;
         clock = { start: () => dev.startTiming() };
       }
-      const r = await benchTrain(config, backend, { steps: opts.steps, warmup: opts.warmup, profile: !!opts.profile, clock });
+      const r = await benchTrain(config, backend, { steps: opts.steps, warmup: opts.warmup, profile: !!opts.profile, clock }, dist);
+      await dist?.close();
+      if (env.rank !== 0) return; // rank 0 speaks for the run
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(r)}\n`);
         return;

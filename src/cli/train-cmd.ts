@@ -10,7 +10,7 @@ import { configFingerprint } from '../config/fingerprint.ts';
 import { defaultConfigPath, loadConfig } from '../config/load.ts';
 import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
 import { readDistEnv } from '../dist/env.ts';
-import { joinRun } from '../dist/parallel.ts';
+import { joinRun, modelShape } from '../dist/parallel.ts';
 import { modelConfig } from '../model/spec.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { trainTracked } from '../train/tracked.ts';
@@ -46,9 +46,7 @@ export function registerTrainCommand(program: Command): void {
       const env = readDistEnv();
       const { backend, note } = await selectBackend(config.device, env.localRank);
       const model = modelConfig(config);
-      const dist = await joinRun(env, backend, {
-        experts: model.n_routed_experts, dim: model.dim, topK: model.n_activated_experts, tokens: (model.batch_size / env.worldSize) * model.seq_len,
-      });
+      const dist = await joinRun(env, backend, modelShape(model, env.worldSize));
       // Rank 0 speaks for the run; the other ranks stay quiet unless something goes wrong (errors reach stderr).
       const progress = new Progress(process.stderr, { quiet: env.rank !== 0 });
       const interrupt = onInterrupt(progress, 'interrupted: stopping after this step (Ctrl-C again to exit now)');

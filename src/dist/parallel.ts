@@ -3,6 +3,7 @@
  * backend the CPU mesh, which carries both the collectives and the expert exchange; on the GPUs of one node NCCL
  * for the collectives and RDEP over CUDA IPC for the experts. One rank needs none of this.
  */
+import { type ModelConfig, moeLayerCount } from '../model/spec.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { CpuExpertExchange } from '../moe/rdep/cpu.ts';
 import type { Parallelism } from '../train/step.ts';
@@ -31,6 +32,16 @@ export interface ModelShape {
   topK: number;
   /** Tokens per rank per step: local batch x seq_len. */
   tokens: number;
+  /** Expert exchanges whose rows are held at once: MoE layers + 1 when training (see CudaIpcExchange). */
+  exchanges: number;
+}
+
+/** What a training run's transports are sized for: its model, with the global batch split over `world` ranks. */
+export function modelShape(cfg: ModelConfig, world: number): ModelShape {
+  return {
+    experts: cfg.n_routed_experts, dim: cfg.dim, topK: cfg.n_activated_experts, tokens: (cfg.batch_size / world) * cfg.seq_len,
+    exchanges: moeLayerCount(cfg) + 1,
+  };
 }
 
 /** How long a collective may wait for the slowest rank (NMOE_COMM_TIMEOUT_S, default 300). The rendezvous has its
@@ -70,7 +81,7 @@ export async function joinRun(env: DistEnv, backend: Backend, shape: ModelShape)
     const b = backend as InstanceType<typeof CudaBackend>;
     const comm = await NcclCommunicator.create(env.rank, env.worldSize, rdzv.store, b.dev.stream, timeoutMs);
     const ep = await CudaIpcExchange.create(b, rdzv.store, {
-      rank: env.rank, world: env.worldSize, experts: shape.experts, dim: shape.dim, dtype: 'bf16', rows: shape.tokens * shape.topK, timeoutMs,
+      rank: env.rank, world: env.worldSize, experts: shape.experts, dim: shape.dim, dtype: 'bf16', rows: shape.tokens * shape.topK, slots: shape.exchanges, timeoutMs,
     });
     return {
       env, agree, comm, ep,

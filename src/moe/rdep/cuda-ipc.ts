@@ -1,15 +1,21 @@
 /**
  * RDEP over CUDA IPC between the GPUs of one node (kernels in src/tensor/cuda/kernels/rdep.cu). Each rank
- * allocates one symmetric buffer sized for the worst case (every rank's rows routed to this rank's experts, so no
- * token is ever dropped), publishes its IPC handle through the rendezvous store and maps every peer's. Dispatch and
- * return are kernels storing rows straight into the peer's buffer, then a barrier through IPC-mapped flags; no
- * NCCL call is on this path. A barrier that waits longer than the timeout records the missing rank in a device word
- * instead of hanging, and `check()` (called by the trainer once a step) turns it into an error naming it.
+ * allocates one symmetric buffer, publishes its IPC handle through the rendezvous store and maps every peer's.
+ * Dispatch and return are kernels storing rows straight into the peer's buffer, then a barrier through IPC-mapped
+ * flags; no NCCL call is on this path. A barrier that waits longer than the timeout records the missing rank in a
+ * device word instead of hanging, and `check()` (called by the trainer once a step) turns it into an error naming it.
+ *
+ * The buffer holds `slots` receive areas, each sized for the worst case (every rank's rows routed to this rank's
+ * experts, so no token is ever dropped), and as many return areas. A dispatched or returned tensor is a view of
+ * an area, held until it is freed: the MoE layer keeps its dispatched rows and returned outputs for the backward
+ * pass, so training needs one area of each kind per MoE layer, plus one for the backward pass's own exchange.
+ * Rows are never copied out of the shared buffer.
  */
 import type { CudaBackend } from '../../tensor/cuda/backend.ts';
 import { CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS, IPC_HANDLE_BYTES, check, cu, outU64 } from '../../tensor/cuda/driver.ts';
 import type { KernelArg } from '../../tensor/cuda/device.ts';
 import { type CudaTensor, asCuda } from '../../tensor/cuda/tensor.ts';
+import { AreaPool } from './areas.ts';
 import type { MoePlan } from '../../tensor/backend.ts';
 import { DTYPE_BYTES, type DType, type Tensor } from '../../tensor/tensor.ts';
 import { UserError } from '../../util/errors.ts';
@@ -23,6 +29,14 @@ const FLAGS_BYTES = 256;
 const MOVE_BLOCKS = 132 * 4;
 const align = (n: number) => Math.ceil(n / 256) * 256;
 
+/** Byte offsets in the shared buffer (the same on every rank) and its receive and return areas. */
+interface Layout {
+  counts: number;
+  starts: number;
+  recv: AreaPool;
+  ret: AreaPool;
+}
+
 export interface IpcExchangeOptions {
   rank: number;
   world: number;
@@ -32,6 +46,8 @@ export interface IpcExchangeOptions {
   dtype: DType;
   /** Most routed rows this rank sends per exchange (local tokens x top-k); the buffers are sized for it. */
   rows: number;
+  /** Dispatched (and returned) tensors alive at once: MoE layers + 1 when training. */
+  slots: number;
   timeoutMs: number;
 }
 
@@ -45,6 +61,8 @@ class IpcRoute implements ExpertRoute {
     readonly destRank: Tensor,
     readonly origin: Tensor,
     readonly originRank: Tensor,
+    /** i32: the rows that arrived here (offsets[El]). */
+    readonly received: bigint,
     private readonly segments: { free(): void },
   ) {}
 
@@ -59,16 +77,14 @@ export class CudaIpcExchange implements ExpertExchange {
   readonly #local: number;
   readonly #rowVecs: number;
   readonly #peersArg: KernelArg;
-  readonly #layout: { counts: number; starts: number; recv: number; ret: number };
 
   private constructor(private readonly b: CudaBackend, private readonly o: IpcExchangeOptions, private readonly base: bigint,
-    private readonly peers: bigint[], layout: { counts: number; starts: number; recv: number; ret: number }, private readonly err: CudaTensor) {
+    private readonly peers: bigint[], private readonly layout: Layout, private readonly err: CudaTensor) {
     this.#local = o.experts / o.world;
     this.#rowVecs = (o.dim * DTYPE_BYTES[o.dtype]) / 16;
     const table = new BigUint64Array(MAX_RANKS);
     peers.forEach((p, j) => (table[j] = p));
     this.#peersArg = { bytes: new Uint8Array(table.buffer), align: 8 };
-    this.#layout = layout;
   }
 
   get rank(): number {
@@ -83,16 +99,18 @@ export class CudaIpcExchange implements ExpertExchange {
     if (o.world > MAX_RANKS) throw new UserError(`RDEP over CUDA IPC joins the GPUs of one node, at most ${MAX_RANKS}; this run has ${o.world} ranks.`);
     const rowBytes = o.dim * DTYPE_BYTES[o.dtype];
     if (rowBytes % 16 !== 0) throw new UserError(`RDEP moves rows in 16-byte vectors: dim = ${o.dim} (${o.dtype}) is ${rowBytes} bytes a row. Fix: a dim that is a multiple of 8.`);
-    const local = o.experts / o.world, capacity = o.world * o.rows;
+    const local = o.experts / o.world;
+    const recvBytes = align(o.world * o.rows * rowBytes), retBytes = align(o.rows * rowBytes);
     const counts = FLAGS_BYTES, starts = counts + align(4 * o.world * local), recv = starts + align(4 * o.world * local);
-    const ret = recv + align(capacity * rowBytes), total = ret + align(o.rows * rowBytes);
+    const ret = recv + o.slots * recvBytes, total = ret + o.slots * retBytes;
     const free = new BigUint64Array(1), all = new BigUint64Array(1);
     check('cuMemGetInfo', cu.memGetInfo(free, all));
     if (total > Number(free[0]!) * 0.9) {
+      const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
       throw new UserError(
-        `RDEP needs ${(total / 2 ** 30).toFixed(2)} GiB per GPU for its worst-case buffers (${o.world} ranks x ${o.rows} routed rows x ` +
-          `${rowBytes} bytes may all land on one rank), but only ${(Number(free[0]!) / 2 ** 30).toFixed(2)} GiB is free. ` +
-          'Fix: lower batch_size or seq_len (rows per rank), or n_activated_experts.',
+        `RDEP needs ${gib(total)} per GPU for its worst-case buffers (${o.slots} exchanges held at once, one per MoE layer + 1, each ` +
+          `${gib(recvBytes)}: ${o.world} ranks x ${o.rows} routed rows x ${rowBytes} bytes may all land on one rank), but only ` +
+          `${gib(Number(free[0]!))} is free. Fix: lower batch_size or seq_len (rows per rank), or n_activated_experts.`,
       );
     }
     const base = outU64('cuMemAlloc', cu.memAlloc, total);
@@ -110,7 +128,10 @@ export class CudaIpcExchange implements ExpertExchange {
       }
     }
     const err = asCuda(b.zeros([1], 'i32'));
-    return new CudaIpcExchange(b, o, base, peers, { counts, starts, recv, ret }, err);
+    const layout = {
+      counts, starts, recv: new AreaPool(recv, recvBytes, o.slots, 'receive'), ret: new AreaPool(ret, retBytes, o.slots, 'return'),
+    };
+    return new CudaIpcExchange(b, o, base, peers, layout, err);
   }
 
   #k(name: string, grid: number, block: number, args: KernelArg[]): void {
@@ -122,9 +143,16 @@ export class CudaIpcExchange implements ExpertExchange {
     this.#k('rdep_barrier', 1, 32, [this.#peersArg, { i32: this.o.rank }, { i32: this.o.world }, { u32: ++this.#epoch }, { i64: cycles }, { ptr: this.err.ptr }]);
   }
 
+  /** An area of `pool` for this call's rows; a barrier first if a peer could still be reading it. */
+  #take(pool: AreaPool): number {
+    const { index, fresh } = pool.take(this.#epoch);
+    if (!fresh) this.#barrier();
+    return index;
+  }
+
   route(plan: MoePlan): IpcRoute {
-    const { b, o } = this;
-    const local = this.#local, L = this.#layout;
+    const { b, o, layout: L } = this;
+    const local = this.#local;
     const counts = { ptr: asCuda(plan.counts).ptr }, offsets = { ptr: asCuda(plan.offsets).ptr };
     this.#k('rdep_route_send', Math.ceil(o.experts / 256), 256, [counts, offsets, this.#peersArg, { i64: L.counts }, { i64: L.starts }, { i32: o.experts }, { i32: local }, { i32: o.rank }]);
     this.#barrier();
@@ -132,35 +160,31 @@ export class CudaIpcExchange implements ExpertExchange {
     if (n > o.rows) throw new Error(`RDEP route: the plan has ${n} rows, the exchange was sized for at most ${o.rows}`);
     const cap = o.world * n; // every rank routes n rows: at most all of them land here
     const dest = asCuda(b.empty([n], 'i32')), destRank = asCuda(b.empty([n], 'i32'));
-    this.#k('rdep_dest', o.experts, 128, [counts, offsets, this.#peersArg, { i64: L.counts }, { i32: local }, { i32: o.world }, { i32: o.rank }, { ptr: dest.ptr }, { ptr: destRank.ptr }]);
     const origin = asCuda(b.empty([cap], 'i32')), originRank = asCuda(b.empty([cap], 'i32')), segCounts = asCuda(b.empty([local], 'i32'));
-    check('cuMemsetD32Async', cu.memsetD32Async(originRank.ptr, 0xffffffff, cap, b.dev.stream)); // -1: no row here
-    this.#k('rdep_origin', local * o.world, 128, [this.#peersArg, { i32: o.rank }, { i64: L.counts }, { i64: L.starts }, { i32: local }, { i32: o.world },
-      { ptr: origin.ptr }, { ptr: originRank.ptr }, { ptr: segCounts.ptr }]);
+    this.#k('rdep_place', o.experts + local * o.world, 128, [counts, offsets, this.#peersArg, { i64: L.counts }, { i64: L.starts }, { i32: o.experts },
+      { i32: local }, { i32: o.world }, { i32: o.rank }, { ptr: dest.ptr }, { ptr: destRank.ptr }, { ptr: origin.ptr }, { ptr: originRank.ptr }, { ptr: segCounts.ptr }]);
     const segments = b.moeSegments(segCounts, cap);
     segCounts.free();
-    return new IpcRoute(segments.offsets, cap, n, dest, destRank, origin, originRank, segments);
+    const received = asCuda(segments.offsets).ptr + BigInt(4 * local); // offsets[El]
+    return new IpcRoute(segments.offsets, cap, n, dest, destRank, origin, originRank, received, segments);
   }
 
   dispatch(rows: Tensor, route: ExpertRoute): Tensor {
-    const r = route as IpcRoute, x = asCuda(rows);
+    const r = route as IpcRoute, x = asCuda(rows), pool = this.layout.recv;
+    const area = this.#take(pool);
     this.#k('rdep_dispatch', MOVE_BLOCKS, 256, [{ ptr: x.ptr }, { ptr: asCuda(r.dest).ptr }, { ptr: asCuda(r.destRank).ptr }, this.#peersArg,
-      { i64: this.#layout.recv }, { i32: this.#rowVecs }, { i64: x.shape[0]! }]);
+      { i64: pool.offset(area) }, { i32: this.#rowVecs }, { i64: x.shape[0]! }]);
     this.#barrier();
-    const out = asCuda(this.b.empty([r.rows, this.o.dim], x.dtype));
-    const received = asCuda(r.offsets).ptr + BigInt(4 * this.#local); // offsets[El]: the rows that arrived
-    this.#k('rdep_collect', MOVE_BLOCKS, 256, [{ ptr: this.base + BigInt(this.#layout.recv) }, { ptr: out.ptr }, { ptr: received }, { i32: this.#rowVecs }]);
-    return out;
+    return pool.view(this.base, area, [r.rows, this.o.dim], x.dtype, () => this.#epoch);
   }
 
   combine(rows: Tensor, route: ExpertRoute): Tensor {
-    const r = route as IpcRoute, y = asCuda(rows);
-    this.#k('rdep_return', MOVE_BLOCKS, 256, [{ ptr: y.ptr }, { ptr: asCuda(r.origin).ptr }, { ptr: asCuda(r.originRank).ptr }, this.#peersArg,
-      { i64: this.#layout.ret }, { i32: this.#rowVecs }, { i64: r.rows }]);
+    const r = route as IpcRoute, y = asCuda(rows), pool = this.layout.ret;
+    const area = this.#take(pool);
+    this.#k('rdep_return', MOVE_BLOCKS, 256, [{ ptr: y.ptr }, { ptr: asCuda(r.origin).ptr }, { ptr: asCuda(r.originRank).ptr }, { ptr: r.received },
+      this.#peersArg, { i64: pool.offset(area) }, { i32: this.#rowVecs }]);
     this.#barrier();
-    const out = asCuda(this.b.empty([r.sent, this.o.dim], y.dtype));
-    check('cuMemcpyDtoDAsync', cu.memcpyDtoDAsync(out.ptr, this.base + BigInt(this.#layout.ret), out.bytes, this.b.dev.stream));
-    return out;
+    return pool.view(this.base, area, [r.sent, this.o.dim], y.dtype, () => this.#epoch);
   }
 
   /** Throws if a barrier timed out since the last check (reads one word: call it where the host syncs anyway). */

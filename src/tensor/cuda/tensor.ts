@@ -1,6 +1,13 @@
-/** Device tensors: a pointer into a block owned by the caching allocator (views share it and free nothing). */
+/**
+ * Device tensors: a pointer into a block owned by its `owner` — the caching allocator, or another pool of device
+ * memory such as RDEP's shared buffer — which takes it back on free. Views have no owner and free nothing.
+ */
 import { DTYPE_BYTES, type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
-import type { CachingAllocator } from './allocator.ts';
+
+/** Takes a tensor's block back when the tensor is freed. */
+export interface BlockOwner {
+  release(ptr: bigint, size: number): void;
+}
 
 export class CudaTensor implements Tensor {
   readonly device = 'cuda' as const;
@@ -12,7 +19,7 @@ export class CudaTensor implements Tensor {
     readonly dtype: DType,
     ptr: bigint,
     readonly size: number,
-    readonly allocator: CachingAllocator | null,
+    readonly owner: BlockOwner | null,
   ) {
     this.numel = shapeNumel(shape);
     this.#ptr = ptr;
@@ -28,7 +35,7 @@ export class CudaTensor implements Tensor {
   }
 
   free(): void {
-    if (this.#ptr !== null && this.allocator) this.allocator.release(this.#ptr, this.size);
+    if (this.#ptr !== null && this.owner) this.owner.release(this.#ptr, this.size);
     this.#ptr = null;
   }
 }

@@ -5,8 +5,10 @@
 //   [0, 256)          flags: u32 per source rank, bumped once per barrier (so after barrier k each reads k)
 //   counts_off        i32 [world][local]: rows source s sends to my local expert e   (written by s)
 //   starts_off        i32 [world][local]: where those rows start in s's grouped rows (written by s)
-//   recv_off          rows dispatched to my experts, grouped by local expert, then source rank
-//   ret_off           rows my experts' owners return to me, at my grouped row index
+//   recv_off          `slots` receive areas: rows dispatched to my experts, grouped by local expert, then source
+//                     rank (a dispatched tensor is a view of one, so the rows are never copied out)
+//   ret_off           `slots` return areas: rows my experts' owners return to me, at my grouped row index
+// The host hands out areas in the same order on every rank, so a call writes into the same area on every peer.
 // A phase writes into peers' buffers with plain stores, fences at system scope, then meets the others at a
 // barrier; placement comes from the exchanged counts alone (two-phase count/offset), never from arrival order.
 #include "common.cuh"
@@ -53,27 +55,27 @@ __device__ int rdep_base(const volatile int* c, int local, int world, int el, in
   return b;
 }
 
-// Sender side, after the route barrier: the destination rank and row of each of my grouped rows. One block per
-// global expert; the owner's counts are read over the peer mapping.
-__global__ void rdep_dest(const int* counts, const int* offsets, Peers peers, long counts_off, int local, int world, int me, int* dest, int* dest_rank) {
-  const int eg = blockIdx.x, owner = eg / local, el = eg % local;
+// After the route barrier, one launch places every row. Blocks [0, experts), sender side: the destination rank and
+// row of each of my grouped rows of global expert blockIdx.x (the owner's counts are read over the peer mapping).
+// Blocks [experts, experts + local * world), owner side: the source row of each row of (local expert, source) that
+// lands here, and (source 0's block) the local expert's row count.
+__global__ void rdep_place(const int* counts, const int* offsets, Peers peers, long counts_off, long starts_off, int experts, int local, int world,
+                           int me, int* dest, int* dest_rank, int* origin, int* origin_rank, int* seg_counts) {
   __shared__ int base;
-  if (threadIdx.x == 0) base = rdep_base((const volatile int*)(peers.base[owner] + counts_off), local, world, el, me);
-  __syncthreads();
-  const int n = counts[eg], o = offsets[eg];
-  for (int p = threadIdx.x; p < n; p += blockDim.x) {
-    dest[o + p] = base + p;
-    dest_rank[o + p] = owner;
+  if (blockIdx.x < experts) {
+    const int eg = blockIdx.x, owner = eg / local, el = eg % local;
+    if (threadIdx.x == 0) base = rdep_base((const volatile int*)(peers.base[owner] + counts_off), local, world, el, me);
+    __syncthreads();
+    const int n = counts[eg], o = offsets[eg];
+    for (int p = threadIdx.x; p < n; p += blockDim.x) {
+      dest[o + p] = base + p;
+      dest_rank[o + p] = owner;
+    }
+    return;
   }
-}
-
-// Owner side, after the route barrier: for each received row, its source rank and row (origin_rank is -1 past
-// the rows received: prefill it), and the row count of each local expert. One block per (local expert, source).
-__global__ void rdep_origin(Peers peers, int me, long counts_off, long starts_off, int local, int world, int* origin, int* origin_rank, int* seg_counts) {
-  const int el = blockIdx.x / world, s = blockIdx.x % world;
+  const int el = (blockIdx.x - experts) / world, s = (blockIdx.x - experts) % world;
   const volatile int* c = (const volatile int*)(peers.base[me] + counts_off);
   const volatile int* st = (const volatile int*)(peers.base[me] + starts_off);
-  __shared__ int base;
   if (threadIdx.x == 0) {
     base = rdep_base(c, local, world, el, s);
     if (s == 0) {
@@ -90,38 +92,38 @@ __global__ void rdep_origin(Peers peers, int me, long counts_off, long starts_of
   }
 }
 
-// Row moves: one warp per row, 16-byte vectors, rows strided over the grid; each thread fences once, after all
-// its stores, so they are visible system-wide before the barrier that follows signals the peers.
+// Row moves: one warp per row, rows strided over the grid. Each lane loads up to MOVE_UNROLL 16-byte vectors before
+// it stores any, so a warp keeps a whole row (4 KiB at dim 2048, bf16) in flight over NVLink instead of one vector
+// per round trip. Each thread fences once, after all its stores, so they are visible system-wide before the barrier
+// that follows signals the peers.
+#define MOVE_UNROLL 8
+
+__device__ __forceinline__ void move_row(uint4* __restrict__ dst, const uint4* __restrict__ src, int row_vecs, int lane) {
+  for (int v0 = lane; v0 < row_vecs; v0 += 32 * MOVE_UNROLL) {
+    uint4 t[MOVE_UNROLL];
+#pragma unroll
+    for (int u = 0; u < MOVE_UNROLL; ++u)
+      if (v0 + 32 * u < row_vecs) t[u] = src[v0 + 32 * u];
+#pragma unroll
+    for (int u = 0; u < MOVE_UNROLL; ++u)
+      if (v0 + 32 * u < row_vecs) dst[v0 + 32 * u] = t[u];
+  }
+}
 
 // Dispatch: each of my grouped rows straight into its owner's receive area.
-__global__ void rdep_dispatch(const uint4* x, const int* dest, const int* dest_rank, Peers peers, long recv_off, int row_vecs, long rows) {
+__global__ void rdep_dispatch(const uint4* __restrict__ x, const int* dest, const int* dest_rank, Peers peers, long recv_off, int row_vecs, long rows) {
   const int lane = threadIdx.x & 31;
   const long warps = (long)gridDim.x * (blockDim.x >> 5);
-  for (long r = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
-    uint4* dst = (uint4*)(peers.base[dest_rank[r]] + recv_off) + (long)dest[r] * row_vecs;
-    const uint4* src = x + r * row_vecs;
-    for (int v = lane; v < row_vecs; v += 32) dst[v] = src[v];
-  }
+  for (long r = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps)
+    move_row((uint4*)(peers.base[dest_rank[r]] + recv_off) + (long)dest[r] * row_vecs, x + r * row_vecs, row_vecs, lane);
   __threadfence_system();
 }
 
-// Return: each received row back to its source, at the source's grouped row (origin_rank -1: no row).
-__global__ void rdep_return(const uint4* y, const int* origin, const int* origin_rank, Peers peers, long ret_off, int row_vecs, long rows) {
+// Return: each of the `*received` rows here back to its source, at the source's grouped row.
+__global__ void rdep_return(const uint4* __restrict__ y, const int* origin, const int* origin_rank, const int* received, Peers peers, long ret_off, int row_vecs) {
   const int lane = threadIdx.x & 31;
-  const long warps = (long)gridDim.x * (blockDim.x >> 5);
-  for (long r = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
-    const int s = origin_rank[r];
-    if (s < 0) continue;
-    uint4* dst = (uint4*)(peers.base[s] + ret_off) + (long)origin[r] * row_vecs;
-    const uint4* src = y + r * row_vecs;
-    for (int v = lane; v < row_vecs; v += 32) dst[v] = src[v];
-  }
+  const long warps = (long)gridDim.x * (blockDim.x >> 5), rows = *received;
+  for (long r = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps)
+    move_row((uint4*)(peers.base[origin_rank[r]] + ret_off) + (long)origin[r] * row_vecs, y + r * row_vecs, row_vecs, lane);
   __threadfence_system();
-}
-
-// Copies the `*count` received rows out of the receive area (the next exchange reuses it). Rows past them are
-// left as they are: the grouped GEMMs only touch the experts' segments.
-__global__ void rdep_collect(const uint4* src, uint4* dst, const int* count, int row_vecs) {
-  const long n = (long)*count * row_vecs;
-  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) dst[i] = src[i];
 }

@@ -1,21 +1,24 @@
 /**
  * Checkpoints and exact resume on the CPU backend: N steps straight against k steps + resume (bit-identical losses
- * and final files), a real SIGKILL mid-run then resume, a step killed mid-write skipped with a warning, retention,
- * and the refusal of a changed config (naming the fields). python3 + numpy read the files. (Resuming on another
- * number of ranks is tested in dist-cpu.test.ts.)
+ * and final files), a real SIGKILL mid-run then resume, a step killed mid-write (made by hand, and by a real SIGKILL
+ * while `nmoe train` writes it) skipped with a warning, retention, and the refusal of a changed config (naming the
+ * fields). python3 + numpy read the files. (Resuming on another number of ranks is tested in dist-cpu.test.ts.)
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, watch, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { Checkpointer } from '../src/checkpoint/checkpointer.ts';
 import { DENSE_FILE, STATE_FILE, TRACKER, iterName, listSteps, rankFile } from '../src/checkpoint/layout.ts';
 import { readSafetensors } from '../src/checkpoint/safetensors.ts';
+import type { Snapshot, TrainState } from '../src/checkpoint/state.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { type TrainSummary, train } from '../src/train/trainer.ts';
+import { gitInfo } from '../src/util/version.ts';
 import { pyReadSafetensors, sum64 } from './helpers/py-safetensors.ts';
 
 const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
@@ -34,6 +37,37 @@ async function run(dir: string, steps: number, extra: string[] = []) {
     start: () => {}, step: (r) => losses.push(r.loss), log: () => {}, warn: (m) => warnings.push(m),
   });
   return { losses, warnings, summary };
+}
+
+function cli(args: string[]) {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: { ...process.env, CI: '1', NO_COLOR: '1' }, timeout: 60_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+/**
+ * Runs `nmoe train` with a checkpoint every step and SIGKILLs it at the first file event inside a step directory
+ * created after a complete step (the save is then under way: a temp file is being written or renamed in). Returns
+ * the killed step and what its directory held, or null when the kill came too late (that step had completed, or
+ * the step is past N).
+ */
+async function killDuringSave(dir: string): Promise<{ dir: string; step: number; left: string[] } | null> {
+  mkdirSync(dir, { recursive: true });
+  const child = spawn(process.execPath, [BIN, 'train', ...cfgArgs(dir, ['--steps=1000', '--checkpoint_every=1'])], { stdio: 'ignore', env: { ...process.env, CI: '1' } });
+  const exited = new Promise((r) => child.on('exit', r));
+  const kill = () => child.kill('SIGKILL');
+  const watchers = [watch(dir, (_, name) => {
+    const step = /^iter_(\d+)$/.exec(name ?? '')?.[1];
+    if (step === undefined || watchers.length > 1 || !existsSync(join(dir, TRACKER))) return;
+    if (Number(step) <= Number(readFileSync(join(dir, TRACKER), 'utf8'))) return; // retention removing an old step
+    watchers.push(watch(join(dir, name!), kill));
+  })];
+  const deadline = setTimeout(kill, 60_000); // a child that never saves a second step still ends
+  await exited;
+  clearTimeout(deadline);
+  for (const w of watchers) w.close();
+  const [newest] = listSteps(dir);
+  if (!newest || newest.complete || newest.step > N) return null; // resuming to N must train again
+  return { dir, step: newest.step, left: readdirSync(newest.dir) };
 }
 
 /** sha256 of the two safetensors files of a step: equal hashes mean byte-identical weights and optimizer state. */
@@ -61,6 +95,13 @@ describe('checkpoints', () => {
     expect(state.loader.global_sequence_index).toBe(12);
     expect(state.config.lr_dense).toBe(0.01);
     expect(state.config_fingerprint).toMatch(/^[0-9a-f]{64}$/);
+    // The embedded corpus is one fixed plan; shards would give the sha256 of their list.
+    expect(state.plan_hash).toBe('embedded');
+    expect(state.loader.plan_hash).toBe(state.plan_hash);
+    expect(state.nmoe_version).toBe(JSON.parse(readFileSync('package.json', 'utf8')).version);
+    expect(state.git_sha).toMatch(/^[0-9a-f]{40}$/);
+    expect(state.git_sha).toBe(gitInfo().sha);
+    expect(latest!.manifest).toMatchObject({ git_sha: state.git_sha, nmoe_version: state.nmoe_version });
   });
 
   it('python3 reads the checkpoint files: names, shapes and values agree with nmoe', () => {
@@ -78,6 +119,33 @@ describe('checkpoints', () => {
     const dense = pyReadSafetensors(join(straight.dir, iterName(N), DENSE_FILE));
     expect(dense.tensors['blocks.1.ffn.router.bias']!.shape).toEqual([8]);
     expect(dense.metadata).toEqual({ format: 'nmoe-checkpoint', step: String(N) });
+  });
+});
+
+describe('checkpointer queue', () => {
+  /** A step's snapshot whose every value is the step, so each file shows which save it came from. */
+  const snapshot = (step: number): Snapshot => ({
+    step,
+    dense: [{ name: 'w', dtype: 'F32', shape: [1024], data: new Float32Array(1024).fill(step) }],
+    rank: [{ name: 'e', dtype: 'F32', shape: [4, 1024], data: new Float32Array(4096).fill(step) }],
+    state: { format: 'nmoe-train-state', version: 1, step, git_sha: null } as TrainState, // the writer only serialises it
+  });
+
+  it('drops nothing: with 2 saves pending, the next caller waits until the oldest is written', async () => {
+    const base = join(root, 'queue');
+    const events: string[] = [];
+    const ckpt = new Checkpointer({ base, rank: 0, world: 1, keepLast: 10, onSaved: (step) => events.push(`written ${step}`) });
+    for (let step = 1; step <= 6; step++) {
+      await ckpt.save(snapshot(step));
+      events.push(`queued ${step}`);
+    }
+    await ckpt.close();
+    expect(events).toEqual([
+      'queued 1', 'queued 2', 'written 1', 'queued 3', 'written 2', 'queued 4', 'written 3', 'queued 5', 'written 4', 'queued 6', 'written 5', 'written 6',
+    ]);
+    expect(listSteps(base).map((s) => [s.step, s.complete])).toEqual([6, 5, 4, 3, 2, 1].map((s) => [s, true]));
+    expect(readFileSync(join(base, TRACKER), 'utf8')).toBe('6\n');
+    for (let step = 1; step <= 6; step++) expect(readSafetensors(join(base, iterName(step), rankFile(0))).tensors.get('e')!.data[4095]).toBe(step);
   });
 });
 
@@ -111,6 +179,28 @@ describe('exact resume', () => {
     expect(k).toBeGreaterThanOrEqual(2);
     expect(k).toBeLessThan(N);
     expect(resumed.losses).toEqual(straight.losses.slice(k));
+    expect(stepBytes(dir, N)).toEqual(stepBytes(straight.dir, N));
+  });
+
+  it('SIGKILL while a checkpoint is being written: that step is incomplete, skipped with a warning, the previous one resumes', async () => {
+    let torn: { dir: string; step: number; left: string[] } | null = null;
+    for (let attempt = 1; attempt <= 5 && !torn; attempt++) torn = await killDuringSave(join(root, `torn-${attempt}`));
+    if (!torn) throw new Error('5 kills in a row missed the checkpoint writes');
+    const { dir, step } = torn;
+    expect(torn.left.length, 'the kill landed after a file operation of the save began').toBeGreaterThan(0);
+    expect(readFileSync(join(dir, TRACKER), 'utf8')).toBe(`${step - 1}\n`);
+
+    const info = cli(['ckpt', 'info', dir]);
+    expect(info.code, info.err).toBe(0);
+    expect(info.out).toMatch(new RegExp(`^${iterName(step)} +step ${step} +INCOMPLETE: `, 'm'));
+    expect(info.out).toMatch(new RegExp(`^${iterName(step - 1)} +step ${step - 1} +complete `, 'm'));
+    expect(info.out).toMatch(new RegExp(`^resume loads step ${step - 1}$`, 'm'));
+
+    const resumed = cli(['train', ...cfgArgs(dir, [`--steps=${N}`, '--resume'])]);
+    expect(resumed.code, resumed.err).toBe(0);
+    expect(resumed.out).toMatch(new RegExp(`^warning: skipping incomplete checkpoint .*${iterName(step)}: `, 'm'));
+    expect(resumed.out).toMatch(new RegExp(`^resumed run \\S+ from step ${step - 1} `, 'm'));
+    expect(resumed.out).toMatch(new RegExp(`^done: ${N} steps`, 'm')); // the step reached
     expect(stepBytes(dir, N)).toEqual(stepBytes(straight.dir, N));
   });
 

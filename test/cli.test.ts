@@ -1,7 +1,15 @@
-/** The nmoe CLI end to end, as a user runs it: a real child process, real output, real exit codes. */
+/**
+ * The nmoe CLI end to end, as a user runs it: a real child process (on a pseudo-terminal for the progress bar), real
+ * output, real exit codes.
+ */
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import type { Command } from 'commander';
+import { describe, expect, it, vi } from 'vitest';
+import { buildProgram, main } from '../src/cli/main.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { train } from '../src/train/trainer.ts';
@@ -13,18 +21,37 @@ function nmoe(args: string[], env: Record<string, string> = {}) {
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
+/** Runs the CLI's main() in this process, as bin/nmoe.js does, and returns its exit code and what it printed. */
+async function mainInProcess(args: string[]) {
+  let out = '', err = '';
+  const stdout = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => ((out += String(chunk)), true));
+  const stderr = vi.spyOn(process.stderr, 'write').mockImplementation((chunk) => ((err += String(chunk)), true));
+  try {
+    return { code: await main(args), out, err };
+  } finally {
+    stdout.mockRestore();
+    stderr.mockRestore();
+  }
+}
+
 const QUICK = ['--seq_len=32', '--batch_size=4', '--warmup_steps=2'];
 
 describe('nmoe CLI', () => {
-  it('has --help on every command', () => {
+  it('has --help on every command and subcommand', async () => {
+    // Every command the program registers, so a new one is covered without editing this test.
+    const paths = (c: Command): string[] => c.commands.flatMap((sub) => [sub.name(), ...paths(sub).map((p) => `${sub.name()} ${p}`)]);
+    const commands = paths(buildProgram());
+    expect(commands).toEqual(expect.arrayContaining(['train', 'launch', 'config show', 'config check', 'data prep', 'data verify', 'data info',
+      'data inspect', 'data regenerate-index', 'data dedup', 'bench train', 'bench kernels', 'bench rdep', 'bench viz', 'bench data', 'doctor',
+      'runs list', 'runs show', 'ckpt info', 'ckpt export', 'viz']));
     const top = nmoe(['--help']);
     expect(top.code).toBe(0);
-    expect(top.out).toMatch(/train/);
-    expect(top.out).toMatch(/config/);
-    for (const cmd of [['train'], ['config'], ['config', 'check'], ['config', 'show']]) {
-      const r = nmoe([...cmd, '--help']);
-      expect(r.code, cmd.join(' ')).toBe(0);
-      expect(r.out).toMatch(/Usage: nmoe/);
+    for (const name of buildProgram().commands.map((c) => c.name())) expect(top.out).toMatch(new RegExp(`^  ${name}\\b`, 'm'));
+    // The bin is checked above; the commands run in this process (a child each costs a second of start-up).
+    for (const cmd of commands) {
+      const r = await mainInProcess([...cmd.split(' '), '--help']);
+      expect(r.code, `nmoe ${cmd} --help: ${r.err}`).toBe(0);
+      expect(r.out, `nmoe ${cmd} --help`).toMatch(new RegExp(`^Usage: nmoe ${cmd} `));
     }
   });
 
@@ -40,6 +67,24 @@ describe('nmoe CLI', () => {
     expect(r.out).toMatch(/router: mean cv [\d.]+% +dead \d+ +L0\[cv \d+% max \d+% H [\d.]+ act \d bias [\d.]+\]/);
     expect(r.out).toMatch(/^done: 8 steps in \d+s \| loss 5\.\d+ -> \d\.\d+ \| /m);
     expect(r.out).not.toMatch(/\x1b\[2K/); // no progress-bar redraws in logs
+  });
+
+  it('draws a progress bar with step, loss, tok/s and ETA on a terminal', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nmoe-tty-'));
+    const cmd = [process.execPath, BIN, 'train', '--steps=4', '--log_every=4', ...QUICK, `--checkpoint_dir=${dir}/ckpt`, `--metrics_dir=${dir}/metrics`,
+      `--experiments_db=${dir}/exp.db`].map((a) => `'${a.replaceAll("'", `'\\''`)}'`).join(' ');
+    const { CI: _ci, ...env } = process.env; // CI turns the bar off
+    // script(1) (util-linux; Debian's essential bsdutils) runs the command on a pseudo-terminal and copies what it draws.
+    const r = spawnSync('script', ['-q', '-e', '-c', cmd, '/dev/null'], { encoding: 'utf8', env: { ...env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
+    expect(r.error).toBeUndefined();
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    const bars = [...r.stdout.matchAll(/\r\x1b\[2K([█░]+) step (\d+)\/4  loss (\d+\.\d{4})  [\d.]+K? tok\/s  ETA (?:\d+h\d\dm|\d+m\d\ds|\d+s)/g)];
+    expect(bars.map((m) => Number(m[2])), r.stdout).toEqual([1, 2, 3, 4]);
+    expect(bars[0]![1]).toMatch(/^█+░+$/);
+    expect(bars[3]![1]).toMatch(/^█+$/);
+    // The log line of step 4 clears the bar first and reports the loss the bar showed.
+    expect(r.stdout).toContain(`\r\x1b[2Kstep 4/4  loss ${bars[3]![3]}  grad_norm `);
+    expect(r.stdout).toMatch(/^done: 4 steps/m);
   });
 
   it('applies NMOE_* environment overrides, then --key=value', () => {

@@ -1,4 +1,5 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { basename } from 'node:path';
 import { Command } from 'commander';
 import { parse } from 'smol-toml';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -43,11 +44,19 @@ function tiny(overrides: string[] = [], opts: LoadOptions = {}): Config {
 }
 
 describe('presets', () => {
-  it.each(readdirSync('configs').filter((f) => f.endsWith('.toml')))('configs/%s loads and validates', (file) => {
-    const { config, origin } = loadConfig(`configs/${file}`, NO_ENV);
-    expect(config.preset).toBe(file.replace('.toml', ''));
+  // Every shipped config, the benchmark models in configs/bench/ included.
+  const shipped = readdirSync('configs', { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.toml')).sort();
+
+  it('ships the presets and the benchmark configs', () => {
+    expect(shipped).toEqual(expect.arrayContaining(['tiny.toml', 'moonlet.toml', 'moonlight.toml', 'dsv2.toml', 'dsv3.toml', 'bench/moonlet6.toml']));
+  });
+
+  it.each(shipped)('configs/%s loads and validates', (file) => {
+    const path = `configs/${file}`;
+    const { config, origin } = loadConfig(path, NO_ENV);
+    expect(config.preset).toBe(basename(file, '.toml'));
     expect(config.vocab_size).toBeGreaterThanOrEqual(TOKENIZERS[config.tokenizer].vocabSize);
-    expect(origin.preset).toBe(`configs/${file}:${lineOf(`configs/${file}`, 'preset =')}`);
+    expect(origin.preset).toBe(`${path}:${lineOf(path, 'preset =')}`);
   });
 
   it('tiny.toml is the embedded default and has exactly the documented model', () => {

@@ -2,13 +2,16 @@
  * Metrics and the run registry after real short runs: every tag of the reference's catalogue that nmoe writes is in
  * the rank's DuckDB file with the logged values; a reader in another process can open the file mid-run and sees the
  * rows written so far, and a reader holding the file only delays the writer, which loses nothing; the registry
- * records completed, killed (after a final checkpoint) and failed runs.
+ * records completed, killed (after a final checkpoint) and failed runs, and is in WAL mode with a busy timeout, so a
+ * reader holding a read transaction neither blocks a run's writes nor sees them half done.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
+import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { TRACKER, iterName } from '../src/checkpoint/layout.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
@@ -19,6 +22,7 @@ import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { trainTracked } from '../src/train/tracked.ts';
 import type { LogRecord, TrainEvents } from '../src/train/trainer.ts';
 
+const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'nmoe-metrics-'));
 
 function setup(name: string, extra: string[] = []) {
@@ -186,5 +190,48 @@ describe('metrics and run registry', () => {
     reg.close();
     expect(failed).toHaveLength(1);
     expect(JSON.parse(failed[0]!.results_json!)).toEqual({ error: 'disk on fire' });
+  });
+});
+
+describe('run registry: readers never block or corrupt a run', () => {
+  it('opens in WAL mode with a busy timeout', () => {
+    const path = join(root, 'wal.db');
+    const reg = new Registry(path);
+    expect(reg.db.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(reg.db.pragma('busy_timeout', { simple: true })).toBeGreaterThan(0);
+    reg.close();
+    const ro = new Registry(path, { readonly: true });
+    expect(ro.db.pragma('busy_timeout', { simple: true })).toBeGreaterThan(0);
+    ro.close();
+    const other = new Database(path, { readonly: true }); // WAL is a property of the file, not of nmoe's connection
+    expect(other.pragma('journal_mode', { simple: true })).toBe('wal');
+    other.close();
+  });
+
+  it('a reader holding a read transaction does not block `nmoe train` from recording its run, and sees a consistent snapshot', () => {
+    const db = join(root, 'concurrent.db');
+    const reg = new Registry(db);
+    reg.startRun({ id: 'earlier', experimentId: 'tiny', config: {}, gitHash: null, gitDirty: false });
+    reg.endRun('earlier', 'completed', { final_loss: 1 });
+    reg.close();
+
+    const reader = new Database(db, { readonly: true });
+    const rows = () => reader.prepare('SELECT id, status FROM runs ORDER BY started_at, id').all() as { id: string; status: string }[];
+    reader.exec('BEGIN');
+    const before = rows(); // the read transaction takes its snapshot here and holds it while the run writes
+    expect(before).toEqual([{ id: 'earlier', status: 'completed' }]);
+    const dir = join(root, 'concurrent');
+    const run = spawnSync(process.execPath, [BIN, 'train', '--steps=2', '--seq_len=32', '--batch_size=2', `--checkpoint_dir=${dir}/ckpt`,
+      `--metrics_dir=${dir}/metrics`, `--experiments_db=${db}`], { encoding: 'utf8', env: { ...process.env, CI: '1', NO_COLOR: '1' }, timeout: 60_000 });
+    expect(run.status, run.stderr).toBe(0);
+    expect(rows()).toEqual(before);
+    reader.exec('COMMIT');
+
+    const after = rows();
+    expect(after).toEqual([{ id: 'earlier', status: 'completed' }, { id: expect.stringMatching(/^run_/), status: 'completed' }]);
+    expect(JSON.parse((reader.prepare('SELECT results_json FROM runs WHERE id = ?').get(after[1]!.id) as { results_json: string }).results_json))
+      .toMatchObject({ steps_completed: 2 });
+    expect(reader.pragma('integrity_check', { simple: true })).toBe('ok');
+    reader.close();
   });
 });

@@ -36,6 +36,10 @@ export interface BenchResult {
   tflops: number;
   mfu: number | null;
   peakMemoryGiB: number | null;
+  /** Device memory obtained from the driver (live tensors and the allocator's cache). */
+  reservedGiB: number | null;
+  /** cuMemAlloc calls during the timed steps: 0 once the caching allocator has warmed up. */
+  timedDriverAllocs: number | null;
   finalLoss: number;
   profile: OpTime[] | null;
 }
@@ -80,10 +84,12 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions,
   for (let i = 0; i < o.warmup; i++) await step(i === o.warmup - 1);
   prof?.report(); // drop warm-up timings
   await b.synchronize();
+  const allocsBefore = base.memory()?.driverAllocs ?? 0;
   const t0 = performance.now();
   for (let i = 0; i < o.steps; i++) await step(i === o.steps - 1);
   await b.synchronize();
   const seconds = await slowest(dist, b, (performance.now() - t0) / 1000);
+  const memory = base.memory();
   normalizer?.free();
   const profile = prof?.report() ?? null;
   const tokensPerSecond = (world * tokens * o.steps) / seconds;
@@ -100,7 +106,9 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions,
     msPerStep: (seconds * 1000) / o.steps,
     tflops,
     mfu: peak ? tflops / peak : null,
-    peakMemoryGiB: base.memory() === null ? null : base.memory()!.peak / 2 ** 30,
+    peakMemoryGiB: memory && memory.peak / 2 ** 30,
+    reservedGiB: memory && memory.reserved / 2 ** 30,
+    timedDriverAllocs: memory && memory.driverAllocs - allocsBefore,
     finalLoss: loss,
     profile,
   };

@@ -16,7 +16,8 @@ import { formatCount } from './progress.ts';
 
 function summary(r: BenchResult): string {
   const mfu = r.mfu === null ? 'MFU n/a (unknown peak)' : `MFU ${(100 * r.mfu).toFixed(1)}%`;
-  const mem = r.peakMemoryGiB === null ? 'peak memory n/a' : `peak memory ${r.peakMemoryGiB.toFixed(2)} GiB`;
+  const mem = r.peakMemoryGiB === null ? 'peak memory n/a'
+    : `peak memory ${r.peakMemoryGiB.toFixed(2)} GiB (${r.reservedGiB!.toFixed(2)} reserved, ${r.timedDriverAllocs} cuMemAlloc while timed)`;
   const gpus = r.world > 1 ? ` x ${r.world} (${formatCount(r.tokensPerSecond / r.world)} tokens/s per rank)` : '';
   return `${r.device}${gpus}: ${formatCount(r.tokensPerSecond)} tokens/s | ${r.msPerStep.toFixed(1)} ms/step | ${r.tflops.toFixed(1)} TFLOPS | ${mfu} | ${mem} | ${r.steps} steps of ${formatCount(r.tokensPerStep)} tokens, loss ${r.finalLoss.toFixed(3)}`;
 }

@@ -130,8 +130,11 @@ export interface Backend {
   convert(src: Tensor, dst: Tensor): void;
   /** Waits until all queued work is done. */
   synchronize(): Promise<void>;
-  /** Device memory held by live tensors now and at its peak, in bytes; null where it is not tracked (CPU). */
-  memory(): { current: number; peak: number } | null;
+  /**
+   * Device memory in bytes: held by live tensors now and at its peak, obtained from the driver (live or cached),
+   * and how many driver allocations made it; null where it is not tracked (CPU).
+   */
+  memory(): { current: number; peak: number; reserved: number; driverAllocs: number } | null;
 
   // --- dense math -------------------------------------------------------------------------------------------
   /** 2-D GEMM: out[M,N] = alpha * op(a) @ op(b) (+ out). */

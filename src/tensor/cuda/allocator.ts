@@ -22,11 +22,13 @@ export interface MemoryStats {
   peak: number;
   /** Bytes obtained from the driver, live or cached. */
   reserved: number;
+  /** cuMemAlloc calls so far (a steady-state training step makes none). */
+  driverAllocs: number;
 }
 
 export class CachingAllocator {
   readonly #free = new Map<number, bigint[]>();
-  readonly stats: MemoryStats = { current: 0, peak: 0, reserved: 0 };
+  readonly stats: MemoryStats = { current: 0, peak: 0, reserved: 0, driverAllocs: 0 };
 
   alloc(bytes: number): { ptr: bigint; size: number } {
     const size = roundedSize(bytes);
@@ -67,12 +69,14 @@ export class CachingAllocator {
       cu.memGetInfo(free, total);
       const gib = (b: number | bigint) => `${(Number(b) / 2 ** 30).toFixed(2)} GiB`;
       throw new UserError(
-        `out of GPU memory: asked for ${gib(requested)} with ${gib(this.stats.current)} in tensors and ${gib(free[0]!)} free of ${gib(total[0]!)}. ` +
-          'Fix: lower batch_size or seq_len, use optim_state_dtype = "bf16", or train on a GPU with more memory.',
+        `out of GPU memory: asked for ${gib(requested)} with ${gib(this.stats.current)} in tensors (${gib(this.stats.reserved)} reserved) and ` +
+          `${gib(free[0]!)} free of ${gib(total[0]!)}. Fix: lower batch_size or seq_len, use optim_state_dtype = "bf16" and ` +
+          'master_weights = "bf16" (or "bf16_sr"), train on more GPUs (experts and optimizer state are split over ranks), or on a GPU with more memory.',
       );
     }
     if (rc !== 0) throw new CudaError('cuMemAlloc', rc, `cuMemAlloc of ${size} bytes failed with code ${rc}`);
     this.stats.reserved += size;
+    this.stats.driverAllocs++;
     return out[0]!;
   }
 }

@@ -162,9 +162,8 @@ export class CudaBackend implements Backend {
     this.dev.synchronize();
   }
 
-  memory(): { current: number; peak: number } {
-    const { current, peak } = this.dev.allocator.stats;
-    return { current, peak };
+  memory(): { current: number; peak: number; reserved: number; driverAllocs: number } {
+    return { ...this.dev.allocator.stats };
   }
 
   // --- dense math -------------------------------------------------------------------------------------------

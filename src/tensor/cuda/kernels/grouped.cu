@@ -94,23 +94,39 @@ __device__ __forceinline__ void mainloop(float acc[4][4][4], bf16* smem, const b
   cp_wait<0>();
 }
 
-// Writes the warp's accumulators to rows [r0, r1) x cols [c0, c0 + TN) of out (row stride ld), adding out when accumulate.
+// Writes the warp's accumulators to rows [r0, r1) x cols [c0, c0 + TN) of out (row stride ld), adding out when
+// accumulate. Each thread holds pairs of adjacent columns (col even; cols and ld multiples of 8), which travel as one
+// 32-bit word. When accumulating, a row block's 8 old words are all loaded before any is written back, so the
+// loads overlap instead of each waiting behind the store before it (the weight gradient's epilogue was latency-bound).
 __device__ __forceinline__ void store_acc(const float acc[4][4][4], bf16* out, long ld, int r0, int r1, int c0, int cols, bool accumulate) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < 4; ++i) {
+    unsigned old[4][2] = {};
+    if (accumulate) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = r0 + wm + i * 16 + g + h * 8, col = c0 + wn + j * 8 + 2 * t;
+          if (row < r1 && col < cols) old[j][h] = *(const unsigned*)(out + row * ld + col);
+        }
+    }
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int row = r0 + wm + i * 16 + g + h * 8, col = c0 + wn + j * 8 + 2 * t;
         if (row >= r1 || col >= cols) continue;
-        bf16* p = out + row * ld + col;
-        const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-        p[0] = from_f32<bf16>(accumulate ? to_f32(p[0]) + v0 : v0);
-        if (col + 1 < cols) p[1] = from_f32<bf16>(accumulate ? to_f32(p[1]) + v1 : v1);
+        float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+        if (accumulate) {
+          v0 += to_f32((bf16)(old[j][h] & 0xffffu));
+          v1 += to_f32((bf16)(old[j][h] >> 16));
+        }
+        *(unsigned*)(out + row * ld + col) = (unsigned)from_f32<bf16>(v0) | ((unsigned)from_f32<bf16>(v1) << 16);
       }
+  }
 }
 
 // y[rows of a tile] = x[rows] @ w[e] (w [E, din, dout]) or @ w[e]^T (trans_b: w [E, dout, din]).

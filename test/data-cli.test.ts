@@ -1,9 +1,11 @@
 /**
  * The data CLI as a user runs it, in child processes: a prep killed mid-run leaves no complete-looking partial
- * shard and resumes to the same bytes; Ctrl-C saves a checkpoint; verify/info/inspect/regenerate-index report and
+ * shard and resumes to the same bytes; Ctrl-C saves a checkpoint; on a terminal (a pseudo-terminal from util-linux's
+ * `script`) prep draws a progress bar; verify/info/inspect/regenerate-index report and
  * exit 2 on damaged data; the Hub source against a local stand-in server (listing, range reads, HF_TOKEN) and with
  * no network; training on prepared shards gives the same losses as on the same tokens embedded.
  */
+import { spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,7 +17,7 @@ import { PREP_DEFAULTS } from '../src/data/prep/options.ts';
 import { runPrep } from '../src/data/prep/prep.ts';
 import { NpyShard } from '../src/data/shard.ts';
 import { listFiles } from '../src/data/sources/paths.ts';
-import { documents, expected, nmoe, nmoeAsync, removeTempDirs, shardBytes, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
+import { BIN, documents, expected, nmoe, nmoeAsync, removeTempDirs, shardBytes, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
 
 afterAll(removeTempDirs);
 
@@ -87,6 +89,29 @@ describe('an interrupted prep', () => {
     const again = nmoe(['data', 'prep', ...args, '-o', out]);
     expect(again.code, again.err).toBe(0);
     expect(shardBytes(out)).toEqual(shardBytes((await whole).output));
+  });
+});
+
+describe('prep progress', () => {
+  it('on a terminal redraws a bar with docs/s, tokens/s and MB read, and clears it; piped, draws none', () => {
+    const input = bookJsonl(1);
+    const args = (out: string) => [BIN, 'data', 'prep', '--source', 'jsonl', '--paths', input, '-o', out, '--name', 'p', '--tokenizer', 'bytes', '--num-shards', '1', '-j', '1'];
+    // Progress draws only where stderr is a TTY and CI is unset.
+    const env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'CI')), NO_COLOR: '1' };
+    const tty = spawnSync('script', ['-q', '-e', '-c', [process.execPath, ...args(tempDir('tty'))].map((a) => `'${a}'`).join(' '), '/dev/null'],
+      { encoding: 'utf8', env, timeout: 120_000 });
+    expect(tty.status, tty.stdout + tty.stderr).toBe(0);
+    const total = (readFileSync(input).length / 1e6).toFixed(1);
+    const bar = new RegExp(`\\r\\x1b\\[2K[█░]{24} (\\d+) docs [\\d.]+K?/s {2}[\\d.]+[KM]? tok [\\d.]+[KM]?/s {2}([\\d.]+)/${total.replace('.', '\\.')} MB read [\\d.]+ MB/s`);
+    const drawn = bar.exec(tty.stdout);
+    expect(drawn, JSON.stringify(tty.stdout)).not.toBeNull();
+    expect(Number(drawn![1])).toBeGreaterThan(0);
+    expect(Number(drawn![2])).toBeGreaterThan(0);
+    expect(tty.stdout).toMatch(/\r\x1b\[2Kdone: 135 documents/); // the bar is wiped before the report
+    const piped = spawnSync(process.execPath, args(tempDir('piped')), { encoding: 'utf8', env, timeout: 120_000 });
+    expect(piped.status, piped.stderr).toBe(0);
+    expect(piped.stdout).toMatch(/^done: 135 documents/m);
+    expect(piped.stdout + piped.stderr).not.toMatch(/\x1b\[2K|█|MB read/);
   });
 });
 

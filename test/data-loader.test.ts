@@ -3,16 +3,18 @@
  * prefetch in flight, a three-source mixture's proportions, stage advance, the plan hash against the reference and
  * Python's json.dumps, steps from the flow budget, and the errors for bad or mismatched data.
  */
-import { mkdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type DataConfig, createLoader } from '../src/data/loader/build.ts';
 import type { Batch, DeterministicLoader } from '../src/data/loader/loader.ts';
 import { PyFloat, pyJsonDumps, resolvePlan } from '../src/data/loader/mixture.ts';
 import { START, type Segment, TokenStream } from '../src/data/loader/stream.ts';
-import { writeJsonAtomic } from '../src/data/manifest.ts';
+import { readManifest, writeJsonAtomic } from '../src/data/manifest.ts';
+import { PREP_DEFAULTS } from '../src/data/prep/options.ts';
+import { runPrep } from '../src/data/prep/prep.ts';
 import { MemoryTokens } from '../src/data/shard.ts';
-import { py, removeTempDirs, tempDir, writeNpy } from './fixtures/data/helpers.ts';
+import { py, removeTempDirs, tempDir, writeJsonl, writeNpy } from './fixtures/data/helpers.ts';
 
 afterAll(removeTempDirs);
 
@@ -232,6 +234,26 @@ describe('data errors', () => {
       created_at: '', total_tokens: 100, total_documents: 1, num_shards: 1, shards: [{ path: 's-00.npy', index_path: 's-00.idx', num_tokens: 100, num_documents: 1, checksum: '' }], source_info: {} });
     expect(() => createLoader(cfgFor({ data_path: dir }), 0, 1, silent)).toThrow(
       /prepared for tokenizer = "bytes", vocab_size = 256, eos_token_id = 0, the model config has tokenizer = "o200k_harmony", vocab_size = 201088, eos_token_id = 199999 \[.*manifest\.json\]\. Fix: set tokenizer = "bytes"/);
+  });
+
+  it('fail when a shard that a manifest lists is missing, or holds other than its listed token count', async () => {
+    const dir = tempDir('listed');
+    writeJsonl(join(dir, 'in.jsonl'), Array.from({ length: 60 }, (_, i) => ({ id: `d${i}`, text: `document ${i}: ${'some words here '.repeat(10)}` })));
+    const out = join(dir, 'out');
+    await runPrep({ ...PREP_DEFAULTS, source: 'jsonl', paths: [join(dir, 'in.jsonl')], output: out, name: 'b', tokenizer: 'bytes', numShards: 2, tokensPerShard: 2000, workers: 1 });
+    const cfg = cfgFor({ data_path: out, tokenizer: 'bytes', vocab_size: 256, eos_token_id: 0 });
+    createLoader(cfg, 0, 1, silent).close(); // whole data loads
+    const manifest = join(out, 'manifest.json');
+    const shards = readManifest(manifest).shards.map((s) => join(out, s.path));
+    expect(shards.length).toBeGreaterThan(2);
+
+    renameSync(shards[1]!, `${shards[1]}.away`);
+    expect(() => createLoader(cfg, 0, 1, silent)).toThrow(`a shard listed in ${manifest} is missing [${shards[1]}]. Fix: restore it, or re-run the ` +
+      `\`nmoe data prep\` that wrote the data; \`nmoe data verify ${manifest} --checksums\` lists every missing or damaged shard.`);
+    renameSync(`${shards[1]}.away`, shards[1]!);
+
+    writeNpy(shards[0]!, Uint32Array.from({ length: 50 }, (_, i) => (i % 9 === 8 ? 0 : 65))); // a valid shard, but not the one listed
+    expect(() => createLoader(cfg, 0, 1, silent)).toThrow(/^shard holds 50 tokens, but .*manifest\.json lists \d+ \[.*shard_0000\/b-v1-shard-000000\.npy\]\. Fix: restore it/);
   });
 
   it('warn and wrap when the data is too short for the steps, and fail with strict_data = true', () => {

@@ -5,12 +5,13 @@
  * source's shards under `<data_root>/flows/<flow>/<stage>/<source>/train/` (the reference's layout); `steps <= 0`
  * takes the step count from the flow budget, written back into `cfg.steps` as the reference does. Neither: the
  * embedded Moby-Dick corpus (bytes tokenizer). Before training starts, every shard's header and size is checked,
- * manifests must match the model's tokenizer, vocabulary and EOS, and too little data warns (or, with
- * `strict_data = true`, fails).
+ * manifests must match the model's tokenizer, vocabulary and EOS, every shard a manifest lists must be there with
+ * its listed token count (the loader reads the .npy files it finds, so a lost shard would otherwise just shrink the
+ * data), and too little data warns (or, with `strict_data = true`, fails).
  */
 import { createHash } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
-import { basename, join, relative } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import type { Config } from '../../config/schema.ts';
 import { UserError } from '../../util/errors.ts';
 import { embeddedTokens } from '../embedded-corpus.ts';
@@ -28,8 +29,15 @@ export type DataConfig = Pick<Config,
 
 const PREFETCH_STEPS = 2;
 
-/** Every manifest.json below `dir` must describe data for this model. */
-function checkManifests(dir: string, cfg: DataConfig): void {
+const shardFix = (manifest: string) =>
+  `restore it, or re-run the \`nmoe data prep\` that wrote the data; \`nmoe data verify ${manifest} --checksums\` lists every missing or damaged shard`;
+
+/**
+ * Every manifest.json below `dir` must describe data for this model, and every shard it lists must exist. Returns
+ * the token count each manifest lists, by absolute shard path, with the manifest that lists it.
+ */
+function checkManifests(dir: string, cfg: DataConfig): Map<string, { tokens: number; manifest: string }> {
+  const listed = new Map<string, { tokens: number; manifest: string }>();
   for (const path of listFiles(dir).filter((p) => basename(p) === 'manifest.json')) {
     const m = readManifest(path);
     const diffs = ([['tokenizer', m.tokenizer, cfg.tokenizer], ['vocab_size', m.vocab_size, cfg.vocab_size], ['eos_token_id', m.eos_token_id, cfg.eos_token_id]] as const)
@@ -39,7 +47,13 @@ function checkManifests(dir: string, cfg: DataConfig): void {
         diffs.map(([k, , c]) => `${k} = ${JSON.stringify(c)}`).join(', '), path,
         `set ${diffs.map(([k, d]) => `${k} = ${JSON.stringify(d)}`).join(', ')} in the config, or re-prepare the data with \`nmoe data prep --tokenizer ${cfg.tokenizer}\``);
     }
+    for (const s of m.shards) {
+      const shard = resolve(dirname(path), s.path);
+      if (!existsSync(shard)) throw dataError(`a shard listed in ${path} is missing`, shard, shardFix(path));
+      listed.set(shard, { tokens: s.num_tokens, manifest: path });
+    }
   }
+  return listed;
 }
 
 function openShards(dir: string, option: string, cfg: DataConfig): TokenFile[] {
@@ -47,8 +61,16 @@ function openShards(dir: string, option: string, cfg: DataConfig): TokenFile[] {
     const fix = option === 'data_path' ? 'point data_path at the output folder of `nmoe data prep`' : `prepare this source with \`nmoe data prep ... -o ${dir}\``;
     throw dataError(`${option} folder does not exist`, dir, fix);
   }
-  checkManifests(dir, cfg);
-  return expandPaths([dir], ['.npy'], option).map((p) => NpyShard.open(p));
+  const listed = checkManifests(dir, cfg);
+  const shards = expandPaths([dir], ['.npy'], option).map((p) => NpyShard.open(p));
+  for (const shard of shards) {
+    const want = listed.get(resolve(shard.path));
+    if (want && want.tokens !== shard.length) {
+      for (const s of shards) s.close();
+      throw dataError(`shard holds ${shard.length} tokens, but ${want.manifest} lists ${want.tokens}`, shard.path, shardFix(want.manifest));
+    }
+  }
+  return shards;
 }
 
 /** Warns (or with strict_data fails) when `have` tokens cannot give `need` without repeating. */

@@ -1,13 +1,18 @@
 /**
  * Writes one hash bucket's documents into `<name>-<version>-shard-NNNNNN.{npy,idx}` files, starting a new shard
  * when the next document would pass `tokensPerShard` (the reference's ShardedWriter). A shard grows as
- * `.npy.tmp`/`.idx.tmp` with zeroed headers; finishing it writes the real headers, fsyncs, and renames index then
- * data, so a `.npy` exists only when complete. `state()` is what prep's journal records; constructing from a state
- * truncates the files back to it (or deletes what came after it), which is how an interrupted prep resumes.
+ * `.npy.tmp`/`.idx.tmp` with zeroed headers; finishing it writes the real headers, hashes the data (from the page
+ * cache), then seals it in the background: fsync, and rename index then data, so a `.npy` exists only when complete.
+ * Seals run on libuv's thread pool, every bucket's at once, while the main thread goes on, instead of blocking it
+ * for two fsyncs per shard. `state()` is what prep's journal records, after `durable()` has waited for the seals;
+ * constructing from a state truncates the files back to it (or deletes what came after it), which is how an
+ * interrupted prep resumes.
  */
-import { closeSync, existsSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
+import { close, closeSync, existsSync, fsync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { dataError } from '../errors.ts';
 import { IDX_HEADER_BYTES, idxEntries, idxHeader } from '../idx.ts';
 import type { ShardEntry } from '../manifest.ts';
@@ -26,16 +31,32 @@ export interface BucketState {
 const BUFFER_TOKENS = 1 << 16;
 const FIX_RESUME = 'run the prep again with --force to start over';
 
-export function sha256FileSync(path: string): string {
+const fsyncAsync = promisify(fsync);
+const closeAsync = promisify(close);
+
+/** One read buffer for every hash: a fresh zero-filled one per shard cost more than the hashing of small shards. */
+let hashBuffer: Buffer | null = null;
+
+function sha256FileSync(path: string): string {
+  hashBuffer ??= Buffer.allocUnsafe(1 << 22);
   const hash = createHash('sha256');
-  const buf = Buffer.alloc(1 << 22);
   const fd = openSync(path, 'r');
   try {
-    for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0;) hash.update(buf.subarray(0, n));
+    for (let n; (n = readSync(fd, hashBuffer, 0, hashBuffer.length, null)) > 0;) hash.update(hashBuffer.subarray(0, n));
   } finally {
     closeSync(fd);
   }
   return hash.digest('hex');
+}
+
+/** Makes a finished shard (headers written) durable, then visible: fsync and close both files, rename index then data. */
+async function seal(npy: number, idx: number, base: string): Promise<void> {
+  await Promise.all([npy, idx].map(async (fd) => {
+    await fsyncAsync(fd);
+    await closeAsync(fd);
+  }));
+  await rename(`${base}.idx.tmp`, `${base}.idx`);
+  await rename(`${base}.npy.tmp`, `${base}.npy`);
 }
 
 /** The shard files of `prefix` in `dir`: index -> file names. */
@@ -60,6 +81,8 @@ export class BucketWriter {
   readonly #buf = new Uint32Array(BUFFER_TOKENS);
   #bufUsed = 0;
   #idxPending: number[] = [];
+  /** Finished shards still being sealed, in shard order; `#settle` moves them into the state. */
+  #sealing: Promise<ShardEntry>[] = [];
   #npy: number | null = null;
   #idx: number | null = null;
   /** Tokens and documents of the open shard already on disk. */
@@ -141,8 +164,8 @@ export class BucketWriter {
     this.#bufUsed = 0;
   }
 
-  /** Writes buffered tokens and index entries; with `sync`, also fsyncs, so that `state()` is on disk. */
-  flush(sync = false): void {
+  /** Writes buffered tokens and index entries. */
+  flush(): void {
     if (this.#npy === null) return;
     this.#flushTokens();
     if (this.#idxPending.length > 0) {
@@ -150,15 +173,22 @@ export class BucketWriter {
       this.#flushedDocs += this.#idxPending.length / 2;
       this.#idxPending = [];
     }
-    if (sync) {
-      fsyncSync(this.#npy);
-      fsyncSync(this.#idx!);
-    }
   }
 
-  /** The state for the journal; call `flush(true)` first. */
+  /** Flushes, fsyncs the open shard and waits for every finished shard's seal, so that `state()` is on disk. */
+  async durable(): Promise<void> {
+    this.flush();
+    const open = this.#npy === null ? [] : [this.#npy, this.#idx!];
+    await Promise.all([...open.map((fd) => fsyncAsync(fd)), this.#settle()]);
+  }
+
+  /** The state for the journal; call `durable()` first. */
   state(): BucketState {
     return structuredClone(this.#state);
+  }
+
+  async #settle(): Promise<void> {
+    for (const sealed of this.#sealing.splice(0)) this.#state.shards.push(await sealed);
   }
 
   #finishShard(): void {
@@ -166,23 +196,21 @@ export class BucketWriter {
     this.flush();
     writeSync(this.#npy!, npyHeader(s.tokens), 0, NPY_HEADER_BYTES, 0);
     writeSync(this.#idx!, idxHeader(s.docs), 0, IDX_HEADER_BYTES, 0);
-    for (const fd of [this.#npy!, this.#idx!]) {
-      fsyncSync(fd);
-      closeSync(fd);
-    }
-    this.#npy = this.#idx = null;
     const name = this.#name(s.next);
     const base = join(this.dir, name);
-    renameSync(`${base}.idx.tmp`, `${base}.idx`);
-    renameSync(`${base}.npy.tmp`, `${base}.npy`);
-    s.shards.push({ path: `${name}.npy`, index_path: `${name}.idx`, num_tokens: s.tokens, num_documents: s.docs, checksum: sha256FileSync(`${base}.npy`) });
+    const entry = { path: `${name}.npy`, index_path: `${name}.idx`, num_tokens: s.tokens, num_documents: s.docs, checksum: sha256FileSync(`${base}.npy.tmp`) };
+    const sealed = seal(this.#npy!, this.#idx!, base).then(() => entry);
+    sealed.catch(() => {}); // #settle awaits it; this only keeps an abandoned prep's failure from going unhandled
+    this.#sealing.push(sealed);
+    this.#npy = this.#idx = null;
     s.next++;
     s.tokens = s.docs = 0;
   }
 
-  /** Finishes the open shard; returns every shard of the bucket. */
-  finish(): ShardEntry[] {
+  /** Finishes the open shard and waits for every seal; returns every shard of the bucket. */
+  async finish(): Promise<ShardEntry[]> {
     if (this.#state.docs > 0) this.#finishShard();
+    await this.#settle();
     return this.#state.shards;
   }
 

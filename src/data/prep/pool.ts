@@ -22,7 +22,7 @@ export class TokenizerPool {
   readonly #pending = new Map<number, Pending>();
   #seq = 0;
   #failure: Error | null = null;
-  #closing = false;
+  #closed: Promise<void> | null = null;
 
   private constructor() {}
 
@@ -46,7 +46,7 @@ export class TokenizerPool {
         reject(err);
       });
       slot.worker.on('exit', (code) => {
-        if (code !== 0 && !pool.#closing) pool.#fail(new Error(`tokenizer worker exited with code ${code}`));
+        if (code !== 0 && pool.#closed === null) pool.#fail(new Error(`tokenizer worker exited with code ${code}`));
       });
     })));
     return pool;
@@ -67,12 +67,13 @@ export class TokenizerPool {
     });
   }
 
-  /** Stops the threads; batches still in flight are dropped (their promises never settle). */
-  async close(): Promise<void> {
-    this.#closing = true;
-    this.#pending.clear();
-    const slots = this.#slots.splice(0);
-    await Promise.all(slots.map((s) => s.worker.terminate()));
+  /** Stops the threads; batches still in flight are dropped (their promises never settle). Every call waits for the same stop. */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#pending.clear();
+      await Promise.all(this.#slots.splice(0).map((s) => s.worker.terminate()));
+    })();
+    return this.#closed;
   }
 
   #fail(err: Error): void {

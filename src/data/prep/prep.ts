@@ -71,7 +71,13 @@ function wipe(out: string, prefix: string): void {
   removeJournal(out);
 }
 
-function recordName(r: SourceRecord): string {
+/**
+ * What applying a batch needs of a record. A document's text goes to the tokenizer and is not kept, so it dies young
+ * instead of living (and being copied by the garbage collector) for as long as its batch is in flight.
+ */
+type Applied = { kind: 'doc'; id: string } | Extract<SourceRecord, { kind: 'skip' }>;
+
+function recordName(r: Applied): string {
   return r.kind === 'doc' ? `doc ${r.id}` : `skip ${r.where}`;
 }
 
@@ -104,7 +110,7 @@ class PrepRun {
   }
 
   /** Applies one tokenized batch in record order; stops at --max-tokens-total. */
-  apply(records: SourceRecord[], r: TokenizedBatch): void {
+  async apply(records: Applied[], r: TokenizedBatch): Promise<void> {
     const s = this.stats;
     let doc = 0, offset = 0;
     for (const rec of records) {
@@ -130,31 +136,32 @@ class PrepRun {
           if (this.o.maxTokensTotal !== null && s.tokens >= this.o.maxTokensTotal) s.reachedLimit = true;
         }
       }
-      if (++this.#sinceCheckpoint >= this.o.checkpointEvery) this.checkpoint();
+      if (++this.#sinceCheckpoint >= this.o.checkpointEvery) await this.checkpoint();
     }
   }
 
-  checkpoint(): void {
-    for (const w of this.writers.values()) w.flush(true);
+  async checkpoint(): Promise<void> {
+    await Promise.all([...this.writers.values()].map((w) => w.durable()));
     const buckets = Object.fromEntries([...this.writers].map(([b, w]) => [String(b), w.state()]));
     writeJournal(this.out, { journal_version: 1, params: this.params, lastDocId: this.#lastRecord, stats: this.stats, buckets });
     this.#sinceCheckpoint = 0;
   }
 
-  /** Finishes every bucket and writes the per-bucket and combined manifests. */
-  finish(tok: TextTokenizer, sourceName: string): Manifest {
+  /** Finishes every bucket, all sealing at once, and writes the per-bucket and combined manifests. */
+  async finish(tok: TextTokenizer, tokHash: string, sourceName: string): Promise<Manifest> {
     const all: ShardEntry[] = [];
     const base = {
       dataset: this.o.name, version: this.o.version, tokenizer: tok.name, vocab_size: tok.vocabSize, eos_token_id: tok.eosTokenId,
       dtype: 'uint32', created_at: new Date().toISOString(),
     };
     const stamps = {
-      tokenizer_name: tok.name, tokenizer_hash: tokenizerHash(tok), tokenizer_version: tok.version,
+      tokenizer_name: tok.name, tokenizer_hash: tokHash, tokenizer_version: tok.version,
       schema_version: MANIFEST_SCHEMA_VERSION, creator_version: CREATOR_VERSION,
     };
     const buckets = [...this.writers.keys()].sort((a, b) => a - b);
-    for (const b of buckets) {
-      const shards = this.writers.get(b)!.finish();
+    const finished = await Promise.all(buckets.map((b) => this.writers.get(b)!.finish()));
+    for (const [i, b] of buckets.entries()) {
+      const shards = finished[i]!;
       const m: Manifest = {
         ...base, total_tokens: shards.reduce((n, s) => n + s.num_tokens, 0), total_documents: shards.reduce((n, s) => n + s.num_documents, 0),
         num_shards: shards.length, shards, source_info: { source: sourceName }, ...stamps,
@@ -207,10 +214,13 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
 
   const run = new PrepRun(o, out, prefix, params, journal);
   const resumedAt = run.stats.records;
-  const pool = await TokenizerPool.start(o.workers, { tokenizer: tok.name, minTokens: o.minTokens, maxTokens: o.maxTokens, numShards: o.numShards });
+  const starting = TokenizerPool.start(o.workers, { tokenizer: tok.name, minTokens: o.minTokens, maxTokens: o.maxTokens, numShards: o.numShards });
+  // A fixed cost (the first encode on this thread builds the tokenizer's tables), paid while the workers start.
+  const tokHash = tokenizerHash(tok);
+  const pool = await starting;
   const startupSeconds = (performance.now() - t0) / 1000;
-  const inflight: { records: SourceRecord[]; result: Promise<TokenizedBatch> }[] = [];
-  let batch: SourceRecord[] = [], ids: string[] = [], texts: string[] = [], chars = 0;
+  const inflight: { records: Applied[]; result: Promise<TokenizedBatch> }[] = [];
+  let batch: Applied[] = [], ids: string[] = [], texts: string[] = [], chars = 0;
   const progress = () => hooks.progress?.({
     records: run.stats.records, documents: run.stats.documents, tokens: run.stats.tokens, bytesRead: source.bytesRead(), totalBytes: source.totalBytes,
   });
@@ -223,7 +233,7 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
   };
   const applyOldest = async () => {
     const head = inflight.shift()!;
-    run.apply(head.records, await head.result);
+    await run.apply(head.records, await head.result);
     progress();
   };
   try {
@@ -236,12 +246,12 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
         }
         continue;
       }
-      batch.push(rec);
       if (rec.kind === 'doc') {
+        batch.push({ kind: 'doc', id: rec.id });
         ids.push(rec.id);
         texts.push(rec.text);
         chars += rec.text.length;
-      }
+      } else batch.push(rec);
       if (ids.length >= o.batchSize || chars >= BATCH_CHARS) dispatch();
       while (inflight.length >= INFLIGHT_PER_WORKER * pool.size) await applyOldest();
       if (run.stats.reachedLimit || hooks.signal?.aborted) break;
@@ -255,10 +265,11 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
       while (inflight.length > 0 && !run.stats.reachedLimit) await applyOldest();
     }
     if (hooks.signal?.aborted) {
-      run.checkpoint();
+      await run.checkpoint();
       return { output: out, manifest: null, stats: run.stats, resumedAt, alreadyDone: false, interrupted: true, startupSeconds };
     }
-    const manifest = run.finish(tok, source.name);
+    void pool.close(); // the workers are done: let them stop while the shards are sealed
+    const manifest = await run.finish(tok, tokHash, source.name);
     return { output: out, manifest, stats: run.stats, resumedAt, alreadyDone: false, interrupted: false, startupSeconds };
   } finally {
     for (const w of run.writers.values()) w.abandon();

@@ -63,6 +63,8 @@ class IpcRoute implements ExpertRoute {
     readonly originRank: Tensor,
     /** i32: the rows that arrived here (offsets[El]). */
     readonly received: bigint,
+    /** i32 [E + 1]: where each global expert's rows start among the rows this rank sends (its plan's offsets). */
+    readonly planOffsets: bigint,
     private readonly segments: { free(): void },
   ) {}
 
@@ -166,13 +168,14 @@ export class CudaIpcExchange implements ExpertExchange {
     const segments = b.moeSegments(segCounts, cap);
     segCounts.free();
     const received = asCuda(segments.offsets).ptr + BigInt(4 * local); // offsets[El]
-    return new IpcRoute(segments.offsets, cap, n, dest, destRank, origin, originRank, received, segments);
+    return new IpcRoute(segments.offsets, cap, n, dest, destRank, origin, originRank, received, offsets.ptr, segments);
   }
 
   dispatch(rows: Tensor, route: ExpertRoute): Tensor {
     const r = route as IpcRoute, x = asCuda(rows), pool = this.layout.recv;
     const area = this.#take(pool);
-    this.#k('rdep_dispatch', MOVE_BLOCKS, 256, [{ ptr: x.ptr }, { ptr: asCuda(r.dest).ptr }, { ptr: asCuda(r.destRank).ptr }, this.#peersArg,
+    const first = ((this.o.rank + 1) % this.o.world) * this.#local; // the plan's first expert of the next rank
+    this.#k('rdep_dispatch', MOVE_BLOCKS, 256, [{ ptr: x.ptr }, { ptr: asCuda(r.dest).ptr }, { ptr: asCuda(r.destRank).ptr }, { ptr: r.planOffsets }, { i32: first }, this.#peersArg,
       { i64: pool.offset(area) }, { i32: this.#rowVecs }, { i64: x.shape[0]! }]);
     this.#barrier();
     return pool.view(this.base, area, [r.rows, this.o.dim], x.dtype, () => this.#epoch);

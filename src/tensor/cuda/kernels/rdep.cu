@@ -110,12 +110,19 @@ __device__ __forceinline__ void move_row(uint4* __restrict__ dst, const uint4* _
   }
 }
 
-// Dispatch: each of my grouped rows straight into its owner's receive area.
-__global__ void rdep_dispatch(const uint4* __restrict__ x, const int* dest, const int* dest_rank, Peers peers, long recv_off, int row_vecs, long rows) {
+// Dispatch: each of my grouped rows straight into its owner's receive area. My rows are grouped by owner, and the
+// warps in flight cover a window of a few thousand of them, so walking them in order would have every rank write
+// to rank 0 first, then all to rank 1, ...: one GPU's NVLink ingress shared by all senders while the others idle.
+// Rank `me` starts at the rows for rank me + 1 (`offsets[first]`) and wraps around, so at any moment the ranks
+// write to different owners. Where a row lands is fixed by `dest`; only the order of the stores changes.
+__global__ void rdep_dispatch(const uint4* __restrict__ x, const int* dest, const int* dest_rank, const int* offsets, int first, Peers peers,
+                              long recv_off, int row_vecs, long rows) {
   const int lane = threadIdx.x & 31;
-  const long warps = (long)gridDim.x * (blockDim.x >> 5);
-  for (long r = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps)
+  const long warps = (long)gridDim.x * (blockDim.x >> 5), shift = offsets[first];
+  for (long i = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); i < rows; i += warps) {
+    const long r = i + shift < rows ? i + shift : i + shift - rows;
     move_row((uint4*)(peers.base[dest_rank[r]] + recv_off) + (long)dest[r] * row_vecs, x + r * row_vecs, row_vecs, lane);
+  }
   __threadfence_system();
 }
 

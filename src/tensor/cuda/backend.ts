@@ -434,7 +434,7 @@ export class CudaBackend implements Backend {
     if (x.shape[1] !== din) throw new Error(`groupedMatmul: ${describe(x)} does not match ${describe(w)} (transB=${transB})`);
     const y = this.empty([x.shape[0]!, dout], x.dtype);
     const args = [ptr(x), ptr(w), ptr(y), ptr(offsets), ptr(plan.tiles), ptr(plan.numTiles), i32(din), i32(dout), i32(transB ? 1 : 0)];
-    if (this.#tensorCores(x, din, dout)) this.#k('grouped.cu', 'grouped_gemm_tc', [plan.tiles.shape[0]!, Math.ceil(dout / 128)], 256, args, groupedSmem(0, transB ? 0 : 1));
+    if (this.#tensorCores(x, din, dout)) this.#k('grouped.cu', 'grouped_gemm_tc', [Math.ceil(dout / 128), plan.tiles.shape[0]!], 256, args, groupedSmem(0, transB ? 0 : 1));
     else this.#k('moe.cu', `grouped_gemm<${ctype(x)}>`, [plan.tiles.shape[0]!, Math.ceil(dout / 64), 2], 256, args);
     return y;
   }

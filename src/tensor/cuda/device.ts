@@ -118,6 +118,7 @@ export class CudaDevice {
     }
     // The exact parameter bytes: more than the kernel declares is CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES.
     new BigUint64Array(koffi.view(this.#extra + 40n, 8))[0] = BigInt(off);
+    if ((grid[1] ?? 1) > 65535 || (grid[2] ?? 1) > 65535) throw new Error(`kernel grid [${grid.join(', ')}] has a y or z dimension over CUDA's 65535 (a batch too large for this kernel)`);
     if (smem > 48 * 1024) check('cuFuncSetAttribute', cu.funcSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem));
     check('cuLaunchKernel', cu.launchKernel(fn, grid[0], grid[1] ?? 1, grid[2] ?? 1, block, 1, 1, smem, this.stream, 0n, this.#extra));
   }

@@ -109,7 +109,9 @@ __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, c
   extern __shared__ __align__(16) bf16 smem[];
   bf16* Qs = smem;
   bf16* stages = Qs + BQ * LDK;  // stage s: K [BK][LDK], then V [BK][LDV]
-  const int qb = blockIdx.x, b = blockIdx.y / heads, h = blockIdx.y % heads;
+  // Causal: query block qb walks qb + 1 key blocks. The last query blocks go first, so the longest CTAs do not
+  // start in the last wave and leave most SMs idle at the end.
+  const int qb = gridDim.x - 1 - blockIdx.x, b = blockIdx.y / heads, h = blockIdx.y % heads;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const long qk_stride = (long)heads * dqk, v_stride = (long)heads * dv, base = (long)b * seq;
   const int q_first = qb * BQ, r0 = warp * 16;
@@ -187,7 +189,9 @@ __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16
   bf16* Qs = smem;
   bf16* dOs = Qs + BQ * LDK;
   bf16* stages = dOs + BQ * LDV;
-  const int qb = blockIdx.x, b = blockIdx.y / heads, h = blockIdx.y % heads;
+  // Causal: query block qb walks qb + 1 key blocks. The last query blocks go first, so the longest CTAs do not
+  // start in the last wave and leave most SMs idle at the end.
+  const int qb = gridDim.x - 1 - blockIdx.x, b = blockIdx.y / heads, h = blockIdx.y % heads;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const long qk_stride = (long)heads * dqk, v_stride = (long)heads * dv, base = (long)b * seq;
   const int q_first = qb * BQ, r0 = warp * 16;

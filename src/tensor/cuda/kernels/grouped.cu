@@ -130,14 +130,16 @@ __device__ __forceinline__ void store_acc(const float acc[4][4][4], bf16* out, l
 }
 
 // y[rows of a tile] = x[rows] @ w[e] (w [E, din, dout]) or @ w[e]^T (trans_b: w [E, dout, din]).
-// grid (max tiles, dout / TN), 256 threads; din and dout multiples of 8. Dynamic shared memory: STAGES stages of
+// grid (dout / TN, max tiles), 256 threads; din and dout multiples of 8. Dynamic shared memory: STAGES stages of
 // an A and a B tile (K_INNER tiles 128 x 40, K_OUTER 32 x 136 elements); the host computes the same sum.
+// The column tiles of one row tile are neighbours in launch order, so they run together and read its rows of x
+// from L2: with the row tiles innermost, x (hundreds of MB) came from DRAM once per column tile.
 __global__ void __launch_bounds__(256) grouped_gemm_tc(const bf16* x, const bf16* w, bf16* y, const int* offsets, const int* tiles,
                                                        const int* num_tiles, int din, int dout, int trans_b) {
-  if ((int)blockIdx.x >= *num_tiles) return;
+  if ((int)blockIdx.y >= *num_tiles) return;
   extern __shared__ __align__(16) bf16 smem[];
-  const int e = tiles[2 * blockIdx.x], r0 = tiles[2 * blockIdx.x + 1];
-  const int r1 = min(offsets[e + 1], r0 + TM), c0 = blockIdx.y * TN;
+  const int e = tiles[2 * blockIdx.y], r0 = tiles[2 * blockIdx.y + 1];
+  const int r1 = min(offsets[e + 1], r0 + TM), c0 = blockIdx.x * TN;
   const bf16* we = w + (long)e * din * dout;
   float acc[4][4][4] = {};
   if (trans_b) mainloop<K_INNER, K_INNER>(acc, smem, x, din, r0, r1, we, din, c0, dout, 0, din);

@@ -344,7 +344,7 @@ export class CudaBackend implements Backend {
     if (flash) {
       const [P, V] = flash;
       // flash.cu: dq holds Q and dO, then 2 stages of K and V; dk/dv holds K and V, then 2 stages of Q and dO.
-      const dqSmem = (64 * (P + 8) + 64 * (V + 8) + 2 * 64 * (P + 8 + V + 8)) * 2;
+      const dqSmem = (64 * (P + 8) + 64 * (V + 8) + 2 * 32 * (P + 8 + V + 8)) * 2;
       const dkdvSmem = (64 * (P + 8) + 64 * (V + 8) + 2 * 32 * (P + 8 + V + 8)) * 2;
       const grid: [number, number] = [Math.ceil(s.seqLen / 64), s.batch * s.heads];
       this.#k('flash.cu', `flash_bwd_dq<${P}, ${V}>`, grid, 128, [...inputs, ptr(dq), ...dims], dqSmem);

@@ -10,6 +10,8 @@
 #define BQ 64  // query rows per CTA (4 warps x 16) in the forward and dq passes
 #define BK 64  // keys per block in the forward and dq passes; keys per CTA in the dk/dv pass
 #define BQ2 32 // query rows per step in the dk/dv pass (keeps its accumulators in registers)
+#define BKD 32 // keys per block in the dq pass: with 64 its shared memory (Q, dO, 2 stages of K and V: 129 KB at head
+               // dims 192/128) left room for one CTA, 4 warps, per SM
 
 // cp.async of `rows` token rows (from row0; rows past rows_valid and columns past width are zero) of head columns
 // [col, col + width) into a [rows][ld] tile of cols (padded) columns. Chunks of 8 elements.
@@ -180,11 +182,11 @@ __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, c
 }
 
 // dq for 64 query rows per CTA: dq = scale * sum over keys of P (dP - delta) k, with dP = dO v^T.
-// smem: Qs [BQ][LDK], dOs [BQ][LDV], then 2 stages of K [BK][LDK], V [BK][LDV].
+// smem: Qs [BQ][LDK], dOs [BQ][LDV], then 2 stages of K [BKD][LDK], V [BKD][LDV].
 template <int DQK, int DV>
 __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
                                                     const float* delta, bf16* dq, int seq, int heads, int dqk, int dv, float scale) {
-  constexpr int LDK = DQK + 8, LDV = DV + 8, STAGE = BK * (LDK + LDV);
+  constexpr int LDK = DQK + 8, LDV = DV + 8, STAGE = BKD * (LDK + LDV);
   extern __shared__ __align__(16) bf16 smem[];
   bf16* Qs = smem;
   bf16* dOs = Qs + BQ * LDK;
@@ -197,8 +199,8 @@ __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16
   const int q_first = qb * BQ, r0 = warp * 16;
   auto load_kv = [&](int kb, int s) {
     bf16* st = stages + s * STAGE;
-    load_rows(st, LDK, k, base + kb * BK, seq - kb * BK, qk_stride, h * dqk, dqk, BK, DQK);
-    load_rows(st + BK * LDK, LDV, v, base + kb * BK, seq - kb * BK, v_stride, h * dv, dv, BK, DV);
+    load_rows(st, LDK, k, base + kb * BKD, seq - kb * BKD, qk_stride, h * dqk, dqk, BKD, DQK);
+    load_rows(st + BKD * LDK, LDV, v, base + kb * BKD, seq - kb * BKD, v_stride, h * dv, dv, BKD, DV);
   };
   load_rows(Qs, LDK, q, base + q_first, seq - q_first, qk_stride, h * dqk, dqk, BQ, DQK);
   load_rows(dOs, LDV, dout, base + q_first, seq - q_first, v_stride, h * dv, dv, BQ, DV);
@@ -213,15 +215,16 @@ __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16
     delta_r[r] = ok ? delta[(base + qrow[r]) * heads + h] : 0.f;
   }
   float acc[DQK / 8][4] = {};
-  for (int kb = 0; kb <= qb; ++kb) {
-    const bf16* Ks = next_stage(stages, STAGE, kb, kb < qb, load_kv);
-    const bf16* Vs = Ks + BK * LDK;
-    const int k_first = kb * BK;
-    float s[BK / 8][4] = {};
-    mma_abT<DQK, BK>(s, Qs, LDK, r0, Ks, LDK, lane);
+  const int last = (q_first + BQ - 1) / BKD; // the key block on the diagonal of this CTA's last query row
+  for (int kb = 0; kb <= last; ++kb) {
+    const bf16* Ks = next_stage(stages, STAGE, kb, kb < last, load_kv);
+    const bf16* Vs = Ks + BKD * LDK;
+    const int k_first = kb * BKD;
+    float s[BKD / 8][4] = {};
+    mma_abT<DQK, BKD>(s, Qs, LDK, r0, Ks, LDK, lane);
     // dS = P (dP - delta), masked, kept in s; dP = dO V^T one pair of tiles at a time (fewer live registers).
 #pragma unroll
-    for (int n = 0; n < BK / 8; n += 2) {
+    for (int n = 0; n < BKD / 8; n += 2) {
       float dp[2][4] = {};
       mma_abT_pair<DV>(dp[0], dp[1], dOs, LDV, r0, Vs, LDV, n * 8, lane);
 #pragma unroll
@@ -234,7 +237,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16
           s[n + u][i] = p * (dp[u][i] - delta_r[r]);
         }
     }
-    mma_pb<BK, DQK>(acc, s, Ks, LDK, lane);
+    mma_pb<BKD, DQK>(acc, s, Ks, LDK, lane);
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

@@ -110,7 +110,7 @@ describe('nmoe CLI', () => {
     const r = nmoe(['train', '--device=cuda']);
     expect(r.code).toBe(2);
     expect(r.err.trim().split('\n')).toHaveLength(1);
-    expect(r.err).toMatch(/device = "cuda" but the CUDA backend cannot start: cannot load the CUDA driver \(libcuda\.so\.1\)\. Looked in: .*; or set device = "cpu"\./);
+    expect(r.err).toMatch(/device = "cuda" but the CUDA backend cannot start: cannot load the CUDA driver \(libcuda\.so\.1\)\. Looked in: .*\/usr\/local\/cuda\/lib64\/libcuda\.so\.1.*; (the ldconfig cache has no entry for it|ldconfig could not be run \(.*\))\. Fix: .*; or set device = "cpu"\./);
   });
 
   it('checks every shipped config', () => {

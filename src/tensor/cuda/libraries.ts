@@ -30,25 +30,39 @@ export interface LoadedLibrary {
   path: string;
 }
 
-function ldconfigPaths(): Map<string, string> {
-  const found = new Map<string, string>();
-  try {
-    const out = execFileSync('ldconfig', ['-p'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+/** The ldconfig cache (soname -> path), or null when no ldconfig could be run (it is often in /sbin, off PATH). */
+function ldconfigPaths(): Map<string, string> | null {
+  for (const bin of ['ldconfig', '/sbin/ldconfig', '/usr/sbin/ldconfig']) {
+    let out: string;
+    try {
+      out = execFileSync(bin, ['-p'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    } catch {
+      continue;
+    }
+    const found = new Map<string, string>();
     for (const line of out.split('\n')) {
       const m = /^\s*(\S+) \(.*\) => (\S+)$/.exec(line);
       if (m && !found.has(m[1]!)) found.set(m[1]!, m[2]!);
     }
-  } catch {
-    // no ldconfig: the other places still count
+    return found;
   }
-  return found;
+  return null;
+}
+
+/** `lib/` folders of Python installs that pip's nvidia-* wheels may sit in: a virtualenv or conda env, user and
+ *  system site-packages, and virtualenvs one level under /opt (where images often put them). */
+function pythonLibRoots(): string[] {
+  const roots = [process.env.VIRTUAL_ENV, process.env.CONDA_PREFIX].filter((d): d is string => !!d).map((d) => join(d, 'lib'));
+  roots.push(`${process.env.HOME ?? ''}/.local/lib`, '/usr/local/lib', '/usr/lib');
+  if (existsSync('/opt')) {
+    for (const d of readdirSync('/opt')) roots.push(join('/opt', d, '.venv/lib'), join('/opt', d, 'venv/lib'), join('/opt', d, 'lib'));
+  }
+  return roots;
 }
 
 function pipWheelDirs(): string[] {
-  const roots = ['/opt/torch/.venv/lib', '/usr/local/lib', '/usr/lib', `${process.env.HOME ?? ''}/.local/lib`];
-  if (process.env.VIRTUAL_ENV) roots.unshift(join(process.env.VIRTUAL_ENV, 'lib'));
   const dirs: string[] = [];
-  for (const root of roots) {
+  for (const root of pythonLibRoots()) {
     if (!existsSync(root)) continue;
     for (const py of readdirSync(root).filter((d) => d.startsWith('python3'))) {
       for (const site of ['site-packages', 'dist-packages']) {
@@ -94,14 +108,15 @@ export function loadLibrary(spec: LibrarySpec): LoadedLibrary {
       const r = attempt(join(dir, soname));
       if (r) return r;
     }
-    const cached = cache.get(soname);
+    const cached = cache?.get(soname);
     if (cached) {
       const r = attempt(cached);
       if (r) return r;
     }
   }
+  const ldconfig = cache ? 'the ldconfig cache has no entry for it' : 'ldconfig could not be run (not on PATH, /sbin or /usr/sbin)';
   throw new UserError(
-    `cannot load ${spec.what} (${spec.sonames.join(' or ')}). Looked in: ${tried.join(', ') || '(nowhere)'}. ` +
+    `cannot load ${spec.what} (${spec.sonames.join(' or ')}). Looked in: ${tried.join(', ') || '(nowhere)'}; ${ldconfig}. ` +
       `Fix: ${spec.install}, or set NMOE_${spec.key}_PATH to the library file.`,
   );
 }

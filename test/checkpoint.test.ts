@@ -200,7 +200,7 @@ describe('exact resume', () => {
     expect(resumed.code, resumed.err).toBe(0);
     expect(resumed.out).toMatch(new RegExp(`^warning: skipping incomplete checkpoint .*${iterName(step)}: `, 'm'));
     expect(resumed.out).toMatch(new RegExp(`^resumed run \\S+ from step ${step - 1} `, 'm'));
-    expect(resumed.out).toMatch(new RegExp(`^done: ${N} steps`, 'm')); // the step reached
+    expect(resumed.out).toMatch(new RegExp(`^done: steps ${step}-${N} \\(resumed from ${step - 1}\\)`, 'm'));
     expect(stepBytes(dir, N)).toEqual(stepBytes(straight.dir, N));
   });
 

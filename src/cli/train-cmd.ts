@@ -79,7 +79,8 @@ export function registerTrainCommand(program: Command): void {
         const s = await trainTracked(config, backend, events, interrupt.signal, dist);
         progress.finish();
         progress.line(
-          `${s.stoppedEarly ? pc.yellow('stopped') : pc.green('done')}: ${s.steps} steps in ${formatDuration(s.wallSeconds)} | ` +
+          `${s.stoppedEarly ? pc.yellow('stopped') : pc.green('done')}: ` +
+            `${s.startStep > 0 ? `steps ${s.startStep + 1}-${s.steps} (resumed from ${s.startStep})` : `${s.steps} steps`} in ${formatDuration(s.wallSeconds)} | ` +
             `loss ${s.firstLoss.toFixed(4)} -> ${s.finalLoss.toFixed(4)} | ${formatCount(s.tokensSeen)} tokens at ${formatCount(s.tokensPerSecond)} tok/s`,
         );
         ok = true;

@@ -1,6 +1,7 @@
 /**
- * `nmoe bench rdep`, on each rank: RDEP's dispatch (router output to grouped expert input: route, dispatch,
- * collect) and combine (expert output to combined token output: return, copy back, gate-weighted sum), timed with
+ * `nmoe bench rdep`, on each rank: RDEP's dispatch (router output to grouped expert input: route and dispatch,
+ * which leaves the rows grouped by local expert) and combine (expert output to combined token output: return and
+ * the gate-weighted sum), timed with
  * device events, for T tokens/rank x dim with top-k over E experts under uniform random routing. The slowest
  * rank's median time counts. Bandwidth is what leaves a rank: the rows it dispatches to other ranks plus the rows
  * it returns to them, over the round-trip time.

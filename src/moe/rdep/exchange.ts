@@ -29,8 +29,11 @@ export interface ExpertExchange {
   readonly world: number;
   /** Phase one, from this rank's MoE plan (its rows per global expert and where each expert's rows start). */
   route(plan: MoePlan): ExpertRoute;
-  /** rows [N, D] grouped by global expert -> [route.rows, D] grouped by local expert, then source rank. */
+  /**
+   * rows [N, D] grouped by global expert -> [route.rows, D] grouped by local expert, then source rank. On the GPU
+   * the result is a view of the exchange's shared buffer, held until it is freed (see cuda-ipc.ts).
+   */
   dispatch(rows: Tensor, route: ExpertRoute): Tensor;
-  /** rows [route.rows, D] in the dispatched layout -> [N, D] in this rank's grouped layout. */
+  /** rows [route.rows, D] in the dispatched layout -> [N, D] in this rank's grouped layout (on the GPU, a view too). */
   combine(rows: Tensor, route: ExpertRoute): Tensor;
 }

@@ -1,14 +1,15 @@
 /**
  * The data CLI as a user runs it, in child processes: a prep killed mid-run leaves no complete-looking partial
- * shard and resumes to the same bytes; Ctrl-C saves a checkpoint; on a terminal (a pseudo-terminal from util-linux's
- * `script`) prep draws a progress bar; verify/info/inspect/regenerate-index report and
- * exit 2 on damaged data; the Hub source against a local stand-in server (listing, range reads, HF_TOKEN) and with
- * no network; training on prepared shards gives the same losses as on the same tokens embedded.
+ * shard and resumes (or, with --force, starts over) to the same bytes; Ctrl-C saves a checkpoint; on a terminal (a
+ * pseudo-terminal from util-linux's `script`) prep draws a progress bar; verify/info/inspect/regenerate-index report
+ * and exit 2 on damaged data; the Hub source against a local stand-in server (listing, range reads, HF_TOKEN), with
+ * no network and with an unresolvable host; training on prepared shards gives the same losses as on the same tokens
+ * embedded, and in flow mode resumes exactly.
  */
 import { spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parquetWriteBuffer } from 'hyparquet-writer';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -17,7 +18,7 @@ import { PREP_DEFAULTS } from '../src/data/prep/options.ts';
 import { runPrep } from '../src/data/prep/prep.ts';
 import { NpyShard } from '../src/data/shard.ts';
 import { listFiles } from '../src/data/sources/paths.ts';
-import { BIN, documents, expected, nmoe, nmoeAsync, removeTempDirs, shardBytes, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
+import { BIN, documents, expected, nmoe, nmoeAsync, removeTempDirs, shardBytes, tempDir, writeFlowTomls, writeJsonl } from './fixtures/data/helpers.ts';
 
 afterAll(removeTempDirs);
 
@@ -49,12 +50,17 @@ describe('an interrupted prep', () => {
   const args = ['--source', 'jsonl', '--paths', input, '--name', 'book', '--num-shards', '4', '--tokens-per-shard', '60000', '--workers', '1', '--batch-size', '5', '--checkpoint-every', '15'];
   const whole = runPrep({ ...PREP_DEFAULTS, source: 'jsonl', paths: [input], output: tempDir('whole'), name: 'book', numShards: 4, tokensPerShard: 60000, workers: 2 });
 
-  it('killed (SIGKILL) after a checkpoint leaves only complete .npy files, and a rerun ends with the same bytes', async () => {
-    const out = tempDir('killed');
+  /** Starts the prep into `out` and SIGKILLs it once it has saved a checkpoint and finished a shard. */
+  const killAfterCheckpoint = async (out: string) => {
     const run = nmoeAsync(['data', 'prep', ...args, '-o', out]);
     await waitFor(() => existsSync(join(out, '.nmoe-prep.json')) && listFiles(out).some((f) => f.endsWith('.npy')), 60_000);
     run.child.kill('SIGKILL');
     expect((await run.done).signal).toBe('SIGKILL');
+  };
+
+  it('killed (SIGKILL) after a checkpoint leaves only complete .npy files, and a rerun ends with the same bytes', async () => {
+    const out = tempDir('killed');
+    await killAfterCheckpoint(out);
     expect(existsSync(join(out, 'manifest.json'))).toBe(false);
     const files = listFiles(out);
     const partial = files.filter((f) => f.endsWith('.npy.tmp'));
@@ -76,6 +82,18 @@ describe('an interrupted prep', () => {
     expect(again.out).toMatch(/^done: 405 documents, [\d,]+ tokens in \d+ shards \(4 buckets\)/m);
     expect(shardBytes(out)).toEqual(shardBytes((await whole).output));
     expect(existsSync(join(out, '.nmoe-prep.json'))).toBe(false);
+  });
+
+  it('killed (SIGKILL), then run again with --force, starts over and ends with the same bytes as an uninterrupted run', async () => {
+    const out = tempDir('forced');
+    await killAfterCheckpoint(out);
+    const again = nmoe(['data', 'prep', ...args, '-o', out, '--force']);
+    expect(again.code, again.err).toBe(0);
+    expect(again.out).not.toMatch(/resumed/);
+    expect(again.out).toMatch(/^done: 405 documents/m);
+    expect(listFiles(out).filter((f) => f.endsWith('.tmp'))).toEqual([]); // the killed run's partial shards are gone
+    expect(existsSync(join(out, '.nmoe-prep.json'))).toBe(false);
+    expect(shardBytes(out)).toEqual(shardBytes((await whole).output));
   });
 
   it('stopped with Ctrl-C saves a checkpoint, exits 130 and says how to resume', async () => {
@@ -204,22 +222,37 @@ describe('the Hugging Face Hub source', () => {
     expect(missing.out).toMatch(/the Hub has no acme\/tiny subset other split train \(HTTP 404\).*Fix: check --dataset, --subset and --split/);
   });
 
-  it('fails at once with a clear error when the Hub cannot be reached', async () => {
+  /** A Hub prep against `endpoint`, which cannot be reached: it must fail at once, name the endpoint and `cause`, and write nothing. */
+  const expectUnreachable = (endpoint: string, cause: RegExp) => {
+    const t0 = Date.now();
+    const out = tempDir('offline');
+    const r = nmoe(['data', 'prep', '--source', 'hf', '--dataset', 'acme/tiny', '-o', out, '--name', 'x'], { HF_ENDPOINT: endpoint });
+    expect(r.code).toBe(2);
+    expect(r.err).toContain(`cannot reach the Hugging Face Hub at ${endpoint} (`);
+    expect(r.err).toMatch(cause);
+    expect(r.err).toMatch(/Fix: check the network or proxy/);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    expect(readdirSync(out)).toEqual([]); // nothing was started
+  };
+
+  it('fails at once with a clear error when nothing listens at the Hub address', async () => {
     const closed = createServer();
     await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
     const port = (closed.address() as AddressInfo).port;
     await new Promise((r) => closed.close(r)); // a port where nothing listens
-    const t0 = Date.now();
-    const out = tempDir('offline');
-    const r = nmoe(['data', 'prep', '--source', 'hf', '--dataset', 'acme/tiny', '-o', out, '--name', 'x'], { HF_ENDPOINT: `http://127.0.0.1:${port}` });
-    expect(r.code).toBe(2);
-    expect(r.err).toMatch(new RegExp(`cannot reach the Hugging Face Hub at http://127\\.0\\.0\\.1:${port} \\(ECONNREFUSED\\) .*Fix: check the network or proxy`));
-    expect(Date.now() - t0).toBeLessThan(15_000);
-    expect(readdirSync(out)).toEqual([]); // nothing was started
+    expectUnreachable(`http://127.0.0.1:${port}`, /\(ECONNREFUSED\)/);
+  });
+
+  it('fails at once with a clear error when the Hub host name does not resolve', () => {
+    // .invalid never resolves (RFC 2606); a machine without a resolver answers EAI_AGAIN instead of ENOTFOUND.
+    expectUnreachable('http://hub.nmoe-test.invalid', /\((ENOTFOUND|EAI_AGAIN)\)/);
   });
 });
 
 describe('training on prepared shards', () => {
+  const quick = ['--seq_len=32', '--batch_size=4', '--warmup_steps=2', '--log_every=1'];
+  const losses = (r: { out: string }) => [...r.out.matchAll(/^step +\d+\/\d+ +loss (\d+\.\d+)/gm)].map((m) => m[1]);
+
   it('gives the same losses as the embedded corpus when the shards hold the same tokens', () => {
     const out = tempDir('train');
     const docs = embeddedDocuments().map((text, i) => ({ id: `ch${i}`, text }));
@@ -227,12 +260,35 @@ describe('training on prepared shards', () => {
     writeJsonl(input, docs);
     const prep = nmoe(['data', 'prep', '--source', 'jsonl', '--paths', input, '-o', join(out, 'shards'), '--name', 'moby', '--tokenizer', 'bytes', '--num-shards', '1', '-j', '1']);
     expect(prep.code, prep.err).toBe(0);
-    const quick = ['--steps=2', '--seq_len=32', '--batch_size=4', '--warmup_steps=2', '--log_every=1'];
-    const losses = (r: { out: string }) => [...r.out.matchAll(/^step +\d\/2 +loss (\d+\.\d+)/gm)].map((m) => m[1]);
-    const embedded = nmoe(['train', ...quick]);
-    const sharded = nmoe(['train', ...quick, `--data_path=${join(out, 'shards')}`]);
+    const embedded = nmoe(['train', '--steps=2', ...quick]);
+    const sharded = nmoe(['train', '--steps=2', ...quick, `--data_path=${join(out, 'shards')}`]);
     expect(sharded.code, sharded.err).toBe(0);
     expect(losses(sharded)).toHaveLength(2);
     expect(losses(sharded)).toEqual(losses(embedded));
+  });
+
+  it('in flow mode trains on a mixture of prepared sources, and --resume from its step-2 checkpoint repeats steps 3-4 exactly', async () => {
+    const root = tempDir('flow-train');
+    const flow = writeFlowTomls(root, 0.000000512); // 512 tokens: 4 steps of 4 x 32
+    const chapters = embeddedDocuments();
+    for (const [i, src] of ['alpha', 'beta', 'gamma'].entries()) {
+      const paths = [join(root, `${src}.jsonl`)];
+      writeJsonl(paths[0]!, chapters.slice(3 * i, 3 * i + 3).map((text, c) => ({ id: `${src}-${c}`, text })));
+      await runPrep({ ...PREP_DEFAULTS, source: 'jsonl', paths, output: join(root, 'flows', 'small', 'pretrain', src, 'train'), name: src, tokenizer: 'bytes', numShards: 1, workers: 1 });
+    }
+    const run = (dir: string, extra: string[]) => nmoe(['train', ...quick, '--flow_mode=small', `--mixture_toml=${flow.mixture_toml}`, `--flow_profiles_toml=${flow.flow_profiles_toml}`,
+      `--data_root=${root}`, '--checkpoint_every=2', `--checkpoint_dir=${join(root, dir)}`, `--metrics_dir=${join(root, 'metrics')}`, `--experiments_db=${join(root, 'exp.db')}`, ...extra]);
+    const loaderAt4 = (dir: string) => JSON.parse(readFileSync(join(root, dir, 'iter_0000004', 'train_state.json'), 'utf8')).loader;
+
+    const straight = run('straight', ['--steps=4']);
+    expect(straight.code, straight.err).toBe(0);
+    expect(losses(straight)).toHaveLength(4);
+    expect(loaderAt4('straight').emitted_sequences).toEqual({ alpha: 8, beta: 5, gamma: 3 }); // 16 sequences, 5:3:2 by largest remainder
+    cpSync(join(root, 'straight', 'iter_0000002'), join(root, 'resumed', 'iter_0000002'), { recursive: true }); // as if stopped after step 2
+    const resumed = run('resumed', ['--steps=4', '--resume']);
+    expect(resumed.code, resumed.err).toBe(0);
+    expect(resumed.out).toMatch(/^resumed run \S+ from step 2 /m);
+    expect(losses(resumed)).toEqual(losses(straight).slice(2));
+    expect(loaderAt4('resumed')).toEqual(loaderAt4('straight'));
   });
 });

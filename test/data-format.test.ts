@@ -15,7 +15,7 @@ import { npyHeader } from '../src/data/npy.ts';
 import { NpyShard } from '../src/data/shard.ts';
 import { bucketOf, normalizeText, parseTokenCount } from '../src/data/text.ts';
 import { loadTokenizer, tokenizerHash } from '../src/data/tokenizers.ts';
-import { py, removeTempDirs, tempDir, writeJsonl, writeNpy } from './fixtures/data/helpers.ts';
+import { nmoe, py, removeTempDirs, tempDir, writeJsonl, writeNpy } from './fixtures/data/helpers.ts';
 
 afterAll(removeTempDirs);
 
@@ -177,20 +177,43 @@ describe('MinHash-LSH dedup', () => {
     expect(new LshIndex(128)).toMatchObject({ bands: 32, rows: 4 });
   });
 
-  it('drops near-duplicates keep-first, keeps distinct text, and reports unusable lines', async () => {
-    const dir = tempDir('dedup');
+  /** Chapter 1, chapter 1 with one word changed (a near-duplicate), chapter 2, a record without text and a line that is not JSON. */
+  function dedupInput(): string {
+    const path = join(tempDir('dedup'), 'in.jsonl');
     const [ch1, ch2] = embeddedDocuments();
-    const rows = [
+    writeJsonl(path, [
       { id: 1, text: ch1!.slice(0, 4000) },
-      { id: 2, text: ch1!.slice(0, 4000).replace('Ishmael', 'Queequeg') }, // one word changed: a near-duplicate
+      { id: 2, text: ch1!.slice(0, 4000).replace('Ishmael', 'Queequeg') },
       { id: 3, text: ch2!.slice(0, 4000) },
       { id: 4, title: 'no text' },
-    ];
-    writeJsonl(join(dir, 'in.jsonl'), rows);
-    writeFileSync(join(dir, 'in.jsonl'), readFileSync(join(dir, 'in.jsonl'), 'utf8') + 'not json\n');
-    const r = await runDedup({ input: join(dir, 'in.jsonl'), output: join(dir, 'out.jsonl'), textField: 'text', shingle: 13, perms: 128, jaccard: 0.82, seed: 42 });
+    ]);
+    writeFileSync(path, readFileSync(path, 'utf8') + 'not json\n');
+    return path;
+  }
+  const keptIds = (path: string) => readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l).id);
+  const REFERENCE = { textField: 'text', shingle: 13, perms: 128, jaccard: 0.82, seed: 42 };
+
+  it('drops near-duplicates keep-first, keeps distinct text, and reports unusable lines', async () => {
+    const input = dedupInput();
+    const r = await runDedup({ input, output: `${input}.out`, ...REFERENCE });
     expect(r).toMatchObject({ total: 5, kept: 2, dropped: 1, skipped: 2 });
     expect(r.firstSkipped).toMatch(/in\.jsonl:4$/);
-    expect(readFileSync(join(dir, 'out.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).id)).toEqual([1, 3]);
+    expect(keptIds(`${input}.out`)).toEqual([1, 3]);
   });
+
+  it('on the command line defaults to the reference\'s parameters: 13-char shingles, 128 permutations, Jaccard 0.82, keep-first', async () => {
+    const help = nmoe(['data', 'dedup', '--help']).out;
+    expect(help).toMatch(/keep-first/);
+    expect(help).toMatch(/--shingle <n> +characters per shingle \(default: 13\)/);
+    expect(help).toMatch(/--perms <n> +MinHash permutations \(default: 128\)/);
+    expect(help).toMatch(/--jaccard <x> +drop a document this similar to an earlier one \(default:\s+0\.82\)/);
+    const input = dedupInput();
+    const r = nmoe(['data', 'dedup', '--in', input, '--out', `${input}.cli`]);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/^dedup: 5 records, kept 2, dropped 1 near-duplicates, skipped 2 .* -> .*in\.jsonl\.cli$/m);
+    expect(keptIds(`${input}.cli`)).toEqual([1, 3]);
+    await runDedup({ input, output: `${input}.ref`, ...REFERENCE });
+    expect(readFileSync(`${input}.cli`, 'utf8')).toBe(readFileSync(`${input}.ref`, 'utf8'));
+  });
+
 });

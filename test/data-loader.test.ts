@@ -7,14 +7,14 @@ import { mkdirSync, renameSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type DataConfig, createLoader } from '../src/data/loader/build.ts';
-import type { Batch, DeterministicLoader } from '../src/data/loader/loader.ts';
+import type { Batch, DeterministicLoader, LoaderState } from '../src/data/loader/loader.ts';
 import { PyFloat, pyJsonDumps, resolvePlan } from '../src/data/loader/mixture.ts';
 import { START, type Segment, TokenStream } from '../src/data/loader/stream.ts';
 import { readManifest, writeJsonAtomic } from '../src/data/manifest.ts';
 import { PREP_DEFAULTS } from '../src/data/prep/options.ts';
 import { runPrep } from '../src/data/prep/prep.ts';
 import { MemoryTokens } from '../src/data/shard.ts';
-import { py, removeTempDirs, tempDir, writeJsonl, writeNpy } from './fixtures/data/helpers.ts';
+import { py, removeTempDirs, tempDir, writeFlowTomls, writeJsonl, writeNpy } from './fixtures/data/helpers.ts';
 
 afterAll(removeTempDirs);
 
@@ -84,61 +84,44 @@ describe('direct mode (data_path)', () => {
   it('restores a state saved at step k exactly, with background reads in flight or done', async () => {
     const { dir } = shardDir([301, 77, 512]);
     const cfg = cfgFor({ data_path: dir, seq_len: 16, batch_size: 3, steps: 40 });
-    const a = createLoader(cfg, 0, 1, { ...silent, prefetch: 2 });
-    for (let i = 0; i < 7; i++) {
-      a.next();
-      await new Promise((r) => setImmediate(r)); // let prefetched reads land, as during training
-    }
-    const saved = JSON.parse(JSON.stringify(a.state()));
+    const { saved, next } = await saveAt(cfg, 7, 12);
     expect(saved.global_sequence_index).toBe(21);
-    const expected = Array.from({ length: 12 }, () => Array.from(a.next().inputs));
-    for (const prefetch of [0, 2]) {
-      const b = createLoader(cfg, 0, 1, { ...silent, prefetch });
-      b.next(); // some other position first: restore must discard what was planned
-      b.restore(saved);
-      expect(Array.from({ length: 12 }, () => Array.from(b.next().inputs)), `prefetch ${prefetch}`).toEqual(expected);
-    }
+    for (const prefetch of [0, 2]) expect(restoredBatches(cfg, saved, 12, prefetch), `prefetch ${prefetch}`).toEqual(next);
     const other = createLoader(cfgFor({ data_path: shardDir([300]).dir, seq_len: 16, batch_size: 3 }), 0, 1, silent);
     expect(() => other.restore(saved)).toThrow(/belongs to data plan .*, this run's plan is/);
   });
 });
 
-/** A flow of three sources (ids 1000+, 2000+, 3000+) with weights 5:3:2, and a second stage with one source. */
+/**
+ * Hands out `k` batches as training does (letting background reads land in between), then returns the state saved
+ * there (through JSON, as a checkpoint stores it) and the inputs of the `n` batches that follow.
+ */
+async function saveAt(cfg: DataConfig, k: number, n: number): Promise<{ saved: LoaderState; next: number[][] }> {
+  const loader = createLoader(cfg, 0, 1, { ...silent, prefetch: 2 });
+  for (let i = 0; i < k; i++) {
+    loader.next();
+    await new Promise((r) => setImmediate(r));
+  }
+  const saved = JSON.parse(JSON.stringify(loader.state())) as LoaderState;
+  const next = Array.from({ length: n }, () => Array.from(loader.next().inputs));
+  loader.close();
+  return { saved, next };
+}
+
+/** The inputs of `n` batches from a new loader restored to `saved` after reading a batch of its own (restore must discard what was planned). */
+function restoredBatches(cfg: DataConfig, saved: LoaderState, n: number, prefetch: number): number[][] {
+  const loader = createLoader(cfg, 0, 1, { ...silent, prefetch });
+  loader.next();
+  loader.restore(saved);
+  const got = Array.from({ length: n }, () => Array.from(loader.next().inputs));
+  loader.close();
+  return got;
+}
+
+/** Flow `small` or `staged` (see writeFlowTomls) on shards whose tokens name their source: alpha 1000+, beta 2000+, gamma 3000+, delta 4000+. */
 function flowFixture(tokensB: number, stages: 'one' | 'two'): DataConfig {
   const root = tempDir('flow');
-  writeFileSync(join(root, 'mix.toml'), `
-[mixtures.three]
-total_tokens_b = 1.0
-[[mixtures.three.sources]]
-id = "alpha"
-tokens_b = 0.5
-[[mixtures.three.sources]]
-id = "beta"
-tokens_b = 0.3
-[[mixtures.three.sources]]
-id = "gamma"
-tokens_b = 0.2
-[mixtures.later]
-total_tokens_b = 1.0
-[[mixtures.later.sources]]
-id = "delta"
-tokens_b = 1.0
-`);
-  writeFileSync(join(root, 'flows.toml'), `
-[flow.small]
-mode = "dev"
-stages = ["pretrain"]
-tokens_b = ${tokensB}
-[flow.small.mixture]
-pretrain = "three"
-[flow.staged]
-mode = "dev"
-stages = ["pretrain", "mid"]
-scale = ${tokensB}
-[flow.staged.mixture]
-pretrain = "three"
-mid = "later"
-`);
+  const tomls = writeFlowTomls(root, tokensB);
   const flow = stages === 'one' ? 'small' : 'staged';
   for (const [i, src] of ['alpha', 'beta', 'gamma', 'delta'].entries()) {
     const stage = src === 'delta' ? 'mid' : 'pretrain';
@@ -146,7 +129,7 @@ mid = "later"
     mkdirSync(dir, { recursive: true });
     writeNpy(join(dir, 'x-v1-shard-000000.npy'), Uint32Array.from({ length: 40_000 }, (_, k) => 1000 * (i + 1) + (k % 1000)));
   }
-  return cfgFor({ flow_mode: flow, mixture_toml: join(root, 'mix.toml'), flow_profiles_toml: join(root, 'flows.toml'), data_root: root, seq_len: 16, batch_size: 8, steps: 0 });
+  return cfgFor({ flow_mode: flow, ...tomls, data_root: root, seq_len: 16, batch_size: 8, steps: 0 });
 }
 
 const sourceOf = (row: number[]) => Math.floor(row[0]! / 1000) - 1;
@@ -180,6 +163,16 @@ describe('flow mode (mixture + flow profiles)', () => {
     expect(seen).toEqual([0, 1, 2, 0, 0, 1, 3, 3, 3, 3, 3, 3, 0, 1, 2]);
     expect(loader.state()).toMatchObject({ current_stage: 'pretrain', pass: 1, global_sequence_index: 15 });
     expect(warnings.join('\n')).toMatch(/data plan was used up .* starts again from stage pretrain \(pass 2\)/);
+  });
+
+  it('restores a state saved mid-stage, or after a stage advance, to the same batches as an uninterrupted loader', async () => {
+    const cfg = { ...flowFixture(0.0000004, 'two'), batch_size: 3, steps: 20 }; // 25 sequences per stage: mid starts in step 9
+    for (const [k, stage] of [[4, 'pretrain'], [9, 'mid']] as const) {
+      const { saved, next } = await saveAt(cfg, k, 10); // the 10 batches after step 4 reach mid, those after step 9 wrap to pass 2
+      expect(saved).toMatchObject({ current_stage: stage, pass: 0, global_sequence_index: 3 * k });
+      expect(new Set(next.flatMap((b) => [0, 16, 32].map((r) => sourceOf(b.slice(r)))))).toEqual(new Set([0, 1, 2, 3]));
+      for (const prefetch of [0, 2]) expect(restoredBatches(cfg, saved, 10, prefetch), `step ${k}, prefetch ${prefetch}`).toEqual(next);
+    }
   });
 
   it('gives the reference\'s plan hash for its own mixture and flow files', () => {

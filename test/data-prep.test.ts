@@ -13,7 +13,7 @@ import { readManifest } from '../src/data/manifest.ts';
 import { PREP_DEFAULTS, type PrepOptions } from '../src/data/prep/options.ts';
 import { runPrep } from '../src/data/prep/prep.ts';
 import { bucketOf, normalizeText } from '../src/data/text.ts';
-import { FIXTURES, documents, expected, removeTempDirs, shardBytes, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
+import { FIXTURES, documents, expected, nmoe, removeTempDirs, shardBytes, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
 
 afterAll(removeTempDirs);
 
@@ -140,6 +140,20 @@ describe('prep output', () => {
     let total = 0, docs = 0;
     for (const n of lengths.filter((n) => n >= 1)) if (total < limit) (total += n + 1), docs++;
     expect(limited.stats).toMatchObject({ reachedLimit: true, tokens: total, documents: docs });
+  });
+
+  it('takes "1.5K"-style counts on the command line: --max-tokens-total 1.5K and --tokens-per-shard 0.5K write what 1500 and 500 do', async () => {
+    const dir = tempDir('suffix');
+    writeJsonl(join(dir, 'in.jsonl'), many);
+    const out = join(dir, 'cli');
+    const r = nmoe(['data', 'prep', '--source', 'jsonl', '--paths', join(dir, 'in.jsonl'), '-o', out, '--name', 'test', '--num-shards', '1', '-j', '1',
+      '--min-tokens', '1', '--max-tokens-total', '1.5K', '--tokens-per-shard', '0.5K']);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/^stopped at --max-tokens-total 1,500$/m);
+    const same = await runPrep(opts({ paths: [join(dir, 'in.jsonl')], numShards: 1, maxTokensTotal: 1500, tokensPerShard: 500 }));
+    expect(same.stats.documents).toBeLessThan(many.length);
+    expect(Object.keys(shardBytes(out)).length).toBeGreaterThan(2); // several 500-token shards
+    expect(shardBytes(out)).toEqual(shardBytes(same.output));
   });
 });
 

@@ -6,6 +6,7 @@
  * rank's median time counts. Bandwidth is what leaves a rank: the rows it dispatches to other ranks plus the rows
  * it returns to them, over the round-trip time.
  */
+import { allGatherHost } from '../dist/comm.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import type { CudaBackend } from '../tensor/cuda/backend.ts';
 import { philoxUniform } from '../util/philox.ts';
@@ -52,11 +53,7 @@ export async function benchRdepRank(b: CudaBackend, dist: DistRun, o: { dim: num
     // Rows this rank sends to each rank; every rank's row of that matrix tells who returns how much.
     const sendTo = new Float32Array(world);
     for (const e of idxHost) sendTo[Math.floor(e / local)]!++;
-    const mine = b.upload(sendTo, [world], 'f32'), matrix = b.empty([world * world], 'f32');
-    dist.comm.allGather(mine, matrix);
-    const m = await b.read(matrix) as Float32Array;
-    mine.free();
-    matrix.free();
+    const m = await allGatherHost(b, dist.comm, sendTo);
     let leaving = 0; // summed over ranks: dispatched to others + returned to others
     for (let s = 0; s < world; s++) for (let d = 0; d < world; d++) if (s !== d) leaving += 2 * m[s * world + d]!;
     const idx = b.upload(idxHost, [c.tokens, c.topK], 'i32');
@@ -85,15 +82,12 @@ export async function benchRdepRank(b: CudaBackend, dist: DistRun, o: { dim: num
       plan.free();
     }
     await dist.check();
-    const medians = b.upload(Float32Array.from([median(times[0]), median(times[1])]), [2], 'f32');
-    const all = b.empty([2 * world], 'f32');
-    dist.comm.allGather(medians, all);
-    const per = await b.read(all) as Float32Array;
+    const per = await allGatherHost(b, dist.comm, Float32Array.from([median(times[0]), median(times[1])]));
     const slowest = (k: number) => Math.max(...Array.from({ length: world }, (_, r) => per[2 * r + k]!));
     const dispatchMs = slowest(0), combineMs = slowest(1), roundTripMs = dispatchMs + combineMs;
     const bytesPerRank = (leaving / world) * rowBytes;
     out.push({ ...c, dispatchMs, combineMs, roundTripMs, bytesPerRank, gbPerSecond: bytesPerRank / (roundTripMs * 1e6) });
-    for (const t of [idx, gates, x, medians, all]) t.free();
+    for (const t of [idx, gates, x]) t.free();
   }
   return out;
 }

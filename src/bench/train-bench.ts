@@ -6,6 +6,7 @@
 import type { Config } from '../config/schema.ts';
 import { flopsPerToken } from '../model/flops.ts';
 import { modelConfig } from '../model/spec.ts';
+import { allGatherHost } from '../dist/comm.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import { createTrainee, trainStep } from '../train/step.ts';
 import type { Backend } from '../tensor/backend.ts';
@@ -88,7 +89,8 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions,
   const t0 = performance.now();
   for (let i = 0; i < o.steps; i++) await step(i === o.steps - 1);
   await b.synchronize();
-  const seconds = await slowest(dist, b, (performance.now() - t0) / 1000);
+  const elapsed = (performance.now() - t0) / 1000;
+  const seconds = dist ? Math.max(...(await allGatherHost(b, dist.comm, Float32Array.from([elapsed])))) : elapsed; // the slowest rank's
   const memory = base.memory();
   normalizer?.free();
   const profile = prof?.report() ?? null;
@@ -112,15 +114,4 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions,
     finalLoss: loss,
     profile,
   };
-}
-
-/** The largest of the ranks' `seconds` (one rank: its own). */
-async function slowest(dist: DistRun | null, b: Backend, seconds: number): Promise<number> {
-  if (!dist) return seconds;
-  const t = b.upload(Float32Array.from([seconds]), [1], 'f32'), all = b.empty([dist.env.worldSize], 'f32');
-  dist.comm.allGather(t, all);
-  const max = Math.max(...(await b.read(all)));
-  t.free();
-  all.free();
-  return max;
 }

@@ -4,6 +4,7 @@
  * every rank must issue the same collectives in the same order. Reductions are sums taken in rank order, so every
  * rank ends with bit-identical values and a rerun with the same inputs reproduces them.
  */
+import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 
 export interface Communicator {
@@ -18,4 +19,14 @@ export interface Communicator {
   /** t = root's t. */
   broadcast(t: Tensor, root: number): void;
   close(): Promise<void>;
+}
+
+/** Every rank's host `values` (the same count on each), in rank order: for the few numbers a benchmark compares. */
+export async function allGatherHost(b: Backend, comm: Communicator, values: Float32Array): Promise<Float32Array> {
+  const mine = b.upload(values, [values.length], 'f32'), all = b.empty([comm.world * values.length], 'f32');
+  comm.allGather(mine, all);
+  const out = (await b.read(all)) as Float32Array;
+  mine.free();
+  all.free();
+  return out;
 }

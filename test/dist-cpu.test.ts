@@ -4,53 +4,21 @@
  * the single-process run (bit for bit), and `nmoe launch` training on 2 and 4 ranks: the same losses as one
  * process, bitwise repeatable, and exact resume on 2 ranks.
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, readFileSync, readdirSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { DuckDBInstance } from '@duckdb/node-api';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BIN, nmoe, removeTempDirs, tempDir } from './fixtures/data/helpers.ts';
+import { BASE_ENV, runRanks, trainLosses } from './helpers/ranks.ts';
 
 afterAll(removeTempDirs);
-
-const RANK_ENTRY = fileURLToPath(new URL('./fixtures/dist/rank.ts', import.meta.url));
-const CONTRACT = /^(RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|SLURM_.*|NMOE_LAUNCH_STORE)$/;
-const BASE_ENV = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !CONTRACT.test(k))), CI: '1', NO_COLOR: '1' };
-
-/** A port nothing listens on now (the OS picks it), for rank 0's store. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    }).on('error', reject);
-  });
-}
-
-/** Starts `world` processes of the fixture with the torchrun environment (rank 0 hosts the store). */
-async function ranks(world: number, args: (rank: number) => string[], env: Record<string, string> = {}) {
-  const port = String(await freePort());
-  const runs = Array.from({ length: world }, (_, rank) => new Promise<{ code: number | null; out: string }>((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', RANK_ENTRY, ...args(rank)], {
-      env: { ...BASE_ENV, RANK: String(rank), WORLD_SIZE: String(world), LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: port, ...env },
-    });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    child.on('close', (code) => resolve({ code, out }));
-  }));
-  return Promise.all(runs);
-}
 
 const readJson = (path: string) => JSON.parse(readFileSync(path, 'utf8'));
 
 describe('CPU collectives and RDEP exchange (3 ranks)', () => {
   it('sum in rank order to bit-identical values, and place dispatched rows by expert, then source rank', async () => {
     const dir = tempDir('coll');
-    const done = await ranks(3, (r) => ['collectives', join(dir, `${r}.json`)]);
+    const done = await runRanks(3, (r) => ['collectives', join(dir, `${r}.json`)]);
     for (const d of done) expect(d.code, d.out).toBe(0);
     const got = [0, 1, 2].map((r) => readJson(join(dir, `${r}.json`)));
     // allReduce: fp32 sums in rank order, identical on every rank.
@@ -80,7 +48,7 @@ describe('CPU collectives and RDEP exchange (3 ranks)', () => {
   it('a rank that dies mid-collective stops the others at once, naming it', async () => {
     const dir = tempDir('die');
     const t0 = Date.now();
-    const done = await ranks(3, (r) => ['die-in-exchange', join(dir, `${r}.json`)]);
+    const done = await runRanks(3, (r) => ['die-in-exchange', join(dir, `${r}.json`)]);
     expect(Date.now() - t0).toBeLessThan(30_000);
     expect(done[1]!.code).toBe(3);
     for (const r of [0, 2]) expect(readJson(join(dir, `${r}.json`)).error).toMatch(/rank 1 \(did its process exit\?\)/);
@@ -88,7 +56,7 @@ describe('CPU collectives and RDEP exchange (3 ranks)', () => {
 
   it('an expert exchange that a rank never joins fails after the timeout, naming that rank', async () => {
     const dir = tempDir('stall');
-    const done = await ranks(2, (r) => ['stall-in-exchange', join(dir, `${r}.json`)], { NMOE_COMM_TIMEOUT_S: '2' });
+    const done = await runRanks(2, (r) => ['stall-in-exchange', join(dir, `${r}.json`)], { NMOE_COMM_TIMEOUT_S: '2' });
     expect(done[0]!.code, done[0]!.out).toBe(0);
     const { error, seconds } = readJson(join(dir, '0.json'));
     expect(error).toMatch(/waited 2 s for rank\(s\) 1/);
@@ -100,11 +68,11 @@ describe('expert parallelism', () => {
   it("each rank's first-step expert gradients equal its slice of the single-process run's, bit for bit", async () => {
     const dir = tempDir('grads');
     const cfg = ['configs/tiny.toml', '--device=cpu', '--batch_size=4', '--seq_len=64'];
-    const [single] = await ranks(1, () => ['grads', join(dir, 'single.json'), ...cfg]);
+    const [single] = await runRanks(1, () => ['grads', join(dir, 'single.json'), ...cfg]);
     expect(single!.code, single!.out).toBe(0);
     const ref = readJson(join(dir, 'single.json'));
     for (const world of [2, 4]) {
-      const done = await ranks(world, (r) => ['grads', join(dir, `w${world}r${r}.json`), ...cfg]);
+      const done = await runRanks(world, (r) => ['grads', join(dir, `w${world}r${r}.json`), ...cfg]);
       for (const d of done) expect(d.code, d.out).toBe(0);
       const parts = Array.from({ length: world }, (_, r) => readJson(join(dir, `w${world}r${r}.json`)));
       for (const [name, full] of Object.entries(ref.grads as Record<string, number[]>)) {
@@ -117,17 +85,6 @@ describe('expert parallelism', () => {
   });
 });
 
-/** train/loss per step from a run's rank-0 metrics. */
-async function losses(metricsDir: string): Promise<number[]> {
-  const run = readdirSync(metricsDir)[0]!;
-  const db = await DuckDBInstance.create(join(metricsDir, run, 'rank_0.duckdb'), { access_mode: 'READ_ONLY' });
-  const conn = await db.connect();
-  const rows = (await conn.runAndReadAll(`SELECT value FROM metrics WHERE tag = 'train/loss' ORDER BY step`)).getRows();
-  conn.closeSync();
-  db.closeSync();
-  return rows.map((r) => r[0] as number);
-}
-
 const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 describe('nmoe launch on the CPU backend', () => {
@@ -137,20 +94,20 @@ describe('nmoe launch on the CPU backend', () => {
     `--metrics_dir=${join(dir, 'metrics')}`, `--experiments_db=${join(dir, 'runs.db')}`, `--checkpoint_dir=${join(dir, 'ckpt')}`, ...extra,
   ];
   const launch = (world: number, dir: string, extra: string[] = [], env: Record<string, string> = {}) =>
-    nmoe(['launch', '--nproc-per-node', String(world), '--master-port', '0', '--', ...train(dir, extra)], { ...BASE_ENV, ...env } as Record<string, string>);
+    nmoe(['launch', '--nproc-per-node', String(world), '--master-port', '0', '--', ...train(dir, extra)], { ...BASE_ENV, ...env });
 
   it(`trains on 2 and 4 ranks with the single-process losses over ${steps} steps`, async () => {
     const one = tempDir('one');
     const r1 = nmoe(['train', ...train(one)]);
     expect(r1.code, r1.err).toBe(0);
-    const ref = await losses(join(one, 'metrics'));
+    const ref = await trainLosses(join(one, 'metrics'));
     expect(ref).toHaveLength(steps);
     for (const world of [2, 4]) {
       const dir = tempDir(`w${world}`);
       const r = launch(world, dir);
       expect(r.code, r.out + r.err).toBe(0);
       expect(r.out).toMatch(new RegExp(`ranks ${world} \\(1 node\\(s\\)\\)`));
-      const got = await losses(join(dir, 'metrics'));
+      const got = await trainLosses(join(dir, 'metrics'));
       // fp32 on the CPU: only the order of the gradient sums differs from one process.
       got.forEach((l, i) => expect(Math.abs(l - ref[i]!) / ref[i]!, `step ${i + 1} on ${world} ranks`).toBeLessThan(1e-4));
       expect(readdirSync(join(dir, 'metrics', readdirSync(join(dir, 'metrics'))[0]!)).sort()).toEqual(
@@ -167,7 +124,7 @@ describe('nmoe launch on the CPU backend', () => {
     const again = launch(2, resumed, [...six, '--resume']);
     expect(again.code, again.out + again.err).toBe(0);
     expect(again.out).toMatch(/resumed run \S+ from step 3/);
-    expect(await losses(join(a, 'metrics'))).toEqual(await losses(join(b, 'metrics')));
+    expect(await trainLosses(join(a, 'metrics'))).toEqual(await trainLosses(join(b, 'metrics')));
     for (const f of ['dense.safetensors', 'rank_000.safetensors', 'rank_001.safetensors']) {
       const want = sha(join(a, 'ckpt', 'iter_0000006', f));
       expect(sha(join(b, 'ckpt', 'iter_0000006', f)), `${f}: a rerun`).toBe(want);
@@ -180,14 +137,14 @@ describe('nmoe launch on the CPU backend', () => {
     const six = ['--steps=6', '--checkpoint_every=3'];
     expect(launch(2, straight, six).code).toBe(0);
     expect(launch(2, saved, ['--steps=3', '--checkpoint_every=3']).code).toBe(0);
-    const want = (await losses(join(straight, 'metrics'))).slice(3);
+    const want = (await trainLosses(join(straight, 'metrics'))).slice(3);
     for (const world of [1, 4]) {
       const dir = tempDir(`reshard-${world}`);
       cpSync(join(saved, 'ckpt'), join(dir, 'ckpt'), { recursive: true });
       const r = world === 1 ? nmoe(['train', ...train(dir, [...six, '--resume'])]) : launch(world, dir, [...six, '--resume']);
       expect(r.code, r.out + r.err).toBe(0);
       expect(r.out).toMatch(/resumed run \S+ from step 3/);
-      const got = await losses(join(dir, 'metrics'));
+      const got = await trainLosses(join(dir, 'metrics'));
       expect(got).toHaveLength(3);
       got.forEach((l, i) => expect(Math.abs(l - want[i]!) / want[i]!, `step ${i + 4} on ${world} rank(s)`).toBeLessThan(1e-4));
     }
@@ -195,7 +152,7 @@ describe('nmoe launch on the CPU backend', () => {
 
   it('runs `nmoe bench train` on 2 ranks, each with its slice of the batch, rank 0 reporting for both', () => {
     const r = nmoe(['launch', '--nproc-per-node', '2', '--master-port', '0', '--entry', BIN, '--',
-      'bench', 'train', 'configs/tiny.toml', '--device=cpu', '--steps', '2', '--warmup', '1', '--batch_size=4', '--seq_len=32'], BASE_ENV as Record<string, string>);
+      'bench', 'train', 'configs/tiny.toml', '--device=cpu', '--steps', '2', '--warmup', '1', '--batch_size=4', '--seq_len=32'], BASE_ENV);
     expect(r.code, r.out + r.err).toBe(0);
     const lines = r.out.split('\n').filter((l) => l.includes('tokens/s |'));
     expect(lines).toHaveLength(1); // rank 1 stays quiet

@@ -13,13 +13,13 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DuckDBInstance } from '@duckdb/node-api';
+import { runRanks, trainLosses } from '../test/helpers/ranks.ts';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
-const BIN = join(ROOT, 'bin/nmoe.js'), RANK = join(ROOT, 'test/fixtures/dist/rank.ts');
+const BIN = join(ROOT, 'bin/nmoe.js');
 const arg = (flag: string) => process.argv.includes(flag) ? process.argv[process.argv.indexOf(flag) + 1] : undefined;
 const gpus = Number(arg('--gpus') ?? spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8' }).stdout.trim().split('\n').length);
 const out = resolve(arg('--out') ?? '/tmp/nmoe-gpu-multi');
@@ -46,26 +46,16 @@ function train(tag: string, world: number, extra: string[]) {
 
 async function losses(tag: string): Promise<number[]> {
   const dir = join(out, tag, 'metrics');
-  if (!existsSync(dir)) return [];
-  const db = await DuckDBInstance.create(join(dir, readdirSync(dir)[0]!, 'rank_0.duckdb'), { access_mode: 'READ_ONLY' });
-  const conn = await db.connect();
-  const rows = (await conn.runAndReadAll(`SELECT value FROM metrics WHERE tag = 'train/loss' ORDER BY step`)).getRows();
-  conn.closeSync();
-  db.closeSync();
-  return rows.map((r) => r[0] as number);
+  return existsSync(dir) ? trainLosses(dir) : [];
 }
 
-/** The fixture's mode on `world` ranks of this node's GPUs, started with the torchrun environment. */
-function ranks(world: number, mode: string, tag: string, args: string[], env: Record<string, string> = {}): unknown[] {
-  const port = String(29600 + Math.floor(Math.random() * 1000));
+/** The fixture's mode on `world` ranks of this node's GPUs: what each rank wrote (null where it wrote nothing). */
+async function ranks(world: number, mode: string, tag: string, args: string[], env: Record<string, string> = {}): Promise<unknown[]> {
   const dir = join(out, tag);
   mkdirSync(dir, { recursive: true });
-  const script = Array.from({ length: world }, (_, r) =>
-    `RANK=${r} LOCAL_RANK=${r} node --import tsx ${RANK} ${mode} ${dir}/${r}.json ${args.join(' ')} > ${dir}/${r}.log 2>&1 &`).join('\n');
-  spawnSync('bash', ['-c', `${script}\nwait`], {
-    cwd: ROOT, env: { ...process.env, DEVICE: 'cuda', WORLD_SIZE: String(world), LOCAL_WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: port, ...env },
-  });
-  return Array.from({ length: world }, (_, r) => { try { return JSON.parse(readFileSync(join(dir, `${r}.json`), 'utf8')); } catch { return null; } });
+  const done = await runRanks(world, (r) => [mode, join(dir, `${r}.json`), ...args], { DEVICE: 'cuda', ...env });
+  done.forEach((d, r) => writeFileSync(join(dir, `${r}.log`), d.out));
+  return done.map((_, r) => { try { return JSON.parse(readFileSync(join(dir, `${r}.json`), 'utf8')); } catch { return null; } });
 }
 
 const relMax = (a: number[], b: number[]) => Math.max(...a.map((x, i) => Math.abs(x - b[i]!) / Math.abs(b[i]!)));
@@ -86,8 +76,8 @@ report(JSON.stringify(many) === JSON.stringify(again), `${gpus}-GPU rerun`, JSON
 
 // 2. First-step expert gradients: each rank's against its slice of the single GPU's.
 const cfg = ['configs/tiny.toml', '--batch_size=8', '--seq_len=128'];
-const [single] = ranks(1, 'grads', 'grads-1', cfg) as { grads: Record<string, number[]>; loss: number }[];
-const parts = ranks(gpus, 'grads', `grads-${gpus}`, cfg) as ({ grads: Record<string, number[]>; loss: number } | null)[];
+const [single] = await ranks(1, 'grads', 'grads-1', cfg) as { grads: Record<string, number[]>; loss: number }[];
+const parts = await ranks(gpus, 'grads', `grads-${gpus}`, cfg) as ({ grads: Record<string, number[]>; loss: number } | null)[];
 if (!single || parts.some((p) => !p)) report(false, 'first-step expert gradients', `a rank failed (logs in ${out}/grads-*)`);
 else {
   let worst = 0, identical = true;
@@ -116,7 +106,7 @@ report(/resumed run \S+ from step 3/.test(resumed.text) && JSON.stringify(s6) ==
   `exact resume on ${gpus} GPUs`, `losses ${JSON.stringify(s6) === JSON.stringify(r6) ? 'bit-identical' : 'differ'}; ${same.length} of ${files.length} checkpoint files identical`);
 
 // 4. A stalled rank.
-const [stalled] = ranks(gpus, 'stall-in-exchange', 'stall', [], { NMOE_COMM_TIMEOUT_S: '3', EXPERTS: String(2 * gpus) }) as ({ error: string | null; seconds: number } | null)[];
+const [stalled] = await ranks(gpus, 'stall-in-exchange', 'stall', [], { NMOE_COMM_TIMEOUT_S: '3', EXPERTS: String(2 * gpus) }) as ({ error: string | null; seconds: number } | null)[];
 report(!!stalled?.error && /waited 3 s for rank 1/.test(stalled.error) && stalled.seconds < 30, 'RDEP barrier timeout', stalled ? `after ${stalled.seconds.toFixed(1)} s: ${stalled.error}` : 'rank 0 wrote nothing');
 
 // 5. Worst-case buffers that cannot fit.

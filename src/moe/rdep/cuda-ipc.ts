@@ -61,8 +61,6 @@ class IpcRoute implements ExpertRoute {
     readonly destRank: Tensor,
     readonly origin: Tensor,
     readonly originRank: Tensor,
-    /** i32: the rows that arrived here (offsets[El]). */
-    readonly received: bigint,
     /** i32 [E + 1]: where each global expert's rows start among the rows this rank sends (its plan's offsets). */
     readonly planOffsets: bigint,
     private readonly segments: { free(): void },
@@ -167,8 +165,7 @@ export class CudaIpcExchange implements ExpertExchange {
       { i32: local }, { i32: o.world }, { i32: o.rank }, { ptr: dest.ptr }, { ptr: destRank.ptr }, { ptr: origin.ptr }, { ptr: originRank.ptr }, { ptr: segCounts.ptr }]);
     const segments = b.moeSegments(segCounts, cap);
     segCounts.free();
-    const received = asCuda(segments.offsets).ptr + BigInt(4 * local); // offsets[El]
-    return new IpcRoute(segments.offsets, cap, n, dest, destRank, origin, originRank, received, offsets.ptr, segments);
+    return new IpcRoute(segments.offsets, cap, n, dest, destRank, origin, originRank, offsets.ptr, segments);
   }
 
   dispatch(rows: Tensor, route: ExpertRoute): Tensor {
@@ -184,7 +181,8 @@ export class CudaIpcExchange implements ExpertExchange {
   combine(rows: Tensor, route: ExpertRoute): Tensor {
     const r = route as IpcRoute, y = asCuda(rows), pool = this.layout.ret;
     const area = this.#take(pool);
-    this.#k('rdep_return', MOVE_BLOCKS, 256, [{ ptr: y.ptr }, { ptr: asCuda(r.origin).ptr }, { ptr: asCuda(r.originRank).ptr }, { ptr: r.received },
+    const received = asCuda(r.offsets).ptr + BigInt(4 * this.#local); // offsets[El]: the rows that arrived here
+    this.#k('rdep_return', MOVE_BLOCKS, 256, [{ ptr: y.ptr }, { ptr: asCuda(r.origin).ptr }, { ptr: asCuda(r.originRank).ptr }, { ptr: received },
       this.#peersArg, { i64: pool.offset(area) }, { i32: this.#rowVecs }]);
     this.#barrier();
     return pool.view(this.base, area, [r.sent, this.o.dim], y.dtype, () => this.#epoch);

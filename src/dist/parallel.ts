@@ -81,7 +81,7 @@ export async function joinRun(env: DistEnv, backend: Backend, shape: ModelShape)
     const b = backend as InstanceType<typeof CudaBackend>;
     const comm = await NcclCommunicator.create(env.rank, env.worldSize, rdzv.store, b.dev.stream, timeoutMs);
     const ep = await CudaIpcExchange.create(b, rdzv.store, {
-      rank: env.rank, world: env.worldSize, experts: shape.experts, dim: shape.dim, dtype: 'bf16', rows: shape.tokens * shape.topK, slots: shape.exchanges, timeoutMs,
+      rank: env.rank, world: env.worldSize, experts: shape.experts, dim: shape.dim, dtype: 'bf16', rows: shape.tokens * shape.topK, exchanges: shape.exchanges, timeoutMs,
     });
     return {
       env, agree, comm, ep,

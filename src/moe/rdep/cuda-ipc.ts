@@ -5,7 +5,7 @@
  * flags; no NCCL call is on this path. A barrier that waits longer than the timeout records the missing rank in a
  * device word instead of hanging, and `check()` (called by the trainer once a step) turns it into an error naming it.
  *
- * The buffer holds `slots` receive areas, each sized for the worst case (every rank's rows routed to this rank's
+ * The buffer holds `exchanges` receive areas, each sized for the worst case (every rank's rows routed to this rank's
  * experts, so no token is ever dropped), and as many return areas. A dispatched or returned tensor is a view of
  * an area, held until it is freed: the MoE layer keeps its dispatched rows and returned outputs for the backward
  * pass, so training needs one area of each kind per MoE layer, plus one for the backward pass's own exchange.
@@ -47,7 +47,7 @@ export interface IpcExchangeOptions {
   /** Most routed rows this rank sends per exchange (local tokens x top-k); the buffers are sized for it. */
   rows: number;
   /** Dispatched (and returned) tensors alive at once: MoE layers + 1 when training. */
-  slots: number;
+  exchanges: number;
   timeoutMs: number;
 }
 
@@ -102,13 +102,13 @@ export class CudaIpcExchange implements ExpertExchange {
     const local = o.experts / o.world;
     const recvBytes = align(o.world * o.rows * rowBytes), retBytes = align(o.rows * rowBytes);
     const counts = FLAGS_BYTES, starts = counts + align(4 * o.world * local), recv = starts + align(4 * o.world * local);
-    const ret = recv + o.slots * recvBytes, total = ret + o.slots * retBytes;
+    const ret = recv + o.exchanges * recvBytes, total = ret + o.exchanges * retBytes;
     const free = new BigUint64Array(1), all = new BigUint64Array(1);
     check('cuMemGetInfo', cu.memGetInfo(free, all));
     if (total > Number(free[0]!) * 0.9) {
       const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
       throw new UserError(
-        `RDEP needs ${gib(total)} per GPU for its worst-case buffers (${o.slots} exchanges held at once, one per MoE layer + 1, each ` +
+        `RDEP needs ${gib(total)} per GPU for its worst-case buffers (${o.exchanges} exchanges held at once, one per MoE layer + 1, each ` +
           `${gib(recvBytes)}: ${o.world} ranks x ${o.rows} routed rows x ${rowBytes} bytes may all land on one rank), but only ` +
           `${gib(Number(free[0]!))} is free. Fix: lower batch_size or seq_len (rows per rank), or n_activated_experts.`,
       );
@@ -129,7 +129,7 @@ export class CudaIpcExchange implements ExpertExchange {
     }
     const err = asCuda(b.zeros([1], 'i32'));
     const layout = {
-      counts, starts, recv: new AreaPool(recv, recvBytes, o.slots, 'receive'), ret: new AreaPool(ret, retBytes, o.slots, 'return'),
+      counts, starts, recv: new AreaPool(recv, recvBytes, o.exchanges, 'receive'), ret: new AreaPool(ret, retBytes, o.exchanges, 'return'),
     };
     return new CudaIpcExchange(b, o, base, peers, layout, err);
   }

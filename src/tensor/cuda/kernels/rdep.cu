@@ -5,9 +5,9 @@
 //   [0, 256)          flags: u32 per source rank, bumped once per barrier (so after barrier k each reads k)
 //   counts_off        i32 [world][local]: rows source s sends to my local expert e   (written by s)
 //   starts_off        i32 [world][local]: where those rows start in s's grouped rows (written by s)
-//   recv_off          `slots` receive areas: rows dispatched to my experts, grouped by local expert, then source
+//   recv_off          `exchanges` receive areas: rows dispatched to my experts, grouped by local expert, then source
 //                     rank (a dispatched tensor is a view of one, so the rows are never copied out)
-//   ret_off           `slots` return areas: rows my experts' owners return to me, at my grouped row index
+//   ret_off           `exchanges` return areas: rows my experts' owners return to me, at my grouped row index
 // The host hands out areas in the same order on every rank, so a call writes into the same area on every peer.
 // A phase writes into peers' buffers with plain stores, fences at system scope, then meets the others at a
 // barrier; placement comes from the exchanged counts alone (two-phase count/offset), never from arrival order.

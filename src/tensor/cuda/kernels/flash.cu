@@ -92,6 +92,10 @@ __device__ __forceinline__ void mma_pb(float acc[][4], const float p[][4], const
   }
 }
 
+// This CTA's query block. Causal: query block qb walks qb + 1 key blocks, so the last query blocks launch first;
+// launched in order, the longest CTAs would start in the last wave and leave most SMs idle at the end.
+__device__ __forceinline__ int query_block() { return gridDim.x - 1 - blockIdx.x; }
+
 // The double-buffered tile loop's step: waits for step `i`'s tiles, then starts loading step i + 1 (when
 // `more`) into the other stage, so the copy overlaps step i's math. Returns step i's stage.
 template <typename Load>
@@ -111,9 +115,7 @@ __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, c
   extern __shared__ __align__(16) bf16 smem[];
   bf16* Qs = smem;
   bf16* stages = Qs + BQ * LDK;  // stage s: K [BK][LDK], then V [BK][LDV]
-  // Causal: query block qb walks qb + 1 key blocks. The last query blocks go first, so the longest CTAs do not
-  // start in the last wave and leave most SMs idle at the end.
-  const int qb = gridDim.x - 1 - blockIdx.x, b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int qb = query_block(), b = blockIdx.y / heads, h = blockIdx.y % heads;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const long qk_stride = (long)heads * dqk, v_stride = (long)heads * dv, base = (long)b * seq;
   const int q_first = qb * BQ, r0 = warp * 16;
@@ -191,9 +193,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16
   bf16* Qs = smem;
   bf16* dOs = Qs + BQ * LDK;
   bf16* stages = dOs + BQ * LDV;
-  // Causal: query block qb walks qb + 1 key blocks. The last query blocks go first, so the longest CTAs do not
-  // start in the last wave and leave most SMs idle at the end.
-  const int qb = gridDim.x - 1 - blockIdx.x, b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int qb = query_block(), b = blockIdx.y / heads, h = blockIdx.y % heads;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const long qk_stride = (long)heads * dqk, v_stride = (long)heads * dv, base = (long)b * seq;
   const int q_first = qb * BQ, r0 = warp * 16;

@@ -14,7 +14,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type LaunchFlags, parseLaunchFlags } from '../src/cli/launch-cmd.ts';
 import { type DistEnv, firstSlurmHost, readDistEnv } from '../src/dist/env.ts';
 import { TERM_GRACE_MS } from '../src/dist/launch.ts';
-import { rendezvous } from '../src/dist/rendezvous.ts';
+import { rendezvous, rendezvousTimeoutMs } from '../src/dist/rendezvous.ts';
 import { StoreClient, StoreError, StoreServer } from '../src/dist/store.ts';
 import { UserError } from '../src/util/errors.ts';
 
@@ -292,6 +292,16 @@ describe('store', () => {
 });
 
 describe('rendezvous', () => {
+  it('takes its timeout from NMOE_RDZV_TIMEOUT_S, a positive number of seconds, default 300', () => {
+    expect(rendezvousTimeoutMs({})).toBe(300_000);
+    expect(rendezvousTimeoutMs({ NMOE_RDZV_TIMEOUT_S: '2.5' })).toBe(2500);
+    for (const bad of ['0', '-1', 'abc', 'Infinity']) {
+      expect(() => rendezvousTimeoutMs({ NMOE_RDZV_TIMEOUT_S: bad })).toThrow(
+        new UserError(`NMOE_RDZV_TIMEOUT_S="${bad}" is not a positive number of seconds. Fix: e.g. NMOE_RDZV_TIMEOUT_S=600, or unset it (300).`));
+    }
+  });
+
+
   const torchrun = (rank: number, world: number, port: number) => ({ RANK: String(rank), WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) });
 
   it('has rank 0 host the store when no launcher does, even when it starts last', async () => {

@@ -7,7 +7,7 @@ import { type ModelConfig, moeLayerCount } from '../model/spec.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { CpuExpertExchange } from '../moe/rdep/cpu.ts';
 import type { Parallelism } from '../train/step.ts';
-import { UserError } from '../util/errors.ts';
+import { UserError, positiveEnv } from '../util/errors.ts';
 import { CpuCollectives } from './cpu/collectives.ts';
 import { CpuMesh } from './cpu/mesh.ts';
 import type { DistEnv } from './env.ts';
@@ -46,12 +46,7 @@ export function modelShape(cfg: ModelConfig, world: number): ModelShape {
 
 /** How long a collective may wait for the slowest rank (NMOE_COMM_TIMEOUT_S, default 300). The rendezvous has its
  *  own timeout, NMOE_RDZV_TIMEOUT_S. */
-function commTimeoutMs(): number {
-  const raw = process.env.NMOE_COMM_TIMEOUT_S ?? '300';
-  const s = Number(raw);
-  if (!Number.isFinite(s) || s <= 0) throw new UserError(`NMOE_COMM_TIMEOUT_S=${raw} is not a positive number of seconds. Fix: unset it (default 300).`);
-  return s * 1000;
-}
+const commTimeoutMs = () => positiveEnv('NMOE_COMM_TIMEOUT_S', 300, 'seconds') * 1000;
 
 export async function joinRun(env: DistEnv, backend: Backend, shape: ModelShape): Promise<DistRun | null> {
   if (env.worldSize === 1) return null;

@@ -10,7 +10,7 @@
  * mixed into this one.
  */
 import { randomUUID } from 'node:crypto';
-import { UserError } from '../util/errors.ts';
+import { UserError, positiveEnv } from '../util/errors.ts';
 import type { DistEnv } from './env.ts';
 import { StoreClient, StoreError } from './store.ts';
 import { type HostedStore, hostStoreThread } from './store-thread.ts';
@@ -42,15 +42,7 @@ export interface Rendezvous {
 
 /** NMOE_RDZV_TIMEOUT_S in milliseconds, default 300 s. */
 export function rendezvousTimeoutMs(env: Record<string, string | undefined> = process.env): number {
-  const text = env.NMOE_RDZV_TIMEOUT_S;
-  if (text === undefined) return DEFAULT_TIMEOUT_S * 1000;
-  const seconds = Number(text);
-  if (!(seconds > 0)) {
-    throw new UserError(
-      `NMOE_RDZV_TIMEOUT_S=${JSON.stringify(text)} is not a positive number of seconds. Fix: e.g. NMOE_RDZV_TIMEOUT_S=600, or unset it (${DEFAULT_TIMEOUT_S}).`,
-    );
-  }
-  return seconds * 1000;
+  return positiveEnv('NMOE_RDZV_TIMEOUT_S', DEFAULT_TIMEOUT_S, 'seconds', env) * 1000;
 }
 
 export async function rendezvous(env: DistEnv, options: RendezvousOptions = {}): Promise<Rendezvous> {

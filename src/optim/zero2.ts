@@ -15,7 +15,7 @@ import type { Communicator } from '../dist/comm.ts';
 import type { DenseLayout, Param } from '../model/params.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { DTYPE_BYTES, type Tensor, shapeNumel } from '../tensor/tensor.ts';
-import { UserError } from '../util/errors.ts';
+import { positiveEnv } from '../util/errors.ts';
 
 /** The part of one dense parameter that this rank's shard holds. */
 export interface ShardPiece {
@@ -29,9 +29,7 @@ export interface ShardPiece {
 }
 
 function chunkElements(dtypeBytes: number, world: number, shardLength: number): number {
-  const raw = process.env.NMOE_ZERO2_RS_CHUNK_MB ?? '2048';
-  const mb = Number(raw);
-  if (!Number.isFinite(mb) || mb <= 0) throw new UserError(`NMOE_ZERO2_RS_CHUNK_MB=${raw} is not a positive number of MiB. Fix: unset it (default 2048).`);
+  const mb = positiveEnv('NMOE_ZERO2_RS_CHUNK_MB', 2048, 'MiB');
   const perRank = Math.floor((mb * 2 ** 20) / dtypeBytes / world / 256) * 256;
   return Math.min(shardLength, Math.max(256, perRank));
 }

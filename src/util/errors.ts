@@ -5,3 +5,14 @@
 export class UserError extends Error {
   override name = 'UserError';
 }
+
+/** A positive number from environment variable `name` (`fallback` when unset), or a UserError naming it and the fix. */
+export function positiveEnv(name: string, fallback: number, unit: string, env: Record<string, string | undefined> = process.env): number {
+  const text = env[name];
+  if (text === undefined) return fallback;
+  const value = Number(text);
+  if (!(value > 0) || !Number.isFinite(value)) {
+    throw new UserError(`${name}=${JSON.stringify(text)} is not a positive number of ${unit}. Fix: e.g. ${name}=${fallback * 2}, or unset it (${fallback}).`);
+  }
+  return value;
+}

@@ -6,7 +6,6 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,13 +16,11 @@ import { TERM_GRACE_MS } from '../src/dist/launch.ts';
 import { rendezvous, rendezvousTimeoutMs } from '../src/dist/rendezvous.ts';
 import { StoreClient, StoreError, StoreServer } from '../src/dist/store.ts';
 import { UserError } from '../src/util/errors.ts';
+import { BASE_ENV, freePort } from './helpers/ranks.ts';
 
 const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
 const FIXTURES = fileURLToPath(new URL('./fixtures/launch/', import.meta.url));
 
-// Variables of the distributed contract that must not leak from the test's own environment into its processes.
-const CONTRACT = /^(RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|SLURM_.*|NMOE_LAUNCH_STORE|NMOE_RDZV_TIMEOUT_S)$/;
-const BASE_ENV = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !CONTRACT.test(k))), CI: '1', NO_COLOR: '1' };
 
 interface Finished {
   code: number | null;
@@ -75,14 +72,6 @@ function plainRank(fixture: string, env: Record<string, string>) {
 
 function entry(fixture: string): string[] {
   return ['--entry', join(FIXTURES, fixture)];
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 /** From the failing rank's last moment to the launcher's exit: the teardown, whatever start-up cost. */

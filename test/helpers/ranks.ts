@@ -1,6 +1,7 @@
 /**
  * Runs the multi-rank fixture (test/fixtures/dist/rank.ts) as real processes with the torchrun environment, and reads
- * a run's losses back from its metrics: shared by test/dist-cpu.test.ts (CPU) and tools/gpu-multi.ts (GPUs).
+ * a run's losses back from its metrics: shared by test/dist-cpu.test.ts (CPU) and tools/gpu-multi.ts (GPUs); the
+ * clean environment and free ports serve test/launch.test.ts too.
  */
 import { spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
@@ -11,7 +12,8 @@ import { DuckDBInstance } from '@duckdb/node-api';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const RANK_ENTRY = fileURLToPath(new URL('../fixtures/dist/rank.ts', import.meta.url));
-const CONTRACT = /^(RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|SLURM_.*|NMOE_LAUNCH_STORE)$/;
+// Variables of the distributed contract that must not leak from the test's own environment into its processes.
+const CONTRACT = /^(RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|SLURM_.*|NMOE_LAUNCH_STORE|NMOE_RDZV_TIMEOUT_S)$/;
 /** This process's environment without the torchrun contract (so a child never joins the wrong run), quiet. */
 export const BASE_ENV: Record<string, string> = {
   ...(Object.fromEntries(Object.entries(process.env).filter(([k, v]) => !CONTRACT.test(k) && v !== undefined)) as Record<string, string>),
@@ -19,7 +21,7 @@ export const BASE_ENV: Record<string, string> = {
 };
 
 /** A port nothing listens on now (the OS picks it), for rank 0's store. */
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer().listen(0, '127.0.0.1', () => {
       const { port } = server.address() as AddressInfo;

@@ -227,7 +227,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
 }
 
 /** The counted targets of the whole global batch, f32 [1] on the device: every rank's count, summed. */
-function globalTargetCount(b: Backend, comm: Communicator, targets: Int32Array, ignoreIndex: number): Tensor {
+export function globalTargetCount(b: Backend, comm: Communicator, targets: Int32Array, ignoreIndex: number): Tensor {
   let counted = 0;
   for (const t of targets) if (t !== ignoreIndex) counted++;
   const n = b.upload(new Float32Array([counted]), [1], 'f32');

@@ -127,7 +127,7 @@ export class AdamW {
   /** sqrt of the sum of squares over every rank's slots: each rank's norm, all-gathered, then their norm. */
   #globalNorm(): Tensor {
     const local = this.b.globalNorm(this.#slots.map((x) => x.grad));
-    if (!this.comm || this.comm.world === 1) return local;
+    if (!this.comm) return local;
     const all = this.b.empty([this.comm.world], 'f32');
     this.comm.allGather(local, all);
     local.free();

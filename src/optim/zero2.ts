@@ -58,7 +58,7 @@ export class Zero2 {
       this.pieces.push({
         param, start: from - offset, end: to - offset,
         value: b.view(layout.value, shape, from),
-        grad: b.view(this.gradShard, shape, from - (world === 1 ? 0 : lo)),
+        grad: b.view(this.gradShard, shape, from - lo),
       });
     }
   }
@@ -66,7 +66,7 @@ export class Zero2 {
   /** Sums every rank's dense gradients into this rank's shard. */
   reduceScatter(): void {
     const { comm, b, layout } = this;
-    if (!comm || comm.world === 1) return;
+    if (!comm) return; // one rank: the shard is the whole flat layout
     const S = layout.shardLength, C = this.#chunk, W = comm.world;
     if (!this.#staging) return comm.reduceScatter(layout.grad, this.gradShard);
     for (let off = 0; off < S; off += C) {
@@ -79,7 +79,7 @@ export class Zero2 {
   /** Every rank's updated slice into every rank's weights. */
   allGather(): void {
     const { comm, b, layout } = this;
-    if (!comm || comm.world === 1) return;
+    if (!comm) return; // one rank: the shard is the whole flat layout
     const S = layout.shardLength;
     comm.allGather(b.view(layout.value, [S], comm.rank * S), layout.value);
   }

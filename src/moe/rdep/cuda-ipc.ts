@@ -25,8 +25,8 @@ import type { ExpertExchange, ExpertRoute } from './exchange.ts';
 /** The Peers struct of rdep.cu holds this many buffer pointers: one node's ranks. */
 const MAX_RANKS = 8;
 const FLAGS_BYTES = 256;
-/** Blocks for the row moves (grid-stride loops): enough warps in flight to fill NVLink from every SM. */
-const MOVE_BLOCKS = 132 * 4;
+/** Blocks per SM for the row moves (grid-stride loops): enough warps in flight to fill NVLink from every SM. */
+const MOVE_BLOCKS_PER_SM = 4;
 const align = (n: number) => Math.ceil(n / 256) * 256;
 
 /** Byte offsets in the shared buffer (the same on every rank) and its receive and return areas. */
@@ -77,11 +77,13 @@ export class CudaIpcExchange implements ExpertExchange {
   readonly #local: number;
   readonly #rowVecs: number;
   readonly #peersArg: KernelArg;
+  readonly #moveBlocks: number;
 
   private constructor(private readonly b: CudaBackend, private readonly o: IpcExchangeOptions, private readonly base: bigint,
     private readonly peers: bigint[], private readonly layout: Layout, private readonly err: CudaTensor) {
     this.#local = o.experts / o.world;
     this.#rowVecs = (o.dim * DTYPE_BYTES[o.dtype]) / 16;
+    this.#moveBlocks = MOVE_BLOCKS_PER_SM * b.dev.info.multiprocessors;
     const table = new BigUint64Array(MAX_RANKS);
     peers.forEach((p, j) => (table[j] = p));
     this.#peersArg = { bytes: new Uint8Array(table.buffer), align: 8 };
@@ -172,7 +174,7 @@ export class CudaIpcExchange implements ExpertExchange {
     const r = route as IpcRoute, x = asCuda(rows), pool = this.layout.recv;
     const area = this.#take(pool);
     const first = ((this.o.rank + 1) % this.o.world) * this.#local; // the plan's first expert of the next rank
-    this.#k('rdep_dispatch', MOVE_BLOCKS, 256, [{ ptr: x.ptr }, { ptr: asCuda(r.dest).ptr }, { ptr: asCuda(r.destRank).ptr }, { ptr: r.planOffsets }, { i32: first }, this.#peersArg,
+    this.#k('rdep_dispatch', this.#moveBlocks, 256, [{ ptr: x.ptr }, { ptr: asCuda(r.dest).ptr }, { ptr: asCuda(r.destRank).ptr }, { ptr: r.planOffsets }, { i32: first }, this.#peersArg,
       { i64: pool.offset(area) }, { i32: this.#rowVecs }, { i64: x.shape[0]! }]);
     this.#barrier();
     return pool.view(this.base, area, [r.rows, this.o.dim], x.dtype, () => this.#epoch);
@@ -182,7 +184,7 @@ export class CudaIpcExchange implements ExpertExchange {
     const r = route as IpcRoute, y = asCuda(rows), pool = this.layout.ret;
     const area = this.#take(pool);
     const received = asCuda(r.offsets).ptr + BigInt(4 * this.#local); // offsets[El]: the rows that arrived here
-    this.#k('rdep_return', MOVE_BLOCKS, 256, [{ ptr: y.ptr }, { ptr: asCuda(r.origin).ptr }, { ptr: asCuda(r.originRank).ptr }, { ptr: received },
+    this.#k('rdep_return', this.#moveBlocks, 256, [{ ptr: y.ptr }, { ptr: asCuda(r.origin).ptr }, { ptr: asCuda(r.originRank).ptr }, { ptr: received },
       this.#peersArg, { i64: pool.offset(area) }, { i32: this.#rowVecs }]);
     this.#barrier();
     return pool.view(this.base, area, [r.sent, this.o.dim], y.dtype, () => this.#epoch);

@@ -24,6 +24,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { UserError } from '../util/errors.ts';
 
@@ -55,7 +56,6 @@ export function lockHolder(err: unknown): string {
 
 export const sqlString = (s: string): string => `'${s.replace(/'/g, "''")}'`;
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 type Row = [tag: string, step: number, tsMs: number, value: number];
 

@@ -4,6 +4,7 @@
  * An attach that meets the trainer's write (see metrics/duckdb-writer.ts) is retried for up to a second: a write
  * takes tens of milliseconds, or hundreds on a loaded machine.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { DuckDBConnection, DuckDBInstance, DuckDBValue } from '@duckdb/node-api';
 import { isLockError, sqlString } from '../../metrics/duckdb-writer.ts';
 import { HttpError } from './errors.ts';
@@ -17,7 +18,6 @@ const ATTACH_RETRY_MS = 1000;
 /** The view over a run with no rank file yet (or only files that have no table yet): the schema, no rows. */
 const NO_ROWS = 'SELECT NULL::TEXT AS run, NULL::TEXT AS tag, NULL::INTEGER AS step, NULL::BIGINT AS ts_ms, NULL::DOUBLE AS value WHERE false';
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 let duckdb: Promise<typeof import('@duckdb/node-api')> | null = null;
 

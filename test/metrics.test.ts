@@ -149,7 +149,7 @@ describe('metrics and run registry', () => {
     for (const tag of CATALOGUE) expect(tags, tag).toContain(tag);
     expect(tags.has('gpu_agg/total_power_w')).toBe(false); // CPU run: no GPU tags
     expect(tags.has('efficiency/mfu')).toBe(false); // nor MFU: a CPU has no known peak
-    expect(logTags(logs[0]!, 0, 989)['efficiency/mfu']).toBe(logs[0]!.tflops / 989);
+    expect(logTags({ ...logs[0]!, tflops: 494.5 }, 0, 989)['efficiency/mfu']).toBe(0.5); // where the peak is known: MFU
     expect(rows.every((r) => r.run === s.runId)).toBe(true);
     const loss = rows.filter((r) => r.tag === 'train/loss');
     expect(loss.map((r) => [r.step, r.value])).toEqual(logs.map((l) => [l.step, l.loss]));

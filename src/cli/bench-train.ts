@@ -3,6 +3,7 @@
  * of a config on this machine's backend and prints one summary line (see src/bench/train-bench.ts). Under
  * `nmoe launch` the ranks split the global batch as in training, and rank 0 prints the result for all of them.
  */
+import { wholeOption } from './flags.ts';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
 import { benchTrain, type BenchResult } from '../bench/train-bench.ts';
@@ -11,7 +12,6 @@ import { readDistEnv } from '../dist/env.ts';
 import { joinRun, modelShape } from '../dist/parallel.ts';
 import { modelConfig } from '../model/spec.ts';
 import { selectBackend } from '../tensor/select.ts';
-import { UserError } from '../util/errors.ts';
 import { formatCount } from './progress.ts';
 
 function summary(r: BenchResult): string {
@@ -22,22 +22,14 @@ function summary(r: BenchResult): string {
   return `${r.device}${gpus}: ${formatCount(r.tokensPerSecond)} tokens/s | ${r.msPerStep.toFixed(1)} ms/step | ${r.tflops.toFixed(1)} TFLOPS | ${mfu} | ${mem} | ${r.steps} steps of ${formatCount(r.tokensPerStep)} tokens, loss ${r.finalLoss.toFixed(3)}`;
 }
 
-function positiveInt(flag: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 0) throw new UserError(`${flag} ${v} is not a whole number >= 0. Fix: e.g. ${flag} 10`);
-    return n;
-  };
-}
-
 export function registerBenchTrain(bench: Command): void {
   bench
     .command('train')
     .description('Time training steps of a config (random tokens) and print tokens/s, ms/step, TFLOPS, MFU and peak memory.')
     .argument('<config>', 'TOML config file, e.g. configs/bench/moonlet6.toml')
     .argument('[overrides...]', 'config overrides as --key=value')
-    .option('--steps <n>', 'timed steps', positiveInt('--steps'), 10)
-    .option('--warmup <n>', 'untimed steps first (kernel compiles, allocator warm-up)', positiveInt('--warmup'), 3)
+    .option('--steps <n>', 'timed steps', wholeOption('--steps', 0), 10)
+    .option('--warmup <n>', 'untimed steps first (kernel compiles, allocator warm-up)', wholeOption('--warmup', 0), 3)
     .option('--profile', 'also report the time per op kind')
     .option('--json', 'print the result as JSON')
     .allowUnknownOption()

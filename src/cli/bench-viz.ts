@@ -3,6 +3,7 @@
  * 5-tag series of 100k points each downsampled to a chart's width in under 200 ms, and a first page ready in a
  * real browser in under 1 s. The run is written to a temporary folder, removed afterwards.
  */
+import { wholeOption } from './flags.ts';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,14 +14,6 @@ import { UserError } from '../util/errors.ts';
 
 const verdict = (ok: boolean) => (ok ? pc.green('PASS') : pc.red('MISS'));
 const ms = (t: Timing) => `median ${t.medianMs.toFixed(0)} ms, p90 ${t.p90Ms.toFixed(0)} ms over ${t.samples}`;
-
-function count(flag: string, min: number) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new UserError(`${flag} ${v} is not a whole number >= ${min}. Fix: e.g. ${flag} ${Math.max(min, 10)}`);
-    return n;
-  };
-}
 
 interface Flags {
   steps: number;
@@ -33,12 +26,12 @@ interface Flags {
 export function registerBenchViz(bench: Command): void {
   bench.command('viz')
     .description('The dashboard on a synthetic 100k-step x 200-tag run: series request time and first page ready in a browser.')
-    .option('--steps <n>', 'steps of the synthetic run (200 tags each)', count('--steps', 10), 100_000)
-    .option('--requests <n>', 'series requests timed after the first', count('--requests', 1), 20)
-    .option('--points <n>', 'points per series (a chart\'s width)', count('--points', 200), 1000)
+    .option('--steps <n>', 'steps of the synthetic run (200 tags each)', wholeOption('--steps', 10), 100_000)
+    .option('--requests <n>', 'series requests timed after the first', wholeOption('--requests', 1), 20)
+    .option('--points <n>', 'points per series (a chart\'s width)', wholeOption('--points', 200), 1000)
     .option('--browser <path>', 'Chromium to drive with playwright-core', '/usr/bin/chromium')
     .option('--no-browser', 'skip the browser measurement')
-    .option('--loads <n>', 'page loads per page (the first with the server\'s cache cold)', count('--loads', 2), 5)
+    .option('--loads <n>', 'page loads per page (the first with the server\'s cache cold)', wholeOption('--loads', 2), 5)
     .action(async (f: Flags) => {
       if (f.browser && !existsSync(f.browser)) {
         throw new UserError(`no browser at ${f.browser}. Fix: install Chromium (apt-get install chromium), pass --browser PATH, or --no-browser.`);

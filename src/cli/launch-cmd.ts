@@ -3,9 +3,10 @@
  * [train args…]`: one process per GPU, torchrun's way (the launcher itself is src/dist/launch.ts). This file turns
  * the flags into a checked plan and the launcher's status into the exit code.
  */
+import { wholeFlag } from './flags.ts';
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
-import { DEFAULT_MASTER_PORT, parseWhole } from '../dist/env.ts';
+import { DEFAULT_MASTER_PORT } from '../dist/env.ts';
 import { type LaunchPlan, TERM_GRACE_MS, launch, rankCommand } from '../dist/launch.ts';
 import { rendezvousTimeoutMs } from '../dist/rendezvous.ts';
 import { UserError } from '../util/errors.ts';
@@ -32,11 +33,11 @@ export function parseLaunchFlags(flags: LaunchFlags, args: string[]): LaunchPlan
   if (flags.nprocPerNode === undefined) {
     throw new UserError('--nproc-per-node is required: how many processes (one per GPU) to run on this node. Fix: e.g. --nproc-per-node 8.');
   }
-  const nprocPerNode = whole('--nproc-per-node', flags.nprocPerNode, 1, 'e.g. --nproc-per-node 8, one per GPU');
-  const nnodes = whole('--nnodes', flags.nnodes, 1, 'e.g. --nnodes 2');
-  const nodeRank = whole('--node-rank', flags.nodeRank, 0, 'e.g. --node-rank 0 on the first node');
+  const nprocPerNode = wholeFlag('--nproc-per-node', flags.nprocPerNode, 1, 'e.g. --nproc-per-node 8, one per GPU');
+  const nnodes = wholeFlag('--nnodes', flags.nnodes, 1, 'e.g. --nnodes 2');
+  const nodeRank = wholeFlag('--node-rank', flags.nodeRank, 0, 'e.g. --node-rank 0 on the first node');
   if (nodeRank >= nnodes) throw new UserError(`--node-rank ${nodeRank} must be < --nnodes (${nnodes}). Fix: number the nodes from 0 to ${nnodes - 1}.`);
-  const masterPort = whole('--master-port', flags.masterPort, 0, `e.g. --master-port ${DEFAULT_MASTER_PORT}`);
+  const masterPort = wholeFlag('--master-port', flags.masterPort, 0, `e.g. --master-port ${DEFAULT_MASTER_PORT}`);
   if (masterPort > 65535) throw new UserError(`--master-port ${masterPort} is not a TCP port. Fix: use one from 1024 to 65535, e.g. --master-port ${DEFAULT_MASTER_PORT}.`);
   if (masterPort === 0 && nnodes > 1) {
     throw new UserError(
@@ -58,12 +59,6 @@ export function parseLaunchFlags(flags: LaunchFlags, args: string[]): LaunchPlan
     command: rankCommand(flags.entry, args),
     rdzvTimeoutMs: rendezvousTimeoutMs(),
   };
-}
-
-function whole(flag: string, text: string, min: number, example: string): number {
-  const value = parseWhole(text);
-  if (value === undefined || value < min) throw new UserError(`${flag} ${text} is not a whole number >= ${min}. Fix: ${example}.`);
-  return value;
 }
 
 const HELP = `

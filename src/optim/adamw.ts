@@ -10,7 +10,7 @@
  */
 import type { Communicator } from '../dist/comm.ts';
 import type { ModelConfig } from '../model/spec.ts';
-import type { PhaseTimer } from '../train/phase-timer.ts';
+import { type PhaseTimer, timed } from '../train/phase-timer.ts';
 import type { ParamGroup, ParamStore } from '../model/params.ts';
 import type { AdamWGroup, Backend } from '../tensor/backend.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
@@ -97,8 +97,7 @@ export class AdamW {
    * rank's slots, all-gather. `tokensSeen` counts global tokens before this step.
    */
   update(tokensSeen: number, timer?: PhaseTimer): StepResult {
-    const time = <T>(phase: 'zero2_reduce_scatter' | 'zero2_all_gather', fn: () => T): T => (timer ? timer.time(phase, fn) : fn());
-    time('zero2_reduce_scatter', () => this.zero.reduceScatter());
+    timed(timer, 'zero2_reduce_scatter', () => this.zero.reduceScatter());
     const gradNorm = this.#globalNorm();
     const lr = {} as Record<ParamGroup, number>;
     const groups: AdamWGroup[] = this.groups.map((g) => {
@@ -119,7 +118,7 @@ export class AdamW {
     });
     const stochastic = this.cfg.master_weights === 'bf16_sr' ? { stochasticRounding: { seed: this.cfg.seed } } : {};
     this.b.adamw(groups, { gradNorm, maxNorm: this.cfg.grad_clip_norm, ...stochastic });
-    time('zero2_all_gather', () => this.zero.allGather());
+    timed(timer, 'zero2_all_gather', () => this.zero.allGather());
     this.step++;
     return { gradNorm, lr };
   }

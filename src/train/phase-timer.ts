@@ -9,13 +9,18 @@ import type { Backend } from '../tensor/backend.ts';
 
 export type Phase = 'fwd_total' | 'bwd_total' | 'opt_step' | 'loader_wait' | ModulePhase | ZeroPhase;
 /** ZeRO-2's communication, nested in opt_step (zero on one rank: nothing moves). */
-export type ZeroPhase = 'zero2_reduce_scatter' | 'zero2_all_gather';
+type ZeroPhase = 'zero2_reduce_scatter' | 'zero2_all_gather';
 /** Phases inside the model (nested in fwd_total / bwd_total): the dense MLP layers and the head (final norm, lm_head
  *  and the fused cross-entropy, whose forward also computes the loss gradient). */
 export type ModulePhase = 'dense_mlp_fwd' | 'dense_mlp_bwd' | 'head_fwd' | 'head_bwd';
 export const PHASES: readonly Phase[] = [
   'fwd_total', 'bwd_total', 'opt_step', 'loader_wait', 'dense_mlp_fwd', 'dense_mlp_bwd', 'head_fwd', 'head_bwd', 'zero2_reduce_scatter', 'zero2_all_gather',
 ];
+
+/** Runs `fn`, charged to `phase` when there is a timer. */
+export function timed<T>(timer: PhaseTimer | undefined, phase: Phase, fn: () => T): T {
+  return timer ? timer.time(phase, fn) : fn();
+}
 
 export class PhaseTimer {
   #spans: { phase: Phase; ms: () => number }[] = [];

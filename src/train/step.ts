@@ -10,7 +10,7 @@ import type { Communicator } from '../dist/comm.ts';
 import type { ExpertExchange } from '../moe/rdep/exchange.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
-import type { PhaseTimer } from './phase-timer.ts';
+import { type PhaseTimer, timed } from './phase-timer.ts';
 
 export interface Trainee {
   model: Transformer;
@@ -52,11 +52,10 @@ export interface StepOutput {
 export function trainStep(t: Trainee, ids: Tensor, targets: Tensor, batch: number, tokensSeen: number, timer?: PhaseTimer, normalizer?: Tensor): StepOutput {
   const { model, opt, comm } = t;
   const cfg = model.cfg, b = model.b;
-  const time = <T>(phase: 'fwd_total' | 'bwd_total' | 'opt_step', fn: () => T): T => (timer ? timer.time(phase, fn) : fn());
   model.params.zeroGrads();
-  const fwd = time('fwd_total', () => model.forward(ids, targets, batch, { ...(timer ? { timer } : {}), ...(normalizer ? { normalizer } : {}) }));
-  time('bwd_total', () => model.backward(fwd.saved, timer));
-  const { gradNorm, lr } = time('opt_step', () => {
+  const fwd = timed(timer, 'fwd_total', () => model.forward(ids, targets, batch, { ...(timer ? { timer } : {}), ...(normalizer ? { normalizer } : {}) }));
+  timed(timer, 'bwd_total', () => model.backward(fwd.saved, timer));
+  const { gradNorm, lr } = timed(timer, 'opt_step', () => {
     const r = opt.update(tokensSeen, timer);
     let j = 0;
     for (let layer = 0; layer < cfg.n_layers; layer++) {

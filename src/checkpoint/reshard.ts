@@ -9,18 +9,21 @@
 import { shapeNumel } from '../tensor/tensor.ts';
 import type { ReadTensor } from './safetensors.ts';
 
-const EXPERT = /\.W[123]$/;
-
-/** `NAME@start:end` -> its parameter's name and range; a plain name -> null range. */
+/** An old rank file's `NAME@start:end` -> its state name and range; a plain name -> null range. */
 function pieceOf(name: string): { base: string; range: [number, number] | null } {
   const m = /^(.*)@(\d+):(\d+)$/.exec(name);
   return m ? { base: m[1]!, range: [Number(m[2]), Number(m[3])] } : { base: name, range: null };
 }
 
-export interface ReshardTarget {
-  name: string;
-  shape: readonly number[];
-}
+/**
+ * A tensor of a rank file, and how it is split over ranks: by expert (dim 0), or as the ZeRO-2 piece [start, end)
+ * of the optimizer state `state` of the dense parameter `param` (whole or in pieces, `state` is the name without the
+ * range).
+ */
+export type ReshardTarget = { name: string; shape: readonly number[] } & (
+  | { split: 'experts' }
+  | { split: 'zero2'; state: string; param: string; start: number; end: number }
+);
 
 /**
  * Builds, from the old world's rank files (index = old rank), the tensors that `rank` of the new world needs:
@@ -28,13 +31,13 @@ export interface ReshardTarget {
  * `paramNumel` gives each dense parameter's element count.
  */
 export function reshardRankFiles(old: Map<string, ReadTensor>[], rank: number, targets: readonly ReshardTarget[],
-  paramNumel: (base: string) => number): Map<string, ReadTensor> {
+  paramNumel: (param: string) => number): Map<string, ReadTensor> {
   const out = new Map<string, ReadTensor>();
-  const dense = new Map<string, Float32Array>(); // optimizer state of a dense parameter, whole, by base name
-  const whole = (base: string): Float32Array => {
+  const dense = new Map<string, Float32Array>(); // optimizer state of a dense parameter, whole, by state name
+  const whole = (base: string, param: string): Float32Array => {
     let full = dense.get(base);
     if (full) return full;
-    full = new Float32Array(paramNumel(base.replace(/^optim\.[a-z_]+\./, '')));
+    full = new Float32Array(paramNumel(param));
     const covered = new Uint8Array(full.length);
     for (const file of old) {
       for (const [name, t] of file) {
@@ -50,8 +53,7 @@ export function reshardRankFiles(old: Map<string, ReadTensor>[], rank: number, t
     return full;
   };
   for (const target of targets) {
-    const { base, range } = pieceOf(target.name);
-    if (EXPERT.test(base)) {
+    if (target.split === 'experts') {
       const parts = old.map((file, r) => {
         const t = file.get(target.name);
         if (!t) throw new Error(`checkpoint: rank ${r}'s file has no ${target.name}`);
@@ -63,9 +65,8 @@ export function reshardRankFiles(old: Map<string, ReadTensor>[], rank: number, t
       const rows = target.shape[0]!;
       out.set(target.name, { dtype: parts[0]!.dtype, shape: [...target.shape], data: all.slice(rank * rows * rowNumel, (rank + 1) * rows * rowNumel) });
     } else {
-      const full = whole(base);
-      const [start, end] = range ?? [0, full.length];
-      out.set(target.name, { dtype: 'F32', shape: [...target.shape], data: full.slice(start, end) });
+      const full = whole(target.state, target.param);
+      out.set(target.name, { dtype: 'F32', shape: [...target.shape], data: full.slice(target.start, target.end) });
     }
   }
   return out;

@@ -21,7 +21,7 @@ import { type Tensor, shapeNumel } from '../tensor/tensor.ts';
 import { UserError } from '../util/errors.ts';
 import { NMOE_VERSION } from '../util/version.ts';
 import { type TensorTarget, assignTensors } from './params-io.ts';
-import { reshardRankFiles } from './reshard.ts';
+import { type ReshardTarget, reshardRankFiles } from './reshard.ts';
 import { type TensorToWrite, readSafetensors } from './safetensors.ts';
 import { DENSE_FILE, STATE_FILE, type StepDir, rankFile } from './layout.ts';
 
@@ -49,18 +49,23 @@ export interface Snapshot {
   state: TrainState;
 }
 
-interface Named extends TensorTarget {
-  expert: boolean;
-}
+/** A checkpoint tensor: in the dense file (rank 0's), or in each rank's file split as `rankFile` says. */
+type Named = TensorTarget & { rankFile: ReshardTarget | null };
 
 /** Every tensor a checkpoint holds, with where it goes. */
 function stateTensors(t: Trainee): Named[] {
-  const out: Named[] = t.model.params.params.map((p) => ({ name: p.name, shape: p.shape, value: p.value, expert: p.firstExpert !== undefined }));
+  const out: Named[] = t.model.params.params.map((p) => ({
+    name: p.name, shape: p.shape, value: p.value, rankFile: p.firstExpert === undefined ? null : { name: p.name, shape: p.shape, split: 'experts' },
+  }));
   for (const g of t.opt.groups) {
     g.slots.forEach((x, i) => {
       const whole = x.start === 0 && x.end === shapeNumel(t.model.params.shapeOf(x.name));
       const name = whole ? x.name : `${x.name}@${x.start}:${x.end}`;
-      const add = (kind: string, value: Tensor) => out.push({ name: `optim.${kind}.${name}`, shape: x.shape, value, expert: true });
+      // Optimizer state is this rank's: its experts' whole, or its ZeRO-2 piece of a dense parameter.
+      const add = (kind: string, value: Tensor) => {
+        const split = g.name === 'expert' ? { split: 'experts' as const } : { split: 'zero2' as const, state: `optim.${kind}.${x.name}`, param: x.name, start: x.start, end: x.end };
+        out.push({ name: `optim.${kind}.${name}`, shape: x.shape, value, rankFile: { name: `optim.${kind}.${name}`, shape: x.shape, ...split } });
+      };
       add('exp_avg', g.expAvg[i]!);
       add('exp_avg_sq', g.expAvgSq[i]!);
       if (g.master) add('master', g.master[i]!);
@@ -84,7 +89,7 @@ export async function captureSnapshot(t: Trainee, loader: DeterministicLoader, i
   for (const x of stateTensors(t)) {
     const data = await t.model.b.read(x.value);
     if (!(data instanceof Float32Array)) throw new Error(`checkpoint: ${x.name} is not a float tensor`);
-    (x.expert ? rank : dense).push({ name: x.name, dtype: x.value.dtype === 'bf16' ? 'BF16' : 'F32', shape: [...x.shape], data });
+    (x.rankFile ? rank : dense).push({ name: x.name, dtype: x.value.dtype === 'bf16' ? 'BF16' : 'F32', shape: [...x.shape], data });
   }
   const loaderState = loader.state();
   const state: TrainState = {
@@ -130,7 +135,7 @@ export async function restoreSnapshot(found: StepDir, t: Trainee, loader: Determ
   const rankTensors = state.world === world
     ? readSafetensors(join(found.dir, rankFile(rank))).tensors
     : reshardRankFiles(Array.from({ length: state.world }, (_, r) => readSafetensors(join(found.dir, rankFile(r))).tensors), rank,
-      targets.filter((x) => x.expert), (name) => shapeNumel(t.model.params.shapeOf(name)));
+      targets.flatMap((x) => x.rankFile ?? []), (name) => shapeNumel(t.model.params.shapeOf(name)));
   for (const [name, x] of rankTensors) tensors.set(name, x);
   await assignTensors(found.dir, tensors, targets, t.model.b);
   t.opt.step = state.rng.optimizer_step;

@@ -86,8 +86,9 @@ export class FrameReader {
 }
 
 /**
- * Cuts a byte stream into frames. Chunks are kept as they arrive and joined only once a whole frame is there, so a
- * multi-MB value costs one copy, not one per chunk.
+ * Cuts a byte stream into frames, each a little-endian length header (`headerBytes`: 4, the store's, or 8) and its
+ * payload. Chunks are kept as they arrive and joined only once a whole frame is there, so a multi-MB value costs one
+ * copy, not one per chunk. A frame may be a view of a received chunk: copy it before transferring it.
  */
 export class FrameSplitter {
   #chunks: Buffer[] = [];
@@ -95,15 +96,18 @@ export class FrameSplitter {
   /** Payload length of the frame being read, or -1 while its header is still incomplete. */
   #expected = -1;
 
+  constructor(private readonly headerBytes: 4 | 8 = 4, private readonly maxBytes = MAX_FRAME_BYTES) {}
+
   push(chunk: Buffer): Buffer[] {
     this.#chunks.push(chunk);
     this.#buffered += chunk.length;
     const frames: Buffer[] = [];
     for (;;) {
       if (this.#expected < 0) {
-        if (this.#buffered < 4) return frames;
-        this.#expected = this.#take(4).readUInt32LE(0);
-        if (this.#expected > MAX_FRAME_BYTES) throw new RangeError(`a store message of ${this.#expected} bytes exceeds the limit of ${MAX_FRAME_BYTES} bytes`);
+        if (this.#buffered < this.headerBytes) return frames;
+        const header = this.#take(this.headerBytes);
+        this.#expected = this.headerBytes === 4 ? header.readUInt32LE(0) : Number(header.readBigUInt64LE(0));
+        if (this.#expected > this.maxBytes) throw new RangeError(`a message of ${this.#expected} bytes exceeds the limit of ${this.maxBytes} bytes`);
       }
       if (this.#buffered < this.#expected) return frames;
       frames.push(this.#take(this.#expected));

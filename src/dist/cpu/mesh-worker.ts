@@ -10,6 +10,7 @@
  */
 import { type Server, type Socket, createConnection, createServer } from 'node:net';
 import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
+import { FrameSplitter } from '../store-protocol.ts';
 
 export interface MeshWorkerData {
   rank: number;
@@ -33,37 +34,13 @@ const data = workerData as MeshWorkerData;
 const { rank, world, timeoutMs } = data;
 const signal = new Int32Array(data.signal);
 
-/** Reassembles length-prefixed frames from one inbound connection; each frame gets its own ArrayBuffer. */
+/** The frames received from one peer, in order, each in its own ArrayBuffer (they are transferred). */
 class FrameReader {
   readonly frames: Uint8Array[] = [];
-  #chunks: Buffer[] = [];
-  #buffered = 0;
-  /** Payload length of the frame being read, once its header is in. */
-  #need = -1;
+  readonly #splitter = new FrameSplitter(8, Number.MAX_SAFE_INTEGER); // a payload is a whole tensor: no cap
 
   push(chunk: Buffer): void {
-    this.#chunks.push(chunk);
-    this.#buffered += chunk.length;
-    for (;;) {
-      if (this.#need < 0) {
-        if (this.#buffered < 8) return;
-        this.#need = Number(this.#flat().readBigUInt64LE(0));
-      }
-      if (this.#buffered < 8 + this.#need) return;
-      const all = this.#flat();
-      const frame = new Uint8Array(this.#need); // never a view of Node's shared buffer pool: it is transferred
-      frame.set(all.subarray(8, 8 + this.#need));
-      this.frames.push(frame);
-      this.#chunks = [all.subarray(8 + this.#need)];
-      this.#buffered -= 8 + this.#need;
-      this.#need = -1;
-    }
-  }
-
-  /** The buffered bytes as one Buffer (concatenated at most twice per frame: for its header and its payload). */
-  #flat(): Buffer {
-    if (this.#chunks.length > 1) this.#chunks = [Buffer.concat(this.#chunks)];
-    return this.#chunks[0]!;
+    for (const frame of this.#splitter.push(chunk)) this.frames.push(new Uint8Array(frame)); // a copy, never a pool view
   }
 }
 

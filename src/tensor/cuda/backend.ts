@@ -378,12 +378,10 @@ export class CudaBackend implements Backend {
   moePlan(idx: Tensor, numExperts: number): MoePlan {
     const [tokens, topK] = idx.shape as [number, number];
     const slots = tokens * topK;
-    const maxTiles = Math.ceil(slots / GROUP_TILE) + numExperts;
-    const counts = this.zeros([numExperts], 'i32'), offsets = this.empty([numExperts + 1], 'i32');
+    const counts = this.zeros([numExperts], 'i32');
     const slotOfRow = this.empty([slots], 'i32'), rowOfSlot = this.empty([slots], 'i32');
-    const tiles = this.empty([maxTiles, 2], 'i32'), numTiles = this.empty([1], 'i32');
     this.#k('moe.cu', 'moe_count', [gridFor(slots)], 256, [ptr(idx), i64(slots), i32(numExperts), ptr(counts), ptr(this.#bad)]);
-    this.#k('moe.cu', 'moe_offsets', [1], 32, [ptr(counts), i32(numExperts), ptr(offsets), i32(GROUP_TILE), ptr(tiles), ptr(numTiles)]);
+    const { offsets, tiles, numTiles } = this.#segments(counts, slots);
     this.#k('moe.cu', 'moe_place', [numExperts], 256, [ptr(idx), i64(slots), ptr(offsets), ptr(slotOfRow), ptr(rowOfSlot)]);
     const plan = new CudaMoePlan(tokens, topK, numExperts, counts, offsets, slotOfRow, rowOfSlot, tiles, numTiles);
     this.#tiles.set(offsets, plan);
@@ -391,12 +389,18 @@ export class CudaBackend implements Backend {
   }
 
   moeSegments(counts: Tensor, maxRows: number): { offsets: Tensor; free(): void } {
+    const { offsets, tiles, numTiles } = this.#segments(counts, maxRows);
+    this.#tiles.set(offsets, { tiles, numTiles });
+    return { offsets, free: () => [offsets, tiles, numTiles].forEach((t) => t.free()) };
+  }
+
+  /** Segment offsets [E + 1] from per-expert row counts, and the grouped GEMMs' tile list for at most `maxRows` rows. */
+  #segments(counts: Tensor, maxRows: number): { offsets: Tensor; tiles: Tensor; numTiles: Tensor } {
     const experts = counts.numel;
     const offsets = this.empty([experts + 1], 'i32');
     const tiles = this.empty([Math.ceil(maxRows / GROUP_TILE) + experts, 2], 'i32'), numTiles = this.empty([1], 'i32');
     this.#k('moe.cu', 'moe_offsets', [1], 32, [ptr(counts), i32(experts), ptr(offsets), i32(GROUP_TILE), ptr(tiles), ptr(numTiles)]);
-    this.#tiles.set(offsets, { tiles, numTiles });
-    return { offsets, free: () => [offsets, tiles, numTiles].forEach((t) => t.free()) };
+    return { offsets, tiles, numTiles };
   }
 
   moeGather(x: Tensor, plan: MoePlan): Tensor {

@@ -7,6 +7,7 @@
  * it returns to them, over the round-trip time.
  */
 import { allGatherHost } from '../dist/comm.ts';
+import { ascending, quantile } from '../util/quantile.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import type { CudaBackend } from '../tensor/cuda/backend.ts';
 import { philoxUniform } from '../util/philox.ts';
@@ -25,7 +26,7 @@ export interface RdepResult extends RdepCase {
   gbPerSecond: number;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const median = (xs: number[]) => quantile(ascending(xs), 0.5);
 
 /** K distinct experts per token, uniformly at random (a partial Fisher-Yates shuffle per token). */
 function uniformRouting(tokens: number, topK: number, experts: number, seed: number): Int32Array {

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { metricsDdl, metricsPath, sqlString } from '../metrics/duckdb-writer.ts';
 import { Registry } from '../metrics/registry.ts';
 import { startVizServer } from '../viz/server/server.ts';
+import { ascending, quantile } from '../util/quantile.ts';
 
 const CORE = [
   'train/loss', 'optimizer/lr', 'optimizer/grad_norm', 'throughput/tokens_per_s_gpu', 'throughput/ms_per_step', 'throughput/loader_wait_ms',
@@ -62,8 +63,8 @@ export interface Timing {
 }
 
 function timing(ms: number[]): Timing {
-  const s = [...ms].sort((a, b) => a - b);
-  return { medianMs: s[Math.floor((s.length - 1) / 2)]!, p90Ms: s[Math.min(s.length - 1, Math.ceil(0.9 * s.length) - 1)]!, samples: s.length };
+  const s = ascending(ms);
+  return { medianMs: quantile(s, 0.5), p90Ms: quantile(s, 0.9), samples: s.length };
 }
 
 async function timedGet(url: string): Promise<number> {

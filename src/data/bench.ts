@@ -14,6 +14,7 @@ import { PREP_DEFAULTS } from './prep/options.ts';
 import { TokenizerPool } from './prep/pool.ts';
 import { BATCH_CHARS, INFLIGHT_PER_WORKER, runPrep } from './prep/prep.ts';
 import { loadTokenizer } from './tokenizers.ts';
+import { ascending, quantile } from '../util/quantile.ts';
 
 export interface Rate {
   seconds: number;
@@ -118,9 +119,8 @@ export async function benchLoader(o: { seqLen: number; batch: number; batches: n
       await new Promise((r) => setImmediate(r)); // a training step lets the event loop run
     }
     loader.close();
-    ms.sort((a, b) => a - b);
-    const at = (q: number) => ms[Math.min(ms.length - 1, Math.floor(ms.length * q))]!;
-    return { batches: ms.length, meanMs: ms.reduce((a, b) => a + b, 0) / ms.length, p50Ms: at(0.5), p99Ms: at(0.99), maxMs: at(1) };
+    const s = ascending(ms);
+    return { batches: s.length, meanMs: s.reduce((a, b) => a + b, 0) / s.length, p50Ms: quantile(s, 0.5), p99Ms: quantile(s, 0.99), maxMs: quantile(s, 1) };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -16,6 +16,7 @@ import { NpyShard } from '../../data/shard.ts';
 import { loadTokenizer } from '../../data/tokenizers.ts';
 import { badRequest, notFound } from './errors.ts';
 import { confine, isInside, realInside } from './paths.ts';
+import { quantile } from '../../util/quantile.ts';
 
 /** A path as the client gave it, in canonical form ('.' for the root). */
 const canonical = (rel: string) => posix.normalize(rel.replace(/\\/g, '/')).replace(/\/$/, '') || '.';
@@ -114,7 +115,7 @@ export function shardWindow(root: string, rel: string, offset: number, length: n
   }
 }
 
-const percentile = (sorted: Float64Array, q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : 0);
+const percentile = (sorted: Float64Array, q: number) => (sorted.length ? quantile(sorted, q) : 0);
 
 export function indexHeader(root: string, rel: string): IndexHeaderResponse {
   const file = confine(root, rel, 'path');

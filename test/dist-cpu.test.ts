@@ -8,12 +8,34 @@ import { createHash } from 'node:crypto';
 import { cpSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BIN, nmoe, removeTempDirs, tempDir } from './fixtures/data/helpers.ts';
+import { BIN, nmoe, nmoeAsync, removeTempDirs, tempDir } from './fixtures/data/helpers.ts';
 import { BASE_ENV, runRanks, trainLosses } from './helpers/ranks.ts';
 
 afterAll(removeTempDirs);
 
 const readJson = (path: string) => JSON.parse(readFileSync(path, 'utf8'));
+
+/** The pid of the launcher's child process that runs `rank` (from /proc: its parent and its RANK variable). */
+function rankPid(launcher: number, rank: number): number {
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number)) {
+    try {
+      const ppid = Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+      if (ppid === launcher && readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`RANK=${rank}`)) return pid;
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  throw new Error(`no child of ${launcher} runs rank ${rank}`);
+}
+
+/** Alive and not a zombie. */
+function isRunning(pid: number): boolean {
+  try {
+    return !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
 
 describe('CPU collectives and RDEP exchange (3 ranks)', () => {
   it('sum in rank order to bit-identical values, and place dispatched rows by expert, then source rank', async () => {
@@ -147,6 +169,33 @@ describe('nmoe launch on the CPU backend', () => {
       const got = await trainLosses(join(dir, 'metrics'));
       expect(got).toHaveLength(3);
       got.forEach((l, i) => expect(Math.abs(l - want[i]!) / want[i]!, `step ${i + 4} on ${world} rank(s)`).toBeLessThan(1e-4));
+    }
+  });
+
+  it("stops the run when a rank freezes (SIGSTOP): the other rank's step watchdog kills it, the launcher stops the rest", async () => {
+    const dir = tempDir('frozen');
+    // The CPU mesh would time out on its own after NMOE_COMM_TIMEOUT_S; NCCL would not, and the watchdog must not rely on it.
+    const { child, done } = nmoeAsync(['launch', '--nproc-per-node', '2', '--master-port', '0', '--', ...train(dir, ['--steps=100000'])],
+      { ...BASE_ENV, NMOE_STEP_TIMEOUT_S: '2', NMOE_COMM_TIMEOUT_S: '600' });
+    let frozen = 0;
+    try {
+      let printed = '';
+      await new Promise<void>((resolve, reject) => {
+        const late = setTimeout(() => reject(new Error(`no step 3 within 60 s:\n${printed}`)), 60_000);
+        child.stdout.on('data', (d) => /^step +3\//m.test((printed += d)) && (clearTimeout(late), resolve()));
+      });
+      frozen = rankPid(child.pid!, 1);
+      process.kill(frozen, 'SIGSTOP');
+      const t0 = Date.now();
+      const r = await done;
+      expect(Date.now() - t0).toBeLessThan(20_000); // the 2 s timeout, then the launcher's 5 s grace for the frozen rank
+      expect(r.code, r.out).toBe(137);
+      expect(r.out).toMatch(/^nmoe: error: rank 0: step \d+ has not finished 2 s after it began \(NMOE_STEP_TIMEOUT_S\): a collective is waiting/m);
+      expect(r.out).toMatch(/^nmoe launch: rank 0 \(pid \d+, node 0\) was killed by SIGKILL; stopping the other 1 rank/m);
+      await expect.poll(() => isRunning(frozen), { timeout: 5000 }).toBe(false); // SIGKILL reaches a stopped process too
+    } finally {
+      if (frozen && isRunning(frozen)) process.kill(frozen, 'SIGKILL');
+      child.kill('SIGKILL');
     }
   });
 

@@ -7,6 +7,8 @@
  * Divergence: a non-finite gradient norm makes the optimizer skip the update on the device, so when the loss comes
  * back NaN or Inf the weights still hold the last good state; the run then stops with an error naming the step.
  * `signal` (Ctrl-C, SIGTERM) stops the run cleanly after the step in flight, and a final checkpoint is saved.
+ * On more than one rank, a step that outlives NMOE_STEP_TIMEOUT_S (a stuck peer) kills this rank: see
+ * src/dist/step-watchdog.ts.
  *
  * Checkpoints (src/checkpoint/): with `resume`, the newest complete checkpoint in checkpoint_dir is loaded first.
  * Every `checkpoint_every` steps, at the last step and when stopped, the state is copied off the device (awaited)
@@ -27,6 +29,7 @@ import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import type { Communicator } from '../dist/comm.ts';
 import type { DistRun } from '../dist/parallel.ts';
+import { StepWatchdog, stepTimeoutS } from '../dist/step-watchdog.ts';
 import { UserError } from '../util/errors.ts';
 import { gitInfo } from '../util/version.ts';
 import { type Phase, PhaseTimer } from './phase-timer.ts';
@@ -99,6 +102,7 @@ export class TrainingDiverged extends UserError {
 export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal, dist: DistRun | null = null): Promise<TrainSummary> {
   const cfg = modelConfig(config);
   const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
+  const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
   const loader = createLoader(cfg, rank, world);
   const trainee = createTrainee(backend, cfg, dist);
   const { model, opt } = trainee;
@@ -137,6 +141,8 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   });
 
   const timer = await PhaseTimer.for(backend);
+  // Ranks wait for each other inside a step; one that is stuck would hold the others forever (src/dist/step-watchdog.ts).
+  const watchdog = dist ? StepWatchdog.start(rank, stepTimeout) : null;
   const t0 = performance.now();
   const tokens0 = tokensSeen;
   let firstLoss = NaN;
@@ -146,6 +152,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   let lastLogStep = step;
   try {
     for (let stop = false; step < cfg.steps && !stop; step++) {
+      watchdog?.arm(step + 1);
       const batch = timer.time('loader_wait', () => loader.next(), hostClock);
       const ids = backend.upload(batch.inputs, [batch.inputs.length], 'i32');
       const targets = backend.upload(batch.targets, [batch.targets.length], 'i32');
@@ -205,6 +212,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       fwd.free();
       ids.free();
       targets.free();
+      watchdog?.disarm();
       const every = config.checkpoint_every;
       if ((every > 0 && done % every === 0) || done === cfg.steps || stopping) {
         await ckpt.save(await captureSnapshot(trainee, loader, { config, step: done, tokensSeen, world, runId, gitSha }));
@@ -213,9 +221,11 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     }
     await ckpt.close();
   } catch (err) {
+    watchdog?.disarm(); // the failing step is over; the queued saves may take as long as they need
     await ckpt.close().catch(() => {}); // finish the saves already queued; the first error is the one to report
     throw err;
   } finally {
+    await watchdog?.close();
     opt.free();
     model.free();
   }

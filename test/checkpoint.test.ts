@@ -6,7 +6,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, watch, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, statSync, watch, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +16,7 @@ import { DENSE_FILE, STATE_FILE, TRACKER, iterName, listSteps, rankFile } from '
 import { readSafetensors } from '../src/checkpoint/safetensors.ts';
 import type { Snapshot, TrainState } from '../src/checkpoint/state.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
+import { Registry } from '../src/metrics/registry.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { type TrainSummary, train } from '../src/train/trainer.ts';
 import { gitInfo } from '../src/util/version.ts';
@@ -204,6 +205,27 @@ describe('exact resume', () => {
     expect(stepBytes(dir, N)).toEqual(stepBytes(straight.dir, N));
   });
 
+  it('a checkpoint damaged in place (sizes intact) is refused, naming it and the fix; moved aside, the step before resumes', async () => {
+    const dir = join(root, 'damaged');
+    cpSync(straight.dir, dir, { recursive: true });
+    const newest = join(dir, iterName(N));
+    const state = join(newest, STATE_FILE);
+    const original = readFileSync(state);
+    writeFileSync(state, Buffer.alloc(original.length, 'x')); // same size: the manifest still calls the step complete
+    const damaged = new RegExp(`checkpoint ${newest} is damaged: .*Fix: move ${newest} aside; resume then loads the step before it\\.`);
+    await expect(run(dir, N + 1, ['--resume'])).rejects.toThrow(damaged);
+    writeFileSync(state, original);
+    const dense = join(newest, DENSE_FILE);
+    const bytes = readFileSync(dense);
+    bytes.fill(0x7b, 8, 24); // the JSON header's first bytes
+    writeFileSync(dense, bytes);
+    await expect(run(dir, N + 1, ['--resume'])).rejects.toThrow(damaged);
+    renameSync(newest, join(root, 'damaged-step'));
+    const resumed = await run(dir, N, ['--resume']);
+    expect(resumed.summary.startStep).toBe(N - 2);
+    expect(resumed.losses).toEqual(straight.losses.slice(N - 2));
+  });
+
   it('refuses a changed training config, naming the fields, but allows steps, log_every and cadence', async () => {
     await expect(run(straight.dir, N + 1, ['--resume', '--lr_dense=0.02', '--seed=7'])).rejects.toThrow(
       /was saved with a different config: seed \(42 -> 7\), lr_dense \(0\.01 -> 0\.02\)|lr_dense \(0\.01 -> 0\.02\).*seed \(42 -> 7\)/,
@@ -214,3 +236,49 @@ describe('exact resume', () => {
   });
 
 });
+
+describe('nothing lost', () => {
+  it("a fresh run moves another run's checkpoints aside, intact, where resume and retention never look", async () => {
+    const dir = join(root, 'reused');
+    const first = await run(dir, 4);
+    const hashes = (d: string) => readdirSync(d, { recursive: true }).map(String).filter((f) => f.endsWith('.safetensors')).sort()
+      .map((f) => [f, createHash('sha256').update(readFileSync(join(d, f))).digest('hex')]);
+    const before = hashes(dir);
+    const fresh = await run(dir, 2, ['--checkpoint_keep_last_n=1']);
+    const aside = join(dir, 'previous', first.summary.runId);
+    expect(fresh.warnings).toEqual([`checkpoint_dir held run ${first.summary.runId}'s checkpoints (newest: step 4); moved them to ${aside}, so this fresh run cannot overwrite them`]);
+    expect(fresh.losses).toEqual(straight.losses.slice(0, 2)); // a fresh start, not a resume
+    expect(hashes(aside)).toEqual(before);
+    expect(readFileSync(join(aside, TRACKER), 'utf8')).toBe('4\n');
+    expect(readdirSync(dir).sort()).toEqual([iterName(2), TRACKER, 'previous']);
+    const resumed = await run(dir, 3, ['--resume']);
+    expect(resumed.summary.startStep).toBe(2);
+    expect(resumed.summary.runId).toBe(fresh.summary.runId);
+  });
+
+  it('resuming a run that already reached its steps trains nothing and leaves its registry row as it was', () => {
+    const dir = join(root, 'finished');
+    expect(cli(['train', ...cfgArgs(dir, ['--steps=2'])]).code).toBe(0);
+    const again = cli(['train', ...cfgArgs(dir, ['--steps=2', '--resume'])]);
+    expect(again.code, again.err).toBe(0);
+    const id = /^nothing to train: run (\S+) is at step 2 of 2\. Fix: raise --steps to train further\.$/m.exec(again.out)?.[1];
+    expect(id, again.out).toBeDefined();
+    const registry = new Registry(join(root, 'exp.db'), { readonly: true });
+    const row = registry.getRun(id!)!;
+    registry.close();
+    expect(row.status).toBe('completed');
+    expect(JSON.parse(row.results_json!)).toMatchObject({ steps_completed: 2, final_loss: expect.any(Number) });
+  });
+
+  it('a checkpoint_dir or metrics_dir that cannot be written stops the run before its first step, naming the key', () => {
+    const file = join(root, 'a-file');
+    writeFileSync(file, '');
+    for (const key of ['checkpoint_dir', 'metrics_dir']) {
+      const r = cli(['train', ...cfgArgs(join(root, `bad-${key}`), ['--steps=2', `--${key}=${join(file, 'sub')}`])]);
+      expect(r.code).toBe(2);
+      expect(r.err).toContain(`nmoe: error: ${key} = "${join(file, 'sub')}" cannot be written (ENOTDIR). Fix: point ${key} at a writable folder (--${key}=PATH).`);
+      expect(r.out + r.err).not.toMatch(/^step /m);
+    }
+  });
+});
+

@@ -1,8 +1,9 @@
 /**
  * Asynchronous checkpoint saving (inventory §7.2). `save` takes a snapshot already copied off the device and
  * queues it; a background chain encodes and writes its files while training goes on. The queue is bounded: when
- * `maxQueue` saves are pending, `save` waits for the oldest instead of dropping one. A write error is kept and
- * thrown by the next `save` or by `close`.
+ * `maxQueue` saves are pending, `save` waits for the oldest instead of dropping one. The folder is created and
+ * test-written at construction, so a bad `checkpoint_dir` stops the run before its first step; a later write
+ * error (a full disk) is kept and thrown by the next `save` or by `close`.
  *
  * Order of writes for a step: its rank file(s), the dense file and train_state.json (rank 0), then, once every
  * rank's file is there, manifest.json, then latest_checkpointed_iteration.txt, then retention removes all but the
@@ -11,6 +12,8 @@
 import { existsSync, statSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ensureWritableDir } from '../util/dirs.ts';
+import { UserError } from '../util/errors.ts';
 import { NMOE_VERSION } from '../util/version.ts';
 import { writeFileAtomic } from './atomic.ts';
 import { DENSE_FILE, MANIFEST, type Manifest, STATE_FILE, TRACKER, expectedFiles, iterName, listSteps, rankFile } from './layout.ts';
@@ -32,7 +35,9 @@ export class Checkpointer {
   #chain: Promise<void> = Promise.resolve();
   #error: unknown;
 
-  constructor(readonly o: CheckpointerOptions) {}
+  constructor(readonly o: CheckpointerOptions) {
+    ensureWritableDir(o.base, 'checkpoint_dir');
+  }
 
   /** Queues `snap` for writing; resolves once it is queued (not written). */
   async save(snap: Snapshot): Promise<void> {
@@ -54,7 +59,12 @@ export class Checkpointer {
   }
 
   #throwIfFailed(): void {
-    if (this.#error !== undefined) throw new Error(`checkpoint save failed: ${(this.#error as Error)?.message ?? String(this.#error)}`, { cause: this.#error });
+    if (this.#error === undefined) return;
+    throw new UserError(
+      `a checkpoint save into ${this.o.base} failed: ${(this.#error as Error)?.message ?? String(this.#error)}. ` +
+        'Fix: free space on that disk or point checkpoint_dir elsewhere, then resume from the newest complete step.',
+      { cause: this.#error },
+    );
   }
 
   async #write(snap: Snapshot): Promise<void> {

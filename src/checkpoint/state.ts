@@ -111,7 +111,20 @@ export async function captureSnapshot(t: Trainee, loader: DeterministicLoader, i
 }
 
 export function readTrainState(dir: string): TrainState {
-  return JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8')) as TrainState;
+  return readDamaged(dir, () => JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8')) as TrainState);
+}
+
+/**
+ * Reads a complete step's files. Completeness is judged by the sizes the manifest records, so a file damaged in
+ * place (a bad disk, a hand edit) still shows up here: say which step and how to get past it.
+ */
+function readDamaged<T>(dir: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    if (err instanceof UserError) throw err;
+    throw new UserError(`checkpoint ${dir} is damaged: ${(err as Error).message}. Fix: move ${dir} aside; resume then loads the step before it.`, { cause: err });
+  }
 }
 
 /**
@@ -130,11 +143,12 @@ export async function restoreSnapshot(found: StepDir, t: Trainee, loader: Determ
     );
   }
   const targets = stateTensors(t);
-  const tensors = readSafetensors(join(found.dir, DENSE_FILE)).tensors;
+  const read = (file: string) => readDamaged(found.dir, () => readSafetensors(join(found.dir, file)).tensors);
+  const tensors = read(DENSE_FILE);
   // The same world reads its own file; another world reshards every old rank's file (reshard.ts).
   const rankTensors = state.world === world
-    ? readSafetensors(join(found.dir, rankFile(rank))).tensors
-    : reshardRankFiles(Array.from({ length: state.world }, (_, r) => readSafetensors(join(found.dir, rankFile(r))).tensors), rank,
+    ? read(rankFile(rank))
+    : reshardRankFiles(Array.from({ length: state.world }, (_, r) => read(rankFile(r))), rank,
       targets.flatMap((x) => x.rankFile ?? []), (name) => shapeNumel(t.model.params.shapeOf(name)));
   for (const [name, x] of rankTensors) tensors.set(name, x);
   await assignTensors(found.dir, tensors, targets, t.model.b);

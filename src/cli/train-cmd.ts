@@ -14,7 +14,7 @@ import { joinRun, modelShape } from '../dist/parallel.ts';
 import { modelConfig } from '../model/spec.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { trainTracked } from '../train/tracked.ts';
-import type { LogRecord, TrainEvents } from '../train/trainer.ts';
+import type { LogRecord, TrainEvents, TrainSummary } from '../train/trainer.ts';
 import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
 
 function formatLog(r: LogRecord): string[] {
@@ -27,6 +27,14 @@ function formatLog(r: LogRecord): string[] {
     .map((l, i) => `L${i}[cv ${l.cv.toFixed(0)}% max ${l.max_load.toFixed(0)}% H ${l.entropy.toFixed(2)} act ${l.experts_active} bias ${l.bias_range.toFixed(3)}]`)
     .join(' ');
   return [main, pc.dim(`  router: mean cv ${r.routerAgg.mean_cv.toFixed(1)}%  dead ${r.routerAgg.dead_experts_count}  ${layers}`)];
+}
+
+/** The run's closing line. */
+function summaryLine(s: TrainSummary, steps: number): string {
+  if (s.steps === s.startStep) return `nothing to train: run ${s.runId} is at step ${s.steps} of ${steps}. Fix: raise --steps to train further.`;
+  const trained = s.startStep > 0 ? `steps ${s.startStep + 1}-${s.steps} (resumed from ${s.startStep})` : `${s.steps} steps`;
+  return `${s.stoppedEarly ? pc.yellow('stopped') : pc.green('done')}: ${trained} in ${formatDuration(s.wallSeconds)} | ` +
+    `loss ${s.firstLoss.toFixed(4)} -> ${s.finalLoss.toFixed(4)} | ${formatCount(s.tokensSeen)} tokens at ${formatCount(s.tokensPerSecond)} tok/s`;
 }
 
 export function registerTrainCommand(program: Command): void {
@@ -78,11 +86,7 @@ export function registerTrainCommand(program: Command): void {
         if (dist) progress.line(`ranks ${env.worldSize} (${env.nnodes} node(s)): data and expert parallel, ZeRO-2 dense optimizer`);
         const s = await trainTracked(config, backend, events, interrupt.signal, dist);
         progress.finish();
-        progress.line(
-          `${s.stoppedEarly ? pc.yellow('stopped') : pc.green('done')}: ` +
-            `${s.startStep > 0 ? `steps ${s.startStep + 1}-${s.steps} (resumed from ${s.startStep})` : `${s.steps} steps`} in ${formatDuration(s.wallSeconds)} | ` +
-            `loss ${s.firstLoss.toFixed(4)} -> ${s.finalLoss.toFixed(4)} | ${formatCount(s.tokensSeen)} tokens at ${formatCount(s.tokensPerSecond)} tok/s`,
-        );
+        progress.line(summaryLine(s, config.steps));
         ok = true;
       } finally {
         progress.finish();

@@ -9,6 +9,7 @@ import { peakTflops } from '../bench/train-bench.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { GpuSample } from '../tensor/cuda/nvml.ts';
 import type { TrainEvents } from '../train/trainer.ts';
+import { ensureWritableDir } from '../util/dirs.ts';
 import { MetricsWriter } from './duckdb-writer.ts';
 import { gpuTags, logTags } from './tags.ts';
 
@@ -21,6 +22,7 @@ export interface MetricsObserver {
 }
 
 export function observeMetrics(inner: TrainEvents, metricsDir: string, backend: Backend, rank = 0): MetricsObserver {
+  ensureWritableDir(metricsDir, 'metrics_dir'); // now, not when the first rows are written after the run's first steps
   let writer: Promise<MetricsWriter> | null = null;
   let path: string | null = null;
   let sampler: Promise<() => GpuSample[]> | null = null;

@@ -28,6 +28,7 @@ export async function trainTracked(config: Config, backend: Backend, events: Tra
   try {
     const s = await train(config, backend, tracked, signal, dist);
     await metrics.close();
+    if (runId === null) return s; // a resumed run that had nothing left to train keeps its row as it was
     registry?.endRun(s.runId, s.stoppedEarly ? 'killed' : 'completed', {
       final_loss: s.finalLoss, tokens_seen: s.tokensSeen, steps_completed: s.steps, start_step: s.startStep, metrics: metrics.path(),
     });

@@ -10,7 +10,8 @@
  * On more than one rank, a step that outlives NMOE_STEP_TIMEOUT_S (a stuck peer) kills this rank: see
  * src/dist/step-watchdog.ts.
  *
- * Checkpoints (src/checkpoint/): with `resume`, the newest complete checkpoint in checkpoint_dir is loaded first.
+ * Checkpoints (src/checkpoint/): with `resume`, the newest complete checkpoint in checkpoint_dir is loaded first (one
+ * that already reached `steps` trains nothing); without it, another run's steps there are moved aside first.
  * Every `checkpoint_every` steps, at the last step and when stopped, the state is copied off the device (awaited)
  * and written in the background; the loop never writes to disk itself.
  */
@@ -19,6 +20,7 @@ import { hostClock } from '../bench/profile.ts';
 import type { Config } from '../config/schema.ts';
 import { Checkpointer } from '../checkpoint/checkpointer.ts';
 import { latestComplete } from '../checkpoint/layout.ts';
+import { movePreviousRunAside } from '../checkpoint/previous-run.ts';
 import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
 import { configFingerprint } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
@@ -103,6 +105,14 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   const cfg = modelConfig(config);
   const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
   const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
+  if (!config.resume && rank === 0) {
+    const moved = movePreviousRunAside(config.checkpoint_dir);
+    if (moved) events.warn?.(`checkpoint_dir held run ${moved.runId}'s checkpoints (newest: step ${moved.newest}); moved them to ${moved.to}, so this fresh run cannot overwrite them`);
+  }
+  const ckpt = new Checkpointer({
+    base: config.checkpoint_dir, rank, world, keepLast: config.checkpoint_keep_last_n,
+    onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
+  });
   const loader = createLoader(cfg, rank, world);
   const trainee = createTrainee(backend, cfg, dist);
   const { model, opt } = trainee;
@@ -122,6 +132,12 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     });
     ({ step, tokens_seen: tokensSeen, run_id: runId } = saved);
     events.resumed?.({ step, dir: found.dir, runId });
+    if (step >= cfg.steps) {
+      // Nothing to train: return before the start event, so the run's registry row and metrics stay as they were.
+      opt.free();
+      model.free();
+      return { steps: step, firstLoss: NaN, finalLoss: NaN, tokensSeen, wallSeconds: 0, tokensPerSecond: 0, stoppedEarly: false, startStep: step, runId };
+    }
   }
   if (dist) runId = await dist.agree('run_id', runId);
   const gitSha = gitInfo().sha; // asked once here, never on a checkpoint step
@@ -134,10 +150,6 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     flopsPerToken: flops,
     tokensPerStep,
     dataTokens: loader.totalTokens,
-  });
-  const ckpt = new Checkpointer({
-    base: config.checkpoint_dir, rank, world, keepLast: config.checkpoint_keep_last_n,
-    onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
   });
 
   const timer = await PhaseTimer.for(backend);

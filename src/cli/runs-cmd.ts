@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import { existsSync } from 'node:fs';
-import { type RunRow, Registry } from '../metrics/registry.ts';
+import { RUN_STATUSES, type RunRow, type RunStatus, Registry } from '../metrics/registry.ts';
 import { UserError } from '../util/errors.ts';
 
 const DEFAULT_DB = 'runs/experiments.db';
@@ -31,8 +31,11 @@ export function registerRunsCommand(program: Command): void {
     .description('One line per run, newest first: id, experiment, status, start, end, result.')
     .option('--db <path>', 'experiments DB (the config\'s experiments_db)', DEFAULT_DB)
     .option('--experiment <id>', 'only this experiment')
-    .option('--status <status>', 'only runs with this status (running, completed, killed, failed)')
+    .option('--status <status>', `only runs with this status (${RUN_STATUSES.join(', ')})`)
     .action((opts: { db: string; experiment?: string; status?: string }) => {
+      if (opts.status !== undefined && !RUN_STATUSES.includes(opts.status as RunStatus)) {
+        throw new UserError(`--status ${JSON.stringify(opts.status)} is not a run status. Fix: one of ${RUN_STATUSES.join(', ')}.`);
+      }
       const reg = open(opts.db);
       const rows = reg.listRuns({ ...(opts.experiment ? { experimentId: opts.experiment } : {}), ...(opts.status ? { status: opts.status } : {}) });
       reg.close();

@@ -23,7 +23,8 @@ CREATE INDEX IF NOT EXISTS idx_runs_experiment ON runs(experiment_id);
 CREATE INDEX IF NOT EXISTS idx_runs_status ON runs(status);
 `;
 
-export type RunStatus = 'running' | 'completed' | 'failed' | 'killed';
+export const RUN_STATUSES = ['running', 'completed', 'killed', 'failed'] as const;
+export type RunStatus = (typeof RUN_STATUSES)[number];
 
 export interface RunRow {
   id: string;

@@ -1,5 +1,6 @@
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { basename } from 'node:path';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
 import { Command } from 'commander';
 import { parse } from 'smol-toml';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -9,6 +10,8 @@ import { defaultConfigPath, keyLines, loadConfig, resolveConfig, type LoadOption
 import { CONFIG_KEYS, FIELDS, TOKENIZERS, defaultConfig, type Config } from '../src/config/schema.ts';
 import { ConfigError } from '../src/config/validate.ts';
 import { yarnBand } from '../src/model/rope.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { train } from '../src/train/trainer.ts';
 import { UserError } from '../src/util/errors.ts';
 
 const TINY = 'configs/tiny.toml';
@@ -101,8 +104,7 @@ describe('reference configs', () => {
       `vocab_size = 163840 is smaller than the o200k_harmony tokenizer's vocabulary (201088): ids up to 201087 ` +
       `would overflow the embedding [${REF}/${name}.toml:${lineOf(`${REF}/${name}.toml`, 'vocab_size')}]. ` +
       'Fix: set vocab_size = 201088.');
-    expect(err.errors).toHaveLength(2);
-    expect(err.errors[1]).toMatch(/^eos_token_id = 199999 must be < vocab_size \(163840\) \[default, not set in /);
+    expect(err.errors).toHaveLength(1); // eos_token_id is o200k_harmony's, so it stays inside any vocab that fits the tokenizer
   });
 });
 
@@ -165,6 +167,19 @@ describe('malformed configs: one line naming the key, file:line and the fix', ()
     const err = configError(() => resolveConfig(raw, NO_ENV));
     expect(err.errors.map((e) => e.split(' ')[0])).toEqual(['moe_inter_dim', 'n_routed_experts', 'n_activated_experts']);
   });
+
+  it('an all-MoE model without inter_dim and an all-dense one without the MoE keys both train', async () => {
+    const tinyRaw = parse(readFileSync(TINY, 'utf8'), { integersAsBigInt: true });
+    const dir = mkdtempSync(join(tmpdir(), 'nmoe-kinds-'));
+    const runs = { 'all-MoE': { ...tinyRaw, n_dense_layers: 0n }, 'all-dense': { ...tinyRaw, n_dense_layers: 4n } };
+    delete (runs['all-MoE'] as Record<string, unknown>).inter_dim;
+    for (const k of ['moe_inter_dim', 'n_routed_experts', 'n_activated_experts', 'n_shared_experts']) delete (runs['all-dense'] as Record<string, unknown>)[k];
+    for (const [kind, raw] of Object.entries(runs)) {
+      const config = resolveConfig({ ...raw, steps: 2n, batch_size: 2n, seq_len: 32n, device: 'cpu', checkpoint_dir: join(dir, kind) }, NO_ENV).config;
+      const s = await train(config, new CpuBackend(), { start: () => {}, step: () => {}, log: () => {} });
+      expect(Number.isFinite(s.finalLoss), kind).toBe(true);
+    }
+  });
 });
 
 describe('rules', () => {
@@ -188,6 +203,12 @@ describe('rules', () => {
     expect(problems(['--lr_expert=1e-4'])[0]).toBe(
       'decay_floor = 0.0003 must be <= min(lr_expert, lr_dense) = 0.0001 ' +
       `[${TINY}:${lineOf(TINY, 'decay_floor')}]. Fix: lower decay_floor (it is an absolute LR, not a ratio) or raise the peak LRs.`);
+  });
+
+  it("eos_token_id must be the tokenizer's end-of-text id (the loss masks it)", () => {
+    expect(problems(['--eos_token_id=32'])).toEqual([
+      `eos_token_id = 32 is not the bytes tokenizer's end-of-text id (0) [--eos_token_id=32 (command line)]. Fix: set eos_token_id = 0.`,
+    ]);
   });
 
   it('YaRN band must fit inside the rotary dims', () => {

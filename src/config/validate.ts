@@ -223,10 +223,11 @@ const RULES: Rule[] = [
   },
   atLeast('eos_token_id', 0, 'use the tokenizer\'s end-of-text id'),
   {
-    keys: ['eos_token_id', 'vocab_size'],
-    ok: (c) => c.eos_token_id < c.vocab_size,
-    what: (c) => `must be < vocab_size (${c.vocab_size})`,
-    fix: (c) => `use the ${c.tokenizer} end-of-text id (${TOKENIZERS[c.tokenizer].eosTokenId})`,
+    // The loss masks this id and documents are separated by it: any other id would mask real text.
+    keys: ['eos_token_id', 'tokenizer'],
+    ok: (c) => c.eos_token_id === TOKENIZERS[c.tokenizer].eosTokenId,
+    what: (c) => `is not the ${c.tokenizer} tokenizer's end-of-text id (${TOKENIZERS[c.tokenizer].eosTokenId})`,
+    fix: (c) => `set eos_token_id = ${TOKENIZERS[c.tokenizer].eosTokenId}`,
   },
   {
     keys: ['seq_len', 'max_position_embeddings'],

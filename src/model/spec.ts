@@ -10,11 +10,17 @@ type RequiredModelKey = 'dim' | 'n_layers' | 'n_heads' | 'inter_dim' | 'moe_inte
 /** A validated config: the model fields the reference leaves as None until a preset sets them are numbers here. */
 export type ModelConfig = Omit<Config, RequiredModelKey> & { [K in RequiredModelKey]: number };
 
-/** Narrows a validated config. Validation rejects configs that lack these fields (experts only matter for MoE). */
+/**
+ * Narrows a validated config. Validation rejects configs that lack these fields where the model uses them: an
+ * all-MoE model needs no inter_dim, an all-dense one no moe_inter_dim or experts, so those read as 0.
+ */
 export function modelConfig(cfg: Config): ModelConfig {
-  const missing = (['dim', 'n_layers', 'n_heads', 'inter_dim', 'moe_inter_dim'] as const).filter((k) => cfg[k] === null);
+  const missing = (['dim', 'n_layers', 'n_heads'] as const).filter((k) => cfg[k] === null);
   if (missing.length > 0) throw new Error(`config was not validated: ${missing.join(', ')} unset`);
-  return { ...cfg, n_routed_experts: cfg.n_routed_experts ?? 0, n_activated_experts: cfg.n_activated_experts ?? 0 } as ModelConfig;
+  return {
+    ...cfg, inter_dim: cfg.inter_dim ?? 0, moe_inter_dim: cfg.moe_inter_dim ?? 0,
+    n_routed_experts: cfg.n_routed_experts ?? 0, n_activated_experts: cfg.n_activated_experts ?? 0,
+  } as ModelConfig;
 }
 
 export interface Parallel {

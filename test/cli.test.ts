@@ -2,7 +2,7 @@
  * The nmoe CLI end to end, as a user runs it: a real child process (on a pseudo-terminal for the progress bar), real
  * output, real exit codes.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,13 +11,18 @@ import type { Command } from 'commander';
 import { describe, expect, it, vi } from 'vitest';
 import { buildProgram, main } from '../src/cli/main.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
+import { Registry } from '../src/metrics/registry.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { train } from '../src/train/trainer.ts';
 
 const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
 
+// A folder of its own to run in, as a user would: the default's relative output paths (runs/…) land there, not in
+// the repository that other test files' runs share.
+const CWD = mkdtempSync(join(tmpdir(), 'nmoe-cli-'));
+
 function nmoe(args: string[], env: Record<string, string> = {}) {
-  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: { ...process.env, CI: '1', NO_COLOR: '1', ...env }, timeout: 120_000 });
+  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: CWD, encoding: 'utf8', env: { ...process.env, CI: '1', NO_COLOR: '1', ...env }, timeout: 120_000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
@@ -114,13 +119,37 @@ describe('nmoe CLI', () => {
   });
 
   it('checks every shipped config', () => {
-    const r = nmoe(['config', 'check', 'configs/tiny.toml', 'configs/moonlet.toml', 'configs/moonlight.toml', 'configs/dsv2.toml', 'configs/dsv3.toml']);
+    const presets = ['tiny', 'moonlet', 'moonlight', 'dsv2', 'dsv3'].map((p) => fileURLToPath(new URL(`../configs/${p}.toml`, import.meta.url)));
+    const r = nmoe(['config', 'check', ...presets]);
     expect(r.code, r.out + r.err).toBe(0);
-    expect(r.out.match(/^ok +configs/gm)).toHaveLength(5);
+    expect(r.out.match(/^ok +\S+\/configs\/\w+\.toml/gm)).toHaveLength(5);
   });
 });
 
 describe('training loop', () => {
+  it('Ctrl-C (SIGINT) on `nmoe train` stops after the step in flight, saves a checkpoint and marks the run killed', async () => {
+    const child = spawn(process.execPath, [BIN, 'train', '--steps=1000', '--log_every=1', ...QUICK], { cwd: CWD, env: { ...process.env, CI: '1', NO_COLOR: '1' } });
+    let out = '', interrupted = false;
+    child.stderr.on('data', (d) => (out += d));
+    child.stdout.on('data', (d) => {
+      out += d;
+      if (!interrupted && /^step +3\/1000/m.test(out)) interrupted = child.kill('SIGINT'); // once: a second Ctrl-C exits at once
+    });
+    const code = await new Promise((resolve) => child.on('close', resolve));
+    expect(code, out).toBe(0);
+    expect(out).toMatch(/^interrupted: stopping after this step \(Ctrl-C again to exit now\)$/m);
+    const stopped = /^stopped: (\d+) steps in /m.exec(out);
+    expect(stopped, out).not.toBeNull();
+    expect(out).toMatch(new RegExp(`^\\[ckpt\\] saved step=${stopped![1]} `, 'm'));
+    expect(out).not.toMatch(/^step +1000\//m);
+    const registry = new Registry(join(CWD, 'runs', 'experiments.db'), { readonly: true });
+    const [newest] = registry.listRuns({});
+    registry.close();
+    expect(newest).toMatchObject({ status: 'killed' });
+    expect(JSON.parse(newest!.results_json!)).toMatchObject({ steps_completed: Number(stopped![1]) });
+  });
+
+
   it('stops cleanly after the step in flight when aborted (Ctrl-C)', async () => {
     const { config } = loadConfig(defaultConfigPath(), { env: {}, overrides: ['--steps=50', ...QUICK] });
     const abort = new AbortController();

@@ -105,6 +105,15 @@ describe('nmoe CLI', () => {
     expect(r.err).toMatch(/n_layer.*did you mean n_layers/);
   });
 
+  it('prints every problem of a config, one line each, not just the first', async () => {
+    const r = await mainInProcess(['train', '--seq_len=0', '--n_activated_experts=9']);
+    expect(r.code).toBe(2);
+    expect(r.err.trim().split('\n')).toEqual([
+      expect.stringMatching(/^nmoe: error: seq_len = 0 must be > 0 \[--seq_len=0 \(command line\)\]/),
+      expect.stringMatching(/^nmoe: error: n_activated_experts = 9 must be <= n_routed_experts \(8\) \[--n_activated_experts=9 \(command line\); n_routed_experts = 8 at \S+tiny\.toml:\d+\]/),
+    ]);
+  });
+
   it('stops a diverging run with a clear message and exit code 2', () => {
     const r = nmoe(['train', '--steps=5', '--lr_dense=1e30', '--lr_expert=1e30', '--lr_router=1e30', '--grad_clip_norm=0', ...QUICK]);
     expect(r.code).toBe(2);

@@ -102,7 +102,8 @@ describe('reference configs', () => {
     const err = loadError(`${REF}/${name}.toml`);
     expect(err.message).toBe(
       `vocab_size = 163840 is smaller than the o200k_harmony tokenizer's vocabulary (201088): ids up to 201087 ` +
-      `would overflow the embedding [${REF}/${name}.toml:${lineOf(`${REF}/${name}.toml`, 'vocab_size')}]. ` +
+      `would overflow the embedding [${REF}/${name}.toml:${lineOf(`${REF}/${name}.toml`, 'vocab_size')}; ` +
+      `tokenizer = "o200k_harmony" at ${REF}/${name}.toml:${lineOf(`${REF}/${name}.toml`, 'tokenizer')}]. ` +
       'Fix: set vocab_size = 201088.');
     expect(err.errors).toHaveLength(1); // eos_token_id is o200k_harmony's, so it stays inside any vocab that fits the tokenizer
   });
@@ -123,13 +124,15 @@ describe('malformed configs: one line naming the key, file:line and the fix', ()
     ['global-every', 'attn_global_every = 6 must be 1: nmoe does not implement local (windowed) attention layers yet [%:12]. ' +
       'Fix: set attn_global_every = 1 (every layer uses global attention).'],
     ['unknown-subkey', 'attn_swa.kv_head = 2 is not a config key [%:14]. Fix: did you mean attn_swa.kv_heads?'],
-    ['topk', 'n_activated_experts = 9 must be <= n_routed_experts (8) [%:12]. Fix: lower n_activated_experts or raise n_routed_experts.'],
-    ['seq-too-long', 'seq_len = 512 exceeds the RoPE tables (2 * max_position_embeddings = 256 positions) [%:11]. ' +
+    // A rule about two keys locates both where the user set them.
+    ['topk', 'n_activated_experts = 9 must be <= n_routed_experts (8) [%:12; n_routed_experts = 8 at %:11]. ' +
+      'Fix: lower n_activated_experts or raise n_routed_experts.'],
+    ['seq-too-long', 'seq_len = 512 exceeds the RoPE tables (2 * max_position_embeddings = 256 positions) [%:11; max_position_embeddings = 128 at %:12]. ' +
       'Fix: lower seq_len or raise max_position_embeddings to at least 256.'],
   ])('%s.toml', (name, expected) => {
     const file = `${FIX}/${name}.toml`;
     const err = loadError(file);
-    expect(err.message).toBe(expected.replace('%', file));
+    expect(err.message).toBe(expected.replaceAll('%', file));
     expect(err.errors).toHaveLength(1);
   });
 
@@ -202,12 +205,14 @@ describe('rules', () => {
     expect(problems(['--decay_floor=0'])[0]).toMatch(/^decay_floor = 0\.0 must be > 0/);
     expect(problems(['--lr_expert=1e-4'])[0]).toBe(
       'decay_floor = 0.0003 must be <= min(lr_expert, lr_dense) = 0.0001 ' +
-      `[${TINY}:${lineOf(TINY, 'decay_floor')}]. Fix: lower decay_floor (it is an absolute LR, not a ratio) or raise the peak LRs.`);
+      `[${TINY}:${lineOf(TINY, 'decay_floor')}; lr_expert = 0.0001 at --lr_expert=1e-4 (command line); lr_dense = 0.01 at ${TINY}:${lineOf(TINY, 'lr_dense')}]. ` +
+      'Fix: lower decay_floor (it is an absolute LR, not a ratio) or raise the peak LRs.');
   });
 
   it("eos_token_id must be the tokenizer's end-of-text id (the loss masks it)", () => {
     expect(problems(['--eos_token_id=32'])).toEqual([
-      `eos_token_id = 32 is not the bytes tokenizer's end-of-text id (0) [--eos_token_id=32 (command line)]. Fix: set eos_token_id = 0.`,
+      `eos_token_id = 32 is not the bytes tokenizer's end-of-text id (0) [--eos_token_id=32 (command line); tokenizer = "bytes" at ${TINY}:${lineOf(TINY, 'tokenizer')}]. ` +
+      'Fix: set eos_token_id = 0.',
     ]);
   });
 
@@ -410,7 +415,7 @@ describe('nmoe config show / check', () => {
     expect(lines).toHaveLength(3);
     expect(lines[0]).toBe(`ok   ${TINY}  fingerprint ${configFingerprint(tiny()).slice(0, 12)}`);
     expect(lines[1]).toBe(`FAIL ${FIX}/topk.toml  n_activated_experts = 9 must be <= n_routed_experts (8) ` +
-      `[${FIX}/topk.toml:12]. Fix: lower n_activated_experts or raise n_routed_experts.`);
+      `[${FIX}/topk.toml:12; n_routed_experts = 8 at ${FIX}/topk.toml:11]. Fix: lower n_activated_experts or raise n_routed_experts.`);
     expect(lines[2]).toMatch(/^ok {3}test\/fixtures\/reference-configs\/moonlet.toml {2}fingerprint [0-9a-f]{12}$/);
   });
 

@@ -46,7 +46,7 @@ export function registerConfigCommand(program: Command): void {
         } catch (err) {
           if (!(err instanceof ConfigError)) throw err;
           failed++;
-          process.stdout.write(`${pc.red('FAIL')} ${file}  ${err.message}\n`);
+          for (const line of err.errors) process.stdout.write(`${pc.red('FAIL')} ${file}  ${line}\n`);
         }
       }
       if (failed) throw new UserError(`${failed} of ${files.length} configs failed`);

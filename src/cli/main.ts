@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import pc from 'picocolors';
+import { ConfigError } from '../config/validate.ts';
 import { UserError } from '../util/errors.ts';
 import { NMOE_VERSION } from '../util/version.ts';
 import { registerBenchCommand } from './bench-cmd.ts';
@@ -47,7 +48,8 @@ export async function main(argv: string[]): Promise<number> {
     if (err instanceof CommanderError) return err.exitCode; // commander already printed help or the error
     if (err instanceof LaunchFailed) return err.exitCode; // the launcher already said which rank failed and how
     if (err instanceof UserError) {
-      process.stderr.write(`${pc.red('nmoe: error:')} ${err.message}\n`);
+      // A config is checked whole: every problem gets its line, not just the first.
+      for (const line of err instanceof ConfigError ? err.errors : [err.message]) process.stderr.write(`${pc.red('nmoe: error:')} ${line}\n`);
       return 2;
     }
     process.stderr.write(`${pc.red('nmoe: internal error:')} ${(err as Error)?.stack ?? String(err)}\n`);

@@ -101,7 +101,7 @@ export function resolveConfig(raw: Record<string, unknown>, opts: ResolveOptions
   const worldSize = opts.worldSize ?? worldSizeFromEnv(env, r.problems);
   if (!Number.isSafeInteger(worldSize) || worldSize < 1) throw new RangeError(`worldSize must be >= 1, got ${worldSize}`);
   r.problems.push(...configProblems(r.config, {
-    where: (key) => r.origin[key] ?? `default, not set in ${file}`,
+    origin: (key) => r.origin[key],
     file,
     worldSize,
     skip: r.rejected,

@@ -302,8 +302,8 @@ const RULES: Rule[] = [
 ];
 
 export interface CheckContext {
-  /** Where a key's value came from, for messages. */
-  where: (key: keyof Config) => string;
+  /** Where a key's value was set (file:line, environment variable, command line); undefined for a default. */
+  origin: (key: keyof Config) => string | undefined;
   /** The config file, named when a required key is absent. */
   file: string;
   worldSize: number;
@@ -314,6 +314,7 @@ export interface CheckContext {
 /** Every rule violation of a well-typed config, in a stable order (required keys first). */
 export function configProblems(cfg: Config, ctx: CheckContext): string[] {
   const skipped = (key: keyof Config): boolean => cfg[key] === null || (ctx.skip?.has(key) ?? false);
+  const literal = (key: keyof Config) => `${key} = ${tomlLiteral(cfg[key], FIELDS[key].type)}`;
   const out: string[] = [];
   for (const [key, needed, why] of REQUIRED) {
     if (cfg[key] === null && !ctx.skip?.has(key) && needed(cfg)) {
@@ -324,9 +325,11 @@ export function configProblems(cfg: Config, ctx: CheckContext): string[] {
   for (const rule of RULES) {
     if (rule.keys.some(skipped) || (rule.when && !rule.when(c))) continue;
     if (rule.ok(c, ctx.worldSize)) continue;
-    const key = rule.keys[0];
-    out.push(problem(`${key} = ${tomlLiteral(cfg[key], FIELDS[key].type)}`, rule.what(c, ctx.worldSize),
-      ctx.where(key), rule.fix(c, ctx.worldSize)));
+    // The rule speaks of its first key; the others the user set are located too, as either may be the mistake.
+    const [key, ...others] = rule.keys;
+    const where = [ctx.origin(key!) ?? `default, not set in ${ctx.file}`,
+      ...others.flatMap((k) => (ctx.origin(k) ? [`${literal(k)} at ${ctx.origin(k)}`] : []))];
+    out.push(problem(literal(key!), rule.what(c, ctx.worldSize), where.join('; '), rule.fix(c, ctx.worldSize)));
   }
   return out;
 }

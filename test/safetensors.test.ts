@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadParams, saveParams } from '../src/checkpoint/params-io.ts';
 import {
-  type TensorToWrite, encodeSafetensors, readSafetensors, readSafetensorsHeader, writeSafetensors,
+  type TensorToWrite, readSafetensors, readSafetensorsHeader, writeSafetensors,
 } from '../src/checkpoint/safetensors.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { ParamStore } from '../src/model/params.ts';
@@ -128,9 +128,14 @@ describe('round trip', () => {
 
 describe('the files Python writes', () => {
   it('matches the Rust crate\'s known answers byte for byte', () => {
+    const encode = (tensors: TensorToWrite[], metadata?: Record<string, string>) => {
+      const path = join(dir, 'known-answer.safetensors');
+      writeSafetensors(path, tensors, metadata);
+      return readFileSync(path);
+    };
     // safetensors' own serialization tests: one F32 [1, 2, 3] tensor 0..5 named "attn.0" (a 64-byte header, no
     // padding needed), and an empty file with metadata {"framework": "pt"} (35 bytes padded to 40).
-    const attn = encodeSafetensors([{ name: 'attn.0', dtype: 'F32', shape: [1, 2, 3], data: Float32Array.from([0, 1, 2, 3, 4, 5]) }]);
+    const attn = encode([{ name: 'attn.0', dtype: 'F32', shape: [1, 2, 3], data: Float32Array.from([0, 1, 2, 3, 4, 5]) }]);
     expect(Array.from(attn)).toEqual([
       64, 0, 0, 0, 0, 0, 0, 0, 123, 34, 97, 116, 116, 110, 46, 48, 34, 58, 123, 34, 100,
       116, 121, 112, 101, 34, 58, 34, 70, 51, 50, 34, 44, 34, 115, 104, 97, 112, 101, 34,
@@ -138,13 +143,13 @@ describe('the files Python writes', () => {
       101, 116, 115, 34, 58, 91, 48, 44, 50, 52, 93, 125, 125, 0, 0, 0, 0, 0, 0, 128, 63,
       0, 0, 0, 64, 0, 0, 64, 64, 0, 0, 128, 64, 0, 0, 160, 64,
     ]);
-    const empty = encodeSafetensors([], { framework: 'pt' });
+    const empty = encode([], { framework: 'pt' });
     expect(Array.from(empty)).toEqual([
       40, 0, 0, 0, 0, 0, 0, 0, 123, 34, 95, 95, 109, 101, 116, 97, 100, 97, 116, 97, 95,
       95, 34, 58, 123, 34, 102, 114, 97, 109, 101, 119, 111, 114, 107, 34, 58, 34, 112,
       116, 34, 125, 125, 32, 32, 32, 32, 32,
     ]);
-    expect(Array.from(encodeSafetensors([]))).toEqual([8, 0, 0, 0, 0, 0, 0, 0, 123, 125, 32, 32, 32, 32, 32, 32]);
+    expect(Array.from(encode([]))).toEqual([8, 0, 0, 0, 0, 0, 0, 0, 123, 125, 32, 32, 32, 32, 32, 32]);
   });
 
   it('writes the bytes Python writes for mixed dtypes (sorted F32, I32, BF16, then by name)', () => {

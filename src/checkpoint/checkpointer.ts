@@ -1,6 +1,7 @@
 /**
  * Asynchronous checkpoint saving (inventory §7.2). `save` takes a snapshot already copied off the device and
- * queues it; a background chain encodes and writes its files while training goes on. The queue is bounded: when
+ * queues it; a background chain writes its files while training goes on (the safetensors files are encoded and
+ * written on a worker thread, tensor-writer.ts). The queue is bounded: when
  * `maxQueue` saves are pending, `save` waits for the oldest instead of dropping one. The folder is created and
  * test-written at construction, so a bad `checkpoint_dir` stops the run before its first step; a later write
  * error (a full disk) is kept and thrown by the next `save` or by `close`.
@@ -17,8 +18,8 @@ import { UserError } from '../util/errors.ts';
 import { NMOE_VERSION } from '../util/version.ts';
 import { writeFileAtomic } from './atomic.ts';
 import { DENSE_FILE, MANIFEST, type Manifest, STATE_FILE, TRACKER, expectedFiles, iterName, listSteps, rankFile } from './layout.ts';
-import { encodeSafetensors } from './safetensors.ts';
 import type { Snapshot } from './state.ts';
+import { TensorFileWriter } from './tensor-writer.ts';
 
 export interface CheckpointerOptions {
   base: string;
@@ -34,6 +35,7 @@ export class Checkpointer {
   readonly #pending: Promise<void>[] = [];
   #chain: Promise<void> = Promise.resolve();
   #error: unknown;
+  readonly #files = new TensorFileWriter();
 
   constructor(readonly o: CheckpointerOptions) {
     ensureWritableDir(o.base, 'checkpoint_dir');
@@ -55,6 +57,7 @@ export class Checkpointer {
   /** Waits for every queued save; throws the first write error. */
   async close(): Promise<void> {
     await this.#chain;
+    await this.#files.close();
     this.#throwIfFailed();
   }
 
@@ -72,9 +75,9 @@ export class Checkpointer {
     const dir = join(this.o.base, iterName(snap.step));
     await mkdir(dir, { recursive: true });
     const meta = { format: 'nmoe-checkpoint', step: String(snap.step) };
-    await writeFileAtomic(join(dir, rankFile(this.o.rank)), encodeSafetensors(snap.rank, meta));
+    await this.#files.write(join(dir, rankFile(this.o.rank)), snap.rank, meta);
     if (this.o.rank !== 0) return;
-    await writeFileAtomic(join(dir, DENSE_FILE), encodeSafetensors(snap.dense, meta));
+    await this.#files.write(join(dir, DENSE_FILE), snap.dense, meta);
     await writeFileAtomic(join(dir, STATE_FILE), `${JSON.stringify(snap.state, null, 1)}\n`);
     const files = expectedFiles(this.o.world);
     await waitForFiles(dir, files);

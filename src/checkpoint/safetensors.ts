@@ -125,11 +125,10 @@ function validateForWrite(path: string, tensors: readonly TensorToWrite[], metad
   }
 }
 
-/** The tensors in file order (the Rust crate's order) with their byte ranges, and the padded header bytes. */
+/** The tensors in file order (the Rust crate's order), and the padded header bytes that give their byte ranges. */
 function layout(tensors: readonly TensorToWrite[], metadata: Record<string, string> | undefined): {
   ordered: TensorToWrite[];
   header: Buffer;
-  dataBytes: number;
 } {
   const ordered = [...tensors].sort((a, b) =>
     DTYPE_ORDER[b.dtype] - DTYPE_ORDER[a.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -146,7 +145,7 @@ function layout(tensors: readonly TensorToWrite[], metadata: Record<string, stri
   const raw = Buffer.from(json, 'utf8');
   const padded = Buffer.alloc(Math.ceil(raw.length / 8) * 8, 0x20);
   raw.copy(padded);
-  return { ordered, header: padded, dataBytes: offset };
+  return { ordered, header: padded };
 }
 
 function writeAll(fd: number, bytes: Uint8Array): void {
@@ -177,23 +176,6 @@ function fsyncDir(dir: string): void {
   } finally {
     if (fd !== undefined) closeSync(fd);
   }
-}
-
-/** The bytes of a safetensors file holding `tensors` (what writeSafetensors puts on disk). */
-export function encodeSafetensors(tensors: readonly TensorToWrite[], metadata?: Record<string, string>): Uint8Array {
-  checkHost();
-  validateForWrite('<buffer>', tensors, metadata);
-  const { ordered, header, dataBytes } = layout(tensors, metadata);
-  const out = new Uint8Array(8 + header.length + dataBytes);
-  new DataView(out.buffer).setBigUint64(0, BigInt(header.length), true);
-  out.set(header, 8);
-  let at = 8 + header.length;
-  for (const t of ordered) {
-    const b = tensorBytes(t);
-    out.set(b, at);
-    at += b.length;
-  }
-  return out;
 }
 
 /** Writes `tensors` to `path` atomically (temp file, fsync, rename, fsync of the directory). */

@@ -2,15 +2,17 @@
  * The data CLI as a user runs it, in child processes: a prep killed mid-run leaves no complete-looking partial
  * shard and resumes (or, with --force, starts over) to the same bytes; Ctrl-C saves a checkpoint; on a terminal (a
  * pseudo-terminal from util-linux's `script`) prep draws a progress bar; verify/info/inspect/regenerate-index report
- * and exit 2 on damaged data; the Hub source against a local stand-in server (listing, range reads, HF_TOKEN), with
- * no network and with an unresolvable host; training on prepared shards gives the same losses as on the same tokens
+ * and exit 2 on damaged data, each problem with its path and fix; dedup's path checks, atomic output and flag checks;
+ * the Hub source against a local stand-in server (listing, range reads, HF_TOKEN, a split over workers), with no
+ * network and with an unresolvable host; training on prepared shards gives the same losses as on the same tokens
  * embedded, and in flow mode resumes exactly.
  */
 import { spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { cpSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { cpSync, existsSync, readFileSync, readdirSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { parquetWriteBuffer } from 'hyparquet-writer';
 import { afterAll, describe, expect, it } from 'vitest';
 import { embeddedDocuments } from '../src/data/embedded-corpus.ts';
@@ -154,16 +156,106 @@ describe('verify, info, inspect, regenerate-index', () => {
     writeFileSync(shard, bytes);
     const bad = nmoe(['data', 'verify', manifest, '--checksums']);
     expect(bad.code).toBe(2);
-    expect(bad.out).toMatch(/^FAIL shard_0000\/moby-v2-shard-000000\.npy: checksum mismatch/m);
-    expect(bad.err).toMatch(/nmoe: error: 1 problem\(s\) in .*manifest\.json\. Fix: re-run `nmoe data prep`/);
+    expect(bad.out).toMatch(/^FAIL shard_0000\/moby-v2-shard-000000\.npy: checksum mismatch, .* \[.*shard_0000\/moby-v2-shard-000000\.npy\]\. Fix: restore it, or re-run the `nmoe data prep` that wrote this data with --force\.$/m);
+    expect(bad.err).toMatch(/nmoe: error: 1 problem\(s\) in .*manifest\.json\. Fix: follow the fix on each FAIL line above\./);
     const inspected = nmoe(['data', 'inspect', '--manifest', manifest, '--all']);
     expect(inspected.code).toBe(2);
     expect(inspected.out).toMatch(/ISSUE 1 double EOS \(empty documents\), first at token \d+/);
     expect(inspected.out).toMatch(/ISSUE its \.idx lists \d+ documents, the shard has \d+/);
     const regen = nmoe(['data', 'regenerate-index', shard, '--eos-token-id', '0']);
     expect(regen.out).toMatch(/^wrote .*moby-v2-shard-000000\.idx: \d+ documents$/m);
+    const missing = join(out, 'nowhere.npy');
+    const noShard = nmoe(['data', 'regenerate-index', missing, '--eos-token-id', '0']);
+    expect(noShard.code).toBe(2);
+    expect(noShard.err).toBe(`nmoe: error: shard not found [${missing}]. Fix: give regenerate-index the path of a .npy shard, ` +
+      'e.g. <output>/shard_0000/<name>-v1-shard-000000.npy (`nmoe data verify <output>/manifest.json` names the shards whose index is missing).\n');
+    // A lost index: verify names it and the command that rebuilds it, and that command works.
+    rmSync(join(out, 'shard_0001', 'moby-v2-shard-000000.idx'));
+    const lostIndex = nmoe(['data', 'verify', manifest]);
+    const rebuild = /^FAIL missing index shard_0001\/moby-v2-shard-000000\.idx \[.*\]\. Fix: rebuild it with `(nmoe data regenerate-index (\S+) --eos-token-id 0)`\.$/m.exec(lostIndex.out);
+    expect(rebuild, lostIndex.out).not.toBeNull();
+    expect(rebuild![2]).toBe(join(out, 'shard_0001', 'moby-v2-shard-000000.npy'));
+    expect(nmoe(rebuild![1]!.split(' ').slice(1)).code).toBe(0);
+    expect(nmoe(['data', 'verify', manifest]).out).not.toMatch(/missing index/);
     rmSync(join(out, 'shard_0001'), { recursive: true });
-    expect(nmoe(['data', 'verify', manifest]).out).toMatch(/^FAIL missing shard shard_0001\/moby-v2-shard-000000\.npy$/m);
+    expect(nmoe(['data', 'verify', manifest]).out).toMatch(new RegExp(`^FAIL missing shard shard_0001/moby-v2-shard-000000\\.npy \\[${join(out, 'shard_0001', 'moby-v2-shard-000000.npy')}\\]\\. ` +
+      'Fix: restore it, or re-run the `nmoe data prep` that wrote this data with --force\\.$', 'm'));
+  });
+});
+
+describe('dedup', () => {
+  const fix = 'Fix: give --in the path of a JSONL file (.jsonl, .jsonl.gz or .jsonl.zst).';
+
+  it('refuses an --out that is --in, by the same path, another spelling or a symlink, and leaves the input intact', () => {
+    const input = bookJsonl(1);
+    const dir = dirname(input);
+    const before = readFileSync(input);
+    symlinkSync(input, join(dir, 'link.jsonl'));
+    for (const out of [input, join(dir, '..', basename(dir), '.', 'book.jsonl'), join(dir, 'link.jsonl')]) {
+      const r = nmoe(['data', 'dedup', '--in', input, '--out', out]);
+      expect(r.code, out).toBe(2);
+      expect(r.err).toBe(`nmoe: error: --out is the --in file itself (both are ${realpathSync(input)}) [${out}]. Fix: write to another file, e.g. --out ${join(dir, 'book.dedup.jsonl')}.\n`);
+      expect(readFileSync(input).equals(before)).toBe(true);
+    }
+    expect(readdirSync(dir).sort()).toEqual(['book.jsonl', 'link.jsonl']);
+  });
+
+  it('with a missing --in names it and writes nothing; a missing --out folder is created', () => {
+    const dir = tempDir('dedup-paths');
+    const out = join(dir, 'new', 'sub', 'out.jsonl');
+    const missing = nmoe(['data', 'dedup', '--in', join(dir, 'absent.jsonl'), '--out', out]);
+    expect(missing.code).toBe(2);
+    expect(missing.err).toBe(`nmoe: error: --in file not found [${join(dir, 'absent.jsonl')}]. ${fix}\n`);
+    expect(readdirSync(dir)).toEqual([]);
+    const folder = nmoe(['data', 'dedup', '--in', dir, '--out', out]);
+    expect(folder.err).toBe(`nmoe: error: --in is not a file [${dir}]. ${fix}\n`);
+
+    writeJsonl(join(dir, 'in.jsonl'), [{ text: 'one document' }, { text: 'one document' }, { text: 'another document entirely' }]);
+    const r = nmoe(['data', 'dedup', '--in', join(dir, 'in.jsonl'), '--out', out]);
+    expect(r.code, r.err).toBe(0);
+    expect(readFileSync(out, 'utf8')).toBe('{"text":"one document"}\n{"text":"another document entirely"}\n');
+    expect(readdirSync(dirname(out))).toEqual(['out.jsonl']); // the temp file was renamed into place
+  });
+
+  it('killed mid-run leaves no partial --out (an old --out stays as it was); an input that fails midway leaves nothing', async () => {
+    const input = bookJsonl(3);
+    const out = join(tempDir('dedup-kill'), 'out.jsonl');
+    writeFileSync(out, 'the previous output\n');
+    const run = nmoeAsync(['data', 'dedup', '--in', input, '--out', out]);
+    await waitFor(() => existsSync(`${out}.tmp`) && statSync(`${out}.tmp`).size > 0, 60_000);
+    run.child.kill('SIGKILL');
+    expect((await run.done).signal).toBe('SIGKILL');
+    expect(readFileSync(out, 'utf8')).toBe('the previous output\n');
+
+    const cut = join(dirname(out), 'cut.jsonl.gz');
+    writeFileSync(cut, gzipSync(readFileSync(input)).subarray(0, 200_000));
+    const failed = nmoe(['data', 'dedup', '--in', cut, '--out', join(dirname(out), 'from-cut.jsonl')]);
+    expect(failed.code).toBe(2);
+    expect(failed.err).toMatch(/^nmoe: error: cannot decompress gzip data \(unexpected end of file\) \[.*cut\.jsonl\.gz\]/);
+    expect(readdirSync(dirname(out)).filter((f) => f.startsWith('from-cut'))).toEqual([]);
+  });
+
+  it('refuses --jaccard outside (0, 1] and non-whole --shingle, --perms, --seed: one line with the flag, the value and the fix', () => {
+    const input = bookJsonl(1);
+    const bad: [string, string, string][] = [
+      ['--jaccard', 'abc', '--jaccard "abc" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).'],
+      ['--jaccard', '0', '--jaccard "0" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).'],
+      ['--jaccard', '1.5', '--jaccard "1.5" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).'],
+      ['--jaccard', '-0.2', '--jaccard "-0.2" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).'],
+      ['--perms', '1.5', '--perms 1.5 is not a whole number >= 1. Fix: e.g. --perms 128 (the default).'],
+      ['--shingle', '0', '--shingle 0 is not a whole number >= 1. Fix: e.g. --shingle 13 (the default).'],
+      ['--seed', '-1', '--seed -1 is not a whole number >= 0. Fix: e.g. --seed 42 (the default).'],
+    ];
+    for (const [flag, value, message] of bad) {
+      const r = nmoe(['data', 'dedup', '--in', input, '--out', `${input}.out`, `${flag}=${value}`]);
+      expect(r.code, `${flag} ${value}`).toBe(2);
+      expect(r.err).toBe(`nmoe: error: ${message}\n`);
+    }
+    expect(existsSync(`${input}.out`)).toBe(false);
+    // 1 is a valid threshold: only exact signature matches are dropped.
+    const ok = nmoe(['data', 'dedup', '--in', input, '--out', `${input}.out`, '--jaccard', '1']);
+    expect(ok.code, ok.err).toBe(0);
+    expect(ok.out).toMatch(/^dedup: 135 records, kept 135, dropped 0 near-duplicates/m);
   });
 });
 
@@ -171,6 +263,7 @@ describe('the Hugging Face Hub source', () => {
   const rows = Array.from({ length: 120 }, (_, i) => `Hub row ${i}: ${'text streamed from the stand-in server '.repeat(1 + (i % 4))}`);
   const file = Buffer.from(parquetWriteBuffer({ columnData: [{ name: 'text', data: rows }], rowGroupSize: 50 }));
   const ranges: string[] = [];
+  const fetched: string[] = [];
   let server: Server;
   let base = '';
   const started = new Promise<void>((resolve) => {
@@ -184,6 +277,7 @@ describe('the Hugging Face Hub source', () => {
         const m = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '');
         if (!m) return void res.writeHead(400).end();
         ranges.push(req.headers.range!);
+        fetched.push(url);
         const end = m[2] ? Number(m[2]) + 1 : file.length;
         return void res.writeHead(206, { 'content-range': `bytes ${m[1]}-${end - 1}/${file.length}` }).end(file.subarray(Number(m[1]), end));
       }
@@ -210,6 +304,27 @@ describe('the Hugging Face Hub source', () => {
     expect(ranges.length).toBeGreaterThanOrEqual(4); // footer + row groups, each a range
     const subset = await hub(['--subset', 'default'], { HF_TOKEN: 'secret-token' });
     expect(subset.out).toMatch(/^done: 120 documents/m);
+  });
+
+  it('splits the split\'s parquet files over --num-workers, numbering documents as the reference\'s sharded source, and shares --max-tokens-total', async () => {
+    const token = { HF_TOKEN: 'secret-token' };
+    for (const w of [0, 1]) {
+      fetched.length = 0;
+      const r = await hub(['--num-workers', '2', '--worker-index', String(w)], token);
+      expect(r.code, r.out).toBe(0);
+      expect(r.out).toMatch(new RegExp(`^done: 120 documents, .* -> .*/worker_00${w}/manifest\\.json`, 'm'));
+      expect(new Set(fetched)).toEqual(new Set([`/files/${w}.parquet`])); // only this worker's file is read
+      const out = /-> (.*)\/manifest\.json/.exec(r.out)![1]!;
+      // Worker w's k-th document is "<name>:<2k + w>", its index in the whole split.
+      expect(documents(out)).toEqual(expected(rows.map((t, k) => [`acme/tiny:${2 * k + w}`, t]), 3));
+    }
+    const limited = await hub(['--num-workers', '2', '--worker-index', '0', '--max-tokens-total', '2K'], token);
+    expect(limited.code, limited.out).toBe(0);
+    expect(limited.out).toMatch(/^stopped at this worker's share of --max-tokens-total: 1,000 \(2,000 \/ 2 workers\)$/m);
+    const tooMany = await hub(['--num-workers', '3', '--worker-index', '2'], token);
+    expect(tooMany.code).toBe(2);
+    expect(tooMany.out).toContain('nmoe: error: --worker-index 2 of --num-workers 3 gets none of the 2 parquet files the Hub lists for acme/tiny split train. ' +
+      'Fix: use at most 2 --num-workers.');
   });
 
   it('without a token, or for a missing dataset or split, says what to do', async () => {
@@ -260,8 +375,9 @@ describe('training on prepared shards', () => {
     writeJsonl(input, docs);
     const prep = nmoe(['data', 'prep', '--source', 'jsonl', '--paths', input, '-o', join(out, 'shards'), '--name', 'moby', '--tokenizer', 'bytes', '--num-shards', '1', '-j', '1']);
     expect(prep.code, prep.err).toBe(0);
-    const embedded = nmoe(['train', '--steps=2', ...quick]);
-    const sharded = nmoe(['train', '--steps=2', ...quick, `--data_path=${join(out, 'shards')}`]);
+    const outputs = (run: string) => [`--checkpoint_dir=${join(out, run, 'ckpt')}`, `--metrics_dir=${join(out, run, 'metrics')}`, `--experiments_db=${join(out, 'exp.db')}`];
+    const embedded = nmoe(['train', '--steps=2', ...quick, ...outputs('embedded')]);
+    const sharded = nmoe(['train', '--steps=2', ...quick, ...outputs('sharded'), `--data_path=${join(out, 'shards')}`]);
     expect(sharded.code, sharded.err).toBe(0);
     expect(losses(sharded)).toHaveLength(2);
     expect(losses(sharded)).toEqual(losses(embedded));

@@ -68,7 +68,8 @@ np.save(sys.argv[1] + '/2d.npy', np.zeros((2, 3), dtype='<u4'))`, dir);
     expect(() => NpyShard.open(join(dir, 'pad.npy'))).toThrow(/bytes after its last token/);
     writeFileSync(join(dir, 'text.npy'), 'hello, not numpy');
     expect(() => NpyShard.open(join(dir, 'text.npy'))).toThrow(/not a readable \.npy file: the magic string/);
-    expect(() => NpyShard.open(join(dir, 'absent.npy'))).toThrow(/cannot open shard: ENOENT \[.*absent\.npy\]/);
+    expect(() => NpyShard.open(join(dir, 'absent.npy'))).toThrow(/^shard not found \[.*absent\.npy\]\. Fix: check data_path \/ data_root/);
+    expect(() => NpyShard.open(dir)).toThrow(/^a folder, not a shard \[/);
   });
 });
 
@@ -84,13 +85,15 @@ print(struct.unpack('<8sQQQ', b[:32]), np.frombuffer(b[32:], dtype='<u8').tolist
     const r = regenerateIndex(join(dir, 's.npy'), 99, 4); // chunks of 4 tokens: EOS found across chunk edges
     expect(r).toMatchObject({ documents: 3, trailingTokens: 2 });
     expect(Array.from(readIndex(join(dir, 's.idx')))).toEqual([0, 4, 4, 6, 6, 7]);
+    expect(() => regenerateIndex(join(dir, 'absent.npy'), 99)).toThrow(`shard not found [${join(dir, 'absent.npy')}]. ` +
+      'Fix: give regenerate-index the path of a .npy shard, e.g. <output>/shard_0000/<name>-v1-shard-000000.npy (`nmoe data verify <output>/manifest.json` names the shards whose index is missing).');
     writeFileSync(join(dir, 'bad.idx'), Buffer.concat([idxHeader(5), idxEntries([0, 1])]));
     expect(() => readIndex(join(dir, 'bad.idx'))).toThrow(/header says 5 documents .* Fix: rebuild it with `nmoe data regenerate-index/);
   });
 });
 
 describe('manifests', () => {
-  it('verify finds missing shards and indexes, wrong token counts and checksum mismatches', async () => {
+  it('verify finds missing shards and indexes, wrong token counts and checksum mismatches, each with its path and fix', async () => {
     const dir = tempDir('manifest');
     const shards = [0, 1, 2].map((i) => {
       const tokens = Uint32Array.from({ length: 50 + i }, (_, k) => (k % 7 === 6 ? 99 : k));
@@ -112,11 +115,17 @@ describe('manifests', () => {
     writeFileSync(join(dir, shards[1]!.path), bytes);
     rmSync(join(dir, shards[2]!.index_path));
     const quick = await verifyManifest(join(dir, 'manifest.json'), { checksums: false });
-    expect(quick.problems).toEqual(['missing index d-v1-shard-000002.idx']);
+    const missingIndex = `missing index d-v1-shard-000002.idx [${join(dir, 'd-v1-shard-000002.idx')}]. ` +
+      `Fix: rebuild it with \`nmoe data regenerate-index ${join(dir, 'd-v1-shard-000002.npy')} --eos-token-id 99\`.`;
+    expect(quick.problems).toEqual([missingIndex]);
     const full = await verifyManifest(join(dir, 'manifest.json'), { checksums: true });
-    expect(full.problems).toEqual([expect.stringMatching(/^d-v1-shard-000001\.npy: checksum mismatch, expected [0-9a-f]{64}, got [0-9a-f]{64}$/), 'missing index d-v1-shard-000002.idx']);
+    expect(full.problems).toEqual([expect.stringMatching(/^d-v1-shard-000001\.npy: checksum mismatch, expected [0-9a-f]{64}, got [0-9a-f]{64} \[.*d-v1-shard-000001\.npy\]\. Fix: restore it, or re-run the `nmoe data prep` that wrote this data with --force\.$/), missingIndex]);
+    // The fix works: the rebuilt index is the one that was lost.
+    regenerateIndex(join(dir, shards[2]!.path), 99);
+    expect((await verifyManifest(join(dir, 'manifest.json'), { checksums: false })).problems).toEqual([]);
     rmSync(join(dir, shards[0]!.path));
-    expect((await verifyManifest(join(dir, 'manifest.json'), { checksums: false })).problems[0]).toBe('missing shard d-v1-shard-000000.npy');
+    expect((await verifyManifest(join(dir, 'manifest.json'), { checksums: false })).problems[0]).toBe(
+      `missing shard d-v1-shard-000000.npy [${join(dir, 'd-v1-shard-000000.npy')}]. Fix: restore it, or re-run the \`nmoe data prep\` that wrote this data with --force.`);
     writeFileSync(join(dir, 'broken.json'), '{"dataset": "d"');
     expect(() => readManifest(join(dir, 'broken.json'))).toThrow(/manifest is not valid JSON .*broken\.json\]/);
   });

@@ -1,7 +1,7 @@
 /**
  * The loader: the reference's cursor semantics, windows across shards, rank slices, exact save/restore with
  * prefetch in flight, a three-source mixture's proportions, stage advance, the plan hash against the reference and
- * Python's json.dumps, steps from the flow budget, and the errors for bad or mismatched data.
+ * Python's json.dumps, steps from the flow budget, and the errors for bad, empty or mismatched data.
  */
 import { mkdirSync, renameSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -14,7 +14,7 @@ import { readManifest, writeJsonAtomic } from '../src/data/manifest.ts';
 import { PREP_DEFAULTS } from '../src/data/prep/options.ts';
 import { runPrep } from '../src/data/prep/prep.ts';
 import { MemoryTokens } from '../src/data/shard.ts';
-import { py, removeTempDirs, tempDir, writeFlowTomls, writeJsonl, writeNpy } from './fixtures/data/helpers.ts';
+import { nmoe, py, removeTempDirs, tempDir, writeFlowTomls, writeJsonl, writeNpy } from './fixtures/data/helpers.ts';
 
 afterAll(removeTempDirs);
 
@@ -247,6 +247,21 @@ describe('data errors', () => {
 
     writeNpy(shards[0]!, Uint32Array.from({ length: 50 }, (_, i) => (i % 9 === 8 ? 0 : 65))); // a valid shard, but not the one listed
     expect(() => createLoader(cfg, 0, 1, silent)).toThrow(/^shard holds 50 tokens, but .*manifest\.json lists \d+ \[.*shard_0000\/b-v1-shard-000000\.npy\]\. Fix: restore it/);
+  });
+
+  it('refuse a data_path or a flow source whose shards are all empty, naming the folder and the fix, also through nmoe train', () => {
+    const { dir } = shardDir([0, 0]);
+    const message = `data_path folder holds no tokens: its 2 .npy file(s) are all empty [${dir}]. Fix: point data_path at the output folder of \`nmoe data prep\`.`;
+    expect(() => createLoader(cfgFor({ data_path: dir }), 0, 1, silent)).toThrow(message);
+    const train = nmoe(['train', '--steps=1', '--seq_len=8', '--batch_size=2', `--data_path=${dir}`]);
+    expect(train.code).toBe(2);
+    expect(train.err.trim()).toBe(`nmoe: error: ${message}`);
+
+    const cfg = flowFixture(0.0000256, 'one');
+    const beta = join(cfg.data_root, 'flows', 'small', 'pretrain', 'beta', 'train');
+    writeNpy(join(beta, 'shard_0000', 'x-v1-shard-000000.npy'), new Uint32Array(0));
+    expect(() => createLoader(cfg, 0, 1, silent)).toThrow(`source beta (stage pretrain) folder holds no tokens: its 1 .npy file(s) are all empty [${beta}]. ` +
+      `Fix: prepare this source with \`nmoe data prep ... -o ${beta}\`.`);
   });
 
   it('warn and wrap when the data is too short for the steps, and fail with strict_data = true', () => {

@@ -1,7 +1,8 @@
 /**
  * `nmoe data prep` in process: every local source format (JSONL plain/gz/zst, parquet, text folders) with its
- * skipped records counted and located; the reference's filters and limits; shard rotation; output that does not
- * depend on worker count or batch size; and the resume rules (finished, interrupted, changed settings).
+ * skipped records counted and located; the reference's document ids; the reference's filters and limits (with
+ * --max-tokens-total shared by split workers); shard rotation; output that does not depend on worker count or
+ * batch size; and the resume rules (finished, interrupted, changed settings).
  */
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,8 +13,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { readManifest } from '../src/data/manifest.ts';
 import { PREP_DEFAULTS, type PrepOptions } from '../src/data/prep/options.ts';
 import { runPrep } from '../src/data/prep/prep.ts';
+import { prepReport } from '../src/data/prep/report.ts';
 import { bucketOf, normalizeText } from '../src/data/text.ts';
-import { FIXTURES, documents, expected, nmoe, removeTempDirs, shardBytes, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
+import { FIXTURES, documents, expected, nmoe, py, removeTempDirs, shardBytes, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
 
 afterAll(removeTempDirs);
 
@@ -87,6 +89,24 @@ describe('prep sources', () => {
   });
 });
 
+describe('document ids', () => {
+  it('name a document whose id is empty by md5(text)[:16], as the reference\'s Document does, which picks its bucket', async () => {
+    const dir = tempDir('emptyid');
+    const rows = [
+      { id: '', text: 'A first document that came with an empty id.' },
+      { id: '', text: 'A second one, also without a usable id.' },
+      { id: '', text: 'And a third, so that buckets can differ.' },
+      { id: 'named', text: 'This one has its own id.' },
+    ];
+    writeJsonl(join(dir, 'in.jsonl'), rows);
+    const r = await runPrep(opts({ paths: [join(dir, 'in.jsonl')], numShards: 16 }));
+    // Python's hashlib is the oracle for the id the reference's Document.__post_init__ gives.
+    const refId = (text: string) => py('import hashlib, sys; print(hashlib.md5(sys.argv[1].encode("utf-8")).hexdigest()[:16], end="")', text);
+    expect(documents(r.output)).toEqual(expected(rows.map((x) => [x.id || refId(x.text), x.text]), 16));
+    expect(documents(r.output)).not.toEqual(expected(rows.map((x) => [x.id, x.text]), 16)); // "" would put them all in one bucket
+  });
+});
+
 describe('corrupt inputs', () => {
   it('stop the prep with an error that names the file and the cause', async () => {
     const dir = tempDir('corrupt');
@@ -140,6 +160,25 @@ describe('prep output', () => {
     let total = 0, docs = 0;
     for (const n of lengths.filter((n) => n >= 1)) if (total < limit) (total += n + 1), docs++;
     expect(limited.stats).toMatchObject({ reachedLimit: true, tokens: total, documents: docs });
+  });
+
+  it('splits --max-tokens-total over --num-workers: each worker stops at max_tokens_total // num_workers, as the reference does', async () => {
+    const dir = tempDir('share');
+    writeJsonl(join(dir, 'a.jsonl'), many.slice(0, 200));
+    writeJsonl(join(dir, 'b.jsonl'), many.slice(200));
+    const split = await runPrep(opts({ paths: [dir], numShards: 2, numWorkers: 2, workerIndex: 1, maxTokensTotal: 5001 }));
+    expect(split.output).toMatch(/\/worker_001$/);
+    // Worker 1 of 2 takes b.jsonl and stops where a single prep of b.jsonl with a limit of 5001 // 2 = 2500 stops.
+    const alone = await runPrep(opts({ paths: [join(dir, 'b.jsonl')], numShards: 2, maxTokensTotal: 2500 }));
+    expect(split.stats).toMatchObject({ reachedLimit: true, tokens: alone.stats.tokens, documents: alone.stats.documents });
+    expect(alone.stats.tokens).toBeGreaterThanOrEqual(2500);
+    expect(alone.stats.tokens).toBeLessThan(5001);
+    expect(shardBytes(split.output)).toEqual(shardBytes(alone.output));
+    expect(prepReport(split, opts({ numWorkers: 2, maxTokensTotal: 5001 }), 1)).toContain('stopped at this worker\'s share of --max-tokens-total: 2,500 (5,001 / 2 workers)');
+    await expect(runPrep(opts({ paths: [dir], numWorkers: 3, workerIndex: 0, maxTokensTotal: 2 })))
+      .rejects.toThrow('--max-tokens-total 2 split over --num-workers 3 leaves each worker no tokens. Fix: give at least 3.');
+    await expect(runPrep(opts({ paths: [dir], numWorkers: 3, workerIndex: 2 })))
+      .rejects.toThrow(`--worker-index 2 of --num-workers 3 gets none of the 2 input files in --paths ${dir}. Fix: use at most 2 --num-workers.`);
   });
 
   it('takes "1.5K"-style counts on the command line: --max-tokens-total 1.5K and --tokens-per-shard 0.5K write what 1500 and 500 do', async () => {

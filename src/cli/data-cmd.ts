@@ -16,6 +16,7 @@ import { prepReport } from '../data/prep/report.ts';
 import { SOURCE_KINDS } from '../data/sources/index.ts';
 import { parseTokenCount } from '../data/text.ts';
 import { UserError } from '../util/errors.ts';
+import { wholeFlag } from './flags.ts';
 import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
 
 function count(min: number) {
@@ -23,6 +24,19 @@ function count(min: number) {
     const n = parseTokenCount(text);
     if (n < min) throw new InvalidArgumentError(`must be at least ${min}.`);
     return n;
+  };
+}
+
+/** Option parsers for dedup's numbers: anything out of range is a one-line error that suggests the default. */
+function whole(flag: string, min: number, fallback: number) {
+  return (text: string): number => wholeFlag(flag, text, min, `e.g. ${flag} ${fallback} (the default)`);
+}
+
+function similarity(flag: string, fallback: number) {
+  return (text: string): number => {
+    const x = Number(text);
+    if (!(x > 0 && x <= 1)) throw new UserError(`${flag} ${JSON.stringify(text)} is not a similarity above 0 and at most 1. Fix: e.g. ${flag} ${fallback} (the default).`);
+    return x;
   };
 }
 
@@ -115,7 +129,7 @@ export function registerDataCommand(program: Command): void {
       const r = await verifyManifest(path, { checksums: opts.checksums });
       if (r.problems.length > 0) {
         for (const p of r.problems) process.stdout.write(`${pc.red('FAIL')} ${p}\n`);
-        throw new UserError(`${r.problems.length} problem(s) in ${path}. Fix: re-run \`nmoe data prep\` for the dataset (or restore the files)`);
+        throw new UserError(`${r.problems.length} problem(s) in ${path}. Fix: follow the fix on each FAIL line above.`);
       }
       process.stdout.write(`${pc.green('ok')} ${path}: ${r.shards} shards, ${formatCount(r.tokens)} tokens${opts.checksums ? ', checksums match' : ''}\n`);
     });
@@ -169,10 +183,10 @@ export function registerDataCommand(program: Command): void {
     .requiredOption('--in <path>', 'input JSONL (.gz, .zst)')
     .requiredOption('--out <path>', 'output JSONL of the kept lines')
     .option('--text-field <name>', 'field holding the text', 'text')
-    .option('--shingle <n>', 'characters per shingle', count(1), 13)
-    .option('--perms <n>', 'MinHash permutations', count(1), 128)
-    .option('--jaccard <x>', 'drop a document this similar to an earlier one', (s) => Number(s), 0.82)
-    .option('--seed <n>', 'seed of the hash permutations', count(0), 42)
+    .option('--shingle <n>', 'characters per shingle', whole('--shingle', 1, 13), 13)
+    .option('--perms <n>', 'MinHash permutations', whole('--perms', 1, 128), 128)
+    .option('--jaccard <x>', 'drop a document this similar to an earlier one', similarity('--jaccard', 0.82), 0.82)
+    .option('--seed <n>', 'seed of the hash permutations', whole('--seed', 0, 42), 42)
     .action(async ({ in: input, out: output, ...rest }: Omit<DedupOptions, 'input' | 'output'> & { in: string; out: string }) => {
       const r = await runDedup({ input, output, ...rest });
       const n = (x: number) => x.toLocaleString('en-US');

@@ -4,10 +4,16 @@
  * its estimated Jaccard similarity to an earlier kept one reaches 0.82. Hashing differs from the reference (32-bit
  * murmur-style mixing instead of blake2b-64 and (a·x+b) mod 2^61-1) so the signatures are not bit-equal to its
  * signatures, but each permutation is still a seeded random hash and the estimate has the same statistics.
+ *
+ * The kept lines go to a temporary file beside --out, renamed into place at the end, so an interrupted or failed
+ * run never leaves a partial --out (nor replaces an existing one); --in is checked before anything is written.
  */
-import { createWriteStream } from 'node:fs';
-import { once } from 'node:events';
+import { mkdirSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { philox4x32 } from '../util/philox.ts';
+import { dataError } from './errors.ts';
 import { decodeUtf8, readLines } from './sources/lines.ts';
 import { normalizeText } from './text.ts';
 
@@ -112,12 +118,41 @@ export interface DedupResult {
   firstSkipped: string | null;
 }
 
-/** Streams the input JSONL and writes the kept lines unchanged; lines that are not JSON with text are reported. */
-export async function runDedup(o: DedupOptions): Promise<DedupResult> {
+/** A name for the output beside `input`, for the message that refuses to overwrite the input. */
+function dedupedName(input: string): string {
+  return join(dirname(input), `${basename(input).replace(/(\.jsonl?)?(\.gz|\.zst)?$/, '')}.dedup.jsonl`);
+}
+
+/**
+ * Refuses, before anything is written, a missing --in, and an --out that is the input itself under any spelling or
+ * through a symlink (the output would replace the only copy of the input) or a folder (the rename at the end would
+ * fail after all the work).
+ */
+function checkPaths(input: string, output: string): void {
+  const inFix = 'give --in the path of a JSONL file (.jsonl, .jsonl.gz or .jsonl.zst)';
+  let isFile: boolean;
+  try {
+    isFile = statSync(input).isFile();
+  } catch {
+    throw dataError('--in file not found', input, inFix);
+  }
+  if (!isFile) throw dataError('--in is not a file', input, inFix);
+  let out;
+  try {
+    out = { real: realpathSync(output), isDir: statSync(output).isDirectory() };
+  } catch {
+    return; // --out does not exist yet
+  }
+  if (out.real === realpathSync(input)) {
+    throw dataError(`--out is the --in file itself (both are ${out.real})`, output, `write to another file, e.g. --out ${dedupedName(input)}`);
+  }
+  if (out.isDir) throw dataError('--out is a folder', output, `give --out a file name, e.g. --out ${join(output, basename(dedupedName(input)))}`);
+}
+
+/** The kept lines, newline-terminated, in input order; counts go into `r`. */
+async function* keptLines(o: DedupOptions, r: DedupResult): AsyncGenerator<string> {
   const hasher = new MinHasher(o.shingle, o.perms, o.seed);
   const index = new LshIndex(o.perms);
-  const out = createWriteStream(o.output);
-  const r: DedupResult = { total: 0, kept: 0, dropped: 0, skipped: 0, firstSkipped: null };
   for await (const { bytes, lineNo } of readLines(o.input)) {
     const line = decodeUtf8(bytes);
     if (line !== null && line.trim().length === 0) continue;
@@ -138,9 +173,31 @@ export async function runDedup(o: DedupOptions): Promise<DedupResult> {
       continue;
     }
     r.kept++;
-    if (!out.write(`${line}\n`)) await once(out, 'drain');
+    yield `${line}\n`;
   }
-  out.end();
-  await once(out, 'finish');
+}
+
+/**
+ * Streams the input JSONL and writes the kept lines unchanged; lines that are not JSON with text are reported. The
+ * folder of --out is created if missing (as the reference does).
+ */
+export async function runDedup(o: DedupOptions): Promise<DedupResult> {
+  checkPaths(o.input, o.output);
+  const tmp = `${o.output}.tmp`;
+  let file;
+  try {
+    mkdirSync(dirname(o.output), { recursive: true });
+    file = await open(tmp, 'w');
+  } catch (err) {
+    throw dataError(`cannot write --out (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, o.output, 'pick an --out in a folder you can write to');
+  }
+  const r: DedupResult = { total: 0, kept: 0, dropped: 0, skipped: 0, firstSkipped: null };
+  try {
+    await pipeline(keptLines(o, r), file.createWriteStream());
+    renameSync(tmp, o.output);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
   return r;
 }

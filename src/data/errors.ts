@@ -5,8 +5,13 @@
  */
 import { UserError } from '../util/errors.ts';
 
+/** The one-line shape, for problems that are listed (as `nmoe data verify` does) rather than thrown. */
+export function dataProblem(what: string, where: string, fix: string): string {
+  return `${what} [${where}]. Fix: ${fix}${/[.?]$/.test(fix) ? '' : '.'}`;
+}
+
 export function dataError(what: string, where: string, fix: string): UserError {
-  return new UserError(`${what} [${where}]. Fix: ${fix}${/[.?]$/.test(fix) ? '' : '.'}`);
+  return new UserError(dataProblem(what, where, fix));
 }
 
 export type Warn = (message: string) => void;

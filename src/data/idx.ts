@@ -58,7 +58,8 @@ export interface RegeneratedIndex {
 
 /** Rebuilds `<shard>.idx` from the EOS positions in the shard; written to a temp file, then renamed. */
 export function regenerateIndex(shardPath: string, eosTokenId: number, chunkTokens = 1 << 22): RegeneratedIndex {
-  const shard = NpyShard.open(shardPath);
+  const shard = NpyShard.open(shardPath, 'give regenerate-index the path of a .npy shard, e.g. <output>/shard_0000/<name>-v1-shard-000000.npy ' +
+    '(`nmoe data verify <output>/manifest.json` names the shards whose index is missing)');
   const path = indexPathFor(shardPath);
   const fd = openSync(`${path}.tmp`, 'w');
   let docs = 0;

@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { dataError } from './errors.ts';
+import { dataError, dataProblem } from './errors.ts';
 import { readIndex } from './idx.ts';
 import { NpyShard } from './shard.ts';
 
@@ -88,45 +88,52 @@ export interface VerifyReport {
   problems: string[];
 }
 
-/** Existence, header and length of every shard and index; with `checksums`, the SHA-256 of each shard too. */
+/**
+ * Existence, header and length of every shard and index; with `checksums`, the SHA-256 of each shard too. Each
+ * problem is one line with the file and its fix. A prep that finished says "already done" when run again, so
+ * re-creating lost or damaged shards takes --force; a lost or stale index alone is rebuilt from its shard.
+ */
 export async function verifyManifest(path: string, opts: { checksums: boolean; onShard?: (i: number) => void }): Promise<VerifyReport> {
   const m = readManifest(path);
   const base = dirname(path);
   const problems: string[] = [];
+  const reprep = 'restore it, or re-run the `nmoe data prep` that wrote this data with --force';
   let tokens = 0;
   for (const [i, s] of m.shards.entries()) {
     opts.onShard?.(i);
     const shardPath = join(base, s.path);
     if (!existsSync(shardPath)) {
-      problems.push(`missing shard ${s.path}`);
+      problems.push(dataProblem(`missing shard ${s.path}`, shardPath, reprep));
       continue;
     }
     try {
       const shard = NpyShard.open(shardPath);
       shard.close();
-      if (shard.length !== s.num_tokens) problems.push(`${s.path}: ${shard.length} tokens, the manifest says ${s.num_tokens}`);
+      if (shard.length !== s.num_tokens) problems.push(dataProblem(`${s.path}: ${shard.length} tokens, the manifest says ${s.num_tokens}`, shardPath, reprep));
       tokens += shard.length;
     } catch (err) {
       problems.push((err as Error).message);
       continue;
     }
     const idxPath = join(base, s.index_path);
-    if (!existsSync(idxPath)) problems.push(`missing index ${s.index_path}`);
+    const reindex = `rebuild it with \`nmoe data regenerate-index ${shardPath} --eos-token-id ${m.eos_token_id}\``;
+    if (!existsSync(idxPath)) problems.push(dataProblem(`missing index ${s.index_path}`, idxPath, reindex));
     else {
       try {
         const docs = readIndex(idxPath).length / 2;
-        if (docs !== s.num_documents) problems.push(`${s.index_path}: ${docs} documents, the manifest says ${s.num_documents}`);
+        if (docs !== s.num_documents) problems.push(dataProblem(`${s.index_path}: ${docs} documents, the manifest says ${s.num_documents}`, idxPath, reindex));
       } catch (err) {
         problems.push((err as Error).message);
       }
     }
     if (opts.checksums) {
       const actual = await sha256File(shardPath);
-      if (actual !== s.checksum) problems.push(`${s.path}: checksum mismatch, expected ${s.checksum}, got ${actual}`);
+      if (actual !== s.checksum) problems.push(dataProblem(`${s.path}: checksum mismatch, expected ${s.checksum}, got ${actual}`, shardPath, reprep));
     }
   }
-  if (m.num_shards !== m.shards.length) problems.push(`num_shards is ${m.num_shards} but ${m.shards.length} shards are listed`);
+  const fixManifest = 'restore manifest.json, or re-run the `nmoe data prep` that wrote it with --force';
+  if (m.num_shards !== m.shards.length) problems.push(dataProblem(`num_shards is ${m.num_shards} but ${m.shards.length} shards are listed`, path, fixManifest));
   const listed = m.shards.reduce((n, s) => n + s.num_tokens, 0);
-  if (listed !== m.total_tokens) problems.push(`total_tokens is ${m.total_tokens} but the shards add up to ${listed}`);
+  if (listed !== m.total_tokens) problems.push(dataProblem(`total_tokens is ${m.total_tokens} but the shards add up to ${listed}`, path, fixManifest));
   return { shards: m.shards.length, tokens, problems };
 }

@@ -34,15 +34,18 @@ export class NpyShard implements TokenFile {
     this.#dataOffset = dataOffset;
   }
 
-  static open(path: string): NpyShard {
+  /** `openFix` is the fix when the file cannot be opened: what to check depends on where the path came from. */
+  static open(path: string, openFix = 'check data_path / data_root, or re-run `nmoe data prep`'): NpyShard {
     let fd: number;
     try {
       fd = openSync(path, 'r');
     } catch (err) {
-      throw dataError(`cannot open shard: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, path,
-        'check data_path / data_root, or re-run `nmoe data prep`');
+      const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+      throw dataError(code === 'ENOENT' ? 'shard not found' : `cannot open shard: ${code}`, path, openFix);
     }
     try {
+      const stat = fstatSync(fd);
+      if (stat.isDirectory()) throw dataError('a folder, not a shard', path, openFix);
       const h = readNpyHeader(fd, path);
       if (h.descr !== SHARD_DESCR) {
         throw dataError(`shard dtype is '${h.descr}', but shards hold little-endian uint32 ('${SHARD_DESCR}')`, `${path}, header`,
@@ -54,7 +57,7 @@ export class NpyShard implements TokenFile {
       }
       const length = h.shape[0]!;
       const expected = h.dataOffset + 4 * length;
-      const size = fstatSync(fd).size;
+      const size = stat.size;
       if (size !== expected) {
         const what = size < expected
           ? `shard is truncated: its header promises ${length} tokens (${expected} bytes) but the file has ${size} bytes, ` +

@@ -2,7 +2,7 @@
  * Small text rules shared by prep, dedup and the tests, each matching the reference exactly: normalisation is NFC
  * then Python's `str.strip()` (whose whitespace set differs from JavaScript's `trim`: it includes \x1c-\x1f and
  * \x85 and excludes the BOM); token counts accept "100M" / "1.5T"; a document's bucket is the first 16 hex digits
- * of md5(doc id) modulo the bucket count.
+ * of md5(doc id) modulo the bucket count, and a document with an empty id is named by the md5 of its text.
  */
 import { createHash } from 'node:crypto';
 import { InvalidArgumentError } from 'commander';
@@ -38,6 +38,11 @@ export function parseTokenCount(text: string): number {
 export function bucketOf(docId: string, buckets: number): number {
   const digest = createHash('md5').update(docId, 'utf8').digest();
   return Number(digest.readBigUInt64BE(0) % BigInt(buckets));
+}
+
+/** The id the reference gives a document whose id is empty: md5(text)[:16] (Document.__post_init__). */
+export function textDocId(text: string): string {
+  return createHash('md5').update(text, 'utf8').digest('hex').slice(0, 16);
 }
 
 /** Python's Path.stem: the base name without its last extension. */

@@ -57,18 +57,22 @@ function checkManifests(dir: string, cfg: DataConfig): Map<string, { tokens: num
 }
 
 function openShards(dir: string, option: string, cfg: DataConfig): TokenFile[] {
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) {
-    const fix = option === 'data_path' ? 'point data_path at the output folder of `nmoe data prep`' : `prepare this source with \`nmoe data prep ... -o ${dir}\``;
-    throw dataError(`${option} folder does not exist`, dir, fix);
-  }
+  const prepFix = option === 'data_path' ? 'point data_path at the output folder of `nmoe data prep`' : `prepare this source with \`nmoe data prep ... -o ${dir}\``;
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw dataError(`${option} folder does not exist`, dir, prepFix);
   const listed = checkManifests(dir, cfg);
   const shards = expandPaths([dir], ['.npy'], option).map((p) => NpyShard.open(p));
+  const refuse = (err: Error) => {
+    for (const s of shards) s.close();
+    return err;
+  };
   for (const shard of shards) {
     const want = listed.get(resolve(shard.path));
     if (want && want.tokens !== shard.length) {
-      for (const s of shards) s.close();
-      throw dataError(`shard holds ${shard.length} tokens, but ${want.manifest} lists ${want.tokens}`, shard.path, shardFix(want.manifest));
+      throw refuse(dataError(`shard holds ${shard.length} tokens, but ${want.manifest} lists ${want.tokens}`, shard.path, shardFix(want.manifest)));
     }
+  }
+  if (shards.every((s) => s.length === 0)) {
+    throw refuse(dataError(`${option} folder holds no tokens: its ${shards.length} .npy file(s) are all empty`, dir, prepFix));
   }
   return shards;
 }

@@ -29,6 +29,7 @@ export class TokenStream {
 
   constructor(readonly id: string, readonly files: TokenFile[]) {
     this.totalTokens = files.reduce((n, f) => n + f.length, 0);
+    // An empty stream would never fill a window. The loader refuses empty data with a user error before this point.
     if (this.totalTokens === 0) throw new Error(`source ${id} has no tokens`);
   }
 

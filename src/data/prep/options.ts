@@ -46,9 +46,20 @@ export function checkPrepOptions(o: PrepOptions, tok: TextTokenizer): void {
   }
   if (o.minTokens > o.maxTokens) throw bad(`--min-tokens ${o.minTokens} is above --max-tokens ${o.maxTokens}`, 'lower --min-tokens');
   if (o.workerIndex >= o.numWorkers) throw bad(`--worker-index ${o.workerIndex} must be below --num-workers ${o.numWorkers}`, 'count workers from 0');
+  if (o.maxTokensTotal !== null && o.maxTokensTotal < o.numWorkers) {
+    throw bad(`--max-tokens-total ${o.maxTokensTotal} split over --num-workers ${o.numWorkers} leaves each worker no tokens`, `give at least ${o.numWorkers}`);
+  }
   if (!/^[\w.+-]+$/.test(o.name) || !/^[\w.+-]+$/.test(o.version)) {
     throw bad(`--name "${o.name}" / --version "${o.version}" must be a plain file-name part (letters, digits, . _ + -)`, 'rename it');
   }
+}
+
+/**
+ * The token limit of this worker: --max-tokens-total is for the whole split prep, so each of the --num-workers
+ * machines stops at its share, max_tokens_total // num_workers, as the reference does.
+ */
+export function workerTokenLimit(o: Pick<PrepOptions, 'maxTokensTotal' | 'numWorkers'>): number | null {
+  return o.maxTokensTotal === null ? null : Math.floor(o.maxTokensTotal / o.numWorkers);
 }
 
 /** What determines the output bytes, recorded in the journal and the manifest (the input list as a digest). */

@@ -16,7 +16,7 @@ import type { SourceRecord } from '../sources/source.ts';
 import { type TextTokenizer, loadTokenizer, tokenizerHash } from '../tokenizers.ts';
 import { BucketWriter, removeShardFiles } from './bucket-writer.ts';
 import { type Journal, type PrepStats, emptyStats, readJournal, removeJournal, writeJournal } from './journal.ts';
-import { type OutputParams, type PrepOptions, checkPrepOptions, outputParams } from './options.ts';
+import { type OutputParams, type PrepOptions, checkPrepOptions, outputParams, workerTokenLimit } from './options.ts';
 import { TokenizerPool } from './pool.ts';
 import { DocStatus, type TokenizedBatch } from './tokenize.ts';
 
@@ -84,11 +84,13 @@ function recordName(r: Applied): string {
 class PrepRun {
   readonly stats: PrepStats;
   readonly writers = new Map<number, BucketWriter>();
+  readonly #tokenLimit: number | null;
   #lastRecord: string | null;
   #sinceCheckpoint = 0;
 
   constructor(readonly o: PrepOptions, readonly out: string, readonly prefix: string, readonly params: OutputParams, journal: Journal | null) {
     this.stats = journal?.stats ?? emptyStats();
+    this.#tokenLimit = workerTokenLimit(o);
     this.#lastRecord = journal?.lastDocId ?? null;
     for (const [b, state] of Object.entries(journal?.buckets ?? {})) {
       this.writers.set(Number(b), new BucketWriter(join(out, bucketDir(Number(b))), prefix, o.tokensPerShard, state));
@@ -109,7 +111,7 @@ class PrepRun {
     return w;
   }
 
-  /** Applies one tokenized batch in record order; stops at --max-tokens-total. */
+  /** Applies one tokenized batch in record order; stops at this worker's share of --max-tokens-total. */
   async apply(records: Applied[], r: TokenizedBatch): Promise<void> {
     const s = this.stats;
     let doc = 0, offset = 0;
@@ -133,7 +135,7 @@ class PrepRun {
           offset += length;
           s.documents++;
           s.tokens += length;
-          if (this.o.maxTokensTotal !== null && s.tokens >= this.o.maxTokensTotal) s.reachedLimit = true;
+          if (this.#tokenLimit !== null && s.tokens >= this.#tokenLimit) s.reachedLimit = true;
         }
       }
       if (++this.#sinceCheckpoint >= this.o.checkpointEvery) await this.checkpoint();

@@ -3,7 +3,7 @@
  * with the first places of each skip reason, so nothing is dropped silently.
  */
 import { SKIP_REASONS, type SkipReason } from '../sources/source.ts';
-import type { PrepOptions } from './options.ts';
+import { type PrepOptions, workerTokenLimit } from './options.ts';
 import type { PrepResult } from './prep.ts';
 
 const n = (x: number) => x.toLocaleString('en-US');
@@ -23,7 +23,11 @@ export function prepReport(r: PrepResult, o: PrepOptions, seconds: number): stri
     lines.push(`done: ${n(m.total_documents)} documents, ${n(m.total_tokens)} tokens in ${m.num_shards} shards ` +
       `(${m.source_info.num_shard_dirs} buckets) -> ${r.output}/manifest.json [${seconds.toFixed(1)} s, ${speed}]`);
   }
-  if (s.reachedLimit) lines.push(`stopped at --max-tokens-total ${n(o.maxTokensTotal!)}`);
+  if (s.reachedLimit) {
+    lines.push(o.numWorkers > 1
+      ? `stopped at this worker's share of --max-tokens-total: ${n(workerTokenLimit(o)!)} (${n(o.maxTokensTotal!)} / ${o.numWorkers} workers)`
+      : `stopped at --max-tokens-total ${n(o.maxTokensTotal!)}`);
+  }
   const skipped = (Object.keys(SKIP_REASONS) as SkipReason[]).filter((k) => s.skipped[k] > 0)
     .map((k) => `${n(s.skipped[k])} ${SKIP_REASONS[k]} (first: ${s.examples[k]!.join(', ')})`);
   if (skipped.length > 0) lines.push(`skipped: ${skipped.join('; ')}`);

@@ -3,18 +3,22 @@
  * (GET /api/datasets/<id>/parquet[/<subset>/<split>]), then each parquet file streamed by range requests, one row
  * group at a time. `HF_TOKEN` is sent as a bearer token when set; `HF_ENDPOINT` (as in huggingface_hub) points
  * elsewhere, e.g. a mirror. `open()` does the listing up front so that no network, a wrong name or a missing token
- * fails at once, with the cause and the fix.
+ * fails at once, with the cause and the fix. A prep split over workers gives each worker every N-th parquet file
+ * (as the local sources split their files), and numbers documents without an id as the reference's sharded Hub
+ * source does: worker w's k-th is "<name>:<k·N + w>".
  */
 import { asyncBufferFromUrl } from 'hyparquet';
 import { UserError } from '../../util/errors.ts';
 import { readParquetRows } from './parquet.ts';
-import { type DocSource, type FieldNames, RecordMaker, type SourceRecord } from './source.ts';
+import { type DocSource, type FieldNames, RecordMaker, SINGLE_WORKER, type SourceRecord, type WorkerSlot, workerShare } from './source.ts';
 
 export interface HubOptions {
   dataset: string;
   subset: string | null;
   split: string;
   fields: FieldNames;
+  /** This machine's part of a split prep (default: the whole split). */
+  worker?: WorkerSlot;
   endpoint?: string;
   token?: string | null;
   timeoutMs?: number;
@@ -25,6 +29,7 @@ export class HubSource implements DocSource {
   readonly totalBytes = null;
   readonly #endpoint: string;
   readonly #headers: Record<string, string>;
+  readonly #worker: WorkerSlot;
   #read = 0;
   #urls: string[] | null = null;
 
@@ -33,6 +38,7 @@ export class HubSource implements DocSource {
     this.#endpoint = (opts.endpoint ?? process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/+$/, '');
     const token = opts.token === undefined ? process.env.HF_TOKEN : opts.token;
     this.#headers = { 'user-agent': 'nmoe', ...(token ? { authorization: `Bearer ${token}` } : {}) };
+    this.#worker = opts.worker ?? SINGLE_WORKER;
   }
 
   bytesRead(): number {
@@ -67,12 +73,12 @@ export class HubSource implements DocSource {
     if (!Array.isArray(urls) || urls.length === 0 || !urls.every((u) => typeof u === 'string')) {
       throw new UserError(`the Hub lists no parquet files for ${what} [${base}]. Fix: check the names, or prepare from local files.`);
     }
-    this.#urls = urls as string[];
-    return this.#urls ?? [];
+    this.#urls = workerShare(urls as string[], this.#worker, `parquet files the Hub lists for ${what}`);
+    return this.#urls;
   }
 
   async *records(): AsyncGenerator<SourceRecord> {
-    const maker = new RecordMaker(this.opts.fields);
+    const maker = new RecordMaker(this.opts.fields, this.#worker);
     for (const url of await this.open()) {
       let file;
       try {

@@ -2,8 +2,11 @@
  * What every prep source yields: documents (id + text) and skipped records (with why and where), in a fixed order,
  * so a prep is deterministic and an interrupted one can resume by skipping records it already consumed. Document ids
  * follow the reference: the id field's value when present, else "<file stem>:<n>" where n counts documents across
- * all files of the source. Record fields are turned into text/id here, once, for every format.
+ * all files of the source; an empty id becomes md5(text)[:16] (the reference's Document.__post_init__). Record
+ * fields are turned into text/id here, once, for every format.
  */
+import { UserError } from '../../util/errors.ts';
+import { textDocId } from '../text.ts';
 
 export type SkipReason = 'unparseable' | 'no-text' | 'not-utf8';
 
@@ -44,10 +47,35 @@ function pyStr(v: unknown): string {
   return typeof v === 'string' ? v : typeof v === 'number' || typeof v === 'bigint' ? String(v) : JSON.stringify(v);
 }
 
+/** One machine's part of a prep split with --worker-index / --num-workers. */
+export interface WorkerSlot {
+  index: number;
+  count: number;
+}
+
+export const SINGLE_WORKER: WorkerSlot = { index: 0, count: 1 };
+
+/**
+ * This worker's share of a source's input files, as the reference splits them: every count-th file from its index.
+ * `what` names the files for the error when there are fewer files than workers.
+ */
+export function workerShare<T>(files: readonly T[], w: WorkerSlot, what: string): T[] {
+  const share = files.filter((_, i) => i % w.count === w.index);
+  if (share.length === 0) {
+    throw new UserError(`--worker-index ${w.index} of --num-workers ${w.count} gets none of the ${files.length} ${what}. ` +
+      `Fix: use at most ${files.length} --num-workers.`);
+  }
+  return share;
+}
+
 /** Assigns ids to records in order; one per source, because the fallback counter spans its files. */
 export class RecordMaker {
   #docs = 0;
-  constructor(readonly fields: FieldNames) {}
+  /**
+   * `numbering` spaces the "<stem>:<n>" fallback ids. The reference's Hub source, split over workers, numbers worker
+   * w's k-th document k·count + w (the index it would have in the whole split), so ids stay unique across workers.
+   */
+  constructor(readonly fields: FieldNames, readonly numbering: WorkerSlot = SINGLE_WORKER) {}
 
   /** Turns one parsed row into a document or a skip. */
   make(row: unknown, stem: string, where: string): SourceRecord {
@@ -61,6 +89,7 @@ export class RecordMaker {
   /** A document with a known id, or the "<stem>:<n>" fallback when `id` is null. */
   doc(id: string | null, text: string, stem: string): SourceRecord {
     const n = this.#docs++;
-    return { kind: 'doc', id: id ?? `${stem}:${n}`, text };
+    const named = id ?? `${stem}:${n * this.numbering.count + this.numbering.index}`;
+    return { kind: 'doc', id: named === '' ? textDocId(text) : named, text };
   }
 }

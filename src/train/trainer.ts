@@ -105,10 +105,6 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   const cfg = modelConfig(config);
   const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
   const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
-  if (!config.resume && rank === 0) {
-    const moved = movePreviousRunAside(config.checkpoint_dir);
-    if (moved) events.warn?.(`checkpoint_dir held run ${moved.runId}'s checkpoints (newest: step ${moved.newest}); moved them to ${moved.to}, so this fresh run cannot overwrite them`);
-  }
   const ckpt = new Checkpointer({
     base: config.checkpoint_dir, rank, world, keepLast: config.checkpoint_keep_last_n,
     onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
@@ -138,6 +134,10 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       model.free();
       return { steps: step, firstLoss: NaN, finalLoss: NaN, tokensSeen, wallSeconds: 0, tokensPerSecond: 0, stoppedEarly: false, startStep: step, runId };
     }
+  }
+  if (!config.resume && rank === 0) { // only once the run is set to go: a run that fails to start moves nothing
+    const moved = movePreviousRunAside(config.checkpoint_dir);
+    if (moved) events.warn?.(`checkpoint_dir held run ${moved.runId}'s checkpoints (newest: step ${moved.newest}); moved them to ${moved.to}, so this fresh run cannot overwrite them`);
   }
   if (dist) runId = await dist.agree('run_id', runId);
   const gitSha = gitInfo().sha; // asked once here, never on a checkpoint step

@@ -36,10 +36,6 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  // `nmoe runs list | head`: a reader that stops reading is not an error, and a run must never die of it.
-  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EPIPE') throw err;
-  });
   const program = buildProgram();
   try {
     await program.parseAsync(argv, { from: 'user' });

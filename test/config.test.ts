@@ -72,7 +72,7 @@ describe('presets', () => {
       q_lora_rank: 32, kv_lora_rank: 32, qk_nope_head_dim: 16, qk_rope_head_dim: 8, v_head_dim: 16,
       max_position_embeddings: 128, rope_theta: 10000, lr_dense: 1e-2, lr_router: 1e-2, lr_expert: 1e-2,
       warmup_steps: 20, hold_tokens: 102_400, decay_tokens: 102_400, decay_floor: 3e-4, steps: 200, batch_size: 8,
-      seq_len: 128, log_every: 10, router_bias_update_rate: 1e-3, device: 'auto', resume: false, data_path: null,
+      seq_len: 128, log_every: 10, router_bias_update_rate: 1e-2, device: 'auto', resume: false, data_path: null,
       checkpoint_dir: 'runs/tiny/checkpoints', metrics_dir: 'runs/metrics', experiments_db: 'runs/experiments.db',
       data_root: 'runs/data',
     });

@@ -3,7 +3,7 @@
  * output, real exit codes.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -125,6 +125,20 @@ describe('nmoe CLI', () => {
     expect(r.code).toBe(2);
     expect(r.err.trim().split('\n')).toHaveLength(1);
     expect(r.err).toMatch(/device = "cuda" but the CUDA backend cannot start: cannot load the CUDA driver \(libcuda\.so\.1\)\. Looked in: .*\/usr\/local\/cuda\/lib64\/libcuda\.so\.1.*; (the ldconfig cache has no entry for it|ldconfig could not be run \(.*\))\. Fix: .*; or set device = "cpu"\./);
+  });
+
+  it('bench train needs at least one timed step', async () => {
+    const r = await mainInProcess(['bench', 'train', 'configs/tiny.toml', '--steps', '0']);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('--steps 0 is not a whole number >= 1. Fix: e.g. --steps 10.');
+  });
+
+  it('says what the loader said about a library file that is there but does not load', () => {
+    const junk = join(CWD, 'libcuda-junk.so');
+    writeFileSync(junk, 'not a library');
+    const r = nmoe(['train', '--device=cuda'], { NMOE_CUDA_PATH: junk });
+    expect(r.code).toBe(2);
+    expect(r.err).toContain(`Looked in: ${junk} (found, but the loader said: `);
   });
 
   it('checks every shipped config', () => {

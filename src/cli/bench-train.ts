@@ -19,7 +19,7 @@ function summary(r: BenchResult): string {
   const mem = r.peakMemoryGiB === null ? 'peak memory n/a'
     : `peak memory ${r.peakMemoryGiB.toFixed(2)} GiB (${r.reservedGiB!.toFixed(2)} reserved, ${r.timedDriverAllocs} cuMemAlloc while timed)`;
   const gpus = r.world > 1 ? ` x ${r.world} (${formatCount(r.tokensPerSecond / r.world)} tokens/s per rank)` : '';
-  return `${r.device}${gpus}: ${formatCount(r.tokensPerSecond)} tokens/s | ${r.msPerStep.toFixed(1)} ms/step | ${r.tflops.toFixed(1)} TFLOPS | ${mfu} | ${mem} | ${r.steps} steps of ${formatCount(r.tokensPerStep)} tokens, loss ${r.finalLoss.toFixed(3)}`;
+  return `${r.device}${gpus}: ${formatCount(r.tokensPerSecond)} tokens/s | ${r.msPerStep.toFixed(1)} ms/step | ${r.tflops >= 1 ? r.tflops.toFixed(1) : r.tflops.toPrecision(3)} TFLOPS | ${mfu} | ${mem} | ${r.steps} steps of ${formatCount(r.tokensPerStep)} tokens, loss ${r.finalLoss.toFixed(3)}`;
 }
 
 export function registerBenchTrain(bench: Command): void {
@@ -28,7 +28,7 @@ export function registerBenchTrain(bench: Command): void {
     .description('Time training steps of a config (random tokens) and print tokens/s, ms/step, TFLOPS, MFU and peak memory.')
     .argument('<config>', 'TOML config file, e.g. configs/bench/moonlet6.toml')
     .argument('[overrides...]', 'config overrides as --key=value')
-    .option('--steps <n>', 'timed steps', wholeOption('--steps', 0), 10)
+    .option('--steps <n>', 'timed steps', wholeOption('--steps', 1), 10)
     .option('--warmup <n>', 'untimed steps first (kernel compiles, allocator warm-up)', wholeOption('--warmup', 0), 3)
     .option('--profile', 'also report the time per op kind')
     .option('--json', 'print the result as JSON')
@@ -36,7 +36,8 @@ export function registerBenchTrain(bench: Command): void {
     .action(async (path: string, overrides: string[], opts: { steps: number; warmup: number; profile?: boolean; json?: boolean }) => {
       const { config } = loadConfig(path, { overrides });
       const env = readDistEnv();
-      const { backend } = await selectBackend(config.device, env.localRank);
+      const { backend, note } = await selectBackend(config.device, env.localRank);
+      if (note && env.rank === 0) process.stderr.write(`${note}\n`); // why "auto" is not timing a GPU
       const dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
       let clock: OpClock | undefined;
       if (backend.device === 'cuda') {

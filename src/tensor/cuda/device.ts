@@ -126,7 +126,10 @@ export class CudaDevice {
   /** Pinned host memory of at least `bytes`, grown on demand (callers synchronize before reuse). */
   staging(bytes: number): { ptr: bigint; view: ArrayBuffer } {
     if (!this.#staging || this.#staging.bytes < bytes) {
-      if (this.#staging) check('cuMemFreeHost', cu.memFreeHost(this.#staging.ptr));
+      if (this.#staging) {
+        this.synchronize(); // a copy still queued from the old buffer must finish before it is freed
+        check('cuMemFreeHost', cu.memFreeHost(this.#staging.ptr));
+      }
       const size = Math.max(bytes, 1 << 20);
       this.#staging = { ptr: outU64('cuMemHostAlloc', cu.memHostAlloc, size, 0), bytes: size };
     }

@@ -89,11 +89,16 @@ function searchDirs(): string[] {
 export function loadLibrary(spec: LibrarySpec): LoadedLibrary {
   const tried: string[] = [];
   const attempt = (path: string): LoadedLibrary | null => {
-    tried.push(path);
-    if (path.includes('/') && !existsSync(path)) return null;
+    if (path.includes('/') && !existsSync(path)) {
+      tried.push(path);
+      return null;
+    }
     try {
       return { lib: koffi.load(path), path };
-    } catch {
+    } catch (err) {
+      // A file that is there but does not load (wrong architecture, a missing dependency, not a library) is the
+      // likely culprit: say what the loader said.
+      tried.push(`${path} (found, but the loader said: ${(err as Error).message.replace(/\s+/g, ' ').trim()})`);
       return null;
     }
   };

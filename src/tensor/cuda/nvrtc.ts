@@ -5,7 +5,8 @@
  * A compile error is a CompileError carrying the kernel file and the compiler log.
  */
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, writeFileSync, existsSync } from 'node:fs';
+import koffi, { type LibraryHandle } from 'koffi';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,11 +23,25 @@ export class CompileError extends Error {
 
 let nvrtcLib: ReturnType<typeof bind> | null = null;
 
+/**
+ * libnvrtc opens its builtins library (libnvrtc-builtins.so.MAJOR.MINOR) by name at the first compile, through the
+ * loader's search path, which does not include a pip wheel's folder; loaded first from libnvrtc's own folder, the
+ * later open by name finds it already in the process.
+ */
+function loadBuiltinsBeside(nvrtcPath: string): LibraryHandle | null {
+  if (!nvrtcPath.includes('/')) return null; // a bare soname: the loader's own search found libnvrtc, and finds these
+  const dir = dirname(nvrtcPath);
+  const builtins = readdirSync(dir).find((f) => /^libnvrtc-builtins\.so\.\d+\.\d+$/.test(f));
+  return builtins ? koffi.load(join(dir, builtins)) : null;
+}
+
 function bind() {
   const { lib, path } = loadLibrary(LIBRARIES.nvrtc);
+  const builtins = loadBuiltinsBeside(path);
   const f = (sig: string) => lib.func(sig);
   return {
     path,
+    builtins, // held so that it stays loaded
     version: f('int nvrtcVersion(_Out_ int *major, _Out_ int *minor)'),
     create: f('int nvrtcCreateProgram(_Out_ uint64_t *prog, const char *src, const char *name, int numHeaders, uint64_t headers, uint64_t names)'),
     compile: f('int nvrtcCompileProgram(uint64_t prog, int numOptions, const char **options)'),

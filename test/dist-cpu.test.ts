@@ -4,12 +4,13 @@
  * the single-process run (bit for bit), and `nmoe launch` training on 2 and 4 ranks: the same losses as one
  * process, bitwise repeatable, and exact resume on 2 ranks.
  */
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BIN, nmoe, nmoeAsync, removeTempDirs, tempDir } from './fixtures/data/helpers.ts';
-import { BASE_ENV, runRanks, trainLosses } from './helpers/ranks.ts';
+import { BASE_ENV, freePort, runRanks, trainLosses } from './helpers/ranks.ts';
 
 afterAll(removeTempDirs);
 
@@ -170,6 +171,33 @@ describe('nmoe launch on the CPU backend', () => {
       expect(got).toHaveLength(3);
       got.forEach((l, i) => expect(Math.abs(l - want[i]!) / want[i]!, `step ${i + 4} on ${world} rank(s)`).toBeLessThan(1e-4));
     }
+  });
+
+  it("refuses ranks that disagree on the config, or that cannot see rank 0's checkpoint_dir, before any work", async () => {
+    const dir = tempDir('disagree');
+    // `nmoe train` started per rank with the torchrun variables (no launcher: rank 0 hosts the store), each its own arguments.
+    const ranks = async (args: (rank: number) => string[]) => {
+      const port = String(await freePort());
+      return Promise.all([0, 1].map((rank) => new Promise<{ code: number | null; out: string }>((resolve) => {
+        const env = { ...BASE_ENV, RANK: String(rank), WORLD_SIZE: '2', LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: port };
+        const child = spawn(process.execPath, [BIN, 'train', ...args(rank)], { env });
+        let out = '';
+        child.stdout.on('data', (d) => (out += d));
+        child.stderr.on('data', (d) => (out += d));
+        child.on('close', (code) => resolve({ code, out }));
+      })));
+    };
+    const seeds = await ranks((r) => train(join(dir, 'a'), r === 1 ? ['--seed=7'] : []));
+    expect(seeds[1]!.code).toBe(2);
+    expect(seeds[1]!.out).toContain("nmoe: error: rank 1's config differs from rank 0's: seed (42 on rank 0, 7 here). Fix: start every rank with the same config file");
+    expect(seeds[0]!.code).not.toBe(0);
+    const dirs = await ranks((r) => train(join(dir, 'b'), [`--checkpoint_dir=${join(dir, `ckpt-of-rank-${r}`)}`]));
+    expect(dirs[1]!.code).toBe(2);
+    expect(dirs[1]!.out).toMatch(new RegExp(`nmoe: error: rank 1 cannot see rank 0's checkpoint_dir: the file rank 0 wrote \\(\\S+ckpt-of-rank-0/\\.nmoe-shared-[0-9a-f]{8}\\) is not in \\S+ckpt-of-rank-1 here`));
+    expect(dirs[0]!.code).toBe(2);
+    expect(dirs[0]!.out).toMatch(/rank 0: another rank cannot see checkpoint_dir/);
+    for (const out of [...seeds, ...dirs].map((r) => r.out)) expect(out).not.toMatch(/^step /m);
+    expect(readdirSync(join(dir, 'ckpt-of-rank-0'))).toEqual([]); // the marker is gone
   });
 
   it("stops the run when a rank freezes (SIGSTOP): the other rank's step watchdog kills it, the launcher stops the rest", async () => {

@@ -16,13 +16,15 @@
  * and written in the background; the loop never writes to disk itself.
  */
 import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { hostClock } from '../bench/profile.ts';
 import type { Config } from '../config/schema.ts';
 import { Checkpointer } from '../checkpoint/checkpointer.ts';
 import { latestComplete } from '../checkpoint/layout.ts';
 import { movePreviousRunAside } from '../checkpoint/previous-run.ts';
 import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
-import { configFingerprint } from '../config/fingerprint.ts';
+import { MATH_KEYS, configFingerprint, fingerprintDiff } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
 import { flopsPerToken, parameterCounts } from '../model/flops.ts';
 import { type ModelConfig, isMoeLayer, modelConfig } from '../model/spec.ts';
@@ -105,6 +107,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   const cfg = modelConfig(config);
   const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
   const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
+  if (dist) await checkRanksAgree(dist, config, backend);
   const ckpt = new Checkpointer({
     base: config.checkpoint_dir, rank, world, keepLast: config.checkpoint_keep_last_n,
     onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
@@ -246,6 +249,38 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     steps: step, firstLoss, finalLoss: lastLoss, tokensSeen, wallSeconds, tokensPerSecond: (tokensSeen - tokens0) / wallSeconds,
     stoppedEarly: step < cfg.steps, startStep, runId,
   };
+}
+
+/**
+ * Ranks must train one config, and rank 0 assembles each checkpoint step from every rank's file, so checkpoint_dir
+ * must be one folder that all of them see (on several nodes: a shared filesystem). Rank 0 shares its config's math
+ * fields and a marker file it writes into checkpoint_dir; a rank whose config differs, or that cannot see the
+ * marker, stops the run before any work, saying which.
+ */
+async function checkRanksAgree(dist: DistRun, config: Config, b: Backend): Promise<void> {
+  const rank = dist.env.rank;
+  const math = JSON.stringify(Object.fromEntries(MATH_KEYS.map((k) => [k, config[k]])));
+  const rank0 = { ...config, ...(JSON.parse(await dist.agree('config', math)) as Partial<Config>) } as Config;
+  const differ = fingerprintDiff(rank0, config).map((k) => `${k} (${JSON.stringify(rank0[k as keyof Config])} on rank 0, ${JSON.stringify(config[k as keyof Config])} here)`);
+  if (differ.length) {
+    throw new UserError(`rank ${rank}'s config differs from rank 0's: ${differ.join(', ')}. Fix: start every rank with the same config file, environment and overrides.`);
+  }
+  let marker = join(config.checkpoint_dir, `.nmoe-shared-${randomBytes(4).toString('hex')}`);
+  if (rank === 0) {
+    mkdirSync(config.checkpoint_dir, { recursive: true });
+    writeFileSync(marker, '');
+  }
+  marker = await dist.agree('checkpoint-marker', marker);
+  const seen = rank === 0 || existsSync(join(config.checkpoint_dir, basename(marker)));
+  const allSeen = !(await anyRank(b, dist.comm, !seen)); // also: every rank has looked before rank 0 removes it
+  if (rank === 0) rmSync(marker, { force: true });
+  if (!seen) {
+    throw new UserError(
+      `rank ${rank} cannot see rank 0's checkpoint_dir: the file rank 0 wrote (${marker}) is not in ${config.checkpoint_dir} here, ` +
+        'and rank 0 assembles every checkpoint step from all ranks\' files there. Fix: put checkpoint_dir on a filesystem every node mounts at the same path.',
+    );
+  }
+  if (!allSeen) throw new UserError(`rank ${rank}: another rank cannot see checkpoint_dir ${config.checkpoint_dir} (its own error says which). Fix: put checkpoint_dir on a filesystem every node mounts at the same path.`);
 }
 
 /** The counted targets of the whole global batch, f32 [1] on the device: every rank's count, summed. */

@@ -141,8 +141,8 @@ export class CudaIpcExchange implements ExpertExchange {
   }
 
   #barrier(): void {
-    const cycles = Math.round(this.o.timeoutMs * 2e6); // ~2 GHz SM clock
-    this.#k('rdep_barrier', 1, 32, [this.#peersArg, { i32: this.o.rank }, { i32: this.o.world }, { u32: ++this.#epoch }, { i64: cycles }, { ptr: this.err.ptr }]);
+    const ns = Math.round(this.o.timeoutMs * 1e6);
+    this.#k('rdep_barrier', 1, 32, [this.#peersArg, { i32: this.o.rank }, { i32: this.o.world }, { u32: ++this.#epoch }, { i64: ns }, { ptr: this.err.ptr }]);
   }
 
   /** An area of `pool` for this call's rows; a barrier first if a peer could still be reading it. */

@@ -28,17 +28,27 @@ __global__ void rdep_route_send(const int* counts, const int* offsets, Peers pee
   __threadfence_system();
 }
 
+// Nanoseconds of wall time (the SM clock's rate varies with the GPU and its boost state).
+__device__ __forceinline__ unsigned long long wall_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 // Every rank signals every rank, then waits for all signals of this barrier (`epoch` = barriers so far). A peer
-// that does not arrive within `timeout_cycles` is recorded in `err` (its rank + 1) instead of hanging the GPU.
-__global__ void rdep_barrier(Peers peers, int me, int world, unsigned epoch, long long timeout_cycles, int* err) {
+// that does not arrive within `timeout_ns` is recorded in `err` (its rank + 1) instead of hanging the GPU. Once a
+// barrier has timed out the step is lost, so later barriers signal but no longer wait: the host's check at the end
+// of the step reports the first missing rank after one timeout, not one per barrier left in the step.
+__global__ void rdep_barrier(Peers peers, int me, int world, unsigned epoch, long long timeout_ns, int* err) {
   const int j = threadIdx.x;
   if (j >= world) return;
   __threadfence_system();
   atomicAdd_system((unsigned*)peers.base[j] + me, 1u);
   const volatile unsigned* mine = (const volatile unsigned*)peers.base[me];
-  const long long t0 = clock64();
-  while (mine[j] < epoch) {
-    if (clock64() - t0 > timeout_cycles) {
+  const volatile int* failed = err;
+  const unsigned long long t0 = wall_ns();
+  while (mine[j] < epoch && *failed == 0) {
+    if (wall_ns() - t0 > (unsigned long long)timeout_ns) {
       atomicCAS(err, 0, j + 1);
       break;
     }

@@ -1,7 +1,8 @@
 /**
- * `nmoe bench rdep`, on each rank: RDEP's dispatch (router output to grouped expert input: route and dispatch,
- * which leaves the rows grouped by local expert) and combine (expert output to combined token output: return and
- * the gate-weighted sum), timed with
+ * `nmoe bench rdep`, on each rank: RDEP's dispatch (router output to grouped expert input: from the token rows and
+ * the top-k ids, the grouping plan, the gather into rows grouped by expert, route and dispatch, which leaves the rows
+ * grouped by local expert, the same work tools/torch_a2a_bench.py times for the all-to-all) and combine (expert
+ * output to combined token output: return and the gate-weighted sum), timed with
  * device events, for T tokens/rank x dim with top-k over E experts under uniform random routing. The slowest
  * rank's median time counts. Bandwidth is what leaves a rank: the rows it dispatches to other ranks plus the rows
  * it returns to them, over the round-trip time.
@@ -49,7 +50,6 @@ export async function benchRdepRank(b: CudaBackend, dist: DistRun, o: { dim: num
   const local = o.experts / world, rowBytes = o.dim * 2;
   const out: RdepResult[] = [];
   for (const c of o.cases) {
-    const n = c.tokens * c.topK;
     const idxHost = uniformRouting(c.tokens, c.topK, o.experts, 1000 * rank + c.tokens + c.topK);
     // Rows this rank sends to each rank; every rank's row of that matrix tells who returns how much.
     const sendTo = new Float32Array(world);
@@ -60,14 +60,15 @@ export async function benchRdepRank(b: CudaBackend, dist: DistRun, o: { dim: num
     const idx = b.upload(idxHost, [c.tokens, c.topK], 'i32');
     const gates = b.zeros([c.tokens, c.topK], 'f32');
     b.fill(gates, 1 / c.topK);
-    const x = b.empty([n, o.dim], 'bf16');
+    const x = b.empty([c.tokens, o.dim], 'bf16');
     b.fillNormal(x, { std: 1, seed: 1, stream: rank, offset: 0 });
     const times: [number[], number[]] = [[], []];
     for (let i = 0; i < o.iters + 3; i++) {
-      const plan = b.moePlan(idx, o.experts);
       const t0 = b.dev.startTiming();
+      const plan = b.moePlan(idx, o.experts);
+      const grouped = b.moeGather(x, plan);
       const route = dist.ep.route(plan);
-      const xr = dist.ep.dispatch(x, route);
+      const xr = dist.ep.dispatch(grouped, route);
       const t1 = t0();
       const t2 = b.dev.startTiming();
       const ye = dist.ep.combine(xr, route);
@@ -78,7 +79,7 @@ export async function benchRdepRank(b: CudaBackend, dist: DistRun, o: { dim: num
         times[0].push(dispatchMs);
         times[1].push(combineMs);
       }
-      for (const t of [xr, ye, y]) t.free();
+      for (const t of [grouped, xr, ye, y]) t.free();
       route.free();
       plan.free();
     }

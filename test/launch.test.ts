@@ -5,8 +5,10 @@
  * (test/fixtures/launch/) that report what they see into a temporary directory.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -278,6 +280,23 @@ describe('store', () => {
     expect(b).toMatchObject({ kind: 'closed', message: expect.stringMatching(/^store get 0x0102 failed: the connection .* was closed by the server$/) });
     await expect(c.set('later', 'x')).rejects.toMatchObject({ kind: 'closed' });
   });
+
+  it('fails a call that something listening on the port never answers, instead of hanging', async () => {
+    const silent = createServer((socket) => socket.on('data', () => {})).listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    const port = (silent.address() as AddressInfo).port;
+    const c = await StoreClient.connect('127.0.0.1', port, { timeoutMs: 2000, replyGraceMs: 300 });
+    try {
+      const t0 = Date.now();
+      await expect(c.set('k', 'v')).rejects.toMatchObject({ kind: 'unresponsive', message: `store set "k": 127.0.0.1:${port} sent no answer within 0 s (a frozen host, or something other than an nmoe store listening there)` });
+      await expect(c.get('k', 400)).rejects.toMatchObject({ kind: 'unresponsive' }); // its own wait, then the grace
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
+      expect(Date.now() - t0).toBeLessThan(5000);
+    } finally {
+      await c.close();
+      silent.close();
+    }
+  });
 });
 
 describe('rendezvous', () => {
@@ -313,6 +332,18 @@ describe('rendezvous', () => {
       expect(r.ms).toBeLessThan(5000);
       expect(r.err).toContain(`rendezvous: 1 of 3 ranks did not arrive within 1 s at the store 127.0.0.1:${port}: rank 2 (node 2). Fix: `);
       expect(r.err).toContain('NMOE_RDZV_TIMEOUT_S');
+    }
+  });
+
+  it('says plainly when MASTER_ADDR:MASTER_PORT is some other service', async () => {
+    const http = createServer((socket) => socket.end('HTTP/1.1 400 Bad Request\r\n\r\n')).listen(0, '127.0.0.1');
+    await once(http, 'listening');
+    const port = (http.address() as AddressInfo).port;
+    try {
+      await expect(rendezvous({ ...readDistEnv({ ...torchrun(1, 2, port) }) })).rejects.toThrow(
+        new RegExp(`^store get "nmoe/generation" failed: the connection to 127\\.0\\.0\\.1:${port} (broke|was closed by the server).*Fix: check that MASTER_ADDR:MASTER_PORT`));
+    } finally {
+      http.close();
     }
   });
 

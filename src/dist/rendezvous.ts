@@ -118,6 +118,10 @@ export async function openRunStore(access: StoreAccess): Promise<RunStore> {
     return { store: client.scope(`${generation}/`), generation, server, port, close };
   } catch (err) {
     await close();
+    // Something answered at the address but does not speak the store's protocol, or stopped answering.
+    if (err instanceof StoreError && (err.kind === 'closed' || err.kind === 'unresponsive')) {
+      throw new UserError(`${err.message}. Fix: check that MASTER_ADDR:MASTER_PORT (--master-addr/--master-port) is this run's store, hosted by node 0's \`nmoe launch\` or by rank 0.`);
+    }
     throw err;
   }
 }

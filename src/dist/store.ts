@@ -4,7 +4,9 @@
  * `nmoe launch` or by rank 0 (rendezvous.ts); one connection per process. The wire format is in store-protocol.ts.
  *
  * `get` waits on the server until its key exists, so waiting costs no polling; a `get` whose time runs out is
- * answered by the server too, which keeps the connection's requests and replies in step.
+ * answered by the server too, which keeps the connection's requests and replies in step. The client keeps a deadline
+ * of its own as well (the server's wait plus a grace period), so a server that never answers (something else
+ * listening on the port, a host that froze) fails the call instead of hanging it.
  */
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -14,9 +16,13 @@ export type StoreBytes = Uint8Array | string;
 
 /**
  * unreachable: nothing answered at the address in time; timeout: a `get` waited in vain; closed: the connection
- * is gone; rejected: the server refused the request (an `add` on a key that holds no number).
+ * is gone; rejected: the server refused the request (an `add` on a key that holds no number); unresponsive: the
+ * server accepted the request but never answered it.
  */
-export type StoreErrorKind = 'unreachable' | 'timeout' | 'closed' | 'rejected';
+export type StoreErrorKind = 'unreachable' | 'timeout' | 'closed' | 'rejected' | 'unresponsive';
+
+/** How long past its own wait a request may go unanswered: a live store answers at once. */
+export const REPLY_GRACE_MS = 30_000;
 
 export class StoreError extends Error {
   override name = 'StoreError';
@@ -182,8 +188,8 @@ export class StoreClient {
   }
 
   /** Retries until the server answers or `timeoutMs` passes: the server's host may start after its clients. */
-  static async connect(host: string, port: number, { timeoutMs }: { timeoutMs: number }): Promise<StoreClient> {
-    return new StoreClient(await Connection.open(host, port, timeoutMs), Buffer.alloc(0));
+  static async connect(host: string, port: number, { timeoutMs, replyGraceMs = REPLY_GRACE_MS }: { timeoutMs: number; replyGraceMs?: number }): Promise<StoreClient> {
+    return new StoreClient(await Connection.open(host, port, timeoutMs, replyGraceMs), Buffer.alloc(0));
   }
 
   /** `host:port` of the server. */
@@ -203,7 +209,7 @@ export class StoreClient {
   /** The value of `key`, waiting until some client sets it; a `timeout` StoreError after `timeoutMs` (Infinity: forever). */
   async get(key: StoreBytes, timeoutMs: number): Promise<Uint8Array> {
     if (!(timeoutMs >= 0)) throw new RangeError(`store get ${describeKey(key)}: timeoutMs ${timeoutMs} must be >= 0`);
-    const reply = await this.#conn.call(Op.get, `get ${describeKey(key)}`, (w) => w.bytes(this.#key(key)).f64(timeoutMs));
+    const reply = await this.#conn.call(Op.get, `get ${describeKey(key)}`, (w) => w.bytes(this.#key(key)).f64(timeoutMs), timeoutMs);
     if (reply.status === Status.timeout) {
       throw new StoreError('timeout', `store key ${describeKey(key)} did not appear within ${timeoutMs / 1000} s (store ${this.address})`);
     }
@@ -244,6 +250,9 @@ interface Pending {
   what: string;
   resolve(reply: { status: number; body: FrameReader }): void;
   reject(err: Error): void;
+  /** The client-side deadline; once it has fired, a late reply is dropped. */
+  timer: NodeJS.Timeout | undefined;
+  expired: boolean;
 }
 
 /** One socket with its requests in flight, matched to replies by id. */
@@ -258,6 +267,7 @@ class Connection {
   private constructor(
     socket: net.Socket,
     readonly address: string,
+    readonly replyGraceMs: number,
   ) {
     this.#socket = socket;
     socket.setNoDelay(true);
@@ -276,18 +286,21 @@ class Connection {
     this.#closed = new Promise((resolve) => {
       socket.on('close', () => {
         this.#gone ??= 'was closed by the server';
-        for (const p of this.#pending.values()) p.reject(this.#goneError(p.what));
+        for (const p of this.#pending.values()) {
+          clearTimeout(p.timer);
+          if (!p.expired) p.reject(this.#goneError(p.what));
+        }
         this.#pending.clear();
         resolve();
       });
     });
   }
 
-  static async open(host: string, port: number, timeoutMs: number): Promise<Connection> {
+  static async open(host: string, port: number, timeoutMs: number, replyGraceMs: number): Promise<Connection> {
     const deadline = Date.now() + timeoutMs;
     for (let delayMs = 50; ; delayMs = Math.min(2 * delayMs, 1000)) {
       try {
-        return new Connection(await dial(host, port, deadline - Date.now()), `${host}:${port}`);
+        return new Connection(await dial(host, port, deadline - Date.now()), `${host}:${port}`, replyGraceMs);
       } catch (err) {
         const left = deadline - Date.now();
         if (left <= 0) {
@@ -298,7 +311,8 @@ class Connection {
     }
   }
 
-  call(op: number, what: string, fields: (w: FrameWriter) => void): Promise<{ status: number; body: FrameReader }> {
+  /** Sends one request; `waitMs` is how long the server itself may take (a `get`'s wait), the grace comes on top. */
+  call(op: number, what: string, fields: (w: FrameWriter) => void, waitMs = 0): Promise<{ status: number; body: FrameReader }> {
     if (this.#gone !== undefined) return Promise.reject(this.#goneError(what));
     const id = this.#nextId;
     this.#nextId = (this.#nextId + 1) >>> 0;
@@ -306,7 +320,15 @@ class Connection {
     fields(w);
     const frame = w.finish();
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { what, resolve, reject });
+      const pending: Pending = { what, resolve, reject, timer: undefined, expired: false };
+      const limitMs = waitMs + this.replyGraceMs;
+      if (limitMs <= MAX_TIMER_MS) {
+        pending.timer = setTimeout(() => {
+          pending.expired = true;
+          reject(new StoreError('unresponsive', `store ${what}: ${this.address} sent no answer within ${Math.round(limitMs / 1000)} s (a frozen host, or something other than an nmoe store listening there)`));
+        }, limitMs);
+      }
+      this.#pending.set(id, pending);
       this.#socket.write(frame);
     });
   }
@@ -323,6 +345,8 @@ class Connection {
     const pending = this.#pending.get(id);
     if (!pending) throw new RangeError(`store reply for unknown request ${id}`);
     this.#pending.delete(id);
+    clearTimeout(pending.timer);
+    if (pending.expired) return; // its caller has been told already
     if (status === Status.error) pending.reject(new StoreError('rejected', `store ${pending.what} was refused: ${reply.bytes().toString()}`));
     else pending.resolve({ status, body: reply });
   }

@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, readFileSync, readdirSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BIN, nmoe, nmoeAsync, removeTempDirs, tempDir } from './fixtures/data/helpers.ts';
@@ -173,19 +174,45 @@ describe('nmoe launch on the CPU backend', () => {
     }
   });
 
+  /** Resolves once something accepts connections on `port` (rank 0's store). */
+  const storeListening = async (port: number) => {
+    for (;;) {
+      const up = await new Promise<boolean>((resolve) => {
+        const socket = connect(port, '127.0.0.1', () => (socket.end(), resolve(true))).on('error', () => resolve(false));
+      });
+      if (up) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+
+  /** `nmoe train` as rank `rank` of 2 with the torchrun variables (no launcher: rank 0 hosts the store). */
+  const startRank = (rank: number, port: number, args: string[]) => {
+    const env = { ...BASE_ENV, RANK: String(rank), WORLD_SIZE: '2', LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) };
+    const child = spawn(process.execPath, [BIN, 'train', ...args], { env });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    return { child, done: new Promise<{ code: number | null; out: string }>((resolve) => child.on('close', (code) => resolve({ code, out }))) };
+  };
+
+  it('a Ctrl-C while the ranks are still meeting stops the run cleanly after its first step', async () => {
+    const dir = tempDir('early-stop'), port = await freePort();
+    const first = startRank(0, port, train(dir, ['--steps=50']));
+    await storeListening(port); // rank 0 is at the rendezvous, waiting for rank 1 (its Ctrl-C handler is in place)
+    first.child.kill('SIGINT');
+    const second = startRank(1, port, train(dir, ['--steps=50']));
+    const [r0, r1] = await Promise.all([first.done, second.done]);
+    expect([r0.code, r1.code], r0.out + r1.out).toEqual([0, 0]);
+    expect(r0.out).toMatch(/^interrupted: stopping after this step/m);
+    expect(r0.out).toMatch(/^stopped: 1 steps in /m);
+    expect(readdirSync(join(dir, 'ckpt'))).toContain('iter_0000001');
+  });
+
   it("refuses ranks that disagree on the config, or that cannot see rank 0's checkpoint_dir, before any work", async () => {
     const dir = tempDir('disagree');
-    // `nmoe train` started per rank with the torchrun variables (no launcher: rank 0 hosts the store), each its own arguments.
     const ranks = async (args: (rank: number) => string[]) => {
-      const port = String(await freePort());
-      return Promise.all([0, 1].map((rank) => new Promise<{ code: number | null; out: string }>((resolve) => {
-        const env = { ...BASE_ENV, RANK: String(rank), WORLD_SIZE: '2', LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: port };
-        const child = spawn(process.execPath, [BIN, 'train', ...args(rank)], { env });
-        let out = '';
-        child.stdout.on('data', (d) => (out += d));
-        child.stderr.on('data', (d) => (out += d));
-        child.on('close', (code) => resolve({ code, out }));
-      })));
+      const port = await freePort();
+      return Promise.all([0, 1].map((rank) => startRank(rank, port, args(rank)).done));
     };
     const seeds = await ranks((r) => train(join(dir, 'a'), r === 1 ? ['--seed=7'] : []));
     expect(seeds[1]!.code).toBe(2);

@@ -7,10 +7,11 @@
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import { configFingerprint } from '../config/fingerprint.ts';
+import type { Config } from '../config/schema.ts';
 import { defaultConfigPath, loadConfig } from '../config/load.ts';
 import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
 import { readDistEnv } from '../dist/env.ts';
-import { joinRun, modelShape } from '../dist/parallel.ts';
+import { type DistRun, joinRun, modelShape } from '../dist/parallel.ts';
 import { modelConfig } from '../model/spec.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { trainTracked } from '../train/tracked.ts';
@@ -27,6 +28,31 @@ function formatLog(r: LogRecord): string[] {
     .map((l, i) => `L${i}[cv ${l.cv.toFixed(0)}% max ${l.max_load.toFixed(0)}% H ${l.entropy.toFixed(2)} act ${l.experts_active} bias ${l.bias_range.toFixed(3)}]`)
     .join(' ');
   return [main, pc.dim(`  router: mean cv ${r.routerAgg.mean_cv.toFixed(1)}%  dead ${r.routerAgg.dead_experts_count}  ${layers}`)];
+}
+
+/** What the run reports, drawn as lines and the progress bar. */
+function progressEvents(progress: Progress, config: Config): TrainEvents {
+  return {
+    start(info) {
+      progress.line(
+        `device ${info.device} | params ${formatCount(info.params.total)} total, ${formatCount(info.params.active)} active | ` +
+          `${formatCount(info.flopsPerToken)} FLOPs/token | ${formatCount(info.tokensPerStep)} tokens/step | data ${formatCount(info.dataTokens)} tokens`,
+      );
+      if (config.data_path === null && config.tokenizer === 'bytes') {
+        const entropy = unigramEntropy(embeddedTokens(), config.vocab_size, config.eos_token_id);
+        progress.line(`embedded corpus (Moby Dick, bytes): unigram entropy ${entropy.toFixed(4)} nats/token; a model that learns anything beats it`);
+      }
+    },
+    step(r) {
+      progress.bar(r.step, r.steps, `step ${r.step}/${r.steps}  loss ${r.loss.toFixed(4)}  ${formatCount(r.tokensPerSecond)} tok/s  ETA ${formatDuration(r.etaSeconds)}`);
+    },
+    log(r) {
+      for (const l of formatLog(r)) progress.line(l);
+    },
+    warn: (m) => progress.line(pc.yellow(`warning: ${m}`)),
+    resumed: (r) => progress.line(`resumed run ${r.runId} from step ${r.step} (${r.dir})`),
+    checkpoint: (c) => progress.line(pc.dim(`[ckpt] saved step=${c.step} size=${(c.bytes / 2 ** 20).toFixed(1)}MB time=${c.ms.toFixed(0)}ms`)),
+  };
 }
 
 /** The run's closing line. */
@@ -52,39 +78,19 @@ export function registerTrainCommand(program: Command): void {
       const path = args[0] && !args[0].startsWith('--') ? args.shift()! : defaultConfigPath();
       const { config } = loadConfig(path, { overrides: args });
       const env = readDistEnv();
-      const { backend, note } = await selectBackend(config.device, env.localRank);
-      const model = modelConfig(config);
-      const dist = await joinRun(env, backend, modelShape(model, env.worldSize));
       // Rank 0 speaks for the run; the other ranks stay quiet unless something goes wrong (errors reach stderr).
       const progress = new Progress(process.stderr, { quiet: env.rank !== 0 });
+      // From the start: a Ctrl-C while the ranks are still meeting stops the run after its first step, cleanly.
       const interrupt = onInterrupt(progress, 'interrupted: stopping after this step (Ctrl-C again to exit now)');
-      progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
-      if (note) progress.line(pc.dim(note));
-      const events: TrainEvents = {
-        start(info) {
-          progress.line(
-            `device ${info.device} | params ${formatCount(info.params.total)} total, ${formatCount(info.params.active)} active | ` +
-              `${formatCount(info.flopsPerToken)} FLOPs/token | ${formatCount(info.tokensPerStep)} tokens/step | data ${formatCount(info.dataTokens)} tokens`,
-          );
-          if (config.data_path === null && config.tokenizer === 'bytes') {
-            const entropy = unigramEntropy(embeddedTokens(), config.vocab_size, config.eos_token_id);
-            progress.line(`embedded corpus (Moby Dick, bytes): unigram entropy ${entropy.toFixed(4)} nats/token; a model that learns anything beats it`);
-          }
-        },
-        step(r) {
-          progress.bar(r.step, r.steps, `step ${r.step}/${r.steps}  loss ${r.loss.toFixed(4)}  ${formatCount(r.tokensPerSecond)} tok/s  ETA ${formatDuration(r.etaSeconds)}`);
-        },
-        log(r) {
-          for (const l of formatLog(r)) progress.line(l);
-        },
-        warn: (m) => progress.line(pc.yellow(`warning: ${m}`)),
-        resumed: (r) => progress.line(`resumed run ${r.runId} from step ${r.step} (${r.dir})`),
-        checkpoint: (c) => progress.line(pc.dim(`[ckpt] saved step=${c.step} size=${(c.bytes / 2 ** 20).toFixed(1)}MB time=${c.ms.toFixed(0)}ms`)),
-      };
+      let dist: DistRun | null = null;
       let ok = false;
       try {
+        const { backend, note } = await selectBackend(config.device, env.localRank);
+        dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
+        progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
+        if (note) progress.line(pc.dim(note));
         if (dist) progress.line(`ranks ${env.worldSize} (${env.nnodes} node(s)): data and expert parallel, ZeRO-2 dense optimizer`);
-        const s = await trainTracked(config, backend, events, interrupt.signal, dist);
+        const s = await trainTracked(config, backend, progressEvents(progress, config), interrupt.signal, dist);
         progress.finish();
         progress.line(summaryLine(s, config.steps));
         ok = true;

@@ -127,6 +127,15 @@ describe('nmoe CLI', () => {
     expect(r.err).toMatch(/device = "cuda" but the CUDA backend cannot start: cannot load the CUDA driver \(libcuda\.so\.1\)\. Looked in: .*\/usr\/local\/cuda\/lib64\/libcuda\.so\.1.*; (the ldconfig cache has no entry for it|ldconfig could not be run \(.*\))\. Fix: .*; or set device = "cpu"\./);
   });
 
+  it('bench rdep checks its flags and the GPUs before starting any rank', async () => {
+    const topk = await mainInProcess(['bench', 'rdep', '--nproc', '2', '--topk', '70']);
+    expect(topk.code).toBe(2);
+    expect(topk.err).toContain('--topk 70 is more than the 64 experts. Fix: lower --topk or raise --experts.');
+    const noGpu = nmoe(['bench', 'rdep', '--nproc', '2']); // this machine has no CUDA driver
+    expect(noGpu.code).toBe(2);
+    expect(noGpu.err.trim().split('\n')).toEqual([expect.stringMatching(/^nmoe: error: cannot load the CUDA driver \(libcuda\.so\.1\)\. Looked in: /)]);
+  });
+
   it('bench train needs at least one timed step', async () => {
     const r = await mainInProcess(['bench', 'train', 'configs/tiny.toml', '--steps', '0']);
     expect(r.code).toBe(2);

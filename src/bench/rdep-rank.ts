@@ -6,16 +6,23 @@ import { writeFileSync } from 'node:fs';
 import { readDistEnv } from '../dist/env.ts';
 import { joinRun } from '../dist/parallel.ts';
 import type { CudaBackend } from '../tensor/cuda/backend.ts';
+import { reportError } from '../cli/main.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { type RdepCase, benchRdepRank } from './rdep-bench.ts';
 
 const [dim, experts, iters, casesJson, out] = process.argv.slice(2);
-const cases = JSON.parse(casesJson!) as RdepCase[];
-const env = readDistEnv();
-const { backend } = await selectBackend('cuda', env.localRank);
-const maxTokens = Math.max(...cases.map((c) => c.tokens)), maxK = Math.max(...cases.map((c) => c.topK));
-const dist = await joinRun(env, backend, { experts: Number(experts), dim: Number(dim), topK: maxK, tokens: maxTokens, exchanges: 1 });
-if (!dist) throw new Error('nmoe bench rdep needs at least 2 ranks');
-const results = await benchRdepRank(backend as CudaBackend, dist, { dim: Number(dim), experts: Number(experts), cases, iters: Number(iters) });
-if (env.rank === 0) writeFileSync(out!, JSON.stringify({ device: backend.name, world: env.worldSize, results }));
-await dist.close();
+
+async function run(): Promise<void> {
+  const cases = JSON.parse(casesJson!) as RdepCase[];
+  const env = readDistEnv();
+  const { backend } = await selectBackend('cuda', env.localRank);
+  const maxTokens = Math.max(...cases.map((c) => c.tokens)), maxK = Math.max(...cases.map((c) => c.topK));
+  const dist = await joinRun(env, backend, { experts: Number(experts), dim: Number(dim), topK: maxK, tokens: maxTokens, exchanges: 1 });
+  if (!dist) throw new Error('nmoe bench rdep needs at least 2 ranks');
+  const results = await benchRdepRank(backend as CudaBackend, dist, { dim: Number(dim), experts: Number(experts), cases, iters: Number(iters) });
+  if (env.rank === 0) writeFileSync(out!, JSON.stringify({ device: backend.name, world: env.worldSize, results }));
+  await dist.close();
+}
+
+// Errors read as the CLI's do: one line for the user's mistake (no GPU, too little memory), a stack for a bug.
+await run().catch((err: unknown) => (process.exitCode = reportError(err)));

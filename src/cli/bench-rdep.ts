@@ -36,8 +36,14 @@ export function registerBenchRdep(bench: Command): void {
     .action(async (o: { nproc: string; tokens: string; topk: string; dim: string; experts: string; iters: string }) => {
       const [nproc] = list(o.nproc), [dim] = list(o.dim), [experts] = list(o.experts), [iters] = list(o.iters);
       if (nproc! < 2) throw new UserError('--nproc must be at least 2: RDEP moves rows between GPUs');
-      if (experts! % nproc!) throw new UserError(`--experts ${experts} is not divisible by --nproc ${nproc}`);
+      if (experts! % nproc!) throw new UserError(`--experts ${experts} is not divisible by --nproc ${nproc}. Fix: make --experts a multiple of --nproc.`);
       const cases = list(o.tokens).flatMap((tokens) => list(o.topk).map((topK) => ({ tokens, topK })));
+      const k = Math.max(...cases.map((c) => c.topK));
+      if (k > experts!) throw new UserError(`--topk ${k} is more than the ${experts} experts. Fix: lower --topk or raise --experts.`);
+      // Before any process starts: this node must have the GPUs (a missing driver is an error listing where it looked).
+      const { deviceCount } = await import('../tensor/cuda/device.ts');
+      const gpus = deviceCount();
+      if (gpus < nproc!) throw new UserError(`--nproc ${nproc}, but this node has ${gpus} GPU(s). Fix: --nproc ${Math.max(2, gpus)} or fewer${gpus < 2 ? ' (RDEP needs 2 GPUs)' : ''}.`);
       const dir = mkdtempSync(join(tmpdir(), 'nmoe-bench-rdep-'));
       const out = join(dir, 'results.json');
       let r: { device: string; world: number; results: RdepResult[] };

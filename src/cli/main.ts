@@ -41,14 +41,19 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode; // commander already printed help or the error
-    if (err instanceof LaunchFailed) return err.exitCode; // the launcher already said which rank failed and how
-    if (err instanceof UserError) {
-      // A config is checked whole: every problem gets its line, not just the first.
-      for (const line of err instanceof ConfigError ? err.errors : [err.message]) process.stderr.write(`${pc.red('nmoe: error:')} ${line}\n`);
-      return 2;
-    }
-    process.stderr.write(`${pc.red('nmoe: internal error:')} ${(err as Error)?.stack ?? String(err)}\n`);
-    return 1;
+    return reportError(err);
   }
+}
+
+/** Prints what reached the top (the user's mistake in one line each, a bug with its stack) and gives the exit code. */
+export function reportError(err: unknown): number {
+  if (err instanceof CommanderError) return err.exitCode; // commander already printed help or the error
+  if (err instanceof LaunchFailed) return err.exitCode; // the launcher already said which rank failed and how
+  if (err instanceof UserError) {
+    // A config is checked whole: every problem gets its line, not just the first.
+    for (const line of err instanceof ConfigError ? err.errors : [err.message]) process.stderr.write(`${pc.red('nmoe: error:')} ${line}\n`);
+    return 2;
+  }
+  process.stderr.write(`${pc.red('nmoe: internal error:')} ${(err as Error)?.stack ?? String(err)}\n`);
+  return 1;
 }

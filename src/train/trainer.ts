@@ -16,7 +16,7 @@
  * and written in the background; the loop never writes to disk itself.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { hostClock } from '../bench/profile.ts';
 import type { Config } from '../config/schema.ts';
@@ -34,6 +34,7 @@ import type { Tensor } from '../tensor/tensor.ts';
 import type { Communicator } from '../dist/comm.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import { StepWatchdog, stepTimeoutS } from '../dist/step-watchdog.ts';
+import { ensureWritableDir } from '../util/dirs.ts';
 import { UserError } from '../util/errors.ts';
 import { gitInfo } from '../util/version.ts';
 import { type Phase, PhaseTimer } from './phase-timer.ts';
@@ -267,7 +268,7 @@ async function checkRanksAgree(dist: DistRun, config: Config, b: Backend): Promi
   }
   let marker = join(config.checkpoint_dir, `.nmoe-shared-${randomBytes(4).toString('hex')}`);
   if (rank === 0) {
-    mkdirSync(config.checkpoint_dir, { recursive: true });
+    ensureWritableDir(config.checkpoint_dir, 'checkpoint_dir');
     writeFileSync(marker, '');
   }
   marker = await dist.agree('checkpoint-marker', marker);

@@ -16,15 +16,13 @@
  * and written in the background; the loop never writes to disk itself.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
-import { basename, join } from 'node:path';
 import { hostClock } from '../bench/profile.ts';
 import type { Config } from '../config/schema.ts';
 import { Checkpointer } from '../checkpoint/checkpointer.ts';
 import { latestComplete } from '../checkpoint/layout.ts';
 import { movePreviousRunAside } from '../checkpoint/previous-run.ts';
 import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
-import { MATH_KEYS, configFingerprint, fingerprintDiff } from '../config/fingerprint.ts';
+import { configFingerprint } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
 import { flopsPerToken, parameterCounts } from '../model/flops.ts';
 import { type ModelConfig, isMoeLayer, modelConfig } from '../model/spec.ts';
@@ -34,10 +32,10 @@ import type { Tensor } from '../tensor/tensor.ts';
 import type { Communicator } from '../dist/comm.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import { StepWatchdog, stepTimeoutS } from '../dist/step-watchdog.ts';
-import { ensureWritableDir } from '../util/dirs.ts';
 import { UserError } from '../util/errors.ts';
 import { gitInfo } from '../util/version.ts';
 import { type Phase, PhaseTimer } from './phase-timer.ts';
+import { anyRank, checkRanksAgree } from './ranks-agree.ts';
 import { createTrainee, trainStep } from './step.ts';
 import { type RouterAggregate, type RouterLayerStats, routerAggregate, routerLayerStats } from './router-stats.ts';
 
@@ -252,38 +250,6 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   };
 }
 
-/**
- * Ranks must train one config, and rank 0 assembles each checkpoint step from every rank's file, so checkpoint_dir
- * must be one folder that all of them see (on several nodes: a shared filesystem). Rank 0 shares its config's math
- * fields and a marker file it writes into checkpoint_dir; a rank whose config differs, or that cannot see the
- * marker, stops the run before any work, saying which.
- */
-async function checkRanksAgree(dist: DistRun, config: Config, b: Backend): Promise<void> {
-  const rank = dist.env.rank;
-  const math = JSON.stringify(Object.fromEntries(MATH_KEYS.map((k) => [k, config[k]])));
-  const rank0 = { ...config, ...(JSON.parse(await dist.agree('config', math)) as Partial<Config>) } as Config;
-  const differ = fingerprintDiff(rank0, config).map((k) => `${k} (${JSON.stringify(rank0[k as keyof Config])} on rank 0, ${JSON.stringify(config[k as keyof Config])} here)`);
-  if (differ.length) {
-    throw new UserError(`rank ${rank}'s config differs from rank 0's: ${differ.join(', ')}. Fix: start every rank with the same config file, environment and overrides.`);
-  }
-  let marker = join(config.checkpoint_dir, `.nmoe-shared-${randomBytes(4).toString('hex')}`);
-  if (rank === 0) {
-    ensureWritableDir(config.checkpoint_dir, 'checkpoint_dir');
-    writeFileSync(marker, '');
-  }
-  marker = await dist.agree('checkpoint-marker', marker);
-  const seen = rank === 0 || existsSync(join(config.checkpoint_dir, basename(marker)));
-  const allSeen = !(await anyRank(b, dist.comm, !seen)); // also: every rank has looked before rank 0 removes it
-  if (rank === 0) rmSync(marker, { force: true });
-  if (!seen) {
-    throw new UserError(
-      `rank ${rank} cannot see rank 0's checkpoint_dir: the file rank 0 wrote (${marker}) is not in ${config.checkpoint_dir} here, ` +
-        'and rank 0 assembles every checkpoint step from all ranks\' files there. Fix: put checkpoint_dir on a filesystem every node mounts at the same path.',
-    );
-  }
-  if (!allSeen) throw new UserError(`rank ${rank}: another rank cannot see checkpoint_dir ${config.checkpoint_dir} (its own error says which). Fix: put checkpoint_dir on a filesystem every node mounts at the same path.`);
-}
-
 /** The counted targets of the whole global batch, f32 [1] on the device: every rank's count, summed. */
 export function globalTargetCount(b: Backend, comm: Communicator, targets: Int32Array, ignoreIndex: number): Tensor {
   let counted = 0;
@@ -293,14 +259,6 @@ export function globalTargetCount(b: Backend, comm: Communicator, targets: Int32
   return n;
 }
 
-/** True on every rank when `flag` is true on any. */
-async function anyRank(b: Backend, comm: Communicator, flag: boolean): Promise<boolean> {
-  const t = b.upload(new Float32Array([flag ? 1 : 0]), [1], 'f32');
-  comm.allReduce(t);
-  const any = (await b.read(t))[0]! > 0;
-  t.free();
-  return any;
-}
 
 async function readRouterStats(b: Backend, model: Transformer, moeLayers: number[], counts: Tensor[], experts: number) {
   const router: RouterLayerStats[] = [];

@@ -14,7 +14,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
-import { MATH_KEYS, configFingerprint, fingerprintDiff } from '../config/fingerprint.ts';
+import { configFingerprint, fingerprintDiff, mathFields } from '../config/fingerprint.ts';
 import type { DeterministicLoader, LoaderState } from '../data/loader/loader.ts';
 import type { Trainee } from '../train/step.ts';
 import { type Tensor, shapeNumel } from '../tensor/tensor.ts';
@@ -102,7 +102,7 @@ export async function captureSnapshot(t: Trainee, loader: DeterministicLoader, i
     plan_hash: loaderState.plan_hash,
     rng: { generator: 'philox4x32-10', seed: info.config.seed, optimizer_step: t.opt.step },
     config_fingerprint: configFingerprint(info.config),
-    config: Object.fromEntries(MATH_KEYS.map((k) => [k, info.config[k]])),
+    config: mathFields(info.config),
     run_id: info.runId,
     nmoe_version: NMOE_VERSION,
     git_sha: info.gitSha,

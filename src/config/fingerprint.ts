@@ -20,10 +20,14 @@ export function canonicalJson(value: unknown): string {
   return JSON.stringify(value);
 }
 
+/** The fields that change the training math, and their values: what a checkpoint records and ranks compare. */
+export function mathFields(cfg: Config): Partial<Config> {
+  return Object.fromEntries(MATH_KEYS.map((k) => [k, cfg[k]])) as Partial<Config>;
+}
+
 /** sha256 (hex) of the canonical JSON of the math fields. */
 export function configFingerprint(cfg: Config): string {
-  const math = Object.fromEntries(MATH_KEYS.map((k) => [k, cfg[k]]));
-  return createHash('sha256').update(canonicalJson(math)).digest('hex');
+  return createHash('sha256').update(canonicalJson(mathFields(cfg))).digest('hex');
 }
 
 /** The math fields whose values differ between two configs, in FIELDS order. */

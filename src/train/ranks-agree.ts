@@ -5,12 +5,11 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { MATH_KEYS, fingerprintDiff } from '../config/fingerprint.ts';
+import { fingerprintDiff, mathFields } from '../config/fingerprint.ts';
 import type { Config } from '../config/schema.ts';
 import type { Communicator } from '../dist/comm.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import type { Backend } from '../tensor/backend.ts';
-import { ensureWritableDir } from '../util/dirs.ts';
 import { UserError } from '../util/errors.ts';
 
 /**
@@ -21,17 +20,13 @@ import { UserError } from '../util/errors.ts';
  */
 export async function checkRanksAgree(dist: DistRun, config: Config, b: Backend): Promise<void> {
   const rank = dist.env.rank;
-  const math = JSON.stringify(Object.fromEntries(MATH_KEYS.map((k) => [k, config[k]])));
-  const rank0 = { ...config, ...(JSON.parse(await dist.agree('config', math)) as Partial<Config>) } as Config;
+  const rank0 = { ...config, ...(JSON.parse(await dist.agree('config', JSON.stringify(mathFields(config)))) as Partial<Config>) } as Config;
   const differ = fingerprintDiff(rank0, config).map((k) => `${k} (${JSON.stringify(rank0[k as keyof Config])} on rank 0, ${JSON.stringify(config[k as keyof Config])} here)`);
   if (differ.length) {
     throw new UserError(`rank ${rank}'s config differs from rank 0's: ${differ.join(', ')}. Fix: start every rank with the same config file, environment and overrides.`);
   }
   let marker = join(config.checkpoint_dir, `.nmoe-shared-${randomBytes(4).toString('hex')}`);
-  if (rank === 0) {
-    ensureWritableDir(config.checkpoint_dir, 'checkpoint_dir');
-    writeFileSync(marker, '');
-  }
+  if (rank === 0) writeFileSync(marker, ''); // the Checkpointer has made the folder and test-written it
   marker = await dist.agree('checkpoint-marker', marker);
   const seen = rank === 0 || existsSync(join(config.checkpoint_dir, basename(marker)));
   const allSeen = !(await anyRank(b, dist.comm, !seen)); // also: every rank has looked before rank 0 removes it

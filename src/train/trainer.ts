@@ -106,11 +106,11 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   const cfg = modelConfig(config);
   const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
   const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
-  if (dist) await checkRanksAgree(dist, config, backend);
   const ckpt = new Checkpointer({
     base: config.checkpoint_dir, rank, world, keepLast: config.checkpoint_keep_last_n,
     onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
   });
+  if (dist) await checkRanksAgree(dist, config, backend);
   const loader = createLoader(cfg, rank, world);
   const trainee = createTrainee(backend, cfg, dist);
   const { model, opt } = trainee;

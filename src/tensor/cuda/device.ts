@@ -17,6 +17,10 @@ export type KernelArg = { ptr: bigint } | { i32: number } | { i64: number } | { 
 
 const ARG_BYTES = 4096;
 const GEMM_WORKSPACE_BYTES = 32 << 20;
+/** Uploads up to this size go through the ring of pinned slots below, without waiting for the stream. */
+const UPLOAD_SLOT_BYTES = 16 << 20;
+const UPLOAD_SLOTS = 4;
+const CU_EVENT_DISABLE_TIMING = 2;
 
 export interface DeviceInfo {
   ordinal: number;
@@ -67,6 +71,9 @@ export class CudaDevice {
   readonly #argView: DataView;
   readonly #extra: bigint;
   #staging: { ptr: bigint; bytes: number } | null = null;
+  /** Pinned slots for small uploads (a step's token ids), each with the event of the copy that last read it. */
+  readonly #uploadSlots: { ptr: bigint; done: bigint }[] = [];
+  #nextUploadSlot = 0;
 
   constructor(ordinal: number, readonly kernelNames: Record<string, readonly string[]>) {
     const count = deviceCount();
@@ -134,6 +141,30 @@ export class CudaDevice {
       this.#staging = { ptr: outU64('cuMemHostAlloc', cu.memHostAlloc, size, 0), bytes: size };
     }
     return { ptr: this.#staging.ptr, view: koffi.view(this.#staging.ptr, bytes) };
+  }
+
+  /**
+   * Queues a host-to-device copy of `bytes` to `dst` without waiting for the stream: small uploads (the next step's
+   * tokens) take one of a ring of pinned slots, waiting only for the copy that last used that slot, so the host can
+   * prepare step N+1 while step N runs. Larger ones (weights on resume) use the shared staging buffer after a sync.
+   */
+  uploadAsync(dst: bigint, bytes: Uint8Array): void {
+    if (bytes.length > UPLOAD_SLOT_BYTES) {
+      this.synchronize(); // the shared staging buffer may still feed an earlier copy
+      const staging = this.staging(bytes.length);
+      new Uint8Array(staging.view).set(bytes);
+      check('cuMemcpyHtoDAsync', cu.memcpyHtoDAsync(dst, staging.ptr, bytes.length, this.stream));
+      return;
+    }
+    if (this.#uploadSlots.length < UPLOAD_SLOTS) {
+      this.#uploadSlots.push({ ptr: outU64('cuMemHostAlloc', cu.memHostAlloc, UPLOAD_SLOT_BYTES, 0), done: outU64('cuEventCreate', cu.eventCreate, CU_EVENT_DISABLE_TIMING) });
+    }
+    const slot = this.#uploadSlots[this.#nextUploadSlot]!;
+    this.#nextUploadSlot = (this.#nextUploadSlot + 1) % UPLOAD_SLOTS;
+    check('cuEventSynchronize', cu.eventSynchronize(slot.done)); // an event never recorded is complete
+    new Uint8Array(koffi.view(slot.ptr, bytes.length)).set(bytes);
+    check('cuMemcpyHtoDAsync', cu.memcpyHtoDAsync(dst, slot.ptr, bytes.length, this.stream));
+    check('cuEventRecord', cu.eventRecord(slot.done, this.stream));
   }
 
   synchronize(): void {

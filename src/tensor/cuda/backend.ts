@@ -19,7 +19,6 @@ const u32 = (v: number): KernelArg => ({ u32: v });
 
 /** Rows per scheduled expert tile (the tensor-core tile; the fp32 kernel splits it in halves). */
 const GROUP_TILE = 128;
-const NORM_BLOCKS = 256;
 // fp32 logits per chunk (1 GiB, 1335 rows at vocab 201088): large GEMMs for the logits and their gradients, small
 // against the [tokens x vocab] logits it replaces. See dev/LOG.md for the measured effect.
 const CE_CHUNK_ELEMENTS = 256 << 20;
@@ -99,11 +98,7 @@ export class CudaBackend implements Backend {
     if (data.length !== shapeNumel(shape)) throw new Error(`upload: ${data.length} values for shape [${shape}]`);
     const t = this.empty(shape, dtype) as CudaTensor;
     const src = dtype === 'bf16' ? toBf16Bits(data as Float32Array) : data;
-    const bytes = new Uint8Array(src.buffer, src.byteOffset, t.bytes);
-    this.dev.synchronize(); // the staging buffer may still feed an earlier copy
-    const staging = this.dev.staging(t.bytes);
-    new Uint8Array(staging.view).set(bytes);
-    check('cuMemcpyHtoDAsync', cu.memcpyHtoDAsync(t.ptr, staging.ptr, t.bytes, this.dev.stream));
+    this.dev.uploadAsync(t.ptr, new Uint8Array(src.buffer, src.byteOffset, t.bytes));
     return t;
   }
 
@@ -228,8 +223,11 @@ export class CudaBackend implements Backend {
   }
 
   embeddingBackward(ids: Tensor, dOut: Tensor, dTable: Tensor, scale: number): void {
-    const dim = dTable.shape[1]!;
-    this.#k('elementwise.cu', `embedding_bwd<${ctype(dTable)}>`, [Math.ceil(dim / 64)], 64, [ptr(ids), ptr(dOut), ptr(dTable), i32(ids.numel), i32(dim), f32(scale)]);
+    const [vocab, dim] = dTable.shape as [number, number];
+    const tokens = ids.numel, order = this.empty([tokens], 'i32');
+    this.#k('elementwise.cu', 'embedding_sort', [Math.ceil(tokens / 256)], 256, [ptr(ids), i32(tokens), ptr(order)]);
+    this.#k('elementwise.cu', `embedding_bwd<${ctype(dTable)}>`, [tokens], 256, [ptr(ids), ptr(order), ptr(dOut), ptr(dTable), i32(tokens), i32(dim), i32(vocab), f32(scale)]);
+    order.free();
   }
 
   rmsnorm(x: Tensor, w: Tensor, eps: number): { y: Tensor; rstd: Tensor } {
@@ -245,7 +243,7 @@ export class CudaBackend implements Backend {
     const blocks = Math.ceil(rows / rowsPerBlock);
     const dx = this.empty(x.shape, x.dtype), partial = this.empty([blocks, dim], 'f32');
     this.#k('elementwise.cu', `rmsnorm_bwd<${ctype(x)}>`, [blocks], 256, [ptr(dy), ptr(x), ptr(w), ptr(rstd), ptr(dx), ptr(partial), i32(rows), i32(dim), i32(rowsPerBlock)]);
-    this.#k('elementwise.cu', `sum_partials<${ctype(dw)}>`, [gridFor(dim)], 256, [ptr(partial), i32(blocks), i32(dim), ptr(dw), i32(1)]);
+    this.#k('elementwise.cu', `sum_partials<${ctype(dw)}>`, [gridFor(dim)], 256, [ptr(partial), i32(blocks), i64(dim), ptr(dw), i32(1)]);
     partial.free();
     return dx;
   }
@@ -482,6 +480,9 @@ export class CudaBackend implements Backend {
     const logits = this.empty([chunk, vocab], 'f32');
     const dlogits = dw ? this.empty([chunk, vocab], w.dtype) : null;
     const dx = dw ? this.empty(x.shape, x.dtype) : null;
+    // The lm_head gradient sums over every chunk in fp32 and meets dw once, so a bf16 dw takes one rounding, not
+    // one per chunk. The fp32 sum lives only for this call.
+    const dwSum = dw && dw.dtype !== 'f32' && chunk < tokens ? this.empty(dw.shape, 'f32') : null;
     const at = (t: Tensor, t0: number) => ({ ptr: asCuda(t).ptr + BigInt(4 * t0) });
     for (let t0 = 0; t0 < tokens; t0 += chunk) {
       const rows = Math.min(chunk, tokens - t0);
@@ -492,7 +493,11 @@ export class CudaBackend implements Backend {
       const dc = this.#rows(dlogits, 0, rows, vocab);
       this.#k('loss.cu', `ce_bwd_rows<${ctype(w)}>`, [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), ptr(divisor), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale)]);
       this.matmul(dc, w, { out: this.#rows(dx, t0, rows, dim) });
-      this.matmul(dc, xc, { transA: true, out: dw, accumulate: true });
+      this.matmul(dc, xc, { transA: true, out: dwSum ?? dw, accumulate: !dwSum || t0 > 0 });
+    }
+    if (dw && dwSum) {
+      this.#k('elementwise.cu', `sum_partials<${ctype(dw)}>`, [gridFor(dw.numel)], 256, [ptr(dwSum), i32(1), i64(dw.numel), ptr(dw), i32(1)]);
+      dwSum.free();
     }
     this.#k('loss.cu', 'ce_finish', [1], 1024, [ptr(rowLoss), i64(tokens), ptr(divisor), ptr(loss)]);
     for (const t of [lse, rowLoss, logits, dlogits]) t?.free();
@@ -508,12 +513,20 @@ export class CudaBackend implements Backend {
   // --- optimizer -------------------------------------------------------------------------------------------
 
   globalNorm(tensors: readonly Tensor[]): Tensor {
-    const partial = this.empty([tensors.length * NORM_BLOCKS], 'f32');
+    // A grid per tensor by its size (one block per 64K elements, up to 8 per SM), a fixed function of the shapes, so
+    // the fixed-order sum stays deterministic.
+    const maxBlocks = 8 * this.dev.info.multiprocessors;
+    const blocks = tensors.map((t) => Math.max(1, Math.min(maxBlocks, Math.ceil(t.numel / 65536))));
+    const partial = this.empty([blocks.reduce((a, b) => a + b, 0)], 'f32');
+    let slot = 0;
     tensors.forEach((t, i) => {
-      this.#k('optim.cu', `sumsq_partial<${ctype(t)}>`, [NORM_BLOCKS], 256, [ptr(t), i64(t.numel), { ptr: asCuda(partial).ptr + BigInt(4 * i * NORM_BLOCKS) }]);
+      const c = asCuda(t), vector = 16 / DTYPE_BYTES[c.dtype];
+      const vec = c.ptr % 16n === 0n && c.numel % vector === 0 ? 1 : 0;
+      this.#k('optim.cu', `sumsq_partial<${ctype(t)}>`, [blocks[i]!], 256, [ptr(t), i64(t.numel), { ptr: asCuda(partial).ptr + BigInt(4 * slot) }, i32(vec)]);
+      slot += blocks[i]!;
     });
     const norm = this.empty([1], 'f32');
-    this.#k('optim.cu', 'norm_finish', [1], 1024, [ptr(partial), i64(tensors.length * NORM_BLOCKS), ptr(norm)]);
+    this.#k('optim.cu', 'norm_finish', [1], 1024, [ptr(partial), i64(slot), ptr(norm)]);
     partial.free();
     return norm;
   }

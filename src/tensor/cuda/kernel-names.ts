@@ -11,6 +11,7 @@ const flash = (names: readonly string[]) => names.flatMap((n) => FLASH_HEAD_DIMS
 export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'elementwise.cu': [
     ...both(['embedding_fwd', 'embedding_bwd', 'rmsnorm_fwd', 'rmsnorm_bwd', 'sum_partials', 'swiglu_fwd', 'swiglu_bwd', 'add', 'copy_cols', 'fill_normal', 'fill_value']),
+    'embedding_sort',
     'convert<float, bf16>',
     'convert<bf16, float>',
   ],

@@ -10,14 +10,40 @@ __global__ void embedding_fwd(const int* ids, const T* table, T* out, int tokens
   for (int d = threadIdx.x; d < dim; d += blockDim.x) out[(long)t * dim + d] = from_f32<T>(to_f32(table[(long)id * dim + d]) * scale);
 }
 
-// Deterministic scatter-add: each thread owns one column and walks the tokens in order.
+// The embedding backward sums each token id's gradient rows in fp32 and adds the sum to the table row once, so a
+// frequent id takes one bf16 rounding instead of one per occurrence. First the tokens are sorted by (id, position):
+// order[rank] = t, where rank counts the tokens whose key is smaller (T^2 integer compares in shared-memory tiles:
+// 67M at 8K tokens, a few microseconds). The order depends on the ids alone, so the sums are deterministic.
+#define RANK_TILE 1024
+__global__ void embedding_sort(const int* ids, int tokens, int* order) {
+  __shared__ int tile[RANK_TILE];
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  const int id = t < tokens ? ids[t] : 0;
+  int rank = 0;
+  for (int base = 0; base < tokens; base += RANK_TILE) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < RANK_TILE && base + i < tokens; i += blockDim.x) tile[i] = ids[base + i];
+    __syncthreads();
+    const int n = min(RANK_TILE, tokens - base);
+    for (int i = 0; i < n; ++i) rank += tile[i] < id || (tile[i] == id && base + i < t);
+  }
+  if (t < tokens) order[rank] = t;
+}
+
+// One block per sorted position; the block at the first position of an id's run sums the run's rows (in position
+// order) and adds scale * sum to the table row.
 template <typename T>
-__global__ void embedding_bwd(const int* ids, const T* dout, T* dtable, int tokens, int dim, float scale) {
-  const int d = blockIdx.x * blockDim.x + threadIdx.x;
-  if (d >= dim) return;
-  for (int t = 0; t < tokens; ++t) {
-    const long row = (long)ids[t] * dim + d;
-    dtable[row] = from_f32<T>(to_f32(dtable[row]) + to_f32(dout[(long)t * dim + d]) * scale);
+__global__ void embedding_bwd(const int* ids, const int* order, const T* dout, T* dtable, int tokens, int dim, int vocab, float scale) {
+  const int p = blockIdx.x;
+  const int id = ids[order[p]];
+  if ((p > 0 && ids[order[p - 1]] == id) || id < 0 || id >= vocab) return;
+  int end = p + 1;
+  while (end < tokens && ids[order[end]] == id) ++end;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    float sum = 0.f;
+    for (int q = p; q < end; ++q) sum += to_f32(dout[(long)order[q] * dim + d]);
+    const long row = (long)id * dim + d;
+    dtable[row] = from_f32<T>(to_f32(dtable[row]) + scale * sum);
   }
 }
 
@@ -50,14 +76,14 @@ __global__ void rmsnorm_bwd(const T* dy, const T* x, const T* w, const float* rs
   }
 }
 
-// out[i] (+)= sum over p of partial[p][i], in order p = 0, 1, ...
+// out[i] (+)= sum over p of partial[p][i], in order p = 0, 1, ... (one rounding to T).
 template <typename T>
-__global__ void sum_partials(const float* partial, int parts, int n, T* out, int accumulate) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  float s = accumulate ? to_f32(out[i]) : 0.f;
-  for (int p = 0; p < parts; ++p) s += partial[(long)p * n + i];
-  out[i] = from_f32<T>(s);
+__global__ void sum_partials(const float* partial, int parts, long n, T* out, int accumulate) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    float s = accumulate ? to_f32(out[i]) : 0.f;
+    for (int p = 0; p < parts; ++p) s += partial[p * n + i];
+    out[i] = from_f32<T>(s);
+  }
 }
 
 template <typename T>
@@ -120,10 +146,10 @@ __global__ void fill_value(T* out, long n, float value) {
 
 #define INSTANTIATE(T)                                                                                          \
   template __global__ void embedding_fwd<T>(const int*, const T*, T*, int, int, int, float, int*);             \
-  template __global__ void embedding_bwd<T>(const int*, const T*, T*, int, int, float);                        \
+  template __global__ void embedding_bwd<T>(const int*, const int*, const T*, T*, int, int, int, float);       \
   template __global__ void rmsnorm_fwd<T>(const T*, const T*, T*, float*, int, float);                         \
   template __global__ void rmsnorm_bwd<T>(const T*, const T*, const T*, const float*, T*, float*, int, int, int); \
-  template __global__ void sum_partials<T>(const float*, int, int, T*, int);                                   \
+  template __global__ void sum_partials<T>(const float*, int, long, T*, int);                                  \
   template __global__ void swiglu_fwd<T>(const T*, const T*, T*, long);                                        \
   template __global__ void swiglu_bwd<T>(const T*, const T*, const T*, T*, T*, long);                          \
   template __global__ void add<T>(const T*, const T*, T*, long);                                               \

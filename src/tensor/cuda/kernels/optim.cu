@@ -3,13 +3,26 @@
 // bf16 each).
 #include "common.cuh"
 
-#define NORM_BLOCKS 256
-
-// partial[slot + b] = sum of squares of block b's grid-stride share of x (NORM_BLOCKS blocks).
+// partial[b] = sum of squares of block b's grid-stride share of x. With `vec` (x 16-byte aligned, n a multiple of
+// the vector) each thread reads 16 bytes at a time, two vectors in flight: the scalar loop kept too few bytes in
+// flight to reach HBM bandwidth (7.4 ms for moonlet6's 3.9B gradients, 2.6 ms is the read at 3 TB/s).
 template <typename T>
-__global__ void sumsq_partial(const T* x, long n, float* partial) {
+__global__ void sumsq_partial(const T* x, long n, float* partial, int vec) {
+  constexpr int V = 16 / sizeof(T);
   float s = 0.f;
-  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) { const float v = to_f32(x[i]); s += v * v; }
+  const long tid = blockIdx.x * (long)blockDim.x + threadIdx.x, threads = (long)gridDim.x * blockDim.x;
+  if (vec) {
+    for (long i = tid * V; i < n; i += 2 * threads * V) {
+      const uint4 a = *reinterpret_cast<const uint4*>(x + i);
+      const uint4 b = i + threads * V < n ? *reinterpret_cast<const uint4*>(x + i + threads * V) : make_uint4(0, 0, 0, 0);
+      const T* ea = reinterpret_cast<const T*>(&a);
+      const T* eb = reinterpret_cast<const T*>(&b);
+#pragma unroll
+      for (int j = 0; j < V; ++j) { const float u = to_f32(ea[j]), w = to_f32(eb[j]); s += u * u + w * w; }
+    }
+  } else {
+    for (long i = tid; i < n; i += threads) { const float v = to_f32(x[i]); s += v * v; }
+  }
   s = block_sum(s);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
@@ -134,8 +147,8 @@ __global__ void adamw_multi(const AdamTensor<P, S>* tensors, const long* chunks,
   }
 }
 
-template __global__ void sumsq_partial<float>(const float*, long, float*);
-template __global__ void sumsq_partial<bf16>(const bf16*, long, float*);
+template __global__ void sumsq_partial<float>(const float*, long, float*, int);
+template __global__ void sumsq_partial<bf16>(const bf16*, long, float*, int);
 template __global__ void adamw_multi<float, float>(const AdamTensor<float, float>*, const long*, AdamGroups, const float*, float, int, unsigned, unsigned);
 template __global__ void adamw_multi<bf16, float>(const AdamTensor<bf16, float>*, const long*, AdamGroups, const float*, float, int, unsigned, unsigned);
 template __global__ void adamw_multi<bf16, bf16>(const AdamTensor<bf16, bf16>*, const long*, AdamGroups, const float*, float, int, unsigned, unsigned);

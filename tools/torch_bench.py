@@ -374,6 +374,23 @@ def flops_per_token(model, cfg):
 # the benchmark
 
 
+def print_kernel_profile(step, first_step, sync, steps=3):
+    """GPU time per kernel over `steps` steps (torch.profiler), the largest first, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(first_step, first_step + steps):
+            step(i)
+        sync()
+    rows = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    rows.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    total = sum(e.self_device_time_total for e in rows) / 1000 / steps
+    print(f"torch_bench --profile: {total:.1f} ms of GPU kernels per step")
+    for e in rows[:30]:
+        ms = e.self_device_time_total / 1000 / steps
+        print(f"  {ms:8.2f} ms/step {100 * ms / total:5.1f}%  {e.count // steps:4d} calls/step  {e.key[:110]}")
+
+
 def main():
     global USE_GROUPED_MM
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -388,6 +405,7 @@ def main():
     ap.add_argument("--batch-size", type=int, help="override batch_size")
     ap.add_argument("--seq-len", type=int, help="override seq_len")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", action="store_true", help="after timing, profile 3 steps and print the top GPU kernels")
     args = ap.parse_args()
 
     cfg = load_config(args.config, "torch_bench")
@@ -463,6 +481,8 @@ def main():
           f"compile {'on' if args.compile else 'off'}, experts via {'torch._grouped_mm' if USE_GROUPED_MM else 'a per-expert loop'}, "
           f"batch {batch} x {seq}, {args.steps} steps after {args.warmup} warmup, loss {first if first is not None else last:.3f} -> {last:.3f}, "
           f"torch {torch.__version__}")
+    if args.profile and device == "cuda":
+        print_kernel_profile(step, args.warmup + args.steps, sync)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -53,10 +53,14 @@ export function registerBenchTrain(bench: Command): void {
         return;
       }
       if (r.profile) {
-        const total = r.profile.reduce((s, p) => s + p.ms, 0);
-        for (const p of r.profile) {
-          process.stdout.write(`${p.op.padEnd(26)} ${(p.ms / r.steps).toFixed(2).padStart(9)} ms/step ${((100 * p.ms) / total).toFixed(1).padStart(5)}%  ${String(p.calls / r.steps).padStart(5)} calls/step\n`);
-        }
+        // Each op's time runs from its first kernel's start to its last kernel's end on the stream, so what the
+        // rows leave of the step is time the GPU sat between ops, waiting for the host.
+        const row = (op: string, ms: number, calls: string) =>
+          process.stdout.write(`${op.padEnd(26)} ${ms.toFixed(2).padStart(9)} ms/step ${((100 * ms) / r.msPerStep).toFixed(1).padStart(5)}%  ${calls}\n`);
+        for (const p of r.profile) row(p.op, p.ms / r.steps, `${String(p.calls / r.steps).padStart(5)} calls/step`);
+        const inOps = r.profile.reduce((s, p) => s + p.ms, 0) / r.steps;
+        row('(between ops: GPU idle)', r.msPerStep - inOps, '');
+        row('step', r.msPerStep, '');
       }
       process.stdout.write(`${summary(r)}\n`);
     });

@@ -93,11 +93,7 @@ export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tenso
   if (cfg.attn === 'mha') {
     rope(ctx, dk, qRope, true);
     dh = linearBackward(ctx, dq, s.h, `${prefix}.wq.weight`);
-    for (const [g, w] of [[dk, 'wk'], [dv, 'wv']] as const) {
-      const part = linearBackward(ctx, g, s.h, `${prefix}.${w}.weight`);
-      b.addInPlace(dh, part);
-      part.free();
-    }
+    for (const [g, w] of [[dk, 'wk'], [dv, 'wv']] as const) linearBackward(ctx, g, s.h, `${prefix}.${w}.weight`, dh);
   } else {
     const { dkvb, dkpe } = b.mlaAssembleKVBackward(dk, dv, H, dNope, cfg.v_head_dim);
     rope(ctx, dkpe, ropeSpec(ctx, 1, cfg.qk_rope_head_dim, 0), true);
@@ -106,17 +102,14 @@ export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tenso
     const dkva = b.concatCols([dkvc, dkpe]);
     dh = linearBackward(ctx, dkva, s.h, `${prefix}.wkv_a.weight`);
     freeAll({ dkvb, dkpe, dkvn, dkvc, dkva });
-    let dhq: Tensor;
     if (cfg.q_lora_rank > 0) {
       const dqan = linearBackward(ctx, dq, s.qan!, `${prefix}.wq_b.weight`);
       const dqa = b.rmsnormBackward(dqan, s.qa!, ctx.p.get(`${prefix}.q_norm.weight`), s.qaRstd!, ctx.p.grad(`${prefix}.q_norm.weight`));
-      dhq = linearBackward(ctx, dqa, s.h, `${prefix}.wq_a.weight`);
+      linearBackward(ctx, dqa, s.h, `${prefix}.wq_a.weight`, dh);
       freeAll({ dqan, dqa });
     } else {
-      dhq = linearBackward(ctx, dq, s.h, `${prefix}.wq.weight`);
+      linearBackward(ctx, dq, s.h, `${prefix}.wq.weight`, dh);
     }
-    b.addInPlace(dh, dhq);
-    dhq.free();
   }
   freeAll({ dq, dk, dv });
   const { h: _h, ...rest } = s;

@@ -21,15 +21,18 @@ export interface LayerContext {
   ep: ExpertExchange | null;
 }
 
-/** y [T, out] = x [T, in] @ W^T, W [out, in]. */
-export function linear(ctx: LayerContext, x: Tensor, weight: string): Tensor {
-  return ctx.b.matmul(x, ctx.p.get(weight), { transB: true });
+/** y [T, out] = x [T, in] @ W^T, W [out, in]; with `into`, y is added to it in the GEMM (one rounding, no extra pass). */
+export function linear(ctx: LayerContext, x: Tensor, weight: string, into?: Tensor): Tensor {
+  return ctx.b.matmul(x, ctx.p.get(weight), { transB: true, ...(into ? { out: into, accumulate: true } : {}) });
 }
 
-/** Accumulates dW += dy^T x and returns dx = dy W (in x's dtype: fp32 router gradients meet bf16 activations). */
-export function linearBackward(ctx: LayerContext, dy: Tensor, x: Tensor, weight: string): Tensor {
+/**
+ * Accumulates dW += dy^T x and returns dx = dy W (in x's dtype: fp32 router gradients meet bf16 activations); with
+ * `into`, dx is added to it in the GEMM and `into` is returned.
+ */
+export function linearBackward(ctx: LayerContext, dy: Tensor, x: Tensor, weight: string, into?: Tensor): Tensor {
   ctx.b.matmul(dy, x, { transA: true, out: ctx.p.grad(weight), accumulate: true });
-  return ctx.b.matmul(dy, ctx.p.get(weight), { outDtype: x.dtype });
+  return ctx.b.matmul(dy, ctx.p.get(weight), into ? { out: into, accumulate: true } : { outDtype: x.dtype });
 }
 
 /** Frees every tensor in a saved-activation record. */

@@ -16,21 +16,21 @@ export interface MlpSaved {
   a: Tensor;
 }
 
-export function mlpForward(ctx: LayerContext, prefix: string, x: Tensor): { out: Tensor; saved: MlpSaved } {
+/** With `into`, the output is added to it (the shared experts' into the routed output) and `into` is returned. */
+export function mlpForward(ctx: LayerContext, prefix: string, x: Tensor, into?: Tensor): { out: Tensor; saved: MlpSaved } {
   const g = linear(ctx, x, `${prefix}.w1.weight`);
   const u = linear(ctx, x, `${prefix}.w3.weight`);
   const a = ctx.b.swiglu(g, u);
-  return { out: linear(ctx, a, `${prefix}.w2.weight`), saved: { x, g, u, a } };
+  return { out: linear(ctx, a, `${prefix}.w2.weight`, into), saved: { x, g, u, a } };
 }
 
-/** Returns dx; frees the saved activations except x (owned by the caller). */
-export function mlpBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: MlpSaved): Tensor {
+/** Returns dx (added to `into` when given); frees the saved activations except x (owned by the caller). */
+export function mlpBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: MlpSaved, into?: Tensor): Tensor {
   const da = linearBackward(ctx, dOut, s.a, `${prefix}.w2.weight`);
   const { dg, du } = ctx.b.swigluBackward(da, s.g, s.u);
-  const dx = linearBackward(ctx, dg, s.x, `${prefix}.w1.weight`);
-  const dxu = linearBackward(ctx, du, s.x, `${prefix}.w3.weight`);
-  ctx.b.addInPlace(dx, dxu);
-  freeAll({ da, dg, du, dxu, g: s.g, u: s.u, a: s.a });
+  const dx = linearBackward(ctx, dg, s.x, `${prefix}.w1.weight`, into);
+  linearBackward(ctx, du, s.x, `${prefix}.w3.weight`, dx);
+  freeAll({ da, dg, du, g: s.g, u: s.u, a: s.a });
   return dx;
 }
 
@@ -80,12 +80,7 @@ export function moeForward(ctx: LayerContext, prefix: string, x: Tensor): { out:
   if (route) yr.free();
   const out = b.moeCombine(ye, gates, plan);
   let shared: MlpSaved | null = null;
-  if (cfg.n_shared_experts > 0) {
-    const s = mlpForward(ctx, `${prefix}.shared`, x);
-    b.addInPlace(out, s.out);
-    s.out.free();
-    shared = s.saved;
-  }
+  if (cfg.n_shared_experts > 0) shared = mlpForward(ctx, `${prefix}.shared`, x, out).saved;
   return { out, counts, saved: { x, logits, gates, idx, plan, route, xr, offsets, h1, h3, a, ye, shared } };
 }
 
@@ -105,15 +100,10 @@ export function moeBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: 
   const dxe = s.route ? ep!.combine(dxr, s.route) : dxr;
   const dx = b.moeGatherBackward(dxe, s.plan);
   const dLogits = b.routerTopKBackward(dGates, s.logits, s.idx, cfg.route_scale);
-  const dxRouter = linearBackward(ctx, dLogits, s.x, `${prefix}.router.gate.weight`);
-  b.addInPlace(dx, dxRouter);
-  if (s.shared) {
-    const dxShared = mlpBackward(ctx, `${prefix}.shared`, dOut, s.shared);
-    b.addInPlace(dx, dxShared);
-    dxShared.free();
-  }
+  linearBackward(ctx, dLogits, s.x, `${prefix}.router.gate.weight`, dx);
+  if (s.shared) mlpBackward(ctx, `${prefix}.shared`, dOut, s.shared, dx);
   if (s.route) freeAll({ dyr, dxr });
-  freeAll({ dye, dGates, da, dh1, dh3, dxe, dxr3, dLogits, dxRouter });
+  freeAll({ dye, dGates, da, dh1, dh3, dxe, dxr3, dLogits });
   freeAll({ logits: s.logits, gates: s.gates, idx: s.idx, xr: s.xr, h1: s.h1, h3: s.h3, a: s.a, ye: s.ye });
   s.route?.free();
   s.plan.free();

@@ -6,6 +6,8 @@
  *
  * Divergence: a non-finite gradient norm makes the optimizer skip the update on the device, so when the loss comes
  * back NaN or Inf the weights still hold the last good state; the run then stops with an error naming the step.
+ * On one rank the next step is queued before a plain step's loss is read (see `launch` below), so the host never
+ * leaves the GPU idle between steps; log, checkpoint and stop steps are read before anything runs ahead.
  * `signal` (Ctrl-C, SIGTERM) stops the run cleanly after the step in flight, and a final checkpoint is saved.
  * On more than one rank, a step that outlives NMOE_STEP_TIMEOUT_S (a stuck peer) kills this rank: see
  * src/dist/step-watchdog.ts.
@@ -164,21 +166,41 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   let lastLogTime = t0;
   let lastLogTokens = tokensSeen;
   let lastLogStep = step;
+  // One step ahead (one GPU): a step whose results need nothing more than the loss lets the next step's batch
+  // be loaded and its kernels queued before its loss is read, so the GPU never waits for the host between them.
+  // Log, checkpoint and stop steps are read first: their reads (grad norm, router biases, the snapshot) must see
+  // the state after that step and no later, and the loader must not run ahead of a saved cursor.
+  const every = config.checkpoint_every;
+  const isSaveStep = (done: number) => (every > 0 && done % every === 0) || done === cfg.steps;
+  const isLogStep = (done: number) => done === 1 || done % cfg.log_every === 0 || done === cfg.steps;
+  const launch = () => {
+    const batch = timer.time('loader_wait', () => loader.next(), hostClock);
+    const ids = backend.upload(batch.inputs, [batch.inputs.length], 'i32');
+    const targets = backend.upload(batch.targets, [batch.targets.length], 'i32');
+    const normalizer = dist ? globalTargetCount(backend, dist.comm, batch.targets, model.lossSpec.ignoreIndex) : undefined;
+    const out = trainStep(trainee, ids, targets, batch.localBatch, tokensSeen, timer, normalizer);
+    normalizer?.free();
+    tokensSeen += tokensPerStep;
+    return { out, ids, targets, tokensSeen };
+  };
+  // (On the CPU ops run as they are called, so there is nothing to overlap; with several ranks the stop agreement
+  // reads every step.)
+  const runAhead = backend.device === 'cuda' && !dist;
+  let ahead: ReturnType<typeof launch> | null = null;
   try {
     for (let stop = false; step < cfg.steps && !stop; step++) {
       watchdog?.arm(step + 1);
-      const batch = timer.time('loader_wait', () => loader.next(), hostClock);
-      const ids = backend.upload(batch.inputs, [batch.inputs.length], 'i32');
-      const targets = backend.upload(batch.targets, [batch.targets.length], 'i32');
-      const normalizer = dist ? globalTargetCount(backend, dist.comm, batch.targets, model.lossSpec.ignoreIndex) : undefined;
-      const fwd = trainStep(trainee, ids, targets, batch.localBatch, tokensSeen, timer, normalizer);
-      normalizer?.free();
+      const current = ahead ?? launch();
+      ahead = null;
+      const fwd = current.out;
       const { gradNorm, lr } = fwd;
-      tokensSeen += tokensPerStep;
+      const done = step + 1;
+      if (runAhead && done < cfg.steps && !isLogStep(done) && !isSaveStep(done) && !signal?.aborted) ahead = launch();
 
       const loss = (await backend.read(fwd.loss))[0]!;
       await dist?.check(); // a transport failure surfaces here, at the step's one host sync
       if (!Number.isFinite(loss)) {
+        if (ahead) await backend.synchronize(); // let the step queued behind it finish; nothing after a divergence is saved
         throw new TrainingDiverged(
           `the loss became ${loss} at step ${step + 1}; the update was skipped, so the weights hold step ${step}. ` +
             'Fix: lower the learning rates (lr_dense, lr_expert, lr_router), keep grad_clip_norm > 0, or lengthen warmup_steps.',
@@ -188,12 +210,11 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       lastLoss = loss;
       const now = performance.now();
       const elapsed = (now - t0) / 1000;
-      const done = step + 1;
       const record: StepRecord = {
         step: done,
         steps: cfg.steps,
         loss,
-        tokensPerSecond: (tokensSeen - tokens0) / elapsed,
+        tokensPerSecond: (current.tokensSeen - tokens0) / elapsed,
         elapsedSeconds: elapsed,
         etaSeconds: (elapsed / (done - startStep)) * (cfg.steps - done),
       };
@@ -202,11 +223,11 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       // saves), and it comes before the log and save checks, so a stop signal is always followed by a final save.
       await new Promise(setImmediate);
       // Ranks see a stop signal at slightly different times; they agree on it, so all stop after the same step.
-      const stopping = dist ? await anyRank(backend, dist.comm, !!signal?.aborted) : !!signal?.aborted;
-      const isLogStep = done === 1 || done % cfg.log_every === 0 || done === cfg.steps || stopping;
-      if (isLogStep) {
+      // A stop seen while a step runs ahead is honoured after that step (the next turn of the loop).
+      const stopping = (dist ? await anyRank(backend, dist.comm, !!signal?.aborted) : !!signal?.aborted) && !ahead;
+      if (isLogStep(done) || stopping) {
         const windowSeconds = (now - lastLogTime) / 1000;
-        const tps = (tokensSeen - lastLogTokens) / windowSeconds;
+        const tps = (current.tokensSeen - lastLogTokens) / windowSeconds;
         events.log({
           ...record,
           gradNorm: (await backend.read(gradNorm))[0]!,
@@ -220,16 +241,15 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
           ...(await readRouterStats(backend, model, moeLayers, fwd.routerCounts, cfg.n_routed_experts)),
         });
         lastLogTime = now;
-        lastLogTokens = tokensSeen;
+        lastLogTokens = current.tokensSeen;
         lastLogStep = done;
       }
       fwd.free();
-      ids.free();
-      targets.free();
+      current.ids.free();
+      current.targets.free();
       watchdog?.disarm();
-      const every = config.checkpoint_every;
-      if ((every > 0 && done % every === 0) || done === cfg.steps || stopping) {
-        await ckpt.save(await captureSnapshot(trainee, loader, { config, step: done, tokensSeen, world, runId, gitSha }));
+      if (isSaveStep(done) || stopping) {
+        await ckpt.save(await captureSnapshot(trainee, loader, { config, step: done, tokensSeen: current.tokensSeen, world, runId, gitSha }));
       }
       stop = stopping;
     }
@@ -240,6 +260,8 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     throw err;
   } finally {
     await watchdog?.close();
+    if (ahead) for (const t of [ahead.ids, ahead.targets]) t.free();
+    ahead?.out.free();
     opt.free();
     model.free();
   }

@@ -96,3 +96,22 @@ describe('whole-model gradient check (central differences, double storage)', () 
     });
   }
 });
+
+describe('attn_recompute', () => {
+  it('gives exactly the gradients of keeping the attention activations, and keeps none of them', () => {
+    const grads = (recompute: boolean) => {
+      const { model, ids, targets } = build([`--attn_recompute=${recompute}`]);
+      model.params.zeroGrads();
+      const fwd = model.forward(ids, targets, 2);
+      const attn = fwd.saved.blocks.map((blk) => blk.attn);
+      model.backward(fwd.saved);
+      return { attn, grads: model.params.trainable().map((p) => ({ name: p.name, g: Array.from(asCpu(p.grad!).f) })) };
+    };
+    const kept = grads(false), recomputed = grads(true);
+    expect(kept.attn.every((a) => a !== null)).toBe(true);
+    expect(recomputed.attn.every((a) => a === null)).toBe(true);
+    expect(recomputed.grads.length).toBe(kept.grads.length);
+    expect(recomputed.grads.some((x) => x.g.some((v) => v !== 0))).toBe(true);
+    for (const [i, x] of recomputed.grads.entries()) expect(x.g, x.name).toEqual(kept.grads[i]!.g);
+  });
+});

@@ -200,6 +200,7 @@ export interface Config {
   strict_data: boolean;
   optim_state_dtype: 'fp32' | 'bf16';
   master_weights: 'fp32' | 'bf16' | 'bf16_sr';
+  attn_recompute: boolean;
 }
 
 const INT = { kind: 'int' } as const;
@@ -375,6 +376,8 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
     'nmoe addition: storage of the AdamW moments; fp32 costs 8 bytes per parameter, bf16 (the reference) 4.'),
   master_weights: field('nmoe', { kind: 'enum', values: ['fp32', 'bf16', 'bf16_sr'] }, 'fp32', true,
     'nmoe addition: updates of bf16 weights: fp32 master copies (+4 bytes per parameter), bf16 rounded to nearest (the reference; small updates can vanish) or bf16_sr, stochastic rounding (unbiased, no extra memory).'),
+  attn_recompute: field('nmoe', BOOL, false, false,
+    'nmoe addition: true keeps only each attention block\'s input and recomputes the rest in the backward (the reference always does: checkpoint around the attention call), trading one more attention forward per layer for its activations; false keeps them (faster).'),
 };
 
 export const CONFIG_KEYS = Object.keys(FIELDS) as (keyof Config)[];

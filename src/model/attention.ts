@@ -43,6 +43,15 @@ function rope(ctx: LayerContext, x: Tensor, spec: RopeSpec, inverse: boolean): v
 
 /** h [T, D] (already normed) -> out [T, D]. The caller keeps ownership of h; `saved` holds it until backward. */
 export function attentionForward(ctx: LayerContext, prefix: string, h: Tensor): { out: Tensor; saved: AttentionSaved } {
+  const saved = attentionCore(ctx, prefix, h);
+  return { out: linear(ctx, saved.o, `${prefix}.wo.weight`), saved };
+}
+
+/**
+ * Everything attentionBackward needs, up to the attention output before `wo`. With `attn_recompute` the forward
+ * keeps only h and the backward calls this again (the reference's checkpoint around the attention call).
+ */
+export function attentionCore(ctx: LayerContext, prefix: string, h: Tensor): AttentionSaved {
   const { b, cfg } = ctx;
   const H = cfg.n_heads, dqk = qkHeadDim(cfg), dNope = cfg.qk_nope_head_dim;
   const qRope = ropeSpec(ctx, H, dqk, dNope);
@@ -77,7 +86,7 @@ export function attentionForward(ctx: LayerContext, prefix: string, h: Tensor): 
     const { out: o, lse } = b.attention(q, k, v, attnSpec(ctx));
     saved = { h, qa, qaRstd, qan, kvc, kvRstd, kvn, q, k, v, o, lse };
   }
-  return { out: linear(ctx, saved.o, `${prefix}.wo.weight`), saved };
+  return saved;
 }
 
 /** Returns dh; accumulates every weight gradient of the block; frees `saved` except h (the caller's). */

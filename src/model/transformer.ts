@@ -12,7 +12,7 @@
 import type { ExpertExchange } from '../moe/rdep/exchange.ts';
 import type { Backend, CrossEntropySpec } from '../tensor/backend.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
-import { type AttentionSaved, attentionBackward, attentionForward } from './attention.ts';
+import { type AttentionSaved, attentionBackward, attentionCore, attentionForward } from './attention.ts';
 import { type LayerContext, freeAll } from './context.ts';
 import { type MlpSaved, type MoeSaved, mlpBackward, mlpForward, moeBackward, moeForward } from './ffn.ts';
 import { ParamStore } from './params.ts';
@@ -26,7 +26,8 @@ interface BlockSaved {
   x: Tensor;
   attnNormRstd: Tensor;
   attnIn: Tensor;
-  attn: AttentionSaved;
+  /** null with attn_recompute: the backward recomputes it from attnIn. */
+  attn: AttentionSaved | null;
   mid: Tensor;
   ffnNormRstd: Tensor;
   ffnIn: Tensor;
@@ -113,6 +114,10 @@ export class Transformer {
       const attn = attentionForward(ctx, `${pre}.attn`, attnIn);
       const mid = b.add(x, attn.out);
       attn.out.free();
+      if (cfg.attn_recompute) {
+        const { h: _h, ...internals } = attn.saved;
+        freeAll(internals);
+      }
       const { y: ffnIn, rstd: ffnNormRstd } = b.rmsnorm(mid, p.get(`${pre}.ffn_norm.weight`), cfg.rms_norm_eps);
       let ffnOut: Tensor;
       let ffn: BlockSaved['ffn'];
@@ -128,7 +133,7 @@ export class Transformer {
       }
       const next = b.add(mid, ffnOut);
       ffnOut.free();
-      blocks.push({ x, attnNormRstd, attnIn, attn: attn.saved, mid, ffnNormRstd, ffnIn, ffn });
+      blocks.push({ x, attnNormRstd, attnIn, attn: cfg.attn_recompute ? null : attn.saved, mid, ffnNormRstd, ffnIn, ffn });
       x = next;
     }
     const head = timer.time('head_fwd', () => {
@@ -160,7 +165,7 @@ export class Transformer {
       const dMid = b.rmsnormBackward(dFfnIn, blk.mid, p.get(`${pre}.ffn_norm.weight`), blk.ffnNormRstd, p.grad(`${pre}.ffn_norm.weight`));
       b.addInPlace(dMid, dx);
       // mid = x + attn(norm(x)).
-      const dAttnIn = attentionBackward(ctx, `${pre}.attn`, dMid, blk.attn);
+      const dAttnIn = attentionBackward(ctx, `${pre}.attn`, dMid, blk.attn ?? attentionCore(ctx, `${pre}.attn`, blk.attnIn));
       const dX = b.rmsnormBackward(dAttnIn, blk.x, p.get(`${pre}.attn_norm.weight`), blk.attnNormRstd, p.grad(`${pre}.attn_norm.weight`));
       b.addInPlace(dX, dMid);
       freeAll({ dx, dFfnIn, dMid, dAttnIn, ffnIn: blk.ffnIn, ffnNormRstd: blk.ffnNormRstd, mid: blk.mid, attnIn: blk.attnIn, attnNormRstd: blk.attnNormRstd, x: blk.x });

@@ -52,7 +52,7 @@ describe('AdamW', () => {
     const opt = new AdamW(cpu, model.params, cfg);
     const check = ['blocks.1.ffn.W1', 'blocks.1.ffn.router.gate.weight', 'blocks.0.attn.wq_a.weight', 'embedding.weight'];
     const before = check.map((n) => Float64Array.from(data(model.params.get(n))));
-    for (const p of model.params.trainable()) data(p.grad!).fill(0.5);
+    for (const p of model.params.trainable()) data(model.params.grad(p.name)).fill(0.5);
     const { lr } = opt.update(0);
     expect(lr).toEqual({ expert: 0.01, router: 0.003, dense_decay: 0.002, dense_no_decay: 0.002 });
     // Step 1 with a constant gradient g: m/(1-b1) = g, sqrt(v/(1-b2)) = |g|, so p' = p (1 - lr wd) - lr g/(|g| + eps).
@@ -68,14 +68,14 @@ describe('AdamW', () => {
   it('clips to the global norm and skips the update when the norm is not finite', () => {
     const { cfg, model } = tinyModel(['--grad_clip_norm=1.0']);
     const opt = new AdamW(cpu, model.params, cfg);
-    for (const p of model.params.trainable()) data(p.grad!).fill(3);
+    for (const p of model.params.trainable()) data(model.params.grad(p.name)).fill(3);
     const n = model.params.count();
     const { gradNorm } = opt.update(0);
     expect(data(gradNorm)[0]).toBeCloseTo(3 * Math.sqrt(n), 2);
     const moment = data(opt.groups.find((g) => g.name === 'dense_decay')!.expAvg[0]!)[0]!;
     expect(moment).toBeCloseTo(0.1 * (3 / (3 * Math.sqrt(n) + 1e-6)), 6); // (1 - b1) * clipped g
     const snapshot = model.params.trainable().map((p) => Float64Array.from(data(p.value)));
-    data(model.params.trainable()[0]!.grad!)[0] = NaN;
+    data(model.params.grad(model.params.trainable()[0]!.name))[0] = NaN;
     opt.update(0);
     model.params.trainable().forEach((p, i) => expect(Array.from(data(p.value))).toEqual(Array.from(snapshot[i]!)));
   });
@@ -119,7 +119,7 @@ describe('precision policy for bf16 weights', () => {
       const opt = new AdamW(cpu, model.params, cfg);
       opt.syncMasters();
       for (let s = 0; s < 500; s++) {
-        for (const p of model.params.trainable()) cpu.fill(p.grad!, 1);
+        for (const p of model.params.trainable()) cpu.fill(model.params.grad(p.name), 1);
         opt.update(0);
       }
       const values = Array.from(data(w));
@@ -130,5 +130,31 @@ describe('precision policy for bf16 weights', () => {
     expect(await run('fp32')).toBe(1 - 2 ** -8); // the bf16 nearest to the fp32 master 0.995
     const sr = await run('bf16_sr');
     expect(Math.abs(sr - 0.995)).toBeLessThan(0.0015); // unbiased: the mean over the tensor tracks the exact value
+  });
+});
+
+describe('expert gradients live for one step', () => {
+  it('exist from their first use in the backward until the update, and start at zero', async () => {
+    const { createTrainee, trainStep } = await import('../src/train/step.ts');
+    const { cfg, model } = tinyModel();
+    model.free();
+    const trainee = createTrainee(cpu, cfg);
+    const experts = trainee.model.params.params.filter((p) => p.firstExpert !== undefined);
+    expect(experts.length).toBeGreaterThan(0);
+    const ids = ints([5, 17, 3, 99]), targets = ints([17, 3, 99, 42]);
+    for (let step = 0; step < 2; step++) {
+      trainee.model.params.zeroGrads();
+      expect(experts.every((p) => p.grad === null)).toBe(true);
+      const fwd = trainee.model.forward(ids, targets, 1);
+      expect(experts.every((p) => p.grad === null), 'no expert gradient during the forward').toBe(true);
+      trainee.model.backward(fwd.saved);
+      expect(experts.every((p) => p.grad !== null && data(p.grad).some((v) => v !== 0))).toBe(true);
+      fwd.loss.free();
+      for (const c of fwd.routerCounts) c.free();
+    }
+    const out = trainStep(trainee, ids, targets, 1, 0);
+    expect(experts.every((p) => p.grad === null), 'released after the update').toBe(true);
+    expect(Array.from(data(trainee.model.params.grad(experts[0]!.name))).every((v) => v === 0)).toBe(true);
+    out.free();
   });
 });

@@ -31,6 +31,7 @@ export interface ParamSpec {
 
 export interface Param extends ParamSpec {
   value: Tensor;
+  /** null for buffers; for expert tensors, null too between a step's update and their first gradient (see grad()). */
   grad: Tensor | null;
   group: ParamGroup | null;
 }
@@ -88,12 +89,7 @@ export class ParamStore {
         p = { ...spec, value: view(flat.value), grad: view(flat.grad), group: paramGroup(spec.name) };
         this.dense.entries.push({ param: p, offset });
       } else {
-        p = {
-          ...spec,
-          value: backend.zeros(spec.shape, spec.buffer ? 'f32' : dtype),
-          grad: spec.buffer ? null : backend.zeros(spec.shape, dtype),
-          group: spec.buffer ? null : paramGroup(spec.name),
-        };
+        p = { ...spec, value: backend.zeros(spec.shape, spec.buffer ? 'f32' : dtype), grad: null, group: spec.buffer ? null : paramGroup(spec.name) };
       }
       this.params.push(p);
       this.#byName.set(spec.name, p);
@@ -123,10 +119,16 @@ export class ParamStore {
     return this.#param(name).value;
   }
 
+  /**
+   * The gradient to accumulate into. Expert gradients (most of a MoE model's) exist only from their first use in a
+   * step's backward until releaseExpertGrads() after the update, so the forward's activations and the
+   * cross-entropy (the step's peak) never share memory with them; a gradient asked for first is zeros.
+   */
   grad(name: string): Tensor {
-    const g = this.#param(name).grad;
-    if (!g) throw new Error(`parameter ${name} is a buffer and has no gradient`);
-    return g;
+    const p = this.#param(name);
+    if (p.buffer) throw new Error(`parameter ${name} is a buffer and has no gradient`);
+    p.grad ??= this.backend.zeros(p.shape, this.dtype);
+    return p.grad;
   }
 
   has(name: string): boolean {
@@ -143,7 +145,16 @@ export class ParamStore {
 
   zeroGrads(): void {
     this.backend.zero(this.dense.grad);
-    for (const p of this.params) if (p.grad && p.firstExpert !== undefined) this.backend.zero(p.grad);
+    this.releaseExpertGrads();
+  }
+
+  /** Frees the expert gradients (after the update has queued its reads of them: one stream orders the reuse). */
+  releaseExpertGrads(): void {
+    for (const p of this.params) {
+      if (p.firstExpert === undefined || !p.grad) continue;
+      p.grad.free();
+      p.grad = null;
+    }
   }
 
   count(filter: (p: Param) => boolean = () => true): number {

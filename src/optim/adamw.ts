@@ -25,7 +25,7 @@ export interface Slot {
   start: number;
   end: number;
   value: Tensor;
-  grad: Tensor;
+  readonly grad: Tensor;
 }
 
 interface GroupState {
@@ -69,7 +69,8 @@ export class AdamW {
     const pieces = new Map(this.zero.pieces.map((x) => [x.param, x]));
     this.#slots = store.trainable().flatMap((p): Slot[] => {
       const group = p.group!;
-      if (p.firstExpert !== undefined) return [{ name: p.name, group, shape: p.shape, start: 0, end: p.value.numel, value: p.value, grad: p.grad! }];
+      // An expert's gradient tensor lives for one step (ParamStore.grad), so its slot asks the store each time.
+      if (p.firstExpert !== undefined) return [{ name: p.name, group, shape: p.shape, start: 0, end: p.value.numel, value: p.value, get grad() { return store.grad(p.name); } }];
       const x = pieces.get(p);
       return x ? [{ name: p.name, group, shape: x.value.shape, start: x.start, end: x.end, value: x.value, grad: x.grad }] : [];
     });

@@ -64,6 +64,7 @@ export function trainStep(t: Trainee, ids: Tensor, targets: Tensor, batch: numbe
       comm?.allReduce(counts); // global loads: every rank's bias takes the same update
       b.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), counts, cfg.router_bias_update_rate, r.gradNorm);
     }
+    model.params.releaseExpertGrads();
     return r;
   });
   comm?.allReduce(fwd.loss);

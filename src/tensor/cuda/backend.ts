@@ -548,14 +548,15 @@ export class CudaBackend implements Backend {
     ]);
   }
 
-  /** The device table of a parameter set's tensors and 8192-element chunks, built once per set (optim.cu). */
-  readonly #adamTables = new Map<string, { tensors: Tensor; chunkList: Tensor; chunks: number }>();
+  /** The device table of a parameter set's tensors and 8192-element chunks (optim.cu), rebuilt when a pointer moves. */
+  #adamTableCache: { key: string; table: { tensors: Tensor; chunkList: Tensor; chunks: number } } | null = null;
   #adamTable(groups: readonly AdamWGroup[]) {
-    // Keyed by every pointer involved: the allocator may hand a freed param's block to another tensor.
+    // Keyed by every pointer involved: expert gradients are new tensors each step (ParamStore.grad), which the
+    // caching allocator usually places where they were. Only the last table is kept; the stream orders its reuse.
     const ptrs = (ts: readonly Tensor[] | undefined) => (ts ?? []).map((t) => asCuda(t).ptr).join(',');
     const key = groups.map((g) => [g.params, g.master, g.grads, g.expAvg, g.expAvgSq].map(ptrs).join('|')).join(';');
-    const cached = this.#adamTables.get(key);
-    if (cached) return cached;
+    if (this.#adamTableCache?.key === key) return this.#adamTableCache.table;
+    if (this.#adamTableCache) for (const t of [this.#adamTableCache.table.tensors, this.#adamTableCache.table.chunkList]) t.free();
     const words: number[] = [], chunkWords: number[] = [];
     const push64 = (out: number[], x: bigint) => out.push(Number(x & 0xffffffffn) | 0, Number(x >> 32n) | 0);
     let index = 0;
@@ -570,7 +571,7 @@ export class CudaBackend implements Backend {
       chunkList: this.upload(Int32Array.from(chunkWords), [chunkWords.length], 'i32'),
       chunks: chunkWords.length / 2,
     };
-    this.#adamTables.set(key, table);
+    this.#adamTableCache = { key, table };
     return table;
   }
 }

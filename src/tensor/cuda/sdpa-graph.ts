@@ -13,6 +13,7 @@
  * in place. The softmax statistics are a dense (B, H, S, 1) f32 buffer: the backward engines of cuDNN before 9.26
  * address them as packed BHS whatever strides are declared, so nmoe's lse [T, H] is transposed to and from that.
  */
+import type { DType } from '../tensor.ts';
 import { DataType, type DataTypeId, type GraphSpec, type OpSpec, PointwiseMode, type PointwiseModeId, ReductionMode, type ReductionModeId, type TensorSpec } from './cudnn.ts';
 
 export interface SdpaShape {
@@ -217,4 +218,18 @@ export function backwardGraph(s: SdpaShape, opts: { deterministic: boolean; styl
   }
   const tags = [opts.deterministic ? 'deterministic' : '', style === 'frontend' ? '' : style].filter(Boolean).join(', ');
   return { name: `sdpa_bwd B${B} S${S} H${H} d${dQK}/${dV}${tags ? ` (${tags})` : ''}`, ops: g.ops };
+}
+
+/**
+ * Limits known before asking cuDNN (null: none applies), from cudnn-frontend's checks for bf16 SDPA on cuDNN 9.
+ */
+export function staticLimits(s: SdpaShape, dtype: DType, version: number): string | null {
+  if (dtype !== 'bf16') return `cuDNN attention takes bf16 (got ${dtype})`;
+  if (s.dQK % 8 !== 0 || s.dV % 8 !== 0 || s.dQK > 256 || s.dV > 256) return `head dims ${s.dQK}/${s.dV}: cuDNN needs multiples of 8, at most 256`;
+  if (s.seqLen < 2) return 'a sequence of one token (s_q = s_kv = 1 is not supported)';
+  if (version === 91000 || version === 91001) return 'cuDNN 9.10.0 and 9.10.1 have known bugs in the bf16 attention backward';
+  // cudnn-frontend pads these graphs with a padding mask on cuDNN <= 9.15.0 to work around the engines; nmoe does
+  // not build that variant, so such shapes stay on nmoe's kernels.
+  if (s.seqLen % 128 !== 0 && version <= 91500) return `sequence length ${s.seqLen} is not a multiple of 128, which cuDNN <= 9.15.0 needs without a padding mask`;
+  return null;
 }

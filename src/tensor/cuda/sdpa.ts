@@ -19,10 +19,10 @@ import { type DType, type Tensor, describe } from '../tensor.ts';
 import { check, cu } from './driver.ts';
 import { type CudnnProbe, type ExecutionPlan, type HeurModeName, PlanError, type PlanReport, boundTensors, buildPlan, createHandle, cudnn, cudnnProbe, execute } from './cudnn.ts';
 import type { CudaDevice } from './device.ts';
-import { GRAPH_STYLES, type GraphStyle, type SdpaShape, UID, backwardGraph, forwardGraph } from './sdpa-graph.ts';
+import { GRAPH_STYLES, type GraphStyle, type SdpaShape, UID, backwardGraph, forwardGraph, staticLimits } from './sdpa-graph.ts';
 import { asCuda } from './tensor.ts';
 
-export type { SdpaShape } from './sdpa-graph.ts';
+export { type SdpaShape, staticLimits } from './sdpa-graph.ts';
 
 export interface CudnnAttentionOptions {
   /**
@@ -46,20 +46,6 @@ export type PlanEntry =
   | { ok: false; reason: string; reports: PlanReport[] };
 
 const GIB = 2 ** 30;
-
-/**
- * Limits known before asking cuDNN (null: none applies), from cudnn-frontend's checks for bf16 SDPA on cuDNN 9.
- */
-export function staticLimits(s: SdpaShape, dtype: DType, version: number): string | null {
-  if (dtype !== 'bf16') return `cuDNN attention takes bf16 (got ${dtype})`;
-  if (s.dQK % 8 !== 0 || s.dV % 8 !== 0 || s.dQK > 256 || s.dV > 256) return `head dims ${s.dQK}/${s.dV}: cuDNN needs multiples of 8, at most 256`;
-  if (s.seqLen < 2) return 'a sequence of one token (s_q = s_kv = 1 is not supported)';
-  if (version === 91000 || version === 91001) return 'cuDNN 9.10.0 and 9.10.1 have known bugs in the bf16 attention backward';
-  // cudnn-frontend pads these graphs with a padding mask on cuDNN <= 9.15.0 to work around the engines; nmoe does
-  // not build that variant, so such shapes stay on nmoe's kernels.
-  if (s.seqLen % 128 !== 0 && version <= 91500) return `sequence length ${s.seqLen} is not a multiple of 128, which cuDNN <= 9.15.0 needs without a padding mask`;
-  return null;
-}
 
 export class CudnnAttention {
   readonly version: number;

@@ -179,6 +179,21 @@ describe.skipIf(!probe.ok)('cuDNN backend binding', () => {
     }
   });
 
+  it('turns a graph cuDNN will not finalize into a PlanError that says where (no GPU here: no handle, no engines)', () => {
+    const g = forwardGraph(SMALL);
+    let err: unknown;
+    try {
+      lib.buildPlan(0n, g, { modes: ['A'], deterministic: false, maxWorkspaceBytes: 2 ** 32 });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(lib.PlanError);
+    const e = err as InstanceType<typeof lib.PlanError>;
+    expect(e.message).toMatch(/^cuDNN rejected graph 'sdpa_fwd B2 S128 H3 d64\/32': (finalize tensor 'Q' \(uid 1\)|set OPERATIONGRAPH_HANDLE|finalize operation graph)/);
+    expect(e.cause).toBeInstanceOf(lib.CudnnError);
+    expect([e.report.graph, e.report.ops, e.report.chosen]).toEqual([g.name, g.ops.length, null]);
+  });
+
   it('names the descriptor, the attribute and cuDNN\'s own message when an attribute is refused', () => {
     const d = new lib.Descriptor(17, "tensor 'probe' (uid 1)");
     try {

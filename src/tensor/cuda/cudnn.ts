@@ -411,6 +411,8 @@ export interface PlanAttempt extends Partial<EngineInfo> {
 export interface PlanReport {
   graph: string;
   ops: number;
+  /** Engines cuDNN has for the graph in all, before heuristics (-1: unknown). */
+  engines: number;
   /** Engine configs each heuristic mode returned (or the error it gave). */
   configs: Partial<Record<HeurModeName, number | string>>;
   attempts: PlanAttempt[];
@@ -508,7 +510,7 @@ function planJson(plan: Descriptor): string {
  */
 export function buildPlan(handle: bigint, spec: GraphSpec, opts: PlanOptions): ExecutionPlan {
   const t0 = performance.now();
-  const report: PlanReport = { graph: spec.name, ops: spec.ops.length, configs: {}, attempts: [], chosen: null, workspaceBytes: 0, buildMs: 0, json: '' };
+  const report: PlanReport = { graph: spec.name, ops: spec.ops.length, engines: -1, configs: {}, attempts: [], chosen: null, workspaceBytes: 0, buildMs: 0, json: '' };
   lastErrorString(); // drain messages of earlier calls, so errors below carry only their own
   let graph: OperationGraph;
   try {
@@ -516,6 +518,11 @@ export function buildPlan(handle: bigint, spec: GraphSpec, opts: PlanOptions): E
   } catch (err) {
     report.buildMs = performance.now() - t0;
     throw new PlanError(`cuDNN rejected graph '${spec.name}': ${(err as Error).message}`, report, err);
+  }
+  try {
+    report.engines = graph.engineCount();
+  } catch {
+    // informational only
   }
   let lastError = '';
   for (const mode of opts.modes) {

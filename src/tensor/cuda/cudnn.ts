@@ -288,9 +288,10 @@ function tensorDescriptor(t: TensorSpec, finalize: boolean): Descriptor {
     .setInt64(Attr.TENSOR_DIMENSIONS, ...t.dims)
     .setInt64(Attr.TENSOR_STRIDES, ...t.strides)
     .setInt64(Attr.TENSOR_UNIQUE_ID, t.uid)
-    .setInt64(Attr.TENSOR_BYTE_ALIGNMENT, TENSOR_ALIGNMENT)
-    .setBool(Attr.TENSOR_IS_VIRTUAL, !!t.virtual)
-    .setBool(Attr.TENSOR_IS_BY_VALUE, !!t.byValue);
+    .setInt64(Attr.TENSOR_BYTE_ALIGNMENT, TENSOR_ALIGNMENT);
+  // Set only when true, as cudnn-frontend does (false is the default).
+  if (t.virtual) d.setBool(Attr.TENSOR_IS_VIRTUAL, true);
+  if (t.byValue) d.setBool(Attr.TENSOR_IS_BY_VALUE, true);
   return finalize ? d.finalize() : d;
 }
 
@@ -454,23 +455,27 @@ export class PlanError extends Error {
 }
 
 function notes(engine: Descriptor, attr: number, type: number, names: readonly string[]): string[] {
-  const values = new Int32Array(16);
+  const values = new Int32Array(names.length);
   const n = engine.get(attr, type, values, values.length);
   return [...values.subarray(0, n)].map((v) => names[v] ?? `note ${v}`);
 }
 
+/** Which engine a config runs and what cuDNN notes about it. Informational: a query that fails leaves a gap. */
 function engineInfo(config: Descriptor, label: string): EngineInfo {
-  const engine = new Descriptor(Desc.ENGINE, `engine of ${label}`);
+  const info: EngineInfo = { engine: -1, numericalNotes: [], behaviorNotes: [] };
+  let engine: Descriptor | null = null;
   try {
+    engine = new Descriptor(Desc.ENGINE, `engine of ${label}`);
     config.get(Attr.ENGINECFG_ENGINE, AttrType.BACKEND_DESCRIPTOR, BigUint64Array.of(engine.ptr), 1);
-    return {
-      engine: engine.getInt64(Attr.ENGINE_GLOBAL_INDEX),
-      numericalNotes: notes(engine, Attr.ENGINE_NUMERICAL_NOTE, AttrType.NUMERICAL_NOTE, NUMERICAL_NOTES),
-      behaviorNotes: notes(engine, Attr.ENGINE_BEHAVIOR_NOTE, AttrType.BEHAVIOR_NOTE, BEHAVIOR_NOTES),
-    };
+    info.engine = engine.getInt64(Attr.ENGINE_GLOBAL_INDEX);
+    info.numericalNotes = notes(engine, Attr.ENGINE_NUMERICAL_NOTE, AttrType.NUMERICAL_NOTE, NUMERICAL_NOTES);
+    info.behaviorNotes = notes(engine, Attr.ENGINE_BEHAVIOR_NOTE, AttrType.BEHAVIOR_NOTE, BEHAVIOR_NOTES);
+  } catch (err) {
+    info.numericalNotes.push(`? (${(err as Error).message.slice(0, 120)})`);
   } finally {
-    engine.destroy();
+    engine?.destroy();
   }
+  return info;
 }
 
 /** The engine configs heuristic `mode` proposes for the graph, best first. */
@@ -525,7 +530,40 @@ export function buildPlan(handle: bigint, spec: GraphSpec, opts: PlanOptions): E
     // informational only
   }
   let lastError = '';
+  /** Tries one config; returns the plan, or null with the reason in the attempt. */
+  const tryConfig = (config: Descriptor, attempt: PlanAttempt): ExecutionPlan | null => {
+    let plan: Descriptor | null = null;
+    try {
+      plan = new Descriptor(Desc.EXECUTION_PLAN, `execution plan from config ${attempt.mode}#${attempt.index} (engine ${attempt.engine}) of '${spec.name}'`);
+      plan.setHandle(Attr.EXECUTION_PLAN_HANDLE, handle).setDescriptors(Attr.EXECUTION_PLAN_ENGINE_CONFIG, [config]).finalize();
+      const ws = plan.getInt64(Attr.EXECUTION_PLAN_WORKSPACE_SIZE);
+      attempt.workspaceBytes = ws;
+      if (ws > opts.maxWorkspaceBytes) {
+        attempt.rejected = `workspace ${ws} B over the ${opts.maxWorkspaceBytes} B limit`;
+        return null;
+      }
+      report.chosen = attempt;
+      report.workspaceBytes = ws;
+      report.json = planJson(plan);
+      report.buildMs = performance.now() - t0;
+      const built = new ExecutionPlan(graph, plan, config, report);
+      plan = null; // owned by `built` now
+      return built;
+    } catch (err) {
+      attempt.rejected = (err as Error).message;
+      lastError = attempt.rejected;
+      return null;
+    } finally {
+      plan?.destroy();
+    }
+  };
+  // Engines noted NONDETERMINISTIC wait until every other config has been tried (deterministic asked for): one of
+  // them is still better than no cuDNN at all, and tools/cudnn-check.ts measures whether reruns match bit for bit.
+  const deferred: [Descriptor, PlanAttempt][] = [];
+  const unused: Descriptor[] = [];
+  let built: ExecutionPlan | null = null;
   for (const mode of opts.modes) {
+    if (built) break;
     let configs: Descriptor[];
     try {
       configs = heuristicConfigs(graph, mode);
@@ -537,40 +575,31 @@ export function buildPlan(handle: bigint, spec: GraphSpec, opts: PlanOptions): E
     }
     for (let i = 0; i < configs.length; i++) {
       const config = configs[i]!;
-      const attempt: PlanAttempt = { mode, index: i };
-      report.attempts.push(attempt);
-      let plan: Descriptor | null = null;
-      try {
-        Object.assign(attempt, engineInfo(config, `${mode}#${i}`));
-        if (opts.deterministic && attempt.numericalNotes!.includes('NONDETERMINISTIC')) {
-          attempt.rejected = 'nondeterministic';
-          continue;
-        }
-        plan = new Descriptor(Desc.EXECUTION_PLAN, `execution plan from config ${mode}#${i} (engine ${attempt.engine}) of '${spec.name}'`);
-        plan.setHandle(Attr.EXECUTION_PLAN_HANDLE, handle).setDescriptors(Attr.EXECUTION_PLAN_ENGINE_CONFIG, [config]).finalize();
-        const ws = plan.getInt64(Attr.EXECUTION_PLAN_WORKSPACE_SIZE);
-        attempt.workspaceBytes = ws;
-        if (ws > opts.maxWorkspaceBytes) {
-          attempt.rejected = `workspace ${ws} B over the ${opts.maxWorkspaceBytes} B limit`;
-          continue;
-        }
-        report.chosen = attempt;
-        report.workspaceBytes = ws;
-        report.json = planJson(plan);
-        report.buildMs = performance.now() - t0;
-        for (const other of configs) if (other !== config) other.destroy();
-        const built = new ExecutionPlan(graph, plan, config, report);
-        plan = null; // owned by `built` now
-        return built;
-      } catch (err) {
-        attempt.rejected = (err as Error).message;
-        lastError = attempt.rejected;
-      } finally {
-        plan?.destroy();
+      if (built) {
+        unused.push(config);
+        continue;
       }
+      const attempt: PlanAttempt = { mode, index: i, ...engineInfo(config, `${mode}#${i}`) };
+      report.attempts.push(attempt);
+      if (opts.deterministic && attempt.numericalNotes!.includes('NONDETERMINISTIC')) {
+        attempt.rejected = 'noted NONDETERMINISTIC (kept as a last resort)';
+        deferred.push([config, attempt]);
+        continue;
+      }
+      built = tryConfig(config, attempt);
+      if (!built) unused.push(config);
     }
-    for (const c of configs) c.destroy();
   }
+  for (const [config, attempt] of deferred) {
+    if (!built) {
+      delete attempt.rejected;
+      built = tryConfig(config, attempt);
+      if (built) continue;
+    }
+    unused.push(config);
+  }
+  for (const c of unused) c.destroy();
+  if (built) return built;
   graph.destroy();
   report.buildMs = performance.now() - t0;
   const tried = report.attempts.length;

@@ -103,9 +103,9 @@ export class CudnnAttention {
         entry = { ok: true, plan, style, reports };
         break;
       } catch (err) {
-        if (!(err instanceof PlanError)) throw err;
-        reports.push(err.report);
-        reasons.push(`${style}: ${err.message}`);
+        // Anything that goes wrong while planning means "not on cuDNN": attention falls back, it does not fail.
+        if (err instanceof PlanError) reports.push(err.report);
+        reasons.push(`${style}: ${(err as Error).message}`);
       }
     }
     entry ??= { ok: false, reason: reasons.join(' | '), reports };

@@ -116,7 +116,7 @@ export class CudnnAttention {
   /** out and lse of causal attention (the caller allocates them, as for the Backend op). */
   forward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, spec: AttentionSpec): void {
     const s = this.#shape(q, v, spec);
-    const plan = this.#ready(s, 'fwd');
+    const plan = this.#ready(s, 'fwd', q.dtype);
     const rows = s.batch * s.heads * s.seqLen;
     const stats = this.#alloc(rows * 4);
     const ws = this.#alloc(plan.workspaceBytes);
@@ -132,7 +132,7 @@ export class CudnnAttention {
   /** dq, dk, dv from dOut and the forward's out and lse (the caller allocates the gradients). */
   backward(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, spec: AttentionSpec): void {
     const s = this.#shape(q, v, spec);
-    const plan = this.#ready(s, 'bwd');
+    const plan = this.#ready(s, 'bwd', q.dtype);
     const rows = s.batch * s.heads * s.seqLen;
     const stats = this.#alloc(rows * 4), softmaxSum = this.#alloc(rows * 4);
     const dqAccum = this.deterministic ? null : this.#alloc(rows * s.dQK * 4);
@@ -166,9 +166,12 @@ export class CudnnAttention {
     return { batch: spec.batch, seqLen: spec.seqLen, heads: spec.heads, dQK: q.shape[1]! / spec.heads, dV: v.shape[1]! / spec.heads };
   }
 
-  #ready(s: SdpaShape, pass: Pass): ExecutionPlan {
+  #ready(s: SdpaShape, pass: Pass, dtype: DType): ExecutionPlan {
+    const fail = (why: string) => new Error(`cuDNN attention ${pass} cannot run B${s.batch} S${s.seqLen} H${s.heads} d${s.dQK}/${s.dV}: ${why} (check supported() first)`);
+    const limit = staticLimits(s, dtype, this.version);
+    if (limit) throw fail(limit);
     const e = this.plan(s, pass);
-    if (!e.ok) throw new Error(`cuDNN attention ${pass} cannot run B${s.batch} S${s.seqLen} H${s.heads} d${s.dQK}/${s.dV}: ${e.reason}`);
+    if (!e.ok) throw fail(e.reason);
     return e.plan;
   }
 

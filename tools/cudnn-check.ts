@@ -238,6 +238,7 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
   // Forward.
   const fwdRow = blankRow(name, 'fwd');
   const fwd = planOk('fwd');
+  if (!fwd) fwdRow.build = 'no plan';
   let cudnnOut: { out: Tensor; lse: Tensor } | null = null;
   if (fwd && attns.det) {
     const det = attns.det;
@@ -275,7 +276,10 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
     const row = blankRow(name, label);
     rows.push(row);
     const p = planOk(label);
-    if (!p || !attn) continue;
+    if (!p || !attn) {
+      row.build = 'no plan';
+      continue;
+    }
     const r = p.plan.report;
     Object.assign(row, { build: `${r.buildMs.toFixed(0)} ms`, engine: `${r.chosen!.mode}#${r.chosen!.index} e${r.chosen!.engine}${p.style === 'frontend' ? '' : ' (int)'}` });
     const runs: Float32Array[][] = [];

@@ -295,17 +295,22 @@ function tensorDescriptor(t: TensorSpec, finalize: boolean): Descriptor {
   return finalize ? d.finalize() : d;
 }
 
-/** The backend operation for one op; its helper descriptors (pointwise / matmul / reduction) go to `owned`. */
+/** The backend operation for one op. Every descriptor made (helpers first, the operation last) goes to `owned`,
+ *  so nothing leaks when a later attribute is refused. */
 function operationDescriptor(op: OpSpec, tensors: Map<number, Descriptor>, owned: Descriptor[], finalize: boolean): Descriptor {
   const t = (x: TensorSpec) => [tensors.get(x.uid)!];
   const done = (d: Descriptor) => (finalize ? d.finalize() : d);
+  const make = (type: number, label: string) => {
+    const d = new Descriptor(type, label);
+    owned.push(d);
+    return d;
+  };
   if (op.kind === 'pointwise') {
-    const pw = new Descriptor(Desc.POINTWISE, `pointwise descriptor of '${op.name}'`);
-    owned.push(pw);
+    const pw = make(Desc.POINTWISE, `pointwise descriptor of '${op.name}'`);
     pw.setEnum(Attr.POINTWISE_MODE, AttrType.POINTWISE_MODE, op.mode).setDataType(Attr.POINTWISE_MATH_PREC, op.compute);
     if (op.axis !== undefined) pw.setInt64(Attr.POINTWISE_AXIS, op.axis);
     done(pw);
-    const d = new Descriptor(Desc.OPERATION_POINTWISE, `pointwise '${op.name}'`);
+    const d = make(Desc.OPERATION_POINTWISE, `pointwise '${op.name}'`);
     d.setDescriptors(Attr.OPERATION_POINTWISE_PW_DESCRIPTOR, [pw]).setDescriptors(Attr.OPERATION_POINTWISE_XDESC, t(op.x));
     if (op.b) d.setDescriptors(Attr.OPERATION_POINTWISE_BDESC, t(op.b));
     if (op.t) d.setDescriptors(Attr.OPERATION_POINTWISE_TDESC, t(op.t));
@@ -313,23 +318,21 @@ function operationDescriptor(op: OpSpec, tensors: Map<number, Descriptor>, owned
     return done(d);
   }
   if (op.kind === 'matmul') {
-    const mm = new Descriptor(Desc.MATMUL, `matmul descriptor of '${op.name}'`);
-    owned.push(mm);
+    const mm = make(Desc.MATMUL, `matmul descriptor of '${op.name}'`);
     done(mm.setDataType(Attr.MATMUL_COMP_TYPE, op.compute));
-    const d = new Descriptor(Desc.OPERATION_MATMUL, `matmul '${op.name}'`);
+    const d = make(Desc.OPERATION_MATMUL, `matmul '${op.name}'`);
     d.setDescriptors(Attr.OPERATION_MATMUL_ADESC, t(op.a)).setDescriptors(Attr.OPERATION_MATMUL_BDESC, t(op.b))
       .setDescriptors(Attr.OPERATION_MATMUL_CDESC, t(op.c)).setDescriptors(Attr.OPERATION_MATMUL_DESC, [mm]);
     return done(d);
   }
   if (op.kind === 'reduction') {
-    const red = new Descriptor(Desc.REDUCTION, `reduction descriptor of '${op.name}'`);
-    owned.push(red);
+    const red = make(Desc.REDUCTION, `reduction descriptor of '${op.name}'`);
     done(red.setDataType(Attr.REDUCTION_COMP_TYPE, op.compute).setEnum(Attr.REDUCTION_OPERATOR, AttrType.REDUCTION_OPERATOR_TYPE, op.mode));
-    const d = new Descriptor(Desc.OPERATION_REDUCTION, `reduction '${op.name}'`);
+    const d = make(Desc.OPERATION_REDUCTION, `reduction '${op.name}'`);
     d.setDescriptors(Attr.OPERATION_REDUCTION_DESC, [red]).setDescriptors(Attr.OPERATION_REDUCTION_XDESC, t(op.x)).setDescriptors(Attr.OPERATION_REDUCTION_YDESC, t(op.y));
     return done(d);
   }
-  const d = new Descriptor(Desc.OPERATION_RESHAPE, `reshape '${op.name}'`);
+  const d = make(Desc.OPERATION_RESHAPE, `reshape '${op.name}'`);
   d.setDescriptors(Attr.OPERATION_RESHAPE_XDESC, t(op.x)).setDescriptors(Attr.OPERATION_RESHAPE_YDESC, t(op.y));
   return done(d);
 }
@@ -373,13 +376,11 @@ export function lowerGraph(g: GraphSpec, handle: bigint | null): OperationGraph 
         parts.push(...owned);
       }
     }
-    parts.push(...ops);
     if (!finalize) return new OperationGraph(g, null, parts);
     const graph = new Descriptor(Desc.OPERATIONGRAPH, `operation graph '${g.name}' (${g.ops.length} ops)`);
-    // The graph's mode is left unset: cuDNN finds the pattern (here, fused attention) itself.
-    graph.setHandle(Attr.OPERATIONGRAPH_HANDLE, handle).setDescriptors(Attr.OPERATIONGRAPH_OPS, ops);
     try {
-      graph.finalize();
+      // The graph's mode is left unset: cuDNN finds the pattern (here, fused attention) itself.
+      graph.setHandle(Attr.OPERATIONGRAPH_HANDLE, handle).setDescriptors(Attr.OPERATIONGRAPH_OPS, ops).finalize();
     } catch (err) {
       graph.destroy();
       throw err;

@@ -1,7 +1,8 @@
 /**
- * `nmoe doctor`: what nmoe finds on this machine — the driver, each NVIDIA library with its version and path, every
- * GPU with its architecture and memory, peer access between GPUs, and a real NVRTC compile and kernel launch. Each
- * check prints ok or a reason; nothing here throws on a missing GPU, so it answers on any machine.
+ * `nmoe doctor`: what nmoe finds on this machine — the driver, each NVIDIA library with its version and path (cuDNN
+ * is optional: its absence is a note), every GPU with its architecture and memory, peer access between GPUs, and a
+ * real NVRTC compile and kernel launch. Each check prints ok or a reason; nothing here throws on a missing GPU, so
+ * it answers on any machine.
  */
 import type { Command } from 'commander';
 import pc from 'picocolors';
@@ -18,6 +19,11 @@ async function line(label: string, check: Check): Promise<boolean> {
     process.stdout.write(`${pc.red('FAIL')} ${label.padEnd(14)} ${(err as Error).message}\n`);
     return false;
   }
+}
+
+/** A line that is neither ok nor a failure: something optional that is not there. */
+function note(label: string, detail: string): void {
+  process.stdout.write(`${pc.yellow('--  ')} ${label.padEnd(14)} ${detail}\n`);
 }
 
 export async function doctor(): Promise<boolean> {
@@ -40,6 +46,13 @@ export async function doctor(): Promise<boolean> {
     const { version, path } = cublasLtVersion();
     return `${version} via ${path}`;
   })) && ok;
+  // cuDNN is optional: without it attention runs on nmoe's own kernels, so its absence is a note, not a failure.
+  {
+    const { cudnnProbe } = await import('../tensor/cuda/cudnn.ts');
+    const p = cudnnProbe();
+    if (p.ok) await line('cudnn', () => `cuDNN ${p.text} via ${p.path}`);
+    else note('cudnn', `not found: attention runs on nmoe's own kernels (${p.reason.split('. Looked in')[0]}; set NMOE_CUDNN_PATH to use one)`);
+  }
   let count = 0;
   ok = (await line('gpus', async () => {
     const { deviceCount } = await import('../tensor/cuda/device.ts');

@@ -15,7 +15,11 @@ export const KERNEL_NAMES: Record<string, readonly string[]> = {
     'convert<float, bf16>',
     'convert<bf16, float>',
   ],
-  'attention.cu': both(['rope_inplace', 'mla_assemble', 'mla_assemble_bwd', 'attention_fwd', 'attention_delta', 'attention_bwd_dq', 'attention_bwd_dkdv']),
+  'attention.cu': [
+    ...both(['rope_inplace', 'mla_assemble', 'mla_assemble_bwd', 'attention_fwd', 'attention_delta', 'attention_bwd_dq', 'attention_bwd_dkdv']),
+    'attention_lse_from_bhs',
+    'attention_lse_to_bhs',
+  ],
   'moe.cu': ['router_topk', 'router_topk_bwd', 'moe_count', 'moe_offsets', 'moe_place', 'router_bias_update', ...both(['moe_gather', 'moe_gather_bwd', 'moe_combine', 'moe_combine_bwd', 'grouped_gemm', 'grouped_wgrad'])],
   'grouped.cu': ['grouped_gemm_tc', 'grouped_wgrad_tc'],
   'flash.cu': flash(['flash_fwd', 'flash_bwd_dq', 'flash_bwd_dkdv']),

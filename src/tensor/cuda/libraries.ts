@@ -23,6 +23,9 @@ export const LIBRARIES = {
   cublasLt: { key: 'CUBLASLT', what: 'cuBLASLt', sonames: ['libcublasLt.so.13', 'libcublasLt.so.12'], install: 'install the CUDA toolkit or `pip install nvidia-cublas`' },
   nccl: { key: 'NCCL', what: 'NCCL, the collectives library', sonames: ['libnccl.so.2'], install: 'install NCCL (Debian/Ubuntu: libnccl2) or `pip install nvidia-nccl-cu12`' },
   nvml: { key: 'NVML', what: 'NVML, the GPU management library', sonames: ['libnvidia-ml.so.1'], install: 'install the NVIDIA driver' },
+  // Optional: attention runs on cuDNN's fused kernels where it is found (libcudnn.so.9 opens its engine libraries
+  // from its own folder), and on nmoe's own kernels where it is not.
+  cudnn: { key: 'CUDNN', what: 'cuDNN 9', sonames: ['libcudnn.so.9'], install: 'install cuDNN 9 (Debian/Ubuntu: libcudnn9-cuda-12 or libcudnn9-cuda-13) or `pip install nvidia-cudnn-cu12`' },
 } as const satisfies Record<string, LibrarySpec>;
 
 export interface LoadedLibrary {

@@ -188,6 +188,24 @@ __global__ void attention_bwd_dkdv(const T* dout, const T* q, const T* k, const 
   }
 }
 
+// cuDNN's softmax statistics are a dense (batch, head, seq) f32 buffer; nmoe's lse is [T, H] with T = batch * seq.
+// One thread per element, indexed by the lse position (its writes, or reads, coalesced); n = batch * seq * heads.
+__global__ void attention_lse_from_bhs(const float* stats, float* lse, int seq, int heads, long n) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    const long t = i / heads, b = t / seq;
+    const int h = i % heads, s = t % seq;
+    lse[i] = stats[(b * heads + h) * seq + s];
+  }
+}
+
+__global__ void attention_lse_to_bhs(const float* lse, float* stats, int seq, int heads, long n) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    const long t = i / heads, b = t / seq;
+    const int h = i % heads, s = t % seq;
+    stats[(b * heads + h) * seq + s] = lse[i];
+  }
+}
+
 #define INSTANTIATE(T)                                                                                                   \
   template __global__ void rope_inplace<T>(T*, const float*, const float*, int, int, int, int, int, int, int, int, int); \
   template __global__ void mla_assemble<T>(const T*, const T*, T*, T*, int, int, int, int);                             \

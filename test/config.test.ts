@@ -329,7 +329,7 @@ describe('fingerprint', () => {
 describe('schema', () => {
   it('has every reference field with its default, and the nmoe additions', () => {
     const d = defaultConfig();
-    expect(CONFIG_KEYS).toHaveLength(103 + 7); // the reference dataclass, plus device, grad_clip_norm, loss_mask_eos, strict_data, optim_state_dtype, master_weights, attn_recompute
+    expect(CONFIG_KEYS).toHaveLength(103 + 9); // the reference dataclass, plus device, grad_clip_norm, loss_mask_eos, strict_data, optim_state_dtype, master_weights, attn_recompute, attn_kernel, deterministic
     expect(d).toMatchObject({
       preset: 'custom', vocab_size: 201088, eos_token_id: 199999, dim: null, n_shared_experts: 2, n_dense_layers: 1,
       attn: 'mla', attn_local: 'swa', q_lora_rank: 1536, max_position_embeddings: 8192, rope_theta: 50000,
@@ -337,9 +337,9 @@ describe('schema', () => {
       hold_tokens: 10_000_000_000, decay_tokens: 40_000_000_000, decay_floor: 3e-5, steps: 10000, seq_len: 4096,
       resume: true, checkpoint_dir: '/data/checkpoints', eval_mode: 'reserved_gpu', eval_reserved_gpu_id: 7,
       grpo_prompts_per_step: 32, profiling_output_dir: '/data/profiles', attn_swa: {},
-      device: 'auto', grad_clip_norm: 1.0, loss_mask_eos: true, strict_data: false, optim_state_dtype: 'fp32', master_weights: 'fp32', attn_recompute: false,
+      device: 'auto', grad_clip_norm: 1.0, loss_mask_eos: true, strict_data: false, optim_state_dtype: 'fp32', master_weights: 'fp32', attn_recompute: false, attn_kernel: 'cudnn', deterministic: true,
     });
-    for (const key of ['device', 'grad_clip_norm', 'loss_mask_eos', 'strict_data', 'optim_state_dtype', 'master_weights', 'attn_recompute'] as const) expect(FIELDS[key].doc).toMatch(/^nmoe addition/);
+    for (const key of ['device', 'grad_clip_norm', 'loss_mask_eos', 'strict_data', 'optim_state_dtype', 'master_weights', 'attn_recompute', 'attn_kernel', 'deterministic'] as const) expect(FIELDS[key].doc).toMatch(/^nmoe addition/);
   });
 
   it('marks run-management and unused fields as not math', () => {

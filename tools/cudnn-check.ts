@@ -184,6 +184,7 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
   const { batch: B, seqLen: S, heads: H, dQK, dV } = s;
   const T = B * S;
   const spec = { batch: B, seqLen: S, heads: H, scale: dQK ** -0.5 };
+  const flashSpec = { ...spec, kernel: 'nmoe' as const }; // the reference: nmoe's own kernels, whatever attn_kernel defaults to
   const fwdFlops = B * H * S * S * (dQK + dV); // 2 * B*H*S*S*(dQK+dV) / 2 (causal)
   const shapeText = `B${B} S${S} H${H} d${dQK}/${dV}`;
   say(`\n== ${name}: ${shapeText}`);
@@ -225,8 +226,8 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
   };
   const q = randn([T, H * dQK], 1), k = randn([T, H * dQK], 2), v = randn([T, H * dV], 3), dO = randn([T, H * dV], 4);
   const ref = await step(`${name} flash reference`, async () => {
-    const f = b.attention(q, k, v, spec);
-    const g = b.attentionBackward(dO, q, k, v, f.out, f.lse, spec);
+    const f = b.attention(q, k, v, flashSpec);
+    const g = b.attentionBackward(dO, q, k, v, f.out, f.lse, flashSpec);
     const host = { out: await read(f.out), lse: await read(f.lse), dq: await read(g.dq), dk: await read(g.dk), dv: await read(g.dv) };
     return { dev: { ...f, ...g }, host };
   });
@@ -260,7 +261,7 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
     await step(`${name} fwd timing`, async () => {
       const out = b.empty([T, H * dV], 'bf16'), lse = b.empty([T, H], 'f32');
       const ms = await time(() => det.forward(q, k, v, out, lse, spec));
-      const flashMs = await time(() => { const f = b.attention(q, k, v, spec); f.out.free(); f.lse.free(); });
+      const flashMs = await time(() => { const f = b.attention(q, k, v, flashSpec); f.out.free(); f.lse.free(); });
       Object.assign(fwdRow, { ms: ms.toFixed(3), tflops: (fwdFlops / ms / 1e9).toFixed(0), flashMs: flashMs.toFixed(3), flashTflops: (fwdFlops / flashMs / 1e9).toFixed(0) });
       say(`  fwd time: cuDNN ${ms.toFixed(3)} ms (${fwdRow.tflops} TFLOPS), flash ${flashMs.toFixed(3)} ms (${fwdRow.flashTflops} TFLOPS)`);
       shapeReport.fwdTime = { ms, flashMs };
@@ -313,7 +314,7 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
     await step(`${name} ${label} timing`, async () => {
       const dq = b.empty([T, H * dQK], 'bf16'), dk = b.empty([T, H * dQK], 'bf16'), dv = b.empty([T, H * dV], 'bf16');
       const ms = await time(() => attn.backward(dO, q, k, v, ref.dev.out, ref.dev.lse, dq, dk, dv, spec));
-      flashBwdMs ??= await time(() => { const g = b.attentionBackward(dO, q, k, v, ref.dev.out, ref.dev.lse, spec); g.dq.free(); g.dk.free(); g.dv.free(); });
+      flashBwdMs ??= await time(() => { const g = b.attentionBackward(dO, q, k, v, ref.dev.out, ref.dev.lse, flashSpec); g.dq.free(); g.dk.free(); g.dv.free(); });
       const fl = 2.5 * fwdFlops;
       Object.assign(row, { ms: ms.toFixed(3), tflops: (fl / ms / 1e9).toFixed(0), flashMs: flashBwdMs.toFixed(3), flashTflops: (fl / flashBwdMs / 1e9).toFixed(0) });
       say(`  ${label} time: cuDNN ${ms.toFixed(3)} ms (${row.tflops} TFLOPS), flash ${flashBwdMs.toFixed(3)} ms (${row.flashTflops} TFLOPS)`);

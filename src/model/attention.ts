@@ -29,7 +29,8 @@ export interface AttentionSaved {
 }
 
 function attnSpec(ctx: LayerContext): AttentionSpec {
-  return { batch: ctx.batch, seqLen: ctx.seqLen, heads: ctx.cfg.n_heads, scale: qkHeadDim(ctx.cfg) ** -0.5 };
+  const { cfg } = ctx;
+  return { batch: ctx.batch, seqLen: ctx.seqLen, heads: cfg.n_heads, scale: qkHeadDim(cfg) ** -0.5, kernel: cfg.attn_kernel, deterministic: cfg.deterministic };
 }
 
 /** RoPE over the rope part of each of `heads` segments of width `stride`. */

@@ -43,6 +43,13 @@ export interface AttentionSpec {
   heads: number;
   /** Softmax scale applied to q.k. */
   scale: number;
+  /**
+   * Which kernels a GPU backend uses (the `attn_kernel` key): cuDNN's fused flash attention where cuDNN is found
+   * and takes the shape (default), or nmoe's own. The CPU backend has one implementation.
+   */
+  kernel?: 'cudnn' | 'nmoe';
+  /** A bit-reproducible backward (the `deterministic` key, default true). */
+  deterministic?: boolean;
 }
 
 export interface CrossEntropySpec {

@@ -9,6 +9,7 @@ import { DTYPE_BYTES, type DType, type Tensor, describe, shapeNumel } from '../t
 import { check, cu } from './driver.ts';
 import { CudaDevice, type KernelArg } from './device.ts';
 import { FLASH_HEAD_DIMS, KERNEL_NAMES } from './kernel-names.ts';
+import { type CudnnAttention, openCudnnAttention } from './sdpa.ts';
 import { CudaTensor, asCuda, ctype } from './tensor.ts';
 
 const ptr = (t: Tensor): KernelArg => ({ ptr: asCuda(t).ptr });
@@ -66,6 +67,10 @@ export class CudaBackend implements Backend {
   readonly #bad: CudaTensor;
   /** The grouped GEMMs take segment offsets (a plan's, or moeSegments'); their tile list is found through them. */
   readonly #tiles = new WeakMap<Tensor, GroupedTiles>();
+  /** cuDNN attention by backward determinism, opened on first use; null where cuDNN is absent or does not start. */
+  readonly #cudnn = new Map<boolean, CudnnAttention | null>();
+  /** Why attention is not on cuDNN, said once (the first time a shape falls back). */
+  #cudnnNote: string | null = null;
 
   constructor(ordinal = 0) {
     this.dev = new CudaDevice(ordinal, KERNEL_NAMES);
@@ -317,9 +322,36 @@ export class CudaBackend implements Backend {
     return { dQK, dV, warps: s.batch * s.seqLen * s.heads, flash };
   }
 
+  /** cuDNN attention for this spec, or null when the spec asks for nmoe's kernels or cuDNN cannot take it. */
+  #sdpa(q: Tensor, s: AttentionSpec, dQK: number, dV: number): CudnnAttention | null {
+    if ((s.kernel ?? 'cudnn') !== 'cudnn') return null;
+    const deterministic = s.deterministic ?? true;
+    if (!this.#cudnn.has(deterministic)) {
+      const { attention, note } = openCudnnAttention(this.dev, { deterministic });
+      this.#cudnn.set(deterministic, attention);
+      if (!attention) this.#fallback(note);
+    }
+    const sdpa = this.#cudnn.get(deterministic) ?? null;
+    if (!sdpa) return null;
+    const why = sdpa.unsupportedReason({ batch: s.batch, seqLen: s.seqLen, heads: s.heads, dQK, dV }, q.dtype);
+    if (why) this.#fallback(`cuDNN cannot run attention B${s.batch} S${s.seqLen} H${s.heads} d${dQK}/${dV}, it runs on nmoe's kernels: ${why}`);
+    return why ? null : sdpa;
+  }
+
+  #fallback(note: string): void {
+    if (this.#cudnnNote) return;
+    this.#cudnnNote = note;
+    process.stderr.write(`note: ${note}\n`);
+  }
+
   attention(q: Tensor, k: Tensor, v: Tensor, s: AttentionSpec): { out: Tensor; lse: Tensor } {
     const { dQK, dV, warps, flash } = this.#attnDims(q, v, s);
     const out = this.empty([s.batch * s.seqLen, s.heads * dV], q.dtype), lse = this.empty([s.batch * s.seqLen, s.heads], 'f32');
+    const sdpa = this.#sdpa(q, s, dQK, dV);
+    if (sdpa) {
+      sdpa.forward(q, k, v, out, lse, s);
+      return { out, lse };
+    }
     const dims = [i32(s.seqLen), i32(s.heads), i32(dQK), i32(dV), f32(s.scale)];
     if (flash) {
       const [P, V] = flash;
@@ -333,6 +365,12 @@ export class CudaBackend implements Backend {
 
   attentionBackward(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, s: AttentionSpec) {
     const { dQK, dV, warps, flash } = this.#attnDims(q, v, s);
+    const sdpa = this.#sdpa(q, s, dQK, dV);
+    if (sdpa) {
+      const dq = this.empty(q.shape, q.dtype), dk = this.empty(k.shape, k.dtype), dv = this.empty(v.shape, v.dtype);
+      sdpa.backward(dOut, q, k, v, out, lse, dq, dk, dv, s);
+      return { dq, dk, dv };
+    }
     const T = ctype(q);
     const delta = this.empty([warps], 'f32');
     this.#k('attention.cu', `attention_delta<${T}>`, [Math.ceil(warps / 8)], 256, [ptr(dOut), ptr(out), ptr(delta), i64(warps), i32(dV)]);

@@ -4,18 +4,27 @@
 // fixed order.
 #include "common.cuh"
 
-// One block per row of the chunk. Rows whose target equals `ignore` count zero.
+// One block per row of the chunk. Rows whose target equals `ignore` count zero. One pass over the row: each thread
+// keeps a running max and a sum of exponentials rescaled whenever the max grows (the row is 800 KB at a 200K
+// vocabulary, so a second pass would read it from DRAM again). Rows of vocab % 4 == 0 are read as float4.
 __global__ void ce_fwd_rows(const float* logits, const int* targets, float* lse, float* row_loss, int vocab, int ignore, int* bad) {
   const long r = blockIdx.x;
   const float* row = logits + r * vocab;
-  float m = NEG_INF;
-  for (int v = threadIdx.x; v < vocab; v += blockDim.x) m = fmaxf(m, row[v]);
-  m = block_max(m);
-  float s = 0.f;
-  for (int v = threadIdx.x; v < vocab; v += blockDim.x) s += __expf(row[v] - m);
-  s = block_sum(s);
+  float m = NEG_INF, s = 0.f;
+  const auto take = [&](float x) {
+    if (x > m) { s = s * __expf(m - x) + 1.f; m = x; }
+    else s += __expf(x - m);
+  };
+  if (vocab % 4 == 0) {
+    const float4* row4 = reinterpret_cast<const float4*>(row);
+    for (int v = threadIdx.x; v < vocab / 4; v += blockDim.x) { const float4 x = row4[v]; take(x.x); take(x.y); take(x.z); take(x.w); }
+  } else {
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) take(row[v]);
+  }
+  const float row_max = block_max(m);
+  const float sum = block_sum(m == NEG_INF ? 0.f : s * __expf(m - row_max));
   if (threadIdx.x == 0) {
-    const float l = m + __logf(s);
+    const float l = row_max + __logf(sum);
     const int t = targets[r];
     lse[r] = l;
     if (t == ignore) row_loss[r] = 0.f;
@@ -40,15 +49,29 @@ __global__ void ce_finish(const float* row_loss, long tokens, const float* count
   if (threadIdx.x == 0) *loss = s / fmaxf(*count, 1.f);
 }
 
-// dlogits = (softmax - onehot(target)) * scale / count, zero for ignored rows; written as T for the GEMMs.
+__device__ __forceinline__ void store4(float* p, const float d[4]) { *reinterpret_cast<float4*>(p) = make_float4(d[0], d[1], d[2], d[3]); }
+__device__ __forceinline__ void store4(bf16* p, const float d[4]) { *reinterpret_cast<uint2*>(p) = make_uint2(pack_bf16(d[0], d[1]), pack_bf16(d[2], d[3])); }
+
+// dlogits = (softmax - onehot(target)) * scale / count, zero for ignored rows; written as T for the GEMMs. Rows of
+// vocab % 4 == 0 go four elements at a time.
 template <typename T>
 __global__ void ce_bwd_rows(const float* logits, const int* targets, const float* lse, const float* count, T* dlogits, int vocab, int ignore, float scale) {
   const long r = blockIdx.x;
   const int t = targets[r];
+  const bool counted = t != ignore;
   const float norm = scale / fmaxf(*count, 1.f), l = lse[r];
-  for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
-    const float d = t == ignore ? 0.f : (__expf(logits[r * vocab + v] - l) - (v == t ? 1.f : 0.f)) * norm;
-    dlogits[r * vocab + v] = from_f32<T>(d);
+  const float* row = logits + r * vocab;
+  T* out = dlogits + r * vocab;
+  if (vocab % 4 == 0) {
+    for (int v = 4 * threadIdx.x; v < vocab; v += 4 * blockDim.x) {
+      const float4 x = *reinterpret_cast<const float4*>(row + v);
+      float d[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) d[j] = counted ? (__expf(d[j] - l) - (v + j == t ? 1.f : 0.f)) * norm : 0.f;
+      store4(out + v, d);
+    }
+  } else {
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) out[v] = from_f32<T>(counted ? (__expf(row[v] - l) - (v == t ? 1.f : 0.f)) * norm : 0.f);
   }
 }
 

@@ -20,8 +20,9 @@
 //     within a row, never across rows). The old dw tile is prefetched by TMA into shared memory during the
 //     mainloop; the epilogue adds the accumulators in fp32, rounds once and writes the tile back by TMA.
 //
-// Out-of-range box elements are zero-filled by TMA (rows past the tensor, k past din, columns past dout), and the
-// weights use a 3-D map [E][rows][cols] so that a box never reads the next expert's weights. Every mbarrier wait has
+// Out-of-range parts of a box are zero-filled by TMA (rows past the tensor, k past din, columns past dout); boxes
+// wholly out of range are not issued (they would only feed outputs that are never stored). The weights use a 3-D
+// map [E][rows][cols] so that a box never reads the next expert's weights. Every mbarrier wait has
 // a watchdog: past WATCHDOG_NS it records {code, block, item, detail} in `wd` and stops waiting, so a broken pipeline
 // ends the kernel with an error the host reports instead of hanging the GPU.
 #include "common.cuh"
@@ -355,17 +356,22 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constan
       for (int item = blockIdx.x; item < items && !dead; item += gridDim.x) {
         const int t = item / col_tiles, n0 = (item - t * col_tiles) * BN;
         const int e = tiles[2 * t], r0 = tiles[2 * t + 1];
+        const int nbox = min(BN / 64, (dout - n0 + 63) / 64);
         for (int kb = 0; kb < kblocks; ++kb) {
           wait_bar(bars + 8 * (P::STAGES + s), phase ^ 1, wd, dead, 2, item, (kb << 8) | (s << 1) | (int)phase);
           if (dead) break;
           const u32 full = bars + 8 * s, a = stage0 + s * P::STAGE_BYTES, b = a + P::A_BYTES;
-          mbar_expect_tx(full, P::STAGE_BYTES);
-          tma_load_2d(a, &map_x, full, kb * BK, r0);
           if (B_KMAJOR) {
+            mbar_expect_tx(full, P::STAGE_BYTES);
+            tma_load_2d(a, &map_x, full, kb * BK, r0);
             tma_load_3d(b, &map_w, full, kb * BK, n0, e);
           } else {
+            // Boxes wholly past dout are not loaded: they would only feed columns that are never stored.
+            mbar_expect_tx(full, P::A_BYTES + nbox * 8192);
+            tma_load_2d(a, &map_x, full, kb * BK, r0);
 #pragma unroll
-            for (int j = 0; j < BN / 64; ++j) tma_load_3d(b + j * 8192, &map_w, full, n0 + 64 * j, kb * BK, e);
+            for (int j = 0; j < BN / 64; ++j)
+              if (j < nbox) tma_load_3d(b + j * 8192, &map_w, full, n0 + 64 * j, kb * BK, e);
           }
           if (++s == P::STAGES) {
             s = 0;
@@ -457,6 +463,8 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
         const int s0 = offsets[e], s1 = offsets[e + 1];
         if (s1 <= s0) continue;
         const int kblocks = (s1 - s0 + BK - 1) / BK;
+        // Boxes wholly past din or dout are not loaded (nor stored): they would only feed dw entries that do not exist.
+        const int mbox = min(BM / 64, (din - m0 + 63) / 64), nbox = min(BN / 64, (dout - n0 + 63) / 64);
         // The old dw tile is fetched once the first stages are queued (the previous tile's store must have read
         // the buffer first, which the math threads signal after their first k block of this tile).
         const int c_after = min(P::STAGES, kblocks) - 1;
@@ -465,11 +473,13 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
           if (dead) break;
           const u32 full = bars + 8 * s, a = stage0 + s * P::STAGE_BYTES, b = a + P::A_BYTES;
           const int k = s0 + kb * BK;
-          mbar_expect_tx(full, P::STAGE_BYTES);
+          mbar_expect_tx(full, (mbox + nbox) * 8192);
 #pragma unroll
-          for (int j = 0; j < BM / 64; ++j) tma_load_2d(a + j * 8192, &map_x, full, m0 + 64 * j, k);
+          for (int j = 0; j < BM / 64; ++j)
+            if (j < mbox) tma_load_2d(a + j * 8192, &map_x, full, m0 + 64 * j, k);
 #pragma unroll
-          for (int j = 0; j < BN / 64; ++j) tma_load_2d(b + j * 8192, &map_dy, full, n0 + 64 * j, k);
+          for (int j = 0; j < BN / 64; ++j)
+            if (j < nbox) tma_load_2d(b + j * 8192, &map_dy, full, n0 + 64 * j, k);
           if (++s == P::STAGES) {
             s = 0;
             phase ^= 1;
@@ -477,9 +487,10 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
           if (kb == c_after) {
             wait_bar(c_empty, (ctile & 1) ^ 1, wd, dead, 4, item, ctile);
             if (dead) break;
-            mbar_expect_tx(c_full, P::C_BYTES);
+            mbar_expect_tx(c_full, nbox * (BM * 128));
 #pragma unroll
-            for (int j = 0; j < BN / 64; ++j) tma_load_3d(cbuf + j * (BM * 128), &map_dw, c_full, n0 + 64 * j, m0, e);
+            for (int j = 0; j < BN / 64; ++j)
+              if (j < nbox) tma_load_3d(cbuf + j * (BM * 128), &map_dw, c_full, n0 + 64 * j, m0, e);
           }
         }
         ++ctile;
@@ -561,8 +572,10 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
       fence_proxy_async();
       named_sync(1, 256);
       if (ctid == 0) {
+        const int nbox = min(BN / 64, (dout - n0 + 63) / 64);
 #pragma unroll
-        for (int j = 0; j < BN / 64; ++j) tma_store_3d(&map_dw, cbuf + j * (BM * 128), n0 + 64 * j, m0, e);
+        for (int j = 0; j < BN / 64; ++j)
+          if (j < nbox) tma_store_3d(&map_dw, cbuf + j * (BM * 128), n0 + 64 * j, m0, e);
         bulk_commit();
         store_pending = true;
       }

@@ -6,8 +6,10 @@
 import { fromBf16Bits, toBf16Bits } from '../bf16.ts';
 import type { AdamWGroup, AdamWOptions, AttentionSpec, Backend, CrossEntropySpec, MatmulOptions, MoePlan, NormalInit, RopeSpec } from '../backend.ts';
 import { DTYPE_BYTES, type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
+import { UserError } from '../../util/errors.ts';
 import { check, cu } from './driver.ts';
 import { CudaDevice, type KernelArg } from './device.ts';
+import { type FwdTileN, SM90_FILE, SM90_ROW_TILE, SM90_THREADS, type Sm90Launch, type WgradTile, chooseWgradTile, describeWatchdog, fwdLaunch, wgradLaunch } from './grouped-sm90.ts';
 import { FLASH_HEAD_DIMS, KERNEL_NAMES } from './kernel-names.ts';
 import { type CudnnAttention, openCudnnAttention } from './sdpa.ts';
 import { CudaTensor, asCuda, ctype } from './tensor.ts';
@@ -18,8 +20,9 @@ const i64 = (v: number): KernelArg => ({ i64: v });
 const f32 = (v: number): KernelArg => ({ f32: v });
 const u32 = (v: number): KernelArg => ({ u32: v });
 
-/** Rows per scheduled expert tile (the tensor-core tile; the fp32 kernel splits it in halves). */
-const GROUP_TILE = 128;
+/** Rows per scheduled expert tile (the tensor-core tile; the fp32 kernel splits it in halves; the sm_90a kernels'
+ *  row tile, SM90_ROW_TILE). */
+const GROUP_TILE = SM90_ROW_TILE;
 // fp32 logits per chunk (1 GiB, 1335 rows at vocab 201088): large GEMMs for the logits and their gradients, small
 // against the [tokens x vocab] logits it replaces. See dev/LOG.md for the measured effect.
 const CE_CHUNK_ELEMENTS = 256 << 20;
@@ -39,6 +42,26 @@ function gridFor(n: number, block = 256): number {
 interface GroupedTiles {
   tiles: Tensor;
   numTiles: Tensor;
+}
+
+/**
+ * How the grouped expert GEMMs run. `path` 'auto' takes the Hopper kernels (wgmma fed by TMA, grouped_sm90.cu)
+ * on an sm_90a device for bf16 operands with dims in multiples of 8 and 16-byte aligned tensors, else the mma.sync
+ * ones (grouped.cu); 'mma' always the latter. NMOE_GROUPED_GEMM=mma (read once, at construction) is the escape
+ * hatch. The rest are for tools/gemm-check.ts: the forward tile width, the weight-gradient tile, kernel flags.
+ */
+export interface GroupedGemmOptions {
+  path: 'auto' | 'mma';
+  fwdTileN: FwdTileN;
+  wgradTile: 'auto' | WgradTile;
+  flags: number;
+}
+
+function groupedGemmPathFromEnv(): 'auto' | 'mma' {
+  const v = process.env.NMOE_GROUPED_GEMM;
+  if (v === undefined || v === '' || v === 'auto') return 'auto';
+  if (v === 'mma') return 'mma';
+  throw new UserError(`NMOE_GROUPED_GEMM=${JSON.stringify(v)} is not a grouped GEMM path. Fix: NMOE_GROUPED_GEMM=mma (the mma.sync kernels) or unset it (auto: wgmma on sm_90a).`);
 }
 
 class CudaMoePlan implements MoePlan, GroupedTiles {
@@ -63,8 +86,14 @@ class CudaMoePlan implements MoePlan, GroupedTiles {
 export class CudaBackend implements Backend {
   readonly device = 'cuda' as const;
   readonly dev: CudaDevice;
-  /** Device flag set by kernels that meet an out-of-range id; checked on read(). */
-  readonly #bad: CudaTensor;
+  /** Device status words, copied with every read(): [0] the flag kernels set when they meet an out-of-range id,
+   *  [4..8) the grouped GEMM pipeline watchdog's record {code, block, item, detail} (grouped_sm90.cu). */
+  readonly #status: CudaTensor;
+  readonly #bad: Tensor;
+  readonly #watchdog: Tensor;
+  readonly groupedGemm: GroupedGemmOptions = { path: groupedGemmPathFromEnv(), fwdTileN: 256, wgradTile: 'auto', flags: 0 };
+  /** The last grouped GEMM launch of the sm_90a path (tools/gemm-check.ts prints it). */
+  lastGroupedLaunch: { name: string; grid: number; block: number; smem: number } | null = null;
   /** The grouped GEMMs take segment offsets (a plan's, or moeSegments'); their tile list is found through them. */
   readonly #tiles = new WeakMap<Tensor, GroupedTiles>();
   /** cuDNN attention by backward determinism, opened on first use; null where cuDNN is absent or does not start. */
@@ -74,7 +103,9 @@ export class CudaBackend implements Backend {
 
   constructor(ordinal = 0) {
     this.dev = new CudaDevice(ordinal, KERNEL_NAMES);
-    this.#bad = this.zeros([1], 'i32') as CudaTensor;
+    this.#status = this.zeros([8], 'i32') as CudaTensor;
+    this.#bad = this.view(this.#status, [1], 0);
+    this.#watchdog = this.view(this.#status, [4], 4);
   }
 
   get name(): string {
@@ -82,7 +113,12 @@ export class CudaBackend implements Backend {
   }
 
   #k(file: string, name: string, grid: [number, number?, number?], block: number, args: KernelArg[], smem = 0): void {
-    this.dev.launch(this.dev.kernel(file, name), grid, block, args, smem);
+    const fn = this.dev.kernel(file, name);
+    try {
+      this.dev.launch(fn, grid, block, args, smem);
+    } catch (e) {
+      throw new Error(`launching ${name} (${file}) with grid [${grid.join(', ')}], ${block} threads, ${smem} B of dynamic shared memory: ${(e as Error).message}`, { cause: e });
+    }
   }
 
   // --- memory ---------------------------------------------------------------------------------------------
@@ -109,12 +145,14 @@ export class CudaBackend implements Backend {
 
   async read(t: Tensor): Promise<Float32Array | Int32Array> {
     const c = asCuda(t);
-    const staging = this.dev.staging(c.bytes + 4);
+    const staging = this.dev.staging(c.bytes + 32);
     check('cuMemcpyDtoHAsync', cu.memcpyDtoHAsync(staging.ptr, c.ptr, c.bytes, this.dev.stream));
-    check('cuMemcpyDtoHAsync', cu.memcpyDtoHAsync(staging.ptr + BigInt(c.bytes), this.#bad.ptr, 4, this.dev.stream));
+    check('cuMemcpyDtoHAsync', cu.memcpyDtoHAsync(staging.ptr + BigInt(c.bytes), this.#status.ptr, 32, this.dev.stream));
     this.dev.synchronize();
-    const bad = new Int32Array(staging.view.slice(c.bytes, c.bytes + 4))[0]!;
+    const status = new Int32Array(staging.view.slice(c.bytes, c.bytes + 32));
+    const bad = status[0]!;
     if (bad !== 0) throw new Error(`a kernel met an out-of-range index (token or expert id) at position ${bad - 1}; the inputs are inconsistent with the model (vocab_size, n_routed_experts)`);
+    if (status[4] !== 0) throw new Error(describeWatchdog(status.subarray(4)));
     const copy = staging.view.slice(0, c.bytes);
     if (c.dtype === 'i32') return new Int32Array(copy);
     if (c.dtype === 'f32') return new Float32Array(copy);
@@ -468,19 +506,45 @@ export class CudaBackend implements Backend {
   }
 
   groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB = false): Tensor {
-    const plan = this.#tilesOf(offsets);
-    const [, w1, w2] = w.shape as [number, number, number];
-    const [din, dout] = transB ? [w2, w1] : [w1, w2];
-    if (x.shape[1] !== din) throw new Error(`groupedMatmul: ${describe(x)} does not match ${describe(w)} (transB=${transB})`);
+    const dout = transB ? w.shape[1]! : w.shape[2]!;
     const y = this.empty([x.shape[0]!, dout], x.dtype);
+    this.groupedMatmulInto(x, w, offsets, transB, y);
+    return y;
+  }
+
+  /** groupedMatmul into `y` [rows, dout]: rows outside every segment keep what they held (tools/gemm-check.ts). */
+  groupedMatmulInto(x: Tensor, w: Tensor, offsets: Tensor, transB: boolean, y: Tensor): void {
+    const plan = this.#tilesOf(offsets);
+    const [experts, w1, w2] = w.shape as [number, number, number];
+    const [din, dout] = transB ? [w2, w1] : [w1, w2];
+    const rows = x.shape[0]!;
+    if (x.shape[1] !== din) throw new Error(`groupedMatmul: ${describe(x)} does not match ${describe(w)} (transB=${transB})`);
+    if (y.shape[0] !== rows || y.shape[1] !== dout || y.dtype !== x.dtype) throw new Error(`groupedMatmul: output ${describe(y)} is not [${rows},${dout}] ${x.dtype}`);
+    if (this.#sm90Grouped([x, w, y], din, dout, rows)) {
+      const maxTiles = plan.tiles.shape[0]!;
+      this.#sm90(fwdLaunch({
+        x: asCuda(x).ptr, rows, w: asCuda(w).ptr, experts, din, dout, transB, y: asCuda(y).ptr, offsets: asCuda(offsets).ptr,
+        tiles: asCuda(plan.tiles).ptr, numTiles: asCuda(plan.numTiles).ptr, maxTiles, multiprocessors: this.dev.info.multiprocessors,
+        bn: this.groupedGemm.fwdTileN, flags: this.groupedGemm.flags, watchdog: asCuda(this.#watchdog).ptr,
+      }));
+      return;
+    }
     const args = [ptr(x), ptr(w), ptr(y), ptr(offsets), ptr(plan.tiles), ptr(plan.numTiles), i32(din), i32(dout), i32(transB ? 1 : 0)];
     if (this.#tensorCores(x, din, dout)) this.#k('grouped.cu', 'grouped_gemm_tc', [Math.ceil(dout / 128), plan.tiles.shape[0]!], 256, args, groupedSmem(0, transB ? 0 : 1));
     else this.#k('moe.cu', `grouped_gemm<${ctype(x)}>`, [plan.tiles.shape[0]!, Math.ceil(dout / 64), 2], 256, args);
-    return y;
   }
 
   groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void {
     const [experts, din, dout] = dw.shape as [number, number, number];
+    const rows = x.shape[0]!;
+    if (this.#sm90Grouped([x, dy, dw], din, dout, rows) && dy.shape[0] === rows) {
+      const tile = this.groupedGemm.wgradTile === 'auto' ? chooseWgradTile(din, dout) : this.groupedGemm.wgradTile;
+      this.#sm90(wgradLaunch({
+        x: asCuda(x).ptr, dy: asCuda(dy).ptr, rows, dw: asCuda(dw).ptr, experts, din, dout, offsets: asCuda(offsets).ptr,
+        multiprocessors: this.dev.info.multiprocessors, tile, flags: this.groupedGemm.flags, watchdog: asCuda(this.#watchdog).ptr,
+      }));
+      return;
+    }
     const args = [ptr(x), ptr(dy), ptr(offsets), ptr(dw), i32(din), i32(dout)];
     if (this.#tensorCores(x, din, dout)) this.#k('grouped.cu', 'grouped_wgrad_tc', [Math.ceil(din / 128), Math.ceil(dout / 128), experts], 256, args, groupedSmem(1, 1));
     else this.#k('moe.cu', `grouped_wgrad<${ctype(x)}>`, [Math.ceil(din / 64), Math.ceil(dout / 64), experts], 256, args);
@@ -489,6 +553,30 @@ export class CudaBackend implements Backend {
   /** bf16 with dims in multiples of 8 (16-byte operand loads) runs on tensor cores; anything else on the fp32 kernels. */
   #tensorCores(x: Tensor, din: number, dout: number): boolean {
     return x.dtype === 'bf16' && din % 8 === 0 && dout % 8 === 0;
+  }
+
+  /** The Hopper kernels apply: sm_90a, not forced off, bf16 throughout, dims in multiples of 8 (TMA strides of
+   *  16 bytes), 16-byte aligned tensors and at least one row (a tensor map has no empty dims). */
+  #sm90Grouped(tensors: readonly Tensor[], din: number, dout: number, rows: number): boolean {
+    return this.dev.info.arch === 'sm_90a' && this.groupedGemm.path === 'auto' && rows > 0 && din % 8 === 0 && dout % 8 === 0 &&
+      tensors.every((t) => t.dtype === 'bf16' && asCuda(t).ptr % 16n === 0n);
+  }
+
+  #sm90(l: Sm90Launch): void {
+    this.lastGroupedLaunch = { name: l.name, grid: l.grid, block: SM90_THREADS, smem: l.smem };
+    this.#k(SM90_FILE, l.name, [l.grid], SM90_THREADS, l.args, l.smem);
+  }
+
+  /** The grouped GEMM watchdog's record (see describeWatchdog) if one was set since the last call, which clears it. */
+  async takeGroupedWatchdog(): Promise<string | null> {
+    this.dev.synchronize();
+    const staging = this.dev.staging(16);
+    check('cuMemcpyDtoHAsync', cu.memcpyDtoHAsync(staging.ptr, asCuda(this.#watchdog).ptr, 16, this.dev.stream));
+    this.dev.synchronize();
+    const rec = new Int32Array(staging.view.slice(0, 16));
+    if (rec[0] === 0) return null;
+    this.zero(this.#watchdog);
+    return describeWatchdog(rec);
   }
 
   #tilesOf(offsets: Tensor): GroupedTiles {

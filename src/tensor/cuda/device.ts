@@ -11,11 +11,13 @@ import { CU_DEVICE_ATTRIBUTE as A, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYT
 import { GemmRunner } from './cublaslt.ts';
 import { compileKernels } from './nvrtc.ts';
 
-/** A kernel argument; `bytes` is a struct passed by value (4-byte aligned). */
-/** A kernel parameter; `bytes` is a struct passed by value, aligned to `align` (default 4). */
+/** A kernel parameter; `bytes` is a struct passed by value, placed at a multiple of `align` bytes (default 4), as
+ *  the kernel's parameter layout has it (a `__grid_constant__` TMA map: 128). */
 export type KernelArg = { ptr: bigint } | { i32: number } | { i64: number } | { f32: number } | { u32: number } | { bytes: Uint8Array; align?: number };
 
 const ARG_BYTES = 4096;
+/** The parameter block starts at this alignment, so that `align` up to it holds in memory as well as in offsets. */
+const ARG_ALIGN = 128;
 const GEMM_WORKSPACE_BYTES = 32 << 20;
 /** Uploads up to this size go through the ring of pinned slots below, without waiting for the stream. */
 const UPLOAD_SLOT_BYTES = 16 << 20;
@@ -82,7 +84,8 @@ export class CudaDevice {
     const dev = outI32('cuDeviceGet', cu.deviceGet, ordinal);
     check('cuCtxSetCurrent', cu.ctxSetCurrent(outU64('cuDevicePrimaryCtxRetain', cu.primaryCtxRetain, dev)));
     this.stream = outU64('cuStreamCreate', cu.streamCreate, 0);
-    this.#args = koffi.alloc('uint8_t', ARG_BYTES) as bigint;
+    const raw = koffi.alloc('uint8_t', ARG_BYTES + ARG_ALIGN) as bigint;
+    this.#args = raw + ((BigInt(ARG_ALIGN) - (raw % BigInt(ARG_ALIGN))) % BigInt(ARG_ALIGN));
     this.#argView = new DataView(koffi.view(this.#args, ARG_BYTES));
     // extra = { CU_LAUNCH_PARAM_BUFFER_POINTER, args, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END }
     this.#extra = koffi.alloc('uint64_t', 6) as bigint;
@@ -120,7 +123,14 @@ export class CudaDevice {
       else if ('i64' in a) { off = align(off, 8); v.setBigInt64(off, BigInt(a.i64), true); off += 8; }
       else if ('i32' in a) { off = align(off, 4); v.setInt32(off, a.i32, true); off += 4; }
       else if ('u32' in a) { off = align(off, 4); v.setUint32(off, a.u32 >>> 0, true); off += 4; }
-      else if ('bytes' in a) { off = align(off, a.align ?? 4); new Uint8Array(v.buffer, off, a.bytes.length).set(a.bytes); off += a.bytes.length; }
+      else if ('bytes' in a) {
+        const al = a.align ?? 4;
+        if (al > ARG_ALIGN || ARG_ALIGN % al !== 0) throw new Error(`kernel argument alignment ${al} is not a divisor of ${ARG_ALIGN}`);
+        off = align(off, al);
+        if (off + a.bytes.length > ARG_BYTES) throw new Error(`kernel arguments exceed ${ARG_BYTES} bytes`);
+        new Uint8Array(v.buffer, v.byteOffset + off, a.bytes.length).set(a.bytes);
+        off += a.bytes.length;
+      }
       else { off = align(off, 4); v.setFloat32(off, a.f32, true); off += 4; }
     }
     // The exact parameter bytes: more than the kernel declares is CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES.

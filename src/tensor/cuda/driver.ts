@@ -22,6 +22,14 @@ koffi.struct('CUipcMemHandle', { reserved: koffi.array('uint8_t', IPC_HANDLE_BYT
 export const CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1;
 
 const f = (sig: string) => lib.func(sig);
+/** A function that drivers before some version lack: null there instead of failing the whole binding. */
+const optional = (sig: string) => {
+  try {
+    return lib.func(sig);
+  } catch {
+    return null;
+  }
+};
 export const cu = {
   path,
   init: f('int cuInit(unsigned int flags)'),
@@ -62,6 +70,10 @@ export const cu = {
   ipcGetMemHandle: f('int cuIpcGetMemHandle(_Out_ uint8_t *handle, uint64_t dptr)'),
   ipcOpenMemHandle: f('int cuIpcOpenMemHandle_v2(_Out_ uint64_t *dptr, CUipcMemHandle handle, unsigned int flags)'),
   ipcCloseMemHandle: f('int cuIpcCloseMemHandle(uint64_t dptr)'),
+  // Tensor maps for the tensor memory accelerator (TMA, CUDA 12+ drivers): written to a 64-byte aligned address.
+  tensorMapEncodeTiled: optional(
+    'int cuTensorMapEncodeTiled(uint64_t map, int dtype, uint32_t rank, uint64_t address, const uint64_t *dims, const uint64_t *strides, const uint32_t *box, const uint32_t *elementStrides, int interleave, int swizzle, int l2Promotion, int oobFill)',
+  ),
   getErrorName: f('int cuGetErrorName(int error, _Out_ const char **name)'),
   getErrorString: f('int cuGetErrorString(int error, _Out_ const char **text)'),
 };

@@ -8,6 +8,12 @@ const both = (names: readonly string[]) => names.flatMap((n) => [`${n}<float>`, 
 export const FLASH_HEAD_DIMS: readonly [number, number][] = [[32, 16], [64, 64], [128, 128], [192, 128]];
 const flash = (names: readonly string[]) => names.flatMap((n) => FLASH_HEAD_DIMS.map(([qk, v]) => `${n}<${qk}, ${v}>`));
 
+/** The Hopper grouped GEMMs (grouped_sm90.cu): forward/input gradient <tile width, B K-major>, weight gradient <BM, BN>. */
+export const SM90_GROUPED_KERNELS = [
+  'grouped_gemm_sm90<256, 0>', 'grouped_gemm_sm90<256, 1>', 'grouped_gemm_sm90<128, 0>', 'grouped_gemm_sm90<128, 1>',
+  'grouped_wgrad_sm90<128, 256>', 'grouped_wgrad_sm90<256, 128>',
+] as const;
+
 export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'elementwise.cu': [
     ...both(['embedding_fwd', 'embedding_bwd', 'rmsnorm_fwd', 'rmsnorm_bwd', 'sum_partials', 'swiglu_fwd', 'swiglu_bwd', 'add', 'copy_cols', 'fill_normal', 'fill_value']),
@@ -22,6 +28,7 @@ export const KERNEL_NAMES: Record<string, readonly string[]> = {
   ],
   'moe.cu': ['router_topk', 'router_topk_bwd', 'moe_count', 'moe_offsets', 'moe_place', 'router_bias_update', ...both(['moe_gather', 'moe_gather_bwd', 'moe_combine', 'moe_combine_bwd', 'grouped_gemm', 'grouped_wgrad'])],
   'grouped.cu': ['grouped_gemm_tc', 'grouped_wgrad_tc'],
+  'grouped_sm90.cu': SM90_GROUPED_KERNELS,
   'flash.cu': flash(['flash_fwd', 'flash_bwd_dq', 'flash_bwd_dkdv']),
   'loss.cu': ['ce_fwd_rows', 'ce_count', 'ce_finish', ...both(['ce_bwd_rows'])],
   'rdep.cu': ['rdep_route_send', 'rdep_barrier', 'rdep_place', 'rdep_dispatch', 'rdep_return'],

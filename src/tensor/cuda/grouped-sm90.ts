@@ -1,0 +1,149 @@
+/**
+ * Host side of the Hopper grouped GEMMs (kernels/grouped_sm90.cu): which kernel and tile a call gets, the shared
+ * memory it needs (the file's FwdPlan / WgradPlan, whose numbers it asserts), the TMA maps and the arguments.
+ * Persistent grids of at most one CTA per SM; the kernels take their work from the device-built tile list (forward,
+ * input gradient) or the segment offsets (weight gradient), so nothing here depends on the routing.
+ */
+import type { KernelArg } from './device.ts';
+import { TENSOR_MAP_ALIGN, encodeTensorMap } from './tensor-map.ts';
+
+export const SM90_FILE = 'grouped_sm90.cu';
+export const SM90_THREADS = 384;
+const SMEM_LIMIT = 232448;
+const BK = 64;
+/** Rows per entry of the device-built tile list that the forward kernels take (moe.cu `moe_offsets`). */
+export const SM90_ROW_TILE = 128;
+
+export type FwdTileN = 128 | 256;
+export type WgradTile = '128x256' | '256x128';
+
+/** Debugging aid for tools/gemm-check.ts: the kernels swap the two strides of their M/N-major operand descriptors. */
+export const FLAG_SWAP_MN_STRIDES = 1;
+
+function stages(stageBytes: number, cBytes: number): number {
+  return Math.min(8, Math.floor((SMEM_LIMIT - 1024 - cBytes - 256) / stageBytes));
+}
+
+/** Dynamic shared memory of grouped_gemm_sm90<bn, *> (FwdPlan): alignment slack, stages of a 128-row A and a bn-wide
+ *  B tile, 32 KB of epilogue staging, the mbarriers. */
+export function fwdSmem(bn: FwdTileN): number {
+  const stage = (128 + bn) * BK * 2, c = 32768, n = stages(stage, c);
+  return 1024 + n * stage + c + 16 * n;
+}
+
+/** Dynamic shared memory of grouped_wgrad_sm90<bm, bn> (WgradPlan): stages, the dw tile, the mbarriers. */
+export function wgradSmem(tile: WgradTile): number {
+  const [bm, bn] = tileDims(tile), stage = (bm + bn) * BK * 2, c = bm * bn * 2, n = stages(stage, c);
+  return 1024 + n * stage + c + 16 * n + 16;
+}
+
+// The device file static_asserts the same numbers.
+if (fwdSmem(256) !== 230464 || fwdSmem(128) !== 230496 || wgradSmem('128x256') !== 214080 || wgradSmem('256x128') !== 214080) {
+  throw new Error('grouped-sm90.ts: shared-memory plans disagree with grouped_sm90.cu');
+}
+
+function tileDims(tile: WgradTile): [number, number] {
+  return tile === '128x256' ? [128, 256] : [256, 128];
+}
+
+/** The weight-gradient tile with the fewest padded outputs: 128 x 256 when dout tiles by 256, 256 x 128 when din does. */
+export function chooseWgradTile(din: number, dout: number): WgradTile {
+  const padded = ([bm, bn]: [number, number]) => Math.ceil(din / bm) * bm * Math.ceil(dout / bn) * bn;
+  return padded([256, 128]) < padded([128, 256]) ? '256x128' : '128x256';
+}
+
+export interface Sm90Launch {
+  name: string;
+  grid: number;
+  smem: number;
+  args: KernelArg[];
+}
+
+const map = (bytes: Uint8Array): KernelArg => ({ bytes, align: TENSOR_MAP_ALIGN });
+const ptr = (p: bigint): KernelArg => ({ ptr: p });
+const i32 = (v: number): KernelArg => ({ i32: v });
+
+export interface FwdCall {
+  /** x [rows, din] bf16. */
+  x: bigint;
+  rows: number;
+  /** W [E, din, dout] (transB false) or [E, dout, din] (transB true), bf16. */
+  w: bigint;
+  experts: number;
+  din: number;
+  dout: number;
+  transB: boolean;
+  /** y [rows, dout] bf16. */
+  y: bigint;
+  offsets: bigint;
+  tiles: bigint;
+  numTiles: bigint;
+  /** Capacity of the tile list (entries). */
+  maxTiles: number;
+  multiprocessors: number;
+  bn: FwdTileN;
+  flags: number;
+  watchdog: bigint;
+}
+
+/** y[seg_e] = x[seg_e] @ W[e] (or W[e]^T): grouped_gemm_sm90<bn, transB>. */
+export function fwdLaunch(c: FwdCall): Sm90Launch {
+  const mx = encodeTensorMap('grouped GEMM x', { address: c.x, dims: [c.din, c.rows], strides: [c.din * 2], box: [BK, SM90_ROW_TILE] });
+  // W as [E][rows][cols]: a box never reaches into the next expert's matrix (k or n past the edge reads zeros).
+  const mw = c.transB
+    ? encodeTensorMap('grouped GEMM W (transB)', { address: c.w, dims: [c.din, c.dout, c.experts], strides: [c.din * 2, c.din * c.dout * 2], box: [BK, c.bn, 1] })
+    : encodeTensorMap('grouped GEMM W', { address: c.w, dims: [c.dout, c.din, c.experts], strides: [c.dout * 2, c.din * c.dout * 2], box: [64, BK, 1] });
+  const colTiles = Math.ceil(c.dout / c.bn);
+  return {
+    name: `grouped_gemm_sm90<${c.bn}, ${c.transB ? 1 : 0}>`,
+    grid: Math.max(1, Math.min(c.multiprocessors, c.maxTiles * colTiles)),
+    smem: fwdSmem(c.bn),
+    args: [map(mx), map(mw), ptr(c.y), ptr(c.offsets), ptr(c.tiles), ptr(c.numTiles), i32(c.din), i32(c.dout), i32(c.flags), ptr(c.watchdog)],
+  };
+}
+
+export interface WgradCall {
+  /** x [rows, din] and dy [rows, dout], bf16. */
+  x: bigint;
+  dy: bigint;
+  rows: number;
+  /** dw [E, din, dout] bf16, accumulated into. */
+  dw: bigint;
+  experts: number;
+  din: number;
+  dout: number;
+  offsets: bigint;
+  multiprocessors: number;
+  tile: WgradTile;
+  flags: number;
+  watchdog: bigint;
+}
+
+/** dw[e] += x[seg_e]^T @ dy[seg_e]: grouped_wgrad_sm90<bm, bn>. */
+export function wgradLaunch(c: WgradCall): Sm90Launch {
+  const [bm, bn] = tileDims(c.tile);
+  const mx = encodeTensorMap('grouped weight grad x', { address: c.x, dims: [c.din, c.rows], strides: [c.din * 2], box: [64, BK] });
+  const mdy = encodeTensorMap('grouped weight grad dy', { address: c.dy, dims: [c.dout, c.rows], strides: [c.dout * 2], box: [64, BK] });
+  const mdw = encodeTensorMap('grouped weight grad dw', { address: c.dw, dims: [c.dout, c.din, c.experts], strides: [c.dout * 2, c.din * c.dout * 2], box: [64, bm, 1] });
+  const items = c.experts * Math.ceil(c.din / bm) * Math.ceil(c.dout / bn);
+  return {
+    name: `grouped_wgrad_sm90<${bm}, ${bn}>`,
+    grid: Math.max(1, Math.min(c.multiprocessors, items)),
+    smem: wgradSmem(c.tile),
+    args: [map(mx), map(mdy), map(mdw), ptr(c.offsets), i32(c.experts), i32(c.din), i32(c.dout), i32(c.flags), ptr(c.watchdog)],
+  };
+}
+
+/** What a pipeline watchdog record {code, block, item, detail} (grouped_sm90.cu `wait_bar`) says. */
+export function describeWatchdog(rec: ArrayLike<number>): string {
+  const [code, block, item, detail] = [rec[0]!, rec[1]!, rec[2]!, rec[3]!];
+  const what: Record<number, string> = {
+    1: 'the math warps waited for a stage of operands (full barrier)',
+    2: 'the producer waited for a free stage (empty barrier)',
+    3: 'the math warps waited for the prefetched dw tile',
+    4: 'the producer waited for the dw tile buffer',
+  };
+  if (code === 9) return `a grouped GEMM kernel (sm_90a) was launched with ${item} bytes of dynamic shared memory, it needs ${detail}`;
+  const where = code === 3 || code === 4 ? `dw tile ${detail}` : `k block ${detail >> 8}, stage ${(detail >> 1) & 127}, parity ${detail & 1}`;
+  return `a grouped GEMM kernel (sm_90a) stalled for over 1 s: ${what[code] ?? `code ${code}`} in block ${block}, work item ${item}, ${where}; that kernel's results are wrong (NMOE_GROUPED_GEMM=mma selects the mma.sync kernels)`;
+}

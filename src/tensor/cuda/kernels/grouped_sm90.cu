@@ -1,0 +1,596 @@
+// Grouped expert GEMMs for Hopper (sm_90a only): wgmma fed by the tensor memory accelerator (TMA).
+//
+// Persistent CTAs of 384 threads: warpgroups 0 and 1 are the math (consumer) warpgroups, warpgroup 2 the producer,
+// of which one thread issues every TMA copy. Operands stream through a ring of shared-memory stages, each with a
+// `full` mbarrier (the TMA bytes landed) and an `empty` one (all 8 math warps are done reading it). Tiles are
+// 64 deep in k: one 128-byte row of bf16, loaded with the 128-byte swizzle that wgmma reads directly. The
+// setmaxnreg split gives the producer 40 registers and each math thread 232 (128 fp32 accumulators).
+//
+//   grouped_gemm_sm90<BN, B_KMAJOR>  y[seg_e] = x[seg_e] @ W[e] (B_KMAJOR = 0: W [E, din, dout], B is N-major)
+//                                    or x[seg_e] @ W[e]^T (B_KMAJOR = 1: W [E, dout, din], B is K-major).
+//     Work items are (row tile, column tile) pairs of the device-built tile list (moe.cu, 128-row tiles that never
+//     straddle experts), column tiles of a row tile consecutive so that its rows of x are read from L2. Each math
+//     warpgroup owns 64 rows x BN columns; rows past the segment end (they belong to the next expert) are computed
+//     but never stored, and a warpgroup whose 64 rows are all past the end skips its wgmmas. With BN = 256, a last
+//     column tile with at most 128 live columns runs the n128 instruction.
+//   grouped_wgrad_sm90<BM, BN>       dw[e] += x[seg_e]^T @ dy[seg_e] (dw [E, din, dout] bf16, rounded once).
+//     Work items are (expert, din tile, dout tile); the reduction runs over the segment's rows, both operands
+//     M/N-major. Rows of the last k block past the segment end are zeroed in shared memory before the wgmmas (a
+//     whole 128-byte row of a 128B-swizzled box holds exactly one k row: the swizzle permutes the 16-byte chunks
+//     within a row, never across rows). The old dw tile is prefetched by TMA into shared memory during the
+//     mainloop; the epilogue adds the accumulators in fp32, rounds once and writes the tile back by TMA.
+//
+// Out-of-range parts of a box are zero-filled by TMA (rows past the tensor, k past din, columns past dout); boxes
+// wholly out of range are not issued (they would only feed outputs that are never stored). The weights use a 3-D
+// map [E][rows][cols] so that a box never reads the next expert's weights. Every mbarrier wait has
+// a watchdog: past WATCHDOG_NS it records {code, block, item, detail} in `wd` and stops waiting, so a broken pipeline
+// ends the kernel with an error the host reports instead of hanging the GPU.
+#include "common.cuh"
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// The driver's CUtensorMap: 128 opaque bytes encoded on the host (cuTensorMapEncodeTiled), passed by value.
+struct __align__(128) TmaMap {
+  u64 opaque[16];
+};
+
+#define BK 64                      // k per stage: one 128-byte swizzle row of bf16
+#define SMEM_LIMIT 232448          // opt-in shared memory per block on H100 / H200 (227 KB)
+#define WATCHDOG_NS 1000000000ull  // 1 s: no legitimate wait comes near this
+#define FLAG_SWAP_MN_STRIDES 1     // debugging aid (tools/gemm-check.ts): swap LBO and SBO of M/N-major operands
+
+// Shared-memory plan, mirrored by the host (src/tensor/cuda/grouped-sm90.ts): 1 KB of alignment slack, the stages,
+// the epilogue buffer, the mbarriers.
+template <int BN> struct FwdPlan {
+  static constexpr int A_BYTES = 128 * BK * 2;
+  static constexpr int B_BYTES = BN * BK * 2;
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+  static constexpr int C_BYTES = 2 * 64 * 256;  // per math warpgroup, 64 rows x 128 columns of bf16 (a half tile)
+  static constexpr int STAGES_FIT = (SMEM_LIMIT - 1024 - C_BYTES - 256) / STAGE_BYTES;
+  static constexpr int STAGES = STAGES_FIT > 8 ? 8 : STAGES_FIT;
+  static constexpr int SMEM = 1024 + STAGES * STAGE_BYTES + C_BYTES + 16 * STAGES;
+};
+template <int BM, int BN> struct WgradPlan {
+  static constexpr int A_BYTES = BM * BK * 2;
+  static constexpr int B_BYTES = BN * BK * 2;
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+  static constexpr int C_BYTES = BM * BN * 2;  // the dw tile
+  static constexpr int STAGES_FIT = (SMEM_LIMIT - 1024 - C_BYTES - 256) / STAGE_BYTES;
+  static constexpr int STAGES = STAGES_FIT > 8 ? 8 : STAGES_FIT;
+  static constexpr int SMEM = 1024 + STAGES * STAGE_BYTES + C_BYTES + 16 * STAGES + 16;
+};
+// The host's numbers (grouped-sm90.ts) must be these.
+static_assert(FwdPlan<256>::STAGES == 4 && FwdPlan<256>::SMEM == 230464, "fwd<256> plan");
+static_assert(FwdPlan<128>::STAGES == 6 && FwdPlan<128>::SMEM == 230496, "fwd<128> plan");
+static_assert(WgradPlan<128, 256>::STAGES == 3 && WgradPlan<128, 256>::SMEM == 214080, "wgrad<128, 256> plan");
+static_assert(WgradPlan<256, 128>::STAGES == 3 && WgradPlan<256, 128>::SMEM == 214080, "wgrad<256, 128> plan");
+
+// --- PTX wrappers --------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ u64 globaltimer() {
+  u64 t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ u32 dynamic_smem_size() {
+  u32 r;
+  asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+  return r;
+}
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory"); }
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory"); }
+__device__ __forceinline__ bool mbar_try_wait(u32 bar, u32 parity) {
+  u32 done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+
+// Waits for the phase of `parity` of the mbarrier at `bar` (shared address). Past WATCHDOG_NS the first thread to
+// give up records {code, block, item, detail} in wd; a thread that gave up (or, after 1 ms of waiting, sees that
+// another did) sets `dead` and never waits again, so the kernel runs to its end instead of hanging.
+__device__ __forceinline__ void wait_bar(u32 bar, u32 parity, int* wd, bool& dead, int code, int item, int detail) {
+  if (dead || mbar_try_wait(bar, parity)) return;
+  const u64 t0 = globaltimer();
+  while (!mbar_try_wait(bar, parity)) {
+    const u64 waited = globaltimer() - t0;
+    if (waited > 1000000ull && *(volatile int*)wd != 0) {
+      dead = true;
+      return;
+    }
+    if (waited > WATCHDOG_NS) {
+      if (atomicCAS(wd, 0, code) == 0) {
+        wd[1] = blockIdx.x;
+        wd[2] = item;
+        wd[3] = detail;
+      }
+      dead = true;
+      return;
+    }
+  }
+}
+
+__device__ __forceinline__ void tma_prefetch(const TmaMap* map) { asm volatile("prefetch.tensormap [%0];" ::"l"((u64)map) : "memory"); }
+// TMA box loads into shared memory, completing on the mbarrier `bar`; coordinates are in elements, innermost first.
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap* map, u32 bar, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
+               ::"r"(dst), "l"((u64)map), "r"(bar), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(u32 dst, const TmaMap* map, u32 bar, int c0, int c1, int c2) {
+  asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];"
+               ::"r"(dst), "l"((u64)map), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+}
+// TMA box store from shared memory (clipped at the tensor's bounds), tracked by bulk groups.
+__device__ __forceinline__ void tma_store_3d(const TmaMap* map, u32 src, int c0, int c1, int c2) {
+  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.tile.bulk_group [%0, {%2, %3, %4}], [%1];"
+               ::"l"((u64)map), "r"(src), "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_read_all() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+
+// Ordinary shared-memory writes that the async proxy (wgmma, TMA) reads next.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void named_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+
+__device__ __forceinline__ void sts32(u32 a, u32 v) { asm volatile("st.shared.u32 [%0], %1;" ::"r"(a), "r"(v) : "memory"); }
+__device__ __forceinline__ u32 lds32(u32 a) {
+  u32 v;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
+  return v;
+}
+__device__ __forceinline__ void sts128_zero(u32 a) { asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(a), "r"(0u) : "memory"); }
+__device__ __forceinline__ void lds128(u32 (&v)[4], u32 a) {
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "r"(a) : "memory");
+}
+__device__ __forceinline__ void stg128(void* p, const u32 (&v)[4]) {
+  asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3]) : "memory");
+}
+
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N)); }
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N)); }
+
+// --- wgmma --------------------------------------------------------------------------------------------------
+
+// Shared-memory matrix descriptors for 128B-swizzled tiles whose 8-row swizzle atoms (1024 bytes) are 1024-byte
+// aligned (base offset 0). K-major: rows of 64 k (128 bytes), 8-row groups 1024 bytes apart (SBO); the leading
+// offset is unused. M/N-major: rows of 64 m/n per k, 8-k groups 1024 bytes apart (SBO), 64-wide m/n atoms
+// `atom_bytes` apart (LBO). Advancing by 16 k is +32 bytes (K-major) or +2048 bytes (M/N-major) on the address field.
+__device__ __forceinline__ u64 desc_fields(u32 lbo, u32 sbo) { return ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) | (1ull << 62); }
+__device__ __forceinline__ u64 desc_at(u32 saddr, u64 fields) { return (u64)((saddr & 0x3FFFF) >> 4) | fields; }
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma window.
+template <int NACC> __device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
+#pragma unroll
+  for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Accumulator fragment of m64nN (as for mma.sync m16n8, per 8 columns): warp w of the warpgroup holds rows 16w..16w+15;
+// lane (g = lane / 4, t = lane % 4) holds d[4j + 0, 1] = rows 16w + g, columns 8j + 2t, 8j + 2t + 1 and
+// d[4j + 2, 3] = the same columns of row 16w + g + 8. `accumulate` = 0 overwrites d.
+// D[64 x 256] (+)= A[64 x 16] B[16 x 256], fp32 accumulators d[OFF .. OFF + 128) of the calling thread.
+template <int TA, int TB, int OFF, int NACC>
+__device__ __forceinline__ void wgmma_n256(float (&d)[NACC], u64 da, u64 db, int accumulate) {
+  static_assert(OFF + 128 <= NACC, "accumulator range");
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
+      : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]),
+        "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]),
+        "+f"(d[OFF + 16]), "+f"(d[OFF + 17]), "+f"(d[OFF + 18]), "+f"(d[OFF + 19]), "+f"(d[OFF + 20]), "+f"(d[OFF + 21]), "+f"(d[OFF + 22]), "+f"(d[OFF + 23]),
+        "+f"(d[OFF + 24]), "+f"(d[OFF + 25]), "+f"(d[OFF + 26]), "+f"(d[OFF + 27]), "+f"(d[OFF + 28]), "+f"(d[OFF + 29]), "+f"(d[OFF + 30]), "+f"(d[OFF + 31]),
+        "+f"(d[OFF + 32]), "+f"(d[OFF + 33]), "+f"(d[OFF + 34]), "+f"(d[OFF + 35]), "+f"(d[OFF + 36]), "+f"(d[OFF + 37]), "+f"(d[OFF + 38]), "+f"(d[OFF + 39]),
+        "+f"(d[OFF + 40]), "+f"(d[OFF + 41]), "+f"(d[OFF + 42]), "+f"(d[OFF + 43]), "+f"(d[OFF + 44]), "+f"(d[OFF + 45]), "+f"(d[OFF + 46]), "+f"(d[OFF + 47]),
+        "+f"(d[OFF + 48]), "+f"(d[OFF + 49]), "+f"(d[OFF + 50]), "+f"(d[OFF + 51]), "+f"(d[OFF + 52]), "+f"(d[OFF + 53]), "+f"(d[OFF + 54]), "+f"(d[OFF + 55]),
+        "+f"(d[OFF + 56]), "+f"(d[OFF + 57]), "+f"(d[OFF + 58]), "+f"(d[OFF + 59]), "+f"(d[OFF + 60]), "+f"(d[OFF + 61]), "+f"(d[OFF + 62]), "+f"(d[OFF + 63]),
+        "+f"(d[OFF + 64]), "+f"(d[OFF + 65]), "+f"(d[OFF + 66]), "+f"(d[OFF + 67]), "+f"(d[OFF + 68]), "+f"(d[OFF + 69]), "+f"(d[OFF + 70]), "+f"(d[OFF + 71]),
+        "+f"(d[OFF + 72]), "+f"(d[OFF + 73]), "+f"(d[OFF + 74]), "+f"(d[OFF + 75]), "+f"(d[OFF + 76]), "+f"(d[OFF + 77]), "+f"(d[OFF + 78]), "+f"(d[OFF + 79]),
+        "+f"(d[OFF + 80]), "+f"(d[OFF + 81]), "+f"(d[OFF + 82]), "+f"(d[OFF + 83]), "+f"(d[OFF + 84]), "+f"(d[OFF + 85]), "+f"(d[OFF + 86]), "+f"(d[OFF + 87]),
+        "+f"(d[OFF + 88]), "+f"(d[OFF + 89]), "+f"(d[OFF + 90]), "+f"(d[OFF + 91]), "+f"(d[OFF + 92]), "+f"(d[OFF + 93]), "+f"(d[OFF + 94]), "+f"(d[OFF + 95]),
+        "+f"(d[OFF + 96]), "+f"(d[OFF + 97]), "+f"(d[OFF + 98]), "+f"(d[OFF + 99]), "+f"(d[OFF + 100]), "+f"(d[OFF + 101]), "+f"(d[OFF + 102]), "+f"(d[OFF + 103]),
+        "+f"(d[OFF + 104]), "+f"(d[OFF + 105]), "+f"(d[OFF + 106]), "+f"(d[OFF + 107]), "+f"(d[OFF + 108]), "+f"(d[OFF + 109]), "+f"(d[OFF + 110]), "+f"(d[OFF + 111]),
+        "+f"(d[OFF + 112]), "+f"(d[OFF + 113]), "+f"(d[OFF + 114]), "+f"(d[OFF + 115]), "+f"(d[OFF + 116]), "+f"(d[OFF + 117]), "+f"(d[OFF + 118]), "+f"(d[OFF + 119]),
+        "+f"(d[OFF + 120]), "+f"(d[OFF + 121]), "+f"(d[OFF + 122]), "+f"(d[OFF + 123]), "+f"(d[OFF + 124]), "+f"(d[OFF + 125]), "+f"(d[OFF + 126]), "+f"(d[OFF + 127])
+      : "l"(da), "l"(db), "r"(accumulate), "n"(TA), "n"(TB));
+}
+
+// D[64 x 128] (+)= A[64 x 16] B[16 x 128], fp32 accumulators d[OFF .. OFF + 64) of the calling thread.
+template <int TA, int TB, int OFF, int NACC>
+__device__ __forceinline__ void wgmma_n128(float (&d)[NACC], u64 da, u64 db, int accumulate) {
+  static_assert(OFF + 64 <= NACC, "accumulator range");
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+      : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]),
+        "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]),
+        "+f"(d[OFF + 16]), "+f"(d[OFF + 17]), "+f"(d[OFF + 18]), "+f"(d[OFF + 19]), "+f"(d[OFF + 20]), "+f"(d[OFF + 21]), "+f"(d[OFF + 22]), "+f"(d[OFF + 23]),
+        "+f"(d[OFF + 24]), "+f"(d[OFF + 25]), "+f"(d[OFF + 26]), "+f"(d[OFF + 27]), "+f"(d[OFF + 28]), "+f"(d[OFF + 29]), "+f"(d[OFF + 30]), "+f"(d[OFF + 31]),
+        "+f"(d[OFF + 32]), "+f"(d[OFF + 33]), "+f"(d[OFF + 34]), "+f"(d[OFF + 35]), "+f"(d[OFF + 36]), "+f"(d[OFF + 37]), "+f"(d[OFF + 38]), "+f"(d[OFF + 39]),
+        "+f"(d[OFF + 40]), "+f"(d[OFF + 41]), "+f"(d[OFF + 42]), "+f"(d[OFF + 43]), "+f"(d[OFF + 44]), "+f"(d[OFF + 45]), "+f"(d[OFF + 46]), "+f"(d[OFF + 47]),
+        "+f"(d[OFF + 48]), "+f"(d[OFF + 49]), "+f"(d[OFF + 50]), "+f"(d[OFF + 51]), "+f"(d[OFF + 52]), "+f"(d[OFF + 53]), "+f"(d[OFF + 54]), "+f"(d[OFF + 55]),
+        "+f"(d[OFF + 56]), "+f"(d[OFF + 57]), "+f"(d[OFF + 58]), "+f"(d[OFF + 59]), "+f"(d[OFF + 60]), "+f"(d[OFF + 61]), "+f"(d[OFF + 62]), "+f"(d[OFF + 63])
+      : "l"(da), "l"(db), "r"(accumulate), "n"(TA), "n"(TB));
+}
+
+__device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
+
+// --- forward and input gradient ---------------------------------------------------------------------------
+
+// One row tile's k loop for math warpgroup `wg` with the n`N` instruction (N = BN, or 128 for a narrow last tile).
+template <int N, int BN, int B_KMAJOR>
+__device__ __forceinline__ void fwd_mainloop(float (&acc)[BN / 2], u32 stage0, u32 bars, int& s, u32& phase, int kblocks, bool active, int wg,
+                                             int lane, u64 mn_fields, int* wd, bool& dead, int item) {
+  using P = FwdPlan<BN>;
+  const u64 k_fields = desc_fields(16, 1024);
+  for (int kb = 0; kb < kblocks; ++kb) {
+    wait_bar(bars + 8 * s, phase, wd, dead, 1, item, (kb << 8) | (s << 1) | (int)phase);
+    if (active) {
+      const u32 a = stage0 + s * P::STAGE_BYTES + wg * 8192, b = stage0 + s * P::STAGE_BYTES + P::A_BYTES;
+      const u64 da = desc_at(a, k_fields), db = desc_at(b, B_KMAJOR ? k_fields : mn_fields);
+      fence_acc(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BK / 16; ++kk) {
+        const u64 dak = da + 2 * kk, dbk = db + (B_KMAJOR ? 2 * kk : 128 * kk);
+        if constexpr (N == 256) wgmma_n256<0, B_KMAJOR ? 0 : 1, 0>(acc, dak, dbk, kb > 0 || kk > 0);
+        else wgmma_n128<0, B_KMAJOR ? 0 : 1, 0>(acc, dak, dbk, kb > 0 || kk > 0);
+      }
+      wgmma_commit();
+      fence_acc(acc);
+      wgmma_wait<0>();
+      fence_acc(acc);
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bars + 8 * (P::STAGES + s));
+    if (++s == P::STAGES) {
+      s = 0;
+      phase ^= 1;
+    }
+  }
+}
+
+// Stores math warpgroup rows [row0, row_end) (at most 64) x columns [n0, n0 + ncols) of y through `cw`, this
+// warpgroup's 16 KB of shared memory: 128 columns at a time, as 64 rows of 256 bytes whose 16-byte chunks are
+// XOR-swizzled by the row (conflict-free both ways), then 16-byte coalesced global stores, masked by row and column.
+template <int BN>
+__device__ __forceinline__ void fwd_epilogue(const float (&acc)[BN / 2], int ncols, u32 cw, bf16* y, int dout, int row0, int row_end, int n0,
+                                             int wg, int tid) {
+  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+  for (int h = 0; h < BN / 128; ++h) {
+    if (h * 128 >= ncols) break;
+    named_sync(2 + wg, 128);  // the previous half's (or tile's) reads are done
+#pragma unroll
+    for (int jj = 0; jj < 16; ++jj) {
+      const int j = 16 * h + jj;
+      const u32 a = cw + (16 * warp + g) * 256 + ((jj ^ g) << 4) + 4 * t4;  // row & 7 == g
+      sts32(a, pack_bf16(acc[4 * j], acc[4 * j + 1]));
+      sts32(a + 8 * 256, pack_bf16(acc[4 * j + 2], acc[4 * j + 3]));
+    }
+    named_sync(2 + wg, 128);
+    u32 v[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int idx = i * 128 + tid, r = idx >> 4, ch = idx & 15;
+      lds128(v[i], cw + r * 256 + ((ch ^ (r & 7)) << 4));
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int idx = i * 128 + tid, r = idx >> 4, ch = idx & 15;
+      const int row = row0 + r, col = n0 + 128 * h + 8 * ch;
+      if (row < row_end && col < dout) stg128(y + (long)row * dout + col, v[i]);
+    }
+  }
+}
+
+// y = x @ W[e] per row tile (see the file comment). map_x: x [rows, din], box {64, 128}; map_w: W as 3-D
+// {dout, din, E} with box {64, 64, 1} (B_KMAJOR = 0) or {din, dout, E} with box {64, BN, 1} (B_KMAJOR = 1).
+// Grid: at most one CTA per SM (persistent), 384 threads, FwdPlan<BN>::SMEM bytes of dynamic shared memory.
+template <int BN, int B_KMAJOR>
+__global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_w, bf16* y,
+                                                            const int* offsets, const int* tiles, const int* num_tiles, int din, int dout,
+                                                            int flags, int* wd) {
+  using P = FwdPlan<BN>;
+  static_assert(BN == 128 || BN == 256, "tile width");
+  extern __shared__ __align__(1024) unsigned char smem[];
+  if (dynamic_smem_size() < (u32)P::SMEM) {
+    if (threadIdx.x == 0 && atomicCAS(wd, 0, 9) == 0) {
+      wd[1] = blockIdx.x;
+      wd[2] = (int)dynamic_smem_size();
+      wd[3] = P::SMEM;
+    }
+    return;
+  }
+  const u32 stage0 = (smem_addr(smem) + 1023u) & ~1023u;
+  const u32 cbuf = stage0 + P::STAGES * P::STAGE_BYTES;
+  const u32 bars = cbuf + P::C_BYTES;  // full[s] at bars + 8 s, empty[s] at bars + 8 (STAGES + s)
+  const int col_tiles = (dout + BN - 1) / BN;
+  const int items = *num_tiles * col_tiles;
+  const int kblocks = (din + BK - 1) / BK;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < P::STAGES; ++i) {
+      mbar_init(bars + 8 * i, 1);
+      mbar_init(bars + 8 * (P::STAGES + i), 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  bool dead = false;
+  int s = 0;
+  u32 phase = 0;
+  if (threadIdx.x >= 256) {
+    // Producer warpgroup: one thread issues the copies.
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == 256) {
+      tma_prefetch(&map_x);
+      tma_prefetch(&map_w);
+      for (int item = blockIdx.x; item < items && !dead; item += gridDim.x) {
+        const int t = item / col_tiles, n0 = (item - t * col_tiles) * BN;
+        const int e = tiles[2 * t], r0 = tiles[2 * t + 1];
+        const int nbox = min(BN / 64, (dout - n0 + 63) / 64);
+        for (int kb = 0; kb < kblocks; ++kb) {
+          wait_bar(bars + 8 * (P::STAGES + s), phase ^ 1, wd, dead, 2, item, (kb << 8) | (s << 1) | (int)phase);
+          if (dead) break;
+          const u32 full = bars + 8 * s, a = stage0 + s * P::STAGE_BYTES, b = a + P::A_BYTES;
+          if (B_KMAJOR) {
+            mbar_expect_tx(full, P::STAGE_BYTES);
+            tma_load_2d(a, &map_x, full, kb * BK, r0);
+            tma_load_3d(b, &map_w, full, kb * BK, n0, e);
+          } else {
+            // Boxes wholly past dout are not loaded: they would only feed columns that are never stored.
+            mbar_expect_tx(full, P::A_BYTES + nbox * 8192);
+            tma_load_2d(a, &map_x, full, kb * BK, r0);
+#pragma unroll
+            for (int j = 0; j < BN / 64; ++j)
+              if (j < nbox) tma_load_3d(b + j * 8192, &map_w, full, n0 + 64 * j, kb * BK, e);
+          }
+          if (++s == P::STAGES) {
+            s = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+  } else {
+    // Math warpgroups 0 and 1: rows r0 + 64 wg .. + 64 of each row tile.
+    setmaxnreg_inc<232>();
+    const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31;
+    const u64 mn_fields = (flags & FLAG_SWAP_MN_STRIDES) ? desc_fields(1024, 8192) : desc_fields(8192, 1024);
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+    for (int item = blockIdx.x; item < items; item += gridDim.x) {
+      const int t = item / col_tiles, n0 = (item - t * col_tiles) * BN;
+      const int e = tiles[2 * t], r0 = tiles[2 * t + 1];
+      const int row0 = r0 + 64 * wg, row_end = min(offsets[e + 1], r0 + 128);
+      const bool active = row0 < row_end;
+      int ncols = BN;
+      if constexpr (BN == 256) {
+        if (dout - n0 <= 128) {
+          ncols = 128;
+          fwd_mainloop<128, BN, B_KMAJOR>(acc, stage0, bars, s, phase, kblocks, active, wg, lane, mn_fields, wd, dead, item);
+        } else {
+          fwd_mainloop<256, BN, B_KMAJOR>(acc, stage0, bars, s, phase, kblocks, active, wg, lane, mn_fields, wd, dead, item);
+        }
+      } else {
+        fwd_mainloop<BN, BN, B_KMAJOR>(acc, stage0, bars, s, phase, kblocks, active, wg, lane, mn_fields, wd, dead, item);
+      }
+      if (active) fwd_epilogue<BN>(acc, ncols, cbuf + wg * 16384, y, dout, row0, row_end, n0, wg, threadIdx.x & 127);
+    }
+  }
+}
+
+// --- weight gradient ----------------------------------------------------------------------------------------
+
+// dw[e][m0 .. + BM][n0 .. + BN] += x[seg_e][:, m]^T dy[seg_e][:, n] (see the file comment). map_x: x [rows, din] and
+// map_dy: dy [rows, dout], boxes {64, 64}; map_dw: dw as 3-D {dout, din, E}, box {64, BM, 1} (load and store).
+// Math warpgroup wg owns dw rows m0 + wg BM/2 .. + BM/2 (one or two m64 blocks) x BN columns.
+// Grid: at most one CTA per SM (persistent), 384 threads, WgradPlan<BM, BN>::SMEM bytes of dynamic shared memory.
+template <int BM, int BN>
+__global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_dy,
+                                                             const __grid_constant__ TmaMap map_dw, const int* offsets, int experts, int din,
+                                                             int dout, int flags, int* wd) {
+  using P = WgradPlan<BM, BN>;
+  static_assert((BM == 128 && BN == 256) || (BM == 256 && BN == 128), "tile shape");
+  constexpr int MSUB = BM / 128;  // m64 blocks per math warpgroup
+  constexpr int NACC = MSUB * BN / 2;
+  extern __shared__ __align__(1024) unsigned char smem[];
+  if (dynamic_smem_size() < (u32)P::SMEM) {
+    if (threadIdx.x == 0 && atomicCAS(wd, 0, 9) == 0) {
+      wd[1] = blockIdx.x;
+      wd[2] = (int)dynamic_smem_size();
+      wd[3] = P::SMEM;
+    }
+    return;
+  }
+  const u32 stage0 = (smem_addr(smem) + 1023u) & ~1023u;
+  const u32 cbuf = stage0 + P::STAGES * P::STAGE_BYTES;  // the dw tile: BN / 64 boxes of BM rows x 128 bytes
+  const u32 bars = cbuf + P::C_BYTES;                    // full[s], empty[s], then c_full and c_empty
+  const u32 c_full = bars + 16 * P::STAGES, c_empty = c_full + 8;
+  const int m_tiles = (din + BM - 1) / BM, n_tiles = (dout + BN - 1) / BN, per_expert = m_tiles * n_tiles;
+  const int items = experts * per_expert;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < P::STAGES; ++i) {
+      mbar_init(bars + 8 * i, 1);
+      mbar_init(bars + 8 * (P::STAGES + i), 8);
+    }
+    mbar_init(c_full, 1);
+    mbar_init(c_empty, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  bool dead = false;
+  int s = 0, ctile = 0;
+  u32 phase = 0;
+  if (threadIdx.x >= 256) {
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == 256) {
+      tma_prefetch(&map_x);
+      tma_prefetch(&map_dy);
+      tma_prefetch(&map_dw);
+      for (int item = blockIdx.x; item < items && !dead; item += gridDim.x) {
+        const int e = item / per_expert, rem = item - e * per_expert;
+        const int m0 = (rem / n_tiles) * BM, n0 = (rem % n_tiles) * BN;
+        const int s0 = offsets[e], s1 = offsets[e + 1];
+        if (s1 <= s0) continue;
+        const int kblocks = (s1 - s0 + BK - 1) / BK;
+        // Boxes wholly past din or dout are not loaded (nor stored): they would only feed dw entries that do not exist.
+        const int mbox = min(BM / 64, (din - m0 + 63) / 64), nbox = min(BN / 64, (dout - n0 + 63) / 64);
+        // The old dw tile is fetched once the first stages are queued (the previous tile's store must have read
+        // the buffer first, which the math threads signal after their first k block of this tile).
+        const int c_after = min(P::STAGES, kblocks) - 1;
+        for (int kb = 0; kb < kblocks; ++kb) {
+          wait_bar(bars + 8 * (P::STAGES + s), phase ^ 1, wd, dead, 2, item, (kb << 8) | (s << 1) | (int)phase);
+          if (dead) break;
+          const u32 full = bars + 8 * s, a = stage0 + s * P::STAGE_BYTES, b = a + P::A_BYTES;
+          const int k = s0 + kb * BK;
+          mbar_expect_tx(full, (mbox + nbox) * 8192);
+#pragma unroll
+          for (int j = 0; j < BM / 64; ++j)
+            if (j < mbox) tma_load_2d(a + j * 8192, &map_x, full, m0 + 64 * j, k);
+#pragma unroll
+          for (int j = 0; j < BN / 64; ++j)
+            if (j < nbox) tma_load_2d(b + j * 8192, &map_dy, full, n0 + 64 * j, k);
+          if (++s == P::STAGES) {
+            s = 0;
+            phase ^= 1;
+          }
+          if (kb == c_after) {
+            wait_bar(c_empty, (ctile & 1) ^ 1, wd, dead, 4, item, ctile);
+            if (dead) break;
+            mbar_expect_tx(c_full, nbox * (BM * 128));
+#pragma unroll
+            for (int j = 0; j < BN / 64; ++j)
+              if (j < nbox) tma_load_3d(cbuf + j * (BM * 128), &map_dw, c_full, n0 + 64 * j, m0, e);
+          }
+        }
+        ++ctile;
+      }
+    }
+  } else {
+    setmaxnreg_inc<232>();
+    const int ctid = threadIdx.x, wg = ctid >> 7, warp = (ctid >> 5) & 3, lane = ctid & 31, g = lane >> 2, t4 = lane & 3;
+    const u64 mn_fields = (flags & FLAG_SWAP_MN_STRIDES) ? desc_fields(1024, 8192) : desc_fields(8192, 1024);
+    float acc[NACC];
+#pragma unroll
+    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+    bool store_pending = false;  // thread 0: a dw store whose shared-memory reads have not been waited for
+    for (int item = blockIdx.x; item < items; item += gridDim.x) {
+      const int e = item / per_expert, rem = item - e * per_expert;
+      const int m0 = (rem / n_tiles) * BM, n0 = (rem % n_tiles) * BN;
+      const int s0 = offsets[e], s1 = offsets[e + 1];
+      if (s1 <= s0) continue;
+      const int kblocks = (s1 - s0 + BK - 1) / BK;
+      for (int kb = 0; kb < kblocks; ++kb) {
+        wait_bar(bars + 8 * s, phase, wd, dead, 1, item, (kb << 8) | (s << 1) | (int)phase);
+        const u32 st = stage0 + s * P::STAGE_BYTES;
+        const int valid = s1 - (s0 + kb * BK);
+        if (valid < BK) {
+          // The box rows past the segment end hold the next expert's rows: zero k rows [valid, 64) of all boxes.
+          const int chunks = (BK - valid) * 8;
+          for (int i = ctid; i < ((BM + BN) / 64) * chunks; i += 256) {
+            const int box = i / chunks, c = i - box * chunks;
+            sts128_zero(st + box * 8192 + valid * 128 + c * 16);
+          }
+          fence_proxy_async();
+          named_sync(1, 256);
+        }
+        const u64 da = desc_at(st + wg * MSUB * 8192, mn_fields), db = desc_at(st + P::A_BYTES, mn_fields);
+        fence_acc(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+          const int on = kb > 0 || kk > 0;
+          if constexpr (MSUB == 1) {
+            wgmma_n256<1, 1, 0>(acc, da + 128 * kk, db + 128 * kk, on);
+          } else {
+            wgmma_n128<1, 1, 0>(acc, da + 128 * kk, db + 128 * kk, on);
+            wgmma_n128<1, 1, 64>(acc, da + 512 + 128 * kk, db + 128 * kk, on);  // the next m64 atom, 8 KB on
+          }
+        }
+        wgmma_commit();
+        fence_acc(acc);
+        wgmma_wait<0>();
+        fence_acc(acc);
+        if (store_pending) {  // the previous tile's store has long read its buffer: let the producer refill it
+          bulk_wait_read_all();
+          mbar_arrive(c_empty);
+          store_pending = false;
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bars + 8 * (P::STAGES + s));
+        if (++s == P::STAGES) {
+          s = 0;
+          phase ^= 1;
+        }
+      }
+      // Epilogue: old dw (prefetched) + accumulators, rounded once, in place; then one TMA store of the tile.
+      wait_bar(c_full, ctile & 1, wd, dead, 3, item, ctile);
+#pragma unroll
+      for (int i = 0; i < MSUB; ++i) {
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int row = wg * (BM / 2) + 64 * i + 16 * warp + g + 8 * h;  // row & 7 == g
+            const u32 a = cbuf + (j >> 3) * (BM * 128) + row * 128 + (((j & 7) ^ g) << 4) + 4 * t4;
+            const u32 old = lds32(a);
+            const float* d = acc + i * (BN / 2) + 4 * j + 2 * h;
+            sts32(a, pack_bf16(d[0] + bf16_lo(old), d[1] + bf16_hi(old)));
+          }
+        }
+      }
+      fence_proxy_async();
+      named_sync(1, 256);
+      if (ctid == 0) {
+        const int nbox = min(BN / 64, (dout - n0 + 63) / 64);
+#pragma unroll
+        for (int j = 0; j < BN / 64; ++j)
+          if (j < nbox) tma_store_3d(&map_dw, cbuf + j * (BM * 128), n0 + 64 * j, m0, e);
+        bulk_commit();
+        store_pending = true;
+      }
+      ++ctile;
+    }
+    if (store_pending) bulk_wait_all();
+  }
+}
+
+#define TMA const __grid_constant__ TmaMap
+#define FWD(BN, KM) template __global__ void grouped_gemm_sm90<BN, KM>(TMA, TMA, bf16*, const int*, const int*, const int*, int, int, int, int*);
+#define WGRAD(BM, BN) template __global__ void grouped_wgrad_sm90<BM, BN>(TMA, TMA, TMA, const int*, int, int, int, int, int*);
+FWD(256, 0)
+FWD(256, 1)
+FWD(128, 0)
+FWD(128, 1)
+WGRAD(128, 256)
+WGRAD(256, 128)

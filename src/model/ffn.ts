@@ -72,9 +72,7 @@ export function moeForward(ctx: LayerContext, prefix: string, x: Tensor): { out:
   const xr = route ? ep!.dispatch(xe, route) : xe;
   if (route) xe.free();
   const offsets = route ? route.offsets : plan.offsets;
-  const h1 = b.groupedMatmul(xr, ctx.p.get(`${prefix}.W1`), offsets);
-  const h3 = b.groupedMatmul(xr, ctx.p.get(`${prefix}.W3`), offsets);
-  const a = b.swiglu(h1, h3);
+  const { h1, h3, a } = b.groupedSwiglu(xr, ctx.p.get(`${prefix}.W1`), ctx.p.get(`${prefix}.W3`), offsets);
   const yr = b.groupedMatmul(a, ctx.p.get(`${prefix}.W2`), offsets);
   const ye = route ? ep!.combine(yr, route) : yr;
   if (route) yr.free();
@@ -99,9 +97,7 @@ export function moeBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: 
   const { dg: dh1, du: dh3 } = b.swigluBackward(da, s.h1, s.h3);
   b.groupedMatmulWeightGrad(s.xr, dh1, s.offsets, ctx.p.grad(`${prefix}.W1`));
   b.groupedMatmulWeightGrad(s.xr, dh3, s.offsets, ctx.p.grad(`${prefix}.W3`));
-  const dxr = b.groupedMatmul(dh1, ctx.p.get(`${prefix}.W1`), s.offsets, true);
-  const dxr3 = b.groupedMatmul(dh3, ctx.p.get(`${prefix}.W3`), s.offsets, true);
-  b.addInPlace(dxr, dxr3);
+  const dxr = b.groupedMatmulSum(dh1, ctx.p.get(`${prefix}.W1`), dh3, ctx.p.get(`${prefix}.W3`), s.offsets, true);
   const dxe = s.route ? ep!.combine(dxr, s.route) : dxr;
   const dx = b.moeGatherBackward(dxe, s.plan);
   const dLogits = b.routerTopKBackward(dGates, s.logits, s.idx, cfg.route_scale);
@@ -113,7 +109,7 @@ export function moeBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: 
     dxShared.free();
   }
   if (s.route) freeAll({ dyr, dxr });
-  freeAll({ dye, dGates, da, dh1, dh3, dxe, dxr3, dLogits, dxRouter });
+  freeAll({ dye, dGates, da, dh1, dh3, dxe, dLogits, dxRouter });
   freeAll({ logits: s.logits, gates: s.gates, idx: s.idx, xr: s.xr, h1: s.h1, h3: s.h3, a: s.a, ye: s.ye });
   s.route?.free();
   s.plan.free();

@@ -11,8 +11,9 @@
  * hidden 1408), `skewed` (moonlet6 sizes, one expert with 40% of the rows, eight empty ones including the last,
  * experts of 1, 7, 63, 64, 65, 128, 129, 255 and 257 rows). Operations per case, as src/model/ffn.ts calls them:
  * fwd-up x @ W1 (din -> dout), fwd-down a @ W2 (dout -> din), dgrad-down dy @ W2^T, dgrad-up dh @ W1^T, wgrad-up
- * dW1 += x^T dh, wgrad-down dW2 += a^T dy; `uniform` also runs the other tile variants (forward 128 wide, the other
- * weight-gradient tile).
+ * dW1 += x^T dh, wgrad-down dW2 += a^T dy, and the fused forms: swiglu-up (h1 = x @ W1, h3 = x @ W3, a = silu(h1) h3
+ * in one kernel) and dgrad-up-sum (dh @ W1^T + dh3 @ W3^T as one product); `uniform` also runs the other tile
+ * variants (forward 128 wide, the other weight-gradient tile).
  *
  * Each forward / input-gradient check: outputs poisoned with NaN first, inputs with 40 rows past the last segment;
  * every segment row must be written (no NaN left), the 40 rows must stay NaN; ||new - old|| / ||old|| < 5e-3 over

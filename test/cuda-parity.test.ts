@@ -148,6 +148,7 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
         const T = 700, K = 6, E = 8, Din = 264, Dout = 200;
         const idxH = Int32Array.from({ length: T * K }, (_, i) => ((i * 7919) % 13) % E); // skewed loads, some experts heavy
         const xH = hostRandn(T * Din), wH = hostRandn(E * Din * Dout, 0.05), wtH = hostRandn(E * Dout * Din, 0.05), gH = hostRandn(T * K * Dout);
+        const x2H = hostRandn(T * Din), w2H = hostRandn(E * Din * Dout, 0.05), wt2H = hostRandn(E * Dout * Din, 0.05);
         const errs = await parity(dtype, (b, put) => {
           const plan = b.moePlan(put(idxH, [T, K]), E);
           const xe = b.moeGather(put(xH, [T, Din]), plan);
@@ -155,7 +156,12 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           const yt = b.groupedMatmul(xe, put(wtH, [E, Dout, Din]), plan.offsets, true);
           const dw = b.zeros([E, Din, Dout], dtype);
           b.groupedMatmulWeightGrad(xe, put(gH, [T * K, Dout]), plan.offsets, dw);
-          return [y, yt, dw];
+          // The fused forms: two products summed (the input gradient of W1 and W3), and the gate/up SwiGLU.
+          const xe2 = b.moeGather(put(x2H, [T, Din]), plan);
+          const ysum = b.groupedMatmulSum(xe, put(wtH, [E, Dout, Din]), xe2, put(wt2H, [E, Dout, Din]), plan.offsets, true);
+          const ysumN = b.groupedMatmulSum(xe, put(wH, [E, Din, Dout]), xe2, put(w2H, [E, Din, Dout]), plan.offsets);
+          const { h1, h3, a } = b.groupedSwiglu(xe, put(wH, [E, Din, Dout]), put(w2H, [E, Din, Dout]), plan.offsets);
+          return [y, yt, dw, ysum, ysumN, h1, h3, a];
         });
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
       });

@@ -215,6 +215,18 @@ export interface Backend {
    * `transB` and w [E, Dout, Din]. `offsets` i32 [E+1] (from a MoePlan).
    */
   groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB?: boolean): Tensor;
+  /**
+   * The sum of two grouped products over the same segments, y[seg_e] = x1[seg_e] @ op(w1[e]) + x2[seg_e] @ op(w2[e])
+   * (op as in groupedMatmul, the same for both; equal row counts and output widths): the MoE input gradient
+   * dh1 @ W1^T + dh3 @ W3^T as one product. Accumulated in fp32 and rounded once (the CUDA backend off sm_90a adds
+   * the two rounded products).
+   */
+  groupedMatmulSum(x1: Tensor, w1: Tensor, x2: Tensor, w2: Tensor, offsets: Tensor, transB?: boolean): Tensor;
+  /**
+   * The experts' gate and up projections with the SwiGLU: h1 = x @ w1[e], h3 = x @ w3[e] per segment (w1, w3
+   * [E, Din, F]), a = silu(h1) * h3 elementwise from the stored (rounded) h1 and h3, as swiglu(h1, h3) would give.
+   */
+  groupedSwiglu(x: Tensor, w1: Tensor, w3: Tensor, offsets: Tensor): { h1: Tensor; h3: Tensor; a: Tensor };
   /** dw[e] += x[seg_e]^T @ dy[seg_e], dw [E, Din, Dout]. */
   groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void;
   /**

@@ -221,6 +221,15 @@ export class CpuBackend implements Backend {
     return moe.groupedMatmul(asCpu(x), asCpu(w), asCpu(offsets), transB);
   }
 
+  groupedMatmulSum(x1: Tensor, w1: Tensor, x2: Tensor, w2: Tensor, offsets: Tensor, transB = false): Tensor {
+    return moe.groupedMatmulSum(asCpu(x1), asCpu(w1), asCpu(x2), asCpu(w2), asCpu(offsets), transB);
+  }
+
+  groupedSwiglu(x: Tensor, w1: Tensor, w3: Tensor, offsets: Tensor): { h1: Tensor; h3: Tensor; a: Tensor } {
+    const h1 = this.groupedMatmul(x, w1, offsets), h3 = this.groupedMatmul(x, w3, offsets);
+    return { h1, h3, a: this.swiglu(h1, h3) };
+  }
+
   groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void {
     moe.groupedMatmulWeightGrad(asCpu(x), asCpu(dy), asCpu(offsets), asCpu(dw));
   }

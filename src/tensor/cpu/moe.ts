@@ -156,16 +156,37 @@ export function moeCombineBackward(dOut: CpuTensor, ye: CpuTensor, gates: CpuTen
 }
 
 export function groupedMatmul(x: CpuTensor, w: CpuTensor, offsets: CpuTensor, transB: boolean): CpuTensor {
-  const [experts, w1, w2] = w.shape as [number, number, number];
+  const y = allocate([x.shape[0]!, groupedDims(x, w, transB)[1]], x.dtype);
+  groupedInto(x, w, offsets, transB, y, false);
+  return settle(y);
+}
+
+/** y = x1 @ op(w1) + x2 @ op(w2) per segment, summed before the one rounding. */
+export function groupedMatmulSum(x1: CpuTensor, w1: CpuTensor, x2: CpuTensor, w2: CpuTensor, offsets: CpuTensor, transB: boolean): CpuTensor {
+  const dout = groupedDims(x1, w1, transB)[1];
+  if (groupedDims(x2, w2, transB)[1] !== dout || x2.shape[0] !== x1.shape[0]) throw new Error(`groupedMatmulSum: x1 [${x1.shape}] @ w1 [${w1.shape}] and x2 [${x2.shape}] @ w2 [${w2.shape}] do not add up`);
+  const y = allocate([x1.shape[0]!, dout], x1.dtype);
+  groupedInto(x1, w1, offsets, transB, y, false);
+  groupedInto(x2, w2, offsets, transB, y, true);
+  return settle(y);
+}
+
+function groupedDims(x: CpuTensor, w: CpuTensor, transB: boolean): [number, number] {
+  const [, w1, w2] = w.shape as [number, number, number];
   const [din, dout] = transB ? [w2, w1] : [w1, w2];
   if (x.shape[1] !== din) throw new Error(`groupedMatmul: x [${x.shape}] does not match w [${w.shape}] (transB=${transB})`);
-  const y = allocate([x.shape[0]!, dout], x.dtype);
+  return [din, dout];
+}
+
+/** y[seg_e] (+)= x[seg_e] @ op(w[e]) in full precision (not yet rounded). */
+function groupedInto(x: CpuTensor, w: CpuTensor, offsets: CpuTensor, transB: boolean, y: CpuTensor, accumulate: boolean): void {
+  const [experts, w1, w2] = w.shape as [number, number, number];
+  const [din, dout] = groupedDims(x, w, transB);
   for (let e = 0; e < experts; e++) {
     const r0 = offsets.i[e]!, rows = offsets.i[e + 1]! - r0;
     if (rows === 0) continue;
-    gemm({ m: rows, n: dout, k: din, a: x.f, aOffset: r0 * din, transA: false, b: w.f, bOffset: e * w1 * w2, transB, c: y.f, cOffset: r0 * dout, alpha: 1, accumulate: false });
+    gemm({ m: rows, n: dout, k: din, a: x.f, aOffset: r0 * din, transA: false, b: w.f, bOffset: e * w1 * w2, transB, c: y.f, cOffset: r0 * dout, alpha: 1, accumulate });
   }
-  return settle(y);
 }
 
 export function groupedMatmulWeightGrad(x: CpuTensor, dy: CpuTensor, offsets: CpuTensor, dw: CpuTensor): void {

@@ -34,6 +34,18 @@ function groupedSmem(a: 0 | 1, b: 0 | 1): number {
   return 3 * 2 * (tile(a) + tile(b));
 }
 
+/** (din, dout) of a grouped product x @ w[e] (w [E, din, dout]) or x @ w[e]^T (w [E, dout, din]), checked against x. */
+function groupedDims(x: Tensor, w: Tensor, transB: boolean): [number, number] {
+  const [, w1, w2] = w.shape as [number, number, number];
+  const [din, dout] = transB ? [w2, w1] : [w1, w2];
+  if (w.shape.length !== 3 || x.shape.length !== 2 || x.shape[1] !== din) throw new Error(`groupedMatmul: ${describe(x)} does not match ${describe(w)} (transB=${transB})`);
+  return [din, dout];
+}
+
+function checkGroupedOut(y: Tensor, x: Tensor, dout: number): void {
+  if (y.shape[0] !== x.shape[0] || y.shape[1] !== dout || y.dtype !== x.dtype) throw new Error(`groupedMatmul: output ${describe(y)} is not [${x.shape[0]},${dout}] ${x.dtype}`);
+}
+
 function gridFor(n: number, block = 256): number {
   return Math.max(1, Math.min(Math.ceil(n / block), 8192));
 }
@@ -506,8 +518,7 @@ export class CudaBackend implements Backend {
   }
 
   groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB = false): Tensor {
-    const dout = transB ? w.shape[1]! : w.shape[2]!;
-    const y = this.empty([x.shape[0]!, dout], x.dtype);
+    const y = this.empty([x.shape[0]!, groupedDims(x, w, transB)[1]], x.dtype);
     this.groupedMatmulInto(x, w, offsets, transB, y);
     return y;
   }
@@ -515,23 +526,76 @@ export class CudaBackend implements Backend {
   /** groupedMatmul into `y` [rows, dout]: rows outside every segment keep what they held (tools/gemm-check.ts). */
   groupedMatmulInto(x: Tensor, w: Tensor, offsets: Tensor, transB: boolean, y: Tensor): void {
     const plan = this.#tilesOf(offsets);
-    const [experts, w1, w2] = w.shape as [number, number, number];
-    const [din, dout] = transB ? [w2, w1] : [w1, w2];
-    const rows = x.shape[0]!;
-    if (x.shape[1] !== din) throw new Error(`groupedMatmul: ${describe(x)} does not match ${describe(w)} (transB=${transB})`);
-    if (y.shape[0] !== rows || y.shape[1] !== dout || y.dtype !== x.dtype) throw new Error(`groupedMatmul: output ${describe(y)} is not [${rows},${dout}] ${x.dtype}`);
-    if (this.#sm90Grouped([x, w, y], din, dout, rows)) {
-      const maxTiles = plan.tiles.shape[0]!;
-      this.#sm90(fwdLaunch({
-        x: asCuda(x).ptr, rows, w: asCuda(w).ptr, experts, din, dout, transB, y: asCuda(y).ptr, offsets: asCuda(offsets).ptr,
-        tiles: asCuda(plan.tiles).ptr, numTiles: asCuda(plan.numTiles).ptr, maxTiles, multiprocessors: this.dev.info.multiprocessors,
-        bn: this.groupedGemm.fwdTileN, flags: this.groupedGemm.flags, watchdog: asCuda(this.#watchdog).ptr,
-      }));
+    const [din, dout] = groupedDims(x, w, transB);
+    checkGroupedOut(y, x, dout);
+    if (this.#sm90Grouped([x, w, y], din, dout, x.shape[0]!)) {
+      this.#sm90(fwdLaunch({ ...this.#fwdCommon(x, w, y, plan, offsets, dout, transB), first: { x: asCuda(x).ptr, w: asCuda(w).ptr, din } }));
       return;
     }
     const args = [ptr(x), ptr(w), ptr(y), ptr(offsets), ptr(plan.tiles), ptr(plan.numTiles), i32(din), i32(dout), i32(transB ? 1 : 0)];
     if (this.#tensorCores(x, din, dout)) this.#k('grouped.cu', 'grouped_gemm_tc', [Math.ceil(dout / 128), plan.tiles.shape[0]!], 256, args, groupedSmem(0, transB ? 0 : 1));
     else this.#k('moe.cu', `grouped_gemm<${ctype(x)}>`, [plan.tiles.shape[0]!, Math.ceil(dout / 64), 2], 256, args);
+  }
+
+  groupedMatmulSum(x1: Tensor, w1: Tensor, x2: Tensor, w2: Tensor, offsets: Tensor, transB = false): Tensor {
+    const y = this.empty([x1.shape[0]!, groupedDims(x1, w1, transB)[1]], x1.dtype);
+    this.groupedMatmulSumInto(x1, w1, x2, w2, offsets, transB, y);
+    return y;
+  }
+
+  /** groupedMatmulSum into `y` (see groupedMatmulInto). */
+  groupedMatmulSumInto(x1: Tensor, w1: Tensor, x2: Tensor, w2: Tensor, offsets: Tensor, transB: boolean, y: Tensor): void {
+    const [din1, dout] = groupedDims(x1, w1, transB), [din2, dout2] = groupedDims(x2, w2, transB);
+    if (dout2 !== dout || x2.shape[0] !== x1.shape[0] || w2.shape[0] !== w1.shape[0]) throw new Error(`groupedMatmulSum: ${describe(x1)} @ ${describe(w1)} and ${describe(x2)} @ ${describe(w2)} do not add up`);
+    checkGroupedOut(y, x1, dout);
+    const rows = x1.shape[0]!;
+    if (this.#sm90Grouped([x1, w1, y], din1, dout, rows) && this.#sm90Grouped([x2, w2], din2, dout, rows)) {
+      const plan = this.#tilesOf(offsets);
+      this.#sm90(fwdLaunch({
+        ...this.#fwdCommon(x1, w1, y, plan, offsets, dout, transB),
+        first: { x: asCuda(x1).ptr, w: asCuda(w1).ptr, din: din1 }, second: { x: asCuda(x2).ptr, w: asCuda(w2).ptr, din: din2 },
+      }));
+      return;
+    }
+    // Elsewhere: the two products, each rounded, then their rounded sum.
+    this.groupedMatmulInto(x1, w1, offsets, transB, y);
+    const y2 = this.groupedMatmul(x2, w2, offsets, transB);
+    this.#elementwiseAdd(y, y2, y);
+    y2.free();
+  }
+
+  groupedSwiglu(x: Tensor, w1: Tensor, w3: Tensor, offsets: Tensor): { h1: Tensor; h3: Tensor; a: Tensor } {
+    const shape = [x.shape[0]!, groupedDims(x, w1, false)[1]];
+    const out = { h1: this.empty(shape, x.dtype), h3: this.empty(shape, x.dtype), a: this.empty(shape, x.dtype) };
+    this.groupedSwigluInto(x, w1, w3, offsets, out);
+    return out;
+  }
+
+  /** groupedSwiglu into given outputs (see groupedMatmulInto). */
+  groupedSwigluInto(x: Tensor, w1: Tensor, w3: Tensor, offsets: Tensor, out: { h1: Tensor; h3: Tensor; a: Tensor }): void {
+    const [din, dout] = groupedDims(x, w1, false);
+    if (w3.shape.join() !== w1.shape.join()) throw new Error(`groupedSwiglu: ${describe(w1)} and ${describe(w3)} differ`);
+    for (const t of [out.h1, out.h3, out.a]) checkGroupedOut(t, x, dout);
+    if (this.#sm90Grouped([x, w1, w3, out.h1, out.h3, out.a], din, dout, x.shape[0]!)) {
+      const plan = this.#tilesOf(offsets);
+      this.#sm90(fwdLaunch({
+        ...this.#fwdCommon(x, w1, out.h1, plan, offsets, dout, false),
+        first: { x: asCuda(x).ptr, w: asCuda(w1).ptr, din }, swiglu: { w3: asCuda(w3).ptr, h3: asCuda(out.h3).ptr, a: asCuda(out.a).ptr },
+      }));
+      return;
+    }
+    this.groupedMatmulInto(x, w1, offsets, false, out.h1);
+    this.groupedMatmulInto(x, w3, offsets, false, out.h3);
+    this.#k('elementwise.cu', `swiglu_fwd<${ctype(out.h1)}>`, [gridFor(out.h1.numel)], 256, [ptr(out.h1), ptr(out.h3), ptr(out.a), i64(out.h1.numel)]);
+  }
+
+  /** The fields of an sm_90a forward call that do not depend on its products. */
+  #fwdCommon(x: Tensor, w: Tensor, y: Tensor, plan: GroupedTiles, offsets: Tensor, dout: number, transB: boolean) {
+    return {
+      rows: x.shape[0]!, experts: w.shape[0]!, dout, transB, y: asCuda(y).ptr, offsets: asCuda(offsets).ptr, tiles: asCuda(plan.tiles).ptr,
+      numTiles: asCuda(plan.numTiles).ptr, maxTiles: plan.tiles.shape[0]!, multiprocessors: this.dev.info.multiprocessors,
+      bn: this.groupedGemm.fwdTileN, flags: this.groupedGemm.flags, watchdog: asCuda(this.#watchdog).ptr,
+    };
   }
 
   groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void {

@@ -9,15 +9,12 @@ import { UserError } from '../../util/errors.ts';
 import { CachingAllocator } from './allocator.ts';
 import { CU_DEVICE_ATTRIBUTE as A, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, check, cu, outI32, outU64 } from './driver.ts';
 import { GemmRunner } from './cublaslt.ts';
+import { ARG_ALIGN, type KernelArg, packKernelArgs } from './kernel-args.ts';
 import { compileKernels } from './nvrtc.ts';
 
-/** A kernel parameter; `bytes` is a struct passed by value, placed at a multiple of `align` bytes (default 4), as
- *  the kernel's parameter layout has it (a `__grid_constant__` TMA map: 128). */
-export type KernelArg = { ptr: bigint } | { i32: number } | { i64: number } | { f32: number } | { u32: number } | { bytes: Uint8Array; align?: number };
+export type { KernelArg } from './kernel-args.ts';
 
 const ARG_BYTES = 4096;
-/** The parameter block starts at this alignment, so that `align` up to it holds in memory as well as in offsets. */
-const ARG_ALIGN = 128;
 const GEMM_WORKSPACE_BYTES = 32 << 20;
 /** Uploads up to this size go through the ring of pinned slots below, without waiting for the stream. */
 const UPLOAD_SLOT_BYTES = 16 << 20;
@@ -116,23 +113,7 @@ export class CudaDevice {
   }
 
   launch(fn: bigint, grid: [number, number?, number?], block: number, args: readonly KernelArg[], smem = 0): void {
-    let off = 0;
-    const v = this.#argView;
-    for (const a of args) {
-      if ('ptr' in a) { off = align(off, 8); v.setBigUint64(off, a.ptr, true); off += 8; }
-      else if ('i64' in a) { off = align(off, 8); v.setBigInt64(off, BigInt(a.i64), true); off += 8; }
-      else if ('i32' in a) { off = align(off, 4); v.setInt32(off, a.i32, true); off += 4; }
-      else if ('u32' in a) { off = align(off, 4); v.setUint32(off, a.u32 >>> 0, true); off += 4; }
-      else if ('bytes' in a) {
-        const al = a.align ?? 4;
-        if (al > ARG_ALIGN || ARG_ALIGN % al !== 0) throw new Error(`kernel argument alignment ${al} is not a divisor of ${ARG_ALIGN}`);
-        off = align(off, al);
-        if (off + a.bytes.length > ARG_BYTES) throw new Error(`kernel arguments exceed ${ARG_BYTES} bytes`);
-        new Uint8Array(v.buffer, v.byteOffset + off, a.bytes.length).set(a.bytes);
-        off += a.bytes.length;
-      }
-      else { off = align(off, 4); v.setFloat32(off, a.f32, true); off += 4; }
-    }
+    const off = packKernelArgs(this.#argView, args);
     // The exact parameter bytes: more than the kernel declares is CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES.
     new BigUint64Array(koffi.view(this.#extra + 40n, 8))[0] = BigInt(off);
     if ((grid[1] ?? 1) > 65535 || (grid[2] ?? 1) > 65535) throw new Error(`kernel grid [${grid.join(', ')}] has a y or z dimension over CUDA's 65535 (a batch too large for this kernel)`);
@@ -206,8 +187,4 @@ export class CudaDevice {
     cu.eventDestroy(end);
     return ms[0]!;
   }
-}
-
-function align(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
 }

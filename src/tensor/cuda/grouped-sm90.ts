@@ -24,8 +24,8 @@ function stages(stageBytes: number, cBytes: number): number {
   return Math.min(8, Math.floor((SMEM_LIMIT - 1024 - cBytes - 256) / stageBytes));
 }
 
-/** Dynamic shared memory of grouped_gemm_sm90<bn, *> (FwdPlan): alignment slack, stages of a 128-row A and a bn-wide
- *  B tile, 32 KB of epilogue staging, the mbarriers. */
+/** Dynamic shared memory of grouped_gemm_sm90<bn, *, 0> (FwdPlan): alignment slack, stages of a 128-row A and a
+ *  bn-wide B tile, 32 KB of epilogue staging, the mbarriers. The fused SwiGLU (two 128-wide B tiles) is fwdSmem(256). */
 export function fwdSmem(bn: FwdTileN): number {
   const stage = (128 + bn) * BK * 2, c = 32768, n = stages(stage, c);
   return 1024 + n * stage + c + 16 * n;
@@ -63,17 +63,23 @@ const map = (bytes: Uint8Array): KernelArg => ({ bytes, align: TENSOR_MAP_ALIGN 
 const ptr = (p: bigint): KernelArg => ({ ptr: p });
 const i32 = (v: number): KernelArg => ({ i32: v });
 
-export interface FwdCall {
-  /** x [rows, din] bf16. */
+/** One product of a forward call: x [rows, din] bf16 and W [E, din, dout] (transB false) or [E, dout, din]. */
+export interface Product {
   x: bigint;
-  rows: number;
-  /** W [E, din, dout] (transB false) or [E, dout, din] (transB true), bf16. */
   w: bigint;
-  experts: number;
   din: number;
+}
+
+export interface FwdCall {
+  rows: number;
+  experts: number;
   dout: number;
   transB: boolean;
-  /** y [rows, dout] bf16. */
+  /** y [rows, dout] bf16 = first @ W (+ second @ W2). */
+  first: Product;
+  second?: Product;
+  /** The fused SwiGLU (transB false): y = h1 = x @ W, h3 = x @ w3, a = silu(h1) * h3 (rounded h1 and h3). */
+  swiglu?: { w3: bigint; h3: bigint; a: bigint };
   y: bigint;
   offsets: bigint;
   tiles: bigint;
@@ -86,19 +92,29 @@ export interface FwdCall {
   watchdog: bigint;
 }
 
-/** y[seg_e] = x[seg_e] @ W[e] (or W[e]^T): grouped_gemm_sm90<bn, transB>. */
+/** y[seg_e] = x[seg_e] @ W[e] (or W[e]^T), with a second product or the SwiGLU: grouped_gemm_sm90<bn, transB, swiglu>. */
 export function fwdLaunch(c: FwdCall): Sm90Launch {
-  const mx = encodeTensorMap('grouped GEMM x', { address: c.x, dims: [c.din, c.rows], strides: [c.din * 2], box: [BK, SM90_ROW_TILE] });
+  const swiglu = c.swiglu !== undefined;
+  if (swiglu && (c.transB || c.second)) throw new Error('grouped SwiGLU: N-major weights and one product only');
+  const bn: FwdTileN = swiglu ? 128 : c.bn;
+  const xMap = (p: Product) => encodeTensorMap('grouped GEMM x', { address: p.x, dims: [p.din, c.rows], strides: [p.din * 2], box: [BK, SM90_ROW_TILE] });
   // W as [E][rows][cols]: a box never reaches into the next expert's matrix (k or n past the edge reads zeros).
-  const mw = c.transB
-    ? encodeTensorMap('grouped GEMM W (transB)', { address: c.w, dims: [c.din, c.dout, c.experts], strides: [c.din * 2, c.din * c.dout * 2], box: [BK, c.bn, 1] })
-    : encodeTensorMap('grouped GEMM W', { address: c.w, dims: [c.dout, c.din, c.experts], strides: [c.dout * 2, c.din * c.dout * 2], box: [64, BK, 1] });
-  const colTiles = Math.ceil(c.dout / c.bn);
+  const wMap = (w: bigint, din: number) => c.transB
+    ? encodeTensorMap('grouped GEMM W (transB)', { address: w, dims: [din, c.dout, c.experts], strides: [din * 2, din * c.dout * 2], box: [BK, bn, 1] })
+    : encodeTensorMap('grouped GEMM W', { address: w, dims: [c.dout, din, c.experts], strides: [c.dout * 2, din * c.dout * 2], box: [64, BK, 1] });
+  const mx = xMap(c.first), mw = wMap(c.first.w, c.first.din);
+  // Unused second maps are copies of the first (the kernel takes four either way).
+  const mx2 = c.second ? xMap(c.second) : mx;
+  const mw2 = c.second ? wMap(c.second.w, c.second.din) : swiglu ? wMap(c.swiglu!.w3, c.first.din) : mw;
+  const colTiles = Math.ceil(c.dout / bn);
   return {
-    name: `grouped_gemm_sm90<${c.bn}, ${c.transB ? 1 : 0}>`,
+    name: `grouped_gemm_sm90<${bn}, ${c.transB ? 1 : 0}, ${swiglu ? 1 : 0}>`,
     grid: Math.max(1, Math.min(c.multiprocessors, c.maxTiles * colTiles)),
-    smem: fwdSmem(c.bn),
-    args: [map(mx), map(mw), ptr(c.y), ptr(c.offsets), ptr(c.tiles), ptr(c.numTiles), i32(c.din), i32(c.dout), i32(c.flags), ptr(c.watchdog)],
+    smem: swiglu ? fwdSmem(256) : fwdSmem(bn),
+    args: [
+      map(mx), map(mw), map(mx2), map(mw2), ptr(c.y), ptr(c.swiglu?.h3 ?? 0n), ptr(c.swiglu?.a ?? 0n), ptr(c.offsets), ptr(c.tiles), ptr(c.numTiles),
+      i32(c.first.din), i32(c.second?.din ?? 0), i32(c.dout), i32(c.flags), ptr(c.watchdog),
+    ],
   };
 }
 

@@ -8,10 +8,11 @@ const both = (names: readonly string[]) => names.flatMap((n) => [`${n}<float>`, 
 export const FLASH_HEAD_DIMS: readonly [number, number][] = [[32, 16], [64, 64], [128, 128], [192, 128]];
 const flash = (names: readonly string[]) => names.flatMap((n) => FLASH_HEAD_DIMS.map(([qk, v]) => `${n}<${qk}, ${v}>`));
 
-/** The Hopper grouped GEMMs (grouped_sm90.cu): forward/input gradient <tile width, B K-major>, weight gradient <BM, BN>. */
+/** The Hopper grouped GEMMs (grouped_sm90.cu): forward/input gradient <tile width, B K-major, fused SwiGLU>, weight
+ *  gradient <BM, BN>. */
 export const SM90_GROUPED_KERNELS = [
-  'grouped_gemm_sm90<256, 0>', 'grouped_gemm_sm90<256, 1>', 'grouped_gemm_sm90<128, 0>', 'grouped_gemm_sm90<128, 1>',
-  'grouped_wgrad_sm90<128, 256>', 'grouped_wgrad_sm90<256, 128>',
+  'grouped_gemm_sm90<256, 0, 0>', 'grouped_gemm_sm90<256, 1, 0>', 'grouped_gemm_sm90<128, 0, 0>', 'grouped_gemm_sm90<128, 1, 0>',
+  'grouped_gemm_sm90<128, 0, 1>', 'grouped_wgrad_sm90<128, 256>', 'grouped_wgrad_sm90<256, 128>',
 ] as const;
 
 export const KERNEL_NAMES: Record<string, readonly string[]> = {

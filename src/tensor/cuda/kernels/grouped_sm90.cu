@@ -6,8 +6,12 @@
 // 64 deep in k: one 128-byte row of bf16, loaded with the 128-byte swizzle that wgmma reads directly. The
 // setmaxnreg split gives the producer 40 registers and each math thread 232 (128 fp32 accumulators).
 //
-//   grouped_gemm_sm90<BN, B_KMAJOR>  y[seg_e] = x[seg_e] @ W[e] (B_KMAJOR = 0: W [E, din, dout], B is N-major)
-//                                    or x[seg_e] @ W[e]^T (B_KMAJOR = 1: W [E, dout, din], B is K-major).
+//   grouped_gemm_sm90<BN, B_KMAJOR, SWIGLU>
+//     y[seg_e] = x[seg_e] @ W[e] (B_KMAJOR = 0: W [E, din, dout], B is N-major) or x[seg_e] @ W[e]^T (B_KMAJOR = 1:
+//     W [E, dout, din], B is K-major), plus x2[seg_e] @ W2[e] (or ^T) when din2 > 0: the second product's k blocks
+//     follow the first's in the same accumulators, rounded once. SWIGLU = 1 (BN = 128, N-major): two products of
+//     the same x, y = h1 = x @ W[e] and y2 = h3 = x @ W2[e] (two accumulator sets), and y3 = a = silu(h1) * h3
+//     computed from the rounded h1 and h3, exactly as the unfused swiglu kernel would.
 //     Work items are (row tile, column tile) pairs of the device-built tile list (moe.cu, 128-row tiles that never
 //     straddle experts), column tiles of a row tile consecutive so that its rows of x are read from L2. Each math
 //     warpgroup owns 64 rows x BN columns; rows past the segment end (they belong to the next expert) are computed
@@ -42,9 +46,9 @@ struct __align__(128) TmaMap {
 
 // Shared-memory plan, mirrored by the host (src/tensor/cuda/grouped-sm90.ts): 1 KB of alignment slack, the stages,
 // the epilogue buffer, the mbarriers.
-template <int BN> struct FwdPlan {
+template <int BN, int SWIGLU = 0> struct FwdPlan {
   static constexpr int A_BYTES = 128 * BK * 2;
-  static constexpr int B_BYTES = BN * BK * 2;
+  static constexpr int B_BYTES = (SWIGLU ? 2 : 1) * BN * BK * 2;  // SWIGLU: W's tile, then W2's
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   static constexpr int C_BYTES = 2 * 64 * 256;  // per math warpgroup, 64 rows x 128 columns of bf16 (a half tile)
   static constexpr int STAGES_FIT = (SMEM_LIMIT - 1024 - C_BYTES - 256) / STAGE_BYTES;
@@ -63,6 +67,7 @@ template <int BM, int BN> struct WgradPlan {
 // The host's numbers (grouped-sm90.ts) must be these.
 static_assert(FwdPlan<256>::STAGES == 4 && FwdPlan<256>::SMEM == 230464, "fwd<256> plan");
 static_assert(FwdPlan<128>::STAGES == 6 && FwdPlan<128>::SMEM == 230496, "fwd<128> plan");
+static_assert(FwdPlan<128, 1>::STAGES == 4 && FwdPlan<128, 1>::SMEM == 230464, "swiglu plan");
 static_assert(WgradPlan<128, 256>::STAGES == 3 && WgradPlan<128, 256>::SMEM == 214080, "wgrad<128, 256> plan");
 static_assert(WgradPlan<256, 128>::STAGES == 3 && WgradPlan<256, 128>::SMEM == 214080, "wgrad<256, 128> plan");
 
@@ -245,11 +250,12 @@ __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xf
 
 // --- forward and input gradient ---------------------------------------------------------------------------
 
-// One row tile's k loop for math warpgroup `wg` with the n`N` instruction (N = BN, or 128 for a narrow last tile).
-template <int N, int BN, int B_KMAJOR>
-__device__ __forceinline__ void fwd_mainloop(float (&acc)[BN / 2], u32 stage0, u32 bars, int& s, u32& phase, int kblocks, bool active, int wg,
-                                             int lane, u64 mn_fields, int* wd, bool& dead, int item) {
-  using P = FwdPlan<BN>;
+// One row tile's k loop for math warpgroup `wg` with the n`N` instruction (N = BN, or 128 for a narrow last tile;
+// SWIGLU: two n128 products into acc[0, 64) and acc[64, 128)).
+template <int N, int BN, int B_KMAJOR, int SWIGLU>
+__device__ __forceinline__ void fwd_mainloop(float (&acc)[(SWIGLU ? 2 : 1) * BN / 2], u32 stage0, u32 bars, int& s, u32& phase, int kblocks,
+                                             bool active, int wg, int lane, u64 mn_fields, int* wd, bool& dead, int item) {
+  using P = FwdPlan<BN, SWIGLU>;
   const u64 k_fields = desc_fields(16, 1024);
   for (int kb = 0; kb < kblocks; ++kb) {
     wait_bar(bars + 8 * s, phase, wd, dead, 1, item, (kb << 8) | (s << 1) | (int)phase);
@@ -261,8 +267,14 @@ __device__ __forceinline__ void fwd_mainloop(float (&acc)[BN / 2], u32 stage0, u
 #pragma unroll
       for (int kk = 0; kk < BK / 16; ++kk) {
         const u64 dak = da + 2 * kk, dbk = db + (B_KMAJOR ? 2 * kk : 128 * kk);
-        if constexpr (N == 256) wgmma_n256<0, B_KMAJOR ? 0 : 1, 0>(acc, dak, dbk, kb > 0 || kk > 0);
-        else wgmma_n128<0, B_KMAJOR ? 0 : 1, 0>(acc, dak, dbk, kb > 0 || kk > 0);
+        if constexpr (SWIGLU) {
+          wgmma_n128<0, 1, 0>(acc, dak, dbk, kb > 0 || kk > 0);
+          wgmma_n128<0, 1, 64>(acc, dak, dbk + (BN * BK * 2 >> 4), kb > 0 || kk > 0);  // W2's tile follows W's
+        } else if constexpr (N == 256) {
+          wgmma_n256<0, B_KMAJOR ? 0 : 1, 0>(acc, dak, dbk, kb > 0 || kk > 0);
+        } else {
+          wgmma_n128<0, B_KMAJOR ? 0 : 1, 0>(acc, dak, dbk, kb > 0 || kk > 0);
+        }
       }
       wgmma_commit();
       fence_acc(acc);
@@ -278,49 +290,50 @@ __device__ __forceinline__ void fwd_mainloop(float (&acc)[BN / 2], u32 stage0, u
   }
 }
 
-// Stores math warpgroup rows [row0, row_end) (at most 64) x columns [n0, n0 + ncols) of y through `cw`, this
-// warpgroup's 16 KB of shared memory: 128 columns at a time, as 64 rows of 256 bytes whose 16-byte chunks are
-// XOR-swizzled by the row (conflict-free both ways), then 16-byte coalesced global stores, masked by row and column.
-template <int BN>
-__device__ __forceinline__ void fwd_epilogue(const float (&acc)[BN / 2], int ncols, u32 cw, bf16* y, int dout, int row0, int row_end, int n0,
-                                             int wg, int tid) {
+// Stores a 64-row x 128-column block of math warpgroup values, rows [row0, row_end) x columns [col0, col0 + 128) of
+// out (row stride ld), through `cw`, the warpgroup's 16 KB of shared memory: 64 rows of 256 bytes whose 16-byte
+// chunks are XOR-swizzled by the row (conflict-free both ways), then 16-byte coalesced global stores masked by row
+// and column. pair(jj, r8) is this thread's packed bf16 pair of columns 8 jj + 2t, +1 in row 16 warp + g + 8 r8.
+template <typename Pair>
+__device__ __forceinline__ void stage_store(Pair pair, u32 cw, bf16* out, int ld, int row0, int row_end, int col0, int wg, int tid) {
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  named_sync(2 + wg, 128);  // the previous block's reads are done
 #pragma unroll
-  for (int h = 0; h < BN / 128; ++h) {
-    if (h * 128 >= ncols) break;
-    named_sync(2 + wg, 128);  // the previous half's (or tile's) reads are done
+  for (int jj = 0; jj < 16; ++jj) {
+    const u32 a = cw + (16 * warp + g) * 256 + ((jj ^ g) << 4) + 4 * t4;  // row & 7 == g
+    sts32(a, pair(jj, 0));
+    sts32(a + 8 * 256, pair(jj, 1));
+  }
+  named_sync(2 + wg, 128);
+  u32 v[8][4];
 #pragma unroll
-    for (int jj = 0; jj < 16; ++jj) {
-      const int j = 16 * h + jj;
-      const u32 a = cw + (16 * warp + g) * 256 + ((jj ^ g) << 4) + 4 * t4;  // row & 7 == g
-      sts32(a, pack_bf16(acc[4 * j], acc[4 * j + 1]));
-      sts32(a + 8 * 256, pack_bf16(acc[4 * j + 2], acc[4 * j + 3]));
-    }
-    named_sync(2 + wg, 128);
-    u32 v[8][4];
+  for (int i = 0; i < 8; ++i) {
+    const int idx = i * 128 + tid, r = idx >> 4, ch = idx & 15;
+    lds128(v[i], cw + r * 256 + ((ch ^ (r & 7)) << 4));
+  }
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int idx = i * 128 + tid, r = idx >> 4, ch = idx & 15;
-      lds128(v[i], cw + r * 256 + ((ch ^ (r & 7)) << 4));
-    }
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int idx = i * 128 + tid, r = idx >> 4, ch = idx & 15;
-      const int row = row0 + r, col = n0 + 128 * h + 8 * ch;
-      if (row < row_end && col < dout) stg128(y + (long)row * dout + col, v[i]);
-    }
+  for (int i = 0; i < 8; ++i) {
+    const int idx = i * 128 + tid, r = idx >> 4, ch = idx & 15;
+    const int row = row0 + r, col = col0 + 8 * ch;
+    if (row < row_end && col < ld) stg128(out + (long)row * ld + col, v[i]);
   }
 }
 
+__device__ __forceinline__ float round_bf16(float v) { return to_f32(from_f32<bf16>(v)); }
+
 // y = x @ W[e] per row tile (see the file comment). map_x: x [rows, din], box {64, 128}; map_w: W as 3-D
-// {dout, din, E} with box {64, 64, 1} (B_KMAJOR = 0) or {din, dout, E} with box {64, BN, 1} (B_KMAJOR = 1).
-// Grid: at most one CTA per SM (persistent), 384 threads, FwdPlan<BN>::SMEM bytes of dynamic shared memory.
-template <int BN, int B_KMAJOR>
-__global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_w, bf16* y,
-                                                            const int* offsets, const int* tiles, const int* num_tiles, int din, int dout,
-                                                            int flags, int* wd) {
-  using P = FwdPlan<BN>;
+// {dout, din, E} with box {64, 64, 1} (B_KMAJOR = 0) or {din, dout, E} with box {64, BN, 1} (B_KMAJOR = 1);
+// map_x2 / map_w2 the same for the second product (din2 columns of x2; unused when din2 = 0), or with SWIGLU,
+// map_w2 is W3 (map_x2 unused). Grid: at most one CTA per SM (persistent), 384 threads,
+// FwdPlan<BN, SWIGLU>::SMEM bytes of dynamic shared memory.
+template <int BN, int B_KMAJOR, int SWIGLU>
+__global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_w,
+                                                            const __grid_constant__ TmaMap map_x2, const __grid_constant__ TmaMap map_w2,
+                                                            bf16* y, bf16* y2, bf16* y3, const int* offsets, const int* tiles,
+                                                            const int* num_tiles, int din, int din2, int dout, int flags, int* wd) {
+  using P = FwdPlan<BN, SWIGLU>;
   static_assert(BN == 128 || BN == 256, "tile width");
+  static_assert(!SWIGLU || (BN == 128 && !B_KMAJOR), "the fused SwiGLU runs 128-wide N-major tiles");
   extern __shared__ __align__(1024) unsigned char smem[];
   if (dynamic_smem_size() < (u32)P::SMEM) {
     if (threadIdx.x == 0 && atomicCAS(wd, 0, 9) == 0) {
@@ -335,7 +348,7 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constan
   const u32 bars = cbuf + P::C_BYTES;  // full[s] at bars + 8 s, empty[s] at bars + 8 (STAGES + s)
   const int col_tiles = (dout + BN - 1) / BN;
   const int items = *num_tiles * col_tiles;
-  const int kblocks = (din + BK - 1) / BK;
+  const int kblocks1 = (din + BK - 1) / BK, kblocks = kblocks1 + (SWIGLU ? 0 : (din2 + BK - 1) / BK);
   if (threadIdx.x == 0) {
     for (int i = 0; i < P::STAGES; ++i) {
       mbar_init(bars + 8 * i, 1);
@@ -353,6 +366,8 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constan
     if (threadIdx.x == 256) {
       tma_prefetch(&map_x);
       tma_prefetch(&map_w);
+      if (SWIGLU || din2 > 0) tma_prefetch(&map_w2);
+      if (!SWIGLU && din2 > 0) tma_prefetch(&map_x2);
       for (int item = blockIdx.x; item < items && !dead; item += gridDim.x) {
         const int t = item / col_tiles, n0 = (item - t * col_tiles) * BN;
         const int e = tiles[2 * t], r0 = tiles[2 * t + 1];
@@ -361,17 +376,24 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constan
           wait_bar(bars + 8 * (P::STAGES + s), phase ^ 1, wd, dead, 2, item, (kb << 8) | (s << 1) | (int)phase);
           if (dead) break;
           const u32 full = bars + 8 * s, a = stage0 + s * P::STAGE_BYTES, b = a + P::A_BYTES;
+          // The second product's k blocks follow the first's (never with SWIGLU, whose W2 rides along with W).
+          const bool second = !SWIGLU && kb >= kblocks1;
+          const TmaMap* mx = second ? &map_x2 : &map_x;
+          const TmaMap* mw = second ? &map_w2 : &map_w;
+          const int k = (second ? kb - kblocks1 : kb) * BK;
           if (B_KMAJOR) {
             mbar_expect_tx(full, P::STAGE_BYTES);
-            tma_load_2d(a, &map_x, full, kb * BK, r0);
-            tma_load_3d(b, &map_w, full, kb * BK, n0, e);
+            tma_load_2d(a, mx, full, k, r0);
+            tma_load_3d(b, mw, full, k, n0, e);
           } else {
             // Boxes wholly past dout are not loaded: they would only feed columns that are never stored.
-            mbar_expect_tx(full, P::A_BYTES + nbox * 8192);
-            tma_load_2d(a, &map_x, full, kb * BK, r0);
+            mbar_expect_tx(full, P::A_BYTES + (SWIGLU ? 2 : 1) * nbox * 8192);
+            tma_load_2d(a, mx, full, k, r0);
 #pragma unroll
-            for (int j = 0; j < BN / 64; ++j)
-              if (j < nbox) tma_load_3d(b + j * 8192, &map_w, full, n0 + 64 * j, kb * BK, e);
+            for (int j = 0; j < BN / 64; ++j) {
+              if (j < nbox) tma_load_3d(b + j * 8192, mw, full, n0 + 64 * j, k, e);
+              if (SWIGLU && j < nbox) tma_load_3d(b + BN * BK * 2 + j * 8192, &map_w2, full, n0 + 64 * j, k, e);
+            }
           }
           if (++s == P::STAGES) {
             s = 0;
@@ -385,26 +407,49 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constan
     setmaxnreg_inc<232>();
     const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31;
     const u64 mn_fields = (flags & FLAG_SWAP_MN_STRIDES) ? desc_fields(1024, 8192) : desc_fields(8192, 1024);
-    float acc[BN / 2];
+    constexpr int NACC = (SWIGLU ? 2 : 1) * BN / 2;
+    float acc[NACC];
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+    const u32 cw = cbuf + wg * 16384;
+    const int tid = threadIdx.x & 127;
     for (int item = blockIdx.x; item < items; item += gridDim.x) {
       const int t = item / col_tiles, n0 = (item - t * col_tiles) * BN;
       const int e = tiles[2 * t], r0 = tiles[2 * t + 1];
       const int row0 = r0 + 64 * wg, row_end = min(offsets[e + 1], r0 + 128);
       const bool active = row0 < row_end;
-      int ncols = BN;
+      bool narrow = false;
       if constexpr (BN == 256) {
-        if (dout - n0 <= 128) {
-          ncols = 128;
-          fwd_mainloop<128, BN, B_KMAJOR>(acc, stage0, bars, s, phase, kblocks, active, wg, lane, mn_fields, wd, dead, item);
-        } else {
-          fwd_mainloop<256, BN, B_KMAJOR>(acc, stage0, bars, s, phase, kblocks, active, wg, lane, mn_fields, wd, dead, item);
-        }
+        narrow = dout - n0 <= 128;
+        if (narrow) fwd_mainloop<128, BN, B_KMAJOR, SWIGLU>(acc, stage0, bars, s, phase, kblocks, active, wg, lane, mn_fields, wd, dead, item);
+        else fwd_mainloop<256, BN, B_KMAJOR, SWIGLU>(acc, stage0, bars, s, phase, kblocks, active, wg, lane, mn_fields, wd, dead, item);
       } else {
-        fwd_mainloop<BN, BN, B_KMAJOR>(acc, stage0, bars, s, phase, kblocks, active, wg, lane, mn_fields, wd, dead, item);
+        fwd_mainloop<BN, BN, B_KMAJOR, SWIGLU>(acc, stage0, bars, s, phase, kblocks, active, wg, lane, mn_fields, wd, dead, item);
       }
-      if (active) fwd_epilogue<BN>(acc, ncols, cbuf + wg * 16384, y, dout, row0, row_end, n0, wg, threadIdx.x & 127);
+      if (!active) continue;
+      if constexpr (SWIGLU) {
+        stage_store([&](int jj, int r8) { return pack_bf16(acc[4 * jj + 2 * r8], acc[4 * jj + 2 * r8 + 1]); }, cw, y, dout, row0, row_end, n0, wg, tid);
+        stage_store([&](int jj, int r8) { return pack_bf16(acc[64 + 4 * jj + 2 * r8], acc[64 + 4 * jj + 2 * r8 + 1]); }, cw, y2, dout, row0, row_end, n0, wg,
+                    tid);
+        stage_store(
+            [&](int jj, int r8) {
+              float v[2];
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const float g = round_bf16(acc[4 * jj + 2 * r8 + c]), u = round_bf16(acc[64 + 4 * jj + 2 * r8 + c]);
+                v[c] = g / (1.f + __expf(-g)) * u;  // as elementwise.cu's swiglu_fwd
+              }
+              return pack_bf16(v[0], v[1]);
+            },
+            cw, y3, dout, row0, row_end, n0, wg, tid);
+      } else {
+#pragma unroll
+        for (int h = 0; h < BN / 128; ++h) {
+          if (h == 1 && narrow) break;
+          stage_store([&](int jj, int r8) { return pack_bf16(acc[64 * h + 4 * jj + 2 * r8], acc[64 * h + 4 * jj + 2 * r8 + 1]); }, cw, y, dout, row0, row_end,
+                      n0 + 128 * h, wg, tid);
+        }
+      }
     }
   }
 }
@@ -586,11 +631,13 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
 }
 
 #define TMA const __grid_constant__ TmaMap
-#define FWD(BN, KM) template __global__ void grouped_gemm_sm90<BN, KM>(TMA, TMA, bf16*, const int*, const int*, const int*, int, int, int, int*);
+#define FWD(BN, KM, SW) \
+  template __global__ void grouped_gemm_sm90<BN, KM, SW>(TMA, TMA, TMA, TMA, bf16*, bf16*, bf16*, const int*, const int*, const int*, int, int, int, int, int*);
 #define WGRAD(BM, BN) template __global__ void grouped_wgrad_sm90<BM, BN>(TMA, TMA, TMA, const int*, int, int, int, int, int*);
-FWD(256, 0)
-FWD(256, 1)
-FWD(128, 0)
-FWD(128, 1)
+FWD(256, 0, 0)
+FWD(256, 1, 0)
+FWD(128, 0, 0)
+FWD(128, 1, 0)
+FWD(128, 0, 1)
 WGRAD(128, 256)
 WGRAD(256, 128)

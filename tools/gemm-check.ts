@@ -277,7 +277,7 @@ async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
     res.verdict = 'FAIL';
     res.notes.push(note);
   };
-  const run = (path: 'auto' | 'mma', ys: Tensor[], flags = 0) => {
+  const run = (path: 'wgmma' | 'mma', ys: Tensor[], flags = 0) => {
     Object.assign(b.groupedGemm, { path, flags, fwdTileN: op.bn });
     if (op.swiglu) b.groupedSwigluInto(X, W, ctx.t[op.swiglu], ctx.seg.offsets, { h1: ys[0]!, h3: ys[1]!, a: ys[2]! });
     else if (op.plus) b.groupedMatmulSumInto(X, W, ctx.t[op.plus.input], ctx.t[op.plus.weight], ctx.seg.offsets, op.transB, ys[0]!);
@@ -287,7 +287,7 @@ async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
   try {
     for (const y of [...yNew, ...yOld]) b.fill(y, Number.NaN);
     b.lastGroupedLaunch = null;
-    run('auto', yNew);
+    run('wgmma', yNew);
     const l = b.lastGroupedLaunch as CudaBackend['lastGroupedLaunch'];
     res.kernel = l ? `${l.name} grid ${l.grid} smem ${l.smem}` : 'mma.sync (sm_90a path not taken)';
     if (!l) fail('the sm_90a kernel did not run (device not sm_90a, or the operands do not qualify)');
@@ -328,7 +328,7 @@ async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
     res.errVsOld = Math.max(...errs.map((e) => (Number.isNaN(e) ? Infinity : e)));
     if (!(res.errVsOld < TOL) && !op.transB && l && !op.swiglu) {
       for (const y of yNew) b.fill(y, Number.NaN);
-      run('auto', yNew, 1);
+      run('wgmma', yNew, 1);
       await b.takeGroupedWatchdog();
       const swapped = relErr(await readF32(b, yNew[0]!), hOld[0]!, rows * dout);
       res.notes.push(`with the N-major descriptor's LBO and SBO swapped (flags=1): err ${sci(swapped)}${swapped < TOL ? ' -> PASSES: swap them in grouped_sm90.cu' : ''}`);
@@ -373,7 +373,7 @@ async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
     }
 
     if (!stall && (res.verdict === 'PASS' || res.errVsOld < 1)) {
-      res.newMs = await timeMs(b, () => run('auto', yNew));
+      res.newMs = await timeMs(b, () => run('wgmma', yNew));
       if (await b.takeGroupedWatchdog()) fail('watchdog fired while timing');
       if (!op.variant) res.oldMs = await timeMs(b, () => run('mma', yOld));
       const flops = 2 * rows * (din + din2) * dout * (op.swiglu ? 2 : 1);
@@ -381,7 +381,7 @@ async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
       if (res.oldMs) res.tflopsOld = flops / res.oldMs / 1e9;
     }
   } finally {
-    Object.assign(b.groupedGemm, { path: 'auto', flags: 0, fwdTileN: 256 });
+    Object.assign(b.groupedGemm, { path: 'wgmma', flags: 0, fwdTileN: 256 });
     for (const y of [...yNew, ...yOld]) y.free();
   }
   return res;
@@ -423,7 +423,7 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
     res.verdict = 'FAIL';
     res.notes.push(note);
   };
-  const run = (path: 'auto' | 'mma', dw: Tensor, flags = 0) => {
+  const run = (path: 'wgmma' | 'mma', dw: Tensor, flags = 0) => {
     Object.assign(b.groupedGemm, { path, flags, wgradTile: op.tile });
     b.groupedMatmulWeightGrad(X, DY, ctx.seg.offsets, dw);
   };
@@ -433,7 +433,7 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
     b.copy(dw0, dwNew);
     b.copy(dw0, dwOld);
     b.lastGroupedLaunch = null;
-    run('auto', dwNew);
+    run('wgmma', dwNew);
     const l = b.lastGroupedLaunch as CudaBackend['lastGroupedLaunch'];
     res.kernel = l ? `${l.name} grid ${l.grid} smem ${l.smem}` : 'mma.sync (sm_90a path not taken)';
     if (!l) fail('the sm_90a kernel did not run');
@@ -470,7 +470,7 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
       fail(`||dw_new - dw_old|| / ||dw_old - dw_start|| = ${sci(res.errVsOld)}; experts off: ${badExperts.slice(0, 12).join(', ')}${badExperts.length > 12 ? ', ...' : ''}`);
       const swapRun = async () => {
         b.copy(dw0, dwNew);
-        run('auto', dwNew, 1);
+        run('wgmma', dwNew, 1);
         await b.takeGroupedWatchdog();
         let d2 = 0, s2 = 0;
         for (let e0 = 0; e0 < E; e0 += chunk) {
@@ -484,7 +484,7 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
         const swapped = await swapRun();
         res.notes.push(`with the M/N-major descriptors' LBO and SBO swapped (flags=1): err ${sci(swapped)}${swapped < TOL ? ' -> PASSES: swap them in grouped_sm90.cu' : ''}`);
         b.copy(dw0, dwNew);
-        run('auto', dwNew);
+        run('wgmma', dwNew);
         await b.takeGroupedWatchdog();
       }
     }
@@ -518,7 +518,7 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
         got1.push(...(await entries(dwNew, e)));
         gotOld.push(...(await entries(dwOld, e)));
       }
-      run('auto', dwNew);
+      run('wgmma', dwNew);
       const stall2 = await b.takeGroupedWatchdog();
       if (stall2) fail(`watchdog (second accumulation): ${stall2}`);
       for (const e of experts) got2.push(...(await entries(dwNew, e)));
@@ -537,7 +537,7 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
     }
 
     if (!stall && (res.verdict === 'PASS' || res.errVsOld! < 1)) {
-      res.newMs = await timeMs(b, () => run('auto', dwNew));
+      res.newMs = await timeMs(b, () => run('wgmma', dwNew));
       if (await b.takeGroupedWatchdog()) fail('watchdog fired while timing');
       if (!op.variant) res.oldMs = await timeMs(b, () => run('mma', dwOld));
       const flops = 2 * rows * din * dout;
@@ -545,7 +545,7 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
       if (res.oldMs) res.tflopsOld = flops / res.oldMs / 1e9;
     }
   } finally {
-    Object.assign(b.groupedGemm, { path: 'auto', flags: 0, wgradTile: 'auto' });
+    Object.assign(b.groupedGemm, { path: 'wgmma', flags: 0, wgradTile: 'auto' });
     for (const t of [dw0, dwNew, dwOld]) t.free();
   }
   return res;
@@ -610,7 +610,7 @@ async function cpuStandIn(fault: string | undefined): Promise<CheckBackend> {
   const { asCpu } = await import('../src/tensor/cpu/storage.ts');
   const cpu = new CpuBackend();
   const me: CheckBackend = {
-    groupedGemm: { path: 'auto', fwdTileN: 256, wgradTile: 'auto', flags: 0 },
+    groupedGemm: { path: 'wgmma', fwdTileN: 256, wgradTile: 'auto', flags: 0 },
     lastGroupedLaunch: null,
     dev: {
       info: { name: 'CPU stand-in', arch: 'sm_90a', multiprocessors: 1 },
@@ -633,7 +633,7 @@ async function cpuStandIn(fault: string | undefined): Promise<CheckBackend> {
     moeSegments: (counts, maxRows) => cpu.moeSegments(counts, maxRows),
     takeGroupedWatchdog: async () => null,
     groupedMatmulInto(x, w, offsets, transB, y) {
-      const isNew = me.groupedGemm.path === 'auto';
+      const isNew = me.groupedGemm.path === 'wgmma';
       if (isNew) me.lastGroupedLaunch = { name: `cpu<${me.groupedGemm.fwdTileN}>`, grid: 1, block: 1, smem: 0 };
       const full = asCpu(cpu.groupedMatmul(x, w, offsets, transB)), off = asCpu(offsets).i, yf = asCpu(y).f, dout = y.shape[1]!;
       const experts = off.length - 1;
@@ -659,7 +659,7 @@ async function cpuStandIn(fault: string | undefined): Promise<CheckBackend> {
       asCpu(out.a).f.set(a.subarray(0, end));
     },
     groupedMatmulWeightGrad(x, dy, offsets, dw) {
-      const isNew = me.groupedGemm.path === 'auto';
+      const isNew = me.groupedGemm.path === 'wgmma';
       if (isNew) me.lastGroupedLaunch = { name: `cpu<${me.groupedGemm.wgradTile}>`, grid: 1, block: 1, smem: 0 };
       if (isNew && fault === 'overwrite') cpu.zero(dw);
       cpu.groupedMatmulWeightGrad(x, dy, offsets, dw);

@@ -44,10 +44,10 @@ export interface AttentionSpec {
   /** Softmax scale applied to q.k. */
   scale: number;
   /**
-   * Which kernels a GPU backend uses (the `attn_kernel` key): cuDNN's fused flash attention where cuDNN is found
-   * and takes the shape (default), or nmoe's own. The CPU backend has one implementation.
+   * Which kernels a GPU backend uses (the `attn_kernel` key): nmoe's own flash kernels (default), or cuDNN's fused
+   * flash attention where cuDNN is found and takes the shape. The CPU backend has one implementation.
    */
-  kernel?: 'cudnn' | 'nmoe';
+  kernel?: 'nmoe' | 'cudnn';
   /** A bit-reproducible backward (the `deterministic` key, default true). */
   deterministic?: boolean;
 }

@@ -57,23 +57,25 @@ interface GroupedTiles {
 }
 
 /**
- * How the grouped expert GEMMs run. `path` 'auto' takes the Hopper kernels (wgmma fed by TMA, grouped_sm90.cu)
- * on an sm_90a device for bf16 operands with dims in multiples of 8 and 16-byte aligned tensors, else the mma.sync
- * ones (grouped.cu); 'mma' always the latter. NMOE_GROUPED_GEMM=mma (read once, at construction) is the escape
- * hatch. The rest are for tools/gemm-check.ts: the forward tile width, the weight-gradient tile, kernel flags.
+ * How the grouped expert GEMMs run. `path` 'wgmma' takes the Hopper kernels (wgmma fed by TMA, grouped_sm90.cu,
+ * with the fused SwiGLU forward and the summed input gradient) on an sm_90a device for bf16 operands with dims in
+ * multiples of 8 and 16-byte aligned tensors, else the mma.sync ones (grouped.cu); 'mma' always the latter.
+ * NMOE_GROUPED_GEMM (read once, at construction) picks it; the default is 'mma' until the Hopper kernels have
+ * passed tools/gemm-check.ts and the GPU parity suite on a GPU (they are compile-checked only). The rest are for
+ * tools/gemm-check.ts: the forward tile width, the weight-gradient tile, kernel flags.
  */
 export interface GroupedGemmOptions {
-  path: 'auto' | 'mma';
+  path: 'wgmma' | 'mma';
   fwdTileN: FwdTileN;
   wgradTile: 'auto' | WgradTile;
   flags: number;
 }
 
-function groupedGemmPathFromEnv(): 'auto' | 'mma' {
+function groupedGemmPathFromEnv(): 'wgmma' | 'mma' {
   const v = process.env.NMOE_GROUPED_GEMM;
-  if (v === undefined || v === '' || v === 'auto') return 'auto';
-  if (v === 'mma') return 'mma';
-  throw new UserError(`NMOE_GROUPED_GEMM=${JSON.stringify(v)} is not a grouped GEMM path. Fix: NMOE_GROUPED_GEMM=mma (the mma.sync kernels) or unset it (auto: wgmma on sm_90a).`);
+  if (v === undefined || v === '' || v === 'mma') return 'mma';
+  if (v === 'wgmma') return 'wgmma';
+  throw new UserError(`NMOE_GROUPED_GEMM=${JSON.stringify(v)} is not a grouped GEMM path. Fix: NMOE_GROUPED_GEMM=wgmma (the Hopper kernels, not yet run on a GPU) or mma (the mma.sync kernels, the default).`);
 }
 
 class CudaMoePlan implements MoePlan, GroupedTiles {
@@ -160,7 +162,7 @@ export class CudaBackend implements Backend {
     const staging = this.dev.staging(c.bytes + 32);
     check('cuMemcpyDtoHAsync', cu.memcpyDtoHAsync(staging.ptr, c.ptr, c.bytes, this.dev.stream));
     check('cuMemcpyDtoHAsync', cu.memcpyDtoHAsync(staging.ptr + BigInt(c.bytes), this.#status.ptr, 32, this.dev.stream));
-    this.dev.synchronize();
+    this.dev.waitForQueued();
     const status = new Int32Array(staging.view.slice(c.bytes, c.bytes + 32));
     const bad = status[0]!;
     if (bad !== 0) throw new Error(`a kernel met an out-of-range index (token or expert id) at position ${bad - 1}; the inputs are inconsistent with the model (vocab_size, n_routed_experts)`);
@@ -374,7 +376,7 @@ export class CudaBackend implements Backend {
 
   /** cuDNN attention for this spec, or null when the spec asks for nmoe's kernels or cuDNN cannot take it. */
   #sdpa(q: Tensor, s: AttentionSpec, dQK: number, dV: number): CudnnAttention | null {
-    if ((s.kernel ?? 'cudnn') !== 'cudnn') return null;
+    if (s.kernel !== 'cudnn') return null;
     const deterministic = s.deterministic ?? true;
     if (!this.#cudnn.has(deterministic)) {
       const { attention, note } = openCudnnAttention(this.dev, { deterministic });
@@ -622,7 +624,7 @@ export class CudaBackend implements Backend {
   /** The Hopper kernels apply: sm_90a, not forced off, bf16 throughout, dims in multiples of 8 (TMA strides of
    *  16 bytes), 16-byte aligned tensors and at least one row (a tensor map has no empty dims). */
   #sm90Grouped(tensors: readonly Tensor[], din: number, dout: number, rows: number): boolean {
-    return this.dev.info.arch === 'sm_90a' && this.groupedGemm.path === 'auto' && rows > 0 && din % 8 === 0 && dout % 8 === 0 &&
+    return this.dev.info.arch === 'sm_90a' && this.groupedGemm.path === 'wgmma' && rows > 0 && din % 8 === 0 && dout % 8 === 0 &&
       tensors.every((t) => t.dtype === 'bf16' && asCuda(t).ptr % 16n === 0n);
   }
 

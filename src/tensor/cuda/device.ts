@@ -162,6 +162,17 @@ export class CudaDevice {
     check('cuStreamSynchronize', cu.streamSynchronize(this.stream));
   }
 
+  #marker: bigint | null = null;
+  /**
+   * Waits for the work queued so far and not for what the host queues later: a read of step N's loss returns
+   * once step N is done, while step N+1, already queued, keeps the GPU busy (cuStreamSynchronize would wait for it).
+   */
+  waitForQueued(): void {
+    this.#marker ??= outU64('cuEventCreate', cu.eventCreate, CU_EVENT_DISABLE_TIMING);
+    check('cuEventRecord', cu.eventRecord(this.#marker, this.stream));
+    check('cuEventSynchronize', cu.eventSynchronize(this.#marker));
+  }
+
   /** Records a new timing event on the stream. */
   event(): bigint {
     const ev = outU64('cuEventCreate', cu.eventCreate, 0);

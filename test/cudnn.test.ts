@@ -1,11 +1,10 @@
 /**
  * cuDNN attention, the parts that run without a GPU: the composite SDPA graphs as data (structure, layouts, dtypes,
  * the order cuDNN's pattern matcher expects), the static shape limits, and — where a cuDNN 9 library can be loaded
- * (NMOE_CUDNN_PATH, or the 9.24 wheel unpacked at /tmp/cudnn) — the koffi binding: every descriptor of every graph
+ * (found as nmoe finds it, or NMOE_CUDNN_PATH: e.g. libcudnn.so.9 from the nvidia-cudnn-cu13 wheel) — the koffi binding: every descriptor of every graph
  * created and every attribute set, so cuDNN itself checks each attribute's type. Finalizing needs cuDNN's engine
  * libraries and a GPU; tools/cudnn-check.ts covers that on a GPU machine.
  */
-import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { type GraphSpec, type OpSpec, PointwiseMode, type TensorSpec, boundTensors, graphTensors } from '../src/tensor/cuda/cudnn.ts';
 import { type SdpaShape, UID, backwardGraph, denseStrides, forwardGraph, staticLimits, tokenMajorStrides } from '../src/tensor/cuda/sdpa-graph.ts';
@@ -147,8 +146,6 @@ describe('cuDNN attention static limits', () => {
 
 // --- the binding, against a real cuDNN library ---------------------------------------------------------------
 
-const WHEEL = '/tmp/cudnn/nvidia/cudnn/lib/libcudnn.so.9';
-if (!process.env.NMOE_CUDNN_PATH && existsSync(WHEEL)) process.env.NMOE_CUDNN_PATH = WHEEL;
 const lib = await import('../src/tensor/cuda/cudnn.ts');
 const probe = lib.cudnnProbe();
 if (!probe.ok) console.warn(`cuDNN binding tests skipped: no cuDNN library here (${probe.reason.split('. Looked in')[0]}; set NMOE_CUDNN_PATH)`);
@@ -210,7 +207,7 @@ describe.skipIf(!probe.ok)('cuDNN backend binding', () => {
       expect(e.message).toMatch(/^set TENSOR_DIMENSIONS of tensor 'probe' \(uid 1\): CUDNN_STATUS_BAD_PARAM \(2000\)/);
       expect(e.unsupported).toBe(false);
       // Finalizing a complete tensor works where the engine libraries sit beside libcudnn, and otherwise says
-      // which step failed and why (the 9.24 wheel in /tmp/cudnn carries only libcudnn and libcudnn_graph).
+      // which step failed and why (a wheel's lib folder unpacked with only libcudnn and libcudnn_graph has no engines).
       d.setInt64(903, 4096 * 16 * 192, 192, 16 * 192, 1).setDataType(901, 9).setInt64(906, 1).setInt64(900, 16);
       try {
         d.finalize();

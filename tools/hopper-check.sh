@@ -6,6 +6,7 @@
 set -u
 out=${1:-runs/hopper-check}
 mkdir -p "$out"
+out=$(cd "$out" && pwd) # absolute: the PyTorch run works from tools/
 venv_cudnn=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib/libcudnn.so.9
 section() { echo "=== $1 (${SECONDS}s)"; }
 node bin/nmoe.js config show configs/bench/moonlet6.toml --json > "$out/m6.json"
@@ -18,5 +19,5 @@ section parity; NMOE_GROUPED_GEMM=wgmma node node_modules/vitest/vitest.mjs run 
 section bench
 node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 10 2>&1 | tail -1
 NMOE_GROUPED_GEMM=wgmma node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 10 --attn_kernel=cudnn 2>&1 | tail -1
-(cd tools && python3 torch_bench.py --config "../$out/m6.json" --steps 10 --compile 2>&1 | tail -1)
+(cd tools && python3 torch_bench.py --config "$out/m6.json" --steps 10 --compile 2>&1 | tail -1)
 section profile; NMOE_GROUPED_GEMM=wgmma node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 5 --attn_kernel=cudnn --profile 2>&1 | tail -40

@@ -73,6 +73,8 @@ export class CudaDevice {
   /** Pinned slots for small uploads (a step's token ids), each with the event of the copy that last read it. */
   readonly #uploadSlots: { ptr: bigint; done: bigint }[] = [];
   #nextUploadSlot = 0;
+  /** The event waitForQueued() records and waits on, made on first use. */
+  #marker: bigint | null = null;
 
   constructor(ordinal: number, readonly kernelNames: Record<string, readonly string[]>) {
     const count = deviceCount();
@@ -162,7 +164,6 @@ export class CudaDevice {
     check('cuStreamSynchronize', cu.streamSynchronize(this.stream));
   }
 
-  #marker: bigint | null = null;
   /**
    * Waits for the work queued so far and not for what the host queues later: a read of step N's loss returns
    * once step N is done, while step N+1, already queued, keeps the GPU busy (cuStreamSynchronize would wait for it).

@@ -705,8 +705,8 @@ export class CudaBackend implements Backend {
   // --- optimizer -------------------------------------------------------------------------------------------
 
   globalNorm(tensors: readonly Tensor[]): Tensor {
-    // A grid per tensor by its size (one block per 64K elements, up to 8 per SM), a fixed function of the shapes, so
-    // the fixed-order sum stays deterministic.
+    // A grid per tensor by its size (one block per 64K elements, up to 8 per SM): a fixed function of the shapes and
+    // the device, so the fixed-order sum is bit-reproducible on a given GPU model.
     const maxBlocks = 8 * this.dev.info.multiprocessors;
     const blocks = tensors.map((t) => Math.max(1, Math.min(maxBlocks, Math.ceil(t.numel / 65536))));
     const partial = this.empty([blocks.reduce((a, b) => a + b, 0)], 'f32');

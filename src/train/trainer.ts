@@ -260,8 +260,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     throw err;
   } finally {
     await watchdog?.close();
-    if (ahead) for (const t of [ahead.ids, ahead.targets]) t.free();
-    ahead?.out.free();
+    if (ahead) for (const t of [ahead.out, ahead.ids, ahead.targets]) t.free();
     opt.free();
     model.free();
   }

@@ -337,7 +337,7 @@ describe('schema', () => {
       hold_tokens: 10_000_000_000, decay_tokens: 40_000_000_000, decay_floor: 3e-5, steps: 10000, seq_len: 4096,
       resume: true, checkpoint_dir: '/data/checkpoints', eval_mode: 'reserved_gpu', eval_reserved_gpu_id: 7,
       grpo_prompts_per_step: 32, profiling_output_dir: '/data/profiles', attn_swa: {},
-      device: 'auto', grad_clip_norm: 1.0, loss_mask_eos: true, strict_data: false, optim_state_dtype: 'fp32', master_weights: 'fp32', attn_recompute: false, attn_kernel: 'nmoe', deterministic: true,
+      device: 'auto', grad_clip_norm: 1.0, loss_mask_eos: true, strict_data: false, optim_state_dtype: 'fp32', master_weights: 'fp32', attn_recompute: false, attn_kernel: 'cudnn', deterministic: true,
     });
     for (const key of ['device', 'grad_clip_norm', 'loss_mask_eos', 'strict_data', 'optim_state_dtype', 'master_weights', 'attn_recompute', 'attn_kernel', 'deterministic'] as const) expect(FIELDS[key].doc).toMatch(/^nmoe addition/);
   });

@@ -15,9 +15,12 @@ section cudnn-check; node --import tsx tools/cudnn-check.ts --out "$out/cudnn" >
 if [ -f "$venv_cudnn" ]; then
   section "cudnn-check ($venv_cudnn)"; NMOE_CUDNN_PATH=$venv_cudnn node --import tsx tools/cudnn-check.ts --out "$out/cudnn-venv" > "$out/cudnn-venv.log" 2>&1; echo "exit $?"; tail -14 "$out/cudnn-venv.log"
 fi
-section parity; NMOE_GROUPED_GEMM=wgmma node node_modules/vitest/vitest.mjs run test/cuda-parity.test.ts > "$out/parity.log" 2>&1; echo "exit $?"; grep -E "×|Tests " "$out/parity.log"
+for gemm in mma wgmma; do
+  section "parity ($gemm)"; NMOE_GROUPED_GEMM=$gemm node node_modules/vitest/vitest.mjs run test/cuda-parity.test.ts > "$out/parity-$gemm.log" 2>&1; echo "exit $?"; grep -E "×|Tests " "$out/parity-$gemm.log"
+done
 section bench
+node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 10 --attn_kernel=nmoe 2>&1 | tail -1
 node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 10 2>&1 | tail -1
-NMOE_GROUPED_GEMM=wgmma node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 10 --attn_kernel=cudnn 2>&1 | tail -1
+NMOE_GROUPED_GEMM=wgmma node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 10 2>&1 | tail -1
 (cd tools && python3 torch_bench.py --config "$out/m6.json" --steps 10 --compile 2>&1 | tail -1)
-section profile; NMOE_GROUPED_GEMM=wgmma node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 5 --attn_kernel=cudnn --profile 2>&1 | tail -40
+section profile; NMOE_GROUPED_GEMM=wgmma node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 5 --profile 2>&1 | tail -40

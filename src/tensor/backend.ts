@@ -44,8 +44,8 @@ export interface AttentionSpec {
   /** Softmax scale applied to q.k. */
   scale: number;
   /**
-   * Which kernels a GPU backend uses (the `attn_kernel` key): nmoe's own flash kernels (default), or cuDNN's fused
-   * flash attention where cuDNN is found and takes the shape. The CPU backend has one implementation.
+   * Which kernels a GPU backend uses (the `attn_kernel` key): cuDNN's fused flash attention where cuDNN is found and
+   * takes the shape (the default), or nmoe's own flash kernels. The CPU backend has one implementation.
    */
   kernel?: 'nmoe' | 'cudnn';
   /** A bit-reproducible backward (the `deterministic` key, default true). */

@@ -1,8 +1,8 @@
 /**
  * The CUDA runtime nmoe needs, directly on the driver: one device, its primary context and one stream, the
  * caching allocator, pinned staging for copies, kernels compiled by NVRTC (loaded once per file), and a launcher
- * that packs arguments into one preallocated block passed through cuLaunchKernel's `extra` (no per-launch
- * allocation).
+ * that writes arguments into one preallocated block and hands cuLaunchKernel a preallocated array of pointers into
+ * it (no per-launch allocation).
  */
 import koffi from 'koffi';
 import { UserError } from '../../util/errors.ts';
@@ -15,6 +15,8 @@ import { compileKernels } from './nvrtc.ts';
 export type { KernelArg } from './kernel-args.ts';
 
 const ARG_BYTES = 4096;
+/** Kernel parameters per launch, at most (cuLaunchKernel's pointer array). */
+const MAX_ARGS = 64;
 const GEMM_WORKSPACE_BYTES = 32 << 20;
 /** Uploads up to this size go through the ring of pinned slots below, without waiting for the stream. */
 const UPLOAD_SLOT_BYTES = 16 << 20;
@@ -68,7 +70,9 @@ export class CudaDevice {
   readonly #functions = new Map<string, bigint>();
   readonly #args: bigint;
   readonly #argView: DataView;
-  readonly #extra: bigint;
+  /** cuLaunchKernel's kernelParams: MAX_ARGS pointers into #args. */
+  readonly #argPointers: bigint;
+  readonly #argPointerView: BigUint64Array;
   #staging: { ptr: bigint; bytes: number } | null = null;
   /** Pinned slots for small uploads (a step's token ids), each with the event of the copy that last read it. */
   readonly #uploadSlots: { ptr: bigint; done: bigint }[] = [];
@@ -86,10 +90,8 @@ export class CudaDevice {
     const raw = koffi.alloc('uint8_t', ARG_BYTES + ARG_ALIGN) as bigint;
     this.#args = raw + ((BigInt(ARG_ALIGN) - (raw % BigInt(ARG_ALIGN))) % BigInt(ARG_ALIGN));
     this.#argView = new DataView(koffi.view(this.#args, ARG_BYTES));
-    // extra = { CU_LAUNCH_PARAM_BUFFER_POINTER, args, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END }
-    this.#extra = koffi.alloc('uint64_t', 6) as bigint;
-    const extra = new BigUint64Array(koffi.view(this.#extra, 48));
-    extra.set([1n, this.#args, 2n, this.#extra + 40n, 0n, 0n]);
+    this.#argPointers = koffi.alloc('uint64_t', MAX_ARGS) as bigint;
+    this.#argPointerView = new BigUint64Array(koffi.view(this.#argPointers, MAX_ARGS * 8));
     const workspace = this.allocator.alloc(GEMM_WORKSPACE_BYTES).ptr;
     this.gemm = new GemmRunner(workspace, GEMM_WORKSPACE_BYTES, this.stream);
   }
@@ -115,12 +117,12 @@ export class CudaDevice {
   }
 
   launch(fn: bigint, grid: [number, number?, number?], block: number, args: readonly KernelArg[], smem = 0): void {
-    const off = packKernelArgs(this.#argView, args);
-    // The exact parameter bytes: more than the kernel declares is CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES.
-    new BigUint64Array(koffi.view(this.#extra + 40n, 8))[0] = BigInt(off);
+    if (args.length > MAX_ARGS) throw new Error(`a kernel launch with ${args.length} arguments (at most ${MAX_ARGS})`);
+    const offsets = packKernelArgs(this.#argView, args);
+    for (let i = 0; i < offsets.length; i++) this.#argPointerView[i] = this.#args + BigInt(offsets[i]!);
     if ((grid[1] ?? 1) > 65535 || (grid[2] ?? 1) > 65535) throw new Error(`kernel grid [${grid.join(', ')}] has a y or z dimension over CUDA's 65535 (a batch too large for this kernel)`);
     if (smem > 48 * 1024) check('cuFuncSetAttribute', cu.funcSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem));
-    check('cuLaunchKernel', cu.launchKernel(fn, grid[0], grid[1] ?? 1, grid[2] ?? 1, block, 1, 1, smem, this.stream, 0n, this.#extra));
+    check('cuLaunchKernel', cu.launchKernel(fn, grid[0], grid[1] ?? 1, grid[2] ?? 1, block, 1, 1, smem, this.stream, this.#argPointers, 0n));
   }
 
   /** Pinned host memory of at least `bytes`, grown on demand (callers synchronize before reuse). */

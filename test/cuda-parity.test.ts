@@ -119,6 +119,28 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
         });
       }
 
+      // Several chunks of logits per group and several groups (the fp32 sum of dw over groups), as a vocabulary of
+      // 200K makes them at moonlet6 sizes: the limits shrunk to 7-token chunks and 3-chunk groups over T = 96.
+      it('cross-entropy over several chunks and groups of chunks', async () => {
+        const V = 300;
+        const xH = hostRandn(T * D), wH = hostRandn(V * D, 0.2), tH = Int32Array.from({ length: T }, (_, i) => (i * 29) % V);
+        const limits = (gpu as Backend & { ceLimits: { chunkElements: number; groupBytes: number } }).ceLimits;
+        const saved = { ...limits };
+        Object.assign(limits, { chunkElements: 7 * V, groupBytes: 3 * 7 * V * (dtype === 'f32' ? 4 : 2) });
+        try {
+          const errs = await parity(dtype, (b, put) => {
+            const xx = put(xH, [T, D]), ww = put(wH, [V, D]), tt = put(tH, [T]);
+            const dw = b.zeros([V, D], dtype);
+            b.copy(ww, dw); // dw accumulates into what it holds
+            const { loss, count, dx } = b.crossEntropy(xx, ww, tt, { logitScale: 0.125, ignoreIndex: 3 }, dw);
+            return [loss, count, dx!, dw];
+          });
+          errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
+        } finally {
+          Object.assign(limits, saved);
+        }
+      });
+
       it('router, grouping, grouped GEMMs and combine (forward and backward)', async () => {
         const E = 6, K = 2, F = 40;
         const logitsH = hostRandn(T * E), biasH = hostRandn(E, 0.1), xH = hostRandn(T * D), w1H = hostRandn(E * D * F, 0.1);

@@ -25,7 +25,6 @@ const u32 = (v: number): KernelArg => ({ u32: v });
 const GROUP_TILE = SM90_ROW_TILE;
 // fp32 logits per chunk (1 GiB, 1335 rows at vocab 201088): large GEMMs for the logits and their gradients, small
 // against the [tokens x vocab] logits it replaces. See dev/LOG.md for the measured effect.
-const CE_CHUNK_ELEMENTS = 256 << 20;
 
 /** Dynamic shared memory of the tensor-core grouped GEMMs (grouped.cu): 3 stages of an A and a B tile, each
  *  128 x (32 + 8) elements when k is inner (layout 0) or 32 x (128 + 8) when k is outer (layout 1). */
@@ -106,6 +105,9 @@ export class CudaBackend implements Backend {
   readonly #bad: Tensor;
   readonly #watchdog: Tensor;
   readonly groupedGemm: GroupedGemmOptions = { path: groupedGemmPathFromEnv(), fwdTileN: 256, wgradTile: 'auto', flags: 0 };
+  /** Cross-entropy working sizes: fp32 logits of at most `chunkElements` per chunk (a GEMM, then the row kernels),
+   *  bf16 logit gradients of at most `groupBytes` before dx and dw take their products (tests shrink both). */
+  readonly ceLimits = { chunkElements: 256 << 20, groupBytes: 4 * 2 ** 30 };
   /** The last grouped GEMM launch of the sm_90a path (tools/gemm-check.ts prints it). */
   lastGroupedLaunch: { name: string; grid: number; block: number; smem: number } | null = null;
   /** The grouped GEMMs take segment offsets (a plan's, or moeSegments'); their tile list is found through them. */
@@ -657,35 +659,39 @@ export class CudaBackend implements Backend {
 
   // --- loss ------------------------------------------------------------------------------------------------
 
-  #ceChunk(vocab: number): number {
-    return Math.max(1, Math.floor(CE_CHUNK_ELEMENTS / vocab));
-  }
-
   crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor, normalizer?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null } {
     const [tokens, dim] = x.shape as [number, number];
     const vocab = w.shape[0]!;
-    const chunk = Math.min(tokens, this.#ceChunk(vocab));
+    const chunk = Math.min(tokens, Math.max(1, Math.floor(this.ceLimits.chunkElements / vocab)));
+    // Tokens per group: whole chunks whose bf16 logit gradients fit groupBytes. dx and dw then take one product over
+    // the group each, with k = the group's tokens, instead of one per chunk.
+    const group = Math.min(tokens, chunk * Math.max(1, Math.floor(this.ceLimits.groupBytes / (vocab * DTYPE_BYTES[w.dtype] * chunk))));
     const lse = this.empty([tokens], 'f32'), rowLoss = this.empty([tokens], 'f32');
     const loss = this.empty([1], 'f32'), count = this.empty([1], 'f32');
     this.#k('loss.cu', 'ce_count', [1], 1024, [ptr(targets), i64(tokens), i32(spec.ignoreIndex), ptr(count)]);
     const divisor = normalizer ?? count;
     const logits = this.empty([chunk, vocab], 'f32');
-    const dlogits = dw ? this.empty([chunk, vocab], w.dtype) : null;
+    const dlogits = dw ? this.empty([group, vocab], w.dtype) : null;
     const dx = dw ? this.empty(x.shape, x.dtype) : null;
-    // The lm_head gradient sums over every chunk in fp32 and meets dw once, so a bf16 dw takes one rounding, not
-    // one per chunk. The fp32 sum lives only for this call.
-    const dwSum = dw && dw.dtype !== 'f32' && chunk < tokens ? this.empty(dw.shape, 'f32') : null;
+    // With several groups the lm_head gradient sums them in fp32 and meets dw once, so a bf16 dw takes one rounding,
+    // not one per group. The fp32 sum lives only for this call.
+    const dwSum = dw && dw.dtype !== 'f32' && group < tokens ? this.empty(dw.shape, 'f32') : null;
     const at = (t: Tensor, t0: number) => ({ ptr: asCuda(t).ptr + BigInt(4 * t0) });
-    for (let t0 = 0; t0 < tokens; t0 += chunk) {
-      const rows = Math.min(chunk, tokens - t0);
-      const xc = this.#rows(x, t0, rows, dim), lc = this.#rows(logits, 0, rows, vocab);
-      this.matmul(xc, w, { transB: true, out: lc, alpha: spec.logitScale });
-      this.#k('loss.cu', 'ce_fwd_rows', [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), at(rowLoss, t0), i32(vocab), i32(spec.ignoreIndex), ptr(this.#bad)]);
+    for (let g0 = 0; g0 < tokens; g0 += group) {
+      const groupEnd = Math.min(tokens, g0 + group);
+      for (let t0 = g0; t0 < groupEnd; t0 += chunk) {
+        const rows = Math.min(chunk, groupEnd - t0);
+        const lc = this.#rows(logits, 0, rows, vocab);
+        this.matmul(this.#rows(x, t0, rows, dim), w, { transB: true, out: lc, alpha: spec.logitScale });
+        this.#k('loss.cu', 'ce_fwd_rows', [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), at(rowLoss, t0), i32(vocab), i32(spec.ignoreIndex), ptr(this.#bad)]);
+        if (!dlogits) continue;
+        const dc = this.#rows(dlogits, t0 - g0, rows, vocab);
+        this.#k('loss.cu', `ce_bwd_rows<${ctype(w)}>`, [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), ptr(divisor), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale)]);
+      }
       if (!dw || !dlogits || !dx) continue;
-      const dc = this.#rows(dlogits, 0, rows, vocab);
-      this.#k('loss.cu', `ce_bwd_rows<${ctype(w)}>`, [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), ptr(divisor), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale)]);
-      this.matmul(dc, w, { out: this.#rows(dx, t0, rows, dim) });
-      this.matmul(dc, xc, { transA: true, out: dwSum ?? dw, accumulate: !dwSum || t0 > 0 });
+      const dg = this.#rows(dlogits, 0, groupEnd - g0, vocab);
+      this.matmul(dg, w, { out: this.#rows(dx, g0, groupEnd - g0, dim) });
+      this.matmul(dg, this.#rows(x, g0, groupEnd - g0, dim), { transA: true, out: dwSum ?? dw, accumulate: !dwSum || g0 > 0 });
     }
     if (dw && dwSum) {
       this.#k('elementwise.cu', `sum_partials<${ctype(dw)}>`, [gridFor(dw.numel)], 256, [ptr(dwSum), i32(1), i64(dw.numel), ptr(dw), i32(1)]);

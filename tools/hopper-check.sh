@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The checks the opt-in Hopper paths must pass before they become the defaults, in one command on an H100/H200:
-# the wgmma grouped GEMMs and cuDNN attention against nmoe's proven kernels, the GPU parity suite on both, and
-# moonlet6's throughput on each path beside PyTorch + torch.compile. Logs go to $1 (default runs/hopper-check).
+# The checks the Hopper paths (the default ones since 2026-12-07) pass, in one command on an H100/H200; rerun them
+# after changing either: the wgmma grouped GEMMs and cuDNN attention against nmoe's mma.sync and flash kernels, the
+# GPU parity suite on each GEMM path, and moonlet6's throughput on nmoe's own kernels and on the defaults beside
+# PyTorch + torch.compile. Logs go to $1 (default runs/hopper-check).
 #   bash tools/hopper-check.sh [OUT_DIR]
 set -u
 out=${1:-runs/hopper-check}
@@ -19,8 +20,7 @@ for gemm in mma wgmma; do
   section "parity ($gemm)"; NMOE_GROUPED_GEMM=$gemm node node_modules/vitest/vitest.mjs run test/cuda-parity.test.ts > "$out/parity-$gemm.log" 2>&1; echo "exit $?"; grep -E "×|Tests " "$out/parity-$gemm.log"
 done
 section bench
-node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 10 --attn_kernel=nmoe 2>&1 | tail -1
+NMOE_GROUPED_GEMM=mma node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 10 --attn_kernel=nmoe 2>&1 | tail -1
 node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 10 2>&1 | tail -1
-NMOE_GROUPED_GEMM=wgmma node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 10 2>&1 | tail -1
 (cd tools && python3 torch_bench.py --config "$out/m6.json" --steps 10 --compile 2>&1 | tail -1)
-section profile; NMOE_GROUPED_GEMM=wgmma node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 5 --profile 2>&1 | tail -40
+section profile; node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 5 --profile 2>&1 | tail -40

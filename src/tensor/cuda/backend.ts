@@ -9,6 +9,7 @@ import { DTYPE_BYTES, type DType, type Tensor, describe, shapeNumel } from '../t
 import { UserError } from '../../util/errors.ts';
 import { check, cu } from './driver.ts';
 import { CudaDevice, type KernelArg } from './device.ts';
+import { adamChunkWords, adamTensorWords } from './adam-table.ts';
 import { type FwdTileN, SM90_FILE, SM90_ROW_TILE, SM90_THREADS, type Sm90Launch, type WgradTile, chooseWgradTile, describeWatchdog, fwdLaunch, wgradLaunch } from './grouped-sm90.ts';
 import { FLASH_HEAD_DIMS, KERNEL_NAMES } from './kernel-names.ts';
 import { type CudnnAttention, openCudnnAttention } from './sdpa.ts';
@@ -56,25 +57,29 @@ interface GroupedTiles {
 }
 
 /**
- * How the grouped expert GEMMs run. `path` 'wgmma' takes the Hopper kernels (wgmma fed by TMA, grouped_sm90.cu,
- * with the fused SwiGLU forward and the summed input gradient) on an sm_90a device for bf16 operands with dims in
- * multiples of 8 and 16-byte aligned tensors, else the mma.sync ones (grouped.cu); 'mma' always the latter.
- * NMOE_GROUPED_GEMM (read once, at construction) picks it; the default is 'mma' until the Hopper kernels have
- * passed tools/gemm-check.ts and the GPU parity suite on a GPU (they are compile-checked only). The rest are for
- * tools/gemm-check.ts: the forward tile width, the weight-gradient tile, kernel flags.
+ * How the grouped expert GEMMs run. The Hopper kernels (wgmma fed by TMA, grouped_sm90.cu, with the fused SwiGLU
+ * forward and the summed input gradient) apply on an sm_90a device to bf16 operands with dims in multiples of 8 and
+ * 16-byte aligned tensors; elsewhere the mma.sync ones (grouped.cu) run. `path` 'auto' (the default) takes the Hopper
+ * kernels for products of at least WGMMA_MIN_MACS multiply-adds, where they measured twice as fast (moonlet6's
+ * expert GEMMs: 1.4e11), and the mma.sync ones below, where the persistent pipeline's start costs more than it saves
+ * (1000 rows x 256 x 192: 0.076 ms against 0.026, H100, tools/gemm-check.ts); 'wgmma' takes them for every size,
+ * 'mma' never. NMOE_GROUPED_GEMM (read once, at construction) picks it. The rest are for tools/gemm-check.ts: the
+ * forward tile width, the weight-gradient tile, kernel flags.
  */
 export interface GroupedGemmOptions {
-  path: 'wgmma' | 'mma';
+  path: 'auto' | 'wgmma' | 'mma';
   fwdTileN: FwdTileN;
   wgradTile: 'auto' | WgradTile;
   flags: number;
 }
 
-function groupedGemmPathFromEnv(): 'wgmma' | 'mma' {
+const WGMMA_MIN_MACS = 2 ** 32;
+
+function groupedGemmPathFromEnv(): GroupedGemmOptions['path'] {
   const v = process.env.NMOE_GROUPED_GEMM;
-  if (v === undefined || v === '' || v === 'mma') return 'mma';
-  if (v === 'wgmma') return 'wgmma';
-  throw new UserError(`NMOE_GROUPED_GEMM=${JSON.stringify(v)} is not a grouped GEMM path. Fix: NMOE_GROUPED_GEMM=wgmma (the Hopper kernels, not yet run on a GPU) or mma (the mma.sync kernels, the default).`);
+  if (v === undefined || v === '' || v === 'auto') return 'auto';
+  if (v === 'wgmma' || v === 'mma') return v;
+  throw new UserError(`NMOE_GROUPED_GEMM=${JSON.stringify(v)} is not a grouped GEMM path. Fix: NMOE_GROUPED_GEMM=auto (the default: the Hopper kernels for large products), wgmma (the Hopper kernels for every size) or mma (the mma.sync kernels).`);
 }
 
 class CudaMoePlan implements MoePlan, GroupedTiles {
@@ -623,11 +628,12 @@ export class CudaBackend implements Backend {
     return x.dtype === 'bf16' && din % 8 === 0 && dout % 8 === 0;
   }
 
-  /** The Hopper kernels apply: sm_90a, not forced off, bf16 throughout, dims in multiples of 8 (TMA strides of
-   *  16 bytes), 16-byte aligned tensors and at least one row (a tensor map has no empty dims). */
+  /** The Hopper kernels apply: sm_90a, not forced off (nor too small under 'auto'), bf16 throughout, dims in multiples
+   *  of 8 (TMA strides of 16 bytes), 16-byte aligned tensors and at least one row (a tensor map has no empty dims). */
   #sm90Grouped(tensors: readonly Tensor[], din: number, dout: number, rows: number): boolean {
-    return this.dev.info.arch === 'sm_90a' && this.groupedGemm.path === 'wgmma' && rows > 0 && din % 8 === 0 && dout % 8 === 0 &&
-      tensors.every((t) => t.dtype === 'bf16' && asCuda(t).ptr % 16n === 0n);
+    const { path } = this.groupedGemm;
+    return this.dev.info.arch === 'sm_90a' && (path === 'wgmma' || (path === 'auto' && rows * din * dout >= WGMMA_MIN_MACS)) && rows > 0 &&
+      din % 8 === 0 && dout % 8 === 0 && tensors.every((t) => t.dtype === 'bf16' && asCuda(t).ptr % 16n === 0n);
   }
 
   #sm90(l: Sm90Launch): void {
@@ -747,29 +753,30 @@ export class CudaBackend implements Backend {
   }
 
   /** The device table of a parameter set's tensors and 8192-element chunks (optim.cu), rebuilt when a pointer moves. */
-  #adamTableCache: { key: string; table: { tensors: Tensor; chunkList: Tensor; chunks: number } } | null = null;
+  #adamTensors: { key: string; table: Tensor } | null = null;
+  #adamChunks: { sizes: string; list: Tensor; chunks: number } | null = null;
   #adamTable(groups: readonly AdamWGroup[]) {
-    // Keyed by every pointer involved: expert gradients are new tensors each step (ParamStore.grad), which the
-    // caching allocator usually places where they were. Only the last table is kept; the stream orders its reuse.
+    // The tensor table is keyed by every pointer involved: expert gradients are new tensors each step
+    // (ParamStore.grad), not always where they were. The chunk list (460K entries at moonlet6, tens of ms to build)
+    // depends only on the sizes, so it is built once. Only the last of each is kept; the stream orders their reuse.
+    const params = groups.flatMap((g) => g.params);
     const ptrs = (ts: readonly Tensor[] | undefined) => (ts ?? []).map((t) => asCuda(t).ptr).join(',');
     const key = groups.map((g) => [g.params, g.master, g.grads, g.expAvg, g.expAvgSq].map(ptrs).join('|')).join(';');
-    if (this.#adamTableCache?.key === key) return this.#adamTableCache.table;
-    if (this.#adamTableCache) for (const t of [this.#adamTableCache.table.tensors, this.#adamTableCache.table.chunkList]) t.free();
-    const words: number[] = [], chunkWords: number[] = [];
-    const push64 = (out: number[], x: bigint) => out.push(Number(x & 0xffffffffn) | 0, Number(x >> 32n) | 0);
-    let index = 0;
-    groups.forEach((g, gi) => g.params.forEach((p, i) => {
-      for (const t of [p, g.master?.[i], g.grads[i], g.expAvg[i], g.expAvgSq[i]]) push64(words, t ? asCuda(t).ptr : 0n);
-      for (const x of [BigInt(p.numel), BigInt(gi), 0n]) push64(words, x);
-      for (let e = 0; e < p.numel; e += 8192) push64(chunkWords, (BigInt(index) << 40n) | BigInt(e));
-      index++;
-    }));
-    const table = {
-      tensors: this.upload(Int32Array.from(words), [words.length], 'i32'),
-      chunkList: this.upload(Int32Array.from(chunkWords), [chunkWords.length], 'i32'),
-      chunks: chunkWords.length / 2,
-    };
-    this.#adamTableCache = { key, table };
-    return table;
+    const sizes = params.map((p) => p.numel).join(',');
+    if (this.#adamChunks?.sizes !== sizes) {
+      this.#adamChunks?.list.free();
+      const words = adamChunkWords(params.map((p) => p.numel));
+      this.#adamChunks = { sizes, list: this.upload(words, [words.length], 'i32'), chunks: words.length / 2 };
+    }
+    if (this.#adamTensors?.key !== key) {
+      this.#adamTensors?.table.free();
+      const rows = groups.flatMap((g, group) => g.params.map((p, i) => ({
+        pointers: [p, g.master?.[i], g.grads[i], g.expAvg[i], g.expAvgSq[i]].map((t) => (t ? asCuda(t).ptr : 0n)),
+        numel: p.numel, group,
+      })));
+      const words = adamTensorWords(rows);
+      this.#adamTensors = { key, table: this.upload(words, [words.length], 'i32') };
+    }
+    return { tensors: this.#adamTensors.table, chunkList: this.#adamChunks.list, chunks: this.#adamChunks.chunks };
   }
 }

@@ -1,7 +1,8 @@
 /**
  * `nmoe bench kernels`: the expensive kernel families alone, at a config's shapes, timed with device events:
- * grouped expert GEMMs (forward, input gradient, weight gradient) under uniform random routing, causal attention
- * forward and backward, and the chunked cross-entropy forward + backward. tools/torch_kernels.py times the PyTorch
+ * grouped expert GEMMs (forward, input gradient, weight gradient, and the fused forms the model calls) under uniform
+ * random routing, causal attention forward and backward with the config's attn_kernel, and the chunked
+ * cross-entropy forward + backward. tools/torch_kernels.py times the PyTorch
  * counterparts (torch._grouped_mm, SDPA, a bf16 GEMM + cross-entropy) at the same shapes.
  */
 import type { ModelConfig } from '../model/spec.ts';
@@ -57,9 +58,13 @@ export async function benchKernels(b: Backend, cfg: ModelConfig, timer: () => ()
   add('grouped GEMM forward', gShape, await time(b, () => [b.groupedMatmul(x, w, plan.offsets)], timer), gemmFlops);
   add('grouped GEMM input grad', gShape, await time(b, () => [b.groupedMatmul(dy, w, plan.offsets, true)], timer), gemmFlops);
   add('grouped GEMM weight grad', gShape, await time(b, () => b.groupedMatmulWeightGrad(x, dy, plan.offsets, dw), timer), gemmFlops);
+  // The fused forms the model calls: the gate and up projections with the SwiGLU, and the input gradient through both.
+  const w3 = randn(b, [E, D, F], 11, 0.02), dy3 = randn(b, [rows, F], 12);
+  add('grouped gate+up with SwiGLU', gShape, await time(b, () => Object.values(b.groupedSwiglu(x, w, w3, plan.offsets)), timer), 2 * gemmFlops);
+  add('grouped input grad via W1 and W3', gShape, await time(b, () => [b.groupedMatmulSum(dy, w, dy3, w3, plan.offsets, true)], timer), 2 * gemmFlops);
 
   const H = cfg.n_heads, dqk = qkHeadDim(cfg), dv = cfg.v_head_dim, S = cfg.seq_len, B = cfg.batch_size;
-  const spec = { batch: B, seqLen: S, heads: H, scale: dqk ** -0.5 };
+  const spec = { batch: B, seqLen: S, heads: H, scale: dqk ** -0.5, kernel: cfg.attn_kernel, deterministic: cfg.deterministic };
   const q = randn(b, [T, H * dqk], 5), k = randn(b, [T, H * dqk], 6), v = randn(b, [T, H * dv], 7), dO = randn(b, [T, H * dv], 8);
   const attnFlops = 2 * B * H * (S * S / 2) * (dqk + dv); // causal: half the score matrix
   const aShape = `B ${B} x S ${S} x H ${H}, d ${dqk}/${dv}, causal`;
@@ -77,7 +82,7 @@ export async function benchKernels(b: Backend, cfg: ModelConfig, timer: () => ()
   };
   // The logits GEMM and its two gradients, in one pass.
   add('lm_head + cross-entropy fwd+bwd', `${T} tokens x ${D} -> ${V} vocab`, await time(b, ce, timer), 2 * T * D * V * 3);
-  for (const t of [idx, x, w, dy, dw, q, k, v, dO, o, lse, xh, head, dHead, targets]) t.free();
+  for (const t of [idx, x, w, w3, dy, dy3, dw, q, k, v, dO, o, lse, xh, head, dHead, targets]) t.free();
   plan.free();
   return out;
 }

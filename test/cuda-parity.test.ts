@@ -183,7 +183,13 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           const ysum = b.groupedMatmulSum(xe, put(wtH, [E, Dout, Din]), xe2, put(wt2H, [E, Dout, Din]), plan.offsets, true);
           const ysumN = b.groupedMatmulSum(xe, put(wH, [E, Din, Dout]), xe2, put(w2H, [E, Din, Dout]), plan.offsets);
           const { h1, h3, a } = b.groupedSwiglu(xe, put(wH, [E, Din, Dout]), put(w2H, [E, Din, Dout]), plan.offsets);
-          return [y, yt, dw, ysum, ysumN, h1, h3, a];
+          // A gradient's first product writes (accumulate false) over whatever the memory held: two more experts,
+          // which get no rows, must come out zero.
+          const plan2 = b.moePlan(put(idxH, [T, K]), E + 2);
+          const dwWrite = b.empty([E + 2, Din, Dout], dtype);
+          b.fill(dwWrite, Number.NaN);
+          b.groupedMatmulWeightGrad(b.moeGather(put(xH, [T, Din]), plan2), put(gH, [T * K, Dout]), plan2.offsets, dwWrite, false);
+          return [y, yt, dw, ysum, ysumN, h1, h3, a, dwWrite];
         });
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
       });

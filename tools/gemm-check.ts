@@ -423,9 +423,9 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
     res.verdict = 'FAIL';
     res.notes.push(note);
   };
-  const run = (path: 'wgmma' | 'mma', dw: Tensor, flags = 0) => {
+  const run = (path: 'wgmma' | 'mma', dw: Tensor, flags = 0, accumulate = true) => {
     Object.assign(b.groupedGemm, { path, flags, wgradTile: op.tile });
-    b.groupedMatmulWeightGrad(X, DY, ctx.seg.offsets, dw);
+    b.groupedMatmulWeightGrad(X, DY, ctx.seg.offsets, dw, accumulate);
   };
   const dw0 = b.empty([E, din, dout], 'bf16'), dwNew = b.empty([E, din, dout], 'bf16'), dwOld = b.empty([E, din, dout], 'bf16');
   try {
@@ -536,7 +536,36 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
       }
     }
 
+    // A gradient's first product writes instead of adding (accumulate false): from NaN, every entry written, equal to
+    // the mma.sync kernels' write, experts with no rows zero.
+    b.fill(dwNew, Number.NaN);
+    b.fill(dwOld, Number.NaN);
+    run('wgmma', dwNew, 0, false);
+    const stallWrite = await b.takeGroupedWatchdog();
+    if (stallWrite) fail(`watchdog (write): ${stallWrite}`);
+    run('mma', dwOld, 0, false);
+    {
+      const per = din * dout, chunk = Math.max(1, Math.floor((16 << 20) / per));
+      let dd = 0, ss = 0, nan = 0, emptyBad = 0;
+      for (let e0 = 0; e0 < E; e0 += chunk) {
+        const n = Math.min(chunk, E - e0);
+        const [hn, ho] = [await readF32(b, dwNew, e0 * per, [n * per]), await readF32(b, dwOld, e0 * per, [n * per])];
+        for (let j = 0; j < n * per; j++) {
+          if (Number.isNaN(hn[j]!)) nan++;
+          else if (c.counts[e0 + Math.floor(j / per)] === 0 && hn[j] !== 0) emptyBad++;
+          dd += (hn[j]! - ho[j]!) ** 2;
+          ss += ho[j]! ** 2;
+        }
+      }
+      const errWrite = Math.sqrt(dd / Math.max(ss, 1e-30));
+      if (nan) fail(`write: ${nan} dw entries not written (NaN left)`);
+      if (emptyBad) fail(`write: ${emptyBad} dw entries of experts with no rows are not zero`);
+      if (!(errWrite < TOL)) fail(`write: ||dw_new - dw_old|| / ||dw_old|| = ${sci(errWrite)}`);
+      else res.notes.push(`write (accumulate = false) err ${sci(errWrite)}`);
+    }
+
     if (!stall && (res.verdict === 'PASS' || res.errVsOld! < 1)) {
+      res.notes.push(`write: ${fmt(await timeMs(b, () => run('wgmma', dwNew, 0, false)), 3)} ms`);
       res.newMs = await timeMs(b, () => run('wgmma', dwNew));
       if (await b.takeGroupedWatchdog()) fail('watchdog fired while timing');
       if (!op.variant) res.oldMs = await timeMs(b, () => run('mma', dwOld));
@@ -603,7 +632,8 @@ async function child(caseName: string, from: number): Promise<void> {
  * --cpu-selftest: the CPU backend standing in for both kernels, so that the checking code itself can be exercised
  * on a machine without a GPU (small and odd cases). --cpu-fault plants a bug in the "new" path: `row` (the last row
  * of each segment is not written), `pad` (a row past the segments is written), `value` (one output is off), `empty`
- * (an expert with no rows gets its dw changed), `overwrite` (the weight gradient overwrites instead of accumulating).
+ * (an expert with no rows gets its dw changed), `overwrite` (the weight gradient overwrites instead of accumulating),
+ * `write` (asked to write, the weight gradient adds into what dw held).
  */
 async function cpuStandIn(fault: string | undefined): Promise<CheckBackend> {
   const { CpuBackend } = await import('../src/tensor/cpu/backend.ts');
@@ -658,11 +688,11 @@ async function cpuStandIn(fault: string | undefined): Promise<CheckBackend> {
       const a = asCpu(cpu.swiglu(out.h1, out.h3)).f;
       asCpu(out.a).f.set(a.subarray(0, end));
     },
-    groupedMatmulWeightGrad(x, dy, offsets, dw) {
+    groupedMatmulWeightGrad(x, dy, offsets, dw, accumulate = true) {
       const isNew = me.groupedGemm.path === 'wgmma';
       if (isNew) me.lastGroupedLaunch = { name: `cpu<${me.groupedGemm.wgradTile}>`, grid: 1, block: 1, smem: 0 };
       if (isNew && fault === 'overwrite') cpu.zero(dw);
-      cpu.groupedMatmulWeightGrad(x, dy, offsets, dw);
+      cpu.groupedMatmulWeightGrad(x, dy, offsets, dw, accumulate || (isNew && fault === 'write'));
       const off = asCpu(offsets).i;
       const empty = [...off.keys()].find((e) => e < off.length - 1 && off[e + 1] === off[e]);
       if (isNew && fault === 'empty' && empty !== undefined) asCpu(dw).f[empty * (dw.numel / (off.length - 1))] += 1;

@@ -87,11 +87,15 @@ export function moeBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: 
   const { b, cfg, ep } = ctx;
   const { dye, dGates } = b.moeCombineBackward(dOut, s.ye, s.gates, s.plan);
   const dyr = s.route ? ep!.dispatch(dye, s.route) : dye;
-  b.groupedMatmulWeightGrad(s.a, dyr, s.offsets, ctx.p.grad(`${prefix}.W2`));
+  const weightGrad = (x: Tensor, dy: Tensor, weight: string) => {
+    const { grad, write } = ctx.p.gradTarget(`${prefix}.${weight}`);
+    b.groupedMatmulWeightGrad(x, dy, s.offsets, grad, !write);
+  };
+  weightGrad(s.a, dyr, 'W2');
   const da = b.groupedMatmul(dyr, ctx.p.get(`${prefix}.W2`), s.offsets, true);
   const { dg: dh1, du: dh3 } = b.swigluBackward(da, s.h1, s.h3);
-  b.groupedMatmulWeightGrad(s.xr, dh1, s.offsets, ctx.p.grad(`${prefix}.W1`));
-  b.groupedMatmulWeightGrad(s.xr, dh3, s.offsets, ctx.p.grad(`${prefix}.W3`));
+  weightGrad(s.xr, dh1, 'W1');
+  weightGrad(s.xr, dh3, 'W3');
   const dxr = b.groupedMatmulSum(dh1, ctx.p.get(`${prefix}.W1`), dh3, ctx.p.get(`${prefix}.W3`), s.offsets, true);
   const dxe = s.route ? ep!.combine(dxr, s.route) : dxr;
   const dx = b.moeGatherBackward(dxe, s.plan);

@@ -125,10 +125,27 @@ export class ParamStore {
    * cross-entropy (the step's peak) never share memory with them; a gradient asked for first is zeros.
    */
   grad(name: string): Tensor {
-    const p = this.#param(name);
-    if (p.buffer) throw new Error(`parameter ${name} is a buffer and has no gradient`);
+    const p = this.#trainable(name);
     p.grad ??= this.backend.zeros(p.shape, this.dtype);
     return p.grad;
+  }
+
+  /**
+   * The gradient for a product that can add into it or write it, and which to do: `write` when the gradient does
+   * not exist yet this step (a step-lived expert gradient at its first product). Then it is left uninitialised and
+   * the product must write every element, which spares zeroing it and reading the zeros back.
+   */
+  gradTarget(name: string): { grad: Tensor; write: boolean } {
+    const p = this.#trainable(name);
+    if (p.grad) return { grad: p.grad, write: false };
+    p.grad = this.backend.empty(p.shape, this.dtype);
+    return { grad: p.grad, write: true };
+  }
+
+  #trainable(name: string): Param {
+    const p = this.#param(name);
+    if (p.buffer) throw new Error(`parameter ${name} is a buffer and has no gradient`);
+    return p;
   }
 
   has(name: string): boolean {

@@ -227,8 +227,11 @@ export interface Backend {
    * [E, Din, F]), a = silu(h1) * h3 elementwise from the stored (rounded) h1 and h3, as swiglu(h1, h3) would give.
    */
   groupedSwiglu(x: Tensor, w1: Tensor, w3: Tensor, offsets: Tensor): { h1: Tensor; h3: Tensor; a: Tensor };
-  /** dw[e] += x[seg_e]^T @ dy[seg_e], dw [E, Din, Dout]. */
-  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void;
+  /**
+   * dw[e] += x[seg_e]^T @ dy[seg_e], dw [E, Din, Dout]; with `accumulate` false, dw[e] = that product instead (zeros for
+   * an expert with no rows), so a gradient's first product needs neither zeroed memory nor a read of it.
+   */
+  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor, accumulate?: boolean): void;
   /**
    * Aux-loss-free balancing after a step: l = counts/sum(counts); s = sign(l - 1/E);
    * bias -= rate * (s - mean(s)); clamp to [-16, 16]. counts i32 [E], bias f32 [E]. Skipped, like the AdamW

@@ -230,8 +230,8 @@ export class CpuBackend implements Backend {
     return { h1, h3, a: this.swiglu(h1, h3) };
   }
 
-  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void {
-    moe.groupedMatmulWeightGrad(asCpu(x), asCpu(dy), asCpu(offsets), asCpu(dw));
+  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor, accumulate = true): void {
+    moe.groupedMatmulWeightGrad(asCpu(x), asCpu(dy), asCpu(offsets), asCpu(dw), accumulate);
   }
 
   routerBiasUpdate(bias: Tensor, counts: Tensor, rate: number, gradNorm: Tensor): void {

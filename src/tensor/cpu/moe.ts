@@ -189,8 +189,9 @@ function groupedInto(x: CpuTensor, w: CpuTensor, offsets: CpuTensor, transB: boo
   }
 }
 
-export function groupedMatmulWeightGrad(x: CpuTensor, dy: CpuTensor, offsets: CpuTensor, dw: CpuTensor): void {
+export function groupedMatmulWeightGrad(x: CpuTensor, dy: CpuTensor, offsets: CpuTensor, dw: CpuTensor, accumulate: boolean): void {
   const [experts, din, dout] = dw.shape as [number, number, number];
+  if (!accumulate) dw.f.fill(0);
   for (let e = 0; e < experts; e++) {
     const r0 = offsets.i[e]!, rows = offsets.i[e + 1]! - r0;
     if (rows === 0) continue;

@@ -607,18 +607,18 @@ export class CudaBackend implements Backend {
     };
   }
 
-  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor): void {
+  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor, accumulate = true): void {
     const [experts, din, dout] = dw.shape as [number, number, number];
     const rows = x.shape[0]!;
     if (this.#sm90Grouped([x, dy, dw], din, dout, rows) && dy.shape[0] === rows) {
       const tile = this.groupedGemm.wgradTile === 'auto' ? chooseWgradTile(din, dout) : this.groupedGemm.wgradTile;
       this.#sm90(wgradLaunch({
-        x: asCuda(x).ptr, dy: asCuda(dy).ptr, rows, dw: asCuda(dw).ptr, experts, din, dout, offsets: asCuda(offsets).ptr,
+        x: asCuda(x).ptr, dy: asCuda(dy).ptr, rows, dw: asCuda(dw).ptr, accumulate, experts, din, dout, offsets: asCuda(offsets).ptr,
         multiprocessors: this.dev.info.multiprocessors, tile, flags: this.groupedGemm.flags, watchdog: asCuda(this.#watchdog).ptr,
       }));
       return;
     }
-    const args = [ptr(x), ptr(dy), ptr(offsets), ptr(dw), i32(din), i32(dout)];
+    const args = [ptr(x), ptr(dy), ptr(offsets), ptr(dw), i32(din), i32(dout), i32(accumulate ? 1 : 0)];
     if (this.#tensorCores(x, din, dout)) this.#k('grouped.cu', 'grouped_wgrad_tc', [Math.ceil(din / 128), Math.ceil(dout / 128), experts], 256, args, groupedSmem(1, 1));
     else this.#k('moe.cu', `grouped_wgrad<${ctype(x)}>`, [Math.ceil(din / 64), Math.ceil(dout / 64), experts], 256, args);
   }

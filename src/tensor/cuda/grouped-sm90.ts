@@ -123,8 +123,9 @@ export interface WgradCall {
   x: bigint;
   dy: bigint;
   rows: number;
-  /** dw [E, din, dout] bf16, accumulated into. */
+  /** dw [E, din, dout] bf16, accumulated into, or written when `accumulate` is false. */
   dw: bigint;
+  accumulate: boolean;
   experts: number;
   din: number;
   dout: number;
@@ -135,7 +136,7 @@ export interface WgradCall {
   watchdog: bigint;
 }
 
-/** dw[e] += x[seg_e]^T @ dy[seg_e]: grouped_wgrad_sm90<bm, bn>. */
+/** dw[e] += x[seg_e]^T @ dy[seg_e] (or = it): grouped_wgrad_sm90<bm, bn>. */
 export function wgradLaunch(c: WgradCall): Sm90Launch {
   const [bm, bn] = tileDims(c.tile);
   const mx = encodeTensorMap('grouped weight grad x', { address: c.x, dims: [c.din, c.rows], strides: [c.din * 2], box: [64, BK] });
@@ -146,7 +147,7 @@ export function wgradLaunch(c: WgradCall): Sm90Launch {
     name: `grouped_wgrad_sm90<${bm}, ${bn}>`,
     grid: Math.max(1, Math.min(c.multiprocessors, items)),
     smem: wgradSmem(c.tile),
-    args: [map(mx), map(mdy), map(mdw), ptr(c.offsets), i32(c.experts), i32(c.din), i32(c.dout), i32(c.flags), ptr(c.watchdog)],
+    args: [map(mx), map(mdy), map(mdw), ptr(c.offsets), i32(c.experts), i32(c.din), i32(c.dout), i32(c.accumulate ? 1 : 0), i32(c.flags), ptr(c.watchdog)],
   };
 }
 

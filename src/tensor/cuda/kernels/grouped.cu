@@ -147,14 +147,15 @@ __global__ void __launch_bounds__(256) grouped_gemm_tc(const bf16* x, const bf16
   store_acc(acc, y, dout, r0, r1, c0, dout, false);
 }
 
-// dw[e] += x[seg_e]^T @ dy[seg_e] (dw [E, din, dout]); grid (din / TM, dout / TN, E), 256 threads; din and dout
-// multiples of 8. The segment's rows are the K dimension, summed in order: deterministic.
-__global__ void __launch_bounds__(256) grouped_wgrad_tc(const bf16* x, const bf16* dy, const int* offsets, bf16* dw, int din, int dout) {
+// dw[e] += x[seg_e]^T @ dy[seg_e] (dw [E, din, dout]), or with accumulate = 0 dw[e] = the product (zeros for an
+// empty segment); grid (din / TM, dout / TN, E), 256 threads; din and dout multiples of 8. The segment's rows are
+// the K dimension, summed in order: deterministic.
+__global__ void __launch_bounds__(256) grouped_wgrad_tc(const bf16* x, const bf16* dy, const int* offsets, bf16* dw, int din, int dout, int accumulate) {
   extern __shared__ __align__(16) bf16 smem[];
   const int e = blockIdx.z, m0 = blockIdx.x * TM, c0 = blockIdx.y * TN;
   const int s0 = offsets[e], s1 = offsets[e + 1];
-  if (s0 == s1) return;
+  if (s0 == s1 && accumulate) return;
   float acc[4][4][4] = {};
-  mainloop<K_OUTER, K_OUTER>(acc, smem, x, din, m0, din, dy, dout, c0, dout, s0, s1);
-  store_acc(acc, dw + (long)e * din * dout, dout, m0, din, c0, dout, true);
+  if (s0 < s1) mainloop<K_OUTER, K_OUTER>(acc, smem, x, din, m0, din, dy, dout, c0, dout, s0, s1);
+  store_acc(acc, dw + (long)e * din * dout, dout, m0, din, c0, dout, accumulate != 0);
 }

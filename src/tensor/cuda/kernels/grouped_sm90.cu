@@ -17,12 +17,14 @@
 //     warpgroup owns 64 rows x BN columns; rows past the segment end (they belong to the next expert) are computed
 //     but never stored, and a warpgroup whose 64 rows are all past the end skips its wgmmas. With BN = 256, a last
 //     column tile with at most 128 live columns runs the n128 instruction.
-//   grouped_wgrad_sm90<BM, BN>       dw[e] += x[seg_e]^T @ dy[seg_e] (dw [E, din, dout] bf16, rounded once).
+//   grouped_wgrad_sm90<BM, BN>       dw[e] += x[seg_e]^T @ dy[seg_e] (dw [E, din, dout] bf16, rounded once), or with
+//     accumulate = 0, dw[e] = the product (zeros for an expert with no rows: the first product of a gradient).
 //     Work items are (expert, din tile, dout tile); the reduction runs over the segment's rows, both operands
 //     M/N-major. Rows of the last k block past the segment end are zeroed in shared memory before the wgmmas (a
 //     whole 128-byte row of a 128B-swizzled box holds exactly one k row: the swizzle permutes the 16-byte chunks
-//     within a row, never across rows). The old dw tile is prefetched by TMA into shared memory during the
-//     mainloop; the epilogue adds the accumulators in fp32, rounds once and writes the tile back by TMA.
+//     within a row, never across rows). When accumulating, the old dw tile is prefetched by TMA into shared memory
+//     during the mainloop and the epilogue adds the accumulators in fp32; either way it rounds once and writes the
+//     tile back by TMA.
 //
 // Out-of-range parts of a box are zero-filled by TMA (rows past the tensor, k past din, columns past dout); boxes
 // wholly out of range are not issued (they would only feed outputs that are never stored). The weights use a 3-D
@@ -458,12 +460,13 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constan
 
 // dw[e][m0 .. + BM][n0 .. + BN] += x[seg_e][:, m]^T dy[seg_e][:, n] (see the file comment). map_x: x [rows, din] and
 // map_dy: dy [rows, dout], boxes {64, 64}; map_dw: dw as 3-D {dout, din, E}, box {64, BM, 1} (load and store).
-// Math warpgroup wg owns dw rows m0 + wg BM/2 .. + BM/2 (one or two m64 blocks) x BN columns.
+// Math warpgroup wg owns dw rows m0 + wg BM/2 .. + BM/2 (one or two m64 blocks) x BN columns. accumulate = 0 writes
+// the product (never reading dw) and zero tiles for experts with no rows.
 // Grid: at most one CTA per SM (persistent), 384 threads, WgradPlan<BM, BN>::SMEM bytes of dynamic shared memory.
 template <int BM, int BN>
 __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_dy,
                                                              const __grid_constant__ TmaMap map_dw, const int* offsets, int experts, int din,
-                                                             int dout, int flags, int* wd) {
+                                                             int dout, int accumulate, int flags, int* wd) {
   using P = WgradPlan<BM, BN>;
   static_assert((BM == 128 && BN == 256) || (BM == 256 && BN == 128), "tile shape");
   constexpr int MSUB = BM / 128;  // m64 blocks per math warpgroup
@@ -529,7 +532,7 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
             s = 0;
             phase ^= 1;
           }
-          if (kb == c_after) {
+          if (accumulate && kb == c_after) {
             wait_bar(c_empty, (ctile & 1) ^ 1, wd, dead, 4, item, ctile);
             if (dead) break;
             mbar_expect_tx(c_full, nbox * (BM * 128));
@@ -553,8 +556,12 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
       const int e = item / per_expert, rem = item - e * per_expert;
       const int m0 = (rem / n_tiles) * BM, n0 = (rem % n_tiles) * BN;
       const int s0 = offsets[e], s1 = offsets[e + 1];
-      if (s1 <= s0) continue;
-      const int kblocks = (s1 - s0 + BK - 1) / BK;
+      if (s1 <= s0 && accumulate) continue;
+      const int kblocks = (max(s1, s0) - s0 + BK - 1) / BK;
+      if (kblocks == 0) {  // overwriting an expert with no rows: a zero tile
+#pragma unroll
+        for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+      }
       for (int kb = 0; kb < kblocks; ++kb) {
         wait_bar(bars + 8 * s, phase, wd, dead, 1, item, (kb << 8) | (s << 1) | (int)phase);
         const u32 st = stage0 + s * P::STAGE_BYTES;
@@ -586,7 +593,7 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
         fence_acc(acc);
         wgmma_wait<0>();
         fence_acc(acc);
-        if (store_pending) {  // the previous tile's store has long read its buffer: let the producer refill it
+        if (accumulate && store_pending) {  // the previous tile's store has long read its buffer: let the producer refill it
           bulk_wait_read_all();
           mbar_arrive(c_empty);
           store_pending = false;
@@ -598,8 +605,18 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
           phase ^= 1;
         }
       }
-      // Epilogue: old dw (prefetched) + accumulators, rounded once, in place; then one TMA store of the tile.
-      wait_bar(c_full, ctile & 1, wd, dead, 3, item, ctile);
+      // Epilogue: old dw (prefetched) + accumulators, or the accumulators alone, rounded once into the tile buffer;
+      // then one TMA store of the tile. Overwriting, nothing was prefetched: the buffer is free once the previous
+      // tile's store has read it.
+      if (accumulate) {
+        wait_bar(c_full, ctile & 1, wd, dead, 3, item, ctile);
+      } else {
+        if (store_pending) {
+          bulk_wait_read_all();
+          store_pending = false;
+        }
+        named_sync(1, 256);
+      }
 #pragma unroll
       for (int i = 0; i < MSUB; ++i) {
 #pragma unroll
@@ -608,9 +625,13 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
           for (int h = 0; h < 2; ++h) {
             const int row = wg * (BM / 2) + 64 * i + 16 * warp + g + 8 * h;  // row & 7 == g
             const u32 a = cbuf + (j >> 3) * (BM * 128) + row * 128 + (((j & 7) ^ g) << 4) + 4 * t4;
-            const u32 old = lds32(a);
             const float* d = acc + i * (BN / 2) + 4 * j + 2 * h;
-            sts32(a, pack_bf16(d[0] + bf16_lo(old), d[1] + bf16_hi(old)));
+            if (accumulate) {
+              const u32 old = lds32(a);
+              sts32(a, pack_bf16(d[0] + bf16_lo(old), d[1] + bf16_hi(old)));
+            } else {
+              sts32(a, pack_bf16(d[0], d[1]));
+            }
           }
         }
       }
@@ -633,7 +654,7 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
 #define TMA const __grid_constant__ TmaMap
 #define FWD(BN, KM, SW) \
   template __global__ void grouped_gemm_sm90<BN, KM, SW>(TMA, TMA, TMA, TMA, bf16*, bf16*, bf16*, const int*, const int*, const int*, int, int, int, int, int*);
-#define WGRAD(BM, BN) template __global__ void grouped_wgrad_sm90<BM, BN>(TMA, TMA, TMA, const int*, int, int, int, int, int*);
+#define WGRAD(BM, BN) template __global__ void grouped_wgrad_sm90<BM, BN>(TMA, TMA, TMA, const int*, int, int, int, int, int, int*);
 FWD(256, 0, 0)
 FWD(256, 1, 0)
 FWD(128, 0, 0)

@@ -192,9 +192,10 @@ __global__ void grouped_gemm(const T* x, const T* w, T* y, const int* offsets, c
   }
 }
 
-// dw[e] += x[seg_e]^T @ dy[seg_e]; grid (din/64, dout/64, E). Rows are summed in order: deterministic.
+// dw[e] += x[seg_e]^T @ dy[seg_e], or = it with accumulate = 0; grid (din/64, dout/64, E). Rows are summed in order:
+// deterministic.
 template <typename T>
-__global__ void grouped_wgrad(const T* x, const T* dy, const int* offsets, T* dw, int din, int dout) {
+__global__ void grouped_wgrad(const T* x, const T* dy, const int* offsets, T* dw, int din, int dout, int accumulate) {
   const int e = blockIdx.z, i0 = blockIdx.x * TILE, j0 = blockIdx.y * TILE;
   const int s0 = offsets[e], s1 = offsets[e + 1];
   __shared__ float Xs[KT][TILE + 1], Ds[KT][TILE + 1];
@@ -225,7 +226,7 @@ __global__ void grouped_wgrad(const T* x, const T* dy, const int* offsets, T* dw
     if (r >= din) continue;
     for (int j = 0; j < 4; ++j) {
       const int c = j0 + tx * 4 + j;
-      if (c < dout) dwe[(long)r * dout + c] = from_f32<T>(to_f32(dwe[(long)r * dout + c]) + acc[i][j]);
+      if (c < dout) dwe[(long)r * dout + c] = from_f32<T>((accumulate ? to_f32(dwe[(long)r * dout + c]) : 0.f) + acc[i][j]);
     }
   }
 }
@@ -263,6 +264,6 @@ __global__ void router_bias_update(float* bias, const int* counts, int experts, 
   template __global__ void moe_combine<T>(const T*, const float*, const int*, T*, int, int);                         \
   template __global__ void moe_combine_bwd<T>(const T*, const T*, const float*, const int*, T*, float*, int, int);   \
   template __global__ void grouped_gemm<T>(const T*, const T*, T*, const int*, const int*, const int*, int, int, int); \
-  template __global__ void grouped_wgrad<T>(const T*, const T*, const int*, T*, int, int);
+  template __global__ void grouped_wgrad<T>(const T*, const T*, const int*, T*, int, int, int);
 INSTANTIATE(float)
 INSTANTIATE(bf16)

@@ -64,7 +64,7 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
         }
       });
 
-      it('embedding, rmsnorm, swiglu, add, split/concat (forward and backward)', async () => {
+      it('embedding, rmsnorm, swiglu, add, split/concat (forward and backward), softmax', async () => {
         const idsH = Int32Array.from({ length: T }, (_, i) => (i * 7) % 50);
         const tableH = hostRandn(50 * D), xH = hostRandn(T * D), wH = hostRandn(D), rH = hostRandn(T * D);
         const errs = await parity(dtype, (b, put) => {
@@ -76,7 +76,7 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           const dx = b.rmsnormBackward(rr, xx, ww, rstd, dw);
           const { dg, du } = b.swigluBackward(rr, xx, y);
           const parts = b.splitCols(xx, [30, 50]);
-          return [b.embedding(i, t, 10.667), dTable, y, rstd, dx, dw, b.swiglu(xx, y), dg, du, b.add(xx, rr), b.concatCols(parts.reverse())];
+          return [b.embedding(i, t, 10.667), dTable, y, rstd, dx, dw, b.swiglu(xx, y), dg, du, b.add(xx, rr), b.concatCols(parts.reverse()), b.softmax(xx)];
         });
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
       });

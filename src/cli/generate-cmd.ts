@@ -82,7 +82,7 @@ export function registerGenerateCommand(program: Command): void {
             onToken: (id) => process.stdout.write(stream.push(id)),
           });
           process.stdout.write(`${stream.flush()}\n`);
-          const stop = { eos: 'end of text', max_tokens: `--max-tokens ${o.maxTokens}`, context: `max_position_embeddings ${config.max_position_embeddings}` }[g.stop];
+          const stop = { eos: 'end of text', max_tokens: `--max-tokens ${o.maxTokens}`, context: `max_position_embeddings ${config.max_position_embeddings}`, until: 'a stop sequence' }[g.stop];
           process.stderr.write(pc.dim(
             `prefill ${g.prefillTokens} tokens in ${(g.prefillSeconds * 1000).toFixed(0)} ms (${rate(g.prefillTokens, g.prefillSeconds)}) | ` +
               `decode ${g.decodeTokens} tokens in ${(g.decodeSeconds * 1000).toFixed(0)} ms (${rate(g.decodeTokens, g.decodeSeconds)}) | ` +

@@ -12,6 +12,7 @@ import { registerCkptCommand } from './ckpt-cmd.ts';
 import { registerConfigCommand } from './config-cmd.ts';
 import { registerDataCommand } from './data-cmd.ts';
 import { registerDoctorCommand } from './doctor-cmd.ts';
+import { registerEvalCommand } from './eval-cmd.ts';
 import { registerGenerateCommand } from './generate-cmd.ts';
 import { LaunchFailed, registerLaunchCommand } from './launch-cmd.ts';
 import { registerRunsCommand } from './runs-cmd.ts';
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   registerRunsCommand(program);
   registerCkptCommand(program);
   registerGenerateCommand(program);
+  registerEvalCommand(program);
   registerVizCommand(program);
   return program;
 }

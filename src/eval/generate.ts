@@ -1,6 +1,6 @@
 /**
  * Text generation with the KV cache: one prefill of the prompt, then one cached step per new token, until EOS, the
- * token budget or the model's last RoPE position. Used by `nmoe generate` and the generation tasks (GSM8K).
+ * token budget, a stop condition or the model's last RoPE position. Used by `nmoe generate` and the generation tasks (GSM8K).
  * Prefill and decode are timed apart (each ends on a host read of its logits, so the time is the device's).
  */
 import type { Decoder } from '../model/decoder.ts';
@@ -12,11 +12,13 @@ export interface GenerateOptions {
   eosTokenId: number;
   /** Called with each new token as it is chosen. */
   onToken?: (id: number) => void;
+  /** Stops after the token that makes this true (a stop sequence); that token is kept. */
+  until?: (tokens: readonly number[]) => boolean;
 }
 
 export interface Generation {
   tokens: number[];
-  stop: 'eos' | 'max_tokens' | 'context';
+  stop: 'eos' | 'max_tokens' | 'context' | 'until';
   prefillTokens: number;
   prefillSeconds: number;
   /** Cached steps (every new token after the first). */
@@ -49,6 +51,10 @@ export async function generate(dec: Decoder, prompt: readonly number[], sampler:
       }
       tokens.push(id);
       o.onToken?.(id);
+      if (o.until?.(tokens)) {
+        stop = 'until';
+        break;
+      }
       if (tokens.length === o.maxTokens) break;
       if (cache.length === limit) {
         stop = 'context';

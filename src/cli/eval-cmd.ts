@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import pc from 'picocolors';
 import { FIELDS } from '../config/schema.ts';
 import { openModel } from '../eval/load-model.ts';
-import { type TaskScore, runEval } from '../eval/runner.ts';
+import { formatScore, runEval } from '../eval/runner.ts';
 import { loadSuite } from '../eval/suite.ts';
 import { Decoder } from '../model/decoder.ts';
 import { UserError } from '../util/errors.ts';
@@ -21,8 +21,6 @@ interface EvalFlags {
   maxTime: number;
   device: 'auto' | 'cpu' | 'cuda';
 }
-
-export const formatScore = (s: TaskScore): string => `${s.name}: acc=${s.acc.toFixed(3)} centered=${s.centered.toFixed(3)} n=${s.n}`;
 
 export function registerEvalCommand(program: Command): void {
   program.command('eval')

@@ -55,6 +55,9 @@ export async function loadTask(spec: TaskSpec, dataDir: string): Promise<LoadedT
   return { spec, demos: all.slice(0, spec.fewshot), items: all.slice(spec.fewshot) };
 }
 
+/** `MMLU: acc=0.312 centered=0.083 n=19`, the reference's format. */
+export const formatScore = (s: TaskScore): string => `${s.name}: acc=${s.acc.toFixed(3)} centered=${s.centered.toFixed(3)} n=${s.n}`;
+
 export const centeredAccuracy = (acc: number, baseline: number): number => (baseline >= 1 ? 0 : Math.min(1, Math.max(0, (acc - baseline) / (1 - baseline))));
 
 export async function runEval(dec: Decoder, tok: TextTokenizer, tasks: readonly LoadedTask[], budget: Budget, onTask?: (s: TaskScore) => void): Promise<EvalReport> {

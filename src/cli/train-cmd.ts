@@ -53,6 +53,7 @@ function progressEvents(progress: Progress, config: Config): TrainEvents {
     warn: (m) => progress.line(pc.yellow(`warning: ${m}`)),
     resumed: (r) => progress.line(`resumed run ${r.runId} from step ${r.step} (${r.dir})`),
     eval: (e) => progress.line(evalLine(e.step, e.report)),
+    validation: (v) => progress.line(`[val] step=${v.step} loss=${v.loss.toFixed(4)} (${formatCount(v.tokens)} tokens, ${v.seconds.toFixed(1)} s)`),
     checkpoint: (c) => progress.line(pc.dim(`[ckpt] saved step=${c.step} size=${(c.bytes / 2 ** 20).toFixed(1)}MB time=${c.ms.toFixed(0)}ms`)),
   };
 }

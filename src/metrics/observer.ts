@@ -1,6 +1,6 @@
 /**
  * Metrics for a training run: wraps the loop's TrainEvents so that every log step's record (and every in-training
- * eval's scores) becomes the reference's tags in this rank's DuckDB file, and, where the backend is CUDA, an NVML reading (at most one a second) becomes
+ * eval's scores, every validation loss) becomes the reference's tags in this rank's DuckDB file, and, where the backend is CUDA, an NVML reading (at most one a second) becomes
  * the GPU tags. The file opens when the run id is known (the start event; a resumed run keeps its id, so its rows
  * continue the same file); rows are buffered and written in the background, and the file is held only while a
  * write is in flight, so `nmoe viz` can read it during the run (see duckdb-writer.ts).
@@ -31,6 +31,15 @@ export function observeMetrics(inner: TrainEvents, metricsDir: string, backend: 
   const peak = peakTflops(backend.name);
   let lastGpuMs = -Infinity;
   let logs: Promise<void> = Promise.resolve();
+  /** Tags outside the log steps' record (evals, validation), written behind the rows queued before them. */
+  const record = (step: number, tags: Record<string, number>) => {
+    const ts = Date.now(), opened = writer!;
+    logs = logs.then(async () => {
+      const w = await opened;
+      w.record(step, tags, ts);
+      void w.flush();
+    }).catch(() => {}); // an open error is thrown by close()
+  };
   const events: TrainEvents = {
     ...inner,
     start(info) {
@@ -40,12 +49,11 @@ export function observeMetrics(inner: TrainEvents, metricsDir: string, backend: 
     },
     eval(e) {
       inner.eval?.(e);
-      const ts = Date.now(), opened = writer!;
-      logs = logs.then(async () => {
-        const w = await opened;
-        w.record(e.step, evalTags(e.report), ts);
-        void w.flush();
-      }).catch(() => {});
+      record(e.step, evalTags(e.report));
+    },
+    validation(v) {
+      inner.validation?.(v);
+      record(v.step, { 'val/loss': v.loss });
     },
     log(r) {
       inner.log(r);

@@ -24,11 +24,10 @@ import { EMBED_SCALE, LOGIT_SCALE, type Transformer } from './transformer.ts';
 type Attend = (layer: number, prefix: string, h: Tensor) => Tensor;
 
 export class Decoder {
-  readonly #absorbed: AbsorbedWeights | null;
+  /** MLA's per-head split of wkv_b, made on the first cached step (full forwards do not need it). */
+  #absorbed: AbsorbedWeights | null = null;
 
-  constructor(readonly model: Transformer) {
-    this.#absorbed = model.cfg.attn === 'mla' ? absorbedWeights(model.b, model.cfg, model.params) : null;
-  }
+  constructor(readonly model: Transformer) {}
 
   /** A cache for one sequence of up to `capacity` tokens, in the weights' dtype. */
   newCache(capacity: number): KvCache {
@@ -54,6 +53,8 @@ export class Decoder {
   /** norm(x) [1, D] of token `id` (i32 [1]) at position cache.length; the cache grows by one. */
   step(id: Tensor, cache: KvCache): Tensor {
     const ctx = this.#positioned(cache.length);
+    const { b, cfg, params } = this.model;
+    if (cfg.attn === 'mla') this.#absorbed ??= absorbedWeights(b, cfg, params);
     const out = this.#run(id, ctx, (layer, prefix, h) => cache.attend(ctx, prefix, layer, h, this.#absorbed));
     cache.advance(1);
     return out;
@@ -80,6 +81,7 @@ export class Decoder {
 
   free(): void {
     this.#absorbed?.free();
+    this.#absorbed = null;
   }
 
   /** A one-token context whose RoPE tables start at `position` (positions are row % seqLen, here always row 0). */

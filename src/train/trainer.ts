@@ -12,8 +12,9 @@
  * On more than one rank, a step that outlives NMOE_STEP_TIMEOUT_S (a stuck peer) kills this rank: see
  * src/dist/step-watchdog.ts.
  *
- * Evals (eval_every > 0, one rank): after every eval_every-th step the configured tasks run on the weights of that
- * step (src/eval/in-training.ts); they touch nothing else of the run, so losses are the same with and without them.
+ * Evals (eval_every > 0, one rank) and validation (validation_enabled, every validation_every steps): after such a
+ * step the configured tasks (src/eval/in-training.ts) or the held-out loss (validation.ts) run on the weights of that
+ * step; they touch nothing else of the run, so losses are the same with and without them.
  *
  * Checkpoints (src/checkpoint/): with `resume`, the newest complete checkpoint in checkpoint_dir is loaded first (one
  * that already reached `steps` trains nothing); without it, another run's steps there are moved aside first.
@@ -44,6 +45,7 @@ import { gitInfo } from '../util/version.ts';
 import { type Phase, PhaseTimer } from './phase-timer.ts';
 import { anyRank, checkRanksAgree } from './ranks-agree.ts';
 import { createTrainee, trainStep } from './step.ts';
+import { Validation, type ValidationResult } from './validation.ts';
 import { type RouterAggregate, type RouterLayerStats, routerAggregate, routerLayerStats } from './router-stats.ts';
 
 export interface StepRecord {
@@ -87,6 +89,8 @@ export interface TrainEvents {
   checkpoint?(info: { step: number; bytes: number; ms: number }): void;
   /** An in-training eval finished (eval_every). */
   eval?(info: { step: number; report: EvalReport }): void;
+  /** A validation loss was measured (validation_every). */
+  validation?(info: { step: number } & ValidationResult): void;
 }
 
 export interface TrainSummary {
@@ -124,6 +128,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   const evals = dist ? null : await TrainingEval.create(config);
   if (dist && config.eval_every > 0) events.warn?.('eval_every is set, but in-training eval runs on one rank only for now: no evals in this run (see docs/eval.md)');
   const loader = createLoader(cfg, rank, world);
+  const validation = Validation.create(cfg, rank, world, (m) => events.warn?.(m));
   const trainee = createTrainee(backend, cfg, dist);
   const { model, opt } = trainee;
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
@@ -176,6 +181,10 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   let lastLogTime = t0;
   let lastLogTokens = tokensSeen;
   let lastLogStep = step;
+  const leaveOut = (seconds: number) => {
+    t0 += seconds * 1000;
+    lastLogTime += seconds * 1000;
+  };
   // One step ahead (one GPU): a step whose results need nothing more than the loss lets the next step's batch
   // be loaded and its kernels queued before its loss is read, so the GPU never waits for the host between them.
   // Log, checkpoint and stop steps are read first: their reads (grad norm, router biases, the snapshot) must see
@@ -183,7 +192,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   const every = config.checkpoint_every;
   const isSaveStep = (done: number) => (every > 0 && done % every === 0) || done === cfg.steps;
   const isLogStep = (done: number) => done === 1 || done % cfg.log_every === 0 || done === cfg.steps;
-  const isEvalStep = (done: number) => !!evals?.due(done);
+  const isMeasureStep = (done: number) => !!evals?.due(done) || !!validation?.due(done);
   const launch = () => {
     const batch = timer.time('loader_wait', () => loader.next(), hostClock);
     const ids = backend.upload(batch.inputs, [batch.inputs.length], 'i32');
@@ -206,7 +215,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       const fwd = current.out;
       const { gradNorm, lr } = fwd;
       const done = step + 1;
-      if (runAhead && done < cfg.steps && !isLogStep(done) && !isSaveStep(done) && !isEvalStep(done) && !signal?.aborted) ahead = launch();
+      if (runAhead && done < cfg.steps && !isLogStep(done) && !isSaveStep(done) && !isMeasureStep(done) && !signal?.aborted) ahead = launch();
 
       const loss = (await backend.read(fwd.loss))[0]!;
       await dist?.check(); // a transport failure surfaces here, at the step's one host sync
@@ -259,12 +268,15 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       current.ids.free();
       current.targets.free();
       watchdog?.disarm();
-      // On the weights after this step; nothing runs ahead of an eval step (see isEvalStep above).
-      if (evals && isEvalStep(done)) {
+      // On the weights after this step (nothing runs ahead of such a step); training rates leave their time out.
+      if (validation?.due(done)) {
+        const v = await validation.run(model, dist?.comm ?? null);
+        leaveOut(v.seconds);
+        events.validation?.({ step: done, ...v });
+      }
+      if (evals?.due(done)) {
         const report = await evals.run(model);
-        // Training rates leave the eval's time out.
-        t0 += report.seconds * 1000;
-        lastLogTime += report.seconds * 1000;
+        leaveOut(report.seconds);
         events.eval?.({ step: done, report });
       }
       if (isSaveStep(done) || stopping) {

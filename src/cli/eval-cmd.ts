@@ -10,8 +10,7 @@ import { openModel } from '../eval/load-model.ts';
 import { formatScore, runEval } from '../eval/runner.ts';
 import { loadSuite } from '../eval/suite.ts';
 import { Decoder } from '../model/decoder.ts';
-import { UserError } from '../util/errors.ts';
-import { wholeOption } from './flags.ts';
+import { deviceOption, wholeOption } from './flags.ts';
 
 interface EvalFlags {
   tasks: string;
@@ -31,10 +30,9 @@ export function registerEvalCommand(program: Command): void {
     .option('--data-dir <dir>', 'where hf: task sources are (Hugging Face layout); default: the tasks file\'s data_dir, else data/eval')
     .option('--max-examples <n>', 'items scored per task at most', wholeOption('--max-examples', 1), FIELDS.eval_budget_max_examples.default)
     .option('--max-time <s>', 'seconds for the whole eval; tasks past it score nothing', wholeOption('--max-time', 1), 3600)
-    .option('--device <device>', 'auto, cpu or cuda', 'auto')
+    .option('--device <device>', 'auto, cpu or cuda', deviceOption, 'auto')
     .addHelpText('after', '\nExamples:\n  nmoe eval runs/tiny/checkpoints --tasks ARC-Easy,HellaSwag --data-dir ~/hf-data\n  nmoe eval out/hf --tasks core --max-examples 200')
     .action(async (path: string, o: EvalFlags) => {
-      if (!['auto', 'cpu', 'cuda'].includes(o.device)) throw new UserError(`--device ${o.device} is not a device. Fix: auto, cpu or cuda.`);
       const tasks = await loadSuite(o.tasksFile, o.tasks, o.dataDir);
       const opened = await openModel(path, o.device, (m) => process.stderr.write(`${pc.yellow('warning:')} ${m}\n`));
       process.stderr.write(pc.dim(`${opened.from} (step ${opened.step}) on ${opened.backend.name}${opened.note ? `; ${opened.note}` : ''}\n`));

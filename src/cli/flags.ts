@@ -21,3 +21,9 @@ export function numberFlag(flag: string, text: string, min: number, max: number,
 
 /** A commander option parser for `numberFlag`. */
 export const numberOption = (flag: string, min: number, max: number, example: number) => (text: string) => numberFlag(flag, text, min, max, example);
+
+/** A commander option parser for --device: auto, cpu or cuda. */
+export function deviceOption(text: string): 'auto' | 'cpu' | 'cuda' {
+  if (text !== 'auto' && text !== 'cpu' && text !== 'cuda') throw new UserError(`--device ${text} is not a device. Fix: auto, cpu or cuda.`);
+  return text;
+}

@@ -11,7 +11,7 @@ import { openModel } from '../eval/load-model.ts';
 import { Sampler } from '../eval/sampling.ts';
 import { Decoder } from '../model/decoder.ts';
 import { UserError } from '../util/errors.ts';
-import { numberOption, wholeOption } from './flags.ts';
+import { deviceOption, numberOption, wholeOption } from './flags.ts';
 import { formatCount } from './progress.ts';
 
 interface GenerateFlags {
@@ -57,11 +57,10 @@ export function registerGenerateCommand(program: Command): void {
     .option('--top-k <k>', 'sample from the k most likely tokens; 0 = all', wholeOption('--top-k', 0), 0)
     .option('--top-p <p>', 'sample from the most likely tokens up to this probability', numberOption('--top-p', 1e-6, 1, 0.95), 1)
     .option('--seed <n>', 'sampling seed (a seed reproduces a generation)', wholeOption('--seed', 0), 0)
-    .option('--device <device>', 'auto, cpu or cuda', 'auto')
+    .option('--device <device>', 'auto, cpu or cuda', deviceOption, 'auto')
     .option('--no-stop-at-eos', 'keep going past the end-of-text token')
     .addHelpText('after', '\nExamples:\n  nmoe generate runs/tiny/checkpoints --prompt "Call me Ishmael."\n  nmoe generate out/hf --prompts-file prompts.txt --temperature 0.8 --top-p 0.95 --seed 1')
     .action(async (path: string, o: GenerateFlags) => {
-      if (!['auto', 'cpu', 'cuda'].includes(o.device)) throw new UserError(`--device ${o.device} is not a device. Fix: auto, cpu or cuda.`);
       const texts = prompts(o);
       const warn = (m: string) => process.stderr.write(`${pc.yellow('warning:')} ${m}\n`);
       const opened = await openModel(path, o.device, warn);

@@ -71,7 +71,7 @@ export class KvCache {
       : { kind: 'mla', latent: b.zeros([capacity, cfg.kv_lora_rank], dtype), ropeKey: b.zeros([capacity, cfg.qk_rope_head_dim], dtype) }));
   }
 
-  /** Writes the keys of `rows` tokens of `layer` at positions [length, length + rows); `advance` moves length after all layers. */
+  /** Where layer `layer` writes the keys of new tokens: positions [length, length + rows). advance() moves length, after the last layer. */
   sink(layer: number): KvSink {
     const b = this.b, at = this.length, l = this.#layers[layer]!, cap = this.capacity;
     const room = (rows: number) => {
@@ -105,7 +105,7 @@ export class KvCache {
   }
 
   free(): void {
-    for (const l of this.#layers) freeAll(l.kind === 'mla' ? { a: l.latent, b: l.ropeKey } : { a: l.k, b: l.v });
+    for (const l of this.#layers) freeAll(l.kind === 'mla' ? { latent: l.latent, ropeKey: l.ropeKey } : { k: l.k, v: l.v });
   }
 
   /**

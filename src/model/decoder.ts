@@ -24,7 +24,10 @@ import { EMBED_SCALE, LOGIT_SCALE, type Transformer } from './transformer.ts';
 type Attend = (layer: number, prefix: string, h: Tensor) => Tensor;
 
 export class Decoder {
-  /** MLA's per-head split of wkv_b, made on the first cached step (full forwards do not need it). */
+  /**
+   * MLA's per-head split of wkv_b, copied on the first cached step (full forwards do not need it). A copy: after
+   * the weights change (a training step), decode with a new Decoder.
+   */
   #absorbed: AbsorbedWeights | null = null;
 
   constructor(readonly model: Transformer) {}

@@ -1,12 +1,14 @@
 /**
  * GPU tests: every CUDA backend op against the CPU oracle, in fp32 and bf16, then the whole model's loss and
- * gradients, then training. They run only where a GPU answers (see README, "GPU tests"); elsewhere they are skipped.
+ * gradients and KV-cached decoding, then training. They run only where a GPU answers (see README, "GPU tests");
+ * elsewhere they are skipped.
  * Errors are norm-wise, ||gpu - cpu|| / ||cpu||: fp32 ops land near 1e-6 (different summation orders), bf16 ones
  * near 1e-3 (storage rounding), so the bounds are 1e-4 and 2e-2.
  */
 import { describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { modelConfig } from '../src/model/spec.ts';
+import { Decoder } from '../src/model/decoder.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import type { Backend } from '../src/tensor/backend.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
@@ -64,7 +66,7 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
         }
       });
 
-      it('embedding, rmsnorm, swiglu, add, split/concat (forward and backward)', async () => {
+      it('embedding, rmsnorm, swiglu, add, split/concat (forward and backward), softmax', async () => {
         const idsH = Int32Array.from({ length: T }, (_, i) => (i * 7) % 50);
         const tableH = hostRandn(50 * D), xH = hostRandn(T * D), wH = hostRandn(D), rH = hostRandn(T * D);
         const errs = await parity(dtype, (b, put) => {
@@ -76,7 +78,7 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           const dx = b.rmsnormBackward(rr, xx, ww, rstd, dw);
           const { dg, du } = b.swigluBackward(rr, xx, y);
           const parts = b.splitCols(xx, [30, 50]);
-          return [b.embedding(i, t, 10.667), dTable, y, rstd, dx, dw, b.swiglu(xx, y), dg, du, b.add(xx, rr), b.concatCols(parts.reverse())];
+          return [b.embedding(i, t, 10.667), dTable, y, rstd, dx, dw, b.swiglu(xx, y), dg, du, b.add(xx, rr), b.concatCols(parts.reverse()), b.softmax(xx)];
         });
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
       });
@@ -255,6 +257,29 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
         expect(Math.abs(got.loss - want.loss) / want.loss).toBeLessThan(dtype === 'f32' ? 1e-5 : 1e-2);
         const names = ref.params.trainable().map((p) => p.name);
         want.grads.forEach((g, i) => expect(relErr(got.grads[i]!, g), names[i]).toBeLessThan(dtype === 'f32' ? 1e-3 : 5e-2));
+      });
+    }
+
+    for (const attn of ['mla', 'mha'] as const) {
+      it(`KV-cached decoding matches the CPU (${attn}, bf16 weights): prefill and every step's logits`, async () => {
+        const cfg = tiny([`--attn=${attn}`]);
+        const ref = new Transformer(cpu, cfg, { dtype: 'bf16' });
+        ref.params.initialize(cfg.seed);
+        const dev = new Transformer(gpu!, cfg, { dtype: 'bf16' });
+        for (const [i, p] of ref.params.params.entries()) {
+          const host = (await cpu.read(p.value)) as Float32Array;
+          dev.params.backend.copy(gpu!.upload(host, p.shape, p.value.dtype), dev.params.params[i]!.value);
+        }
+        const prompt = Int32Array.from([67, 97, 108, 108, 32, 109, 101]), next = [32, 73, 115, 104, 109, 97, 101, 108];
+        const decode = async (b: Backend, m: Transformer) => {
+          const dec = new Decoder(m), cache = dec.newCache(prompt.length + next.length);
+          const h = dec.hidden(b.upload(prompt, [prompt.length], 'i32'), 1, prompt.length, cache);
+          const out = [await dec.logits(b.view(h, [1, cfg.dim], (prompt.length - 1) * cfg.dim))];
+          for (const id of next) out.push(await dec.logits(dec.step(b.upload(Int32Array.of(id), [1], 'i32'), cache)));
+          return out;
+        };
+        const want = await decode(cpu, ref), got = await decode(gpu!, dev);
+        want.forEach((w, s) => expect(relErr(got[s]!, w), `step ${s}`).toBeLessThan(5e-2));
       });
     }
   });

@@ -7,7 +7,8 @@
  * .weight`, `mlp.gate.e_score_correction_bias`, ...). nmoe stores routed experts stacked as [E, in, out] (x @ W);
  * they are split per expert and transposed to the [out, in] of a Linear. Expert shards of several ranks are
  * concatenated in rank order. What nmoe computes differently from DeepSeek-V3 is listed in config.json under
- * `nmoe.differences`, since a DeepSeek-V3 loader would otherwise silently compute something else.
+ * `nmoe.differences`, since a DeepSeek-V3 loader would otherwise silently compute something else, and nmoe's own
+ * model fields under `nmoe.config`, from which nmoe loads the export back (import-hf.ts).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,7 +22,8 @@ const ATTN: Record<string, string> = {
   wkv_a: 'kv_a_proj_with_mqa', kv_norm: 'kv_a_layernorm', wkv_b: 'kv_b_proj', wo: 'o_proj',
 };
 const MLP: Record<string, string> = { w1: 'gate_proj', w2: 'down_proj', w3: 'up_proj' };
-const EXPERT: Record<string, string> = { W1: 'gate_proj', W2: 'down_proj', W3: 'up_proj' };
+/** The Linear each stacked expert tensor becomes (per expert, transposed). */
+export const EXPERT_HF_NAMES: Record<string, string> = { W1: 'gate_proj', W2: 'down_proj', W3: 'up_proj' };
 
 /** DeepSeek-V3 name of a non-expert nmoe tensor, or null when it has none. */
 export function hfName(name: string): string | null {
@@ -67,6 +69,8 @@ function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): 
     rms_norm_eps: c.rms_norm_eps, tie_word_embeddings: false, eos_token_id: c.eos_token_id, attention_bias: false,
     nmoe: {
       step, config_fingerprint: fingerprint, attn: c.attn,
+      // What `nmoe generate` / `nmoe eval` rebuild the model from (src/checkpoint/import-hf.ts).
+      config: c,
       differences: [
         'embedding output is multiplied by 10.667 and lm_head logits by 0.125 (the reference\'s muP factors); DeepSeek-V3 has neither',
         `route_scale (${c.route_scale}) multiplies router logits before the sigmoid; DeepSeek-V3's routed_scaling_factor scales gated outputs, so it is exported as 1.0`,
@@ -97,7 +101,7 @@ export function exportHf(step: StepDir, out: string, maxShardBytes = 5e9): strin
     const parts = ranks.flatMap((r) => splitTransposed(r.get(name)!));
     const t = ranks[0]!.get(name)!;
     parts.forEach((data, e) => tensors.push({
-      name: `model.layers.${m[1]}.mlp.experts.${e}.${EXPERT[m[2]!]}.weight`, dtype: dtypeOf(t), shape: [t.shape[2]!, t.shape[1]!], data,
+      name: `model.layers.${m[1]}.mlp.experts.${e}.${EXPERT_HF_NAMES[m[2]!]}.weight`, dtype: dtypeOf(t), shape: [t.shape[2]!, t.shape[1]!], data,
     }));
   }
   mkdirSync(out, { recursive: true });

@@ -12,6 +12,8 @@ import { registerCkptCommand } from './ckpt-cmd.ts';
 import { registerConfigCommand } from './config-cmd.ts';
 import { registerDataCommand } from './data-cmd.ts';
 import { registerDoctorCommand } from './doctor-cmd.ts';
+import { registerEvalCommand } from './eval-cmd.ts';
+import { registerGenerateCommand } from './generate-cmd.ts';
 import { LaunchFailed, registerLaunchCommand } from './launch-cmd.ts';
 import { registerRunsCommand } from './runs-cmd.ts';
 import { registerTrainCommand } from './train-cmd.ts';
@@ -31,6 +33,8 @@ export function buildProgram(): Command {
   registerDoctorCommand(program);
   registerRunsCommand(program);
   registerCkptCommand(program);
+  registerGenerateCommand(program);
+  registerEvalCommand(program);
   registerVizCommand(program);
   return program;
 }

@@ -10,6 +10,7 @@ import { configFingerprint } from '../config/fingerprint.ts';
 import type { Config } from '../config/schema.ts';
 import { defaultConfigPath, loadConfig } from '../config/load.ts';
 import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
+import { evalLine } from '../eval/in-training.ts';
 import { readDistEnv } from '../dist/env.ts';
 import { type DistRun, joinRun, modelShape } from '../dist/parallel.ts';
 import { modelConfig } from '../model/spec.ts';
@@ -51,6 +52,8 @@ function progressEvents(progress: Progress, config: Config): TrainEvents {
     },
     warn: (m) => progress.line(pc.yellow(`warning: ${m}`)),
     resumed: (r) => progress.line(`resumed run ${r.runId} from step ${r.step} (${r.dir})`),
+    eval: (e) => progress.line(evalLine(e.step, e.report)),
+    validation: (v) => progress.line(`[val] step=${v.step} loss=${v.loss.toFixed(4)} (${formatCount(v.tokens)} tokens, ${v.seconds.toFixed(1)} s)`),
     checkpoint: (c) => progress.line(pc.dim(`[ckpt] saved step=${c.step} size=${(c.bytes / 2 ** 20).toFixed(1)}MB time=${c.ms.toFixed(0)}ms`)),
   };
 }

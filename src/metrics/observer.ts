@@ -1,6 +1,6 @@
 /**
- * Metrics for a training run: wraps the loop's TrainEvents so that every log step's record becomes the reference's
- * tags in this rank's DuckDB file, and, where the backend is CUDA, an NVML reading (at most one a second) becomes
+ * Metrics for a training run: wraps the loop's TrainEvents so that every log step's record (and every in-training
+ * eval's scores, every validation loss) becomes the reference's tags in this rank's DuckDB file, and, where the backend is CUDA, an NVML reading (at most one a second) becomes
  * the GPU tags. The file opens when the run id is known (the start event; a resumed run keeps its id, so its rows
  * continue the same file); rows are buffered and written in the background, and the file is held only while a
  * write is in flight, so `nmoe viz` can read it during the run (see duckdb-writer.ts).
@@ -11,6 +11,7 @@ import type { GpuSample } from '../tensor/cuda/nvml.ts';
 import type { TrainEvents } from '../train/trainer.ts';
 import { ensureWritableDir } from '../util/dirs.ts';
 import { MetricsWriter } from './duckdb-writer.ts';
+import { evalTags } from '../eval/in-training.ts';
 import { gpuTags, logTags } from './tags.ts';
 
 export interface MetricsObserver {
@@ -30,12 +31,29 @@ export function observeMetrics(inner: TrainEvents, metricsDir: string, backend: 
   const peak = peakTflops(backend.name);
   let lastGpuMs = -Infinity;
   let logs: Promise<void> = Promise.resolve();
+  /** Tags outside the log steps' record (evals, validation), written behind the rows queued before them. */
+  const record = (step: number, tags: Record<string, number>) => {
+    const ts = Date.now(), opened = writer!;
+    logs = logs.then(async () => {
+      const w = await opened;
+      w.record(step, tags, ts);
+      void w.flush();
+    }).catch(() => {}); // an open error is thrown by close()
+  };
   const events: TrainEvents = {
     ...inner,
     start(info) {
       writer = MetricsWriter.open(metricsDir, info.runId, rank);
       void writer.then((w) => (path = w.path), () => {});
       inner.start(info);
+    },
+    eval(e) {
+      inner.eval?.(e);
+      record(e.step, evalTags(e.report));
+    },
+    validation(v) {
+      inner.validation?.(v);
+      record(v.step, { 'val/loss': v.loss });
     },
     log(r) {
       inner.log(r);

@@ -42,52 +42,87 @@ function rope(ctx: LayerContext, x: Tensor, spec: RopeSpec, inverse: boolean): v
   ctx.b.ropeInPlace(x, ctx.ropeCos, ctx.ropeSin, spec, inverse);
 }
 
+/**
+ * Where an inference forward puts each layer's keys for a KV cache (kv-cache.ts): MLA's normed latent kv_norm(c_kv)
+ * [T, kv_lora_rank] and its roped shared key [T, d_rope]; MHA's roped k [T, H*dqk] and v [T, H*dv]. The sink copies
+ * what it keeps; the tensors stay the caller's.
+ */
+export interface KvSink {
+  mla(latent: Tensor, ropeKey: Tensor): void;
+  mha(k: Tensor, v: Tensor): void;
+}
+
 /** h [T, D] (already normed) -> out [T, D]. The caller keeps ownership of h; `saved` holds it until backward. */
-export function attentionForward(ctx: LayerContext, prefix: string, h: Tensor): { out: Tensor; saved: AttentionSaved } {
-  const saved = attentionCore(ctx, prefix, h);
+export function attentionForward(ctx: LayerContext, prefix: string, h: Tensor, sink?: KvSink): { out: Tensor; saved: AttentionSaved } {
+  const saved = attentionCore(ctx, prefix, h, sink);
   return { out: linear(ctx, saved.o, `${prefix}.wo.weight`), saved };
+}
+
+/** MHA's projections, q and k roped: q, k [T, H*dqk], v [T, H*dv]. */
+export function mhaProjections(ctx: LayerContext, prefix: string, h: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
+  const { cfg } = ctx;
+  const qRope = ropeSpec(ctx, cfg.n_heads, qkHeadDim(cfg), cfg.qk_nope_head_dim);
+  const q = linear(ctx, h, `${prefix}.wq.weight`);
+  const k = linear(ctx, h, `${prefix}.wk.weight`);
+  const v = linear(ctx, h, `${prefix}.wv.weight`);
+  rope(ctx, q, qRope, false);
+  rope(ctx, k, qRope, false);
+  return { q, k, v };
+}
+
+/** MLA's query, roped: q [T, H*dqk], per head [q_nope | q_pe], with the low-rank path's activations (null without). */
+export function mlaQuery(ctx: LayerContext, prefix: string, h: Tensor): { qa: Tensor | null; qaRstd: Tensor | null; qan: Tensor | null; q: Tensor } {
+  const { b, cfg } = ctx;
+  let qa: Tensor | null = null, qaRstd: Tensor | null = null, qan: Tensor | null = null, q: Tensor;
+  if (cfg.q_lora_rank > 0) {
+    qa = linear(ctx, h, `${prefix}.wq_a.weight`);
+    ({ y: qan, rstd: qaRstd } = b.rmsnorm(qa, ctx.p.get(`${prefix}.q_norm.weight`), cfg.rms_norm_eps));
+    q = linear(ctx, qan, `${prefix}.wq_b.weight`);
+  } else {
+    q = linear(ctx, h, `${prefix}.wq.weight`);
+  }
+  rope(ctx, q, ropeSpec(ctx, cfg.n_heads, qkHeadDim(cfg), cfg.qk_nope_head_dim), false);
+  return { qa, qaRstd, qan, q };
+}
+
+/** MLA's compressed key/value: c_kv [T, kv_lora_rank], its norm kvn and rstd, and the roped shared key kpe [T, d_rope]. */
+export function mlaLatent(ctx: LayerContext, prefix: string, h: Tensor): { kvc: Tensor; kvRstd: Tensor; kvn: Tensor; kpe: Tensor } {
+  const { b, cfg } = ctx;
+  const kva = linear(ctx, h, `${prefix}.wkv_a.weight`);
+  const [kvc, kpe] = b.splitCols(kva, [cfg.kv_lora_rank, cfg.qk_rope_head_dim]) as [Tensor, Tensor];
+  kva.free();
+  const { y: kvn, rstd: kvRstd } = b.rmsnorm(kvc, ctx.p.get(`${prefix}.kv_norm.weight`), cfg.rms_norm_eps);
+  rope(ctx, kpe, ropeSpec(ctx, 1, cfg.qk_rope_head_dim, 0), false);
+  return { kvc, kvRstd, kvn, kpe };
 }
 
 /**
  * Everything attentionBackward needs, up to the attention output before `wo`. With `attn_recompute` the forward
  * keeps only h and the backward calls this again (the reference's checkpoint around the attention call).
  */
-export function attentionCore(ctx: LayerContext, prefix: string, h: Tensor): AttentionSaved {
+export function attentionCore(ctx: LayerContext, prefix: string, h: Tensor, sink?: KvSink): AttentionSaved {
   const { b, cfg } = ctx;
-  const H = cfg.n_heads, dqk = qkHeadDim(cfg), dNope = cfg.qk_nope_head_dim;
-  const qRope = ropeSpec(ctx, H, dqk, dNope);
-  let saved: AttentionSaved;
   if (cfg.attn === 'mha') {
-    const q = linear(ctx, h, `${prefix}.wq.weight`);
-    const k = linear(ctx, h, `${prefix}.wk.weight`);
-    const v = linear(ctx, h, `${prefix}.wv.weight`);
-    rope(ctx, q, qRope, false);
-    rope(ctx, k, qRope, false);
+    const { q, k, v } = mhaProjections(ctx, prefix, h);
+    sink?.mha(k, v);
     const { out: o, lse } = b.attention(q, k, v, attnSpec(ctx));
-    saved = { h, qa: null, qaRstd: null, qan: null, kvc: null, kvRstd: null, kvn: null, q, k, v, o, lse };
-  } else {
-    let qa: Tensor | null = null, qaRstd: Tensor | null = null, qan: Tensor | null = null, q: Tensor;
-    if (cfg.q_lora_rank > 0) {
-      qa = linear(ctx, h, `${prefix}.wq_a.weight`);
-      ({ y: qan, rstd: qaRstd } = b.rmsnorm(qa, ctx.p.get(`${prefix}.q_norm.weight`), cfg.rms_norm_eps));
-      q = linear(ctx, qan, `${prefix}.wq_b.weight`);
-    } else {
-      q = linear(ctx, h, `${prefix}.wq.weight`);
-    }
-    rope(ctx, q, qRope, false);
-    const kva = linear(ctx, h, `${prefix}.wkv_a.weight`);
-    const [kvc, kpe] = b.splitCols(kva, [cfg.kv_lora_rank, cfg.qk_rope_head_dim]) as [Tensor, Tensor];
-    kva.free();
-    const { y: kvn, rstd: kvRstd } = b.rmsnorm(kvc, ctx.p.get(`${prefix}.kv_norm.weight`), cfg.rms_norm_eps);
-    const kvb = linear(ctx, kvn, `${prefix}.wkv_b.weight`);
-    rope(ctx, kpe, ropeSpec(ctx, 1, cfg.qk_rope_head_dim, 0), false);
-    const { k, v } = b.mlaAssembleKV(kvb, kpe, H, dNope, cfg.v_head_dim);
-    kvb.free();
-    kpe.free();
-    const { out: o, lse } = b.attention(q, k, v, attnSpec(ctx));
-    saved = { h, qa, qaRstd, qan, kvc, kvRstd, kvn, q, k, v, o, lse };
+    return { h, qa: null, qaRstd: null, qan: null, kvc: null, kvRstd: null, kvn: null, q, k, v, o, lse };
   }
-  return saved;
+  const { qa, qaRstd, qan, q } = mlaQuery(ctx, prefix, h);
+  const { kvc, kvRstd, kvn, kpe } = mlaLatent(ctx, prefix, h);
+  sink?.mla(kvn, kpe);
+  const kvb = linear(ctx, kvn, `${prefix}.wkv_b.weight`);
+  const { k, v } = b.mlaAssembleKV(kvb, kpe, cfg.n_heads, cfg.qk_nope_head_dim, cfg.v_head_dim);
+  kvb.free();
+  kpe.free();
+  const { out: o, lse } = b.attention(q, k, v, attnSpec(ctx));
+  return { h, qa, qaRstd, qan, kvc, kvRstd, kvn, q, k, v, o, lse };
+}
+
+/** Frees a saved record except h (the caller's). */
+export function releaseAttentionSaved(s: AttentionSaved): void {
+  const { h: _h, ...rest } = s;
+  freeAll(rest);
 }
 
 /** Returns dh; accumulates every weight gradient of the block; frees `saved` except h (the caller's). */
@@ -122,7 +157,6 @@ export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tenso
     }
   }
   freeAll({ dq, dk, dv });
-  const { h: _h, ...rest } = s;
-  freeAll(rest);
+  releaseAttentionSaved(s);
   return dh;
 }

@@ -30,8 +30,14 @@ export function mlpBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: 
   const { dg, du } = ctx.b.swigluBackward(da, s.g, s.u);
   const dx = linearBackward(ctx, dg, s.x, `${prefix}.w1.weight`, into);
   linearBackward(ctx, du, s.x, `${prefix}.w3.weight`, dx);
-  freeAll({ da, dg, du, g: s.g, u: s.u, a: s.a });
+  freeAll({ da, dg, du });
+  releaseMlpSaved(s);
   return dx;
+}
+
+/** Frees a saved record except x (the caller's). */
+export function releaseMlpSaved(s: MlpSaved): void {
+  freeAll({ g: s.g, u: s.u, a: s.a });
 }
 
 export interface MoeSaved {
@@ -104,8 +110,13 @@ export function moeBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: 
   if (s.shared) mlpBackward(ctx, `${prefix}.shared`, dOut, s.shared, dx);
   if (s.route) freeAll({ dyr, dxr });
   freeAll({ dye, dGates, da, dh1, dh3, dxe, dLogits });
+  releaseMoeSaved(s);
+  return dx;
+}
+
+/** Frees a saved record except x (the caller's) and the shared experts' (mlpBackward or releaseMlpSaved frees those). */
+export function releaseMoeSaved(s: MoeSaved): void {
   freeAll({ logits: s.logits, gates: s.gates, idx: s.idx, xr: s.xr, h1: s.h1, h3: s.h3, a: s.a, ye: s.ye });
   s.route?.free();
   s.plan.free();
-  return dx;
 }

@@ -39,7 +39,7 @@ export interface ForwardResult {
   loss: Tensor;
   /** One i32 [E] per MoE layer: tokens routed to each expert in this forward. */
   routerCounts: Tensor[];
-  /** Saved activations; pass to backward() exactly once (or release()). */
+  /** Saved activations; pass to backward() exactly once. */
   saved: ForwardSaved;
 }
 
@@ -90,8 +90,9 @@ export class Transformer {
     return { logitScale: LOGIT_SCALE, ignoreIndex: this.cfg.loss_mask_eos ? this.cfg.eos_token_id : -1 };
   }
 
-  #ctx(batch: number): LayerContext {
-    return { b: this.b, p: this.params, cfg: this.cfg, batch, seqLen: this.cfg.seq_len, ropeCos: this.#ropeCos, ropeSin: this.#ropeSin, ep: this.ep };
+  /** What each layer needs for `batch` sequences of `seqLen` tokens (training: seq_len; inference: any length). */
+  layerContext(batch: number, seqLen = this.cfg.seq_len): LayerContext {
+    return { b: this.b, p: this.params, cfg: this.cfg, batch, seqLen, ropeCos: this.#ropeCos, ropeSin: this.#ropeSin, ep: this.ep };
   }
 
   /**
@@ -104,7 +105,7 @@ export class Transformer {
   forward(ids: Tensor, targets: Tensor, batch: number, opts: { grad?: boolean; timer?: ModuleTimer; normalizer?: Tensor } = {}): ForwardResult {
     const timer = opts.timer ?? untimed;
     const { b, cfg, params: p } = this;
-    const ctx = this.#ctx(batch);
+    const ctx = this.layerContext(batch);
     let x = b.embedding(ids, p.get('embedding.weight'), EMBED_SCALE);
     const blocks: BlockSaved[] = [];
     const routerCounts: Tensor[] = [];
@@ -149,7 +150,7 @@ export class Transformer {
   /** Accumulates d(loss)/d(param) into the parameter gradients and frees the saved activations. */
   backward(s: ForwardSaved, timer: ModuleTimer = untimed): void {
     const { b, cfg, params: p } = this;
-    const ctx = this.#ctx(s.batch);
+    const ctx = this.layerContext(s.batch);
     const dxNormed = s.dxNormed;
     if (!dxNormed) throw new Error('backward() after a forward without gradient (forward(..., { grad: false }))');
     let dx = timer.time('head_bwd', () => b.rmsnormBackward(dxNormed, s.xFinal, p.get('norm.weight'), s.normRstd, p.grad('norm.weight')));

@@ -177,6 +177,11 @@ export interface Backend {
   /** Backward of mlaAssembleKV: dkpe sums over heads. */
   mlaAssembleKVBackward(dk: Tensor, dv: Tensor, heads: number, dNope: number, dV: number): { dkvb: Tensor; dkpe: Tensor };
   /**
+   * Row softmax for decoding against a KV cache (inference only, no backward): out[r,:] = softmax(x[r,:]) over the
+   * last dim, f32, of x [R, C] (f32 or bf16; the scores already carry the attention scale).
+   */
+  softmax(x: Tensor): Tensor;
+  /**
    * Causal attention. q, k [T, H*dQK], v [T, H*dV], T = batch*seqLen, each sequence attends within itself.
    * Returns out [T, H*dV] and the log-sum-exp f32 [T, H] of the scaled scores. Never materialises [S, S].
    */

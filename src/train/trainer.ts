@@ -12,6 +12,10 @@
  * On more than one rank, a step that outlives NMOE_STEP_TIMEOUT_S (a stuck peer) kills this rank: see
  * src/dist/step-watchdog.ts.
  *
+ * Evals (eval_every > 0, one rank) and validation (validation_enabled, every validation_every steps): after such a
+ * step the configured tasks (src/eval/in-training.ts) or the held-out loss (validation.ts) run on the weights of that
+ * step; they touch nothing else of the run, so losses are the same with and without them.
+ *
  * Checkpoints (src/checkpoint/): with `resume`, the newest complete checkpoint in checkpoint_dir is loaded first (one
  * that already reached `steps` trains nothing); without it, another run's steps there are moved aside first.
  * Every `checkpoint_every` steps, at the last step and when stopped, the state is copied off the device (awaited)
@@ -26,6 +30,8 @@ import { movePreviousRunAside } from '../checkpoint/previous-run.ts';
 import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
 import { configFingerprint } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
+import { TrainingEval } from '../eval/in-training.ts';
+import type { EvalReport } from '../eval/runner.ts';
 import { flopsPerToken, parameterCounts } from '../model/flops.ts';
 import { type ModelConfig, isMoeLayer, modelConfig } from '../model/spec.ts';
 import type { Transformer } from '../model/transformer.ts';
@@ -39,6 +45,7 @@ import { gitInfo } from '../util/version.ts';
 import { type Phase, PhaseTimer } from './phase-timer.ts';
 import { anyRank, checkRanksAgree } from './ranks-agree.ts';
 import { createTrainee, trainStep } from './step.ts';
+import { Validation, type ValidationResult } from './validation.ts';
 import { type RouterAggregate, type RouterLayerStats, routerAggregate, routerLayerStats } from './router-stats.ts';
 
 export interface StepRecord {
@@ -80,6 +87,10 @@ export interface TrainEvents {
   resumed?(info: { step: number; dir: string; runId: string }): void;
   /** A checkpoint finished writing (in the background). */
   checkpoint?(info: { step: number; bytes: number; ms: number }): void;
+  /** An in-training eval finished (eval_every). */
+  eval?(info: { step: number; report: EvalReport }): void;
+  /** A validation loss was measured (validation_every). */
+  validation?(info: { step: number } & ValidationResult): void;
 }
 
 export interface TrainSummary {
@@ -113,7 +124,11 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
   });
   if (dist) await checkRanksAgree(dist, config, backend);
+  // Read now: a tasks file or task data that is missing stops the run before any work.
+  const evals = dist ? null : await TrainingEval.create(config);
+  if (dist && config.eval_every > 0) events.warn?.('eval_every is set, but in-training eval runs on one rank only for now: no evals in this run (see docs/eval.md)');
   const loader = createLoader(cfg, rank, world);
+  const validation = Validation.create(cfg, rank, world, (m) => events.warn?.(m));
   const trainee = createTrainee(backend, cfg, dist);
   const { model, opt } = trainee;
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
@@ -159,13 +174,17 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   const timer = await PhaseTimer.for(backend);
   // Ranks wait for each other inside a step; one that is stuck would hold the others forever (src/dist/step-watchdog.ts).
   const watchdog = dist ? StepWatchdog.start(rank, stepTimeout) : null;
-  const t0 = performance.now();
+  let t0 = performance.now();
   const tokens0 = tokensSeen;
   let firstLoss = NaN;
   let lastLoss = NaN;
   let lastLogTime = t0;
   let lastLogTokens = tokensSeen;
   let lastLogStep = step;
+  const leaveOut = (seconds: number) => {
+    t0 += seconds * 1000;
+    lastLogTime += seconds * 1000;
+  };
   // One step ahead (one GPU): a step whose results need nothing more than the loss lets the next step's batch
   // be loaded and its kernels queued before its loss is read, so the GPU never waits for the host between them.
   // Log, checkpoint and stop steps are read first: their reads (grad norm, router biases, the snapshot) must see
@@ -173,6 +192,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   const every = config.checkpoint_every;
   const isSaveStep = (done: number) => (every > 0 && done % every === 0) || done === cfg.steps;
   const isLogStep = (done: number) => done === 1 || done % cfg.log_every === 0 || done === cfg.steps;
+  const isMeasureStep = (done: number) => !!evals?.due(done) || !!validation?.due(done);
   const launch = () => {
     const batch = timer.time('loader_wait', () => loader.next(), hostClock);
     const ids = backend.upload(batch.inputs, [batch.inputs.length], 'i32');
@@ -195,7 +215,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       const fwd = current.out;
       const { gradNorm, lr } = fwd;
       const done = step + 1;
-      if (runAhead && done < cfg.steps && !isLogStep(done) && !isSaveStep(done) && !signal?.aborted) ahead = launch();
+      if (runAhead && done < cfg.steps && !isLogStep(done) && !isSaveStep(done) && !isMeasureStep(done) && !signal?.aborted) ahead = launch();
 
       const loss = (await backend.read(fwd.loss))[0]!;
       await dist?.check(); // a transport failure surfaces here, at the step's one host sync
@@ -248,6 +268,17 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       current.ids.free();
       current.targets.free();
       watchdog?.disarm();
+      // On the weights after this step (nothing runs ahead of such a step); training rates leave their time out.
+      if (validation?.due(done)) {
+        const v = await validation.run(model, dist?.comm ?? null);
+        leaveOut(v.seconds);
+        events.validation?.({ step: done, ...v });
+      }
+      if (evals?.due(done)) {
+        const report = await evals.run(model);
+        leaveOut(report.seconds);
+        events.eval?.({ step: done, report });
+      }
       if (isSaveStep(done) || stopping) {
         await ckpt.save(await captureSnapshot(trainee, loader, { config, step: done, tokensSeen: current.tokensSeen, world, runId, gitSha }));
       }

@@ -167,3 +167,16 @@ export function createLoader(cfg: DataConfig, rank = 0, world = 1, opts: CreateO
   const stage = directStage(cfg, files, warn, 'the embedded corpus');
   return new DeterministicLoader([stage], { ...common, planHash: 'embedded', prefetch: 0 });
 }
+
+/**
+ * The held-out data of `validation_data_path` (shards as data_path takes them): a factory for a fresh loader that
+ * delivers the same first `validation_steps` global batches every time, this rank's slice of each.
+ */
+export function validationLoaders(cfg: DataConfig & Pick<Config, 'validation_data_path' | 'validation_steps'>, rank = 0, world = 1, opts: CreateOptions = {}): () => DeterministicLoader {
+  const warn = opts.warn ?? warnToStderr;
+  const path = cfg.validation_data_path!;
+  const files = openShards(path, 'validation_data_path', cfg);
+  const stage = directStage({ ...cfg, steps: cfg.validation_steps }, files, warn, `validation_data_path ${path}`);
+  const common = { seqLen: cfg.seq_len, globalBatch: cfg.batch_size, rank, world, vocabSize: cfg.vocab_size, warn, planHash: planHashOf(files, path), prefetch: 0 };
+  return () => new DeterministicLoader([stage], common);
+}

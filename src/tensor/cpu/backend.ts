@@ -172,6 +172,10 @@ export class CpuBackend implements Backend {
     return attn.mlaAssembleKVBackward(asCpu(dk), asCpu(dv), heads, dNope, dV);
   }
 
+  softmax(x: Tensor): Tensor {
+    return nn.softmax(asCpu(x));
+  }
+
   attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec): { out: Tensor; lse: Tensor } {
     sameShape(q, k, 'attention q/k');
     return attn.attention(asCpu(q), asCpu(k), asCpu(v), spec);

@@ -1,4 +1,4 @@
-/** CPU kernels for the row-wise ops: embedding, RMSNorm, SwiGLU and column split/concat. Loops accumulate in doubles. */
+/** CPU kernels for the row-wise ops: embedding, RMSNorm, SwiGLU, softmax and column split/concat. Loops accumulate in doubles. */
 import { type CpuTensor, allocate, settle } from './storage.ts';
 
 export function embedding(ids: CpuTensor, table: CpuTensor, scale: number): CpuTensor {
@@ -104,6 +104,21 @@ export function concatCols(parts: readonly CpuTensor[]): CpuTensor {
     const w = p.shape[1]!;
     for (let r = 0; r < rows; r++) out.f.set(p.f.subarray(r * w, (r + 1) * w), r * cols + start);
     start += w;
+  }
+  return out;
+}
+
+export function softmax(x: CpuTensor): CpuTensor {
+  const cols = x.shape[x.shape.length - 1]!, rows = x.numel / cols;
+  const out = allocate(x.shape, 'f32');
+  const xs = x.f, os = out.f;
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    let m = -Infinity;
+    for (let c = 0; c < cols; c++) m = Math.max(m, xs[base + c]!);
+    let s = 0;
+    for (let c = 0; c < cols; c++) s += Math.exp(xs[base + c]! - m);
+    for (let c = 0; c < cols; c++) os[base + c] = Math.exp(xs[base + c]! - m) / s;
   }
   return out;
 }

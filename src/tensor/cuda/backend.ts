@@ -371,6 +371,13 @@ export class CudaBackend implements Backend {
     return { dkvb, dkpe };
   }
 
+  softmax(x: Tensor): Tensor {
+    const cols = x.shape[x.shape.length - 1]!;
+    const out = this.empty(x.shape, 'f32');
+    this.#k('attention.cu', `softmax_rows<${ctype(x)}>`, [x.numel / cols], 256, [ptr(x), ptr(out), i32(cols)]);
+    return out;
+  }
+
   #attnDims(q: Tensor, v: Tensor, s: AttentionSpec): { dQK: number; dV: number; warps: number; flash: [number, number] | null } {
     const dQK = q.shape[1]! / s.heads, dV = v.shape[1]! / s.heads;
     if (dQK > 256 || dV > 256) throw new Error(`attention: head dims ${dQK}/${dV} exceed 256`);

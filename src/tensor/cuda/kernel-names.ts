@@ -23,7 +23,7 @@ export const KERNEL_NAMES: Record<string, readonly string[]> = {
     'convert<bf16, float>',
   ],
   'attention.cu': [
-    ...both(['rope_inplace', 'mla_assemble', 'mla_assemble_bwd', 'attention_fwd', 'attention_delta', 'attention_bwd_dq', 'attention_bwd_dkdv']),
+    ...both(['rope_inplace', 'mla_assemble', 'mla_assemble_bwd', 'softmax_rows', 'attention_fwd', 'attention_delta', 'attention_bwd_dq', 'attention_bwd_dkdv']),
     'attention_lse_from_bhs',
     'attention_lse_to_bhs',
   ],

@@ -1,4 +1,4 @@
-// RoPE, MLA key/value assembly and causal attention. Attention here is the plain reference-grade version: one
+// RoPE, MLA key/value assembly, causal attention and the decode softmax. Attention here is the plain reference-grade version: one
 // warp per query row with an online softmax over the keys (never the [S, S] matrix), and a backward in two
 // deterministic passes (dq by query rows, dk/dv by key rows) that recompute probabilities from the saved
 // log-sum-exp. Head dims up to 256 (qk) and 256 (v). The tensor-core flash kernels replace it for speed.
@@ -47,6 +47,19 @@ __global__ void mla_assemble_bwd(const T* dk, const T* dv, T* dkvb, T* dkpe, int
     for (int h = 0; h < heads; ++h) s += to_f32(dk[(long)r * heads * dkw + h * dkw + d_nope + i]);
     dkpe[(long)r * d_rope + i] = from_f32<T>(s);
   }
+}
+
+// Row softmax for decoding against a KV cache: one block per row of scores, a max pass then exp and sum, f32 out.
+template <typename T>
+__global__ void softmax_rows(const T* x, float* out, int cols) {
+  const long base = (long)blockIdx.x * cols;
+  float m = NEG_INF;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, to_f32(x[base + c]));
+  const float row_max = block_max(m);
+  float s = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) s += __expf(to_f32(x[base + c]) - row_max);
+  const float inv = 1.f / block_sum(s);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[base + c] = __expf(to_f32(x[base + c]) - row_max) * inv;
 }
 
 #define MAX_PER_LANE 8  // head dims up to 32 * 8 = 256
@@ -210,6 +223,7 @@ __global__ void attention_lse_to_bhs(const float* lse, float* stats, int seq, in
   template __global__ void rope_inplace<T>(T*, const float*, const float*, int, int, int, int, int, int, int, int, int); \
   template __global__ void mla_assemble<T>(const T*, const T*, T*, T*, int, int, int, int);                             \
   template __global__ void mla_assemble_bwd<T>(const T*, const T*, T*, T*, int, int, int, int);                         \
+  template __global__ void softmax_rows<T>(const T*, float*, int);                                                     \
   template __global__ void attention_fwd<T>(const T*, const T*, const T*, T*, float*, int, int, int, int, int, float);   \
   template __global__ void attention_delta<T>(const T*, const T*, float*, long, int);                                   \
   template __global__ void attention_bwd_dq<T>(const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int, int, int, float); \

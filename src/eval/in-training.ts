@@ -1,0 +1,53 @@
+/**
+ * The eval inside `nmoe train` (`eval_every > 0`): every eval_every steps the configured tasks (`eval_tasks` of
+ * `eval_tasks_file`) run on the live weights within `eval_budget_max_examples` items per task and
+ * `eval_budget_max_time_s` seconds, and the trainer reports one line and the reference's metric tags
+ * eval/task/<name>/{acc,centered,n} and eval/CORE.
+ *
+ * It cannot change the training trajectory: it reads the weights and nothing else of the run (no gradients,
+ * optimizer state, loader or random stream; greedy decoding draws nothing), and what it allocates it frees. The task
+ * data is read once, when the run starts, so a missing file stops the run before its first step. One rank only for
+ * now: with experts spread over ranks every rank would have to make the same forwards in lockstep (see docs/eval.md).
+ */
+import type { Config } from '../config/schema.ts';
+import { loadTokenizer } from '../data/tokenizers.ts';
+import { Decoder } from '../model/decoder.ts';
+import type { Transformer } from '../model/transformer.ts';
+import { type EvalReport, type LoadedTask, formatScore, runEval } from './runner.ts';
+import { loadSuite } from './suite.ts';
+
+export class TrainingEval {
+  private constructor(readonly every: number, readonly tasks: LoadedTask[], readonly config: Config) {}
+
+  /** Null when the config asks for no eval. */
+  static async create(config: Config): Promise<TrainingEval | null> {
+    if (config.eval_every <= 0) return null;
+    return new TrainingEval(config.eval_every, await loadSuite(config.eval_tasks_file, config.eval_tasks), config);
+  }
+
+  due(step: number): boolean {
+    return step % this.every === 0;
+  }
+
+  async run(model: Transformer): Promise<EvalReport> {
+    const dec = new Decoder(model);
+    try {
+      const budget = { maxExamples: this.config.eval_budget_max_examples, maxSeconds: this.config.eval_budget_max_time_s };
+      return await runEval(dec, await loadTokenizer(this.config.tokenizer), this.tasks, budget);
+    } finally {
+      dec.free();
+    }
+  }
+}
+
+/** The reference's tags for one eval. */
+export function evalTags(r: EvalReport): Record<string, number> {
+  const tags: Record<string, number> = { 'eval/CORE': r.core };
+  for (const t of r.tasks) Object.assign(tags, { [`eval/task/${t.name}/acc`]: t.acc, [`eval/task/${t.name}/centered`]: t.centered, [`eval/task/${t.name}/n`]: t.n });
+  return tags;
+}
+
+/** `[eval] step=N MMLU: acc=… centered=… n=… | … | CORE=…`, the reference's line plus CORE. */
+export function evalLine(step: number, r: EvalReport): string {
+  return `[eval] step=${step} ${[...r.tasks.map(formatScore), `CORE=${r.core.toFixed(4)}`].join(' | ')} (${r.seconds.toFixed(1)} s)`;
+}

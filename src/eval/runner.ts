@@ -1,0 +1,101 @@
+/**
+ * Runs registry tasks on a model within a budget and aggregates them, as the reference's runner does
+ * (nmoe/eval/runner.py): per task accuracy, centered accuracy clamp((acc - baseline) / (1 - baseline), 0, 1) against
+ * the task's random-guess baseline, and n; CORE is the mean centered accuracy over the tasks that scored any item.
+ *
+ * Few-shot: a task with fewshot = k shows its first k items (with their answers) before every prompt, separated by
+ * blank lines, and is scored on the items after them, so no item sees its own answer. The budget caps the scored
+ * items per task (`maxExamples`) and the whole eval's time (`maxSeconds`: once past it, the task in progress stops
+ * after its current item and the tasks after it score nothing).
+ */
+import type { TextTokenizer } from '../data/tokenizers.ts';
+import type { Decoder } from '../model/decoder.ts';
+import { UserError } from '../util/errors.ts';
+import { optionScores } from './choices.ts';
+import { generate } from './generate.ts';
+import { extractPrediction } from './gsm8k.ts';
+import type { TaskSpec } from './registry.ts';
+import { Sampler } from './sampling.ts';
+import { readRows, sourceFiles } from './task-data.ts';
+import type { ChoiceItem, GenerationItem } from './tasks.ts';
+
+export interface Budget {
+  maxExamples: number;
+  maxSeconds: number;
+}
+
+export interface TaskScore {
+  name: string;
+  acc: number;
+  centered: number;
+  /** Items scored. */
+  n: number;
+  seconds: number;
+}
+
+export interface EvalReport {
+  tasks: TaskScore[];
+  core: number;
+  seconds: number;
+}
+
+/** A task's items, read and adapted: the few-shot demonstrations and the items to score. */
+export interface LoadedTask {
+  spec: TaskSpec;
+  demos: (ChoiceItem | GenerationItem)[];
+  items: (ChoiceItem | GenerationItem)[];
+}
+
+export async function loadTask(spec: TaskSpec, dataDir: string): Promise<LoadedTask> {
+  const rows = await readRows(sourceFiles(spec.source, dataDir, spec.where));
+  const all = rows.map((r) => spec.def.item(r)).filter((x): x is ChoiceItem | GenerationItem => x !== null);
+  if (all.length <= spec.fewshot) {
+    throw new UserError(`${spec.where}: ${rows.length} rows give ${all.length} readable items, not more than fewshot = ${spec.fewshot}. Fix: check that source is this task's dataset, or lower fewshot.`);
+  }
+  return { spec, demos: all.slice(0, spec.fewshot), items: all.slice(spec.fewshot) };
+}
+
+/** `MMLU: acc=0.312 centered=0.083 n=19`, the reference's format. */
+export const formatScore = (s: TaskScore): string => `${s.name}: acc=${s.acc.toFixed(3)} centered=${s.centered.toFixed(3)} n=${s.n}`;
+
+export const centeredAccuracy = (acc: number, baseline: number): number => (baseline >= 1 ? 0 : Math.min(1, Math.max(0, (acc - baseline) / (1 - baseline))));
+
+export async function runEval(dec: Decoder, tok: TextTokenizer, tasks: readonly LoadedTask[], budget: Budget, onTask?: (s: TaskScore) => void): Promise<EvalReport> {
+  const t0 = performance.now();
+  const overTime = () => (performance.now() - t0) / 1000 >= budget.maxSeconds;
+  const scores: TaskScore[] = [];
+  for (const task of tasks) {
+    const start = performance.now();
+    let correct = 0, n = 0;
+    for (const item of task.items.slice(0, budget.maxExamples)) {
+      if (overTime()) break;
+      correct += (await scoreItem(dec, tok, task, item)) ? 1 : 0;
+      n++;
+    }
+    const acc = n > 0 ? correct / n : 0;
+    const s = { name: task.spec.name, acc, centered: centeredAccuracy(acc, task.spec.def.baseline), n, seconds: (performance.now() - start) / 1000 };
+    scores.push(s);
+    onTask?.(s);
+  }
+  const scored = scores.filter((s) => s.n > 0);
+  return { tasks: scores, core: scored.length ? scored.reduce((a, s) => a + s.centered, 0) / scored.length : 0, seconds: (performance.now() - t0) / 1000 };
+}
+
+async function scoreItem(dec: Decoder, tok: TextTokenizer, task: LoadedTask, item: ChoiceItem | GenerationItem): Promise<boolean> {
+  if ('options' in item) {
+    const shots = (task.demos as ChoiceItem[]).map((d) => `${d.prompt} ${d.options[d.answer]}\n\n`).join('');
+    const scores = await optionScores(dec, tok, shots + item.prompt, item.options);
+    return scores.indexOf(Math.max(...scores)) === item.answer;
+  }
+  const shots = (task.demos as GenerationItem[]).map((d) => `${d.prompt} ${d.solution}\n\n`).join('');
+  // Room for the answer: a prompt longer than the model's positions allow loses its start.
+  const limit = dec.model.cfg.max_position_embeddings;
+  const prompt = Array.from(tok.encode(shots + item.prompt)).slice(-(limit - Math.min(task.spec.maxNewTokens, Math.floor(limit / 2))));
+  const g = await generate(dec, prompt, new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 0 }), {
+    maxTokens: task.spec.maxNewTokens,
+    eosTokenId: dec.model.cfg.eos_token_id,
+    // The demonstrations end at a blank line, so the model's answer does too.
+    until: (ids) => /\n\s*\n/.test(tok.decode(ids as number[])),
+  });
+  return extractPrediction(tok.decode(g.tokens)) === item.gold;
+}

@@ -1,0 +1,242 @@
+/**
+ * Evals (src/eval/) on the fixture task files (test/fixtures/eval/, written for nmoe by tools/make-eval-fixtures.py):
+ *
+ *  - known answers: a model with hand-set weights whose blocks add nothing (every output projection zero), so it is
+ *    a bigram model, logits(next | prev) = B[prev % 64][next], with B chosen here; every option's score, every
+ *    prediction and each task's accuracy are recomputed from B in plain JS, and its greedy GSM8K answer (" 42") is
+ *    right on exactly the one item whose answer is 42;
+ *  - every task's reader on its fixture and the reference's prompt formats, string for string;
+ *  - GSM8K's number extraction, including the reference's patterns that never match;
+ *  - the registry's checks, the parquet reader, the sampler.
+ */
+import { mkdtempSync, writeFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parquetWriteBuffer } from 'hyparquet-writer';
+import { describe, expect, it } from 'vitest';
+import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
+import { loadTokenizer } from '../src/data/tokenizers.ts';
+import { optionScores } from '../src/eval/choices.ts';
+import { extractPrediction, gsm8kGold } from '../src/eval/gsm8k.ts';
+import { loadRegistry, selectTasks } from '../src/eval/registry.ts';
+import { type LoadedTask, centeredAccuracy, loadTask, runEval } from '../src/eval/runner.ts';
+import { Sampler, sampleFrom } from '../src/eval/sampling.ts';
+import { loadSuite } from '../src/eval/suite.ts';
+import type { ChoiceItem } from '../src/eval/tasks.ts';
+import { Decoder } from '../src/model/decoder.ts';
+import { modelConfig } from '../src/model/spec.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { asCpu } from '../src/tensor/cpu/storage.ts';
+
+const cpu = new CpuBackend();
+const FIXTURES = fileURLToPath(new URL('./fixtures/eval', import.meta.url));
+const SHIPPED = fileURLToPath(new URL('../configs/eval/tasks.toml', import.meta.url));
+const tmp = mkdtempSync(join(tmpdir(), 'nmoe-eval-'));
+
+/** The bigram table: a smooth background, plus ':' -> ' ' -> '4' -> '2' -> EOS far above it. */
+const D = 64;
+function bigram(prev: number, next: number): number {
+  const planted: Record<number, number> = { 58: 32, 32: 52, 52: 50, 50: 0 };
+  return 0.6 * Math.sin(prev * 7.1 + next * 3.3) + (planted[prev] === next ? 12 : 0);
+}
+
+/** The tiny preset with every block's output projection zero, embedding rows e_{v % 64}, lm_head giving B. */
+function bigramModel(): Transformer {
+  const cfg = modelConfig(loadConfig(defaultConfigPath(), { env: {}, overrides: ['--max_position_embeddings=512'] }).config);
+  const model = new Transformer(cpu, cfg);
+  model.params.initialize(3);
+  for (const p of model.params.params) {
+    if (/\.(wo\.weight|w2\.weight|W2)$/.test(p.name)) asCpu(p.value).f.fill(0);
+  }
+  const emb = asCpu(model.params.get('embedding.weight')).f, head = asCpu(model.params.get('lm_head.weight')).f;
+  emb.fill(0);
+  for (let v = 0; v < 256; v++) emb[v * D + (v % D)] = 1;
+  // norm(10.667 e_i) has 10.667 / sqrt(10.667^2 / 64 + eps) at i; logits = 0.125 * lm_head . norm(x).
+  const y = 10.667 / Math.sqrt(10.667 ** 2 / D + cfg.rms_norm_eps);
+  for (let w = 0; w < 256; w++) for (let c = 0; c < D; c++) head[w * D + c] = bigram(c, w) / (0.125 * y);
+  return model;
+}
+
+/** log p(tokens[i] | tokens[i-1]) summed over i >= from, from B alone. */
+function bigramLogLikelihood(tokens: number[], from: number): number {
+  let s = 0;
+  for (let i = from; i < tokens.length; i++) {
+    const row = Array.from({ length: 256 }, (_, w) => bigram(tokens[i - 1]! % D, w));
+    const m = Math.max(...row);
+    s += row[tokens[i]!]! - (m + Math.log(row.reduce((a, v) => a + Math.exp(v - m), 0)));
+  }
+  return s;
+}
+
+function registry(body: string): string {
+  const path = join(tmp, `tasks-${Math.random().toString(36).slice(2)}.toml`);
+  writeFileSync(path, `data_dir = ${JSON.stringify(FIXTURES)}\n${body}`);
+  return path;
+}
+
+describe('known answers on a hand-set bigram model', async () => {
+  const tok = await loadTokenizer('bytes');
+  const model = bigramModel();
+  const dec = new Decoder(model);
+  const enc = (s: string) => Array.from(tok.encode(s));
+
+  it('scores every option as the summed bigram log-likelihood of " " + option, and picks the best', async () => {
+    const reg = loadRegistry(SHIPPED);
+    for (const name of ['ARC-Easy', 'COPA']) {
+      const task = await loadTask(selectTasks(reg, name, SHIPPED)[0]!, FIXTURES);
+      let correct = 0;
+      for (const item of task.items as ChoiceItem[]) {
+        const got = await optionScores(dec, tok, item.prompt, item.options);
+        const p = enc(item.prompt);
+        const want = item.options.map((o) => bigramLogLikelihood([...p, ...enc(` ${o}`)], p.length));
+        got.forEach((g, j) => expect(g, `${name}: ${item.prompt} / ${item.options[j]}`).toBeCloseTo(want[j]!, 3));
+        correct += want.indexOf(Math.max(...want)) === item.answer ? 1 : 0;
+      }
+      const report = await runEval(dec, tok, [task], { maxExamples: 1000, maxSeconds: 1000 });
+      expect(report.tasks[0]).toMatchObject({ name, n: task.items.length, acc: correct / task.items.length });
+      expect(report.tasks[0]!.centered).toBeCloseTo(centeredAccuracy(correct / task.items.length, name === 'ARC-Easy' ? 0.25 : 0.5), 12);
+    }
+  });
+
+  it('GSM8K: greedy decoding writes " 42", right on the one item whose answer is 42; CORE averages the tasks', async () => {
+    const tasks = await loadSuite(SHIPPED, 'GSM8K,COPA', FIXTURES);
+    const report = await runEval(dec, tok, tasks, { maxExamples: 1000, maxSeconds: 1000 });
+    expect(report.tasks[0]).toMatchObject({ name: 'GSM8K', n: 24, acc: 1 / 24, centered: 1 / 24 });
+    expect(report.core).toBeCloseTo((1 / 24 + report.tasks[1]!.centered) / 2, 12);
+  });
+
+  it('the budget caps items per task and the time of the whole eval', async () => {
+    const tasks = await loadSuite(SHIPPED, 'PIQA,WinoGrande', FIXTURES);
+    expect((await runEval(dec, tok, tasks, { maxExamples: 5, maxSeconds: 1000 })).tasks.map((t) => t.n)).toEqual([5, 5]);
+    const late = await runEval(dec, tok, tasks, { maxExamples: 1000, maxSeconds: 0 });
+    expect(late.tasks.map((t) => t.n)).toEqual([0, 0]);
+    expect(late.core).toBe(0);
+  });
+
+  it('few-shot: the first k items, with their answers, precede every prompt and are not scored', async () => {
+    const reg = loadRegistry(registry('[[task]]\nname = "MMLU"\nsource = "hf:cais/mmlu:all:dev"\nfewshot = 3\n'));
+    const task = await loadTask(reg.tasks[0]!, reg.dataDir!);
+    expect(task.demos).toHaveLength(3);
+    expect(task.items).toHaveLength(21);
+    const zero = await loadTask({ ...reg.tasks[0]!, fewshot: 0 }, reg.dataDir!);
+    expect(zero.items.slice(3)).toEqual(task.items);
+  });
+});
+
+describe('task readers and the reference prompt formats', () => {
+  const reg = loadRegistry(SHIPPED);
+  const first = async (name: string) => {
+    const t: LoadedTask = await loadTask(selectTasks(reg, name, SHIPPED)[0]!, FIXTURES);
+    expect(t.demos.length + t.items.length, name).toBe(24);
+    return [...t.demos, ...t.items][0]!;
+  };
+  const row = (path: string) => JSON.parse(readFileSync(join(FIXTURES, path), 'utf8').split('\n')[0]!);
+
+  it('reads every fixture, 24 items each (MMLU shows 5 of them as few-shot examples)', async () => {
+    for (const t of reg.tasks) await first(t.name);
+  });
+
+  it('multiple choice: "{q}\\nChoices:\\nA. …\\nAnswer:", options as the dataset lists them', async () => {
+    const r = row('cais/mmlu/all/dev-00000-of-00001.jsonl');
+    expect(await first('MMLU')).toEqual({ prompt: `${r.question}\nChoices:\n${r.choices.map((c: string, i: number) => `${'ABCD'[i]}. ${c}`).join('\n')}\nAnswer:`, options: r.choices, answer: r.answer });
+    const arc = row('allenai/ai2_arc/ARC-Challenge/test-00000-of-00001.jsonl'); // numeric labels "1".."4"
+    expect(arc.choices.label).toEqual(['1', '2', '3', '4']);
+    expect((await first('ARC-Challenge') as ChoiceItem).answer).toBe(arc.choices.label.indexOf(arc.answerKey));
+    const pro = row('TIGER-Lab/MMLU-Pro/data/test-00000-of-00001.jsonl');
+    expect((await first('MMLU-Pro') as ChoiceItem).options).toHaveLength(10);
+    expect((await first('MMLU-Pro') as ChoiceItem).answer).toBe(pro.answer_index);
+    expect((await first('OpenBookQA') as ChoiceItem).prompt).toMatch(/^A lamp .*\nChoices:\nA\. \w+\nB\. \w+\nC\. \w+\nD\. \w+\nAnswer:$/);
+  });
+
+  it('HellaSwag, WinoGrande, BoolQ, COPA, PIQA', async () => {
+    const hs = row('Rowan/hellaswag/data/validation-00000-of-00001.jsonl');
+    expect(await first('HellaSwag')).toEqual({ prompt: `${hs.ctx}\nEnding:`, options: hs.endings, answer: Number(hs.label) });
+    const wg = row('allenai/winogrande/winogrande_debiased/validation-00000-of-00001.jsonl');
+    expect(await first('WinoGrande')).toEqual({ prompt: `Fill in the blank: ${wg.sentence}\nOptions:\nA. ${wg.option1}\nB. ${wg.option2}\nAnswer:`, options: [wg.option1, wg.option2], answer: Number(wg.answer) - 1 });
+    const bq = row('google/boolq/data/validation-00000-of-00001.jsonl');
+    expect(await first('BoolQ')).toEqual({ prompt: `${bq.passage}\nQuestion: ${bq.question}\nAnswer (yes/no):`, options: ['yes', 'no'], answer: bq.answer ? 0 : 1 });
+    const cp = row('super_glue/copa/validation-00000-of-00001.jsonl');
+    expect(await first('COPA')).toEqual({ prompt: `Premise: ${cp.premise}\nChoose the more plausible alternative:`, options: [cp.choice1, cp.choice2], answer: cp.label });
+    const pq = row('ybisk/piqa/validation-00000-of-00001.jsonl');
+    expect(await first('PIQA')).toEqual({ prompt: `Goal: ${pq.goal}\nSelect the better solution:`, options: [pq.sol1, pq.sol2], answer: pq.label });
+    const gs = row('openai/gsm8k/main/test-00000-of-00001.jsonl');
+    expect(await first('GSM8K')).toEqual({ prompt: `${gs.question}\nAnswer:`, solution: gs.answer, gold: gsm8kGold(gs.answer) });
+  });
+
+  it('parquet files in the Hub layout read as the JSON lines do', async () => {
+    const dir = join(tmp, 'pq', 'google', 'boolq', 'data');
+    mkdirSync(dir, { recursive: true });
+    const rows = readFileSync(join(FIXTURES, 'google/boolq/data/validation-00000-of-00001.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const columnData = ['question', 'answer', 'passage'].map((name) => ({ name, data: rows.map((r) => r[name]) }));
+    writeFileSync(join(dir, 'validation-00000-of-00001.parquet'), Buffer.from(parquetWriteBuffer({ columnData })));
+    const spec = selectTasks(reg, 'BoolQ', SHIPPED)[0]!;
+    expect((await loadTask(spec, join(tmp, 'pq'))).items).toEqual((await loadTask(spec, FIXTURES)).items);
+  });
+});
+
+describe('GSM8K answers', () => {
+  it('gold after ####, prediction up to the first blank line: #### if written, else the last number', () => {
+    expect(gsm8kGold('She pays 3 * 4 = 12.\n#### 1,234')).toBe(1234);
+    expect(gsm8kGold('no marker 12')).toBeNull();
+    expect(extractPrediction(' 3 + 4 = 7 apples, so 7.')).toBe(7);
+    expect(extractPrediction(' It is 12.\n#### 15\n\nQuestion: 99 more')).toBe(15);
+    expect(extractPrediction(' about -3.5 degrees\n\nNext question 100')).toBe(-3.5);
+    expect(extractPrediction(' a total of 1,250 coins')).toBe(1250);
+    expect(extractPrediction(' no idea')).toBeNull();
+  });
+
+  it('the reference\'s patterns (raw strings with doubled backslashes) need a literal backslash and never match', () => {
+    const referenceGold = String.raw`####\\s*([-+]?\\d+(?:\\.\\d+)?)`, referenceNumber = String.raw`[-+]?\\d+(?:\\.\\d+)?`;
+    expect(new RegExp(referenceGold).exec('#### 42')).toBeNull();
+    expect(new RegExp(referenceNumber).exec('the answer is 42')).toBeNull();
+    expect(new RegExp(referenceGold).exec(String.raw`#### 42 or ####\s\d`)?.[0]).toBe(String.raw`####\s\d`);
+  });
+});
+
+describe('registry', () => {
+  const bad = (body: string) => () => loadRegistry(registry(body));
+  it('names what is wrong with a [[task]] and how to fix it', () => {
+    expect(bad('[[task]]\nname = "Trivia"\nsource = "x.jsonl"\n')).toThrow(/task 1 \(Trivia\): no task reads "trivia"\. Fix: name it \(or set adapter to\) one of mmlu, /);
+    expect(bad('[[task]]\nname = "HumanEval"\nadapter = "gsm8k"\nsource = "x"\nscorer = "unittest"\n')).toThrow(/nmoe does not implement unittest/);
+    expect(bad('[[task]]\nname = "MMLU"\n')).toThrow(/no source/);
+    expect(bad('[[task]]\nname = "MMLU"\nsource = "hf:cais/mmlu"\nfewshot = -1\n')).toThrow(/fewshot = -1 is not a whole number >= 0/);
+    expect(bad('[[task]]\nname = "COPA"\nsource = "a"\n[[task]]\nname = "COPA"\nsource = "b"\n')).toThrow(/names task "COPA" twice/);
+    expect(bad('x = 1\n')).toThrow(/no \[\[task\]\] tables/);
+  });
+
+  it('label (tasks_core.toml\'s spelling), adapter, core and name selection; missing data is one line with the layout', async () => {
+    const path = registry('[[task]]\nlabel = "MMLU dev"\nadapter = "mmlu"\nsource = "hf:cais/mmlu:all:dev"\n[[task]]\nname = "ARC-Easy"\nsource = "hf:allenai/ai2_arc:ARC-Easy:test"\n');
+    const reg = loadRegistry(path);
+    expect(selectTasks(reg, 'core', path).map((t) => t.name)).toEqual(['MMLU dev', 'ARC-Easy']);
+    expect(selectTasks(reg, 'arc-easy', path).map((t) => t.name)).toEqual(['ARC-Easy']);
+    expect(() => selectTasks(reg, 'COPA', path)).toThrow(/task "COPA" is not in .*one of MMLU dev, ARC-Easy, or core for all/);
+    await expect(loadTask(reg.tasks[0]!, join(tmp, 'empty'))).rejects.toThrow(/no dev files for hf:cais\/mmlu:all:dev under .*empty\/cais\/mmlu\. Fix: download the dataset there in the Hub's layout/);
+  });
+});
+
+describe('sampling', () => {
+  const logits = Float32Array.from([0.1, 2.5, 2.5, -1, 0.7]);
+  it('greedy takes the first maximum; top-k 1 and a tiny top-p are greedy too', () => {
+    expect(new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 0 }).next(logits)).toBe(1);
+    for (const u of [0, 0.5, 0.999]) {
+      expect(sampleFrom(logits, { temperature: 1, topK: 1, topP: 1 }, u)).toBe(1);
+      expect(sampleFrom(logits, { temperature: 1, topK: 0, topP: 1e-6 }, u)).toBe(1);
+    }
+  });
+
+  it('draws in proportion to softmax(logits / T) over the kept tokens; a seed repeats, another differs', () => {
+    const counts = new Array(5).fill(0);
+    const s = new Sampler({ temperature: 2, topK: 3, topP: 1, seed: 9 });
+    for (let i = 0; i < 6000; i++) counts[s.next(logits)]++;
+    const w = [2.5, 2.5, 0.7].map((l) => Math.exp(l / 2)), z = w.reduce((a, b) => a + b);
+    expect(counts[0] + counts[3]).toBe(0);
+    expect(counts[1] / 6000).toBeCloseTo(w[0]! / z, 1);
+    expect(counts[4] / 6000).toBeCloseTo(w[2]! / z, 1);
+    const draw = (seed: number, seq: number) => { const x = new Sampler({ temperature: 1, topK: 0, topP: 0.9, seed }, seq); return Array.from({ length: 20 }, () => x.next(logits)); };
+    expect(draw(1, 0)).toEqual(draw(1, 0));
+    expect(draw(1, 0)).not.toEqual(draw(2, 0));
+    expect(draw(1, 0)).not.toEqual(draw(1, 1));
+  });
+});

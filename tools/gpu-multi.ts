@@ -13,10 +13,11 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runRanks, trainLosses } from '../test/helpers/ranks.ts';
+import { makeDirs } from '../src/util/dirs.ts';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const BIN = join(ROOT, 'bin/nmoe.js');
@@ -52,7 +53,7 @@ async function losses(tag: string): Promise<number[]> {
 /** The fixture's mode on `world` ranks of this node's GPUs: what each rank wrote (null where it wrote nothing). */
 async function ranks(world: number, mode: string, tag: string, args: string[], env: Record<string, string> = {}): Promise<unknown[]> {
   const dir = join(out, tag);
-  mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
   const done = await runRanks(world, (r) => [mode, join(dir, `${r}.json`), ...args], { DEVICE: 'cuda', ...env });
   done.forEach((d, r) => writeFileSync(join(dir, `${r}.log`), d.out));
   return done.map((_, r) => { try { return JSON.parse(readFileSync(join(dir, `${r}.json`), 'utf8')); } catch { return null; } });

@@ -11,9 +11,9 @@
  * newest `keepLast` complete steps. Every file is written atomically (see atomic.ts).
  */
 import { existsSync, statSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ensureWritableDir } from '../util/dirs.ts';
+import { ensureWritableDir, makeDirs } from '../util/dirs.ts';
 import { UserError } from '../util/errors.ts';
 import { NMOE_VERSION } from '../util/version.ts';
 import { writeFileAtomic } from './atomic.ts';
@@ -73,7 +73,7 @@ export class Checkpointer {
   async #write(snap: Snapshot): Promise<void> {
     const t0 = performance.now();
     const dir = join(this.o.base, iterName(snap.step));
-    await mkdir(dir, { recursive: true });
+    makeDirs(dir);
     const meta = { format: 'nmoe-checkpoint', step: String(snap.step) };
     await this.#files.write(join(dir, rankFile(this.o.rank)), snap.rank, meta);
     if (this.o.rank !== 0) return;

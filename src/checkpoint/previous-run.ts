@@ -4,10 +4,11 @@
  * exactly that). Instead, that run's step folders and tracker move to `previous/<its run id>/` inside
  * checkpoint_dir, where neither resume nor retention looks. A rename on the same filesystem: free at any size.
  */
-import { existsSync, mkdirSync, renameSync } from 'node:fs';
+import { existsSync, renameSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { TRACKER, listSteps } from './layout.ts';
 import { readTrainState } from './state.ts';
+import { makeDirs } from '../util/dirs.ts';
 
 export const PREVIOUS_RUNS = 'previous';
 
@@ -18,7 +19,7 @@ export function movePreviousRunAside(base: string): { runId: string; newest: num
   if (!newest) return null;
   const runId = readTrainState(newest.dir).run_id;
   const to = join(base, PREVIOUS_RUNS, runId);
-  mkdirSync(to, { recursive: true });
+  makeDirs(to);
   for (const s of steps) renameSync(s.dir, join(to, basename(s.dir)));
   if (existsSync(join(base, TRACKER))) renameSync(join(base, TRACKER), join(to, TRACKER));
   return { runId, newest: newest.step, to };

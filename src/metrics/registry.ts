@@ -7,10 +7,10 @@
  * (the reference refuses a duplicate id). Each run's experiment row is created if missing, so `runs` never points
  * at a missing experiment (the reference never creates them).
  */
-import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { UserError } from '../util/errors.ts';
+import { makeDirs } from '../util/dirs.ts';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, name TEXT NOT NULL, project TEXT NOT NULL,
@@ -43,7 +43,7 @@ export class Registry {
 
   constructor(readonly path: string, opts: { readonly?: boolean } = {}) {
     try {
-      if (!opts.readonly) mkdirSync(dirname(path), { recursive: true });
+      if (!opts.readonly) makeDirs(dirname(path));
       this.db = new Database(path, { readonly: !!opts.readonly, fileMustExist: !!opts.readonly, timeout: 30_000 });
       this.db.pragma('busy_timeout = 5000');
       if (opts.readonly) return;

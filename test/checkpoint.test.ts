@@ -7,12 +7,13 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, statSync, watch, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Checkpointer } from '../src/checkpoint/checkpointer.ts';
 import { DENSE_FILE, STATE_FILE, TRACKER, iterName, listSteps, rankFile } from '../src/checkpoint/layout.ts';
+import { LOCK_FILE } from '../src/checkpoint/lock.ts';
 import { readSafetensors } from '../src/checkpoint/safetensors.ts';
 import type { Snapshot, TrainState } from '../src/checkpoint/state.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
@@ -268,6 +269,29 @@ describe('nothing lost', () => {
     registry.close();
     expect(row.status).toBe('completed');
     expect(JSON.parse(row.results_json!)).toMatchObject({ steps_completed: 2, final_loss: expect.any(Number) });
+  });
+
+  it('a second trainer on a checkpoint_dir in use is refused, naming the holder; a killed holder\'s lock is taken over', async () => {
+    const dir = join(root, 'locked');
+    const first = spawn(process.execPath, [BIN, 'train', ...cfgArgs(dir, ['--steps=1000'])], { stdio: 'ignore', env: { ...process.env, CI: '1' } });
+    const exited = new Promise((r) => first.on('exit', r));
+    while (!existsSync(join(dir, TRACKER)) && first.exitCode === null) await new Promise((r) => setTimeout(r, 10));
+    const holder = JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8'));
+    expect(holder).toMatchObject({ pid: first.pid, host: hostname() });
+    for (const resume of ['--resume', '--no-resume']) {
+      const second = cli(['train', ...cfgArgs(dir, ['--steps=2', resume])]);
+      expect(second.code).toBe(2);
+      expect(second.err).toContain(`nmoe: error: checkpoint_dir ${dir} is in use by another nmoe train (pid ${first.pid} on host ${hostname()}, since ${holder.started}), and a second trainer would move`);
+      expect(second.out).not.toMatch(/moved them to/);
+    }
+    expect(readdirSync(dir)).not.toContain('previous');
+    first.kill('SIGKILL');
+    await exited;
+    expect(existsSync(join(dir, LOCK_FILE))).toBe(true); // SIGKILL runs nothing: the lock is left, stale
+    const k = Number(readFileSync(join(dir, TRACKER), 'utf8'));
+    const resumed = await run(dir, k + 1, ['--resume']);
+    expect(resumed.summary).toMatchObject({ startStep: k, steps: k + 1 });
+    expect(existsSync(join(dir, LOCK_FILE)), 'released at the end of the run').toBe(false);
   });
 
   it('a checkpoint_dir or metrics_dir that cannot be written stops the run before its first step, naming the key', () => {

@@ -22,6 +22,7 @@ import { hostClock } from '../bench/profile.ts';
 import type { Config } from '../config/schema.ts';
 import { Checkpointer } from '../checkpoint/checkpointer.ts';
 import { latestComplete } from '../checkpoint/layout.ts';
+import { type DirLock, lockCheckpointDir } from '../checkpoint/lock.ts';
 import { movePreviousRunAside } from '../checkpoint/previous-run.ts';
 import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
 import { configFingerprint } from '../config/fingerprint.ts';
@@ -34,6 +35,7 @@ import type { Tensor } from '../tensor/tensor.ts';
 import type { Communicator } from '../dist/comm.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import { StepWatchdog, stepTimeoutS } from '../dist/step-watchdog.ts';
+import { ensureWritableDir } from '../util/dirs.ts';
 import { UserError } from '../util/errors.ts';
 import { gitInfo } from '../util/version.ts';
 import { type Phase, PhaseTimer } from './phase-timer.ts';
@@ -105,9 +107,23 @@ export class TrainingDiverged extends UserError {
  * dense optimizer state (ZeRO-2) over the ranks; every rank runs this same loop in lockstep.
  */
 export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal, dist: DistRun | null = null): Promise<TrainSummary> {
+  const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
+  // Rank 0 speaks for the run's checkpoint_dir; the other ranks write into the folder it holds.
+  let lock: DirLock | null = null;
+  if ((dist?.env.rank ?? 0) === 0) {
+    ensureWritableDir(config.checkpoint_dir, 'checkpoint_dir');
+    lock = lockCheckpointDir(config.checkpoint_dir);
+  }
+  try {
+    return await trainHoldingDir(config, backend, events, signal, dist, stepTimeout);
+  } finally {
+    lock?.release();
+  }
+}
+
+async function trainHoldingDir(config: Config, backend: Backend, events: TrainEvents, signal: AbortSignal | undefined, dist: DistRun | null, stepTimeout: number): Promise<TrainSummary> {
   const cfg = modelConfig(config);
   const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
-  const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
   const ckpt = new Checkpointer({
     base: config.checkpoint_dir, rank, world, keepLast: config.checkpoint_keep_last_n,
     onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),

@@ -13,7 +13,8 @@
  * src/dist/step-watchdog.ts.
  *
  * Checkpoints (src/checkpoint/): with `resume`, the newest complete checkpoint in checkpoint_dir is loaded first (one
- * that already reached `steps` trains nothing); without it, another run's steps there are moved aside first.
+ * that already reached `steps` trains nothing); without it, another run's steps there are moved aside first, and
+ * step folders nmoe did not write are moved aside either way (previous-run.ts).
  * Every `checkpoint_every` steps, at the last step and when stopped, the state is copied off the device (awaited)
  * and written in the background; the loop never writes to disk itself.
  */
@@ -23,7 +24,7 @@ import type { Config } from '../config/schema.ts';
 import { Checkpointer } from '../checkpoint/checkpointer.ts';
 import { latestComplete } from '../checkpoint/layout.ts';
 import { type DirLock, lockCheckpointDir } from '../checkpoint/lock.ts';
-import { movePreviousRunAside } from '../checkpoint/previous-run.ts';
+import { clearWay } from '../checkpoint/previous-run.ts';
 import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
 import { configFingerprint } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
@@ -35,7 +36,6 @@ import type { Tensor } from '../tensor/tensor.ts';
 import type { Communicator } from '../dist/comm.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import { StepWatchdog, stepTimeoutS } from '../dist/step-watchdog.ts';
-import { ensureWritableDir } from '../util/dirs.ts';
 import { UserError } from '../util/errors.ts';
 import { gitInfo } from '../util/version.ts';
 import { type Phase, PhaseTimer } from './phase-timer.ts';
@@ -108,26 +108,29 @@ export class TrainingDiverged extends UserError {
  */
 export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal, dist: DistRun | null = null): Promise<TrainSummary> {
   const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
+  const rank = dist?.env.rank ?? 0;
+  const ckpt = new Checkpointer({
+    base: config.checkpoint_dir, rank, world: dist?.env.worldSize ?? 1, keepLast: config.checkpoint_keep_last_n,
+    onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
+  });
   // Rank 0 speaks for the run's checkpoint_dir; the other ranks write into the folder it holds.
   let lock: DirLock | null = null;
-  if ((dist?.env.rank ?? 0) === 0) {
-    ensureWritableDir(config.checkpoint_dir, 'checkpoint_dir');
-    lock = lockCheckpointDir(config.checkpoint_dir);
-  }
   try {
-    return await trainHoldingDir(config, backend, events, signal, dist, stepTimeout);
+    if (rank === 0) lock = lockCheckpointDir(config.checkpoint_dir);
+    const summary = await trainSaving(ckpt, config, backend, events, signal, dist, stepTimeout);
+    await ckpt.close();
+    return summary;
+  } catch (err) {
+    await ckpt.close().catch(() => {}); // finish the saves already queued; the first error is the one to report
+    throw err;
   } finally {
     lock?.release();
   }
 }
 
-async function trainHoldingDir(config: Config, backend: Backend, events: TrainEvents, signal: AbortSignal | undefined, dist: DistRun | null, stepTimeout: number): Promise<TrainSummary> {
+async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend, events: TrainEvents, signal: AbortSignal | undefined, dist: DistRun | null, stepTimeout: number): Promise<TrainSummary> {
   const cfg = modelConfig(config);
   const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
-  const ckpt = new Checkpointer({
-    base: config.checkpoint_dir, rank, world, keepLast: config.checkpoint_keep_last_n,
-    onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
-  });
   if (dist) await checkRanksAgree(dist, config, backend);
   const loader = createLoader(cfg, rank, world);
   const trainee = createTrainee(backend, cfg, dist);
@@ -155,9 +158,8 @@ async function trainHoldingDir(config: Config, backend: Backend, events: TrainEv
       return { steps: step, firstLoss: NaN, finalLoss: NaN, tokensSeen, wallSeconds: 0, tokensPerSecond: 0, stoppedEarly: false, startStep: step, runId };
     }
   }
-  if (!config.resume && rank === 0) { // only once the run is set to go: a run that fails to start moves nothing
-    const moved = movePreviousRunAside(config.checkpoint_dir);
-    if (moved) events.warn?.(`checkpoint_dir held run ${moved.runId}'s checkpoints (newest: step ${moved.newest}); moved them to ${moved.to}, so this fresh run cannot overwrite them`);
+  if (rank === 0) { // only once the run is set to go: a run that fails to start moves nothing
+    for (const line of clearWay(config.checkpoint_dir, !config.resume)) events.warn?.(line);
   }
   if (dist) runId = await dist.agree('run_id', runId);
   const gitSha = gitInfo().sha; // asked once here, never on a checkpoint step
@@ -269,11 +271,6 @@ async function trainHoldingDir(config: Config, backend: Backend, events: TrainEv
       }
       stop = stopping;
     }
-    await ckpt.close();
-  } catch (err) {
-    watchdog?.disarm(); // the failing step is over; the queued saves may take as long as they need
-    await ckpt.close().catch(() => {}); // finish the saves already queued; the first error is the one to report
-    throw err;
   } finally {
     await watchdog?.close();
     if (ahead) for (const t of [ahead.out, ahead.ids, ahead.targets]) t.free();

@@ -7,9 +7,9 @@
  * A lock from another host cannot be checked from here, so it is refused with the way to clear it.
  */
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { UserError } from '../util/errors.ts';
+import { HOST, pidAlive } from '../util/host.ts';
 
 export const LOCK_FILE = 'train.lock';
 
@@ -21,16 +21,6 @@ interface Holder {
 
 export interface DirLock {
   release(): void;
-}
-
-/** Whether process `pid` exists on this host (EPERM: it exists, owned by someone else). */
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function readHolder(path: string): Holder | null {
@@ -45,7 +35,7 @@ function readHolder(path: string): Holder | null {
 /** Takes the lock of `dir` (which exists) for this process, or throws a UserError naming the holder. */
 export function lockCheckpointDir(dir: string): DirLock {
   const path = join(dir, LOCK_FILE);
-  const me: Holder = { pid: process.pid, host: hostname(), started: new Date().toISOString() };
+  const me: Holder = { pid: process.pid, host: HOST, started: new Date().toISOString() };
   for (let attempt = 0; ; attempt++) {
     try {
       writeFileSync(path, `${JSON.stringify(me)}\n`, { flag: 'wx' });

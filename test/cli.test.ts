@@ -98,6 +98,24 @@ describe('nmoe CLI', () => {
     expect(r.out).toMatch(/^done: 2 steps/m);
   });
 
+  it('exits 2 on every usage error of the argument parser, 0 on help and version', async () => {
+    const usage = [
+      ['data', 'prep', '--source', 'text', '--paths', 'x.txt', '-o', 'out'], // a missing --name
+      ['runs', 'list', '--bogus'], // an unknown option
+      ['data', 'prep', '--source', 'nope', '--paths', 'x.txt', '-o', 'out', '--name', 'x'], // a bad --source
+      ['ckpt', 'info'], // a missing argument
+      ['no-such-command'],
+      ['data'], // a command that needs a subcommand
+    ];
+    for (const args of usage) {
+      const r = await mainInProcess(args);
+      expect(r.code, `nmoe ${args.join(' ')}: ${r.err}`).toBe(2);
+      expect(r.err, `nmoe ${args.join(' ')}`).toMatch(/error|Usage/);
+    }
+    expect((await mainInProcess(['--version'])).code).toBe(0);
+    expect((await mainInProcess(['runs', '--help'])).code).toBe(0);
+  });
+
   it('rejects a bad override with a one-line error naming the key and the fix', () => {
     const r = nmoe(['train', '--n_layer=3']);
     expect(r.code).toBe(2);

@@ -296,9 +296,11 @@ describe('nothing lost', () => {
     expect(resumed.summary.runId).toBe(fresh.summary.runId);
   });
 
-  it('resuming a run that already reached its steps trains nothing and leaves its registry row as it was', () => {
+  it('--resume with nothing to resume says so; resuming a run that already reached its steps trains nothing and leaves its registry row as it was', () => {
     const dir = join(root, 'finished');
-    expect(cli(['train', ...cfgArgs(dir, ['--steps=2'])]).code).toBe(0);
+    const first = cli(['train', ...cfgArgs(dir, ['--steps=2', '--resume'])]);
+    expect(first.code, first.err).toBe(0);
+    expect(first.out).toMatch(new RegExp(`^nothing to resume in ${dir}; starting fresh$`, 'm'));
     const again = cli(['train', ...cfgArgs(dir, ['--steps=2', '--resume'])]);
     expect(again.code, again.err).toBe(0);
     const id = /^nothing to train: run (\S+) is at step 2 of 2\. Fix: raise --steps to train further\.$/m.exec(again.out)?.[1];

@@ -50,6 +50,7 @@ function progressEvents(progress: Progress, config: Config): TrainEvents {
       for (const l of formatLog(r)) progress.line(l);
     },
     warn: (m) => progress.line(pc.yellow(`warning: ${m}`)),
+    note: (m) => progress.line(m),
     resumed: (r) => progress.line(`resumed run ${r.runId} from step ${r.step} (${r.dir})`),
     checkpoint: (c) => progress.line(pc.dim(`[ckpt] saved step=${c.step} size=${(c.bytes / 2 ** 20).toFixed(1)}MB time=${c.ms.toFixed(0)}ms`)),
   };

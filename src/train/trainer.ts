@@ -78,6 +78,8 @@ export interface TrainEvents {
   log(r: LogRecord): void;
   /** Something the user should know that does not stop the run (an incomplete checkpoint skipped). */
   warn?(message: string): void;
+  /** Something worth a plain line (resume on, but nothing to resume). */
+  note?(message: string): void;
   /** Resumed from the checkpoint of `step`. */
   resumed?(info: { step: number; dir: string; runId: string }): void;
   /** A checkpoint finished writing (in the background). */
@@ -143,6 +145,7 @@ async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend,
   // Start time, config fingerprint and a random suffix: unique even for runs started in the same second.
   let runId = `run_${new Date().toISOString().replace(/[-:]/g, '').replace('T', '_').slice(0, 15)}_${configFingerprint(config).slice(0, 8)}_${randomBytes(2).toString('hex')}`;
   const found = config.resume ? latestComplete(config.checkpoint_dir, (m) => events.warn?.(m)) : null;
+  if (config.resume && !found) events.note?.(`nothing to resume in ${config.checkpoint_dir}; starting fresh`);
   if (found) {
     const saved = await restoreSnapshot(found, trainee, loader, config, rank, world).catch((err: unknown) => {
       opt.free();

@@ -116,6 +116,12 @@ describe('nmoe CLI', () => {
     expect((await mainInProcess(['runs', '--help'])).code).toBe(0);
   });
 
+  it('warns at the start of train about a key it accepts but does not implement', () => {
+    const r = nmoe(['train', '--steps=1', ...QUICK, '--aux_loss_alpha=0.01']);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/^warning: aux_loss_alpha = 0\.01 is accepted but not implemented: there is no auxiliary balancing loss: .* \[--aux_loss_alpha=0\.01 \(command line\)\]$/m);
+  });
+
   it('rejects a bad override with a one-line error naming the key and the fix', () => {
     const r = nmoe(['train', '--n_layer=3']);
     expect(r.code).toBe(2);

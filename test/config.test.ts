@@ -451,11 +451,25 @@ describe('nmoe config show / check', () => {
     const files = [TINY, `${FIX}/topk.toml`, `${REF}/moonlet.toml`];
     await expect(run('config', 'check', ...files)).rejects.toThrow(new UserError('1 of 3 configs failed'));
     const lines = out.trimEnd().split('\n');
-    expect(lines).toHaveLength(3);
+    expect(lines).toHaveLength(4);
     expect(lines[0]).toBe(`ok   ${TINY}  fingerprint ${configFingerprint(tiny()).slice(0, 12)}`);
     expect(lines[1]).toBe(`FAIL ${FIX}/topk.toml  n_activated_experts = 9 must be <= n_routed_experts (8) ` +
       `[${FIX}/topk.toml:12; n_routed_experts = 8 at ${FIX}/topk.toml:11]. Fix: lower n_activated_experts or raise n_routed_experts.`);
     expect(lines[2]).toMatch(/^ok {3}test\/fixtures\/reference-configs\/moonlet.toml {2}fingerprint [0-9a-f]{12}$/);
+    expect(lines[3]).toBe(`warn ${REF}/moonlet.toml  dtype = "nvfp4" is accepted but not implemented: routed experts compute in bf16 on the GPU ` +
+      `(no fp8/fp4 expert GEMMs yet) and in fp32 on the CPU [${REF}/moonlet.toml:${lineOf(`${REF}/moonlet.toml`, 'dtype')}]`);
+  });
+
+  it('check warns, one line each, about every key it accepts but does not implement', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'nmoe-unimpl-')), 'x.toml');
+    const set = ['eval_enabled = true', 'eval_every = 100', 'validation_enabled = true', 'profiling_enabled = true', 'aux_loss_alpha = 0.001', 'muon_momentum = 0.9', 'dtype = "fp8"'];
+    writeFileSync(file, `${readFileSync(TINY, 'utf8')}\n${set.join('\n')}\n`);
+    await run('config', 'check', file);
+    const warns = out.trimEnd().split('\n').slice(1);
+    const key = (l: string) => /^warn \S+ {2}(\w+) = /.exec(l)?.[1];
+    expect(warns.map(key)).toEqual(['eval_enabled', 'eval_every', 'validation_enabled', 'profiling_enabled', 'aux_loss_alpha', 'muon_momentum', 'dtype']);
+    for (const [i, l] of warns.entries()) expect(l).toMatch(new RegExp(`^warn ${file} {2}${set[i]!.replace(/[.*"]/g, '\\$&')} is accepted but not implemented: .+ \\[${file}:\\d+\\]$`));
+    expect(warns[0]).toContain('nmoe has no evaluation yet, so no evals run');
   });
 
   it('check --world-size applies the divisibility rules', async () => {

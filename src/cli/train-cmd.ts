@@ -9,6 +9,7 @@ import pc from 'picocolors';
 import { configFingerprint } from '../config/fingerprint.ts';
 import type { Config } from '../config/schema.ts';
 import { defaultConfigPath, loadConfig } from '../config/load.ts';
+import { unimplementedWarnings } from '../config/unimplemented.ts';
 import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
 import { readDistEnv } from '../dist/env.ts';
 import { type DistRun, joinRun, modelShape } from '../dist/parallel.ts';
@@ -77,7 +78,8 @@ export function registerTrainCommand(program: Command): void {
       // A leading --key=value lands in `configArg` when no file is given.
       const args = [configArg, ...rest].filter((a): a is string => a !== undefined);
       const path = args[0] && !args[0].startsWith('--') ? args.shift()! : defaultConfigPath();
-      const { config } = loadConfig(path, { overrides: args });
+      const loaded = loadConfig(path, { overrides: args });
+      const { config } = loaded;
       const env = readDistEnv();
       // Rank 0 speaks for the run; the other ranks stay quiet unless something goes wrong (errors reach stderr).
       const progress = new Progress(process.stderr, { quiet: env.rank !== 0 });
@@ -90,6 +92,7 @@ export function registerTrainCommand(program: Command): void {
         dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
         progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
         if (note) progress.line(pc.dim(note));
+        for (const line of unimplementedWarnings(loaded)) progress.line(pc.yellow(`warning: ${line}`));
         if (dist) progress.line(`ranks ${env.worldSize} (${env.nnodes} node(s)): data and expert parallel, ZeRO-2 dense optimizer`);
         const s = await trainTracked(config, backend, progressEvents(progress, config), interrupt.signal, dist);
         progress.finish();

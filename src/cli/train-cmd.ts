@@ -88,10 +88,11 @@ export function registerTrainCommand(program: Command): void {
       let dist: DistRun | null = null;
       let ok = false;
       try {
-        const { backend, note } = await selectBackend(config.device, env.localRank);
+        const { backend, note, fallback } = await selectBackend(config.device, env.localRank);
         dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
         progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
-        if (note) progress.line(pc.dim(note));
+        // A GPU that failed to start is a fault worth a warning; no GPU at all is the CPU machine's normal case.
+        if (note) progress.line(fallback?.gpuPresent ? pc.yellow(`warning: ${note}`) : note);
         for (const line of unimplementedWarnings(loaded)) progress.line(pc.yellow(`warning: ${line}`));
         if (dist) progress.line(`ranks ${env.worldSize} (${env.nnodes} node(s)): data and expert parallel, ZeRO-2 dense optimizer`);
         const s = await trainTracked(config, backend, progressEvents(progress, config), interrupt.signal, dist);

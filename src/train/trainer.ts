@@ -139,7 +139,7 @@ async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend,
   const { model, opt } = trainee;
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
   const tokensPerStep = cfg.batch_size * cfg.seq_len;
-  const flops = flopsPerToken(cfg, model.params);
+  const flops = flopsPerToken(cfg, model.params.params);
   let step = 0;
   let tokensSeen = 0;
   // Start time, config fingerprint and a random suffix: unique even for runs started in the same second.
@@ -171,7 +171,7 @@ async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend,
     runId,
     startStep,
     device: backend.name,
-    params: parameterCounts(cfg, model.params),
+    params: parameterCounts(cfg, model.params.params),
     flopsPerToken: flops,
     tokensPerStep,
     dataTokens: loader.totalTokens,

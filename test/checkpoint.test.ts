@@ -7,12 +7,13 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, statSync, watch, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Checkpointer } from '../src/checkpoint/checkpointer.ts';
 import { DENSE_FILE, STATE_FILE, TRACKER, iterName, listSteps, rankFile } from '../src/checkpoint/layout.ts';
+import { LOCK_FILE } from '../src/checkpoint/lock.ts';
 import { readSafetensors } from '../src/checkpoint/safetensors.ts';
 import type { Snapshot, TrainState } from '../src/checkpoint/state.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
@@ -74,6 +75,14 @@ async function killDuringSave(dir: string): Promise<{ dir: string; step: number;
 /** sha256 of the two safetensors files of a step: equal hashes mean byte-identical weights and optimizer state. */
 const stepBytes = (dir: string, step: number) =>
   [DENSE_FILE, rankFile(0)].map((f) => createHash('sha256').update(readFileSync(join(dir, iterName(step), f))).digest('hex'));
+
+/** What the reference trainer leaves in a step: pickles and a manifest without per-file sizes. */
+function referenceStep(base: string, step: number): void {
+  const dir = join(base, iterName(step));
+  mkdirSync(dir, { recursive: true });
+  for (const f of ['rd.pt', 'dp_rank_000.pt']) writeFileSync(join(dir, f), 'the reference trainer\'s pickle');
+  writeFileSync(join(dir, 'manifest.json'), JSON.stringify({ step, world: 1, dp_count: 1, bytes_total: 62, git_sha: null, files: ['rd.pt', 'dp_rank_000.pt'] }));
+}
 
 let straight: { losses: number[]; dir: string };
 
@@ -147,6 +156,37 @@ describe('checkpointer queue', () => {
     expect(listSteps(base).map((s) => [s.step, s.complete])).toEqual([6, 5, 4, 3, 2, 1].map((s) => [s, true]));
     expect(readFileSync(join(base, TRACKER), 'utf8')).toBe('6\n');
     for (let step = 1; step <= 6; step++) expect(readSafetensors(join(base, iterName(step), rankFile(0))).tensors.get('e')!.data[4095]).toBe(step);
+  });
+
+  it('writes a whole step while the main thread is busy, so the first save is as quick as the rest', async () => {
+    // The training loop holds the main thread for a whole step at a time (the CPU backend computes on it). A save
+    // whose file operations each waited for the loop to yield took seconds; the checkpoint thread needs no yield.
+    const base = join(root, 'busy');
+    const ckpt = new Checkpointer({ base, rank: 0, world: 1, keepLast: 10 });
+    const tracker = () => (existsSync(join(base, TRACKER)) ? readFileSync(join(base, TRACKER), 'utf8') : '');
+    for (const step of [1, 2]) {
+      await ckpt.save(snapshot(step));
+      const t0 = Date.now();
+      while (tracker() !== `${step}\n` && Date.now() - t0 < 15_000); // busy, as a training step is
+      expect(tracker(), `step ${step} was not on disk after 15 s of a busy main thread`).toBe(`${step}\n`);
+    }
+    await ckpt.close();
+    const [latest] = listSteps(base);
+    for (const f of latest!.manifest!.files) expect(latest!.manifest!.sha256![f]).toBe(createHash('sha256').update(readFileSync(join(latest!.dir, f))).digest('hex'));
+  });
+
+  it('retention and the writer never delete or write into a step folder nmoe did not write', async () => {
+    const base = join(root, 'foreign-retain');
+    referenceStep(base, 1);
+    const ckpt = new Checkpointer({ base, rank: 0, world: 1, keepLast: 1 });
+    for (const step of [2, 3]) await ckpt.save(snapshot(step));
+    await ckpt.close();
+    expect(readdirSync(base).sort()).toEqual([iterName(1), iterName(3), TRACKER]); // step 2 is nmoe's: removed
+    const again = new Checkpointer({ base, rank: 0, world: 1, keepLast: 1 });
+    await again.save(snapshot(1));
+    await expect(again.close()).rejects.toThrow(`${join(base, iterName(1))} holds a step nmoe did not write`);
+    expect(readdirSync(join(base, iterName(1))).sort()).toEqual(['dp_rank_000.pt', 'manifest.json', 'rd.pt']);
+    expect(readFileSync(join(base, iterName(1), 'rd.pt'), 'utf8')).toBe('the reference trainer\'s pickle');
   });
 });
 
@@ -256,9 +296,11 @@ describe('nothing lost', () => {
     expect(resumed.summary.runId).toBe(fresh.summary.runId);
   });
 
-  it('resuming a run that already reached its steps trains nothing and leaves its registry row as it was', () => {
+  it('--resume with nothing to resume says so; resuming a run that already reached its steps trains nothing and leaves its registry row as it was', () => {
     const dir = join(root, 'finished');
-    expect(cli(['train', ...cfgArgs(dir, ['--steps=2'])]).code).toBe(0);
+    const first = cli(['train', ...cfgArgs(dir, ['--steps=2', '--resume'])]);
+    expect(first.code, first.err).toBe(0);
+    expect(first.out).toMatch(new RegExp(`^nothing to resume in ${dir}; starting fresh$`, 'm'));
     const again = cli(['train', ...cfgArgs(dir, ['--steps=2', '--resume'])]);
     expect(again.code, again.err).toBe(0);
     const id = /^nothing to train: run (\S+) is at step 2 of 2\. Fix: raise --steps to train further\.$/m.exec(again.out)?.[1];
@@ -268,6 +310,70 @@ describe('nothing lost', () => {
     registry.close();
     expect(row.status).toBe('completed');
     expect(JSON.parse(row.results_json!)).toMatchObject({ steps_completed: 2, final_loss: expect.any(Number) });
+  });
+
+  it('steps nmoe did not write move aside, with the tracker that names them, and are never written into, resume on or off', async () => {
+    for (const resume of ['--resume', '--no-resume']) {
+      const dir = join(root, `foreign${resume}`);
+      referenceStep(dir, 2);
+      mkdirSync(join(dir, iterName(6)));
+      writeFileSync(join(dir, iterName(6), 'manifest.json'), JSON.stringify({ step: 6, files: ['model.pt'] })); // no sizes
+      writeFileSync(join(dir, TRACKER), '6\n');
+      const r = await run(dir, 3, [resume, '--checkpoint_keep_last_n=1']);
+      expect(r.summary.startStep).toBe(0);
+      const moved = r.warnings.find((w) => w.startsWith('checkpoint_dir held 2 step folder(s) nmoe did not write'));
+      const aside = /moved them to (\S+),/.exec(moved ?? '')?.[1];
+      expect(moved, r.warnings.join('\n')).toBe(`checkpoint_dir held 2 step folder(s) nmoe did not write (${iterName(2)}: holds dp_rank_000.pt, rd.pt, which nmoe never writes); moved them to ${aside}, so this run never deletes or writes into them`);
+      expect(aside).toMatch(new RegExp(`^${dir}/previous/foreign_\\d{8}_\\d{6}$`));
+      expect(readdirSync(aside!).sort()).toEqual([iterName(2), iterName(6), TRACKER]);
+      expect(readFileSync(join(aside!, iterName(2), 'rd.pt'), 'utf8')).toBe('the reference trainer\'s pickle');
+      expect(readdirSync(dir).sort()).toEqual([iterName(3), TRACKER, 'previous']);
+      expect(listSteps(dir)[0]).toMatchObject({ step: 3, complete: true });
+    }
+  });
+
+  it('a flipped weight (size and format intact) fails its checksum: resume refuses the step, ckpt info --verify names it', async () => {
+    const dir = join(root, 'flipped');
+    cpSync(straight.dir, dir, { recursive: true });
+    const intact = cli(['ckpt', 'info', '--verify', dir]);
+    expect(intact.code, intact.err).toBe(0);
+    expect(intact.out.match(/^ {2}verify: every file matches its sha256$/gm)).toHaveLength(3);
+    const [top] = listSteps(dir); // straight.dir may have been resumed past N by now
+    const newest = top!.dir;
+    const file = join(newest, rankFile(0));
+    const bytes = readFileSync(file);
+    bytes[bytes.length - 1]! ^= 1; // the low mantissa bit of the last value: still a valid file, one weight off
+    writeFileSync(file, bytes);
+    expect(readSafetensors(file).tensors.size).toBeGreaterThan(0);
+    await expect(run(dir, top!.step + 1, ['--resume'])).rejects.toThrow(new RegExp(
+      `^checkpoint ${newest} is damaged: rank_000\\.safetensors does not match its checksum \\(sha256 [0-9a-f]{16}…, the manifest records [0-9a-f]{16}…\\)\\. Fix: move ${newest} aside; resume then loads the step before it\\.$`));
+    const damaged = cli(['ckpt', 'info', '--verify', dir]);
+    expect(damaged.code).toBe(2);
+    expect(damaged.out).toMatch(new RegExp(`^${iterName(top!.step)} .*\\n(?: .*\\n)*? {2}verify: DAMAGED: rank_000\\.safetensors does not match its checksum`, 'm'));
+    expect(damaged.err.trim()).toBe(`nmoe: error: ${iterName(top!.step)} in ${dir} is damaged (see verify above). Fix: move it out of ${dir}; resume then loads the newest step that verifies.`);
+  });
+
+  it('a second trainer on a checkpoint_dir in use is refused, naming the holder; a killed holder\'s lock is taken over', async () => {
+    const dir = join(root, 'locked');
+    const first = spawn(process.execPath, [BIN, 'train', ...cfgArgs(dir, ['--steps=1000'])], { stdio: 'ignore', env: { ...process.env, CI: '1' } });
+    const exited = new Promise((r) => first.on('exit', r));
+    while (!existsSync(join(dir, TRACKER)) && first.exitCode === null) await new Promise((r) => setTimeout(r, 10));
+    const holder = JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8'));
+    expect(holder).toMatchObject({ pid: first.pid, host: hostname() });
+    for (const resume of ['--resume', '--no-resume']) {
+      const second = cli(['train', ...cfgArgs(dir, ['--steps=2', resume])]);
+      expect(second.code).toBe(2);
+      expect(second.err).toContain(`nmoe: error: checkpoint_dir ${dir} is in use by another nmoe train (pid ${first.pid} on host ${hostname()}, since ${holder.started}), and a second trainer would move`);
+      expect(second.out).not.toMatch(/moved them to/);
+    }
+    expect(readdirSync(dir)).not.toContain('previous');
+    first.kill('SIGKILL');
+    await exited;
+    expect(existsSync(join(dir, LOCK_FILE))).toBe(true); // SIGKILL runs nothing: the lock is left, stale
+    const k = Number(readFileSync(join(dir, TRACKER), 'utf8'));
+    const resumed = await run(dir, k + 1, ['--resume']);
+    expect(resumed.summary).toMatchObject({ startStep: k, steps: k + 1 });
+    expect(existsSync(join(dir, LOCK_FILE)), 'released at the end of the run').toBe(false);
   });
 
   it('a checkpoint_dir or metrics_dir that cannot be written stops the run before its first step, naming the key', () => {

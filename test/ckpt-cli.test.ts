@@ -3,13 +3,14 @@
  * numpy read the exported Hugging Face files (names, shapes, values, the shard index).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { DENSE_FILE, iterName, listSteps, rankFile } from '../src/checkpoint/layout.ts';
-import { Registry } from '../src/metrics/registry.ts';
+import { Registry, STALE_AFTER_S, liveStatus } from '../src/metrics/registry.ts';
+import { RegistryReader } from '../src/viz/server/registry-read.ts';
 import { readSafetensors } from '../src/checkpoint/safetensors.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
@@ -93,6 +94,51 @@ describe('nmoe runs', () => {
     expect(show.out).toMatch(/^status +completed$/m);
     expect(show.out).toMatch(/"lr_dense": 0\.01/);
     expect(nmoe(['runs', 'show', 'nope', '--db', db]).code).toBe(2);
+  });
+
+  it('a run killed with SIGKILL reads as stale, in runs list and on the dashboard', async () => {
+    const dir = join(root, 'sigkill');
+    const child = spawn(process.execPath, [BIN, 'train', '--seq_len=32', '--batch_size=2', '--steps=1000', `--checkpoint_dir=${dir}`, `--metrics_dir=${root}/m`, `--experiments_db=${db}`],
+      { stdio: 'ignore', env: { ...process.env, CI: '1' } });
+    const exited = new Promise((r) => child.on('exit', r));
+    const row = () => {
+      const reg = new Registry(db, { readonly: true });
+      try {
+        return reg.listRuns().find((r) => r.pid === child.pid);
+      } finally {
+        reg.close();
+      }
+    };
+    while (!row() && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
+    expect(row()).toMatchObject({ status: 'running', host: hostname(), heartbeat_at: expect.stringMatching(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/) });
+    child.kill('SIGKILL');
+    await exited;
+    const { id, experiment_id: experiment, status } = row()!;
+    expect(status).toBe('stale');
+    const list = nmoe(['runs', 'list', '--db', db, '--status', 'stale']);
+    expect(list.code, list.err).toBe(0);
+    expect(list.out.trim().split('\n')).toEqual([expect.stringMatching(new RegExp(`^${id} +${experiment} +stale `))]);
+    expect(nmoe(['runs', 'show', id, '--db', db]).out).toMatch(new RegExp(`^trainer +pid ${child.pid} on ${hostname()}, last heartbeat .* UTC \\(gone: the run was killed without ending its row\\)$`, 'm'));
+    const dashboard = new RegistryReader(db);
+    expect(dashboard.run(id)!.status).toBe('stale');
+    expect(dashboard.experiments().find((e) => e.id === experiment)!.by_status).toMatchObject({ stale: 1 });
+  });
+
+  it('a row from another host is stale once its heartbeat is older than STALE_AFTER_S', () => {
+    const now = Date.parse('2026-12-07T12:00:00Z');
+    const beat = (s: number) => new Date(now - s * 1000).toISOString().replace('T', ' ').slice(0, 19);
+    expect(liveStatus('running', 1, 'elsewhere', beat(STALE_AFTER_S - 5), now)).toBe('running');
+    expect(liveStatus('running', 1, 'elsewhere', beat(STALE_AFTER_S + 5), now)).toBe('stale');
+    expect(liveStatus('running', null, null, null, now)).toBe('running'); // the reference's rows: no way to tell
+    expect(liveStatus('completed', 1, hostname(), null, now)).toBe('completed');
+  });
+
+  it('a file that is not an experiments DB is one line and exit 2, never an internal error', () => {
+    const junk = join(root, 'junk.db');
+    writeFileSync(junk, 'this is not SQLite\n'.repeat(64));
+    const r = nmoe(['runs', 'list', '--db', junk]);
+    expect(r.code).toBe(2);
+    expect(r.err.trim()).toBe(`nmoe: error: cannot open the experiments DB ${junk}: file is not a database. Fix: point it at the SQLite file \`nmoe train\` writes (experiments_db in the config; --db or --experiments-db here).`);
   });
 });
 

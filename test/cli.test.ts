@@ -13,9 +13,12 @@ import { buildProgram, main } from '../src/cli/main.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { Registry } from '../src/metrics/registry.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { gpuPresent } from '../src/tensor/select.ts';
 import { train } from '../src/train/trainer.ts';
 
 const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
+// On a machine with a GPU the tests that expect the CUDA driver to be missing do not apply.
+const GPU = gpuPresent();
 
 // A folder of its own to run in, as a user would: the default's relative output paths (runs/…) land there, not in
 // the repository that other test files' runs share.
@@ -98,6 +101,30 @@ describe('nmoe CLI', () => {
     expect(r.out).toMatch(/^done: 2 steps/m);
   });
 
+  it('exits 2 on every usage error of the argument parser, 0 on help and version', async () => {
+    const usage = [
+      ['data', 'prep', '--source', 'text', '--paths', 'x.txt', '-o', 'out'], // a missing --name
+      ['runs', 'list', '--bogus'], // an unknown option
+      ['data', 'prep', '--source', 'nope', '--paths', 'x.txt', '-o', 'out', '--name', 'x'], // a bad --source
+      ['ckpt', 'info'], // a missing argument
+      ['no-such-command'],
+      ['data'], // a command that needs a subcommand
+    ];
+    for (const args of usage) {
+      const r = await mainInProcess(args);
+      expect(r.code, `nmoe ${args.join(' ')}: ${r.err}`).toBe(2);
+      expect(r.err, `nmoe ${args.join(' ')}`).toMatch(/error|Usage/);
+    }
+    expect((await mainInProcess(['--version'])).code).toBe(0);
+    expect((await mainInProcess(['runs', '--help'])).code).toBe(0);
+  });
+
+  it('warns at the start of train about a key it accepts but does not implement', () => {
+    const r = nmoe(['train', '--steps=1', ...QUICK, '--aux_loss_alpha=0.01']);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/^warning: aux_loss_alpha = 0\.01 is accepted but not implemented: there is no auxiliary balancing loss: .* \[--aux_loss_alpha=0\.01 \(command line\)\]$/m);
+  });
+
   it('rejects a bad override with a one-line error naming the key and the fix', () => {
     const r = nmoe(['train', '--n_layer=3']);
     expect(r.code).toBe(2);
@@ -120,20 +147,35 @@ describe('nmoe CLI', () => {
     expect(r.err).toMatch(/the loss became (NaN|-?Infinity) at step \d+; the update was skipped, so the weights hold step \d+\. Fix: lower the learning rates/);
   });
 
-  it('says plainly why device = "cuda" cannot start on a machine without a GPU', () => {
+  it.skipIf(GPU)('says plainly why device = "cuda" cannot start on a machine without a GPU', () => {
     const r = nmoe(['train', '--device=cuda']);
     expect(r.code).toBe(2);
     expect(r.err.trim().split('\n')).toHaveLength(1);
     expect(r.err).toMatch(/device = "cuda" but the CUDA backend cannot start: cannot load the CUDA driver \(libcuda\.so\.1\)\. Looked in: .*\/usr\/local\/cuda\/lib64\/libcuda\.so\.1.*; (the ldconfig cache has no entry for it|ldconfig could not be run \(.*\))\. Fix: .*; or set device = "cpu"\./);
   });
 
-  it('bench rdep checks its flags and the GPUs before starting any rank', async () => {
+  it.skipIf(GPU)('bench rdep checks its flags and the GPUs before starting any rank', async () => {
     const topk = await mainInProcess(['bench', 'rdep', '--nproc', '2', '--topk', '70']);
     expect(topk.code).toBe(2);
     expect(topk.err).toContain('--topk 70 is more than the 64 experts. Fix: lower --topk or raise --experts.');
     const noGpu = nmoe(['bench', 'rdep', '--nproc', '2']); // this machine has no CUDA driver
     expect(noGpu.code).toBe(2);
     expect(noGpu.err.trim().split('\n')).toEqual([expect.stringMatching(/^nmoe: error: cannot load the CUDA driver \(libcuda\.so\.1\)\. Looked in: /)]);
+  });
+
+  it.skipIf(GPU)('bench train with device = "auto" refuses a model too large for the CPU, and a GPU whose backend failed', async () => {
+    const big = nmoe(['bench', 'train', fileURLToPath(new URL('../configs/bench/moonlet6.toml', import.meta.url))]);
+    expect(big.code).toBe(2);
+    expect(big.err.trim()).toMatch(/^nmoe: error: no GPU in use \(cannot load the CUDA driver \(libcuda\.so\.1\)\), and 13 steps of this model would take about \d+ minutes on the CPU\. Fix: .*pass --device=cpu to time the CPU on purpose, or benchmark a smaller config\.$/);
+    // NMOE_EXPECT_GPU=1 says a GPU is there (a container may hide its device files): its failure is the news.
+    const broken = nmoe(['bench', 'train', defaultConfigPath(), '--steps', '1'], { NMOE_EXPECT_GPU: '1' });
+    expect(broken.code).toBe(2);
+    expect(broken.err.trim()).toMatch(/^nmoe: error: this machine has a GPU but the CUDA backend failed to start: cannot load the CUDA driver .*; or pass --device=cpu to time the CPU on purpose\.$/);
+    const trained = nmoe(['train', '--steps=1', ...QUICK], { NMOE_EXPECT_GPU: '1' });
+    expect(trained.code, trained.err).toBe(0);
+    expect(trained.out).toMatch(/^warning: this machine has a GPU, but the CUDA backend failed to start \(cannot load the CUDA driver \(libcuda\.so\.1\)\), so this run uses the CPU\. Run `nmoe doctor`/m);
+    const cpu = await mainInProcess(['bench', 'train', defaultConfigPath(), '--steps', '1', '--warmup', '0', '--seq_len=32', '--device=cpu']);
+    expect(cpu.code, cpu.err).toBe(0);
   });
 
   it('bench train needs at least one timed step', async () => {

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { Command } from 'commander';
@@ -6,6 +6,7 @@ import { parse } from 'smol-toml';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { registerConfigCommand } from '../src/cli/config-cmd.ts';
 import { configFingerprint, fingerprintDiff } from '../src/config/fingerprint.ts';
+import { RANGES } from '../src/config/ranges.ts';
 import { defaultConfigPath, keyLines, loadConfig, resolveConfig, type LoadOptions } from '../src/config/load.ts';
 import { CONFIG_KEYS, FIELDS, TOKENIZERS, defaultConfig, type Config } from '../src/config/schema.ts';
 import { ConfigError } from '../src/config/validate.ts';
@@ -250,6 +251,53 @@ describe('rules', () => {
   });
 });
 
+describe('ranges: every numeric key', () => {
+  it('has one', () => {
+    const numeric = CONFIG_KEYS.filter((k) => FIELDS[k].type.kind === 'int' || FIELDS[k].type.kind === 'float');
+    expect(numeric.filter((k) => !RANGES[k])).toEqual([]);
+  });
+
+  it('is refused just outside it, naming the key', () => {
+    for (const [key, r] of Object.entries(RANGES)) {
+      const int = FIELDS[key as keyof Config].type.kind === 'int';
+      const step = int ? 1 : 0.5;
+      const outside = [r.gt, r.ge === undefined ? undefined : r.ge - step, r.lt, r.le === undefined ? undefined : r.le + step].filter((v) => v !== undefined);
+      for (const v of outside) {
+        const text = int ? String(v) : Number.isInteger(v) ? `${v}.0` : String(v);
+        const lines = loadError(TINY, { overrides: [`--${key}=${text}`] }).errors;
+        expect(lines, `${key} = ${text}`).toContainEqual(expect.stringMatching(new RegExp(`^${key} = ${text.replace('.', '\\.')} must be [<>]=? `)));
+      }
+    }
+  });
+
+  it('is the one docs/config.md gives', () => {
+    const doc = readFileSync('docs/config.md', 'utf8');
+    for (const [key, r] of Object.entries(RANGES)) {
+      const lo = r.gt !== undefined ? `> ${r.gt}` : r.ge !== undefined ? `>= ${r.ge}` : '';
+      const hi = r.lt !== undefined ? `< ${r.lt}` : r.le !== undefined ? `<= ${r.le}` : '';
+      expect(doc, key).toContain(`| \`${key}\` | ${[lo, hi].filter(Boolean).join(' and ')} |`);
+    }
+  });
+
+  it('names the file, key, value and fix of each, and a negative lr_dense as itself, not through decay_floor', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nmoe-ranges-'));
+    const file = join(dir, 'bad.toml');
+    const bad = { lr_router: '-0.001', adam_beta1: '1.5', adam_beta2: '2.0', weight_decay: '-1.0', checkpoint_every: '-1', lr_dense: '-0.01', n_routed_experts: '1024' };
+    const text = readFileSync(TINY, 'utf8').split('\n').filter((l) => !Object.keys(bad).some((k) => l.startsWith(`${k} `))).join('\n');
+    writeFileSync(file, `${text}\n${Object.entries(bad).map(([k, v]) => `${k} = ${v}`).join('\n')}\n`);
+    const at = (k: string) => `${file}:${lineOf(file, `${k} `)}`;
+    expect(loadError(file).errors).toEqual([
+      `n_routed_experts = 1024 must be <= 512 (the GPU routing kernel takes at most 512 experts per layer) [${at('n_routed_experts')}]. Fix: give n_routed_experts a value from 1 to 512.`,
+      `lr_dense = -0.01 must be > 0 [${at('lr_dense')}]. Fix: use a positive peak learning rate such as 3e-4.`,
+      `lr_router = -0.001 must be > 0 [${at('lr_router')}]. Fix: use a positive peak learning rate such as 3e-4.`,
+      `weight_decay = -1.0 must be >= 0 [${at('weight_decay')}]. Fix: use 0 for no weight decay, or a small positive value such as 0.1.`,
+      `adam_beta1 = 1.5 must be < 1 [${at('adam_beta1')}]. Fix: use a value in [0, 1) such as 0.9.`,
+      `adam_beta2 = 2.0 must be < 1 [${at('adam_beta2')}]. Fix: use a value in [0, 1) such as 0.95.`,
+      `checkpoint_every = -1 must be >= 0 [${at('checkpoint_every')}]. Fix: use a number of steps between saves, or 0 to save only at the last step.`,
+    ]);
+  });
+});
+
 describe('sources and precedence: file < environment < command line', () => {
   const stepsLine = `${TINY}:${lineOf(TINY, 'steps =')}`;
 
@@ -413,11 +461,27 @@ describe('nmoe config show / check', () => {
     const files = [TINY, `${FIX}/topk.toml`, `${REF}/moonlet.toml`];
     await expect(run('config', 'check', ...files)).rejects.toThrow(new UserError('1 of 3 configs failed'));
     const lines = out.trimEnd().split('\n');
-    expect(lines).toHaveLength(3);
+    expect(lines).toHaveLength(4);
     expect(lines[0]).toBe(`ok   ${TINY}  fingerprint ${configFingerprint(tiny()).slice(0, 12)}`);
     expect(lines[1]).toBe(`FAIL ${FIX}/topk.toml  n_activated_experts = 9 must be <= n_routed_experts (8) ` +
       `[${FIX}/topk.toml:12; n_routed_experts = 8 at ${FIX}/topk.toml:11]. Fix: lower n_activated_experts or raise n_routed_experts.`);
     expect(lines[2]).toMatch(/^ok {3}test\/fixtures\/reference-configs\/moonlet.toml {2}fingerprint [0-9a-f]{12}$/);
+    expect(lines[3]).toBe(`warn ${REF}/moonlet.toml  dtype = "nvfp4" is accepted but not implemented: routed experts compute in bf16 on the GPU ` +
+      `(no fp8/fp4 expert GEMMs yet) and in fp32 on the CPU [${REF}/moonlet.toml:${lineOf(`${REF}/moonlet.toml`, 'dtype')}]`);
+  });
+
+  it('check warns, one line each, about every key it accepts but does not implement', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'nmoe-unimpl-')), 'x.toml');
+    const set = ['eval_enabled = true', 'eval_mode = "inline"', 'profiling_enabled = true', 'aux_loss_alpha = 0.001', 'muon_momentum = 0.9', 'dtype = "fp8"'];
+    // Implemented keys (in-training eval, validation) do not warn.
+    const implemented = ['eval_every = 100', 'validation_every = 10'];
+    writeFileSync(file, `${readFileSync(TINY, 'utf8')}\n${[...set, ...implemented].join('\n')}\n`);
+    await run('config', 'check', file);
+    const warns = out.trimEnd().split('\n').slice(1);
+    const key = (l: string) => /^warn \S+ {2}(\w+) = /.exec(l)?.[1];
+    expect(warns.map(key)).toEqual(['eval_enabled', 'eval_mode', 'profiling_enabled', 'aux_loss_alpha', 'muon_momentum', 'dtype']);
+    for (const [i, l] of warns.entries()) expect(l).toMatch(new RegExp(`^warn ${file} {2}${set[i]!.replace(/[.*"]/g, '\\$&')} is accepted but not implemented: .+ \\[${file}:\\d+\\]$`));
+    expect(warns[0]).toContain('evals run inline in the trainer every eval_every steps');
   });
 
   it('check --world-size applies the divisibility rules', async () => {

@@ -22,13 +22,11 @@ import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/load.ts';
 import { moeForward } from '../src/model/ffn.ts';
 import { flopsPerToken, parameterCounts } from '../src/model/flops.ts';
-import { ParamStore } from '../src/model/params.ts';
 import { type ModelConfig, modelConfig, modelParamSpecs } from '../src/model/spec.ts';
 import { Transformer } from '../src/model/transformer.ts';
-import type { Backend } from '../src/tensor/backend.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { asCpu } from '../src/tensor/cpu/storage.ts';
-import { type DType, type Tensor, shapeNumel } from '../src/tensor/tensor.ts';
+import type { Tensor } from '../src/tensor/tensor.ts';
 import { philoxNormal } from '../src/util/philox.ts';
 
 const cpu = new CpuBackend();
@@ -273,12 +271,6 @@ describe('router (inventory §3.6)', () => {
   });
 });
 
-/** A backend that only records shapes: lets ParamStore lay out moonlet/moonlight (billions of elements) for free. */
-const shapeOnly = {
-  zeros: (shape: readonly number[], dtype: DType): Tensor => ({ shape, dtype, device: 'cpu', numel: shapeNumel(shape), free() {} }),
-  view: (t: Tensor, shape: readonly number[]): Tensor => ({ shape, dtype: t.dtype, device: 'cpu', numel: shapeNumel(shape), free() {} }),
-} as unknown as Backend;
-
 /** Parameter counts from the reference's module list (inventory §3.1, §3.5 MLA, §3.7), written out independently. */
 function referenceCounts(c: ModelConfig) {
   const D = c.dim, H = c.n_heads, qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
@@ -312,7 +304,7 @@ describe('parameter counts and FLOPs/token (inventory §2.2, §6.4; README)', ()
   for (const [name, total, active, unit] of cases) {
     it(`${name}: ${total} / ${active} ${unit === 1e9 ? 'B' : 'K'} parameters`, () => {
       const cfg = load(name);
-      const got = parameterCounts(cfg, new ParamStore(shapeOnly, modelParamSpecs(cfg)));
+      const got = parameterCounts(cfg, modelParamSpecs(cfg));
       const want = referenceCounts(cfg);
       expect(got).toEqual({ total: want.total, active: want.active });
       expect((got.total / unit).toFixed(unit === 1e9 ? 2 : 1)).toBe(total);
@@ -322,7 +314,7 @@ describe('parameter counts and FLOPs/token (inventory §2.2, §6.4; README)', ()
 
   it('moonlet: exact counts and flopsPerToken by the reference formula', () => {
     const cfg = load('moonlet');
-    const store = new ParamStore(shapeOnly, modelParamSpecs(cfg));
+    const store = modelParamSpecs(cfg);
     // Worked out by hand from the formulas above with moonlet's numbers (dim 2048, 12 layers, 16 heads, vocab
     // 201088, inter 11264, 64 experts of 1408, top-6, 2 shared, MLA 1536/512/128/64/128, seq_len 4096).
     expect(parameterCounts(cfg, store)).toEqual({ total: 7_358_851_072, active: 1_839_671_296 });
@@ -332,7 +324,7 @@ describe('parameter counts and FLOPs/token (inventory §2.2, §6.4; README)', ()
 
   it('tiny: flopsPerToken 1.87M (README) and equal to the reference formula', () => {
     const cfg = load('tiny');
-    const got = flopsPerToken(cfg, new ParamStore(shapeOnly, modelParamSpecs(cfg)));
+    const got = flopsPerToken(cfg, modelParamSpecs(cfg));
     expect(got).toBe(referenceCounts(cfg).flops);
     expect(got).toBe(1_869_696);
     expect((got / 1e6).toFixed(2)).toBe('1.87');

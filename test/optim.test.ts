@@ -5,6 +5,7 @@ import { paramGroup } from '../src/model/params.ts';
 import { modelConfig } from '../src/model/spec.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { AdamW } from '../src/optim/adamw.ts';
+import { roundToBf16 } from '../src/tensor/bf16.ts';
 import { asCpu } from '../src/tensor/cpu/storage.ts';
 import { wsdLr, wsdScale } from '../src/optim/schedule.ts';
 import { cpu, data, ints } from './helpers/gradcheck.ts';
@@ -78,6 +79,55 @@ describe('AdamW', () => {
     data(model.params.grad(model.params.trainable()[0]!.name))[0] = NaN;
     opt.update(0);
     model.params.trainable().forEach((p, i) => expect(Array.from(data(p.value))).toEqual(Array.from(snapshot[i]!)));
+  });
+});
+
+describe('AdamW against PyTorch\'s update rule, written out here', () => {
+  /**
+   * Four steps with a different gradient each step and clipping on (the clip factor far from 1), so the second
+   * moment must come from the clipped gradient: squaring the raw one moves v by 1/clip^2. With bf16 moments
+   * (optim_state_dtype = "bf16"), m and v are stored rounded to bf16 after each step and read back so.
+   */
+  for (const state of ['f32', 'bf16'] as const) {
+    it(`${state} moments: weights and both moments over 4 steps of varying, clipped gradients`, () => {
+      const n = 257, maxNorm = 0.05, hyper = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
+      const p = cpu.upload(Float32Array.from({ length: n }, (_, j) => Math.sin(j)), [n], 'f32');
+      const m = cpu.zeros([n], state), v = cpu.zeros([n], state);
+      const store = state === 'bf16' ? roundToBf16 : Math.fround;
+      const want = { p: Array.from(data(p)), m: new Array<number>(n).fill(0), v: new Array<number>(n).fill(0) };
+      for (let step = 1; step <= 4; step++) {
+        const g = Float32Array.from({ length: n }, (_, j) => Math.cos(j * step) * (1 + (j % 5)) * step);
+        const norm = Math.sqrt(g.reduce((a, x) => a + x * x, 0));
+        cpu.adamw([{ params: [p], grads: [cpu.upload(g, [n], 'f32')], expAvg: [m], expAvgSq: [v], step, ...hyper }],
+          { gradNorm: cpu.upload(Float32Array.of(norm), [1], 'f32'), maxNorm });
+        const clip = maxNorm / (Math.fround(norm) + 1e-6); // the norm arrives as an f32 tensor
+        expect(clip).toBeLessThan(0.01);
+        for (let j = 0; j < n; j++) {
+          const gj = g[j]! * clip;
+          const mj = hyper.beta1 * want.m[j]! + (1 - hyper.beta1) * gj;
+          const vj = hyper.beta2 * want.v[j]! + (1 - hyper.beta2) * gj * gj;
+          const mHat = mj / (1 - hyper.beta1 ** step), vHat = vj / (1 - hyper.beta2 ** step);
+          want.p[j] = want.p[j]! * (1 - hyper.lr * hyper.weightDecay) - hyper.lr * mHat / (Math.sqrt(vHat) + hyper.eps);
+          want.m[j] = store(mj);
+          want.v[j] = store(vj);
+        }
+        // A value near a rounding boundary may round the other way: allow one bf16 step there.
+        const close = (got: ArrayLike<number>, exp: number[], rel: number) =>
+          exp.forEach((x, j) => expect(Math.abs(got[j]! - x), `step ${step}, element ${j}`).toBeLessThanOrEqual(rel * Math.abs(x) + 1e-12));
+        const stored = state === 'bf16' ? 2 ** -8 : 1e-6;
+        close(data(m), want.m, stored);
+        close(data(v), want.v, stored);
+        close(data(p), want.p, 1e-5);
+        if (state === 'bf16') for (const t of [m, v]) expect(Array.from(data(t)).every((x) => roundToBf16(x) === x)).toBe(true);
+      }
+    });
+  }
+
+  it('optim_state_dtype = "bf16" keeps both moments of every group in bf16', () => {
+    const { cfg, model } = tinyModel(['--optim_state_dtype=bf16']);
+    const opt = new AdamW(cpu, model.params, cfg);
+    const dtypes = new Set(opt.groups.flatMap((g) => [...g.expAvg, ...g.expAvgSq].map((t) => t.dtype)));
+    expect([...dtypes]).toEqual(['bf16']);
   });
 });
 

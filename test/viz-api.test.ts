@@ -291,6 +291,18 @@ describe('nmoe viz and nmoe bench viz on the command line', () => {
     expect((await viz.done).code).toBe(0);
   });
 
+  it('stops at once, in one line, when --experiments-db is not a SQLite database', async () => {
+    const junk = join(dir, 'not-a-db.db');
+    writeFileSync(junk, 'this is not SQLite\n'.repeat(64));
+    const viz = nmoeAsync(['viz', '--metrics-dir', metricsDir, '--experiments-db', junk, '--port', '0']);
+    const deadline = setTimeout(() => viz.child.kill('SIGKILL'), 30_000); // a server that started anyway
+    const r = await viz.done;
+    clearTimeout(deadline);
+    expect(r.signal, r.out).toBeNull();
+    expect(r.code).toBe(2);
+    expect(r.out.trim()).toBe(`nmoe: error: cannot open the experiments DB ${junk}: file is not a database. Fix: point it at the SQLite file \`nmoe train\` writes (experiments_db in the config; --db or --experiments-db here).`);
+  });
+
   it('bench viz times series requests on a synthetic run', () => {
     const r = nmoe(['bench', 'viz', '--steps', '1000', '--requests', '3', '--no-browser']);
     expect(r.code, r.err).toBe(0);

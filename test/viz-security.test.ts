@@ -32,6 +32,13 @@ beforeAll(async () => {
   writeNpy(join(dataRoot, 'shard.npy'), Uint32Array.of(5, 6, 0, 7, 0));
   symlinkSync(outside, join(dataRoot, 'escape'));
   symlinkSync(join(outside, 'secret.npy'), join(dataRoot, 'escape.npy'));
+  // Siblings whose names start with the root's: "inside" must mean under `data/`, not any path starting "data".
+  for (const [root, sibling] of [[dataRoot, `${dataRoot}-evil`], [metricsDir, `${metricsDir}-evil`]] as const) {
+    mkdirSync(join(sibling, 'run_y'), { recursive: true });
+    writeNpy(join(sibling, 'secret.npy'), Uint32Array.of(1, 2, 0));
+    symlinkSync(sibling, join(root, 'sibling'));
+  }
+  symlinkSync(join(`${metricsDir}-evil`, 'run_y'), join(metricsDir, 'run_sibling'));
   mkdirSync(join(dir, 'web'));
   writeFileSync(join(dir, 'web', 'index.html'), '<!doctype html><title>nmoe viz</title>');
   writeFileSync(join(dir, 'beside-the-bundle.txt'), 'not for the web');
@@ -69,6 +76,8 @@ describe('nmoe viz refuses', () => {
     expect(await refused('/api/datasets?path=escape', 400)).toMatch(/leads outside the root .* through a symlink/);
     expect(await refused('/api/datasets/shard/window?path=escape.npy', 400)).toMatch(/leads outside the root/);
     expect(await refused('/api/datasets/shard/window?path=escape/secret.npy', 400)).toMatch(/leads outside the root/);
+    expect(await refused('/api/datasets/shard/window?path=sibling/secret.npy', 400)).toMatch(/leads outside the root/);
+    expect(await refused('/api/datasets?path=sibling', 400)).toMatch(/leads outside the root/);
     const listing = JSON.parse((await rawRequest(server.url, { path: '/api/datasets' })).body) as { entries: { name: string }[] };
     expect(listing.entries.map((e) => e.name)).toEqual(['shard.npy']); // the symlinks out are not listed
     expect(await refused('/api/datasets?path=nothing/here', 404)).toMatch(/does not exist/);
@@ -80,6 +89,7 @@ describe('nmoe viz refuses', () => {
     }
     expect(await refused('/api/series?run=..&tag=train/loss', 400)).toMatch(/not a run name/);
     expect(await refused('/api/summary?run=run_escape', 400)).toMatch(/leads outside the root/);
+    expect(await refused('/api/summary?run=run_sibling', 400)).toMatch(/leads outside the root/);
     expect(await refused('/api/summary?run=run_nobody', 404)).toMatch(/run="run_nobody" does not exist/);
     expect(await refused('/api/summary', 400)).toMatch(/run is required/);
   });

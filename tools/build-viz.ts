@@ -9,10 +9,11 @@
  *   npm run build:viz
  */
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { makeDirs } from '../src/util/dirs.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const WEB = join(ROOT, 'src/viz/web');
@@ -48,7 +49,7 @@ export async function buildViz(): Promise<Map<string, Buffer>> {
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   const files = await buildViz();
-  mkdirSync(VIZ_DIST, { recursive: true });
+  makeDirs(VIZ_DIST);
   for (const [name, bytes] of files) {
     writeFileSync(join(VIZ_DIST, name), bytes);
     console.log(`viz-dist/${name}  ${(bytes.length / 1024).toFixed(1)} KB`);

@@ -14,9 +14,10 @@
  * report, including cuDNN's JSON description of each chosen plan) and cudnn.log (cuDNN's own log, at
  * --log-level: 1 errors, 2 and warnings, 3 and info; default 1). NMOE_CUDNN_PATH picks another libcudnn.so.9.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { makeDirs } from '../src/util/dirs.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -27,7 +28,7 @@ const { values: args } = parseArgs({
   },
 });
 const outDir = resolve(args.out!);
-mkdirSync(outDir, { recursive: true });
+makeDirs(outDir);
 // cuDNN reads its logging settings when it loads, so they are set before anything imports it.
 process.env.CUDNN_LOGLEVEL_DBG ??= args['log-level']!;
 process.env.CUDNN_LOGDEST_DBG ??= join(outDir, 'cudnn.log');

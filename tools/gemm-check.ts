@@ -31,7 +31,7 @@
  * failed. --out DIR also writes results.json there.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,6 +39,7 @@ import { roundToBf16 } from '../src/tensor/bf16.ts';
 import type { CudaBackend } from '../src/tensor/cuda/backend.ts';
 import type { Tensor } from '../src/tensor/tensor.ts';
 import { philoxUniform } from '../src/util/philox.ts';
+import { makeDirs } from '../src/util/dirs.ts';
 
 const SCRIPT = fileURLToPath(import.meta.url);
 const ROOT = dirname(dirname(SCRIPT));
@@ -817,7 +818,7 @@ async function parent(): Promise<void> {
   console.log(`\n${text.join('\n')}`);
   const out = arg('--out');
   if (out) {
-    mkdirSync(out, { recursive: true });
+    makeDirs(out);
     writeFileSync(join(out, 'results.json'), JSON.stringify({ results, report: text }, null, 2));
   }
   process.exit(results.every((r) => r.verdict === 'PASS') ? 0 : 1);

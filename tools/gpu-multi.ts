@@ -10,23 +10,32 @@
  * 3. Exact resume on N GPUs: 3 steps, stop, resume to 6 gives the losses and checkpoint files of 6 straight.
  * 4. A rank that never joins an expert exchange: the others fail after NMOE_COMM_TIMEOUT_S, naming it.
  * 5. RDEP's worst-case buffers that cannot fit: a clear error with the sizes, before anything else is allocated.
+ *
+ * The verdicts are in gpu-multi-checks.ts (tested on the CPU): each fails on missing data.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runRanks, trainLosses } from '../test/helpers/ranks.ts';
+import { makeDirs } from '../src/util/dirs.ts';
+import { type GradReport, type Verdict, bitIdentical, gpuCount, gradsAgree, lossesAgree, resumeExact } from './gpu-multi-checks.ts';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const BIN = join(ROOT, 'bin/nmoe.js');
 const arg = (flag: string) => process.argv.includes(flag) ? process.argv[process.argv.indexOf(flag) + 1] : undefined;
-const gpus = Number(arg('--gpus') ?? spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8' }).stdout.trim().split('\n').length);
+const counted = gpuCount(arg('--gpus'), () => spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8' }));
+if (typeof counted === 'string') {
+  console.error(`gpu-multi: ${counted}`);
+  process.exit(2);
+}
+const gpus = counted;
 const out = resolve(arg('--out') ?? '/tmp/nmoe-gpu-multi');
 rmSync(out, { recursive: true, force: true });
 let failed = 0;
 
-function report(ok: boolean, what: string, detail: string): void {
+function report(what: string, { ok, detail }: Verdict): void {
   if (!ok) failed++;
   console.log(`${ok ? 'PASS' : 'FAIL'}  ${what}: ${detail}`);
 }
@@ -52,13 +61,12 @@ async function losses(tag: string): Promise<number[]> {
 /** The fixture's mode on `world` ranks of this node's GPUs: what each rank wrote (null where it wrote nothing). */
 async function ranks(world: number, mode: string, tag: string, args: string[], env: Record<string, string> = {}): Promise<unknown[]> {
   const dir = join(out, tag);
-  mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
   const done = await runRanks(world, (r) => [mode, join(dir, `${r}.json`), ...args], { DEVICE: 'cuda', ...env });
   done.forEach((d, r) => writeFileSync(join(dir, `${r}.log`), d.out));
   return done.map((_, r) => { try { return JSON.parse(readFileSync(join(dir, `${r}.json`), 'utf8')); } catch { return null; } });
 }
 
-const relMax = (a: number[], b: number[]) => Math.max(...a.map((x, i) => Math.abs(x - b[i]!) / Math.abs(b[i]!)));
 const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 console.log(`nmoe multi-GPU checks on ${gpus} GPUs, output in ${out}`);
@@ -70,29 +78,14 @@ for (const [tag, world] of [['one', 1], ['many', gpus], ['many-again', gpus]] as
   if (r.code !== 0) console.log(r.text.split('\n').slice(-15).join('\n'));
 }
 const [one, many, again] = await Promise.all(['one', 'many', 'many-again'].map(losses));
-report(one!.length === 50 && many!.length === 50 && relMax(many!, one!) < 5e-2, `50 steps on 1 vs ${gpus} GPUs`,
-  `max relative loss difference ${relMax(many!, one!).toExponential(2)} (bf16 noise); step 50: ${one!.at(-1)?.toFixed(4)} vs ${many!.at(-1)?.toFixed(4)}`);
-report(JSON.stringify(many) === JSON.stringify(again), `${gpus}-GPU rerun`, JSON.stringify(many) === JSON.stringify(again) ? 'bit-identical losses' : 'losses differ');
+report(`50 steps on 1 vs ${gpus} GPUs`, lossesAgree(one!, many!, 50, 5e-2));
+report(`${gpus}-GPU rerun`, bitIdentical(many!, again!, 50));
 
 // 2. First-step expert gradients: each rank's against its slice of the single GPU's.
 const cfg = ['configs/tiny.toml', '--batch_size=8', '--seq_len=128'];
-const [single] = await ranks(1, 'grads', 'grads-1', cfg) as { grads: Record<string, number[]>; loss: number }[];
-const parts = await ranks(gpus, 'grads', `grads-${gpus}`, cfg) as ({ grads: Record<string, number[]>; loss: number } | null)[];
-if (!single || parts.some((p) => !p)) report(false, 'first-step expert gradients', `a rank failed (logs in ${out}/grads-*)`);
-else {
-  let worst = 0, identical = true;
-  for (const [name, full] of Object.entries(single.grads)) {
-    const n = full.length / gpus, scale = Math.max(...full.map(Math.abs));
-    parts.forEach((p, r) => p!.grads[name]!.forEach((g, i) => {
-      const want = full[r * n + i]!;
-      if (g !== want) identical = false;
-      worst = Math.max(worst, Math.abs(g - want) / scale);
-    }));
-  }
-  const loss = parts.reduce((a, p) => a + p!.loss, 0);
-  report(worst < 2e-2, `first-step expert gradients, ${Object.keys(single.grads).length} tensors over ${gpus} GPUs`,
-    `${identical ? 'bit-identical' : `max difference ${worst.toExponential(2)} of each tensor's largest entry`}; loss ${loss.toFixed(5)} vs ${single.loss.toFixed(5)}`);
-}
+const [single] = await ranks(1, 'grads', 'grads-1', cfg) as (GradReport | null)[];
+const parts = await ranks(gpus, 'grads', `grads-${gpus}`, cfg) as (GradReport | null)[];
+report('first-step expert gradients', gradsAgree(single ?? null, parts, gpus));
 
 // 3. Exact resume on N GPUs.
 train('straight', gpus, ['--steps=6', '--checkpoint_every=3']);
@@ -102,17 +95,16 @@ const [s6, r6] = await Promise.all([losses('straight'), losses('resumed')]);
 const final = (tag: string, f = '') => join(out, tag, 'ckpt/iter_0000006', f);
 const files = existsSync(final('straight')) ? readdirSync(final('straight')).filter((f) => f.endsWith('.safetensors')) : [];
 const same = files.filter((f) => existsSync(final('resumed', f)) && sha(final('straight', f)) === sha(final('resumed', f)));
-report(/resumed run \S+ from step 3/.test(resumed.text) && JSON.stringify(s6) === JSON.stringify(r6) && same.length === files.length && files.length === gpus + 1,
-  `exact resume on ${gpus} GPUs`, `losses ${JSON.stringify(s6) === JSON.stringify(r6) ? 'bit-identical' : 'differ'}; ${same.length} of ${files.length} checkpoint files identical`);
+report(`exact resume on ${gpus} GPUs`, resumeExact({ said: /resumed run \S+ from step 3/.test(resumed.text), straight: s6, resumed: r6, steps: 6, files, identical: same, gpus }));
 
 // 4. A stalled rank.
 const [stalled] = await ranks(gpus, 'stall-in-exchange', 'stall', [], { NMOE_COMM_TIMEOUT_S: '3', EXPERTS: String(2 * gpus) }) as ({ error: string | null; seconds: number } | null)[];
-report(!!stalled?.error && /waited 3 s for rank 1/.test(stalled.error) && stalled.seconds < 30, 'RDEP barrier timeout', stalled ? `after ${stalled.seconds.toFixed(1)} s: ${stalled.error}` : 'rank 0 wrote nothing');
+report('RDEP barrier timeout', { ok: !!stalled?.error && /waited 3 s for rank 1/.test(stalled.error) && stalled.seconds < 30, detail: stalled ? `after ${stalled.seconds.toFixed(1)} s: ${stalled.error}` : 'rank 0 wrote nothing' });
 
 // 5. Worst-case buffers that cannot fit.
 const oom = train('oom', gpus, ['--steps=1', `--batch_size=${1 << 20}`, '--seq_len=128']);
 const line = oom.text.split('\n').find((l) => /RDEP needs/.test(l)) ?? '';
-report(oom.code !== 0 && /RDEP needs [\d.]+ GiB per GPU .* only [\d.]+ GiB is free/.test(line), 'RDEP buffers too large', line.trim() || oom.text.slice(-300));
+report('RDEP buffers too large', { ok: oom.code !== 0 && /RDEP needs [\d.]+ GiB per GPU .* only [\d.]+ GiB is free/.test(line), detail: line.trim() || oom.text.slice(-300) });
 
 console.log(`${failed === 0 ? 'all checks passed' : `${failed} check(s) failed`}`);
 process.exitCode = failed ? 1 : 0;

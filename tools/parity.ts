@@ -20,7 +20,7 @@
  * environment overrides are ignored so a run is reproducible from its command line.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadParams, saveParams } from '../src/checkpoint/params-io.ts';
@@ -34,6 +34,7 @@ import type { Backend } from '../src/tensor/backend.ts';
 import { selectBackend } from '../src/tensor/select.ts';
 import { UserError } from '../src/util/errors.ts';
 import { hashString, philox4x32 } from '../src/util/philox.ts';
+import { makeDirs } from '../src/util/dirs.ts';
 
 export type Precision = 'fp32' | 'bf16';
 
@@ -226,7 +227,7 @@ export async function prepareParity(opts: PrepareOptions): Promise<{ files: Pari
     env: {},
   });
   const cfg = modelConfig(config);
-  mkdirSync(opts.outDir, { recursive: true });
+  makeDirs(opts.outDir);
   const files = parityFiles(opts.outDir);
   writeFileSync(files.config, `${JSON.stringify({ path: opts.configPath ?? defaultConfigPath(), fingerprint: configFingerprint(config), config }, null, 2)}\n`);
 
@@ -391,7 +392,7 @@ export async function main(argv: string[]): Promise<number> {
   let files: ParityFiles, cfg: ModelConfig;
   if (o.reuse) {
     // The config, weights and batch of an earlier run; this run's results go to --out.
-    mkdirSync(o.outDir, { recursive: true });
+    makeDirs(o.outDir);
     files = { ...parityFiles(o.reuse), grads: parityFiles(o.outDir).grads };
     cfg = readParityConfig(files.config);
   } else {

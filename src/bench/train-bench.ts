@@ -5,7 +5,7 @@
  */
 import type { Config } from '../config/schema.ts';
 import { flopsPerToken } from '../model/flops.ts';
-import { modelConfig } from '../model/spec.ts';
+import { modelConfig, modelParamSpecs } from '../model/spec.ts';
 import { allGatherHost } from '../dist/comm.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import { createTrainee, trainStep } from '../train/step.ts';
@@ -24,6 +24,32 @@ const PEAK_TFLOPS: [RegExp, number][] = [
 
 export function peakTflops(device: string): number | null {
   return PEAK_TFLOPS.find(([re]) => re.test(device))?.[1] ?? null;
+}
+
+/**
+ * The CPU backend's training rate, FLOPs/s by the reference's formula, rounded up: the tiny default trains at
+ * about 850 tokens/s x 1.87M FLOPs/token = 1.6 GFLOP/s on the 2-core CI machine (README).
+ */
+const CPU_FLOPS = 2e9;
+/** The longest `device = "auto"` lets a benchmark that fell back to the CPU run. */
+const CPU_BENCH_LIMIT_S = 120;
+
+/**
+ * Why a benchmark that `device = "auto"` moved to the CPU should not run, or null: the machine has a GPU whose
+ * CUDA backend failed (timing the CPU answers nothing asked), or the model would take minutes per step there.
+ */
+export function refuseCpuFallback(config: Config, fallback: { reason: string; gpuPresent: boolean }, steps: number): string | null {
+  const onPurpose = 'pass --device=cpu to time the CPU on purpose';
+  const fix = `Fix: run \`nmoe doctor\` to see why the CUDA backend cannot start, or ${onPurpose}`;
+  if (fallback.gpuPresent) {
+    const reason = fallback.reason.replace(/\.$/, '');
+    return `this machine has a GPU but the CUDA backend failed to start: ${reason}${/ Fix: /.test(reason) ? `; or ${onPurpose}` : `. ${fix}`}.`;
+  }
+  const cfg = modelConfig(config);
+  const seconds = (flopsPerToken(cfg, modelParamSpecs(cfg)) * cfg.batch_size * cfg.seq_len * steps) / CPU_FLOPS;
+  if (seconds <= CPU_BENCH_LIMIT_S) return null;
+  return `no GPU in use (${fallback.reason.split('. Looked in')[0]}), and ${steps} steps of this model would take about ` +
+    `${Math.round(seconds / 60)} minutes on the CPU. ${fix}, or benchmark a smaller config.`;
 }
 
 export interface BenchResult {
@@ -96,7 +122,7 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions,
   normalizer?.free();
   const profile = prof?.report() ?? null;
   const tokensPerSecond = (world * tokens * o.steps) / seconds;
-  const tflops = (flopsPerToken(cfg, trainee.model.params) * tokensPerSecond) / world / 1e12; // per GPU, as MFU
+  const tflops = (flopsPerToken(cfg, trainee.model.params.params) * tokensPerSecond) / world / 1e12; // per GPU, as MFU
   const peak = peakTflops(base.name);
   trainee.opt.free();
   trainee.model.free();

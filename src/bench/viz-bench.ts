@@ -7,12 +7,12 @@
  * page until the web app marks it ready (`<html data-ready="true">`: its data loaded and rendered), first with the
  * server's caches cold, then warm.
  */
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { metricsDdl, metricsPath, sqlString } from '../metrics/duckdb-writer.ts';
 import { Registry } from '../metrics/registry.ts';
 import { startVizServer } from '../viz/server/server.ts';
 import { ascending, quantile } from '../util/quantile.ts';
+import { makeDirs } from '../util/dirs.ts';
 
 const CORE = [
   'train/loss', 'optimizer/lr', 'optimizer/grad_norm', 'throughput/tokens_per_s_gpu', 'throughput/ms_per_step', 'throughput/loader_wait_ms',
@@ -36,7 +36,7 @@ export const BENCH_TAGS: readonly string[] = [
  */
 export async function writeSyntheticRun(dir: string, run: string, steps: number): Promise<{ rows: number; seconds: number }> {
   const t0 = performance.now();
-  mkdirSync(join(dir, run), { recursive: true });
+  makeDirs(join(dir, run));
   const { DuckDBInstance } = await import('@duckdb/node-api');
   const db = await DuckDBInstance.create(metricsPath(dir, run, 0));
   const conn = await db.connect();

@@ -1,25 +1,22 @@
 /**
  * Asynchronous checkpoint saving (inventory §7.2). `save` takes a snapshot already copied off the device and
- * queues it; a background chain writes its files while training goes on (the safetensors files are encoded and
- * written on a worker thread, tensor-writer.ts). The queue is bounded: when
- * `maxQueue` saves are pending, `save` waits for the oldest instead of dropping one. The folder is created and
- * test-written at construction, so a bad `checkpoint_dir` stops the run before its first step; a later write
- * error (a full disk) is kept and thrown by the next `save` or by `close`.
+ * queues it; the checkpoint thread writes the whole step (step-writer.ts) while training goes on: encoding
+ * gigabytes of fp32 as bf16 and hashing them is seconds of CPU for a large rank file, and each file operation on
+ * the main thread would wait for the training loop to yield. The tensors move to the thread (their buffers are
+ * transferred, not copied, where the snapshot owns them). The thread starts with the Checkpointer, so its start-up
+ * (tsx registering and compiling the writer's modules: 0.3 s on an idle 2-core machine, seconds on a busy one) is
+ * over before the first save.
  *
- * Order of writes for a step: its rank file(s), the dense file and train_state.json (rank 0), then, once every
- * rank's file is there, manifest.json, then latest_checkpointed_iteration.txt, then retention removes all but the
- * newest `keepLast` complete steps. Every file is written atomically (see atomic.ts).
+ * The queue is bounded: when `maxQueue` saves are pending, `save` waits for the oldest instead of dropping one. The
+ * folder is created and test-written at construction, so a bad `checkpoint_dir` stops the run before its first
+ * step; a later write error (a full disk) is kept and thrown by the next `save` or by `close`.
  */
-import { existsSync, statSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import type { Worker } from 'node:worker_threads';
 import { ensureWritableDir } from '../util/dirs.ts';
 import { UserError } from '../util/errors.ts';
-import { NMOE_VERSION } from '../util/version.ts';
-import { writeFileAtomic } from './atomic.ts';
-import { DENSE_FILE, MANIFEST, type Manifest, STATE_FILE, TRACKER, expectedFiles, iterName, listSteps, rankFile } from './layout.ts';
+import { startTsWorker } from '../util/ts-worker.ts';
 import type { Snapshot } from './state.ts';
-import { TensorFileWriter } from './tensor-writer.ts';
+import type { StepJob } from './step-writer.ts';
 
 export interface CheckpointerOptions {
   base: string;
@@ -27,18 +24,29 @@ export interface CheckpointerOptions {
   world: number;
   keepLast: number;
   maxQueue?: number;
-  /** Called after a step is complete (manifest and tracker written), with its size. */
+  /** Called after a step is complete (manifest and tracker written), with its size and the ms from queued to complete. */
   onSaved?: (step: number, bytes: number, ms: number) => void;
+}
+
+export interface WriteReply {
+  id: number;
+  bytes: number;
+  /** Date.now() when the step was complete on disk. */
+  finishedAt: number;
+  /** Why the write failed; null when the step is in place. */
+  error: string | null;
 }
 
 export class Checkpointer {
   readonly #pending: Promise<void>[] = [];
-  #chain: Promise<void> = Promise.resolve();
+  readonly #waiting = new Map<number, { step: number; queuedAt: number; done: () => void }>();
+  #next = 0;
   #error: unknown;
-  readonly #files = new TensorFileWriter();
+  #worker: Worker | null = null;
 
   constructor(readonly o: CheckpointerOptions) {
     ensureWritableDir(o.base, 'checkpoint_dir');
+    this.#start();
   }
 
   /** Queues `snap` for writing; resolves once it is queued (not written). */
@@ -46,18 +54,29 @@ export class Checkpointer {
     this.#throwIfFailed();
     while (this.#pending.length >= (this.o.maxQueue ?? 2)) await this.#pending[0];
     this.#throwIfFailed();
-    const job = this.#chain.then(() => this.#write(snap)).catch((err: unknown) => {
-      this.#error ??= err;
-    });
-    this.#chain = job;
+    const worker = this.#start();
+    const id = this.#next++;
+    const job = new Promise<void>((done) => this.#waiting.set(id, { step: snap.step, queuedAt: Date.now(), done }));
     this.#pending.push(job);
     void job.then(() => this.#pending.splice(this.#pending.indexOf(job), 1));
+    const rank0 = this.o.rank === 0;
+    const message: StepJob = {
+      base: this.o.base, step: snap.step, rank: this.o.rank, world: this.o.world, keepLast: this.o.keepLast, rankTensors: snap.rank,
+      dense: rank0 ? snap.dense : null, state: rank0 ? `${JSON.stringify(snap.state, null, 1)}\n` : null, gitSha: snap.state.git_sha,
+    };
+    // A buffer the typed array spans whole is the snapshot's own copy: hand it over instead of cloning it.
+    const transfer = [...snap.rank, ...(rank0 ? snap.dense : [])].map((t) => t.data)
+      .filter((d) => d.byteOffset === 0 && d.byteLength === d.buffer.byteLength).map((d) => d.buffer as ArrayBuffer);
+    worker.ref(); // a pending save keeps the process alive
+    worker.postMessage({ id, job: message }, [...new Set(transfer)]);
   }
 
   /** Waits for every queued save; throws the first write error. */
   async close(): Promise<void> {
-    await this.#chain;
-    await this.#files.close();
+    await Promise.all(this.#pending);
+    const worker = this.#worker;
+    this.#worker = null; // first: its exit is expected now
+    await worker?.terminate();
     this.#throwIfFailed();
   }
 
@@ -70,43 +89,28 @@ export class Checkpointer {
     );
   }
 
-  async #write(snap: Snapshot): Promise<void> {
-    const t0 = performance.now();
-    const dir = join(this.o.base, iterName(snap.step));
-    await mkdir(dir, { recursive: true });
-    const meta = { format: 'nmoe-checkpoint', step: String(snap.step) };
-    await this.#files.write(join(dir, rankFile(this.o.rank)), snap.rank, meta);
-    if (this.o.rank !== 0) return;
-    await this.#files.write(join(dir, DENSE_FILE), snap.dense, meta);
-    await writeFileAtomic(join(dir, STATE_FILE), `${JSON.stringify(snap.state, null, 1)}\n`);
-    const files = expectedFiles(this.o.world);
-    await waitForFiles(dir, files);
-    const bytes = Object.fromEntries(files.map((f) => [f, statSync(join(dir, f)).size]));
-    const total = Object.values(bytes).reduce((a, b) => a + b, 0);
-    const manifest: Manifest = {
-      step: snap.step, world: this.o.world, dp_count: this.o.world, bytes_total: total, git_sha: snap.state.git_sha,
-      nmoe_version: NMOE_VERSION, files, bytes,
+  #start(): Worker {
+    if (this.#worker) return this.#worker;
+    const worker = startTsWorker(new URL('./writer-worker.ts', import.meta.url));
+    worker.unref(); // idle until the first save
+    worker.on('message', (m: WriteReply) => {
+      const waiter = this.#waiting.get(m.id)!;
+      this.#waiting.delete(m.id);
+      if (this.#waiting.size === 0) worker.unref();
+      if (m.error !== null) this.#error ??= new Error(m.error);
+      else if (this.o.rank === 0) this.o.onSaved?.(waiter.step, m.bytes, m.finishedAt - waiter.queuedAt); // rank 0 speaks for the step
+      waiter.done();
+    });
+    // A thread that dies fails the saves it held; the next save starts a new one.
+    const fail = (err: Error) => {
+      if (this.#worker === worker) this.#worker = null;
+      this.#error ??= err;
+      for (const w of this.#waiting.values()) w.done();
+      this.#waiting.clear();
     };
-    await writeFileAtomic(join(dir, MANIFEST), `${JSON.stringify(manifest, null, 1)}\n`);
-    await writeFileAtomic(join(this.o.base, TRACKER), `${snap.step}\n`);
-    await this.#retain(snap.step);
-    this.o.onSaved?.(snap.step, total, performance.now() - t0);
-  }
-
-  /** Keeps the newest `keepLast` complete steps (never the one just written) and removes older step dirs. */
-  async #retain(latest: number): Promise<void> {
-    const steps = listSteps(this.o.base);
-    const kept = steps.filter((s) => s.complete).slice(0, Math.max(1, this.o.keepLast));
-    const oldestKept = Math.min(latest, ...kept.map((s) => s.step));
-    for (const s of steps) if (s.step < oldestKept) await rm(s.dir, { recursive: true, force: true });
-  }
-}
-
-/** Other ranks write their files on their own; rank 0 waits (up to 10 minutes) for all of them. */
-async function waitForFiles(dir: string, files: string[]): Promise<void> {
-  const deadline = Date.now() + 600_000;
-  while (!files.every((f) => existsSync(join(dir, f)))) {
-    if (Date.now() > deadline) throw new Error(`${dir}: ranks' files did not all arrive: ${files.filter((f) => !existsSync(join(dir, f))).join(', ')}`);
-    await new Promise((r) => setTimeout(r, 100));
+    worker.on('error', fail);
+    worker.on('exit', (code) => this.#worker === worker && fail(new Error(`the checkpoint thread exited (code ${code})`)));
+    this.#worker = worker;
+    return worker;
   }
 }

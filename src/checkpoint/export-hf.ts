@@ -10,12 +10,13 @@
  * `nmoe.differences`, since a DeepSeek-V3 loader would otherwise silently compute something else, and nmoe's own
  * model fields under `nmoe.config`, from which nmoe loads the export back (import-hf.ts).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
 import { DENSE_FILE, type StepDir, rankFile } from './layout.ts';
 import { type ReadTensor, type TensorToWrite, readSafetensors, writeSafetensors } from './safetensors.ts';
 import { readTrainState } from './state.ts';
+import { createDir } from '../util/dirs.ts';
 
 const ATTN: Record<string, string> = {
   wq_a: 'q_a_proj', q_norm: 'q_a_layernorm', wq_b: 'q_b_proj', wq: 'q_proj', wk: 'k_proj', wv: 'v_proj',
@@ -104,7 +105,7 @@ export function exportHf(step: StepDir, out: string, maxShardBytes = 5e9): strin
       name: `model.layers.${m[1]}.mlp.experts.${e}.${EXPERT_HF_NAMES[m[2]!]}.weight`, dtype: dtypeOf(t), shape: [t.shape[2]!, t.shape[1]!], data,
     }));
   }
-  mkdirSync(out, { recursive: true });
+  createDir(out, 'the export folder', 'pick an <out> folder you can write to');
   const dtype = tensors.some((t) => t.dtype === 'BF16') ? 'BF16' : 'F32';
   writeFileSync(join(out, 'config.json'), `${JSON.stringify(hfConfig(c, state.step, state.config_fingerprint, dtype), null, 2)}\n`);
   const shards: TensorToWrite[][] = [[]];

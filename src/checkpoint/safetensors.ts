@@ -19,10 +19,11 @@
  * problem when a check fails. It reads each tensor with fs.readSync straight into the array it returns (bf16 goes
  * through one 2-byte-per-element staging array), so it never holds a second copy of the file.
  */
-import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 import { endianness } from 'node:os';
-import { basename, dirname, join } from 'node:path';
 import { fromBf16Bits, toBf16Bits } from '../tensor/bf16.ts';
+import { replaceAtomically } from './atomic.ts';
 
 /** Dtypes this module reads. I64 is read-only (values must fit in int32) and comes back as an Int32Array. */
 export type SafetensorsDtype = 'F32' | 'BF16' | 'I32' | 'I64';
@@ -164,47 +165,29 @@ function tensorBytes(t: TensorToWrite): Uint8Array {
   return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 }
 
-/** Flushes a directory entry (the rename) to disk; not every platform can open a directory, which is fine. */
-function fsyncDir(dir: string): void {
-  let fd: number | undefined;
-  try {
-    fd = openSync(dir, 'r');
-    fsyncSync(fd);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EISDIR' && code !== 'EINVAL' && code !== 'EPERM' && code !== 'EACCES' && code !== 'ENOTSUP') throw err;
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
-}
-
-/** Writes `tensors` to `path` atomically (temp file, fsync, rename, fsync of the directory). */
-export function writeSafetensors(path: string, tensors: readonly TensorToWrite[], metadata?: Record<string, string>): void {
+/**
+ * Writes `tensors` to `path` atomically (temp file, fsync, rename, fsync of the directory) and returns the SHA-256
+ * of the bytes written (hex), hashed on the way out, so a checkpoint's manifest can record it without reading the
+ * file back.
+ */
+export function writeSafetensors(path: string, tensors: readonly TensorToWrite[], metadata?: Record<string, string>): string {
   checkHost();
   validateForWrite(path, tensors, metadata);
   const { ordered, header } = layout(tensors, metadata);
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(header.length));
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
-  let fd: number | undefined;
+  const hash = createHash('sha256');
   try {
-    fd = openSync(tmp, 'wx', 0o644);
-    writeAll(fd, prefix);
-    writeAll(fd, header);
-    for (const t of ordered) writeAll(fd, tensorBytes(t));
-    fsyncSync(fd);
-    closeSync(fd);
-    fd = undefined;
-    renameSync(tmp, path);
+    replaceAtomically(path, (fd) => {
+      for (const bytes of [prefix, header, ...ordered.map(tensorBytes)]) {
+        writeAll(fd, bytes);
+        hash.update(bytes);
+      }
+    });
   } catch (err) {
-    if (fd !== undefined) closeSync(fd);
-    try {
-      unlinkSync(tmp);
-    } catch { /* already gone */ }
-    if (err instanceof SafetensorsError) throw err;
     throw new SafetensorsError(`cannot write ${path}: ${(err as Error).message}`);
   }
-  fsyncDir(dirname(path));
+  return hash.digest('hex');
 }
 
 // ------------------------------------------------------------------------------------------------------------

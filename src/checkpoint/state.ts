@@ -23,7 +23,7 @@ import { NMOE_VERSION } from '../util/version.ts';
 import { type TensorTarget, assignTensors } from './params-io.ts';
 import { type ReshardTarget, reshardRankFiles } from './reshard.ts';
 import { type TensorToWrite, readSafetensors } from './safetensors.ts';
-import { DENSE_FILE, STATE_FILE, type StepDir, rankFile } from './layout.ts';
+import { DENSE_FILE, STATE_FILE, type StepDir, checksumProblems, rankFile } from './layout.ts';
 
 export interface TrainState {
   format: 'nmoe-train-state';
@@ -123,9 +123,12 @@ function readDamaged<T>(dir: string, read: () => T): T {
     return read();
   } catch (err) {
     if (err instanceof UserError) throw err;
-    throw new UserError(`checkpoint ${dir} is damaged: ${(err as Error).message}. Fix: move ${dir} aside; resume then loads the step before it.`, { cause: err });
+    throw damaged(dir, (err as Error).message, err);
   }
 }
+
+const damaged = (dir: string, what: string, cause?: unknown) =>
+  new UserError(`checkpoint ${dir} is damaged: ${what}. Fix: move ${dir} aside; resume then loads the step before it.`, { cause });
 
 /**
  * Checks that the saved step belongs to this config, then loads it into `t` and `loader`, resharding experts and
@@ -133,6 +136,11 @@ function readDamaged<T>(dir: string, read: () => T): T {
  * fingerprint mismatch, naming the fields that differ.
  */
 export async function restoreSnapshot(found: StepDir, t: Trainee, loader: DeterministicLoader, config: Config, rank: number, world: number): Promise<TrainState> {
+  // Damage that keeps a file's size (and may still parse: a flipped weight) shows in its checksum; check what this rank reads.
+  const savedWorld = found.manifest!.world;
+  const reads = [STATE_FILE, DENSE_FILE, ...(savedWorld === world ? [rankFile(rank)] : Array.from({ length: savedWorld }, (_, r) => rankFile(r)))];
+  const bad = checksumProblems(found, reads);
+  if (bad.length) throw damaged(found.dir, bad.join('; '));
   const state = readTrainState(found.dir);
   if (state.config_fingerprint !== configFingerprint(config)) {
     const saved = { ...config, ...state.config } as Config;

@@ -6,12 +6,13 @@
 import { wholeOption } from './flags.ts';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
-import { benchTrain, type BenchResult } from '../bench/train-bench.ts';
+import { benchTrain, type BenchResult, refuseCpuFallback } from '../bench/train-bench.ts';
 import type { OpClock } from '../bench/profile.ts';
 import { readDistEnv } from '../dist/env.ts';
 import { joinRun, modelShape } from '../dist/parallel.ts';
 import { modelConfig } from '../model/spec.ts';
 import { selectBackend } from '../tensor/select.ts';
+import { UserError } from '../util/errors.ts';
 import { formatCount } from './progress.ts';
 
 function summary(r: BenchResult): string {
@@ -36,7 +37,9 @@ export function registerBenchTrain(bench: Command): void {
     .action(async (path: string, overrides: string[], opts: { steps: number; warmup: number; profile?: boolean; json?: boolean }) => {
       const { config } = loadConfig(path, { overrides });
       const env = readDistEnv();
-      const { backend, note } = await selectBackend(config.device, env.localRank);
+      const { backend, note, fallback } = await selectBackend(config.device, env.localRank);
+      const refused = fallback && refuseCpuFallback(config, fallback, opts.steps + opts.warmup);
+      if (refused) throw new UserError(refused);
       if (note && env.rank === 0) process.stderr.write(`${note}\n`); // why "auto" is not timing a GPU
       const dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
       let clock: OpClock | undefined;

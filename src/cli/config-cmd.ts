@@ -7,6 +7,7 @@ import pc from 'picocolors';
 import { canonicalJson, configFingerprint } from '../config/fingerprint.ts';
 import { loadConfig, type LoadedConfig } from '../config/load.ts';
 import { CONFIG_KEYS, FIELDS, SECTIONS, tomlLiteral } from '../config/schema.ts';
+import { unimplementedWarnings } from '../config/unimplemented.ts';
 import { ConfigError } from '../config/validate.ts';
 import { UserError } from '../util/errors.ts';
 
@@ -41,8 +42,9 @@ export function registerConfigCommand(program: Command): void {
       let failed = 0;
       for (const file of files) {
         try {
-          const { config } = loadConfig(file, { worldSize: opts.worldSize });
-          process.stdout.write(`${pc.green('ok')}   ${file}  fingerprint ${configFingerprint(config).slice(0, 12)}\n`);
+          const loaded = loadConfig(file, { worldSize: opts.worldSize });
+          process.stdout.write(`${pc.green('ok')}   ${file}  fingerprint ${configFingerprint(loaded.config).slice(0, 12)}\n`);
+          for (const line of unimplementedWarnings(loaded)) process.stdout.write(`${pc.yellow('warn')} ${file}  ${line}\n`);
         } catch (err) {
           if (!(err instanceof ConfigError)) throw err;
           failed++;

@@ -1,6 +1,7 @@
 /**
  * `nmoe` command line. Each command lives in its own file and registers itself on the program; this file only
- * wires them together and turns errors into exit codes (2: the user's input is wrong, 1: a bug or a crash).
+ * wires them together and turns errors into exit codes (2: the user's input is wrong, usage errors included; 1: a
+ * bug or a crash).
  */
 import { Command, CommanderError } from 'commander';
 import pc from 'picocolors';
@@ -51,7 +52,11 @@ export async function main(argv: string[]): Promise<number> {
 
 /** Prints what reached the top (the user's mistake in one line each, a bug with its stack) and gives the exit code. */
 export function reportError(err: unknown): number {
-  if (err instanceof CommanderError) return err.exitCode; // commander already printed help or the error
+  if (err instanceof CommanderError) {
+    // Commander has printed help or the usage error; its usage errors (unknown option, missing or bad value)
+    // exit 1, where nmoe's rule for a problem with the input is 2. Its help and version exit 0.
+    return err.code.startsWith('commander.') && err.exitCode !== 0 ? 2 : err.exitCode;
+  }
   if (err instanceof LaunchFailed) return err.exitCode; // the launcher already said which rank failed and how
   if (err instanceof UserError) {
     // A config is checked whole: every problem gets its line, not just the first.

@@ -15,7 +15,7 @@ function open(db: string): Registry {
   return new Registry(db, { readonly: true });
 }
 
-const STATUS_COLOR: Record<string, (s: string) => string> = { completed: pc.green, running: pc.cyan, killed: pc.yellow, failed: pc.red };
+const STATUS_COLOR: Record<string, (s: string) => string> = { completed: pc.green, running: pc.cyan, killed: pc.yellow, failed: pc.red, stale: pc.red };
 
 function summary(r: RunRow): string {
   const res = r.results_json ? (JSON.parse(r.results_json) as Record<string, unknown>) : {};
@@ -56,7 +56,9 @@ export function registerRunsCommand(program: Command): void {
       if (!r) throw new UserError(`no run ${id} in ${opts.db}. Fix: pick an id from \`nmoe runs list --db ${opts.db}\`.`);
       const lines = [
         `run         ${r.id}`, `experiment  ${r.experiment_id}`, `status      ${r.status}`, `started     ${r.started_at} UTC`,
-        `ended       ${r.ended_at ? `${r.ended_at} UTC` : '-'}`, `git         ${r.git_hash ?? 'unknown'}${r.git_dirty ? ' (dirty)' : ''}`,
+        `ended       ${r.ended_at ? `${r.ended_at} UTC` : '-'}`,
+        `trainer     ${r.pid === null ? '-' : `pid ${r.pid} on ${r.host}, last heartbeat ${r.heartbeat_at} UTC${r.status === 'stale' ? ' (gone: the run was killed without ending its row)' : ''}`}`,
+        `git         ${r.git_hash ?? 'unknown'}${r.git_dirty ? ' (dirty)' : ''}`,
         `results     ${r.results_json ?? '-'}`, 'config', ...JSON.stringify(JSON.parse(r.config_json), null, 2).split('\n').map((l) => `  ${l}`),
       ];
       process.stdout.write(`${lines.join('\n')}\n`);

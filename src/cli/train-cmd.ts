@@ -9,6 +9,7 @@ import pc from 'picocolors';
 import { configFingerprint } from '../config/fingerprint.ts';
 import type { Config } from '../config/schema.ts';
 import { defaultConfigPath, loadConfig } from '../config/load.ts';
+import { unimplementedWarnings } from '../config/unimplemented.ts';
 import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
 import { evalLine } from '../eval/in-training.ts';
 import { readDistEnv } from '../dist/env.ts';
@@ -51,6 +52,7 @@ function progressEvents(progress: Progress, config: Config): TrainEvents {
       for (const l of formatLog(r)) progress.line(l);
     },
     warn: (m) => progress.line(pc.yellow(`warning: ${m}`)),
+    note: (m) => progress.line(m),
     resumed: (r) => progress.line(`resumed run ${r.runId} from step ${r.step} (${r.dir})`),
     eval: (e) => progress.line(evalLine(e.step, e.report)),
     validation: (v) => progress.line(`[val] step=${v.step} loss=${v.loss.toFixed(4)} (${formatCount(v.tokens)} tokens, ${v.seconds.toFixed(1)} s)`),
@@ -79,7 +81,8 @@ export function registerTrainCommand(program: Command): void {
       // A leading --key=value lands in `configArg` when no file is given.
       const args = [configArg, ...rest].filter((a): a is string => a !== undefined);
       const path = args[0] && !args[0].startsWith('--') ? args.shift()! : defaultConfigPath();
-      const { config } = loadConfig(path, { overrides: args });
+      const loaded = loadConfig(path, { overrides: args });
+      const { config } = loaded;
       const env = readDistEnv();
       // Rank 0 speaks for the run; the other ranks stay quiet unless something goes wrong (errors reach stderr).
       const progress = new Progress(process.stderr, { quiet: env.rank !== 0 });
@@ -88,10 +91,12 @@ export function registerTrainCommand(program: Command): void {
       let dist: DistRun | null = null;
       let ok = false;
       try {
-        const { backend, note } = await selectBackend(config.device, env.localRank);
+        const { backend, note, fallback } = await selectBackend(config.device, env.localRank);
         dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
         progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
-        if (note) progress.line(pc.dim(note));
+        // A GPU that failed to start is a fault worth a warning; no GPU at all is the CPU machine's normal case.
+        if (note) progress.line(fallback?.gpuPresent ? pc.yellow(`warning: ${note}`) : note);
+        for (const line of unimplementedWarnings(loaded)) progress.line(pc.yellow(`warning: ${line}`));
         if (dist) progress.line(`ranks ${env.worldSize} (${env.nnodes} node(s)): data and expert parallel, ZeRO-2 dense optimizer`);
         const s = await trainTracked(config, backend, progressEvents(progress, config), interrupt.signal, dist);
         progress.finish();

@@ -6,6 +6,7 @@
  */
 import { yarnBand } from '../model/rope.ts';
 import { UserError } from '../util/errors.ts';
+import { RANGES, type Range, hasDense, hasMoe, outOfRange } from './ranges.ts';
 import { FIELDS, TOKENIZERS, tomlLiteral, type Config, type ScalarType } from './schema.ts';
 
 export class ConfigError extends UserError {
@@ -149,9 +150,6 @@ interface Rule {
   fix: (c: Checked, world: number) => string;
 }
 
-const hasMoe = (c: Pick<Config, 'n_layers' | 'n_dense_layers'>): boolean =>
-  c.n_layers === null || c.n_dense_layers < c.n_layers;
-const hasDense = (c: Pick<Config, 'n_dense_layers'>): boolean => c.n_dense_layers > 0;
 
 const REQUIRED: [keyof Config, (c: Config) => boolean, string][] = [
   ['dim', () => true, ''],
@@ -163,12 +161,12 @@ const REQUIRED: [keyof Config, (c: Config) => boolean, string][] = [
   ['n_activated_experts', hasMoe, ' (layers past n_dense_layers are MoE)'],
 ];
 
-function positive(key: keyof Config, fix: string, when?: Rule['when']): Rule {
-  return { keys: [key], when, ok: (c) => (c[key] as number) > 0, what: () => 'must be > 0', fix: () => fix };
-}
-
-function atLeast(key: keyof Config, min: number, fix: string): Rule {
-  return { keys: [key], ok: (c) => (c[key] as number) >= min, what: () => `must be >= ${min}`, fix: () => fix };
+/** The range of `key` (ranges.ts) as a rule. */
+function rangeRule(key: keyof Config, r: Range): Rule {
+  return {
+    keys: [key], when: r.when, ok: (c) => outOfRange(r, c[key] as number) === null,
+    what: (c) => outOfRange(r, c[key] as number)!, fix: () => r.fix,
+  };
 }
 
 /** YaRN's ramp band in rotary-pair units, from the same function that builds the RoPE tables. */
@@ -181,35 +179,19 @@ function yarnBandOf(c: Config): { low: number; high: number; limit: number } {
 }
 
 const RULES: Rule[] = [
-  ...(['vocab_size', 'dim', 'n_layers', 'n_heads', 'kv_lora_rank', 'qk_nope_head_dim',
-    'qk_rope_head_dim', 'v_head_dim', 'max_position_embeddings'] as const)
-    .map((key) => positive(key, `give ${key} a positive value`)),
-  positive('inter_dim', 'give inter_dim a positive value', hasDense),
-  positive('moe_inter_dim', 'give moe_inter_dim a positive value', hasMoe),
-  positive('n_routed_experts', 'give n_routed_experts a positive value', hasMoe),
-  positive('batch_size', 'set batch_size to the global number of sequences per step, e.g. 8'),
-  positive('seq_len', 'set seq_len to the tokens per sequence, e.g. 4096'),
-  atLeast('q_lora_rank', 0, 'use 0 for an uncompressed query projection'),
-  atLeast('n_shared_experts', 0, 'use 0 for no shared expert'),
-  atLeast('n_dense_layers', 0, 'use 0 for an all-MoE model'),
+  // Ranges first: a key out of its range is not checked against other keys (no follow-on noise).
+  ...Object.entries(RANGES).map(([key, r]) => rangeRule(key as keyof Config, r)),
   {
     keys: ['n_dense_layers', 'n_layers'],
     ok: (c) => c.n_dense_layers <= c.n_layers,
     what: (c) => `must be <= n_layers (${c.n_layers})`,
     fix: () => 'lower n_dense_layers or raise n_layers',
   },
-  positive('n_activated_experts', 'route each token to at least one expert', hasMoe),
   {
     keys: ['n_activated_experts', 'n_routed_experts'], when: hasMoe,
     ok: (c) => c.n_activated_experts <= c.n_routed_experts,
     what: (c) => `must be <= n_routed_experts (${c.n_routed_experts})`,
     fix: () => 'lower n_activated_experts or raise n_routed_experts',
-  },
-  {
-    keys: ['n_activated_experts'], when: hasMoe,
-    ok: (c) => c.n_activated_experts <= 32,
-    what: () => 'must be <= 32 (the routing kernels handle at most 32 experts per token)',
-    fix: () => 'lower n_activated_experts to 32 or less',
   },
   {
     keys: ['vocab_size', 'tokenizer'],
@@ -221,7 +203,6 @@ const RULES: Rule[] = [
     },
     fix: (c) => `set vocab_size = ${TOKENIZERS[c.tokenizer].vocabSize}`,
   },
-  atLeast('eos_token_id', 0, 'use the tokenizer\'s end-of-text id'),
   {
     // The loss masks this id and documents are separated by it: any other id would mask real text.
     keys: ['eos_token_id', 'tokenizer'],
@@ -236,18 +217,11 @@ const RULES: Rule[] = [
     fix: (c) => `lower seq_len or raise max_position_embeddings to at least ${Math.ceil(c.seq_len / 2)}`,
   },
   {
-    keys: ['rope_theta'],
-    ok: (c) => c.rope_theta > 1,
-    what: () => 'must be > 1',
-    fix: () => 'use a RoPE base such as 10000.0 or 50000.0',
-  },
-  {
     keys: ['qk_rope_head_dim'],
     ok: (c) => c.qk_rope_head_dim % 2 === 0,
     what: () => 'must be even (RoPE rotates pairs of dims)',
     fix: (c) => `use ${c.qk_rope_head_dim + 1}`,
   },
-  atLeast('rope_scaling_factor', 1, 'use 1.0 for no context extension, or a factor > 1 for YaRN'),
   {
     keys: ['rope_scaling_factor', 'qk_rope_head_dim', 'max_position_embeddings', 'rope_theta', 'rope_ntk_alpha',
       'rope_ntk_beta'],
@@ -269,34 +243,17 @@ const RULES: Rule[] = [
     what: () => 'must be 1: nmoe does not implement local (windowed) attention layers yet',
     fix: () => 'set attn_global_every = 1 (every layer uses global attention)',
   },
-  positive('decay_floor', 'use a small absolute LR such as 3e-5'),
   {
     keys: ['decay_floor', 'lr_expert', 'lr_dense'],
     ok: (c) => c.decay_floor <= Math.min(c.lr_expert, c.lr_dense),
     what: (c) => `must be <= min(lr_expert, lr_dense) = ${Math.min(c.lr_expert, c.lr_dense)}`,
     fix: () => 'lower decay_floor (it is an absolute LR, not a ratio) or raise the peak LRs',
   },
-  atLeast('warmup_steps', 0, 'use 0 for no warmup'),
-  atLeast('eval_every', 0, 'use 0 for no in-training eval, or the steps between evals'),
-  positive('eval_budget_max_examples', 'score at least one item per task', (c) => c.eval_every > 0),
-  positive('eval_budget_max_time_s', 'give the eval at least a second', (c) => c.eval_every > 0),
   {
     keys: ['validation_enabled'],
     ok: (c) => !c.validation_enabled || (c as Config).validation_data_path !== null,
     what: () => 'needs validation_data_path, the held-out shards',
     fix: () => 'set validation_data_path to a folder of shards from `nmoe data prep` (not the training data), or validation_enabled = false',
-  },
-  positive('validation_every', 'validate every N steps, N >= 1', (c) => c.validation_enabled),
-  positive('validation_steps', 'use at least one batch per validation', (c) => c.validation_enabled),
-  atLeast('log_every', 1, 'log at least every step (log_every = 1)'),
-  atLeast('grad_clip_norm', 0, 'use 0 to disable clipping'),
-  positive('route_scale', 'use 1.0 for unscaled router logits'),
-  atLeast('router_bias_update_rate', 0, 'use 0 to freeze the router bias'),
-  {
-    keys: ['steps'], when: (c) => c.flow_mode === null,
-    ok: (c) => c.steps >= 1,
-    what: () => 'must be >= 1 (steps <= 0 means "derive from the flow budget" only when flow_mode is set)',
-    fix: () => 'give steps a positive number of optimizer steps',
   },
   {
     keys: ['n_routed_experts'], when: hasMoe,
@@ -324,7 +281,8 @@ export interface CheckContext {
 
 /** Every rule violation of a well-typed config, in a stable order (required keys first). */
 export function configProblems(cfg: Config, ctx: CheckContext): string[] {
-  const skipped = (key: keyof Config): boolean => cfg[key] === null || (ctx.skip?.has(key) ?? false);
+  const rejected = new Set<string>(ctx.skip);
+  const skipped = (key: keyof Config): boolean => cfg[key] === null || rejected.has(key);
   const literal = (key: keyof Config) => `${key} = ${tomlLiteral(cfg[key], FIELDS[key].type)}`;
   const out: string[] = [];
   for (const [key, needed, why] of REQUIRED) {
@@ -336,6 +294,7 @@ export function configProblems(cfg: Config, ctx: CheckContext): string[] {
   for (const rule of RULES) {
     if (rule.keys.some(skipped) || (rule.when && !rule.when(c))) continue;
     if (rule.ok(c, ctx.worldSize)) continue;
+    if (rule.keys.length === 1) rejected.add(rule.keys[0]!); // e.g. a negative lr_dense is not also checked against decay_floor
     // The rule speaks of its first key; the others the user set are located too, as either may be the mistake.
     const [key, ...others] = rule.keys;
     const where = [ctx.origin(key!) ?? `default, not set in ${ctx.file}`,

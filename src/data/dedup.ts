@@ -8,7 +8,7 @@
  * The kept lines go to a temporary file beside --out, renamed into place at the end, so an interrupted or failed
  * run never leaves a partial --out (nor replaces an existing one); --in is checked before anything is written.
  */
-import { mkdirSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { realpathSync, renameSync, rmSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -16,6 +16,7 @@ import { philox4x32 } from '../util/philox.ts';
 import { dataError } from './errors.ts';
 import { decodeUtf8, readLines } from './sources/lines.ts';
 import { normalizeText } from './text.ts';
+import { makeDirs } from '../util/dirs.ts';
 
 function fmix32(h: number): number {
   h ^= h >>> 16;
@@ -186,7 +187,7 @@ export async function runDedup(o: DedupOptions): Promise<DedupResult> {
   const tmp = `${o.output}.tmp`;
   let file;
   try {
-    mkdirSync(dirname(o.output), { recursive: true });
+    makeDirs(dirname(o.output));
     file = await open(tmp, 'w');
   } catch (err) {
     throw dataError(`cannot write --out (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, o.output, 'pick an --out in a folder you can write to');

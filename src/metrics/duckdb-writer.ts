@@ -22,11 +22,11 @@
  * took 33-43 ms instead, 3-8 ms of them on the main thread, and held the file across the training loop's steps
  * while each of its calls waited for the loop to yield.
  */
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
 import { UserError } from '../util/errors.ts';
+import { makeDirs } from '../util/dirs.ts';
 
 /** The reference's table; `name` may be qualified by the database it lives in. */
 export const metricsDdl = (name = 'metrics'): string => `CREATE TABLE IF NOT EXISTS ${name} (
@@ -75,7 +75,7 @@ export class MetricsWriter {
   ) {}
 
   static async open(dir: string, run: string, rank: number, opts: { closeTimeoutMs?: number } = {}): Promise<MetricsWriter> {
-    mkdirSync(join(dir, run), { recursive: true });
+    makeDirs(join(dir, run));
     // Loaded on first use: commands that write no metrics never load DuckDB's native library.
     const { DuckDBInstance } = await import('@duckdb/node-api');
     const instance = await DuckDBInstance.create(':memory:');

@@ -1,11 +1,12 @@
 /**
  * A training run with its records: the loop (trainer.ts) plus this rank's DuckDB metrics and, on rank 0, the run
- * registry row (`dist`: this process's rank of a multi-rank run, or null). The row is `running` from the start event, then `completed`; `killed` when a signal stopped the run
+ * registry row (`dist`: this process's rank of a multi-rank run, or null). The row is `running` from the start event
+ * (with this process's pid and host, and a heartbeat while it trains), then `completed`; `killed` when a signal stopped the run
  * (after its final checkpoint is written: train() waits for it); `failed` with the error when the loop threw.
  */
 import type { Config } from '../config/schema.ts';
 import { observeMetrics } from '../metrics/observer.ts';
-import { Registry } from '../metrics/registry.ts';
+import { HEARTBEAT_S, Registry } from '../metrics/registry.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import { gitInfo } from '../util/version.ts';
@@ -16,12 +17,15 @@ export async function trainTracked(config: Config, backend: Backend, events: Tra
   const metrics = observeMetrics(events, config.metrics_dir, backend, rank);
   const registry = rank === 0 ? new Registry(config.experiments_db) : null;
   let runId: string | null = null;
+  let heartbeat: NodeJS.Timeout | undefined;
   const tracked: TrainEvents = {
     ...metrics.events,
     start(info) {
-      runId = info.runId;
+      const id = (runId = info.runId);
       const git = gitInfo();
-      registry?.startRun({ id: runId, experimentId: config.experiment_id, config, gitHash: git.sha, gitDirty: git.dirty });
+      registry?.startRun({ id, experimentId: config.experiment_id, config, gitHash: git.sha, gitDirty: git.dirty });
+      // Runs when the loop yields (once a step at least); a beat lost to a busy database is harmless, the next one comes.
+      if (registry) heartbeat = setInterval(() => { try { registry.heartbeat(id); } catch { /* next time */ } }, HEARTBEAT_S * 1000).unref();
       metrics.events.start(info);
     },
   };
@@ -38,6 +42,7 @@ export async function trainTracked(config: Config, backend: Backend, events: Tra
     if (runId) registry?.endRun(runId, 'failed', { error: (err as Error)?.message ?? String(err) });
     throw err;
   } finally {
+    clearInterval(heartbeat);
     registry?.close();
   }
 }

@@ -17,7 +17,8 @@
  * step; they touch nothing else of the run, so losses are the same with and without them.
  *
  * Checkpoints (src/checkpoint/): with `resume`, the newest complete checkpoint in checkpoint_dir is loaded first (one
- * that already reached `steps` trains nothing); without it, another run's steps there are moved aside first.
+ * that already reached `steps` trains nothing); without it, another run's steps there are moved aside first, and
+ * step folders nmoe did not write are moved aside either way (previous-run.ts).
  * Every `checkpoint_every` steps, at the last step and when stopped, the state is copied off the device (awaited)
  * and written in the background; the loop never writes to disk itself.
  */
@@ -26,7 +27,8 @@ import { hostClock } from '../bench/profile.ts';
 import type { Config } from '../config/schema.ts';
 import { Checkpointer } from '../checkpoint/checkpointer.ts';
 import { latestComplete } from '../checkpoint/layout.ts';
-import { movePreviousRunAside } from '../checkpoint/previous-run.ts';
+import { type DirLock, lockCheckpointDir } from '../checkpoint/lock.ts';
+import { clearWay } from '../checkpoint/previous-run.ts';
 import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
 import { configFingerprint } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
@@ -83,6 +85,8 @@ export interface TrainEvents {
   log(r: LogRecord): void;
   /** Something the user should know that does not stop the run (an incomplete checkpoint skipped). */
   warn?(message: string): void;
+  /** Something worth a plain line (resume on, but nothing to resume). */
+  note?(message: string): void;
   /** Resumed from the checkpoint of `step`. */
   resumed?(info: { step: number; dir: string; runId: string }): void;
   /** A checkpoint finished writing (in the background). */
@@ -116,13 +120,30 @@ export class TrainingDiverged extends UserError {
  * dense optimizer state (ZeRO-2) over the ranks; every rank runs this same loop in lockstep.
  */
 export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal, dist: DistRun | null = null): Promise<TrainSummary> {
-  const cfg = modelConfig(config);
-  const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
   const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
+  const rank = dist?.env.rank ?? 0;
   const ckpt = new Checkpointer({
-    base: config.checkpoint_dir, rank, world, keepLast: config.checkpoint_keep_last_n,
+    base: config.checkpoint_dir, rank, world: dist?.env.worldSize ?? 1, keepLast: config.checkpoint_keep_last_n,
     onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
   });
+  // Rank 0 speaks for the run's checkpoint_dir; the other ranks write into the folder it holds.
+  let lock: DirLock | null = null;
+  try {
+    if (rank === 0) lock = lockCheckpointDir(config.checkpoint_dir);
+    const summary = await trainSaving(ckpt, config, backend, events, signal, dist, stepTimeout);
+    await ckpt.close();
+    return summary;
+  } catch (err) {
+    await ckpt.close().catch(() => {}); // finish the saves already queued; the first error is the one to report
+    throw err;
+  } finally {
+    lock?.release();
+  }
+}
+
+async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend, events: TrainEvents, signal: AbortSignal | undefined, dist: DistRun | null, stepTimeout: number): Promise<TrainSummary> {
+  const cfg = modelConfig(config);
+  const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
   if (dist) await checkRanksAgree(dist, config, backend);
   // Read now: a tasks file or task data that is missing stops the run before any work.
   const evals = dist ? null : await TrainingEval.create(config);
@@ -133,12 +154,13 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   const { model, opt } = trainee;
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
   const tokensPerStep = cfg.batch_size * cfg.seq_len;
-  const flops = flopsPerToken(cfg, model.params);
+  const flops = flopsPerToken(cfg, model.params.params);
   let step = 0;
   let tokensSeen = 0;
   // Start time, config fingerprint and a random suffix: unique even for runs started in the same second.
   let runId = `run_${new Date().toISOString().replace(/[-:]/g, '').replace('T', '_').slice(0, 15)}_${configFingerprint(config).slice(0, 8)}_${randomBytes(2).toString('hex')}`;
   const found = config.resume ? latestComplete(config.checkpoint_dir, (m) => events.warn?.(m)) : null;
+  if (config.resume && !found) events.note?.(`nothing to resume in ${config.checkpoint_dir}; starting fresh`);
   if (found) {
     const saved = await restoreSnapshot(found, trainee, loader, config, rank, world).catch((err: unknown) => {
       opt.free();
@@ -154,9 +176,8 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       return { steps: step, firstLoss: NaN, finalLoss: NaN, tokensSeen, wallSeconds: 0, tokensPerSecond: 0, stoppedEarly: false, startStep: step, runId };
     }
   }
-  if (!config.resume && rank === 0) { // only once the run is set to go: a run that fails to start moves nothing
-    const moved = movePreviousRunAside(config.checkpoint_dir);
-    if (moved) events.warn?.(`checkpoint_dir held run ${moved.runId}'s checkpoints (newest: step ${moved.newest}); moved them to ${moved.to}, so this fresh run cannot overwrite them`);
+  if (rank === 0) { // only once the run is set to go: a run that fails to start moves nothing
+    for (const line of clearWay(config.checkpoint_dir, !config.resume)) events.warn?.(line);
   }
   if (dist) runId = await dist.agree('run_id', runId);
   const gitSha = gitInfo().sha; // asked once here, never on a checkpoint step
@@ -165,7 +186,7 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
     runId,
     startStep,
     device: backend.name,
-    params: parameterCounts(cfg, model.params),
+    params: parameterCounts(cfg, model.params.params),
     flopsPerToken: flops,
     tokensPerStep,
     dataTokens: loader.totalTokens,
@@ -284,11 +305,6 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
       }
       stop = stopping;
     }
-    await ckpt.close();
-  } catch (err) {
-    watchdog?.disarm(); // the failing step is over; the queued saves may take as long as they need
-    await ckpt.close().catch(() => {}); // finish the saves already queued; the first error is the one to report
-    throw err;
   } finally {
     await watchdog?.close();
     if (ahead) for (const t of [ahead.out, ahead.ids, ahead.targets]) t.free();

@@ -17,7 +17,8 @@ export interface HealthResponse {
   ok: true;
 }
 
-export type RunStatus = 'running' | 'completed' | 'failed' | 'killed';
+/** `stale`: recorded as running, but its trainer is gone (killed with SIGKILL, or its machine died). */
+export type RunStatus = 'running' | 'completed' | 'failed' | 'killed' | 'stale';
 
 export interface RunListItem {
   run: string;

@@ -9,7 +9,7 @@
  * interrupted prep resumes.
  */
 import { createHash } from 'node:crypto';
-import { close, closeSync, existsSync, fsync, ftruncateSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { close, closeSync, existsSync, fsync, ftruncateSync, openSync, readdirSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -17,6 +17,7 @@ import { dataError } from '../errors.ts';
 import { IDX_HEADER_BYTES, idxEntries, idxHeader } from '../idx.ts';
 import type { ShardEntry } from '../manifest.ts';
 import { NPY_HEADER_BYTES, npyHeader } from '../npy.ts';
+import { makeDirs } from '../../util/dirs.ts';
 
 export interface BucketState {
   /** Index of the shard being written. */
@@ -90,7 +91,7 @@ export class BucketWriter {
   #flushedDocs = 0;
 
   constructor(readonly dir: string, readonly prefix: string, readonly tokensPerShard: number, restored?: BucketState) {
-    mkdirSync(dir, { recursive: true });
+    makeDirs(dir);
     this.#state = restored ? structuredClone(restored) : { next: 0, shards: [], tokens: 0, docs: 0 };
     if (restored) this.#restore();
   }

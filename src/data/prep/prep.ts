@@ -6,9 +6,10 @@
  * (Ctrl-C, a crash, a kill) resumes from the last checkpoint when run again, and ends with the same bytes as an
  * uninterrupted one. The layout is the reference's: `<output>/shard_NNNN/<name>-<version>-shard-NNNNNN.{npy,idx}`.
  */
-import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { canonicalJson } from '../../config/fingerprint.ts';
+import { createDir } from '../../util/dirs.ts';
 import { UserError } from '../../util/errors.ts';
 import { MANIFEST_SCHEMA_VERSION, type Manifest, type ShardEntry, readManifest, writeJsonAtomic } from '../manifest.ts';
 import { createSource } from '../sources/index.ts';
@@ -184,7 +185,7 @@ class PrepRun {
 
 /** Decides between a fresh start, a resume and "already done" from what the output folder holds. */
 function openOutput(o: PrepOptions, out: string, prefix: string, params: OutputParams): { journal: Journal | null; done: Manifest | null } {
-  mkdirSync(out, { recursive: true });
+  createDir(out, '--output', 'pick an --output folder you can write to');
   if (o.force) wipe(out, prefix);
   const journal = readJournal(out);
   const manifestPath = join(out, 'manifest.json');

@@ -6,11 +6,12 @@
  */
 import { createHash } from 'node:crypto';
 import koffi, { type LibraryHandle } from 'koffi';
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LIBRARIES, loadLibrary } from './libraries.ts';
+import { makeDirs } from '../../util/dirs.ts';
 
 export const KERNEL_DIR = fileURLToPath(new URL('./kernels/', import.meta.url));
 
@@ -131,7 +132,7 @@ export function compileKernels(file: string, names: readonly string[], arch: str
 
 /** Write to a temp file, then rename: concurrent ranks sharing the cache never see half a file. */
 function writeAtomically(path: string, data: Buffer | string): void {
-  mkdirSync(dirname(path), { recursive: true });
+  makeDirs(dirname(path));
   const tmp = `${path}.${process.pid}.tmp`;
   writeFileSync(tmp, data);
   renameSync(tmp, path);

@@ -43,8 +43,7 @@ export class RegistryReader {
          FROM experiments e LEFT JOIN runs r ON r.experiment_id = e.id
          GROUP BY e.id ORDER BY last_started_at IS NULL, last_started_at DESC, e.id`,
       ).all() as Omit<ExperimentSummary, 'by_status'>[];
-      const counts = reg.db.prepare('SELECT experiment_id, status, count(*) AS n FROM runs GROUP BY experiment_id, status')
-        .all() as { experiment_id: string; status: string; n: number }[];
+      const counts = reg.statusCounts();
       return experiments.map((e) => ({
         ...e,
         by_status: Object.fromEntries(counts.filter((c) => c.experiment_id === e.id).map((c) => [c.status, c.n])),

@@ -24,8 +24,6 @@ const u32 = (v: number): KernelArg => ({ u32: v });
 /** Rows per scheduled expert tile (the tensor-core tile; the fp32 kernel splits it in halves; the sm_90a kernels'
  *  row tile, SM90_ROW_TILE). */
 const GROUP_TILE = SM90_ROW_TILE;
-// fp32 logits per chunk (1 GiB, 1335 rows at vocab 201088): large GEMMs for the logits and their gradients, small
-// against the [tokens x vocab] logits it replaces. See dev/LOG.md for the measured effect.
 
 /** Dynamic shared memory of the tensor-core grouped GEMMs (grouped.cu): 3 stages of an A and a B tile, each
  *  128 x (32 + 8) elements when k is inner (layout 0) or 32 x (128 + 8) when k is outer (layout 1). */
@@ -110,8 +108,9 @@ export class CudaBackend implements Backend {
   readonly #bad: Tensor;
   readonly #watchdog: Tensor;
   readonly groupedGemm: GroupedGemmOptions = { path: groupedGemmPathFromEnv(), fwdTileN: 256, wgradTile: 'auto', flags: 0 };
-  /** Cross-entropy working sizes: fp32 logits of at most `chunkElements` per chunk (a GEMM, then the row kernels),
-   *  bf16 logit gradients of at most `groupBytes` before dx and dw take their products (tests shrink both). */
+  /** Cross-entropy working sizes: fp32 logits of at most `chunkElements` per chunk (1 GiB, 1334 rows at vocab 201088:
+   *  a large GEMM, small against the [tokens x vocab] logits it replaces), then bf16 logit gradients of at most
+   *  `groupBytes` before dx and dw take their products (all 8192 tokens of moonlet6). Tests shrink both. */
   readonly ceLimits = { chunkElements: 256 << 20, groupBytes: 4 * 2 ** 30 };
   /** The last grouped GEMM launch of the sm_90a path (tools/gemm-check.ts prints it). */
   lastGroupedLaunch: { name: string; grid: number; block: number; smem: number } | null = null;

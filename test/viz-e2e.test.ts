@@ -5,7 +5,7 @@
  * trainer's own log) without a console error, and a page open on a training run must show its new steps live.
  * Screenshots of every page go to test-artifacts/viz/.
  */
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Browser, chromium, type Page } from 'playwright-core';
@@ -22,6 +22,9 @@ const STEPS = 12;
 /** A second, shorter run to compare with. */
 const OTHER_STEPS = 8;
 const QUICK = ['--seq_len=32', '--batch_size=4', '--warmup_steps=2', '--log_every=1'];
+/** The main run also evaluates COPA (3 fixture items) every EVAL_EVERY steps. */
+const EVAL_EVERY = 6;
+const EVAL_FIXTURES = fileURLToPath(new URL('./fixtures/eval', import.meta.url));
 const haveChromium = existsSync(CHROMIUM);
 
 const INSTALL = 'apt-get install -y --no-install-recommends chromium';
@@ -81,8 +84,10 @@ describe.skipIf(!haveChromium)('nmoe viz in a browser', () => {
   beforeAll(async () => {
     dir = tempDir('viz');
     writeJsonl(join(dir, 'book.jsonl'), docs);
+    writeFileSync(join(dir, 'tasks.toml'), `data_dir = ${JSON.stringify(EVAL_FIXTURES)}\n[[task]]\nname = "COPA"\nsource = "hf:super_glue:copa:validation"\n`);
+    const evalArgs = [`--eval_every=${EVAL_EVERY}`, '--eval_tasks=COPA', `--eval_tasks_file=${join(dir, 'tasks.toml')}`, '--eval_budget_max_examples=3'];
     const prepArgs = ['data', 'prep', '--source', 'jsonl', '--paths', join(dir, 'book.jsonl'), '-o', join(dir, 'data', 'moby'), '--name', 'moby', '--tokenizer', 'bytes', '--num-shards', '2', '-j', '1'];
-    const [trained, other, prepared] = await Promise.all([trainArgs(STEPS, 'ckpt-a'), trainArgs(OTHER_STEPS, 'ckpt-b'), prepArgs].map((a) => nmoeAsync(a).done));
+    const [trained, other, prepared] = await Promise.all([[...trainArgs(STEPS, 'ckpt-a'), ...evalArgs], trainArgs(OTHER_STEPS, 'ckpt-b'), prepArgs].map((a) => nmoeAsync(a).done));
     for (const r of [trained, other, prepared]) expect(r!.code, r!.out).toBe(0);
     trainLog = trained!.out;
     server = await startVizServer({ metricsDir: metricsDir(), experimentsDb: join(dir, 'experiments.db'), dataRoot: join(dir, 'data'), host: '127.0.0.1', port: 0 });
@@ -156,6 +161,30 @@ describe.skipIf(!haveChromium)('nmoe viz in a browser', () => {
     expect(await points(page, 'train/loss')).toBe(STEPS);
     await shoot(page, 'run');
     expect(errors).toEqual([]);
+  });
+
+  it('run page: the eval charts (CORE and each task\'s accuracy) of a run that evaluated; the runs table\'s CORE column', async () => {
+    const { page, errors } = await open(`/runs/${run}`);
+    const section = page.locator('[data-section="eval"]');
+    await expect(section.locator('[data-chart]').evaluateAll((els) => els.map((e) => e.getAttribute('data-chart')))).resolves.toEqual(['eval/CORE', 'eval/task/COPA/acc']);
+    for (const tag of ['eval/CORE', 'eval/task/COPA/acc']) {
+      expect(await points(page, tag), tag).toBe(STEPS / EVAL_EVERY);
+      expect(await lastStep(page, tag), tag).toBe(STEPS);
+    }
+    expect(errors).toEqual([]);
+    const other = await open(`/runs/${otherRun}`);
+    await expect(other.page.locator('[data-section="eval"]').count()).resolves.toBe(0); // no eval, no section
+
+    const { series } = await api<SeriesResponse>(`/api/series?run=${run}&tag=eval/CORE`);
+    const core = series[0]!.points.at(-1)!.value;
+    const { runs } = await api<RunsResponse>('/api/runs');
+    expect(runs.find((r) => r.run === run)!.eval_core).toBe(core);
+    expect(runs.find((r) => r.run === otherRun)!.eval_core).toBeNull();
+    const overview = await open('/');
+    expect(Number(await overview.page.locator(`tr[data-run="${run}"] td[data-col="core"]`).getAttribute('title'))).toBe(core);
+    await expect(overview.page.locator(`tr[data-run="${otherRun}"] td[data-col="core"]`).textContent()).resolves.toBe('—');
+    await shoot(page, 'run-eval');
+    expect([...other.errors, ...overview.errors]).toEqual([]);
   });
 
   it('run page: another run overlaid for comparison', async () => {

@@ -34,6 +34,8 @@ export interface RunListItem {
   last_loss: number | null;
   tokens_per_s: number | null;
   mfu: number | null;
+  /** Latest `eval/CORE` (the in-training eval's mean centered accuracy); null when the run ran no eval. */
+  eval_core: number | null;
 }
 
 /** GET /api/runs: sorted newest first (last_ts, then started_at, then last_step, then name). */

@@ -15,25 +15,27 @@ export interface Activity {
   last_loss: number | null;
   tokens_per_s: number | null;
   mfu: number | null;
+  eval_core: number | null;
 }
 
-const NO_ACTIVITY: Activity = { last_ts: null, last_step: null, last_loss: null, tokens_per_s: null, mfu: null };
+const NO_ACTIVITY: Activity = { last_ts: null, last_step: null, last_loss: null, tokens_per_s: null, mfu: null, eval_core: null };
 
 /**
- * The run's newest row and latest loss, throughput and MFU; all null for a run without a metrics directory, and
+ * The run's newest row and latest loss, throughput, MFU and eval CORE score; all null for a run without a metrics directory, and
  * for one whose files cannot be read now (its own pages say why), so that one bad run never hides the others.
  */
 export async function activity(store: MetricsStore, run: string): Promise<Activity> {
   if (!store.has(run)) return NO_ACTIVITY;
   return store.read(run, 'activity', async (db) => {
     const s = await span(db);
-    const l = await latest(db, { tags: ['train/loss', 'throughput/tokens_per_s_gpu', 'efficiency/mfu'] }, s?.last ?? null);
+    const l = await latest(db, { tags: ['train/loss', 'throughput/tokens_per_s_gpu', 'efficiency/mfu', 'eval/CORE'] }, s?.last ?? null);
     return {
       last_ts: s?.last_ts ?? null,
       last_step: s?.last ?? null,
       last_loss: l.get('train/loss')?.value ?? null,
       tokens_per_s: l.get('throughput/tokens_per_s_gpu')?.value ?? null,
       mfu: l.get('efficiency/mfu')?.value ?? null,
+      eval_core: l.get('eval/CORE')?.value ?? null,
     };
   }).catch((err: unknown) => {
     if (err instanceof HttpError) return NO_ACTIVITY;

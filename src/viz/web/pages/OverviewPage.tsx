@@ -30,6 +30,7 @@ export function OverviewPage() {
               <th class="num">loss</th>
               <th class="num">tok/s</th>
               <th class="num">MFU</th>
+              <th class="num" title="latest eval/CORE: the in-training eval's mean centered accuracy">CORE</th>
               <th>started</th>
               <th class="num">duration</th>
             </tr>
@@ -47,6 +48,7 @@ export function OverviewPage() {
                 <td class="num" data-col="loss" title={String(r.last_loss ?? '')}>{fmtNumber(r.last_loss)}</td>
                 <td class="num">{fmtNumber(r.tokens_per_s)}</td>
                 <td class="num">{fmtFraction(r.mfu)}</td>
+                <td class="num" data-col="core" title={String(r.eval_core ?? '')}>{fmtNumber(r.eval_core)}</td>
                 <td>{fmtTime(parseRegistryTime(r.started_at))}</td>
                 <td class="num">{fmtDuration(runDuration(r))}</td>
               </tr>

@@ -16,10 +16,19 @@ import { navigate, withQuery } from '../router.ts';
 /** Charts shown when the URL names none. */
 const DEFAULT_TAGS = ['train/loss', 'optimizer/lr', 'optimizer/grad_norm', 'throughput/tokens_per_s_gpu'];
 
+/**
+ * The eval charts a run gets whenever it wrote them, below the chosen ones: validation loss, the CORE score and
+ * each task's accuracy (`eval/task/<name>/acc`), in that order.
+ */
+function evalTagsOf(known: ReadonlySet<string>): string[] {
+  const tasks = [...known].filter((t) => /^eval\/task\/.+\/acc$/.test(t)).sort();
+  return [...['val/loss', 'eval/CORE'].filter((t) => known.has(t)), ...tasks];
+}
+
 const listParam = (query: URLSearchParams, key: string): string[] => query.get(key)?.split(',').filter(Boolean) ?? [];
 
 /**
- * `/runs/:run`: the summary cards and a chart per chosen tag, with other runs overlaid for comparison, EMA
+ * `/runs/:run`: the summary cards, a chart per chosen tag and the run's eval charts, with other runs overlaid for comparison, EMA
  * smoothing and a log scale. Every choice lives in the URL (`?tags=a,b&compare=r2&smooth=0.6&log=1`), so a view
  * can be shared or reloaded.
  */
@@ -38,7 +47,18 @@ export function RunPage({ run, query }: { run: string; query: URLSearchParams })
   // Default tags the run never wrote are dropped once its tags are known; until then all load, in parallel.
   const known = tags.data && new Set(tags.data.tags.map((t) => t.tag));
   const chartTags = explicitTags || !known ? chosenTags : chosenTags.filter((t) => known.has(t));
-  const series = useSeries(shownRuns, chartTags, { points: chartPoints(), liveRuns: runList.liveRuns });
+  const evalTags = known ? evalTagsOf(known).filter((t) => !chartTags.includes(t)) : [];
+  const series = useSeries(shownRuns, [...chartTags, ...evalTags], { points: chartPoints(), liveRuns: runList.liveRuns });
+  const chartOf = (tag: string) => (
+    <LineChart
+      key={tag}
+      name={tag}
+      title={tag}
+      lines={shownRuns.map((r) => ({ label: r, points: series(r, tag) }))}
+      smoothing={smoothing}
+      logScale={logScale}
+    />
+  );
 
   const setQuery = (changes: Record<string, string | null>) => navigate(withQuery(location.pathname, changes), { replace: true });
   const toggle = (list: readonly string[], item: string) => (list.includes(item) ? list.filter((x) => x !== item) : [...list, item]).join(',');
@@ -89,18 +109,13 @@ export function RunPage({ run, query }: { run: string; query: URLSearchParams })
         <LoadState state={summary} what="the summary" />
         {summary.data && <SummaryCards summary={summary.data.summary} />}
         {chartTags.length === 0 && <p class="muted">No tags chosen: pick some on the left.</p>}
-        <div class="chart-grid">
-          {chartTags.map((tag) => (
-            <LineChart
-              key={tag}
-              name={tag}
-              title={tag}
-              lines={shownRuns.map((r) => ({ label: r, points: series(r, tag) }))}
-              smoothing={smoothing}
-              logScale={logScale}
-            />
-          ))}
-        </div>
+        <div class="chart-grid">{chartTags.map(chartOf)}</div>
+        {evalTags.length > 0 && (
+          <section data-section="eval">
+            <h2>Evaluation</h2>
+            <div class="chart-grid">{evalTags.map(chartOf)}</div>
+          </section>
+        )}
       </section>
     </div>
   );

@@ -9,15 +9,20 @@
  *  - GSM8K's number extraction, including the reference's patterns that never match;
  *  - the registry's checks, the parquet reader, the sampler.
  */
+import { execFile } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, writeFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { parquetWriteBuffer } from 'hyparquet-writer';
 import { describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { loadTokenizer } from '../src/data/tokenizers.ts';
 import { optionScores } from '../src/eval/choices.ts';
+import { type CodeItem, functionBody, runProgram, testProgram } from '../src/eval/code-exec.ts';
 import { extractPrediction, gsm8kGold } from '../src/eval/gsm8k.ts';
 import { loadRegistry, selectTasks } from '../src/eval/registry.ts';
 import { type LoadedTask, centeredAccuracy, loadTask, runEval } from '../src/eval/runner.ts';
@@ -31,6 +36,7 @@ import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { asCpu } from '../src/tensor/cpu/storage.ts';
 
 const cpu = new CpuBackend();
+const execFileAsync = promisify(execFile);
 const FIXTURES = fileURLToPath(new URL('./fixtures/eval', import.meta.url));
 const SHIPPED = fileURLToPath(new URL('../configs/eval/tasks.toml', import.meta.url));
 const tmp = mkdtempSync(join(tmpdir(), 'nmoe-eval-'));
@@ -101,14 +107,21 @@ describe('known answers on a hand-set bigram model', async () => {
   });
 
   it('GSM8K: greedy decoding writes " 42", right on the one item whose answer is 42; CORE averages the tasks', async () => {
-    const tasks = await loadSuite(SHIPPED, 'GSM8K,COPA', FIXTURES);
+    const tasks = await loadSuite(SHIPPED, 'GSM8K,COPA', { dataDir: FIXTURES });
     const report = await runEval(dec, tok, tasks, { maxExamples: 1000, maxSeconds: 1000 });
     expect(report.tasks[0]).toMatchObject({ name: 'GSM8K', n: 24, acc: 1 / 24, centered: 1 / 24 });
     expect(report.core).toBeCloseTo((1 / 24 + report.tasks[1]!.centered) / 2, 12);
   });
 
+  it('HumanEval: greedy decoding completes "answer = lambda:" with " 42", which passes its tests; nothing else does', async () => {
+    const tasks = await loadSuite(SHIPPED, 'HumanEval', { dataDir: FIXTURES, allowCodeExec: true });
+    const report = await runEval(dec, tok, tasks, { maxExamples: 1000, maxSeconds: 1000 });
+    expect(report.tasks[0]).toMatchObject({ name: 'HumanEval', n: 6, acc: 1 / 6, centered: 1 / 6 });
+    await expect(loadSuite(SHIPPED, 'HumanEval', { dataDir: FIXTURES })).rejects.toThrow(/task HumanEval runs the programs the model writes/);
+  }, 60_000);
+
   it('the budget caps items per task and the time of the whole eval', async () => {
-    const tasks = await loadSuite(SHIPPED, 'PIQA,WinoGrande', FIXTURES);
+    const tasks = await loadSuite(SHIPPED, 'PIQA,WinoGrande', { dataDir: FIXTURES });
     expect((await runEval(dec, tok, tasks, { maxExamples: 5, maxSeconds: 1000 })).tasks.map((t) => t.n)).toEqual([5, 5]);
     const late = await runEval(dec, tok, tasks, { maxExamples: 1000, maxSeconds: 0 });
     expect(late.tasks.map((t) => t.n)).toEqual([0, 0]);
@@ -134,8 +147,12 @@ describe('task readers and the reference prompt formats', () => {
   };
   const row = (path: string) => JSON.parse(readFileSync(join(FIXTURES, path), 'utf8').split('\n')[0]!);
 
-  it('reads every fixture, 24 items each (MMLU shows 5 of them as few-shot examples)', async () => {
-    for (const t of reg.tasks) await first(t.name);
+  it('reads every fixture, 24 items each (MMLU shows 5 of them as few-shot examples; HumanEval has 6)', async () => {
+    for (const t of reg.tasks.filter((x) => x.name !== 'HumanEval')) await first(t.name);
+    const he = row('openai/openai_humaneval/openai_humaneval/test-00000-of-00001.jsonl');
+    const task = await loadTask(selectTasks(reg, 'HumanEval', SHIPPED)[0]!, FIXTURES);
+    expect(task.items).toHaveLength(6);
+    expect(task.items[0]).toEqual({ prompt: he.prompt, solution: he.canonical_solution, test: he.test, entryPoint: he.entry_point });
   });
 
   it('multiple choice: "{q}\\nChoices:\\nA. …\\nAnswer:", options as the dataset lists them', async () => {
@@ -176,6 +193,44 @@ describe('task readers and the reference prompt formats', () => {
   });
 });
 
+describe('HumanEval programs', () => {
+  const limits = { python: 'python3', timeoutS: 5 };
+  const items = async () => (await loadTask(selectTasks(loadRegistry(SHIPPED), 'HumanEval', SHIPPED)[0]!, FIXTURES)).items as CodeItem[];
+
+  it('every reference body passes its tests; a wrong body fails; one that never ends is stopped at timeout_s', async () => {
+    for (const item of await items()) expect(runProgram(testProgram(item, item.solution), limits), item.entryPoint).toBe('passed');
+    const double = (await items()).find((i) => i.entryPoint === 'double')!;
+    expect(runProgram(testProgram(double, '    return x + 2\n'), limits)).toBe('failed');
+    expect(runProgram(testProgram(double, '    return (\n'), limits)).toBe('failed'); // a syntax error
+    const t0 = performance.now();
+    expect(runProgram(testProgram(double, '    while True: pass\n'), { ...limits, timeoutS: 1 })).toBe('timeout');
+    expect(performance.now() - t0).toBeLessThan(4000);
+  });
+
+  it('the completion is cut where the function body ends, so what the model writes after it is not run', async () => {
+    expect(functionBody('    return 2 * x\n\ndef main():\n    raise SystemExit(1)\n')).toBe('    return 2 * x\n');
+    expect(functionBody('    return 2 * x\nprint(double(2))')).toBe('    return 2 * x');
+    const double = (await items()).find((i) => i.entryPoint === 'double')!;
+    expect(runProgram(testProgram(double, '    return 2 * x\nassert False\n'), limits)).toBe('passed');
+  });
+
+  it('a program reaches no network, not even this machine\'s loopback', async () => {
+    const server = createServer((socket) => socket.end('hello')).listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const connect = (p: number) => `import socket\ndef check(c):\n    socket.create_connection(('127.0.0.1', ${p}), timeout=2).recv(5)\n`;
+      const item: CodeItem = { prompt: '', solution: '', test: connect(port), entryPoint: 'None' };
+      expect(runProgram(testProgram(item, ''), limits)).toBe('failed');
+      // The same program outside the namespace does connect: the test above fails for the right reason.
+      // (Asynchronously: the server answers from this process's event loop.)
+      await expect(execFileAsync('python3', ['-I', '-c', `${connect(port)}check(None)\n`])).resolves.toBeTruthy();
+    } finally {
+      server.close();
+    }
+  });
+});
+
 describe('GSM8K answers', () => {
   it('gold after ####, prediction up to the first blank line: #### if written, else the last number', () => {
     expect(gsm8kGold('She pays 3 * 4 = 12.\n#### 1,234')).toBe(1234);
@@ -199,7 +254,9 @@ describe('registry', () => {
   const bad = (body: string) => () => loadRegistry(registry(body));
   it('names what is wrong with a [[task]] and how to fix it', () => {
     expect(bad('[[task]]\nname = "Trivia"\nsource = "x.jsonl"\n')).toThrow(/task 1 \(Trivia\): no task reads "trivia"\. Fix: name it \(or set adapter to\) one of mmlu, /);
-    expect(bad('[[task]]\nname = "HumanEval"\nadapter = "gsm8k"\nsource = "x"\nscorer = "unittest"\n')).toThrow(/nmoe does not implement unittest/);
+    expect(bad('[[task]]\nname = "GSM8K"\nsource = "x"\nscorer = "unittest"\n')).toThrow(/scorer = "unittest" does not score a generation task\. Fix: use scorer = "span"/);
+    expect(bad('[[task]]\nname = "HumanEval"\nsource = "x"\nscorer = "judge"\n')).toThrow(/nmoe does not implement judge/);
+    expect(bad('[[task]]\nname = "HumanEval"\nsource = "x"\ntimeout_s = 0\n')).toThrow(/timeout_s = 0 is not a whole number >= 1/);
     expect(bad('[[task]]\nname = "MMLU"\n')).toThrow(/no source/);
     expect(bad('[[task]]\nname = "MMLU"\nsource = "hf:cais/mmlu"\nfewshot = -1\n')).toThrow(/fewshot = -1 is not a whole number >= 0/);
     expect(bad('[[task]]\nname = "COPA"\nsource = "a"\n[[task]]\nname = "COPA"\nsource = "b"\n')).toThrow(/names task "COPA" twice/);
@@ -211,7 +268,10 @@ describe('registry', () => {
     const reg = loadRegistry(path);
     expect(selectTasks(reg, 'core', path).map((t) => t.name)).toEqual(['MMLU dev', 'ARC-Easy']);
     expect(selectTasks(reg, 'arc-easy', path).map((t) => t.name)).toEqual(['ARC-Easy']);
-    expect(() => selectTasks(reg, 'COPA', path)).toThrow(/task "COPA" is not in .*one of MMLU dev, ARC-Easy, or core for all/);
+    expect(() => selectTasks(reg, 'COPA', path)).toThrow(/task "COPA" is not in .*one of MMLU dev, ARC-Easy, or core for all but code tasks/);
+    const shipped = loadRegistry(SHIPPED);
+    expect(shipped.tasks.map((t) => t.name)).toContain('HumanEval');
+    expect(selectTasks(shipped, 'core', SHIPPED).map((t) => t.name)).not.toContain('HumanEval'); // core never runs code
     await expect(loadTask(reg.tasks[0]!, join(tmp, 'empty'))).rejects.toThrow(/no dev files for hf:cais\/mmlu:all:dev under .*empty\/cais\/mmlu\. Fix: download the dataset there in the Hub's layout/);
   });
 });

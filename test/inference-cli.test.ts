@@ -90,4 +90,13 @@ describe('nmoe eval', () => {
     expect(missing.code).toBe(2);
     expect(missing.err).toMatch(/no validation files for hf:ybisk\/piqa:validation under .*no-data\/ybisk\/piqa\. Fix: download the dataset there/);
   });
+
+  it('HumanEval runs only with --allow-code-exec; then it scores every item by running its tests', () => {
+    const refused = nmoe(['eval', ckpt, '--tasks', 'HumanEval', '--data-dir', FIXTURES, '--device', 'cpu']);
+    expect(refused.code).toBe(2);
+    expect(refused.err).toMatch(/task HumanEval runs the programs the model writes .*Fix: pass --allow-code-exec to nmoe eval/);
+    const r = nmoe(['eval', ckpt, '--tasks', 'HumanEval', '--data-dir', FIXTURES, '--allow-code-exec', '--max-examples', '2', '--device', 'cpu']);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/^HumanEval: acc=(0\.000|0\.500|1\.000) centered=\d\.\d{3} n=2 /m);
+  });
 });

@@ -164,5 +164,26 @@ def gsm8k():
     write('openai/gsm8k/main/test-00000-of-00001.jsonl', rows)
 
 
-for make in [mmlu, mmlu_pro, lambda: arc('ARC-Easy', False), lambda: arc('ARC-Challenge', True), hellaswag, openbookqa, winogrande, boolq, copa, piqa, gsm8k]:
+def humaneval():
+    """Small functions in openai_humaneval's schema: a signature and docstring to complete, a reference body and a
+    check(candidate) of asserts. The first is a one-line lambda whose right body is " 42", which the hand-set
+    bigram model in test/eval.test.ts writes."""
+    problems = [
+        ('answer', 'answer = lambda:', ' 42', 'assert candidate() == 42'),
+        ('double', 'def double(x):\n    """Return twice x."""\n', '    return 2 * x\n', 'assert candidate(3) == 6\n    assert candidate(-4) == -8'),
+        ('shout', 'def shout(s):\n    """Return s in capitals, ending with an exclamation mark."""\n', "    return s.upper() + '!'\n",
+         "assert candidate('hi') == 'HI!'\n    assert candidate('') == '!'"),
+        ('count_vowels', 'def count_vowels(s):\n    """Return how many of the characters of s are vowels (a, e, i, o, u; any case)."""\n',
+         "    return sum(c in 'aeiouAEIOU' for c in s)\n", "assert candidate('Banana') == 3\n    assert candidate('xyz') == 0"),
+        ('is_sorted', 'def is_sorted(xs):\n    """Return True when the list xs never decreases."""\n', '    return all(a <= b for a, b in zip(xs, xs[1:]))\n',
+         'assert candidate([1, 2, 2, 5])\n    assert not candidate([3, 1])\n    assert candidate([])'),
+        ('town_of', 'def town_of(i):\n    """Return the i-th of the towns Varden, Oskel and Mirrow, counting from 0 and wrapping around."""\n',
+         "    return ['Varden', 'Oskel', 'Mirrow'][i % 3]\n", "assert candidate(0) == 'Varden'\n    assert candidate(4) == 'Oskel'"),
+    ]
+    rows = [{'task_id': f'Fixture/{i}', 'prompt': prompt, 'canonical_solution': body, 'test': f'def check(candidate):\n    {asserts}\n', 'entry_point': name}
+            for i, (name, prompt, body, asserts) in enumerate(problems)]
+    write('openai/openai_humaneval/openai_humaneval/test-00000-of-00001.jsonl', rows)
+
+
+for make in [mmlu, mmlu_pro, lambda: arc('ARC-Easy', False), lambda: arc('ARC-Challenge', True), hellaswag, openbookqa, winogrande, boolq, copa, piqa, gsm8k, humaneval]:
     make()

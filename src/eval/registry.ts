@@ -9,15 +9,19 @@
  *   fewshot = 5
  *   scorer = "choices"                  # choices; GSM8K: span (the reference's name) or generate
  *   adapter = "mmlu"                    # optional: which task's reader and prompt format (default: the name)
- *   max_new_tokens = 256                # generation tasks
+ *   max_new_tokens = 256                # generation and code tasks
+ *   timeout_s = 10                      # code tasks (scorer = "unittest"): seconds per program
+ *   python = "python3"                  # code tasks: the interpreter that runs the programs
  *
- * `--tasks core` (the config's eval_tasks default) selects every task of the file in order; otherwise a comma list
- * of names. The reference's `unittest` and `judge` scorers are not implemented and are refused by name.
+ * `--tasks core` (the config's eval_tasks default) selects every task of the file in order except code tasks,
+ * which run the model's programs and so run only when named (and allowed: suite.ts); otherwise a comma list of
+ * names. The reference's `judge` scorer (HYDRA's) is not implemented and is refused by name.
  */
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse } from 'smol-toml';
 import { UserError } from '../util/errors.ts';
+import type { ExecLimits } from './code-exec.ts';
 import { TASKS, type TaskDef } from './tasks.ts';
 
 export interface TaskSpec {
@@ -27,6 +31,8 @@ export interface TaskSpec {
   fewshot: number;
   def: TaskDef;
   maxNewTokens: number;
+  /** Code tasks: how each program is run. */
+  exec: ExecLimits;
   /** "file:line"-free description for errors: the registry file and the task's name. */
   where: string;
 }
@@ -37,7 +43,7 @@ export interface Registry {
   tasks: TaskSpec[];
 }
 
-const SCORERS: Record<TaskDef['kind'], string[]> = { choices: ['choices'], generation: ['span', 'generate'] };
+const SCORERS: Record<TaskDef['kind'], string[]> = { choices: ['choices'], generation: ['span', 'generate'], code: ['unittest'] };
 
 export function loadRegistry(path: string): Registry {
   let doc: Record<string, unknown>;
@@ -61,7 +67,7 @@ export function loadRegistry(path: string): Registry {
     if (!def) throw bad(`no task reads "${adapter}"`, `name it (or set adapter to) one of ${Object.keys(TASKS).join(', ')}`);
     const scorer = e.scorer ?? SCORERS[def.kind][0];
     if (!SCORERS[def.kind].includes(scorer as string)) {
-      throw bad(`scorer = ${JSON.stringify(scorer)} does not score a ${def.kind} task${scorer === 'unittest' || scorer === 'judge' ? ` (nmoe does not implement ${scorer})` : ''}`, `use scorer = "${SCORERS[def.kind][0]}"`);
+      throw bad(`scorer = ${JSON.stringify(scorer)} does not score a ${def.kind} task${scorer === 'judge' ? ' (nmoe does not implement judge)' : ''}`, `use scorer = "${SCORERS[def.kind][0]}"`);
     }
     const whole = (key: string, fallback: number, min: number) => {
       const v = e[key] ?? fallback;
@@ -75,6 +81,7 @@ export function loadRegistry(path: string): Registry {
       source: e.source.startsWith('hf:') ? e.source : at(e.source),
       fewshot: whole('fewshot', 0, 0),
       maxNewTokens: whole('max_new_tokens', 256, 1),
+      exec: { timeoutS: whole('timeout_s', 10, 1), python: typeof e.python === 'string' && e.python !== '' ? e.python : 'python3' },
     };
   });
   const names = tasks.map((t) => t.name);
@@ -83,12 +90,12 @@ export function loadRegistry(path: string): Registry {
   return { dataDir: typeof doc.data_dir === 'string' ? at(doc.data_dir) : null, tasks };
 }
 
-/** `core` (every task of the file), or a comma list of the file's task names (case-insensitive). */
+/** `core` (every task of the file but code tasks), or a comma list of the file's task names (case-insensitive). */
 export function selectTasks(reg: Registry, selection: string, file: string): TaskSpec[] {
-  if (selection.trim().toLowerCase() === 'core') return reg.tasks;
+  if (selection.trim().toLowerCase() === 'core') return reg.tasks.filter((t) => t.def.kind !== 'code');
   return selection.split(',').map((s) => s.trim()).filter(Boolean).map((want) => {
     const t = reg.tasks.find((x) => x.name.toLowerCase() === want.toLowerCase());
-    if (!t) throw new UserError(`task "${want}" is not in ${file}. Fix: one of ${reg.tasks.map((x) => x.name).join(', ')}, or core for all.`);
+    if (!t) throw new UserError(`task "${want}" is not in ${file}. Fix: one of ${reg.tasks.map((x) => x.name).join(', ')}, or core for all but code tasks.`);
     return t;
   });
 }

@@ -12,12 +12,13 @@ import type { TextTokenizer } from '../data/tokenizers.ts';
 import type { Decoder } from '../model/decoder.ts';
 import { UserError } from '../util/errors.ts';
 import { optionScores } from './choices.ts';
+import { bodyComplete, type CodeItem, runProgram, testProgram } from './code-exec.ts';
 import { generate } from './generate.ts';
 import { extractPrediction } from './gsm8k.ts';
 import type { TaskSpec } from './registry.ts';
 import { Sampler } from './sampling.ts';
 import { readRows, sourceFiles } from './task-data.ts';
-import type { ChoiceItem, GenerationItem } from './tasks.ts';
+import type { ChoiceItem, GenerationItem, TaskItem } from './tasks.ts';
 
 export interface Budget {
   maxExamples: number;
@@ -42,13 +43,13 @@ export interface EvalReport {
 /** A task's items, read and adapted: the few-shot demonstrations and the items to score. */
 export interface LoadedTask {
   spec: TaskSpec;
-  demos: (ChoiceItem | GenerationItem)[];
-  items: (ChoiceItem | GenerationItem)[];
+  demos: TaskItem[];
+  items: TaskItem[];
 }
 
 export async function loadTask(spec: TaskSpec, dataDir: string): Promise<LoadedTask> {
   const rows = await readRows(sourceFiles(spec.source, dataDir, spec.where));
-  const all = rows.map((r) => spec.def.item(r)).filter((x): x is ChoiceItem | GenerationItem => x !== null);
+  const all = rows.map((r) => spec.def.item(r)).filter((x): x is TaskItem => x !== null);
   if (all.length <= spec.fewshot) {
     throw new UserError(`${spec.where}: ${rows.length} rows give ${all.length} readable items, not more than fewshot = ${spec.fewshot}. Fix: check that source is this task's dataset, or lower fewshot.`);
   }
@@ -81,21 +82,32 @@ export async function runEval(dec: Decoder, tok: TextTokenizer, tasks: readonly 
   return { tasks: scores, core: scored.length ? scored.reduce((a, s) => a + s.centered, 0) / scored.length : 0, seconds: (performance.now() - t0) / 1000 };
 }
 
-async function scoreItem(dec: Decoder, tok: TextTokenizer, task: LoadedTask, item: ChoiceItem | GenerationItem): Promise<boolean> {
+async function scoreItem(dec: Decoder, tok: TextTokenizer, task: LoadedTask, item: TaskItem): Promise<boolean> {
   if ('options' in item) {
     const shots = (task.demos as ChoiceItem[]).map((d) => `${d.prompt} ${d.options[d.answer]}\n\n`).join('');
     const scores = await optionScores(dec, tok, shots + item.prompt, item.options);
     return scores.indexOf(Math.max(...scores)) === item.answer;
   }
+  if ('test' in item) {
+    const shots = (task.demos as CodeItem[]).map((d) => `${d.prompt}${d.solution}\n\n`).join('');
+    const completion = await complete(dec, tok, task, shots + item.prompt, bodyComplete);
+    return runProgram(testProgram(item, completion), task.spec.exec) === 'passed';
+  }
   const shots = (task.demos as GenerationItem[]).map((d) => `${d.prompt} ${d.solution}\n\n`).join('');
+  // The demonstrations end at a blank line, so the model's answer does too.
+  const answer = await complete(dec, tok, task, shots + item.prompt, (text) => /\n\s*\n/.test(text));
+  return extractPrediction(answer) === item.gold;
+}
+
+/** Greedy decoding of the text after `prompt`, until `done` holds for it, EOS or the task's token budget. */
+async function complete(dec: Decoder, tok: TextTokenizer, task: LoadedTask, prompt: string, done: (text: string) => boolean): Promise<string> {
   // Room for the answer: a prompt longer than the model's positions allow loses its start.
   const limit = dec.model.cfg.max_position_embeddings;
-  const prompt = Array.from(tok.encode(shots + item.prompt)).slice(-(limit - Math.min(task.spec.maxNewTokens, Math.floor(limit / 2))));
-  const g = await generate(dec, prompt, new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 0 }), {
+  const ids = Array.from(tok.encode(prompt)).slice(-(limit - Math.min(task.spec.maxNewTokens, Math.floor(limit / 2))));
+  const g = await generate(dec, ids, new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 0 }), {
     maxTokens: task.spec.maxNewTokens,
     eosTokenId: dec.model.cfg.eos_token_id,
-    // The demonstrations end at a blank line, so the model's answer does too.
-    until: (ids) => /\n\s*\n/.test(tok.decode(ids as number[])),
+    until: (out) => done(tok.decode(out as number[])),
   });
-  return extractPrediction(tok.decode(g.tokens)) === item.gold;
+  return tok.decode(g.tokens);
 }

@@ -8,6 +8,8 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FIELDS } from '../config/schema.ts';
+import { UserError } from '../util/errors.ts';
+import { checkIsolation } from './code-exec.ts';
 import { loadRegistry, selectTasks } from './registry.ts';
 import { type LoadedTask, loadTask } from './runner.ts';
 
@@ -19,12 +21,22 @@ export function tasksFilePath(file: string): string {
   return file;
 }
 
-/** `dataDir` (a flag) wins over the file's data_dir, which wins over ./data/eval. */
-export async function loadSuite(file: string, selection: string, dataDir?: string): Promise<LoadedTask[]> {
+/**
+ * `dataDir` (a flag) wins over the file's data_dir, which wins over ./data/eval. A code task (it runs the programs
+ * the model writes) is refused unless `allowCodeExec`: only `nmoe eval --allow-code-exec` allows it.
+ */
+export async function loadSuite(file: string, selection: string, opts: { dataDir?: string; allowCodeExec?: boolean } = {}): Promise<LoadedTask[]> {
   const path = tasksFilePath(file);
   const reg = loadRegistry(path);
-  const dir = dataDir !== undefined ? resolve(dataDir) : reg.dataDir ?? resolve('data/eval');
+  const dir = opts.dataDir !== undefined ? resolve(opts.dataDir) : reg.dataDir ?? resolve('data/eval');
+  const specs = selectTasks(reg, selection, path);
+  const code = specs.find((s) => s.def.kind === 'code');
+  if (code && !opts.allowCodeExec) {
+    throw new UserError(`${code.where}: task ${code.name} runs the programs the model writes (scorer = "unittest"), which nmoe does only when asked. ` +
+      'Fix: pass --allow-code-exec to nmoe eval (evals inside nmoe train never run code); see docs/eval.md on what it does and does not isolate.');
+  }
+  if (code) checkIsolation(code.exec.python);
   const tasks: LoadedTask[] = [];
-  for (const spec of selectTasks(reg, selection, path)) tasks.push(await loadTask(spec, dir));
+  for (const spec of specs) tasks.push(await loadTask(spec, dir));
   return tasks;
 }

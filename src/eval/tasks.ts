@@ -9,10 +9,13 @@
  *   COPA                                  "Premise: {premise}\nChoose the more plausible alternative:"
  *   PIQA                                  "Goal: {goal}\nSelect the better solution:"
  *   GSM8K                                 "{question}\nAnswer:"  (a generation task, scored by its final number)
+ *   HumanEval                             the function's signature and docstring; the completion must pass the
+ *                                         task's unit tests (code-exec.ts)
  *
  * A choice item is scored by the summed log-likelihood of " " + option after the prompt (choices.ts). Rows a task
  * cannot read (no answer, an answer key that is not a label) are skipped, as the reference's adapters skip them.
  */
+import type { CodeItem } from './code-exec.ts';
 import { gsm8kGold } from './gsm8k.ts';
 import type { Row } from './task-data.ts';
 
@@ -32,7 +35,10 @@ export interface GenerationItem {
 
 export type TaskDef =
   | { kind: 'choices'; baseline: number; item(row: Row): ChoiceItem | null }
-  | { kind: 'generation'; baseline: number; item(row: Row): GenerationItem | null };
+  | { kind: 'generation'; baseline: number; item(row: Row): GenerationItem | null }
+  | { kind: 'code'; baseline: number; item(row: Row): CodeItem | null };
+
+export type TaskItem = ChoiceItem | GenerationItem | CodeItem;
 
 const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 const int = (v: unknown): number | null => {
@@ -120,6 +126,13 @@ export const TASKS: Record<string, TaskDef> = {
       const q = str(r.question), solution = str(r.answer);
       const gold = solution === null ? null : gsm8kGold(solution);
       return q === null || solution === null || gold === null ? null : { prompt: `${q.trim()}\nAnswer:`, solution, gold };
+    },
+  },
+  humaneval: {
+    kind: 'code', baseline: 0,
+    item: (r) => {
+      const prompt = str(r.prompt), solution = str(r.canonical_solution), test = str(r.test), entryPoint = str(r.entry_point);
+      return prompt === null || solution === null || test === null || entryPoint === null ? null : { prompt, solution, test, entryPoint };
     },
   },
 };

@@ -16,6 +16,7 @@ import { prepReport } from '../data/prep/report.ts';
 import { SOURCE_KINDS } from '../data/sources/index.ts';
 import { parseTokenCount } from '../data/text.ts';
 import { UserError } from '../util/errors.ts';
+import { type FilterFlags, addFilterOptions, filtersFrom } from './filter-flags.ts';
 import { wholeFlag } from './flags.ts';
 import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
 
@@ -67,7 +68,7 @@ function prepProgress(progress: Progress): (p: PrepProgress) => void {
 
 function registerPrep(data: Command): void {
   const d = PREP_DEFAULTS;
-  data.command('prep')
+  const prep = data.command('prep')
     .description('Tokenize a corpus into .npy/.idx shards with a manifest, in the reference\'s layout; resumable.')
     .addOption(new Option('--source <kind>', 'input kind').choices([...SOURCE_KINDS]).makeOptionMandatory())
     .option('--paths <paths...>', 'input files, folders or quoted glob patterns (local sources)', d.paths)
@@ -92,12 +93,13 @@ function registerPrep(data: Command): void {
     .option('--worker-index <i>', 'this machine\'s part of a split prep (0-based)', count(0), d.workerIndex)
     .option('--num-workers <n>', 'machines sharing the prep (each takes every n-th file)', count(1), d.numWorkers)
     .option('--checkpoint-every <n>', 'input records between resume checkpoints', count(1), d.checkpointEvery)
-    .option('--force', 'start over, deleting a finished or interrupted prep in the output folder', false)
+    .option('--force', 'start over, deleting a finished or interrupted prep in the output folder', false);
+  addFilterOptions(prep)
     .addHelpText('after', '\nExamples:\n  nmoe data prep --source jsonl --paths raw/*.jsonl.zst -o /data/web --name web\n' +
       '  nmoe data prep --source hf --dataset HuggingFaceFW/fineweb-edu --subset sample-10BT -o /data/fw --name fw --max-tokens-total 1B\n' +
       '  nmoe data prep --source text --paths books/ -o data/books --name books --tokenizer bytes --num-shards 1')
-    .action(async (opts: PrepOptions & { maxTokensTotal?: number }) => {
-      const o: PrepOptions = { ...PREP_DEFAULTS, ...opts, maxTokensTotal: opts.maxTokensTotal ?? null };
+    .action(async (opts: Omit<PrepOptions, 'filters'> & FilterFlags & { maxTokensTotal?: number }) => {
+      const o: PrepOptions = { ...PREP_DEFAULTS, ...opts, maxTokensTotal: opts.maxTokensTotal ?? null, filters: filtersFrom(opts) };
       const progress = new Progress();
       const interrupt = onInterrupt(progress, 'interrupted: saving a checkpoint (Ctrl-C again to exit now; the next run resumes from the last checkpoint)');
       const t0 = performance.now();

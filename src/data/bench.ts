@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLoader, type DataConfig } from './loader/build.ts';
 import { npyHeader } from './npy.ts';
+import { NO_FILTERS } from './prep/filters.ts';
 import { PREP_DEFAULTS } from './prep/options.ts';
 import { TokenizerPool } from './prep/pool.ts';
 import { BATCH_CHARS, INFLIGHT_PER_WORKER, runPrep } from './prep/prep.ts';
@@ -44,7 +45,7 @@ export async function benchTokenize(docs: string[], tokenizer: string): Promise<
 
 /** The same batches prep would send, through `workers` threads, with nothing else going on. */
 export async function benchPool(docs: string[], tokenizer: string, workers: number): Promise<Rate> {
-  const pool = await TokenizerPool.start(workers, { tokenizer, minTokens: 0, maxTokens: 1 << 30, numShards: 1 });
+  const pool = await TokenizerPool.start(workers, { tokenizer, minTokens: 0, maxTokens: 1 << 30, numShards: 1, filters: NO_FILTERS });
   try {
     const batches: string[][] = [];
     for (let i = 0, chars = 0, cur: string[] = []; i < docs.length; i++) {

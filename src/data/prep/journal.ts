@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { writeJsonAtomic } from '../manifest.ts';
 import type { SkipReason } from '../sources/source.ts';
 import type { BucketState } from './bucket-writer.ts';
+import type { FilterReason } from './filters.ts';
 import type { OutputParams } from './options.ts';
 
 export interface PrepStats {
@@ -24,6 +25,11 @@ export interface PrepStats {
   hasEosByte: number;
   /** Documents cut to --max-tokens (still written). */
   truncated: number;
+  /** Documents dropped by a heuristic filter, by filter. */
+  filtered: Record<FilterReason, number>;
+  /** Lines and paragraphs removed from written documents by --dedup-lines / --dedup-paragraphs. */
+  linesRemoved: number;
+  paragraphsRemoved: number;
   /** A few places of each skip reason, for the report. */
   examples: Partial<Record<SkipReason, string[]>>;
   /** --max-tokens-total was reached. */
@@ -33,7 +39,9 @@ export interface PrepStats {
 export function emptyStats(): PrepStats {
   return {
     records: 0, documents: 0, tokens: 0, skipped: { unparseable: 0, 'no-text': 0, 'not-utf8': 0 },
-    empty: 0, tooShort: 0, hasEosByte: 0, truncated: 0, examples: {}, reachedLimit: false,
+    empty: 0, tooShort: 0, hasEosByte: 0, truncated: 0,
+    filtered: { 'few-words': 0, 'many-words': 0, 'repeated-ngrams': 0, symbols: 0, 'exact-duplicate': 0 }, linesRemoved: 0, paragraphsRemoved: 0,
+    examples: {}, reachedLimit: false,
   };
 }
 
@@ -44,6 +52,8 @@ export interface Journal {
   lastDocId: string | null;
   stats: PrepStats;
   buckets: Record<string, BucketState>;
+  /** Keys in the exact-dedup file (seen-texts.ts) that this checkpoint counts. */
+  seenKeys: number;
 }
 
 export const JOURNAL_FILE = '.nmoe-prep.json';

@@ -17,9 +17,11 @@ import type { SourceRecord } from '../sources/source.ts';
 import { type TextTokenizer, loadTokenizer, tokenizerHash } from '../tokenizers.ts';
 import { BucketWriter, removeShardFiles } from './bucket-writer.ts';
 import { type Journal, type PrepStats, emptyStats, readJournal, removeJournal, writeJournal } from './journal.ts';
+import { EXACT_KEY_BYTES } from './filters.ts';
 import { type OutputParams, type PrepOptions, checkPrepOptions, outputParams, workerTokenLimit } from './options.ts';
 import { TokenizerPool } from './pool.ts';
-import { DocStatus, type TokenizedBatch } from './tokenize.ts';
+import { SeenTexts } from './seen-texts.ts';
+import { DocStatus, STATUS_VERDICT, type TokenizedBatch } from './tokenize.ts';
 
 export const CREATOR_VERSION = 'nmoe 0.1.0';
 /** Text per tokenizer batch, besides the reference's document count (--batch-size): keeps workers evenly fed. */
@@ -70,6 +72,7 @@ function wipe(out: string, prefix: string): void {
   for (const d of readdirSync(out)) if (/^shard_\d{4}$/.test(d)) wipeBucket(join(out, d), prefix);
   rmSync(join(out, 'manifest.json'), { force: true });
   removeJournal(out);
+  SeenTexts.remove(out);
 }
 
 /**
@@ -85,6 +88,8 @@ function recordName(r: Applied): string {
 class PrepRun {
   readonly stats: PrepStats;
   readonly writers = new Map<number, BucketWriter>();
+  /** Keys of the documents written so far, with --dedup-exact. */
+  readonly #seen: SeenTexts | null;
   readonly #tokenLimit: number | null;
   #lastRecord: string | null;
   #sinceCheckpoint = 0;
@@ -93,6 +98,7 @@ class PrepRun {
     this.stats = journal?.stats ?? emptyStats();
     this.#tokenLimit = workerTokenLimit(o);
     this.#lastRecord = journal?.lastDocId ?? null;
+    this.#seen = o.filters.dedupExact ? new SeenTexts(out, journal?.seenKeys ?? 0) : null;
     for (const [b, state] of Object.entries(journal?.buckets ?? {})) {
       this.writers.set(Number(b), new BucketWriter(join(out, bucketDir(Number(b))), prefix, o.tokensPerShard, state));
     }
@@ -112,6 +118,25 @@ class PrepRun {
     return w;
   }
 
+  /** Writes document `i` of a batch, or counts why it is not written. */
+  #applyDoc(r: TokenizedBatch, i: number, tokens: Uint32Array): void {
+    const s = this.stats, status = r.status[i]!;
+    if (status === DocStatus.EMPTY) s.empty++;
+    else if (status === DocStatus.SHORT) s.tooShort++;
+    else if (status === DocStatus.HAS_EOS_BYTE) s.hasEosByte++;
+    else if (STATUS_VERDICT.has(status)) s.filtered[STATUS_VERDICT.get(status)!]++;
+    else if (this.#seen?.seenBefore(r.keys.subarray(i * EXACT_KEY_BYTES, (i + 1) * EXACT_KEY_BYTES))) s.filtered['exact-duplicate']++;
+    else {
+      if (status === DocStatus.TRUNCATED) s.truncated++;
+      s.linesRemoved += r.linesRemoved[i]!;
+      s.paragraphsRemoved += r.paragraphsRemoved[i]!;
+      this.#writer(r.buckets[i]!).add(tokens);
+      s.documents++;
+      s.tokens += tokens.length;
+      if (this.#tokenLimit !== null && s.tokens >= this.#tokenLimit) s.reachedLimit = true;
+    }
+  }
+
   /** Applies one tokenized batch in record order; stops at this worker's share of --max-tokens-total. */
   async apply(records: Applied[], r: TokenizedBatch): Promise<void> {
     const s = this.stats;
@@ -125,28 +150,21 @@ class PrepRun {
         const ex = (s.examples[rec.reason] ??= []);
         if (ex.length < EXAMPLES_PER_REASON) ex.push(rec.where);
       } else {
-        const status = r.status[doc]!, length = r.lengths[doc]!, bucket = r.buckets[doc]!;
-        doc++;
-        if (status === DocStatus.EMPTY) s.empty++;
-        else if (status === DocStatus.SHORT) s.tooShort++;
-        else if (status === DocStatus.HAS_EOS_BYTE) s.hasEosByte++;
-        else {
-          if (status === DocStatus.TRUNCATED) s.truncated++;
-          this.#writer(bucket).add(r.tokens.subarray(offset, offset + length));
-          offset += length;
-          s.documents++;
-          s.tokens += length;
-          if (this.#tokenLimit !== null && s.tokens >= this.#tokenLimit) s.reachedLimit = true;
-        }
+        const i = doc++, length = r.lengths[i]!;
+        this.#applyDoc(r, i, r.tokens.subarray(offset, offset + length));
+        offset += length;
       }
       if (++this.#sinceCheckpoint >= this.o.checkpointEvery) await this.checkpoint();
     }
   }
 
   async checkpoint(): Promise<void> {
+    this.#seen?.durable();
     await Promise.all([...this.writers.values()].map((w) => w.durable()));
     const buckets = Object.fromEntries([...this.writers].map(([b, w]) => [String(b), w.state()]));
-    writeJournal(this.out, { journal_version: 1, params: this.params, lastDocId: this.#lastRecord, stats: this.stats, buckets });
+    writeJournal(this.out, {
+      journal_version: 1, params: this.params, lastDocId: this.#lastRecord, stats: this.stats, buckets, seenKeys: this.#seen?.size ?? 0,
+    });
     this.#sinceCheckpoint = 0;
   }
 
@@ -179,6 +197,7 @@ class PrepRun {
     };
     writeJsonAtomic(join(this.out, 'manifest.json'), manifest);
     removeJournal(this.out);
+    SeenTexts.remove(this.out);
     return manifest;
   }
 }
@@ -217,7 +236,9 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
 
   const run = new PrepRun(o, out, prefix, params, journal);
   const resumedAt = run.stats.records;
-  const starting = TokenizerPool.start(o.workers, { tokenizer: tok.name, minTokens: o.minTokens, maxTokens: o.maxTokens, numShards: o.numShards });
+  const starting = TokenizerPool.start(o.workers, {
+    tokenizer: tok.name, minTokens: o.minTokens, maxTokens: o.maxTokens, numShards: o.numShards, filters: o.filters,
+  });
   // A fixed cost (the first encode on this thread builds the tokenizer's tables), paid while the workers start.
   const tokHash = tokenizerHash(tok);
   const pool = await starting;

@@ -3,6 +3,7 @@
  * with the first places of each skip reason, so nothing is dropped silently.
  */
 import { SKIP_REASONS, type SkipReason } from '../sources/source.ts';
+import { FILTER_REASONS, type FilterReason, REPEAT_NGRAM } from './filters.ts';
 import { type PrepOptions, workerTokenLimit } from './options.ts';
 import type { PrepResult } from './prep.ts';
 
@@ -37,5 +38,16 @@ export function prepReport(r: PrepResult, o: PrepOptions, seconds: number): stri
   ].filter(([k]) => (k as number) > 0).map(([k, why]) => `${n(k as number)} ${why}`);
   if (dropped.length > 0) lines.push(`dropped documents: ${dropped.join('; ')}`);
   if (s.truncated > 0) lines.push(`cut to --max-tokens ${n(o.maxTokens)}: ${n(s.truncated)} documents`);
+  const f = o.filters;
+  const why: Record<FilterReason, string> = {
+    'few-words': `under --min-words ${f.minWords}`, 'many-words': `over --max-words ${f.maxWords}`,
+    'repeated-ngrams': `over --max-repeated-ngrams ${f.maxRepeatedNgrams} (word ${REPEAT_NGRAM}-grams)`,
+    symbols: `over --max-symbol-ratio ${f.maxSymbolRatio}`, 'exact-duplicate': 'exact duplicates of an earlier document',
+  };
+  const filtered = FILTER_REASONS.filter((k) => s.filtered[k] > 0).map((k) => `${n(s.filtered[k])} ${why[k]}`);
+  if (filtered.length > 0) lines.push(`filtered documents: ${filtered.join('; ')}`);
+  if (s.linesRemoved + s.paragraphsRemoved > 0) {
+    lines.push(`removed within written documents: ${n(s.paragraphsRemoved)} repeated paragraphs, ${n(s.linesRemoved)} repeated lines`);
+  }
   return lines;
 }

@@ -33,7 +33,7 @@ those experts instead of their own top-k, so a near-tie that rounds differently 
 expert; the fraction of tokens whose own choice differs is reported and written to the output metadata
 (`routing_mismatch`). Gates and their gradients are still computed here from this model's scores.
 
-Needs only torch and safetensors.
+Needs only torch; safetensors is used where installed, else tools/safetensors_lite.py.
 """
 
 import argparse
@@ -44,8 +44,23 @@ import sys
 import torch
 import torch.nn.functional as F
 from nmoe_config import load_config
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+try:
+    from safetensors.torch import load_file, save_file
+
+    def load_with_metadata(path):
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+except ImportError:  # Debian's torch 1.13 has no safetensors module: the small reader/writer beside this file
+    import safetensors_lite
+
+    def load_file(path):
+        return safetensors_lite.load(path)[0]
+
+    def save_file(tensors, path, metadata=None):
+        safetensors_lite.save(tensors, path, metadata)
+
+    load_with_metadata = safetensors_lite.load
 
 EMBED_SCALE = 10.667
 LOGIT_SCALE = 0.125
@@ -319,10 +334,10 @@ def main():
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     cfg = load_config(args.config, "torch_ref")
     params = load_params(args.weights, cfg, dtype, device)
-    with safe_open(args.batch, framework="pt") as f:
-        batch = int((f.metadata() or {}).get("batch", "0"))
-        inputs = f.get_tensor("inputs").to(device=device, dtype=torch.long)
-        targets = f.get_tensor("targets").to(device=device, dtype=torch.long)
+    batch_tensors, batch_meta = load_with_metadata(args.batch)
+    batch = int(batch_meta.get("batch", "0"))
+    inputs = batch_tensors["inputs"].to(device=device, dtype=torch.long)
+    targets = batch_tensors["targets"].to(device=device, dtype=torch.long)
     if batch <= 0 or inputs.numel() != batch * cfg["seq_len"] or targets.numel() != inputs.numel():
         sys.exit(f"torch_ref: {args.batch}: {inputs.numel()} inputs, {targets.numel()} targets, batch {batch}, "
                  f"seq_len {cfg['seq_len']} do not agree")

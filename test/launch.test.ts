@@ -121,12 +121,54 @@ describe('readDistEnv: the environment contract', () => {
     expect(readDistEnv({ RANK: '3', WORLD_SIZE: '4', MASTER_ADDR: 'master-0' })).toMatchObject({ localRank: 0, localWorldSize: 1, nodeRank: 3, nnodes: 4, masterPort: 29500 });
   });
 
-  it("maps Slurm's srun variables, the master being the first host of the node list", () => {
-    const slurm = { SLURM_PROCID: '5', SLURM_NTASKS: '8', SLURM_LOCALID: '1', SLURM_TASKS_PER_NODE: '4(x2)', SLURM_NODEID: '1', SLURM_JOB_NODELIST: 'gpu[01-04],gpu07' };
+  it("maps Slurm's srun variables, the master being the first host of the step's node list", () => {
+    const slurm = {
+      SLURM_PROCID: '5', SLURM_STEP_NUM_TASKS: '8', SLURM_LOCALID: '1', SLURM_STEP_TASKS_PER_NODE: '4(x2)', SLURM_NODEID: '1',
+      SLURM_STEP_NODELIST: 'gpu[01-02]', SLURM_JOB_NODELIST: 'gpu[01-04],gpu07',
+    };
     expect(readDistEnv(slurm)).toEqual({ rank: 5, worldSize: 8, localRank: 1, localWorldSize: 4, nodeRank: 1, nnodes: 2, masterAddr: 'gpu01', masterPort: 29500 });
-    expect(readDistEnv({ ...slurm, SLURM_NTASKS_PER_NODE: '4', SLURM_TASKS_PER_NODE: 'ignored', MASTER_ADDR: 'head', MASTER_PORT: '4000' })).toMatchObject({ masterAddr: 'head', masterPort: 4000 });
+    expect(readDistEnv({ ...slurm, SLURM_STEP_NODELIST: undefined, SLURM_JOB_NODELIST: 'n[3-4]' })).toMatchObject({ masterAddr: 'n3' });
+    expect(readDistEnv({ ...slurm, MASTER_ADDR: 'head', MASTER_PORT: '4000' })).toMatchObject({ masterAddr: 'head', masterPort: 4000 });
+    // The step's counts, not the job's: srun --preserve-env leaves SLURM_NTASKS and SLURM_TASKS_PER_NODE at the job's.
+    expect(readDistEnv({ ...slurm, SLURM_NTASKS: '16', SLURM_TASKS_PER_NODE: '8(x2)', SLURM_NTASKS_PER_NODE: '8' })).toMatchObject({ worldSize: 8, localWorldSize: 4 });
     // torchrun's variables win: `nmoe launch` inside an srun allocation sets them for its ranks.
     expect(readDistEnv({ ...slurm, RANK: '0', WORLD_SIZE: '1' })).toMatchObject({ rank: 0, worldSize: 1 });
+  });
+
+  // What a batch script sees (src/common/env.c in Slurm: the batch step gets SLURM_PROCID/LOCALID/NODEID = 0 and the
+  // job's counts, but only srun's step launch sets SLURM_STEP_*).
+  const batchScript = {
+    SLURM_JOB_ID: '4242', SLURM_PROCID: '0', SLURM_LOCALID: '0', SLURM_NODEID: '0', SLURM_JOB_NUM_NODES: '2', SLURM_NNODES: '2',
+    SLURM_NTASKS: '16', SLURM_TASKS_PER_NODE: '8(x2)', SLURM_JOB_NODELIST: 'gpu[01-02]',
+  };
+  it('rejects a multi-node or multi-task batch script that runs nmoe train without srun, at once', () => {
+    for (const env of [batchScript, { ...batchScript, SLURM_NTASKS: undefined }, { ...batchScript, SLURM_JOB_NUM_NODES: '1', SLURM_NNODES: '1', SLURM_NTASKS: '8' }]) {
+      expect(() => readDistEnv(env)).toThrow(UserError);
+      expect(() => readDistEnv(env)).toThrow(/^this process runs in the batch script of Slurm job 4242, not under srun .* Fix: start one `nmoe launch` per node with srun/);
+    }
+    expect(() => readDistEnv(batchScript)).toThrow('the job has SLURM_JOB_NUM_NODES=2, SLURM_NTASKS=16: the other ranks would never start');
+  });
+
+  it('takes the batch script of a one-task, one-node job as a single process', () => {
+    const single = { ...batchScript, SLURM_JOB_NUM_NODES: '1', SLURM_NNODES: '1', SLURM_NTASKS: '1', SLURM_TASKS_PER_NODE: '1', SLURM_JOB_NODELIST: 'gpu01' };
+    expect(readDistEnv(single)).toEqual(readDistEnv({}));
+    expect(readDistEnv({ ...single, SLURM_NTASKS: undefined })).toEqual(readDistEnv({}));
+  });
+
+  it('nmoe train in a 2-node batch script stops with that error and exit code 2 instead of waiting for the ranks', async () => {
+    const train = run([process.execPath, BIN, 'train', '--device=cpu'], { ...batchScript, NMOE_RDZV_TIMEOUT_S: '300' });
+    const r = await train.finished;
+    expect(r.code).toBe(2);
+    expect(r.err.trim().split('\n')).toHaveLength(1);
+    expect(r.err).toMatch(/^nmoe: error: this process runs in the batch script of Slurm job 4242, not under srun/);
+    expect(r.ms).toBeLessThan(60_000); // the rendezvous would have waited 300 s
+  });
+
+  it('nmoe launch --nnodes 2 in a batch script is refused: the other nodes would get no launcher', () => {
+    const plan = { nprocPerNode: '8', nnodes: '2', nodeRank: '0', masterAddr: 'gpu01', masterPort: '29500' };
+    expect(() => parseLaunchFlags(plan, [], batchScript)).toThrow(/^--nnodes 2 in the batch script of Slurm job 4242, not under srun: .* Fix: .*srun --ntasks-per-node=1 nmoe launch/);
+    expect(parseLaunchFlags({ ...plan, nnodes: '1' }, [], batchScript)).toMatchObject({ nnodes: 1, nprocPerNode: 8 });
+    expect(parseLaunchFlags(plan, [], { ...batchScript, SLURM_STEP_NUM_TASKS: '2' })).toMatchObject({ nnodes: 2 });
   });
 
   it('finds the first host of Slurm node lists', () => {
@@ -138,7 +180,7 @@ describe('readDistEnv: the environment contract', () => {
   });
 
   const full = { RANK: '0', WORLD_SIZE: '4', LOCAL_RANK: '0', LOCAL_WORLD_SIZE: '4', MASTER_ADDR: 'h' };
-  const slurm = { SLURM_PROCID: '0', SLURM_NTASKS: '4', SLURM_LOCALID: '0', SLURM_NTASKS_PER_NODE: '4', SLURM_JOB_NODELIST: 'n1' };
+  const slurm = { SLURM_PROCID: '0', SLURM_STEP_NUM_TASKS: '4', SLURM_LOCALID: '0', SLURM_STEP_TASKS_PER_NODE: '4', SLURM_JOB_NODELIST: 'n1' };
   it.each([
     ['RANK without WORLD_SIZE', { RANK: '1' }, /^RANK=1 is set but WORLD_SIZE is not/],
     ['WORLD_SIZE without RANK', { WORLD_SIZE: '4' }, /^WORLD_SIZE=4 is set but RANK is not/],
@@ -155,10 +197,10 @@ describe('readDistEnv: the environment contract', () => {
     ['no master address', { ...full, MASTER_ADDR: undefined }, /^MASTER_ADDR is not set for a world of 4 processes/],
     ['a port out of range', { ...full, MASTER_PORT: '70000' }, /^MASTER_PORT="70000" is not a TCP port/],
     ['a port that is no number', { MASTER_PORT: 'http' }, /^MASTER_PORT="http" is not a TCP port/],
-    ['Slurm without SLURM_NTASKS', { ...slurm, SLURM_NTASKS: undefined }, /^SLURM_PROCID=0 is set but SLURM_NTASKS is not/],
-    ['Slurm without tasks per node', { ...slurm, SLURM_NTASKS_PER_NODE: undefined }, /neither SLURM_NTASKS_PER_NODE nor SLURM_TASKS_PER_NODE/],
-    ['Slurm with uneven nodes', { ...slurm, SLURM_NTASKS_PER_NODE: undefined, SLURM_TASKS_PER_NODE: '4(x2),3' }, /^SLURM_TASKS_PER_NODE=4\(x2\),3 does not give every node the same/],
-    ['Slurm ranks not in blocks', { ...slurm, SLURM_NTASKS: '8', SLURM_PROCID: '1', SLURM_LOCALID: '1', SLURM_NODEID: '1' }, /^SLURM_NODEID=1 does not match SLURM_PROCID=1/],
+    ['Slurm without SLURM_LOCALID', { ...slurm, SLURM_LOCALID: undefined }, /^SLURM_PROCID=0 is set but SLURM_LOCALID is not/],
+    ['Slurm without tasks per node', { ...slurm, SLURM_STEP_TASKS_PER_NODE: undefined }, /^SLURM_STEP_NUM_TASKS is set but SLURM_STEP_TASKS_PER_NODE is not/],
+    ['Slurm with uneven nodes', { ...slurm, SLURM_STEP_TASKS_PER_NODE: '4(x2),3' }, /^SLURM_STEP_TASKS_PER_NODE=4\(x2\),3 does not give every node the same/],
+    ['Slurm ranks not in blocks', { ...slurm, SLURM_STEP_NUM_TASKS: '8', SLURM_PROCID: '1', SLURM_LOCALID: '1', SLURM_NODEID: '1' }, /^SLURM_NODEID=1 does not match SLURM_PROCID=1/],
     ['Slurm with a bad local id', { ...slurm, SLURM_LOCALID: 'a' }, /^SLURM_LOCALID="a" is not a whole number/],
     ['Slurm without a node list or MASTER_ADDR', { ...slurm, SLURM_JOB_NODELIST: undefined }, /^MASTER_ADDR is not set/],
   ])('rejects %s with one line naming the variable and the fix', (_, env, message) => {

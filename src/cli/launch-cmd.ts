@@ -6,7 +6,7 @@
 import { wholeFlag } from './flags.ts';
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
-import { DEFAULT_MASTER_PORT } from '../dist/env.ts';
+import { DEFAULT_MASTER_PORT, inSlurmBatchScript } from '../dist/env.ts';
 import { type LaunchPlan, TERM_GRACE_MS, launch, rankCommand } from '../dist/launch.ts';
 import { rendezvousTimeoutMs } from '../dist/rendezvous.ts';
 import { UserError } from '../util/errors.ts';
@@ -29,7 +29,7 @@ export class LaunchFailed extends Error {
   }
 }
 
-export function parseLaunchFlags(flags: LaunchFlags, args: string[]): LaunchPlan {
+export function parseLaunchFlags(flags: LaunchFlags, args: string[], env: Record<string, string | undefined> = process.env): LaunchPlan {
   if (flags.nprocPerNode === undefined) {
     throw new UserError('--nproc-per-node is required: how many processes (one per GPU) to run on this node. Fix: e.g. --nproc-per-node 8.');
   }
@@ -46,6 +46,12 @@ export function parseLaunchFlags(flags: LaunchFlags, args: string[]): LaunchPlan
   }
   if (nnodes > 1 && !flags.masterAddr) {
     throw new UserError(`--master-addr is required with --nnodes ${nnodes}. Fix: give node 0's address as the other nodes reach it, e.g. --master-addr 10.0.0.1.`);
+  }
+  if (nnodes > 1 && inSlurmBatchScript(env)) {
+    throw new UserError(
+      `--nnodes ${nnodes} in the batch script of Slurm job ${env.SLURM_JOB_ID ?? '?'}, not under srun: this one launcher would wait out the rendezvous for the other nodes' launchers, which nothing starts. ` +
+        'Fix: start one launcher per node, srun --ntasks-per-node=1 nmoe launch … (deploy/slurm/train.sbatch).',
+    );
   }
   if (flags.entry !== undefined && !existsSync(flags.entry)) {
     throw new UserError(`--entry ${flags.entry} does not exist. Fix: give the path of a JS or TS module to run on every rank.`);

@@ -3,6 +3,10 @@
  * rendezvous store. Read from torchrun's environment contract (what `nmoe launch`, torchrun and Kubeflow's
  * PyTorchJob set), else from Slurm's srun variables, else this is a single process: rank 0 of 1.
  *
+ * Slurm sets SLURM_PROCID (0) in a job's batch script too, where no srun started the process: only srun's step
+ * launch sets SLURM_STEP_NUM_TASKS. A batch script of a multi-node or multi-task job that runs `nmoe train` itself
+ * would wait out the rendezvous for ranks nobody starts, so that is an error at once.
+ *
  * Ranks must be numbered node by node (rank = node_rank · local_world_size + local_rank): expert parallelism
  * places a rank's peers on its node by that arithmetic, so any other layout is rejected here rather than
  * discovered as a hang later.
@@ -34,7 +38,8 @@ type Env = Record<string, string | undefined>;
 
 export function readDistEnv(env: Env = process.env): DistEnv {
   if (['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE'].some((name) => env[name] !== undefined)) return fromTorchrun(env);
-  if (env.SLURM_PROCID !== undefined) return fromSlurm(env);
+  if (inSlurmBatchScript(env)) requireOneSlurmTask(env);
+  else if (env.SLURM_PROCID !== undefined) return fromSlurmStep(env);
   return { rank: 0, worldSize: 1, localRank: 0, localWorldSize: 1, nodeRank: 0, nnodes: 1, ...master(env, 1, undefined) };
 }
 
@@ -56,36 +61,60 @@ function fromTorchrun(env: Env): DistEnv {
   return { ...layout(rank, worldSize, local.rank, local.worldSize), ...master(env, worldSize.value, undefined) };
 }
 
-function fromSlurm(env: Env): DistEnv {
-  const fix = 'launch with srun, which sets it (e.g. srun --ntasks-per-node=8 nmoe train)';
-  for (const name of ['SLURM_NTASKS', 'SLURM_LOCALID']) {
-    if (env[name] === undefined) throw new UserError(`SLURM_PROCID=${env.SLURM_PROCID} is set but ${name} is not. Fix: ${fix}.`);
+/** Whether this process is a Slurm job's batch script itself rather than a task that srun started. */
+export function inSlurmBatchScript(env: Env = process.env): boolean {
+  return env.SLURM_PROCID !== undefined && env.SLURM_STEP_NUM_TASKS === undefined;
+}
+
+/** An srun task: the step's own variables, which srun sets even with --preserve-env (that keeps the job's SLURM_NTASKS). */
+function fromSlurmStep(env: Env): DistEnv {
+  if (env.SLURM_LOCALID === undefined) {
+    throw new UserError(`SLURM_PROCID=${env.SLURM_PROCID} is set but SLURM_LOCALID is not. Fix: launch with srun, which sets it (e.g. srun --ntasks-per-node=8 nmoe train).`);
   }
-  const localWorldSize = env.SLURM_NTASKS_PER_NODE !== undefined ? whole(env, 'SLURM_NTASKS_PER_NODE', 1) : tasksPerNode(env);
+  const localWorldSize = stepTasksPerNode(env);
   const rank = whole(env, 'SLURM_PROCID', 0);
-  const dist = layout(rank, whole(env, 'SLURM_NTASKS', 1), whole(env, 'SLURM_LOCALID', 0), localWorldSize);
+  const dist = layout(rank, whole(env, 'SLURM_STEP_NUM_TASKS', 1), whole(env, 'SLURM_LOCALID', 0), localWorldSize);
   if (env.SLURM_NODEID !== undefined && whole(env, 'SLURM_NODEID', 0).value !== dist.nodeRank) {
     throw new UserError(
       `SLURM_NODEID=${env.SLURM_NODEID} does not match SLURM_PROCID=${rank.value} with ${localWorldSize.value} tasks per node (node ${dist.nodeRank}). ` +
         'Fix: number ranks node by node with srun --distribution=block.',
     );
   }
-  const nodelist = env.SLURM_JOB_NODELIST ?? env.SLURM_NODELIST;
+  const nodelist = env.SLURM_STEP_NODELIST ?? env.SLURM_JOB_NODELIST ?? env.SLURM_NODELIST;
   return { ...dist, ...master(env, dist.worldSize, nodelist === undefined ? undefined : firstSlurmHost(nodelist)) };
 }
 
-/** SLURM_TASKS_PER_NODE is a compressed list such as `4(x2),3`; nmoe needs the same count on every node. */
-function tasksPerNode(env: Env): Sourced {
-  const text = env.SLURM_TASKS_PER_NODE;
-  if (text === undefined) {
-    throw new UserError('SLURM_PROCID is set but neither SLURM_NTASKS_PER_NODE nor SLURM_TASKS_PER_NODE is. Fix: launch with srun --ntasks-per-node=N.');
-  }
+/**
+ * A job's batch script (SLURM_PROCID without srun's step variables) is one process on the job's first node. That
+ * is a one-process run when the job asked for one task on one node; otherwise the other ranks would never start.
+ */
+function requireOneSlurmTask(env: Env): void {
+  const nodes = env.SLURM_JOB_NUM_NODES ?? env.SLURM_NNODES;
+  const counts = [
+    { name: 'SLURM_JOB_NUM_NODES', text: nodes, what: 'nodes' },
+    { name: 'SLURM_NTASKS', text: env.SLURM_NTASKS, what: 'tasks' },
+  ].filter((c) => c.text !== undefined && c.text !== '1');
+  if (counts.length === 0) return;
+  const job = env.SLURM_JOB_ID === undefined ? 'a Slurm job' : `Slurm job ${env.SLURM_JOB_ID}`;
+  const asked = counts.map((c) => `${c.name}=${c.text}`).join(', ');
+  throw new UserError(
+    `this process runs in the batch script of ${job}, not under srun (SLURM_PROCID is set but SLURM_STEP_NUM_TASKS is not), ` +
+      `and the job has ${asked}: the other ranks would never start. ` +
+      'Fix: start one `nmoe launch` per node with srun, as deploy/slurm/train.sbatch does, or the ranks themselves with `srun --ntasks-per-node=N nmoe train`.',
+  );
+}
+
+/** SLURM_STEP_TASKS_PER_NODE is a compressed list such as `4(x2),3`; nmoe needs the same count on every node. */
+function stepTasksPerNode(env: Env): Sourced {
+  const name = 'SLURM_STEP_TASKS_PER_NODE';
+  const text = env[name];
+  if (text === undefined) throw new UserError(`SLURM_STEP_NUM_TASKS is set but ${name} is not. Fix: launch with srun --ntasks-per-node=N, which sets both.`);
   const counts = new Set(text.split(',').map((item) => /^(\d+)(?:\(x\d+\))?$/.exec(item)?.[1]));
   const [only] = counts;
   if (counts.size !== 1 || only === undefined || Number(only) < 1) {
-    throw new UserError(`SLURM_TASKS_PER_NODE=${text} does not give every node the same number of tasks. Fix: launch with srun --ntasks-per-node=N.`);
+    throw new UserError(`${name}=${text} does not give every node the same number of tasks. Fix: launch with srun --ntasks-per-node=N.`);
   }
-  return { name: 'SLURM_TASKS_PER_NODE', value: Number(only) };
+  return { name, value: Number(only) };
 }
 
 /** The first host of a Slurm node list: `gpu[01-04],gpu07` → `gpu01`, `rack[1-2]-n[3,5]` → `rack1-n3`. */

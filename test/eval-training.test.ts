@@ -19,7 +19,7 @@ import { modelConfig } from '../src/model/spec.ts';
 import { metricsPath } from '../src/metrics/duckdb-writer.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { trainTracked } from '../src/train/tracked.ts';
-import type { TrainEvents } from '../src/train/trainer.ts';
+import type { TrainEvents } from '../src/metrics/records.ts';
 import { writeNpy } from './fixtures/data/helpers.ts';
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/eval', import.meta.url));

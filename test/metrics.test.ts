@@ -20,7 +20,7 @@ import { logTags } from '../src/metrics/tags.ts';
 import { Registry } from '../src/metrics/registry.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { trainTracked } from '../src/train/tracked.ts';
-import type { LogRecord, TrainEvents } from '../src/train/trainer.ts';
+import type { LogRecord, TrainEvents } from '../src/metrics/records.ts';
 
 const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'nmoe-metrics-'));

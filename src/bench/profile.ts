@@ -5,21 +5,7 @@
  * so profiling adds no host sync to the timed steps.
  */
 import type { Backend } from '../tensor/backend.ts';
-
-/** start() marks the beginning of an op; the function it returns marks the end and returns a resolver of ms. */
-export interface OpClock {
-  start(): () => () => number;
-}
-
-export const hostClock: OpClock = {
-  start() {
-    const t0 = performance.now();
-    return () => {
-      const ms = performance.now() - t0;
-      return () => ms;
-    };
-  },
-};
+import type { OpClock } from '../tensor/clock.ts';
 
 export interface OpTime {
   op: string;

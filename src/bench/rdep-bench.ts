@@ -7,7 +7,7 @@
  * rank's median time counts. Bandwidth is what leaves a rank: the rows it dispatches to other ranks plus the rows
  * it returns to them, over the round-trip time.
  */
-import { allGatherHost } from '../dist/comm.ts';
+import { allGatherHost } from '../tensor/communicator.ts';
 import { ascending, quantile } from '../util/quantile.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import type { CudaBackend } from '../tensor/cuda/backend.ts';

@@ -4,27 +4,15 @@
  * memory and the device name; with `profile`, the time per op kind.
  */
 import type { Config } from '../config/schema.ts';
-import { flopsPerToken } from '../model/flops.ts';
+import { flopsPerToken, peakTflops } from '../model/flops.ts';
 import { modelConfig, modelParamSpecs } from '../model/spec.ts';
-import { allGatherHost } from '../dist/comm.ts';
+import { allGatherHost } from '../tensor/communicator.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import { createTrainee, trainStep } from '../train/step.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { philoxUniform } from '../util/philox.ts';
-import { type OpClock, type OpTime, hostClock, profiled } from './profile.ts';
-
-/** Dense BF16 tensor peaks (TFLOPS) by device name, as the reference's table (H100/H200 SXM: 989). */
-const PEAK_TFLOPS: [RegExp, number][] = [
-  [/H100.*(PCIe)/i, 756],
-  [/H100.*NVL/i, 835],
-  [/H100|H200|H800|GH200/i, 989],
-  [/B200/i, 2250],
-  [/A100/i, 312],
-];
-
-export function peakTflops(device: string): number | null {
-  return PEAK_TFLOPS.find(([re]) => re.test(device))?.[1] ?? null;
-}
+import type { OpClock } from '../tensor/clock.ts';
+import { type OpTime, profiled } from './profile.ts';
 
 /**
  * The CPU backend's training rate, FLOPs/s by the reference's formula, rounded up: the tiny default trains at
@@ -75,7 +63,8 @@ export interface BenchOptions {
   steps: number;
   warmup: number;
   profile: boolean;
-  clock?: OpClock;
+  /** Times the ops when profiling: device events on the GPU (src/tensor/clock.ts). */
+  clock: OpClock;
 }
 
 /**
@@ -84,7 +73,7 @@ export interface BenchOptions {
  */
 export async function benchTrain(config: Config, base: Backend, o: BenchOptions, dist: DistRun | null = null): Promise<BenchResult> {
   const cfg = modelConfig(config);
-  const prof = o.profile ? profiled(base, o.clock ?? hostClock) : null;
+  const prof = o.profile ? profiled(base, o.clock) : null;
   const b = prof?.backend ?? base;
   const world = dist?.env.worldSize ?? 1;
   const trainee = createTrainee(b, cfg, dist);

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
 import { configFingerprint, fingerprintDiff, mathFields } from '../config/fingerprint.ts';
 import type { DeterministicLoader, LoaderState } from '../data/loader/loader.ts';
-import type { Trainee } from '../train/step.ts';
+import type { Trainee } from '../optim/trainee.ts';
 import { type Tensor, shapeNumel } from '../tensor/tensor.ts';
 import { UserError } from '../util/errors.ts';
 import { NMOE_VERSION } from '../util/version.ts';

@@ -7,10 +7,10 @@ import { wholeOption } from './flags.ts';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
 import { benchTrain, type BenchResult, refuseCpuFallback } from '../bench/train-bench.ts';
-import type { OpClock } from '../bench/profile.ts';
 import { readDistEnv } from '../dist/env.ts';
 import { joinRun, modelShape } from '../dist/parallel.ts';
 import { modelConfig } from '../model/spec.ts';
+import { deviceClock } from '../tensor/clock.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { UserError } from '../util/errors.ts';
 import { formatCount } from './progress.ts';
@@ -42,12 +42,7 @@ export function registerBenchTrain(bench: Command): void {
       if (refused) throw new UserError(refused);
       if (note && env.rank === 0) process.stderr.write(`${note}\n`); // why "auto" is not timing a GPU
       const dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
-      let clock: OpClock | undefined;
-      if (backend.device === 'cuda') {
-        const { CudaBackend } = await import('../tensor/cuda/backend.ts');
-        const dev = (backend as InstanceType<typeof CudaBackend>).dev;
-        clock = { start: () => dev.startTiming() };
-      }
+      const clock = await deviceClock(backend);
       const r = await benchTrain(config, backend, { steps: opts.steps, warmup: opts.warmup, profile: !!opts.profile, clock }, dist);
       await dist?.close();
       if (env.rank !== 0) return; // rank 0 speaks for the run

@@ -17,7 +17,8 @@ import { type DistRun, joinRun, modelShape } from '../dist/parallel.ts';
 import { modelConfig } from '../model/spec.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { trainTracked } from '../train/tracked.ts';
-import type { LogRecord, TrainEvents, TrainSummary } from '../train/trainer.ts';
+import type { LogRecord, TrainEvents } from '../metrics/records.ts';
+import type { TrainSummary } from '../train/trainer.ts';
 import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
 
 function formatLog(r: LogRecord): string[] {

@@ -5,13 +5,20 @@
  */
 import { type ModelConfig, moeLayerCount } from '../model/spec.ts';
 import type { Backend } from '../tensor/backend.ts';
-import { CpuExpertExchange } from '../moe/rdep/cpu.ts';
-import type { Parallelism } from '../train/step.ts';
+import type { Communicator } from '../tensor/communicator.ts';
+import type { ExpertExchange } from '../tensor/expert-exchange.ts';
+import { CpuExpertExchange } from './rdep/cpu.ts';
 import { UserError, positiveEnv } from '../util/errors.ts';
 import { CpuCollectives } from './cpu/collectives.ts';
 import { CpuMesh } from './cpu/mesh.ts';
 import type { DistEnv } from './env.ts';
 import { rendezvous } from './rendezvous.ts';
+
+/** Several ranks: the collectives (dense gradients, router loads, the loss) and the expert exchange (RDEP). */
+export interface Parallelism {
+  comm: Communicator;
+  ep: ExpertExchange;
+}
 
 export interface DistRun extends Parallelism {
   env: DistEnv;
@@ -72,7 +79,7 @@ export async function joinRun(env: DistEnv, backend: Backend, shape: ModelShape)
     }
     const { CudaBackend } = await import('../tensor/cuda/backend.ts');
     const { NcclCommunicator } = await import('./cuda/nccl.ts');
-    const { CudaIpcExchange } = await import('../moe/rdep/cuda-ipc.ts');
+    const { CudaIpcExchange } = await import('./rdep/cuda-ipc.ts');
     const b = backend as InstanceType<typeof CudaBackend>;
     const comm = await NcclCommunicator.create(env.rank, env.worldSize, rdzv.store, b.dev.stream, timeoutMs);
     const ep = await CudaIpcExchange.create(b, rdzv.store, {

@@ -40,13 +40,6 @@ export class TrainingEval {
   }
 }
 
-/** The reference's tags for one eval. */
-export function evalTags(r: EvalReport): Record<string, number> {
-  const tags: Record<string, number> = { 'eval/CORE': r.core };
-  for (const t of r.tasks) Object.assign(tags, { [`eval/task/${t.name}/acc`]: t.acc, [`eval/task/${t.name}/centered`]: t.centered, [`eval/task/${t.name}/n`]: t.n });
-  return tags;
-}
-
 /** `[eval] step=N MMLU: acc=… centered=… n=… | … | CORE=…`, the reference's line plus CORE. */
 export function evalLine(step: number, r: EvalReport): string {
   return `[eval] step=${step} ${[...r.tasks.map(formatScore), `CORE=${r.core.toFixed(4)}`].join(' | ')} (${r.seconds.toFixed(1)} s)`;

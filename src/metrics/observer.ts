@@ -5,14 +5,13 @@
  * continue the same file); rows are buffered and written in the background, and the file is held only while a
  * write is in flight, so `nmoe viz` can read it during the run (see duckdb-writer.ts).
  */
-import { peakTflops } from '../bench/train-bench.ts';
+import { peakTflops } from '../model/flops.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { GpuSample } from '../tensor/cuda/nvml.ts';
-import type { TrainEvents } from '../train/trainer.ts';
 import { ensureWritableDir } from '../util/dirs.ts';
 import { MetricsWriter } from './duckdb-writer.ts';
-import { evalTags } from '../eval/in-training.ts';
-import { gpuTags, logTags } from './tags.ts';
+import type { TrainEvents } from './records.ts';
+import { evalTags, gpuTags, logTags } from './tags.ts';
 
 export interface MetricsObserver {
   events: TrainEvents;

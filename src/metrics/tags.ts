@@ -11,11 +11,12 @@
  * a fraction (0..1) of the device's dense BF16 peak, written only where the peak is known (not on the CPU).
  */
 import type { GpuSample } from '../tensor/cuda/nvml.ts';
-import type { LogRecord } from '../train/trainer.ts';
+import type { EvalReport } from '../eval/runner.ts';
+import type { LogRecord } from './records.ts';
 
 const GIB = 2 ** 30;
 
-/** `peakTflops`: the device's dense BF16 peak (bench/train-bench.ts), or null where unknown. */
+/** `peakTflops`: the device's dense BF16 peak (src/model/flops.ts), or null where unknown. */
 export function logTags(r: LogRecord, rank: number, peakTflops: number | null): Record<string, number> {
   const out: Record<string, number> = {};
   if (rank === 0) {
@@ -70,4 +71,11 @@ export function gpuTags(samples: readonly GpuSample[]): Record<string, number> {
     out['gpu_agg/max_temperature_c'] = Math.max(...samples.map((s) => s.temperature_c));
   }
   return out;
+}
+
+/** The reference's tags for one eval. */
+export function evalTags(r: EvalReport): Record<string, number> {
+  const tags: Record<string, number> = { 'eval/CORE': r.core };
+  for (const t of r.tasks) Object.assign(tags, { [`eval/task/${t.name}/acc`]: t.acc, [`eval/task/${t.name}/centered`]: t.centered, [`eval/task/${t.name}/n`]: t.n });
+  return tags;
 }

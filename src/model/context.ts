@@ -2,7 +2,7 @@
  * What every layer's forward and backward needs: the backend, the parameters, the config, the batch geometry and
  * the RoPE tables; plus the Linear helpers (weights are [out, in] as in PyTorch, so y = x W^T).
  */
-import type { ExpertExchange } from '../moe/rdep/exchange.ts';
+import type { ExpertExchange } from '../tensor/expert-exchange.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import type { ParamStore } from './params.ts';

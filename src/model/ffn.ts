@@ -4,7 +4,7 @@
  * renormalised gates; routed experts as SwiGLU over tokens grouped by expert; shared experts as one fused MLP added
  * to the routed output. Legend: T tokens, D dim, E experts, K top-k, N = T*K rows, F expert hidden.
  */
-import type { ExpertRoute } from '../moe/rdep/exchange.ts';
+import type { ExpertRoute } from '../tensor/expert-exchange.ts';
 import type { MoePlan } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import { type LayerContext, freeAll, linear, linearBackward } from './context.ts';

@@ -3,6 +3,7 @@
  *   6 * (N_dense - N_embedding + N_sparse_active) + 6 * L * H * (d_nope + d_rope + d_v) * seq_len
  * N_dense counts every non-expert parameter (attention, norms, dense and shared MLPs, router gates, lm_head);
  * N_sparse_active = MoE layers * K * 3 * dim * moe_inter_dim (the routed experts one token actually uses).
+ * MFU divides the achieved rate by the device's dense BF16 peak (`peakTflops`).
  */
 import { type ParamSpec, paramGroup } from './params.ts';
 import { type ModelConfig, moeLayerCount } from './spec.ts';
@@ -29,4 +30,17 @@ export function parameterCounts(cfg: ModelConfig, specs: readonly ParamSpec[]): 
     total: dense + layers * cfg.n_routed_experts * expertParams,
     active: dense + layers * cfg.n_activated_experts * expertParams,
   };
+}
+
+/** Dense BF16 tensor peaks (TFLOPS) by device name, as the reference's table (H100/H200 SXM: 989). */
+const PEAK_TFLOPS: [RegExp, number][] = [
+  [/H100.*(PCIe)/i, 756],
+  [/H100.*NVL/i, 835],
+  [/H100|H200|H800|GH200/i, 989],
+  [/B200/i, 2250],
+  [/A100/i, 312],
+];
+
+export function peakTflops(device: string): number | null {
+  return PEAK_TFLOPS.find(([re]) => re.test(device))?.[1] ?? null;
 }

@@ -9,8 +9,9 @@
  * The loss's own gradient comes out of the forward's chunked cross-entropy pass (the lm_head gradient accumulates
  * there), so the [tokens x vocab] logits are formed once per step.
  */
-import type { ExpertExchange } from '../moe/rdep/exchange.ts';
+import type { ExpertExchange } from '../tensor/expert-exchange.ts';
 import type { Backend, CrossEntropySpec } from '../tensor/backend.ts';
+import { type Timer, untimed } from '../tensor/clock.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
 import { type AttentionSaved, attentionBackward, attentionCore, attentionForward } from './attention.ts';
 import { type LayerContext, freeAll } from './context.ts';
@@ -54,12 +55,9 @@ export interface ForwardSaved {
   batch: number;
 }
 
-/** Charges a part of the model's work to a named phase (the trainer's PhaseTimer); optional. */
-export interface ModuleTimer {
-  time<T>(phase: 'dense_mlp_fwd' | 'dense_mlp_bwd' | 'head_fwd' | 'head_bwd', fn: () => T): T;
-}
-
-const untimed: ModuleTimer = { time: (_phase, fn) => fn() };
+/** The parts of the model's work a timer may be given (the trainer's PhaseTimer); timing is optional. The head is
+ *  the final norm, lm_head and the fused cross-entropy, whose forward also computes the loss gradient. */
+export type ModulePhase = 'dense_mlp_fwd' | 'dense_mlp_bwd' | 'head_fwd' | 'head_bwd';
 
 export class Transformer {
   readonly params: ParamStore;
@@ -102,7 +100,7 @@ export class Transformer {
    * loss instead of this batch's counted targets: with data parallelism, the count over the global batch, so the
    * ranks' losses and gradients add up to the global mean's.
    */
-  forward(ids: Tensor, targets: Tensor, batch: number, opts: { grad?: boolean; timer?: ModuleTimer; normalizer?: Tensor } = {}): ForwardResult {
+  forward(ids: Tensor, targets: Tensor, batch: number, opts: { grad?: boolean; timer?: Timer<ModulePhase>; normalizer?: Tensor } = {}): ForwardResult {
     const timer = opts.timer ?? untimed;
     const { b, cfg, params: p } = this;
     const ctx = this.layerContext(batch);
@@ -148,7 +146,7 @@ export class Transformer {
   }
 
   /** Accumulates d(loss)/d(param) into the parameter gradients and frees the saved activations. */
-  backward(s: ForwardSaved, timer: ModuleTimer = untimed): void {
+  backward(s: ForwardSaved, timer: Timer<ModulePhase> = untimed): void {
     const { b, cfg, params: p } = this;
     const ctx = this.layerContext(s.batch);
     const dxNormed = s.dxNormed;

@@ -8,11 +8,11 @@
  * over exactly what this rank holds — its shard and its experts, each element on one rank only — and combined
  * across ranks, so every rank clips with the same global norm.
  */
-import type { Communicator } from '../dist/comm.ts';
+import type { Communicator } from '../tensor/communicator.ts';
 import type { ModelConfig } from '../model/spec.ts';
-import { type PhaseTimer, timed } from '../train/phase-timer.ts';
 import type { ParamGroup, ParamStore } from '../model/params.ts';
 import type { AdamWGroup, Backend } from '../tensor/backend.ts';
+import { type Timer, untimed } from '../tensor/clock.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
 import { type WsdSchedule, wsdLr } from './schedule.ts';
 import { Zero2 } from './zero2.ts';
@@ -39,6 +39,9 @@ interface GroupState {
   beta2: number;
   weightDecay: number;
 }
+
+/** ZeRO-2's communication, timed inside the optimizer step (zero on one rank: nothing moves). */
+export type ZeroPhase = 'zero2_reduce_scatter' | 'zero2_all_gather';
 
 export interface StepResult {
   /** f32 [1] global gradient norm before clipping; non-finite means the update was skipped. */
@@ -97,8 +100,8 @@ export class AdamW {
    * Applies one update from the accumulated gradients: reduce-scatter (ZeRO-2), global norm, AdamW on this
    * rank's slots, all-gather. `tokensSeen` counts global tokens before this step.
    */
-  update(tokensSeen: number, timer?: PhaseTimer): StepResult {
-    timed(timer, 'zero2_reduce_scatter', () => this.zero.reduceScatter());
+  update(tokensSeen: number, timer: Timer<ZeroPhase> = untimed): StepResult {
+    timer.time('zero2_reduce_scatter', () => this.zero.reduceScatter());
     const gradNorm = this.#globalNorm();
     const lr = {} as Record<ParamGroup, number>;
     const groups: AdamWGroup[] = this.groups.map((g) => {
@@ -119,7 +122,7 @@ export class AdamW {
     });
     const stochastic = this.cfg.master_weights === 'bf16_sr' ? { stochasticRounding: { seed: this.cfg.seed } } : {};
     this.b.adamw(groups, { gradNorm, maxNorm: this.cfg.grad_clip_norm, ...stochastic });
-    timed(timer, 'zero2_all_gather', () => this.zero.allGather());
+    timer.time('zero2_all_gather', () => this.zero.allGather());
     this.step++;
     return { gradNorm, lr };
   }

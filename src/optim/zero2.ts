@@ -11,7 +11,7 @@
  * Gradients are SUMMED (the reference averages): the loss each rank differentiates is already divided by the
  * global batch's counted targets, so the sum is the gradient of the global mean loss, as on one GPU.
  */
-import type { Communicator } from '../dist/comm.ts';
+import type { Communicator } from '../tensor/communicator.ts';
 import type { DenseLayout, Param } from '../model/params.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { DTYPE_BYTES, type Tensor, shapeNumel } from '../tensor/tensor.ts';

@@ -6,24 +6,11 @@ import type { ParamGroup } from '../model/params.ts';
 import { type ModelConfig, isMoeLayer } from '../model/spec.ts';
 import { Transformer } from '../model/transformer.ts';
 import { AdamW } from '../optim/adamw.ts';
-import type { Communicator } from '../dist/comm.ts';
-import type { ExpertExchange } from '../moe/rdep/exchange.ts';
+import type { Parallelism } from '../dist/parallel.ts';
+import type { Trainee } from '../optim/trainee.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
-import { type PhaseTimer, timed } from './phase-timer.ts';
-
-export interface Trainee {
-  model: Transformer;
-  opt: AdamW;
-  /** Data parallelism's collectives; null on one rank. */
-  comm: Communicator | null;
-}
-
-/** Several ranks: the collectives (dense gradients, router loads, the loss) and the expert exchange (RDEP). */
-export interface Parallelism {
-  comm: Communicator;
-  ep: ExpertExchange;
-}
+import { type PhaseTimer, timed } from '../metrics/phase-timer.ts';
 
 /** An initialised model and its optimizer. The GPU keeps weights in bf16 (fp32 accumulation), the CPU in fp32. */
 export function createTrainee(b: Backend, cfg: ModelConfig, par: Parallelism | null = null): Trainee {

@@ -10,7 +10,8 @@ import { HEARTBEAT_S, Registry } from '../metrics/registry.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import { gitInfo } from '../util/version.ts';
-import { type TrainEvents, type TrainSummary, train } from './trainer.ts';
+import type { TrainEvents } from '../metrics/records.ts';
+import { type TrainSummary, train } from './trainer.ts';
 
 export async function trainTracked(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal, dist: DistRun | null = null): Promise<TrainSummary> {
   const rank = dist?.env.rank ?? 0;

@@ -23,7 +23,6 @@
  * and written in the background; the loop never writes to disk itself.
  */
 import { randomBytes } from 'node:crypto';
-import { hostClock } from '../bench/profile.ts';
 import type { Config } from '../config/schema.ts';
 import { Checkpointer } from '../checkpoint/checkpointer.ts';
 import { latestComplete } from '../checkpoint/layout.ts';
@@ -33,69 +32,23 @@ import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
 import { configFingerprint } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
 import { TrainingEval } from '../eval/in-training.ts';
-import type { EvalReport } from '../eval/runner.ts';
 import { flopsPerToken, parameterCounts } from '../model/flops.ts';
 import { type ModelConfig, isMoeLayer, modelConfig } from '../model/spec.ts';
 import type { Transformer } from '../model/transformer.ts';
 import type { Backend } from '../tensor/backend.ts';
+import { hostClock } from '../tensor/clock.ts';
 import type { Tensor } from '../tensor/tensor.ts';
-import type { Communicator } from '../dist/comm.ts';
+import type { Communicator } from '../tensor/communicator.ts';
 import type { DistRun } from '../dist/parallel.ts';
 import { StepWatchdog, stepTimeoutS } from '../dist/step-watchdog.ts';
 import { UserError } from '../util/errors.ts';
 import { gitInfo } from '../util/version.ts';
-import { type Phase, PhaseTimer } from './phase-timer.ts';
+import { PhaseTimer } from '../metrics/phase-timer.ts';
+import type { LogRecord, StepRecord, TrainEvents } from '../metrics/records.ts';
+import { type RouterAggregate, type RouterLayerStats, routerAggregate, routerLayerStats } from '../metrics/router-stats.ts';
 import { anyRank, checkRanksAgree } from './ranks-agree.ts';
 import { createTrainee, trainStep } from './step.ts';
-import { Validation, type ValidationResult } from './validation.ts';
-import { type RouterAggregate, type RouterLayerStats, routerAggregate, routerLayerStats } from './router-stats.ts';
-
-export interface StepRecord {
-  step: number;
-  steps: number;
-  loss: number;
-  /** Tokens per second of the whole run (every rank). */
-  tokensPerSecond: number;
-  elapsedSeconds: number;
-  etaSeconds: number;
-}
-
-export interface LogRecord extends StepRecord {
-  gradNorm: number;
-  lr: number;
-  /** Ranks sharing the run (per-GPU rates divide by it). */
-  ranks: number;
-  /** Per GPU. */
-  tflops: number;
-  msPerStep: number;
-  router: RouterLayerStats[];
-  routerAgg: RouterAggregate | null;
-  /** Device memory in tensors now and at peak, bytes (null on the CPU). */
-  memory: { current: number; peak: number } | null;
-  /** ms spent in each phase since the last log step. */
-  timings: Record<Phase, number>;
-}
-
-export interface TrainEvents {
-  /** Once, before the first step. */
-  start(info: { runId: string; startStep: number; device: string; params: { total: number; active: number }; flopsPerToken: number; tokensPerStep: number; dataTokens: number }): void;
-  /** After every step. */
-  step(r: StepRecord): void;
-  /** On log steps. */
-  log(r: LogRecord): void;
-  /** Something the user should know that does not stop the run (an incomplete checkpoint skipped). */
-  warn?(message: string): void;
-  /** Something worth a plain line (resume on, but nothing to resume). */
-  note?(message: string): void;
-  /** Resumed from the checkpoint of `step`. */
-  resumed?(info: { step: number; dir: string; runId: string }): void;
-  /** A checkpoint finished writing (in the background). */
-  checkpoint?(info: { step: number; bytes: number; ms: number }): void;
-  /** An in-training eval finished (eval_every). */
-  eval?(info: { step: number; report: EvalReport }): void;
-  /** A validation loss was measured (validation_every). */
-  validation?(info: { step: number } & ValidationResult): void;
-}
+import { Validation } from './validation.ts';
 
 export interface TrainSummary {
   steps: number;

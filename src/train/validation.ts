@@ -9,17 +9,11 @@
 import type { Config } from '../config/schema.ts';
 import { validationLoaders } from '../data/loader/build.ts';
 import type { DeterministicLoader } from '../data/loader/loader.ts';
-import type { Communicator } from '../dist/comm.ts';
+import type { ValidationResult } from '../metrics/records.ts';
+import type { Communicator } from '../tensor/communicator.ts';
 import { Decoder } from '../model/decoder.ts';
 import type { ModelConfig } from '../model/spec.ts';
 import type { Transformer } from '../model/transformer.ts';
-
-export interface ValidationResult {
-  loss: number;
-  /** Counted targets, all ranks. */
-  tokens: number;
-  seconds: number;
-}
 
 export class Validation {
   private constructor(readonly cfg: ModelConfig, readonly loaders: () => DeterministicLoader) {}

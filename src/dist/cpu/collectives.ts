@@ -3,7 +3,7 @@
  * (0, 1, 2, …) starting from zero, so all ranks compute bit-identical sums; bf16 tensors are rounded once, after
  * the sum (they are stored in fp32 on the CPU).
  */
-import type { Communicator } from '../comm.ts';
+import type { Communicator } from '../../tensor/communicator.ts';
 import { type CpuArray, asCpu, settle } from '../../tensor/cpu/storage.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
 import type { CpuMesh } from './mesh.ts';

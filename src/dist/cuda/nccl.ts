@@ -4,7 +4,7 @@
  * creates and shares through the rendezvous store. Only the calls nmoe uses are bound.
  */
 import koffi from 'koffi';
-import type { Communicator } from '../comm.ts';
+import type { Communicator } from '../../tensor/communicator.ts';
 import { LIBRARIES, loadLibrary } from '../../tensor/cuda/libraries.ts';
 import { asCuda } from '../../tensor/cuda/tensor.ts';
 import type { DType, Tensor } from '../../tensor/tensor.ts';

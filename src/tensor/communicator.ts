@@ -1,11 +1,13 @@
 /**
  * Collectives for data parallelism (dense gradients, ZeRO-2, router loads), one implementation per device: the
- * CPU mesh (the test oracle) and NCCL on the GPU. Like the backend's ops they are enqueued in program order and
+ * CPU mesh (src/dist/cpu/collectives.ts, the test oracle) and NCCL on the GPU (src/dist/cuda/nccl.ts). The
+ * interface lives beside the Backend, below the optimizer and the training loop that call it, so neither depends on
+ * the transports. Like the backend's ops they are enqueued in program order and
  * every rank must issue the same collectives in the same order. Reductions are sums taken in rank order, so every
  * rank ends with bit-identical values and a rerun with the same inputs reproduces them.
  */
-import type { Backend } from '../tensor/backend.ts';
-import type { Tensor } from '../tensor/tensor.ts';
+import type { Backend } from './backend.ts';
+import type { Tensor } from './tensor.ts';
 
 export interface Communicator {
   readonly rank: number;

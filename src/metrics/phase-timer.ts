@@ -2,17 +2,14 @@
  * Per-phase step timings for the metrics (`time_ms/r{rank}/{fwd_total, bwd_total, opt_step, dense_mlp_*, head_*, zero2_*}`,
  * `throughput/loader_wait_ms`): sums since the last log step. On the GPU each phase is bracketed by device events
  * (resolved only when the log step reads them, after its sync, so timing adds no host sync); on the CPU by the host
- * clock. The CUDA module is imported only when the backend is CUDA.
+ * clock (src/tensor/clock.ts). The model and the optimizer name their own phases and take any `Timer` of them.
  */
-import { type OpClock, hostClock } from '../bench/profile.ts';
+import type { ModulePhase } from '../model/transformer.ts';
+import type { ZeroPhase } from '../optim/adamw.ts';
 import type { Backend } from '../tensor/backend.ts';
+import { type OpClock, type Timer, deviceClock } from '../tensor/clock.ts';
 
 export type Phase = 'fwd_total' | 'bwd_total' | 'opt_step' | 'loader_wait' | ModulePhase | ZeroPhase;
-/** ZeRO-2's communication, nested in opt_step (zero on one rank: nothing moves). */
-type ZeroPhase = 'zero2_reduce_scatter' | 'zero2_all_gather';
-/** Phases inside the model (nested in fwd_total / bwd_total): the dense MLP layers and the head (final norm, lm_head
- *  and the fused cross-entropy, whose forward also computes the loss gradient). */
-export type ModulePhase = 'dense_mlp_fwd' | 'dense_mlp_bwd' | 'head_fwd' | 'head_bwd';
 export const PHASES: readonly Phase[] = [
   'fwd_total', 'bwd_total', 'opt_step', 'loader_wait', 'dense_mlp_fwd', 'dense_mlp_bwd', 'head_fwd', 'head_bwd', 'zero2_reduce_scatter', 'zero2_all_gather',
 ];
@@ -22,16 +19,13 @@ export function timed<T>(timer: PhaseTimer | undefined, phase: Phase, fn: () => 
   return timer ? timer.time(phase, fn) : fn();
 }
 
-export class PhaseTimer {
+export class PhaseTimer implements Timer<Phase> {
   #spans: { phase: Phase; ms: () => number }[] = [];
 
   private constructor(readonly clock: OpClock) {}
 
   static async for(b: Backend): Promise<PhaseTimer> {
-    if (b.device !== 'cuda') return new PhaseTimer(hostClock);
-    const { CudaBackend } = await import('../tensor/cuda/backend.ts');
-    const dev = (b as InstanceType<typeof CudaBackend>).dev;
-    return new PhaseTimer({ start: () => dev.startTiming() });
+    return new PhaseTimer(await deviceClock(b));
   }
 
   /** Runs `fn`, charging its time to `phase` (`clock`: hostClock for host work such as the loader). */

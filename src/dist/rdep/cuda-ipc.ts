@@ -19,8 +19,8 @@ import { AreaPool } from './areas.ts';
 import type { MoePlan } from '../../tensor/backend.ts';
 import { DTYPE_BYTES, type DType, type Tensor } from '../../tensor/tensor.ts';
 import { UserError } from '../../util/errors.ts';
-import type { StoreClient } from '../../dist/store.ts';
-import type { ExpertExchange, ExpertRoute } from './exchange.ts';
+import type { StoreClient } from '../store.ts';
+import type { ExpertExchange, ExpertRoute } from '../../tensor/expert-exchange.ts';
 
 /** The Peers struct of rdep.cu holds this many buffer pointers: one node's ranks. */
 const MAX_RANKS = 8;

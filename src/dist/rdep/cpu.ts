@@ -1,13 +1,13 @@
 /**
  * RDEP on the CPU mesh: the oracle for the GPU's IPC path. Rows travel as one block per (source, owner) pair;
- * the receiving side places them by the two-phase count/offset rule of exchange.ts.
+ * the receiving side places them by the two-phase count/offset rule of src/tensor/expert-exchange.ts.
  */
-import { arrayLike, bytesOf } from '../../dist/cpu/collectives.ts';
-import type { CpuMesh } from '../../dist/cpu/mesh.ts';
+import { arrayLike, bytesOf } from '../cpu/collectives.ts';
+import type { CpuMesh } from '../cpu/mesh.ts';
 import { type CpuTensor, allocate, asCpu } from '../../tensor/cpu/storage.ts';
 import type { MoePlan } from '../../tensor/backend.ts';
 import type { Tensor } from '../../tensor/tensor.ts';
-import type { ExpertExchange, ExpertRoute } from './exchange.ts';
+import type { ExpertExchange, ExpertRoute } from '../../tensor/expert-exchange.ts';
 
 class CpuRoute implements ExpertRoute {
   constructor(

@@ -10,7 +10,7 @@ import { RANGES } from '../src/config/ranges.ts';
 import { defaultConfigPath, keyLines, loadConfig, resolveConfig, type LoadOptions } from '../src/config/load.ts';
 import { CONFIG_KEYS, FIELDS, TOKENIZERS, defaultConfig, type Config } from '../src/config/schema.ts';
 import { ConfigError } from '../src/config/validate.ts';
-import { yarnBand } from '../src/model/rope.ts';
+import { yarnBand } from '../src/config/yarn.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { train } from '../src/train/trainer.ts';
 import { UserError } from '../src/util/errors.ts';

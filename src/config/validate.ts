@@ -4,7 +4,7 @@
  * where "where" is `file:line`, `NMOE_STEPS (environment)`, `--steps=5 (command line)` or the default. The loader
  * collects all problems (bad types, unknown keys, then the rules below) and throws a single ConfigError.
  */
-import { yarnBand } from '../model/rope.ts';
+import { yarnBand } from './yarn.ts';
 import { UserError } from '../util/errors.ts';
 import { RANGES, type Range, hasDense, hasMoe, outOfRange } from './ranges.ts';
 import { FIELDS, TOKENIZERS, tomlLiteral, type Config, type ScalarType } from './schema.ts';

@@ -3,27 +3,13 @@
  * freq_i = theta^(2i/d), and for rope_scaling_factor s > 1 the YaRN / NTK-by-parts blend with concentration
  * 0.1 ln(s) + 1 folded into cos and sin. Tables cover 2 * max_position_embeddings positions.
  */
-export interface RopeParams {
-  dim: number;
-  theta: number;
-  maxPositions: number;
-  scalingFactor: number;
-  ntkAlpha: number;
-  ntkBeta: number;
-}
+import { type RopeParams, yarnBand } from '../config/yarn.ts';
 
 export interface RopeTables {
   /** f32 [positions, dim/2] */
   cos: Float32Array;
   sin: Float32Array;
   positions: number;
-}
-
-export function yarnBand(p: RopeParams): { low: number; high: number } {
-  const half = p.dim / 2;
-  const low = (half * Math.log(p.maxPositions / (p.ntkBeta * 2 * Math.PI))) / Math.log(p.theta);
-  const high = (half * Math.log(p.maxPositions / (p.ntkAlpha * 2 * Math.PI))) / Math.log(p.theta);
-  return { low, high };
 }
 
 export function ropeTables(p: RopeParams): RopeTables {

@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { readDistEnv } from '../dist/env.ts';
 import { joinRun } from '../dist/parallel.ts';
 import type { CudaBackend } from '../tensor/cuda/backend.ts';
-import { reportError } from '../cli/main.ts';
+import { reportError } from '../util/errors.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { type RdepCase, benchRdepRank } from './rdep-bench.ts';
 

@@ -4,9 +4,7 @@
  * bug or a crash).
  */
 import { Command, CommanderError } from 'commander';
-import pc from 'picocolors';
-import { ConfigError } from '../config/validate.ts';
-import { UserError } from '../util/errors.ts';
+import { reportError } from '../util/errors.ts';
 import { NMOE_VERSION } from '../util/version.ts';
 import { registerBenchCommand } from './bench-cmd.ts';
 import { registerCkptCommand } from './ckpt-cmd.ts';
@@ -46,23 +44,17 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (err) {
-    return reportError(err);
+    return reportCliError(err);
   }
 }
 
-/** Prints what reached the top (the user's mistake in one line each, a bug with its stack) and gives the exit code. */
-export function reportError(err: unknown): number {
+/** Exit codes of what reached the top: Commander's own errors and a failed launch, else util's reportError. */
+function reportCliError(err: unknown): number {
   if (err instanceof CommanderError) {
     // Commander has printed help or the usage error; its usage errors (unknown option, missing or bad value)
     // exit 1, where nmoe's rule for a problem with the input is 2. Its help and version exit 0.
     return err.code.startsWith('commander.') && err.exitCode !== 0 ? 2 : err.exitCode;
   }
   if (err instanceof LaunchFailed) return err.exitCode; // the launcher already said which rank failed and how
-  if (err instanceof UserError) {
-    // A config is checked whole: every problem gets its line, not just the first.
-    for (const line of err instanceof ConfigError ? err.errors : [err.message]) process.stderr.write(`${pc.red('nmoe: error:')} ${line}\n`);
-    return 2;
-  }
-  process.stderr.write(`${pc.red('nmoe: internal error:')} ${(err as Error)?.stack ?? String(err)}\n`);
-  return 1;
+  return reportError(err);
 }

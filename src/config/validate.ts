@@ -18,6 +18,10 @@ export class ConfigError extends UserError {
     super(errors[0]);
     this.errors = errors;
   }
+
+  override get lines(): readonly string[] {
+    return this.errors;
+  }
 }
 
 export function problem(subject: string, what: string, where: string, fix: string): string {

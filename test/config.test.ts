@@ -270,15 +270,6 @@ describe('ranges: every numeric key', () => {
     }
   });
 
-  it('is the one docs/config.md gives', () => {
-    const doc = readFileSync('docs/config.md', 'utf8');
-    for (const [key, r] of Object.entries(RANGES)) {
-      const lo = r.gt !== undefined ? `> ${r.gt}` : r.ge !== undefined ? `>= ${r.ge}` : '';
-      const hi = r.lt !== undefined ? `< ${r.lt}` : r.le !== undefined ? `<= ${r.le}` : '';
-      expect(doc, key).toContain(`| \`${key}\` | ${[lo, hi].filter(Boolean).join(' and ')} |`);
-    }
-  });
-
   it('names the file, key, value and fix of each, and a negative lr_dense as itself, not through decay_floor', () => {
     const dir = mkdtempSync(join(tmpdir(), 'nmoe-ranges-'));
     const file = join(dir, 'bad.toml');

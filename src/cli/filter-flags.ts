@@ -1,5 +1,5 @@
 /**
- * The heuristic-filter flags of `nmoe data prep` and `nmoe data prep-mixture`. Each is off unless given; given
+ * The heuristic-filter flags of `nmoe data prep`. Each is off unless given; given
  * without a value it takes the reference's threshold (REFERENCE_FILTERS), and `--heuristic-filters` turns on all
  * of them at once, each flag given beside it still setting its own value.
  */

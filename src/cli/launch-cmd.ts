@@ -50,7 +50,7 @@ export function parseLaunchFlags(flags: LaunchFlags, args: string[], env: Record
   if (nnodes > 1 && inSlurmBatchScript(env)) {
     throw new UserError(
       `--nnodes ${nnodes} in the batch script of Slurm job ${env.SLURM_JOB_ID ?? '?'}, not under srun: this one launcher would wait out the rendezvous for the other nodes' launchers, which nothing starts. ` +
-        'Fix: start one launcher per node, srun --ntasks-per-node=1 nmoe launch … (deploy/slurm/train.sbatch).',
+        'Fix: start one launcher per node: srun --ntasks-per-node=1 nmoe launch --nnodes $SLURM_JOB_NUM_NODES ….',
     );
   }
   if (flags.entry !== undefined && !existsSync(flags.entry)) {

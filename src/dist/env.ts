@@ -100,7 +100,7 @@ function requireOneSlurmTask(env: Env): void {
   throw new UserError(
     `this process runs in the batch script of ${job}, not under srun (SLURM_PROCID is set but SLURM_STEP_NUM_TASKS is not), ` +
       `and the job has ${asked}: the other ranks would never start. ` +
-      'Fix: start one `nmoe launch` per node with srun, as deploy/slurm/train.sbatch does, or the ranks themselves with `srun --ntasks-per-node=N nmoe train`.',
+      'Fix: start one `nmoe launch` per node with srun (srun --ntasks-per-node=1 nmoe launch --nnodes $SLURM_JOB_NUM_NODES …), or the ranks themselves with `srun --ntasks-per-node=N nmoe train`.',
   );
 }
 

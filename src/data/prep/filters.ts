@@ -1,5 +1,5 @@
 /**
- * Prep's heuristic filters, with the thresholds of the reference's pipeline design (inventory §8.5, §8.7 stage 1):
+ * Prep's heuristic filters, with the thresholds of the reference's pipeline design (its stage-1 pre-filter):
  * document length in words (50 to 100,000), at most 20% repeated word 10-grams, at most 30% symbol characters,
  * and, from its dedup library, paragraph- and line-level dedup within a document and exact dedup across documents
  * (SHA-256 of the normalised text). Every filter is off unless asked for: the reference's own prep runs none of

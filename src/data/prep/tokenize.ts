@@ -2,8 +2,9 @@
  * The per-document work of prep, as the reference's `_tokenize_document`: normalise (NFC + strip), apply the
  * heuristic filters that were asked for (filters.ts), encode as ordinary text, drop documents under `minTokens`,
  * cut those over `maxTokens`, append EOS, and pick the hash bucket. With exact dedup on, each written document's
- * key goes back too, for the main thread to check in input order. It runs on worker threads (tokenize-worker.ts) and returns one flat token buffer per batch, so results
- * cross threads as transferred memory, not as arrays of numbers.
+ * key goes back too, for the main thread to check in input order. It runs on worker threads (tokenize-worker.ts)
+ * and returns one flat token buffer per batch, so results cross threads as transferred memory, not as arrays of
+ * numbers.
  */
 import { bucketOf, normalizeText } from '../text.ts';
 import type { TextTokenizer } from '../tokenizers.ts';

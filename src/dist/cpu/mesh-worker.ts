@@ -6,7 +6,11 @@
  * every rank runs the same exchanges in the same order, so the k-th frame from a rank belongs to the k-th exchange.
  *
  * Failures (a peer's connection drops, an exchange outlives the timeout) are posted instead of the result, with
- * `signal[1]` set, so the main thread raises them instead of hanging.
+ * `signal[1]` set, so the main thread raises them instead of hanging. A failing rank also sends its reason to every
+ * peer before it goes, so when one rank dies the others all name it, even a rank that sees the second rank's
+ * connection drop before the first's.
+ *
+ * Every frame's payload starts with one kind byte: DATA (an exchange's payload follows) or ABORT (a UTF-8 reason).
  */
 import { type Server, type Socket, createConnection, createServer } from 'node:net';
 import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
@@ -34,14 +38,31 @@ const data = workerData as MeshWorkerData;
 const { rank, world, timeoutMs } = data;
 const signal = new Int32Array(data.signal);
 
+const DATA = 0;
+const ABORT = 1;
+
 /** The frames received from one peer, in order, each in its own ArrayBuffer (they are transferred). */
 class FrameReader {
   readonly frames: Uint8Array[] = [];
+  /** The peer's reason, once it has sent ABORT. */
+  abort: string | null = null;
   readonly #splitter = new FrameSplitter(8, Number.MAX_SAFE_INTEGER); // a payload is a whole tensor: no cap
 
   push(chunk: Buffer): void {
-    for (const frame of this.#splitter.push(chunk)) this.frames.push(new Uint8Array(frame)); // a copy, never a pool view
+    for (const frame of this.#splitter.push(chunk)) {
+      if (frame[0] === ABORT) this.abort = frame.subarray(1).toString('utf8');
+      else this.frames.push(new Uint8Array(frame.subarray(1))); // a copy, never a pool view
+    }
   }
+}
+
+/** Writes one frame: the 8-byte length, the kind byte, the payload (three writes, so the payload is never copied). */
+function writeFrame(sock: Socket, kind: number, payload: Uint8Array): void {
+  const head = Buffer.alloc(9);
+  head.writeBigUInt64LE(BigInt(payload.byteLength + 1));
+  head[8] = kind;
+  sock.write(head);
+  sock.write(payload);
 }
 
 const outbound = new Map<number, Socket>();
@@ -55,6 +76,7 @@ function fail(message: string): void {
   if (failed) return;
   failed = true;
   if (pending) clearTimeout(pending.timer);
+  if (!closing) for (const sock of outbound.values()) if (sock.writable) writeFrame(sock, ABORT, Buffer.from(message));
   data.sync.postMessage({ kind: 'error', message } satisfies MeshReply);
   parentPort!.postMessage({ kind: 'error', message } satisfies MeshReply);
   Atomics.store(signal, 1, 1);
@@ -92,11 +114,7 @@ function exchange(seq: number, sends: Uint8Array[]): void {
       selfFrame = payload.slice();
       continue;
     }
-    const head = Buffer.alloc(8);
-    head.writeBigUInt64LE(BigInt(payload.byteLength));
-    const sock = outbound.get(j)!;
-    sock.write(head);
-    sock.write(payload);
+    writeFrame(outbound.get(j)!, DATA, payload);
   }
   tryComplete();
 }
@@ -117,6 +135,7 @@ function acceptInbound(server: Server): void {
         readyCheck();
       }
       if (chunk.length) reader.push(chunk);
+      if (reader.abort !== null) fail(`rank ${rank}: rank ${from} stopped first: ${reader.abort}`);
       tryComplete();
     });
     sock.on('close', () => {

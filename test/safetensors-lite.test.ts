@@ -4,27 +4,16 @@
  * (values changed on the Python side, metadata added) is read by nmoe.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readSafetensors, writeSafetensors } from '../src/checkpoint/safetensors.ts';
+import { TORCH_PYTHON as PYTHON, haveTorch, requireTorch } from './helpers/torch.ts';
 
-const PYTHON = '/usr/bin/python3';
 const TOOLS = fileURLToPath(new URL('../tools/', import.meta.url));
-const INSTALL = 'apt-get install -y --no-install-recommends python3-torch';
-const haveTorch = existsSync(PYTHON) && spawnSync(PYTHON, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0;
-
-if (!haveTorch && process.env.CI) {
-  describe('safetensors_lite.py', () => {
-    it('needs torch for /usr/bin/python3', () => {
-      throw new Error(`${PYTHON} cannot import torch: ${INSTALL}`);
-    });
-  });
-} else if (!haveTorch) {
-  console.warn(`test/safetensors-lite.test.ts: skipped, ${PYTHON} cannot import torch. To run it: ${INSTALL}`);
-}
+requireTorch('safetensors_lite.py', 'test/safetensors-lite.test.ts');
 
 /** Reads `src`, doubles every tensor, adds metadata seen=<names>, writes `dst`. */
 const DOUBLE_AND_WRITE = `

@@ -220,6 +220,11 @@ export function randomBatch(cfg: ModelConfig, seed: number): { inputs: Int32Arra
   return { inputs, targets };
 }
 
+/** The config as `nmoe config show --json` prints it, which the PyTorch tools read. */
+export function writeConfigJson(path: string, source: string, config: Config): void {
+  writeFileSync(path, `${JSON.stringify({ path: source, fingerprint: configFingerprint(config), config }, null, 2)}\n`);
+}
+
 /** Builds and initialises the model, and writes config.json, weights.safetensors and batch.safetensors. */
 export async function prepareParity(opts: PrepareOptions): Promise<{ files: ParityFiles; cfg: ModelConfig }> {
   const { config } = loadConfig(opts.configPath ?? defaultConfigPath(), {
@@ -229,7 +234,7 @@ export async function prepareParity(opts: PrepareOptions): Promise<{ files: Pari
   const cfg = modelConfig(config);
   makeDirs(opts.outDir);
   const files = parityFiles(opts.outDir);
-  writeFileSync(files.config, `${JSON.stringify({ path: opts.configPath ?? defaultConfigPath(), fingerprint: configFingerprint(config), config }, null, 2)}\n`);
+  writeConfigJson(files.config, opts.configPath ?? defaultConfigPath(), config);
 
   const b = await backendFor(opts.device);
   const model = new Transformer(b, cfg, { dtype: opts.precision === 'bf16' ? 'bf16' : 'f32' });

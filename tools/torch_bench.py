@@ -320,9 +320,10 @@ def param_group(name):
     return "dense_no_decay" if no_decay else "dense_decay"
 
 
-def build_optimizer(model, cfg, fused):
+def build_optimizer(named_params, cfg, fused):
+    """AdamW over (name, parameter) pairs, grouped by name with each group's peak LR, decay and betas."""
     groups = {"expert": [], "router": [], "dense_decay": [], "dense_no_decay": []}
-    for name, p in model.named_parameters():
+    for name, p in named_params:
         groups[param_group(name)].append(p)
     b1, b2 = cfg["adam_beta1"], cfg["adam_beta2"]
     spec = [
@@ -352,12 +353,12 @@ def set_lr(opt, cfg, step, tokens_seen):
 
 
 @torch.no_grad()
-def update_router_biases(model, loads, rate):
-    moe_layers = [b.ffn for b in model.blocks if b.is_moe]
-    for moe, counts in zip(moe_layers, loads):
+def update_router_biases(biases, loads, rate):
+    """The aux-loss-free update: each MoE layer's bias moves by -rate * (sign(load - 1/E) - its mean), within +-16."""
+    for bias, counts in zip(biases, loads):
         load = counts.float() / counts.sum().clamp(min=1)
-        sign = torch.sign(load - 1.0 / moe.e)
-        moe.router.bias.sub_(rate * (sign - sign.mean())).clamp_(-16, 16)
+        sign = torch.sign(load - 1.0 / bias.numel())
+        bias.sub_(rate * (sign - sign.mean())).clamp_(-16, 16)
 
 
 def flops_per_token(model, cfg):
@@ -427,7 +428,8 @@ def main():
     for b in model.blocks:  # .to(dtype) cast every buffer; the router bias stays fp32 (the rope tables bf16, as the reference)
         if b.is_moe:
             b.ffn.router.bias = b.ffn.router.bias.float()
-    opt = build_optimizer(model, cfg, fused=device == "cuda")
+    opt = build_optimizer(model.named_parameters(), cfg, fused=device == "cuda")
+    router_biases = [b.ffn.router.bias for b in model.blocks if b.is_moe]
     params = [p for p in model.parameters()]
     step_fn = torch.compile(model) if args.compile else model
     fpt = flops_per_token(model, cfg)
@@ -444,7 +446,7 @@ def main():
             torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip_norm"], **clip_kwargs)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        update_router_biases(model, loads, cfg["router_bias_update_rate"])
+        update_router_biases(router_biases, loads, cfg["router_bias_update_rate"])
         return loss
 
     def sync():

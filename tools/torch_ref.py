@@ -189,8 +189,16 @@ def rope(x, cos, sin):
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
 
 
+# F.scaled_dot_product_attention in the inputs' dtype instead of the exact form below, which holds the fp32 scores of
+# every head ([B, H, S, S]: 2 GiB per layer at 4096 tokens): for training long sequences (torch_train.py --sdpa).
+USE_SDPA = False
+
+
 def causal_attention(q, k, v, scale):
     """q, k [B, S, H, dqk], v [B, S, H, dv] -> [B, S, H, dv]; softmax in fp32."""
+    if USE_SDPA:
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=scale)
+        return o.transpose(1, 2)
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
     seq = q.shape[1]
     scores = (qf @ kf.transpose(-1, -2)) * scale
@@ -254,7 +262,10 @@ def moe(x, p, prefix, cfg, forced_idx, stats):
     # Rows grouped by expert, inside an expert by (token, slot): a stable sort of the flat slot list.
     flat = idx.reshape(-1)
     order = torch.sort(flat, stable=True).indices
-    counts = torch.bincount(flat, minlength=experts).tolist()
+    load = torch.bincount(flat, minlength=experts)
+    if "loads" in stats:  # the router-bias update's input (torch_train.py)
+        stats["loads"].append(load)
+    counts = load.tolist()
     rows = x[torch.div(order, k, rounding_mode="floor")]
     w1, w3, w2 = p[f"{prefix}.W1"], p[f"{prefix}.W3"], p[f"{prefix}.W2"]
     outs = []

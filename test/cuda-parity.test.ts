@@ -1,6 +1,6 @@
 /**
  * GPU tests: every CUDA backend op against the CPU oracle, in fp32 and bf16, then the whole model's loss and
- * gradients and KV-cached decoding, then training. They run only where a GPU answers (see README, "GPU tests");
+ * gradients and KV-cached decoding, then training. They run only where a GPU answers (see docs/testing.md, "GPU tests");
  * elsewhere they are skipped.
  * Errors are norm-wise, ||gpu - cpu|| / ||cpu||: fp32 ops land near 1e-6 (different summation orders), bf16 ones
  * near 1e-3 (storage rounding), so the bounds are 1e-4 and 2e-2.

@@ -14,7 +14,7 @@
  *  3. the router (§3.6): scores = sigmoid(route_scale * x W_gate^T); top-K of score + bias (bias selects only);
  *     gates = chosen scores / their sum (always renormalised); MoE out = sum_k gate_k expert_k(x) + shared(x).
  *  4. parameter counts against the inventory's §2.2 table (moonlet 7.36B / 1.84B, moonlight 16.16B / 3.11B) and
- *     README's tiny row (467.3K / 246.1K, 1.87M FLOPs/token), and flopsPerToken against the reference's
+ *     docs/training.md's tiny row (467.3K / 246.1K, 1.87M FLOPs/token), and flopsPerToken against the reference's
  *     `_num_flops_per_token` (§6.4): 6 (N_dense - N_emb + N_sparse_active) + 6 L H (d_nope + d_rope + d_v) S.
  */
 import { fileURLToPath } from 'node:url';
@@ -294,12 +294,12 @@ function referenceCounts(c: ModelConfig) {
   };
 }
 
-describe('parameter counts and FLOPs/token (inventory §2.2, §6.4; README)', () => {
+describe('parameter counts and FLOPs/token (inventory §2.2, §6.4; docs/training.md)', () => {
   const cases = [
     // name, printed total, printed active (inventory §2.2 "total / active params (derived)"), divisor
     ['moonlet', '7.36', '1.84', 1e9],
     ['moonlight', '16.16', '3.11', 1e9],
-    ['tiny', '467.3', '246.1', 1e3], // README "What the embedded default does": 467.3K parameters, 246.1K active
+    ['tiny', '467.3', '246.1', 1e3], // docs/training.md "The embedded default": 467.3K parameters, 246.1K active
   ] as const;
   for (const [name, total, active, unit] of cases) {
     it(`${name}: ${total} / ${active} ${unit === 1e9 ? 'B' : 'K'} parameters`, () => {
@@ -322,7 +322,7 @@ describe('parameter counts and FLOPs/token (inventory §2.2, §6.4; README)', ()
     expect(flopsPerToken(cfg, store)).toBe(10_077_007_872);
   });
 
-  it('tiny: flopsPerToken 1.87M (README) and equal to the reference formula', () => {
+  it('tiny: flopsPerToken 1.87M (docs/training.md) and equal to the reference formula', () => {
     const cfg = load('tiny');
     const got = flopsPerToken(cfg, modelParamSpecs(cfg));
     expect(got).toBe(referenceCounts(cfg).flops);

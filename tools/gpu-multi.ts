@@ -1,5 +1,5 @@
 /**
- * The multi-GPU checks of issue #6 on the GPUs of one node (README "GPU tests"); CI has no GPU, so this is a
+ * The multi-GPU checks of issue #6 on the GPUs of one node (docs/testing.md, "GPU tests"); CI has no GPU, so this is a
  * documented device run, not a vitest file. Each check prints PASS or FAIL with its numbers; exit code 1 if any fails.
  *
  *   node --import tsx tools/gpu-multi.ts [--gpus N] [--out DIR]

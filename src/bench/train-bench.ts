@@ -16,7 +16,7 @@ import { type OpTime, profiled } from './profile.ts';
 
 /**
  * The CPU backend's training rate, FLOPs/s by the reference's formula, rounded up: the tiny default trains at
- * about 850 tokens/s x 1.87M FLOPs/token = 1.6 GFLOP/s on the 2-core CI machine (README).
+ * about 850 tokens/s x 1.87M FLOPs/token = 1.6 GFLOP/s on the 2-core CI machine (docs/training.md).
  */
 const CPU_FLOPS = 2e9;
 /** The longest `device = "auto"` lets a benchmark that fell back to the CPU run. */

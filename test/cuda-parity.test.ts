@@ -130,9 +130,9 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
       }
 
       // Several chunks of logits per group and several groups (the fp32 sum of dw over groups), as a vocabulary of
-      // 200K makes them at moonlet6 sizes: the limits shrunk to 7-token chunks and 3-chunk groups over T = 96.
-      it('cross-entropy over several chunks and groups of chunks', async () => {
-        const V = 300;
+      // 200K makes them at moonlet6 sizes: the limits shrunk to 7-token chunks and 3-chunk groups over T = 96. A
+      // vocabulary of 301 takes the kernels' scalar paths (rows not a multiple of 4).
+      it.each([300, 301])('cross-entropy over several chunks and groups of chunks (vocabulary %i)', async (V) => {
         const xH = hostRandn(T * D), wH = hostRandn(V * D, 0.2), tH = Int32Array.from({ length: T }, (_, i) => (i * 29) % V);
         const limits = (gpu as Backend & { ceLimits: { chunkElements: number; groupBytes: number } }).ceLimits;
         const saved = { ...limits };

@@ -44,6 +44,12 @@ function checkGroupedOut(y: Tensor, x: Tensor, dout: number): void {
   if (y.shape[0] !== x.shape[0] || y.shape[1] !== dout || y.dtype !== x.dtype) throw new Error(`groupedMatmul: output ${describe(y)} is not [${x.shape[0]},${dout}] ${x.dtype}`);
 }
 
+/** Blocks per row of the one-pass Hopper cross-entropy and threads per block (as loss_sm90.cu), and the most shared memory
+ *  one row's slice may take (a vocabulary up to 400K; 100 KB at 201088, so two blocks fit an SM). */
+const CE_CLUSTER = 8;
+const CE_THREADS = 512;
+const CE_MAX_SLICE_BYTES = 200 * 1024;
+
 function gridFor(n: number, block = 256): number {
   return Math.max(1, Math.min(Math.ceil(n / block), 8192));
 }
@@ -688,6 +694,10 @@ export class CudaBackend implements Backend {
     // With several groups the lm_head gradient sums them in fp32 and meets dw once, so a bf16 dw takes one rounding,
     // not one per group. The fp32 sum lives only for this call.
     const dwSum = dw && dw.dtype !== 'f32' && group < tokens ? this.empty(dw.shape, 'f32') : null;
+    // On Hopper a training chunk's rows take one pass (loss_sm90.cu): each row shared by a cluster of blocks that
+    // hold a slice each in shared memory, so the fp32 logits are read once, not twice.
+    const slice = Math.ceil(Math.ceil(vocab / CE_CLUSTER) / 4) * 4 * 4;
+    const sliceBytes = this.dev.info.arch === 'sm_90a' && slice <= CE_MAX_SLICE_BYTES ? slice : null;
     const at = (t: Tensor, t0: number) => ({ ptr: asCuda(t).ptr + BigInt(4 * t0) });
     for (let g0 = 0; g0 < tokens; g0 += group) {
       const groupEnd = Math.min(tokens, g0 + group);
@@ -695,10 +705,19 @@ export class CudaBackend implements Backend {
         const rows = Math.min(chunk, groupEnd - t0);
         const lc = this.#rows(logits, 0, rows, vocab);
         this.matmul(this.#rows(x, t0, rows, dim), w, { transB: true, out: lc, alpha: spec.logitScale });
-        this.#k('loss.cu', 'ce_fwd_rows', [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), at(rowLoss, t0), i32(vocab), i32(spec.ignoreIndex), ptr(this.#bad)]);
-        if (!dlogits) continue;
+        if (!dlogits) {
+          this.#k('loss.cu', 'ce_fwd_rows', [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), at(rowLoss, t0), i32(vocab), i32(spec.ignoreIndex), ptr(this.#bad)]);
+          continue;
+        }
         const dc = this.#rows(dlogits, t0 - g0, rows, vocab);
-        this.#k('loss.cu', `ce_bwd_rows<${ctype(w)}>`, [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), ptr(divisor), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale)]);
+        if (sliceBytes !== null) {
+          this.#k('loss_sm90.cu', `ce_rows_sm90<${ctype(w)}>`, [CE_CLUSTER * rows], CE_THREADS, [
+            ptr(lc), at(targets, t0), ptr(divisor), at(lse, t0), at(rowLoss, t0), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale), ptr(this.#bad),
+          ], sliceBytes);
+        } else {
+          this.#k('loss.cu', 'ce_fwd_rows', [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), at(rowLoss, t0), i32(vocab), i32(spec.ignoreIndex), ptr(this.#bad)]);
+          this.#k('loss.cu', `ce_bwd_rows<${ctype(w)}>`, [rows], 256, [ptr(lc), at(targets, t0), at(lse, t0), ptr(divisor), ptr(dc), i32(vocab), i32(spec.ignoreIndex), f32(spec.logitScale)]);
+        }
       }
       if (!dw || !dlogits || !dx) continue;
       const dg = this.#rows(dlogits, 0, groupEnd - g0, vocab);
@@ -752,9 +771,10 @@ export class CudaBackend implements Backend {
       values.forEach((x, field) => { hyper[4 * field + i] = x; });
     });
     const sr = opts.stochasticRounding;
-    this.#k('optim.cu', `adamw_multi<${ctype(first.params[0]!)}, ${ctype(first.expAvg[0]!)}>`, [table.chunks], 256, [
+    const param = ctype(first.params[0]!);
+    this.#k('optim.cu', `adamw_multi<${param}, ${ctype(first.expAvg[0]!)}, ${sr !== undefined && param === 'bf16'}>`, [table.chunks], 256, [
       ptr(table.tensors), ptr(table.chunkList), { bytes: new Uint8Array(hyper.buffer) }, ptr(opts.gradNorm), f32(opts.maxNorm),
-      i32(sr ? 1 : 0), u32(sr?.seed ?? 0), u32(first.step),
+      u32(sr?.seed ?? 0), u32(first.step),
     ]);
   }
 

@@ -15,6 +15,9 @@ export const SM90_GROUPED_KERNELS = [
   'grouped_gemm_sm90<128, 0, 1>', 'grouped_wgrad_sm90<128, 256>', 'grouped_wgrad_sm90<256, 128>',
 ] as const;
 
+/** The AdamW step (optim.cu) per <param, state, stochastic rounding>: rounding applies to bf16 params only. */
+const ADAMW_KERNELS = ['float, float, false', 'float, bf16, false', 'bf16, float, false', 'bf16, float, true', 'bf16, bf16, false', 'bf16, bf16, true'].map((t) => `adamw_multi<${t}>`);
+
 export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'elementwise.cu': [
     ...both(['embedding_fwd', 'embedding_bwd', 'rmsnorm_fwd', 'rmsnorm_bwd', 'sum_partials', 'swiglu_fwd', 'swiglu_bwd', 'add', 'copy_cols', 'fill_normal', 'fill_value']),
@@ -32,6 +35,7 @@ export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'grouped_sm90.cu': SM90_GROUPED_KERNELS,
   'flash.cu': flash(['flash_fwd', 'flash_bwd_dq', 'flash_bwd_dkdv']),
   'loss.cu': ['ce_fwd_rows', 'ce_count', 'ce_finish', ...both(['ce_bwd_rows'])],
+  'loss_sm90.cu': both(['ce_rows_sm90']),
   'rdep.cu': ['rdep_route_send', 'rdep_barrier', 'rdep_place', 'rdep_dispatch', 'rdep_return'],
-  'optim.cu': ['norm_finish', ...both(['sumsq_partial']), 'adamw_multi<float, float>', 'adamw_multi<bf16, float>', 'adamw_multi<bf16, bf16>'],
+  'optim.cu': ['norm_finish', ...both(['sumsq_partial']), ...ADAMW_KERNELS],
 };

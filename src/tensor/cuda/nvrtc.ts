@@ -78,11 +78,17 @@ export interface CompiledModule {
   symbols: Record<string, string>;
 }
 
-/** The file's source with every local `#include "x.cuh"` it names (one level: headers include nothing local). */
+/** The file's source and the text of every header it includes, directly or through another header (the cache key). */
 function sourceWithHeaders(file: string): { source: string; headerText: string } {
   const source = readFileSync(join(KERNEL_DIR, file), 'utf8');
-  const headers = [...source.matchAll(/#include "([^"]+)"/g)].map((m) => readFileSync(join(KERNEL_DIR, m[1]!), 'utf8'));
-  return { source, headerText: headers.join('\n') };
+  const seen = new Set<string>();
+  const headers = (text: string): string[] => [...text.matchAll(/#include "([^"]+)"/g)].flatMap((m) => {
+    if (seen.has(m[1]!)) return [];
+    seen.add(m[1]!);
+    const header = readFileSync(join(KERNEL_DIR, m[1]!), 'utf8');
+    return [header, ...headers(header)];
+  });
+  return { source, headerText: headers(source).join('\n') };
 }
 
 function cacheDir(): string {

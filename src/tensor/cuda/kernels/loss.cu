@@ -2,7 +2,7 @@
 // these kernels turn it into per-token log-sum-exp and loss, and (when training) into d(loss)/d(logits) for the
 // gradient GEMMs of the same chunk, so the full [T, V] logits never exist and are never recomputed. Sums run in a
 // fixed order.
-#include "common.cuh"
+#include "loss.cuh"
 
 // One block per row of the chunk. Rows whose target equals `ignore` count zero. One pass over the row: each thread
 // keeps a running max and a sum of exponentials rescaled whenever the max grows (the row is 800 KB at a 200K
@@ -49,11 +49,8 @@ __global__ void ce_finish(const float* row_loss, long tokens, const float* count
   if (threadIdx.x == 0) *loss = s / fmaxf(*count, 1.f);
 }
 
-__device__ __forceinline__ void store4(float* p, const float d[4]) { *reinterpret_cast<float4*>(p) = make_float4(d[0], d[1], d[2], d[3]); }
-__device__ __forceinline__ void store4(bf16* p, const float d[4]) { *reinterpret_cast<uint2*>(p) = make_uint2(pack_bf16(d[0], d[1]), pack_bf16(d[2], d[3])); }
-
 // dlogits = (softmax - onehot(target)) * scale / count, zero for ignored rows; written as T for the GEMMs. Rows of
-// vocab % 4 == 0 go four elements at a time.
+// vocab % 4 == 0 go four elements at a time. (On Hopper, loss_sm90.cu does this and ce_fwd_rows in one pass.)
 template <typename T>
 __global__ void ce_bwd_rows(const float* logits, const int* targets, const float* lse, const float* count, T* dlogits, int vocab, int ignore, float scale) {
   const long r = blockIdx.x;
@@ -67,11 +64,11 @@ __global__ void ce_bwd_rows(const float* logits, const int* targets, const float
       const float4 x = *reinterpret_cast<const float4*>(row + v);
       float d[4] = {x.x, x.y, x.z, x.w};
 #pragma unroll
-      for (int j = 0; j < 4; ++j) d[j] = counted ? (__expf(d[j] - l) - (v + j == t ? 1.f : 0.f)) * norm : 0.f;
+      for (int j = 0; j < 4; ++j) d[j] = ce_dlogit(d[j], l, v + j == t, counted, norm);
       store4(out + v, d);
     }
   } else {
-    for (int v = threadIdx.x; v < vocab; v += blockDim.x) out[v] = from_f32<T>(counted ? (__expf(row[v] - l) - (v == t ? 1.f : 0.f)) * norm : 0.f);
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) out[v] = from_f32<T>(ce_dlogit(row[v], l, v == t, counted, norm));
   }
 }
 

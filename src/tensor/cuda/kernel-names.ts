@@ -33,5 +33,6 @@ export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'flash.cu': flash(['flash_fwd', 'flash_bwd_dq', 'flash_bwd_dkdv']),
   'loss.cu': ['ce_fwd_rows', 'ce_count', 'ce_finish', ...both(['ce_bwd_rows'])],
   'rdep.cu': ['rdep_route_send', 'rdep_barrier', 'rdep_place', 'rdep_dispatch', 'rdep_return'],
-  'optim.cu': ['norm_finish', ...both(['sumsq_partial']), 'adamw_multi<float, float>', 'adamw_multi<bf16, float>', 'adamw_multi<bf16, bf16>'],
+  'optim.cu': ['norm_finish', ...both(['sumsq_partial']), 'adamw_multi<float, float>', 'adamw_multi<bf16, float>', 'adamw_multi<bf16, bf16>',
+    ...both(['muon_momentum']), 'scale_by_inverse_norm', 'muon_update<float, float>', 'muon_update<bf16, bf16>'],
 };

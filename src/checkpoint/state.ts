@@ -14,7 +14,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Config } from '../config/schema.ts';
+import { type Config, defaultConfig } from '../config/schema.ts';
 import { configFingerprint, fingerprintDiff, mathFields } from '../config/fingerprint.ts';
 import type { DeterministicLoader, LoaderState } from '../data/loader/loader.ts';
 import type { Slot } from '../optim/optimizer.ts';
@@ -149,7 +149,8 @@ export async function restoreSnapshot(found: StepDir, t: Trainee, loader: Determ
   if (bad.length) throw damaged(found.dir, bad.join('; '));
   const state = readTrainState(found.dir);
   if (state.config_fingerprint !== configFingerprint(config)) {
-    const saved = { ...config, ...state.config } as Config;
+    // A math key the checkpoint does not record had its default then (it did not exist yet, or Muon's keys of an AdamW run).
+    const saved = { ...defaultConfig(), ...state.config } as Config;
     const diff = fingerprintDiff(saved, config).map((k) => `${k} (${JSON.stringify(saved[k as keyof Config])} -> ${JSON.stringify(config[k as keyof Config])})`);
     throw new UserError(
       `checkpoint ${found.dir} was saved with a different config: ${diff.join(', ') || 'fingerprint only'}. ` +

@@ -72,8 +72,9 @@ export class Optimizer {
   step = 0;
 
   /**
-   * Precision policy from the config: `optim_state_dtype` stores the AdamW moments in fp32 or bf16 (the reference; Muon's momentum is fp32);
-   * `master_weights` decides how bf16 weights take updates (fp32 masters, round to nearest, or stochastic).
+   * Precision policy from the config: `optim_state_dtype` stores the AdamW moments in fp32 or bf16 (the
+   * reference; Muon's momentum is fp32); `master_weights` decides how bf16 weights take updates (fp32 masters,
+   * round to nearest, or stochastic).
    */
   readonly zero: Zero2;
   /** Every slot in parameter order (the gradient norm's summation order, the same on every run). */
@@ -117,8 +118,8 @@ export class Optimizer {
   }
 
   /**
-   * Applies one update from the accumulated gradients: reduce-scatter (ZeRO-2), global norm, AdamW on this
-   * rank's slots, all-gather. `tokensSeen` counts global tokens before this step.
+   * Applies one update from the accumulated gradients: reduce-scatter (ZeRO-2), global norm, AdamW and Muon on
+   * this rank's slots, all-gather. `tokensSeen` counts global tokens before this step.
    */
   update(tokensSeen: number, timer: Timer<ZeroPhase> = untimed): StepResult {
     timer.time('zero2_reduce_scatter', () => this.zero.reduceScatter());

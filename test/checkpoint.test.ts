@@ -1,8 +1,9 @@
 /**
  * Checkpoints and exact resume on the CPU backend: N steps straight against k steps + resume (bit-identical losses
- * and final files), a real SIGKILL mid-run then resume, a step killed mid-write (made by hand, and by a real SIGKILL
- * while `nmoe train` writes it) skipped with a warning, retention, and the refusal of a changed config (naming the
- * fields). python3 + numpy read the files. (Resuming on another number of ranks is tested in dist-cpu.test.ts.)
+ * and final files; with AdamW and with optimizer = "muon"), a real SIGKILL mid-run then resume, a step killed
+ * mid-write (made by hand, and by a real SIGKILL while `nmoe train` writes it) skipped with a warning, retention,
+ * and the refusal of a changed config (naming the fields). python3 + numpy read the files. (Resuming on another
+ * number of ranks is tested in dist-cpu.test.ts.)
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -205,6 +206,21 @@ describe('exact resume', () => {
     expect(second.summary.runId).toBe(first.summary.runId);
     expect(second.losses).toEqual(straight.losses.slice(3));
     expect(stepBytes(dir, N)).toEqual(stepBytes(straight.dir, N));
+  });
+
+  it('with optimizer = "muon": k steps, stop, resume to N: bit-identical losses and final files', async () => {
+    const muon = ['--optimizer=muon'];
+    const whole = await run(join(root, 'muon-straight'), N, muon);
+    const dir = join(root, 'muon-resume');
+    expect((await run(dir, N / 2, muon)).losses).toEqual(whole.losses.slice(0, N / 2));
+    const second = await run(dir, N, [...muon, '--resume']);
+    expect(second.summary.startStep).toBe(N / 2);
+    expect(second.losses).toEqual(whole.losses.slice(N / 2));
+    expect(stepBytes(dir, N)).toEqual(stepBytes(join(root, 'muon-straight'), N));
+    const saved = readSafetensors(join(dir, iterName(N), rankFile(0))).tensors;
+    expect(saved.has('optim.momentum.blocks.0.attn.wq_a.weight')).toBe(true);
+    expect(saved.has('optim.exp_avg.blocks.0.attn.wq_a.weight')).toBe(false); // Muon's, not AdamW's
+    expect(whole.losses).not.toEqual(straight.losses); // Muon, not AdamW, made these losses
   });
 
   it('SIGKILL mid-run, then resume from the last complete checkpoint: bit-identical', async () => {

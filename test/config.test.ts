@@ -359,6 +359,13 @@ describe('fingerprint', () => {
     }
   });
 
+  it('counts Muon\'s keys only with optimizer = "muon", so an AdamW config keeps the fingerprint it had before them', () => {
+    expect(configFingerprint(tiny(['--muon_momentum=0.9', '--muon_ns_steps=3']))).toBe(configFingerprint(base));
+    const muon = tiny(['--optimizer=muon']);
+    expect(fingerprintDiff(base, muon)).toEqual(['optimizer']);
+    expect(fingerprintDiff(muon, tiny(['--optimizer=muon', '--muon_momentum=0.9']))).toEqual(['muon_momentum']);
+  });
+
   it('does not depend on key order inside tables', () => {
     const a = { ...defaultConfig(), attn_nsa: { cmp_len: 1, kv_heads: 2 } };
     const b = { ...defaultConfig(), attn_nsa: { kv_heads: 2, cmp_len: 1 } };
@@ -369,7 +376,7 @@ describe('fingerprint', () => {
 describe('schema', () => {
   it('has every reference field with its default, and the nmoe additions', () => {
     const d = defaultConfig();
-    expect(CONFIG_KEYS).toHaveLength(103 + 9); // the reference dataclass, plus device, grad_clip_norm, loss_mask_eos, strict_data, optim_state_dtype, master_weights, attn_recompute, attn_kernel, deterministic
+    expect(CONFIG_KEYS).toHaveLength(103 + 13); // the reference dataclass, plus device, grad_clip_norm, loss_mask_eos, strict_data, optim_state_dtype, master_weights, attn_recompute, attn_kernel, deterministic, optimizer, muon_nesterov, muon_ns_steps, muon_experts
     expect(d).toMatchObject({
       preset: 'custom', vocab_size: 201088, eos_token_id: 199999, dim: null, n_shared_experts: 2, n_dense_layers: 1,
       attn: 'mla', attn_local: 'swa', q_lora_rank: 1536, max_position_embeddings: 8192, rope_theta: 50000,
@@ -378,14 +385,16 @@ describe('schema', () => {
       resume: true, checkpoint_dir: '/data/checkpoints', eval_mode: 'reserved_gpu', eval_reserved_gpu_id: 7,
       grpo_prompts_per_step: 32, profiling_output_dir: '/data/profiles', attn_swa: {},
       device: 'auto', grad_clip_norm: 1.0, loss_mask_eos: true, strict_data: false, optim_state_dtype: 'fp32', master_weights: 'fp32', attn_recompute: false, attn_kernel: 'cudnn', deterministic: true,
+      optimizer: 'adamw', muon_nesterov: true, muon_ns_steps: 5, muon_experts: false,
     });
-    for (const key of ['device', 'grad_clip_norm', 'loss_mask_eos', 'strict_data', 'optim_state_dtype', 'master_weights', 'attn_recompute', 'attn_kernel', 'deterministic'] as const) expect(FIELDS[key].doc).toMatch(/^nmoe addition/);
+    for (const key of ['device', 'grad_clip_norm', 'loss_mask_eos', 'strict_data', 'optim_state_dtype', 'master_weights', 'attn_recompute', 'attn_kernel', 'deterministic',
+      'optimizer', 'muon_nesterov', 'muon_ns_steps', 'muon_experts'] as const) expect(FIELDS[key].doc).toMatch(/^nmoe addition/);
   });
 
   it('marks run-management and unused fields as not math', () => {
     const notMath = CONFIG_KEYS.filter((k) => !FIELDS[k].math);
     for (const k of ['steps', 'log_every', 'checkpoint_dir', 'resume', 'metrics_dir', 'experiment_id', 'preset', 'device',
-      'eval_every', 'profiling_enabled', 'muon_momentum', 'aux_loss_alpha', 'hf_dataset', 'sft_enabled', 'grpo_kl_beta']) {
+      'eval_every', 'profiling_enabled', 'aux_loss_alpha', 'hf_dataset', 'sft_enabled', 'grpo_kl_beta']) {
       expect(notMath).toContain(k);
     }
     for (const k of ['dim', 'seed', 'batch_size', 'seq_len', 'lr_dense', 'data_path', 'grad_clip_norm', 'loss_mask_eos', 'tokenizer']) {
@@ -463,14 +472,14 @@ describe('nmoe config show / check', () => {
 
   it('check warns, one line each, about every key it accepts but does not implement', async () => {
     const file = join(mkdtempSync(join(tmpdir(), 'nmoe-unimpl-')), 'x.toml');
-    const set = ['eval_enabled = true', 'eval_mode = "inline"', 'profiling_enabled = true', 'aux_loss_alpha = 0.001', 'muon_momentum = 0.9', 'dtype = "fp8"'];
-    // Implemented keys (in-training eval, validation) do not warn.
-    const implemented = ['eval_every = 100', 'validation_every = 10'];
+    const set = ['eval_enabled = true', 'eval_mode = "inline"', 'profiling_enabled = true', 'aux_loss_alpha = 0.001', 'dtype = "fp8"'];
+    // Implemented keys (in-training eval, validation, Muon) do not warn.
+    const implemented = ['eval_every = 100', 'validation_every = 10', 'muon_momentum = 0.9'];
     writeFileSync(file, `${readFileSync(TINY, 'utf8')}\n${[...set, ...implemented].join('\n')}\n`);
     await run('config', 'check', file);
     const warns = out.trimEnd().split('\n').slice(1);
     const key = (l: string) => /^warn \S+ {2}(\w+) = /.exec(l)?.[1];
-    expect(warns.map(key)).toEqual(['eval_enabled', 'eval_mode', 'profiling_enabled', 'aux_loss_alpha', 'muon_momentum', 'dtype']);
+    expect(warns.map(key)).toEqual(['eval_enabled', 'eval_mode', 'profiling_enabled', 'aux_loss_alpha', 'dtype']);
     for (const [i, l] of warns.entries()) expect(l).toMatch(new RegExp(`^warn ${file} {2}${set[i]!.replace(/[.*"]/g, '\\$&')} is accepted but not implemented: .+ \\[${file}:\\d+\\]$`));
     expect(warns[0]).toContain('evals run inline in the trainer every eval_every steps');
   });

@@ -10,6 +10,7 @@ import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { modelConfig } from '../src/model/spec.ts';
 import { Decoder } from '../src/model/decoder.ts';
 import { Transformer } from '../src/model/transformer.ts';
+import { muonStep, newtonSchulz5 } from '../src/optim/muon.ts';
 import type { Backend } from '../src/tensor/backend.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { selectBackend } from '../src/tensor/select.ts';
@@ -237,6 +238,21 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
         });
         const bf16Moments = errs.length - 3;
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(i >= bf16Moments ? bound('bf16') : bound(dtype)));
+      });
+
+      it('Muon: momentum, Newton-Schulz through matmul and the update, wide and tall, with fp32 masters in bf16', async () => {
+        const [R, C] = [24, 40];
+        const gH = hostRandn(R * C), wH = hostRandn(R * C, 0.2), mH = hostRandn(R * C, 0.1);
+        const errs = await parity(dtype, (b, put) => [[R, C], [C, R]].flatMap((shape) => {
+          const value = put(wH, shape), grad = put(gH, shape), momentum = put(mH, shape, 'f32');
+          const master = dtype === 'bf16' ? put(wH, shape, 'f32') : undefined;
+          const gradNorm = b.globalNorm([grad]);
+          const settings = { momentum: 0.95, nesterov: true, nsSteps: 5, maxNorm: 1, stochasticSeed: null };
+          muonStep(b, [{ value, grad, momentum, master, lr: 1e-2, weightDecay: 0.1 }], gradNorm, 1, settings);
+          const start = b.muonMomentum(grad, b.zeros(shape, 'f32'), { ...settings, gradNorm });
+          return [momentum, value, ...(master ? [master] : []), newtonSchulz5(b, start, 5).tensor];
+        }));
+        errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
       });
     });
   }

@@ -4,7 +4,7 @@ import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { paramGroup } from '../src/model/params.ts';
 import { modelConfig } from '../src/model/spec.ts';
 import { Transformer } from '../src/model/transformer.ts';
-import { AdamW } from '../src/optim/adamw.ts';
+import { Optimizer } from '../src/optim/optimizer.ts';
 import { roundToBf16 } from '../src/tensor/bf16.ts';
 import { asCpu } from '../src/tensor/cpu/storage.ts';
 import { wsdLr, wsdScale } from '../src/optim/schedule.ts';
@@ -50,7 +50,7 @@ function tinyModel(overrides: string[] = []) {
 describe('AdamW', () => {
   it('applies the decoupled update of each group with its own lr, betas and decay', () => {
     const { cfg, model } = tinyModel(['--grad_clip_norm=0', '--warmup_steps=1', '--lr_expert=0.01', '--lr_dense=0.002', '--lr_router=0.003', '--decay_floor=1e-4']);
-    const opt = new AdamW(cpu, model.params, cfg);
+    const opt = new Optimizer(cpu, model.params, cfg);
     const check = ['blocks.1.ffn.W1', 'blocks.1.ffn.router.gate.weight', 'blocks.0.attn.wq_a.weight', 'embedding.weight'];
     const before = check.map((n) => Float64Array.from(data(model.params.get(n))));
     for (const p of model.params.trainable()) data(model.params.grad(p.name)).fill(0.5);
@@ -68,7 +68,7 @@ describe('AdamW', () => {
 
   it('clips to the global norm and skips the update when the norm is not finite', () => {
     const { cfg, model } = tinyModel(['--grad_clip_norm=1.0']);
-    const opt = new AdamW(cpu, model.params, cfg);
+    const opt = new Optimizer(cpu, model.params, cfg);
     for (const p of model.params.trainable()) data(model.params.grad(p.name)).fill(3);
     const n = model.params.count();
     const { gradNorm } = opt.update(0);
@@ -125,7 +125,7 @@ describe('AdamW against PyTorch\'s update rule, written out here', () => {
 
   it('optim_state_dtype = "bf16" keeps both moments of every group in bf16', () => {
     const { cfg, model } = tinyModel(['--optim_state_dtype=bf16']);
-    const opt = new AdamW(cpu, model.params, cfg);
+    const opt = new Optimizer(cpu, model.params, cfg);
     const dtypes = new Set(opt.groups.flatMap((g) => [...g.expAvg, ...g.expAvgSq].map((t) => t.dtype)));
     expect([...dtypes]).toEqual(['bf16']);
   });
@@ -166,7 +166,7 @@ describe('precision policy for bf16 weights', () => {
       model.params.initialize(cfg.seed);
       const w = model.params.get('blocks.0.attn.wq_a.weight');
       cpu.fill(w, 1); // bf16 spacing at 1.0 is 2^-7: a 1e-5 step rounds back to 1 every time
-      const opt = new AdamW(cpu, model.params, cfg);
+      const opt = new Optimizer(cpu, model.params, cfg);
       opt.syncMasters();
       for (let s = 0; s < 500; s++) {
         for (const p of model.params.trainable()) cpu.fill(model.params.grad(p.name), 1);

@@ -1,21 +1,23 @@
 /**
  * What a checkpoint holds, and moving it between a live trainee and files. `captureSnapshot` copies everything off
  * the device (awaited, before training goes on: the background writer never touches live tensors); `restoreSnapshot`
- * puts a saved step back. Exact resume needs exactly this: every weight and buffer, the AdamW moments, fp32 masters
- * and step counter, the tokens seen (the LR schedule), and the loader state. nmoe's only randomness is counter-based
- * Philox keyed by (seed, name) for init and (seed, optimizer step) for stochastic rounding, so the RNG state is
- * (seed, optimizer step), recorded as such.
+ * puts a saved step back. Exact resume needs exactly this: every weight and buffer, the AdamW moments and Muon
+ * momenta, fp32 masters and step counter, the tokens seen (the LR schedule), and the loader state. nmoe's only
+ * randomness is counter-based Philox keyed by (seed, name) for init and (seed, optimizer step) for stochastic
+ * rounding, so the RNG state is (seed, optimizer step), recorded as such.
  *
- * Tensor names: parameters keep their names (`blocks.3.ffn.W1`); optimizer state is `optim.exp_avg.NAME`,
- * `optim.exp_avg_sq.NAME` and `optim.master.NAME`, where a dense parameter split between ZeRO-2 shards is named
- * per piece, `NAME@start:end` (its element range). Experts and all optimizer state go to the rank file (with one
- * rank, the optimizer shard is the whole optimizer), everything else to the dense file.
+ * Tensor names: parameters keep their names (`blocks.3.ffn.W1`); optimizer state is `optim.exp_avg.NAME` and
+ * `optim.exp_avg_sq.NAME` (AdamW), `optim.momentum.NAME` (Muon) and `optim.master.NAME`, where a dense parameter
+ * split between ZeRO-2 shards is named per piece, `NAME@start:end` (its element range). Experts and all optimizer
+ * state go to the rank file (with one rank, the optimizer shard is the whole optimizer), everything else to the
+ * dense file.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Config } from '../config/schema.ts';
+import { type Config, defaultConfig } from '../config/schema.ts';
 import { configFingerprint, fingerprintDiff, mathFields } from '../config/fingerprint.ts';
 import type { DeterministicLoader, LoaderState } from '../data/loader/loader.ts';
+import type { Slot } from '../optim/optimizer.ts';
 import type { Trainee } from '../optim/trainee.ts';
 import { type Tensor, shapeNumel } from '../tensor/tensor.ts';
 import { UserError } from '../util/errors.ts';
@@ -57,19 +59,23 @@ function stateTensors(t: Trainee): Named[] {
   const out: Named[] = t.model.params.params.map((p) => ({
     name: p.name, shape: p.shape, value: p.value, rankFile: p.firstExpert === undefined ? null : { name: p.name, shape: p.shape, split: 'experts' },
   }));
+  // Optimizer state is this rank's: its experts' whole, or its ZeRO-2 piece of a dense parameter.
+  const add = (x: Slot, kind: string, value: Tensor) => {
+    const whole = x.start === 0 && x.end === shapeNumel(t.model.params.shapeOf(x.name));
+    const name = `optim.${kind}.${whole ? x.name : `${x.name}@${x.start}:${x.end}`}`;
+    const split = x.group === 'expert' ? { split: 'experts' as const } : { split: 'zero2' as const, state: `optim.${kind}.${x.name}`, param: x.name, start: x.start, end: x.end };
+    out.push({ name, shape: x.shape, value, rankFile: { name, shape: x.shape, ...split } });
+  };
   for (const g of t.opt.groups) {
     g.slots.forEach((x, i) => {
-      const whole = x.start === 0 && x.end === shapeNumel(t.model.params.shapeOf(x.name));
-      const name = whole ? x.name : `${x.name}@${x.start}:${x.end}`;
-      // Optimizer state is this rank's: its experts' whole, or its ZeRO-2 piece of a dense parameter.
-      const add = (kind: string, value: Tensor) => {
-        const split = g.name === 'expert' ? { split: 'experts' as const } : { split: 'zero2' as const, state: `optim.${kind}.${x.name}`, param: x.name, start: x.start, end: x.end };
-        out.push({ name: `optim.${kind}.${name}`, shape: x.shape, value, rankFile: { name: `optim.${kind}.${name}`, shape: x.shape, ...split } });
-      };
-      add('exp_avg', g.expAvg[i]!);
-      add('exp_avg_sq', g.expAvgSq[i]!);
-      if (g.master) add('master', g.master[i]!);
+      add(x, 'exp_avg', g.expAvg[i]!);
+      add(x, 'exp_avg_sq', g.expAvgSq[i]!);
+      if (g.master) add(x, 'master', g.master[i]!);
     });
+  }
+  for (const { slot, momentum, master } of t.opt.muon) {
+    add(slot, 'momentum', momentum);
+    if (master) add(slot, 'master', master);
   }
   return out;
 }
@@ -143,7 +149,8 @@ export async function restoreSnapshot(found: StepDir, t: Trainee, loader: Determ
   if (bad.length) throw damaged(found.dir, bad.join('; '));
   const state = readTrainState(found.dir);
   if (state.config_fingerprint !== configFingerprint(config)) {
-    const saved = { ...config, ...state.config } as Config;
+    // A math key the checkpoint does not record had its default then (it did not exist yet, or Muon's keys of an AdamW run).
+    const saved = { ...defaultConfig(), ...state.config } as Config;
     const diff = fingerprintDiff(saved, config).map((k) => `${k} (${JSON.stringify(saved[k as keyof Config])} -> ${JSON.stringify(config[k as keyof Config])})`);
     throw new UserError(
       `checkpoint ${found.dir} was saved with a different config: ${diff.join(', ') || 'fingerprint only'}. ` +

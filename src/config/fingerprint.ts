@@ -8,6 +8,16 @@ import { CONFIG_KEYS, FIELDS, type Config } from './schema.ts';
 
 export const MATH_KEYS: readonly (keyof Config)[] = CONFIG_KEYS.filter((k) => FIELDS[k].math);
 
+/**
+ * Keys that change the math only with optimizer = "muon". An AdamW config leaves them out, so its fingerprint is
+ * the one it had before these keys existed, and checkpoints saved then still resume.
+ */
+const MUON_ONLY: ReadonlySet<keyof Config> = new Set(['optimizer', 'muon_momentum', 'muon_nesterov', 'muon_ns_steps', 'muon_experts']);
+
+function mathKeysOf(cfg: Config): readonly (keyof Config)[] {
+  return cfg.optimizer === 'muon' ? MATH_KEYS : MATH_KEYS.filter((k) => !MUON_ONLY.has(k));
+}
+
 /** JSON with object keys sorted at every depth and no whitespace; absent (undefined) table entries are dropped. */
 export function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
@@ -22,7 +32,7 @@ export function canonicalJson(value: unknown): string {
 
 /** The fields that change the training math, and their values: what a checkpoint records and ranks compare. */
 export function mathFields(cfg: Config): Partial<Config> {
-  return Object.fromEntries(MATH_KEYS.map((k) => [k, cfg[k]])) as Partial<Config>;
+  return Object.fromEntries(mathKeysOf(cfg).map((k) => [k, cfg[k]])) as Partial<Config>;
 }
 
 /** sha256 (hex) of the canonical JSON of the math fields. */
@@ -32,5 +42,6 @@ export function configFingerprint(cfg: Config): string {
 
 /** The math fields whose values differ between two configs, in FIELDS order. */
 export function fingerprintDiff(a: Config, b: Config): string[] {
-  return MATH_KEYS.filter((k) => canonicalJson(a[k]) !== canonicalJson(b[k]));
+  const counted = new Set([...mathKeysOf(a), ...mathKeysOf(b)]);
+  return MATH_KEYS.filter((k) => counted.has(k) && canonicalJson(a[k]) !== canonicalJson(b[k]));
 }

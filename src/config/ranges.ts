@@ -117,6 +117,7 @@ export const RANGES: Partial<Record<keyof Config, Range>> = {
   profiling_steps: { ge: 1, fix: 'profile at least one step' },
 
   grad_clip_norm: { ge: 0, fix: 'use 0 to disable clipping' },
+  muon_ns_steps: { ge: 1, fix: 'use at least one Newton-Schulz iteration; 5 is the usual count' },
 };
 
 /** What is wrong with `value` under `r` ("must be < 1"), or null when it is in range. */

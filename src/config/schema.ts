@@ -203,6 +203,10 @@ export interface Config {
   attn_recompute: boolean;
   attn_kernel: 'nmoe' | 'cudnn';
   deterministic: boolean;
+  optimizer: 'adamw' | 'muon';
+  muon_nesterov: boolean;
+  muon_ns_steps: number;
+  muon_experts: boolean;
 }
 
 const INT = { kind: 'int' } as const;
@@ -293,7 +297,7 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
   adam_beta2: field('optimizer', FLOAT, 0.95, true, 'AdamW beta2 for dense and router parameters.'),
   adam_beta2_expert: field('optimizer', FLOAT, 0.99, true, 'AdamW beta2 for expert parameters.'),
   adam_eps: field('optimizer', FLOAT, 1e-8, true, 'AdamW epsilon.'),
-  muon_momentum: field('optimizer', FLOAT, 0.95, false, `Muon momentum. ${UNUSED}`),
+  muon_momentum: field('optimizer', FLOAT, 0.95, true, 'Muon momentum mu (m = mu*m + g), with optimizer = "muon".'),
 
   warmup_steps: field('schedule', INT, 500, true, 'Linear LR warmup, in steps.'),
   hold_tokens: field('schedule', INT, 10_000_000_000, true,
@@ -384,6 +388,14 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
     'nmoe addition: GPU attention kernels: cudnn, cuDNN\'s fused flash attention where cuDNN is found and takes the shape, else nmoe\'s with a note (the default: 3 to 4 times faster on Hopper); nmoe, nmoe\'s own flash kernels.'),
   deterministic: field('nmoe', BOOL, true, false,
     'nmoe addition: true makes every GPU reduction bit-reproducible (cuDNN\'s attention backward takes its deterministic algorithm); false lets cuDNN\'s backward sum dQ with atomics (faster, not bit-reproducible).'),
+  optimizer: field('nmoe', { kind: 'enum', values: ['adamw', 'muon'] }, 'adamw', true,
+    'nmoe addition: adamw (the reference) for every parameter, or muon: Muon (momentum, Newton-Schulz orthogonalisation, Moonlight\'s 0.2*sqrt(max(rows, cols)) scale so the AdamW learning rates serve it) for the 2-D dense weights (attention, dense and shared MLPs), AdamW for the rest. One rank only for now.'),
+  muon_nesterov: field('nmoe', BOOL, true, true,
+    'nmoe addition: true makes Muon\'s update Nesterov\'s g + mu*m; false, the momentum m itself.'),
+  muon_ns_steps: field('nmoe', INT, 5, true,
+    'nmoe addition: quintic Newton-Schulz iterations per Muon update (5 brings singular values to about [0.7, 1.2]).'),
+  muon_experts: field('nmoe', BOOL, false, true,
+    'nmoe addition: true lets Muon update every routed expert\'s matrices too, each on its own; false keeps the experts on AdamW.'),
 };
 
 export const CONFIG_KEYS = Object.keys(FIELDS) as (keyof Config)[];

@@ -23,7 +23,6 @@ const UNIMPLEMENTED: Unimplemented[] = [
   },
   { keys: inSection('profiling'), instead: 'training captures no profile (`nmoe bench train --profile` profiles the ops)' },
   { keys: ['aux_loss_alpha'], instead: 'there is no auxiliary balancing loss: the router bias update (router_bias_update_rate) alone balances the experts' },
-  { keys: ['muon_momentum'], instead: 'nmoe optimizes with AdamW only' },
   {
     keys: ['dtype'], when: (c) => c.dtype !== 'bf16',
     instead: 'routed experts compute in bf16 on the GPU (no fp8/fp4 expert GEMMs yet) and in fp32 on the CPU',

@@ -5,7 +5,7 @@
  * clock (src/tensor/clock.ts). The model and the optimizer name their own phases and take any `Timer` of them.
  */
 import type { ModulePhase } from '../model/transformer.ts';
-import type { ZeroPhase } from '../optim/adamw.ts';
+import type { ZeroPhase } from '../optim/optimizer.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { type OpClock, type Timer, deviceClock } from '../tensor/clock.ts';
 

@@ -1,11 +1,11 @@
 /** What a training step updates and a checkpoint holds: a model and the optimizer that trains it. */
 import type { Transformer } from '../model/transformer.ts';
 import type { Communicator } from '../tensor/communicator.ts';
-import type { AdamW } from './adamw.ts';
+import type { Optimizer } from './optimizer.ts';
 
 export interface Trainee {
   model: Transformer;
-  opt: AdamW;
+  opt: Optimizer;
   /** Data parallelism's collectives; null on one rank. */
   comm: Communicator | null;
 }

@@ -103,6 +103,31 @@ export interface AdamWOptions {
   maxNorm: number;
 }
 
+/** Muon's momentum step for one matrix (src/optim/muon.ts). */
+export interface MuonMomentumSpec {
+  /** mu in m = mu*m + g. */
+  momentum: number;
+  /** Nesterov: the update is g + mu*m (with the new m); else m. */
+  nesterov: boolean;
+  /** Global gradient norm (f32 [1]); gradients are clipped by it as in `adamw`, and a non-finite one skips the step. */
+  gradNorm: Tensor;
+  maxNorm: number;
+}
+
+/** Muon's weight update for one matrix: p = p * (1 - lr*weightDecay) - alpha * delta. */
+export interface MuonUpdateSpec {
+  lr: number;
+  weightDecay: number;
+  /** Multiplies delta: lr times Muon's shape scale times the scale the orthogonalised matrix carries. */
+  alpha: number;
+  /** f32 [1]: a non-finite norm leaves the weight (and master) untouched, as in `adamw`. */
+  gradNorm: Tensor;
+  /** fp32 master copy of a bf16 param: the update runs on it and the param gets its rounding. */
+  master?: Tensor;
+  /** Stochastic rounding of a bf16 param without a master, Philox-keyed by (seed, step) as in `adamw`. */
+  stochasticRounding?: { seed: number; step: number };
+}
+
 export interface NormalInit {
   std: number;
   seed: number;
@@ -262,4 +287,12 @@ export interface Backend {
    * p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). Gradients are scaled by min(1, maxNorm/(norm+1e-6)) first.
    */
   adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void;
+  /**
+   * Muon's first half for one matrix: g' = g * min(1, maxNorm/(norm+1e-6)); m = mu*m + g' (in place, m f32);
+   * u = nesterov ? g' + mu*m : m. Returns u / (||u||_F + 1e-7), f32 of grad's shape: the Newton-Schulz input.
+   * A non-finite gradNorm leaves m untouched and returns zeros.
+   */
+  muonMomentum(grad: Tensor, momentum: Tensor, spec: MuonMomentumSpec): Tensor;
+  /** Muon's decoupled weight decay and step: p = p * (1 - lr*wd) - alpha * delta (delta of p's size and dtype). */
+  muonUpdate(param: Tensor, delta: Tensor, spec: MuonUpdateSpec): void;
 }

@@ -1,11 +1,11 @@
 /**
- * One training step, shared by the training loop and `nmoe bench train`: forward, backward, the clipped AdamW
+ * One training step, shared by the training loop and `nmoe bench train`: forward, backward, the clipped optimizer
  * update, then the aux-loss-free router-bias update from this step's expert loads. Nothing is read back here.
  */
 import type { ParamGroup } from '../model/params.ts';
 import { type ModelConfig, isMoeLayer } from '../model/spec.ts';
 import { Transformer } from '../model/transformer.ts';
-import { AdamW } from '../optim/adamw.ts';
+import { Optimizer } from '../optim/optimizer.ts';
 import type { Parallelism } from '../dist/parallel.ts';
 import type { Trainee } from '../optim/trainee.ts';
 import type { Backend } from '../tensor/backend.ts';
@@ -16,7 +16,7 @@ import { type PhaseTimer, timed } from '../metrics/phase-timer.ts';
 export function createTrainee(b: Backend, cfg: ModelConfig, par: Parallelism | null = null): Trainee {
   const model = new Transformer(b, cfg, { dtype: b.device === 'cuda' ? 'bf16' : 'f32', ...(par ? { ep: par.ep } : {}) });
   model.params.initialize(cfg.seed);
-  const opt = new AdamW(b, model.params, cfg, par?.comm ?? null);
+  const opt = new Optimizer(b, model.params, cfg, par?.comm ?? null);
   opt.syncMasters();
   return { model, opt, comm: par?.comm ?? null };
 }

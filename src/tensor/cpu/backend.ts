@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import { philoxNormal } from '../../util/philox.ts';
-import type { AdamWGroup, AdamWOptions, AttentionSpec, Backend, CrossEntropySpec, MatmulOptions, MoePlan, NormalInit, RopeSpec } from '../backend.ts';
+import type { AdamWGroup, AdamWOptions, AttentionSpec, Backend, CrossEntropySpec, MatmulOptions, MoePlan, MuonMomentumSpec, MuonUpdateSpec, NormalInit, RopeSpec } from '../backend.ts';
 import { type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
 import * as attn from './attention.ts';
 import { gemm } from './gemm.ts';
@@ -252,5 +252,16 @@ export class CpuBackend implements Backend {
 
   adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void {
     optim.adamw(groups, opts);
+  }
+
+  muonMomentum(grad: Tensor, momentum: Tensor, spec: MuonMomentumSpec): Tensor {
+    sameShape(grad, momentum, 'muonMomentum');
+    if (momentum.dtype !== 'f32') throw new Error(`muonMomentum: the momentum ${describe(momentum)} must be f32`);
+    return optim.muonMomentum(asCpu(grad), asCpu(momentum), spec);
+  }
+
+  muonUpdate(param: Tensor, delta: Tensor, spec: MuonUpdateSpec): void {
+    sameShape(param, delta, 'muonUpdate');
+    optim.muonUpdate(asCpu(param), asCpu(delta), spec);
   }
 }

@@ -1,5 +1,9 @@
-/** CPU global gradient norm and fused AdamW (the reference's update order, plus norm clipping and a NaN guard). */
-import type { AdamWGroup, AdamWOptions } from '../backend.ts';
+/**
+ * CPU global gradient norm, fused AdamW (the reference's update order, plus norm clipping and a NaN guard), and
+ * Muon's two element-wise halves around the Newton-Schulz matmuls (src/optim/muon.ts), with the same clipping,
+ * guard and rounding as AdamW.
+ */
+import type { AdamWGroup, AdamWOptions, MuonMomentumSpec, MuonUpdateSpec } from '../backend.ts';
 import { stochasticBf16 } from '../bf16.ts';
 import { philox4x32 } from '../../util/philox.ts';
 import { type CpuTensor, allocate, asCpu, settle } from './storage.ts';
@@ -12,10 +16,15 @@ export function globalNorm(tensors: readonly CpuTensor[]): CpuTensor {
   return out;
 }
 
+/** The factor that scales gradients to the global norm `maxNorm` (0: no clipping). */
+function clipFactor(norm: number, maxNorm: number): number {
+  return maxNorm > 0 ? Math.min(1, maxNorm / (norm + 1e-6)) : 1;
+}
+
 export function adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void {
   const norm = asCpu(opts.gradNorm).f[0]!;
   if (!Number.isFinite(norm)) return; // leave weights and moments untouched; the trainer reports the bad step
-  const clip = opts.maxNorm > 0 ? Math.min(1, opts.maxNorm / (norm + 1e-6)) : 1;
+  const clip = clipFactor(norm, opts.maxNorm);
   for (const g of groups) {
     const bc1 = 1 - g.beta1 ** g.step;
     const bc2Sqrt = Math.sqrt(1 - g.beta2 ** g.step);
@@ -42,6 +51,39 @@ export function adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void {
       settle(v);
     });
   }
+}
+
+export function muonMomentum(grad: CpuTensor, momentum: CpuTensor, spec: MuonMomentumSpec): CpuTensor {
+  const out = allocate(grad.shape, 'f32');
+  const norm = asCpu(spec.gradNorm).f[0]!;
+  if (!Number.isFinite(norm)) return out; // zeros; muonUpdate skips the step on the same norm
+  const clip = clipFactor(norm, spec.maxNorm), mu = spec.momentum;
+  const g = grad.f, m = momentum.f, u = out.f;
+  let ss = 0;
+  for (let j = 0; j < u.length; j++) {
+    const gj = g[j]! * clip;
+    m[j] = mu * m[j]! + gj;
+    u[j] = spec.nesterov ? gj + mu * m[j]! : m[j]!;
+    ss += u[j]! * u[j]!;
+  }
+  settle(momentum);
+  const inverse = 1 / (Math.sqrt(ss) + 1e-7);
+  for (let j = 0; j < u.length; j++) u[j] = u[j]! * inverse;
+  return out;
+}
+
+export function muonUpdate(param: CpuTensor, delta: CpuTensor, spec: MuonUpdateSpec): void {
+  if (!Number.isFinite(asCpu(spec.gradNorm).f[0]!)) return;
+  const master = spec.master ? asCpu(spec.master) : null;
+  const ws = (master ?? param).f, d = delta.f;
+  const decay = 1 - spec.lr * spec.weightDecay;
+  const sr = spec.stochasticRounding && !master && param.dtype === 'bf16' ? spec.stochasticRounding : null;
+  for (let j = 0; j < ws.length; j++) {
+    const w = ws[j]! * decay - spec.alpha * d[j]!;
+    ws[j] = sr ? stochasticBf16(w, philoxBits(sr.seed, sr.step, j)) : w;
+  }
+  if (master) param.f.set(master.f);
+  if (!sr) settle(param);
 }
 
 /** Random 16 bits for element j of step `step` (Philox, as the CUDA kernel draws them). */

@@ -4,7 +4,7 @@
  * compiled by NVRTC for the device. Float tensors may be fp32 or bf16 (kernels take either, accumulate in fp32).
  */
 import { fromBf16Bits, toBf16Bits } from '../bf16.ts';
-import type { AdamWGroup, AdamWOptions, AttentionSpec, Backend, CrossEntropySpec, MatmulOptions, MoePlan, NormalInit, RopeSpec } from '../backend.ts';
+import type { AdamWGroup, AdamWOptions, AttentionSpec, Backend, CrossEntropySpec, MatmulOptions, MoePlan, MuonMomentumSpec, MuonUpdateSpec, NormalInit, RopeSpec } from '../backend.ts';
 import { DTYPE_BYTES, type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
 import { UserError } from '../../util/errors.ts';
 import { check, cu } from './driver.ts';
@@ -775,6 +775,27 @@ export class CudaBackend implements Backend {
     this.#k('optim.cu', `adamw_multi<${param}, ${ctype(first.expAvg[0]!)}, ${sr !== undefined && param === 'bf16'}>`, [table.chunks], 256, [
       ptr(table.tensors), ptr(table.chunkList), { bytes: new Uint8Array(hyper.buffer) }, ptr(opts.gradNorm), f32(opts.maxNorm),
       u32(sr?.seed ?? 0), u32(first.step),
+    ]);
+  }
+
+  muonMomentum(grad: Tensor, momentum: Tensor, spec: MuonMomentumSpec): Tensor {
+    if (grad.numel !== momentum.numel || momentum.dtype !== 'f32') throw new Error(`muonMomentum: ${describe(grad)} with momentum ${describe(momentum)} (must be f32 of the same size)`);
+    const u = this.empty(grad.shape, 'f32');
+    this.#k('optim.cu', `muon_momentum<${ctype(grad)}>`, [gridFor(grad.numel)], 256, [
+      ptr(grad), ptr(momentum), ptr(u), i64(grad.numel), f32(spec.momentum), i32(spec.nesterov ? 1 : 0), ptr(spec.gradNorm), f32(spec.maxNorm),
+    ]);
+    const norm = this.globalNorm([u]);
+    this.#k('optim.cu', 'scale_by_inverse_norm', [gridFor(u.numel)], 256, [ptr(u), i64(u.numel), ptr(norm), f32(1e-7)]);
+    norm.free();
+    return u;
+  }
+
+  muonUpdate(param: Tensor, delta: Tensor, spec: MuonUpdateSpec): void {
+    if (param.numel !== delta.numel || param.dtype !== delta.dtype) throw new Error(`muonUpdate: ${describe(param)} from ${describe(delta)} (must match in size and dtype)`);
+    const sr = spec.stochasticRounding;
+    this.#k('optim.cu', `muon_update<${ctype(param)}, ${ctype(delta)}>`, [gridFor(param.numel)], 256, [
+      ptr(param), spec.master ? ptr(spec.master) : { ptr: 0n }, ptr(delta), i64(param.numel), f32(1 - spec.lr * spec.weightDecay), f32(spec.alpha),
+      ptr(spec.gradNorm), i32(sr ? 1 : 0), u32(sr?.seed ?? 0), u32(sr?.step ?? 0),
     ]);
   }
 

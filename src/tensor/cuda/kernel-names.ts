@@ -37,5 +37,6 @@ export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'loss.cu': ['ce_fwd_rows', 'ce_count', 'ce_finish', ...both(['ce_bwd_rows'])],
   'loss_sm90.cu': both(['ce_rows_sm90']),
   'rdep.cu': ['rdep_route_send', 'rdep_barrier', 'rdep_place', 'rdep_dispatch', 'rdep_return'],
-  'optim.cu': ['norm_finish', ...both(['sumsq_partial']), ...ADAMW_KERNELS],
+  'optim.cu': ['norm_finish', ...both(['sumsq_partial']), ...ADAMW_KERNELS, ...both(['muon_momentum']), 'scale_by_inverse_norm', 'muon_update<float, float>',
+    'muon_update<bf16, bf16>'],
 };

@@ -1,6 +1,6 @@
-// Global gradient norm (fixed-order partial sums) and the fused multi-tensor AdamW update with norm clipping and a
-// NaN guard: a non-finite norm leaves weights and moments untouched. Parameter and state dtypes are independent (fp32 or
-// bf16 each).
+// Global gradient norm (fixed-order partial sums), the fused multi-tensor AdamW update with norm clipping and a NaN
+// guard (a non-finite norm leaves weights and moments untouched; parameter and state dtypes are independent, fp32 or
+// bf16 each), and Muon's element-wise halves around its Newton-Schulz matmuls (src/optim/muon.ts).
 #include "common.cuh"
 
 // partial[b] = sum of squares of block b's grid-stride share of x. With `vec` (x 16-byte aligned, n a multiple of
@@ -64,6 +64,17 @@ struct AdamHyper {
   unsigned seed, step;
 };
 
+// A weight's stored form: rounded to nearest, or with `stochastic` (bf16 only) stochastically, with Philox bits keyed
+// by (seed, step) at element i, as the CPU backend draws them.
+template <typename P>
+__device__ __forceinline__ P round_weight(long i, float w, bool stochastic, unsigned seed, unsigned step) {
+  if (!stochastic || sizeof(P) != 2) return from_f32<P>(w);
+  unsigned c[4] = {(unsigned)i, (unsigned)((unsigned long long)i >> 32), step, 0u};
+  philox(c, seed, 0x5eedu);
+  const unsigned bits = __float_as_uint(w);
+  return ((bits & 0x7f800000u) == 0x7f800000u) ? from_f32<P>(w) : from_f32<P>(__uint_as_float((bits + (c[0] & 0xffffu)) & 0xffff0000u));
+}
+
 // One element: moments updated in place; returns the new weight, and its stored form in *out (rounded
 // stochastically with SR, which applies to bf16 params without masters only).
 template <bool SR, typename P>
@@ -72,14 +83,7 @@ __device__ __forceinline__ float adam_element(long i, float w, float g, float& m
   m = h.beta1 * m + (1.f - h.beta1) * g;
   v = h.beta2 * v + (1.f - h.beta2) * g * g;
   w = w * h.decay - h.step_size * (m / (sqrtf(v) / h.bc2_sqrt + h.eps));
-  if (SR && !has_master && sizeof(P) == 2) {
-    unsigned c[4] = {(unsigned)i, (unsigned)((unsigned long long)i >> 32), h.step, 0u};
-    philox(c, h.seed, 0x5eedu);
-    const unsigned bits = __float_as_uint(w);
-    *out = ((bits & 0x7f800000u) == 0x7f800000u) ? from_f32<P>(w) : from_f32<P>(__uint_as_float((bits + (c[0] & 0xffffu)) & 0xffff0000u));
-  } else {
-    *out = from_f32<P>(w);
-  }
+  *out = round_weight<P>(i, w, SR && !has_master, h.seed, h.step);
   return w;
 }
 
@@ -150,6 +154,40 @@ __global__ void __launch_bounds__(256, 4) adamw_multi(const AdamTensor<P, S>* te
   }
 }
 
+// Muon's momentum step for one matrix (fp32 momentum): u = nesterov ? g' + mu*m : m with m = mu*m + g', g' the clipped
+// gradient. A non-finite gradient norm leaves m untouched and writes zeros.
+template <typename T>
+__global__ void muon_momentum(const T* g, float* m, float* u, long n, float mu, int nesterov, const float* grad_norm, float max_norm) {
+  const float norm = *grad_norm;
+  const bool skip = !(fabsf(norm) <= 3.402823466e38f);
+  const float clip = max_norm > 0.f ? fminf(1.f, max_norm / (norm + 1e-6f)) : 1.f;
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    if (skip) { u[i] = 0.f; continue; }
+    const float gi = to_f32(g[i]) * clip, mi = mu * m[i] + gi;
+    m[i] = mi;
+    u[i] = nesterov ? gi + mu * mi : mi;
+  }
+}
+
+// x /= (norm + eps): Newton-Schulz starts from the momentum over its Frobenius norm.
+__global__ void scale_by_inverse_norm(float* x, long n, const float* norm, float eps) {
+  const float inverse = 1.f / (*norm + eps);
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] *= inverse;
+}
+
+// Muon's weight step: w = w * decay - alpha * delta, on the fp32 master when there is one (the param takes its
+// rounding). A non-finite gradient norm skips it.
+template <typename P, typename D>
+__global__ void muon_update(P* p, float* master, const D* delta, long n, float decay, float alpha, const float* grad_norm,
+                            int stochastic, unsigned seed, unsigned step) {
+  if (!(fabsf(*grad_norm) <= 3.402823466e38f)) return;
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    const float w = (master ? master[i] : to_f32(p[i])) * decay - alpha * to_f32(delta[i]);
+    if (master) master[i] = w;
+    p[i] = round_weight<P>(i, w, stochastic && !master, seed, step);
+  }
+}
+
 template __global__ void sumsq_partial<float>(const float*, long, float*, int);
 template __global__ void sumsq_partial<bf16>(const bf16*, long, float*, int);
 #define ADAMW(P, S, SR) template __global__ void adamw_multi<P, S, SR>(const AdamTensor<P, S>*, const long*, AdamGroups, const float*, float, unsigned, unsigned);
@@ -159,3 +197,7 @@ ADAMW(bf16, float, false)
 ADAMW(bf16, float, true)
 ADAMW(bf16, bf16, false)
 ADAMW(bf16, bf16, true)
+template __global__ void muon_momentum<float>(const float*, float*, float*, long, float, int, const float*, float);
+template __global__ void muon_momentum<bf16>(const bf16*, float*, float*, long, float, int, const float*, float);
+template __global__ void muon_update<float, float>(float*, float*, const float*, long, float, float, const float*, int, unsigned, unsigned);
+template __global__ void muon_update<bf16, bf16>(bf16*, float*, const bf16*, long, float, float, const float*, int, unsigned, unsigned);

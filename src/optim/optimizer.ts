@@ -1,7 +1,9 @@
 /**
- * AdamW over the reference's four parameter groups (inventory §5.1): experts (lr_expert, betas (beta1,
- * beta2_expert), decay), router (lr_router, no decay), dense with decay and dense without decay (lr_dense). Each
- * step takes the WSD learning rates, clips to the global gradient norm, and runs one fused multi-tensor update.
+ * The optimizer: AdamW over the reference's four parameter groups (inventory §5.1): experts (lr_expert, betas
+ * (beta1, beta2_expert), decay), router (lr_router, no decay), dense with decay and dense without decay (lr_dense);
+ * with optimizer = "muon", Muon (muon.ts) takes the 2-D dense weights with decay (and the routed experts with
+ * muon_experts) at their group's learning rate and decay. Each step takes the WSD learning rates, clips to the
+ * global gradient norm, and runs one fused multi-tensor AdamW update, then Muon matrix by matrix.
  *
  * Dense weights go through ZeRO-2 (zero2.ts): this rank updates only its shard, so its "slots" are the shard's
  * pieces of the dense parameters (whole parameters with one rank) plus its own experts. The gradient norm is taken
@@ -14,6 +16,7 @@ import type { ParamGroup, ParamStore } from '../model/params.ts';
 import type { AdamWGroup, Backend } from '../tensor/backend.ts';
 import { type Timer, untimed } from '../tensor/clock.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
+import { type MuonParam, type MuonSettings, muonStep, takesMuon } from './muon.ts';
 import { type WsdSchedule, wsdLr } from './schedule.ts';
 import { Zero2 } from './zero2.ts';
 
@@ -26,6 +29,15 @@ export interface Slot {
   end: number;
   value: Tensor;
   readonly grad: Tensor;
+}
+
+/** A slot Muon updates, with its state. */
+export interface MuonSlot {
+  slot: Slot;
+  /** f32, the slot's shape. */
+  momentum: Tensor;
+  /** fp32 copy of a bf16 weight (master_weights = "fp32"), else undefined. */
+  master: Tensor | undefined;
 }
 
 interface GroupState {
@@ -50,15 +62,19 @@ export interface StepResult {
   lr: Record<ParamGroup, number>;
 }
 
-export class AdamW {
+export class Optimizer {
+  /** AdamW's groups: every slot Muon does not take. */
   readonly groups: GroupState[];
+  /** Muon's slots, in parameter order; empty with optimizer = "adamw". */
+  readonly muon: MuonSlot[];
   readonly schedule: WsdSchedule;
   /** Completed optimizer steps (bias correction uses step + 1). */
   step = 0;
 
   /**
-   * Precision policy from the config: `optim_state_dtype` stores the moments in fp32 or bf16 (the reference);
-   * `master_weights` decides how bf16 weights take updates (fp32 masters, round to nearest, or stochastic).
+   * Precision policy from the config: `optim_state_dtype` stores the AdamW moments in fp32 or bf16 (the
+   * reference; Muon's momentum is fp32); `master_weights` decides how bf16 weights take updates (fp32 masters,
+   * round to nearest, or stochastic).
    */
   readonly zero: Zero2;
   /** Every slot in parameter order (the gradient norm's summation order, the same on every run). */
@@ -83,8 +99,13 @@ export class AdamW {
       dense_decay: { peakLr: cfg.lr_dense, beta2: cfg.adam_beta2, weightDecay: cfg.weight_decay },
       dense_no_decay: { peakLr: cfg.lr_dense, beta2: cfg.adam_beta2, weightDecay: 0 },
     };
+    const muonTakes = (x: Slot) => takesMuon(cfg, x.group, x.shape);
+    if (comm && comm.world > 1 && this.#slots.some(muonTakes)) throw new Error('Muon on several ranks is not built (config validation rejects it)');
+    this.muon = this.#slots.filter(muonTakes).map((slot) => ({
+      slot, momentum: b.zeros(slot.shape, 'f32'), master: masters ? b.empty(slot.shape, 'f32') : undefined,
+    }));
     this.groups = (Object.keys(settings) as ParamGroup[]).map((name) => {
-      const slots = this.#slots.filter((x) => x.group === name);
+      const slots = this.#slots.filter((x) => x.group === name && !muonTakes(x));
       return {
         name,
         slots,
@@ -97,8 +118,8 @@ export class AdamW {
   }
 
   /**
-   * Applies one update from the accumulated gradients: reduce-scatter (ZeRO-2), global norm, AdamW on this
-   * rank's slots, all-gather. `tokensSeen` counts global tokens before this step.
+   * Applies one update from the accumulated gradients: reduce-scatter (ZeRO-2), global norm, AdamW and Muon on
+   * this rank's slots, all-gather. `tokensSeen` counts global tokens before this step.
    */
   update(tokensSeen: number, timer: Timer<ZeroPhase> = untimed): StepResult {
     timer.time('zero2_reduce_scatter', () => this.zero.reduceScatter());
@@ -122,9 +143,22 @@ export class AdamW {
     });
     const stochastic = this.cfg.master_weights === 'bf16_sr' ? { stochasticRounding: { seed: this.cfg.seed } } : {};
     this.b.adamw(groups, { gradNorm, maxNorm: this.cfg.grad_clip_norm, ...stochastic });
+    const muonParams = this.muon.map(({ slot, momentum, master }): MuonParam => {
+      const group = this.groups.find((g) => g.name === slot.group)!;
+      return { value: slot.value, grad: slot.grad, momentum, master, lr: lr[slot.group], weightDecay: group.weightDecay };
+    });
+    muonStep(this.b, muonParams, gradNorm, this.step + 1, this.#muonSettings);
     timer.time('zero2_all_gather', () => this.zero.allGather());
     this.step++;
     return { gradNorm, lr };
+  }
+
+  get #muonSettings(): MuonSettings {
+    const { cfg } = this;
+    return {
+      momentum: cfg.muon_momentum, nesterov: cfg.muon_nesterov, nsSteps: cfg.muon_ns_steps, maxNorm: cfg.grad_clip_norm,
+      stochasticSeed: cfg.master_weights === 'bf16_sr' ? cfg.seed : null,
+    };
   }
 
   /** sqrt of the sum of squares over every rank's slots: each rank's norm, all-gathered, then their norm. */
@@ -142,10 +176,12 @@ export class AdamW {
   /** Copies the weights into the fp32 masters; call after the weights are initialised or loaded. */
   syncMasters(): void {
     for (const g of this.groups) g.master?.forEach((m, i) => this.b.convert(g.slots[i]!.value, m));
+    for (const x of this.muon) if (x.master) this.b.convert(x.slot.value, x.master);
   }
 
   free(): void {
     for (const g of this.groups) for (const t of [...g.expAvg, ...g.expAvgSq, ...(g.master ?? [])]) t.free();
+    for (const x of this.muon) for (const t of [x.momentum, ...(x.master ? [x.master] : [])]) t.free();
     this.zero.free();
   }
 }

@@ -1,8 +1,9 @@
 /**
  * The cluster files in deploy/: every Kubernetes manifest parses and validates against the Kubernetes API's schemas
- * (test/helpers/k8s-schema.ts) and wires nmoe's environment contract as docs/cluster.md says; the Dockerfiles pass
- * the linter (test/helpers/dockerfile-lint.ts); the Slurm script runs a real 2-node CPU job through stand-ins for
- * srun and scontrol. No container engine runs here, so no image is built (docs/cluster.md says what that leaves).
+ * (test/helpers/k8s-schema.ts) and wires nmoe's environment contract as docs/cluster.md says, and the training Job's
+ * launch command trains as two local "pods"; the Dockerfiles pass the linter (test/helpers/dockerfile-lint.ts); the
+ * Slurm script runs a real 2-node CPU job through stand-ins for srun and scontrol. No container engine runs here, so
+ * no image is built (docs/cluster.md says what that leaves).
  */
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -39,6 +40,29 @@ type Workload = Manifest & { spec: { completionMode?: string; completions?: numb
 type ServiceManifest = Manifest & { spec: { type?: string; clusterIP?: string; selector: Record<string, string>; ports: { port: number; targetPort?: string | number }[] } };
 
 const manifests = (file: string) => loadManifests(join(K8S, file));
+
+function run(command: string, args: string[], env: Record<string, string>, cwd = ROOT) {
+  return new Promise<{ code: number | null; out: string }>((resolve) => {
+    const child = spawn(command, args, { cwd, env: { ...BASE_ENV, ...env } });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.on('close', (code) => resolve({ code, out }));
+  });
+}
+
+/** tiny.toml for 2 steps on the CPU, its outputs under `out`: the 2-node walk-through of docs/cluster.md, shortened. */
+const tinyCpuRun = (out: string) => [
+  join(ROOT, 'configs/tiny.toml'), '--device=cpu', '--steps=2', '--log_every=1',
+  `--checkpoint_dir=${out}/ckpt`, `--metrics_dir=${out}/metrics`, `--experiments_db=${out}/experiments.db`,
+];
+
+/** Every rank wrote into one run: rank 1's file exists only if the two nodes' launchers formed one world. */
+function expectOneRunOfTwoRanks(out: string): void {
+  const [runId, ...others] = readdirSync(join(out, 'metrics'));
+  expect(others).toEqual([]);
+  expect(readdirSync(join(out, 'metrics', runId!)).sort()).toEqual(['rank_0.duckdb', 'rank_1.duckdb']);
+}
 const find = <T extends Manifest>(file: string, kind: string) => manifests(file).find((m) => m.kind === kind) as T;
 const envOf = (c: Container, name: string) => c.env?.find((e) => e.name === name);
 
@@ -145,6 +169,23 @@ describe('Kubernetes manifests', () => {
     expect(viz!.ports?.[0]?.containerPort).toBe(Number(args[args.indexOf('--port') + 1]));
   });
 
+  it("the Job's nmoe launch, run as its two pods on this machine (one CPU rank each), makes one run of 2 nodes", async () => {
+    const [train] = find<Workload>('train-indexed-job.yaml', 'Job').spec.template.spec.containers;
+    const launch = train!.args!.slice(0, train!.args!.findIndex((a, i) => i > 0 && !a.startsWith('--')));
+    const out = mkdtempSync(join(tmpdir(), 'nmoe-k8s-job-'));
+    const port = String(await freePort());
+    const pods = [0, 1].map((index) => {
+      // What the pod's env gives, with this machine standing in for pod 0's DNS name and the GPUs.
+      const env: Record<string, string> = Object.fromEntries((train!.env ?? []).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]));
+      Object.assign(env, { NODE_RANK: String(index), NPROC_PER_NODE: '1', MASTER_ADDR: '127.0.0.1', MASTER_PORT: port });
+      const args = launch.map((a) => a.replace(/\$\(([A-Z_0-9]+)\)/g, (_, name: string) => env[name]!));
+      return run(process.execPath, [join(ROOT, 'bin/nmoe.js'), ...args, ...tinyCpuRun(out)], env);
+    });
+    for (const pod of await Promise.all(pods)) expect(pod.code, pod.out).toBe(0);
+    expectOneRunOfTwoRanks(out);
+    rmSync(out, { recursive: true });
+  });
+
   it('the profiling Job runs nmoe bench train under nsys on one GPU, writing to the shared volume', () => {
     const [profile] = find<Workload>('profile-job.yaml', 'Job').spec.template.spec.containers;
     const script = profile!.args!.join(' ');
@@ -228,17 +269,11 @@ describe('Slurm: deploy/slurm/train.sbatch', () => {
   const work = mkdtempSync(join(tmpdir(), 'nmoe-slurm-'));
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-  const sbatch = (args: string[], env: Record<string, string>) => new Promise<{ code: number | null; out: string }>((resolve) => {
-    const child = spawn('bash', [SCRIPT, ...args], { cwd: work, env: { ...BASE_ENV, ...env } });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    child.on('close', (code) => resolve({ code, out }));
-  });
+  const sbatch = (args: string[], env: Record<string, string>) => run('bash', [SCRIPT, ...args], env, work);
 
   it('is valid bash', async () => {
-    const r = await new Promise<number | null>((resolve) => spawn('bash', ['-n', SCRIPT]).on('close', resolve));
-    expect(r).toBe(0);
+    const r = await run('bash', ['-n', SCRIPT], {});
+    expect(r.code, r.out).toBe(0);
   });
 
   it('without a config, prints its usage and exits 2', async () => {
@@ -267,20 +302,14 @@ describe('Slurm: deploy/slurm/train.sbatch', () => {
       'status=0; for pid in "${pids[@]}"; do wait "$pid" || status=$?; done; exit $status',
     ].join('\n'));
     const out = join(work, 'out');
-    const r = await sbatch(
-      [join(ROOT, 'configs/tiny.toml'), '--device=cpu', '--steps=2', '--log_every=1', `--checkpoint_dir=${out}/ckpt`, `--metrics_dir=${out}/metrics`, `--experiments_db=${out}/experiments.db`],
-      {
+    const r = await sbatch(tinyCpuRun(out), {
         PATH: `${bin}:${process.env.PATH}`,
         NMOE: join(ROOT, 'bin/nmoe.js'),
         NPROC_PER_NODE: '1',
         MASTER_PORT: String(await freePort()),
-        SLURM_JOB_ID: '77', SLURM_JOB_NUM_NODES: '2', SLURM_NNODES: '2', SLURM_JOB_NODELIST: 'node[1-2]', SLURM_PROCID: '0', SLURM_NTASKS: '2',
-      },
-    );
+      SLURM_JOB_ID: '77', SLURM_JOB_NUM_NODES: '2', SLURM_NNODES: '2', SLURM_JOB_NODELIST: 'node[1-2]', SLURM_PROCID: '0', SLURM_NTASKS: '2',
+    });
     expect(r.code, r.out).toBe(0);
-    // Both nodes' ranks wrote into one run: rank 1 exists only if the two launchers formed one world of 2.
-    const [run, ...others] = readdirSync(join(out, 'metrics'));
-    expect(others).toEqual([]);
-    expect(readdirSync(join(out, 'metrics', run!)).sort()).toEqual(['rank_0.duckdb', 'rank_1.duckdb']);
+    expectOneRunOfTwoRanks(out);
   });
 });

@@ -33,7 +33,8 @@ RUN ln -s /opt/nmoe/bin/nmoe.js /usr/local/bin/nmoe \
 # nmoe viz never writes here, but mount it read-write: SQLite cannot open the run registry (a WAL database) on a
 # read-only mount once its writer has closed it.
 VOLUME /data
-USER nmoe:nmoe
+# The nmoe user, by number so that Kubernetes' runAsNonRoot can tell it is not root.
+USER 10001:10001
 EXPOSE 3000
 # Loopback, so the server's Host check stays on (docs/cluster.md): reach it with `kubectl port-forward` or
 # `docker run -p 127.0.0.1:3000:3000 … --host 0.0.0.0` on a trusted machine.

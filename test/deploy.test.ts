@@ -202,7 +202,7 @@ describe('Dockerfiles', () => {
     expect(lintDockerfile(file, read(file), ROOT, contextHas)).toEqual([]);
   });
 
-  it('the linter catches unpinned and :latest bases, ADD, unchecked downloads, root, no health check, fat apt layers, missing files', () => {
+  it('the linter catches unpinned and :latest bases, ADD, unchecked downloads, root, no health check, fat apt layers, missing files, trailing comments', () => {
     const bad = [
       'FROM ubuntu',
       'FROM node:latest AS app',
@@ -217,6 +217,7 @@ describe('Dockerfiles', () => {
       'FROM app AS quiet',
       'USER root',
       'HEALTHCHECK NONE',
+      'WORKDIR /data # where runs go',
     ].join('\n');
     expect(lintDockerfile('bad.Dockerfile', bad, ROOT, contextHas).map((p) => p.replace(/\. Fix: .*/, ''))).toEqual([
       'bad.Dockerfile:1: FROM ubuntu has no tag, so it means whatever :latest is on the day of the build',
@@ -229,6 +230,7 @@ describe('Dockerfiles', () => {
       'bad.Dockerfile:6: apt-get install leaves the package lists in the layer',
       'bad.Dockerfile:7: COPY no-such-file: no such file in the repository',
       'bad.Dockerfile:8: COPY node_modules: .dockerignore leaves it out of the build context',
+      'bad.Dockerfile:14: WORKDIR /data # where runs go: a # after an instruction is no comment in a Dockerfile, it becomes part of the value',
       'bad.Dockerfile:2: stage app runs as root: it sets no USER',
       'bad.Dockerfile:2: stage app has no HEALTHCHECK',
       'bad.Dockerfile:12: stage quiet ends as root (USER root)',

@@ -26,6 +26,9 @@ interface Stage {
 const DOWNLOAD = /\b(curl|wget)\b[^\n;&|]*https?:\/\//;
 const PIPED_TO_SHELL = new RegExp(`${DOWNLOAD.source}[^|;&]*\\|\\s*(ba)?sh\\b`);
 
+/** Instructions whose arguments are shell code (or JSON of it), where `#` may legitimately appear. */
+const SHELL_FORMS = new Set(['RUN', 'CMD', 'ENTRYPOINT', 'HEALTHCHECK']);
+
 /** `FROM [--platform=…] image [AS name]` */
 const FROM_ARGS = /^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$/i;
 
@@ -97,6 +100,9 @@ export function lintDockerfile(file: string, text: string, repoRoot: string, con
       const tag = image.includes('@sha256:') ? 'digest' : /:([^/:]+)$/.exec(image)?.[1];
       if (tag === undefined) at(ins, `FROM ${image} has no tag, so it means whatever :latest is on the day of the build. Fix: pin a version tag or a digest (@sha256:…)`);
       else if (tag === 'latest') at(ins, `FROM ${image} uses :latest, which moves. Fix: pin a version tag or a digest (@sha256:…)`);
+    }
+    if (!SHELL_FORMS.has(ins.keyword) && /\s#/.test(ins.args)) {
+      at(ins, `${ins.keyword} ${ins.args}: a # after an instruction is no comment in a Dockerfile, it becomes part of the value. Fix: move the comment to a line of its own above`);
     }
     if (ins.keyword === 'ADD') at(ins, 'ADD fetches URLs and unpacks archives unchecked. Fix: COPY local files; download with curl and check the SHA-256');
     if (ins.keyword === 'COPY' && !ins.args.startsWith('--from=')) {

@@ -79,9 +79,9 @@ function inherited(all: Stage[], stage: Stage, keyword: string): Instruction | u
 }
 
 /**
- * Every rule's findings, `file:line: problem. Fix: …`. `scripts` reads a file the Dockerfile copies in, so that a
- * download in a script it runs is held to the same rule as one in a RUN line; `contextHas` says whether the build
- * context (after .dockerignore) holds a path.
+ * Every rule's findings, `file:line: problem. Fix: …`; none for a clean Dockerfile. A script that the Dockerfile
+ * copies in from `repoRoot` and runs is held to the same download rule as a RUN line. `contextHas` says whether the
+ * build context (after .dockerignore) holds a path.
  */
 export function lintDockerfile(file: string, text: string, repoRoot: string, contextHas: (path: string) => boolean): string[] {
   const instructions = parseDockerfile(text);
@@ -132,11 +132,12 @@ export function lintDockerfile(file: string, text: string, repoRoot: string, con
   // The stages people run: those with an entrypoint of their own or inherited.
   for (const stage of all.filter((s) => inherited(all, s, 'ENTRYPOINT'))) {
     const { from } = stage;
+    const name = stage.name ?? `of line ${from.line}`;
     const user = inherited(all, stage, 'USER');
-    if (!user) at(from, `stage ${stage.name} runs as root: it sets no USER. Fix: create a user and switch to it with USER`);
-    else if (/^(root|0)(:|$)/.test(user.args)) at(user, `stage ${stage.name} ends as root (USER ${user.args}). Fix: switch back to the unprivileged user`);
+    if (!user) at(from, `stage ${name} runs as root: it sets no USER. Fix: create a user and switch to it with USER`);
+    else if (/^(root|0)(:|$)/.test(user.args)) at(user, `stage ${name} ends as root (USER ${user.args}). Fix: switch back to the unprivileged user`);
     const health = inherited(all, stage, 'HEALTHCHECK');
-    if (!health) at(from, `stage ${stage.name} has no HEALTHCHECK. Fix: add one, or HEALTHCHECK NONE with a comment saying why`);
+    if (!health) at(from, `stage ${name} has no HEALTHCHECK. Fix: add one, or HEALTHCHECK NONE with a comment saying why`);
     else if (health.args.trim() === 'NONE' && health.comment.join('').trim() === '') {
       at(health, `HEALTHCHECK NONE without a reason. Fix: say in a comment right above it why the image has no health check`);
     }

@@ -100,7 +100,7 @@ describe('Kubernetes manifests', () => {
     expect(problems).toEqual(expect.arrayContaining([
       'Job/nmoe-train: spec/completions must be integer',
       'Job/nmoe-train: spec/completionMode must be equal to one of the allowed values',
-      "Job/nmoe-train: spec/template/spec/containers/0 must have required property name",
+      'Job/nmoe-train: spec/template/spec/containers/0 must have required property name',
       'Job/nmoe-train: spec/parralelism is not a field of the Kubernetes API',
       'Job/nmoe-train: spec/template/spec/containers/0/resourcez is not a field of the Kubernetes API',
       'Job/nmoe-train: spec/template/spec/volumes/0/emptyDir/sizeLimt is not a field of the Kubernetes API',

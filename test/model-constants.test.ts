@@ -5,17 +5,17 @@
  * value is computed in this file, in plain JS, from the reference's definitions, never by calling the helper the
  * model uses (no outputStd, no EMBED_SCALE in the expectation):
  *
- *  1. init (inventory §3.2): embedding N(0, 0.02); lm_head trunc_normal(0, dim^-0.5); every norm weight 1; router
+ *  1. the reference's init: embedding N(0, 0.02); lm_head trunc_normal(0, dim^-0.5); every norm weight 1; router
  *     bias 0; input projections (wq_a, wq_b, wkv_a, wkv_b, MLP and shared-expert w1/w3) N(0, 0.02); output
  *     projections (wo, MLP and shared-expert w2), router gates and ALL expert weights W1/W3/W2
  *     N(0, 0.02 / sqrt(2 (layer + 1))).
- *  2. x = embedding(tokens) * 10.667 and logits = lm_head(norm(x)) * 0.125 (inventory §3.1/§3.3), through the
- *     whole Transformer.forward, and route_scale multiplying the router logits BEFORE the sigmoid (§3.6).
- *  3. the router (§3.6): scores = sigmoid(route_scale * x W_gate^T); top-K of score + bias (bias selects only);
+ *  2. x = embedding(tokens) * 10.667 and logits = lm_head(norm(x)) * 0.125 (the reference's fixed scale factors),
+ *     through the whole Transformer.forward, and route_scale multiplying the router logits BEFORE the sigmoid.
+ *  3. the reference's router: scores = sigmoid(route_scale * x W_gate^T); top-K of score + bias (bias selects only);
  *     gates = chosen scores / their sum (always renormalised); MoE out = sum_k gate_k expert_k(x) + shared(x).
- *  4. parameter counts against the inventory's §2.2 table (moonlet 7.36B / 1.84B, moonlight 16.16B / 3.11B) and
+ *  4. parameter counts from the reference's modules (moonlet 7.36B / 1.84B, moonlight 16.16B / 3.11B) and
  *     docs/training.md's tiny row (467.3K / 246.1K, 1.87M FLOPs/token), and flopsPerToken against the reference's
- *     `_num_flops_per_token` (§6.4): 6 (N_dense - N_emb + N_sparse_active) + 6 L H (d_nope + d_rope + d_v) S.
+ *     `_num_flops_per_token`: 6 (N_dense - N_emb + N_sparse_active) + 6 L H (d_nope + d_rope + d_v) S.
  */
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -36,7 +36,7 @@ function load(name: string, overrides: string[] = []): ModelConfig {
   return modelConfig(loadConfig(configPath(name), { overrides, env: {}, worldSize: 1 }).config);
 }
 
-/** The reference's init, written out from inventory §3.2 (deliberately not spec.ts's outputStd). */
+/** The reference's init_weights, written out by hand (deliberately not spec.ts's outputStd). */
 type Expected = { kind: 'ones' } | { kind: 'zeros' } | { kind: 'normal'; std: number };
 function referenceInit(name: string, dim: number): Expected {
   const depth = (layer: string) => 0.02 / Math.sqrt(2 * (Number(layer) + 1));
@@ -68,7 +68,7 @@ async function values(t: Tensor): Promise<Float32Array> {
   return (await cpu.read(t)) as Float32Array;
 }
 
-describe('init scheme (tiny config, inventory §3.2)', () => {
+describe('init scheme of the reference (tiny config)', () => {
   it('every tensor has the reference distribution: exact ones/zeros, and N(0, std) within sampling error', async () => {
     const cfg = load('tiny');
     const model = new Transformer(cpu, cfg);
@@ -122,7 +122,7 @@ describe('init scheme (tiny config, inventory §3.2)', () => {
   });
 });
 
-describe('input and output scales through Transformer.forward (inventory §3.1, §3.3)', () => {
+describe('input and output scales (embedding * 10.667, logits * 0.125) through Transformer.forward', () => {
   it('x0 = embedding * 10.667 and loss = CE(norm(x) @ lm_head^T * 0.125), computed by hand', async () => {
     // dim 32, so that 0.125 differs from dim^-0.5 (0.177) and from 1/sqrt(d_head).
     const cfg = load('tiny', ['--dim=32', '--seq_len=4', '--batch_size=2']);
@@ -179,7 +179,7 @@ describe('input and output scales through Transformer.forward (inventory §3.1, 
   });
 });
 
-describe('router (inventory §3.6)', () => {
+describe('router (route_scale before the sigmoid, bias for selection only, renormalised gates)', () => {
   // 2 tokens, 4 experts, top-2, route_scale 2.446 (moonlet's). Hand-made so the bias changes the selection.
   const routeScale = 2.446;
   const logits = [
@@ -271,7 +271,7 @@ describe('router (inventory §3.6)', () => {
   });
 });
 
-/** Parameter counts from the reference's module list (inventory §3.1, §3.5 MLA, §3.7), written out independently. */
+/** Parameter counts from the reference's module list (Transformer, MLA, MoE), written out independently. */
 function referenceCounts(c: ModelConfig) {
   const D = c.dim, H = c.n_heads, qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
   const attention = D * c.q_lora_rank + c.q_lora_rank + c.q_lora_rank * H * qk // wq_a, q_norm, wq_b
@@ -287,16 +287,16 @@ function referenceCounts(c: ModelConfig) {
     nonExpert,
     total: nonExpert + moeLayers * c.n_routed_experts * expert,
     active: nonExpert + moeLayers * c.n_activated_experts * expert,
-    // inventory §6.4: N_dense here includes the router gates and shared experts that the reference books under
-    // N_sparse_active; the sum is the same. N_emb is the input embedding only (lm_head stays in).
+    // N_dense here includes the router gates and shared experts, which the reference's _num_flops_per_token books
+    // under N_sparse_active; the sum is the same. N_emb is the input embedding only (lm_head stays in).
     flops: 6 * (nonExpert - c.vocab_size * D + moeLayers * c.n_activated_experts * expert)
       + 6 * c.n_layers * H * (qk + c.v_head_dim) * c.seq_len,
   };
 }
 
-describe('parameter counts and FLOPs/token (inventory §2.2, §6.4; docs/training.md)', () => {
+describe('parameter counts and FLOPs/token by the reference formulas (docs/training.md)', () => {
   const cases = [
-    // name, printed total, printed active (inventory §2.2 "total / active params (derived)"), divisor
+    // name, printed total, printed active (derived from the reference's module list), divisor
     ['moonlet', '7.36', '1.84', 1e9],
     ['moonlight', '16.16', '3.11', 1e9],
     ['tiny', '467.3', '246.1', 1e3], // docs/training.md "The embedded default": 467.3K parameters, 246.1K active

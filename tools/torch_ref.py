@@ -12,7 +12,7 @@ no code with nmoe: only the files. Given
 it computes the loss of one forward pass and the gradient of every trainable parameter, and writes `loss` (F32 [1])
 and `grad.<name>` (F32, the parameter's shape) to --out.
 
-The model (inventory section 3; the same as src/model):
+The model (the reference's, as src/model implements it):
   x = embedding(ids) * 10.667
   each block: x += attn(rmsnorm(x)); x += ffn(rmsnorm(x))         ffn = SwiGLU MLP below n_dense_layers, else MoE
   MLA: q = wq_b(q_norm(wq_a x)) (or wq x when q_lora_rank = 0) per head [q_nope | q_pe];

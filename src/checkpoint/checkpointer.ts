@@ -1,11 +1,11 @@
 /**
- * Asynchronous checkpoint saving (inventory §7.2). `save` takes a snapshot already copied off the device and
- * queues it; the checkpoint thread writes the whole step (step-writer.ts) while training goes on: encoding
- * gigabytes of fp32 as bf16 and hashing them is seconds of CPU for a large rank file, and each file operation on
- * the main thread would wait for the training loop to yield. The tensors move to the thread (their buffers are
- * transferred, not copied, where the snapshot owns them). The thread starts with the Checkpointer, so its start-up
- * (tsx registering and compiling the writer's modules: 0.3 s on an idle 2-core machine, seconds on a busy one) is
- * over before the first save.
+ * Asynchronous checkpoint saving, as the reference's: the writer thread never touches live device tensors. `save` takes
+ * a snapshot already copied off the device and queues it; the checkpoint thread writes the whole step (step-writer.ts)
+ * while training goes on: encoding gigabytes of fp32 as bf16 and hashing them is seconds of CPU for a large rank file,
+ * and each file operation on the main thread would wait for the training loop to yield. The tensors move to the thread
+ * (their buffers are transferred, not copied, where the snapshot owns them). The thread starts with the Checkpointer,
+ * so its start-up (tsx registering and compiling the writer's modules: 0.3 s on an idle 2-core machine, seconds on a
+ * busy one) is over before the first save.
  *
  * The queue is bounded: when `maxQueue` saves are pending, `save` waits for the oldest instead of dropping one. The
  * folder is created and test-written at construction, so a bad `checkpoint_dir` stops the run before its first

@@ -1,5 +1,6 @@
 /**
- * Checkpoint directory layout (inventory §7.1, safetensors and JSON instead of pickles):
+ * Checkpoint directory layout: the reference's split (replicated dense state from rank 0, one file per rank, a
+ * manifest, the tracker written last), with safetensors and JSON instead of its rd.pt / dp_rank_RRR.pt pickles:
  *
  *   {checkpoint_dir}/latest_checkpointed_iteration.txt   newest complete step; written last
  *   {checkpoint_dir}/iter_NNNNNNN/dense.safetensors      rank 0: every non-expert weight and buffer (router bias)

@@ -1,8 +1,8 @@
 /**
- * `nmoe data ...`: prep (corpus -> token shards), verify, info, inspect, regenerate-index and dedup, with the
- * reference's flag names and defaults (inventory §1.2). The work lives in src/data; this file parses flags, shows
- * progress and prints reports. Problems found in data (missing or corrupt shards, checksum mismatches, double
- * EOS) end with exit code 2 after the full report.
+ * `nmoe data ...`: prep (corpus -> token shards), verify, info, inspect, regenerate-index and dedup, with the flag
+ * names and defaults of the reference's `nmoe.data.cli`. The work lives in src/data; this file parses flags, shows
+ * progress and prints reports. Problems found in data (missing or corrupt shards, checksum mismatches, double EOS) end
+ * with exit code 2 after the full report.
  */
 import { CommanderError, InvalidArgumentError, Option, type Command } from 'commander';
 import pc from 'picocolors';

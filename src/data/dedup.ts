@@ -1,5 +1,5 @@
 /**
- * Near-duplicate removal, keep-first, with the reference's parameters (inventory §8.5): character shingles of 13
+ * Near-duplicate removal, keep-first, with the defaults of the reference's `dedup` command: character shingles of 13
  * over normalised text, a 128-permutation MinHash signature, LSH with 32 bands of 4 rows, and a document dropped when
  * its estimated Jaccard similarity to an earlier kept one reaches 0.82. Hashing differs from the reference (32-bit
  * murmur-style mixing instead of blake2b-64 and (a·x+b) mod 2^61-1) so the signatures are not bit-equal to its

@@ -1,8 +1,8 @@
 /**
- * The .idx document index beside each shard (inventory §8.1): a 32-byte little-endian header (magic "NMOEIDX\0",
- * version 1, document count, reserved 0), then one (start, end) uint64 pair per document, in tokens, end exclusive
- * and including the document's EOS. `regenerateIndex` rebuilds it from a shard by scanning for EOS in chunks, so
- * a shard of any size is indexed in bounded memory.
+ * The .idx document index beside each shard, as the reference writes it (struct "<8sQQQ"): a 32-byte little-endian
+ * header (magic "NMOEIDX\0", version 1, document count, reserved 0), then one (start, end) uint64 pair per document, in
+ * tokens, end exclusive and including the document's EOS. `regenerateIndex` rebuilds it from a shard by scanning for
+ * EOS in chunks, so a shard of any size is indexed in bounded memory.
  */
 import { closeSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dataError } from './errors.ts';

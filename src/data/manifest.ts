@@ -1,5 +1,5 @@
 /**
- * manifest.json: the reference's fields in the reference's order (inventory §8.1), so its `load_manifest` reads
+ * manifest.json: the reference's fields in its order (as `Manifest` below lists them), so its `load_manifest` reads
  * ours, plus nmoe's stamps (tokenizer name, hash and version, schema version, creator version). Readers accept the
  * reference's manifests, which lack the stamps. Every JSON file is written atomically: a temp file, then rename.
  * `verifyManifest` checks that every shard and index exists and, on request, re-hashes each shard.

@@ -1,6 +1,6 @@
 /**
- * The tasks nmoe knows how to read and score: each turns a dataset row (the Hub schema of that dataset) into an
- * item, with the reference's prompt formats (nmoe/eval/adapters.py; inventory §11.1) and random-guess baselines:
+ * The tasks nmoe knows how to read and score: each turns a dataset row (the Hub schema of that dataset) into an item,
+ * with the reference's prompt formats (nmoe/eval/adapters.py) and random-guess baselines:
  *
  *   MC (MMLU, MMLU-Pro, ARC, OpenBookQA)  "{q}\nChoices:\nA. …\nB. …\nAnswer:"
  *   HellaSwag                             "{ctx}\nEnding:"

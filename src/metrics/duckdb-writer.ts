@@ -1,7 +1,7 @@
 /**
- * The reference's metrics store (inventory §9.1): one DuckDB file per rank, `{metrics_dir}/{run}/rank_{r}.duckdb`,
- * one table `metrics(run, tag, step, ts_ms, value)` keyed by (run, tag, step), rows upserted with INSERT OR REPLACE
- * (so steps replayed after a resume overwrite, never duplicate).
+ * The reference's metrics store: one DuckDB file per rank (no two writers share a file),
+ * `{metrics_dir}/{run}/rank_{r}.duckdb`, one table `metrics(run, tag, step, ts_ms, value)` keyed by (run, tag, step),
+ * rows upserted with INSERT OR REPLACE (so steps replayed after a resume overwrite, never duplicate).
  *
  * Readable while training. DuckDB lets one process hold a file for writing, and a writer and a reader exclude each
  * other (`Could not set lock on file ... Conflicting lock is held in <program> (PID n)`). So the writer never holds

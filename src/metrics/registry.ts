@@ -1,7 +1,7 @@
 /**
- * The run registry (inventory §9.2): SQLite with the reference's schema (`experiments`, `runs`), WAL journal
- * (DELETE where the filesystem refuses WAL) and a busy timeout, so `nmoe runs` and a dashboard can read while
- * training writes. Only rank 0 writes, and only at a run's start and end (never on the training hot path).
+ * The run registry, as the reference's nmoe/experiments.py keeps it: SQLite with its schema (`experiments`, `runs`),
+ * WAL journal (DELETE where the filesystem refuses WAL) and a busy timeout, so `nmoe runs` and a dashboard can read
+ * while training writes. Only rank 0 writes, and only at a run's start and end (never on the training hot path).
  *
  * A run's id is the trainer's run id; a resumed run keeps its id, so its row goes back to `running` and ends again
  * (the reference refuses a duplicate id). Each run's experiment row is created if missing, so `runs` never points

@@ -1,5 +1,5 @@
 /**
- * Router health from one step's expert loads, with the reference's definitions (inventory §9.1): on load
+ * Router health from one step's expert loads, with the reference's definitions (its router/layer_NN/* tags): on load
  * fractions l, cv = std(l)/mean(l) in %, entropy = -sum l ln l (nats), experts_active = #(l > 0),
  * max_load = max(l) in %, bias_range = max(bias) - min(bias).
  */

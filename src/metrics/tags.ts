@@ -1,6 +1,6 @@
 /**
- * The reference's metric tags (inventory §9.1) from one log record. Rank 0 writes core, router and GPU tags; every
- * rank writes its `r{rank}` tags. Router layers are numbered by ordinal among MoE layers, two digits.
+ * The metric tags the reference writes on a log step, from one log record. Rank 0 writes core, router and GPU tags;
+ * every rank writes its `r{rank}` tags. Router layers are numbered by ordinal among MoE layers, two digits.
  *
  * Differences, on purpose: `optimizer/grad_norm` is an nmoe addition; on the CPU the memory tags hold the process's
  * resident set (current) and its peak, since there is no device allocator; `time_ms/r{rank}/zero2_*` are 0 on one

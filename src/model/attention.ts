@@ -1,10 +1,10 @@
 /**
  * Attention blocks, forward and backward.
  *
- * MLA (DeepSeek-V2/V3, inventory §3.5): q = wq_b(q_norm(wq_a x)) (or wq x when q_lora_rank = 0), split per head
- * into [q_nope | q_pe]; wkv_a x = [c_kv | k_pe] with one rope key shared by all heads; k_nope and v come from
- * wkv_b(kv_norm(c_kv)). RoPE rotates q_pe and k_pe; softmax scale is (d_nope + d_rope)^-1/2 (no YaRN mscale, as the
- * reference). MHA: plain q/k/v projections with RoPE on the last qk_rope_head_dim dims of each q and k head.
+ * MLA (DeepSeek-V2/V3, dense causal, as the reference's): q = wq_b(q_norm(wq_a x)) (or wq x when q_lora_rank = 0),
+ * split per head into [q_nope | q_pe]; wkv_a x = [c_kv | k_pe] with one rope key shared by all heads; k_nope and v come
+ * from wkv_b(kv_norm(c_kv)). RoPE rotates q_pe and k_pe; softmax scale is (d_nope + d_rope)^-1/2 (no YaRN mscale, as
+ * the reference). MHA: plain q/k/v projections with RoPE on the last qk_rope_head_dim dims of each q and k head.
  *
  * Shapes: T = batch*seq tokens, D dim, H heads, dqk = d_nope + d_rope, dv.
  */

@@ -1,8 +1,8 @@
 /**
- * Feed-forward blocks, forward and backward: the dense SwiGLU MLP w2(silu(w1 x) * w3 x), and the MoE layer
- * (inventory §3.6-3.7): sigmoid router with route_scale applied before the sigmoid, top-K on score + bias,
- * renormalised gates; routed experts as SwiGLU over tokens grouped by expert; shared experts as one fused MLP added
- * to the routed output. Legend: T tokens, D dim, E experts, K top-k, N = T*K rows, F expert hidden.
+ * Feed-forward blocks, forward and backward: the dense SwiGLU MLP w2(silu(w1 x) * w3 x), and the MoE layer as the
+ * reference's Router and MoE: sigmoid router with route_scale applied before the sigmoid, top-K on score + bias,
+ * renormalised gates; routed experts as SwiGLU over tokens grouped by expert; shared experts as one fused MLP added to
+ * the routed output. Legend: T tokens, D dim, E experts, K top-k, N = T*K rows, F expert hidden.
  */
 import type { ExpertRoute } from '../tensor/expert-exchange.ts';
 import type { MoePlan } from '../tensor/backend.ts';

@@ -1,5 +1,5 @@
 /**
- * Training FLOPs per token by the reference's formula (inventory §6.4), so TFLOPS figures compare across the two:
+ * Training FLOPs per token by the reference's `_num_flops_per_token`, so TFLOPS figures compare across the two:
  *   6 * (N_dense - N_embedding + N_sparse_active) + 6 * L * H * (d_nope + d_rope + d_v) * seq_len
  * N_dense counts every non-expert parameter (attention, norms, dense and shared MLPs, router gates, lm_head);
  * N_sparse_active = MoE layers * K * 3 * dim * moe_inter_dim (the routed experts one token actually uses).

@@ -1,13 +1,13 @@
 /**
  * The parameter store: every weight (and the router-bias buffers) by name, with its shape, its initialiser, its
  * optimizer group, and its gradient. Names follow the reference's module paths (`blocks.3.attn.wq_a.weight`,
- * `blocks.3.ffn.W1`), which also decide the optimizer groups exactly as the reference's rules do (inventory §5.1).
+ * `blocks.3.ffn.W1`), which also decide the optimizer groups by the reference's rules (`paramGroup`).
  *
- * Init (inventory §3.2): embedding N(0, 0.02); lm_head N(0, dim^-0.5) clamped to ±2 (torch's trunc_normal bounds
- * are absolute); norms 1; input projections N(0, 0.02); output projections, router gates and all expert weights
- * N(0, 0.02 / sqrt(2 (layer + 1))). Each tensor draws from its own Philox stream keyed by (seed, name), and expert
- * tensors index the stream by GLOBAL expert, so every expert starts different (the reference gives each rank's
- * local experts identical copies) and a rank's slice equals the same experts on one GPU.
+ * Init, as the reference's init_weights: embedding N(0, 0.02); lm_head N(0, dim^-0.5) clamped to ±2 (torch's
+ * trunc_normal bounds are absolute); norms 1; input projections N(0, 0.02); output projections, router gates and all
+ * expert weights N(0, 0.02 / sqrt(2 (layer + 1))). Each tensor draws from its own Philox stream keyed by (seed, name),
+ * and expert tensors index the stream by GLOBAL expert, so every expert starts different (the reference gives each
+ * rank's local experts identical copies) and a rank's slice equals the same experts on one GPU.
  */
 import type { Backend } from '../tensor/backend.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';

@@ -1,5 +1,5 @@
 /**
- * RoPE tables, computed on the host exactly as the reference does (inventory §3.4): NeoX half split,
+ * RoPE tables, computed on the host exactly as the reference's RotaryEmbedding does: NeoX half split,
  * freq_i = theta^(2i/d), and for rope_scaling_factor s > 1 the YaRN / NTK-by-parts blend with concentration
  * 0.1 ln(s) + 1 folded into cos and sin. Tables cover 2 * max_position_embeddings positions.
  */

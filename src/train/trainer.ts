@@ -1,8 +1,8 @@
 /**
- * The training loop (inventory §6.3): one micro-batch per step, WSD learning rates, forward, backward, a clipped
- * AdamW update, then the aux-loss-free router-bias update from this step's expert loads. Every `log_every` steps
- * (and on the first and last) it reads back loss, grad norm and router loads and reports them; other steps read
- * only the loss, which guards against divergence.
+ * The training loop, in the reference's order: one micro-batch per step (no gradient accumulation), WSD learning rates,
+ * forward, backward, a clipped AdamW update, then the aux-loss-free router-bias update from this step's expert loads.
+ * Every `log_every` steps (and on the first and last) it reads back loss, grad norm and router loads and reports them;
+ * other steps read only the loss, which guards against divergence.
  *
  * Divergence: a non-finite gradient norm makes the optimizer skip the update on the device, so when the loss comes
  * back NaN or Inf the weights still hold the last good state; the run then stops with an error naming the step.

@@ -1,7 +1,8 @@
 /**
- * The dashboard's JSON API: one type per response, shared by the server (src/viz/server) and the web app
- * (src/viz/web), so the two cannot drift apart. Route names and parameters follow the reference's NVIZ (inventory
- * §10.2). Every route is GET, answers JSON, and never writes. Errors are `ApiError` with a 4xx/5xx status.
+ * The dashboard's JSON API: one type per response, shared by the server (src/viz/server) and the web app (src/viz/web),
+ * so the two cannot drift apart. Route names and parameters follow the reference's NVIZ dashboard (/api/tags and
+ * /api/router/heatmap are nmoe's own). Every route is GET, answers JSON, and never writes. Errors are `ApiError` with a
+ * 4xx/5xx status.
  *
  * Conventions: `run` is a run directory name under the metrics dir (`^[A-Za-z0-9._-]+$`); dataset `path`s are
  * relative to the data root; steps are integers; `ts_ms` is milliseconds since the epoch; values that a run has not

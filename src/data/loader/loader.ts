@@ -1,10 +1,10 @@
 /**
- * "Global stream, local slice" (inventory §8.4), as the reference's DeterministicLoader: each step walks all
- * batch_size global sequences; before each it advances the stage once every source met its quota, then picks a
- * source by smooth weighted round-robin (skipping sources at quota) and moves that source's cursor by seq_len + 1;
- * only the sequences in this rank's slice are read. Every rank therefore holds the same state, which is the
- * reference's state_dict plus a plan hash and a pass count (when the last stage is used up the plan starts again
- * from its first stage, with the sources rewound: the data wraps instead of ending).
+ * "Global stream, local slice", the reference's DeterministicLoader: each step walks all batch_size global sequences;
+ * before each it advances the stage once every source met its quota, then picks a source by smooth weighted round-robin
+ * (skipping sources at quota) and moves that source's cursor by seq_len + 1; only the sequences in this rank's slice
+ * are read. Every rank therefore holds the same state, which is the reference's state_dict plus a plan hash and a pass
+ * count (when the last stage is used up the plan starts again from its first stage, with the sources rewound: the data
+ * wraps instead of ending).
  *
  * Prefetch: the next `prefetch` steps are planned ahead and read on libuv's thread pool while the current step
  * trains. `state()` is always the state after the last batch handed out, never after a prefetched one, so saving

@@ -1,9 +1,9 @@
 /**
- * Mixture + flow TOMLs -> a data plan (inventory §8.3), computed exactly as the reference's resolve_plan: the flow's
- * token budget (tokens_b, tokens_b_ratio x active_params_b, or scale), per stage the sequence quotas split over the
- * sources by largest remainder, SWRR weights in fixed point (1e6, Python's round-half-even), and a plan hash that is
- * sha256 of Python's `json.dumps(plan, sort_keys=True)`, reproduced byte for byte (float reprs, ASCII escapes), so
- * the same TOMLs give the reference's plan_hash. `${NMOE_*}` / `${HYDRA_*}` in strings expand as in its load_toml.
+ * Mixture + flow TOMLs -> a data plan, computed exactly as the reference's resolve_plan: the flow's token budget
+ * (tokens_b, tokens_b_ratio x active_params_b, or scale), per stage the sequence quotas split over the sources by
+ * largest remainder, SWRR weights in fixed point (1e6, Python's round-half-even), and a plan hash that is sha256 of
+ * Python's `json.dumps(plan, sort_keys=True)`, reproduced byte for byte (float reprs, ASCII escapes), so the same TOMLs
+ * give the reference's plan_hash. `${NMOE_*}` / `${HYDRA_*}` in strings expand as in its load_toml.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';

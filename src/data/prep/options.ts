@@ -1,7 +1,7 @@
 /**
- * `nmoe data prep` settings: the reference's flags with the reference's defaults (inventory §1.2), checked up
- * front. `outputParams` is the subset that determines the output bytes; a resumed or repeated prep must match it
- * exactly (worker count and batch size only change speed, so they may differ).
+ * `nmoe data prep` settings: the flags and defaults of the reference's `nmoe.data.cli prep`, checked up front.
+ * `outputParams` is the subset that determines the output bytes; a resumed or repeated prep must match it exactly
+ * (worker count and batch size only change speed, so they may differ).
  */
 import { createHash } from 'node:crypto';
 import { canonicalJson } from '../../config/fingerprint.ts';

@@ -1,8 +1,8 @@
 /**
  * One run's metrics as a database: an in-memory DuckDB that attaches every rank file of the run READ_ONLY, as the
- * reference's NVIZ does (inventory §10.1), and a view `m` over all of them. It never opens a file for writing.
- * An attach that meets the trainer's write (see metrics/duckdb-writer.ts) is retried for up to a second: a write
- * takes tens of milliseconds, or hundreds on a loaded machine.
+ * reference's NVIZ does, and a view `m` over all of them (UNION ALL of their `metrics` tables). It never opens a file
+ * for writing. An attach that meets the trainer's write (see metrics/duckdb-writer.ts) is retried for up to a second: a
+ * write takes tens of milliseconds, or hundreds on a loaded machine.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DuckDBConnection, DuckDBInstance, DuckDBValue } from '@duckdb/node-api';

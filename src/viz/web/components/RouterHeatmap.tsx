@@ -3,7 +3,7 @@ import { useApi } from '../data/use-api.ts';
 import { chartPoints } from '../lib/chart-points.ts';
 import { Heatmap } from './Heatmap.tsx';
 
-/** What each router metric means, for the heatmap's title (inventory §9.1). */
+/** What each router metric means (as src/metrics/router-stats.ts defines them), for the heatmap's title. */
 const TITLES: Record<RouterMetric, string> = {
   max_load: 'max load (% of tokens to the busiest expert)',
   cv: 'load CV (%, lower is more balanced)',

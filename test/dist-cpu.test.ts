@@ -2,7 +2,8 @@
  * Multi-rank training on the CPU backend, in real processes over real TCP: the collectives and the RDEP exchange
  * (exact values, deterministic placement), a rank that dies mid-collective, first-step expert gradients against
  * the single-process run (bit for bit), and `nmoe launch` training on 2 and 4 ranks: the same losses as one
- * process, bitwise repeatable, and exact resume on 2 ranks.
+ * process (with AdamW and with distributed Muon), bitwise repeatable, exact resume on 2 ranks, and a 2-rank
+ * checkpoint resumed on 1 and 4 ranks.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';

@@ -1,8 +1,9 @@
 /**
  * Muon on the CPU backend: Newton-Schulz and one update against answers computed here in float64 from the
  * textbook formulation (Jordan's: transpose a tall matrix, X <- aX + (bA + cA^2)X with A = XX^T), the
- * orthogonalisation property, which parameters Muon takes, and the config's errors. Exact resume with
- * optimizer = "muon" is in checkpoint.test.ts, beside AdamW's.
+ * orthogonalisation property, which parameters Muon takes and which rank owns each matrix, and the config's
+ * errors. Exact resume with optimizer = "muon" is in checkpoint.test.ts, beside AdamW's; several ranks in
+ * dist-cpu.test.ts.
  */
 import { describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';

@@ -35,7 +35,7 @@ export function muonShapeScale(rows: number, cols: number): number {
 /**
  * The rank that owns each dense Muon matrix on `world` ranks, given their element counts in parameter order: each
  * matrix in turn goes to the rank with the fewest Muon elements so far (the lowest such rank on a tie), so any two
- * ranks' loads differ by at most one matrix. A function of the order and the world size only, so every rank
+ * ranks' loads differ by at most the largest matrix. A function of the order and the world size only, so every rank
  * computes the same owners and a checkpoint's owner of a momentum is known from its world size.
  */
 export function muonOwners(numels: readonly number[], world: number): number[] {

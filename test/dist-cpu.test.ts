@@ -165,7 +165,7 @@ describe('nmoe launch on the CPU backend', () => {
     }
   });
 
-  it.each(['adamw', 'muon'] as const)('%s: resumes a 2-rank checkpoint on 1 and on 4 ranks (experts, ZeRO-2 shards and Muon momenta resharded), continuing the same losses', async (optimizer) => {
+  it.each(['adamw', 'muon'] as const)('%s: resumes a 2-rank checkpoint on 1 and on 4 ranks (experts and optimizer state resharded), continuing the same losses', async (optimizer) => {
     const straight = tempDir('reshard-straight'), saved = tempDir('reshard-saved');
     const six = ['--steps=6', '--checkpoint_every=3', `--optimizer=${optimizer}`];
     expect(launch(2, straight, six).code).toBe(0);

@@ -1,15 +1,16 @@
 /**
  * Muon on the CPU backend: Newton-Schulz and one update against answers computed here in float64 from the
  * textbook formulation (Jordan's: transpose a tall matrix, X <- aX + (bA + cA^2)X with A = XX^T), the
- * orthogonalisation property, which parameters Muon takes, and the config's errors. Exact resume with
- * optimizer = "muon" is in checkpoint.test.ts, beside AdamW's.
+ * orthogonalisation property, which parameters Muon takes and which rank owns each matrix, and the config's
+ * errors. Exact resume with optimizer = "muon" is in checkpoint.test.ts, beside AdamW's; several ranks in
+ * dist-cpu.test.ts.
  */
 import { describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { ConfigError } from '../src/config/validate.ts';
 import { modelConfig } from '../src/model/spec.ts';
 import { Transformer } from '../src/model/transformer.ts';
-import { NS5_COEFFICIENTS, type MuonSettings, muonStep, newtonSchulz5 } from '../src/optim/muon.ts';
+import { NS5_COEFFICIENTS, type MuonSettings, muonOwners, muonStep, newtonSchulz5 } from '../src/optim/muon.ts';
 import { Optimizer } from '../src/optim/optimizer.ts';
 import type { Tensor } from '../src/tensor/tensor.ts';
 import { cpu, data, randn } from './helpers/gradcheck.ts';
@@ -164,6 +165,12 @@ describe('which parameters Muon takes', () => {
     expect(split(['--optimizer=muon', '--muon_experts=true']).muon).toEqual(expect.arrayContaining(['blocks.1.ffn.W1', 'blocks.1.ffn.W2', 'blocks.1.ffn.W3']));
     expect(split(['--muon_experts=true']).muon).toEqual([]);
   });
+
+  it('on several ranks, each dense matrix in turn goes to the least-loaded rank (the lowest on a tie)', () => {
+    expect(muonOwners([4, 1, 1, 1, 3], 2)).toEqual([0, 1, 1, 1, 1]);
+    expect(muonOwners([2, 2, 2, 1, 5], 3)).toEqual([0, 1, 2, 0, 1]);
+    expect(muonOwners([2, 2, 2], 1)).toEqual([0, 0, 0]);
+  });
 });
 
 describe('config', () => {
@@ -183,10 +190,8 @@ describe('config', () => {
     expect(errors(['--muon_ns_steps=0'])[0]).toMatch(/^muon_ns_steps = 0 must be >= 1 .*Fix: use at least one Newton-Schulz iteration/);
   });
 
-  it('refuses Muon on several ranks: not built yet', () => {
-    expect(errors(['--optimizer=muon'], 2)).toEqual([expect.stringMatching(
-      /^optimizer = "muon" is not built yet on several ranks \(world size 2\).*Fix: train with optimizer = "muon" on one rank, or use optimizer = "adamw"\.$/)]);
-    expect(errors(['--optimizer=adamw'], 2)).toEqual([]);
+  it('accepts Muon on several ranks (distributed Muon)', () => {
+    expect(errors(['--optimizer=muon'], 2)).toEqual([]);
   });
 
   it('defaults: AdamW, and Muon with momentum 0.95, Nesterov, 5 steps, experts on AdamW', () => {

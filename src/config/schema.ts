@@ -389,7 +389,7 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
   deterministic: field('nmoe', BOOL, true, false,
     'nmoe addition: true makes every GPU reduction bit-reproducible (cuDNN\'s attention backward takes its deterministic algorithm); false lets cuDNN\'s backward sum dQ with atomics (faster, not bit-reproducible).'),
   optimizer: field('nmoe', { kind: 'enum', values: ['adamw', 'muon'] }, 'adamw', true,
-    'nmoe addition: adamw (the reference) for every parameter, or muon: Muon (momentum, Newton-Schulz orthogonalisation, Moonlight\'s 0.2*sqrt(max(rows, cols)) scale so the AdamW learning rates serve it) for the 2-D dense weights (attention, dense and shared MLPs), AdamW for the rest. One rank only for now.'),
+    'nmoe addition: adamw (the reference) for every parameter, or muon: Muon (momentum, Newton-Schulz orthogonalisation, Moonlight\'s 0.2*sqrt(max(rows, cols)) scale so the AdamW learning rates serve it) for the 2-D dense weights (attention, dense and shared MLPs), AdamW for the rest; on several ranks each matrix is updated whole by one owner rank (distributed Muon).'),
   muon_nesterov: field('nmoe', BOOL, true, true,
     'nmoe addition: true makes Muon\'s update Nesterov\'s g + mu*m; false, the momentum m itself.'),
   muon_ns_steps: field('nmoe', INT, 5, true,

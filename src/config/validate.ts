@@ -266,12 +266,6 @@ const RULES: Rule[] = [
     fix: (c) => `run on a number of ranks that divides ${c.n_routed_experts}, or change n_routed_experts`,
   },
   {
-    keys: ['optimizer'],
-    ok: (c, world) => c.optimizer !== 'muon' || world === 1,
-    what: (_, world) => `is not built yet on several ranks (world size ${world}): distributed Muon must gather each matrix's ZeRO-2 shards`,
-    fix: () => 'train with optimizer = "muon" on one rank, or use optimizer = "adamw"',
-  },
-  {
     keys: ['batch_size'],
     ok: (c, world) => c.batch_size % world === 0,
     what: (_, world) => `must be divisible by the world size (${world}): batch_size is the global batch`,

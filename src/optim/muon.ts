@@ -8,9 +8,10 @@
  * muon_experts, every routed expert's matrix of an [E, a, b] tensor on its own. Embedding, lm_head, norms, the router
  * and biases stay on AdamW (optimizer.ts).
  *
- * NOTE: the update of a matrix is a function of that whole matrix's momentum. On several ranks a ZeRO-2 shard holds
- * pieces of matrices, so distributed Muon must gather each matrix where it is orthogonalised (Moonlight's scheme);
- * it is not built, and the config rejects optimizer = "muon" on more than one rank.
+ * NOTE: the update of a matrix is a function of that whole matrix, so on several ranks (Moonlight's distributed
+ * Muon) each dense matrix has one owner rank (muonOwners) that keeps its momentum (and master) whole and runs this
+ * step on the whole matrix; optimizer.ts gathers the gradients it needs and publishes the result. Routed experts
+ * need none of this: each rank holds its experts whole.
  */
 import type { ModelConfig } from '../model/spec.ts';
 import type { ParamGroup } from '../model/params.ts';
@@ -29,6 +30,21 @@ export interface ScaledTensor {
 /** Moonlight's factor that matches the update RMS of AdamW: 0.2 * sqrt(max(rows, cols)). */
 export function muonShapeScale(rows: number, cols: number): number {
   return 0.2 * Math.sqrt(Math.max(rows, cols));
+}
+
+/**
+ * The rank that owns each dense Muon matrix on `world` ranks, given their element counts in parameter order: each
+ * matrix in turn goes to the rank with the fewest Muon elements so far (the lowest such rank on a tie), so any two
+ * ranks' loads differ by at most the largest matrix. A function of the order and the world size only, so every rank
+ * computes the same owners and a checkpoint's owner of a momentum is known from its world size.
+ */
+export function muonOwners(numels: readonly number[], world: number): number[] {
+  const load = new Array<number>(world).fill(0);
+  return numels.map((n) => {
+    const owner = load.indexOf(Math.min(...load));
+    load[owner]! += n;
+    return owner;
+  });
 }
 
 /** Whether Muon updates a parameter of this group and (local) shape; the rest go to AdamW. */

@@ -7,16 +7,24 @@
  *
  * Dense weights go through ZeRO-2 (zero2.ts): this rank updates only its shard, so its "slots" are the shard's
  * pieces of the dense parameters (whole parameters with one rank) plus its own experts. The gradient norm is taken
- * over exactly what this rank holds — its shard and its experts, each element on one rank only — and combined
- * across ranks, so every rank clips with the same global norm.
+ * over exactly what this rank holds — its slots, each element on one rank only — and combined across ranks, so
+ * every rank clips with the same global norm.
+ *
+ * Distributed Muon (Moonlight's): on several ranks each dense Muon matrix belongs to one owner rank (muonOwners),
+ * whose slot is the whole matrix (its momentum and master are whole too, so checkpoints name them as one process
+ * does); the other ranks leave their shard's pieces of it alone. After the reduce-scatter, the summed gradient
+ * shards are all-gathered into every rank's flat gradient, so an owner reads the whole summed gradient of its
+ * matrices — the very sums that ZeRO-2 gives AdamW, so the update is the one-process update of those gradients.
+ * Each owner then broadcasts its updated matrices before ZeRO-2's weight all-gather, which then carries only
+ * published values. The extra traffic is one all-gather of the dense gradient and one copy of the Muon weights.
  */
 import type { Communicator } from '../tensor/communicator.ts';
 import type { ModelConfig } from '../model/spec.ts';
-import type { ParamGroup, ParamStore } from '../model/params.ts';
+import type { Param, ParamGroup, ParamStore } from '../model/params.ts';
 import type { AdamWGroup, Backend } from '../tensor/backend.ts';
 import { type Timer, untimed } from '../tensor/clock.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
-import { type MuonParam, type MuonSettings, muonStep, takesMuon } from './muon.ts';
+import { type MuonParam, type MuonSettings, muonOwners, muonStep, takesMuon } from './muon.ts';
 import { type WsdSchedule, wsdLr } from './schedule.ts';
 import { Zero2 } from './zero2.ts';
 
@@ -52,7 +60,10 @@ interface GroupState {
   weightDecay: number;
 }
 
-/** ZeRO-2's communication, timed inside the optimizer step (zero on one rank: nothing moves). */
+/**
+ * ZeRO-2's communication, timed inside the optimizer step (zero on one rank: nothing moves): the gradient exchange
+ * (with distributed Muon, also the gradient all-gather) and the weight exchange (also Muon's broadcasts).
+ */
 export type ZeroPhase = 'zero2_reduce_scatter' | 'zero2_all_gather';
 
 export interface StepResult {
@@ -79,17 +90,28 @@ export class Optimizer {
   readonly zero: Zero2;
   /** Every slot in parameter order (the gradient norm's summation order, the same on every run). */
   readonly #slots: Slot[];
+  /** With several ranks, every dense Muon matrix and the rank that updates and publishes it; else empty. */
+  readonly #muonOwners: { param: Param; owner: number }[];
 
   constructor(readonly b: Backend, readonly store: ParamStore, readonly cfg: ModelConfig, readonly comm: Communicator | null = null) {
     const stateDtype: DType = cfg.optim_state_dtype === 'bf16' ? 'bf16' : 'f32';
     const masters = cfg.master_weights === 'fp32' && store.dtype === 'bf16';
     this.schedule = { warmupSteps: cfg.warmup_steps, holdTokens: cfg.hold_tokens, decayTokens: cfg.decay_tokens, floor: cfg.decay_floor };
     this.zero = new Zero2(b, store.dense, comm);
+    const world = comm?.world ?? 1, rank = comm?.rank ?? 0;
+    // Judged on the whole parameter's shape: a ZeRO-2 piece of a matrix is flat.
+    const muonTakes = (x: { group: ParamGroup; name: string }) => takesMuon(cfg, x.group, store.shapeOf(x.name));
+    const denseMuon = store.dense.entries.map((e) => e.param).filter((p) => muonTakes({ group: p.group!, name: p.name }));
+    const owners = muonOwners(denseMuon.map((p) => p.value.numel), world);
+    this.#muonOwners = world > 1 ? denseMuon.map((param, i) => ({ param, owner: owners[i]! })) : [];
+    const ownerOf = new Map(this.#muonOwners.map((x) => [x.param, x.owner]));
     const pieces = new Map(this.zero.pieces.map((x) => [x.param, x]));
     this.#slots = store.trainable().flatMap((p): Slot[] => {
       const group = p.group!;
       // An expert's gradient tensor lives for one step (ParamStore.grad), so its slot asks the store each time.
       if (p.firstExpert !== undefined) return [{ name: p.name, group, shape: p.shape, start: 0, end: p.value.numel, value: p.value, get grad() { return store.grad(p.name); } }];
+      const owner = ownerOf.get(p);
+      if (owner !== undefined) return owner === rank ? [{ name: p.name, group, shape: p.shape, start: 0, end: p.value.numel, value: p.value, grad: p.grad! }] : [];
       const x = pieces.get(p);
       return x ? [{ name: p.name, group, shape: x.value.shape, start: x.start, end: x.end, value: x.value, grad: x.grad }] : [];
     });
@@ -99,8 +121,6 @@ export class Optimizer {
       dense_decay: { peakLr: cfg.lr_dense, beta2: cfg.adam_beta2, weightDecay: cfg.weight_decay },
       dense_no_decay: { peakLr: cfg.lr_dense, beta2: cfg.adam_beta2, weightDecay: 0 },
     };
-    const muonTakes = (x: Slot) => takesMuon(cfg, x.group, x.shape);
-    if (comm && comm.world > 1 && this.#slots.some(muonTakes)) throw new Error('Muon on several ranks is not built (config validation rejects it)');
     this.muon = this.#slots.filter(muonTakes).map((slot) => ({
       slot, momentum: b.zeros(slot.shape, 'f32'), master: masters ? b.empty(slot.shape, 'f32') : undefined,
     }));
@@ -118,11 +138,15 @@ export class Optimizer {
   }
 
   /**
-   * Applies one update from the accumulated gradients: reduce-scatter (ZeRO-2), global norm, AdamW and Muon on
-   * this rank's slots, all-gather. `tokensSeen` counts global tokens before this step.
+   * Applies one update from the accumulated gradients: reduce-scatter (ZeRO-2; with distributed Muon, then the
+   * gradient all-gather), global norm, AdamW and Muon on this rank's slots, Muon's broadcasts, all-gather.
+   * `tokensSeen` counts global tokens before this step.
    */
   update(tokensSeen: number, timer: Timer<ZeroPhase> = untimed): StepResult {
-    timer.time('zero2_reduce_scatter', () => this.zero.reduceScatter());
+    timer.time('zero2_reduce_scatter', () => {
+      this.zero.reduceScatter();
+      if (this.#muonOwners.length) this.zero.allGatherGradients();
+    });
     const gradNorm = this.#globalNorm();
     const lr = {} as Record<ParamGroup, number>;
     const groups: AdamWGroup[] = this.groups.map((g) => {
@@ -148,7 +172,11 @@ export class Optimizer {
       return { value: slot.value, grad: slot.grad, momentum, master, lr: lr[slot.group], weightDecay: group.weightDecay };
     });
     muonStep(this.b, muonParams, gradNorm, this.step + 1, this.#muonSettings);
-    timer.time('zero2_all_gather', () => this.zero.allGather());
+    timer.time('zero2_all_gather', () => {
+      // Before the all-gather: a rank's slice may hold a piece of a matrix another rank owns, and must send the owner's values.
+      for (const { param, owner } of this.#muonOwners) this.comm!.broadcast(param.value, owner);
+      this.zero.allGather();
+    });
     this.step++;
     return { gradNorm, lr };
   }

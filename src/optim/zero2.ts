@@ -76,6 +76,17 @@ export class Zero2 {
     }
   }
 
+  /**
+   * Every rank's summed slice into every rank's flat gradient, which then holds the whole summed gradient
+   * (distributed Muon's owners read their matrices' from it; optimizer.ts). Overwrites the local gradients, which
+   * the next step zeroes anyway.
+   */
+  allGatherGradients(): void {
+    const { comm, layout } = this;
+    if (!comm || comm.world === 1) return; // one rank: the shard is the flat gradient
+    comm.allGather(this.gradShard, layout.grad);
+  }
+
   /** Every rank's updated slice into every rank's weights. */
   allGather(): void {
     const { comm, b, layout } = this;

@@ -1,5 +1,5 @@
 /**
- * The optimizer: AdamW over the reference's four parameter groups (inventory §5.1): experts (lr_expert, betas
+ * The optimizer: AdamW over the reference's four parameter groups: experts (lr_expert, betas
  * (beta1, beta2_expert), decay), router (lr_router, no decay), dense with decay and dense without decay (lr_dense);
  * with optimizer = "muon", Muon (muon.ts) takes the 2-D dense weights with decay (and the routed experts with
  * muon_experts) at their group's learning rate and decay. Each step takes the WSD learning rates, clips to the

@@ -1,5 +1,5 @@
 /**
- * The reference's WSD schedule (inventory §5.2): warmup by STEPS, then hold and cosine decay by global TOKENS,
+ * The reference's WSD schedule (its `update_lr`): warmup by STEPS, then hold and cosine decay by global TOKENS,
  * down to an absolute floor. Warmup starts at floor + (peak - floor)/warmup, not at 0.
  */
 export interface WsdSchedule {

@@ -1,5 +1,5 @@
 /**
- * ZeRO-2 for the dense (replicated) weights (inventory §5.4): gradients are reduce-scattered so that rank r holds
+ * ZeRO-2 for the dense (replicated) weights (as the reference's nmoe/zero2.py): gradients are reduce-scattered so that rank r holds
  * the summed gradient of its slice [r*S, (r+1)*S) of the flat dense layout (src/model/params.ts), AdamW updates
  * only that slice (so each rank keeps optimizer state for 1/world of the dense weights), and the updated slices are
  * all-gathered back into every rank's weights.

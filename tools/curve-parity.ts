@@ -37,6 +37,7 @@ import { createTrainee, trainStep } from '../src/train/step.ts';
 import { makeDirs } from '../src/util/dirs.ts';
 import { UserError } from '../src/util/errors.ts';
 import { writeConfigJson } from './parity.ts';
+import { runIfScript } from './script-main.ts';
 
 export interface CurveOptions {
   configPath: string;
@@ -260,13 +261,4 @@ export async function main(argv: string[]): Promise<number> {
   return report.ok ? 0 : 1;
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === resolve(fileURLToPath(import.meta.url))) {
-  try {
-    process.exitCode = await main(process.argv.slice(2));
-  } catch (err) {
-    if (!(err instanceof UserError)) throw err;
-    process.stderr.write(`curve-parity: ${err.message}\n`);
-    process.exitCode = 2;
-  }
-  process.exit(); // a CUDA backend may hold the event loop open; the work is done
-}
+await runIfScript(import.meta.url, 'curve-parity', main);

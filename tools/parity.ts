@@ -21,7 +21,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadParams, saveParams } from '../src/checkpoint/params-io.ts';
 import { type ReadTensor, type SafetensorsContents, type TensorToWrite, readSafetensors, writeSafetensors } from '../src/checkpoint/safetensors.ts';
@@ -32,9 +32,9 @@ import { type ModelConfig, modelConfig } from '../src/model/spec.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import type { Backend } from '../src/tensor/backend.ts';
 import { selectBackend } from '../src/tensor/select.ts';
-import { UserError } from '../src/util/errors.ts';
 import { hashString, philox4x32 } from '../src/util/philox.ts';
 import { makeDirs } from '../src/util/dirs.ts';
+import { runIfScript } from './script-main.ts';
 
 export type Precision = 'fp32' | 'bf16';
 
@@ -430,14 +430,4 @@ export async function main(argv: string[]): Promise<number> {
   return c.ok ? 0 : 1;
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === resolve(fileURLToPath(import.meta.url))) {
-  try {
-    process.exitCode = await main(process.argv.slice(2));
-  } catch (err) {
-    if (!(err instanceof UserError)) throw err;
-    process.stderr.write(`parity: ${err.message}\n`);
-    process.exitCode = 2;
-  }
-  // A CUDA backend may hold the event loop open; the work is done.
-  process.exit();
-}
+await runIfScript(import.meta.url, 'parity', main);

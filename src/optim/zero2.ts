@@ -1,8 +1,8 @@
 /**
- * ZeRO-2 for the dense (replicated) weights (as the reference's nmoe/zero2.py): gradients are reduce-scattered so that rank r holds
- * the summed gradient of its slice [r*S, (r+1)*S) of the flat dense layout (src/model/params.ts), AdamW updates
- * only that slice (so each rank keeps optimizer state for 1/world of the dense weights), and the updated slices are
- * all-gathered back into every rank's weights.
+ * ZeRO-2 for the dense (replicated) weights, as the reference's nmoe/zero2.py: gradients are reduce-scattered so
+ * that rank r holds the summed gradient of its slice [r*S, (r+1)*S) of the flat dense layout (src/model/params.ts),
+ * AdamW updates only that slice (so each rank keeps optimizer state for 1/world of the dense weights), and the
+ * updated slices are all-gathered back into every rank's weights.
  *
  * The reduce-scatter goes in chunks of at most NMOE_ZERO2_RS_CHUNK_MB (default 2048, as the reference): chunk k
  * packs [src*S + k*C, +C) of every source rank into one staging buffer, so the staging memory stays bounded

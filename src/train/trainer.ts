@@ -1,6 +1,7 @@
 /**
- * The training loop, in the reference's order: one micro-batch per step (no gradient accumulation), WSD learning rates,
- * forward, backward, a clipped AdamW update, then the aux-loss-free router-bias update from this step's expert loads.
+ * The training loop, in the reference's order: one micro-batch per step (no gradient accumulation), WSD learning
+ * rates, forward, backward, the clipped optimizer update (AdamW, and Muon with optimizer = "muon"), then the
+ * aux-loss-free router-bias update from this step's expert loads.
  * Every `log_every` steps (and on the first and last) it reads back loss, grad norm and router loads and reports them;
  * other steps read only the loss, which guards against divergence.
  *

@@ -13,10 +13,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type LaunchFlags, parseLaunchFlags } from '../src/cli/launch-cmd.ts';
-import { type DistEnv, firstSlurmHost, readDistEnv } from '../src/dist/env.ts';
-import { TERM_GRACE_MS } from '../src/dist/launch.ts';
-import { rendezvous, rendezvousTimeoutMs } from '../src/dist/rendezvous.ts';
-import { StoreClient, StoreError, StoreServer } from '../src/dist/store.ts';
+import { type DistEnv, firstSlurmHost, readDistEnv } from '../src/comm/env.ts';
+import { TERM_GRACE_MS } from '../src/launch/launch.ts';
+import { rendezvous, rendezvousTimeoutMs } from '../src/comm/rendezvous.ts';
+import { StoreClient, StoreError, StoreServer } from '../src/comm/store.ts';
 import { UserError } from '../src/util/errors.ts';
 import { BASE_ENV, freePort } from './helpers/ranks.ts';
 

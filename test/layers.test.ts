@@ -2,7 +2,7 @@
  * The shape of src/: each top-level folder is a layer, and a file may import only from its own layer or the layers
  * below it. Folders that share a layer do not import each other. The order is the one the code has:
  *
- *   util < tensor, config < model, data < optim, dist < checkpoint < eval < metrics < train, viz < bench < cli
+ *   util < tensor, config < model, data < optim, comm < checkpoint, launch < eval < metrics < train, viz < bench < cli
  *
  * eval sits below metrics and train because the trainer runs the in-training eval and metrics records its tags;
  * viz sits beside train (the dashboard reads metrics and data, never the trainer) and below bench, which times it.
@@ -14,7 +14,7 @@ import { describe, expect, it } from 'vitest';
 
 const SRC = fileURLToPath(new URL('../src', import.meta.url));
 const LAYERS: readonly (readonly string[])[] = [
-  ['util'], ['tensor', 'config'], ['model', 'data'], ['optim', 'dist'], ['checkpoint'], ['eval'], ['metrics'],
+  ['util'], ['tensor', 'config'], ['model', 'data'], ['optim', 'comm'], ['checkpoint', 'launch'], ['eval'], ['metrics'],
   ['train', 'viz'], ['bench'], ['cli'],
 ];
 

@@ -1,10 +1,10 @@
 /**
- * RDEP's shared-buffer areas (src/dist/rdep/areas.ts): which area a call gets must depend only on the sequence of
+ * RDEP's shared-buffer areas (src/comm/rdep/areas.ts): which area a call gets must depend only on the sequence of
  * calls and frees (the same on every rank), and an area freed since the last barrier must be flagged, because a
  * peer's writes could otherwise land while this GPU still reads it.
  */
 import { describe, expect, it } from 'vitest';
-import { AreaPool } from '../src/dist/rdep/areas.ts';
+import { AreaPool } from '../src/comm/rdep/areas.ts';
 
 describe('RDEP area pool', () => {
   it('hands out areas by the order of calls and frees, and views them at their offsets', () => {

@@ -9,7 +9,7 @@
  */
 import { allGatherHost } from '../tensor/communicator.ts';
 import { ascending, quantile } from '../util/quantile.ts';
-import type { DistRun } from '../dist/parallel.ts';
+import type { DistRun } from '../comm/parallel.ts';
 import type { CudaBackend } from '../tensor/cuda/backend.ts';
 import { philoxUniform } from '../util/philox.ts';
 

@@ -3,8 +3,8 @@
  * cases, and rank 0 writes the results (JSON) to the file the CLI named.
  */
 import { writeFileSync } from 'node:fs';
-import { readDistEnv } from '../dist/env.ts';
-import { joinRun } from '../dist/parallel.ts';
+import { readDistEnv } from '../comm/env.ts';
+import { joinRun } from '../comm/parallel.ts';
 import type { CudaBackend } from '../tensor/cuda/backend.ts';
 import { reportError } from '../util/errors.ts';
 import { selectBackend } from '../tensor/select.ts';

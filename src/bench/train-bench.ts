@@ -7,7 +7,7 @@ import type { Config } from '../config/schema.ts';
 import { flopsPerToken, peakTflops } from '../model/flops.ts';
 import { modelConfig, modelParamSpecs } from '../model/spec.ts';
 import { allGatherHost } from '../tensor/communicator.ts';
-import type { DistRun } from '../dist/parallel.ts';
+import type { DistRun } from '../comm/parallel.ts';
 import { createTrainee, trainStep } from '../train/step.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { philoxUniform } from '../util/philox.ts';

@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
-import { launch, rankCommand } from '../dist/launch.ts';
-import { rendezvousTimeoutMs } from '../dist/rendezvous.ts';
+import { launch, rankCommand } from '../launch/launch.ts';
+import { rendezvousTimeoutMs } from '../comm/rendezvous.ts';
 import type { RdepResult } from '../bench/rdep-bench.ts';
 import { UserError } from '../util/errors.ts';
 

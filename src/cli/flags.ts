@@ -1,5 +1,5 @@
 /** Parsing of numeric command-line flags, one way for every command. */
-import { parseWhole } from '../dist/env.ts';
+import { parseWhole } from '../comm/env.ts';
 import { UserError } from '../util/errors.ts';
 
 /** `text`, the value of `flag`, as a whole number >= `min` (digits only), or a one-line error with `fix`. */

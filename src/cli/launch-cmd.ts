@@ -1,14 +1,14 @@
 /**
  * `nmoe launch --nproc-per-node N [--nnodes M --node-rank R --master-addr A --master-port P] [--entry module]
- * [train args…]`: one process per GPU, torchrun's way (the launcher itself is src/dist/launch.ts). This file turns
+ * [train args…]`: one process per GPU, torchrun's way (the launcher itself is src/launch/launch.ts). This file turns
  * the flags into a checked plan and the launcher's status into the exit code.
  */
 import { wholeFlag } from './flags.ts';
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
-import { DEFAULT_MASTER_PORT, inSlurmBatchScript } from '../dist/env.ts';
-import { type LaunchPlan, TERM_GRACE_MS, launch, rankCommand } from '../dist/launch.ts';
-import { rendezvousTimeoutMs } from '../dist/rendezvous.ts';
+import { DEFAULT_MASTER_PORT, inSlurmBatchScript } from '../comm/env.ts';
+import { type LaunchPlan, TERM_GRACE_MS, launch, rankCommand } from '../launch/launch.ts';
+import { rendezvousTimeoutMs } from '../comm/rendezvous.ts';
 import { UserError } from '../util/errors.ts';
 
 export interface LaunchFlags {

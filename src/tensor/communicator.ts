@@ -1,6 +1,6 @@
 /**
  * Collectives for data parallelism (dense gradients, ZeRO-2, router loads), one implementation per device: the
- * CPU mesh (src/dist/cpu/collectives.ts, the test oracle) and NCCL on the GPU (src/dist/cuda/nccl.ts). The
+ * CPU mesh (src/comm/cpu/collectives.ts, the test oracle) and NCCL on the GPU (src/comm/cuda/nccl.ts). The
  * interface lives beside the Backend, below the optimizer and the training loop that call it, so neither depends on
  * the transports. Like the backend's ops they are enqueued in program order and
  * every rank must issue the same collectives in the same order. Reductions are sums taken in rank order, so every

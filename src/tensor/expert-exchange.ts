@@ -10,7 +10,7 @@
  * the backward pass uses the same two moves with the same route (dispatch for output gradients, combine for input
  * gradients). The gate-weighted sum over a token's K slots happens back on its own rank, in slot order (fp32).
  *
- * Implemented in src/dist/rdep/ (the CPU mesh and CUDA IPC); the interface lives beside the Backend so the model
+ * Implemented in src/comm/rdep/ (the CPU mesh and CUDA IPC); the interface lives beside the Backend so the model
  * calls it without depending on the transports.
  */
 import type { MoePlan } from './backend.ts';
@@ -34,7 +34,7 @@ export interface ExpertExchange {
   route(plan: MoePlan): ExpertRoute;
   /**
    * rows [N, D] grouped by global expert -> [route.rows, D] grouped by local expert, then source rank. On the GPU
-   * the result is a view of the exchange's shared buffer, held until it is freed (see src/dist/rdep/cuda-ipc.ts).
+   * the result is a view of the exchange's shared buffer, held until it is freed (see src/comm/rdep/cuda-ipc.ts).
    */
   dispatch(rows: Tensor, route: ExpertRoute): Tensor;
   /** rows [route.rows, D] in the dispatched layout -> [N, D] in this rank's grouped layout (on the GPU, a view too). */

@@ -8,7 +8,7 @@ import { basename, join } from 'node:path';
 import { fingerprintDiff, mathFields } from '../config/fingerprint.ts';
 import type { Config } from '../config/schema.ts';
 import type { Communicator } from '../tensor/communicator.ts';
-import type { DistRun } from '../dist/parallel.ts';
+import type { DistRun } from '../comm/parallel.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { UserError } from '../util/errors.ts';
 

@@ -6,7 +6,7 @@ import type { ParamGroup } from '../model/params.ts';
 import { type ModelConfig, isMoeLayer } from '../model/spec.ts';
 import { Transformer } from '../model/transformer.ts';
 import { Optimizer } from '../optim/optimizer.ts';
-import type { Parallelism } from '../dist/parallel.ts';
+import type { Parallelism } from '../comm/parallel.ts';
 import type { Trainee } from '../optim/trainee.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';

@@ -8,7 +8,7 @@ import type { Config } from '../config/schema.ts';
 import { observeMetrics } from '../metrics/observer.ts';
 import { HEARTBEAT_S, Registry } from '../metrics/registry.ts';
 import type { Backend } from '../tensor/backend.ts';
-import type { DistRun } from '../dist/parallel.ts';
+import type { DistRun } from '../comm/parallel.ts';
 import { gitInfo } from '../util/version.ts';
 import type { TrainEvents } from '../metrics/records.ts';
 import { type TrainSummary, train } from './trainer.ts';

@@ -11,7 +11,7 @@
  * leaves the GPU idle between steps; log, checkpoint and stop steps are read before anything runs ahead.
  * `signal` (Ctrl-C, SIGTERM) stops the run cleanly after the step in flight, and a final checkpoint is saved.
  * On more than one rank, a step that outlives NMOE_STEP_TIMEOUT_S (a stuck peer) kills this rank: see
- * src/dist/step-watchdog.ts.
+ * src/comm/step-watchdog.ts.
  *
  * Evals (eval_every > 0, one rank) and validation (validation_enabled, every validation_every steps): after such a
  * step the configured tasks (src/eval/in-training.ts) or the held-out loss (validation.ts) run on the weights of that
@@ -40,8 +40,8 @@ import type { Backend } from '../tensor/backend.ts';
 import { hostClock } from '../tensor/clock.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import type { Communicator } from '../tensor/communicator.ts';
-import type { DistRun } from '../dist/parallel.ts';
-import { StepWatchdog, stepTimeoutS } from '../dist/step-watchdog.ts';
+import type { DistRun } from '../comm/parallel.ts';
+import { StepWatchdog, stepTimeoutS } from '../comm/step-watchdog.ts';
 import { UserError } from '../util/errors.ts';
 import { gitInfo } from '../util/version.ts';
 import { PhaseTimer } from '../metrics/phase-timer.ts';
@@ -147,7 +147,7 @@ async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend,
   });
 
   const timer = await PhaseTimer.for(backend);
-  // Ranks wait for each other inside a step; one that is stuck would hold the others forever (src/dist/step-watchdog.ts).
+  // Ranks wait for each other inside a step; one that is stuck would hold the others forever (src/comm/step-watchdog.ts).
   const watchdog = dist ? StepWatchdog.start(rank, stepTimeout) : null;
   let t0 = performance.now();
   const tokens0 = tokensSeen;

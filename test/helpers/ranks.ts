@@ -1,5 +1,5 @@
 /**
- * Runs the multi-rank fixture (test/fixtures/dist/rank.ts) as real processes with the torchrun environment, and reads
+ * Runs the multi-rank fixture (test/fixtures/comm/rank.ts) as real processes with the torchrun environment, and reads
  * a run's losses back from its metrics: shared by test/dist-cpu.test.ts (CPU) and tools/gpu-multi.ts (GPUs); the
  * clean environment and free ports serve test/launch.test.ts too.
  */
@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const RANK_ENTRY = fileURLToPath(new URL('../fixtures/dist/rank.ts', import.meta.url));
+const RANK_ENTRY = fileURLToPath(new URL('../fixtures/comm/rank.ts', import.meta.url));
 // Variables of the distributed contract that must not leak from the test's own environment into its processes.
 const CONTRACT = /^(RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|SLURM_.*|NMOE_LAUNCH_STORE|NMOE_RDZV_TIMEOUT_S)$/;
 /** This process's environment without the torchrun contract (so a child never joins the wrong run), quiet. */

@@ -12,9 +12,9 @@
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UserError } from '../util/errors.ts';
-import { LAUNCH_STORE_ENV, openRunStore } from './rendezvous.ts';
+import { LAUNCH_STORE_ENV, openRunStore } from '../comm/rendezvous.ts';
 import { RankProcesses, describeExit, exitStatus } from './rank-processes.ts';
-import { type StoreClient, StoreError } from './store.ts';
+import { type StoreClient, StoreError } from '../comm/store.ts';
 
 export interface LaunchPlan {
   nprocPerNode: number;

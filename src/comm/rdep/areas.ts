@@ -1,4 +1,4 @@
-/** RDEP's receive and return areas in the shared buffer of src/dist/rdep/cuda-ipc.ts, and when one may be reused. */
+/** RDEP's receive and return areas in the shared buffer of src/comm/rdep/cuda-ipc.ts, and when one may be reused. */
 import { CudaTensor } from '../../tensor/cuda/tensor.ts';
 import type { DType } from '../../tensor/tensor.ts';
 

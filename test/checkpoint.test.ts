@@ -7,7 +7,19 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, statSync, watch, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  statSync,
+  watch,
+  writeFileSync,
+} from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,20 +42,37 @@ const N = 6;
 const root = mkdtempSync(join(tmpdir(), 'nmoe-ckpt-'));
 
 function cfgArgs(dir: string, extra: string[] = []): string[] {
-  return [...QUICK, `--checkpoint_dir=${dir}`, `--metrics_dir=${join(root, 'metrics')}`, `--experiments_db=${join(root, 'exp.db')}`, ...extra];
+  return [
+    ...QUICK,
+    `--checkpoint_dir=${dir}`,
+    `--metrics_dir=${join(root, 'metrics')}`,
+    `--experiments_db=${join(root, 'exp.db')}`,
+    ...extra,
+  ];
 }
 
 async function run(dir: string, steps: number, extra: string[] = []) {
-  const { config } = loadConfig(defaultConfigPath(), { env: {}, overrides: cfgArgs(dir, [`--steps=${steps}`, ...extra]) });
-  const losses: number[] = [], warnings: string[] = [];
+  const { config } = loadConfig(defaultConfigPath(), {
+    env: {},
+    overrides: cfgArgs(dir, [`--steps=${steps}`, ...extra]),
+  });
+  const losses: number[] = [],
+    warnings: string[] = [];
   const summary: TrainSummary = await train(config, new CpuBackend(), {
-    start: () => {}, step: (r) => losses.push(r.loss), log: () => {}, warn: (m) => warnings.push(m),
+    start: () => {},
+    step: (r) => losses.push(r.loss),
+    log: () => {},
+    warn: (m) => warnings.push(m),
   });
   return { losses, warnings, summary };
 }
 
 function cli(args: string[]) {
-  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: { ...process.env, CI: '1', NO_COLOR: '1' }, timeout: 60_000 });
+  const r = spawnSync(process.execPath, [BIN, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, CI: '1', NO_COLOR: '1' },
+    timeout: 60_000,
+  });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
@@ -55,15 +84,20 @@ function cli(args: string[]) {
  */
 async function killDuringSave(dir: string): Promise<{ dir: string; step: number; left: string[] } | null> {
   mkdirSync(dir, { recursive: true });
-  const child = spawn(process.execPath, [BIN, 'train', ...cfgArgs(dir, ['--steps=1000', '--checkpoint_every=1'])], { stdio: 'ignore', env: { ...process.env, CI: '1' } });
+  const child = spawn(process.execPath, [BIN, 'train', ...cfgArgs(dir, ['--steps=1000', '--checkpoint_every=1'])], {
+    stdio: 'ignore',
+    env: { ...process.env, CI: '1' },
+  });
   const exited = new Promise((r) => child.on('exit', r));
   const kill = () => child.kill('SIGKILL');
-  const watchers = [watch(dir, (_, name) => {
-    const step = /^iter_(\d+)$/.exec(name ?? '')?.[1];
-    if (step === undefined || watchers.length > 1 || !existsSync(join(dir, TRACKER))) return;
-    if (Number(step) <= Number(readFileSync(join(dir, TRACKER), 'utf8'))) return; // retention removing an old step
-    watchers.push(watch(join(dir, name!), kill));
-  })];
+  const watchers = [
+    watch(dir, (_, name) => {
+      const step = /^iter_(\d+)$/.exec(name ?? '')?.[1];
+      if (step === undefined || watchers.length > 1 || !existsSync(join(dir, TRACKER))) return;
+      if (Number(step) <= Number(readFileSync(join(dir, TRACKER), 'utf8'))) return; // retention removing an old step
+      watchers.push(watch(join(dir, name!), kill));
+    }),
+  ];
   const deadline = setTimeout(kill, 60_000); // a child that never saves a second step still ends
   await exited;
   clearTimeout(deadline);
@@ -75,14 +109,21 @@ async function killDuringSave(dir: string): Promise<{ dir: string; step: number;
 
 /** sha256 of the two safetensors files of a step: equal hashes mean byte-identical weights and optimizer state. */
 const stepBytes = (dir: string, step: number) =>
-  [DENSE_FILE, rankFile(0)].map((f) => createHash('sha256').update(readFileSync(join(dir, iterName(step), f))).digest('hex'));
+  [DENSE_FILE, rankFile(0)].map((f) =>
+    createHash('sha256')
+      .update(readFileSync(join(dir, iterName(step), f)))
+      .digest('hex'),
+  );
 
 /** What the reference trainer leaves in a step: pickles and a manifest without per-file sizes. */
 function referenceStep(base: string, step: number): void {
   const dir = join(base, iterName(step));
   mkdirSync(dir, { recursive: true });
-  for (const f of ['rd.pt', 'dp_rank_000.pt']) writeFileSync(join(dir, f), 'the reference trainer\'s pickle');
-  writeFileSync(join(dir, 'manifest.json'), JSON.stringify({ step, world: 1, dp_count: 1, bytes_total: 62, git_sha: null, files: ['rd.pt', 'dp_rank_000.pt'] }));
+  for (const f of ['rd.pt', 'dp_rank_000.pt']) writeFileSync(join(dir, f), "the reference trainer's pickle");
+  writeFileSync(
+    join(dir, 'manifest.json'),
+    JSON.stringify({ step, world: 1, dp_count: 1, bytes_total: 62, git_sha: null, files: ['rd.pt', 'dp_rank_000.pt'] }),
+  );
 }
 
 let straight: { losses: number[]; dir: string };
@@ -145,18 +186,36 @@ describe('checkpointer queue', () => {
   it('drops nothing: with 2 saves pending, the next caller waits until the oldest is written', async () => {
     const base = join(root, 'queue');
     const events: string[] = [];
-    const ckpt = new Checkpointer({ base, rank: 0, world: 1, keepLast: 10, onSaved: (step) => events.push(`written ${step}`) });
+    const ckpt = new Checkpointer({
+      base,
+      rank: 0,
+      world: 1,
+      keepLast: 10,
+      onSaved: (step) => events.push(`written ${step}`),
+    });
     for (let step = 1; step <= 6; step++) {
       await ckpt.save(snapshot(step));
       events.push(`queued ${step}`);
     }
     await ckpt.close();
     expect(events).toEqual([
-      'queued 1', 'queued 2', 'written 1', 'queued 3', 'written 2', 'queued 4', 'written 3', 'queued 5', 'written 4', 'queued 6', 'written 5', 'written 6',
+      'queued 1',
+      'queued 2',
+      'written 1',
+      'queued 3',
+      'written 2',
+      'queued 4',
+      'written 3',
+      'queued 5',
+      'written 4',
+      'queued 6',
+      'written 5',
+      'written 6',
     ]);
     expect(listSteps(base).map((s) => [s.step, s.complete])).toEqual([6, 5, 4, 3, 2, 1].map((s) => [s, true]));
     expect(readFileSync(join(base, TRACKER), 'utf8')).toBe('6\n');
-    for (let step = 1; step <= 6; step++) expect(readSafetensors(join(base, iterName(step), rankFile(0))).tensors.get('e')!.data[4095]).toBe(step);
+    for (let step = 1; step <= 6; step++)
+      expect(readSafetensors(join(base, iterName(step), rankFile(0))).tensors.get('e')!.data[4095]).toBe(step);
   });
 
   it('writes a whole step while the main thread is busy, so the first save is as quick as the rest', async () => {
@@ -173,7 +232,12 @@ describe('checkpointer queue', () => {
     }
     await ckpt.close();
     const [latest] = listSteps(base);
-    for (const f of latest!.manifest!.files) expect(latest!.manifest!.sha256![f]).toBe(createHash('sha256').update(readFileSync(join(latest!.dir, f))).digest('hex'));
+    for (const f of latest!.manifest!.files)
+      expect(latest!.manifest!.sha256![f]).toBe(
+        createHash('sha256')
+          .update(readFileSync(join(latest!.dir, f)))
+          .digest('hex'),
+      );
   });
 
   it('retention and the writer never delete or write into a step folder nmoe did not write', async () => {
@@ -187,7 +251,7 @@ describe('checkpointer queue', () => {
     await again.save(snapshot(1));
     await expect(again.close()).rejects.toThrow(`${join(base, iterName(1))} holds a step nmoe did not write`);
     expect(readdirSync(join(base, iterName(1))).sort()).toEqual(['dp_rank_000.pt', 'manifest.json', 'rd.pt']);
-    expect(readFileSync(join(base, iterName(1), 'rd.pt'), 'utf8')).toBe('the reference trainer\'s pickle');
+    expect(readFileSync(join(base, iterName(1), 'rd.pt'), 'utf8')).toBe("the reference trainer's pickle");
   });
 });
 
@@ -201,7 +265,9 @@ describe('exact resume', () => {
     copyFileSync(join(dir, iterName(3), rankFile(0)), join(dir, iterName(5), rankFile(0)));
     writeFileSync(join(dir, iterName(5), `.${DENSE_FILE}.tmp-1-x`), 'partial');
     const second = await run(dir, N, ['--resume']);
-    expect(second.warnings).toEqual([expect.stringMatching(/skipping incomplete checkpoint .*iter_0000005: no manifest\.json/)]);
+    expect(second.warnings).toEqual([
+      expect.stringMatching(/skipping incomplete checkpoint .*iter_0000005: no manifest\.json/),
+    ]);
     expect(second.summary.startStep).toBe(3);
     expect(second.summary.runId).toBe(first.summary.runId);
     expect(second.losses).toEqual(straight.losses.slice(3));
@@ -225,7 +291,10 @@ describe('exact resume', () => {
 
   it('SIGKILL mid-run, then resume from the last complete checkpoint: bit-identical', async () => {
     const dir = join(root, 'killed');
-    const child = spawn(process.execPath, [BIN, 'train', ...cfgArgs(dir, ['--steps=1000'])], { stdio: 'ignore', env: { ...process.env, CI: '1' } });
+    const child = spawn(process.execPath, [BIN, 'train', ...cfgArgs(dir, ['--steps=1000'])], {
+      stdio: 'ignore',
+      env: { ...process.env, CI: '1' },
+    });
     const exited = new Promise((r) => child.on('exit', r));
     while (!existsSync(join(dir, TRACKER)) && child.exitCode === null) await new Promise((r) => setTimeout(r, 10));
     expect(child.exitCode, 'the child exited before its first checkpoint').toBeNull();
@@ -268,7 +337,9 @@ describe('exact resume', () => {
     const state = join(newest, STATE_FILE);
     const original = readFileSync(state);
     writeFileSync(state, Buffer.alloc(original.length, 'x')); // same size: the manifest still calls the step complete
-    const damaged = new RegExp(`checkpoint ${newest} is damaged: .*Fix: move ${newest} aside; resume then loads the step before it\\.`);
+    const damaged = new RegExp(
+      `checkpoint ${newest} is damaged: .*Fix: move ${newest} aside; resume then loads the step before it\\.`,
+    );
     await expect(run(dir, N + 1, ['--resume'])).rejects.toThrow(damaged);
     writeFileSync(state, original);
     const dense = join(newest, DENSE_FILE);
@@ -290,19 +361,29 @@ describe('exact resume', () => {
     expect(more.summary.startStep).toBe(N);
     expect(more.losses).toHaveLength(1);
   });
-
 });
 
 describe('nothing lost', () => {
   it("a fresh run moves another run's checkpoints aside, intact, where resume and retention never look", async () => {
     const dir = join(root, 'reused');
     const first = await run(dir, 4);
-    const hashes = (d: string) => readdirSync(d, { recursive: true }).map(String).filter((f) => f.endsWith('.safetensors')).sort()
-      .map((f) => [f, createHash('sha256').update(readFileSync(join(d, f))).digest('hex')]);
+    const hashes = (d: string) =>
+      readdirSync(d, { recursive: true })
+        .map(String)
+        .filter((f) => f.endsWith('.safetensors'))
+        .sort()
+        .map((f) => [
+          f,
+          createHash('sha256')
+            .update(readFileSync(join(d, f)))
+            .digest('hex'),
+        ]);
     const before = hashes(dir);
     const fresh = await run(dir, 2, ['--checkpoint_keep_last_n=1']);
     const aside = join(dir, 'previous', first.summary.runId);
-    expect(fresh.warnings).toEqual([`checkpoint_dir held run ${first.summary.runId}'s checkpoints (newest: step 4); moved them to ${aside}, so this fresh run cannot overwrite them`]);
+    expect(fresh.warnings).toEqual([
+      `checkpoint_dir held run ${first.summary.runId}'s checkpoints (newest: step 4); moved them to ${aside}, so this fresh run cannot overwrite them`,
+    ]);
     expect(fresh.losses).toEqual(straight.losses.slice(0, 2)); // a fresh start, not a resume
     expect(hashes(aside)).toEqual(before);
     expect(readFileSync(join(aside, TRACKER), 'utf8')).toBe('4\n');
@@ -319,7 +400,9 @@ describe('nothing lost', () => {
     expect(first.out).toMatch(new RegExp(`^nothing to resume in ${dir}; starting fresh$`, 'm'));
     const again = cli(['train', ...cfgArgs(dir, ['--steps=2', '--resume'])]);
     expect(again.code, again.err).toBe(0);
-    const id = /^nothing to train: run (\S+) is at step 2 of 2\. Fix: raise --steps to train further\.$/m.exec(again.out)?.[1];
+    const id = /^nothing to train: run (\S+) is at step 2 of 2\. Fix: raise --steps to train further\.$/m.exec(
+      again.out,
+    )?.[1];
     expect(id, again.out).toBeDefined();
     const registry = new Registry(join(root, 'exp.db'), { readonly: true });
     const row = registry.getRun(id!)!;
@@ -339,10 +422,12 @@ describe('nothing lost', () => {
       expect(r.summary.startStep).toBe(0);
       const moved = r.warnings.find((w) => w.startsWith('checkpoint_dir held 2 step folder(s) nmoe did not write'));
       const aside = /moved them to (\S+),/.exec(moved ?? '')?.[1];
-      expect(moved, r.warnings.join('\n')).toBe(`checkpoint_dir held 2 step folder(s) nmoe did not write (${iterName(2)}: holds dp_rank_000.pt, rd.pt, which nmoe never writes); moved them to ${aside}, so this run never deletes or writes into them`);
+      expect(moved, r.warnings.join('\n')).toBe(
+        `checkpoint_dir held 2 step folder(s) nmoe did not write (${iterName(2)}: holds dp_rank_000.pt, rd.pt, which nmoe never writes); moved them to ${aside}, so this run never deletes or writes into them`,
+      );
       expect(aside).toMatch(new RegExp(`^${dir}/previous/foreign_\\d{8}_\\d{6}$`));
       expect(readdirSync(aside!).sort()).toEqual([iterName(2), iterName(6), TRACKER]);
-      expect(readFileSync(join(aside!, iterName(2), 'rd.pt'), 'utf8')).toBe('the reference trainer\'s pickle');
+      expect(readFileSync(join(aside!, iterName(2), 'rd.pt'), 'utf8')).toBe("the reference trainer's pickle");
       expect(readdirSync(dir).sort()).toEqual([iterName(3), TRACKER, 'previous']);
       expect(listSteps(dir)[0]).toMatchObject({ step: 3, complete: true });
     }
@@ -361,17 +446,30 @@ describe('nothing lost', () => {
     bytes[bytes.length - 1]! ^= 1; // the low mantissa bit of the last value: still a valid file, one weight off
     writeFileSync(file, bytes);
     expect(readSafetensors(file).tensors.size).toBeGreaterThan(0);
-    await expect(run(dir, top!.step + 1, ['--resume'])).rejects.toThrow(new RegExp(
-      `^checkpoint ${newest} is damaged: rank_000\\.safetensors does not match its checksum \\(sha256 [0-9a-f]{16}…, the manifest records [0-9a-f]{16}…\\)\\. Fix: move ${newest} aside; resume then loads the step before it\\.$`));
+    await expect(run(dir, top!.step + 1, ['--resume'])).rejects.toThrow(
+      new RegExp(
+        `^checkpoint ${newest} is damaged: rank_000\\.safetensors does not match its checksum \\(sha256 [0-9a-f]{16}…, the manifest records [0-9a-f]{16}…\\)\\. Fix: move ${newest} aside; resume then loads the step before it\\.$`,
+      ),
+    );
     const damaged = cli(['ckpt', 'info', '--verify', dir]);
     expect(damaged.code).toBe(2);
-    expect(damaged.out).toMatch(new RegExp(`^${iterName(top!.step)} .*\\n(?: .*\\n)*? {2}verify: DAMAGED: rank_000\\.safetensors does not match its checksum`, 'm'));
-    expect(damaged.err.trim()).toBe(`nmoe: error: ${iterName(top!.step)} in ${dir} is damaged (see verify above). Fix: move it out of ${dir}; resume then loads the newest step that verifies.`);
+    expect(damaged.out).toMatch(
+      new RegExp(
+        `^${iterName(top!.step)} .*\\n(?: .*\\n)*? {2}verify: DAMAGED: rank_000\\.safetensors does not match its checksum`,
+        'm',
+      ),
+    );
+    expect(damaged.err.trim()).toBe(
+      `nmoe: error: ${iterName(top!.step)} in ${dir} is damaged (see verify above). Fix: move it out of ${dir}; resume then loads the newest step that verifies.`,
+    );
   });
 
-  it('a second trainer on a checkpoint_dir in use is refused, naming the holder; a killed holder\'s lock is taken over', async () => {
+  it("a second trainer on a checkpoint_dir in use is refused, naming the holder; a killed holder's lock is taken over", async () => {
     const dir = join(root, 'locked');
-    const first = spawn(process.execPath, [BIN, 'train', ...cfgArgs(dir, ['--steps=1000'])], { stdio: 'ignore', env: { ...process.env, CI: '1' } });
+    const first = spawn(process.execPath, [BIN, 'train', ...cfgArgs(dir, ['--steps=1000'])], {
+      stdio: 'ignore',
+      env: { ...process.env, CI: '1' },
+    });
     const exited = new Promise((r) => first.on('exit', r));
     while (!existsSync(join(dir, TRACKER)) && first.exitCode === null) await new Promise((r) => setTimeout(r, 10));
     const holder = JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8'));
@@ -379,7 +477,9 @@ describe('nothing lost', () => {
     for (const resume of ['--resume', '--no-resume']) {
       const second = cli(['train', ...cfgArgs(dir, ['--steps=2', resume])]);
       expect(second.code).toBe(2);
-      expect(second.err).toContain(`nmoe: error: checkpoint_dir ${dir} is in use by another nmoe train (pid ${first.pid} on host ${hostname()}, since ${holder.started}), and a second trainer would move`);
+      expect(second.err).toContain(
+        `nmoe: error: checkpoint_dir ${dir} is in use by another nmoe train (pid ${first.pid} on host ${hostname()}, since ${holder.started}), and a second trainer would move`,
+      );
       expect(second.out).not.toMatch(/moved them to/);
     }
     expect(readdirSync(dir)).not.toContain('previous');
@@ -398,9 +498,10 @@ describe('nothing lost', () => {
     for (const key of ['checkpoint_dir', 'metrics_dir']) {
       const r = cli(['train', ...cfgArgs(join(root, `bad-${key}`), ['--steps=2', `--${key}=${join(file, 'sub')}`])]);
       expect(r.code).toBe(2);
-      expect(r.err).toContain(`nmoe: error: ${key} = "${join(file, 'sub')}" cannot be written (ENOTDIR). Fix: point ${key} at a writable folder (--${key}=PATH).`);
+      expect(r.err).toContain(
+        `nmoe: error: ${key} = "${join(file, 'sub')}" cannot be written (ENOTDIR). Fix: point ${key} at a writable folder (--${key}=PATH).`,
+      );
       expect(r.out + r.err).not.toMatch(/^step /m);
     }
   });
 });
-

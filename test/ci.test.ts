@@ -26,10 +26,16 @@ describe('.ci/run', () => {
   it('ends with passed, failed and skipped (pending + todo) counts, and fails on any failure', () => {
     const report = { numPassedTests: 30, numFailedTests: 0, numPendingTests: 4, numTodoTests: 1 };
     expect(summary(report)).toEqual({ code: 0, last: '30 passed, 0 failed, 5 skipped' });
-    expect(summary({ ...report, numFailedTests: 2 }, 0, 1)).toEqual({ code: 1, last: '30 passed, 2 failed, 5 skipped' });
+    expect(summary({ ...report, numFailedTests: 2 }, 0, 1)).toEqual({
+      code: 1,
+      last: '30 passed, 2 failed, 5 skipped',
+    });
     expect(summary(report, 1)).toEqual({ code: 1, last: '30 passed, 1 failed, 5 skipped' });
     expect(summary(report, 0, 1)).toEqual({ code: 1, last: '30 passed, 1 failed, 5 skipped' }); // the runner failed with no failed test
     expect(summary(null, 0, 1)).toEqual({ code: 1, last: '0 passed, 1 failed, 0 skipped' });
-    expect(summary({ numPassedTests: 0, numFailedTests: 0, numPendingTests: 9 })).toEqual({ code: 1, last: '0 passed, 0 failed, 9 skipped' });
+    expect(summary({ numPassedTests: 0, numFailedTests: 0, numPendingTests: 9 })).toEqual({
+      code: 1,
+      last: '0 passed, 0 failed, 9 skipped',
+    });
   });
 });

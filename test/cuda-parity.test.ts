@@ -38,7 +38,8 @@ function hostRandn(n: number, std = 1): Float32Array {
 }
 
 function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0, n = 0;
+  let d = 0,
+    n = 0;
   for (let i = 0; i < a.length; i++) {
     d += (a[i]! - b[i]!) ** 2;
     n += b[i]! ** 2;
@@ -50,7 +51,10 @@ type Put = (data: Float32Array | Int32Array, shape: number[], dtype?: DType) => 
 
 /** Runs `build` on both backends (same host inputs via `put`, default dtype `dtype`) and compares every output. */
 async function parity(dtype: DType, build: (b: Backend, put: Put) => Tensor[]) {
-  const putOn = (b: Backend): Put => (data, shape, dt) => b.upload(data, shape, dt ?? (data instanceof Int32Array ? 'i32' : dtype));
+  const putOn =
+    (b: Backend): Put =>
+    (data, shape, dt) =>
+      b.upload(data, shape, dt ?? (data instanceof Int32Array ? 'i32' : dtype));
   const want = build(cpu, putOn(cpu));
   const got = build(gpu!, putOn(gpu!));
   const errors: number[] = [];
@@ -63,13 +67,26 @@ const bound = (dtype: DType) => (dtype === 'f32' ? 1e-4 : 2e-2);
 describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
   for (const dtype of ['f32', 'bf16'] as const) {
     describe(dtype, () => {
-      const T = 96, D = 80;
+      const T = 96,
+        D = 80;
       it('matmul in every transpose combination, with accumulate', async () => {
-        for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
-          const a = hostRandn(T * D), b = hostRandn(D * 48), c = hostRandn(T * 48);
+        for (const [ta, tb] of [
+          [false, false],
+          [true, false],
+          [false, true],
+          [true, true],
+        ] as const) {
+          const a = hostRandn(T * D),
+            b = hostRandn(D * 48),
+            c = hostRandn(T * 48);
           const errs = await parity(dtype, (be, put) => {
-            const x = put(a, ta ? [D, T] : [T, D]), y = put(b, tb ? [48, D] : [D, 48]), z = put(c, [T, 48]);
-            return [be.matmul(x, y, { transA: ta, transB: tb }), be.matmul(x, y, { transA: ta, transB: tb, out: z, accumulate: true, alpha: 0.5 })];
+            const x = put(a, ta ? [D, T] : [T, D]),
+              y = put(b, tb ? [48, D] : [D, 48]),
+              z = put(c, [T, 48]);
+            return [
+              be.matmul(x, y, { transA: ta, transB: tb }),
+              be.matmul(x, y, { transA: ta, transB: tb, out: z, accumulate: true, alpha: 0.5 }),
+            ];
           });
           for (const e of errs) expect(e, `transA=${ta} transB=${tb}`).toBeLessThan(bound(dtype));
         }
@@ -77,9 +94,16 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
 
       it('embedding, rmsnorm, swiglu, add, split/concat (forward and backward), softmax', async () => {
         const idsH = Int32Array.from({ length: T }, (_, i) => (i * 7) % 50);
-        const tableH = hostRandn(50 * D), xH = hostRandn(T * D), wH = hostRandn(D), rH = hostRandn(T * D);
+        const tableH = hostRandn(50 * D),
+          xH = hostRandn(T * D),
+          wH = hostRandn(D),
+          rH = hostRandn(T * D);
         const errs = await parity(dtype, (b, put) => {
-          const i = put(idsH, [T]), t = put(tableH, [50, D]), xx = put(xH, [T, D]), ww = put(wH, [D]), rr = put(rH, [T, D]);
+          const i = put(idsH, [T]),
+            t = put(tableH, [50, D]),
+            xx = put(xH, [T, D]),
+            ww = put(wH, [D]),
+            rr = put(rH, [T, D]);
           const dTable = b.zeros([50, D], dtype);
           b.embeddingBackward(i, rr, dTable, 10.667);
           const { y, rstd } = b.rmsnorm(xx, ww, 1e-5);
@@ -87,21 +111,46 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           const dx = b.rmsnormBackward(rr, xx, ww, rstd, dw);
           const { dg, du } = b.swigluBackward(rr, xx, y);
           const parts = b.splitCols(xx, [30, 50]);
-          return [b.embedding(i, t, 10.667), dTable, y, rstd, dx, dw, b.swiglu(xx, y), dg, du, b.add(xx, rr), b.concatCols(parts.reverse()), b.softmax(xx)];
+          return [
+            b.embedding(i, t, 10.667),
+            dTable,
+            y,
+            rstd,
+            dx,
+            dw,
+            b.swiglu(xx, y),
+            dg,
+            du,
+            b.add(xx, rr),
+            b.concatCols(parts.reverse()),
+            b.softmax(xx),
+          ];
         });
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
       });
 
       it('rope, MLA assembly and causal attention (forward and backward)', async () => {
-        const B = 2, S = 24, H = 3, dN = 16, dR = 8, dV = 12;
+        const B = 2,
+          S = 24,
+          H = 3,
+          dN = 16,
+          dR = 8,
+          dV = 12;
         const positions = 64;
         const cosH = Float32Array.from({ length: positions * 4 }, (_, i) => Math.cos(i * 0.1));
         const sinH = Float32Array.from({ length: positions * 4 }, (_, i) => Math.sin(i * 0.1));
-        const kvbH = hostRandn(B * S * H * (dN + dV)), kpeH = hostRandn(B * S * dR), qH = hostRandn(B * S * H * (dN + dR)), dOH = hostRandn(B * S * H * dV);
+        const kvbH = hostRandn(B * S * H * (dN + dV)),
+          kpeH = hostRandn(B * S * dR),
+          qH = hostRandn(B * S * H * (dN + dR)),
+          dOH = hostRandn(B * S * H * dV);
         const spec = { batch: B, seqLen: S, heads: H, scale: (dN + dR) ** -0.5 };
         const errs = await parity(dtype, (b, put) => {
-          const c = put(cosH, [positions, 4], 'f32'), s = put(sinH, [positions, 4], 'f32');
-          const kv = put(kvbH, [B * S, H * (dN + dV)]), pe = put(kpeH, [B * S, dR]), qq = put(qH, [B * S, H * (dN + dR)]), g = put(dOH, [B * S, H * dV]);
+          const c = put(cosH, [positions, 4], 'f32'),
+            s = put(sinH, [positions, 4], 'f32');
+          const kv = put(kvbH, [B * S, H * (dN + dV)]),
+            pe = put(kpeH, [B * S, dR]),
+            qq = put(qH, [B * S, H * (dN + dR)]),
+            g = put(dOH, [B * S, H * dV]);
           b.ropeInPlace(qq, c, s, { heads: H, headStride: dN + dR, base: 0, offset: dN, dim: dR, seqLen: S }, false);
           b.ropeInPlace(pe, c, s, { heads: 1, headStride: dR, base: 0, offset: 0, dim: dR, seqLen: S }, true);
           const { k, v } = b.mlaAssembleKV(kv, pe, H, dN, dV);
@@ -115,13 +164,27 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
 
       // cuDNN (the default kernel, deterministic or not) and nmoe's flash kernels; S = 200 is ragged (cuDNN <= 9.15
       // refuses it and falls back to the flash kernels), S = 256 runs on cuDNN where cuDNN is found.
-      for (const [S, kernel, deterministic] of [[200, 'nmoe', true], [200, 'cudnn', true], [256, 'cudnn', true], [256, 'cudnn', false]] as const) {
+      for (const [S, kernel, deterministic] of [
+        [200, 'nmoe', true],
+        [200, 'cudnn', true],
+        [256, 'cudnn', true],
+        [256, 'cudnn', false],
+      ] as const) {
         it(`attention at MLA head dims (192/128), S ${S}, ${kernel} kernels${deterministic ? '' : ', nondeterministic backward'}`, async () => {
-          const B = 2, H = 2, dQK = 192, dV = 128;
-          const qH = hostRandn(B * S * H * dQK), kH = hostRandn(B * S * H * dQK), vH = hostRandn(B * S * H * dV), gH = hostRandn(B * S * H * dV);
+          const B = 2,
+            H = 2,
+            dQK = 192,
+            dV = 128;
+          const qH = hostRandn(B * S * H * dQK),
+            kH = hostRandn(B * S * H * dQK),
+            vH = hostRandn(B * S * H * dV),
+            gH = hostRandn(B * S * H * dV);
           const spec = { batch: B, seqLen: S, heads: H, scale: dQK ** -0.5, kernel, deterministic };
           const errs = await parity(dtype, (b, put) => {
-            const q = put(qH, [B * S, H * dQK]), k = put(kH, [B * S, H * dQK]), v = put(vH, [B * S, H * dV]), g = put(gH, [B * S, H * dV]);
+            const q = put(qH, [B * S, H * dQK]),
+              k = put(kH, [B * S, H * dQK]),
+              v = put(vH, [B * S, H * dV]),
+              g = put(gH, [B * S, H * dV]);
             const { out, lse } = b.attention(q, k, v, spec);
             const { dq, dk, dv } = b.attentionBackward(g, q, k, v, out, lse, spec);
             return [out, lse, dq, dk, dv];
@@ -134,13 +197,17 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
       // 200K makes them at moonlet6 sizes: the limits shrunk to 7-token chunks and 3-chunk groups over T = 96. A
       // vocabulary of 301 takes the kernels' scalar paths (rows not a multiple of 4).
       it.each([300, 301])('cross-entropy over several chunks and groups of chunks (vocabulary %i)', async (V) => {
-        const xH = hostRandn(T * D), wH = hostRandn(V * D, 0.2), tH = Int32Array.from({ length: T }, (_, i) => (i * 29) % V);
+        const xH = hostRandn(T * D),
+          wH = hostRandn(V * D, 0.2),
+          tH = Int32Array.from({ length: T }, (_, i) => (i * 29) % V);
         const limits = (gpu as Backend & { ceLimits: { chunkElements: number; groupBytes: number } }).ceLimits;
         const saved = { ...limits };
         Object.assign(limits, { chunkElements: 7 * V, groupBytes: 3 * 7 * V * (dtype === 'f32' ? 4 : 2) });
         try {
           const errs = await parity(dtype, (b, put) => {
-            const xx = put(xH, [T, D]), ww = put(wH, [V, D]), tt = put(tH, [T]);
+            const xx = put(xH, [T, D]),
+              ww = put(wH, [V, D]),
+              tt = put(tH, [T]);
             const dw = b.zeros([V, D], dtype);
             b.copy(ww, dw); // dw accumulates into what it holds
             const { loss, count, dx } = b.crossEntropy(xx, ww, tt, { logitScale: 0.125, ignoreIndex: 3 }, dw);
@@ -153,12 +220,22 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
       });
 
       it('router, grouping, grouped GEMMs and combine (forward and backward)', async () => {
-        const E = 6, K = 2, F = 40;
-        const logitsH = hostRandn(T * E), biasH = hostRandn(E, 0.1), xH = hostRandn(T * D), w1H = hostRandn(E * D * F, 0.1);
-        const dOutH = hostRandn(T * F), dgH = hostRandn(T * K);
+        const E = 6,
+          K = 2,
+          F = 40;
+        const logitsH = hostRandn(T * E),
+          biasH = hostRandn(E, 0.1),
+          xH = hostRandn(T * D),
+          w1H = hostRandn(E * D * F, 0.1);
+        const dOutH = hostRandn(T * F),
+          dgH = hostRandn(T * K);
         const errs = await parity(dtype, (b, put) => {
-          const l32 = put(logitsH, [T, E], 'f32'), b32 = put(biasH, [E], 'f32'), dg32 = put(dgH, [T, K], 'f32');
-          const xx = put(xH, [T, D]), w = put(w1H, [E, D, F]), g = put(dOutH, [T, F]);
+          const l32 = put(logitsH, [T, E], 'f32'),
+            b32 = put(biasH, [E], 'f32'),
+            dg32 = put(dgH, [T, K], 'f32');
+          const xx = put(xH, [T, D]),
+            w = put(w1H, [E, D, F]),
+            g = put(dOutH, [T, F]);
           const { gates, idx } = b.routerTopK(l32, b32, K, 2.0);
           const dLogits = b.routerTopKBackward(dg32, l32, idx, 2.0);
           const plan = b.moePlan(idx, E);
@@ -172,16 +249,42 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           const dx = b.moeGatherBackward(dxe, plan);
           const bias2 = put(new Float32Array(E), [E], 'f32');
           b.routerBiasUpdate(bias2, plan.counts, 0.01, put(Float32Array.of(1), [1], 'f32'));
-          return [gates, idx, dLogits, plan.counts, plan.offsets, plan.slotOfRow, plan.rowOfSlot, xe, h, out, dye, dGates, dw, dxe, dx, bias2];
+          return [
+            gates,
+            idx,
+            dLogits,
+            plan.counts,
+            plan.offsets,
+            plan.slotOfRow,
+            plan.rowOfSlot,
+            xe,
+            h,
+            out,
+            dye,
+            dGates,
+            dw,
+            dxe,
+            dx,
+            bias2,
+          ];
         });
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(i < 7 || i === 15 ? 1e-6 : bound(dtype)));
       });
 
       it('grouped GEMMs over many uneven expert segments (several 128-row tiles each)', async () => {
-        const T = 700, K = 6, E = 8, Din = 264, Dout = 200;
+        const T = 700,
+          K = 6,
+          E = 8,
+          Din = 264,
+          Dout = 200;
         const idxH = Int32Array.from({ length: T * K }, (_, i) => ((i * 7919) % 13) % E); // skewed loads, some experts heavy
-        const xH = hostRandn(T * Din), wH = hostRandn(E * Din * Dout, 0.05), wtH = hostRandn(E * Dout * Din, 0.05), gH = hostRandn(T * K * Dout);
-        const x2H = hostRandn(T * Din), w2H = hostRandn(E * Din * Dout, 0.05), wt2H = hostRandn(E * Dout * Din, 0.05);
+        const xH = hostRandn(T * Din),
+          wH = hostRandn(E * Din * Dout, 0.05),
+          wtH = hostRandn(E * Dout * Din, 0.05),
+          gH = hostRandn(T * K * Dout);
+        const x2H = hostRandn(T * Din),
+          w2H = hostRandn(E * Din * Dout, 0.05),
+          wt2H = hostRandn(E * Dout * Din, 0.05);
         const errs = await parity(dtype, (b, put) => {
           const plan = b.moePlan(put(idxH, [T, K]), E);
           const xe = b.moeGather(put(xH, [T, Din]), plan);
@@ -191,7 +294,14 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           b.groupedMatmulWeightGrad(xe, put(gH, [T * K, Dout]), plan.offsets, dw);
           // The fused forms: two products summed (the input gradient of W1 and W3), and the gate/up SwiGLU.
           const xe2 = b.moeGather(put(x2H, [T, Din]), plan);
-          const ysum = b.groupedMatmulSum(xe, put(wtH, [E, Dout, Din]), xe2, put(wt2H, [E, Dout, Din]), plan.offsets, true);
+          const ysum = b.groupedMatmulSum(
+            xe,
+            put(wtH, [E, Dout, Din]),
+            xe2,
+            put(wt2H, [E, Dout, Din]),
+            plan.offsets,
+            true,
+          );
           const ysumN = b.groupedMatmulSum(xe, put(wH, [E, Din, Dout]), xe2, put(w2H, [E, Din, Dout]), plan.offsets);
           const { h1, h3, a } = b.groupedSwiglu(xe, put(wH, [E, Din, Dout]), put(w2H, [E, Din, Dout]), plan.offsets);
           // A gradient's first product writes (accumulate false) over whatever the memory held: two more experts,
@@ -199,7 +309,13 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           const plan2 = b.moePlan(put(idxH, [T, K]), E + 2);
           const dwWrite = b.empty([E + 2, Din, Dout], dtype);
           b.fill(dwWrite, Number.NaN);
-          b.groupedMatmulWeightGrad(b.moeGather(put(xH, [T, Din]), plan2), put(gH, [T * K, Dout]), plan2.offsets, dwWrite, false);
+          b.groupedMatmulWeightGrad(
+            b.moeGather(put(xH, [T, Din]), plan2),
+            put(gH, [T * K, Dout]),
+            plan2.offsets,
+            dwWrite,
+            false,
+          );
           return [y, yt, dw, ysum, ysumN, h1, h3, a, dwWrite];
         });
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
@@ -207,33 +323,70 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
 
       it('chunked cross-entropy, global norm and AdamW', async () => {
         const V = 300;
-        const xH = hostRandn(T * D), wH = hostRandn(V * D, 0.2), tH = Int32Array.from({ length: T }, (_, i) => (i * 13) % V);
+        const xH = hostRandn(T * D),
+          wH = hostRandn(V * D, 0.2),
+          tH = Int32Array.from({ length: T }, (_, i) => (i * 13) % V);
         const errs = await parity(dtype, (b, put) => {
-          const xx = put(xH, [T, D]), ww = put(wH, [V, D]), tt = put(tH, [T]);
+          const xx = put(xH, [T, D]),
+            ww = put(wH, [V, D]),
+            tt = put(tH, [T]);
           const spec = { logitScale: 0.125, ignoreIndex: 0 };
           const dw = b.zeros([V, D], dtype);
           const { loss, count, dx: dxOrNull } = b.crossEntropy(xx, ww, tt, spec, dw);
           const dx = dxOrNull!;
           const plain = b.crossEntropy(xx, ww, tt, spec);
           const norm = b.globalNorm([dx, dw]);
-          const m = b.zeros([V, D], 'f32'), v = b.zeros([V, D], 'f32');
+          const m = b.zeros([V, D], 'f32'),
+            v = b.zeros([V, D], 'f32');
           const p = b.zeros([V, D], dtype);
           b.copy(ww, p);
-          b.adamw([{ params: [p], grads: [dw], expAvg: [m], expAvgSq: [v], lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 1 }], { gradNorm: norm, maxNorm: 1e-3 });
+          b.adamw(
+            [
+              {
+                params: [p],
+                grads: [dw],
+                expAvg: [m],
+                expAvgSq: [v],
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weightDecay: 0.1,
+                step: 1,
+              },
+            ],
+            { gradNorm: norm, maxNorm: 1e-3 },
+          );
           // The bf16 policies: fp32 masters, and stochastic rounding.
-          const pm = b.zeros([V, D], dtype), master = b.zeros([V, D], 'f32'), psr = b.zeros([V, D], dtype);
+          const pm = b.zeros([V, D], dtype),
+            master = b.zeros([V, D], 'f32'),
+            psr = b.zeros([V, D], dtype);
           b.copy(ww, pm);
           b.convert(ww, master);
           b.copy(ww, psr);
           const moments = () => [b.zeros([V, D], 'f32'), b.zeros([V, D], 'f32')] as const;
-          const [m2, v2] = moments(), [m3, v3] = moments();
+          const [m2, v2] = moments(),
+            [m3, v3] = moments();
           const hyper = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 3 };
-          b.adamw([{ params: [pm], grads: [dw], expAvg: [m2], expAvgSq: [v2], master: [master], ...hyper }], { gradNorm: norm, maxNorm: 0 });
-          b.adamw([{ params: [psr], grads: [dw], expAvg: [m3], expAvgSq: [v3], ...hyper }], { gradNorm: norm, maxNorm: 0, stochasticRounding: { seed: 7 } });
+          b.adamw([{ params: [pm], grads: [dw], expAvg: [m2], expAvgSq: [v2], master: [master], ...hyper }], {
+            gradNorm: norm,
+            maxNorm: 0,
+          });
+          b.adamw([{ params: [psr], grads: [dw], expAvg: [m3], expAvgSq: [v3], ...hyper }], {
+            gradNorm: norm,
+            maxNorm: 0,
+            stochasticRounding: { seed: 7 },
+          });
           // bf16 moments (optim_state_dtype = "bf16", every large preset's policy), clipped: last, with the bf16 bound.
-          const pb = b.zeros([V, D], dtype), m4 = b.zeros([V, D], 'bf16'), v4 = b.zeros([V, D], 'bf16');
+          const pb = b.zeros([V, D], dtype),
+            m4 = b.zeros([V, D], 'bf16'),
+            v4 = b.zeros([V, D], 'bf16');
           b.copy(ww, pb);
-          for (const step of [1, 2, 3]) b.adamw([{ params: [pb], grads: [dw], expAvg: [m4], expAvgSq: [v4], ...hyper, step }], { gradNorm: norm, maxNorm: 1e-3 });
+          for (const step of [1, 2, 3])
+            b.adamw([{ params: [pb], grads: [dw], expAvg: [m4], expAvgSq: [v4], ...hyper, step }], {
+              gradNorm: norm,
+              maxNorm: 1e-3,
+            });
           return [loss, plain.loss, count, dx, dw, norm, p, m, v, pm, master, psr, pb, m4, v4];
         });
         const bf16Moments = errs.length - 3;
@@ -242,16 +395,25 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
 
       it('Muon: momentum, Newton-Schulz through matmul and the update, wide and tall, with fp32 masters in bf16', async () => {
         const [R, C] = [24, 40];
-        const gH = hostRandn(R * C), wH = hostRandn(R * C, 0.2), mH = hostRandn(R * C, 0.1);
-        const errs = await parity(dtype, (b, put) => [[R, C], [C, R]].flatMap((shape) => {
-          const value = put(wH, shape), grad = put(gH, shape), momentum = put(mH, shape, 'f32');
-          const master = dtype === 'bf16' ? put(wH, shape, 'f32') : undefined;
-          const gradNorm = b.globalNorm([grad]);
-          const settings = { momentum: 0.95, nesterov: true, nsSteps: 5, maxNorm: 1, stochasticSeed: null };
-          muonStep(b, [{ value, grad, momentum, master, lr: 1e-2, weightDecay: 0.1 }], gradNorm, 1, settings);
-          const start = b.muonMomentum(grad, b.zeros(shape, 'f32'), { ...settings, gradNorm });
-          return [momentum, value, ...(master ? [master] : []), newtonSchulz5(b, start, 5).tensor];
-        }));
+        const gH = hostRandn(R * C),
+          wH = hostRandn(R * C, 0.2),
+          mH = hostRandn(R * C, 0.1);
+        const errs = await parity(dtype, (b, put) =>
+          [
+            [R, C],
+            [C, R],
+          ].flatMap((shape) => {
+            const value = put(wH, shape),
+              grad = put(gH, shape),
+              momentum = put(mH, shape, 'f32');
+            const master = dtype === 'bf16' ? put(wH, shape, 'f32') : undefined;
+            const gradNorm = b.globalNorm([grad]);
+            const settings = { momentum: 0.95, nesterov: true, nsSteps: 5, maxNorm: 1, stochasticSeed: null };
+            muonStep(b, [{ value, grad, momentum, master, lr: 1e-2, weightDecay: 0.1 }], gradNorm, 1, settings);
+            const start = b.muonMomentum(grad, b.zeros(shape, 'f32'), { ...settings, gradNorm });
+            return [momentum, value, ...(master ? [master] : []), newtonSchulz5(b, start, 5).tensor];
+          }),
+        );
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
       });
     });
@@ -259,7 +421,10 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
 
   describe('whole model', () => {
     function tiny(extra: string[] = []) {
-      const { config } = loadConfig(defaultConfigPath(), { env: {}, overrides: ['--seq_len=32', '--batch_size=4', ...extra] });
+      const { config } = loadConfig(defaultConfigPath(), {
+        env: {},
+        overrides: ['--seq_len=32', '--batch_size=4', ...extra],
+      });
       return modelConfig(config);
     }
 
@@ -282,10 +447,13 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           m.backward(fwd.saved);
           return { loss, grads: await Promise.all(m.params.trainable().map((p) => b.read(p.grad!))) };
         };
-        const want = await run(cpu, ref), got = await run(gpu!, dev);
+        const want = await run(cpu, ref),
+          got = await run(gpu!, dev);
         expect(Math.abs(got.loss - want.loss) / want.loss).toBeLessThan(dtype === 'f32' ? 1e-5 : 1e-2);
         const names = ref.params.trainable().map((p) => p.name);
-        want.grads.forEach((g, i) => expect(relErr(got.grads[i]!, g), names[i]).toBeLessThan(dtype === 'f32' ? 1e-3 : 5e-2));
+        want.grads.forEach((g, i) =>
+          expect(relErr(got.grads[i]!, g), names[i]).toBeLessThan(dtype === 'f32' ? 1e-3 : 5e-2),
+        );
       });
     }
 
@@ -299,15 +467,18 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           const host = (await cpu.read(p.value)) as Float32Array;
           dev.params.backend.copy(gpu!.upload(host, p.shape, p.value.dtype), dev.params.params[i]!.value);
         }
-        const prompt = Int32Array.from([67, 97, 108, 108, 32, 109, 101]), next = [32, 73, 115, 104, 109, 97, 101, 108];
+        const prompt = Int32Array.from([67, 97, 108, 108, 32, 109, 101]),
+          next = [32, 73, 115, 104, 109, 97, 101, 108];
         const decode = async (b: Backend, m: Transformer) => {
-          const dec = new Decoder(m), cache = dec.newCache(prompt.length + next.length);
+          const dec = new Decoder(m),
+            cache = dec.newCache(prompt.length + next.length);
           const h = dec.hidden(b.upload(prompt, [prompt.length], 'i32'), 1, prompt.length, cache);
           const out = [await dec.logits(b.view(h, [1, cfg.dim], (prompt.length - 1) * cfg.dim))];
           for (const id of next) out.push(await dec.logits(dec.step(b.upload(Int32Array.of(id), [1], 'i32'), cache)));
           return out;
         };
-        const want = await decode(cpu, ref), got = await decode(gpu!, dev);
+        const want = await decode(cpu, ref),
+          got = await decode(gpu!, dev);
         want.forEach((w, s) => expect(relErr(got[s]!, w), `step ${s}`).toBeLessThan(5e-2));
       });
     }

@@ -35,15 +35,31 @@ describe.skipIf(!haveTorch)('curve parity with PyTorch', () => {
     const data = join(dir, 'shards');
     mkdirSync(join(data, 'b'), { recursive: true });
     // Written out of order; a hidden file is not data. 3 steps x 3 rows x 17 tokens = 153 > 110 tokens: it wraps.
-    writeShard(join(data, 'b', 'part-1.npy'), Array.from({ length: 40 }, (_, i) => 100 + i));
-    writeShard(join(data, 'a.npy'), Array.from({ length: 50 }, (_, i) => i));
-    writeShard(join(data, 'b', 'part-0.npy'), Array.from({ length: 20 }, (_, i) => 200 + i));
+    writeShard(
+      join(data, 'b', 'part-1.npy'),
+      Array.from({ length: 40 }, (_, i) => 100 + i),
+    );
+    writeShard(
+      join(data, 'a.npy'),
+      Array.from({ length: 50 }, (_, i) => i),
+    );
+    writeShard(
+      join(data, 'b', 'part-0.npy'),
+      Array.from({ length: 20 }, (_, i) => 200 + i),
+    );
     writeShard(join(data, '.hidden.npy'), [255, 255, 255]);
-    const { config } = loadConfig('configs/tiny.toml', { overrides: [`--data_path=${data}`, '--seq_len=16', '--batch_size=3', '--steps=3'], env: {} });
+    const { config } = loadConfig('configs/tiny.toml', {
+      overrides: [`--data_path=${data}`, '--seq_len=16', '--batch_size=3', '--steps=3'],
+      env: {},
+    });
     const cfgPath = join(dir, 'loader.json');
     writeConfigJson(cfgPath, 'configs/tiny.toml', config);
     const out = join(dir, 'batches.safetensors');
-    const r = spawnSync(TORCH_PYTHON, [TWIN, '--config', cfgPath, '--steps', '0', '--batches', '3', '--batches-out', out], { encoding: 'utf8' });
+    const r = spawnSync(
+      TORCH_PYTHON,
+      [TWIN, '--config', cfgPath, '--steps', '0', '--batches', '3', '--batches-out', out],
+      { encoding: 'utf8' },
+    );
     expect(r.status, r.stderr).toBe(0);
     const twin = readSafetensors(out).tensors;
     const loader = createLoader(config, 0, 1, { warn: () => {} });
@@ -59,9 +75,18 @@ describe.skipIf(!haveTorch)('curve parity with PyTorch', () => {
   });
 
   const options = (out: string, torchBiasUpdate: boolean): CurveOptions => ({
-    configPath: 'configs/tiny.toml', overrides: ['--device=cpu', '--seq_len=64', '--batch_size=4'], steps: 50, window: null,
-    tolerance: 0.03, maxStepDiff: STEP_TOLERANCE, torchRuns: 1, torchDevice: 'cpu', sdpa: false, python: TORCH_PYTHON,
-    outDir: join(dir, out), torchBiasUpdate,
+    configPath: 'configs/tiny.toml',
+    overrides: ['--device=cpu', '--seq_len=64', '--batch_size=4'],
+    steps: 50,
+    window: null,
+    tolerance: 0.03,
+    maxStepDiff: STEP_TOLERANCE,
+    torchRuns: 1,
+    torchDevice: 'cpu',
+    sdpa: false,
+    python: TORCH_PYTHON,
+    outDir: join(dir, out),
+    torchBiasUpdate,
   });
 
   it('tiny, fp32, 50 steps from the same weights on the same batches: every step within 1e-4 of PyTorch', async () => {

@@ -10,7 +10,17 @@
 import { spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { cpSync, existsSync, readFileSync, readdirSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  readFileSync,
+  readdirSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { parquetWriteBuffer } from 'hyparquet-writer';
@@ -20,25 +30,43 @@ import { PREP_DEFAULTS } from '../src/data/prep/options.ts';
 import { runPrep } from '../src/data/prep/prep.ts';
 import { NpyShard } from '../src/data/shard.ts';
 import { listFiles } from '../src/data/sources/paths.ts';
-import { BIN, documents, expected, nmoe, nmoeAsync, removeTempDirs, shardBytes, tempDir, writeFlowTomls, writeJsonl } from './fixtures/data/helpers.ts';
+import {
+  BIN,
+  documents,
+  expected,
+  nmoe,
+  nmoeAsync,
+  removeTempDirs,
+  shardBytes,
+  tempDir,
+  writeFlowTomls,
+  writeJsonl,
+} from './fixtures/data/helpers.ts';
 
 afterAll(removeTempDirs);
 
 /** Moby Dick's chapters, three times over, as JSONL: enough work that a prep can be stopped in the middle. */
 function bookJsonl(copies: number): string {
   const dir = tempDir('book');
-  const docs = Array.from({ length: copies }, (_, c) => embeddedDocuments().map((text, i) => ({ id: `c${c}-ch${i}`, text }))).flat();
+  const docs = Array.from({ length: copies }, (_, c) =>
+    embeddedDocuments().map((text, i) => ({ id: `c${c}-ch${i}`, text })),
+  ).flat();
   writeJsonl(join(dir, 'book.jsonl'), docs);
   return join(dir, 'book.jsonl');
 }
 
 const waitFor = async (cond: () => boolean, ms: number) => {
-  for (const t0 = Date.now(); !cond(); await new Promise((r) => setTimeout(r, 10))) if (Date.now() - t0 > ms) throw new Error('timed out');
+  for (const t0 = Date.now(); !cond(); await new Promise((r) => setTimeout(r, 10)))
+    if (Date.now() - t0 > ms) throw new Error('timed out');
 };
 
 describe('nmoe data', () => {
   it('has --help on every subcommand, and on bench data', () => {
-    for (const cmd of [['data'], ...['prep', 'verify', 'info', 'inspect', 'regenerate-index', 'dedup'].map((c) => ['data', c]), ['bench', 'data']]) {
+    for (const cmd of [
+      ['data'],
+      ...['prep', 'verify', 'info', 'inspect', 'regenerate-index', 'dedup'].map((c) => ['data', c]),
+      ['bench', 'data'],
+    ]) {
       const r = nmoe([...cmd, '--help']);
       expect(r.code, cmd.join(' ')).toBe(0);
       expect(r.out).toMatch(new RegExp(`Usage: nmoe ${cmd.join(' ')}`));
@@ -52,13 +80,42 @@ describe('nmoe data', () => {
 
 describe('an interrupted prep', () => {
   const input = bookJsonl(3);
-  const args = ['--source', 'jsonl', '--paths', input, '--name', 'book', '--num-shards', '4', '--tokens-per-shard', '60000', '--workers', '1', '--batch-size', '5', '--checkpoint-every', '15'];
-  const whole = runPrep({ ...PREP_DEFAULTS, source: 'jsonl', paths: [input], output: tempDir('whole'), name: 'book', numShards: 4, tokensPerShard: 60000, workers: 2 });
+  const args = [
+    '--source',
+    'jsonl',
+    '--paths',
+    input,
+    '--name',
+    'book',
+    '--num-shards',
+    '4',
+    '--tokens-per-shard',
+    '60000',
+    '--workers',
+    '1',
+    '--batch-size',
+    '5',
+    '--checkpoint-every',
+    '15',
+  ];
+  const whole = runPrep({
+    ...PREP_DEFAULTS,
+    source: 'jsonl',
+    paths: [input],
+    output: tempDir('whole'),
+    name: 'book',
+    numShards: 4,
+    tokensPerShard: 60000,
+    workers: 2,
+  });
 
   /** Starts the prep into `out` and SIGKILLs it once it has saved a checkpoint and finished a shard. */
   const killAfterCheckpoint = async (out: string) => {
     const run = nmoeAsync(['data', 'prep', ...args, '-o', out]);
-    await waitFor(() => existsSync(join(out, '.nmoe-prep.json')) && listFiles(out).some((f) => f.endsWith('.npy')), 60_000);
+    await waitFor(
+      () => existsSync(join(out, '.nmoe-prep.json')) && listFiles(out).some((f) => f.endsWith('.npy')),
+      60_000,
+    );
     run.child.kill('SIGKILL');
     expect((await run.done).signal).toBe('SIGKILL');
   };
@@ -118,14 +175,37 @@ describe('an interrupted prep', () => {
 describe('prep progress', () => {
   it('on a terminal redraws a bar with docs/s, tokens/s and MB read, and clears it; piped, draws none', () => {
     const input = bookJsonl(1);
-    const args = (out: string) => [BIN, 'data', 'prep', '--source', 'jsonl', '--paths', input, '-o', out, '--name', 'p', '--tokenizer', 'bytes', '--num-shards', '1', '-j', '1'];
+    const args = (out: string) => [
+      BIN,
+      'data',
+      'prep',
+      '--source',
+      'jsonl',
+      '--paths',
+      input,
+      '-o',
+      out,
+      '--name',
+      'p',
+      '--tokenizer',
+      'bytes',
+      '--num-shards',
+      '1',
+      '-j',
+      '1',
+    ];
     // Progress draws only where stderr is a TTY and CI is unset.
     const env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'CI')), NO_COLOR: '1' };
-    const tty = spawnSync('script', ['-q', '-e', '-c', [process.execPath, ...args(tempDir('tty'))].map((a) => `'${a}'`).join(' '), '/dev/null'],
-      { encoding: 'utf8', env, timeout: 120_000 });
+    const tty = spawnSync(
+      'script',
+      ['-q', '-e', '-c', [process.execPath, ...args(tempDir('tty'))].map((a) => `'${a}'`).join(' '), '/dev/null'],
+      { encoding: 'utf8', env, timeout: 120_000 },
+    );
     expect(tty.status, tty.stdout + tty.stderr).toBe(0);
     const total = (readFileSync(input).length / 1e6).toFixed(1);
-    const bar = new RegExp(`\\r\\x1b\\[2K[█░]{24} (\\d+) docs [\\d.]+K?/s {2}[\\d.]+[KM]? tok [\\d.]+[KM]?/s {2}([\\d.]+)/${total.replace('.', '\\.')} MB read [\\d.]+ MB/s`);
+    const bar = new RegExp(
+      `\\r\\x1b\\[2K[█░]{24} (\\d+) docs [\\d.]+K?/s {2}[\\d.]+[KM]? tok [\\d.]+[KM]?/s {2}([\\d.]+)/${total.replace('.', '\\.')} MB read [\\d.]+ MB/s`,
+    );
     const drawn = bar.exec(tty.stdout);
     expect(drawn, JSON.stringify(tty.stdout)).not.toBeNull();
     expect(Number(drawn![1])).toBeGreaterThan(0);
@@ -141,10 +221,31 @@ describe('prep progress', () => {
 describe('verify, info, inspect, regenerate-index', () => {
   it('report on good data, and name each problem and exit 2 on damaged data', async () => {
     const out = tempDir('check');
-    const prep = nmoe(['data', 'prep', '--source', 'jsonl', '--paths', bookJsonl(1), '-o', out, '--name', 'moby', '--version', 'v2', '--num-shards', '2', '--tokenizer', 'bytes', '-j', '1']);
+    const prep = nmoe([
+      'data',
+      'prep',
+      '--source',
+      'jsonl',
+      '--paths',
+      bookJsonl(1),
+      '-o',
+      out,
+      '--name',
+      'moby',
+      '--version',
+      'v2',
+      '--num-shards',
+      '2',
+      '--tokenizer',
+      'bytes',
+      '-j',
+      '1',
+    ]);
     expect(prep.code, prep.err).toBe(0);
     const manifest = join(out, 'manifest.json');
-    expect(nmoe(['data', 'verify', manifest, '--checksums']).out).toMatch(/^ok .*manifest\.json: 2 shards, 1\.2\dM tokens, checksums match$/m);
+    expect(nmoe(['data', 'verify', manifest, '--checksums']).out).toMatch(
+      /^ok .*manifest\.json: 2 shards, 1\.2\dM tokens, checksums match$/m,
+    );
     const info = nmoe(['data', 'info', manifest]).out;
     expect(info).toMatch(/^Tokenizer: +bytes \(hash [0-9a-f]{16}, built in\)$/m);
     expect(info).toMatch(/^Total documents: +135$/m);
@@ -159,8 +260,12 @@ describe('verify, info, inspect, regenerate-index', () => {
     writeFileSync(shard, bytes);
     const bad = nmoe(['data', 'verify', manifest, '--checksums']);
     expect(bad.code).toBe(2);
-    expect(bad.out).toMatch(/^FAIL shard_0000\/moby-v2-shard-000000\.npy: checksum mismatch, .* \[.*shard_0000\/moby-v2-shard-000000\.npy\]\. Fix: restore it, or re-run the `nmoe data prep` that wrote this data with --force\.$/m);
-    expect(bad.err).toMatch(/nmoe: error: 1 problem\(s\) in .*manifest\.json\. Fix: follow the fix on each FAIL line above\./);
+    expect(bad.out).toMatch(
+      /^FAIL shard_0000\/moby-v2-shard-000000\.npy: checksum mismatch, .* \[.*shard_0000\/moby-v2-shard-000000\.npy\]\. Fix: restore it, or re-run the `nmoe data prep` that wrote this data with --force\.$/m,
+    );
+    expect(bad.err).toMatch(
+      /nmoe: error: 1 problem\(s\) in .*manifest\.json\. Fix: follow the fix on each FAIL line above\./,
+    );
     const inspected = nmoe(['data', 'inspect', '--manifest', manifest, '--all']);
     expect(inspected.code).toBe(2);
     expect(inspected.out).toMatch(/ISSUE 1 double EOS \(empty documents\), first at token \d+/);
@@ -170,19 +275,29 @@ describe('verify, info, inspect, regenerate-index', () => {
     const missing = join(out, 'nowhere.npy');
     const noShard = nmoe(['data', 'regenerate-index', missing, '--eos-token-id', '0']);
     expect(noShard.code).toBe(2);
-    expect(noShard.err).toBe(`nmoe: error: shard not found [${missing}]. Fix: give regenerate-index the path of a .npy shard, ` +
-      'e.g. <output>/shard_0000/<name>-v1-shard-000000.npy (`nmoe data verify <output>/manifest.json` names the shards whose index is missing).\n');
+    expect(noShard.err).toBe(
+      `nmoe: error: shard not found [${missing}]. Fix: give regenerate-index the path of a .npy shard, ` +
+        'e.g. <output>/shard_0000/<name>-v1-shard-000000.npy (`nmoe data verify <output>/manifest.json` names the shards whose index is missing).\n',
+    );
     // A lost index: verify names it and the command that rebuilds it, and that command works.
     rmSync(join(out, 'shard_0001', 'moby-v2-shard-000000.idx'));
     const lostIndex = nmoe(['data', 'verify', manifest]);
-    const rebuild = /^FAIL missing index shard_0001\/moby-v2-shard-000000\.idx \[.*\]\. Fix: rebuild it with `(nmoe data regenerate-index (\S+) --eos-token-id 0)`\.$/m.exec(lostIndex.out);
+    const rebuild =
+      /^FAIL missing index shard_0001\/moby-v2-shard-000000\.idx \[.*\]\. Fix: rebuild it with `(nmoe data regenerate-index (\S+) --eos-token-id 0)`\.$/m.exec(
+        lostIndex.out,
+      );
     expect(rebuild, lostIndex.out).not.toBeNull();
     expect(rebuild![2]).toBe(join(out, 'shard_0001', 'moby-v2-shard-000000.npy'));
     expect(nmoe(rebuild![1]!.split(' ').slice(1)).code).toBe(0);
     expect(nmoe(['data', 'verify', manifest]).out).not.toMatch(/missing index/);
     rmSync(join(out, 'shard_0001'), { recursive: true });
-    expect(nmoe(['data', 'verify', manifest]).out).toMatch(new RegExp(`^FAIL missing shard shard_0001/moby-v2-shard-000000\\.npy \\[${join(out, 'shard_0001', 'moby-v2-shard-000000.npy')}\\]\\. ` +
-      'Fix: restore it, or re-run the `nmoe data prep` that wrote this data with --force\\.$', 'm'));
+    expect(nmoe(['data', 'verify', manifest]).out).toMatch(
+      new RegExp(
+        `^FAIL missing shard shard_0001/moby-v2-shard-000000\\.npy \\[${join(out, 'shard_0001', 'moby-v2-shard-000000.npy')}\\]\\. ` +
+          'Fix: restore it, or re-run the `nmoe data prep` that wrote this data with --force\\.$',
+        'm',
+      ),
+    );
   });
 });
 
@@ -197,7 +312,9 @@ describe('dedup', () => {
     for (const out of [input, join(dir, '..', basename(dir), '.', 'book.jsonl'), join(dir, 'link.jsonl')]) {
       const r = nmoe(['data', 'dedup', '--in', input, '--out', out]);
       expect(r.code, out).toBe(2);
-      expect(r.err).toBe(`nmoe: error: --out is the --in file itself (both are ${realpathSync(input)}) [${out}]. Fix: write to another file, e.g. --out ${join(dir, 'book.dedup.jsonl')}.\n`);
+      expect(r.err).toBe(
+        `nmoe: error: --out is the --in file itself (both are ${realpathSync(input)}) [${out}]. Fix: write to another file, e.g. --out ${join(dir, 'book.dedup.jsonl')}.\n`,
+      );
       expect(readFileSync(input).equals(before)).toBe(true);
     }
     expect(readdirSync(dir).sort()).toEqual(['book.jsonl', 'link.jsonl']);
@@ -213,7 +330,11 @@ describe('dedup', () => {
     const folder = nmoe(['data', 'dedup', '--in', dir, '--out', out]);
     expect(folder.err).toBe(`nmoe: error: --in is not a file [${dir}]. ${fix}\n`);
 
-    writeJsonl(join(dir, 'in.jsonl'), [{ text: 'one document' }, { text: 'one document' }, { text: 'another document entirely' }]);
+    writeJsonl(join(dir, 'in.jsonl'), [
+      { text: 'one document' },
+      { text: 'one document' },
+      { text: 'another document entirely' },
+    ]);
     const r = nmoe(['data', 'dedup', '--in', join(dir, 'in.jsonl'), '--out', out]);
     expect(r.code, r.err).toBe(0);
     expect(readFileSync(out, 'utf8')).toBe('{"text":"one document"}\n{"text":"another document entirely"}\n');
@@ -234,17 +355,35 @@ describe('dedup', () => {
     writeFileSync(cut, gzipSync(readFileSync(input)).subarray(0, 200_000));
     const failed = nmoe(['data', 'dedup', '--in', cut, '--out', join(dirname(out), 'from-cut.jsonl')]);
     expect(failed.code).toBe(2);
-    expect(failed.err).toMatch(/^nmoe: error: cannot decompress gzip data \(unexpected end of file\) \[.*cut\.jsonl\.gz\]/);
+    expect(failed.err).toMatch(
+      /^nmoe: error: cannot decompress gzip data \(unexpected end of file\) \[.*cut\.jsonl\.gz\]/,
+    );
     expect(readdirSync(dirname(out)).filter((f) => f.startsWith('from-cut'))).toEqual([]);
   });
 
   it('refuses --jaccard outside (0, 1] and non-whole --shingle, --perms, --seed: one line with the flag, the value and the fix', () => {
     const input = bookJsonl(1);
     const bad: [string, string, string][] = [
-      ['--jaccard', 'abc', '--jaccard "abc" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).'],
-      ['--jaccard', '0', '--jaccard "0" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).'],
-      ['--jaccard', '1.5', '--jaccard "1.5" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).'],
-      ['--jaccard', '-0.2', '--jaccard "-0.2" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).'],
+      [
+        '--jaccard',
+        'abc',
+        '--jaccard "abc" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).',
+      ],
+      [
+        '--jaccard',
+        '0',
+        '--jaccard "0" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).',
+      ],
+      [
+        '--jaccard',
+        '1.5',
+        '--jaccard "1.5" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).',
+      ],
+      [
+        '--jaccard',
+        '-0.2',
+        '--jaccard "-0.2" is not a similarity above 0 and at most 1. Fix: e.g. --jaccard 0.82 (the default).',
+      ],
       ['--perms', '1.5', '--perms 1.5 is not a whole number >= 1. Fix: e.g. --perms 128 (the default).'],
       ['--shingle', '0', '--shingle 0 is not a whole number >= 1. Fix: e.g. --shingle 13 (the default).'],
       ['--seed', '-1', '--seed -1 is not a whole number >= 0. Fix: e.g. --seed 42 (the default).'],
@@ -263,7 +402,10 @@ describe('dedup', () => {
 });
 
 describe('the Hugging Face Hub source', () => {
-  const rows = Array.from({ length: 120 }, (_, i) => `Hub row ${i}: ${'text streamed from the stand-in server '.repeat(1 + (i % 4))}`);
+  const rows = Array.from(
+    { length: 120 },
+    (_, i) => `Hub row ${i}: ${'text streamed from the stand-in server '.repeat(1 + (i % 4))}`,
+  );
   const file = Buffer.from(parquetWriteBuffer({ columnData: [{ name: 'text', data: rows }], rowGroupSize: 50 }));
   const ranges: string[] = [];
   const fetched: string[] = [];
@@ -271,10 +413,15 @@ describe('the Hugging Face Hub source', () => {
   let base = '';
   const started = new Promise<void>((resolve) => {
     server = createServer((req, res) => {
-      if (req.headers.authorization !== 'Bearer secret-token') return void res.writeHead(401).end('{"error":"unauthorized"}');
+      if (req.headers.authorization !== 'Bearer secret-token')
+        return void res.writeHead(401).end('{"error":"unauthorized"}');
       const url = req.url ?? '';
-      if (url === '/api/datasets/acme/tiny/parquet') return void res.end(JSON.stringify({ default: { train: [`${base}/files/0.parquet`, `${base}/files/1.parquet`] } }));
-      if (url === '/api/datasets/acme/tiny/parquet/default/train') return void res.end(JSON.stringify([`${base}/files/0.parquet`]));
+      if (url === '/api/datasets/acme/tiny/parquet')
+        return void res.end(
+          JSON.stringify({ default: { train: [`${base}/files/0.parquet`, `${base}/files/1.parquet`] } }),
+        );
+      if (url === '/api/datasets/acme/tiny/parquet/default/train')
+        return void res.end(JSON.stringify([`${base}/files/0.parquet`]));
       if (url.startsWith('/files/')) {
         if (req.method === 'HEAD') return void res.writeHead(200, { 'content-length': file.length }).end();
         const m = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '');
@@ -282,7 +429,9 @@ describe('the Hugging Face Hub source', () => {
         ranges.push(req.headers.range!);
         fetched.push(url);
         const end = m[2] ? Number(m[2]) + 1 : file.length;
-        return void res.writeHead(206, { 'content-range': `bytes ${m[1]}-${end - 1}/${file.length}` }).end(file.subarray(Number(m[1]), end));
+        return void res
+          .writeHead(206, { 'content-range': `bytes ${m[1]}-${end - 1}/${file.length}` })
+          .end(file.subarray(Number(m[1]), end));
       }
       res.writeHead(404).end('{"error":"not found"}');
     }).listen(0, '127.0.0.1', () => {
@@ -294,22 +443,46 @@ describe('the Hugging Face Hub source', () => {
   // The server lives in this process, so the CLI must run without blocking it.
   const hub = async (extra: string[], env: Record<string, string>) => {
     await started;
-    const run = nmoeAsync(['data', 'prep', '--source', 'hf', '--dataset', 'acme/tiny', '-o', tempDir('hub'), '--name', 'hub', '--num-shards', '3', '-j', '1', ...extra], { HF_ENDPOINT: base, ...env });
+    const run = nmoeAsync(
+      [
+        'data',
+        'prep',
+        '--source',
+        'hf',
+        '--dataset',
+        'acme/tiny',
+        '-o',
+        tempDir('hub'),
+        '--name',
+        'hub',
+        '--num-shards',
+        '3',
+        '-j',
+        '1',
+        ...extra,
+      ],
+      { HF_ENDPOINT: base, ...env },
+    );
     return run.done;
   };
 
-  it('lists the split\'s parquet files and streams them by range requests, sending HF_TOKEN', async () => {
+  it("lists the split's parquet files and streams them by range requests, sending HF_TOKEN", async () => {
     const r = await hub([], { HF_TOKEN: 'secret-token' });
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/^done: 240 documents/m);
     const out = /-> (.*)\/manifest\.json/.exec(r.out)![1]!;
-    expect(documents(out)).toEqual(expected([...rows, ...rows].map((t, i) => [`acme/tiny:${i}`, t]), 3));
+    expect(documents(out)).toEqual(
+      expected(
+        [...rows, ...rows].map((t, i) => [`acme/tiny:${i}`, t]),
+        3,
+      ),
+    );
     expect(ranges.length).toBeGreaterThanOrEqual(4); // footer + row groups, each a range
     const subset = await hub(['--subset', 'default'], { HF_TOKEN: 'secret-token' });
     expect(subset.out).toMatch(/^done: 120 documents/m);
   });
 
-  it('splits the split\'s parquet files over --num-workers, numbering documents as the reference\'s sharded source, and shares --max-tokens-total', async () => {
+  it("splits the split's parquet files over --num-workers, numbering documents as the reference's sharded source, and shares --max-tokens-total", async () => {
     const token = { HF_TOKEN: 'secret-token' };
     for (const w of [0, 1]) {
       fetched.length = 0;
@@ -319,15 +492,24 @@ describe('the Hugging Face Hub source', () => {
       expect(new Set(fetched)).toEqual(new Set([`/files/${w}.parquet`])); // only this worker's file is read
       const out = /-> (.*)\/manifest\.json/.exec(r.out)![1]!;
       // Worker w's k-th document is "<name>:<2k + w>", its index in the whole split.
-      expect(documents(out)).toEqual(expected(rows.map((t, k) => [`acme/tiny:${2 * k + w}`, t]), 3));
+      expect(documents(out)).toEqual(
+        expected(
+          rows.map((t, k) => [`acme/tiny:${2 * k + w}`, t]),
+          3,
+        ),
+      );
     }
     const limited = await hub(['--num-workers', '2', '--worker-index', '0', '--max-tokens-total', '2K'], token);
     expect(limited.code, limited.out).toBe(0);
-    expect(limited.out).toMatch(/^stopped at this worker's share of --max-tokens-total: 1,000 \(2,000 \/ 2 workers\)$/m);
+    expect(limited.out).toMatch(
+      /^stopped at this worker's share of --max-tokens-total: 1,000 \(2,000 \/ 2 workers\)$/m,
+    );
     const tooMany = await hub(['--num-workers', '3', '--worker-index', '2'], token);
     expect(tooMany.code).toBe(2);
-    expect(tooMany.out).toContain('nmoe: error: --worker-index 2 of --num-workers 3 gets none of the 2 parquet files the Hub lists for acme/tiny split train. ' +
-      'Fix: use at most 2 --num-workers.');
+    expect(tooMany.out).toContain(
+      'nmoe: error: --worker-index 2 of --num-workers 3 gets none of the 2 parquet files the Hub lists for acme/tiny split train. ' +
+        'Fix: use at most 2 --num-workers.',
+    );
   });
 
   it('without a token, or for a missing dataset or split, says what to do', async () => {
@@ -337,14 +519,18 @@ describe('the Hugging Face Hub source', () => {
     const split = await hub(['--split', 'test'], { HF_TOKEN: 'secret-token' });
     expect(split.out).toMatch(/has no split "test" \(splits: train\)\. Fix: pick one with --split/);
     const missing = await hub(['--subset', 'other'], { HF_TOKEN: 'secret-token' });
-    expect(missing.out).toMatch(/the Hub has no acme\/tiny subset other split train \(HTTP 404\).*Fix: check --dataset, --subset and --split/);
+    expect(missing.out).toMatch(
+      /the Hub has no acme\/tiny subset other split train \(HTTP 404\).*Fix: check --dataset, --subset and --split/,
+    );
   });
 
   /** A Hub prep against `endpoint`, which cannot be reached: it must fail at once, name the endpoint and `cause`, and write nothing. */
   const expectUnreachable = (endpoint: string, cause: RegExp) => {
     const t0 = Date.now();
     const out = tempDir('offline');
-    const r = nmoe(['data', 'prep', '--source', 'hf', '--dataset', 'acme/tiny', '-o', out, '--name', 'x'], { HF_ENDPOINT: endpoint });
+    const r = nmoe(['data', 'prep', '--source', 'hf', '--dataset', 'acme/tiny', '-o', out, '--name', 'x'], {
+      HF_ENDPOINT: endpoint,
+    });
     expect(r.code).toBe(2);
     expect(r.err).toContain(`cannot reach the Hugging Face Hub at ${endpoint} (`);
     expect(r.err).toMatch(cause);
@@ -376,9 +562,30 @@ describe('training on prepared shards', () => {
     const docs = embeddedDocuments().map((text, i) => ({ id: `ch${i}`, text }));
     const input = join(out, 'book.jsonl');
     writeJsonl(input, docs);
-    const prep = nmoe(['data', 'prep', '--source', 'jsonl', '--paths', input, '-o', join(out, 'shards'), '--name', 'moby', '--tokenizer', 'bytes', '--num-shards', '1', '-j', '1']);
+    const prep = nmoe([
+      'data',
+      'prep',
+      '--source',
+      'jsonl',
+      '--paths',
+      input,
+      '-o',
+      join(out, 'shards'),
+      '--name',
+      'moby',
+      '--tokenizer',
+      'bytes',
+      '--num-shards',
+      '1',
+      '-j',
+      '1',
+    ]);
     expect(prep.code, prep.err).toBe(0);
-    const outputs = (run: string) => [`--checkpoint_dir=${join(out, run, 'ckpt')}`, `--metrics_dir=${join(out, run, 'metrics')}`, `--experiments_db=${join(out, 'exp.db')}`];
+    const outputs = (run: string) => [
+      `--checkpoint_dir=${join(out, run, 'ckpt')}`,
+      `--metrics_dir=${join(out, run, 'metrics')}`,
+      `--experiments_db=${join(out, 'exp.db')}`,
+    ];
     const embedded = nmoe(['train', '--steps=2', ...quick, ...outputs('embedded')]);
     const sharded = nmoe(['train', '--steps=2', ...quick, ...outputs('sharded'), `--data_path=${join(out, 'shards')}`]);
     expect(sharded.code, sharded.err).toBe(0);
@@ -392,12 +599,37 @@ describe('training on prepared shards', () => {
     const chapters = embeddedDocuments();
     for (const [i, src] of ['alpha', 'beta', 'gamma'].entries()) {
       const paths = [join(root, `${src}.jsonl`)];
-      writeJsonl(paths[0]!, chapters.slice(3 * i, 3 * i + 3).map((text, c) => ({ id: `${src}-${c}`, text })));
-      await runPrep({ ...PREP_DEFAULTS, source: 'jsonl', paths, output: join(root, 'flows', 'small', 'pretrain', src, 'train'), name: src, tokenizer: 'bytes', numShards: 1, workers: 1 });
+      writeJsonl(
+        paths[0]!,
+        chapters.slice(3 * i, 3 * i + 3).map((text, c) => ({ id: `${src}-${c}`, text })),
+      );
+      await runPrep({
+        ...PREP_DEFAULTS,
+        source: 'jsonl',
+        paths,
+        output: join(root, 'flows', 'small', 'pretrain', src, 'train'),
+        name: src,
+        tokenizer: 'bytes',
+        numShards: 1,
+        workers: 1,
+      });
     }
-    const run = (dir: string, extra: string[]) => nmoe(['train', ...quick, '--flow_mode=small', `--mixture_toml=${flow.mixture_toml}`, `--flow_profiles_toml=${flow.flow_profiles_toml}`,
-      `--data_root=${root}`, '--checkpoint_every=2', `--checkpoint_dir=${join(root, dir)}`, `--metrics_dir=${join(root, 'metrics')}`, `--experiments_db=${join(root, 'exp.db')}`, ...extra]);
-    const loaderAt4 = (dir: string) => JSON.parse(readFileSync(join(root, dir, 'iter_0000004', 'train_state.json'), 'utf8')).loader;
+    const run = (dir: string, extra: string[]) =>
+      nmoe([
+        'train',
+        ...quick,
+        '--flow_mode=small',
+        `--mixture_toml=${flow.mixture_toml}`,
+        `--flow_profiles_toml=${flow.flow_profiles_toml}`,
+        `--data_root=${root}`,
+        '--checkpoint_every=2',
+        `--checkpoint_dir=${join(root, dir)}`,
+        `--metrics_dir=${join(root, 'metrics')}`,
+        `--experiments_db=${join(root, 'exp.db')}`,
+        ...extra,
+      ]);
+    const loaderAt4 = (dir: string) =>
+      JSON.parse(readFileSync(join(root, dir, 'iter_0000004', 'train_state.json'), 'utf8')).loader;
 
     const straight = run('straight', ['--steps=4']);
     expect(straight.code, straight.err).toBe(0);

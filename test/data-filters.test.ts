@@ -5,7 +5,16 @@
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readManifest } from '../src/data/manifest.ts';
-import { NO_FILTERS, REFERENCE_FILTERS, dedupLines, dedupParagraphs, filterDocument, repeatedNgramFraction, symbolRatio, words } from '../src/data/prep/filters.ts';
+import {
+  NO_FILTERS,
+  REFERENCE_FILTERS,
+  dedupLines,
+  dedupParagraphs,
+  filterDocument,
+  repeatedNgramFraction,
+  symbolRatio,
+  words,
+} from '../src/data/prep/filters.ts';
 import { PREP_DEFAULTS } from '../src/data/prep/options.ts';
 import { runPrep } from '../src/data/prep/prep.ts';
 import { removeTempDirs, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
@@ -45,14 +54,22 @@ describe('filter rules', () => {
     expect(filterDocument(numbered(49).join(' '), REFERENCE_FILTERS).verdict).toBe('few-words');
     expect(filterDocument(Array(60).fill('x').join(' '), REFERENCE_FILTERS).verdict).toBe('repeated-ngrams');
     expect(filterDocument(`${prose} ${'!'.repeat(200)}`, REFERENCE_FILTERS).verdict).toBe('symbols');
-    expect(filterDocument('a\na', NO_FILTERS)).toEqual({ text: 'a\na', verdict: null, linesRemoved: 0, paragraphsRemoved: 0 });
+    expect(filterDocument('a\na', NO_FILTERS)).toEqual({
+      text: 'a\na',
+      verdict: null,
+      linesRemoved: 0,
+      paragraphsRemoved: 0,
+    });
   });
 });
 
 describe('prep with filters', () => {
-  it('counts each filter\'s drops and the removed lines and paragraphs in the manifest', async () => {
+  it("counts each filter's drops and the removed lines and paragraphs in the manifest", async () => {
     const dir = tempDir('filters');
-    const prose = (k: number) => numbered(60).map((w) => `${w}k${k}`).join(' ');
+    const prose = (k: number) =>
+      numbered(60)
+        .map((w) => `${w}k${k}`)
+        .join(' ');
     const rows = [
       { id: 'keep', text: prose(1) },
       { id: 'dup', text: prose(1) },
@@ -63,12 +80,25 @@ describe('prep with filters', () => {
     ];
     writeJsonl(join(dir, 'in.jsonl'), rows);
     const r = await runPrep({
-      ...PREP_DEFAULTS, source: 'jsonl', paths: [join(dir, 'in.jsonl')], output: join(dir, 'out'), name: 'f', tokenizer: 'bytes', numShards: 1, workers: 1,
+      ...PREP_DEFAULTS,
+      source: 'jsonl',
+      paths: [join(dir, 'in.jsonl')],
+      output: join(dir, 'out'),
+      name: 'f',
+      tokenizer: 'bytes',
+      numShards: 1,
+      workers: 1,
       filters: REFERENCE_FILTERS,
     });
     expect(r.stats.documents).toBe(2);
     const stats = readManifest(join(dir, 'out', 'manifest.json')).source_info.prep_stats as Record<string, unknown>;
-    expect(stats.filtered).toEqual({ 'few-words': 1, 'many-words': 0, 'repeated-ngrams': 1, symbols: 1, 'exact-duplicate': 1 });
+    expect(stats.filtered).toEqual({
+      'few-words': 1,
+      'many-words': 0,
+      'repeated-ngrams': 1,
+      symbols: 1,
+      'exact-duplicate': 1,
+    });
     expect([stats.paragraphsRemoved, stats.linesRemoved]).toEqual([1, 1]);
   });
 });

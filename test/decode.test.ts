@@ -17,7 +17,16 @@ const cpu = new CpuBackend();
 /** A small model of the tiny preset's shape with weights far from init, so logits differ clearly between tokens. */
 function randomModel(overrides: string[]): Transformer {
   const { config } = loadConfig(defaultConfigPath(), {
-    overrides: ['--dim=32', '--n_layers=3', '--n_heads=2', '--inter_dim=48', '--moe_inter_dim=16', '--n_routed_experts=4', '--max_position_embeddings=64', ...overrides],
+    overrides: [
+      '--dim=32',
+      '--n_layers=3',
+      '--n_heads=2',
+      '--inter_dim=48',
+      '--moe_inter_dim=16',
+      '--n_routed_experts=4',
+      '--max_position_embeddings=64',
+      ...overrides,
+    ],
     env: {},
   });
   const cfg = modelConfig(config);
@@ -35,7 +44,8 @@ const ids = (t: number[]) => cpu.upload(Int32Array.from(t), [t.length], 'i32');
 
 /** Greedy continuation of `prompt` by re-running the whole sequence each step: the logits of every step. */
 async function reforward(dec: Decoder, prompt: number[], steps: number): Promise<Float32Array[]> {
-  const seq = [...prompt], out: Float32Array[] = [];
+  const seq = [...prompt],
+    out: Float32Array[] = [];
   for (let s = 0; s < steps; s++) {
     const x = ids(seq);
     const h = dec.hidden(x, 1, seq.length);

@@ -18,9 +18,15 @@ import { BASE_ENV, freePort } from './helpers/ranks.ts';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const K8S = join(ROOT, 'deploy/k8s');
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
-const MANIFEST_FILES = readdirSync(K8S).filter((f) => f.endsWith('.yaml')).sort();
+const MANIFEST_FILES = readdirSync(K8S)
+  .filter((f) => f.endsWith('.yaml'))
+  .sort();
 
-interface EnvVar { name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } }
+interface EnvVar {
+  name: string;
+  value?: string;
+  valueFrom?: { fieldRef?: { fieldPath: string } };
+}
 interface Container {
   name: string;
   image: string;
@@ -36,8 +42,17 @@ interface PodSpec {
   containers: Container[];
   volumes?: { name: string; emptyDir?: { medium?: string; sizeLimit?: string } }[];
 }
-type Workload = Manifest & { spec: { completionMode?: string; completions?: number; parallelism?: number; template: { spec: PodSpec } } };
-type ServiceManifest = Manifest & { spec: { type?: string; clusterIP?: string; selector: Record<string, string>; ports: { port: number; targetPort?: string | number }[] } };
+type Workload = Manifest & {
+  spec: { completionMode?: string; completions?: number; parallelism?: number; template: { spec: PodSpec } };
+};
+type ServiceManifest = Manifest & {
+  spec: {
+    type?: string;
+    clusterIP?: string;
+    selector: Record<string, string>;
+    ports: { port: number; targetPort?: string | number }[];
+  };
+};
 
 const manifests = (file: string) => loadManifests(join(K8S, file));
 
@@ -53,8 +68,13 @@ function run(command: string, args: string[], env: Record<string, string>, cwd =
 
 /** tiny.toml for 2 steps on the CPU, its outputs under `out`: the 2-node walk-through of docs/cluster.md, shortened. */
 const tinyCpuRun = (out: string) => [
-  join(ROOT, 'configs/tiny.toml'), '--device=cpu', '--steps=2', '--log_every=1',
-  `--checkpoint_dir=${out}/ckpt`, `--metrics_dir=${out}/metrics`, `--experiments_db=${out}/experiments.db`,
+  join(ROOT, 'configs/tiny.toml'),
+  '--device=cpu',
+  '--steps=2',
+  '--log_every=1',
+  `--checkpoint_dir=${out}/ckpt`,
+  `--metrics_dir=${out}/metrics`,
+  `--experiments_db=${out}/experiments.db`,
 ];
 
 /** Every rank wrote into one run: rank 1's file exists only if the two nodes' launchers formed one world. */
@@ -71,11 +91,14 @@ describe('Kubernetes manifests', () => {
     expect(MANIFEST_FILES).toEqual(['data-pvc.yaml', 'profile-job.yaml', 'train-indexed-job.yaml', 'viz.yaml']);
   });
 
-  it.each(MANIFEST_FILES)('%s parses and validates against the Kubernetes API schemas, unknown fields included', (file) => {
-    const docs = manifests(file);
-    expect(docs.length).toBeGreaterThan(0);
-    expect(docs.flatMap(schemaProblems)).toEqual([]);
-  });
+  it.each(MANIFEST_FILES)(
+    '%s parses and validates against the Kubernetes API schemas, unknown fields included',
+    (file) => {
+      const docs = manifests(file);
+      expect(docs.length).toBeGreaterThan(0);
+      expect(docs.flatMap(schemaProblems)).toEqual([]);
+    },
+  );
 
   it('the schema check catches wrong types, missing and misspelled fields, and bad enum values', () => {
     const job = find<Workload>('train-indexed-job.yaml', 'Job');
@@ -97,17 +120,21 @@ describe('Kubernetes manifests', () => {
       },
     } as unknown as Manifest;
     const problems = schemaProblems(JSON.parse(JSON.stringify(broken)) as Manifest);
-    expect(problems).toEqual(expect.arrayContaining([
-      'Job/nmoe-train: spec/completions must be integer',
-      'Job/nmoe-train: spec/completionMode must be equal to one of the allowed values',
-      'Job/nmoe-train: spec/template/spec/containers/0 must have required property name',
-      'Job/nmoe-train: spec/parralelism is not a field of the Kubernetes API',
-      'Job/nmoe-train: spec/template/spec/containers/0/resourcez is not a field of the Kubernetes API',
-      'Job/nmoe-train: spec/template/spec/volumes/0/emptyDir/sizeLimt is not a field of the Kubernetes API',
-    ]));
-    expect(schemaProblems({ apiVersion: 'jobset.x-k8s.io/v1alpha2', kind: 'JobSet', metadata: { name: 'x' } })).toEqual([
-      'JobSet/x: apiVersion jobset.x-k8s.io/v1alpha2, kind JobSet has no schema here (add its kubernetes-models class to MODELS)',
-    ]);
+    expect(problems).toEqual(
+      expect.arrayContaining([
+        'Job/nmoe-train: spec/completions must be integer',
+        'Job/nmoe-train: spec/completionMode must be equal to one of the allowed values',
+        'Job/nmoe-train: spec/template/spec/containers/0 must have required property name',
+        'Job/nmoe-train: spec/parralelism is not a field of the Kubernetes API',
+        'Job/nmoe-train: spec/template/spec/containers/0/resourcez is not a field of the Kubernetes API',
+        'Job/nmoe-train: spec/template/spec/volumes/0/emptyDir/sizeLimt is not a field of the Kubernetes API',
+      ]),
+    );
+    expect(schemaProblems({ apiVersion: 'jobset.x-k8s.io/v1alpha2', kind: 'JobSet', metadata: { name: 'x' } })).toEqual(
+      [
+        'JobSet/x: apiVersion jobset.x-k8s.io/v1alpha2, kind JobSet has no schema here (add its kubernetes-models class to MODELS)',
+      ],
+    );
   });
 
   it('a YAML syntax error names the file and line', () => {
@@ -118,16 +145,23 @@ describe('Kubernetes manifests', () => {
     rmSync(dir, { recursive: true });
   });
 
-  const workloads = MANIFEST_FILES.flatMap((file) => manifests(file).filter((m) => m.kind === 'Job' || m.kind === 'Deployment').map((m) => [file, m as Workload] as const));
-  it.each(workloads.map(([file, m]) => [`${file} ${m.kind}/${m.metadata.name}`, m] as const))('%s: requests cpu and memory, runs this version\'s image, defines every $(VAR) it uses', (_, workload) => {
-    for (const c of workload.spec.template.spec.containers) {
-      expect(c.resources?.requests, c.name).toMatchObject({ cpu: expect.anything(), memory: expect.anything() });
-      expect(c.image).toMatch(new RegExp(`^nmoe/(train|viz|profile):${VERSION.replace(/\./g, '\\.')}$`));
-      const used = [...(c.command ?? []), ...(c.args ?? [])].join(' ').match(/\$\(([A-Z_][A-Z0-9_]*)\)/g) ?? [];
-      // Kubernetes leaves a $(VAR) that names no env var of the container as it is, text and all.
-      for (const ref of used) expect(envOf(c, ref.slice(2, -1)), `${ref} in ${c.name}`).toBeDefined();
-    }
-  });
+  const workloads = MANIFEST_FILES.flatMap((file) =>
+    manifests(file)
+      .filter((m) => m.kind === 'Job' || m.kind === 'Deployment')
+      .map((m) => [file, m as Workload] as const),
+  );
+  it.each(workloads.map(([file, m]) => [`${file} ${m.kind}/${m.metadata.name}`, m] as const))(
+    "%s: requests cpu and memory, runs this version's image, defines every $(VAR) it uses",
+    (_, workload) => {
+      for (const c of workload.spec.template.spec.containers) {
+        expect(c.resources?.requests, c.name).toMatchObject({ cpu: expect.anything(), memory: expect.anything() });
+        expect(c.image).toMatch(new RegExp(`^nmoe/(train|viz|profile):${VERSION.replace(/\./g, '\\.')}$`));
+        const used = [...(c.command ?? []), ...(c.args ?? [])].join(' ').match(/\$\(([A-Z_][A-Z0-9_]*)\)/g) ?? [];
+        // Kubernetes leaves a $(VAR) that names no env var of the container as it is, text and all.
+        for (const ref of used) expect(envOf(c, ref.slice(2, -1)), `${ref} in ${c.name}`).toBeDefined();
+      }
+    },
+  );
 
   it('the training Job maps each pod to a node of one nmoe launch, as the env contract needs', () => {
     const job = find<Workload>('train-indexed-job.yaml', 'Job');
@@ -143,8 +177,19 @@ describe('Kubernetes manifests', () => {
     // One rank per GPU of the pod.
     expect(train!.resources?.limits?.['nvidia.com/gpu']).toBe(Number(value('NPROC_PER_NODE')));
     // The completion index is the node rank.
-    expect(envOf(train!, 'NODE_RANK')?.valueFrom?.fieldRef?.fieldPath).toBe("metadata.annotations['batch.kubernetes.io/job-completion-index']");
-    expect(train!.args).toEqual(expect.arrayContaining(['launch', '--nproc-per-node=$(NPROC_PER_NODE)', '--nnodes=$(NNODES)', '--node-rank=$(NODE_RANK)', '--master-addr=$(MASTER_ADDR)', '--master-port=$(MASTER_PORT)']));
+    expect(envOf(train!, 'NODE_RANK')?.valueFrom?.fieldRef?.fieldPath).toBe(
+      "metadata.annotations['batch.kubernetes.io/job-completion-index']",
+    );
+    expect(train!.args).toEqual(
+      expect.arrayContaining([
+        'launch',
+        '--nproc-per-node=$(NPROC_PER_NODE)',
+        '--nnodes=$(NNODES)',
+        '--node-rank=$(NODE_RANK)',
+        '--master-addr=$(MASTER_ADDR)',
+        '--master-port=$(MASTER_PORT)',
+      ]),
+    );
     expect(train!.args![0]).toBe('launch');
     // Pod 0 hosts the store, by its stable name under the headless Service.
     expect(service.spec.clusterIP).toBe('None');
@@ -154,7 +199,10 @@ describe('Kubernetes manifests', () => {
     expect(service.spec.ports.map((p) => p.port)).toEqual([Number(value('MASTER_PORT'))]);
     // NCCL's shared memory: /dev/shm from a memory-backed emptyDir.
     const shm = train!.volumeMounts?.find((m) => m.mountPath === '/dev/shm');
-    expect(pod.volumes?.find((v) => v.name === shm?.name)?.emptyDir).toMatchObject({ medium: 'Memory', sizeLimit: expect.any(String) });
+    expect(pod.volumes?.find((v) => v.name === shm?.name)?.emptyDir).toMatchObject({
+      medium: 'Memory',
+      sizeLimit: expect.any(String),
+    });
     expect(train!.volumeMounts?.find((m) => m.mountPath === '/data')).toBeDefined();
   });
 
@@ -171,13 +219,23 @@ describe('Kubernetes manifests', () => {
 
   it("the Job's nmoe launch, run as its two pods on this machine (one CPU rank each), makes one run of 2 nodes", async () => {
     const [train] = find<Workload>('train-indexed-job.yaml', 'Job').spec.template.spec.containers;
-    const launch = train!.args!.slice(0, train!.args!.findIndex((a, i) => i > 0 && !a.startsWith('--')));
+    const launch = train!.args!.slice(
+      0,
+      train!.args!.findIndex((a, i) => i > 0 && !a.startsWith('--')),
+    );
     const out = mkdtempSync(join(tmpdir(), 'nmoe-k8s-job-'));
     const port = String(await freePort());
     const pods = [0, 1].map((index) => {
       // What the pod's env gives, with this machine standing in for pod 0's DNS name and the GPUs.
-      const env: Record<string, string> = Object.fromEntries((train!.env ?? []).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]));
-      Object.assign(env, { NODE_RANK: String(index), NPROC_PER_NODE: '1', MASTER_ADDR: '127.0.0.1', MASTER_PORT: port });
+      const env: Record<string, string> = Object.fromEntries(
+        (train!.env ?? []).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]),
+      );
+      Object.assign(env, {
+        NODE_RANK: String(index),
+        NPROC_PER_NODE: '1',
+        MASTER_ADDR: '127.0.0.1',
+        MASTER_PORT: port,
+      });
       const args = launch.map((a) => a.replace(/\$\(([A-Z_0-9]+)\)/g, (_, name: string) => env[name]!));
       return run(process.execPath, [join(ROOT, 'bin/nmoe.js'), ...args, ...tinyCpuRun(out)], env);
     });
@@ -189,7 +247,9 @@ describe('Kubernetes manifests', () => {
   it('the profiling Job runs nmoe bench train under nsys on one GPU, writing to the shared volume', () => {
     const [profile] = find<Workload>('profile-job.yaml', 'Job').spec.template.spec.containers;
     const script = profile!.args!.join(' ');
-    expect(script).toMatch(/exec nsys profile .*--output=\/data\/profiles\/\S+ nmoe bench train \/opt\/nmoe\/configs\/bench\/moonlet6\.toml/);
+    expect(script).toMatch(
+      /exec nsys profile .*--output=\/data\/profiles\/\S+ nmoe bench train \/opt\/nmoe\/configs\/bench\/moonlet6\.toml/,
+    );
     expect(profile!.resources?.limits?.['nvidia.com/gpu']).toBe(1);
   });
 });
@@ -245,7 +305,11 @@ describe('Dockerfiles', () => {
     expect(args('RUN').some((a) => /\bnpm ci --omit=dev\b/.test(a))).toBe(true);
     expect(args('VOLUME')).toEqual(['/data']);
     expect(args('ENTRYPOINT')).toEqual(['["nmoe"]', '["nsys"]']);
-    expect(parseDockerfile(read('deploy/viz.Dockerfile')).filter((i) => i.keyword === 'ENTRYPOINT').map((i) => i.args)).toEqual(['["nmoe", "viz"]']);
+    expect(
+      parseDockerfile(read('deploy/viz.Dockerfile'))
+        .filter((i) => i.keyword === 'ENTRYPOINT')
+        .map((i) => i.args),
+    ).toEqual(['["nmoe", "viz"]']);
   });
 
   it('Node.js comes from the official tarball, its SHA-256 pinned for each architecture and checked', () => {
@@ -257,10 +321,28 @@ describe('Dockerfiles', () => {
   });
 
   it('.dockerignore keeps the build context to what the images copy', () => {
-    for (const kept of ['package.json', 'package-lock.json', '.npmrc', 'bin/nmoe.js', 'src/cli/main.ts', 'configs/tiny.toml', 'data', 'viz-dist', 'deploy/install-node.sh']) {
+    for (const kept of [
+      'package.json',
+      'package-lock.json',
+      '.npmrc',
+      'bin/nmoe.js',
+      'src/cli/main.ts',
+      'configs/tiny.toml',
+      'data',
+      'viz-dist',
+      'deploy/install-node.sh',
+    ]) {
       expect(contextHas(kept), kept).toBe(true);
     }
-    for (const left of ['node_modules', 'node_modules/koffi/index.js', '.git', 'test/deploy.test.ts', 'runs/metrics', 'deploy/k8s/viz.yaml', 'dev/LOG.md']) {
+    for (const left of [
+      'node_modules',
+      'node_modules/koffi/index.js',
+      '.git',
+      'test/deploy.test.ts',
+      'runs/metrics',
+      'deploy/k8s/viz.yaml',
+      'dev/LOG.md',
+    ]) {
       expect(contextHas(left), left).toBe(false);
     }
   });
@@ -293,23 +375,31 @@ describe('Slurm: deploy/slurm/train.sbatch', () => {
     };
     mkdirSync(bin);
     fake('scontrol', '[ "$1 $2" = "show hostnames" ] && echo 127.0.0.1');
-    fake('srun', [
-      'while [[ $1 == --* ]]; do shift; done',
-      'pids=()',
-      'for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do',
-      '  SLURM_NODEID=$node SLURM_NNODES=$SLURM_JOB_NUM_NODES SLURM_PROCID=$node SLURM_LOCALID=0 \\',
-      '    SLURM_STEP_NUM_TASKS=$SLURM_JOB_NUM_NODES SLURM_STEP_TASKS_PER_NODE="1(x$SLURM_JOB_NUM_NODES)" "$@" &',
-      '  pids+=($!)',
-      'done',
-      'status=0; for pid in "${pids[@]}"; do wait "$pid" || status=$?; done; exit $status',
-    ].join('\n'));
+    fake(
+      'srun',
+      [
+        'while [[ $1 == --* ]]; do shift; done',
+        'pids=()',
+        'for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do',
+        '  SLURM_NODEID=$node SLURM_NNODES=$SLURM_JOB_NUM_NODES SLURM_PROCID=$node SLURM_LOCALID=0 \\',
+        '    SLURM_STEP_NUM_TASKS=$SLURM_JOB_NUM_NODES SLURM_STEP_TASKS_PER_NODE="1(x$SLURM_JOB_NUM_NODES)" "$@" &',
+        '  pids+=($!)',
+        'done',
+        'status=0; for pid in "${pids[@]}"; do wait "$pid" || status=$?; done; exit $status',
+      ].join('\n'),
+    );
     const out = join(work, 'out');
     const r = await sbatch(tinyCpuRun(out), {
-        PATH: `${bin}:${process.env.PATH}`,
-        NMOE: join(ROOT, 'bin/nmoe.js'),
-        NPROC_PER_NODE: '1',
-        MASTER_PORT: String(await freePort()),
-      SLURM_JOB_ID: '77', SLURM_JOB_NUM_NODES: '2', SLURM_NNODES: '2', SLURM_JOB_NODELIST: 'node[1-2]', SLURM_PROCID: '0', SLURM_NTASKS: '2',
+      PATH: `${bin}:${process.env.PATH}`,
+      NMOE: join(ROOT, 'bin/nmoe.js'),
+      NPROC_PER_NODE: '1',
+      MASTER_PORT: String(await freePort()),
+      SLURM_JOB_ID: '77',
+      SLURM_JOB_NUM_NODES: '2',
+      SLURM_NNODES: '2',
+      SLURM_JOB_NODELIST: 'node[1-2]',
+      SLURM_PROCID: '0',
+      SLURM_NTASKS: '2',
     });
     expect(r.code, r.out).toBe(0);
     expectOneRunOfTwoRanks(out);

@@ -8,7 +8,12 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const PAGES = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+const PAGES = [
+  'README.md',
+  ...readdirSync(join(ROOT, 'docs'))
+    .filter((f) => f.endsWith('.md'))
+    .map((f) => `docs/${f}`),
+];
 
 const withoutFences = (markdown: string) => markdown.replace(/^```[^\n]*\n[\s\S]*?^```$/gm, '');
 
@@ -18,8 +23,14 @@ const prose = (markdown: string) => withoutFences(markdown).replace(/`[^`\n]*`/g
 /** GitHub's ids for a page's headings: lower case, punctuation dropped, spaces as hyphens, repeats numbered. */
 function headingIds(markdown: string): Set<string> {
   const ids = new Set<string>();
-  for (const [, heading] of withoutFences(markdown).replace(/`/g, '').matchAll(/^#{1,6} (.+)$/gm)) {
-    const base = heading.trim().toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, '').replace(/\s/g, '-');
+  for (const [, heading] of withoutFences(markdown)
+    .replace(/`/g, '')
+    .matchAll(/^#{1,6} (.+)$/gm)) {
+    const base = heading
+      .trim()
+      .toLowerCase()
+      .replace(/[^\p{L}\p{N}\s_-]/gu, '')
+      .replace(/\s/g, '-');
     let id = base;
     for (let n = 1; ids.has(id); n++) id = `${base}-${n}`;
     ids.add(id);
@@ -36,7 +47,11 @@ function brokenLinks(page: string, text: string): string[] {
     const file = path ? join(dirname(join(ROOT, page)), path) : join(ROOT, page);
     if (path && !existsSync(file)) {
       broken.push(`${page}: ${target} (no file ${relative(ROOT, file)})`);
-    } else if (anchor !== undefined && file.endsWith('.md') && !headingIds(path ? readFileSync(file, 'utf8') : text).has(anchor)) {
+    } else if (
+      anchor !== undefined &&
+      file.endsWith('.md') &&
+      !headingIds(path ? readFileSync(file, 'utf8') : text).has(anchor)
+    ) {
       broken.push(`${page}: ${target} (no heading #${anchor} in ${relative(ROOT, file)})`);
     }
   }
@@ -49,13 +64,16 @@ describe('links in README.md and docs/', () => {
   });
 
   it('finds a missing file and a missing heading, and reads headings as GitHub names them', () => {
-    const page = '[a](nope.md) [b](gpu.md#no-such) [c](gpu.md#precision) [d](#here) [e](#gone) [f](https://x.org)\n## Here\n';
+    const page =
+      '[a](nope.md) [b](gpu.md#no-such) [c](gpu.md#precision) [d](#here) [e](#gone) [f](https://x.org)\n## Here\n';
     expect(brokenLinks('docs/x.md', page)).toEqual([
       'docs/x.md: nope.md (no file docs/nope.md)',
       'docs/x.md: gpu.md#no-such (no heading #no-such in docs/gpu.md)',
       'docs/x.md: #gone (no heading #gone in docs/x.md)',
     ]);
-    expect(headingIds('# A `b` (c / d)\n## A b c d\n## A b c d\n```\n# not a heading\n```')).toEqual(new Set(['a-b-c--d', 'a-b-c-d', 'a-b-c-d-1']));
+    expect(headingIds('# A `b` (c / d)\n## A b c d\n## A b c d\n```\n# not a heading\n```')).toEqual(
+      new Set(['a-b-c--d', 'a-b-c-d', 'a-b-c-d-1']),
+    );
     expect(prose('[x](a.md) `[y](b.md)`\n```\n[z](c.md)\n```\n')).toBe('[x](a.md) \n\n');
   });
 });

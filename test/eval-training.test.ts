@@ -25,7 +25,9 @@ import { writeNpy } from './fixtures/data/helpers.ts';
 const FIXTURES = fileURLToPath(new URL('./fixtures/eval', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'nmoe-evaltrain-'));
 const tasksFile = join(root, 'tasks.toml');
-writeFileSync(tasksFile, `data_dir = ${JSON.stringify(FIXTURES)}
+writeFileSync(
+  tasksFile,
+  `data_dir = ${JSON.stringify(FIXTURES)}
 [[task]]
 name = "COPA"
 source = "hf:super_glue:copa:validation"
@@ -34,16 +36,33 @@ name = "GSM8K"
 source = "hf:openai/gsm8k:main:test"
 scorer = "span"
 max_new_tokens = 8
-`);
+`,
+);
 
 async function run(name: string, overrides: string[]) {
   const { config } = loadConfig(defaultConfigPath(), {
     env: {},
-    overrides: ['--steps=4', '--seq_len=32', '--batch_size=2', '--log_every=1', `--checkpoint_dir=${join(root, name, 'ckpt')}`, `--metrics_dir=${join(root, 'metrics')}`,
-      `--experiments_db=${join(root, 'runs.db')}`, `--eval_tasks_file=${tasksFile}`, '--eval_budget_max_examples=3', ...overrides],
+    overrides: [
+      '--steps=4',
+      '--seq_len=32',
+      '--batch_size=2',
+      '--log_every=1',
+      `--checkpoint_dir=${join(root, name, 'ckpt')}`,
+      `--metrics_dir=${join(root, 'metrics')}`,
+      `--experiments_db=${join(root, 'runs.db')}`,
+      `--eval_tasks_file=${tasksFile}`,
+      '--eval_budget_max_examples=3',
+      ...overrides,
+    ],
   });
-  const losses: number[] = [], lines: string[] = [];
-  const events: TrainEvents = { start: () => {}, step: (r) => losses.push(r.loss), log: () => {}, eval: (e) => lines.push(evalLine(e.step, e.report)) };
+  const losses: number[] = [],
+    lines: string[] = [];
+  const events: TrainEvents = {
+    start: () => {},
+    step: (r) => losses.push(r.loss),
+    log: () => {},
+    eval: (e) => lines.push(evalLine(e.step, e.report)),
+  };
   const summary = await trainTracked(config, new CpuBackend(), events);
   return { losses, lines, summary, config, metrics: join(root, 'metrics') };
 }
@@ -51,7 +70,9 @@ async function run(name: string, overrides: string[]) {
 async function tags(path: string, prefix: string): Promise<{ tag: string; step: number; value: number }[]> {
   const db = await DuckDBInstance.create(path, { access_mode: 'READ_ONLY' });
   const conn = await db.connect();
-  const rows = (await conn.runAndReadAll(`SELECT tag, step, value FROM metrics WHERE tag LIKE '${prefix}%' ORDER BY step, tag`)).getRowObjectsJS();
+  const rows = (
+    await conn.runAndReadAll(`SELECT tag, step, value FROM metrics WHERE tag LIKE '${prefix}%' ORDER BY step, tag`)
+  ).getRowObjectsJS();
   conn.closeSync();
   db.closeSync();
   return rows.map((r) => ({ tag: String(r.tag), step: Number(r.step), value: Number(r.value) }));
@@ -63,40 +84,64 @@ describe('in-training eval', () => {
     const withEval = await run('eval', ['--eval_every=2', '--eval_tasks=core']);
     expect(withEval.losses).toEqual(plain.losses);
     expect(withEval.lines).toHaveLength(2);
-    expect(withEval.lines[0]).toMatch(/^\[eval\] step=2 COPA: acc=\d\.\d{3} centered=\d\.\d{3} n=3 \| GSM8K: acc=\d\.\d{3} centered=\d\.\d{3} n=3 \| CORE=\d\.\d{4} \([\d.]+ s\)$/);
+    expect(withEval.lines[0]).toMatch(
+      /^\[eval\] step=2 COPA: acc=\d\.\d{3} centered=\d\.\d{3} n=3 \| GSM8K: acc=\d\.\d{3} centered=\d\.\d{3} n=3 \| CORE=\d\.\d{4} \([\d.]+ s\)$/,
+    );
     const rows = await tags(metricsPath(withEval.metrics, withEval.summary.runId, 0), 'eval/');
-    expect(rows.map((r) => `${r.step} ${r.tag}`)).toEqual([2, 4].flatMap((s) => [
-      `${s} eval/CORE`, `${s} eval/task/COPA/acc`, `${s} eval/task/COPA/centered`, `${s} eval/task/COPA/n`,
-      `${s} eval/task/GSM8K/acc`, `${s} eval/task/GSM8K/centered`, `${s} eval/task/GSM8K/n`,
-    ]));
+    expect(rows.map((r) => `${r.step} ${r.tag}`)).toEqual(
+      [2, 4].flatMap((s) => [
+        `${s} eval/CORE`,
+        `${s} eval/task/COPA/acc`,
+        `${s} eval/task/COPA/centered`,
+        `${s} eval/task/COPA/n`,
+        `${s} eval/task/GSM8K/acc`,
+        `${s} eval/task/GSM8K/centered`,
+        `${s} eval/task/GSM8K/n`,
+      ]),
+    );
     expect(rows.find((r) => r.tag === 'eval/task/COPA/n')!.value).toBe(3);
   }, 120_000);
 
   it('a task whose data is missing stops the run before its first step', async () => {
-    await expect(run('missing', ['--eval_every=2', '--eval_tasks=COPA', `--eval_tasks_file=${join(root, 'nope.toml')}`])).rejects.toThrow(/tasks file .*nope\.toml cannot be read/);
+    await expect(
+      run('missing', ['--eval_every=2', '--eval_tasks=COPA', `--eval_tasks_file=${join(root, 'nope.toml')}`]),
+    ).rejects.toThrow(/tasks file .*nope\.toml cannot be read/);
   });
 });
 
 describe('validation loss', () => {
-  it('writes val/loss every validation_every steps: the loss of that step\'s weights on the held-out batches; no training loss changes', async () => {
+  it("writes val/loss every validation_every steps: the loss of that step's weights on the held-out batches; no training loss changes", async () => {
     const dir = join(root, 'heldout');
     mkdirSync(dir);
     // Held-out bytes: text that is not in the training corpus, documents ended by EOS (0).
     const text = 'It was a bright cold day in April, and the clocks were striking thirteen.\0'.repeat(6);
     writeNpy(join(dir, 'val-000.npy'), Uint32Array.from(Buffer.from(text, 'latin1')));
     const plain = await run('val-plain', []);
-    const validated = await run('val', ['--validation_enabled', `--validation_data_path=${dir}`, '--validation_every=2', '--validation_steps=2']);
+    const validated = await run('val', [
+      '--validation_enabled',
+      `--validation_data_path=${dir}`,
+      '--validation_every=2',
+      '--validation_steps=2',
+    ]);
     expect(validated.losses).toEqual(plain.losses);
     const rows = await tags(metricsPath(validated.metrics, validated.summary.runId, 0), 'val/');
     expect(rows.map((r) => `${r.step} ${r.tag}`)).toEqual(['2 val/loss', '4 val/loss']);
     // The last step's weights (its checkpoint) on the same two batches, through the training forward.
     const cpu = new CpuBackend();
     const { model } = await loadModel(join(root, 'val', 'ckpt'), cpu);
-    const loader = createLoader({ ...modelConfig(validated.config), data_path: dir, steps: 2 }, 0, 1, { warn: () => {} });
-    let sum = 0, count = 0;
+    const loader = createLoader({ ...modelConfig(validated.config), data_path: dir, steps: 2 }, 0, 1, {
+      warn: () => {},
+    });
+    let sum = 0,
+      count = 0;
     for (let i = 0; i < 2; i++) {
       const b = loader.next();
-      const fwd = model.forward(cpu.upload(b.inputs, [b.inputs.length], 'i32'), cpu.upload(b.targets, [b.targets.length], 'i32'), b.localBatch, { grad: false });
+      const fwd = model.forward(
+        cpu.upload(b.inputs, [b.inputs.length], 'i32'),
+        cpu.upload(b.targets, [b.targets.length], 'i32'),
+        b.localBatch,
+        { grad: false },
+      );
       const n = b.targets.filter((t) => t !== 0).length;
       sum += (await cpu.read(fwd.loss))[0]! * n;
       count += n;
@@ -105,6 +150,8 @@ describe('validation loss', () => {
   }, 120_000);
 
   it('validation_enabled without validation_data_path is a config error naming both', () => {
-    expect(() => loadConfig(defaultConfigPath(), { env: {}, overrides: ['--validation_enabled'] })).toThrow(/validation_enabled = true needs validation_data_path, the held-out shards .*Fix: set validation_data_path/);
+    expect(() => loadConfig(defaultConfigPath(), { env: {}, overrides: ['--validation_enabled'] })).toThrow(
+      /validation_enabled = true needs validation_data_path, the held-out shards .*Fix: set validation_data_path/,
+    );
   });
 });

@@ -50,13 +50,16 @@ function bigram(prev: number, next: number): number {
 
 /** The tiny preset with every block's output projection zero, embedding rows e_{v % 64}, lm_head giving B. */
 function bigramModel(): Transformer {
-  const cfg = modelConfig(loadConfig(defaultConfigPath(), { env: {}, overrides: ['--max_position_embeddings=512'] }).config);
+  const cfg = modelConfig(
+    loadConfig(defaultConfigPath(), { env: {}, overrides: ['--max_position_embeddings=512'] }).config,
+  );
   const model = new Transformer(cpu, cfg);
   model.params.initialize(3);
   for (const p of model.params.params) {
     if (/\.(wo\.weight|w2\.weight|W2)$/.test(p.name)) asCpu(p.value).f.fill(0);
   }
-  const emb = asCpu(model.params.get('embedding.weight')).f, head = asCpu(model.params.get('lm_head.weight')).f;
+  const emb = asCpu(model.params.get('embedding.weight')).f,
+    head = asCpu(model.params.get('lm_head.weight')).f;
   emb.fill(0);
   for (let v = 0; v < 256; v++) emb[v * D + (v % D)] = 1;
   // norm(10.667 e_i) has 10.667 / sqrt(10.667^2 / 64 + eps) at i; logits = 0.125 * lm_head . norm(x).
@@ -102,7 +105,10 @@ describe('known answers on a hand-set bigram model', async () => {
       }
       const report = await runEval(dec, tok, [task], { maxExamples: 1000, maxSeconds: 1000 });
       expect(report.tasks[0]).toMatchObject({ name, n: task.items.length, acc: correct / task.items.length });
-      expect(report.tasks[0]!.centered).toBeCloseTo(centeredAccuracy(correct / task.items.length, name === 'ARC-Easy' ? 0.25 : 0.5), 12);
+      expect(report.tasks[0]!.centered).toBeCloseTo(
+        centeredAccuracy(correct / task.items.length, name === 'ARC-Easy' ? 0.25 : 0.5),
+        12,
+      );
     }
   });
 
@@ -117,12 +123,16 @@ describe('known answers on a hand-set bigram model', async () => {
     const tasks = await loadSuite(SHIPPED, 'HumanEval', { dataDir: FIXTURES, allowCodeExec: true });
     const report = await runEval(dec, tok, tasks, { maxExamples: 1000, maxSeconds: 1000 });
     expect(report.tasks[0]).toMatchObject({ name: 'HumanEval', n: 6, acc: 1 / 6, centered: 1 / 6 });
-    await expect(loadSuite(SHIPPED, 'HumanEval', { dataDir: FIXTURES })).rejects.toThrow(/task HumanEval runs the programs the model writes/);
+    await expect(loadSuite(SHIPPED, 'HumanEval', { dataDir: FIXTURES })).rejects.toThrow(
+      /task HumanEval runs the programs the model writes/,
+    );
   }, 60_000);
 
   it('the budget caps items per task and the time of the whole eval', async () => {
     const tasks = await loadSuite(SHIPPED, 'PIQA,WinoGrande', { dataDir: FIXTURES });
-    expect((await runEval(dec, tok, tasks, { maxExamples: 5, maxSeconds: 1000 })).tasks.map((t) => t.n)).toEqual([5, 5]);
+    expect((await runEval(dec, tok, tasks, { maxExamples: 5, maxSeconds: 1000 })).tasks.map((t) => t.n)).toEqual([
+      5, 5,
+    ]);
     const late = await runEval(dec, tok, tasks, { maxExamples: 1000, maxSeconds: 0 });
     expect(late.tasks.map((t) => t.n)).toEqual([0, 0]);
     expect(late.core).toBe(0);
@@ -152,40 +162,78 @@ describe('task readers and the reference prompt formats', () => {
     const he = row('openai/openai_humaneval/openai_humaneval/test-00000-of-00001.jsonl');
     const task = await loadTask(selectTasks(reg, 'HumanEval', SHIPPED)[0]!, FIXTURES);
     expect(task.items).toHaveLength(6);
-    expect(task.items[0]).toEqual({ prompt: he.prompt, solution: he.canonical_solution, test: he.test, entryPoint: he.entry_point });
+    expect(task.items[0]).toEqual({
+      prompt: he.prompt,
+      solution: he.canonical_solution,
+      test: he.test,
+      entryPoint: he.entry_point,
+    });
   });
 
   it('multiple choice: "{q}\\nChoices:\\nA. …\\nAnswer:", options as the dataset lists them', async () => {
     const r = row('cais/mmlu/all/dev-00000-of-00001.jsonl');
-    expect(await first('MMLU')).toEqual({ prompt: `${r.question}\nChoices:\n${r.choices.map((c: string, i: number) => `${'ABCD'[i]}. ${c}`).join('\n')}\nAnswer:`, options: r.choices, answer: r.answer });
+    expect(await first('MMLU')).toEqual({
+      prompt: `${r.question}\nChoices:\n${r.choices.map((c: string, i: number) => `${'ABCD'[i]}. ${c}`).join('\n')}\nAnswer:`,
+      options: r.choices,
+      answer: r.answer,
+    });
     const arc = row('allenai/ai2_arc/ARC-Challenge/test-00000-of-00001.jsonl'); // numeric labels "1".."4"
     expect(arc.choices.label).toEqual(['1', '2', '3', '4']);
-    expect((await first('ARC-Challenge') as ChoiceItem).answer).toBe(arc.choices.label.indexOf(arc.answerKey));
+    expect(((await first('ARC-Challenge')) as ChoiceItem).answer).toBe(arc.choices.label.indexOf(arc.answerKey));
     const pro = row('TIGER-Lab/MMLU-Pro/data/test-00000-of-00001.jsonl');
-    expect((await first('MMLU-Pro') as ChoiceItem).options).toHaveLength(10);
-    expect((await first('MMLU-Pro') as ChoiceItem).answer).toBe(pro.answer_index);
-    expect((await first('OpenBookQA') as ChoiceItem).prompt).toMatch(/^A lamp .*\nChoices:\nA\. \w+\nB\. \w+\nC\. \w+\nD\. \w+\nAnswer:$/);
+    expect(((await first('MMLU-Pro')) as ChoiceItem).options).toHaveLength(10);
+    expect(((await first('MMLU-Pro')) as ChoiceItem).answer).toBe(pro.answer_index);
+    expect(((await first('OpenBookQA')) as ChoiceItem).prompt).toMatch(
+      /^A lamp .*\nChoices:\nA\. \w+\nB\. \w+\nC\. \w+\nD\. \w+\nAnswer:$/,
+    );
   });
 
   it('HellaSwag, WinoGrande, BoolQ, COPA, PIQA', async () => {
     const hs = row('Rowan/hellaswag/data/validation-00000-of-00001.jsonl');
-    expect(await first('HellaSwag')).toEqual({ prompt: `${hs.ctx}\nEnding:`, options: hs.endings, answer: Number(hs.label) });
+    expect(await first('HellaSwag')).toEqual({
+      prompt: `${hs.ctx}\nEnding:`,
+      options: hs.endings,
+      answer: Number(hs.label),
+    });
     const wg = row('allenai/winogrande/winogrande_debiased/validation-00000-of-00001.jsonl');
-    expect(await first('WinoGrande')).toEqual({ prompt: `Fill in the blank: ${wg.sentence}\nOptions:\nA. ${wg.option1}\nB. ${wg.option2}\nAnswer:`, options: [wg.option1, wg.option2], answer: Number(wg.answer) - 1 });
+    expect(await first('WinoGrande')).toEqual({
+      prompt: `Fill in the blank: ${wg.sentence}\nOptions:\nA. ${wg.option1}\nB. ${wg.option2}\nAnswer:`,
+      options: [wg.option1, wg.option2],
+      answer: Number(wg.answer) - 1,
+    });
     const bq = row('google/boolq/data/validation-00000-of-00001.jsonl');
-    expect(await first('BoolQ')).toEqual({ prompt: `${bq.passage}\nQuestion: ${bq.question}\nAnswer (yes/no):`, options: ['yes', 'no'], answer: bq.answer ? 0 : 1 });
+    expect(await first('BoolQ')).toEqual({
+      prompt: `${bq.passage}\nQuestion: ${bq.question}\nAnswer (yes/no):`,
+      options: ['yes', 'no'],
+      answer: bq.answer ? 0 : 1,
+    });
     const cp = row('super_glue/copa/validation-00000-of-00001.jsonl');
-    expect(await first('COPA')).toEqual({ prompt: `Premise: ${cp.premise}\nChoose the more plausible alternative:`, options: [cp.choice1, cp.choice2], answer: cp.label });
+    expect(await first('COPA')).toEqual({
+      prompt: `Premise: ${cp.premise}\nChoose the more plausible alternative:`,
+      options: [cp.choice1, cp.choice2],
+      answer: cp.label,
+    });
     const pq = row('ybisk/piqa/validation-00000-of-00001.jsonl');
-    expect(await first('PIQA')).toEqual({ prompt: `Goal: ${pq.goal}\nSelect the better solution:`, options: [pq.sol1, pq.sol2], answer: pq.label });
+    expect(await first('PIQA')).toEqual({
+      prompt: `Goal: ${pq.goal}\nSelect the better solution:`,
+      options: [pq.sol1, pq.sol2],
+      answer: pq.label,
+    });
     const gs = row('openai/gsm8k/main/test-00000-of-00001.jsonl');
-    expect(await first('GSM8K')).toEqual({ prompt: `${gs.question}\nAnswer:`, solution: gs.answer, gold: gsm8kGold(gs.answer) });
+    expect(await first('GSM8K')).toEqual({
+      prompt: `${gs.question}\nAnswer:`,
+      solution: gs.answer,
+      gold: gsm8kGold(gs.answer),
+    });
   });
 
   it('parquet files in the Hub layout read as the JSON lines do', async () => {
     const dir = join(tmp, 'pq', 'google', 'boolq', 'data');
     mkdirSync(dir, { recursive: true });
-    const rows = readFileSync(join(FIXTURES, 'google/boolq/data/validation-00000-of-00001.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const rows = readFileSync(join(FIXTURES, 'google/boolq/data/validation-00000-of-00001.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     const columnData = ['question', 'answer', 'passage'].map((name) => ({ name, data: rows.map((r) => r[name]) }));
     writeFileSync(join(dir, 'validation-00000-of-00001.parquet'), Buffer.from(parquetWriteBuffer({ columnData })));
     const spec = selectTasks(reg, 'BoolQ', SHIPPED)[0]!;
@@ -195,10 +243,12 @@ describe('task readers and the reference prompt formats', () => {
 
 describe('HumanEval programs', () => {
   const limits = { python: 'python3', timeoutS: 5 };
-  const items = async () => (await loadTask(selectTasks(loadRegistry(SHIPPED), 'HumanEval', SHIPPED)[0]!, FIXTURES)).items as CodeItem[];
+  const items = async () =>
+    (await loadTask(selectTasks(loadRegistry(SHIPPED), 'HumanEval', SHIPPED)[0]!, FIXTURES)).items as CodeItem[];
 
   it('every reference body passes its tests; a wrong body fails; one that never ends is stopped at timeout_s', async () => {
-    for (const item of await items()) expect(runProgram(testProgram(item, item.solution), limits), item.entryPoint).toBe('passed');
+    for (const item of await items())
+      expect(runProgram(testProgram(item, item.solution), limits), item.entryPoint).toBe('passed');
     const double = (await items()).find((i) => i.entryPoint === 'double')!;
     expect(runProgram(testProgram(double, '    return x + 2\n'), limits)).toBe('failed');
     expect(runProgram(testProgram(double, '    return (\n'), limits)).toBe('failed'); // a syntax error
@@ -214,12 +264,13 @@ describe('HumanEval programs', () => {
     expect(runProgram(testProgram(double, '    return 2 * x\nassert False\n'), limits)).toBe('passed');
   });
 
-  it('a program reaches no network, not even this machine\'s loopback', async () => {
+  it("a program reaches no network, not even this machine's loopback", async () => {
     const server = createServer((socket) => socket.end('hello')).listen(0, '127.0.0.1');
     await once(server, 'listening');
     const port = (server.address() as AddressInfo).port;
     try {
-      const connect = (p: number) => `import socket\ndef check(c):\n    socket.create_connection(('127.0.0.1', ${p}), timeout=2).recv(5)\n`;
+      const connect = (p: number) =>
+        `import socket\ndef check(c):\n    socket.create_connection(('127.0.0.1', ${p}), timeout=2).recv(5)\n`;
       const item: CodeItem = { prompt: '', solution: '', test: connect(port), entryPoint: 'None' };
       expect(runProgram(testProgram(item, ''), limits)).toBe('failed');
       // The same program outside the namespace does connect: the test above fails for the right reason.
@@ -242,8 +293,9 @@ describe('GSM8K answers', () => {
     expect(extractPrediction(' no idea')).toBeNull();
   });
 
-  it('the reference\'s patterns (raw strings with doubled backslashes) need a literal backslash and never match', () => {
-    const referenceGold = String.raw`####\\s*([-+]?\\d+(?:\\.\\d+)?)`, referenceNumber = String.raw`[-+]?\\d+(?:\\.\\d+)?`;
+  it("the reference's patterns (raw strings with doubled backslashes) need a literal backslash and never match", () => {
+    const referenceGold = String.raw`####\\s*([-+]?\\d+(?:\\.\\d+)?)`,
+      referenceNumber = String.raw`[-+]?\\d+(?:\\.\\d+)?`;
     expect(new RegExp(referenceGold).exec('#### 42')).toBeNull();
     expect(new RegExp(referenceNumber).exec('the answer is 42')).toBeNull();
     expect(new RegExp(referenceGold).exec(String.raw`#### 42 or ####\s\d`)?.[0]).toBe(String.raw`####\s\d`);
@@ -253,26 +305,44 @@ describe('GSM8K answers', () => {
 describe('registry', () => {
   const bad = (body: string) => () => loadRegistry(registry(body));
   it('names what is wrong with a [[task]] and how to fix it', () => {
-    expect(bad('[[task]]\nname = "Trivia"\nsource = "x.jsonl"\n')).toThrow(/task 1 \(Trivia\): no task reads "trivia"\. Fix: name it \(or set adapter to\) one of mmlu, /);
-    expect(bad('[[task]]\nname = "GSM8K"\nsource = "x"\nscorer = "unittest"\n')).toThrow(/scorer = "unittest" does not score a generation task\. Fix: use scorer = "span"/);
-    expect(bad('[[task]]\nname = "HumanEval"\nsource = "x"\nscorer = "judge"\n')).toThrow(/nmoe does not implement judge/);
-    expect(bad('[[task]]\nname = "HumanEval"\nsource = "x"\ntimeout_s = 0\n')).toThrow(/timeout_s = 0 is not a whole number >= 1/);
+    expect(bad('[[task]]\nname = "Trivia"\nsource = "x.jsonl"\n')).toThrow(
+      /task 1 \(Trivia\): no task reads "trivia"\. Fix: name it \(or set adapter to\) one of mmlu, /,
+    );
+    expect(bad('[[task]]\nname = "GSM8K"\nsource = "x"\nscorer = "unittest"\n')).toThrow(
+      /scorer = "unittest" does not score a generation task\. Fix: use scorer = "span"/,
+    );
+    expect(bad('[[task]]\nname = "HumanEval"\nsource = "x"\nscorer = "judge"\n')).toThrow(
+      /nmoe does not implement judge/,
+    );
+    expect(bad('[[task]]\nname = "HumanEval"\nsource = "x"\ntimeout_s = 0\n')).toThrow(
+      /timeout_s = 0 is not a whole number >= 1/,
+    );
     expect(bad('[[task]]\nname = "MMLU"\n')).toThrow(/no source/);
-    expect(bad('[[task]]\nname = "MMLU"\nsource = "hf:cais/mmlu"\nfewshot = -1\n')).toThrow(/fewshot = -1 is not a whole number >= 0/);
-    expect(bad('[[task]]\nname = "COPA"\nsource = "a"\n[[task]]\nname = "COPA"\nsource = "b"\n')).toThrow(/names task "COPA" twice/);
+    expect(bad('[[task]]\nname = "MMLU"\nsource = "hf:cais/mmlu"\nfewshot = -1\n')).toThrow(
+      /fewshot = -1 is not a whole number >= 0/,
+    );
+    expect(bad('[[task]]\nname = "COPA"\nsource = "a"\n[[task]]\nname = "COPA"\nsource = "b"\n')).toThrow(
+      /names task "COPA" twice/,
+    );
     expect(bad('x = 1\n')).toThrow(/no \[\[task\]\] tables/);
   });
 
-  it('label (tasks_core.toml\'s spelling), adapter, core and name selection; missing data is one line with the layout', async () => {
-    const path = registry('[[task]]\nlabel = "MMLU dev"\nadapter = "mmlu"\nsource = "hf:cais/mmlu:all:dev"\n[[task]]\nname = "ARC-Easy"\nsource = "hf:allenai/ai2_arc:ARC-Easy:test"\n');
+  it("label (tasks_core.toml's spelling), adapter, core and name selection; missing data is one line with the layout", async () => {
+    const path = registry(
+      '[[task]]\nlabel = "MMLU dev"\nadapter = "mmlu"\nsource = "hf:cais/mmlu:all:dev"\n[[task]]\nname = "ARC-Easy"\nsource = "hf:allenai/ai2_arc:ARC-Easy:test"\n',
+    );
     const reg = loadRegistry(path);
     expect(selectTasks(reg, 'core', path).map((t) => t.name)).toEqual(['MMLU dev', 'ARC-Easy']);
     expect(selectTasks(reg, 'arc-easy', path).map((t) => t.name)).toEqual(['ARC-Easy']);
-    expect(() => selectTasks(reg, 'COPA', path)).toThrow(/task "COPA" is not in .*one of MMLU dev, ARC-Easy, or core for all but code tasks/);
+    expect(() => selectTasks(reg, 'COPA', path)).toThrow(
+      /task "COPA" is not in .*one of MMLU dev, ARC-Easy, or core for all but code tasks/,
+    );
     const shipped = loadRegistry(SHIPPED);
     expect(shipped.tasks.map((t) => t.name)).toContain('HumanEval');
     expect(selectTasks(shipped, 'core', SHIPPED).map((t) => t.name)).not.toContain('HumanEval'); // core never runs code
-    await expect(loadTask(reg.tasks[0]!, join(tmp, 'empty'))).rejects.toThrow(/no dev files for hf:cais\/mmlu:all:dev under .*empty\/cais\/mmlu\. Fix: download the dataset there in the Hub's layout/);
+    await expect(loadTask(reg.tasks[0]!, join(tmp, 'empty'))).rejects.toThrow(
+      /no dev files for hf:cais\/mmlu:all:dev under .*empty\/cais\/mmlu\. Fix: download the dataset there in the Hub's layout/,
+    );
   });
 });
 
@@ -290,11 +360,15 @@ describe('sampling', () => {
     const counts = new Array(5).fill(0);
     const s = new Sampler({ temperature: 2, topK: 3, topP: 1, seed: 9 });
     for (let i = 0; i < 6000; i++) counts[s.next(logits)]++;
-    const w = [2.5, 2.5, 0.7].map((l) => Math.exp(l / 2)), z = w.reduce((a, b) => a + b);
+    const w = [2.5, 2.5, 0.7].map((l) => Math.exp(l / 2)),
+      z = w.reduce((a, b) => a + b);
     expect(counts[0] + counts[3]).toBe(0);
     expect(counts[1] / 6000).toBeCloseTo(w[0]! / z, 1);
     expect(counts[4] / 6000).toBeCloseTo(w[2]! / z, 1);
-    const draw = (seed: number, seq: number) => { const x = new Sampler({ temperature: 1, topK: 0, topP: 0.9, seed }, seq); return Array.from({ length: 20 }, () => x.next(logits)); };
+    const draw = (seed: number, seq: number) => {
+      const x = new Sampler({ temperature: 1, topK: 0, topP: 0.9, seed }, seq);
+      return Array.from({ length: 20 }, () => x.next(logits));
+    };
     expect(draw(1, 0)).toEqual(draw(1, 0));
     expect(draw(1, 0)).not.toEqual(draw(2, 0));
     expect(draw(1, 0)).not.toEqual(draw(1, 1));

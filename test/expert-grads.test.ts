@@ -21,10 +21,16 @@ function randn(n: number, stream: number): Float32Array {
 
 describe('expert gradients written by their first product', () => {
   it('groupedMatmulWeightGrad with accumulate = false writes the product over NaN, zeros for empty experts', async () => {
-    const E = 4, D = 6, F = 5, counts = [3, 0, 4, 0], rows = 7;
+    const E = 4,
+      D = 6,
+      F = 5,
+      counts = [3, 0, 4, 0],
+      rows = 7;
     const offsets = cpu.moeSegments(cpu.upload(Int32Array.from(counts), [E], 'i32'), rows).offsets;
-    const x = cpu.upload(randn(rows * D, 1), [rows, D], 'f32'), dy = cpu.upload(randn(rows * F, 2), [rows, F], 'f32');
-    const written = cpu.empty([E, D, F], 'f32'), added = cpu.zeros([E, D, F], 'f32');
+    const x = cpu.upload(randn(rows * D, 1), [rows, D], 'f32'),
+      dy = cpu.upload(randn(rows * F, 2), [rows, F], 'f32');
+    const written = cpu.empty([E, D, F], 'f32'),
+      added = cpu.zeros([E, D, F], 'f32');
     cpu.fill(written, Number.NaN);
     cpu.groupedMatmulWeightGrad(x, dy, offsets, written, false);
     cpu.groupedMatmulWeightGrad(x, dy, offsets, added);
@@ -37,7 +43,7 @@ describe('expert gradients written by their first product', () => {
     (await cpu.read(written)).forEach((v, i) => expect(v).toBeCloseTo(2 * a[i]!, 5));
   });
 
-  it('ParamStore.gradTarget: write at an expert gradient\'s first use in a step, add after, never for dense ones', () => {
+  it("ParamStore.gradTarget: write at an expert gradient's first use in a step, add after, never for dense ones", () => {
     const { config } = loadConfig(defaultConfigPath(), { env: {} });
     const store = new ParamStore(cpu, modelParamSpecs(modelConfig(config)));
     const expert = store.params.find((p) => p.firstExpert !== undefined)!.name;

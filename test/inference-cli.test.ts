@@ -16,15 +16,24 @@ import { train } from '../src/train/trainer.ts';
 const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
 const FIXTURES = fileURLToPath(new URL('./fixtures/eval', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'nmoe-infer-'));
-const ckpt = join(root, 'ckpt'), hf = join(root, 'hf');
+const ckpt = join(root, 'ckpt'),
+  hf = join(root, 'hf');
 
 function nmoe(args: string[]) {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: root, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1', CI: '1' }, timeout: 120_000 });
+  const r = spawnSync(process.execPath, [BIN, ...args], {
+    cwd: root,
+    encoding: 'utf8',
+    env: { ...process.env, NO_COLOR: '1', CI: '1' },
+    timeout: 120_000,
+  });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
 beforeAll(async () => {
-  const { config } = loadConfig(defaultConfigPath(), { env: {}, overrides: ['--seq_len=64', '--batch_size=4', '--steps=20', `--checkpoint_dir=${ckpt}`] });
+  const { config } = loadConfig(defaultConfigPath(), {
+    env: {},
+    overrides: ['--seq_len=64', '--batch_size=4', '--steps=20', `--checkpoint_dir=${ckpt}`],
+  });
   await train(config, new CpuBackend(), { start: () => {}, step: () => {}, log: () => {} });
   expect(nmoe(['ckpt', 'export', '--format', 'hf', ckpt, hf]).code).toBe(0);
 }, 120_000);
@@ -37,7 +46,9 @@ describe('nmoe generate', () => {
     expect(r.out.startsWith('Call me Ishmael.')).toBe(true);
     expect(r.out.length).toBeGreaterThan('Call me Ishmael.'.length);
     expect(r.err).toMatch(/checkpoint .*iter_0000020 \(step 20\) on CPU/);
-    expect(r.err).toMatch(/prefill 16 tokens in \d+ ms \([\d.]+K? tok\/s\) \| decode \d+ tokens in \d+ ms \([\d.]+K? tok\/s\) \| \d+ new tokens, stopped at (--max-tokens 24|end of text)/);
+    expect(r.err).toMatch(
+      /prefill 16 tokens in \d+ ms \([\d.]+K? tok\/s\) \| decode \d+ tokens in \d+ ms \([\d.]+K? tok\/s\) \| \d+ new tokens, stopped at (--max-tokens 24|end of text)/,
+    );
     const fromHf = nmoe(['generate', hf, ...args]);
     expect(fromHf.code, fromHf.err).toBe(0);
     expect(fromHf.err).toMatch(/Hugging Face export .*hf \(step 20\)/);
@@ -45,7 +56,24 @@ describe('nmoe generate', () => {
   });
 
   it('a seed repeats a sampled generation; a prompts file runs every line', () => {
-    const sample = (seed: string) => nmoe(['generate', ckpt, '--prompt', 'The whale', '--max-tokens', '30', '--temperature', '1.2', '--top-k', '40', '--seed', seed, '--device', 'cpu', '--no-stop-at-eos']).out;
+    const sample = (seed: string) =>
+      nmoe([
+        'generate',
+        ckpt,
+        '--prompt',
+        'The whale',
+        '--max-tokens',
+        '30',
+        '--temperature',
+        '1.2',
+        '--top-k',
+        '40',
+        '--seed',
+        seed,
+        '--device',
+        'cpu',
+        '--no-stop-at-eos',
+      ]).out;
     expect(sample('1')).toBe(sample('1'));
     expect(sample('1')).not.toBe(sample('2'));
     const file = join(root, 'prompts.txt');
@@ -61,7 +89,10 @@ describe('nmoe generate', () => {
       [[ckpt], /give exactly one of --prompt TEXT and --prompts-file FILE/],
       [[join(root, 'nope'), '--prompt', 'x'], /nope is not a directory\. Fix: pass a checkpoint_dir/],
       [[root, '--prompt', 'x'], /holds no complete iter_NNNNNNN checkpoint and no config\.json/],
-      [[ckpt, '--prompt', 'x', '--top-p', '0'], /--top-p 0 is not a number in \[0\.000001, 1\]\. Fix: e\.g\. --top-p 0\.95/],
+      [
+        [ckpt, '--prompt', 'x', '--top-p', '0'],
+        /--top-p 0 is not a number in \[0\.000001, 1\]\. Fix: e\.g\. --top-p 0\.95/,
+      ],
       [[ckpt, '--prompt', 'x', '--max-tokens', '0'], /--max-tokens 0 is not a whole number >= 1/],
       [[ckpt, '--prompts-file', join(root, 'none.txt')], /--prompts-file .*none\.txt cannot be read/],
     ] as const) {
@@ -75,7 +106,18 @@ describe('nmoe generate', () => {
 
 describe('nmoe eval', () => {
   it('prints a line per task and CORE', () => {
-    const r = nmoe(['eval', ckpt, '--tasks', 'COPA,GSM8K', '--data-dir', FIXTURES, '--max-examples', '3', '--device', 'cpu']);
+    const r = nmoe([
+      'eval',
+      ckpt,
+      '--tasks',
+      'COPA,GSM8K',
+      '--data-dir',
+      FIXTURES,
+      '--max-examples',
+      '3',
+      '--device',
+      'cpu',
+    ]);
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/^COPA: acc=(0\.000|0\.333|0\.667|1\.000) centered=\d\.\d{3} n=3 /m);
     expect(r.out).toMatch(/^GSM8K: acc=\d\.\d{3} centered=\d\.\d{3} n=3 /m);
@@ -85,17 +127,35 @@ describe('nmoe eval', () => {
   it('an unknown task or missing task data is a one-line error with exit code 2', () => {
     const unknown = nmoe(['eval', ckpt, '--tasks', 'TriviaQA', '--data-dir', FIXTURES]);
     expect(unknown.code).toBe(2);
-    expect(unknown.err).toMatch(/task "TriviaQA" is not in .*configs\/eval\/tasks\.toml\. Fix: one of MMLU, MMLU-Pro, /);
+    expect(unknown.err).toMatch(
+      /task "TriviaQA" is not in .*configs\/eval\/tasks\.toml\. Fix: one of MMLU, MMLU-Pro, /,
+    );
     const missing = nmoe(['eval', ckpt, '--tasks', 'PIQA', '--data-dir', join(root, 'no-data')]);
     expect(missing.code).toBe(2);
-    expect(missing.err).toMatch(/no validation files for hf:ybisk\/piqa:validation under .*no-data\/ybisk\/piqa\. Fix: download the dataset there/);
+    expect(missing.err).toMatch(
+      /no validation files for hf:ybisk\/piqa:validation under .*no-data\/ybisk\/piqa\. Fix: download the dataset there/,
+    );
   });
 
   it('HumanEval runs only with --allow-code-exec; then it scores every item by running its tests', () => {
     const refused = nmoe(['eval', ckpt, '--tasks', 'HumanEval', '--data-dir', FIXTURES, '--device', 'cpu']);
     expect(refused.code).toBe(2);
-    expect(refused.err).toMatch(/task HumanEval runs the programs the model writes .*Fix: pass --allow-code-exec to nmoe eval/);
-    const r = nmoe(['eval', ckpt, '--tasks', 'HumanEval', '--data-dir', FIXTURES, '--allow-code-exec', '--max-examples', '2', '--device', 'cpu']);
+    expect(refused.err).toMatch(
+      /task HumanEval runs the programs the model writes .*Fix: pass --allow-code-exec to nmoe eval/,
+    );
+    const r = nmoe([
+      'eval',
+      ckpt,
+      '--tasks',
+      'HumanEval',
+      '--data-dir',
+      FIXTURES,
+      '--allow-code-exec',
+      '--max-examples',
+      '2',
+      '--device',
+      'cpu',
+    ]);
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/^HumanEval: acc=(0\.000|0\.500|1\.000) centered=\d\.\d{3} n=2 /m);
   });

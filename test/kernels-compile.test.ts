@@ -19,18 +19,37 @@ describe.skipIf(!nvcc)('CUDA kernels compile for sm_90a with no spills', () => {
   });
 
   for (const file of files) {
-    it(file, () => {
-      const report = spawnSync('nvcc', ['-cubin', '-gencode=arch=compute_90a,code=sm_90a', '-std=c++17', '-Xptxas', '-v', '-o', '/dev/null', join(KERNEL_DIR, file)], { encoding: 'utf8' });
-      expect(report.status, report.stderr).toBe(0);
-      const spills = [...report.stderr.matchAll(/(\d+) bytes spill stores, (\d+) bytes spill loads/g)];
-      expect(spills.length, 'ptxas printed no resource report').toBeGreaterThan(0);
-      for (const m of spills) expect(Number(m[1]) + Number(m[2]), `spills in ${file}`).toBe(0);
-      // Each templated registry entry must be explicitly instantiated in the file (NVRTC looks them up by name).
-      const source = readFileSync(join(KERNEL_DIR, file), 'utf8');
-      for (const name of KERNEL_NAMES[file]!) {
-        const base = name.replace(/<.*$/, '');
-        expect(source, `${name} in ${file}`).toMatch(new RegExp(`__global__ void (__launch_bounds__\\([^)]*\\) )?${base}\\b`));
-      }
-    }, 60_000);
+    it(
+      file,
+      () => {
+        const report = spawnSync(
+          'nvcc',
+          [
+            '-cubin',
+            '-gencode=arch=compute_90a,code=sm_90a',
+            '-std=c++17',
+            '-Xptxas',
+            '-v',
+            '-o',
+            '/dev/null',
+            join(KERNEL_DIR, file),
+          ],
+          { encoding: 'utf8' },
+        );
+        expect(report.status, report.stderr).toBe(0);
+        const spills = [...report.stderr.matchAll(/(\d+) bytes spill stores, (\d+) bytes spill loads/g)];
+        expect(spills.length, 'ptxas printed no resource report').toBeGreaterThan(0);
+        for (const m of spills) expect(Number(m[1]) + Number(m[2]), `spills in ${file}`).toBe(0);
+        // Each templated registry entry must be explicitly instantiated in the file (NVRTC looks them up by name).
+        const source = readFileSync(join(KERNEL_DIR, file), 'utf8');
+        for (const name of KERNEL_NAMES[file]!) {
+          const base = name.replace(/<.*$/, '');
+          expect(source, `${name} in ${file}`).toMatch(
+            new RegExp(`__global__ void (__launch_bounds__\\([^)]*\\) )?${base}\\b`),
+          );
+        }
+      },
+      60_000,
+    );
   }
 });

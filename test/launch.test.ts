@@ -23,7 +23,6 @@ import { BASE_ENV, freePort } from './helpers/ranks.ts';
 const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
 const FIXTURES = fileURLToPath(new URL('./fixtures/launch/', import.meta.url));
 
-
 interface Finished {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -57,7 +56,9 @@ function run(argv: string[], env: Record<string, string>): { child: ChildProcess
   child.stdout!.on('data', (d) => (stdout += d));
   child.stderr!.on('data', (d) => (stderr += d));
   const finished = new Promise<Finished>((resolve) =>
-    child.on('close', (code, signal) => resolve({ code, signal, out: stdout, err: stderr, ms: Date.now() - t0, endedAt: Date.now() })),
+    child.on('close', (code, signal) =>
+      resolve({ code, signal, out: stdout, err: stderr, ms: Date.now() - t0, endedAt: Date.now() }),
+    ),
   );
   return { child, finished };
 }
@@ -87,7 +88,9 @@ function readJson<T>(name: string): T {
 
 function rankPids(): number[] {
   if (!existsSync(out)) return [];
-  return Array.from({ length: 8 }, (_, r) => join(out, `pid-${r}`)).filter(existsSync).map((f) => Number(readFileSync(f, 'utf8')));
+  return Array.from({ length: 8 }, (_, r) => join(out, `pid-${r}`))
+    .filter(existsSync)
+    .map((f) => Number(readFileSync(f, 'utf8')));
 }
 
 function alive(pid: number): boolean {
@@ -109,28 +112,80 @@ async function waitForFiles(names: string[], timeoutMs = 15_000): Promise<void> 
 
 describe('readDistEnv: the environment contract', () => {
   it('is a single process when nothing is set', () => {
-    expect(readDistEnv({})).toEqual({ rank: 0, worldSize: 1, localRank: 0, localWorldSize: 1, nodeRank: 0, nnodes: 1, masterAddr: '127.0.0.1', masterPort: 29500 });
+    expect(readDistEnv({})).toEqual({
+      rank: 0,
+      worldSize: 1,
+      localRank: 0,
+      localWorldSize: 1,
+      nodeRank: 0,
+      nnodes: 1,
+      masterAddr: '127.0.0.1',
+      masterPort: 29500,
+    });
   });
 
   it("reads torchrun's variables and derives the node", () => {
-    const env = { RANK: '6', WORLD_SIZE: '8', LOCAL_RANK: '2', LOCAL_WORLD_SIZE: '4', MASTER_ADDR: '10.0.0.1', MASTER_PORT: '1234' };
-    expect(readDistEnv(env)).toEqual({ rank: 6, worldSize: 8, localRank: 2, localWorldSize: 4, nodeRank: 1, nnodes: 2, masterAddr: '10.0.0.1', masterPort: 1234 });
+    const env = {
+      RANK: '6',
+      WORLD_SIZE: '8',
+      LOCAL_RANK: '2',
+      LOCAL_WORLD_SIZE: '4',
+      MASTER_ADDR: '10.0.0.1',
+      MASTER_PORT: '1234',
+    };
+    expect(readDistEnv(env)).toEqual({
+      rank: 6,
+      worldSize: 8,
+      localRank: 2,
+      localWorldSize: 4,
+      nodeRank: 1,
+      nnodes: 2,
+      masterAddr: '10.0.0.1',
+      masterPort: 1234,
+    });
   });
 
   it("takes RANK and WORLD_SIZE alone (Kubeflow's PyTorchJob) as one process per node", () => {
-    expect(readDistEnv({ RANK: '3', WORLD_SIZE: '4', MASTER_ADDR: 'master-0' })).toMatchObject({ localRank: 0, localWorldSize: 1, nodeRank: 3, nnodes: 4, masterPort: 29500 });
+    expect(readDistEnv({ RANK: '3', WORLD_SIZE: '4', MASTER_ADDR: 'master-0' })).toMatchObject({
+      localRank: 0,
+      localWorldSize: 1,
+      nodeRank: 3,
+      nnodes: 4,
+      masterPort: 29500,
+    });
   });
 
   it("maps Slurm's srun variables, the master being the first host of the step's node list", () => {
     const slurm = {
-      SLURM_PROCID: '5', SLURM_STEP_NUM_TASKS: '8', SLURM_LOCALID: '1', SLURM_STEP_TASKS_PER_NODE: '4(x2)', SLURM_NODEID: '1',
-      SLURM_STEP_NODELIST: 'gpu[01-02]', SLURM_JOB_NODELIST: 'gpu[01-04],gpu07',
+      SLURM_PROCID: '5',
+      SLURM_STEP_NUM_TASKS: '8',
+      SLURM_LOCALID: '1',
+      SLURM_STEP_TASKS_PER_NODE: '4(x2)',
+      SLURM_NODEID: '1',
+      SLURM_STEP_NODELIST: 'gpu[01-02]',
+      SLURM_JOB_NODELIST: 'gpu[01-04],gpu07',
     };
-    expect(readDistEnv(slurm)).toEqual({ rank: 5, worldSize: 8, localRank: 1, localWorldSize: 4, nodeRank: 1, nnodes: 2, masterAddr: 'gpu01', masterPort: 29500 });
-    expect(readDistEnv({ ...slurm, SLURM_STEP_NODELIST: undefined, SLURM_JOB_NODELIST: 'n[3-4]' })).toMatchObject({ masterAddr: 'n3' });
-    expect(readDistEnv({ ...slurm, MASTER_ADDR: 'head', MASTER_PORT: '4000' })).toMatchObject({ masterAddr: 'head', masterPort: 4000 });
+    expect(readDistEnv(slurm)).toEqual({
+      rank: 5,
+      worldSize: 8,
+      localRank: 1,
+      localWorldSize: 4,
+      nodeRank: 1,
+      nnodes: 2,
+      masterAddr: 'gpu01',
+      masterPort: 29500,
+    });
+    expect(readDistEnv({ ...slurm, SLURM_STEP_NODELIST: undefined, SLURM_JOB_NODELIST: 'n[3-4]' })).toMatchObject({
+      masterAddr: 'n3',
+    });
+    expect(readDistEnv({ ...slurm, MASTER_ADDR: 'head', MASTER_PORT: '4000' })).toMatchObject({
+      masterAddr: 'head',
+      masterPort: 4000,
+    });
     // The step's counts, not the job's: srun --preserve-env leaves SLURM_NTASKS and SLURM_TASKS_PER_NODE at the job's.
-    expect(readDistEnv({ ...slurm, SLURM_NTASKS: '16', SLURM_TASKS_PER_NODE: '8(x2)', SLURM_NTASKS_PER_NODE: '8' })).toMatchObject({ worldSize: 8, localWorldSize: 4 });
+    expect(
+      readDistEnv({ ...slurm, SLURM_NTASKS: '16', SLURM_TASKS_PER_NODE: '8(x2)', SLURM_NTASKS_PER_NODE: '8' }),
+    ).toMatchObject({ worldSize: 8, localWorldSize: 4 });
     // torchrun's variables win: `nmoe launch` inside an srun allocation sets them for its ranks.
     expect(readDistEnv({ ...slurm, RANK: '0', WORLD_SIZE: '1' })).toMatchObject({ rank: 0, worldSize: 1 });
   });
@@ -138,19 +193,41 @@ describe('readDistEnv: the environment contract', () => {
   // What a batch script sees (src/common/env.c in Slurm: the batch step gets SLURM_PROCID/LOCALID/NODEID = 0 and the
   // job's counts, but only srun's step launch sets SLURM_STEP_*).
   const batchScript = {
-    SLURM_JOB_ID: '4242', SLURM_PROCID: '0', SLURM_LOCALID: '0', SLURM_NODEID: '0', SLURM_JOB_NUM_NODES: '2', SLURM_NNODES: '2',
-    SLURM_NTASKS: '16', SLURM_TASKS_PER_NODE: '8(x2)', SLURM_JOB_NODELIST: 'gpu[01-02]',
+    SLURM_JOB_ID: '4242',
+    SLURM_PROCID: '0',
+    SLURM_LOCALID: '0',
+    SLURM_NODEID: '0',
+    SLURM_JOB_NUM_NODES: '2',
+    SLURM_NNODES: '2',
+    SLURM_NTASKS: '16',
+    SLURM_TASKS_PER_NODE: '8(x2)',
+    SLURM_JOB_NODELIST: 'gpu[01-02]',
   };
   it('rejects a multi-node or multi-task batch script that runs nmoe train without srun, at once', () => {
-    for (const env of [batchScript, { ...batchScript, SLURM_NTASKS: undefined }, { ...batchScript, SLURM_JOB_NUM_NODES: '1', SLURM_NNODES: '1', SLURM_NTASKS: '8' }]) {
+    for (const env of [
+      batchScript,
+      { ...batchScript, SLURM_NTASKS: undefined },
+      { ...batchScript, SLURM_JOB_NUM_NODES: '1', SLURM_NNODES: '1', SLURM_NTASKS: '8' },
+    ]) {
       expect(() => readDistEnv(env)).toThrow(UserError);
-      expect(() => readDistEnv(env)).toThrow(/^this process runs in the batch script of Slurm job 4242, not under srun .* Fix: start one `nmoe launch` per node with srun/);
+      expect(() => readDistEnv(env)).toThrow(
+        /^this process runs in the batch script of Slurm job 4242, not under srun .* Fix: start one `nmoe launch` per node with srun/,
+      );
     }
-    expect(() => readDistEnv(batchScript)).toThrow('the job has SLURM_JOB_NUM_NODES=2, SLURM_NTASKS=16: the other ranks would never start');
+    expect(() => readDistEnv(batchScript)).toThrow(
+      'the job has SLURM_JOB_NUM_NODES=2, SLURM_NTASKS=16: the other ranks would never start',
+    );
   });
 
   it('takes the batch script of a one-task, one-node job as a single process', () => {
-    const single = { ...batchScript, SLURM_JOB_NUM_NODES: '1', SLURM_NNODES: '1', SLURM_NTASKS: '1', SLURM_TASKS_PER_NODE: '1', SLURM_JOB_NODELIST: 'gpu01' };
+    const single = {
+      ...batchScript,
+      SLURM_JOB_NUM_NODES: '1',
+      SLURM_NNODES: '1',
+      SLURM_NTASKS: '1',
+      SLURM_TASKS_PER_NODE: '1',
+      SLURM_JOB_NODELIST: 'gpu01',
+    };
     expect(readDistEnv(single)).toEqual(readDistEnv({}));
     expect(readDistEnv({ ...single, SLURM_NTASKS: undefined })).toEqual(readDistEnv({}));
   });
@@ -166,7 +243,9 @@ describe('readDistEnv: the environment contract', () => {
 
   it('nmoe launch --nnodes 2 in a batch script is refused: the other nodes would get no launcher', () => {
     const plan = { nprocPerNode: '8', nnodes: '2', nodeRank: '0', masterAddr: 'gpu01', masterPort: '29500' };
-    expect(() => parseLaunchFlags(plan, [], batchScript)).toThrow(/^--nnodes 2 in the batch script of Slurm job 4242, not under srun: .* Fix: .*srun --ntasks-per-node=1 nmoe launch/);
+    expect(() => parseLaunchFlags(plan, [], batchScript)).toThrow(
+      /^--nnodes 2 in the batch script of Slurm job 4242, not under srun: .* Fix: .*srun --ntasks-per-node=1 nmoe launch/,
+    );
     expect(parseLaunchFlags({ ...plan, nnodes: '1' }, [], batchScript)).toMatchObject({ nnodes: 1, nprocPerNode: 8 });
     expect(parseLaunchFlags(plan, [], { ...batchScript, SLURM_STEP_NUM_TASKS: '2' })).toMatchObject({ nnodes: 2 });
   });
@@ -180,29 +259,71 @@ describe('readDistEnv: the environment contract', () => {
   });
 
   const full = { RANK: '0', WORLD_SIZE: '4', LOCAL_RANK: '0', LOCAL_WORLD_SIZE: '4', MASTER_ADDR: 'h' };
-  const slurm = { SLURM_PROCID: '0', SLURM_STEP_NUM_TASKS: '4', SLURM_LOCALID: '0', SLURM_STEP_TASKS_PER_NODE: '4', SLURM_JOB_NODELIST: 'n1' };
+  const slurm = {
+    SLURM_PROCID: '0',
+    SLURM_STEP_NUM_TASKS: '4',
+    SLURM_LOCALID: '0',
+    SLURM_STEP_TASKS_PER_NODE: '4',
+    SLURM_JOB_NODELIST: 'n1',
+  };
   it.each([
     ['RANK without WORLD_SIZE', { RANK: '1' }, /^RANK=1 is set but WORLD_SIZE is not/],
     ['WORLD_SIZE without RANK', { WORLD_SIZE: '4' }, /^WORLD_SIZE=4 is set but RANK is not/],
-    ['LOCAL_RANK without LOCAL_WORLD_SIZE', { ...full, LOCAL_WORLD_SIZE: undefined }, /^LOCAL_RANK=0 is set but LOCAL_WORLD_SIZE is not/],
-    ['local variables alone', { LOCAL_RANK: '0', LOCAL_WORLD_SIZE: '1' }, /^LOCAL_RANK=0 is set but RANK and WORLD_SIZE are not/],
+    [
+      'LOCAL_RANK without LOCAL_WORLD_SIZE',
+      { ...full, LOCAL_WORLD_SIZE: undefined },
+      /^LOCAL_RANK=0 is set but LOCAL_WORLD_SIZE is not/,
+    ],
+    [
+      'local variables alone',
+      { LOCAL_RANK: '0', LOCAL_WORLD_SIZE: '1' },
+      /^LOCAL_RANK=0 is set but RANK and WORLD_SIZE are not/,
+    ],
     ['a rank that is no number', { ...full, RANK: 'x' }, /^RANK="x" is not a whole number >= 0/],
     ['a negative rank', { ...full, RANK: '-1' }, /^RANK="-1" is not a whole number/],
     ['a fractional world', { ...full, WORLD_SIZE: '1.5' }, /^WORLD_SIZE="1.5" is not a whole number >= 1/],
     ['an empty world', { ...full, WORLD_SIZE: '0' }, /^WORLD_SIZE="0" is not a whole number >= 1/],
     ['a rank outside the world', { ...full, RANK: '4' }, /^RANK=4 must be < WORLD_SIZE \(4\)/],
-    ['a world not divisible by the node size', { ...full, WORLD_SIZE: '6' }, /^WORLD_SIZE=6 is not a multiple of LOCAL_WORLD_SIZE=4/],
+    [
+      'a world not divisible by the node size',
+      { ...full, WORLD_SIZE: '6' },
+      /^WORLD_SIZE=6 is not a multiple of LOCAL_WORLD_SIZE=4/,
+    ],
     ['a local rank outside the node', { ...full, LOCAL_RANK: '4' }, /^LOCAL_RANK=4 must be < LOCAL_WORLD_SIZE \(4\)/],
-    ['ranks not numbered node by node', { ...full, WORLD_SIZE: '8', RANK: '5', LOCAL_RANK: '0' }, /^LOCAL_RANK=0 does not match RANK=5: .* must be 1/],
+    [
+      'ranks not numbered node by node',
+      { ...full, WORLD_SIZE: '8', RANK: '5', LOCAL_RANK: '0' },
+      /^LOCAL_RANK=0 does not match RANK=5: .* must be 1/,
+    ],
     ['no master address', { ...full, MASTER_ADDR: undefined }, /^MASTER_ADDR is not set for a world of 4 processes/],
     ['a port out of range', { ...full, MASTER_PORT: '70000' }, /^MASTER_PORT="70000" is not a TCP port/],
     ['a port that is no number', { MASTER_PORT: 'http' }, /^MASTER_PORT="http" is not a TCP port/],
-    ['Slurm without SLURM_LOCALID', { ...slurm, SLURM_LOCALID: undefined }, /^SLURM_PROCID=0 is set but SLURM_LOCALID is not/],
-    ['Slurm without tasks per node', { ...slurm, SLURM_STEP_TASKS_PER_NODE: undefined }, /^SLURM_STEP_NUM_TASKS is set but SLURM_STEP_TASKS_PER_NODE is not/],
-    ['Slurm with uneven nodes', { ...slurm, SLURM_STEP_TASKS_PER_NODE: '4(x2),3' }, /^SLURM_STEP_TASKS_PER_NODE=4\(x2\),3 does not give every node the same/],
-    ['Slurm ranks not in blocks', { ...slurm, SLURM_STEP_NUM_TASKS: '8', SLURM_PROCID: '1', SLURM_LOCALID: '1', SLURM_NODEID: '1' }, /^SLURM_NODEID=1 does not match SLURM_PROCID=1/],
+    [
+      'Slurm without SLURM_LOCALID',
+      { ...slurm, SLURM_LOCALID: undefined },
+      /^SLURM_PROCID=0 is set but SLURM_LOCALID is not/,
+    ],
+    [
+      'Slurm without tasks per node',
+      { ...slurm, SLURM_STEP_TASKS_PER_NODE: undefined },
+      /^SLURM_STEP_NUM_TASKS is set but SLURM_STEP_TASKS_PER_NODE is not/,
+    ],
+    [
+      'Slurm with uneven nodes',
+      { ...slurm, SLURM_STEP_TASKS_PER_NODE: '4(x2),3' },
+      /^SLURM_STEP_TASKS_PER_NODE=4\(x2\),3 does not give every node the same/,
+    ],
+    [
+      'Slurm ranks not in blocks',
+      { ...slurm, SLURM_STEP_NUM_TASKS: '8', SLURM_PROCID: '1', SLURM_LOCALID: '1', SLURM_NODEID: '1' },
+      /^SLURM_NODEID=1 does not match SLURM_PROCID=1/,
+    ],
     ['Slurm with a bad local id', { ...slurm, SLURM_LOCALID: 'a' }, /^SLURM_LOCALID="a" is not a whole number/],
-    ['Slurm without a node list or MASTER_ADDR', { ...slurm, SLURM_JOB_NODELIST: undefined }, /^MASTER_ADDR is not set/],
+    [
+      'Slurm without a node list or MASTER_ADDR',
+      { ...slurm, SLURM_JOB_NODELIST: undefined },
+      /^MASTER_ADDR is not set/,
+    ],
   ])('rejects %s with one line naming the variable and the fix', (_, env, message) => {
     let error: unknown;
     try {
@@ -261,7 +382,10 @@ describe('store', () => {
     expect(Buffer.from(await cs[0]!.get('counter', 0)).toString()).toBe('200');
     expect(await cs[1]!.add('counter', -200)).toBe(0);
     await cs[2]!.set('text', 'abc');
-    await expect(cs[2]!.add('text', 1)).rejects.toMatchObject({ kind: 'rejected', message: /store add "text" was refused: the key holds "abc", not a counter/ });
+    await expect(cs[2]!.add('text', 1)).rejects.toMatchObject({
+      kind: 'rejected',
+      message: /store add "text" was refused: the key holds "abc", not a counter/,
+    });
   });
 
   it('checks and deletes keys', async () => {
@@ -281,7 +405,10 @@ describe('store', () => {
     const err = await c.get('rdzv/never', 300).catch((e: unknown) => e);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
     expect(err).toBeInstanceOf(StoreError);
-    expect(err).toMatchObject({ kind: 'timeout', message: expect.stringMatching(/^store key "rdzv\/never" did not appear within 0\.3 s/) });
+    expect(err).toMatchObject({
+      kind: 'timeout',
+      message: expect.stringMatching(/^store key "rdzv\/never" did not appear within 0\.3 s/),
+    });
     await c.set('after', 'ok');
     expect(Buffer.from(await c.get('after', 0)).toString()).toBe('ok');
   });
@@ -309,7 +436,10 @@ describe('store', () => {
   it('gives up connecting after its timeout, naming the address', async () => {
     const port = await freePort();
     const err = await StoreClient.connect('127.0.0.1', port, { timeoutMs: 300 }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ kind: 'unreachable', message: `no store answered at 127.0.0.1:${port} within 0.3 s (ECONNREFUSED)` });
+    expect(err).toMatchObject({
+      kind: 'unreachable',
+      message: `no store answered at 127.0.0.1:${port} within 0.3 s (ECONNREFUSED)`,
+    });
   });
 
   it('fails every pending call when the connection drops', async () => {
@@ -318,8 +448,14 @@ describe('store', () => {
     await new Promise((r) => setTimeout(r, 50));
     await server.close();
     const [a, b] = await Promise.all(pending);
-    expect(a).toMatchObject({ kind: 'closed', message: `store get "a" failed: the connection to 127.0.0.1:${server.port} was closed by the server` });
-    expect(b).toMatchObject({ kind: 'closed', message: expect.stringMatching(/^store get 0x0102 failed: the connection .* was closed by the server$/) });
+    expect(a).toMatchObject({
+      kind: 'closed',
+      message: `store get "a" failed: the connection to 127.0.0.1:${server.port} was closed by the server`,
+    });
+    expect(b).toMatchObject({
+      kind: 'closed',
+      message: expect.stringMatching(/^store get 0x0102 failed: the connection .* was closed by the server$/),
+    });
     await expect(c.set('later', 'x')).rejects.toMatchObject({ kind: 'closed' });
   });
 
@@ -330,7 +466,10 @@ describe('store', () => {
     const c = await StoreClient.connect('127.0.0.1', port, { timeoutMs: 2000, replyGraceMs: 300 });
     try {
       const t0 = Date.now();
-      await expect(c.set('k', 'v')).rejects.toMatchObject({ kind: 'unresponsive', message: `store set "k": 127.0.0.1:${port} sent no answer within 0 s (a frozen host, or something other than an nmoe store listening there)` });
+      await expect(c.set('k', 'v')).rejects.toMatchObject({
+        kind: 'unresponsive',
+        message: `store set "k": 127.0.0.1:${port} sent no answer within 0 s (a frozen host, or something other than an nmoe store listening there)`,
+      });
       await expect(c.get('k', 400)).rejects.toMatchObject({ kind: 'unresponsive' }); // its own wait, then the grace
       expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
       expect(Date.now() - t0).toBeLessThan(5000);
@@ -347,12 +486,19 @@ describe('rendezvous', () => {
     expect(rendezvousTimeoutMs({ NMOE_RDZV_TIMEOUT_S: '2.5' })).toBe(2500);
     for (const bad of ['0', '-1', 'abc', 'Infinity']) {
       expect(() => rendezvousTimeoutMs({ NMOE_RDZV_TIMEOUT_S: bad })).toThrow(
-        new UserError(`NMOE_RDZV_TIMEOUT_S="${bad}" is not a positive number of seconds. Fix: e.g. NMOE_RDZV_TIMEOUT_S=600, or unset it (300).`));
+        new UserError(
+          `NMOE_RDZV_TIMEOUT_S="${bad}" is not a positive number of seconds. Fix: e.g. NMOE_RDZV_TIMEOUT_S=600, or unset it (300).`,
+        ),
+      );
     }
   });
 
-
-  const torchrun = (rank: number, world: number, port: number) => ({ RANK: String(rank), WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) });
+  const torchrun = (rank: number, world: number, port: number) => ({
+    RANK: String(rank),
+    WORLD_SIZE: String(world),
+    MASTER_ADDR: '127.0.0.1',
+    MASTER_PORT: String(port),
+  });
 
   it('has rank 0 host the store when no launcher does, even when it starts last', async () => {
     const port = await freePort();
@@ -374,7 +520,9 @@ describe('rendezvous', () => {
       const r = await finished;
       expect(r.code).not.toBe(0);
       expect(r.ms).toBeLessThan(20_000);
-      expect(r.err).toContain(`rendezvous: 1 of 3 ranks did not arrive within 4 s at the store 127.0.0.1:${port}: rank 2 (node 2). Fix: `);
+      expect(r.err).toContain(
+        `rendezvous: 1 of 3 ranks did not arrive within 4 s at the store 127.0.0.1:${port}: rank 2 (node 2). Fix: `,
+      );
       expect(r.err).toContain('NMOE_RDZV_TIMEOUT_S');
     }
   });
@@ -385,7 +533,10 @@ describe('rendezvous', () => {
     const port = (http.address() as AddressInfo).port;
     try {
       await expect(rendezvous({ ...readDistEnv({ ...torchrun(1, 2, port) }) })).rejects.toThrow(
-        new RegExp(`^store get "nmoe/generation" failed: the connection to 127\\.0\\.0\\.1:${port} (broke|was closed by the server).*Fix: check that MASTER_ADDR:MASTER_PORT`));
+        new RegExp(
+          `^store get "nmoe/generation" failed: the connection to 127\\.0\\.0\\.1:${port} (broke|was closed by the server).*Fix: check that MASTER_ADDR:MASTER_PORT`,
+        ),
+      );
     } finally {
       http.close();
     }
@@ -396,7 +547,9 @@ describe('rendezvous', () => {
     const port = await freePort();
     const env = (rank: number) => ({ ...torchrun(rank, 3, port), NMOE_RDZV_TIMEOUT_S: '2' });
     const results = await Promise.all([0, 1, 1].map((rank) => plainRank('rendezvous.ts', env(rank)).finished));
-    const twice = results.filter((r) => /rendezvous: rank 1 arrived twice at the store 127\.0\.0\.1:\d+: two processes have RANK=1\. Fix: /.test(r.err));
+    const twice = results.filter((r) =>
+      /rendezvous: rank 1 arrived twice at the store 127\.0\.0\.1:\d+: two processes have RANK=1\. Fix: /.test(r.err),
+    );
     expect(twice).toHaveLength(1);
   });
 
@@ -413,17 +566,37 @@ describe('rendezvous', () => {
 
 describe('nmoe launch', () => {
   it("gives every rank torchrun's environment and prefixes the output of all but rank 0", async () => {
-    const r = await nmoeLaunch(['--nproc-per-node', '3', '--master-port', '0', ...entry('print-env.ts'), '--', 'cfg.toml', '--steps=2'], { CUDA_VISIBLE_DEVICES: '4,5,6' }).finished;
+    const r = await nmoeLaunch(
+      ['--nproc-per-node', '3', '--master-port', '0', ...entry('print-env.ts'), '--', 'cfg.toml', '--steps=2'],
+      { CUDA_VISIBLE_DEVICES: '4,5,6' },
+    ).finished;
     expect(r.code, r.err).toBe(0);
-    const reports = [0, 1, 2].map((rank) => readJson<{ vars: Record<string, string>; dist: DistEnv; argv: string[] }>(`rank-${rank}.json`));
+    const reports = [0, 1, 2].map((rank) =>
+      readJson<{ vars: Record<string, string>; dist: DistEnv; argv: string[] }>(`rank-${rank}.json`),
+    );
     const port = reports[0]!.vars.MASTER_PORT!;
     expect(r.err).toMatch(new RegExp(`^nmoe launch: node 0 of 1: ranks 0-2 of 3, store 127\\.0\\.0\\.1:${port}$`, 'm'));
     for (const [rank, report] of reports.entries()) {
       expect(report.vars).toEqual({
-        RANK: String(rank), WORLD_SIZE: '3', LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: '3',
-        MASTER_ADDR: '127.0.0.1', MASTER_PORT: port, NMOE_LAUNCH_STORE: '1', CUDA_VISIBLE_DEVICES: '4,5,6',
+        RANK: String(rank),
+        WORLD_SIZE: '3',
+        LOCAL_RANK: String(rank),
+        LOCAL_WORLD_SIZE: '3',
+        MASTER_ADDR: '127.0.0.1',
+        MASTER_PORT: port,
+        NMOE_LAUNCH_STORE: '1',
+        CUDA_VISIBLE_DEVICES: '4,5,6',
       });
-      expect(report.dist).toEqual({ rank, worldSize: 3, localRank: rank, localWorldSize: 3, nodeRank: 0, nnodes: 1, masterAddr: '127.0.0.1', masterPort: Number(port) });
+      expect(report.dist).toEqual({
+        rank,
+        worldSize: 3,
+        localRank: rank,
+        localWorldSize: 3,
+        nodeRank: 0,
+        nnodes: 1,
+        masterAddr: '127.0.0.1',
+        masterPort: Number(port),
+      });
       expect(report.argv).toEqual(['cfg.toml', '--steps=2']);
     }
     expect(r.out).toMatch(/^hello from rank 0$/m);
@@ -449,7 +622,9 @@ describe('nmoe launch', () => {
   });
 
   it('stops every rank when one exits 1, and exits 1 saying which', async () => {
-    const r = await nmoeLaunch(['--nproc-per-node', '4', '--master-port', '0', ...entry('rank-worker.ts')], { FIXTURE_FAIL_RANK: '3' }).finished;
+    const r = await nmoeLaunch(['--nproc-per-node', '4', '--master-port', '0', ...entry('rank-worker.ts')], {
+      FIXTURE_FAIL_RANK: '3',
+    }).finished;
     expect(r.code).toBe(1);
     expect(r.err).toMatch(/^\[rank 3\] rank 3 fails: exit 1$/m);
     expect(r.err).toMatch(/^nmoe launch: rank 3 \(pid \d+, node 0\) exited with code 1; stopping the other 3 ranks$/m);
@@ -460,9 +635,12 @@ describe('nmoe launch', () => {
 
   it('reports a rank killed by SIGKILL with 137, and SIGKILLs a rank that ignores SIGTERM after the grace period', async () => {
     const env = { FIXTURE_FAIL_RANK: '0', FIXTURE_FAIL_WITH: 'kill:SIGKILL', FIXTURE_ON_SIGNAL: 'ignore' };
-    const r = await nmoeLaunch(['--nproc-per-node', '3', '--master-port', '0', ...entry('rank-worker.ts')], env).finished;
+    const r = await nmoeLaunch(['--nproc-per-node', '3', '--master-port', '0', ...entry('rank-worker.ts')], env)
+      .finished;
     expect(r.code).toBe(137);
-    expect(r.err).toMatch(/^nmoe launch: rank 0 \(pid \d+, node 0\) was killed by SIGKILL; stopping the other 2 ranks$/m);
+    expect(r.err).toMatch(
+      /^nmoe launch: rank 0 \(pid \d+, node 0\) was killed by SIGKILL; stopping the other 2 ranks$/m,
+    );
     expect(teardownMs(r)).toBeGreaterThanOrEqual(TERM_GRACE_MS);
     expect(teardownMs(r)).toBeLessThan(TERM_GRACE_MS + 3000);
     expect(rankPids().filter(alive)).toEqual([]);
@@ -471,16 +649,33 @@ describe('nmoe launch', () => {
   it("stops node 0's ranks when a rank on node 1 fails", async () => {
     const port = String(await freePort());
     const node = (rank: number) =>
-      nmoeLaunch(['--nproc-per-node', '2', '--nnodes', '2', '--node-rank', String(rank), '--master-addr', '127.0.0.1', '--master-port', port, ...entry('rank-worker.ts')], {
-        FIXTURE_FAIL_RANK: '3',
-        FIXTURE_FAIL_WITH: 'exit:7',
-      });
+      nmoeLaunch(
+        [
+          '--nproc-per-node',
+          '2',
+          '--nnodes',
+          '2',
+          '--node-rank',
+          String(rank),
+          '--master-addr',
+          '127.0.0.1',
+          '--master-port',
+          port,
+          ...entry('rank-worker.ts'),
+        ],
+        {
+          FIXTURE_FAIL_RANK: '3',
+          FIXTURE_FAIL_WITH: 'exit:7',
+        },
+      );
     const [node1, node0] = [node(1), node(0)]; // node 1 first: its launcher waits for node 0's store
     const [r0, r1] = await Promise.all([node0.finished, node1.finished]);
     expect(r1.code).toBe(7);
     expect(r1.err).toMatch(/^nmoe launch: rank 3 \(pid \d+, node 1\) exited with code 7; stopping the other 3 ranks$/m);
     expect(r0.code).toBe(7);
-    expect(r0.err).toMatch(/^nmoe launch: rank 3 \(pid \d+, node 1\) exited with code 7; stopping the 2 ranks of node 0$/m);
+    expect(r0.err).toMatch(
+      /^nmoe launch: rank 3 \(pid \d+, node 1\) exited with code 7; stopping the 2 ranks of node 0$/m,
+    );
     expect(Math.max(teardownMs(r0), teardownMs(r1))).toBeLessThan(TERM_GRACE_MS);
     expect(rankPids()).toHaveLength(4);
     expect(rankPids().filter(alive)).toEqual([]);
@@ -489,9 +684,24 @@ describe('nmoe launch', () => {
   it("forwards Ctrl-C to every node's ranks, which stop cleanly", async () => {
     const port = String(await freePort());
     const node = (rank: number) =>
-      nmoeLaunch(['--nproc-per-node', '2', '--nnodes', '2', '--node-rank', String(rank), '--master-addr', '127.0.0.1', '--master-port', port, ...entry('rank-worker.ts')], {
-        FIXTURE_ON_SIGNAL: 'stop',
-      });
+      nmoeLaunch(
+        [
+          '--nproc-per-node',
+          '2',
+          '--nnodes',
+          '2',
+          '--node-rank',
+          String(rank),
+          '--master-addr',
+          '127.0.0.1',
+          '--master-port',
+          port,
+          ...entry('rank-worker.ts'),
+        ],
+        {
+          FIXTURE_ON_SIGNAL: 'stop',
+        },
+      );
     const [node0, node1] = [node(0), node(1)];
     await waitForFiles([0, 1, 2, 3].map((r) => `pid-${r}`));
     node0.child.kill('SIGINT');
@@ -503,7 +713,9 @@ describe('nmoe launch', () => {
   });
 
   it('kills the ranks on a second SIGTERM', async () => {
-    const launcher = nmoeLaunch(['--nproc-per-node', '2', '--master-port', '0', ...entry('rank-worker.ts')], { FIXTURE_ON_SIGNAL: 'ignore' });
+    const launcher = nmoeLaunch(['--nproc-per-node', '2', '--master-port', '0', ...entry('rank-worker.ts')], {
+      FIXTURE_ON_SIGNAL: 'ignore',
+    });
     await waitForFiles(['pid-0', 'pid-1']);
     launcher.child.kill('SIGTERM');
     await new Promise((r) => setTimeout(r, 300));
@@ -517,28 +729,58 @@ describe('nmoe launch', () => {
   it('stops every node when one was started with a different shape', async () => {
     const port = String(await freePort());
     const node = (rank: number, nproc: string) =>
-      nmoeLaunch(['--nproc-per-node', nproc, '--nnodes', '2', '--node-rank', String(rank), '--master-addr', '127.0.0.1', '--master-port', port, ...entry('rank-worker.ts')], {
-        NMOE_RDZV_TIMEOUT_S: '20',
-      });
+      nmoeLaunch(
+        [
+          '--nproc-per-node',
+          nproc,
+          '--nnodes',
+          '2',
+          '--node-rank',
+          String(rank),
+          '--master-addr',
+          '127.0.0.1',
+          '--master-port',
+          port,
+          ...entry('rank-worker.ts'),
+        ],
+        {
+          NMOE_RDZV_TIMEOUT_S: '20',
+        },
+      );
     const [r0, r1] = await Promise.all([node(0, '2').finished, node(1, '1').finished]);
-    const reason = 'node 1 was started with --nnodes 2 --nproc-per-node 1 but node 0 with --nnodes 2 --nproc-per-node 2';
+    const reason =
+      'node 1 was started with --nnodes 2 --nproc-per-node 1 but node 0 with --nnodes 2 --nproc-per-node 2';
     expect(r1.code).toBe(2);
-    expect(r1.err.trim()).toBe(`nmoe: error: ${reason}. Fix: start every node with the same --nnodes and --nproc-per-node.`);
+    expect(r1.err.trim()).toBe(
+      `nmoe: error: ${reason}. Fix: start every node with the same --nnodes and --nproc-per-node.`,
+    );
     expect(r0.code).toBe(2);
     expect(r0.err).toContain(`nmoe launch: ${reason}`);
     expect(rankPids().filter(alive)).toEqual([]);
   });
 
-  const flags = (f: Partial<LaunchFlags>): LaunchFlags => ({ nprocPerNode: '2', nnodes: '1', nodeRank: '0', masterPort: '29500', ...f });
+  const flags = (f: Partial<LaunchFlags>): LaunchFlags => ({
+    nprocPerNode: '2',
+    nnodes: '1',
+    nodeRank: '0',
+    masterPort: '29500',
+    ...f,
+  });
   it.each([
     [{ nprocPerNode: undefined }, /^--nproc-per-node is required/],
     [{ nprocPerNode: '0' }, /^--nproc-per-node 0 is not a whole number >= 1/],
     [{ nprocPerNode: 'eight' }, /^--nproc-per-node eight is not a whole number >= 1/],
     [{ nnodes: '0' }, /^--nnodes 0 is not a whole number >= 1/],
-    [{ nnodes: '2', nodeRank: '2', masterAddr: 'h' }, /^--node-rank 2 must be < --nnodes \(2\)\. Fix: number the nodes from 0 to 1/],
+    [
+      { nnodes: '2', nodeRank: '2', masterAddr: 'h' },
+      /^--node-rank 2 must be < --nnodes \(2\)\. Fix: number the nodes from 0 to 1/,
+    ],
     [{ masterPort: '70000' }, /^--master-port 70000 is not a TCP port/],
     [{ masterPort: '-1' }, /^--master-port -1 is not a whole number >= 0/],
-    [{ nnodes: '2', masterAddr: 'h', masterPort: '0' }, /^--master-port 0 \(any free port\) works only with --nnodes 1/],
+    [
+      { nnodes: '2', masterAddr: 'h', masterPort: '0' },
+      /^--master-port 0 \(any free port\) works only with --nnodes 1/,
+    ],
     [{ nnodes: '2' }, /^--master-addr is required with --nnodes 2/],
     [{ entry: 'no/such/module.ts' }, /^--entry no\/such\/module\.ts does not exist/],
   ])('rejects bad flags %o with one line naming the flag and the fix', (f, message) => {
@@ -550,9 +792,21 @@ describe('nmoe launch', () => {
   it('exits 2 with one line on a bad flag, and describes itself in --help', async () => {
     const bad = await nmoeLaunch(['--nproc-per-node', '2', '--nnodes', '2', '--node-rank', '3']).finished;
     expect(bad.code).toBe(2);
-    expect(bad.err.trim().split('\n')).toEqual(['nmoe: error: --node-rank 3 must be < --nnodes (2). Fix: number the nodes from 0 to 1.']);
+    expect(bad.err.trim().split('\n')).toEqual([
+      'nmoe: error: --node-rank 3 must be < --nnodes (2). Fix: number the nodes from 0 to 1.',
+    ]);
     const help = await nmoeLaunch(['--help']).finished;
     expect(help.code).toBe(0);
-    for (const topic of ['--nproc-per-node', '--node-rank', '--entry', 'LOCAL_RANK', 'NMOE_RDZV_TIMEOUT_S', 'SIGKILL', 'Exit codes', 'JOB_COMPLETION_INDEX']) expect(help.out).toContain(topic);
+    for (const topic of [
+      '--nproc-per-node',
+      '--node-rank',
+      '--entry',
+      'LOCAL_RANK',
+      'NMOE_RDZV_TIMEOUT_S',
+      'SIGKILL',
+      'Exit codes',
+      'JOB_COMPLETION_INDEX',
+    ])
+      expect(help.out).toContain(topic);
   });
 });

@@ -14,8 +14,16 @@ import { describe, expect, it } from 'vitest';
 
 const SRC = fileURLToPath(new URL('../src', import.meta.url));
 const LAYERS: readonly (readonly string[])[] = [
-  ['util'], ['tensor', 'config'], ['model', 'data'], ['optim', 'comm'], ['checkpoint', 'launch'], ['eval'], ['metrics'],
-  ['train', 'viz'], ['bench'], ['cli'],
+  ['util'],
+  ['tensor', 'config'],
+  ['model', 'data'],
+  ['optim', 'comm'],
+  ['checkpoint', 'launch'],
+  ['eval'],
+  ['metrics'],
+  ['train', 'viz'],
+  ['bench'],
+  ['cli'],
 ];
 
 /** Relative module paths a TypeScript file imports or re-exports (static and dynamic). */
@@ -41,7 +49,8 @@ function layerViolations(files: ReadonlyMap<string, string>, layers: readonly (r
       const to = target.split('/')[0]!;
       if (to === from || !target.includes('/')) continue;
       const toLayer = layerOf(to);
-      if (toLayer > fromLayer || toLayer === fromLayer) out.push(`${file}: imports ${target} (${to}, layer ${toLayer}) from ${from} (layer ${fromLayer})`);
+      if (toLayer > fromLayer || toLayer === fromLayer)
+        out.push(`${file}: imports ${target} (${to}, layer ${toLayer}) from ${from} (layer ${fromLayer})`);
     }
   }
   return out;
@@ -66,7 +75,10 @@ describe('layers', () => {
 
   it('the checker finds an upward import, an import between folders of one layer, and a folder in no layer', () => {
     const files = new Map([
-      ['model/attention.ts', "import { Trainer } from '../train/trainer.ts';\nimport type { Backend } from '../tensor/backend.ts';"],
+      [
+        'model/attention.ts',
+        "import { Trainer } from '../train/trainer.ts';\nimport type { Backend } from '../tensor/backend.ts';",
+      ],
       ['data/loader/build.ts', "const m = await import('../../model/spec.ts');"],
       ['tensor/cpu/ops.ts', "export { x } from '../../util/errors.ts';\nimport './local.ts';"],
       ['extras/thing.ts', "import { a } from '../util/x.ts';"],

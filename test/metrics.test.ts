@@ -29,8 +29,17 @@ function setup(name: string, extra: string[] = []) {
   const dir = join(root, name);
   const { config } = loadConfig(defaultConfigPath(), {
     env: {},
-    overrides: ['--seq_len=32', '--batch_size=2', '--warmup_steps=2', '--log_every=2', '--steps=4', `--checkpoint_dir=${dir}/ckpt`,
-      `--metrics_dir=${dir}/metrics`, `--experiments_db=${join(root, 'experiments.db')}`, ...extra],
+    overrides: [
+      '--seq_len=32',
+      '--batch_size=2',
+      '--warmup_steps=2',
+      '--log_every=2',
+      '--steps=4',
+      `--checkpoint_dir=${dir}/ckpt`,
+      `--metrics_dir=${dir}/metrics`,
+      `--experiments_db=${join(root, 'experiments.db')}`,
+      ...extra,
+    ],
   });
   const logs: LogRecord[] = [];
   const events: TrainEvents = { start: () => {}, step: () => {}, log: (r) => logs.push(r) };
@@ -40,21 +49,49 @@ function setup(name: string, extra: string[] = []) {
 async function readMetrics(path: string) {
   const db = await DuckDBInstance.create(path, { access_mode: 'READ_ONLY' });
   const conn = await db.connect();
-  const rows = (await conn.runAndReadAll('SELECT run, tag, step, ts_ms, value FROM metrics ORDER BY tag, step')).getRowObjectsJS();
-  const pk = (await conn.runAndReadAll(`SELECT constraint_text FROM duckdb_constraints() WHERE table_name = 'metrics' AND constraint_type = 'PRIMARY KEY'`)).getRowObjectsJS();
+  const rows = (
+    await conn.runAndReadAll('SELECT run, tag, step, ts_ms, value FROM metrics ORDER BY tag, step')
+  ).getRowObjectsJS();
+  const pk = (
+    await conn.runAndReadAll(
+      `SELECT constraint_text FROM duckdb_constraints() WHERE table_name = 'metrics' AND constraint_type = 'PRIMARY KEY'`,
+    )
+  ).getRowObjectsJS();
   conn.closeSync();
   db.closeSync();
   return { rows: rows as { run: string; tag: string; step: number; ts_ms: bigint; value: number }[], pk };
 }
 
 const CATALOGUE = [
-  'train/loss', 'optimizer/lr', 'throughput/tokens_per_s_gpu', 'throughput/ms_per_step', 'efficiency/tflops', 'throughput/loader_wait_ms',
-  'memory/current_alloc_gib', 'memory/max_alloc_gib',
-  ...[0, 1, 2].flatMap((l) => ['cv', 'entropy', 'experts_active', 'bias_range', 'max_load'].map((k) => `router/layer_0${l}/${k}`)),
-  ...['mean_cv', 'std_cv', 'mean_entropy', 'min_entropy', 'dead_experts_count', 'experts_active_mean'].map((k) => `router_agg/${k}`),
-  'throughput/r0/tokens_per_s', 'efficiency/bf16_tflops', 'efficiency/fp8_tflops',
-  ...['fwd_total', 'bwd_total', 'opt_step', 'zero2_reduce_scatter', 'zero2_all_gather', 'loss',
-    'dense_mlp_fwd', 'dense_mlp_bwd', 'head_fwd', 'head_bwd'].map((k) => `time_ms/r0/${k}`),
+  'train/loss',
+  'optimizer/lr',
+  'throughput/tokens_per_s_gpu',
+  'throughput/ms_per_step',
+  'efficiency/tflops',
+  'throughput/loader_wait_ms',
+  'memory/current_alloc_gib',
+  'memory/max_alloc_gib',
+  ...[0, 1, 2].flatMap((l) =>
+    ['cv', 'entropy', 'experts_active', 'bias_range', 'max_load'].map((k) => `router/layer_0${l}/${k}`),
+  ),
+  ...['mean_cv', 'std_cv', 'mean_entropy', 'min_entropy', 'dead_experts_count', 'experts_active_mean'].map(
+    (k) => `router_agg/${k}`,
+  ),
+  'throughput/r0/tokens_per_s',
+  'efficiency/bf16_tflops',
+  'efficiency/fp8_tflops',
+  ...[
+    'fwd_total',
+    'bwd_total',
+    'opt_step',
+    'zero2_reduce_scatter',
+    'zero2_all_gather',
+    'loss',
+    'dense_mlp_fwd',
+    'dense_mlp_bwd',
+    'head_fwd',
+    'head_bwd',
+  ].map((k) => `time_ms/r0/${k}`),
 ];
 
 /**
@@ -78,7 +115,9 @@ function readInChild(path: string, holdMs = 0) {
   const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr.on('data', (d) => (err += d));
-  const exited = new Promise<void>((resolve, reject) => child.on('exit', (c) => (c ? reject(new Error(`reader failed: ${err}`)) : resolve())));
+  const exited = new Promise<void>((resolve, reject) =>
+    child.on('exit', (c) => (c ? reject(new Error(`reader failed: ${err}`)) : resolve())),
+  );
   const rows = new Promise<[number, number][]>((resolve, reject) => {
     child.stdout.once('data', (d) => resolve(JSON.parse(String(d))));
     exited.catch(reject);
@@ -93,7 +132,11 @@ describe('metrics writer: readable while training', () => {
     const w = await MetricsWriter.open(join(root, 'live'), 'run_a', 0);
     for (const step of [1, 2, 3]) w.record(step, loss(step));
     await w.flush();
-    expect(await readInChild(w.path).rows).toEqual([[1, 0.5], [2, 1], [3, 1.5]]);
+    expect(await readInChild(w.path).rows).toEqual([
+      [1, 0.5],
+      [2, 1],
+      [3, 1.5],
+    ]);
     w.record(4, loss(4));
     await w.flush();
     expect((await readInChild(w.path).rows).map((r) => r[0])).toEqual([1, 2, 3, 4]);
@@ -134,7 +177,9 @@ describe('metrics writer: readable while training', () => {
     await reader.rows;
     w.record(2, loss(2));
     w.record(3, loss(3));
-    await expect(w.close()).rejects.toThrow(/the metrics of steps 2\.\.3 were not written: .*rank_0\.duckdb stayed locked by .*\(PID \d+\) for 0\.3 s\. Fix: close/);
+    await expect(w.close()).rejects.toThrow(
+      /the metrics of steps 2\.\.3 were not written: .*rank_0\.duckdb stayed locked by .*\(PID \d+\) for 0\.3 s\. Fix: close/,
+    );
     await reader.exited;
   });
 });
@@ -162,8 +207,16 @@ describe('metrics and run registry', () => {
     const reg = new Registry(config.experiments_db, { readonly: true });
     const row = reg.getRun(s.runId)!;
     reg.close();
-    expect(row).toMatchObject({ experiment_id: 'tiny', status: 'completed', git_hash: expect.stringMatching(/^[0-9a-f]{40}$/) });
-    expect(JSON.parse(row.results_json!)).toMatchObject({ final_loss: s.finalLoss, tokens_seen: 256, steps_completed: 4 });
+    expect(row).toMatchObject({
+      experiment_id: 'tiny',
+      status: 'completed',
+      git_hash: expect.stringMatching(/^[0-9a-f]{40}$/),
+    });
+    expect(JSON.parse(row.results_json!)).toMatchObject({
+      final_loss: s.finalLoss,
+      tokens_seen: 256,
+      steps_completed: 4,
+    });
     expect(JSON.parse(row.config_json).lr_dense).toBe(0.01);
     expect(row.ended_at).not.toBeNull();
   });
@@ -216,21 +269,41 @@ describe('run registry: readers never block or corrupt a run', () => {
     reg.close();
 
     const reader = new Database(db, { readonly: true });
-    const rows = () => reader.prepare('SELECT id, status FROM runs ORDER BY started_at, id').all() as { id: string; status: string }[];
+    const rows = () =>
+      reader.prepare('SELECT id, status FROM runs ORDER BY started_at, id').all() as { id: string; status: string }[];
     reader.exec('BEGIN');
     const before = rows(); // the read transaction takes its snapshot here and holds it while the run writes
     expect(before).toEqual([{ id: 'earlier', status: 'completed' }]);
     const dir = join(root, 'concurrent');
-    const run = spawnSync(process.execPath, [BIN, 'train', '--steps=2', '--seq_len=32', '--batch_size=2', `--checkpoint_dir=${dir}/ckpt`,
-      `--metrics_dir=${dir}/metrics`, `--experiments_db=${db}`], { encoding: 'utf8', env: { ...process.env, CI: '1', NO_COLOR: '1' }, timeout: 60_000 });
+    const run = spawnSync(
+      process.execPath,
+      [
+        BIN,
+        'train',
+        '--steps=2',
+        '--seq_len=32',
+        '--batch_size=2',
+        `--checkpoint_dir=${dir}/ckpt`,
+        `--metrics_dir=${dir}/metrics`,
+        `--experiments_db=${db}`,
+      ],
+      { encoding: 'utf8', env: { ...process.env, CI: '1', NO_COLOR: '1' }, timeout: 60_000 },
+    );
     expect(run.status, run.stderr).toBe(0);
     expect(rows()).toEqual(before);
     reader.exec('COMMIT');
 
     const after = rows();
-    expect(after).toEqual([{ id: 'earlier', status: 'completed' }, { id: expect.stringMatching(/^run_/), status: 'completed' }]);
-    expect(JSON.parse((reader.prepare('SELECT results_json FROM runs WHERE id = ?').get(after[1]!.id) as { results_json: string }).results_json))
-      .toMatchObject({ steps_completed: 2 });
+    expect(after).toEqual([
+      { id: 'earlier', status: 'completed' },
+      { id: expect.stringMatching(/^run_/), status: 'completed' },
+    ]);
+    expect(
+      JSON.parse(
+        (reader.prepare('SELECT results_json FROM runs WHERE id = ?').get(after[1]!.id) as { results_json: string })
+          .results_json,
+      ),
+    ).toMatchObject({ steps_completed: 2 });
     expect(reader.pragma('integrity_check', { simple: true })).toBe('ok');
     reader.close();
   });

@@ -55,9 +55,14 @@ function referenceInit(name: string, dim: number): Expected {
 }
 
 function meanStd(v: ArrayLike<number>, from = 0, to = v.length): { mean: number; std: number } {
-  let s = 0, ss = 0;
-  for (let i = from; i < to; i++) { s += v[i]!; ss += v[i]! ** 2; }
-  const n = to - from, mean = s / n;
+  let s = 0,
+    ss = 0;
+  for (let i = from; i < to; i++) {
+    s += v[i]!;
+    ss += v[i]! ** 2;
+  }
+  const n = to - from,
+    mean = s / n;
   return { mean, std: Math.sqrt(ss / n - mean * mean) };
 }
 
@@ -78,8 +83,14 @@ describe('init scheme of the reference (tiny config)', () => {
       const want = referenceInit(p.name, cfg.dim);
       const v = await values(p.value);
       seen.add(want.kind === 'normal' ? `${want.kind}:${want.std.toFixed(6)}` : want.kind);
-      if (want.kind === 'ones') { expect([...new Set(v)], p.name).toEqual([1]); continue; }
-      if (want.kind === 'zeros') { expect([...new Set(v)], p.name).toEqual([0]); continue; }
+      if (want.kind === 'ones') {
+        expect([...new Set(v)], p.name).toEqual([1]);
+        continue;
+      }
+      if (want.kind === 'zeros') {
+        expect([...new Set(v)], p.name).toEqual([0]);
+        continue;
+      }
       // Expert tensors are checked per expert (each [dim, inter] slice must itself be initialised); others whole.
       const slices = /\.W[123]$/.test(p.name) ? p.shape[0]! : 1;
       const per = v.length / slices;
@@ -110,15 +121,21 @@ describe('init scheme of the reference (tiny config)', () => {
     expect(specs.length).toBeGreaterThan(0);
     for (const s of specs) {
       const want = referenceInit(s.name, cfg.dim);
-      if (want.kind !== 'normal') { expect(s.init, s.name).toEqual({ kind: want.kind }); continue; }
+      if (want.kind !== 'normal') {
+        expect(s.init, s.name).toEqual({ kind: want.kind });
+        continue;
+      }
       expect(s.init.kind, s.name).toBe('normal');
       if (s.init.kind === 'normal') expect(s.init.std, s.name).toBeCloseTo(want.std, 15);
     }
     // Spot values of the depth scaling: 0.02 / sqrt(2 * 12) for the last block's output projection.
     const wo11 = specs.find((s) => s.name === 'blocks.11.attn.wo.weight')!;
     expect(wo11.init).toMatchObject({ kind: 'normal' });
-    expect((wo11.init as { std: number }).std).toBeCloseTo(0.004082482904638630, 15);
-    expect((specs.find((s) => s.name === 'lm_head.weight')!.init as { std: number }).std).toBeCloseTo(0.02209708691207961, 15);
+    expect((wo11.init as { std: number }).std).toBeCloseTo(0.00408248290463863, 15);
+    expect((specs.find((s) => s.name === 'lm_head.weight')!.init as { std: number }).std).toBeCloseTo(
+      0.02209708691207961,
+      15,
+    );
   });
 });
 
@@ -141,9 +158,17 @@ describe('input and output scales (embedding * 10.667, logits * 0.125) through T
 
     const ids = [72, 101, 108, 108, 111, 32, 119, 0];
     const targets = [101, 108, 108, 111, 0, 119, 111, 114]; // one EOS (0) target: masked by the loss
-    const fwd = model.forward(cpu.upload(Int32Array.from(ids), [8], 'i32'), cpu.upload(Int32Array.from(targets), [8], 'i32'), 2, { grad: false });
+    const fwd = model.forward(
+      cpu.upload(Int32Array.from(ids), [8], 'i32'),
+      cpu.upload(Int32Array.from(targets), [8], 'i32'),
+      2,
+      { grad: false },
+    );
 
-    const D = cfg.dim, V = cfg.vocab_size, E = Float64Array.from(emb), W = Float64Array.from(head);
+    const D = cfg.dim,
+      V = cfg.vocab_size,
+      E = Float64Array.from(emb),
+      W = Float64Array.from(head);
     const x0 = await values(fwd.saved.blocks[0]!.x);
     const xFinal = await values(fwd.saved.xFinal);
     for (let t = 0; t < ids.length; t++) {
@@ -154,12 +179,16 @@ describe('input and output scales (embedding * 10.667, logits * 0.125) through T
       }
     }
     const lossWith = (embedScale: number, logitScale: number) => {
-      let total = 0, counted = 0;
+      let total = 0,
+        counted = 0;
       for (let t = 0; t < ids.length; t++) {
         if (targets[t] === cfg.eos_token_id) continue;
         const x = Array.from({ length: D }, (_, d) => E[ids[t]! * D + d]! * embedScale);
         const rstd = 1 / Math.sqrt(x.reduce((s, v) => s + v * v, 0) / D + 1e-5); // rms_norm_eps, norm weight 1
-        const logits = Array.from({ length: V }, (_, v) => logitScale * x.reduce((s, xd, d) => s + xd * rstd * W[v * D + d]!, 0));
+        const logits = Array.from(
+          { length: V },
+          (_, v) => logitScale * x.reduce((s, xd, d) => s + xd * rstd * W[v * D + d]!, 0),
+        );
         const m = Math.max(...logits);
         const lse = m + Math.log(logits.reduce((s, l) => s + Math.exp(l - m), 0));
         total += lse - logits[targets[t]!]!;
@@ -171,7 +200,13 @@ describe('input and output scales (embedding * 10.667, logits * 0.125) through T
     const want = lossWith(10.667, 0.125);
     expect(Math.abs(loss - want)).toBeLessThan(2e-5);
     // The test can tell the reference's constants from near misses (each moves the loss by far more than 2e-5).
-    for (const [es, ls] of [[10, 0.125], [1, 0.125], [10.667, 1 / Math.sqrt(D)], [10.667, 0.1], [10.667, 1]] as const) {
+    for (const [es, ls] of [
+      [10, 0.125],
+      [1, 0.125],
+      [10.667, 1 / Math.sqrt(D)],
+      [10.667, 0.1],
+      [10.667, 1],
+    ] as const) {
       expect(Math.abs(lossWith(es, ls) - want), `embed ${es}, logits ${ls}`).toBeGreaterThan(1e-3);
     }
     expect(model.lossSpec.ignoreIndex).toBe(0);
@@ -191,16 +226,24 @@ describe('router (route_scale before the sigmoid, bias for selection only, renor
   // [0.7267, 0.6892, 0.6199, 0.6004] -> experts [0, 1] (by score alone it would be [3, 0]). Token 1: s = [0.2274,
   // 0.6756, 0.8127, 0.5608], s + bias = [0.2274, 0.9256, 0.8127, 0.2608] -> [1, 2]. Ordered by key, descending
   // (torch.topk's sorted output).
-  const wantIdx = [[0, 1], [1, 2]];
-  const gatesBy = (scale: number, useBias: boolean) => wantIdx.map((chosen, t) => {
-    const s = chosen.map((e) => sigmoid(scale * logits[t]![e]!) + (useBias ? bias[e]! : 0));
-    const sum = s.reduce((a, b) => a + b, 0);
-    return s.map((v) => v / sum);
-  });
+  const wantIdx = [
+    [0, 1],
+    [1, 2],
+  ];
+  const gatesBy = (scale: number, useBias: boolean) =>
+    wantIdx.map((chosen, t) => {
+      const s = chosen.map((e) => sigmoid(scale * logits[t]![e]!) + (useBias ? bias[e]! : 0));
+      const sum = s.reduce((a, b) => a + b, 0);
+      return s.map((v) => v / sum);
+    });
 
   it('sigmoid(route_scale * logit), top-K on score + bias, gates = chosen scores renormalised (bias excluded)', async () => {
     const { gates, idx } = cpu.routerTopK(
-      cpu.upload(Float32Array.from(logits.flat()), [2, 4], 'f32'), cpu.upload(Float32Array.from(bias), [4], 'f32'), 2, routeScale);
+      cpu.upload(Float32Array.from(logits.flat()), [2, 4], 'f32'),
+      cpu.upload(Float32Array.from(bias), [4], 'f32'),
+      2,
+      routeScale,
+    );
     expect(Array.from(await cpu.read(idx))).toEqual(wantIdx.flat());
     const got = Array.from(await values(gates));
     const want = gatesBy(routeScale, false).flat();
@@ -210,19 +253,35 @@ describe('router (route_scale before the sigmoid, bias for selection only, renor
     expect(got[2]).toBeCloseTo(0.45394, 4);
     // Near misses the values above exclude: route_scale after the sigmoid (cancelled by the renormalisation, so
     // equal to route_scale 1), bias included in the gates, no renormalisation.
-    const wrong = [gatesBy(1, false).flat(), gatesBy(routeScale, true).flat(), wantIdx.flatMap((c, t) => c.map((e) => sigmoid(routeScale * logits[t]![e]!)))];
+    const wrong = [
+      gatesBy(1, false).flat(),
+      gatesBy(routeScale, true).flat(),
+      wantIdx.flatMap((c, t) => c.map((e) => sigmoid(routeScale * logits[t]![e]!))),
+    ];
     for (const w of wrong) expect(Math.max(...w.map((v, i) => Math.abs(v - got[i]!)))).toBeGreaterThan(1e-2);
   });
 
   it('moeForward: the model applies cfg.route_scale, the bias and the gates as the reference MoE layer does', async () => {
     const cfg = load('tiny', [
-      '--dim=16', '--n_layers=2', '--n_dense_layers=1', '--n_routed_experts=4', '--n_activated_experts=2',
-      '--moe_inter_dim=8', '--n_shared_experts=1', '--route_scale=2.446', '--seq_len=2', '--batch_size=1',
+      '--dim=16',
+      '--n_layers=2',
+      '--n_dense_layers=1',
+      '--n_routed_experts=4',
+      '--n_activated_experts=2',
+      '--moe_inter_dim=8',
+      '--n_shared_experts=1',
+      '--route_scale=2.446',
+      '--seq_len=2',
+      '--batch_size=1',
     ]);
     expect(cfg.route_scale).toBe(routeScale);
     const model = new Transformer(cpu, cfg);
     model.params.initialize(cfg.seed);
-    const p = model.params, pre = 'blocks.1.ffn', D = cfg.dim, F = cfg.moe_inter_dim, Fs = cfg.n_shared_experts * F;
+    const p = model.params,
+      pre = 'blocks.1.ffn',
+      D = cfg.dim,
+      F = cfg.moe_inter_dim,
+      Fs = cfg.n_shared_experts * F;
     // Gate weight [E, D]: column t holds token t's designed logits, so x_t = unit vector e_t gives exactly them.
     const gate = asCpu(p.get(`${pre}.router.gate.weight`)).f;
     for (let e = 0; e < 4; e++) for (let t = 0; t < 2; t++) gate[e * D + t] = logits[t]![e]!;
@@ -233,18 +292,34 @@ describe('router (route_scale before the sigmoid, bias for selection only, renor
     }
     const xs = [0, 1].map((t) => Array.from({ length: D }, (_, d) => (d === t ? 1 : 0)));
     const r = moeForward(
-      { b: cpu, p, cfg, batch: 1, seqLen: 2, ropeCos: cpu.zeros([1, 1], 'f32'), ropeSin: cpu.zeros([1, 1], 'f32'), ep: null },
-      pre, cpu.upload(Float32Array.from(xs.flat()), [2, D], 'f32'));
+      {
+        b: cpu,
+        p,
+        cfg,
+        batch: 1,
+        seqLen: 2,
+        ropeCos: cpu.zeros([1, 1], 'f32'),
+        ropeSin: cpu.zeros([1, 1], 'f32'),
+        ep: null,
+      },
+      pre,
+      cpu.upload(Float32Array.from(xs.flat()), [2, D], 'f32'),
+    );
 
     expect(Array.from(await cpu.read(r.saved.idx))).toEqual(wantIdx.flat());
     expect(Array.from(await cpu.read(r.counts))).toEqual([1, 2, 1, 0]);
     const gotGates = Array.from(await values(r.saved.gates));
-    gatesBy(routeScale, false).flat().forEach((g, i) => expect(gotGates[i]).toBeCloseTo(g, 6));
+    gatesBy(routeScale, false)
+      .flat()
+      .forEach((g, i) => expect(gotGates[i]).toBeCloseTo(g, 6));
 
     // out_t = sum_k g_tk * (silu(x W1[e]) * x W3[e]) W2[e] (expert weights [D, F] / [F, D], as the reference's
     // W1/W3/W2) + the shared MLP w2(silu(w1 x) * w3 x) (Linear weights [out, in]), added with weight 1.
-    const W1 = await values(p.get(`${pre}.W1`)), W3 = await values(p.get(`${pre}.W3`)), W2 = await values(p.get(`${pre}.W2`));
-    const S1 = await values(p.get(`${pre}.shared.w1.weight`)), S3 = await values(p.get(`${pre}.shared.w3.weight`));
+    const W1 = await values(p.get(`${pre}.W1`)),
+      W3 = await values(p.get(`${pre}.W3`)),
+      W2 = await values(p.get(`${pre}.W2`));
+    const S1 = await values(p.get(`${pre}.shared.w1.weight`)),
+      S3 = await values(p.get(`${pre}.shared.w3.weight`));
     const S2 = await values(p.get(`${pre}.shared.w2.weight`));
     const out = await values(r.out);
     const gates = gatesBy(routeScale, false);
@@ -253,19 +328,29 @@ describe('router (route_scale before the sigmoid, bias for selection only, renor
       const want = new Array<number>(D).fill(0);
       wantIdx[t]!.forEach((e, k) => {
         const a = Array.from({ length: F }, (_, f) => {
-          let h1 = 0, h3 = 0;
-          for (let d = 0; d < D; d++) { h1 += x[d]! * W1[(e * D + d) * F + f]!; h3 += x[d]! * W3[(e * D + d) * F + f]!; }
+          let h1 = 0,
+            h3 = 0;
+          for (let d = 0; d < D; d++) {
+            h1 += x[d]! * W1[(e * D + d) * F + f]!;
+            h3 += x[d]! * W3[(e * D + d) * F + f]!;
+          }
           return silu(h1) * h3;
         });
-        for (let d = 0; d < D; d++) for (let f = 0; f < F; f++) want[d]! += gates[t]![k]! * a[f]! * W2[(e * F + f) * D + d]!;
+        for (let d = 0; d < D; d++)
+          for (let f = 0; f < F; f++) want[d]! += gates[t]![k]! * a[f]! * W2[(e * F + f) * D + d]!;
       });
       const sa = Array.from({ length: Fs }, (_, f) => {
-        let h1 = 0, h3 = 0;
-        for (let d = 0; d < D; d++) { h1 += S1[f * D + d]! * x[d]!; h3 += S3[f * D + d]! * x[d]!; }
+        let h1 = 0,
+          h3 = 0;
+        for (let d = 0; d < D; d++) {
+          h1 += S1[f * D + d]! * x[d]!;
+          h3 += S3[f * D + d]! * x[d]!;
+        }
         return silu(h1) * h3;
       });
       for (let d = 0; d < D; d++) for (let f = 0; f < Fs; f++) want[d]! += S2[d * Fs + f]! * sa[f]!;
-      for (let d = 0; d < D; d++) expect(Math.abs(out[t * D + d]! - want[d]!), `out[${t},${d}]`).toBeLessThan(1e-5 * (1 + Math.abs(want[d]!)));
+      for (let d = 0; d < D; d++)
+        expect(Math.abs(out[t * D + d]! - want[d]!), `out[${t},${d}]`).toBeLessThan(1e-5 * (1 + Math.abs(want[d]!)));
     }
     model.free();
   });
@@ -273,24 +358,34 @@ describe('router (route_scale before the sigmoid, bias for selection only, renor
 
 /** Parameter counts from the reference's module list (Transformer, MLA, MoE), written out independently. */
 function referenceCounts(c: ModelConfig) {
-  const D = c.dim, H = c.n_heads, qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
-  const attention = D * c.q_lora_rank + c.q_lora_rank + c.q_lora_rank * H * qk // wq_a, q_norm, wq_b
-    + D * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank // wkv_a, kv_norm
-    + c.kv_lora_rank * H * (c.qk_nope_head_dim + c.v_head_dim) + H * c.v_head_dim * D; // wkv_b, wo
+  const D = c.dim,
+    H = c.n_heads,
+    qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+  const attention =
+    D * c.q_lora_rank +
+    c.q_lora_rank +
+    c.q_lora_rank * H * qk + // wq_a, q_norm, wq_b
+    D * (c.kv_lora_rank + c.qk_rope_head_dim) +
+    c.kv_lora_rank + // wkv_a, kv_norm
+    c.kv_lora_rank * H * (c.qk_nope_head_dim + c.v_head_dim) +
+    H * c.v_head_dim * D; // wkv_b, wo
   const moeLayers = c.n_layers - c.n_dense_layers;
   const expert = 3 * D * c.moe_inter_dim;
-  const nonExpert = 2 * c.vocab_size * D + D // embedding, lm_head (untied), final norm
-    + c.n_layers * (attention + 2 * D) // + attn_norm, ffn_norm
-    + c.n_dense_layers * 3 * D * c.inter_dim
-    + moeLayers * (D * c.n_routed_experts + 3 * D * c.n_shared_experts * c.moe_inter_dim); // router gate, shared
+  const nonExpert =
+    2 * c.vocab_size * D +
+    D + // embedding, lm_head (untied), final norm
+    c.n_layers * (attention + 2 * D) + // + attn_norm, ffn_norm
+    c.n_dense_layers * 3 * D * c.inter_dim +
+    moeLayers * (D * c.n_routed_experts + 3 * D * c.n_shared_experts * c.moe_inter_dim); // router gate, shared
   return {
     nonExpert,
     total: nonExpert + moeLayers * c.n_routed_experts * expert,
     active: nonExpert + moeLayers * c.n_activated_experts * expert,
     // N_dense here includes the router gates and shared experts, which the reference's _num_flops_per_token books
     // under N_sparse_active; the sum is the same. N_emb is the input embedding only (lm_head stays in).
-    flops: 6 * (nonExpert - c.vocab_size * D + moeLayers * c.n_activated_experts * expert)
-      + 6 * c.n_layers * H * (qk + c.v_head_dim) * c.seq_len,
+    flops:
+      6 * (nonExpert - c.vocab_size * D + moeLayers * c.n_activated_experts * expert) +
+      6 * c.n_layers * H * (qk + c.v_head_dim) * c.seq_len,
   };
 }
 

@@ -20,9 +20,23 @@ import { cpu, ints } from './helpers/gradcheck.ts';
 function build(overrides: string[]) {
   const { config } = loadConfig(defaultConfigPath(), {
     overrides: [
-      '--dim=16', '--n_layers=3', '--n_dense_layers=1', '--n_heads=2', '--inter_dim=24', '--moe_inter_dim=8',
-      '--n_routed_experts=4', '--n_activated_experts=2', '--n_shared_experts=1', '--q_lora_rank=8', '--kv_lora_rank=8',
-      '--qk_nope_head_dim=4', '--qk_rope_head_dim=4', '--v_head_dim=4', '--seq_len=6', '--batch_size=2', '--route_scale=2.0',
+      '--dim=16',
+      '--n_layers=3',
+      '--n_dense_layers=1',
+      '--n_heads=2',
+      '--inter_dim=24',
+      '--moe_inter_dim=8',
+      '--n_routed_experts=4',
+      '--n_activated_experts=2',
+      '--n_shared_experts=1',
+      '--q_lora_rank=8',
+      '--kv_lora_rank=8',
+      '--qk_nope_head_dim=4',
+      '--qk_rope_head_dim=4',
+      '--v_head_dim=4',
+      '--seq_len=6',
+      '--batch_size=2',
+      '--route_scale=2.0',
       ...overrides,
     ],
     env: {},
@@ -41,7 +55,12 @@ function build(overrides: string[]) {
   return { model, ids, targets };
 }
 
-function lossAndRouting(model: Transformer, ids: ReturnType<typeof ints>, targets: ReturnType<typeof ints>, grad = false) {
+function lossAndRouting(
+  model: Transformer,
+  ids: ReturnType<typeof ints>,
+  targets: ReturnType<typeof ints>,
+  grad = false,
+) {
   const fwd = model.forward(ids, targets, 2, { grad });
   const loss = asCpu(fwd.loss).f[0]!;
   const routing = fwd.routerCounts.map((c) => Array.from(asCpu(c).i).join(',')).join('|');
@@ -60,7 +79,10 @@ function check(overrides: string[]) {
     const gNorm = Math.hypot(...g);
     const random = new Float64Array(theta.length);
     philoxNormal(random, { std: 1 / Math.sqrt(theta.length), seed: 99, stream: i });
-    for (const [kind, dir] of [['gradient', g.map((x) => x / (gNorm || 1))], ['random', Float64Array.from(random)]] as const) {
+    for (const [kind, dir] of [
+      ['gradient', g.map((x) => x / (gNorm || 1))],
+      ['random', Float64Array.from(random)],
+    ] as const) {
       const expected = dir.reduce((s, d, j) => s + d * g[j]!, 0);
       const eps = 1e-4;
       const orig = Float64Array.from(theta);
@@ -72,7 +94,10 @@ function check(overrides: string[]) {
       };
       const numeric = (at(1) - at(-1)) / (2 * eps);
       theta.set(orig);
-      worst.push({ name: `${p.name} (${kind})`, err: Math.abs(numeric - expected) / Math.max(Math.abs(expected), Math.abs(numeric), 1e-12) });
+      worst.push({
+        name: `${p.name} (${kind})`,
+        err: Math.abs(numeric - expected) / Math.max(Math.abs(expected), Math.abs(numeric), 1e-12),
+      });
     }
   }
   return worst;
@@ -107,7 +132,8 @@ describe('attn_recompute', () => {
       model.backward(fwd.saved);
       return { attn, grads: model.params.trainable().map((p) => ({ name: p.name, g: Array.from(asCpu(p.grad!).f) })) };
     };
-    const kept = grads(false), recomputed = grads(true);
+    const kept = grads(false),
+      recomputed = grads(true);
     expect(kept.attn.every((a) => a !== null)).toBe(true);
     expect(recomputed.attn.every((a) => a === null)).toBe(true);
     expect(recomputed.grads.length).toBe(kept.grads.length);

@@ -6,9 +6,17 @@ import { philox4x32, philoxNormal } from '../src/util/philox.ts';
 
 describe('Philox4x32-10', () => {
   it('matches the Random123 known-answer vectors', () => {
-    expect(Array.from(philox4x32(0, 0, 0, 0, 0, 0)).map((x) => x.toString(16))).toEqual(['6627e8d5', 'e169c58d', 'bc57ac4c', '9b00dbd8']);
-    expect(Array.from(philox4x32(0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344, 0xa4093822, 0x299f31d0)).map((x) => x.toString(16)))
-      .toEqual(['d16cfe09', '94fdcceb', '5001e420', '24126ea1']);
+    expect(Array.from(philox4x32(0, 0, 0, 0, 0, 0)).map((x) => x.toString(16))).toEqual([
+      '6627e8d5',
+      'e169c58d',
+      'bc57ac4c',
+      '9b00dbd8',
+    ]);
+    expect(
+      Array.from(philox4x32(0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344, 0xa4093822, 0x299f31d0)).map((x) =>
+        x.toString(16),
+      ),
+    ).toEqual(['d16cfe09', '94fdcceb', '5001e420', '24126ea1']);
   });
 
   it('draws N(0, std) and a slice at an offset equals the same part of the whole', () => {

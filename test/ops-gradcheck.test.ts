@@ -11,47 +11,97 @@ function expectSmall(errors: Record<string, number>): void {
 
 describe('backward of every op matches finite differences', () => {
   it('matmul (as Linear: y = x W^T, dW += dy^T x, dx = dy W)', () => {
-    const x = randn([6, 5]), w = randn([4, 5]), r = randn([6, 4]);
+    const x = randn([6, 5]),
+      w = randn([4, 5]),
+      r = randn([6, 4]);
     const dw = cpu.zeros([4, 5], 'f32');
     cpu.matmul(r, x, { transA: true, out: dw, accumulate: true });
     const dx = cpu.matmul(r, w);
-    expectSmall(gradError(() => project(cpu.matmul(x, w, { transB: true }), r), [{ name: 'x', input: x, analytic: dx }, { name: 'w', input: w, analytic: dw }]));
+    expectSmall(
+      gradError(
+        () => project(cpu.matmul(x, w, { transB: true }), r),
+        [
+          { name: 'x', input: x, analytic: dx },
+          { name: 'w', input: w, analytic: dw },
+        ],
+      ),
+    );
   });
 
   it('embedding', () => {
-    const table = randn([7, 4]), ids = ints([3, 1, 3, 6, 0]), r = randn([5, 4]);
+    const table = randn([7, 4]),
+      ids = ints([3, 1, 3, 6, 0]),
+      r = randn([5, 4]);
     const dTable = cpu.zeros([7, 4], 'f32');
     cpu.embeddingBackward(ids, r, dTable, 10.667);
-    expectSmall(gradError(() => project(cpu.embedding(ids, table, 10.667), r), [{ name: 'table', input: table, analytic: dTable }]));
+    expectSmall(
+      gradError(
+        () => project(cpu.embedding(ids, table, 10.667), r),
+        [{ name: 'table', input: table, analytic: dTable }],
+      ),
+    );
   });
 
   it('rmsnorm', () => {
-    const x = randn([5, 8]), w = randn([8]), r = randn([5, 8]);
+    const x = randn([5, 8]),
+      w = randn([8]),
+      r = randn([5, 8]);
     const { rstd } = cpu.rmsnorm(x, w, 1e-5);
     const dw = cpu.zeros([8], 'f32');
     const dx = cpu.rmsnormBackward(r, x, w, rstd, dw);
-    expectSmall(gradError(() => project(cpu.rmsnorm(x, w, 1e-5).y, r), [{ name: 'x', input: x, analytic: dx }, { name: 'w', input: w, analytic: dw }]));
+    expectSmall(
+      gradError(
+        () => project(cpu.rmsnorm(x, w, 1e-5).y, r),
+        [
+          { name: 'x', input: x, analytic: dx },
+          { name: 'w', input: w, analytic: dw },
+        ],
+      ),
+    );
   });
 
   it('swiglu', () => {
-    const g = randn([4, 6]), u = randn([4, 6]), r = randn([4, 6]);
+    const g = randn([4, 6]),
+      u = randn([4, 6]),
+      r = randn([4, 6]);
     const { dg, du } = cpu.swigluBackward(r, g, u);
-    expectSmall(gradError(() => project(cpu.swiglu(g, u), r), [{ name: 'g', input: g, analytic: dg }, { name: 'u', input: u, analytic: du }]));
+    expectSmall(
+      gradError(
+        () => project(cpu.swiglu(g, u), r),
+        [
+          { name: 'g', input: g, analytic: dg },
+          { name: 'u', input: u, analytic: du },
+        ],
+      ),
+    );
   });
 
   it('splitCols / concatCols are exact inverses', () => {
     const x = randn([3, 7]);
     const parts = cpu.splitCols(x, [2, 5]);
-    expect(parts.map((p) => p.shape)).toEqual([[3, 2], [3, 5]]);
+    expect(parts.map((p) => p.shape)).toEqual([
+      [3, 2],
+      [3, 5],
+    ]);
     expect(Array.from(data(cpu.concatCols(parts)))).toEqual(Array.from(data(x)));
   });
 
   it('rope (forward rotation, inverse as backward)', () => {
-    const positions = 16, half = 4;
-    const cos = cpu.upload(Float32Array.from({ length: positions * half }, (_, i) => Math.cos(i * 0.37)), [positions, half], 'f32');
-    const sin = cpu.upload(Float32Array.from({ length: positions * half }, (_, i) => Math.sin(i * 0.37)), [positions, half], 'f32');
+    const positions = 16,
+      half = 4;
+    const cos = cpu.upload(
+      Float32Array.from({ length: positions * half }, (_, i) => Math.cos(i * 0.37)),
+      [positions, half],
+      'f32',
+    );
+    const sin = cpu.upload(
+      Float32Array.from({ length: positions * half }, (_, i) => Math.sin(i * 0.37)),
+      [positions, half],
+      'f32',
+    );
     const spec = { heads: 2, headStride: 12, base: 1, offset: 4, dim: 8, seqLen: 3 };
-    const x = randn([6, 25]), r = randn([6, 25]);
+    const x = randn([6, 25]),
+      r = randn([6, 25]);
     const dx = randn([6, 25]);
     cpu.copy(r, dx);
     cpu.ropeInPlace(dx, cos, sin, spec, true);
@@ -65,29 +115,48 @@ describe('backward of every op matches finite differences', () => {
   });
 
   it('mlaAssembleKV', () => {
-    const heads = 3, dNope = 4, dV = 5, rows = 4;
-    const kvb = randn([rows, heads * (dNope + dV)]), kpe = randn([rows, 2]);
-    const rk = randn([rows, heads * (dNope + 2)]), rv = randn([rows, heads * dV]);
+    const heads = 3,
+      dNope = 4,
+      dV = 5,
+      rows = 4;
+    const kvb = randn([rows, heads * (dNope + dV)]),
+      kpe = randn([rows, 2]);
+    const rk = randn([rows, heads * (dNope + 2)]),
+      rv = randn([rows, heads * dV]);
     const { dkvb, dkpe } = cpu.mlaAssembleKVBackward(rk, rv, heads, dNope, dV);
     const loss = () => {
       const { k, v } = cpu.mlaAssembleKV(kvb, kpe, heads, dNope, dV);
       return project(k, rk) + project(v, rv);
     };
-    expectSmall(gradError(loss, [{ name: 'kvb', input: kvb, analytic: dkvb }, { name: 'kpe', input: kpe, analytic: dkpe }]));
+    expectSmall(
+      gradError(loss, [
+        { name: 'kvb', input: kvb, analytic: dkvb },
+        { name: 'kpe', input: kpe, analytic: dkpe },
+      ]),
+    );
   });
 
   it('causal attention', () => {
     const spec = { batch: 2, seqLen: 5, heads: 2, scale: 6 ** -0.5 };
-    const q = randn([10, 12]), k = randn([10, 12]), v = randn([10, 8]), r = randn([10, 8]);
+    const q = randn([10, 12]),
+      k = randn([10, 12]),
+      v = randn([10, 8]),
+      r = randn([10, 8]);
     const { out, lse } = cpu.attention(q, k, v, spec);
     const { dq, dk, dv } = cpu.attentionBackward(r, q, k, v, out, lse, spec);
-    const checks: Checked[] = [{ name: 'q', input: q, analytic: dq }, { name: 'k', input: k, analytic: dk }, { name: 'v', input: v, analytic: dv }];
+    const checks: Checked[] = [
+      { name: 'q', input: q, analytic: dq },
+      { name: 'k', input: k, analytic: dk },
+      { name: 'v', input: v, analytic: dv },
+    ];
     expectSmall(gradError(() => project(cpu.attention(q, k, v, spec).out, r), checks));
   });
 
   it('attention is causal and per sequence', () => {
     const spec = { batch: 2, seqLen: 4, heads: 1, scale: 0.5 };
-    const q = randn([8, 4]), k = randn([8, 4]), v = randn([8, 4]);
+    const q = randn([8, 4]),
+      k = randn([8, 4]),
+      v = randn([8, 4]);
     const before = Array.from(data(cpu.attention(q, k, v, spec).out));
     data(k)[3 * 4] += 5; // the last key of sequence 0: only its last query may change
     data(v)[4 * 4] += 5; // the first value of sequence 1: nothing in sequence 0 may change
@@ -97,7 +166,9 @@ describe('backward of every op matches finite differences', () => {
   });
 
   it('router top-k gates', () => {
-    const logits = randn([6, 5]), bias = randn([5], 0.1), r = randn([6, 2]);
+    const logits = randn([6, 5]),
+      bias = randn([5], 0.1),
+      r = randn([6, 2]);
     const { idx } = cpu.routerTopK(logits, bias, 2, 2.5);
     const chosen = Array.from(asCpu(idx).i);
     const dLogits = cpu.routerTopKBackward(r, logits, idx, 2.5);
@@ -110,10 +181,18 @@ describe('backward of every op matches finite differences', () => {
   });
 
   it('MoE gather, grouped GEMMs and combine', () => {
-    const T = 5, K = 2, E = 3, D = 4, F = 6;
+    const T = 5,
+      K = 2,
+      E = 3,
+      D = 4,
+      F = 6;
     const idx = ints([0, 2, 1, 2, 2, 0, 1, 0, 2, 1], [T, K]);
     const plan = cpu.moePlan(idx, E);
-    const x = randn([T, D]), w1 = randn([E, D, F]), w2 = randn([E, F, D]), gates = randn([T, K]), r = randn([T, D]);
+    const x = randn([T, D]),
+      w1 = randn([E, D, F]),
+      w2 = randn([E, F, D]),
+      gates = randn([T, K]),
+      r = randn([T, D]);
     const forward = () => {
       const xe = cpu.moeGather(x, plan);
       const h = cpu.groupedMatmul(xe, w1, plan.offsets);
@@ -122,27 +201,46 @@ describe('backward of every op matches finite differences', () => {
     };
     const { xe, h, ye } = forward();
     const { dye, dGates } = cpu.moeCombineBackward(r, ye, gates, plan);
-    const dw2 = cpu.zeros([E, F, D], 'f32'), dw1 = cpu.zeros([E, D, F], 'f32');
+    const dw2 = cpu.zeros([E, F, D], 'f32'),
+      dw1 = cpu.zeros([E, D, F], 'f32');
     cpu.groupedMatmulWeightGrad(h, dye, plan.offsets, dw2);
     const dh = cpu.groupedMatmul(dye, w2, plan.offsets, true);
     cpu.groupedMatmulWeightGrad(xe, dh, plan.offsets, dw1);
     const dx = cpu.moeGatherBackward(cpu.groupedMatmul(dh, w1, plan.offsets, true), plan);
-    expectSmall(gradError(() => project(forward().out, r), [
-      { name: 'x', input: x, analytic: dx },
-      { name: 'w1', input: w1, analytic: dw1 },
-      { name: 'w2', input: w2, analytic: dw2 },
-      { name: 'gates', input: gates, analytic: dGates },
-    ]));
+    expectSmall(
+      gradError(
+        () => project(forward().out, r),
+        [
+          { name: 'x', input: x, analytic: dx },
+          { name: 'w1', input: w1, analytic: dw1 },
+          { name: 'w2', input: w2, analytic: dw2 },
+          { name: 'gates', input: gates, analytic: dGates },
+        ],
+      ),
+    );
   });
 
   it('cross-entropy fused with the lm_head, with an ignored target', () => {
-    const T = 7, V = 11, D = 5;
-    const x = randn([T, D]), w = randn([V, D], 0.5), targets = ints([3, 0, 10, 4, 0, 7, 1]);
+    const T = 7,
+      V = 11,
+      D = 5;
+    const x = randn([T, D]),
+      w = randn([V, D], 0.5),
+      targets = ints([3, 0, 10, 4, 0, 7, 1]);
     const spec = { logitScale: 0.125, ignoreIndex: 0 };
     const dw = cpu.zeros([V, D], 'f32');
     const { count, dx } = cpu.crossEntropy(x, w, targets, spec, dw);
     expect(data(count)[0]).toBe(5);
     const loss = () => data(cpu.crossEntropy(x, w, targets, spec).loss)[0]!;
-    expectSmall(gradError(loss, [{ name: 'x', input: x, analytic: dx! }, { name: 'w', input: w, analytic: dw }], 3e-2));
+    expectSmall(
+      gradError(
+        loss,
+        [
+          { name: 'x', input: x, analytic: dx! },
+          { name: 'w', input: w, analytic: dw },
+        ],
+        3e-2,
+      ),
+    );
   });
 });

@@ -40,7 +40,10 @@ describe('parameter groups follow the reference rules', () => {
 });
 
 function tinyModel(overrides: string[] = []) {
-  const { config } = loadConfig(defaultConfigPath(), { env: {}, overrides: ['--dim=8', '--n_layers=2', '--n_heads=2', '--seq_len=4', '--batch_size=1', ...overrides] });
+  const { config } = loadConfig(defaultConfigPath(), {
+    env: {},
+    overrides: ['--dim=8', '--n_layers=2', '--n_heads=2', '--seq_len=4', '--batch_size=1', ...overrides],
+  });
   const cfg = modelConfig(config);
   const model = new Transformer(cpu, cfg);
   model.params.initialize(cfg.seed);
@@ -49,20 +52,44 @@ function tinyModel(overrides: string[] = []) {
 
 describe('AdamW', () => {
   it('applies the decoupled update of each group with its own lr, betas and decay', () => {
-    const { cfg, model } = tinyModel(['--grad_clip_norm=0', '--warmup_steps=1', '--lr_expert=0.01', '--lr_dense=0.002', '--lr_router=0.003', '--decay_floor=1e-4']);
+    const { cfg, model } = tinyModel([
+      '--grad_clip_norm=0',
+      '--warmup_steps=1',
+      '--lr_expert=0.01',
+      '--lr_dense=0.002',
+      '--lr_router=0.003',
+      '--decay_floor=1e-4',
+    ]);
     const opt = new Optimizer(cpu, model.params, cfg);
-    const check = ['blocks.1.ffn.W1', 'blocks.1.ffn.router.gate.weight', 'blocks.0.attn.wq_a.weight', 'embedding.weight'];
+    const check = [
+      'blocks.1.ffn.W1',
+      'blocks.1.ffn.router.gate.weight',
+      'blocks.0.attn.wq_a.weight',
+      'embedding.weight',
+    ];
     const before = check.map((n) => Float64Array.from(data(model.params.get(n))));
     for (const p of model.params.trainable()) data(model.params.grad(p.name)).fill(0.5);
     const { lr } = opt.update(0);
     expect(lr).toEqual({ expert: 0.01, router: 0.003, dense_decay: 0.002, dense_no_decay: 0.002 });
     // Step 1 with a constant gradient g: m/(1-b1) = g, sqrt(v/(1-b2)) = |g|, so p' = p (1 - lr wd) - lr g/(|g| + eps).
-    const wd = { 'blocks.1.ffn.W1': 0.1, 'blocks.1.ffn.router.gate.weight': 0, 'blocks.0.attn.wq_a.weight': 0.1, 'embedding.weight': 0 };
-    const lrOf = { 'blocks.1.ffn.W1': 0.01, 'blocks.1.ffn.router.gate.weight': 0.003, 'blocks.0.attn.wq_a.weight': 0.002, 'embedding.weight': 0.002 };
+    const wd = {
+      'blocks.1.ffn.W1': 0.1,
+      'blocks.1.ffn.router.gate.weight': 0,
+      'blocks.0.attn.wq_a.weight': 0.1,
+      'embedding.weight': 0,
+    };
+    const lrOf = {
+      'blocks.1.ffn.W1': 0.01,
+      'blocks.1.ffn.router.gate.weight': 0.003,
+      'blocks.0.attn.wq_a.weight': 0.002,
+      'embedding.weight': 0.002,
+    };
     check.forEach((n, i) => {
       const after = data(model.params.get(n));
-      const l = lrOf[n as keyof typeof lrOf], w = wd[n as keyof typeof wd];
-      for (let j = 0; j < after.length; j += 7) expect(after[j]).toBeCloseTo(before[i]![j]! * (1 - l * w) - l * (0.5 / (0.5 + 1e-8)), 6);
+      const l = lrOf[n as keyof typeof lrOf],
+        w = wd[n as keyof typeof wd];
+      for (let j = 0; j < after.length; j += 7)
+        expect(after[j]).toBeCloseTo(before[i]![j]! * (1 - l * w) - l * (0.5 / (0.5 + 1e-8)), 6);
     });
   });
 
@@ -82,7 +109,7 @@ describe('AdamW', () => {
   });
 });
 
-describe('AdamW against PyTorch\'s update rule, written out here', () => {
+describe("AdamW against PyTorch's update rule, written out here", () => {
   /**
    * Four steps with a different gradient each step and clipping on (the clip factor far from 1), so the second
    * moment must come from the clipped gradient: squaring the raw one moves v by 1/clip^2. With bf16 moments
@@ -90,35 +117,49 @@ describe('AdamW against PyTorch\'s update rule, written out here', () => {
    */
   for (const state of ['f32', 'bf16'] as const) {
     it(`${state} moments: weights and both moments over 4 steps of varying, clipped gradients`, () => {
-      const n = 257, maxNorm = 0.05, hyper = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
-      const p = cpu.upload(Float32Array.from({ length: n }, (_, j) => Math.sin(j)), [n], 'f32');
-      const m = cpu.zeros([n], state), v = cpu.zeros([n], state);
+      const n = 257,
+        maxNorm = 0.05,
+        hyper = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
+      const p = cpu.upload(
+        Float32Array.from({ length: n }, (_, j) => Math.sin(j)),
+        [n],
+        'f32',
+      );
+      const m = cpu.zeros([n], state),
+        v = cpu.zeros([n], state);
       const store = state === 'bf16' ? roundToBf16 : Math.fround;
       const want = { p: Array.from(data(p)), m: new Array<number>(n).fill(0), v: new Array<number>(n).fill(0) };
       for (let step = 1; step <= 4; step++) {
         const g = Float32Array.from({ length: n }, (_, j) => Math.cos(j * step) * (1 + (j % 5)) * step);
         const norm = Math.sqrt(g.reduce((a, x) => a + x * x, 0));
-        cpu.adamw([{ params: [p], grads: [cpu.upload(g, [n], 'f32')], expAvg: [m], expAvgSq: [v], step, ...hyper }],
-          { gradNorm: cpu.upload(Float32Array.of(norm), [1], 'f32'), maxNorm });
+        cpu.adamw([{ params: [p], grads: [cpu.upload(g, [n], 'f32')], expAvg: [m], expAvgSq: [v], step, ...hyper }], {
+          gradNorm: cpu.upload(Float32Array.of(norm), [1], 'f32'),
+          maxNorm,
+        });
         const clip = maxNorm / (Math.fround(norm) + 1e-6); // the norm arrives as an f32 tensor
         expect(clip).toBeLessThan(0.01);
         for (let j = 0; j < n; j++) {
           const gj = g[j]! * clip;
           const mj = hyper.beta1 * want.m[j]! + (1 - hyper.beta1) * gj;
           const vj = hyper.beta2 * want.v[j]! + (1 - hyper.beta2) * gj * gj;
-          const mHat = mj / (1 - hyper.beta1 ** step), vHat = vj / (1 - hyper.beta2 ** step);
-          want.p[j] = want.p[j]! * (1 - hyper.lr * hyper.weightDecay) - hyper.lr * mHat / (Math.sqrt(vHat) + hyper.eps);
+          const mHat = mj / (1 - hyper.beta1 ** step),
+            vHat = vj / (1 - hyper.beta2 ** step);
+          want.p[j] =
+            want.p[j]! * (1 - hyper.lr * hyper.weightDecay) - (hyper.lr * mHat) / (Math.sqrt(vHat) + hyper.eps);
           want.m[j] = store(mj);
           want.v[j] = store(vj);
         }
         // A value near a rounding boundary may round the other way: allow one bf16 step there.
         const close = (got: ArrayLike<number>, exp: number[], rel: number) =>
-          exp.forEach((x, j) => expect(Math.abs(got[j]! - x), `step ${step}, element ${j}`).toBeLessThanOrEqual(rel * Math.abs(x) + 1e-12));
+          exp.forEach((x, j) =>
+            expect(Math.abs(got[j]! - x), `step ${step}, element ${j}`).toBeLessThanOrEqual(rel * Math.abs(x) + 1e-12),
+          );
         const stored = state === 'bf16' ? 2 ** -8 : 1e-6;
         close(data(m), want.m, stored);
         close(data(v), want.v, stored);
         close(data(p), want.p, 1e-5);
-        if (state === 'bf16') for (const t of [m, v]) expect(Array.from(data(t)).every((x) => roundToBf16(x) === x)).toBe(true);
+        if (state === 'bf16')
+          for (const t of [m, v]) expect(Array.from(data(t)).every((x) => roundToBf16(x) === x)).toBe(true);
       }
     });
   }
@@ -160,7 +201,23 @@ describe('MoE grouping', () => {
 describe('precision policy for bf16 weights', () => {
   it('fp32 masters keep updates that bf16 rounding would lose; bf16_sr is unbiased', async () => {
     const run = async (policy: string) => {
-      const { config } = loadConfig(defaultConfigPath(), { env: {}, overrides: ['--dim=8', '--n_layers=1', '--n_dense_layers=1', '--n_heads=2', '--seq_len=4', '--batch_size=1', `--master_weights=${policy}`, '--weight_decay=0', '--grad_clip_norm=0', '--warmup_steps=1', '--lr_dense=1e-5', '--decay_floor=1e-6'] });
+      const { config } = loadConfig(defaultConfigPath(), {
+        env: {},
+        overrides: [
+          '--dim=8',
+          '--n_layers=1',
+          '--n_dense_layers=1',
+          '--n_heads=2',
+          '--seq_len=4',
+          '--batch_size=1',
+          `--master_weights=${policy}`,
+          '--weight_decay=0',
+          '--grad_clip_norm=0',
+          '--warmup_steps=1',
+          '--lr_dense=1e-5',
+          '--decay_floor=1e-6',
+        ],
+      });
       const cfg = modelConfig(config);
       const model = new Transformer(cpu, cfg, { dtype: 'bf16' });
       model.params.initialize(cfg.seed);
@@ -191,19 +248,26 @@ describe('expert gradients live for one step', () => {
     const trainee = createTrainee(cpu, cfg);
     const experts = trainee.model.params.params.filter((p) => p.firstExpert !== undefined);
     expect(experts.length).toBeGreaterThan(0);
-    const ids = ints([5, 17, 3, 99]), targets = ints([17, 3, 99, 42]);
+    const ids = ints([5, 17, 3, 99]),
+      targets = ints([17, 3, 99, 42]);
     for (let step = 0; step < 2; step++) {
       trainee.model.params.zeroGrads();
       expect(experts.every((p) => p.grad === null)).toBe(true);
       const fwd = trainee.model.forward(ids, targets, 1);
-      expect(experts.every((p) => p.grad === null), 'no expert gradient during the forward').toBe(true);
+      expect(
+        experts.every((p) => p.grad === null),
+        'no expert gradient during the forward',
+      ).toBe(true);
       trainee.model.backward(fwd.saved);
       expect(experts.every((p) => p.grad !== null && data(p.grad).some((v) => v !== 0))).toBe(true);
       fwd.loss.free();
       for (const c of fwd.routerCounts) c.free();
     }
     const out = trainStep(trainee, ids, targets, 1, 0);
-    expect(experts.every((p) => p.grad === null), 'released after the update').toBe(true);
+    expect(
+      experts.every((p) => p.grad === null),
+      'released after the update',
+    ).toBe(true);
     expect(Array.from(data(trainee.model.params.grad(experts[0]!.name))).every((v) => v === 0)).toBe(true);
     out.free();
   });

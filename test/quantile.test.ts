@@ -8,7 +8,12 @@ describe('quantile', () => {
     expect(s).toEqual([1, 2, 3, 4, 5, 6]);
     expect([0, 0.5, 0.9, 0.99, 1].map((q) => quantile(s, q))).toEqual([1, 4, 6, 6, 6]);
     expect(quantile(ascending([3, 1, 2]), 0.5)).toBe(2);
-    expect(quantile(Float64Array.from({ length: 100 }, (_, i) => i), 0.9)).toBe(90);
+    expect(
+      quantile(
+        Float64Array.from({ length: 100 }, (_, i) => i),
+        0.9,
+      ),
+    ).toBe(90);
   });
 
   it('refuses an empty sample instead of returning undefined', () => {

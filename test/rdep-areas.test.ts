@@ -10,8 +10,12 @@ describe('RDEP area pool', () => {
   it('hands out areas by the order of calls and frees, and views them at their offsets', () => {
     const pool = new AreaPool(1024, 4096, 3, 'receive');
     const epoch = 0;
-    const a = pool.take(epoch), b = pool.take(epoch);
-    expect([a, b]).toEqual([{ index: 0, fresh: true }, { index: 1, fresh: true }]);
+    const a = pool.take(epoch),
+      b = pool.take(epoch);
+    expect([a, b]).toEqual([
+      { index: 0, fresh: true },
+      { index: 1, fresh: true },
+    ]);
     const view = pool.view(1n << 20n, b.index, [8, 256], 'bf16', () => epoch);
     expect(view.ptr).toBe((1n << 20n) + 1024n + 4096n);
     expect(pool.offset(2)).toBe(1024 + 2 * 4096);

@@ -29,11 +29,15 @@ describe.skipIf(!haveTorch)('safetensors_lite.py', () => {
   it('reads what nmoe writes and writes what nmoe reads (F32, BF16, I32, metadata)', () => {
     const src = join(dir, 'in.safetensors');
     const dst = join(dir, 'out.safetensors');
-    writeSafetensors(src, [
-      { name: 'w', dtype: 'F32', shape: [2, 3], data: Float32Array.from([1, -2, 3.5, 0.25, 1e-3, -7]) },
-      { name: 'h', dtype: 'BF16', shape: [3], data: Float32Array.from([1, 1.5, -0.125]) },
-      { name: 'ids', dtype: 'I32', shape: [4], data: Int32Array.from([0, 7, -3, 2 ** 30]) },
-    ], { batch: '2' });
+    writeSafetensors(
+      src,
+      [
+        { name: 'w', dtype: 'F32', shape: [2, 3], data: Float32Array.from([1, -2, 3.5, 0.25, 1e-3, -7]) },
+        { name: 'h', dtype: 'BF16', shape: [3], data: Float32Array.from([1, 1.5, -0.125]) },
+        { name: 'ids', dtype: 'I32', shape: [4], data: Int32Array.from([0, 7, -3, 2 ** 30]) },
+      ],
+      { batch: '2' },
+    );
     const r = spawnSync(PYTHON, ['-c', DOUBLE_AND_WRITE, src, dst], { cwd: TOOLS, encoding: 'utf8' });
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);

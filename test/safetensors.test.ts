@@ -14,7 +14,10 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadParams, saveParams } from '../src/checkpoint/params-io.ts';
 import {
-  type TensorToWrite, readSafetensors, readSafetensorsHeader, writeSafetensors,
+  type TensorToWrite,
+  readSafetensors,
+  readSafetensorsHeader,
+  writeSafetensors,
 } from '../src/checkpoint/safetensors.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { ParamStore } from '../src/model/params.ts';
@@ -41,7 +44,7 @@ function pythonFile(header: string, data: Uint8Array): Uint8Array {
 
 describe('round trip', () => {
   it('F32, BF16 and I32 with metadata, including empty and scalar shapes', () => {
-    const f = Float32Array.from({ length: 24 }, (_, i) => Math.sin(i) * 10 ** (i % 7 - 3));
+    const f = Float32Array.from({ length: 24 }, (_, i) => Math.sin(i) * 10 ** ((i % 7) - 3));
     const b = Float32Array.from([1, -0.5, 3.14159, 1e-30, 65504.7, -1 / 3, Infinity, -Infinity, NaN]);
     const n = Int32Array.from([0, -1, 2147483647, -2147483648, 42]);
     const tensors: TensorToWrite[] = [
@@ -71,7 +74,10 @@ describe('round trip', () => {
     const header = JSON.parse(bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString('utf8'));
     for (const [name, info] of Object.entries(header)) {
       if (name === '__metadata__') continue;
-      const { dtype, data_offsets: [start] } = info as { dtype: string; data_offsets: [number, number] };
+      const {
+        dtype,
+        data_offsets: [start],
+      } = info as { dtype: string; data_offsets: [number, number] };
       expect(start % (dtype === 'BF16' ? 2 : 4), name).toBe(0);
     }
   });
@@ -91,8 +97,9 @@ describe('round trip', () => {
     writeSafetensors(path, [{ name: 'a', dtype: 'F32', shape: [1], data: Float32Array.from([2]) }]);
     expect(readSafetensors(path).tensors.get('a')!.data[0]).toBe(2);
     // A rejected write leaves the old file as it was.
-    expect(() => writeSafetensors(path, [{ name: 'a', dtype: 'F32', shape: [2], data: Float32Array.from([3]) }]))
-      .toThrow(/shape \[2\] \(2 elements\) but 1 values/);
+    expect(() =>
+      writeSafetensors(path, [{ name: 'a', dtype: 'F32', shape: [2], data: Float32Array.from([3]) }]),
+    ).toThrow(/shape \[2\] \(2 elements\) but 1 values/);
     expect(readSafetensors(path).tensors.get('a')!.data[0]).toBe(2);
     expect(readdirSync(dir).filter((f) => f.includes('.tmp-'))).toEqual([]);
   });
@@ -100,24 +107,32 @@ describe('round trip', () => {
   it('rejects bad writer arguments with the file and the tensor named', () => {
     const path = tmp();
     const one = (t: Partial<TensorToWrite>) => () =>
-      writeSafetensors(path, [{ name: 'a', dtype: 'F32', shape: [1], data: Float32Array.from([1]), ...t } as TensorToWrite]);
+      writeSafetensors(path, [
+        { name: 'a', dtype: 'F32', shape: [1], data: Float32Array.from([1]), ...t } as TensorToWrite,
+      ]);
     expect(one({ dtype: 'I32' })).toThrow(/tensor "a" is I32 but its data is a Float32Array/);
     expect(one({ dtype: 'F16' as never })).toThrow(/writable dtypes are F32, BF16, I32/);
     expect(one({ name: '__metadata__' })).toThrow(/reserved/);
     expect(one({ shape: [-1] })).toThrow(/non-negative integers/);
-    expect(() => writeSafetensors(path, [
-      { name: 'a', dtype: 'F32', shape: [1], data: Float32Array.from([1]) },
-      { name: 'a', dtype: 'F32', shape: [1], data: Float32Array.from([1]) },
-    ])).toThrow(new RegExp(`cannot write ${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: tensor name "a" appears twice`));
+    expect(() =>
+      writeSafetensors(path, [
+        { name: 'a', dtype: 'F32', shape: [1], data: Float32Array.from([1]) },
+        { name: 'a', dtype: 'F32', shape: [1], data: Float32Array.from([1]) },
+      ]),
+    ).toThrow(new RegExp(`cannot write ${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: tensor name "a" appears twice`));
     expect(existsSync(path)).toBe(false);
   });
 
   it('reads a subset by name, or the header alone', () => {
     const path = tmp();
-    writeSafetensors(path, [
-      { name: 'a', dtype: 'F32', shape: [2], data: Float32Array.from([1, 2]) },
-      { name: 'b', dtype: 'I32', shape: [1], data: Int32Array.from([3]) },
-    ], { k: 'v' });
+    writeSafetensors(
+      path,
+      [
+        { name: 'a', dtype: 'F32', shape: [2], data: Float32Array.from([1, 2]) },
+        { name: 'b', dtype: 'I32', shape: [1], data: Int32Array.from([3]) },
+      ],
+      { k: 'v' },
+    );
     expect([...readSafetensors(path, { names: ['b'] }).tensors.keys()]).toEqual(['b']);
     expect(() => readSafetensors(path, { names: ['c'] })).toThrow(/no tensor named "c"/);
     const h = readSafetensorsHeader(path);
@@ -127,7 +142,7 @@ describe('round trip', () => {
 });
 
 describe('the files Python writes', () => {
-  it('matches the Rust crate\'s known answers byte for byte', () => {
+  it("matches the Rust crate's known answers byte for byte", () => {
     const encode = (tensors: TensorToWrite[], metadata?: Record<string, string>) => {
       const path = join(dir, 'known-answer.safetensors');
       writeSafetensors(path, tensors, metadata);
@@ -135,19 +150,19 @@ describe('the files Python writes', () => {
     };
     // safetensors' own serialization tests: one F32 [1, 2, 3] tensor 0..5 named "attn.0" (a 64-byte header, no
     // padding needed), and an empty file with metadata {"framework": "pt"} (35 bytes padded to 40).
-    const attn = encode([{ name: 'attn.0', dtype: 'F32', shape: [1, 2, 3], data: Float32Array.from([0, 1, 2, 3, 4, 5]) }]);
+    const attn = encode([
+      { name: 'attn.0', dtype: 'F32', shape: [1, 2, 3], data: Float32Array.from([0, 1, 2, 3, 4, 5]) },
+    ]);
     expect(Array.from(attn)).toEqual([
-      64, 0, 0, 0, 0, 0, 0, 0, 123, 34, 97, 116, 116, 110, 46, 48, 34, 58, 123, 34, 100,
-      116, 121, 112, 101, 34, 58, 34, 70, 51, 50, 34, 44, 34, 115, 104, 97, 112, 101, 34,
-      58, 91, 49, 44, 50, 44, 51, 93, 44, 34, 100, 97, 116, 97, 95, 111, 102, 102, 115,
-      101, 116, 115, 34, 58, 91, 48, 44, 50, 52, 93, 125, 125, 0, 0, 0, 0, 0, 0, 128, 63,
-      0, 0, 0, 64, 0, 0, 64, 64, 0, 0, 128, 64, 0, 0, 160, 64,
+      64, 0, 0, 0, 0, 0, 0, 0, 123, 34, 97, 116, 116, 110, 46, 48, 34, 58, 123, 34, 100, 116, 121, 112, 101, 34, 58, 34,
+      70, 51, 50, 34, 44, 34, 115, 104, 97, 112, 101, 34, 58, 91, 49, 44, 50, 44, 51, 93, 44, 34, 100, 97, 116, 97, 95,
+      111, 102, 102, 115, 101, 116, 115, 34, 58, 91, 48, 44, 50, 52, 93, 125, 125, 0, 0, 0, 0, 0, 0, 128, 63, 0, 0, 0,
+      64, 0, 0, 64, 64, 0, 0, 128, 64, 0, 0, 160, 64,
     ]);
     const empty = encode([], { framework: 'pt' });
     expect(Array.from(empty)).toEqual([
-      40, 0, 0, 0, 0, 0, 0, 0, 123, 34, 95, 95, 109, 101, 116, 97, 100, 97, 116, 97, 95,
-      95, 34, 58, 123, 34, 102, 114, 97, 109, 101, 119, 111, 114, 107, 34, 58, 34, 112,
-      116, 34, 125, 125, 32, 32, 32, 32, 32,
+      40, 0, 0, 0, 0, 0, 0, 0, 123, 34, 95, 95, 109, 101, 116, 97, 100, 97, 116, 97, 95, 95, 34, 58, 123, 34, 102, 114,
+      97, 109, 101, 119, 111, 114, 107, 34, 58, 34, 112, 116, 34, 125, 125, 32, 32, 32, 32, 32,
     ]);
     expect(Array.from(encode([]))).toEqual([8, 0, 0, 0, 0, 0, 0, 0, 123, 125, 32, 32, 32, 32, 32, 32]);
   });
@@ -157,19 +172,23 @@ describe('the files Python writes', () => {
     //                    "a": f32 [0.5]}, path, metadata={"format": "pt"})
     const expected = pythonFile(
       '{"__metadata__":{"format":"pt"},' +
-      '"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},' +
-      '"w":{"dtype":"F32","shape":[2,2],"data_offsets":[4,20]},' +
-      '"n":{"dtype":"I32","shape":[2],"data_offsets":[20,28]},' +
-      '"b":{"dtype":"BF16","shape":[3],"data_offsets":[28,34]}}',
+        '"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},' +
+        '"w":{"dtype":"F32","shape":[2,2],"data_offsets":[4,20]},' +
+        '"n":{"dtype":"I32","shape":[2],"data_offsets":[20,28]},' +
+        '"b":{"dtype":"BF16","shape":[3],"data_offsets":[28,34]}}',
       hex('0000003f 0000c03f 000000c0 0000803e 00004040 07000000 f7ffffff 803f 00bf 4940'),
     );
     const path = tmp();
-    writeSafetensors(path, [
-      { name: 'w', dtype: 'F32', shape: [2, 2], data: Float32Array.from([1.5, -2, 0.25, 3]) },
-      { name: 'n', dtype: 'I32', shape: [2], data: Int32Array.from([7, -9]) },
-      { name: 'b', dtype: 'BF16', shape: [3], data: Float32Array.from([1, -0.5, 3.14159]) },
-      { name: 'a', dtype: 'F32', shape: [1], data: Float32Array.from([0.5]) },
-    ], { format: 'pt' });
+    writeSafetensors(
+      path,
+      [
+        { name: 'w', dtype: 'F32', shape: [2, 2], data: Float32Array.from([1.5, -2, 0.25, 3]) },
+        { name: 'n', dtype: 'I32', shape: [2], data: Int32Array.from([7, -9]) },
+        { name: 'b', dtype: 'BF16', shape: [3], data: Float32Array.from([1, -0.5, 3.14159]) },
+        { name: 'a', dtype: 'F32', shape: [1], data: Float32Array.from([0.5]) },
+      ],
+      { format: 'pt' },
+    );
     expect(new Uint8Array(readFileSync(path))).toEqual(expected);
   });
 
@@ -177,14 +196,17 @@ describe('the files Python writes', () => {
     // Python: save_file({"ids": int64 [1, -2, 1500000000], "w": f32 [[1.5, -2], [0.25, 3]], "n": int32 [7, -9],
     //                    "b": bf16 [1, -0.5, 3.14159]}, path, metadata={"format": "pt"}) — 318 bytes.
     const path = tmp('python');
-    writeFileSync(path, hex(
-      '0001000000000000 7b225f5f6d657461646174615f5f223a7b22666f726d6174223a227074227d2c22696473223a7b2264747970' +
-      '65223a22493634222c227368617065223a5b335d2c22646174615f6f666673657473223a5b302c32345d7d2c2277223a7b22647479' +
-      '7065223a22463332222c227368617065223a5b322c325d2c22646174615f6f666673657473223a5b32342c34305d7d2c226e223a7b' +
-      '226474797065223a22493332222c227368617065223a5b325d2c22646174615f6f666673657473223a5b34302c34385d7d2c226222' +
-      '3a7b226474797065223a2242463136222c227368617065223a5b335d2c22646174615f6f666673657473223a5b34382c35345d7d7d' +
-      '0100000000000000feffffffffffffff002f685900000000 0000c03f000000c00000803e00004040 07000000f7ffffff 803f00bf4940',
-    ));
+    writeFileSync(
+      path,
+      hex(
+        '0001000000000000 7b225f5f6d657461646174615f5f223a7b22666f726d6174223a227074227d2c22696473223a7b2264747970' +
+          '65223a22493634222c227368617065223a5b335d2c22646174615f6f666673657473223a5b302c32345d7d2c2277223a7b22647479' +
+          '7065223a22463332222c227368617065223a5b322c325d2c22646174615f6f666673657473223a5b32342c34305d7d2c226e223a7b' +
+          '226474797065223a22493332222c227368617065223a5b325d2c22646174615f6f666673657473223a5b34302c34385d7d2c226222' +
+          '3a7b226474797065223a2242463136222c227368617065223a5b335d2c22646174615f6f666673657473223a5b34382c35345d7d7d' +
+          '0100000000000000feffffffffffffff002f685900000000 0000c03f000000c00000803e00004040 07000000f7ffffff 803f00bf4940',
+      ),
+    );
     const { tensors, metadata } = readSafetensors(path);
     expect(metadata).toEqual({ format: 'pt' });
     expect([...tensors.keys()]).toEqual(['ids', 'w', 'n', 'b']);
@@ -196,10 +218,13 @@ describe('the files Python writes', () => {
 
   it('reads headers in any key order, as older writers produced', () => {
     const path = tmp();
-    writeFileSync(path, pythonFile(
-      '{"z":{"data_offsets":[4,8],"shape":[1],"dtype":"I32"},"__metadata__":{},"a":{"shape":[1],"dtype":"F32","data_offsets":[0,4]}}',
-      hex('0000803f 05000000'),
-    ));
+    writeFileSync(
+      path,
+      pythonFile(
+        '{"z":{"data_offsets":[4,8],"shape":[1],"dtype":"I32"},"__metadata__":{},"a":{"shape":[1],"dtype":"F32","data_offsets":[0,4]}}',
+        hex('0000803f 05000000'),
+      ),
+    );
     const { tensors } = readSafetensors(path);
     expect([...tensors.keys()]).toEqual(['a', 'z']);
     expect(tensors.get('z')!.data).toEqual(Int32Array.from([5]));
@@ -232,7 +257,10 @@ describe('corrupt files', () => {
 
   it('truncated data, header or length prefix', () => {
     const bytes = good();
-    fails(bytes.subarray(0, bytes.length - 1), /truncated: the header describes 12 bytes of tensor data, the file holds 11/);
+    fails(
+      bytes.subarray(0, bytes.length - 1),
+      /truncated: the header describes 12 bytes of tensor data, the file holds 11/,
+    );
     fails(bytes.subarray(0, 20), /truncated: the header declares \d+ bytes but only 12 follow/);
     fails(bytes.subarray(0, 5), /truncated: 5 bytes, too small/);
     fails(new Uint8Array(0), /truncated: 0 bytes/);
@@ -258,29 +286,49 @@ describe('corrupt files', () => {
 
   it('unknown and unsupported dtypes', () => {
     fails(header('{"a":{"dtype":"F33","shape":[3],"data_offsets":[0,12]}}'), /tensor "a" has unknown dtype "F33"/);
-    fails(header('{"a":{"dtype":"F16","shape":[6],"data_offsets":[0,12]}}'), /tensor "a" has dtype F16, which this reader does not support/);
+    fails(
+      header('{"a":{"dtype":"F16","shape":[6],"data_offsets":[0,12]}}'),
+      /tensor "a" has dtype F16, which this reader does not support/,
+    );
   });
 
   it('malformed entries', () => {
     fails(header('{"a":{"dtype":"F32","shape":[3]}}'), /tensor "a" has data_offsets undefined/);
     fails(header('{"a":{"dtype":"F32","shape":[-3],"data_offsets":[0,12]}}'), /tensor "a" has shape \[-3\]/);
-    fails(header('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,12]}}'), /tensor "a" is F32 \[2\] \(8 bytes\) but its data_offsets \[0, 12\] span 12 bytes/);
+    fails(
+      header('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,12]}}'),
+      /tensor "a" is F32 \[2\] \(8 bytes\) but its data_offsets \[0, 12\] span 12 bytes/,
+    );
     fails(header('{"a":{"dtype":"F32","shape":[3],"data_offsets":[12,0]}}'), /end before they start/);
-    fails(header('{"__metadata__":{"k":1},"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}'), /"__metadata__"."k" is not a string/);
+    fails(
+      header('{"__metadata__":{"k":1},"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}'),
+      /"__metadata__"."k" is not a string/,
+    );
   });
 
   it('holes and overlaps between tensors', () => {
-    fails(header('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}'),
-      /hole in the data: bytes \[4, 8\) belong to no tensor \(between "a" and "b"\)/);
+    fails(
+      header(
+        '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}',
+      ),
+      /hole in the data: bytes \[4, 8\) belong to no tensor \(between "a" and "b"\)/,
+    );
     fails(header('{"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}'), /hole in the data: bytes \[0, 4\)/);
-    fails(header('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}'),
-      /tensors "a" \[0, 8\] and "b" \[4, 12\] overlap/);
+    fails(
+      header(
+        '{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}',
+      ),
+      /tensors "a" \[0, 8\] and "b" \[4, 12\] overlap/,
+    );
   });
 
   it('I64 values outside int32, and a missing file', () => {
     const data = new Uint8Array(8);
     new DataView(data.buffer).setBigInt64(0, 2n ** 40n, true);
-    fails(pythonFile('{"i":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}', data), /I64 tensor "i" holds 1099511627776/);
+    fails(
+      pythonFile('{"i":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}', data),
+      /I64 tensor "i" holds 1099511627776/,
+    );
     expect(() => readSafetensors(join(dir, 'nope.safetensors'))).toThrow(/nope.safetensors: no such file/);
   });
 });
@@ -289,8 +337,20 @@ describe('ParamStore save and load', () => {
   const cpu = new CpuBackend();
   const build = (overrides: string[] = []) => {
     const { config } = loadConfig(defaultConfigPath(), {
-      overrides: ['--dim=16', '--n_layers=2', '--n_heads=2', '--inter_dim=24', '--moe_inter_dim=8', '--n_routed_experts=4',
-        '--q_lora_rank=8', '--kv_lora_rank=8', '--qk_nope_head_dim=4', '--qk_rope_head_dim=4', '--v_head_dim=4', ...overrides],
+      overrides: [
+        '--dim=16',
+        '--n_layers=2',
+        '--n_heads=2',
+        '--inter_dim=24',
+        '--moe_inter_dim=8',
+        '--n_routed_experts=4',
+        '--q_lora_rank=8',
+        '--kv_lora_rank=8',
+        '--qk_nope_head_dim=4',
+        '--qk_rope_head_dim=4',
+        '--v_head_dim=4',
+        ...overrides,
+      ],
       env: {},
     });
     return modelConfig(config);
@@ -322,9 +382,12 @@ describe('ParamStore save and load', () => {
     await saveParams(path, a);
     const other = new ParamStore(cpu, modelParamSpecs(build(['--n_layers=3', '--dim=32'])), 'f32');
     await expect(loadParams(path, other)).rejects.toThrow(
-      /does not match the model\. \d+ missing: blocks\.2\.attn_norm\.weight \[32\];.*\d+ wrong shape: embedding\.weight is \[256, 16\] in the file, the model needs \[256, 32\]/);
+      /does not match the model\. \d+ missing: blocks\.2\.attn_norm\.weight \[32\];.*\d+ wrong shape: embedding\.weight is \[256, 16\] in the file, the model needs \[256, 32\]/,
+    );
     const mha = new ParamStore(cpu, modelParamSpecs(build(['--attn=mha'])), 'f32');
-    await expect(loadParams(path, mha)).rejects.toThrow(/6 missing: blocks\.0\.attn\.wq\.weight \[16, 16\];.*12 unexpected: blocks\.0\.attn\.kv_norm\.weight/);
+    await expect(loadParams(path, mha)).rejects.toThrow(
+      /6 missing: blocks\.0\.attn\.wq\.weight \[16, 16\];.*12 unexpected: blocks\.0\.attn\.kv_norm\.weight/,
+    );
   });
 });
 
@@ -334,11 +397,15 @@ const hasSafetensors = python.status === 0;
 describe.skipIf(!hasSafetensors)('against the Python safetensors package', () => {
   it('Python reads what nmoe writes and nmoe reads what Python writes', () => {
     const ours = tmp('ours');
-    writeSafetensors(ours, [
-      { name: 'w', dtype: 'F32', shape: [2, 2], data: Float32Array.from([1.5, -2, 0.25, 3]) },
-      { name: 'n', dtype: 'I32', shape: [2], data: Int32Array.from([7, -9]) },
-      { name: 'b', dtype: 'BF16', shape: [3], data: Float32Array.from([1, -0.5, 3.14159]) },
-    ], { format: 'pt' });
+    writeSafetensors(
+      ours,
+      [
+        { name: 'w', dtype: 'F32', shape: [2, 2], data: Float32Array.from([1.5, -2, 0.25, 3]) },
+        { name: 'n', dtype: 'I32', shape: [2], data: Int32Array.from([7, -9]) },
+        { name: 'b', dtype: 'BF16', shape: [3], data: Float32Array.from([1, -0.5, 3.14159]) },
+      ],
+      { format: 'pt' },
+    );
     const theirs = tmp('theirs');
     const script = `
 import sys, numpy as np

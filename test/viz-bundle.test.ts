@@ -15,7 +15,9 @@ describe('the dashboard bundle (viz-dist/)', () => {
       expect(existsSync(path), `viz-dist/${name} is missing: run \`npm run build:viz\``).toBe(true);
       expect(readFileSync(path).equals(bytes), `viz-dist/${name} ${STALE}`).toBe(true);
     }
-    expect(readdirSync(VIZ_DIST).sort(), 'viz-dist/ should hold only what `npm run build:viz` writes').toEqual([...fresh.keys()].sort());
+    expect(readdirSync(VIZ_DIST).sort(), 'viz-dist/ should hold only what `npm run build:viz` writes').toEqual(
+      [...fresh.keys()].sort(),
+    );
   });
 
   it('builds the same bytes twice (deterministic)', async () => {

@@ -42,9 +42,16 @@ describe.skipIf(!haveChromium)('nmoe viz in a browser', () => {
   let dir: string;
   const metricsDir = () => join(dir, 'metrics');
   const trainArgs = (steps: number, name: string) => [
-    'train', `--steps=${steps}`, ...QUICK, `--metrics_dir=${metricsDir()}`, `--experiments_db=${join(dir, 'experiments.db')}`, `--checkpoint_dir=${join(dir, name)}`,
+    'train',
+    `--steps=${steps}`,
+    ...QUICK,
+    `--metrics_dir=${metricsDir()}`,
+    `--experiments_db=${join(dir, 'experiments.db')}`,
+    `--checkpoint_dir=${join(dir, name)}`,
   ];
-  const docs = embeddedDocuments().slice(0, 40).map((text, i) => ({ id: `ch${i}`, text }));
+  const docs = embeddedDocuments()
+    .slice(0, 40)
+    .map((text, i) => ({ id: `ch${i}`, text }));
   let server: VizServer;
   let browser: Browser;
   let run: string;
@@ -78,26 +85,72 @@ describe.skipIf(!haveChromium)('nmoe viz in a browser', () => {
 
   const chart = (page: Page, name: string) => page.locator(`[data-chart="${name}"]`);
   const points = async (page: Page, name: string) => Number(await chart(page, name).getAttribute('data-points'));
-  const lastStep = async (page: Page, name: string) => Number((await chart(page, name).getAttribute('data-last-step')) || -1);
-  const shoot = (page: Page, name: string) => page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
+  const lastStep = async (page: Page, name: string) =>
+    Number((await chart(page, name).getAttribute('data-last-step')) || -1);
+  const shoot = (page: Page, name: string) =>
+    page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
 
   beforeAll(async () => {
     dir = tempDir('viz');
     writeJsonl(join(dir, 'book.jsonl'), docs);
-    writeFileSync(join(dir, 'tasks.toml'), `data_dir = ${JSON.stringify(EVAL_FIXTURES)}\n[[task]]\nname = "COPA"\nsource = "hf:super_glue:copa:validation"\n`);
-    const evalArgs = [`--eval_every=${EVAL_EVERY}`, '--eval_tasks=COPA', `--eval_tasks_file=${join(dir, 'tasks.toml')}`, '--eval_budget_max_examples=3'];
-    const prepArgs = ['data', 'prep', '--source', 'jsonl', '--paths', join(dir, 'book.jsonl'), '-o', join(dir, 'data', 'moby'), '--name', 'moby', '--tokenizer', 'bytes', '--num-shards', '2', '-j', '1'];
-    const [trained, other, prepared] = await Promise.all([[...trainArgs(STEPS, 'ckpt-a'), ...evalArgs], trainArgs(OTHER_STEPS, 'ckpt-b'), prepArgs].map((a) => nmoeAsync(a).done));
+    writeFileSync(
+      join(dir, 'tasks.toml'),
+      `data_dir = ${JSON.stringify(EVAL_FIXTURES)}\n[[task]]\nname = "COPA"\nsource = "hf:super_glue:copa:validation"\n`,
+    );
+    const evalArgs = [
+      `--eval_every=${EVAL_EVERY}`,
+      '--eval_tasks=COPA',
+      `--eval_tasks_file=${join(dir, 'tasks.toml')}`,
+      '--eval_budget_max_examples=3',
+    ];
+    const prepArgs = [
+      'data',
+      'prep',
+      '--source',
+      'jsonl',
+      '--paths',
+      join(dir, 'book.jsonl'),
+      '-o',
+      join(dir, 'data', 'moby'),
+      '--name',
+      'moby',
+      '--tokenizer',
+      'bytes',
+      '--num-shards',
+      '2',
+      '-j',
+      '1',
+    ];
+    const [trained, other, prepared] = await Promise.all(
+      [[...trainArgs(STEPS, 'ckpt-a'), ...evalArgs], trainArgs(OTHER_STEPS, 'ckpt-b'), prepArgs].map(
+        (a) => nmoeAsync(a).done,
+      ),
+    );
     for (const r of [trained, other, prepared]) expect(r!.code, r!.out).toBe(0);
     trainLog = trained!.out;
-    server = await startVizServer({ metricsDir: metricsDir(), experimentsDb: join(dir, 'experiments.db'), dataRoot: join(dir, 'data'), host: '127.0.0.1', port: 0 });
+    server = await startVizServer({
+      metricsDir: metricsDir(),
+      experimentsDb: join(dir, 'experiments.db'),
+      dataRoot: join(dir, 'data'),
+      host: '127.0.0.1',
+      port: 0,
+    });
     const { runs } = await api<RunsResponse>('/api/runs');
     run = runs.find((r) => r.last_step === STEPS)!.run;
     otherRun = runs.find((r) => r.last_step === OTHER_STEPS)!.run;
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--disable-dev-shm-usage',
+      ],
     });
     mkdirSync(SCREENSHOTS, { recursive: true });
   }, 170_000);
@@ -163,10 +216,12 @@ describe.skipIf(!haveChromium)('nmoe viz in a browser', () => {
     expect(errors).toEqual([]);
   });
 
-  it('run page: the eval charts (CORE and each task\'s accuracy) of a run that evaluated; the runs table\'s CORE column', async () => {
+  it("run page: the eval charts (CORE and each task's accuracy) of a run that evaluated; the runs table's CORE column", async () => {
     const { page, errors } = await open(`/runs/${run}`);
     const section = page.locator('[data-section="eval"]');
-    await expect(section.locator('[data-chart]').evaluateAll((els) => els.map((e) => e.getAttribute('data-chart')))).resolves.toEqual(['eval/CORE', 'eval/task/COPA/acc']);
+    await expect(
+      section.locator('[data-chart]').evaluateAll((els) => els.map((e) => e.getAttribute('data-chart'))),
+    ).resolves.toEqual(['eval/CORE', 'eval/task/COPA/acc']);
     for (const tag of ['eval/CORE', 'eval/task/COPA/acc']) {
       expect(await points(page, tag), tag).toBe(STEPS / EVAL_EVERY);
       expect(await lastStep(page, tag), tag).toBe(STEPS);
@@ -181,8 +236,12 @@ describe.skipIf(!haveChromium)('nmoe viz in a browser', () => {
     expect(runs.find((r) => r.run === run)!.eval_core).toBe(core);
     expect(runs.find((r) => r.run === otherRun)!.eval_core).toBeNull();
     const overview = await open('/');
-    expect(Number(await overview.page.locator(`tr[data-run="${run}"] td[data-col="core"]`).getAttribute('title'))).toBe(core);
-    await expect(overview.page.locator(`tr[data-run="${otherRun}"] td[data-col="core"]`).textContent()).resolves.toBe('—');
+    expect(Number(await overview.page.locator(`tr[data-run="${run}"] td[data-col="core"]`).getAttribute('title'))).toBe(
+      core,
+    );
+    await expect(overview.page.locator(`tr[data-run="${otherRun}"] td[data-col="core"]`).textContent()).resolves.toBe(
+      '—',
+    );
     await shoot(page, 'run-eval');
     expect([...other.errors, ...overview.errors]).toEqual([]);
   });

@@ -42,7 +42,9 @@ export async function buildViz(): Promise<Map<string, Buffer>> {
   });
   const files = new Map(result.outputFiles.map((f) => [f.path.slice(VIZ_DIST.length + 1), Buffer.from(f.contents)]));
   const hash = (name: string) => createHash('sha256').update(files.get(name)!).digest('hex').slice(0, 12);
-  const html = readFileSync(join(WEB, 'index.html'), 'utf8').replace('%JS_HASH%', hash('app.js')).replace('%CSS_HASH%', hash('app.css'));
+  const html = readFileSync(join(WEB, 'index.html'), 'utf8')
+    .replace('%JS_HASH%', hash('app.js'))
+    .replace('%CSS_HASH%', hash('app.css'));
   files.set('index.html', Buffer.from(html));
   return files;
 }

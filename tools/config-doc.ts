@@ -19,7 +19,13 @@ const code = (s: string) => `\`${s}\``;
 
 function typeText(t: FieldType): string {
   if (t.kind === 'table') return `table of ${Object.keys(t.keys).map(code).join(', ')}`;
-  const base = t.kind === 'enum' ? t.values.filter((v) => !t.notYet?.includes(v)).map((v) => code(JSON.stringify(v))).join(' \\| ') : t.kind;
+  const base =
+    t.kind === 'enum'
+      ? t.values
+          .filter((v) => !t.notYet?.includes(v))
+          .map((v) => code(JSON.stringify(v)))
+          .join(' \\| ')
+      : t.kind;
   return t.nullable ? `${base} or null` : base;
 }
 
@@ -46,7 +52,9 @@ export function keyReference(): string {
     out.push(`### ${section}`, '', '| key | type | default | range | meaning |', '|---|---|---|---|---|');
     for (const k of inSection) {
       const f = FIELDS[k];
-      out.push(`| ${code(k)} | ${typeText(f.type)} | ${defaultText(f.default)} | ${rangeText(RANGES[k])} | ${f.doc.replaceAll('|', '\\|')} |`);
+      out.push(
+        `| ${code(k)} | ${typeText(f.type)} | ${defaultText(f.default)} | ${rangeText(RANGES[k])} | ${f.doc.replaceAll('|', '\\|')} |`,
+      );
     }
     out.push('');
   }
@@ -55,7 +63,8 @@ export function keyReference(): string {
 
 /** docs/config.md with its generated part replaced by `keyReference()`. */
 export function renderConfigDoc(current: string): string {
-  const start = current.indexOf(BEGIN), end = current.indexOf(END);
+  const start = current.indexOf(BEGIN),
+    end = current.indexOf(END);
   if (start < 0 || end < start) throw new Error(`${CONFIG_DOC}: the markers ${BEGIN} … ${END} are missing`);
   return `${current.slice(0, start + BEGIN.length)}\n\n${keyReference()}\n${current.slice(end)}`;
 }

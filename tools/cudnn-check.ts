@@ -71,7 +71,9 @@ const started = await (async () => {
 })();
 const { b, CudnnAttention, staticLimits } = started;
 const dev = b.dev;
-say(`device ${b.name} (${dev.info.arch}); cuDNN log (level ${process.env.CUDNN_LOGLEVEL_DBG}) -> ${process.env.CUDNN_LOGDEST_DBG}`);
+say(
+  `device ${b.name} (${dev.info.arch}); cuDNN log (level ${process.env.CUDNN_LOGLEVEL_DBG}) -> ${process.env.CUDNN_LOGDEST_DBG}`,
+);
 
 const full: Record<string, unknown> = { cudnn: probe, device: b.name, shapes: {} };
 const failures: string[] = [];
@@ -84,22 +86,41 @@ async function step<T>(label: string, fn: () => T | Promise<T>): Promise<T | nul
     const e = err as Error;
     let text = e.message;
     if (!(err instanceof CudnnError) && !(err instanceof PlanError)) {
-      const last = (() => { try { return lastErrorString(); } catch { return ''; } })();
+      const last = (() => {
+        try {
+          return lastErrorString();
+        } catch {
+          return '';
+        }
+      })();
       if (last) text += ` [cuDNN last error: ${last}]`;
     }
     say(`  FAIL ${label}: ${text}`);
-    if (err instanceof PlanError) say(planLines(err.report).map((l) => `       ${l}`).join('\n'));
+    if (err instanceof PlanError)
+      say(
+        planLines(err.report)
+          .map((l) => `       ${l}`)
+          .join('\n'),
+      );
     failures.push(`${label}: ${text.slice(0, 300)}`);
     return null;
   }
 }
 
 function planLines(r: Report): string[] {
-  const modes = Object.entries(r.configs).map(([m, c]) => `${m}=${typeof c === 'number' ? c : `error(${String(c).slice(0, 160)})`}`).join(' ');
-  const lines = [`graph '${r.graph}' (${r.ops} ops, ${r.engines} engines): heuristics ${modes || 'none asked'}; ${r.buildMs.toFixed(0)} ms`];
+  const modes = Object.entries(r.configs)
+    .map(([m, c]) => `${m}=${typeof c === 'number' ? c : `error(${String(c).slice(0, 160)})`}`)
+    .join(' ');
+  const lines = [
+    `graph '${r.graph}' (${r.ops} ops, ${r.engines} engines): heuristics ${modes || 'none asked'}; ${r.buildMs.toFixed(0)} ms`,
+  ];
   for (const a of r.attempts.slice(0, 6)) {
     const what = `${a.mode}#${a.index} engine ${a.engine ?? '?'} [${(a.numericalNotes ?? []).join(',')}${a.behaviorNotes?.length ? ` | ${a.behaviorNotes.join(',')}` : ''}]`;
-    lines.push(a === r.chosen ? `picked ${what}, workspace ${fmtBytes(a.workspaceBytes ?? 0)}` : `passed over ${what}: ${(a.rejected ?? '').slice(0, 200)}`);
+    lines.push(
+      a === r.chosen
+        ? `picked ${what}, workspace ${fmtBytes(a.workspaceBytes ?? 0)}`
+        : `passed over ${what}: ${(a.rejected ?? '').slice(0, 200)}`,
+    );
   }
   if (r.attempts.length > 6) lines.push(`(${r.attempts.length - 6} more configs tried)`);
   return lines;
@@ -112,7 +133,8 @@ function fmtBytes(n: number): string {
 // --- numerics ---------------------------------------------------------------------------------------------------
 
 function relErr(a: Float32Array, ref: Float32Array): number {
-  let d = 0, n = 0;
+  let d = 0,
+    n = 0;
   for (let i = 0; i < a.length; i++) {
     d += (a[i]! - ref[i]!) ** 2;
     n += ref[i]! ** 2;
@@ -127,7 +149,8 @@ function nonFinite(a: Float32Array): number {
 }
 
 function sameBits(a: Float32Array, b: Float32Array): boolean {
-  const x = new Uint32Array(a.buffer, a.byteOffset, a.length), y = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  const x = new Uint32Array(a.buffer, a.byteOffset, a.length),
+    y = new Uint32Array(b.buffer, b.byteOffset, b.length);
   for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
   return true;
 }
@@ -170,13 +193,34 @@ interface Row {
   flashTflops: string;
 }
 const rows: Row[] = [];
-const blankRow = (shape: string, pass: string): Row => ({ shape, pass, build: '-', engine: '-', errors: '-', written: '-', bitwise: '-', ms: '-', tflops: '-', flashMs: '-', flashTflops: '-' });
+const blankRow = (shape: string, pass: string): Row => ({
+  shape,
+  pass,
+  build: '-',
+  engine: '-',
+  errors: '-',
+  written: '-',
+  bitwise: '-',
+  ms: '-',
+  tflops: '-',
+  flashMs: '-',
+  flashTflops: '-',
+});
 
 const attns: { det: Attn | null; nondet: Attn | null } = { det: null, nondet: null };
-attns.det = await step('create the cuDNN handle (deterministic backward)', () => new CudnnAttention(dev, { deterministic: true }));
-attns.nondet = await step('create the cuDNN handle (default backward)', () => new CudnnAttention(dev, { deterministic: false }));
+attns.det = await step(
+  'create the cuDNN handle (deterministic backward)',
+  () => new CudnnAttention(dev, { deterministic: true }),
+);
+attns.nondet = await step(
+  'create the cuDNN handle (default backward)',
+  () => new CudnnAttention(dev, { deterministic: false }),
+);
 
-for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean)) {
+for (const name of args
+  .shapes!.split(',')
+  .map((s) => s.trim())
+  .filter(Boolean)) {
   const s = SHAPES[name];
   if (!s) {
     say(`unknown shape ${name} (known: ${Object.keys(SHAPES).join(', ')})`);
@@ -202,22 +246,36 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
 
   // Plans.
   const plans: Record<string, ReturnType<Attn['plan']> | null> = {};
-  const passes: [string, Attn | null, 'fwd' | 'bwd'][] = [['fwd', attns.det, 'fwd'], ['bwd det', attns.det, 'bwd'], ['bwd nondet', attns.nondet, 'bwd']];
+  const passes: [string, Attn | null, 'fwd' | 'bwd'][] = [
+    ['fwd', attns.det, 'fwd'],
+    ['bwd det', attns.det, 'bwd'],
+    ['bwd nondet', attns.nondet, 'bwd'],
+  ];
   for (const [label, attn, pass] of passes) {
     if (!attn) continue;
     const e = await step(`${name} ${label} plan`, () => attn.plan(s, pass));
     plans[label] = e;
     if (!e) continue;
-    shapeReport[`${label} plan`] = e.ok ? { style: e.style, reports: e.reports } : { reason: e.reason, reports: e.reports };
+    shapeReport[`${label} plan`] = e.ok
+      ? { style: e.style, reports: e.reports }
+      : { reason: e.reason, reports: e.reports };
     if (e.ok) {
       say(`  ${label} plan (${e.style} graph): ${planLines(e.plan.report).join('; ')}`);
     } else {
       say(`  ${label} plan: NONE: ${e.reason.slice(0, 600)}`);
-      for (const r of e.reports) say(planLines(r).map((l) => `       ${l}`).join('\n'));
+      for (const r of e.reports)
+        say(
+          planLines(r)
+            .map((l) => `       ${l}`)
+            .join('\n'),
+        );
       failures.push(`${name} ${label} plan: ${e.reason.slice(0, 300)}`);
     }
   }
-  const planOk = (label: string) => { const p = plans[label]; return p && p.ok ? p : null; };
+  const planOk = (label: string) => {
+    const p = plans[label];
+    return p && p.ok ? p : null;
+  };
 
   // Inputs and the flash reference.
   const randn = (shape: number[], stream: number) => {
@@ -225,11 +283,20 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
     b.fillNormal(t, { std: 1, seed: 1234, stream });
     return t;
   };
-  const q = randn([T, H * dQK], 1), k = randn([T, H * dQK], 2), v = randn([T, H * dV], 3), dO = randn([T, H * dV], 4);
+  const q = randn([T, H * dQK], 1),
+    k = randn([T, H * dQK], 2),
+    v = randn([T, H * dV], 3),
+    dO = randn([T, H * dV], 4);
   const ref = await step(`${name} flash reference`, async () => {
     const f = b.attention(q, k, v, flashSpec);
     const g = b.attentionBackward(dO, q, k, v, f.out, f.lse, flashSpec);
-    const host = { out: await read(f.out), lse: await read(f.lse), dq: await read(g.dq), dk: await read(g.dk), dv: await read(g.dv) };
+    const host = {
+      out: await read(f.out),
+      lse: await read(f.lse),
+      dq: await read(g.dq),
+      dk: await read(g.dk),
+      dv: await read(g.dv),
+    };
     return { dev: { ...f, ...g }, host };
   });
   if (!ref) {
@@ -245,26 +312,46 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
   if (fwd && attns.det) {
     const det = attns.det;
     const r = fwd.plan.report;
-    Object.assign(fwdRow, { build: `${r.buildMs.toFixed(0)} ms`, engine: `${r.chosen!.mode}#${r.chosen!.index} e${r.chosen!.engine}${fwd.style === 'frontend' ? '' : ' (int)'}` });
+    Object.assign(fwdRow, {
+      build: `${r.buildMs.toFixed(0)} ms`,
+      engine: `${r.chosen!.mode}#${r.chosen!.index} e${r.chosen!.engine}${fwd.style === 'frontend' ? '' : ' (int)'}`,
+    });
     await step(`${name} fwd run`, async () => {
-      const out = poisoned([T, H * dV], 'bf16'), lse = poisoned([T, H], 'f32');
+      const out = poisoned([T, H * dV], 'bf16'),
+        lse = poisoned([T, H], 'f32');
       det.forward(q, k, v, out, lse, spec);
-      const o = await read(out), l = await read(lse);
+      const o = await read(out),
+        l = await read(lse);
       const errs = { out: relErr(o, ref.host.out), lse: relErr(l, ref.host.lse) };
       const bad = { out: nonFinite(o), lse: nonFinite(l) };
-      say(`  fwd: err out ${errs.out.toExponential(2)} lse ${errs.lse.toExponential(2)}; non-finite out ${bad.out}/${o.length} lse ${bad.lse}/${l.length}`);
+      say(
+        `  fwd: err out ${errs.out.toExponential(2)} lse ${errs.lse.toExponential(2)}; non-finite out ${bad.out}/${o.length} lse ${bad.lse}/${l.length}`,
+      );
       shapeReport.fwd = { errs, nonFinite: bad };
       fwdRow.errors = `o ${errs.out.toExponential(1)} l ${errs.lse.toExponential(1)}`;
       fwdRow.written = bad.out + bad.lse === 0 ? 'all' : `${bad.out + bad.lse} NaN`;
-      if (errs.out > 1e-2 || errs.lse > 1e-4 || bad.out + bad.lse > 0) failures.push(`${name} fwd: out ${errs.out}, lse ${errs.lse}, non-finite ${bad.out + bad.lse}`);
+      if (errs.out > 1e-2 || errs.lse > 1e-4 || bad.out + bad.lse > 0)
+        failures.push(`${name} fwd: out ${errs.out}, lse ${errs.lse}, non-finite ${bad.out + bad.lse}`);
       cudnnOut = { out, lse };
     });
     await step(`${name} fwd timing`, async () => {
-      const out = b.empty([T, H * dV], 'bf16'), lse = b.empty([T, H], 'f32');
+      const out = b.empty([T, H * dV], 'bf16'),
+        lse = b.empty([T, H], 'f32');
       const ms = await time(() => det.forward(q, k, v, out, lse, spec));
-      const flashMs = await time(() => { const f = b.attention(q, k, v, flashSpec); f.out.free(); f.lse.free(); });
-      Object.assign(fwdRow, { ms: ms.toFixed(3), tflops: (fwdFlops / ms / 1e9).toFixed(0), flashMs: flashMs.toFixed(3), flashTflops: (fwdFlops / flashMs / 1e9).toFixed(0) });
-      say(`  fwd time: cuDNN ${ms.toFixed(3)} ms (${fwdRow.tflops} TFLOPS), flash ${flashMs.toFixed(3)} ms (${fwdRow.flashTflops} TFLOPS)`);
+      const flashMs = await time(() => {
+        const f = b.attention(q, k, v, flashSpec);
+        f.out.free();
+        f.lse.free();
+      });
+      Object.assign(fwdRow, {
+        ms: ms.toFixed(3),
+        tflops: (fwdFlops / ms / 1e9).toFixed(0),
+        flashMs: flashMs.toFixed(3),
+        flashTflops: (fwdFlops / flashMs / 1e9).toFixed(0),
+      });
+      say(
+        `  fwd time: cuDNN ${ms.toFixed(3)} ms (${fwdRow.tflops} TFLOPS), flash ${flashMs.toFixed(3)} ms (${fwdRow.flashTflops} TFLOPS)`,
+      );
       shapeReport.fwdTime = { ms, flashMs };
       out.free();
       lse.free();
@@ -274,7 +361,10 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
 
   // Backward, both algorithms.
   let flashBwdMs: number | null = null;
-  for (const [label, attn] of [['bwd det', attns.det], ['bwd nondet', attns.nondet]] as const) {
+  for (const [label, attn] of [
+    ['bwd det', attns.det],
+    ['bwd nondet', attns.nondet],
+  ] as const) {
     const row = blankRow(name, label);
     rows.push(row);
     const p = planOk(label);
@@ -283,11 +373,16 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
       continue;
     }
     const r = p.plan.report;
-    Object.assign(row, { build: `${r.buildMs.toFixed(0)} ms`, engine: `${r.chosen!.mode}#${r.chosen!.index} e${r.chosen!.engine}${p.style === 'frontend' ? '' : ' (int)'}` });
+    Object.assign(row, {
+      build: `${r.buildMs.toFixed(0)} ms`,
+      engine: `${r.chosen!.mode}#${r.chosen!.index} e${r.chosen!.engine}${p.style === 'frontend' ? '' : ' (int)'}`,
+    });
     const runs: Float32Array[][] = [];
     await step(`${name} ${label} run`, async () => {
       for (let run = 0; run < 2; run++) {
-        const dq = poisoned([T, H * dQK], 'bf16'), dk = poisoned([T, H * dQK], 'bf16'), dv = poisoned([T, H * dV], 'bf16');
+        const dq = poisoned([T, H * dQK], 'bf16'),
+          dk = poisoned([T, H * dQK], 'bf16'),
+          dv = poisoned([T, H * dV], 'bf16');
         attn.backward(dO, q, k, v, ref.dev.out, ref.dev.lse, dq, dk, dv, spec);
         runs.push([await read(dq), await read(dk), await read(dv)]);
         for (const t of [dq, dk, dv]) t.free();
@@ -296,29 +391,58 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
       const errs = { dq: relErr(g[0]!, ref.host.dq), dk: relErr(g[1]!, ref.host.dk), dv: relErr(g[2]!, ref.host.dv) };
       const bad = g.reduce((n, x) => n + nonFinite(x), 0);
       const bitwise = runs[1]!.every((x, i) => sameBits(x, runs[0]![i]!));
-      say(`  ${label}: err dq ${errs.dq.toExponential(2)} dk ${errs.dk.toExponential(2)} dv ${errs.dv.toExponential(2)}; non-finite ${bad}; two runs bit-identical: ${bitwise}`);
+      say(
+        `  ${label}: err dq ${errs.dq.toExponential(2)} dk ${errs.dk.toExponential(2)} dv ${errs.dv.toExponential(2)}; non-finite ${bad}; two runs bit-identical: ${bitwise}`,
+      );
       shapeReport[label] = { errs, nonFinite: bad, bitwise };
-      Object.assign(row, { errors: `q ${errs.dq.toExponential(1)} k ${errs.dk.toExponential(1)} v ${errs.dv.toExponential(1)}`, written: bad === 0 ? 'all' : `${bad} NaN`, bitwise: bitwise ? 'yes' : 'NO' });
-      if (Math.max(errs.dq, errs.dk, errs.dv) > 1e-2 || bad > 0) failures.push(`${name} ${label}: dq ${errs.dq}, dk ${errs.dk}, dv ${errs.dv}, non-finite ${bad}`);
+      Object.assign(row, {
+        errors: `q ${errs.dq.toExponential(1)} k ${errs.dk.toExponential(1)} v ${errs.dv.toExponential(1)}`,
+        written: bad === 0 ? 'all' : `${bad} NaN`,
+        bitwise: bitwise ? 'yes' : 'NO',
+      });
+      if (Math.max(errs.dq, errs.dk, errs.dv) > 1e-2 || bad > 0)
+        failures.push(`${name} ${label}: dq ${errs.dq}, dk ${errs.dk}, dv ${errs.dv}, non-finite ${bad}`);
     });
     if (cudnnOut && label === 'bwd det') {
       const co = cudnnOut as { out: Tensor; lse: Tensor };
       await step(`${name} ${label} on cuDNN's own forward`, async () => {
-        const dq = poisoned([T, H * dQK], 'bf16'), dk = poisoned([T, H * dQK], 'bf16'), dv = poisoned([T, H * dV], 'bf16');
+        const dq = poisoned([T, H * dQK], 'bf16'),
+          dk = poisoned([T, H * dQK], 'bf16'),
+          dv = poisoned([T, H * dV], 'bf16');
         attn.backward(dO, q, k, v, co.out, co.lse, dq, dk, dv, spec);
-        const e = [relErr(await read(dq), ref.host.dq), relErr(await read(dk), ref.host.dk), relErr(await read(dv), ref.host.dv)];
-        say(`  ${label} from cuDNN's out/lse: err dq ${e[0]!.toExponential(2)} dk ${e[1]!.toExponential(2)} dv ${e[2]!.toExponential(2)}`);
+        const e = [
+          relErr(await read(dq), ref.host.dq),
+          relErr(await read(dk), ref.host.dk),
+          relErr(await read(dv), ref.host.dv),
+        ];
+        say(
+          `  ${label} from cuDNN's out/lse: err dq ${e[0]!.toExponential(2)} dk ${e[1]!.toExponential(2)} dv ${e[2]!.toExponential(2)}`,
+        );
         shapeReport[`${label} chained`] = e;
         for (const t of [dq, dk, dv]) t.free();
       });
     }
     await step(`${name} ${label} timing`, async () => {
-      const dq = b.empty([T, H * dQK], 'bf16'), dk = b.empty([T, H * dQK], 'bf16'), dv = b.empty([T, H * dV], 'bf16');
+      const dq = b.empty([T, H * dQK], 'bf16'),
+        dk = b.empty([T, H * dQK], 'bf16'),
+        dv = b.empty([T, H * dV], 'bf16');
       const ms = await time(() => attn.backward(dO, q, k, v, ref.dev.out, ref.dev.lse, dq, dk, dv, spec));
-      flashBwdMs ??= await time(() => { const g = b.attentionBackward(dO, q, k, v, ref.dev.out, ref.dev.lse, flashSpec); g.dq.free(); g.dk.free(); g.dv.free(); });
+      flashBwdMs ??= await time(() => {
+        const g = b.attentionBackward(dO, q, k, v, ref.dev.out, ref.dev.lse, flashSpec);
+        g.dq.free();
+        g.dk.free();
+        g.dv.free();
+      });
       const fl = 2.5 * fwdFlops;
-      Object.assign(row, { ms: ms.toFixed(3), tflops: (fl / ms / 1e9).toFixed(0), flashMs: flashBwdMs.toFixed(3), flashTflops: (fl / flashBwdMs / 1e9).toFixed(0) });
-      say(`  ${label} time: cuDNN ${ms.toFixed(3)} ms (${row.tflops} TFLOPS), flash ${flashBwdMs.toFixed(3)} ms (${row.flashTflops} TFLOPS)`);
+      Object.assign(row, {
+        ms: ms.toFixed(3),
+        tflops: (fl / ms / 1e9).toFixed(0),
+        flashMs: flashBwdMs.toFixed(3),
+        flashTflops: (fl / flashBwdMs / 1e9).toFixed(0),
+      });
+      say(
+        `  ${label} time: cuDNN ${ms.toFixed(3)} ms (${row.tflops} TFLOPS), flash ${flashBwdMs.toFixed(3)} ms (${row.flashTflops} TFLOPS)`,
+      );
       shapeReport[`${label} time`] = { ms, flashMs: flashBwdMs };
       for (const t of [dq, dk, dv]) t.free();
     });
@@ -330,12 +454,26 @@ for (const name of args.shapes!.split(',').map((s) => s.trim()).filter(Boolean))
 // --- summary ----------------------------------------------------------------------------------------------------
 
 writeFileSync(join(outDir, 'report.json'), `${JSON.stringify({ ...full, failures }, null, 1)}\n`);
-const cols: [keyof Row, string][] = [['shape', 'shape'], ['pass', 'pass'], ['build', 'build'], ['engine', 'engine'], ['errors', 'rel. errors vs flash'], ['written', 'written'], ['bitwise', 'repro'], ['ms', 'cuDNN ms'], ['tflops', 'TF'], ['flashMs', 'flash ms'], ['flashTflops', 'TF']];
+const cols: [keyof Row, string][] = [
+  ['shape', 'shape'],
+  ['pass', 'pass'],
+  ['build', 'build'],
+  ['engine', 'engine'],
+  ['errors', 'rel. errors vs flash'],
+  ['written', 'written'],
+  ['bitwise', 'repro'],
+  ['ms', 'cuDNN ms'],
+  ['tflops', 'TF'],
+  ['flashMs', 'flash ms'],
+  ['flashTflops', 'TF'],
+];
 const width = cols.map(([k, h]) => Math.max(h.length, ...rows.map((r) => r[k].length)));
 say(`\n== summary: cuDNN ${probe.text} on ${b.name} (errors: bf16 < 1e-2, lse < 1e-4; causal flops, bwd = 2.5x fwd)`);
 say(cols.map(([, h], i) => h.padEnd(width[i]!)).join('  '));
 for (const r of rows) say(cols.map(([k], i) => r[k].padEnd(width[i]!)).join('  '));
-say(failures.length ? `\n${failures.length} problem(s):\n${failures.map((f) => `  - ${f}`).join('\n')}` : '\nno problems');
+say(
+  failures.length ? `\n${failures.length} problem(s):\n${failures.map((f) => `  - ${f}`).join('\n')}` : '\nno problems',
+);
 say(`report: ${join(outDir, 'report.json')}`);
 for (const a of [attns.det, attns.nondet]) a?.destroy();
 process.exit(failures.length ? 1 : 0);

@@ -84,12 +84,17 @@ function torchPrecision(device: 'cpu' | 'cuda', config: Config): string[] {
   const { master_weights: m, optim_state_dtype: s } = config;
   if (m === 'fp32' && s === 'fp32') return ['--dtype', 'bf16', '--master', 'fp32'];
   if (m === 'bf16' && s === 'bf16') return ['--dtype', 'bf16', '--master', 'bf16'];
-  throw new UserError(`master_weights = "${m}" with optim_state_dtype = "${s}" has no PyTorch twin. ` +
-    'Fix: set both to "fp32" (nmoe\'s default) or both to "bf16" (the reference\'s precision).');
+  throw new UserError(
+    `master_weights = "${m}" with optim_state_dtype = "${s}" has no PyTorch twin. ` +
+      'Fix: set both to "fp32" (nmoe\'s default) or both to "bf16" (the reference\'s precision).',
+  );
 }
 
 /** nmoe's losses, step by step, from the same start `nmoe train` makes; writes the step-0 weights first. */
-async function trainNmoe(config: Config, weightsPath: string): Promise<{ losses: number[]; device: 'cpu' | 'cuda'; name: string }> {
+async function trainNmoe(
+  config: Config,
+  weightsPath: string,
+): Promise<{ losses: number[]; device: 'cpu' | 'cuda'; name: string }> {
   const cfg = modelConfig(config);
   const { backend: b } = await selectBackend(config.device);
   const trainee = createTrainee(b, cfg);
@@ -118,16 +123,33 @@ async function trainNmoe(config: Config, weightsPath: string): Promise<{ losses:
   return { losses, device: b.device === 'cuda' ? 'cuda' : 'cpu', name: b.name };
 }
 
-function trainTorch(o: CurveOptions, files: { config: string; weights: string }, precision: string[], run: number): { losses: number[]; device: string } {
+function trainTorch(
+  o: CurveOptions,
+  files: { config: string; weights: string },
+  precision: string[],
+  run: number,
+): { losses: number[]; device: string } {
   const out = join(o.outDir, `torch_${run}.json`);
   const args = [
-    fileURLToPath(new URL('./torch_train.py', import.meta.url)), '--config', files.config, '--weights', files.weights,
-    '--steps', String(o.steps), '--out', out, '--device', o.torchDevice, ...precision,
-    ...(o.sdpa ? ['--sdpa'] : []), ...(o.torchBiasUpdate ? [] : ['--no-bias-update']),
+    fileURLToPath(new URL('./torch_train.py', import.meta.url)),
+    '--config',
+    files.config,
+    '--weights',
+    files.weights,
+    '--steps',
+    String(o.steps),
+    '--out',
+    out,
+    '--device',
+    o.torchDevice,
+    ...precision,
+    ...(o.sdpa ? ['--sdpa'] : []),
+    ...(o.torchBiasUpdate ? [] : ['--no-bias-update']),
   ];
   console.log(`$ ${o.python} ${args.join(' ')}`);
   const r = spawnSync(o.python, args, { stdio: 'inherit' });
-  if (r.error || r.status !== 0) throw new UserError(`torch_train.py failed (${r.error?.message ?? `exit code ${r.status}`})`);
+  if (r.error || r.status !== 0)
+    throw new UserError(`torch_train.py failed (${r.error?.message ?? `exit code ${r.status}`})`);
   const doc = JSON.parse(readFileSync(out, 'utf8')) as { losses: number[]; device: string };
   return { losses: doc.losses, device: doc.device };
 }
@@ -135,8 +157,13 @@ function trainTorch(o: CurveOptions, files: { config: string; weights: string },
 const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / Math.max(1, xs.length);
 
 /** Compares the curves; steps in `window` are 1-based and inclusive. */
-export function compareCurves(nmoe: number[], torch: number[][], window: [number, number], tolerance: number, maxStepDiff: number | null):
-  Omit<CurveReport, 'device' | 'torchDevice' | 'nmoe' | 'torch'> {
+export function compareCurves(
+  nmoe: number[],
+  torch: number[][],
+  window: [number, number],
+  tolerance: number,
+  maxStepDiff: number | null,
+): Omit<CurveReport, 'device' | 'torchDevice' | 'nmoe' | 'torch'> {
   const [from, to] = window;
   const inWindow = (xs: number[]) => xs.slice(from - 1, to);
   const ref = torch[0]!;
@@ -150,30 +177,56 @@ export function compareCurves(nmoe: number[], torch: number[][], window: [number
   const allowed = Math.max(tolerance, torchSpread ?? 0);
   const gapOk = Math.abs(meanGap) <= allowed;
   const stepOk = maxStepDiff === null || worst.value <= maxStepDiff;
-  const parts = [`mean gap nmoe - torch over steps ${from}-${to}: ${meanGap.toExponential(2)} (allowed ${allowed.toExponential(2)}` +
-    (torchSpread !== null ? `: the larger of --tolerance and torch's own spread ${torchSpread.toExponential(2)})` : ')')];
-  parts.push(`largest step difference ${worst.value.toExponential(2)} at step ${worst.step}` +
-    (maxStepDiff !== null ? ` (allowed ${maxStepDiff.toExponential(2)})` : ''));
-  return { window, meanGap, maxStepDiff: worst, torchSpread, ok: gapOk && stepOk, verdict: `${gapOk && stepOk ? 'PASS' : 'FAIL'}: ${parts.join('; ')}` };
+  const parts = [
+    `mean gap nmoe - torch over steps ${from}-${to}: ${meanGap.toExponential(2)} (allowed ${allowed.toExponential(2)}` +
+      (torchSpread !== null
+        ? `: the larger of --tolerance and torch's own spread ${torchSpread.toExponential(2)})`
+        : ')'),
+  ];
+  parts.push(
+    `largest step difference ${worst.value.toExponential(2)} at step ${worst.step}` +
+      (maxStepDiff !== null ? ` (allowed ${maxStepDiff.toExponential(2)})` : ''),
+  );
+  return {
+    window,
+    meanGap,
+    maxStepDiff: worst,
+    torchSpread,
+    ok: gapOk && stepOk,
+    verdict: `${gapOk && stepOk ? 'PASS' : 'FAIL'}: ${parts.join('; ')}`,
+  };
 }
 
 export async function curveParity(o: CurveOptions): Promise<CurveReport> {
   const { config } = loadConfig(o.configPath, { overrides: [...o.overrides, `--steps=${o.steps}`], env: {} });
-  if (config.flow_mode !== null) throw new UserError('curve parity reads data in direct mode. Fix: set data_path to the shards instead of flow_mode.');
+  if (config.flow_mode !== null)
+    throw new UserError(
+      'curve parity reads data in direct mode. Fix: set data_path to the shards instead of flow_mode.',
+    );
   makeDirs(o.outDir);
   const dataPath = config.data_path ?? writeEmbeddedShard(join(o.outDir, 'data'));
   const run: Config = { ...config, data_path: resolve(dataPath) };
   const files = { config: join(o.outDir, 'config.json'), weights: join(o.outDir, 'step0.safetensors') };
   writeConfigJson(files.config, o.configPath, run);
   const window = o.window ?? [Math.floor(o.steps / 2) + 1, o.steps];
-  if (window[0] < 1 || window[1] > o.steps || window[0] > window[1]) throw new UserError(`--window ${window.join(':')} is outside steps 1-${o.steps}`);
+  if (window[0] < 1 || window[1] > o.steps || window[0] > window[1])
+    throw new UserError(`--window ${window.join(':')} is outside steps 1-${o.steps}`);
 
   const nmoe = await trainNmoe(run, files.weights);
   const precision = torchPrecision(nmoe.device, run);
   const torchRuns = Array.from({ length: o.torchRuns }, (_, k) => trainTorch(o, files, precision, k + 1));
   const report: CurveReport = {
-    device: nmoe.name, torchDevice: torchRuns[0]!.device, nmoe: nmoe.losses, torch: torchRuns.map((r) => r.losses),
-    ...compareCurves(nmoe.losses, torchRuns.map((r) => r.losses), window, o.tolerance, o.maxStepDiff),
+    device: nmoe.name,
+    torchDevice: torchRuns[0]!.device,
+    nmoe: nmoe.losses,
+    torch: torchRuns.map((r) => r.losses),
+    ...compareCurves(
+      nmoe.losses,
+      torchRuns.map((r) => r.losses),
+      window,
+      o.tolerance,
+      o.maxStepDiff,
+    ),
   };
   writeFileSync(join(o.outDir, 'curves.json'), `${JSON.stringify(report, null, 2)}\n`);
   return report;
@@ -185,7 +238,12 @@ export function formatCurves(r: CurveReport, every: number): string[] {
   const lines = [head.map((h) => h.padStart(14)).join('')];
   r.nmoe.forEach((x, i) => {
     if ((i + 1) % every !== 0 && i + 1 !== r.nmoe.length && i !== 0) return;
-    const cells = [String(i + 1), x.toFixed(5), ...r.torch.map((t) => t[i]!.toFixed(5)), (x - r.torch[0]![i]!).toExponential(2)];
+    const cells = [
+      String(i + 1),
+      x.toFixed(5),
+      ...r.torch.map((t) => t[i]!.toFixed(5)),
+      (x - r.torch[0]![i]!).toExponential(2),
+    ];
     lines.push(cells.map((c) => c.padStart(14)).join(''));
   });
   lines.push(`nmoe on ${r.device}, torch on ${r.torchDevice}`, r.verdict);
@@ -203,8 +261,18 @@ const USAGE = `usage: node --import tsx tools/curve-parity.ts [--config configs/
 
 function parseArgs(argv: string[]): CurveOptions {
   const o: CurveOptions = {
-    configPath: 'configs/tiny.toml', overrides: [], steps: 50, window: null, tolerance: 0.03, maxStepDiff: null,
-    torchRuns: 1, torchDevice: 'auto', sdpa: false, python: process.env.PYTHON ?? 'python3', outDir: 'runs/curves', torchBiasUpdate: true,
+    configPath: 'configs/tiny.toml',
+    overrides: [],
+    steps: 50,
+    window: null,
+    tolerance: 0.03,
+    maxStepDiff: null,
+    torchRuns: 1,
+    torchDevice: 'auto',
+    sdpa: false,
+    python: process.env.PYTHON ?? 'python3',
+    outDir: 'runs/curves',
+    torchBiasUpdate: true,
   };
   const number = (flag: string, v: string, min: number) => {
     const n = Number(v);
@@ -220,23 +288,45 @@ function parseArgs(argv: string[]): CurveOptions {
       return v;
     };
     switch (flag) {
-      case '--config': o.configPath = take(); break;
-      case '--steps': o.steps = number(flag, take(), 1); break;
+      case '--config':
+        o.configPath = take();
+        break;
+      case '--steps':
+        o.steps = number(flag, take(), 1);
+        break;
       case '--window': {
         const m = /^(\d+):(\d+)$/.exec(take());
         if (!m) throw new UsageError('--window is FROM:TO, 1-based steps, inclusive (e.g. 110:200)');
         o.window = [Number(m[1]), Number(m[2])];
         break;
       }
-      case '--tolerance': o.tolerance = number(flag, take(), 0); break;
-      case '--max-step-diff': o.maxStepDiff = number(flag, take(), 0); break;
-      case '--torch-runs': o.torchRuns = number(flag, take(), 1); break;
-      case '--torch-device': o.torchDevice = take(); break;
-      case '--sdpa': o.sdpa = true; break;
-      case '--python': o.python = take(); break;
-      case '--out': o.outDir = take(); break;
-      case '--torch-no-bias-update': o.torchBiasUpdate = false; break;
-      case '--help': case '-h': throw new UsageError('');
+      case '--tolerance':
+        o.tolerance = number(flag, take(), 0);
+        break;
+      case '--max-step-diff':
+        o.maxStepDiff = number(flag, take(), 0);
+        break;
+      case '--torch-runs':
+        o.torchRuns = number(flag, take(), 1);
+        break;
+      case '--torch-device':
+        o.torchDevice = take();
+        break;
+      case '--sdpa':
+        o.sdpa = true;
+        break;
+      case '--python':
+        o.python = take();
+        break;
+      case '--out':
+        o.outDir = take();
+        break;
+      case '--torch-no-bias-update':
+        o.torchBiasUpdate = false;
+        break;
+      case '--help':
+      case '-h':
+        throw new UsageError('');
       default:
         if (flag.startsWith('--') && inline !== undefined) o.overrides.push(a);
         else throw new UsageError(`unknown argument ${a} (config overrides are written --key=value)`);

@@ -77,7 +77,9 @@ function skewedCounts(rows: number, experts: number): number[] {
   Object.assign(c, { 6: 1, 33: 1, 7: 7, 8: 129, 10: 64, 11: 63, 12: 65, 50: 128, 51: 255, 52: 257 });
   const free = c.map((v, e) => (v < 0 ? e : -1)).filter((e) => e >= 0);
   const left = rows - c.reduce((s, v) => s + Math.max(0, v), 0);
-  free.forEach((e) => { c[e] = 0; });
+  free.forEach((e) => {
+    c[e] = 0;
+  });
   const u = new Float32Array(left);
   philoxUniform(u, 12, 1);
   for (const x of u) c[free[Math.min(free.length - 1, Math.floor(x * free.length))]!]!++;
@@ -85,9 +87,23 @@ function skewedCounts(rows: number, experts: number): number[] {
 }
 
 const CASE_SPECS: Record<string, () => CaseSpec> = {
-  small: () => ({ name: 'small', experts: 8, d: 256, f: 192, counts: [0, 130, 1, 257, 0, 400, 7, 205], variants: false }),
+  small: () => ({
+    name: 'small',
+    experts: 8,
+    d: 256,
+    f: 192,
+    counts: [0, 130, 1, 257, 0, 400, 7, 205],
+    variants: false,
+  }),
   odd: () => ({ name: 'odd', experts: 5, d: 200, f: 136, counts: [300, 0, 1, 64, 336], variants: false }),
-  uniform: () => ({ name: 'uniform', experts: 64, d: 2048, f: 1408, counts: uniformCounts(49152, 64, 1), variants: true }),
+  uniform: () => ({
+    name: 'uniform',
+    experts: 64,
+    d: 2048,
+    f: 1408,
+    counts: uniformCounts(49152, 64, 1),
+    variants: true,
+  }),
   skewed: () => ({ name: 'skewed', experts: 64, d: 2048, f: 1408, counts: skewedCounts(49152, 64), variants: false }),
 };
 
@@ -128,9 +144,20 @@ interface WgradOp {
 type Op = FwdOp | WgradOp;
 
 function opsFor(c: CaseSpec): Op[] {
-  const fwd = (id: string, input: InputName, weight: 'W1' | 'W2', transB: boolean, bn: 128 | 256 = 256): FwdOp => ({ kind: 'fwd', id, input, weight, transB, bn, variant: bn !== 256 });
+  const fwd = (id: string, input: InputName, weight: 'W1' | 'W2', transB: boolean, bn: 128 | 256 = 256): FwdOp => ({
+    kind: 'fwd',
+    id,
+    input,
+    weight,
+    transB,
+    bn,
+    variant: bn !== 256,
+  });
   const ops: Op[] = [
-    fwd('fwd-up', 'x', 'W1', false), fwd('fwd-down', 'a', 'W2', false), fwd('dgrad-down', 'dy', 'W2', true), fwd('dgrad-up', 'dh', 'W1', true),
+    fwd('fwd-up', 'x', 'W1', false),
+    fwd('fwd-down', 'a', 'W2', false),
+    fwd('dgrad-down', 'dy', 'W2', true),
+    fwd('dgrad-up', 'dh', 'W1', true),
     { kind: 'wgrad', id: 'wgrad-up', input: 'x', grad: 'dh', weight: 'W1', tile: 'auto', variant: false },
     { kind: 'wgrad', id: 'wgrad-down', input: 'a', grad: 'dy', weight: 'W2', tile: 'auto', variant: false },
     // The fused forms src/model/ffn.ts uses: gate and up projections with the SwiGLU; dh1 @ W1^T + dh3 @ W3^T.
@@ -138,10 +165,31 @@ function opsFor(c: CaseSpec): Op[] {
     { ...fwd('dgrad-up-sum', 'dh', 'W1', true), plus: { input: 'dh3', weight: 'W3' } },
   ];
   if (c.variants) {
-    ops.push(fwd('fwd-up/bn128', 'x', 'W1', false, 128), fwd('fwd-down/bn128', 'a', 'W2', false, 128), fwd('dgrad-down/bn128', 'dy', 'W2', true, 128), fwd('dgrad-up/bn128', 'dh', 'W1', true, 128));
+    ops.push(
+      fwd('fwd-up/bn128', 'x', 'W1', false, 128),
+      fwd('fwd-down/bn128', 'a', 'W2', false, 128),
+      fwd('dgrad-down/bn128', 'dy', 'W2', true, 128),
+      fwd('dgrad-up/bn128', 'dh', 'W1', true, 128),
+    );
     // The other weight-gradient tile than auto picks (auto: 256x128 for dW1 [2048, 1408], 128x256 for dW2 [1408, 2048]).
-    ops.push({ kind: 'wgrad', id: 'wgrad-up/128x256', input: 'x', grad: 'dh', weight: 'W1', tile: '128x256', variant: true });
-    ops.push({ kind: 'wgrad', id: 'wgrad-down/256x128', input: 'a', grad: 'dy', weight: 'W2', tile: '256x128', variant: true });
+    ops.push({
+      kind: 'wgrad',
+      id: 'wgrad-up/128x256',
+      input: 'x',
+      grad: 'dh',
+      weight: 'W1',
+      tile: '128x256',
+      variant: true,
+    });
+    ops.push({
+      kind: 'wgrad',
+      id: 'wgrad-down/256x128',
+      input: 'a',
+      grad: 'dy',
+      weight: 'W2',
+      tile: '256x128',
+      variant: true,
+    });
   }
   return ops;
 }
@@ -165,7 +213,8 @@ interface Result {
 // --- child: one case ------------------------------------------------------------------------------------------
 
 function relErr(a: ArrayLike<number>, b: ArrayLike<number>, n = a.length): number {
-  let d = 0, s = 0;
+  let d = 0,
+    s = 0;
   for (let i = 0; i < n; i++) {
     d += (a[i]! - b[i]!) ** 2;
     s += b[i]! ** 2;
@@ -177,8 +226,25 @@ const fmt = (x: number | undefined, digits = 2) => (x === undefined || !Number.i
 const sci = (x: number | undefined) => (x === undefined ? '-' : Number.isFinite(x) ? x.toExponential(1) : String(x));
 
 /** What the checks use of the CUDA backend (and what the CPU self-test's stand-in provides). */
-type CheckBackend = Pick<CudaBackend, 'groupedGemm' | 'lastGroupedLaunch' | 'empty' | 'fill' | 'fillNormal' | 'copy' | 'read' | 'view' | 'upload' |
-  'synchronize' | 'moeSegments' | 'groupedMatmulInto' | 'groupedMatmulSumInto' | 'groupedSwigluInto' | 'groupedMatmulWeightGrad' | 'takeGroupedWatchdog'> & {
+type CheckBackend = Pick<
+  CudaBackend,
+  | 'groupedGemm'
+  | 'lastGroupedLaunch'
+  | 'empty'
+  | 'fill'
+  | 'fillNormal'
+  | 'copy'
+  | 'read'
+  | 'view'
+  | 'upload'
+  | 'synchronize'
+  | 'moeSegments'
+  | 'groupedMatmulInto'
+  | 'groupedMatmulSumInto'
+  | 'groupedSwigluInto'
+  | 'groupedMatmulWeightGrad'
+  | 'takeGroupedWatchdog'
+> & {
   dev: { info: { name: string; arch: string; multiprocessors: number }; startTiming(): () => () => number };
 };
 
@@ -193,7 +259,8 @@ interface Ctx {
 }
 
 async function makeCtx(b: CheckBackend, c: CaseSpec): Promise<Ctx> {
-  const rows = c.counts.reduce((s, v) => s + v, 0), padded = rows + PAD_ROWS;
+  const rows = c.counts.reduce((s, v) => s + v, 0),
+    padded = rows + PAD_ROWS;
   const offsets = [0];
   for (const n of c.counts) offsets.push(offsets[offsets.length - 1]! + n);
   const counts = b.upload(Int32Array.from(c.counts), [c.experts], 'i32');
@@ -204,8 +271,14 @@ async function makeCtx(b: CheckBackend, c: CaseSpec): Promise<Ctx> {
     return t;
   };
   const t = {
-    x: mk([padded, c.d], 1, 1), a: mk([padded, c.f], 1, 2), dy: mk([padded, c.d], 1, 3), dh: mk([padded, c.f], 1, 4), dh3: mk([padded, c.f], 1, 7),
-    W1: mk([c.experts, c.d, c.f], 0.05, 5), W2: mk([c.experts, c.f, c.d], 0.05, 6), W3: mk([c.experts, c.d, c.f], 0.05, 8),
+    x: mk([padded, c.d], 1, 1),
+    a: mk([padded, c.f], 1, 2),
+    dy: mk([padded, c.d], 1, 3),
+    dh: mk([padded, c.f], 1, 4),
+    dh3: mk([padded, c.f], 1, 7),
+    W1: mk([c.experts, c.d, c.f], 0.05, 5),
+    W2: mk([c.experts, c.f, c.d], 0.05, 6),
+    W3: mk([c.experts, c.d, c.f], 0.05, 8),
   };
   await b.synchronize();
   return { b, c, rows, padded, offsets, seg, t };
@@ -244,11 +317,21 @@ function spotExperts(c: CaseSpec): number[] {
 }
 
 /** Row r of x @ W[e] (or W[e]^T) in fp64, from the host copies; W[e] cached per (tensor, expert). */
-async function exactRow(b: CheckBackend, X: Tensor, W: Tensor, transB: boolean, r: number, e: number, cache: Map<string, Float32Array>, key: string): Promise<Float64Array> {
+async function exactRow(
+  b: CheckBackend,
+  X: Tensor,
+  W: Tensor,
+  transB: boolean,
+  r: number,
+  e: number,
+  cache: Map<string, Float32Array>,
+  key: string,
+): Promise<Float64Array> {
   const [din, dout] = transB ? [W.shape[2]!, W.shape[1]!] : [W.shape[1]!, W.shape[2]!];
   const ck = `${key}:${e}`;
   if (!cache.has(ck)) cache.set(ck, await readF32(b, W, e * din * dout, [din * dout]));
-  const we = cache.get(ck)!, xr = await readF32(b, X, r * din, [din]);
+  const we = cache.get(ck)!,
+    xr = await readF32(b, X, r * din, [din]);
   const acc = new Float64Array(dout);
   if (transB) {
     for (let col = 0; col < dout; col++) {
@@ -268,12 +351,23 @@ async function exactRow(b: CheckBackend, X: Tensor, W: Tensor, transB: boolean, 
 /** Forward-shaped checks: a grouped product, a sum of two (op.plus), or the fused SwiGLU's three outputs (op.swiglu). */
 async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
   const { b, c, rows, padded, offsets } = ctx;
-  const X = ctx.t[op.input], W = ctx.t[op.weight];
+  const X = ctx.t[op.input],
+    W = ctx.t[op.weight];
   const [din, dout] = op.transB ? [W.shape[2]!, W.shape[1]!] : [W.shape[1]!, W.shape[2]!];
   const din2 = op.plus ? (op.transB ? ctx.t[op.plus.weight].shape[2]! : ctx.t[op.plus.weight].shape[1]!) : 0;
   const outNames = op.swiglu ? ['h1', 'h3', 'a'] : ['y'];
-  const what = op.swiglu ? `h1, h3, a = swiglu(${op.input} @ ${op.weight}, ${op.input} @ ${op.swiglu})` : op.plus ? `${op.input} @ ${op.weight}^T + ${op.plus.input} @ ${op.plus.weight}^T` : '';
-  const res: Result = { case: c.name, op: op.id, shape: `${rows} x ${din + din2} -> ${dout}${op.transB ? ' (W^T)' : ''}${what ? `: ${what}` : ''}`, verdict: 'PASS', notes: [] };
+  const what = op.swiglu
+    ? `h1, h3, a = swiglu(${op.input} @ ${op.weight}, ${op.input} @ ${op.swiglu})`
+    : op.plus
+      ? `${op.input} @ ${op.weight}^T + ${op.plus.input} @ ${op.plus.weight}^T`
+      : '';
+  const res: Result = {
+    case: c.name,
+    op: op.id,
+    shape: `${rows} x ${din + din2} -> ${dout}${op.transB ? ' (W^T)' : ''}${what ? `: ${what}` : ''}`,
+    verdict: 'PASS',
+    notes: [],
+  };
   const fail = (note: string) => {
     res.verdict = 'FAIL';
     res.notes.push(note);
@@ -281,10 +375,12 @@ async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
   const run = (path: 'wgmma' | 'mma', ys: Tensor[], flags = 0) => {
     Object.assign(b.groupedGemm, { path, flags, fwdTileN: op.bn });
     if (op.swiglu) b.groupedSwigluInto(X, W, ctx.t[op.swiglu], ctx.seg.offsets, { h1: ys[0]!, h3: ys[1]!, a: ys[2]! });
-    else if (op.plus) b.groupedMatmulSumInto(X, W, ctx.t[op.plus.input], ctx.t[op.plus.weight], ctx.seg.offsets, op.transB, ys[0]!);
+    else if (op.plus)
+      b.groupedMatmulSumInto(X, W, ctx.t[op.plus.input], ctx.t[op.plus.weight], ctx.seg.offsets, op.transB, ys[0]!);
     else b.groupedMatmulInto(X, W, ctx.seg.offsets, op.transB, ys[0]!);
   };
-  const yNew = outNames.map(() => b.empty([padded, dout], 'bf16')), yOld = outNames.map(() => b.empty([padded, dout], 'bf16'));
+  const yNew = outNames.map(() => b.empty([padded, dout], 'bf16')),
+    yOld = outNames.map(() => b.empty([padded, dout], 'bf16'));
   try {
     for (const y of [...yNew, ...yOld]) b.fill(y, Number.NaN);
     b.lastGroupedLaunch = null;
@@ -295,28 +391,41 @@ async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
     const stall = await b.takeGroupedWatchdog();
     if (stall) fail(`watchdog: ${stall}`);
     run('mma', yOld);
-    const hNew: Float32Array[] = [], hOld: Float32Array[] = [];
+    const hNew: Float32Array[] = [],
+      hOld: Float32Array[] = [];
     for (let o = 0; o < outNames.length; o++) {
       hNew.push(await readF32(b, yNew[o]!));
       hOld.push(await readF32(b, yOld[o]!));
     }
     const errs: number[] = [];
     for (let o = 0; o < outNames.length; o++) {
-      const hn = hNew[o]!, ho = hOld[o]!, name = outNames.length > 1 ? `${outNames[o]}: ` : '';
+      const hn = hNew[o]!,
+        ho = hOld[o]!,
+        name = outNames.length > 1 ? `${outNames[o]}: ` : '';
       // Every segment row written, the padding rows untouched.
-      let nanRows = 0, touched = 0, oldNanRows = 0, firstNan = -1;
+      let nanRows = 0,
+        touched = 0,
+        oldNanRows = 0,
+        firstNan = -1;
       for (let r = 0; r < padded; r++) {
-        let nan = 0, nanOld = 0;
+        let nan = 0,
+          nanOld = 0;
         for (let j = r * dout; j < (r + 1) * dout; j++) {
           if (Number.isNaN(hn[j]!)) nan++;
           if (Number.isNaN(ho[j]!)) nanOld++;
         }
         if (r < rows) {
-          if (nan > 0) { nanRows++; if (firstNan < 0) firstNan = r; }
+          if (nan > 0) {
+            nanRows++;
+            if (firstNan < 0) firstNan = r;
+          }
           if (nanOld > 0) oldNanRows++;
         } else if (nan < dout) touched++;
       }
-      if (nanRows) fail(`${name}${nanRows} segment rows not (fully) written or NaN, first row ${firstNan} (expert ${expertOfRow(offsets, firstNan)})`);
+      if (nanRows)
+        fail(
+          `${name}${nanRows} segment rows not (fully) written or NaN, first row ${firstNan} (expert ${expertOfRow(offsets, firstNan)})`,
+        );
       if (oldNanRows) res.notes.push(`${name}old kernel: ${oldNanRows} rows with NaN`);
       if (touched) fail(`${name}${touched} of the ${PAD_ROWS} rows past the last segment were written`);
       const err = relErr(hn, ho, rows * dout);
@@ -332,30 +441,53 @@ async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
       run('wgmma', yNew, 1);
       await b.takeGroupedWatchdog();
       const swapped = relErr(await readF32(b, yNew[0]!), hOld[0]!, rows * dout);
-      res.notes.push(`with the N-major descriptor's LBO and SBO swapped (flags=1): err ${sci(swapped)}${swapped < TOL ? ' -> PASSES: swap them in grouped_sm90.cu' : ''}`);
+      res.notes.push(
+        `with the N-major descriptor's LBO and SBO swapped (flags=1): err ${sci(swapped)}${swapped < TOL ? ' -> PASSES: swap them in grouped_sm90.cu' : ''}`,
+      );
     }
 
     if (!op.variant) {
       // fp64 rows at segment and tile edges of a few experts.
       const spot: number[] = [];
       for (const e of spotExperts(c)) {
-        const s0 = offsets[e]!, s1 = offsets[e + 1]!;
-        for (const r of [s0, s0 + 1, s0 + 63, s0 + 64, s0 + 127, s0 + 128, s1 - 1]) if (r >= s0 && r < s1 && !spot.includes(r)) spot.push(r);
+        const s0 = offsets[e]!,
+          s1 = offsets[e + 1]!;
+        for (const r of [s0, s0 + 1, s0 + 63, s0 + 64, s0 + 127, s0 + 128, s1 - 1])
+          if (r >= s0 && r < s1 && !spot.includes(r)) spot.push(r);
       }
       const cache = new Map<string, Float32Array>();
-      const exact: number[][] = outNames.map(() => []), gotNew: number[][] = outNames.map(() => []), gotOld: number[][] = outNames.map(() => []);
+      const exact: number[][] = outNames.map(() => []),
+        gotNew: number[][] = outNames.map(() => []),
+        gotOld: number[][] = outNames.map(() => []);
       let worst = { err: 0, row: -1 };
       for (const r of spot) {
         const e = expertOfRow(offsets, r);
         const p = await exactRow(b, X, W, op.transB, r, e, cache, op.weight);
         let want: Float64Array[] = [p];
         if (op.plus) {
-          const q = await exactRow(b, ctx.t[op.plus.input], ctx.t[op.plus.weight], op.transB, r, e, cache, op.plus.weight);
+          const q = await exactRow(
+            b,
+            ctx.t[op.plus.input],
+            ctx.t[op.plus.weight],
+            op.transB,
+            r,
+            e,
+            cache,
+            op.plus.weight,
+          );
           want = [p.map((v, i) => v + q[i]!)];
         } else if (op.swiglu) {
           const u = await exactRow(b, X, ctx.t[op.swiglu], false, r, e, cache, op.swiglu);
           // a from the rounded h1 and h3, as the kernel (and the unfused swiglu) computes it.
-          want = [p, u, p.map((g, i) => { const gr = roundToBf16(g), ur = roundToBf16(u[i]!); return (gr / (1 + Math.exp(-gr))) * ur; })];
+          want = [
+            p,
+            u,
+            p.map((g, i) => {
+              const gr = roundToBf16(g),
+                ur = roundToBf16(u[i]!);
+              return (gr / (1 + Math.exp(-gr))) * ur;
+            }),
+          ];
         }
         for (let o = 0; o < outNames.length; o++) {
           const rowNew = hNew[o]!.subarray(r * dout, (r + 1) * dout);
@@ -366,10 +498,14 @@ async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
           gotOld[o]!.push(...hOld[o]!.subarray(r * dout, (r + 1) * dout));
         }
       }
-      const en = outNames.map((_, o) => relErr(gotNew[o]!, exact[o]!)), eo = outNames.map((_, o) => relErr(gotOld[o]!, exact[o]!));
+      const en = outNames.map((_, o) => relErr(gotNew[o]!, exact[o]!)),
+        eo = outNames.map((_, o) => relErr(gotOld[o]!, exact[o]!));
       res.errNewExact = Math.max(...en);
       res.errOldExact = Math.max(...eo);
-      if (!(res.errNewExact < TOL)) fail(`fp64 rows: new err ${en.map(sci).join(' / ')}, worst row ${worst.row} (expert ${expertOfRow(offsets, worst.row)}) ${sci(worst.err)}`);
+      if (!(res.errNewExact < TOL))
+        fail(
+          `fp64 rows: new err ${en.map(sci).join(' / ')}, worst row ${worst.row} (expert ${expertOfRow(offsets, worst.row)}) ${sci(worst.err)}`,
+        );
       if (!(res.errOldExact < TOL)) res.notes.push(`the old path is off the fp64 rows too: ${eo.map(sci).join(' / ')}`);
     }
 
@@ -389,23 +525,36 @@ async function checkFwd(ctx: Ctx, op: FwdOp): Promise<Result> {
 }
 
 /** Where the mismatches of a failed forward check fall: the first few, and counts by row and column within a tile. */
-function mismatchReport(got: Float32Array, want: Float32Array, rows: number, dout: number, offsets: number[], bn: number): string[] {
+function mismatchReport(
+  got: Float32Array,
+  want: Float32Array,
+  rows: number,
+  dout: number,
+  offsets: number[],
+  bn: number,
+): string[] {
   let ss = 0;
   for (let i = 0; i < rows * dout; i++) ss += want[i]! ** 2;
   const rms = Math.sqrt(ss / Math.max(1, rows * dout));
   const first: string[] = [];
-  const byRow = new Array<number>(8).fill(0), byCol = new Array<number>(8).fill(0);
-  let bad = 0, e = 0;
+  const byRow = new Array<number>(8).fill(0),
+    byCol = new Array<number>(8).fill(0);
+  let bad = 0,
+    e = 0;
   for (let r = 0; r < rows; r++) {
     while (offsets[e + 1]! <= r) e++;
     const inTile = (r - offsets[e]!) % 128;
     for (let col = 0; col < dout; col++) {
-      const g = got[r * dout + col]!, w = want[r * dout + col]!;
+      const g = got[r * dout + col]!,
+        w = want[r * dout + col]!;
       if (!(Math.abs(g - w) <= 0.02 * (Math.abs(w) + rms))) {
         bad++;
         byRow[inTile >> 4]!++;
         byCol[Math.floor(((col % bn) * 8) / bn)]!++;
-        if (first.length < 8) first.push(`(row ${r}, expert ${e}, row-in-tile ${inTile}, col ${col}): new ${g.toPrecision(4)} old ${w.toPrecision(4)}`);
+        if (first.length < 8)
+          first.push(
+            `(row ${r}, expert ${e}, row-in-tile ${inTile}, col ${col}): new ${g.toPrecision(4)} old ${w.toPrecision(4)}`,
+          );
       }
     }
   }
@@ -417,9 +566,16 @@ function mismatchReport(got: Float32Array, want: Float32Array, rows: number, dou
 
 async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Result> {
   const { b, c, rows, offsets } = ctx;
-  const X = ctx.t[op.input], DY = ctx.t[op.grad];
+  const X = ctx.t[op.input],
+    DY = ctx.t[op.grad];
   const [E, din, dout] = ctx.t[op.weight].shape as [number, number, number];
-  const res: Result = { case: c.name, op: op.id, shape: `${rows} rows: [${din} x ${dout}] x ${E}`, verdict: 'PASS', notes: [] };
+  const res: Result = {
+    case: c.name,
+    op: op.id,
+    shape: `${rows} rows: [${din} x ${dout}] x ${E}`,
+    verdict: 'PASS',
+    notes: [],
+  };
   const fail = (note: string) => {
     res.verdict = 'FAIL';
     res.notes.push(note);
@@ -428,7 +584,9 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
     Object.assign(b.groupedGemm, { path, flags, wgradTile: op.tile });
     b.groupedMatmulWeightGrad(X, DY, ctx.seg.offsets, dw, accumulate);
   };
-  const dw0 = b.empty([E, din, dout], 'bf16'), dwNew = b.empty([E, din, dout], 'bf16'), dwOld = b.empty([E, din, dout], 'bf16');
+  const dw0 = b.empty([E, din, dout], 'bf16'),
+    dwNew = b.empty([E, din, dout], 'bf16'),
+    dwOld = b.empty([E, din, dout], 'bf16');
   try {
     b.fillNormal(dw0, { std: 8, seed: 77, stream: 100 + opIndex });
     b.copy(dw0, dwNew);
@@ -443,17 +601,27 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
     run('mma', dwOld);
 
     // Whole-tensor comparison, a few experts at a time: increments against the old kernel's, empty experts exact.
-    const per = din * dout, chunk = Math.max(1, Math.floor((16 << 20) / per));
-    let dd = 0, ss = 0, nan = 0, zeroBad = 0;
+    const per = din * dout,
+      chunk = Math.max(1, Math.floor((16 << 20) / per));
+    let dd = 0,
+      ss = 0,
+      nan = 0,
+      zeroBad = 0;
     const badExperts: string[] = [];
     for (let e0 = 0; e0 < E; e0 += chunk) {
       const n = Math.min(chunk, E - e0);
-      const [h0, hn, ho] = [await readF32(b, dw0, e0 * per, [n * per]), await readF32(b, dwNew, e0 * per, [n * per]), await readF32(b, dwOld, e0 * per, [n * per])];
+      const [h0, hn, ho] = [
+        await readF32(b, dw0, e0 * per, [n * per]),
+        await readF32(b, dwNew, e0 * per, [n * per]),
+        await readF32(b, dwOld, e0 * per, [n * per]),
+      ];
       for (let i = 0; i < n; i++) {
         const e = e0 + i;
-        let ed = 0, es = 0;
+        let ed = 0,
+          es = 0;
         for (let j = i * per; j < (i + 1) * per; j++) {
-          const g = hn[j]!, w = ho[j]!;
+          const g = hn[j]!,
+            w = ho[j]!;
           if (Number.isNaN(g)) nan++;
           ed += (g - w) ** 2;
           es += (w - h0[j]!) ** 2;
@@ -461,29 +629,42 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
         }
         dd += ed;
         ss += es;
-        if (es > 0 ? Math.sqrt(ed / es) > TOL : ed > 0) badExperts.push(`${e} (${c.counts[e]} rows): ${sci(es > 0 ? Math.sqrt(ed / es) : Math.sqrt(ed))}`);
+        if (es > 0 ? Math.sqrt(ed / es) > TOL : ed > 0)
+          badExperts.push(`${e} (${c.counts[e]} rows): ${sci(es > 0 ? Math.sqrt(ed / es) : Math.sqrt(ed))}`);
       }
     }
     res.errVsOld = ss > 0 ? Math.sqrt(dd / ss) : Math.sqrt(dd);
     if (nan) fail(`${nan} NaN entries in dw`);
     if (zeroBad) fail(`${zeroBad} dw entries of experts with no rows changed`);
     if (!(res.errVsOld < TOL)) {
-      fail(`||dw_new - dw_old|| / ||dw_old - dw_start|| = ${sci(res.errVsOld)}; experts off: ${badExperts.slice(0, 12).join(', ')}${badExperts.length > 12 ? ', ...' : ''}`);
+      fail(
+        `||dw_new - dw_old|| / ||dw_old - dw_start|| = ${sci(res.errVsOld)}; experts off: ${badExperts.slice(0, 12).join(', ')}${badExperts.length > 12 ? ', ...' : ''}`,
+      );
       const swapRun = async () => {
         b.copy(dw0, dwNew);
         run('wgmma', dwNew, 1);
         await b.takeGroupedWatchdog();
-        let d2 = 0, s2 = 0;
+        let d2 = 0,
+          s2 = 0;
         for (let e0 = 0; e0 < E; e0 += chunk) {
           const n = Math.min(chunk, E - e0);
-          const [h0, hn, ho] = [await readF32(b, dw0, e0 * per, [n * per]), await readF32(b, dwNew, e0 * per, [n * per]), await readF32(b, dwOld, e0 * per, [n * per])];
-          for (let j = 0; j < n * per; j++) { d2 += (hn[j]! - ho[j]!) ** 2; s2 += (ho[j]! - h0[j]!) ** 2; }
+          const [h0, hn, ho] = [
+            await readF32(b, dw0, e0 * per, [n * per]),
+            await readF32(b, dwNew, e0 * per, [n * per]),
+            await readF32(b, dwOld, e0 * per, [n * per]),
+          ];
+          for (let j = 0; j < n * per; j++) {
+            d2 += (hn[j]! - ho[j]!) ** 2;
+            s2 += (ho[j]! - h0[j]!) ** 2;
+          }
         }
         return Math.sqrt(d2 / Math.max(s2, 1e-30));
       };
       if (l) {
         const swapped = await swapRun();
-        res.notes.push(`with the M/N-major descriptors' LBO and SBO swapped (flags=1): err ${sci(swapped)}${swapped < TOL ? ' -> PASSES: swap them in grouped_sm90.cu' : ''}`);
+        res.notes.push(
+          `with the M/N-major descriptors' LBO and SBO swapped (flags=1): err ${sci(swapped)}${swapped < TOL ? ' -> PASSES: swap them in grouped_sm90.cu' : ''}`,
+        );
         b.copy(dw0, dwNew);
         run('wgmma', dwNew);
         await b.takeGroupedWatchdog();
@@ -494,12 +675,18 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
       // fp64 entries at tile edges of a few experts, after one accumulation and after a second one.
       const ms = [...new Set([0, 1, 63, 64, 127, 128, 255, 256, din - 1].filter((m) => m < din))];
       const ns = [...new Set([0, 1, 127, 128, 255, 256, dout - 1].filter((n) => n < dout))];
-      const want1: number[] = [], want2: number[] = [], got1: number[] = [], got2: number[] = [], gotOld: number[] = [];
+      const want1: number[] = [],
+        want2: number[] = [],
+        got1: number[] = [],
+        got2: number[] = [],
+        gotOld: number[] = [];
       const experts = spotExperts(c);
       const grads = new Map<number, Float64Array>();
       for (const e of experts) {
-        const s0 = offsets[e]!, cnt = offsets[e + 1]! - s0;
-        const xs = await readF32(b, X, s0 * din, [cnt * din]), gs = await readF32(b, DY, s0 * dout, [cnt * dout]);
+        const s0 = offsets[e]!,
+          cnt = offsets[e + 1]! - s0;
+        const xs = await readF32(b, X, s0 * din, [cnt * din]),
+          gs = await readF32(b, DY, s0 * dout, [cnt * dout]);
         const g = new Float64Array(ms.length * ns.length);
         for (let r = 0; r < cnt; r++) {
           for (let i = 0; i < ms.length; i++) {
@@ -514,8 +701,12 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
         return ms.flatMap((m) => ns.map((n) => h[m * dout + n]!));
       };
       for (const e of experts) {
-        const start = await entries(dw0, e), g = grads.get(e)!;
-        start.forEach((v, i) => { want1.push(v + g[i]!); want2.push(v + 2 * g[i]!); });
+        const start = await entries(dw0, e),
+          g = grads.get(e)!;
+        start.forEach((v, i) => {
+          want1.push(v + g[i]!);
+          want2.push(v + 2 * g[i]!);
+        });
         got1.push(...(await entries(dwNew, e)));
         gotOld.push(...(await entries(dwOld, e)));
       }
@@ -526,12 +717,17 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
       res.errNewExact = relErr(got1, want1);
       res.errOldExact = relErr(gotOld, want1);
       const err2 = relErr(got2, want2);
-      if (!(res.errNewExact < TOL)) fail(`fp64 entries (experts ${experts.join(', ')}): new err ${sci(res.errNewExact)}`);
+      if (!(res.errNewExact < TOL))
+        fail(`fp64 entries (experts ${experts.join(', ')}): new err ${sci(res.errNewExact)}`);
       if (!(err2 < TOL)) fail(`second accumulation: err ${sci(err2)} against dw_start + 2 x the fp64 product`);
       else res.notes.push(`second accumulation err ${sci(err2)}`);
-      if (!(res.errOldExact < TOL)) res.notes.push(`the old kernel is off the fp64 entries too: ${sci(res.errOldExact)}`);
+      if (!(res.errOldExact < TOL))
+        res.notes.push(`the old kernel is off the fp64 entries too: ${sci(res.errOldExact)}`);
       // Empty experts once more, after two accumulations.
-      for (const e of c.counts.map((n, i) => (n === 0 ? i : -1)).filter((i) => i >= 0).slice(0, 3)) {
+      for (const e of c.counts
+        .map((n, i) => (n === 0 ? i : -1))
+        .filter((i) => i >= 0)
+        .slice(0, 3)) {
         const [h0, hn] = [await readF32(b, dw0, e * per, [per]), await readF32(b, dwNew, e * per, [per])];
         if (h0.some((v, i) => v !== hn[i])) fail(`expert ${e} has no rows but its dw changed after two accumulations`);
       }
@@ -546,8 +742,12 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
     if (stallWrite) fail(`watchdog (write): ${stallWrite}`);
     run('mma', dwOld, 0, false);
     {
-      const per = din * dout, chunk = Math.max(1, Math.floor((16 << 20) / per));
-      let dd = 0, ss = 0, nan = 0, emptyBad = 0;
+      const per = din * dout,
+        chunk = Math.max(1, Math.floor((16 << 20) / per));
+      let dd = 0,
+        ss = 0,
+        nan = 0,
+        emptyBad = 0;
       for (let e0 = 0; e0 < E; e0 += chunk) {
         const n = Math.min(chunk, E - e0);
         const [hn, ho] = [await readF32(b, dwNew, e0 * per, [n * per]), await readF32(b, dwOld, e0 * per, [n * per])];
@@ -597,7 +797,9 @@ async function child(caseName: string, from: number): Promise<void> {
   const info = b.dev.info;
   if (from === 0) {
     console.log(`[${c.name}] ${info.name}, ${info.arch}, ${info.multiprocessors} SMs, ${versions}`);
-    console.log(`[${c.name}] ${c.counts.reduce((s, v) => s + v, 0)} rows over ${c.experts} experts (${c.counts.filter((n) => n === 0).length} empty, largest ${Math.max(...c.counts)}), d ${c.d}, f ${c.f}`);
+    console.log(
+      `[${c.name}] ${c.counts.reduce((s, v) => s + v, 0)} rows over ${c.experts} experts (${c.counts.filter((n) => n === 0).length} empty, largest ${Math.max(...c.counts)}), d ${c.d}, f ${c.f}`,
+    );
     if (info.arch !== 'sm_90a') console.log(`[${c.name}] WARNING: not an sm_90a device: the new path cannot run here`);
   }
   const ctx = await makeCtx(b, c);
@@ -610,18 +812,32 @@ async function child(caseName: string, from: number): Promise<void> {
     try {
       res = op.kind === 'fwd' ? await checkFwd(ctx, op) : await checkWgrad(ctx, op, i);
     } catch (e) {
-      res = { case: c.name, op: op.id, verdict: 'ERROR', notes: [String((e as Error).stack ?? e).split('\n').slice(0, 4).join(' | ')] };
+      res = {
+        case: c.name,
+        op: op.id,
+        verdict: 'ERROR',
+        notes: [
+          String((e as Error).stack ?? e)
+            .split('\n')
+            .slice(0, 4)
+            .join(' | '),
+        ],
+      };
       console.log(`@@RESULT ${JSON.stringify(res)}`);
       try {
         await b.synchronize();
         await b.read(ctx.seg.offsets);
       } catch (e2) {
-        console.log(`[${c.name}] the CUDA context is lost (${(e2 as Error).message.split('\n')[0]}); resuming in a new process`);
+        console.log(
+          `[${c.name}] the CUDA context is lost (${(e2 as Error).message.split('\n')[0]}); resuming in a new process`,
+        );
         process.exit(3);
       }
       continue;
     }
-    console.log(`[${c.name}] ${op.id}: ${res.verdict} ${res.kernel ?? ''}; new ${fmt(res.newMs, 3)} ms (${fmt(res.tflopsNew, 0)} TFLOPS), old ${fmt(res.oldMs, 3)} ms; err vs old ${sci(res.errVsOld)}, vs fp64 ${sci(res.errNewExact)} (old ${sci(res.errOldExact)}) [${((performance.now() - t0) / 1000).toFixed(1)} s]`);
+    console.log(
+      `[${c.name}] ${op.id}: ${res.verdict} ${res.kernel ?? ''}; new ${fmt(res.newMs, 3)} ms (${fmt(res.tflopsNew, 0)} TFLOPS), old ${fmt(res.oldMs, 3)} ms; err vs old ${sci(res.errVsOld)}, vs fp64 ${sci(res.errNewExact)} (old ${sci(res.errOldExact)}) [${((performance.now() - t0) / 1000).toFixed(1)} s]`,
+    );
     for (const n of res.notes) console.log(`    ${n}`);
     console.log(`@@RESULT ${JSON.stringify(res)}`);
   }
@@ -666,7 +882,10 @@ async function cpuStandIn(fault: string | undefined): Promise<CheckBackend> {
     groupedMatmulInto(x, w, offsets, transB, y) {
       const isNew = me.groupedGemm.path === 'wgmma';
       if (isNew) me.lastGroupedLaunch = { name: `cpu<${me.groupedGemm.fwdTileN}>`, grid: 1, block: 1, smem: 0 };
-      const full = asCpu(cpu.groupedMatmul(x, w, offsets, transB)), off = asCpu(offsets).i, yf = asCpu(y).f, dout = y.shape[1]!;
+      const full = asCpu(cpu.groupedMatmul(x, w, offsets, transB)),
+        off = asCpu(offsets).i,
+        yf = asCpu(y).f,
+        dout = y.shape[1]!;
       const experts = off.length - 1;
       for (let e = 0; e < experts; e++) {
         const end = isNew && fault === 'row' && off[e + 1]! > off[e]! ? off[e + 1]! - 1 : off[e + 1]!;
@@ -679,7 +898,9 @@ async function cpuStandIn(fault: string | undefined): Promise<CheckBackend> {
       me.groupedMatmulInto(x1, w1, offsets, transB, y);
       const y2 = cpu.empty(y.shape, y.dtype);
       me.groupedMatmulInto(x2, w2, offsets, transB, y2);
-      const yf = asCpu(y).f, y2f = asCpu(y2).f, end = asCpu(offsets).i[asCpu(offsets).i.length - 1]! * y.shape[1]!;
+      const yf = asCpu(y).f,
+        y2f = asCpu(y2).f,
+        end = asCpu(offsets).i[asCpu(offsets).i.length - 1]! * y.shape[1]!;
       for (let i = 0; i < end; i++) yf[i]! += y2f[i]!;
     },
     groupedSwigluInto(x, w1, w3, offsets, out) {
@@ -722,8 +943,10 @@ function runChild(caseName: string, from: number, timeoutS: number): Promise<Chi
     let buf = '';
     const onLine = (line: string) => {
       if (line.startsWith('@@START ')) run.started = Number(line.slice(8));
-      else if (line.startsWith('@@RESULT ')) { run.results.push(JSON.parse(line.slice(9)) as Result); run.started = null; }
-      else if (line === '@@DONE') run.done = true;
+      else if (line.startsWith('@@RESULT ')) {
+        run.results.push(JSON.parse(line.slice(9)) as Result);
+        run.started = null;
+      } else if (line === '@@DONE') run.done = true;
       else {
         console.log(line);
         tail.push(line);
@@ -733,12 +956,22 @@ function runChild(caseName: string, from: number, timeoutS: number): Promise<Chi
     p.stdout.on('data', (d: Buffer) => {
       buf += d.toString();
       let i;
-      while ((i = buf.indexOf('\n')) >= 0) { onLine(buf.slice(0, i)); buf = buf.slice(i + 1); }
+      while ((i = buf.indexOf('\n')) >= 0) {
+        onLine(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+      }
     });
     p.stderr.on('data', (d: Buffer) => {
-      for (const line of d.toString().split('\n').filter(Boolean)) { console.log(`  (stderr) ${line}`); tail.push(line); if (tail.length > 6) tail.shift(); }
+      for (const line of d.toString().split('\n').filter(Boolean)) {
+        console.log(`  (stderr) ${line}`);
+        tail.push(line);
+        if (tail.length > 6) tail.shift();
+      }
     });
-    const timer = setTimeout(() => { run.why = `timed out after ${timeoutS} s`; p.kill('SIGKILL'); }, timeoutS * 1000);
+    const timer = setTimeout(() => {
+      run.why = `timed out after ${timeoutS} s`;
+      p.kill('SIGKILL');
+    }, timeoutS * 1000);
     p.on('close', (code, signal) => {
       clearTimeout(timer);
       if (buf) onLine(buf);
@@ -750,9 +983,13 @@ function runChild(caseName: string, from: number, timeoutS: number): Promise<Chi
 }
 
 function sassReport(): string[] {
-  const dir = process.env.NMOE_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'nmoe', 'kernels');
+  const dir =
+    process.env.NMOE_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'nmoe', 'kernels');
   if (!existsSync(dir)) return [`no NVRTC cache at ${dir}`];
-  const cubins = readdirSync(dir).filter((f) => /^grouped_sm90-sm_90a-.*\.cubin$/.test(f)).map((f) => join(dir, f)).sort((p, q) => statSync(q).mtimeMs - statSync(p).mtimeMs);
+  const cubins = readdirSync(dir)
+    .filter((f) => /^grouped_sm90-sm_90a-.*\.cubin$/.test(f))
+    .map((f) => join(dir, f))
+    .sort((p, q) => statSync(q).mtimeMs - statSync(p).mtimeMs);
   if (!cubins.length) return [`no grouped_sm90 cubin in ${dir}`];
   const r = spawnSync('cuobjdump', ['-sass', cubins[0]!], { encoding: 'utf8', maxBuffer: 256 << 20 });
   if (r.status !== 0) return [`cuobjdump -sass ${cubins[0]} failed: ${r.error?.message ?? r.stderr}`];
@@ -760,7 +997,9 @@ function sassReport(): string[] {
   for (const part of r.stdout.split(/\n\s*Function : /).slice(1)) {
     const name = part.slice(0, part.indexOf('\n')).trim();
     const n = (re: RegExp) => (part.match(re) ?? []).length;
-    lines.push(`  ${name}: HGMMA ${n(/\bHGMMA\./g)}, UTMALDG ${n(/\bUTMALDG\b/g)}, UTMASTG ${n(/\bUTMASTG\b/g)}, SYNCS ${n(/\bSYNCS\./g)}, LDL ${n(/\bLDL\b/g)}, STL ${n(/\bSTL\b/g)}, instructions ${n(/\/\*[0-9a-f]{4,}\*\/\s+[A-Z@]/g)}`);
+    lines.push(
+      `  ${name}: HGMMA ${n(/\bHGMMA\./g)}, UTMALDG ${n(/\bUTMALDG\b/g)}, UTMASTG ${n(/\bUTMASTG\b/g)}, SYNCS ${n(/\bSYNCS\./g)}, LDL ${n(/\bLDL\b/g)}, STL ${n(/\bSTL\b/g)}, instructions ${n(/\/\*[0-9a-f]{4,}\*\/\s+[A-Z@]/g)}`,
+    );
   }
   return lines;
 }
@@ -768,8 +1007,16 @@ function sassReport(): string[] {
 function summary(results: Result[]): string[] {
   const head = ['case', 'op', 'new ms', 'TFLOPS', 'old ms', 'TFLOPS', 'speedup', 'err/old', 'err/fp64', 'verdict'];
   const rows = results.map((r) => [
-    r.case, r.op, fmt(r.newMs, 3), fmt(r.tflopsNew, 0), fmt(r.oldMs, 3), fmt(r.tflopsOld, 0),
-    r.newMs && r.oldMs ? `${(r.oldMs / r.newMs).toFixed(2)}x` : '-', sci(r.errVsOld), sci(r.errNewExact), r.verdict,
+    r.case,
+    r.op,
+    fmt(r.newMs, 3),
+    fmt(r.tflopsNew, 0),
+    fmt(r.oldMs, 3),
+    fmt(r.tflopsOld, 0),
+    r.newMs && r.oldMs ? `${(r.oldMs / r.newMs).toFixed(2)}x` : '-',
+    sci(r.errVsOld),
+    sci(r.errNewExact),
+    r.verdict,
   ]);
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((s, i) => (i < 2 ? s.padEnd(w[i]!) : s.padStart(w[i]!))).join('  ');
@@ -778,12 +1025,19 @@ function summary(results: Result[]): string[] {
     const get = (op: string) => results.find((r) => r.case === cs && r.op === op);
     const [dd, du, wu, wd] = [get('dgrad-down'), get('dgrad-up'), get('wgrad-up'), get('wgrad-down')];
     if (dd?.newMs && du?.newMs && wu?.newMs && wd?.newMs) {
-      const bwdNew = dd.newMs + du.newMs + wu.newMs + wd.newMs, bwdOld = (dd.oldMs ?? 0) + (du.oldMs ?? 0) + (wu.oldMs ?? 0) + (wd.oldMs ?? 0);
-      out.push(`${cs}: per weight matrix, input grad + weight grad: up ${fmt(du.newMs + wu.newMs, 3)} ms, down ${fmt(dd.newMs + wd.newMs, 3)} ms (old ${fmt((du.oldMs ?? 0) + (wu.oldMs ?? 0), 3)} / ${fmt((dd.oldMs ?? 0) + (wd.oldMs ?? 0), 3)}); all four ${fmt(bwdNew, 3)} ms (old ${fmt(bwdOld, 3)})`);
+      const bwdNew = dd.newMs + du.newMs + wu.newMs + wd.newMs,
+        bwdOld = (dd.oldMs ?? 0) + (du.oldMs ?? 0) + (wu.oldMs ?? 0) + (wd.oldMs ?? 0);
+      out.push(
+        `${cs}: per weight matrix, input grad + weight grad: up ${fmt(du.newMs + wu.newMs, 3)} ms, down ${fmt(dd.newMs + wd.newMs, 3)} ms (old ${fmt((du.oldMs ?? 0) + (wu.oldMs ?? 0), 3)} / ${fmt((dd.oldMs ?? 0) + (wd.oldMs ?? 0), 3)}); all four ${fmt(bwdNew, 3)} ms (old ${fmt(bwdOld, 3)})`,
+      );
     }
   }
   const failed = results.filter((r) => r.verdict !== 'PASS');
-  out.push(failed.length ? `${failed.length} of ${results.length} checks did not pass:` : `all ${results.length} checks passed`);
+  out.push(
+    failed.length
+      ? `${failed.length} of ${results.length} checks did not pass:`
+      : `all ${results.length} checks passed`,
+  );
   for (const r of failed) out.push(`  ${r.case} ${r.op}: ${r.verdict} ${r.kernel ?? ''}: ${r.notes.join(' / ')}`);
   return out;
 }
@@ -802,7 +1056,8 @@ async function parent(): Promise<void> {
       if (run.done) break;
       if (run.started === null && run.results.length === 0) {
         // The child died before its first operation (no GPU, a compile error, out of memory): the case is lost.
-        for (const op of ops.slice(from)) results.push({ case: name, op: op.id, verdict: 'ERROR', notes: [`the case did not start: ${run.why}`] });
+        for (const op of ops.slice(from))
+          results.push({ case: name, op: op.id, verdict: 'ERROR', notes: [`the case did not start: ${run.why}`] });
         console.log(`[${name}] ERROR: the case did not start: ${run.why}`);
         break;
       }

@@ -29,7 +29,8 @@ export function gpuCount(flag: string | undefined, smi: () => SmiResult): number
     }
     n = (r.stdout ?? '').split('\n').filter((l) => /^GPU \d+/.test(l)).length;
   }
-  if (n < 2) return `these checks compare 1 GPU with several, and ${n} GPU(s) were found. Fix: run on a node with 2 or more GPUs.`;
+  if (n < 2)
+    return `these checks compare 1 GPU with several, and ${n} GPU(s) were found. Fix: run on a node with 2 or more GPUs.`;
   return n;
 }
 
@@ -37,7 +38,8 @@ const relMax = (a: number[], b: number[]) => Math.max(...a.map((x, i) => Math.ab
 
 /** `steps` losses on 1 GPU against N: present, finite, and within `tolerance` relative (bf16 noise). */
 export function lossesAgree(one: number[], many: number[], steps: number, tolerance: number): Verdict {
-  if (one.length !== steps || many.length !== steps) return { ok: false, detail: `expected ${steps} losses from each run, got ${one.length} and ${many.length}` };
+  if (one.length !== steps || many.length !== steps)
+    return { ok: false, detail: `expected ${steps} losses from each run, got ${one.length} and ${many.length}` };
   const worst = relMax(many, one);
   return {
     ok: Number.isFinite(worst) && worst < tolerance,
@@ -47,7 +49,8 @@ export function lossesAgree(one: number[], many: number[], steps: number, tolera
 
 /** Two runs that must agree bit for bit: both hold `steps` losses, and the same ones. */
 export function bitIdentical(a: number[], b: number[], steps: number): Verdict {
-  if (a.length !== steps || b.length !== steps) return { ok: false, detail: `expected ${steps} losses from each run, got ${a.length} and ${b.length}` };
+  if (a.length !== steps || b.length !== steps)
+    return { ok: false, detail: `expected ${steps} losses from each run, got ${a.length} and ${b.length}` };
   const same = a.every((x, i) => Object.is(x, b[i]));
   return { ok: same, detail: same ? 'bit-identical losses' : 'losses differ' };
 }
@@ -62,15 +65,20 @@ export interface GradReport {
  * (each divided by the global target count) summed against the one-GPU loss.
  */
 export function gradsAgree(single: GradReport | null, parts: (GradReport | null)[], gpus: number): Verdict {
-  if (!single || parts.length !== gpus || parts.some((p) => !p)) return { ok: false, detail: 'a rank wrote no gradients' };
+  if (!single || parts.length !== gpus || parts.some((p) => !p))
+    return { ok: false, detail: 'a rank wrote no gradients' };
   const names = Object.keys(single.grads);
   if (names.length === 0) return { ok: false, detail: 'the one-GPU run wrote no expert gradients' };
-  let worst = 0, identical = true;
+  let worst = 0,
+    identical = true;
   for (const name of names) {
-    const full = single.grads[name]!, n = full.length / gpus, scale = Math.max(...full.map(Math.abs));
+    const full = single.grads[name]!,
+      n = full.length / gpus,
+      scale = Math.max(...full.map(Math.abs));
     for (const [r, p] of parts.entries()) {
       const mine = p!.grads[name];
-      if (!mine || mine.length !== n) return { ok: false, detail: `rank ${r} has ${mine?.length ?? 'no'} values of ${name}, expected ${n}` };
+      if (!mine || mine.length !== n)
+        return { ok: false, detail: `rank ${r} has ${mine?.length ?? 'no'} values of ${name}, expected ${n}` };
       mine.forEach((g, i) => {
         const want = full[r * n + i]!;
         if (g !== want) identical = false;
@@ -82,13 +90,22 @@ export function gradsAgree(single: GradReport | null, parts: (GradReport | null)
   const lossError = Math.abs(loss - single.loss) / Math.abs(single.loss);
   return {
     ok: worst < 2e-2 && lossError < 1e-3,
-    detail: `${names.length} tensors over ${gpus} GPUs: ${identical ? 'bit-identical' : `max difference ${worst.toExponential(2)} of each tensor's largest entry`}; ` +
+    detail:
+      `${names.length} tensors over ${gpus} GPUs: ${identical ? 'bit-identical' : `max difference ${worst.toExponential(2)} of each tensor's largest entry`}; ` +
       `summed loss ${loss.toFixed(5)} vs ${single.loss.toFixed(5)} (relative ${lossError.toExponential(1)})`,
   };
 }
 
 /** Exact resume: the resumed run said so, both runs hold `steps` losses, the same, and every checkpoint file (one per rank + the dense one) is identical. */
-export function resumeExact(o: { said: boolean; straight: number[]; resumed: number[]; steps: number; files: string[]; identical: string[]; gpus: number }): Verdict {
+export function resumeExact(o: {
+  said: boolean;
+  straight: number[];
+  resumed: number[];
+  steps: number;
+  files: string[];
+  identical: string[];
+  gpus: number;
+}): Verdict {
   const losses = bitIdentical(o.straight, o.resumed, o.steps);
   const filesOk = o.files.length === o.gpus + 1 && o.identical.length === o.files.length;
   return {

@@ -20,11 +20,19 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runRanks, trainLosses } from '../test/helpers/ranks.ts';
 import { makeDirs } from '../src/util/dirs.ts';
-import { type GradReport, type Verdict, bitIdentical, gpuCount, gradsAgree, lossesAgree, resumeExact } from './gpu-multi-checks.ts';
+import {
+  type GradReport,
+  type Verdict,
+  bitIdentical,
+  gpuCount,
+  gradsAgree,
+  lossesAgree,
+  resumeExact,
+} from './gpu-multi-checks.ts';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const BIN = join(ROOT, 'bin/nmoe.js');
-const arg = (flag: string) => process.argv.includes(flag) ? process.argv[process.argv.indexOf(flag) + 1] : undefined;
+const arg = (flag: string) => (process.argv.includes(flag) ? process.argv[process.argv.indexOf(flag) + 1] : undefined);
 const counted = gpuCount(arg('--gpus'), () => spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8' }));
 if (typeof counted === 'string') {
   console.error(`gpu-multi: ${counted}`);
@@ -49,8 +57,18 @@ function run(args: string[]): { code: number | null; text: string } {
 /** `nmoe train` on one GPU or `nmoe launch` on `world`, with every output under out/tag. */
 function train(tag: string, world: number, extra: string[]) {
   const dir = join(out, tag);
-  const common = ['configs/tiny.toml', '--device=cuda', '--log_every=1', `--metrics_dir=${dir}/metrics`, `--experiments_db=${dir}/runs.db`, `--checkpoint_dir=${dir}/ckpt`, ...extra];
-  return world === 1 ? run([BIN, 'train', ...common]) : run([BIN, 'launch', '--nproc-per-node', String(world), '--master-port', '0', '--', ...common]);
+  const common = [
+    'configs/tiny.toml',
+    '--device=cuda',
+    '--log_every=1',
+    `--metrics_dir=${dir}/metrics`,
+    `--experiments_db=${dir}/runs.db`,
+    `--checkpoint_dir=${dir}/ckpt`,
+    ...extra,
+  ];
+  return world === 1
+    ? run([BIN, 'train', ...common])
+    : run([BIN, 'launch', '--nproc-per-node', String(world), '--master-port', '0', '--', ...common]);
 }
 
 async function losses(tag: string): Promise<number[]> {
@@ -59,12 +77,24 @@ async function losses(tag: string): Promise<number[]> {
 }
 
 /** The fixture's mode on `world` ranks of this node's GPUs: what each rank wrote (null where it wrote nothing). */
-async function ranks(world: number, mode: string, tag: string, args: string[], env: Record<string, string> = {}): Promise<unknown[]> {
+async function ranks(
+  world: number,
+  mode: string,
+  tag: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<unknown[]> {
   const dir = join(out, tag);
   makeDirs(dir);
   const done = await runRanks(world, (r) => [mode, join(dir, `${r}.json`), ...args], { DEVICE: 'cuda', ...env });
   done.forEach((d, r) => writeFileSync(join(dir, `${r}.log`), d.out));
-  return done.map((_, r) => { try { return JSON.parse(readFileSync(join(dir, `${r}.json`), 'utf8')); } catch { return null; } });
+  return done.map((_, r) => {
+    try {
+      return JSON.parse(readFileSync(join(dir, `${r}.json`), 'utf8'));
+    } catch {
+      return null;
+    }
+  });
 }
 
 const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
@@ -73,7 +103,11 @@ console.log(`nmoe multi-GPU checks on ${gpus} GPUs, output in ${out}`);
 
 // 1. Losses on 1 and N GPUs, and an N-GPU rerun.
 const steps = ['--steps=50', '--checkpoint_every=0'];
-for (const [tag, world] of [['one', 1], ['many', gpus], ['many-again', gpus]] as const) {
+for (const [tag, world] of [
+  ['one', 1],
+  ['many', gpus],
+  ['many-again', gpus],
+] as const) {
   const r = train(tag, world, steps);
   if (r.code !== 0) console.log(r.text.split('\n').slice(-15).join('\n'));
 }
@@ -83,8 +117,8 @@ report(`${gpus}-GPU rerun`, bitIdentical(many!, again!, 50));
 
 // 2. First-step expert gradients: each rank's against its slice of the single GPU's.
 const cfg = ['configs/tiny.toml', '--batch_size=8', '--seq_len=128'];
-const [single] = await ranks(1, 'grads', 'grads-1', cfg) as (GradReport | null)[];
-const parts = await ranks(gpus, 'grads', `grads-${gpus}`, cfg) as (GradReport | null)[];
+const [single] = (await ranks(1, 'grads', 'grads-1', cfg)) as (GradReport | null)[];
+const parts = (await ranks(gpus, 'grads', `grads-${gpus}`, cfg)) as (GradReport | null)[];
 report('first-step expert gradients', gradsAgree(single ?? null, parts, gpus));
 
 // 3. Exact resume on N GPUs.
@@ -93,18 +127,42 @@ train('resumed', gpus, ['--steps=3', '--checkpoint_every=3']);
 const resumed = train('resumed', gpus, ['--steps=6', '--checkpoint_every=3', '--resume']);
 const [s6, r6] = await Promise.all([losses('straight'), losses('resumed')]);
 const final = (tag: string, f = '') => join(out, tag, 'ckpt/iter_0000006', f);
-const files = existsSync(final('straight')) ? readdirSync(final('straight')).filter((f) => f.endsWith('.safetensors')) : [];
-const same = files.filter((f) => existsSync(final('resumed', f)) && sha(final('straight', f)) === sha(final('resumed', f)));
-report(`exact resume on ${gpus} GPUs`, resumeExact({ said: /resumed run \S+ from step 3/.test(resumed.text), straight: s6, resumed: r6, steps: 6, files, identical: same, gpus }));
+const files = existsSync(final('straight'))
+  ? readdirSync(final('straight')).filter((f) => f.endsWith('.safetensors'))
+  : [];
+const same = files.filter(
+  (f) => existsSync(final('resumed', f)) && sha(final('straight', f)) === sha(final('resumed', f)),
+);
+report(
+  `exact resume on ${gpus} GPUs`,
+  resumeExact({
+    said: /resumed run \S+ from step 3/.test(resumed.text),
+    straight: s6,
+    resumed: r6,
+    steps: 6,
+    files,
+    identical: same,
+    gpus,
+  }),
+);
 
 // 4. A stalled rank.
-const [stalled] = await ranks(gpus, 'stall-in-exchange', 'stall', [], { NMOE_COMM_TIMEOUT_S: '3', EXPERTS: String(2 * gpus) }) as ({ error: string | null; seconds: number } | null)[];
-report('RDEP barrier timeout', { ok: !!stalled?.error && /waited 3 s for rank 1/.test(stalled.error) && stalled.seconds < 30, detail: stalled ? `after ${stalled.seconds.toFixed(1)} s: ${stalled.error}` : 'rank 0 wrote nothing' });
+const [stalled] = (await ranks(gpus, 'stall-in-exchange', 'stall', [], {
+  NMOE_COMM_TIMEOUT_S: '3',
+  EXPERTS: String(2 * gpus),
+})) as ({ error: string | null; seconds: number } | null)[];
+report('RDEP barrier timeout', {
+  ok: !!stalled?.error && /waited 3 s for rank 1/.test(stalled.error) && stalled.seconds < 30,
+  detail: stalled ? `after ${stalled.seconds.toFixed(1)} s: ${stalled.error}` : 'rank 0 wrote nothing',
+});
 
 // 5. Worst-case buffers that cannot fit.
 const oom = train('oom', gpus, ['--steps=1', `--batch_size=${1 << 20}`, '--seq_len=128']);
 const line = oom.text.split('\n').find((l) => /RDEP needs/.test(l)) ?? '';
-report('RDEP buffers too large', { ok: oom.code !== 0 && /RDEP needs [\d.]+ GiB per GPU .* only [\d.]+ GiB is free/.test(line), detail: line.trim() || oom.text.slice(-300) });
+report('RDEP buffers too large', {
+  ok: oom.code !== 0 && /RDEP needs [\d.]+ GiB per GPU .* only [\d.]+ GiB is free/.test(line),
+  detail: line.trim() || oom.text.slice(-300),
+});
 
 console.log(`${failed === 0 ? 'all checks passed' : `${failed} check(s) failed`}`);
 process.exitCode = failed ? 1 : 0;

@@ -24,7 +24,13 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadParams, saveParams } from '../src/checkpoint/params-io.ts';
-import { type ReadTensor, type SafetensorsContents, type TensorToWrite, readSafetensors, writeSafetensors } from '../src/checkpoint/safetensors.ts';
+import {
+  type ReadTensor,
+  type SafetensorsContents,
+  type TensorToWrite,
+  readSafetensors,
+  writeSafetensors,
+} from '../src/checkpoint/safetensors.ts';
 import { configFingerprint } from '../src/config/fingerprint.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { type Config, defaultConfig } from '../src/config/schema.ts';
@@ -81,10 +87,16 @@ export interface Comparison {
 }
 
 /** ||a - b|| / ||b|| in double; ||a - b|| when b is all zeros. */
-export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): { err: number; normA: number; normB: number } {
-  let diff = 0, na = 0, nb = 0;
+export function relativeError(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+): { err: number; normA: number; normB: number } {
+  let diff = 0,
+    na = 0,
+    nb = 0;
   for (let i = 0; i < a.length; i++) {
-    const x = a[i]!, y = b[i]!;
+    const x = a[i]!,
+      y = b[i]!;
     diff += (x - y) ** 2;
     na += x * x;
     nb += y * y;
@@ -103,12 +115,19 @@ export function compareResults(got: SafetensorsContents, ref: SafetensorsContent
     if (!t || t.data.length !== 1) throw new Error(`the ${which} results have no scalar "loss"`);
     return t.data[0]!;
   };
-  const lossGot = scalar(got, 'nmoe'), lossRef = scalar(ref, 'reference');
+  const lossGot = scalar(got, 'nmoe'),
+    lossRef = scalar(ref, 'reference');
   const lossErr = Math.abs(lossGot - lossRef) / Math.max(Math.abs(lossRef), 1e-30);
-  const loss = { got: lossGot, ref: lossRef, err: Number.isNaN(lossErr) ? Infinity : lossErr, ok: lossErr <= tolerances.loss };
+  const loss = {
+    got: lossGot,
+    ref: lossRef,
+    err: Number.isNaN(lossErr) ? Infinity : lossErr,
+    ok: lossErr <= tolerances.loss,
+  };
 
   const grads = (c: SafetensorsContents) => new Map([...c.tensors].filter(([n]) => n.startsWith('grad.')));
-  const a = grads(got), b = grads(ref);
+  const a = grads(got),
+    b = grads(ref);
   const problems: string[] = [];
   const rows: GradRow[] = [];
   for (const [name, tb] of b) {
@@ -131,7 +150,8 @@ export function compareResults(got: SafetensorsContents, ref: SafetensorsContent
   if (rows.length === 0 && problems.length === 0) problems.push('no gradients to compare');
 
   const reported = ref.metadata.routing_mismatch;
-  const routing = reported === undefined ? null : { mismatch: Number(reported), ok: Number(reported) <= tolerances.routing };
+  const routing =
+    reported === undefined ? null : { mismatch: Number(reported), ok: Number(reported) <= tolerances.routing };
   const ok = loss.ok && problems.length === 0 && rows.every((r) => r.ok) && (routing?.ok ?? true);
   return { tolerances, loss, rows, problems, routing, ok };
 }
@@ -152,9 +172,13 @@ export function formatComparison(c: Comparison, labels = { got: 'nmoe', ref: 're
   const width = Math.max(...c.rows.map((r) => r.name.length), 4);
   lines.push(`${'tensor'.padEnd(width)}  ${'shape'.padEnd(16)}  rel err    ||${labels.ref}||`);
   for (const r of c.rows) {
-    lines.push(`${r.name.padEnd(width)}  ${`[${r.shape.join(',')}]`.padEnd(16)}  ${sci(r.err).padEnd(9)}  ${sci(r.normRef).padEnd(9)}  ${r.ok ? 'ok' : 'FAIL'}`);
+    lines.push(
+      `${r.name.padEnd(width)}  ${`[${r.shape.join(',')}]`.padEnd(16)}  ${sci(r.err).padEnd(9)}  ${sci(r.normRef).padEnd(9)}  ${r.ok ? 'ok' : 'FAIL'}`,
+    );
   }
-  lines.push(`loss: ${labels.got} ${c.loss.got.toFixed(7)}, ${labels.ref} ${c.loss.ref.toFixed(7)}, rel err ${sci(c.loss.err)} ${c.loss.ok ? 'ok' : 'FAIL'}`);
+  lines.push(
+    `loss: ${labels.got} ${c.loss.got.toFixed(7)}, ${labels.ref} ${c.loss.ref.toFixed(7)}, rel err ${sci(c.loss.err)} ${c.loss.ok ? 'ok' : 'FAIL'}`,
+  );
   for (const p of c.problems) lines.push(`FAIL ${p}`);
   const worst = c.rows.reduce<GradRow | null>((w, r) => (!w || r.err > w.err ? r : w), null);
   const failed = c.rows.filter((r) => !r.ok).length;
@@ -164,7 +188,8 @@ export function formatComparison(c: Comparison, labels = { got: 'nmoe', ref: 're
     `${c.rows.length - failed}/${c.rows.length} gradients within ${sci(t.grad)}` +
       (worst ? ` (worst ${sci(worst.err)}: ${worst.name})` : ''),
   ];
-  if (c.routing) parts.push(`routing mismatch ${(100 * c.routing.mismatch).toFixed(2)}% (tol ${(100 * t.routing).toFixed(0)}%)`);
+  if (c.routing)
+    parts.push(`routing mismatch ${(100 * c.routing.mismatch).toFixed(2)}% (tol ${(100 * t.routing).toFixed(0)}%)`);
   lines.push(`${c.ok ? 'PASS' : 'FAIL'}: ${parts.join(', ')}`);
   return lines;
 }
@@ -205,8 +230,10 @@ async function backendFor(device: 'cpu' | 'cuda'): Promise<Backend> {
 
 /** A batch of sequences of uniform random ids (1 in 16 is EOS, so the loss mask matters); targets = next ids. */
 export function randomBatch(cfg: ModelConfig, seed: number): { inputs: Int32Array; targets: Int32Array } {
-  const B = cfg.batch_size, S = cfg.seq_len;
-  const inputs = new Int32Array(B * S), targets = new Int32Array(B * S);
+  const B = cfg.batch_size,
+    S = cfg.seq_len;
+  const inputs = new Int32Array(B * S),
+    targets = new Int32Array(B * S);
   const stream = hashString('parity.batch');
   for (let b = 0; b < B; b++) {
     const seq = new Int32Array(S + 1);
@@ -251,10 +278,14 @@ export async function prepareParity(opts: PrepareOptions): Promise<{ files: Pari
     model.free();
   }
   const { inputs, targets } = randomBatch(cfg, cfg.seed);
-  writeSafetensors(files.batch, [
-    { name: 'inputs', dtype: 'I32', shape: [inputs.length], data: inputs },
-    { name: 'targets', dtype: 'I32', shape: [targets.length], data: targets },
-  ], { batch: String(cfg.batch_size), seq_len: String(cfg.seq_len) });
+  writeSafetensors(
+    files.batch,
+    [
+      { name: 'inputs', dtype: 'I32', shape: [inputs.length], data: inputs },
+      { name: 'targets', dtype: 'I32', shape: [targets.length], data: targets },
+    ],
+    { batch: String(cfg.batch_size), seq_len: String(cfg.seq_len) },
+  );
   return { files, cfg };
 }
 
@@ -269,13 +300,25 @@ export function readParityConfig(path: string): ModelConfig {
  * nmoe's loss and gradients for the prepared files: a fresh model loads weights.safetensors, runs batch.safetensors
  * forward and backward, and writes loss, grad.<name> (F32) and route.<moe layer>.idx to `out`.
  */
-export async function nmoeGrads(files: ParityFiles, opts: { device: 'cpu' | 'cuda'; precision: Precision; out?: string }): Promise<{ loss: number; out: string }> {
+export async function nmoeGrads(
+  files: ParityFiles,
+  opts: { device: 'cpu' | 'cuda'; precision: Precision; out?: string },
+): Promise<{ loss: number; out: string }> {
   const cfg = readParityConfig(files.config);
   const { tensors, metadata } = readSafetensors(files.batch);
   const batch = Number(metadata.batch);
-  const inputs = tensors.get('inputs')?.data, targets = tensors.get('targets')?.data;
-  if (!(inputs instanceof Int32Array) || !(targets instanceof Int32Array) || !(batch > 0) || inputs.length !== batch * cfg.seq_len || targets.length !== inputs.length) {
-    throw new Error(`${files.batch}: needs I32 inputs and targets of batch * seq_len (${batch} x ${cfg.seq_len}) and metadata batch`);
+  const inputs = tensors.get('inputs')?.data,
+    targets = tensors.get('targets')?.data;
+  if (
+    !(inputs instanceof Int32Array) ||
+    !(targets instanceof Int32Array) ||
+    !(batch > 0) ||
+    inputs.length !== batch * cfg.seq_len ||
+    targets.length !== inputs.length
+  ) {
+    throw new Error(
+      `${files.batch}: needs I32 inputs and targets of batch * seq_len (${batch} x ${cfg.seq_len}) and metadata batch`,
+    );
   }
   const b = await backendFor(opts.device);
   const model = new Transformer(b, cfg, { dtype: opts.precision === 'bf16' ? 'bf16' : 'f32' });
@@ -291,11 +334,21 @@ export async function nmoeGrads(files: ParityFiles, opts: { device: 'cpu' | 'cud
     for (const [i, blk] of fwd.saved.blocks.entries()) {
       if (blk.ffn.kind !== 'moe') continue;
       const idx = blk.ffn.saved.idx;
-      written.push({ name: `route.blocks.${i}.ffn.idx`, dtype: 'I32', shape: [...idx.shape], data: await b.read(idx) as Int32Array });
+      written.push({
+        name: `route.blocks.${i}.ffn.idx`,
+        dtype: 'I32',
+        shape: [...idx.shape],
+        data: (await b.read(idx)) as Int32Array,
+      });
     }
     model.backward(fwd.saved);
     for (const p of model.params.trainable()) {
-      written.push({ name: `grad.${p.name}`, dtype: 'F32', shape: [...p.shape], data: await b.read(p.grad!) as Float32Array });
+      written.push({
+        name: `grad.${p.name}`,
+        dtype: 'F32',
+        shape: [...p.shape],
+        data: (await b.read(p.grad!)) as Float32Array,
+      });
     }
     for (const t of [fwd.loss, ...fwd.routerCounts, ids, tgt]) t.free();
     writeSafetensors(out, written, { dtype: opts.precision, device: b.name, source: 'nmoe' });
@@ -327,9 +380,18 @@ class UsageError extends Error {}
 
 function parseArgs(argv: string[]): CliOptions {
   const o: CliOptions = {
-    configPath: defaultConfigPath(), device: 'cpu', precision: 'fp32', outDir: 'runs/parity', torch: false,
-    torchDevice: 'auto', python: process.env.PYTHON ?? 'python3', ownRouting: false, biasStd: 0.01, overrides: [],
-    compare: null, reuse: null,
+    configPath: defaultConfigPath(),
+    device: 'cpu',
+    precision: 'fp32',
+    outDir: 'runs/parity',
+    torch: false,
+    torchDevice: 'auto',
+    python: process.env.PYTHON ?? 'python3',
+    ownRouting: false,
+    biasStd: 0.01,
+    overrides: [],
+    compare: null,
+    reuse: null,
   };
   const value = (i: number, flag: string): string => {
     const v = argv[i + 1];
@@ -341,7 +403,9 @@ function parseArgs(argv: string[]): CliOptions {
     const [flag, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
     const take = () => inline ?? value(i++, flag);
     switch (flag) {
-      case '--config': o.configPath = take(); break;
+      case '--config':
+        o.configPath = take();
+        break;
       case '--device': {
         const d = take();
         if (d !== 'cpu' && d !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got ${d}`);
@@ -354,21 +418,41 @@ function parseArgs(argv: string[]): CliOptions {
         o.precision = d;
         break;
       }
-      case '--out': o.outDir = take(); break;
-      case '--torch': o.torch = true; break;
-      case '--torch-device': o.torchDevice = take(); break;
-      case '--python': o.python = take(); break;
-      case '--own-routing': o.ownRouting = true; break;
-      case '--bias-std': o.biasStd = Number(take()); break;
-      case '--compare': o.compare = [value(i, flag), value(i + 1, flag)]; i += 2; break;
-      case '--reuse': o.reuse = take(); break;
-      case '--help': case '-h': throw new UsageError('');
+      case '--out':
+        o.outDir = take();
+        break;
+      case '--torch':
+        o.torch = true;
+        break;
+      case '--torch-device':
+        o.torchDevice = take();
+        break;
+      case '--python':
+        o.python = take();
+        break;
+      case '--own-routing':
+        o.ownRouting = true;
+        break;
+      case '--bias-std':
+        o.biasStd = Number(take());
+        break;
+      case '--compare':
+        o.compare = [value(i, flag), value(i + 1, flag)];
+        i += 2;
+        break;
+      case '--reuse':
+        o.reuse = take();
+        break;
+      case '--help':
+      case '-h':
+        throw new UsageError('');
       default:
         if (flag.startsWith('--') && inline !== undefined) o.overrides.push(a);
         else throw new UsageError(`unknown argument ${a} (config overrides are written --key=value)`);
     }
   }
-  if (o.reuse && o.overrides.length) throw new UsageError('--reuse takes the config from its folder; drop the --key=value overrides');
+  if (o.reuse && o.overrides.length)
+    throw new UsageError('--reuse takes the config from its folder; drop the --key=value overrides');
   return o;
 }
 
@@ -402,11 +486,18 @@ export async function main(argv: string[]): Promise<number> {
     cfg = readParityConfig(files.config);
   } else {
     ({ files, cfg } = await prepareParity({
-      configPath: o.configPath, overrides: o.overrides, device: o.device, precision: o.precision, outDir: o.outDir, biasStd: o.biasStd,
+      configPath: o.configPath,
+      overrides: o.overrides,
+      device: o.device,
+      precision: o.precision,
+      outDir: o.outDir,
+      biasStd: o.biasStd,
     }));
   }
-  console.log(`parity: ${cfg.n_layers} layers (${cfg.n_dense_layers} dense), ${cfg.attn}, dim ${cfg.dim}, ` +
-    `${cfg.n_routed_experts} experts top-${cfg.n_activated_experts}, batch ${cfg.batch_size} x ${cfg.seq_len}, ${o.precision}, nmoe on ${o.device}`);
+  console.log(
+    `parity: ${cfg.n_layers} layers (${cfg.n_dense_layers} dense), ${cfg.attn}, dim ${cfg.dim}, ` +
+      `${cfg.n_routed_experts} experts top-${cfg.n_activated_experts}, batch ${cfg.batch_size} x ${cfg.seq_len}, ${o.precision}, nmoe on ${o.device}`,
+  );
   const { loss } = await nmoeGrads(files, { device: o.device, precision: o.precision });
   console.log(`nmoe: loss ${loss.toFixed(7)} -> ${files.grads}`);
   if (!o.torch) {
@@ -416,8 +507,20 @@ export async function main(argv: string[]): Promise<number> {
   const script = fileURLToPath(new URL('./torch_ref.py', import.meta.url));
   const refOut = join(o.outDir, 'torch_grads.safetensors');
   const args = [
-    script, '--config', files.config, '--weights', files.weights, '--batch', files.batch, '--out', refOut,
-    '--dtype', o.precision, '--device', o.torchDevice, ...(o.ownRouting ? [] : ['--routing', files.grads]),
+    script,
+    '--config',
+    files.config,
+    '--weights',
+    files.weights,
+    '--batch',
+    files.batch,
+    '--out',
+    refOut,
+    '--dtype',
+    o.precision,
+    '--device',
+    o.torchDevice,
+    ...(o.ownRouting ? [] : ['--routing', files.grads]),
   ];
   console.log(`$ ${o.python} ${args.join(' ')}`);
   const r = spawnSync(o.python, args, { stdio: 'inherit' });

@@ -6,7 +6,11 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UserError } from '../src/util/errors.ts';
 
-export async function runIfScript(moduleUrl: string, name: string, main: (argv: string[]) => Promise<number>): Promise<void> {
+export async function runIfScript(
+  moduleUrl: string,
+  name: string,
+  main: (argv: string[]) => Promise<number>,
+): Promise<void> {
   if (!process.argv[1] || resolve(process.argv[1]) !== resolve(fileURLToPath(moduleUrl))) return;
   try {
     process.exitCode = await main(process.argv.slice(2));

@@ -45,9 +45,14 @@ function uniformRouting(tokens: number, topK: number, experts: number, seed: num
   return idx;
 }
 
-export async function benchRdepRank(b: CudaBackend, dist: DistRun, o: { dim: number; experts: number; cases: RdepCase[]; iters: number }): Promise<RdepResult[]> {
+export async function benchRdepRank(
+  b: CudaBackend,
+  dist: DistRun,
+  o: { dim: number; experts: number; cases: RdepCase[]; iters: number },
+): Promise<RdepResult[]> {
   const { rank, worldSize: world } = dist.env;
-  const local = o.experts / world, rowBytes = o.dim * 2;
+  const local = o.experts / world,
+    rowBytes = o.dim * 2;
   const out: RdepResult[] = [];
   for (const c of o.cases) {
     const idxHost = uniformRouting(c.tokens, c.topK, o.experts, 1000 * rank + c.tokens + c.topK);
@@ -86,9 +91,18 @@ export async function benchRdepRank(b: CudaBackend, dist: DistRun, o: { dim: num
     await dist.check();
     const per = await allGatherHost(b, dist.comm, Float32Array.from([median(times[0]), median(times[1])]));
     const slowest = (k: number) => Math.max(...Array.from({ length: world }, (_, r) => per[2 * r + k]!));
-    const dispatchMs = slowest(0), combineMs = slowest(1), roundTripMs = dispatchMs + combineMs;
+    const dispatchMs = slowest(0),
+      combineMs = slowest(1),
+      roundTripMs = dispatchMs + combineMs;
     const bytesPerRank = (leaving / world) * rowBytes;
-    out.push({ ...c, dispatchMs, combineMs, roundTripMs, bytesPerRank, gbPerSecond: bytesPerRank / (roundTripMs * 1e6) });
+    out.push({
+      ...c,
+      dispatchMs,
+      combineMs,
+      roundTripMs,
+      bytesPerRank,
+      gbPerSecond: bytesPerRank / (roundTripMs * 1e6),
+    });
     for (const t of [idx, gates, x]) t.free();
   }
   return out;

@@ -16,10 +16,22 @@ async function run(): Promise<void> {
   const cases = JSON.parse(casesJson!) as RdepCase[];
   const env = readDistEnv();
   const { backend } = await selectBackend('cuda', env.localRank);
-  const maxTokens = Math.max(...cases.map((c) => c.tokens)), maxK = Math.max(...cases.map((c) => c.topK));
-  const dist = await joinRun(env, backend, { experts: Number(experts), dim: Number(dim), topK: maxK, tokens: maxTokens, exchanges: 1 });
+  const maxTokens = Math.max(...cases.map((c) => c.tokens)),
+    maxK = Math.max(...cases.map((c) => c.topK));
+  const dist = await joinRun(env, backend, {
+    experts: Number(experts),
+    dim: Number(dim),
+    topK: maxK,
+    tokens: maxTokens,
+    exchanges: 1,
+  });
   if (!dist) throw new Error('nmoe bench rdep needs at least 2 ranks');
-  const results = await benchRdepRank(backend as CudaBackend, dist, { dim: Number(dim), experts: Number(experts), cases, iters: Number(iters) });
+  const results = await benchRdepRank(backend as CudaBackend, dist, {
+    dim: Number(dim),
+    experts: Number(experts),
+    cases,
+    iters: Number(iters),
+  });
   if (env.rank === 0) writeFileSync(out!, JSON.stringify({ device: backend.name, world: env.worldSize, results }));
   await dist.close();
 }

@@ -26,7 +26,11 @@ const CPU_BENCH_LIMIT_S = 120;
  * Why a benchmark that `device = "auto"` moved to the CPU should not run, or null: the machine has a GPU whose
  * CUDA backend failed (timing the CPU answers nothing asked), or the model would take minutes per step there.
  */
-export function refuseCpuFallback(config: Config, fallback: { reason: string; gpuPresent: boolean }, steps: number): string | null {
+export function refuseCpuFallback(
+  config: Config,
+  fallback: { reason: string; gpuPresent: boolean },
+  steps: number,
+): string | null {
   const onPurpose = 'pass --device=cpu to time the CPU on purpose';
   const fix = `Fix: run \`nmoe doctor\` to see why the CUDA backend cannot start, or ${onPurpose}`;
   if (fallback.gpuPresent) {
@@ -36,8 +40,10 @@ export function refuseCpuFallback(config: Config, fallback: { reason: string; gp
   const cfg = modelConfig(config);
   const seconds = (flopsPerToken(cfg, modelParamSpecs(cfg)) * cfg.batch_size * cfg.seq_len * steps) / CPU_FLOPS;
   if (seconds <= CPU_BENCH_LIMIT_S) return null;
-  return `no GPU in use (${fallback.reason.split('. Looked in')[0]}), and ${steps} steps of this model would take about ` +
-    `${Math.round(seconds / 60)} minutes on the CPU. ${fix}, or benchmark a smaller config.`;
+  return (
+    `no GPU in use (${fallback.reason.split('. Looked in')[0]}), and ${steps} steps of this model would take about ` +
+    `${Math.round(seconds / 60)} minutes on the CPU. ${fix}, or benchmark a smaller config.`
+  );
 }
 
 export interface BenchResult {
@@ -71,13 +77,19 @@ export interface BenchOptions {
  * With `dist` (under `nmoe launch`) every rank runs its slice of the global batch, data and expert parallel as in
  * training, and the step's time is the slowest rank's.
  */
-export async function benchTrain(config: Config, base: Backend, o: BenchOptions, dist: DistRun | null = null): Promise<BenchResult> {
+export async function benchTrain(
+  config: Config,
+  base: Backend,
+  o: BenchOptions,
+  dist: DistRun | null = null,
+): Promise<BenchResult> {
   const cfg = modelConfig(config);
   const prof = o.profile ? profiled(base, o.clock) : null;
   const b = prof?.backend ?? base;
   const world = dist?.env.worldSize ?? 1;
   const trainee = createTrainee(b, cfg, dist);
-  const localBatch = cfg.batch_size / world, tokens = localBatch * cfg.seq_len;
+  const localBatch = cfg.batch_size / world,
+    tokens = localBatch * cfg.seq_len;
   // Each rank's loss is its share of the global batch's mean, counting every target (random ids that hit EOS are
   // masked, so the printed loss is a hair low; a benchmark's loss only shows that the step ran).
   const normalizer = dist ? b.upload(Float32Array.from([cfg.batch_size * cfg.seq_len]), [1], 'f32') : undefined;
@@ -91,7 +103,8 @@ export async function benchTrain(config: Config, base: Backend, o: BenchOptions,
   };
   let loss = NaN;
   const step = async (read: boolean) => {
-    const ids = b.upload(randomIds(), [tokens], 'i32'), targets = b.upload(randomIds(), [tokens], 'i32');
+    const ids = b.upload(randomIds(), [tokens], 'i32'),
+      targets = b.upload(randomIds(), [tokens], 'i32');
     const out = trainStep(trainee, ids, targets, localBatch, 0, undefined, normalizer);
     if (read) loss = (await b.read(out.loss))[0]!;
     out.free();

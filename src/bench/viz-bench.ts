@@ -15,13 +15,38 @@ import { ascending, quantile } from '../util/quantile.ts';
 import { makeDirs } from '../util/dirs.ts';
 
 const CORE = [
-  'train/loss', 'optimizer/lr', 'optimizer/grad_norm', 'throughput/tokens_per_s_gpu', 'throughput/ms_per_step', 'throughput/loader_wait_ms',
-  'efficiency/tflops', 'efficiency/mfu', 'efficiency/bf16_tflops', 'efficiency/fp8_tflops', 'memory/current_alloc_gib', 'memory/max_alloc_gib',
-  ...['mean_cv', 'std_cv', 'mean_entropy', 'min_entropy', 'dead_experts_count', 'experts_active_mean'].map((k) => `router_agg/${k}`),
+  'train/loss',
+  'optimizer/lr',
+  'optimizer/grad_norm',
+  'throughput/tokens_per_s_gpu',
+  'throughput/ms_per_step',
+  'throughput/loader_wait_ms',
+  'efficiency/tflops',
+  'efficiency/mfu',
+  'efficiency/bf16_tflops',
+  'efficiency/fp8_tflops',
+  'memory/current_alloc_gib',
+  'memory/max_alloc_gib',
+  ...['mean_cv', 'std_cv', 'mean_entropy', 'min_entropy', 'dead_experts_count', 'experts_active_mean'].map(
+    (k) => `router_agg/${k}`,
+  ),
 ];
 const ROUTER = ['cv', 'entropy', 'experts_active', 'bias_range', 'max_load'];
-const GPU = ['utilization_gpu', 'memory_used_gib', 'memory_total_gib', 'power_draw_w', 'power_limit_w', 'temperature_c', 'clocks_sm_mhz',
-  'throttle_thermal', 'throttle_power', 'throttle_hw_slowdown', 'throttle_apps', 'ecc_corrected', 'ecc_uncorrected'];
+const GPU = [
+  'utilization_gpu',
+  'memory_used_gib',
+  'memory_total_gib',
+  'power_draw_w',
+  'power_limit_w',
+  'temperature_c',
+  'clocks_sm_mhz',
+  'throttle_thermal',
+  'throttle_power',
+  'throttle_hw_slowdown',
+  'throttle_apps',
+  'ecc_corrected',
+  'ecc_uncorrected',
+];
 
 /** 200 tags as a moonlight-sized run on 4 GPUs writes them: 18 core and aggregate, 26 MoE layers x 5, 4 GPUs x 13. */
 export const BENCH_TAGS: readonly string[] = [
@@ -34,7 +59,11 @@ export const BENCH_TAGS: readonly string[] = [
  * Writes `steps` x BENCH_TAGS rows into `{dir}/{run}/rank_0.duckdb` with one INSERT ... SELECT over range(): the
  * loss decays from about 11 to 2 with a little noise, every other tag is a slow wave of its own.
  */
-export async function writeSyntheticRun(dir: string, run: string, steps: number): Promise<{ rows: number; seconds: number }> {
+export async function writeSyntheticRun(
+  dir: string,
+  run: string,
+  steps: number,
+): Promise<{ rows: number; seconds: number }> {
   const t0 = performance.now();
   makeDirs(join(dir, run));
   const { DuckDBInstance } = await import('@duckdb/node-api');
@@ -45,9 +74,12 @@ export async function writeSyntheticRun(dir: string, run: string, steps: number)
     const n = BENCH_TAGS.length;
     const tags = `[${BENCH_TAGS.map(sqlString).join(', ')}]`;
     const firstTs = Date.now() - steps * 250;
-    await conn.run(`INSERT INTO metrics SELECT ?, ${tags}[i % ${n} + 1], (i // ${n} + 1)::INTEGER, ${firstTs} + (i // ${n}) * 250,
+    await conn.run(
+      `INSERT INTO metrics SELECT ?, ${tags}[i % ${n} + 1], (i // ${n} + 1)::INTEGER, ${firstTs} + (i // ${n}) * 250,
       CASE WHEN i % ${n} = 0 THEN 2 + 9 * exp(-(i // ${n}) / (${steps} / 5)) + 0.05 * sin(i) ELSE i % ${n} + sin((i // ${n}) / (50.0 + i % ${n})) END
-      FROM range(${steps * n}) r(i)`, [run]);
+      FROM range(${steps * n}) r(i)`,
+      [run],
+    );
     await conn.run('CHECKPOINT');
   } finally {
     conn.closeSync();
@@ -113,7 +145,13 @@ export async function benchViz(o: VizBenchOptions): Promise<VizBenchResult> {
   registry.startRun({ id: run, experimentId: 'bench_viz', config: { steps: o.steps }, gitHash: null, gitDirty: null });
   registry.endRun(run, 'completed', {});
   registry.close();
-  const server = await startVizServer({ metricsDir, experimentsDb: join(o.dir, 'experiments.db'), dataRoot: o.dir, host: '127.0.0.1', port: 0 });
+  const server = await startVizServer({
+    metricsDir,
+    experimentsDb: join(o.dir, 'experiments.db'),
+    dataRoot: o.dir,
+    host: '127.0.0.1',
+    port: 0,
+  });
   try {
     const seriesUrl = (k: number) => {
       const tags = Array.from({ length: 5 }, (_, j) => BENCH_TAGS[(5 * k + j) % BENCH_TAGS.length]!);
@@ -123,18 +161,41 @@ export async function benchViz(o: VizBenchOptions): Promise<VizBenchResult> {
     for (let k = 0; k <= o.requests; k++) ms.push(await timedGet(seriesUrl(k)));
     const seriesCachedMs = await timedGet(seriesUrl(0));
     const browser = o.chromium ? await timePages(o.chromium, server.url, ['', `runs/${run}`], o.pageLoads) : null;
-    return { rows: written.rows, writeSeconds: written.seconds, seriesFirstMs: ms[0]!, series: timing(ms.slice(1)), seriesCachedMs, pages: browser?.pages ?? null, browser: browser?.version ?? null };
+    return {
+      rows: written.rows,
+      writeSeconds: written.seconds,
+      seriesFirstMs: ms[0]!,
+      series: timing(ms.slice(1)),
+      seriesCachedMs,
+      pages: browser?.pages ?? null,
+      browser: browser?.version ?? null,
+    };
   } finally {
     await server.close();
   }
 }
 
 /** Each page loaded `loads` times, each in a fresh browser context (empty cache), timed from navigation to ready. */
-async function timePages(executablePath: string, base: string, paths: string[], loads: number): Promise<{ version: string; pages: PageTiming[] }> {
+async function timePages(
+  executablePath: string,
+  base: string,
+  paths: string[],
+  loads: number,
+): Promise<{ version: string; pages: PageTiming[] }> {
   const { chromium } = await import('playwright-core');
   const browser = await chromium.launch({
-    executablePath, headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+    executablePath,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--disable-dev-shm-usage',
+    ],
   });
   try {
     const pages: PageTiming[] = [];

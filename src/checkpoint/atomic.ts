@@ -25,7 +25,9 @@ export function replaceAtomically(path: string, fill: (fd: number) => void): voi
     if (fd !== undefined) closeSync(fd);
     try {
       unlinkSync(tmp);
-    } catch { /* already gone */ }
+    } catch {
+      /* already gone */
+    }
     throw err;
   }
   fsyncDir(dirname(path));
@@ -47,7 +49,8 @@ export function fsyncDir(dir: string): void {
     fsyncSync(fd);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EISDIR' && code !== 'EINVAL' && code !== 'EPERM' && code !== 'EACCES' && code !== 'ENOTSUP') throw err;
+    if (code !== 'EISDIR' && code !== 'EINVAL' && code !== 'EPERM' && code !== 'EACCES' && code !== 'ENOTSUP')
+      throw err;
   } finally {
     if (fd !== undefined) closeSync(fd);
   }

@@ -61,12 +61,21 @@ export class Checkpointer {
     void job.then(() => this.#pending.splice(this.#pending.indexOf(job), 1));
     const rank0 = this.o.rank === 0;
     const message: StepJob = {
-      base: this.o.base, step: snap.step, rank: this.o.rank, world: this.o.world, keepLast: this.o.keepLast, rankTensors: snap.rank,
-      dense: rank0 ? snap.dense : null, state: rank0 ? `${JSON.stringify(snap.state, null, 1)}\n` : null, gitSha: snap.state.git_sha,
+      base: this.o.base,
+      step: snap.step,
+      rank: this.o.rank,
+      world: this.o.world,
+      keepLast: this.o.keepLast,
+      rankTensors: snap.rank,
+      dense: rank0 ? snap.dense : null,
+      state: rank0 ? `${JSON.stringify(snap.state, null, 1)}\n` : null,
+      gitSha: snap.state.git_sha,
     };
     // A buffer the typed array spans whole is the snapshot's own copy: hand it over instead of cloning it.
-    const transfer = [...snap.rank, ...(rank0 ? snap.dense : [])].map((t) => t.data)
-      .filter((d) => d.byteOffset === 0 && d.byteLength === d.buffer.byteLength).map((d) => d.buffer as ArrayBuffer);
+    const transfer = [...snap.rank, ...(rank0 ? snap.dense : [])]
+      .map((t) => t.data)
+      .filter((d) => d.byteOffset === 0 && d.byteLength === d.buffer.byteLength)
+      .map((d) => d.buffer as ArrayBuffer);
     worker.ref(); // a pending save keeps the process alive
     worker.postMessage({ id, job: message }, [...new Set(transfer)]);
   }
@@ -109,7 +118,10 @@ export class Checkpointer {
       this.#waiting.clear();
     };
     worker.on('error', fail);
-    worker.on('exit', (code) => this.#worker === worker && fail(new Error(`the checkpoint thread exited (code ${code})`)));
+    worker.on(
+      'exit',
+      (code) => this.#worker === worker && fail(new Error(`the checkpoint thread exited (code ${code})`)),
+    );
     this.#worker = worker;
     return worker;
   }

@@ -19,8 +19,16 @@ import { readTrainState } from './state.ts';
 import { createDir } from '../util/dirs.ts';
 
 const ATTN: Record<string, string> = {
-  wq_a: 'q_a_proj', q_norm: 'q_a_layernorm', wq_b: 'q_b_proj', wq: 'q_proj', wk: 'k_proj', wv: 'v_proj',
-  wkv_a: 'kv_a_proj_with_mqa', kv_norm: 'kv_a_layernorm', wkv_b: 'kv_b_proj', wo: 'o_proj',
+  wq_a: 'q_a_proj',
+  q_norm: 'q_a_layernorm',
+  wq_b: 'q_b_proj',
+  wq: 'q_proj',
+  wk: 'k_proj',
+  wv: 'v_proj',
+  wkv_a: 'kv_a_proj_with_mqa',
+  kv_norm: 'kv_a_layernorm',
+  wkv_b: 'kv_b_proj',
+  wo: 'o_proj',
 };
 const MLP: Record<string, string> = { w1: 'gate_proj', w2: 'down_proj', w3: 'up_proj' };
 /** The Linear each stacked expert tensor becomes (per expert, transposed). */
@@ -28,7 +36,11 @@ export const EXPERT_HF_NAMES: Record<string, string> = { W1: 'gate_proj', W2: 'd
 
 /** DeepSeek-V3 name of a non-expert nmoe tensor, or null when it has none. */
 export function hfName(name: string): string | null {
-  const top: Record<string, string> = { 'embedding.weight': 'model.embed_tokens.weight', 'norm.weight': 'model.norm.weight', 'lm_head.weight': 'lm_head.weight' };
+  const top: Record<string, string> = {
+    'embedding.weight': 'model.embed_tokens.weight',
+    'norm.weight': 'model.norm.weight',
+    'lm_head.weight': 'lm_head.weight',
+  };
   if (top[name]) return top[name];
   const m = /^blocks\.(\d+)\.(.+)$/.exec(name);
   if (!m) return null;
@@ -58,22 +70,50 @@ function splitTransposed(t: ReadTensor): Float32Array[] {
 
 function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): Record<string, unknown> {
   return {
-    architectures: ['DeepseekV3ForCausalLM'], model_type: 'deepseek_v3', torch_dtype: dtype === 'BF16' ? 'bfloat16' : 'float32',
-    vocab_size: c.vocab_size, hidden_size: c.dim, intermediate_size: c.inter_dim, moe_intermediate_size: c.moe_inter_dim,
-    num_hidden_layers: c.n_layers, num_attention_heads: c.n_heads, num_key_value_heads: c.n_heads,
-    n_routed_experts: c.n_routed_experts, num_experts_per_tok: c.n_activated_experts, n_shared_experts: c.n_shared_experts,
-    first_k_dense_replace: c.n_dense_layers, moe_layer_freq: 1, n_group: 1, topk_group: 1, topk_method: 'noaux_tc',
-    scoring_func: 'sigmoid', norm_topk_prob: true, routed_scaling_factor: 1.0,
-    q_lora_rank: c.q_lora_rank > 0 ? c.q_lora_rank : null, kv_lora_rank: c.kv_lora_rank, qk_nope_head_dim: c.qk_nope_head_dim,
-    qk_rope_head_dim: c.qk_rope_head_dim, v_head_dim: c.v_head_dim, max_position_embeddings: c.max_position_embeddings,
-    rope_theta: c.rope_theta, rope_scaling: c.rope_scaling_factor === 1 ? null : { type: 'yarn', factor: c.rope_scaling_factor, beta_fast: c.rope_ntk_alpha, beta_slow: c.rope_ntk_beta },
-    rms_norm_eps: c.rms_norm_eps, tie_word_embeddings: false, eos_token_id: c.eos_token_id, attention_bias: false,
+    architectures: ['DeepseekV3ForCausalLM'],
+    model_type: 'deepseek_v3',
+    torch_dtype: dtype === 'BF16' ? 'bfloat16' : 'float32',
+    vocab_size: c.vocab_size,
+    hidden_size: c.dim,
+    intermediate_size: c.inter_dim,
+    moe_intermediate_size: c.moe_inter_dim,
+    num_hidden_layers: c.n_layers,
+    num_attention_heads: c.n_heads,
+    num_key_value_heads: c.n_heads,
+    n_routed_experts: c.n_routed_experts,
+    num_experts_per_tok: c.n_activated_experts,
+    n_shared_experts: c.n_shared_experts,
+    first_k_dense_replace: c.n_dense_layers,
+    moe_layer_freq: 1,
+    n_group: 1,
+    topk_group: 1,
+    topk_method: 'noaux_tc',
+    scoring_func: 'sigmoid',
+    norm_topk_prob: true,
+    routed_scaling_factor: 1.0,
+    q_lora_rank: c.q_lora_rank > 0 ? c.q_lora_rank : null,
+    kv_lora_rank: c.kv_lora_rank,
+    qk_nope_head_dim: c.qk_nope_head_dim,
+    qk_rope_head_dim: c.qk_rope_head_dim,
+    v_head_dim: c.v_head_dim,
+    max_position_embeddings: c.max_position_embeddings,
+    rope_theta: c.rope_theta,
+    rope_scaling:
+      c.rope_scaling_factor === 1
+        ? null
+        : { type: 'yarn', factor: c.rope_scaling_factor, beta_fast: c.rope_ntk_alpha, beta_slow: c.rope_ntk_beta },
+    rms_norm_eps: c.rms_norm_eps,
+    tie_word_embeddings: false,
+    eos_token_id: c.eos_token_id,
+    attention_bias: false,
     nmoe: {
-      step, config_fingerprint: fingerprint, attn: c.attn,
+      step,
+      config_fingerprint: fingerprint,
+      attn: c.attn,
       // What `nmoe generate` / `nmoe eval` rebuild the model from (src/checkpoint/import-hf.ts).
       config: c,
       differences: [
-        'embedding output is multiplied by 10.667 and lm_head logits by 0.125 (the reference\'s muP factors); DeepSeek-V3 has neither',
+        "embedding output is multiplied by 10.667 and lm_head logits by 0.125 (the reference's muP factors); DeepSeek-V3 has neither",
         `route_scale (${c.route_scale}) multiplies router logits before the sigmoid; DeepSeek-V3's routed_scaling_factor scales gated outputs, so it is exported as 1.0`,
         'RoPE rotates the NeoX halves of the rope dims; DeepSeek-V3 checkpoints rotate interleaved pairs (a loader must not re-permute, or must use NeoX rotation)',
         'routing uses one group (n_group = topk_group = 1): no group-limited top-k',
@@ -101,13 +141,21 @@ export function exportHf(step: StepDir, out: string, maxShardBytes = 5e9): strin
     if (!m) throw new Error(`export: unexpected rank tensor ${name}`);
     const parts = ranks.flatMap((r) => splitTransposed(r.get(name)!));
     const t = ranks[0]!.get(name)!;
-    parts.forEach((data, e) => tensors.push({
-      name: `model.layers.${m[1]}.mlp.experts.${e}.${EXPERT_HF_NAMES[m[2]!]}.weight`, dtype: dtypeOf(t), shape: [t.shape[2]!, t.shape[1]!], data,
-    }));
+    parts.forEach((data, e) =>
+      tensors.push({
+        name: `model.layers.${m[1]}.mlp.experts.${e}.${EXPERT_HF_NAMES[m[2]!]}.weight`,
+        dtype: dtypeOf(t),
+        shape: [t.shape[2]!, t.shape[1]!],
+        data,
+      }),
+    );
   }
   createDir(out, 'the export folder', 'pick an <out> folder you can write to');
   const dtype = tensors.some((t) => t.dtype === 'BF16') ? 'BF16' : 'F32';
-  writeFileSync(join(out, 'config.json'), `${JSON.stringify(hfConfig(c, state.step, state.config_fingerprint, dtype), null, 2)}\n`);
+  writeFileSync(
+    join(out, 'config.json'),
+    `${JSON.stringify(hfConfig(c, state.step, state.config_fingerprint, dtype), null, 2)}\n`,
+  );
   const shards: TensorToWrite[][] = [[]];
   let bytes = 0;
   for (const t of tensors) {
@@ -132,6 +180,9 @@ export function exportHf(step: StepDir, out: string, maxShardBytes = 5e9): strin
     for (const t of s) weightMap[t.name] = names[i]!;
   });
   const total = tensors.reduce((a, t) => a + t.data.length * (t.dtype === 'BF16' ? 2 : 4), 0);
-  writeFileSync(join(out, 'model.safetensors.index.json'), `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`);
+  writeFileSync(
+    join(out, 'model.safetensors.index.json'),
+    `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`,
+  );
   return ['config.json', ...names, 'model.safetensors.index.json'];
 }

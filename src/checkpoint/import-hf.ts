@@ -27,17 +27,24 @@ export function importHf(dir: string): ImportedModel {
   try {
     json = JSON.parse(readFileSync(path, 'utf8'));
   } catch (err) {
-    throw new UserError(`${path} does not parse (${(err as Error).message}). Fix: re-run \`nmoe ckpt export --format hf\`.`);
+    throw new UserError(
+      `${path} does not parse (${(err as Error).message}). Fix: re-run \`nmoe ckpt export --format hf\`.`,
+    );
   }
   if (!json.nmoe?.config) {
-    throw new UserError(`${path} has no nmoe.config field: only exports made by this version of \`nmoe ckpt export --format hf\` load. Fix: export the checkpoint again.`);
+    throw new UserError(
+      `${path} has no nmoe.config field: only exports made by this version of \`nmoe ckpt export --format hf\` load. Fix: export the checkpoint again.`,
+    );
   }
   const config = { ...defaultConfig(), ...json.nmoe.config };
   const files = new Map<string, ReadTensor>();
   for (const f of shardFiles(dir)) for (const [name, t] of readSafetensors(join(dir, f)).tensors) files.set(name, t);
   const take = (name: string): ReadTensor => {
     const t = files.get(name);
-    if (!t) throw new UserError(`${dir} lacks tensor ${name}, which its config.json needs. Fix: export the checkpoint again.`);
+    if (!t)
+      throw new UserError(
+        `${dir} lacks tensor ${name}, which its config.json needs. Fix: export the checkpoint again.`,
+      );
     return t;
   };
   const tensors = new Map<string, ReadTensor>();
@@ -52,7 +59,8 @@ export function importHf(dir: string): ImportedModel {
     const data = new Float32Array(experts * rows * cols);
     for (let e = 0; e < experts; e++) {
       const part = take(`model.layers.${expert[1]}.mlp.experts.${e}.${EXPERT_HF_NAMES[expert[2]!]}.weight`).data;
-      for (let j = 0; j < cols; j++) for (let i = 0; i < rows; i++) data[e * rows * cols + i * cols + j] = part[j * rows + i]!;
+      for (let j = 0; j < cols; j++)
+        for (let i = 0; i < rows; i++) data[e * rows * cols + i * cols + j] = part[j * rows + i]!;
     }
     tensors.set(spec.name, { dtype: first.dtype, shape: [experts, rows, cols], data });
   }
@@ -63,7 +71,10 @@ export function importHf(dir: string): ImportedModel {
 function shardFiles(dir: string): string[] {
   if (existsSync(join(dir, 'model.safetensors'))) return ['model.safetensors'];
   const index = join(dir, 'model.safetensors.index.json');
-  if (!existsSync(index)) throw new UserError(`${dir} has neither model.safetensors nor model.safetensors.index.json. Fix: pass the directory \`nmoe ckpt export\` wrote.`);
+  if (!existsSync(index))
+    throw new UserError(
+      `${dir} has neither model.safetensors nor model.safetensors.index.json. Fix: pass the directory \`nmoe ckpt export\` wrote.`,
+    );
   const map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map;
   return [...new Set(Object.values(map))];
 }

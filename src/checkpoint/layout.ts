@@ -31,11 +31,19 @@ export const rankFile = (rank: number): string => `rank_${String(rank).padStart(
 export const checksumFile = (rank: number): string => `${rankFile(rank)}.sha256`;
 
 /** The files a complete step holds for a run of `world` ranks. */
-export const expectedFiles = (world: number): string[] => [DENSE_FILE, STATE_FILE, ...Array.from({ length: world }, (_, r) => rankFile(r))];
+export const expectedFiles = (world: number): string[] => [
+  DENSE_FILE,
+  STATE_FILE,
+  ...Array.from({ length: world }, (_, r) => rankFile(r)),
+];
 
 /** Every name nmoe writes into a step directory, temporary files included. */
 const isOwnName = (name: string): boolean =>
-  name === DENSE_FILE || name === STATE_FILE || name === MANIFEST || /^rank_\d{3,}\.safetensors(\.sha256)?$/.test(name) || /^\..+\.tmp-/.test(name);
+  name === DENSE_FILE ||
+  name === STATE_FILE ||
+  name === MANIFEST ||
+  /^rank_\d{3,}\.safetensors(\.sha256)?$/.test(name) ||
+  /^\..+\.tmp-/.test(name);
 
 export interface Manifest {
   step: number;
@@ -70,8 +78,14 @@ function checkStep(dir: string): { manifest: Manifest | null; problem?: string; 
     return { manifest: null, problem: `cannot be read (${(err as NodeJS.ErrnoException).code})`, foreign: true };
   }
   const strange = names.filter((n) => !isOwnName(n));
-  if (strange.length) return { manifest: null, problem: `holds ${strange.slice(0, 3).join(', ')}${strange.length > 3 ? ', …' : ''}, which nmoe never writes`, foreign: true };
-  if (!names.includes(MANIFEST)) return { manifest: null, problem: 'no manifest.json (the save did not finish)', foreign: false };
+  if (strange.length)
+    return {
+      manifest: null,
+      problem: `holds ${strange.slice(0, 3).join(', ')}${strange.length > 3 ? ', …' : ''}, which nmoe never writes`,
+      foreign: true,
+    };
+  if (!names.includes(MANIFEST))
+    return { manifest: null, problem: 'no manifest.json (the save did not finish)', foreign: false };
   let manifest: Manifest;
   try {
     manifest = JSON.parse(readFileSync(join(dir, MANIFEST), 'utf8')) as Manifest;
@@ -79,14 +93,25 @@ function checkStep(dir: string): { manifest: Manifest | null; problem?: string; 
     // nmoe renames its manifest in whole, so one that does not parse came from elsewhere.
     return { manifest: null, problem: `manifest.json does not parse (${(err as Error).message})`, foreign: true };
   }
-  if (typeof manifest !== 'object' || manifest === null || typeof manifest.bytes !== 'object' || !Array.isArray(manifest.files)) {
-    return { manifest: null, problem: 'its manifest.json records no file sizes, so nmoe did not write it (the reference trainer\'s steps look like this)', foreign: true };
+  if (
+    typeof manifest !== 'object' ||
+    manifest === null ||
+    typeof manifest.bytes !== 'object' ||
+    !Array.isArray(manifest.files)
+  ) {
+    return {
+      manifest: null,
+      problem:
+        "its manifest.json records no file sizes, so nmoe did not write it (the reference trainer's steps look like this)",
+      foreign: true,
+    };
   }
   for (const f of manifest.files) {
     const p = join(dir, f);
     if (!existsSync(p)) return { manifest, problem: `${f} is missing`, foreign: false };
     const size = statSync(p).size;
-    if (size !== manifest.bytes[f]) return { manifest, problem: `${f} is ${size} bytes, the manifest says ${manifest.bytes[f]}`, foreign: false };
+    if (size !== manifest.bytes[f])
+      return { manifest, problem: `${f} is ${size} bytes, the manifest says ${manifest.bytes[f]}`, foreign: false };
   }
   return { manifest, foreign: false };
 }
@@ -102,7 +127,14 @@ export function listSteps(base: string): StepDir[] {
     .map((e) => {
       const dir = join(base, e.name);
       const { manifest, problem, foreign } = checkStep(dir);
-      return { step: Number(e.name.slice(5)), dir, complete: problem === undefined, manifest, foreign, ...(problem ? { problem } : {}) };
+      return {
+        step: Number(e.name.slice(5)),
+        dir,
+        complete: problem === undefined,
+        manifest,
+        foreign,
+        ...(problem ? { problem } : {}),
+      };
     })
     .sort((a, b) => b.step - a.step);
 }
@@ -135,6 +167,10 @@ export function checksumProblems(s: StepDir, files: readonly string[] = s.manife
   if (!sums) return [];
   return files.flatMap((f) => {
     const actual = sha256File(join(s.dir, f));
-    return actual === sums[f] ? [] : [`${f} does not match its checksum (sha256 ${actual.slice(0, 16)}…, the manifest records ${String(sums[f]).slice(0, 16)}…)`];
+    return actual === sums[f]
+      ? []
+      : [
+          `${f} does not match its checksum (sha256 ${actual.slice(0, 16)}…, the manifest records ${String(sums[f]).slice(0, 16)}…)`,
+        ];
   });
 }

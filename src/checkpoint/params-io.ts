@@ -50,8 +50,15 @@ export interface TensorTarget {
  * Copies `tensors` (read from `source`) into `targets`: the names must match exactly with the same shapes;
  * otherwise nothing is copied and the error lists what is missing, unexpected or mis-shaped.
  */
-export async function assignTensors(source: string, tensors: Map<string, ReadTensor>, targets: readonly TensorTarget[], b: Backend): Promise<void> {
-  const missing: string[] = [], misShaped: string[] = [], wrongType: string[] = [];
+export async function assignTensors(
+  source: string,
+  tensors: Map<string, ReadTensor>,
+  targets: readonly TensorTarget[],
+  b: Backend,
+): Promise<void> {
+  const missing: string[] = [],
+    misShaped: string[] = [],
+    wrongType: string[] = [];
   const wanted = new Set(targets.map((p) => p.name));
   for (const p of targets) {
     const t = tensors.get(p.name);
@@ -63,14 +70,23 @@ export async function assignTensors(source: string, tensors: Map<string, ReadTen
     }
   }
   const unexpected = [...tensors.keys()].filter((name) => !wanted.has(name));
-  const groups: [string, string[]][] = [['missing', missing], ['unexpected', unexpected], ['wrong shape', misShaped], ['wrong dtype', wrongType]];
+  const groups: [string, string[]][] = [
+    ['missing', missing],
+    ['unexpected', unexpected],
+    ['wrong shape', misShaped],
+    ['wrong dtype', wrongType],
+  ];
   const problems = groups.filter(([, list]) => list.length > 0);
   if (problems.length) {
-    const text = problems.map(([what, list]) => {
-      const more = list.length > 6 ? `, and ${list.length - 6} more` : '';
-      return `${list.length} ${what}: ${list.slice(0, 6).join('; ')}${more}`;
-    }).join('. ');
-    throw new Error(`${source} does not match the model. ${text}. Check that the config matches the one the file was saved with.`);
+    const text = problems
+      .map(([what, list]) => {
+        const more = list.length > 6 ? `, and ${list.length - 6} more` : '';
+        return `${list.length} ${what}: ${list.slice(0, 6).join('; ')}${more}`;
+      })
+      .join('. ');
+    throw new Error(
+      `${source} does not match the model. ${text}. Check that the config matches the one the file was saved with.`,
+    );
   }
   for (const p of targets) {
     const t = tensors.get(p.name)!;

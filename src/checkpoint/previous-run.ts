@@ -32,11 +32,17 @@ export function clearWay(base: string, fresh: boolean): string[] {
   const steps = listSteps(base);
   const foreign = steps.filter((s) => s.foreign);
   if (foreign.length) {
-    const to = join(base, PREVIOUS_RUNS, `foreign_${new Date().toISOString().replace(/[-:]/g, '').replace('T', '_').slice(0, 15)}`);
+    const to = join(
+      base,
+      PREVIOUS_RUNS,
+      `foreign_${new Date().toISOString().replace(/[-:]/g, '').replace('T', '_').slice(0, 15)}`,
+    );
     moveSteps(base, foreign, to);
     const first = foreign.at(-1)!;
-    said.push(`checkpoint_dir held ${foreign.length} step folder(s) nmoe did not write (${basename(first.dir)}: ${first.problem}); ` +
-      `moved them to ${to}, so this run never deletes or writes into them`);
+    said.push(
+      `checkpoint_dir held ${foreign.length} step folder(s) nmoe did not write (${basename(first.dir)}: ${first.problem}); ` +
+        `moved them to ${to}, so this run never deletes or writes into them`,
+    );
   }
   const own = steps.filter((s) => !s.foreign);
   const newest = own.find((s) => s.complete);
@@ -44,7 +50,9 @@ export function clearWay(base: string, fresh: boolean): string[] {
     const runId = readTrainState(newest.dir).run_id;
     const to = join(base, PREVIOUS_RUNS, runId);
     moveSteps(base, own, to);
-    said.push(`checkpoint_dir held run ${runId}'s checkpoints (newest: step ${newest.step}); moved them to ${to}, so this fresh run cannot overwrite them`);
+    said.push(
+      `checkpoint_dir held run ${runId}'s checkpoints (newest: step ${newest.step}); moved them to ${to}, so this fresh run cannot overwrite them`,
+    );
   }
   return said;
 }

@@ -21,8 +21,7 @@ function pieceOf(name: string): { base: string; range: [number, number] | null }
  * range).
  */
 export type ReshardTarget = { name: string; shape: readonly number[] } & (
-  | { split: 'experts' }
-  | { split: 'zero2'; state: string; param: string; start: number; end: number }
+  { split: 'experts' } | { split: 'zero2'; state: string; param: string; start: number; end: number }
 );
 
 /**
@@ -30,8 +29,12 @@ export type ReshardTarget = { name: string; shape: readonly number[] } & (
  * exactly `targets`' names and shapes (an expert target's dim 0 is the new world's experts per rank).
  * `paramNumel` gives each dense parameter's element count.
  */
-export function reshardRankFiles(old: Map<string, ReadTensor>[], rank: number, targets: readonly ReshardTarget[],
-  paramNumel: (param: string) => number): Map<string, ReadTensor> {
+export function reshardRankFiles(
+  old: Map<string, ReadTensor>[],
+  rank: number,
+  targets: readonly ReshardTarget[],
+  paramNumel: (param: string) => number,
+): Map<string, ReadTensor> {
   const out = new Map<string, ReadTensor>();
   const dense = new Map<string, Float32Array>(); // optimizer state of a dense parameter, whole, by state name
   const whole = (base: string, param: string): Float32Array => {
@@ -63,7 +66,11 @@ export function reshardRankFiles(old: Map<string, ReadTensor>[], rank: number, t
       const all = new Float32Array(parts.reduce((n, t) => n + t.data.length, 0));
       parts.reduce((at, t) => (all.set(t.data as Float32Array, at), at + t.data.length), 0);
       const rows = target.shape[0]!;
-      out.set(target.name, { dtype: parts[0]!.dtype, shape: [...target.shape], data: all.slice(rank * rows * rowNumel, (rank + 1) * rows * rowNumel) });
+      out.set(target.name, {
+        dtype: parts[0]!.dtype,
+        shape: [...target.shape],
+        data: all.slice(rank * rows * rowNumel, (rank + 1) * rows * rowNumel),
+      });
     } else {
       const full = whole(target.state, target.param);
       out.set(target.name, { dtype: 'F32', shape: [...target.shape], data: full.slice(target.start, target.end) });

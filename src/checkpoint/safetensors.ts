@@ -67,8 +67,23 @@ export const MAX_HEADER_BYTES = 100_000_000;
 
 /** Element size of every dtype the format defines; the reader knows them all and supports SUPPORTED. */
 const ELEMENT_BYTES: Record<string, number> = {
-  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1, F8_E8M0: 1, I16: 2, U16: 2, F16: 2, BF16: 2, I32: 4, U32: 4,
-  F32: 4, F64: 8, I64: 8, U64: 8, C64: 8,
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  F8_E8M0: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  F64: 8,
+  I64: 8,
+  U64: 8,
+  C64: 8,
 };
 const SUPPORTED: readonly SafetensorsDtype[] = ['F32', 'BF16', 'I32', 'I64'];
 
@@ -98,7 +113,11 @@ function describeShape(shape: readonly number[]): string {
 // ------------------------------------------------------------------------------------------------------------
 // writing
 
-function validateForWrite(path: string, tensors: readonly TensorToWrite[], metadata: Record<string, string> | undefined): void {
+function validateForWrite(
+  path: string,
+  tensors: readonly TensorToWrite[],
+  metadata: Record<string, string> | undefined,
+): void {
   const fail = (what: string): never => {
     throw new SafetensorsError(`cannot write ${path}: ${what}`);
   };
@@ -108,17 +127,22 @@ function validateForWrite(path: string, tensors: readonly TensorToWrite[], metad
     if (t.name === '__metadata__') fail('"__metadata__" is reserved and cannot name a tensor');
     if (seen.has(t.name)) fail(`tensor name "${t.name}" appears twice`);
     seen.add(t.name);
-    if (!(t.dtype in DTYPE_ORDER)) fail(`tensor "${t.name}" has dtype ${String(t.dtype)}; writable dtypes are F32, BF16, I32`);
+    if (!(t.dtype in DTYPE_ORDER))
+      fail(`tensor "${t.name}" has dtype ${String(t.dtype)}; writable dtypes are F32, BF16, I32`);
     if (!Array.isArray(t.shape) || !t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
       fail(`tensor "${t.name}" has shape ${JSON.stringify(t.shape)}; dimensions must be non-negative integers`);
     }
     const wantInts = t.dtype === 'I32';
     if (wantInts ? !(t.data instanceof Int32Array) : !(t.data instanceof Float32Array)) {
-      fail(`tensor "${t.name}" is ${t.dtype} but its data is a ${t.data?.constructor?.name ?? typeof t.data} ` +
-        `(${wantInts ? 'I32 takes an Int32Array' : 'F32 and BF16 take a Float32Array'})`);
+      fail(
+        `tensor "${t.name}" is ${t.dtype} but its data is a ${t.data?.constructor?.name ?? typeof t.data} ` +
+          `(${wantInts ? 'I32 takes an Int32Array' : 'F32 and BF16 take a Float32Array'})`,
+      );
     }
     if (t.data.length !== numel(t.shape)) {
-      fail(`tensor "${t.name}" has shape ${describeShape(t.shape)} (${numel(t.shape)} elements) but ${t.data.length} values`);
+      fail(
+        `tensor "${t.name}" has shape ${describeShape(t.shape)} (${numel(t.shape)} elements) but ${t.data.length} values`,
+      );
     }
   }
   for (const [k, v] of Object.entries(metadata ?? {})) {
@@ -127,12 +151,16 @@ function validateForWrite(path: string, tensors: readonly TensorToWrite[], metad
 }
 
 /** The tensors in file order (the Rust crate's order), and the padded header bytes that give their byte ranges. */
-function layout(tensors: readonly TensorToWrite[], metadata: Record<string, string> | undefined): {
+function layout(
+  tensors: readonly TensorToWrite[],
+  metadata: Record<string, string> | undefined,
+): {
   ordered: TensorToWrite[];
   header: Buffer;
 } {
-  const ordered = [...tensors].sort((a, b) =>
-    DTYPE_ORDER[b.dtype] - DTYPE_ORDER[a.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const ordered = [...tensors].sort(
+    (a, b) => DTYPE_ORDER[b.dtype] - DTYPE_ORDER[a.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+  );
   const entries: [string, unknown][] = [];
   if (metadata && Object.keys(metadata).length > 0) entries.push(['__metadata__', metadata]);
   let offset = 0;
@@ -170,7 +198,11 @@ function tensorBytes(t: TensorToWrite): Uint8Array {
  * of the bytes written (hex), hashed on the way out, so a checkpoint's manifest can record it without reading the
  * file back.
  */
-export function writeSafetensors(path: string, tensors: readonly TensorToWrite[], metadata?: Record<string, string>): string {
+export function writeSafetensors(
+  path: string,
+  tensors: readonly TensorToWrite[],
+  metadata?: Record<string, string>,
+): string {
   checkHost();
   validateForWrite(path, tensors, metadata);
   const { ordered, header } = layout(tensors, metadata);
@@ -212,8 +244,10 @@ function readExactly(fd: number, into: Uint8Array, position: number, path: strin
   while (done < into.length) {
     const n = readSync(fd, into, done, Math.min(IO_CHUNK, into.length - done), position + done);
     if (n === 0) {
-      throw new SafetensorsError(`${path}: truncated: ${what} needs ${into.length} bytes at offset ${position}, ` +
-        `the file ends after ${done}`);
+      throw new SafetensorsError(
+        `${path}: truncated: ${what} needs ${into.length} bytes at offset ${position}, ` +
+          `the file ends after ${done}`,
+      );
     }
     done += n;
   }
@@ -224,19 +258,25 @@ function parseHeader(path: string, fd: number, fileBytes: number, maxHeaderBytes
     throw new SafetensorsError(`${path}: bad header: ${what}`);
   };
   if (fileBytes < 8) {
-    throw new SafetensorsError(`${path}: truncated: ${fileBytes} bytes, too small for a safetensors file (the length prefix alone is 8)`);
+    throw new SafetensorsError(
+      `${path}: truncated: ${fileBytes} bytes, too small for a safetensors file (the length prefix alone is 8)`,
+    );
   }
   const prefix = new Uint8Array(8);
   readExactly(fd, prefix, 0, path, 'the header length');
   const n = new DataView(prefix.buffer).getBigUint64(0, true);
   if (n > BigInt(maxHeaderBytes)) {
-    throw new SafetensorsError(`${path}: bad header: declared length ${n} bytes exceeds the cap of ${maxHeaderBytes} ` +
-      '(corrupt, or not a safetensors file)');
+    throw new SafetensorsError(
+      `${path}: bad header: declared length ${n} bytes exceeds the cap of ${maxHeaderBytes} ` +
+        '(corrupt, or not a safetensors file)',
+    );
   }
   const headerBytes = Number(n);
   if (8 + headerBytes > fileBytes) {
-    throw new SafetensorsError(`${path}: truncated: the header declares ${headerBytes} bytes but only ` +
-      `${fileBytes - 8} follow the length prefix`);
+    throw new SafetensorsError(
+      `${path}: truncated: the header declares ${headerBytes} bytes but only ` +
+        `${fileBytes - 8} follow the length prefix`,
+    );
   }
   const raw = new Uint8Array(headerBytes);
   readExactly(fd, raw, 8, path, 'the header');
@@ -258,35 +298,43 @@ function parseHeader(path: string, fd: number, fileBytes: number, maxHeaderBytes
   const entries: HeaderEntry[] = [];
   for (const [name, value] of Object.entries(json as Record<string, unknown>)) {
     if (name === '__metadata__') {
-      if (typeof value !== 'object' || value === null || Array.isArray(value)) return bad('"__metadata__" is not an object');
+      if (typeof value !== 'object' || value === null || Array.isArray(value))
+        return bad('"__metadata__" is not an object');
       for (const [k, v] of Object.entries(value)) {
         if (typeof v !== 'string') return bad(`"__metadata__"."${k}" is not a string`);
       }
       metadata = value as Record<string, string>;
       continue;
     }
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) return bad(`tensor "${name}" is not an object`);
+    if (typeof value !== 'object' || value === null || Array.isArray(value))
+      return bad(`tensor "${name}" is not an object`);
     const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
     if (typeof dtype !== 'string') return bad(`tensor "${name}" has no dtype`);
     if (!(dtype in ELEMENT_BYTES)) {
       return bad(`tensor "${name}" has unknown dtype "${dtype}" (supported: ${SUPPORTED.join(', ')})`);
     }
     if (!SUPPORTED.includes(dtype as SafetensorsDtype)) {
-      throw new SafetensorsError(`${path}: tensor "${name}" has dtype ${dtype}, which this reader does not support ` +
-        `(supported: ${SUPPORTED.join(', ')})`);
+      throw new SafetensorsError(
+        `${path}: tensor "${name}" has dtype ${dtype}, which this reader does not support ` +
+          `(supported: ${SUPPORTED.join(', ')})`,
+      );
     }
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
       return bad(`tensor "${name}" has shape ${JSON.stringify(shape)}; expected a list of non-negative integers`);
     }
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
-      return bad(`tensor "${name}" has data_offsets ${JSON.stringify(offsets)}; expected [start, end] non-negative integers`);
+      return bad(
+        `tensor "${name}" has data_offsets ${JSON.stringify(offsets)}; expected [start, end] non-negative integers`,
+      );
     }
     const [start, end] = offsets as [number, number];
     if (end < start) return bad(`tensor "${name}" has data_offsets [${start}, ${end}] that end before they start`);
     const bytes = numel(shape) * ELEMENT_BYTES[dtype]!;
     if (end - start !== bytes) {
-      return bad(`tensor "${name}" is ${dtype} ${describeShape(shape)} (${bytes} bytes) but its data_offsets ` +
-        `[${start}, ${end}] span ${end - start} bytes`);
+      return bad(
+        `tensor "${name}" is ${dtype} ${describeShape(shape)} (${bytes} bytes) but its data_offsets ` +
+          `[${start}, ${end}] span ${end - start} bytes`,
+      );
     }
     entries.push({ name, dtype: dtype as SafetensorsDtype, shape, start, end });
   }
@@ -297,23 +345,30 @@ function parseHeader(path: string, fd: number, fileBytes: number, maxHeaderBytes
   let prev: HeaderEntry | null = null;
   for (const e of entries) {
     if (e.start > at) {
-      return bad(`hole in the data: bytes [${at}, ${e.start}) belong to no tensor ` +
-        `(between ${prev ? `"${prev.name}"` : 'the start'} and "${e.name}")`);
+      return bad(
+        `hole in the data: bytes [${at}, ${e.start}) belong to no tensor ` +
+          `(between ${prev ? `"${prev.name}"` : 'the start'} and "${e.name}")`,
+      );
     }
     if (e.start < at) {
-      return bad(`tensors "${prev!.name}" [${prev!.start}, ${prev!.end}] and "${e.name}" [${e.start}, ${e.end}] overlap`);
+      return bad(
+        `tensors "${prev!.name}" [${prev!.start}, ${prev!.end}] and "${e.name}" [${e.start}, ${e.end}] overlap`,
+      );
     }
     at = e.end;
     prev = e;
   }
   const dataBytes = fileBytes - 8 - headerBytes;
   if (at > dataBytes) {
-    throw new SafetensorsError(`${path}: truncated: the header describes ${at} bytes of tensor data, ` +
-      `the file holds ${dataBytes}`);
+    throw new SafetensorsError(
+      `${path}: truncated: the header describes ${at} bytes of tensor data, ` + `the file holds ${dataBytes}`,
+    );
   }
   if (at < dataBytes) {
-    throw new SafetensorsError(`${path}: ${dataBytes - at} unexpected bytes after the last tensor ` +
-      `(the header describes ${at} bytes of data, the file holds ${dataBytes})`);
+    throw new SafetensorsError(
+      `${path}: ${dataBytes - at} unexpected bytes after the last tensor ` +
+        `(the header describes ${at} bytes of data, the file holds ${dataBytes})`,
+    );
   }
   return { headerBytes, entries, metadata };
 }
@@ -345,8 +400,10 @@ function readTensor(fd: number, e: HeaderEntry, dataStart: number, path: string)
       for (let i = 0; i < n; i++) {
         const v = wide[i]!;
         if (v < -2147483648n || v > 2147483647n) {
-          throw new SafetensorsError(`${path}: I64 tensor "${e.name}" holds ${v} at element ${i}, outside the int32 ` +
-            'range this reader returns');
+          throw new SafetensorsError(
+            `${path}: I64 tensor "${e.name}" holds ${v} at element ${i}, outside the int32 ` +
+              'range this reader returns',
+          );
         }
         data[i] = Number(v);
       }
@@ -361,7 +418,9 @@ function openForReading(path: string): number {
     return openSync(path, 'r');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new SafetensorsError(code === 'ENOENT' ? `${path}: no such file` : `${path}: cannot open (${(err as Error).message})`);
+    throw new SafetensorsError(
+      code === 'ENOENT' ? `${path}: no such file` : `${path}: cannot open (${(err as Error).message})`,
+    );
   }
 }
 
@@ -370,13 +429,19 @@ export function readSafetensors(path: string, opts: ReadOptions = {}): Safetenso
   const fd = openForReading(path);
   try {
     const fileBytes = fstatSync(fd).size;
-    const { headerBytes, entries, metadata } = parseHeader(path, fd, fileBytes, opts.maxHeaderBytes ?? MAX_HEADER_BYTES);
+    const { headerBytes, entries, metadata } = parseHeader(
+      path,
+      fd,
+      fileBytes,
+      opts.maxHeaderBytes ?? MAX_HEADER_BYTES,
+    );
     let wanted: Set<string> | null = null;
     if (opts.names) {
       wanted = new Set(opts.names);
       const have = new Set(entries.map((e) => e.name));
       const missing = [...wanted].filter((n) => !have.has(n));
-      if (missing.length) throw new SafetensorsError(`${path}: no tensor named ${missing.map((m) => `"${m}"`).join(', ')}`);
+      if (missing.length)
+        throw new SafetensorsError(`${path}: no tensor named ${missing.map((m) => `"${m}"`).join(', ')}`);
     }
     const tensors = new Map<string, ReadTensor>();
     for (const e of entries) {
@@ -389,7 +454,10 @@ export function readSafetensors(path: string, opts: ReadOptions = {}): Safetenso
 }
 
 /** The header alone: names, dtypes, shapes and metadata, without reading any tensor data. */
-export function readSafetensorsHeader(path: string, opts: Pick<ReadOptions, 'maxHeaderBytes'> = {}): {
+export function readSafetensorsHeader(
+  path: string,
+  opts: Pick<ReadOptions, 'maxHeaderBytes'> = {},
+): {
   tensors: Map<string, { dtype: SafetensorsDtype; shape: number[] }>;
   metadata: Record<string, string>;
 } {

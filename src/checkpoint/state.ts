@@ -57,13 +57,19 @@ type Named = TensorTarget & { rankFile: ReshardTarget | null };
 /** Every tensor a checkpoint holds, with where it goes. */
 function stateTensors(t: Trainee): Named[] {
   const out: Named[] = t.model.params.params.map((p) => ({
-    name: p.name, shape: p.shape, value: p.value, rankFile: p.firstExpert === undefined ? null : { name: p.name, shape: p.shape, split: 'experts' },
+    name: p.name,
+    shape: p.shape,
+    value: p.value,
+    rankFile: p.firstExpert === undefined ? null : { name: p.name, shape: p.shape, split: 'experts' },
   }));
   // Optimizer state is this rank's: its experts' whole, or its ZeRO-2 piece of a dense parameter.
   const add = (x: Slot, kind: string, value: Tensor) => {
     const whole = x.start === 0 && x.end === shapeNumel(t.model.params.shapeOf(x.name));
     const name = `optim.${kind}.${whole ? x.name : `${x.name}@${x.start}:${x.end}`}`;
-    const split = x.group === 'expert' ? { split: 'experts' as const } : { split: 'zero2' as const, state: `optim.${kind}.${x.name}`, param: x.name, start: x.start, end: x.end };
+    const split =
+      x.group === 'expert'
+        ? { split: 'experts' as const }
+        : { split: 'zero2' as const, state: `optim.${kind}.${x.name}`, param: x.name, start: x.start, end: x.end };
     out.push({ name, shape: x.shape, value, rankFile: { name, shape: x.shape, ...split } });
   };
   for (const g of t.opt.groups) {
@@ -91,11 +97,17 @@ export interface CaptureInfo {
 
 /** Copies the whole training state off the device. */
 export async function captureSnapshot(t: Trainee, loader: DeterministicLoader, info: CaptureInfo): Promise<Snapshot> {
-  const dense: TensorToWrite[] = [], rank: TensorToWrite[] = [];
+  const dense: TensorToWrite[] = [],
+    rank: TensorToWrite[] = [];
   for (const x of stateTensors(t)) {
     const data = await t.model.b.read(x.value);
     if (!(data instanceof Float32Array)) throw new Error(`checkpoint: ${x.name} is not a float tensor`);
-    (x.rankFile ? rank : dense).push({ name: x.name, dtype: x.value.dtype === 'bf16' ? 'BF16' : 'F32', shape: [...x.shape], data });
+    (x.rankFile ? rank : dense).push({
+      name: x.name,
+      dtype: x.value.dtype === 'bf16' ? 'BF16' : 'F32',
+      shape: [...x.shape],
+      data,
+    });
   }
   const loaderState = loader.state();
   const state: TrainState = {
@@ -134,24 +146,40 @@ function readDamaged<T>(dir: string, read: () => T): T {
 }
 
 const damaged = (dir: string, what: string, cause?: unknown) =>
-  new UserError(`checkpoint ${dir} is damaged: ${what}. Fix: move ${dir} aside; resume then loads the step before it.`, { cause });
+  new UserError(
+    `checkpoint ${dir} is damaged: ${what}. Fix: move ${dir} aside; resume then loads the step before it.`,
+    { cause },
+  );
 
 /**
  * Checks that the saved step belongs to this config, then loads it into `t` and `loader`, resharding experts and
  * ZeRO-2 optimizer shards when the checkpoint was saved by another number of ranks. Refuses (UserError) a
  * fingerprint mismatch, naming the fields that differ.
  */
-export async function restoreSnapshot(found: StepDir, t: Trainee, loader: DeterministicLoader, config: Config, rank: number, world: number): Promise<TrainState> {
+export async function restoreSnapshot(
+  found: StepDir,
+  t: Trainee,
+  loader: DeterministicLoader,
+  config: Config,
+  rank: number,
+  world: number,
+): Promise<TrainState> {
   // Damage that keeps a file's size (and may still parse: a flipped weight) shows in its checksum; check what this rank reads.
   const savedWorld = found.manifest!.world;
-  const reads = [STATE_FILE, DENSE_FILE, ...(savedWorld === world ? [rankFile(rank)] : Array.from({ length: savedWorld }, (_, r) => rankFile(r)))];
+  const reads = [
+    STATE_FILE,
+    DENSE_FILE,
+    ...(savedWorld === world ? [rankFile(rank)] : Array.from({ length: savedWorld }, (_, r) => rankFile(r))),
+  ];
   const bad = checksumProblems(found, reads);
   if (bad.length) throw damaged(found.dir, bad.join('; '));
   const state = readTrainState(found.dir);
   if (state.config_fingerprint !== configFingerprint(config)) {
     // A math key the checkpoint does not record had its default then (it did not exist yet, or Muon's keys of an AdamW run).
     const saved = { ...defaultConfig(), ...state.config } as Config;
-    const diff = fingerprintDiff(saved, config).map((k) => `${k} (${JSON.stringify(saved[k as keyof Config])} -> ${JSON.stringify(config[k as keyof Config])})`);
+    const diff = fingerprintDiff(saved, config).map(
+      (k) => `${k} (${JSON.stringify(saved[k as keyof Config])} -> ${JSON.stringify(config[k as keyof Config])})`,
+    );
     throw new UserError(
       `checkpoint ${found.dir} was saved with a different config: ${diff.join(', ') || 'fingerprint only'}. ` +
         'Fix: restore those values, point checkpoint_dir elsewhere, or pass --no-resume.',
@@ -161,10 +189,15 @@ export async function restoreSnapshot(found: StepDir, t: Trainee, loader: Determ
   const read = (file: string) => readDamaged(found.dir, () => readSafetensors(join(found.dir, file)).tensors);
   const tensors = read(DENSE_FILE);
   // The same world reads its own file; another world reshards every old rank's file (reshard.ts).
-  const rankTensors = state.world === world
-    ? read(rankFile(rank))
-    : reshardRankFiles(Array.from({ length: state.world }, (_, r) => read(rankFile(r))), rank,
-      targets.flatMap((x) => x.rankFile ?? []), (name) => shapeNumel(t.model.params.shapeOf(name)));
+  const rankTensors =
+    state.world === world
+      ? read(rankFile(rank))
+      : reshardRankFiles(
+          Array.from({ length: state.world }, (_, r) => read(rankFile(r))),
+          rank,
+          targets.flatMap((x) => x.rankFile ?? []),
+          (name) => shapeNumel(t.model.params.shapeOf(name)),
+        );
   for (const [name, x] of rankTensors) tensors.set(name, x);
   await assignTensors(found.dir, tensors, targets, t.model.b);
   t.opt.step = state.rng.optimizer_step;

@@ -15,7 +15,19 @@ import { join } from 'node:path';
 import { makeDirs } from '../util/dirs.ts';
 import { NMOE_VERSION } from '../util/version.ts';
 import { writeFileAtomic } from './atomic.ts';
-import { DENSE_FILE, MANIFEST, type Manifest, STATE_FILE, TRACKER, checksumFile, expectedFiles, isForeignStep, iterName, listSteps, rankFile } from './layout.ts';
+import {
+  DENSE_FILE,
+  MANIFEST,
+  type Manifest,
+  STATE_FILE,
+  TRACKER,
+  checksumFile,
+  expectedFiles,
+  isForeignStep,
+  iterName,
+  listSteps,
+  rankFile,
+} from './layout.ts';
 import { type TensorToWrite, writeSafetensors } from './safetensors.ts';
 
 export interface StepJob {
@@ -35,10 +47,15 @@ export interface StepJob {
 /** Bytes of the whole step (rank 0; 0 on the other ranks). */
 export function writeStep(job: StepJob): number {
   const dir = join(job.base, iterName(job.step));
-  if (isForeignStep(dir)) throw new Error(`${dir} holds a step nmoe did not write; nmoe never writes into one. Move it out of checkpoint_dir`);
+  if (isForeignStep(dir))
+    throw new Error(
+      `${dir} holds a step nmoe did not write; nmoe never writes into one. Move it out of checkpoint_dir`,
+    );
   makeDirs(dir);
   const meta = { format: 'nmoe-checkpoint', step: String(job.step) };
-  const sums: Record<string, string> = { [rankFile(job.rank)]: writeSafetensors(join(dir, rankFile(job.rank)), job.rankTensors, meta) };
+  const sums: Record<string, string> = {
+    [rankFile(job.rank)]: writeSafetensors(join(dir, rankFile(job.rank)), job.rankTensors, meta),
+  };
   if (job.rank !== 0) {
     writeFileAtomic(join(dir, checksumFile(job.rank)), `${sums[rankFile(job.rank)]}\n`);
     return 0;
@@ -53,8 +70,15 @@ export function writeStep(job: StepJob): number {
   const bytes = Object.fromEntries(files.map((f) => [f, statSync(join(dir, f)).size]));
   const total = Object.values(bytes).reduce((a, b) => a + b, 0);
   const manifest: Manifest = {
-    step: job.step, world: job.world, dp_count: job.world, bytes_total: total, git_sha: job.gitSha, nmoe_version: NMOE_VERSION,
-    files, bytes, sha256: Object.fromEntries(files.map((f) => [f, sums[f]!])),
+    step: job.step,
+    world: job.world,
+    dp_count: job.world,
+    bytes_total: total,
+    git_sha: job.gitSha,
+    nmoe_version: NMOE_VERSION,
+    files,
+    bytes,
+    sha256: Object.fromEntries(files.map((f) => [f, sums[f]!])),
   };
   writeFileAtomic(join(dir, MANIFEST), `${JSON.stringify(manifest, null, 1)}\n`);
   for (const f of others) rmSync(join(dir, f), { force: true });
@@ -79,7 +103,10 @@ function waitForFiles(dir: string, files: string[]): void {
   const deadline = Date.now() + 600_000;
   const nap = new Int32Array(new SharedArrayBuffer(4));
   while (!files.every((f) => existsSync(join(dir, f)))) {
-    if (Date.now() > deadline) throw new Error(`${dir}: ranks' files did not all arrive: ${files.filter((f) => !existsSync(join(dir, f))).join(', ')}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `${dir}: ranks' files did not all arrive: ${files.filter((f) => !existsSync(join(dir, f))).join(', ')}`,
+      );
     Atomics.wait(nap, 0, 0, 100); // this thread has nothing else to do meanwhile
   }
 }

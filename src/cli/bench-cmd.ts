@@ -9,9 +9,17 @@ import { registerBenchRdep } from './bench-rdep.ts';
 import { registerBenchTrain } from './bench-train.ts';
 import { registerBenchViz } from './bench-viz.ts';
 
-const SUBCOMMANDS: ((bench: Command) => void)[] = [registerBenchData, registerBenchTrain, registerBenchKernels, registerBenchRdep, registerBenchViz];
+const SUBCOMMANDS: ((bench: Command) => void)[] = [
+  registerBenchData,
+  registerBenchTrain,
+  registerBenchKernels,
+  registerBenchRdep,
+  registerBenchViz,
+];
 
 export function registerBenchCommand(program: Command): void {
-  const bench = program.command('bench').description('Measure nmoe on this machine (data pipeline, training, dashboard).');
+  const bench = program
+    .command('bench')
+    .description('Measure nmoe on this machine (data pipeline, training, dashboard).');
   for (const register of SUBCOMMANDS) register(bench);
 }

@@ -14,7 +14,7 @@ export const BENCH_CONFIG = new URL('../../configs/bench/moonlet6.toml', import.
 export function registerBenchKernels(bench: Command): void {
   bench
     .command('kernels')
-    .description('Time the grouped expert GEMMs, attention and cross-entropy at a config\'s shapes (default moonlet6).')
+    .description("Time the grouped expert GEMMs, attention and cross-entropy at a config's shapes (default moonlet6).")
     .argument('[config]', 'TOML config file', BENCH_CONFIG)
     .argument('[overrides...]', 'config overrides as --key=value')
     .option('--json', 'print the results as JSON')
@@ -22,7 +22,10 @@ export function registerBenchKernels(bench: Command): void {
     .action(async (path: string, overrides: string[], opts: { json?: boolean }) => {
       const { config } = loadConfig(path, { overrides });
       const { backend } = await selectBackend(config.device);
-      if (backend.device !== 'cuda') throw new UserError('bench kernels times GPU kernels, and no GPU is in use. Fix: run it on a machine with an NVIDIA GPU (see `nmoe doctor`).');
+      if (backend.device !== 'cuda')
+        throw new UserError(
+          'bench kernels times GPU kernels, and no GPU is in use. Fix: run it on a machine with an NVIDIA GPU (see `nmoe doctor`).',
+        );
       const { CudaBackend } = await import('../tensor/cuda/backend.ts');
       const dev = (backend as InstanceType<typeof CudaBackend>).dev;
       const timer = () => {
@@ -34,7 +37,10 @@ export function registerBenchKernels(bench: Command): void {
         process.stdout.write(`${JSON.stringify({ device: backend.name, results })}\n`);
         return;
       }
-      for (const r of results) process.stdout.write(`${r.kernel.padEnd(32)} ${r.ms.toFixed(3).padStart(9)} ms ${r.tflops.toFixed(1).padStart(7)} TFLOPS  ${r.shape}\n`);
+      for (const r of results)
+        process.stdout.write(
+          `${r.kernel.padEnd(32)} ${r.ms.toFixed(3).padStart(9)} ms ${r.tflops.toFixed(1).padStart(7)} TFLOPS  ${r.shape}\n`,
+        );
       process.stdout.write(`device: ${backend.name}\n`);
     });
 }

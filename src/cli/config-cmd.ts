@@ -14,7 +14,8 @@ import { UserError } from '../util/errors.ts';
 export function registerConfigCommand(program: Command): void {
   const config = program.command('config').description('Inspect and validate training configs (TOML).');
 
-  config.command('show')
+  config
+    .command('show')
     .description('Print the resolved config as TOML: defaults < file < NMOE_* environment < --key=value overrides.')
     .argument('<file>', 'config TOML, e.g. configs/tiny.toml')
     .argument('[overrides...]', 'overrides: --key=value, --kebab-key=value, --table.key=value, --flag, --no-flag')
@@ -28,13 +29,15 @@ export function registerConfigCommand(program: Command): void {
       if (files.length !== 1) {
         throw new UserError(
           `config show needs exactly one config file, got ${files.length} (${files.join(' ') || 'none'}). ` +
-          'Fix: give one file and write overrides as --key=value (e.g. --steps=5, not --steps 5).');
+            'Fix: give one file and write overrides as --key=value (e.g. --steps=5, not --steps 5).',
+        );
       }
       const loaded = loadConfig(files[0], { overrides: args.filter((a) => a.startsWith('-')) });
       process.stdout.write(opts.json ? showJson(loaded) : showToml(loaded));
     });
 
-  config.command('check')
+  config
+    .command('check')
     .description('Validate config files; exits with code 2 if any of them is invalid.')
     .argument('<files...>', 'config TOML files')
     .option('--world-size <n>', 'ranks the run will use (default: $WORLD_SIZE, else 1)', positiveInt)
@@ -43,8 +46,11 @@ export function registerConfigCommand(program: Command): void {
       for (const file of files) {
         try {
           const loaded = loadConfig(file, { worldSize: opts.worldSize });
-          process.stdout.write(`${pc.green('ok')}   ${file}  fingerprint ${configFingerprint(loaded.config).slice(0, 12)}\n`);
-          for (const line of unimplementedWarnings(loaded)) process.stdout.write(`${pc.yellow('warn')} ${file}  ${line}\n`);
+          process.stdout.write(
+            `${pc.green('ok')}   ${file}  fingerprint ${configFingerprint(loaded.config).slice(0, 12)}\n`,
+          );
+          for (const line of unimplementedWarnings(loaded))
+            process.stdout.write(`${pc.yellow('warn')} ${file}  ${line}\n`);
         } catch (err) {
           if (!(err instanceof ConfigError)) throw err;
           failed++;

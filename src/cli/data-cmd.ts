@@ -36,7 +36,10 @@ function whole(flag: string, min: number, fallback: number) {
 function similarity(flag: string, fallback: number) {
   return (text: string): number => {
     const x = Number(text);
-    if (!(x > 0 && x <= 1)) throw new UserError(`${flag} ${JSON.stringify(text)} is not a similarity above 0 and at most 1. Fix: e.g. ${flag} ${fallback} (the default).`);
+    if (!(x > 0 && x <= 1))
+      throw new UserError(
+        `${flag} ${JSON.stringify(text)} is not a similarity above 0 and at most 1. Fix: e.g. ${flag} ${fallback} (the default).`,
+      );
     return x;
   };
 }
@@ -48,12 +51,14 @@ function rate(n: number, seconds: number): string {
 /** Bar + periodic log lines for a prep; returns the progress callback. */
 function prepProgress(progress: Progress): (p: PrepProgress) => void {
   const t0 = performance.now();
-  let lastBar = 0, lastLine = t0;
+  let lastBar = 0,
+    lastLine = t0;
   return (p) => {
     const now = performance.now();
     const s = (now - t0) / 1000;
     const mb = p.bytesRead / 1e6;
-    const fields = `${formatCount(p.documents)} docs ${rate(p.documents, s)}  ${formatCount(p.tokens)} tok ${rate(p.tokens, s)}  ` +
+    const fields =
+      `${formatCount(p.documents)} docs ${rate(p.documents, s)}  ${formatCount(p.tokens)} tok ${rate(p.tokens, s)}  ` +
       `${mb.toFixed(1)}${p.totalBytes ? `/${(p.totalBytes / 1e6).toFixed(1)}` : ''} MB read ${(mb / Math.max(s, 1e-9)).toFixed(1)} MB/s`;
     if (now - lastBar > 100) {
       progress.bar(p.bytesRead, p.totalBytes ?? p.bytesRead * 2, fields);
@@ -68,8 +73,9 @@ function prepProgress(progress: Progress): (p: PrepProgress) => void {
 
 function registerPrep(data: Command): void {
   const d = PREP_DEFAULTS;
-  const prep = data.command('prep')
-    .description('Tokenize a corpus into .npy/.idx shards with a manifest, in the reference\'s layout; resumable.')
+  const prep = data
+    .command('prep')
+    .description("Tokenize a corpus into .npy/.idx shards with a manifest, in the reference's layout; resumable.")
     .addOption(new Option('--source <kind>', 'input kind').choices([...SOURCE_KINDS]).makeOptionMandatory())
     .option('--paths <paths...>', 'input files, folders or quoted glob patterns (local sources)', d.paths)
     .option('--dataset <id>', 'Hugging Face Hub dataset id (--source hf)')
@@ -84,24 +90,40 @@ function registerPrep(data: Command): void {
     .option('--vocab-size <n>', 'must match the tokenizer (checked)', count(1))
     .option('--eos-token-id <n>', 'must match the tokenizer (checked)', count(0))
     .option('--num-shards <n>', 'hash buckets: md5(doc id) picks one', count(1), d.numShards)
-    .option('--tokens-per-shard <n>', 'tokens per shard file before a new one starts (e.g. 500M)', count(2), d.tokensPerShard)
+    .option(
+      '--tokens-per-shard <n>',
+      'tokens per shard file before a new one starts (e.g. 500M)',
+      count(2),
+      d.tokensPerShard,
+    )
     .option('-j, --workers <n>', 'tokenizer threads', count(1), d.workers)
     .option('--batch-size <n>', 'documents per tokenizer batch', count(1), d.batchSize)
     .option('--min-tokens <n>', 'drop documents with fewer tokens', count(0), d.minTokens)
     .option('--max-tokens <n>', 'cut documents to this many tokens', count(1), d.maxTokens)
     .option('--max-tokens-total <n>', 'stop after this many tokens, e.g. 100M, 1B, 1.5T', count(1))
-    .option('--worker-index <i>', 'this machine\'s part of a split prep (0-based)', count(0), d.workerIndex)
+    .option('--worker-index <i>', "this machine's part of a split prep (0-based)", count(0), d.workerIndex)
     .option('--num-workers <n>', 'machines sharing the prep (each takes every n-th file)', count(1), d.numWorkers)
     .option('--checkpoint-every <n>', 'input records between resume checkpoints', count(1), d.checkpointEvery)
     .option('--force', 'start over, deleting a finished or interrupted prep in the output folder', false);
   addFilterOptions(prep)
-    .addHelpText('after', '\nExamples:\n  nmoe data prep --source jsonl --paths raw/*.jsonl.zst -o /data/web --name web\n' +
-      '  nmoe data prep --source hf --dataset HuggingFaceFW/fineweb-edu --subset sample-10BT -o /data/fw --name fw --max-tokens-total 1B\n' +
-      '  nmoe data prep --source text --paths books/ -o data/books --name books --tokenizer bytes --num-shards 1')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  nmoe data prep --source jsonl --paths raw/*.jsonl.zst -o /data/web --name web\n' +
+        '  nmoe data prep --source hf --dataset HuggingFaceFW/fineweb-edu --subset sample-10BT -o /data/fw --name fw --max-tokens-total 1B\n' +
+        '  nmoe data prep --source text --paths books/ -o data/books --name books --tokenizer bytes --num-shards 1',
+    )
     .action(async (opts: Omit<PrepOptions, 'filters'> & FilterFlags & { maxTokensTotal?: number }) => {
-      const o: PrepOptions = { ...PREP_DEFAULTS, ...opts, maxTokensTotal: opts.maxTokensTotal ?? null, filters: filtersFrom(opts) };
+      const o: PrepOptions = {
+        ...PREP_DEFAULTS,
+        ...opts,
+        maxTokensTotal: opts.maxTokensTotal ?? null,
+        filters: filtersFrom(opts),
+      };
       const progress = new Progress();
-      const interrupt = onInterrupt(progress, 'interrupted: saving a checkpoint (Ctrl-C again to exit now; the next run resumes from the last checkpoint)');
+      const interrupt = onInterrupt(
+        progress,
+        'interrupted: saving a checkpoint (Ctrl-C again to exit now; the next run resumes from the last checkpoint)',
+      );
       const t0 = performance.now();
       try {
         const r = await runPrep(o, { progress: prepProgress(progress), signal: interrupt.signal });
@@ -120,11 +142,16 @@ export function registerDataCommand(program: Command): void {
   // `data prep --version v1` is the reference's dataset-version flag; without positional options commander would
   // take it as the program's own --version anywhere on the line.
   program.enablePositionalOptions();
-  const data = program.command('data').description('Prepare, check and inspect token shards (the reference\'s data CLI).');
+  const data = program
+    .command('data')
+    .description("Prepare, check and inspect token shards (the reference's data CLI).");
   registerPrep(data);
 
-  data.command('verify')
-    .description('Check that every shard and index of a manifest exists and matches it; --checksums re-hashes the shards.')
+  data
+    .command('verify')
+    .description(
+      'Check that every shard and index of a manifest exists and matches it; --checksums re-hashes the shards.',
+    )
     .argument('<manifest>', 'path to manifest.json')
     .option('--checksums', 'also compare the SHA-256 of every shard (reads all data)', false)
     .action(async (path: string, opts: { checksums: boolean }) => {
@@ -133,20 +160,29 @@ export function registerDataCommand(program: Command): void {
         for (const p of r.problems) process.stdout.write(`${pc.red('FAIL')} ${p}\n`);
         throw new UserError(`${r.problems.length} problem(s) in ${path}. Fix: follow the fix on each FAIL line above.`);
       }
-      process.stdout.write(`${pc.green('ok')} ${path}: ${r.shards} shards, ${formatCount(r.tokens)} tokens${opts.checksums ? ', checksums match' : ''}\n`);
+      process.stdout.write(
+        `${pc.green('ok')} ${path}: ${r.shards} shards, ${formatCount(r.tokens)} tokens${opts.checksums ? ', checksums match' : ''}\n`,
+      );
     });
 
-  data.command('info')
+  data
+    .command('info')
     .description('Summarise a manifest.')
     .argument('<manifest>', 'path to manifest.json')
     .action((path: string) => {
       const m = readManifest(path);
       const stamp = m.tokenizer_hash ? ` (hash ${m.tokenizer_hash}, ${m.tokenizer_version ?? 'built in'})` : '';
       const rows: [string, unknown][] = [
-        ['Dataset', m.dataset], ['Version', m.version], ['Tokenizer', `${m.tokenizer}${stamp}`],
-        ['Vocab size', m.vocab_size], ['EOS token', m.eos_token_id], ['Dtype', m.dtype],
+        ['Dataset', m.dataset],
+        ['Version', m.version],
+        ['Tokenizer', `${m.tokenizer}${stamp}`],
+        ['Vocab size', m.vocab_size],
+        ['EOS token', m.eos_token_id],
+        ['Dtype', m.dtype],
         ['Created', `${m.created_at}${m.creator_version ? ` by ${m.creator_version}` : ''}`],
-        ['Total tokens', m.total_tokens.toLocaleString('en-US')], ['Total documents', m.total_documents.toLocaleString('en-US')], ['Shards', m.num_shards],
+        ['Total tokens', m.total_tokens.toLocaleString('en-US')],
+        ['Total documents', m.total_documents.toLocaleString('en-US')],
+        ['Shards', m.num_shards],
         ['Avg tokens/doc', (m.total_tokens / Math.max(1, m.total_documents)).toFixed(1)],
         ['Avg tokens/shard', Math.round(m.total_tokens / Math.max(1, m.num_shards)).toLocaleString('en-US')],
         ['Source', JSON.stringify(m.source_info.source ?? null)],
@@ -154,8 +190,11 @@ export function registerDataCommand(program: Command): void {
       for (const [k, v] of rows) process.stdout.write(`${`${k}:`.padEnd(18)}${v}\n`);
     });
 
-  data.command('inspect')
-    .description('Quality checks on shards: EOS and double-EOS counts, token statistics, a sample decoded back to text.')
+  data
+    .command('inspect')
+    .description(
+      'Quality checks on shards: EOS and double-EOS counts, token statistics, a sample decoded back to text.',
+    )
     .option('--manifest <path>', 'manifest.json (gives the shards, EOS and tokenizer)')
     .option('--data-dir <dir>', 'a folder of .npy shards (without a manifest)')
     .option('--eos-token-id <n>', 'EOS id when there is no manifest', count(0))
@@ -167,20 +206,26 @@ export function registerDataCommand(program: Command): void {
     .option('-v, --verbose', 'list every double-EOS position (first 10 per shard)', false)
     .action(async (opts: InspectOptions) => {
       const report = await inspectShards(opts, (line) => process.stdout.write(`${line}\n`));
-      if (report.issues > 0) throw new UserError(`${report.issues} issue(s) found (see above). Fix: re-prepare the affected shards`);
+      if (report.issues > 0)
+        throw new UserError(`${report.issues} issue(s) found (see above). Fix: re-prepare the affected shards`);
     });
 
-  data.command('regenerate-index')
-    .description('Rebuild a shard\'s .idx from the EOS positions in the shard.')
+  data
+    .command('regenerate-index')
+    .description("Rebuild a shard's .idx from the EOS positions in the shard.")
     .argument('<shard>', 'path to a .npy shard')
-    .requiredOption('--eos-token-id <n>', 'EOS id of the shard\'s tokenizer', count(0))
+    .requiredOption('--eos-token-id <n>', "EOS id of the shard's tokenizer", count(0))
     .action((shard: string, opts: { eosTokenId: number }) => {
       const r = regenerateIndex(shard, opts.eosTokenId);
       process.stdout.write(`wrote ${r.path}: ${r.documents.toLocaleString('en-US')} documents\n`);
-      if (r.trailingTokens > 0) process.stdout.write(pc.yellow(`warning: ${r.trailingTokens} tokens after the last EOS belong to no document\n`));
+      if (r.trailingTokens > 0)
+        process.stdout.write(
+          pc.yellow(`warning: ${r.trailingTokens} tokens after the last EOS belong to no document\n`),
+        );
     });
 
-  data.command('dedup')
+  data
+    .command('dedup')
     .description('Near-duplicate removal for JSONL (keep-first), MinHash-LSH over character shingles.')
     .requiredOption('--in <path>', 'input JSONL (.gz, .zst)')
     .requiredOption('--out <path>', 'output JSONL of the kept lines')
@@ -189,10 +234,19 @@ export function registerDataCommand(program: Command): void {
     .option('--perms <n>', 'MinHash permutations', whole('--perms', 1, 128), 128)
     .option('--jaccard <x>', 'drop a document this similar to an earlier one', similarity('--jaccard', 0.82), 0.82)
     .option('--seed <n>', 'seed of the hash permutations', whole('--seed', 0, 42), 42)
-    .action(async ({ in: input, out: output, ...rest }: Omit<DedupOptions, 'input' | 'output'> & { in: string; out: string }) => {
-      const r = await runDedup({ input, output, ...rest });
-      const n = (x: number) => x.toLocaleString('en-US');
-      const skipped = r.skipped > 0 ? `, skipped ${r.skipped} unparseable or text-less lines (first: ${r.firstSkipped})` : '';
-      process.stdout.write(`dedup: ${n(r.total)} records, kept ${n(r.kept)}, dropped ${n(r.dropped)} near-duplicates${skipped} -> ${output}\n`);
-    });
+    .action(
+      async ({
+        in: input,
+        out: output,
+        ...rest
+      }: Omit<DedupOptions, 'input' | 'output'> & { in: string; out: string }) => {
+        const r = await runDedup({ input, output, ...rest });
+        const n = (x: number) => x.toLocaleString('en-US');
+        const skipped =
+          r.skipped > 0 ? `, skipped ${r.skipped} unparseable or text-less lines (first: ${r.firstSkipped})` : '';
+        process.stdout.write(
+          `dedup: ${n(r.total)} records, kept ${n(r.kept)}, dropped ${n(r.dropped)} near-duplicates${skipped} -> ${output}\n`,
+        );
+      },
+    );
 }

@@ -23,27 +23,69 @@ interface EvalFlags {
 }
 
 export function registerEvalCommand(program: Command): void {
-  program.command('eval')
-    .description('Score a trained model on eval tasks (multiple choice by log-likelihood, GSM8K by generation, HumanEval by unit tests): accuracy, centered accuracy, CORE.')
-    .argument('<model>', 'a checkpoint_dir (newest complete step), one iter_NNNNNNN directory, or an HF export directory')
-    .option('--tasks <list>', 'core (every task in the tasks file) or a comma list of its task names', FIELDS.eval_tasks.default)
+  program
+    .command('eval')
+    .description(
+      'Score a trained model on eval tasks (multiple choice by log-likelihood, GSM8K by generation, HumanEval by unit tests): accuracy, centered accuracy, CORE.',
+    )
+    .argument(
+      '<model>',
+      'a checkpoint_dir (newest complete step), one iter_NNNNNNN directory, or an HF export directory',
+    )
+    .option(
+      '--tasks <list>',
+      'core (every task in the tasks file) or a comma list of its task names',
+      FIELDS.eval_tasks.default,
+    )
     .option('--tasks-file <file>', 'task registry TOML of [[task]] tables', FIELDS.eval_tasks_file.default)
-    .option('--data-dir <dir>', 'where hf: task sources are (Hugging Face layout); default: the tasks file\'s data_dir, else data/eval')
-    .option('--max-examples <n>', 'items scored per task at most', wholeOption('--max-examples', 1), FIELDS.eval_budget_max_examples.default)
-    .option('--max-time <s>', 'seconds for the whole eval; tasks past it score nothing', wholeOption('--max-time', 1), 3600)
-    .option('--allow-code-exec', 'let code tasks (HumanEval) run the programs the model writes: no network, a time limit, but not a sandbox', false)
+    .option(
+      '--data-dir <dir>',
+      "where hf: task sources are (Hugging Face layout); default: the tasks file's data_dir, else data/eval",
+    )
+    .option(
+      '--max-examples <n>',
+      'items scored per task at most',
+      wholeOption('--max-examples', 1),
+      FIELDS.eval_budget_max_examples.default,
+    )
+    .option(
+      '--max-time <s>',
+      'seconds for the whole eval; tasks past it score nothing',
+      wholeOption('--max-time', 1),
+      3600,
+    )
+    .option(
+      '--allow-code-exec',
+      'let code tasks (HumanEval) run the programs the model writes: no network, a time limit, but not a sandbox',
+      false,
+    )
     .option('--device <device>', 'auto, cpu or cuda', deviceOption, 'auto')
-    .addHelpText('after', '\nExamples:\n  nmoe eval runs/tiny/checkpoints --tasks ARC-Easy,HellaSwag --data-dir ~/hf-data\n  nmoe eval out/hf --tasks core --max-examples 200\n  nmoe eval out/hf --tasks HumanEval --allow-code-exec')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  nmoe eval runs/tiny/checkpoints --tasks ARC-Easy,HellaSwag --data-dir ~/hf-data\n  nmoe eval out/hf --tasks core --max-examples 200\n  nmoe eval out/hf --tasks HumanEval --allow-code-exec',
+    )
     .action(async (path: string, o: EvalFlags) => {
       const tasks = await loadSuite(o.tasksFile, o.tasks, { dataDir: o.dataDir, allowCodeExec: o.allowCodeExec });
       const opened = await openModel(path, o.device, (m) => process.stderr.write(`${pc.yellow('warning:')} ${m}\n`));
-      process.stderr.write(pc.dim(`${opened.from} (step ${opened.step}) on ${opened.backend.name}${opened.note ? `; ${opened.note}` : ''}\n`));
+      process.stderr.write(
+        pc.dim(
+          `${opened.from} (step ${opened.step}) on ${opened.backend.name}${opened.note ? `; ${opened.note}` : ''}\n`,
+        ),
+      );
       const dec = new Decoder(opened.model);
       try {
-        const report = await runEval(dec, opened.tokenizer, tasks, { maxExamples: o.maxExamples, maxSeconds: o.maxTime }, (s) => {
-          process.stdout.write(`${formatScore(s)}  ${pc.dim(`(${s.seconds.toFixed(1)} s)`)}\n`);
-        });
-        process.stdout.write(`CORE: ${report.core.toFixed(4)}  ${pc.dim(`(${report.tasks.filter((t) => t.n > 0).length} tasks, ${report.seconds.toFixed(1)} s)`)}\n`);
+        const report = await runEval(
+          dec,
+          opened.tokenizer,
+          tasks,
+          { maxExamples: o.maxExamples, maxSeconds: o.maxTime },
+          (s) => {
+            process.stdout.write(`${formatScore(s)}  ${pc.dim(`(${s.seconds.toFixed(1)} s)`)}\n`);
+          },
+        );
+        process.stdout.write(
+          `CORE: ${report.core.toFixed(4)}  ${pc.dim(`(${report.tasks.filter((t) => t.n > 0).length} tasks, ${report.seconds.toFixed(1)} s)`)}\n`,
+        );
       } finally {
         dec.free();
         opened.model.free();

@@ -28,7 +28,10 @@ interface GenerateFlags {
 
 /** The prompts to run: --prompt, or one per non-empty line of --prompts-file. */
 function prompts(o: GenerateFlags): string[] {
-  if ((o.prompt === undefined) === (o.promptsFile === undefined)) throw new UserError('give exactly one of --prompt TEXT and --prompts-file FILE. Fix: e.g. nmoe generate runs/tiny/checkpoints --prompt "Call me".');
+  if ((o.prompt === undefined) === (o.promptsFile === undefined))
+    throw new UserError(
+      'give exactly one of --prompt TEXT and --prompts-file FILE. Fix: e.g. nmoe generate runs/tiny/checkpoints --prompt "Call me".',
+    );
   if (o.prompt !== undefined) {
     if (o.prompt === '') throw new UserError('--prompt is empty. Fix: give the text to continue.');
     return [o.prompt];
@@ -37,56 +40,91 @@ function prompts(o: GenerateFlags): string[] {
   try {
     text = readFileSync(o.promptsFile!, 'utf8');
   } catch (err) {
-    throw new UserError(`--prompts-file ${o.promptsFile} cannot be read (${(err as Error).message}). Fix: pass a text file with one prompt per line.`);
+    throw new UserError(
+      `--prompts-file ${o.promptsFile} cannot be read (${(err as Error).message}). Fix: pass a text file with one prompt per line.`,
+    );
   }
   const lines = text.split(/\r?\n/).filter((l) => l.trim() !== '');
-  if (!lines.length) throw new UserError(`--prompts-file ${o.promptsFile} has no non-empty line. Fix: write one prompt per line.`);
+  if (!lines.length)
+    throw new UserError(`--prompts-file ${o.promptsFile} has no non-empty line. Fix: write one prompt per line.`);
   return lines;
 }
 
 const rate = (tokens: number, seconds: number) => (seconds > 0 ? `${formatCount(tokens / seconds)} tok/s` : '-');
 
 export function registerGenerateCommand(program: Command): void {
-  program.command('generate')
-    .description('Continue prompts with a trained model (KV-cached decoding), streaming the text; reports prefill and decode tokens/s.')
-    .argument('<model>', 'a checkpoint_dir (newest complete step), one iter_NNNNNNN directory, or an HF export directory')
+  program
+    .command('generate')
+    .description(
+      'Continue prompts with a trained model (KV-cached decoding), streaming the text; reports prefill and decode tokens/s.',
+    )
+    .argument(
+      '<model>',
+      'a checkpoint_dir (newest complete step), one iter_NNNNNNN directory, or an HF export directory',
+    )
     .option('--prompt <text>', 'the text to continue')
     .option('--prompts-file <file>', 'one prompt per line')
     .option('--max-tokens <n>', 'new tokens per prompt at most', wholeOption('--max-tokens', 1), 128)
     .option('--temperature <t>', 'sampling temperature; 0 is greedy', numberOption('--temperature', 0, 100, 0.8), 0)
     .option('--top-k <k>', 'sample from the k most likely tokens; 0 = all', wholeOption('--top-k', 0), 0)
-    .option('--top-p <p>', 'sample from the most likely tokens up to this probability', numberOption('--top-p', 1e-6, 1, 0.95), 1)
+    .option(
+      '--top-p <p>',
+      'sample from the most likely tokens up to this probability',
+      numberOption('--top-p', 1e-6, 1, 0.95),
+      1,
+    )
     .option('--seed <n>', 'sampling seed (a seed reproduces a generation)', wholeOption('--seed', 0), 0)
     .option('--device <device>', 'auto, cpu or cuda', deviceOption, 'auto')
     .option('--no-stop-at-eos', 'keep going past the end-of-text token')
-    .addHelpText('after', '\nExamples:\n  nmoe generate runs/tiny/checkpoints --prompt "Call me Ishmael."\n  nmoe generate out/hf --prompts-file prompts.txt --temperature 0.8 --top-p 0.95 --seed 1')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  nmoe generate runs/tiny/checkpoints --prompt "Call me Ishmael."\n  nmoe generate out/hf --prompts-file prompts.txt --temperature 0.8 --top-p 0.95 --seed 1',
+    )
     .action(async (path: string, o: GenerateFlags) => {
       const texts = prompts(o);
       const warn = (m: string) => process.stderr.write(`${pc.yellow('warning:')} ${m}\n`);
       const opened = await openModel(path, o.device, warn);
       const { model, tokenizer, config } = opened;
-      process.stderr.write(pc.dim(`${opened.from} (step ${opened.step}) on ${opened.backend.name}${opened.note ? `; ${opened.note}` : ''}\n`));
+      process.stderr.write(
+        pc.dim(
+          `${opened.from} (step ${opened.step}) on ${opened.backend.name}${opened.note ? `; ${opened.note}` : ''}\n`,
+        ),
+      );
       const dec = new Decoder(model);
       try {
         for (const [i, text] of texts.entries()) {
           const ids = Array.from(tokenizer.encode(text));
           if (ids.length >= config.max_position_embeddings) {
-            throw new UserError(`prompt ${i + 1} is ${ids.length} tokens; the model's positions end at max_position_embeddings = ${config.max_position_embeddings}. Fix: shorten it.`);
+            throw new UserError(
+              `prompt ${i + 1} is ${ids.length} tokens; the model's positions end at max_position_embeddings = ${config.max_position_embeddings}. Fix: shorten it.`,
+            );
           }
           const stream = new TextStream((t) => tokenizer.decode(t));
           process.stdout.write(text);
-          const g = await generate(dec, ids, new Sampler({ temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed }, i), {
-            maxTokens: o.maxTokens,
-            eosTokenId: o.stopAtEos ? config.eos_token_id : -1,
-            onToken: (id) => process.stdout.write(stream.push(id)),
-          });
+          const g = await generate(
+            dec,
+            ids,
+            new Sampler({ temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed }, i),
+            {
+              maxTokens: o.maxTokens,
+              eosTokenId: o.stopAtEos ? config.eos_token_id : -1,
+              onToken: (id) => process.stdout.write(stream.push(id)),
+            },
+          );
           process.stdout.write(`${stream.flush()}\n`);
-          const stop = { eos: 'end of text', max_tokens: `--max-tokens ${o.maxTokens}`, context: `max_position_embeddings ${config.max_position_embeddings}`, until: 'a stop sequence' }[g.stop];
-          process.stderr.write(pc.dim(
-            `prefill ${g.prefillTokens} tokens in ${(g.prefillSeconds * 1000).toFixed(0)} ms (${rate(g.prefillTokens, g.prefillSeconds)}) | ` +
-              `decode ${g.decodeTokens} tokens in ${(g.decodeSeconds * 1000).toFixed(0)} ms (${rate(g.decodeTokens, g.decodeSeconds)}) | ` +
-              `${g.tokens.length} new tokens, stopped at ${stop}\n`,
-          ));
+          const stop = {
+            eos: 'end of text',
+            max_tokens: `--max-tokens ${o.maxTokens}`,
+            context: `max_position_embeddings ${config.max_position_embeddings}`,
+            until: 'a stop sequence',
+          }[g.stop];
+          process.stderr.write(
+            pc.dim(
+              `prefill ${g.prefillTokens} tokens in ${(g.prefillSeconds * 1000).toFixed(0)} ms (${rate(g.prefillTokens, g.prefillSeconds)}) | ` +
+                `decode ${g.decodeTokens} tokens in ${(g.decodeSeconds * 1000).toFixed(0)} ms (${rate(g.decodeTokens, g.decodeSeconds)}) | ` +
+                `${g.tokens.length} new tokens, stopped at ${stop}\n`,
+            ),
+          );
         }
       } finally {
         dec.free();

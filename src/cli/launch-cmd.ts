@@ -29,23 +29,37 @@ export class LaunchFailed extends Error {
   }
 }
 
-export function parseLaunchFlags(flags: LaunchFlags, args: string[], env: Record<string, string | undefined> = process.env): LaunchPlan {
+export function parseLaunchFlags(
+  flags: LaunchFlags,
+  args: string[],
+  env: Record<string, string | undefined> = process.env,
+): LaunchPlan {
   if (flags.nprocPerNode === undefined) {
-    throw new UserError('--nproc-per-node is required: how many processes (one per GPU) to run on this node. Fix: e.g. --nproc-per-node 8.');
+    throw new UserError(
+      '--nproc-per-node is required: how many processes (one per GPU) to run on this node. Fix: e.g. --nproc-per-node 8.',
+    );
   }
   const nprocPerNode = wholeFlag('--nproc-per-node', flags.nprocPerNode, 1, 'e.g. --nproc-per-node 8, one per GPU');
   const nnodes = wholeFlag('--nnodes', flags.nnodes, 1, 'e.g. --nnodes 2');
   const nodeRank = wholeFlag('--node-rank', flags.nodeRank, 0, 'e.g. --node-rank 0 on the first node');
-  if (nodeRank >= nnodes) throw new UserError(`--node-rank ${nodeRank} must be < --nnodes (${nnodes}). Fix: number the nodes from 0 to ${nnodes - 1}.`);
+  if (nodeRank >= nnodes)
+    throw new UserError(
+      `--node-rank ${nodeRank} must be < --nnodes (${nnodes}). Fix: number the nodes from 0 to ${nnodes - 1}.`,
+    );
   const masterPort = wholeFlag('--master-port', flags.masterPort, 0, `e.g. --master-port ${DEFAULT_MASTER_PORT}`);
-  if (masterPort > 65535) throw new UserError(`--master-port ${masterPort} is not a TCP port. Fix: use one from 1024 to 65535, e.g. --master-port ${DEFAULT_MASTER_PORT}.`);
+  if (masterPort > 65535)
+    throw new UserError(
+      `--master-port ${masterPort} is not a TCP port. Fix: use one from 1024 to 65535, e.g. --master-port ${DEFAULT_MASTER_PORT}.`,
+    );
   if (masterPort === 0 && nnodes > 1) {
     throw new UserError(
       `--master-port 0 (any free port) works only with --nnodes 1: the other nodes must know the port. Fix: choose one, e.g. --master-port ${DEFAULT_MASTER_PORT}.`,
     );
   }
   if (nnodes > 1 && !flags.masterAddr) {
-    throw new UserError(`--master-addr is required with --nnodes ${nnodes}. Fix: give node 0's address as the other nodes reach it, e.g. --master-addr 10.0.0.1.`);
+    throw new UserError(
+      `--master-addr is required with --nnodes ${nnodes}. Fix: give node 0's address as the other nodes reach it, e.g. --master-addr 10.0.0.1.`,
+    );
   }
   if (nnodes > 1 && inSlurmBatchScript(env)) {
     throw new UserError(
@@ -54,7 +68,9 @@ export function parseLaunchFlags(flags: LaunchFlags, args: string[], env: Record
     );
   }
   if (flags.entry !== undefined && !existsSync(flags.entry)) {
-    throw new UserError(`--entry ${flags.entry} does not exist. Fix: give the path of a JS or TS module to run on every rank.`);
+    throw new UserError(
+      `--entry ${flags.entry} does not exist. Fix: give the path of a JS or TS module to run on every rank.`,
+    );
   }
   return {
     nprocPerNode,
@@ -99,7 +115,11 @@ export function registerLaunchCommand(program: Command): void {
     .option('--nnodes <m>', 'number of nodes', '1')
     .option('--node-rank <r>', "this node's rank, 0 to nnodes-1", '0')
     .option('--master-addr <addr>', "node 0's address as every node reaches it (required with --nnodes > 1)")
-    .option('--master-port <port>', "the store's port on node 0 (0: any free port, one node only)", String(DEFAULT_MASTER_PORT))
+    .option(
+      '--master-port <port>',
+      "the store's port on node 0 (0: any free port, one node only)",
+      String(DEFAULT_MASTER_PORT),
+    )
     .option('--entry <module>', 'run this JS/TS module on every rank instead of `nmoe train`')
     .argument('[args...]', 'arguments for `nmoe train` (config file, --key=value overrides) or for --entry')
     .allowUnknownOption()

@@ -25,12 +25,20 @@ function formatLog(r: LogRecord): string[] {
   const main =
     `step ${String(r.step).padStart(String(r.steps).length)}/${r.steps}  loss ${r.loss.toFixed(4)}  grad_norm ${r.gradNorm.toFixed(3)}  ` +
     `lr ${r.lr.toExponential(2)}  ${formatCount(r.tokensPerSecond)} tok/s  ${r.tflops.toFixed(3)} TFLOPS  ${r.msPerStep.toFixed(0)} ms/step` +
-    (r.memory ? `  memory ${(r.memory.current / 2 ** 30).toFixed(2)} GiB (peak ${(r.memory.peak / 2 ** 30).toFixed(2)})` : '');
+    (r.memory
+      ? `  memory ${(r.memory.current / 2 ** 30).toFixed(2)} GiB (peak ${(r.memory.peak / 2 ** 30).toFixed(2)})`
+      : '');
   if (!r.routerAgg) return [main];
   const layers = r.router
-    .map((l, i) => `L${i}[cv ${l.cv.toFixed(0)}% max ${l.max_load.toFixed(0)}% H ${l.entropy.toFixed(2)} act ${l.experts_active} bias ${l.bias_range.toFixed(3)}]`)
+    .map(
+      (l, i) =>
+        `L${i}[cv ${l.cv.toFixed(0)}% max ${l.max_load.toFixed(0)}% H ${l.entropy.toFixed(2)} act ${l.experts_active} bias ${l.bias_range.toFixed(3)}]`,
+    )
     .join(' ');
-  return [main, pc.dim(`  router: mean cv ${r.routerAgg.mean_cv.toFixed(1)}%  dead ${r.routerAgg.dead_experts_count}  ${layers}`)];
+  return [
+    main,
+    pc.dim(`  router: mean cv ${r.routerAgg.mean_cv.toFixed(1)}%  dead ${r.routerAgg.dead_experts_count}  ${layers}`),
+  ];
 }
 
 /** What the run reports, drawn as lines and the progress bar. */
@@ -43,11 +51,17 @@ function progressEvents(progress: Progress, config: Config): TrainEvents {
       );
       if (config.data_path === null && config.tokenizer === 'bytes') {
         const entropy = unigramEntropy(embeddedTokens(), config.vocab_size, config.eos_token_id);
-        progress.line(`embedded corpus (Moby Dick, bytes): unigram entropy ${entropy.toFixed(4)} nats/token; a model that learns anything beats it`);
+        progress.line(
+          `embedded corpus (Moby Dick, bytes): unigram entropy ${entropy.toFixed(4)} nats/token; a model that learns anything beats it`,
+        );
       }
     },
     step(r) {
-      progress.bar(r.step, r.steps, `step ${r.step}/${r.steps}  loss ${r.loss.toFixed(4)}  ${formatCount(r.tokensPerSecond)} tok/s  ETA ${formatDuration(r.etaSeconds)}`);
+      progress.bar(
+        r.step,
+        r.steps,
+        `step ${r.step}/${r.steps}  loss ${r.loss.toFixed(4)}  ${formatCount(r.tokensPerSecond)} tok/s  ETA ${formatDuration(r.etaSeconds)}`,
+      );
     },
     log(r) {
       for (const l of formatLog(r)) progress.line(l);
@@ -56,28 +70,43 @@ function progressEvents(progress: Progress, config: Config): TrainEvents {
     note: (m) => progress.line(m),
     resumed: (r) => progress.line(`resumed run ${r.runId} from step ${r.step} (${r.dir})`),
     eval: (e) => progress.line(evalLine(e.step, e.report)),
-    validation: (v) => progress.line(`[val] step=${v.step} loss=${v.loss.toFixed(4)} (${formatCount(v.tokens)} tokens, ${v.seconds.toFixed(1)} s)`),
-    checkpoint: (c) => progress.line(pc.dim(`[ckpt] saved step=${c.step} size=${(c.bytes / 2 ** 20).toFixed(1)}MB time=${c.ms.toFixed(0)}ms`)),
+    validation: (v) =>
+      progress.line(
+        `[val] step=${v.step} loss=${v.loss.toFixed(4)} (${formatCount(v.tokens)} tokens, ${v.seconds.toFixed(1)} s)`,
+      ),
+    checkpoint: (c) =>
+      progress.line(
+        pc.dim(`[ckpt] saved step=${c.step} size=${(c.bytes / 2 ** 20).toFixed(1)}MB time=${c.ms.toFixed(0)}ms`),
+      ),
   };
 }
 
 /** The run's closing line. */
 function summaryLine(s: TrainSummary, steps: number): string {
-  if (s.steps === s.startStep) return `nothing to train: run ${s.runId} is at step ${s.steps} of ${steps}. Fix: raise --steps to train further.`;
-  const trained = s.startStep > 0 ? `steps ${s.startStep + 1}-${s.steps} (resumed from ${s.startStep})` : `${s.steps} steps`;
-  return `${s.stoppedEarly ? pc.yellow('stopped') : pc.green('done')}: ${trained} in ${formatDuration(s.wallSeconds)} | ` +
-    `loss ${s.firstLoss.toFixed(4)} -> ${s.finalLoss.toFixed(4)} | ${formatCount(s.tokensSeen)} tokens at ${formatCount(s.tokensPerSecond)} tok/s`;
+  if (s.steps === s.startStep)
+    return `nothing to train: run ${s.runId} is at step ${s.steps} of ${steps}. Fix: raise --steps to train further.`;
+  const trained =
+    s.startStep > 0 ? `steps ${s.startStep + 1}-${s.steps} (resumed from ${s.startStep})` : `${s.steps} steps`;
+  return (
+    `${s.stoppedEarly ? pc.yellow('stopped') : pc.green('done')}: ${trained} in ${formatDuration(s.wallSeconds)} | ` +
+    `loss ${s.firstLoss.toFixed(4)} -> ${s.finalLoss.toFixed(4)} | ${formatCount(s.tokensSeen)} tokens at ${formatCount(s.tokensPerSecond)} tok/s`
+  );
 }
 
 export function registerTrainCommand(program: Command): void {
   program
     .command('train')
-    .description('Train a model. Without a config, trains the embedded default (configs/tiny.toml) on the bundled corpus.')
+    .description(
+      'Train a model. Without a config, trains the embedded default (configs/tiny.toml) on the bundled corpus.',
+    )
     .argument('[config]', 'TOML config file', undefined)
     .argument('[overrides...]', 'config overrides as --key=value (also --resume / --no-resume)')
     .allowUnknownOption()
     .helpOption('-h, --help', 'show help')
-    .addHelpText('after', '\nExamples:\n  nmoe train\n  nmoe train configs/tiny.toml --steps=50 --lr_dense=1e-3\n  NMOE_STEPS=20 nmoe train configs/tiny.toml')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  nmoe train\n  nmoe train configs/tiny.toml --steps=50 --lr_dense=1e-3\n  NMOE_STEPS=20 nmoe train configs/tiny.toml',
+    )
     .action(async (configArg: string | undefined, rest: string[]) => {
       // A leading --key=value lands in `configArg` when no file is given.
       const args = [configArg, ...rest].filter((a): a is string => a !== undefined);
@@ -98,7 +127,10 @@ export function registerTrainCommand(program: Command): void {
         // A GPU that failed to start is a fault worth a warning; no GPU at all is the CPU machine's normal case.
         if (note) progress.line(fallback?.gpuPresent ? pc.yellow(`warning: ${note}`) : note);
         for (const line of unimplementedWarnings(loaded)) progress.line(pc.yellow(`warning: ${line}`));
-        if (dist) progress.line(`ranks ${env.worldSize} (${env.nnodes} node(s)): data and expert parallel, ZeRO-2 dense optimizer`);
+        if (dist)
+          progress.line(
+            `ranks ${env.worldSize} (${env.nnodes} node(s)): data and expert parallel, ZeRO-2 dense optimizer`,
+          );
         const s = await trainTracked(config, backend, progressEvents(progress, config), interrupt.signal, dist);
         progress.finish();
         progress.line(summaryLine(s, config.steps));

@@ -37,10 +37,19 @@ interface Sourced {
 type Env = Record<string, string | undefined>;
 
 export function readDistEnv(env: Env = process.env): DistEnv {
-  if (['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE'].some((name) => env[name] !== undefined)) return fromTorchrun(env);
+  if (['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE'].some((name) => env[name] !== undefined))
+    return fromTorchrun(env);
   if (inSlurmBatchScript(env)) requireOneSlurmTask(env);
   else if (env.SLURM_PROCID !== undefined) return fromSlurmStep(env);
-  return { rank: 0, worldSize: 1, localRank: 0, localWorldSize: 1, nodeRank: 0, nnodes: 1, ...master(env, 1, undefined) };
+  return {
+    rank: 0,
+    worldSize: 1,
+    localRank: 0,
+    localWorldSize: 1,
+    nodeRank: 0,
+    nnodes: 1,
+    ...master(env, 1, undefined),
+  };
 }
 
 function fromTorchrun(env: Env): DistEnv {
@@ -55,9 +64,10 @@ function fromTorchrun(env: Env): DistEnv {
   const rank = whole(env, 'RANK', 0);
   const worldSize = whole(env, 'WORLD_SIZE', 1);
   // Kubeflow's PyTorchJob sets only RANK and WORLD_SIZE: one process per pod, so each pod is its own node.
-  const local = env.LOCAL_RANK === undefined
-    ? { rank: { name: 'LOCAL_RANK', value: 0 }, worldSize: { name: 'LOCAL_WORLD_SIZE', value: 1 } }
-    : { rank: whole(env, 'LOCAL_RANK', 0), worldSize: whole(env, 'LOCAL_WORLD_SIZE', 1) };
+  const local =
+    env.LOCAL_RANK === undefined
+      ? { rank: { name: 'LOCAL_RANK', value: 0 }, worldSize: { name: 'LOCAL_WORLD_SIZE', value: 1 } }
+      : { rank: whole(env, 'LOCAL_RANK', 0), worldSize: whole(env, 'LOCAL_WORLD_SIZE', 1) };
   return { ...layout(rank, worldSize, local.rank, local.worldSize), ...master(env, worldSize.value, undefined) };
 }
 
@@ -69,7 +79,9 @@ export function inSlurmBatchScript(env: Env = process.env): boolean {
 /** An srun task: the step's own variables, which srun sets even with --preserve-env (that keeps the job's SLURM_NTASKS). */
 function fromSlurmStep(env: Env): DistEnv {
   if (env.SLURM_LOCALID === undefined) {
-    throw new UserError(`SLURM_PROCID=${env.SLURM_PROCID} is set but SLURM_LOCALID is not. Fix: launch with srun, which sets it (e.g. srun --ntasks-per-node=8 nmoe train).`);
+    throw new UserError(
+      `SLURM_PROCID=${env.SLURM_PROCID} is set but SLURM_LOCALID is not. Fix: launch with srun, which sets it (e.g. srun --ntasks-per-node=8 nmoe train).`,
+    );
   }
   const localWorldSize = stepTasksPerNode(env);
   const rank = whole(env, 'SLURM_PROCID', 0);
@@ -108,11 +120,16 @@ function requireOneSlurmTask(env: Env): void {
 function stepTasksPerNode(env: Env): Sourced {
   const name = 'SLURM_STEP_TASKS_PER_NODE';
   const text = env[name];
-  if (text === undefined) throw new UserError(`SLURM_STEP_NUM_TASKS is set but ${name} is not. Fix: launch with srun --ntasks-per-node=N, which sets both.`);
+  if (text === undefined)
+    throw new UserError(
+      `SLURM_STEP_NUM_TASKS is set but ${name} is not. Fix: launch with srun --ntasks-per-node=N, which sets both.`,
+    );
   const counts = new Set(text.split(',').map((item) => /^(\d+)(?:\(x\d+\))?$/.exec(item)?.[1]));
   const [only] = counts;
   if (counts.size !== 1 || only === undefined || Number(only) < 1) {
-    throw new UserError(`${name}=${text} does not give every node the same number of tasks. Fix: launch with srun --ntasks-per-node=N.`);
+    throw new UserError(
+      `${name}=${text} does not give every node the same number of tasks. Fix: launch with srun --ntasks-per-node=N.`,
+    );
   }
   return { name, value: Number(only) };
 }
@@ -135,7 +152,9 @@ export function firstSlurmHost(nodelist: string): string {
 
 function layout(rank: Sourced, worldSize: Sourced, localRank: Sourced, localWorldSize: Sourced) {
   if (rank.value >= worldSize.value) {
-    throw new UserError(`${rank.name}=${rank.value} must be < ${worldSize.name} (${worldSize.value}). Fix: ranks run from 0 to ${worldSize.value - 1}.`);
+    throw new UserError(
+      `${rank.name}=${rank.value} must be < ${worldSize.name} (${worldSize.value}). Fix: ranks run from 0 to ${worldSize.value - 1}.`,
+    );
   }
   if (worldSize.value % localWorldSize.value !== 0) {
     throw new UserError(
@@ -165,22 +184,34 @@ function layout(rank: Sourced, worldSize: Sourced, localRank: Sourced, localWorl
 }
 
 /** MASTER_ADDR wins over `fallbackAddr` (Slurm's first node); a single process needs no address at all. */
-function master(env: Env, worldSize: number, fallbackAddr: string | undefined): { masterAddr: string; masterPort: number } {
+function master(
+  env: Env,
+  worldSize: number,
+  fallbackAddr: string | undefined,
+): { masterAddr: string; masterPort: number } {
   const masterAddr = env.MASTER_ADDR || fallbackAddr || (worldSize === 1 ? LOOPBACK : undefined);
   if (masterAddr === undefined) {
-    throw new UserError(`MASTER_ADDR is not set for a world of ${worldSize} processes. Fix: set MASTER_ADDR to the address of the host running rank 0.`);
+    throw new UserError(
+      `MASTER_ADDR is not set for a world of ${worldSize} processes. Fix: set MASTER_ADDR to the address of the host running rank 0.`,
+    );
   }
   if (env.MASTER_PORT === undefined) return { masterAddr, masterPort: DEFAULT_MASTER_PORT };
   const port = parseWhole(env.MASTER_PORT);
   if (port === undefined || port < 1 || port > 65535) {
-    throw new UserError(`MASTER_PORT=${JSON.stringify(env.MASTER_PORT)} is not a TCP port. Fix: use a free port from 1 to 65535 (default ${DEFAULT_MASTER_PORT}).`);
+    throw new UserError(
+      `MASTER_PORT=${JSON.stringify(env.MASTER_PORT)} is not a TCP port. Fix: use a free port from 1 to 65535 (default ${DEFAULT_MASTER_PORT}).`,
+    );
   }
   return { masterAddr, masterPort: port };
 }
 
 function requireTogether(env: Env, a: string, b: string, fix: string): void {
-  for (const [set, unset] of [[a, b], [b, a]] as const) {
-    if (env[set] !== undefined && env[unset] === undefined) throw new UserError(`${set}=${env[set]} is set but ${unset} is not. Fix: ${fix}.`);
+  for (const [set, unset] of [
+    [a, b],
+    [b, a],
+  ] as const) {
+    if (env[set] !== undefined && env[unset] === undefined)
+      throw new UserError(`${set}=${env[set]} is set but ${unset} is not. Fix: ${fix}.`);
   }
 }
 
@@ -188,7 +219,9 @@ function whole(env: Env, name: string, min: number): Sourced {
   const text = env[name] ?? '';
   const value = parseWhole(text);
   if (value === undefined || value < min) {
-    throw new UserError(`${name}=${JSON.stringify(text)} is not a whole number >= ${min}. Fix: set ${name} to one, e.g. ${name}=${min}.`);
+    throw new UserError(
+      `${name}=${JSON.stringify(text)} is not a whole number >= ${min}. Fix: set ${name} to one, e.g. ${name}=${min}.`,
+    );
   }
   return { name, value };
 }

@@ -46,7 +46,10 @@ export interface ModelShape {
 /** What a training run's transports are sized for: its model, with the global batch split over `world` ranks. */
 export function modelShape(cfg: ModelConfig, world: number): ModelShape {
   return {
-    experts: cfg.n_routed_experts, dim: cfg.dim, topK: cfg.n_activated_experts, tokens: (cfg.batch_size / world) * cfg.seq_len,
+    experts: cfg.n_routed_experts,
+    dim: cfg.dim,
+    topK: cfg.n_activated_experts,
+    tokens: (cfg.batch_size / world) * cfg.seq_len,
     exchanges: moeLayerCount(cfg) + 1,
   };
 }
@@ -65,17 +68,29 @@ export async function joinRun(env: DistEnv, backend: Backend, shape: ModelShape)
   };
   try {
     if (backend.device === 'cpu') {
-      const host = env.nnodes === 1 ? '127.0.0.1' : (process.env.NMOE_MESH_HOST ?? (await import('node:os')).hostname());
+      const host =
+        env.nnodes === 1 ? '127.0.0.1' : (process.env.NMOE_MESH_HOST ?? (await import('node:os')).hostname());
       const mesh = await CpuMesh.connect(env.rank, env.worldSize, rdzv.store, { host, timeoutMs });
       return {
-        env, agree, comm: new CpuCollectives(mesh), ep: new CpuExpertExchange(mesh, shape.experts),
+        env,
+        agree,
+        comm: new CpuCollectives(mesh),
+        ep: new CpuExpertExchange(mesh, shape.experts),
         check: async () => {},
-        close: async () => { await mesh.close(); await rdzv.close(); },
-        abort: async () => { await mesh.close(); await rdzv.abort(); },
+        close: async () => {
+          await mesh.close();
+          await rdzv.close();
+        },
+        abort: async () => {
+          await mesh.close();
+          await rdzv.abort();
+        },
       };
     }
     if (env.nnodes > 1) {
-      throw new UserError(`${env.nnodes} nodes on the GPU: RDEP across nodes (NVSHMEM) is not in this build yet. Fix: train on the GPUs of one node.`);
+      throw new UserError(
+        `${env.nnodes} nodes on the GPU: RDEP across nodes (NVSHMEM) is not in this build yet. Fix: train on the GPUs of one node.`,
+      );
     }
     const { CudaBackend } = await import('../tensor/cuda/backend.ts');
     const { NcclCommunicator } = await import('./cuda/nccl.ts');
@@ -83,13 +98,33 @@ export async function joinRun(env: DistEnv, backend: Backend, shape: ModelShape)
     const b = backend as InstanceType<typeof CudaBackend>;
     const comm = await NcclCommunicator.create(env.rank, env.worldSize, rdzv.store, b.dev.stream, timeoutMs);
     const ep = await CudaIpcExchange.create(b, rdzv.store, {
-      rank: env.rank, world: env.worldSize, experts: shape.experts, dim: shape.dim, dtype: 'bf16', rows: shape.tokens * shape.topK, exchanges: shape.exchanges, timeoutMs,
+      rank: env.rank,
+      world: env.worldSize,
+      experts: shape.experts,
+      dim: shape.dim,
+      dtype: 'bf16',
+      rows: shape.tokens * shape.topK,
+      exchanges: shape.exchanges,
+      timeoutMs,
     });
     return {
-      env, agree, comm, ep,
-      check: async () => { comm.checkAsync(); await ep.check(); },
-      close: async () => { ep.close(); await comm.close(); await rdzv.close(); },
-      abort: async () => { comm.abort(); await rdzv.abort(); },
+      env,
+      agree,
+      comm,
+      ep,
+      check: async () => {
+        comm.checkAsync();
+        await ep.check();
+      },
+      close: async () => {
+        ep.close();
+        await comm.close();
+        await rdzv.close();
+      },
+      abort: async () => {
+        comm.abort();
+        await rdzv.abort();
+      },
     };
   } catch (err) {
     await rdzv.abort();

@@ -51,7 +51,11 @@ export async function rendezvous(env: DistEnv, options: RendezvousOptions = {}):
   const deadline = Date.now() + timeoutMs;
   // A single process gets a private store on a free loopback port: two one-GPU runs on a host must not collide.
   const single = env.worldSize === 1;
-  const hostHere = { bind: single ? LOOPBACK : ALL_INTERFACES, port: single ? 0 : env.masterPort, portLabel: `MASTER_PORT=${env.masterPort}` };
+  const hostHere = {
+    bind: single ? LOOPBACK : ALL_INTERFACES,
+    port: single ? 0 : env.masterPort,
+    portLabel: `MASTER_PORT=${env.masterPort}`,
+  };
   const run = await openRunStore({
     host: launched || env.rank !== 0 ? undefined : hostHere,
     remote: { addr: env.masterAddr, port: env.masterPort, hostedBy: launched ? "node 0's nmoe launch" : 'rank 0' },
@@ -65,7 +69,8 @@ export async function rendezvous(env: DistEnv, options: RendezvousOptions = {}):
   }
   let leaving: Promise<void> | undefined;
   return {
-    store: run.store, generation: run.generation,
+    store: run.store,
+    generation: run.generation,
     close: () => (leaving ??= leave(run, env.worldSize, timeoutMs)),
     abort: () => (leaving ??= run.close()),
   };
@@ -107,7 +112,9 @@ export async function openRunStore(access: StoreAccess): Promise<RunStore> {
     await server?.close();
   };
   try {
-    client = server ? await StoreClient.connect(LOOPBACK, port, { timeoutMs: access.timeoutMs }) : await connectStore(access);
+    client = server
+      ? await StoreClient.connect(LOOPBACK, port, { timeoutMs: access.timeoutMs })
+      : await connectStore(access);
     let generation: string;
     if (server) {
       generation = randomUUID();
@@ -120,7 +127,9 @@ export async function openRunStore(access: StoreAccess): Promise<RunStore> {
     await close();
     // Something answered at the address but does not speak the store's protocol, or stopped answering.
     if (err instanceof StoreError && (err.kind === 'closed' || err.kind === 'unresponsive')) {
-      throw new UserError(`${err.message}. Fix: check that MASTER_ADDR:MASTER_PORT (--master-addr/--master-port) is this run's store, hosted by node 0's \`nmoe launch\` or by rank 0.`);
+      throw new UserError(
+        `${err.message}. Fix: check that MASTER_ADDR:MASTER_PORT (--master-addr/--master-port) is this run's store, hosted by node 0's \`nmoe launch\` or by rank 0.`,
+      );
     }
     throw err;
   }
@@ -132,9 +141,14 @@ async function hostStore(bind: string, port: number, portLabel: string): Promise
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE') {
-      throw new UserError(`${portLabel} is already in use on this host (another run, or one still shutting down?). Fix: choose another port or stop that process.`);
+      throw new UserError(
+        `${portLabel} is already in use on this host (another run, or one still shutting down?). Fix: choose another port or stop that process.`,
+      );
     }
-    if (code === 'EACCES') throw new UserError(`${portLabel} needs privileges to open (ports below 1024). Fix: choose a port from 1024 to 65535.`);
+    if (code === 'EACCES')
+      throw new UserError(
+        `${portLabel} needs privileges to open (ports below 1024). Fix: choose a port from 1024 to 65535.`,
+      );
     throw err;
   }
 }
@@ -206,7 +220,7 @@ function plural(word: string, items: unknown[]): string {
 /** Sorted whole numbers as ranges: [0, 1, 2, 5, 7, 8] → `0-2, 5, 7-8`. */
 function ranges(sorted: number[]): string {
   const parts: string[] = [];
-  for (let i = 0; i < sorted.length; ) {
+  for (let i = 0; i < sorted.length;) {
     let j = i;
     while (j + 1 < sorted.length && sorted[j + 1] === sorted[j]! + 1) j++;
     parts.push(i === j ? `${sorted[i]}` : `${sorted[i]}-${sorted[j]}`);

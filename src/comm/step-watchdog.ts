@@ -18,12 +18,16 @@ export interface WatchdogData {
 }
 
 /** Seconds a step may take before the watchdog stops the rank; ten minutes, as PyTorch's NCCL watchdog. */
-export const stepTimeoutS = (env: Record<string, string | undefined> = process.env) => positiveEnv('NMOE_STEP_TIMEOUT_S', 600, 'seconds', env);
+export const stepTimeoutS = (env: Record<string, string | undefined> = process.env) =>
+  positiveEnv('NMOE_STEP_TIMEOUT_S', 600, 'seconds', env);
 
 export class StepWatchdog {
   readonly #state: BigInt64Array;
 
-  private constructor(private readonly worker: Worker, state: SharedArrayBuffer) {
+  private constructor(
+    private readonly worker: Worker,
+    state: SharedArrayBuffer,
+  ) {
     this.#state = new BigInt64Array(state);
   }
 

@@ -40,7 +40,8 @@ export class FrameWriter {
 
   /** The frame: its length header and every field, in one buffer ready for socket.write. */
   finish(): Buffer {
-    if (this.#length > MAX_FRAME_BYTES) throw new RangeError(`a store message of ${this.#length} bytes exceeds the limit of ${MAX_FRAME_BYTES} bytes`);
+    if (this.#length > MAX_FRAME_BYTES)
+      throw new RangeError(`a store message of ${this.#length} bytes exceeds the limit of ${MAX_FRAME_BYTES} bytes`);
     const header = Buffer.allocUnsafe(4);
     header.writeUInt32LE(this.#length);
     return Buffer.concat([header, ...this.#parts], 4 + this.#length);
@@ -79,7 +80,8 @@ export class FrameReader {
 
   #advance(n: number): number {
     const start = this.#offset;
-    if (start + n > this.frame.length) throw new RangeError(`malformed store message: field of ${n} bytes at offset ${start} runs past its end`);
+    if (start + n > this.frame.length)
+      throw new RangeError(`malformed store message: field of ${n} bytes at offset ${start} runs past its end`);
     this.#offset += n;
     return start;
   }
@@ -96,7 +98,10 @@ export class FrameSplitter {
   /** Payload length of the frame being read, or -1 while its header is still incomplete. */
   #expected = -1;
 
-  constructor(private readonly headerBytes: 4 | 8 = 4, private readonly maxBytes = MAX_FRAME_BYTES) {}
+  constructor(
+    private readonly headerBytes: 4 | 8 = 4,
+    private readonly maxBytes = MAX_FRAME_BYTES,
+  ) {}
 
   push(chunk: Buffer): Buffer[] {
     this.#chunks.push(chunk);
@@ -107,7 +112,8 @@ export class FrameSplitter {
         if (this.#buffered < this.headerBytes) return frames;
         const header = this.#take(this.headerBytes);
         this.#expected = this.headerBytes === 4 ? header.readUInt32LE(0) : Number(header.readBigUInt64LE(0));
-        if (this.#expected > this.maxBytes) throw new RangeError(`a message of ${this.#expected} bytes exceeds the limit of ${this.maxBytes} bytes`);
+        if (this.#expected > this.maxBytes)
+          throw new RangeError(`a message of ${this.#expected} bytes exceeds the limit of ${this.maxBytes} bytes`);
       }
       if (this.#buffered < this.#expected) return frames;
       frames.push(this.#take(this.#expected));

@@ -23,9 +23,10 @@ export async function hostStoreThread(bind: string, port: number): Promise<Hoste
   let closed: Promise<void> | undefined;
   return {
     port: reply.port!,
-    close: () => (closed ??= new Promise<void>((resolve) => {
-      worker.once('exit', () => resolve());
-      worker.postMessage('close');
-    })),
+    close: () =>
+      (closed ??= new Promise<void>((resolve) => {
+        worker.once('exit', () => resolve());
+        worker.postMessage('close');
+      })),
   };
 }

@@ -130,7 +130,9 @@ export class StoreServer {
         const text = this.#values.get(key)?.toString('latin1') ?? '0';
         const sum = /^-?\d+$/.test(text) ? Number(text) + delta : Number.NaN;
         if (!Number.isSafeInteger(sum)) {
-          return this.#reply(socket, id, Status.error, (w) => w.bytes(Buffer.from(`the key holds ${JSON.stringify(text.slice(0, 40))}, not a counter`)));
+          return this.#reply(socket, id, Status.error, (w) =>
+            w.bytes(Buffer.from(`the key holds ${JSON.stringify(text.slice(0, 40))}, not a counter`)),
+          );
         }
         this.#put(key, Buffer.from(String(sum), 'latin1')); // decimal text, so `get` reads a counter too
         return this.#reply(socket, id, Status.ok, (w) => w.f64(sum));
@@ -188,7 +190,11 @@ export class StoreClient {
   }
 
   /** Retries until the server answers or `timeoutMs` passes: the server's host may start after its clients. */
-  static async connect(host: string, port: number, { timeoutMs, replyGraceMs = REPLY_GRACE_MS }: { timeoutMs: number; replyGraceMs?: number }): Promise<StoreClient> {
+  static async connect(
+    host: string,
+    port: number,
+    { timeoutMs, replyGraceMs = REPLY_GRACE_MS }: { timeoutMs: number; replyGraceMs?: number },
+  ): Promise<StoreClient> {
     return new StoreClient(await Connection.open(host, port, timeoutMs, replyGraceMs), Buffer.alloc(0));
   }
 
@@ -209,17 +215,28 @@ export class StoreClient {
   /** The value of `key`, waiting until some client sets it; a `timeout` StoreError after `timeoutMs` (Infinity: forever). */
   async get(key: StoreBytes, timeoutMs: number): Promise<Uint8Array> {
     if (!(timeoutMs >= 0)) throw new RangeError(`store get ${describeKey(key)}: timeoutMs ${timeoutMs} must be >= 0`);
-    const reply = await this.#conn.call(Op.get, `get ${describeKey(key)}`, (w) => w.bytes(this.#key(key)).f64(timeoutMs), timeoutMs);
+    const reply = await this.#conn.call(
+      Op.get,
+      `get ${describeKey(key)}`,
+      (w) => w.bytes(this.#key(key)).f64(timeoutMs),
+      timeoutMs,
+    );
     if (reply.status === Status.timeout) {
-      throw new StoreError('timeout', `store key ${describeKey(key)} did not appear within ${timeoutMs / 1000} s (store ${this.address})`);
+      throw new StoreError(
+        'timeout',
+        `store key ${describeKey(key)} did not appear within ${timeoutMs / 1000} s (store ${this.address})`,
+      );
     }
     return reply.body.bytes();
   }
 
   /** Adds `delta` to the counter at `key` (a missing key counts as 0) and returns the new value, atomically. */
   async add(key: StoreBytes, delta: number): Promise<number> {
-    if (!Number.isSafeInteger(delta)) throw new RangeError(`store add ${describeKey(key)}: delta ${delta} must be a whole number`);
-    return (await this.#conn.call(Op.add, `add ${describeKey(key)}`, (w) => w.bytes(this.#key(key)).f64(delta))).body.f64();
+    if (!Number.isSafeInteger(delta))
+      throw new RangeError(`store add ${describeKey(key)}: delta ${delta} must be a whole number`);
+    return (
+      await this.#conn.call(Op.add, `add ${describeKey(key)}`, (w) => w.bytes(this.#key(key)).f64(delta))
+    ).body.f64();
   }
 
   /** Whether every key in `keys` exists, without waiting. */
@@ -233,7 +250,9 @@ export class StoreClient {
 
   /** Removes `key`; whether it existed. */
   async delete(key: StoreBytes): Promise<boolean> {
-    return (await this.#conn.call(Op.delete, `delete ${describeKey(key)}`, (w) => w.bytes(this.#key(key)))).body.u8() === 1;
+    return (
+      (await this.#conn.call(Op.delete, `delete ${describeKey(key)}`, (w) => w.bytes(this.#key(key)))).body.u8() === 1
+    );
   }
 
   /** Closes the connection (shared by every scope of it); calls still pending fail with a `closed` StoreError. */
@@ -304,7 +323,10 @@ class Connection {
       } catch (err) {
         const left = deadline - Date.now();
         if (left <= 0) {
-          throw new StoreError('unreachable', `no store answered at ${host}:${port} within ${timeoutMs / 1000} s (${describeSocketError(err as Error)})`);
+          throw new StoreError(
+            'unreachable',
+            `no store answered at ${host}:${port} within ${timeoutMs / 1000} s (${describeSocketError(err as Error)})`,
+          );
         }
         await sleep(Math.min(delayMs, left));
       }
@@ -312,7 +334,12 @@ class Connection {
   }
 
   /** Sends one request; `waitMs` is how long the server itself may take (a `get`'s wait), the grace comes on top. */
-  call(op: number, what: string, fields: (w: FrameWriter) => void, waitMs = 0): Promise<{ status: number; body: FrameReader }> {
+  call(
+    op: number,
+    what: string,
+    fields: (w: FrameWriter) => void,
+    waitMs = 0,
+  ): Promise<{ status: number; body: FrameReader }> {
     if (this.#gone !== undefined) return Promise.reject(this.#goneError(what));
     const id = this.#nextId;
     this.#nextId = (this.#nextId + 1) >>> 0;
@@ -325,7 +352,12 @@ class Connection {
       if (limitMs <= MAX_TIMER_MS) {
         pending.timer = setTimeout(() => {
           pending.expired = true;
-          reject(new StoreError('unresponsive', `store ${what}: ${this.address} sent no answer within ${Math.round(limitMs / 1000)} s (a frozen host, or something other than an nmoe store listening there)`));
+          reject(
+            new StoreError(
+              'unresponsive',
+              `store ${what}: ${this.address} sent no answer within ${Math.round(limitMs / 1000)} s (a frozen host, or something other than an nmoe store listening there)`,
+            ),
+          );
         }, limitMs);
       }
       this.#pending.set(id, pending);
@@ -347,7 +379,8 @@ class Connection {
     this.#pending.delete(id);
     clearTimeout(pending.timer);
     if (pending.expired) return; // its caller has been told already
-    if (status === Status.error) pending.reject(new StoreError('rejected', `store ${pending.what} was refused: ${reply.bytes().toString()}`));
+    if (status === Status.error)
+      pending.reject(new StoreError('rejected', `store ${pending.what} was refused: ${reply.bytes().toString()}`));
     else pending.resolve({ status, body: reply });
   }
 
@@ -360,7 +393,10 @@ function dial(host: string, port: number, timeoutMs: number): Promise<net.Socket
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host, port });
     // A firewall that drops packets leaves connect() hanging for minutes; the deadline is ours to keep.
-    const timer = setTimeout(() => socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })), Math.max(timeoutMs, 1));
+    const timer = setTimeout(
+      () => socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })),
+      Math.max(timeoutMs, 1),
+    );
     socket.once('error', (err) => {
       clearTimeout(timer);
       reject(err);

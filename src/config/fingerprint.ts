@@ -12,7 +12,13 @@ export const MATH_KEYS: readonly (keyof Config)[] = CONFIG_KEYS.filter((k) => FI
  * Keys that change the math only with optimizer = "muon". An AdamW config leaves them out, so its fingerprint is
  * the one it had before these keys existed, and checkpoints saved then still resume.
  */
-const MUON_ONLY: ReadonlySet<keyof Config> = new Set(['optimizer', 'muon_momentum', 'muon_nesterov', 'muon_ns_steps', 'muon_experts']);
+const MUON_ONLY: ReadonlySet<keyof Config> = new Set([
+  'optimizer',
+  'muon_momentum',
+  'muon_nesterov',
+  'muon_ns_steps',
+  'muon_experts',
+]);
 
 function mathKeysOf(cfg: Config): readonly (keyof Config)[] {
   return cfg.optimizer === 'muon' ? MATH_KEYS : MATH_KEYS.filter((k) => !MUON_ONLY.has(k));
@@ -37,7 +43,9 @@ export function mathFields(cfg: Config): Partial<Config> {
 
 /** sha256 (hex) of the canonical JSON of the math fields. */
 export function configFingerprint(cfg: Config): string {
-  return createHash('sha256').update(canonicalJson(mathFields(cfg))).digest('hex');
+  return createHash('sha256')
+    .update(canonicalJson(mathFields(cfg)))
+    .digest('hex');
 }
 
 /** The math fields whose values differ between two configs, in FIELDS order. */

@@ -7,10 +7,23 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parse, TomlError } from 'smol-toml';
 import {
-  CONFIG_KEYS, FIELDS, defaultConfig, isConfigKey, tomlLiteral, type Config, type ScalarType,
+  CONFIG_KEYS,
+  FIELDS,
+  defaultConfig,
+  isConfigKey,
+  tomlLiteral,
+  type Config,
+  type ScalarType,
 } from './schema.ts';
 import {
-  ConfigError, coerce, configProblems, isTable, problem, syntaxProblem, unknownKeyProblem, type Coerced,
+  ConfigError,
+  coerce,
+  configProblems,
+  isTable,
+  problem,
+  syntaxProblem,
+  unknownKeyProblem,
+  type Coerced,
 } from './validate.ts';
 
 export interface LoadOptions {
@@ -48,11 +61,18 @@ export function loadConfig(path: string, opts: LoadOptions = {}): LoadedConfig {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT'
-      ? 'does not exist'
-      : `cannot be read (${(err as Error).message})`;
-    throw new ConfigError([problem(`config file ${path}`, reason, path,
-      'check the path (the presets are in configs/, e.g. configs/tiny.toml)')]);
+    const reason =
+      (err as NodeJS.ErrnoException).code === 'ENOENT'
+        ? 'does not exist'
+        : `cannot be read (${(err as Error).message})`;
+    throw new ConfigError([
+      problem(
+        `config file ${path}`,
+        reason,
+        path,
+        'check the path (the presets are in configs/, e.g. configs/tiny.toml)',
+      ),
+    ]);
   }
   let raw: Record<string, unknown>;
   try {
@@ -99,13 +119,16 @@ export function resolveConfig(raw: Record<string, unknown>, opts: ResolveOptions
   for (const arg of opts.overrides ?? []) applyOverride(r, arg);
 
   const worldSize = opts.worldSize ?? worldSizeFromEnv(env, r.problems);
-  if (!Number.isSafeInteger(worldSize) || worldSize < 1) throw new RangeError(`worldSize must be >= 1, got ${worldSize}`);
-  r.problems.push(...configProblems(r.config, {
-    origin: (key) => r.origin[key],
-    file,
-    worldSize,
-    skip: r.rejected,
-  }));
+  if (!Number.isSafeInteger(worldSize) || worldSize < 1)
+    throw new RangeError(`worldSize must be >= 1, got ${worldSize}`);
+  r.problems.push(
+    ...configProblems(r.config, {
+      origin: (key) => r.origin[key],
+      file,
+      worldSize,
+      skip: r.rejected,
+    }),
+  );
   if (r.problems.length) throw new ConfigError(r.problems);
 
   const origin = Object.fromEntries(CONFIG_KEYS.map((k) => [k, r.origin[k] ?? 'default']));
@@ -132,8 +155,15 @@ class Resolution {
     if (type.kind === 'table') {
       if (sub === undefined) {
         const keys = Object.keys(type.keys);
-        result = { ok: false, problem: problem(`${key} = ${tomlLiteral(value)}`, 'is not a table', where,
-          `set its sub-keys (${keys.join(', ')}) under a [${key}] header or as --${key}.${keys[0]}=<value>`) };
+        result = {
+          ok: false,
+          problem: problem(
+            `${key} = ${tomlLiteral(value)}`,
+            'is not a table',
+            where,
+            `set its sub-keys (${keys.join(', ')}) under a [${key}] header or as --${key}.${keys[0]}=<value>`,
+          ),
+        };
       } else if (!Object.hasOwn(type.keys, sub)) {
         this.problems.push(unknownKeyProblem(name, value, where, Object.keys(type.keys)));
         return;
@@ -162,8 +192,9 @@ function applyOverride(r: Resolution, arg: string): void {
   const where = `${arg} (command line)`;
   const match = /^--([^=]+)(?:=(.*))?$/s.exec(arg);
   if (!match) {
-    r.problems.push(problem(JSON.stringify(arg), 'is not an override', where,
-      'write overrides as --key=value (e.g. --steps=5)'));
+    r.problems.push(
+      problem(JSON.stringify(arg), 'is not an override', where, 'write overrides as --key=value (e.g. --steps=5)'),
+    );
     return;
   }
   let name = match[1].replace(/-/g, '_');
@@ -222,8 +253,14 @@ function worldSizeFromEnv(env: Record<string, string | undefined>, problems: str
   const text = env.WORLD_SIZE;
   if (!text) return 1;
   if (/^\d+$/.test(text) && Number(text) >= 1) return Number(text);
-  problems.push(problem(`WORLD_SIZE = ${JSON.stringify(text)}`, 'is not a positive integer', 'WORLD_SIZE (environment)',
-    'unset WORLD_SIZE or set it to the number of ranks'));
+  problems.push(
+    problem(
+      `WORLD_SIZE = ${JSON.stringify(text)}`,
+      'is not a positive integer',
+      'WORLD_SIZE (environment)',
+      'unset WORLD_SIZE or set it to the number of ranks',
+    ),
+  );
   return 1;
 }
 
@@ -255,5 +292,5 @@ export function keyLines(text: string): Map<string, number> {
 
 function dottedKey(text: string): string {
   const parts = text.match(new RegExp(KEY, 'g')) ?? [];
-  return parts.map((p) => (p.startsWith('"') ? JSON.parse(p) as string : p.replace(/^'|'$/g, ''))).join('.');
+  return parts.map((p) => (p.startsWith('"') ? (JSON.parse(p) as string) : p.replace(/^'|'$/g, ''))).join('.');
 }

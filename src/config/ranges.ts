@@ -21,7 +21,8 @@ export interface Range {
   fix: string;
 }
 
-export const hasMoe = (c: Pick<Config, 'n_layers' | 'n_dense_layers'>): boolean => c.n_layers === null || c.n_dense_layers < c.n_layers;
+export const hasMoe = (c: Pick<Config, 'n_layers' | 'n_dense_layers'>): boolean =>
+  c.n_layers === null || c.n_dense_layers < c.n_layers;
 export const hasDense = (c: Pick<Config, 'n_dense_layers'>): boolean => c.n_dense_layers > 0;
 
 /** The largest expert count the GPU routing kernel (router_topk, MAX_EXPERTS) takes. */
@@ -32,18 +33,24 @@ const UNIT = (example: number): Range => ({ ge: 0, lt: 1, fix: `use a value in [
 
 export const RANGES: Partial<Record<keyof Config, Range>> = {
   vocab_size: POSITIVE('give vocab_size a positive value'),
-  eos_token_id: { ge: 0, fix: 'use the tokenizer\'s end-of-text id' },
+  eos_token_id: { ge: 0, fix: "use the tokenizer's end-of-text id" },
   dim: POSITIVE('give dim a positive value'),
   n_layers: POSITIVE('give n_layers a positive value'),
   n_heads: POSITIVE('give n_heads a positive value'),
   inter_dim: { gt: 0, when: hasDense, fix: 'give inter_dim a positive value' },
   moe_inter_dim: { gt: 0, when: hasMoe, fix: 'give moe_inter_dim a positive value' },
   n_routed_experts: {
-    gt: 0, le: MAX_ROUTED_EXPERTS, why: 'the GPU routing kernel takes at most 512 experts per layer', when: hasMoe,
+    gt: 0,
+    le: MAX_ROUTED_EXPERTS,
+    why: 'the GPU routing kernel takes at most 512 experts per layer',
+    when: hasMoe,
     fix: `give n_routed_experts a value from 1 to ${MAX_ROUTED_EXPERTS}`,
   },
   n_activated_experts: {
-    gt: 0, le: 32, why: 'the routing kernels handle at most 32 experts per token', when: hasMoe,
+    gt: 0,
+    le: 32,
+    why: 'the routing kernels handle at most 32 experts per token',
+    when: hasMoe,
     fix: 'route each token to 1 to 32 experts',
   },
   n_shared_experts: { ge: 0, fix: 'use 0 for no shared expert' },
@@ -84,7 +91,8 @@ export const RANGES: Partial<Record<keyof Config, Range>> = {
   decay_floor: POSITIVE('use a small absolute LR such as 3e-5'),
 
   steps: {
-    ge: 1, when: (c) => c.flow_mode === null,
+    ge: 1,
+    when: (c) => c.flow_mode === null,
     fix: 'give steps a positive number of optimizer steps (steps <= 0 means "derive from the flow budget" only when flow_mode is set)',
   },
   batch_size: POSITIVE('set batch_size to the global number of sequences per step, e.g. 8'),

@@ -6,13 +6,45 @@
  */
 
 export type Section =
-  | 'meta' | 'model' | 'attention' | 'rope' | 'routing' | 'precision' | 'optimizer' | 'schedule' | 'training'
-  | 'checkpoint' | 'data' | 'metrics' | 'eval' | 'sft' | 'rl' | 'validation' | 'profiling' | 'nmoe';
+  | 'meta'
+  | 'model'
+  | 'attention'
+  | 'rope'
+  | 'routing'
+  | 'precision'
+  | 'optimizer'
+  | 'schedule'
+  | 'training'
+  | 'checkpoint'
+  | 'data'
+  | 'metrics'
+  | 'eval'
+  | 'sft'
+  | 'rl'
+  | 'validation'
+  | 'profiling'
+  | 'nmoe';
 
 /** Display order of the sections (`nmoe config show`). */
 export const SECTIONS: readonly Section[] = [
-  'meta', 'model', 'attention', 'rope', 'routing', 'precision', 'optimizer', 'schedule', 'training', 'checkpoint',
-  'data', 'metrics', 'eval', 'sft', 'rl', 'validation', 'profiling', 'nmoe',
+  'meta',
+  'model',
+  'attention',
+  'rope',
+  'routing',
+  'precision',
+  'optimizer',
+  'schedule',
+  'training',
+  'checkpoint',
+  'data',
+  'metrics',
+  'eval',
+  'sft',
+  'rl',
+  'validation',
+  'profiling',
+  'nmoe',
 ];
 
 export type ScalarType =
@@ -219,9 +251,7 @@ const STRING_OR_NULL = { kind: 'string', nullable: true } as const;
 const REFERENCE_ATTN = ['swa', 'nsa', 'dsa', 'kda'] as const;
 const UNUSED = 'UNUSED in the reference trainer (kept so reference configs load).';
 
-function field<T>(
-  section: Section, type: FieldType, def: T, math: boolean, doc: string,
-): FieldSpec<T> {
+function field<T>(section: Section, type: FieldType, def: T, math: boolean, doc: string): FieldSpec<T> {
   return { type, default: def, doc, section, math };
 }
 
@@ -230,25 +260,63 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
   experiment_id: field('meta', STRING, 'default', false, 'Experiment this run belongs to in the experiments DB.'),
 
   vocab_size: field('model', INT, 201088, true, 'Embedding / output rows; must cover every id the tokenizer emits.'),
-  tokenizer: field('model', { kind: 'enum', values: Object.keys(TOKENIZERS) }, 'o200k_harmony', true,
-    'Tokenizer the data was prepared with: o200k_harmony (vocab 201088) or bytes (nmoe addition: vocab 256).'),
+  tokenizer: field(
+    'model',
+    { kind: 'enum', values: Object.keys(TOKENIZERS) },
+    'o200k_harmony',
+    true,
+    'Tokenizer the data was prepared with: o200k_harmony (vocab 201088) or bytes (nmoe addition: vocab 256).',
+  ),
   eos_token_id: field('model', INT, 199999, true, 'End-of-text id: document separator, padding, and loss-mask token.'),
   dim: field('model', INT_OR_NULL, null, true, 'Model width (hidden size). Required.'),
   n_layers: field('model', INT_OR_NULL, null, true, 'Number of transformer blocks. Required.'),
   n_heads: field('model', INT_OR_NULL, null, true, 'Attention heads per layer. Required.'),
-  inter_dim: field('model', INT_OR_NULL, null, true, 'Hidden size of the dense MLP layers. Required if n_dense_layers > 0.'),
-  moe_inter_dim: field('model', INT_OR_NULL, null, true, 'Hidden size of each expert MLP. Required if any layer is MoE.'),
-  n_routed_experts: field('model', INT_OR_NULL, null, true, 'Routed experts per MoE layer. Required if any layer is MoE.'),
-  n_activated_experts: field('model', INT_OR_NULL, null, true,
-    'Routed experts per token (top-K). Required if any layer is MoE.'),
+  inter_dim: field(
+    'model',
+    INT_OR_NULL,
+    null,
+    true,
+    'Hidden size of the dense MLP layers. Required if n_dense_layers > 0.',
+  ),
+  moe_inter_dim: field(
+    'model',
+    INT_OR_NULL,
+    null,
+    true,
+    'Hidden size of each expert MLP. Required if any layer is MoE.',
+  ),
+  n_routed_experts: field(
+    'model',
+    INT_OR_NULL,
+    null,
+    true,
+    'Routed experts per MoE layer. Required if any layer is MoE.',
+  ),
+  n_activated_experts: field(
+    'model',
+    INT_OR_NULL,
+    null,
+    true,
+    'Routed experts per token (top-K). Required if any layer is MoE.',
+  ),
   n_shared_experts: field('model', INT, 2, true, 'Always-on shared experts per MoE layer, fused into one MLP.'),
   n_dense_layers: field('model', INT, 1, true, 'The first N layers use a dense MLP instead of MoE.'),
   rms_norm_eps: field('model', FLOAT, 1e-5, true, 'RMSNorm epsilon.'),
 
-  attn: field('attention', { kind: 'enum', values: ['mla', 'mha'], notYet: REFERENCE_ATTN }, 'mla', true,
-    'Attention type of global layers: mla (DeepSeek multi-head latent attention) or mha.'),
-  attn_local: field('attention', { kind: 'enum', values: ['mla', ...REFERENCE_ATTN] }, 'swa', true,
-    'Attention type of local layers; unused while attn_global_every = 1.'),
+  attn: field(
+    'attention',
+    { kind: 'enum', values: ['mla', 'mha'], notYet: REFERENCE_ATTN },
+    'mla',
+    true,
+    'Attention type of global layers: mla (DeepSeek multi-head latent attention) or mha.',
+  ),
+  attn_local: field(
+    'attention',
+    { kind: 'enum', values: ['mla', ...REFERENCE_ATTN] },
+    'swa',
+    true,
+    'Attention type of local layers; unused while attn_global_every = 1.',
+  ),
   attn_global_every: field('attention', INT, 1, true, 'Every Nth layer is global; 1 = all layers global.'),
   attn_local_window: field('attention', INT, 128, true, 'Window of local attention layers.'),
   q_lora_rank: field('attention', INT, 1536, true, 'MLA query compression rank; 0 = uncompressed query projection.'),
@@ -256,22 +324,49 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
   qk_nope_head_dim: field('attention', INT, 128, true, 'Per-head query/key dims without RoPE.'),
   qk_rope_head_dim: field('attention', INT, 64, true, 'Per-head query/key dims with RoPE (even).'),
   v_head_dim: field('attention', INT, 128, true, 'Per-head value dims.'),
-  attn_swa: field('attention', { kind: 'table', keys: { kv_heads: INT } }, {}, true,
-    'SWA options: kv_heads (GQA, default n_heads).'),
-  attn_nsa: field('attention', {
-    kind: 'table',
-    keys: {
-      kv_heads: INT, cmp_len: INT, cmp_stride: INT, slc_block: INT, topk_blocks: INT, tile_q: INT, flex_block: INT,
-      cmp_hidden: INT, gate_hidden: INT,
+  attn_swa: field(
+    'attention',
+    { kind: 'table', keys: { kv_heads: INT } },
+    {},
+    true,
+    'SWA options: kv_heads (GQA, default n_heads).',
+  ),
+  attn_nsa: field(
+    'attention',
+    {
+      kind: 'table',
+      keys: {
+        kv_heads: INT,
+        cmp_len: INT,
+        cmp_stride: INT,
+        slc_block: INT,
+        topk_blocks: INT,
+        tile_q: INT,
+        flex_block: INT,
+        cmp_hidden: INT,
+        gate_hidden: INT,
+      },
     },
-  }, {}, true, 'NSA options: kv_heads, cmp_len 32, cmp_stride 16, slc_block 64, topk_blocks 16, tile_q 128, ' +
-    'flex_block 128, cmp_hidden 2*v_head_dim, gate_hidden dim/4.'),
-  attn_dsa: field('attention', {
-    kind: 'table',
-    keys: {
-      n_idx_heads: INT, idx_dim: INT, top_k: INT, training_mode: { kind: 'enum', values: ['sparse', 'dense_warmup'] },
+    {},
+    true,
+    'NSA options: kv_heads, cmp_len 32, cmp_stride 16, slc_block 64, topk_blocks 16, tile_q 128, ' +
+      'flex_block 128, cmp_hidden 2*v_head_dim, gate_hidden dim/4.',
+  ),
+  attn_dsa: field(
+    'attention',
+    {
+      kind: 'table',
+      keys: {
+        n_idx_heads: INT,
+        idx_dim: INT,
+        top_k: INT,
+        training_mode: { kind: 'enum', values: ['sparse', 'dense_warmup'] },
+      },
     },
-  }, {}, true, 'DSA options: n_idx_heads 4, idx_dim 64, top_k 2048, training_mode sparse|dense_warmup.'),
+    {},
+    true,
+    'DSA options: n_idx_heads 4, idx_dim 64, top_k 2048, training_mode sparse|dense_warmup.',
+  ),
 
   max_position_embeddings: field('rope', INT, 8192, true, 'RoPE base context length; tables cover twice this.'),
   rope_theta: field('rope', FLOAT, 50000.0, true, 'RoPE base frequency.'),
@@ -279,20 +374,35 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
   rope_ntk_alpha: field('rope', FLOAT, 1.0, true, 'YaRN high-frequency boundary (rotations per context).'),
   rope_ntk_beta: field('rope', FLOAT, 32.0, true, 'YaRN low-frequency boundary (rotations per context).'),
 
-  router_bias_update_rate: field('routing', FLOAT, 1e-4, true,
-    'Step of the aux-loss-free router bias update (gamma); 0 freezes the bias.'),
+  router_bias_update_rate: field(
+    'routing',
+    FLOAT,
+    1e-4,
+    true,
+    'Step of the aux-loss-free router bias update (gamma); 0 freezes the bias.',
+  ),
   aux_loss_alpha: field('routing', FLOAT, 0.0, false, `Auxiliary load-balancing loss weight. ${UNUSED}`),
   norm_topk_prob: field('routing', BOOL, true, false, `Renormalise top-K weights (always done). ${UNUSED}`),
   route_scale: field('routing', FLOAT, 1.0, true, 'Multiplies router logits before the sigmoid.'),
 
-  dtype: field('precision', { kind: 'enum', values: ['bf16', 'fp8', 'nvfp4'] }, 'bf16', true,
-    'Expert weight/activation format; everything else is bf16. nvfp4 needs Blackwell.'),
+  dtype: field(
+    'precision',
+    { kind: 'enum', values: ['bf16', 'fp8', 'nvfp4'] },
+    'bf16',
+    true,
+    'Expert weight/activation format; everything else is bf16. nvfp4 needs Blackwell.',
+  ),
 
   lr_dense: field('optimizer', FLOAT, 3.4e-4, true, 'Peak LR of dense parameters (attention, MLPs, embeddings).'),
   lr_router: field('optimizer', FLOAT, 3.4e-4, true, 'Peak LR of router gates (no weight decay).'),
   lr_expert: field('optimizer', FLOAT, 3.4e-4, true, 'Peak LR of routed expert weights.'),
-  weight_decay: field('optimizer', FLOAT, 0.1, true,
-    'AdamW decoupled weight decay (not on norms, biases, embeddings, router).'),
+  weight_decay: field(
+    'optimizer',
+    FLOAT,
+    0.1,
+    true,
+    'AdamW decoupled weight decay (not on norms, biases, embeddings, router).',
+  ),
   adam_beta1: field('optimizer', FLOAT, 0.9, true, 'AdamW beta1.'),
   adam_beta2: field('optimizer', FLOAT, 0.95, true, 'AdamW beta2 for dense and router parameters.'),
   adam_beta2_expert: field('optimizer', FLOAT, 0.99, true, 'AdamW beta2 for expert parameters.'),
@@ -300,10 +410,20 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
   muon_momentum: field('optimizer', FLOAT, 0.95, true, 'Muon momentum mu (m = mu*m + g), with optimizer = "muon".'),
 
   warmup_steps: field('schedule', INT, 500, true, 'Linear LR warmup, in steps.'),
-  hold_tokens: field('schedule', INT, 10_000_000_000, true,
-    'After warmup, LR stays at peak until this many global tokens.'),
-  decay_tokens: field('schedule', INT, 40_000_000_000, true,
-    'Global tokens of cosine decay (after hold_tokens) down to decay_floor.'),
+  hold_tokens: field(
+    'schedule',
+    INT,
+    10_000_000_000,
+    true,
+    'After warmup, LR stays at peak until this many global tokens.',
+  ),
+  decay_tokens: field(
+    'schedule',
+    INT,
+    40_000_000_000,
+    true,
+    'Global tokens of cosine decay (after hold_tokens) down to decay_floor.',
+  ),
   decay_floor: field('schedule', FLOAT, 3e-5, true, 'Absolute LR floor of every group (not a ratio).'),
 
   steps: field('training', INT, 10000, false, 'Optimizer steps to run; <= 0 derives them from the flow budget.'),
@@ -318,8 +438,13 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
   resume: field('checkpoint', BOOL, true, false, 'Resume from the newest checkpoint in checkpoint_dir if any.'),
 
   data_root: field('data', STRING, '/data', true, 'Root under which flow / mixture data is found.'),
-  data_path: field('data', STRING_OR_NULL, null, true,
-    'Directory of pre-tokenized shards (nmoe: absent = the embedded corpus).'),
+  data_path: field(
+    'data',
+    STRING_OR_NULL,
+    null,
+    true,
+    'Directory of pre-tokenized shards (nmoe: absent = the embedded corpus).',
+  ),
   hf_dataset: field('data', STRING_OR_NULL, null, false, `HuggingFace dataset id. ${UNUSED}`),
   hf_split: field('data', STRING, 'train', false, `HuggingFace split. ${UNUSED}`),
   hf_subset: field('data', STRING_OR_NULL, null, false, `HuggingFace subset/config name. ${UNUSED}`),
@@ -327,17 +452,40 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
   hf_data_files: field('data', STRING_OR_NULL, null, false, `HuggingFace data-file glob. ${UNUSED}`),
   mixture_toml: field('data', STRING_OR_NULL, null, true, 'Mixture TOML for multi-stage flows.'),
   flow_profiles_toml: field('data', STRING_OR_NULL, null, true, 'Flow profiles TOML for multi-stage flows.'),
-  flow_mode: field('data', STRING_OR_NULL, null, true, 'Flow to run (dev | test | ablation | proxy | full_train | ...).'),
+  flow_mode: field(
+    'data',
+    STRING_OR_NULL,
+    null,
+    true,
+    'Flow to run (dev | test | ablation | proxy | full_train | ...).',
+  ),
   active_params_b: field('data', FLOAT_OR_NULL, null, true, 'Active parameters in billions, for tokens_b_ratio flows.'),
 
   metrics_dir: field('metrics', STRING, '/data/metrics', false, 'Where per-run metrics are written.'),
   experiments_db: field('metrics', STRING, '/data/experiments.db', false, 'SQLite experiments/runs database.'),
 
-  eval_enabled: field('eval', BOOL, false, false, 'Schedule evaluation of snapshots during training (the reference\'s scheduled evals; nmoe runs evals inline by eval_every and ignores this).'),
-  eval_mode: field('eval', { kind: 'enum', values: ['inline', 'reserved_gpu', 'k8s_job'] }, 'reserved_gpu', false,
-    'Where scheduled evals run.'),
+  eval_enabled: field(
+    'eval',
+    BOOL,
+    false,
+    false,
+    "Schedule evaluation of snapshots during training (the reference's scheduled evals; nmoe runs evals inline by eval_every and ignores this).",
+  ),
+  eval_mode: field(
+    'eval',
+    { kind: 'enum', values: ['inline', 'reserved_gpu', 'k8s_job'] },
+    'reserved_gpu',
+    false,
+    'Where scheduled evals run.',
+  ),
   eval_every: field('eval', INT, 0, false, 'Run the eval tasks every N steps (inline, one rank); 0 disables.'),
-  eval_tasks: field('eval', STRING, 'core', false, 'core (every task of eval_tasks_file) or a comma list of its task names.'),
+  eval_tasks: field(
+    'eval',
+    STRING,
+    'core',
+    false,
+    'core (every task of eval_tasks_file) or a comma list of its task names.',
+  ),
   eval_tasks_file: field('eval', STRING, 'configs/eval/tasks.toml', false, 'Task registry TOML.'),
   eval_budget_max_examples: field('eval', INT, 500, false, 'Examples per task per eval.'),
   eval_budget_max_time_s: field('eval', INT, 300, false, 'Time budget per eval, seconds.'),
@@ -361,8 +509,20 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
   grpo_top_p: field('rl', FLOAT, 0.9, false, `GRPO nucleus sampling p. ${UNUSED}`),
   reward_model_path: field('rl', STRING_OR_NULL, null, false, `Reward model. ${UNUSED}`),
 
-  validation_enabled: field('validation', BOOL, false, false, 'Held-out validation loss (val/loss) every validation_every steps.'),
-  validation_data_path: field('validation', STRING_OR_NULL, null, false, 'Held-out shards (a folder from nmoe data prep), read like data_path.'),
+  validation_enabled: field(
+    'validation',
+    BOOL,
+    false,
+    false,
+    'Held-out validation loss (val/loss) every validation_every steps.',
+  ),
+  validation_data_path: field(
+    'validation',
+    STRING_OR_NULL,
+    null,
+    false,
+    'Held-out shards (a folder from nmoe data prep), read like data_path.',
+  ),
   validation_every: field('validation', INT, 500, false, 'Validate every N steps.'),
   validation_steps: field('validation', INT, 100, false, 'Global batches per validation (the same ones every time).'),
 
@@ -370,32 +530,97 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
   profiling_steps: field('profiling', INT, 10, false, `Steps to profile. ${UNUSED}`),
   profiling_output_dir: field('profiling', STRING, '/data/profiles', false, `Profiler output. ${UNUSED}`),
 
-  device: field('nmoe', { kind: 'enum', values: ['auto', 'cpu', 'cuda'] }, 'auto', false,
-    'nmoe addition: compute backend; auto picks CUDA where it exists, else the CPU.'),
-  grad_clip_norm: field('nmoe', FLOAT, 1.0, true,
-    'nmoe addition: global-norm gradient clipping threshold; 0 disables (the reference never clips).'),
-  loss_mask_eos: field('nmoe', BOOL, true, true,
-    'nmoe addition: true (reference) drops targets equal to eos_token_id from the loss; false trains on all.'),
-  strict_data: field('nmoe', BOOL, false, false,
-    'nmoe addition: true makes too little data for the requested steps an error; false (reference) warns and wraps.'),
-  optim_state_dtype: field('nmoe', { kind: 'enum', values: ['fp32', 'bf16'] }, 'fp32', true,
-    'nmoe addition: storage of the AdamW moments; fp32 costs 8 bytes per parameter, bf16 (the reference) 4.'),
-  master_weights: field('nmoe', { kind: 'enum', values: ['fp32', 'bf16', 'bf16_sr'] }, 'fp32', true,
-    'nmoe addition: updates of bf16 weights: fp32 master copies (+4 bytes per parameter), bf16 rounded to nearest (the reference; small updates can vanish) or bf16_sr, stochastic rounding (unbiased, no extra memory).'),
-  attn_recompute: field('nmoe', BOOL, false, false,
-    'nmoe addition: true keeps only each attention block\'s input and recomputes the rest in the backward (the reference always does: checkpoint around the attention call), trading one more attention forward per layer for its activations; false keeps them (faster).'),
-  attn_kernel: field('nmoe', { kind: 'enum', values: ['nmoe', 'cudnn'] }, 'cudnn', false,
-    'nmoe addition: GPU attention kernels: cudnn, cuDNN\'s fused flash attention where cuDNN is found and takes the shape, else nmoe\'s with a note (the default: 3 to 4 times faster on Hopper); nmoe, nmoe\'s own flash kernels.'),
-  deterministic: field('nmoe', BOOL, true, false,
-    'nmoe addition: true makes every GPU reduction bit-reproducible (cuDNN\'s attention backward takes its deterministic algorithm); false lets cuDNN\'s backward sum dQ with atomics (faster, not bit-reproducible).'),
-  optimizer: field('nmoe', { kind: 'enum', values: ['adamw', 'muon'] }, 'adamw', true,
-    'nmoe addition: adamw (the reference) for every parameter, or muon: Muon (momentum, Newton-Schulz orthogonalisation, Moonlight\'s 0.2*sqrt(max(rows, cols)) scale so the AdamW learning rates serve it) for the 2-D dense weights (attention, dense and shared MLPs), AdamW for the rest; on several ranks each matrix is updated whole by one owner rank (distributed Muon).'),
-  muon_nesterov: field('nmoe', BOOL, true, true,
-    'nmoe addition: true makes Muon\'s update Nesterov\'s g + mu*m; false, the momentum m itself.'),
-  muon_ns_steps: field('nmoe', INT, 5, true,
-    'nmoe addition: quintic Newton-Schulz iterations per Muon update (5 brings singular values to about [0.7, 1.2]).'),
-  muon_experts: field('nmoe', BOOL, false, true,
-    'nmoe addition: true lets Muon update every routed expert\'s matrices too, each on its own; false keeps the experts on AdamW.'),
+  device: field(
+    'nmoe',
+    { kind: 'enum', values: ['auto', 'cpu', 'cuda'] },
+    'auto',
+    false,
+    'nmoe addition: compute backend; auto picks CUDA where it exists, else the CPU.',
+  ),
+  grad_clip_norm: field(
+    'nmoe',
+    FLOAT,
+    1.0,
+    true,
+    'nmoe addition: global-norm gradient clipping threshold; 0 disables (the reference never clips).',
+  ),
+  loss_mask_eos: field(
+    'nmoe',
+    BOOL,
+    true,
+    true,
+    'nmoe addition: true (reference) drops targets equal to eos_token_id from the loss; false trains on all.',
+  ),
+  strict_data: field(
+    'nmoe',
+    BOOL,
+    false,
+    false,
+    'nmoe addition: true makes too little data for the requested steps an error; false (reference) warns and wraps.',
+  ),
+  optim_state_dtype: field(
+    'nmoe',
+    { kind: 'enum', values: ['fp32', 'bf16'] },
+    'fp32',
+    true,
+    'nmoe addition: storage of the AdamW moments; fp32 costs 8 bytes per parameter, bf16 (the reference) 4.',
+  ),
+  master_weights: field(
+    'nmoe',
+    { kind: 'enum', values: ['fp32', 'bf16', 'bf16_sr'] },
+    'fp32',
+    true,
+    'nmoe addition: updates of bf16 weights: fp32 master copies (+4 bytes per parameter), bf16 rounded to nearest (the reference; small updates can vanish) or bf16_sr, stochastic rounding (unbiased, no extra memory).',
+  ),
+  attn_recompute: field(
+    'nmoe',
+    BOOL,
+    false,
+    false,
+    "nmoe addition: true keeps only each attention block's input and recomputes the rest in the backward (the reference always does: checkpoint around the attention call), trading one more attention forward per layer for its activations; false keeps them (faster).",
+  ),
+  attn_kernel: field(
+    'nmoe',
+    { kind: 'enum', values: ['nmoe', 'cudnn'] },
+    'cudnn',
+    false,
+    "nmoe addition: GPU attention kernels: cudnn, cuDNN's fused flash attention where cuDNN is found and takes the shape, else nmoe's with a note (the default: 3 to 4 times faster on Hopper); nmoe, nmoe's own flash kernels.",
+  ),
+  deterministic: field(
+    'nmoe',
+    BOOL,
+    true,
+    false,
+    "nmoe addition: true makes every GPU reduction bit-reproducible (cuDNN's attention backward takes its deterministic algorithm); false lets cuDNN's backward sum dQ with atomics (faster, not bit-reproducible).",
+  ),
+  optimizer: field(
+    'nmoe',
+    { kind: 'enum', values: ['adamw', 'muon'] },
+    'adamw',
+    true,
+    "nmoe addition: adamw (the reference) for every parameter, or muon: Muon (momentum, Newton-Schulz orthogonalisation, Moonlight's 0.2*sqrt(max(rows, cols)) scale so the AdamW learning rates serve it) for the 2-D dense weights (attention, dense and shared MLPs), AdamW for the rest; on several ranks each matrix is updated whole by one owner rank (distributed Muon).",
+  ),
+  muon_nesterov: field(
+    'nmoe',
+    BOOL,
+    true,
+    true,
+    "nmoe addition: true makes Muon's update Nesterov's g + mu*m; false, the momentum m itself.",
+  ),
+  muon_ns_steps: field(
+    'nmoe',
+    INT,
+    5,
+    true,
+    'nmoe addition: quintic Newton-Schulz iterations per Muon update (5 brings singular values to about [0.7, 1.2]).',
+  ),
+  muon_experts: field(
+    'nmoe',
+    BOOL,
+    false,
+    true,
+    "nmoe addition: true lets Muon update every routed expert's matrices too, each on its own; false keeps the experts on AdamW.",
+  ),
 };
 
 export const CONFIG_KEYS = Object.keys(FIELDS) as (keyof Config)[];

@@ -19,19 +19,33 @@ const inSection = (section: string) => CONFIG_KEYS.filter((k) => FIELDS[k].secti
 const UNIMPLEMENTED: Unimplemented[] = [
   {
     keys: ['eval_enabled', 'eval_mode', 'eval_reserved_gpu_id'],
-    instead: 'evals run inline in the trainer every eval_every steps (docs/eval.md); there are no scheduled evals on a reserved GPU or a job',
+    instead:
+      'evals run inline in the trainer every eval_every steps (docs/eval.md); there are no scheduled evals on a reserved GPU or a job',
   },
-  { keys: inSection('profiling'), instead: 'training captures no profile (`nmoe bench train --profile` profiles the ops)' },
-  { keys: ['aux_loss_alpha'], instead: 'there is no auxiliary balancing loss: the router bias update (router_bias_update_rate) alone balances the experts' },
   {
-    keys: ['dtype'], when: (c) => c.dtype !== 'bf16',
+    keys: inSection('profiling'),
+    instead: 'training captures no profile (`nmoe bench train --profile` profiles the ops)',
+  },
+  {
+    keys: ['aux_loss_alpha'],
+    instead:
+      'there is no auxiliary balancing loss: the router bias update (router_bias_update_rate) alone balances the experts',
+  },
+  {
+    keys: ['dtype'],
+    when: (c) => c.dtype !== 'bf16',
     instead: 'routed experts compute in bf16 on the GPU (no fp8/fp4 expert GEMMs yet) and in fp32 on the CPU',
   },
 ];
 
 /** One line per unimplemented key the config sets: `<key> = <value> is accepted but not implemented: … [where]`. */
 export function unimplementedWarnings({ config, origin }: Pick<LoadedConfig, 'config' | 'origin'>): string[] {
-  return UNIMPLEMENTED.flatMap((u) => u.keys
-    .filter((k) => (u.when ? u.when(config) : canonicalJson(config[k]) !== canonicalJson(FIELDS[k].default)))
-    .map((k) => `${k} = ${tomlLiteral(config[k], FIELDS[k].type)} is accepted but not implemented: ${u.instead} [${origin[k]}]`));
+  return UNIMPLEMENTED.flatMap((u) =>
+    u.keys
+      .filter((k) => (u.when ? u.when(config) : canonicalJson(config[k]) !== canonicalJson(FIELDS[k].default)))
+      .map(
+        (k) =>
+          `${k} = ${tomlLiteral(config[k], FIELDS[k].type)} is accepted but not implemented: ${u.instead} [${origin[k]}]`,
+      ),
+  );
 }

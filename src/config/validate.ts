@@ -30,20 +30,30 @@ export function problem(subject: string, what: string, where: string, fix: strin
 
 export function syntaxProblem(file: string, line: number, column: number, reason: string, source: string): string {
   const text = source.split(/\r?\n/)[line - 1]?.trim() ?? '';
-  return problem(`invalid TOML syntax (${reason})`, `in ${JSON.stringify(text)}`, `${file}:${line}:${column}`,
-    `correct line ${line} of ${file} (strings need quotes; one key = value per line)`);
+  return problem(
+    `invalid TOML syntax (${reason})`,
+    `in ${JSON.stringify(text)}`,
+    `${file}:${line}:${column}`,
+    `correct line ${line} of ${file} (strings need quotes; one key = value per line)`,
+  );
 }
 
 export function unknownKeyProblem(name: string, value: unknown, where: string, known: readonly string[]): string {
   if (isTable(value)) {
-    return problem(`[${name}]`, 'is not a config table', where,
-      'move its keys to the top level (the only tables are [attn_swa], [attn_nsa] and [attn_dsa])');
+    return problem(
+      `[${name}]`,
+      'is not a config table',
+      where,
+      'move its keys to the top level (the only tables are [attn_swa], [attn_nsa] and [attn_dsa])',
+    );
   }
   const guess = closest(name.slice(name.lastIndexOf('.') + 1), known);
   const prefix = name.includes('.') ? `${name.slice(0, name.lastIndexOf('.'))}.` : '';
-  const fix = guess ? `did you mean ${prefix}${guess}?`
-    : known.length > 12 ? 'remove it (`nmoe config show configs/tiny.toml` lists every key)'
-    : `remove it (the keys here are ${known.join(', ')})`;
+  const fix = guess
+    ? `did you mean ${prefix}${guess}?`
+    : known.length > 12
+      ? 'remove it (`nmoe config show configs/tiny.toml` lists every key)'
+      : `remove it (the keys here are ${known.join(', ')})`;
   return problem(value === undefined ? name : `${name} = ${tomlLiteral(value)}`, 'is not a config key', where, fix);
 }
 
@@ -82,8 +92,10 @@ export type Coerced = { ok: true; value: unknown } | { ok: false; problem: strin
  * integersAsBigInt) so `dim = 20.0` can be told apart from `dim = 20`; they become numbers here.
  */
 export function coerce(name: string, type: ScalarType, value: unknown, where: string): Coerced {
-  const bad = (what: string, fix: string): Coerced =>
-    ({ ok: false, problem: problem(`${name} = ${tomlLiteral(value)}`, what, where, fix) });
+  const bad = (what: string, fix: string): Coerced => ({
+    ok: false,
+    problem: problem(`${name} = ${tomlLiteral(value)}`, what, where, fix),
+  });
   const unquoted = typeof value === 'string' ? value.trim() : undefined;
   if (value === null && type.nullable) return { ok: true, value };
   switch (type.kind) {
@@ -96,8 +108,10 @@ export function coerce(name: string, type: ScalarType, value: unknown, where: st
       if (typeof value === 'number') {
         return Number.isInteger(value)
           ? bad('is a float, expected an integer', `drop the decimal point (${name} = ${value})`)
-          : bad('is a float, expected an integer',
-            `use a whole number (${name} = ${Math.floor(value)} or ${Math.ceil(value)})`);
+          : bad(
+              'is a float, expected an integer',
+              `use a whole number (${name} = ${Math.floor(value)} or ${Math.ceil(value)})`,
+            );
       }
       if (unquoted !== undefined && /^[+-]?\d+$/.test(unquoted)) {
         return bad('is a string, expected an integer', `remove the quotes (${name} = ${unquoted})`);
@@ -106,7 +120,9 @@ export function coerce(name: string, type: ScalarType, value: unknown, where: st
     case 'float':
       if (typeof value === 'bigint') return { ok: true, value: Number(value) };
       if (typeof value === 'number') {
-        return Number.isFinite(value) ? { ok: true, value } : bad('is not a finite number', `give ${name} a finite number`);
+        return Number.isFinite(value)
+          ? { ok: true, value }
+          : bad('is not a finite number', `give ${name} a finite number`);
       }
       if (unquoted !== undefined && unquoted !== '' && Number.isFinite(Number(unquoted))) {
         return bad('is a string, expected a number', `remove the quotes (${name} = ${unquoted})`);
@@ -154,7 +170,6 @@ interface Rule {
   fix: (c: Checked, world: number) => string;
 }
 
-
 const REQUIRED: [keyof Config, (c: Config) => boolean, string][] = [
   ['dim', () => true, ''],
   ['n_layers', () => true, ''],
@@ -168,16 +183,23 @@ const REQUIRED: [keyof Config, (c: Config) => boolean, string][] = [
 /** The range of `key` (ranges.ts) as a rule. */
 function rangeRule(key: keyof Config, r: Range): Rule {
   return {
-    keys: [key], when: r.when, ok: (c) => outOfRange(r, c[key] as number) === null,
-    what: (c) => outOfRange(r, c[key] as number)!, fix: () => r.fix,
+    keys: [key],
+    when: r.when,
+    ok: (c) => outOfRange(r, c[key] as number) === null,
+    what: (c) => outOfRange(r, c[key] as number)!,
+    fix: () => r.fix,
   };
 }
 
 /** YaRN's ramp band in rotary-pair units, from the same function that builds the RoPE tables. */
 function yarnBandOf(c: Config): { low: number; high: number; limit: number } {
   const band = yarnBand({
-    dim: c.qk_rope_head_dim, theta: Math.trunc(c.rope_theta), maxPositions: c.max_position_embeddings,
-    scalingFactor: c.rope_scaling_factor, ntkAlpha: c.rope_ntk_alpha, ntkBeta: c.rope_ntk_beta,
+    dim: c.qk_rope_head_dim,
+    theta: Math.trunc(c.rope_theta),
+    maxPositions: c.max_position_embeddings,
+    scalingFactor: c.rope_scaling_factor,
+    ntkAlpha: c.rope_ntk_alpha,
+    ntkBeta: c.rope_ntk_beta,
   });
   return { ...band, limit: c.qk_rope_head_dim / 2 - 1 };
 }
@@ -192,7 +214,8 @@ const RULES: Rule[] = [
     fix: () => 'lower n_dense_layers or raise n_layers',
   },
   {
-    keys: ['n_activated_experts', 'n_routed_experts'], when: hasMoe,
+    keys: ['n_activated_experts', 'n_routed_experts'],
+    when: hasMoe,
     ok: (c) => c.n_activated_experts <= c.n_routed_experts,
     what: (c) => `must be <= n_routed_experts (${c.n_routed_experts})`,
     fix: () => 'lower n_activated_experts or raise n_routed_experts',
@@ -202,8 +225,10 @@ const RULES: Rule[] = [
     ok: (c) => c.vocab_size >= TOKENIZERS[c.tokenizer].vocabSize,
     what: (c) => {
       const v = TOKENIZERS[c.tokenizer].vocabSize;
-      return `is smaller than the ${c.tokenizer} tokenizer's vocabulary (${v}): ` +
-        `ids up to ${v - 1} would overflow the embedding`;
+      return (
+        `is smaller than the ${c.tokenizer} tokenizer's vocabulary (${v}): ` +
+        `ids up to ${v - 1} would overflow the embedding`
+      );
     },
     fix: (c) => `set vocab_size = ${TOKENIZERS[c.tokenizer].vocabSize}`,
   },
@@ -227,8 +252,14 @@ const RULES: Rule[] = [
     fix: (c) => `use ${c.qk_rope_head_dim + 1}`,
   },
   {
-    keys: ['rope_scaling_factor', 'qk_rope_head_dim', 'max_position_embeddings', 'rope_theta', 'rope_ntk_alpha',
-      'rope_ntk_beta'],
+    keys: [
+      'rope_scaling_factor',
+      'qk_rope_head_dim',
+      'max_position_embeddings',
+      'rope_theta',
+      'rope_ntk_alpha',
+      'rope_ntk_beta',
+    ],
     when: (c) => c.rope_scaling_factor > 1,
     ok: (c) => {
       const { low, high, limit } = yarnBandOf(c);
@@ -236,8 +267,10 @@ const RULES: Rule[] = [
     },
     what: (c) => {
       const { low, high, limit } = yarnBandOf(c);
-      return `needs a YaRN band with 0 < low < high < qk_rope_head_dim/2 - 1 = ${limit}, ` +
-        `but low = ${low.toFixed(2)} and high = ${high.toFixed(2)}`;
+      return (
+        `needs a YaRN band with 0 < low < high < qk_rope_head_dim/2 - 1 = ${limit}, ` +
+        `but low = ${low.toFixed(2)} and high = ${high.toFixed(2)}`
+      );
     },
     fix: () => 'adjust rope_ntk_beta (moves low), rope_ntk_alpha (moves high), max_position_embeddings or rope_theta',
   },
@@ -257,10 +290,12 @@ const RULES: Rule[] = [
     keys: ['validation_enabled'],
     ok: (c) => !c.validation_enabled || (c as Config).validation_data_path !== null,
     what: () => 'needs validation_data_path, the held-out shards',
-    fix: () => 'set validation_data_path to a folder of shards from `nmoe data prep` (not the training data), or validation_enabled = false',
+    fix: () =>
+      'set validation_data_path to a folder of shards from `nmoe data prep` (not the training data), or validation_enabled = false',
   },
   {
-    keys: ['n_routed_experts'], when: hasMoe,
+    keys: ['n_routed_experts'],
+    when: hasMoe,
     ok: (c, world) => c.n_routed_experts % world === 0,
     what: (_, world) => `must be divisible by the world size (${world}): every rank owns the same number of experts`,
     fix: (c) => `run on a number of ranks that divides ${c.n_routed_experts}, or change n_routed_experts`,
@@ -301,8 +336,10 @@ export function configProblems(cfg: Config, ctx: CheckContext): string[] {
     if (rule.keys.length === 1) rejected.add(rule.keys[0]!); // e.g. a negative lr_dense is not also checked against decay_floor
     // The rule speaks of its first key; the others the user set are located too, as either may be the mistake.
     const [key, ...others] = rule.keys;
-    const where = [ctx.origin(key!) ?? `default, not set in ${ctx.file}`,
-      ...others.flatMap((k) => (ctx.origin(k) ? [`${literal(k)} at ${ctx.origin(k)}`] : []))];
+    const where = [
+      ctx.origin(key!) ?? `default, not set in ${ctx.file}`,
+      ...others.flatMap((k) => (ctx.origin(k) ? [`${literal(k)} at ${ctx.origin(k)}`] : [])),
+    ];
     out.push(problem(literal(key!), rule.what(c, ctx.worldSize), where.join('; '), rule.fix(c, ctx.worldSize)));
   }
   return out;

@@ -45,7 +45,13 @@ export async function benchTokenize(docs: string[], tokenizer: string): Promise<
 
 /** The same batches prep would send, through `workers` threads, with nothing else going on. */
 export async function benchPool(docs: string[], tokenizer: string, workers: number): Promise<Rate> {
-  const pool = await TokenizerPool.start(workers, { tokenizer, minTokens: 0, maxTokens: 1 << 30, numShards: 1, filters: NO_FILTERS });
+  const pool = await TokenizerPool.start(workers, {
+    tokenizer,
+    minTokens: 0,
+    maxTokens: 1 << 30,
+    numShards: 1,
+    filters: NO_FILTERS,
+  });
   try {
     const batches: string[][] = [];
     for (let i = 0, chars = 0, cur: string[] = []; i < docs.length; i++) {
@@ -66,7 +72,12 @@ export async function benchPool(docs: string[], tokenizer: string, workers: numb
     }
     for (const p of inflight) tokens += (await p).tokens.length;
     // The pool appends EOS to each document; count text tokens as benchTokenize does.
-    return { seconds: (performance.now() - t0) / 1000, docs: docs.length, tokens: tokens - docs.length, bytes: utf8Bytes(docs) };
+    return {
+      seconds: (performance.now() - t0) / 1000,
+      docs: docs.length,
+      tokens: tokens - docs.length,
+      bytes: utf8Bytes(docs),
+    };
   } finally {
     await pool.close();
   }
@@ -83,16 +94,36 @@ export async function benchPrep(docs: string[], tokenizer: string, workers: numb
     writeFileSync(input, docs.map((text, i) => JSON.stringify({ id: `doc-${i}`, text })).join('\n') + '\n');
     readFileSync(input); // into the page cache, as the other measurements read from memory
     const t0 = performance.now();
-    const r = await runPrep({ ...PREP_DEFAULTS, source: 'jsonl', paths: [input], output: join(dir, 'out'), name: 'bench', tokenizer, workers, minTokens: 0 });
+    const r = await runPrep({
+      ...PREP_DEFAULTS,
+      source: 'jsonl',
+      paths: [input],
+      output: join(dir, 'out'),
+      name: 'bench',
+      tokenizer,
+      workers,
+      minTokens: 0,
+    });
     const seconds = (performance.now() - t0) / 1000 - r.startupSeconds;
-    return { seconds, startupSeconds: r.startupSeconds, docs: r.stats.documents, tokens: r.stats.tokens - r.stats.documents, bytes: utf8Bytes(docs) };
+    return {
+      seconds,
+      startupSeconds: r.startupSeconds,
+      docs: r.stats.documents,
+      tokens: r.stats.tokens - r.stats.documents,
+      bytes: utf8Bytes(docs),
+    };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
 /** `batches` batches of batch x (seqLen + 1) tokens through the loader, from shards already in the page cache. */
-export async function benchLoader(o: { seqLen: number; batch: number; batches: number; prefetch: number }): Promise<LoaderTiming> {
+export async function benchLoader(o: {
+  seqLen: number;
+  batch: number;
+  batches: number;
+  prefetch: number;
+}): Promise<LoaderTiming> {
   const dir = mkdtempSync(join(tmpdir(), 'nmoe-bench-loader-'));
   const perShard = Math.ceil((o.batch * (o.seqLen + 1) * (o.batches + 8)) / 2);
   try {
@@ -108,8 +139,19 @@ export async function benchLoader(o: { seqLen: number; batch: number; batches: n
       readFileSync(join(dir, `bench-shard-${s}.npy`));
     }
     const cfg: DataConfig = {
-      data_path: dir, flow_mode: null, mixture_toml: null, flow_profiles_toml: null, data_root: dir, active_params_b: null,
-      tokenizer: 'o200k_harmony', vocab_size: 201088, eos_token_id: 199999, seq_len: o.seqLen, batch_size: o.batch, steps: o.batches + 8, strict_data: false,
+      data_path: dir,
+      flow_mode: null,
+      mixture_toml: null,
+      flow_profiles_toml: null,
+      data_root: dir,
+      active_params_b: null,
+      tokenizer: 'o200k_harmony',
+      vocab_size: 201088,
+      eos_token_id: 199999,
+      seq_len: o.seqLen,
+      batch_size: o.batch,
+      steps: o.batches + 8,
+      strict_data: false,
     };
     const loader = createLoader(cfg, 0, 1, { prefetch: o.prefetch, warn: () => {} });
     const ms: number[] = [];
@@ -121,7 +163,13 @@ export async function benchLoader(o: { seqLen: number; batch: number; batches: n
     }
     loader.close();
     const s = ascending(ms);
-    return { batches: s.length, meanMs: s.reduce((a, b) => a + b, 0) / s.length, p50Ms: quantile(s, 0.5), p99Ms: quantile(s, 0.99), maxMs: quantile(s, 1) };
+    return {
+      batches: s.length,
+      meanMs: s.reduce((a, b) => a + b, 0) / s.length,
+      p50Ms: quantile(s, 0.5),
+      p99Ms: quantile(s, 0.99),
+      maxMs: quantile(s, 1),
+    };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

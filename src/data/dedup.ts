@@ -29,7 +29,11 @@ function fmix32(h: number): number {
 export class MinHasher {
   readonly seeds: Uint32Array;
 
-  constructor(readonly shingle = 13, readonly perms = 128, seed = 42) {
+  constructor(
+    readonly shingle = 13,
+    readonly perms = 128,
+    seed = 42,
+  ) {
     this.seeds = new Uint32Array(perms);
     for (let i = 0; i < perms; i++) this.seeds[i] = philox4x32(i, 0, 0, 0, seed, 0x6d696e68)[0]!;
   }
@@ -145,9 +149,18 @@ function checkPaths(input: string, output: string): void {
     return; // --out does not exist yet
   }
   if (out.real === realpathSync(input)) {
-    throw dataError(`--out is the --in file itself (both are ${out.real})`, output, `write to another file, e.g. --out ${dedupedName(input)}`);
+    throw dataError(
+      `--out is the --in file itself (both are ${out.real})`,
+      output,
+      `write to another file, e.g. --out ${dedupedName(input)}`,
+    );
   }
-  if (out.isDir) throw dataError('--out is a folder', output, `give --out a file name, e.g. --out ${join(output, basename(dedupedName(input)))}`);
+  if (out.isDir)
+    throw dataError(
+      '--out is a folder',
+      output,
+      `give --out a file name, e.g. --out ${join(output, basename(dedupedName(input)))}`,
+    );
 }
 
 /** The kept lines, newline-terminated, in input order; counts go into `r`. */
@@ -190,7 +203,11 @@ export async function runDedup(o: DedupOptions): Promise<DedupResult> {
     makeDirs(dirname(o.output));
     file = await open(tmp, 'w');
   } catch (err) {
-    throw dataError(`cannot write --out (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, o.output, 'pick an --out in a folder you can write to');
+    throw dataError(
+      `cannot write --out (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+      o.output,
+      'pick an --out in a folder you can write to',
+    );
   }
   const r: DedupResult = { total: 0, kept: 0, dropped: 0, skipped: 0, firstSkipped: null };
   try {

@@ -35,10 +35,15 @@ export function readIndex(path: string): Float64Array {
     throw dataError('not an nmoe index: the magic "NMOEIDX\\0" is missing', `${path}, byte 0`, fix);
   }
   const version = Number(buf.readBigUInt64LE(8));
-  if (version !== IDX_VERSION) throw dataError(`index version ${version} is not supported (only ${IDX_VERSION})`, `${path}, byte 8`, fix);
+  if (version !== IDX_VERSION)
+    throw dataError(`index version ${version} is not supported (only ${IDX_VERSION})`, `${path}, byte 8`, fix);
   const docs = Number(buf.readBigUInt64LE(16));
   if (buf.length !== IDX_HEADER_BYTES + 16 * docs) {
-    throw dataError(`index header says ${docs} documents (${IDX_HEADER_BYTES + 16 * docs} bytes) but the file has ${buf.length} bytes`, `${path}, byte 16`, fix);
+    throw dataError(
+      `index header says ${docs} documents (${IDX_HEADER_BYTES + 16 * docs} bytes) but the file has ${buf.length} bytes`,
+      `${path}, byte 16`,
+      fix,
+    );
   }
   const out = new Float64Array(2 * docs);
   for (let i = 0; i < out.length; i++) out[i] = Number(buf.readBigUInt64LE(IDX_HEADER_BYTES + 8 * i));
@@ -58,8 +63,11 @@ export interface RegeneratedIndex {
 
 /** Rebuilds `<shard>.idx` from the EOS positions in the shard; written to a temp file, then renamed. */
 export function regenerateIndex(shardPath: string, eosTokenId: number, chunkTokens = 1 << 22): RegeneratedIndex {
-  const shard = NpyShard.open(shardPath, 'give regenerate-index the path of a .npy shard, e.g. <output>/shard_0000/<name>-v1-shard-000000.npy ' +
-    '(`nmoe data verify <output>/manifest.json` names the shards whose index is missing)');
+  const shard = NpyShard.open(
+    shardPath,
+    'give regenerate-index the path of a .npy shard, e.g. <output>/shard_0000/<name>-v1-shard-000000.npy ' +
+      '(`nmoe data verify <output>/manifest.json` names the shards whose index is missing)',
+  );
   const path = indexPathFor(shardPath);
   const fd = openSync(`${path}.tmp`, 'w');
   let docs = 0;

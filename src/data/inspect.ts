@@ -46,14 +46,30 @@ const CHUNK = 1 << 22;
 const n = (x: number) => x.toLocaleString('en-US');
 
 /** One pass over the shard's first `limit` tokens (all of them by default), in chunks. */
-export function scanShard(shard: NpyShard, eos: number, vocab: number, wantCounts: boolean, limit = shard.length): ShardScan {
+export function scanShard(
+  shard: NpyShard,
+  eos: number,
+  vocab: number,
+  wantCounts: boolean,
+  limit = shard.length,
+): ShardScan {
   const end = Math.min(limit, shard.length);
   const s: ShardScan = {
-    tokens: end, min: Infinity, max: -Infinity, repeats: 0, eos: 0, doubleEos: [], doubleEosCount: 0, endsWithEos: false, outOfVocab: 0, docs: [],
+    tokens: end,
+    min: Infinity,
+    max: -Infinity,
+    repeats: 0,
+    eos: 0,
+    doubleEos: [],
+    doubleEosCount: 0,
+    endsWithEos: false,
+    outOfVocab: 0,
+    docs: [],
     counts: wantCounts ? new Uint32Array(vocab) : null,
   };
   const buf = new Uint32Array(Math.min(CHUNK, Math.max(1, end)));
-  let prev = -1, start = 0;
+  let prev = -1,
+    start = 0;
   for (let base = 0; base < end; base += buf.length) {
     const n = Math.min(buf.length, end - base);
     shard.readSync(base, n, buf, 0);
@@ -82,9 +98,12 @@ export function scanShard(shard: NpyShard, eos: number, vocab: number, wantCount
 
 function sampleDocs(shard: NpyShard, docs: number[], n: number, tok: TextTokenizer | null): string[] {
   const count = docs.length / 2;
-  const picks = Array.from({ length: Math.min(n, count) }, (_, k) => Math.floor((k * count) / Math.max(1, Math.min(n, count))));
+  const picks = Array.from({ length: Math.min(n, count) }, (_, k) =>
+    Math.floor((k * count) / Math.max(1, Math.min(n, count))),
+  );
   return picks.map((d) => {
-    const start = docs[2 * d]!, end = Math.min(docs[2 * d + 1]!, docs[2 * d]! + 256);
+    const start = docs[2 * d]!,
+      end = Math.min(docs[2 * d + 1]!, docs[2 * d]! + 256);
     const ids = new Uint32Array(end - start);
     shard.readSync(start, ids.length, ids, 0);
     const body = tok && ids[ids.length - 1] === tok.eosTokenId ? ids.subarray(0, -1) : ids;
@@ -93,19 +112,30 @@ function sampleDocs(shard: NpyShard, docs: number[], n: number, tok: TextTokeniz
   });
 }
 
-export async function inspectShards(o: InspectOptions, print: (line: string) => void): Promise<{ issues: number; shards: number }> {
-  let paths: string[], eos: number | undefined = o.eosTokenId, tokName = o.tokenizer, vocab = Infinity;
+export async function inspectShards(
+  o: InspectOptions,
+  print: (line: string) => void,
+): Promise<{ issues: number; shards: number }> {
+  let paths: string[],
+    eos: number | undefined = o.eosTokenId,
+    tokName = o.tokenizer,
+    vocab = Infinity;
   if (o.manifest) {
     const m = readManifest(o.manifest);
     paths = m.shards.map((s) => join(dirname(o.manifest!), s.path));
     eos = m.eos_token_id;
     tokName = m.tokenizer;
     vocab = m.vocab_size;
-    print(`manifest ${o.manifest}: ${n(m.total_documents)} documents, ${n(m.total_tokens)} tokens, ${m.num_shards} shards`);
+    print(
+      `manifest ${o.manifest}: ${n(m.total_documents)} documents, ${n(m.total_tokens)} tokens, ${m.num_shards} shards`,
+    );
   } else if (o.dataDir) {
     paths = expandPaths([o.dataDir], ['.npy']);
   } else throw new UserError('inspect needs --manifest or --data-dir. Fix: give one.');
-  if (eos === undefined) throw new UserError('inspect without a manifest needs --eos-token-id. Fix: add it (199999 for o200k_harmony, 0 for bytes).');
+  if (eos === undefined)
+    throw new UserError(
+      'inspect without a manifest needs --eos-token-id. Fix: add it (199999 for o200k_harmony, 0 for bytes).',
+    );
   const tok = tokName ? await loadTokenizer(tokName) : null;
   if (tok && vocab === Infinity) vocab = tok.vocabSize;
   const chosen = o.all ? paths : paths.slice(0, o.numShards);
@@ -127,12 +157,15 @@ export async function inspectShards(o: InspectOptions, print: (line: string) => 
       totals.doubleEos += s.doubleEosCount;
       print(`${path}: ${n(s.tokens)} tokens, ${n(s.eos)} EOS, ${s.doubleEosCount} double EOS`);
       const problems: string[] = [];
-      if (s.doubleEosCount > 0) problems.push(`${s.doubleEosCount} double EOS (empty documents), first at token ${s.doubleEos.join(', ')}`);
+      if (s.doubleEosCount > 0)
+        problems.push(`${s.doubleEosCount} double EOS (empty documents), first at token ${s.doubleEos.join(', ')}`);
       if (s.tokens > 0 && !s.endsWithEos) problems.push('does not end with EOS: its last document is cut');
       if (s.outOfVocab > 0) problems.push(`${s.outOfVocab} ids >= the vocabulary size ${vocab}`);
       const idx = indexPathFor(path);
       if (existsSync(idx) && readIndex(idx).length / 2 !== s.docs.length / 2) {
-        problems.push(`its .idx lists ${readIndex(idx).length / 2} documents, the shard has ${s.docs.length / 2} (regenerate-index rebuilds it)`);
+        problems.push(
+          `its .idx lists ${readIndex(idx).length / 2} documents, the shard has ${s.docs.length / 2} (regenerate-index rebuilds it)`,
+        );
       }
       for (const p of problems) print(`  ISSUE ${p}`);
       if (o.verbose && s.doubleEos.length > 0) print(`  double EOS at tokens ${s.doubleEos.join(', ')}`);
@@ -141,15 +174,21 @@ export async function inspectShards(o: InspectOptions, print: (line: string) => 
         const used = s.counts.reduce((n, c) => n + (c > 0 ? 1 : 0), 0);
         const top = [...s.counts.keys()].sort((a, b) => s.counts![b]! - s.counts![a]!).slice(0, 5);
         const coverage = ((100 * used) / vocab).toFixed(2);
-        print(`  stats: ${n(used)} distinct ids (${coverage}% of the vocabulary), mean document ${(s.tokens / Math.max(1, s.eos)).toFixed(1)} tokens`);
-        print(`  most frequent: ${top.map((t) => `${t}${tok ? ` ${JSON.stringify(tok.decode([t]))}` : ''} x${s.counts![t]}`).join(', ')}`);
+        print(
+          `  stats: ${n(used)} distinct ids (${coverage}% of the vocabulary), mean document ${(s.tokens / Math.max(1, s.eos)).toFixed(1)} tokens`,
+        );
+        print(
+          `  most frequent: ${top.map((t) => `${t}${tok ? ` ${JSON.stringify(tok.decode([t]))}` : ''} x${s.counts![t]}`).join(', ')}`,
+        );
       }
       for (const line of sampleDocs(shard, s.docs, o.sample, tok)) print(`  sample ${line}`);
     } finally {
       shard.close();
     }
   }
-  print(`inspected ${chosen.length} of ${paths.length} shards: ${n(totals.tokens)} tokens, ${n(totals.eos)} EOS, ` +
-    `${totals.doubleEos} double EOS; ${issues === 0 ? 'no issues' : `${issues} issue(s)`}`);
+  print(
+    `inspected ${chosen.length} of ${paths.length} shards: ${n(totals.tokens)} tokens, ${n(totals.eos)} EOS, ` +
+      `${totals.doubleEos} double EOS; ${issues === 0 ? 'no issues' : `${issues} issue(s)`}`,
+  );
   return { issues, shards: chosen.length };
 }

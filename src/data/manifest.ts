@@ -50,8 +50,16 @@ export function writeJsonAtomic(path: string, value: unknown): void {
 }
 
 const REQUIRED: [keyof Manifest, 'string' | 'number' | 'object'][] = [
-  ['dataset', 'string'], ['version', 'string'], ['tokenizer', 'string'], ['vocab_size', 'number'], ['eos_token_id', 'number'],
-  ['dtype', 'string'], ['total_tokens', 'number'], ['total_documents', 'number'], ['num_shards', 'number'], ['shards', 'object'],
+  ['dataset', 'string'],
+  ['version', 'string'],
+  ['tokenizer', 'string'],
+  ['vocab_size', 'number'],
+  ['eos_token_id', 'number'],
+  ['dtype', 'string'],
+  ['total_tokens', 'number'],
+  ['total_documents', 'number'],
+  ['num_shards', 'number'],
+  ['shards', 'object'],
 ];
 
 export function readManifest(path: string): Manifest {
@@ -61,8 +69,11 @@ export function readManifest(path: string): Manifest {
     raw = JSON.parse(readFileSync(path, 'utf8'));
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw dataError(e.code === 'ENOENT' ? 'manifest not found' : `manifest is not valid JSON (${e.message})`, path,
-      e.code === 'ENOENT' ? 'give the path of a manifest.json written by `nmoe data prep`' : fix);
+    throw dataError(
+      e.code === 'ENOENT' ? 'manifest not found' : `manifest is not valid JSON (${e.message})`,
+      path,
+      e.code === 'ENOENT' ? 'give the path of a manifest.json written by `nmoe data prep`' : fix,
+    );
   }
   const m = raw as Record<string, unknown>;
   for (const [key, type] of REQUIRED) {
@@ -93,7 +104,10 @@ export interface VerifyReport {
  * problem is one line with the file and its fix. A prep that finished says "already done" when run again, so
  * re-creating lost or damaged shards takes --force; a lost or stale index alone is rebuilt from its shard.
  */
-export async function verifyManifest(path: string, opts: { checksums: boolean; onShard?: (i: number) => void }): Promise<VerifyReport> {
+export async function verifyManifest(
+  path: string,
+  opts: { checksums: boolean; onShard?: (i: number) => void },
+): Promise<VerifyReport> {
   const m = readManifest(path);
   const base = dirname(path);
   const problems: string[] = [];
@@ -109,7 +123,10 @@ export async function verifyManifest(path: string, opts: { checksums: boolean; o
     try {
       const shard = NpyShard.open(shardPath);
       shard.close();
-      if (shard.length !== s.num_tokens) problems.push(dataProblem(`${s.path}: ${shard.length} tokens, the manifest says ${s.num_tokens}`, shardPath, reprep));
+      if (shard.length !== s.num_tokens)
+        problems.push(
+          dataProblem(`${s.path}: ${shard.length} tokens, the manifest says ${s.num_tokens}`, shardPath, reprep),
+        );
       tokens += shard.length;
     } catch (err) {
       problems.push((err as Error).message);
@@ -121,19 +138,31 @@ export async function verifyManifest(path: string, opts: { checksums: boolean; o
     else {
       try {
         const docs = readIndex(idxPath).length / 2;
-        if (docs !== s.num_documents) problems.push(dataProblem(`${s.index_path}: ${docs} documents, the manifest says ${s.num_documents}`, idxPath, reindex));
+        if (docs !== s.num_documents)
+          problems.push(
+            dataProblem(`${s.index_path}: ${docs} documents, the manifest says ${s.num_documents}`, idxPath, reindex),
+          );
       } catch (err) {
         problems.push((err as Error).message);
       }
     }
     if (opts.checksums) {
       const actual = await sha256File(shardPath);
-      if (actual !== s.checksum) problems.push(dataProblem(`${s.path}: checksum mismatch, expected ${s.checksum}, got ${actual}`, shardPath, reprep));
+      if (actual !== s.checksum)
+        problems.push(
+          dataProblem(`${s.path}: checksum mismatch, expected ${s.checksum}, got ${actual}`, shardPath, reprep),
+        );
     }
   }
   const fixManifest = 'restore manifest.json, or re-run the `nmoe data prep` that wrote it with --force';
-  if (m.num_shards !== m.shards.length) problems.push(dataProblem(`num_shards is ${m.num_shards} but ${m.shards.length} shards are listed`, path, fixManifest));
+  if (m.num_shards !== m.shards.length)
+    problems.push(
+      dataProblem(`num_shards is ${m.num_shards} but ${m.shards.length} shards are listed`, path, fixManifest),
+    );
   const listed = m.shards.reduce((n, s) => n + s.num_tokens, 0);
-  if (listed !== m.total_tokens) problems.push(dataProblem(`total_tokens is ${m.total_tokens} but the shards add up to ${listed}`, path, fixManifest));
+  if (listed !== m.total_tokens)
+    problems.push(
+      dataProblem(`total_tokens is ${m.total_tokens} but the shards add up to ${listed}`, path, fixManifest),
+    );
   return { shards: m.shards.length, tokens, problems };
 }

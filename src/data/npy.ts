@@ -26,7 +26,8 @@ export interface NpyHeader {
 /** numpy's own v1 header for a 1-D array of `length` elements of `descr`. */
 export function npyHeader(length: number, descr = SHARD_DESCR): Buffer {
   const digits = String(length);
-  const dict = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${digits},), }` +
+  const dict =
+    `{'descr': '${descr}', 'fortran_order': False, 'shape': (${digits},), }` +
     ' '.repeat(Math.max(0, GROWTH_AXIS_MAX_DIGITS - digits.length));
   const hlen = dict.length + 1;
   const pad = ARRAY_ALIGN - ((MAGIC.length + 2 + 2 + hlen) % ARRAY_ALIGN);
@@ -43,8 +44,11 @@ export function npyHeader(length: number, descr = SHARD_DESCR): Buffer {
 /** Parses the header at the start of `buf` (which must hold all of it); `file` names the file in errors. */
 export function parseNpyHeader(buf: Buffer, file: string): NpyHeader {
   const corrupt = (what: string) =>
-    dataError(`${file} is not a readable .npy file: ${what}`, `${file}, byte 0`,
-      're-create it (`nmoe data prep`) or restore it from its source; `nmoe data verify <manifest>` checks every shard');
+    dataError(
+      `${file} is not a readable .npy file: ${what}`,
+      `${file}, byte 0`,
+      're-create it (`nmoe data prep`) or restore it from its source; `nmoe data verify <manifest>` checks every shard',
+    );
   if (buf.length < 10 || !buf.subarray(0, 6).equals(MAGIC)) throw corrupt('the magic string \\x93NUMPY is missing');
   const version = buf[6]!;
   if (version < 1 || version > 3) throw corrupt(`format version ${version}.${buf[7]} is unknown (1, 2 and 3 exist)`);
@@ -56,8 +60,12 @@ export function parseNpyHeader(buf: Buffer, file: string): NpyHeader {
   const descr = /'descr':\s*'([^']*)'/.exec(text)?.[1];
   const fortran = /'fortran_order':\s*(True|False)/.exec(text)?.[1];
   const shape = /'shape':\s*\(([^)]*)\)/.exec(text)?.[1];
-  if (descr === undefined || fortran === undefined || shape === undefined) throw corrupt(`the header dict ${JSON.stringify(text.trim())} lacks descr, fortran_order or shape`);
-  const dims = shape.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+  if (descr === undefined || fortran === undefined || shape === undefined)
+    throw corrupt(`the header dict ${JSON.stringify(text.trim())} lacks descr, fortran_order or shape`);
+  const dims = shape
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
   if (!dims.every((d) => /^\d+$/.test(d))) throw corrupt(`the shape (${shape}) is not a tuple of integers`);
   return { version, descr, fortranOrder: fortran === 'True', shape: dims.map(Number), dataOffset: prefix + hlen };
 }

@@ -21,14 +21,20 @@ export interface TokenFile {
   close(): void;
 }
 
-const FIX_SHARD = 're-create the shard with `nmoe data prep`, or restore it; `nmoe data verify <manifest> --checksums` checks them all';
+const FIX_SHARD =
+  're-create the shard with `nmoe data prep`, or restore it; `nmoe data verify <manifest> --checksums` checks them all';
 
 export class NpyShard implements TokenFile {
   readonly length: number;
   readonly #fd: number;
   readonly #dataOffset: number;
 
-  private constructor(readonly path: string, fd: number, length: number, dataOffset: number) {
+  private constructor(
+    readonly path: string,
+    fd: number,
+    length: number,
+    dataOffset: number,
+  ) {
     this.#fd = fd;
     this.length = length;
     this.#dataOffset = dataOffset;
@@ -48,21 +54,28 @@ export class NpyShard implements TokenFile {
       if (stat.isDirectory()) throw dataError('a folder, not a shard', path, openFix);
       const h = readNpyHeader(fd, path);
       if (h.descr !== SHARD_DESCR) {
-        throw dataError(`shard dtype is '${h.descr}', but shards hold little-endian uint32 ('${SHARD_DESCR}')`, `${path}, header`,
-          `re-prepare the data with \`nmoe data prep\`, or convert it with numpy: np.save(path, a.astype('<u4'))`);
+        throw dataError(
+          `shard dtype is '${h.descr}', but shards hold little-endian uint32 ('${SHARD_DESCR}')`,
+          `${path}, header`,
+          `re-prepare the data with \`nmoe data prep\`, or convert it with numpy: np.save(path, a.astype('<u4'))`,
+        );
       }
       if (h.shape.length !== 1) {
-        throw dataError(`shard has shape (${h.shape.join(', ')}), but shards are 1-D token streams`, `${path}, header`,
-          'save the tokens flattened: np.save(path, a.reshape(-1))');
+        throw dataError(
+          `shard has shape (${h.shape.join(', ')}), but shards are 1-D token streams`,
+          `${path}, header`,
+          'save the tokens flattened: np.save(path, a.reshape(-1))',
+        );
       }
       const length = h.shape[0]!;
       const expected = h.dataOffset + 4 * length;
       const size = stat.size;
       if (size !== expected) {
-        const what = size < expected
-          ? `shard is truncated: its header promises ${length} tokens (${expected} bytes) but the file has ${size} bytes, ` +
-            `so it ends at token ${Math.floor((size - h.dataOffset) / 4)}`
-          : `shard has ${size - expected} bytes after its last token (header: ${length} tokens)`;
+        const what =
+          size < expected
+            ? `shard is truncated: its header promises ${length} tokens (${expected} bytes) but the file has ${size} bytes, ` +
+              `so it ends at token ${Math.floor((size - h.dataOffset) / 4)}`
+            : `shard has ${size - expected} bytes after its last token (header: ${length} tokens)`;
         throw dataError(what, `${path}, byte ${Math.min(size, expected)}`, FIX_SHARD);
       }
       return new NpyShard(path, fd, length, h.dataOffset);
@@ -95,7 +108,10 @@ export class NpyShard implements TokenFile {
 }
 
 export class MemoryTokens implements TokenFile {
-  constructor(readonly path: string, readonly tokens: Int32Array) {}
+  constructor(
+    readonly path: string,
+    readonly tokens: Int32Array,
+  ) {}
 
   get length(): number {
     return this.tokens.length;

@@ -9,14 +9,26 @@ import { InvalidArgumentError } from 'commander';
 
 /** Python's str.isspace() characters (all in the BMP). */
 function isPySpace(c: number): boolean {
-  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c === 0x85 || c === 0xa0 || c === 0x1680 ||
-    (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000;
+  return (
+    (c >= 0x09 && c <= 0x0d) ||
+    (c >= 0x1c && c <= 0x20) ||
+    c === 0x85 ||
+    c === 0xa0 ||
+    c === 0x1680 ||
+    (c >= 0x2000 && c <= 0x200a) ||
+    c === 0x2028 ||
+    c === 0x2029 ||
+    c === 0x202f ||
+    c === 0x205f ||
+    c === 0x3000
+  );
 }
 
 /** NFC, then strip leading and trailing whitespace as Python does. Idempotent. */
 export function normalizeText(text: string): string {
   const s = text.normalize('NFC');
-  let start = 0, end = s.length;
+  let start = 0,
+    end = s.length;
   while (start < end && isPySpace(s.charCodeAt(start))) start++;
   while (end > start && isPySpace(s.charCodeAt(end - 1))) end--;
   return start === 0 && end === s.length ? s : s.slice(start, end);

@@ -58,5 +58,8 @@ export async function loadTokenizer(name: string): Promise<TextTokenizer> {
 /** A short digest that changes whenever the tokenizer's behaviour on the probe text changes. */
 export function tokenizerHash(t: TextTokenizer): string {
   const ids = Array.from(t.encode(PROBE));
-  return createHash('sha256').update(JSON.stringify({ name: t.name, vocab: t.vocabSize, eos: t.eosTokenId, ids })).digest('hex').slice(0, 16);
+  return createHash('sha256')
+    .update(JSON.stringify({ name: t.name, vocab: t.vocabSize, eos: t.eosTokenId, ids }))
+    .digest('hex')
+    .slice(0, 16);
 }

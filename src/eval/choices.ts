@@ -8,14 +8,22 @@
 import type { TextTokenizer } from '../data/tokenizers.ts';
 import type { Decoder } from '../model/decoder.ts';
 
-export async function optionScores(dec: Decoder, tok: TextTokenizer, prompt: string, options: readonly string[]): Promise<number[]> {
+export async function optionScores(
+  dec: Decoder,
+  tok: TextTokenizer,
+  prompt: string,
+  options: readonly string[],
+): Promise<number[]> {
   const { b, cfg } = dec.model;
   const eos = cfg.eos_token_id;
   const opts = options.map((o) => (o === '' ? [eos] : Array.from(tok.encode(` ${o}`))));
   const longest = Math.max(...opts.map((o) => o.length));
   let p = Array.from(tok.encode(prompt));
   const room = cfg.max_position_embeddings - longest;
-  if (room < 1) throw new Error(`optionScores: an option of ${longest} tokens leaves no room for the prompt in ${cfg.max_position_embeddings} positions`);
+  if (room < 1)
+    throw new Error(
+      `optionScores: an option of ${longest} tokens leaves no room for the prompt in ${cfg.max_position_embeddings} positions`,
+    );
   if (p.length > room) p = p.slice(p.length - room);
   const S = p.length + longest;
   const ids = new Int32Array(opts.length * S).fill(eos);
@@ -29,7 +37,8 @@ export async function optionScores(dec: Decoder, tok: TextTokenizer, prompt: str
   try {
     const scores: number[] = [];
     // The row before each option token predicts it: rows p.length - 1 ... p.length + |o| - 2 of its sequence.
-    for (const [j, o] of opts.entries()) scores.push(await dec.logLikelihood(b.view(h, [o.length, D], (j * S + p.length - 1) * D), Int32Array.from(o)));
+    for (const [j, o] of opts.entries())
+      scores.push(await dec.logLikelihood(b.view(h, [o.length, D], (j * S + p.length - 1) * D), Int32Array.from(o)));
     return scores;
   } finally {
     x.free();

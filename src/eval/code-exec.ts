@@ -56,7 +56,10 @@ let isolationChecked = false;
 /** Fails, with the fix, where this machine cannot give a program a network namespace of its own. */
 export function checkIsolation(python: string): void {
   if (isolationChecked) return;
-  const r = spawnSync(NO_NETWORK[0]!, [...NO_NETWORK.slice(1), python, '-I', '-c', 'pass'], { encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync(NO_NETWORK[0]!, [...NO_NETWORK.slice(1), python, '-I', '-c', 'pass'], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
   if (r.error || r.status !== 0) {
     const why = r.error ? r.error.message : (r.stderr.trim().split('\n').at(-1) ?? `exit ${r.status}`);
     throw new UserError(
@@ -73,7 +76,11 @@ export function runProgram(program: string, limits: ExecLimits): ExecOutcome {
   const cwd = mkdtempSync(join(tmpdir(), 'nmoe-code-'));
   try {
     const r = spawnSync(NO_NETWORK[0]!, [...NO_NETWORK.slice(1), limits.python, '-I', '-'], {
-      input: program, cwd, encoding: 'utf8', timeout: limits.timeoutS * 1000, killSignal: 'SIGKILL',
+      input: program,
+      cwd,
+      encoding: 'utf8',
+      timeout: limits.timeoutS * 1000,
+      killSignal: 'SIGKILL',
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: cwd, LANG: 'C.UTF-8' },
       maxBuffer: 1 << 20,
     });

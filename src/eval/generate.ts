@@ -26,11 +26,17 @@ export interface Generation {
   decodeSeconds: number;
 }
 
-export async function generate(dec: Decoder, prompt: readonly number[], sampler: Sampler, o: GenerateOptions): Promise<Generation> {
+export async function generate(
+  dec: Decoder,
+  prompt: readonly number[],
+  sampler: Sampler,
+  o: GenerateOptions,
+): Promise<Generation> {
   const { b, cfg } = dec.model;
   const limit = cfg.max_position_embeddings;
   if (prompt.length === 0) throw new Error('generate: empty prompt');
-  if (prompt.length >= limit) throw new Error(`generate: the prompt has ${prompt.length} tokens, the model's positions end at ${limit}`);
+  if (prompt.length >= limit)
+    throw new Error(`generate: the prompt has ${prompt.length} tokens, the model's positions end at ${limit}`);
   const cache = dec.newCache(Math.min(limit, prompt.length + o.maxTokens));
   const tokens: number[] = [];
   let stop: Generation['stop'] = 'max_tokens';
@@ -68,8 +74,12 @@ export async function generate(dec: Decoder, prompt: readonly number[], sampler:
     }
     const t2 = performance.now();
     return {
-      tokens, stop, prefillTokens: prompt.length, prefillSeconds: (t1 - t0) / 1000,
-      decodeTokens: cache.length - prompt.length, decodeSeconds: (t2 - t1) / 1000,
+      tokens,
+      stop,
+      prefillTokens: prompt.length,
+      prefillSeconds: (t1 - t0) / 1000,
+      decodeTokens: cache.length - prompt.length,
+      decodeSeconds: (t2 - t1) / 1000,
     };
   } finally {
     cache.free();

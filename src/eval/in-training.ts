@@ -17,7 +17,11 @@ import { type EvalReport, type LoadedTask, formatScore, runEval } from './runner
 import { loadSuite } from './suite.ts';
 
 export class TrainingEval {
-  private constructor(readonly every: number, readonly tasks: LoadedTask[], readonly config: Config) {}
+  private constructor(
+    readonly every: number,
+    readonly tasks: LoadedTask[],
+    readonly config: Config,
+  ) {}
 
   /** Null when the config asks for no eval. */
   static async create(config: Config): Promise<TrainingEval | null> {
@@ -32,7 +36,10 @@ export class TrainingEval {
   async run(model: Transformer): Promise<EvalReport> {
     const dec = new Decoder(model);
     try {
-      const budget = { maxExamples: this.config.eval_budget_max_examples, maxSeconds: this.config.eval_budget_max_time_s };
+      const budget = {
+        maxExamples: this.config.eval_budget_max_examples,
+        maxSeconds: this.config.eval_budget_max_time_s,
+      };
       return await runEval(dec, await loadTokenizer(this.config.tokenizer), this.tasks, budget);
     } finally {
       dec.free();

@@ -36,18 +36,30 @@ export interface Opened extends LoadedModel {
   note?: string;
 }
 
-export async function openModel(path: string, device: 'auto' | 'cpu' | 'cuda', warn: (message: string) => void): Promise<Opened> {
+export async function openModel(
+  path: string,
+  device: 'auto' | 'cpu' | 'cuda',
+  warn: (message: string) => void,
+): Promise<Opened> {
   const { backend, note } = await selectBackend(device);
   const loaded = await loadModel(path, backend, warn);
   const tokenizer = await loadTokenizer(loaded.config.tokenizer);
   return { ...loaded, backend, tokenizer, ...(note ? { note } : {}) };
 }
 
-export async function loadModel(path: string, b: Backend, warn: (message: string) => void = () => {}): Promise<LoadedModel> {
+export async function loadModel(
+  path: string,
+  b: Backend,
+  warn: (message: string) => void = () => {},
+): Promise<LoadedModel> {
   if (!existsSync(path) || !statSync(path).isDirectory()) {
-    throw new UserError(`${path} is not a directory. Fix: pass a checkpoint_dir, one of its iter_NNNNNNN directories, or a directory written by \`nmoe ckpt export --format hf\`.`);
+    throw new UserError(
+      `${path} is not a directory. Fix: pass a checkpoint_dir, one of its iter_NNNNNNN directories, or a directory written by \`nmoe ckpt export --format hf\`.`,
+    );
   }
-  const { config, step, tensors, from } = isHfExport(path) ? { ...importHf(path), from: `Hugging Face export ${path}` } : readCheckpoint(path, warn);
+  const { config, step, tensors, from } = isHfExport(path)
+    ? { ...importHf(path), from: `Hugging Face export ${path}` }
+    : readCheckpoint(path, warn);
   const model = new Transformer(b, modelConfig(config), { dtype: b.device === 'cuda' ? 'bf16' : 'f32' });
   try {
     await assignTensors(from, tensors, model.params.params, b);
@@ -58,7 +70,10 @@ export async function loadModel(path: string, b: Backend, warn: (message: string
   return { model, config, step, from };
 }
 
-function readCheckpoint(path: string, warn: (message: string) => void): { config: Config; step: number; tensors: Map<string, ReadTensor>; from: string } {
+function readCheckpoint(
+  path: string,
+  warn: (message: string) => void,
+): { config: Config; step: number; tensors: Map<string, ReadTensor>; from: string } {
   const found = stepOf(path, warn);
   const state = readTrainState(found.dir);
   const tensors = readSafetensors(join(found.dir, DENSE_FILE)).tensors;
@@ -74,17 +89,28 @@ function readCheckpoint(path: string, warn: (message: string) => void): { config
     const [local, ...rest] = parts[0]!.shape as [number, ...number[]];
     tensors.set(name, { dtype: parts[0]!.dtype, shape: [local * parts.length, ...rest], data });
   }
-  return { config: { ...defaultConfig(), ...state.config }, step: state.step, tensors, from: `checkpoint ${found.dir}` };
+  return {
+    config: { ...defaultConfig(), ...state.config },
+    step: state.step,
+    tensors,
+    from: `checkpoint ${found.dir}`,
+  };
 }
 
 /** The step to load: the given iter_ directory, or the newest complete one of a checkpoint_dir. */
 function stepOf(path: string, warn: (message: string) => void): StepDir {
   if (/^iter_\d{7,}$/.test(basename(path))) {
     const step = listSteps(dirname(path)).find((s) => basename(s.dir) === basename(path))!;
-    if (!step.complete) throw new UserError(`checkpoint ${path} is incomplete: ${step.problem}. Fix: pass its checkpoint_dir to load the newest complete step.`);
+    if (!step.complete)
+      throw new UserError(
+        `checkpoint ${path} is incomplete: ${step.problem}. Fix: pass its checkpoint_dir to load the newest complete step.`,
+      );
     return step;
   }
   const step = latestComplete(path, warn);
-  if (!step) throw new UserError(`${path} holds no complete iter_NNNNNNN checkpoint and no config.json. Fix: pass the checkpoint_dir of a run that saved one, or an HF export directory.`);
+  if (!step)
+    throw new UserError(
+      `${path} holds no complete iter_NNNNNNN checkpoint and no config.json. Fix: pass the checkpoint_dir of a run that saved one, or an HF export directory.`,
+    );
   return step;
 }

@@ -51,35 +51,56 @@ export async function loadTask(spec: TaskSpec, dataDir: string): Promise<LoadedT
   const rows = await readRows(sourceFiles(spec.source, dataDir, spec.where));
   const all = rows.map((r) => spec.def.item(r)).filter((x): x is TaskItem => x !== null);
   if (all.length <= spec.fewshot) {
-    throw new UserError(`${spec.where}: ${rows.length} rows give ${all.length} readable items, not more than fewshot = ${spec.fewshot}. Fix: check that source is this task's dataset, or lower fewshot.`);
+    throw new UserError(
+      `${spec.where}: ${rows.length} rows give ${all.length} readable items, not more than fewshot = ${spec.fewshot}. Fix: check that source is this task's dataset, or lower fewshot.`,
+    );
   }
   return { spec, demos: all.slice(0, spec.fewshot), items: all.slice(spec.fewshot) };
 }
 
 /** `MMLU: acc=0.312 centered=0.083 n=19`, the reference's format. */
-export const formatScore = (s: TaskScore): string => `${s.name}: acc=${s.acc.toFixed(3)} centered=${s.centered.toFixed(3)} n=${s.n}`;
+export const formatScore = (s: TaskScore): string =>
+  `${s.name}: acc=${s.acc.toFixed(3)} centered=${s.centered.toFixed(3)} n=${s.n}`;
 
-export const centeredAccuracy = (acc: number, baseline: number): number => (baseline >= 1 ? 0 : Math.min(1, Math.max(0, (acc - baseline) / (1 - baseline))));
+export const centeredAccuracy = (acc: number, baseline: number): number =>
+  baseline >= 1 ? 0 : Math.min(1, Math.max(0, (acc - baseline) / (1 - baseline)));
 
-export async function runEval(dec: Decoder, tok: TextTokenizer, tasks: readonly LoadedTask[], budget: Budget, onTask?: (s: TaskScore) => void): Promise<EvalReport> {
+export async function runEval(
+  dec: Decoder,
+  tok: TextTokenizer,
+  tasks: readonly LoadedTask[],
+  budget: Budget,
+  onTask?: (s: TaskScore) => void,
+): Promise<EvalReport> {
   const t0 = performance.now();
   const overTime = () => (performance.now() - t0) / 1000 >= budget.maxSeconds;
   const scores: TaskScore[] = [];
   for (const task of tasks) {
     const start = performance.now();
-    let correct = 0, n = 0;
+    let correct = 0,
+      n = 0;
     for (const item of task.items.slice(0, budget.maxExamples)) {
       if (overTime()) break;
       correct += (await scoreItem(dec, tok, task, item)) ? 1 : 0;
       n++;
     }
     const acc = n > 0 ? correct / n : 0;
-    const s = { name: task.spec.name, acc, centered: centeredAccuracy(acc, task.spec.def.baseline), n, seconds: (performance.now() - start) / 1000 };
+    const s = {
+      name: task.spec.name,
+      acc,
+      centered: centeredAccuracy(acc, task.spec.def.baseline),
+      n,
+      seconds: (performance.now() - start) / 1000,
+    };
     scores.push(s);
     onTask?.(s);
   }
   const scored = scores.filter((s) => s.n > 0);
-  return { tasks: scores, core: scored.length ? scored.reduce((a, s) => a + s.centered, 0) / scored.length : 0, seconds: (performance.now() - t0) / 1000 };
+  return {
+    tasks: scores,
+    core: scored.length ? scored.reduce((a, s) => a + s.centered, 0) / scored.length : 0,
+    seconds: (performance.now() - t0) / 1000,
+  };
 }
 
 async function scoreItem(dec: Decoder, tok: TextTokenizer, task: LoadedTask, item: TaskItem): Promise<boolean> {
@@ -100,7 +121,13 @@ async function scoreItem(dec: Decoder, tok: TextTokenizer, task: LoadedTask, ite
 }
 
 /** Greedy decoding of the text after `prompt`, until `done` holds for it, EOS or the task's token budget. */
-async function complete(dec: Decoder, tok: TextTokenizer, task: LoadedTask, prompt: string, done: (text: string) => boolean): Promise<string> {
+async function complete(
+  dec: Decoder,
+  tok: TextTokenizer,
+  task: LoadedTask,
+  prompt: string,
+  done: (text: string) => boolean,
+): Promise<string> {
   // Room for the answer: a prompt longer than the model's positions allow loses its start.
   const limit = dec.model.cfg.max_position_embeddings;
   const ids = Array.from(tok.encode(prompt)).slice(-(limit - Math.min(task.spec.maxNewTokens, Math.floor(limit / 2))));

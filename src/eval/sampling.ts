@@ -21,7 +21,10 @@ export class Sampler {
   #draws = 0;
 
   /** `sequence` tells the prompts of one run apart (their random streams differ). */
-  constructor(readonly o: SamplingOptions, readonly sequence = 0) {}
+  constructor(
+    readonly o: SamplingOptions,
+    readonly sequence = 0,
+  ) {}
 
   next(logits: Float32Array): number {
     if (this.o.temperature === 0) return argmax(logits);
@@ -37,7 +40,11 @@ export function argmax(x: ArrayLike<number>): number {
 }
 
 /** The token at cumulative probability `u` in [0, 1) of the tempered, top-k and top-p filtered distribution. */
-export function sampleFrom(logits: Float32Array, o: Pick<SamplingOptions, 'temperature' | 'topK' | 'topP'>, u: number): number {
+export function sampleFrom(
+  logits: Float32Array,
+  o: Pick<SamplingOptions, 'temperature' | 'topK' | 'topP'>,
+  u: number,
+): number {
   const top = logits[argmax(logits)]!;
   const floor = top + o.temperature * Math.log(1e-12);
   const candidates: number[] = [];
@@ -46,7 +53,8 @@ export function sampleFrom(logits: Float32Array, o: Pick<SamplingOptions, 'tempe
   const order = candidates.sort((a, b) => logits[b]! - logits[a]! || a - b).slice(0, o.topK > 0 ? o.topK : undefined);
   const weights = order.map((i) => Math.exp((logits[i]! - top) / o.temperature));
   const total = weights.reduce((a, w) => a + w, 0);
-  let kept = 0, mass = 0;
+  let kept = 0,
+    mass = 0;
   while (kept < order.length && (kept === 0 || mass < o.topP * total)) mass += weights[kept++]!;
   let r = u * mass;
   for (let j = 0; j < kept; j++) {

@@ -17,7 +17,8 @@ const DEFAULT_TASKS_FILE = FIELDS.eval_tasks_file.default;
 
 /** `file`, or the shipped registry when `file` is the default path and nothing is there. */
 export function tasksFilePath(file: string): string {
-  if (file === DEFAULT_TASKS_FILE && !existsSync(file)) return fileURLToPath(new URL('../../configs/eval/tasks.toml', import.meta.url));
+  if (file === DEFAULT_TASKS_FILE && !existsSync(file))
+    return fileURLToPath(new URL('../../configs/eval/tasks.toml', import.meta.url));
   return file;
 }
 
@@ -25,15 +26,21 @@ export function tasksFilePath(file: string): string {
  * `dataDir` (a flag) wins over the file's data_dir, which wins over ./data/eval. A code task (it runs the programs
  * the model writes) is refused unless `allowCodeExec`: only `nmoe eval --allow-code-exec` allows it.
  */
-export async function loadSuite(file: string, selection: string, opts: { dataDir?: string; allowCodeExec?: boolean } = {}): Promise<LoadedTask[]> {
+export async function loadSuite(
+  file: string,
+  selection: string,
+  opts: { dataDir?: string; allowCodeExec?: boolean } = {},
+): Promise<LoadedTask[]> {
   const path = tasksFilePath(file);
   const reg = loadRegistry(path);
-  const dir = opts.dataDir !== undefined ? resolve(opts.dataDir) : reg.dataDir ?? resolve('data/eval');
+  const dir = opts.dataDir !== undefined ? resolve(opts.dataDir) : (reg.dataDir ?? resolve('data/eval'));
   const specs = selectTasks(reg, selection, path);
   const code = specs.find((s) => s.def.kind === 'code');
   if (code && !opts.allowCodeExec) {
-    throw new UserError(`${code.where}: task ${code.name} runs the programs the model writes (scorer = "unittest"), which nmoe does only when asked. ` +
-      'Fix: pass --allow-code-exec to nmoe eval (evals inside nmoe train never run code); see docs/eval.md on what it does and does not isolate.');
+    throw new UserError(
+      `${code.where}: task ${code.name} runs the programs the model writes (scorer = "unittest"), which nmoe does only when asked. ` +
+        'Fix: pass --allow-code-exec to nmoe eval (evals inside nmoe train never run code); see docs/eval.md on what it does and does not isolate.',
+    );
   }
   if (code) checkIsolation(code.exec.python);
   const tasks: LoadedTask[] = [];

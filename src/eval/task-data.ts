@@ -18,17 +18,25 @@ const EXTENSIONS = ['.jsonl', '.json', '.parquet'];
 /** The files a source names, sorted; `where` names the registry entry in errors. */
 export function sourceFiles(source: string, dataDir: string, where: string): string[] {
   if (!source.startsWith('hf:')) {
-    if (!existsSync(source)) throw new UserError(`${where}: source ${source} does not exist. Fix: point source at a .jsonl or .parquet file or folder, or use hf:<dataset>:<subset>:<split> with data_dir.`);
+    if (!existsSync(source))
+      throw new UserError(
+        `${where}: source ${source} does not exist. Fix: point source at a .jsonl or .parquet file or folder, or use hf:<dataset>:<subset>:<split> with data_dir.`,
+      );
     return statSync(source).isDirectory() ? walk(source) : [source];
   }
   const parts = source.slice(3).split(':');
   if (parts.length < 2 || parts.length > 3 || parts.some((p) => p === '')) {
-    throw new UserError(`${where}: source ${source} is not hf:<dataset>:<split> or hf:<dataset>:<subset>:<split>. Fix: e.g. hf:cais/mmlu:all:dev.`);
+    throw new UserError(
+      `${where}: source ${source} is not hf:<dataset>:<split> or hf:<dataset>:<subset>:<split>. Fix: e.g. hf:cais/mmlu:all:dev.`,
+    );
   }
-  const [dataset, subset, split] = parts.length === 3 ? parts as [string, string, string] : [parts[0]!, null, parts[1]!];
+  const [dataset, subset, split] =
+    parts.length === 3 ? (parts as [string, string, string]) : [parts[0]!, null, parts[1]!];
   const datasetDir = join(dataDir, dataset);
   const base = subset !== null && existsSync(join(datasetDir, subset)) ? join(datasetDir, subset) : datasetDir;
-  const files = existsSync(base) ? walk(base).filter((f) => startsWithSplit(basename(f), split) || basename(dirname(f)) === split) : [];
+  const files = existsSync(base)
+    ? walk(base).filter((f) => startsWithSplit(basename(f), split) || basename(dirname(f)) === split)
+    : [];
   if (!files.length) {
     throw new UserError(
       `${where}: no ${split} files for ${source} under ${base}. Fix: download the dataset there in the Hub's layout ` +
@@ -38,7 +46,8 @@ export function sourceFiles(source: string, dataDir: string, where: string): str
   return files;
 }
 
-const startsWithSplit = (name: string, split: string) => name.startsWith(split) && /^[-._]/.test(name.slice(split.length));
+const startsWithSplit = (name: string, split: string) =>
+  name.startsWith(split) && /^[-._]/.test(name.slice(split.length));
 
 function walk(dir: string): string[] {
   const out: string[] = [];
@@ -56,20 +65,26 @@ export async function readRows(files: readonly string[]): Promise<Row[]> {
   for (const file of files) {
     if (file.endsWith('.parquet')) {
       try {
-        rows.push(...(await parquetReadObjects({ file: await asyncBufferFromFile(file), compressors })) as Row[]);
+        rows.push(...((await parquetReadObjects({ file: await asyncBufferFromFile(file), compressors })) as Row[]));
       } catch (err) {
-        throw new UserError(`${file} is not a readable parquet file (${(err as Error).message}). Fix: download it again.`);
+        throw new UserError(
+          `${file} is not a readable parquet file (${(err as Error).message}). Fix: download it again.`,
+        );
       }
       continue;
     }
-    readFileSync(file, 'utf8').split('\n').forEach((line, i) => {
-      if (line.trim() === '') return;
-      try {
-        rows.push(JSON.parse(line) as Row);
-      } catch (err) {
-        throw new UserError(`${file}:${i + 1} is not a JSON object (${(err as Error).message}). Fix: one JSON object per line.`);
-      }
-    });
+    readFileSync(file, 'utf8')
+      .split('\n')
+      .forEach((line, i) => {
+        if (line.trim() === '') return;
+        try {
+          rows.push(JSON.parse(line) as Row);
+        } catch (err) {
+          throw new UserError(
+            `${file}:${i + 1} is not a JSON object (${(err as Error).message}). Fix: one JSON object per line.`,
+          );
+        }
+      });
   }
   return rows;
 }

@@ -61,51 +61,70 @@ function mc(question: unknown, options: string[] | null, answer: number | null):
 /** ARC and OpenBookQA: choices {text, label} and answerKey, one of the labels. */
 function labelled(question: unknown, row: Row): ChoiceItem | null {
   const choices = row.choices as { text?: unknown; label?: unknown } | undefined;
-  const texts = strings(choices?.text), labels = strings(choices?.label), key = str(row.answerKey);
+  const texts = strings(choices?.text),
+    labels = strings(choices?.label),
+    key = str(row.answerKey);
   if (!texts || !labels || key === null) return null;
   return mc(question, texts, labels.includes(key) ? labels.indexOf(key) : null);
 }
 
 function twoWay(prompt: string | null, a: unknown, b: unknown, answer: number | null): ChoiceItem | null {
-  const o1 = str(a), o2 = str(b);
+  const o1 = str(a),
+    o2 = str(b);
   if (prompt === null || o1 === null || o2 === null || (answer !== 0 && answer !== 1)) return null;
   return { prompt, options: [o1, o2], answer };
 }
 
 export const TASKS: Record<string, TaskDef> = {
   mmlu: {
-    kind: 'choices', baseline: 0.25,
+    kind: 'choices',
+    baseline: 0.25,
     item: (r) => {
       const a = typeof r.answer === 'string' && /^[A-D]$/.test(r.answer) ? 'ABCD'.indexOf(r.answer) : int(r.answer);
       return mc(r.question, strings(r.choices), a);
     },
   },
   'mmlu-pro': {
-    kind: 'choices', baseline: 0.1,
+    kind: 'choices',
+    baseline: 0.1,
     item: (r) => mc(r.question, strings(r.options), int(r.answer_index)),
   },
   'arc-easy': { kind: 'choices', baseline: 0.25, item: (r) => labelled(r.question, r) },
   'arc-challenge': { kind: 'choices', baseline: 0.25, item: (r) => labelled(r.question, r) },
   openbookqa: { kind: 'choices', baseline: 0.25, item: (r) => labelled(r.question_stem ?? r.question, r) },
   hellaswag: {
-    kind: 'choices', baseline: 0.25,
+    kind: 'choices',
+    baseline: 0.25,
     item: (r) => {
-      const ctx = str(r.ctx), endings = strings(r.endings), label = int(r.label);
+      const ctx = str(r.ctx),
+        endings = strings(r.endings),
+        label = int(r.label);
       if (ctx === null || !endings || label === null || label < 0 || label >= endings.length) return null;
       return { prompt: `${ctx}\nEnding:`, options: endings, answer: label };
     },
   },
   winogrande: {
-    kind: 'choices', baseline: 0.5,
+    kind: 'choices',
+    baseline: 0.5,
     item: (r) => {
-      const s = str(r.sentence), o1 = str(r.option1), o2 = str(r.option2), a = int(r.answer);
-      return twoWay(s === null ? null : `Fill in the blank: ${s}\nOptions:\nA. ${o1}\nB. ${o2}\nAnswer:`, o1, o2, a === null ? null : a - 1);
+      const s = str(r.sentence),
+        o1 = str(r.option1),
+        o2 = str(r.option2),
+        a = int(r.answer);
+      return twoWay(
+        s === null ? null : `Fill in the blank: ${s}\nOptions:\nA. ${o1}\nB. ${o2}\nAnswer:`,
+        o1,
+        o2,
+        a === null ? null : a - 1,
+      );
     },
   },
   boolq: {
-    kind: 'choices', baseline: 0.5,
+    kind: 'choices',
+    baseline: 0.5,
     item: (r) => {
-      const passage = str(r.passage), q = str(r.question);
+      const passage = str(r.passage),
+        q = str(r.question);
       // google/boolq has answer: bool; super_glue's boolq has label: 1 for yes.
       const yes = typeof r.answer === 'boolean' ? r.answer : int(r.label) === null ? null : int(r.label) === 1;
       if (passage === null || q === null || yes === null) return null;
@@ -113,26 +132,50 @@ export const TASKS: Record<string, TaskDef> = {
     },
   },
   copa: {
-    kind: 'choices', baseline: 0.5,
-    item: (r) => twoWay(str(r.premise) === null ? null : `Premise: ${r.premise}\nChoose the more plausible alternative:`, r.choice1, r.choice2, int(r.label)),
+    kind: 'choices',
+    baseline: 0.5,
+    item: (r) =>
+      twoWay(
+        str(r.premise) === null ? null : `Premise: ${r.premise}\nChoose the more plausible alternative:`,
+        r.choice1,
+        r.choice2,
+        int(r.label),
+      ),
   },
   piqa: {
-    kind: 'choices', baseline: 0.5,
-    item: (r) => twoWay(str(r.goal) === null ? null : `Goal: ${r.goal}\nSelect the better solution:`, r.sol1, r.sol2, int(r.label)),
+    kind: 'choices',
+    baseline: 0.5,
+    item: (r) =>
+      twoWay(
+        str(r.goal) === null ? null : `Goal: ${r.goal}\nSelect the better solution:`,
+        r.sol1,
+        r.sol2,
+        int(r.label),
+      ),
   },
   gsm8k: {
-    kind: 'generation', baseline: 0,
+    kind: 'generation',
+    baseline: 0,
     item: (r) => {
-      const q = str(r.question), solution = str(r.answer);
+      const q = str(r.question),
+        solution = str(r.answer);
       const gold = solution === null ? null : gsm8kGold(solution);
-      return q === null || solution === null || gold === null ? null : { prompt: `${q.trim()}\nAnswer:`, solution, gold };
+      return q === null || solution === null || gold === null
+        ? null
+        : { prompt: `${q.trim()}\nAnswer:`, solution, gold };
     },
   },
   humaneval: {
-    kind: 'code', baseline: 0,
+    kind: 'code',
+    baseline: 0,
     item: (r) => {
-      const prompt = str(r.prompt), solution = str(r.canonical_solution), test = str(r.test), entryPoint = str(r.entry_point);
-      return prompt === null || solution === null || test === null || entryPoint === null ? null : { prompt, solution, test, entryPoint };
+      const prompt = str(r.prompt),
+        solution = str(r.canonical_solution),
+        test = str(r.test),
+        entryPoint = str(r.entry_point);
+      return prompt === null || solution === null || test === null || entryPoint === null
+        ? null
+        : { prompt, solution, test, entryPoint };
     },
   },
 };

@@ -46,7 +46,10 @@ export function rankCommand(entry: string | undefined, args: string[]): string[]
 /** Runs this node's ranks to the end; the launcher's exit status. */
 export async function launch(plan: LaunchPlan): Promise<number> {
   const run = await openRunStore({
-    host: plan.nodeRank === 0 ? { bind: '0.0.0.0', port: plan.masterPort, portLabel: `--master-port ${plan.masterPort}` } : undefined,
+    host:
+      plan.nodeRank === 0
+        ? { bind: '0.0.0.0', port: plan.masterPort, portLabel: `--master-port ${plan.masterPort}` }
+        : undefined,
     remote: { addr: plan.masterAddr, port: plan.masterPort, hostedBy: "node 0's nmoe launch" },
     timeoutMs: plan.rdzvTimeoutMs,
   });
@@ -98,7 +101,9 @@ async function runRanks(store: StoreClient, plan: LaunchPlan, port: number): Pro
       say(`${reason}; stopping the other ${count(world - 1, 'rank')}`);
       void publishAbort(store, reason, status);
     } else {
-      say(ranks.running > 0 ? `${reason}; stopping the ${count(ranks.running, 'rank')} of node ${plan.nodeRank}` : reason);
+      say(
+        ranks.running > 0 ? `${reason}; stopping the ${count(ranks.running, 'rank')} of node ${plan.nodeRank}` : reason,
+      );
     }
     ranks.stop(TERM_GRACE_MS);
     failed(status);
@@ -108,7 +113,9 @@ async function runRanks(store: StoreClient, plan: LaunchPlan, port: number): Pro
       say(`${signal} again: killing the ${count(ranks.running, 'rank')} of node ${plan.nodeRank}`);
       return ranks.signal('SIGKILL');
     }
-    say(`${origin}: asking the ${count(ranks.running, 'rank')} of node ${plan.nodeRank} to stop after the step in flight (again to kill them)`);
+    say(
+      `${origin}: asking the ${count(ranks.running, 'rank')} of node ${plan.nodeRank} to stop after the step in flight (again to kill them)`,
+    );
     // The ranks never had the terminal's hang-up to themselves; to them it means: stop.
     ranks.signal(signal === 'SIGHUP' ? 'SIGTERM' : signal);
   };
@@ -139,7 +146,12 @@ async function runRanks(store: StoreClient, plan: LaunchPlan, port: number): Pro
       fail(notice.reason, notice.status, 'remote');
     },
     () => {
-      if (!finishing) fail(`lost the connection to the run's store at ${store.address} (node 0's launcher stopped, or the network failed)`, 1, 'remote');
+      if (!finishing)
+        fail(
+          `lost the connection to the run's store at ${store.address} (node 0's launcher stopped, or the network failed)`,
+          1,
+          'remote',
+        );
     },
   );
   store.get(STOP_KEY, Infinity).then(
@@ -150,7 +162,8 @@ async function runRanks(store: StoreClient, plan: LaunchPlan, port: number): Pro
     () => {}, // a lost store is the abort watch's to report
   );
   const onSignal = (signal: NodeJS.Signals) => {
-    if (interrupts === 0 && plan.nnodes > 1) void store.set(STOP_KEY, JSON.stringify({ signal, node: plan.nodeRank })).catch(() => {});
+    if (interrupts === 0 && plan.nnodes > 1)
+      void store.set(STOP_KEY, JSON.stringify({ signal, node: plan.nodeRank })).catch(() => {});
     interrupt(signal, signal);
   };
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
@@ -177,9 +190,13 @@ async function finishNode(store: StoreClient, plan: LaunchPlan, failedNotice: Pr
     return await Promise.race([store.get('launch/all-done', plan.rdzvTimeoutMs).then(() => 0), failedNotice]);
   } catch (err) {
     if (!(err instanceof StoreError && err.kind === 'timeout')) throw err;
-    const reported = await Promise.all(Array.from({ length: plan.nnodes }, (_, node) => store.check([`launch/done/${node}`])));
+    const reported = await Promise.all(
+      Array.from({ length: plan.nnodes }, (_, node) => store.check([`launch/done/${node}`])),
+    );
     const silent = reported.flatMap((done, node) => (done ? [] : [node]));
-    say(`node 0's ranks finished, but node(s) ${silent.join(', ')} did not report within ${plan.rdzvTimeoutMs / 1000} s; closing the store`);
+    say(
+      `node 0's ranks finished, but node(s) ${silent.join(', ')} did not report within ${plan.rdzvTimeoutMs / 1000} s; closing the store`,
+    );
     return 1;
   }
 }

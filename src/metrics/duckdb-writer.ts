@@ -56,7 +56,6 @@ export function lockHolder(err: unknown): string {
 
 export const sqlString = (s: string): string => `'${s.replace(/'/g, "''")}'`;
 
-
 type Row = [tag: string, step: number, tsMs: number, value: number];
 
 export class MetricsWriter {
@@ -74,17 +73,29 @@ export class MetricsWriter {
     private readonly closeTimeoutMs: number,
   ) {}
 
-  static async open(dir: string, run: string, rank: number, opts: { closeTimeoutMs?: number } = {}): Promise<MetricsWriter> {
+  static async open(
+    dir: string,
+    run: string,
+    rank: number,
+    opts: { closeTimeoutMs?: number } = {},
+  ): Promise<MetricsWriter> {
     makeDirs(join(dir, run));
     // Loaded on first use: commands that write no metrics never load DuckDB's native library.
     const { DuckDBInstance } = await import('@duckdb/node-api');
     const instance = await DuckDBInstance.create(':memory:');
-    return new MetricsWriter(run, metricsPath(dir, run, rank), instance, await instance.connect(), opts.closeTimeoutMs ?? 60_000);
+    return new MetricsWriter(
+      run,
+      metricsPath(dir, run, rank),
+      instance,
+      await instance.connect(),
+      opts.closeTimeoutMs ?? 60_000,
+    );
   }
 
   /** Buffers one value per tag for `step`; non-finite values are left out (the column is NOT NULL DOUBLE). */
   record(step: number, values: Record<string, number>, tsMs = Date.now()): void {
-    for (const [tag, value] of Object.entries(values)) if (Number.isFinite(value)) this.#rows.push([tag, step, tsMs, value]);
+    for (const [tag, value] of Object.entries(values))
+      if (Number.isFinite(value)) this.#rows.push([tag, step, tsMs, value]);
   }
 
   /**
@@ -119,7 +130,10 @@ export class MetricsWriter {
         }
       }
     } catch (err) {
-      this.#error = err instanceof UserError ? err : new Error(`metrics write to ${this.path} failed: ${(err as Error)?.message ?? String(err)}`);
+      this.#error =
+        err instanceof UserError
+          ? err
+          : new Error(`metrics write to ${this.path} failed: ${(err as Error)?.message ?? String(err)}`);
       this.#rows = [];
     } finally {
       this.#writing = null;
@@ -135,12 +149,22 @@ export class MetricsWriter {
     for (let i = 0; i < rows.length; i += CHUNK) {
       // toExponential() gives the shortest digits that read back as the same double, and DuckDB reads a literal
       // with an exponent as a DOUBLE (without one, as a DECIMAL, which could round).
-      const values = rows.slice(i, i + CHUNK).map(([tag, step, ts, value]) => `(${run}, ${sqlString(tag)}, ${step}, ${ts}, ${value.toExponential()})`);
+      const values = rows
+        .slice(i, i + CHUNK)
+        .map(([tag, step, ts, value]) => `(${run}, ${sqlString(tag)}, ${step}, ${ts}, ${value.toExponential()})`);
       inserts.push(`INSERT OR REPLACE INTO ${DB}.metrics (run, tag, step, ts_ms, value) VALUES ${values.join(', ')}`);
     }
     // Without parameters, the statements run as one call (duckdb_query): the file is attached and detached again
     // without coming back to this thread in between.
-    const statements = [`ATTACH ${sqlString(this.path)} AS ${DB}`, metricsDdl(`${DB}.metrics`), 'BEGIN', ...inserts, 'COMMIT', `CHECKPOINT ${DB}`, `DETACH ${DB}`];
+    const statements = [
+      `ATTACH ${sqlString(this.path)} AS ${DB}`,
+      metricsDdl(`${DB}.metrics`),
+      'BEGIN',
+      ...inserts,
+      'COMMIT',
+      `CHECKPOINT ${DB}`,
+      `DETACH ${DB}`,
+    ];
     try {
       await this.conn.run(statements.join(';\n'));
     } catch (err) {

@@ -32,18 +32,24 @@ export function observeMetrics(inner: TrainEvents, metricsDir: string, backend: 
   let logs: Promise<void> = Promise.resolve();
   /** Tags outside the log steps' record (evals, validation), written behind the rows queued before them. */
   const record = (step: number, tags: Record<string, number>) => {
-    const ts = Date.now(), opened = writer!;
-    logs = logs.then(async () => {
-      const w = await opened;
-      w.record(step, tags, ts);
-      void w.flush();
-    }).catch(() => {}); // an open error is thrown by close()
+    const ts = Date.now(),
+      opened = writer!;
+    logs = logs
+      .then(async () => {
+        const w = await opened;
+        w.record(step, tags, ts);
+        void w.flush();
+      })
+      .catch(() => {}); // an open error is thrown by close()
   };
   const events: TrainEvents = {
     ...inner,
     start(info) {
       writer = MetricsWriter.open(metricsDir, info.runId, rank);
-      void writer.then((w) => (path = w.path), () => {});
+      void writer.then(
+        (w) => (path = w.path),
+        () => {},
+      );
       inner.start(info);
     },
     eval(e) {
@@ -61,11 +67,13 @@ export function observeMetrics(inner: TrainEvents, metricsDir: string, backend: 
       const gpu = sampler && ts - lastGpuMs >= 1000 ? sampler : null;
       if (gpu) lastGpuMs = ts;
       const opened = writer!;
-      logs = logs.then(async () => {
-        const w = await opened;
-        w.record(r.step, gpu ? { ...tags, ...gpuTags((await gpu)()) } : tags, ts);
-        void w.flush();
-      }).catch(() => {}); // an open error is thrown by close()
+      logs = logs
+        .then(async () => {
+          const w = await opened;
+          w.record(r.step, gpu ? { ...tags, ...gpuTags((await gpu)()) } : tags, ts);
+          void w.flush();
+        })
+        .catch(() => {}); // an open error is thrown by close()
     },
   };
   return {

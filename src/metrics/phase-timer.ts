@@ -11,7 +11,16 @@ import { type OpClock, type Timer, deviceClock } from '../tensor/clock.ts';
 
 export type Phase = 'fwd_total' | 'bwd_total' | 'opt_step' | 'loader_wait' | ModulePhase | ZeroPhase;
 export const PHASES: readonly Phase[] = [
-  'fwd_total', 'bwd_total', 'opt_step', 'loader_wait', 'dense_mlp_fwd', 'dense_mlp_bwd', 'head_fwd', 'head_bwd', 'zero2_reduce_scatter', 'zero2_all_gather',
+  'fwd_total',
+  'bwd_total',
+  'opt_step',
+  'loader_wait',
+  'dense_mlp_fwd',
+  'dense_mlp_bwd',
+  'head_fwd',
+  'head_bwd',
+  'zero2_reduce_scatter',
+  'zero2_all_gather',
 ];
 
 /** Runs `fn`, charged to `phase` when there is a timer. */

@@ -42,7 +42,15 @@ export interface LogRecord extends StepRecord {
 
 export interface TrainEvents {
   /** Once, before the first step. */
-  start(info: { runId: string; startStep: number; device: string; params: { total: number; active: number }; flopsPerToken: number; tokensPerStep: number; dataTokens: number }): void;
+  start(info: {
+    runId: string;
+    startStep: number;
+    device: string;
+    params: { total: number; active: number };
+    flopsPerToken: number;
+    tokensPerStep: number;
+    dataTokens: number;
+  }): void;
   /** After every step. */
   step(r: StepRecord): void;
   /** On log steps. */

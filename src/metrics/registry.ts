@@ -38,7 +38,13 @@ export const STALE_AFTER_S = 600;
 const ADDED_COLUMNS = { pid: 'INTEGER', host: 'TEXT', heartbeat_at: 'TEXT' } as const;
 
 /** A row's status as it stands now (see above): `running` becomes `stale` when its trainer is gone. */
-export function liveStatus(status: string, pid: number | null, host: string | null, heartbeatAt: string | null, now = Date.now()): string {
+export function liveStatus(
+  status: string,
+  pid: number | null,
+  host: string | null,
+  heartbeatAt: string | null,
+  now = Date.now(),
+): string {
   if (status !== 'running' || pid === null || host === null) return status; // the reference's rows carry no pid
   if (host === HOST) return pidAlive(pid) ? status : 'stale';
   return heartbeatAt !== null && now - Date.parse(`${heartbeatAt}Z`) > STALE_AFTER_S * 1000 ? 'stale' : status;
@@ -64,7 +70,10 @@ export class Registry {
   /** The runs columns, `status` as liveStatus says, NULL for nmoe's columns in a file from before them. */
   #select = '';
 
-  constructor(readonly path: string, opts: { readonly?: boolean } = {}) {
+  constructor(
+    readonly path: string,
+    opts: { readonly?: boolean } = {},
+  ) {
     try {
       if (!opts.readonly) makeDirs(dirname(path));
       this.db = new Database(path, { readonly: !!opts.readonly, fileMustExist: !!opts.readonly, timeout: 30_000 });
@@ -76,30 +85,48 @@ export class Registry {
       const have = new Set((this.db.pragma('table_info(runs)') as { name: string }[]).map((c) => c.name));
       if (have.size === 0) throw new Error('it has no runs table (not an experiments DB)');
       const missing = Object.keys(ADDED_COLUMNS).filter((c) => !have.has(c));
-      if (!opts.readonly) for (const c of missing) this.db.exec(`ALTER TABLE runs ADD COLUMN ${c} ${ADDED_COLUMNS[c as keyof typeof ADDED_COLUMNS]}`);
+      if (!opts.readonly)
+        for (const c of missing)
+          this.db.exec(`ALTER TABLE runs ADD COLUMN ${c} ${ADDED_COLUMNS[c as keyof typeof ADDED_COLUMNS]}`);
       // A reader cannot add them to a file from before them: it reads them as NULL.
-      const runs = opts.readonly && missing.length ? `(SELECT *, ${missing.map((c) => `NULL AS ${c}`).join(', ')} FROM runs)` : 'runs';
+      const runs =
+        opts.readonly && missing.length
+          ? `(SELECT *, ${missing.map((c) => `NULL AS ${c}`).join(', ')} FROM runs)`
+          : 'runs';
       this.db.function('nmoe_live_status', { deterministic: false }, (status, pid, host, hb) =>
-        liveStatus(status as string, pid as number | null, host as string | null, hb as string | null));
+        liveStatus(status as string, pid as number | null, host as string | null, hb as string | null),
+      );
       this.#select = `SELECT id, experiment_id, config_json, git_hash, git_dirty, started_at, ended_at, results_json, pid, host, heartbeat_at,
         nmoe_live_status(status, pid, host, heartbeat_at) AS status FROM ${runs}`;
     } catch (err) {
       const msg = (err as Error).message;
-      const fix = /locking protocol/i.test(msg) ? 'the filesystem has no file locks (NFS?): put experiments_db on a local disk'
-        : /not a database|no runs table/.test(msg) ? 'point it at the SQLite file `nmoe train` writes (experiments_db in the config; --db or --experiments-db here)'
-        : 'check experiments_db in the config and that its directory is writable';
+      const fix = /locking protocol/i.test(msg)
+        ? 'the filesystem has no file locks (NFS?): put experiments_db on a local disk'
+        : /not a database|no runs table/.test(msg)
+          ? 'point it at the SQLite file `nmoe train` writes (experiments_db in the config; --db or --experiments-db here)'
+          : 'check experiments_db in the config and that its directory is writable';
       throw new UserError(`cannot open the experiments DB ${path}: ${msg}. Fix: ${fix}.`);
     }
   }
 
-  startRun(run: { id: string; experimentId: string; config: unknown; gitHash: string | null; gitDirty: boolean | null }): void {
-    this.db.prepare(`INSERT OR IGNORE INTO experiments (id, name, project) VALUES (?, ?, 'nmoe')`).run(run.experimentId, run.experimentId);
-    this.db.prepare(
-      `INSERT INTO runs (id, experiment_id, config_json, git_hash, git_dirty, status, pid, host, heartbeat_at)
+  startRun(run: {
+    id: string;
+    experimentId: string;
+    config: unknown;
+    gitHash: string | null;
+    gitDirty: boolean | null;
+  }): void {
+    this.db
+      .prepare(`INSERT OR IGNORE INTO experiments (id, name, project) VALUES (?, ?, 'nmoe')`)
+      .run(run.experimentId, run.experimentId);
+    this.db
+      .prepare(
+        `INSERT INTO runs (id, experiment_id, config_json, git_hash, git_dirty, status, pid, host, heartbeat_at)
        VALUES (?, ?, ?, ?, ?, 'running', ?, ?, datetime('now'))
        ON CONFLICT(id) DO UPDATE SET config_json = excluded.config_json, git_hash = excluded.git_hash, git_dirty = excluded.git_dirty,
          status = 'running', ended_at = NULL, results_json = NULL, pid = excluded.pid, host = excluded.host, heartbeat_at = excluded.heartbeat_at`,
-    ).run(run.id, run.experimentId, JSON.stringify(run.config), run.gitHash, run.gitDirty ? 1 : 0, process.pid, HOST);
+      )
+      .run(run.id, run.experimentId, JSON.stringify(run.config), run.gitHash, run.gitDirty ? 1 : 0, process.pid, HOST);
   }
 
   /** The trainer of run `id` is alive: every HEARTBEAT_S while it trains. */
@@ -108,14 +135,18 @@ export class Registry {
   }
 
   endRun(id: string, status: Exclude<RunStatus, 'running' | 'stale'>, results: Record<string, unknown>): void {
-    this.db.prepare(`UPDATE runs SET status = ?, ended_at = datetime('now'), results_json = ? WHERE id = ?`).run(status, JSON.stringify(results), id);
+    this.db
+      .prepare(`UPDATE runs SET status = ?, ended_at = datetime('now'), results_json = ? WHERE id = ?`)
+      .run(status, JSON.stringify(results), id);
   }
 
   /** Newest first; `status` filters on the status as it reads now (so `stale` finds the runs whose trainer is gone). */
   listRuns(filter: { experimentId?: string; status?: string } = {}): RunRow[] {
-    return this.db.prepare(
-      `SELECT * FROM (${this.#select}) WHERE (@e IS NULL OR experiment_id = @e) AND (@s IS NULL OR status = @s) ORDER BY started_at DESC, id DESC`,
-    ).all({ e: filter.experimentId ?? null, s: filter.status ?? null }) as RunRow[];
+    return this.db
+      .prepare(
+        `SELECT * FROM (${this.#select}) WHERE (@e IS NULL OR experiment_id = @e) AND (@s IS NULL OR status = @s) ORDER BY started_at DESC, id DESC`,
+      )
+      .all({ e: filter.experimentId ?? null, s: filter.status ?? null }) as RunRow[];
   }
 
   getRun(id: string): RunRow | undefined {
@@ -124,8 +155,9 @@ export class Registry {
 
   /** Run counts by status (as it reads now) per experiment. */
   statusCounts(): { experiment_id: string; status: string; n: number }[] {
-    return this.db.prepare(`SELECT experiment_id, status, count(*) AS n FROM (${this.#select}) GROUP BY experiment_id, status`).all() as
-      { experiment_id: string; status: string; n: number }[];
+    return this.db
+      .prepare(`SELECT experiment_id, status, count(*) AS n FROM (${this.#select}) GROUP BY experiment_id, status`)
+      .all() as { experiment_id: string; status: string; n: number }[];
   }
 
   close(): void {

@@ -27,7 +27,8 @@ export function routerLayerStats(counts: ArrayLike<number>, bias: ArrayLike<numb
   const l = Array.from({ length: e }, (_, i) => (total > 0 ? counts[i]! / total : 0));
   const mean = 1 / e;
   const std = Math.sqrt(l.reduce((s, x) => s + (x - mean) ** 2, 0) / e);
-  let biasMin = Infinity, biasMax = -Infinity;
+  let biasMin = Infinity,
+    biasMax = -Infinity;
   for (let i = 0; i < bias.length; i++) {
     biasMin = Math.min(biasMin, bias[i]!);
     biasMax = Math.max(biasMax, bias[i]!);

@@ -76,6 +76,11 @@ export function gpuTags(samples: readonly GpuSample[]): Record<string, number> {
 /** The reference's tags for one eval. */
 export function evalTags(r: EvalReport): Record<string, number> {
   const tags: Record<string, number> = { 'eval/CORE': r.core };
-  for (const t of r.tasks) Object.assign(tags, { [`eval/task/${t.name}/acc`]: t.acc, [`eval/task/${t.name}/centered`]: t.centered, [`eval/task/${t.name}/n`]: t.n });
+  for (const t of r.tasks)
+    Object.assign(tags, {
+      [`eval/task/${t.name}/acc`]: t.acc,
+      [`eval/task/${t.name}/centered`]: t.centered,
+      [`eval/task/${t.name}/n`]: t.n,
+    });
   return tags;
 }

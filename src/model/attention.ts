@@ -30,7 +30,14 @@ export interface AttentionSaved {
 
 function attnSpec(ctx: LayerContext): AttentionSpec {
   const { cfg } = ctx;
-  return { batch: ctx.batch, seqLen: ctx.seqLen, heads: cfg.n_heads, scale: qkHeadDim(cfg) ** -0.5, kernel: cfg.attn_kernel, deterministic: cfg.deterministic };
+  return {
+    batch: ctx.batch,
+    seqLen: ctx.seqLen,
+    heads: cfg.n_heads,
+    scale: qkHeadDim(cfg) ** -0.5,
+    kernel: cfg.attn_kernel,
+    deterministic: cfg.deterministic,
+  };
 }
 
 /** RoPE over the rope part of each of `heads` segments of width `stride`. */
@@ -53,7 +60,12 @@ export interface KvSink {
 }
 
 /** h [T, D] (already normed) -> out [T, D]. The caller keeps ownership of h; `saved` holds it until backward. */
-export function attentionForward(ctx: LayerContext, prefix: string, h: Tensor, sink?: KvSink): { out: Tensor; saved: AttentionSaved } {
+export function attentionForward(
+  ctx: LayerContext,
+  prefix: string,
+  h: Tensor,
+  sink?: KvSink,
+): { out: Tensor; saved: AttentionSaved } {
   const saved = attentionCore(ctx, prefix, h, sink);
   return { out: linear(ctx, saved.o, `${prefix}.wo.weight`), saved };
 }
@@ -71,9 +83,16 @@ export function mhaProjections(ctx: LayerContext, prefix: string, h: Tensor): { 
 }
 
 /** MLA's query, roped: q [T, H*dqk], per head [q_nope | q_pe], with the low-rank path's activations (null without). */
-export function mlaQuery(ctx: LayerContext, prefix: string, h: Tensor): { qa: Tensor | null; qaRstd: Tensor | null; qan: Tensor | null; q: Tensor } {
+export function mlaQuery(
+  ctx: LayerContext,
+  prefix: string,
+  h: Tensor,
+): { qa: Tensor | null; qaRstd: Tensor | null; qan: Tensor | null; q: Tensor } {
   const { b, cfg } = ctx;
-  let qa: Tensor | null = null, qaRstd: Tensor | null = null, qan: Tensor | null = null, q: Tensor;
+  let qa: Tensor | null = null,
+    qaRstd: Tensor | null = null,
+    qan: Tensor | null = null,
+    q: Tensor;
   if (cfg.q_lora_rank > 0) {
     qa = linear(ctx, h, `${prefix}.wq_a.weight`);
     ({ y: qan, rstd: qaRstd } = b.rmsnorm(qa, ctx.p.get(`${prefix}.q_norm.weight`), cfg.rms_norm_eps));
@@ -86,7 +105,11 @@ export function mlaQuery(ctx: LayerContext, prefix: string, h: Tensor): { qa: Te
 }
 
 /** MLA's compressed key/value: c_kv [T, kv_lora_rank], its norm kvn and rstd, and the roped shared key kpe [T, d_rope]. */
-export function mlaLatent(ctx: LayerContext, prefix: string, h: Tensor): { kvc: Tensor; kvRstd: Tensor; kvn: Tensor; kpe: Tensor } {
+export function mlaLatent(
+  ctx: LayerContext,
+  prefix: string,
+  h: Tensor,
+): { kvc: Tensor; kvRstd: Tensor; kvn: Tensor; kpe: Tensor } {
   const { b, cfg } = ctx;
   const kva = linear(ctx, h, `${prefix}.wkv_a.weight`);
   const [kvc, kpe] = b.splitCols(kva, [cfg.kv_lora_rank, cfg.qk_rope_head_dim]) as [Tensor, Tensor];
@@ -128,7 +151,9 @@ export function releaseAttentionSaved(s: AttentionSaved): void {
 /** Returns dh; accumulates every weight gradient of the block; frees `saved` except h (the caller's). */
 export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: AttentionSaved): Tensor {
   const { b, cfg } = ctx;
-  const H = cfg.n_heads, dqk = qkHeadDim(cfg), dNope = cfg.qk_nope_head_dim;
+  const H = cfg.n_heads,
+    dqk = qkHeadDim(cfg),
+    dNope = cfg.qk_nope_head_dim;
   const qRope = ropeSpec(ctx, H, dqk, dNope);
   const dO = linearBackward(ctx, dOut, s.o, `${prefix}.wo.weight`);
   const { dq, dk, dv } = b.attentionBackward(dO, s.q, s.k, s.v, s.o, s.lse, attnSpec(ctx));
@@ -138,18 +163,34 @@ export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tenso
   if (cfg.attn === 'mha') {
     rope(ctx, dk, qRope, true);
     dh = linearBackward(ctx, dq, s.h, `${prefix}.wq.weight`);
-    for (const [g, w] of [[dk, 'wk'], [dv, 'wv']] as const) linearBackward(ctx, g, s.h, `${prefix}.${w}.weight`, dh);
+    for (const [g, w] of [
+      [dk, 'wk'],
+      [dv, 'wv'],
+    ] as const)
+      linearBackward(ctx, g, s.h, `${prefix}.${w}.weight`, dh);
   } else {
     const { dkvb, dkpe } = b.mlaAssembleKVBackward(dk, dv, H, dNope, cfg.v_head_dim);
     rope(ctx, dkpe, ropeSpec(ctx, 1, cfg.qk_rope_head_dim, 0), true);
     const dkvn = linearBackward(ctx, dkvb, s.kvn!, `${prefix}.wkv_b.weight`);
-    const dkvc = b.rmsnormBackward(dkvn, s.kvc!, ctx.p.get(`${prefix}.kv_norm.weight`), s.kvRstd!, ctx.p.grad(`${prefix}.kv_norm.weight`));
+    const dkvc = b.rmsnormBackward(
+      dkvn,
+      s.kvc!,
+      ctx.p.get(`${prefix}.kv_norm.weight`),
+      s.kvRstd!,
+      ctx.p.grad(`${prefix}.kv_norm.weight`),
+    );
     const dkva = b.concatCols([dkvc, dkpe]);
     dh = linearBackward(ctx, dkva, s.h, `${prefix}.wkv_a.weight`);
     freeAll({ dkvb, dkpe, dkvn, dkvc, dkva });
     if (cfg.q_lora_rank > 0) {
       const dqan = linearBackward(ctx, dq, s.qan!, `${prefix}.wq_b.weight`);
-      const dqa = b.rmsnormBackward(dqan, s.qa!, ctx.p.get(`${prefix}.q_norm.weight`), s.qaRstd!, ctx.p.grad(`${prefix}.q_norm.weight`));
+      const dqa = b.rmsnormBackward(
+        dqan,
+        s.qa!,
+        ctx.p.get(`${prefix}.q_norm.weight`),
+        s.qaRstd!,
+        ctx.p.grad(`${prefix}.q_norm.weight`),
+      );
       linearBackward(ctx, dqa, s.h, `${prefix}.wq_a.weight`, dh);
       freeAll({ dqan, dqa });
     } else {

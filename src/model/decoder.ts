@@ -42,7 +42,8 @@ export class Decoder {
    * within itself with positions from 0. With `cache` (batch 1), every layer's keys are appended to it.
    */
   hidden(ids: Tensor, batch: number, seqLen: number, cache?: KvCache): Tensor {
-    if (cache && (batch !== 1 || cache.length !== 0)) throw new Error('Decoder.hidden: a prefill fills an empty cache with one sequence');
+    if (cache && (batch !== 1 || cache.length !== 0))
+      throw new Error('Decoder.hidden: a prefill fills an empty cache with one sequence');
     const ctx = this.model.layerContext(batch, seqLen);
     const out = this.#run(ids, ctx, (layer, prefix, h) => {
       const { out: o, saved } = attentionForward(ctx, prefix, h, cache?.sink(layer));
@@ -76,7 +77,10 @@ export class Decoder {
   async logLikelihood(rows: Tensor, targets: Int32Array): Promise<number> {
     const { b, params: p } = this.model;
     const t = b.upload(targets, [targets.length], 'i32');
-    const { loss, count } = b.crossEntropy(rows, p.get('lm_head.weight'), t, { logitScale: LOGIT_SCALE, ignoreIndex: -1 });
+    const { loss, count } = b.crossEntropy(rows, p.get('lm_head.weight'), t, {
+      logitScale: LOGIT_SCALE,
+      ignoreIndex: -1,
+    });
     const mean = (await b.read(loss))[0]!;
     for (const x of [t, loss, count]) x.free();
     return -mean * targets.length;
@@ -91,9 +95,17 @@ export class Decoder {
   #positioned(position: number): LayerContext {
     const ctx = this.model.layerContext(1, 1);
     const { b, cfg } = this.model;
-    if (position >= cfg.max_position_embeddings) throw new Error(`Decoder.step: position ${position} is past max_position_embeddings ${cfg.max_position_embeddings}`);
-    const half = cfg.qk_rope_head_dim / 2, rows = cfg.max_position_embeddings - position;
-    return { ...ctx, ropeCos: b.view(ctx.ropeCos, [rows, half], position * half), ropeSin: b.view(ctx.ropeSin, [rows, half], position * half) };
+    if (position >= cfg.max_position_embeddings)
+      throw new Error(
+        `Decoder.step: position ${position} is past max_position_embeddings ${cfg.max_position_embeddings}`,
+      );
+    const half = cfg.qk_rope_head_dim / 2,
+      rows = cfg.max_position_embeddings - position;
+    return {
+      ...ctx,
+      ropeCos: b.view(ctx.ropeCos, [rows, half], position * half),
+      ropeSin: b.view(ctx.ropeSin, [rows, half], position * half),
+    };
   }
 
   /** embedding -> blocks (attention by `attend`, then the dense MLP or MoE) -> final norm, freeing as it goes. */

@@ -17,7 +17,12 @@ export interface MlpSaved {
 }
 
 /** With `into`, the output is added to it (the shared experts' into the routed output) and `into` is returned. */
-export function mlpForward(ctx: LayerContext, prefix: string, x: Tensor, into?: Tensor): { out: Tensor; saved: MlpSaved } {
+export function mlpForward(
+  ctx: LayerContext,
+  prefix: string,
+  x: Tensor,
+  into?: Tensor,
+): { out: Tensor; saved: MlpSaved } {
   const g = linear(ctx, x, `${prefix}.w1.weight`);
   const u = linear(ctx, x, `${prefix}.w3.weight`);
   const a = ctx.b.swiglu(g, u);
@@ -65,11 +70,20 @@ export interface MoeSaved {
  * With expert parallelism (`ctx.ep`) the grouped rows are dispatched to their experts' owners, which run their
  * local experts on the rows of every rank, and the outputs are returned before the gate-weighted combine.
  */
-export function moeForward(ctx: LayerContext, prefix: string, x: Tensor): { out: Tensor; counts: Tensor; saved: MoeSaved } {
+export function moeForward(
+  ctx: LayerContext,
+  prefix: string,
+  x: Tensor,
+): { out: Tensor; counts: Tensor; saved: MoeSaved } {
   const { b, cfg, ep } = ctx;
   // The router runs in fp32 whatever the activation dtype, as the reference's gate(x).float().
   const logits = b.matmul(x, ctx.p.get(`${prefix}.router.gate.weight`), { transB: true, outDtype: 'f32' });
-  const { gates, idx } = b.routerTopK(logits, ctx.p.get(`${prefix}.router.bias`), cfg.n_activated_experts, cfg.route_scale);
+  const { gates, idx } = b.routerTopK(
+    logits,
+    ctx.p.get(`${prefix}.router.bias`),
+    cfg.n_activated_experts,
+    cfg.route_scale,
+  );
   const plan = b.moePlan(idx, cfg.n_routed_experts);
   const counts = b.empty([cfg.n_routed_experts], 'i32');
   b.copy(plan.counts, counts);

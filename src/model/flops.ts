@@ -10,14 +10,17 @@ import { type ModelConfig, moeLayerCount } from './spec.ts';
 
 /** Trained non-expert parameters of `specs` (a model's parameters, or just their specs: nothing need be allocated). */
 function denseCount(specs: readonly ParamSpec[]): number {
-  return specs.filter((s) => !s.buffer && paramGroup(s.name) !== 'expert').reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
+  return specs
+    .filter((s) => !s.buffer && paramGroup(s.name) !== 'expert')
+    .reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
 }
 
 export function flopsPerToken(cfg: ModelConfig, specs: readonly ParamSpec[]): number {
   const dense = denseCount(specs);
   const embedding = cfg.vocab_size * cfg.dim;
   const sparseActive = moeLayerCount(cfg) * cfg.n_activated_experts * 3 * cfg.dim * cfg.moe_inter_dim;
-  const attention = 6 * cfg.n_layers * cfg.n_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim) * cfg.seq_len;
+  const attention =
+    6 * cfg.n_layers * cfg.n_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim) * cfg.seq_len;
   return 6 * (dense - embedding + sparseActive) + attention;
 }
 

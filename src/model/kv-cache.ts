@@ -22,9 +22,7 @@ import { type LayerContext, freeAll, linear } from './context.ts';
 import type { ParamStore } from './params.ts';
 import { type ModelConfig, qkHeadDim } from './spec.ts';
 
-type LayerKv =
-  | { kind: 'mla'; latent: Tensor; ropeKey: Tensor }
-  | { kind: 'mha'; k: Tensor; v: Tensor };
+type LayerKv = { kind: 'mla'; latent: Tensor; ropeKey: Tensor } | { kind: 'mha'; k: Tensor; v: Tensor };
 
 /** wkv_b of every MLA layer split per head for the absorbed decode: W_uk [H, d_nope * r] and W_uv [H, dv * r]. */
 export interface AbsorbedWeights {
@@ -36,8 +34,12 @@ export interface AbsorbedWeights {
 }
 
 export function absorbedWeights(b: Backend, cfg: ModelConfig, p: ParamStore): AbsorbedWeights {
-  const H = cfg.n_heads, r = cfg.kv_lora_rank, dNope = cfg.qk_nope_head_dim, dV = cfg.v_head_dim;
-  const wUk: Tensor[] = [], wUv: Tensor[] = [];
+  const H = cfg.n_heads,
+    r = cfg.kv_lora_rank,
+    dNope = cfg.qk_nope_head_dim,
+    dV = cfg.v_head_dim;
+  const wUk: Tensor[] = [],
+    wUv: Tensor[] = [];
   for (let i = 0; i < cfg.n_layers; i++) {
     const perHead = b.view(p.get(`blocks.${i}.attn.wkv_b.weight`), [H, (dNope + dV) * r]);
     const [uk, uv] = b.splitCols(perHead, [dNope * r, dV * r]) as [Tensor, Tensor];
@@ -48,7 +50,9 @@ export function absorbedWeights(b: Backend, cfg: ModelConfig, p: ParamStore): Ab
   const heads = b.moeSegments(ones, H);
   ones.free();
   return {
-    wUk, wUv, heads,
+    wUk,
+    wUv,
+    heads,
     free: () => {
       for (const w of [...wUk, ...wUv]) w.free();
       heads.free();
@@ -61,19 +65,37 @@ export class KvCache {
   length = 0;
   readonly #layers: LayerKv[];
 
-  constructor(readonly b: Backend, readonly cfg: ModelConfig, readonly capacity: number, dtype: DType) {
+  constructor(
+    readonly b: Backend,
+    readonly cfg: ModelConfig,
+    readonly capacity: number,
+    dtype: DType,
+  ) {
     if (capacity > cfg.max_position_embeddings) {
       throw new Error(`KvCache: capacity ${capacity} exceeds max_position_embeddings ${cfg.max_position_embeddings}`);
     }
     const H = cfg.n_heads;
-    this.#layers = Array.from({ length: cfg.n_layers }, (): LayerKv => (cfg.attn === 'mha'
-      ? { kind: 'mha', k: b.zeros([H, capacity, qkHeadDim(cfg)], dtype), v: b.zeros([H, capacity, cfg.v_head_dim], dtype) }
-      : { kind: 'mla', latent: b.zeros([capacity, cfg.kv_lora_rank], dtype), ropeKey: b.zeros([capacity, cfg.qk_rope_head_dim], dtype) }));
+    this.#layers = Array.from({ length: cfg.n_layers }, (): LayerKv =>
+      cfg.attn === 'mha'
+        ? {
+            kind: 'mha',
+            k: b.zeros([H, capacity, qkHeadDim(cfg)], dtype),
+            v: b.zeros([H, capacity, cfg.v_head_dim], dtype),
+          }
+        : {
+            kind: 'mla',
+            latent: b.zeros([capacity, cfg.kv_lora_rank], dtype),
+            ropeKey: b.zeros([capacity, cfg.qk_rope_head_dim], dtype),
+          },
+    );
   }
 
   /** Where layer `layer` writes the keys of new tokens: positions [length, length + rows). advance() moves length, after the last layer. */
   sink(layer: number): KvSink {
-    const b = this.b, at = this.length, l = this.#layers[layer]!, cap = this.capacity;
+    const b = this.b,
+      at = this.length,
+      l = this.#layers[layer]!,
+      cap = this.capacity;
     const room = (rows: number) => {
       if (at + rows > cap) throw new Error(`KvCache: ${at + rows} tokens exceed the capacity ${cap}`);
     };
@@ -87,9 +109,13 @@ export class KvCache {
       },
       mha: (k, v) => {
         if (l.kind !== 'mha') throw new Error('KvCache: MHA keys for an MLA cache');
-        const rows = k.shape[0]!, H = this.cfg.n_heads;
+        const rows = k.shape[0]!,
+          H = this.cfg.n_heads;
         room(rows);
-        for (const [src, cache, d] of [[k, l.k, qkHeadDim(this.cfg)], [v, l.v, this.cfg.v_head_dim]] as const) {
+        for (const [src, cache, d] of [
+          [k, l.k, qkHeadDim(this.cfg)],
+          [v, l.v, this.cfg.v_head_dim],
+        ] as const) {
           const perHead = b.splitCols(src, Array<number>(H).fill(d));
           perHead.forEach((part, h) => {
             b.copy(part, b.view(cache, [rows, d], (h * cap + at) * d));
@@ -105,7 +131,8 @@ export class KvCache {
   }
 
   free(): void {
-    for (const l of this.#layers) freeAll(l.kind === 'mla' ? { latent: l.latent, ropeKey: l.ropeKey } : { k: l.k, v: l.v });
+    for (const l of this.#layers)
+      freeAll(l.kind === 'mla' ? { latent: l.latent, ropeKey: l.ropeKey } : { k: l.k, v: l.v });
   }
 
   /**
@@ -115,15 +142,24 @@ export class KvCache {
    */
   attend(ctx: LayerContext, prefix: string, layer: number, h: Tensor, absorbed: AbsorbedWeights | null): Tensor {
     const { b, cfg } = ctx;
-    const H = cfg.n_heads, dqk = qkHeadDim(cfg), dNope = cfg.qk_nope_head_dim, dV = cfg.v_head_dim;
-    const scale = dqk ** -0.5, L = this.length + 1, l = this.#layers[layer]!;
+    const H = cfg.n_heads,
+      dqk = qkHeadDim(cfg),
+      dNope = cfg.qk_nope_head_dim,
+      dV = cfg.v_head_dim;
+    const scale = dqk ** -0.5,
+      L = this.length + 1,
+      l = this.#layers[layer]!;
     let o: Tensor;
     if (l.kind === 'mha') {
       const { q, k, v } = mhaProjections(ctx, prefix, h);
       this.sink(layer).mha(k, v);
       o = b.empty([1, H * dV], q.dtype);
       for (let i = 0; i < H; i++) {
-        const scores = b.matmul(b.view(q, [1, dqk], i * dqk), b.view(l.k, [L, dqk], i * this.capacity * dqk), { transB: true, alpha: scale, outDtype: 'f32' });
+        const scores = b.matmul(b.view(q, [1, dqk], i * dqk), b.view(l.k, [L, dqk], i * this.capacity * dqk), {
+          transB: true,
+          alpha: scale,
+          outDtype: 'f32',
+        });
         const p = b.softmax(scores);
         b.matmul(p, b.view(l.v, [L, dV], i * this.capacity * dV), { out: b.view(o, [1, dV], i * dV) });
         freeAll({ scores, p });
@@ -131,7 +167,8 @@ export class KvCache {
       freeAll({ q, k, v });
     } else {
       if (!absorbed) throw new Error('KvCache.attend: MLA decoding needs the absorbed weights');
-      const r = cfg.kv_lora_rank, dRope = cfg.qk_rope_head_dim;
+      const r = cfg.kv_lora_rank,
+        dRope = cfg.qk_rope_head_dim;
       const query = mlaQuery(ctx, prefix, h);
       const { kvc, kvRstd, kvn, kpe } = mlaLatent(ctx, prefix, h);
       this.sink(layer).mla(kvn, kpe);

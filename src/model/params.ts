@@ -40,7 +40,8 @@ export interface Param extends ParamSpec {
 export function paramGroup(name: string): ParamGroup {
   if (/\.W[123]$/.test(name)) return 'expert';
   if (name.includes('router')) return 'router';
-  const noDecay = name.endsWith('.bias') || name.includes('norm') || name.startsWith('embedding.') || name.startsWith('lm_head.');
+  const noDecay =
+    name.endsWith('.bias') || name.includes('norm') || name.startsWith('embedding.') || name.startsWith('lm_head.');
   return noDecay ? 'dense_no_decay' : 'dense_decay';
 }
 
@@ -69,7 +70,12 @@ export class ParamStore {
    * Weights and their gradients are stored in `dtype`; buffers (router bias) stay fp32. Dense weights go into the
    * flat layout, padded for `shards` ranks; experts and buffers get tensors of their own.
    */
-  constructor(readonly backend: Backend, specs: readonly ParamSpec[], readonly dtype: DType = 'f32', shards = 1) {
+  constructor(
+    readonly backend: Backend,
+    specs: readonly ParamSpec[],
+    readonly dtype: DType = 'f32',
+    shards = 1,
+  ) {
     const isDense = (s: ParamSpec) => !s.buffer && s.firstExpert === undefined;
     const offsets: number[] = [];
     let length = 0;
@@ -78,7 +84,10 @@ export class ParamStore {
       length += Math.ceil(shapeNumel(s.shape) / DENSE_ALIGN) * DENSE_ALIGN;
     }
     const shardLength = Math.max(DENSE_ALIGN, Math.ceil(length / shards / DENSE_ALIGN) * DENSE_ALIGN);
-    const flat = { value: backend.zeros([shards * shardLength], dtype), grad: backend.zeros([shards * shardLength], dtype) };
+    const flat = {
+      value: backend.zeros([shards * shardLength], dtype),
+      grad: backend.zeros([shards * shardLength], dtype),
+    };
     this.dense = { ...flat, entries: [], shards, shardLength };
     for (const spec of specs) {
       if (this.#byName.has(spec.name)) throw new Error(`duplicate parameter ${spec.name}`);
@@ -89,7 +98,12 @@ export class ParamStore {
         p = { ...spec, value: view(flat.value), grad: view(flat.grad), group: paramGroup(spec.name) };
         this.dense.entries.push({ param: p, offset });
       } else {
-        p = { ...spec, value: backend.zeros(spec.shape, spec.buffer ? 'f32' : dtype), grad: null, group: spec.buffer ? null : paramGroup(spec.name) };
+        p = {
+          ...spec,
+          value: backend.zeros(spec.shape, spec.buffer ? 'f32' : dtype),
+          grad: null,
+          group: spec.buffer ? null : paramGroup(spec.name),
+        };
       }
       this.params.push(p);
       this.#byName.set(spec.name, p);

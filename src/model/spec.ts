@@ -5,7 +5,8 @@
 import type { Config } from '../config/schema.ts';
 import type { ParamSpec } from './params.ts';
 
-type RequiredModelKey = 'dim' | 'n_layers' | 'n_heads' | 'inter_dim' | 'moe_inter_dim' | 'n_routed_experts' | 'n_activated_experts';
+type RequiredModelKey =
+  'dim' | 'n_layers' | 'n_heads' | 'inter_dim' | 'moe_inter_dim' | 'n_routed_experts' | 'n_activated_experts';
 
 /** A validated config: the model fields the reference leaves as None until a preset sets them are numbers here. */
 export type ModelConfig = Omit<Config, RequiredModelKey> & { [K in RequiredModelKey]: number };
@@ -18,8 +19,11 @@ export function modelConfig(cfg: Config): ModelConfig {
   const missing = (['dim', 'n_layers', 'n_heads'] as const).filter((k) => cfg[k] === null);
   if (missing.length > 0) throw new Error(`config was not validated: ${missing.join(', ')} unset`);
   return {
-    ...cfg, inter_dim: cfg.inter_dim ?? 0, moe_inter_dim: cfg.moe_inter_dim ?? 0,
-    n_routed_experts: cfg.n_routed_experts ?? 0, n_activated_experts: cfg.n_activated_experts ?? 0,
+    ...cfg,
+    inter_dim: cfg.inter_dim ?? 0,
+    moe_inter_dim: cfg.moe_inter_dim ?? 0,
+    n_routed_experts: cfg.n_routed_experts ?? 0,
+    n_activated_experts: cfg.n_activated_experts ?? 0,
   } as ModelConfig;
 }
 
@@ -48,7 +52,10 @@ export function outputStd(layer: number): number {
 }
 
 function attentionSpecs(cfg: ModelConfig, prefix: string, layer: number): ParamSpec[] {
-  const d = cfg.dim, h = cfg.n_heads, dqk = qkHeadDim(cfg), dv = cfg.v_head_dim;
+  const d = cfg.dim,
+    h = cfg.n_heads,
+    dqk = qkHeadDim(cfg),
+    dv = cfg.v_head_dim;
   const input = { kind: 'normal', std: 0.02 } as const;
   const output = { kind: 'normal', std: outputStd(layer) } as const;
   const ones = { kind: 'ones' } as const;
@@ -60,13 +67,14 @@ function attentionSpecs(cfg: ModelConfig, prefix: string, layer: number): ParamS
       { name: `${prefix}.wo.weight`, shape: [d, h * dv], init: output },
     ];
   }
-  const q: ParamSpec[] = cfg.q_lora_rank > 0
-    ? [
-        { name: `${prefix}.wq_a.weight`, shape: [cfg.q_lora_rank, d], init: input },
-        { name: `${prefix}.q_norm.weight`, shape: [cfg.q_lora_rank], init: ones },
-        { name: `${prefix}.wq_b.weight`, shape: [h * dqk, cfg.q_lora_rank], init: input },
-      ]
-    : [{ name: `${prefix}.wq.weight`, shape: [h * dqk, d], init: input }];
+  const q: ParamSpec[] =
+    cfg.q_lora_rank > 0
+      ? [
+          { name: `${prefix}.wq_a.weight`, shape: [cfg.q_lora_rank, d], init: input },
+          { name: `${prefix}.q_norm.weight`, shape: [cfg.q_lora_rank], init: ones },
+          { name: `${prefix}.wq_b.weight`, shape: [h * dqk, cfg.q_lora_rank], init: input },
+        ]
+      : [{ name: `${prefix}.wq.weight`, shape: [h * dqk, d], init: input }];
   return [
     ...q,
     { name: `${prefix}.wkv_a.weight`, shape: [cfg.kv_lora_rank + cfg.qk_rope_head_dim, d], init: input },
@@ -103,15 +111,25 @@ function moeSpecs(cfg: ModelConfig, prefix: string, layer: number, par: Parallel
 }
 
 export function modelParamSpecs(cfg: ModelConfig, par: Parallel = SINGLE): ParamSpec[] {
-  const specs: ParamSpec[] = [{ name: 'embedding.weight', shape: [cfg.vocab_size, cfg.dim], init: { kind: 'normal', std: 0.02 } }];
+  const specs: ParamSpec[] = [
+    { name: 'embedding.weight', shape: [cfg.vocab_size, cfg.dim], init: { kind: 'normal', std: 0.02 } },
+  ];
   for (let i = 0; i < cfg.n_layers; i++) {
     const prefix = `blocks.${i}`;
     specs.push({ name: `${prefix}.attn_norm.weight`, shape: [cfg.dim], init: { kind: 'ones' } });
     specs.push(...attentionSpecs(cfg, `${prefix}.attn`, i));
     specs.push({ name: `${prefix}.ffn_norm.weight`, shape: [cfg.dim], init: { kind: 'ones' } });
-    specs.push(...(isMoeLayer(cfg, i) ? moeSpecs(cfg, `${prefix}.ffn`, i, par) : mlpSpecs(`${prefix}.ffn`, cfg.dim, cfg.inter_dim, i)));
+    specs.push(
+      ...(isMoeLayer(cfg, i)
+        ? moeSpecs(cfg, `${prefix}.ffn`, i, par)
+        : mlpSpecs(`${prefix}.ffn`, cfg.dim, cfg.inter_dim, i)),
+    );
   }
   specs.push({ name: 'norm.weight', shape: [cfg.dim], init: { kind: 'ones' } });
-  specs.push({ name: 'lm_head.weight', shape: [cfg.vocab_size, cfg.dim], init: { kind: 'normal', std: cfg.dim ** -0.5, clamp: 2 } });
+  specs.push({
+    name: 'lm_head.weight',
+    shape: [cfg.vocab_size, cfg.dim],
+    init: { kind: 'normal', std: cfg.dim ** -0.5, clamp: 2 },
+  });
   return specs;
 }

@@ -68,7 +68,11 @@ export class Transformer {
   readonly ep: ExpertExchange | null;
 
   /** With `ep`, this rank holds experts [rank*E/world, (rank+1)*E/world) and dense weights padded for ZeRO-2. */
-  constructor(readonly b: Backend, readonly cfg: ModelConfig, opts: { ep?: ExpertExchange; dtype?: DType } = {}) {
+  constructor(
+    readonly b: Backend,
+    readonly cfg: ModelConfig,
+    opts: { ep?: ExpertExchange; dtype?: DType } = {},
+  ) {
     this.ep = opts.ep ?? null;
     const parallel: Parallel = this.ep ? { rank: this.ep.rank, world: this.ep.world } : SINGLE;
     this.params = new ParamStore(b, modelParamSpecs(cfg, parallel), opts.dtype ?? 'f32', parallel.world);
@@ -90,7 +94,16 @@ export class Transformer {
 
   /** What each layer needs for `batch` sequences of `seqLen` tokens (training: seq_len; inference: any length). */
   layerContext(batch: number, seqLen = this.cfg.seq_len): LayerContext {
-    return { b: this.b, p: this.params, cfg: this.cfg, batch, seqLen, ropeCos: this.#ropeCos, ropeSin: this.#ropeSin, ep: this.ep };
+    return {
+      b: this.b,
+      p: this.params,
+      cfg: this.cfg,
+      batch,
+      seqLen,
+      ropeCos: this.#ropeCos,
+      ropeSin: this.#ropeSin,
+      ep: this.ep,
+    };
   }
 
   /**
@@ -100,7 +113,12 @@ export class Transformer {
    * loss instead of this batch's counted targets: with data parallelism, the count over the global batch, so the
    * ranks' losses and gradients add up to the global mean's.
    */
-  forward(ids: Tensor, targets: Tensor, batch: number, opts: { grad?: boolean; timer?: Timer<ModulePhase>; normalizer?: Tensor } = {}): ForwardResult {
+  forward(
+    ids: Tensor,
+    targets: Tensor,
+    batch: number,
+    opts: { grad?: boolean; timer?: Timer<ModulePhase>; normalizer?: Tensor } = {},
+  ): ForwardResult {
     const timer = opts.timer ?? untimed;
     const { b, cfg, params: p } = this;
     const ctx = this.layerContext(batch);
@@ -132,17 +150,34 @@ export class Transformer {
       }
       const next = b.add(mid, ffnOut);
       ffnOut.free();
-      blocks.push({ x, attnNormRstd, attnIn, attn: cfg.attn_recompute ? null : attn.saved, mid, ffnNormRstd, ffnIn, ffn });
+      blocks.push({
+        x,
+        attnNormRstd,
+        attnIn,
+        attn: cfg.attn_recompute ? null : attn.saved,
+        mid,
+        ffnNormRstd,
+        ffnIn,
+        ffn,
+      });
       x = next;
     }
     const head = timer.time('head_fwd', () => {
       const { y: xNormed, rstd: normRstd } = b.rmsnorm(x, p.get('norm.weight'), cfg.rms_norm_eps);
       const dLmHead = opts.grad === false ? undefined : p.grad('lm_head.weight');
-      const { loss, count, dx: dxNormed } = b.crossEntropy(xNormed, p.get('lm_head.weight'), targets, this.lossSpec, dLmHead, opts.normalizer);
+      const {
+        loss,
+        count,
+        dx: dxNormed,
+      } = b.crossEntropy(xNormed, p.get('lm_head.weight'), targets, this.lossSpec, dLmHead, opts.normalizer);
       freeAll({ xNormed, count });
       return { loss, normRstd, dxNormed };
     });
-    return { loss: head.loss, routerCounts, saved: { ids, targets, blocks, xFinal: x, normRstd: head.normRstd, dxNormed: head.dxNormed, batch } };
+    return {
+      loss: head.loss,
+      routerCounts,
+      saved: { ids, targets, blocks, xFinal: x, normRstd: head.normRstd, dxNormed: head.dxNormed, batch },
+    };
   }
 
   /** Accumulates d(loss)/d(param) into the parameter gradients and frees the saved activations. */
@@ -151,23 +186,54 @@ export class Transformer {
     const ctx = this.layerContext(s.batch);
     const dxNormed = s.dxNormed;
     if (!dxNormed) throw new Error('backward() after a forward without gradient (forward(..., { grad: false }))');
-    let dx = timer.time('head_bwd', () => b.rmsnormBackward(dxNormed, s.xFinal, p.get('norm.weight'), s.normRstd, p.grad('norm.weight')));
+    let dx = timer.time('head_bwd', () =>
+      b.rmsnormBackward(dxNormed, s.xFinal, p.get('norm.weight'), s.normRstd, p.grad('norm.weight')),
+    );
     freeAll({ dxNormed: s.dxNormed, xFinal: s.xFinal, normRstd: s.normRstd });
     for (let i = cfg.n_layers - 1; i >= 0; i--) {
       const pre = `blocks.${i}`;
       const blk = s.blocks[i]!;
       // x_next = mid + ffn(norm(mid)): d(mid) = dx + ffn-branch gradient.
       const ffn = blk.ffn;
-      const dFfnIn = ffn.kind === 'moe'
-        ? moeBackward(ctx, `${pre}.ffn`, dx, ffn.saved)
-        : timer.time('dense_mlp_bwd', () => mlpBackward(ctx, `${pre}.ffn`, dx, ffn.saved));
-      const dMid = b.rmsnormBackward(dFfnIn, blk.mid, p.get(`${pre}.ffn_norm.weight`), blk.ffnNormRstd, p.grad(`${pre}.ffn_norm.weight`));
+      const dFfnIn =
+        ffn.kind === 'moe'
+          ? moeBackward(ctx, `${pre}.ffn`, dx, ffn.saved)
+          : timer.time('dense_mlp_bwd', () => mlpBackward(ctx, `${pre}.ffn`, dx, ffn.saved));
+      const dMid = b.rmsnormBackward(
+        dFfnIn,
+        blk.mid,
+        p.get(`${pre}.ffn_norm.weight`),
+        blk.ffnNormRstd,
+        p.grad(`${pre}.ffn_norm.weight`),
+      );
       b.addInPlace(dMid, dx);
       // mid = x + attn(norm(x)).
-      const dAttnIn = attentionBackward(ctx, `${pre}.attn`, dMid, blk.attn ?? attentionCore(ctx, `${pre}.attn`, blk.attnIn));
-      const dX = b.rmsnormBackward(dAttnIn, blk.x, p.get(`${pre}.attn_norm.weight`), blk.attnNormRstd, p.grad(`${pre}.attn_norm.weight`));
+      const dAttnIn = attentionBackward(
+        ctx,
+        `${pre}.attn`,
+        dMid,
+        blk.attn ?? attentionCore(ctx, `${pre}.attn`, blk.attnIn),
+      );
+      const dX = b.rmsnormBackward(
+        dAttnIn,
+        blk.x,
+        p.get(`${pre}.attn_norm.weight`),
+        blk.attnNormRstd,
+        p.grad(`${pre}.attn_norm.weight`),
+      );
       b.addInPlace(dX, dMid);
-      freeAll({ dx, dFfnIn, dMid, dAttnIn, ffnIn: blk.ffnIn, ffnNormRstd: blk.ffnNormRstd, mid: blk.mid, attnIn: blk.attnIn, attnNormRstd: blk.attnNormRstd, x: blk.x });
+      freeAll({
+        dx,
+        dFfnIn,
+        dMid,
+        dAttnIn,
+        ffnIn: blk.ffnIn,
+        ffnNormRstd: blk.ffnNormRstd,
+        mid: blk.mid,
+        attnIn: blk.attnIn,
+        attnNormRstd: blk.attnNormRstd,
+        x: blk.x,
+      });
       dx = dX;
     }
     b.embeddingBackward(s.ids, dx, p.grad('embedding.weight'), EMBED_SCALE);

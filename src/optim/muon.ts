@@ -48,7 +48,11 @@ export function muonOwners(numels: readonly number[], world: number): number[] {
 }
 
 /** Whether Muon updates a parameter of this group and (local) shape; the rest go to AdamW. */
-export function takesMuon(cfg: Pick<ModelConfig, 'optimizer' | 'muon_experts'>, group: ParamGroup, shape: readonly number[]): boolean {
+export function takesMuon(
+  cfg: Pick<ModelConfig, 'optimizer' | 'muon_experts'>,
+  group: ParamGroup,
+  shape: readonly number[],
+): boolean {
   if (cfg.optimizer !== 'muon') return false;
   if (group === 'dense_decay') return shape.length === 2;
   return group === 'expert' && cfg.muon_experts && shape.length === 3;
@@ -72,7 +76,8 @@ export function newtonSchulz5(b: Backend, x: Tensor, steps: number): ScaledTenso
     b.copy(t, out);
     return out;
   };
-  let w = x, s = 1;
+  let w = x,
+    s = 1;
   for (let k = 0; k < steps; k++) {
     const gram = b.matmul(w, w, tall ? { transA: true, alpha: s * s } : { transB: true, alpha: s * s });
     const poly = copyOf(gram);
@@ -115,21 +120,34 @@ export interface MuonParam {
  * One Muon step over `params`; `step` is the optimizer step (1-based, as AdamW's bias correction counts), which keys
  * stochastic rounding. `gradNorm` f32 [1] is the global norm the gradients are clipped by.
  */
-export function muonStep(b: Backend, params: readonly MuonParam[], gradNorm: Tensor, step: number, settings: MuonSettings): void {
+export function muonStep(
+  b: Backend,
+  params: readonly MuonParam[],
+  gradNorm: Tensor,
+  step: number,
+  settings: MuonSettings,
+): void {
   for (const p of params) {
     const [rows, cols] = p.value.shape.slice(-2) as [number, number];
-    const size = rows * cols, matrices = p.value.numel / size;
+    const size = rows * cols,
+      matrices = p.value.numel / size;
     for (let e = 0; e < matrices; e++) {
       const at = (t: Tensor) => b.view(t, [rows, cols], e * size);
       const direction = b.muonMomentum(at(p.grad), at(p.momentum), {
-        momentum: settings.momentum, nesterov: settings.nesterov, gradNorm, maxNorm: settings.maxNorm,
+        momentum: settings.momentum,
+        nesterov: settings.nesterov,
+        gradNorm,
+        maxNorm: settings.maxNorm,
       });
       // Newton-Schulz runs in the weights' dtype: bf16 matmuls on the GPU, fp32 on the CPU.
       const start = p.value.dtype === direction.dtype ? direction : b.empty(direction.shape, p.value.dtype);
       if (start !== direction) b.convert(direction, start);
       const ortho = newtonSchulz5(b, start, settings.nsSteps);
       b.muonUpdate(at(p.value), ortho.tensor, {
-        lr: p.lr, weightDecay: p.weightDecay, alpha: p.lr * muonShapeScale(rows, cols) * ortho.scale, gradNorm,
+        lr: p.lr,
+        weightDecay: p.weightDecay,
+        alpha: p.lr * muonShapeScale(rows, cols) * ortho.scale,
+        gradNorm,
         ...(p.master ? { master: at(p.master) } : {}),
         ...(settings.stochasticSeed === null ? {} : { stochasticRounding: { seed: settings.stochasticSeed, step } }),
       });

@@ -93,27 +93,61 @@ export class Optimizer {
   /** With several ranks, every dense Muon matrix and the rank that updates and publishes it; else empty. */
   readonly #muonOwners: { param: Param; owner: number }[];
 
-  constructor(readonly b: Backend, readonly store: ParamStore, readonly cfg: ModelConfig, readonly comm: Communicator | null = null) {
+  constructor(
+    readonly b: Backend,
+    readonly store: ParamStore,
+    readonly cfg: ModelConfig,
+    readonly comm: Communicator | null = null,
+  ) {
     const stateDtype: DType = cfg.optim_state_dtype === 'bf16' ? 'bf16' : 'f32';
     const masters = cfg.master_weights === 'fp32' && store.dtype === 'bf16';
-    this.schedule = { warmupSteps: cfg.warmup_steps, holdTokens: cfg.hold_tokens, decayTokens: cfg.decay_tokens, floor: cfg.decay_floor };
+    this.schedule = {
+      warmupSteps: cfg.warmup_steps,
+      holdTokens: cfg.hold_tokens,
+      decayTokens: cfg.decay_tokens,
+      floor: cfg.decay_floor,
+    };
     this.zero = new Zero2(b, store.dense, comm);
-    const world = comm?.world ?? 1, rank = comm?.rank ?? 0;
+    const world = comm?.world ?? 1,
+      rank = comm?.rank ?? 0;
     // Judged on the whole parameter's shape: a ZeRO-2 piece of a matrix is flat.
     const muonTakes = (x: { group: ParamGroup; name: string }) => takesMuon(cfg, x.group, store.shapeOf(x.name));
-    const denseMuon = store.dense.entries.map((e) => e.param).filter((p) => muonTakes({ group: p.group!, name: p.name }));
-    const owners = muonOwners(denseMuon.map((p) => p.value.numel), world);
+    const denseMuon = store.dense.entries
+      .map((e) => e.param)
+      .filter((p) => muonTakes({ group: p.group!, name: p.name }));
+    const owners = muonOwners(
+      denseMuon.map((p) => p.value.numel),
+      world,
+    );
     this.#muonOwners = world > 1 ? denseMuon.map((param, i) => ({ param, owner: owners[i]! })) : [];
     const ownerOf = new Map(this.#muonOwners.map((x) => [x.param, x.owner]));
     const pieces = new Map(this.zero.pieces.map((x) => [x.param, x]));
     this.#slots = store.trainable().flatMap((p): Slot[] => {
       const group = p.group!;
       // An expert's gradient tensor lives for one step (ParamStore.grad), so its slot asks the store each time.
-      if (p.firstExpert !== undefined) return [{ name: p.name, group, shape: p.shape, start: 0, end: p.value.numel, value: p.value, get grad() { return store.grad(p.name); } }];
+      if (p.firstExpert !== undefined)
+        return [
+          {
+            name: p.name,
+            group,
+            shape: p.shape,
+            start: 0,
+            end: p.value.numel,
+            value: p.value,
+            get grad() {
+              return store.grad(p.name);
+            },
+          },
+        ];
       const owner = ownerOf.get(p);
-      if (owner !== undefined) return owner === rank ? [{ name: p.name, group, shape: p.shape, start: 0, end: p.value.numel, value: p.value, grad: p.grad! }] : [];
+      if (owner !== undefined)
+        return owner === rank
+          ? [{ name: p.name, group, shape: p.shape, start: 0, end: p.value.numel, value: p.value, grad: p.grad! }]
+          : [];
       const x = pieces.get(p);
-      return x ? [{ name: p.name, group, shape: x.value.shape, start: x.start, end: x.end, value: x.value, grad: x.grad }] : [];
+      return x
+        ? [{ name: p.name, group, shape: x.value.shape, start: x.start, end: x.end, value: x.value, grad: x.grad }]
+        : [];
     });
     const settings: Record<ParamGroup, { peakLr: number; beta2: number; weightDecay: number }> = {
       expert: { peakLr: cfg.lr_expert, beta2: cfg.adam_beta2_expert, weightDecay: cfg.weight_decay },
@@ -122,7 +156,9 @@ export class Optimizer {
       dense_no_decay: { peakLr: cfg.lr_dense, beta2: cfg.adam_beta2, weightDecay: 0 },
     };
     this.muon = this.#slots.filter(muonTakes).map((slot) => ({
-      slot, momentum: b.zeros(slot.shape, 'f32'), master: masters ? b.empty(slot.shape, 'f32') : undefined,
+      slot,
+      momentum: b.zeros(slot.shape, 'f32'),
+      master: masters ? b.empty(slot.shape, 'f32') : undefined,
     }));
     this.groups = (Object.keys(settings) as ParamGroup[]).map((name) => {
       const slots = this.#slots.filter((x) => x.group === name && !muonTakes(x));
@@ -169,7 +205,14 @@ export class Optimizer {
     this.b.adamw(groups, { gradNorm, maxNorm: this.cfg.grad_clip_norm, ...stochastic });
     const muonParams = this.muon.map(({ slot, momentum, master }): MuonParam => {
       const group = this.groups.find((g) => g.name === slot.group)!;
-      return { value: slot.value, grad: slot.grad, momentum, master, lr: lr[slot.group], weightDecay: group.weightDecay };
+      return {
+        value: slot.value,
+        grad: slot.grad,
+        momentum,
+        master,
+        lr: lr[slot.group],
+        weightDecay: group.weightDecay,
+      };
     });
     muonStep(this.b, muonParams, gradNorm, this.step + 1, this.#muonSettings);
     timer.time('zero2_all_gather', () => {
@@ -184,7 +227,10 @@ export class Optimizer {
   get #muonSettings(): MuonSettings {
     const { cfg } = this;
     return {
-      momentum: cfg.muon_momentum, nesterov: cfg.muon_nesterov, nsSteps: cfg.muon_ns_steps, maxNorm: cfg.grad_clip_norm,
+      momentum: cfg.muon_momentum,
+      nesterov: cfg.muon_nesterov,
+      nsSteps: cfg.muon_ns_steps,
+      maxNorm: cfg.grad_clip_norm,
       stochasticSeed: cfg.master_weights === 'bf16_sr' ? cfg.seed : null,
     };
   }

@@ -41,22 +41,32 @@ export class Zero2 {
   readonly #staging: Tensor | null;
   readonly #chunk: number;
 
-  constructor(private readonly b: Backend, private readonly layout: DenseLayout, private readonly comm: Communicator | null) {
-    const world = comm?.world ?? 1, rank = comm?.rank ?? 0;
+  constructor(
+    private readonly b: Backend,
+    private readonly layout: DenseLayout,
+    private readonly comm: Communicator | null,
+  ) {
+    const world = comm?.world ?? 1,
+      rank = comm?.rank ?? 0;
     if (layout.shards !== world) throw new Error(`dense layout padded for ${layout.shards} ranks, world is ${world}`);
-    const S = layout.shardLength, lo = rank * S, hi = lo + S;
+    const S = layout.shardLength,
+      lo = rank * S,
+      hi = lo + S;
     this.#chunk = chunkElements(DTYPE_BYTES[layout.grad.dtype], world, S);
     this.gradShard = world === 1 ? layout.grad : b.zeros([S], layout.grad.dtype);
     this.#staging = world > 1 && this.#chunk < S ? b.empty([world * this.#chunk], layout.grad.dtype) : null;
     this.pieces = [];
     for (const { param, offset } of layout.entries) {
       const n = shapeNumel(param.shape);
-      const from = Math.max(offset, lo), to = Math.min(offset + n, hi);
+      const from = Math.max(offset, lo),
+        to = Math.min(offset + n, hi);
       if (from >= to) continue;
       // A whole parameter keeps its shape (checkpoint names and shapes match the single-rank ones).
       const shape = to - from === n ? param.shape : [to - from];
       this.pieces.push({
-        param, start: from - offset, end: to - offset,
+        param,
+        start: from - offset,
+        end: to - offset,
         value: b.view(layout.value, shape, from),
         grad: b.view(this.gradShard, shape, from - lo),
       });
@@ -67,11 +77,14 @@ export class Zero2 {
   reduceScatter(): void {
     const { comm, b, layout } = this;
     if (!comm) return; // one rank: the shard is the whole flat layout
-    const S = layout.shardLength, C = this.#chunk, W = comm.world;
+    const S = layout.shardLength,
+      C = this.#chunk,
+      W = comm.world;
     if (!this.#staging) return comm.reduceScatter(layout.grad, this.gradShard);
     for (let off = 0; off < S; off += C) {
       const c = Math.min(C, S - off);
-      for (let src = 0; src < W; src++) b.copy(b.view(layout.grad, [c], src * S + off), b.view(this.#staging, [c], src * c));
+      for (let src = 0; src < W; src++)
+        b.copy(b.view(layout.grad, [c], src * S + off), b.view(this.#staging, [c], src * c));
       comm.reduceScatter(b.view(this.#staging, [W * c], 0), b.view(this.gradShard, [c], off));
     }
   }

@@ -200,7 +200,13 @@ export interface Backend {
    */
   mlaAssembleKV(kvb: Tensor, kpe: Tensor, heads: number, dNope: number, dV: number): { k: Tensor; v: Tensor };
   /** Backward of mlaAssembleKV: dkpe sums over heads. */
-  mlaAssembleKVBackward(dk: Tensor, dv: Tensor, heads: number, dNope: number, dV: number): { dkvb: Tensor; dkpe: Tensor };
+  mlaAssembleKVBackward(
+    dk: Tensor,
+    dv: Tensor,
+    heads: number,
+    dNope: number,
+    dV: number,
+  ): { dkvb: Tensor; dkpe: Tensor };
   /**
    * Row softmax for decoding against a KV cache (inference only, no backward): out[r,:] = softmax(x[r,:]) over the
    * last dim, f32, of x [R, C] (f32 or bf16; the scores already carry the attention scale).
@@ -211,7 +217,15 @@ export interface Backend {
    * Returns out [T, H*dV] and the log-sum-exp f32 [T, H] of the scaled scores. Never materialises [S, S].
    */
   attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec): { out: Tensor; lse: Tensor };
-  attentionBackward(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, spec: AttentionSpec): {
+  attentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    spec: AttentionSpec,
+  ): {
     dq: Tensor;
     dk: Tensor;
     dv: Tensor;
@@ -277,7 +291,14 @@ export interface Backend {
    * dx = d(mean loss)/dx and accumulates d(mean loss)/dw into dw; without, dx is null. `normalizer` (f32 [1])
    * replaces the counted-target number as the mean's divisor (data parallelism: the global batch's count).
    */
-  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor, normalizer?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null };
+  crossEntropy(
+    x: Tensor,
+    w: Tensor,
+    targets: Tensor,
+    spec: CrossEntropySpec,
+    dw?: Tensor,
+    normalizer?: Tensor,
+  ): { loss: Tensor; count: Tensor; dx: Tensor | null };
 
   // --- optimizer -------------------------------------------------------------------------------------------
   /** sqrt(sum of squares of every element of every tensor), f32 [1]. */

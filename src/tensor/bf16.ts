@@ -27,7 +27,10 @@ export function toBf16Bits(a: Float32Array): Uint16Array {
   const bits = new Uint32Array(a.buffer, a.byteOffset, a.length);
   for (let i = 0; i < a.length; i++) {
     const b = bits[i]!;
-    out[i] = (b & 0x7f800000) === 0x7f800000 ? b >>> 16 | ((b & 0xffff) !== 0 ? 0x40 : 0) : ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+    out[i] =
+      (b & 0x7f800000) === 0x7f800000
+        ? (b >>> 16) | ((b & 0xffff) !== 0 ? 0x40 : 0)
+        : ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
   }
   return out;
 }

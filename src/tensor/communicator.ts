@@ -25,7 +25,8 @@ export interface Communicator {
 
 /** Every rank's host `values` (the same count on each), in rank order: for the few numbers a benchmark compares. */
 export async function allGatherHost(b: Backend, comm: Communicator, values: Float32Array): Promise<Float32Array> {
-  const mine = b.upload(values, [values.length], 'f32'), all = b.empty([comm.world * values.length], 'f32');
+  const mine = b.upload(values, [values.length], 'f32'),
+    all = b.empty([comm.world * values.length], 'f32');
   comm.allGather(mine, all);
   const out = (await b.read(all)) as Float32Array;
   mine.free();

@@ -36,18 +36,26 @@ export function gpuPresent(env: Record<string, string | undefined> = process.env
   if (existsSync('/dev/nvidia0')) return true;
   try {
     if (readdirSync('/proc/driver/nvidia/gpus').length > 0) return true;
-  } catch { /* no NVIDIA kernel driver */ }
+  } catch {
+    /* no NVIDIA kernel driver */
+  }
   const smi = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8', timeout: 10_000 });
   return smi.status === 0 && /^GPU \d+/m.test(smi.stdout);
 }
 
-export async function selectBackend(device: 'auto' | 'cpu' | 'cuda', ordinal = Number(process.env.LOCAL_RANK ?? 0)): Promise<Selected> {
+export async function selectBackend(
+  device: 'auto' | 'cpu' | 'cuda',
+  ordinal = Number(process.env.LOCAL_RANK ?? 0),
+): Promise<Selected> {
   if (device === 'cpu') return { backend: new CpuBackend() };
   try {
     return { backend: await openCuda(ordinal) };
   } catch (err) {
     const reason = (err as Error).message;
-    if (device === 'cuda') throw new UserError(`device = "cuda" but the CUDA backend cannot start: ${reason.replace(/\.$/, '')}; or set device = "cpu".`);
+    if (device === 'cuda')
+      throw new UserError(
+        `device = "cuda" but the CUDA backend cannot start: ${reason.replace(/\.$/, '')}; or set device = "cpu".`,
+      );
     const present = gpuPresent();
     const short = reason.split('. Looked in')[0];
     const note = present

@@ -20,10 +20,18 @@ import { UserError } from '../util/errors.ts';
  */
 export async function checkRanksAgree(dist: DistRun, config: Config, b: Backend): Promise<void> {
   const rank = dist.env.rank;
-  const rank0 = { ...config, ...(JSON.parse(await dist.agree('config', JSON.stringify(mathFields(config)))) as Partial<Config>) } as Config;
-  const differ = fingerprintDiff(rank0, config).map((k) => `${k} (${JSON.stringify(rank0[k as keyof Config])} on rank 0, ${JSON.stringify(config[k as keyof Config])} here)`);
+  const rank0 = {
+    ...config,
+    ...(JSON.parse(await dist.agree('config', JSON.stringify(mathFields(config)))) as Partial<Config>),
+  } as Config;
+  const differ = fingerprintDiff(rank0, config).map(
+    (k) =>
+      `${k} (${JSON.stringify(rank0[k as keyof Config])} on rank 0, ${JSON.stringify(config[k as keyof Config])} here)`,
+  );
   if (differ.length) {
-    throw new UserError(`rank ${rank}'s config differs from rank 0's: ${differ.join(', ')}. Fix: start every rank with the same config file, environment and overrides.`);
+    throw new UserError(
+      `rank ${rank}'s config differs from rank 0's: ${differ.join(', ')}. Fix: start every rank with the same config file, environment and overrides.`,
+    );
   }
   let marker = join(config.checkpoint_dir, `.nmoe-shared-${randomBytes(4).toString('hex')}`);
   if (rank === 0) writeFileSync(marker, ''); // the Checkpointer has made the folder and test-written it
@@ -34,10 +42,13 @@ export async function checkRanksAgree(dist: DistRun, config: Config, b: Backend)
   if (!seen) {
     throw new UserError(
       `rank ${rank} cannot see rank 0's checkpoint_dir: the file rank 0 wrote (${marker}) is not in ${config.checkpoint_dir} here, ` +
-        'and rank 0 assembles every checkpoint step from all ranks\' files there. Fix: put checkpoint_dir on a filesystem every node mounts at the same path.',
+        "and rank 0 assembles every checkpoint step from all ranks' files there. Fix: put checkpoint_dir on a filesystem every node mounts at the same path.",
     );
   }
-  if (!allSeen) throw new UserError(`rank ${rank}: another rank cannot see checkpoint_dir ${config.checkpoint_dir} (its own error says which). Fix: put checkpoint_dir on a filesystem every node mounts at the same path.`);
+  if (!allSeen)
+    throw new UserError(
+      `rank ${rank}: another rank cannot see checkpoint_dir ${config.checkpoint_dir} (its own error says which). Fix: put checkpoint_dir on a filesystem every node mounts at the same path.`,
+    );
 }
 
 /** True on every rank when `flag` is true on any. */

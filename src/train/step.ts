@@ -14,7 +14,10 @@ import { type PhaseTimer, timed } from '../metrics/phase-timer.ts';
 
 /** An initialised model and its optimizer. The GPU keeps weights in bf16 (fp32 accumulation), the CPU in fp32. */
 export function createTrainee(b: Backend, cfg: ModelConfig, par: Parallelism | null = null): Trainee {
-  const model = new Transformer(b, cfg, { dtype: b.device === 'cuda' ? 'bf16' : 'f32', ...(par ? { ep: par.ep } : {}) });
+  const model = new Transformer(b, cfg, {
+    dtype: b.device === 'cuda' ? 'bf16' : 'f32',
+    ...(par ? { ep: par.ep } : {}),
+  });
   model.params.initialize(cfg.seed);
   const opt = new Optimizer(b, model.params, cfg, par?.comm ?? null);
   opt.syncMasters();
@@ -36,11 +39,22 @@ export interface StepOutput {
  * targets, so that each rank's loss is its share of the global mean. `timer` (optional) charges forward, backward
  * and the optimizer (with the router-bias update) to their phases.
  */
-export function trainStep(t: Trainee, ids: Tensor, targets: Tensor, batch: number, tokensSeen: number, timer?: PhaseTimer, normalizer?: Tensor): StepOutput {
+export function trainStep(
+  t: Trainee,
+  ids: Tensor,
+  targets: Tensor,
+  batch: number,
+  tokensSeen: number,
+  timer?: PhaseTimer,
+  normalizer?: Tensor,
+): StepOutput {
   const { model, opt, comm } = t;
-  const cfg = model.cfg, b = model.b;
+  const cfg = model.cfg,
+    b = model.b;
   model.params.zeroGrads();
-  const fwd = timed(timer, 'fwd_total', () => model.forward(ids, targets, batch, { ...(timer ? { timer } : {}), ...(normalizer ? { normalizer } : {}) }));
+  const fwd = timed(timer, 'fwd_total', () =>
+    model.forward(ids, targets, batch, { ...(timer ? { timer } : {}), ...(normalizer ? { normalizer } : {}) }),
+  );
   timed(timer, 'bwd_total', () => model.backward(fwd.saved, timer));
   const { gradNorm, lr } = timed(timer, 'opt_step', () => {
     const r = opt.update(tokensSeen, timer);
@@ -49,7 +63,12 @@ export function trainStep(t: Trainee, ids: Tensor, targets: Tensor, batch: numbe
       if (!isMoeLayer(cfg, layer)) continue;
       const counts = fwd.routerCounts[j++]!;
       comm?.allReduce(counts); // global loads: every rank's bias takes the same update
-      b.routerBiasUpdate(model.params.get(`blocks.${layer}.ffn.router.bias`), counts, cfg.router_bias_update_rate, r.gradNorm);
+      b.routerBiasUpdate(
+        model.params.get(`blocks.${layer}.ffn.router.bias`),
+        counts,
+        cfg.router_bias_update_rate,
+        r.gradNorm,
+      );
     }
     model.params.releaseExpertGrads();
     return r;

@@ -13,7 +13,13 @@ import { gitInfo } from '../util/version.ts';
 import type { TrainEvents } from '../metrics/records.ts';
 import { type TrainSummary, train } from './trainer.ts';
 
-export async function trainTracked(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal, dist: DistRun | null = null): Promise<TrainSummary> {
+export async function trainTracked(
+  config: Config,
+  backend: Backend,
+  events: TrainEvents,
+  signal?: AbortSignal,
+  dist: DistRun | null = null,
+): Promise<TrainSummary> {
   const rank = dist?.env.rank ?? 0;
   const metrics = observeMetrics(events, config.metrics_dir, backend, rank);
   const registry = rank === 0 ? new Registry(config.experiments_db) : null;
@@ -26,7 +32,14 @@ export async function trainTracked(config: Config, backend: Backend, events: Tra
       const git = gitInfo();
       registry?.startRun({ id, experimentId: config.experiment_id, config, gitHash: git.sha, gitDirty: git.dirty });
       // Runs when the loop yields (once a step at least); a beat lost to a busy database is harmless, the next one comes.
-      if (registry) heartbeat = setInterval(() => { try { registry.heartbeat(id); } catch { /* next time */ } }, HEARTBEAT_S * 1000).unref();
+      if (registry)
+        heartbeat = setInterval(() => {
+          try {
+            registry.heartbeat(id);
+          } catch {
+            /* next time */
+          }
+        }, HEARTBEAT_S * 1000).unref();
       metrics.events.start(info);
     },
   };
@@ -35,7 +48,11 @@ export async function trainTracked(config: Config, backend: Backend, events: Tra
     await metrics.close();
     if (runId === null) return s; // a resumed run that had nothing left to train keeps its row as it was
     registry?.endRun(s.runId, s.stoppedEarly ? 'killed' : 'completed', {
-      final_loss: s.finalLoss, tokens_seen: s.tokensSeen, steps_completed: s.steps, start_step: s.startStep, metrics: metrics.path(),
+      final_loss: s.finalLoss,
+      tokens_seen: s.tokensSeen,
+      steps_completed: s.steps,
+      start_step: s.startStep,
+      metrics: metrics.path(),
     });
     return s;
   } catch (err) {

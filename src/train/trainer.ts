@@ -46,7 +46,12 @@ import { UserError } from '../util/errors.ts';
 import { gitInfo } from '../util/version.ts';
 import { PhaseTimer } from '../metrics/phase-timer.ts';
 import type { LogRecord, StepRecord, TrainEvents } from '../metrics/records.ts';
-import { type RouterAggregate, type RouterLayerStats, routerAggregate, routerLayerStats } from '../metrics/router-stats.ts';
+import {
+  type RouterAggregate,
+  type RouterLayerStats,
+  routerAggregate,
+  routerLayerStats,
+} from '../metrics/router-stats.ts';
 import { anyRank, checkRanksAgree } from './ranks-agree.ts';
 import { createTrainee, trainStep } from './step.ts';
 import { Validation } from './validation.ts';
@@ -73,11 +78,20 @@ export class TrainingDiverged extends UserError {
  * Trains on this process's rank: `dist` (null for one rank) splits the global batch, the experts (RDEP) and the
  * dense optimizer state (ZeRO-2) over the ranks; every rank runs this same loop in lockstep.
  */
-export async function train(config: Config, backend: Backend, events: TrainEvents, signal?: AbortSignal, dist: DistRun | null = null): Promise<TrainSummary> {
+export async function train(
+  config: Config,
+  backend: Backend,
+  events: TrainEvents,
+  signal?: AbortSignal,
+  dist: DistRun | null = null,
+): Promise<TrainSummary> {
   const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
   const rank = dist?.env.rank ?? 0;
   const ckpt = new Checkpointer({
-    base: config.checkpoint_dir, rank, world: dist?.env.worldSize ?? 1, keepLast: config.checkpoint_keep_last_n,
+    base: config.checkpoint_dir,
+    rank,
+    world: dist?.env.worldSize ?? 1,
+    keepLast: config.checkpoint_keep_last_n,
     onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
   });
   // Rank 0 speaks for the run's checkpoint_dir; the other ranks write into the folder it holds.
@@ -95,13 +109,25 @@ export async function train(config: Config, backend: Backend, events: TrainEvent
   }
 }
 
-async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend, events: TrainEvents, signal: AbortSignal | undefined, dist: DistRun | null, stepTimeout: number): Promise<TrainSummary> {
+async function trainSaving(
+  ckpt: Checkpointer,
+  config: Config,
+  backend: Backend,
+  events: TrainEvents,
+  signal: AbortSignal | undefined,
+  dist: DistRun | null,
+  stepTimeout: number,
+): Promise<TrainSummary> {
   const cfg = modelConfig(config);
-  const rank = dist?.env.rank ?? 0, world = dist?.env.worldSize ?? 1;
+  const rank = dist?.env.rank ?? 0,
+    world = dist?.env.worldSize ?? 1;
   if (dist) await checkRanksAgree(dist, config, backend);
   // Read now: a tasks file or task data that is missing stops the run before any work.
   const evals = dist ? null : await TrainingEval.create(config);
-  if (dist && config.eval_every > 0) events.warn?.('eval_every is set, but in-training eval runs on one rank only for now: no evals in this run (see docs/eval.md)');
+  if (dist && config.eval_every > 0)
+    events.warn?.(
+      'eval_every is set, but in-training eval runs on one rank only for now: no evals in this run (see docs/eval.md)',
+    );
   const loader = createLoader(cfg, rank, world);
   const validation = Validation.create(cfg, rank, world, (m) => events.warn?.(m));
   const trainee = createTrainee(backend, cfg, dist);
@@ -127,10 +153,21 @@ async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend,
       // Nothing to train: return before the start event, so the run's registry row and metrics stay as they were.
       opt.free();
       model.free();
-      return { steps: step, firstLoss: NaN, finalLoss: NaN, tokensSeen, wallSeconds: 0, tokensPerSecond: 0, stoppedEarly: false, startStep: step, runId };
+      return {
+        steps: step,
+        firstLoss: NaN,
+        finalLoss: NaN,
+        tokensSeen,
+        wallSeconds: 0,
+        tokensPerSecond: 0,
+        stoppedEarly: false,
+        startStep: step,
+        runId,
+      };
     }
   }
-  if (rank === 0) { // only once the run is set to go: a run that fails to start moves nothing
+  if (rank === 0) {
+    // only once the run is set to go: a run that fails to start moves nothing
     for (const line of clearWay(config.checkpoint_dir, !config.resume)) events.warn?.(line);
   }
   if (dist) runId = await dist.agree('run_id', runId);
@@ -172,7 +209,9 @@ async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend,
     const batch = timer.time('loader_wait', () => loader.next(), hostClock);
     const ids = backend.upload(batch.inputs, [batch.inputs.length], 'i32');
     const targets = backend.upload(batch.targets, [batch.targets.length], 'i32');
-    const normalizer = dist ? globalTargetCount(backend, dist.comm, batch.targets, model.lossSpec.ignoreIndex) : undefined;
+    const normalizer = dist
+      ? globalTargetCount(backend, dist.comm, batch.targets, model.lossSpec.ignoreIndex)
+      : undefined;
     const out = trainStep(trainee, ids, targets, batch.localBatch, tokensSeen, timer, normalizer);
     normalizer?.free();
     tokensSeen += tokensPerStep;
@@ -190,7 +229,15 @@ async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend,
       const fwd = current.out;
       const { gradNorm, lr } = fwd;
       const done = step + 1;
-      if (runAhead && done < cfg.steps && !isLogStep(done) && !isSaveStep(done) && !isMeasureStep(done) && !signal?.aborted) ahead = launch();
+      if (
+        runAhead &&
+        done < cfg.steps &&
+        !isLogStep(done) &&
+        !isSaveStep(done) &&
+        !isMeasureStep(done) &&
+        !signal?.aborted
+      )
+        ahead = launch();
 
       const loss = (await backend.read(fwd.loss))[0]!;
       await dist?.check(); // a transport failure surfaces here, at the step's one host sync
@@ -255,7 +302,16 @@ async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend,
         events.eval?.({ step: done, report });
       }
       if (isSaveStep(done) || stopping) {
-        await ckpt.save(await captureSnapshot(trainee, loader, { config, step: done, tokensSeen: current.tokensSeen, world, runId, gitSha }));
+        await ckpt.save(
+          await captureSnapshot(trainee, loader, {
+            config,
+            step: done,
+            tokensSeen: current.tokensSeen,
+            world,
+            runId,
+            gitSha,
+          }),
+        );
       }
       stop = stopping;
     }
@@ -267,8 +323,15 @@ async function trainSaving(ckpt: Checkpointer, config: Config, backend: Backend,
   }
   const wallSeconds = (performance.now() - t0) / 1000;
   return {
-    steps: step, firstLoss, finalLoss: lastLoss, tokensSeen, wallSeconds, tokensPerSecond: (tokensSeen - tokens0) / wallSeconds,
-    stoppedEarly: step < cfg.steps, startStep, runId,
+    steps: step,
+    firstLoss,
+    finalLoss: lastLoss,
+    tokensSeen,
+    wallSeconds,
+    tokensPerSecond: (tokensSeen - tokens0) / wallSeconds,
+    stoppedEarly: step < cfg.steps,
+    startStep,
+    runId,
   };
 }
 
@@ -280,7 +343,6 @@ export function globalTargetCount(b: Backend, comm: Communicator, targets: Int32
   comm.allReduce(n);
   return n;
 }
-
 
 async function readRouterStats(b: Backend, model: Transformer, moeLayers: number[], counts: Tensor[], experts: number) {
   const router: RouterLayerStats[] = [];

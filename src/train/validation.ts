@@ -16,10 +16,19 @@ import type { ModelConfig } from '../model/spec.ts';
 import type { Transformer } from '../model/transformer.ts';
 
 export class Validation {
-  private constructor(readonly cfg: ModelConfig, readonly loaders: () => DeterministicLoader) {}
+  private constructor(
+    readonly cfg: ModelConfig,
+    readonly loaders: () => DeterministicLoader,
+  ) {}
 
   /** Null unless validation_enabled; opens (and checks) the shards now, so bad data stops the run before it starts. */
-  static create(cfg: ModelConfig & Pick<Config, 'validation_enabled' | 'validation_data_path' | 'validation_every' | 'validation_steps'>, rank: number, world: number, warn: (m: string) => void): Validation | null {
+  static create(
+    cfg: ModelConfig &
+      Pick<Config, 'validation_enabled' | 'validation_data_path' | 'validation_every' | 'validation_steps'>,
+    rank: number,
+    world: number,
+    warn: (m: string) => void,
+  ): Validation | null {
     return cfg.validation_enabled ? new Validation(cfg, validationLoaders(cfg, rank, world, { warn })) : null;
   }
 
@@ -32,10 +41,12 @@ export class Validation {
     const { b } = model;
     const loader = this.loaders();
     const dec = new Decoder(model);
-    let sum = 0, count = 0;
+    let sum = 0,
+      count = 0;
     for (let i = 0; i < this.cfg.validation_steps; i++) {
       const batch = loader.next();
-      const ids = b.upload(batch.inputs, [batch.inputs.length], 'i32'), targets = b.upload(batch.targets, [batch.targets.length], 'i32');
+      const ids = b.upload(batch.inputs, [batch.inputs.length], 'i32'),
+        targets = b.upload(batch.targets, [batch.targets.length], 'i32');
       const h = dec.hidden(ids, batch.localBatch, this.cfg.seq_len);
       const r = b.crossEntropy(h, model.params.get('lm_head.weight'), targets, model.lossSpec);
       const [loss, n] = [(await b.read(r.loss))[0]!, (await b.read(r.count))[0]!];
@@ -47,7 +58,7 @@ export class Validation {
     if (comm) {
       const both = b.upload(Float32Array.of(sum, count), [2], 'f32');
       comm.allReduce(both);
-      [sum, count] = await b.read(both) as Float32Array;
+      [sum, count] = (await b.read(both)) as Float32Array;
       both.free();
     }
     return { loss: sum / Math.max(count, 1), tokens: count, seconds: (performance.now() - t0) / 1000 };

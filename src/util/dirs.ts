@@ -23,7 +23,8 @@ export function makeDirs(dir: string): void {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err; // another process made it meanwhile
     }
   }
-  if (!statSync(dir).isDirectory()) throw Object.assign(new Error(`${dir} exists and is not a folder`), { code: 'EEXIST' });
+  if (!statSync(dir).isDirectory())
+    throw Object.assign(new Error(`${dir} exists and is not a folder`), { code: 'EEXIST' });
 }
 
 const reason = (err: unknown) => (err as NodeJS.ErrnoException).code ?? (err as Error).message;
@@ -33,7 +34,9 @@ export function createDir(dir: string, what: string, fix: string): void {
   try {
     makeDirs(dir);
   } catch (err) {
-    throw new UserError(`${what} ${JSON.stringify(dir)} cannot be created (${reason(err)}). Fix: ${fix}.`, { cause: err });
+    throw new UserError(`${what} ${JSON.stringify(dir)} cannot be created (${reason(err)}). Fix: ${fix}.`, {
+      cause: err,
+    });
   }
 }
 
@@ -45,6 +48,9 @@ export function ensureWritableDir(dir: string, key: string): void {
     writeFileSync(probe, '');
     rmSync(probe);
   } catch (err) {
-    throw new UserError(`${key} = ${JSON.stringify(dir)} cannot be written (${reason(err)}). Fix: point ${key} at a writable folder (--${key}=PATH).`, { cause: err });
+    throw new UserError(
+      `${key} = ${JSON.stringify(dir)} cannot be written (${reason(err)}). Fix: point ${key} at a writable folder (--${key}=PATH).`,
+      { cause: err },
+    );
   }
 }

@@ -27,12 +27,19 @@ export function reportError(err: unknown): number {
 }
 
 /** A positive number from environment variable `name` (`fallback` when unset), or a UserError naming it and the fix. */
-export function positiveEnv(name: string, fallback: number, unit: string, env: Record<string, string | undefined> = process.env): number {
+export function positiveEnv(
+  name: string,
+  fallback: number,
+  unit: string,
+  env: Record<string, string | undefined> = process.env,
+): number {
   const text = env[name];
   if (text === undefined) return fallback;
   const value = Number(text);
   if (!(value > 0) || !Number.isFinite(value)) {
-    throw new UserError(`${name}=${JSON.stringify(text)} is not a positive number of ${unit}. Fix: e.g. ${name}=${fallback * 2}, or unset it (${fallback}).`);
+    throw new UserError(
+      `${name}=${JSON.stringify(text)} is not a positive number of ${unit}. Fix: e.g. ${name}=${fallback * 2}, or unset it (${fallback}).`,
+    );
   }
   return value;
 }

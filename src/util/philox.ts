@@ -11,7 +11,10 @@ const W1 = 0xbb67ae85;
 
 /** High and low 32 bits of a 32x32-bit unsigned product. */
 function mulhilo(a: number, b: number): [number, number] {
-  const aHi = a >>> 16, aLo = a & 0xffff, bHi = b >>> 16, bLo = b & 0xffff;
+  const aHi = a >>> 16,
+    aLo = a & 0xffff,
+    bHi = b >>> 16,
+    bLo = b & 0xffff;
   const mid = aHi * bLo + aLo * bHi + ((aLo * bLo) >>> 16); // < 2^34: exact in a double
   const hi = (aHi * bHi + Math.floor(mid / 65536)) >>> 0;
   return [hi, Math.imul(a, b) >>> 0];
@@ -44,7 +47,10 @@ export function hashString(s: string): number {
  * counter i >> 1 (low word first) and Box-Muller on two uniforms in (0, 1]; one counter yields elements 2j and 2j+1, hence an
  * even offset.
  */
-export function philoxNormal(out: Float32Array | Float64Array, init: { std: number; seed: number; stream: number; offset?: number }): void {
+export function philoxNormal(
+  out: Float32Array | Float64Array,
+  init: { std: number; seed: number; stream: number; offset?: number },
+): void {
   const offset = init.offset ?? 0;
   if (offset % 2 !== 0) throw new Error(`philoxNormal: offset ${offset} must be even`);
   const k0 = init.seed >>> 0;

@@ -10,7 +10,8 @@ import { Worker, type WorkerOptions } from 'node:worker_threads';
 function bootstrap(moduleUrl: URL): string {
   const require = createRequire(import.meta.url);
   const pkgPath = require.resolve('tsx/package.json');
-  const api = (require(pkgPath) as { exports: Record<string, { import: { default: string } }> }).exports['./esm/api']!.import.default;
+  const api = (require(pkgPath) as { exports: Record<string, { import: { default: string } }> }).exports['./esm/api']!
+    .import.default;
   const apiUrl = pathToFileURL(join(dirname(pkgPath), api)).href;
   return `import(${JSON.stringify(apiUrl)}).then((m) => { m.register(); return import(${JSON.stringify(moduleUrl.href)}); });`;
 }

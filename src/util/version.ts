@@ -18,7 +18,8 @@ let cached: GitInfo | undefined;
 export function gitInfo(): GitInfo {
   if (cached) return cached;
   const cwd = fileURLToPath(new URL('../..', import.meta.url));
-  const git = (args: string[]) => execFileSync('git', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 });
+  const git = (args: string[]) =>
+    execFileSync('git', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 });
   try {
     cached = { sha: git(['rev-parse', 'HEAD']).trim(), dirty: git(['status', '--porcelain']).trim().length > 0 };
   } catch {

@@ -49,7 +49,8 @@ export function parseDockerfile(text: string): Instruction[] {
     }
     const start = i;
     let joined = line;
-    while (joined.endsWith('\\') && i + 1 < lines.length) joined = `${joined.slice(0, -1).trimEnd()} ${lines[++i]!.trim()}`;
+    while (joined.endsWith('\\') && i + 1 < lines.length)
+      joined = `${joined.slice(0, -1).trimEnd()} ${lines[++i]!.trim()}`;
     const [, keyword = '', args = ''] = /^(\S+)\s*(.*)$/.exec(joined) ?? [];
     instructions.push({ keyword: keyword.toUpperCase(), args, line: start + 1, comment });
     comment = [];
@@ -83,7 +84,12 @@ function inherited(all: Stage[], stage: Stage, keyword: string): Instruction | u
  * copies in from `repoRoot` and runs is held to the same download rule as a RUN line. `contextHas` says whether the
  * build context (after .dockerignore) holds a path.
  */
-export function lintDockerfile(file: string, text: string, repoRoot: string, contextHas: (path: string) => boolean): string[] {
+export function lintDockerfile(
+  file: string,
+  text: string,
+  repoRoot: string,
+  contextHas: (path: string) => boolean,
+): string[] {
   const instructions = parseDockerfile(text);
   const all = stages(instructions);
   const problems: string[] = [];
@@ -98,33 +104,67 @@ export function lintDockerfile(file: string, text: string, repoRoot: string, con
       if (name) stagesSoFar.add(name);
       if (fromStage) continue;
       const tag = image.includes('@sha256:') ? 'digest' : /:([^/:]+)$/.exec(image)?.[1];
-      if (tag === undefined) at(ins, `FROM ${image} has no tag, so it means whatever :latest is on the day of the build. Fix: pin a version tag or a digest (@sha256:…)`);
-      else if (tag === 'latest') at(ins, `FROM ${image} uses :latest, which moves. Fix: pin a version tag or a digest (@sha256:…)`);
+      if (tag === undefined)
+        at(
+          ins,
+          `FROM ${image} has no tag, so it means whatever :latest is on the day of the build. Fix: pin a version tag or a digest (@sha256:…)`,
+        );
+      else if (tag === 'latest')
+        at(ins, `FROM ${image} uses :latest, which moves. Fix: pin a version tag or a digest (@sha256:…)`);
     }
     if (!SHELL_FORMS.has(ins.keyword) && /\s#/.test(ins.args)) {
-      at(ins, `${ins.keyword} ${ins.args}: a # after an instruction is no comment in a Dockerfile, it becomes part of the value. Fix: move the comment to a line of its own above`);
+      at(
+        ins,
+        `${ins.keyword} ${ins.args}: a # after an instruction is no comment in a Dockerfile, it becomes part of the value. Fix: move the comment to a line of its own above`,
+      );
     }
-    if (ins.keyword === 'ADD') at(ins, 'ADD fetches URLs and unpacks archives unchecked. Fix: COPY local files; download with curl and check the SHA-256');
+    if (ins.keyword === 'ADD')
+      at(
+        ins,
+        'ADD fetches URLs and unpacks archives unchecked. Fix: COPY local files; download with curl and check the SHA-256',
+      );
     if (ins.keyword === 'COPY' && !ins.args.startsWith('--from=')) {
-      const parts = ins.args.replace(/--\S+\s+/g, '').replace(/^\[|\]$/g, '').split(/\s+/);
+      const parts = ins.args
+        .replace(/--\S+\s+/g, '')
+        .replace(/^\[|\]$/g, '')
+        .split(/\s+/);
       const target = parts.pop()!;
       for (const source of parts) {
-        if (!existsSync(join(repoRoot, source))) at(ins, `COPY ${source}: no such file in the repository. Fix: copy an existing path, relative to the repository root`);
-        else if (!contextHas(source)) at(ins, `COPY ${source}: .dockerignore leaves it out of the build context. Fix: add !${source} to .dockerignore`);
+        if (!existsSync(join(repoRoot, source)))
+          at(
+            ins,
+            `COPY ${source}: no such file in the repository. Fix: copy an existing path, relative to the repository root`,
+          );
+        else if (!contextHas(source))
+          at(
+            ins,
+            `COPY ${source}: .dockerignore leaves it out of the build context. Fix: add !${source} to .dockerignore`,
+          );
         copied.set(target, source);
       }
     }
     if (ins.keyword === 'RUN') {
-      const scripts = [...copied].filter(([inImage]) => ins.args.includes(inImage)).map(([, source]) => readFileSync(join(repoRoot, source), 'utf8'));
+      const scripts = [...copied]
+        .filter(([inImage]) => ins.args.includes(inImage))
+        .map(([, source]) => readFileSync(join(repoRoot, source), 'utf8'));
       for (const code of [ins.args, ...scripts]) {
         if (DOWNLOAD.test(code) && !/sha256sum (--check|-c)\b/.test(code)) {
-          at(ins, 'downloads with curl or wget without checking a SHA-256. Fix: pin the file\'s hash and `sha256sum --check` it before use');
+          at(
+            ins,
+            "downloads with curl or wget without checking a SHA-256. Fix: pin the file's hash and `sha256sum --check` it before use",
+          );
         }
-        if (PIPED_TO_SHELL.test(code)) at(ins, 'pipes a download into a shell. Fix: download, check the SHA-256, then run');
+        if (PIPED_TO_SHELL.test(code))
+          at(ins, 'pipes a download into a shell. Fix: download, check the SHA-256, then run');
       }
       if (/apt-get install/.test(ins.args)) {
-        if (!ins.args.includes('--no-install-recommends')) at(ins, 'apt-get install without --no-install-recommends pulls in packages nobody asked for. Fix: add it');
-        if (!ins.args.includes('rm -rf /var/lib/apt/lists/*')) at(ins, 'apt-get install leaves the package lists in the layer. Fix: end the RUN with rm -rf /var/lib/apt/lists/*');
+        if (!ins.args.includes('--no-install-recommends'))
+          at(ins, 'apt-get install without --no-install-recommends pulls in packages nobody asked for. Fix: add it');
+        if (!ins.args.includes('rm -rf /var/lib/apt/lists/*'))
+          at(
+            ins,
+            'apt-get install leaves the package lists in the layer. Fix: end the RUN with rm -rf /var/lib/apt/lists/*',
+          );
       }
     }
   }
@@ -135,11 +175,16 @@ export function lintDockerfile(file: string, text: string, repoRoot: string, con
     const name = stage.name ?? `of line ${from.line}`;
     const user = inherited(all, stage, 'USER');
     if (!user) at(from, `stage ${name} runs as root: it sets no USER. Fix: create a user and switch to it with USER`);
-    else if (/^(root|0)(:|$)/.test(user.args)) at(user, `stage ${name} ends as root (USER ${user.args}). Fix: switch back to the unprivileged user`);
+    else if (/^(root|0)(:|$)/.test(user.args))
+      at(user, `stage ${name} ends as root (USER ${user.args}). Fix: switch back to the unprivileged user`);
     const health = inherited(all, stage, 'HEALTHCHECK');
-    if (!health) at(from, `stage ${name} has no HEALTHCHECK. Fix: add one, or HEALTHCHECK NONE with a comment saying why`);
+    if (!health)
+      at(from, `stage ${name} has no HEALTHCHECK. Fix: add one, or HEALTHCHECK NONE with a comment saying why`);
     else if (health.args.trim() === 'NONE' && health.comment.join('').trim() === '') {
-      at(health, `HEALTHCHECK NONE without a reason. Fix: say in a comment right above it why the image has no health check`);
+      at(
+        health,
+        `HEALTHCHECK NONE without a reason. Fix: say in a comment right above it why the image has no health check`,
+      );
     }
   }
   return problems;
@@ -158,7 +203,12 @@ export function dockerignoreFilter(text: string): (path: string) => boolean {
     .map((line) => {
       const negate = line.startsWith('!');
       const glob = (negate ? line.slice(1) : line).replace(/^\/+|\/+$/g, '');
-      const source = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*\*/g, '\0').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]').replace(/\0/g, '.*');
+      const source = glob
+        .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+        .replace(/\*\*/g, '\0')
+        .replace(/\*/g, '[^/]*')
+        .replace(/\?/g, '[^/]')
+        .replace(/\0/g, '.*');
       return { negate, regex: new RegExp(`^${source}$`) };
     });
   return (path) => {

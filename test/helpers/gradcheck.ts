@@ -29,7 +29,8 @@ export function data(t: Tensor): FloatArray {
 
 /** sum(out * r) in double: the scalar whose gradient with respect to out is r. */
 export function project(out: Tensor, r: Tensor): number {
-  const o = data(out), w = data(r);
+  const o = data(out),
+    w = data(r);
   let s = 0;
   for (let i = 0; i < o.length; i++) s += o[i]! * w[i]!;
   return s;
@@ -45,9 +46,11 @@ export interface Checked {
 export function gradError(loss: () => number, checks: Checked[], eps = 1e-2, samples = 40): Record<string, number> {
   const errors: Record<string, number> = {};
   for (const c of checks) {
-    const x = data(c.input), a = data(c.analytic);
+    const x = data(c.input),
+      a = data(c.analytic);
     const step = Math.max(1, Math.floor(x.length / samples));
-    let diff = 0, norm = 0;
+    let diff = 0,
+      norm = 0;
     for (let i = 0; i < x.length; i += step) {
       const orig = x[i]!;
       x[i] = orig + eps;

@@ -31,9 +31,11 @@ export function loadManifests(path: string): Manifest[] {
   if (!Array.isArray(docs)) throw new Error(`${path}: not a YAML stream`);
   return docs.map((doc, i) => {
     const [error] = doc.errors;
-    if (error) throw new Error(`${path}:${error.linePos?.[0].line ?? '?'}:${error.linePos?.[0].col ?? '?'}: ${error.message}`);
+    if (error)
+      throw new Error(`${path}:${error.linePos?.[0].line ?? '?'}:${error.linePos?.[0].col ?? '?'}: ${error.message}`);
     const value: unknown = doc.toJS();
-    if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error(`${path}: document ${i + 1} is not a mapping`);
+    if (value === null || typeof value !== 'object' || Array.isArray(value))
+      throw new Error(`${path}: document ${i + 1} is not a mapping`);
     return value as Manifest;
   });
 }
@@ -42,7 +44,10 @@ export function loadManifests(path: string): Manifest[] {
 export function schemaProblems(manifest: Manifest): string[] {
   const what = `${manifest.kind}/${manifest.metadata?.name ?? '?'}`;
   const model = MODELS[`${manifest.apiVersion} ${manifest.kind}`];
-  if (!model) return [`${what}: apiVersion ${manifest.apiVersion}, kind ${manifest.kind} has no schema here (add its kubernetes-models class to MODELS)`];
+  if (!model)
+    return [
+      `${what}: apiVersion ${manifest.apiVersion}, kind ${manifest.kind} has no schema here (add its kubernetes-models class to MODELS)`,
+    ];
   const read = new Set<string>();
   const problems: string[] = [];
   try {
@@ -51,9 +56,12 @@ export function schemaProblems(manifest: Manifest): string[] {
   } catch (err) {
     const { errors } = err as { errors?: { instancePath: string; message?: string }[] };
     if (!errors) throw err;
-    problems.push(...errors.map((e) => `${what}: ${e.instancePath.slice(1) || '(the object)'} ${e.message ?? 'is invalid'}`));
+    problems.push(
+      ...errors.map((e) => `${what}: ${e.instancePath.slice(1) || '(the object)'} ${e.message ?? 'is invalid'}`),
+    );
   }
-  for (const path of unreadKeys(manifest, '', read)) problems.push(`${what}: ${path.slice(1)} is not a field of the Kubernetes API`);
+  for (const path of unreadKeys(manifest, '', read))
+    problems.push(`${what}: ${path.slice(1)} is not a field of the Kubernetes API`);
   return problems;
 }
 

@@ -33,7 +33,10 @@ export interface PyTensor {
   head: number[];
 }
 
-export function pyReadSafetensors(path: string): { metadata: Record<string, string>; tensors: Record<string, PyTensor> } {
+export function pyReadSafetensors(path: string): {
+  metadata: Record<string, string>;
+  tensors: Record<string, PyTensor>;
+} {
   const r = spawnSync('python3', ['-c', SCRIPT, path], { encoding: 'utf8', maxBuffer: 1 << 26 });
   if (r.status !== 0) throw new Error(`python3 could not read ${path}: ${r.stderr}`);
   return JSON.parse(r.stdout);

@@ -10,7 +10,8 @@ import { describe, it } from 'vitest';
 export const TORCH_PYTHON = '/usr/bin/python3';
 const INSTALL = 'apt-get install -y --no-install-recommends python3-torch';
 
-export const haveTorch = existsSync(TORCH_PYTHON) && spawnSync(TORCH_PYTHON, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0;
+export const haveTorch =
+  existsSync(TORCH_PYTHON) && spawnSync(TORCH_PYTHON, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0;
 
 /** Call at the top of a test file whose suite `name` needs torch: fails under CI, else warns that it skips. */
 export function requireTorch(name: string, file: string): void {

@@ -30,23 +30,35 @@ export class CpuCollectives implements Communicator {
   allReduce(t: Tensor): void {
     const c = asCpu(t);
     const recvs = this.mesh.exchange(Array(this.world).fill(bytesOf(c.data)));
-    sumInto(c.data, recvs.map((r) => arrayLike(c.data, r)));
+    sumInto(
+      c.data,
+      recvs.map((r) => arrayLike(c.data, r)),
+    );
     settle(c);
   }
 
   reduceScatter(src: Tensor, dst: Tensor): void {
-    const s = asCpu(src), d = asCpu(dst);
+    const s = asCpu(src),
+      d = asCpu(dst);
     const n = d.numel;
-    if (s.numel !== n * this.world) throw new Error(`reduceScatter: src of ${s.numel} elements for ${this.world} blocks of ${n}`);
-    const recvs = this.mesh.exchange(Array.from({ length: this.world }, (_, j) => bytesOf(s.data.subarray(j * n, (j + 1) * n))));
-    sumInto(d.data, recvs.map((r) => arrayLike(d.data, r)));
+    if (s.numel !== n * this.world)
+      throw new Error(`reduceScatter: src of ${s.numel} elements for ${this.world} blocks of ${n}`);
+    const recvs = this.mesh.exchange(
+      Array.from({ length: this.world }, (_, j) => bytesOf(s.data.subarray(j * n, (j + 1) * n))),
+    );
+    sumInto(
+      d.data,
+      recvs.map((r) => arrayLike(d.data, r)),
+    );
     settle(d);
   }
 
   allGather(src: Tensor, dst: Tensor): void {
-    const s = asCpu(src), d = asCpu(dst);
+    const s = asCpu(src),
+      d = asCpu(dst);
     const n = s.numel;
-    if (d.numel !== n * this.world) throw new Error(`allGather: dst of ${d.numel} elements for ${this.world} blocks of ${n}`);
+    if (d.numel !== n * this.world)
+      throw new Error(`allGather: dst of ${d.numel} elements for ${this.world} blocks of ${n}`);
     const recvs = this.mesh.exchange(Array(this.world).fill(bytesOf(s.data)));
     recvs.forEach((r, j) => d.data.set(arrayLike(d.data, r), j * n));
   }

@@ -26,7 +26,8 @@ export interface MeshWorkerData {
 }
 
 /** Main thread -> worker, on the worker's parent port (setup) or the sync port (exchanges). */
-export type MeshRequest = { kind: 'peers'; addrs: string[] } | { kind: 'exchange'; seq: number; sends: Uint8Array[] } | { kind: 'close' };
+export type MeshRequest =
+  { kind: 'peers'; addrs: string[] } | { kind: 'exchange'; seq: number; sends: Uint8Array[] } | { kind: 'close' };
 /** Worker -> main thread. */
 export type MeshReply =
   | { kind: 'listening'; port: number }
@@ -94,7 +95,10 @@ function tryComplete(): void {
   clearTimeout(timer);
   pending = null;
   selfFrame = null;
-  data.sync.postMessage({ kind: 'done', seq, recvs } satisfies MeshReply, recvs.map((r) => r.buffer as ArrayBuffer));
+  data.sync.postMessage(
+    { kind: 'done', seq, recvs } satisfies MeshReply,
+    recvs.map((r) => r.buffer as ArrayBuffer),
+  );
   Atomics.store(signal, 0, seq);
   Atomics.notify(signal, 0);
 }
@@ -103,7 +107,9 @@ function exchange(seq: number, sends: Uint8Array[]): void {
   if (failed) return;
   const timer = setTimeout(() => {
     const missing = [...inbound].filter(([, r]) => r.frames.length === 0).map(([j]) => j);
-    fail(`rank ${rank}: exchange ${seq} waited ${timeoutMs / 1000} s for rank(s) ${missing.join(', ')} (stuck or out of step?)`);
+    fail(
+      `rank ${rank}: exchange ${seq} waited ${timeoutMs / 1000} s for rank(s) ${missing.join(', ')} (stuck or out of step?)`,
+    );
   }, timeoutMs);
   pending = { seq, timer };
   for (let j = 0; j < world; j++) {
@@ -148,7 +154,10 @@ function acceptInbound(server: Server): void {
 function connectOutbound(addrs: string[]): void {
   for (let j = 0; j < world; j++) {
     if (j === rank) continue;
-    const [host, port] = [addrs[j]!.slice(0, addrs[j]!.lastIndexOf(':')), Number(addrs[j]!.slice(addrs[j]!.lastIndexOf(':') + 1))];
+    const [host, port] = [
+      addrs[j]!.slice(0, addrs[j]!.lastIndexOf(':')),
+      Number(addrs[j]!.slice(addrs[j]!.lastIndexOf(':') + 1)),
+    ];
     const sock = createConnection({ host, port }, () => {
       const hello = Buffer.alloc(4);
       hello.writeUInt32LE(rank);
@@ -160,7 +169,9 @@ function connectOutbound(addrs: string[]): void {
     const lost = () => {
       if (!closing) fail(`rank ${rank}: lost the connection to rank ${j} (did its process exit?)`);
     };
-    sock.on('error', (err) => (outbound.has(j) ? lost() : fail(`rank ${rank}: cannot reach rank ${j} at ${addrs[j]}: ${err.message}`)));
+    sock.on('error', (err) =>
+      outbound.has(j) ? lost() : fail(`rank ${rank}: cannot reach rank ${j} at ${addrs[j]}: ${err.message}`),
+    );
     sock.on('close', lost);
   }
 }

@@ -22,8 +22,14 @@ export class CpuMesh {
   #seq = 0;
   #closed = false;
 
-  private constructor(readonly rank: number, readonly world: number, private readonly worker: Worker, private readonly sync: MessagePort,
-    private readonly signal: Int32Array, private readonly timeoutMs: number) {}
+  private constructor(
+    readonly rank: number,
+    readonly world: number,
+    private readonly worker: Worker,
+    private readonly sync: MessagePort,
+    private readonly signal: Int32Array,
+    private readonly timeoutMs: number,
+  ) {}
 
   /** Starts the network thread, publishes its address in the store and connects to every other rank. */
   static async connect(rank: number, world: number, store: StoreClient, opts: MeshOptions): Promise<CpuMesh> {
@@ -31,16 +37,17 @@ export class CpuMesh {
     const signal = new SharedArrayBuffer(8);
     const workerData: MeshWorkerData = { rank, world, host: opts.host, timeoutMs: opts.timeoutMs, signal, sync: port2 };
     const worker = startTsWorker(new URL('./mesh-worker.ts', import.meta.url), { workerData, transferList: [port2] });
-    const next = (kind: MeshReply['kind']) => new Promise<MeshReply>((resolve, reject) => {
-      const onMessage = (m: MeshReply) => {
-        if (m.kind !== kind && m.kind !== 'error') return;
-        worker.off('message', onMessage);
-        if (m.kind === 'error') reject(new UserError(m.message));
-        else resolve(m);
-      };
-      worker.on('message', onMessage);
-      worker.once('error', reject);
-    });
+    const next = (kind: MeshReply['kind']) =>
+      new Promise<MeshReply>((resolve, reject) => {
+        const onMessage = (m: MeshReply) => {
+          if (m.kind !== kind && m.kind !== 'error') return;
+          worker.off('message', onMessage);
+          if (m.kind === 'error') reject(new UserError(m.message));
+          else resolve(m);
+        };
+        worker.on('message', onMessage);
+        worker.once('error', reject);
+      });
     const listening = (await next('listening')) as Extract<MeshReply, { kind: 'listening' }>;
     await store.set(`mesh/${rank}`, `${opts.host}:${listening.port}`);
     const addrs: string[] = [];
@@ -69,7 +76,8 @@ export class CpuMesh {
     }
     const msg = receiveMessageOnPort(this.sync)?.message as MeshReply | undefined;
     if (!msg || msg.kind === 'error') throw new UserError(msg?.message ?? `rank ${this.rank}: exchange ${seq} failed`);
-    if (msg.kind !== 'done' || msg.seq !== seq) throw new Error(`rank ${this.rank}: exchange ${seq} got a reply out of order`);
+    if (msg.kind !== 'done' || msg.seq !== seq)
+      throw new Error(`rank ${this.rank}: exchange ${seq} got a reply out of order`);
     return msg.recvs;
   }
 

@@ -19,10 +19,18 @@ const f = (sig: string) => lib.func(sig);
 const nccl = {
   getUniqueId: f('int ncclGetUniqueId(_Out_ uint8_t *id)'),
   commInitRank: f('int ncclCommInitRank(_Out_ uint64_t *comm, int nranks, ncclUniqueId id, int rank)'),
-  allReduce: f('int ncclAllReduce(uint64_t send, uint64_t recv, size_t count, int dtype, int op, uint64_t comm, uint64_t stream)'),
-  reduceScatter: f('int ncclReduceScatter(uint64_t send, uint64_t recv, size_t recvcount, int dtype, int op, uint64_t comm, uint64_t stream)'),
-  allGather: f('int ncclAllGather(uint64_t send, uint64_t recv, size_t sendcount, int dtype, uint64_t comm, uint64_t stream)'),
-  broadcast: f('int ncclBroadcast(uint64_t send, uint64_t recv, size_t count, int dtype, int root, uint64_t comm, uint64_t stream)'),
+  allReduce: f(
+    'int ncclAllReduce(uint64_t send, uint64_t recv, size_t count, int dtype, int op, uint64_t comm, uint64_t stream)',
+  ),
+  reduceScatter: f(
+    'int ncclReduceScatter(uint64_t send, uint64_t recv, size_t recvcount, int dtype, int op, uint64_t comm, uint64_t stream)',
+  ),
+  allGather: f(
+    'int ncclAllGather(uint64_t send, uint64_t recv, size_t sendcount, int dtype, uint64_t comm, uint64_t stream)',
+  ),
+  broadcast: f(
+    'int ncclBroadcast(uint64_t send, uint64_t recv, size_t count, int dtype, int root, uint64_t comm, uint64_t stream)',
+  ),
   commGetAsyncError: f('int ncclCommGetAsyncError(uint64_t comm, _Out_ int *result)'),
   commAbort: f('int ncclCommAbort(uint64_t comm)'),
   commDestroy: f('int ncclCommDestroy(uint64_t comm)'),
@@ -34,14 +42,28 @@ const NCCL_DTYPE: Record<DType, number> = { i32: 2, f32: 7, bf16: 9 };
 const NCCL_SUM = 0;
 
 function check(api: string, code: number, rank: number): void {
-  if (code !== 0) throw new UserError(`rank ${rank}: ${api} failed: ${nccl.getErrorString(code) as string} (NCCL error ${code}). Set NCCL_DEBUG=INFO for NCCL's own log.`);
+  if (code !== 0)
+    throw new UserError(
+      `rank ${rank}: ${api} failed: ${nccl.getErrorString(code) as string} (NCCL error ${code}). Set NCCL_DEBUG=INFO for NCCL's own log.`,
+    );
 }
 
 export class NcclCommunicator implements Communicator {
-  private constructor(readonly rank: number, readonly world: number, private readonly comm: bigint, private readonly stream: bigint) {}
+  private constructor(
+    readonly rank: number,
+    readonly world: number,
+    private readonly comm: bigint,
+    private readonly stream: bigint,
+  ) {}
 
   /** Rank 0 makes the unique id, every rank reads it from the store, then all join (NCCL blocks until all have). */
-  static async create(rank: number, world: number, store: StoreClient, stream: bigint, timeoutMs: number): Promise<NcclCommunicator> {
+  static async create(
+    rank: number,
+    world: number,
+    store: StoreClient,
+    stream: bigint,
+    timeoutMs: number,
+  ): Promise<NcclCommunicator> {
     if (rank === 0) {
       const id = new Uint8Array(UNIQUE_ID_BYTES);
       check('ncclGetUniqueId', nccl.getUniqueId(id), rank);
@@ -55,24 +77,44 @@ export class NcclCommunicator implements Communicator {
 
   allReduce(t: Tensor): void {
     const c = asCuda(t);
-    check('ncclAllReduce', nccl.allReduce(c.ptr, c.ptr, c.numel, NCCL_DTYPE[c.dtype], NCCL_SUM, this.comm, this.stream), this.rank);
+    check(
+      'ncclAllReduce',
+      nccl.allReduce(c.ptr, c.ptr, c.numel, NCCL_DTYPE[c.dtype], NCCL_SUM, this.comm, this.stream),
+      this.rank,
+    );
   }
 
   reduceScatter(src: Tensor, dst: Tensor): void {
-    const s = asCuda(src), d = asCuda(dst);
-    if (s.numel !== d.numel * this.world) throw new Error(`reduceScatter: src of ${s.numel} elements for ${this.world} blocks of ${d.numel}`);
-    check('ncclReduceScatter', nccl.reduceScatter(s.ptr, d.ptr, d.numel, NCCL_DTYPE[d.dtype], NCCL_SUM, this.comm, this.stream), this.rank);
+    const s = asCuda(src),
+      d = asCuda(dst);
+    if (s.numel !== d.numel * this.world)
+      throw new Error(`reduceScatter: src of ${s.numel} elements for ${this.world} blocks of ${d.numel}`);
+    check(
+      'ncclReduceScatter',
+      nccl.reduceScatter(s.ptr, d.ptr, d.numel, NCCL_DTYPE[d.dtype], NCCL_SUM, this.comm, this.stream),
+      this.rank,
+    );
   }
 
   allGather(src: Tensor, dst: Tensor): void {
-    const s = asCuda(src), d = asCuda(dst);
-    if (d.numel !== s.numel * this.world) throw new Error(`allGather: dst of ${d.numel} elements for ${this.world} blocks of ${s.numel}`);
-    check('ncclAllGather', nccl.allGather(s.ptr, d.ptr, s.numel, NCCL_DTYPE[s.dtype], this.comm, this.stream), this.rank);
+    const s = asCuda(src),
+      d = asCuda(dst);
+    if (d.numel !== s.numel * this.world)
+      throw new Error(`allGather: dst of ${d.numel} elements for ${this.world} blocks of ${s.numel}`);
+    check(
+      'ncclAllGather',
+      nccl.allGather(s.ptr, d.ptr, s.numel, NCCL_DTYPE[s.dtype], this.comm, this.stream),
+      this.rank,
+    );
   }
 
   broadcast(t: Tensor, root: number): void {
     const c = asCuda(t);
-    check('ncclBroadcast', nccl.broadcast(c.ptr, c.ptr, c.numel, NCCL_DTYPE[c.dtype], root, this.comm, this.stream), this.rank);
+    check(
+      'ncclBroadcast',
+      nccl.broadcast(c.ptr, c.ptr, c.numel, NCCL_DTYPE[c.dtype], root, this.comm, this.stream),
+      this.rank,
+    );
   }
 
   /** Throws NCCL's asynchronous error (a peer lost, a network failure), if any. */

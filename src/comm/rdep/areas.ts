@@ -13,7 +13,12 @@ export class AreaPool {
   readonly #freedAt: (number | null)[];
 
   /** `count` areas of `bytes` each, from byte `start` of the shared buffer. */
-  constructor(private readonly start: number, private readonly bytes: number, count: number, private readonly what: string) {
+  constructor(
+    private readonly start: number,
+    private readonly bytes: number,
+    count: number,
+    private readonly what: string,
+  ) {
     this.#freedAt = Array.from({ length: count }, () => -1); // null: in use
   }
 
@@ -25,7 +30,10 @@ export class AreaPool {
     let index = this.#freedAt.findIndex((f) => f !== null && f < epoch);
     const fresh = index >= 0;
     if (!fresh) index = this.#freedAt.findIndex((f) => f !== null);
-    if (index < 0) throw new Error(`RDEP: all ${this.#freedAt.length} ${this.what} areas are in use (a dispatched or returned tensor was not freed?)`);
+    if (index < 0)
+      throw new Error(
+        `RDEP: all ${this.#freedAt.length} ${this.what} areas are in use (a dispatched or returned tensor was not freed?)`,
+      );
     this.#freedAt[index] = null;
     return { index, fresh };
   }
@@ -38,7 +46,9 @@ export class AreaPool {
   /** A tensor viewing area `index` of the buffer at `base`; freeing it gives the area back at barrier epoch `epoch()`. */
   view(base: bigint, index: number, shape: [number, number], dtype: DType, epoch: () => number): CudaTensor {
     return new CudaTensor(shape, dtype, base + BigInt(this.offset(index)), this.bytes, {
-      release: () => { this.#freedAt[index] = epoch(); },
+      release: () => {
+        this.#freedAt[index] = epoch();
+      },
     });
   }
 }

@@ -26,7 +26,10 @@ class CpuRoute implements ExpertRoute {
 }
 
 export class CpuExpertExchange implements ExpertExchange {
-  constructor(private readonly mesh: CpuMesh, readonly numExperts: number) {}
+  constructor(
+    private readonly mesh: CpuMesh,
+    readonly numExperts: number,
+  ) {}
 
   get rank(): number {
     return this.mesh.rank;
@@ -39,7 +42,8 @@ export class CpuExpertExchange implements ExpertExchange {
   route(plan: MoePlan): CpuRoute {
     const c = asCpu(plan.counts).i;
     const local = this.numExperts / this.world;
-    const sent: number[] = [], sendStart: number[] = [];
+    const sent: number[] = [],
+      sendStart: number[] = [];
     const sends: Uint8Array[] = [];
     for (let j = 0, start = 0; j < this.world; j++) {
       const mine = c.subarray(j * local, (j + 1) * local);
@@ -55,20 +59,26 @@ export class CpuExpertExchange implements ExpertExchange {
   }
 
   dispatch(rows: Tensor, route: ExpertRoute): Tensor {
-    const r = route as CpuRoute, x = asCpu(rows);
+    const r = route as CpuRoute,
+      x = asCpu(rows);
     const dim = x.shape[1]!;
     const sends = r.sent.map((n, j) => bytesOf(x.data.subarray(r.sendStart[j]! * dim, (r.sendStart[j]! + n) * dim)));
     const blocks = this.mesh.exchange(sends).map((b) => arrayLike(x.data, b));
     const out = allocate([r.rows, dim], x.dtype);
-    this.#walk(r, (s, srcRow, dstRow, n) => out.data.set(blocks[s]!.subarray(srcRow * dim, (srcRow + n) * dim), dstRow * dim));
+    this.#walk(r, (s, srcRow, dstRow, n) =>
+      out.data.set(blocks[s]!.subarray(srcRow * dim, (srcRow + n) * dim), dstRow * dim),
+    );
     return out;
   }
 
   combine(rows: Tensor, route: ExpertRoute): Tensor {
-    const r = route as CpuRoute, y = asCpu(rows);
+    const r = route as CpuRoute,
+      y = asCpu(rows);
     const dim = y.shape[1]!;
     const blocks = r.recv.map((cnt) => allocate([cnt.reduce((a, b) => a + b, 0), dim], y.dtype).data);
-    this.#walk(r, (s, srcRow, dstRow, n) => blocks[s]!.set(y.data.subarray(dstRow * dim, (dstRow + n) * dim), srcRow * dim));
+    this.#walk(r, (s, srcRow, dstRow, n) =>
+      blocks[s]!.set(y.data.subarray(dstRow * dim, (dstRow + n) * dim), srcRow * dim),
+    );
     const back = this.mesh.exchange(blocks.map(bytesOf)).map((b) => arrayLike(y.data, b));
     const out = allocate([r.sendStart[this.world - 1]! + r.sent[this.world - 1]!, dim], y.dtype);
     back.forEach((b, j) => out.data.set(b, r.sendStart[j]! * dim));

@@ -79,8 +79,14 @@ export class CudaIpcExchange implements ExpertExchange {
   readonly #peersArg: KernelArg;
   readonly #moveBlocks: number;
 
-  private constructor(private readonly b: CudaBackend, private readonly o: IpcExchangeOptions, private readonly base: bigint,
-    private readonly peers: bigint[], private readonly layout: Layout, private readonly err: CudaTensor) {
+  private constructor(
+    private readonly b: CudaBackend,
+    private readonly o: IpcExchangeOptions,
+    private readonly base: bigint,
+    private readonly peers: bigint[],
+    private readonly layout: Layout,
+    private readonly err: CudaTensor,
+  ) {
     this.#local = o.experts / o.world;
     this.#rowVecs = (o.dim * DTYPE_BYTES[o.dtype]) / 16;
     this.#moveBlocks = MOVE_BLOCKS_PER_SM * b.dev.info.multiprocessors;
@@ -98,14 +104,25 @@ export class CudaIpcExchange implements ExpertExchange {
   }
 
   static async create(b: CudaBackend, store: StoreClient, o: IpcExchangeOptions): Promise<CudaIpcExchange> {
-    if (o.world > MAX_RANKS) throw new UserError(`RDEP over CUDA IPC joins the GPUs of one node, at most ${MAX_RANKS}; this run has ${o.world} ranks.`);
+    if (o.world > MAX_RANKS)
+      throw new UserError(
+        `RDEP over CUDA IPC joins the GPUs of one node, at most ${MAX_RANKS}; this run has ${o.world} ranks.`,
+      );
     const rowBytes = o.dim * DTYPE_BYTES[o.dtype];
-    if (rowBytes % 16 !== 0) throw new UserError(`RDEP moves rows in 16-byte vectors: dim = ${o.dim} (${o.dtype}) is ${rowBytes} bytes a row. Fix: a dim that is a multiple of 8.`);
+    if (rowBytes % 16 !== 0)
+      throw new UserError(
+        `RDEP moves rows in 16-byte vectors: dim = ${o.dim} (${o.dtype}) is ${rowBytes} bytes a row. Fix: a dim that is a multiple of 8.`,
+      );
     const local = o.experts / o.world;
-    const recvBytes = align(o.world * o.rows * rowBytes), retBytes = align(o.rows * rowBytes);
-    const counts = FLAGS_BYTES, starts = counts + align(4 * o.world * local), recv = starts + align(4 * o.world * local);
-    const ret = recv + o.exchanges * recvBytes, total = ret + o.exchanges * retBytes;
-    const free = new BigUint64Array(1), all = new BigUint64Array(1);
+    const recvBytes = align(o.world * o.rows * rowBytes),
+      retBytes = align(o.rows * rowBytes);
+    const counts = FLAGS_BYTES,
+      starts = counts + align(4 * o.world * local),
+      recv = starts + align(4 * o.world * local);
+    const ret = recv + o.exchanges * recvBytes,
+      total = ret + o.exchanges * retBytes;
+    const free = new BigUint64Array(1),
+      all = new BigUint64Array(1);
     check('cuMemGetInfo', cu.memGetInfo(free, all));
     if (total > Number(free[0]!) * 0.9) {
       const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
@@ -126,12 +143,22 @@ export class CudaIpcExchange implements ExpertExchange {
       if (j === o.rank) peers.push(base);
       else {
         const h = await store.get(`rdep/ipc/${j}`, o.timeoutMs);
-        peers.push(outU64('cuIpcOpenMemHandle', cu.ipcOpenMemHandle, { reserved: Array.from(h) }, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+        peers.push(
+          outU64(
+            'cuIpcOpenMemHandle',
+            cu.ipcOpenMemHandle,
+            { reserved: Array.from(h) },
+            CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS,
+          ),
+        );
       }
     }
     const err = asCuda(b.zeros([1], 'i32'));
     const layout = {
-      counts, starts, recv: new AreaPool(recv, recvBytes, o.exchanges, 'receive'), ret: new AreaPool(ret, retBytes, o.exchanges, 'return'),
+      counts,
+      starts,
+      recv: new AreaPool(recv, recvBytes, o.exchanges, 'receive'),
+      ret: new AreaPool(ret, retBytes, o.exchanges, 'return'),
     };
     return new CudaIpcExchange(b, o, base, peers, layout, err);
   }
@@ -142,7 +169,14 @@ export class CudaIpcExchange implements ExpertExchange {
 
   #barrier(): void {
     const ns = Math.round(this.o.timeoutMs * 1e6);
-    this.#k('rdep_barrier', 1, 32, [this.#peersArg, { i32: this.o.rank }, { i32: this.o.world }, { u32: ++this.#epoch }, { i64: ns }, { ptr: this.err.ptr }]);
+    this.#k('rdep_barrier', 1, 32, [
+      this.#peersArg,
+      { i32: this.o.rank },
+      { i32: this.o.world },
+      { u32: ++this.#epoch },
+      { i64: ns },
+      { ptr: this.err.ptr },
+    ]);
   }
 
   /** An area of `pool` for this call's rows; a barrier first if a peer could still be reading it. */
@@ -155,37 +189,84 @@ export class CudaIpcExchange implements ExpertExchange {
   route(plan: MoePlan): IpcRoute {
     const { b, o, layout: L } = this;
     const local = this.#local;
-    const counts = { ptr: asCuda(plan.counts).ptr }, offsets = { ptr: asCuda(plan.offsets).ptr };
-    this.#k('rdep_route_send', Math.ceil(o.experts / 256), 256, [counts, offsets, this.#peersArg, { i64: L.counts }, { i64: L.starts }, { i32: o.experts }, { i32: local }, { i32: o.rank }]);
+    const counts = { ptr: asCuda(plan.counts).ptr },
+      offsets = { ptr: asCuda(plan.offsets).ptr };
+    this.#k('rdep_route_send', Math.ceil(o.experts / 256), 256, [
+      counts,
+      offsets,
+      this.#peersArg,
+      { i64: L.counts },
+      { i64: L.starts },
+      { i32: o.experts },
+      { i32: local },
+      { i32: o.rank },
+    ]);
     this.#barrier();
     const n = plan.numTokens * plan.topK;
     if (n > o.rows) throw new Error(`RDEP route: the plan has ${n} rows, the exchange was sized for at most ${o.rows}`);
     const cap = o.world * n; // every rank routes n rows: at most all of them land here
-    const dest = asCuda(b.empty([n], 'i32')), destRank = asCuda(b.empty([n], 'i32'));
-    const origin = asCuda(b.empty([cap], 'i32')), originRank = asCuda(b.empty([cap], 'i32')), segCounts = asCuda(b.empty([local], 'i32'));
-    this.#k('rdep_place', o.experts + local * o.world, 128, [counts, offsets, this.#peersArg, { i64: L.counts }, { i64: L.starts }, { i32: o.experts },
-      { i32: local }, { i32: o.world }, { i32: o.rank }, { ptr: dest.ptr }, { ptr: destRank.ptr }, { ptr: origin.ptr }, { ptr: originRank.ptr }, { ptr: segCounts.ptr }]);
+    const dest = asCuda(b.empty([n], 'i32')),
+      destRank = asCuda(b.empty([n], 'i32'));
+    const origin = asCuda(b.empty([cap], 'i32')),
+      originRank = asCuda(b.empty([cap], 'i32')),
+      segCounts = asCuda(b.empty([local], 'i32'));
+    this.#k('rdep_place', o.experts + local * o.world, 128, [
+      counts,
+      offsets,
+      this.#peersArg,
+      { i64: L.counts },
+      { i64: L.starts },
+      { i32: o.experts },
+      { i32: local },
+      { i32: o.world },
+      { i32: o.rank },
+      { ptr: dest.ptr },
+      { ptr: destRank.ptr },
+      { ptr: origin.ptr },
+      { ptr: originRank.ptr },
+      { ptr: segCounts.ptr },
+    ]);
     const segments = b.moeSegments(segCounts, cap);
     segCounts.free();
     return new IpcRoute(segments.offsets, cap, n, dest, destRank, origin, originRank, offsets.ptr, segments);
   }
 
   dispatch(rows: Tensor, route: ExpertRoute): Tensor {
-    const r = route as IpcRoute, x = asCuda(rows), pool = this.layout.recv;
+    const r = route as IpcRoute,
+      x = asCuda(rows),
+      pool = this.layout.recv;
     const area = this.#take(pool);
     const first = ((this.o.rank + 1) % this.o.world) * this.#local; // the plan's first expert of the next rank
-    this.#k('rdep_dispatch', this.#moveBlocks, 256, [{ ptr: x.ptr }, { ptr: asCuda(r.dest).ptr }, { ptr: asCuda(r.destRank).ptr }, { ptr: r.planOffsets }, { i32: first }, this.#peersArg,
-      { i64: pool.offset(area) }, { i32: this.#rowVecs }, { i64: x.shape[0]! }]);
+    this.#k('rdep_dispatch', this.#moveBlocks, 256, [
+      { ptr: x.ptr },
+      { ptr: asCuda(r.dest).ptr },
+      { ptr: asCuda(r.destRank).ptr },
+      { ptr: r.planOffsets },
+      { i32: first },
+      this.#peersArg,
+      { i64: pool.offset(area) },
+      { i32: this.#rowVecs },
+      { i64: x.shape[0]! },
+    ]);
     this.#barrier();
     return pool.view(this.base, area, [r.rows, this.o.dim], x.dtype, () => this.#epoch);
   }
 
   combine(rows: Tensor, route: ExpertRoute): Tensor {
-    const r = route as IpcRoute, y = asCuda(rows), pool = this.layout.ret;
+    const r = route as IpcRoute,
+      y = asCuda(rows),
+      pool = this.layout.ret;
     const area = this.#take(pool);
     const received = asCuda(r.offsets).ptr + BigInt(4 * this.#local); // offsets[El]: the rows that arrived here
-    this.#k('rdep_return', this.#moveBlocks, 256, [{ ptr: y.ptr }, { ptr: asCuda(r.origin).ptr }, { ptr: asCuda(r.originRank).ptr }, { ptr: received },
-      this.#peersArg, { i64: pool.offset(area) }, { i32: this.#rowVecs }]);
+    this.#k('rdep_return', this.#moveBlocks, 256, [
+      { ptr: y.ptr },
+      { ptr: asCuda(r.origin).ptr },
+      { ptr: asCuda(r.originRank).ptr },
+      { ptr: received },
+      this.#peersArg,
+      { i64: pool.offset(area) },
+      { i32: this.#rowVecs },
+    ]);
     this.#barrier();
     return pool.view(this.base, area, [r.sent, this.o.dim], y.dtype, () => this.#epoch);
   }
@@ -193,7 +274,10 @@ export class CudaIpcExchange implements ExpertExchange {
   /** Throws if a barrier timed out since the last check (reads one word: call it where the host syncs anyway). */
   async check(): Promise<void> {
     const missing = (await this.b.read(this.err))[0]!;
-    if (missing) throw new UserError(`rank ${this.o.rank}: an RDEP barrier waited ${this.o.timeoutMs / 1000} s for rank ${missing - 1} (stuck, dead or out of step?)`);
+    if (missing)
+      throw new UserError(
+        `rank ${this.o.rank}: an RDEP barrier waited ${this.o.timeoutMs / 1000} s for rank ${missing - 1} (stuck, dead or out of step?)`,
+      );
   }
 
   close(): void {

@@ -23,9 +23,22 @@ import { DeterministicLoader, type LoaderStage } from './loader.ts';
 import { resolvePlan } from './mixture.ts';
 import { TokenStream } from './stream.ts';
 
-export type DataConfig = Pick<Config,
-  'data_path' | 'flow_mode' | 'mixture_toml' | 'flow_profiles_toml' | 'data_root' | 'active_params_b' | 'tokenizer' |
-  'vocab_size' | 'eos_token_id' | 'seq_len' | 'batch_size' | 'steps' | 'strict_data'>;
+export type DataConfig = Pick<
+  Config,
+  | 'data_path'
+  | 'flow_mode'
+  | 'mixture_toml'
+  | 'flow_profiles_toml'
+  | 'data_root'
+  | 'active_params_b'
+  | 'tokenizer'
+  | 'vocab_size'
+  | 'eos_token_id'
+  | 'seq_len'
+  | 'batch_size'
+  | 'steps'
+  | 'strict_data'
+>;
 
 const PREFETCH_STEPS = 2;
 
@@ -40,12 +53,20 @@ function checkManifests(dir: string, cfg: DataConfig): Map<string, { tokens: num
   const listed = new Map<string, { tokens: number; manifest: string }>();
   for (const path of listFiles(dir).filter((p) => basename(p) === 'manifest.json')) {
     const m = readManifest(path);
-    const diffs = ([['tokenizer', m.tokenizer, cfg.tokenizer], ['vocab_size', m.vocab_size, cfg.vocab_size], ['eos_token_id', m.eos_token_id, cfg.eos_token_id]] as const)
-      .filter(([, data, model]) => data !== model);
+    const diffs = (
+      [
+        ['tokenizer', m.tokenizer, cfg.tokenizer],
+        ['vocab_size', m.vocab_size, cfg.vocab_size],
+        ['eos_token_id', m.eos_token_id, cfg.eos_token_id],
+      ] as const
+    ).filter(([, data, model]) => data !== model);
     if (diffs.length > 0) {
-      throw dataError(`the data was prepared for ${diffs.map(([k, d]) => `${k} = ${JSON.stringify(d)}`).join(', ')}, the model config has ` +
-        diffs.map(([k, , c]) => `${k} = ${JSON.stringify(c)}`).join(', '), path,
-        `set ${diffs.map(([k, d]) => `${k} = ${JSON.stringify(d)}`).join(', ')} in the config, or re-prepare the data with \`nmoe data prep --tokenizer ${cfg.tokenizer}\``);
+      throw dataError(
+        `the data was prepared for ${diffs.map(([k, d]) => `${k} = ${JSON.stringify(d)}`).join(', ')}, the model config has ` +
+          diffs.map(([k, , c]) => `${k} = ${JSON.stringify(c)}`).join(', '),
+        path,
+        `set ${diffs.map(([k, d]) => `${k} = ${JSON.stringify(d)}`).join(', ')} in the config, or re-prepare the data with \`nmoe data prep --tokenizer ${cfg.tokenizer}\``,
+      );
     }
     for (const s of m.shards) {
       const shard = resolve(dirname(path), s.path);
@@ -57,8 +78,12 @@ function checkManifests(dir: string, cfg: DataConfig): Map<string, { tokens: num
 }
 
 function openShards(dir: string, option: string, cfg: DataConfig): TokenFile[] {
-  const prepFix = option === 'data_path' ? 'point data_path at the output folder of `nmoe data prep`' : `prepare this source with \`nmoe data prep ... -o ${dir}\``;
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw dataError(`${option} folder does not exist`, dir, prepFix);
+  const prepFix =
+    option === 'data_path'
+      ? 'point data_path at the output folder of `nmoe data prep`'
+      : `prepare this source with \`nmoe data prep ... -o ${dir}\``;
+  if (!existsSync(dir) || !statSync(dir).isDirectory())
+    throw dataError(`${option} folder does not exist`, dir, prepFix);
   const listed = checkManifests(dir, cfg);
   const shards = expandPaths([dir], ['.npy'], option).map((p) => NpyShard.open(p));
   const refuse = (err: Error) => {
@@ -68,11 +93,19 @@ function openShards(dir: string, option: string, cfg: DataConfig): TokenFile[] {
   for (const shard of shards) {
     const want = listed.get(resolve(shard.path));
     if (want && want.tokens !== shard.length) {
-      throw refuse(dataError(`shard holds ${shard.length} tokens, but ${want.manifest} lists ${want.tokens}`, shard.path, shardFix(want.manifest)));
+      throw refuse(
+        dataError(
+          `shard holds ${shard.length} tokens, but ${want.manifest} lists ${want.tokens}`,
+          shard.path,
+          shardFix(want.manifest),
+        ),
+      );
     }
   }
   if (shards.every((s) => s.length === 0)) {
-    throw refuse(dataError(`${option} folder holds no tokens: its ${shards.length} .npy file(s) are all empty`, dir, prepFix));
+    throw refuse(
+      dataError(`${option} folder holds no tokens: its ${shards.length} .npy file(s) are all empty`, dir, prepFix),
+    );
   }
   return shards;
 }
@@ -81,38 +114,63 @@ function openShards(dir: string, option: string, cfg: DataConfig): TokenFile[] {
 function checkEnough(what: string, have: number, need: number, cfg: DataConfig, warn: Warn): void {
   if (have >= need) return;
   const msg = `${what} holds ${have.toLocaleString('en-US')} tokens, but the run needs ${need.toLocaleString('en-US')}`;
-  if (cfg.strict_data) throw new UserError(`${msg} (strict_data = true). Fix: prepare more data, lower steps or batch_size, or set strict_data = false to wrap.`);
-  warn(`${msg}: the data will wrap about ${(need / Math.max(have, 1)).toFixed(1)}x (strict_data = true makes this an error)`);
+  if (cfg.strict_data)
+    throw new UserError(
+      `${msg} (strict_data = true). Fix: prepare more data, lower steps or batch_size, or set strict_data = false to wrap.`,
+    );
+  warn(
+    `${msg}: the data will wrap about ${(need / Math.max(have, 1)).toFixed(1)}x (strict_data = true makes this an error)`,
+  );
 }
 
 function planHashOf(files: TokenFile[], base: string): string {
-  return createHash('sha256').update(JSON.stringify(files.map((f) => [relative(base, f.path), f.length]))).digest('hex');
+  return createHash('sha256')
+    .update(JSON.stringify(files.map((f) => [relative(base, f.path), f.length])))
+    .digest('hex');
 }
 
 function directStage(cfg: DataConfig, files: TokenFile[], warn: Warn, what: string): LoaderStage {
   const stream = new TokenStream('data_path', files);
   const windowTokens = cfg.seq_len + 1;
   if (stream.totalTokens < windowTokens) {
-    throw dataError(`${what} holds ${stream.totalTokens} tokens, fewer than one window of seq_len + 1 = ${windowTokens}`, files[0]!.path, 'use more data or a shorter seq_len');
+    throw dataError(
+      `${what} holds ${stream.totalTokens} tokens, fewer than one window of seq_len + 1 = ${windowTokens}`,
+      files[0]!.path,
+      'use more data or a shorter seq_len',
+    );
   }
   checkEnough(what, stream.totalTokens, cfg.steps * cfg.batch_size * windowTokens, cfg, warn);
-  return { stage_id: 'pretrain', sources: [{ id: 'data_path', weight_fp: 1, quota_sequences: cfg.steps * cfg.batch_size, stream }] };
+  return {
+    stage_id: 'pretrain',
+    sources: [{ id: 'data_path', weight_fp: 1, quota_sequences: cfg.steps * cfg.batch_size, stream }],
+  };
 }
 
 function flowStages(cfg: DataConfig, warn: Warn): { stages: LoaderStage[]; planHash: string } {
   if (!cfg.mixture_toml || !cfg.flow_profiles_toml) {
-    throw new UserError(`flow_mode = "${cfg.flow_mode}" needs mixture_toml and flow_profiles_toml. Fix: set both in the config (or remove flow_mode and set data_path).`);
+    throw new UserError(
+      `flow_mode = "${cfg.flow_mode}" needs mixture_toml and flow_profiles_toml. Fix: set both in the config (or remove flow_mode and set data_path).`,
+    );
   }
   const plan = resolvePlan({
-    mixtureToml: cfg.mixture_toml, flowProfilesToml: cfg.flow_profiles_toml, flow: cfg.flow_mode!, seqLen: cfg.seq_len, activeParamsB: cfg.active_params_b,
+    mixtureToml: cfg.mixture_toml,
+    flowProfilesToml: cfg.flow_profiles_toml,
+    flow: cfg.flow_mode!,
+    seqLen: cfg.seq_len,
+    activeParamsB: cfg.active_params_b,
   });
   const flowTokens = Math.trunc(plan.stages.reduce((n, s) => n + s.total_tokens_b, 0) * 1e9);
   const perStep = cfg.batch_size * cfg.seq_len;
   if (cfg.steps <= 0) {
     cfg.steps = Math.floor(flowTokens / perStep);
-    if (cfg.steps === 0) throw new UserError(`flow "${cfg.flow_mode}" has ${flowTokens} tokens, less than one step (${perStep}). Fix: give steps, or a larger flow.`);
+    if (cfg.steps === 0)
+      throw new UserError(
+        `flow "${cfg.flow_mode}" has ${flowTokens} tokens, less than one step (${perStep}). Fix: give steps, or a larger flow.`,
+      );
     const n = (x: number) => x.toLocaleString('en-US');
-    warn(`steps derived from flow ${cfg.flow_mode}: ${n(cfg.steps)} (${n(flowTokens)} tokens / ${n(perStep)} per step)`);
+    warn(
+      `steps derived from flow ${cfg.flow_mode}: ${n(cfg.steps)} (${n(flowTokens)} tokens / ${n(perStep)} per step)`,
+    );
   } else {
     checkEnough(`flow ${cfg.flow_mode}`, flowTokens, cfg.steps * perStep, cfg, warn);
   }
@@ -172,11 +230,25 @@ export function createLoader(cfg: DataConfig, rank = 0, world = 1, opts: CreateO
  * The held-out data of `validation_data_path` (shards as data_path takes them): a factory for a fresh loader that
  * delivers the same first `validation_steps` global batches every time, this rank's slice of each.
  */
-export function validationLoaders(cfg: DataConfig & Pick<Config, 'validation_data_path' | 'validation_steps'>, rank = 0, world = 1, opts: CreateOptions = {}): () => DeterministicLoader {
+export function validationLoaders(
+  cfg: DataConfig & Pick<Config, 'validation_data_path' | 'validation_steps'>,
+  rank = 0,
+  world = 1,
+  opts: CreateOptions = {},
+): () => DeterministicLoader {
   const warn = opts.warn ?? warnToStderr;
   const path = cfg.validation_data_path!;
   const files = openShards(path, 'validation_data_path', cfg);
   const stage = directStage({ ...cfg, steps: cfg.validation_steps }, files, warn, `validation_data_path ${path}`);
-  const common = { seqLen: cfg.seq_len, globalBatch: cfg.batch_size, rank, world, vocabSize: cfg.vocab_size, warn, planHash: planHashOf(files, path), prefetch: 0 };
+  const common = {
+    seqLen: cfg.seq_len,
+    globalBatch: cfg.batch_size,
+    rank,
+    world,
+    vocabSize: cfg.vocab_size,
+    warn,
+    planHash: planHashOf(files, path),
+    prefetch: 0,
+  };
   return () => new DeterministicLoader([stage], common);
 }

@@ -74,8 +74,12 @@ export class DeterministicLoader {
   #delivered: LoaderState;
   readonly #queue: Planned[] = [];
 
-  constructor(readonly stages: LoaderStage[], readonly o: LoaderOptions) {
-    const q = Math.floor(o.globalBatch / o.world), r = o.globalBatch % o.world;
+  constructor(
+    readonly stages: LoaderStage[],
+    readonly o: LoaderOptions,
+  ) {
+    const q = Math.floor(o.globalBatch / o.world),
+      r = o.globalBatch % o.world;
     this.localBatch = q + (o.rank < r ? 1 : 0);
     this.#sliceStart = o.rank * q + Math.min(o.rank, r);
     this.#state = this.#stageState(0, 0, 0);
@@ -90,7 +94,12 @@ export class DeterministicLoader {
   #stageState(index: number, pass: number, globalIndex: number): LoaderState {
     const st = this.stages[index]!;
     return {
-      version: 1, plan_hash: this.o.planHash, pass, current_stage: st.stage_id, stage_index: index, global_sequence_index: globalIndex,
+      version: 1,
+      plan_hash: this.o.planHash,
+      pass,
+      current_stage: st.stage_id,
+      stage_index: index,
+      global_sequence_index: globalIndex,
       accumulators: st.sources.map(() => 0),
       emitted_sequences: Object.fromEntries(st.sources.map((s) => [s.id, 0])),
       cursors: Object.fromEntries(st.sources.map((s) => [s.id, { ...START }])),
@@ -103,9 +112,18 @@ export class DeterministicLoader {
     const done = (st: LoaderStage) => st.sources.every((src) => s.emitted_sequences[src.id]! >= src.quota_sequences);
     if (done(stage)) {
       const last = s.stage_index + 1 === this.stages.length;
-      this.#state = s = this.#stageState(last ? 0 : s.stage_index + 1, last ? s.pass + 1 : s.pass, s.global_sequence_index);
+      this.#state = s = this.#stageState(
+        last ? 0 : s.stage_index + 1,
+        last ? s.pass + 1 : s.pass,
+        s.global_sequence_index,
+      );
       stage = this.stages[s.stage_index]!;
-      if (done(stage)) throw dataError(`stage ${stage.stage_id} has no sequences to give`, 'data plan', 'check the mixture: every stage needs sources with quota');
+      if (done(stage))
+        throw dataError(
+          `stage ${stage.stage_id} has no sequences to give`,
+          'data plan',
+          'check the mixture: every stage needs sources with quota',
+        );
     }
     const total = stage.sources.reduce((n, src) => n + src.weight_fp, 0) || 1;
     // Smooth weighted round-robin; a source at quota is skipped (the reference gives up after 2n picks, which can
@@ -135,7 +153,14 @@ export class DeterministicLoader {
       s.emitted_sequences[src.id]!++;
       s.global_sequence_index++;
     }
-    return { segments, stateAfter: structuredClone(this.#state), buf: new Int32Array(this.localBatch * S1), reading: false, pending: 0, failed: false };
+    return {
+      segments,
+      stateAfter: structuredClone(this.#state),
+      buf: new Int32Array(this.localBatch * S1),
+      reading: false,
+      pending: 0,
+      failed: false,
+    };
   }
 
   #startRead(p: Planned): void {
@@ -157,8 +182,10 @@ export class DeterministicLoader {
     }
     this.#check(p.buf, p.segments);
     if (p.stateAfter.pass > this.#delivered.pass) {
-      this.o.warn(`the data plan was used up after ${this.#delivered.global_sequence_index} sequences; ` +
-        `it starts again from stage ${this.stages[0]!.stage_id} (pass ${p.stateAfter.pass + 1})`);
+      this.o.warn(
+        `the data plan was used up after ${this.#delivered.global_sequence_index} sequences; ` +
+          `it starts again from stage ${this.stages[0]!.stage_id} (pass ${p.stateAfter.pass + 1})`,
+      );
     }
     this.#delivered = p.stateAfter;
     while (this.#queue.length < this.o.prefetch) {
@@ -176,8 +203,11 @@ export class DeterministicLoader {
       for (let i = s.offset; i < s.offset + s.count; i++) {
         const t = buf[i]!;
         if (t < 0 || t >= V) {
-          throw dataError(`token id ${t >>> 0} is outside the vocabulary (vocab_size ${V})`, `${s.file.path}, token ${s.pos + i - s.offset}`,
-            'the shard is corrupt or was made with another tokenizer: check it with `nmoe data inspect`, and match tokenizer / vocab_size to the data');
+          throw dataError(
+            `token id ${t >>> 0} is outside the vocabulary (vocab_size ${V})`,
+            `${s.file.path}, token ${s.pos + i - s.offset}`,
+            'the shard is corrupt or was made with another tokenizer: check it with `nmoe data inspect`, and match tokenizer / vocab_size to the data',
+          );
         }
       }
     }
@@ -201,18 +231,31 @@ export class DeterministicLoader {
 
   restore(saved: LoaderState): void {
     const fix = 'resume with the data config the state was saved with, or start the data from the beginning';
-    if (saved.version !== 1) throw dataError(`loader state version ${saved.version} is not supported`, 'loader state', fix);
+    if (saved.version !== 1)
+      throw dataError(`loader state version ${saved.version} is not supported`, 'loader state', fix);
     if (saved.plan_hash !== this.o.planHash) {
-      throw dataError(`loader state belongs to data plan ${saved.plan_hash.slice(0, 12)}, this run's plan is ${this.o.planHash.slice(0, 12)}`, 'loader state', fix);
+      throw dataError(
+        `loader state belongs to data plan ${saved.plan_hash.slice(0, 12)}, this run's plan is ${this.o.planHash.slice(0, 12)}`,
+        'loader state',
+        fix,
+      );
     }
     const stage = this.stages[saved.stage_index];
     if (!stage || stage.stage_id !== saved.current_stage) {
-      throw dataError(`loader state is in stage ${saved.current_stage} (#${saved.stage_index}), which this plan lacks`, 'loader state', fix);
+      throw dataError(
+        `loader state is in stage ${saved.current_stage} (#${saved.stage_index}), which this plan lacks`,
+        'loader state',
+        fix,
+      );
     }
     for (const src of stage.sources) {
       const c = saved.cursors[src.id];
       if (!c || saved.emitted_sequences[src.id] === undefined || !src.stream.fits(c)) {
-        throw dataError(`loader state cursor ${JSON.stringify(c)} does not fit source ${src.id} (${src.stream.files.length} files)`, 'loader state', fix);
+        throw dataError(
+          `loader state cursor ${JSON.stringify(c)} does not fit source ${src.id} (${src.stream.files.length} files)`,
+          'loader state',
+          fix,
+        );
       }
     }
     this.#queue.length = 0;

@@ -43,12 +43,21 @@ type Table = Record<string, unknown>;
 
 function expandEnv(value: unknown, file: string): unknown {
   if (typeof value === 'string') {
-    return value.replace(/\$\{([A-Z_][A-Z0-9_]*)(:-([^}]*))?\}/g, (whole, name: string, _d, def: string | undefined) => {
-      if (!/^(NMOE_|HYDRA_)/.test(name)) throw dataError(`${whole} is not allowed (only NMOE_* and HYDRA_* variables expand)`, file, 'use a literal value');
-      const v = process.env[name] ?? def;
-      if (v === undefined) throw dataError(`${whole} is not set`, file, `set ${name} or give a default: \${${name}:-value}`);
-      return v;
-    });
+    return value.replace(
+      /\$\{([A-Z_][A-Z0-9_]*)(:-([^}]*))?\}/g,
+      (whole, name: string, _d, def: string | undefined) => {
+        if (!/^(NMOE_|HYDRA_)/.test(name))
+          throw dataError(
+            `${whole} is not allowed (only NMOE_* and HYDRA_* variables expand)`,
+            file,
+            'use a literal value',
+          );
+        const v = process.env[name] ?? def;
+        if (v === undefined)
+          throw dataError(`${whole} is not set`, file, `set ${name} or give a default: \${${name}:-value}`);
+        return v;
+      },
+    );
   }
   if (Array.isArray(value)) return value.map((v) => expandEnv(v, file));
   if (value && typeof value === 'object' && !(value instanceof Date)) {
@@ -92,7 +101,8 @@ function largestRemainder(tokens: number, seqLen: number, weights: number[]): nu
 
 /** Python's round(): halves go to the even neighbour. */
 function roundHalfEven(v: number): number {
-  const f = Math.floor(v), d = v - f;
+  const f = Math.floor(v),
+    d = v - f;
   return d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
 }
 
@@ -124,7 +134,8 @@ export function pyJsonDumps(v: unknown): string {
   if (v === null) return 'null';
   if (typeof v === 'boolean') return v ? 'true' : 'false';
   if (typeof v === 'number') return String(v);
-  if (typeof v === 'string') return JSON.stringify(v).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  if (typeof v === 'string')
+    return JSON.stringify(v).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
   if (Array.isArray(v)) return `[${v.map(pyJsonDumps).join(', ')}]`;
   const entries = Object.entries(v as Table).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return `{${entries.map(([k, x]) => `${pyJsonDumps(k)}: ${pyJsonDumps(x)}`).join(', ')}}`;
@@ -150,22 +161,35 @@ export function resolvePlan(p: PlanInput): MixturePlan {
   const mix = readDataToml(p.mixtureToml);
   const flows = readDataToml(p.flowProfilesToml);
   const known = Object.keys((flows.flow as Table | undefined) ?? {});
-  const node = lookup(flows, ['flow', p.flow], p.flowProfilesToml, `flow "${p.flow}"`, `set flow_mode to one of: ${known.join(', ') || '(none defined)'}`);
+  const node = lookup(
+    flows,
+    ['flow', p.flow],
+    p.flowProfilesToml,
+    `flow "${p.flow}"`,
+    `set flow_mode to one of: ${known.join(', ') || '(none defined)'}`,
+  );
   const mode = String(node.mode ?? '');
   const temperature = num(node.sample_temperature, 1.0);
   const refs = (node.mixture as Table | undefined) ?? {};
   const overrides = (node.tokens_b_override as Table | undefined) ?? {};
   const mixtureOf = (stage: string) => {
     const id = String(refs[stage]);
-    return lookup(mix, ['mixtures', id], p.mixtureToml, `mixture "${id}" (stage ${stage} of flow ${p.flow})`,
-      `define [mixtures.${id}] in ${p.mixtureToml} or fix [flow.${p.flow}.mixture]`);
+    return lookup(
+      mix,
+      ['mixtures', id],
+      p.mixtureToml,
+      `mixture "${id}" (stage ${stage} of flow ${p.flow})`,
+      `define [mixtures.${id}] in ${p.mixtureToml} or fix [flow.${p.flow}.mixture]`,
+    );
   };
   let scale = node.scale === undefined ? null : num(node.scale);
   let tokensB = node.tokens_b === undefined ? null : num(node.tokens_b);
   if (node.tokens_b_ratio !== undefined && tokensB === null) {
     if (p.activeParamsB === null) {
-      throw new UserError(`flow "${p.flow}" sets tokens_b_ratio, which needs the model's active parameters [${p.flowProfilesToml}]. ` +
-        'Fix: set active_params_b (billions) in the training config.');
+      throw new UserError(
+        `flow "${p.flow}" sets tokens_b_ratio, which needs the model's active parameters [${p.flowProfilesToml}]. ` +
+          'Fix: set active_params_b (billions) in the training config.',
+      );
     }
     tokensB = num(node.tokens_b_ratio) * p.activeParamsB;
   }
@@ -182,17 +206,35 @@ export function resolvePlan(p: PlanInput): MixturePlan {
     const quotas = largestRemainder(Math.trunc(stageTokensB * 1e9), p.seqLen, weights);
     const fp = fixedPointWeights(weights);
     stages.push({
-      stage_id: stage, total_tokens_b: stageTokensB,
-      sources: sources.map((s, i) => ({ id: String(s.id), weight_fp: fp[i]!, quota_sequences: quotas[i]!, target_tokens: Math.trunc(num(s.tokens_b) * 1e9) })),
+      stage_id: stage,
+      total_tokens_b: stageTokensB,
+      sources: sources.map((s, i) => ({
+        id: String(s.id),
+        weight_fp: fp[i]!,
+        quota_sequences: quotas[i]!,
+        target_tokens: Math.trunc(num(s.tokens_b) * 1e9),
+      })),
     });
   }
   const proto = {
-    mixture_id: basename(p.mixtureToml), flow_mode: mode, sample_temperature: new PyFloat(temperature), seq_len: p.seqLen,
-    stages: stages.map((s) => ({ stage_id: s.stage_id, total_tokens_b: new PyFloat(s.total_tokens_b), sources: s.sources.map((sp) => ({ ...sp, paths: [] })) })),
+    mixture_id: basename(p.mixtureToml),
+    flow_mode: mode,
+    sample_temperature: new PyFloat(temperature),
+    seq_len: p.seqLen,
+    stages: stages.map((s) => ({
+      stage_id: s.stage_id,
+      total_tokens_b: new PyFloat(s.total_tokens_b),
+      sources: s.sources.map((sp) => ({ ...sp, paths: [] })),
+    })),
   };
   const stem = basename(p.mixtureToml).replace(/\.[^.]*$/, '');
   return {
-    plan_id: `${stem}:${mode}`, plan_hash: createHash('sha256').update(pyJsonDumps(proto)).digest('hex'), mixture_id: stem,
-    flow_mode: mode, sample_temperature: temperature, seq_len: p.seqLen, stages,
+    plan_id: `${stem}:${mode}`,
+    plan_hash: createHash('sha256').update(pyJsonDumps(proto)).digest('hex'),
+    mixture_id: stem,
+    flow_mode: mode,
+    sample_temperature: temperature,
+    seq_len: p.seqLen,
+    stages,
   };
 }

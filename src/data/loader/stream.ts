@@ -27,7 +27,10 @@ export interface Segment {
 export class TokenStream {
   readonly totalTokens: number;
 
-  constructor(readonly id: string, readonly files: TokenFile[]) {
+  constructor(
+    readonly id: string,
+    readonly files: TokenFile[],
+  ) {
     this.totalTokens = files.reduce((n, f) => n + f.length, 0);
     // An empty stream would never fill a window. The loader refuses empty data with a user error before this point.
     if (this.totalTokens === 0) throw new Error(`source ${id} has no tokens`);

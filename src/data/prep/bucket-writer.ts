@@ -9,7 +9,19 @@
  * interrupted prep resumes.
  */
 import { createHash } from 'node:crypto';
-import { close, closeSync, existsSync, fsync, ftruncateSync, openSync, readdirSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import {
+  close,
+  closeSync,
+  existsSync,
+  fsync,
+  ftruncateSync,
+  openSync,
+  readdirSync,
+  readSync,
+  renameSync,
+  rmSync,
+  writeSync,
+} from 'node:fs';
 import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -52,10 +64,12 @@ function sha256FileSync(path: string): string {
 
 /** Makes a finished shard (headers written) durable, then visible: fsync and close both files, rename index then data. */
 async function seal(npy: number, idx: number, base: string): Promise<void> {
-  await Promise.all([npy, idx].map(async (fd) => {
-    await fsyncAsync(fd);
-    await closeAsync(fd);
-  }));
+  await Promise.all(
+    [npy, idx].map(async (fd) => {
+      await fsyncAsync(fd);
+      await closeAsync(fd);
+    }),
+  );
   await rename(`${base}.idx.tmp`, `${base}.idx`);
   await rename(`${base}.npy.tmp`, `${base}.npy`);
 }
@@ -90,7 +104,12 @@ export class BucketWriter {
   #flushedTokens = 0;
   #flushedDocs = 0;
 
-  constructor(readonly dir: string, readonly prefix: string, readonly tokensPerShard: number, restored?: BucketState) {
+  constructor(
+    readonly dir: string,
+    readonly prefix: string,
+    readonly tokensPerShard: number,
+    restored?: BucketState,
+  ) {
     makeDirs(dir);
     this.#state = restored ? structuredClone(restored) : { next: 0, shards: [], tokens: 0, docs: 0 };
     if (restored) this.#restore();
@@ -103,7 +122,8 @@ export class BucketWriter {
   #restore(): void {
     const s = this.#state;
     for (const e of s.shards) {
-      if (!existsSync(join(this.dir, e.path))) throw dataError(`finished shard ${e.path} is missing`, this.dir, FIX_RESUME);
+      if (!existsSync(join(this.dir, e.path)))
+        throw dataError(`finished shard ${e.path} is missing`, this.dir, FIX_RESUME);
     }
     for (const [i, files] of shardFiles(this.dir, this.prefix)) {
       if (i > s.next || (i === s.next && s.docs === 0)) for (const f of files) rmSync(join(this.dir, f));
@@ -111,8 +131,10 @@ export class BucketWriter {
     if (s.docs === 0) return;
     const base = join(this.dir, this.#name(s.next));
     for (const ext of ['npy', 'idx']) {
-      if (!existsSync(`${base}.${ext}.tmp`) && existsSync(`${base}.${ext}`)) renameSync(`${base}.${ext}`, `${base}.${ext}.tmp`);
-      if (!existsSync(`${base}.${ext}.tmp`)) throw dataError(`the open shard ${base}.${ext}.tmp is missing`, this.dir, FIX_RESUME);
+      if (!existsSync(`${base}.${ext}.tmp`) && existsSync(`${base}.${ext}`))
+        renameSync(`${base}.${ext}`, `${base}.${ext}.tmp`);
+      if (!existsSync(`${base}.${ext}.tmp`))
+        throw dataError(`the open shard ${base}.${ext}.tmp is missing`, this.dir, FIX_RESUME);
     }
     this.#npy = openSync(`${base}.npy.tmp`, 'r+');
     this.#idx = openSync(`${base}.idx.tmp`, 'r+');
@@ -127,8 +149,11 @@ export class BucketWriter {
     const s = this.#state;
     if (s.tokens + doc.length > this.tokensPerShard) {
       if (s.docs === 0) {
-        throw dataError(`a document of ${doc.length} tokens (with EOS) does not fit in a shard of ${this.tokensPerShard}`, this.dir,
-          'raise --tokens-per-shard or lower --max-tokens');
+        throw dataError(
+          `a document of ${doc.length} tokens (with EOS) does not fit in a shard of ${this.tokensPerShard}`,
+          this.dir,
+          'raise --tokens-per-shard or lower --max-tokens',
+        );
       }
       this.#finishShard();
     }
@@ -170,7 +195,13 @@ export class BucketWriter {
     if (this.#npy === null) return;
     this.#flushTokens();
     if (this.#idxPending.length > 0) {
-      writeSync(this.#idx!, idxEntries(this.#idxPending), 0, 8 * this.#idxPending.length, IDX_HEADER_BYTES + 16 * this.#flushedDocs);
+      writeSync(
+        this.#idx!,
+        idxEntries(this.#idxPending),
+        0,
+        8 * this.#idxPending.length,
+        IDX_HEADER_BYTES + 16 * this.#flushedDocs,
+      );
       this.#flushedDocs += this.#idxPending.length / 2;
       this.#idxPending = [];
     }
@@ -199,7 +230,13 @@ export class BucketWriter {
     writeSync(this.#idx!, idxHeader(s.docs), 0, IDX_HEADER_BYTES, 0);
     const name = this.#name(s.next);
     const base = join(this.dir, name);
-    const entry = { path: `${name}.npy`, index_path: `${name}.idx`, num_tokens: s.tokens, num_documents: s.docs, checksum: sha256FileSync(`${base}.npy.tmp`) };
+    const entry = {
+      path: `${name}.npy`,
+      index_path: `${name}.idx`,
+      num_tokens: s.tokens,
+      num_documents: s.docs,
+      checksum: sha256FileSync(`${base}.npy.tmp`),
+    };
     const sealed = seal(this.#npy!, this.#idx!, base).then(() => entry);
     sealed.catch(() => {}); // #settle awaits it; this only keeps an abandoned prep's failure from going unhandled
     this.#sealing.push(sealed);

@@ -30,12 +30,24 @@ export interface FilterSettings {
 }
 
 export const NO_FILTERS: FilterSettings = {
-  minWords: null, maxWords: null, maxRepeatedNgrams: null, maxSymbolRatio: null, dedupExact: false, dedupLines: false, dedupParagraphs: false,
+  minWords: null,
+  maxWords: null,
+  maxRepeatedNgrams: null,
+  maxSymbolRatio: null,
+  dedupExact: false,
+  dedupLines: false,
+  dedupParagraphs: false,
 };
 
 /** The reference's thresholds, which each filter flag takes when given without a value. */
 export const REFERENCE_FILTERS: FilterSettings = {
-  minWords: 50, maxWords: 100_000, maxRepeatedNgrams: 0.2, maxSymbolRatio: 0.3, dedupExact: true, dedupLines: true, dedupParagraphs: true,
+  minWords: 50,
+  maxWords: 100_000,
+  maxRepeatedNgrams: 0.2,
+  maxSymbolRatio: 0.3,
+  dedupExact: true,
+  dedupLines: true,
+  dedupParagraphs: true,
 };
 
 /** Words: maximal runs of non-whitespace characters. */
@@ -69,7 +81,8 @@ const SPACE = /\s/u;
  * nor a number, i.e. punctuation, math and currency signs, emoji, markup. A text with no such characters scores 0.
  */
 export function symbolRatio(text: string): number {
-  let visible = 0, symbols = 0;
+  let visible = 0,
+    symbols = 0;
   for (const c of text) {
     if (SPACE.test(c)) continue;
     visible++;
@@ -103,9 +116,12 @@ const PARAGRAPH_BREAK = /(\n[^\S\n]*\n(?:[^\S\n]*\n)*)/u;
 export function dedupParagraphs(text: string): { text: string; removed: number } {
   const parts = text.split(PARAGRAPH_BREAK); // paragraphs at even indices, breaks at odd ones
   const seen = new Set<string>();
-  let out = '', removed = 0;
+  let out = '',
+    removed = 0;
   for (let i = 0; i < parts.length; i += 2) {
-    const key = parts[i]!.split('\n').map((l) => l.trim()).join('\n');
+    const key = parts[i]!.split('\n')
+      .map((l) => l.trim())
+      .join('\n');
     if (seen.has(key)) {
       removed++;
       continue;
@@ -137,7 +153,9 @@ export interface FilteredDoc {
  * then the drop rules, cheapest first, to a normalised text.
  */
 export function filterDocument(normalised: string, s: FilterSettings): FilteredDoc {
-  let text = normalised, linesRemoved = 0, paragraphsRemoved = 0;
+  let text = normalised,
+    linesRemoved = 0,
+    paragraphsRemoved = 0;
   if (s.dedupParagraphs) ({ text, removed: paragraphsRemoved } = dedupParagraphs(text));
   if (s.dedupLines) ({ text, removed: linesRemoved } = dedupLines(text));
   if (linesRemoved + paragraphsRemoved > 0) text = normalizeText(text);
@@ -146,7 +164,8 @@ export function filterDocument(normalised: string, s: FilterSettings): FilteredD
     const ws = words(text);
     if (s.minWords !== null && ws.length < s.minWords) return verdict('few-words');
     if (s.maxWords !== null && ws.length > s.maxWords) return verdict('many-words');
-    if (s.maxRepeatedNgrams !== null && repeatedNgramFraction(ws) > s.maxRepeatedNgrams) return verdict('repeated-ngrams');
+    if (s.maxRepeatedNgrams !== null && repeatedNgramFraction(ws) > s.maxRepeatedNgrams)
+      return verdict('repeated-ngrams');
   }
   if (s.maxSymbolRatio !== null && symbolRatio(text) > s.maxSymbolRatio) return verdict('symbols');
   return verdict(null);

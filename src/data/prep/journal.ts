@@ -38,10 +38,19 @@ export interface PrepStats {
 
 export function emptyStats(): PrepStats {
   return {
-    records: 0, documents: 0, tokens: 0, skipped: { unparseable: 0, 'no-text': 0, 'not-utf8': 0 },
-    empty: 0, tooShort: 0, hasEosByte: 0, truncated: 0,
-    filtered: { 'few-words': 0, 'many-words': 0, 'repeated-ngrams': 0, symbols: 0, 'exact-duplicate': 0 }, linesRemoved: 0, paragraphsRemoved: 0,
-    examples: {}, reachedLimit: false,
+    records: 0,
+    documents: 0,
+    tokens: 0,
+    skipped: { unparseable: 0, 'no-text': 0, 'not-utf8': 0 },
+    empty: 0,
+    tooShort: 0,
+    hasEosByte: 0,
+    truncated: 0,
+    filtered: { 'few-words': 0, 'many-words': 0, 'repeated-ngrams': 0, symbols: 0, 'exact-duplicate': 0 },
+    linesRemoved: 0,
+    paragraphsRemoved: 0,
+    examples: {},
+    reachedLimit: false,
   };
 }
 

@@ -29,26 +29,39 @@ export class TokenizerPool {
   /** Starts `workers` threads and waits until each has loaded the tokenizer. */
   static async start(workers: number, settings: TokenizeSettings & { tokenizer: string }): Promise<TokenizerPool> {
     const pool = new TokenizerPool();
-    await Promise.all(Array.from({ length: workers }, () => new Promise<void>((resolve, reject) => {
-      const slot: Slot = { worker: startTsWorker(new URL('./tokenize-worker.ts', import.meta.url), { workerData: settings }), busy: 0 };
-      pool.#slots.push(slot);
-      slot.worker.on('message', (msg: { ready?: true; seq?: number; result?: TokenizedBatch; error?: string }) => {
-        if (msg.ready) return resolve();
-        const p = pool.#pending.get(msg.seq!);
-        slot.busy--;
-        if (!p) return; // dropped by close()
-        pool.#pending.delete(msg.seq!);
-        if (msg.error !== undefined) p.reject(new Error(`tokenizer worker failed: ${msg.error}`));
-        else p.resolve(msg.result!);
-      });
-      slot.worker.on('error', (err) => {
-        pool.#fail(err);
-        reject(err);
-      });
-      slot.worker.on('exit', (code) => {
-        if (code !== 0 && pool.#closed === null) pool.#fail(new Error(`tokenizer worker exited with code ${code}`));
-      });
-    })));
+    await Promise.all(
+      Array.from(
+        { length: workers },
+        () =>
+          new Promise<void>((resolve, reject) => {
+            const slot: Slot = {
+              worker: startTsWorker(new URL('./tokenize-worker.ts', import.meta.url), { workerData: settings }),
+              busy: 0,
+            };
+            pool.#slots.push(slot);
+            slot.worker.on(
+              'message',
+              (msg: { ready?: true; seq?: number; result?: TokenizedBatch; error?: string }) => {
+                if (msg.ready) return resolve();
+                const p = pool.#pending.get(msg.seq!);
+                slot.busy--;
+                if (!p) return; // dropped by close()
+                pool.#pending.delete(msg.seq!);
+                if (msg.error !== undefined) p.reject(new Error(`tokenizer worker failed: ${msg.error}`));
+                else p.resolve(msg.result!);
+              },
+            );
+            slot.worker.on('error', (err) => {
+              pool.#fail(err);
+              reject(err);
+            });
+            slot.worker.on('exit', (code) => {
+              if (code !== 0 && pool.#closed === null)
+                pool.#fail(new Error(`tokenizer worker exited with code ${code}`));
+            });
+          }),
+      ),
+    );
     return pool;
   }
 

@@ -94,7 +94,13 @@ class PrepRun {
   #lastRecord: string | null;
   #sinceCheckpoint = 0;
 
-  constructor(readonly o: PrepOptions, readonly out: string, readonly prefix: string, readonly params: OutputParams, journal: Journal | null) {
+  constructor(
+    readonly o: PrepOptions,
+    readonly out: string,
+    readonly prefix: string,
+    readonly params: OutputParams,
+    journal: Journal | null,
+  ) {
     this.stats = journal?.stats ?? emptyStats();
     this.#tokenLimit = workerTokenLimit(o);
     this.#lastRecord = journal?.lastDocId ?? null;
@@ -114,18 +120,21 @@ class PrepRun {
 
   #writer(b: number): BucketWriter {
     let w = this.writers.get(b);
-    if (!w) this.writers.set(b, (w = new BucketWriter(join(this.out, bucketDir(b)), this.prefix, this.o.tokensPerShard)));
+    if (!w)
+      this.writers.set(b, (w = new BucketWriter(join(this.out, bucketDir(b)), this.prefix, this.o.tokensPerShard)));
     return w;
   }
 
   /** Writes document `i` of a batch, or counts why it is not written. */
   #applyDoc(r: TokenizedBatch, i: number, tokens: Uint32Array): void {
-    const s = this.stats, status = r.status[i]!;
+    const s = this.stats,
+      status = r.status[i]!;
     if (status === DocStatus.EMPTY) s.empty++;
     else if (status === DocStatus.SHORT) s.tooShort++;
     else if (status === DocStatus.HAS_EOS_BYTE) s.hasEosByte++;
     else if (STATUS_VERDICT.has(status)) s.filtered[STATUS_VERDICT.get(status)!]++;
-    else if (this.#seen?.seenBefore(r.keys.subarray(i * EXACT_KEY_BYTES, (i + 1) * EXACT_KEY_BYTES))) s.filtered['exact-duplicate']++;
+    else if (this.#seen?.seenBefore(r.keys.subarray(i * EXACT_KEY_BYTES, (i + 1) * EXACT_KEY_BYTES)))
+      s.filtered['exact-duplicate']++;
     else {
       if (status === DocStatus.TRUNCATED) s.truncated++;
       s.linesRemoved += r.linesRemoved[i]!;
@@ -140,7 +149,8 @@ class PrepRun {
   /** Applies one tokenized batch in record order; stops at this worker's share of --max-tokens-total. */
   async apply(records: Applied[], r: TokenizedBatch): Promise<void> {
     const s = this.stats;
-    let doc = 0, offset = 0;
+    let doc = 0,
+      offset = 0;
     for (const rec of records) {
       if (s.reachedLimit) return;
       s.records++;
@@ -150,7 +160,8 @@ class PrepRun {
         const ex = (s.examples[rec.reason] ??= []);
         if (ex.length < EXAMPLES_PER_REASON) ex.push(rec.where);
       } else {
-        const i = doc++, length = r.lengths[i]!;
+        const i = doc++,
+          length = r.lengths[i]!;
         this.#applyDoc(r, i, r.tokens.subarray(offset, offset + length));
         offset += length;
       }
@@ -163,7 +174,12 @@ class PrepRun {
     await Promise.all([...this.writers.values()].map((w) => w.durable()));
     const buckets = Object.fromEntries([...this.writers].map(([b, w]) => [String(b), w.state()]));
     writeJournal(this.out, {
-      journal_version: 1, params: this.params, lastDocId: this.#lastRecord, stats: this.stats, buckets, seenKeys: this.#seen?.size ?? 0,
+      journal_version: 1,
+      params: this.params,
+      lastDocId: this.#lastRecord,
+      stats: this.stats,
+      buckets,
+      seenKeys: this.#seen?.size ?? 0,
     });
     this.#sinceCheckpoint = 0;
   }
@@ -172,28 +188,52 @@ class PrepRun {
   async finish(tok: TextTokenizer, tokHash: string, sourceName: string): Promise<Manifest> {
     const all: ShardEntry[] = [];
     const base = {
-      dataset: this.o.name, version: this.o.version, tokenizer: tok.name, vocab_size: tok.vocabSize, eos_token_id: tok.eosTokenId,
-      dtype: 'uint32', created_at: new Date().toISOString(),
+      dataset: this.o.name,
+      version: this.o.version,
+      tokenizer: tok.name,
+      vocab_size: tok.vocabSize,
+      eos_token_id: tok.eosTokenId,
+      dtype: 'uint32',
+      created_at: new Date().toISOString(),
     };
     const stamps = {
-      tokenizer_name: tok.name, tokenizer_hash: tokHash, tokenizer_version: tok.version,
-      schema_version: MANIFEST_SCHEMA_VERSION, creator_version: CREATOR_VERSION,
+      tokenizer_name: tok.name,
+      tokenizer_hash: tokHash,
+      tokenizer_version: tok.version,
+      schema_version: MANIFEST_SCHEMA_VERSION,
+      creator_version: CREATOR_VERSION,
     };
     const buckets = [...this.writers.keys()].sort((a, b) => a - b);
     const finished = await Promise.all(buckets.map((b) => this.writers.get(b)!.finish()));
     for (const [i, b] of buckets.entries()) {
       const shards = finished[i]!;
       const m: Manifest = {
-        ...base, total_tokens: shards.reduce((n, s) => n + s.num_tokens, 0), total_documents: shards.reduce((n, s) => n + s.num_documents, 0),
-        num_shards: shards.length, shards, source_info: { source: sourceName }, ...stamps,
+        ...base,
+        total_tokens: shards.reduce((n, s) => n + s.num_tokens, 0),
+        total_documents: shards.reduce((n, s) => n + s.num_documents, 0),
+        num_shards: shards.length,
+        shards,
+        source_info: { source: sourceName },
+        ...stamps,
       };
       writeJsonAtomic(join(this.out, bucketDir(b), 'manifest.json'), m);
-      all.push(...shards.map((s) => ({ ...s, path: `${bucketDir(b)}/${s.path}`, index_path: `${bucketDir(b)}/${s.index_path}` })));
+      all.push(
+        ...shards.map((s) => ({
+          ...s,
+          path: `${bucketDir(b)}/${s.path}`,
+          index_path: `${bucketDir(b)}/${s.index_path}`,
+        })),
+      );
     }
     const { examples: _examples, ...counts } = this.stats;
     const manifest: Manifest = {
-      ...base, total_tokens: this.stats.tokens, total_documents: this.stats.documents, num_shards: all.length, shards: all,
-      source_info: { source: sourceName, num_shard_dirs: buckets.length, prep_params: this.params, prep_stats: counts }, ...stamps,
+      ...base,
+      total_tokens: this.stats.tokens,
+      total_documents: this.stats.documents,
+      num_shards: all.length,
+      shards: all,
+      source_info: { source: sourceName, num_shard_dirs: buckets.length, prep_params: this.params, prep_stats: counts },
+      ...stamps,
     };
     writeJsonAtomic(join(this.out, 'manifest.json'), manifest);
     removeJournal(this.out);
@@ -203,7 +243,12 @@ class PrepRun {
 }
 
 /** Decides between a fresh start, a resume and "already done" from what the output folder holds. */
-function openOutput(o: PrepOptions, out: string, prefix: string, params: OutputParams): { journal: Journal | null; done: Manifest | null } {
+function openOutput(
+  o: PrepOptions,
+  out: string,
+  prefix: string,
+  params: OutputParams,
+): { journal: Journal | null; done: Manifest | null } {
   createDir(out, '--output', 'pick an --output folder you can write to');
   if (o.force) wipe(out, prefix);
   const journal = readJournal(out);
@@ -212,11 +257,15 @@ function openOutput(o: PrepOptions, out: string, prefix: string, params: OutputP
   if (!journal && existsSync(manifestPath)) {
     const m = readManifest(manifestPath);
     if (same(m.source_info.prep_params)) return { journal: null, done: m };
-    throw new UserError(`${out} already holds a finished prep made with other settings or inputs. Fix: add --force to replace it, or pick another --output.`);
+    throw new UserError(
+      `${out} already holds a finished prep made with other settings or inputs. Fix: add --force to replace it, or pick another --output.`,
+    );
   }
   if (journal && !same(journal.params)) {
-    throw new UserError(`${out} holds an interrupted prep made with other settings or inputs. ` +
-      'Fix: rerun it with the same flags and inputs to resume, or add --force to start over.');
+    throw new UserError(
+      `${out} holds an interrupted prep made with other settings or inputs. ` +
+        'Fix: rerun it with the same flags and inputs to resume, or add --force to start over.',
+    );
   }
   if (!journal) wipe(out, prefix); // leftovers of a run stopped before its first checkpoint
   return { journal, done: null };
@@ -232,22 +281,43 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
   const params = outputParams(o, tok, source.inputs());
   const prefix = `${o.name}-${o.version}`;
   const { journal, done } = openOutput(o, out, prefix, params);
-  if (done) return { output: out, manifest: done, stats: emptyStats(), resumedAt: 0, alreadyDone: true, interrupted: false, startupSeconds: 0 };
+  if (done)
+    return {
+      output: out,
+      manifest: done,
+      stats: emptyStats(),
+      resumedAt: 0,
+      alreadyDone: true,
+      interrupted: false,
+      startupSeconds: 0,
+    };
 
   const run = new PrepRun(o, out, prefix, params, journal);
   const resumedAt = run.stats.records;
   const starting = TokenizerPool.start(o.workers, {
-    tokenizer: tok.name, minTokens: o.minTokens, maxTokens: o.maxTokens, numShards: o.numShards, filters: o.filters,
+    tokenizer: tok.name,
+    minTokens: o.minTokens,
+    maxTokens: o.maxTokens,
+    numShards: o.numShards,
+    filters: o.filters,
   });
   // A fixed cost (the first encode on this thread builds the tokenizer's tables), paid while the workers start.
   const tokHash = tokenizerHash(tok);
   const pool = await starting;
   const startupSeconds = (performance.now() - t0) / 1000;
   const inflight: { records: Applied[]; result: Promise<TokenizedBatch> }[] = [];
-  let batch: Applied[] = [], ids: string[] = [], texts: string[] = [], chars = 0;
-  const progress = () => hooks.progress?.({
-    records: run.stats.records, documents: run.stats.documents, tokens: run.stats.tokens, bytesRead: source.bytesRead(), totalBytes: source.totalBytes,
-  });
+  let batch: Applied[] = [],
+    ids: string[] = [],
+    texts: string[] = [],
+    chars = 0;
+  const progress = () =>
+    hooks.progress?.({
+      records: run.stats.records,
+      documents: run.stats.documents,
+      tokens: run.stats.tokens,
+      bytesRead: source.bytesRead(),
+      totalBytes: source.totalBytes,
+    });
   const dispatch = () => {
     inflight.push({ records: batch, result: pool.run(ids, texts) });
     batch = [];
@@ -265,8 +335,10 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
     for await (const rec of source.records()) {
       if (seen++ < resumedAt) {
         if (seen === resumedAt && recordName(rec) !== run.lastRecord) {
-          throw new UserError(`the input changed since the interrupted prep: record ${seen} is ${recordName(rec)}, ` +
-            `the journal says ${run.lastRecord} [${out}]. Fix: add --force to start over.`);
+          throw new UserError(
+            `the input changed since the interrupted prep: record ${seen} is ${recordName(rec)}, ` +
+              `the journal says ${run.lastRecord} [${out}]. Fix: add --force to start over.`,
+          );
         }
         continue;
       }
@@ -281,8 +353,10 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
       if (run.stats.reachedLimit || hooks.signal?.aborted) break;
     }
     if (seen < resumedAt) {
-      throw new UserError(`the input changed since the interrupted prep: it now ends after ${seen} records, ` +
-        `the journal had applied ${resumedAt} [${out}]. Fix: add --force to start over.`);
+      throw new UserError(
+        `the input changed since the interrupted prep: it now ends after ${seen} records, ` +
+          `the journal had applied ${resumedAt} [${out}]. Fix: add --force to start over.`,
+      );
     }
     if (!hooks.signal?.aborted) {
       if (batch.length > 0) dispatch();
@@ -290,11 +364,27 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
     }
     if (hooks.signal?.aborted) {
       await run.checkpoint();
-      return { output: out, manifest: null, stats: run.stats, resumedAt, alreadyDone: false, interrupted: true, startupSeconds };
+      return {
+        output: out,
+        manifest: null,
+        stats: run.stats,
+        resumedAt,
+        alreadyDone: false,
+        interrupted: true,
+        startupSeconds,
+      };
     }
     void pool.close(); // the workers are done: let them stop while the shards are sealed
     const manifest = await run.finish(tok, tokHash, source.name);
-    return { output: out, manifest, stats: run.stats, resumedAt, alreadyDone: false, interrupted: false, startupSeconds };
+    return {
+      output: out,
+      manifest,
+      stats: run.stats,
+      resumedAt,
+      alreadyDone: false,
+      interrupted: false,
+      startupSeconds,
+    };
   } finally {
     for (const w of run.writers.values()) w.abandon();
     await pool.close();

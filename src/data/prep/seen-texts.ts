@@ -27,10 +27,14 @@ export class SeenTexts {
     }
     const bytes = existsSync(this.#path) ? readFileSync(this.#path) : Buffer.alloc(0);
     if (bytes.length < count * EXACT_KEY_BYTES) {
-      throw dataError(`the journal counts ${count} exact-dedup keys, the file holds ${Math.floor(bytes.length / EXACT_KEY_BYTES)}`, this.#path,
-        'run the prep again with --force to start over');
+      throw dataError(
+        `the journal counts ${count} exact-dedup keys, the file holds ${Math.floor(bytes.length / EXACT_KEY_BYTES)}`,
+        this.#path,
+        'run the prep again with --force to start over',
+      );
     }
-    for (let i = 0; i < count; i++) this.#keys.add(bytes.toString('base64', i * EXACT_KEY_BYTES, (i + 1) * EXACT_KEY_BYTES));
+    for (let i = 0; i < count; i++)
+      this.#keys.add(bytes.toString('base64', i * EXACT_KEY_BYTES, (i + 1) * EXACT_KEY_BYTES));
     const fd = openSync(this.#path, 'r+');
     ftruncateSync(fd, count * EXACT_KEY_BYTES);
     closeSync(fd);

@@ -17,7 +17,12 @@ const port = parentPort!;
 port.on('message', (job: { seq: number; ids: string[]; texts: string[] }) => {
   try {
     const r = tokenizeBatch(tok, init, job.ids, job.texts);
-    port.postMessage({ seq: job.seq, result: r }, [r.status, r.lengths, r.buckets, r.tokens, r.linesRemoved, r.paragraphsRemoved, r.keys].map((a) => a.buffer as ArrayBuffer));
+    port.postMessage(
+      { seq: job.seq, result: r },
+      [r.status, r.lengths, r.buckets, r.tokens, r.linesRemoved, r.paragraphsRemoved, r.keys].map(
+        (a) => a.buffer as ArrayBuffer,
+      ),
+    );
   } catch (err) {
     port.postMessage({ seq: job.seq, error: (err as Error).stack ?? String(err) });
   }

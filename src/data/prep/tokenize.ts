@@ -12,12 +12,23 @@ import { EXACT_KEY_BYTES, type FilterSettings, type FilterVerdict, exactKey, fil
 
 /** What happened to each document; only KEPT and TRUNCATED documents are written. */
 export const DocStatus = {
-  KEPT: 0, TRUNCATED: 1, EMPTY: 2, SHORT: 3, HAS_EOS_BYTE: 4, FEW_WORDS: 5, MANY_WORDS: 6, REPEATED_NGRAMS: 7, SYMBOLS: 8,
+  KEPT: 0,
+  TRUNCATED: 1,
+  EMPTY: 2,
+  SHORT: 3,
+  HAS_EOS_BYTE: 4,
+  FEW_WORDS: 5,
+  MANY_WORDS: 6,
+  REPEATED_NGRAMS: 7,
+  SYMBOLS: 8,
 } as const;
 
 /** The status of each filter verdict, and back. */
 export const VERDICT_STATUS: Record<FilterVerdict, number> = {
-  'few-words': DocStatus.FEW_WORDS, 'many-words': DocStatus.MANY_WORDS, 'repeated-ngrams': DocStatus.REPEATED_NGRAMS, symbols: DocStatus.SYMBOLS,
+  'few-words': DocStatus.FEW_WORDS,
+  'many-words': DocStatus.MANY_WORDS,
+  'repeated-ngrams': DocStatus.REPEATED_NGRAMS,
+  symbols: DocStatus.SYMBOLS,
 };
 export const STATUS_VERDICT = new Map(Object.entries(VERDICT_STATUS).map(([v, s]) => [s, v as FilterVerdict]));
 

@@ -10,7 +10,15 @@
 import { asyncBufferFromUrl } from 'hyparquet';
 import { UserError } from '../../util/errors.ts';
 import { readParquetRows } from './parquet.ts';
-import { type DocSource, type FieldNames, RecordMaker, SINGLE_WORKER, type SourceRecord, type WorkerSlot, workerShare } from './source.ts';
+import {
+  type DocSource,
+  type FieldNames,
+  RecordMaker,
+  SINGLE_WORKER,
+  type SourceRecord,
+  type WorkerSlot,
+  workerShare,
+} from './source.ts';
 
 export interface HubOptions {
   dataset: string;
@@ -55,23 +63,32 @@ export class HubSource implements DocSource {
     const { dataset, subset, split } = this.opts;
     const what = `${dataset}${subset ? ` subset ${subset}` : ''} split ${split}`;
     const base = `${this.#endpoint}/api/datasets/${dataset}/parquet`;
-    const listing = await this.#getJson(subset ? `${base}/${encodeURIComponent(subset)}/${encodeURIComponent(split)}` : base, what);
+    const listing = await this.#getJson(
+      subset ? `${base}/${encodeURIComponent(subset)}/${encodeURIComponent(split)}` : base,
+      what,
+    );
     let urls: unknown = listing;
     if (!subset) {
       const configs = listing as Record<string, Record<string, unknown>>;
       const names = Object.keys(configs);
       const config = names.includes('default') ? 'default' : names.length === 1 ? names[0]! : null;
       if (config === null) {
-        throw new UserError(`the Hub dataset ${dataset} has several subsets (${names.join(', ')}). Fix: pick one with --subset.`);
+        throw new UserError(
+          `the Hub dataset ${dataset} has several subsets (${names.join(', ')}). Fix: pick one with --subset.`,
+        );
       }
       urls = configs[config]![split];
       if (urls === undefined) {
         const splits = Object.keys(configs[config]!).join(', ');
-        throw new UserError(`the Hub dataset ${dataset} (subset ${config}) has no split "${split}" (splits: ${splits}). Fix: pick one with --split.`);
+        throw new UserError(
+          `the Hub dataset ${dataset} (subset ${config}) has no split "${split}" (splits: ${splits}). Fix: pick one with --split.`,
+        );
       }
     }
     if (!Array.isArray(urls) || urls.length === 0 || !urls.every((u) => typeof u === 'string')) {
-      throw new UserError(`the Hub lists no parquet files for ${what} [${base}]. Fix: check the names, or prepare from local files.`);
+      throw new UserError(
+        `the Hub lists no parquet files for ${what} [${base}]. Fix: check the names, or prepare from local files.`,
+      );
     }
     this.#urls = workerShare(urls as string[], this.#worker, `parquet files the Hub lists for ${what}`);
     return this.#urls;
@@ -84,7 +101,9 @@ export class HubSource implements DocSource {
       try {
         file = await asyncBufferFromUrl({ url, requestInit: { headers: this.#headers } });
       } catch (err) {
-        throw new UserError(`cannot read ${url} from the Hub (${(err as Error).message}). Fix: check the network and HF_TOKEN, then run the same command again to resume.`);
+        throw new UserError(
+          `cannot read ${url} from the Hub (${(err as Error).message}). Fix: check the network and HF_TOKEN, then run the same command again to resume.`,
+        );
       }
       yield* readParquetRows(file, url, this.name, maker, (n) => (this.#read += n));
     }
@@ -96,7 +115,8 @@ export class HubSource implements DocSource {
       res = await fetch(url, { headers: this.#headers, signal: AbortSignal.timeout(this.opts.timeoutMs ?? 20_000) });
     } catch (err) {
       const e = err as Error & { cause?: { code?: string; message?: string } };
-      const cause = e.name === 'TimeoutError' ? 'no answer within the timeout' : e.cause?.code ?? e.cause?.message ?? e.message;
+      const cause =
+        e.name === 'TimeoutError' ? 'no answer within the timeout' : (e.cause?.code ?? e.cause?.message ?? e.message);
       throw new UserError(
         `cannot reach the Hugging Face Hub at ${this.#endpoint} (${cause}) [${url}]. ` +
           'Fix: check the network or proxy (HF_ENDPOINT names a mirror), or download the parquet/jsonl files and use --source parquet/jsonl.',
@@ -104,11 +124,12 @@ export class HubSource implements DocSource {
     }
     if (res.status === 401 || res.status === 403) {
       const fix = this.#headers.authorization
-        ? 'check that HF_TOKEN has read access and that you accepted the dataset\'s terms on its page'
+        ? "check that HF_TOKEN has read access and that you accepted the dataset's terms on its page"
         : 'set HF_TOKEN to a token with read access (the dataset is gated or private)';
       throw new UserError(`the Hub refused access to ${what} (HTTP ${res.status}) [${url}]. Fix: ${fix}.`);
     }
-    if (res.status === 404) throw new UserError(`the Hub has no ${what} (HTTP 404) [${url}]. Fix: check --dataset, --subset and --split.`);
+    if (res.status === 404)
+      throw new UserError(`the Hub has no ${what} (HTTP 404) [${url}]. Fix: check --dataset, --subset and --split.`);
     if (!res.ok) throw new UserError(`the Hub answered HTTP ${res.status} for ${what} [${url}]. Fix: try again later.`);
     return res.json();
   }

@@ -35,18 +35,34 @@ const EXTENSIONS: Record<string, string[]> = {
 export function createSource(o: SourceOptions): DocSource {
   const worker = { index: o.workerIndex, count: o.numWorkers };
   if (o.source === 'hf' || o.source === 'huggingface') {
-    if (!o.dataset) throw new UserError('--source hf needs --dataset (a Hub dataset id such as HuggingFaceFW/fineweb-edu). Fix: add --dataset.');
-    return new HubSource({ dataset: o.dataset, subset: o.subset, split: o.split, fields: { text: o.textField, id: o.idField ?? null }, worker });
+    if (!o.dataset)
+      throw new UserError(
+        '--source hf needs --dataset (a Hub dataset id such as HuggingFaceFW/fineweb-edu). Fix: add --dataset.',
+      );
+    return new HubSource({
+      dataset: o.dataset,
+      subset: o.subset,
+      split: o.split,
+      fields: { text: o.textField, id: o.idField ?? null },
+      worker,
+    });
   }
-  if (o.paths.length === 0) throw new UserError(`--source ${o.source} needs --paths (files, folders or glob patterns). Fix: add --paths.`);
+  if (o.paths.length === 0)
+    throw new UserError(`--source ${o.source} needs --paths (files, folders or glob patterns). Fix: add --paths.`);
   const kind = o.source === 'jsonl_zst' ? 'jsonl' : o.source === 'arrow' ? 'parquet' : o.source;
-  const files = workerShare(expandPaths(o.paths, EXTENSIONS[kind]!), worker, `input files in --paths ${o.paths.join(' ')}`);
+  const files = workerShare(
+    expandPaths(o.paths, EXTENSIONS[kind]!),
+    worker,
+    `input files in --paths ${o.paths.join(' ')}`,
+  );
   if (kind === 'text') return new TextSource(files);
   const fields = { text: o.textField, id: o.idField ?? (o.source === 'jsonl' ? 'id' : null) };
   if (kind === 'jsonl') return new JsonlSource(files, fields);
   const notParquet = files.find((f) => !isParquet(f));
   if (notParquet) {
-    throw new UserError(`${notParquet} is not a parquet file (Arrow IPC files are not supported). Fix: convert it to parquet, or use --source jsonl.`);
+    throw new UserError(
+      `${notParquet} is not a parquet file (Arrow IPC files are not supported). Fix: convert it to parquet, or use --source jsonl.`,
+    );
   }
   return new ParquetSource(files, fields);
 }

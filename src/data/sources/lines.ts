@@ -23,7 +23,11 @@ async function* zstdChunks(file: AsyncIterable<Buffer>, path: string): AsyncGene
     try {
       dec.push(chunk, final);
     } catch (err) {
-      throw dataError(`cannot decompress zstd data (${(err as Error).message})`, path, 'check that the file is complete and really .zst');
+      throw dataError(
+        `cannot decompress zstd data (${(err as Error).message})`,
+        path,
+        'check that the file is complete and really .zst',
+      );
     }
     const ready = out;
     out = [];
@@ -45,7 +49,11 @@ function decompressed(path: string, onBytes: (n: number) => void): AsyncIterable
     try {
       yield* file.pipe(gunzip);
     } catch (err) {
-      throw dataError(`cannot decompress gzip data (${(err as Error).message})`, path, 'check that the file is complete and really .gz');
+      throw dataError(
+        `cannot decompress gzip data (${(err as Error).message})`,
+        path,
+        'check that the file is complete and really .gz',
+      );
     }
   })();
 }

@@ -17,7 +17,10 @@ abstract class FileSource implements DocSource {
   readonly totalBytes: number;
   protected read = 0;
 
-  constructor(readonly name: string, readonly files: string[]) {
+  constructor(
+    readonly name: string,
+    readonly files: string[],
+  ) {
     this.totalBytes = files.reduce((n, f) => n + statSync(f).size, 0);
   }
 
@@ -38,7 +41,10 @@ function sourceName(kind: string, files: string[]): string {
 }
 
 export class JsonlSource extends FileSource {
-  constructor(files: string[], readonly fields: FieldNames) {
+  constructor(
+    files: string[],
+    readonly fields: FieldNames,
+  ) {
     super(sourceName(files.some((f) => f.endsWith('.zst')) ? 'jsonl_zst' : 'jsonl', files), files);
   }
 
@@ -95,7 +101,8 @@ function firstBadByte(bytes: Uint8Array): number {
       return false;
     }
   };
-  let lo = 0, hi = bytes.length;
+  let lo = 0,
+    hi = bytes.length;
   while (hi - lo > 1) {
     const mid = (lo + hi) >>> 1;
     if (decodes(mid)) lo = mid;
@@ -105,7 +112,10 @@ function firstBadByte(bytes: Uint8Array): number {
 }
 
 export class ParquetSource extends FileSource {
-  constructor(files: string[], readonly fields: FieldNames) {
+  constructor(
+    files: string[],
+    readonly fields: FieldNames,
+  ) {
     super(sourceName('parquet', files), files);
   }
 

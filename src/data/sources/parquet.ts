@@ -21,7 +21,11 @@ function counting(file: AsyncBuffer, onBytes: (n: number) => void): AsyncBuffer 
 }
 
 export async function* readParquetRows(
-  raw: AsyncBuffer, where: string, stem: string, maker: RecordMaker, onBytes: (n: number) => void,
+  raw: AsyncBuffer,
+  where: string,
+  stem: string,
+  maker: RecordMaker,
+  onBytes: (n: number) => void,
 ): AsyncGenerator<SourceRecord> {
   const fields = maker.fields;
   const file = counting(raw, onBytes);
@@ -29,11 +33,19 @@ export async function* readParquetRows(
   try {
     metadata = await parquetMetadataAsync(file);
   } catch (err) {
-    throw dataError(`not a readable parquet file (${(err as Error).message})`, where, 'check that the file is complete and really parquet');
+    throw dataError(
+      `not a readable parquet file (${(err as Error).message})`,
+      where,
+      'check that the file is complete and really parquet',
+    );
   }
   const columns = parquetSchema(metadata).children.map((c) => c.element.name);
   if (!columns.includes(fields.text)) {
-    throw dataError(`parquet file has no column "${fields.text}" (columns: ${columns.join(', ')})`, where, 'pick the text column with --text-field');
+    throw dataError(
+      `parquet file has no column "${fields.text}" (columns: ${columns.join(', ')})`,
+      where,
+      'pick the text column with --text-field',
+    );
   }
   const wanted = fields.id !== null && columns.includes(fields.id) ? [fields.text, fields.id] : [fields.text];
   let rowStart = 0;

@@ -61,7 +61,11 @@ export function expandPaths(patterns: string[], extensions: string[], option = '
     try {
       isDir = statSync(pattern).isDirectory();
     } catch {
-      throw dataError(`input not found: ${pattern}`, pattern, `check ${option} (files, folders or quoted glob patterns)`);
+      throw dataError(
+        `input not found: ${pattern}`,
+        pattern,
+        `check ${option} (files, folders or quoted glob patterns)`,
+      );
     }
     if (!isDir) files.add(pattern);
     else {
@@ -71,8 +75,11 @@ export function expandPaths(patterns: string[], extensions: string[], option = '
     }
   }
   if (files.size === 0) {
-    throw dataError(`no ${extensions.join('/')} files in ${patterns.join(' ')}`, patterns.join(' '),
-      `check ${option}: give files, folders holding ${extensions.join('/')} files, or glob patterns that match some`);
+    throw dataError(
+      `no ${extensions.join('/')} files in ${patterns.join(' ')}`,
+      patterns.join(' '),
+      `check ${option}: give files, folders holding ${extensions.join('/')} files, or glob patterns that match some`,
+    );
   }
   return [...files].sort();
 }

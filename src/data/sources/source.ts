@@ -17,8 +17,7 @@ export const SKIP_REASONS: Record<SkipReason, string> = {
 };
 
 export type SourceRecord =
-  | { kind: 'doc'; id: string; text: string }
-  | { kind: 'skip'; reason: SkipReason; where: string };
+  { kind: 'doc'; id: string; text: string } | { kind: 'skip'; reason: SkipReason; where: string };
 
 export interface DocSource {
   /** The reference's source name, recorded in the manifest's source_info. */
@@ -62,8 +61,10 @@ export const SINGLE_WORKER: WorkerSlot = { index: 0, count: 1 };
 export function workerShare<T>(files: readonly T[], w: WorkerSlot, what: string): T[] {
   const share = files.filter((_, i) => i % w.count === w.index);
   if (share.length === 0) {
-    throw new UserError(`--worker-index ${w.index} of --num-workers ${w.count} gets none of the ${files.length} ${what}. ` +
-      `Fix: use at most ${files.length} --num-workers.`);
+    throw new UserError(
+      `--worker-index ${w.index} of --num-workers ${w.count} gets none of the ${files.length} ${what}. ` +
+        `Fix: use at most ${files.length} --num-workers.`,
+    );
   }
   return share;
 }
@@ -75,15 +76,23 @@ export class RecordMaker {
    * `numbering` spaces the "<stem>:<n>" fallback ids. The reference's Hub source, split over workers, numbers worker
    * w's k-th document k·count + w (the index it would have in the whole split), so ids stay unique across workers.
    */
-  constructor(readonly fields: FieldNames, readonly numbering: WorkerSlot = SINGLE_WORKER) {}
+  constructor(
+    readonly fields: FieldNames,
+    readonly numbering: WorkerSlot = SINGLE_WORKER,
+  ) {}
 
   /** Turns one parsed row into a document or a skip. */
   make(row: unknown, stem: string, where: string): SourceRecord {
-    if (typeof row !== 'object' || row === null || Array.isArray(row)) return { kind: 'skip', reason: 'unparseable', where };
+    if (typeof row !== 'object' || row === null || Array.isArray(row))
+      return { kind: 'skip', reason: 'unparseable', where };
     const r = row as Record<string, unknown>;
     const text = r[this.fields.text];
     if (typeof text !== 'string' || text.length === 0) return { kind: 'skip', reason: 'no-text', where };
-    return this.doc(this.fields.id !== null && r[this.fields.id] !== undefined ? pyStr(r[this.fields.id]) : null, text, stem);
+    return this.doc(
+      this.fields.id !== null && r[this.fields.id] !== undefined ? pyStr(r[this.fields.id]) : null,
+      text,
+      stem,
+    );
   }
 
   /** A document with a known id, or the "<stem>:<n>" fallback when `id` is null. */

@@ -10,15 +10,19 @@ export function ropeInPlace(x: CpuTensor, cos: CpuTensor, sin: CpuTensor, spec: 
   const cols = x.shape[x.shape.length - 1]!;
   const rows = x.numel / cols;
   const half = spec.dim / 2;
-  const xs = x.f, cs = cos.f, sn = sin.f;
+  const xs = x.f,
+    cs = cos.f,
+    sn = sin.f;
   const sign = inverse ? -1 : 1;
   for (let r = 0; r < rows; r++) {
     const pos = r % spec.seqLen;
     for (let h = 0; h < spec.heads; h++) {
       const base = r * cols + spec.base + h * spec.headStride + spec.offset;
       for (let i = 0; i < half; i++) {
-        const c = cs[pos * half + i]!, s = sign * sn[pos * half + i]!;
-        const x1 = xs[base + i]!, x2 = xs[base + half + i]!;
+        const c = cs[pos * half + i]!,
+          s = sign * sn[pos * half + i]!;
+        const x1 = xs[base + i]!,
+          x2 = xs[base + half + i]!;
         xs[base + i] = x1 * c - x2 * s;
         xs[base + half + i] = x2 * c + x1 * s;
       }
@@ -27,7 +31,13 @@ export function ropeInPlace(x: CpuTensor, cos: CpuTensor, sin: CpuTensor, spec: 
   settle(x);
 }
 
-export function mlaAssembleKV(kvb: CpuTensor, kpe: CpuTensor, heads: number, dNope: number, dV: number): { k: CpuTensor; v: CpuTensor } {
+export function mlaAssembleKV(
+  kvb: CpuTensor,
+  kpe: CpuTensor,
+  heads: number,
+  dNope: number,
+  dV: number,
+): { k: CpuTensor; v: CpuTensor } {
   const rows = kvb.shape[0]!;
   const dRope = kpe.shape[1]!;
   const dK = dNope + dRope;
@@ -44,7 +54,13 @@ export function mlaAssembleKV(kvb: CpuTensor, kpe: CpuTensor, heads: number, dNo
   return { k: settle(k), v: settle(v) };
 }
 
-export function mlaAssembleKVBackward(dk: CpuTensor, dv: CpuTensor, heads: number, dNope: number, dV: number): { dkvb: CpuTensor; dkpe: CpuTensor } {
+export function mlaAssembleKVBackward(
+  dk: CpuTensor,
+  dv: CpuTensor,
+  heads: number,
+  dNope: number,
+  dV: number,
+): { dkvb: CpuTensor; dkpe: CpuTensor } {
   const rows = dk.shape[0]!;
   const dK = dk.shape[1]! / heads;
   const dRope = dK - dNope;
@@ -64,7 +80,8 @@ export function mlaAssembleKVBackward(dk: CpuTensor, dv: CpuTensor, heads: numbe
 
 function headDims(q: CpuTensor, v: CpuTensor, spec: AttentionSpec): { dQK: number; dV: number } {
   const rows = spec.batch * spec.seqLen;
-  if (q.shape[0] !== rows || v.shape[0] !== rows) throw new Error(`attention: expected ${rows} rows, got q [${q.shape}] v [${v.shape}]`);
+  if (q.shape[0] !== rows || v.shape[0] !== rows)
+    throw new Error(`attention: expected ${rows} rows, got q [${q.shape}] v [${v.shape}]`);
   return { dQK: q.shape[1]! / spec.heads, dV: v.shape[1]! / spec.heads };
 }
 
@@ -83,12 +100,19 @@ function unpackHead(src: Float64Array, dst: FloatArray, b: number, h: number, S:
   }
 }
 
-export function attention(q: CpuTensor, k: CpuTensor, v: CpuTensor, spec: AttentionSpec): { out: CpuTensor; lse: CpuTensor } {
+export function attention(
+  q: CpuTensor,
+  k: CpuTensor,
+  v: CpuTensor,
+  spec: AttentionSpec,
+): { out: CpuTensor; lse: CpuTensor } {
   const { batch, seqLen: S, heads: H, scale } = spec;
   const { dQK, dV } = headDims(q, v, spec);
   const out = allocate([batch * S, H * dV], q.dtype);
   const lse = allocate([batch * S, H], 'f32');
-  const Q = newFloats(S * dQK), K = newFloats(S * dQK), V = newFloats(S * dV);
+  const Q = newFloats(S * dQK),
+    K = newFloats(S * dQK),
+    V = newFloats(S * dV);
   const O = new Float64Array(S * dV);
   const p = new Float64Array(S);
   for (let b = 0; b < batch; b++) {
@@ -121,14 +145,27 @@ export function attention(q: CpuTensor, k: CpuTensor, v: CpuTensor, spec: Attent
 }
 
 export function attentionBackward(
-  dOut: CpuTensor, q: CpuTensor, k: CpuTensor, v: CpuTensor, out: CpuTensor, lse: CpuTensor, spec: AttentionSpec,
+  dOut: CpuTensor,
+  q: CpuTensor,
+  k: CpuTensor,
+  v: CpuTensor,
+  out: CpuTensor,
+  lse: CpuTensor,
+  spec: AttentionSpec,
 ): { dq: CpuTensor; dk: CpuTensor; dv: CpuTensor } {
   const { batch, seqLen: S, heads: H, scale } = spec;
   const { dQK, dV } = headDims(q, v, spec);
-  const dq = allocate(q.shape, q.dtype), dk = allocate(k.shape, k.dtype), dv = allocate(v.shape, v.dtype);
-  const Q = newFloats(S * dQK), K = newFloats(S * dQK), V = newFloats(S * dV);
-  const O = newFloats(S * dV), G = newFloats(S * dV);
-  const dQ = new Float64Array(S * dQK), dK = new Float64Array(S * dQK), dVh = new Float64Array(S * dV);
+  const dq = allocate(q.shape, q.dtype),
+    dk = allocate(k.shape, k.dtype),
+    dv = allocate(v.shape, v.dtype);
+  const Q = newFloats(S * dQK),
+    K = newFloats(S * dQK),
+    V = newFloats(S * dV);
+  const O = newFloats(S * dV),
+    G = newFloats(S * dV);
+  const dQ = new Float64Array(S * dQK),
+    dK = new Float64Array(S * dQK),
+    dVh = new Float64Array(S * dV);
   for (let b = 0; b < batch; b++) {
     for (let h = 0; h < H; h++) {
       packHead(q.f, Q, b, h, S, H, dQK);
@@ -136,7 +173,9 @@ export function attentionBackward(
       packHead(v.f, V, b, h, S, H, dV);
       packHead(out.f, O, b, h, S, H, dV);
       packHead(dOut.f, G, b, h, S, H, dV);
-      dQ.fill(0); dK.fill(0); dVh.fill(0);
+      dQ.fill(0);
+      dK.fill(0);
+      dVh.fill(0);
       for (let i = 0; i < S; i++) {
         const l = lse.f[(b * S + i) * H + h]!;
         let delta = 0; // sum_j p_j dp_j = dOut_i . out_i

@@ -5,7 +5,19 @@
  */
 import os from 'node:os';
 import { philoxNormal } from '../../util/philox.ts';
-import type { AdamWGroup, AdamWOptions, AttentionSpec, Backend, CrossEntropySpec, MatmulOptions, MoePlan, MuonMomentumSpec, MuonUpdateSpec, NormalInit, RopeSpec } from '../backend.ts';
+import type {
+  AdamWGroup,
+  AdamWOptions,
+  AttentionSpec,
+  Backend,
+  CrossEntropySpec,
+  MatmulOptions,
+  MoePlan,
+  MuonMomentumSpec,
+  MuonUpdateSpec,
+  NormalInit,
+  RopeSpec,
+} from '../backend.ts';
 import { type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
 import * as attn from './attention.ts';
 import { gemm } from './gemm.ts';
@@ -38,7 +50,8 @@ export class CpuBackend implements Backend {
 
   upload(data: Float32Array | Int32Array, shape: readonly number[], dtype: DType): Tensor {
     if (data.length !== shapeNumel(shape)) throw new Error(`upload: ${data.length} values for shape [${shape}]`);
-    if ((dtype === 'i32') !== data instanceof Int32Array) throw new Error(`upload: ${data.constructor.name} for dtype ${dtype}`);
+    if ((dtype === 'i32') !== data instanceof Int32Array)
+      throw new Error(`upload: ${data.constructor.name} for dtype ${dtype}`);
     if (data instanceof Int32Array) return new CpuTensor(shape, dtype, data.slice());
     const floats = newFloats(data.length);
     floats.set(data);
@@ -98,23 +111,38 @@ export class CpuBackend implements Backend {
   }
 
   matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
-    const A = asCpu(a), B = asCpu(b);
+    const A = asCpu(a),
+      B = asCpu(b);
     const [ar, ac] = A.shape as [number, number];
     const [br, bc] = B.shape as [number, number];
     const [m, k] = opts.transA ? [ac, ar] : [ar, ac];
     const [k2, n] = opts.transB ? [bc, br] : [br, bc];
     if (A.shape.length !== 2 || B.shape.length !== 2 || k !== k2) {
-      throw new Error(`matmul: ${describe(A)}${opts.transA ? 'ᵀ' : ''} @ ${describe(B)}${opts.transB ? 'ᵀ' : ''} do not compose`);
+      throw new Error(
+        `matmul: ${describe(A)}${opts.transA ? 'ᵀ' : ''} @ ${describe(B)}${opts.transB ? 'ᵀ' : ''} do not compose`,
+      );
     }
     const C = opts.out ? asCpu(opts.out) : allocate([m, n], opts.outDtype ?? A.dtype);
     if (C.numel !== m * n) throw new Error(`matmul: output ${describe(C)} is not [${m},${n}]`);
-    gemm({ m, n, k, a: A.f, transA: !!opts.transA, b: B.f, transB: !!opts.transB, c: C.f, alpha: opts.alpha ?? 1, accumulate: !!opts.accumulate });
+    gemm({
+      m,
+      n,
+      k,
+      a: A.f,
+      transA: !!opts.transA,
+      b: B.f,
+      transB: !!opts.transB,
+      c: C.f,
+      alpha: opts.alpha ?? 1,
+      accumulate: !!opts.accumulate,
+    });
     return settle(C);
   }
 
   add(a: Tensor, b: Tensor): Tensor {
     sameShape(a, b, 'add');
-    const A = asCpu(a), B = asCpu(b);
+    const A = asCpu(a),
+      B = asCpu(b);
     const out = allocate(A.shape, A.dtype);
     for (let i = 0; i < out.numel; i++) out.f[i] = A.f[i]! + B.f[i]!;
     return settle(out);
@@ -122,7 +150,8 @@ export class CpuBackend implements Backend {
 
   addInPlace(dst: Tensor, src: Tensor): void {
     sameShape(dst, src, 'addInPlace');
-    const D = asCpu(dst), S = asCpu(src);
+    const D = asCpu(dst),
+      S = asCpu(src);
     for (let i = 0; i < D.numel; i++) D.f[i] += S.f[i]!;
     settle(D);
   }
@@ -168,7 +197,13 @@ export class CpuBackend implements Backend {
     return attn.mlaAssembleKV(asCpu(kvb), asCpu(kpe), heads, dNope, dV);
   }
 
-  mlaAssembleKVBackward(dk: Tensor, dv: Tensor, heads: number, dNope: number, dV: number): { dkvb: Tensor; dkpe: Tensor } {
+  mlaAssembleKVBackward(
+    dk: Tensor,
+    dv: Tensor,
+    heads: number,
+    dNope: number,
+    dV: number,
+  ): { dkvb: Tensor; dkpe: Tensor } {
     return attn.mlaAssembleKVBackward(asCpu(dk), asCpu(dv), heads, dNope, dV);
   }
 
@@ -201,7 +236,8 @@ export class CpuBackend implements Backend {
     const c = asCpu(counts).i;
     const offsets = allocate([c.length + 1], 'i32');
     for (let e = 0; e < c.length; e++) offsets.i[e + 1] = offsets.i[e]! + c[e]!;
-    if (offsets.i[c.length]! > maxRows) throw new Error(`moeSegments: ${offsets.i[c.length]} rows, at most ${maxRows} expected`);
+    if (offsets.i[c.length]! > maxRows)
+      throw new Error(`moeSegments: ${offsets.i[c.length]} rows, at most ${maxRows} expected`);
     return { offsets, free: () => offsets.free() };
   }
 
@@ -230,7 +266,8 @@ export class CpuBackend implements Backend {
   }
 
   groupedSwiglu(x: Tensor, w1: Tensor, w3: Tensor, offsets: Tensor): { h1: Tensor; h3: Tensor; a: Tensor } {
-    const h1 = this.groupedMatmul(x, w1, offsets), h3 = this.groupedMatmul(x, w3, offsets);
+    const h1 = this.groupedMatmul(x, w1, offsets),
+      h3 = this.groupedMatmul(x, w3, offsets);
     return { h1, h3, a: this.swiglu(h1, h3) };
   }
 
@@ -242,8 +279,22 @@ export class CpuBackend implements Backend {
     if (Number.isFinite(asCpu(gradNorm).f[0])) moe.routerBiasUpdate(asCpu(bias), asCpu(counts), rate);
   }
 
-  crossEntropy(x: Tensor, w: Tensor, targets: Tensor, spec: CrossEntropySpec, dw?: Tensor, normalizer?: Tensor): { loss: Tensor; count: Tensor; dx: Tensor | null } {
-    return loss.crossEntropy(asCpu(x), asCpu(w), asCpu(targets), spec, dw ? asCpu(dw) : undefined, normalizer ? asCpu(normalizer) : undefined);
+  crossEntropy(
+    x: Tensor,
+    w: Tensor,
+    targets: Tensor,
+    spec: CrossEntropySpec,
+    dw?: Tensor,
+    normalizer?: Tensor,
+  ): { loss: Tensor; count: Tensor; dx: Tensor | null } {
+    return loss.crossEntropy(
+      asCpu(x),
+      asCpu(w),
+      asCpu(targets),
+      spec,
+      dw ? asCpu(dw) : undefined,
+      normalizer ? asCpu(normalizer) : undefined,
+    );
   }
 
   globalNorm(tensors: readonly Tensor[]): Tensor {

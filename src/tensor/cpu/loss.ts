@@ -9,7 +9,14 @@ import { type CpuTensor, allocate, settle, newFloats } from './storage.ts';
 
 const CHUNK = 256;
 
-export function crossEntropy(x: CpuTensor, w: CpuTensor, targets: CpuTensor, spec: CrossEntropySpec, dw?: CpuTensor, normalizer?: CpuTensor): {
+export function crossEntropy(
+  x: CpuTensor,
+  w: CpuTensor,
+  targets: CpuTensor,
+  spec: CrossEntropySpec,
+  dw?: CpuTensor,
+  normalizer?: CpuTensor,
+): {
   loss: CpuTensor;
   count: CpuTensor;
   dx: CpuTensor | null;
@@ -20,7 +27,8 @@ export function crossEntropy(x: CpuTensor, w: CpuTensor, targets: CpuTensor, spe
   for (let t = 0; t < tokens; t++) {
     const target = targets.i[t]!;
     if (target === spec.ignoreIndex) continue;
-    if (target < 0 || target >= vocab) throw new Error(`crossEntropy: target ${target} at position ${t} is outside [0, ${vocab})`);
+    if (target < 0 || target >= vocab)
+      throw new Error(`crossEntropy: target ${target} at position ${t} is outside [0, ${vocab})`);
     counted++;
   }
   const divisor = Math.max(normalizer ? normalizer.f[0]! : counted, 1);
@@ -30,7 +38,19 @@ export function crossEntropy(x: CpuTensor, w: CpuTensor, targets: CpuTensor, spe
   let total = 0;
   for (let t0 = 0; t0 < tokens; t0 += CHUNK) {
     const rows = Math.min(CHUNK, tokens - t0);
-    gemm({ m: rows, n: vocab, k: dim, a: x.f, aOffset: t0 * dim, transA: false, b: w.f, transB: true, c: logits, alpha: spec.logitScale, accumulate: false });
+    gemm({
+      m: rows,
+      n: vocab,
+      k: dim,
+      a: x.f,
+      aOffset: t0 * dim,
+      transA: false,
+      b: w.f,
+      transB: true,
+      c: logits,
+      alpha: spec.logitScale,
+      accumulate: false,
+    });
     for (let r = 0; r < rows; r++) {
       const row = logits.subarray(r * vocab, (r + 1) * vocab);
       const target = targets.i[t0 + r]!;
@@ -50,8 +70,32 @@ export function crossEntropy(x: CpuTensor, w: CpuTensor, targets: CpuTensor, spe
       row[target] -= norm;
     }
     if (dx && dw) {
-      gemm({ m: rows, n: dim, k: vocab, a: logits, transA: false, b: w.f, transB: false, c: dx.f, cOffset: t0 * dim, alpha: 1, accumulate: false });
-      gemm({ m: vocab, n: dim, k: rows, a: logits, transA: true, b: x.f, bOffset: t0 * dim, transB: false, c: dw.f, alpha: 1, accumulate: true });
+      gemm({
+        m: rows,
+        n: dim,
+        k: vocab,
+        a: logits,
+        transA: false,
+        b: w.f,
+        transB: false,
+        c: dx.f,
+        cOffset: t0 * dim,
+        alpha: 1,
+        accumulate: false,
+      });
+      gemm({
+        m: vocab,
+        n: dim,
+        k: rows,
+        a: logits,
+        transA: true,
+        b: x.f,
+        bOffset: t0 * dim,
+        transB: false,
+        c: dw.f,
+        alpha: 1,
+        accumulate: true,
+      });
     }
   }
   const loss = allocate([1], 'f32');

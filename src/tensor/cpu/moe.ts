@@ -6,7 +6,12 @@ import type { MoePlan } from '../backend.ts';
 import { gemm } from './gemm.ts';
 import { type CpuTensor, allocate, settle } from './storage.ts';
 
-export function routerTopK(logits: CpuTensor, bias: CpuTensor, topK: number, routeScale: number): { gates: CpuTensor; idx: CpuTensor } {
+export function routerTopK(
+  logits: CpuTensor,
+  bias: CpuTensor,
+  topK: number,
+  routeScale: number,
+): { gates: CpuTensor; idx: CpuTensor } {
   const [tokens, experts] = logits.shape as [number, number];
   const gates = allocate([tokens, topK], 'f32');
   const idx = allocate([tokens, topK], 'i32');
@@ -21,7 +26,10 @@ export function routerTopK(logits: CpuTensor, bias: CpuTensor, topK: number, rou
       let bestKey = -Infinity;
       for (let e = 0; e < experts; e++) {
         const key = scores[e]! + bias.f[e]!;
-        if (!taken[e] && (best < 0 || key > bestKey)) { best = e; bestKey = key; }
+        if (!taken[e] && (best < 0 || key > bestKey)) {
+          best = e;
+          bestKey = key;
+        }
       }
       taken[best] = 1;
       idx.i[t * topK + k] = best;
@@ -35,7 +43,12 @@ export function routerTopK(logits: CpuTensor, bias: CpuTensor, topK: number, rou
 }
 
 /** gates_j = s_j / S with S the sum of chosen scores: ds_j = (dg_j - sum_k dg_k g_k) / S; dlogit = rs * s (1 - s) ds. */
-export function routerTopKBackward(dGates: CpuTensor, logits: CpuTensor, idx: CpuTensor, routeScale: number): CpuTensor {
+export function routerTopKBackward(
+  dGates: CpuTensor,
+  logits: CpuTensor,
+  idx: CpuTensor,
+  routeScale: number,
+): CpuTensor {
   const [tokens, experts] = logits.shape as [number, number];
   const topK = idx.shape[1]!;
   const dLogits = allocate([tokens, experts], 'f32');
@@ -134,7 +147,12 @@ function sumTokenRows(rows: CpuTensor, plan: CpuMoePlan, gates: CpuTensor | null
   return settle(out);
 }
 
-export function moeCombineBackward(dOut: CpuTensor, ye: CpuTensor, gates: CpuTensor, plan: CpuMoePlan): { dye: CpuTensor; dGates: CpuTensor } {
+export function moeCombineBackward(
+  dOut: CpuTensor,
+  ye: CpuTensor,
+  gates: CpuTensor,
+  plan: CpuMoePlan,
+): { dye: CpuTensor; dGates: CpuTensor } {
   const dim = ye.shape[1]!;
   const { numTokens: T, topK: K } = plan;
   const dye = allocate(ye.shape, ye.dtype);
@@ -162,9 +180,19 @@ export function groupedMatmul(x: CpuTensor, w: CpuTensor, offsets: CpuTensor, tr
 }
 
 /** y = x1 @ op(w1) + x2 @ op(w2) per segment, summed before the one rounding. */
-export function groupedMatmulSum(x1: CpuTensor, w1: CpuTensor, x2: CpuTensor, w2: CpuTensor, offsets: CpuTensor, transB: boolean): CpuTensor {
+export function groupedMatmulSum(
+  x1: CpuTensor,
+  w1: CpuTensor,
+  x2: CpuTensor,
+  w2: CpuTensor,
+  offsets: CpuTensor,
+  transB: boolean,
+): CpuTensor {
   const dout = groupedDims(x1, w1, transB)[1];
-  if (groupedDims(x2, w2, transB)[1] !== dout || x2.shape[0] !== x1.shape[0]) throw new Error(`groupedMatmulSum: x1 [${x1.shape}] @ w1 [${w1.shape}] and x2 [${x2.shape}] @ w2 [${w2.shape}] do not add up`);
+  if (groupedDims(x2, w2, transB)[1] !== dout || x2.shape[0] !== x1.shape[0])
+    throw new Error(
+      `groupedMatmulSum: x1 [${x1.shape}] @ w1 [${w1.shape}] and x2 [${x2.shape}] @ w2 [${w2.shape}] do not add up`,
+    );
   const y = allocate([x1.shape[0]!, dout], x1.dtype);
   groupedInto(x1, w1, offsets, transB, y, false);
   groupedInto(x2, w2, offsets, transB, y, true);
@@ -174,29 +202,73 @@ export function groupedMatmulSum(x1: CpuTensor, w1: CpuTensor, x2: CpuTensor, w2
 function groupedDims(x: CpuTensor, w: CpuTensor, transB: boolean): [number, number] {
   const [, w1, w2] = w.shape as [number, number, number];
   const [din, dout] = transB ? [w2, w1] : [w1, w2];
-  if (x.shape[1] !== din) throw new Error(`groupedMatmul: x [${x.shape}] does not match w [${w.shape}] (transB=${transB})`);
+  if (x.shape[1] !== din)
+    throw new Error(`groupedMatmul: x [${x.shape}] does not match w [${w.shape}] (transB=${transB})`);
   return [din, dout];
 }
 
 /** y[seg_e] (+)= x[seg_e] @ op(w[e]) in full precision (not yet rounded). */
-function groupedInto(x: CpuTensor, w: CpuTensor, offsets: CpuTensor, transB: boolean, y: CpuTensor, accumulate: boolean): void {
+function groupedInto(
+  x: CpuTensor,
+  w: CpuTensor,
+  offsets: CpuTensor,
+  transB: boolean,
+  y: CpuTensor,
+  accumulate: boolean,
+): void {
   const [experts, w1, w2] = w.shape as [number, number, number];
   const [din, dout] = groupedDims(x, w, transB);
   for (let e = 0; e < experts; e++) {
-    const r0 = offsets.i[e]!, rows = offsets.i[e + 1]! - r0;
+    const r0 = offsets.i[e]!,
+      rows = offsets.i[e + 1]! - r0;
     if (rows === 0) continue;
-    gemm({ m: rows, n: dout, k: din, a: x.f, aOffset: r0 * din, transA: false, b: w.f, bOffset: e * w1 * w2, transB, c: y.f, cOffset: r0 * dout, alpha: 1, accumulate });
+    gemm({
+      m: rows,
+      n: dout,
+      k: din,
+      a: x.f,
+      aOffset: r0 * din,
+      transA: false,
+      b: w.f,
+      bOffset: e * w1 * w2,
+      transB,
+      c: y.f,
+      cOffset: r0 * dout,
+      alpha: 1,
+      accumulate,
+    });
   }
 }
 
-export function groupedMatmulWeightGrad(x: CpuTensor, dy: CpuTensor, offsets: CpuTensor, dw: CpuTensor, accumulate: boolean): void {
+export function groupedMatmulWeightGrad(
+  x: CpuTensor,
+  dy: CpuTensor,
+  offsets: CpuTensor,
+  dw: CpuTensor,
+  accumulate: boolean,
+): void {
   const [experts, din, dout] = dw.shape as [number, number, number];
   if (!accumulate) dw.f.fill(0);
   for (let e = 0; e < experts; e++) {
-    const r0 = offsets.i[e]!, rows = offsets.i[e + 1]! - r0;
+    const r0 = offsets.i[e]!,
+      rows = offsets.i[e + 1]! - r0;
     if (rows === 0) continue;
     // dw[e] [din, dout] += x_e^T [din, rows] @ dy_e [rows, dout]
-    gemm({ m: din, n: dout, k: rows, a: x.f, aOffset: r0 * din, transA: true, b: dy.f, bOffset: r0 * dout, transB: false, c: dw.f, cOffset: e * din * dout, alpha: 1, accumulate: true });
+    gemm({
+      m: din,
+      n: dout,
+      k: rows,
+      a: x.f,
+      aOffset: r0 * din,
+      transA: true,
+      b: dy.f,
+      bOffset: r0 * dout,
+      transB: false,
+      c: dw.f,
+      cOffset: e * din * dout,
+      alpha: 1,
+      accumulate: true,
+    });
   }
   settle(dw);
 }

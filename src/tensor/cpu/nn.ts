@@ -4,10 +4,13 @@ import { type CpuTensor, allocate, settle } from './storage.ts';
 export function embedding(ids: CpuTensor, table: CpuTensor, scale: number): CpuTensor {
   const [vocab, dim] = table.shape as [number, number];
   const out = allocate([ids.numel, dim], table.dtype);
-  const id = ids.i, w = table.f, o = out.f;
+  const id = ids.i,
+    w = table.f,
+    o = out.f;
   for (let t = 0; t < id.length; t++) {
     const v = id[t]!;
-    if (v < 0 || v >= vocab) throw new Error(`embedding: token id ${v} at position ${t} is outside the vocabulary [0, ${vocab})`);
+    if (v < 0 || v >= vocab)
+      throw new Error(`embedding: token id ${v} at position ${t} is outside the vocabulary [0, ${vocab})`);
     for (let d = 0; d < dim; d++) o[t * dim + d] = w[v * dim + d]! * scale;
   }
   return settle(out);
@@ -15,7 +18,9 @@ export function embedding(ids: CpuTensor, table: CpuTensor, scale: number): CpuT
 
 export function embeddingBackward(ids: CpuTensor, dOut: CpuTensor, dTable: CpuTensor, scale: number): void {
   const dim = dTable.shape[1]!;
-  const id = ids.i, g = dOut.f, dw = dTable.f;
+  const id = ids.i,
+    g = dOut.f,
+    dw = dTable.f;
   for (let t = 0; t < id.length; t++) {
     const row = id[t]! * dim;
     for (let d = 0; d < dim; d++) dw[row + d] += g[t * dim + d]! * scale;
@@ -28,7 +33,9 @@ export function rmsnorm(x: CpuTensor, w: CpuTensor, eps: number): { y: CpuTensor
   const rows = x.numel / dim;
   const y = allocate(x.shape, x.dtype);
   const rstd = allocate([rows], 'f32');
-  const xs = x.f, ws = w.f, ys = y.f;
+  const xs = x.f,
+    ws = w.f,
+    ys = y.f;
   for (let r = 0; r < rows; r++) {
     let ss = 0;
     for (let d = 0; d < dim; d++) ss += xs[r * dim + d]! ** 2;
@@ -44,7 +51,11 @@ export function rmsnormBackward(dy: CpuTensor, x: CpuTensor, w: CpuTensor, rstd:
   const dim = w.numel;
   const rows = x.numel / dim;
   const dx = allocate(x.shape, x.dtype);
-  const xs = x.f, ws = w.f, g = dy.f, dws = dw.f, dxs = dx.f;
+  const xs = x.f,
+    ws = w.f,
+    g = dy.f,
+    dws = dw.f,
+    dxs = dx.f;
   for (let r = 0; r < rows; r++) {
     const s = rstd.f[r]!;
     let dot = 0;
@@ -62,7 +73,9 @@ export function rmsnormBackward(dy: CpuTensor, x: CpuTensor, w: CpuTensor, rstd:
 
 export function swiglu(g: CpuTensor, u: CpuTensor): CpuTensor {
   const a = allocate(g.shape, g.dtype);
-  const gs = g.f, us = u.f, as = a.f;
+  const gs = g.f,
+    us = u.f,
+    as = a.f;
   for (let i = 0; i < gs.length; i++) {
     const x = gs[i]!;
     as[i] = (x / (1 + Math.exp(-x))) * us[i]!;
@@ -71,8 +84,11 @@ export function swiglu(g: CpuTensor, u: CpuTensor): CpuTensor {
 }
 
 export function swigluBackward(da: CpuTensor, g: CpuTensor, u: CpuTensor): { dg: CpuTensor; du: CpuTensor } {
-  const dg = allocate(g.shape, g.dtype), du = allocate(u.shape, u.dtype);
-  const gs = g.f, us = u.f, das = da.f;
+  const dg = allocate(g.shape, g.dtype),
+    du = allocate(u.shape, u.dtype);
+  const gs = g.f,
+    us = u.f,
+    das = da.f;
   for (let i = 0; i < gs.length; i++) {
     const x = gs[i]!;
     const sig = 1 / (1 + Math.exp(-x));
@@ -109,9 +125,11 @@ export function concatCols(parts: readonly CpuTensor[]): CpuTensor {
 }
 
 export function softmax(x: CpuTensor): CpuTensor {
-  const cols = x.shape[x.shape.length - 1]!, rows = x.numel / cols;
+  const cols = x.shape[x.shape.length - 1]!,
+    rows = x.numel / cols;
   const out = allocate(x.shape, 'f32');
-  const xs = x.f, os = out.f;
+  const xs = x.f,
+    os = out.f;
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     let m = -Infinity;

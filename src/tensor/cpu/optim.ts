@@ -31,10 +31,15 @@ export function adamw(groups: readonly AdamWGroup[], opts: AdamWOptions): void {
     const stepSize = g.lr / bc1;
     const decay = 1 - g.lr * g.weightDecay;
     g.params.forEach((pt, i) => {
-      const p = asCpu(pt), grad = asCpu(g.grads[i]!).f, m = asCpu(g.expAvg[i]!), v = asCpu(g.expAvgSq[i]!);
+      const p = asCpu(pt),
+        grad = asCpu(g.grads[i]!).f,
+        m = asCpu(g.expAvg[i]!),
+        v = asCpu(g.expAvgSq[i]!);
       // With a master copy the update runs in fp32 on it and the param takes its rounding.
       const master = g.master ? asCpu(g.master[i]!) : null;
-      const ws = (master ?? p).f, ms = m.f, vs = v.f;
+      const ws = (master ?? p).f,
+        ms = m.f,
+        vs = v.f;
       const sr = opts.stochasticRounding && !master && p.dtype === 'bf16' ? opts.stochasticRounding : null;
       for (let j = 0; j < ws.length; j++) {
         const gj = grad[j]! * clip;
@@ -57,8 +62,11 @@ export function muonMomentum(grad: CpuTensor, momentum: CpuTensor, spec: MuonMom
   const out = allocate(grad.shape, 'f32');
   const norm = asCpu(spec.gradNorm).f[0]!;
   if (!Number.isFinite(norm)) return out; // zeros; muonUpdate skips the step on the same norm
-  const clip = clipFactor(norm, spec.maxNorm), mu = spec.momentum;
-  const g = grad.f, m = momentum.f, u = out.f;
+  const clip = clipFactor(norm, spec.maxNorm),
+    mu = spec.momentum;
+  const g = grad.f,
+    m = momentum.f,
+    u = out.f;
   let ss = 0;
   for (let j = 0; j < u.length; j++) {
     const gj = g[j]! * clip;
@@ -75,7 +83,8 @@ export function muonMomentum(grad: CpuTensor, momentum: CpuTensor, spec: MuonMom
 export function muonUpdate(param: CpuTensor, delta: CpuTensor, spec: MuonUpdateSpec): void {
   if (!Number.isFinite(asCpu(spec.gradNorm).f[0]!)) return;
   const master = spec.master ? asCpu(spec.master) : null;
-  const ws = (master ?? param).f, d = delta.f;
+  const ws = (master ?? param).f,
+    d = delta.f;
   const decay = 1 - spec.lr * spec.weightDecay;
   const sr = spec.stochasticRounding && !master && param.dtype === 'bf16' ? spec.stochasticRounding : null;
   for (let j = 0; j < ws.length; j++) {

@@ -26,7 +26,12 @@ export class CpuTensor implements Tensor {
   readonly numel: number;
   #data: CpuArray | null;
 
-  constructor(readonly shape: readonly number[], readonly dtype: DType, data: CpuArray, readonly isView = false) {
+  constructor(
+    readonly shape: readonly number[],
+    readonly dtype: DType,
+    data: CpuArray,
+    readonly isView = false,
+  ) {
     this.numel = shapeNumel(shape);
     if (data.length !== this.numel) throw new Error(`storage of ${data.length} elements for ${describe(this)}`);
     this.#data = data;

@@ -30,7 +30,7 @@ export function adamChunkWords(numels: readonly number[]): Int32Array {
   let c = 0;
   numels.forEach((numel, index) => {
     for (let e = 0; e < numel; e += ADAM_CHUNK, c++) {
-      words[2 * c] = e % 2 ** 32 | 0; // low word: the first element's bits 0..31
+      words[2 * c] = (e % 2 ** 32) | 0; // low word: the first element's bits 0..31
       words[2 * c + 1] = index * 256 + Math.floor(e / 2 ** 32); // high word: index << 8 | the element's bits 32..39
     }
   });

@@ -65,7 +65,8 @@ export class CachingAllocator {
       rc = cu.memAlloc(out, size);
     }
     if (rc === CUDA_ERROR_OUT_OF_MEMORY) {
-      const free = new BigUint64Array(1), total = new BigUint64Array(1);
+      const free = new BigUint64Array(1),
+        total = new BigUint64Array(1);
       cu.memGetInfo(free, total);
       const gib = (b: number | bigint) => `${(Number(b) / 2 ** 30).toFixed(2)} GiB`;
       throw new UserError(

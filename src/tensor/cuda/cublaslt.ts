@@ -23,15 +23,22 @@ const lt = {
   statusString: f('const char *cublasLtGetStatusString(int status)'),
   descCreate: f('int cublasLtMatmulDescCreate(_Out_ uint64_t *desc, int computeType, int scaleType)'),
   descSet: f('int cublasLtMatmulDescSetAttribute(uint64_t desc, int attr, void *buf, size_t size)'),
-  layoutCreate: f('int cublasLtMatrixLayoutCreate(_Out_ uint64_t *layout, int type, uint64_t rows, uint64_t cols, int64_t ld)'),
+  layoutCreate: f(
+    'int cublasLtMatrixLayoutCreate(_Out_ uint64_t *layout, int type, uint64_t rows, uint64_t cols, int64_t ld)',
+  ),
   prefCreate: f('int cublasLtMatmulPreferenceCreate(_Out_ uint64_t *pref)'),
   prefSet: f('int cublasLtMatmulPreferenceSetAttribute(uint64_t pref, int attr, void *buf, size_t size)'),
-  heuristic: f('int cublasLtMatmulAlgoGetHeuristic(uint64_t handle, uint64_t desc, uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t pref, int requested, _Out_ uint8_t *results, _Out_ int *count)'),
-  matmul: f('int cublasLtMatmul(uint64_t handle, uint64_t desc, void *alpha, uint64_t A, uint64_t Adesc, uint64_t B, uint64_t Bdesc, void *beta, uint64_t C, uint64_t Cdesc, uint64_t D, uint64_t Ddesc, void *algo, uint64_t workspace, size_t workspaceBytes, uint64_t stream)'),
+  heuristic: f(
+    'int cublasLtMatmulAlgoGetHeuristic(uint64_t handle, uint64_t desc, uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t pref, int requested, _Out_ uint8_t *results, _Out_ int *count)',
+  ),
+  matmul: f(
+    'int cublasLtMatmul(uint64_t handle, uint64_t desc, void *alpha, uint64_t A, uint64_t Adesc, uint64_t B, uint64_t Bdesc, void *beta, uint64_t C, uint64_t Cdesc, uint64_t D, uint64_t Ddesc, void *algo, uint64_t workspace, size_t workspaceBytes, uint64_t stream)',
+  ),
 };
 
 function ok(api: string, status: number, detail = ''): void {
-  if (status !== 0) throw new Error(`${api} failed: ${lt.statusString(status)} (status ${status})${detail ? ` for ${detail}` : ''}`);
+  if (status !== 0)
+    throw new Error(`${api} failed: ${lt.statusString(status)} (status ${status})${detail ? ` for ${detail}` : ''}`);
 }
 
 function out(api: string, fn: (o: BigUint64Array, ...a: never[]) => number, ...args: unknown[]): bigint {
@@ -76,9 +83,16 @@ export class GemmRunner {
   readonly #alpha = new Float32Array(1);
   readonly #beta = new Float32Array(1);
 
-  constructor(readonly workspace: bigint, readonly workspaceBytes: number, readonly stream: bigint) {
+  constructor(
+    readonly workspace: bigint,
+    readonly workspaceBytes: number,
+    readonly stream: bigint,
+  ) {
     this.#pref = out('cublasLtMatmulPreferenceCreate', lt.prefCreate);
-    ok('cublasLtMatmulPreferenceSetAttribute', lt.prefSet(this.#pref, PREF_MAX_WORKSPACE_BYTES, BigUint64Array.of(BigInt(workspaceBytes)), 8));
+    ok(
+      'cublasLtMatmulPreferenceSetAttribute',
+      lt.prefSet(this.#pref, PREF_MAX_WORKSPACE_BYTES, BigUint64Array.of(BigInt(workspaceBytes)), 8),
+    );
   }
 
   run(g: GemmCall): void {
@@ -86,7 +100,27 @@ export class GemmRunner {
     this.#alpha[0] = g.alpha;
     this.#beta[0] = g.beta;
     // Column-major: first operand is B, second is A (see the header).
-    ok('cublasLtMatmul', lt.matmul(this.#handle, plan.desc, this.#alpha, g.b, plan.layoutA, g.a, plan.layoutB, this.#beta, g.c, plan.layoutC, g.c, plan.layoutC, plan.algo, this.workspace, this.workspaceBytes, this.stream));
+    ok(
+      'cublasLtMatmul',
+      lt.matmul(
+        this.#handle,
+        plan.desc,
+        this.#alpha,
+        g.b,
+        plan.layoutA,
+        g.a,
+        plan.layoutB,
+        this.#beta,
+        g.c,
+        plan.layoutC,
+        g.c,
+        plan.layoutC,
+        plan.algo,
+        this.workspace,
+        this.workspaceBytes,
+        this.stream,
+      ),
+    );
   }
 
   #plan(g: GemmCall): Plan {
@@ -102,11 +136,22 @@ export class GemmRunner {
     const ab = cudaType(g.abType);
     const layoutA = out('cublasLtMatrixLayoutCreate', lt.layoutCreate, ab, BigInt(bCols), BigInt(bRows), BigInt(bCols));
     const layoutB = out('cublasLtMatrixLayoutCreate', lt.layoutCreate, ab, BigInt(aCols), BigInt(aRows), BigInt(aCols));
-    const layoutC = out('cublasLtMatrixLayoutCreate', lt.layoutCreate, cudaType(g.cType), BigInt(g.n), BigInt(g.m), BigInt(g.n));
+    const layoutC = out(
+      'cublasLtMatrixLayoutCreate',
+      lt.layoutCreate,
+      cudaType(g.cType),
+      BigInt(g.n),
+      BigInt(g.m),
+      BigInt(g.n),
+    );
     const results = Buffer.alloc(HEURISTIC_RESULT_BYTES);
     const count = new Int32Array(1);
     const shape = `[${g.m}x${g.k}]${g.transA ? 'ᵀ' : ''} @ [${g.k}x${g.n}]${g.transB ? 'ᵀ' : ''} ${g.abType}->${g.cType}`;
-    ok('cublasLtMatmulAlgoGetHeuristic', lt.heuristic(this.#handle, desc, layoutA, layoutB, layoutC, layoutC, this.#pref, 1, results, count), shape);
+    ok(
+      'cublasLtMatmulAlgoGetHeuristic',
+      lt.heuristic(this.#handle, desc, layoutA, layoutB, layoutC, layoutC, this.#pref, 1, results, count),
+      shape,
+    );
     if (count[0] === 0) throw new Error(`cuBLASLt has no algorithm for ${shape}`);
     const plan = { desc, layoutA, layoutB, layoutC, algo: results.subarray(0, 64) };
     this.#plans.set(key, plan);

@@ -16,7 +16,16 @@ export const DataType = { FLOAT: 0, DOUBLE: 1, HALF: 2, INT32: 4, BFLOAT16: 9, I
 export type DataTypeId = (typeof DataType)[keyof typeof DataType];
 
 export const PointwiseMode = {
-  ADD: 0, MUL: 1, SUB: 9, DIV: 6, EXP: 13, LOG: 15, IDENTITY: 21, CMP_GE: 303, GEN_INDEX: 501, BINARY_SELECT: 601,
+  ADD: 0,
+  MUL: 1,
+  SUB: 9,
+  DIV: 6,
+  EXP: 13,
+  LOG: 15,
+  IDENTITY: 21,
+  CMP_GE: 303,
+  GEN_INDEX: 501,
+  BINARY_SELECT: 601,
 } as const;
 export type PointwiseModeId = (typeof PointwiseMode)[keyof typeof PointwiseMode];
 
@@ -38,38 +47,111 @@ export const STATUS = {
 } as const;
 
 const AttrType = {
-  HANDLE: 0, DATA_TYPE: 1, BOOLEAN: 2, INT64: 3, FLOAT: 4, DOUBLE: 5, VOID_PTR: 6, HEUR_MODE: 8, NUMERICAL_NOTE: 11,
-  POINTWISE_MODE: 14, BACKEND_DESCRIPTOR: 15, REDUCTION_OPERATOR_TYPE: 18, BEHAVIOR_NOTE: 19, INT32: 23, CHAR: 24,
+  HANDLE: 0,
+  DATA_TYPE: 1,
+  BOOLEAN: 2,
+  INT64: 3,
+  FLOAT: 4,
+  DOUBLE: 5,
+  VOID_PTR: 6,
+  HEUR_MODE: 8,
+  NUMERICAL_NOTE: 11,
+  POINTWISE_MODE: 14,
+  BACKEND_DESCRIPTOR: 15,
+  REDUCTION_OPERATOR_TYPE: 18,
+  BEHAVIOR_NOTE: 19,
+  INT32: 23,
+  CHAR: 24,
 } as const;
 
 const Desc = {
-  POINTWISE: 0, ENGINE: 2, ENGINECFG: 3, ENGINEHEUR: 4, EXECUTION_PLAN: 5, OPERATION_POINTWISE: 13, OPERATIONGRAPH: 15,
-  VARIANT_PACK: 16, TENSOR: 17, MATMUL: 18, OPERATION_MATMUL: 19, REDUCTION: 21, OPERATION_REDUCTION: 22,
+  POINTWISE: 0,
+  ENGINE: 2,
+  ENGINECFG: 3,
+  ENGINEHEUR: 4,
+  EXECUTION_PLAN: 5,
+  OPERATION_POINTWISE: 13,
+  OPERATIONGRAPH: 15,
+  VARIANT_PACK: 16,
+  TENSOR: 17,
+  MATMUL: 18,
+  OPERATION_MATMUL: 19,
+  REDUCTION: 21,
+  OPERATION_REDUCTION: 22,
   OPERATION_RESHAPE: 31,
 } as const;
 const DESC_NAMES = Object.fromEntries(Object.entries(Desc).map(([k, v]) => [v, k])) as Record<number, string>;
 
 const Attr = {
-  POINTWISE_MODE: 0, POINTWISE_MATH_PREC: 1, POINTWISE_AXIS: 9,
-  ENGINEHEUR_MODE: 200, ENGINEHEUR_OPERATION_GRAPH: 201, ENGINEHEUR_RESULTS: 202,
-  ENGINECFG_ENGINE: 300, ENGINECFG_WORKSPACE_SIZE: 303,
-  EXECUTION_PLAN_HANDLE: 400, EXECUTION_PLAN_ENGINE_CONFIG: 401, EXECUTION_PLAN_WORKSPACE_SIZE: 402, EXECUTION_PLAN_JSON_REPRESENTATION: 405,
-  OPERATION_POINTWISE_PW_DESCRIPTOR: 750, OPERATION_POINTWISE_XDESC: 751, OPERATION_POINTWISE_BDESC: 752, OPERATION_POINTWISE_YDESC: 753,
-  OPERATION_POINTWISE_ALPHA1: 754, OPERATION_POINTWISE_ALPHA2: 755, OPERATION_POINTWISE_TDESC: 758,
-  OPERATIONGRAPH_HANDLE: 800, OPERATIONGRAPH_OPS: 801, OPERATIONGRAPH_ENGINE_GLOBAL_COUNT: 802,
-  TENSOR_BYTE_ALIGNMENT: 900, TENSOR_DATA_TYPE: 901, TENSOR_DIMENSIONS: 902, TENSOR_STRIDES: 903, TENSOR_UNIQUE_ID: 906,
-  TENSOR_IS_VIRTUAL: 907, TENSOR_IS_BY_VALUE: 908,
-  VARIANT_PACK_UNIQUE_IDS: 1000, VARIANT_PACK_DATA_POINTERS: 1001, VARIANT_PACK_WORKSPACE: 1003,
-  ENGINE_GLOBAL_INDEX: 1301, ENGINE_NUMERICAL_NOTE: 1303, ENGINE_BEHAVIOR_NOTE: 1305,
-  MATMUL_COMP_TYPE: 1500, OPERATION_MATMUL_ADESC: 1520, OPERATION_MATMUL_BDESC: 1521, OPERATION_MATMUL_CDESC: 1522, OPERATION_MATMUL_DESC: 1523,
-  REDUCTION_OPERATOR: 1600, REDUCTION_COMP_TYPE: 1601,
-  OPERATION_REDUCTION_XDESC: 1610, OPERATION_REDUCTION_YDESC: 1611, OPERATION_REDUCTION_DESC: 1612,
-  OPERATION_RESHAPE_XDESC: 2200, OPERATION_RESHAPE_YDESC: 2201,
+  POINTWISE_MODE: 0,
+  POINTWISE_MATH_PREC: 1,
+  POINTWISE_AXIS: 9,
+  ENGINEHEUR_MODE: 200,
+  ENGINEHEUR_OPERATION_GRAPH: 201,
+  ENGINEHEUR_RESULTS: 202,
+  ENGINECFG_ENGINE: 300,
+  ENGINECFG_WORKSPACE_SIZE: 303,
+  EXECUTION_PLAN_HANDLE: 400,
+  EXECUTION_PLAN_ENGINE_CONFIG: 401,
+  EXECUTION_PLAN_WORKSPACE_SIZE: 402,
+  EXECUTION_PLAN_JSON_REPRESENTATION: 405,
+  OPERATION_POINTWISE_PW_DESCRIPTOR: 750,
+  OPERATION_POINTWISE_XDESC: 751,
+  OPERATION_POINTWISE_BDESC: 752,
+  OPERATION_POINTWISE_YDESC: 753,
+  OPERATION_POINTWISE_ALPHA1: 754,
+  OPERATION_POINTWISE_ALPHA2: 755,
+  OPERATION_POINTWISE_TDESC: 758,
+  OPERATIONGRAPH_HANDLE: 800,
+  OPERATIONGRAPH_OPS: 801,
+  OPERATIONGRAPH_ENGINE_GLOBAL_COUNT: 802,
+  TENSOR_BYTE_ALIGNMENT: 900,
+  TENSOR_DATA_TYPE: 901,
+  TENSOR_DIMENSIONS: 902,
+  TENSOR_STRIDES: 903,
+  TENSOR_UNIQUE_ID: 906,
+  TENSOR_IS_VIRTUAL: 907,
+  TENSOR_IS_BY_VALUE: 908,
+  VARIANT_PACK_UNIQUE_IDS: 1000,
+  VARIANT_PACK_DATA_POINTERS: 1001,
+  VARIANT_PACK_WORKSPACE: 1003,
+  ENGINE_GLOBAL_INDEX: 1301,
+  ENGINE_NUMERICAL_NOTE: 1303,
+  ENGINE_BEHAVIOR_NOTE: 1305,
+  MATMUL_COMP_TYPE: 1500,
+  OPERATION_MATMUL_ADESC: 1520,
+  OPERATION_MATMUL_BDESC: 1521,
+  OPERATION_MATMUL_CDESC: 1522,
+  OPERATION_MATMUL_DESC: 1523,
+  REDUCTION_OPERATOR: 1600,
+  REDUCTION_COMP_TYPE: 1601,
+  OPERATION_REDUCTION_XDESC: 1610,
+  OPERATION_REDUCTION_YDESC: 1611,
+  OPERATION_REDUCTION_DESC: 1612,
+  OPERATION_RESHAPE_XDESC: 2200,
+  OPERATION_RESHAPE_YDESC: 2201,
 } as const;
 const ATTR_NAMES = Object.fromEntries(Object.entries(Attr).map(([k, v]) => [v, k])) as Record<number, string>;
 
-export const NUMERICAL_NOTES = ['TENSOR_CORE', 'DOWN_CONVERT_INPUTS', 'REDUCED_PRECISION_REDUCTION', 'FFT', 'NONDETERMINISTIC', 'WINOGRAD', 'WINOGRAD_TILE_4x4', 'WINOGRAD_TILE_6x6', 'WINOGRAD_TILE_13x13', 'STRICT_NAN_PROP'] as const;
-export const BEHAVIOR_NOTES = ['RUNTIME_COMPILATION', 'REQUIRES_FILTER_INT8x32_REORDER', 'REQUIRES_BIAS_INT8x32_REORDER', 'SUPPORTS_CUDA_GRAPH_NATIVE_API', 'CUBLASLT_DEPENDENCY'] as const;
+export const NUMERICAL_NOTES = [
+  'TENSOR_CORE',
+  'DOWN_CONVERT_INPUTS',
+  'REDUCED_PRECISION_REDUCTION',
+  'FFT',
+  'NONDETERMINISTIC',
+  'WINOGRAD',
+  'WINOGRAD_TILE_4x4',
+  'WINOGRAD_TILE_6x6',
+  'WINOGRAD_TILE_13x13',
+  'STRICT_NAN_PROP',
+] as const;
+export const BEHAVIOR_NOTES = [
+  'RUNTIME_COMPILATION',
+  'REQUIRES_FILTER_INT8x32_REORDER',
+  'REQUIRES_BIAS_INT8x32_REORDER',
+  'SUPPORTS_CUDA_GRAPH_NATIVE_API',
+  'CUBLASLT_DEPENDENCY',
+] as const;
 
 // --- the library ------------------------------------------------------------------------------------------------
 
@@ -88,8 +170,12 @@ function bind() {
     createDescriptor: f('int cudnnBackendCreateDescriptor(int type, _Out_ uint64_t *descriptor)'),
     destroyDescriptor: f('int cudnnBackendDestroyDescriptor(uint64_t descriptor)'),
     finalize: f('int cudnnBackendFinalize(uint64_t descriptor)'),
-    setAttribute: f('int cudnnBackendSetAttribute(uint64_t descriptor, int name, int type, int64_t count, void *elements)'),
-    getAttribute: f('int cudnnBackendGetAttribute(uint64_t descriptor, int name, int type, int64_t requested, _Out_ int64_t *count, void *elements)'),
+    setAttribute: f(
+      'int cudnnBackendSetAttribute(uint64_t descriptor, int name, int type, int64_t count, void *elements)',
+    ),
+    getAttribute: f(
+      'int cudnnBackendGetAttribute(uint64_t descriptor, int name, int type, int64_t requested, _Out_ int64_t *count, void *elements)',
+    ),
     execute: f('int cudnnBackendExecute(uint64_t handle, uint64_t plan, uint64_t variantPack)'),
   };
 }
@@ -107,7 +193,8 @@ export function versionText(v: number): string {
   return `${Math.floor(v / 10000)}.${Math.floor((v % 10000) / 100)}.${v % 100}`;
 }
 
-export type CudnnProbe = { ok: true; version: number; text: string; cudart: number; path: string } | { ok: false; reason: string };
+export type CudnnProbe =
+  { ok: true; version: number; text: string; cudart: number; path: string } | { ok: false; reason: string };
 
 /** Whether cuDNN loads here, and which: never throws (for `nmoe doctor` and the attention fallback). */
 export function cudnnProbe(): CudnnProbe {
@@ -135,7 +222,11 @@ export function statusText(status: number): string {
 
 export class CudnnError extends Error {
   override name = 'CudnnError';
-  constructor(readonly step: string, readonly status: number, readonly detail: string) {
+  constructor(
+    readonly step: string,
+    readonly status: number,
+    readonly detail: string,
+  ) {
     super(`${step}: ${statusText(status)} (${status})${detail ? `: ${detail}` : ''}`);
   }
 
@@ -159,19 +250,29 @@ export class Descriptor {
   readonly ptr: bigint;
   #destroyed = false;
 
-  constructor(readonly type: number, readonly label: string) {
+  constructor(
+    readonly type: number,
+    readonly label: string,
+  ) {
     const out = new BigUint64Array(1);
     check(() => `create ${DESC_NAMES[type] ?? type} descriptor for ${label}`, cudnn().createDescriptor(type, out));
     this.ptr = out[0]!;
   }
 
   set(attr: number, type: number, values: Elements, count = values.length): this {
-    check(() => `set ${ATTR_NAMES[attr] ?? attr} of ${this.label}`, cudnn().setAttribute(this.ptr, attr, type, count, values));
+    check(
+      () => `set ${ATTR_NAMES[attr] ?? attr} of ${this.label}`,
+      cudnn().setAttribute(this.ptr, attr, type, count, values),
+    );
     return this;
   }
 
   setInt64(attr: number, ...values: number[]): this {
-    return this.set(attr, AttrType.INT64, BigInt64Array.from(values, (v) => BigInt(v)));
+    return this.set(
+      attr,
+      AttrType.INT64,
+      BigInt64Array.from(values, (v) => BigInt(v)),
+    );
   }
 
   setDataType(attr: number, t: DataTypeId): this {
@@ -192,7 +293,11 @@ export class Descriptor {
   }
 
   setDescriptors(attr: number, descs: readonly Descriptor[]): this {
-    return this.set(attr, AttrType.BACKEND_DESCRIPTOR, BigUint64Array.from(descs, (d) => d.ptr));
+    return this.set(
+      attr,
+      AttrType.BACKEND_DESCRIPTOR,
+      BigUint64Array.from(descs, (d) => d.ptr),
+    );
   }
 
   setHandle(attr: number, handle: bigint): this {
@@ -207,7 +312,10 @@ export class Descriptor {
   /** Reads up to `max` elements of an attribute into `into`; returns how many cuDNN has. */
   get(attr: number, type: number, into: Elements | null, max: number): number {
     const count = new BigInt64Array(1);
-    check(() => `get ${ATTR_NAMES[attr] ?? attr} of ${this.label}`, cudnn().getAttribute(this.ptr, attr, type, max, count, into));
+    check(
+      () => `get ${ATTR_NAMES[attr] ?? attr} of ${this.label}`,
+      cudnn().getAttribute(this.ptr, attr, type, max, count, into),
+    );
     return Number(count[0]!);
   }
 
@@ -248,7 +356,17 @@ export interface TensorSpec {
 }
 
 export type OpSpec =
-  | { kind: 'pointwise'; name: string; mode: PointwiseModeId; compute: DataTypeId; x: TensorSpec; b?: TensorSpec; t?: TensorSpec; y: TensorSpec; axis?: number }
+  | {
+      kind: 'pointwise';
+      name: string;
+      mode: PointwiseModeId;
+      compute: DataTypeId;
+      x: TensorSpec;
+      b?: TensorSpec;
+      t?: TensorSpec;
+      y: TensorSpec;
+      axis?: number;
+    }
   | { kind: 'matmul'; name: string; compute: DataTypeId; a: TensorSpec; b: TensorSpec; c: TensorSpec }
   | { kind: 'reduction'; name: string; mode: ReductionModeId; compute: DataTypeId; x: TensorSpec; y: TensorSpec }
   | { kind: 'reshape'; name: string; x: TensorSpec; y: TensorSpec };
@@ -264,7 +382,8 @@ export function graphTensors(g: GraphSpec): TensorSpec[] {
   const visit = (t: TensorSpec | undefined) => {
     if (!t) return;
     const prior = seen.get(t.uid);
-    if (prior && prior !== t) throw new Error(`graph ${g.name}: uid ${t.uid} names both '${prior.name}' and '${t.name}'`);
+    if (prior && prior !== t)
+      throw new Error(`graph ${g.name}: uid ${t.uid} names both '${prior.name}' and '${t.name}'`);
     seen.set(t.uid, t);
   };
   for (const op of g.ops) {
@@ -297,7 +416,12 @@ function tensorDescriptor(t: TensorSpec, finalize: boolean): Descriptor {
 
 /** The backend operation for one op. Every descriptor made (helpers first, the operation last) goes to `owned`,
  *  so nothing leaks when a later attribute is refused. */
-function operationDescriptor(op: OpSpec, tensors: Map<number, Descriptor>, owned: Descriptor[], finalize: boolean): Descriptor {
+function operationDescriptor(
+  op: OpSpec,
+  tensors: Map<number, Descriptor>,
+  owned: Descriptor[],
+  finalize: boolean,
+): Descriptor {
   const t = (x: TensorSpec) => [tensors.get(x.uid)!];
   const done = (d: Descriptor) => (finalize ? d.finalize() : d);
   const make = (type: number, label: string) => {
@@ -311,25 +435,38 @@ function operationDescriptor(op: OpSpec, tensors: Map<number, Descriptor>, owned
     if (op.axis !== undefined) pw.setInt64(Attr.POINTWISE_AXIS, op.axis);
     done(pw);
     const d = make(Desc.OPERATION_POINTWISE, `pointwise '${op.name}'`);
-    d.setDescriptors(Attr.OPERATION_POINTWISE_PW_DESCRIPTOR, [pw]).setDescriptors(Attr.OPERATION_POINTWISE_XDESC, t(op.x));
+    d.setDescriptors(Attr.OPERATION_POINTWISE_PW_DESCRIPTOR, [pw]).setDescriptors(
+      Attr.OPERATION_POINTWISE_XDESC,
+      t(op.x),
+    );
     if (op.b) d.setDescriptors(Attr.OPERATION_POINTWISE_BDESC, t(op.b));
     if (op.t) d.setDescriptors(Attr.OPERATION_POINTWISE_TDESC, t(op.t));
-    d.setDescriptors(Attr.OPERATION_POINTWISE_YDESC, t(op.y)).setFloat(Attr.OPERATION_POINTWISE_ALPHA1, 1).setFloat(Attr.OPERATION_POINTWISE_ALPHA2, 1);
+    d.setDescriptors(Attr.OPERATION_POINTWISE_YDESC, t(op.y))
+      .setFloat(Attr.OPERATION_POINTWISE_ALPHA1, 1)
+      .setFloat(Attr.OPERATION_POINTWISE_ALPHA2, 1);
     return done(d);
   }
   if (op.kind === 'matmul') {
     const mm = make(Desc.MATMUL, `matmul descriptor of '${op.name}'`);
     done(mm.setDataType(Attr.MATMUL_COMP_TYPE, op.compute));
     const d = make(Desc.OPERATION_MATMUL, `matmul '${op.name}'`);
-    d.setDescriptors(Attr.OPERATION_MATMUL_ADESC, t(op.a)).setDescriptors(Attr.OPERATION_MATMUL_BDESC, t(op.b))
-      .setDescriptors(Attr.OPERATION_MATMUL_CDESC, t(op.c)).setDescriptors(Attr.OPERATION_MATMUL_DESC, [mm]);
+    d.setDescriptors(Attr.OPERATION_MATMUL_ADESC, t(op.a))
+      .setDescriptors(Attr.OPERATION_MATMUL_BDESC, t(op.b))
+      .setDescriptors(Attr.OPERATION_MATMUL_CDESC, t(op.c))
+      .setDescriptors(Attr.OPERATION_MATMUL_DESC, [mm]);
     return done(d);
   }
   if (op.kind === 'reduction') {
     const red = make(Desc.REDUCTION, `reduction descriptor of '${op.name}'`);
-    done(red.setDataType(Attr.REDUCTION_COMP_TYPE, op.compute).setEnum(Attr.REDUCTION_OPERATOR, AttrType.REDUCTION_OPERATOR_TYPE, op.mode));
+    done(
+      red
+        .setDataType(Attr.REDUCTION_COMP_TYPE, op.compute)
+        .setEnum(Attr.REDUCTION_OPERATOR, AttrType.REDUCTION_OPERATOR_TYPE, op.mode),
+    );
     const d = make(Desc.OPERATION_REDUCTION, `reduction '${op.name}'`);
-    d.setDescriptors(Attr.OPERATION_REDUCTION_DESC, [red]).setDescriptors(Attr.OPERATION_REDUCTION_XDESC, t(op.x)).setDescriptors(Attr.OPERATION_REDUCTION_YDESC, t(op.y));
+    d.setDescriptors(Attr.OPERATION_REDUCTION_DESC, [red])
+      .setDescriptors(Attr.OPERATION_REDUCTION_XDESC, t(op.x))
+      .setDescriptors(Attr.OPERATION_REDUCTION_YDESC, t(op.y));
     return done(d);
   }
   const d = make(Desc.OPERATION_RESHAPE, `reshape '${op.name}'`);
@@ -339,7 +476,11 @@ function operationDescriptor(op: OpSpec, tensors: Map<number, Descriptor>, owned
 
 /** A lowered graph: the operation graph and every descriptor it was made of (kept alive while it is used). */
 export class OperationGraph {
-  constructor(readonly spec: GraphSpec, readonly descriptor: Descriptor | null, readonly parts: Descriptor[]) {}
+  constructor(
+    readonly spec: GraphSpec,
+    readonly descriptor: Descriptor | null,
+    readonly parts: Descriptor[],
+  ) {}
 
   /** How many engines cuDNN has for this graph in all (before heuristics). */
   engineCount(): number {
@@ -435,7 +576,12 @@ export interface PlanOptions {
 
 /** An execution plan with what it was built from (all kept alive while it is used). */
 export class ExecutionPlan {
-  constructor(readonly graph: OperationGraph, readonly plan: Descriptor, readonly config: Descriptor, readonly report: PlanReport) {}
+  constructor(
+    readonly graph: OperationGraph,
+    readonly plan: Descriptor,
+    readonly config: Descriptor,
+    readonly report: PlanReport,
+  ) {}
 
   get workspaceBytes(): number {
     return this.report.workspaceBytes;
@@ -450,7 +596,11 @@ export class ExecutionPlan {
 
 export class PlanError extends Error {
   override name = 'PlanError';
-  constructor(message: string, readonly report: PlanReport, cause?: unknown) {
+  constructor(
+    message: string,
+    readonly report: PlanReport,
+    cause?: unknown,
+  ) {
     super(message, cause === undefined ? undefined : { cause });
   }
 }
@@ -483,10 +633,14 @@ function engineInfo(config: Descriptor, label: string): EngineInfo {
 function heuristicConfigs(graph: OperationGraph, mode: HeurModeName): Descriptor[] {
   const heur = new Descriptor(Desc.ENGINEHEUR, `heuristics (mode ${mode}) for '${graph.spec.name}'`);
   try {
-    heur.setDescriptors(Attr.ENGINEHEUR_OPERATION_GRAPH, [graph.descriptor!]).setEnum(Attr.ENGINEHEUR_MODE, AttrType.HEUR_MODE, HeurMode[mode]).finalize();
+    heur
+      .setDescriptors(Attr.ENGINEHEUR_OPERATION_GRAPH, [graph.descriptor!])
+      .setEnum(Attr.ENGINEHEUR_MODE, AttrType.HEUR_MODE, HeurMode[mode])
+      .finalize();
     const count = heur.get(Attr.ENGINEHEUR_RESULTS, AttrType.BACKEND_DESCRIPTOR, null, 0);
     const configs: Descriptor[] = [];
-    for (let i = 0; i < count; i++) configs.push(new Descriptor(Desc.ENGINECFG, `engine config ${mode}#${i} of '${graph.spec.name}'`));
+    for (let i = 0; i < count; i++)
+      configs.push(new Descriptor(Desc.ENGINECFG, `engine config ${mode}#${i} of '${graph.spec.name}'`));
     const ptrs = BigUint64Array.from(configs, (c) => c.ptr);
     const got = count > 0 ? heur.get(Attr.ENGINEHEUR_RESULTS, AttrType.BACKEND_DESCRIPTOR, ptrs, count) : 0;
     for (const c of configs.splice(got)) c.destroy();
@@ -516,7 +670,17 @@ function planJson(plan: Descriptor): string {
  */
 export function buildPlan(handle: bigint, spec: GraphSpec, opts: PlanOptions): ExecutionPlan {
   const t0 = performance.now();
-  const report: PlanReport = { graph: spec.name, ops: spec.ops.length, engines: -1, configs: {}, attempts: [], chosen: null, workspaceBytes: 0, buildMs: 0, json: '' };
+  const report: PlanReport = {
+    graph: spec.name,
+    ops: spec.ops.length,
+    engines: -1,
+    configs: {},
+    attempts: [],
+    chosen: null,
+    workspaceBytes: 0,
+    buildMs: 0,
+    json: '',
+  };
   lastErrorString(); // drain messages of earlier calls, so errors below carry only their own
   let graph: OperationGraph;
   try {
@@ -535,8 +699,14 @@ export function buildPlan(handle: bigint, spec: GraphSpec, opts: PlanOptions): E
   const tryConfig = (config: Descriptor, attempt: PlanAttempt): ExecutionPlan | null => {
     let plan: Descriptor | null = null;
     try {
-      plan = new Descriptor(Desc.EXECUTION_PLAN, `execution plan from config ${attempt.mode}#${attempt.index} (engine ${attempt.engine}) of '${spec.name}'`);
-      plan.setHandle(Attr.EXECUTION_PLAN_HANDLE, handle).setDescriptors(Attr.EXECUTION_PLAN_ENGINE_CONFIG, [config]).finalize();
+      plan = new Descriptor(
+        Desc.EXECUTION_PLAN,
+        `execution plan from config ${attempt.mode}#${attempt.index} (engine ${attempt.engine}) of '${spec.name}'`,
+      );
+      plan
+        .setHandle(Attr.EXECUTION_PLAN_HANDLE, handle)
+        .setDescriptors(Attr.EXECUTION_PLAN_ENGINE_CONFIG, [config])
+        .finalize();
       const ws = plan.getInt64(Attr.EXECUTION_PLAN_WORKSPACE_SIZE);
       attempt.workspaceBytes = ws;
       if (ws > opts.maxWorkspaceBytes) {
@@ -604,18 +774,30 @@ export function buildPlan(handle: bigint, spec: GraphSpec, opts: PlanOptions): E
   graph.destroy();
   report.buildMs = performance.now() - t0;
   const tried = report.attempts.length;
-  const counts = Object.entries(report.configs).map(([m, c]) => `${m}: ${c}`).join(', ');
-  throw new PlanError(`no cuDNN plan for '${spec.name}' (${counts}; ${tried} config(s) tried)${lastError ? `; last error: ${lastError}` : ''}`, report);
+  const counts = Object.entries(report.configs)
+    .map(([m, c]) => `${m}: ${c}`)
+    .join(', ');
+  throw new PlanError(
+    `no cuDNN plan for '${spec.name}' (${counts}; ${tried} config(s) tried)${lastError ? `; last error: ${lastError}` : ''}`,
+    report,
+  );
 }
 
 /**
  * Runs a plan. `uids` and `pointers` pair every non-virtual tensor with its device address (or, for by-value
  * scalars, the host address of its value). The variant pack is made per call: the pointers change every call.
  */
-export function execute(handle: bigint, plan: ExecutionPlan, uids: BigInt64Array, pointers: BigUint64Array, workspace: bigint): void {
+export function execute(
+  handle: bigint,
+  plan: ExecutionPlan,
+  uids: BigInt64Array,
+  pointers: BigUint64Array,
+  workspace: bigint,
+): void {
   const pack = new Descriptor(Desc.VARIANT_PACK, `variant pack of '${plan.graph.spec.name}'`);
   try {
-    pack.set(Attr.VARIANT_PACK_UNIQUE_IDS, AttrType.INT64, uids)
+    pack
+      .set(Attr.VARIANT_PACK_UNIQUE_IDS, AttrType.INT64, uids)
       .set(Attr.VARIANT_PACK_DATA_POINTERS, AttrType.VOID_PTR, pointers)
       .set(Attr.VARIANT_PACK_WORKSPACE, AttrType.VOID_PTR, BigUint64Array.of(workspace))
       .finalize();

@@ -7,7 +7,14 @@
 import koffi from 'koffi';
 import { UserError } from '../../util/errors.ts';
 import { CachingAllocator } from './allocator.ts';
-import { CU_DEVICE_ATTRIBUTE as A, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, check, cu, outI32, outU64 } from './driver.ts';
+import {
+  CU_DEVICE_ATTRIBUTE as A,
+  CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+  check,
+  cu,
+  outI32,
+  outU64,
+} from './driver.ts';
 import { GemmRunner } from './cublaslt.ts';
 import { ARG_ALIGN, type KernelArg, packKernelArgs } from './kernel-args.ts';
 import { compileKernels } from './nvrtc.ts';
@@ -80,9 +87,15 @@ export class CudaDevice {
   /** The event waitForQueued() records and waits on, made on first use. */
   #marker: bigint | null = null;
 
-  constructor(ordinal: number, readonly kernelNames: Record<string, readonly string[]>) {
+  constructor(
+    ordinal: number,
+    readonly kernelNames: Record<string, readonly string[]>,
+  ) {
     const count = deviceCount();
-    if (ordinal >= count) throw new UserError(`GPU ${ordinal} does not exist: the driver reports ${count} device(s). Fix: set LOCAL_RANK or CUDA_VISIBLE_DEVICES.`);
+    if (ordinal >= count)
+      throw new UserError(
+        `GPU ${ordinal} does not exist: the driver reports ${count} device(s). Fix: set LOCAL_RANK or CUDA_VISIBLE_DEVICES.`,
+      );
     this.info = deviceInfo(ordinal);
     const dev = outI32('cuDeviceGet', cu.deviceGet, ordinal);
     check('cuCtxSetCurrent', cu.ctxSetCurrent(outU64('cuDevicePrimaryCtxRetain', cu.primaryCtxRetain, dev)));
@@ -120,9 +133,16 @@ export class CudaDevice {
     if (args.length > MAX_ARGS) throw new Error(`a kernel launch with ${args.length} arguments (at most ${MAX_ARGS})`);
     const offsets = packKernelArgs(this.#argView, args);
     for (let i = 0; i < offsets.length; i++) this.#argPointerView[i] = this.#args + BigInt(offsets[i]!);
-    if ((grid[1] ?? 1) > 65535 || (grid[2] ?? 1) > 65535) throw new Error(`kernel grid [${grid.join(', ')}] has a y or z dimension over CUDA's 65535 (a batch too large for this kernel)`);
-    if (smem > 48 * 1024) check('cuFuncSetAttribute', cu.funcSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem));
-    check('cuLaunchKernel', cu.launchKernel(fn, grid[0], grid[1] ?? 1, grid[2] ?? 1, block, 1, 1, smem, this.stream, this.#argPointers, 0n));
+    if ((grid[1] ?? 1) > 65535 || (grid[2] ?? 1) > 65535)
+      throw new Error(
+        `kernel grid [${grid.join(', ')}] has a y or z dimension over CUDA's 65535 (a batch too large for this kernel)`,
+      );
+    if (smem > 48 * 1024)
+      check('cuFuncSetAttribute', cu.funcSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem));
+    check(
+      'cuLaunchKernel',
+      cu.launchKernel(fn, grid[0], grid[1] ?? 1, grid[2] ?? 1, block, 1, 1, smem, this.stream, this.#argPointers, 0n),
+    );
   }
 
   /** Pinned host memory of at least `bytes`, grown on demand (callers synchronize before reuse). */
@@ -152,7 +172,10 @@ export class CudaDevice {
       return;
     }
     if (this.#uploadSlots.length < UPLOAD_SLOTS) {
-      this.#uploadSlots.push({ ptr: outU64('cuMemHostAlloc', cu.memHostAlloc, UPLOAD_SLOT_BYTES, 0), done: outU64('cuEventCreate', cu.eventCreate, CU_EVENT_DISABLE_TIMING) });
+      this.#uploadSlots.push({
+        ptr: outU64('cuMemHostAlloc', cu.memHostAlloc, UPLOAD_SLOT_BYTES, 0),
+        done: outU64('cuEventCreate', cu.eventCreate, CU_EVENT_DISABLE_TIMING),
+      });
     }
     const slot = this.#uploadSlots[this.#nextUploadSlot]!;
     this.#nextUploadSlot = (this.#nextUploadSlot + 1) % UPLOAD_SLOTS;

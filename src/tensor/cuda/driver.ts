@@ -8,7 +8,11 @@ import { LIBRARIES, loadLibrary } from './libraries.ts';
 
 export class CudaError extends Error {
   override name = 'CudaError';
-  constructor(readonly api: string, readonly code: number, message: string) {
+  constructor(
+    readonly api: string,
+    readonly code: number,
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -97,7 +101,8 @@ export function errorText(code: number): string {
 
 /** Throws a CudaError unless the driver call returned CUDA_SUCCESS. */
 export function check(api: string, code: number, detail = ''): void {
-  if (code !== 0) throw new CudaError(api, code, `${api} failed with ${errorText(code)}${detail ? ` (${detail})` : ''}`);
+  if (code !== 0)
+    throw new CudaError(api, code, `${api} failed with ${errorText(code)}${detail ? ` (${detail})` : ''}`);
 }
 
 /** Calls a driver function whose only out-parameter is a uint64 (pointer or handle) and returns it. */

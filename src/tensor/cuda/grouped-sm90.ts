@@ -27,18 +27,28 @@ function stages(stageBytes: number, cBytes: number): number {
 /** Dynamic shared memory of grouped_gemm_sm90<bn, *, 0> (FwdPlan): alignment slack, stages of a 128-row A and a
  *  bn-wide B tile, 32 KB of epilogue staging, the mbarriers. The fused SwiGLU (two 128-wide B tiles) is fwdSmem(256). */
 export function fwdSmem(bn: FwdTileN): number {
-  const stage = (128 + bn) * BK * 2, c = 32768, n = stages(stage, c);
+  const stage = (128 + bn) * BK * 2,
+    c = 32768,
+    n = stages(stage, c);
   return 1024 + n * stage + c + 16 * n;
 }
 
 /** Dynamic shared memory of grouped_wgrad_sm90<bm, bn> (WgradPlan): stages, the dw tile, the mbarriers. */
 export function wgradSmem(tile: WgradTile): number {
-  const [bm, bn] = tileDims(tile), stage = (bm + bn) * BK * 2, c = bm * bn * 2, n = stages(stage, c);
+  const [bm, bn] = tileDims(tile),
+    stage = (bm + bn) * BK * 2,
+    c = bm * bn * 2,
+    n = stages(stage, c);
   return 1024 + n * stage + c + 16 * n + 16;
 }
 
 // The device file static_asserts the same numbers.
-if (fwdSmem(256) !== 230464 || fwdSmem(128) !== 230496 || wgradSmem('128x256') !== 214080 || wgradSmem('256x128') !== 214080) {
+if (
+  fwdSmem(256) !== 230464 ||
+  fwdSmem(128) !== 230496 ||
+  wgradSmem('128x256') !== 214080 ||
+  wgradSmem('256x128') !== 214080
+) {
   throw new Error('grouped-sm90.ts: shared-memory plans disagree with grouped_sm90.cu');
 }
 
@@ -97,12 +107,30 @@ export function fwdLaunch(c: FwdCall): Sm90Launch {
   const swiglu = c.swiglu !== undefined;
   if (swiglu && (c.transB || c.second)) throw new Error('grouped SwiGLU: N-major weights and one product only');
   const bn: FwdTileN = swiglu ? 128 : c.bn;
-  const xMap = (p: Product) => encodeTensorMap('grouped GEMM x', { address: p.x, dims: [p.din, c.rows], strides: [p.din * 2], box: [BK, SM90_ROW_TILE] });
+  const xMap = (p: Product) =>
+    encodeTensorMap('grouped GEMM x', {
+      address: p.x,
+      dims: [p.din, c.rows],
+      strides: [p.din * 2],
+      box: [BK, SM90_ROW_TILE],
+    });
   // W as [E][rows][cols]: a box never reaches into the next expert's matrix (k or n past the edge reads zeros).
-  const wMap = (w: bigint, din: number) => c.transB
-    ? encodeTensorMap('grouped GEMM W (transB)', { address: w, dims: [din, c.dout, c.experts], strides: [din * 2, din * c.dout * 2], box: [BK, bn, 1] })
-    : encodeTensorMap('grouped GEMM W', { address: w, dims: [c.dout, din, c.experts], strides: [c.dout * 2, din * c.dout * 2], box: [64, BK, 1] });
-  const mx = xMap(c.first), mw = wMap(c.first.w, c.first.din);
+  const wMap = (w: bigint, din: number) =>
+    c.transB
+      ? encodeTensorMap('grouped GEMM W (transB)', {
+          address: w,
+          dims: [din, c.dout, c.experts],
+          strides: [din * 2, din * c.dout * 2],
+          box: [BK, bn, 1],
+        })
+      : encodeTensorMap('grouped GEMM W', {
+          address: w,
+          dims: [c.dout, din, c.experts],
+          strides: [c.dout * 2, din * c.dout * 2],
+          box: [64, BK, 1],
+        });
+  const mx = xMap(c.first),
+    mw = wMap(c.first.w, c.first.din);
   // Unused second maps are copies of the first (the kernel takes four either way).
   const mx2 = c.second ? xMap(c.second) : mx;
   const mw2 = c.second ? wMap(c.second.w, c.second.din) : swiglu ? wMap(c.swiglu!.w3, c.first.din) : mw;
@@ -112,8 +140,21 @@ export function fwdLaunch(c: FwdCall): Sm90Launch {
     grid: Math.max(1, Math.min(c.multiprocessors, c.maxTiles * colTiles)),
     smem: swiglu ? fwdSmem(256) : fwdSmem(bn),
     args: [
-      map(mx), map(mw), map(mx2), map(mw2), ptr(c.y), ptr(c.swiglu?.h3 ?? 0n), ptr(c.swiglu?.a ?? 0n), ptr(c.offsets), ptr(c.tiles), ptr(c.numTiles),
-      i32(c.first.din), i32(c.second?.din ?? 0), i32(c.dout), i32(c.flags), ptr(c.watchdog),
+      map(mx),
+      map(mw),
+      map(mx2),
+      map(mw2),
+      ptr(c.y),
+      ptr(c.swiglu?.h3 ?? 0n),
+      ptr(c.swiglu?.a ?? 0n),
+      ptr(c.offsets),
+      ptr(c.tiles),
+      ptr(c.numTiles),
+      i32(c.first.din),
+      i32(c.second?.din ?? 0),
+      i32(c.dout),
+      i32(c.flags),
+      ptr(c.watchdog),
     ],
   };
 }
@@ -139,15 +180,41 @@ export interface WgradCall {
 /** dw[e] += x[seg_e]^T @ dy[seg_e] (or = it): grouped_wgrad_sm90<bm, bn>. */
 export function wgradLaunch(c: WgradCall): Sm90Launch {
   const [bm, bn] = tileDims(c.tile);
-  const mx = encodeTensorMap('grouped weight grad x', { address: c.x, dims: [c.din, c.rows], strides: [c.din * 2], box: [64, BK] });
-  const mdy = encodeTensorMap('grouped weight grad dy', { address: c.dy, dims: [c.dout, c.rows], strides: [c.dout * 2], box: [64, BK] });
-  const mdw = encodeTensorMap('grouped weight grad dw', { address: c.dw, dims: [c.dout, c.din, c.experts], strides: [c.dout * 2, c.din * c.dout * 2], box: [64, bm, 1] });
+  const mx = encodeTensorMap('grouped weight grad x', {
+    address: c.x,
+    dims: [c.din, c.rows],
+    strides: [c.din * 2],
+    box: [64, BK],
+  });
+  const mdy = encodeTensorMap('grouped weight grad dy', {
+    address: c.dy,
+    dims: [c.dout, c.rows],
+    strides: [c.dout * 2],
+    box: [64, BK],
+  });
+  const mdw = encodeTensorMap('grouped weight grad dw', {
+    address: c.dw,
+    dims: [c.dout, c.din, c.experts],
+    strides: [c.dout * 2, c.din * c.dout * 2],
+    box: [64, bm, 1],
+  });
   const items = c.experts * Math.ceil(c.din / bm) * Math.ceil(c.dout / bn);
   return {
     name: `grouped_wgrad_sm90<${bm}, ${bn}>`,
     grid: Math.max(1, Math.min(c.multiprocessors, items)),
     smem: wgradSmem(c.tile),
-    args: [map(mx), map(mdy), map(mdw), ptr(c.offsets), i32(c.experts), i32(c.din), i32(c.dout), i32(c.accumulate ? 1 : 0), i32(c.flags), ptr(c.watchdog)],
+    args: [
+      map(mx),
+      map(mdy),
+      map(mdw),
+      ptr(c.offsets),
+      i32(c.experts),
+      i32(c.din),
+      i32(c.dout),
+      i32(c.accumulate ? 1 : 0),
+      i32(c.flags),
+      ptr(c.watchdog),
+    ],
   };
 }
 
@@ -160,7 +227,11 @@ export function describeWatchdog(rec: ArrayLike<number>): string {
     3: 'the math warps waited for the prefetched dw tile',
     4: 'the producer waited for the dw tile buffer',
   };
-  if (code === 9) return `a grouped GEMM kernel (sm_90a) was launched with ${item} bytes of dynamic shared memory, it needs ${detail}`;
-  const where = code === 3 || code === 4 ? `dw tile ${detail}` : `k block ${detail >> 8}, stage ${(detail >> 1) & 127}, parity ${detail & 1}`;
+  if (code === 9)
+    return `a grouped GEMM kernel (sm_90a) was launched with ${item} bytes of dynamic shared memory, it needs ${detail}`;
+  const where =
+    code === 3 || code === 4
+      ? `dw tile ${detail}`
+      : `k block ${detail >> 8}, stage ${(detail >> 1) & 127}, parity ${detail & 1}`;
   return `a grouped GEMM kernel (sm_90a) stalled for over 1 s: ${what[code] ?? `code ${code}`} in block ${block}, work item ${item}, ${where}; that kernel's results are wrong (NMOE_GROUPED_GEMM=mma selects the mma.sync kernels)`;
 }

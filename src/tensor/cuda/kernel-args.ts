@@ -8,7 +8,13 @@
  */
 
 /** A kernel parameter; `bytes` is a struct passed by value, placed at a multiple of `align` bytes (default 4). */
-export type KernelArg = { ptr: bigint } | { i32: number } | { i64: number } | { f32: number } | { u32: number } | { bytes: Uint8Array; align?: number };
+export type KernelArg =
+  | { ptr: bigint }
+  | { i32: number }
+  | { i64: number }
+  | { f32: number }
+  | { u32: number }
+  | { bytes: Uint8Array; align?: number };
 
 /** The block starts at this alignment in memory, so every value is aligned in memory as well as in offsets. */
 export const ARG_ALIGN = 128;
@@ -36,10 +42,10 @@ export function packKernelArgs(v: DataView, args: readonly KernelArg[]): number[
     else if ('u32' in a) v.setUint32(place(4, 4), a.u32 >>> 0, true);
     else if ('bytes' in a) {
       const al = a.align ?? 4;
-      if (al > ARG_ALIGN || ARG_ALIGN % al !== 0) throw new Error(`kernel argument alignment ${al} is not a divisor of ${ARG_ALIGN}`);
+      if (al > ARG_ALIGN || ARG_ALIGN % al !== 0)
+        throw new Error(`kernel argument alignment ${al} is not a divisor of ${ARG_ALIGN}`);
       new Uint8Array(v.buffer, v.byteOffset + place(a.bytes.length, al), a.bytes.length).set(a.bytes);
-    }
-    else v.setFloat32(place(4, 4), a.f32, true);
+    } else v.setFloat32(place(4, 4), a.f32, true);
   }
   return offsets;
 }

@@ -19,13 +19,39 @@ export interface LibrarySpec {
 
 export const LIBRARIES = {
   cuda: { key: 'CUDA', what: 'the CUDA driver', sonames: ['libcuda.so.1'], install: 'install the NVIDIA driver' },
-  nvrtc: { key: 'NVRTC', what: 'NVRTC, the run-time CUDA compiler', sonames: ['libnvrtc.so.13', 'libnvrtc.so.12'], install: 'install the CUDA toolkit or `pip install nvidia-cuda-nvrtc`' },
-  cublasLt: { key: 'CUBLASLT', what: 'cuBLASLt', sonames: ['libcublasLt.so.13', 'libcublasLt.so.12'], install: 'install the CUDA toolkit or `pip install nvidia-cublas`' },
-  nccl: { key: 'NCCL', what: 'NCCL, the collectives library', sonames: ['libnccl.so.2'], install: 'install NCCL (Debian/Ubuntu: libnccl2) or `pip install nvidia-nccl-cu12`' },
-  nvml: { key: 'NVML', what: 'NVML, the GPU management library', sonames: ['libnvidia-ml.so.1'], install: 'install the NVIDIA driver' },
+  nvrtc: {
+    key: 'NVRTC',
+    what: 'NVRTC, the run-time CUDA compiler',
+    sonames: ['libnvrtc.so.13', 'libnvrtc.so.12'],
+    install: 'install the CUDA toolkit or `pip install nvidia-cuda-nvrtc`',
+  },
+  cublasLt: {
+    key: 'CUBLASLT',
+    what: 'cuBLASLt',
+    sonames: ['libcublasLt.so.13', 'libcublasLt.so.12'],
+    install: 'install the CUDA toolkit or `pip install nvidia-cublas`',
+  },
+  nccl: {
+    key: 'NCCL',
+    what: 'NCCL, the collectives library',
+    sonames: ['libnccl.so.2'],
+    install: 'install NCCL (Debian/Ubuntu: libnccl2) or `pip install nvidia-nccl-cu12`',
+  },
+  nvml: {
+    key: 'NVML',
+    what: 'NVML, the GPU management library',
+    sonames: ['libnvidia-ml.so.1'],
+    install: 'install the NVIDIA driver',
+  },
   // Optional: attention runs on cuDNN's fused kernels where it is found (libcudnn.so.9 opens its engine libraries
   // from its own folder), and on nmoe's own kernels where it is not.
-  cudnn: { key: 'CUDNN', what: 'cuDNN 9', sonames: ['libcudnn.so.9'], install: 'install cuDNN 9 (Debian/Ubuntu: libcudnn9-cuda-12 or libcudnn9-cuda-13) or `pip install nvidia-cudnn-cu12`' },
+  cudnn: {
+    key: 'CUDNN',
+    what: 'cuDNN 9',
+    sonames: ['libcudnn.so.9'],
+    install:
+      'install cuDNN 9 (Debian/Ubuntu: libcudnn9-cuda-12 or libcudnn9-cuda-13) or `pip install nvidia-cudnn-cu12`',
+  },
 } as const satisfies Record<string, LibrarySpec>;
 
 export interface LoadedLibrary {
@@ -55,10 +81,13 @@ function ldconfigPaths(): Map<string, string> | null {
 /** `lib/` folders of Python installs that pip's nvidia-* wheels may sit in: a virtualenv or conda env, user and
  *  system site-packages, and virtualenvs one level under /opt (where images often put them). */
 function pythonLibRoots(): string[] {
-  const roots = [process.env.VIRTUAL_ENV, process.env.CONDA_PREFIX].filter((d): d is string => !!d).map((d) => join(d, 'lib'));
+  const roots = [process.env.VIRTUAL_ENV, process.env.CONDA_PREFIX]
+    .filter((d): d is string => !!d)
+    .map((d) => join(d, 'lib'));
   roots.push(`${process.env.HOME ?? ''}/.local/lib`, '/usr/local/lib', '/usr/lib');
   if (existsSync('/opt')) {
-    for (const d of readdirSync('/opt')) roots.push(join('/opt', d, '.venv/lib'), join('/opt', d, 'venv/lib'), join('/opt', d, 'lib'));
+    for (const d of readdirSync('/opt'))
+      roots.push(join('/opt', d, '.venv/lib'), join('/opt', d, 'venv/lib'), join('/opt', d, 'lib'));
   }
   return roots;
 }
@@ -122,7 +151,9 @@ export function loadLibrary(spec: LibrarySpec): LoadedLibrary {
       if (r) return r;
     }
   }
-  const ldconfig = cache ? 'the ldconfig cache has no entry for it' : 'ldconfig could not be run (not on PATH, /sbin or /usr/sbin)';
+  const ldconfig = cache
+    ? 'the ldconfig cache has no entry for it'
+    : 'ldconfig could not be run (not on PATH, /sbin or /usr/sbin)';
   throw new UserError(
     `cannot load ${spec.what} (${spec.sonames.join(' or ')}). Looked in: ${tried.join(', ') || '(nowhere)'}; ${ldconfig}. ` +
       `Fix: ${spec.install}, or set NMOE_${spec.key}_PATH to the library file.`,

@@ -17,7 +17,10 @@ export const KERNEL_DIR = fileURLToPath(new URL('./kernels/', import.meta.url));
 
 export class CompileError extends Error {
   override name = 'CompileError';
-  constructor(readonly file: string, readonly log: string) {
+  constructor(
+    readonly file: string,
+    readonly log: string,
+  ) {
     super(`NVRTC failed to compile ${file}:\n${log}`);
   }
 }
@@ -44,7 +47,9 @@ function bind() {
     path,
     builtins, // held so that it stays loaded
     version: f('int nvrtcVersion(_Out_ int *major, _Out_ int *minor)'),
-    create: f('int nvrtcCreateProgram(_Out_ uint64_t *prog, const char *src, const char *name, int numHeaders, uint64_t headers, uint64_t names)'),
+    create: f(
+      'int nvrtcCreateProgram(_Out_ uint64_t *prog, const char *src, const char *name, int numHeaders, uint64_t headers, uint64_t names)',
+    ),
     compile: f('int nvrtcCompileProgram(uint64_t prog, int numOptions, const char **options)'),
     logSize: f('int nvrtcGetProgramLogSize(uint64_t prog, _Out_ uint64_t *size)'),
     log: f('int nvrtcGetProgramLog(uint64_t prog, _Out_ uint8_t *log)'),
@@ -67,7 +72,8 @@ function ok(api: string, code: number): void {
 }
 
 export function nvrtcVersion(): string {
-  const major = new Int32Array(1), minor = new Int32Array(1);
+  const major = new Int32Array(1),
+    minor = new Int32Array(1);
   ok('nvrtcVersion', nvrtc().version(major, minor));
   return `${major[0]}.${minor[0]}`;
 }
@@ -82,12 +88,13 @@ export interface CompiledModule {
 function sourceWithHeaders(file: string): { source: string; headerText: string } {
   const source = readFileSync(join(KERNEL_DIR, file), 'utf8');
   const seen = new Set<string>();
-  const headers = (text: string): string[] => [...text.matchAll(/#include "([^"]+)"/g)].flatMap((m) => {
-    if (seen.has(m[1]!)) return [];
-    seen.add(m[1]!);
-    const header = readFileSync(join(KERNEL_DIR, m[1]!), 'utf8');
-    return [header, ...headers(header)];
-  });
+  const headers = (text: string): string[] =>
+    [...text.matchAll(/#include "([^"]+)"/g)].flatMap((m) => {
+      if (seen.has(m[1]!)) return [];
+      seen.add(m[1]!);
+      const header = readFileSync(join(KERNEL_DIR, m[1]!), 'utf8');
+      return [header, ...headers(header)];
+    });
   return { source, headerText: headers(source).join('\n') };
 }
 

@@ -44,7 +44,11 @@ export async function* probeCuda(): AsyncGenerator<Finding> {
   const dnn = cudnnProbe();
   yield dnn.ok
     ? { label: 'cudnn', status: 'ok', detail: `cuDNN ${dnn.text} via ${dnn.path}` }
-    : { label: 'cudnn', status: 'note', detail: `not found: attention runs on nmoe's own kernels (${dnn.reason.split('. Looked in')[0]}; set NMOE_CUDNN_PATH to use one)` };
+    : {
+        label: 'cudnn',
+        status: 'note',
+        detail: `not found: attention runs on nmoe's own kernels (${dnn.reason.split('. Looked in')[0]}; set NMOE_CUDNN_PATH to use one)`,
+      };
 
   let count = 0;
   yield await check('gpus', async () => {
@@ -67,10 +71,12 @@ export async function* probeCuda(): AsyncGenerator<Finding> {
       const pairs: string[] = [];
       for (let a = 0; a < count; a++) {
         for (let b = 0; b < count; b++) {
-          if (a !== b) pairs.push(`${a}->${b} ${outI32('cuDeviceCanAccessPeer', cu.deviceCanAccessPeer, a, b) ? 'yes' : 'NO'}`);
+          if (a !== b)
+            pairs.push(`${a}->${b} ${outI32('cuDeviceCanAccessPeer', cu.deviceCanAccessPeer, a, b) ? 'yes' : 'NO'}`);
         }
       }
-      if (pairs.some((p) => p.endsWith('NO'))) throw new Error(`some GPU pairs lack peer access (RDEP needs it): ${pairs.join(', ')}`);
+      if (pairs.some((p) => p.endsWith('NO')))
+        throw new Error(`some GPU pairs lack peer access (RDEP needs it): ${pairs.join(', ')}`);
       return pairs.join(', ');
     });
   }
@@ -78,7 +84,11 @@ export async function* probeCuda(): AsyncGenerator<Finding> {
     const { CudaBackend } = await import('./backend.ts');
     const b = new CudaBackend(0);
     const t0 = performance.now();
-    const x = b.upload(Float32Array.from({ length: 1024 }, (_, i) => i), [1024], 'f32');
+    const x = b.upload(
+      Float32Array.from({ length: 1024 }, (_, i) => i),
+      [1024],
+      'f32',
+    );
     const y = b.add(x, x);
     const v = await b.read(y);
     if (v[1023] !== 2046) throw new Error(`a test kernel returned ${v[1023]} instead of 2046`);

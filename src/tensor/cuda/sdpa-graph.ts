@@ -14,7 +14,17 @@
  * address them as packed BHS whatever strides are declared, so nmoe's lse [T, H] is transposed to and from that.
  */
 import type { DType } from '../tensor.ts';
-import { DataType, type DataTypeId, type GraphSpec, type OpSpec, PointwiseMode, type PointwiseModeId, ReductionMode, type ReductionModeId, type TensorSpec } from './cudnn.ts';
+import {
+  DataType,
+  type DataTypeId,
+  type GraphSpec,
+  type OpSpec,
+  PointwiseMode,
+  type PointwiseModeId,
+  ReductionMode,
+  type ReductionModeId,
+  type TensorSpec,
+} from './cudnn.ts';
 
 export interface SdpaShape {
   batch: number;
@@ -36,7 +46,20 @@ export const GRAPH_STYLES: readonly GraphStyle[] = ['frontend', 'int-index'];
 
 /** UIDs of the tensors bound at execution; virtual tensors are numbered from 100. */
 export const UID = {
-  Q: 1, K: 2, V: 3, O: 4, STATS: 5, SCALE: 6, MASK_VALUE: 7, DO: 8, DQ: 9, DK: 10, DV: 11, SOFTMAX_SUM: 12, DQ_ACCUM: 13, ONE: 14,
+  Q: 1,
+  K: 2,
+  V: 3,
+  O: 4,
+  STATS: 5,
+  SCALE: 6,
+  MASK_VALUE: 7,
+  DO: 8,
+  DQ: 9,
+  DK: 10,
+  DV: 11,
+  SOFTMAX_SUM: 12,
+  DQ_ACCUM: 13,
+  ONE: 14,
 } as const;
 
 const { FLOAT, BFLOAT16: BF16, INT32, BOOLEAN } = DataType;
@@ -79,7 +102,12 @@ class GraphBuilder {
   readonly ops: OpSpec[] = [];
   #uid = 100;
 
-  virtual(name: string, dtype: DataTypeId, dims: readonly number[], strides: readonly number[] = denseStrides(dims)): TensorSpec {
+  virtual(
+    name: string,
+    dtype: DataTypeId,
+    dims: readonly number[],
+    strides: readonly number[] = denseStrides(dims),
+  ): TensorSpec {
     return { uid: this.#uid++, name, dtype, dims, strides, virtual: true };
   }
 
@@ -105,7 +133,13 @@ class GraphBuilder {
   }
 }
 
-function bound(uid: number, name: string, dtype: DataTypeId, dims: readonly number[], strides: readonly number[]): TensorSpec {
+function bound(
+  uid: number,
+  name: string,
+  dtype: DataTypeId,
+  dims: readonly number[],
+  strides: readonly number[],
+): TensorSpec {
   return { uid, name, dtype, dims, strides };
 }
 
@@ -117,9 +151,21 @@ function scalar(uid: number, name: string): TensorSpec {
 /** Top-left causal mask: scores where row >= col, the mask value (-inf) elsewhere. */
 function causalMask(g: GraphBuilder, scores: TensorSpec, maskValue: TensorSpec, style: GraphStyle): TensorSpec {
   const indexCompute = style === 'frontend' ? FLOAT : INT32;
-  const row = g.pointwise('gen_row_index', PointwiseMode.GEN_INDEX, scores, { axis: 2, dtype: INT32, compute: indexCompute });
-  const col = g.pointwise('gen_col_index', PointwiseMode.GEN_INDEX, scores, { axis: 3, dtype: INT32, compute: indexCompute });
-  const keep = g.pointwise('row>=col', PointwiseMode.CMP_GE, row, { b: col, dtype: BOOLEAN, compute: style === 'frontend' ? BOOLEAN : INT32 });
+  const row = g.pointwise('gen_row_index', PointwiseMode.GEN_INDEX, scores, {
+    axis: 2,
+    dtype: INT32,
+    compute: indexCompute,
+  });
+  const col = g.pointwise('gen_col_index', PointwiseMode.GEN_INDEX, scores, {
+    axis: 3,
+    dtype: INT32,
+    compute: indexCompute,
+  });
+  const keep = g.pointwise('row>=col', PointwiseMode.CMP_GE, row, {
+    b: col,
+    dtype: BOOLEAN,
+    compute: style === 'frontend' ? BOOLEAN : INT32,
+  });
   // BINARY_SELECT: y = t ? x : b
   return g.pointwise('binary_select', PointwiseMode.BINARY_SELECT, scores, { b: maskValue, t: keep });
 }
@@ -186,7 +232,11 @@ export function backwardGraph(s: SdpaShape, opts: { deterministic: boolean; styl
   const g = new GraphBuilder();
 
   // softmax_sum = rowsum(dO * O) * 1 (the 1 stands where the dropout scale would)
-  const dOO = g.pointwise('mul_dO_O', PointwiseMode.MUL, dO, { b: o, dims: [B, H, S, dV], strides: [H * S * dV, S * dV, H * dV, 1] });
+  const dOO = g.pointwise('mul_dO_O', PointwiseMode.MUL, dO, {
+    b: o,
+    dims: [B, H, S, dV],
+    strides: [H * S * dV, S * dV, H * dV, 1],
+  });
   const rowSums = g.reduction('reduce_dO_o', ReductionMode.ADD, dOO, g.virtual('rowsum(dO*O)', FLOAT, rows));
   g.pointwise('scale_dropout_inv', PointwiseMode.MUL, rowSums, { b: one, y: softmaxSum });
 
@@ -208,7 +258,11 @@ export function backwardGraph(s: SdpaShape, opts: { deterministic: boolean; styl
   g.matmul('matmul_dST_Q', dST, q, dk);
 
   // dQ = dS K, K seen again untransposed
-  const k = g.reshape('reshape_k', kT, g.virtual('K', style === 'frontend' ? FLOAT : BF16, [B, H, S, dQK], tokenMajorStrides(S, H, dQK)));
+  const k = g.reshape(
+    'reshape_k',
+    kT,
+    g.virtual('K', style === 'frontend' ? FLOAT : BF16, [B, H, S, dQK], tokenMajorStrides(S, H, dQK)),
+  );
   if (opts.deterministic) {
     g.matmul('matmul_dS_K', dS, k, dq);
   } else {
@@ -216,7 +270,9 @@ export function backwardGraph(s: SdpaShape, opts: { deterministic: boolean; styl
     g.matmul('matmul_dS_K', dS, k, dqAccum);
     g.pointwise('identity_dQ', PointwiseMode.IDENTITY, dqAccum, { y: dq });
   }
-  const tags = [opts.deterministic ? 'deterministic' : '', style === 'frontend' ? '' : style].filter(Boolean).join(', ');
+  const tags = [opts.deterministic ? 'deterministic' : '', style === 'frontend' ? '' : style]
+    .filter(Boolean)
+    .join(', ');
   return { name: `sdpa_bwd B${B} S${S} H${H} d${dQK}/${dV}${tags ? ` (${tags})` : ''}`, ops: g.ops };
 }
 
@@ -225,11 +281,14 @@ export function backwardGraph(s: SdpaShape, opts: { deterministic: boolean; styl
  */
 export function staticLimits(s: SdpaShape, dtype: DType, version: number): string | null {
   if (dtype !== 'bf16') return `cuDNN attention takes bf16 (got ${dtype})`;
-  if (s.dQK % 8 !== 0 || s.dV % 8 !== 0 || s.dQK > 256 || s.dV > 256) return `head dims ${s.dQK}/${s.dV}: cuDNN needs multiples of 8, at most 256`;
+  if (s.dQK % 8 !== 0 || s.dV % 8 !== 0 || s.dQK > 256 || s.dV > 256)
+    return `head dims ${s.dQK}/${s.dV}: cuDNN needs multiples of 8, at most 256`;
   if (s.seqLen < 2) return 'a sequence of one token (s_q = s_kv = 1 is not supported)';
-  if (version === 91000 || version === 91001) return 'cuDNN 9.10.0 and 9.10.1 have known bugs in the bf16 attention backward';
+  if (version === 91000 || version === 91001)
+    return 'cuDNN 9.10.0 and 9.10.1 have known bugs in the bf16 attention backward';
   // cudnn-frontend pads these graphs with a padding mask on cuDNN <= 9.15.0 to work around the engines; nmoe does
   // not build that variant, so such shapes stay on nmoe's kernels.
-  if (s.seqLen % 128 !== 0 && version <= 91500) return `sequence length ${s.seqLen} is not a multiple of 128, which cuDNN <= 9.15.0 needs without a padding mask`;
+  if (s.seqLen % 128 !== 0 && version <= 91500)
+    return `sequence length ${s.seqLen} is not a multiple of 128, which cuDNN <= 9.15.0 needs without a padding mask`;
   return null;
 }

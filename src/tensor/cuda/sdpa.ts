@@ -17,9 +17,29 @@ import koffi from 'koffi';
 import type { AttentionSpec } from '../backend.ts';
 import { type DType, type Tensor, describe } from '../tensor.ts';
 import { check, cu } from './driver.ts';
-import { type CudnnProbe, type ExecutionPlan, type HeurModeName, PlanError, type PlanReport, boundTensors, buildPlan, createHandle, cudnn, cudnnProbe, execute } from './cudnn.ts';
+import {
+  type CudnnProbe,
+  type ExecutionPlan,
+  type HeurModeName,
+  PlanError,
+  type PlanReport,
+  boundTensors,
+  buildPlan,
+  createHandle,
+  cudnn,
+  cudnnProbe,
+  execute,
+} from './cudnn.ts';
 import type { CudaDevice } from './device.ts';
-import { GRAPH_STYLES, type GraphStyle, type SdpaShape, UID, backwardGraph, forwardGraph, staticLimits } from './sdpa-graph.ts';
+import {
+  GRAPH_STYLES,
+  type GraphStyle,
+  type SdpaShape,
+  UID,
+  backwardGraph,
+  forwardGraph,
+  staticLimits,
+} from './sdpa-graph.ts';
 import { asCuda } from './tensor.ts';
 
 export { type SdpaShape, staticLimits } from './sdpa-graph.ts';
@@ -84,7 +104,9 @@ export class CudnnAttention {
   }
 
   supported(spec: AttentionSpec, dQK: number, dV: number, dtype: DType = 'bf16'): boolean {
-    return this.unsupportedReason({ batch: spec.batch, seqLen: spec.seqLen, heads: spec.heads, dQK, dV }, dtype) === null;
+    return (
+      this.unsupportedReason({ batch: spec.batch, seqLen: spec.seqLen, heads: spec.heads, dQK, dV }, dtype) === null
+    );
   }
 
   /** The cached plan (or failure) for one pass of a shape, built on first ask. Static limits are not applied here. */
@@ -96,9 +118,14 @@ export class CudnnAttention {
     const reasons: string[] = [];
     let entry: PlanEntry | null = null;
     for (const style of this.#opts.styles) {
-      const graph = pass === 'fwd' ? forwardGraph(s, style) : backwardGraph(s, { deterministic: this.deterministic, style });
+      const graph =
+        pass === 'fwd' ? forwardGraph(s, style) : backwardGraph(s, { deterministic: this.deterministic, style });
       try {
-        const plan = buildPlan(this.#handle, graph, { modes: this.#opts.modes, deterministic: this.deterministic && pass === 'bwd', maxWorkspaceBytes: this.#opts.maxWorkspaceBytes });
+        const plan = buildPlan(this.#handle, graph, {
+          modes: this.#opts.modes,
+          deterministic: this.deterministic && pass === 'bwd',
+          maxWorkspaceBytes: this.#opts.maxWorkspaceBytes,
+        });
         reports.push(plan.report);
         entry = { ok: true, plan, style, reports };
         break;
@@ -130,11 +157,23 @@ export class CudnnAttention {
   }
 
   /** dq, dk, dv from dOut and the forward's out and lse (the caller allocates the gradients). */
-  backward(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, spec: AttentionSpec): void {
+  backward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    spec: AttentionSpec,
+  ): void {
     const s = this.#shape(q, v, spec);
     const plan = this.#ready(s, 'bwd', q.dtype);
     const rows = s.batch * s.heads * s.seqLen;
-    const stats = this.#alloc(rows * 4), softmaxSum = this.#alloc(rows * 4);
+    const stats = this.#alloc(rows * 4),
+      softmaxSum = this.#alloc(rows * 4);
     const dqAccum = this.deterministic ? null : this.#alloc(rows * s.dQK * 4);
     const ws = this.#alloc(plan.workspaceBytes);
     try {
@@ -144,7 +183,13 @@ export class CudnnAttention {
       if (dqAccum) check('cuMemsetD8Async', cu.memsetD8Async(dqAccum.ptr, 0, rows * s.dQK * 4, this.#dev.stream));
       const scratch: Record<number, bigint> = { [UID.STATS]: stats.ptr, [UID.SOFTMAX_SUM]: softmaxSum.ptr };
       if (dqAccum) scratch[UID.DQ_ACCUM] = dqAccum.ptr;
-      this.#run(plan, spec, ws.ptr, { [UID.Q]: q, [UID.K]: k, [UID.V]: v, [UID.O]: out, [UID.DO]: dOut, [UID.DQ]: dq, [UID.DK]: dk, [UID.DV]: dv }, scratch);
+      this.#run(
+        plan,
+        spec,
+        ws.ptr,
+        { [UID.Q]: q, [UID.K]: k, [UID.V]: v, [UID.O]: out, [UID.DO]: dOut, [UID.DQ]: dq, [UID.DK]: dk, [UID.DV]: dv },
+        scratch,
+      );
     } finally {
       for (const b of [ws, dqAccum, softmaxSum, stats]) if (b) this.#release(b);
     }
@@ -160,14 +205,31 @@ export class CudnnAttention {
 
   #shape(q: Tensor, v: Tensor, spec: AttentionSpec): SdpaShape {
     const T = spec.batch * spec.seqLen;
-    if (q.shape.length !== 2 || q.shape[0] !== T || v.shape[0] !== T || q.shape[1]! % spec.heads !== 0 || v.shape[1]! % spec.heads !== 0) {
-      throw new Error(`cuDNN attention: q ${describe(q)}, v ${describe(v)} do not fit batch ${spec.batch} x seq ${spec.seqLen} x ${spec.heads} heads`);
+    if (
+      q.shape.length !== 2 ||
+      q.shape[0] !== T ||
+      v.shape[0] !== T ||
+      q.shape[1]! % spec.heads !== 0 ||
+      v.shape[1]! % spec.heads !== 0
+    ) {
+      throw new Error(
+        `cuDNN attention: q ${describe(q)}, v ${describe(v)} do not fit batch ${spec.batch} x seq ${spec.seqLen} x ${spec.heads} heads`,
+      );
     }
-    return { batch: spec.batch, seqLen: spec.seqLen, heads: spec.heads, dQK: q.shape[1]! / spec.heads, dV: v.shape[1]! / spec.heads };
+    return {
+      batch: spec.batch,
+      seqLen: spec.seqLen,
+      heads: spec.heads,
+      dQK: q.shape[1]! / spec.heads,
+      dV: v.shape[1]! / spec.heads,
+    };
   }
 
   #ready(s: SdpaShape, pass: Pass, dtype: DType): ExecutionPlan {
-    const fail = (why: string) => new Error(`cuDNN attention ${pass} cannot run B${s.batch} S${s.seqLen} H${s.heads} d${s.dQK}/${s.dV}: ${why} (check supported() first)`);
+    const fail = (why: string) =>
+      new Error(
+        `cuDNN attention ${pass} cannot run B${s.batch} S${s.seqLen} H${s.heads} d${s.dQK}/${s.dV}: ${why} (check supported() first)`,
+      );
     const limit = staticLimits(s, dtype, this.version);
     if (limit) throw fail(limit);
     const e = this.plan(s, pass);
@@ -176,18 +238,30 @@ export class CudnnAttention {
   }
 
   /** Binds every non-virtual tensor of the plan's graph and executes it on the stream. */
-  #run(plan: ExecutionPlan, spec: AttentionSpec, workspace: bigint, tensors: Record<number, Tensor>, scratch: Record<number, bigint>): void {
+  #run(
+    plan: ExecutionPlan,
+    spec: AttentionSpec,
+    workspace: bigint,
+    tensors: Record<number, Tensor>,
+    scratch: Record<number, bigint>,
+  ): void {
     this.#scalarValues[0] = spec.scale;
     this.#scalarValues[1] = -Infinity; // the causal mask's fill (cuDNN >= 9.10 takes -inf; cudnn-frontend does)
     this.#scalarValues[2] = 1;
-    const host: Record<number, bigint> = { [UID.SCALE]: this.#scalars, [UID.MASK_VALUE]: this.#scalars + 4n, [UID.ONE]: this.#scalars + 8n };
+    const host: Record<number, bigint> = {
+      [UID.SCALE]: this.#scalars,
+      [UID.MASK_VALUE]: this.#scalars + 4n,
+      [UID.ONE]: this.#scalars + 8n,
+    };
     const bound = boundTensors(plan.graph.spec);
-    const uids = new BigInt64Array(bound.length), ptrs = new BigUint64Array(bound.length);
+    const uids = new BigInt64Array(bound.length),
+      ptrs = new BigUint64Array(bound.length);
     bound.forEach((t, i) => {
       const ptr = t.byValue ? host[t.uid] : tensors[t.uid] ? asCuda(tensors[t.uid]!).ptr : scratch[t.uid];
       if (ptr === undefined) throw new Error(`cuDNN attention: nothing bound to '${t.name}' (uid ${t.uid})`);
       // The engines take 16-byte aligned operands (the tensors are declared so).
-      if (!t.byValue && ptr % 16n !== 0n) throw new Error(`cuDNN attention: '${t.name}' at 0x${ptr.toString(16)} is not 16-byte aligned`);
+      if (!t.byValue && ptr % 16n !== 0n)
+        throw new Error(`cuDNN attention: '${t.name}' at 0x${ptr.toString(16)} is not 16-byte aligned`);
       uids[i] = BigInt(t.uid);
       ptrs[i] = ptr;
     });
@@ -197,7 +271,11 @@ export class CudnnAttention {
   #lse(kernel: 'attention_lse_from_bhs' | 'attention_lse_to_bhs', src: bigint, dst: bigint, s: SdpaShape): void {
     const n = s.batch * s.seqLen * s.heads;
     this.#dev.launch(this.#dev.kernel('attention.cu', kernel), [Math.min(Math.ceil(n / 256), 4096)], 256, [
-      { ptr: src }, { ptr: dst }, { i32: s.seqLen }, { i32: s.heads }, { i64: n },
+      { ptr: src },
+      { ptr: dst },
+      { i32: s.seqLen },
+      { i32: s.heads },
+      { i64: n },
     ]);
   }
 
@@ -214,13 +292,23 @@ export class CudnnAttention {
  * cuDNN attention for a device, or null with the reason: cuDNN is optional, and where it is absent (or cannot
  * start) attention stays on nmoe's kernels. `note` says which it is, for logs.
  */
-export function openCudnnAttention(dev: CudaDevice, opts: CudnnAttentionOptions = {}): { attention: CudnnAttention | null; note: string } {
+export function openCudnnAttention(
+  dev: CudaDevice,
+  opts: CudnnAttentionOptions = {},
+): { attention: CudnnAttention | null; note: string } {
   const probe = cudnnProbe();
-  if (!probe.ok) return { attention: null, note: `cuDNN not found, attention runs on nmoe's kernels (${probe.reason.split('. Looked in')[0]})` };
+  if (!probe.ok)
+    return {
+      attention: null,
+      note: `cuDNN not found, attention runs on nmoe's kernels (${probe.reason.split('. Looked in')[0]})`,
+    };
   try {
     return { attention: new CudnnAttention(dev, opts), note: `cuDNN ${probe.text} (${probe.path})` };
   } catch (err) {
-    return { attention: null, note: `cuDNN ${probe.text} (${probe.path}) is there but did not start, attention runs on nmoe's kernels: ${(err as Error).message}` };
+    return {
+      attention: null,
+      note: `cuDNN ${probe.text} (${probe.path}) is there but did not start, attention runs on nmoe's kernels: ${(err as Error).message}`,
+    };
   }
 }
 

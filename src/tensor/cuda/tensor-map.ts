@@ -39,12 +39,15 @@ function scratchMap(): bigint {
 /** Why the driver would refuse this map (its documented rules), or null. */
 export function tensorMapProblem(t: TiledBf16): string | null {
   const rank = t.dims.length;
-  if (rank < 1 || rank > 5 || t.box.length !== rank || t.strides.length !== rank - 1) return `rank ${rank} with box [${t.box}] and strides [${t.strides}]`;
+  if (rank < 1 || rank > 5 || t.box.length !== rank || t.strides.length !== rank - 1)
+    return `rank ${rank} with box [${t.box}] and strides [${t.strides}]`;
   if (t.address % 16n !== 0n) return `address 0x${t.address.toString(16)} is not 16-byte aligned`;
   if (t.dims.some((d) => !Number.isInteger(d) || d < 1 || d > 2 ** 32)) return `dims [${t.dims}] must be in [1, 2^32]`;
-  if (t.strides.some((s) => s % 16 !== 0 || s <= 0 || s >= 2 ** 40)) return `strides [${t.strides}] must be positive multiples of 16 below 2^40`;
+  if (t.strides.some((s) => s % 16 !== 0 || s <= 0 || s >= 2 ** 40))
+    return `strides [${t.strides}] must be positive multiples of 16 below 2^40`;
   if (t.box.some((b) => !Number.isInteger(b) || b < 1 || b > 256)) return `box [${t.box}] must be in [1, 256]`;
-  if ((t.box[0]! * 2) % 16 !== 0 || t.box[0]! * 2 > 128) return `inner box ${t.box[0]} elements: 16 to 128 bytes in multiples of 16 for the 128-byte swizzle`;
+  if ((t.box[0]! * 2) % 16 !== 0 || t.box[0]! * 2 > 128)
+    return `inner box ${t.box[0]} elements: 16 to 128 bytes in multiples of 16 for the 128-byte swizzle`;
   return null;
 }
 
@@ -56,11 +59,23 @@ export function encodeTensorMap(what: string, t: TiledBf16): Uint8Array {
   if (!encode) throw new Error('this CUDA driver has no cuTensorMapEncodeTiled (CUDA 12 or newer needed)');
   const map = scratchMap();
   const code = encode(
-    map, DATA_TYPE_BFLOAT16, t.dims.length, t.address,
-    BigUint64Array.from(t.dims, BigInt), BigUint64Array.from(t.strides.length ? t.strides : [0], BigInt),
-    Uint32Array.from(t.box), Uint32Array.from(t.dims, () => 1),
-    INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_ZERO,
+    map,
+    DATA_TYPE_BFLOAT16,
+    t.dims.length,
+    t.address,
+    BigUint64Array.from(t.dims, BigInt),
+    BigUint64Array.from(t.strides.length ? t.strides : [0], BigInt),
+    Uint32Array.from(t.box),
+    Uint32Array.from(t.dims, () => 1),
+    INTERLEAVE_NONE,
+    SWIZZLE_128B,
+    L2_PROMOTION_256B,
+    OOB_FILL_ZERO,
   ) as number;
-  check('cuTensorMapEncodeTiled', code, `${what}: dims [${t.dims}], strides [${t.strides}] B, box [${t.box}], address 0x${t.address.toString(16)}`);
+  check(
+    'cuTensorMapEncodeTiled',
+    code,
+    `${what}: dims [${t.dims}], strides [${t.strides}] B, box [${t.box}], address 0x${t.address.toString(16)}`,
+  );
   return new Uint8Array(koffi.view(map, TENSOR_MAP_BYTES).slice(0));
 }

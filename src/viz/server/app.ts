@@ -33,7 +33,10 @@ export function createApp(ctx: VizContext, opts: { webRoot: string; loopbackOnly
     // points its own host name at 127.0.0.1 (DNS rebinding) is refused instead of reading your runs.
     const host = (c.req.header('host') ?? '').replace(/:\d+$/, '');
     if (opts.loopbackOnly && !LOOPBACK_NAMES.has(host)) {
-      return c.json({ error: `Host ${JSON.stringify(host)} is not this server's: open it as 127.0.0.1 or localhost` }, 403);
+      return c.json(
+        { error: `Host ${JSON.stringify(host)} is not this server's: open it as 127.0.0.1 or localhost` },
+        403,
+      );
     }
     await next();
   });

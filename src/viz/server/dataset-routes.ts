@@ -14,20 +14,41 @@ export function datasetRoutes(app: Hono, { dataRoot }: VizContext): void {
   app.get('/api/datasets', (c) => c.json(listDir(dataRoot, stringParam(c, 'path') ?? '.')));
 
   app.get('/api/datasets/manifest', (c) =>
-    c.json(manifestPreview(dataRoot, path(c), intParam(c, 'limit_shards', { min: 1, max: 2000, def: 200 }))));
+    c.json(manifestPreview(dataRoot, path(c), intParam(c, 'limit_shards', { min: 1, max: 2000, def: 200 }))),
+  );
 
-  app.get('/api/datasets/shard/stats', (c) => c.json(shardStats(dataRoot, path(c), {
-    scanTokens: intParam(c, 'scan_tokens', { min: 1, max: 2_000_000, def: 250_000 }),
-    topK: intParam(c, 'top_k', { min: 1, max: 1000, def: 20 }),
-    vocabSize: optionalIntParam(c, 'vocab_size', { min: 1, max: 2 ** 24 }),
-    eosTokenId: optionalIntParam(c, 'eos_token_id', { min: 0, max: MAX_TOKEN_ID }),
-  })));
+  app.get('/api/datasets/shard/stats', (c) =>
+    c.json(
+      shardStats(dataRoot, path(c), {
+        scanTokens: intParam(c, 'scan_tokens', { min: 1, max: 2_000_000, def: 250_000 }),
+        topK: intParam(c, 'top_k', { min: 1, max: 1000, def: 20 }),
+        vocabSize: optionalIntParam(c, 'vocab_size', { min: 1, max: 2 ** 24 }),
+        eosTokenId: optionalIntParam(c, 'eos_token_id', { min: 0, max: MAX_TOKEN_ID }),
+      }),
+    ),
+  );
 
-  app.get('/api/datasets/shard/window', (c) => c.json(shardWindow(dataRoot, path(c),
-    intParam(c, 'offset', { min: 0, max: MAX_INDEX, def: 0 }), intParam(c, 'length', { min: 1, max: 4096, def: 256 }))));
+  app.get('/api/datasets/shard/window', (c) =>
+    c.json(
+      shardWindow(
+        dataRoot,
+        path(c),
+        intParam(c, 'offset', { min: 0, max: MAX_INDEX, def: 0 }),
+        intParam(c, 'length', { min: 1, max: 4096, def: 256 }),
+      ),
+    ),
+  );
 
   app.get('/api/datasets/index/header', (c) => c.json(indexHeader(dataRoot, path(c))));
 
-  app.get('/api/datasets/index/doc', async (c) => c.json(await indexDoc(dataRoot, path(c, 'shard_path'),
-    intParam(c, 'doc_idx', { min: 0, max: MAX_INDEX }), intParam(c, 'max_tokens', { min: 1, max: 65_536, def: 4096 }))));
+  app.get('/api/datasets/index/doc', async (c) =>
+    c.json(
+      await indexDoc(
+        dataRoot,
+        path(c, 'shard_path'),
+        intParam(c, 'doc_idx', { min: 0, max: MAX_INDEX }),
+        intParam(c, 'max_tokens', { min: 1, max: 65_536, def: 4096 }),
+      ),
+    ),
+  );
 }

@@ -7,7 +7,10 @@ import type { ContentfulStatusCode } from 'hono/utils/http-status';
 export class HttpError extends Error {
   override name = 'HttpError';
 
-  constructor(readonly status: ContentfulStatusCode, message: string) {
+  constructor(
+    readonly status: ContentfulStatusCode,
+    message: string,
+  ) {
     super(message);
   }
 }

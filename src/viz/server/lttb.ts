@@ -19,7 +19,8 @@ export function lttb<P extends XY>(points: readonly P[], target: number): P[] {
     // The average of the next bucket is the third corner of the triangle.
     const nextStart = Math.floor((i + 1) * every) + 1;
     const nextEnd = Math.min(Math.floor((i + 2) * every) + 1, points.length);
-    let avgX = 0, avgY = 0;
+    let avgX = 0,
+      avgY = 0;
     for (let j = nextStart; j < nextEnd; j++) {
       avgX += points[j]!.step;
       avgY += points[j]!.value;
@@ -27,8 +28,10 @@ export function lttb<P extends XY>(points: readonly P[], target: number): P[] {
     const n = Math.max(1, nextEnd - nextStart);
     avgX /= n;
     avgY /= n;
-    const ax = points[a]!.step, ay = points[a]!.value;
-    let best = -1, bestArea = -1;
+    const ax = points[a]!.step,
+      ay = points[a]!.value;
+    let best = -1,
+      bestArea = -1;
     for (let j = Math.floor(i * every) + 1; j < nextStart; j++) {
       const area = Math.abs((ax - avgX) * (points[j]!.value - ay) - (ax - points[j]!.step) * (avgY - ay));
       if (area > bestArea) {

@@ -23,7 +23,8 @@ export interface Span {
 /** The run's first and last step and its newest timestamp; null while it has no rows. */
 export async function span(db: MetricsDb): Promise<Span | null> {
   const [r] = await db.all<{ first: number | null; last: number; last_ts: number }>(
-    'SELECT min(step) AS first, max(step) AS last, max(ts_ms)::DOUBLE AS last_ts FROM m');
+    'SELECT min(step) AS first, max(step) AS last, max(ts_ms)::DOUBLE AS last_ts FROM m',
+  );
   return r && r.first !== null ? (r as Span) : null;
 }
 
@@ -39,20 +40,26 @@ export interface TagMatch {
 const tagIn = (tags: readonly string[]) => `list_contains([${tags.map(sqlString).join(', ')}], tag)`;
 
 function where(match: TagMatch): { sql: string; params: string[] } {
-  const tags = match.tags ?? [], prefixes = match.prefixes ?? [];
+  const tags = match.tags ?? [],
+    prefixes = match.prefixes ?? [];
   const parts = [...(tags.length ? [tagIn(tags)] : []), ...prefixes.map(() => 'starts_with(tag, ?)')];
   return { sql: `(${parts.join(' OR ') || 'false'})`, params: prefixes };
 }
 
 /** The newest row of each tag that `match` names or prefixes. */
-export async function latest(db: MetricsDb, match: TagMatch, lastStep: number | null): Promise<Map<string, SeriesPoint>> {
+export async function latest(
+  db: MetricsDb,
+  match: TagMatch,
+  lastStep: number | null,
+): Promise<Map<string, SeriesPoint>> {
   if (lastStep === null) return new Map();
   const found = await latestFrom(db, match, lastStep - RECENT_STEPS);
   const rest = {
     tags: (match.tags ?? []).filter((t) => !found.has(t)),
     prefixes: (match.prefixes ?? []).filter((p) => ![...found.keys()].some((t) => t.startsWith(p))),
   };
-  if (rest.tags.length || rest.prefixes.length) for (const [tag, p] of await latestFrom(db, rest, null)) found.set(tag, p);
+  if (rest.tags.length || rest.prefixes.length)
+    for (const [tag, p] of await latestFrom(db, rest, null)) found.set(tag, p);
   return found;
 }
 
@@ -61,7 +68,8 @@ async function latestFrom(db: MetricsDb, match: TagMatch, fromStep: number | nul
   const rows = await db.all<{ tag: string; p: SeriesPoint }>(
     `SELECT tag, max({'step': step, 'ts_ms': ts_ms::DOUBLE, 'value': value}) AS p FROM m WHERE ${w.sql}` +
       `${fromStep === null ? '' : ' AND step >= ?::INTEGER'} GROUP BY tag`,
-    fromStep === null ? w.params : [...w.params, fromStep]);
+    fromStep === null ? w.params : [...w.params, fromStep],
+  );
   return new Map(rows.map((r) => [r.tag, r.p]));
 }
 
@@ -72,7 +80,12 @@ export interface Series {
 }
 
 /** Each tag's points after `sinceStep` (all of them without it), downsampled to at most `points`. */
-export async function series(db: MetricsDb, tags: string[], points: number, sinceStep: number | null): Promise<Map<string, Series>> {
+export async function series(
+  db: MetricsDb,
+  tags: string[],
+  points: number,
+  sinceStep: number | null,
+): Promise<Map<string, Series>> {
   const out = new Map<string, Series>(tags.map((t) => [t, { total: 0, points: [] }]));
   const s = await span(db);
   if (!s) return out;
@@ -81,14 +94,26 @@ export async function series(db: MetricsDb, tags: string[], points: number, sinc
   const width = Math.max(1, Math.ceil((s.last - from + 1) / points));
   // Scalar aggregates only (struct-valued arg_min/arg_max cost ~1.6x as much on a 20M-row run), and the bucket as
   // literals (whole numbers computed here), which DuckDB folds; bound parameters measured ~10% slower.
-  const rows = await db.all<{ tag: string; n: number; lo: number; lo_step: number; lo_ts: number; hi: number; hi_step: number; hi_ts: number }>(
+  const rows = await db.all<{
+    tag: string;
+    n: number;
+    lo: number;
+    lo_step: number;
+    lo_ts: number;
+    hi: number;
+    hi_step: number;
+    hi_ts: number;
+  }>(
     `SELECT tag, count(*)::INTEGER AS n,
        min(value) AS lo, arg_min(step, value) AS lo_step, arg_min(ts_ms, value)::DOUBLE AS lo_ts,
        max(value) AS hi, arg_max(step, value) AS hi_step, arg_max(ts_ms, value)::DOUBLE AS hi_ts
-     FROM m WHERE ${tagIn(tags)} AND step >= ${from} GROUP BY tag, (step - ${from}) // ${width}`);
+     FROM m WHERE ${tagIn(tags)} AND step >= ${from} GROUP BY tag, (step - ${from}) // ${width}`,
+  );
   // The span's first and last steps, which zone maps find without a scan: the series' endpoints where it has them.
   const ends = await db.all<{ tag: string; step: number; ts_ms: number; value: number }>(
-    `SELECT tag, step, ts_ms::DOUBLE AS ts_ms, value FROM m WHERE ${tagIn(tags)} AND (step = ?::INTEGER OR step = ?::INTEGER)`, [from, s.last]);
+    `SELECT tag, step, ts_ms::DOUBLE AS ts_ms, value FROM m WHERE ${tagIn(tags)} AND (step = ?::INTEGER OR step = ?::INTEGER)`,
+    [from, s.last],
+  );
   const candidates = new Map<string, SeriesPoint[]>();
   const add = (tag: string, p: SeriesPoint) => (candidates.get(tag) ?? candidates.set(tag, []).get(tag)!).push(p);
   for (const r of rows) {
@@ -99,7 +124,10 @@ export async function series(db: MetricsDb, tags: string[], points: number, sinc
   for (const e of ends) add(e.tag, { step: e.step, ts_ms: e.ts_ms, value: e.value });
   for (const [tag, list] of candidates) {
     list.sort((a, b) => a.step - b.step);
-    out.get(tag)!.points = lttb(list.filter((p, i) => i === 0 || p.step !== list[i - 1]!.step), points);
+    out.get(tag)!.points = lttb(
+      list.filter((p, i) => i === 0 || p.step !== list[i - 1]!.step),
+      points,
+    );
   }
   return out;
 }
@@ -125,7 +153,8 @@ export async function grid(db: MetricsDb, prefix: string, suffix: string, column
   const cells = await db.all<{ tag: string; bucket: number; step: number; value: number }>(
     `SELECT tag, (step - ?::INTEGER) // ?::INTEGER AS bucket, min(step) AS step, avg(value) AS value
      FROM m WHERE starts_with(tag, ?) AND ends_with(tag, ?) GROUP BY ALL`,
-    [s.first, width, prefix, suffix]);
+    [s.first, width, prefix, suffix],
+  );
   const buckets = [...new Set(cells.map((c) => c.bucket))].sort((a, b) => a - b);
   const column = new Map(buckets.map((b, i) => [b, i]));
   const steps = buckets.map(() => Infinity);
@@ -133,7 +162,16 @@ export async function grid(db: MetricsDb, prefix: string, suffix: string, column
   for (const c of cells) {
     const col = column.get(c.bucket)!;
     steps[col] = Math.min(steps[col]!, c.step);
-    (rows.get(c.tag) ?? rows.set(c.tag, buckets.map(() => null)).get(c.tag)!)[col] = c.value;
+    (rows.get(c.tag) ??
+      rows
+        .set(
+          c.tag,
+          buckets.map(() => null),
+        )
+        .get(c.tag)!)[col] = c.value;
   }
-  return { steps, rows: [...rows].map(([key, values]) => ({ key, values })).sort((a, b) => a.key.localeCompare(b.key)) };
+  return {
+    steps,
+    rows: [...rows].map(([key, values]) => ({ key, values })).sort((a, b) => a.key.localeCompare(b.key)),
+  };
 }

@@ -48,7 +48,10 @@ export class MetricsStore {
   readonly #attached = new Map<string, Attachment>();
 
   /** `finished(run)`: whether the run is known to write no more (the registry says so). */
-  constructor(readonly dir: string, private readonly finished: (run: string) => boolean) {}
+  constructor(
+    readonly dir: string,
+    private readonly finished: (run: string) => boolean,
+  ) {}
 
   /** The run directories under the metrics dir (symlinks are not followed: paths.ts refuses those that leave it). */
   runs(): string[] {
@@ -84,7 +87,10 @@ export class MetricsStore {
     } catch (err) {
       if (!isLockError(err)) throw err;
       if (cached) return cached.value as T;
-      throw new HttpError(503, `run ${run} is being written right now (its file is locked by ${lockHolder(err)}); try again in a moment`);
+      throw new HttpError(
+        503,
+        `run ${run} is being written right now (its file is locked by ${lockHolder(err)}); try again in a moment`,
+      );
     }
     this.#remember(cacheKey, { signature, value });
     return value;
@@ -101,10 +107,12 @@ export class MetricsStore {
       .filter((f) => RANK_FILE.test(f))
       .sort((a, b) => Number(RANK_FILE.exec(a)![1]) - Number(RANK_FILE.exec(b)![1]))
       .map((f) => join(dir, f));
-    const signature = files.map((f) => {
-      const st = statSync(f);
-      return `${f}:${st.size}:${st.mtimeMs}`;
-    }).join('|');
+    const signature = files
+      .map((f) => {
+        const st = statSync(f);
+        return `${f}:${st.size}:${st.mtimeMs}`;
+      })
+      .join('|');
     return { files, signature };
   }
 
@@ -116,7 +124,13 @@ export class MetricsStore {
     return entry.value;
   }
 
-  async #query<T>(run: string, files: string[], signature: string, linger: boolean, query: (db: MetricsDb) => Promise<T>): Promise<T> {
+  async #query<T>(
+    run: string,
+    files: string[],
+    signature: string,
+    linger: boolean,
+    query: (db: MetricsDb) => Promise<T>,
+  ): Promise<T> {
     let a = this.#attached.get(run);
     while (a && (a.retired || a.signature !== signature)) {
       this.#retire(a);
@@ -144,15 +158,22 @@ export class MetricsStore {
     let done!: () => void;
     let closing = false;
     const a: Attachment = {
-      signature, db: openRunDb(files), users: 0, linger: false, retired: false,
+      signature,
+      db: openRunDb(files),
+      users: 0,
+      linger: false,
+      retired: false,
       closed: new Promise((resolve) => (done = resolve)),
       close: () => {
         if (closing) return;
         closing = true;
-        void a.db.then((db) => db.closeSync()).catch(() => {}).finally(() => {
-          if (this.#attached.get(run) === a) this.#attached.delete(run);
-          done();
-        });
+        void a.db
+          .then((db) => db.closeSync())
+          .catch(() => {})
+          .finally(() => {
+            if (this.#attached.get(run) === a) this.#attached.delete(run);
+            done();
+          });
       },
     };
     this.#attached.set(run, a);

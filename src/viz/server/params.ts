@@ -25,7 +25,8 @@ function toInt(name: string, raw: string, r: IntRange): number {
   const allowed = `allowed: an integer in ${r.min}..${r.max}${r.def === undefined ? '' : ` (default ${r.def})`}`;
   if (!/^-?\d+$/.test(raw)) throw badRequest(`${name}=${shown(raw)} is not an integer; ${allowed}`);
   const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < r.min || n > r.max) throw badRequest(`${name}=${short(raw)} is out of range; ${allowed}`);
+  if (!Number.isSafeInteger(n) || n < r.min || n > r.max)
+    throw badRequest(`${name}=${short(raw)} is out of range; ${allowed}`);
   return n;
 }
 
@@ -59,7 +60,9 @@ export function stringParam(c: Context, name: string, opts: { required?: boolean
 
 export function checkRunName(run: string, name = 'run'): string {
   if (!isRunName(run)) {
-    throw badRequest(`${name}=${shown(run)} is not a run name: run names are directory names made of letters, digits, '.', '_' and '-'`);
+    throw badRequest(
+      `${name}=${shown(run)} is not a run name: run names are directory names made of letters, digits, '.', '_' and '-'`,
+    );
   }
   return run;
 }
@@ -75,13 +78,15 @@ export function listParam(c: Context, name: string, max: number, check: (value: 
 }
 
 export function checkTag(tag: string): string {
-  if (!TAG.test(tag)) throw badRequest(`tag=${shown(tag)} is not a tag: 1..200 printable ASCII characters, e.g. train/loss`);
+  if (!TAG.test(tag))
+    throw badRequest(`tag=${shown(tag)} is not a tag: 1..200 printable ASCII characters, e.g. train/loss`);
   return tag;
 }
 
 /** A parameter that takes one of a fixed set of words. */
 export function enumParam<T extends string>(c: Context, name: string, values: readonly T[], def: T): T {
   const raw = c.req.query(name) ?? def;
-  if (!(values as readonly string[]).includes(raw)) throw badRequest(`${name}=${shown(raw)} is not one of ${values.join(', ')}`);
+  if (!(values as readonly string[]).includes(raw))
+    throw badRequest(`${name}=${shown(raw)} is not one of ${values.join(', ')}`);
   return raw as T;
 }

@@ -10,11 +10,14 @@ import { badRequest, notFound } from './errors.ts';
 /** The real path of `rel` under `root`; `what` names the parameter in errors ("path", "run"). */
 export function confine(root: string, rel: string, what: string): string {
   if (rel.includes('\0')) throw badRequest(`${what} contains a NUL byte`);
-  if (isAbsolute(rel) || /^[A-Za-z]:/.test(rel)) throw badRequest(`${what}=${JSON.stringify(rel)} is absolute; give it relative to the root (${root})`);
-  if (rel.split(/[\\/]/).includes('..')) throw badRequest(`${what}=${JSON.stringify(rel)} contains '..'; paths stay inside the root (${root})`);
+  if (isAbsolute(rel) || /^[A-Za-z]:/.test(rel))
+    throw badRequest(`${what}=${JSON.stringify(rel)} is absolute; give it relative to the root (${root})`);
+  if (rel.split(/[\\/]/).includes('..'))
+    throw badRequest(`${what}=${JSON.stringify(rel)} contains '..'; paths stay inside the root (${root})`);
   const realRoot = realOrNotFound(root, `the root ${root} does not exist`);
   const real = realOrNotFound(resolve(realRoot, rel), `${what}=${JSON.stringify(rel)} does not exist under ${root}`);
-  if (!isInside(realRoot, real)) throw badRequest(`${what}=${JSON.stringify(rel)} leads outside the root (${root}) through a symlink`);
+  if (!isInside(realRoot, real))
+    throw badRequest(`${what}=${JSON.stringify(rel)} leads outside the root (${root}) through a symlink`);
   return real;
 }
 
@@ -28,7 +31,8 @@ export function realInside(realRoot: string, path: string): string | null {
   }
 }
 
-export const isInside = (root: string, path: string): boolean => path === root || path.startsWith(root.endsWith(sep) ? root : root + sep);
+export const isInside = (root: string, path: string): boolean =>
+  path === root || path.startsWith(root.endsWith(sep) ? root : root + sep);
 
 function realOrNotFound(path: string, message: string): string {
   try {

@@ -38,11 +38,13 @@ export class RegistryReader {
   /** Every experiment with its run counts by status and its newest run's start, most recently active first. */
   experiments(): ExperimentSummary[] {
     return this.#read([], (reg) => {
-      const experiments = reg.db.prepare(
-        `SELECT e.id, e.name, e.project, e.description, e.created_at, count(r.id) AS runs, max(r.started_at) AS last_started_at
+      const experiments = reg.db
+        .prepare(
+          `SELECT e.id, e.name, e.project, e.description, e.created_at, count(r.id) AS runs, max(r.started_at) AS last_started_at
          FROM experiments e LEFT JOIN runs r ON r.experiment_id = e.id
          GROUP BY e.id ORDER BY last_started_at IS NULL, last_started_at DESC, e.id`,
-      ).all() as Omit<ExperimentSummary, 'by_status'>[];
+        )
+        .all() as Omit<ExperimentSummary, 'by_status'>[];
       const counts = reg.statusCounts();
       return experiments.map((e) => ({
         ...e,

@@ -23,7 +23,11 @@ export function registryRoutes(app: Hono, { store, registry }: VizContext): void
     const id = stringParam(c, 'run', { required: true });
     const r = registry.run(id);
     if (!r) throw notFound(`run=${JSON.stringify(id)} is not in the registry ${registry.path}`);
-    const run = { ...registryRun(r, await activity(store, r.id)), config: parsed(r.config_json), results: parsed(r.results_json) };
+    const run = {
+      ...registryRun(r, await activity(store, r.id)),
+      config: parsed(r.config_json),
+      results: parsed(r.results_json),
+    };
     return c.json<ExperimentRunResponse>({ run });
   });
 }

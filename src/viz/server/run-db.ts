@@ -16,8 +16,8 @@ export interface MetricsDb {
 
 const ATTACH_RETRY_MS = 1000;
 /** The view over a run with no rank file yet (or only files that have no table yet): the schema, no rows. */
-const NO_ROWS = 'SELECT NULL::TEXT AS run, NULL::TEXT AS tag, NULL::INTEGER AS step, NULL::BIGINT AS ts_ms, NULL::DOUBLE AS value WHERE false';
-
+const NO_ROWS =
+  'SELECT NULL::TEXT AS run, NULL::TEXT AS tag, NULL::INTEGER AS step, NULL::BIGINT AS ts_ms, NULL::DOUBLE AS value WHERE false';
 
 let duckdb: Promise<typeof import('@duckdb/node-api')> | null = null;
 
@@ -30,9 +30,17 @@ export async function openRunDb(files: readonly string[]): Promise<DuckDBInstanc
     const conn = await instance.connect();
     try {
       for (const [i, file] of files.entries()) await attach(conn, file, `r${i}`);
-      const withTable = (await conn.runAndReadAll(`SELECT database_name FROM duckdb_tables() WHERE table_name = 'metrics' AND schema_name = 'main'`))
-        .getRowObjectsJS().map((r) => r.database_name as string).sort();
-      await conn.run(`CREATE VIEW m AS ${withTable.map((db) => `SELECT run, tag, step, ts_ms, value FROM ${db}.metrics`).join(' UNION ALL ') || NO_ROWS}`);
+      const withTable = (
+        await conn.runAndReadAll(
+          `SELECT database_name FROM duckdb_tables() WHERE table_name = 'metrics' AND schema_name = 'main'`,
+        )
+      )
+        .getRowObjectsJS()
+        .map((r) => r.database_name as string)
+        .sort();
+      await conn.run(
+        `CREATE VIEW m AS ${withTable.map((db) => `SELECT run, tag, step, ts_ms, value FROM ${db}.metrics`).join(' UNION ALL ') || NO_ROWS}`,
+      );
     } finally {
       conn.closeSync();
     }
@@ -47,7 +55,10 @@ export async function openRunDb(files: readonly string[]): Promise<DuckDBInstanc
 export async function queryRunDb<T>(instance: DuckDBInstance, query: (db: MetricsDb) => Promise<T>): Promise<T> {
   const conn = await instance.connect();
   try {
-    return await query({ all: async <R>(sql: string, params?: DuckDBValue[]) => (await conn.runAndReadAll(sql, params)).getRowObjectsJS() as R[] });
+    return await query({
+      all: async <R>(sql: string, params?: DuckDBValue[]) =>
+        (await conn.runAndReadAll(sql, params)).getRowObjectsJS() as R[],
+    });
   } finally {
     conn.closeSync();
   }
@@ -59,7 +70,8 @@ async function attach(conn: DuckDBConnection, file: string, alias: string): Prom
       await conn.run(`ATTACH ${sqlString(file)} AS ${alias} (READ_ONLY)`);
       return;
     } catch (err) {
-      if (!isLockError(err)) throw new HttpError(422, `cannot read the metrics file ${file}: ${(err as Error).message.split('\n')[0]}`);
+      if (!isLockError(err))
+        throw new HttpError(422, `cannot read the metrics file ${file}: ${(err as Error).message.split('\n')[0]}`);
       if (Date.now() - t0 > ATTACH_RETRY_MS) throw err;
       await sleep(10);
     }

@@ -31,15 +31,20 @@ const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
 
 export async function startVizServer(opts: VizServerOptions): Promise<VizServer> {
   const registry = new RegistryReader(opts.experimentsDb);
-  const store = new MetricsStore(opts.metricsDir, (run) => ['completed', 'killed', 'failed'].includes(registry.run(run)?.status ?? 'unknown'));
+  const store = new MetricsStore(opts.metricsDir, (run) =>
+    ['completed', 'killed', 'failed'].includes(registry.run(run)?.status ?? 'unknown'),
+  );
   const ctx = { store, registry, dataRoot: opts.dataRoot };
   const app = createApp(ctx, { webRoot: opts.webRoot ?? DEFAULT_WEB_ROOT, loopbackOnly: LOOPBACK.has(opts.host) });
   const server = createAdaptorServer({ fetch: app.fetch }) as Server;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
-      const fix = err.code === 'EADDRINUSE' ? 'pick another with --port N (--port 0 takes any free one), or stop the program using it'
-        : err.code === 'EACCES' ? 'ports below 1024 need privileges: use --port 3000 or above'
-        : 'check --host (an address of this machine, e.g. 127.0.0.1 or 0.0.0.0)';
+      const fix =
+        err.code === 'EADDRINUSE'
+          ? 'pick another with --port N (--port 0 takes any free one), or stop the program using it'
+          : err.code === 'EACCES'
+            ? 'ports below 1024 need privileges: use --port 3000 or above'
+            : 'check --host (an address of this machine, e.g. 127.0.0.1 or 0.0.0.0)';
       reject(new UserError(`cannot listen on ${opts.host}:${opts.port} (${err.code ?? err.message}). Fix: ${fix}.`));
     });
     server.listen(opts.port, opts.host, resolve);
@@ -48,10 +53,11 @@ export async function startVizServer(opts: VizServerOptions): Promise<VizServer>
   const shown = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
   return {
     url: `http://${shown}:${port}/`,
-    close: () => new Promise<void>((resolve, reject) => {
-      server.close((err) => (err ? reject(err) : resolve()));
-      server.closeAllConnections();
-      store.close();
-    }),
+    close: () =>
+      new Promise<void>((resolve, reject) => {
+        server.close((err) => (err ? reject(err) : resolve()));
+        server.closeAllConnections();
+        store.close();
+      }),
   };
 }

@@ -20,7 +20,12 @@ export function webBundle(app: Hono, webRoot: string): void {
     '*',
     async (c, next) => {
       if (!existsSync(index)) {
-        return c.json({ error: `the dashboard's web app is not built: ${index} is missing. Fix: run \`npm run build:viz\`, then reload.` }, 500);
+        return c.json(
+          {
+            error: `the dashboard's web app is not built: ${index} is missing. Fix: run \`npm run build:viz\`, then reload.`,
+          },
+          500,
+        );
       }
       c.header('Cache-Control', 'no-cache');
       await next();

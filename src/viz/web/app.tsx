@@ -35,7 +35,11 @@ export function App() {
         </Link>
         <nav>
           {NAV.map((n) => (
-            <Link key={n.href} href={n.href} class={n.page === route.page || (n.page === 'overview' && route.page === 'run') ? 'active' : undefined}>
+            <Link
+              key={n.href}
+              href={n.href}
+              class={n.page === route.page || (n.page === 'overview' && route.page === 'run') ? 'active' : undefined}
+            >
               {n.label}
             </Link>
           ))}

@@ -38,9 +38,16 @@ export function withQuery(path: string, changes: Record<string, string | null>):
   return q ? `${path}?${q}` : path;
 }
 
-const FIXED_PAGES = { '/': 'overview', '/router': 'router', '/gpu': 'gpu', '/experiments': 'experiments', '/datasets': 'datasets' } as const;
+const FIXED_PAGES = {
+  '/': 'overview',
+  '/router': 'router',
+  '/gpu': 'gpu',
+  '/experiments': 'experiments',
+  '/datasets': 'datasets',
+} as const;
 
-export type Route = { page: (typeof FIXED_PAGES)[keyof typeof FIXED_PAGES] } | { page: 'run'; run: string } | { page: 'not-found' };
+export type Route =
+  { page: (typeof FIXED_PAGES)[keyof typeof FIXED_PAGES] } | { page: 'run'; run: string } | { page: 'not-found' };
 
 export function matchRoute(path: string): Route {
   const clean = path.replace(/\/+$/, '') || '/';
@@ -50,4 +57,5 @@ export function matchRoute(path: string): Route {
   return { page: 'not-found' };
 }
 
-export const runHref = (run: string, query = ''): string => `/runs/${encodeURIComponent(run)}${query ? `?${query}` : ''}`;
+export const runHref = (run: string, query = ''): string =>
+  `/runs/${encodeURIComponent(run)}${query ? `?${query}` : ''}`;

@@ -33,7 +33,9 @@ export function DirListing({ path, listing, hrefFor }: Props) {
             const href = hrefFor(joinPath(path, e.name), e.kind);
             return (
               <tr key={e.name}>
-                <td class="mono">{href ? <Link href={href}>{e.kind === 'dir' ? `${e.name}/` : e.name}</Link> : e.name}</td>
+                <td class="mono">
+                  {href ? <Link href={href}>{e.kind === 'dir' ? `${e.name}/` : e.name}</Link> : e.name}
+                </td>
                 <td class="num">{e.kind === 'file' ? fmtBytes(e.size) : ''}</td>
                 <td>{fmtTime(e.mtime_ms)}</td>
               </tr>

@@ -20,7 +20,9 @@ export function DocumentView({ shard, doc, onDoc }: Props) {
       <LoadState state={header} what="the index" />
       {header.data && (
         <p class="agg">
-          <span>documents <b>{fmtInt(header.data.num_documents)}</b></span>
+          <span>
+            documents <b>{fmtInt(header.data.num_documents)}</b>
+          </span>
           {Object.entries(header.data.doc_len).map(([k, v]) => (
             <span key={k}>
               length {k} <b>{fmtInt(v)}</b>
@@ -33,7 +35,14 @@ export function DocumentView({ shard, doc, onDoc }: Props) {
           ◀
         </button>
         <label>
-          document <input type="number" min={0} max={Math.max(0, count - 1)} value={doc} onChange={(e) => onDoc(Math.min(Math.max(0, count - 1), Math.max(0, Number(e.currentTarget.value) || 0)))} />
+          document{' '}
+          <input
+            type="number"
+            min={0}
+            max={Math.max(0, count - 1)}
+            value={doc}
+            onChange={(e) => onDoc(Math.min(Math.max(0, count - 1), Math.max(0, Number(e.currentTarget.value) || 0)))}
+          />
         </label>
         <button type="button" disabled={doc >= count - 1} onClick={() => onDoc(doc + 1)}>
           ▶
@@ -45,7 +54,14 @@ export function DocumentView({ shard, doc, onDoc }: Props) {
         )}
       </div>
       <LoadState state={view} what="the document" />
-      {d && (d.text !== null ? <pre class="doc-text" data-doc={d.doc_idx}>{d.text}</pre> : <p class="tokens">{d.tokens.join(' ')}</p>)}
+      {d &&
+        (d.text !== null ? (
+          <pre class="doc-text" data-doc={d.doc_idx}>
+            {d.text}
+          </pre>
+        ) : (
+          <p class="tokens">{d.tokens.join(' ')}</p>
+        ))}
     </div>
   );
 }

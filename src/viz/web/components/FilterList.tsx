@@ -23,10 +23,19 @@ export function FilterList({ name, items, selected, onToggle }: Props) {
   const [filter, setFilter] = useState('');
   const words = filter.toLowerCase().split(/\s+/).filter(Boolean);
   const matches = (label: string) => words.every((w) => label.toLowerCase().includes(w));
-  const shown = [...items.filter((i) => selected.has(i.key)), ...items.filter((i) => !selected.has(i.key) && matches(i.label))];
+  const shown = [
+    ...items.filter((i) => selected.has(i.key)),
+    ...items.filter((i) => !selected.has(i.key) && matches(i.label)),
+  ];
   return (
     <div class="filter-list" data-list={name}>
-      <input type="search" placeholder={`filter ${items.length} ${name}…`} aria-label={`filter ${name}`} value={filter} onInput={(e) => setFilter(e.currentTarget.value)} />
+      <input
+        type="search"
+        placeholder={`filter ${items.length} ${name}…`}
+        aria-label={`filter ${name}`}
+        value={filter}
+        onInput={(e) => setFilter(e.currentTarget.value)}
+      />
       <ul>
         {shown.map((item) => (
           <li key={item.key}>

@@ -39,7 +39,11 @@ export function Heatmap({ name, title, grid }: Props) {
     const row = Math.floor((e.clientY - box.top) / ROW_PX);
     const col = Math.floor(((e.clientX - box.left - LABEL_PX) / (box.width - LABEL_PX)) * grid.steps.length);
     const value = grid.values[row]?.[col];
-    setHover(value === undefined || col < 0 ? null : `layer ${grid.layers[row]} · step ${grid.steps[col]} · ${fmtNumber(value)}`);
+    setHover(
+      value === undefined || col < 0
+        ? null
+        : `layer ${grid.layers[row]} · step ${grid.steps[col]} · ${fmtNumber(value)}`,
+    );
   };
 
   const cells = grid ? grid.values.reduce((n, row) => n + row.filter((v) => v !== null).length, 0) : 0;
@@ -47,11 +51,21 @@ export function Heatmap({ name, title, grid }: Props) {
     <figure class="chart heatmap" data-chart={name} data-points={cells} data-last-step={grid?.steps.at(-1) ?? ''}>
       <figcaption>
         {title}
-        {range && <span class="muted"> {fmtNumber(range[0])} … {fmtNumber(range[1])}</span>}
+        {range && (
+          <span class="muted">
+            {' '}
+            {fmtNumber(range[0])} … {fmtNumber(range[1])}
+          </span>
+        )}
         {!grid ? <span class="muted"> loading…</span> : cells === 0 && <span class="muted"> no data</span>}
         <span class="heat-readout">{hover}</span>
       </figcaption>
-      <canvas ref={canvas} style={{ height: `${Math.max(1, grid?.layers.length ?? 1) * ROW_PX + 18}px` }} onMouseMove={onMove} onMouseLeave={() => setHover(null)} />
+      <canvas
+        ref={canvas}
+        style={{ height: `${Math.max(1, grid?.layers.length ?? 1) * ROW_PX + 18}px` }}
+        onMouseMove={onMove}
+        onMouseLeave={() => setHover(null)}
+      />
     </figure>
   );
 }

@@ -34,7 +34,16 @@ export function LineChart({ name, title, lines, smoothing = 0, logScale = false,
 
   useLayoutEffect(() => {
     const el = target.current!;
-    const u = new uPlot(chartOptions(lines.map((l) => l.label), el.clientWidth, height, logScale), undefined, el);
+    const u = new uPlot(
+      chartOptions(
+        lines.map((l) => l.label),
+        el.clientWidth,
+        height,
+        logScale,
+      ),
+      undefined,
+      el,
+    );
     plot.current = u;
     const resize = new ResizeObserver(() => u.setSize({ width: el.clientWidth, height }));
     resize.observe(el);
@@ -50,7 +59,8 @@ export function LineChart({ name, title, lines, smoothing = 0, logScale = false,
     const data = alignedData(lines, smoothing, logScale);
     const [from, to] = [u.scales.x!.min, u.scales.x!.max];
     const shown = u.data?.[0] ?? [];
-    const zoomed = shown.length > 1 && from != null && to != null && (from > shown[0]! || to < shown[shown.length - 1]!);
+    const zoomed =
+      shown.length > 1 && from != null && to != null && (from > shown[0]! || to < shown[shown.length - 1]!);
     u.setData(data, !zoomed);
   }, [lines, smoothing, logScale, labels, scheme]);
 
@@ -69,7 +79,11 @@ export function LineChart({ name, title, lines, smoothing = 0, logScale = false,
 }
 
 function chartOptions(labels: readonly string[], width: number, height: number, logScale: boolean): uPlot.Options {
-  const axis = { stroke: themeColor('--fg-muted'), grid: { stroke: themeColor('--grid'), width: 1 }, ticks: { stroke: themeColor('--grid') } };
+  const axis = {
+    stroke: themeColor('--fg-muted'),
+    grid: { stroke: themeColor('--grid'), width: 1 },
+    ticks: { stroke: themeColor('--grid') },
+  };
   return {
     width,
     height,
@@ -77,7 +91,16 @@ function chartOptions(labels: readonly string[], width: number, height: number, 
     axes: [axis, { ...axis, size: 56 }],
     cursor: { sync: { key: 'steps' }, drag: { x: true, y: false } },
     legend: { live: true },
-    series: [{ label: 'step' }, ...labels.map((label, i) => ({ label, stroke: lineColor(i), width: 1.5, spanGaps: true, points: { show: false } }))],
+    series: [
+      { label: 'step' },
+      ...labels.map((label, i) => ({
+        label,
+        stroke: lineColor(i),
+        width: 1.5,
+        spanGaps: true,
+        points: { show: false },
+      })),
+    ],
   };
 }
 
@@ -85,7 +108,10 @@ function chartOptions(labels: readonly string[], width: number, height: number, 
 function alignedData(lines: readonly ChartLine[], smoothing: number, logScale: boolean): uPlot.AlignedData {
   const tables = lines.map((l): uPlot.AlignedData => {
     const points = l.points ?? [];
-    const values = emaSmooth(points.map((p) => p.value), smoothing);
+    const values = emaSmooth(
+      points.map((p) => p.value),
+      smoothing,
+    );
     // A log axis cannot show values <= 0: they become gaps instead of breaking the scale.
     return [points.map((p) => p.step), logScale ? values.map((v) => (v > 0 ? v : null)) : values];
   });

@@ -15,6 +15,11 @@ const TITLES: Record<RouterMetric, string> = {
 /** One router metric of one run as a layers x steps heatmap, refetched every poll while the run is live. */
 export function RouterHeatmap({ run, metric, live }: { run: string; metric: RouterMetric; live: boolean }) {
   const grid = useApi(endpoints.routerHeatmap(run, metric, chartPoints()), { poll: live });
-  if (grid.error) return <p class="error">Could not load the {metric} heatmap: {grid.error}</p>;
+  if (grid.error)
+    return (
+      <p class="error">
+        Could not load the {metric} heatmap: {grid.error}
+      </p>
+    );
   return <Heatmap name={`router/${metric}`} title={TITLES[metric]} grid={grid.data} />;
 }

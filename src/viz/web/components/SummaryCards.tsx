@@ -14,7 +14,9 @@ const KNOWN: Record<string, { label: string; format?: (v: number) => string }> =
 /** The latest value of each summary tag, one card each, with the step it is from. */
 export function SummaryCards({ summary }: { summary: SummaryResponse['summary'] }) {
   const known = Object.keys(KNOWN).filter((tag) => tag in summary);
-  const others = Object.keys(summary).filter((tag) => !(tag in KNOWN)).sort();
+  const others = Object.keys(summary)
+    .filter((tag) => !(tag in KNOWN))
+    .sort();
   return (
     <div class="cards">
       {[...known, ...others].map((tag) => {
@@ -23,7 +25,9 @@ export function SummaryCards({ summary }: { summary: SummaryResponse['summary'] 
         return (
           <div class="card" key={tag} data-card={tag}>
             <div class="card-label">{label}</div>
-            <div class="card-value" title={String(value)}>{format(value)}</div>
+            <div class="card-value" title={String(value)}>
+              {format(value)}
+            </div>
             <div class="card-hint">step {step}</div>
           </div>
         );

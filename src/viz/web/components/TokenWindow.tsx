@@ -24,9 +24,20 @@ export function TokenWindow({ shard, offset, numTokens, eosTokenId, onOffset }: 
           ◀
         </button>
         <label>
-          offset <input type="number" min={0} max={last} value={offset} onChange={(e) => onOffset(Math.min(last, Math.max(0, Number(e.currentTarget.value) || 0)))} />
+          offset{' '}
+          <input
+            type="number"
+            min={0}
+            max={last}
+            value={offset}
+            onChange={(e) => onOffset(Math.min(last, Math.max(0, Number(e.currentTarget.value) || 0)))}
+          />
         </label>
-        <button type="button" disabled={offset >= last} onClick={() => onOffset(Math.min(last, offset + WINDOW_TOKENS))}>
+        <button
+          type="button"
+          disabled={offset >= last}
+          onClick={() => onOffset(Math.min(last, offset + WINDOW_TOKENS))}
+        >
           ▶
         </button>
         <span class="muted">of {fmtInt(numTokens)}</span>

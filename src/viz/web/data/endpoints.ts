@@ -55,7 +55,11 @@ export const endpoints = {
   datasets: (path: string) => endpoint<DatasetsListResponse>('/api/datasets', { path: path || undefined }),
   manifest: (path: string) => endpoint<DatasetManifestResponse>('/api/datasets/manifest', { path }),
   shardStats: (path: string, vocab?: { vocab_size: number; eos_token_id: number }) =>
-    endpoint<ShardStatsResponse>('/api/datasets/shard/stats', { path, vocab_size: vocab?.vocab_size, eos_token_id: vocab?.eos_token_id }),
+    endpoint<ShardStatsResponse>('/api/datasets/shard/stats', {
+      path,
+      vocab_size: vocab?.vocab_size,
+      eos_token_id: vocab?.eos_token_id,
+    }),
   shardWindow: (path: string, offset: number, length: number) =>
     endpoint<ShardWindowResponse>('/api/datasets/shard/window', { path, offset, length }),
   indexHeader: (path: string) => endpoint<IndexHeaderResponse>('/api/datasets/index/header', { path }),

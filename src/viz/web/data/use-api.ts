@@ -11,7 +11,10 @@ export type ApiState<T> = { data?: T; error?: string };
  * true, the endpoint is fetched again every POLL_MS (live pages); a poll replaces the data in place and never resets
  * the ready hook.
  */
-export function useApi<T>(url: Endpoint<T> | null, opts: { poll?: boolean | ((data: T) => boolean) } = {}): ApiState<T> {
+export function useApi<T>(
+  url: Endpoint<T> | null,
+  opts: { poll?: boolean | ((data: T) => boolean) } = {},
+): ApiState<T> {
   const [state, setState] = useState<ApiState<T> & { url?: string }>({});
   const request = useMemo(() => (url === null ? null : start(url)), [url]);
 
@@ -37,7 +40,10 @@ export function useApi<T>(url: Endpoint<T> | null, opts: { poll?: boolean | ((da
     if (settled) request.release();
   }, [settled, request]);
 
-  const polling = settled && state.data !== undefined && (typeof opts.poll === 'function' ? opts.poll(state.data) : Boolean(opts.poll));
+  const polling =
+    settled &&
+    state.data !== undefined &&
+    (typeof opts.poll === 'function' ? opts.poll(state.data) : Boolean(opts.poll));
   usePoll(async () => {
     if (!request) return;
     const data = await fetchJson(request.url);

@@ -24,7 +24,11 @@ const keyOf = (run: string, tag: string) => `${run}\u0000${tag}`;
  * or a run fetches only the new pairs (split into parallel requests), never what is already here. While a run
  * is in `liveRuns`, its series are polled with `since_step` and the new points appended.
  */
-export function useSeries(runs: readonly string[], tags: readonly string[], opts: { points: number; liveRuns: ReadonlySet<string> }): SeriesLookup {
+export function useSeries(
+  runs: readonly string[],
+  tags: readonly string[],
+  opts: { points: number; liveRuns: ReadonlySet<string> },
+): SeriesLookup {
   const [store, setStore] = useState<ReadonlyMap<string, SeriesPoint[]>>(new Map());
   const requested = useRef(new Set<string>());
   const inFlight = useRef(new Set<{ abort: AbortController; release: () => void }>());
@@ -103,7 +107,9 @@ export function useSeries(runs: readonly string[], tags: readonly string[], opts
         const since = have.at(-1)?.step ?? 0;
         bySince.set(since, [...(bySince.get(since) ?? []), tag]);
       }
-      return [...bySince].flatMap(([sinceStep, group]) => chunks(group, MAX_TAGS).map((chunk) => fetchJson(endpoints.series([run], chunk, { sinceStep }))));
+      return [...bySince].flatMap(([sinceStep, group]) =>
+        chunks(group, MAX_TAGS).map((chunk) => fetchJson(endpoints.series([run], chunk, { sinceStep }))),
+      );
     });
     for (const res of await Promise.all(polls)) merge(res, true);
   }, live.length > 0);
@@ -112,7 +118,11 @@ export function useSeries(runs: readonly string[], tags: readonly string[], opts
 }
 
 /** The pairs not requested yet, grouped as runs x tags blocks: tags that miss the same runs share a block. */
-function missingPairs(runs: readonly string[], tags: readonly string[], requested: ReadonlySet<string>): { runs: string[]; tags: string[] }[] {
+function missingPairs(
+  runs: readonly string[],
+  tags: readonly string[],
+  requested: ReadonlySet<string>,
+): { runs: string[]; tags: string[] }[] {
   const blocks = new Map<string, { runs: string[]; tags: string[] }>();
   for (const tag of tags) {
     const need = runs.filter((run) => !requested.has(keyOf(run, tag)));

@@ -2,15 +2,37 @@
  * Colours. Lines take a fixed palette that reads on both themes (Tableau 10); chart chrome (axes, grid) takes the
  * theme's CSS variables, since uPlot paints on a canvas that CSS cannot reach.
  */
-const PALETTE = ['#4e79a7', '#f28e2b', '#e15759', '#76b7b2', '#59a14f', '#edc948', '#b07aa1', '#ff9da7', '#9c755f', '#bab0ac'];
+const PALETTE = [
+  '#4e79a7',
+  '#f28e2b',
+  '#e15759',
+  '#76b7b2',
+  '#59a14f',
+  '#edc948',
+  '#b07aa1',
+  '#ff9da7',
+  '#9c755f',
+  '#bab0ac',
+];
 
 export const lineColor = (i: number): string => PALETTE[i % PALETTE.length]!;
 
 /** The value of a CSS custom property on <html>, e.g. themeColor('--fg-muted'). */
-export const themeColor = (name: string): string => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+export const themeColor = (name: string): string =>
+  getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 /** Viridis, sampled at 9 stops and interpolated: perceptually even and readable by colour-blind viewers. */
-const VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141], [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]];
+const VIRIDIS = [
+  [68, 1, 84],
+  [71, 44, 122],
+  [59, 81, 139],
+  [44, 113, 142],
+  [33, 144, 141],
+  [39, 173, 129],
+  [92, 200, 99],
+  [170, 220, 50],
+  [253, 231, 37],
+];
 
 /** Viridis at t in [0, 1], as an rgb() string. */
 export function heatColor(t: number): string {

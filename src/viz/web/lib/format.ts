@@ -14,10 +14,12 @@ export function fmtNumber(v: number | null | undefined): string {
   return String(Number(v.toPrecision(4)));
 }
 
-export const fmtInt = (v: number | null | undefined): string => (v === null || v === undefined ? NONE : v.toLocaleString('en-US'));
+export const fmtInt = (v: number | null | undefined): string =>
+  v === null || v === undefined ? NONE : v.toLocaleString('en-US');
 
 /** A 0..1 fraction as a percentage. */
-export const fmtFraction = (v: number | null | undefined): string => (v === null || v === undefined ? NONE : `${(v * 100).toFixed(1)}%`);
+export const fmtFraction = (v: number | null | undefined): string =>
+  v === null || v === undefined ? NONE : `${(v * 100).toFixed(1)}%`;
 
 export function fmtBytes(n: number): string {
   const units = ['B', 'KB', 'MB', 'GB', 'TB'];

@@ -21,14 +21,20 @@ export function DatasetsPage({ query }: { query: URLSearchParams }) {
   const hasManifest = listing.data?.entries.some((e) => e.kind === 'file' && e.name === 'manifest.json') ?? false;
   const manifest = useApi(hasManifest ? endpoints.manifest(path) : null);
   // Shard statistics count EOS and out-of-vocabulary ids against the manifest's tokenizer, so they wait for it.
-  const manifestSettled = listing.data !== undefined && (!hasManifest || manifest.data !== undefined || manifest.error !== undefined);
+  const manifestSettled =
+    listing.data !== undefined && (!hasManifest || manifest.data !== undefined || manifest.error !== undefined);
   const vocab = manifest.data && { vocab_size: manifest.data.vocab_size, eos_token_id: manifest.data.eos_token_id };
   const stats = useApi(shard && manifestSettled ? endpoints.shardStats(shard, vocab) : null);
 
-  const go = (changes: Record<string, string | null>, replace = false) => navigate(withQuery('/datasets', changes), { replace });
+  const go = (changes: Record<string, string | null>, replace = false) =>
+    navigate(withQuery('/datasets', changes), { replace });
   const openShard = (s: string) => withQuery('/datasets', { shard: s, offset: null, doc: null });
   const hrefFor = (entry: string, kind: 'dir' | 'file') =>
-    kind === 'dir' ? withQuery('/datasets', { path: entry, shard: null, offset: null, doc: null }) : entry.endsWith('.npy') ? openShard(entry) : null;
+    kind === 'dir'
+      ? withQuery('/datasets', { path: entry, shard: null, offset: null, doc: null })
+      : entry.endsWith('.npy')
+        ? openShard(entry)
+        : null;
 
   return (
     <section>
@@ -47,7 +53,13 @@ export function DatasetsPage({ query }: { query: URLSearchParams }) {
             <>
               <ShardStats stats={stats.data} />
               <h3>Tokens</h3>
-              <TokenWindow shard={shard} offset={intParam(query, 'offset')} numTokens={stats.data.num_tokens} eosTokenId={vocab?.eos_token_id} onOffset={(o) => go({ offset: String(o) }, true)} />
+              <TokenWindow
+                shard={shard}
+                offset={intParam(query, 'offset')}
+                numTokens={stats.data.num_tokens}
+                eosTokenId={vocab?.eos_token_id}
+                onOffset={(o) => go({ offset: String(o) }, true)}
+              />
               <h3>Documents</h3>
               {stats.data.has_index ? (
                 <DocumentView shard={shard} doc={intParam(query, 'doc')} onDoc={(d) => go({ doc: String(d) }, true)} />

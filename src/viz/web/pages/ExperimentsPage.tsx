@@ -26,7 +26,9 @@ export function ExperimentsPage({ query }: { query: URLSearchParams }) {
         <h1>Experiments</h1>
       </header>
       <LoadState state={experiments} what="experiments" />
-      {experiments.data && experiments.data.experiments.length === 0 && <p class="muted">The registry has no experiments yet.</p>}
+      {experiments.data && experiments.data.experiments.length === 0 && (
+        <p class="muted">The registry has no experiments yet.</p>
+      )}
       {experiments.data && experiments.data.experiments.length > 0 && (
         <table class="grid clickable" data-table="experiments">
           <thead>
@@ -41,7 +43,11 @@ export function ExperimentsPage({ query }: { query: URLSearchParams }) {
           </thead>
           <tbody>
             {experiments.data.experiments.map((e) => (
-              <tr key={e.id} class={e.id === chosen ? 'selected' : undefined} onClick={() => choose(e.id === chosen ? null : e.id)}>
+              <tr
+                key={e.id}
+                class={e.id === chosen ? 'selected' : undefined}
+                onClick={() => choose(e.id === chosen ? null : e.id)}
+              >
                 <td>{e.name}</td>
                 <td>{e.project}</td>
                 <td class="num">{e.runs}</td>
@@ -61,7 +67,11 @@ export function ExperimentsPage({ query }: { query: URLSearchParams }) {
       )}
       <header class="page-head">
         <h2>{chosen ? `Runs of ${chosen}` : 'All runs'}</h2>
-        <button type="button" disabled={ticked.length === 0} onClick={() => navigate(runHref(ticked[0]!, ticked.length > 1 ? `compare=${ticked.slice(1).join(',')}` : ''))}>
+        <button
+          type="button"
+          disabled={ticked.length === 0}
+          onClick={() => navigate(runHref(ticked[0]!, ticked.length > 1 ? `compare=${ticked.slice(1).join(',')}` : ''))}
+        >
           compare {ticked.length || ''} selected
         </button>
       </header>
@@ -84,7 +94,12 @@ export function ExperimentsPage({ query }: { query: URLSearchParams }) {
             {runs.data.runs.map((r) => (
               <tr key={r.id}>
                 <td>
-                  <input type="checkbox" aria-label={`select ${r.id}`} checked={ticked.includes(r.id)} onChange={() => tick(r.id)} />
+                  <input
+                    type="checkbox"
+                    aria-label={`select ${r.id}`}
+                    checked={ticked.includes(r.id)}
+                    onChange={() => tick(r.id)}
+                  />
                 </td>
                 <td>
                   <Link href={runHref(r.id)}>{r.id}</Link>

@@ -41,7 +41,9 @@ export function GpuPage({ query }: { query: URLSearchParams }) {
       </header>
       <LoadState state={run === undefined ? runList.state : gpu} what={run === undefined ? 'runs' : 'GPU readings'} />
       {gpu.data && gpus.length === 0 && (
-        <p class="muted" data-empty="gpu">This run has no GPU readings: it trained on the CPU, or NVML found no GPU.</p>
+        <p class="muted" data-empty="gpu">
+          This run has no GPU readings: it trained on the CPU, or NVML found no GPU.
+        </p>
       )}
       {gpus.length > 0 && (
         <table class="grid" data-table="gpus">
@@ -72,7 +74,9 @@ export function GpuPage({ query }: { query: URLSearchParams }) {
                   </td>
                   <td class="num">{fmtNumber(g.temperature_c)}</td>
                   <td class="num">{fmtNumber(g.clocks_sm_mhz)}</td>
-                  <td class={throttled.length ? 'warn' : 'muted'}>{throttled.length ? throttled.map((t) => t.slice('throttle_'.length)).join(', ') : 'no'}</td>
+                  <td class={throttled.length ? 'warn' : 'muted'}>
+                    {throttled.length ? throttled.map((t) => t.slice('throttle_'.length)).join(', ') : 'no'}
+                  </td>
                   <td class="num">
                     {fmtNumber(g.ecc_corrected)} / {fmtNumber(g.ecc_uncorrected)}
                   </td>
@@ -85,7 +89,12 @@ export function GpuPage({ query }: { query: URLSearchParams }) {
       {run && gpus.length > 0 && (
         <div class="chart-grid">
           {CHARTS.map(({ metric, title }) => (
-            <LineChart key={metric} name={`gpu/${metric}`} title={title} lines={gpus.map((g) => ({ label: `GPU ${g.index}`, points: series(run, `gpu/${g.index}/${metric}`) }))} />
+            <LineChart
+              key={metric}
+              name={`gpu/${metric}`}
+              title={title}
+              lines={gpus.map((g) => ({ label: `GPU ${g.index}`, points: series(run, `gpu/${g.index}/${metric}`) }))}
+            />
           ))}
         </div>
       )}

@@ -19,7 +19,9 @@ export function OverviewPage() {
         <span class="muted">{state.data && `${runs.length} runs`}</span>
       </header>
       <LoadState state={state} what="runs" />
-      {state.data && runs.length === 0 && <p class="muted">No runs yet: `nmoe train` writes its metrics to the metrics dir this server reads.</p>}
+      {state.data && runs.length === 0 && (
+        <p class="muted">No runs yet: `nmoe train` writes its metrics to the metrics dir this server reads.</p>
+      )}
       {runs.length > 0 && (
         <table class="grid clickable" data-table="runs">
           <thead>
@@ -30,7 +32,9 @@ export function OverviewPage() {
               <th class="num">loss</th>
               <th class="num">tok/s</th>
               <th class="num">MFU</th>
-              <th class="num" title="latest eval/CORE: the in-training eval's mean centered accuracy">CORE</th>
+              <th class="num" title="latest eval/CORE: the in-training eval's mean centered accuracy">
+                CORE
+              </th>
               <th>started</th>
               <th class="num">duration</th>
             </tr>
@@ -45,10 +49,14 @@ export function OverviewPage() {
                   <StatusBadge status={r.status} />
                 </td>
                 <td class="num">{fmtInt(r.last_step)}</td>
-                <td class="num" data-col="loss" title={String(r.last_loss ?? '')}>{fmtNumber(r.last_loss)}</td>
+                <td class="num" data-col="loss" title={String(r.last_loss ?? '')}>
+                  {fmtNumber(r.last_loss)}
+                </td>
                 <td class="num">{fmtNumber(r.tokens_per_s)}</td>
                 <td class="num">{fmtFraction(r.mfu)}</td>
-                <td class="num" data-col="core" title={String(r.eval_core ?? '')}>{fmtNumber(r.eval_core)}</td>
+                <td class="num" data-col="core" title={String(r.eval_core ?? '')}>
+                  {fmtNumber(r.eval_core)}
+                </td>
                 <td>{fmtTime(parseRegistryTime(r.started_at))}</td>
                 <td class="num">{fmtDuration(runDuration(r))}</td>
               </tr>

@@ -28,9 +28,14 @@ export function RouterPage({ query }: { query: URLSearchParams }) {
         <LiveBadge live={live} />
         {r && <span class="muted">step {fmtInt(r.step)}</span>}
       </header>
-      <LoadState state={run === undefined ? runList.state : router} what={run === undefined ? 'runs' : 'router metrics'} />
+      <LoadState
+        state={run === undefined ? runList.state : router}
+        what={run === undefined ? 'runs' : 'router metrics'}
+      />
       {runList.state.data && run === undefined && <p class="muted">No runs yet.</p>}
-      {r && r.layers.length === 0 && <p class="muted">This run has written no router metrics (no MoE layer, or no log step yet).</p>}
+      {r && r.layers.length === 0 && (
+        <p class="muted">This run has written no router metrics (no MoE layer, or no log step yet).</p>
+      )}
       {r && r.alerts.length > 0 && (
         <ul class="alerts" data-alerts={r.alerts.length}>
           {r.alerts.map((a) => (
@@ -66,7 +71,9 @@ export function RouterPage({ query }: { query: URLSearchParams }) {
               <tr>
                 <th>layer</th>
                 {METRICS.map((c) => (
-                  <th key={c} class="num">{c}</th>
+                  <th key={c} class="num">
+                    {c}
+                  </th>
                 ))}
               </tr>
             </thead>
@@ -75,7 +82,9 @@ export function RouterPage({ query }: { query: URLSearchParams }) {
                 <tr key={layer.idx} class={r.alerts.some((a) => a.idx === layer.idx) ? 'row-alert' : undefined}>
                   <td>{layer.idx}</td>
                   {METRICS.map((c) => (
-                    <td key={c} class="num">{fmtNumber(layer[c])}</td>
+                    <td key={c} class="num">
+                      {fmtNumber(layer[c])}
+                    </td>
                   ))}
                 </tr>
               ))}

@@ -48,7 +48,10 @@ export function RunPage({ run, query }: { run: string; query: URLSearchParams })
   const known = tags.data && new Set(tags.data.tags.map((t) => t.tag));
   const chartTags = explicitTags || !known ? chosenTags : chosenTags.filter((t) => known.has(t));
   const evalTags = known ? evalTagsOf(known).filter((t) => !chartTags.includes(t)) : [];
-  const series = useSeries(shownRuns, [...chartTags, ...evalTags], { points: chartPoints(), liveRuns: runList.liveRuns });
+  const series = useSeries(shownRuns, [...chartTags, ...evalTags], {
+    points: chartPoints(),
+    liveRuns: runList.liveRuns,
+  });
   const chartOf = (tag: string) => (
     <LineChart
       key={tag}
@@ -60,8 +63,10 @@ export function RunPage({ run, query }: { run: string; query: URLSearchParams })
     />
   );
 
-  const setQuery = (changes: Record<string, string | null>) => navigate(withQuery(location.pathname, changes), { replace: true });
-  const toggle = (list: readonly string[], item: string) => (list.includes(item) ? list.filter((x) => x !== item) : [...list, item]).join(',');
+  const setQuery = (changes: Record<string, string | null>) =>
+    navigate(withQuery(location.pathname, changes), { replace: true });
+  const toggle = (list: readonly string[], item: string) =>
+    (list.includes(item) ? list.filter((x) => x !== item) : [...list, item]).join(',');
   const info = runList.find(run);
   const runQuery = `?run=${encodeURIComponent(run)}`;
 
@@ -82,7 +87,9 @@ export function RunPage({ run, query }: { run: string; query: URLSearchParams })
         {runList.state.data && (
           <FilterList
             name="runs"
-            items={runList.state.data.runs.filter((r) => r.run !== run).map((r) => ({ key: r.run, label: r.run, hint: r.status ?? '' }))}
+            items={runList.state.data.runs
+              .filter((r) => r.run !== run)
+              .map((r) => ({ key: r.run, label: r.run, hint: r.status ?? '' }))}
             selected={new Set(compare)}
             onToggle={(other) => setQuery({ compare: toggle(compare, other) })}
           />
@@ -90,10 +97,24 @@ export function RunPage({ run, query }: { run: string; query: URLSearchParams })
         <h2>Display</h2>
         <label class="control">
           smoothing <output>{smoothing.toFixed(2)}</output>
-          <input type="range" min="0" max="0.99" step="0.01" value={smoothing} aria-label="smoothing" onInput={(e) => setQuery({ smooth: e.currentTarget.value === '0' ? null : e.currentTarget.value })} />
+          <input
+            type="range"
+            min="0"
+            max="0.99"
+            step="0.01"
+            value={smoothing}
+            aria-label="smoothing"
+            onInput={(e) => setQuery({ smooth: e.currentTarget.value === '0' ? null : e.currentTarget.value })}
+          />
         </label>
         <label class="control">
-          <input type="checkbox" checked={logScale} aria-label="log scale" onChange={(e) => setQuery({ log: e.currentTarget.checked ? '1' : null })} /> log scale
+          <input
+            type="checkbox"
+            checked={logScale}
+            aria-label="log scale"
+            onChange={(e) => setQuery({ log: e.currentTarget.checked ? '1' : null })}
+          />{' '}
+          log scale
         </label>
       </aside>
       <section class="main">

@@ -1,0 +1,113 @@
+/**
+ * FP8 E4M3 and block-scaled quantisation (src/tensor/fp8.ts) against rules written out here: every code decodes as
+ * the format defines it and encodes back to itself, every midpoint between neighbours rounds to the even one and
+ * the values beside it round to the nearer one, saturation at ±448, and the scales of DeepSeek-V3's recipe.
+ */
+import { describe, expect, it } from 'vitest';
+import {
+  E4M3_VALUES,
+  decodeE4m3,
+  dequantizeRowTiles,
+  dequantizeSquareBlocks,
+  encodeE4m3,
+  quantizeRowTiles,
+  quantizeSquareBlocks,
+} from '../src/tensor/fp8.ts';
+
+const f = new Float32Array(1);
+const u = new Uint32Array(f.buffer);
+/** The fp32 neighbour of a positive fp32 value, one ulp up or down. */
+function ulpStep(x: number, dir: 1 | -1): number {
+  f[0] = x;
+  u[0] = u[0]! + dir;
+  return f[0];
+}
+
+describe('E4M3', () => {
+  it('decodes the codes as the format defines them', () => {
+    expect(decodeE4m3(0x38)).toBe(1);
+    expect(decodeE4m3(0x7e)).toBe(448);
+    expect(decodeE4m3(0xfe)).toBe(-448);
+    expect(decodeE4m3(0x08)).toBe(2 ** -6);
+    expect(decodeE4m3(0x01)).toBe(2 ** -9);
+    expect(decodeE4m3(0x07)).toBe(7 * 2 ** -9);
+    expect(decodeE4m3(0x3b)).toBe(1.375);
+    expect(Object.is(decodeE4m3(0x80), -0)).toBe(true);
+    expect(decodeE4m3(0x7f)).toBeNaN();
+    expect(decodeE4m3(0xff)).toBeNaN();
+    expect([...E4M3_VALUES].filter(Number.isNaN)).toHaveLength(2);
+  });
+
+  it('encodes every finite code back to itself', () => {
+    for (let c = 0; c < 256; c++) if (!Number.isNaN(E4M3_VALUES[c])) expect(encodeE4m3(E4M3_VALUES[c]!)).toBe(c);
+  });
+
+  it('rounds each midpoint to the even neighbour and the values beside it to the nearer one', () => {
+    for (let c = 0; c < 0x7e; c++) {
+      const lo = E4M3_VALUES[c]!,
+        hi = E4M3_VALUES[c + 1]!;
+      const mid = (lo + hi) / 2; // exact in fp32: both have at most 4 significant bits
+      const even = c % 2 === 0 ? c : c + 1;
+      expect(encodeE4m3(mid)).toBe(even);
+      expect(encodeE4m3(-mid)).toBe(even | 0x80);
+      expect(encodeE4m3(ulpStep(mid, -1))).toBe(c);
+      expect(encodeE4m3(ulpStep(mid, 1))).toBe(c + 1);
+    }
+  });
+
+  it('saturates at ±448 and keeps NaN', () => {
+    for (const x of [448.5, 464, 480, 1e6, Infinity]) {
+      expect(encodeE4m3(x)).toBe(0x7e);
+      expect(encodeE4m3(-x)).toBe(0xfe);
+    }
+    expect(encodeE4m3(NaN)).toBe(0x7f);
+    expect(encodeE4m3(2 ** -11)).toBe(0); // a quarter of the smallest subnormal
+    expect(encodeE4m3(-0)).toBe(0x80);
+  });
+});
+
+describe('block scales', () => {
+  it('scales 1 x 128 row tiles by amax / 448 and encodes x · (448 / amax)', () => {
+    const rows = 2,
+      cols = 200; // a full tile and a short one per row
+    const x = new Float32Array(rows * cols).map((_, i) => Math.fround(Math.sin(i * 0.37) * (1 + (i % 7))));
+    x[5] = -20; // the first tile of row 0 has amax 20
+    const q = quantizeRowTiles(x, rows, cols);
+    expect(q.scales).toHaveLength(4);
+    expect(q.scales[0]).toBe(Math.fround(20 / 448));
+    const inv = Math.fround(448 / 20);
+    for (let i = 0; i < 128; i++) expect(q.codes[i]).toBe(encodeE4m3(Math.fround(x[i]! * inv)));
+    expect(q.codes[5]).toBe(0xfe); // amax lands on -448 exactly
+    const back = dequantizeRowTiles(q, rows, cols);
+    for (let i = 0; i < x.length; i++) {
+      const scale = q.scales[Math.floor(i / cols) * 2 + Math.floor((i % cols) / 128)]!;
+      // half an ulp of E4M3 relative (2^-4), or half the subnormal grid, in the tile's scale
+      expect(Math.abs(back[i]! - x[i]!)).toBeLessThanOrEqual(
+        Math.max(Math.abs(x[i]!) * 2 ** -4, 2 ** -10 * scale) * 1.0001,
+      );
+    }
+  });
+
+  it('scales 128 x 128 weight blocks, edges included, and keeps an all-zero block finite', () => {
+    const rows = 130,
+      cols = 129;
+    const x = new Float32Array(rows * cols).map((_, i) => (i % 3) - 1);
+    for (let r = 128; r < rows; r++) for (let c = 128; c < cols; c++) x[r * cols + c] = 0; // corner block all zero
+    x[0] = 3;
+    const q = quantizeSquareBlocks(x, rows, cols);
+    expect(q.scales).toHaveLength(4);
+    expect(q.scales[0]).toBe(Math.fround(3 / 448));
+    expect(q.scales[1]).toBe(Math.fround(1 / 448));
+    expect(q.scales[3]).toBe(Math.fround(1e-4 / 448));
+    const back = dequantizeSquareBlocks(q, rows, cols);
+    expect(back[rows * cols - 1]).toBe(0);
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) {
+        const i = r * cols + c;
+        if (r >= 128 || c >= 128)
+          expect(back[i]).toBe(x[i]); // amax-1 blocks hold ±1 and 0 exactly
+        else expect(Math.abs(back[i]! - x[i]!)).toBeLessThanOrEqual(Math.abs(x[i]!) * 2 ** -4);
+      }
+    expect(back[0]).toBe(3);
+  });
+});

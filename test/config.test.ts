@@ -703,8 +703,8 @@ describe('nmoe config show / check', () => {
     );
     expect(lines[2]).toMatch(/^ok {3}test\/fixtures\/reference-configs\/moonlet.toml {2}fingerprint [0-9a-f]{12}$/);
     expect(lines[3]).toBe(
-      `warn ${REF}/moonlet.toml  dtype = "nvfp4" is accepted but not implemented: routed experts compute in bf16 on the GPU ` +
-        `(no fp8/fp4 expert GEMMs yet) and in fp32 on the CPU [${REF}/moonlet.toml:${lineOf(`${REF}/moonlet.toml`, 'dtype')}]`,
+      `warn ${REF}/moonlet.toml  dtype = "nvfp4" is accepted but not implemented: no backend computes FP4 (it needs ` +
+        `Blackwell), so a run stops at once; set dtype = "bf16" [${REF}/moonlet.toml:${lineOf(`${REF}/moonlet.toml`, 'dtype')}]`,
     );
   });
 
@@ -715,7 +715,7 @@ describe('nmoe config show / check', () => {
       'eval_mode = "inline"',
       'profiling_enabled = true',
       'aux_loss_alpha = 0.001',
-      'dtype = "fp8"',
+      'dtype = "nvfp4"',
     ];
     // Implemented keys (in-training eval, validation, Muon) do not warn.
     const implemented = ['eval_every = 100', 'validation_every = 10', 'muon_momentum = 0.9'];

@@ -4,15 +4,7 @@
  * the values beside it round to the nearer one, saturation at ±448, and the scales of DeepSeek-V3's recipe.
  */
 import { describe, expect, it } from 'vitest';
-import {
-  E4M3_VALUES,
-  decodeE4m3,
-  dequantizeRowTiles,
-  dequantizeSquareBlocks,
-  encodeE4m3,
-  quantizeRowTiles,
-  quantizeSquareBlocks,
-} from '../src/tensor/fp8.ts';
+import { E4M3_VALUES, decodeE4m3, encodeE4m3, fakeQuantizeFp8, quantizeFp8 } from '../src/tensor/fp8.ts';
 
 const f = new Float32Array(1);
 const u = new Uint32Array(f.buffer);
@@ -72,15 +64,16 @@ describe('block scales', () => {
       cols = 200; // a full tile and a short one per row
     const x = new Float32Array(rows * cols).map((_, i) => Math.fround(Math.sin(i * 0.37) * (1 + (i % 7))));
     x[5] = -20; // the first tile of row 0 has amax 20
-    const q = quantizeRowTiles(x, rows, cols);
+    const q = quantizeFp8(x, rows, cols, { kind: 'rows' });
     expect(q.scales).toHaveLength(4);
     expect(q.scales[0]).toBe(Math.fround(20 / 448));
     const inv = Math.fround(448 / 20);
     for (let i = 0; i < 128; i++) expect(q.codes[i]).toBe(encodeE4m3(Math.fround(x[i]! * inv)));
     expect(q.codes[5]).toBe(0xfe); // amax lands on -448 exactly
-    const back = dequantizeRowTiles(q, rows, cols);
+    const back = fakeQuantizeFp8(x, rows, cols, { kind: 'rows' });
     for (let i = 0; i < x.length; i++) {
       const scale = q.scales[Math.floor(i / cols) * 2 + Math.floor((i % cols) / 128)]!;
+      expect(back[i]).toBe(Math.fround(E4M3_VALUES[q.codes[i]!]! * scale));
       // half an ulp of E4M3 relative (2^-4), or half the subnormal grid, in the tile's scale
       expect(Math.abs(back[i]! - x[i]!)).toBeLessThanOrEqual(
         Math.max(Math.abs(x[i]!) * 2 ** -4, 2 ** -10 * scale) * 1.0001,
@@ -94,12 +87,12 @@ describe('block scales', () => {
     const x = new Float32Array(rows * cols).map((_, i) => (i % 3) - 1);
     for (let r = 128; r < rows; r++) for (let c = 128; c < cols; c++) x[r * cols + c] = 0; // corner block all zero
     x[0] = 3;
-    const q = quantizeSquareBlocks(x, rows, cols);
+    const q = quantizeFp8(x, rows, cols, { kind: 'blocks' });
     expect(q.scales).toHaveLength(4);
     expect(q.scales[0]).toBe(Math.fround(3 / 448));
     expect(q.scales[1]).toBe(Math.fround(1 / 448));
     expect(q.scales[3]).toBe(Math.fround(1e-4 / 448));
-    const back = dequantizeSquareBlocks(q, rows, cols);
+    const back = fakeQuantizeFp8(x, rows, cols, { kind: 'blocks' });
     expect(back[rows * cols - 1]).toBe(0);
     for (let r = 0; r < rows; r++)
       for (let c = 0; c < cols; c++) {
@@ -109,5 +102,24 @@ describe('block scales', () => {
         else expect(Math.abs(back[i]! - x[i]!)).toBeLessThanOrEqual(Math.abs(x[i]!) * 2 ** -4);
       }
     expect(back[0]).toBe(3);
+  });
+
+  it('scales 128 x 1 column tiles within each segment of rows, for the weight gradient', () => {
+    // segments of 130, 0 and 3 rows: chunks [0,128), [128,130), [130,133); two columns
+    const rows = 133,
+      cols = 2;
+    const x = new Float32Array(rows * cols).map((_, i) => (i % 2 === 0 ? 1 : -2));
+    x[2 * 129] = 8; // column 0 of the second chunk
+    x[2 * 131 + 1] = 0.5; // column 1 of the third chunk: its amax is |-2| still
+    const segments = Int32Array.from([0, 130, 130, 133]);
+    const q = quantizeFp8(x, rows, cols, { kind: 'columns', segments });
+    expect([...q.scales]).toEqual([1, 2, 8, 2, 1, 2].map((a) => Math.fround(a / 448)));
+    const back = fakeQuantizeFp8(x, rows, cols, { kind: 'columns', segments });
+    for (let i = 0; i < x.length; i++)
+      expect(Math.abs(back[i]! - x[i]!)).toBeLessThanOrEqual(Math.abs(x[i]!) * 2 ** -4);
+    expect(back[2 * 128]).toBe(1); // 1 at amax 8 is 56, exact
+    expect(() => quantizeFp8(x, rows, cols, { kind: 'columns', segments: Int32Array.from([0, 100]) })).toThrow(
+      /segments end at 100, not 133/,
+    );
   });
 });

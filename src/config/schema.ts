@@ -390,7 +390,7 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
     { kind: 'enum', values: ['bf16', 'fp8', 'nvfp4'] },
     'bf16',
     true,
-    'Expert weight/activation format; everything else is bf16. nvfp4 needs Blackwell.',
+    'Routed-expert GEMM format; everything else is bf16. fp8: E4M3 with DeepSeek-V3 block scales (emulated on the CPU; the CUDA backend refuses it). nvfp4 needs Blackwell: a run stops.',
   ),
 
   lr_dense: field('optimizer', FLOAT, 3.4e-4, true, 'Peak LR of dense parameters (attention, MLPs, embeddings).'),

@@ -33,8 +33,8 @@ const UNIMPLEMENTED: Unimplemented[] = [
   },
   {
     keys: ['dtype'],
-    when: (c) => c.dtype !== 'bf16',
-    instead: 'routed experts compute in bf16 on the GPU (no fp8/fp4 expert GEMMs yet) and in fp32 on the CPU',
+    when: (c) => c.dtype === 'nvfp4',
+    instead: 'no backend computes FP4 (it needs Blackwell), so a run stops at once; set dtype = "bf16"',
   },
 ];
 

@@ -8,6 +8,7 @@ import type { ExpertRoute } from '../tensor/expert-exchange.ts';
 import type { MoePlan } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import { type LayerContext, freeAll, linear, linearBackward } from './context.ts';
+import { expertFormat } from './expert-format.ts';
 
 export interface MlpSaved {
   x: Tensor;
@@ -92,8 +93,9 @@ export function moeForward(
   const xr = route ? ep!.dispatch(xe, route) : xe;
   if (route) xe.free();
   const offsets = route ? route.offsets : plan.offsets;
-  const { h1, h3, a } = b.groupedSwiglu(xr, ctx.p.get(`${prefix}.W1`), ctx.p.get(`${prefix}.W3`), offsets);
-  const yr = b.groupedMatmul(a, ctx.p.get(`${prefix}.W2`), offsets);
+  const format = expertFormat(cfg.dtype);
+  const { h1, h3, a } = b.groupedSwiglu(xr, ctx.p.get(`${prefix}.W1`), ctx.p.get(`${prefix}.W3`), offsets, format);
+  const yr = b.groupedMatmul(a, ctx.p.get(`${prefix}.W2`), offsets, false, format);
   const ye = route ? ep!.combine(yr, route) : yr;
   if (route) yr.free();
   const out = b.moeCombine(ye, gates, plan);
@@ -105,18 +107,27 @@ export function moeForward(
 /** The reverse of moeForward; with expert parallelism, output gradients are dispatched and input gradients returned. */
 export function moeBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: MoeSaved): Tensor {
   const { b, cfg, ep } = ctx;
+  const format = expertFormat(cfg.dtype);
   const { dye, dGates } = b.moeCombineBackward(dOut, s.ye, s.gates, s.plan);
   const dyr = s.route ? ep!.dispatch(dye, s.route) : dye;
   const weightGrad = (x: Tensor, dy: Tensor, weight: string) => {
     const { grad, write } = ctx.p.gradTarget(`${prefix}.${weight}`);
-    b.groupedMatmulWeightGrad(x, dy, s.offsets, grad, !write);
+    b.groupedMatmulWeightGrad(x, dy, s.offsets, grad, !write, format);
   };
   weightGrad(s.a, dyr, 'W2');
-  const da = b.groupedMatmul(dyr, ctx.p.get(`${prefix}.W2`), s.offsets, true);
+  const da = b.groupedMatmul(dyr, ctx.p.get(`${prefix}.W2`), s.offsets, true, format);
   const { dg: dh1, du: dh3 } = b.swigluBackward(da, s.h1, s.h3);
   weightGrad(s.xr, dh1, 'W1');
   weightGrad(s.xr, dh3, 'W3');
-  const dxr = b.groupedMatmulSum(dh1, ctx.p.get(`${prefix}.W1`), dh3, ctx.p.get(`${prefix}.W3`), s.offsets, true);
+  const dxr = b.groupedMatmulSum(
+    dh1,
+    ctx.p.get(`${prefix}.W1`),
+    dh3,
+    ctx.p.get(`${prefix}.W3`),
+    s.offsets,
+    true,
+    format,
+  );
   const dxe = s.route ? ep!.combine(dxr, s.route) : dxr;
   const dx = b.moeGatherBackward(dxe, s.plan);
   const dLogits = b.routerTopKBackward(dGates, s.logits, s.idx, cfg.route_scale);

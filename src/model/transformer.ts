@@ -15,6 +15,7 @@ import { type Timer, untimed } from '../tensor/clock.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
 import { type AttentionSaved, attentionBackward, attentionCore, attentionForward } from './attention.ts';
 import { type LayerContext, freeAll } from './context.ts';
+import { checkExpertDtype } from './expert-format.ts';
 import { type MlpSaved, type MoeSaved, mlpBackward, mlpForward, moeBackward, moeForward } from './ffn.ts';
 import { ParamStore } from './params.ts';
 import { ropeTables } from './rope.ts';
@@ -73,6 +74,7 @@ export class Transformer {
     readonly cfg: ModelConfig,
     opts: { ep?: ExpertExchange; dtype?: DType } = {},
   ) {
+    checkExpertDtype(cfg.dtype, b.device);
     this.ep = opts.ep ?? null;
     const parallel: Parallel = this.ep ? { rank: this.ep.rank, world: this.ep.world } : SINGLE;
     this.params = new ParamStore(b, modelParamSpecs(cfg, parallel), opts.dtype ?? 'f32', parallel.world);

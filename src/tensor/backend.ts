@@ -103,6 +103,14 @@ export interface AdamWOptions {
   maxNorm: number;
 }
 
+/**
+ * How the grouped (routed-expert) GEMMs read their operands: as stored, or, for dtype = "fp8", quantised to FP8
+ * E4M3 by DeepSeek-V3's block scales (src/tensor/fp8.ts): the row operand (activations, output gradients) in 1 x 128
+ * tiles along the reduced dimension, the expert weights in 128 x 128 blocks, and both operands of the weight
+ * gradient in 128 x 1 tiles down each expert's rows. Products accumulate in fp32; outputs keep their usual dtype.
+ */
+export type ExpertFormat = 'stored' | 'fp8';
+
 /** Muon's momentum step for one matrix (src/optim/muon.ts). */
 export interface MuonMomentumSpec {
   /** mu in m = mu*m + g. */
@@ -258,24 +266,45 @@ export interface Backend {
    * Per-expert GEMM over grouped rows: y[seg_e] = x[seg_e] @ w[e] with w [E, Din, Dout], or @ w[e]^T with
    * `transB` and w [E, Dout, Din]. `offsets` i32 [E+1] (from a MoePlan).
    */
-  groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB?: boolean): Tensor;
+  groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB?: boolean, format?: ExpertFormat): Tensor;
   /**
    * The sum of two grouped products over the same segments, y[seg_e] = x1[seg_e] @ op(w1[e]) + x2[seg_e] @ op(w2[e])
    * (op as in groupedMatmul, the same for both; equal row counts and output widths): the MoE input gradient
    * dh1 @ W1^T + dh3 @ W3^T as one product. Accumulated in fp32 and rounded once (the CUDA backend off sm_90a adds
    * the two rounded products).
    */
-  groupedMatmulSum(x1: Tensor, w1: Tensor, x2: Tensor, w2: Tensor, offsets: Tensor, transB?: boolean): Tensor;
+  groupedMatmulSum(
+    x1: Tensor,
+    w1: Tensor,
+    x2: Tensor,
+    w2: Tensor,
+    offsets: Tensor,
+    transB?: boolean,
+    format?: ExpertFormat,
+  ): Tensor;
   /**
    * The experts' gate and up projections with the SwiGLU: h1 = x @ w1[e], h3 = x @ w3[e] per segment (w1, w3
    * [E, Din, F]), a = silu(h1) * h3 elementwise from the stored (rounded) h1 and h3, as swiglu(h1, h3) would give.
    */
-  groupedSwiglu(x: Tensor, w1: Tensor, w3: Tensor, offsets: Tensor): { h1: Tensor; h3: Tensor; a: Tensor };
+  groupedSwiglu(
+    x: Tensor,
+    w1: Tensor,
+    w3: Tensor,
+    offsets: Tensor,
+    format?: ExpertFormat,
+  ): { h1: Tensor; h3: Tensor; a: Tensor };
   /**
    * dw[e] += x[seg_e]^T @ dy[seg_e], dw [E, Din, Dout]; with `accumulate` false, dw[e] = that product instead (zeros for
    * an expert with no rows), so a gradient's first product needs neither zeroed memory nor a read of it.
    */
-  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor, accumulate?: boolean): void;
+  groupedMatmulWeightGrad(
+    x: Tensor,
+    dy: Tensor,
+    offsets: Tensor,
+    dw: Tensor,
+    accumulate?: boolean,
+    format?: ExpertFormat,
+  ): void;
   /**
    * Aux-loss-free balancing after a step: l = counts/sum(counts); s = sign(l - 1/E);
    * bias -= rate * (s - mean(s)); clamp to [-16, 16]. counts i32 [E], bias f32 [E]. Skipped, like the AdamW

@@ -54,82 +54,91 @@ export function decodeE4m3(code: number): number {
   return E4M3_VALUES[code & 0xff]!;
 }
 
-/** Codes and their scales: value ≈ E4M3_VALUES[codes[i]] · scales[block of i]. */
-export interface Fp8Blocks {
-  codes: Uint8Array;
-  scales: Float32Array;
-}
-
 function blockScale(amax: number): { scale: number; inv: number } {
   const a = Math.max(amax, AMAX_FLOOR);
   return { scale: Math.fround(a / E4M3_MAX), inv: Math.fround(E4M3_MAX / a) };
 }
 
 /**
- * Quantises a row-major [rows, cols] matrix in 1 x 128 tiles along each row (the last tile may be short): scales
- * are [rows, ceil(cols / 128)].
+ * Quantises one tile of row-major `x` (row width `cols`), rows [r0, r1) x columns [c0, c1), with one scale: writes
+ * the codes at the values' own indices (and, with `values`, what they stand for) and returns the scale.
  */
-export function quantizeRowTiles(x: Float32Array, rows: number, cols: number): Fp8Blocks {
-  const tiles = Math.ceil(cols / FP8_BLOCK);
-  const codes = new Uint8Array(rows * cols);
-  const scales = new Float32Array(rows * tiles);
-  for (let r = 0; r < rows; r++) {
-    for (let t = 0; t < tiles; t++) {
-      const lo = r * cols + t * FP8_BLOCK,
-        hi = r * cols + Math.min(cols, (t + 1) * FP8_BLOCK);
-      let amax = 0;
-      for (let i = lo; i < hi; i++) amax = Math.max(amax, Math.abs(x[i]!));
-      const { scale, inv } = blockScale(amax);
-      scales[r * tiles + t] = scale;
-      for (let i = lo; i < hi; i++) codes[i] = encodeE4m3(Math.fround(x[i]! * inv));
+function quantizeTile(
+  x: ArrayLike<number>,
+  cols: number,
+  r0: number,
+  r1: number,
+  c0: number,
+  c1: number,
+  codes: Uint8Array,
+  values?: Float32Array,
+): number {
+  let amax = 0;
+  for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) amax = Math.max(amax, Math.abs(x[r * cols + c]!));
+  const { scale, inv } = blockScale(amax);
+  for (let r = r0; r < r1; r++)
+    for (let c = c0; c < c1; c++) {
+      const i = r * cols + c;
+      codes[i] = encodeE4m3(Math.fround(x[i]! * inv));
+      if (values) values[i] = E4M3_VALUES[codes[i]!]! * scale;
     }
-  }
-  return { codes, scales };
+  return scale;
 }
 
 /**
- * Quantises a row-major [rows, cols] matrix in 128 x 128 blocks (edge blocks may be short): scales are
- * [ceil(rows / 128), ceil(cols / 128)].
+ * How a matrix is tiled for its scales. `rows`: 1 x 128 tiles along each row, for a GEMM operand whose rows are
+ * reduced over their columns (activations and output gradients in the forward and input gradient); scales
+ * [rows, ceil(cols / 128)]. `blocks`: 128 x 128 blocks (weights); scales [ceil(rows / 128), ceil(cols / 128)].
+ * `columns`: 128 x 1 tiles down each column within each segment of rows (`segments`: the E + 1 row offsets of the
+ * grouped layout), for the weight gradient, which reduces over the rows of one expert's segment; scales
+ * [chunks, cols], a chunk being 128 rows of one segment (its last chunk may be short). Edge tiles may be short.
  */
-export function quantizeSquareBlocks(x: Float32Array, rows: number, cols: number): Fp8Blocks {
-  const br = Math.ceil(rows / FP8_BLOCK),
-    bc = Math.ceil(cols / FP8_BLOCK);
-  const codes = new Uint8Array(rows * cols);
-  const scales = new Float32Array(br * bc);
-  for (let i = 0; i < br; i++) {
-    for (let j = 0; j < bc; j++) {
-      const r1 = Math.min(rows, (i + 1) * FP8_BLOCK),
-        c0 = j * FP8_BLOCK,
-        c1 = Math.min(cols, c0 + FP8_BLOCK);
-      let amax = 0;
-      for (let r = i * FP8_BLOCK; r < r1; r++)
-        for (let c = c0; c < c1; c++) amax = Math.max(amax, Math.abs(x[r * cols + c]!));
-      const { scale, inv } = blockScale(amax);
-      scales[i * bc + j] = scale;
-      for (let r = i * FP8_BLOCK; r < r1; r++)
-        for (let c = c0; c < c1; c++) codes[r * cols + c] = encodeE4m3(Math.fround(x[r * cols + c]! * inv));
-    }
+export type Fp8Tiling = { kind: 'rows' } | { kind: 'blocks' } | { kind: 'columns'; segments: Int32Array };
+
+/** Codes and their scales: value ≈ E4M3_VALUES[codes[i]] · the scale of i's tile (laid out as Fp8Tiling says). */
+export interface Fp8Blocks {
+  codes: Uint8Array;
+  scales: Float32Array;
+}
+
+function eachTile(
+  rows: number,
+  cols: number,
+  tiling: Fp8Tiling,
+  visit: (r0: number, r1: number, c0: number, c1: number) => void,
+): void {
+  const up = (n: number) => Math.ceil(n / FP8_BLOCK);
+  if (tiling.kind === 'rows') {
+    for (let r = 0; r < rows; r++)
+      for (let t = 0; t < up(cols); t++) visit(r, r + 1, t * FP8_BLOCK, Math.min(cols, (t + 1) * FP8_BLOCK));
+  } else if (tiling.kind === 'blocks') {
+    for (let i = 0; i < up(rows); i++)
+      for (let j = 0; j < up(cols); j++)
+        visit(i * FP8_BLOCK, Math.min(rows, (i + 1) * FP8_BLOCK), j * FP8_BLOCK, Math.min(cols, (j + 1) * FP8_BLOCK));
+  } else {
+    const seg = tiling.segments;
+    if (seg[seg.length - 1] !== rows) throw new Error(`fp8 column tiles: segments end at ${seg.at(-1)}, not ${rows}`);
+    for (let e = 0; e + 1 < seg.length; e++)
+      for (let r0 = seg[e]!; r0 < seg[e + 1]!; r0 += FP8_BLOCK)
+        for (let c = 0; c < cols; c++) visit(r0, Math.min(seg[e + 1]!, r0 + FP8_BLOCK), c, c + 1);
   }
-  return { codes, scales };
 }
 
-/** The values 1 x 128 row tiles stand for, in fp32. */
-export function dequantizeRowTiles(q: Fp8Blocks, rows: number, cols: number): Float32Array {
-  const tiles = Math.ceil(cols / FP8_BLOCK);
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++)
-    for (let c = 0; c < cols; c++)
-      out[r * cols + c] = E4M3_VALUES[q.codes[r * cols + c]!]! * q.scales[r * tiles + Math.floor(c / FP8_BLOCK)]!;
-  return out;
+/** Quantises a row-major [rows, cols] matrix tile by tile; scales in the order eachTile visits the tiles. */
+export function quantizeFp8(x: ArrayLike<number>, rows: number, cols: number, tiling: Fp8Tiling): Fp8Blocks {
+  const codes = new Uint8Array(rows * cols);
+  const scales: number[] = [];
+  eachTile(rows, cols, tiling, (r0, r1, c0, c1) => scales.push(quantizeTile(x, cols, r0, r1, c0, c1, codes)));
+  return { codes, scales: Float32Array.from(scales) };
 }
 
-/** The values 128 x 128 blocks stand for, in fp32. */
-export function dequantizeSquareBlocks(q: Fp8Blocks, rows: number, cols: number): Float32Array {
-  const bc = Math.ceil(cols / FP8_BLOCK);
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++)
-    for (let c = 0; c < cols; c++)
-      out[r * cols + c] =
-        E4M3_VALUES[q.codes[r * cols + c]!]! * q.scales[Math.floor(r / FP8_BLOCK) * bc + Math.floor(c / FP8_BLOCK)]!;
-  return out;
+/**
+ * What a matrix stands for after quantisation to FP8 (each value E4M3 · its tile's scale, in fp32): the operand an
+ * fp8 GEMM multiplies, for the CPU backend's emulation.
+ */
+export function fakeQuantizeFp8(x: ArrayLike<number>, rows: number, cols: number, tiling: Fp8Tiling): Float32Array {
+  const codes = new Uint8Array(rows * cols);
+  const values = new Float32Array(rows * cols);
+  eachTile(rows, cols, tiling, (r0, r1, c0, c1) => quantizeTile(x, cols, r0, r1, c0, c1, codes, values));
+  return values;
 }

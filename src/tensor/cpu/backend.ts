@@ -11,6 +11,7 @@ import type {
   AttentionSpec,
   Backend,
   CrossEntropySpec,
+  ExpertFormat,
   MatmulOptions,
   MoePlan,
   MuonMomentumSpec,
@@ -257,22 +258,43 @@ export class CpuBackend implements Backend {
     return moe.moeCombineBackward(asCpu(dOut), asCpu(ye), asCpu(gates), asPlan(plan));
   }
 
-  groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB = false): Tensor {
-    return moe.groupedMatmul(asCpu(x), asCpu(w), asCpu(offsets), transB);
+  groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, transB = false, format: ExpertFormat = 'stored'): Tensor {
+    return moe.groupedMatmul(asCpu(x), asCpu(w), asCpu(offsets), transB, format);
   }
 
-  groupedMatmulSum(x1: Tensor, w1: Tensor, x2: Tensor, w2: Tensor, offsets: Tensor, transB = false): Tensor {
-    return moe.groupedMatmulSum(asCpu(x1), asCpu(w1), asCpu(x2), asCpu(w2), asCpu(offsets), transB);
+  groupedMatmulSum(
+    x1: Tensor,
+    w1: Tensor,
+    x2: Tensor,
+    w2: Tensor,
+    offsets: Tensor,
+    transB = false,
+    format: ExpertFormat = 'stored',
+  ): Tensor {
+    return moe.groupedMatmulSum(asCpu(x1), asCpu(w1), asCpu(x2), asCpu(w2), asCpu(offsets), transB, format);
   }
 
-  groupedSwiglu(x: Tensor, w1: Tensor, w3: Tensor, offsets: Tensor): { h1: Tensor; h3: Tensor; a: Tensor } {
-    const h1 = this.groupedMatmul(x, w1, offsets),
-      h3 = this.groupedMatmul(x, w3, offsets);
+  groupedSwiglu(
+    x: Tensor,
+    w1: Tensor,
+    w3: Tensor,
+    offsets: Tensor,
+    format: ExpertFormat = 'stored',
+  ): { h1: Tensor; h3: Tensor; a: Tensor } {
+    const h1 = this.groupedMatmul(x, w1, offsets, false, format),
+      h3 = this.groupedMatmul(x, w3, offsets, false, format);
     return { h1, h3, a: this.swiglu(h1, h3) };
   }
 
-  groupedMatmulWeightGrad(x: Tensor, dy: Tensor, offsets: Tensor, dw: Tensor, accumulate = true): void {
-    moe.groupedMatmulWeightGrad(asCpu(x), asCpu(dy), asCpu(offsets), asCpu(dw), accumulate);
+  groupedMatmulWeightGrad(
+    x: Tensor,
+    dy: Tensor,
+    offsets: Tensor,
+    dw: Tensor,
+    accumulate = true,
+    format: ExpertFormat = 'stored',
+  ): void {
+    moe.groupedMatmulWeightGrad(asCpu(x), asCpu(dy), asCpu(offsets), asCpu(dw), accumulate, format);
   }
 
   routerBiasUpdate(bias: Tensor, counts: Tensor, rate: number, gradNorm: Tensor): void {

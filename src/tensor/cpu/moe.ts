@@ -2,9 +2,10 @@
  * CPU kernels for the router and the grouped experts. The grouped layout is built with a stable counting sort, so
  * rows within an expert's segment are in (token, slot) order: deterministic, as the GPU path must also be.
  */
-import type { MoePlan } from '../backend.ts';
+import type { ExpertFormat, MoePlan } from '../backend.ts';
+import { fakeQuantizeFp8 } from '../fp8.ts';
 import { gemm } from './gemm.ts';
-import { type CpuTensor, allocate, settle } from './storage.ts';
+import { CpuTensor, allocate, settle } from './storage.ts';
 
 export function routerTopK(
   logits: CpuTensor,
@@ -173,9 +174,16 @@ export function moeCombineBackward(
   return { dye: settle(dye), dGates };
 }
 
-export function groupedMatmul(x: CpuTensor, w: CpuTensor, offsets: CpuTensor, transB: boolean): CpuTensor {
+export function groupedMatmul(
+  x: CpuTensor,
+  w: CpuTensor,
+  offsets: CpuTensor,
+  transB: boolean,
+  format: ExpertFormat,
+): CpuTensor {
   const y = allocate([x.shape[0]!, groupedDims(x, w, transB)[1]], x.dtype);
-  groupedInto(x, w, offsets, transB, y, false);
+  if (format === 'fp8') groupedInto(fp8Rows(x), fp8Experts(w), offsets, transB, y, false);
+  else groupedInto(x, w, offsets, transB, y, false);
   return settle(y);
 }
 
@@ -187,6 +195,7 @@ export function groupedMatmulSum(
   w2: CpuTensor,
   offsets: CpuTensor,
   transB: boolean,
+  format: ExpertFormat,
 ): CpuTensor {
   const dout = groupedDims(x1, w1, transB)[1];
   if (groupedDims(x2, w2, transB)[1] !== dout || x2.shape[0] !== x1.shape[0])
@@ -194,9 +203,36 @@ export function groupedMatmulSum(
       `groupedMatmulSum: x1 [${x1.shape}] @ w1 [${w1.shape}] and x2 [${x2.shape}] @ w2 [${w2.shape}] do not add up`,
     );
   const y = allocate([x1.shape[0]!, dout], x1.dtype);
-  groupedInto(x1, w1, offsets, transB, y, false);
-  groupedInto(x2, w2, offsets, transB, y, true);
+  const fp8 = format === 'fp8';
+  groupedInto(fp8 ? fp8Rows(x1) : x1, fp8 ? fp8Experts(w1) : w1, offsets, transB, y, false);
+  groupedInto(fp8 ? fp8Rows(x2) : x2, fp8 ? fp8Experts(w2) : w2, offsets, transB, y, true);
   return settle(y);
+}
+
+// The operands an fp8 grouped GEMM multiplies (ExpertFormat), as fp32 tensors of the values the codes stand for.
+
+function fp8Rows(x: CpuTensor): CpuTensor {
+  const [rows, cols] = x.shape as [number, number];
+  return new CpuTensor(x.shape, 'f32', fakeQuantizeFp8(x.f, rows, cols, { kind: 'rows' }));
+}
+
+function fp8Experts(w: CpuTensor): CpuTensor {
+  const [experts, rows, cols] = w.shape as [number, number, number];
+  const values = new Float32Array(w.numel);
+  for (let e = 0; e < experts; e++) {
+    const one = w.f.subarray(e * rows * cols, (e + 1) * rows * cols);
+    values.set(fakeQuantizeFp8(one, rows, cols, { kind: 'blocks' }), e * rows * cols);
+  }
+  return new CpuTensor(w.shape, 'f32', values);
+}
+
+/** 128 x 1 tiles down each expert's segment; rows past the last segment (unused capacity) stay zero. */
+function fp8Segments(x: CpuTensor, offsets: CpuTensor): CpuTensor {
+  const cols = x.shape[1]!,
+    used = offsets.i[offsets.numel - 1]!;
+  const values = new Float32Array(x.numel);
+  values.set(fakeQuantizeFp8(x.f.subarray(0, used * cols), used, cols, { kind: 'columns', segments: offsets.i }));
+  return new CpuTensor(x.shape, 'f32', values);
 }
 
 function groupedDims(x: CpuTensor, w: CpuTensor, transB: boolean): [number, number] {
@@ -246,9 +282,11 @@ export function groupedMatmulWeightGrad(
   offsets: CpuTensor,
   dw: CpuTensor,
   accumulate: boolean,
+  format: ExpertFormat,
 ): void {
   const [experts, din, dout] = dw.shape as [number, number, number];
   if (!accumulate) dw.f.fill(0);
+  const [a, g] = format === 'fp8' ? [fp8Segments(x, offsets), fp8Segments(dy, offsets)] : [x, dy];
   for (let e = 0; e < experts; e++) {
     const r0 = offsets.i[e]!,
       rows = offsets.i[e + 1]! - r0;
@@ -258,10 +296,10 @@ export function groupedMatmulWeightGrad(
       m: din,
       n: dout,
       k: rows,
-      a: x.f,
+      a: a.f,
       aOffset: r0 * din,
       transA: true,
-      b: dy.f,
+      b: g.f,
       bOffset: r0 * dout,
       transB: false,
       c: dw.f,

@@ -2,10 +2,11 @@
  * Flows built by nmoe: `nmoe data prep-mixture` preps a two-stage, three-source flow from JSONL made here, `flow
  * show` prints the plan and `nmoe train` with flow_mode trains on the tree and records the same plan_hash; an
  * interrupted prep-mixture resumes to the bytes of an uninterrupted one; `flow verify` exits 0 on a complete tree
- * and 1 on a missing, short or unfinished source; merge-manifests joins the parts of a prep split over workers and
- * refuses mixed tokenizers; bad mixture input fails before anything is written, with the file, the key and the fix.
+ * and 1 on a missing, short, unfinished or damaged source; merge-manifests joins the parts of a prep split over
+ * workers and refuses mixed tokenizers; bad mixture input fails before anything is written, with the file, the key
+ * and the fix.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'smol-toml';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -17,6 +18,7 @@ import { flowProblems, sourceStatus } from '../src/data/flow/status.ts';
 import { readManifest } from '../src/data/manifest.ts';
 import { PREP_DEFAULTS } from '../src/data/prep/options.ts';
 import { runPrep } from '../src/data/prep/prep.ts';
+import { listFiles } from '../src/data/sources/paths.ts';
 import { nmoe, removeTempDirs, shardBytes, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
 
 afterAll(removeTempDirs);
@@ -168,6 +170,12 @@ describe('a flow built by prep-mixture', () => {
     expect(missing.out).toContain(
       `FAIL stage mid, source math: no shards [${join(partial, 'flows/tiny/mid/math/train')}]. Fix: run \`nmoe data prep-mixture ${f.mix} ${f.flows} --flow tiny -o ${partial} --seq-len 32\` (it preps what is missing).`,
     );
+
+    const web = listFiles(join(partial, 'flows', 'tiny', 'pretrain', 'web', 'train')).find((p) => p.endsWith('.npy'))!;
+    truncateSync(web, 200);
+    const damaged = nmoe(['data', 'flow', 'verify', ...flowArgs(f), '--data-root', partial]);
+    expect(damaged.code).toBe(1);
+    expect(damaged.out).toMatch(/^FAIL shard is truncated: .* \[.*web-v1-shard-000000\.npy, byte 200\]/m);
 
     const huge = nmoe(['data', 'prep-mixture', ...flowArgs(f, 'huge'), '-o', data, ...PREP_FLAGS]);
     expect(huge.code, huge.err).toBe(0);

@@ -337,6 +337,11 @@ describe('prep-mixture on bad input', () => {
       /id = "books": hf_data_files names files .* Fix: download those files and set paths = \[\.\.\.\] to them\./,
     );
 
+    const twice = withMixture('[[mixtures.pretrain.sources]]\nid = "web"\ntokens_b = 0.1\npaths = "raw/web-0.jsonl"\n');
+    expect(twice.err).toMatch(
+      /source id "web" appears twice in \[mixtures\.pretrain\], but each source has one folder \[.*\]\. Fix: give each source of a mixture its own id\./,
+    );
+
     const ratio = join(f.root, 'ratio.toml');
     writeFileSync(ratio, '[flow.r]\nmode = "proxy"\ntokens_b_ratio = 400\n[flow.r.mixture]\npretrain = "pretrain"\n');
     const noActive = nmoe(['data', 'prep-mixture', f.mix, ratio, '--flow', 'r', '-o', data]);

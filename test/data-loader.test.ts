@@ -277,7 +277,7 @@ describe('flow mode (mixture + flow profiles)', () => {
       /flow "nope" \[flow\.nope\] is not defined .* set flow_mode to one of: small, staged/,
     );
     expect(() => createLoader({ ...cfg, data_root: tempDir('empty') }, 0, 1, silent)).toThrow(
-      /source alpha \(stage pretrain\) folder does not exist \[.*flows\/small\/pretrain\/alpha\/train\]\. Fix: prepare this source with `nmoe data prep \.\.\. -o /,
+      /source alpha \(stage pretrain\) folder does not exist \[.*flows\/small\/pretrain\/alpha\/train\]\. Fix: build the flow with `nmoe data prep-mixture .*mix\.toml .*flows\.toml --flow small -o .* --seq-len 16`, or prepare this source with `nmoe data prep \.\.\. -o /,
     );
     writeFileSync(
       cfg.flow_profiles_toml!,
@@ -381,7 +381,8 @@ describe('data errors', () => {
     writeNpy(join(beta, 'shard_0000', 'x-v1-shard-000000.npy'), new Uint32Array(0));
     expect(() => createLoader(cfg, 0, 1, silent)).toThrow(
       `source beta (stage pretrain) folder holds no tokens: its 1 .npy file(s) are all empty [${beta}]. ` +
-        `Fix: prepare this source with \`nmoe data prep ... -o ${beta}\`.`,
+        `Fix: build the flow with \`nmoe data prep-mixture ${cfg.mixture_toml} ${cfg.flow_profiles_toml} --flow small -o ${cfg.data_root} --seq-len 16\`, ` +
+        `or prepare this source with \`nmoe data prep ... -o ${beta}\`.`,
     );
   });
 

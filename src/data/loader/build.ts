@@ -81,7 +81,8 @@ function openShards(dir: string, option: string, cfg: DataConfig): TokenFile[] {
   const prepFix =
     option === 'data_path'
       ? 'point data_path at the output folder of `nmoe data prep`'
-      : `prepare this source with \`nmoe data prep ... -o ${dir}\``;
+      : `build the flow with \`nmoe data prep-mixture ${cfg.mixture_toml} ${cfg.flow_profiles_toml} --flow ${cfg.flow_mode} ` +
+        `-o ${cfg.data_root} --seq-len ${cfg.seq_len}\`, or prepare this source with \`nmoe data prep ... -o ${dir}\``;
   if (!existsSync(dir) || !statSync(dir).isDirectory())
     throw dataError(`${option} folder does not exist`, dir, prepFix);
   const listed = checkManifests(dir, cfg);

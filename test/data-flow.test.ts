@@ -191,6 +191,21 @@ describe('a flow built by prep-mixture', () => {
   });
 });
 
+describe('flow problems', () => {
+  it('name sources prepared with different tokenizers, by tokenizer', () => {
+    const f = flowInputs();
+    const statuses = planMixturePrep(ref(f, join(f.root, 'data')), SETTINGS).map((job, i) => ({
+      ...sourceStatus(job),
+      state: 'complete' as const,
+      tokenizers: [i === 2 ? 'o200k_harmony' : 'bytes'],
+    }));
+    expect(flowProblems(statuses, { flowDir: '/d/flows/tiny', prepCommand: 'PREP' })).toEqual([
+      'the sources were prepared with different tokenizers (bytes: pretrain/web, pretrain/code; o200k_harmony: mid/math) ' +
+        '[/d/flows/tiny]. Fix: rerun prep-mixture with one --tokenizer and --force.',
+    ]);
+  });
+});
+
 describe('an interrupted prep-mixture', () => {
   it('reruns to finish: done sources are skipped, the interrupted one resumes, the rest run; same bytes as one run', async () => {
     const f = flowInputs();

@@ -64,7 +64,19 @@ describe('nmoe data', () => {
   it('has --help on every subcommand, and on bench data', () => {
     for (const cmd of [
       ['data'],
-      ...['prep', 'verify', 'info', 'inspect', 'regenerate-index', 'dedup'].map((c) => ['data', c]),
+      ...[
+        'prep',
+        'verify',
+        'info',
+        'inspect',
+        'regenerate-index',
+        'dedup',
+        'prep-mixture',
+        'merge-manifests',
+        'flow',
+      ].map((c) => ['data', c]),
+      ['data', 'flow', 'show'],
+      ['data', 'flow', 'verify'],
       ['bench', 'data'],
     ]) {
       const r = nmoe([...cmd, '--help']);

@@ -250,13 +250,34 @@ describe('flow mode (mixture + flow profiles)', () => {
     expect(ours).toContain('"total_tokens_b": 5930.0');
   });
 
+  it('warns when a source holds less than its quota of windows, quota_sequences x (seq_len + 1) tokens', () => {
+    const cfg = flowFixture(0.0000256, 'one'); // alpha: 800 sequences of 16, 800 x 17 = 13,600 tokens a pass
+    const alpha = join(cfg.data_root, 'flows', 'small', 'pretrain', 'alpha', 'train', 'shard_0000');
+    const hold = (tokens: number) => {
+      writeNpy(
+        join(alpha, 'x-v1-shard-000000.npy'),
+        Uint32Array.from({ length: tokens }, (_, k) => 1000 + (k % 1000)),
+      );
+      const warnings: string[] = [];
+      createLoader({ ...cfg }, 0, 1, { warn: (w) => warnings.push(w) }).close();
+      return warnings.filter((w) => w.includes('source alpha'));
+    };
+    // 13,000 tokens cover the stage's share by seq_len (12,800) but not the 13,600 the windows read.
+    expect(hold(13_000)).toEqual([
+      expect.stringMatching(
+        /^source alpha of stage pretrain .* holds 13,000 tokens, but the run needs 13,600: the data will wrap/,
+      ),
+    ]);
+    expect(hold(13_600)).toEqual([]);
+  });
+
   it('rejects unknown flows, missing source data and a tokens_b_ratio flow without active_params_b', () => {
     const cfg = flowFixture(0.0000256, 'one');
     expect(() => createLoader({ ...cfg, flow_mode: 'nope' }, 0, 1, silent)).toThrow(
       /flow "nope" \[flow\.nope\] is not defined .* set flow_mode to one of: small, staged/,
     );
     expect(() => createLoader({ ...cfg, data_root: tempDir('empty') }, 0, 1, silent)).toThrow(
-      /source alpha \(stage pretrain\) folder does not exist \[.*flows\/small\/pretrain\/alpha\/train\]\. Fix: prepare this source with `nmoe data prep \.\.\. -o /,
+      /source alpha \(stage pretrain\) folder does not exist \[.*flows\/small\/pretrain\/alpha\/train\]\. Fix: build the flow with `nmoe data prep-mixture .*mix\.toml .*flows\.toml --flow small -o .* --seq-len 16`, or prepare this source with `nmoe data prep \.\.\. -o /,
     );
     writeFileSync(
       cfg.flow_profiles_toml!,
@@ -360,7 +381,8 @@ describe('data errors', () => {
     writeNpy(join(beta, 'shard_0000', 'x-v1-shard-000000.npy'), new Uint32Array(0));
     expect(() => createLoader(cfg, 0, 1, silent)).toThrow(
       `source beta (stage pretrain) folder holds no tokens: its 1 .npy file(s) are all empty [${beta}]. ` +
-        `Fix: prepare this source with \`nmoe data prep ... -o ${beta}\`.`,
+        `Fix: build the flow with \`nmoe data prep-mixture ${cfg.mixture_toml} ${cfg.flow_profiles_toml} --flow small -o ${cfg.data_root} --seq-len 16\`, ` +
+        `or prepare this source with \`nmoe data prep ... -o ${beta}\`.`,
     );
   });
 

@@ -1,32 +1,25 @@
 /**
  * `nmoe data ...`: prep (corpus -> token shards), verify, info, inspect, regenerate-index and dedup, with the flag
- * names and defaults of the reference's `nmoe.data.cli`. The work lives in src/data; this file parses flags, shows
- * progress and prints reports. Problems found in data (missing or corrupt shards, checksum mismatches, double EOS) end
- * with exit code 2 after the full report.
+ * names and defaults of the reference's `nmoe.data.cli` (the flow commands are in data-flow-cmd.ts). The work lives
+ * in src/data; this file parses flags, shows progress and prints reports. Problems found in data (missing or
+ * corrupt shards, checksum mismatches, double EOS) end with exit code 2 after the full report.
  */
-import { CommanderError, InvalidArgumentError, Option, type Command } from 'commander';
+import { CommanderError, Option, type Command } from 'commander';
 import pc from 'picocolors';
 import { type DedupOptions, runDedup } from '../data/dedup.ts';
 import { regenerateIndex } from '../data/idx.ts';
 import { type InspectOptions, inspectShards } from '../data/inspect.ts';
 import { readManifest, verifyManifest } from '../data/manifest.ts';
 import { PREP_DEFAULTS, type PrepOptions } from '../data/prep/options.ts';
-import { type PrepProgress, runPrep } from '../data/prep/prep.ts';
+import { runPrep } from '../data/prep/prep.ts';
 import { prepReport } from '../data/prep/report.ts';
 import { SOURCE_KINDS } from '../data/sources/index.ts';
-import { parseTokenCount } from '../data/text.ts';
 import { UserError } from '../util/errors.ts';
-import { type FilterFlags, addFilterOptions, filtersFrom } from './filter-flags.ts';
+import { type FilterFlags, filtersFrom } from './filter-flags.ts';
 import { wholeFlag } from './flags.ts';
-import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
-
-function count(min: number) {
-  return (text: string): number => {
-    const n = parseTokenCount(text);
-    if (n < min) throw new InvalidArgumentError(`must be at least ${min}.`);
-    return n;
-  };
-}
+import { registerFlowCommands } from './data-flow-cmd.ts';
+import { addPrepSettings, count, prepProgress } from './prep-flags.ts';
+import { Progress, formatCount, onInterrupt } from './progress.ts';
 
 /** Option parsers for dedup's numbers: anything out of range is a one-line error that suggests the default. */
 function whole(flag: string, min: number, fallback: number) {
@@ -44,33 +37,6 @@ function similarity(flag: string, fallback: number) {
   };
 }
 
-function rate(n: number, seconds: number): string {
-  return `${formatCount(n / Math.max(seconds, 1e-9))}/s`;
-}
-
-/** Bar + periodic log lines for a prep; returns the progress callback. */
-function prepProgress(progress: Progress): (p: PrepProgress) => void {
-  const t0 = performance.now();
-  let lastBar = 0,
-    lastLine = t0;
-  return (p) => {
-    const now = performance.now();
-    const s = (now - t0) / 1000;
-    const mb = p.bytesRead / 1e6;
-    const fields =
-      `${formatCount(p.documents)} docs ${rate(p.documents, s)}  ${formatCount(p.tokens)} tok ${rate(p.tokens, s)}  ` +
-      `${mb.toFixed(1)}${p.totalBytes ? `/${(p.totalBytes / 1e6).toFixed(1)}` : ''} MB read ${(mb / Math.max(s, 1e-9)).toFixed(1)} MB/s`;
-    if (now - lastBar > 100) {
-      progress.bar(p.bytesRead, p.totalBytes ?? p.bytesRead * 2, fields);
-      lastBar = now;
-    }
-    if (now - lastLine > 15_000) {
-      progress.line(`prep ${formatDuration(s)}: ${fields}`);
-      lastLine = now;
-    }
-  };
-}
-
 function registerPrep(data: Command): void {
   const d = PREP_DEFAULTS;
   const prep = data
@@ -85,27 +51,8 @@ function registerPrep(data: Command): void {
     .option('--id-field <name>', 'field holding the document id (default: "id" for jsonl, none otherwise)')
     .requiredOption('-o, --output <dir>', 'output folder')
     .requiredOption('--name <name>', 'dataset name, used in shard file names')
-    .option('--version <v>', 'dataset version, used in shard file names', d.version)
-    .option('--tokenizer <name>', 'o200k_harmony or bytes', d.tokenizer)
-    .option('--vocab-size <n>', 'must match the tokenizer (checked)', count(1))
-    .option('--eos-token-id <n>', 'must match the tokenizer (checked)', count(0))
-    .option('--num-shards <n>', 'hash buckets: md5(doc id) picks one', count(1), d.numShards)
-    .option(
-      '--tokens-per-shard <n>',
-      'tokens per shard file before a new one starts (e.g. 500M)',
-      count(2),
-      d.tokensPerShard,
-    )
-    .option('-j, --workers <n>', 'tokenizer threads', count(1), d.workers)
-    .option('--batch-size <n>', 'documents per tokenizer batch', count(1), d.batchSize)
-    .option('--min-tokens <n>', 'drop documents with fewer tokens', count(0), d.minTokens)
-    .option('--max-tokens <n>', 'cut documents to this many tokens', count(1), d.maxTokens)
-    .option('--max-tokens-total <n>', 'stop after this many tokens, e.g. 100M, 1B, 1.5T', count(1))
-    .option('--worker-index <i>', "this machine's part of a split prep (0-based)", count(0), d.workerIndex)
-    .option('--num-workers <n>', 'machines sharing the prep (each takes every n-th file)', count(1), d.numWorkers)
-    .option('--checkpoint-every <n>', 'input records between resume checkpoints', count(1), d.checkpointEvery)
-    .option('--force', 'start over, deleting a finished or interrupted prep in the output folder', false);
-  addFilterOptions(prep)
+    .option('--max-tokens-total <n>', 'stop after this many tokens, e.g. 100M, 1B, 1.5T', count(1));
+  addPrepSettings(prep)
     .addHelpText(
       'after',
       '\nExamples:\n  nmoe data prep --source jsonl --paths raw/*.jsonl.zst -o /data/web --name web\n' +
@@ -146,6 +93,7 @@ export function registerDataCommand(program: Command): void {
     .command('data')
     .description("Prepare, check and inspect token shards (the reference's data CLI).");
   registerPrep(data);
+  registerFlowCommands(data);
 
   data
     .command('verify')

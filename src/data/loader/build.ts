@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
-import { basename, dirname, join, relative, resolve } from 'node:path';
+import { basename, dirname, relative, resolve } from 'node:path';
 import type { Config } from '../../config/schema.ts';
 import { UserError } from '../../util/errors.ts';
 import { embeddedTokens } from '../embedded-corpus.ts';
@@ -20,7 +20,7 @@ import { readManifest } from '../manifest.ts';
 import { MemoryTokens, NpyShard, type TokenFile } from '../shard.ts';
 import { expandPaths, listFiles } from '../sources/paths.ts';
 import { DeterministicLoader, type LoaderStage } from './loader.ts';
-import { resolvePlan } from './mixture.ts';
+import { flowSourceDir, resolvePlan, sourceTokenQuota } from './mixture.ts';
 import { TokenStream } from './stream.ts';
 
 export type DataConfig = Pick<
@@ -81,7 +81,8 @@ function openShards(dir: string, option: string, cfg: DataConfig): TokenFile[] {
   const prepFix =
     option === 'data_path'
       ? 'point data_path at the output folder of `nmoe data prep`'
-      : `prepare this source with \`nmoe data prep ... -o ${dir}\``;
+      : `build the flow with \`nmoe data prep-mixture ${cfg.mixture_toml} ${cfg.flow_profiles_toml} --flow ${cfg.flow_mode} ` +
+        `-o ${cfg.data_root} --seq-len ${cfg.seq_len}\`, or prepare this source with \`nmoe data prep ... -o ${dir}\``;
   if (!existsSync(dir) || !statSync(dir).isDirectory())
     throw dataError(`${option} folder does not exist`, dir, prepFix);
   const listed = checkManifests(dir, cfg);
@@ -174,21 +175,16 @@ function flowStages(cfg: DataConfig, warn: Warn): { stages: LoaderStage[]; planH
   } else {
     checkEnough(`flow ${cfg.flow_mode}`, flowTokens, cfg.steps * perStep, cfg, warn);
   }
-  const root = join(cfg.data_root, 'flows', cfg.flow_mode!);
-  const stages = plan.stages.map((st) => {
-    const stageTokens = Math.trunc(st.total_tokens_b * 1e9);
-    const totalTarget = st.sources.reduce((n, s) => n + s.target_tokens, 0);
-    return {
-      stage_id: st.stage_id,
-      sources: st.sources.map((sp) => {
-        const dir = join(root, st.stage_id, sp.id, 'train');
-        const stream = new TokenStream(sp.id, openShards(dir, `source ${sp.id} (stage ${st.stage_id})`, cfg));
-        const need = totalTarget > 0 ? Math.trunc((stageTokens * sp.target_tokens) / totalTarget) : 0;
-        checkEnough(`source ${sp.id} of stage ${st.stage_id} (${dir})`, stream.totalTokens, need, cfg, warn);
-        return { id: sp.id, weight_fp: sp.weight_fp, quota_sequences: sp.quota_sequences, stream };
-      }),
-    };
-  });
+  const stages = plan.stages.map((st) => ({
+    stage_id: st.stage_id,
+    sources: st.sources.map((sp) => {
+      const dir = flowSourceDir(cfg.data_root, cfg.flow_mode!, st.stage_id, sp.id);
+      const stream = new TokenStream(sp.id, openShards(dir, `source ${sp.id} (stage ${st.stage_id})`, cfg));
+      const need = sourceTokenQuota(sp, cfg.seq_len);
+      checkEnough(`source ${sp.id} of stage ${st.stage_id} (${dir})`, stream.totalTokens, need, cfg, warn);
+      return { id: sp.id, weight_fp: sp.weight_fp, quota_sequences: sp.quota_sequences, stream };
+    }),
+  }));
   return { stages, planHash: plan.plan_hash };
 }
 

@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { basename } from 'node:path';
+import { basename, join } from 'node:path';
 import { parse } from 'smol-toml';
 import { UserError } from '../../util/errors.ts';
 import { dataError } from '../errors.ts';
@@ -23,6 +23,8 @@ export interface SourcePlan {
 
 export interface StagePlan {
   stage_id: string;
+  /** The mixture this stage draws from: its table is [mixtures.<mixture>] in the mixture TOML. */
+  mixture: string;
   total_tokens_b: number;
   sources: SourcePlan[];
 }
@@ -155,6 +157,24 @@ export interface PlanInput {
   flow: string;
   seqLen: number;
   activeParamsB: number | null;
+  /**
+   * How the caller's user names the flow and sets the active parameters, as the fixes say it (default: the config
+   * keys, "set flow_mode to" and "set active_params_b (billions) in the training config").
+   */
+  fixes?: { flow: string; activeParamsB: string };
+}
+
+/** Where a source's shards live in a flow tree, the reference's layout. */
+export function flowSourceDir(dataRoot: string, flow: string, stage: string, source: string): string {
+  return join(dataRoot, 'flows', flow, stage, source, 'train');
+}
+
+/**
+ * The tokens a source must hold for its stage: its quota of windows, each seq_len + 1 tokens (what the loader
+ * consumes per sequence), so a source that holds them is never wrapped. `nmoe data prep-mixture` preps this many.
+ */
+export function sourceTokenQuota(source: SourcePlan, seqLen: number): number {
+  return source.quota_sequences * (seqLen + 1);
 }
 
 export function resolvePlan(p: PlanInput): MixturePlan {
@@ -166,7 +186,7 @@ export function resolvePlan(p: PlanInput): MixturePlan {
     ['flow', p.flow],
     p.flowProfilesToml,
     `flow "${p.flow}"`,
-    `set flow_mode to one of: ${known.join(', ') || '(none defined)'}`,
+    `${p.fixes?.flow ?? 'set flow_mode to'} one of: ${known.join(', ') || '(none defined)'}`,
   );
   const mode = String(node.mode ?? '');
   const temperature = num(node.sample_temperature, 1.0);
@@ -188,7 +208,7 @@ export function resolvePlan(p: PlanInput): MixturePlan {
     if (p.activeParamsB === null) {
       throw new UserError(
         `flow "${p.flow}" sets tokens_b_ratio, which needs the model's active parameters [${p.flowProfilesToml}]. ` +
-          'Fix: set active_params_b (billions) in the training config.',
+          `Fix: ${p.fixes?.activeParamsB ?? 'set active_params_b (billions) in the training config'}.`,
       );
     }
     tokensB = num(node.tokens_b_ratio) * p.activeParamsB;
@@ -207,6 +227,7 @@ export function resolvePlan(p: PlanInput): MixturePlan {
     const fp = fixedPointWeights(weights);
     stages.push({
       stage_id: stage,
+      mixture: String(refs[stage]),
       total_tokens_b: stageTokensB,
       sources: sources.map((s, i) => ({
         id: String(s.id),

@@ -24,6 +24,8 @@ export interface SourceOptions {
   idField?: string;
   workerIndex: number;
   numWorkers: number;
+  /** Where `paths` came from, for error messages (default: the --paths flag). */
+  pathsSetting?: string;
 }
 
 const EXTENSIONS: Record<string, string[]> = {
@@ -50,10 +52,11 @@ export function createSource(o: SourceOptions): DocSource {
   if (o.paths.length === 0)
     throw new UserError(`--source ${o.source} needs --paths (files, folders or glob patterns). Fix: add --paths.`);
   const kind = o.source === 'jsonl_zst' ? 'jsonl' : o.source === 'arrow' ? 'parquet' : o.source;
+  const setting = o.pathsSetting ?? '--paths';
   const files = workerShare(
-    expandPaths(o.paths, EXTENSIONS[kind]!),
+    expandPaths(o.paths, EXTENSIONS[kind]!, setting),
     worker,
-    `input files in --paths ${o.paths.join(' ')}`,
+    `input files in ${setting} ${o.paths.join(' ')}`,
   );
   if (kind === 'text') return new TextSource(files);
   const fields = { text: o.textField, id: o.idField ?? (o.source === 'jsonl' ? 'id' : null) };

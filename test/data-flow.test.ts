@@ -166,7 +166,7 @@ describe('a flow built by prep-mixture', () => {
     expect(nmoe(['data', 'prep-mixture', ...flowArgs(f), '-o', partial, ...PREP_FLAGS]).code).toBe(0);
     rmSync(join(partial, 'flows', 'tiny', 'mid'), { recursive: true });
     const missing = nmoe(['data', 'flow', 'verify', ...flowArgs(f), '--data-root', partial]);
-    expect(missing.code).toBe(1);
+    expect(missing.code).toBe(2);
     expect(missing.out).toContain(
       `FAIL stage mid, source math: no shards [${join(partial, 'flows/tiny/mid/math/train')}]. Fix: run \`nmoe data prep-mixture ${f.mix} ${f.flows} --flow tiny -o ${partial} --seq-len 32\` (it preps what is missing).`,
     );
@@ -174,7 +174,7 @@ describe('a flow built by prep-mixture', () => {
     const web = listFiles(join(partial, 'flows', 'tiny', 'pretrain', 'web', 'train')).find((p) => p.endsWith('.npy'))!;
     truncateSync(web, 200);
     const damaged = nmoe(['data', 'flow', 'verify', ...flowArgs(f), '--data-root', partial]);
-    expect(damaged.code).toBe(1);
+    expect(damaged.code).toBe(2);
     expect(damaged.out).toMatch(/^FAIL shard is truncated: .* \[.*web-v1-shard-000000\.npy, byte 200\]/m);
 
     const huge = nmoe(['data', 'prep-mixture', ...flowArgs(f, 'huge'), '-o', data, ...PREP_FLAGS]);
@@ -183,7 +183,7 @@ describe('a flow built by prep-mixture', () => {
       /^warning: pretrain\/web holds [\d,]+ of its [\d,]+ tokens: its input ran out, so training wraps it$/m,
     );
     const short = nmoe(['data', 'flow', 'verify', ...flowArgs(f, 'huge'), '--data-root', data]);
-    expect(short.code).toBe(1);
+    expect(short.code).toBe(2);
     expect(short.out.match(/^FAIL stage \w+, source \w+: [\d,]+ tokens, the plan reads [\d,]+ \(/gm)).toHaveLength(3);
     expect(short.out).toMatch(
       /Fix: give the source more input and rerun prep-mixture with --force, or let training wrap it\./,
@@ -229,7 +229,7 @@ describe('an interrupted prep-mixture', () => {
       /^stage pretrain, source code: its prep was interrupted \[.*code\/train\]\. Fix: run `PREP` to finish it\.$/,
     );
     const verify = nmoe(['data', 'flow', 'verify', ...flowArgs(f), '--data-root', data]);
-    expect(verify.code).toBe(1);
+    expect(verify.code).toBe(2);
 
     const second = await runMixturePrep(jobs);
     expect(second.results.map((r) => [r.alreadyDone, r.resumedAt > 0])).toEqual([

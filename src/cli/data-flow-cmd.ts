@@ -2,7 +2,8 @@
  * The flow commands of `nmoe data`: prep-mixture (build a flow tree from a mixture TOML and raw inputs),
  * merge-manifests (one manifest over several prep outputs), and flow show|verify (the resolved plan with its
  * plan_hash, quotas and tokens on disk; what is missing or short). The work lives in src/data/flow; this file parses
- * flags and prints. `flow verify` exits 1 when the flow is incomplete, so scripts can tell that from bad input (2).
+ * flags and prints. `flow verify` exits 2 when the flow is incomplete, after listing every problem, as `data verify`
+ * does for damaged shards.
  */
 import { CommanderError, type Command } from 'commander';
 import pc from 'picocolors';
@@ -225,7 +226,7 @@ function registerFlow(data: Command): void {
     flow
       .command('verify')
       .description(
-        'Whether every source of the flow holds its quota on disk; lists what is missing or short and exits 1 if anything is.',
+        'Whether every source of the flow holds its quota on disk; lists what is missing or short and exits 2 if anything is.',
       ),
   ).action((mixture: string, flows: string, opts: Flags) => {
     const { ref, plan, statuses } = resolve(mixture, flows, opts);
@@ -234,7 +235,7 @@ function registerFlow(data: Command): void {
     if (problems.length > 0) {
       for (const p of problems) process.stdout.write(`${pc.red('FAIL')} ${p}\n`);
       process.stdout.write(`flow ${ref.flow}: ${problems.length} problem(s) in ${flowDir}\n`);
-      throw new CommanderError(1, 'nmoe.incomplete', 'the flow is incomplete');
+      throw new CommanderError(2, 'nmoe.incomplete', 'the flow is incomplete');
     }
     const tokens = statuses.reduce((k, s) => k + s.tokens, 0);
     process.stdout.write(

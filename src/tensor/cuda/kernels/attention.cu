@@ -218,15 +218,3 @@ __global__ void attention_lse_to_bhs(const float* lse, float* stats, int seq, in
     stats[(b * heads + h) * seq + s] = lse[i];
   }
 }
-
-#define INSTANTIATE(T)                                                                                                   \
-  template __global__ void rope_inplace<T>(T*, const float*, const float*, int, int, int, int, int, int, int, int, int); \
-  template __global__ void mla_assemble<T>(const T*, const T*, T*, T*, int, int, int, int);                             \
-  template __global__ void mla_assemble_bwd<T>(const T*, const T*, T*, T*, int, int, int, int);                         \
-  template __global__ void softmax_rows<T>(const T*, float*, int);                                                     \
-  template __global__ void attention_fwd<T>(const T*, const T*, const T*, T*, float*, int, int, int, int, int, float);   \
-  template __global__ void attention_delta<T>(const T*, const T*, float*, long, int);                                   \
-  template __global__ void attention_bwd_dq<T>(const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int, int, int, float); \
-  template __global__ void attention_bwd_dkdv<T>(const T*, const T*, const T*, const T*, const float*, const float*, T*, T*, int, int, int, int, int, float);
-INSTANTIATE(float)
-INSTANTIATE(bf16)

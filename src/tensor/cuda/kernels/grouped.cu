@@ -5,17 +5,17 @@
 // through the device-built tile list (see moe.cu), so the host never waits for the routing.
 #include "common.cuh"
 
-#define TM 128
-#define TN 128
-#define TK 32
-#define STAGES 3
+#if !defined(GROUPED_TM) || !defined(GROUPED_TN) || !defined(GROUPED_TK) || !defined(GROUPED_STAGES) || !defined(GROUPED_PAD)
+#error "grouped.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
+#endif
+constexpr int TM = GROUPED_TM, TN = GROUPED_TN, TK = GROUPED_TK, STAGES = GROUPED_STAGES;
 
 // Operand layouts in global and shared memory: K_INNER = [rows][k] (k contiguous), K_OUTER = [k][rows].
 enum Layout { K_INNER = 0, K_OUTER = 1 };
 
 // Shared tile of one stage: 128 x 32 (K_INNER, padded rows of 40) or 32 x 128 (K_OUTER, padded rows of 136).
 template <int L> struct Tile {
-  static constexpr int LD = L == K_INNER ? TK + 8 : TM + 8;
+  static constexpr int LD = L == K_INNER ? TK + GROUPED_PAD : TM + GROUPED_PAD;
   static constexpr int ELEMS = L == K_INNER ? TM * LD : TK * LD;
   // Copies the 128-row x 32-k slice at (row0, k0) of a matrix with `ld` elements per stored row. Rows valid in
   // [row0, row_end), k valid in [k0, k_end). 512 chunks of 8 elements, two per thread.

@@ -13,6 +13,7 @@ import {
   declaredNames,
   kernelArgs,
   kernelFile,
+  moduleFor,
   nameExpression,
 } from '../src/tensor/cuda/kernel-table.ts';
 import { CudaTensor } from '../src/tensor/cuda/tensor.ts';
@@ -124,5 +125,16 @@ describe('kernel tables (src/tensor/cuda/kernel-table.ts)', () => {
     expect(() => nameExpression(table, 'plain', 'float')).toThrow(/not a template/);
     expect(() => nameExpression(table, 'typed', null)).toThrow(/needs template arguments/);
     expect(() => nameExpression(table, 'gone', null)).toThrow(/gone is not declared for t.cu/);
+  });
+
+  it("builds a file's plain kernels and declared instances as one module, each on-demand instance as its own", () => {
+    const file = { key: 't.cu', names: ['plain', 'typed<float>', 'typed<bf16>'] };
+    expect(moduleFor(table, 'plain', null)).toEqual({ expression: 'plain', ...file });
+    expect(moduleFor(table, 'typed', 'float')).toEqual({ expression: 'typed<float>', ...file });
+    expect(moduleFor(table, 'tiled', '128, 256')).toEqual({
+      expression: 'tiled<128, 256>',
+      key: 't.cu:tiled<128, 256>',
+      names: ['tiled<128, 256>'],
+    });
   });
 });

@@ -18,14 +18,7 @@ import {
 } from './driver.ts';
 import { GemmRunner } from './cublaslt.ts';
 import { ARG_ALIGN, type KernelArg, packKernelArgs } from './kernel-args.ts';
-import {
-  type KernelArgs,
-  type KernelFile,
-  type KernelSpec,
-  declaredNames,
-  kernelArgs,
-  nameExpression,
-} from './kernel-table.ts';
+import { type KernelArgs, type KernelFile, type KernelSpec, kernelArgs, moduleFor } from './kernel-table.ts';
 import { compileKernels } from './nvrtc.ts';
 
 /** Where a launch runs: template arguments (for a templated kernel), grid, threads per block, dynamic shared memory. */
@@ -127,23 +120,19 @@ export class CudaDevice {
    * launch first names it. Both are cached on disk (nvrtc.ts).
    */
   kernel(table: KernelFile, name: string, template: string | null): bigint {
-    const expression = nameExpression(table, name, template);
-    const key = `${table.file}:${expression}`;
-    const cached = this.#functions.get(key);
+    const { expression, key, names } = moduleFor(table, name, template);
+    const cached = this.#functions.get(`${table.file}:${expression}`);
     if (cached !== undefined) return cached;
-    const spec = table.kernels[name]!;
-    const onDemand = spec.template !== undefined && spec.instances === undefined;
-    const moduleKey = onDemand ? key : table.file;
-    let mod = this.#modules.get(moduleKey);
+    let mod = this.#modules.get(key);
     if (!mod) {
-      const compiled = compileKernels(table.file, onDemand ? [expression] : declaredNames(table), this.info.arch);
+      const compiled = compileKernels(table.file, names, this.info.arch);
       mod = { module: outU64('cuModuleLoadData', cu.moduleLoadData, compiled.cubin), symbols: compiled.symbols };
-      this.#modules.set(moduleKey, mod);
+      this.#modules.set(key, mod);
     }
     const symbol = mod.symbols[expression];
     if (!symbol) throw new Error(`kernel ${expression} is not declared for ${table.file}`);
     const fn = outU64('cuModuleGetFunction', cu.moduleGetFunction, mod.module, symbol);
-    this.#functions.set(key, fn);
+    this.#functions.set(`${table.file}:${expression}`, fn);
     return fn;
   }
 

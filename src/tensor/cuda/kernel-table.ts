@@ -24,13 +24,17 @@ export type ScalarType = 'ptr' | 'i32' | 'u32' | 'i64' | 'f32';
 export type ParamType = ScalarType | keyof typeof STRUCTS;
 export type Param = readonly [name: string, type: ParamType];
 
+/** The float types the dtype-templated kernels are built for (a kernel's `T`). */
+export const FLOAT_TYPES = ['float', 'bf16'] as const;
+
 export interface KernelSpec {
   readonly params: readonly Param[];
   /** The template's parameter names as the .cu declares them; absent for a plain kernel. */
   readonly template?: readonly string[];
   /**
    * Template arguments built with the file's first launch (a kernel's dtype variants, e.g. 'bf16'). A templated
-   * kernel without them is instantiated on demand: the arguments a launch names are compiled when first launched.
+   * kernel without them is instantiated on demand: each instance a launch names compiles alone, when first launched
+   * (the tile-templated kernels, whose instances are costly to build and few of which a run uses).
    */
   readonly instances?: readonly string[];
   /** For an on-demand kernel: the template arguments the host can ask for, which the compile check builds. */
@@ -73,6 +77,22 @@ export function declaredNames(table: KernelFile): string[] {
   );
 }
 
+/**
+ * The module a launch of `name<template>` takes its function from: the file's own (its plain kernels and declared
+ * instances, built together) or, for an instance of an on-demand kernel, one of its own. `key` names the module.
+ */
+export function moduleFor(
+  table: KernelFile,
+  name: string,
+  template: string | null,
+): { expression: string; key: string; names: string[] } {
+  const expression = nameExpression(table, name, template);
+  const spec = table.kernels[name]!;
+  return spec.template && !spec.instances
+    ? { expression, key: `${table.file}:${expression}`, names: [expression] }
+    : { expression, key: table.file, names: declaredNames(table) };
+}
+
 /** `values` in the kernel's parameter order, as packKernelArgs takes them. */
 export function kernelArgs(name: string, spec: KernelSpec, values: Readonly<Record<string, unknown>>): KernelArg[] {
   const given = Object.keys(values).length;
@@ -102,6 +122,3 @@ export function kernelArgs(name: string, spec: KernelSpec, values: Readonly<Reco
     }
   });
 }
-
-/** The float types the dtype-templated kernels are built for (a kernel's `T`). */
-export const FLOAT_TYPES = ['float', 'bf16'] as const;

@@ -78,7 +78,7 @@ export class CudaIpcExchange implements ExpertExchange {
   readonly #local: number;
   readonly #rowVecs: number;
   /** The Peers table (rdep.cu) every kernel takes by value. */
-  readonly #peers: Uint8Array;
+  readonly #peerTable: Uint8Array;
   readonly #moveBlocks: number;
 
   private constructor(
@@ -94,7 +94,7 @@ export class CudaIpcExchange implements ExpertExchange {
     this.#moveBlocks = MOVE_BLOCKS_PER_SM * b.dev.info.multiprocessors;
     const table = new BigUint64Array(MAX_RANKS);
     peers.forEach((p, j) => (table[j] = p));
-    this.#peers = new Uint8Array(table.buffer);
+    this.#peerTable = new Uint8Array(table.buffer);
   }
 
   get rank(): number {
@@ -171,7 +171,14 @@ export class CudaIpcExchange implements ExpertExchange {
       RDEP,
       'rdep_barrier',
       { grid: [1], block: 32 },
-      { peers: this.#peers, me: this.o.rank, world: this.o.world, epoch: ++this.#epoch, timeout_ns: ns, err: this.err },
+      {
+        peers: this.#peerTable,
+        me: this.o.rank,
+        world: this.o.world,
+        epoch: ++this.#epoch,
+        timeout_ns: ns,
+        err: this.err,
+      },
     );
   }
 
@@ -186,7 +193,7 @@ export class CudaIpcExchange implements ExpertExchange {
     const { b, o, layout: L } = this;
     const local = this.#local;
     const { counts, offsets } = plan;
-    const exchanged = { peers: this.#peers, counts_off: L.counts, starts_off: L.starts, experts: o.experts, local };
+    const exchanged = { peers: this.#peerTable, counts_off: L.counts, starts_off: L.starts, experts: o.experts, local };
     b.dev.run(
       RDEP,
       'rdep_route_send',
@@ -240,7 +247,7 @@ export class CudaIpcExchange implements ExpertExchange {
         dest_rank: r.destRank,
         offsets: r.planOffsets,
         first,
-        peers: this.#peers,
+        peers: this.#peerTable,
         recv_off: pool.offset(area),
         row_vecs: this.#rowVecs,
         rows: x.shape[0]!,
@@ -265,7 +272,7 @@ export class CudaIpcExchange implements ExpertExchange {
         origin: r.origin,
         origin_rank: r.originRank,
         received,
-        peers: this.#peers,
+        peers: this.#peerTable,
         ret_off: pool.offset(area),
         row_vecs: this.#rowVecs,
       },

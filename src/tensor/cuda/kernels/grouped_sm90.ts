@@ -4,6 +4,7 @@ import { kernelFile } from '../kernel-table.ts';
 export const GROUPED_SM90 = kernelFile('grouped_sm90.cu', {
   grouped_gemm_sm90: {
     template: ['BN', 'B_KMAJOR', 'SWIGLU'],
+    // The tiles fwdLaunch (grouped-sm90.ts) picks: 128 or 256 wide, B K-major or not; the fused SwiGLU at 128.
     reachable: ['256, 0, 0', '256, 1, 0', '128, 0, 0', '128, 1, 0', '128, 0, 1'],
     params: [
       ['map_x', 'TmaMap'],
@@ -25,6 +26,7 @@ export const GROUPED_SM90 = kernelFile('grouped_sm90.cu', {
   },
   grouped_wgrad_sm90: {
     template: ['BM', 'BN'],
+    // The weight-gradient tiles of chooseWgradTile (grouped-sm90.ts).
     reachable: ['128, 256', '256, 128'],
     params: [
       ['map_x', 'TmaMap'],

@@ -14,13 +14,18 @@ export const KERNEL_CONSTANTS = {
   FLASH_BKD: 32,
   /** flash.cu: row padding (elements) of every shared-memory tile, against bank conflicts. */
   FLASH_PAD: 8,
+  /** flash.cu: threads per CTA (4 warps of 16 query rows). */
+  FLASH_THREADS: 128,
+  /** attention.cu: head-dim elements per lane of the plain kernels' warp (head dims up to 32 times it). */
+  ATTENTION_MAX_PER_LANE: 8,
   /** grouped.cu: the tensor-core tile's rows (one entry of the device-built tile list), columns, k step, stages. */
   GROUPED_TM: 128,
   GROUPED_TN: 128,
   GROUPED_TK: 32,
   GROUPED_STAGES: 3,
-  /** grouped.cu: row padding (elements) of the shared-memory tiles. */
+  /** grouped.cu: row padding (elements) of the shared-memory tiles, and threads per CTA (8 warps). */
   GROUPED_PAD: 8,
+  GROUPED_THREADS: 256,
   /** moe.cu: the fp32 grouped GEMMs' square output tile (a tile-list entry is GROUPED_TM / MOE_TILE of them). */
   MOE_TILE: 64,
   /** grouped_sm90.cu: threads per CTA (a producer and two math warpgroups) and k per pipeline stage. */

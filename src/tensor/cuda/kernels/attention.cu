@@ -62,7 +62,10 @@ __global__ void softmax_rows(const T* x, float* out, int cols) {
   for (int c = threadIdx.x; c < cols; c += blockDim.x) out[base + c] = __expf(to_f32(x[base + c]) - row_max) * inv;
 }
 
-#define MAX_PER_LANE 8  // head dims up to 32 * 8 = 256
+#ifndef ATTENTION_MAX_PER_LANE
+#error "attention.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
+#endif
+#define MAX_PER_LANE ATTENTION_MAX_PER_LANE  // head dims up to 32 lanes x MAX_PER_LANE
 
 // One warp per (row, head). Lanes hold q and the output accumulator in registers, strided by 32.
 template <typename T>

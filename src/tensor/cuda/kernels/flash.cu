@@ -7,7 +7,8 @@
 // probabilities from the saved log-sum-exp: dq by query blocks, dk/dv by key blocks (no float atomics).
 #include "common.cuh"
 
-#if !defined(FLASH_BQ) || !defined(FLASH_BK) || !defined(FLASH_BQ2) || !defined(FLASH_BKD) || !defined(FLASH_PAD)
+#if !defined(FLASH_BQ) || !defined(FLASH_BK) || !defined(FLASH_BQ2) || !defined(FLASH_BKD) || !defined(FLASH_PAD) || \
+    !defined(FLASH_THREADS)
 #error "flash.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
 #endif
 constexpr int BQ = FLASH_BQ;    // query rows per CTA (4 warps x 16) in the forward and dq passes
@@ -112,7 +113,7 @@ __device__ __forceinline__ bf16* next_stage(bf16* stages, int stage_elems, int i
 
 // grid (ceil(seq / BQ), batch * heads), 128 threads, dynamic smem (BQ * LDK + 2 * BK * (LDK + LDV)) * 2 bytes.
 template <int DQK, int DV>
-__global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int seq,
+__global__ void __launch_bounds__(FLASH_THREADS) flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int seq,
                                                  int heads, int dqk, int dv, float scale) {
   constexpr int LDK = DQK + FLASH_PAD, LDV = DV + FLASH_PAD, STAGE = BK * (LDK + LDV);
   extern __shared__ __align__(16) bf16 smem[];
@@ -189,7 +190,7 @@ __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, c
 // dq for 64 query rows per CTA: dq = scale * sum over keys of P (dP - delta) k, with dP = dO v^T.
 // smem: Qs [BQ][LDK], dOs [BQ][LDV], then 2 stages of K [BKD][LDK], V [BKD][LDV].
 template <int DQK, int DV>
-__global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
+__global__ void __launch_bounds__(FLASH_THREADS) flash_bwd_dq(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
                                                     const float* delta, bf16* dq, int seq, int heads, int dqk, int dv, float scale) {
   constexpr int LDK = DQK + FLASH_PAD, LDV = DV + FLASH_PAD, STAGE = BKD * (LDK + LDV);
   extern __shared__ __align__(16) bf16 smem[];
@@ -260,7 +261,7 @@ __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16
 // S^T = K Q^T, P^T = exp(S^T scale - lse), dV += P^T dO, dP^T = V dO^T, dK += scale * P^T (dP^T - delta) Q.
 // smem: Ks [BK][LDK], Vs [BK][LDV], then 2 stages of Q [BQ2][LDK], dO [BQ2][LDV]; lse and delta of the step.
 template <int DQK, int DV>
-__global__ void __launch_bounds__(128) flash_bwd_dkdv(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
+__global__ void __launch_bounds__(FLASH_THREADS) flash_bwd_dkdv(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
                                                       const float* delta, bf16* dk, bf16* dv_out, int seq, int heads, int dqk, int dv,
                                                       float scale) {
   constexpr int LDK = DQK + FLASH_PAD, LDV = DV + FLASH_PAD, STAGE = BQ2 * (LDK + LDV);

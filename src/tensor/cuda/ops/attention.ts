@@ -107,7 +107,8 @@ interface AttentionDims {
 function attentionDims(q: Tensor, v: Tensor, s: AttentionSpec): AttentionDims {
   const dQK = q.shape[1]! / s.heads,
     dV = v.shape[1]! / s.heads;
-  if (dQK > 256 || dV > 256) throw new Error(`attention: head dims ${dQK}/${dV} exceed 256`);
+  const most = 32 * K.ATTENTION_MAX_PER_LANE;
+  if (dQK > most || dV > most) throw new Error(`attention: head dims ${dQK}/${dV} exceed ${most}`);
   // Tensor cores for bf16 with head dims in multiples of 8 (16-byte tile copies), at the smallest padded head
   // dims that fit; the plain kernels otherwise (fp32, other dims).
   const fits = q.dtype === 'bf16' && dQK % 8 === 0 && dV % 8 === 0;
@@ -167,7 +168,7 @@ export class CudaAttention {
         {
           template: `${P}, ${V}`,
           grid: [Math.ceil(s.seqLen / K.FLASH_BQ), s.batch * s.heads],
-          block: 128,
+          block: K.FLASH_THREADS,
           smem: flashForwardSmem(P, V),
         },
         { q, k, v, out, lse, seq: s.seqLen, heads: s.heads, dqk: dQK, dv: dV, scale: s.scale },
@@ -223,13 +224,23 @@ export class CudaAttention {
       dev.run(
         FLASH,
         'flash_bwd_dq',
-        { template, grid: [Math.ceil(s.seqLen / K.FLASH_BQ), s.batch * s.heads], block: 128, smem: smem.dq },
+        {
+          template,
+          grid: [Math.ceil(s.seqLen / K.FLASH_BQ), s.batch * s.heads],
+          block: K.FLASH_THREADS,
+          smem: smem.dq,
+        },
         { ...inputs, dq, ...dims },
       );
       dev.run(
         FLASH,
         'flash_bwd_dkdv',
-        { template, grid: [Math.ceil(s.seqLen / K.FLASH_BK), s.batch * s.heads], block: 128, smem: smem.dkdv },
+        {
+          template,
+          grid: [Math.ceil(s.seqLen / K.FLASH_BK), s.batch * s.heads],
+          block: K.FLASH_THREADS,
+          smem: smem.dkdv,
+        },
         { ...inputs, dk, dv_out: dv, ...dims },
       );
     } else {

@@ -127,7 +127,7 @@ export class CudaGrouped {
         'grouped_gemm_tc',
         {
           grid: [Math.ceil(dout / K.GROUPED_TN), plan.tiles.shape[0]!],
-          block: 256,
+          block: K.GROUPED_THREADS,
           smem: groupedSmem(0, transB ? 0 : 1),
         },
         args,
@@ -246,7 +246,7 @@ export class CudaGrouped {
         'grouped_wgrad_tc',
         {
           grid: [Math.ceil(din / K.GROUPED_TM), Math.ceil(dout / K.GROUPED_TN), experts],
-          block: 256,
+          block: K.GROUPED_THREADS,
           smem: groupedSmem(1, 1),
         },
         args,

@@ -44,8 +44,8 @@ describe('kernel tables', () => {
   const fixture = `
     template <typename T>
     __global__ void __launch_bounds__(256, 4) scale(const T* __restrict__ x, T* y, long n, float s) { }
-    struct Pair { int a, b; };
-    extern "C" __global__ void take(const __grid_constant__ Pair p, unsigned seed, long long t, int* out) { }
+    struct AdamGroups { float lr[4]; };
+    extern "C" __global__ void take(const __grid_constant__ AdamGroups p, unsigned seed, long long t, int* out) { }
   `;
   const good = kernelFile('fixture.cu', {
     scale: {
@@ -60,7 +60,7 @@ describe('kernel tables', () => {
     },
     take: {
       params: [
-        ['p', 'Pair' as 'TmaMap'],
+        ['p', 'AdamGroups'],
         ['seed', 'u32'],
         ['t', 'i64'],
         ['out', 'ptr'],
@@ -84,7 +84,7 @@ describe('kernel tables', () => {
         name: 'take',
         template: null,
         params: [
-          { name: 'p', type: 'Pair' },
+          { name: 'p', type: 'AdamGroups' },
           { name: 'seed', type: 'u32' },
           { name: 't', type: 'i64' },
           { name: 'out', type: 'ptr' },

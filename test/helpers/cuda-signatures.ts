@@ -80,7 +80,7 @@ export function tableProblems(table: KernelFile, source: string): string[] {
       problems.push(
         `${name}: template <${k.template?.join(', ') ?? ''}> in ${table.file}, <${template ?? ''}> in the table`,
       );
-    for (const args of spec.instances ?? [])
+    for (const args of [...(spec.instances ?? []), ...(spec.reachable ?? [])])
       if (splitTopLevel(args).length !== (k.template?.length ?? 0))
         problems.push(`${name}<${args}>: ${k.template?.length ?? 0} template parameters in ${table.file}`);
   }

@@ -63,7 +63,7 @@ __global__ void softmax_rows(const T* x, float* out, int cols) {
 }
 
 #ifndef ATTENTION_MAX_PER_LANE
-#error "attention.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
+#error "attention.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
 #endif
 #define MAX_PER_LANE ATTENTION_MAX_PER_LANE  // head dims up to 32 lanes x MAX_PER_LANE
 

@@ -9,7 +9,7 @@
 
 #if !defined(FLASH_BQ) || !defined(FLASH_BK) || !defined(FLASH_BQ2) || !defined(FLASH_BKD) || !defined(FLASH_PAD) || \
     !defined(FLASH_THREADS)
-#error "flash.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
+#error "flash.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
 #endif
 constexpr int BQ = FLASH_BQ;    // query rows per CTA (4 warps x 16) in the forward and dq passes
 constexpr int BK = FLASH_BK;    // keys per block in the forward pass; keys per CTA in the dk/dv pass

@@ -7,7 +7,7 @@
 
 #if !defined(GROUPED_TM) || !defined(GROUPED_TN) || !defined(GROUPED_TK) || !defined(GROUPED_STAGES) || !defined(GROUPED_PAD) || \
     !defined(GROUPED_THREADS)
-#error "grouped.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
+#error "grouped.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
 #endif
 constexpr int TM = GROUPED_TM, TN = GROUPED_TN, TK = GROUPED_TK, STAGES = GROUPED_STAGES;
 

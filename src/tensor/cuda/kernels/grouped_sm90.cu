@@ -42,7 +42,7 @@ struct __align__(128) TmaMap {
 };
 
 #if !defined(SM90_THREADS) || !defined(SM90_BK) || !defined(SM90_SMEM_LIMIT) || !defined(SM90_FLAG_SWAP_MN_STRIDES)
-#error "grouped_sm90.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
+#error "grouped_sm90.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
 #endif
 #define BK SM90_BK                  // k per stage: one 128-byte swizzle row of bf16
 #define SMEM_LIMIT SM90_SMEM_LIMIT  // opt-in shared memory per block on H100 / H200 (227 KB)

@@ -6,7 +6,7 @@
 #include "loss.cuh"
 
 #if !defined(CE_CLUSTER) || !defined(CE_THREADS)
-#error "loss_sm90.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
+#error "loss_sm90.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
 #endif
 
 __device__ __forceinline__ unsigned cluster_rank() {

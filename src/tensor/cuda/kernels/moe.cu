@@ -142,7 +142,7 @@ __global__ void moe_combine_bwd(const T* dout, const T* ye, const float* gates, 
 }
 
 #if !defined(MOE_TILE)
-#error "moe.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
+#error "moe.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
 #endif
 #define TILE MOE_TILE
 #define KT 16

@@ -106,7 +106,7 @@ struct AdamGroups {
 };
 
 #if !defined(ADAM_CHUNK)
-#error "optim.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
+#error "optim.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
 #endif
 
 // The whole AdamW step in one launch: block b updates chunk b = (tensor, first element). With `master` the update

@@ -14,7 +14,7 @@
 #include "common.cuh"
 
 #if !defined(RDEP_MAX_RANKS)
-#error "rdep.cu is built with the -D constants of src/tensor/cuda/kernel-constants.ts"
+#error "rdep.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
 #endif
 
 struct Peers {

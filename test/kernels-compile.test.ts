@@ -12,10 +12,31 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { KERNEL_CONSTANTS, KERNEL_DEFINES } from '../src/tensor/cuda/kernel-constants.ts';
 import { type KernelFile, declaredNames, kernelFile } from '../src/tensor/cuda/kernel-table.ts';
-import { KERNEL_FILES } from '../src/tensor/cuda/kernels/index.ts';
+import { ATTENTION } from '../src/tensor/cuda/kernels/attention.ts';
+import { ELEMENTWISE } from '../src/tensor/cuda/kernels/elementwise.ts';
+import { FLASH } from '../src/tensor/cuda/kernels/flash.ts';
+import { GROUPED } from '../src/tensor/cuda/kernels/grouped.ts';
+import { GROUPED_SM90 } from '../src/tensor/cuda/kernels/grouped_sm90.ts';
+import { LOSS } from '../src/tensor/cuda/kernels/loss.ts';
+import { LOSS_SM90 } from '../src/tensor/cuda/kernels/loss_sm90.ts';
+import { MOE } from '../src/tensor/cuda/kernels/moe.ts';
+import { OPTIM } from '../src/tensor/cuda/kernels/optim.ts';
+import { RDEP } from '../src/tensor/cuda/kernels/rdep.ts';
 import { KERNEL_DIR } from '../src/tensor/cuda/nvrtc.ts';
 import { parseKernels, tableProblems } from './helpers/cuda-signatures.ts';
 
+const KERNEL_FILES: readonly KernelFile[] = [
+  ATTENTION,
+  ELEMENTWISE,
+  FLASH,
+  GROUPED,
+  GROUPED_SM90,
+  LOSS,
+  LOSS_SM90,
+  MOE,
+  OPTIM,
+  RDEP,
+];
 const nvcc = spawnSync('nvcc', ['--version'], { encoding: 'utf8' }).status === 0;
 const files = readdirSync(KERNEL_DIR).filter((f) => f.endsWith('.cu'));
 const source = (file: string) => readFileSync(join(KERNEL_DIR, file), 'utf8');

@@ -13,7 +13,8 @@
  */
 import type { CudaBackend } from '../../tensor/cuda/backend.ts';
 import { CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS, IPC_HANDLE_BYTES, check, cu, outU64 } from '../../tensor/cuda/driver.ts';
-import type { KernelArg } from '../../tensor/cuda/device.ts';
+import { KERNEL_CONSTANTS } from '../../tensor/cuda/kernel-constants.ts';
+import { RDEP } from '../../tensor/cuda/kernels/rdep.ts';
 import { type CudaTensor, asCuda } from '../../tensor/cuda/tensor.ts';
 import { AreaPool } from './areas.ts';
 import type { MoePlan } from '../../tensor/backend.ts';
@@ -23,7 +24,7 @@ import type { StoreClient } from '../store.ts';
 import type { ExpertExchange, ExpertRoute } from '../../tensor/expert-exchange.ts';
 
 /** The Peers struct of rdep.cu holds this many buffer pointers: one node's ranks. */
-const MAX_RANKS = 8;
+const MAX_RANKS = KERNEL_CONSTANTS.RDEP_MAX_RANKS;
 const FLAGS_BYTES = 256;
 /** Blocks per SM for the row moves (grid-stride loops): enough warps in flight to fill NVLink from every SM. */
 const MOVE_BLOCKS_PER_SM = 4;
@@ -76,7 +77,8 @@ export class CudaIpcExchange implements ExpertExchange {
   #epoch = 0;
   readonly #local: number;
   readonly #rowVecs: number;
-  readonly #peersArg: KernelArg;
+  /** The Peers table (rdep.cu) every kernel takes by value. */
+  readonly #peerTable: Uint8Array;
   readonly #moveBlocks: number;
 
   private constructor(
@@ -92,7 +94,7 @@ export class CudaIpcExchange implements ExpertExchange {
     this.#moveBlocks = MOVE_BLOCKS_PER_SM * b.dev.info.multiprocessors;
     const table = new BigUint64Array(MAX_RANKS);
     peers.forEach((p, j) => (table[j] = p));
-    this.#peersArg = { bytes: new Uint8Array(table.buffer), align: 8 };
+    this.#peerTable = new Uint8Array(table.buffer);
   }
 
   get rank(): number {
@@ -163,20 +165,21 @@ export class CudaIpcExchange implements ExpertExchange {
     return new CudaIpcExchange(b, o, base, peers, layout, err);
   }
 
-  #k(name: string, grid: number, block: number, args: KernelArg[]): void {
-    this.b.dev.launch(this.b.dev.kernel('rdep.cu', name), [grid], block, args);
-  }
-
   #barrier(): void {
     const ns = Math.round(this.o.timeoutMs * 1e6);
-    this.#k('rdep_barrier', 1, 32, [
-      this.#peersArg,
-      { i32: this.o.rank },
-      { i32: this.o.world },
-      { u32: ++this.#epoch },
-      { i64: ns },
-      { ptr: this.err.ptr },
-    ]);
+    this.b.dev.run(
+      RDEP,
+      'rdep_barrier',
+      { grid: [1], block: 32 },
+      {
+        peers: this.#peerTable,
+        me: this.o.rank,
+        world: this.o.world,
+        epoch: ++this.#epoch,
+        timeout_ns: ns,
+        err: this.err,
+      },
+    );
   }
 
   /** An area of `pool` for this call's rows; a barrier first if a peer could still be reading it. */
@@ -189,18 +192,14 @@ export class CudaIpcExchange implements ExpertExchange {
   route(plan: MoePlan): IpcRoute {
     const { b, o, layout: L } = this;
     const local = this.#local;
-    const counts = { ptr: asCuda(plan.counts).ptr },
-      offsets = { ptr: asCuda(plan.offsets).ptr };
-    this.#k('rdep_route_send', Math.ceil(o.experts / 256), 256, [
-      counts,
-      offsets,
-      this.#peersArg,
-      { i64: L.counts },
-      { i64: L.starts },
-      { i32: o.experts },
-      { i32: local },
-      { i32: o.rank },
-    ]);
+    const { counts, offsets } = plan;
+    const exchanged = { peers: this.#peerTable, counts_off: L.counts, starts_off: L.starts, experts: o.experts, local };
+    b.dev.run(
+      RDEP,
+      'rdep_route_send',
+      { grid: [Math.ceil(o.experts / 256)], block: 256 },
+      { counts, offsets, ...exchanged, me: o.rank },
+    );
     this.#barrier();
     const n = plan.numTokens * plan.topK;
     if (n > o.rows) throw new Error(`RDEP route: the plan has ${n} rows, the exchange was sized for at most ${o.rows}`);
@@ -210,25 +209,26 @@ export class CudaIpcExchange implements ExpertExchange {
     const origin = asCuda(b.empty([cap], 'i32')),
       originRank = asCuda(b.empty([cap], 'i32')),
       segCounts = asCuda(b.empty([local], 'i32'));
-    this.#k('rdep_place', o.experts + local * o.world, 128, [
-      counts,
-      offsets,
-      this.#peersArg,
-      { i64: L.counts },
-      { i64: L.starts },
-      { i32: o.experts },
-      { i32: local },
-      { i32: o.world },
-      { i32: o.rank },
-      { ptr: dest.ptr },
-      { ptr: destRank.ptr },
-      { ptr: origin.ptr },
-      { ptr: originRank.ptr },
-      { ptr: segCounts.ptr },
-    ]);
+    b.dev.run(
+      RDEP,
+      'rdep_place',
+      { grid: [o.experts + local * o.world], block: 128 },
+      {
+        counts,
+        offsets,
+        ...exchanged,
+        world: o.world,
+        me: o.rank,
+        dest,
+        dest_rank: destRank,
+        origin,
+        origin_rank: originRank,
+        seg_counts: segCounts,
+      },
+    );
     const segments = b.moeSegments(segCounts, cap);
     segCounts.free();
-    return new IpcRoute(segments.offsets, cap, n, dest, destRank, origin, originRank, offsets.ptr, segments);
+    return new IpcRoute(segments.offsets, cap, n, dest, destRank, origin, originRank, asCuda(offsets).ptr, segments);
   }
 
   dispatch(rows: Tensor, route: ExpertRoute): Tensor {
@@ -237,17 +237,22 @@ export class CudaIpcExchange implements ExpertExchange {
       pool = this.layout.recv;
     const area = this.#take(pool);
     const first = ((this.o.rank + 1) % this.o.world) * this.#local; // the plan's first expert of the next rank
-    this.#k('rdep_dispatch', this.#moveBlocks, 256, [
-      { ptr: x.ptr },
-      { ptr: asCuda(r.dest).ptr },
-      { ptr: asCuda(r.destRank).ptr },
-      { ptr: r.planOffsets },
-      { i32: first },
-      this.#peersArg,
-      { i64: pool.offset(area) },
-      { i32: this.#rowVecs },
-      { i64: x.shape[0]! },
-    ]);
+    this.b.dev.run(
+      RDEP,
+      'rdep_dispatch',
+      { grid: [this.#moveBlocks], block: 256 },
+      {
+        x,
+        dest: r.dest,
+        dest_rank: r.destRank,
+        offsets: r.planOffsets,
+        first,
+        peers: this.#peerTable,
+        recv_off: pool.offset(area),
+        row_vecs: this.#rowVecs,
+        rows: x.shape[0]!,
+      },
+    );
     this.#barrier();
     return pool.view(this.base, area, [r.rows, this.o.dim], x.dtype, () => this.#epoch);
   }
@@ -258,15 +263,20 @@ export class CudaIpcExchange implements ExpertExchange {
       pool = this.layout.ret;
     const area = this.#take(pool);
     const received = asCuda(r.offsets).ptr + BigInt(4 * this.#local); // offsets[El]: the rows that arrived here
-    this.#k('rdep_return', this.#moveBlocks, 256, [
-      { ptr: y.ptr },
-      { ptr: asCuda(r.origin).ptr },
-      { ptr: asCuda(r.originRank).ptr },
-      { ptr: received },
-      this.#peersArg,
-      { i64: pool.offset(area) },
-      { i32: this.#rowVecs },
-    ]);
+    this.b.dev.run(
+      RDEP,
+      'rdep_return',
+      { grid: [this.#moveBlocks], block: 256 },
+      {
+        y,
+        origin: r.origin,
+        origin_rank: r.originRank,
+        received,
+        peers: this.#peerTable,
+        ret_off: pool.offset(area),
+        row_vecs: this.#rowVecs,
+      },
+    );
     this.#barrier();
     return pool.view(this.base, area, [r.sent, this.o.dim], y.dtype, () => this.#epoch);
   }

@@ -4,8 +4,9 @@
  * per 8192 elements, tensor index << 40 | first element). Pure functions of pointers and sizes, so they are
  * tested on the CPU (test/adam-table.test.ts); the backend caches them (the chunk list by sizes alone).
  */
+import { KERNEL_CONSTANTS } from './kernel-constants.ts';
 
-export const ADAM_CHUNK = 8192;
+export const ADAM_CHUNK = KERNEL_CONSTANTS.ADAM_CHUNK;
 
 /** One parameter's row of the tensor table: value, fp32 master (or 0), gradient, first and second moments. */
 export interface AdamTensorRow {

@@ -1,8 +1,9 @@
 /**
  * The CUDA runtime nmoe needs, directly on the driver: one device, its primary context and one stream, the
- * caching allocator, pinned staging for copies, kernels compiled by NVRTC (loaded once per file), and a launcher
- * that writes arguments into one preallocated block and hands cuLaunchKernel a preallocated array of pointers into
- * it (no per-launch allocation).
+ * caching allocator, pinned staging for copies, kernels compiled by NVRTC (a file's declared kernels loaded once,
+ * each on-demand instance once), and a launcher that takes a launch's named arguments by its kernel table, writes
+ * them into one preallocated block and hands cuLaunchKernel a preallocated array of pointers into it (no per-launch
+ * allocation).
  */
 import koffi from 'koffi';
 import { UserError } from '../../util/errors.ts';
@@ -17,9 +18,16 @@ import {
 } from './driver.ts';
 import { GemmRunner } from './cublaslt.ts';
 import { ARG_ALIGN, type KernelArg, packKernelArgs } from './kernel-args.ts';
+import { type KernelArgs, type KernelFile, type KernelSpec, kernelArgs, moduleFor } from './kernel-table.ts';
 import { compileKernels } from './nvrtc.ts';
 
-export type { KernelArg } from './kernel-args.ts';
+/** Where a launch runs: template arguments (for a templated kernel), grid, threads per block, dynamic shared memory. */
+export interface LaunchShape {
+  template?: string;
+  grid: [number, number?, number?];
+  block: number;
+  smem?: number;
+}
 
 const ARG_BYTES = 4096;
 /** Kernel parameters per launch, at most (cuLaunchKernel's pointer array). */
@@ -87,10 +95,7 @@ export class CudaDevice {
   /** The event waitForQueued() records and waits on, made on first use. */
   #marker: bigint | null = null;
 
-  constructor(
-    ordinal: number,
-    readonly kernelNames: Record<string, readonly string[]>,
-  ) {
+  constructor(ordinal: number) {
     const count = deviceCount();
     if (ordinal >= count)
       throw new UserError(
@@ -109,27 +114,50 @@ export class CudaDevice {
     this.gemm = new GemmRunner(workspace, GEMM_WORKSPACE_BYTES, this.stream);
   }
 
-  /** The function for a kernel name expression (e.g. "rmsnorm_fwd<bf16>") of a kernel file. */
-  kernel(file: string, name: string): bigint {
-    const key = `${file}:${name}`;
-    const cached = this.#functions.get(key);
+  /**
+   * The function for kernel `name` of a table with template arguments `template`. A file's plain kernels and
+   * declared instances compile together on the first launch from it; an on-demand instance compiles alone when a
+   * launch first names it. Both are cached on disk (nvrtc.ts).
+   */
+  kernel(table: KernelFile, name: string, template: string | null): bigint {
+    const { expression, key, names } = moduleFor(table, name, template);
+    const cached = this.#functions.get(`${table.file}:${expression}`);
     if (cached !== undefined) return cached;
-    let mod = this.#modules.get(file);
+    let mod = this.#modules.get(key);
     if (!mod) {
-      const names = this.kernelNames[file];
-      if (!names?.includes(name)) throw new Error(`kernel ${name} is not declared for ${file}`);
-      const compiled = compileKernels(file, names, this.info.arch);
+      const compiled = compileKernels(table.file, names, this.info.arch);
       mod = { module: outU64('cuModuleLoadData', cu.moduleLoadData, compiled.cubin), symbols: compiled.symbols };
-      this.#modules.set(file, mod);
+      this.#modules.set(key, mod);
     }
-    const symbol = mod.symbols[name];
-    if (!symbol) throw new Error(`kernel ${name} is not declared for ${file}`);
+    const symbol = mod.symbols[expression];
+    if (!symbol) throw new Error(`kernel ${expression} is not declared for ${table.file}`);
     const fn = outU64('cuModuleGetFunction', cu.moduleGetFunction, mod.module, symbol);
-    this.#functions.set(key, fn);
+    this.#functions.set(`${table.file}:${expression}`, fn);
     return fn;
   }
 
-  launch(fn: bigint, grid: [number, number?, number?], block: number, args: readonly KernelArg[], smem = 0): void {
+  /** Launches kernel `name` of `table` with `args`, named as its table declares them, on the stream. */
+  run<K extends Record<string, KernelSpec>, N extends keyof K & string>(
+    table: KernelFile<K>,
+    name: N,
+    shape: LaunchShape,
+    args: KernelArgs<K[N]>,
+  ): void {
+    const fn = this.kernel(table, name, shape.template ?? null);
+    const packed = kernelArgs(name, table.kernels[name]!, args);
+    const smem = shape.smem ?? 0;
+    try {
+      this.#launch(fn, shape.grid, shape.block, packed, smem);
+    } catch (e) {
+      const what = shape.template === undefined ? name : `${name}<${shape.template}>`;
+      throw new Error(
+        `launching ${what} (${table.file}) with grid [${shape.grid.join(', ')}], ${shape.block} threads, ${smem} B of dynamic shared memory: ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
+  }
+
+  #launch(fn: bigint, grid: [number, number?, number?], block: number, args: readonly KernelArg[], smem: number): void {
     if (args.length > MAX_ARGS) throw new Error(`a kernel launch with ${args.length} arguments (at most ${MAX_ARGS})`);
     const offsets = packKernelArgs(this.#argView, args);
     for (let i = 0; i < offsets.length; i++) this.#argPointerView[i] = this.#args + BigInt(offsets[i]!);

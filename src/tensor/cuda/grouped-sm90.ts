@@ -4,21 +4,20 @@
  * Persistent grids of at most one CTA per SM; the kernels take their work from the device-built tile list (forward,
  * input gradient) or the segment offsets (weight gradient), so nothing here depends on the routing.
  */
-import type { KernelArg } from './device.ts';
-import { TENSOR_MAP_ALIGN, encodeTensorMap } from './tensor-map.ts';
+import { KERNEL_CONSTANTS } from './kernel-constants.ts';
+import type { KernelArgs } from './kernel-table.ts';
+import type { GROUPED_SM90 } from './kernels/grouped_sm90.ts';
+import { encodeTensorMap } from './tensor-map.ts';
 
-export const SM90_FILE = 'grouped_sm90.cu';
-export const SM90_THREADS = 384;
-const SMEM_LIMIT = 232448;
-const BK = 64;
+const { SM90_SMEM_LIMIT: SMEM_LIMIT, SM90_BK: BK } = KERNEL_CONSTANTS;
 /** Rows per entry of the device-built tile list that the forward kernels take (moe.cu `moe_offsets`). */
-export const SM90_ROW_TILE = 128;
+const ROW_TILE = KERNEL_CONSTANTS.GROUPED_TM;
 
 export type FwdTileN = 128 | 256;
 export type WgradTile = '128x256' | '256x128';
 
 /** Debugging aid for tools/gemm-check.ts: the kernels swap the two strides of their M/N-major operand descriptors. */
-export const FLAG_SWAP_MN_STRIDES = 1;
+export const FLAG_SWAP_MN_STRIDES = KERNEL_CONSTANTS.SM90_FLAG_SWAP_MN_STRIDES;
 
 function stages(stageBytes: number, cBytes: number): number {
   return Math.min(8, Math.floor((SMEM_LIMIT - 1024 - cBytes - 256) / stageBytes));
@@ -62,16 +61,16 @@ export function chooseWgradTile(din: number, dout: number): WgradTile {
   return padded([256, 128]) < padded([128, 256]) ? '256x128' : '128x256';
 }
 
-export interface Sm90Launch {
-  name: string;
+type Sm90Kernels = (typeof GROUPED_SM90)['kernels'];
+
+/** A launch of one of grouped_sm90.cu's kernels (SM90_THREADS threads a block). */
+export interface Sm90Launch<N extends keyof Sm90Kernels> {
+  kernel: N;
+  template: string;
   grid: number;
   smem: number;
-  args: KernelArg[];
+  args: KernelArgs<Sm90Kernels[N]>;
 }
-
-const map = (bytes: Uint8Array): KernelArg => ({ bytes, align: TENSOR_MAP_ALIGN });
-const ptr = (p: bigint): KernelArg => ({ ptr: p });
-const i32 = (v: number): KernelArg => ({ i32: v });
 
 /** One product of a forward call: x [rows, din] bf16 and W [E, din, dout] (transB false) or [E, dout, din]. */
 export interface Product {
@@ -103,7 +102,7 @@ export interface FwdCall {
 }
 
 /** y[seg_e] = x[seg_e] @ W[e] (or W[e]^T), with a second product or the SwiGLU: grouped_gemm_sm90<bn, transB, swiglu>. */
-export function fwdLaunch(c: FwdCall): Sm90Launch {
+export function fwdLaunch(c: FwdCall): Sm90Launch<'grouped_gemm_sm90'> {
   const swiglu = c.swiglu !== undefined;
   if (swiglu && (c.transB || c.second)) throw new Error('grouped SwiGLU: N-major weights and one product only');
   const bn: FwdTileN = swiglu ? 128 : c.bn;
@@ -112,7 +111,7 @@ export function fwdLaunch(c: FwdCall): Sm90Launch {
       address: p.x,
       dims: [p.din, c.rows],
       strides: [p.din * 2],
-      box: [BK, SM90_ROW_TILE],
+      box: [BK, ROW_TILE],
     });
   // W as [E][rows][cols]: a box never reaches into the next expert's matrix (k or n past the edge reads zeros).
   const wMap = (w: bigint, din: number) =>
@@ -136,26 +135,27 @@ export function fwdLaunch(c: FwdCall): Sm90Launch {
   const mw2 = c.second ? wMap(c.second.w, c.second.din) : swiglu ? wMap(c.swiglu!.w3, c.first.din) : mw;
   const colTiles = Math.ceil(c.dout / bn);
   return {
-    name: `grouped_gemm_sm90<${bn}, ${c.transB ? 1 : 0}, ${swiglu ? 1 : 0}>`,
+    kernel: 'grouped_gemm_sm90',
+    template: `${bn}, ${c.transB ? 1 : 0}, ${swiglu ? 1 : 0}`,
     grid: Math.max(1, Math.min(c.multiprocessors, c.maxTiles * colTiles)),
     smem: swiglu ? fwdSmem(256) : fwdSmem(bn),
-    args: [
-      map(mx),
-      map(mw),
-      map(mx2),
-      map(mw2),
-      ptr(c.y),
-      ptr(c.swiglu?.h3 ?? 0n),
-      ptr(c.swiglu?.a ?? 0n),
-      ptr(c.offsets),
-      ptr(c.tiles),
-      ptr(c.numTiles),
-      i32(c.first.din),
-      i32(c.second?.din ?? 0),
-      i32(c.dout),
-      i32(c.flags),
-      ptr(c.watchdog),
-    ],
+    args: {
+      map_x: mx,
+      map_w: mw,
+      map_x2: mx2,
+      map_w2: mw2,
+      y: c.y,
+      y2: c.swiglu?.h3 ?? 0n,
+      y3: c.swiglu?.a ?? 0n,
+      offsets: c.offsets,
+      tiles: c.tiles,
+      num_tiles: c.numTiles,
+      din: c.first.din,
+      din2: c.second?.din ?? 0,
+      dout: c.dout,
+      flags: c.flags,
+      wd: c.watchdog,
+    },
   };
 }
 
@@ -178,7 +178,7 @@ export interface WgradCall {
 }
 
 /** dw[e] += x[seg_e]^T @ dy[seg_e] (or = it): grouped_wgrad_sm90<bm, bn>. */
-export function wgradLaunch(c: WgradCall): Sm90Launch {
+export function wgradLaunch(c: WgradCall): Sm90Launch<'grouped_wgrad_sm90'> {
   const [bm, bn] = tileDims(c.tile);
   const mx = encodeTensorMap('grouped weight grad x', {
     address: c.x,
@@ -200,21 +200,22 @@ export function wgradLaunch(c: WgradCall): Sm90Launch {
   });
   const items = c.experts * Math.ceil(c.din / bm) * Math.ceil(c.dout / bn);
   return {
-    name: `grouped_wgrad_sm90<${bm}, ${bn}>`,
+    kernel: 'grouped_wgrad_sm90',
+    template: `${bm}, ${bn}`,
     grid: Math.max(1, Math.min(c.multiprocessors, items)),
     smem: wgradSmem(c.tile),
-    args: [
-      map(mx),
-      map(mdy),
-      map(mdw),
-      ptr(c.offsets),
-      i32(c.experts),
-      i32(c.din),
-      i32(c.dout),
-      i32(c.accumulate ? 1 : 0),
-      i32(c.flags),
-      ptr(c.watchdog),
-    ],
+    args: {
+      map_x: mx,
+      map_dy: mdy,
+      map_dw: mdw,
+      offsets: c.offsets,
+      experts: c.experts,
+      din: c.din,
+      dout: c.dout,
+      accumulate: c.accumulate ? 1 : 0,
+      flags: c.flags,
+      wd: c.watchdog,
+    },
   };
 }
 

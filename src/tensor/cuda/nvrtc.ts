@@ -1,7 +1,8 @@
 /**
  * NVRTC: compiles the package's .cu kernel files for the device's architecture at run time and caches the cubin
- * on disk, keyed by the source (with its headers), the options, the architecture and the NVRTC version. Template
- * kernels are instantiated through name expressions, so callers name `rmsnorm<bf16>` and get the mangled symbol.
+ * on disk, keyed by the source (with its headers), the options (the kernel constants' -D definitions among them), the
+ * architecture and the NVRTC version. Template kernels are instantiated through name expressions, so callers name
+ * `rmsnorm<bf16>` and get the mangled symbol; the .cu files hold no explicit instantiations.
  * A compile error is a CompileError carrying the kernel file and the compiler log.
  */
 import { createHash } from 'node:crypto';
@@ -10,6 +11,7 @@ import { existsSync, readFileSync, readdirSync, renameSync, writeFileSync } from
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { KERNEL_DEFINES } from './kernel-constants.ts';
 import { LIBRARIES, loadLibrary } from './libraries.ts';
 import { makeDirs } from '../../util/dirs.ts';
 
@@ -105,9 +107,10 @@ function cacheDir(): string {
 /** Compiles `file` for `arch` (e.g. "sm_90a"), instantiating `names`; reuses the disk cache when it matches. */
 export function compileKernels(file: string, names: readonly string[], arch: string): CompiledModule {
   const { source, headerText } = sourceWithHeaders(file);
-  const options = [`--gpu-architecture=${arch}`, '-std=c++17', '-lineinfo', `--include-path=${KERNEL_DIR}`];
+  const keyed = [`--gpu-architecture=${arch}`, '-std=c++17', '-lineinfo', ...KERNEL_DEFINES];
+  const options = [...keyed, `--include-path=${KERNEL_DIR}`];
   const key = createHash('sha256')
-    .update([nvrtcVersion(), arch, options.slice(0, 3).join(' '), names.join(','), source, headerText].join('\0'))
+    .update([nvrtcVersion(), arch, keyed.join(' '), names.join(','), source, headerText].join('\0'))
     .digest('hex')
     .slice(0, 32);
   const base = join(cacheDir(), `${file.replace(/\.cu$/, '')}-${arch}-${key}`);

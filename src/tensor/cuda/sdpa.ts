@@ -40,6 +40,7 @@ import {
   forwardGraph,
   staticLimits,
 } from './sdpa-graph.ts';
+import { ATTENTION } from './kernels/attention.ts';
 import { asCuda } from './tensor.ts';
 
 export { type SdpaShape, staticLimits } from './sdpa-graph.ts';
@@ -177,7 +178,7 @@ export class CudnnAttention {
     const dqAccum = this.deterministic ? null : this.#alloc(rows * s.dQK * 4);
     const ws = this.#alloc(plan.workspaceBytes);
     try {
-      this.#lse('attention_lse_to_bhs', asCuda(lse).ptr, stats.ptr, s);
+      this.#lse('attention_lse_to_bhs', stats.ptr, asCuda(lse).ptr, s);
       // cuDNN >= 9.6 initialises the accumulator itself (cudnn-frontend stopped clearing it); clearing it anyway
       // costs a memset and keeps a stale block from ever leaking into dQ.
       if (dqAccum) check('cuMemsetD8Async', cu.memsetD8Async(dqAccum.ptr, 0, rows * s.dQK * 4, this.#dev.stream));
@@ -268,15 +269,15 @@ export class CudnnAttention {
     execute(this.#handle, plan, uids, ptrs, workspace);
   }
 
-  #lse(kernel: 'attention_lse_from_bhs' | 'attention_lse_to_bhs', src: bigint, dst: bigint, s: SdpaShape): void {
+  /** lse [B*S, H] from cuDNN's stats [B, H, S] (from_bhs), or the other way (to_bhs). */
+  #lse(kernel: 'attention_lse_from_bhs' | 'attention_lse_to_bhs', stats: bigint, lse: bigint, s: SdpaShape): void {
     const n = s.batch * s.seqLen * s.heads;
-    this.#dev.launch(this.#dev.kernel('attention.cu', kernel), [Math.min(Math.ceil(n / 256), 4096)], 256, [
-      { ptr: src },
-      { ptr: dst },
-      { i32: s.seqLen },
-      { i32: s.heads },
-      { i64: n },
-    ]);
+    this.#dev.run(
+      ATTENTION,
+      kernel,
+      { grid: [Math.min(Math.ceil(n / 256), 4096)], block: 256 },
+      { stats, lse, seq: s.seqLen, heads: s.heads, n },
+    );
   }
 
   #alloc(bytes: number): { ptr: bigint; size: number } {

@@ -6,10 +6,11 @@
  */
 import koffi from 'koffi';
 import { check, cu } from './driver.ts';
+import { STRUCTS } from './kernel-table.ts';
 
-export const TENSOR_MAP_BYTES = 128;
+export const TENSOR_MAP_BYTES = STRUCTS.TmaMap.bytes;
 /** Kernels declare TmaMap with this alignment; the launcher places such parameters at multiples of it. */
-export const TENSOR_MAP_ALIGN = 128;
+export const TENSOR_MAP_ALIGN = STRUCTS.TmaMap.align;
 
 const DATA_TYPE_BFLOAT16 = 9;
 const INTERLEAVE_NONE = 0;

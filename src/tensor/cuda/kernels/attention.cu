@@ -62,7 +62,10 @@ __global__ void softmax_rows(const T* x, float* out, int cols) {
   for (int c = threadIdx.x; c < cols; c += blockDim.x) out[base + c] = __expf(to_f32(x[base + c]) - row_max) * inv;
 }
 
-#define MAX_PER_LANE 8  // head dims up to 32 * 8 = 256
+#ifndef ATTENTION_MAX_PER_LANE
+#error "attention.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
+#endif
+#define MAX_PER_LANE ATTENTION_MAX_PER_LANE  // head dims up to 32 lanes x MAX_PER_LANE
 
 // One warp per (row, head). Lanes hold q and the output accumulator in registers, strided by 32.
 template <typename T>
@@ -218,15 +221,3 @@ __global__ void attention_lse_to_bhs(const float* lse, float* stats, int seq, in
     stats[(b * heads + h) * seq + s] = lse[i];
   }
 }
-
-#define INSTANTIATE(T)                                                                                                   \
-  template __global__ void rope_inplace<T>(T*, const float*, const float*, int, int, int, int, int, int, int, int, int); \
-  template __global__ void mla_assemble<T>(const T*, const T*, T*, T*, int, int, int, int);                             \
-  template __global__ void mla_assemble_bwd<T>(const T*, const T*, T*, T*, int, int, int, int);                         \
-  template __global__ void softmax_rows<T>(const T*, float*, int);                                                     \
-  template __global__ void attention_fwd<T>(const T*, const T*, const T*, T*, float*, int, int, int, int, int, float);   \
-  template __global__ void attention_delta<T>(const T*, const T*, float*, long, int);                                   \
-  template __global__ void attention_bwd_dq<T>(const T*, const T*, const T*, const T*, const float*, const float*, T*, int, int, int, int, int, float); \
-  template __global__ void attention_bwd_dkdv<T>(const T*, const T*, const T*, const T*, const float*, const float*, T*, T*, int, int, int, int, int, float);
-INSTANTIATE(float)
-INSTANTIATE(bf16)

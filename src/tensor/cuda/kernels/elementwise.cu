@@ -143,20 +143,3 @@ template <typename T>
 __global__ void fill_value(T* out, long n, float value) {
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = from_f32<T>(value);
 }
-
-#define INSTANTIATE(T)                                                                                          \
-  template __global__ void embedding_fwd<T>(const int*, const T*, T*, int, int, int, float, int*);             \
-  template __global__ void embedding_bwd<T>(const int*, const int*, const T*, T*, int, int, int, float);       \
-  template __global__ void rmsnorm_fwd<T>(const T*, const T*, T*, float*, int, float);                         \
-  template __global__ void rmsnorm_bwd<T>(const T*, const T*, const T*, const float*, T*, float*, int, int, int); \
-  template __global__ void sum_partials<T>(const float*, int, long, T*, int);                                  \
-  template __global__ void swiglu_fwd<T>(const T*, const T*, T*, long);                                        \
-  template __global__ void swiglu_bwd<T>(const T*, const T*, const T*, T*, T*, long);                          \
-  template __global__ void add<T>(const T*, const T*, T*, long);                                               \
-  template __global__ void copy_cols<T>(const T*, int, int, T*, int, int, int, int);                           \
-  template __global__ void fill_normal<T>(T*, long, float, unsigned, unsigned, long, float);                   \
-  template __global__ void fill_value<T>(T*, long, float);
-INSTANTIATE(float)
-INSTANTIATE(bf16)
-template __global__ void convert<float, bf16>(const float*, bf16*, long);
-template __global__ void convert<bf16, float>(const bf16*, float*, long);

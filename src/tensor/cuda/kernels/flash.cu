@@ -7,11 +7,15 @@
 // probabilities from the saved log-sum-exp: dq by query blocks, dk/dv by key blocks (no float atomics).
 #include "common.cuh"
 
-#define BQ 64  // query rows per CTA (4 warps x 16) in the forward and dq passes
-#define BK 64  // keys per block in the forward and dq passes; keys per CTA in the dk/dv pass
-#define BQ2 32 // query rows per step in the dk/dv pass (keeps its accumulators in registers)
-#define BKD 32 // keys per block in the dq pass: with 64 its shared memory (Q, dO, 2 stages of K and V: 129 KB at head
-               // dims 192/128) left room for one CTA, 4 warps, per SM
+#if !defined(FLASH_BQ) || !defined(FLASH_BK) || !defined(FLASH_BQ2) || !defined(FLASH_BKD) || !defined(FLASH_PAD) || \
+    !defined(FLASH_THREADS)
+#error "flash.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
+#endif
+constexpr int BQ = FLASH_BQ;    // query rows per CTA (4 warps x 16) in the forward and dq passes
+constexpr int BK = FLASH_BK;    // keys per block in the forward pass; keys per CTA in the dk/dv pass
+constexpr int BQ2 = FLASH_BQ2;  // query rows per step in the dk/dv pass (keeps its accumulators in registers)
+constexpr int BKD = FLASH_BKD;  // keys per block in the dq pass: with 64 its shared memory (Q, dO, 2 stages of K and V:
+                                // 129 KB at head dims 192/128) left room for one CTA, 4 warps, per SM
 
 // cp.async of `rows` token rows (from row0; rows past rows_valid and columns past width are zero) of head columns
 // [col, col + width) into a [rows][ld] tile of cols (padded) columns. Chunks of 8 elements.
@@ -109,9 +113,9 @@ __device__ __forceinline__ bf16* next_stage(bf16* stages, int stage_elems, int i
 
 // grid (ceil(seq / BQ), batch * heads), 128 threads, dynamic smem (BQ * LDK + 2 * BK * (LDK + LDV)) * 2 bytes.
 template <int DQK, int DV>
-__global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int seq,
+__global__ void __launch_bounds__(FLASH_THREADS) flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int seq,
                                                  int heads, int dqk, int dv, float scale) {
-  constexpr int LDK = DQK + 8, LDV = DV + 8, STAGE = BK * (LDK + LDV);
+  constexpr int LDK = DQK + FLASH_PAD, LDV = DV + FLASH_PAD, STAGE = BK * (LDK + LDV);
   extern __shared__ __align__(16) bf16 smem[];
   bf16* Qs = smem;
   bf16* stages = Qs + BQ * LDK;  // stage s: K [BK][LDK], then V [BK][LDV]
@@ -186,9 +190,9 @@ __global__ void __launch_bounds__(128) flash_fwd(const bf16* q, const bf16* k, c
 // dq for 64 query rows per CTA: dq = scale * sum over keys of P (dP - delta) k, with dP = dO v^T.
 // smem: Qs [BQ][LDK], dOs [BQ][LDV], then 2 stages of K [BKD][LDK], V [BKD][LDV].
 template <int DQK, int DV>
-__global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
+__global__ void __launch_bounds__(FLASH_THREADS) flash_bwd_dq(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
                                                     const float* delta, bf16* dq, int seq, int heads, int dqk, int dv, float scale) {
-  constexpr int LDK = DQK + 8, LDV = DV + 8, STAGE = BKD * (LDK + LDV);
+  constexpr int LDK = DQK + FLASH_PAD, LDV = DV + FLASH_PAD, STAGE = BKD * (LDK + LDV);
   extern __shared__ __align__(16) bf16 smem[];
   bf16* Qs = smem;
   bf16* dOs = Qs + BQ * LDK;
@@ -257,10 +261,10 @@ __global__ void __launch_bounds__(128) flash_bwd_dq(const bf16* dout, const bf16
 // S^T = K Q^T, P^T = exp(S^T scale - lse), dV += P^T dO, dP^T = V dO^T, dK += scale * P^T (dP^T - delta) Q.
 // smem: Ks [BK][LDK], Vs [BK][LDV], then 2 stages of Q [BQ2][LDK], dO [BQ2][LDV]; lse and delta of the step.
 template <int DQK, int DV>
-__global__ void __launch_bounds__(128) flash_bwd_dkdv(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
+__global__ void __launch_bounds__(FLASH_THREADS) flash_bwd_dkdv(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
                                                       const float* delta, bf16* dk, bf16* dv_out, int seq, int heads, int dqk, int dv,
                                                       float scale) {
-  constexpr int LDK = DQK + 8, LDV = DV + 8, STAGE = BQ2 * (LDK + LDV);
+  constexpr int LDK = DQK + FLASH_PAD, LDV = DV + FLASH_PAD, STAGE = BQ2 * (LDK + LDV);
   extern __shared__ __align__(16) bf16 smem[];
   bf16* Ks = smem;
   bf16* Vs = Ks + BK * LDK;
@@ -327,12 +331,3 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv(const bf16* dout, const bf
     }
   }
 }
-
-#define INSTANTIATE(DQK, DV)                                                                                               \
-  template __global__ void flash_fwd<DQK, DV>(const bf16*, const bf16*, const bf16*, bf16*, float*, int, int, int, int, float); \
-  template __global__ void flash_bwd_dq<DQK, DV>(const bf16*, const bf16*, const bf16*, const bf16*, const float*, const float*, bf16*, int, int, int, int, float); \
-  template __global__ void flash_bwd_dkdv<DQK, DV>(const bf16*, const bf16*, const bf16*, const bf16*, const float*, const float*, bf16*, bf16*, int, int, int, int, float);
-INSTANTIATE(32, 16)
-INSTANTIATE(64, 64)
-INSTANTIATE(128, 128)
-INSTANTIATE(192, 128)

@@ -5,24 +5,25 @@
 // through the device-built tile list (see moe.cu), so the host never waits for the routing.
 #include "common.cuh"
 
-#define TM 128
-#define TN 128
-#define TK 32
-#define STAGES 3
+#if !defined(GROUPED_TM) || !defined(GROUPED_TN) || !defined(GROUPED_TK) || !defined(GROUPED_STAGES) || !defined(GROUPED_PAD) || \
+    !defined(GROUPED_THREADS)
+#error "grouped.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
+#endif
+constexpr int TM = GROUPED_TM, TN = GROUPED_TN, TK = GROUPED_TK, STAGES = GROUPED_STAGES;
 
 // Operand layouts in global and shared memory: K_INNER = [rows][k] (k contiguous), K_OUTER = [k][rows].
 enum Layout { K_INNER = 0, K_OUTER = 1 };
 
 // Shared tile of one stage: 128 x 32 (K_INNER, padded rows of 40) or 32 x 128 (K_OUTER, padded rows of 136).
 template <int L> struct Tile {
-  static constexpr int LD = L == K_INNER ? TK + 8 : TM + 8;
+  static constexpr int LD = L == K_INNER ? TK + GROUPED_PAD : TM + GROUPED_PAD;
   static constexpr int ELEMS = L == K_INNER ? TM * LD : TK * LD;
   // Copies the 128-row x 32-k slice at (row0, k0) of a matrix with `ld` elements per stored row. Rows valid in
   // [row0, row_end), k valid in [k0, k_end). 512 chunks of 8 elements, two per thread.
   static __device__ __forceinline__ void load(bf16* s, const bf16* g, long ld, int row0, int row_end, int k0, int k_end) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const int c = threadIdx.x + 256 * i;
+      const int c = threadIdx.x + GROUPED_THREADS * i;
       if (L == K_INNER) {
         const int r = c / 4, k = 8 * (c % 4);
         const bool live = row0 + r < row_end && k0 + k < k_end;
@@ -134,7 +135,7 @@ __device__ __forceinline__ void store_acc(const float acc[4][4][4], bf16* out, l
 // an A and a B tile (K_INNER tiles 128 x 40, K_OUTER 32 x 136 elements); the host computes the same sum.
 // The column tiles of one row tile are neighbours in launch order, so they run together and read its rows of x
 // from L2: with the row tiles innermost, x (hundreds of MB) came from DRAM once per column tile.
-__global__ void __launch_bounds__(256) grouped_gemm_tc(const bf16* x, const bf16* w, bf16* y, const int* offsets, const int* tiles,
+__global__ void __launch_bounds__(GROUPED_THREADS) grouped_gemm_tc(const bf16* x, const bf16* w, bf16* y, const int* offsets, const int* tiles,
                                                        const int* num_tiles, int din, int dout, int trans_b) {
   if ((int)blockIdx.y >= *num_tiles) return;
   extern __shared__ __align__(16) bf16 smem[];
@@ -150,7 +151,7 @@ __global__ void __launch_bounds__(256) grouped_gemm_tc(const bf16* x, const bf16
 // dw[e] += x[seg_e]^T @ dy[seg_e] (dw [E, din, dout]), or with accumulate = 0 dw[e] = the product (zeros for an
 // empty segment); grid (din / TM, dout / TN, E), 256 threads; din and dout multiples of 8. The segment's rows are
 // the K dimension, summed in order: deterministic.
-__global__ void __launch_bounds__(256) grouped_wgrad_tc(const bf16* x, const bf16* dy, const int* offsets, bf16* dw, int din, int dout, int accumulate) {
+__global__ void __launch_bounds__(GROUPED_THREADS) grouped_wgrad_tc(const bf16* x, const bf16* dy, const int* offsets, bf16* dw, int din, int dout, int accumulate) {
   extern __shared__ __align__(16) bf16 smem[];
   const int e = blockIdx.z, m0 = blockIdx.x * TM, c0 = blockIdx.y * TN;
   const int s0 = offsets[e], s1 = offsets[e + 1];

@@ -41,10 +41,13 @@ struct __align__(128) TmaMap {
   u64 opaque[16];
 };
 
-#define BK 64                      // k per stage: one 128-byte swizzle row of bf16
-#define SMEM_LIMIT 232448          // opt-in shared memory per block on H100 / H200 (227 KB)
+#if !defined(SM90_THREADS) || !defined(SM90_BK) || !defined(SM90_SMEM_LIMIT) || !defined(SM90_FLAG_SWAP_MN_STRIDES)
+#error "grouped_sm90.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
+#endif
+#define BK SM90_BK                  // k per stage: one 128-byte swizzle row of bf16
+#define SMEM_LIMIT SM90_SMEM_LIMIT  // opt-in shared memory per block on H100 / H200 (227 KB)
 #define WATCHDOG_NS 1000000000ull  // 1 s: no legitimate wait comes near this
-#define FLAG_SWAP_MN_STRIDES 1     // debugging aid (tools/gemm-check.ts): swap LBO and SBO of M/N-major operands
+#define FLAG_SWAP_MN_STRIDES SM90_FLAG_SWAP_MN_STRIDES  // debugging aid (tools/gemm-check.ts): swap LBO and SBO of M/N-major operands
 
 // Shared-memory plan, mirrored by the host (src/tensor/cuda/grouped-sm90.ts): 1 KB of alignment slack, the stages,
 // the epilogue buffer, the mbarriers.
@@ -329,7 +332,7 @@ __device__ __forceinline__ float round_bf16(float v) { return to_f32(from_f32<bf
 // map_w2 is W3 (map_x2 unused). Grid: at most one CTA per SM (persistent), 384 threads,
 // FwdPlan<BN, SWIGLU>::SMEM bytes of dynamic shared memory.
 template <int BN, int B_KMAJOR, int SWIGLU>
-__global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_w,
+__global__ void __launch_bounds__(SM90_THREADS, 1) grouped_gemm_sm90(const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_w,
                                                             const __grid_constant__ TmaMap map_x2, const __grid_constant__ TmaMap map_w2,
                                                             bf16* y, bf16* y2, bf16* y3, const int* offsets, const int* tiles,
                                                             const int* num_tiles, int din, int din2, int dout, int flags, int* wd) {
@@ -464,7 +467,7 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_sm90(const __grid_constan
 // the product (never reading dw) and zero tiles for experts with no rows.
 // Grid: at most one CTA per SM (persistent), 384 threads, WgradPlan<BM, BN>::SMEM bytes of dynamic shared memory.
 template <int BM, int BN>
-__global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_dy,
+__global__ void __launch_bounds__(SM90_THREADS, 1) grouped_wgrad_sm90(const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_dy,
                                                              const __grid_constant__ TmaMap map_dw, const int* offsets, int experts, int din,
                                                              int dout, int accumulate, int flags, int* wd) {
   using P = WgradPlan<BM, BN>;
@@ -650,15 +653,3 @@ __global__ void __launch_bounds__(384, 1) grouped_wgrad_sm90(const __grid_consta
     if (store_pending) bulk_wait_all();
   }
 }
-
-#define TMA const __grid_constant__ TmaMap
-#define FWD(BN, KM, SW) \
-  template __global__ void grouped_gemm_sm90<BN, KM, SW>(TMA, TMA, TMA, TMA, bf16*, bf16*, bf16*, const int*, const int*, const int*, int, int, int, int, int*);
-#define WGRAD(BM, BN) template __global__ void grouped_wgrad_sm90<BM, BN>(TMA, TMA, TMA, const int*, int, int, int, int, int, int*);
-FWD(256, 0, 0)
-FWD(256, 1, 0)
-FWD(128, 0, 0)
-FWD(128, 1, 0)
-FWD(128, 0, 1)
-WGRAD(128, 256)
-WGRAD(256, 128)

@@ -71,6 +71,3 @@ __global__ void ce_bwd_rows(const float* logits, const int* targets, const float
     for (int v = threadIdx.x; v < vocab; v += blockDim.x) out[v] = from_f32<T>(ce_dlogit(row[v], l, v == t, counted, norm));
   }
 }
-
-template __global__ void ce_bwd_rows<float>(const float*, const int*, const float*, const float*, float*, int, int, float);
-template __global__ void ce_bwd_rows<bf16>(const float*, const int*, const float*, const float*, bf16*, int, int, float);

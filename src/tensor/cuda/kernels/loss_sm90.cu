@@ -5,8 +5,9 @@
 // shared memory. The row is read once. Reductions run in a fixed order (threads, then cluster ranks).
 #include "loss.cuh"
 
-#define CE_CLUSTER 8
-#define CE_THREADS 512
+#if !defined(CE_CLUSTER) || !defined(CE_THREADS)
+#error "loss_sm90.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
+#endif
 
 __device__ __forceinline__ unsigned cluster_rank() {
   unsigned r;
@@ -95,6 +96,3 @@ __global__ void __cluster_dims__(CE_CLUSTER, 1, 1) __launch_bounds__(CE_THREADS)
   }
   cluster_sync();  // no block leaves while a peer may still read its `stat`
 }
-
-template __global__ void ce_rows_sm90<float>(const float*, const int*, const float*, float*, float*, float*, int, int, float, int*);
-template __global__ void ce_rows_sm90<bf16>(const float*, const int*, const float*, float*, float*, bf16*, int, int, float, int*);

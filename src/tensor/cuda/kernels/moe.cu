@@ -141,7 +141,10 @@ __global__ void moe_combine_bwd(const T* dout, const T* ye, const float* gates, 
   if (threadIdx.x == 0) dgates[slot] = dot;
 }
 
-#define TILE 64
+#if !defined(MOE_TILE)
+#error "moe.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
+#endif
+#define TILE MOE_TILE
 #define KT 16
 
 // y[rows of tile] = x[rows] @ w[e] (w [E, din, dout]) or @ w[e]^T (trans_b: w [E, dout, din]).
@@ -257,13 +260,3 @@ __global__ void router_bias_update(float* bias, const int* counts, int experts, 
   __syncthreads();
   for (int e = threadIdx.x; e < experts; e += blockDim.x) bias[e] = fminf(16.f, fmaxf(-16.f, bias[e] - rate * (sign[e] - mean_s)));
 }
-
-#define INSTANTIATE(T)                                                                                              \
-  template __global__ void moe_gather<T>(const T*, const int*, T*, long, int, int);                                  \
-  template __global__ void moe_gather_bwd<T>(const T*, const int*, T*, int, int);                                    \
-  template __global__ void moe_combine<T>(const T*, const float*, const int*, T*, int, int);                         \
-  template __global__ void moe_combine_bwd<T>(const T*, const T*, const float*, const int*, T*, float*, int, int);   \
-  template __global__ void grouped_gemm<T>(const T*, const T*, T*, const int*, const int*, const int*, int, int, int); \
-  template __global__ void grouped_wgrad<T>(const T*, const T*, const int*, T*, int, int, int);
-INSTANTIATE(float)
-INSTANTIATE(bf16)

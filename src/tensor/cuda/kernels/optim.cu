@@ -105,7 +105,9 @@ struct AdamGroups {
   float lr[4], beta1[4], beta2[4], eps[4], weight_decay[4], bc1[4], bc2_sqrt[4];
 };
 
-#define ADAM_CHUNK 8192  // elements per block; a multiple of 8 so every chunk starts 16-byte aligned
+#if !defined(ADAM_CHUNK)
+#error "optim.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
+#endif
 
 // The whole AdamW step in one launch: block b updates chunk b = (tensor, first element). With `master` the update
 // runs on the fp32 copy and the bf16 param takes its rounding; else the param is updated in place, rounded to
@@ -187,17 +189,3 @@ __global__ void muon_update(P* p, float* master, const D* delta, long n, float d
     p[i] = round_weight<P>(i, w, stochastic && !master, seed, step);
   }
 }
-
-template __global__ void sumsq_partial<float>(const float*, long, float*, int);
-template __global__ void sumsq_partial<bf16>(const bf16*, long, float*, int);
-#define ADAMW(P, S, SR) template __global__ void adamw_multi<P, S, SR>(const AdamTensor<P, S>*, const long*, AdamGroups, const float*, float, unsigned, unsigned);
-ADAMW(float, float, false)
-ADAMW(float, bf16, false)
-ADAMW(bf16, float, false)
-ADAMW(bf16, float, true)
-ADAMW(bf16, bf16, false)
-ADAMW(bf16, bf16, true)
-template __global__ void muon_momentum<float>(const float*, float*, float*, long, float, int, const float*, float);
-template __global__ void muon_momentum<bf16>(const bf16*, float*, float*, long, float, int, const float*, float);
-template __global__ void muon_update<float, float>(float*, float*, const float*, long, float, float, const float*, int, unsigned, unsigned);
-template __global__ void muon_update<bf16, bf16>(bf16*, float*, const bf16*, long, float, float, const float*, int, unsigned, unsigned);

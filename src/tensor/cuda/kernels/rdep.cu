@@ -13,8 +13,12 @@
 // barrier; placement comes from the exchanged counts alone (two-phase count/offset), never from arrival order.
 #include "common.cuh"
 
+#if !defined(RDEP_MAX_RANKS)
+#error "rdep.cu needs the -D constants of src/tensor/cuda/kernel-constants.ts (nvrtc.ts passes them)"
+#endif
+
 struct Peers {
-  char* base[8];
+  char* base[RDEP_MAX_RANKS];
 };
 
 // Phase one, sender side: my per-expert row counts and segment starts, into each expert owner's buffer.

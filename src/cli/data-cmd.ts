@@ -18,6 +18,7 @@ import { parseTokenCount } from '../data/text.ts';
 import { UserError } from '../util/errors.ts';
 import { type FilterFlags, addFilterOptions, filtersFrom } from './filter-flags.ts';
 import { wholeFlag } from './flags.ts';
+import { type HydraPrepFlags, addHydraPrepOptions, hydraGateFrom, registerHydraCommand } from './hydra-cmd.ts';
 import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
 
 function count(min: number) {
@@ -105,19 +106,20 @@ function registerPrep(data: Command): void {
     .option('--num-workers <n>', 'machines sharing the prep (each takes every n-th file)', count(1), d.numWorkers)
     .option('--checkpoint-every <n>', 'input records between resume checkpoints', count(1), d.checkpointEvery)
     .option('--force', 'start over, deleting a finished or interrupted prep in the output folder', false);
-  addFilterOptions(prep)
+  addHydraPrepOptions(addFilterOptions(prep))
     .addHelpText(
       'after',
       '\nExamples:\n  nmoe data prep --source jsonl --paths raw/*.jsonl.zst -o /data/web --name web\n' +
         '  nmoe data prep --source hf --dataset HuggingFaceFW/fineweb-edu --subset sample-10BT -o /data/fw --name fw --max-tokens-total 1B\n' +
         '  nmoe data prep --source text --paths books/ -o data/books --name books --tokenizer bytes --num-shards 1',
     )
-    .action(async (opts: Omit<PrepOptions, 'filters'> & FilterFlags & { maxTokensTotal?: number }) => {
+    .action(async (opts: Omit<PrepOptions, 'filters'> & FilterFlags & HydraPrepFlags & { maxTokensTotal?: number }) => {
       const o: PrepOptions = {
         ...PREP_DEFAULTS,
         ...opts,
         maxTokensTotal: opts.maxTokensTotal ?? null,
         filters: filtersFrom(opts),
+        gate: await hydraGateFrom(opts),
       };
       const progress = new Progress();
       const interrupt = onInterrupt(
@@ -146,6 +148,7 @@ export function registerDataCommand(program: Command): void {
     .command('data')
     .description("Prepare, check and inspect token shards (the reference's data CLI).");
   registerPrep(data);
+  registerHydraCommand(data);
 
   data
     .command('verify')

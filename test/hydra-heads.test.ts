@@ -90,7 +90,7 @@ describe('judge and probe backward', () => {
     }
   });
 
-  it('the probe: d q / d w = q (1 - q) mean(h), d q / d b = q (1 - q)', () => {
+  it('the probe: d q / d w = q (1 - q) mean(h), d q / d b = q (1 - q) (given d q / d z = q (1 - q))', () => {
     const p = probeParams(4);
     p.value('gate.weight').set([0.5, -1, 0.25, 2]);
     p.value('gate.bias')[0] = 0.1;
@@ -98,8 +98,8 @@ describe('judge and probe backward', () => {
     const z = 0.5 - 0.5 - 0.5 + 0.5 + 0.1;
     const q = probeForward(p, pooled);
     expect(q).toBeCloseTo(1 / (1 + Math.exp(-z)), 7);
-    probeBackward(p, pooled, q, 1);
     const s = q * (1 - q);
+    probeBackward(p, pooled, s);
     expect(Array.from(p.grad('gate.weight'))).toEqual(Array.from(pooled, (x) => Math.fround(s * x)));
     expect(p.grad('gate.bias')[0]).toBeCloseTo(s, 7);
   });

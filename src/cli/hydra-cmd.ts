@@ -59,7 +59,8 @@ function registerTrainHeads(hydra: Command): void {
     .option('--judge-ff <n>', "the judge's feed-forward width (default 4 d)", wholeOption('--judge-ff', 1))
     .option('--steps <n>', 'AdamW steps', wholeOption('--steps', 1), 500)
     .option('--batch-size <n>', 'documents per step (and per backbone forward)', wholeOption('--batch-size', 1), 16)
-    .option('--lr <x>', 'AdamW learning rate', numberOption('--lr', 0, 1, 1e-3), 1e-3)
+    .option('--lr <x>', "the judge's AdamW learning rate", numberOption('--lr', 0, 1, 1e-3), 1e-3)
+    .option('--probe-lr <x>', "the probe's AdamW learning rate", numberOption('--probe-lr', 0, 10, 1e-3), 1e-3)
     .option('--seed <n>', 'seed of the judge init and the shuffling', wholeOption('--seed', 0), 0)
     .action(
       async (
@@ -74,6 +75,7 @@ function registerTrainHeads(hydra: Command): void {
           steps: number;
           batchSize: number;
           lr: number;
+          probeLr: number;
           seed: number;
         },
       ) => {
@@ -108,6 +110,7 @@ function registerTrainHeads(hydra: Command): void {
               steps: o.steps,
               batchSize: o.batchSize,
               lr: o.lr,
+              probeLr: o.probeLr,
               seed: o.seed,
             },
             (p) => {

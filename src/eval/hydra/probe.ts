@@ -35,9 +35,11 @@ export function probeForward(p: HeadParams, pooled: Float32Array): number {
   return sigmoid(z);
 }
 
-/** Adds the gradient of loss L for dL/dq = `dq` at the q = probeForward(p, pooled) of that input. */
-export function probeBackward(p: HeadParams, pooled: Float32Array, q: number, dq: number): void {
-  const dz = dq * q * (1 - q);
+/**
+ * Adds the gradient of a loss L given dL/dz, z the gate's logit (q = sigmoid(z)): for binary cross-entropy against
+ * a target t, dz = q - t, which stays finite where q saturates.
+ */
+export function probeBackward(p: HeadParams, pooled: Float32Array, dz: number): void {
   const gw = p.grad('gate.weight');
   for (let i = 0; i < pooled.length; i++) if (Number.isFinite(pooled[i]!)) gw[i]! += dz * pooled[i]!;
   p.grad('gate.bias')[0]! += dz;

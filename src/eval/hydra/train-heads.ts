@@ -3,8 +3,8 @@
  * rubric scores 0-4 as numbers named by dimension) on a frozen backbone. The backbone's hidden states at both
  * layers are computed once per document and kept on the host, then both heads train with AdamW on shuffled
  * minibatches: the judge on the Huber loss (delta 1, the reference's) between its five raw scores and the labels,
- * the probe on the squared error between its q and the labels' aggregate mean(s / 4) (with the reference's
- * distillation target, the judge's aggregate, unavailable without an oracle, the labels stand in for it).
+ * the probe on the binary cross-entropy between its q and the labels' aggregate mean(s / 4), a soft target in
+ * [0, 1] (the reference distils the judge's aggregate into the probe; here the labels stand in for the judge).
  */
 import { decodeUtf8, readLines } from '../../data/sources/lines.ts';
 import { UserError } from '../../util/errors.ts';
@@ -16,6 +16,12 @@ import { huber } from './host-ops.ts';
 import { type JudgeShape, RUBRIC_DIMS, judgeBackward, judgeForward, judgeParams } from './judge.ts';
 import { meanPool, probeBackward, probeForward, probeParams } from './probe.ts';
 import { DEFAULT_CALIBRATION, RUBRIC, RUBRIC_MAX, aggregate } from './rule.ts';
+
+/** -(t log q + (1 - t) log(1 - q)), with q kept off 0 and 1 so a saturated probe gives a finite loss. */
+function binaryCrossEntropy(q: number, t: number): number {
+  const c = Math.min(1 - 1e-12, Math.max(1e-12, q));
+  return -(t * Math.log(c) + (1 - t) * Math.log(1 - c));
+}
 
 export interface LabelledDoc {
   text: string;
@@ -56,7 +62,13 @@ export interface TrainHeadsOptions {
   judge: Omit<JudgeShape, 'hidden'>;
   steps: number;
   batchSize: number;
+  /** The judge's AdamW learning rate. */
   lr: number;
+  /**
+   * The probe's: its own, because the probe reads the raw residual stream, whose scale is the backbone's (the
+   * judge normalises its input), so the rate that suits it varies from one backbone to the next.
+   */
+  probeLr: number;
   seed: number;
 }
 
@@ -124,9 +136,8 @@ export async function trainHeads(
     judgeLayer: o.judgeLayer,
     judgeShape,
   };
-  const settings = { ...ADAMW_DEFAULTS, lr: o.lr };
-  const probeOpt = new HostAdamW(heads.probe, settings),
-    judgeOpt = new HostAdamW(heads.judge, settings);
+  const probeOpt = new HostAdamW(heads.probe, { ...ADAMW_DEFAULTS, lr: o.probeLr }),
+    judgeOpt = new HostAdamW(heads.judge, { ...ADAMW_DEFAULTS, lr: o.lr });
   let order: number[] = [],
     epoch = 0,
     last: TrainProgress = { step: 0, probeLoss: NaN, judgeLoss: NaN };
@@ -144,8 +155,8 @@ export async function trainHeads(
     for (const i of picked) {
       const f = data[i]!;
       const q = probeForward(heads.probe, f.pooled);
-      probeLoss += (q - f.target) ** 2 / n;
-      probeBackward(heads.probe, f.pooled, q, (2 * (q - f.target)) / n);
+      probeLoss += binaryCrossEntropy(q, f.target) / n;
+      probeBackward(heads.probe, f.pooled, (q - f.target) / n);
       const { scores, saved } = judgeForward(heads.judge, judgeShape, f.judgeStates);
       const d = new Float32Array(RUBRIC_DIMS);
       for (let k = 0; k < RUBRIC_DIMS; k++) {

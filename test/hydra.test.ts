@@ -92,6 +92,17 @@ beforeAll(async () => {
 }, 120_000);
 
 describe('backbone hidden states', () => {
+  it("an HF export of the checkpoint gives the checkpoint's states", async () => {
+    const hf = join(root, 'hf');
+    expect((await nmoe(['ckpt', 'export', '--format', 'hf', ckpt, hf])).code).toBe(0);
+    const exported = await Backbone.open(hf, 'cpu', 64, () => {});
+    const doc = backbone.tokenize('exported the same');
+    const [ours, theirs] = [backbone.batch([doc]), exported.batch([doc])];
+    expect(await theirs.statesAt(2)).toEqual(await ours.statesAt(2));
+    for (const b of [ours, theirs]) b.free();
+    exported.free();
+  });
+
   it('stop at a layer and resume from it as one run; right-padding changes no document', async () => {
     const [a, b] = [backbone.tokenize('a short one'), backbone.tokenize('a somewhat longer document')];
     const together = backbone.batch([a, b]);

@@ -404,6 +404,13 @@ describe('prep --hydra-filter', () => {
     expect((m.source_info.prep_params as { gate: { heads_sha256: string } }).gate.heads_sha256).toMatch(
       /^[0-9a-f]{64}$/,
     );
+    // The written shards graded again: every document is one prep kept, named by the reference's doc id.
+    const again = join(root, 'shard-grades.jsonl');
+    const g = ['data', 'hydra', 'grade', '--checkpoint', ckpt, '--heads-dir', trainedDir, '--out', again];
+    expect((await nmoe([...g, '--input-shards', out, '--device', 'cpu', '--max-ctx', '64'])).code).toBe(0);
+    const regraded = sidecar(again);
+    expect(regraded.map((r) => r.decision)).toEqual(kept.map(() => 'keep'));
+    expect(regraded[0]!.id).toBe(`h//${m.shards[0]!.path}#s=0:e=${kept[0]!.length + 1}`);
     const stray = await nmoe([
       'data',
       'prep',

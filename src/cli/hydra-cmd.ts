@@ -221,6 +221,8 @@ function registerGrade(hydra: Command): void {
           'interrupted: finishing the batch in flight (the next run resumes after it)',
         );
         const t0 = performance.now();
+        const rate = (n: number) => `${formatCount(n / Math.max((performance.now() - t0) / 1000, 1e-9))} docs/s`;
+        let lastLine = t0;
         try {
           const inputs =
             o.inputShards !== undefined
@@ -228,15 +230,17 @@ function registerGrade(hydra: Command): void {
               : jsonlInputs(o.inputJsonl!, grader.backbone);
           const r = await gradeToSidecar(grader, inputs, o.out, {
             signal: interrupt.signal,
-            progress: (p) =>
-              progress.line(
-                `graded ${formatCount(p.graded)} (${formatCount(p.graded / ((performance.now() - t0) / 1000))} docs/s)`,
-              ),
+            progress: (p) => {
+              const now = performance.now();
+              if (now - lastLine < 15_000) return;
+              progress.line(`graded ${formatCount(p.graded)} documents, ${rate(p.graded)}`);
+              lastLine = now;
+            },
           });
           progress.finish();
           const d = r.decisions;
           progress.line(
-            `graded ${r.graded} documents${r.resumed ? ` (${r.resumed} already in ${o.out})` : ''}: keep ${d.keep}, band ${d.band}, drop ${d.drop}${r.interrupted ? ' (interrupted)' : ''} -> ${o.out}`,
+            `graded ${r.graded} documents${r.resumed ? ` (${r.resumed} already in ${o.out})` : ''} at ${rate(r.graded)}: keep ${d.keep}, band ${d.band}, drop ${d.drop}${r.interrupted ? ' (interrupted)' : ''} -> ${o.out}`,
           );
         } finally {
           progress.finish();

@@ -103,7 +103,7 @@ describe('backbone hidden states', () => {
     exported.free();
   });
 
-  it('stop at a layer and resume from it as one run; right-padding changes no document', async () => {
+  it('stop at a layer and resume from it as one run, also for a subset; right-padding changes no document', async () => {
     const [a, b] = [backbone.tokenize('a short one'), backbone.tokenize('a somewhat longer document')];
     const together = backbone.batch([a, b]);
     const at1 = await together.statesAt(1);
@@ -118,6 +118,20 @@ describe('backbone hidden states', () => {
     expect(at1[0]!.length).toBe(a.length * 32);
     for (let i = 0; i < aloneAt1.length; i++) expect(at1[0]![i]).toBeCloseTo(aloneAt1[i]!, 5);
     expect(at1[0]).not.toEqual(at3[0]);
+    // Early exit's path: some documents carried on alone from the host copy of their states.
+    const c = backbone.tokenize('a third, the longest document of them all');
+    const three = backbone.batch([a, c, b]);
+    const early = await three.statesAt(1);
+    const part = three.subset([0, 2], early);
+    const [a3, b3] = await part.statesAt(3);
+    for (const [got, want] of [
+      [a3!, at3[0]!],
+      [b3!, at3[1]!],
+    ] as const) {
+      expect(got.length).toBe(want.length);
+      for (let i = 0; i < got.length; i++) expect(got[i]).toBeCloseTo(want[i]!, 5);
+    }
+    for (const x of [three, part]) x.free();
     expect(() => backbone.checkLayer(LAYERS + 1, '--judge-layer')).toThrow(
       /--judge-layer 4 is out of range: .* layers 1 to 3/,
     );
@@ -147,12 +161,14 @@ describe('train-heads', () => {
     saveHeads(trainedDir, heads);
     trained = loadHeads(trainedDir, backbone);
     const grader = new Grader(backbone, trained, DEFAULT_CALIBRATION, { batchSize: 4, earlyExit: true });
-    const fresh = [...docs(GOOD, 4, 3), ...docs(BAD, 4, 4)];
+    const [good, bad] = [docs(GOOD, 4, 3), docs(BAD, 4, 4)];
+    const fresh = good.flatMap((g, i) => [g, bad[i]!]); // mixed batches: the judge runs on a subset of each
     const grades = await grader.gradeTexts(
       fresh.map((_, i) => `d${i}`),
       fresh,
     );
-    expect(grades.map((g) => g.decision)).toEqual([...new Array(4).fill('keep'), ...new Array(4).fill('drop')]);
+    expect(grades.map((g) => g.decision)).toEqual(fresh.map((_, i) => (i % 2 === 0 ? 'keep' : 'drop')));
+    expect(grades.filter((g) => g.scores === null)).toHaveLength(4); // the probe dropped the digits early
   }, 120_000);
 
   it('the command writes the heads dir and reports the final loss; a layer out of range is a one-line error', async () => {

@@ -3,8 +3,9 @@
  * exports), on the backend it runs on. A batch of documents is right-padded to its longest one and run through
  * the model's own blocks (Decoder.residual/resume) up to a layer and no further; attention is causal, so the
  * padding changes no real position's states, and each document's rows come back to the host unpadded. A batch
- * advances layer by layer on demand, which is how the grader exits early: the judge layer's blocks run only when
- * the probe passes some document of the batch.
+ * advances layer by layer on demand, and `subset` carries some of its documents on alone from the host copy of
+ * their states: that is how the grader exits early, running the judge layer's blocks only for the documents the
+ * probe passes.
  */
 import type { Config } from '../../config/schema.ts';
 import { normalizeText } from '../../data/text.ts';
@@ -83,6 +84,26 @@ export class BackboneBatch {
     readonly docs: readonly Int32Array[],
   ) {
     this.seqLen = Math.max(...docs.map((d) => d.length));
+  }
+
+  /**
+   * A batch of documents `keep` (indices into this batch) at this batch's current layer, rebuilt from `states`,
+   * what statesAt returned for that layer: the residual stream goes back to the device (right-padded with zeros,
+   * which no real position attends to) in its own dtype, so bf16 states return unchanged.
+   */
+  subset(keep: readonly number[], states: readonly Float32Array[]): BackboneBatch {
+    if (this.#x === null) throw new Error('BackboneBatch.subset before statesAt');
+    const { hidden, opened } = this.backbone;
+    const part = new BackboneBatch(
+      this.backbone,
+      keep.map((i) => this.docs[i]!),
+    );
+    const S = part.seqLen;
+    const x = new Float32Array(keep.length * S * hidden);
+    keep.forEach((i, k) => x.set(states[i]!, k * S * hidden));
+    part.#x = opened.backend.upload(x, [keep.length * S, hidden], this.#x.dtype);
+    part.#layer = this.#layer;
+    return part;
   }
 
   /** Each document's hidden states [len, H] after block `layer` (1-based), which must not be below the last one. */

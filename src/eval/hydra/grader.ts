@@ -72,16 +72,24 @@ export class Grader {
     try {
       const atProbe = await batch.statesAt(heads.probeLayer);
       const probes = atProbe.map((h) => probeForward(heads.probe, meanPool(h, backbone.hidden)));
-      const judged = probes.map((q) => !this.o.earlyExit || q >= c.tau_drop);
-      const atJudge = !judged.some(Boolean)
-        ? null
-        : heads.judgeLayer === heads.probeLayer
-          ? atProbe
-          : await batch.statesAt(heads.judgeLayer);
+      const judged = docs.flatMap((_, i) => (!this.o.earlyExit || probes[i]! >= c.tau_drop ? [i] : []));
+      const atJudge = new Map<number, Float32Array>();
+      if (heads.judgeLayer === heads.probeLayer) for (const i of judged) atJudge.set(i, atProbe[i]!);
+      else if (judged.length === docs.length)
+        (await batch.statesAt(heads.judgeLayer)).forEach((h, i) => atJudge.set(i, h));
+      else if (judged.length > 0) {
+        const part = batch.subset(judged, atProbe);
+        try {
+          (await part.statesAt(heads.judgeLayer)).forEach((h, k) => atJudge.set(judged[k]!, h));
+        } finally {
+          part.free();
+        }
+      }
       return ids.map((id, i) => {
         const probe = probes[i]!;
-        if (!judged[i]) return { id, probe, scores: null, aggregated: null, decision: 'drop' as const };
-        const raw = judgeForward(heads.judge, heads.judgeShape, atJudge![i]!).scores;
+        const h = atJudge.get(i);
+        if (!h) return { id, probe, scores: null, aggregated: null, decision: 'drop' as const };
+        const raw = judgeForward(heads.judge, heads.judgeShape, h).scores;
         const clamped = clampScores(raw);
         const aggregated = aggregate(clamped, c.weights);
         return {

@@ -10,9 +10,11 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { E2M1_VALUES, dequantizeMxfp4, mxfp4Shape } from '../src/checkpoint/mxfp4.ts';
 import type { HeadParams } from '../src/eval/hydra/head-params.ts';
+import { DeviceLinears } from '../src/eval/hydra/judge-device.ts';
 import { type JudgeShape, judgeBackward, judgeForward, judgeParams } from '../src/eval/hydra/judge.ts';
 import { probeBackward, probeForward, probeParams } from '../src/eval/hydra/probe.ts';
 import { DEFAULT_CALIBRATION, aggregate, decide, fitCalibration, readCalibration } from '../src/eval/hydra/rule.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { UserError } from '../src/util/errors.ts';
 import { philoxNormal } from '../src/util/philox.ts';
 import { TORCH_PYTHON, haveTorch, requireTorch } from './helpers/torch.ts';
@@ -68,21 +70,21 @@ function randn(n: number, seed: number, std = 1): Float32Array {
 }
 
 describe('judge and probe backward', () => {
-  it('match central differences of a weighted sum of the judge scores, for every parameter', () => {
+  it('match central differences of a weighted sum of the judge scores, for every parameter', async () => {
     const p = randomJudge(3);
     const h = randn(SEQ * SHAPE.hidden, 4, 2);
     const c = Float32Array.of(0.7, -1.3, 0.4, 1.1, -0.6);
-    const loss = () => judgeForward(p, SHAPE, h).scores.reduce((s, v, k) => s + v * c[k]!, 0);
+    const loss = async () => (await judgeForward(p, SHAPE, h)).scores.reduce((s, v, k) => s + v * c[k]!, 0);
     p.zeroGrad();
-    judgeBackward(p, SHAPE, judgeForward(p, SHAPE, h).saved, c);
+    judgeBackward(p, SHAPE, (await judgeForward(p, SHAPE, h)).saved, c);
     const eps = 1e-2;
     for (const [name, t] of p.tensors) {
       for (const j of [0, Math.floor(t.value.length / 2), t.value.length - 1]) {
         const keep = t.value[j]!;
         t.value[j] = keep + eps;
-        const up = loss();
+        const up = await loss();
         t.value[j] = keep - eps;
-        const down = loss();
+        const down = await loss();
         t.value[j] = keep;
         const numeric = (up - down) / (2 * eps);
         expect(Math.abs(t.grad[j]! - numeric), `${name}[${j}]`).toBeLessThan(2e-3 + 2e-2 * Math.abs(numeric));
@@ -105,12 +107,24 @@ describe('judge and probe backward', () => {
   });
 });
 
+describe('judge on a backend', () => {
+  it("the grader's wide linears on the backbone's backend (the CPU's here) give the host's scores", async () => {
+    const p = randomJudge(5);
+    const h = randn(SEQ * SHAPE.hidden, 6, 2);
+    const host = (await judgeForward(p, SHAPE, h)).scores;
+    const device = new DeviceLinears(new CpuBackend(), p, SHAPE, 'f32');
+    const onDevice = (await judgeForward(p, SHAPE, h, device)).scores;
+    device.free();
+    for (let k = 0; k < 5; k++) expect(onDevice[k]).toBeCloseTo(host[k]!, 5);
+  });
+});
+
 describe.runIf(haveTorch)('judge parity with torch', () => {
-  it('the forward equals LayerNorm -> Linear -> [q_token; .] -> nn.TransformerEncoderLayer -> rubric_head, row 0', () => {
+  it('the forward equals LayerNorm -> Linear -> [q_token; .] -> nn.TransformerEncoderLayer -> rubric_head, row 0', async () => {
     const p = randomJudge(7);
     const h = randn(SEQ * SHAPE.hidden, 8, 3);
     h[3] = NaN; // nan_to_num makes it 0
-    const ours = Array.from(judgeForward(p, SHAPE, h).scores);
+    const ours = Array.from((await judgeForward(p, SHAPE, h)).scores);
     const input = {
       shape: SHAPE,
       h: Array.from(h, (v) => (Number.isNaN(v) ? null : v)),

@@ -245,7 +245,7 @@ function registerGrade(hydra: Command): void {
         } finally {
           progress.finish();
           interrupt.dispose();
-          grader.backbone.free();
+          grader.free();
         }
       },
     );

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import type { DocumentGate } from '../../data/prep/options.ts';
 import { Backbone } from './backbone.ts';
 import { readHeadFile } from './head-params.ts';
+import { DeviceLinears } from './judge-device.ts';
 import { type Heads, loadHeads } from './heads.ts';
 import { judgeForward } from './judge.ts';
 import { meanPool, probeForward } from './probe.ts';
@@ -43,12 +44,24 @@ export interface GraderOptions {
 }
 
 export class Grader {
+  /** The judge's wide linears, on the backbone's backend. */
+  readonly #linears: DeviceLinears;
+
   constructor(
     readonly backbone: Backbone,
     readonly heads: Heads,
     readonly calibration: Calibration,
     readonly o: GraderOptions,
-  ) {}
+  ) {
+    const { backend, model } = backbone.opened;
+    this.#linears = new DeviceLinears(backend, heads.judge, heads.judgeShape, model.params.dtype);
+  }
+
+  /** Frees the backbone and the judge's device weights. */
+  free(): void {
+    this.#linears.free();
+    this.backbone.free();
+  }
 
   /** Grades documents given as token ids (each 1..maxCtx long), in order. */
   async gradeTokens(ids: readonly string[], docs: readonly Int32Array[]): Promise<Grade[]> {
@@ -85,21 +98,26 @@ export class Grader {
           part.free();
         }
       }
-      return ids.map((id, i) => {
+      const grades: Grade[] = [];
+      for (const [i, id] of ids.entries()) {
         const probe = probes[i]!;
         const h = atJudge.get(i);
-        if (!h) return { id, probe, scores: null, aggregated: null, decision: 'drop' as const };
-        const raw = judgeForward(heads.judge, heads.judgeShape, h).scores;
+        if (!h) {
+          grades.push({ id, probe, scores: null, aggregated: null, decision: 'drop' });
+          continue;
+        }
+        const raw = (await judgeForward(heads.judge, heads.judgeShape, h, this.#linears)).scores;
         const clamped = clampScores(raw);
         const aggregated = aggregate(clamped, c.weights);
-        return {
+        grades.push({
           id,
           probe,
           scores: Object.fromEntries(RUBRIC.map((d, k) => [d, clamped[k]!])) as Record<RubricDim, number>,
           aggregated,
           decision: probe < c.tau_drop ? 'drop' : decide(aggregated, c),
-        };
-      });
+        });
+      }
+      return grades;
     } finally {
       batch.free();
     }

@@ -12,6 +12,9 @@
  * computes the attention's queries, the feed-forward and both norms for row 0 alone: the same numbers as the full
  * layer's row 0, at O(S d) instead of O(S^2 d). Keys and values come from every row. The feed-forward width is
  * `ff` (default 4 d: 2048 at the reference's d = 512, torch's default dim_feedforward). Training skips dropout.
+ *
+ * What remains costs O(S H d) in two wide linears, the projector and the keys and values; they are a JudgeLinears,
+ * on the host for training and on the backbone's backend for grading (judge-device.ts).
  */
 import { HeadParams } from './head-params.ts';
 import { type NormSaved, layerNorm, layerNormBackward, linear, linearBackward, nanToNum } from './host-ops.ts';
@@ -76,27 +79,47 @@ export interface JudgeSaved {
 
 const slice = (a: Float32Array, from: number, count: number) => a.subarray(from, from + count);
 
+/** The judge's two wide linears, with their biases: u [rows, H] -> [rows, d], and z0 [rows, d] -> keys, values. */
+export interface JudgeLinears {
+  project(u: Float32Array, rows: number): Promise<Float32Array>;
+  keysValues(z0: Float32Array, rows: number): Promise<{ k: Float32Array; v: Float32Array }>;
+}
+
+/** The linears on the host, in fp32: what training differentiates. */
+export function hostLinears(p: HeadParams, s: JudgeShape): JudgeLinears {
+  const { hidden, d } = s;
+  const wIn = p.value('encoder.self_attn.in_proj_weight'),
+    bIn = p.value('encoder.self_attn.in_proj_bias');
+  return {
+    project: async (u, rows) => linear(u, rows, p.value('projector.weight'), p.value('projector.bias'), hidden),
+    keysValues: async (z0, rows) => ({
+      k: linear(z0, rows, slice(wIn, d * d, d * d), slice(bIn, d, d), d),
+      v: linear(z0, rows, slice(wIn, 2 * d * d, d * d), slice(bIn, 2 * d, d), d),
+    }),
+  };
+}
+
 /** The five raw (unclamped) rubric scores of one document's hidden states h [S, H], and what backward needs. */
-export function judgeForward(
+export async function judgeForward(
   p: HeadParams,
   s: JudgeShape,
   h: Float32Array,
-): { scores: Float32Array; saved: JudgeSaved } {
+  linears: JudgeLinears = hostLinears(p, s),
+): Promise<{ scores: Float32Array; saved: JudgeSaved }> {
   const { hidden, d, heads, ff } = s;
   const S = h.length / hidden,
     rows = S + 1,
     dh = d / heads;
   const inNorm = layerNorm(nanToNum(h), S, p.value('in_norm.weight'), p.value('in_norm.bias'), NORM_EPS);
   const u = inNorm.y;
-  const proj = linear(u, S, p.value('projector.weight'), p.value('projector.bias'), hidden);
+  const proj = await linears.project(u, S);
   const z0 = new Float32Array(rows * d);
   z0.set(p.value('q_token'));
   z0.set(proj, d);
   const wIn = p.value('encoder.self_attn.in_proj_weight'),
     bIn = p.value('encoder.self_attn.in_proj_bias');
   const q = linear(slice(z0, 0, d), 1, slice(wIn, 0, d * d), slice(bIn, 0, d), d);
-  const k = linear(z0, rows, slice(wIn, d * d, d * d), slice(bIn, d, d), d);
-  const v = linear(z0, rows, slice(wIn, 2 * d * d, d * d), slice(bIn, 2 * d, d), d);
+  const { k, v } = await linears.keysValues(z0, rows);
   const probs = new Float32Array(heads * rows),
     attn = new Float32Array(d);
   const scale = 1 / Math.sqrt(dh);

@@ -157,7 +157,7 @@ export async function trainHeads(
       const q = probeForward(heads.probe, f.pooled);
       probeLoss += binaryCrossEntropy(q, f.target) / n;
       probeBackward(heads.probe, f.pooled, (q - f.target) / n);
-      const { scores, saved } = judgeForward(heads.judge, judgeShape, f.judgeStates);
+      const { scores, saved } = await judgeForward(heads.judge, judgeShape, f.judgeStates);
       const d = new Float32Array(RUBRIC_DIMS);
       for (let k = 0; k < RUBRIC_DIMS; k++) {
         const h = huber(scores[k]!, f.scores[k]!);

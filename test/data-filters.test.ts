@@ -98,6 +98,7 @@ describe('prep with filters', () => {
       'repeated-ngrams': 1,
       symbols: 1,
       'exact-duplicate': 1,
+      hydra: 0,
     });
     expect([stats.paragraphsRemoved, stats.linesRemoved]).toEqual([1, 1]);
   });

@@ -17,5 +17,5 @@ describe('format', () => {
       .filter((l) => l.startsWith('[warn] ') && !l.includes('Code style issues'));
     expect(unformatted).toEqual([]);
     expect(r.status).toBe(0);
-  }, 60_000);
+  }, 180_000);
 });

@@ -18,8 +18,9 @@ import { UserError } from '../util/errors.ts';
 import { type FilterFlags, filtersFrom } from './filter-flags.ts';
 import { wholeFlag } from './flags.ts';
 import { registerFlowCommands } from './data-flow-cmd.ts';
+import { type HydraPrepFlags, addHydraPrepOptions, hydraGateFrom, registerHydraCommand } from './hydra-cmd.ts';
 import { addPrepSettings, count, prepProgress } from './prep-flags.ts';
-import { Progress, formatCount, onInterrupt } from './progress.ts';
+import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
 
 /** Option parsers for dedup's numbers: anything out of range is a one-line error that suggests the default. */
 function whole(flag: string, min: number, fallback: number) {
@@ -52,19 +53,20 @@ function registerPrep(data: Command): void {
     .requiredOption('-o, --output <dir>', 'output folder')
     .requiredOption('--name <name>', 'dataset name, used in shard file names')
     .option('--max-tokens-total <n>', 'stop after this many tokens, e.g. 100M, 1B, 1.5T', count(1));
-  addPrepSettings(prep)
+  addHydraPrepOptions(addPrepSettings(prep))
     .addHelpText(
       'after',
       '\nExamples:\n  nmoe data prep --source jsonl --paths raw/*.jsonl.zst -o /data/web --name web\n' +
         '  nmoe data prep --source hf --dataset HuggingFaceFW/fineweb-edu --subset sample-10BT -o /data/fw --name fw --max-tokens-total 1B\n' +
         '  nmoe data prep --source text --paths books/ -o data/books --name books --tokenizer bytes --num-shards 1',
     )
-    .action(async (opts: Omit<PrepOptions, 'filters'> & FilterFlags & { maxTokensTotal?: number }) => {
+    .action(async (opts: Omit<PrepOptions, 'filters'> & FilterFlags & HydraPrepFlags & { maxTokensTotal?: number }) => {
       const o: PrepOptions = {
         ...PREP_DEFAULTS,
         ...opts,
         maxTokensTotal: opts.maxTokensTotal ?? null,
         filters: filtersFrom(opts),
+        gate: await hydraGateFrom(opts),
       };
       const progress = new Progress();
       const interrupt = onInterrupt(
@@ -94,6 +96,7 @@ export function registerDataCommand(program: Command): void {
     .description("Prepare, check and inspect token shards (the reference's data CLI).");
   registerPrep(data);
   registerFlowCommands(data);
+  registerHydraCommand(data);
 
   data
     .command('verify')

@@ -4,6 +4,9 @@
  * evals (src/eval/) are built on it.
  *
  *   hidden(ids, batch, seqLen[, cache])   norm(x) for every position; with a cache (one sequence), a prefill
+ *   residual(ids, batch, seqLen, layers)   the residual stream after the first `layers` blocks (a frozen backbone's
+ *                                          hidden states; later blocks and the head are not run)
+ *   resume(x, batch, seqLen, from, to)     the same stream carried on from block `from` to block `to`
  *   step(id, cache)                        norm(x) [1, D] of one more token, attending to the cache
  *   logits(h)                              the [1, V] next-token logits of one row, on the host
  *   logLikelihood(rows, targets)           sum of log p(target_i | row_i), through the chunked cross-entropy
@@ -108,11 +111,43 @@ export class Decoder {
     };
   }
 
-  /** embedding -> blocks (attention by `attend`, then the dense MLP or MoE) -> final norm, freeing as it goes. */
+  /**
+   * x [batch * seqLen, D] after blocks [0, layers) of `batch` sequences of `seqLen` tokens (ids i32), each attending
+   * within itself, not normed: the hidden states a probe reads at layer `layers` (1-based: 1 is the first block's
+   * output). Nothing after block `layers` runs.
+   */
+  residual(ids: Tensor, batch: number, seqLen: number, layers: number): Tensor {
+    const { b, params: p } = this.model;
+    return this.resume(b.embedding(ids, p.get('embedding.weight'), EMBED_SCALE), batch, seqLen, 0, layers);
+  }
+
+  /** Runs blocks [from, to) on the residual stream x of `residual` (which it takes over and frees). */
+  resume(x: Tensor, batch: number, seqLen: number, from: number, to: number): Tensor {
+    const n = this.model.cfg.n_layers;
+    if (!(Number.isInteger(from) && Number.isInteger(to) && 0 <= from && from <= to && to <= n))
+      throw new Error(`Decoder.resume: blocks [${from}, ${to}) are not within the model's ${n}`);
+    const ctx = this.model.layerContext(batch, seqLen);
+    return this.#blocks(x, ctx, from, to, (_layer, prefix, h) => {
+      const { out, saved } = attentionForward(ctx, prefix, h);
+      releaseAttentionSaved(saved);
+      return out;
+    });
+  }
+
+  /** embedding -> blocks -> final norm, freeing as it goes. */
   #run(ids: Tensor, ctx: LayerContext, attend: Attend): Tensor {
     const { b, cfg, params: p } = this.model;
-    let x = b.embedding(ids, p.get('embedding.weight'), EMBED_SCALE);
-    for (let i = 0; i < cfg.n_layers; i++) {
+    const x = this.#blocks(b.embedding(ids, p.get('embedding.weight'), EMBED_SCALE), ctx, 0, cfg.n_layers, attend);
+    const { y, rstd } = b.rmsnorm(x, p.get('norm.weight'), cfg.rms_norm_eps);
+    x.free();
+    rstd.free();
+    return y;
+  }
+
+  /** Blocks [from, to) (attention by `attend`, then the dense MLP or MoE) on x, which is freed. */
+  #blocks(x: Tensor, ctx: LayerContext, from: number, to: number, attend: Attend): Tensor {
+    const { b, cfg, params: p } = this.model;
+    for (let i = from; i < to; i++) {
       const pre = `blocks.${i}`;
       const { y: attnIn, rstd: attnRstd } = b.rmsnorm(x, p.get(`${pre}.attn_norm.weight`), cfg.rms_norm_eps);
       const a = attend(i, `${pre}.attn`, attnIn);
@@ -134,9 +169,6 @@ export class Decoder {
       x = b.add(mid, f);
       for (const t of [mid, f, ffnIn, ffnRstd]) t.free();
     }
-    const { y, rstd } = b.rmsnorm(x, p.get('norm.weight'), cfg.rms_norm_eps);
-    x.free();
-    rstd.free();
-    return y;
+    return x;
   }
 }

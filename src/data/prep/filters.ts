@@ -135,8 +135,18 @@ export function dedupParagraphs(text: string): { text: string; removed: number }
 /** Why a filter dropped a document. */
 export type FilterVerdict = 'few-words' | 'many-words' | 'repeated-ngrams' | 'symbols';
 
-/** Every reason a filter drops a document, exact dedup's included: the keys of prep's `filtered` counts. */
-export const FILTER_REASONS = ['few-words', 'many-words', 'repeated-ngrams', 'symbols', 'exact-duplicate'] as const;
+/**
+ * Every reason a filter drops a document, exact dedup's and the document gate's (HYDRA, --hydra-filter) included:
+ * the keys of prep's `filtered` counts.
+ */
+export const FILTER_REASONS = [
+  'few-words',
+  'many-words',
+  'repeated-ngrams',
+  'symbols',
+  'exact-duplicate',
+  'hydra',
+] as const;
 export type FilterReason = (typeof FILTER_REASONS)[number];
 
 export interface FilteredDoc {

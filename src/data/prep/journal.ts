@@ -46,7 +46,7 @@ export function emptyStats(): PrepStats {
     tooShort: 0,
     hasEosByte: 0,
     truncated: 0,
-    filtered: { 'few-words': 0, 'many-words': 0, 'repeated-ngrams': 0, symbols: 0, 'exact-duplicate': 0 },
+    filtered: { 'few-words': 0, 'many-words': 0, 'repeated-ngrams': 0, symbols: 0, 'exact-duplicate': 0, hydra: 0 },
     linesRemoved: 0,
     paragraphsRemoved: 0,
     examples: {},

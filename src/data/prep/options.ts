@@ -30,6 +30,19 @@ export interface PrepOptions extends SourceOptions {
   force: boolean;
   /** Heuristic filters (all off by default). */
   filters: FilterSettings;
+  /** A model's keep-or-drop decision on each document (HYDRA's, --hydra-filter); none by default. */
+  gate?: DocumentGate;
+}
+
+/**
+ * A keep-or-drop decision on raw document texts made by a model, which a layer above data supplies (the HYDRA
+ * grader needs the model forward). It runs on the main thread beside the tokenizer threads; a document it drops is
+ * counted under `filtered.hydra` unless an earlier rule (empty, --min-tokens, a heuristic filter) dropped it.
+ */
+export interface DocumentGate {
+  /** What its decisions depend on, recorded with the prep's parameters, so a resume with another gate is refused. */
+  readonly params: Record<string, unknown>;
+  keep(ids: readonly string[], texts: readonly string[]): Promise<boolean[]>;
 }
 
 export const PREP_DEFAULTS = {
@@ -122,6 +135,7 @@ export function outputParams(o: PrepOptions, tok: TextTokenizer, inputs: unknown
     num_workers: o.numWorkers,
     // Only when a filter is on, so that preps made before the filters existed still match their manifests.
     ...(canonicalJson(o.filters) === canonicalJson(NO_FILTERS) ? {} : { filters: o.filters }),
+    ...(o.gate ? { gate: o.gate.params } : {}),
   };
 }
 

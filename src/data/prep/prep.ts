@@ -125,14 +125,15 @@ class PrepRun {
     return w;
   }
 
-  /** Writes document `i` of a batch, or counts why it is not written. */
-  #applyDoc(r: TokenizedBatch, i: number, tokens: Uint32Array): void {
+  /** Writes document `i` of a batch, or counts why it is not written (`kept`: the gate's decision). */
+  #applyDoc(r: TokenizedBatch, i: number, tokens: Uint32Array, kept: boolean): void {
     const s = this.stats,
       status = r.status[i]!;
     if (status === DocStatus.EMPTY) s.empty++;
     else if (status === DocStatus.SHORT) s.tooShort++;
     else if (status === DocStatus.HAS_EOS_BYTE) s.hasEosByte++;
     else if (STATUS_VERDICT.has(status)) s.filtered[STATUS_VERDICT.get(status)!]++;
+    else if (!kept) s.filtered.hydra++;
     else if (this.#seen?.seenBefore(r.keys.subarray(i * EXACT_KEY_BYTES, (i + 1) * EXACT_KEY_BYTES)))
       s.filtered['exact-duplicate']++;
     else {
@@ -146,8 +147,11 @@ class PrepRun {
     }
   }
 
-  /** Applies one tokenized batch in record order; stops at this worker's share of --max-tokens-total. */
-  async apply(records: Applied[], r: TokenizedBatch): Promise<void> {
+  /**
+   * Applies one tokenized batch in record order (`kept`: the gate's decision per document, null without a gate);
+   * stops at this worker's share of --max-tokens-total.
+   */
+  async apply(records: Applied[], r: TokenizedBatch, kept: boolean[] | null): Promise<void> {
     const s = this.stats;
     let doc = 0,
       offset = 0;
@@ -162,7 +166,7 @@ class PrepRun {
       } else {
         const i = doc++,
           length = r.lengths[i]!;
-        this.#applyDoc(r, i, r.tokens.subarray(offset, offset + length));
+        this.#applyDoc(r, i, r.tokens.subarray(offset, offset + length), kept?.[i] ?? true);
         offset += length;
       }
       if (++this.#sinceCheckpoint >= this.o.checkpointEvery) await this.checkpoint();
@@ -305,7 +309,7 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
   const tokHash = tokenizerHash(tok);
   const pool = await starting;
   const startupSeconds = (performance.now() - t0) / 1000;
-  const inflight: { records: Applied[]; result: Promise<TokenizedBatch> }[] = [];
+  const inflight: { records: Applied[]; result: Promise<TokenizedBatch>; kept: Promise<boolean[]> | null }[] = [];
   let batch: Applied[] = [],
     ids: string[] = [],
     texts: string[] = [],
@@ -319,7 +323,9 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
       totalBytes: source.totalBytes,
     });
   const dispatch = () => {
-    inflight.push({ records: batch, result: pool.run(ids, texts) });
+    const kept = o.gate?.keep(ids, texts) ?? null;
+    kept?.catch(() => {}); // its failure surfaces when the batch is applied, not as an unhandled rejection first
+    inflight.push({ records: batch, result: pool.run(ids, texts), kept });
     batch = [];
     ids = [];
     texts = [];
@@ -327,7 +333,7 @@ export async function runPrep(o: PrepOptions, hooks: PrepHooks = {}): Promise<Pr
   };
   const applyOldest = async () => {
     const head = inflight.shift()!;
-    await run.apply(head.records, await head.result);
+    await run.apply(head.records, await head.result, head.kept && (await head.kept));
     progress();
   };
   try {

@@ -57,6 +57,7 @@ export function prepReport(r: PrepResult, o: PrepOptions, seconds: number): stri
     'repeated-ngrams': `over --max-repeated-ngrams ${f.maxRepeatedNgrams} (word ${REPEAT_NGRAM}-grams)`,
     symbols: `over --max-symbol-ratio ${f.maxSymbolRatio}`,
     'exact-duplicate': 'exact duplicates of an earlier document',
+    hydra: 'not kept by the HYDRA grader (--hydra-filter)',
   };
   const filtered = FILTER_REASONS.filter((k) => s.filtered[k] > 0).map((k) => `${n(s.filtered[k])} ${why[k]}`);
   if (filtered.length > 0) lines.push(`filtered documents: ${filtered.join('; ')}`);

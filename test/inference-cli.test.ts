@@ -2,6 +2,8 @@
  * `nmoe generate` and `nmoe eval` end to end, as child processes, on a real 20-step run of the embedded default and
  * its Hugging Face export: streamed text, the timing line, the export loading back to the same greedy text, seeded
  * sampling, a prompts file, the eval lines and CORE on the fixture tasks, and one-line errors with exit code 2.
+ * Under `nmoe launch` on 2 CPU ranks (experts split), eval gives the one-process scores and generate the one-process
+ * text.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -159,4 +161,38 @@ describe('nmoe eval', () => {
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/^HumanEval: acc=(0\.000|0\.500|1\.000) centered=\d\.\d{3} n=2 /m);
   });
+});
+
+describe('on 2 CPU ranks (nmoe launch, experts split over them)', () => {
+  const launch = (args: string[]) => nmoe(['launch', '--nproc-per-node', '2', '--master-port', '0', '--', ...args]);
+  /** The score lines without their timings. */
+  const scores = (out: string) => out.replace(/ +\([^)]* s\)$/gm, '');
+
+  it('nmoe eval scores the fixture tasks as one process does (items dealt over the ranks, the rest dummy forwards)', () => {
+    // 15 items: the ranks get 8 and 7, so rank 1 runs dummy forwards in the last round; GSM8K's generations end at
+    // different lengths on the two ranks.
+    const args = ['eval', ckpt, '--tasks', 'MMLU,MMLU-Pro,ARC-Challenge,WinoGrande,GSM8K', '--data-dir', FIXTURES];
+    const flags = ['--max-examples', '15', '--device', 'cpu'];
+    const one = nmoe([...args, ...flags]);
+    expect(one.code, one.err).toBe(0);
+    const two = launch([...args, ...flags]);
+    expect(two.code, two.err).toBe(0);
+    expect(two.err).toMatch(/iter_0000020 \(step 20\) on CPU.*, 2 ranks \(experts split\)/);
+    expect(scores(one.out).match(/ n=15$/gm)).toHaveLength(5);
+    expect(scores(two.out)).toBe(scores(one.out)); // rank 0 alone prints
+  }, 120_000);
+
+  it('nmoe generate writes the tokens one process writes, greedy and sampled', () => {
+    const file = join(root, 'two-prompts.txt');
+    writeFileSync(file, 'Call me Ishmael.\nThe whale\n');
+    for (const sampling of [[], ['--temperature', '0.9', '--top-k', '40', '--seed', '3', '--no-stop-at-eos']]) {
+      const args = ['generate', ckpt, '--prompts-file', file, '--max-tokens', '30', '--device', 'cpu', ...sampling];
+      const one = nmoe(args);
+      expect(one.code, one.err).toBe(0);
+      const two = launch(args);
+      expect(two.code, two.err).toBe(0);
+      expect(two.out).toBe(one.out);
+      expect(two.err.match(/^prefill /gm)).toHaveLength(2);
+    }
+  }, 120_000);
 });

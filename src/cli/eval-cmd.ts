@@ -2,11 +2,12 @@
  * `nmoe eval <model> [--tasks core|A,B]`: scores a trained model on the registry's tasks (src/eval/), one line per
  * task (accuracy, centered accuracy against the task's random baseline, items scored) and CORE, the mean centered
  * accuracy. <model> is a checkpoint_dir, one iter_NNNNNNN step, or an `nmoe ckpt export --format hf` directory.
+ * Under `nmoe launch` the ranks split the experts and the items (src/eval/runner.ts); rank 0 prints.
  */
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import { FIELDS } from '../config/schema.ts';
-import { openModel } from '../eval/load-model.ts';
+import { modelLine, openModel } from '../eval/load-model.ts';
 import { formatScore, runEval } from '../eval/runner.ts';
 import { loadSuite } from '../eval/suite.ts';
 import { Decoder } from '../model/decoder.ts';
@@ -67,28 +68,29 @@ export function registerEvalCommand(program: Command): void {
     .action(async (path: string, o: EvalFlags) => {
       const tasks = await loadSuite(o.tasksFile, o.tasks, { dataDir: o.dataDir, allowCodeExec: o.allowCodeExec });
       const opened = await openModel(path, o.device, (m) => process.stderr.write(`${pc.yellow('warning:')} ${m}\n`));
-      process.stderr.write(
-        pc.dim(
-          `${opened.from} (step ${opened.step}) on ${opened.backend.name}${opened.note ? `; ${opened.note}` : ''}\n`,
-        ),
-      );
+      const { dist } = opened;
+      const print = (text: string) => (dist?.env.rank ?? 0) === 0 && process.stdout.write(text);
+      if ((dist?.env.rank ?? 0) === 0) process.stderr.write(pc.dim(`${modelLine(opened)}\n`));
       const dec = new Decoder(opened.model);
+      let ok = false;
       try {
         const report = await runEval(
           dec,
           opened.tokenizer,
           tasks,
           { maxExamples: o.maxExamples, maxSeconds: o.maxTime },
-          (s) => {
-            process.stdout.write(`${formatScore(s)}  ${pc.dim(`(${s.seconds.toFixed(1)} s)`)}\n`);
+          {
+            comm: dist?.comm ?? null,
+            onTask: (s) => print(`${formatScore(s)}  ${pc.dim(`(${s.seconds.toFixed(1)} s)`)}\n`),
           },
         );
-        process.stdout.write(
+        print(
           `CORE: ${report.core.toFixed(4)}  ${pc.dim(`(${report.tasks.filter((t) => t.n > 0).length} tasks, ${report.seconds.toFixed(1)} s)`)}\n`,
         );
+        ok = true;
       } finally {
         dec.free();
-        opened.model.free();
+        await opened.close(ok);
       }
     });
 }

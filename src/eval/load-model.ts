@@ -25,7 +25,7 @@ import type { Backend } from '../tensor/backend.ts';
 import type { ExpertExchange } from '../tensor/expert-exchange.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { UserError } from '../util/errors.ts';
-import { lockstepProblem } from './lockstep.ts';
+import { assertLockstep } from './lockstep.ts';
 
 export interface LoadedModel {
   model: Transformer;
@@ -62,8 +62,7 @@ export async function openModel(
   }
   const tokenizer = await loadTokenizer(files.config.tokenizer);
   const { backend, note } = await selectBackend(device, env.localRank);
-  const problem = lockstepProblem(backend, env.worldSize);
-  if (problem) throw new UserError(problem);
+  assertLockstep(backend, env.worldSize);
   const dist = await joinRun(env, backend, modelShape(cfg, env.worldSize));
   try {
     const model = await buildModel(files, backend, dist?.ep);

@@ -25,8 +25,7 @@ export class Lockstep {
   ) {
     this.rank = comm?.rank ?? 0;
     this.world = comm?.world ?? 1;
-    const problem = lockstepProblem(dec.model.b, this.world);
-    if (problem) throw new UserError(problem);
+    assertLockstep(dec.model.b, this.world);
   }
 
   /** Before each forward of this rank's own work. */
@@ -67,12 +66,18 @@ export class Lockstep {
   }
 }
 
-/** Why ranks on `b` cannot infer in lockstep, or null where they can. */
+/** Why `world` ranks on `b` cannot infer in lockstep, or null where they can. */
 export function lockstepProblem(b: Backend, world: number): string | null {
   if (world === 1 || b.device !== 'cuda') return null;
   // CudaIpcExchange sizes what a rank receives as world x its own rows, so ranks that route unequal rows overrun it.
-  return (
-    'eval and generate on several GPU ranks are not supported: the GPU expert exchange assumes that every rank routes as many rows as the others, ' +
-    'and ranks in lockstep inference route unequal rows. Fix: run them on one GPU, or on CPU ranks (--device cpu).'
-  );
+  return 'the GPU expert exchange assumes that every rank routes as many rows as the others, and ranks in lockstep inference route unequal rows';
+}
+
+/** Throws, with the fix, where `world` ranks on `b` cannot infer in lockstep. */
+export function assertLockstep(b: Backend, world: number): void {
+  const problem = lockstepProblem(b, world);
+  if (problem)
+    throw new UserError(
+      `eval and generate on several GPU ranks are not supported: ${problem}. Fix: run them on one GPU, or on CPU ranks (--device cpu).`,
+    );
 }

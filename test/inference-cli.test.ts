@@ -14,6 +14,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { train } from '../src/train/trainer.ts';
+import { freePort } from './helpers/ranks.ts';
 
 const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
 const FIXTURES = fileURLToPath(new URL('./fixtures/eval', import.meta.url));
@@ -21,11 +22,11 @@ const root = mkdtempSync(join(tmpdir(), 'nmoe-infer-'));
 const ckpt = join(root, 'ckpt'),
   hf = join(root, 'hf');
 
-function nmoe(args: string[]) {
+function nmoe(args: string[], env: Record<string, string> = {}) {
   const r = spawnSync(process.execPath, [BIN, ...args], {
     cwd: root,
     encoding: 'utf8',
-    env: { ...process.env, NO_COLOR: '1', CI: '1' },
+    env: { ...process.env, NO_COLOR: '1', CI: '1', ...env },
     timeout: 120_000,
   });
   return { code: r.status, out: r.stdout, err: r.stderr };
@@ -126,17 +127,22 @@ describe('nmoe eval', () => {
     expect(r.out).toMatch(/^CORE: \d\.\d{4} +\(2 tasks, [\d.]+ s\)$/m);
   });
 
-  it('an unknown task or missing task data is a one-line error with exit code 2', () => {
+  it('an unknown task, or task data neither under --data-dir nor on a reachable Hub, is a one-line error with exit code 2', async () => {
     const unknown = nmoe(['eval', ckpt, '--tasks', 'TriviaQA', '--data-dir', FIXTURES]);
     expect(unknown.code).toBe(2);
     expect(unknown.err).toMatch(
       /task "TriviaQA" is not in .*configs\/eval\/tasks\.toml\. Fix: one of MMLU, MMLU-Pro, /,
     );
-    const missing = nmoe(['eval', ckpt, '--tasks', 'PIQA', '--data-dir', join(root, 'no-data')]);
+    // Missing data is fetched from the Hub, and nothing answers at this HF_ENDPOINT.
+    const port = await freePort();
+    const missing = nmoe(['eval', ckpt, '--tasks', 'PIQA', '--data-dir', join(root, 'no-data')], {
+      HF_ENDPOINT: `http://127.0.0.1:${port}`,
+    });
     expect(missing.code).toBe(2);
     expect(missing.err).toMatch(
-      /no validation files for hf:ybisk\/piqa:validation under .*no-data\/ybisk\/piqa\. Fix: download the dataset there/,
+      /task 10 \(PIQA\): hf:ybisk\/piqa:validation is not under .*no-data, and the Hub did not give it: cannot reach the Hugging Face Hub at http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\).* or download the dataset into .*no-data\/ybisk\/piqa in the Hub's layout/,
     );
+    expect(missing.err.trim().split('\n')).toHaveLength(1);
   });
 
   it('HumanEval runs only with --allow-code-exec; then it scores every item by running its tests', () => {
@@ -169,18 +175,18 @@ describe('on 2 CPU ranks (nmoe launch, experts split over them)', () => {
   const scores = (out: string) => out.replace(/ +\([^)]* s\)$/gm, '');
 
   it('nmoe eval scores the fixture tasks as one process does (items dealt over the ranks, the rest dummy forwards)', () => {
-    // 15 items: the ranks get 8 and 7, so rank 1 runs dummy forwards in the last round; GSM8K's generations end at
+    // 9 items: the ranks get 5 and 4, so rank 1 runs a dummy forward in the last round; GSM8K's generations end at
     // different lengths on the two ranks.
-    const args = ['eval', ckpt, '--tasks', 'MMLU,MMLU-Pro,ARC-Challenge,WinoGrande,GSM8K', '--data-dir', FIXTURES];
-    const flags = ['--max-examples', '15', '--device', 'cpu'];
+    const args = ['eval', ckpt, '--tasks', 'MMLU,ARC-Challenge,WinoGrande,GSM8K', '--data-dir', FIXTURES];
+    const flags = ['--max-examples', '9', '--device', 'cpu'];
     const one = nmoe([...args, ...flags]);
     expect(one.code, one.err).toBe(0);
     const two = launch([...args, ...flags]);
     expect(two.code, two.err).toBe(0);
     expect(two.err).toMatch(/iter_0000020 \(step 20\) on CPU.*, 2 ranks \(experts split\)/);
-    expect(scores(one.out).match(/ n=15$/gm)).toHaveLength(5);
+    expect(scores(one.out).match(/ n=9$/gm)).toHaveLength(4);
     expect(scores(two.out)).toBe(scores(one.out)); // rank 0 alone prints
-  }, 120_000);
+  }, 240_000);
 
   it('nmoe generate writes the tokens one process writes, greedy and sampled', () => {
     const file = join(root, 'two-prompts.txt');
@@ -194,5 +200,5 @@ describe('on 2 CPU ranks (nmoe launch, experts split over them)', () => {
       expect(two.out).toBe(one.out);
       expect(two.err.match(/^prefill /gm)).toHaveLength(2);
     }
-  }, 120_000);
+  }, 240_000);
 });

@@ -6,6 +6,7 @@
  */
 import type { Command } from 'commander';
 import pc from 'picocolors';
+import { readDistEnv } from '../comm/env.ts';
 import { FIELDS } from '../config/schema.ts';
 import { modelLine, openModel } from '../eval/load-model.ts';
 import { formatScore, runEval } from '../eval/runner.ts';
@@ -41,7 +42,7 @@ export function registerEvalCommand(program: Command): void {
     .option('--tasks-file <file>', 'task registry TOML of [[task]] tables', FIELDS.eval_tasks_file.default)
     .option(
       '--data-dir <dir>',
-      "where hf: task sources are (Hugging Face layout); default: the tasks file's data_dir, else data/eval",
+      "where hf: task sources are (Hugging Face layout), and where missing ones are downloaded; default: the tasks file's data_dir, else data/eval",
     )
     .option(
       '--max-examples <n>',
@@ -66,11 +67,16 @@ export function registerEvalCommand(program: Command): void {
       '\nExamples:\n  nmoe eval runs/tiny/checkpoints --tasks ARC-Easy,HellaSwag --data-dir ~/hf-data\n  nmoe eval out/hf --tasks core --max-examples 200\n  nmoe eval out/hf --tasks HumanEval --allow-code-exec',
     )
     .action(async (path: string, o: EvalFlags) => {
-      const tasks = await loadSuite(o.tasksFile, o.tasks, { dataDir: o.dataDir, allowCodeExec: o.allowCodeExec });
+      const rank0 = readDistEnv().rank === 0; // rank 0 speaks for the run
+      const tasks = await loadSuite(o.tasksFile, o.tasks, {
+        dataDir: o.dataDir,
+        allowCodeExec: o.allowCodeExec,
+        note: (m) => rank0 && process.stderr.write(pc.dim(`${m}\n`)),
+      });
       const opened = await openModel(path, o.device, (m) => process.stderr.write(`${pc.yellow('warning:')} ${m}\n`));
       const { dist } = opened;
-      const print = (text: string) => (dist?.env.rank ?? 0) === 0 && process.stdout.write(text);
-      if ((dist?.env.rank ?? 0) === 0) process.stderr.write(pc.dim(`${modelLine(opened)}\n`));
+      const print = (text: string) => rank0 && process.stdout.write(text);
+      if (rank0) process.stderr.write(pc.dim(`${modelLine(opened)}\n`));
       const dec = new Decoder(opened.model);
       let ok = false;
       try {

@@ -31,15 +31,21 @@ export class TrainingEval {
     config: Config,
     b: Backend,
     world: number,
-    warn: (message: string) => void,
+    say: { warn?: (message: string) => void; note?: (message: string) => void },
   ): Promise<TrainingEval | null> {
     if (config.eval_every <= 0) return null;
     const problem = lockstepProblem(b, world);
     if (problem) {
-      warn(`eval_every is set, but evals on several GPU ranks are not supported (${problem}): no evals in this run`);
+      say.warn?.(
+        `eval_every is set, but evals on several GPU ranks are not supported (${problem}): no evals in this run`,
+      );
       return null;
     }
-    return new TrainingEval(config.eval_every, await loadSuite(config.eval_tasks_file, config.eval_tasks), config);
+    return new TrainingEval(
+      config.eval_every,
+      await loadSuite(config.eval_tasks_file, config.eval_tasks, { note: (m) => say.note?.(m) }),
+      config,
+    );
   }
 
   due(step: number): boolean {

@@ -53,8 +53,9 @@ export interface LoadedTask {
   items: TaskItem[];
 }
 
-export async function loadTask(spec: TaskSpec, dataDir: string): Promise<LoadedTask> {
-  const rows = await readRows(sourceFiles(spec.source, dataDir, spec.where));
+/** `note` tells of a download (task data missing under `dataDir`, fetched from the Hub). */
+export async function loadTask(spec: TaskSpec, dataDir: string, note?: (message: string) => void): Promise<LoadedTask> {
+  const rows = await readRows(await sourceFiles(spec.source, dataDir, spec.where, note));
   const all = rows.map((r) => spec.def.item(r)).filter((x): x is TaskItem => x !== null);
   if (all.length <= spec.fewshot) {
     throw new UserError(

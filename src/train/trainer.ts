@@ -124,7 +124,7 @@ async function trainSaving(
     world = dist?.env.worldSize ?? 1;
   if (dist) await checkRanksAgree(dist, config, backend);
   // Read now: a tasks file or task data that is missing stops the run before any work.
-  const evals = await TrainingEval.create(config, backend, world, (m) => events.warn?.(m));
+  const evals = await TrainingEval.create(config, backend, world, events);
   const loader = createLoader(cfg, rank, world);
   const validation = Validation.create(cfg, rank, world, (m) => events.warn?.(m));
   const trainee = createTrainee(backend, cfg, dist);

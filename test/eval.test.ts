@@ -452,7 +452,7 @@ describe('task data from the Hub', async () => {
     expect(requests.length).toBe(seen);
   });
 
-  it('a Hub that is not there, or that lacks the dataset, is one line naming the task, the folder to fill and the fix', async () => {
+  it('a Hub that is not there, one that lacks the dataset, and a data_dir that cannot be written are one line each, with the fix', async () => {
     const closed = createServer();
     await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
     const port = (closed.address() as AddressInfo).port;
@@ -461,7 +461,7 @@ describe('task data from the Hub', async () => {
     const empty = join(tmp, 'hub-empty');
     await expect(withEndpoint(`http://127.0.0.1:${port}`, () => loadTask(reg.tasks[0]!, empty))).rejects.toThrow(
       new RegExp(
-        `task 1 \\(MMLU\\): hf:cais/mmlu:all:dev is not under .*hub-empty, and the Hub did not give it: cannot reach the Hugging Face Hub at http://127.0.0.1:${port} \\(ECONNREFUSED\\) .*` +
+        `task 1 \\(MMLU\\): hf:cais/mmlu:all:dev is not under .*hub-empty, and fetching it from the Hub failed: cannot reach the Hugging Face Hub at http://127.0.0.1:${port} \\(ECONNREFUSED\\) .*` +
           "Fix: check the network or proxy \\(HF_ENDPOINT names a mirror\\), or download the dataset into .*hub-empty/cais/mmlu in the Hub's layout \\(e\\.g\\. .*hub-empty/cais/mmlu/dev-00000-of-00001\\.parquet\\)",
       ),
     );
@@ -469,5 +469,11 @@ describe('task data from the Hub', async () => {
       /the Hub has no cais\/mmlu subset all split dev \(HTTP 404\).*Fix: check the dataset, subset and split in source\.$/,
     );
     expect(existsSync(join(empty, 'cais'))).toBe(false);
+    // A data_dir that cannot hold the download (a file stands where the folder would be).
+    const blocked = join(tmp, 'hub-blocked');
+    writeFileSync(blocked, '');
+    await expect(withEndpoint(base, () => loadSuite(SHIPPED, 'COPA', { dataDir: blocked }))).rejects.toThrow(
+      /task 9 \(COPA\): .* fetching it from the Hub failed: cannot write into .*hub-blocked\/super_glue\/copa \(ENOTDIR\)\. Fix: make it writable, or set data_dir/,
+    );
   });
 });

@@ -140,7 +140,7 @@ describe('nmoe eval', () => {
     });
     expect(missing.code).toBe(2);
     expect(missing.err).toMatch(
-      /task 10 \(PIQA\): hf:ybisk\/piqa:validation is not under .*no-data, and the Hub did not give it: cannot reach the Hugging Face Hub at http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\).* or download the dataset into .*no-data\/ybisk\/piqa in the Hub's layout/,
+      /task 10 \(PIQA\): hf:ybisk\/piqa:validation is not under .*no-data, and fetching it from the Hub failed: cannot reach the Hugging Face Hub at http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\).* or download the dataset into .*no-data\/ybisk\/piqa in the Hub's layout/,
     );
     expect(missing.err.trim().split('\n')).toHaveLength(1);
   });
@@ -187,6 +187,14 @@ describe('on 2 CPU ranks (nmoe launch, experts split over them)', () => {
     expect(scores(one.out).match(/ n=9$/gm)).toHaveLength(4);
     expect(scores(two.out)).toBe(scores(one.out)); // rank 0 alone prints
   }, 240_000);
+
+  it('ranks that cannot share the experts equally stop with one line (on each rank) and exit code 2', () => {
+    const r = nmoe(['launch', '--nproc-per-node', '3', '--master-port', '0', '--', 'generate', ckpt, '--prompt', 'x']);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(
+      /nmoe: error: checkpoint .*iter_0000020 has 8 experts, which 3 ranks cannot share equally\. Fix: launch a number of ranks that divides 8\.$/m,
+    );
+  });
 
   it('nmoe generate writes the tokens one process writes, greedy and sampled', () => {
     const file = join(root, 'two-prompts.txt');

@@ -63,6 +63,7 @@ export async function openModel(
   const tokenizer = await loadTokenizer(files.config.tokenizer);
   const { backend, note } = await selectBackend(device, env.localRank);
   assertLockstep(backend, env.worldSize);
+  // (The shape sizes only the GPU's buffers, and several GPU ranks were refused above.)
   const dist = await joinRun(env, backend, modelShape(cfg, env.worldSize));
   try {
     const model = await buildModel(files, backend, dist?.ep);

@@ -28,15 +28,15 @@ export class Lockstep {
     assertLockstep(dec.model.b, this.world);
   }
 
-  /** Before each forward of this rank's own work. */
+  /** Before each forward of this rank's own work: its vote for a forward. */
   async forward(): Promise<void> {
-    await this.#vote(true);
+    await this.any(true);
   }
 
-  /** After this rank's part of a unit of work: dummy forwards while another rank is still working on its part. */
+  /** After this rank's part of a unit of work: dummy forwards while another rank still votes for a forward. */
   async finish(): Promise<void> {
     if (!this.comm) return;
-    while (await this.#vote(false)) {
+    while (await this.any(false)) {
       const { b, cfg } = this.dec.model;
       const id = b.upload(Int32Array.of(cfg.eos_token_id), [1], 'i32');
       this.dec.hidden(id, 1, 1).free();
@@ -58,11 +58,6 @@ export class Lockstep {
   /** True on every rank when `flag` is true on any. */
   async any(flag: boolean): Promise<boolean> {
     return (await this.sum([flag ? 1 : 0]))[0]! > 0;
-  }
-
-  /** Whether any rank voted for a forward this round. */
-  async #vote(working: boolean): Promise<boolean> {
-    return this.comm ? this.any(working) : working;
   }
 }
 

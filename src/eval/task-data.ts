@@ -71,9 +71,12 @@ export async function sourceFiles(
     );
   } catch (err) {
     if (err instanceof UserError)
-      throw new UserError(`${where}: ${source} is not under ${dataDir}, and the Hub did not give it: ${err.message}`, {
-        cause: err,
-      });
+      throw new UserError(
+        `${where}: ${source} is not under ${dataDir}, and fetching it from the Hub failed: ${err.message}`,
+        {
+          cause: err,
+        },
+      );
     throw err;
   }
   return local().files;
@@ -94,11 +97,20 @@ async function download(
   const dest = join(parent, split);
   starting(dest);
   const partial = join(parent, `.${split}.partial-${process.pid}-${randomBytes(3).toString('hex')}`);
-  mkdirSync(partial, { recursive: true });
+  const write = (what: () => void) => {
+    try {
+      what();
+    } catch (err) {
+      throw new UserError(
+        `cannot write into ${parent} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}). Fix: make it writable, or set data_dir in the tasks file (or --data-dir) to a folder you can write.`,
+      );
+    }
+  };
+  write(() => mkdirSync(partial, { recursive: true }));
   try {
     for (const [i, url] of listing.urls.entries()) {
       const bytes = await hub.download(url, `${dataset} subset ${listing.subset} split ${split}`, fixes);
-      writeFileSync(join(partial, `${String(i).padStart(4, '0')}.parquet`), bytes);
+      write(() => writeFileSync(join(partial, `${String(i).padStart(4, '0')}.parquet`), bytes));
     }
     try {
       renameSync(partial, dest);

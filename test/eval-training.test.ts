@@ -4,7 +4,8 @@
  * it; a tasks file that names missing data stops the run before its first step. Validation on held-out shards writes
  * val/loss, equal to the loss of the saved weights on those batches computed through Transformer.forward, and
  * changes no training loss either. On 2 CPU ranks (`nmoe launch`) the eval runs on both in lockstep, rank 0 alone
- * prints it and writes its tags, and the losses are again bit for bit those of a run without it.
+ * prints it and writes its tags, the losses are again bit for bit those of a run without it, and `nmoe eval` of the
+ * run's 2-rank checkpoint, on 1 rank and on 2, gives the scores of its last eval.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
@@ -135,7 +136,7 @@ describe('in-training eval', () => {
     expect(rows.find((r) => r.tag === 'eval/task/COPA/n')!.value).toBe(3);
   }, 120_000);
 
-  it('on 2 CPU ranks runs on both in lockstep; rank 0 prints it and writes the tags; no loss changes', async () => {
+  it('on 2 CPU ranks runs on both in lockstep; rank 0 prints it and writes the tags; no loss changes; nmoe eval of the checkpoint agrees', async () => {
     const plain = launch2('r2-plain', ['--eval_every=0']);
     expect(plain.code, plain.out).toBe(0);
     const withEval = launch2('r2-eval', ['--eval_every=2', '--eval_tasks=core']);
@@ -154,7 +155,21 @@ describe('in-training eval', () => {
     ]);
     expect(rank0).toHaveLength(14);
     expect(await tags(join(withEval.metrics, run, 'rank_1.duckdb'), 'eval/')).toEqual([]);
-  }, 240_000);
+    // The run's 2-rank checkpoint of step 4, evaluated by `nmoe eval` on 1 and on 2 ranks: the scores of step 4's eval.
+    const scores = (text: string) => text.match(/\b\w+: acc=\S+ centered=\S+ n=\d+/g);
+    const atStep4 = scores(withEval.out.split('\n').find((l) => l.startsWith('[eval] step=4'))!);
+    expect(atStep4).toHaveLength(2);
+    const evalArgs = ['eval', join(root, 'r2-eval', 'ckpt'), `--tasks-file=${tasksFile}`, '--max-examples=3'];
+    for (const launcher of [[], ['launch', '--nproc-per-node', '2', '--master-port', '0', '--']]) {
+      const r = spawnSync(process.execPath, [BIN, ...launcher, ...evalArgs, '--tasks=core', '--device=cpu'], {
+        encoding: 'utf8',
+        env: BASE_ENV,
+        timeout: 170_000,
+      });
+      expect(r.status, r.stderr).toBe(0);
+      expect(scores(r.stdout)).toEqual(atStep4);
+    }
+  }, 300_000);
 
   it('a task whose data is missing stops the run before its first step', async () => {
     await expect(

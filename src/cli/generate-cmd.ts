@@ -8,10 +8,9 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import pc from 'picocolors';
-import type { Config } from '../config/schema.ts';
 import { TextStream, generate } from '../eval/generate.ts';
 import { Lockstep } from '../eval/lockstep.ts';
-import { modelLine, openModel } from '../eval/load-model.ts';
+import { type Opened, modelLine, openModel } from '../eval/load-model.ts';
 import { Sampler } from '../eval/sampling.ts';
 import { Decoder } from '../model/decoder.ts';
 import { UserError } from '../util/errors.ts';
@@ -101,7 +100,7 @@ export function registerGenerateCommand(program: Command): void {
               `prompt ${i + 1} is ${ids.length} tokens; the model's positions end at max_position_embeddings = ${config.max_position_embeddings}. Fix: shorten it.`,
             );
           }
-          if (ls.rank === 0) await generateOne(dec, ls, o, ids, text, i, (t) => tokenizer.decode(t), config);
+          if (ls.rank === 0) await generateOne(ls, opened, o, text, ids, i);
           await ls.finish();
         }
         ok = true;
@@ -112,21 +111,19 @@ export function registerGenerateCommand(program: Command): void {
     });
 }
 
-/** Streams prompt `index`'s continuation to stdout and its timing line to stderr. */
+/** Streams prompt `index`'s continuation (of its token ids `ids`) to stdout and its timing line to stderr. */
 async function generateOne(
-  dec: Decoder,
   ls: Lockstep,
+  { tokenizer, config }: Opened,
   o: GenerateFlags,
-  ids: number[],
   text: string,
+  ids: number[],
   index: number,
-  decode: (ids: number[]) => string,
-  config: Config,
 ): Promise<void> {
-  const stream = new TextStream(decode);
+  const stream = new TextStream((t) => tokenizer.decode(t));
   process.stdout.write(text);
   const g = await generate(
-    dec,
+    ls.dec,
     ids,
     new Sampler({ temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed }, index),
     {

@@ -123,7 +123,7 @@ async function trainSaving(
   const rank = dist?.env.rank ?? 0,
     world = dist?.env.worldSize ?? 1;
   if (dist) await checkRanksAgree(dist, config, backend);
-  // Read now: a tasks file or task data that is missing stops the run before any work.
+  // Read now (task data missing locally is downloaded): a tasks file or task data not to be had stops the run first.
   const evals = await TrainingEval.create(config, backend, world, events);
   const loader = createLoader(cfg, rank, world);
   const validation = Validation.create(cfg, rank, world, (m) => events.warn?.(m));

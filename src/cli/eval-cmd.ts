@@ -64,7 +64,9 @@ export function registerEvalCommand(program: Command): void {
     .option('--device <device>', 'auto, cpu or cuda', deviceOption, 'auto')
     .addHelpText(
       'after',
-      '\nExamples:\n  nmoe eval runs/tiny/checkpoints --tasks ARC-Easy,HellaSwag --data-dir ~/hf-data\n  nmoe eval out/hf --tasks core --max-examples 200\n  nmoe eval out/hf --tasks HumanEval --allow-code-exec',
+      '\nExamples:\n  nmoe eval runs/tiny/checkpoints --tasks ARC-Easy,HellaSwag --data-dir ~/hf-data\n  nmoe eval out/hf --tasks core --max-examples 200\n  nmoe eval out/hf --tasks HumanEval --allow-code-exec' +
+        '\n  nmoe launch --nproc-per-node 2 -- eval runs/tiny/checkpoints --tasks core --device cpu   (experts split over 2 ranks)' +
+        '\n\nTask data missing under the data dir is downloaded there from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN).',
     )
     .action(async (path: string, o: EvalFlags) => {
       const rank0 = readDistEnv().rank === 0; // rank 0 speaks for the run

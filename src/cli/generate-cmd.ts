@@ -81,7 +81,8 @@ export function registerGenerateCommand(program: Command): void {
     .option('--no-stop-at-eos', 'keep going past the end-of-text token')
     .addHelpText(
       'after',
-      '\nExamples:\n  nmoe generate runs/tiny/checkpoints --prompt "Call me Ishmael."\n  nmoe generate out/hf --prompts-file prompts.txt --temperature 0.8 --top-p 0.95 --seed 1',
+      '\nExamples:\n  nmoe generate runs/tiny/checkpoints --prompt "Call me Ishmael."\n  nmoe generate out/hf --prompts-file prompts.txt --temperature 0.8 --top-p 0.95 --seed 1' +
+        '\n  nmoe launch --nproc-per-node 2 -- generate runs/tiny/checkpoints --prompt "Call me" --device cpu   (experts split over 2 ranks)',
     )
     .action(async (path: string, o: GenerateFlags) => {
       const texts = prompts(o);

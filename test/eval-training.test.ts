@@ -3,9 +3,12 @@
  * eval tags to the run's DuckDB file and its one line, and leaves every training loss bit for bit as a run without
  * it; a tasks file that names missing data stops the run before its first step. Validation on held-out shards writes
  * val/loss, equal to the loss of the saved weights on those batches computed through Transformer.forward, and
- * changes no training loss either.
+ * changes no training loss either. On 2 CPU ranks (`nmoe launch`) the eval runs on both in lockstep, rank 0 alone
+ * prints it and writes its tags, the losses are again bit for bit those of a run without it, and `nmoe eval` of the
+ * run's 2-rank checkpoint, on 1 rank and on 2, gives the scores of its last eval.
  */
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,7 +23,8 @@ import { metricsPath } from '../src/metrics/duckdb-writer.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { trainTracked } from '../src/train/tracked.ts';
 import type { TrainEvents } from '../src/metrics/records.ts';
-import { writeNpy } from './fixtures/data/helpers.ts';
+import { BIN, writeNpy } from './fixtures/data/helpers.ts';
+import { BASE_ENV, trainLosses } from './helpers/ranks.ts';
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/eval', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'nmoe-evaltrain-'));
@@ -67,6 +71,36 @@ async function run(name: string, overrides: string[]) {
   return { losses, lines, summary, config, metrics: join(root, 'metrics') };
 }
 
+/** The same run as `run`, on 2 CPU ranks through `nmoe launch`; its metrics in <root>/<name>/metrics. */
+function launch2(name: string, overrides: string[]) {
+  const metrics = join(root, name, 'metrics');
+  const r = spawnSync(
+    process.execPath,
+    [
+      BIN,
+      'launch',
+      '--nproc-per-node',
+      '2',
+      '--master-port',
+      '0',
+      '--',
+      '--device=cpu',
+      '--steps=4',
+      '--seq_len=32',
+      '--batch_size=2',
+      '--log_every=1',
+      `--checkpoint_dir=${join(root, name, 'ckpt')}`,
+      `--metrics_dir=${metrics}`,
+      `--experiments_db=${join(root, 'runs.db')}`,
+      `--eval_tasks_file=${tasksFile}`,
+      '--eval_budget_max_examples=3',
+      ...overrides,
+    ],
+    { encoding: 'utf8', env: BASE_ENV, timeout: 170_000 },
+  );
+  return { code: r.status, out: r.stdout + r.stderr, metrics };
+}
+
 async function tags(path: string, prefix: string): Promise<{ tag: string; step: number; value: number }[]> {
   const db = await DuckDBInstance.create(path, { access_mode: 'READ_ONLY' });
   const conn = await db.connect();
@@ -101,6 +135,41 @@ describe('in-training eval', () => {
     );
     expect(rows.find((r) => r.tag === 'eval/task/COPA/n')!.value).toBe(3);
   }, 120_000);
+
+  it('on 2 CPU ranks runs on both in lockstep; rank 0 prints it and writes the tags; no loss changes; nmoe eval of the checkpoint agrees', async () => {
+    const plain = launch2('r2-plain', ['--eval_every=0']);
+    expect(plain.code, plain.out).toBe(0);
+    const withEval = launch2('r2-eval', ['--eval_every=2', '--eval_tasks=core']);
+    expect(withEval.code, withEval.out).toBe(0);
+    expect(withEval.out).not.toMatch(/warning/);
+    expect(await trainLosses(withEval.metrics)).toEqual(await trainLosses(plain.metrics));
+    // 3 items a task: rank 0 scores two, rank 1 one and then a dummy round; the counts are summed.
+    expect(
+      withEval.out.match(/^\[eval\] step=\d COPA: acc=\d\.\d{3} centered=\d\.\d{3} n=3 \| GSM8K: .* n=3 \|/gm),
+    ).toHaveLength(2);
+    const run = readdirSync(withEval.metrics)[0]!;
+    const rank0 = await tags(join(withEval.metrics, run, 'rank_0.duckdb'), 'eval/');
+    expect(rank0.filter((r) => r.tag === 'eval/task/COPA/n').map((r) => [r.step, r.value])).toEqual([
+      [2, 3],
+      [4, 3],
+    ]);
+    expect(rank0).toHaveLength(14);
+    expect(await tags(join(withEval.metrics, run, 'rank_1.duckdb'), 'eval/')).toEqual([]);
+    // The run's 2-rank checkpoint of step 4, evaluated by `nmoe eval` on 1 and on 2 ranks: the scores of step 4's eval.
+    const scores = (text: string) => text.match(/\b\w+: acc=\S+ centered=\S+ n=\d+/g);
+    const atStep4 = scores(withEval.out.split('\n').find((l) => l.startsWith('[eval] step=4'))!);
+    expect(atStep4).toHaveLength(2);
+    const evalArgs = ['eval', join(root, 'r2-eval', 'ckpt'), `--tasks-file=${tasksFile}`, '--max-examples=3'];
+    for (const launcher of [[], ['launch', '--nproc-per-node', '2', '--master-port', '0', '--']]) {
+      const r = spawnSync(process.execPath, [BIN, ...launcher, ...evalArgs, '--tasks=core', '--device=cpu'], {
+        encoding: 'utf8',
+        env: BASE_ENV,
+        timeout: 170_000,
+      });
+      expect(r.status, r.stderr).toBe(0);
+      expect(scores(r.stdout)).toEqual(atStep4);
+    }
+  }, 300_000);
 
   it('a task whose data is missing stops the run before its first step', async () => {
     await expect(

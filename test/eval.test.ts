@@ -7,11 +7,14 @@
  *    right on exactly the one item whose answer is 42;
  *  - every task's reader on its fixture and the reference's prompt formats, string for string;
  *  - GSM8K's number extraction, including the reference's patterns that never match;
- *  - the registry's checks, the parquet reader, the sampler.
+ *  - the registry's checks, the parquet reader, the sampler;
+ *  - task data missing locally, downloaded from a stand-in for the Hub's parquet API (a server in this process) into
+ *    data_dir, read from there the next time, and scored as the local copy is; an unreachable Hub.
  */
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, writeFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -327,7 +330,7 @@ describe('registry', () => {
     expect(bad('x = 1\n')).toThrow(/no \[\[task\]\] tables/);
   });
 
-  it("label (tasks_core.toml's spelling), adapter, core and name selection; missing data is one line with the layout", async () => {
+  it("label (tasks_core.toml's spelling), adapter, core and name selection", () => {
     const path = registry(
       '[[task]]\nlabel = "MMLU dev"\nadapter = "mmlu"\nsource = "hf:cais/mmlu:all:dev"\n[[task]]\nname = "ARC-Easy"\nsource = "hf:allenai/ai2_arc:ARC-Easy:test"\n',
     );
@@ -340,9 +343,6 @@ describe('registry', () => {
     const shipped = loadRegistry(SHIPPED);
     expect(shipped.tasks.map((t) => t.name)).toContain('HumanEval');
     expect(selectTasks(shipped, 'core', SHIPPED).map((t) => t.name)).not.toContain('HumanEval'); // core never runs code
-    await expect(loadTask(reg.tasks[0]!, join(tmp, 'empty'))).rejects.toThrow(
-      /no dev files for hf:cais\/mmlu:all:dev under .*empty\/cais\/mmlu\. Fix: download the dataset there in the Hub's layout/,
-    );
   });
 });
 
@@ -372,5 +372,108 @@ describe('sampling', () => {
     expect(draw(1, 0)).toEqual(draw(1, 0));
     expect(draw(1, 0)).not.toEqual(draw(2, 0));
     expect(draw(1, 0)).not.toEqual(draw(1, 1));
+  });
+});
+
+describe('task data from the Hub', async () => {
+  const tok = await loadTokenizer('bytes');
+  const dec = new Decoder(bigramModel());
+  const rows = readFileSync(join(FIXTURES, 'super_glue/copa/validation-00000-of-00001.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const parquet = (part: Record<string, unknown>[]) =>
+    Buffer.from(
+      parquetWriteBuffer({
+        columnData: ['premise', 'choice1', 'choice2', 'question', 'label', 'idx'].map((name) => ({
+          name,
+          data: part.map((r) => r[name]),
+        })),
+      }),
+    );
+  // The split in two files, so that their order matters.
+  const files: Record<string, Buffer> = {
+    '/files/a.parquet': parquet(rows.slice(0, 10)),
+    '/files/b.parquet': parquet(rows.slice(10)),
+  };
+  const requests: string[] = [];
+  const server = createHttpServer((req, res) => {
+    const url = req.url ?? '';
+    requests.push(url);
+    const listing = [`${base}/files/a.parquet`, `${base}/files/b.parquet`];
+    if (url === '/api/datasets/super_glue/parquet/copa/validation') return void res.end(JSON.stringify(listing));
+    if (url === '/api/datasets/acme/copa/parquet')
+      return void res.end(JSON.stringify({ default: { validation: listing } }));
+    const file = files[url];
+    if (file) return void res.end(file);
+    res.writeHead(404).end('{"error":"not found"}');
+  }).listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  /** `run` with HF_ENDPOINT set to `endpoint`. */
+  async function withEndpoint<T>(endpoint: string, run: () => Promise<T>): Promise<T> {
+    const before = process.env.HF_ENDPOINT;
+    process.env.HF_ENDPOINT = endpoint;
+    try {
+      return await run();
+    } finally {
+      if (before === undefined) delete process.env.HF_ENDPOINT;
+      else process.env.HF_ENDPOINT = before;
+    }
+  }
+
+  it('downloads a split missing under data_dir into it in the Hub layout, reads it from there next time, and scores as the local copy', async () => {
+    const cache = join(tmp, 'hub-cache');
+    const tasks = join(tmp, 'hub-tasks.toml');
+    writeFileSync(
+      tasks,
+      `data_dir = ${JSON.stringify(cache)}\n[[task]]\nname = "COPA"\nsource = "hf:super_glue:copa:validation"\n` +
+        '[[task]]\nname = "COPA-default"\nadapter = "copa"\nsource = "hf:acme/copa:validation"\n',
+    );
+    const notes: string[] = [];
+    const fetched = await withEndpoint(base, () => loadSuite(tasks, 'core', { note: (m) => notes.push(m) }));
+    expect(readdirSync(join(cache, 'super_glue/copa/validation'))).toEqual(['0000.parquet', '0001.parquet']);
+    expect(readdirSync(join(cache, 'acme/copa/default/validation'))).toEqual(['0000.parquet', '0001.parquet']);
+    expect(readdirSync(join(cache, 'super_glue/copa'))).toEqual(['validation']); // no partial folder left
+    expect(notes).toHaveLength(2);
+    expect(notes[0]).toMatch(
+      /task 1 \(COPA\): hf:super_glue:copa:validation is not under .*hub-cache: downloading it from the Hub into .*super_glue\/copa\/validation$/,
+    );
+    const local = await loadSuite(SHIPPED, 'COPA', { dataDir: FIXTURES });
+    for (const task of fetched) expect(task.items).toEqual(local[0]!.items);
+    const budget = { maxExamples: 8, maxSeconds: 1000 };
+    const strip = (r: Awaited<ReturnType<typeof runEval>>) => r.tasks.map(({ seconds: _, ...t }) => t);
+    const want = strip(await runEval(dec, tok, local, budget))[0]!;
+    expect(strip(await runEval(dec, tok, fetched, budget))).toEqual([want, { ...want, name: 'COPA-default' }]);
+    // The next run reads the download: the stand-in sees no further request.
+    const seen = requests.length;
+    await withEndpoint(base, () => loadSuite(tasks, 'core'));
+    expect(requests.length).toBe(seen);
+  });
+
+  it('a Hub that is not there, one that lacks the dataset, and a data_dir that cannot be written are one line each, with the fix', async () => {
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise((r) => closed.close(r));
+    const reg = loadRegistry(registry('[[task]]\nname = "MMLU"\nsource = "hf:cais/mmlu:all:dev"\n'));
+    const empty = join(tmp, 'hub-empty');
+    await expect(withEndpoint(`http://127.0.0.1:${port}`, () => loadTask(reg.tasks[0]!, empty))).rejects.toThrow(
+      new RegExp(
+        `task 1 \\(MMLU\\): hf:cais/mmlu:all:dev is not under .*hub-empty, and fetching it from the Hub failed: cannot reach the Hugging Face Hub at http://127.0.0.1:${port} \\(ECONNREFUSED\\) .*` +
+          "Fix: check the network or proxy \\(HF_ENDPOINT names a mirror\\), or download the dataset into .*hub-empty/cais/mmlu in the Hub's layout \\(e\\.g\\. .*hub-empty/cais/mmlu/dev-00000-of-00001\\.parquet\\)",
+      ),
+    );
+    await expect(withEndpoint(base, () => loadTask(reg.tasks[0]!, empty))).rejects.toThrow(
+      /the Hub has no cais\/mmlu subset all split dev \(HTTP 404\).*Fix: check the dataset, subset and split in source\.$/,
+    );
+    expect(existsSync(join(empty, 'cais'))).toBe(false);
+    // A data_dir that cannot hold the download (a file stands where the folder would be).
+    const blocked = join(tmp, 'hub-blocked');
+    writeFileSync(blocked, '');
+    await expect(withEndpoint(base, () => loadSuite(SHIPPED, 'COPA', { dataDir: blocked }))).rejects.toThrow(
+      /task 9 \(COPA\): .* fetching it from the Hub failed: cannot write into .*hub-blocked\/super_glue\/copa \(ENOTDIR\)\. Fix: make it writable, or set data_dir/,
+    );
   });
 });

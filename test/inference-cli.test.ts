@@ -2,6 +2,8 @@
  * `nmoe generate` and `nmoe eval` end to end, as child processes, on a real 20-step run of the embedded default and
  * its Hugging Face export: streamed text, the timing line, the export loading back to the same greedy text, seeded
  * sampling, a prompts file, the eval lines and CORE on the fixture tasks, and one-line errors with exit code 2.
+ * Under `nmoe launch` on 2 CPU ranks (experts split), eval gives the one-process scores and generate the one-process
+ * text.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -12,6 +14,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { train } from '../src/train/trainer.ts';
+import { freePort } from './helpers/ranks.ts';
 
 const BIN = fileURLToPath(new URL('../bin/nmoe.js', import.meta.url));
 const FIXTURES = fileURLToPath(new URL('./fixtures/eval', import.meta.url));
@@ -19,11 +22,11 @@ const root = mkdtempSync(join(tmpdir(), 'nmoe-infer-'));
 const ckpt = join(root, 'ckpt'),
   hf = join(root, 'hf');
 
-function nmoe(args: string[]) {
+function nmoe(args: string[], env: Record<string, string> = {}) {
   const r = spawnSync(process.execPath, [BIN, ...args], {
     cwd: root,
     encoding: 'utf8',
-    env: { ...process.env, NO_COLOR: '1', CI: '1' },
+    env: { ...process.env, NO_COLOR: '1', CI: '1', ...env },
     timeout: 120_000,
   });
   return { code: r.status, out: r.stdout, err: r.stderr };
@@ -124,17 +127,22 @@ describe('nmoe eval', () => {
     expect(r.out).toMatch(/^CORE: \d\.\d{4} +\(2 tasks, [\d.]+ s\)$/m);
   });
 
-  it('an unknown task or missing task data is a one-line error with exit code 2', () => {
+  it('an unknown task, or task data neither under --data-dir nor on a reachable Hub, is a one-line error with exit code 2', async () => {
     const unknown = nmoe(['eval', ckpt, '--tasks', 'TriviaQA', '--data-dir', FIXTURES]);
     expect(unknown.code).toBe(2);
     expect(unknown.err).toMatch(
       /task "TriviaQA" is not in .*configs\/eval\/tasks\.toml\. Fix: one of MMLU, MMLU-Pro, /,
     );
-    const missing = nmoe(['eval', ckpt, '--tasks', 'PIQA', '--data-dir', join(root, 'no-data')]);
+    // Missing data is fetched from the Hub, and nothing answers at this HF_ENDPOINT.
+    const port = await freePort();
+    const missing = nmoe(['eval', ckpt, '--tasks', 'PIQA', '--data-dir', join(root, 'no-data')], {
+      HF_ENDPOINT: `http://127.0.0.1:${port}`,
+    });
     expect(missing.code).toBe(2);
     expect(missing.err).toMatch(
-      /no validation files for hf:ybisk\/piqa:validation under .*no-data\/ybisk\/piqa\. Fix: download the dataset there/,
+      /task 10 \(PIQA\): hf:ybisk\/piqa:validation is not under .*no-data, and fetching it from the Hub failed: cannot reach the Hugging Face Hub at http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\).* or download the dataset into .*no-data\/ybisk\/piqa in the Hub's layout/,
     );
+    expect(missing.err.trim().split('\n')).toHaveLength(1);
   });
 
   it('HumanEval runs only with --allow-code-exec; then it scores every item by running its tests', () => {
@@ -159,4 +167,46 @@ describe('nmoe eval', () => {
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/^HumanEval: acc=(0\.000|0\.500|1\.000) centered=\d\.\d{3} n=2 /m);
   });
+});
+
+describe('on 2 CPU ranks (nmoe launch, experts split over them)', () => {
+  const launch = (args: string[]) => nmoe(['launch', '--nproc-per-node', '2', '--master-port', '0', '--', ...args]);
+  /** The score lines without their timings. */
+  const scores = (out: string) => out.replace(/ +\([^)]* s\)$/gm, '');
+
+  it('nmoe eval scores the fixture tasks as one process does (items dealt over the ranks, the rest dummy forwards)', () => {
+    // 9 items: the ranks get 5 and 4, so rank 1 runs a dummy forward in the last round; GSM8K's generations end at
+    // different lengths on the two ranks.
+    const args = ['eval', ckpt, '--tasks', 'MMLU,ARC-Challenge,WinoGrande,GSM8K', '--data-dir', FIXTURES];
+    const flags = ['--max-examples', '9', '--device', 'cpu'];
+    const one = nmoe([...args, ...flags]);
+    expect(one.code, one.err).toBe(0);
+    const two = launch([...args, ...flags]);
+    expect(two.code, two.err).toBe(0);
+    expect(two.err).toMatch(/iter_0000020 \(step 20\) on CPU.*, 2 ranks \(experts split\)/);
+    expect(scores(one.out).match(/ n=9$/gm)).toHaveLength(4);
+    expect(scores(two.out)).toBe(scores(one.out)); // rank 0 alone prints
+  }, 240_000);
+
+  it('ranks that cannot share the experts equally stop with one line (on each rank) and exit code 2', () => {
+    const r = nmoe(['launch', '--nproc-per-node', '3', '--master-port', '0', '--', 'generate', ckpt, '--prompt', 'x']);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(
+      /nmoe: error: checkpoint .*iter_0000020 has 8 experts, which 3 ranks cannot share equally\. Fix: launch a number of ranks that divides 8\.$/m,
+    );
+  });
+
+  it('nmoe generate writes the tokens one process writes, greedy and sampled', () => {
+    const file = join(root, 'two-prompts.txt');
+    writeFileSync(file, 'Call me Ishmael.\nThe whale\n');
+    for (const sampling of [[], ['--temperature', '0.9', '--top-k', '40', '--seed', '3', '--no-stop-at-eos']]) {
+      const args = ['generate', ckpt, '--prompts-file', file, '--max-tokens', '30', '--device', 'cpu', ...sampling];
+      const one = nmoe(args);
+      expect(one.code, one.err).toBe(0);
+      const two = launch(args);
+      expect(two.code, two.err).toBe(0);
+      expect(two.out).toBe(one.out);
+      expect(two.err.match(/^prefill /gm)).toHaveLength(2);
+    }
+  }, 240_000);
 });

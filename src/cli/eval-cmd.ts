@@ -2,11 +2,13 @@
  * `nmoe eval <model> [--tasks core|A,B]`: scores a trained model on the registry's tasks (src/eval/), one line per
  * task (accuracy, centered accuracy against the task's random baseline, items scored) and CORE, the mean centered
  * accuracy. <model> is a checkpoint_dir, one iter_NNNNNNN step, or an `nmoe ckpt export --format hf` directory.
+ * Under `nmoe launch` the ranks split the experts and the items (src/eval/runner.ts); rank 0 prints.
  */
 import type { Command } from 'commander';
 import pc from 'picocolors';
+import { readDistEnv } from '../comm/env.ts';
 import { FIELDS } from '../config/schema.ts';
-import { openModel } from '../eval/load-model.ts';
+import { modelLine, openModel } from '../eval/load-model.ts';
 import { formatScore, runEval } from '../eval/runner.ts';
 import { loadSuite } from '../eval/suite.ts';
 import { Decoder } from '../model/decoder.ts';
@@ -40,7 +42,7 @@ export function registerEvalCommand(program: Command): void {
     .option('--tasks-file <file>', 'task registry TOML of [[task]] tables', FIELDS.eval_tasks_file.default)
     .option(
       '--data-dir <dir>',
-      "where hf: task sources are (Hugging Face layout); default: the tasks file's data_dir, else data/eval",
+      "where hf: task sources are (Hugging Face layout), and where missing ones are downloaded; default: the tasks file's data_dir, else data/eval",
     )
     .option(
       '--max-examples <n>',
@@ -62,33 +64,41 @@ export function registerEvalCommand(program: Command): void {
     .option('--device <device>', 'auto, cpu or cuda', deviceOption, 'auto')
     .addHelpText(
       'after',
-      '\nExamples:\n  nmoe eval runs/tiny/checkpoints --tasks ARC-Easy,HellaSwag --data-dir ~/hf-data\n  nmoe eval out/hf --tasks core --max-examples 200\n  nmoe eval out/hf --tasks HumanEval --allow-code-exec',
+      '\nExamples:\n  nmoe eval runs/tiny/checkpoints --tasks ARC-Easy,HellaSwag --data-dir ~/hf-data\n  nmoe eval out/hf --tasks core --max-examples 200\n  nmoe eval out/hf --tasks HumanEval --allow-code-exec' +
+        '\n  nmoe launch --nproc-per-node 2 -- eval runs/tiny/checkpoints --tasks core --device cpu   (experts split over 2 ranks)' +
+        '\n\nTask data missing under the data dir is downloaded there from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN).',
     )
     .action(async (path: string, o: EvalFlags) => {
-      const tasks = await loadSuite(o.tasksFile, o.tasks, { dataDir: o.dataDir, allowCodeExec: o.allowCodeExec });
+      const rank0 = readDistEnv().rank === 0; // rank 0 speaks for the run
+      const tasks = await loadSuite(o.tasksFile, o.tasks, {
+        dataDir: o.dataDir,
+        allowCodeExec: o.allowCodeExec,
+        note: (m) => rank0 && process.stderr.write(pc.dim(`${m}\n`)),
+      });
       const opened = await openModel(path, o.device, (m) => process.stderr.write(`${pc.yellow('warning:')} ${m}\n`));
-      process.stderr.write(
-        pc.dim(
-          `${opened.from} (step ${opened.step}) on ${opened.backend.name}${opened.note ? `; ${opened.note}` : ''}\n`,
-        ),
-      );
+      const { dist } = opened;
+      const print = (text: string) => rank0 && process.stdout.write(text);
+      if (rank0) process.stderr.write(pc.dim(`${modelLine(opened)}\n`));
       const dec = new Decoder(opened.model);
+      let ok = false;
       try {
         const report = await runEval(
           dec,
           opened.tokenizer,
           tasks,
           { maxExamples: o.maxExamples, maxSeconds: o.maxTime },
-          (s) => {
-            process.stdout.write(`${formatScore(s)}  ${pc.dim(`(${s.seconds.toFixed(1)} s)`)}\n`);
+          {
+            comm: dist?.comm ?? null,
+            onTask: (s) => print(`${formatScore(s)}  ${pc.dim(`(${s.seconds.toFixed(1)} s)`)}\n`),
           },
         );
-        process.stdout.write(
+        print(
           `CORE: ${report.core.toFixed(4)}  ${pc.dim(`(${report.tasks.filter((t) => t.n > 0).length} tasks, ${report.seconds.toFixed(1)} s)`)}\n`,
         );
+        ok = true;
       } finally {
         dec.free();
-        opened.model.free();
+        await opened.close(ok);
       }
     });
 }

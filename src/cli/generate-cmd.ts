@@ -2,12 +2,15 @@
  * `nmoe generate <model> --prompt TEXT | --prompts-file F`: continues each prompt with the KV-cached decoder
  * (src/eval/generate.ts), streaming the text to stdout as it is chosen, and reports prefill and decode tokens/s on
  * stderr. <model> is a checkpoint_dir, one iter_NNNNNNN step, or an `nmoe ckpt export --format hf` directory.
+ * Under `nmoe launch` the ranks split the experts: rank 0 generates and prints, and the other ranks serve their
+ * experts to its forwards (src/eval/lockstep.ts).
  */
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import { TextStream, generate } from '../eval/generate.ts';
-import { openModel } from '../eval/load-model.ts';
+import { Lockstep } from '../eval/lockstep.ts';
+import { type Opened, modelLine, openModel } from '../eval/load-model.ts';
 import { Sampler } from '../eval/sampling.ts';
 import { Decoder } from '../model/decoder.ts';
 import { UserError } from '../util/errors.ts';
@@ -78,20 +81,19 @@ export function registerGenerateCommand(program: Command): void {
     .option('--no-stop-at-eos', 'keep going past the end-of-text token')
     .addHelpText(
       'after',
-      '\nExamples:\n  nmoe generate runs/tiny/checkpoints --prompt "Call me Ishmael."\n  nmoe generate out/hf --prompts-file prompts.txt --temperature 0.8 --top-p 0.95 --seed 1',
+      '\nExamples:\n  nmoe generate runs/tiny/checkpoints --prompt "Call me Ishmael."\n  nmoe generate out/hf --prompts-file prompts.txt --temperature 0.8 --top-p 0.95 --seed 1' +
+        '\n  nmoe launch --nproc-per-node 2 -- generate runs/tiny/checkpoints --prompt "Call me" --device cpu   (experts split over 2 ranks)',
     )
     .action(async (path: string, o: GenerateFlags) => {
       const texts = prompts(o);
       const warn = (m: string) => process.stderr.write(`${pc.yellow('warning:')} ${m}\n`);
       const opened = await openModel(path, o.device, warn);
-      const { model, tokenizer, config } = opened;
-      process.stderr.write(
-        pc.dim(
-          `${opened.from} (step ${opened.step}) on ${opened.backend.name}${opened.note ? `; ${opened.note}` : ''}\n`,
-        ),
-      );
-      const dec = new Decoder(model);
+      const { tokenizer, config } = opened;
+      const dec = new Decoder(opened.model);
+      let ok = false;
       try {
+        const ls = new Lockstep(dec, opened.dist?.comm ?? null);
+        if (ls.rank === 0) process.stderr.write(pc.dim(`${modelLine(opened)}\n`));
         for (const [i, text] of texts.entries()) {
           const ids = Array.from(tokenizer.encode(text));
           if (ids.length >= config.max_position_embeddings) {
@@ -99,36 +101,51 @@ export function registerGenerateCommand(program: Command): void {
               `prompt ${i + 1} is ${ids.length} tokens; the model's positions end at max_position_embeddings = ${config.max_position_embeddings}. Fix: shorten it.`,
             );
           }
-          const stream = new TextStream((t) => tokenizer.decode(t));
-          process.stdout.write(text);
-          const g = await generate(
-            dec,
-            ids,
-            new Sampler({ temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed }, i),
-            {
-              maxTokens: o.maxTokens,
-              eosTokenId: o.stopAtEos ? config.eos_token_id : -1,
-              onToken: (id) => process.stdout.write(stream.push(id)),
-            },
-          );
-          process.stdout.write(`${stream.flush()}\n`);
-          const stop = {
-            eos: 'end of text',
-            max_tokens: `--max-tokens ${o.maxTokens}`,
-            context: `max_position_embeddings ${config.max_position_embeddings}`,
-            until: 'a stop sequence',
-          }[g.stop];
-          process.stderr.write(
-            pc.dim(
-              `prefill ${g.prefillTokens} tokens in ${(g.prefillSeconds * 1000).toFixed(0)} ms (${rate(g.prefillTokens, g.prefillSeconds)}) | ` +
-                `decode ${g.decodeTokens} tokens in ${(g.decodeSeconds * 1000).toFixed(0)} ms (${rate(g.decodeTokens, g.decodeSeconds)}) | ` +
-                `${g.tokens.length} new tokens, stopped at ${stop}\n`,
-            ),
-          );
+          if (ls.rank === 0) await generateOne(ls, opened, o, text, ids, i);
+          await ls.finish();
         }
+        ok = true;
       } finally {
         dec.free();
-        model.free();
+        await opened.close(ok);
       }
     });
+}
+
+/** Streams prompt `index`'s continuation (of its token ids `ids`) to stdout and its timing line to stderr. */
+async function generateOne(
+  ls: Lockstep,
+  { tokenizer, config }: Opened,
+  o: GenerateFlags,
+  text: string,
+  ids: number[],
+  index: number,
+): Promise<void> {
+  const stream = new TextStream((t) => tokenizer.decode(t));
+  process.stdout.write(text);
+  const g = await generate(
+    ls.dec,
+    ids,
+    new Sampler({ temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed }, index),
+    {
+      maxTokens: o.maxTokens,
+      eosTokenId: o.stopAtEos ? config.eos_token_id : -1,
+      onToken: (id) => process.stdout.write(stream.push(id)),
+      lockstep: ls,
+    },
+  );
+  process.stdout.write(`${stream.flush()}\n`);
+  const stop = {
+    eos: 'end of text',
+    max_tokens: `--max-tokens ${o.maxTokens}`,
+    context: `max_position_embeddings ${config.max_position_embeddings}`,
+    until: 'a stop sequence',
+  }[g.stop];
+  process.stderr.write(
+    pc.dim(
+      `prefill ${g.prefillTokens} tokens in ${(g.prefillSeconds * 1000).toFixed(0)} ms (${rate(g.prefillTokens, g.prefillSeconds)}) | ` +
+        `decode ${g.decodeTokens} tokens in ${(g.decodeSeconds * 1000).toFixed(0)} ms (${rate(g.decodeTokens, g.decodeSeconds)}) | ` +
+        `${g.tokens.length} new tokens, stopped at ${stop}\n`,
+    ),
+  );
 }

@@ -1,6 +1,6 @@
 /**
  * `nmoe launch --nproc-per-node N [--nnodes M --node-rank R --master-addr A --master-port P] [--entry module]
- * [train args…]`: one process per GPU, torchrun's way (the launcher itself is src/launch/launch.ts). This file turns
+ * [train args… | eval|generate args…]`: one process per GPU, torchrun's way (the launcher itself is src/launch/launch.ts). This file turns
  * the flags into a checked plan and the launcher's status into the exit code.
  */
 import { wholeFlag } from './flags.ts';
@@ -105,12 +105,15 @@ Examples:
   nmoe launch --nproc-per-node 8 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 configs/moonlight.toml
   nmoe launch --nproc-per-node 8 --nnodes 2 --node-rank 1 --master-addr 10.0.0.1 configs/moonlight.toml
   nmoe launch --nproc-per-node 8 --nnodes 2 --node-rank $JOB_COMPLETION_INDEX --master-addr nmoe-dist-0.nmoe-dist ...
+  nmoe launch --nproc-per-node 2 -- eval runs/x/checkpoints --tasks core --device cpu
   nmoe launch --nproc-per-node 2 --entry my-script.ts -- --my-flag`;
 
 export function registerLaunchCommand(program: Command): void {
   program
     .command('launch')
-    .description('Run one training process per GPU on this node (torchrun-style), across one or more nodes.')
+    .description(
+      'Run one training (or eval, generate) process per GPU on this node (torchrun-style), across one or more nodes.',
+    )
     .option('--nproc-per-node <n>', 'processes (GPUs) on this node; required')
     .option('--nnodes <m>', 'number of nodes', '1')
     .option('--node-rank <r>', "this node's rank, 0 to nnodes-1", '0')
@@ -121,7 +124,10 @@ export function registerLaunchCommand(program: Command): void {
       String(DEFAULT_MASTER_PORT),
     )
     .option('--entry <module>', 'run this JS/TS module on every rank instead of `nmoe train`')
-    .argument('[args...]', 'arguments for `nmoe train` (config file, --key=value overrides) or for --entry')
+    .argument(
+      '[args...]',
+      'arguments for `nmoe train` (config file, --key=value overrides), `eval …` or `generate …` for those commands, or arguments for --entry',
+    )
     .allowUnknownOption()
     .helpOption('-h, --help', 'show help')
     .addHelpText('after', HELP)

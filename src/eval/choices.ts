@@ -4,15 +4,18 @@
  * string), unnormalised by length; the highest score is the model's answer (the first on a tie). All options of an
  * item go through one forward as a batch, each sequence padded at its end with EOS (causal attention: padding after
  * a sequence cannot change its earlier positions). A prompt longer than the model's positions loses its start.
+ * On several ranks, `lockstep` holds the forward until every rank has voted (lockstep.ts).
  */
 import type { TextTokenizer } from '../data/tokenizers.ts';
 import type { Decoder } from '../model/decoder.ts';
+import type { Lockstep } from './lockstep.ts';
 
 export async function optionScores(
   dec: Decoder,
   tok: TextTokenizer,
   prompt: string,
   options: readonly string[],
+  lockstep?: Lockstep,
 ): Promise<number[]> {
   const { b, cfg } = dec.model;
   const eos = cfg.eos_token_id;
@@ -31,6 +34,7 @@ export async function optionScores(
     ids.set(p, j * S);
     ids.set(o, j * S + p.length);
   });
+  await lockstep?.forward();
   const x = b.upload(ids, [ids.length], 'i32');
   const h = dec.hidden(x, opts.length, S);
   const D = h.shape[1]!;

@@ -2,8 +2,10 @@
  * Text generation with the KV cache: one prefill of the prompt, then one cached step per new token, until EOS, the
  * token budget, a stop condition or the model's last RoPE position. Used by `nmoe generate` and the generation tasks (GSM8K).
  * Prefill and decode are timed apart (each ends on a host read of its logits, so the time is the device's).
+ * On several ranks, `lockstep` holds each forward until every rank has voted (lockstep.ts).
  */
 import type { Decoder } from '../model/decoder.ts';
+import type { Lockstep } from './lockstep.ts';
 import type { Sampler } from './sampling.ts';
 
 export interface GenerateOptions {
@@ -14,6 +16,8 @@ export interface GenerateOptions {
   onToken?: (id: number) => void;
   /** Stops after the token that makes this true (a stop sequence); that token is kept. */
   until?: (tokens: readonly number[]) => boolean;
+  /** With experts on several ranks: votes before each forward. The caller runs `finish()` after the generation. */
+  lockstep?: Lockstep;
 }
 
 export interface Generation {
@@ -42,6 +46,7 @@ export async function generate(
   let stop: Generation['stop'] = 'max_tokens';
   try {
     const t0 = performance.now();
+    await o.lockstep?.forward();
     const ids = b.upload(Int32Array.from(prompt), [prompt.length], 'i32');
     const h = dec.hidden(ids, 1, prompt.length, cache);
     const D = h.shape[1]!;
@@ -66,6 +71,7 @@ export async function generate(
         stop = 'context';
         break;
       }
+      await o.lockstep?.forward();
       const x = b.upload(Int32Array.of(id), [1], 'i32');
       const hs = dec.step(x, cache);
       logits = await dec.logits(hs);

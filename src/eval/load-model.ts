@@ -3,6 +3,9 @@
  * `iter_NNNNNNN` step directory, or a Hugging Face export made by `nmoe ckpt export --format hf`. Checkpoints of any
  * number of ranks load on one: the ranks' expert slices are joined in rank order. Optimizer state is not read.
  * Weights are bf16 on the GPU and fp32 on the CPU, as in training.
+ *
+ * Under `nmoe launch` (several ranks) every rank reads the whole model, joins the run (src/comm/parallel.ts) and
+ * keeps its own slice of the experts, as a training rank holds them; the ranks then infer in lockstep (lockstep.ts).
  */
 import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -12,13 +15,17 @@ import type { ReadTensor } from '../checkpoint/safetensors.ts';
 import { readSafetensors } from '../checkpoint/safetensors.ts';
 import { assignTensors } from '../checkpoint/params-io.ts';
 import { readTrainState } from '../checkpoint/state.ts';
+import { readDistEnv } from '../comm/env.ts';
+import { type DistRun, joinRun, modelShape } from '../comm/parallel.ts';
 import { type Config, defaultConfig } from '../config/schema.ts';
 import { type TextTokenizer, loadTokenizer } from '../data/tokenizers.ts';
 import { modelConfig } from '../model/spec.ts';
 import { Transformer } from '../model/transformer.ts';
 import type { Backend } from '../tensor/backend.ts';
+import type { ExpertExchange } from '../tensor/expert-exchange.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { UserError } from '../util/errors.ts';
+import { assertLockstep } from './lockstep.ts';
 
 export interface LoadedModel {
   model: Transformer;
@@ -34,6 +41,10 @@ export interface Opened extends LoadedModel {
   tokenizer: TextTokenizer;
   /** Why "auto" did not pick the GPU, when it did not. */
   note?: string;
+  /** The other ranks when started by `nmoe launch` (or torchrun); null for one process. */
+  dist: DistRun | null;
+  /** Frees the model and leaves the run: after a success once every rank is done, after a failure at once. */
+  close(ok: boolean): Promise<void>;
 }
 
 export async function openModel(
@@ -41,10 +52,54 @@ export async function openModel(
   device: 'auto' | 'cpu' | 'cuda',
   warn: (message: string) => void,
 ): Promise<Opened> {
-  const { backend, note } = await selectBackend(device);
-  const loaded = await loadModel(path, backend, warn);
-  const tokenizer = await loadTokenizer(loaded.config.tokenizer);
-  return { ...loaded, backend, tokenizer, ...(note ? { note } : {}) };
+  const env = readDistEnv();
+  const files = readModel(path, env.rank === 0 ? warn : () => {}); // one rank speaks for the run
+  const cfg = modelConfig(files.config);
+  if (cfg.n_routed_experts % env.worldSize !== 0) {
+    throw new UserError(
+      `${files.from} has ${cfg.n_routed_experts} experts, which ${env.worldSize} ranks cannot share equally. Fix: launch a number of ranks that divides ${cfg.n_routed_experts}.`,
+    );
+  }
+  const tokenizer = await loadTokenizer(files.config.tokenizer);
+  const { backend, note } = await selectBackend(device, env.localRank);
+  assertLockstep(backend, env.worldSize);
+  // (The shape sizes only the GPU's buffers, and several GPU ranks were refused above.)
+  const dist = await joinRun(env, backend, modelShape(cfg, env.worldSize));
+  try {
+    const model = await buildModel(files, backend, dist?.ep);
+    const close = async (ok: boolean) => {
+      model.free();
+      await (ok ? dist?.close() : dist?.abort());
+    };
+    return {
+      model,
+      config: files.config,
+      step: files.step,
+      from: files.from,
+      backend,
+      tokenizer,
+      dist,
+      close,
+      ...(note ? { note } : {}),
+    };
+  } catch (err) {
+    await dist?.abort();
+    throw err;
+  }
+}
+
+/** `checkpoint runs/x/iter_0000200 (step 200) on CPU, 2 ranks`: what the inference commands say they run. */
+export function modelLine(o: Opened): string {
+  const ranks = o.dist ? `, ${o.dist.env.worldSize} ranks (experts split)` : '';
+  return `${o.from} (step ${o.step}) on ${o.backend.name}${ranks}${o.note ? `; ${o.note}` : ''}`;
+}
+
+/** A model's weights and config as read from disk, every expert included. */
+interface ModelFiles {
+  config: Config;
+  step: number;
+  tensors: Map<string, ReadTensor>;
+  from: string;
 }
 
 export async function loadModel(
@@ -52,28 +107,53 @@ export async function loadModel(
   b: Backend,
   warn: (message: string) => void = () => {},
 ): Promise<LoadedModel> {
+  const files = readModel(path, warn);
+  return { model: await buildModel(files, b), config: files.config, step: files.step, from: files.from };
+}
+
+function readModel(path: string, warn: (message: string) => void): ModelFiles {
   if (!existsSync(path) || !statSync(path).isDirectory()) {
     throw new UserError(
       `${path} is not a directory. Fix: pass a checkpoint_dir, one of its iter_NNNNNNN directories, or a directory written by \`nmoe ckpt export --format hf\`.`,
     );
   }
-  const { config, step, tensors, from } = isHfExport(path)
-    ? { ...importHf(path), from: `Hugging Face export ${path}` }
-    : readCheckpoint(path, warn);
-  const model = new Transformer(b, modelConfig(config), { dtype: b.device === 'cuda' ? 'bf16' : 'f32' });
+  return isHfExport(path) ? { ...importHf(path), from: `Hugging Face export ${path}` } : readCheckpoint(path, warn);
+}
+
+/** The model on `b`; with `ep`, holding this rank's slice of the experts. */
+async function buildModel(files: ModelFiles, b: Backend, ep?: ExpertExchange): Promise<Transformer> {
+  const model = new Transformer(b, modelConfig(files.config), {
+    dtype: b.device === 'cuda' ? 'bf16' : 'f32',
+    ...(ep ? { ep } : {}),
+  });
   try {
-    await assignTensors(from, tensors, model.params.params, b);
+    await assignTensors(files.from, ep ? expertSlices(files.tensors, model) : files.tensors, model.params.params, b);
   } catch (err) {
     model.free();
     throw new UserError((err as Error).message, { cause: err });
   }
-  return { model, config, step, from };
+  return model;
 }
 
-function readCheckpoint(
-  path: string,
-  warn: (message: string) => void,
-): { config: Config; step: number; tensors: Map<string, ReadTensor>; from: string } {
+/** `tensors` with each expert tensor cut to the rows (experts) that `model`'s rank holds. */
+function expertSlices(tensors: Map<string, ReadTensor>, model: Transformer): Map<string, ReadTensor> {
+  const out = new Map(tensors);
+  const all = model.cfg.n_routed_experts;
+  for (const p of model.params.params) {
+    const t = tensors.get(p.name);
+    if (p.firstExpert === undefined || !t || t.shape[0] !== all) continue; // a wrong shape is assignTensors' to report
+    const perExpert = t.data.length / all,
+      local = p.shape[0]!;
+    out.set(p.name, {
+      dtype: t.dtype,
+      shape: [local, ...t.shape.slice(1)],
+      data: t.data.slice(p.firstExpert * perExpert, (p.firstExpert + local) * perExpert),
+    });
+  }
+  return out;
+}
+
+function readCheckpoint(path: string, warn: (message: string) => void): ModelFiles {
   const found = stepOf(path, warn);
   const state = readTrainState(found.dir);
   const tensors = readSafetensors(join(found.dir, DENSE_FILE)).tensors;

@@ -7,14 +7,20 @@
  * blank lines, and is scored on the items after them, so no item sees its own answer. The budget caps the scored
  * items per task (`maxExamples`) and the whole eval's time (`maxSeconds`: once past it, the task in progress stops
  * after its current item and the tasks after it score nothing).
+ *
+ * On several ranks (`comm`, the experts split over them) the items are dealt round-robin, as the reference deals
+ * them (examples[rank::world]): in each round rank r scores item round + r, the ranks stay in lockstep (lockstep.ts)
+ * and agree on the time budget before each round, and the counts are summed, so every rank returns the same report.
  */
 import type { TextTokenizer } from '../data/tokenizers.ts';
 import type { Decoder } from '../model/decoder.ts';
+import type { Communicator } from '../tensor/communicator.ts';
 import { UserError } from '../util/errors.ts';
 import { optionScores } from './choices.ts';
 import { bodyComplete, type CodeItem, runProgram, testProgram } from './code-exec.ts';
 import { generate } from './generate.ts';
 import { extractPrediction } from './gsm8k.ts';
+import { Lockstep } from './lockstep.ts';
 import type { TaskSpec } from './registry.ts';
 import { Sampler } from './sampling.ts';
 import { readRows, sourceFiles } from './task-data.ts';
@@ -47,8 +53,9 @@ export interface LoadedTask {
   items: TaskItem[];
 }
 
-export async function loadTask(spec: TaskSpec, dataDir: string): Promise<LoadedTask> {
-  const rows = await readRows(sourceFiles(spec.source, dataDir, spec.where));
+/** `note` tells of a download (task data missing under `dataDir`, fetched from the Hub). */
+export async function loadTask(spec: TaskSpec, dataDir: string, note?: (message: string) => void): Promise<LoadedTask> {
+  const rows = await readRows(await sourceFiles(spec.source, dataDir, spec.where, note));
   const all = rows.map((r) => spec.def.item(r)).filter((x): x is TaskItem => x !== null);
   if (all.length <= spec.fewshot) {
     throw new UserError(
@@ -65,25 +72,39 @@ export const formatScore = (s: TaskScore): string =>
 export const centeredAccuracy = (acc: number, baseline: number): number =>
   baseline >= 1 ? 0 : Math.min(1, Math.max(0, (acc - baseline) / (1 - baseline)));
 
+export interface EvalOptions {
+  /** Called with each task's score as it completes. */
+  onTask?: (s: TaskScore) => void;
+  /** The ranks to share the items with (null or absent: this process alone). */
+  comm?: Communicator | null;
+}
+
 export async function runEval(
   dec: Decoder,
   tok: TextTokenizer,
   tasks: readonly LoadedTask[],
   budget: Budget,
-  onTask?: (s: TaskScore) => void,
+  opts: EvalOptions = {},
 ): Promise<EvalReport> {
+  const ls = new Lockstep(dec, opts.comm ?? null);
   const t0 = performance.now();
   const overTime = () => (performance.now() - t0) / 1000 >= budget.maxSeconds;
   const scores: TaskScore[] = [];
   for (const task of tasks) {
     const start = performance.now();
+    const items = task.items.slice(0, budget.maxExamples);
     let correct = 0,
       n = 0;
-    for (const item of task.items.slice(0, budget.maxExamples)) {
-      if (overTime()) break;
-      correct += (await scoreItem(dec, tok, task, item)) ? 1 : 0;
-      n++;
+    for (let round = 0; round < items.length; round += ls.world) {
+      if (await ls.any(overTime())) break;
+      const item = items[round + ls.rank];
+      if (item) {
+        correct += (await scoreItem(ls, tok, task, item)) ? 1 : 0;
+        n++;
+      }
+      await ls.finish();
     }
+    [correct, n] = (await ls.sum([correct, n])) as [number, number];
     const acc = n > 0 ? correct / n : 0;
     const s = {
       name: task.spec.name,
@@ -93,7 +114,7 @@ export async function runEval(
       seconds: (performance.now() - start) / 1000,
     };
     scores.push(s);
-    onTask?.(s);
+    opts.onTask?.(s);
   }
   const scored = scores.filter((s) => s.n > 0);
   return {
@@ -103,38 +124,40 @@ export async function runEval(
   };
 }
 
-async function scoreItem(dec: Decoder, tok: TextTokenizer, task: LoadedTask, item: TaskItem): Promise<boolean> {
+async function scoreItem(ls: Lockstep, tok: TextTokenizer, task: LoadedTask, item: TaskItem): Promise<boolean> {
   if ('options' in item) {
     const shots = (task.demos as ChoiceItem[]).map((d) => `${d.prompt} ${d.options[d.answer]}\n\n`).join('');
-    const scores = await optionScores(dec, tok, shots + item.prompt, item.options);
+    const scores = await optionScores(ls.dec, tok, shots + item.prompt, item.options, ls);
     return scores.indexOf(Math.max(...scores)) === item.answer;
   }
   if ('test' in item) {
     const shots = (task.demos as CodeItem[]).map((d) => `${d.prompt}${d.solution}\n\n`).join('');
-    const completion = await complete(dec, tok, task, shots + item.prompt, bodyComplete);
+    const completion = await complete(ls, tok, task, shots + item.prompt, bodyComplete);
     return runProgram(testProgram(item, completion), task.spec.exec) === 'passed';
   }
   const shots = (task.demos as GenerationItem[]).map((d) => `${d.prompt} ${d.solution}\n\n`).join('');
   // The demonstrations end at a blank line, so the model's answer does too.
-  const answer = await complete(dec, tok, task, shots + item.prompt, (text) => /\n\s*\n/.test(text));
+  const answer = await complete(ls, tok, task, shots + item.prompt, (text) => /\n\s*\n/.test(text));
   return extractPrediction(answer) === item.gold;
 }
 
 /** Greedy decoding of the text after `prompt`, until `done` holds for it, EOS or the task's token budget. */
 async function complete(
-  dec: Decoder,
+  ls: Lockstep,
   tok: TextTokenizer,
   task: LoadedTask,
   prompt: string,
   done: (text: string) => boolean,
 ): Promise<string> {
   // Room for the answer: a prompt longer than the model's positions allow loses its start.
+  const { dec } = ls;
   const limit = dec.model.cfg.max_position_embeddings;
   const ids = Array.from(tok.encode(prompt)).slice(-(limit - Math.min(task.spec.maxNewTokens, Math.floor(limit / 2))));
   const g = await generate(dec, ids, new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 0 }), {
     maxTokens: task.spec.maxNewTokens,
     eosTokenId: dec.model.cfg.eos_token_id,
     until: (out) => done(tok.decode(out as number[])),
+    lockstep: ls,
   });
   return tok.decode(g.tokens);
 }

@@ -24,12 +24,13 @@ export function tasksFilePath(file: string): string {
 
 /**
  * `dataDir` (a flag) wins over the file's data_dir, which wins over ./data/eval. A code task (it runs the programs
- * the model writes) is refused unless `allowCodeExec`: only `nmoe eval --allow-code-exec` allows it.
+ * the model writes) is refused unless `allowCodeExec`: only `nmoe eval --allow-code-exec` allows it. Task data
+ * missing under the data_dir is downloaded from the Hub (task-data.ts), and `note` says so.
  */
 export async function loadSuite(
   file: string,
   selection: string,
-  opts: { dataDir?: string; allowCodeExec?: boolean } = {},
+  opts: { dataDir?: string; allowCodeExec?: boolean; note?: (message: string) => void } = {},
 ): Promise<LoadedTask[]> {
   const path = tasksFilePath(file);
   const reg = loadRegistry(path);
@@ -44,6 +45,6 @@ export async function loadSuite(
   }
   if (code) checkIsolation(code.exec.python);
   const tasks: LoadedTask[] = [];
-  for (const spec of specs) tasks.push(await loadTask(spec, dir));
+  for (const spec of specs) tasks.push(await loadTask(spec, dir, opts.note));
   return tasks;
 }

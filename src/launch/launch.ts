@@ -37,9 +37,16 @@ const BIN = fileURLToPath(new URL('../../bin/nmoe.js', import.meta.url));
 const ABORT_KEY = 'launch/abort';
 const STOP_KEY = 'launch/stop';
 
-/** `nmoe train <args>` through this node binary, or `entry` (a JS or TS module, like torchrun's script). */
+/** The nmoe commands that run on every rank; `nmoe launch` runs `train` unless its arguments start with another. */
+const RANK_COMMANDS = ['train', 'eval', 'generate'];
+
+/**
+ * `nmoe train <args>` through this node binary (`nmoe eval|generate <args>` when `args` starts with that command),
+ * or `entry` (a JS or TS module, like torchrun's script).
+ */
 export function rankCommand(entry: string | undefined, args: string[]): string[] {
-  if (entry === undefined) return [process.execPath, BIN, 'train', ...args];
+  if (entry === undefined)
+    return [process.execPath, BIN, ...(RANK_COMMANDS.includes(args[0] ?? '') ? args : ['train', ...args])];
   return [process.execPath, '--import', import.meta.resolve('tsx'), resolve(entry), ...args];
 }
 

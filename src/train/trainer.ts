@@ -13,9 +13,10 @@
  * On more than one rank, a step that outlives NMOE_STEP_TIMEOUT_S (a stuck peer) kills this rank: see
  * src/comm/step-watchdog.ts.
  *
- * Evals (eval_every > 0, one rank) and validation (validation_enabled, every validation_every steps): after such a
- * step the configured tasks (src/eval/in-training.ts) or the held-out loss (validation.ts) run on the weights of that
- * step; they touch nothing else of the run, so losses are the same with and without them.
+ * Evals (eval_every > 0) and validation (validation_enabled, every validation_every steps): after such a step the
+ * configured tasks (src/eval/in-training.ts, on every rank in lockstep; rank 0 reports) or the held-out loss
+ * (validation.ts) run on the weights of that step; they touch nothing else of the run, so losses are the same with
+ * and without them.
  *
  * Checkpoints (src/checkpoint/): with `resume`, the newest complete checkpoint in checkpoint_dir is loaded first (one
  * that already reached `steps` trains nothing); without it, another run's steps there are moved aside first, and
@@ -122,12 +123,8 @@ async function trainSaving(
   const rank = dist?.env.rank ?? 0,
     world = dist?.env.worldSize ?? 1;
   if (dist) await checkRanksAgree(dist, config, backend);
-  // Read now: a tasks file or task data that is missing stops the run before any work.
-  const evals = dist ? null : await TrainingEval.create(config);
-  if (dist && config.eval_every > 0)
-    events.warn?.(
-      'eval_every is set, but in-training eval runs on one rank only for now: no evals in this run (see docs/eval.md)',
-    );
+  // Read now (task data missing locally is downloaded): a tasks file or task data not to be had stops the run first.
+  const evals = await TrainingEval.create(config, backend, world, events);
   const loader = createLoader(cfg, rank, world);
   const validation = Validation.create(cfg, rank, world, (m) => events.warn?.(m));
   const trainee = createTrainee(backend, cfg, dist);
@@ -297,9 +294,9 @@ async function trainSaving(
         events.validation?.({ step: done, ...v });
       }
       if (evals?.due(done)) {
-        const report = await evals.run(model);
+        const report = await evals.run(model, dist?.comm ?? null); // every rank, in lockstep
         leaveOut(report.seconds);
-        events.eval?.({ step: done, report });
+        if (rank === 0) events.eval?.({ step: done, report });
       }
       if (isSaveStep(done) || stopping) {
         await ckpt.save(

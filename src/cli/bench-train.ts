@@ -9,7 +9,7 @@ import { loadConfig } from '../config/load.ts';
 import { benchTrain, type BenchResult, refuseCpuFallback } from '../bench/train-bench.ts';
 import { readDistEnv } from '../comm/env.ts';
 import { joinRun, modelShape } from '../comm/parallel.ts';
-import { modelConfig } from '../model/spec.ts';
+import { parallelConfig } from '../config/sections.ts';
 import { deviceClock } from '../tensor/clock.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { UserError } from '../util/errors.ts';
@@ -50,7 +50,7 @@ export function registerBenchTrain(bench: Command): void {
         const refused = fallback && refuseCpuFallback(config, fallback, opts.steps + opts.warmup);
         if (refused) throw new UserError(refused);
         if (note && env.rank === 0) process.stderr.write(`${note}\n`); // why "auto" is not timing a GPU
-        const dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
+        const dist = await joinRun(env, backend, modelShape(parallelConfig(config), env.worldSize));
         const clock = await deviceClock(backend);
         const r = await benchTrain(
           config,

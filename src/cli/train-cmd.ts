@@ -14,7 +14,7 @@ import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
 import { evalLine } from '../eval/in-training.ts';
 import { readDistEnv } from '../comm/env.ts';
 import { type DistRun, joinRun, modelShape } from '../comm/parallel.ts';
-import { modelConfig } from '../model/spec.ts';
+import { parallelConfig } from '../config/sections.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { trainTracked } from '../train/tracked.ts';
 import type { LogRecord, TrainEvents } from '../metrics/records.ts';
@@ -122,7 +122,7 @@ export function registerTrainCommand(program: Command): void {
       let ok = false;
       try {
         const { backend, note, fallback } = await selectBackend(config.device, env.localRank);
-        dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
+        dist = await joinRun(env, backend, modelShape(parallelConfig(config), env.worldSize));
         progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
         // A GPU that failed to start is a fault worth a warning; no GPU at all is the CPU machine's normal case.
         if (note) progress.line(fallback?.gpuPresent ? pc.yellow(`warning: ${note}`) : note);

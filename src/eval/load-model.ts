@@ -14,7 +14,7 @@ import { assignTensors } from '../checkpoint/params-io.ts';
 import { readTrainState } from '../checkpoint/state.ts';
 import { type Config, defaultConfig } from '../config/schema.ts';
 import { type TextTokenizer, loadTokenizer } from '../data/tokenizers.ts';
-import { modelConfig } from '../model/spec.ts';
+import { modelConfig } from '../config/sections.ts';
 import { Transformer } from '../model/transformer.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { selectBackend } from '../tensor/select.ts';

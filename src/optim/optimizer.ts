@@ -19,7 +19,7 @@
  * published values. The extra traffic is one all-gather of the dense gradient and one copy of the Muon weights.
  */
 import type { Communicator } from '../tensor/communicator.ts';
-import type { ModelConfig } from '../model/spec.ts';
+import type { OptimConfig } from '../config/sections.ts';
 import type { Param, ParamGroup, ParamStore } from '../model/params.ts';
 import type { AdamWGroup, Backend } from '../tensor/backend.ts';
 import { type Timer, untimed } from '../tensor/clock.ts';
@@ -96,7 +96,7 @@ export class Optimizer {
   constructor(
     readonly b: Backend,
     readonly store: ParamStore,
-    readonly cfg: ModelConfig,
+    readonly cfg: OptimConfig,
     readonly comm: Communicator | null = null,
   ) {
     const stateDtype: DType = cfg.optim_state_dtype === 'bf16' ? 'bf16' : 'f32';

@@ -112,7 +112,7 @@ describe('direct mode (data_path)', () => {
     for (const prefetch of [0, 2])
       expect(restoredBatches(cfg, saved, 12, prefetch), `prefetch ${prefetch}`).toEqual(next);
     const other = createLoader(cfgFor({ data_path: shardDir([300]).dir, seq_len: 16, batch_size: 3 }), 0, 1, silent);
-    expect(() => other.restore(saved)).toThrow(/belongs to data plan .*, this run's plan is/);
+    expect(() => other.load(saved)).toThrow(/belongs to data plan .*, this run's plan is/);
   });
 });
 
@@ -136,7 +136,7 @@ async function saveAt(cfg: LoaderConfig, k: number, n: number): Promise<{ saved:
 function restoredBatches(cfg: LoaderConfig, saved: LoaderState, n: number, prefetch: number): number[][] {
   const loader = createLoader(cfg, 0, 1, { ...silent, prefetch });
   loader.next();
-  loader.restore(saved);
+  loader.load(saved);
   const got = Array.from({ length: n }, () => Array.from(loader.next().inputs));
   loader.close();
   return got;

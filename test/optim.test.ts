@@ -272,3 +272,36 @@ describe('expert gradients live for one step', () => {
     out.free();
   });
 });
+
+describe('state() and load()', () => {
+  it('carry the weights and the optimizer to a fresh trainee, whose next step is then bit-identical', async () => {
+    const { createTrainee, trainStep } = await import('../src/train/step.ts');
+    const { sections, model } = tinyModel(['--optimizer=muon', '--warmup_steps=1']);
+    model.free();
+    const ids = ints([5, 17, 3, 99]),
+      targets = ints([17, 3, 99, 42]);
+    const trained = createTrainee(cpu, sections);
+    for (let s = 0; s < 2; s++) trainStep(trained, ids, targets, 1, 4 * s).free();
+    const values = (t: typeof trained) =>
+      new Map(
+        [...t.model.params.state(), ...t.opt.state().tensors].map((x) => [
+          x.name,
+          { data: Float32Array.from(data(x.value)) },
+        ]),
+      );
+    expect(trained.opt.state().tensors.map((t) => t.name)).toContain('optim.momentum.blocks.0.attn.wq_a.weight');
+    // Another init, so that only what load() brings over can make the two agree.
+    const fresh = createTrainee(cpu, { ...sections, model: { ...sections.model, seed: 7 } });
+    const saved = values(trained);
+    fresh.model.params.load(saved);
+    fresh.opt.load({ step: trained.opt.state().step, tensors: saved });
+    expect(fresh.opt.state().step).toBe(2);
+    const weights = (t: typeof trained) => t.model.params.state().map((x) => Array.from(data(x.value)));
+    for (const t of [trained, fresh]) trainStep(t, ids, targets, 1, 8).free();
+    expect(weights(fresh)).toEqual(weights(trained));
+    // The same tensors with another step count: the next update differs (AdamW's bias correction).
+    fresh.opt.load({ step: 0, tensors: values(trained) });
+    for (const t of [trained, fresh]) trainStep(t, ids, targets, 1, 12).free();
+    expect(weights(fresh)).not.toEqual(weights(trained));
+  });
+});

@@ -10,7 +10,7 @@ import { importHf, isHfExport } from '../checkpoint/import-hf.ts';
 import { DENSE_FILE, type StepDir, latestComplete, listSteps, rankFile } from '../checkpoint/layout.ts';
 import type { ReadTensor } from '../checkpoint/safetensors.ts';
 import { readSafetensors } from '../checkpoint/safetensors.ts';
-import { assignTensors } from '../checkpoint/params-io.ts';
+import { assignParams } from '../checkpoint/params-io.ts';
 import { readTrainState } from '../checkpoint/state.ts';
 import { type Config, defaultConfig } from '../config/schema.ts';
 import { type TextTokenizer, loadTokenizer } from '../data/tokenizers.ts';
@@ -62,7 +62,7 @@ export async function loadModel(
     : readCheckpoint(path, warn);
   const model = new Transformer(b, modelConfig(config), { dtype: b.device === 'cuda' ? 'bf16' : 'f32' });
   try {
-    await assignTensors(from, tensors, model.params.params, b);
+    await assignParams(from, tensors, model.params);
   } catch (err) {
     model.free();
     throw new UserError((err as Error).message, { cause: err });

@@ -236,7 +236,7 @@ export class DeterministicLoader {
     return structuredClone(this.#delivered);
   }
 
-  restore(saved: LoaderState): void {
+  load(saved: LoaderState): void {
     const fix = 'resume with the data config the state was saved with, or start the data from the beginning';
     if (saved.version !== 1)
       throw dataError(`loader state version ${saved.version} is not supported`, 'loader state', fix);

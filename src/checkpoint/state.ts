@@ -7,16 +7,15 @@
  * rounding, so the RNG state is (seed, optimizer step), recorded as such.
  *
  * Tensor names, as the parameter store's and the optimizer's `state()` give them: parameters keep their names
- * (`blocks.3.ffn.W1`); optimizer state is `optim.exp_avg.NAME` and
- * `optim.exp_avg_sq.NAME` (AdamW), `optim.momentum.NAME` (Muon) and `optim.master.NAME`, where a dense parameter
- * split between ZeRO-2 shards is named per piece, `NAME@start:end` (its element range). Experts and all optimizer
- * state go to the rank file (with one rank, the optimizer shard is the whole optimizer), everything else to the
- * dense file.
+ * (`blocks.3.ffn.W1`); optimizer state is `optim.exp_avg.NAME` and `optim.exp_avg_sq.NAME` (AdamW),
+ * `optim.momentum.NAME` (Muon) and `optim.master.NAME`, where a dense parameter split between ZeRO-2 shards is
+ * named per piece, `NAME@start:end` (its element range). Experts and all optimizer state go to the rank file (with
+ * one rank, the optimizer shard is the whole optimizer), everything else to the dense file.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Config, defaultConfig } from '../config/schema.ts';
-import { configFingerprint, fingerprintDiff, mathFields } from '../config/fingerprint.ts';
+import type { ConfigIdentity } from '../config/fingerprint.ts';
+import type { Config } from '../config/schema.ts';
 import type { DeterministicLoader, LoaderState } from '../data/loader/loader.ts';
 import type { StateTensor } from '../model/params.ts';
 import type { Trainee } from '../optim/trainee.ts';
@@ -61,7 +60,7 @@ function stateTensors(t: Trainee): StateTensor[] {
 }
 
 export interface CaptureInfo {
-  config: Config;
+  identity: ConfigIdentity;
   step: number;
   tokensSeen: number;
   world: number;
@@ -92,9 +91,9 @@ export async function captureSnapshot(t: Trainee, loader: DeterministicLoader, i
     world: info.world,
     loader: loaderState,
     plan_hash: loaderState.plan_hash,
-    rng: { generator: 'philox4x32-10', seed: info.config.seed, optimizer_step: t.opt.state().step },
-    config_fingerprint: configFingerprint(info.config),
-    config: mathFields(info.config),
+    rng: { generator: 'philox4x32-10', seed: info.identity.seed, optimizer_step: t.opt.state().step },
+    config_fingerprint: info.identity.fingerprint,
+    config: info.identity.math,
     run_id: info.runId,
     nmoe_version: NMOE_VERSION,
     git_sha: info.gitSha,
@@ -134,7 +133,7 @@ export async function restoreSnapshot(
   found: StepDir,
   t: Trainee,
   loader: DeterministicLoader,
-  config: Config,
+  identity: ConfigIdentity,
   rank: number,
   world: number,
 ): Promise<TrainState> {
@@ -148,12 +147,8 @@ export async function restoreSnapshot(
   const bad = checksumProblems(found, reads);
   if (bad.length) throw damaged(found.dir, bad.join('; '));
   const state = readTrainState(found.dir);
-  if (state.config_fingerprint !== configFingerprint(config)) {
-    // A math key the checkpoint does not record had its default then (it did not exist yet, or Muon's keys of an AdamW run).
-    const saved = { ...defaultConfig(), ...state.config } as Config;
-    const diff = fingerprintDiff(saved, config).map(
-      (k) => `${k} (${JSON.stringify(saved[k as keyof Config])} -> ${JSON.stringify(config[k as keyof Config])})`,
-    );
+  if (state.config_fingerprint !== identity.fingerprint) {
+    const diff = identity.differences(state.config);
     throw new UserError(
       `checkpoint ${found.dir} was saved with a different config: ${diff.join(', ') || 'fingerprint only'}. ` +
         'Fix: restore those values, point checkpoint_dir elsewhere, or pass --no-resume.',

@@ -54,7 +54,7 @@ export interface StateTensor {
   split: StateSplit | null;
 }
 
-/** Host values of state tensors by name: each the tensor's shape, in any dtype the tensor converts from. */
+/** Host values of state tensors by name: f32, each of its tensor's shape. */
 export type StateValues = ReadonlyMap<string, { data: Float32Array }>;
 
 /** Copies `values` into the live tensors `into` (each converted to its tensor's dtype: f32 into bf16 rounds). */

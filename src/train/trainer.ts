@@ -30,7 +30,7 @@ import { latestComplete } from '../checkpoint/layout.ts';
 import { type DirLock, lockCheckpointDir } from '../checkpoint/lock.ts';
 import { clearWay } from '../checkpoint/previous-run.ts';
 import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
-import { configFingerprint } from '../config/fingerprint.ts';
+import { configIdentity } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
 import { TrainingEval } from '../eval/in-training.ts';
 import { flopsPerToken, parameterCounts } from '../model/flops.ts';
@@ -141,12 +141,13 @@ async function trainSaving(
   const flops = flopsPerToken(cfg, model.params.params);
   let step = 0;
   let tokensSeen = 0;
+  const identity = configIdentity(config);
   // Start time, config fingerprint and a random suffix: unique even for runs started in the same second.
-  let runId = `run_${new Date().toISOString().replace(/[-:]/g, '').replace('T', '_').slice(0, 15)}_${configFingerprint(config).slice(0, 8)}_${randomBytes(2).toString('hex')}`;
+  let runId = `run_${new Date().toISOString().replace(/[-:]/g, '').replace('T', '_').slice(0, 15)}_${identity.fingerprint.slice(0, 8)}_${randomBytes(2).toString('hex')}`;
   const found = checkpoint.resume ? latestComplete(checkpoint.checkpoint_dir, (m) => events.warn?.(m)) : null;
   if (checkpoint.resume && !found) events.note?.(`nothing to resume in ${checkpoint.checkpoint_dir}; starting fresh`);
   if (found) {
-    const saved = await restoreSnapshot(found, trainee, loader, config, rank, world).catch((err: unknown) => {
+    const saved = await restoreSnapshot(found, trainee, loader, identity, rank, world).catch((err: unknown) => {
       opt.free();
       model.free();
       throw err;
@@ -301,7 +302,7 @@ async function trainSaving(
       if (isSaveStep(done) || stopping) {
         await ckpt.save(
           await captureSnapshot(trainee, loader, {
-            config,
+            identity,
             step: done,
             tokensSeen: current.tokensSeen,
             world,

@@ -12,8 +12,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, join, relative, resolve } from 'node:path';
-import type { LoaderConfig } from '../../config/sections.ts';
-import type { Config } from '../../config/schema.ts';
+import type { LoaderConfig, ValidationConfig } from '../../config/sections.ts';
 import { UserError } from '../../util/errors.ts';
 import { embeddedTokens } from '../embedded-corpus.ts';
 import { dataError, type Warn, warnToStderr } from '../errors.ts';
@@ -221,7 +220,7 @@ export function createLoader(cfg: LoaderConfig, rank = 0, world = 1, opts: Creat
  * delivers the same first `validation_steps` global batches every time, this rank's slice of each.
  */
 export function validationLoaders(
-  cfg: LoaderConfig & Pick<Config, 'validation_data_path' | 'validation_steps'>,
+  cfg: LoaderConfig & Pick<ValidationConfig, 'validation_data_path' | 'validation_steps'>,
   rank = 0,
   world = 1,
   opts: CreateOptions = {},

@@ -16,7 +16,6 @@ import {
   readFileSync,
   readdirSync,
   renameSync,
-  statSync,
   watch,
   writeFileSync,
 } from 'node:fs';

@@ -5,7 +5,7 @@ import { Command } from 'commander';
 import { parse } from 'smol-toml';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { registerConfigCommand } from '../src/cli/config-cmd.ts';
-import { configFingerprint, fingerprintDiff } from '../src/config/fingerprint.ts';
+import { configFingerprint, configIdentity, fingerprintDiff, mathFields } from '../src/config/fingerprint.ts';
 import { RANGES } from '../src/config/ranges.ts';
 import { defaultConfigPath, keyLines, loadConfig, resolveConfig, type LoadOptions } from '../src/config/load.ts';
 import { CONFIG_KEYS, FIELDS, TOKENIZERS, defaultConfig, type Config } from '../src/config/schema.ts';
@@ -517,6 +517,18 @@ describe('fingerprint', () => {
     const muon = tiny(['--optimizer=muon']);
     expect(fingerprintDiff(base, muon)).toEqual(['optimizer']);
     expect(fingerprintDiff(muon, tiny(['--optimizer=muon', '--muon_momentum=0.9']))).toEqual(['muon_momentum']);
+  });
+
+  it("a config's identity records its fingerprint, math fields and seed, and names what a saved record differs in", () => {
+    const id = configIdentity(base);
+    expect(id.fingerprint).toBe(configFingerprint(base));
+    expect(id.math).toEqual(mathFields(base));
+    expect(id.seed).toBe(base.seed);
+    expect(id.differences(mathFields(base))).toEqual([]);
+    expect(id.differences(mathFields(tiny(['--dim=128', '--seed=1'])))).toEqual(['dim (128 -> 64)', 'seed (1 -> 42)']);
+    // A record without a math key (saved before it existed) had its default.
+    const { lr_dense: _, ...older } = mathFields(base);
+    expect(id.differences(older)).toEqual([`lr_dense (${defaultConfig().lr_dense} -> ${base.lr_dense})`]);
   });
 
   it('does not depend on key order inside tables', () => {

@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
-import { modelConfig } from '../src/model/spec.ts';
+import { modelConfig } from '../src/config/sections.ts';
 import { Decoder } from '../src/model/decoder.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { muonStep, newtonSchulz5 } from '../src/optim/muon.ts';

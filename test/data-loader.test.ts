@@ -6,7 +6,8 @@
 import { mkdirSync, renameSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type DataConfig, createLoader } from '../src/data/loader/build.ts';
+import type { LoaderConfig } from '../src/config/sections.ts';
+import { createLoader } from '../src/data/loader/build.ts';
 import type { Batch, DeterministicLoader, LoaderState } from '../src/data/loader/loader.ts';
 import { PyFloat, pyJsonDumps, resolvePlan } from '../src/data/loader/mixture.ts';
 import { START, type Segment, TokenStream } from '../src/data/loader/stream.ts';
@@ -20,7 +21,7 @@ afterAll(removeTempDirs);
 
 const REF = new URL('./fixtures/data/reference/', import.meta.url).pathname;
 
-function cfgFor(over: Partial<DataConfig>): DataConfig {
+function cfgFor(over: Partial<LoaderConfig>): LoaderConfig {
   return {
     data_path: null,
     flow_mode: null,
@@ -111,7 +112,7 @@ describe('direct mode (data_path)', () => {
     for (const prefetch of [0, 2])
       expect(restoredBatches(cfg, saved, 12, prefetch), `prefetch ${prefetch}`).toEqual(next);
     const other = createLoader(cfgFor({ data_path: shardDir([300]).dir, seq_len: 16, batch_size: 3 }), 0, 1, silent);
-    expect(() => other.restore(saved)).toThrow(/belongs to data plan .*, this run's plan is/);
+    expect(() => other.load(saved)).toThrow(/belongs to data plan .*, this run's plan is/);
   });
 });
 
@@ -119,7 +120,7 @@ describe('direct mode (data_path)', () => {
  * Hands out `k` batches as training does (letting background reads land in between), then returns the state saved
  * there (through JSON, as a checkpoint stores it) and the inputs of the `n` batches that follow.
  */
-async function saveAt(cfg: DataConfig, k: number, n: number): Promise<{ saved: LoaderState; next: number[][] }> {
+async function saveAt(cfg: LoaderConfig, k: number, n: number): Promise<{ saved: LoaderState; next: number[][] }> {
   const loader = createLoader(cfg, 0, 1, { ...silent, prefetch: 2 });
   for (let i = 0; i < k; i++) {
     loader.next();
@@ -132,17 +133,17 @@ async function saveAt(cfg: DataConfig, k: number, n: number): Promise<{ saved: L
 }
 
 /** The inputs of `n` batches from a new loader restored to `saved` after reading a batch of its own (restore must discard what was planned). */
-function restoredBatches(cfg: DataConfig, saved: LoaderState, n: number, prefetch: number): number[][] {
+function restoredBatches(cfg: LoaderConfig, saved: LoaderState, n: number, prefetch: number): number[][] {
   const loader = createLoader(cfg, 0, 1, { ...silent, prefetch });
   loader.next();
-  loader.restore(saved);
+  loader.load(saved);
   const got = Array.from({ length: n }, () => Array.from(loader.next().inputs));
   loader.close();
   return got;
 }
 
 /** Flow `small` or `staged` (see writeFlowTomls) on shards whose tokens name their source: alpha 1000+, beta 2000+, gamma 3000+, delta 4000+. */
-function flowFixture(tokensB: number, stages: 'one' | 'two'): DataConfig {
+function flowFixture(tokensB: number, stages: 'one' | 'two'): LoaderConfig {
   const root = tempDir('flow');
   const tomls = writeFlowTomls(root, tokensB);
   const flow = stages === 'one' ? 'small' : 'staged';
@@ -164,11 +165,11 @@ describe('flow mode (mixture + flow profiles)', () => {
   it('mixes three sources in the configured proportions, within one sequence at every point, to the exact quotas', () => {
     const cfg = flowFixture(0.0000256, 'one'); // 25,600 tokens = 1,600 sequences of 16
     const loader = createLoader(cfg, 0, 1, silent);
-    expect(cfg.steps).toBe(200); // derived from the flow budget: 25,600 / (8 x 16)
+    expect(loader.steps).toBe(200); // derived from the flow budget: 25,600 / (8 x 16)
     const counts = [0, 0, 0];
     const weights = [0.5, 0.3, 0.2];
     let worst = 0;
-    for (let step = 0; step < cfg.steps; step++) {
+    for (let step = 0; step < loader.steps; step++) {
       for (const row of rows(loader.next(), 16)) {
         counts[sourceOf(row)]!++;
         const n = counts.reduce((a, b) => a + b, 0);

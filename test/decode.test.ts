@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { Decoder } from '../src/model/decoder.ts';
-import { modelConfig } from '../src/model/spec.ts';
+import { modelConfig } from '../src/config/sections.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { asCpu } from '../src/tensor/cpu/storage.ts';

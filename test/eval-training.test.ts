@@ -18,7 +18,7 @@ import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { createLoader } from '../src/data/loader/build.ts';
 import { evalLine } from '../src/eval/in-training.ts';
 import { loadModel } from '../src/eval/load-model.ts';
-import { modelConfig } from '../src/model/spec.ts';
+import { configSections } from '../src/config/sections.ts';
 import { metricsPath } from '../src/metrics/duckdb-writer.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { trainTracked } from '../src/train/tracked.ts';
@@ -198,7 +198,7 @@ describe('validation loss', () => {
     // The last step's weights (its checkpoint) on the same two batches, through the training forward.
     const cpu = new CpuBackend();
     const { model } = await loadModel(join(root, 'val', 'ckpt'), cpu);
-    const loader = createLoader({ ...modelConfig(validated.config), data_path: dir, steps: 2 }, 0, 1, {
+    const loader = createLoader({ ...configSections(validated.config).loader, data_path: dir, steps: 2 }, 0, 1, {
       warn: () => {},
     });
     let sum = 0,

@@ -33,7 +33,7 @@ import { Sampler, sampleFrom } from '../src/eval/sampling.ts';
 import { loadSuite } from '../src/eval/suite.ts';
 import type { ChoiceItem } from '../src/eval/tasks.ts';
 import { Decoder } from '../src/model/decoder.ts';
-import { modelConfig } from '../src/model/spec.ts';
+import { modelConfig } from '../src/config/sections.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { asCpu } from '../src/tensor/cpu/storage.ts';

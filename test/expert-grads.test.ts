@@ -7,7 +7,8 @@
 import { describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { ParamStore } from '../src/model/params.ts';
-import { modelConfig, modelParamSpecs } from '../src/model/spec.ts';
+import { modelConfig } from '../src/config/sections.ts';
+import { modelParamSpecs } from '../src/model/spec.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { philoxNormal } from '../src/util/philox.ts';
 

@@ -4,7 +4,7 @@
  * quality is learnable (letters score 4, digits 0), grade's decisions on hand-set heads (known answers), calibrate,
  * prep --hydra-filter against grade, the resume of an interrupted grade, and the one-line errors.
  */
-import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it, vi } from 'vitest';

@@ -11,7 +11,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
-import { modelConfig } from '../src/model/spec.ts';
+import { modelConfig } from '../src/config/sections.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { asCpu, setDoubleStorage } from '../src/tensor/cpu/storage.ts';
 import { philoxNormal } from '../src/util/philox.ts';

@@ -8,7 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { ConfigError } from '../src/config/validate.ts';
-import { modelConfig } from '../src/model/spec.ts';
+import { configSections } from '../src/config/sections.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { NS5_COEFFICIENTS, type MuonSettings, muonOwners, muonStep, newtonSchulz5 } from '../src/optim/muon.ts';
 import { Optimizer } from '../src/optim/optimizer.ts';
@@ -204,9 +204,9 @@ const tinyConfig = (overrides: string[]) =>
 
 describe('which parameters Muon takes', () => {
   const split = (overrides: string[]) => {
-    const cfg = modelConfig(tinyConfig(overrides));
+    const { model: cfg, optim } = configSections(tinyConfig(overrides));
     const model = new Transformer(cpu, cfg);
-    const opt = new Optimizer(cpu, model.params, cfg);
+    const opt = new Optimizer(cpu, model.params, optim);
     return {
       muon: opt.muon.map((x) => x.slot.name),
       adamw: opt.groups.flatMap((g) => g.slots.map((x) => x.name)),

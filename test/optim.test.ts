@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { paramGroup } from '../src/model/params.ts';
-import { modelConfig } from '../src/model/spec.ts';
+import { configSections } from '../src/config/sections.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { Optimizer } from '../src/optim/optimizer.ts';
 import { roundToBf16 } from '../src/tensor/bf16.ts';
@@ -44,10 +44,10 @@ function tinyModel(overrides: string[] = []) {
     env: {},
     overrides: ['--dim=8', '--n_layers=2', '--n_heads=2', '--seq_len=4', '--batch_size=1', ...overrides],
   });
-  const cfg = modelConfig(config);
-  const model = new Transformer(cpu, cfg);
-  model.params.initialize(cfg.seed);
-  return { cfg, model };
+  const sections = configSections(config);
+  const model = new Transformer(cpu, sections.model);
+  model.params.initialize(sections.model.seed);
+  return { cfg: sections.optim, sections, model };
 }
 
 describe('AdamW', () => {
@@ -218,12 +218,12 @@ describe('precision policy for bf16 weights', () => {
           '--decay_floor=1e-6',
         ],
       });
-      const cfg = modelConfig(config);
+      const { model: cfg, optim } = configSections(config);
       const model = new Transformer(cpu, cfg, { dtype: 'bf16' });
       model.params.initialize(cfg.seed);
       const w = model.params.get('blocks.0.attn.wq_a.weight');
       cpu.fill(w, 1); // bf16 spacing at 1.0 is 2^-7: a 1e-5 step rounds back to 1 every time
-      const opt = new Optimizer(cpu, model.params, cfg);
+      const opt = new Optimizer(cpu, model.params, optim);
       opt.syncMasters();
       for (let s = 0; s < 500; s++) {
         for (const p of model.params.trainable()) cpu.fill(model.params.grad(p.name), 1);
@@ -243,9 +243,9 @@ describe('precision policy for bf16 weights', () => {
 describe('expert gradients live for one step', () => {
   it('exist from their first use in the backward until the update, and start at zero', async () => {
     const { createTrainee, trainStep } = await import('../src/train/step.ts');
-    const { cfg, model } = tinyModel();
+    const { sections, model } = tinyModel();
     model.free();
-    const trainee = createTrainee(cpu, cfg);
+    const trainee = createTrainee(cpu, sections);
     const experts = trainee.model.params.params.filter((p) => p.firstExpert !== undefined);
     expect(experts.length).toBeGreaterThan(0);
     const ids = ints([5, 17, 3, 99]),
@@ -270,5 +270,38 @@ describe('expert gradients live for one step', () => {
     ).toBe(true);
     expect(Array.from(data(trainee.model.params.grad(experts[0]!.name))).every((v) => v === 0)).toBe(true);
     out.free();
+  });
+});
+
+describe('state() and load()', () => {
+  it('carry the weights and the optimizer to a fresh trainee, whose next step is then bit-identical', async () => {
+    const { createTrainee, trainStep } = await import('../src/train/step.ts');
+    const { sections, model } = tinyModel(['--optimizer=muon', '--warmup_steps=1']);
+    model.free();
+    const ids = ints([5, 17, 3, 99]),
+      targets = ints([17, 3, 99, 42]);
+    const trained = createTrainee(cpu, sections);
+    for (let s = 0; s < 2; s++) trainStep(trained, ids, targets, 1, 4 * s).free();
+    const values = (t: typeof trained) =>
+      new Map(
+        [...t.model.params.state(), ...t.opt.state().tensors].map((x) => [
+          x.name,
+          { data: Float32Array.from(data(x.value)) },
+        ]),
+      );
+    expect(trained.opt.state().tensors.map((t) => t.name)).toContain('optim.momentum.blocks.0.attn.wq_a.weight');
+    // Another init, so that only what load() brings over can make the two agree.
+    const fresh = createTrainee(cpu, { ...sections, model: { ...sections.model, seed: 7 } });
+    const saved = values(trained);
+    fresh.model.params.load(saved);
+    fresh.opt.load({ step: trained.opt.state().step, tensors: saved });
+    expect(fresh.opt.state().step).toBe(2);
+    const weights = (t: typeof trained) => t.model.params.state().map((x) => Array.from(data(x.value)));
+    for (const t of [trained, fresh]) trainStep(t, ids, targets, 1, 8).free();
+    expect(weights(fresh)).toEqual(weights(trained));
+    // The same tensors with another step count: the next update differs (AdamW's bias correction).
+    fresh.opt.load({ step: 0, tensors: values(trained) });
+    for (const t of [trained, fresh]) trainStep(t, ids, targets, 1, 12).free();
+    expect(weights(fresh)).not.toEqual(weights(trained));
   });
 });

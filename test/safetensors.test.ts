@@ -21,7 +21,8 @@ import {
 } from '../src/checkpoint/safetensors.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { ParamStore } from '../src/model/params.ts';
-import { modelParamSpecs, modelConfig } from '../src/model/spec.ts';
+import { modelConfig } from '../src/config/sections.ts';
+import { modelParamSpecs } from '../src/model/spec.ts';
 import { roundToBf16 } from '../src/tensor/bf16.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 

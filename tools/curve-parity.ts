@@ -31,7 +31,7 @@ import type { Config } from '../src/config/schema.ts';
 import { embeddedTokens } from '../src/data/embedded-corpus.ts';
 import { createLoader } from '../src/data/loader/build.ts';
 import { npyHeader } from '../src/data/npy.ts';
-import { modelConfig } from '../src/model/spec.ts';
+import { configSections } from '../src/config/sections.ts';
 import { selectBackend } from '../src/tensor/select.ts';
 import { createTrainee, trainStep } from '../src/train/step.ts';
 import { makeDirs } from '../src/util/dirs.ts';
@@ -95,15 +95,15 @@ async function trainNmoe(
   config: Config,
   weightsPath: string,
 ): Promise<{ losses: number[]; device: 'cpu' | 'cuda'; name: string }> {
-  const cfg = modelConfig(config);
+  const sections = configSections(config);
   const { backend: b } = await selectBackend(config.device);
-  const trainee = createTrainee(b, cfg);
+  const trainee = createTrainee(b, sections);
   await saveParams(weightsPath, trainee.model.params, { metadata: { source: 'tools/curve-parity.ts', step: '0' } });
-  const loader = createLoader(config, 0, 1);
+  const loader = createLoader(sections.loader, 0, 1);
   const losses: number[] = [];
-  const tokensPerStep = cfg.batch_size * cfg.seq_len;
+  const tokensPerStep = config.batch_size * config.seq_len;
   try {
-    for (let step = 0; step < cfg.steps; step++) {
+    for (let step = 0; step < config.steps; step++) {
       const batch = loader.next();
       const ids = b.upload(batch.inputs, [batch.inputs.length], 'i32');
       const targets = b.upload(batch.targets, [batch.targets.length], 'i32');
@@ -111,8 +111,8 @@ async function trainNmoe(
       losses.push((await b.read(out.loss))[0]!);
       for (const t of [ids, targets]) t.free();
       out.free();
-      if ((step + 1) % Math.max(1, Math.floor(cfg.steps / 10)) === 0 || step + 1 === cfg.steps) {
-        console.log(`nmoe: step ${step + 1}/${cfg.steps} loss ${losses[step]!.toFixed(5)}`);
+      if ((step + 1) % Math.max(1, Math.floor(config.steps / 10)) === 0 || step + 1 === config.steps) {
+        console.log(`nmoe: step ${step + 1}/${config.steps} loss ${losses[step]!.toFixed(5)}`);
       }
     }
   } finally {

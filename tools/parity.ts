@@ -34,7 +34,7 @@ import {
 import { configFingerprint } from '../src/config/fingerprint.ts';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { type Config, defaultConfig } from '../src/config/schema.ts';
-import { type ModelConfig, modelConfig } from '../src/model/spec.ts';
+import { type ModelConfig, modelConfig } from '../src/config/sections.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import type { Backend } from '../src/tensor/backend.ts';
 import { selectBackend } from '../src/tensor/select.ts';
@@ -228,8 +228,13 @@ async function backendFor(device: 'cpu' | 'cuda'): Promise<Backend> {
   return (await selectBackend(device)).backend;
 }
 
+/** The model and the batch size a parity check runs. */
+export type ParityConfig = ModelConfig & { readonly batch_size: number };
+
+const parityConfig = (config: Config): ParityConfig => ({ ...modelConfig(config), batch_size: config.batch_size });
+
 /** A batch of sequences of uniform random ids (1 in 16 is EOS, so the loss mask matters); targets = next ids. */
-export function randomBatch(cfg: ModelConfig, seed: number): { inputs: Int32Array; targets: Int32Array } {
+export function randomBatch(cfg: ParityConfig, seed: number): { inputs: Int32Array; targets: Int32Array } {
   const B = cfg.batch_size,
     S = cfg.seq_len;
   const inputs = new Int32Array(B * S),
@@ -253,12 +258,12 @@ export function writeConfigJson(path: string, source: string, config: Config): v
 }
 
 /** Builds and initialises the model, and writes config.json, weights.safetensors and batch.safetensors. */
-export async function prepareParity(opts: PrepareOptions): Promise<{ files: ParityFiles; cfg: ModelConfig }> {
+export async function prepareParity(opts: PrepareOptions): Promise<{ files: ParityFiles; cfg: ParityConfig }> {
   const { config } = loadConfig(opts.configPath ?? defaultConfigPath(), {
     overrides: [...DEFAULT_OVERRIDES, ...(opts.overrides ?? [])],
     env: {},
   });
-  const cfg = modelConfig(config);
+  const cfg = parityConfig(config);
   makeDirs(opts.outDir);
   const files = parityFiles(opts.outDir);
   writeConfigJson(files.config, opts.configPath ?? defaultConfigPath(), config);
@@ -290,10 +295,10 @@ export async function prepareParity(opts: PrepareOptions): Promise<{ files: Pari
 }
 
 /** The config a parity folder was prepared with (config.json holds a validated config). */
-export function readParityConfig(path: string): ModelConfig {
+export function readParityConfig(path: string): ParityConfig {
   const doc = JSON.parse(readFileSync(path, 'utf8')) as { config?: Partial<Config> };
   if (!doc.config) throw new Error(`${path} has no "config" object (expected the output of nmoe config show --json)`);
-  return modelConfig({ ...defaultConfig(), ...doc.config } as Config);
+  return parityConfig({ ...defaultConfig(), ...doc.config } as Config);
 }
 
 /**
@@ -478,7 +483,7 @@ export async function main(argv: string[]): Promise<number> {
     return c.ok ? 0 : 1;
   }
 
-  let files: ParityFiles, cfg: ModelConfig;
+  let files: ParityFiles, cfg: ParityConfig;
   if (o.reuse) {
     // The config, weights and batch of an earlier run; this run's results go to --out.
     makeDirs(o.outDir);

@@ -48,8 +48,14 @@ async function time(
   return samples[Math.floor(samples.length / 2)]!;
 }
 
-export async function benchKernels(b: Backend, cfg: ModelConfig, timer: () => () => number): Promise<KernelTime[]> {
-  const T = cfg.batch_size * cfg.seq_len,
+/** The kernels at the shapes of `batchSize` sequences of the model's seq_len. */
+export async function benchKernels(
+  b: Backend,
+  cfg: ModelConfig,
+  batchSize: number,
+  timer: () => () => number,
+): Promise<KernelTime[]> {
+  const T = batchSize * cfg.seq_len,
     K = cfg.n_activated_experts,
     E = cfg.n_routed_experts,
     D = cfg.dim,
@@ -105,7 +111,7 @@ export async function benchKernels(b: Backend, cfg: ModelConfig, timer: () => ()
     dqk = qkHeadDim(cfg),
     dv = cfg.v_head_dim,
     S = cfg.seq_len,
-    B = cfg.batch_size;
+    B = batchSize;
   const spec = {
     batch: B,
     seqLen: S,

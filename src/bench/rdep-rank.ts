@@ -4,10 +4,9 @@
  */
 import { writeFileSync } from 'node:fs';
 import { readDistEnv } from '../comm/env.ts';
-import { joinRun } from '../comm/parallel.ts';
+import { openSession } from '../comm/session.ts';
 import type { CudaBackend } from '../tensor/cuda/backend.ts';
 import { reportError } from '../util/errors.ts';
-import { selectBackend } from '../tensor/select.ts';
 import { type RdepCase, benchRdepRank } from './rdep-bench.ts';
 
 const [dim, experts, iters, casesJson, out] = process.argv.slice(2);
@@ -15,15 +14,10 @@ const [dim, experts, iters, casesJson, out] = process.argv.slice(2);
 async function run(): Promise<void> {
   const cases = JSON.parse(casesJson!) as RdepCase[];
   const env = readDistEnv();
-  const { backend } = await selectBackend('cuda', env.localRank);
   const maxTokens = Math.max(...cases.map((c) => c.tokens)),
     maxK = Math.max(...cases.map((c) => c.topK));
-  const dist = await joinRun(env, backend, {
-    experts: Number(experts),
-    dim: Number(dim),
-    topK: maxK,
-    tokens: maxTokens,
-    exchanges: 1,
+  const { backend, dist } = await openSession({ device: 'cuda' }, env, {
+    shape: { experts: Number(experts), dim: Number(dim), topK: maxK, tokens: maxTokens, exchanges: 1 },
   });
   if (!dist) throw new Error('nmoe bench rdep needs at least 2 ranks');
   const results = await benchRdepRank(backend as CudaBackend, dist, {

@@ -5,7 +5,8 @@
  */
 import type { Config } from '../config/schema.ts';
 import { flopsPerToken, peakTflops } from '../model/flops.ts';
-import { modelConfig, modelParamSpecs } from '../model/spec.ts';
+import { configSections, modelConfig } from '../config/sections.ts';
+import { modelParamSpecs } from '../model/spec.ts';
 import { allGatherHost } from '../tensor/communicator.ts';
 import type { DistRun } from '../comm/parallel.ts';
 import { createTrainee, trainStep } from '../train/step.ts';
@@ -38,7 +39,7 @@ export function refuseCpuFallback(
     return `this machine has a GPU but the CUDA backend failed to start: ${reason}${/ Fix: /.test(reason) ? `; or ${onPurpose}` : `. ${fix}`}.`;
   }
   const cfg = modelConfig(config);
-  const seconds = (flopsPerToken(cfg, modelParamSpecs(cfg)) * cfg.batch_size * cfg.seq_len * steps) / CPU_FLOPS;
+  const seconds = (flopsPerToken(cfg, modelParamSpecs(cfg)) * config.batch_size * config.seq_len * steps) / CPU_FLOPS;
   if (seconds <= CPU_BENCH_LIMIT_S) return null;
   return (
     `no GPU in use (${fallback.reason.split('. Looked in')[0]}), and ${steps} steps of this model would take about ` +
@@ -83,16 +84,17 @@ export async function benchTrain(
   o: BenchOptions,
   dist: DistRun | null = null,
 ): Promise<BenchResult> {
-  const cfg = modelConfig(config);
+  const sections = configSections(config);
+  const cfg = sections.model;
   const prof = o.profile ? profiled(base, o.clock) : null;
   const b = prof?.backend ?? base;
   const world = dist?.env.worldSize ?? 1;
-  const trainee = createTrainee(b, cfg, dist);
-  const localBatch = cfg.batch_size / world,
-    tokens = localBatch * cfg.seq_len;
+  const trainee = createTrainee(b, sections, dist);
+  const localBatch = config.batch_size / world,
+    tokens = localBatch * config.seq_len;
   // Each rank's loss is its share of the global batch's mean, counting every target (random ids that hit EOS are
   // masked, so the printed loss is a hair low; a benchmark's loss only shows that the step ran).
-  const normalizer = dist ? b.upload(Float32Array.from([cfg.batch_size * cfg.seq_len]), [1], 'f32') : undefined;
+  const normalizer = dist ? b.upload(Float32Array.from([config.batch_size * config.seq_len]), [1], 'f32') : undefined;
   // Uniform random ids (a fresh Philox stream per call): the step's cost does not depend on the text, and the
   // loss stays near ln(vocab), as nothing is learnable.
   let stream = 0;

@@ -7,7 +7,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Config, defaultConfig } from '../config/schema.ts';
-import { modelConfig, modelParamSpecs } from '../model/spec.ts';
+import { modelConfig } from '../config/sections.ts';
+import { modelParamSpecs } from '../model/spec.ts';
 import { UserError } from '../util/errors.ts';
 import { EXPERT_HF_NAMES, hfName } from './export-hf.ts';
 import { type ReadTensor, readSafetensors } from './safetensors.ts';

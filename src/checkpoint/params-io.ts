@@ -4,9 +4,7 @@
  * Values travel through Backend.read / Backend.upload, so this works for any backend. Expert tensors are the
  * store's LOCAL slices: a multi-rank run saves one file per rank.
  */
-import type { ParamStore } from '../model/params.ts';
-import type { Backend } from '../tensor/backend.ts';
-import { type Tensor, shapeNumel } from '../tensor/tensor.ts';
+import type { ParamStore, StateValues } from '../model/params.ts';
 import { type ReadTensor, type TensorToWrite, readSafetensors, writeSafetensors } from './safetensors.ts';
 
 export interface SaveParamsOptions {
@@ -36,26 +34,31 @@ export async function saveParams(path: string, store: ParamStore, opts: SavePara
  * Values are converted to each tensor's dtype (F32 into a bf16 tensor rounds to nearest even).
  */
 export async function loadParams(path: string, store: ParamStore): Promise<void> {
-  await assignTensors(path, readSafetensors(path).tensors, store.params, store.backend);
+  await assignParams(path, readSafetensors(path).tensors, store);
 }
 
-/** A device tensor to fill from a file, by name. */
+/** Loads `store` from `tensors` (read from `source`), which must match it as `checkTensors` says. */
+export async function assignParams(source: string, tensors: Map<string, ReadTensor>, store: ParamStore): Promise<void> {
+  store.load(checkTensors(source, tensors, store.state()));
+  await store.backend.synchronize();
+}
+
+/** What a tensor read from a file must match: its name and shape. */
 export interface TensorTarget {
   name: string;
   shape: readonly number[];
-  value: Tensor;
 }
 
 /**
- * Copies `tensors` (read from `source`) into `targets`: the names must match exactly with the same shapes;
- * otherwise nothing is copied and the error lists what is missing, unexpected or mis-shaped.
+ * Checks that `tensors` (read from `source`) fit `targets`: the names must match exactly, with the same shapes, as
+ * float data. Otherwise the error lists what is missing, unexpected, mis-shaped or not float. Returns the tensors,
+ * typed as the float values they are then.
  */
-export async function assignTensors(
+export function checkTensors(
   source: string,
   tensors: Map<string, ReadTensor>,
   targets: readonly TensorTarget[],
-  b: Backend,
-): Promise<void> {
+): StateValues {
   const missing: string[] = [],
     misShaped: string[] = [],
     wrongType: string[] = [];
@@ -88,12 +91,5 @@ export async function assignTensors(
       `${source} does not match the model. ${text}. Check that the config matches the one the file was saved with.`,
     );
   }
-  for (const p of targets) {
-    const t = tensors.get(p.name)!;
-    if (t.data.length !== shapeNumel(p.shape)) throw new Error(`assignTensors: ${p.name}: size mismatch`);
-    const staged = b.upload(t.data, p.shape, p.value.dtype);
-    b.copy(staged, p.value);
-    staged.free();
-  }
-  await b.synchronize();
+  return tensors as Map<string, ReadTensor & { data: Float32Array }>;
 }

@@ -6,6 +6,7 @@
  *   parameter is just `NAME`): the old pieces tile each parameter, and the new rank cuts its own pieces from them.
  * Everything else (dense weights, router biases, train_state.json) does not depend on the world size.
  */
+import type { StateSplit } from '../model/params.ts';
 import { shapeNumel } from '../tensor/tensor.ts';
 import type { ReadTensor } from './safetensors.ts';
 
@@ -20,9 +21,7 @@ function pieceOf(name: string): { base: string; range: [number, number] | null }
  * of the optimizer state `state` of the dense parameter `param` (whole or in pieces, `state` is the name without the
  * range).
  */
-export type ReshardTarget = { name: string; shape: readonly number[] } & (
-  { split: 'experts' } | { split: 'zero2'; state: string; param: string; start: number; end: number }
-);
+export type ReshardTarget = { name: string; shape: readonly number[] } & StateSplit;
 
 /**
  * Builds, from the old world's rank files (index = old rank), the tensors that `rank` of the new world needs:

@@ -6,24 +6,24 @@
  * randomness is counter-based Philox keyed by (seed, name) for init and (seed, optimizer step) for stochastic
  * rounding, so the RNG state is (seed, optimizer step), recorded as such.
  *
- * Tensor names: parameters keep their names (`blocks.3.ffn.W1`); optimizer state is `optim.exp_avg.NAME` and
- * `optim.exp_avg_sq.NAME` (AdamW), `optim.momentum.NAME` (Muon) and `optim.master.NAME`, where a dense parameter
- * split between ZeRO-2 shards is named per piece, `NAME@start:end` (its element range). Experts and all optimizer
- * state go to the rank file (with one rank, the optimizer shard is the whole optimizer), everything else to the
- * dense file.
+ * Tensor names, as the parameter store's and the optimizer's `state()` give them: parameters keep their names
+ * (`blocks.3.ffn.W1`); optimizer state is `optim.exp_avg.NAME` and `optim.exp_avg_sq.NAME` (AdamW),
+ * `optim.momentum.NAME` (Muon) and `optim.master.NAME`, where a dense parameter split between ZeRO-2 shards is
+ * named per piece, `NAME@start:end` (its element range). Experts and all optimizer state go to the rank file (with
+ * one rank, the optimizer shard is the whole optimizer), everything else to the dense file.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Config, defaultConfig } from '../config/schema.ts';
-import { configFingerprint, fingerprintDiff, mathFields } from '../config/fingerprint.ts';
+import type { ConfigIdentity } from '../config/fingerprint.ts';
+import type { Config } from '../config/schema.ts';
 import type { DeterministicLoader, LoaderState } from '../data/loader/loader.ts';
-import type { Slot } from '../optim/optimizer.ts';
+import type { StateTensor } from '../model/params.ts';
 import type { Trainee } from '../optim/trainee.ts';
-import { type Tensor, shapeNumel } from '../tensor/tensor.ts';
+import { shapeNumel } from '../tensor/tensor.ts';
 import { UserError } from '../util/errors.ts';
 import { NMOE_VERSION } from '../util/version.ts';
-import { type TensorTarget, assignTensors } from './params-io.ts';
-import { type ReshardTarget, reshardRankFiles } from './reshard.ts';
+import { checkTensors } from './params-io.ts';
+import { reshardRankFiles } from './reshard.ts';
 import { type TensorToWrite, readSafetensors } from './safetensors.ts';
 import { DENSE_FILE, STATE_FILE, type StepDir, checksumProblems, rankFile } from './layout.ts';
 
@@ -51,43 +51,16 @@ export interface Snapshot {
   state: TrainState;
 }
 
-/** A checkpoint tensor: in the dense file (rank 0's), or in each rank's file split as `rankFile` says. */
-type Named = TensorTarget & { rankFile: ReshardTarget | null };
-
-/** Every tensor a checkpoint holds, with where it goes. */
-function stateTensors(t: Trainee): Named[] {
-  const out: Named[] = t.model.params.params.map((p) => ({
-    name: p.name,
-    shape: p.shape,
-    value: p.value,
-    rankFile: p.firstExpert === undefined ? null : { name: p.name, shape: p.shape, split: 'experts' },
-  }));
-  // Optimizer state is this rank's: its experts' whole, or its ZeRO-2 piece of a dense parameter.
-  const add = (x: Slot, kind: string, value: Tensor) => {
-    const whole = x.start === 0 && x.end === shapeNumel(t.model.params.shapeOf(x.name));
-    const name = `optim.${kind}.${whole ? x.name : `${x.name}@${x.start}:${x.end}`}`;
-    const split =
-      x.group === 'expert'
-        ? { split: 'experts' as const }
-        : { split: 'zero2' as const, state: `optim.${kind}.${x.name}`, param: x.name, start: x.start, end: x.end };
-    out.push({ name, shape: x.shape, value, rankFile: { name, shape: x.shape, ...split } });
-  };
-  for (const g of t.opt.groups) {
-    g.slots.forEach((x, i) => {
-      add(x, 'exp_avg', g.expAvg[i]!);
-      add(x, 'exp_avg_sq', g.expAvgSq[i]!);
-      if (g.master) add(x, 'master', g.master[i]!);
-    });
-  }
-  for (const { slot, momentum, master } of t.opt.muon) {
-    add(slot, 'momentum', momentum);
-    if (master) add(slot, 'master', master);
-  }
-  return out;
+/**
+ * Every tensor a checkpoint holds: the parameter store's and the optimizer's state. A tensor ranks split goes to the
+ * rank file, the rest to the dense file.
+ */
+function stateTensors(t: Trainee): StateTensor[] {
+  return [...t.model.params.state(), ...t.opt.state().tensors];
 }
 
 export interface CaptureInfo {
-  config: Config;
+  identity: ConfigIdentity;
   step: number;
   tokensSeen: number;
   world: number;
@@ -102,7 +75,7 @@ export async function captureSnapshot(t: Trainee, loader: DeterministicLoader, i
   for (const x of stateTensors(t)) {
     const data = await t.model.b.read(x.value);
     if (!(data instanceof Float32Array)) throw new Error(`checkpoint: ${x.name} is not a float tensor`);
-    (x.rankFile ? rank : dense).push({
+    (x.split ? rank : dense).push({
       name: x.name,
       dtype: x.value.dtype === 'bf16' ? 'BF16' : 'F32',
       shape: [...x.shape],
@@ -118,9 +91,9 @@ export async function captureSnapshot(t: Trainee, loader: DeterministicLoader, i
     world: info.world,
     loader: loaderState,
     plan_hash: loaderState.plan_hash,
-    rng: { generator: 'philox4x32-10', seed: info.config.seed, optimizer_step: t.opt.step },
-    config_fingerprint: configFingerprint(info.config),
-    config: mathFields(info.config),
+    rng: { generator: 'philox4x32-10', seed: info.identity.seed, optimizer_step: t.opt.state().step },
+    config_fingerprint: info.identity.fingerprint,
+    config: info.identity.math,
     run_id: info.runId,
     nmoe_version: NMOE_VERSION,
     git_sha: info.gitSha,
@@ -160,7 +133,7 @@ export async function restoreSnapshot(
   found: StepDir,
   t: Trainee,
   loader: DeterministicLoader,
-  config: Config,
+  identity: ConfigIdentity,
   rank: number,
   world: number,
 ): Promise<TrainState> {
@@ -174,12 +147,8 @@ export async function restoreSnapshot(
   const bad = checksumProblems(found, reads);
   if (bad.length) throw damaged(found.dir, bad.join('; '));
   const state = readTrainState(found.dir);
-  if (state.config_fingerprint !== configFingerprint(config)) {
-    // A math key the checkpoint does not record had its default then (it did not exist yet, or Muon's keys of an AdamW run).
-    const saved = { ...defaultConfig(), ...state.config } as Config;
-    const diff = fingerprintDiff(saved, config).map(
-      (k) => `${k} (${JSON.stringify(saved[k as keyof Config])} -> ${JSON.stringify(config[k as keyof Config])})`,
-    );
+  if (state.config_fingerprint !== identity.fingerprint) {
+    const diff = identity.differences(state.config);
     throw new UserError(
       `checkpoint ${found.dir} was saved with a different config: ${diff.join(', ') || 'fingerprint only'}. ` +
         'Fix: restore those values, point checkpoint_dir elsewhere, or pass --no-resume.',
@@ -195,12 +164,14 @@ export async function restoreSnapshot(
       : reshardRankFiles(
           Array.from({ length: state.world }, (_, r) => read(rankFile(r))),
           rank,
-          targets.flatMap((x) => x.rankFile ?? []),
+          targets.flatMap((x) => (x.split ? [{ name: x.name, shape: x.shape, ...x.split }] : [])),
           (name) => shapeNumel(t.model.params.shapeOf(name)),
         );
   for (const [name, x] of rankTensors) tensors.set(name, x);
-  await assignTensors(found.dir, tensors, targets, t.model.b);
-  t.opt.step = state.rng.optimizer_step;
-  loader.restore(state.loader);
+  const values = checkTensors(found.dir, tensors, targets);
+  t.model.params.load(values);
+  t.opt.load({ step: state.rng.optimizer_step, tensors: values });
+  await t.model.b.synchronize();
+  loader.load(state.loader);
   return state;
 }

@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { benchKernels } from '../bench/kernel-bench.ts';
 import { loadConfig } from '../config/load.ts';
-import { modelConfig } from '../model/spec.ts';
+import { modelConfig } from '../config/sections.ts';
 import { selectBackend } from '../tensor/select.ts';
 import { UserError } from '../util/errors.ts';
 
@@ -32,7 +32,7 @@ export function registerBenchKernels(bench: Command): void {
         const end = dev.startTiming();
         return () => end()();
       };
-      const results = await benchKernels(backend, modelConfig(config), timer);
+      const results = await benchKernels(backend, modelConfig(config), config.batch_size, timer);
       if (opts.json) {
         process.stdout.write(`${JSON.stringify({ device: backend.name, results })}\n`);
         return;

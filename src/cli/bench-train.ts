@@ -8,10 +8,10 @@ import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
 import { benchTrain, type BenchResult, refuseCpuFallback } from '../bench/train-bench.ts';
 import { readDistEnv } from '../comm/env.ts';
-import { joinRun, modelShape } from '../comm/parallel.ts';
-import { modelConfig } from '../model/spec.ts';
+import { modelShape } from '../comm/parallel.ts';
+import { openSession } from '../comm/session.ts';
+import { parallelConfig } from '../config/sections.ts';
 import { deviceClock } from '../tensor/clock.ts';
-import { selectBackend } from '../tensor/select.ts';
 import { UserError } from '../util/errors.ts';
 import { formatCount } from './progress.ts';
 
@@ -46,11 +46,14 @@ export function registerBenchTrain(bench: Command): void {
       ) => {
         const { config } = loadConfig(path, { overrides });
         const env = readDistEnv();
-        const { backend, note, fallback } = await selectBackend(config.device, env.localRank);
-        const refused = fallback && refuseCpuFallback(config, fallback, opts.steps + opts.warmup);
-        if (refused) throw new UserError(refused);
-        if (note && env.rank === 0) process.stderr.write(`${note}\n`); // why "auto" is not timing a GPU
-        const dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
+        const { backend, dist } = await openSession(config, env, {
+          shape: modelShape(parallelConfig(config), env.worldSize),
+          beforeJoin: ({ note, fallback }) => {
+            const refused = fallback && refuseCpuFallback(config, fallback, opts.steps + opts.warmup);
+            if (refused) throw new UserError(refused);
+            if (note && env.rank === 0) process.stderr.write(`${note}\n`); // why "auto" is not timing a GPU
+          },
+        });
         const clock = await deviceClock(backend);
         const r = await benchTrain(
           config,

@@ -20,7 +20,7 @@ import { wholeFlag } from './flags.ts';
 import { registerFlowCommands } from './data-flow-cmd.ts';
 import { type HydraPrepFlags, addHydraPrepOptions, hydraGateFrom, registerHydraCommand } from './hydra-cmd.ts';
 import { addPrepSettings, count, prepProgress } from './prep-flags.ts';
-import { Progress, formatCount, formatDuration, onInterrupt } from './progress.ts';
+import { Progress, formatCount, onInterrupt } from './progress.ts';
 
 /** Option parsers for dedup's numbers: anything out of range is a one-line error that suggests the default. */
 function whole(flag: string, min: number, fallback: number) {

@@ -13,9 +13,9 @@ import { unimplementedWarnings } from '../config/unimplemented.ts';
 import { embeddedTokens, unigramEntropy } from '../data/embedded-corpus.ts';
 import { evalLine } from '../eval/in-training.ts';
 import { readDistEnv } from '../comm/env.ts';
-import { type DistRun, joinRun, modelShape } from '../comm/parallel.ts';
-import { modelConfig } from '../model/spec.ts';
-import { selectBackend } from '../tensor/select.ts';
+import { type DistRun, modelShape } from '../comm/parallel.ts';
+import { openSession } from '../comm/session.ts';
+import { parallelConfig } from '../config/sections.ts';
 import { trainTracked } from '../train/tracked.ts';
 import type { LogRecord, TrainEvents } from '../metrics/records.ts';
 import type { TrainSummary } from '../train/trainer.ts';
@@ -121,8 +121,9 @@ export function registerTrainCommand(program: Command): void {
       let dist: DistRun | null = null;
       let ok = false;
       try {
-        const { backend, note, fallback } = await selectBackend(config.device, env.localRank);
-        dist = await joinRun(env, backend, modelShape(modelConfig(config), env.worldSize));
+        const session = await openSession(config, env, { shape: modelShape(parallelConfig(config), env.worldSize) });
+        const { backend, note, fallback } = session;
+        dist = session.dist;
         progress.line(`${pc.bold('nmoe train')} ${path}  fingerprint ${configFingerprint(config).slice(0, 12)}`);
         // A GPU that failed to start is a fault worth a warning; no GPU at all is the CPU machine's normal case.
         if (note) progress.line(fallback?.gpuPresent ? pc.yellow(`warning: ${note}`) : note);

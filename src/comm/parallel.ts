@@ -3,7 +3,8 @@
  * backend the CPU mesh, which carries both the collectives and the expert exchange; on the GPUs of one node NCCL
  * for the collectives and RDEP over CUDA IPC for the experts. One rank needs none of this.
  */
-import { type ModelConfig, moeLayerCount } from '../model/spec.ts';
+import type { ParallelConfig } from '../config/sections.ts';
+import { moeLayerCount } from '../model/spec.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Communicator } from '../tensor/communicator.ts';
 import type { ExpertExchange } from '../tensor/expert-exchange.ts';
@@ -44,7 +45,7 @@ export interface ModelShape {
 }
 
 /** What a training run's transports are sized for: its model, with the global batch split over `world` ranks. */
-export function modelShape(cfg: ModelConfig, world: number): ModelShape {
+export function modelShape(cfg: ParallelConfig, world: number): ModelShape {
   return {
     experts: cfg.n_routed_experts,
     dim: cfg.dim,

@@ -4,7 +4,7 @@
  * change between runs; the reference hashed every field, so raising `steps` blocked resuming.
  */
 import { createHash } from 'node:crypto';
-import { CONFIG_KEYS, FIELDS, type Config } from './schema.ts';
+import { CONFIG_KEYS, FIELDS, type Config, defaultConfig } from './schema.ts';
 
 export const MATH_KEYS: readonly (keyof Config)[] = CONFIG_KEYS.filter((k) => FIELDS[k].math);
 
@@ -52,4 +52,32 @@ export function configFingerprint(cfg: Config): string {
 export function fingerprintDiff(a: Config, b: Config): string[] {
   const counted = new Set([...mathKeysOf(a), ...mathKeysOf(b)]);
   return MATH_KEYS.filter((k) => counted.has(k) && canonicalJson(a[k]) !== canonicalJson(b[k]));
+}
+
+/**
+ * What a checkpoint keeps of a config, and checks a saved step against: the fingerprint, the math fields and the seed
+ * (the RNG state's), without the rest of the config.
+ */
+export interface ConfigIdentity {
+  readonly fingerprint: string;
+  readonly math: Partial<Config>;
+  readonly seed: number;
+  /** The math fields where recorded `saved` math fields differ from this config's, each `key (saved -> now)`. */
+  differences(saved: Partial<Config>): string[];
+}
+
+export function configIdentity(config: Config): ConfigIdentity {
+  return {
+    fingerprint: configFingerprint(config),
+    math: mathFields(config),
+    seed: config.seed,
+    differences(saved) {
+      // A math key the record lacks had its default then (it did not exist yet, or Muon's keys of an AdamW run).
+      const then = { ...defaultConfig(), ...saved } as Config;
+      return fingerprintDiff(then, config).map((key) => {
+        const k = key as keyof Config;
+        return `${k} (${JSON.stringify(then[k])} -> ${JSON.stringify(config[k])})`;
+      });
+    },
+  };
 }

@@ -8,7 +8,8 @@
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLoader, type DataConfig } from './loader/build.ts';
+import type { LoaderConfig } from '../config/sections.ts';
+import { createLoader } from './loader/build.ts';
 import { npyHeader } from './npy.ts';
 import { NO_FILTERS } from './prep/filters.ts';
 import { PREP_DEFAULTS } from './prep/options.ts';
@@ -138,7 +139,7 @@ export async function benchLoader(o: {
       closeSync(fd);
       readFileSync(join(dir, `bench-shard-${s}.npy`));
     }
-    const cfg: DataConfig = {
+    const cfg: LoaderConfig = {
       data_path: dir,
       flow_mode: null,
       mixture_toml: null,

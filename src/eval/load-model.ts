@@ -13,17 +13,17 @@ import { importHf, isHfExport } from '../checkpoint/import-hf.ts';
 import { DENSE_FILE, type StepDir, latestComplete, listSteps, rankFile } from '../checkpoint/layout.ts';
 import type { ReadTensor } from '../checkpoint/safetensors.ts';
 import { readSafetensors } from '../checkpoint/safetensors.ts';
-import { assignTensors } from '../checkpoint/params-io.ts';
+import { assignParams } from '../checkpoint/params-io.ts';
 import { readTrainState } from '../checkpoint/state.ts';
 import { readDistEnv } from '../comm/env.ts';
-import { type DistRun, joinRun, modelShape } from '../comm/parallel.ts';
+import { type DistRun, modelShape } from '../comm/parallel.ts';
+import { openSession } from '../comm/session.ts';
 import { type Config, defaultConfig } from '../config/schema.ts';
 import { type TextTokenizer, loadTokenizer } from '../data/tokenizers.ts';
-import { modelConfig } from '../model/spec.ts';
+import { modelConfig, parallelConfig } from '../config/sections.ts';
 import { Transformer } from '../model/transformer.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { ExpertExchange } from '../tensor/expert-exchange.ts';
-import { selectBackend } from '../tensor/select.ts';
 import { UserError } from '../util/errors.ts';
 import { assertLockstep } from './lockstep.ts';
 
@@ -61,10 +61,11 @@ export async function openModel(
     );
   }
   const tokenizer = await loadTokenizer(files.config.tokenizer);
-  const { backend, note } = await selectBackend(device, env.localRank);
-  assertLockstep(backend, env.worldSize);
-  // (The shape sizes only the GPU's buffers, and several GPU ranks were refused above.)
-  const dist = await joinRun(env, backend, modelShape(cfg, env.worldSize));
+  // (The shape sizes only the GPU's buffers, and several GPU ranks are refused before the join.)
+  const { backend, note, dist } = await openSession({ device }, env, {
+    shape: modelShape(parallelConfig(files.config), env.worldSize),
+    beforeJoin: ({ backend }) => assertLockstep(backend, env.worldSize),
+  });
   try {
     const model = await buildModel(files, backend, dist?.ep);
     const close = async (ok: boolean) => {
@@ -127,7 +128,7 @@ async function buildModel(files: ModelFiles, b: Backend, ep?: ExpertExchange): P
     ...(ep ? { ep } : {}),
   });
   try {
-    await assignTensors(files.from, ep ? expertSlices(files.tensors, model) : files.tensors, model.params.params, b);
+    await assignParams(files.from, ep ? expertSlices(files.tensors, model) : files.tensors, model.params);
   } catch (err) {
     model.free();
     throw new UserError((err as Error).message, { cause: err });

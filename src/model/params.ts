@@ -36,6 +36,38 @@ export interface Param extends ParamSpec {
   group: ParamGroup | null;
 }
 
+/**
+ * How a tensor of the training state is split over ranks: by expert along dim 0, or as the ZeRO-2 piece, elements
+ * [start, end), of the optimizer state `state` of the dense parameter `param` (`state` is the name without a range).
+ */
+export type StateSplit =
+  { split: 'experts' } | { split: 'zero2'; state: string; param: string; start: number; end: number };
+
+/**
+ * One tensor of the training state, as `state()` of the parameter store and the optimizer lists it: its checkpoint
+ * name and shape, the live tensor, and how ranks split it (null: every rank holds the same, as dense weights).
+ */
+export interface StateTensor {
+  name: string;
+  shape: readonly number[];
+  value: Tensor;
+  split: StateSplit | null;
+}
+
+/** Host values of state tensors by name: f32, each of its tensor's shape. */
+export type StateValues = ReadonlyMap<string, { data: Float32Array }>;
+
+/** Copies `values` into the live tensors `into` (each converted to its tensor's dtype: f32 into bf16 rounds). */
+export function loadStateTensors(b: Backend, into: readonly StateTensor[], values: StateValues): void {
+  for (const t of into) {
+    const v = values.get(t.name);
+    if (!v) throw new Error(`training state: no value for ${t.name}`);
+    const staged = b.upload(v.data, t.shape, t.value.dtype);
+    b.copy(staged, t.value);
+    staged.free();
+  }
+}
+
 /** The reference's grouping rules, by name. */
 export function paramGroup(name: string): ParamGroup {
   if (/\.W[123]$/.test(name)) return 'expert';
@@ -131,6 +163,21 @@ export class ParamStore {
 
   get(name: string): Tensor {
     return this.#param(name).value;
+  }
+
+  /** The store's part of the training state: every weight and buffer, the experts split by rank. */
+  state(): StateTensor[] {
+    return this.params.map((p) => ({
+      name: p.name,
+      shape: p.shape,
+      value: p.value,
+      split: p.firstExpert === undefined ? null : { split: 'experts' },
+    }));
+  }
+
+  /** Loads every weight and buffer from `values` (which must hold each; other names are left alone). */
+  load(values: StateValues): void {
+    loadStateTensors(this.backend, this.state(), values);
   }
 
   /**

@@ -2,30 +2,11 @@
  * The model's parameter list, derived from the config: names, local shapes and initialisers. Layer kinds follow
  * the reference: layers [0, n_dense_layers) use a dense SwiGLU MLP, the rest are MoE; attention is MLA or MHA.
  */
-import type { Config } from '../config/schema.ts';
+import type { ModelConfig } from '../config/sections.ts';
 import type { ParamSpec } from './params.ts';
 
-type RequiredModelKey =
-  'dim' | 'n_layers' | 'n_heads' | 'inter_dim' | 'moe_inter_dim' | 'n_routed_experts' | 'n_activated_experts';
-
-/** A validated config: the model fields the reference leaves as None until a preset sets them are numbers here. */
-export type ModelConfig = Omit<Config, RequiredModelKey> & { [K in RequiredModelKey]: number };
-
-/**
- * Narrows a validated config. Validation rejects configs that lack these fields where the model uses them: an
- * all-MoE model needs no inter_dim, an all-dense one no moe_inter_dim or experts, so those read as 0.
- */
-export function modelConfig(cfg: Config): ModelConfig {
-  const missing = (['dim', 'n_layers', 'n_heads'] as const).filter((k) => cfg[k] === null);
-  if (missing.length > 0) throw new Error(`config was not validated: ${missing.join(', ')} unset`);
-  return {
-    ...cfg,
-    inter_dim: cfg.inter_dim ?? 0,
-    moe_inter_dim: cfg.moe_inter_dim ?? 0,
-    n_routed_experts: cfg.n_routed_experts ?? 0,
-    n_activated_experts: cfg.n_activated_experts ?? 0,
-  } as ModelConfig;
-}
+/** The model's section of the config (src/config/sections.ts). */
+export type { ModelConfig };
 
 export interface Parallel {
   rank: number;
@@ -34,11 +15,13 @@ export interface Parallel {
 
 export const SINGLE: Parallel = { rank: 0, world: 1 };
 
-export function isMoeLayer(cfg: ModelConfig, layer: number): boolean {
+type LayerCounts = Pick<ModelConfig, 'n_layers' | 'n_dense_layers'>;
+
+export function isMoeLayer(cfg: LayerCounts, layer: number): boolean {
   return layer >= cfg.n_dense_layers;
 }
 
-export function moeLayerCount(cfg: ModelConfig): number {
+export function moeLayerCount(cfg: LayerCounts): number {
   return Math.max(0, cfg.n_layers - cfg.n_dense_layers);
 }
 

@@ -13,7 +13,7 @@
  * step on the whole matrix; optimizer.ts gathers the gradients it needs and publishes the result. Routed experts
  * need none of this: each rank holds its experts whole.
  */
-import type { ModelConfig } from '../model/spec.ts';
+import type { OptimConfig } from '../config/sections.ts';
 import type { ParamGroup } from '../model/params.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
@@ -49,7 +49,7 @@ export function muonOwners(numels: readonly number[], world: number): number[] {
 
 /** Whether Muon updates a parameter of this group and (local) shape; the rest go to AdamW. */
 export function takesMuon(
-  cfg: Pick<ModelConfig, 'optimizer' | 'muon_experts'>,
+  cfg: Pick<OptimConfig, 'optimizer' | 'muon_experts'>,
   group: ParamGroup,
   shape: readonly number[],
 ): boolean {

@@ -19,11 +19,19 @@
  * published values. The extra traffic is one all-gather of the dense gradient and one copy of the Muon weights.
  */
 import type { Communicator } from '../tensor/communicator.ts';
-import type { ModelConfig } from '../model/spec.ts';
-import type { Param, ParamGroup, ParamStore } from '../model/params.ts';
+import type { OptimConfig } from '../config/sections.ts';
+import {
+  type Param,
+  type ParamGroup,
+  type ParamStore,
+  type StateSplit,
+  type StateTensor,
+  type StateValues,
+  loadStateTensors,
+} from '../model/params.ts';
 import type { AdamWGroup, Backend } from '../tensor/backend.ts';
 import { type Timer, untimed } from '../tensor/clock.ts';
-import type { DType, Tensor } from '../tensor/tensor.ts';
+import { type DType, type Tensor, shapeNumel } from '../tensor/tensor.ts';
 import { type MuonParam, type MuonSettings, muonOwners, muonStep, takesMuon } from './muon.ts';
 import { type WsdSchedule, wsdLr } from './schedule.ts';
 import { Zero2 } from './zero2.ts';
@@ -73,6 +81,14 @@ export interface StepResult {
   lr: Record<ParamGroup, number>;
 }
 
+/** What the optimizer carries from step to step. */
+export interface OptimizerState {
+  /** Completed optimizer steps. */
+  step: number;
+  /** The AdamW moments, Muon's momenta and the fp32 masters of this rank's slots (live tensors). */
+  tensors: StateTensor[];
+}
+
 export class Optimizer {
   /** AdamW's groups: every slot Muon does not take. */
   readonly groups: GroupState[];
@@ -96,7 +112,7 @@ export class Optimizer {
   constructor(
     readonly b: Backend,
     readonly store: ParamStore,
-    readonly cfg: ModelConfig,
+    readonly cfg: OptimConfig,
     readonly comm: Communicator | null = null,
   ) {
     const stateDtype: DType = cfg.optim_state_dtype === 'bf16' ? 'bf16' : 'f32';
@@ -245,6 +261,42 @@ export class Optimizer {
     const norm = this.b.globalNorm([all]);
     all.free();
     return norm;
+  }
+
+  /**
+   * This rank's state: `optim.exp_avg.NAME` and `optim.exp_avg_sq.NAME` (AdamW), `optim.momentum.NAME` (Muon) and
+   * `optim.master.NAME` of each slot, where a ZeRO-2 piece of a dense parameter is named `NAME@start:end` (its
+   * element range) and split as such; an expert's state is split by expert. Every tensor is this rank's own.
+   */
+  state(): OptimizerState {
+    const tensors: StateTensor[] = [];
+    const add = (x: Slot, kind: string, value: Tensor) => {
+      const whole = x.start === 0 && x.end === shapeNumel(this.store.shapeOf(x.name));
+      const name = `optim.${kind}.${whole ? x.name : `${x.name}@${x.start}:${x.end}`}`;
+      const split: StateSplit =
+        x.group === 'expert'
+          ? { split: 'experts' }
+          : { split: 'zero2', state: `optim.${kind}.${x.name}`, param: x.name, start: x.start, end: x.end };
+      tensors.push({ name, shape: x.shape, value, split });
+    };
+    for (const g of this.groups) {
+      g.slots.forEach((x, i) => {
+        add(x, 'exp_avg', g.expAvg[i]!);
+        add(x, 'exp_avg_sq', g.expAvgSq[i]!);
+        if (g.master) add(x, 'master', g.master[i]!);
+      });
+    }
+    for (const { slot, momentum, master } of this.muon) {
+      add(slot, 'momentum', momentum);
+      if (master) add(slot, 'master', master);
+    }
+    return { step: this.step, tensors };
+  }
+
+  /** Loads a saved state: every tensor of state() from `saved.tensors`, and the step count. */
+  load(saved: { step: number; tensors: StateValues }): void {
+    loadStateTensors(this.b, this.state().tensors, saved.tensors);
+    this.step = saved.step;
   }
 
   /** Copies the weights into the fp32 masters; call after the weights are initialised or loaded. */

@@ -3,7 +3,8 @@
  * update, then the aux-loss-free router-bias update from this step's expert loads. Nothing is read back here.
  */
 import type { ParamGroup } from '../model/params.ts';
-import { type ModelConfig, isMoeLayer } from '../model/spec.ts';
+import type { Sections } from '../config/sections.ts';
+import { isMoeLayer } from '../model/spec.ts';
 import { Transformer } from '../model/transformer.ts';
 import { Optimizer } from '../optim/optimizer.ts';
 import type { Parallelism } from '../comm/parallel.ts';
@@ -13,13 +14,17 @@ import type { Tensor } from '../tensor/tensor.ts';
 import { type PhaseTimer, timed } from '../metrics/phase-timer.ts';
 
 /** An initialised model and its optimizer. The GPU keeps weights in bf16 (fp32 accumulation), the CPU in fp32. */
-export function createTrainee(b: Backend, cfg: ModelConfig, par: Parallelism | null = null): Trainee {
-  const model = new Transformer(b, cfg, {
+export function createTrainee(
+  b: Backend,
+  sections: Pick<Sections, 'model' | 'optim'>,
+  par: Parallelism | null = null,
+): Trainee {
+  const model = new Transformer(b, sections.model, {
     dtype: b.device === 'cuda' ? 'bf16' : 'f32',
     ...(par ? { ep: par.ep } : {}),
   });
-  model.params.initialize(cfg.seed);
-  const opt = new Optimizer(b, model.params, cfg, par?.comm ?? null);
+  model.params.initialize(sections.model.seed);
+  const opt = new Optimizer(b, model.params, sections.optim, par?.comm ?? null);
   opt.syncMasters();
   return { model, opt, comm: par?.comm ?? null };
 }

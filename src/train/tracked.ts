@@ -4,6 +4,7 @@
  * (with this process's pid and host, and a heartbeat while it trains), then `completed`; `killed` when a signal stopped the run
  * (after its final checkpoint is written: train() waits for it); `failed` with the error when the loop threw.
  */
+import { configSections } from '../config/sections.ts';
 import type { Config } from '../config/schema.ts';
 import { observeMetrics } from '../metrics/observer.ts';
 import { HEARTBEAT_S, Registry } from '../metrics/registry.ts';
@@ -21,8 +22,9 @@ export async function trainTracked(
   dist: DistRun | null = null,
 ): Promise<TrainSummary> {
   const rank = dist?.env.rank ?? 0;
-  const metrics = observeMetrics(events, config.metrics_dir, backend, rank);
-  const registry = rank === 0 ? new Registry(config.experiments_db) : null;
+  const records = configSections(config).metrics;
+  const metrics = observeMetrics(events, records.metrics_dir, backend, rank);
+  const registry = rank === 0 ? new Registry(records.experiments_db) : null;
   let runId: string | null = null;
   let heartbeat: NodeJS.Timeout | undefined;
   const tracked: TrainEvents = {
@@ -30,7 +32,7 @@ export async function trainTracked(
     start(info) {
       const id = (runId = info.runId);
       const git = gitInfo();
-      registry?.startRun({ id, experimentId: config.experiment_id, config, gitHash: git.sha, gitDirty: git.dirty });
+      registry?.startRun({ id, experimentId: records.experiment_id, config, gitHash: git.sha, gitDirty: git.dirty });
       // Runs when the loop yields (once a step at least); a beat lost to a busy database is harmless, the next one comes.
       if (registry)
         heartbeat = setInterval(() => {

@@ -31,11 +31,12 @@ import { latestComplete } from '../checkpoint/layout.ts';
 import { type DirLock, lockCheckpointDir } from '../checkpoint/lock.ts';
 import { clearWay } from '../checkpoint/previous-run.ts';
 import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
-import { configFingerprint } from '../config/fingerprint.ts';
+import { configIdentity } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
 import { TrainingEval } from '../eval/in-training.ts';
 import { flopsPerToken, parameterCounts } from '../model/flops.ts';
-import { type ModelConfig, isMoeLayer, modelConfig } from '../model/spec.ts';
+import { type Sections, configSections } from '../config/sections.ts';
+import { isMoeLayer } from '../model/spec.ts';
 import type { Transformer } from '../model/transformer.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { hostClock } from '../tensor/clock.ts';
@@ -46,13 +47,8 @@ import { StepWatchdog, stepTimeoutS } from '../comm/step-watchdog.ts';
 import { UserError } from '../util/errors.ts';
 import { gitInfo } from '../util/version.ts';
 import { PhaseTimer } from '../metrics/phase-timer.ts';
-import type { LogRecord, StepRecord, TrainEvents } from '../metrics/records.ts';
-import {
-  type RouterAggregate,
-  type RouterLayerStats,
-  routerAggregate,
-  routerLayerStats,
-} from '../metrics/router-stats.ts';
+import type { StepRecord, TrainEvents } from '../metrics/records.ts';
+import { type RouterLayerStats, routerAggregate, routerLayerStats } from '../metrics/router-stats.ts';
 import { anyRank, checkRanksAgree } from './ranks-agree.ts';
 import { createTrainee, trainStep } from './step.ts';
 import { Validation } from './validation.ts';
@@ -88,18 +84,19 @@ export async function train(
 ): Promise<TrainSummary> {
   const stepTimeout = dist ? stepTimeoutS() : 0; // read first: a bad value stops the run before any work
   const rank = dist?.env.rank ?? 0;
+  const sections = configSections(config);
   const ckpt = new Checkpointer({
-    base: config.checkpoint_dir,
+    base: sections.checkpoint.checkpoint_dir,
     rank,
     world: dist?.env.worldSize ?? 1,
-    keepLast: config.checkpoint_keep_last_n,
+    keepLast: sections.checkpoint.checkpoint_keep_last_n,
     onSaved: (s, bytes, ms) => events.checkpoint?.({ step: s, bytes, ms }),
   });
   // Rank 0 speaks for the run's checkpoint_dir; the other ranks write into the folder it holds.
   let lock: DirLock | null = null;
   try {
-    if (rank === 0) lock = lockCheckpointDir(config.checkpoint_dir);
-    const summary = await trainSaving(ckpt, config, backend, events, signal, dist, stepTimeout);
+    if (rank === 0) lock = lockCheckpointDir(sections.checkpoint.checkpoint_dir);
+    const summary = await trainSaving(ckpt, config, sections, backend, events, signal, dist, stepTimeout);
     await ckpt.close();
     return summary;
   } catch (err) {
@@ -113,40 +110,43 @@ export async function train(
 async function trainSaving(
   ckpt: Checkpointer,
   config: Config,
+  sections: Sections,
   backend: Backend,
   events: TrainEvents,
   signal: AbortSignal | undefined,
   dist: DistRun | null,
   stepTimeout: number,
 ): Promise<TrainSummary> {
-  const cfg = modelConfig(config);
+  const { model: cfg, checkpoint } = sections;
   const rank = dist?.env.rank ?? 0,
     world = dist?.env.worldSize ?? 1;
   if (dist) await checkRanksAgree(dist, config, backend);
   // Read now (task data missing locally is downloaded): a tasks file or task data not to be had stops the run first.
   const evals = await TrainingEval.create(config, backend, world, events);
-  const loader = createLoader(cfg, rank, world);
-  const validation = Validation.create(cfg, rank, world, (m) => events.warn?.(m));
-  const trainee = createTrainee(backend, cfg, dist);
+  const loader = createLoader(sections.loader, rank, world);
+  const steps = loader.steps;
+  const validation = Validation.create(sections.loader, sections.validation, rank, world, (m) => events.warn?.(m));
+  const trainee = createTrainee(backend, sections, dist);
   const { model, opt } = trainee;
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
-  const tokensPerStep = cfg.batch_size * cfg.seq_len;
+  const tokensPerStep = config.batch_size * config.seq_len;
   const flops = flopsPerToken(cfg, model.params.params);
   let step = 0;
   let tokensSeen = 0;
+  const identity = configIdentity(config);
   // Start time, config fingerprint and a random suffix: unique even for runs started in the same second.
-  let runId = `run_${new Date().toISOString().replace(/[-:]/g, '').replace('T', '_').slice(0, 15)}_${configFingerprint(config).slice(0, 8)}_${randomBytes(2).toString('hex')}`;
-  const found = config.resume ? latestComplete(config.checkpoint_dir, (m) => events.warn?.(m)) : null;
-  if (config.resume && !found) events.note?.(`nothing to resume in ${config.checkpoint_dir}; starting fresh`);
+  let runId = `run_${new Date().toISOString().replace(/[-:]/g, '').replace('T', '_').slice(0, 15)}_${identity.fingerprint.slice(0, 8)}_${randomBytes(2).toString('hex')}`;
+  const found = checkpoint.resume ? latestComplete(checkpoint.checkpoint_dir, (m) => events.warn?.(m)) : null;
+  if (checkpoint.resume && !found) events.note?.(`nothing to resume in ${checkpoint.checkpoint_dir}; starting fresh`);
   if (found) {
-    const saved = await restoreSnapshot(found, trainee, loader, config, rank, world).catch((err: unknown) => {
+    const saved = await restoreSnapshot(found, trainee, loader, identity, rank, world).catch((err: unknown) => {
       opt.free();
       model.free();
       throw err;
     });
     ({ step, tokens_seen: tokensSeen, run_id: runId } = saved);
     events.resumed?.({ step, dir: found.dir, runId });
-    if (step >= cfg.steps) {
+    if (step >= steps) {
       // Nothing to train: return before the start event, so the run's registry row and metrics stay as they were.
       opt.free();
       model.free();
@@ -165,7 +165,7 @@ async function trainSaving(
   }
   if (rank === 0) {
     // only once the run is set to go: a run that fails to start moves nothing
-    for (const line of clearWay(config.checkpoint_dir, !config.resume)) events.warn?.(line);
+    for (const line of clearWay(checkpoint.checkpoint_dir, !checkpoint.resume)) events.warn?.(line);
   }
   if (dist) runId = await dist.agree('run_id', runId);
   const gitSha = gitInfo().sha; // asked once here, never on a checkpoint step
@@ -198,9 +198,9 @@ async function trainSaving(
   // be loaded and its kernels queued before its loss is read, so the GPU never waits for the host between them.
   // Log, checkpoint and stop steps are read first: their reads (grad norm, router biases, the snapshot) must see
   // the state after that step and no later, and the loader must not run ahead of a saved cursor.
-  const every = config.checkpoint_every;
-  const isSaveStep = (done: number) => (every > 0 && done % every === 0) || done === cfg.steps;
-  const isLogStep = (done: number) => done === 1 || done % cfg.log_every === 0 || done === cfg.steps;
+  const every = checkpoint.checkpoint_every;
+  const isSaveStep = (done: number) => (every > 0 && done % every === 0) || done === steps;
+  const isLogStep = (done: number) => done === 1 || done % config.log_every === 0 || done === steps;
   const isMeasureStep = (done: number) => !!evals?.due(done) || !!validation?.due(done);
   const launch = () => {
     const batch = timer.time('loader_wait', () => loader.next(), hostClock);
@@ -219,21 +219,14 @@ async function trainSaving(
   const runAhead = backend.device === 'cuda' && !dist;
   let ahead: ReturnType<typeof launch> | null = null;
   try {
-    for (let stop = false; step < cfg.steps && !stop; step++) {
+    for (let stop = false; step < steps && !stop; step++) {
       watchdog?.arm(step + 1);
       const current = ahead ?? launch();
       ahead = null;
       const fwd = current.out;
       const { gradNorm, lr } = fwd;
       const done = step + 1;
-      if (
-        runAhead &&
-        done < cfg.steps &&
-        !isLogStep(done) &&
-        !isSaveStep(done) &&
-        !isMeasureStep(done) &&
-        !signal?.aborted
-      )
+      if (runAhead && done < steps && !isLogStep(done) && !isSaveStep(done) && !isMeasureStep(done) && !signal?.aborted)
         ahead = launch();
 
       const loss = (await backend.read(fwd.loss))[0]!;
@@ -251,11 +244,11 @@ async function trainSaving(
       const elapsed = (now - t0) / 1000;
       const record: StepRecord = {
         step: done,
-        steps: cfg.steps,
+        steps,
         loss,
         tokensPerSecond: (current.tokensSeen - tokens0) / elapsed,
         elapsedSeconds: elapsed,
-        etaSeconds: (elapsed / (done - startStep)) * (cfg.steps - done),
+        etaSeconds: (elapsed / (done - startStep)) * (steps - done),
       };
       events.step(record);
       // Let background writes and signal handlers run. This is the loop's only yield to the event loop (outside
@@ -301,7 +294,7 @@ async function trainSaving(
       if (isSaveStep(done) || stopping) {
         await ckpt.save(
           await captureSnapshot(trainee, loader, {
-            config,
+            identity,
             step: done,
             tokensSeen: current.tokensSeen,
             world,
@@ -326,7 +319,7 @@ async function trainSaving(
     tokensSeen,
     wallSeconds,
     tokensPerSecond: (tokensSeen - tokens0) / wallSeconds,
-    stoppedEarly: step < cfg.steps,
+    stoppedEarly: step < steps,
     startStep,
     runId,
   };

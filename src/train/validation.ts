@@ -6,30 +6,34 @@
  * touched. With several ranks every rank validates its slice of each batch in lockstep (the MoE layers exchange
  * tokens) and the sums are all-reduced.
  */
-import type { Config } from '../config/schema.ts';
+import type { LoaderConfig, ValidationConfig } from '../config/sections.ts';
 import { validationLoaders } from '../data/loader/build.ts';
 import type { DeterministicLoader } from '../data/loader/loader.ts';
 import type { ValidationResult } from '../metrics/records.ts';
 import type { Communicator } from '../tensor/communicator.ts';
 import { Decoder } from '../model/decoder.ts';
-import type { ModelConfig } from '../model/spec.ts';
 import type { Transformer } from '../model/transformer.ts';
 
 export class Validation {
   private constructor(
-    readonly cfg: ModelConfig,
+    readonly cfg: ValidationConfig & Pick<LoaderConfig, 'seq_len'>,
     readonly loaders: () => DeterministicLoader,
   ) {}
 
-  /** Null unless validation_enabled; opens (and checks) the shards now, so bad data stops the run before it starts. */
+  /**
+   * Null unless validation_enabled; opens (and checks) the shards now, so bad data stops the run before it starts.
+   * The held-out shards are read as the loader section says the training data is (tokenizer, batch, seq_len).
+   */
   static create(
-    cfg: ModelConfig &
-      Pick<Config, 'validation_enabled' | 'validation_data_path' | 'validation_every' | 'validation_steps'>,
+    loader: LoaderConfig,
+    validation: ValidationConfig,
     rank: number,
     world: number,
     warn: (m: string) => void,
   ): Validation | null {
-    return cfg.validation_enabled ? new Validation(cfg, validationLoaders(cfg, rank, world, { warn })) : null;
+    if (!validation.validation_enabled) return null;
+    const cfg = { ...loader, ...validation };
+    return new Validation(cfg, validationLoaders(cfg, rank, world, { warn }));
   }
 
   due(step: number): boolean {

@@ -3,7 +3,7 @@
  * Direct mode (`data_path`, no `flow_mode`): every .npy below data_path in sorted order, one source whose quota is
  * steps x batch_size sequences. Flow mode (`flow_mode`): the plan from mixture_toml + flow_profiles_toml, each
  * source's shards under `<data_root>/flows/<flow>/<stage>/<source>/train/` (the reference's layout); `steps <= 0`
- * takes the step count from the flow budget, written back into `cfg.steps` as the reference does. Neither: the
+ * takes the step count from the flow budget (the loader's `steps`), as the reference does. Neither: the
  * embedded Moby-Dick corpus (bytes tokenizer). Before training starts, every shard's header and size is checked,
  * manifests must match the model's tokenizer, vocabulary and EOS, every shard a manifest lists must be there with
  * its listed token count (the loader reads the .npy files it finds, so a lost shard would otherwise just shrink the
@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, relative, resolve } from 'node:path';
-import type { Config } from '../../config/schema.ts';
+import type { LoaderConfig, ValidationConfig } from '../../config/sections.ts';
 import { UserError } from '../../util/errors.ts';
 import { embeddedTokens } from '../embedded-corpus.ts';
 import { dataError, type Warn, warnToStderr } from '../errors.ts';
@@ -23,23 +23,6 @@ import { DeterministicLoader, type LoaderStage } from './loader.ts';
 import { flowSourceDir, resolvePlan, sourceTokenQuota } from './mixture.ts';
 import { TokenStream } from './stream.ts';
 
-export type DataConfig = Pick<
-  Config,
-  | 'data_path'
-  | 'flow_mode'
-  | 'mixture_toml'
-  | 'flow_profiles_toml'
-  | 'data_root'
-  | 'active_params_b'
-  | 'tokenizer'
-  | 'vocab_size'
-  | 'eos_token_id'
-  | 'seq_len'
-  | 'batch_size'
-  | 'steps'
-  | 'strict_data'
->;
-
 const PREFETCH_STEPS = 2;
 
 const shardFix = (manifest: string) =>
@@ -49,7 +32,7 @@ const shardFix = (manifest: string) =>
  * Every manifest.json below `dir` must describe data for this model, and every shard it lists must exist. Returns
  * the token count each manifest lists, by absolute shard path, with the manifest that lists it.
  */
-function checkManifests(dir: string, cfg: DataConfig): Map<string, { tokens: number; manifest: string }> {
+function checkManifests(dir: string, cfg: LoaderConfig): Map<string, { tokens: number; manifest: string }> {
   const listed = new Map<string, { tokens: number; manifest: string }>();
   for (const path of listFiles(dir).filter((p) => basename(p) === 'manifest.json')) {
     const m = readManifest(path);
@@ -77,7 +60,7 @@ function checkManifests(dir: string, cfg: DataConfig): Map<string, { tokens: num
   return listed;
 }
 
-function openShards(dir: string, option: string, cfg: DataConfig): TokenFile[] {
+function openShards(dir: string, option: string, cfg: LoaderConfig): TokenFile[] {
   const prepFix =
     option === 'data_path'
       ? 'point data_path at the output folder of `nmoe data prep`'
@@ -112,7 +95,7 @@ function openShards(dir: string, option: string, cfg: DataConfig): TokenFile[] {
 }
 
 /** Warns (or with strict_data fails) when `have` tokens cannot give `need` without repeating. */
-function checkEnough(what: string, have: number, need: number, cfg: DataConfig, warn: Warn): void {
+function checkEnough(what: string, have: number, need: number, cfg: LoaderConfig, warn: Warn): void {
   if (have >= need) return;
   const msg = `${what} holds ${have.toLocaleString('en-US')} tokens, but the run needs ${need.toLocaleString('en-US')}`;
   if (cfg.strict_data)
@@ -130,7 +113,7 @@ function planHashOf(files: TokenFile[], base: string): string {
     .digest('hex');
 }
 
-function directStage(cfg: DataConfig, files: TokenFile[], warn: Warn, what: string): LoaderStage {
+function directStage(cfg: LoaderConfig, files: TokenFile[], warn: Warn, what: string): LoaderStage {
   const stream = new TokenStream('data_path', files);
   const windowTokens = cfg.seq_len + 1;
   if (stream.totalTokens < windowTokens) {
@@ -147,7 +130,7 @@ function directStage(cfg: DataConfig, files: TokenFile[], warn: Warn, what: stri
   };
 }
 
-function flowStages(cfg: DataConfig, warn: Warn): { stages: LoaderStage[]; planHash: string } {
+function flowStages(cfg: LoaderConfig, warn: Warn): { stages: LoaderStage[]; planHash: string; steps: number } {
   if (!cfg.mixture_toml || !cfg.flow_profiles_toml) {
     throw new UserError(
       `flow_mode = "${cfg.flow_mode}" needs mixture_toml and flow_profiles_toml. Fix: set both in the config (or remove flow_mode and set data_path).`,
@@ -162,16 +145,14 @@ function flowStages(cfg: DataConfig, warn: Warn): { stages: LoaderStage[]; planH
   });
   const flowTokens = Math.trunc(plan.stages.reduce((n, s) => n + s.total_tokens_b, 0) * 1e9);
   const perStep = cfg.batch_size * cfg.seq_len;
+  const steps = cfg.steps > 0 ? cfg.steps : Math.floor(flowTokens / perStep);
   if (cfg.steps <= 0) {
-    cfg.steps = Math.floor(flowTokens / perStep);
-    if (cfg.steps === 0)
+    if (steps === 0)
       throw new UserError(
         `flow "${cfg.flow_mode}" has ${flowTokens} tokens, less than one step (${perStep}). Fix: give steps, or a larger flow.`,
       );
     const n = (x: number) => x.toLocaleString('en-US');
-    warn(
-      `steps derived from flow ${cfg.flow_mode}: ${n(cfg.steps)} (${n(flowTokens)} tokens / ${n(perStep)} per step)`,
-    );
+    warn(`steps derived from flow ${cfg.flow_mode}: ${n(steps)} (${n(flowTokens)} tokens / ${n(perStep)} per step)`);
   } else {
     checkEnough(`flow ${cfg.flow_mode}`, flowTokens, cfg.steps * perStep, cfg, warn);
   }
@@ -185,7 +166,7 @@ function flowStages(cfg: DataConfig, warn: Warn): { stages: LoaderStage[]; planH
       return { id: sp.id, weight_fp: sp.weight_fp, quota_sequences: sp.quota_sequences, stream };
     }),
   }));
-  return { stages, planHash: plan.plan_hash };
+  return { stages, planHash: plan.plan_hash, steps };
 }
 
 export interface CreateOptions {
@@ -195,16 +176,24 @@ export interface CreateOptions {
 }
 
 /**
- * The loader for a config; rank/world select this rank's slice of every global batch. May set `cfg.steps` (flow
- * mode with steps <= 0).
+ * The loader for a config; rank/world select this rank's slice of every global batch. Its `steps` are the run's:
+ * the config's, or with flow mode and steps <= 0 those the flow budget gives.
  */
-export function createLoader(cfg: DataConfig, rank = 0, world = 1, opts: CreateOptions = {}): DeterministicLoader {
+export function createLoader(cfg: LoaderConfig, rank = 0, world = 1, opts: CreateOptions = {}): DeterministicLoader {
   const warn = opts.warn ?? warnToStderr;
   const prefetch = opts.prefetch ?? PREFETCH_STEPS;
-  const common = { seqLen: cfg.seq_len, globalBatch: cfg.batch_size, rank, world, vocabSize: cfg.vocab_size, warn };
+  const common = {
+    seqLen: cfg.seq_len,
+    globalBatch: cfg.batch_size,
+    steps: cfg.steps,
+    rank,
+    world,
+    vocabSize: cfg.vocab_size,
+    warn,
+  };
   if (cfg.flow_mode !== null) {
-    const { stages, planHash } = flowStages(cfg, warn);
-    return new DeterministicLoader(stages, { ...common, planHash, prefetch });
+    const { stages, planHash, steps } = flowStages(cfg, warn);
+    return new DeterministicLoader(stages, { ...common, steps, planHash, prefetch });
   }
   if (cfg.data_path !== null) {
     const files = openShards(cfg.data_path, 'data_path', cfg);
@@ -227,7 +216,7 @@ export function createLoader(cfg: DataConfig, rank = 0, world = 1, opts: CreateO
  * delivers the same first `validation_steps` global batches every time, this rank's slice of each.
  */
 export function validationLoaders(
-  cfg: DataConfig & Pick<Config, 'validation_data_path' | 'validation_steps'>,
+  cfg: LoaderConfig & Pick<ValidationConfig, 'validation_data_path' | 'validation_steps'>,
   rank = 0,
   world = 1,
   opts: CreateOptions = {},
@@ -239,6 +228,7 @@ export function validationLoaders(
   const common = {
     seqLen: cfg.seq_len,
     globalBatch: cfg.batch_size,
+    steps: cfg.validation_steps,
     rank,
     world,
     vocabSize: cfg.vocab_size,

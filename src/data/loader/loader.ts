@@ -48,6 +48,8 @@ export interface Batch {
 export interface LoaderOptions {
   seqLen: number;
   globalBatch: number;
+  /** The steps of data the plan is for (the run's step count). */
+  steps: number;
   rank: number;
   world: number;
   planHash: string;
@@ -84,6 +86,11 @@ export class DeterministicLoader {
     this.#sliceStart = o.rank * q + Math.min(o.rank, r);
     this.#state = this.#stageState(0, 0, 0);
     this.#delivered = structuredClone(this.#state);
+  }
+
+  /** The run's step count: the config's, or derived from the flow budget (build.ts). */
+  get steps(): number {
+    return this.o.steps;
   }
 
   /** Tokens in the first stage's sources (for the startup line). */
@@ -229,7 +236,7 @@ export class DeterministicLoader {
     return structuredClone(this.#delivered);
   }
 
-  restore(saved: LoaderState): void {
+  load(saved: LoaderState): void {
     const fix = 'resume with the data config the state was saved with, or start the data from the beginning';
     if (saved.version !== 1)
       throw dataError(`loader state version ${saved.version} is not supported`, 'loader state', fix);

@@ -16,6 +16,7 @@ import type {
   MuonUpdateSpec,
   NormalInit,
   RopeSpec,
+  SlidingAttentionSpec,
 } from '../backend.ts';
 import { DTYPE_BYTES, type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
 import { UserError } from '../../util/errors.ts';
@@ -685,6 +686,14 @@ export class CudaBackend implements Backend {
     }
     delta.free();
     return { dq, dk, dv };
+  }
+
+  slidingAttention(_q: Tensor, _k: Tensor, _v: Tensor, _sinks: Tensor, _s: SlidingAttentionSpec): never {
+    throw new UserError('attn_local = "swa" runs on the CPU backend only. Fix: train with --device=cpu.');
+  }
+
+  slidingAttentionBackward(): never {
+    throw new UserError('attn_local = "swa" runs on the CPU backend only. Fix: train with --device=cpu.');
   }
 
   // --- router and experts -----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import {
 } from './grouped-sm90.ts';
 import { FLASH_HEAD_DIMS, KERNEL_NAMES } from './kernel-names.ts';
 import { type CudnnAttention, openCudnnAttention } from './sdpa.ts';
+import { type SwaKernels, swaBackward, swaForward } from './swa.ts';
 import { CudaTensor, asCuda, ctype } from './tensor.ts';
 
 const ptr = (t: Tensor): KernelArg => ({ ptr: asCuda(t).ptr });
@@ -688,12 +689,27 @@ export class CudaBackend implements Backend {
     return { dq, dk, dv };
   }
 
-  slidingAttention(_q: Tensor, _k: Tensor, _v: Tensor, _sinks: Tensor, _s: SlidingAttentionSpec): never {
-    throw new UserError('attn_local = "swa" runs on the CPU backend only. Fix: train with --device=cpu.');
+  readonly #swa: SwaKernels = {
+    launch: (name, grid, block, args) => this.#k('swa.cu', name, grid, block, args),
+    empty: (shape, dtype) => this.empty(shape, dtype),
+  };
+
+  slidingAttention(q: Tensor, k: Tensor, v: Tensor, sinks: Tensor, s: SlidingAttentionSpec) {
+    return swaForward(this.#swa, q, k, v, sinks, s);
   }
 
-  slidingAttentionBackward(): never {
-    throw new UserError('attn_local = "swa" runs on the CPU backend only. Fix: train with --device=cpu.');
+  slidingAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    sinks: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    s: SlidingAttentionSpec,
+    dSinks: Tensor,
+  ) {
+    return swaBackward(this.#swa, dOut, q, k, v, sinks, out, lse, s, dSinks);
   }
 
   // --- router and experts -----------------------------------------------------------------------------------

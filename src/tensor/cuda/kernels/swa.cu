@@ -1,0 +1,171 @@
+// Sliding-window attention with sinks (the reference's SWA, gpt-oss style), forward and backward. Key j is visible
+// from query i of the same sequence iff i - window < j <= i (window 0: every j <= i); query head h reads key/value
+// head h / groups (GQA). Every kernel visits only the keys (or, for dk/dv, the queries) inside the band, so the
+// work is T * window per head whatever the sequence length. The sink is one more logit of each row's softmax with
+// a zero value: the running max starts at it and the running sum at exp(sink - sink) = 1, so it needs no pass of
+// its own. One warp per row; lanes hold the head's dims strided by 32 (head dims up to 256). The backward is
+// deterministic: dq by query rows, dk/dv by key rows (each summing its group's query heads in order), and the
+// sinks' gradient as per-row terms reduced per head in a fixed order.
+#include "common.cuh"
+
+#define SWA_PER_LANE 8  // head dims up to 32 * 8 = 256
+
+struct SwaDims {
+  int batch, seq, heads, kv_heads, d, window;
+  float scale;
+};
+
+__device__ __forceinline__ int band_start(int i, int window) { return window > 0 ? max(0, i - window + 1) : 0; }
+__device__ __forceinline__ int band_end(int j, int seq, int window) { return window > 0 ? min(seq - 1, j + window - 1) : seq - 1; }
+
+template <typename T>
+__device__ __forceinline__ void load_lanes(float r[SWA_PER_LANE], const T* p, int d, int lane) {
+#pragma unroll
+  for (int u = 0; u < SWA_PER_LANE; ++u) {
+    const int x = lane + 32 * u;
+    r[u] = x < d ? to_f32(p[x]) : 0.f;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float dot_lanes(const float r[SWA_PER_LANE], const T* p, int d, int lane) {
+  float s = 0.f;
+#pragma unroll
+  for (int u = 0; u < SWA_PER_LANE; ++u) {
+    const int x = lane + 32 * u;
+    if (x < d) s += r[u] * to_f32(p[x]);
+  }
+  return warp_sum(s);
+}
+
+// out [T, H*d], lse [T, H] (over the band's scaled scores and the sink). One warp per (row, head).
+template <typename T>
+__global__ void swa_fwd(const T* q, const T* k, const T* v, const T* sinks, T* out, float* lse, SwaDims s) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (warp >= s.batch * s.seq * s.heads) return;
+  const int h = warp % s.heads, row = warp / s.heads, b = row / s.seq, i = row % s.seq;
+  const int g = h / (s.heads / s.kv_heads);
+  float qr[SWA_PER_LANE], acc[SWA_PER_LANE];
+  load_lanes(qr, q + ((long)row * s.heads + h) * s.d, s.d, lane);
+#pragma unroll
+  for (int u = 0; u < SWA_PER_LANE; ++u) acc[u] = 0.f;
+  float m = to_f32(sinks[h]), l = 1.f;  // the sink: max = sink, sum = exp(sink - max)
+  for (int j = band_start(i, s.window); j <= i; ++j) {
+    const long kv = ((long)(b * s.seq + j) * s.kv_heads + g) * s.d;
+    const float sc = dot_lanes(qr, k + kv, s.d, lane) * s.scale;
+    const float m_new = fmaxf(m, sc);
+    const float corr = __expf(m - m_new), p = __expf(sc - m_new);
+    l = l * corr + p;
+#pragma unroll
+    for (int u = 0; u < SWA_PER_LANE; ++u) {
+      const int x = lane + 32 * u;
+      if (x < s.d) acc[u] = acc[u] * corr + p * to_f32(v[kv + x]);
+    }
+    m = m_new;
+  }
+  T* o = out + ((long)row * s.heads + h) * s.d;
+#pragma unroll
+  for (int u = 0; u < SWA_PER_LANE; ++u) {
+    const int x = lane + 32 * u;
+    if (x < s.d) o[x] = from_f32<T>(acc[u] / l);
+  }
+  if (lane == 0) lse[(long)row * s.heads + h] = m + __logf(l);
+}
+
+// dq, and per (row, head) delta = dOut . out (for dk/dv) and the sink term -exp(sink - lse) * delta.
+template <typename T>
+__global__ void swa_bwd_dq(const T* dout, const T* q, const T* k, const T* v, const T* sinks, const T* out, const float* lse,
+                           float* delta, float* sink_terms, T* dq, SwaDims s) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (warp >= s.batch * s.seq * s.heads) return;
+  const int h = warp % s.heads, row = warp / s.heads, b = row / s.seq, i = row % s.seq;
+  const int g = h / (s.heads / s.kv_heads);
+  const long at = ((long)row * s.heads + h) * s.d;
+  float qr[SWA_PER_LANE], gr[SWA_PER_LANE], acc[SWA_PER_LANE];
+  load_lanes(qr, q + at, s.d, lane);
+  load_lanes(gr, dout + at, s.d, lane);
+  const float di = dot_lanes(gr, out + at, s.d, lane);
+  const float li = lse[(long)row * s.heads + h];
+#pragma unroll
+  for (int u = 0; u < SWA_PER_LANE; ++u) acc[u] = 0.f;
+  for (int j = band_start(i, s.window); j <= i; ++j) {
+    const long kv = ((long)(b * s.seq + j) * s.kv_heads + g) * s.d;
+    const float p = __expf(dot_lanes(qr, k + kv, s.d, lane) * s.scale - li);
+    const float ds = p * (dot_lanes(gr, v + kv, s.d, lane) - di) * s.scale;
+#pragma unroll
+    for (int u = 0; u < SWA_PER_LANE; ++u) {
+      const int x = lane + 32 * u;
+      if (x < s.d) acc[u] += ds * to_f32(k[kv + x]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < SWA_PER_LANE; ++u) {
+    const int x = lane + 32 * u;
+    if (x < s.d) dq[at + x] = from_f32<T>(acc[u]);
+  }
+  if (lane == 0) {
+    delta[(long)row * s.heads + h] = di;
+    sink_terms[(long)row * s.heads + h] = -__expf(to_f32(sinks[h]) - li) * di;
+  }
+}
+
+// dk, dv [T, KV*d]: one warp per (key row, key/value head), over the group's query heads in order and the queries
+// whose band holds the key.
+template <typename T>
+__global__ void swa_bwd_dkdv(const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,
+                             T* dk, T* dv, SwaDims s) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (warp >= s.batch * s.seq * s.kv_heads) return;
+  const int g = warp % s.kv_heads, row = warp / s.kv_heads, b = row / s.seq, j = row % s.seq;
+  const int groups = s.heads / s.kv_heads;
+  const long at = ((long)row * s.kv_heads + g) * s.d;
+  float kr[SWA_PER_LANE], vr[SWA_PER_LANE], dkr[SWA_PER_LANE], dvr[SWA_PER_LANE];
+  load_lanes(kr, k + at, s.d, lane);
+  load_lanes(vr, v + at, s.d, lane);
+#pragma unroll
+  for (int u = 0; u < SWA_PER_LANE; ++u) dkr[u] = dvr[u] = 0.f;
+  const int last = band_end(j, s.seq, s.window);
+  for (int h = g * groups; h < (g + 1) * groups; ++h) {
+    for (int i = j; i <= last; ++i) {
+      const long qrow = (long)(b * s.seq + i) * s.heads + h;
+      const float p = __expf(dot_lanes(kr, q + qrow * s.d, s.d, lane) * s.scale - lse[qrow]);
+      const float ds = p * (dot_lanes(vr, dout + qrow * s.d, s.d, lane) - delta[qrow]) * s.scale;
+#pragma unroll
+      for (int u = 0; u < SWA_PER_LANE; ++u) {
+        const int x = lane + 32 * u;
+        if (x < s.d) {
+          dvr[u] += p * to_f32(dout[qrow * s.d + x]);
+          dkr[u] += ds * to_f32(q[qrow * s.d + x]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < SWA_PER_LANE; ++u) {
+    const int x = lane + 32 * u;
+    if (x < s.d) {
+      dk[at + x] = from_f32<T>(dkr[u]);
+      dv[at + x] = from_f32<T>(dvr[u]);
+    }
+  }
+}
+
+// dsinks[h] += sum over rows of sink_terms[row, h], one block per head, in a fixed order (bit-reproducible).
+template <typename T>
+__global__ void swa_sink_grad(const float* sink_terms, T* dsinks, int rows, int heads) {
+  const int h = blockIdx.x;
+  float sum = 0.f;
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) sum += sink_terms[(long)r * heads + h];
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) dsinks[h] = from_f32<T>(to_f32(dsinks[h]) + sum);
+}
+
+#define INSTANTIATE(T)                                                                                                  \
+  template __global__ void swa_fwd<T>(const T*, const T*, const T*, const T*, T*, float*, SwaDims);                    \
+  template __global__ void swa_bwd_dq<T>(const T*, const T*, const T*, const T*, const T*, const T*, const float*,     \
+                                         float*, float*, T*, SwaDims);                                                  \
+  template __global__ void swa_bwd_dkdv<T>(const T*, const T*, const T*, const T*, const float*, const float*, T*, T*, \
+                                           SwaDims);                                                                    \
+  template __global__ void swa_sink_grad<T>(const float*, T*, int, int);
+INSTANTIATE(float)
+INSTANTIATE(bf16)

@@ -16,7 +16,10 @@ import { DENSE_FILE, iterName, listSteps, rankFile } from '../src/checkpoint/lay
 import { readSafetensors } from '../src/checkpoint/safetensors.ts';
 import { loadConfig } from '../src/config/load.ts';
 import { layerAttention, modelConfig, modelParamSpecs } from '../src/model/spec.ts';
+import { Decoder } from '../src/model/decoder.ts';
+import { Transformer } from '../src/model/transformer.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import { UserError } from '../src/util/errors.ts';
 import { train } from '../src/train/trainer.ts';
 import { TOLERANCES, compareFiles, formatComparison, nmoeGrads, prepareParity } from '../tools/parity.ts';
 import { TORCH_PYTHON, haveTorch, requireTorch } from './helpers/torch.ts';
@@ -84,6 +87,19 @@ describe('configs/tiny-swa.toml', () => {
     expect(specs.get('blocks.2.attn.out.bias')!.init.kind).toBe('zeros');
     expect(specs.get('blocks.2.attn.sinks')).toMatchObject({ shape: [4], init: { kind: 'zeros' } });
     expect(specs.has('blocks.1.attn.wkv_a.weight') && !specs.has('blocks.1.attn.sinks')).toBe(true);
+  });
+
+  it('cached decoding refuses a model with SWA layers in one line; full forwards (likelihood scoring) run', () => {
+    const cfg = modelConfig(loadConfig(PRESET, { env: {}, overrides: ['--seq_len=8'] }).config);
+    const cpu = new CpuBackend();
+    const model = new Transformer(cpu, cfg);
+    model.params.initialize(cfg.seed);
+    const dec = new Decoder(model);
+    expect(() => dec.newCache(16)).toThrow(UserError);
+    expect(() => dec.newCache(16)).toThrow(/has SWA layers .* Fix: score it with `nmoe eval` likelihood tasks/);
+    const h = dec.hidden(cpu.upload(Int32Array.of(1, 2, 3, 4, 5, 6, 7, 8), [8], 'i32'), 1, 8);
+    expect(h.shape).toEqual([8, cfg.dim]);
+    model.free();
   });
 
   const straightDir = join(root, 'straight');

@@ -193,10 +193,13 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
         });
       }
 
-      // SWA at tiny-swa's head dim (16) and a reference-sized one (64), GQA, a band, and no band (a global SWA layer).
+      // SWA at tiny-swa's head dim (16) and the reference's (128: the flash kernels in bf16), GQA, bands that are not
+      // multiples of the 64-row tiles over ragged sequences, and no band (a global SWA layer).
       for (const [S, H, KV, d, window] of [
         [40, 4, 2, 16, 8],
+        [200, 4, 2, 128, 100],
         [160, 4, 1, 64, 32],
+        [130, 2, 1, 128, 0],
         [48, 2, 2, 64, 0],
       ] as const) {
         it(`sliding-window attention with sinks, S ${S}, ${H}/${KV} heads, d ${d}, window ${window} (forward and backward)`, async () => {

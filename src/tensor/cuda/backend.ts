@@ -690,7 +690,7 @@ export class CudaBackend implements Backend {
   }
 
   readonly #swa: SwaKernels = {
-    launch: (name, grid, block, args) => this.#k('swa.cu', name, grid, block, args),
+    launch: (name, grid, block, args, smem) => this.#k('swa.cu', name, grid, block, args, smem),
     empty: (shape, dtype) => this.empty(shape, dtype),
   };
 

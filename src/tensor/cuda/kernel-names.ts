@@ -80,7 +80,10 @@ export const KERNEL_NAMES: Record<string, readonly string[]> = {
   'grouped.cu': ['grouped_gemm_tc', 'grouped_wgrad_tc'],
   'grouped_sm90.cu': SM90_GROUPED_KERNELS,
   'flash.cu': flash(['flash_fwd', 'flash_bwd_dq', 'flash_bwd_dkdv']),
-  'swa.cu': both(['swa_fwd', 'swa_bwd_dq', 'swa_bwd_dkdv', 'swa_sink_grad']),
+  'swa.cu': [
+    ...both(['swa_fwd', 'swa_row_terms', 'swa_bwd_dq', 'swa_bwd_dkdv', 'swa_sink_grad']),
+    ...['swa_flash_fwd', 'swa_flash_bwd_dq', 'swa_flash_bwd_dkdv'].map((n) => `${n}<128>`),
+  ],
   'loss.cu': ['ce_fwd_rows', 'ce_count', 'ce_finish', ...both(['ce_bwd_rows'])],
   'loss_sm90.cu': both(['ce_rows_sm90']),
   'rdep.cu': ['rdep_route_send', 'rdep_barrier', 'rdep_place', 'rdep_dispatch', 'rdep_return'],

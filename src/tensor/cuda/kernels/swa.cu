@@ -3,10 +3,14 @@
 // head h / groups (GQA). Every kernel visits only the keys (or, for dk/dv, the queries) inside the band, so the
 // work is T * window per head whatever the sequence length. The sink is one more logit of each row's softmax with
 // a zero value: the running max starts at it and the running sum at exp(sink - sink) = 1, so it needs no pass of
-// its own. One warp per row; lanes hold the head's dims strided by 32 (head dims up to 256). The backward is
-// deterministic: dq by query rows, dk/dv by key rows (each summing its group's query heads in order), and the
-// sinks' gradient as per-row terms reduced per head in a fixed order.
-#include "common.cuh"
+// its own. The backward is deterministic: per-row terms (delta = dOut . out and the sink's), dq by query rows,
+// dk/dv by key rows (each summing its group's query heads in order), and the sinks' gradient reduced per head in a
+// fixed order.
+//
+// Two implementations: for bf16 at head dim 128 (the reference's v_head_dim), the tensor-core flash kernels of
+// flash.cuh with a band (swa_flash_*); otherwise one warp per row, lanes holding the head's dims strided by 32 (head
+// dims up to 256).
+#include "flash.cuh"
 
 #define SWA_PER_LANE 8  // head dims up to 32 * 8 = 256
 
@@ -72,10 +76,25 @@ __global__ void swa_fwd(const T* q, const T* k, const T* v, const T* sinks, T* o
   if (lane == 0) lse[(long)row * s.heads + h] = m + __logf(l);
 }
 
-// dq, and per (row, head) delta = dOut . out (for dk/dv) and the sink term -exp(sink - lse) * delta.
+// Per (row, head): delta = dOut . out (the softmax backward's row term) and the sink's term -exp(sink - lse) * delta.
 template <typename T>
-__global__ void swa_bwd_dq(const T* dout, const T* q, const T* k, const T* v, const T* sinks, const T* out, const float* lse,
-                           float* delta, float* sink_terms, T* dq, SwaDims s) {
+__global__ void swa_row_terms(const T* dout, const T* out, const T* sinks, const float* lse, float* delta, float* sink_terms,
+                              long rows_heads, int heads, int d) {
+  const long warp = (blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (warp >= rows_heads) return;
+  float s = 0.f;
+  for (int x = lane; x < d; x += 32) s += to_f32(dout[warp * d + x]) * to_f32(out[warp * d + x]);
+  s = warp_sum(s);
+  if (lane == 0) {
+    delta[warp] = s;
+    sink_terms[warp] = -__expf(to_f32(sinks[warp % heads]) - lse[warp]) * s;
+  }
+}
+
+// dq: one warp per (query row, head), over the keys of its band.
+template <typename T>
+__global__ void swa_bwd_dq(const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta, T* dq, SwaDims s) {
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (warp >= s.batch * s.seq * s.heads) return;
   const int h = warp % s.heads, row = warp / s.heads, b = row / s.seq, i = row % s.seq;
@@ -84,7 +103,7 @@ __global__ void swa_bwd_dq(const T* dout, const T* q, const T* k, const T* v, co
   float qr[SWA_PER_LANE], gr[SWA_PER_LANE], acc[SWA_PER_LANE];
   load_lanes(qr, q + at, s.d, lane);
   load_lanes(gr, dout + at, s.d, lane);
-  const float di = dot_lanes(gr, out + at, s.d, lane);
+  const float di = delta[(long)row * s.heads + h];
   const float li = lse[(long)row * s.heads + h];
 #pragma unroll
   for (int u = 0; u < SWA_PER_LANE; ++u) acc[u] = 0.f;
@@ -102,10 +121,6 @@ __global__ void swa_bwd_dq(const T* dout, const T* q, const T* k, const T* v, co
   for (int u = 0; u < SWA_PER_LANE; ++u) {
     const int x = lane + 32 * u;
     if (x < s.d) dq[at + x] = from_f32<T>(acc[u]);
-  }
-  if (lane == 0) {
-    delta[(long)row * s.heads + h] = di;
-    sink_terms[(long)row * s.heads + h] = -__expf(to_f32(sinks[h]) - li) * di;
   }
 }
 
@@ -160,10 +175,39 @@ __global__ void swa_sink_grad(const float* sink_terms, T* dsinks, int rows, int 
   if (threadIdx.x == 0) dsinks[h] = from_f32<T>(to_f32(dsinks[h]) + sum);
 }
 
+// The flash kernels with a band: grids (ceil(seq / 64), batch * heads) for the forward and dq, (ceil(seq / 64),
+// batch * kv_heads) for dk/dv; 128 threads; dynamic shared memory as flash.cu's at head dims (D, D).
+template <int D>
+__global__ void __launch_bounds__(128) swa_flash_fwd(const bf16* q, const bf16* k, const bf16* v, const bf16* sinks, bf16* out,
+                                                     float* lse, SwaDims s) {
+  flash_fwd_cta<D, D, true>(q, k, v, out, lse, s.seq, s.heads, s.d, s.d, s.scale, FlashBand{s.kv_heads, s.window, sinks});
+}
+
+template <int D>
+__global__ void __launch_bounds__(128) swa_flash_bwd_dq(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
+                                                        const float* delta, bf16* dq, SwaDims s) {
+  flash_bwd_dq_cta<D, D, true>(dout, q, k, v, lse, delta, dq, s.seq, s.heads, s.d, s.d, s.scale, FlashBand{s.kv_heads, s.window, nullptr});
+}
+
+template <int D>
+__global__ void __launch_bounds__(128) swa_flash_bwd_dkdv(const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
+                                                          const float* delta, bf16* dk, bf16* dv, SwaDims s) {
+  flash_bwd_dkdv_cta<D, D, true>(dout, q, k, v, lse, delta, dk, dv, s.seq, s.heads, s.d, s.d, s.scale,
+                                 FlashBand{s.kv_heads, s.window, nullptr});
+}
+
+#define INSTANTIATE_FLASH(D)                                                                                            \
+  template __global__ void swa_flash_fwd<D>(const bf16*, const bf16*, const bf16*, const bf16*, bf16*, float*, SwaDims); \
+  template __global__ void swa_flash_bwd_dq<D>(const bf16*, const bf16*, const bf16*, const bf16*, const float*,        \
+                                               const float*, bf16*, SwaDims);                                           \
+  template __global__ void swa_flash_bwd_dkdv<D>(const bf16*, const bf16*, const bf16*, const bf16*, const float*,      \
+                                                 const float*, bf16*, bf16*, SwaDims);
+INSTANTIATE_FLASH(128)
+
 #define INSTANTIATE(T)                                                                                                  \
   template __global__ void swa_fwd<T>(const T*, const T*, const T*, const T*, T*, float*, SwaDims);                    \
-  template __global__ void swa_bwd_dq<T>(const T*, const T*, const T*, const T*, const T*, const T*, const float*,     \
-                                         float*, float*, T*, SwaDims);                                                  \
+  template __global__ void swa_row_terms<T>(const T*, const T*, const T*, const float*, float*, float*, long, int, int); \
+  template __global__ void swa_bwd_dq<T>(const T*, const T*, const T*, const T*, const float*, const float*, T*, SwaDims); \
   template __global__ void swa_bwd_dkdv<T>(const T*, const T*, const T*, const T*, const float*, const float*, T*, T*, \
                                            SwaDims);                                                                    \
   template __global__ void swa_sink_grad<T>(const float*, T*, int, int);

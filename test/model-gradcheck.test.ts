@@ -128,9 +128,12 @@ describe('whole-model gradient check (central differences, double storage)', () 
 });
 
 describe('attn_recompute', () => {
-  it('gives exactly the gradients of keeping the attention activations, and keeps none of them', () => {
+  it.each([
+    ['MLA', []],
+    ['SWA between MLA', ['--attn_global_every=2', '--attn_local=swa', '--attn_local_window=3']],
+  ])('%s: gives exactly the gradients of keeping the attention activations, and keeps none of them', (_, extra) => {
     const grads = (recompute: boolean) => {
-      const { model, ids, targets } = build([`--attn_recompute=${recompute}`]);
+      const { model, ids, targets } = build([...extra, `--attn_recompute=${recompute}`]);
       model.params.zeroGrads();
       const fwd = model.forward(ids, targets, 2);
       const attn = fwd.saved.blocks.map((blk) => blk.attn);

@@ -46,7 +46,7 @@ export class Decoder {
       throw new Error('Decoder.hidden: a prefill fills an empty cache with one sequence');
     const ctx = this.model.layerContext(batch, seqLen);
     const out = this.#run(ids, ctx, (layer, prefix, h) => {
-      const { out: o, saved } = attentionForward(ctx, prefix, h, cache?.sink(layer));
+      const { out: o, saved } = attentionForward(ctx, layer, prefix, h, cache?.sink(layer));
       releaseAttentionSaved(saved);
       return o;
     });

@@ -314,8 +314,11 @@ __device__ __forceinline__ void flash_bwd_dkdv_cta(const bf16* dout, const bf16*
   // Query rows [k_first, q_end) can see this CTA's keys; each query head of the group walks them in steps of BQ2.
   const int q_end = BAND && band.window > 0 ? min(seq, k_first + BK - 1 + band.window) : seq;
   const int steps_per_head = (q_end - k_first + BQ2 - 1) / BQ2, steps = groups * steps_per_head;
+  // A step's query head and first row. Without BAND there is one query head, so no division per step.
+  auto step_head = [&](int step) { return BAND ? kvh * groups + step / steps_per_head : kvh; };
+  auto step_row = [&](int step) { return k_first + (BAND ? step % steps_per_head : step) * BQ2; };
   auto load_q = [&](int step, int s) {
-    const int h = kvh * groups + step / steps_per_head, q_first = k_first + (step % steps_per_head) * BQ2;
+    const int h = step_head(step), q_first = step_row(step);
     bf16* st = stages + s * STAGE;
     load_rows(st, LDK, q, base + q_first, seq - q_first, qk_stride, h * dqk, dqk, BQ2, DQK);
     load_rows(st + BQ2 * LDK, LDV, dout, base + q_first, seq - q_first, v_stride, h * dv, dv, BQ2, DV);
@@ -332,7 +335,7 @@ __device__ __forceinline__ void flash_bwd_dkdv_cta(const bf16* dout, const bf16*
   const int krow[2] = {k_first + r0 + g, k_first + r0 + g + 8};
   float dk_acc[DQK / 8][4] = {}, dv_acc[DV / 8][4] = {};
   for (int step = 0; step < steps; ++step) {
-    const int q_first = k_first + (step % steps_per_head) * BQ2;
+    const int q_first = step_row(step);
     const bf16* Qs = next_stage(stages, STAGE, step, step + 1 < steps, load_q);
     const bf16* dOs = Qs + BQ2 * LDK;
     const float* lse_q = lse_s[step & 1];

@@ -178,13 +178,14 @@ describe('malformed configs: one line naming the key, file:line and the fix', ()
     ],
     ['bad-enum', 'dtype = "fp4" is not one of "bf16", "fp8", "nvfp4" [%:12]. Fix: did you mean dtype = "fp8"?'],
     [
-      'attn-swa',
-      'attn = "swa" is supported by the reference but not implemented in nmoe yet [%:12]. Fix: use one of "mla", "mha".',
+      'attn-nsa',
+      'attn = "nsa" is supported by the reference but not implemented in nmoe yet [%:12]. ' +
+        'Fix: use one of "mla", "mha", "swa".',
     ],
     [
-      'global-every',
-      'attn_global_every = 6 must be 1: nmoe does not implement local (windowed) attention layers yet [%:12]. ' +
-        'Fix: set attn_global_every = 1 (every layer uses global attention).',
+      'local-nsa',
+      'attn_local = "nsa" is supported by the reference but not implemented in nmoe yet ' +
+        '[%:13; attn_global_every = 6 at %:12]. Fix: set attn_local = "swa", or attn_global_every = 1 (every layer global).',
     ],
     ['unknown-subkey', 'attn_swa.kv_head = 2 is not a config key [%:14]. Fix: did you mean attn_swa.kv_heads?'],
     // A rule about two keys locates both where the user set them.
@@ -459,6 +460,25 @@ describe('sources and precedence: file < environment < command line', () => {
       experiment_id: '123',
     });
     expect(tiny(['--data_path=/x', '--data_path=']).data_path).toBeNull();
+  });
+
+  it('local SWA layers: attn_local must be swa, kv_heads must divide n_heads, the window must be positive', () => {
+    const local = ['--attn_global_every=2', '--attn_local=swa', '--attn_local_window=8'];
+    expect(tiny([...local, '--attn_swa.kv_heads=2'])).toMatchObject({ attn_global_every: 2, attn_local: 'swa' });
+    expect(tiny(['--attn=swa']).attn).toBe('swa');
+    expect(loadError(TINY, { overrides: [...local, '--attn_swa.kv_heads=3'] }).message).toBe(
+      'attn_swa = { kv_heads = 3 } has kv_heads = 3, which must be >= 1 and divide n_heads (4) ' +
+        '[--attn_swa.kv_heads=3 (command line); n_heads = 4 at configs/tiny.toml:' +
+        `${lineOf(TINY, 'n_heads')}]. Fix: use a divisor of 4 (GQA: each key/value head serves n_heads / kv_heads query heads).`,
+    );
+    expect(loadError(TINY, { overrides: ['--attn_global_every=2', '--attn_local=mla'] }).message).toMatch(
+      /^attn_local = "mla" has no window: local layers \(attn_global_every > 1\) need windowed attention .*Fix: set attn_local = "swa"/,
+    );
+    expect(loadError(TINY, { overrides: [...local, '--attn_local_window=0'] }).message).toMatch(
+      /^attn_local_window = 0 must be > 0 \[--attn_local_window=0 \(command line\)\]/,
+    );
+    // With every layer global, attn_local is unused and not checked.
+    expect(tiny(['--attn_local=nsa']).attn_local).toBe('nsa');
   });
 
   it('rejects unknown keys, valueless non-boolean flags, and --key value', () => {

@@ -193,6 +193,39 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
         });
       }
 
+      // SWA at tiny-swa's head dim (16) and the reference's (128: the flash kernels in bf16), GQA, bands that are not
+      // multiples of the 64-row tiles over ragged sequences, and no band (a global SWA layer).
+      for (const [S, H, KV, d, window] of [
+        [40, 4, 2, 16, 8],
+        [200, 4, 2, 128, 100],
+        [160, 4, 1, 64, 32],
+        [130, 2, 1, 128, 0],
+        [48, 2, 2, 64, 0],
+      ] as const) {
+        it(`sliding-window attention with sinks, S ${S}, ${H}/${KV} heads, d ${d}, window ${window} (forward and backward)`, async () => {
+          const B = 2;
+          const qH = hostRandn(B * S * H * d),
+            kH = hostRandn(B * S * KV * d),
+            vH = hostRandn(B * S * KV * d),
+            gH = hostRandn(B * S * H * d),
+            sinkH = hostRandn(H),
+            dSinkH = hostRandn(H);
+          const spec = { batch: B, seqLen: S, heads: H, kvHeads: KV, scale: d ** -0.5, window };
+          const errs = await parity(dtype, (b, put) => {
+            const q = put(qH, [B * S, H * d]),
+              k = put(kH, [B * S, KV * d]),
+              v = put(vH, [B * S, KV * d]),
+              g = put(gH, [B * S, H * d]),
+              sinks = put(sinkH, [H]),
+              dSinks = put(dSinkH, [H]); // the sinks' gradient accumulates into what it holds
+            const { out, lse } = b.slidingAttention(q, k, v, sinks, spec);
+            const { dq, dk, dv } = b.slidingAttentionBackward(g, q, k, v, sinks, out, lse, spec, dSinks);
+            return [out, lse, dq, dk, dv, dSinks];
+          });
+          errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
+        });
+      }
+
       // Several chunks of logits per group and several groups (the fp32 sum of dw over groups), as a vocabulary of
       // 200K makes them at moonlet6 sizes: the limits shrunk to 7-token chunks and 3-chunk groups over T = 96. A
       // vocabulary of 301 takes the kernels' scalar paths (rows not a multiple of 4).
@@ -420,17 +453,22 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
   }
 
   describe('whole model', () => {
-    function tiny(extra: string[] = []) {
-      const { config } = loadConfig(defaultConfigPath(), {
+    function tiny(extra: string[] = [], path = defaultConfigPath()) {
+      const { config } = loadConfig(path, {
         env: {},
         overrides: ['--seq_len=32', '--batch_size=4', ...extra],
       });
       return modelConfig(config);
     }
 
-    for (const dtype of ['f32', 'bf16'] as const) {
-      it(`loss and every gradient match the CPU (${dtype} weights)`, async () => {
-        const cfg = tiny();
+    for (const [dtype, preset] of [
+      ['f32', 'tiny'],
+      ['bf16', 'tiny'],
+      ['f32', 'tiny-swa'],
+      ['bf16', 'tiny-swa'],
+    ] as const) {
+      it(`loss and every gradient match the CPU (${preset}, ${dtype} weights)`, async () => {
+        const cfg = tiny([], `configs/${preset}.toml`);
         const ref = new Transformer(cpu, cfg, { dtype });
         ref.params.initialize(cfg.seed);
         const dev = new Transformer(gpu!, cfg, { dtype });

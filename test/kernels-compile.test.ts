@@ -22,6 +22,7 @@ import { LOSS_SM90 } from '../src/tensor/cuda/kernels/loss_sm90.ts';
 import { MOE } from '../src/tensor/cuda/kernels/moe.ts';
 import { OPTIM } from '../src/tensor/cuda/kernels/optim.ts';
 import { RDEP } from '../src/tensor/cuda/kernels/rdep.ts';
+import { SWA } from '../src/tensor/cuda/kernels/swa.ts';
 import { KERNEL_DIR } from '../src/tensor/cuda/nvrtc.ts';
 import { parseKernels, tableProblems } from './helpers/cuda-signatures.ts';
 
@@ -36,6 +37,7 @@ const KERNEL_FILES: readonly KernelFile[] = [
   MOE,
   OPTIM,
   RDEP,
+  SWA,
 ];
 const nvcc = spawnSync('nvcc', ['--version'], { encoding: 'utf8' }).status === 0;
 const files = readdirSync(KERNEL_DIR).filter((f) => f.endsWith('.cu'));

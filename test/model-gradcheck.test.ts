@@ -111,6 +111,11 @@ describe('whole-model gradient check (central differences, double storage)', () 
     ['MLA with q_lora', []],
     ['MLA without q_lora (wq)', ['--q_lora_rank=0']],
     ['MHA', ['--attn=mha']],
+    [
+      'SWA local layers (GQA, window 3, RoPE on the last 4 of 6 dims) between MLA',
+      ['--attn_global_every=2', '--attn_local=swa', '--attn_local_window=3', '--attn_swa.kv_heads=1', '--v_head_dim=6'],
+    ],
+    ['SWA global layers (no window, GQA)', ['--attn=swa', '--attn_swa.kv_heads=1', '--v_head_dim=6']],
     ['EOS targets counted', ['--loss_mask_eos=false']],
   ] as const) {
     it(`every parameter tensor: ${label}`, () => {
@@ -123,9 +128,12 @@ describe('whole-model gradient check (central differences, double storage)', () 
 });
 
 describe('attn_recompute', () => {
-  it('gives exactly the gradients of keeping the attention activations, and keeps none of them', () => {
+  it.each([
+    ['MLA', []],
+    ['SWA between MLA', ['--attn_global_every=2', '--attn_local=swa', '--attn_local_window=3']],
+  ])('%s: gives exactly the gradients of keeping the attention activations, and keeps none of them', (_, extra) => {
     const grads = (recompute: boolean) => {
-      const { model, ids, targets } = build([`--attn_recompute=${recompute}`]);
+      const { model, ids, targets } = build([...extra, `--attn_recompute=${recompute}`]);
       model.params.zeroGrads();
       const fwd = model.forward(ids, targets, 2);
       const attn = fwd.saved.blocks.map((blk) => blk.attn);

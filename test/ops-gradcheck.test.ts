@@ -165,6 +165,51 @@ describe('backward of every op matches finite differences', () => {
     expect(after.slice(12, 16)).not.toEqual(before.slice(12, 16));
   });
 
+  it('sliding-window attention with sinks (GQA: 4 query heads on 2 key/value heads, window 3)', () => {
+    const spec = { batch: 2, seqLen: 6, heads: 4, kvHeads: 2, scale: 5 ** -0.5, window: 3 };
+    const q = randn([12, 20]),
+      k = randn([12, 10]),
+      v = randn([12, 10]),
+      sinks = randn([4]),
+      r = randn([12, 20]);
+    const { out, lse } = cpu.slidingAttention(q, k, v, sinks, spec);
+    const dSinks = cpu.zeros([4], 'f32');
+    const { dq, dk, dv } = cpu.slidingAttentionBackward(r, q, k, v, sinks, out, lse, spec, dSinks);
+    const checks: Checked[] = [
+      { name: 'q', input: q, analytic: dq },
+      { name: 'k', input: k, analytic: dk },
+      { name: 'v', input: v, analytic: dv },
+      { name: 'sinks', input: sinks, analytic: dSinks },
+    ];
+    expectSmall(gradError(() => project(cpu.slidingAttention(q, k, v, sinks, spec).out, r), checks));
+  });
+
+  it('sliding-window attention sees exactly its band; with no sink and no window it is causal attention', () => {
+    const spec = { batch: 1, seqLen: 6, heads: 2, kvHeads: 1, scale: 0.5, window: 2 };
+    const q = randn([6, 8]),
+      k = randn([6, 4]),
+      v = randn([6, 4]),
+      sinks = randn([2]);
+    const before = Array.from(data(cpu.slidingAttention(q, k, v, sinks, spec).out));
+    data(v)[1 * 4] += 5; // key 1 is in the band of queries 1 and 2 only (i - 2 < 1 <= i)
+    const after = Array.from(data(cpu.slidingAttention(q, k, v, sinks, spec).out));
+    const changed = [0, 1, 2, 3, 4, 5].filter(
+      (i) => after[i * 8] !== before[i * 8] || after[i * 8 + 4] !== before[i * 8 + 4],
+    );
+    expect(changed).toEqual([1, 2]);
+
+    const full = { ...spec, kvHeads: 2, window: 0 };
+    const k2 = randn([6, 8]),
+      v2 = randn([6, 8]),
+      noSink = cpu.upload(Float32Array.of(-1e30, -1e30), [2], 'f32');
+    const swa = cpu.slidingAttention(q, k2, v2, noSink, full);
+    const causal = cpu.attention(q, k2, v2, { batch: 1, seqLen: 6, heads: 2, scale: 0.5 });
+    expect(Array.from(data(swa.out))).toEqual(Array.from(data(causal.out)));
+    // A sink takes probability from every key: the output shrinks toward zero as the sink grows.
+    const big = cpu.slidingAttention(q, k2, v2, cpu.upload(Float32Array.of(30, 30), [2], 'f32'), full);
+    expect(Math.max(...Array.from(data(big.out), Math.abs))).toBeLessThan(1e-6);
+  });
+
   it('router top-k gates', () => {
     const logits = randn([6, 5]),
       bias = randn([5], 0.1),

@@ -220,7 +220,8 @@ export interface PrepareOptions {
   device: 'cpu' | 'cuda';
   precision: Precision;
   outDir: string;
-  /** Std of the random router biases (default 0.01); 0 leaves them at zero. */
+  /** Std of the random router biases and of the tensors initialised to zero (SWA's biases and sinks), default
+   *  0.01; 0 leaves them at zero. */
   biasStd?: number;
 }
 
@@ -275,7 +276,9 @@ export async function prepareParity(opts: PrepareOptions): Promise<{ files: Pari
     const biasStd = opts.biasStd ?? 0.01;
     if (biasStd > 0) {
       for (const p of model.params.params) {
-        if (p.buffer) b.fillNormal(p.value, { std: biasStd, seed: cfg.seed, stream: hashString(`parity.${p.name}`) });
+        // Zeros would hide what these tensors do in the forward.
+        if (p.buffer || p.init.kind === 'zeros')
+          b.fillNormal(p.value, { std: biasStd, seed: cfg.seed, stream: hashString(`parity.${p.name}`) });
       }
     }
     await saveParams(files.weights, model.params, { metadata: { source: 'tools/parity.ts' } });

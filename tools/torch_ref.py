@@ -19,6 +19,9 @@ The model (the reference's, as src/model implements it):
        wkv_a x = [c_kv | k_pe]; wkv_b(kv_norm(c_kv)) per head [k_nope | v]; k_pe is one RoPE key shared by all
        heads; RoPE (NeoX half split) on q_pe and k_pe at positions t % seq_len; causal softmax with scale
        (d_nope + d_rope)^-1/2.  MHA: wq/wk/wv, RoPE on the last qk_rope_head_dim dims of each q and k head.
+  SWA (attn = "swa", or attn_local = "swa" on the layers attn_global_every leaves local): qkv/out Linears with bias,
+       GQA, RoPE on the last qk_rope_head_dim dims of each v_head_dim head, scale v_head_dim^-1/2, keys
+       i - window < j <= i, and a learned sink logit per head in each row's softmax.
   MoE: logits = x @ gate^T in fp32; scores = sigmoid(route_scale * logits); top-k of scores + bias (ties to the
        lower expert id); gates = chosen scores renormalised; routed experts SwiGLU with W1, W3 [E, dim, inter] and
        W2 [E, inter, dim] (y = x @ W); the shared experts are one MLP `ffn.shared.w{1,2,3}` added to the output.
@@ -74,6 +77,21 @@ def is_moe_layer(cfg, layer):
     return layer >= cfg["n_dense_layers"]
 
 
+def layer_attention(cfg, layer):
+    """(kind, window) of a layer: global (attn, no window) iff attn_global_every == 1, (layer + 1) is a multiple of it,
+    or the layer is the last; else (attn_local, attn_local_window)."""
+    every = cfg.get("attn_global_every", 1)
+    if every == 1 or (layer + 1) % every == 0 or layer == cfg["n_layers"] - 1:
+        return cfg["attn"], 0
+    return cfg["attn_local"], cfg["attn_local_window"]
+
+
+def swa_heads(cfg):
+    """(query heads, key/value heads, head dim) of an SWA layer."""
+    h = cfg["n_heads"]
+    return h, (cfg.get("attn_swa") or {}).get("kv_heads") or h, cfg["v_head_dim"]
+
+
 def expected_shapes(cfg):
     """Every parameter and buffer nmoe's model has, with its shape, derived from the config alone."""
     d, h = cfg["dim"], cfg["n_heads"]
@@ -82,7 +100,12 @@ def expected_shapes(cfg):
     for i in range(cfg["n_layers"]):
         a, f = f"blocks.{i}.attn", f"blocks.{i}.ffn"
         shapes[f"blocks.{i}.attn_norm.weight"] = [d]
-        if cfg["attn"] == "mha":
+        kind = layer_attention(cfg, i)[0]
+        if kind == "swa":
+            sh, skv, sd = swa_heads(cfg)
+            shapes.update({f"{a}.qkv.weight": [(sh + 2 * skv) * sd, d], f"{a}.qkv.bias": [(sh + 2 * skv) * sd],
+                           f"{a}.out.weight": [d, sh * sd], f"{a}.out.bias": [d], f"{a}.sinks": [sh]})
+        elif kind == "mha":
             shapes.update({f"{a}.wq.weight": [h * (dn + dr), d], f"{a}.wk.weight": [h * (dn + dr), d],
                            f"{a}.wv.weight": [h * dv, d]})
         else:
@@ -93,7 +116,8 @@ def expected_shapes(cfg):
                 shapes[f"{a}.wq.weight"] = [h * (dn + dr), d]
             shapes.update({f"{a}.wkv_a.weight": [cfg["kv_lora_rank"] + dr, d], f"{a}.kv_norm.weight": [cfg["kv_lora_rank"]],
                            f"{a}.wkv_b.weight": [h * (dn + dv), cfg["kv_lora_rank"]]})
-        shapes[f"{a}.wo.weight"] = [d, h * dv]
+        if kind != "swa":
+            shapes[f"{a}.wo.weight"] = [d, h * dv]
         shapes[f"blocks.{i}.ffn_norm.weight"] = [d]
         if is_moe_layer(cfg, i):
             e, fi = cfg["n_routed_experts"], cfg["moe_inter_dim"]
@@ -239,6 +263,31 @@ def mha(x, p, prefix, cfg, cos, sin, batch):
     return linear(o.reshape(batch * seq, h * dv), p[f"{prefix}.wo.weight"])
 
 
+def swa(x, p, prefix, cfg, cos, sin, batch, window):
+    """gpt-oss-style attention with sinks: biased qkv and out Linears, GQA (key/value heads repeated to the query
+    heads), RoPE on the last qk_rope_head_dim dims of each head, a band of `window` keys (0: all earlier keys), and a
+    learned sink logit per head that joins each row's softmax and then is dropped."""
+    seq = cfg["seq_len"]
+    h, kv, d = swa_heads(cfg)
+    dr = cfg["qk_rope_head_dim"]
+    qkv = F.linear(x, p[f"{prefix}.qkv.weight"], p[f"{prefix}.qkv.bias"])
+    q, k, v = qkv.split([h * d, kv * d, kv * d], dim=-1)
+    q, k, v = q.reshape(batch, seq, h, d), k.reshape(batch, seq, kv, d), v.reshape(batch, seq, kv, d)
+    q = torch.cat([q[..., : d - dr], rope(q[..., d - dr:], cos, sin)], dim=-1)
+    k = torch.cat([k[..., : d - dr], rope(k[..., d - dr:], cos, sin)], dim=-1)
+    k, v = k.repeat_interleave(h // kv, dim=2), v.repeat_interleave(h // kv, dim=2)
+    qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
+    scores = (qf @ kf.transpose(-1, -2)) * d ** -0.5
+    i = torch.arange(seq, device=x.device)[:, None]
+    j = torch.arange(seq, device=x.device)[None, :]
+    visible = (j <= i) & ((j > i - window) if window > 0 else True)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    sinks = p[f"{prefix}.sinks"].float().view(1, h, 1, 1).expand(batch, h, seq, 1)
+    probs = torch.cat([scores, sinks], dim=-1).softmax(dim=-1)[..., :-1]
+    o = (probs @ vf).transpose(1, 2).to(x.dtype)
+    return F.linear(o.reshape(batch * seq, h * d), p[f"{prefix}.out.weight"], p[f"{prefix}.out.bias"])
+
+
 def top_k_lowest_id(keys, k):
     """Indices of the k largest keys per row, best first; equal keys go to the lower index (stable sort)."""
     return torch.sort(keys, dim=-1, descending=True, stable=True).indices[:, :k]
@@ -290,11 +339,15 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
     dtype = p["embedding.weight"].dtype
     eps = cfg["rms_norm_eps"]
     cos, sin = (t[: cfg["seq_len"]].to(inputs.device) for t in tables)
-    attention = mha if cfg["attn"] == "mha" else mla
     x = (F.embedding(inputs, p["embedding.weight"]).float() * EMBED_SCALE).to(dtype)
     for i in range(cfg["n_layers"]):
         pre = f"blocks.{i}"
-        x = x + attention(rmsnorm(x, p[f"{pre}.attn_norm.weight"], eps), p, f"{pre}.attn", cfg, cos, sin, batch)
+        h = rmsnorm(x, p[f"{pre}.attn_norm.weight"], eps)
+        kind, window = layer_attention(cfg, i)
+        if kind == "swa":
+            x = x + swa(h, p, f"{pre}.attn", cfg, cos, sin, batch, window)
+        else:
+            x = x + (mha if kind == "mha" else mla)(h, p, f"{pre}.attn", cfg, cos, sin, batch)
         h = rmsnorm(x, p[f"{pre}.ffn_norm.weight"], eps)
         if is_moe_layer(cfg, i):
             forced = routing.get(f"route.{pre}.ffn.idx") if routing is not None else None
@@ -343,7 +396,7 @@ def main():
     exact_math()
     device = pick_device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-    cfg = load_config(args.config, "torch_ref")
+    cfg = load_config(args.config, "torch_ref", swa=True)
     params = load_params(args.weights, cfg, dtype, device)
     batch_tensors, batch_meta = load_with_metadata(args.batch)
     batch = int(batch_meta.get("batch", "0"))

@@ -1,12 +1,13 @@
 /**
  * `nmoe bench kernels`: the expensive kernel families alone, at a config's shapes, timed with device events:
  * grouped expert GEMMs (forward, input gradient, weight gradient, and the fused forms the model calls) under uniform
- * random routing, causal attention forward and backward with the config's attn_kernel, and the chunked
+ * random routing, causal attention forward and backward with the config's attn_kernel, sliding-window attention
+ * with sinks over attn_local_window keys at the same sequence length, and the chunked
  * cross-entropy forward + backward. tools/torch_kernels.py times the PyTorch
  * counterparts (torch._grouped_mm, SDPA, a bf16 GEMM + cross-entropy) at the same shapes.
  */
 import type { ModelConfig } from '../model/spec.ts';
-import { qkHeadDim } from '../model/spec.ts';
+import { qkHeadDim, swaHeads } from '../model/spec.ts';
 import type { Backend } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
 import { philoxNormal, philoxUniform } from '../util/philox.ts';
@@ -153,6 +154,49 @@ export async function benchKernels(
     ),
     2.5 * attnFlops,
   );
+
+  // Sliding-window attention with sinks at the same sequence, over attn_local_window keys (SWA's head dim is
+  // v_head_dim): against the causal rows above, what a local layer saves.
+  const { heads: sH, kvHeads: sKV, headDim: sd } = swaHeads(cfg);
+  const window = cfg.attn_local_window;
+  const swaSpec = { batch: B, seqLen: S, heads: sH, kvHeads: sKV, scale: sd ** -0.5, window };
+  const sq = randn(b, [T, sH * sd], 13),
+    sk = randn(b, [T, sKV * sd], 14),
+    sv = randn(b, [T, sKV * sd], 15),
+    sdO = randn(b, [T, sH * sd], 16),
+    sinks = randn(b, [sH], 17),
+    dSinks = b.zeros([sH], 'bf16');
+  const visible = Math.min(window, S) * (S - (Math.min(window, S) - 1) / 2); // keys summed over the S queries
+  const swaFlops = 2 * B * sH * visible * 2 * sd;
+  const sShape = `B ${B} x S ${S} x H ${sH}/${sKV}, d ${sd}, window ${window}`;
+  add(
+    'SWA forward',
+    sShape,
+    await time(
+      b,
+      () => {
+        const r = b.slidingAttention(sq, sk, sv, sinks, swaSpec);
+        return [r.out, r.lse];
+      },
+      timer,
+    ),
+    swaFlops,
+  );
+  const swa = b.slidingAttention(sq, sk, sv, sinks, swaSpec);
+  add(
+    'SWA backward',
+    sShape,
+    await time(
+      b,
+      () => {
+        const r = b.slidingAttentionBackward(sdO, sq, sk, sv, sinks, swa.out, swa.lse, swaSpec, dSinks);
+        return [r.dq, r.dk, r.dv];
+      },
+      timer,
+    ),
+    2.5 * swaFlops,
+  );
+  for (const t of [sq, sk, sv, sdO, sinks, dSinks, swa.out, swa.lse]) t.free();
 
   const V = cfg.vocab_size;
   const xh = randn(b, [T, D], 9),

@@ -8,11 +8,15 @@
  * they are split per expert and transposed to the [out, in] of a Linear. Expert shards of several ranks are
  * concatenated in rank order. What nmoe computes differently from DeepSeek-V3 is listed in config.json under
  * `nmoe.differences`, since a DeepSeek-V3 loader would otherwise silently compute something else, and nmoe's own
- * model fields under `nmoe.config`, from which nmoe loads the export back (import-hf.ts).
+ * model fields under `nmoe.config`, from which nmoe loads the export back (import-hf.ts). Each layer's attention
+ * kind is recorded in `nmoe.layer_attention` (and as gpt-oss's `layer_types`); SWA layers keep gpt-oss's names
+ * (`self_attn.sinks`, biased projections) with q, k and v fused in `self_attn.qkv_proj`.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
+import { modelConfig } from '../config/sections.ts';
+import { layerAttention } from '../model/spec.ts';
 import { DENSE_FILE, type StepDir, rankFile } from './layout.ts';
 import { type ReadTensor, type TensorToWrite, readSafetensors, writeSafetensors } from './safetensors.ts';
 import { readTrainState } from './state.ts';
@@ -29,6 +33,9 @@ const ATTN: Record<string, string> = {
   kv_norm: 'kv_a_layernorm',
   wkv_b: 'kv_b_proj',
   wo: 'o_proj',
+  // SWA (gpt-oss's names, with q, k and v fused as nmoe and the reference keep them)
+  qkv: 'qkv_proj',
+  out: 'o_proj',
 };
 const MLP: Record<string, string> = { w1: 'gate_proj', w2: 'down_proj', w3: 'up_proj' };
 /** The Linear each stacked expert tensor becomes (per expert, transposed). */
@@ -49,7 +56,8 @@ export function hfName(name: string): string | null {
   let x: RegExpExecArray | null;
   if (rest === 'attn_norm.weight') return `${l}.input_layernorm.weight`;
   if (rest === 'ffn_norm.weight') return `${l}.post_attention_layernorm.weight`;
-  if ((x = /^attn\.(\w+)\.weight$/.exec(rest!)) && ATTN[x[1]!]) return `${l}.self_attn.${ATTN[x[1]!]}.weight`;
+  if ((x = /^attn\.(\w+)\.(weight|bias)$/.exec(rest!)) && ATTN[x[1]!]) return `${l}.self_attn.${ATTN[x[1]!]}.${x[2]}`;
+  if (rest === 'attn.sinks') return `${l}.self_attn.sinks`;
   if ((x = /^ffn\.(w[123])\.weight$/.exec(rest!))) return `${l}.mlp.${MLP[x[1]!]}.weight`;
   if ((x = /^ffn\.shared\.(w[123])\.weight$/.exec(rest!))) return `${l}.mlp.shared_experts.${MLP[x[1]!]}.weight`;
   if (rest === 'ffn.router.gate.weight') return `${l}.mlp.gate.weight`;
@@ -68,7 +76,20 @@ function splitTransposed(t: ReadTensor): Float32Array[] {
   });
 }
 
+/**
+ * Each layer's attention as gpt-oss's config names it: "sliding_attention" for SWA with a window, else
+ * "full_attention" (MLA, MHA, or SWA without a window).
+ */
+function layerTypes(c: Config): string[] {
+  const cfg = modelConfig(c);
+  return Array.from({ length: cfg.n_layers }, (_, i) =>
+    layerAttention(cfg, i).window > 0 ? 'sliding_attention' : 'full_attention',
+  );
+}
+
 function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): Record<string, unknown> {
+  const cfg = modelConfig(c);
+  const kinds = Array.from({ length: cfg.n_layers }, (_, i) => layerAttention(cfg, i).kind);
   return {
     architectures: ['DeepseekV3ForCausalLM'],
     model_type: 'deepseek_v3',
@@ -105,11 +126,15 @@ function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): 
     rms_norm_eps: c.rms_norm_eps,
     tie_word_embeddings: false,
     eos_token_id: c.eos_token_id,
-    attention_bias: false,
+    attention_bias: kinds.includes('swa'),
+    layer_types: layerTypes(c),
+    sliding_window: kinds.includes('swa') && c.attn_global_every > 1 ? c.attn_local_window : null,
     nmoe: {
       step,
       config_fingerprint: fingerprint,
       attn: c.attn,
+      /** The attention kind of each layer, in order (import-hf.ts checks it against nmoe.config). */
+      layer_attention: kinds,
       // What `nmoe generate` / `nmoe eval` rebuild the model from (src/checkpoint/import-hf.ts).
       config: c,
       differences: [
@@ -118,6 +143,11 @@ function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): 
         'RoPE rotates the NeoX halves of the rope dims; DeepSeek-V3 checkpoints rotate interleaved pairs (a loader must not re-permute, or must use NeoX rotation)',
         'routing uses one group (n_group = topk_group = 1): no group-limited top-k',
         ...(c.attn === 'mha' ? ['attention is plain MHA (q_proj/k_proj/v_proj/o_proj), not MLA'] : []),
+        ...(kinds.includes('swa')
+          ? [
+              'layers with nmoe.layer_attention "swa" are gpt-oss-style sliding-window attention with sinks (self_attn.qkv_proj fuses q, k, v with bias; self_attn.o_proj has a bias; self_attn.sinks holds one logit per head; RoPE on the last qk_rope_head_dim dims of each v_head_dim head), not MLA',
+            ]
+          : []),
       ],
     },
   };

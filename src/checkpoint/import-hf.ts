@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Config, defaultConfig } from '../config/schema.ts';
 import { modelConfig } from '../config/sections.ts';
-import { modelParamSpecs } from '../model/spec.ts';
+import { layerAttention, modelParamSpecs } from '../model/spec.ts';
 import { UserError } from '../util/errors.ts';
 import { EXPERT_HF_NAMES, hfName } from './export-hf.ts';
 import { type ReadTensor, readSafetensors } from './safetensors.ts';
@@ -24,7 +24,7 @@ export const isHfExport = (dir: string): boolean => existsSync(join(dir, 'config
 
 export function importHf(dir: string): ImportedModel {
   const path = join(dir, 'config.json');
-  let json: { nmoe?: { config?: Partial<Config>; step?: number } };
+  let json: { nmoe?: { config?: Partial<Config>; step?: number; layer_attention?: string[] } };
   try {
     json = JSON.parse(readFileSync(path, 'utf8'));
   } catch (err) {
@@ -38,6 +38,15 @@ export function importHf(dir: string): ImportedModel {
     );
   }
   const config = { ...defaultConfig(), ...json.nmoe.config };
+  const cfg = modelConfig(config);
+  const kinds = Array.from({ length: cfg.n_layers }, (_, i) => layerAttention(cfg, i).kind);
+  const recorded = json.nmoe.layer_attention;
+  if (recorded && recorded.join() !== kinds.join()) {
+    throw new UserError(
+      `${path} records layer attention [${recorded.join(', ')}], but its nmoe.config gives [${kinds.join(', ')}]. ` +
+        'Fix: export the checkpoint again; do not edit nmoe.config by hand.',
+    );
+  }
   const files = new Map<string, ReadTensor>();
   for (const f of shardFiles(dir)) for (const [name, t] of readSafetensors(join(dir, f)).tensors) files.set(name, t);
   const take = (name: string): ReadTensor => {
@@ -49,7 +58,7 @@ export function importHf(dir: string): ImportedModel {
     return t;
   };
   const tensors = new Map<string, ReadTensor>();
-  for (const spec of modelParamSpecs(modelConfig(config))) {
+  for (const spec of modelParamSpecs(cfg)) {
     const expert = /^blocks\.(\d+)\.ffn\.(W[123])$/.exec(spec.name);
     if (!expert) {
       tensors.set(spec.name, take(hfName(spec.name)!));

@@ -1,6 +1,6 @@
 /**
- * `nmoe bench kernels [config] [--key=value ...]`: the grouped GEMMs, attention and cross-entropy alone at a
- * config's shapes (default configs/bench/moonlet6.toml), with ms and TFLOPS per kernel family.
+ * `nmoe bench kernels [config] [--key=value ...]`: the grouped GEMMs, attention (causal and SWA) and cross-entropy
+ * alone at a config's shapes (default configs/bench/moonlet6.toml), with ms and TFLOPS per kernel family.
  */
 import type { Command } from 'commander';
 import { benchKernels } from '../bench/kernel-bench.ts';
@@ -14,7 +14,9 @@ export const BENCH_CONFIG = new URL('../../configs/bench/moonlet6.toml', import.
 export function registerBenchKernels(bench: Command): void {
   bench
     .command('kernels')
-    .description("Time the grouped expert GEMMs, attention and cross-entropy at a config's shapes (default moonlet6).")
+    .description(
+      "Time the grouped expert GEMMs, attention (causal, SWA) and cross-entropy at a config's shapes (default moonlet6).",
+    )
     .argument('[config]', 'TOML config file', BENCH_CONFIG)
     .argument('[overrides...]', 'config overrides as --key=value')
     .option('--json', 'print the results as JSON')

@@ -100,7 +100,7 @@ export interface AttnDsaOptions {
 }
 
 export type Dtype = 'bf16' | 'fp8' | 'nvfp4';
-export type AttnKind = 'mla' | 'mha';
+export type AttnKind = 'mla' | 'mha' | 'swa';
 export type Device = 'auto' | 'cpu' | 'cuda';
 
 /** Field meanings and defaults are documented once, in `FIELDS` below. */
@@ -248,7 +248,8 @@ const STRING = { kind: 'string' } as const;
 const INT_OR_NULL = { kind: 'int', nullable: true } as const;
 const FLOAT_OR_NULL = { kind: 'float', nullable: true } as const;
 const STRING_OR_NULL = { kind: 'string', nullable: true } as const;
-const REFERENCE_ATTN = ['swa', 'nsa', 'dsa', 'kda'] as const;
+/** The reference's attention kinds that nmoe refuses. */
+export const SPARSE_ATTN = ['nsa', 'dsa', 'kda'] as const;
 const UNUSED = 'UNUSED in the reference trainer (kept so reference configs load).';
 
 function field<T>(section: Section, type: FieldType, def: T, math: boolean, doc: string): FieldSpec<T> {
@@ -305,20 +306,26 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
 
   attn: field(
     'attention',
-    { kind: 'enum', values: ['mla', 'mha'], notYet: REFERENCE_ATTN },
+    { kind: 'enum', values: ['mla', 'mha', 'swa'], notYet: SPARSE_ATTN },
     'mla',
     true,
-    'Attention type of global layers: mla (DeepSeek multi-head latent attention) or mha.',
+    'Attention type of global layers: mla (DeepSeek multi-head latent attention), mha, or swa (sinks, no window).',
   ),
   attn_local: field(
     'attention',
-    { kind: 'enum', values: ['mla', ...REFERENCE_ATTN] },
+    { kind: 'enum', values: ['mla', 'swa', ...SPARSE_ATTN] },
     'swa',
     true,
-    'Attention type of local layers; unused while attn_global_every = 1.',
+    'Attention type of local layers: swa (sliding window with sinks); unused while attn_global_every = 1.',
   ),
-  attn_global_every: field('attention', INT, 1, true, 'Every Nth layer is global; 1 = all layers global.'),
-  attn_local_window: field('attention', INT, 128, true, 'Window of local attention layers.'),
+  attn_global_every: field(
+    'attention',
+    INT,
+    1,
+    true,
+    'Layer i is global iff this is 1, (i+1) % attn_global_every = 0, or i is the last layer; the others are local.',
+  ),
+  attn_local_window: field('attention', INT, 128, true, 'Keys a local layer sees: the query and the ones before it.'),
   q_lora_rank: field('attention', INT, 1536, true, 'MLA query compression rank; 0 = uncompressed query projection.'),
   kv_lora_rank: field('attention', INT, 512, true, 'MLA key/value compression rank.'),
   qk_nope_head_dim: field('attention', INT, 128, true, 'Per-head query/key dims without RoPE.'),

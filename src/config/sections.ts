@@ -47,6 +47,10 @@ export const MODEL_KEYS = keys(
   'loss_mask_eos',
   'attn_recompute',
   'attn_kernel',
+  'attn_local',
+  'attn_global_every',
+  'attn_local_window',
+  'attn_swa',
   'dtype',
   'deterministic',
 );
@@ -138,10 +142,6 @@ export const RUN_KEYS = keys(
  * but does not act on: no component receives them.
  */
 export const IGNORED_KEYS = keys(
-  'attn_local',
-  'attn_global_every',
-  'attn_local_window',
-  'attn_swa',
   'attn_nsa',
   'attn_dsa',
   'aux_loss_alpha',

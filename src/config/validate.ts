@@ -7,7 +7,7 @@
 import { yarnBand } from './yarn.ts';
 import { UserError } from '../util/errors.ts';
 import { RANGES, type Range, hasDense, hasMoe, outOfRange } from './ranges.ts';
-import { FIELDS, TOKENIZERS, tomlLiteral, type Config, type ScalarType } from './schema.ts';
+import { FIELDS, SPARSE_ATTN, TOKENIZERS, tomlLiteral, type Config, type ScalarType } from './schema.ts';
 
 export class ConfigError extends UserError {
   override name = 'ConfigError';
@@ -170,6 +170,10 @@ interface Rule {
   fix: (c: Checked, world: number) => string;
 }
 
+/** attn_global_every > 1 makes layer 0 local unless it is the only (so the last) layer. */
+const hasLocalLayers = (c: Checked): boolean => c.attn_global_every > 1 && c.n_layers > 1;
+const usesSwa = (c: Checked): boolean => c.attn === 'swa' || hasLocalLayers(c);
+
 const REQUIRED: [keyof Config, (c: Config) => boolean, string][] = [
   ['dim', () => true, ''],
   ['n_layers', () => true, ''],
@@ -275,10 +279,31 @@ const RULES: Rule[] = [
     fix: () => 'adjust rope_ntk_beta (moves low), rope_ntk_alpha (moves high), max_position_embeddings or rope_theta',
   },
   {
-    keys: ['attn_global_every'],
-    ok: (c) => c.attn_global_every === 1,
-    what: () => 'must be 1: nmoe does not implement local (windowed) attention layers yet',
-    fix: () => 'set attn_global_every = 1 (every layer uses global attention)',
+    keys: ['attn_local', 'attn_global_every'],
+    when: hasLocalLayers,
+    ok: (c) => c.attn_local === 'swa',
+    what: (c) =>
+      (SPARSE_ATTN as readonly string[]).includes(c.attn_local)
+        ? 'is supported by the reference but not implemented in nmoe yet'
+        : 'has no window: local layers (attn_global_every > 1) need windowed attention',
+    fix: () => 'set attn_local = "swa", or attn_global_every = 1 (every layer global)',
+  },
+  {
+    keys: ['attn_swa', 'n_heads'],
+    when: usesSwa,
+    ok: (c) => {
+      const kv = c.attn_swa.kv_heads ?? c.n_heads;
+      return kv >= 1 && c.n_heads % kv === 0;
+    },
+    what: (c) => `has kv_heads = ${c.attn_swa.kv_heads}, which must be >= 1 and divide n_heads (${c.n_heads})`,
+    fix: (c) => `use a divisor of ${c.n_heads} (GQA: each key/value head serves n_heads / kv_heads query heads)`,
+  },
+  {
+    keys: ['qk_rope_head_dim', 'v_head_dim'],
+    when: usesSwa,
+    ok: (c) => c.qk_rope_head_dim <= c.v_head_dim,
+    what: (c) => `must be <= v_head_dim (${c.v_head_dim}): SWA ropes the last qk_rope_head_dim dims of each head`,
+    fix: (c) => `lower qk_rope_head_dim to at most ${c.v_head_dim} or raise v_head_dim`,
   },
   {
     keys: ['decay_floor', 'lr_expert', 'lr_dense'],

@@ -5,15 +5,19 @@
  * split per head into [q_nope | q_pe]; wkv_a x = [c_kv | k_pe] with one rope key shared by all heads; k_nope and v come
  * from wkv_b(kv_norm(c_kv)). RoPE rotates q_pe and k_pe; softmax scale is (d_nope + d_rope)^-1/2 (no YaRN mscale, as
  * the reference). MHA: plain q/k/v projections with RoPE on the last qk_rope_head_dim dims of each q and k head.
+ * SWA (sliding window with sinks) lives in swa.ts; the functions here dispatch on each layer's kind.
  *
  * Shapes: T = batch*seq tokens, D dim, H heads, dqk = d_nope + d_rope, dv.
  */
-import type { AttentionSpec, RopeSpec } from '../tensor/backend.ts';
+import type { AttentionSpec } from '../tensor/backend.ts';
 import type { Tensor } from '../tensor/tensor.ts';
-import { type LayerContext, freeAll, linear, linearBackward } from './context.ts';
-import { qkHeadDim } from './spec.ts';
+import { type LayerContext, freeAll, linear, linearBackward, rope } from './context.ts';
+import { layerAttention, qkHeadDim } from './spec.ts';
+import { type SwaSaved, releaseSwaSaved, swaBackward, swaCore, swaOutput } from './swa.ts';
 
-export interface AttentionSaved {
+/** What an MLA or MHA layer (dense causal) keeps for its backward. */
+export interface DenseAttentionSaved {
+  kind: 'dense';
   h: Tensor;
   qa: Tensor | null;
   qaRstd: Tensor | null;
@@ -28,6 +32,8 @@ export interface AttentionSaved {
   lse: Tensor;
 }
 
+export type AttentionSaved = DenseAttentionSaved | SwaSaved;
+
 function attnSpec(ctx: LayerContext): AttentionSpec {
   const { cfg } = ctx;
   return {
@@ -40,15 +46,6 @@ function attnSpec(ctx: LayerContext): AttentionSpec {
   };
 }
 
-/** RoPE over the rope part of each of `heads` segments of width `stride`. */
-function ropeSpec(ctx: LayerContext, heads: number, stride: number, offset: number): RopeSpec {
-  return { heads, headStride: stride, base: 0, offset, dim: ctx.cfg.qk_rope_head_dim, seqLen: ctx.seqLen };
-}
-
-function rope(ctx: LayerContext, x: Tensor, spec: RopeSpec, inverse: boolean): void {
-  ctx.b.ropeInPlace(x, ctx.ropeCos, ctx.ropeSin, spec, inverse);
-}
-
 /**
  * Where an inference forward puts each layer's keys for a KV cache (kv-cache.ts): MLA's normed latent kv_norm(c_kv)
  * [T, kv_lora_rank] and its roped shared key [T, d_rope]; MHA's roped k [T, H*dqk] and v [T, H*dv]. The sink copies
@@ -59,26 +56,30 @@ export interface KvSink {
   mha(k: Tensor, v: Tensor): void;
 }
 
-/** h [T, D] (already normed) -> out [T, D]. The caller keeps ownership of h; `saved` holds it until backward. */
+/**
+ * Block `layer`'s attention (its kind from layerAttention): h [T, D] (already normed) -> out [T, D]. The caller keeps
+ * ownership of h; `saved` holds it until backward.
+ */
 export function attentionForward(
   ctx: LayerContext,
+  layer: number,
   prefix: string,
   h: Tensor,
   sink?: KvSink,
 ): { out: Tensor; saved: AttentionSaved } {
-  const saved = attentionCore(ctx, prefix, h, sink);
-  return { out: linear(ctx, saved.o, `${prefix}.wo.weight`), saved };
+  const saved = attentionCore(ctx, layer, prefix, h, sink);
+  const out = saved.kind === 'swa' ? swaOutput(ctx, prefix, saved) : linear(ctx, saved.o, `${prefix}.wo.weight`);
+  return { out, saved };
 }
 
 /** MHA's projections, q and k roped: q, k [T, H*dqk], v [T, H*dv]. */
 export function mhaProjections(ctx: LayerContext, prefix: string, h: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
   const { cfg } = ctx;
-  const qRope = ropeSpec(ctx, cfg.n_heads, qkHeadDim(cfg), cfg.qk_nope_head_dim);
   const q = linear(ctx, h, `${prefix}.wq.weight`);
   const k = linear(ctx, h, `${prefix}.wk.weight`);
   const v = linear(ctx, h, `${prefix}.wv.weight`);
-  rope(ctx, q, qRope, false);
-  rope(ctx, k, qRope, false);
+  rope(ctx, q, cfg.n_heads, qkHeadDim(cfg), cfg.qk_nope_head_dim, false);
+  rope(ctx, k, cfg.n_heads, qkHeadDim(cfg), cfg.qk_nope_head_dim, false);
   return { q, k, v };
 }
 
@@ -100,7 +101,7 @@ export function mlaQuery(
   } else {
     q = linear(ctx, h, `${prefix}.wq.weight`);
   }
-  rope(ctx, q, ropeSpec(ctx, cfg.n_heads, qkHeadDim(cfg), cfg.qk_nope_head_dim), false);
+  rope(ctx, q, cfg.n_heads, qkHeadDim(cfg), cfg.qk_nope_head_dim, false);
   return { qa, qaRstd, qan, q };
 }
 
@@ -115,7 +116,7 @@ export function mlaLatent(
   const [kvc, kpe] = b.splitCols(kva, [cfg.kv_lora_rank, cfg.qk_rope_head_dim]) as [Tensor, Tensor];
   kva.free();
   const { y: kvn, rstd: kvRstd } = b.rmsnorm(kvc, ctx.p.get(`${prefix}.kv_norm.weight`), cfg.rms_norm_eps);
-  rope(ctx, kpe, ropeSpec(ctx, 1, cfg.qk_rope_head_dim, 0), false);
+  rope(ctx, kpe, 1, cfg.qk_rope_head_dim, 0, false);
   return { kvc, kvRstd, kvn, kpe };
 }
 
@@ -123,13 +124,24 @@ export function mlaLatent(
  * Everything attentionBackward needs, up to the attention output before `wo`. With `attn_recompute` the forward
  * keeps only h and the backward calls this again (the reference's checkpoint around the attention call).
  */
-export function attentionCore(ctx: LayerContext, prefix: string, h: Tensor, sink?: KvSink): AttentionSaved {
+export function attentionCore(
+  ctx: LayerContext,
+  layer: number,
+  prefix: string,
+  h: Tensor,
+  sink?: KvSink,
+): AttentionSaved {
   const { b, cfg } = ctx;
-  if (cfg.attn === 'mha') {
+  const { kind, window } = layerAttention(cfg, layer);
+  if (kind === 'swa') {
+    if (sink) throw new Error('attention: SWA layers keep no KV cache');
+    return swaCore(ctx, prefix, h, window);
+  }
+  if (kind === 'mha') {
     const { q, k, v } = mhaProjections(ctx, prefix, h);
     sink?.mha(k, v);
     const { out: o, lse } = b.attention(q, k, v, attnSpec(ctx));
-    return { h, qa: null, qaRstd: null, qan: null, kvc: null, kvRstd: null, kvn: null, q, k, v, o, lse };
+    return { kind: 'dense', h, qa: null, qaRstd: null, qan: null, kvc: null, kvRstd: null, kvn: null, q, k, v, o, lse };
   }
   const { qa, qaRstd, qan, q } = mlaQuery(ctx, prefix, h);
   const { kvc, kvRstd, kvn, kpe } = mlaLatent(ctx, prefix, h);
@@ -139,29 +151,30 @@ export function attentionCore(ctx: LayerContext, prefix: string, h: Tensor, sink
   kvb.free();
   kpe.free();
   const { out: o, lse } = b.attention(q, k, v, attnSpec(ctx));
-  return { h, qa, qaRstd, qan, kvc, kvRstd, kvn, q, k, v, o, lse };
+  return { kind: 'dense', h, qa, qaRstd, qan, kvc, kvRstd, kvn, q, k, v, o, lse };
 }
 
 /** Frees a saved record except h (the caller's). */
 export function releaseAttentionSaved(s: AttentionSaved): void {
-  const { h: _h, ...rest } = s;
+  if (s.kind === 'swa') return releaseSwaSaved(s);
+  const { kind: _kind, h: _h, ...rest } = s;
   freeAll(rest);
 }
 
 /** Returns dh; accumulates every weight gradient of the block; frees `saved` except h (the caller's). */
 export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: AttentionSaved): Tensor {
+  if (s.kind === 'swa') return swaBackward(ctx, prefix, dOut, s);
   const { b, cfg } = ctx;
   const H = cfg.n_heads,
     dqk = qkHeadDim(cfg),
     dNope = cfg.qk_nope_head_dim;
-  const qRope = ropeSpec(ctx, H, dqk, dNope);
   const dO = linearBackward(ctx, dOut, s.o, `${prefix}.wo.weight`);
   const { dq, dk, dv } = b.attentionBackward(dO, s.q, s.k, s.v, s.o, s.lse, attnSpec(ctx));
   dO.free();
-  rope(ctx, dq, qRope, true);
+  rope(ctx, dq, H, dqk, dNope, true);
   let dh: Tensor;
   if (cfg.attn === 'mha') {
-    rope(ctx, dk, qRope, true);
+    rope(ctx, dk, H, dqk, dNope, true);
     dh = linearBackward(ctx, dq, s.h, `${prefix}.wq.weight`);
     for (const [g, w] of [
       [dk, 'wk'],
@@ -170,7 +183,7 @@ export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tenso
       linearBackward(ctx, g, s.h, `${prefix}.${w}.weight`, dh);
   } else {
     const { dkvb, dkpe } = b.mlaAssembleKVBackward(dk, dv, H, dNope, cfg.v_head_dim);
-    rope(ctx, dkpe, ropeSpec(ctx, 1, cfg.qk_rope_head_dim, 0), true);
+    rope(ctx, dkpe, 1, cfg.qk_rope_head_dim, 0, true);
     const dkvn = linearBackward(ctx, dkvb, s.kvn!, `${prefix}.wkv_b.weight`);
     const dkvc = b.rmsnormBackward(
       dkvn,

@@ -49,7 +49,7 @@ export class Decoder {
       throw new Error('Decoder.hidden: a prefill fills an empty cache with one sequence');
     const ctx = this.model.layerContext(batch, seqLen);
     const out = this.#run(ids, ctx, (layer, prefix, h) => {
-      const { out: o, saved } = attentionForward(ctx, prefix, h, cache?.sink(layer));
+      const { out: o, saved } = attentionForward(ctx, layer, prefix, h, cache?.sink(layer));
       releaseAttentionSaved(saved);
       return o;
     });
@@ -127,8 +127,8 @@ export class Decoder {
     if (!(Number.isInteger(from) && Number.isInteger(to) && 0 <= from && from <= to && to <= n))
       throw new Error(`Decoder.resume: blocks [${from}, ${to}) are not within the model's ${n}`);
     const ctx = this.model.layerContext(batch, seqLen);
-    return this.#blocks(x, ctx, from, to, (_layer, prefix, h) => {
-      const { out, saved } = attentionForward(ctx, prefix, h);
+    return this.#blocks(x, ctx, from, to, (layer, prefix, h) => {
+      const { out, saved } = attentionForward(ctx, layer, prefix, h);
       releaseAttentionSaved(saved);
       return out;
     });

@@ -1,6 +1,7 @@
 /**
  * The model's parameter list, derived from the config: names, local shapes and initialisers. Layer kinds follow
- * the reference: layers [0, n_dense_layers) use a dense SwiGLU MLP, the rest are MoE; attention is MLA or MHA.
+ * the reference: layers [0, n_dense_layers) use a dense SwiGLU MLP, the rest are MoE; global layers use `attn`
+ * (MLA, MHA or SWA) and, with attn_global_every > 1, the others `attn_local` (SWA over attn_local_window keys).
  */
 import type { ModelConfig } from '../config/sections.ts';
 import type { ParamSpec } from './params.ts';
@@ -29,6 +30,29 @@ export function qkHeadDim(cfg: ModelConfig): number {
   return cfg.qk_nope_head_dim + cfg.qk_rope_head_dim;
 }
 
+/** The attention of one layer: its kind and its window of keys (0: every earlier key). */
+export interface LayerAttention {
+  kind: 'mla' | 'mha' | 'swa';
+  window: number;
+}
+
+/** The reference's rule: layer i is global iff attn_global_every is 1, (i + 1) % attn_global_every is 0, or i is last. */
+export function isGlobalLayer(cfg: ModelConfig, layer: number): boolean {
+  const every = cfg.attn_global_every;
+  return every === 1 || (layer + 1) % every === 0 || layer === cfg.n_layers - 1;
+}
+
+export function layerAttention(cfg: ModelConfig, layer: number): LayerAttention {
+  if (isGlobalLayer(cfg, layer)) return { kind: cfg.attn, window: 0 };
+  // Validation admits only "swa" for local layers.
+  return { kind: cfg.attn_local as 'swa', window: cfg.attn_local_window };
+}
+
+/** SWA's head geometry: H query heads and KV key/value heads (GQA) of d = v_head_dim dims. */
+export function swaHeads(cfg: ModelConfig): { heads: number; kvHeads: number; headDim: number } {
+  return { heads: cfg.n_heads, kvHeads: cfg.attn_swa.kv_heads ?? cfg.n_heads, headDim: cfg.v_head_dim };
+}
+
 /** Depth-scaled std for output projections, router gates and experts of block `layer`. */
 export function outputStd(layer: number): number {
   return 0.02 / Math.sqrt(2 * (layer + 1));
@@ -42,7 +66,20 @@ function attentionSpecs(cfg: ModelConfig, prefix: string, layer: number): ParamS
   const input = { kind: 'normal', std: 0.02 } as const;
   const output = { kind: 'normal', std: outputStd(layer) } as const;
   const ones = { kind: 'ones' } as const;
-  if (cfg.attn === 'mha') {
+  const zeros = { kind: 'zeros' } as const;
+  const kind = layerAttention(cfg, layer).kind;
+  if (kind === 'swa') {
+    const { heads, kvHeads, headDim } = swaHeads(cfg);
+    const qkv = (heads + 2 * kvHeads) * headDim;
+    return [
+      { name: `${prefix}.qkv.weight`, shape: [qkv, d], init: input },
+      { name: `${prefix}.qkv.bias`, shape: [qkv], init: zeros },
+      { name: `${prefix}.out.weight`, shape: [d, heads * headDim], init: output },
+      { name: `${prefix}.out.bias`, shape: [d], init: zeros },
+      { name: `${prefix}.sinks`, shape: [heads], init: zeros },
+    ];
+  }
+  if (kind === 'mha') {
     return [
       { name: `${prefix}.wq.weight`, shape: [h * dqk, d], init: input },
       { name: `${prefix}.wk.weight`, shape: [h * dqk, d], init: input },

@@ -13,7 +13,13 @@ import type { ExpertExchange } from '../tensor/expert-exchange.ts';
 import type { Backend, CrossEntropySpec } from '../tensor/backend.ts';
 import { type Timer, untimed } from '../tensor/clock.ts';
 import type { DType, Tensor } from '../tensor/tensor.ts';
-import { type AttentionSaved, attentionBackward, attentionCore, attentionForward } from './attention.ts';
+import {
+  type AttentionSaved,
+  attentionBackward,
+  attentionCore,
+  attentionForward,
+  releaseAttentionSaved,
+} from './attention.ts';
 import { type LayerContext, freeAll } from './context.ts';
 import { checkExpertDtype } from './expert-format.ts';
 import { type MlpSaved, type MoeSaved, mlpBackward, mlpForward, moeBackward, moeForward } from './ffn.ts';
@@ -130,13 +136,10 @@ export class Transformer {
     for (let i = 0; i < cfg.n_layers; i++) {
       const pre = `blocks.${i}`;
       const { y: attnIn, rstd: attnNormRstd } = b.rmsnorm(x, p.get(`${pre}.attn_norm.weight`), cfg.rms_norm_eps);
-      const attn = attentionForward(ctx, `${pre}.attn`, attnIn);
+      const attn = attentionForward(ctx, i, `${pre}.attn`, attnIn);
       const mid = b.add(x, attn.out);
       attn.out.free();
-      if (cfg.attn_recompute) {
-        const { h: _h, ...internals } = attn.saved;
-        freeAll(internals);
-      }
+      if (cfg.attn_recompute) releaseAttentionSaved(attn.saved);
       const { y: ffnIn, rstd: ffnNormRstd } = b.rmsnorm(mid, p.get(`${pre}.ffn_norm.weight`), cfg.rms_norm_eps);
       let ffnOut: Tensor;
       let ffn: BlockSaved['ffn'];
@@ -214,7 +217,7 @@ export class Transformer {
         ctx,
         `${pre}.attn`,
         dMid,
-        blk.attn ?? attentionCore(ctx, `${pre}.attn`, blk.attnIn),
+        blk.attn ?? attentionCore(ctx, i, `${pre}.attn`, blk.attnIn),
       );
       const dX = b.rmsnormBackward(
         dAttnIn,

@@ -52,6 +52,19 @@ export interface AttentionSpec {
   deterministic?: boolean;
 }
 
+/** Sliding-window attention with sinks (the reference's SWA, gpt-oss style). */
+export interface SlidingAttentionSpec {
+  batch: number;
+  seqLen: number;
+  heads: number;
+  /** Key/value heads (GQA): query head h reads key/value head floor(h / (heads / kvHeads)). */
+  kvHeads: number;
+  /** Softmax scale applied to q.k. */
+  scale: number;
+  /** Key j is visible from query i (same sequence) iff i - window < j <= i; 0 sees every earlier key. */
+  window: number;
+}
+
 export interface CrossEntropySpec {
   /** Multiplies the logits (the reference's 0.125). */
   logitScale: number;
@@ -238,6 +251,31 @@ export interface Backend {
     dk: Tensor;
     dv: Tensor;
   };
+
+  /**
+   * Sliding-window attention with a learned sink logit per head: each row's softmax has one more logit, sinks[h],
+   * whose value vector is zero. q [T, H*d], k and v [T, KV*d], sinks [H]. Returns out [T, H*d] and the
+   * log-sum-exp f32 [T, H] over the visible scaled scores and the sink. Work grows with the window, not seqLen.
+   */
+  slidingAttention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    sinks: Tensor,
+    spec: SlidingAttentionSpec,
+  ): { out: Tensor; lse: Tensor };
+  /** Returns dq, and dk, dv summed over each key/value head's query heads; accumulates the sinks' gradient. */
+  slidingAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    sinks: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    spec: SlidingAttentionSpec,
+    dSinks: Tensor,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor };
 
   // --- router and experts -----------------------------------------------------------------------------------
   /**

@@ -18,6 +18,7 @@ import type {
   MuonUpdateSpec,
   NormalInit,
   RopeSpec,
+  SlidingAttentionSpec,
 } from '../backend.ts';
 import { type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
 import * as attn from './attention.ts';
@@ -26,6 +27,7 @@ import * as loss from './loss.ts';
 import * as moe from './moe.ts';
 import * as nn from './nn.ts';
 import * as optim from './optim.ts';
+import * as swa from './sliding-attention.ts';
 import { CpuTensor, allocate, asCpu, newFloats, settle } from './storage.ts';
 
 function asPlan(p: MoePlan): moe.CpuMoePlan {
@@ -219,6 +221,25 @@ export class CpuBackend implements Backend {
 
   attentionBackward(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, spec: AttentionSpec) {
     return attn.attentionBackward(asCpu(dOut), asCpu(q), asCpu(k), asCpu(v), asCpu(out), asCpu(lse), spec);
+  }
+
+  slidingAttention(q: Tensor, k: Tensor, v: Tensor, sinks: Tensor, spec: SlidingAttentionSpec) {
+    return swa.slidingAttention(asCpu(q), asCpu(k), asCpu(v), asCpu(sinks), spec);
+  }
+
+  slidingAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    sinks: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    spec: SlidingAttentionSpec,
+    dSinks: Tensor,
+  ) {
+    const [g, qq, kk, vv, s, o, l, ds] = [dOut, q, k, v, sinks, out, lse, dSinks].map(asCpu) as CpuTensor[];
+    return swa.slidingAttentionBackward(g!, qq!, kk!, vv!, s!, o!, l!, spec, ds!);
   }
 
   routerTopK(logits: Tensor, bias: Tensor, topK: number, routeScale: number): { gates: Tensor; idx: Tensor } {

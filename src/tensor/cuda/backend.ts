@@ -18,6 +18,7 @@ import type {
   MuonUpdateSpec,
   NormalInit,
   RopeSpec,
+  SlidingAttentionSpec,
 } from '../backend.ts';
 import { DTYPE_BYTES, type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
 import { check, cu } from './driver.ts';
@@ -31,6 +32,7 @@ import { type CrossEntropyLimits, crossEntropy } from './ops/loss.ts';
 import * as moe from './ops/moe.ts';
 import * as nn from './ops/nn.ts';
 import * as optim from './ops/optim.ts';
+import * as swa from './ops/sliding-attention.ts';
 import { CudaTensor, asCuda } from './tensor.ts';
 
 export type { GroupedGemmOptions } from './ops/grouped.ts';
@@ -249,6 +251,24 @@ export class CudaBackend implements Backend, CudaContext {
 
   attentionBackward(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, s: AttentionSpec) {
     return this.#attention.backward(dOut, q, k, v, out, lse, s);
+  }
+
+  slidingAttention(q: Tensor, k: Tensor, v: Tensor, sinks: Tensor, s: SlidingAttentionSpec) {
+    return swa.slidingAttention(this, q, k, v, sinks, s);
+  }
+
+  slidingAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    sinks: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    s: SlidingAttentionSpec,
+    dSinks: Tensor,
+  ) {
+    return swa.slidingAttentionBackward(this, dOut, q, k, v, sinks, out, lse, s, dSinks);
   }
 
   // --- router and experts -----------------------------------------------------------------------------------

@@ -4,20 +4,23 @@
  * one stops with #error when it is missing, so a build without these options fails instead of guessing.
  */
 export const KERNEL_CONSTANTS = {
-  /** flash.cu: query rows per CTA in the forward and dq passes (4 warps x 16). */
+  /** flash.cuh (flash.cu's kernels and swa.cu's band kernels): query rows per CTA in the forward and dq passes
+   *  (4 warps x 16). */
   FLASH_BQ: 64,
-  /** flash.cu: keys per block in the forward pass; keys per CTA in the dk/dv pass. */
+  /** flash.cuh: keys per block in the forward pass; keys per CTA in the dk/dv pass. */
   FLASH_BK: 64,
-  /** flash.cu: query rows per step in the dk/dv pass. */
+  /** flash.cuh: query rows per step in the dk/dv pass. */
   FLASH_BQ2: 32,
-  /** flash.cu: keys per block in the dq pass. */
+  /** flash.cuh: keys per block in the dq pass. */
   FLASH_BKD: 32,
-  /** flash.cu: row padding (elements) of every shared-memory tile, against bank conflicts. */
+  /** flash.cuh: row padding (elements) of every shared-memory tile, against bank conflicts. */
   FLASH_PAD: 8,
-  /** flash.cu: threads per CTA (4 warps of 16 query rows). */
+  /** flash.cuh: threads per CTA (4 warps of 16 query rows). */
   FLASH_THREADS: 128,
   /** attention.cu: head-dim elements per lane of the plain kernels' warp (head dims up to 32 times it). */
   ATTENTION_MAX_PER_LANE: 8,
+  /** swa.cu: head-dim elements per lane of the one-warp-per-row kernels (head dims up to 32 times it). */
+  SWA_MAX_PER_LANE: 8,
   /** grouped.cu: the tensor-core tile's rows (one entry of the device-built tile list), columns, k step, stages. */
   GROUPED_TM: 128,
   GROUPED_TN: 128,

@@ -17,6 +17,8 @@ export const STRUCTS = {
   AdamGroups: { bytes: 7 * 4 * 4, align: 4 },
   /** rdep.cu: one device pointer per rank. */
   Peers: { bytes: 8 * KERNEL_CONSTANTS.RDEP_MAX_RANKS, align: 8 },
+  /** swa.cu: batch, seq, heads, kv_heads, d, window (int), then scale (float). */
+  SwaDims: { bytes: 7 * 4, align: 4 },
 } as const;
 
 /** ptr: a device pointer; i32 `int`, u32 `unsigned`, i64 `long` / `long long`, f32 `float`; or a struct by value. */

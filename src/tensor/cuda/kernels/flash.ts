@@ -1,4 +1,5 @@
-/** flash.cu: the tensor-core causal attention, instantiated on demand per padded (qk, v) head dims. */
+/** flash.cu: the tensor-core causal attention (flash.cuh's kernels without a band), instantiated on demand per padded
+ *  (qk, v) head dims. swa.cu's table holds the band instances. */
 import { kernelFile } from '../kernel-table.ts';
 
 /** Padded (qk, v) head dims the tensor-core attention runs at: a shape takes the smallest that fits (other dims

@@ -84,13 +84,13 @@ export function softmax(c: CudaContext, x: Tensor): Tensor {
   return out;
 }
 
-/** flash.cu's shared memory, bf16 tiles of FLASH_PAD-padded rows. The forward holds Q, then 2 stages of K and V. */
-function flashForwardSmem(qk: number, v: number): number {
+/** flash.cuh's shared memory, bf16 tiles of FLASH_PAD-padded rows. The forward holds Q, then 2 stages of K and V. */
+export function flashForwardSmem(qk: number, v: number): number {
   return (K.FLASH_BQ * (qk + K.FLASH_PAD) + 2 * K.FLASH_BK * (qk + K.FLASH_PAD + v + K.FLASH_PAD)) * 2;
 }
 
 /** The dq pass holds Q and dO, then 2 stages of K and V; the dk/dv pass holds K and V, then 2 stages of Q and dO. */
-function flashBackwardSmem(qk: number, v: number): { dq: number; dkdv: number } {
+export function flashBackwardSmem(qk: number, v: number): { dq: number; dkdv: number } {
   const tiles = (rows: number, step: number) =>
     (rows * (qk + K.FLASH_PAD) + rows * (v + K.FLASH_PAD) + 2 * step * (qk + K.FLASH_PAD + v + K.FLASH_PAD)) * 2;
   return { dq: tiles(K.FLASH_BQ, K.FLASH_BKD), dkdv: tiles(K.FLASH_BK, K.FLASH_BQ2) };

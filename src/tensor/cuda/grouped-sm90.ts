@@ -260,7 +260,7 @@ export function wgradPingpongLaunch(c: WgradCall): PingpongLaunch {
   };
 }
 
-/** What a pipeline watchdog record {code, block, item, detail} (grouped_sm90.cu `wait_bar`) says. */
+/** What a pipeline watchdog record {code, block, item, detail} (kernels/sm90.cuh `wait_bar`) says. */
 export function describeWatchdog(rec: ArrayLike<number>): string {
   const [code, block, item, detail] = [rec[0]!, rec[1]!, rec[2]!, rec[3]!];
   const what: Record<number, string> = {

@@ -10,7 +10,7 @@
  * (1000 rows x 256 x 192: 0.076 ms against 0.026, H100, tools/gemm-check.ts); 'wgmma' takes them for every size,
  * 'mma' never. `wgrad` (NMOE_WGRAD) picks the Hopper weight-gradient kernel: 'cooperative', the default (both math
  * warpgroups on one tile, grouped_sm90.cu), or 'pingpong' (each on its own tile, their epilogues overlapping the
- * other's products: grouped_wgrad_pingpong_sm90.cu; compile-checked, not yet run on a GPU). The rest are for
+ * other's products: grouped_wgrad_pingpong_sm90.cu; compile-checked only, no GPU run of it exists). The rest are for
  * tools/gemm-check.ts: the forward tile width, the cooperative weight-gradient tile, kernel flags.
  */
 import { UserError } from '../../util/errors.ts';

@@ -13,6 +13,7 @@ import { Transformer } from '../src/model/transformer.ts';
 import { muonStep, newtonSchulz5 } from '../src/optim/muon.ts';
 import type { Backend } from '../src/tensor/backend.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import type { GroupedGemmOptions } from '../src/tensor/cuda/grouped-options.ts';
 import { selectBackend } from '../src/tensor/select.ts';
 import type { DType, Tensor } from '../src/tensor/tensor.ts';
 import { philoxNormal } from '../src/util/philox.ts';
@@ -352,6 +353,40 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           return [y, yt, dw, ysum, ysumN, h1, h3, a, dwWrite];
         });
         errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
+      });
+
+      it('the weight gradient on the ping-pong kernel (NMOE_WGRAD=pingpong): accumulating and writing', async () => {
+        // Several 128 x 128 tiles with partial last ones (din 264, dout 200), segments of many k blocks with tails,
+        // experts with no rows; on a GPU other than sm_90a the mma.sync kernels run instead.
+        const T = 700,
+          K = 6,
+          E = 8,
+          Din = 264,
+          Dout = 200;
+        const idxH = Int32Array.from({ length: T * K }, (_, i) => ((i * 7919) % 13) % E);
+        const xH = hostRandn(T * Din),
+          gH = hostRandn(T * K * Dout),
+          dwH = hostRandn(E * Din * Dout);
+        const options = (gpu as Backend & { groupedGemm: GroupedGemmOptions }).groupedGemm;
+        const saved = { ...options };
+        Object.assign(options, { path: 'wgmma', wgrad: 'pingpong' });
+        try {
+          const errs = await parity(dtype, (b, put) => {
+            const plan = b.moePlan(put(idxH, [T, K]), E);
+            const xe = b.moeGather(put(xH, [T, Din]), plan),
+              g = put(gH, [T * K, Dout]);
+            const dw = put(dwH, [E, Din, Dout]);
+            b.groupedMatmulWeightGrad(xe, g, plan.offsets, dw);
+            const plan2 = b.moePlan(put(idxH, [T, K]), E + 2); // experts 8 and 9 get no rows: zero tiles
+            const dwWrite = b.empty([E + 2, Din, Dout], dtype);
+            b.fill(dwWrite, Number.NaN);
+            b.groupedMatmulWeightGrad(b.moeGather(put(xH, [T, Din]), plan2), g, plan2.offsets, dwWrite, false);
+            return [dw, dwWrite];
+          });
+          errs.forEach((e, i) => expect(e, `output ${i}`).toBeLessThan(bound(dtype)));
+        } finally {
+          Object.assign(options, saved);
+        }
       });
 
       it('chunked cross-entropy, global norm and AdamW', async () => {

@@ -17,6 +17,7 @@ import { ELEMENTWISE } from '../src/tensor/cuda/kernels/elementwise.ts';
 import { FLASH } from '../src/tensor/cuda/kernels/flash.ts';
 import { GROUPED } from '../src/tensor/cuda/kernels/grouped.ts';
 import { GROUPED_SM90 } from '../src/tensor/cuda/kernels/grouped_sm90.ts';
+import { GROUPED_WGRAD_PINGPONG_SM90 } from '../src/tensor/cuda/kernels/grouped_wgrad_pingpong_sm90.ts';
 import { LOSS } from '../src/tensor/cuda/kernels/loss.ts';
 import { LOSS_SM90 } from '../src/tensor/cuda/kernels/loss_sm90.ts';
 import { MOE } from '../src/tensor/cuda/kernels/moe.ts';
@@ -32,6 +33,7 @@ const KERNEL_FILES: readonly KernelFile[] = [
   FLASH,
   GROUPED,
   GROUPED_SM90,
+  GROUPED_WGRAD_PINGPONG_SM90,
   LOSS,
   LOSS_SM90,
   MOE,

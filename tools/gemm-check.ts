@@ -3,8 +3,8 @@
  * against the mma.sync ones (grouped.cu) and an fp64 host product, on the same random bf16 inputs, for several
  * routings; then times both. No Python, no test runner: one command on the GPU machine.
  *
- *   node --import tsx tools/gemm-check.ts [--cases small,odd,uniform,skewed] [--iters 20] [--no-variants]
- *        [--timeout 600] [--out DIR]
+ *   node --import tsx tools/gemm-check.ts [--cases small,odd,uniform,skewed] [--ops PREFIXES] [--iters 20]
+ *        [--no-variants] [--timeout 600] [--out DIR]
  *
  * Cases: `small` (1000 rows, din 256, dout 192, 8 experts, two of them empty), `odd` (701 rows, din 200, dout 136:
  * k and column tails), `uniform` (moonlet6: 49152 rows = 8192 tokens x top-6 over 64 experts, dim 2048, expert
@@ -12,8 +12,11 @@
  * experts of 1, 7, 63, 64, 65, 128, 129, 255 and 257 rows). Operations per case, as src/model/ffn.ts calls them:
  * fwd-up x @ W1 (din -> dout), fwd-down a @ W2 (dout -> din), dgrad-down dy @ W2^T, dgrad-up dh @ W1^T, wgrad-up
  * dW1 += x^T dh, wgrad-down dW2 += a^T dy, and the fused forms: swiglu-up (h1 = x @ W1, h3 = x @ W3, a = silu(h1) h3
- * in one kernel) and dgrad-up-sum (dh @ W1^T + dh3 @ W3^T as one product); `uniform` also runs the other tile
- * variants (forward 128 wide, the other weight-gradient tile).
+ * in one kernel) and dgrad-up-sum (dh @ W1^T + dh3 @ W3^T as one product); wgrad-up/pingpong and
+ * wgrad-down/pingpong, the weight gradients on the ping-pong kernel (NMOE_WGRAD=pingpong,
+ * grouped_wgrad_pingpong_sm90.cu), checked as the others and timed beside the default (cooperative) kernel;
+ * `uniform` also runs the other tile variants (forward 128 wide, the other weight-gradient tile). --ops keeps the
+ * operations whose id starts with one of the comma-separated prefixes (`--ops wgrad`: the weight gradients only).
  *
  * Each forward / input-gradient check: outputs poisoned with NaN first, inputs with 40 rows past the last segment;
  * every segment row must be written (no NaN left), the 40 rows must stay NaN; ||new - old|| / ||old|| < 5e-3 over
@@ -37,6 +40,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { roundToBf16 } from '../src/tensor/bf16.ts';
 import type { CudaBackend } from '../src/tensor/cuda/backend.ts';
+import type { WgradSchedule } from '../src/tensor/cuda/grouped-options.ts';
 import type { Tensor } from '../src/tensor/tensor.ts';
 import { philoxUniform } from '../src/util/philox.ts';
 import { makeDirs } from '../src/util/dirs.ts';
@@ -138,6 +142,8 @@ interface WgradOp {
   grad: InputName;
   /** dw's shape: W1's [E, d, f] or W2's [E, f, d]. */
   weight: 'W1' | 'W2';
+  /** The Hopper kernel; the cooperative one's tile. */
+  schedule: WgradSchedule;
   tile: 'auto' | '128x256' | '256x128';
   variant: boolean;
 }
@@ -153,16 +159,26 @@ function opsFor(c: CaseSpec): Op[] {
     bn,
     variant: bn !== 256,
   });
+  const wgrad = (
+    id: string,
+    input: InputName,
+    grad: InputName,
+    weight: 'W1' | 'W2',
+    schedule: WgradSchedule = 'cooperative',
+    tile: WgradOp['tile'] = 'auto',
+  ): WgradOp => ({ kind: 'wgrad', id, input, grad, weight, schedule, tile, variant: tile !== 'auto' });
   const ops: Op[] = [
     fwd('fwd-up', 'x', 'W1', false),
     fwd('fwd-down', 'a', 'W2', false),
     fwd('dgrad-down', 'dy', 'W2', true),
     fwd('dgrad-up', 'dh', 'W1', true),
-    { kind: 'wgrad', id: 'wgrad-up', input: 'x', grad: 'dh', weight: 'W1', tile: 'auto', variant: false },
-    { kind: 'wgrad', id: 'wgrad-down', input: 'a', grad: 'dy', weight: 'W2', tile: 'auto', variant: false },
+    wgrad('wgrad-up', 'x', 'dh', 'W1'),
+    wgrad('wgrad-down', 'a', 'dy', 'W2'),
     // The fused forms src/model/ffn.ts uses: gate and up projections with the SwiGLU; dh1 @ W1^T + dh3 @ W3^T.
     { ...fwd('swiglu-up', 'x', 'W1', false, 128), variant: false, swiglu: 'W3' },
     { ...fwd('dgrad-up-sum', 'dh', 'W1', true), plus: { input: 'dh3', weight: 'W3' } },
+    wgrad('wgrad-up/pingpong', 'x', 'dh', 'W1', 'pingpong'),
+    wgrad('wgrad-down/pingpong', 'a', 'dy', 'W2', 'pingpong'),
   ];
   if (c.variants) {
     ops.push(
@@ -172,26 +188,13 @@ function opsFor(c: CaseSpec): Op[] {
       fwd('dgrad-up/bn128', 'dh', 'W1', true, 128),
     );
     // The other weight-gradient tile than auto picks (auto: 256x128 for dW1 [2048, 1408], 128x256 for dW2 [1408, 2048]).
-    ops.push({
-      kind: 'wgrad',
-      id: 'wgrad-up/128x256',
-      input: 'x',
-      grad: 'dh',
-      weight: 'W1',
-      tile: '128x256',
-      variant: true,
-    });
-    ops.push({
-      kind: 'wgrad',
-      id: 'wgrad-down/256x128',
-      input: 'a',
-      grad: 'dy',
-      weight: 'W2',
-      tile: '256x128',
-      variant: true,
-    });
+    ops.push(
+      wgrad('wgrad-up/128x256', 'x', 'dh', 'W1', 'cooperative', '128x256'),
+      wgrad('wgrad-down/256x128', 'a', 'dy', 'W2', 'cooperative', '256x128'),
+    );
   }
-  return ops;
+  const prefixes = arg('--ops')?.split(',').filter(Boolean);
+  return prefixes ? ops.filter((op) => prefixes.some((p) => op.id.startsWith(p))) : ops;
 }
 
 interface Result {
@@ -201,6 +204,8 @@ interface Result {
   kernel?: string;
   newMs?: number;
   oldMs?: number;
+  /** A ping-pong weight gradient: the default (cooperative) kernel's time on the same call. */
+  cooperativeMs?: number;
   tflopsNew?: number;
   tflopsOld?: number;
   errVsOld?: number;
@@ -580,8 +585,8 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
     res.verdict = 'FAIL';
     res.notes.push(note);
   };
-  const run = (path: 'wgmma' | 'mma', dw: Tensor, flags = 0, accumulate = true) => {
-    Object.assign(b.groupedGemm, { path, flags, wgradTile: op.tile });
+  const run = (path: 'wgmma' | 'mma', dw: Tensor, flags = 0, accumulate = true, wgrad = op.schedule) => {
+    Object.assign(b.groupedGemm, { path, flags, wgrad, wgradTile: op.tile });
     b.groupedMatmulWeightGrad(X, DY, ctx.seg.offsets, dw, accumulate);
   };
   const dw0 = b.empty([E, din, dout], 'bf16'),
@@ -770,12 +775,18 @@ async function checkWgrad(ctx: Ctx, op: WgradOp, opIndex: number): Promise<Resul
       res.newMs = await timeMs(b, () => run('wgmma', dwNew));
       if (await b.takeGroupedWatchdog()) fail('watchdog fired while timing');
       if (!op.variant) res.oldMs = await timeMs(b, () => run('mma', dwOld));
+      if (op.schedule !== 'cooperative') {
+        res.cooperativeMs = await timeMs(b, () => run('wgmma', dwOld, 0, true, 'cooperative'));
+        res.notes.push(
+          `cooperative kernel ${fmt(res.cooperativeMs, 3)} ms: ping-pong ${fmt(res.cooperativeMs / res.newMs, 2)}x of it`,
+        );
+      }
       const flops = 2 * rows * din * dout;
       res.tflopsNew = flops / res.newMs / 1e9;
       if (res.oldMs) res.tflopsOld = flops / res.oldMs / 1e9;
     }
   } finally {
-    Object.assign(b.groupedGemm, { path: 'wgmma', flags: 0, wgradTile: 'auto' });
+    Object.assign(b.groupedGemm, { path: 'wgmma', flags: 0, wgrad: 'cooperative', wgradTile: 'auto' });
     for (const t of [dw0, dwNew, dwOld]) t.free();
   }
   return res;
@@ -857,7 +868,7 @@ async function cpuStandIn(fault: string | undefined): Promise<CheckBackend> {
   const { asCpu } = await import('../src/tensor/cpu/storage.ts');
   const cpu = new CpuBackend();
   const me: CheckBackend = {
-    groupedGemm: { path: 'wgmma', fwdTileN: 256, wgradTile: 'auto', flags: 0 },
+    groupedGemm: { path: 'wgmma', wgrad: 'cooperative', fwdTileN: 256, wgradTile: 'auto', flags: 0 },
     lastGroupedLaunch: null,
     dev: {
       info: { name: 'CPU stand-in', arch: 'sm_90a', multiprocessors: 1 },
@@ -912,7 +923,8 @@ async function cpuStandIn(fault: string | undefined): Promise<CheckBackend> {
     },
     groupedMatmulWeightGrad(x, dy, offsets, dw, accumulate = true) {
       const isNew = me.groupedGemm.path === 'wgmma';
-      if (isNew) me.lastGroupedLaunch = { name: `cpu<${me.groupedGemm.wgradTile}>`, grid: 1, block: 1, smem: 0 };
+      const { wgrad, wgradTile } = me.groupedGemm;
+      if (isNew) me.lastGroupedLaunch = { name: `cpu<${wgrad}, ${wgradTile}>`, grid: 1, block: 1, smem: 0 };
       if (isNew && fault === 'overwrite') cpu.zero(dw);
       cpu.groupedMatmulWeightGrad(x, dy, offsets, dw, accumulate || (isNew && fault === 'write'));
       const off = asCpu(offsets).i;
@@ -936,7 +948,7 @@ function runChild(caseName: string, from: number, timeoutS: number): Promise<Chi
   return new Promise((resolveRun) => {
     const args = ['--import', 'tsx', SCRIPT, '--child', caseName, '--from', String(from), '--iters', String(ITERS)];
     for (const f of ['--no-variants', '--cpu-selftest']) if (argv.includes(f)) args.push(f);
-    if (arg('--cpu-fault')) args.push('--cpu-fault', arg('--cpu-fault')!);
+    for (const f of ['--cpu-fault', '--ops']) if (arg(f)) args.push(f, arg(f)!);
     const p = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     const run: ChildRun = { results: [], started: null, done: false, why: '' };
     const tail: string[] = [];
@@ -982,26 +994,29 @@ function runChild(caseName: string, from: number, timeoutS: number): Promise<Chi
   });
 }
 
+/** SASS evidence of the newest cubin of each Hopper GEMM kernel file in the NVRTC cache. */
 function sassReport(): string[] {
   const dir =
     process.env.NMOE_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'nmoe', 'kernels');
   if (!existsSync(dir)) return [`no NVRTC cache at ${dir}`];
-  const cubins = readdirSync(dir)
-    .filter((f) => /^grouped_sm90-sm_90a-.*\.cubin$/.test(f))
-    .map((f) => join(dir, f))
-    .sort((p, q) => statSync(q).mtimeMs - statSync(p).mtimeMs);
-  if (!cubins.length) return [`no grouped_sm90 cubin in ${dir}`];
-  const r = spawnSync('cuobjdump', ['-sass', cubins[0]!], { encoding: 'utf8', maxBuffer: 256 << 20 });
-  if (r.status !== 0) return [`cuobjdump -sass ${cubins[0]} failed: ${r.error?.message ?? r.stderr}`];
-  const lines = [`SASS of ${cubins[0]} (cuobjdump -sass):`];
-  for (const part of r.stdout.split(/\n\s*Function : /).slice(1)) {
-    const name = part.slice(0, part.indexOf('\n')).trim();
-    const n = (re: RegExp) => (part.match(re) ?? []).length;
-    lines.push(
-      `  ${name}: HGMMA ${n(/\bHGMMA\./g)}, UTMALDG ${n(/\bUTMALDG\b/g)}, UTMASTG ${n(/\bUTMASTG\b/g)}, SYNCS ${n(/\bSYNCS\./g)}, LDL ${n(/\bLDL\b/g)}, STL ${n(/\bSTL\b/g)}, instructions ${n(/\/\*[0-9a-f]{4,}\*\/\s+[A-Z@]/g)}`,
-    );
-  }
-  return lines;
+  return ['grouped_sm90', 'grouped_wgrad_pingpong_sm90'].flatMap((stem) => {
+    const cubins = readdirSync(dir)
+      .filter((f) => f.startsWith(`${stem}-sm_90a-`) && f.endsWith('.cubin'))
+      .map((f) => join(dir, f))
+      .sort((p, q) => statSync(q).mtimeMs - statSync(p).mtimeMs);
+    if (!cubins.length) return [`no ${stem} cubin in ${dir}`];
+    const r = spawnSync('cuobjdump', ['-sass', cubins[0]!], { encoding: 'utf8', maxBuffer: 256 << 20 });
+    if (r.status !== 0) return [`cuobjdump -sass ${cubins[0]} failed: ${r.error?.message ?? r.stderr}`];
+    const lines = [`SASS of ${cubins[0]} (cuobjdump -sass):`];
+    for (const part of r.stdout.split(/\n\s*Function : /).slice(1)) {
+      const name = part.slice(0, part.indexOf('\n')).trim();
+      const n = (re: RegExp) => (part.match(re) ?? []).length;
+      lines.push(
+        `  ${name}: HGMMA ${n(/\bHGMMA\./g)}, UTMALDG ${n(/\bUTMALDG\b/g)}, UTMASTG ${n(/\bUTMASTG\b/g)}, SYNCS ${n(/\bSYNCS\./g)}, LDL ${n(/\bLDL\b/g)}, STL ${n(/\bSTL\b/g)}, instructions ${n(/\/\*[0-9a-f]{4,}\*\/\s+[A-Z@]/g)}`,
+      );
+    }
+    return lines;
+  });
 }
 
 function summary(results: Result[]): string[] {
@@ -1032,6 +1047,10 @@ function summary(results: Result[]): string[] {
       );
     }
   }
+  for (const r of results.filter((q) => q.cooperativeMs && q.newMs))
+    out.push(
+      `${r.case} ${r.op}: ${fmt(r.newMs, 3)} ms (${fmt(r.tflopsNew, 0)} TFLOPS) against the cooperative kernel's ${fmt(r.cooperativeMs, 3)} ms: ${fmt(r.cooperativeMs! / r.newMs!, 2)}x`,
+    );
   const failed = results.filter((r) => r.verdict !== 'PASS');
   out.push(
     failed.length

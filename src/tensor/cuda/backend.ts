@@ -27,7 +27,8 @@ import { describeWatchdog } from './grouped-sm90.ts';
 import * as attn from './ops/attention.ts';
 import type { CudaContext } from './ops/context.ts';
 import { matmul } from './ops/gemm.ts';
-import { CudaGrouped, type GroupedGemmOptions, groupedDims } from './ops/grouped.ts';
+import type { GroupedGemmOptions } from './grouped-options.ts';
+import { CudaGrouped, groupedDims } from './ops/grouped.ts';
 import { type CrossEntropyLimits, crossEntropy } from './ops/loss.ts';
 import * as moe from './ops/moe.ts';
 import * as nn from './ops/nn.ts';
@@ -35,7 +36,7 @@ import * as optim from './ops/optim.ts';
 import * as swa from './ops/sliding-attention.ts';
 import { CudaTensor, asCuda } from './tensor.ts';
 
-export type { GroupedGemmOptions } from './ops/grouped.ts';
+export type { GroupedGemmOptions } from './grouped-options.ts';
 
 export class CudaBackend implements Backend, CudaContext {
   readonly device = 'cuda' as const;
@@ -69,7 +70,7 @@ export class CudaBackend implements Backend, CudaContext {
     return this.dev.info.name;
   }
 
-  /** How the grouped expert GEMMs run (NMOE_GROUPED_GEMM; tools/gemm-check.ts sets the rest). */
+  /** How the grouped expert GEMMs run (NMOE_GROUPED_GEMM, NMOE_WGRAD; tools/gemm-check.ts sets the rest). */
   get groupedGemm(): GroupedGemmOptions {
     return this.#grouped.options;
   }

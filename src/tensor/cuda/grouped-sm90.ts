@@ -1,12 +1,14 @@
 /**
- * Host side of the Hopper grouped GEMMs (kernels/grouped_sm90.cu): which kernel and tile a call gets, the shared
- * memory it needs (the file's FwdPlan / WgradPlan, whose numbers it asserts), the TMA maps and the arguments.
+ * Host side of the Hopper grouped GEMMs (kernels/grouped_sm90.cu, and the ping-pong weight gradient,
+ * kernels/grouped_wgrad_pingpong_sm90.cu): which kernel and tile a call gets, the shared memory it needs (the files'
+ * FwdPlan / WgradPlan / PingpongPlan, whose numbers they static_assert), the TMA maps and the arguments.
  * Persistent grids of at most one CTA per SM; the kernels take their work from the device-built tile list (forward,
  * input gradient) or the segment offsets (weight gradient), so nothing here depends on the routing.
  */
 import { KERNEL_CONSTANTS } from './kernel-constants.ts';
 import type { KernelArgs } from './kernel-table.ts';
 import type { GROUPED_SM90 } from './kernels/grouped_sm90.ts';
+import type { GROUPED_WGRAD_PINGPONG_SM90 } from './kernels/grouped_wgrad_pingpong_sm90.ts';
 import { encodeTensorMap } from './tensor-map.ts';
 
 const { SM90_SMEM_LIMIT: SMEM_LIMIT, SM90_BK: BK } = KERNEL_CONSTANTS;
@@ -41,14 +43,29 @@ export function wgradSmem(tile: WgradTile): number {
   return 1024 + n * stage + c + 16 * n + 16;
 }
 
-// The device file static_asserts the same numbers.
+/** The ping-pong weight gradient's tile (PingpongPlan::TILE): each math warpgroup owns 128 x 128 of dw. */
+const PINGPONG_TILE = 128;
+
+/** Dynamic shared memory of grouped_wgrad_pingpong_sm90 (PingpongPlan): stages of x's and dy's 128 columns, one dw
+ *  tile per math warpgroup, the mbarriers (the ring's, then c_full, c_empty and turn, two each). */
+export function pingpongSmem(): number {
+  const stage = 2 * PINGPONG_TILE * BK * 2,
+    c = 2 * PINGPONG_TILE * PINGPONG_TILE * 2,
+    n = stages(stage, c);
+  return 1024 + n * stage + c + 16 * n + 48;
+}
+
+// The device files static_assert the same numbers.
 if (
   fwdSmem(256) !== 230464 ||
   fwdSmem(128) !== 230496 ||
   wgradSmem('128x256') !== 214080 ||
-  wgradSmem('256x128') !== 214080
+  wgradSmem('256x128') !== 214080 ||
+  pingpongSmem() !== 230528
 ) {
-  throw new Error('grouped-sm90.ts: shared-memory plans disagree with grouped_sm90.cu');
+  throw new Error(
+    'grouped-sm90.ts: shared-memory plans disagree with grouped_sm90.cu / grouped_wgrad_pingpong_sm90.cu',
+  );
 }
 
 function tileDims(tile: WgradTile): [number, number] {
@@ -172,54 +189,78 @@ export interface WgradCall {
   dout: number;
   offsets: bigint;
   multiprocessors: number;
-  tile: WgradTile;
   flags: number;
   watchdog: bigint;
 }
 
-/** dw[e] += x[seg_e]^T @ dy[seg_e] (or = it): grouped_wgrad_sm90<bm, bn>. */
-export function wgradLaunch(c: WgradCall): Sm90Launch<'grouped_wgrad_sm90'> {
-  const [bm, bn] = tileDims(c.tile);
-  const mx = encodeTensorMap('grouped weight grad x', {
-    address: c.x,
-    dims: [c.din, c.rows],
-    strides: [c.din * 2],
-    box: [64, BK],
-  });
-  const mdy = encodeTensorMap('grouped weight grad dy', {
-    address: c.dy,
-    dims: [c.dout, c.rows],
-    strides: [c.dout * 2],
-    box: [64, BK],
-  });
-  const mdw = encodeTensorMap('grouped weight grad dw', {
-    address: c.dw,
-    dims: [c.dout, c.din, c.experts],
-    strides: [c.dout * 2, c.din * c.dout * 2],
-    box: [64, bm, 1],
-  });
-  const items = c.experts * Math.ceil(c.din / bm) * Math.ceil(c.dout / bn);
+type PingpongKernels = (typeof GROUPED_WGRAD_PINGPONG_SM90)['kernels'];
+
+/** A launch of grouped_wgrad_pingpong_sm90 (SM90_THREADS threads a block). */
+export interface PingpongLaunch {
+  grid: number;
+  smem: number;
+  args: KernelArgs<PingpongKernels['grouped_wgrad_pingpong_sm90']>;
+}
+
+/** The weight-gradient kernels' arguments, both kernels taking the same: dw's map has boxes of 64 x `bm`. */
+function wgradArgs(c: WgradCall, bm: number): KernelArgs<Sm90Kernels['grouped_wgrad_sm90']> {
   return {
-    kernel: 'grouped_wgrad_sm90',
-    template: `${bm}, ${bn}`,
-    grid: Math.max(1, Math.min(c.multiprocessors, items)),
-    smem: wgradSmem(c.tile),
-    args: {
-      map_x: mx,
-      map_dy: mdy,
-      map_dw: mdw,
-      offsets: c.offsets,
-      experts: c.experts,
-      din: c.din,
-      dout: c.dout,
-      accumulate: c.accumulate ? 1 : 0,
-      flags: c.flags,
-      wd: c.watchdog,
-    },
+    map_x: encodeTensorMap('grouped weight grad x', {
+      address: c.x,
+      dims: [c.din, c.rows],
+      strides: [c.din * 2],
+      box: [64, BK],
+    }),
+    map_dy: encodeTensorMap('grouped weight grad dy', {
+      address: c.dy,
+      dims: [c.dout, c.rows],
+      strides: [c.dout * 2],
+      box: [64, BK],
+    }),
+    map_dw: encodeTensorMap('grouped weight grad dw', {
+      address: c.dw,
+      dims: [c.dout, c.din, c.experts],
+      strides: [c.dout * 2, c.din * c.dout * 2],
+      box: [64, bm, 1],
+    }),
+    offsets: c.offsets,
+    experts: c.experts,
+    din: c.din,
+    dout: c.dout,
+    accumulate: c.accumulate ? 1 : 0,
+    flags: c.flags,
+    wd: c.watchdog,
   };
 }
 
-/** What a pipeline watchdog record {code, block, item, detail} (grouped_sm90.cu `wait_bar`) says. */
+/** Persistent grid: one CTA per SM at most, none idle for want of work items. */
+function wgradGrid(c: WgradCall, bm: number, bn: number): number {
+  return Math.max(1, Math.min(c.multiprocessors, c.experts * Math.ceil(c.din / bm) * Math.ceil(c.dout / bn)));
+}
+
+/** dw[e] += x[seg_e]^T @ dy[seg_e] (or = it) with both math warpgroups on one tile: grouped_wgrad_sm90<bm, bn>. */
+export function wgradLaunch(c: WgradCall, tile: WgradTile): Sm90Launch<'grouped_wgrad_sm90'> {
+  const [bm, bn] = tileDims(tile);
+  return {
+    kernel: 'grouped_wgrad_sm90',
+    template: `${bm}, ${bn}`,
+    grid: wgradGrid(c, bm, bn),
+    smem: wgradSmem(tile),
+    args: wgradArgs(c, bm),
+  };
+}
+
+/** The same product on the ping-pong schedule, a 128 x 128 tile per math warpgroup: grouped_wgrad_pingpong_sm90. A
+ *  CTA with a single work item leaves one warpgroup idle, but more CTAs beat fewer where items are few. */
+export function wgradPingpongLaunch(c: WgradCall): PingpongLaunch {
+  return {
+    grid: wgradGrid(c, PINGPONG_TILE, PINGPONG_TILE),
+    smem: pingpongSmem(),
+    args: wgradArgs(c, PINGPONG_TILE),
+  };
+}
+
+/** What a pipeline watchdog record {code, block, item, detail} (kernels/sm90.cuh `wait_bar`) says. */
 export function describeWatchdog(rec: ArrayLike<number>): string {
   const [code, block, item, detail] = [rec[0]!, rec[1]!, rec[2]!, rec[3]!];
   const what: Record<number, string> = {
@@ -227,12 +268,15 @@ export function describeWatchdog(rec: ArrayLike<number>): string {
     2: 'the producer waited for a free stage (empty barrier)',
     3: 'the math warps waited for the prefetched dw tile',
     4: 'the producer waited for the dw tile buffer',
+    5: 'a math warpgroup waited for its turn (the ping-pong weight gradient)',
   };
   if (code === 9)
     return `a grouped GEMM kernel (sm_90a) was launched with ${item} bytes of dynamic shared memory, it needs ${detail}`;
   const where =
     code === 3 || code === 4
       ? `dw tile ${detail}`
-      : `k block ${detail >> 8}, stage ${(detail >> 1) & 127}, parity ${detail & 1}`;
+      : code === 5
+        ? `turn ${detail}`
+        : `k block ${detail >> 8}, stage ${(detail >> 1) & 127}, parity ${detail & 1}`;
   return `a grouped GEMM kernel (sm_90a) stalled for over 1 s: ${what[code] ?? `code ${code}`} in block ${block}, work item ${item}, ${where}; that kernel's results are wrong (NMOE_GROUPED_GEMM=mma selects the mma.sync kernels)`;
 }

@@ -1,24 +1,26 @@
 /**
  * The grouped expert GEMMs: y[seg_e] = x[seg_e] @ W[e] over the segments of a plan's offsets, its fused SwiGLU and
- * summed forms, and the weight gradient. On sm_90a the wgmma kernels (kernels/grouped_sm90.cu, host side in
- * grouped-sm90.ts), elsewhere the mma.sync ones (kernels/grouped.cu), and the fp32 ones (kernels/moe.cu) for
- * anything else.
+ * summed forms, and the weight gradient. On sm_90a the wgmma kernels (kernels/grouped_sm90.cu, and
+ * kernels/grouped_wgrad_pingpong_sm90.cu under NMOE_WGRAD=pingpong; host side in grouped-sm90.ts), elsewhere the
+ * mma.sync ones (kernels/grouped.cu), and the fp32 ones (kernels/moe.cu) for anything else.
  */
 import { type Tensor, describe } from '../../tensor.ts';
-import { UserError } from '../../../util/errors.ts';
 import { check, cu } from '../driver.ts';
+import { type GroupedGemmOptions, WGMMA_MIN_MACS, groupedGemmOptionsFromEnv } from '../grouped-options.ts';
 import {
-  type FwdTileN,
+  type PingpongLaunch,
   type Sm90Launch,
-  type WgradTile,
+  type WgradCall,
   chooseWgradTile,
   describeWatchdog,
   fwdLaunch,
   wgradLaunch,
+  wgradPingpongLaunch,
 } from '../grouped-sm90.ts';
 import { KERNEL_CONSTANTS as K } from '../kernel-constants.ts';
 import { GROUPED } from '../kernels/grouped.ts';
 import { GROUPED_SM90 } from '../kernels/grouped_sm90.ts';
+import { GROUPED_WGRAD_PINGPONG_SM90 } from '../kernels/grouped_wgrad_pingpong_sm90.ts';
 import { MOE } from '../kernels/moe.ts';
 import { asCuda, ctype } from '../tensor.ts';
 import type { CudaContext } from './context.ts';
@@ -47,41 +49,9 @@ function checkGroupedOut(y: Tensor, x: Tensor, dout: number): void {
     throw new Error(`groupedMatmul: output ${describe(y)} is not [${x.shape[0]},${dout}] ${x.dtype}`);
 }
 
-/**
- * How the grouped expert GEMMs run. The Hopper kernels (wgmma fed by TMA, grouped_sm90.cu, with the fused SwiGLU
- * forward and the summed input gradient) apply on an sm_90a device to bf16 operands with dims in multiples of 8 and
- * 16-byte aligned tensors; elsewhere the mma.sync ones (grouped.cu) run. `path` 'auto' (the default) takes the Hopper
- * kernels for products of at least WGMMA_MIN_MACS multiply-adds, where they measured twice as fast (moonlet6's
- * expert GEMMs: 1.4e11), and the mma.sync ones below, where the persistent pipeline's start costs more than it saves
- * (1000 rows x 256 x 192: 0.076 ms against 0.026, H100, tools/gemm-check.ts); 'wgmma' takes them for every size,
- * 'mma' never. NMOE_GROUPED_GEMM (read once, at construction) picks it. The rest are for tools/gemm-check.ts: the
- * forward tile width, the weight-gradient tile, kernel flags.
- */
-export interface GroupedGemmOptions {
-  path: 'auto' | 'wgmma' | 'mma';
-  fwdTileN: FwdTileN;
-  wgradTile: 'auto' | WgradTile;
-  flags: number;
-}
-
-const WGMMA_MIN_MACS = 2 ** 32;
-
-function groupedGemmPathFromEnv(): GroupedGemmOptions['path'] {
-  const v = process.env.NMOE_GROUPED_GEMM;
-  if (v === undefined || v === '' || v === 'auto') return 'auto';
-  if (v === 'wgmma' || v === 'mma') return v;
-  throw new UserError(
-    `NMOE_GROUPED_GEMM=${JSON.stringify(v)} is not a grouped GEMM path. Fix: NMOE_GROUPED_GEMM=auto (the default: the Hopper kernels for large products), wgmma (the Hopper kernels for every size) or mma (the mma.sync kernels).`,
-  );
-}
-
 export class CudaGrouped {
-  readonly options: GroupedGemmOptions = {
-    path: groupedGemmPathFromEnv(),
-    fwdTileN: 256,
-    wgradTile: 'auto',
-    flags: 0,
-  };
+  /** NMOE_GROUPED_GEMM and NMOE_WGRAD, read once, at construction (grouped-options.ts). */
+  readonly options: GroupedGemmOptions = groupedGemmOptionsFromEnv();
   /** The last launch of the sm_90a path (tools/gemm-check.ts prints it). */
   lastLaunch: { name: string; grid: number; block: number; smem: number } | null = null;
 
@@ -219,24 +189,25 @@ export class CudaGrouped {
     const [experts, din, dout] = dw.shape as [number, number, number];
     const rows = x.shape[0]!;
     if (this.#sm90Applies([x, dy, dw], din, dout, rows) && dy.shape[0] === rows) {
-      const tile = this.options.wgradTile === 'auto' ? chooseWgradTile(din, dout) : this.options.wgradTile;
-      this.#sm90(
-        wgradLaunch({
-          x: asCuda(x).ptr,
-          dy: asCuda(dy).ptr,
-          rows,
-          dw: asCuda(dw).ptr,
-          accumulate,
-          experts,
-          din,
-          dout,
-          offsets: asCuda(offsets).ptr,
-          multiprocessors: this.c.dev.info.multiprocessors,
-          tile,
-          flags: this.options.flags,
-          watchdog: asCuda(this.c.watchdog).ptr,
-        }),
-      );
+      const call: WgradCall = {
+        x: asCuda(x).ptr,
+        dy: asCuda(dy).ptr,
+        rows,
+        dw: asCuda(dw).ptr,
+        accumulate,
+        experts,
+        din,
+        dout,
+        offsets: asCuda(offsets).ptr,
+        multiprocessors: this.c.dev.info.multiprocessors,
+        flags: this.options.flags,
+        watchdog: asCuda(this.c.watchdog).ptr,
+      };
+      if (this.options.wgrad === 'pingpong') this.#pingpong(wgradPingpongLaunch(call));
+      else {
+        const { wgradTile } = this.options;
+        this.#sm90(wgradLaunch(call, wgradTile === 'auto' ? chooseWgradTile(din, dout) : wgradTile));
+      }
       return;
     }
     const args = { x, dy, offsets, dw, din, dout, accumulate: accumulate ? 1 : 0 };
@@ -287,6 +258,12 @@ export class CudaGrouped {
       { template: l.template, grid: [l.grid], block: K.SM90_THREADS, smem: l.smem },
       l.args,
     );
+  }
+
+  #pingpong(l: PingpongLaunch): void {
+    const name = 'grouped_wgrad_pingpong_sm90';
+    this.lastLaunch = { name, grid: l.grid, block: K.SM90_THREADS, smem: l.smem };
+    this.c.dev.run(GROUPED_WGRAD_PINGPONG_SM90, name, { grid: [l.grid], block: K.SM90_THREADS, smem: l.smem }, l.args);
   }
 
   /** The grouped GEMM watchdog's record (see describeWatchdog) if one was set since the last call, which clears it. */

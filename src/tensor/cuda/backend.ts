@@ -134,6 +134,9 @@ class CudaMoePlan implements MoePlan, GroupedTiles {
   }
 }
 
+const KDA_CPU_ONLY =
+  'attn = "kda" (Kimi Delta Attention) runs on the CPU backend only: nmoe has no KDA GPU kernels. Fix: train with --device=cpu.';
+
 export class CudaBackend implements Backend {
   readonly device = 'cuda' as const;
   readonly dev: CudaDevice;
@@ -710,6 +713,14 @@ export class CudaBackend implements Backend {
     dSinks: Tensor,
   ) {
     return swaBackward(this.#swa, dOut, q, k, v, sinks, out, lse, s, dSinks);
+  }
+
+  deltaAttention(): never {
+    throw new UserError(KDA_CPU_ONLY);
+  }
+
+  deltaAttentionBackward(): never {
+    throw new UserError(KDA_CPU_ONLY);
   }
 
   // --- router and experts -----------------------------------------------------------------------------------

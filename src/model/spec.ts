@@ -1,7 +1,8 @@
 /**
  * The model's parameter list, derived from the config: names, local shapes and initialisers. Layer kinds follow
  * the reference: layers [0, n_dense_layers) use a dense SwiGLU MLP, the rest are MoE; global layers use `attn`
- * (MLA, MHA or SWA) and, with attn_global_every > 1, the others `attn_local` (SWA over attn_local_window keys).
+ * (MLA, MHA, SWA or KDA) and, with attn_global_every > 1, the others `attn_local` (SWA over attn_local_window keys,
+ * or KDA).
  */
 import type { Config } from '../config/schema.ts';
 import type { ParamSpec } from './params.ts';

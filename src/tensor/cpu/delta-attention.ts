@@ -8,7 +8,7 @@
  *   S_t  = S'_t + beta_t k_t u_t^T                delta-rule correction: S_t = (I - beta k k^T) S'_t + beta k v^T
  *   o_t  = scale S_t^T q_t, then nan_to_num(o, nan 0, +-inf +-1e4)
  *
- * This is the KDA paper's recurrence (Kimi Linear, arXiv 2510.26692, eq. 1) and fla's naive_recurrent_kda: the decay
+ * This is the KDA paper's recurrence (Kimi Linear, arXiv 2510.26692) and fla's naive_recurrent_kda: the decay
  * applies before the correction, so the correction sees the decayed state. `deltaAttentionRecurrent` runs it step by
  * step, the oracle. `deltaAttention` (the op) runs the same math a chunk of C = 64 steps at a time, as chunk_kda
  * does: with Gamma_r the cumulative log decay inside the chunk and D_ri = exp(Gamma_r - Gamma_i) (never above 1),
@@ -203,7 +203,7 @@ const chunkedHead: HeadForward = (x, { S, K, V }, o) => {
   const st = new Float64Array(K * V);
   const cum = new Float64Array(C * K); // Gamma_r
   const w = new Float64Array(C * V);
-  const dk = new Float64Array(K); // D_ri k_i for one (r, i)
+  const decayedKey = new Float64Array(K); // D_ri k_i for one (r, i)
   for (let t0 = 0; t0 < S; t0 += C) {
     const n = Math.min(C, S - t0);
     for (let r = 0; r < n; r++)
@@ -227,9 +227,9 @@ const chunkedHead: HeadForward = (x, { S, K, V }, o) => {
         let kk = 0,
           qk = 0;
         for (let a = 0; a < K; a++) {
-          dk[a] = Math.exp(cum[r * K + a]! - cum[i * K + a]!) * x.k[(t0 + i) * K + a]!;
-          kk += x.k[t * K + a]! * dk[a]!;
-          qk += x.q[t * K + a]! * dk[a]!;
+          decayedKey[a] = Math.exp(cum[r * K + a]! - cum[i * K + a]!) * x.k[(t0 + i) * K + a]!;
+          kk += x.k[t * K + a]! * decayedKey[a]!;
+          qk += x.q[t * K + a]! * decayedKey[a]!;
         }
         if (i === r) {
           const beta = x.beta[t]!;
@@ -319,7 +319,6 @@ export function deltaAttentionBackward(
     dS = new Float64Array(KV),
     u = new Float64Array(V),
     du = new Float64Array(V),
-    dO = new Float64Array(V),
     dqUnit = new Float64Array(K),
     dkUnit = new Float64Array(K);
   for (let b = 0; b < spec.batch; b++) {
@@ -344,8 +343,8 @@ export function deltaAttentionBackward(
           const cur = states.subarray(r * KV, (r + 1) * KV);
           const prev =
             r > 0 ? states.subarray((r - 1) * KV, r * KV) : starts.subarray((c0 / C) * KV, (c0 / C + 1) * KV);
-          // o_t = scale S_t^T q_t: dq_t = scale S_t dO; dS += scale q_t dO^T.
-          for (let c = 0; c < V; c++) dO[c] = dOut.f[(row * H + h) * V + c]!;
+          // o_t = scale S_t^T q_t: dq_t = scale S_t dO_t; dS += scale q_t dO_t^T.
+          const dO = dOut.f.subarray((row * H + h) * V, (row * H + h + 1) * V);
           for (let a = 0; a < K; a++) {
             let s = 0;
             for (let c = 0; c < V; c++) {

@@ -180,12 +180,13 @@ describe('malformed configs: one line naming the key, file:line and the fix', ()
     [
       'attn-nsa',
       'attn = "nsa" is supported by the reference but not implemented in nmoe yet [%:12]. ' +
-        'Fix: use one of "mla", "mha", "swa".',
+        'Fix: use one of "mla", "mha", "swa", "kda".',
     ],
     [
       'local-nsa',
       'attn_local = "nsa" is supported by the reference but not implemented in nmoe yet ' +
-        '[%:13; attn_global_every = 6 at %:12]. Fix: set attn_local = "swa", or attn_global_every = 1 (every layer global).',
+        '[%:13; attn_global_every = 6 at %:12]. Fix: set attn_local = "swa" (or "kda"), or attn_global_every = 1 ' +
+        '(every layer global).',
     ],
     ['unknown-subkey', 'attn_swa.kv_head = 2 is not a config key [%:14]. Fix: did you mean attn_swa.kv_heads?'],
     // A rule about two keys locates both where the user set them.
@@ -479,6 +480,25 @@ describe('sources and precedence: file < environment < command line', () => {
     );
     // With every layer global, attn_local is unused and not checked.
     expect(tiny(['--attn_local=nsa']).attn_local).toBe('nsa');
+  });
+
+  it('KDA: attn and attn_local accept "kda" (no window, no option table), which needs q_lora_rank > 0', () => {
+    expect(tiny(['--attn=kda'])).toMatchObject({ attn: 'kda' });
+    expect(tiny(['--attn_global_every=2', '--attn_local=kda'])).toMatchObject({ attn: 'mla', attn_local: 'kda' });
+    // KDA local layers take no SWA checks: kv_heads = 3 does not divide n_heads, and no SWA layer reads it.
+    expect(tiny(['--attn_global_every=2', '--attn_local=kda', '--attn_swa.kv_heads=3']).attn_local).toBe('kda');
+    expect(loadError(TINY, { overrides: ['--attn=kda', '--q_lora_rank=0'] }).message).toBe(
+      'q_lora_rank = 0 must be > 0 with KDA layers: KDA always projects its query through wq_a and q_norm ' +
+        '[--q_lora_rank=0 (command line)]. Fix: give q_lora_rank a positive rank (the reference KDA has no ' +
+        'uncompressed query projection).',
+    );
+    expect(
+      loadError(TINY, { overrides: ['--attn_global_every=2', '--attn_local=kda', '--q_lora_rank=0'] }).message,
+    ).toMatch(/^q_lora_rank = 0 must be > 0 with KDA layers/);
+    expect(tiny(['--attn_global_every=2', '--attn_local=swa', '--q_lora_rank=0']).q_lora_rank).toBe(0);
+    expect(loadError(TINY, { overrides: ['--attn=dsa'] }).message).toMatch(
+      /^attn = "dsa" is supported by the reference but not implemented in nmoe yet/,
+    );
   });
 
   it('rejects unknown keys, valueless non-boolean flags, and --key value', () => {

@@ -116,6 +116,12 @@ describe('whole-model gradient check (central differences, double storage)', () 
       ['--attn_global_every=2', '--attn_local=swa', '--attn_local_window=3', '--attn_swa.kv_heads=1', '--v_head_dim=6'],
     ],
     ['SWA global layers (no window, GQA)', ['--attn=swa', '--attn_swa.kv_heads=1', '--v_head_dim=6']],
+    // KDA has no selection of its own; the routing assertion above holds the MoE top-k fixed as for every kind.
+    [
+      'KDA local layer 0 before MLA (value head 6 of key head 8)',
+      ['--attn_global_every=2', '--attn_local=kda', '--v_head_dim=6'],
+    ],
+    ['KDA on every layer', ['--attn=kda']],
     ['EOS targets counted', ['--loss_mask_eos=false']],
   ] as const) {
     it(`every parameter tensor: ${label}`, () => {
@@ -131,6 +137,7 @@ describe('attn_recompute', () => {
   it.each([
     ['MLA', []],
     ['SWA between MLA', ['--attn_global_every=2', '--attn_local=swa', '--attn_local_window=3']],
+    ['KDA', ['--attn=kda']],
   ])('%s: gives exactly the gradients of keeping the attention activations, and keeps none of them', (_, extra) => {
     const grads = (recompute: boolean) => {
       const { model, ids, targets } = build([...extra, `--attn_recompute=${recompute}`]);

@@ -210,6 +210,25 @@ describe('backward of every op matches finite differences', () => {
     expect(Math.max(...Array.from(data(big.out), Math.abs))).toBeLessThan(1e-6);
   });
 
+  it('Kimi Delta Attention over two chunks (70 steps: chunk 64 and a partial one), 2 sequences, 2 heads', () => {
+    const spec = { batch: 2, seqLen: 70, heads: 2, scale: 4 ** -0.5 };
+    const q = randn([140, 8]),
+      k = randn([140, 8]),
+      v = randn([140, 6]),
+      gate = randn([140, 8], 2),
+      beta = randn([140, 2]),
+      r = randn([140, 6]);
+    const { dq, dk, dv, dGate, dBeta } = cpu.deltaAttentionBackward(r, q, k, v, gate, beta, spec);
+    const checks: Checked[] = [
+      { name: 'q', input: q, analytic: dq },
+      { name: 'k', input: k, analytic: dk },
+      { name: 'v', input: v, analytic: dv },
+      { name: 'gate', input: gate, analytic: dGate },
+      { name: 'beta', input: beta, analytic: dBeta },
+    ];
+    expectSmall(gradError(() => project(cpu.deltaAttention(q, k, v, gate, beta, spec), r), checks));
+  });
+
   it('router top-k gates', () => {
     const logits = randn([6, 5]),
       bias = randn([5], 0.1),

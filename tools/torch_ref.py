@@ -109,6 +109,9 @@ def expected_shapes(cfg):
             shapes.update({f"{a}.wq.weight": [h * (dn + dr), d], f"{a}.wk.weight": [h * (dn + dr), d],
                            f"{a}.wv.weight": [h * dv, d]})
         else:
+            if kind == "kda":
+                shapes.update({f"{a}.wg.weight": [h * (dn + dr), d], f"{a}.wg.bias": [h * (dn + dr)],
+                               f"{a}.wb.weight": [h, d]})
             if cfg["q_lora_rank"] > 0:
                 shapes.update({f"{a}.wq_a.weight": [cfg["q_lora_rank"], d], f"{a}.q_norm.weight": [cfg["q_lora_rank"]],
                                f"{a}.wq_b.weight": [h * (dn + dr), cfg["q_lora_rank"]]})
@@ -288,6 +291,48 @@ def swa(x, p, prefix, cfg, cos, sin, batch, window):
     return F.linear(o.reshape(batch * seq, h * d), p[f"{prefix}.out.weight"], p[f"{prefix}.out.bias"])
 
 
+def l2_unit(x):
+    """x / sqrt(|x|^2 + 1e-6) over the last dim (flash-linear-attention's l2norm)."""
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+
+
+def gated_delta_rule(q, k, v, g, beta, scale):
+    """q, k, g [B, S, H, K], v [B, S, H, V], beta [B, S, H], all fp32 -> o [B, S, H, V]: the Kimi Linear recurrence
+    S_t = (I - beta_t k_t k_t^T) diag(exp g_t) S_{t-1} + beta_t k_t v_t^T, o_t = scale S_t^T q_t, with unit q and k,
+    written step by step as the matrix product (autograd differentiates it)."""
+    q, k = l2_unit(q), l2_unit(k)
+    b, s, h, dk = q.shape
+    state = q.new_zeros(b, h, dk, v.shape[-1])
+    eye = torch.eye(dk, dtype=q.dtype, device=q.device)
+    outs = []
+    for t in range(s):
+        kt, bt = k[:, t], beta[:, t, :, None, None]
+        decayed = g[:, t].exp()[..., None] * state
+        state = (eye - bt * kt[..., :, None] * kt[..., None, :]) @ decayed + bt * kt[..., :, None] * v[:, t, :, None, :]
+        outs.append((q[:, t, :, None, :] @ state).squeeze(-2) * scale)
+    return torch.stack(outs, dim=1)
+
+
+def kda(x, p, prefix, cfg, batch):
+    """Kimi Delta Attention as the reference builds it: MLA's query and key/value projections with no RoPE (k_pe is
+    shared by all heads as in MLA), the decay gate from wg (with bias) and beta from wb (without)."""
+    seq, h = cfg["seq_len"], cfg["n_heads"]
+    dn, dr, dv, rank = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
+    eps = cfg["rms_norm_eps"]
+    q = linear(rmsnorm(linear(x, p[f"{prefix}.wq_a.weight"]), p[f"{prefix}.q_norm.weight"], eps), p[f"{prefix}.wq_b.weight"])
+    kva = linear(x, p[f"{prefix}.wkv_a.weight"])
+    c_kv, k_pe = kva[:, :rank], kva[:, rank:]
+    kvb = linear(rmsnorm(c_kv, p[f"{prefix}.kv_norm.weight"], eps), p[f"{prefix}.wkv_b.weight"]).view(batch, seq, h, dn + dv)
+    k = torch.cat([kvb[..., :dn], k_pe.reshape(batch, seq, 1, dr).expand(batch, seq, h, dr)], dim=-1)
+    gate = F.linear(x, p[f"{prefix}.wg.weight"], p[f"{prefix}.wg.bias"])
+    beta = F.linear(x, p[f"{prefix}.wb.weight"])
+    o = gated_delta_rule(q.view(batch, seq, h, dn + dr).float(), k.float(), kvb[..., dn:].float(),
+                         F.logsigmoid(gate.float()).view(batch, seq, h, dn + dr),
+                         torch.sigmoid(beta.float()).view(batch, seq, h), (dn + dr) ** -0.5)
+    o = torch.nan_to_num(o, nan=0.0, posinf=1e4, neginf=-1e4).to(x.dtype)
+    return linear(o.reshape(batch * seq, h * dv), p[f"{prefix}.wo.weight"])
+
+
 def top_k_lowest_id(keys, k):
     """Indices of the k largest keys per row, best first; equal keys go to the lower index (stable sort)."""
     return torch.sort(keys, dim=-1, descending=True, stable=True).indices[:, :k]
@@ -346,6 +391,8 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
         kind, window = layer_attention(cfg, i)
         if kind == "swa":
             x = x + swa(h, p, f"{pre}.attn", cfg, cos, sin, batch, window)
+        elif kind == "kda":
+            x = x + kda(h, p, f"{pre}.attn", cfg, batch)
         else:
             x = x + (mha if kind == "mha" else mla)(h, p, f"{pre}.attn", cfg, cos, sin, batch)
         h = rmsnorm(x, p[f"{pre}.ffn_norm.weight"], eps)

@@ -10,7 +10,8 @@
  * `nmoe.differences`, since a DeepSeek-V3 loader would otherwise silently compute something else, and nmoe's own
  * model fields under `nmoe.config`, from which nmoe loads the export back (import-hf.ts). Each layer's attention
  * kind is recorded in `nmoe.layer_attention` (and as gpt-oss's `layer_types`); SWA layers keep gpt-oss's names
- * (`self_attn.sinks`, biased projections) with q, k and v fused in `self_attn.qkv_proj`.
+ * (`self_attn.sinks`, biased projections) with q, k and v fused in `self_attn.qkv_proj`. KDA layers keep MLA's names
+ * plus fla's `self_attn.f_proj` (the decay gate, with bias) and `self_attn.b_proj` (beta).
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -36,6 +37,9 @@ const ATTN: Record<string, string> = {
   // SWA (gpt-oss's names, with q, k and v fused as nmoe and the reference keep them)
   qkv: 'qkv_proj',
   out: 'o_proj',
+  // KDA (flash-linear-attention's names for the forget gate and beta projections)
+  wg: 'f_proj',
+  wb: 'b_proj',
 };
 const MLP: Record<string, string> = { w1: 'gate_proj', w2: 'down_proj', w3: 'up_proj' };
 /** The Linear each stacked expert tensor becomes (per expert, transposed). */
@@ -78,13 +82,15 @@ function splitTransposed(t: ReadTensor): Float32Array[] {
 
 /**
  * Each layer's attention as gpt-oss's config names it: "sliding_attention" for SWA with a window, else
- * "full_attention" (MLA, MHA, or SWA without a window).
+ * "full_attention" (MLA, MHA, or SWA without a window); KDA layers are "linear_attention" (Qwen3-Next's name).
  */
 function layerTypes(c: Config): string[] {
   const cfg = modelConfig(c);
-  return Array.from({ length: cfg.n_layers }, (_, i) =>
-    layerAttention(cfg, i).window > 0 ? 'sliding_attention' : 'full_attention',
-  );
+  return Array.from({ length: cfg.n_layers }, (_, i) => {
+    const { kind, window } = layerAttention(cfg, i);
+    if (kind === 'kda') return 'linear_attention';
+    return window > 0 ? 'sliding_attention' : 'full_attention';
+  });
 }
 
 function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): Record<string, unknown> {
@@ -146,6 +152,11 @@ function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): 
         ...(kinds.includes('swa')
           ? [
               'layers with nmoe.layer_attention "swa" are gpt-oss-style sliding-window attention with sinks (self_attn.qkv_proj fuses q, k, v with bias; self_attn.o_proj has a bias; self_attn.sinks holds one logit per head; RoPE on the last qk_rope_head_dim dims of each v_head_dim head), not MLA',
+            ]
+          : []),
+        ...(kinds.includes('kda')
+          ? [
+              'layers with nmoe.layer_attention "kda" are Kimi Delta Attention (fla chunk_kda with q and k L2-normalised, scale (qk_nope_head_dim + qk_rope_head_dim)^-1/2): MLA\'s projections without RoPE, decay gate logsigmoid(self_attn.f_proj) per key dim, beta sigmoid(self_attn.b_proj) per head, no short convolution, output gate or output norm, not MLA',
             ]
           : []),
       ],

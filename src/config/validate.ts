@@ -172,7 +172,8 @@ interface Rule {
 
 /** attn_global_every > 1 makes layer 0 local unless it is the only (so the last) layer. */
 const hasLocalLayers = (c: Checked): boolean => c.attn_global_every > 1 && c.n_layers > 1;
-const usesSwa = (c: Checked): boolean => c.attn === 'swa' || hasLocalLayers(c);
+const usesSwa = (c: Checked): boolean => c.attn === 'swa' || (hasLocalLayers(c) && c.attn_local === 'swa');
+const usesKda = (c: Checked): boolean => c.attn === 'kda' || (hasLocalLayers(c) && c.attn_local === 'kda');
 
 const REQUIRED: [keyof Config, (c: Config) => boolean, string][] = [
   ['dim', () => true, ''],
@@ -281,12 +282,12 @@ const RULES: Rule[] = [
   {
     keys: ['attn_local', 'attn_global_every'],
     when: hasLocalLayers,
-    ok: (c) => c.attn_local === 'swa',
+    ok: (c) => c.attn_local === 'swa' || c.attn_local === 'kda',
     what: (c) =>
       (SPARSE_ATTN as readonly string[]).includes(c.attn_local)
         ? 'is supported by the reference but not implemented in nmoe yet'
         : 'has no window: local layers (attn_global_every > 1) need windowed attention',
-    fix: () => 'set attn_local = "swa", or attn_global_every = 1 (every layer global)',
+    fix: () => 'set attn_local = "swa" (or "kda"), or attn_global_every = 1 (every layer global)',
   },
   {
     keys: ['attn_swa', 'n_heads'],
@@ -304,6 +305,14 @@ const RULES: Rule[] = [
     ok: (c) => c.qk_rope_head_dim <= c.v_head_dim,
     what: (c) => `must be <= v_head_dim (${c.v_head_dim}): SWA ropes the last qk_rope_head_dim dims of each head`,
     fix: (c) => `lower qk_rope_head_dim to at most ${c.v_head_dim} or raise v_head_dim`,
+  },
+  // KDA
+  {
+    keys: ['q_lora_rank'],
+    when: usesKda,
+    ok: (c) => c.q_lora_rank > 0,
+    what: () => 'must be > 0 with KDA layers: KDA always projects its query through wq_a and q_norm',
+    fix: () => 'give q_lora_rank a positive rank (the reference KDA has no uncompressed query projection)',
   },
   {
     keys: ['decay_floor', 'lr_expert', 'lr_dense'],

@@ -5,7 +5,8 @@
  * split per head into [q_nope | q_pe]; wkv_a x = [c_kv | k_pe] with one rope key shared by all heads; k_nope and v come
  * from wkv_b(kv_norm(c_kv)). RoPE rotates q_pe and k_pe; softmax scale is (d_nope + d_rope)^-1/2 (no YaRN mscale, as
  * the reference). MHA: plain q/k/v projections with RoPE on the last qk_rope_head_dim dims of each q and k head.
- * SWA (sliding window with sinks) lives in swa.ts; the functions here dispatch on each layer's kind.
+ * SWA (sliding window with sinks) lives in swa.ts, KDA (Kimi Delta Attention) in kda.ts; the functions here dispatch
+ * on each layer's kind.
  *
  * Shapes: T = batch*seq tokens, D dim, H heads, dqk = d_nope + d_rope, dv.
  */
@@ -14,6 +15,7 @@ import type { Tensor } from '../tensor/tensor.ts';
 import { type LayerContext, freeAll, linear, linearBackward, rope } from './context.ts';
 import { layerAttention, qkHeadDim } from './spec.ts';
 import { type SwaSaved, releaseSwaSaved, swaBackward, swaCore, swaOutput } from './swa.ts';
+import { type KdaSaved, kdaBackward, kdaCore, releaseKdaSaved } from './kda.ts';
 
 /** What an MLA or MHA layer (dense causal) keeps for its backward. */
 export interface DenseAttentionSaved {
@@ -32,7 +34,7 @@ export interface DenseAttentionSaved {
   lse: Tensor;
 }
 
-export type AttentionSaved = DenseAttentionSaved | SwaSaved;
+export type AttentionSaved = DenseAttentionSaved | SwaSaved | KdaSaved;
 
 function attnSpec(ctx: LayerContext): AttentionSpec {
   const { cfg } = ctx;
@@ -137,6 +139,10 @@ export function attentionCore(
     if (sink) throw new Error('attention: SWA layers keep no KV cache');
     return swaCore(ctx, prefix, h, window);
   }
+  if (kind === 'kda') {
+    if (sink) throw new Error('attention: KDA layers keep no KV cache');
+    return kdaCore(ctx, prefix, h);
+  }
   if (kind === 'mha') {
     const { q, k, v } = mhaProjections(ctx, prefix, h);
     sink?.mha(k, v);
@@ -157,6 +163,7 @@ export function attentionCore(
 /** Frees a saved record except h (the caller's). */
 export function releaseAttentionSaved(s: AttentionSaved): void {
   if (s.kind === 'swa') return releaseSwaSaved(s);
+  if (s.kind === 'kda') return releaseKdaSaved(s);
   const { kind: _kind, h: _h, ...rest } = s;
   freeAll(rest);
 }
@@ -164,6 +171,7 @@ export function releaseAttentionSaved(s: AttentionSaved): void {
 /** Returns dh; accumulates every weight gradient of the block; frees `saved` except h (the caller's). */
 export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: AttentionSaved): Tensor {
   if (s.kind === 'swa') return swaBackward(ctx, prefix, dOut, s);
+  if (s.kind === 'kda') return kdaBackward(ctx, prefix, dOut, s);
   const { b, cfg } = ctx;
   const H = cfg.n_heads,
     dqk = qkHeadDim(cfg),

@@ -1,7 +1,8 @@
 /**
  * The model's parameter list, derived from the config: names, local shapes and initialisers. Layer kinds follow
  * the reference: layers [0, n_dense_layers) use a dense SwiGLU MLP, the rest are MoE; global layers use `attn`
- * (MLA, MHA or SWA) and, with attn_global_every > 1, the others `attn_local` (SWA over attn_local_window keys).
+ * (MLA, MHA, SWA or KDA) and, with attn_global_every > 1, the others `attn_local` (SWA over attn_local_window keys,
+ * or KDA).
  */
 import type { ModelConfig } from '../config/sections.ts';
 import type { ParamSpec } from './params.ts';
@@ -32,7 +33,7 @@ export function qkHeadDim(cfg: ModelConfig): number {
 
 /** The attention of one layer: its kind and its window of keys (0: every earlier key). */
 export interface LayerAttention {
-  kind: 'mla' | 'mha' | 'swa';
+  kind: 'mla' | 'mha' | 'swa' | 'kda';
   window: number;
 }
 
@@ -44,7 +45,8 @@ export function isGlobalLayer(cfg: ModelConfig, layer: number): boolean {
 
 export function layerAttention(cfg: ModelConfig, layer: number): LayerAttention {
   if (isGlobalLayer(cfg, layer)) return { kind: cfg.attn, window: 0 };
-  // Validation admits only "swa" for local layers.
+  // Validation admits only "swa" and "kda" for local layers; KDA has no window (its state spans the sequence).
+  if (cfg.attn_local === 'kda') return { kind: 'kda', window: 0 };
   return { kind: cfg.attn_local as 'swa', window: cfg.attn_local_window };
 }
 
@@ -101,6 +103,14 @@ function attentionSpecs(cfg: ModelConfig, prefix: string, layer: number): ParamS
     { name: `${prefix}.kv_norm.weight`, shape: [cfg.kv_lora_rank], init: ones },
     { name: `${prefix}.wkv_b.weight`, shape: [h * (cfg.qk_nope_head_dim + dv), cfg.kv_lora_rank], init: input },
     { name: `${prefix}.wo.weight`, shape: [d, h * dv], init: output },
+    // KDA: MLA's projections (q_lora_rank > 0) plus the decay gate (with bias) and the per-head beta.
+    ...(kind === 'kda'
+      ? [
+          { name: `${prefix}.wg.weight`, shape: [h * dqk, d], init: input },
+          { name: `${prefix}.wg.bias`, shape: [h * dqk], init: zeros },
+          { name: `${prefix}.wb.weight`, shape: [h, d], init: input },
+        ]
+      : []),
   ];
 }
 

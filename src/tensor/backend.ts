@@ -65,6 +65,15 @@ export interface SlidingAttentionSpec {
   window: number;
 }
 
+/** Kimi Delta Attention (the reference's KDA): a gated delta-rule linear attention, per sequence and head. */
+export interface DeltaAttentionSpec {
+  batch: number;
+  seqLen: number;
+  heads: number;
+  /** Multiplies S_t^T q_t, q and k being L2-normalised (the reference: qk_head_dim^-1/2). */
+  scale: number;
+}
+
 export interface CrossEntropySpec {
   /** Multiplies the logits (the reference's 0.125). */
   logitScale: number;
@@ -276,6 +285,24 @@ export interface Backend {
     spec: SlidingAttentionSpec,
     dSinks: Tensor,
   ): { dq: Tensor; dk: Tensor; dv: Tensor };
+
+  /**
+   * Kimi Delta Attention (fla's chunk_kda with q and k L2-normalised in the op): per head, the state S [K, V] decays
+   * by sigmoid(gate_t) per key dim, then is delta-rule corrected toward v_t at the unit key k_t with rate
+   * sigmoid(beta_t); o_t = scale S_t^T q_t with non-finite values clamped as nan_to_num(o, 0, 1e4, -1e4). q, k and
+   * gate [T, H*K] (gate: logits of the decay), v [T, H*V], beta [T, H] (logits). Returns out [T, H*V].
+   */
+  deltaAttention(q: Tensor, k: Tensor, v: Tensor, gate: Tensor, beta: Tensor, spec: DeltaAttentionSpec): Tensor;
+  /** Gradients with respect to every input of deltaAttention (gate and beta as logits). */
+  deltaAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gate: Tensor,
+    beta: Tensor,
+    spec: DeltaAttentionSpec,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor; dGate: Tensor; dBeta: Tensor };
 
   // --- router and experts -----------------------------------------------------------------------------------
   /**

@@ -11,6 +11,7 @@ import type {
   AttentionSpec,
   Backend,
   CrossEntropySpec,
+  DeltaAttentionSpec,
   ExpertFormat,
   MatmulOptions,
   MoePlan,
@@ -22,6 +23,7 @@ import type {
 } from '../backend.ts';
 import { type DType, type Tensor, describe, shapeNumel } from '../tensor.ts';
 import * as attn from './attention.ts';
+import * as kda from './delta-attention.ts';
 import { gemm } from './gemm.ts';
 import * as loss from './loss.ts';
 import * as moe from './moe.ts';
@@ -240,6 +242,22 @@ export class CpuBackend implements Backend {
   ) {
     const [g, qq, kk, vv, s, o, l, ds] = [dOut, q, k, v, sinks, out, lse, dSinks].map(asCpu) as CpuTensor[];
     return swa.slidingAttentionBackward(g!, qq!, kk!, vv!, s!, o!, l!, spec, ds!);
+  }
+
+  deltaAttention(q: Tensor, k: Tensor, v: Tensor, gate: Tensor, beta: Tensor, spec: DeltaAttentionSpec) {
+    return kda.deltaAttention(asCpu(q), asCpu(k), asCpu(v), asCpu(gate), asCpu(beta), spec);
+  }
+
+  deltaAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gate: Tensor,
+    beta: Tensor,
+    spec: DeltaAttentionSpec,
+  ) {
+    return kda.deltaAttentionBackward(asCpu(dOut), asCpu(q), asCpu(k), asCpu(v), asCpu(gate), asCpu(beta), spec);
   }
 
   routerTopK(logits: Tensor, bias: Tensor, topK: number, routeScale: number): { gates: Tensor; idx: Tensor } {

@@ -35,8 +35,12 @@ import * as nn from './ops/nn.ts';
 import * as optim from './ops/optim.ts';
 import * as swa from './ops/sliding-attention.ts';
 import { CudaTensor, asCuda } from './tensor.ts';
+import { UserError } from '../../util/errors.ts';
 
 export type { GroupedGemmOptions } from './grouped-options.ts';
+
+const KDA_CPU_ONLY =
+  'attn = "kda" (Kimi Delta Attention) runs on the CPU backend only: nmoe has no KDA GPU kernels. Fix: train with --device=cpu.';
 
 export class CudaBackend implements Backend, CudaContext {
   readonly device = 'cuda' as const;
@@ -270,6 +274,14 @@ export class CudaBackend implements Backend, CudaContext {
     dSinks: Tensor,
   ) {
     return swa.slidingAttentionBackward(this, dOut, q, k, v, sinks, out, lse, s, dSinks);
+  }
+
+  deltaAttention(): never {
+    throw new UserError(KDA_CPU_ONLY);
+  }
+
+  deltaAttentionBackward(): never {
+    throw new UserError(KDA_CPU_ONLY);
   }
 
   // --- router and experts -----------------------------------------------------------------------------------

@@ -64,8 +64,9 @@ export class Lockstep {
 /** Why `world` ranks on `b` cannot infer in lockstep, or null where they can. */
 export function lockstepProblem(b: Backend, world: number): string | null {
   if (world === 1 || b.device !== 'cuda') return null;
-  // CudaIpcExchange sizes what a rank receives as world x its own rows, so ranks that route unequal rows overrun it.
-  return 'the GPU expert exchange assumes that every rank routes as many rows as the others, and ranks in lockstep inference route unequal rows';
+  // Ranks in lockstep route unequal rows (a rank that is done runs one-token forwards). The CUDA IPC exchange sizes
+  // its receive side for that (world x the most rows a rank routes), but that case has never run on GPUs.
+  return 'the GPU expert exchange with unequal rows per rank (what lockstep inference routes) has not been verified on GPUs';
 }
 
 /** Throws, with the fix, where `world` ranks on `b` cannot infer in lockstep. */

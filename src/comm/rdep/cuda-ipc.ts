@@ -203,7 +203,9 @@ export class CudaIpcExchange implements ExpertExchange {
     this.#barrier();
     const n = plan.numTokens * plan.topK;
     if (n > o.rows) throw new Error(`RDEP route: the plan has ${n} rows, the exchange was sized for at most ${o.rows}`);
-    const cap = o.world * n; // every rank routes n rows: at most all of them land here
+    // At most every rank's rows land here, and each rank routes at most o.rows (the plans of lockstep inference differ
+    // from rank to rank, so this rank's own n bounds nothing).
+    const cap = o.world * o.rows;
     const dest = asCuda(b.empty([n], 'i32')),
       destRank = asCuda(b.empty([n], 'i32'));
     const origin = asCuda(b.empty([cap], 'i32')),

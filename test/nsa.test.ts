@@ -148,3 +148,48 @@ describe('configs/tiny-nsa.toml', () => {
     }
   });
 });
+
+describe.skipIf(!haveTorch)('NSA parity with PyTorch', () => {
+  /** tools/torch_ref.py on a prepared folder: the reference's loss and gradients. */
+  function torchGrads(files: { config: string; weights: string; batch: string }, out: string): void {
+    const args = ['--config', files.config, '--weights', files.weights, '--batch', files.batch, '--out', out];
+    const r = spawnSync(TORCH_PYTHON, [TORCH_REF, ...args, '--device', 'cpu'], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+  }
+
+  // Selection blocks of 4 over 32 tokens (8 blocks), so the scored choice matters from block 4 on.
+  const SHAPE = ['--seq_len=32', '--batch_size=2', '--attn_nsa.slc_block=4'];
+
+  it.each([
+    ['local NSA (window 5) between global NSA, GQA', ['--attn_local_window=5']],
+    [
+      'global NSA everywhere (kv_heads = n_heads, no sliding branch)',
+      ['--attn_global_every=1', '--attn_nsa.kv_heads=4'],
+    ],
+  ])(
+    '%s: fp32 loss and every gradient agree',
+    async (label, extra) => {
+      const outDir = join(root, `parity-${extra.length}-${label.length}`);
+      const { files } = await prepareParity({
+        configPath: PRESET,
+        overrides: [...SHAPE, ...extra],
+        device: 'cpu',
+        precision: 'fp32',
+        outDir,
+      });
+      await nmoeGrads(files, { device: 'cpu', precision: 'fp32' });
+      const ref = join(outDir, 'torch_grads.safetensors');
+      torchGrads(files, ref);
+      const c = compareFiles(files.grads, ref, TOLERANCES.fp32);
+      expect(c.ok, formatComparison(c).join('\n')).toBe(true);
+      for (const name of ['cmp_pos', 'cmp_mlp.0.weight', 'gate_mlp.2.bias', 'qkv.weight'])
+        expect(
+          c.rows.some((r) => r.name.endsWith(`.attn.${name}`) && r.normRef > 0),
+          name,
+        ).toBe(true);
+      const sinksUsed = c.rows.some((r) => r.name.endsWith('.attn.sinks') && r.normRef > 0);
+      expect(sinksUsed).toBe(extra[0] === '--attn_local_window=5');
+    },
+    180_000,
+  );
+});

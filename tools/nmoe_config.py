@@ -3,15 +3,18 @@ import json
 import sys
 
 
-def load_config(path, tool, swa=False):
-    """The config dict; `swa`: the tool models SWA layers (attn = "swa", or attn_local = "swa" between global ones)."""
+def load_config(path, tool, swa=False, nsa=False):
+    """The config dict; `swa` / `nsa`: the tool models SWA / NSA layers (as attn, or as attn_local between global
+    ones)."""
     with open(path) as f:
         doc = json.load(f)
     cfg = doc["config"] if isinstance(doc.get("config"), dict) else doc
-    kinds = ("mla", "mha", "swa") if swa else ("mla", "mha")
+    local_kinds = ("swa",) * swa + ("nsa",) * nsa
+    kinds = ("mla", "mha") + local_kinds
     local = cfg.get("attn_global_every", 1) != 1
-    if cfg.get("attn", "mla") not in kinds or (local and (not swa or cfg.get("attn_local") != "swa")):
-        allowed = 'attn = mla, mha or swa, and attn_local = swa' if swa else 'attn = mla or mha with attn_global_every = 1'
+    if cfg.get("attn", "mla") not in kinds or (local and cfg.get("attn_local") not in local_kinds):
+        allowed = (f"attn = {' or '.join(kinds)}, and attn_local = {' or '.join(local_kinds)}" if local_kinds
+                   else 'attn = mla or mha with attn_global_every = 1')
         sys.exit(f"{tool}: only {allowed} (got attn = {cfg.get('attn')!r}, attn_global_every = "
                  f"{cfg.get('attn_global_every', 1)}, attn_local = {cfg.get('attn_local')!r})")
     if cfg.get("optimizer", "adamw") != "adamw":

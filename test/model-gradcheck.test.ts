@@ -152,6 +152,7 @@ describe('attn_recompute', () => {
   it.each([
     ['MLA', []],
     ['SWA between MLA', ['--attn_global_every=2', '--attn_local=swa', '--attn_local_window=3']],
+    ['NSA, local and global', ['--attn=nsa', '--attn_global_every=2', '--attn_local=nsa', ...NSA]],
   ])('%s: gives exactly the gradients of keeping the attention activations, and keeps none of them', (_, extra) => {
     const grads = (recompute: boolean) => {
       const { model, ids, targets } = build([...extra, `--attn_recompute=${recompute}`]);

@@ -41,7 +41,9 @@ router, the attention softmax, the MoE combine and the loss are fp32.
 --routing FILE (tensors `route.blocks.N.ffn.idx`, I32 [tokens, top_k], nmoe's choices) makes the MoE layers use
 those experts instead of their own top-k, so a near-tie that rounds differently cannot move a token to another
 expert; the fraction of tokens whose own choice differs is reported and written to the output metadata
-(`routing_mismatch`). Gates and their gradients are still computed here from this model's scores.
+(`routing_mismatch`). Gates and their gradients are still computed here from this model's scores. Its
+`route.blocks.N.attn.sel` (I32 [tokens, topk_blocks]) does the same for NSA's block selection, whose scores at init
+are nearly uniform and tie in fp32; tokens whose own blocks differ are counted (`selection_mismatched_tokens`).
 
 Needs only torch; safetensors is used where installed, else tools/safetensors_lite.py.
 """
@@ -315,8 +317,10 @@ def swa(x, p, prefix, cfg, cos, sin, batch, window):
     return F.linear(o.reshape(batch * seq, h * d), p[f"{prefix}.out.weight"], p[f"{prefix}.out.bias"])
 
 
-def nsa(x, p, prefix, cfg, cos, sin, batch, window):
-    """Native Sparse Attention (arXiv 2502.11089) as the reference builds it; x [B*S, dim] -> [B*S, dim]."""
+def nsa(x, p, prefix, cfg, cos, sin, batch, window, forced_sel, stats):
+    """Native Sparse Attention (arXiv 2502.11089) as the reference builds it; x [B*S, dim] -> [B*S, dim]. With
+    forced_sel (nmoe's blocks per token, I32 [B*S, topk_blocks]) the selected branch attends to those blocks, and the
+    tokens whose own choice sees other keys are counted in stats."""
     seq, o = cfg["seq_len"], nsa_options(cfg)
     h, kv, d = o["heads"], o["kv_heads"], o["head_dim"]
     length, stride, block, topk = o["cmp_len"], o["cmp_stride"], o["slc_block"], o["topk_blocks"]
@@ -359,9 +363,19 @@ def nsa(x, p, prefix, cfg, cos, sin, batch, window):
     fixed = torch.stack([torch.zeros_like(own), (own - 2).clamp(min=0), (own - 1).clamp(min=0)], dim=-1)
     chosen = torch.cat([fixed.expand(batch, seq, 3), dynamic], dim=-1)[..., :topk]
     n_blocks = -(-seq // block)
-    allowed = torch.zeros(batch, seq, n_blocks, dtype=torch.bool, device=x.device)
-    allowed.scatter_(2, chosen, True)
-    allowed[:, pos, own] = True
+
+    def allowed_blocks(picks):  # [B, S, n_blocks]: the picked blocks up to the own one, and the own one
+        allowed = torch.zeros(batch, seq, n_blocks, dtype=torch.bool, device=x.device)
+        allowed.scatter_(2, picks, True)
+        allowed[:, pos, own] = True
+        return allowed & (torch.arange(n_blocks, device=x.device)[None, :] <= own[:, None])
+
+    allowed = allowed_blocks(chosen)
+    if forced_sel is not None:
+        forced = allowed_blocks(forced_sel.to(device=x.device, dtype=torch.long).view(batch, seq, -1))
+        stats["selection_mismatched"] += int((forced != allowed).any(dim=-1).sum())
+        stats["selection_tokens"] += batch * seq
+        allowed = forced
     key_block = pos // block
     causal = pos[None, :] <= pos[:, None]
     visible = allowed[:, :, key_block] & causal  # [B, S(query), S(key)]
@@ -446,7 +460,8 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
         if kind == "swa":
             x = x + swa(h, p, f"{pre}.attn", cfg, cos, sin, batch, window)
         elif kind == "nsa":
-            x = x + nsa(h, p, f"{pre}.attn", cfg, cos, sin, batch, window)
+            forced = routing.get(f"route.{pre}.attn.sel") if routing is not None else None
+            x = x + nsa(h, p, f"{pre}.attn", cfg, cos, sin, batch, window, forced, stats)
         else:
             x = x + (mha if kind == "mha" else mla)(h, p, f"{pre}.attn", cfg, cos, sin, batch)
         h = rmsnorm(x, p[f"{pre}.ffn_norm.weight"], eps)
@@ -508,7 +523,7 @@ def main():
                  f"seq_len {cfg['seq_len']} do not agree")
     routing = load_file(args.routing) if args.routing else None
 
-    stats = {"tokens": 0, "mismatched_tokens": 0}
+    stats = {"tokens": 0, "mismatched_tokens": 0, "selection_tokens": 0, "selection_mismatched": 0}
     loss, counted = forward(params, cfg, inputs, targets, batch, rope_tables(cfg), routing, stats)
     loss.backward()
 
@@ -527,6 +542,11 @@ def main():
                      "routing_tokens": str(stats["tokens"])})
         note = (f"routing: nmoe's choices; this model's own top-k differs for {stats['mismatched_tokens']} of "
                 f"{stats['tokens']} token-layers")
+        if stats["selection_tokens"]:
+            meta.update({"selection_mismatched_tokens": str(stats["selection_mismatched"]),
+                         "selection_tokens": str(stats["selection_tokens"])})
+            note += (f"; NSA blocks: nmoe's choices, this model's own differ for {stats['selection_mismatched']} of "
+                     f"{stats['selection_tokens']} token-layers")
     save_file(out, args.out, metadata=meta)
     print(f"torch_ref: loss {loss.item():.7f} over {counted} targets, {len(out) - 1} gradients, {args.dtype} on "
           f"{meta['device']}, torch {torch.__version__}; {note} -> {args.out}")

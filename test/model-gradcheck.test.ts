@@ -128,10 +128,21 @@ describe('whole-model gradient check (central differences, double storage)', () 
     ],
     ['SWA global layers (no window, GQA)', ['--attn=swa', '--attn_swa.kv_heads=1', '--v_head_dim=6']],
     // NSA: blocks of 1 token for the selection (so which earlier tokens a query picks matters), compressed
-    // blocks of 2 at stride 1; heads ropes whole (qk_nope_head_dim = 0).
+    // blocks of 2 at stride 1; heads rope whole (qk_nope_head_dim = 0).
     [
       'NSA local layers (GQA, window 2: compressed, selected and sliding branches) between global NSA ones',
       ['--attn=nsa', '--attn_global_every=2', '--attn_local=nsa', '--attn_local_window=2', ...NSA],
+    ],
+    [
+      'NSA with no compressed block ending (cmp_len 8 > seq_len 6): the selected and sliding branches alone',
+      [
+        '--attn=nsa',
+        '--attn_global_every=2',
+        '--attn_local=nsa',
+        '--attn_local_window=2',
+        ...NSA,
+        '--attn_nsa.cmp_len=8',
+      ],
     ],
     [
       'NSA global layers (compressed and selected branches, no window), kv_heads = n_heads',

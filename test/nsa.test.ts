@@ -100,9 +100,10 @@ describe('configs/tiny-nsa.toml', () => {
     const dec = new Decoder(model);
     expect(() => dec.newCache(16)).toThrow(UserError);
     expect(() => dec.newCache(16)).toThrow(/has NSA layers .* Fix: score it with `nmoe eval` likelihood tasks/);
-    // 8 tokens: no compressed block ends and no selection block is scored; the branch adds zeros.
-    const h = dec.hidden(cpu.upload(Int32Array.of(1, 2, 3, 4, 5, 6, 7, 8), [8], 'i32'), 1, 8);
-    expect(h.shape).toEqual([8, cfg.dim]);
+    // 6 tokens, fewer than cmp_len and slc_block: no compressed block ends and no selection block is scored, so
+    // the compressed branch adds zeros and every token attends to its own block.
+    const h = dec.hidden(cpu.upload(Int32Array.of(1, 2, 3, 4, 5, 6), [6], 'i32'), 1, 6);
+    expect(h.shape).toEqual([6, cfg.dim]);
     expect(Array.from(asCpu(h).f).every(Number.isFinite)).toBe(true);
     model.free();
   });

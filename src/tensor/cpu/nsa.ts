@@ -56,6 +56,7 @@ interface Geometry {
   Ns: number;
 }
 
+/** Checks q [B*S, H*D] and, by width, keys or values [rows, KV*D] (raw or compressed) against the spec. */
 function geometry(spec: NsaSpec, q: CpuTensor | null, k: CpuTensor | null, op: string): Geometry {
   const { batch: B, seqLen: S, heads: H, kvHeads: KV, headDim: D } = spec;
   const okQ = q === null || (q.shape[0] === B * S && q.shape[1] === H * D);

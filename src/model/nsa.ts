@@ -17,6 +17,7 @@
  * Every branch scales by D^-1/2. The selection is not differentiable: gradients reach q and k through the selected
  * attention and the compressed branch, never through which blocks were chosen.
  */
+import type { SlidingAttentionSpec } from '../tensor/backend.ts';
 import type { NsaSpec } from '../tensor/nsa.ts';
 import { nsaCompressedBlocks, nsaScoredBlocks } from '../tensor/nsa.ts';
 import type { Tensor } from '../tensor/tensor.ts';
@@ -164,7 +165,7 @@ function compressedRows(ctx: LayerContext, c: Compressed, spec: NsaSpec): Tensor
   return ctx.b.view(c.mlp.y, [spec.batch * nsaCompressedBlocks(spec), spec.kvHeads * spec.headDim]);
 }
 
-function swaSpecOf(spec: NsaSpec, window: number) {
+function swaSpecOf(spec: NsaSpec, window: number): SlidingAttentionSpec {
   const { batch, seqLen, heads, kvHeads, scale } = spec;
   return { batch, seqLen, heads, kvHeads, scale, window };
 }
@@ -183,6 +184,7 @@ export function nsaCore(ctx: LayerContext, prefix: string, h: Tensor, window: nu
 
   let cmp: CompressedBranch | null = null;
   let cmpOut: Tensor, scores: Tensor;
+  // As the reference: with no compressed window or no scored block the branch is zeros and so is every score.
   if (nsaCompressedBlocks(spec) > 0 && nsaScoredBlocks(spec) > 0) {
     const kc = compress(ctx, prefix, k, spec),
       vc = compress(ctx, prefix, v, spec);

@@ -178,15 +178,15 @@ describe('malformed configs: one line naming the key, file:line and the fix', ()
     ],
     ['bad-enum', 'dtype = "fp4" is not one of "bf16", "fp8", "nvfp4" [%:12]. Fix: did you mean dtype = "fp8"?'],
     [
-      'attn-nsa',
-      'attn = "nsa" is supported by the reference but not implemented in nmoe yet [%:12]. ' +
-        'Fix: use one of "mla", "mha", "swa", "kda".',
+      'attn-unbuilt',
+      'attn = "dsa" is supported by the reference but not implemented in nmoe yet [%:12]. ' +
+        'Fix: use one of "mla", "mha", "swa", "kda", "nsa".',
     ],
     [
-      'local-nsa',
-      'attn_local = "nsa" is supported by the reference but not implemented in nmoe yet ' +
-        '[%:13; attn_global_every = 6 at %:12]. Fix: set attn_local = "swa" (or "kda"), or attn_global_every = 1 ' +
-        '(every layer global).',
+      'local-unbuilt',
+      'attn_local = "dsa" is supported by the reference but not implemented in nmoe yet ' +
+        '[%:13; attn_global_every = 6 at %:12]. ' +
+        'Fix: set attn_local = "swa" (or "kda" or "nsa"), or attn_global_every = 1 (every layer global).',
     ],
     ['unknown-subkey', 'attn_swa.kv_head = 2 is not a config key [%:14]. Fix: did you mean attn_swa.kv_heads?'],
     // A rule about two keys locates both where the user set them.
@@ -479,7 +479,27 @@ describe('sources and precedence: file < environment < command line', () => {
       /^attn_local_window = 0 must be > 0 \[--attn_local_window=0 \(command line\)\]/,
     );
     // With every layer global, attn_local is unused and not checked.
-    expect(tiny(['--attn_local=nsa']).attn_local).toBe('nsa');
+    expect(tiny(['--attn_local=kda']).attn_local).toBe('kda');
+  });
+
+  it('NSA: attn and attn_local accept nsa; whole-head RoPE, positive [attn_nsa] keys, kv_heads dividing n_heads', () => {
+    const heads = ['--qk_nope_head_dim=0', `--qk_rope_head_dim=${tiny([]).v_head_dim}`];
+    expect(tiny(['--attn=nsa', ...heads, '--attn_nsa.topk_blocks=4']).attn_nsa).toEqual({ topk_blocks: 4 });
+    const local = ['--attn_global_every=2', '--attn_local=nsa', ...heads];
+    expect(tiny(local)).toMatchObject({ attn_local: 'nsa', qk_nope_head_dim: 0 });
+    expect(loadError(TINY, { overrides: ['--attn=nsa'] }).message).toMatch(
+      /^qk_rope_head_dim = \d+ must equal v_head_dim \(\d+\) with qk_nope_head_dim = 0 \(it is \d+\): NSA ropes the whole head.*Fix: set qk_nope_head_dim = 0 and qk_rope_head_dim = \d+\.$/,
+    );
+    expect(loadError(TINY, { overrides: [...local, '--attn_nsa.cmp_stride=0'] }).message).toMatch(
+      /^attn_nsa = \{ cmp_stride = 0 \} has cmp_stride = 0, which must be >= 1 \[--attn_nsa.cmp_stride=0 \(command line\)\]\. Fix: give cmp_stride a positive value, or remove it \(default\)\.$/,
+    );
+    expect(loadError(TINY, { overrides: [...local, '--attn_nsa.kv_heads=3'] }).message).toMatch(
+      /^attn_nsa = \{ kv_heads = 3 \} has kv_heads = 3, which must divide n_heads \(4\) /,
+    );
+    // Without NSA layers qk_nope_head_dim stays positive.
+    expect(loadError(TINY, { overrides: ['--qk_nope_head_dim=0'] }).message).toMatch(
+      /^qk_nope_head_dim = 0 must be > 0/,
+    );
   });
 
   it('KDA: attn and attn_local accept "kda" (no window, no option table), which needs q_lora_rank > 0', () => {

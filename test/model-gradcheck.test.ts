@@ -1,8 +1,8 @@
 /**
  * Whole-model gradient check on the CPU backend: for every parameter tensor, the finite-difference derivative of
  * the loss along a direction must match the analytic gradient's projection. Two directions per tensor: the
- * normalised gradient itself and a fixed random one. Routing must not change under the perturbation (top-k
- * selection has no derivative), which the test asserts.
+ * normalised gradient itself and a fixed random one. Routing and NSA's block selection must not change under the
+ * perturbation (top-k choices have no derivative): the test asserts that both stay as in the unperturbed forward.
  *
  * Precision: the per-op checks run in fp32. Here the loss is a mean over tokens after a dozen layers, and fp32
  * rounding of the activations moves it by ~1e-7 relative: with the step small enough to keep routing fixed, that
@@ -64,7 +64,9 @@ function lossAndRouting(
   const fwd = model.forward(ids, targets, 2, { grad });
   const loss = asCpu(fwd.loss).f[0]!;
   const routing = fwd.routerCounts.map((c) => Array.from(asCpu(c).i).join(',')).join('|');
-  return { loss, routing, fwd };
+  // NSA's block selection (top-k of compressed scores) has no derivative either: it must not move.
+  const selection = fwd.saved.blocks.map((b) => (b.attn?.kind === 'nsa' ? Array.from(asCpu(b.attn.sel).i) : []));
+  return { loss, routing: `${routing} / ${selection.join('|')}`, fwd };
 }
 
 function check(overrides: string[]) {
@@ -103,6 +105,15 @@ function check(overrides: string[]) {
   return worst;
 }
 
+const NSA = [
+  '--qk_nope_head_dim=0',
+  '--attn_nsa.kv_heads=1',
+  '--attn_nsa.cmp_len=2',
+  '--attn_nsa.cmp_stride=1',
+  '--attn_nsa.slc_block=1',
+  '--attn_nsa.topk_blocks=4',
+];
+
 describe('whole-model gradient check (central differences, double storage)', () => {
   beforeAll(() => setDoubleStorage(true));
   afterAll(() => setDoubleStorage(false));
@@ -122,6 +133,27 @@ describe('whole-model gradient check (central differences, double storage)', () 
       ['--attn_global_every=2', '--attn_local=kda', '--v_head_dim=6'],
     ],
     ['KDA on every layer', ['--attn=kda']],
+    // NSA: blocks of 1 token for the selection (so which earlier tokens a query picks matters), compressed
+    // blocks of 2 at stride 1; heads rope whole (qk_nope_head_dim = 0).
+    [
+      'NSA local layers (GQA, window 2: compressed, selected and sliding branches) between global NSA ones',
+      ['--attn=nsa', '--attn_global_every=2', '--attn_local=nsa', '--attn_local_window=2', ...NSA],
+    ],
+    [
+      'NSA with no compressed block ending (cmp_len 8 > seq_len 6): the selected and sliding branches alone',
+      [
+        '--attn=nsa',
+        '--attn_global_every=2',
+        '--attn_local=nsa',
+        '--attn_local_window=2',
+        ...NSA,
+        '--attn_nsa.cmp_len=8',
+      ],
+    ],
+    [
+      'NSA global layers (compressed and selected branches, no window), kv_heads = n_heads',
+      ['--attn=nsa', ...NSA, '--attn_nsa.kv_heads=2'],
+    ],
     ['EOS targets counted', ['--loss_mask_eos=false']],
   ] as const) {
     it(`every parameter tensor: ${label}`, () => {
@@ -138,6 +170,7 @@ describe('attn_recompute', () => {
     ['MLA', []],
     ['SWA between MLA', ['--attn_global_every=2', '--attn_local=swa', '--attn_local_window=3']],
     ['KDA', ['--attn=kda']],
+    ['NSA, local and global', ['--attn=nsa', '--attn_global_every=2', '--attn_local=nsa', ...NSA]],
   ])('%s: gives exactly the gradients of keeping the attention activations, and keeps none of them', (_, extra) => {
     const grads = (recompute: boolean) => {
       const { model, ids, targets } = build([...extra, `--attn_recompute=${recompute}`]);

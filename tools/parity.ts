@@ -10,7 +10,7 @@
  * Into --out it writes config.json (as `nmoe config show --json`), weights.safetensors (the initialised parameters
  * under nmoe's names, router biases drawn from N(0, bias-std) so the bias takes part in the top-k), batch.safetensors
  * (I32 inputs and targets [batch * seq_len], metadata batch) and nmoe_grads.safetensors (loss, grad.<name>, and
- * route.blocks.N.ffn.idx, nmoe's expert choices). The nmoe side computes from the files, exactly as the PyTorch side
+ * route.blocks.N.ffn.idx, nmoe's expert choices, and route.blocks.N.attn.sel, NSA's block choices). The nmoe side computes from the files, exactly as the PyTorch side
  * does. With --torch it runs torch_ref.py (which by default takes nmoe's expert choices, see its header), writes
  * torch_grads.safetensors and compares; exit code 1 when anything is over tolerance, 2 on a usage error.
  * --reuse DIR takes config.json, weights.safetensors and batch.safetensors from an earlier run's folder (e.g. to
@@ -306,7 +306,8 @@ export function readParityConfig(path: string): ParityConfig {
 
 /**
  * nmoe's loss and gradients for the prepared files: a fresh model loads weights.safetensors, runs batch.safetensors
- * forward and backward, and writes loss, grad.<name> (F32) and route.<moe layer>.idx to `out`.
+ * forward and backward, and writes loss, grad.<name> (F32), route.<moe layer>.idx and, for NSA layers,
+ * route.blocks.N.attn.sel (the blocks each token selected) to `out`.
  */
 export async function nmoeGrads(
   files: ParityFiles,
@@ -340,6 +341,11 @@ export async function nmoeGrads(
     const loss = (await b.read(fwd.loss))[0]!;
     const written: TensorToWrite[] = [{ name: 'loss', dtype: 'F32', shape: [1], data: Float32Array.of(loss) }];
     for (const [i, blk] of fwd.saved.blocks.entries()) {
+      if (blk.attn?.kind === 'nsa') {
+        const sel = blk.attn.sel;
+        const data = (await b.read(sel)) as Int32Array;
+        written.push({ name: `route.blocks.${i}.attn.sel`, dtype: 'I32', shape: [...sel.shape], data });
+      }
       if (blk.ffn.kind !== 'moe') continue;
       const idx = blk.ffn.saved.idx;
       written.push({

@@ -22,6 +22,13 @@ The model (the reference's, as src/model implements it):
   SWA (attn = "swa", or attn_local = "swa" on the layers attn_global_every leaves local): qkv/out Linears with bias,
        GQA, RoPE on the last qk_rope_head_dim dims of each v_head_dim head, scale v_head_dim^-1/2, keys
        i - window < j <= i, and a learned sink logit per head in each row's softmax.
+  NSA (attn or attn_local = "nsa", experimental): qkv/out Linears with bias and GQA as SWA, RoPE over the whole head;
+       three branches mixed by sigmoid gates from gate_mlp(x) (Linear, GELU, Linear to 3): compressed (each window
+       of cmp_len keys/values at stride cmp_stride, plus cmp_pos, through the shared cmp_mlp; each key/value head's
+       mean query attends to the windows that have ended), selected (the compressed probabilities, summed per
+       selection block of slc_block tokens by window centre and over heads, rank the earlier blocks; block 0, the two
+       before the own one and the top topk_blocks - 3 join the own block, causally; the choice is detached), and,
+       when the layer has a window, SWA with the sinks.
   MoE: logits = x @ gate^T in fp32; scores = sigmoid(route_scale * logits); top-k of scores + bias (ties to the
        lower expert id); gates = chosen scores renormalised; routed experts SwiGLU with W1, W3 [E, dim, inter] and
        W2 [E, inter, dim] (y = x @ W); the shared experts are one MLP `ffn.shared.w{1,2,3}` added to the output.
@@ -34,7 +41,9 @@ router, the attention softmax, the MoE combine and the loss are fp32.
 --routing FILE (tensors `route.blocks.N.ffn.idx`, I32 [tokens, top_k], nmoe's choices) makes the MoE layers use
 those experts instead of their own top-k, so a near-tie that rounds differently cannot move a token to another
 expert; the fraction of tokens whose own choice differs is reported and written to the output metadata
-(`routing_mismatch`). Gates and their gradients are still computed here from this model's scores.
+(`routing_mismatch`). Gates and their gradients are still computed here from this model's scores. Its
+`route.blocks.N.attn.sel` (I32 [tokens, topk_blocks]) does the same for NSA's block selection, whose scores at init
+are nearly uniform and tie in fp32; tokens whose own blocks differ are counted (`selection_mismatched_tokens`).
 
 Needs only torch; safetensors is used where installed, else tools/safetensors_lite.py.
 """
@@ -92,6 +101,16 @@ def swa_heads(cfg):
     return h, (cfg.get("attn_swa") or {}).get("kv_heads") or h, cfg["v_head_dim"]
 
 
+def nsa_options(cfg):
+    """An NSA layer's sizes: the [attn_nsa] table over the reference's defaults (kv_heads falls back to [attn_swa]'s)."""
+    t, h, d = cfg.get("attn_nsa") or {}, cfg["n_heads"], cfg["v_head_dim"]
+    kv = t.get("kv_heads") or (cfg.get("attn_swa") or {}).get("kv_heads") or h
+    return {"heads": h, "kv_heads": kv, "head_dim": d, "cmp_len": t.get("cmp_len", 32),
+            "cmp_stride": t.get("cmp_stride", 16), "slc_block": t.get("slc_block", 64),
+            "topk_blocks": t.get("topk_blocks", 16), "cmp_hidden": t.get("cmp_hidden", 2 * d),
+            "gate_hidden": t.get("gate_hidden", cfg["dim"] // 4)}
+
+
 def expected_shapes(cfg):
     """Every parameter and buffer nmoe's model has, with its shape, derived from the config alone."""
     d, h = cfg["dim"], cfg["n_heads"]
@@ -105,6 +124,16 @@ def expected_shapes(cfg):
             sh, skv, sd = swa_heads(cfg)
             shapes.update({f"{a}.qkv.weight": [(sh + 2 * skv) * sd, d], f"{a}.qkv.bias": [(sh + 2 * skv) * sd],
                            f"{a}.out.weight": [d, sh * sd], f"{a}.out.bias": [d], f"{a}.sinks": [sh]})
+        elif kind == "nsa":
+            o = nsa_options(cfg)
+            nh, nkv, nd = o["heads"], o["kv_heads"], o["head_dim"]
+            shapes.update({f"{a}.qkv.weight": [(nh + 2 * nkv) * nd, d], f"{a}.qkv.bias": [(nh + 2 * nkv) * nd],
+                           f"{a}.out.weight": [d, nh * nd], f"{a}.out.bias": [d], f"{a}.sinks": [nh],
+                           f"{a}.cmp_pos": [o["cmp_len"], nd]})
+            for name, fan_in, hidden, fan_out in (("cmp_mlp", o["cmp_len"] * nd, o["cmp_hidden"], nd),
+                                                  ("gate_mlp", d, o["gate_hidden"], 3)):
+                shapes.update({f"{a}.{name}.0.weight": [hidden, fan_in], f"{a}.{name}.0.bias": [hidden],
+                               f"{a}.{name}.2.weight": [fan_out, hidden], f"{a}.{name}.2.bias": [fan_out]})
         elif kind == "mha":
             shapes.update({f"{a}.wq.weight": [h * (dn + dr), d], f"{a}.wk.weight": [h * (dn + dr), d],
                            f"{a}.wv.weight": [h * dv, d]})
@@ -119,7 +148,7 @@ def expected_shapes(cfg):
                 shapes[f"{a}.wq.weight"] = [h * (dn + dr), d]
             shapes.update({f"{a}.wkv_a.weight": [cfg["kv_lora_rank"] + dr, d], f"{a}.kv_norm.weight": [cfg["kv_lora_rank"]],
                            f"{a}.wkv_b.weight": [h * (dn + dv), cfg["kv_lora_rank"]]})
-        if kind != "swa":
+        if kind not in ("swa", "nsa"):
             shapes[f"{a}.wo.weight"] = [d, h * dv]
         shapes[f"blocks.{i}.ffn_norm.weight"] = [d]
         if is_moe_layer(cfg, i):
@@ -331,6 +360,88 @@ def kda(x, p, prefix, cfg, batch):
                          torch.sigmoid(beta.float()).view(batch, seq, h), (dn + dr) ** -0.5)
     o = torch.nan_to_num(o, nan=0.0, posinf=1e4, neginf=-1e4).to(x.dtype)
     return linear(o.reshape(batch * seq, h * dv), p[f"{prefix}.wo.weight"])
+def nsa(x, p, prefix, cfg, cos, sin, batch, window, forced_sel, stats):
+    """Native Sparse Attention (arXiv 2502.11089) as the reference builds it; x [B*S, dim] -> [B*S, dim]. With
+    forced_sel (nmoe's blocks per token, I32 [B*S, topk_blocks]) the selected branch attends to those blocks, and the
+    tokens whose own choice sees other keys are counted in stats."""
+    seq, o = cfg["seq_len"], nsa_options(cfg)
+    h, kv, d = o["heads"], o["kv_heads"], o["head_dim"]
+    length, stride, block, topk = o["cmp_len"], o["cmp_stride"], o["slc_block"], o["topk_blocks"]
+    scale = d ** -0.5
+    qkv = F.linear(x, p[f"{prefix}.qkv.weight"], p[f"{prefix}.qkv.bias"])
+    q, k, v = qkv.split([h * d, kv * d, kv * d], dim=-1)
+    q = rope(q.reshape(batch, seq, h, d), cos, sin)  # qk_rope_head_dim = d: the whole head
+    k = rope(k.reshape(batch, seq, kv, d), cos, sin)
+    v = v.reshape(batch, seq, kv, d)
+    pos = torch.arange(seq, device=x.device)
+
+    # Compressed branch: windows [c * stride, c * stride + length) through the shared MLP phi.
+    windows = (seq - length) // stride + 1 if seq >= length else 0
+    scored = seq // block
+    o_cmp = torch.zeros(batch, seq, h, d, dtype=torch.float32, device=x.device)
+    block_scores = torch.zeros(batch, seq, scored, device=x.device)
+    if windows > 0 and scored > 0:
+        def phi(t):  # [B, S, kv, d] -> [B, windows, kv, d]
+            w = t.unfold(1, length, stride).permute(0, 1, 2, 4, 3) + p[f"{prefix}.cmp_pos"]
+            hidden = F.gelu(F.linear(w.reshape(batch, windows, kv, length * d), p[f"{prefix}.cmp_mlp.0.weight"],
+                                     p[f"{prefix}.cmp_mlp.0.bias"]))
+            return F.linear(hidden, p[f"{prefix}.cmp_mlp.2.weight"], p[f"{prefix}.cmp_mlp.2.bias"])
+        kc, vc = phi(k).float(), phi(v).float()
+        q_mean = q.float().reshape(batch, seq, kv, h // kv, d).mean(dim=3)
+        logits = torch.einsum("bskd,bckd->bksc", q_mean, kc) * scale
+        ends = torch.arange(windows, device=x.device) * stride + length - 1
+        ended = ends[None, :] <= pos[:, None]  # [S, windows]
+        any_ended = ended.any(dim=-1).float()[None, None, :, None]
+        probs = logits.masked_fill(~ended, -1e30).softmax(dim=-1) * any_ended  # no window yet: nothing
+        o_cmp = torch.einsum("bksc,bckd->bskd", probs, vc).repeat_interleave(h // kv, dim=2)
+        centre = torch.arange(windows, device=x.device) * stride + length // 2
+        owner = F.one_hot((centre // block).clamp(max=scored - 1), scored).float()  # [windows, scored]
+        block_scores = torch.einsum("bksc,cn->bsn", probs.detach(), owner)
+
+    # Selected branch: the choice is not differentiable (block_scores is detached).
+    own = pos // block
+    earlier = torch.arange(scored, device=x.device)[None, :] < own[:, None]
+    ranked = torch.sort(block_scores.masked_fill(~earlier, float("-inf")), dim=-1, descending=True, stable=True)
+    dynamic = ranked.indices[..., : min(max(topk - 3, 0), scored)]
+    fixed = torch.stack([torch.zeros_like(own), (own - 2).clamp(min=0), (own - 1).clamp(min=0)], dim=-1)
+    chosen = torch.cat([fixed.expand(batch, seq, 3), dynamic], dim=-1)[..., :topk]
+    n_blocks = -(-seq // block)
+
+    def allowed_blocks(picks):  # [B, S, n_blocks]: the picked blocks up to the own one, and the own one
+        allowed = torch.zeros(batch, seq, n_blocks, dtype=torch.bool, device=x.device)
+        allowed.scatter_(2, picks, True)
+        allowed[:, pos, own] = True
+        return allowed & (torch.arange(n_blocks, device=x.device)[None, :] <= own[:, None])
+
+    allowed = allowed_blocks(chosen)
+    if forced_sel is not None:
+        forced = allowed_blocks(forced_sel.to(device=x.device, dtype=torch.long).view(batch, seq, -1))
+        stats["selection_mismatched"] += int((forced != allowed).any(dim=-1).sum())
+        stats["selection_tokens"] += batch * seq
+        allowed = forced
+    key_block = pos // block
+    causal = pos[None, :] <= pos[:, None]
+    visible = allowed[:, :, key_block] & causal  # [B, S(query), S(key)]
+
+    kf = k.float().repeat_interleave(h // kv, dim=2).transpose(1, 2)
+    vf = v.float().repeat_interleave(h // kv, dim=2).transpose(1, 2)
+    qf = q.float().transpose(1, 2)
+    scores = (qf @ kf.transpose(-1, -2)) * scale  # [B, H, S, S]
+    o_slc = (scores.masked_fill(~visible[:, None], float("-inf")).softmax(dim=-1) @ vf).transpose(1, 2)
+
+    # Sliding branch (local layers): SWA with the sinks over the window.
+    o_swa = torch.zeros_like(o_slc)
+    if window > 0:
+        band = causal & (pos[None, :] > pos[:, None] - window)
+        sinks = p[f"{prefix}.sinks"].float().view(1, h, 1, 1).expand(batch, h, seq, 1)
+        banded = torch.cat([scores.masked_fill(~band, float("-inf")), sinks], dim=-1).softmax(dim=-1)[..., :-1]
+        o_swa = (banded @ vf).transpose(1, 2)
+
+    gates = torch.sigmoid(F.linear(F.gelu(F.linear(x, p[f"{prefix}.gate_mlp.0.weight"], p[f"{prefix}.gate_mlp.0.bias"])),
+                                   p[f"{prefix}.gate_mlp.2.weight"], p[f"{prefix}.gate_mlp.2.bias"]).float())
+    g = gates.reshape(batch, seq, 3, 1, 1)
+    mixed = (g[:, :, 0] * o_cmp + g[:, :, 1] * o_slc + g[:, :, 2] * o_swa).to(x.dtype)
+    return F.linear(mixed.reshape(batch * seq, h * d), p[f"{prefix}.out.weight"], p[f"{prefix}.out.bias"])
 
 
 def top_k_lowest_id(keys, k):
@@ -393,6 +504,9 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
             x = x + swa(h, p, f"{pre}.attn", cfg, cos, sin, batch, window)
         elif kind == "kda":
             x = x + kda(h, p, f"{pre}.attn", cfg, batch)
+        elif kind == "nsa":
+            forced = routing.get(f"route.{pre}.attn.sel") if routing is not None else None
+            x = x + nsa(h, p, f"{pre}.attn", cfg, cos, sin, batch, window, forced, stats)
         else:
             x = x + (mha if kind == "mha" else mla)(h, p, f"{pre}.attn", cfg, cos, sin, batch)
         h = rmsnorm(x, p[f"{pre}.ffn_norm.weight"], eps)
@@ -443,7 +557,7 @@ def main():
     exact_math()
     device = pick_device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-    cfg = load_config(args.config, "torch_ref", swa=True)
+    cfg = load_config(args.config, "torch_ref", extra_kinds=("swa", "kda", "nsa"))
     params = load_params(args.weights, cfg, dtype, device)
     batch_tensors, batch_meta = load_with_metadata(args.batch)
     batch = int(batch_meta.get("batch", "0"))
@@ -454,7 +568,7 @@ def main():
                  f"seq_len {cfg['seq_len']} do not agree")
     routing = load_file(args.routing) if args.routing else None
 
-    stats = {"tokens": 0, "mismatched_tokens": 0}
+    stats = {"tokens": 0, "mismatched_tokens": 0, "selection_tokens": 0, "selection_mismatched": 0}
     loss, counted = forward(params, cfg, inputs, targets, batch, rope_tables(cfg), routing, stats)
     loss.backward()
 
@@ -473,6 +587,11 @@ def main():
                      "routing_tokens": str(stats["tokens"])})
         note = (f"routing: nmoe's choices; this model's own top-k differs for {stats['mismatched_tokens']} of "
                 f"{stats['tokens']} token-layers")
+        if stats["selection_tokens"]:
+            meta.update({"selection_mismatched_tokens": str(stats["selection_mismatched"]),
+                         "selection_tokens": str(stats["selection_tokens"])})
+            note += (f"; NSA blocks: nmoe's choices, this model's own differ for {stats['selection_mismatched']} of "
+                     f"{stats['selection_tokens']} token-layers")
     save_file(out, args.out, metadata=meta)
     print(f"torch_ref: loss {loss.item():.7f} over {counted} targets, {len(out) - 1} gradients, {args.dtype} on "
           f"{meta['device']}, torch {torch.__version__}; {note} -> {args.out}")

@@ -11,7 +11,8 @@
  * model fields under `nmoe.config`, from which nmoe loads the export back (import-hf.ts). Each layer's attention
  * kind is recorded in `nmoe.layer_attention` (and as gpt-oss's `layer_types`); SWA layers keep gpt-oss's names
  * (`self_attn.sinks`, biased projections) with q, k and v fused in `self_attn.qkv_proj`. KDA layers keep MLA's names
- * plus fla's `self_attn.f_proj` (the decay gate, with bias) and `self_attn.b_proj` (beta).
+ * plus fla's `self_attn.f_proj` (the decay gate, with bias) and `self_attn.b_proj` (beta). NSA layers add their
+ * compressor and gates under the reference's module names (`self_attn.cmp_mlp.0.weight`, `self_attn.gate_mlp.2.bias`).
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -62,6 +63,9 @@ export function hfName(name: string): string | null {
   if (rest === 'ffn_norm.weight') return `${l}.post_attention_layernorm.weight`;
   if ((x = /^attn\.(\w+)\.(weight|bias)$/.exec(rest!)) && ATTN[x[1]!]) return `${l}.self_attn.${ATTN[x[1]!]}.${x[2]}`;
   if (rest === 'attn.sinks') return `${l}.self_attn.sinks`;
+  // NSA: the reference's module names under self_attn (no Hugging Face model has these tensors).
+  if (rest === 'attn.cmp_pos') return `${l}.self_attn.cmp_pos`;
+  if ((x = /^attn\.((?:cmp|gate)_mlp\.[02]\.(?:weight|bias))$/.exec(rest!))) return `${l}.self_attn.${x[1]}`;
   if ((x = /^ffn\.(w[123])\.weight$/.exec(rest!))) return `${l}.mlp.${MLP[x[1]!]}.weight`;
   if ((x = /^ffn\.shared\.(w[123])\.weight$/.exec(rest!))) return `${l}.mlp.shared_experts.${MLP[x[1]!]}.weight`;
   if (rest === 'ffn.router.gate.weight') return `${l}.mlp.gate.weight`;
@@ -132,7 +136,7 @@ function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): 
     rms_norm_eps: c.rms_norm_eps,
     tie_word_embeddings: false,
     eos_token_id: c.eos_token_id,
-    attention_bias: kinds.includes('swa'),
+    attention_bias: kinds.includes('swa') || kinds.includes('nsa'),
     layer_types: layerTypes(c),
     sliding_window: kinds.includes('swa') && c.attn_global_every > 1 ? c.attn_local_window : null,
     nmoe: {
@@ -157,6 +161,11 @@ function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): 
         ...(kinds.includes('kda')
           ? [
               'layers with nmoe.layer_attention "kda" are Kimi Delta Attention (fla chunk_kda with q and k L2-normalised, scale (qk_nope_head_dim + qk_rope_head_dim)^-1/2): MLA\'s projections without RoPE, decay gate logsigmoid(self_attn.f_proj) per key dim, beta sigmoid(self_attn.b_proj) per head, no short convolution, output gate or output norm, not MLA',
+            ]
+          : []),
+        ...(kinds.includes('nsa')
+          ? [
+              'layers with nmoe.layer_attention "nsa" are native sparse attention (experimental): self_attn.qkv_proj and self_attn.o_proj with bias, self_attn.sinks for the sliding branch, the compressor self_attn.cmp_pos and self_attn.cmp_mlp.{0,2}, the branch gates self_attn.gate_mlp.{0,2}; RoPE on the whole head; not MLA',
             ]
           : []),
       ],

@@ -3,8 +3,8 @@
  * value, where it was set and the fix (validate.ts), before anything runs, instead of a crash or a silent
  * nonsense run steps later (`adam_beta2 = 2` once diverged at step 2 with "lower the learning rates"). Keys the
  * reference keeps but nmoe does not use get their ranges too, so a reference config that nmoe accepts is one the
- * reference would make sense of. (The option tables are not here: attn_swa.kv_heads is checked against n_heads in
- * validate.ts, and attn_nsa and attn_dsa belong to the attention kinds nmoe rejects.)
+ * reference would make sense of. (The option tables are not here: attn_swa.kv_heads and the attn_nsa keys are
+ * checked in validate.ts, and attn_dsa belongs to an attention kind nmoe rejects.)
  */
 import type { Config } from './schema.ts';
 
@@ -24,6 +24,9 @@ export interface Range {
 export const hasMoe = (c: Pick<Config, 'n_layers' | 'n_dense_layers'>): boolean =>
   c.n_layers === null || c.n_dense_layers < c.n_layers;
 export const hasDense = (c: Pick<Config, 'n_dense_layers'>): boolean => c.n_dense_layers > 0;
+/** Some layer is NSA: the global kind, or the local one where attn_global_every leaves local layers. */
+export const hasNsa = (c: Config): boolean =>
+  c.attn === 'nsa' || (c.attn_local === 'nsa' && c.attn_global_every > 1 && c.n_layers !== 1);
 
 /** The largest expert count the GPU routing kernel (router_topk, MAX_EXPERTS) takes. */
 export const MAX_ROUTED_EXPERTS = 512;
@@ -61,7 +64,8 @@ export const RANGES: Partial<Record<keyof Config, Range>> = {
   attn_local_window: POSITIVE('give attn_local_window a positive number of tokens'),
   q_lora_rank: { ge: 0, fix: 'use 0 for an uncompressed query projection' },
   kv_lora_rank: POSITIVE('give kv_lora_rank a positive value'),
-  qk_nope_head_dim: POSITIVE('give qk_nope_head_dim a positive value'),
+  // NSA ropes whole heads and needs 0 here (validate.ts).
+  qk_nope_head_dim: { gt: 0, when: (c) => !hasNsa(c), fix: 'give qk_nope_head_dim a positive value' },
   qk_rope_head_dim: POSITIVE('give qk_rope_head_dim a positive value'),
   v_head_dim: POSITIVE('give v_head_dim a positive value'),
 

@@ -100,7 +100,7 @@ export interface AttnDsaOptions {
 }
 
 export type Dtype = 'bf16' | 'fp8' | 'nvfp4';
-export type AttnKind = 'mla' | 'mha' | 'swa' | 'kda';
+export type AttnKind = 'mla' | 'mha' | 'swa' | 'kda' | 'nsa';
 export type Device = 'auto' | 'cpu' | 'cuda';
 
 /** Field meanings and defaults are documented once, in `FIELDS` below. */
@@ -249,7 +249,7 @@ const INT_OR_NULL = { kind: 'int', nullable: true } as const;
 const FLOAT_OR_NULL = { kind: 'float', nullable: true } as const;
 const STRING_OR_NULL = { kind: 'string', nullable: true } as const;
 /** The reference's attention kinds that nmoe refuses. */
-export const SPARSE_ATTN = ['nsa', 'dsa'] as const;
+export const SPARSE_ATTN = ['dsa'] as const;
 const UNUSED = 'UNUSED in the reference trainer (kept so reference configs load).';
 
 function field<T>(section: Section, type: FieldType, def: T, math: boolean, doc: string): FieldSpec<T> {
@@ -306,19 +306,19 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
 
   attn: field(
     'attention',
-    { kind: 'enum', values: ['mla', 'mha', 'swa', 'kda'], notYet: SPARSE_ATTN },
+    { kind: 'enum', values: ['mla', 'mha', 'swa', 'kda', 'nsa'], notYet: SPARSE_ATTN },
     'mla',
     true,
-    'Attention type of global layers: mla (DeepSeek multi-head latent attention), mha, swa (sinks, no window), or ' +
-      'kda (Kimi Delta Attention, experimental).',
+    'Attention type of global layers: mla (DeepSeek multi-head latent attention), mha, swa (sinks, no window), ' +
+      'kda (Kimi Delta Attention, experimental) or nsa (native sparse attention, experimental, CPU only).',
   ),
   attn_local: field(
     'attention',
-    { kind: 'enum', values: ['mla', 'swa', 'kda', ...SPARSE_ATTN] },
+    { kind: 'enum', values: ['mla', 'swa', 'kda', 'nsa', ...SPARSE_ATTN] },
     'swa',
     true,
-    'Attention type of local layers: swa (sliding window with sinks) or kda (no window); unused while ' +
-      'attn_global_every = 1.',
+    'Attention type of local layers: swa (sliding window with sinks), kda (no window) or nsa (with its sliding ' +
+      'branch over the window); unused while attn_global_every = 1.',
   ),
   attn_global_every: field(
     'attention',

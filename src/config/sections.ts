@@ -51,6 +51,7 @@ export const MODEL_KEYS = keys(
   'attn_global_every',
   'attn_local_window',
   'attn_swa',
+  'attn_nsa',
   'dtype',
   'deterministic',
 );
@@ -142,7 +143,6 @@ export const RUN_KEYS = keys(
  * but does not act on: no component receives them.
  */
 export const IGNORED_KEYS = keys(
-  'attn_nsa',
   'attn_dsa',
   'aux_loss_alpha',
   'norm_topk_prob',

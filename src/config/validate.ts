@@ -6,7 +6,7 @@
  */
 import { yarnBand } from './yarn.ts';
 import { UserError } from '../util/errors.ts';
-import { RANGES, type Range, hasDense, hasMoe, outOfRange } from './ranges.ts';
+import { RANGES, type Range, hasDense, hasMoe, hasNsa, outOfRange } from './ranges.ts';
 import { FIELDS, SPARSE_ATTN, TOKENIZERS, tomlLiteral, type Config, type ScalarType } from './schema.ts';
 
 export class ConfigError extends UserError {
@@ -174,6 +174,47 @@ interface Rule {
 const hasLocalLayers = (c: Checked): boolean => c.attn_global_every > 1 && c.n_layers > 1;
 const usesSwa = (c: Checked): boolean => c.attn === 'swa' || (hasLocalLayers(c) && c.attn_local === 'swa');
 const usesKda = (c: Checked): boolean => c.attn === 'kda' || (hasLocalLayers(c) && c.attn_local === 'kda');
+const usesNsa = (c: Checked): boolean => hasNsa(c as Config);
+
+/** NSA's head geometry and [attn_nsa] ranges (its kv_heads falls back to [attn_swa]'s, then n_heads). */
+const NSA_RULES: Rule[] = [
+  {
+    keys: ['qk_rope_head_dim', 'v_head_dim', 'qk_nope_head_dim'],
+    when: usesNsa,
+    ok: (c) => c.qk_nope_head_dim === 0 && c.qk_rope_head_dim === c.v_head_dim,
+    what: (c) =>
+      `must equal v_head_dim (${c.v_head_dim}) with qk_nope_head_dim = 0 (it is ${c.qk_nope_head_dim}): NSA ropes ` +
+      'the whole head, as the reference (qk_nope_head_dim + qk_rope_head_dim = v_head_dim, and its RoPE pairs ' +
+      'qk_rope_head_dim / 2 frequencies with each half of the head)',
+    fix: (c) => `set qk_nope_head_dim = 0 and qk_rope_head_dim = ${c.v_head_dim}`,
+  },
+  {
+    keys: ['attn_nsa'],
+    when: usesNsa,
+    ok: (c) => Object.values(c.attn_nsa).every((v) => v >= 1),
+    what: (c) => {
+      const [key, v] = Object.entries(c.attn_nsa).find(([, v]) => v < 1)!;
+      return `has ${key} = ${v}, which must be >= 1`;
+    },
+    fix: (c) =>
+      `give ${Object.entries(c.attn_nsa).find(([, v]) => v < 1)![0]} a positive value, or remove it (default)`,
+  },
+  {
+    keys: ['attn_nsa', 'n_heads'],
+    when: usesNsa,
+    ok: (c) => c.n_heads % (c.attn_nsa.kv_heads ?? c.attn_swa.kv_heads ?? c.n_heads) === 0,
+    what: (c) =>
+      `has kv_heads = ${c.attn_nsa.kv_heads ?? c.attn_swa.kv_heads}, which must divide n_heads (${c.n_heads})`,
+    fix: (c) => `use a divisor of ${c.n_heads} (GQA: each key/value head serves n_heads / kv_heads query heads)`,
+  },
+  {
+    keys: ['attn_nsa', 'dim'],
+    when: (c) => usesNsa(c) && c.attn_nsa.gate_hidden === undefined,
+    ok: (c) => c.dim >= 4,
+    what: (c) => `leaves gate_hidden at dim / 4, which is 0 for dim = ${c.dim}`,
+    fix: () => 'set attn_nsa.gate_hidden',
+  },
+];
 
 const REQUIRED: [keyof Config, (c: Config) => boolean, string][] = [
   ['dim', () => true, ''],
@@ -282,13 +323,14 @@ const RULES: Rule[] = [
   {
     keys: ['attn_local', 'attn_global_every'],
     when: hasLocalLayers,
-    ok: (c) => c.attn_local === 'swa' || c.attn_local === 'kda',
+    ok: (c) => c.attn_local === 'swa' || c.attn_local === 'kda' || c.attn_local === 'nsa',
     what: (c) =>
       (SPARSE_ATTN as readonly string[]).includes(c.attn_local)
         ? 'is supported by the reference but not implemented in nmoe yet'
         : 'has no window: local layers (attn_global_every > 1) need windowed attention',
-    fix: () => 'set attn_local = "swa" (or "kda"), or attn_global_every = 1 (every layer global)',
+    fix: () => 'set attn_local = "swa" (or "kda" or "nsa"), or attn_global_every = 1 (every layer global)',
   },
+  ...NSA_RULES,
   {
     keys: ['attn_swa', 'n_heads'],
     when: usesSwa,

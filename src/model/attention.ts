@@ -5,8 +5,8 @@
  * split per head into [q_nope | q_pe]; wkv_a x = [c_kv | k_pe] with one rope key shared by all heads; k_nope and v come
  * from wkv_b(kv_norm(c_kv)). RoPE rotates q_pe and k_pe; softmax scale is (d_nope + d_rope)^-1/2 (no YaRN mscale, as
  * the reference). MHA: plain q/k/v projections with RoPE on the last qk_rope_head_dim dims of each q and k head.
- * SWA (sliding window with sinks) lives in swa.ts, KDA (Kimi Delta Attention) in kda.ts; the functions here dispatch
- * on each layer's kind.
+ * SWA (sliding window with sinks) lives in swa.ts, KDA (Kimi Delta Attention) in kda.ts, NSA (native sparse
+ * attention) in nsa.ts; the functions here dispatch on each layer's kind.
  *
  * Shapes: T = batch*seq tokens, D dim, H heads, dqk = d_nope + d_rope, dv.
  */
@@ -16,6 +16,7 @@ import { type LayerContext, freeAll, linear, linearBackward, rope } from './cont
 import { layerAttention, qkHeadDim } from './spec.ts';
 import { type SwaSaved, releaseSwaSaved, swaBackward, swaCore, swaOutput } from './swa.ts';
 import { type KdaSaved, kdaBackward, kdaCore, releaseKdaSaved } from './kda.ts';
+import { type NsaSaved, nsaBackward, nsaCore, nsaOutput, releaseNsaSaved } from './nsa.ts';
 
 /** What an MLA or MHA layer (dense causal) keeps for its backward. */
 export interface DenseAttentionSaved {
@@ -34,7 +35,7 @@ export interface DenseAttentionSaved {
   lse: Tensor;
 }
 
-export type AttentionSaved = DenseAttentionSaved | SwaSaved | KdaSaved;
+export type AttentionSaved = DenseAttentionSaved | SwaSaved | KdaSaved | NsaSaved;
 
 function attnSpec(ctx: LayerContext): AttentionSpec {
   const { cfg } = ctx;
@@ -70,6 +71,7 @@ export function attentionForward(
   sink?: KvSink,
 ): { out: Tensor; saved: AttentionSaved } {
   const saved = attentionCore(ctx, layer, prefix, h, sink);
+  if (saved.kind === 'nsa') return { out: nsaOutput(ctx, prefix, saved), saved };
   const out = saved.kind === 'swa' ? swaOutput(ctx, prefix, saved) : linear(ctx, saved.o, `${prefix}.wo.weight`);
   return { out, saved };
 }
@@ -143,6 +145,10 @@ export function attentionCore(
     if (sink) throw new Error('attention: KDA layers keep no KV cache');
     return kdaCore(ctx, prefix, h);
   }
+  if (kind === 'nsa') {
+    if (sink) throw new Error('attention: NSA layers keep no KV cache');
+    return nsaCore(ctx, prefix, h, window);
+  }
   if (kind === 'mha') {
     const { q, k, v } = mhaProjections(ctx, prefix, h);
     sink?.mha(k, v);
@@ -164,6 +170,7 @@ export function attentionCore(
 export function releaseAttentionSaved(s: AttentionSaved): void {
   if (s.kind === 'swa') return releaseSwaSaved(s);
   if (s.kind === 'kda') return releaseKdaSaved(s);
+  if (s.kind === 'nsa') return releaseNsaSaved(s);
   const { kind: _kind, h: _h, ...rest } = s;
   freeAll(rest);
 }
@@ -172,6 +179,7 @@ export function releaseAttentionSaved(s: AttentionSaved): void {
 export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tensor, s: AttentionSaved): Tensor {
   if (s.kind === 'swa') return swaBackward(ctx, prefix, dOut, s);
   if (s.kind === 'kda') return kdaBackward(ctx, prefix, dOut, s);
+  if (s.kind === 'nsa') return nsaBackward(ctx, prefix, dOut, s);
   const { b, cfg } = ctx;
   const H = cfg.n_heads,
     dqk = qkHeadDim(cfg),

@@ -16,7 +16,12 @@ import { hashString } from '../util/philox.ts';
 
 export type ParamGroup = 'expert' | 'router' | 'dense_decay' | 'dense_no_decay';
 
-export type Init = { kind: 'normal'; std: number; clamp?: number } | { kind: 'ones' } | { kind: 'zeros' };
+export type Init =
+  | { kind: 'normal'; std: number; clamp?: number }
+  | { kind: 'ones' }
+  | { kind: 'zeros' }
+  /** Fixed values, one per element (NSA's gate bias). */
+  | { kind: 'values'; values: readonly number[] };
 
 export interface ParamSpec {
   name: string;
@@ -148,7 +153,11 @@ export class ParamStore {
       const { init } = p;
       if (init.kind === 'ones') this.backend.fill(p.value, 1);
       else if (init.kind === 'zeros') this.backend.zero(p.value);
-      else {
+      else if (init.kind === 'values') {
+        const fixed = this.backend.upload(Float32Array.from(init.values), p.shape, p.value.dtype);
+        this.backend.copy(fixed, p.value);
+        fixed.free();
+      } else {
         const perExpert = p.firstExpert === undefined ? 0 : shapeNumel(p.shape.slice(1));
         this.backend.fillNormal(p.value, {
           std: init.std,

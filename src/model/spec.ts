@@ -1,10 +1,11 @@
 /**
  * The model's parameter list, derived from the config: names, local shapes and initialisers. Layer kinds follow
  * the reference: layers [0, n_dense_layers) use a dense SwiGLU MLP, the rest are MoE; global layers use `attn`
- * (MLA, MHA, SWA or KDA) and, with attn_global_every > 1, the others `attn_local` (SWA over attn_local_window keys,
- * or KDA).
+ * (MLA, MHA, SWA, KDA or NSA) and, with attn_global_every > 1, the others `attn_local` (SWA or NSA over
+ * attn_local_window keys, or KDA).
  */
 import type { ModelConfig } from '../config/sections.ts';
+import { nsaParamSpecs } from './nsa.ts';
 import type { ParamSpec } from './params.ts';
 
 /** The model's section of the config (src/config/sections.ts). */
@@ -33,7 +34,7 @@ export function qkHeadDim(cfg: ModelConfig): number {
 
 /** The attention of one layer: its kind and its window of keys (0: every earlier key). */
 export interface LayerAttention {
-  kind: 'mla' | 'mha' | 'swa' | 'kda';
+  kind: 'mla' | 'mha' | 'swa' | 'kda' | 'nsa';
   window: number;
 }
 
@@ -45,9 +46,9 @@ export function isGlobalLayer(cfg: ModelConfig, layer: number): boolean {
 
 export function layerAttention(cfg: ModelConfig, layer: number): LayerAttention {
   if (isGlobalLayer(cfg, layer)) return { kind: cfg.attn, window: 0 };
-  // Validation admits only "swa" and "kda" for local layers; KDA has no window (its state spans the sequence).
+  // Validation admits only "swa", "nsa" and "kda" for local layers; KDA has no window (its state spans the sequence).
   if (cfg.attn_local === 'kda') return { kind: 'kda', window: 0 };
-  return { kind: cfg.attn_local as 'swa', window: cfg.attn_local_window };
+  return { kind: cfg.attn_local as 'swa' | 'nsa', window: cfg.attn_local_window };
 }
 
 /** SWA's head geometry: H query heads and KV key/value heads (GQA) of d = v_head_dim dims. */
@@ -70,6 +71,7 @@ function attentionSpecs(cfg: ModelConfig, prefix: string, layer: number): ParamS
   const ones = { kind: 'ones' } as const;
   const zeros = { kind: 'zeros' } as const;
   const kind = layerAttention(cfg, layer).kind;
+  if (kind === 'nsa') return nsaParamSpecs(cfg, prefix, outputStd(layer));
   if (kind === 'swa') {
     const { heads, kvHeads, headDim } = swaHeads(cfg);
     const qkv = (heads + 2 * kvHeads) * headDim;

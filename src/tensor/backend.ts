@@ -12,6 +12,7 @@
  * - Shapes use the legend T tokens (B*S), D model dim, E experts, K top-k, N = T*K routed rows, F expert hidden,
  *   V vocab, H heads.
  */
+import type { NsaOps } from './nsa.ts';
 import type { DType, DeviceKind, Tensor } from './tensor.ts';
 
 export interface MatmulOptions {
@@ -167,7 +168,8 @@ export interface NormalInit {
   clamp?: number;
 }
 
-export interface Backend {
+/** NSA's ops (src/tensor/nsa.ts) are part of every backend. */
+export interface Backend extends NsaOps {
   readonly device: DeviceKind;
   /** Human-readable device name for logs ("CPU (2 threads)", "NVIDIA H100 80GB HBM3"). */
   readonly name: string;

@@ -30,6 +30,8 @@ import * as moe from './moe.ts';
 import * as nn from './nn.ts';
 import * as optim from './optim.ts';
 import * as swa from './sliding-attention.ts';
+import * as nsa from './nsa.ts';
+import type { NsaSpec } from '../nsa.ts';
 import { CpuTensor, allocate, asCpu, newFloats, settle } from './storage.ts';
 
 function asPlan(p: MoePlan): moe.CpuMoePlan {
@@ -375,5 +377,71 @@ export class CpuBackend implements Backend {
   muonUpdate(param: Tensor, delta: Tensor, spec: MuonUpdateSpec): void {
     sameShape(param, delta, 'muonUpdate');
     optim.muonUpdate(asCpu(param), asCpu(delta), spec);
+  }
+
+  // --- NSA (kernels in nsa.ts) ----------------------------------------------------------------------------------
+
+  gelu(x: Tensor): Tensor {
+    return nsa.gelu(asCpu(x));
+  }
+
+  geluBackward(dy: Tensor, x: Tensor): Tensor {
+    sameShape(dy, x, 'geluBackward');
+    return nsa.geluBackward(asCpu(dy), asCpu(x));
+  }
+
+  nsaCompressBlocks(x: Tensor, pos: Tensor, spec: NsaSpec): Tensor {
+    return nsa.compressBlocks(asCpu(x), asCpu(pos), spec);
+  }
+
+  nsaCompressBlocksBackward(dBlocks: Tensor, spec: NsaSpec, dPos: Tensor): Tensor {
+    return nsa.compressBlocksBackward(asCpu(dBlocks), spec, asCpu(dPos));
+  }
+
+  nsaCompressedAttention(q: Tensor, kc: Tensor, vc: Tensor, spec: NsaSpec) {
+    return nsa.compressedAttention(asCpu(q), asCpu(kc), asCpu(vc), spec);
+  }
+
+  nsaCompressedAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    kc: Tensor,
+    vc: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    spec: NsaSpec,
+  ) {
+    const [g, qq, k, v, o, l] = [dOut, q, kc, vc, out, lse].map(asCpu) as CpuTensor[];
+    return nsa.compressedAttentionBackward(g!, qq!, k!, v!, o!, l!, spec);
+  }
+
+  nsaSelectBlocks(scores: Tensor, spec: NsaSpec): Tensor {
+    return nsa.selectBlocks(asCpu(scores), spec);
+  }
+
+  nsaSelectedAttention(q: Tensor, k: Tensor, v: Tensor, sel: Tensor, spec: NsaSpec) {
+    return nsa.selectedAttention(asCpu(q), asCpu(k), asCpu(v), asCpu(sel), spec);
+  }
+
+  nsaSelectedAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    sel: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    spec: NsaSpec,
+  ) {
+    const [g, qq, kk, vv, s, o, l] = [dOut, q, k, v, sel, out, lse].map(asCpu) as CpuTensor[];
+    return nsa.selectedAttentionBackward(g!, qq!, kk!, vv!, s!, o!, l!, spec);
+  }
+
+  nsaGate(gates: Tensor, cmp: Tensor, slc: Tensor, swa: Tensor | null): Tensor {
+    return nsa.gate(asCpu(gates), asCpu(cmp), asCpu(slc), swa ? asCpu(swa) : null);
+  }
+
+  nsaGateBackward(dOut: Tensor, gates: Tensor, cmp: Tensor, slc: Tensor, swa: Tensor | null) {
+    return nsa.gateBackward(asCpu(dOut), asCpu(gates), asCpu(cmp), asCpu(slc), swa ? asCpu(swa) : null);
   }
 }

@@ -407,4 +407,24 @@ export class CudaBackend implements Backend, CudaContext {
   muonUpdate(param: Tensor, delta: Tensor, spec: MuonUpdateSpec): void {
     optim.muonUpdate(this, param, delta, spec);
   }
+
+  // --- NSA: the CPU backend's alone ---------------------------------------------------------------------------
+
+  gelu = refuseNsa;
+  geluBackward = refuseNsa;
+  nsaCompressBlocks = refuseNsa;
+  nsaCompressBlocksBackward = refuseNsa;
+  nsaCompressedAttention = refuseNsa;
+  nsaCompressedAttentionBackward = refuseNsa;
+  nsaSelectBlocks = refuseNsa;
+  nsaSelectedAttention = refuseNsa;
+  nsaSelectedAttentionBackward = refuseNsa;
+  nsaGate = refuseNsa;
+  nsaGateBackward = refuseNsa;
+}
+
+function refuseNsa(): never {
+  throw new UserError(
+    'attn = "nsa" (or attn_local = "nsa") runs on the CPU backend only. Fix: train with --device=cpu.',
+  );
 }

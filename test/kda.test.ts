@@ -5,7 +5,6 @@
  * loss and every gradient.
  */
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { exportHf } from '../src/checkpoint/export-hf.ts';
 import { importHf } from '../src/checkpoint/import-hf.ts';
-import { DENSE_FILE, iterName, listSteps, rankFile } from '../src/checkpoint/layout.ts';
+import { DENSE_FILE, listSteps } from '../src/checkpoint/layout.ts';
 import { readSafetensors } from '../src/checkpoint/safetensors.ts';
 import { loadConfig } from '../src/config/load.ts';
 import { Decoder } from '../src/model/decoder.ts';
@@ -23,10 +22,10 @@ import { Transformer } from '../src/model/transformer.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { KDA_CHUNK, deltaAttention, deltaAttentionRecurrent } from '../src/tensor/cpu/delta-attention.ts';
 import { type CpuTensor, asCpu } from '../src/tensor/cpu/storage.ts';
-import { train } from '../src/train/trainer.ts';
 import { UserError } from '../src/util/errors.ts';
 import { TOLERANCES, compareFiles, formatComparison, nmoeGrads, prepareParity } from '../tools/parity.ts';
 import { cpu, data, randn } from './helpers/gradcheck.ts';
+import { presetTraining } from './helpers/attention-preset.ts';
 import { TORCH_PYTHON, haveTorch, requireTorch } from './helpers/torch.ts';
 
 requireTorch('KDA parity with PyTorch', 'test/kda.test.ts');
@@ -94,36 +93,6 @@ describe('the delta-attention op', () => {
   });
 });
 
-const QUICK = ['--seq_len=48', '--batch_size=2', '--warmup_steps=2', '--log_every=100', '--checkpoint_every=2'];
-
-async function run(dir: string, steps: number, extra: string[] = []) {
-  const { config } = loadConfig(PRESET, {
-    env: {},
-    overrides: [
-      ...QUICK,
-      `--steps=${steps}`,
-      `--checkpoint_dir=${dir}`,
-      `--metrics_dir=${join(root, 'metrics')}`,
-      `--experiments_db=${join(root, 'exp.db')}`,
-      ...extra,
-    ],
-  });
-  const losses: number[] = [];
-  const summary = await train(config, new CpuBackend(), {
-    start: () => {},
-    step: (r) => losses.push(r.loss),
-    log: () => {},
-  });
-  return { losses, summary };
-}
-
-const stepBytes = (dir: string, step: number) =>
-  [DENSE_FILE, rankFile(0)].map((f) =>
-    createHash('sha256')
-      .update(readFileSync(join(dir, iterName(step), f)))
-      .digest('hex'),
-  );
-
 describe('configs/tiny-kda.toml', () => {
   it('puts KDA on layers 0-2 and MLA on the last, with the reference parameter names and inits', () => {
     const cfg = modelConfig(loadConfig(PRESET, { env: {} }).config);
@@ -160,26 +129,7 @@ describe('configs/tiny-kda.toml', () => {
     model.free();
   });
 
-  const straightDir = join(root, 'straight');
-  const N = 6;
-
-  it('trains on the CPU with the loss falling', async () => {
-    const { losses } = await run(join(root, 'learn'), 30, ['--checkpoint_every=0']);
-    expect(losses).toHaveLength(30);
-    const tail = losses.slice(-5).reduce((a, b) => a + b, 0) / 5;
-    expect(tail).toBeLessThan(losses[0]! - 1);
-  }, 120_000);
-
-  it('k steps, stop, resume to N: bit-identical losses and final files', async () => {
-    const straight = await run(straightDir, N);
-    const dir = join(root, 'resume');
-    const first = await run(dir, 3);
-    expect(first.losses).toEqual(straight.losses.slice(0, 3));
-    const second = await run(dir, N, ['--resume']);
-    expect(second.summary.startStep).toBe(3);
-    expect(second.losses).toEqual(straight.losses.slice(3));
-    expect(stepBytes(dir, N)).toEqual(stepBytes(straightDir, N));
-  }, 120_000);
+  const { straightDir, steps: N } = presetTraining(PRESET, root);
 
   it('the Hugging Face export names the KDA tensors and layer kinds, and import-hf reads them back', () => {
     const step = listSteps(straightDir).find((s) => s.step === N)!;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FlowResponse, FlowsResponse, HydraSidecarResponse } from '../src/viz/api.ts';
 import { type VizServer, startVizServer } from '../src/viz/server/server.ts';
-import { nmoe, removeTempDirs, tempDir } from './fixtures/data/helpers.ts';
+import { nmoe, nmoeAsync, removeTempDirs, tempDir } from './fixtures/data/helpers.ts';
 import { getJson } from './helpers/viz.ts';
 import { FLOW_SEQ_LEN, type FlowFixture, SIDECAR_GRADES, flowFixture, writeSidecar } from './helpers/viz-data.ts';
 
@@ -189,5 +189,51 @@ describe('HYDRA sidecars on the datasets routes', () => {
     expect(npy.body.error).toMatch(/is not a HYDRA sidecar/);
     const bins = await get<{ error: string }>('/api/datasets/hydra?path=graded/web.jsonl&bins=1');
     expect(bins.status).toBe(400);
+  });
+});
+
+describe('nmoe viz --mixture --flow-profiles', () => {
+  it('plans the flows from the TOMLs it is given, and refuses one without the other or a TOML it cannot read', async () => {
+    const viz = nmoeAsync([
+      'viz',
+      '--metrics-dir',
+      dir,
+      '--data-root',
+      dataRoot,
+      '--mixture',
+      fixture.mixtureToml,
+      '--flow-profiles',
+      fixture.flowProfilesToml,
+      '--seq-len',
+      String(FLOW_SEQ_LEN),
+      '--port',
+      '0',
+    ]);
+    let out = '';
+    viz.child.stdout.on('data', (d) => (out += d));
+    while (!/http:\/\/\S+/.test(out)) await new Promise((r) => setTimeout(r, 20));
+    const url = /http:\/\/\S+/.exec(out)![0];
+    const tiny = await getJson<FlowResponse>(url, '/api/datasets/flow?flow=tiny');
+    expect(tiny.body.plan_hash).toBe(flowShow('tiny').plan_hash);
+    viz.child.kill('SIGINT');
+    expect((await viz.done).code).toBe(0);
+
+    const alone = nmoe(['viz', '--metrics-dir', dir, '--mixture', fixture.mixtureToml]);
+    expect(alone.code).toBe(2);
+    expect(alone.err.trim()).toBe(
+      'nmoe: error: --mixture was given alone. Fix: give both --mixture <mixture.toml> and --flow-profiles <flow_profiles.toml>, or neither.',
+    );
+    const missing = nmoe([
+      'viz',
+      '--metrics-dir',
+      dir,
+      '--mixture',
+      join(dir, 'nope.toml'),
+      '--flow-profiles',
+      fixture.flowProfilesToml,
+    ]);
+    expect(missing.code).toBe(2);
+    expect(missing.err.trim().split('\n')).toHaveLength(1);
+    expect(missing.err).toMatch(/nope\.toml/);
   });
 });

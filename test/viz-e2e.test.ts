@@ -131,15 +131,16 @@ describe.skipIf(!haveChromium)('nmoe viz in a browser', () => {
       '1',
     ];
     const flow = flowFixture(dir);
-    const [trained, other, prepared, flowPrepared] = await Promise.all(
+    const [trained, other, prepared, tinyPrepared, hugePrepared] = await Promise.all(
       [
         [...trainArgs(STEPS, 'ckpt-a'), ...evalArgs],
         trainArgs(OTHER_STEPS, 'ckpt-b'),
         prepArgs,
         flow.prepArgs('tiny', join(dir, 'data')),
+        flow.prepArgs('huge', join(dir, 'data')),
       ].map((a) => nmoeAsync(a).done),
     );
-    for (const r of [trained, other, prepared, flowPrepared]) expect(r!.code, r!.out).toBe(0);
+    for (const r of [trained, other, prepared, tinyPrepared, hugePrepared]) expect(r!.code, r!.out).toBe(0);
     writeSidecar(join(dir, 'data', 'graded', 'web.jsonl'));
     trainLog = trained!.out;
     server = await startVizServer({
@@ -357,6 +358,12 @@ describe.skipIf(!haveChromium)('nmoe viz in a browser', () => {
       ]);
     }
     await shoot(page, 'datasets-flow');
+    // A flow whose inputs hold less than its quotas: each source is marked short.
+    await page.goto(new URL('/datasets?path=flows/huge', server.url).href);
+    await ready(page);
+    const short = page.locator('[data-table="flow-stage-pretrain"] tbody tr[data-state="short"]');
+    expect(await short.count()).toBe(2);
+    await expect(short.first().locator('td.warn').textContent()).resolves.toMatch(/^short/);
 
     await page.goto(new URL('/datasets?path=graded', server.url).href);
     await ready(page);

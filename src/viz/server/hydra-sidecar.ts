@@ -51,29 +51,33 @@ export async function hydraSidecar(root: string, rel: string, bins: number): Pro
   // A bad line is reported once the next one shows it was not the last (a write in progress).
   let pending: string | null = null;
   let n = 0;
-  const lines = createInterface({ input: createReadStream(file), crlfDelay: Infinity });
-  for await (const line of lines) {
-    n++;
-    if (line.trim() === '') continue;
-    if (pending) throw new UserError(pending);
-    let row: unknown;
-    let problem: string | null;
-    try {
-      row = JSON.parse(line);
-      problem = gradeProblem(row);
-    } catch {
-      problem = 'is not JSON';
+  const input = createReadStream(file);
+  try {
+    for await (const line of createInterface({ input, crlfDelay: Infinity })) {
+      n++;
+      if (line.trim() === '') continue;
+      if (pending) throw new UserError(pending);
+      let row: unknown;
+      let problem: string | null;
+      try {
+        row = JSON.parse(line);
+        problem = gradeProblem(row);
+      } catch {
+        problem = 'is not JSON';
+      }
+      if (problem) {
+        pending = `${rel}:${n} ${problem}: not a line of a HYDRA sidecar. Fix: open a file written by \`nmoe data hydra grade\`.`;
+        continue;
+      }
+      const g = row as Grade;
+      out.documents++;
+      out.decisions[g.decision]++;
+      out.probe.counts[bin(g.probe, bins)]!++;
+      if (g.aggregated === null) out.early_drops++;
+      else out.aggregated.counts[bin(g.aggregated, bins)]!++;
     }
-    if (problem) {
-      pending = `${rel}:${n} ${problem}: not a line of a HYDRA sidecar. Fix: open a file written by \`nmoe data hydra grade\`.`;
-      continue;
-    }
-    const g = row as Grade;
-    out.documents++;
-    out.decisions[g.decision]++;
-    out.probe.counts[bin(g.probe, bins)]!++;
-    if (g.aggregated === null) out.early_drops++;
-    else out.aggregated.counts[bin(g.aggregated, bins)]!++;
+  } finally {
+    input.destroy(); // also when a bad line ends the read early
   }
   return out;
 }

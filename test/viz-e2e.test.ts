@@ -1,5 +1,6 @@
 /**
  * The dashboard end to end, as a researcher uses it: real runs from `nmoe train`, a dataset from `nmoe data prep`,
+ * a flow from `nmoe data prep-mixture` and a HYDRA sidecar,
  * the real server (startVizServer) serving the committed bundle in viz-dist/, and Debian's Chromium driven by
  * playwright-core. Every page must render the real data (charts with points, numbers equal to the API's and to the
  * trainer's own log) without a console error, and a page open on a training run must show its new steps live.
@@ -10,11 +11,19 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { GpuResponse, RouterResponse, RunsResponse, SeriesResponse, TagsResponse } from '../src/viz/api.ts';
+import type {
+  FlowResponse,
+  GpuResponse,
+  RouterResponse,
+  RunsResponse,
+  SeriesResponse,
+  TagsResponse,
+} from '../src/viz/api.ts';
 import { embeddedDocuments } from '../src/data/embedded-corpus.ts';
 import { normalizeText } from '../src/data/text.ts';
 import { startVizServer, type VizServer } from '../src/viz/server/server.ts';
 import { nmoeAsync, removeTempDirs, tempDir, writeJsonl } from './fixtures/data/helpers.ts';
+import { FLOW_SEQ_LEN, SIDECAR_GRADES, flowFixture, writeSidecar } from './helpers/viz-data.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const SCREENSHOTS = fileURLToPath(new URL('../test-artifacts/viz/', import.meta.url));
@@ -121,17 +130,29 @@ describe.skipIf(!haveChromium)('nmoe viz in a browser', () => {
       '-j',
       '1',
     ];
-    const [trained, other, prepared] = await Promise.all(
-      [[...trainArgs(STEPS, 'ckpt-a'), ...evalArgs], trainArgs(OTHER_STEPS, 'ckpt-b'), prepArgs].map(
-        (a) => nmoeAsync(a).done,
-      ),
+    const flow = flowFixture(dir);
+    const [trained, other, prepared, tinyPrepared, hugePrepared] = await Promise.all(
+      [
+        [...trainArgs(STEPS, 'ckpt-a'), ...evalArgs],
+        trainArgs(OTHER_STEPS, 'ckpt-b'),
+        prepArgs,
+        flow.prepArgs('tiny', join(dir, 'data')),
+        flow.prepArgs('huge', join(dir, 'data')),
+      ].map((a) => nmoeAsync(a).done),
     );
-    for (const r of [trained, other, prepared]) expect(r!.code, r!.out).toBe(0);
+    for (const r of [trained, other, prepared, tinyPrepared, hugePrepared]) expect(r!.code, r!.out).toBe(0);
+    writeSidecar(join(dir, 'data', 'graded', 'web.jsonl'));
     trainLog = trained!.out;
     server = await startVizServer({
       metricsDir: metricsDir(),
       experimentsDb: join(dir, 'experiments.db'),
       dataRoot: join(dir, 'data'),
+      flowTomls: {
+        mixtureToml: flow.mixtureToml,
+        flowProfilesToml: flow.flowProfilesToml,
+        seqLen: FLOW_SEQ_LEN,
+        activeParamsB: null,
+      },
       host: '127.0.0.1',
       port: 0,
     });
@@ -311,6 +332,53 @@ describe.skipIf(!haveChromium)('nmoe viz in a browser', () => {
     expect(text.length).toBeGreaterThan(200);
     expect(docs.some((d) => normalizeText(d.text).startsWith(text))).toBe(true);
     await shoot(page, 'datasets');
+    expect(errors).toEqual([]);
+  });
+
+  it('datasets page: a flow, a table per stage with quotas against tokens on disk; a graded set, its decisions and histograms', async () => {
+    const { page, errors } = await open('/datasets?path=flows');
+    await page.locator('[data-table="listing"] a', { hasText: 'tiny/' }).click();
+    await page.waitForURL('**/datasets?path=flows%2Ftiny');
+    await ready(page);
+    const flow = await api<FlowResponse>('/api/datasets/flow?flow=tiny');
+    await expect(page.locator('[data-flow="tiny"]').textContent()).resolves.toContain(flow.plan_hash);
+    const rows = page.locator('[data-table="flow-stage-pretrain"] tbody tr');
+    expect(await rows.count()).toBe(2);
+    for (const [i, s] of flow.stages[0]!.sources.entries()) {
+      const row = rows.nth(i);
+      expect(await row.getAttribute('data-source')).toBe(s.id);
+      expect(await row.getAttribute('data-state')).toBe('complete');
+      const cells = await row.locator('td').allTextContents();
+      expect(cells.slice(0, 5)).toEqual([
+        s.id,
+        `${(s.weight * 100).toFixed(1)}%`,
+        s.quota_sequences.toLocaleString('en-US'),
+        s.quota_tokens.toLocaleString('en-US'),
+        s.tokens.toLocaleString('en-US'),
+      ]);
+    }
+    await shoot(page, 'datasets-flow');
+    // A flow whose inputs hold less than its quotas: each source is marked short.
+    await page.goto(new URL('/datasets?path=flows/huge', server.url).href);
+    await ready(page);
+    const short = page.locator('[data-table="flow-stage-pretrain"] tbody tr[data-state="short"]');
+    expect(await short.count()).toBe(2);
+    await expect(short.first().locator('td.warn').textContent()).resolves.toMatch(/^short/);
+
+    await page.goto(new URL('/datasets?path=graded', server.url).href);
+    await ready(page);
+    await page.locator('[data-table="listing"] a', { hasText: 'web.jsonl' }).click();
+    await page.waitForURL(/graded=graded%2Fweb\.jsonl/);
+    await ready(page);
+    const count = (d: string) => page.locator(`[data-decision="${d}"]`).getAttribute('data-count');
+    expect([await count('keep'), await count('band'), await count('drop')]).toEqual(['4', '2', '4']);
+    const judged = SIDECAR_GRADES.filter((g) => g.aggregated !== null).length;
+    expect(await points(page, 'hydra/aggregated')).toBe(judged);
+    expect(await points(page, 'hydra/probe')).toBe(SIDECAR_GRADES.length);
+    // uPlot drew the bars: the chart's canvas is there and has width.
+    const canvas = chart(page, 'hydra/aggregated').locator('canvas');
+    expect((await canvas.boundingBox())!.width).toBeGreaterThan(100);
+    await shoot(page, 'datasets-graded');
     expect(errors).toEqual([]);
   });
 

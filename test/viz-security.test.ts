@@ -32,6 +32,23 @@ beforeAll(async () => {
   writeNpy(join(dataRoot, 'shard.npy'), Uint32Array.of(5, 6, 0, 7, 0));
   symlinkSync(outside, join(dataRoot, 'escape'));
   symlinkSync(join(outside, 'secret.npy'), join(dataRoot, 'escape.npy'));
+  writeFileSync(
+    join(outside, 'secret.jsonl'),
+    '{"id":"x","probe":0.5,"scores":null,"aggregated":null,"decision":"drop"}\n',
+  );
+  symlinkSync(join(outside, 'secret.jsonl'), join(dataRoot, 'escape.jsonl'));
+  // Flows planned from TOMLs outside the data root (as the server is given them): `out` is a symlink out of the
+  // root, and `deep` a real folder whose source folder is one.
+  const flow = (name: string) =>
+    `[flow.${name}]\nmode = "dev"\nstages = ["pretrain"]\nscale = 0.000001\n[flow.${name}.mixture]\npretrain = "m"\n`;
+  writeFileSync(
+    join(dir, 'mix.toml'),
+    '[mixtures.m]\ntotal_tokens_b = 1.0\n[[mixtures.m.sources]]\nid = "a"\ntokens_b = 1.0\n',
+  );
+  writeFileSync(join(dir, 'flows.toml'), flow('out') + flow('deep'));
+  mkdirSync(join(dataRoot, 'flows', 'deep', 'pretrain', 'a'), { recursive: true });
+  symlinkSync(outside, join(dataRoot, 'flows', 'out'));
+  symlinkSync(outside, join(dataRoot, 'flows', 'deep', 'pretrain', 'a', 'train'));
   // Siblings whose names start with the root's: "inside" must mean under `data/`, not any path starting "data".
   for (const [root, sibling] of [
     [dataRoot, `${dataRoot}-evil`],
@@ -49,6 +66,12 @@ beforeAll(async () => {
     metricsDir,
     experimentsDb: join(dir, 'none.db'),
     dataRoot,
+    flowTomls: {
+      mixtureToml: join(dir, 'mix.toml'),
+      flowProfilesToml: join(dir, 'flows.toml'),
+      seqLen: 32,
+      activeParamsB: null,
+    },
     host: '127.0.0.1',
     port: 0,
     webRoot: join(dir, 'web'),
@@ -84,6 +107,7 @@ describe('nmoe viz refuses', () => {
       '/api/datasets/shard/window?path=',
       '/api/datasets/index/header?path=',
       '/api/datasets/index/doc?doc_idx=0&shard_path=',
+      '/api/datasets/hydra?path=',
     ];
     for (const route of routes) {
       expect(await refused(`${route}..`, 400)).toMatch(/contains '\.\.'/);
@@ -101,8 +125,27 @@ describe('nmoe viz refuses', () => {
     const listing = JSON.parse((await rawRequest(server.url, { path: '/api/datasets' })).body) as {
       entries: { name: string }[];
     };
-    expect(listing.entries.map((e) => e.name)).toEqual(['shard.npy']); // the symlinks out are not listed
+    expect(listing.entries.map((e) => e.name)).toEqual(['flows', 'shard.npy']); // the symlinks out are not listed
     expect(await refused('/api/datasets?path=nothing/here', 404)).toMatch(/does not exist/);
+  });
+
+  it('flows and HYDRA sidecars outside the data root: flow names that are not folder names, symlinks out', async () => {
+    for (const flow of ['..', '.', '..%2f..%2fetc', 'a%2fb', '%2Fetc', 'f%00x'])
+      expect(await refused(`/api/datasets/flow?flow=${flow}`, 400), flow).toMatch(/not a flow name|NUL byte/);
+    expect(await refused('/api/datasets/flow?flow=out', 400)).toMatch(/flow="flows\/out" leads outside the root/);
+    expect(await refused('/api/datasets/flow?flow=deep', 400)).toMatch(
+      /flow="flows\/deep\/pretrain\/a\/train" leads outside the root/,
+    );
+    const flows = JSON.parse((await rawRequest(server.url, { path: '/api/datasets/flows' })).body) as {
+      flows: { name: string; on_disk: boolean }[];
+    };
+    // `out` is planned but its folder, leading out, is not counted as on disk.
+    expect(flows.flows).toEqual([
+      { name: 'deep', on_disk: true, planned: true },
+      { name: 'out', on_disk: false, planned: true },
+    ]);
+    expect(await refused('/api/datasets/hydra?path=escape.jsonl', 400)).toMatch(/leads outside the root/);
+    expect(await refused('/api/datasets/hydra?path=escape/secret.jsonl', 400)).toMatch(/leads outside the root/);
   });
 
   it('run names that are not run directories, and runs that are unknown or lead outside', async () => {

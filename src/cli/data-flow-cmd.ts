@@ -8,7 +8,7 @@
 import { CommanderError, type Command } from 'commander';
 import pc from 'picocolors';
 import { defaultConfig } from '../config/schema.ts';
-import { type FlowRef, resolveFlow } from '../data/flow/plan.ts';
+import { DEFAULT_FLOW_SEQ_LEN, type FlowRef, resolveFlow } from '../data/flow/plan.ts';
 import { type MixturePrepSettings, planMixturePrep, runMixturePrep } from '../data/flow/prep-mixture.ts';
 import { type SourceStatus, flowProblems, sourceStatus } from '../data/flow/status.ts';
 import { mergeManifests } from '../data/merge-manifests.ts';
@@ -18,9 +18,6 @@ import { type FilterFlags, filtersFrom } from './filter-flags.ts';
 import { numberOption } from './flags.ts';
 import { addPrepSettings, count, prepProgress } from './prep-flags.ts';
 import { Progress, onInterrupt } from './progress.ts';
-
-/** The reference's prep-mixture resolves its plan at seq_len 4096, the training default. */
-const DEFAULT_SEQ_LEN = 4096;
 
 interface FlowFlags {
   flow: string;
@@ -40,7 +37,7 @@ function flowArguments(cmd: Command): Command {
       '--seq-len <n>',
       "the training config's seq_len (quotas are in sequences, so the plan depends on it)",
       count(1),
-      DEFAULT_SEQ_LEN,
+      DEFAULT_FLOW_SEQ_LEN,
     )
     .option(
       '--active-params-b <x>',
@@ -62,7 +59,7 @@ function flowRef(mixtureToml: string, flowProfilesToml: string, o: FlowFlags, da
 
 /** The prep-mixture command line that builds `ref`, for the fixes of `flow verify`. */
 function prepCommand(ref: FlowRef): string {
-  const seq = ref.seqLen === DEFAULT_SEQ_LEN ? '' : ` --seq-len ${ref.seqLen}`;
+  const seq = ref.seqLen === DEFAULT_FLOW_SEQ_LEN ? '' : ` --seq-len ${ref.seqLen}`;
   const active = ref.activeParamsB === null ? '' : ` --active-params-b ${ref.activeParamsB}`;
   return `nmoe data prep-mixture ${ref.mixtureToml} ${ref.flowProfilesToml} --flow ${ref.flow} -o ${ref.dataRoot}${seq}${active}`;
 }

@@ -237,3 +237,71 @@ export interface IndexDocResponse {
   truncated: boolean;
   text: string | null;
 }
+
+/**
+ * GET /api/datasets/flows: the flows under `<data_root>/flows/` and those of the flow-profiles TOML the server was
+ * started with (`nmoe viz --mixture M --flow-profiles F`); `mixture_toml` and `flow_profiles_toml` are null without.
+ */
+export interface FlowsResponse {
+  mixture_toml: string | null;
+  flow_profiles_toml: string | null;
+  /** The seq_len the plans resolve at (`--seq-len`); null without the TOMLs. */
+  seq_len: number | null;
+  /** Sorted by name. `on_disk`: `flows/<name>/` exists; `planned`: the flow-profiles TOML defines `[flow.<name>]`. */
+  flows: { name: string; on_disk: boolean; planned: boolean }[];
+}
+
+/** Where a flow's source stands against its quota, as `nmoe data flow show` says it. */
+export type FlowSourceState = 'complete' | 'short' | 'missing' | 'unfinished' | 'damaged';
+
+/**
+ * GET /api/datasets/flow?flow=NAME: the flow's plan as the loader resolves it from the server's TOMLs (its
+ * plan_hash is the one a run on it records), and per stage each source's weight, quota and tokens on disk.
+ */
+export interface FlowResponse {
+  flow: string;
+  flow_mode: string;
+  plan_id: string;
+  plan_hash: string;
+  seq_len: number;
+  /** `flows/<flow>`, relative to the data root. */
+  path: string;
+  stages: {
+    stage: string;
+    /** The stage's `[mixtures.<mixture>]`. */
+    mixture: string;
+    total_tokens_b: number;
+    sources: {
+      id: string;
+      /** The source's share of its stage, 0..1. */
+      weight: number;
+      quota_sequences: number;
+      /** Tokens the loader reads from it in one pass: quota_sequences x (seq_len + 1). */
+      quota_tokens: number;
+      tokens: number;
+      shards: number;
+      tokenizers: string[];
+      state: FlowSourceState;
+      /** The loader's message for a damaged source; null otherwise. */
+      damage: string | null;
+      /** Its folder relative to the data root, `flows/<flow>/<stage>/<source>/train`. */
+      path: string;
+    }[];
+  }[];
+}
+
+/**
+ * GET /api/datasets/hydra?path=P[&bins=20] (P: a sidecar `.jsonl` written by `nmoe data hydra grade`; bins 2..200):
+ * its decisions counted and histograms over [0, 1] of the aggregated judge score and of the probe score, read
+ * line by line.
+ */
+export interface HydraSidecarResponse {
+  path: string;
+  documents: number;
+  decisions: { keep: number; band: number; drop: number };
+  /** Documents the probe dropped before the judge ran (no aggregated score). */
+  early_drops: number;
+  /** `bins` equal bins over [0, 1], the last one closed: `counts[i]` holds scores in [i/bins, (i+1)/bins). */
+  aggregated: { bins: number; counts: number[] };
+  probe: { bins: number; counts: number[] };
+}

@@ -5,6 +5,9 @@
  */
 import { type MixturePlan, type SourcePlan, flowSourceDir, resolvePlan, sourceTokenQuota } from '../loader/mixture.ts';
 
+/** The seq_len plans resolve at unless told (the reference's prep-mixture's, and the training default). */
+export const DEFAULT_FLOW_SEQ_LEN = 4096;
+
 export interface FlowRef {
   mixtureToml: string;
   flowProfilesToml: string;

@@ -8,6 +8,7 @@ import { Hono } from 'hono';
 import { UserError } from '../../util/errors.ts';
 import { datasetRoutes } from './dataset-routes.ts';
 import { HttpError } from './errors.ts';
+import type { FlowTomls } from './flows.ts';
 import type { MetricsStore } from './metrics-store.ts';
 import { metricsRoutes } from './metrics-routes.ts';
 import type { RegistryReader } from './registry-read.ts';
@@ -18,6 +19,8 @@ export interface VizContext {
   store: MetricsStore;
   registry: RegistryReader;
   dataRoot: string;
+  /** The TOMLs flows are planned from; null when the server was started without them. */
+  flowTomls: FlowTomls | null;
 }
 
 const LOOPBACK_NAMES = new Set(['127.0.0.1', 'localhost', '[::1]']);

@@ -1,7 +1,12 @@
-/** Routes over the data root: listings, manifests, shard statistics and windows, .idx summaries and documents. */
+/**
+ * Routes over the data root: listings, manifests, shard statistics and windows, .idx summaries and documents,
+ * flows and HYDRA sidecars.
+ */
 import type { Context, Hono } from 'hono';
 import type { VizContext } from './app.ts';
 import { indexDoc, indexHeader, listDir, manifestPreview, shardStats, shardWindow } from './datasets.ts';
+import { flowStatus, listFlows } from './flows.ts';
+import { hydraSidecar } from './hydra-sidecar.ts';
 import { intParam, optionalIntParam, stringParam } from './params.ts';
 
 const MAX_TOKEN_ID = 2 ** 32 - 1;
@@ -10,7 +15,7 @@ const MAX_INDEX = Number.MAX_SAFE_INTEGER;
 
 const path = (c: Context, name = 'path') => stringParam(c, name, { required: true });
 
-export function datasetRoutes(app: Hono, { dataRoot }: VizContext): void {
+export function datasetRoutes(app: Hono, { dataRoot, flowTomls }: VizContext): void {
   app.get('/api/datasets', (c) => c.json(listDir(dataRoot, stringParam(c, 'path') ?? '.')));
 
   app.get('/api/datasets/manifest', (c) =>
@@ -50,5 +55,15 @@ export function datasetRoutes(app: Hono, { dataRoot }: VizContext): void {
         intParam(c, 'max_tokens', { min: 1, max: 65_536, def: 4096 }),
       ),
     ),
+  );
+
+  app.get('/api/datasets/flows', (c) => c.json(listFlows(dataRoot, flowTomls)));
+
+  app.get('/api/datasets/flow', (c) =>
+    c.json(flowStatus(dataRoot, flowTomls, stringParam(c, 'flow', { required: true }))),
+  );
+
+  app.get('/api/datasets/hydra', async (c) =>
+    c.json(await hydraSidecar(dataRoot, path(c), intParam(c, 'bins', { min: 2, max: 200, def: 20 }))),
   );
 }

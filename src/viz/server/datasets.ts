@@ -24,7 +24,7 @@ import { confine, isInside, realInside } from './paths.ts';
 import { quantile } from '../../util/quantile.ts';
 
 /** A path as the client gave it, in canonical form ('.' for the root). */
-const canonical = (rel: string) => posix.normalize(rel.replace(/\\/g, '/')).replace(/\/$/, '') || '.';
+export const canonical = (rel: string) => posix.normalize(rel.replace(/\\/g, '/')).replace(/\/$/, '') || '.';
 
 export function listDir(root: string, rel: string): DatasetsListResponse {
   const dir = confine(root, rel, 'path');

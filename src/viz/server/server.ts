@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { createAdaptorServer } from '@hono/node-server';
 import { UserError } from '../../util/errors.ts';
 import { createApp } from './app.ts';
+import type { FlowTomls } from './flows.ts';
 import { MetricsStore } from './metrics-store.ts';
 import { RegistryReader } from './registry-read.ts';
 
@@ -17,6 +18,8 @@ export interface VizServerOptions {
   metricsDir: string;
   experimentsDb: string;
   dataRoot: string;
+  /** The mixture and flow-profiles TOMLs the datasets page plans flows from. */
+  flowTomls?: FlowTomls;
   host: string;
   port: number;
   webRoot?: string;
@@ -34,7 +37,7 @@ export async function startVizServer(opts: VizServerOptions): Promise<VizServer>
   const store = new MetricsStore(opts.metricsDir, (run) =>
     ['completed', 'killed', 'failed'].includes(registry.run(run)?.status ?? 'unknown'),
   );
-  const ctx = { store, registry, dataRoot: opts.dataRoot };
+  const ctx = { store, registry, dataRoot: opts.dataRoot, flowTomls: opts.flowTomls ?? null };
   const app = createApp(ctx, { webRoot: opts.webRoot ?? DEFAULT_WEB_ROOT, loopbackOnly: LOOPBACK.has(opts.host) });
   const server = createAdaptorServer({ fetch: app.fetch }) as Server;
   await new Promise<void>((resolve, reject) => {

@@ -8,7 +8,10 @@ import type {
   DatasetsListResponse,
   ExperimentRunsResponse,
   ExperimentsResponse,
+  FlowResponse,
+  FlowsResponse,
   GpuResponse,
+  HydraSidecarResponse,
   IndexDocResponse,
   IndexHeaderResponse,
   RouterHeatmapResponse,
@@ -63,6 +66,9 @@ export const endpoints = {
   shardWindow: (path: string, offset: number, length: number) =>
     endpoint<ShardWindowResponse>('/api/datasets/shard/window', { path, offset, length }),
   indexHeader: (path: string) => endpoint<IndexHeaderResponse>('/api/datasets/index/header', { path }),
+  flows: () => endpoint<FlowsResponse>('/api/datasets/flows'),
+  flow: (flow: string) => endpoint<FlowResponse>('/api/datasets/flow', { flow }),
+  hydra: (path: string) => endpoint<HydraSidecarResponse>('/api/datasets/hydra', { path }),
   indexDoc: (shardPath: string, docIdx: number) =>
     endpoint<IndexDocResponse>('/api/datasets/index/doc', { shard_path: shardPath, doc_idx: docIdx, max_tokens: 4096 }),
 };

@@ -38,17 +38,20 @@ beforeAll(async () => {
   );
   symlinkSync(join(outside, 'secret.jsonl'), join(dataRoot, 'escape.jsonl'));
   // Flows planned from TOMLs outside the data root (as the server is given them): `out` is a symlink out of the
-  // root, and `deep` a real folder whose source folder is one.
+  // root, `deep` a real folder whose source folder is one, and `leaky` real folders holding a shard that is one.
   const flow = (name: string) =>
     `[flow.${name}]\nmode = "dev"\nstages = ["pretrain"]\nscale = 0.000001\n[flow.${name}.mixture]\npretrain = "m"\n`;
   writeFileSync(
     join(dir, 'mix.toml'),
     '[mixtures.m]\ntotal_tokens_b = 1.0\n[[mixtures.m.sources]]\nid = "a"\ntokens_b = 1.0\n',
   );
-  writeFileSync(join(dir, 'flows.toml'), flow('out') + flow('deep'));
+  writeFileSync(join(dir, 'flows.toml'), flow('out') + flow('deep') + flow('leaky'));
   mkdirSync(join(dataRoot, 'flows', 'deep', 'pretrain', 'a'), { recursive: true });
   symlinkSync(outside, join(dataRoot, 'flows', 'out'));
   symlinkSync(outside, join(dataRoot, 'flows', 'deep', 'pretrain', 'a', 'train'));
+  mkdirSync(join(dataRoot, 'flows', 'leaky', 'pretrain', 'a', 'train'), { recursive: true });
+  writeNpy(join(outside, 'secret.npy'), Uint32Array.of(1, 2, 0));
+  symlinkSync(join(outside, 'secret.npy'), join(dataRoot, 'flows', 'leaky', 'pretrain', 'a', 'train', 'x.npy'));
   // Siblings whose names start with the root's: "inside" must mean under `data/`, not any path starting "data".
   for (const [root, sibling] of [
     [dataRoot, `${dataRoot}-evil`],
@@ -136,12 +139,16 @@ describe('nmoe viz refuses', () => {
     expect(await refused('/api/datasets/flow?flow=deep', 400)).toMatch(
       /flow="flows\/deep\/pretrain\/a\/train" leads outside the root/,
     );
+    // A shard that is a symlink is never read: the listing walks real files only, so nothing outside is counted.
+    const leaky = JSON.parse((await rawRequest(server.url, { path: '/api/datasets/flow?flow=leaky' })).body);
+    expect(leaky.stages[0].sources[0]).toMatchObject({ tokens: 0, shards: 0, state: 'missing' });
     const flows = JSON.parse((await rawRequest(server.url, { path: '/api/datasets/flows' })).body) as {
       flows: { name: string; on_disk: boolean }[];
     };
     // `out` is planned but its folder, leading out, is not counted as on disk.
     expect(flows.flows).toEqual([
       { name: 'deep', on_disk: true, planned: true },
+      { name: 'leaky', on_disk: true, planned: true },
       { name: 'out', on_disk: false, planned: true },
     ]);
     expect(await refused('/api/datasets/hydra?path=escape.jsonl', 400)).toMatch(/leads outside the root/);

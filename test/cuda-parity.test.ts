@@ -14,6 +14,7 @@ import { muonStep, newtonSchulz5 } from '../src/optim/muon.ts';
 import type { Backend } from '../src/tensor/backend.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import type { CudaBackend } from '../src/tensor/cuda/backend.ts';
+import { fp8Codes } from '../src/tensor/cuda/fp8-plan.ts';
 import type { GroupedGemmOptions } from '../src/tensor/cuda/grouped-options.ts';
 import { quantizeFp8 } from '../src/tensor/fp8.ts';
 import { selectBackend } from '../src/tensor/select.ts';
@@ -495,7 +496,7 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
       'the quantisers write fp8.ts codes and scales; the forward grouped GEMM matches the emulation',
       async () => {
         // Imported here: the module loads the CUDA driver.
-        const { fp8Codes, fp8GroupedMatmul, quantizeExperts, quantizeRows, quantizeSegments } =
+        const { fp8GroupedMatmul, quantizeExperts, quantizeRows, quantizeSegments } =
           await import('../src/tensor/cuda/ops/fp8.ts');
         const g = cuda!;
         const counts = [0, 130, 1, 257, 7, 205],

@@ -17,8 +17,8 @@
  * Exit code 1 when anything failed.
  */
 import { CudaBackend } from '../src/tensor/cuda/backend.ts';
+import { fp8Codes } from '../src/tensor/cuda/fp8-plan.ts';
 import {
-  fp8Codes,
   fp8GroupedMatmul,
   quantizeExperts,
   quantizeRows,

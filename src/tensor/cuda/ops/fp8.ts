@@ -5,10 +5,11 @@
  * CPU emulation and times the GEMM beside the bf16 one.
  *
  * Codes live in i32 tensors, four E4M3 bytes a word in memory order (the Tensor dtypes have no byte type);
- * fp8Codes unpacks a download.
+ * fp8-plan.ts's fp8Codes unpacks a download.
  */
 import { FP8_BLOCK } from '../../fp8.ts';
 import type { Tensor } from '../../tensor.ts';
+import { fp8FwdSmem, maxSegmentChunks } from '../fp8-plan.ts';
 import { KERNEL_CONSTANTS as K } from '../kernel-constants.ts';
 import { FP8 } from '../kernels/fp8.ts';
 import { GROUPED_FP8_SM90 } from '../kernels/grouped_fp8_sm90.ts';
@@ -33,11 +34,6 @@ const up = (n: number) => Math.ceil(n / FP8_BLOCK);
 /** An i32 tensor of at least `n` bytes, for codes. */
 function codeWords(c: CudaContext, n: number): Tensor {
   return c.empty([Math.max(1, Math.ceil(n / 4))], 'i32');
-}
-
-/** The first `n` codes of a downloaded code tensor. */
-export function fp8Codes(words: Int32Array, n: number): Uint8Array {
-  return new Uint8Array(words.buffer, words.byteOffset, n).slice();
 }
 
 function matrix(x: Tensor, what: string): [number, number] {
@@ -77,11 +73,6 @@ export function quantizeExperts(c: CudaContext, w: Tensor): Fp8Weights {
   return { codes, scales, transposed };
 }
 
-/** The most 128-row chunks `experts` segments of `rows` rows in all can make: one short chunk per expert at most. */
-export function maxSegmentChunks(rows: number, experts: number): number {
-  return up(rows) + experts;
-}
-
 /**
  * 128 x 1 tiles down each column within each segment of `offsets` (E + 1 row offsets): scales [chunks, cols] for the
  * most chunks any routing of x's rows can make; only the routing's own chunks are written.
@@ -100,17 +91,6 @@ export function quantizeSegments(c: CudaContext, x: Tensor, offsets: Tensor): Fp
   );
   return { codes, scales };
 }
-
-/** Dynamic shared memory of grouped_fp8_gemm_sm90 (Fp8FwdPlan): 1 KB of slack, stages of a 128 x 128 byte A and B
- *  tile, 32 KB of epilogue staging, the mbarriers. */
-export function fp8FwdSmem(): number {
-  const stage = 2 * 128 * FP8_BLOCK,
-    c = 32768,
-    n = Math.min(8, Math.floor((K.SM90_SMEM_LIMIT - 1024 - c - 256) / stage));
-  return 1024 + n * stage + c + 16 * n;
-}
-// grouped_fp8_sm90.cu static_asserts the same number.
-if (fp8FwdSmem() !== 230496) throw new Error('ops/fp8.ts: the shared-memory plan disagrees with grouped_fp8_sm90.cu');
 
 /**
  * y[seg_e] = x[seg_e] @ W[e] in fp8: x's row tiles (quantizeRows of x [rows, din]) times W's blocks (quantizeExperts

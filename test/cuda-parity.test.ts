@@ -493,7 +493,7 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
   describe('fp8 expert kernels (sm_90a only; training does not use them yet)', () => {
     const cuda = gpu as CudaBackend | null;
     it.runIf(cuda?.dev.info.arch === 'sm_90a')(
-      'the quantisers write fp8.ts codes and scales; the forward grouped GEMM matches the emulation',
+      'the quantisers write fp8.ts codes and scales; the forward and input-gradient GEMMs match the emulation',
       async () => {
         // Imported here: the module loads the CUDA driver.
         const { fp8GroupedMatmul, quantizeExperts, quantizeRows, quantizeSegments } =
@@ -503,7 +503,7 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           E = counts.length,
           rows = 600,
           Din = 272,
-          Dout = 200;
+          Dout = 208; // TMA strides: 16-byte multiples, and both widths have partial k and column tiles
         const offsets = [0];
         for (const n of counts) offsets.push(offsets.at(-1)! + n);
         const x = g.upload(hostRandn(rows * Din), [rows, Din], 'bf16'),
@@ -556,6 +556,21 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
           'fp8',
         );
         expect(relErr(await g.read(y), await cpu.read(want))).toBeLessThan(5e-3);
+        // The input gradient's product dy @ W^T on the same weights (W [E, dout, din] as stored is K-major in din).
+        const dyH = hostRandn(rows * Dout);
+        const dy = g.upload(dyH, [rows, Dout], 'bf16'),
+          dys = (await g.read(dy)) as Float32Array;
+        const dx = g.empty([rows, Din], 'bf16');
+        const dxShape = { rows, din: Dout, dout: Din, experts: E };
+        fp8GroupedMatmul(g, quantizeRows(g, dy), qw, dxShape, seg.offsets, g.groupedTiles(seg.offsets), dx, true);
+        const wantDx = cpu.groupedMatmul(
+          cpu.upload(dys, [rows, Dout], 'f32'),
+          cpu.upload(ws, [E, Din, Dout], 'f32'),
+          cpu.upload(Int32Array.from(offsets), [E + 1], 'i32'),
+          true,
+          'fp8',
+        );
+        expect(relErr(await g.read(dx), await cpu.read(wantDx))).toBeLessThan(5e-3);
       },
     );
   });

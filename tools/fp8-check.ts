@@ -10,8 +10,9 @@
  * rows = 8192 tokens x top-6 spread over 64 experts, d 2048, f 1408: the up projection x @ W1).
  * - quantisers: x's row tiles, W1's blocks (and their transposed copy), x's column tiles within the segments must
  *   equal quantizeFp8's codes and scales exactly (a count of mismatches, and the first few);
- * - forward GEMM: y = x @ W1 in fp8 against the fp64 product of the emulated operands (fakeQuantizeFp8's values) on
- *   rows at segment and tile edges (every row for `small`), ||gpu - cpu|| / ||cpu|| < 5e-3;
+ * - GEMMs: the forward y = x @ W1 and the input gradient's dy @ W1^T in fp8, against the fp64 product of the
+ *   emulated operands (fakeQuantizeFp8's values) on rows at segment and tile edges (every row for `small`),
+ *   ||gpu - cpu|| / ||cpu|| < 5e-3;
  * - timing: the median of --iters runs after 3 warm-ups (device events) of the bf16 grouped GEMM, the fp8 GEMM
  *   alone, and the fp8 GEMM with x's quantisation, TFLOPS as 2 rows d f / time.
  * Exit code 1 when anything failed.
@@ -42,7 +43,7 @@ interface Case {
 
 const CASES: Record<string, () => Case> = {
   small: () => ({ name: 'small', d: 256, f: 192, counts: [0, 130, 1, 257, 0, 400, 7, 205] }),
-  // 49152 rows over 64 experts, uneven (a deterministic spread of 384..1152 rows) like a real routing.
+  // 49152 rows over 64 experts, uneven (a deterministic spread of 384 to 1140 rows) like a real routing.
   moonlet6: () => {
     const counts = Array.from({ length: 64 }, (_, e) => 384 + ((e * 37) % 64) * 12);
     counts[63]! += 49152 - counts.reduce((s, v) => s + v, 0);
@@ -62,7 +63,7 @@ async function f32(t: Tensor): Promise<Float32Array> {
   return (await b.read(t)) as Float32Array;
 }
 
-/** Compares the GPU's codes and scales with fp8.ts's for the same values; codes_t, when given, is the transpose. */
+/** Compares the GPU's codes and scales with fp8.ts's for the same values; returns the GPU's codes. */
 async function compareQuantised(what: string, got: Fp8Device, want: { codes: Uint8Array; scales: Float32Array }) {
   const codes = fp8Codes((await b.read(got.codes)) as Int32Array, want.codes.length);
   const scales = (await f32(got.scales)).subarray(0, want.scales.length);
@@ -150,35 +151,47 @@ async function runCase(c: Case): Promise<void> {
     quantizeFp8(xs, rows, c.d, segments),
   );
 
-  // --- forward GEMM -----------------------------------------------------------------------------------------
+  // --- GEMMs ------------------------------------------------------------------------------------------------
   const plan = b.groupedTiles(seg.offsets);
-  const shape = { rows, din: c.d, dout: c.f, experts };
-  const y = b.empty([rows, c.f], 'bf16');
-  fp8GroupedMatmul(b, qx, qw, shape, seg.offsets, plan, y);
-  const ys = await f32(y);
-  const xq = fakeQuantizeFp8(xs, rows, c.d, { kind: 'rows' });
   const wq = new Float32Array(ws.length);
   for (let e = 0; e < experts; e++)
     wq.set(fakeQuantizeFp8(ws.subarray(e * plane, (e + 1) * plane), c.d, c.f, { kind: 'blocks' }), e * plane);
-  let num = 0,
-    den = 0;
   const rowsChecked = checkedRows(offsets, rows);
-  for (const r of rowsChecked) {
-    let e = 0;
-    while (offsets[e + 1]! <= r) e++;
-    for (let n = 0; n < c.f; n++) {
-      let want = 0;
-      for (let k = 0; k < c.d; k++) want += xq[r * c.d + k]! * wq[e * plane + k * c.f + n]!;
-      num += (ys[r * c.f + n]! - want) ** 2;
-      den += want ** 2;
+  // a [rows, din] (host values) @ W1 [E, d, f] in fp8, or @ W1^T with transB (din = f), against the emulation.
+  const checkProduct = async (what: string, a: Tensor, as: Float32Array, transB: boolean) => {
+    const [din, dout] = transB ? [c.f, c.d] : [c.d, c.f];
+    const y = b.empty([rows, dout], 'bf16');
+    const qa = quantizeRows(b, a);
+    fp8GroupedMatmul(b, qa, qw, { rows, din, dout, experts }, seg.offsets, plan, y, transB);
+    const ys = await f32(y);
+    qa.codes.free();
+    qa.scales.free();
+    const aq = fakeQuantizeFp8(as, rows, din, { kind: 'rows' });
+    let num = 0,
+      den = 0;
+    for (const r of rowsChecked) {
+      let e = 0;
+      while (offsets[e + 1]! <= r) e++;
+      for (let n = 0; n < dout; n++) {
+        let want = 0;
+        for (let k = 0; k < din; k++) want += aq[r * din + k]! * wq[e * plane + (transB ? n * c.f + k : k * c.f + n)]!;
+        num += (ys[r * dout + n]! - want) ** 2;
+        den += want ** 2;
+      }
     }
-  }
-  const rel = Math.sqrt(num / den);
-  report(
-    `[${c.name}] fp8 x @ W1 vs the emulation`,
-    rel < TOL,
-    `relative error ${rel.toExponential(2)} on ${rowsChecked.length} rows`,
-  );
+    const rel = Math.sqrt(num / den);
+    report(
+      `[${c.name}] ${what} vs the emulation`,
+      rel < TOL,
+      `relative error ${rel.toExponential(2)} on ${rowsChecked.length} rows`,
+    );
+    return y;
+  };
+  const y = await checkProduct('fp8 x @ W1 (forward)', x, xs, false);
+  const dy = b.empty([rows, c.f], 'bf16');
+  b.fillNormal(dy, { std: 1, seed: 2024, stream: 3 });
+  await checkProduct('fp8 dy @ W1^T (input gradient)', dy, await f32(dy), true);
+  const shape = { rows, din: c.d, dout: c.f, experts };
 
   // --- timing -----------------------------------------------------------------------------------------------
   const flops = 2 * rows * c.d * c.f;

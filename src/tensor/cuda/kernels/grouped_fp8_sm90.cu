@@ -1,5 +1,11 @@
-// The forward grouped expert GEMM in FP8 for Hopper (sm_90a only): y[seg_e] = x[seg_e] @ W[e], both operands E4M3
-// with DeepSeek-V3's block scales (fp8.cu writes them), bf16 out.
+// The grouped expert GEMM in FP8 for Hopper (sm_90a only), both operands E4M3 with DeepSeek-V3's block scales
+// (fp8.cu writes them), bf16 out:
+//   grouped_fp8_gemm_sm90<0>  the forward, y[seg_e] = x[seg_e] @ W[e] with W [E, din, dout]: B is the weight
+//                             quantiser's transposed copy W^T [E, dout, din] (fp8 wgmma reads both operands K-major
+//                             only), and W's block scales are indexed [e][k block][n block];
+//   grouped_fp8_gemm_sm90<1>  the input gradient, y[seg_e] = x[seg_e] @ W[e]^T with W [E, dout, din] as stored (its
+//                             codes are K-major in din already), W's block scales indexed [e][n block][k block].
+// din and dout are the product's: x [rows, din], y [rows, dout].
 //
 // The structure is grouped_gemm_sm90's (grouped_sm90.cu): persistent CTAs of 384 threads over the device-built list of
 // 128-row tiles (moe.cu), math warpgroups 0 and 1 owning 64 rows x 128 columns each, warpgroup 2 the producer whose
@@ -8,12 +14,12 @@
 // the segment end computed but never stored. What differs:
 //   - a stage is one k block of FP8_BLOCK = 128: a 128-byte swizzle row of E4M3 is exactly one scale's extent, so each
 //     stage is one 128-deep block of both operands' scales;
-//   - fp8 wgmma reads both operands K-major only, so B is fp8_quant_blocks's transposed copy W^T [E, dout, din];
+//   - both operands are K-major (B as above), B's codes [E][dout][din] whichever product it is;
 //   - DeepSeek-V3's promotion: the wgmma accumulators sum one k block (4 x m64n128k32, in the tensor core's own
-//     reduced-precision accumulation), then each thread adds acc * (sa[row, kb] * sb[e, kb, nb]) into fp32 master
+//     reduced-precision accumulation), then each thread adds acc * (sa[row, kb] * W's scale of the block) into fp32 master
 //     accumulators, so the tensor core never accumulates across more than 128 products; the stage is released to the
 //     producer before the promotion, which overlaps the next block's TMA.
-// The output tile is 128 columns wide: one column block of W, one sb scale per (tile, k block).
+// The output tile is 128 columns wide: one block of W across n, one sb scale per (tile, k block).
 #include "sm90.cuh"
 
 #if !defined(FP8_BLOCK)
@@ -55,10 +61,12 @@ __device__ __forceinline__ void wgmma_e4m3_n128(float (&d)[64], u64 da, u64 db, 
       : "l"(da), "l"(db), "r"(accumulate));
 }
 
-// y = x @ W[e] per (row tile, 128-column tile). map_x: x's codes [rows, din] (E4M3), box {128, 128}; map_w: W^T's
-// codes as 3-D {din, dout, E}, box {128, 128, 1} (fp8_quant_blocks's codes_t); both 128-byte swizzled. sa: x's scales
-// [rows, ceil(din / 128)]; sb: W's [E, ceil(din / 128), ceil(dout / 128)]. Grid: at most one CTA per SM (persistent),
-// 384 threads, Fp8FwdPlan::SMEM bytes of dynamic shared memory.
+// y = x @ W[e] (or W[e]^T) per (row tile, 128-column tile). map_x: x's codes [rows, din] (E4M3), box {128, 128};
+// map_w: B's codes [E][dout][din] as 3-D {din, dout, E}, box {128, 128, 1} (fp8_quant_blocks's codes_t, or with
+// TRANS_B its codes); both 128-byte swizzled. sa: x's scales [rows, ceil(din / 128)]; sb: W's block scales,
+// [E, ceil(din / 128), ceil(dout / 128)] (or with TRANS_B [E, ceil(dout / 128), ceil(din / 128)]). Grid: at most one
+// CTA per SM (persistent), 384 threads, Fp8FwdPlan::SMEM bytes of dynamic shared memory.
+template <int TRANS_B>
 __global__ void __launch_bounds__(SM90_THREADS, 1) grouped_fp8_gemm_sm90(const __grid_constant__ TmaMap map_x, const __grid_constant__ TmaMap map_w,
                                                                 const float* sa, const float* sb, bf16* y, const int* offsets, const int* tiles,
                                                                 const int* num_tiles, int din, int dout, int* wd) {
@@ -126,7 +134,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 1) grouped_fp8_gemm_sm90(const _
       for (int i = 0; i < 64; ++i) master[i] = 0.f;
       for (int kb = 0; kb < kblocks; ++kb) {
         // The scales are read before the wait, so their latency hides behind the TMA's.
-        const float wscale = active ? sb[((long)e * kblocks + kb) * nblocks + nb] : 0.f;
+        const long sb_at = TRANS_B ? ((long)e * nblocks + nb) * kblocks + kb : ((long)e * kblocks + kb) * nblocks + nb;
+        const float wscale = active ? sb[sb_at] : 0.f;
         const float scale_a = ra < row_end ? sa[(long)ra * kblocks + kb] * wscale : 0.f;
         const float scale_b = rb < row_end ? sa[(long)rb * kblocks + kb] * wscale : 0.f;
         wait_bar(bars + 8 * s, phase, wd, dead, 1, item, (kb << 8) | (s << 1) | (int)phase);

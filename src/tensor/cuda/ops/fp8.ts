@@ -1,8 +1,8 @@
 /**
  * Host side of the fp8 expert kernels (kernels/fp8.cu, kernels/grouped_fp8_sm90.cu): the three quantisers, which
- * write src/tensor/fp8.ts's codes and scales bit for bit, and the forward grouped GEMM on their output. Nothing in
- * training calls these (expert-format.ts refuses dtype = "fp8" on CUDA); tools/fp8-check.ts checks them against the
- * CPU emulation and times the GEMM beside the bf16 one.
+ * write src/tensor/fp8.ts's codes and scales bit for bit, and the grouped GEMM on their output (the forward, and the
+ * input gradient's product through W^T). Nothing in training calls these (expert-format.ts refuses dtype = "fp8"
+ * on CUDA); tools/fp8-check.ts checks them against the CPU emulation and times the GEMM beside the bf16 one.
  *
  * Codes live in i32 tensors, four E4M3 bytes a word in memory order (the Tensor dtypes have no byte type);
  * fp8-plan.ts's fp8Codes unpacks a download.
@@ -93,9 +93,10 @@ export function quantizeSegments(c: CudaContext, x: Tensor, offsets: Tensor): Fp
 }
 
 /**
- * y[seg_e] = x[seg_e] @ W[e] in fp8: x's row tiles (quantizeRows of x [rows, din]) times W's blocks (quantizeExperts
- * of W [E, din, dout], whose transposed codes are the K-major B operand), into y [rows, dout] bf16; `plan` is the tile
- * list of `offsets` (moeSegments or a MoE plan). din and dout must be multiples of 16 (TMA's stride rule).
+ * y[seg_e] = x[seg_e] @ W[e] (or W[e]^T with transB) in fp8: x's row tiles (quantizeRows of x [rows, din]) times W's
+ * blocks (quantizeExperts of W [E, din, dout], whose transposed codes are the K-major B operand; with transB of
+ * W [E, dout, din], whose codes are), into y [rows, dout] bf16. `plan` is the tile list of `offsets` (moeSegments or
+ * a MoE plan). din must be a multiple of 16 (TMA's stride rule), dout of 8 (the 16-byte stores).
  */
 export function fp8GroupedMatmul(
   c: CudaContext,
@@ -105,6 +106,7 @@ export function fp8GroupedMatmul(
   offsets: Tensor,
   plan: GroupedTiles,
   y: Tensor,
+  transB = false,
 ): void {
   const { rows, din, dout, experts } = shape;
   if (y.dtype !== 'bf16' || y.shape[0] !== rows || y.shape[1] !== dout)
@@ -116,9 +118,10 @@ export function fp8GroupedMatmul(
     strides: [din],
     box: [FP8_BLOCK, K.GROUPED_TM],
   });
-  const mapW = encodeTensorMap('fp8 grouped GEMM W^T', {
+  // Either way B's codes are [E][dout][din], K-major.
+  const mapW = encodeTensorMap(transB ? 'fp8 grouped GEMM W' : 'fp8 grouped GEMM W^T', {
     element: 'e4m3',
-    address: asCuda(w.transposed).ptr,
+    address: asCuda(transB ? w.codes : w.transposed).ptr,
     dims: [din, dout, experts],
     strides: [din, din * dout],
     box: [FP8_BLOCK, 128, 1],
@@ -127,7 +130,12 @@ export function fp8GroupedMatmul(
   c.dev.run(
     GROUPED_FP8_SM90,
     'grouped_fp8_gemm_sm90',
-    { grid: [Math.max(1, Math.min(c.dev.info.multiprocessors, items))], block: K.SM90_THREADS, smem: fp8FwdSmem() },
+    {
+      template: transB ? '1' : '0',
+      grid: [Math.max(1, Math.min(c.dev.info.multiprocessors, items))],
+      block: K.SM90_THREADS,
+      smem: fp8FwdSmem(),
+    },
     {
       map_x: mapX,
       map_w: mapW,

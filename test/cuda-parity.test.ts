@@ -13,7 +13,10 @@ import { Transformer } from '../src/model/transformer.ts';
 import { muonStep, newtonSchulz5 } from '../src/optim/muon.ts';
 import type { Backend } from '../src/tensor/backend.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
+import type { CudaBackend } from '../src/tensor/cuda/backend.ts';
+import { fp8Codes } from '../src/tensor/cuda/fp8-plan.ts';
 import type { GroupedGemmOptions } from '../src/tensor/cuda/grouped-options.ts';
+import { quantizeFp8 } from '../src/tensor/fp8.ts';
 import { selectBackend } from '../src/tensor/select.ts';
 import type { DType, Tensor } from '../src/tensor/tensor.ts';
 import { philoxNormal } from '../src/util/philox.ts';
@@ -486,6 +489,91 @@ describe.skipIf(!gpu)('CUDA backend matches the CPU oracle', () => {
       });
     });
   }
+
+  describe('fp8 expert kernels (sm_90a only; training does not use them yet)', () => {
+    const cuda = gpu as CudaBackend | null;
+    it.runIf(cuda?.dev.info.arch === 'sm_90a')(
+      'the quantisers write fp8.ts codes and scales; the forward and input-gradient GEMMs match the emulation',
+      async () => {
+        // Imported here: the module loads the CUDA driver.
+        const { fp8GroupedMatmul, quantizeExperts, quantizeRows, quantizeSegments } =
+          await import('../src/tensor/cuda/ops/fp8.ts');
+        const g = cuda!;
+        const counts = [0, 130, 1, 257, 7, 205],
+          E = counts.length,
+          rows = 600,
+          Din = 272,
+          Dout = 208; // TMA strides: 16-byte multiples, and both widths have partial k and column tiles
+        const offsets = [0];
+        for (const n of counts) offsets.push(offsets.at(-1)! + n);
+        const x = g.upload(hostRandn(rows * Din), [rows, Din], 'bf16'),
+          w = g.upload(hostRandn(E * Din * Dout, 0.05), [E, Din, Dout], 'bf16');
+        const xs = (await g.read(x)) as Float32Array,
+          ws = (await g.read(w)) as Float32Array;
+        const codes = async (t: Tensor, n: number) => fp8Codes((await g.read(t)) as Int32Array, n);
+        const scales = async (t: Tensor, n: number) => ((await g.read(t)) as Float32Array).slice(0, n);
+
+        const qx = quantizeRows(g, x),
+          wantX = quantizeFp8(xs, rows, Din, { kind: 'rows' });
+        expect(await codes(qx.codes, rows * Din)).toEqual(wantX.codes);
+        expect(await scales(qx.scales, wantX.scales.length)).toEqual(wantX.scales);
+        const qw = quantizeExperts(g, w),
+          plane = Din * Dout;
+        const wCodes = await codes(qw.codes, ws.length),
+          tCodes = await codes(qw.transposed, ws.length),
+          wScales = await scales(qw.scales, qw.scales.numel);
+        for (let e = 0, s = 0; e < E; e++) {
+          const want = quantizeFp8(ws.subarray(e * plane, (e + 1) * plane), Din, Dout, { kind: 'blocks' });
+          expect(wCodes.subarray(e * plane, (e + 1) * plane)).toEqual(want.codes);
+          expect(wScales.subarray(s, s + want.scales.length)).toEqual(want.scales);
+          s += want.scales.length;
+          for (let r = 0; r < Din; r++)
+            for (let k = 0; k < Dout; k++)
+              if (tCodes[e * plane + k * Din + r] !== want.codes[r * Dout + k])
+                expect.fail(`transposed code of expert ${e} at (${r}, ${k})`);
+        }
+        const seg = g.moeSegments(g.upload(Int32Array.from(counts), [E], 'i32'), rows);
+        const qs = quantizeSegments(g, x, seg.offsets),
+          wantS = quantizeFp8(xs, rows, Din, { kind: 'columns', segments: Int32Array.from(offsets) });
+        expect(await codes(qs.codes, rows * Din)).toEqual(wantS.codes);
+        expect(await scales(qs.scales, wantS.scales.length)).toEqual(wantS.scales);
+
+        const y = g.empty([rows, Dout], 'bf16');
+        fp8GroupedMatmul(
+          g,
+          qx,
+          qw,
+          { rows, din: Din, dout: Dout, experts: E },
+          seg.offsets,
+          g.groupedTiles(seg.offsets),
+          y,
+        );
+        const want = cpu.groupedMatmul(
+          cpu.upload(xs, [rows, Din], 'f32'),
+          cpu.upload(ws, [E, Din, Dout], 'f32'),
+          cpu.upload(Int32Array.from(offsets), [E + 1], 'i32'),
+          false,
+          'fp8',
+        );
+        expect(relErr(await g.read(y), await cpu.read(want))).toBeLessThan(5e-3);
+        // The input gradient's product dy @ W^T on the same weights (W [E, dout, din] as stored is K-major in din).
+        const dyH = hostRandn(rows * Dout);
+        const dy = g.upload(dyH, [rows, Dout], 'bf16'),
+          dys = (await g.read(dy)) as Float32Array;
+        const dx = g.empty([rows, Din], 'bf16');
+        const dxShape = { rows, din: Dout, dout: Din, experts: E };
+        fp8GroupedMatmul(g, quantizeRows(g, dy), qw, dxShape, seg.offsets, g.groupedTiles(seg.offsets), dx, true);
+        const wantDx = cpu.groupedMatmul(
+          cpu.upload(dys, [rows, Dout], 'f32'),
+          cpu.upload(ws, [E, Din, Dout], 'f32'),
+          cpu.upload(Int32Array.from(offsets), [E + 1], 'i32'),
+          true,
+          'fp8',
+        );
+        expect(relErr(await g.read(dx), await cpu.read(wantDx))).toBeLessThan(5e-3);
+      },
+    );
+  });
 
   describe('whole model', () => {
     function tiny(extra: string[] = [], path = defaultConfigPath()) {

@@ -4,6 +4,7 @@
  * the values beside it round to the nearer one, saturation at ±448, and the scales of DeepSeek-V3's recipe.
  */
 import { describe, expect, it } from 'vitest';
+import { fp8Codes, fp8FwdSmem, maxSegmentChunks } from '../src/tensor/cuda/fp8-plan.ts';
 import { E4M3_VALUES, decodeE4m3, encodeE4m3, fakeQuantizeFp8, quantizeFp8 } from '../src/tensor/fp8.ts';
 
 const f = new Float32Array(1);
@@ -121,5 +122,42 @@ describe('block scales', () => {
     expect(() => quantizeFp8(x, rows, cols, { kind: 'columns', segments: Int32Array.from([0, 100]) })).toThrow(
       /segments end at 100, not 133/,
     );
+  });
+});
+
+describe("the CUDA kernels' host arithmetic (src/tensor/cuda/fp8-plan.ts)", () => {
+  it('gives the column quantiser a chunk slot for every chunk of any routing, the worst case included', () => {
+    const chunksOf = (counts: number[]) => {
+      const segments = Int32Array.from([0, ...counts.map((_, e) => counts.slice(0, e + 1).reduce((s, v) => s + v, 0))]);
+      const rows = segments.at(-1)!;
+      return {
+        rows,
+        chunks: quantizeFp8(new Float32Array(rows), rows, 1, { kind: 'columns', segments }).scales.length,
+      };
+    };
+    // One row over the 128-row boundary per expert: each expert adds a short chunk, the bound is reached.
+    for (const counts of [
+      [129, 129, 129, 129],
+      [1, 1, 1],
+      [0, 256, 0, 5],
+      [128, 128],
+      [700, 1, 0, 63, 336],
+    ]) {
+      const { rows, chunks } = chunksOf(counts);
+      expect(maxSegmentChunks(rows, counts.length)).toBeGreaterThanOrEqual(chunks);
+    }
+    const worst = [129, 129, 129, 129];
+    expect(chunksOf(worst).chunks).toBe(8);
+    expect(maxSegmentChunks(516, 4)).toBe(9);
+  });
+
+  it('unpacks downloaded code words in memory order and refuses more codes than bytes', () => {
+    const words = new Int32Array(new Uint8Array([0x38, 0x7e, 0xfe, 0x00, 0x80, 0x01, 0x02, 0x03]).buffer);
+    expect([...fp8Codes(words, 6)]).toEqual([0x38, 0x7e, 0xfe, 0x00, 0x80, 0x01]);
+    expect(() => fp8Codes(words, 9)).toThrow(/9 codes asked of 8 bytes/);
+  });
+
+  it("plans the fp8 GEMM's shared memory as grouped_fp8_sm90.cu's static_assert: six 32 KB stages under 227 KB", () => {
+    expect(fp8FwdSmem()).toBe(1024 + 6 * 32768 + 32768 + 96);
   });
 });

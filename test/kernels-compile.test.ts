@@ -15,7 +15,9 @@ import { type KernelFile, declaredNames, kernelFile } from '../src/tensor/cuda/k
 import { ATTENTION } from '../src/tensor/cuda/kernels/attention.ts';
 import { ELEMENTWISE } from '../src/tensor/cuda/kernels/elementwise.ts';
 import { FLASH } from '../src/tensor/cuda/kernels/flash.ts';
+import { FP8 } from '../src/tensor/cuda/kernels/fp8.ts';
 import { GROUPED } from '../src/tensor/cuda/kernels/grouped.ts';
+import { GROUPED_FP8_SM90 } from '../src/tensor/cuda/kernels/grouped_fp8_sm90.ts';
 import { GROUPED_SM90 } from '../src/tensor/cuda/kernels/grouped_sm90.ts';
 import { GROUPED_WGRAD_PINGPONG_SM90 } from '../src/tensor/cuda/kernels/grouped_wgrad_pingpong_sm90.ts';
 import { LOSS } from '../src/tensor/cuda/kernels/loss.ts';
@@ -31,7 +33,9 @@ const KERNEL_FILES: readonly KernelFile[] = [
   ATTENTION,
   ELEMENTWISE,
   FLASH,
+  FP8,
   GROUPED,
+  GROUPED_FP8_SM90,
   GROUPED_SM90,
   GROUPED_WGRAD_PINGPONG_SM90,
   LOSS,

@@ -3,9 +3,10 @@
 # time limit so a session's first device call gets as far as it can: the GPU parity suite (every CUDA op against the
 # CPU oracle, on the default Hopper path), moonlet6's throughput beside PyTorch + torch.compile, the opt-in
 # ping-pong weight gradient beside the default one, PyTorch parity of the whole model in fp32 and bf16, the kernel
-# benchmarks (SWA beside causal attention), then the slower sweeps: the parity suite on the mma.sync path, cuDNN
-# against nmoe's flash kernels, every grouped GEMM case, and the per-op profile. Logs go to OUT_DIR (default
-# runs/hopper-check); SECTIONS picks and orders sections (default: all, in the order below).
+# benchmarks (SWA beside causal attention), the fp8 quantisers and GEMMs against the CPU emulation, then the slower
+# sweeps: the parity suite on the mma.sync path, cuDNN against nmoe's flash kernels, every grouped GEMM case, and the
+# per-op profile. Logs go to OUT_DIR (default runs/hopper-check); SECTIONS picks and orders sections (default: all,
+# in the order below).
 #   bash tools/hopper-check.sh [OUT_DIR]
 #   SECTIONS="parity bench" bash tools/hopper-check.sh /tmp/out
 set -u
@@ -36,6 +37,7 @@ section_torch_parity() {
   run torch-parity-bf16 150 node --import tsx tools/parity.ts --config configs/tiny.toml --device cuda --dtype bf16 --torch --out "$out/parity-bf16"
 }
 section_kernels() { run kernels 200 node bin/nmoe.js bench kernels configs/bench/moonlet6.toml; }
+section_fp8() { run fp8 200 node --import tsx tools/fp8-check.ts --cases small,moonlet6; }
 section_parity_mma() { NMOE_GROUPED_GEMM=mma run parity-mma 300 vitest test/cuda-parity.test.ts; }
 section_cudnn() {
   run cudnn 200 node --import tsx tools/cudnn-check.ts --out "$out/cudnn"
@@ -46,6 +48,6 @@ section_cudnn() {
 section_gemm() { run gemm 400 node --import tsx tools/gemm-check.ts --timeout 60 --out "$out/gemm"; }
 section_profile() { run profile 150 node bin/nmoe.js bench train configs/bench/moonlet6.toml --steps 5 --profile; }
 
-for s in ${SECTIONS:-parity bench wgrad torch_parity kernels parity_mma cudnn gemm profile}; do
+for s in ${SECTIONS:-parity bench wgrad torch_parity kernels fp8 parity_mma cudnn gemm profile}; do
   if declare -F "section_$s" > /dev/null; then "section_$s"; else echo "=== $s: no such section"; fi
 done

@@ -88,6 +88,13 @@ export class CudaBackend implements Backend, CudaContext {
     this.#grouped.lastLaunch = l;
   }
 
+  /** The device-built tile list of offsets from moePlan or moeSegments (tools/fp8-check.ts launches with it). */
+  groupedTiles(offsets: Tensor): moe.GroupedTiles {
+    const tiles = this.#tiles.get(offsets);
+    if (!tiles) throw new Error('groupedTiles: offsets must come from moePlan or moeSegments on this backend');
+    return tiles;
+  }
+
   // --- memory ---------------------------------------------------------------------------------------------
 
   empty(shape: readonly number[], dtype: DType): Tensor {

@@ -3,6 +3,8 @@
  * compile check, test/kernels-compile.test.ts) pass each to every kernel file as `-DNAME=value`; a file that uses
  * one stops with #error when it is missing, so a build without these options fails instead of guessing.
  */
+import { FP8_BLOCK } from '../fp8.ts';
+
 export const KERNEL_CONSTANTS = {
   /** flash.cuh (flash.cu's kernels and swa.cu's band kernels): query rows per CTA in the forward and dq passes
    *  (4 warps x 16). */
@@ -38,6 +40,9 @@ export const KERNEL_CONSTANTS = {
   SM90_SMEM_LIMIT: 232448,
   /** grouped_sm90.cu kernel flag (tools/gemm-check.ts): swap the two strides of the M/N-major operand descriptors. */
   SM90_FLAG_SWAP_MN_STRIDES: 1,
+  /** fp8.cu, grouped_fp8_sm90.cu: values per scale of a row tile, the side of a weight block, the k per pipeline
+   *  stage (one 128-byte swizzle row of E4M3); src/tensor/fp8.ts's FP8_BLOCK. */
+  FP8_BLOCK,
   /** loss_sm90.cu: blocks sharing one row of logits (a cluster) and threads per block. */
   CE_CLUSTER: 8,
   CE_THREADS: 512,

@@ -1,8 +1,8 @@
 /**
  * TMA tensor maps: the 128 opaque bytes (the driver's CUtensorMap) that a kernel takes by value as a
  * `const __grid_constant__ TmaMap` parameter (grouped_sm90.cu), encoded on the host by cuTensorMapEncodeTiled
- * for each call (a few microseconds). Only what nmoe uses: bf16 tensors, 128-byte swizzle, out-of-range box
- * elements filled with zeros.
+ * for each call (a few microseconds). Only what nmoe uses: bf16 tensors or E4M3 codes (bytes), 128-byte swizzle,
+ * out-of-range box elements filled with zeros.
  */
 import koffi from 'koffi';
 import { check, cu } from './driver.ts';
@@ -12,14 +12,17 @@ export const TENSOR_MAP_BYTES = STRUCTS.TmaMap.bytes;
 /** Kernels declare TmaMap with this alignment; the launcher places such parameters at multiples of it. */
 export const TENSOR_MAP_ALIGN = STRUCTS.TmaMap.align;
 
+const DATA_TYPE_UINT8 = 0;
 const DATA_TYPE_BFLOAT16 = 9;
 const INTERLEAVE_NONE = 0;
 const SWIZZLE_128B = 3;
 const L2_PROMOTION_256B = 3;
 const OOB_FILL_ZERO = 0;
 
-/** A bf16 tensor as TMA sees it: dims and box innermost first, in elements; strides of dims 1.. in bytes. */
+/** A tensor as TMA sees it: dims and box innermost first, in elements; strides of dims 1.. in bytes. */
 export interface TiledBf16 {
+  /** bf16 unless 'e4m3': one-byte codes (fp8.cu's), which TMA moves as uint8. */
+  element?: 'bf16' | 'e4m3';
   address: bigint;
   dims: readonly number[];
   strides: readonly number[];
@@ -47,7 +50,8 @@ export function tensorMapProblem(t: TiledBf16): string | null {
   if (t.strides.some((s) => s % 16 !== 0 || s <= 0 || s >= 2 ** 40))
     return `strides [${t.strides}] must be positive multiples of 16 below 2^40`;
   if (t.box.some((b) => !Number.isInteger(b) || b < 1 || b > 256)) return `box [${t.box}] must be in [1, 256]`;
-  if ((t.box[0]! * 2) % 16 !== 0 || t.box[0]! * 2 > 128)
+  const innerBytes = t.box[0]! * (t.element === 'e4m3' ? 1 : 2);
+  if (innerBytes % 16 !== 0 || innerBytes > 128)
     return `inner box ${t.box[0]} elements: 16 to 128 bytes in multiples of 16 for the 128-byte swizzle`;
   return null;
 }
@@ -61,7 +65,7 @@ export function encodeTensorMap(what: string, t: TiledBf16): Uint8Array {
   const map = scratchMap();
   const code = encode(
     map,
-    DATA_TYPE_BFLOAT16,
+    t.element === 'e4m3' ? DATA_TYPE_UINT8 : DATA_TYPE_BFLOAT16,
     t.dims.length,
     t.address,
     BigUint64Array.from(t.dims, BigInt),

@@ -102,35 +102,6 @@ __device__ __forceinline__ void fwd_mainloop(float (&acc)[(SWIGLU ? 2 : 1) * BN 
   }
 }
 
-// Stores a 64-row x 128-column block of math warpgroup values, rows [row0, row_end) x columns [col0, col0 + 128) of
-// out (row stride ld), through `cw`, the warpgroup's 16 KB of shared memory: 64 rows of 256 bytes whose 16-byte
-// chunks are XOR-swizzled by the row (conflict-free both ways), then 16-byte coalesced global stores masked by row
-// and column. pair(jj, r8) is this thread's packed bf16 pair of columns 8 jj + 2t, +1 in row 16 warp + g + 8 r8.
-template <typename Pair>
-__device__ __forceinline__ void stage_store(Pair pair, u32 cw, bf16* out, int ld, int row0, int row_end, int col0, int wg, int tid) {
-  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  named_sync(2 + wg, 128);  // the previous block's reads are done
-#pragma unroll
-  for (int jj = 0; jj < 16; ++jj) {
-    const u32 a = cw + (16 * warp + g) * 256 + ((jj ^ g) << 4) + 4 * t4;  // row & 7 == g
-    sts32(a, pair(jj, 0));
-    sts32(a + 8 * 256, pair(jj, 1));
-  }
-  named_sync(2 + wg, 128);
-  u32 v[8][4];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int idx = i * 128 + tid, r = idx >> 4, ch = idx & 15;
-    lds128(v[i], cw + r * 256 + ((ch ^ (r & 7)) << 4));
-  }
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int idx = i * 128 + tid, r = idx >> 4, ch = idx & 15;
-    const int row = row0 + r, col = col0 + 8 * ch;
-    if (row < row_end && col < ld) stg128(out + (long)row * ld + col, v[i]);
-  }
-}
-
 __device__ __forceinline__ float round_bf16(float v) { return to_f32(from_f32<bf16>(v)); }
 
 // y = x @ W[e] per row tile (see the file comment). map_x: x [rows, din], box {64, 128}; map_w: W as 3-D

@@ -1,6 +1,6 @@
 // Hopper (sm_90a) building blocks shared by the TMA + wgmma kernels (grouped_sm90.cu,
-// grouped_wgrad_pingpong_sm90.cu): the tensor-map struct, mbarriers with a watchdog, TMA copies, bulk groups,
-// named barriers, setmaxnreg, shared-memory matrix descriptors and the wgmma instructions.
+// grouped_wgrad_pingpong_sm90.cu, grouped_fp8_sm90.cu): the tensor-map struct, mbarriers with a watchdog, TMA copies, bulk groups,
+// named barriers, setmaxnreg, the math warpgroups' bf16 store, shared-memory matrix descriptors and the wgmma instructions.
 #pragma once
 #include "common.cuh"
 
@@ -126,6 +126,37 @@ __device__ __forceinline__ void stg128(void* p, const u32 (&v)[4]) {
 
 template <int N> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N)); }
 template <int N> __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N)); }
+
+// --- epilogue ---------------------------------------------------------------------------------------------
+
+// Stores a 64-row x 128-column block of math warpgroup values, rows [row0, row_end) x columns [col0, col0 + 128) of
+// out (row stride ld), through `cw`, the warpgroup's 16 KB of shared memory: 64 rows of 256 bytes whose 16-byte
+// chunks are XOR-swizzled by the row (conflict-free both ways), then 16-byte coalesced global stores masked by row
+// and column. pair(jj, r8) is this thread's packed bf16 pair of columns 8 jj + 2t, +1 in row 16 warp + g + 8 r8.
+template <typename Pair>
+__device__ __forceinline__ void stage_store(Pair pair, u32 cw, bf16* out, int ld, int row0, int row_end, int col0, int wg, int tid) {
+  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  named_sync(2 + wg, 128);  // the previous block's reads are done
+#pragma unroll
+  for (int jj = 0; jj < 16; ++jj) {
+    const u32 a = cw + (16 * warp + g) * 256 + ((jj ^ g) << 4) + 4 * t4;  // row & 7 == g
+    sts32(a, pair(jj, 0));
+    sts32(a + 8 * 256, pair(jj, 1));
+  }
+  named_sync(2 + wg, 128);
+  u32 v[8][4];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int idx = i * 128 + tid, r = idx >> 4, ch = idx & 15;
+    lds128(v[i], cw + r * 256 + ((ch ^ (r & 7)) << 4));
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int idx = i * 128 + tid, r = idx >> 4, ch = idx & 15;
+    const int row = row0 + r, col = col0 + 8 * ch;
+    if (row < row_end && col < ld) stg128(out + (long)row * ld + col, v[i]);
+  }
+}
 
 // --- wgmma --------------------------------------------------------------------------------------------------
 

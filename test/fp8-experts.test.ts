@@ -14,6 +14,11 @@ import { checkExpertDtype } from '../src/model/expert-format.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { FP8_BLOCK, E4M3_VALUES, type Fp8Tiling, quantizeFp8 } from '../src/tensor/fp8.ts';
 import { train } from '../src/train/trainer.ts';
+import { modelConfig } from '../src/config/sections.ts';
+import { logTags } from '../src/metrics/tags.ts';
+import type { LogRecord } from '../src/metrics/records.ts';
+import { flopsPerToken, routedExpertFlopsPerToken } from '../src/model/flops.ts';
+import { SINGLE, modelParamSpecs } from '../src/model/spec.ts';
 import { data } from './helpers/gradcheck.ts';
 
 const b = new CpuBackend();
@@ -132,7 +137,7 @@ describe('fp8 grouped GEMMs on the CPU', () => {
 
 describe('dtype = "fp8" in training', () => {
   const root = mkdtempSync(join(tmpdir(), 'nmoe-fp8-'));
-  async function losses(dtype: string): Promise<number[]> {
+  async function run(dtype: string, extra: string[] = []): Promise<{ losses: number[]; logs: LogRecord[] }> {
     const { config } = loadConfig(defaultConfigPath(), {
       env: {},
       overrides: [
@@ -145,12 +150,19 @@ describe('dtype = "fp8" in training', () => {
         `--checkpoint_dir=${join(root, dtype, 'ckpt')}`,
         `--metrics_dir=${join(root, dtype, 'metrics')}`,
         `--experiments_db=${join(root, 'exp.db')}`,
+        ...extra,
       ],
     });
-    const out: number[] = [];
-    await train(config, new CpuBackend(), { start: () => {}, step: (r) => out.push(r.loss), log: () => {} });
-    return out;
+    const losses: number[] = [],
+      logs: LogRecord[] = [];
+    await train(config, new CpuBackend(), {
+      start: () => {},
+      step: (r) => losses.push(r.loss),
+      log: (r) => logs.push(r),
+    });
+    return { losses, logs };
   }
+  const losses = async (dtype: string) => (await run(dtype)).losses;
 
   it('tiny learns in fp8 and stays close to its bf16 run, without being the same run', async () => {
     const fp8 = await losses('fp8'),
@@ -173,6 +185,21 @@ describe('dtype = "fp8" in training', () => {
         /needs the FP4 tensor cores of Blackwell GPUs .*Fix: set dtype = "bf16"/,
       );
   });
+
+  it("efficiency/fp8_tflops is the routed experts' share of the rate in fp8, and 0 in bf16", async () => {
+    const cfg = modelConfig(loadConfig(defaultConfigPath(), { env: {}, overrides: ['--seq_len=32'] }).config);
+    const share = routedExpertFlopsPerToken(cfg) / flopsPerToken(cfg, modelParamSpecs(cfg, SINGLE));
+    expect(share).toBeGreaterThan(0.05);
+    const fp8 = (await run('fp8', ['--steps=4', '--log_every=2', '--checkpoint_every=0'])).logs;
+    expect(fp8.length).toBeGreaterThan(0);
+    for (const r of fp8) {
+      expect(r.fp8Tflops / r.tflops).toBeCloseTo(share, 12);
+      expect(logTags(r, 0, null)['efficiency/fp8_tflops']).toBe(r.fp8Tflops);
+    }
+    const bf16 = (await run('bf16', ['--steps=2', '--log_every=2', '--checkpoint_every=0'])).logs;
+    expect(bf16.length).toBeGreaterThan(0);
+    for (const r of bf16) expect(logTags(r, 0, null)['efficiency/fp8_tflops']).toBe(0);
+  }, 120_000);
 
   it('a model in nvfp4 is refused when it is built, before any step', async () => {
     await expect(losses('nvfp4')).rejects.toThrow(/dtype = "nvfp4" needs .*Blackwell/);

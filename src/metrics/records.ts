@@ -31,6 +31,8 @@ export interface LogRecord extends StepRecord {
   ranks: number;
   /** Per GPU. */
   tflops: number;
+  /** The part of `tflops` computed in fp8 (the routed experts' GEMMs with dtype = "fp8"; else 0). */
+  fp8Tflops: number;
   msPerStep: number;
   router: RouterLayerStats[];
   routerAgg: RouterAggregate | null;

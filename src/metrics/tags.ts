@@ -5,9 +5,10 @@
  * Differences, on purpose: `optimizer/grad_norm` is an nmoe addition; on the CPU the memory tags hold the process's
  * resident set (current) and its peak, since there is no device allocator; `time_ms/r{rank}/zero2_*` are 0 on one
  * rank (no ZeRO-2 communication); `time_ms/r{rank}/loss` is 0 because the loss is computed inside the
- * head's fused pass (its time is in `head_fwd`, which also produces the loss gradient); `efficiency/bf16_tflops` is
- * the whole step's rate on the GPU (all of nmoe's GPU math is bf16) and 0 on the CPU (fp32), and
- * `efficiency/fp8_tflops` is 0 (nmoe has no fp8 path). `efficiency/mfu` is an nmoe addition: `efficiency/tflops` as
+ * head's fused pass (its time is in `head_fwd`, which also produces the loss gradient); `efficiency/fp8_tflops` is
+ * the rate of the routed experts' GEMMs with dtype = "fp8" (their FLOPs over the step's time; else 0) and
+ * `efficiency/bf16_tflops` the rest of the step's rate on the GPU (its other math is bf16) and 0 on the CPU (fp32),
+ * so the two add up to `efficiency/tflops` on the GPU. `efficiency/mfu` is an nmoe addition: `efficiency/tflops` as
  * a fraction (0..1) of the device's dense BF16 peak, written only where the peak is known (not on the CPU).
  */
 import type { GpuSample } from '../tensor/cuda/nvml.ts';
@@ -28,8 +29,8 @@ export function logTags(r: LogRecord, rank: number, peakTflops: number | null): 
       'throughput/tokens_per_s_gpu': r.tokensPerSecond / r.ranks,
       'throughput/ms_per_step': r.msPerStep,
       'efficiency/tflops': r.tflops,
-      'efficiency/bf16_tflops': r.memory ? r.tflops : 0,
-      'efficiency/fp8_tflops': 0,
+      'efficiency/bf16_tflops': r.memory ? r.tflops - r.fp8Tflops : 0,
+      'efficiency/fp8_tflops': r.fp8Tflops,
       'throughput/loader_wait_ms': r.timings.loader_wait,
       'memory/current_alloc_gib': mem.current / GIB,
       'memory/max_alloc_gib': mem.peak / GIB,

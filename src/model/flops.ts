@@ -18,10 +18,14 @@ function denseCount(specs: readonly ParamSpec[]): number {
 export function flopsPerToken(cfg: ModelConfig, specs: readonly ParamSpec[]): number {
   const dense = denseCount(specs);
   const embedding = cfg.vocab_size * cfg.dim;
-  const sparseActive = moeLayerCount(cfg) * cfg.n_activated_experts * 3 * cfg.dim * cfg.moe_inter_dim;
   const attention =
     6 * cfg.n_layers * cfg.n_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim) * cfg.seq_len;
-  return 6 * (dense - embedding + sparseActive) + attention;
+  return 6 * (dense - embedding) + routedExpertFlopsPerToken(cfg) + attention;
+}
+
+/** The routed experts' share of flopsPerToken, 6 * N_sparse_active: the GEMMs that dtype = "fp8" runs in fp8. */
+export function routedExpertFlopsPerToken(cfg: ModelConfig): number {
+  return 6 * moeLayerCount(cfg) * cfg.n_activated_experts * 3 * cfg.dim * cfg.moe_inter_dim;
 }
 
 /** Total and active (per token) parameter counts over all experts, for the startup summary. */

@@ -34,7 +34,7 @@ import { captureSnapshot, restoreSnapshot } from '../checkpoint/state.ts';
 import { configIdentity } from '../config/fingerprint.ts';
 import { createLoader } from '../data/loader/build.ts';
 import { TrainingEval } from '../eval/in-training.ts';
-import { flopsPerToken, parameterCounts } from '../model/flops.ts';
+import { flopsPerToken, parameterCounts, routedExpertFlopsPerToken } from '../model/flops.ts';
 import { type Sections, configSections } from '../config/sections.ts';
 import { isMoeLayer } from '../model/spec.ts';
 import type { Transformer } from '../model/transformer.ts';
@@ -131,6 +131,7 @@ async function trainSaving(
   const moeLayers = Array.from({ length: cfg.n_layers }, (_, i) => i).filter((i) => isMoeLayer(cfg, i));
   const tokensPerStep = config.batch_size * config.seq_len;
   const flops = flopsPerToken(cfg, model.params.params);
+  const fp8Flops = cfg.dtype === 'fp8' ? routedExpertFlopsPerToken(cfg) : 0;
   let step = 0;
   let tokensSeen = 0;
   const identity = configIdentity(config);
@@ -267,6 +268,7 @@ async function trainSaving(
           tokensPerSecond: tps,
           ranks: world,
           tflops: (flops * tps) / world / 1e12,
+          fp8Tflops: (fp8Flops * tps) / world / 1e12,
           msPerStep: (windowSeconds * 1000) / (done - lastLogStep),
           memory: backend.memory(),
           timings: timer.drain(),

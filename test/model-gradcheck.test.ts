@@ -2,7 +2,8 @@
  * Whole-model gradient check on the CPU backend: for every parameter tensor, the finite-difference derivative of
  * the loss along a direction must match the analytic gradient's projection. Two directions per tensor: the
  * normalised gradient itself and a fixed random one. Routing must not change under the perturbation (top-k
- * selection has no derivative), which the test asserts.
+ * selection has no derivative), which the test asserts; so must DSA's key selection (the indexer's top-k), which the
+ * backend below records on every forward.
  *
  * Precision: the per-op checks run in fp32. Here the loss is a mean over tokens after a dozen layers, and fp32
  * rounding of the activations moves it by ~1e-7 relative: with the step small enough to keep routing fixed, that
@@ -13,9 +14,21 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { modelConfig } from '../src/config/sections.ts';
 import { Transformer } from '../src/model/transformer.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { asCpu, setDoubleStorage } from '../src/tensor/cpu/storage.ts';
 import { philoxNormal } from '../src/util/philox.ts';
-import { cpu, ints } from './helpers/gradcheck.ts';
+import { ints } from './helpers/gradcheck.ts';
+
+/** The CPU backend, keeping the keys DSA's indexer selects in each forward (a changed selection fails the check). */
+class SelectionRecorder extends CpuBackend {
+  selections: string[] = [];
+  override indexerTopK(...args: Parameters<CpuBackend['indexerTopK']>) {
+    const selected = super.indexerTopK(...args);
+    this.selections.push(Array.from(asCpu(selected).i).join(','));
+    return selected;
+  }
+}
+const cpu = new SelectionRecorder();
 
 function build(overrides: string[]) {
   const { config } = loadConfig(defaultConfigPath(), {
@@ -61,9 +74,10 @@ function lossAndRouting(
   targets: ReturnType<typeof ints>,
   grad = false,
 ) {
+  cpu.selections = [];
   const fwd = model.forward(ids, targets, 2, { grad });
   const loss = asCpu(fwd.loss).f[0]!;
-  const routing = fwd.routerCounts.map((c) => Array.from(asCpu(c).i).join(',')).join('|');
+  const routing = [...fwd.routerCounts.map((c) => Array.from(asCpu(c).i).join(',')), ...cpu.selections].join('|');
   return { loss, routing, fwd };
 }
 
@@ -103,6 +117,8 @@ function check(overrides: string[]) {
   return worst;
 }
 
+const DSA_SMALL = ['--attn_dsa.top_k=4', '--attn_dsa.n_idx_heads=2', '--attn_dsa.idx_dim=4'];
+
 describe('whole-model gradient check (central differences, double storage)', () => {
   beforeAll(() => setDoubleStorage(true));
   afterAll(() => setDoubleStorage(false));
@@ -122,6 +138,14 @@ describe('whole-model gradient check (central differences, double storage)', () 
       ['--attn_global_every=2', '--attn_local=kda', '--v_head_dim=6'],
     ],
     ['KDA on every layer', ['--attn=kda']],
+    // DSA: 4 of up to 6 keys per query; the indexer's weights get no gradient, and the loss does not move with them
+    // while the selection (asserted with the routing) holds.
+    ['DSA on every layer (top 4 keys)', ['--attn=dsa', ...DSA_SMALL]],
+    [
+      'DSA local layer 0 before MLA, no q_lora',
+      ['--attn_global_every=2', '--attn_local=dsa', '--q_lora_rank=0', ...DSA_SMALL],
+    ],
+    ['DSA dense warm-up (full MLA)', ['--attn=dsa', '--attn_dsa.training_mode=dense_warmup']],
     ['EOS targets counted', ['--loss_mask_eos=false']],
   ] as const) {
     it(`every parameter tensor: ${label}`, () => {
@@ -138,6 +162,7 @@ describe('attn_recompute', () => {
     ['MLA', []],
     ['SWA between MLA', ['--attn_global_every=2', '--attn_local=swa', '--attn_local_window=3']],
     ['KDA', ['--attn=kda']],
+    ['DSA', ['--attn=dsa', ...DSA_SMALL]],
   ])('%s: gives exactly the gradients of keeping the attention activations, and keeps none of them', (_, extra) => {
     const grads = (recompute: boolean) => {
       const { model, ids, targets } = build([...extra, `--attn_recompute=${recompute}`]);

@@ -99,8 +99,16 @@ export interface AttnDsaOptions {
   training_mode?: 'sparse' | 'dense_warmup';
 }
 
+/** The reference's DSA defaults (its attn_dsa table starts empty). */
+export const DSA_DEFAULTS: Required<AttnDsaOptions> = {
+  n_idx_heads: 4,
+  idx_dim: 64,
+  top_k: 2048,
+  training_mode: 'sparse',
+};
+
 export type Dtype = 'bf16' | 'fp8' | 'nvfp4';
-export type AttnKind = 'mla' | 'mha' | 'swa' | 'kda';
+export type AttnKind = 'mla' | 'mha' | 'swa' | 'kda' | 'dsa';
 export type Device = 'auto' | 'cpu' | 'cuda';
 
 /** Field meanings and defaults are documented once, in `FIELDS` below. */
@@ -249,7 +257,7 @@ const INT_OR_NULL = { kind: 'int', nullable: true } as const;
 const FLOAT_OR_NULL = { kind: 'float', nullable: true } as const;
 const STRING_OR_NULL = { kind: 'string', nullable: true } as const;
 /** The reference's attention kinds that nmoe refuses. */
-export const SPARSE_ATTN = ['nsa', 'dsa'] as const;
+export const SPARSE_ATTN = ['nsa'] as const;
 const UNUSED = 'UNUSED in the reference trainer (kept so reference configs load).';
 
 function field<T>(section: Section, type: FieldType, def: T, math: boolean, doc: string): FieldSpec<T> {
@@ -306,18 +314,18 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
 
   attn: field(
     'attention',
-    { kind: 'enum', values: ['mla', 'mha', 'swa', 'kda'], notYet: SPARSE_ATTN },
+    { kind: 'enum', values: ['mla', 'mha', 'swa', 'kda', 'dsa'], notYet: SPARSE_ATTN },
     'mla',
     true,
     'Attention type of global layers: mla (DeepSeek multi-head latent attention), mha, swa (sinks, no window), or ' +
-      'kda (Kimi Delta Attention, experimental).',
+      'kda (Kimi Delta Attention, experimental), or dsa (DeepSeek Sparse Attention, experimental).',
   ),
   attn_local: field(
     'attention',
-    { kind: 'enum', values: ['mla', 'swa', 'kda', ...SPARSE_ATTN] },
+    { kind: 'enum', values: ['mla', 'swa', 'kda', 'dsa', ...SPARSE_ATTN] },
     'swa',
     true,
-    'Attention type of local layers: swa (sliding window with sinks) or kda (no window); unused while ' +
+    'Attention type of local layers: swa (sliding window with sinks), kda or dsa (no window); unused while ' +
       'attn_global_every = 1.',
   ),
   attn_global_every: field(
@@ -374,7 +382,7 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
     },
     {},
     true,
-    'DSA options: n_idx_heads 4, idx_dim 64, top_k 2048, training_mode sparse|dense_warmup.',
+    'DSA options: n_idx_heads 4, idx_dim 64, top_k 2048 (keys per query), training_mode sparse|dense_warmup.',
   ),
 
   max_position_embeddings: field('rope', INT, 8192, true, 'RoPE base context length; tables cover twice this.'),

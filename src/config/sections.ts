@@ -51,6 +51,7 @@ export const MODEL_KEYS = keys(
   'attn_global_every',
   'attn_local_window',
   'attn_swa',
+  'attn_dsa',
   'dtype',
   'deterministic',
 );
@@ -143,7 +144,6 @@ export const RUN_KEYS = keys(
  */
 export const IGNORED_KEYS = keys(
   'attn_nsa',
-  'attn_dsa',
   'aux_loss_alpha',
   'norm_topk_prob',
   'hf_dataset',

@@ -7,7 +7,7 @@
 import { yarnBand } from './yarn.ts';
 import { UserError } from '../util/errors.ts';
 import { RANGES, type Range, hasDense, hasMoe, outOfRange } from './ranges.ts';
-import { FIELDS, SPARSE_ATTN, TOKENIZERS, tomlLiteral, type Config, type ScalarType } from './schema.ts';
+import { DSA_DEFAULTS, FIELDS, SPARSE_ATTN, TOKENIZERS, tomlLiteral, type Config, type ScalarType } from './schema.ts';
 
 export class ConfigError extends UserError {
   override name = 'ConfigError';
@@ -174,6 +174,7 @@ interface Rule {
 const hasLocalLayers = (c: Checked): boolean => c.attn_global_every > 1 && c.n_layers > 1;
 const usesSwa = (c: Checked): boolean => c.attn === 'swa' || (hasLocalLayers(c) && c.attn_local === 'swa');
 const usesKda = (c: Checked): boolean => c.attn === 'kda' || (hasLocalLayers(c) && c.attn_local === 'kda');
+const usesDsa = (c: Checked): boolean => c.attn === 'dsa' || (hasLocalLayers(c) && c.attn_local === 'dsa');
 
 const REQUIRED: [keyof Config, (c: Config) => boolean, string][] = [
   ['dim', () => true, ''],
@@ -282,12 +283,12 @@ const RULES: Rule[] = [
   {
     keys: ['attn_local', 'attn_global_every'],
     when: hasLocalLayers,
-    ok: (c) => c.attn_local === 'swa' || c.attn_local === 'kda',
+    ok: (c) => c.attn_local === 'swa' || c.attn_local === 'kda' || c.attn_local === 'dsa',
     what: (c) =>
       (SPARSE_ATTN as readonly string[]).includes(c.attn_local)
         ? 'is supported by the reference but not implemented in nmoe yet'
         : 'has no window: local layers (attn_global_every > 1) need windowed attention',
-    fix: () => 'set attn_local = "swa" (or "kda"), or attn_global_every = 1 (every layer global)',
+    fix: () => 'set attn_local = "swa" (or "kda", "dsa"), or attn_global_every = 1 (every layer global)',
   },
   {
     keys: ['attn_swa', 'n_heads'],
@@ -314,6 +315,14 @@ const RULES: Rule[] = [
     what: () => 'must be > 0 with KDA layers: KDA always projects its query through wq_a and q_norm',
     fix: () => 'give q_lora_rank a positive rank (the reference KDA has no uncompressed query projection)',
   },
+  // DSA
+  ...(['n_idx_heads', 'idx_dim', 'top_k'] as const).map((key): Rule => ({
+    keys: ['attn_dsa'],
+    when: usesDsa,
+    ok: (c) => (c.attn_dsa[key] ?? 1) >= 1,
+    what: (c) => `has ${key} = ${c.attn_dsa[key]}, which must be >= 1`,
+    fix: () => `set attn_dsa.${key} to a positive integer (the reference's default: ${DSA_DEFAULTS[key]})`,
+  })),
   {
     keys: ['decay_floor', 'lr_expert', 'lr_dense'],
     ok: (c) => c.decay_floor <= Math.min(c.lr_expert, c.lr_dense),

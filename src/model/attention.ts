@@ -6,7 +6,7 @@
  * from wkv_b(kv_norm(c_kv)). RoPE rotates q_pe and k_pe; softmax scale is (d_nope + d_rope)^-1/2 (no YaRN mscale, as
  * the reference). MHA: plain q/k/v projections with RoPE on the last qk_rope_head_dim dims of each q and k head.
  * SWA (sliding window with sinks) lives in swa.ts, KDA (Kimi Delta Attention) in kda.ts; the functions here dispatch
- * on each layer's kind.
+ * on each layer's kind. DSA is MLA over the keys its indexer (dsa.ts) selects.
  *
  * Shapes: T = batch*seq tokens, D dim, H heads, dqk = d_nope + d_rope, dv.
  */
@@ -16,6 +16,7 @@ import { type LayerContext, freeAll, linear, linearBackward, rope } from './cont
 import { layerAttention, qkHeadDim } from './spec.ts';
 import { type SwaSaved, releaseSwaSaved, swaBackward, swaCore, swaOutput } from './swa.ts';
 import { type KdaSaved, kdaBackward, kdaCore, releaseKdaSaved } from './kda.ts';
+import { dsaSelection } from './dsa.ts';
 
 /** What an MLA or MHA layer (dense causal) keeps for its backward. */
 export interface DenseAttentionSaved {
@@ -32,6 +33,8 @@ export interface DenseAttentionSaved {
   v: Tensor;
   o: Tensor;
   lse: Tensor;
+  /** DSA: each query's selected keys (attention ran over these only); null for dense attention. */
+  selected: Tensor | null;
 }
 
 export type AttentionSaved = DenseAttentionSaved | SwaSaved | KdaSaved;
@@ -147,8 +150,12 @@ export function attentionCore(
     const { q, k, v } = mhaProjections(ctx, prefix, h);
     sink?.mha(k, v);
     const { out: o, lse } = b.attention(q, k, v, attnSpec(ctx));
-    return { kind: 'dense', h, qa: null, qaRstd: null, qan: null, kvc: null, kvRstd: null, kvn: null, q, k, v, o, lse };
+    const none = { qa: null, qaRstd: null, qan: null, kvc: null, kvRstd: null, kvn: null, selected: null };
+    return { kind: 'dense', h, ...none, q, k, v, o, lse };
   }
+  // DSA: MLA over the indexer's keys.
+  if (kind === 'dsa' && sink) throw new Error('attention: DSA layers keep no KV cache');
+  const selected = kind === 'dsa' ? dsaSelection(ctx, prefix, h) : null;
   const { qa, qaRstd, qan, q } = mlaQuery(ctx, prefix, h);
   const { kvc, kvRstd, kvn, kpe } = mlaLatent(ctx, prefix, h);
   sink?.mla(kvn, kpe);
@@ -156,8 +163,10 @@ export function attentionCore(
   const { k, v } = b.mlaAssembleKV(kvb, kpe, cfg.n_heads, cfg.qk_nope_head_dim, cfg.v_head_dim);
   kvb.free();
   kpe.free();
-  const { out: o, lse } = b.attention(q, k, v, attnSpec(ctx));
-  return { kind: 'dense', h, qa, qaRstd, qan, kvc, kvRstd, kvn, q, k, v, o, lse };
+  const { out: o, lse } = selected
+    ? b.selectedAttention(q, k, v, selected, attnSpec(ctx))
+    : b.attention(q, k, v, attnSpec(ctx));
+  return { kind: 'dense', h, qa, qaRstd, qan, kvc, kvRstd, kvn, q, k, v, o, lse, selected };
 }
 
 /** Frees a saved record except h (the caller's). */
@@ -177,7 +186,9 @@ export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tenso
     dqk = qkHeadDim(cfg),
     dNope = cfg.qk_nope_head_dim;
   const dO = linearBackward(ctx, dOut, s.o, `${prefix}.wo.weight`);
-  const { dq, dk, dv } = b.attentionBackward(dO, s.q, s.k, s.v, s.o, s.lse, attnSpec(ctx));
+  const { dq, dk, dv } = s.selected
+    ? b.selectedAttentionBackward(dO, s.q, s.k, s.v, s.selected, s.o, s.lse, attnSpec(ctx))
+    : b.attentionBackward(dO, s.q, s.k, s.v, s.o, s.lse, attnSpec(ctx));
   dO.free();
   rope(ctx, dq, H, dqk, dNope, true);
   let dh: Tensor;

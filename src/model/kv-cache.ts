@@ -12,7 +12,7 @@
  * so per-head keys and values are never formed. Both absorptions are grouped GEMMs with one row per head.
  * MHA caches k and v head-major ([H, capacity, d]), so each head's first L keys are one contiguous [L, d] view.
  *
- * Models with SWA or KDA layers have no cache (the constructor refuses them). The cache holds one sequence. The sums run in another order than the full forward's (the absorbed products), so
+ * Models with SWA, KDA or DSA layers have no cache (the constructor refuses them). The cache holds one sequence. The sums run in another order than the full forward's (the absorbed products), so
  * cached decoding agrees with a full re-forward to rounding, not bit for bit.
  */
 import type { Backend } from '../tensor/backend.ts';
@@ -76,7 +76,7 @@ export class KvCache {
       throw new Error(`KvCache: capacity ${capacity} exceeds max_position_embeddings ${cfg.max_position_embeddings}`);
     }
     const cacheless = Array.from({ length: cfg.n_layers }, (_, i) => layerAttention(cfg, i).kind).find(
-      (kind) => kind === 'swa' || kind === 'kda',
+      (kind) => kind === 'swa' || kind === 'kda' || kind === 'dsa',
     );
     if (cacheless) {
       throw new UserError(

@@ -4,6 +4,7 @@
  * (MLA, MHA, SWA or KDA) and, with attn_global_every > 1, the others `attn_local` (SWA over attn_local_window keys,
  * or KDA).
  */
+import { DSA_DEFAULTS } from '../config/schema.ts';
 import type { ModelConfig } from '../config/sections.ts';
 import type { ParamSpec } from './params.ts';
 
@@ -33,7 +34,7 @@ export function qkHeadDim(cfg: ModelConfig): number {
 
 /** The attention of one layer: its kind and its window of keys (0: every earlier key). */
 export interface LayerAttention {
-  kind: 'mla' | 'mha' | 'swa' | 'kda';
+  kind: 'mla' | 'mha' | 'swa' | 'kda' | 'dsa';
   window: number;
 }
 
@@ -47,12 +48,36 @@ export function layerAttention(cfg: ModelConfig, layer: number): LayerAttention 
   if (isGlobalLayer(cfg, layer)) return { kind: cfg.attn, window: 0 };
   // Validation admits only "swa" and "kda" for local layers; KDA has no window (its state spans the sequence).
   if (cfg.attn_local === 'kda') return { kind: 'kda', window: 0 };
+  // DSA picks its keys with the indexer, not a window.
+  if (cfg.attn_local === 'dsa') return { kind: 'dsa', window: 0 };
   return { kind: cfg.attn_local as 'swa', window: cfg.attn_local_window };
 }
 
 /** SWA's head geometry: H query heads and KV key/value heads (GQA) of d = v_head_dim dims. */
 export function swaHeads(cfg: ModelConfig): { heads: number; kvHeads: number; headDim: number } {
   return { heads: cfg.n_heads, kvHeads: cfg.attn_swa.kv_heads ?? cfg.n_heads, headDim: cfg.v_head_dim };
+}
+
+/** DSA's lightning indexer geometry: attn_dsa's keys with the reference's defaults. */
+export function dsaIndexer(cfg: ModelConfig): {
+  heads: number;
+  dim: number;
+  topK: number;
+  mode: 'sparse' | 'dense_warmup';
+} {
+  const o = { ...DSA_DEFAULTS, ...cfg.attn_dsa };
+  return { heads: o.n_idx_heads, dim: o.idx_dim, topK: o.top_k, mode: o.training_mode };
+}
+
+/** DSA: MLA's projections plus the indexer's query (n_idx_heads heads), its one key head and its per-head weights. */
+function dsaIndexerSpecs(cfg: ModelConfig, prefix: string): ParamSpec[] {
+  const { heads, dim } = dsaIndexer(cfg);
+  const input = { kind: 'normal', std: 0.02 } as const;
+  return [
+    { name: `${prefix}.wq_idx.weight`, shape: [heads * dim, cfg.dim], init: input },
+    { name: `${prefix}.wk_idx.weight`, shape: [dim, cfg.dim], init: input },
+    { name: `${prefix}.w_idx.weight`, shape: [heads, cfg.dim], init: input },
+  ];
 }
 
 /** Depth-scaled std for output projections, router gates and experts of block `layer`. */
@@ -111,6 +136,7 @@ function attentionSpecs(cfg: ModelConfig, prefix: string, layer: number): ParamS
           { name: `${prefix}.wb.weight`, shape: [h, d], init: input },
         ]
       : []),
+    ...(kind === 'dsa' ? dsaIndexerSpecs(cfg, prefix) : []),
   ];
 }
 

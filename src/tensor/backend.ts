@@ -74,6 +74,16 @@ export interface DeltaAttentionSpec {
   scale: number;
 }
 
+/** DSA's lightning indexer (the reference's DSA): per sequence, causal, one key head shared by its query heads. */
+export interface IndexerSpec {
+  batch: number;
+  seqLen: number;
+  /** Indexer query heads (attn_dsa.n_idx_heads). */
+  heads: number;
+  /** Keys kept per query (attn_dsa.top_k); every visible key when fewer are visible. */
+  topK: number;
+}
+
 export interface CrossEntropySpec {
   /** Multiplies the logits (the reference's 0.125). */
   logitScale: number;
@@ -303,6 +313,32 @@ export interface Backend {
     beta: Tensor,
     spec: DeltaAttentionSpec,
   ): { dq: Tensor; dk: Tensor; dv: Tensor; dGate: Tensor; dBeta: Tensor };
+
+  /**
+   * DSA's lightning indexer: I[i, j] = sum_h w[i, h] ReLU(qIdx[i, h] . kIdx[j]) over the keys j <= i of query i's
+   * sequence; returns i32 [T, min(topK, seqLen)], each row the positions of its top-k keys (best first, the lower
+   * position on ties), -1 where fewer keys are visible. qIdx [T, heads*d], kIdx [T, d], wIdx [T, heads]. No gradient.
+   */
+  indexerTopK(qIdx: Tensor, kIdx: Tensor, wIdx: Tensor, spec: IndexerSpec): Tensor;
+  /** Causal attention (as `attention`) over each query's selected keys only (indexerTopK's rows, shared by all heads). */
+  selectedAttention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    selected: Tensor,
+    spec: AttentionSpec,
+  ): { out: Tensor; lse: Tensor };
+  /** Gradients of selectedAttention with the selection held fixed. */
+  selectedAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    selected: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    spec: AttentionSpec,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor };
 
   // --- router and experts -----------------------------------------------------------------------------------
   /**

@@ -13,6 +13,7 @@ import type {
   CrossEntropySpec,
   DeltaAttentionSpec,
   ExpertFormat,
+  IndexerSpec,
   MatmulOptions,
   MoePlan,
   MuonMomentumSpec,
@@ -30,6 +31,7 @@ import * as moe from './moe.ts';
 import * as nn from './nn.ts';
 import * as optim from './optim.ts';
 import * as swa from './sliding-attention.ts';
+import * as dsa from './sparse-attention.ts';
 import { CpuTensor, allocate, asCpu, newFloats, settle } from './storage.ts';
 
 function asPlan(p: MoePlan): moe.CpuMoePlan {
@@ -258,6 +260,28 @@ export class CpuBackend implements Backend {
     spec: DeltaAttentionSpec,
   ) {
     return kda.deltaAttentionBackward(asCpu(dOut), asCpu(q), asCpu(k), asCpu(v), asCpu(gate), asCpu(beta), spec);
+  }
+
+  indexerTopK(qIdx: Tensor, kIdx: Tensor, wIdx: Tensor, spec: IndexerSpec) {
+    return dsa.indexerTopK(asCpu(qIdx), asCpu(kIdx), asCpu(wIdx), spec);
+  }
+
+  selectedAttention(q: Tensor, k: Tensor, v: Tensor, selected: Tensor, spec: AttentionSpec) {
+    return dsa.selectedAttention(asCpu(q), asCpu(k), asCpu(v), asCpu(selected), spec);
+  }
+
+  selectedAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    selected: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    spec: AttentionSpec,
+  ) {
+    const [g, qq, kk, vv, sel, o, l] = [dOut, q, k, v, selected, out, lse].map(asCpu) as CpuTensor[];
+    return dsa.selectedAttentionBackward(g!, qq!, kk!, vv!, sel!, o!, l!, spec);
   }
 
   routerTopK(logits: Tensor, bias: Tensor, topK: number, routeScale: number): { gates: Tensor; idx: Tensor } {

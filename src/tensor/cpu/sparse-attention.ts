@@ -1,0 +1,158 @@
+/**
+ * CPU kernels for DSA (DeepSeek Sparse Attention): the lightning indexer's top-k key selection and attention
+ * restricted to the selected keys. The indexer scores I[i, j] = sum_h w[i, h] * ReLU(q[i, h] . k[j]) over the keys
+ * j <= i of query i's sequence and keeps the top_k best (higher score first, the lower position on ties), so a
+ * query with at most top_k visible keys keeps all of them; unused slots hold -1. The selection has no derivative.
+ * Attention is then MLA's softmax over the selected keys only, one query row at a time, and its backward recomputes
+ * probabilities from the saved log-sum-exp as attention.ts does.
+ */
+import type { AttentionSpec, IndexerSpec } from '../backend.ts';
+import { type CpuTensor, allocate, settle } from './storage.ts';
+
+/** Slots per query: top_k, or the sequence length when that is smaller (every key is then kept). */
+export function selectedSlots(spec: IndexerSpec): number {
+  return Math.min(spec.topK, spec.seqLen);
+}
+
+export function indexerTopK(qIdx: CpuTensor, kIdx: CpuTensor, wIdx: CpuTensor, spec: IndexerSpec): CpuTensor {
+  const { batch, seqLen: S, heads: H } = spec;
+  const rows = batch * S;
+  const d = kIdx.shape[1]!;
+  if (qIdx.shape[0] !== rows || kIdx.shape[0] !== rows || wIdx.shape[0] !== rows || qIdx.shape[1] !== H * d)
+    throw new Error(
+      `indexerTopK: q [${qIdx.shape}] k [${kIdx.shape}] w [${wIdx.shape}] do not fit ${batch} x ${S} tokens, ` +
+        `${H} indexer heads`,
+    );
+  const K = selectedSlots(spec);
+  const selected = allocate([rows, K], 'i32');
+  selected.i.fill(-1);
+  const scores = new Float64Array(S);
+  const taken = new Uint8Array(S);
+  for (let b = 0; b < batch; b++) {
+    for (let i = 0; i < S; i++) {
+      const t = b * S + i;
+      for (let j = 0; j <= i; j++) {
+        let s = 0;
+        for (let h = 0; h < H; h++) {
+          let dot = 0;
+          for (let x = 0; x < d; x++) dot += qIdx.f[(t * H + h) * d + x]! * kIdx.f[(b * S + j) * d + x]!;
+          s += wIdx.f[t * H + h]! * Math.max(dot, 0);
+        }
+        scores[j] = s;
+      }
+      taken.fill(0, 0, i + 1);
+      for (let slot = 0; slot < Math.min(K, i + 1); slot++) {
+        let best = -1;
+        for (let j = 0; j <= i; j++) if (!taken[j] && (best < 0 || scores[j]! > scores[best]!)) best = j;
+        taken[best] = 1;
+        selected.i[t * K + slot] = best;
+      }
+    }
+  }
+  return selected;
+}
+
+function check(q: CpuTensor, v: CpuTensor, selected: CpuTensor, spec: AttentionSpec): { dQK: number; dV: number } {
+  const rows = spec.batch * spec.seqLen;
+  if (q.shape[0] !== rows || v.shape[0] !== rows || selected.shape[0] !== rows)
+    throw new Error(`selectedAttention: expected ${rows} rows, got q [${q.shape}] v [${v.shape}] [${selected.shape}]`);
+  return { dQK: q.shape[1]! / spec.heads, dV: v.shape[1]! / spec.heads };
+}
+
+export function selectedAttention(
+  q: CpuTensor,
+  k: CpuTensor,
+  v: CpuTensor,
+  selected: CpuTensor,
+  spec: AttentionSpec,
+): { out: CpuTensor; lse: CpuTensor } {
+  const { batch, seqLen: S, heads: H, scale } = spec;
+  const { dQK, dV } = check(q, v, selected, spec);
+  const K = selected.shape[1]!;
+  const out = allocate(v.shape, v.dtype);
+  const lse = allocate([batch * S, H], 'f32');
+  const p = new Float64Array(K);
+  const acc = new Float64Array(dV);
+  for (let t = 0; t < batch * S; t++) {
+    const seqStart = t - (t % S);
+    for (let h = 0; h < H; h++) {
+      const qRow = (t * H + h) * dQK;
+      let m = -Infinity;
+      for (let slot = 0; slot < K; slot++) {
+        const j = selected.i[t * K + slot]!;
+        if (j < 0) break;
+        const kRow = ((seqStart + j) * H + h) * dQK;
+        let s = 0;
+        for (let x = 0; x < dQK; x++) s += q.f[qRow + x]! * k.f[kRow + x]!;
+        p[slot] = s * scale;
+        if (p[slot]! > m) m = p[slot]!;
+      }
+      let l = 0;
+      acc.fill(0);
+      for (let slot = 0; slot < K; slot++) {
+        const j = selected.i[t * K + slot]!;
+        if (j < 0) break;
+        const e = Math.exp(p[slot]! - m);
+        l += e;
+        const vRow = ((seqStart + j) * H + h) * dV;
+        for (let x = 0; x < dV; x++) acc[x] += e * v.f[vRow + x]!;
+      }
+      for (let x = 0; x < dV; x++) out.f[(t * H + h) * dV + x] = acc[x]! / l;
+      lse.f[t * H + h] = m + Math.log(l);
+    }
+  }
+  return { out: settle(out), lse };
+}
+
+export function selectedAttentionBackward(
+  dOut: CpuTensor,
+  q: CpuTensor,
+  k: CpuTensor,
+  v: CpuTensor,
+  selected: CpuTensor,
+  out: CpuTensor,
+  lse: CpuTensor,
+  spec: AttentionSpec,
+): { dq: CpuTensor; dk: CpuTensor; dv: CpuTensor } {
+  const { batch, seqLen: S, heads: H, scale } = spec;
+  const { dQK, dV } = check(q, v, selected, spec);
+  const K = selected.shape[1]!;
+  const dQ = new Float64Array(q.numel),
+    dK = new Float64Array(k.numel),
+    dVs = new Float64Array(v.numel);
+  for (let t = 0; t < batch * S; t++) {
+    const seqStart = t - (t % S);
+    for (let h = 0; h < H; h++) {
+      const qRow = (t * H + h) * dQK,
+        oRow = (t * H + h) * dV;
+      const l = lse.f[t * H + h]!;
+      let delta = 0; // sum_j p_j dp_j = dOut_t . out_t
+      for (let x = 0; x < dV; x++) delta += dOut.f[oRow + x]! * out.f[oRow + x]!;
+      for (let slot = 0; slot < K; slot++) {
+        const j = selected.i[t * K + slot]!;
+        if (j < 0) break;
+        const kRow = ((seqStart + j) * H + h) * dQK,
+          vRow = ((seqStart + j) * H + h) * dV;
+        let s = 0,
+          dp = 0;
+        for (let x = 0; x < dQK; x++) s += q.f[qRow + x]! * k.f[kRow + x]!;
+        const pj = Math.exp(s * scale - l);
+        for (let x = 0; x < dV; x++) {
+          dp += dOut.f[oRow + x]! * v.f[vRow + x]!;
+          dVs[vRow + x] += pj * dOut.f[oRow + x]!;
+        }
+        const ds = pj * (dp - delta) * scale;
+        for (let x = 0; x < dQK; x++) {
+          dQ[qRow + x] += ds * k.f[kRow + x]!;
+          dK[kRow + x] += ds * q.f[qRow + x]!;
+        }
+      }
+    }
+  }
+  const fresh = (like: CpuTensor, values: Float64Array) => {
+    const t = allocate(like.shape, like.dtype);
+    t.f.set(values);
+    return settle(t);
+  };
+  return { dq: fresh(q, dQ), dk: fresh(k, dK), dv: fresh(v, dVs) };
+}

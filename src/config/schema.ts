@@ -317,7 +317,7 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
     { kind: 'enum', values: ['mla', 'mha', 'swa', 'kda', 'dsa'], notYet: SPARSE_ATTN },
     'mla',
     true,
-    'Attention type of global layers: mla (DeepSeek multi-head latent attention), mha, swa (sinks, no window), or ' +
+    'Attention type of global layers: mla (DeepSeek multi-head latent attention), mha, swa (sinks, no window), ' +
       'kda (Kimi Delta Attention, experimental), or dsa (DeepSeek Sparse Attention, experimental).',
   ),
   attn_local: field(

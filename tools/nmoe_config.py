@@ -4,15 +4,15 @@ import sys
 
 
 def load_config(path, tool, swa=False):
-    """The config dict; `swa`: the tool models SWA and KDA layers (attn = "swa" or "kda", or attn_local = "swa" or
-    "kda" between global ones)."""
+    """The config dict; `swa`: the tool models SWA, KDA and DSA layers (attn = "swa", "kda" or "dsa", or attn_local
+    = one of them between global ones)."""
     with open(path) as f:
         doc = json.load(f)
     cfg = doc["config"] if isinstance(doc.get("config"), dict) else doc
-    kinds = ("mla", "mha", "swa", "kda") if swa else ("mla", "mha")
+    kinds = ("mla", "mha", "swa", "kda", "dsa") if swa else ("mla", "mha")
     local = cfg.get("attn_global_every", 1) != 1
-    if cfg.get("attn", "mla") not in kinds or (local and (not swa or cfg.get("attn_local") not in ("swa", "kda"))):
-        allowed = 'attn = mla, mha, swa or kda, and attn_local = swa or kda' if swa else 'attn = mla or mha with attn_global_every = 1'
+    if cfg.get("attn", "mla") not in kinds or (local and (not swa or cfg.get("attn_local") not in ("swa", "kda", "dsa"))):
+        allowed = 'attn = mla, mha, swa, kda or dsa, and attn_local = swa, kda or dsa' if swa else 'attn = mla or mha with attn_global_every = 1'
         sys.exit(f"{tool}: only {allowed} (got attn = {cfg.get('attn')!r}, attn_global_every = "
                  f"{cfg.get('attn_global_every', 1)}, attn_local = {cfg.get('attn_local')!r})")
     if cfg.get("optimizer", "adamw") != "adamw":

@@ -22,6 +22,9 @@ The model (the reference's, as src/model implements it):
   SWA (attn = "swa", or attn_local = "swa" on the layers attn_global_every leaves local): qkv/out Linears with bias,
        GQA, RoPE on the last qk_rope_head_dim dims of each v_head_dim head, scale v_head_dim^-1/2, keys
        i - window < j <= i, and a learned sink logit per head in each row's softmax.
+  DSA (attn or attn_local = "dsa"): MLA whose queries see only the top_k earlier keys by the lightning indexer's
+       score sum_h w[t,h] ReLU(q_idx[t,h] . k_idx[s]) (wq_idx, wk_idx, w_idx Linears on the detached input; ties to
+       the earlier key; every key while at most top_k are visible); training_mode "dense_warmup" is plain MLA.
   MoE: logits = x @ gate^T in fp32; scores = sigmoid(route_scale * logits); top-k of scores + bias (ties to the
        lower expert id); gates = chosen scores renormalised; routed experts SwiGLU with W1, W3 [E, dim, inter] and
        W2 [E, inter, dim] (y = x @ W); the shared experts are one MLP `ffn.shared.w{1,2,3}` added to the output.
@@ -92,6 +95,12 @@ def swa_heads(cfg):
     return h, (cfg.get("attn_swa") or {}).get("kv_heads") or h, cfg["v_head_dim"]
 
 
+def dsa_options(cfg):
+    """(n_idx_heads, idx_dim, top_k, training_mode) of a DSA layer, the reference's defaults filling the gaps."""
+    o = cfg.get("attn_dsa") or {}
+    return o.get("n_idx_heads", 4), o.get("idx_dim", 64), o.get("top_k", 2048), o.get("training_mode", "sparse")
+
+
 def expected_shapes(cfg):
     """Every parameter and buffer nmoe's model has, with its shape, derived from the config alone."""
     d, h = cfg["dim"], cfg["n_heads"]
@@ -109,6 +118,10 @@ def expected_shapes(cfg):
             shapes.update({f"{a}.wq.weight": [h * (dn + dr), d], f"{a}.wk.weight": [h * (dn + dr), d],
                            f"{a}.wv.weight": [h * dv, d]})
         else:
+            if kind == "dsa":
+                ih, idim = dsa_options(cfg)[:2]
+                shapes.update({f"{a}.wq_idx.weight": [ih * idim, d], f"{a}.wk_idx.weight": [idim, d],
+                               f"{a}.w_idx.weight": [ih, d]})
             if kind == "kda":
                 shapes.update({f"{a}.wg.weight": [h * (dn + dr), d], f"{a}.wg.bias": [h * (dn + dr)],
                                f"{a}.wb.weight": [h, d]})
@@ -221,20 +234,41 @@ def rope(x, cos, sin):
 USE_SDPA = False
 
 
-def causal_attention(q, k, v, scale):
-    """q, k [B, S, H, dqk], v [B, S, H, dv] -> [B, S, H, dv]; softmax in fp32."""
-    if USE_SDPA:
+def causal_attention(q, k, v, scale, allowed=None):
+    """q, k [B, S, H, dqk], v [B, S, H, dv] -> [B, S, H, dv]; softmax in fp32. `allowed` [B, S, S] (DSA) further
+    restricts the keys each query sees."""
+    if USE_SDPA and allowed is None:
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=scale)
         return o.transpose(1, 2)
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
     seq = q.shape[1]
     scores = (qf @ kf.transpose(-1, -2)) * scale
     future = torch.ones(seq, seq, dtype=torch.bool, device=q.device).triu(1)
-    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    hidden = future if allowed is None else future | ~allowed[:, None]
+    probs = scores.masked_fill(hidden, float("-inf")).softmax(dim=-1)
     return (probs @ vf).transpose(1, 2).to(q.dtype)
 
 
-def mla(x, p, prefix, cfg, cos, sin, batch):
+def lightning_indexer_keys(x, p, prefix, cfg, batch):
+    """DSA's key choice, bool [B, S, S]: query t keeps the top_k keys s <= t by I[t, s] = sum_h w[t, h] *
+    ReLU(q_idx[t, h] . k_idx[s]), from x detached (no gradient flows back through the choice)."""
+    seq = cfg["seq_len"]
+    heads, dim, top_k, _ = dsa_options(cfg)
+    xd = x.detach().float()
+    q_idx = F.linear(xd, p[f"{prefix}.wq_idx.weight"].detach().float()).view(batch, seq, heads, dim)
+    k_idx = F.linear(xd, p[f"{prefix}.wk_idx.weight"].detach().float()).view(batch, seq, dim)
+    w_idx = F.linear(xd, p[f"{prefix}.w_idx.weight"].detach().float()).view(batch, seq, heads)
+    scores = torch.einsum("bthd,bsd->btsh", q_idx, k_idx).relu().mul(w_idx[:, :, None, :]).sum(-1)
+    future = torch.ones(seq, seq, dtype=torch.bool, device=x.device).triu(1)
+    scores = scores.masked_fill(future, float("-inf"))
+    # Stable descending sort: equal scores keep the earlier key first; keys past the query (-inf) sort last.
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., : min(top_k, seq)]
+    keep = torch.zeros(batch, seq, seq, dtype=torch.bool, device=x.device)
+    keep.scatter_(-1, order, True)
+    return keep & ~future
+
+
+def mla(x, p, prefix, cfg, cos, sin, batch, allowed=None):
     seq, h = cfg["seq_len"], cfg["n_heads"]
     dn, dr, dv, rank = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
     eps = cfg["rms_norm_eps"]
@@ -250,7 +284,7 @@ def mla(x, p, prefix, cfg, cos, sin, batch):
     kvb = linear(rmsnorm(c_kv, p[f"{prefix}.kv_norm.weight"], eps), p[f"{prefix}.wkv_b.weight"]).view(batch, seq, h, dn + dv)
     k_pe = rope(k_pe.reshape(batch, seq, 1, dr), cos, sin).expand(batch, seq, h, dr)
     k = torch.cat([kvb[..., :dn], k_pe], dim=-1)
-    o = causal_attention(q, k, kvb[..., dn:], (dn + dr) ** -0.5)
+    o = causal_attention(q, k, kvb[..., dn:], (dn + dr) ** -0.5, allowed)
     return linear(o.reshape(batch * seq, h * dv), p[f"{prefix}.wo.weight"])
 
 
@@ -393,6 +427,9 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
             x = x + swa(h, p, f"{pre}.attn", cfg, cos, sin, batch, window)
         elif kind == "kda":
             x = x + kda(h, p, f"{pre}.attn", cfg, batch)
+        elif kind == "dsa":
+            keys = None if dsa_options(cfg)[3] == "dense_warmup" else lightning_indexer_keys(h, p, f"{pre}.attn", cfg, batch)
+            x = x + mla(h, p, f"{pre}.attn", cfg, cos, sin, batch, keys)
         else:
             x = x + (mha if kind == "mha" else mla)(h, p, f"{pre}.attn", cfg, cos, sin, batch)
         h = rmsnorm(x, p[f"{pre}.ffn_norm.weight"], eps)

@@ -11,11 +11,12 @@
  * model fields under `nmoe.config`, from which nmoe loads the export back (import-hf.ts). Each layer's attention
  * kind is recorded in `nmoe.layer_attention` (and as gpt-oss's `layer_types`); SWA layers keep gpt-oss's names
  * (`self_attn.sinks`, biased projections) with q, k and v fused in `self_attn.qkv_proj`. KDA layers keep MLA's names
- * plus fla's `self_attn.f_proj` (the decay gate, with bias) and `self_attn.b_proj` (beta).
+ * plus fla's `self_attn.f_proj` (the decay gate, with bias) and `self_attn.b_proj` (beta). DSA layers keep MLA's
+ * names plus DeepSeek-V3.2's `self_attn.indexer.{wq,wk,weights_proj}`.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Config } from '../config/schema.ts';
+import { type Config, DSA_DEFAULTS } from '../config/schema.ts';
 import { modelConfig } from '../config/sections.ts';
 import { layerAttention } from '../model/spec.ts';
 import { DENSE_FILE, type StepDir, rankFile } from './layout.ts';
@@ -40,6 +41,10 @@ const ATTN: Record<string, string> = {
   // KDA (flash-linear-attention's names for the forget gate and beta projections)
   wg: 'f_proj',
   wb: 'b_proj',
+  // DSA (DeepSeek-V3.2's names for the lightning indexer)
+  wq_idx: 'indexer.wq',
+  wk_idx: 'indexer.wk',
+  w_idx: 'indexer.weights_proj',
 };
 const MLP: Record<string, string> = { w1: 'gate_proj', w2: 'down_proj', w3: 'up_proj' };
 /** The Linear each stacked expert tensor becomes (per expert, transposed). */
@@ -157,6 +162,11 @@ function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): 
         ...(kinds.includes('kda')
           ? [
               'layers with nmoe.layer_attention "kda" are Kimi Delta Attention (fla chunk_kda with q and k L2-normalised, scale (qk_nope_head_dim + qk_rope_head_dim)^-1/2): MLA\'s projections without RoPE, decay gate logsigmoid(self_attn.f_proj) per key dim, beta sigmoid(self_attn.b_proj) per head, no short convolution, output gate or output norm, not MLA',
+            ]
+          : []),
+        ...(kinds.includes('dsa')
+          ? [
+              `layers with nmoe.layer_attention "dsa" are MLA over the top ${c.attn_dsa.top_k ?? DSA_DEFAULTS.top_k} keys per query of a lightning indexer (DeepSeek Sparse Attention, training_mode ${c.attn_dsa.training_mode ?? DSA_DEFAULTS.training_mode}): score sum_h weights_proj(x)[h] ReLU(wq(x)[h] . wk(x)) with self_attn.indexer.wq [n_idx_heads*idx_dim, dim] on the block input (not on the query latent), one key head without a norm, no score scaling; DeepSeek-V3.2's indexer differs`,
             ]
           : []),
       ],

@@ -25,9 +25,14 @@ export function indexerTopK(qIdx: CpuTensor, kIdx: CpuTensor, wIdx: CpuTensor, s
     );
   const K = selectedSlots(spec);
   const selected = allocate([rows, K], 'i32');
-  selected.i.fill(-1);
+  const out = selected.i,
+    Q = qIdx.f,
+    Kx = kIdx.f,
+    W = wIdx.f;
+  out.fill(-1);
   const scores = new Float64Array(S);
-  const taken = new Uint8Array(S);
+  const order: number[] = [];
+  const byScore = (a: number, b: number) => scores[b]! - scores[a]! || a - b;
   for (let b = 0; b < batch; b++) {
     for (let i = 0; i < S; i++) {
       const t = b * S + i;
@@ -35,19 +40,16 @@ export function indexerTopK(qIdx: CpuTensor, kIdx: CpuTensor, wIdx: CpuTensor, s
         let s = 0;
         for (let h = 0; h < H; h++) {
           let dot = 0;
-          for (let x = 0; x < d; x++) dot += qIdx.f[(t * H + h) * d + x]! * kIdx.f[(b * S + j) * d + x]!;
-          s += wIdx.f[t * H + h]! * Math.max(dot, 0);
+          for (let x = 0; x < d; x++) dot += Q[(t * H + h) * d + x]! * Kx[(b * S + j) * d + x]!;
+          s += W[t * H + h]! * Math.max(dot, 0);
         }
         scores[j] = s;
       }
-      taken.fill(0, 0, i + 1);
-      for (let slot = 0; slot < Math.min(K, i + 1); slot++) {
-        let best = -1;
-        for (let j = 0; j <= i; j++) if (!taken[j] && (best < 0 || scores[j]! > scores[best]!)) best = j;
-        taken[best] = 1;
-        selected.i[t * K + slot] = best;
-      }
+      order.push(i);
+      order.sort(byScore);
+      for (let slot = 0; slot < Math.min(K, i + 1); slot++) out[t * K + slot] = order[slot]!;
     }
+    order.length = 0;
   }
   return selected;
 }
@@ -71,6 +73,12 @@ export function selectedAttention(
   const K = selected.shape[1]!;
   const out = allocate(v.shape, v.dtype);
   const lse = allocate([batch * S, H], 'f32');
+  const Q = q.f,
+    Kx = k.f,
+    V = v.f,
+    O = out.f,
+    L = lse.f,
+    sel = selected.i;
   const p = new Float64Array(K);
   const acc = new Float64Array(dV);
   for (let t = 0; t < batch * S; t++) {
@@ -79,26 +87,26 @@ export function selectedAttention(
       const qRow = (t * H + h) * dQK;
       let m = -Infinity;
       for (let slot = 0; slot < K; slot++) {
-        const j = selected.i[t * K + slot]!;
+        const j = sel[t * K + slot]!;
         if (j < 0) break;
         const kRow = ((seqStart + j) * H + h) * dQK;
         let s = 0;
-        for (let x = 0; x < dQK; x++) s += q.f[qRow + x]! * k.f[kRow + x]!;
+        for (let x = 0; x < dQK; x++) s += Q[qRow + x]! * Kx[kRow + x]!;
         p[slot] = s * scale;
         if (p[slot]! > m) m = p[slot]!;
       }
       let l = 0;
       acc.fill(0);
       for (let slot = 0; slot < K; slot++) {
-        const j = selected.i[t * K + slot]!;
+        const j = sel[t * K + slot]!;
         if (j < 0) break;
         const e = Math.exp(p[slot]! - m);
         l += e;
         const vRow = ((seqStart + j) * H + h) * dV;
-        for (let x = 0; x < dV; x++) acc[x] += e * v.f[vRow + x]!;
+        for (let x = 0; x < dV; x++) acc[x] += e * V[vRow + x]!;
       }
-      for (let x = 0; x < dV; x++) out.f[(t * H + h) * dV + x] = acc[x]! / l;
-      lse.f[t * H + h] = m + Math.log(l);
+      for (let x = 0; x < dV; x++) O[(t * H + h) * dV + x] = acc[x]! / l;
+      L[t * H + h] = m + Math.log(l);
     }
   }
   return { out: settle(out), lse };
@@ -117,6 +125,13 @@ export function selectedAttentionBackward(
   const { batch, seqLen: S, heads: H, scale } = spec;
   const { dQK, dV } = check(q, v, selected, spec);
   const K = selected.shape[1]!;
+  const Q = q.f,
+    Kx = k.f,
+    V = v.f,
+    O = out.f,
+    G = dOut.f,
+    L = lse.f,
+    sel = selected.i;
   const dQ = new Float64Array(q.numel),
     dK = new Float64Array(k.numel),
     dVs = new Float64Array(v.numel);
@@ -125,26 +140,26 @@ export function selectedAttentionBackward(
     for (let h = 0; h < H; h++) {
       const qRow = (t * H + h) * dQK,
         oRow = (t * H + h) * dV;
-      const l = lse.f[t * H + h]!;
+      const l = L[t * H + h]!;
       let delta = 0; // sum_j p_j dp_j = dOut_t . out_t
-      for (let x = 0; x < dV; x++) delta += dOut.f[oRow + x]! * out.f[oRow + x]!;
+      for (let x = 0; x < dV; x++) delta += G[oRow + x]! * O[oRow + x]!;
       for (let slot = 0; slot < K; slot++) {
-        const j = selected.i[t * K + slot]!;
+        const j = sel[t * K + slot]!;
         if (j < 0) break;
         const kRow = ((seqStart + j) * H + h) * dQK,
           vRow = ((seqStart + j) * H + h) * dV;
         let s = 0,
           dp = 0;
-        for (let x = 0; x < dQK; x++) s += q.f[qRow + x]! * k.f[kRow + x]!;
+        for (let x = 0; x < dQK; x++) s += Q[qRow + x]! * Kx[kRow + x]!;
         const pj = Math.exp(s * scale - l);
         for (let x = 0; x < dV; x++) {
-          dp += dOut.f[oRow + x]! * v.f[vRow + x]!;
-          dVs[vRow + x] += pj * dOut.f[oRow + x]!;
+          dp += G[oRow + x]! * V[vRow + x]!;
+          dVs[vRow + x] += pj * G[oRow + x]!;
         }
         const ds = pj * (dp - delta) * scale;
         for (let x = 0; x < dQK; x++) {
-          dQ[qRow + x] += ds * k.f[kRow + x]!;
-          dK[kRow + x] += ds * q.f[qRow + x]!;
+          dQ[qRow + x] += ds * Kx[kRow + x]!;
+          dK[kRow + x] += ds * Q[qRow + x]!;
         }
       }
     }

@@ -1,8 +1,8 @@
 /**
  * The model's parameter list, derived from the config: names, local shapes and initialisers. Layer kinds follow
  * the reference: layers [0, n_dense_layers) use a dense SwiGLU MLP, the rest are MoE; global layers use `attn`
- * (MLA, MHA, SWA or KDA) and, with attn_global_every > 1, the others `attn_local` (SWA over attn_local_window keys,
- * or KDA).
+ * (MLA, MHA, SWA, KDA or DSA) and, with attn_global_every > 1, the others `attn_local` (SWA over attn_local_window
+ * keys, KDA or DSA).
  */
 import { DSA_DEFAULTS } from '../config/schema.ts';
 import type { ModelConfig } from '../config/sections.ts';
@@ -46,9 +46,9 @@ export function isGlobalLayer(cfg: ModelConfig, layer: number): boolean {
 
 export function layerAttention(cfg: ModelConfig, layer: number): LayerAttention {
   if (isGlobalLayer(cfg, layer)) return { kind: cfg.attn, window: 0 };
-  // Validation admits only "swa" and "kda" for local layers; KDA has no window (its state spans the sequence).
+  // Validation admits only "swa", "kda" and "dsa" for local layers; KDA has no window (its state spans the
+  // sequence), and DSA's indexer picks its keys.
   if (cfg.attn_local === 'kda') return { kind: 'kda', window: 0 };
-  // DSA picks its keys with the indexer, not a window.
   if (cfg.attn_local === 'dsa') return { kind: 'dsa', window: 0 };
   return { kind: cfg.attn_local as 'swa', window: cfg.attn_local_window };
 }

@@ -20,7 +20,7 @@ import { Decoder } from '../src/model/decoder.ts';
 import { layerAttention, modelParamSpecs } from '../src/model/spec.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
-import { asCpu } from '../src/tensor/cpu/storage.ts';
+import { asCpu, setDoubleStorage } from '../src/tensor/cpu/storage.ts';
 import { train } from '../src/train/trainer.ts';
 import { UserError } from '../src/util/errors.ts';
 import { TOLERANCES, compareFiles, formatComparison, nmoeGrads, prepareParity } from '../tools/parity.ts';
@@ -158,6 +158,66 @@ describe('configs/tiny-dsa.toml', () => {
   });
 });
 
+describe('the indexer alignment loss (attn_dsa.indexer_loss_weight)', () => {
+  afterAll(() => setDoubleStorage(false));
+
+  /** The preset's model at toy length; the loss and a copy of every gradient after one forward and backward. */
+  function lossAndGrads(extra: string[]) {
+    const cfg = modelConfig(
+      loadConfig(PRESET, { env: {}, overrides: ['--seq_len=10', '--attn_dsa.top_k=4', ...extra] }).config,
+    );
+    const backend = new CpuBackend();
+    const model = new Transformer(backend, cfg);
+    model.params.initialize(cfg.seed);
+    const tokens = Array.from({ length: 21 }, (_, i) => (i * 53 + 7) % 255);
+    const ids = backend.upload(Int32Array.from(tokens.slice(0, 20)), [20], 'i32');
+    const targets = backend.upload(Int32Array.from(tokens.slice(1)), [20], 'i32');
+    const lossAt = () => asCpu(model.forward(ids, targets, 2, { grad: false }).loss).f[0]!;
+    model.params.zeroGrads();
+    const fwd = model.forward(ids, targets, 2);
+    const loss = asCpu(fwd.loss).f[0]!;
+    model.backward(fwd.saved);
+    const grads = new Map(model.params.trainable().map((p) => [p.name, Float64Array.from(asCpu(p.grad!).f)]));
+    return { model, loss, grads, lossAt };
+  }
+
+  it.each([['sparse'], ['dense_warmup']])(
+    '%s: trains the indexer by finite differences of the loss, and leaves every other gradient as without it',
+    (mode) => {
+      setDoubleStorage(true);
+      const base = lossAndGrads([`--attn_dsa.training_mode=${mode}`]);
+      const withLoss = lossAndGrads([`--attn_dsa.training_mode=${mode}`, '--attn_dsa.indexer_loss_weight=0.5']);
+      expect(withLoss.loss).toBeGreaterThan(base.loss);
+      for (const [name, g] of base.grads) {
+        if (/_idx\.weight$/.test(name)) continue;
+        expect(Array.from(withLoss.grads.get(name)!), name).toEqual(Array.from(g));
+      }
+      // The loss does not depend on the indexer while the selection holds, so its gradient is the alignment's.
+      for (const name of ['blocks.0.attn.wq_idx.weight', 'blocks.2.attn.wk_idx.weight', 'blocks.3.attn.w_idx.weight']) {
+        expect(
+          base.grads.get(name)!.every((x) => x === 0),
+          name,
+        ).toBe(true);
+        const g = withLoss.grads.get(name)!;
+        const theta = asCpu(withLoss.model.params.get(name)).f;
+        const norm = Math.hypot(...g);
+        expect(norm).toBeGreaterThan(0);
+        const orig = Float64Array.from(theta);
+        const eps = 1e-4;
+        const at = (sign: number) => {
+          for (let j = 0; j < theta.length; j++) theta[j] = orig[j]! + (sign * eps * g[j]!) / norm;
+          return withLoss.lossAt();
+        };
+        const numeric = (at(1) - at(-1)) / (2 * eps);
+        theta.set(orig);
+        expect(Math.abs(numeric - norm) / norm, name).toBeLessThan(1e-6);
+      }
+      base.model.free();
+      withLoss.model.free();
+    },
+  );
+});
+
 describe.skipIf(!haveTorch)('DSA parity with PyTorch', () => {
   it.each([
     ['DSA on every layer, top 6 of up to 16 keys', ['--seq_len=16', '--attn_dsa.top_k=6']],
@@ -166,6 +226,14 @@ describe.skipIf(!haveTorch)('DSA parity with PyTorch', () => {
       ['--seq_len=12', '--attn_dsa.top_k=5', '--attn_global_every=2', '--attn_local=dsa', '--q_lora_rank=0'],
     ],
     ['DSA dense warm-up', ['--seq_len=12', '--attn_dsa.training_mode=dense_warmup']],
+    [
+      'DSA with the indexer alignment loss',
+      ['--seq_len=16', '--attn_dsa.top_k=6', '--attn_dsa.indexer_loss_weight=0.5'],
+    ],
+    [
+      'DSA dense warm-up with the indexer alignment loss',
+      ['--seq_len=12', '--attn_dsa.training_mode=dense_warmup', '--attn_dsa.indexer_loss_weight=2'],
+    ],
   ])(
     '%s: fp32 loss and every gradient agree',
     async (label, extra) => {
@@ -185,6 +253,8 @@ describe.skipIf(!haveTorch)('DSA parity with PyTorch', () => {
       const c = compareFiles(files.grads, ref, TOLERANCES.fp32);
       expect(c.ok, formatComparison(c).join('\n')).toBe(true);
       expect(c.rows.some((row) => row.name.endsWith('.attn.wkv_b.weight') && row.normRef > 0)).toBe(true);
+      const trained = c.rows.some((row) => row.name.endsWith('.attn.wq_idx.weight') && row.normRef > 0);
+      expect(trained).toBe(extra.some((o) => o.startsWith('--attn_dsa.indexer_loss_weight')));
     },
     120_000,
   );

@@ -25,6 +25,7 @@ The model (the reference's, as src/model implements it):
   DSA (attn or attn_local = "dsa"): MLA whose queries see only the top_k earlier keys by the lightning indexer's
        score sum_h w[t,h] ReLU(q_idx[t,h] . k_idx[s]) (wq_idx, wk_idx, w_idx Linears on the detached input; ties to
        the earlier key; every key while at most top_k are visible); training_mode "dense_warmup" is plain MLA.
+       attn_dsa.indexer_loss_weight > 0 adds weight * the DSA paper's KL alignment loss per layer (eq. 3/4).
   MoE: logits = x @ gate^T in fp32; scores = sigmoid(route_scale * logits); top-k of scores + bias (ties to the
        lower expert id); gates = chosen scores renormalised; routed experts SwiGLU with W1, W3 [E, dim, inter] and
        W2 [E, inter, dim] (y = x @ W); the shared experts are one MLP `ffn.shared.w{1,2,3}` added to the output.
@@ -96,9 +97,11 @@ def swa_heads(cfg):
 
 
 def dsa_options(cfg):
-    """(n_idx_heads, idx_dim, top_k, training_mode) of a DSA layer, the reference's defaults filling the gaps."""
+    """(n_idx_heads, idx_dim, top_k, training_mode, indexer_loss_weight) of a DSA layer, the reference's defaults
+    (and nmoe's 0 for the loss weight) filling the gaps."""
     o = cfg.get("attn_dsa") or {}
-    return o.get("n_idx_heads", 4), o.get("idx_dim", 64), o.get("top_k", 2048), o.get("training_mode", "sparse")
+    return (o.get("n_idx_heads", 4), o.get("idx_dim", 64), o.get("top_k", 2048), o.get("training_mode", "sparse"),
+            o.get("indexer_loss_weight", 0.0))
 
 
 def expected_shapes(cfg):
@@ -249,26 +252,46 @@ def causal_attention(q, k, v, scale, allowed=None):
     return (probs @ vf).transpose(1, 2).to(q.dtype)
 
 
-def lightning_indexer_keys(x, p, prefix, cfg, batch):
-    """DSA's key choice, bool [B, S, S]: query t keeps the top_k keys s <= t by I[t, s] = sum_h w[t, h] *
-    ReLU(q_idx[t, h] . k_idx[s]), from x detached (no gradient flows back through the choice)."""
+def index_scores(x, p, prefix, cfg, batch):
+    """DSA's lightning indexer, [B, S, S]: I[t, s] = sum_h w[t, h] ReLU(q_idx[t, h] . k_idx[s]) from x detached
+    (the weights keep their gradient, for the alignment loss)."""
     seq = cfg["seq_len"]
-    heads, dim, top_k, _ = dsa_options(cfg)
+    heads, dim = dsa_options(cfg)[:2]
     xd = x.detach().float()
-    q_idx = F.linear(xd, p[f"{prefix}.wq_idx.weight"].detach().float()).view(batch, seq, heads, dim)
-    k_idx = F.linear(xd, p[f"{prefix}.wk_idx.weight"].detach().float()).view(batch, seq, dim)
-    w_idx = F.linear(xd, p[f"{prefix}.w_idx.weight"].detach().float()).view(batch, seq, heads)
-    scores = torch.einsum("bthd,bsd->btsh", q_idx, k_idx).relu().mul(w_idx[:, :, None, :]).sum(-1)
-    future = torch.ones(seq, seq, dtype=torch.bool, device=x.device).triu(1)
-    scores = scores.masked_fill(future, float("-inf"))
+    q_idx = F.linear(xd, p[f"{prefix}.wq_idx.weight"].float()).view(batch, seq, heads, dim)
+    k_idx = F.linear(xd, p[f"{prefix}.wk_idx.weight"].float()).view(batch, seq, dim)
+    w_idx = F.linear(xd, p[f"{prefix}.w_idx.weight"].float()).view(batch, seq, heads)
+    return torch.einsum("bthd,bsd->btsh", q_idx, k_idx).relu().mul(w_idx[:, :, None, :]).sum(-1)
+
+
+def lightning_indexer_keys(scores, cfg, batch):
+    """DSA's key choice, bool [B, S, S]: query t keeps the top_k keys s <= t by its index scores (no gradient flows
+    back through the choice)."""
+    seq = cfg["seq_len"]
+    top_k = dsa_options(cfg)[2]
+    future = torch.ones(seq, seq, dtype=torch.bool, device=scores.device).triu(1)
+    scores = scores.detach().masked_fill(future, float("-inf"))
     # Stable descending sort: equal scores keep the earlier key first; keys past the query (-inf) sort last.
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., : min(top_k, seq)]
-    keep = torch.zeros(batch, seq, seq, dtype=torch.bool, device=x.device)
+    keep = torch.zeros(batch, seq, seq, dtype=torch.bool, device=scores.device)
     keep.scatter_(-1, order, True)
     return keep & ~future
 
 
-def mla(x, p, prefix, cfg, cos, sin, batch, allowed=None):
+def indexer_alignment(scores, q, k, allowed, scale):
+    """The DSA paper's KL alignment loss (eq. 3 with every causal key, eq. 4 with the selected ones), mean over
+    queries: KL(P_t || softmax(I_t)), P_t the attention probabilities summed over heads and L1-normalised, detached.
+    q, k [B, S, H, d]; allowed [B, S, S]."""
+    attn = torch.einsum("bthd,bshd->bhts", q.float(), k.float()) * scale
+    attn = attn.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).sum(1).detach()
+    target = attn / attn.sum(-1, keepdim=True)
+    log_q = scores.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+    kl = torch.where(target > 0, target * (target.clamp_min(1e-30).log() - log_q), torch.zeros_like(target))
+    return kl.sum(-1).mean()
+
+
+def mla(x, p, prefix, cfg, cos, sin, batch, allowed=None, keep=None):
+    """MLA; `allowed` [B, S, S] restricts the keys (DSA), and `keep` (a dict) receives q and k."""
     seq, h = cfg["seq_len"], cfg["n_heads"]
     dn, dr, dv, rank = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
     eps = cfg["rms_norm_eps"]
@@ -284,6 +307,8 @@ def mla(x, p, prefix, cfg, cos, sin, batch, allowed=None):
     kvb = linear(rmsnorm(c_kv, p[f"{prefix}.kv_norm.weight"], eps), p[f"{prefix}.wkv_b.weight"]).view(batch, seq, h, dn + dv)
     k_pe = rope(k_pe.reshape(batch, seq, 1, dr), cos, sin).expand(batch, seq, h, dr)
     k = torch.cat([kvb[..., :dn], k_pe], dim=-1)
+    if keep is not None:
+        keep.update(q=q, k=k)
     o = causal_attention(q, k, kvb[..., dn:], (dn + dr) ** -0.5, allowed)
     return linear(o.reshape(batch * seq, h * dv), p[f"{prefix}.wo.weight"])
 
@@ -419,6 +444,7 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
     eps = cfg["rms_norm_eps"]
     cos, sin = (t[: cfg["seq_len"]].to(inputs.device) for t in tables)
     x = (F.embedding(inputs, p["embedding.weight"]).float() * EMBED_SCALE).to(dtype)
+    aux = []  # DSA's indexer alignment losses (attn_dsa.indexer_loss_weight > 0)
     for i in range(cfg["n_layers"]):
         pre = f"blocks.{i}"
         h = rmsnorm(x, p[f"{pre}.attn_norm.weight"], eps)
@@ -428,8 +454,16 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
         elif kind == "kda":
             x = x + kda(h, p, f"{pre}.attn", cfg, batch)
         elif kind == "dsa":
-            keys = None if dsa_options(cfg)[3] == "dense_warmup" else lightning_indexer_keys(h, p, f"{pre}.attn", cfg, batch)
-            x = x + mla(h, p, f"{pre}.attn", cfg, cos, sin, batch, keys)
+            mode, weight = dsa_options(cfg)[3:]
+            scores = index_scores(h, p, f"{pre}.attn", cfg, batch)
+            keys = None if mode == "dense_warmup" else lightning_indexer_keys(scores, cfg, batch)
+            kept = {}
+            x = x + mla(h, p, f"{pre}.attn", cfg, cos, sin, batch, keys, kept)
+            if weight > 0:
+                causal = torch.ones(cfg["seq_len"], cfg["seq_len"], dtype=torch.bool, device=h.device).tril()
+                allowed = causal.expand(batch, -1, -1) if keys is None else keys
+                qk_dim = cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"]
+                aux.append(weight * indexer_alignment(scores, kept["q"], kept["k"], allowed, qk_dim ** -0.5))
         else:
             x = x + (mha if kind == "mha" else mla)(h, p, f"{pre}.attn", cfg, cos, sin, batch)
         h = rmsnorm(x, p[f"{pre}.ffn_norm.weight"], eps)
@@ -445,7 +479,7 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
     per_token = F.cross_entropy(logits, targets, reduction="none")
     counted = (targets != cfg["eos_token_id"]) if cfg.get("loss_mask_eos", True) else torch.ones_like(targets, dtype=torch.bool)
     counted = counted.float()
-    return (per_token * counted).sum() / counted.sum().clamp(min=1), int(counted.sum())
+    return (per_token * counted).sum() / counted.sum().clamp(min=1) + sum(aux), int(counted.sum())
 
 
 def pick_device(name):

@@ -97,6 +97,8 @@ export interface AttnDsaOptions {
   idx_dim?: number;
   top_k?: number;
   training_mode?: 'sparse' | 'dense_warmup';
+  /** nmoe's addition: the weight of the indexer's KL alignment loss (0: off, as the reference never calls it). */
+  indexer_loss_weight?: number;
 }
 
 /** The reference's DSA defaults (its attn_dsa table starts empty). */
@@ -105,6 +107,7 @@ export const DSA_DEFAULTS: Required<AttnDsaOptions> = {
   idx_dim: 64,
   top_k: 2048,
   training_mode: 'sparse',
+  indexer_loss_weight: 0,
 };
 
 export type Dtype = 'bf16' | 'fp8' | 'nvfp4';
@@ -378,11 +381,13 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
         idx_dim: INT,
         top_k: INT,
         training_mode: { kind: 'enum', values: ['sparse', 'dense_warmup'] },
+        indexer_loss_weight: FLOAT,
       },
     },
     {},
     true,
-    'DSA options: n_idx_heads 4, idx_dim 64, top_k 2048 (keys per query), training_mode sparse|dense_warmup.',
+    'DSA options: n_idx_heads 4, idx_dim 64, top_k 2048 (keys per query), training_mode sparse|dense_warmup; ' +
+      'indexer_loss_weight 0 (an nmoe addition: > 0 adds the indexer KL alignment loss, which trains the indexer).',
   ),
 
   max_position_embeddings: field('rope', INT, 8192, true, 'RoPE base context length; tables cover twice this.'),

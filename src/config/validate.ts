@@ -324,6 +324,21 @@ const RULES: Rule[] = [
     fix: () => `set attn_dsa.${key} to a positive integer (the reference's default: ${DSA_DEFAULTS[key]})`,
   })),
   {
+    keys: ['attn_dsa'],
+    when: usesDsa,
+    ok: (c) => (c.attn_dsa.indexer_loss_weight ?? 0) >= 0,
+    what: (c) => `has indexer_loss_weight = ${c.attn_dsa.indexer_loss_weight}, which must be >= 0`,
+    fix: () => 'set attn_dsa.indexer_loss_weight to 0 (off) or a positive weight such as 1.0',
+  },
+  {
+    // Each rank would average the loss over its own tokens, and the summed gradients would count it world times.
+    keys: ['attn_dsa'],
+    when: (c) => usesDsa(c) && (c.attn_dsa.indexer_loss_weight ?? 0) > 0,
+    ok: (_c, world) => world === 1,
+    what: (_c, world) => `sets indexer_loss_weight on ${world} ranks; the indexer loss is built for one rank`,
+    fix: () => 'train on one rank, or set attn_dsa.indexer_loss_weight = 0',
+  },
+  {
     keys: ['decay_floor', 'lr_expert', 'lr_dense'],
     ok: (c) => c.decay_floor <= Math.min(c.lr_expert, c.lr_dense),
     what: (c) => `must be <= min(lr_expert, lr_dense) = ${Math.min(c.lr_expert, c.lr_dense)}`,

@@ -16,7 +16,7 @@ import { type LayerContext, freeAll, linear, linearBackward, rope } from './cont
 import { layerAttention, qkHeadDim } from './spec.ts';
 import { type SwaSaved, releaseSwaSaved, swaBackward, swaCore, swaOutput } from './swa.ts';
 import { type KdaSaved, kdaBackward, kdaCore, releaseKdaSaved } from './kda.ts';
-import { dsaSelection } from './dsa.ts';
+import { dsaAlignmentLoss, dsaSelection } from './dsa.ts';
 
 /** What an MLA or MHA layer (dense causal) keeps for its backward. */
 export interface DenseAttentionSaved {
@@ -63,7 +63,8 @@ export interface KvSink {
 
 /**
  * Block `layer`'s attention (its kind from layerAttention): h [T, D] (already normed) -> out [T, D]. The caller keeps
- * ownership of h; `saved` holds it until backward.
+ * ownership of h; `saved` holds it until backward. With `training`, a DSA layer also returns its indexer alignment
+ * loss (null elsewhere and while attn_dsa.indexer_loss_weight is 0), whose gradient it accumulates when `grad`.
  */
 export function attentionForward(
   ctx: LayerContext,
@@ -71,10 +72,14 @@ export function attentionForward(
   prefix: string,
   h: Tensor,
   sink?: KvSink,
-): { out: Tensor; saved: AttentionSaved } {
+  training?: { grad: boolean },
+): { out: Tensor; saved: AttentionSaved; indexerLoss: Tensor | null } {
   const saved = attentionCore(ctx, layer, prefix, h, sink);
   const out = saved.kind === 'swa' ? swaOutput(ctx, prefix, saved) : linear(ctx, saved.o, `${prefix}.wo.weight`);
-  return { out, saved };
+  // DSA: the alignment loss reads the attention's probabilities.
+  const dsa = training && layerAttention(ctx.cfg, layer).kind === 'dsa' && saved.kind === 'dense';
+  const indexerLoss = dsa ? dsaAlignmentLoss(ctx, prefix, h, saved, training.grad) : null;
+  return { out, saved, indexerLoss };
 }
 
 /** MHA's projections, q and k roped: q, k [T, H*dqk], v [T, H*dv]. */

@@ -64,9 +64,16 @@ export function dsaIndexer(cfg: ModelConfig): {
   dim: number;
   topK: number;
   mode: 'sparse' | 'dense_warmup';
+  lossWeight: number;
 } {
   const o = { ...DSA_DEFAULTS, ...cfg.attn_dsa };
-  return { heads: o.n_idx_heads, dim: o.idx_dim, topK: o.top_k, mode: o.training_mode };
+  return {
+    heads: o.n_idx_heads,
+    dim: o.idx_dim,
+    topK: o.top_k,
+    mode: o.training_mode,
+    lossWeight: o.indexer_loss_weight,
+  };
 }
 
 /** DSA: MLA's projections plus the indexer's query (n_idx_heads heads), its one key head and its per-head weights. */

@@ -84,6 +84,20 @@ export interface IndexerSpec {
   topK: number;
 }
 
+/** DSA's indexer alignment loss (attn_dsa.indexer_loss_weight). */
+export interface IndexerAlignmentSpec {
+  batch: number;
+  seqLen: number;
+  /** Attention heads (their probabilities are summed). */
+  heads: number;
+  /** Indexer query heads. */
+  idxHeads: number;
+  /** The attention's softmax scale (with lse, recomputes its probabilities). */
+  scale: number;
+  /** Multiplies the mean over queries. */
+  weight: number;
+}
+
 export interface CrossEntropySpec {
   /** Multiplies the logits (the reference's 0.125). */
   logitScale: number;
@@ -339,6 +353,23 @@ export interface Backend {
     lse: Tensor,
     spec: AttentionSpec,
   ): { dq: Tensor; dk: Tensor; dv: Tensor };
+
+  /**
+   * DSA's indexer alignment loss, f32 [1]: weight * mean over queries of KL(P || softmax(I)), P the attention's
+   * probabilities (from q, k and lse, constant) summed over heads and L1-normalised, I the index scores, both over
+   * the selected keys (or every causal key when `selected` is null). Returns the gradients of that loss for the
+   * indexer's inputs along with it (the loss is a leaf: nothing flows back into it).
+   */
+  indexerAlignment(
+    qIdx: Tensor,
+    kIdx: Tensor,
+    wIdx: Tensor,
+    q: Tensor,
+    k: Tensor,
+    lse: Tensor,
+    selected: Tensor | null,
+    spec: IndexerAlignmentSpec,
+  ): { loss: Tensor; dqIdx: Tensor; dkIdx: Tensor; dwIdx: Tensor };
 
   // --- router and experts -----------------------------------------------------------------------------------
   /**

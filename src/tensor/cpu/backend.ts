@@ -13,6 +13,7 @@ import type {
   CrossEntropySpec,
   DeltaAttentionSpec,
   ExpertFormat,
+  IndexerAlignmentSpec,
   IndexerSpec,
   MatmulOptions,
   MoePlan,
@@ -282,6 +283,20 @@ export class CpuBackend implements Backend {
   ) {
     const [g, qq, kk, vv, sel, o, l] = [dOut, q, k, v, selected, out, lse].map(asCpu) as CpuTensor[];
     return dsa.selectedAttentionBackward(g!, qq!, kk!, vv!, sel!, o!, l!, spec);
+  }
+
+  indexerAlignment(
+    qIdx: Tensor,
+    kIdx: Tensor,
+    wIdx: Tensor,
+    q: Tensor,
+    k: Tensor,
+    lse: Tensor,
+    selected: Tensor | null,
+    spec: IndexerAlignmentSpec,
+  ) {
+    const [qi, ki, wi, qq, kk, l] = [qIdx, kIdx, wIdx, q, k, lse].map(asCpu) as CpuTensor[];
+    return dsa.indexerAlignment(qi!, ki!, wi!, qq!, kk!, l!, selected && asCpu(selected), spec);
   }
 
   routerTopK(logits: Tensor, bias: Tensor, topK: number, routeScale: number): { gates: Tensor; idx: Tensor } {

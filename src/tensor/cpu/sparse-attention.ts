@@ -6,7 +6,7 @@
  * Attention is then MLA's softmax over the selected keys only, one query row at a time, and its backward recomputes
  * probabilities from the saved log-sum-exp as attention.ts does.
  */
-import type { AttentionSpec, IndexerSpec } from '../backend.ts';
+import type { AttentionSpec, IndexerAlignmentSpec, IndexerSpec } from '../backend.ts';
 import { type CpuTensor, allocate, settle } from './storage.ts';
 
 /** Slots per query: top_k, or the sequence length when that is smaller (every key is then kept). */
@@ -170,4 +170,94 @@ export function selectedAttentionBackward(
     return settle(t);
   };
   return { dq: fresh(q, dQ), dk: fresh(k, dK), dv: fresh(v, dVs) };
+}
+
+/**
+ * The DSA paper's indexer alignment loss (eq. 3 over every causal key, eq. 4 over the selected ones), weighted and
+ * averaged over queries: weight / T * sum_t KL(P_t || softmax(I_t)), P_t the attention probabilities summed over
+ * heads and L1-normalised (recomputed from q, k and the saved lse, held constant), I_t the index scores. Returns it
+ * with its gradients for the indexer's inputs: dI = weight / T * (softmax(I_t) - P_t), through the ReLU to q_idx and
+ * k_idx and to the head weights w.
+ */
+export function indexerAlignment(
+  qIdx: CpuTensor,
+  kIdx: CpuTensor,
+  wIdx: CpuTensor,
+  q: CpuTensor,
+  k: CpuTensor,
+  lse: CpuTensor,
+  selected: CpuTensor | null,
+  spec: IndexerAlignmentSpec,
+): { loss: CpuTensor; dqIdx: CpuTensor; dkIdx: CpuTensor; dwIdx: CpuTensor } {
+  const { batch, seqLen: S, heads: H, idxHeads: Hi, scale, weight } = spec;
+  const rows = batch * S;
+  const d = kIdx.shape[1]!,
+    dQK = q.shape[1]! / H;
+  const [Qi, Ki, Wi, Q, Kx, L] = [qIdx.f, kIdx.f, wIdx.f, q.f, k.f, lse.f];
+  const dQi = new Float64Array(qIdx.numel),
+    dKi = new Float64Array(kIdx.numel),
+    dWi = new Float64Array(wIdx.numel);
+  const keys: number[] = [];
+  const dots = new Float64Array(S * Hi),
+    index = new Float64Array(S),
+    target = new Float64Array(S);
+  const g = weight / rows;
+  let loss = 0;
+  for (let t = 0; t < rows; t++) {
+    const seqStart = t - (t % S),
+      i = t - seqStart;
+    keys.length = 0;
+    if (selected) {
+      const K = selected.shape[1]!;
+      for (let slot = 0; slot < K && selected.i[t * K + slot]! >= 0; slot++) keys.push(selected.i[t * K + slot]!);
+    } else for (let j = 0; j <= i; j++) keys.push(j);
+    let mI = -Infinity,
+      total = 0;
+    for (const [n, j] of keys.entries()) {
+      let s = 0,
+        p = 0;
+      for (let h = 0; h < Hi; h++) {
+        let dot = 0;
+        for (let x = 0; x < d; x++) dot += Qi[(t * Hi + h) * d + x]! * Ki[(seqStart + j) * d + x]!;
+        dots[n * Hi + h] = dot;
+        s += Wi[t * Hi + h]! * Math.max(dot, 0);
+      }
+      for (let h = 0; h < H; h++) {
+        let dot = 0;
+        for (let x = 0; x < dQK; x++) dot += Q[(t * H + h) * dQK + x]! * Kx[((seqStart + j) * H + h) * dQK + x]!;
+        p += Math.exp(dot * scale - L[t * H + h]!);
+      }
+      index[n] = s;
+      target[n] = p;
+      total += p;
+      if (s > mI) mI = s;
+    }
+    let z = 0;
+    for (let n = 0; n < keys.length; n++) z += Math.exp(index[n]! - mI);
+    const logZ = mI + Math.log(z);
+    for (const [n, j] of keys.entries()) {
+      const P = target[n]! / total,
+        logQ = index[n]! - logZ;
+      if (P > 0) loss += P * (Math.log(P) - logQ);
+      const dI = g * (Math.exp(logQ) - P);
+      for (let h = 0; h < Hi; h++) {
+        const dot = dots[n * Hi + h]!;
+        dWi[t * Hi + h] += dI * Math.max(dot, 0);
+        if (dot <= 0) continue;
+        const dDot = dI * Wi[t * Hi + h]!;
+        for (let x = 0; x < d; x++) {
+          dQi[(t * Hi + h) * d + x] += dDot * Ki[(seqStart + j) * d + x]!;
+          dKi[(seqStart + j) * d + x] += dDot * Qi[(t * Hi + h) * d + x]!;
+        }
+      }
+    }
+  }
+  const fresh = (like: CpuTensor, values: Float64Array) => {
+    const out = allocate(like.shape, like.dtype);
+    out.f.set(values);
+    return settle(out);
+  };
+  const lossT = allocate([1], 'f32');
+  lossT.f[0] = g * loss;
+  return { loss: lossT, dqIdx: fresh(qIdx, dQi), dkIdx: fresh(kIdx, dKi), dwIdx: fresh(wIdx, dWi) };
 }

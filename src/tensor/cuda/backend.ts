@@ -298,6 +298,10 @@ export class CudaBackend implements Backend, CudaContext {
     throw new UserError(DSA_CPU_ONLY);
   }
 
+  indexerAlignment(): never {
+    throw new UserError(DSA_CPU_ONLY);
+  }
+
   // --- router and experts -----------------------------------------------------------------------------------
 
   routerTopK(logits: Tensor, bias: Tensor, topK: number, routeScale: number): { gates: Tensor; idx: Tensor } {

@@ -1,8 +1,9 @@
 /**
  * Whole-model gradient check on the CPU backend: for every parameter tensor, the finite-difference derivative of
  * the loss along a direction must match the analytic gradient's projection. Two directions per tensor: the
- * normalised gradient itself and a fixed random one. Routing and NSA's block selection must not change under the
- * perturbation (top-k choices have no derivative): the test asserts that both stay as in the unperturbed forward.
+ * normalised gradient itself and a fixed random one. Routing, NSA's block selection and DSA's key selection (the
+ * indexer's top-k) must not change under the perturbation (top-k choices have no derivative): the test asserts that
+ * all stay as in the unperturbed forward (DSA's as the backend below records them on every forward).
  *
  * Precision: the per-op checks run in fp32. Here the loss is a mean over tokens after a dozen layers, and fp32
  * rounding of the activations moves it by ~1e-7 relative: with the step small enough to keep routing fixed, that
@@ -13,9 +14,21 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultConfigPath, loadConfig } from '../src/config/load.ts';
 import { modelConfig } from '../src/config/sections.ts';
 import { Transformer } from '../src/model/transformer.ts';
+import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { asCpu, setDoubleStorage } from '../src/tensor/cpu/storage.ts';
 import { philoxNormal } from '../src/util/philox.ts';
-import { cpu, ints } from './helpers/gradcheck.ts';
+import { ints } from './helpers/gradcheck.ts';
+
+/** The CPU backend, keeping the keys DSA's indexer selects in each forward (a changed selection fails the check). */
+class SelectionRecorder extends CpuBackend {
+  selections: string[] = [];
+  override indexerTopK(...args: Parameters<CpuBackend['indexerTopK']>) {
+    const selected = super.indexerTopK(...args);
+    this.selections.push(Array.from(asCpu(selected).i).join(','));
+    return selected;
+  }
+}
+const cpu = new SelectionRecorder();
 
 function build(overrides: string[]) {
   const { config } = loadConfig(defaultConfigPath(), {
@@ -61,9 +74,10 @@ function lossAndRouting(
   targets: ReturnType<typeof ints>,
   grad = false,
 ) {
+  cpu.selections = [];
   const fwd = model.forward(ids, targets, 2, { grad });
   const loss = asCpu(fwd.loss).f[0]!;
-  const routing = fwd.routerCounts.map((c) => Array.from(asCpu(c).i).join(',')).join('|');
+  const routing = [...fwd.routerCounts.map((c) => Array.from(asCpu(c).i).join(',')), ...cpu.selections].join('|');
   // NSA's block selection (top-k of compressed scores) has no derivative either: it must not move.
   const selection = fwd.saved.blocks.map((b) => (b.attn?.kind === 'nsa' ? Array.from(asCpu(b.attn.sel).i) : []));
   return { loss, routing: `${routing} / ${selection.join('|')}`, fwd };
@@ -113,6 +127,7 @@ const NSA = [
   '--attn_nsa.slc_block=1',
   '--attn_nsa.topk_blocks=4',
 ];
+const DSA_SMALL = ['--attn_dsa.top_k=4', '--attn_dsa.n_idx_heads=2', '--attn_dsa.idx_dim=4'];
 
 describe('whole-model gradient check (central differences, double storage)', () => {
   beforeAll(() => setDoubleStorage(true));
@@ -154,6 +169,14 @@ describe('whole-model gradient check (central differences, double storage)', () 
       'NSA global layers (compressed and selected branches, no window), kv_heads = n_heads',
       ['--attn=nsa', ...NSA, '--attn_nsa.kv_heads=2'],
     ],
+    // DSA: 4 of up to 6 keys per query; the indexer's weights get no gradient, and the loss does not move with them
+    // while the selection (asserted with the routing) holds.
+    ['DSA on every layer (top 4 keys)', ['--attn=dsa', ...DSA_SMALL]],
+    [
+      'DSA local layer 0 before MLA, no q_lora',
+      ['--attn_global_every=2', '--attn_local=dsa', '--q_lora_rank=0', ...DSA_SMALL],
+    ],
+    ['DSA dense warm-up (full MLA)', ['--attn=dsa', '--attn_dsa.training_mode=dense_warmup']],
     ['EOS targets counted', ['--loss_mask_eos=false']],
   ] as const) {
     it(`every parameter tensor: ${label}`, () => {
@@ -171,6 +194,7 @@ describe('attn_recompute', () => {
     ['SWA between MLA', ['--attn_global_every=2', '--attn_local=swa', '--attn_local_window=3']],
     ['KDA', ['--attn=kda']],
     ['NSA, local and global', ['--attn=nsa', '--attn_global_every=2', '--attn_local=nsa', ...NSA]],
+    ['DSA', ['--attn=dsa', ...DSA_SMALL]],
   ])('%s: gives exactly the gradients of keeping the attention activations, and keeps none of them', (_, extra) => {
     const grads = (recompute: boolean) => {
       const { model, ids, targets } = build([...extra, `--attn_recompute=${recompute}`]);

@@ -307,4 +307,97 @@ describe('backward of every op matches finite differences', () => {
       ),
     );
   });
+
+  // DSA: the selection is an input of selectedAttention (an i32 tensor computed once), so the perturbations of q, k
+  // and v leave it fixed by construction.
+  it('attention over indexer-selected keys (top 3 of up to 7 visible, 2 sequences, 2 heads)', () => {
+    const spec = { batch: 2, seqLen: 7, heads: 2, scale: 6 ** -0.5 };
+    const selected = cpu.indexerTopK(randn([14, 2 * 5]), randn([14, 5]), randn([14, 2]), {
+      batch: 2,
+      seqLen: 7,
+      heads: 2,
+      topK: 3,
+    });
+    const q = randn([14, 12]),
+      k = randn([14, 12]),
+      v = randn([14, 8]),
+      r = randn([14, 8]);
+    const { out, lse } = cpu.selectedAttention(q, k, v, selected, spec);
+    const { dq, dk, dv } = cpu.selectedAttentionBackward(r, q, k, v, selected, out, lse, spec);
+    const checks: Checked[] = [
+      { name: 'q', input: q, analytic: dq },
+      { name: 'k', input: k, analytic: dk },
+      { name: 'v', input: v, analytic: dv },
+    ];
+    expectSmall(gradError(() => project(cpu.selectedAttention(q, k, v, selected, spec).out, r), checks));
+  });
+
+  it('the lightning indexer keeps the top-k causal keys by sum_h w ReLU(q.k), and all of them while few are visible', () => {
+    const S = 6,
+      H = 2,
+      d = 3;
+    const qIdx = randn([S, H * d]),
+      kIdx = randn([S, d]),
+      wIdx = randn([S, H]);
+    const selected = asCpu(cpu.indexerTopK(qIdx, kIdx, wIdx, { batch: 1, seqLen: S, heads: H, topK: 3 }));
+    expect(selected.shape).toEqual([S, 3]);
+    const [Q, K, W] = [qIdx, kIdx, wIdx].map(data) as [Float32Array, Float32Array, Float32Array];
+    for (let i = 0; i < S; i++) {
+      const score = (j: number) => {
+        let s = 0;
+        for (let h = 0; h < H; h++) {
+          let dot = 0;
+          for (let x = 0; x < d; x++) dot += Q[(i * H + h) * d + x]! * K[j * d + x]!;
+          s += W[i * H + h]! * Math.max(0, dot);
+        }
+        return s;
+      };
+      const ranked = Array.from({ length: i + 1 }, (_, j) => j).sort((a, b) => score(b) - score(a) || a - b);
+      const expected = [...ranked.slice(0, 3), -1, -1, -1].slice(0, 3);
+      expect(Array.from(selected.i.subarray(i * 3, i * 3 + 3)), `query ${i}`).toEqual(expected);
+    }
+    // top_k beyond the sequence keeps every causal key: the attention is then full causal attention.
+    const all = cpu.indexerTopK(qIdx, kIdx, wIdx, { batch: 1, seqLen: S, heads: H, topK: 100 });
+    expect(all.shape).toEqual([S, S]);
+    const spec = { batch: 1, seqLen: S, heads: 2, scale: 0.5 };
+    const q = randn([S, 8]),
+      k = randn([S, 8]),
+      v = randn([S, 6]);
+    const dense = cpu.attention(q, k, v, spec).out;
+    const sparse = cpu.selectedAttention(q, k, v, all, spec).out;
+    Array.from(data(sparse)).forEach((x, i) => expect(x).toBeCloseTo(data(dense)[i]!, 6));
+    // A key the last query did not select changes none of its outputs.
+    const last = Array.from(selected.i.subarray((S - 1) * 3, S * 3));
+    const unselected = [0, 1, 2, 3, 4, 5].find((j) => !last.includes(j))!;
+    const row = () => Array.from(data(cpu.selectedAttention(q, k, v, selected, spec).out).subarray((S - 1) * 6));
+    const before = row();
+    data(v)[unselected * 6] += 5;
+    data(k)[unselected * 8] += 5;
+    expect(row()).toEqual(before);
+  });
+
+  it('the indexer alignment loss (KL to the head-summed attention), over selected keys and over every causal key', () => {
+    const [B, S, H, Hi, d, dqk] = [2, 7, 2, 2, 5, 6];
+    const qIdx = randn([B * S, Hi * d]),
+      kIdx = randn([B * S, d]),
+      wIdx = randn([B * S, Hi]);
+    const q = randn([B * S, H * dqk]),
+      k = randn([B * S, H * dqk]),
+      v = randn([B * S, H * 4]);
+    const attnSpec = { batch: B, seqLen: S, heads: H, scale: dqk ** -0.5 };
+    const spec = { ...attnSpec, idxHeads: Hi, weight: 0.7 };
+    const selected = cpu.indexerTopK(qIdx, kIdx, wIdx, { batch: B, seqLen: S, heads: Hi, topK: 3 });
+    for (const keys of [selected, null]) {
+      const lse = (keys ? cpu.selectedAttention(q, k, v, keys, attnSpec) : cpu.attention(q, k, v, attnSpec)).lse;
+      const loss = () => data(cpu.indexerAlignment(qIdx, kIdx, wIdx, q, k, lse, keys, spec).loss)[0]!;
+      const { dqIdx, dkIdx, dwIdx } = cpu.indexerAlignment(qIdx, kIdx, wIdx, q, k, lse, keys, spec);
+      expect(loss()).toBeGreaterThan(0);
+      const checks: Checked[] = [
+        { name: 'qIdx', input: qIdx, analytic: dqIdx },
+        { name: 'kIdx', input: kIdx, analytic: dkIdx },
+        { name: 'wIdx', input: wIdx, analytic: dwIdx },
+      ];
+      expectSmall(gradError(loss, checks, 1e-3));
+    }
+  });
 });

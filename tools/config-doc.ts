@@ -19,13 +19,7 @@ const code = (s: string) => `\`${s}\``;
 
 function typeText(t: FieldType): string {
   if (t.kind === 'table') return `table of ${Object.keys(t.keys).map(code).join(', ')}`;
-  const base =
-    t.kind === 'enum'
-      ? t.values
-          .filter((v) => !t.notYet?.includes(v))
-          .map((v) => code(JSON.stringify(v)))
-          .join(' \\| ')
-      : t.kind;
+  const base = t.kind === 'enum' ? t.values.map((v) => code(JSON.stringify(v))).join(' \\| ') : t.kind;
   return t.nullable ? `${base} or null` : base;
 }
 

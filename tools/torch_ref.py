@@ -29,6 +29,10 @@ The model (the reference's, as src/model implements it):
        selection block of slc_block tokens by window centre and over heads, rank the earlier blocks; block 0, the two
        before the own one and the top topk_blocks - 3 join the own block, causally; the choice is detached), and,
        when the layer has a window, SWA with the sinks.
+  DSA (attn or attn_local = "dsa"): MLA whose queries see only the top_k earlier keys by the lightning indexer's
+       score sum_h w[t,h] ReLU(q_idx[t,h] . k_idx[s]) (wq_idx, wk_idx, w_idx Linears on the detached input; ties to
+       the earlier key; every key while at most top_k are visible); training_mode "dense_warmup" is plain MLA.
+       attn_dsa.indexer_loss_weight > 0 adds weight * the DSA paper's KL alignment loss per layer (eq. 3/4).
   MoE: logits = x @ gate^T in fp32; scores = sigmoid(route_scale * logits); top-k of scores + bias (ties to the
        lower expert id); gates = chosen scores renormalised; routed experts SwiGLU with W1, W3 [E, dim, inter] and
        W2 [E, inter, dim] (y = x @ W); the shared experts are one MLP `ffn.shared.w{1,2,3}` added to the output.
@@ -111,6 +115,14 @@ def nsa_options(cfg):
             "gate_hidden": t.get("gate_hidden", cfg["dim"] // 4)}
 
 
+def dsa_options(cfg):
+    """(n_idx_heads, idx_dim, top_k, training_mode, indexer_loss_weight) of a DSA layer, the reference's defaults
+    (and nmoe's 0 for the loss weight) filling the gaps."""
+    o = cfg.get("attn_dsa") or {}
+    return (o.get("n_idx_heads", 4), o.get("idx_dim", 64), o.get("top_k", 2048), o.get("training_mode", "sparse"),
+            o.get("indexer_loss_weight", 0.0))
+
+
 def expected_shapes(cfg):
     """Every parameter and buffer nmoe's model has, with its shape, derived from the config alone."""
     d, h = cfg["dim"], cfg["n_heads"]
@@ -138,6 +150,10 @@ def expected_shapes(cfg):
             shapes.update({f"{a}.wq.weight": [h * (dn + dr), d], f"{a}.wk.weight": [h * (dn + dr), d],
                            f"{a}.wv.weight": [h * dv, d]})
         else:
+            if kind == "dsa":
+                ih, idim = dsa_options(cfg)[:2]
+                shapes.update({f"{a}.wq_idx.weight": [ih * idim, d], f"{a}.wk_idx.weight": [idim, d],
+                               f"{a}.w_idx.weight": [ih, d]})
             if kind == "kda":
                 shapes.update({f"{a}.wg.weight": [h * (dn + dr), d], f"{a}.wg.bias": [h * (dn + dr)],
                                f"{a}.wb.weight": [h, d]})
@@ -250,20 +266,61 @@ def rope(x, cos, sin):
 USE_SDPA = False
 
 
-def causal_attention(q, k, v, scale):
-    """q, k [B, S, H, dqk], v [B, S, H, dv] -> [B, S, H, dv]; softmax in fp32."""
-    if USE_SDPA:
+def causal_attention(q, k, v, scale, allowed=None):
+    """q, k [B, S, H, dqk], v [B, S, H, dv] -> [B, S, H, dv]; softmax in fp32. `allowed` [B, S, S] (DSA) further
+    restricts the keys each query sees."""
+    if USE_SDPA and allowed is None:
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=scale)
         return o.transpose(1, 2)
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
     seq = q.shape[1]
     scores = (qf @ kf.transpose(-1, -2)) * scale
     future = torch.ones(seq, seq, dtype=torch.bool, device=q.device).triu(1)
-    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    hidden = future if allowed is None else future | ~allowed[:, None]
+    probs = scores.masked_fill(hidden, float("-inf")).softmax(dim=-1)
     return (probs @ vf).transpose(1, 2).to(q.dtype)
 
 
-def mla(x, p, prefix, cfg, cos, sin, batch):
+def index_scores(x, p, prefix, cfg, batch):
+    """DSA's lightning indexer, [B, S, S]: I[t, s] = sum_h w[t, h] ReLU(q_idx[t, h] . k_idx[s]) from x detached
+    (the weights keep their gradient, for the alignment loss)."""
+    seq = cfg["seq_len"]
+    heads, dim = dsa_options(cfg)[:2]
+    xd = x.detach().float()
+    q_idx = F.linear(xd, p[f"{prefix}.wq_idx.weight"].float()).view(batch, seq, heads, dim)
+    k_idx = F.linear(xd, p[f"{prefix}.wk_idx.weight"].float()).view(batch, seq, dim)
+    w_idx = F.linear(xd, p[f"{prefix}.w_idx.weight"].float()).view(batch, seq, heads)
+    return torch.einsum("bthd,bsd->btsh", q_idx, k_idx).relu().mul(w_idx[:, :, None, :]).sum(-1)
+
+
+def lightning_indexer_keys(scores, cfg, batch):
+    """DSA's key choice, bool [B, S, S]: query t keeps the top_k keys s <= t by its index scores (no gradient flows
+    back through the choice)."""
+    seq = cfg["seq_len"]
+    top_k = dsa_options(cfg)[2]
+    future = torch.ones(seq, seq, dtype=torch.bool, device=scores.device).triu(1)
+    scores = scores.detach().masked_fill(future, float("-inf"))
+    # Stable descending sort: equal scores keep the earlier key first; keys past the query (-inf) sort last.
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., : min(top_k, seq)]
+    keep = torch.zeros(batch, seq, seq, dtype=torch.bool, device=scores.device)
+    keep.scatter_(-1, order, True)
+    return keep & ~future
+
+
+def indexer_alignment(scores, q, k, allowed, scale):
+    """The DSA paper's KL alignment loss (eq. 3 with every causal key, eq. 4 with the selected ones), mean over
+    queries: KL(P_t || softmax(I_t)), P_t the attention probabilities summed over heads and L1-normalised, detached.
+    q, k [B, S, H, d]; allowed [B, S, S]."""
+    attn = torch.einsum("bthd,bshd->bhts", q.float(), k.float()) * scale
+    attn = attn.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).sum(1).detach()
+    target = attn / attn.sum(-1, keepdim=True)
+    log_q = scores.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+    kl = torch.where(target > 0, target * (target.clamp_min(1e-30).log() - log_q), torch.zeros_like(target))
+    return kl.sum(-1).mean()
+
+
+def mla(x, p, prefix, cfg, cos, sin, batch, allowed=None, keep=None):
+    """MLA; `allowed` [B, S, S] restricts the keys (DSA), and `keep` (a dict) receives q and k."""
     seq, h = cfg["seq_len"], cfg["n_heads"]
     dn, dr, dv, rank = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
     eps = cfg["rms_norm_eps"]
@@ -279,7 +336,9 @@ def mla(x, p, prefix, cfg, cos, sin, batch):
     kvb = linear(rmsnorm(c_kv, p[f"{prefix}.kv_norm.weight"], eps), p[f"{prefix}.wkv_b.weight"]).view(batch, seq, h, dn + dv)
     k_pe = rope(k_pe.reshape(batch, seq, 1, dr), cos, sin).expand(batch, seq, h, dr)
     k = torch.cat([kvb[..., :dn], k_pe], dim=-1)
-    o = causal_attention(q, k, kvb[..., dn:], (dn + dr) ** -0.5)
+    if keep is not None:
+        keep.update(q=q, k=k)
+    o = causal_attention(q, k, kvb[..., dn:], (dn + dr) ** -0.5, allowed)
     return linear(o.reshape(batch * seq, h * dv), p[f"{prefix}.wo.weight"])
 
 
@@ -496,6 +555,7 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
     eps = cfg["rms_norm_eps"]
     cos, sin = (t[: cfg["seq_len"]].to(inputs.device) for t in tables)
     x = (F.embedding(inputs, p["embedding.weight"]).float() * EMBED_SCALE).to(dtype)
+    aux = []  # DSA's indexer alignment losses (attn_dsa.indexer_loss_weight > 0)
     for i in range(cfg["n_layers"]):
         pre = f"blocks.{i}"
         h = rmsnorm(x, p[f"{pre}.attn_norm.weight"], eps)
@@ -507,6 +567,17 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
         elif kind == "nsa":
             forced = routing.get(f"route.{pre}.attn.sel") if routing is not None else None
             x = x + nsa(h, p, f"{pre}.attn", cfg, cos, sin, batch, window, forced, stats)
+        elif kind == "dsa":
+            mode, weight = dsa_options(cfg)[3:]
+            scores = index_scores(h, p, f"{pre}.attn", cfg, batch)
+            keys = None if mode == "dense_warmup" else lightning_indexer_keys(scores, cfg, batch)
+            kept = {}
+            x = x + mla(h, p, f"{pre}.attn", cfg, cos, sin, batch, keys, kept)
+            if weight > 0:
+                causal = torch.ones(cfg["seq_len"], cfg["seq_len"], dtype=torch.bool, device=h.device).tril()
+                allowed = causal.expand(batch, -1, -1) if keys is None else keys
+                qk_dim = cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"]
+                aux.append(weight * indexer_alignment(scores, kept["q"], kept["k"], allowed, qk_dim ** -0.5))
         else:
             x = x + (mha if kind == "mha" else mla)(h, p, f"{pre}.attn", cfg, cos, sin, batch)
         h = rmsnorm(x, p[f"{pre}.ffn_norm.weight"], eps)
@@ -522,7 +593,7 @@ def forward(p, cfg, inputs, targets, batch, tables, routing, stats):
     per_token = F.cross_entropy(logits, targets, reduction="none")
     counted = (targets != cfg["eos_token_id"]) if cfg.get("loss_mask_eos", True) else torch.ones_like(targets, dtype=torch.bool)
     counted = counted.float()
-    return (per_token * counted).sum() / counted.sum().clamp(min=1), int(counted.sum())
+    return (per_token * counted).sum() / counted.sum().clamp(min=1) + sum(aux), int(counted.sum())
 
 
 def pick_device(name):
@@ -557,7 +628,7 @@ def main():
     exact_math()
     device = pick_device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-    cfg = load_config(args.config, "torch_ref", extra_kinds=("swa", "kda", "nsa"))
+    cfg = load_config(args.config, "torch_ref", extra_kinds=("swa", "kda", "nsa", "dsa"))
     params = load_params(args.weights, cfg, dtype, device)
     batch_tensors, batch_meta = load_with_metadata(args.batch)
     batch = int(batch_meta.get("batch", "0"))

@@ -12,11 +12,12 @@
  * kind is recorded in `nmoe.layer_attention` (and as gpt-oss's `layer_types`); SWA layers keep gpt-oss's names
  * (`self_attn.sinks`, biased projections) with q, k and v fused in `self_attn.qkv_proj`. KDA layers keep MLA's names
  * plus fla's `self_attn.f_proj` (the decay gate, with bias) and `self_attn.b_proj` (beta). NSA layers add their
- * compressor and gates under the reference's module names (`self_attn.cmp_mlp.0.weight`, `self_attn.gate_mlp.2.bias`).
+ * compressor and gates under the reference's module names (`self_attn.cmp_mlp.0.weight`, `self_attn.gate_mlp.2.bias`). DSA layers keep
+ * MLA's names plus DeepSeek-V3.2's `self_attn.indexer.{wq,wk,weights_proj}`.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Config } from '../config/schema.ts';
+import { type Config, DSA_DEFAULTS } from '../config/schema.ts';
 import { modelConfig } from '../config/sections.ts';
 import { layerAttention } from '../model/spec.ts';
 import { DENSE_FILE, type StepDir, rankFile } from './layout.ts';
@@ -41,6 +42,10 @@ const ATTN: Record<string, string> = {
   // KDA (flash-linear-attention's names for the forget gate and beta projections)
   wg: 'f_proj',
   wb: 'b_proj',
+  // DSA (DeepSeek-V3.2's names for the lightning indexer)
+  wq_idx: 'indexer.wq',
+  wk_idx: 'indexer.wk',
+  w_idx: 'indexer.weights_proj',
 };
 const MLP: Record<string, string> = { w1: 'gate_proj', w2: 'down_proj', w3: 'up_proj' };
 /** The Linear each stacked expert tensor becomes (per expert, transposed). */
@@ -166,6 +171,11 @@ function hfConfig(c: Config, step: number, fingerprint: string, dtype: string): 
         ...(kinds.includes('nsa')
           ? [
               'layers with nmoe.layer_attention "nsa" are native sparse attention (experimental): self_attn.qkv_proj and self_attn.o_proj with bias, self_attn.sinks for the sliding branch, the compressor self_attn.cmp_pos and self_attn.cmp_mlp.{0,2}, the branch gates self_attn.gate_mlp.{0,2}; RoPE on the whole head; not MLA',
+            ]
+          : []),
+        ...(kinds.includes('dsa')
+          ? [
+              `layers with nmoe.layer_attention "dsa" are MLA over the top ${c.attn_dsa.top_k ?? DSA_DEFAULTS.top_k} keys per query of a lightning indexer (DeepSeek Sparse Attention, training_mode ${c.attn_dsa.training_mode ?? DSA_DEFAULTS.training_mode}): score sum_h weights_proj(x)[h] ReLU(wq(x)[h] . wk(x)) with self_attn.indexer.wq [n_idx_heads*idx_dim, dim] on the block input (not on the query latent), one key head without a norm, no score scaling; DeepSeek-V3.2's indexer differs`,
             ]
           : []),
       ],

@@ -3,8 +3,8 @@
  * value, where it was set and the fix (validate.ts), before anything runs, instead of a crash or a silent
  * nonsense run steps later (`adam_beta2 = 2` once diverged at step 2 with "lower the learning rates"). Keys the
  * reference keeps but nmoe does not use get their ranges too, so a reference config that nmoe accepts is one the
- * reference would make sense of. (The option tables are not here: attn_swa.kv_heads and the attn_nsa keys are
- * checked in validate.ts, and attn_dsa belongs to an attention kind nmoe rejects.)
+ * reference would make sense of. (The option tables are not here: validate.ts checks attn_swa.kv_heads against
+ * n_heads, the attn_nsa keys, and attn_dsa's sizes where a layer uses them.)
  */
 import type { Config } from './schema.ts';
 

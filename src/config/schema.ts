@@ -49,8 +49,7 @@ export const SECTIONS: readonly Section[] = [
 
 export type ScalarType =
   | { kind: 'int' | 'float' | 'bool' | 'string'; nullable?: true }
-  /** `notYet`: values the reference accepts but nmoe does not implement; recognised so the error can say so. */
-  | { kind: 'enum'; values: readonly string[]; notYet?: readonly string[]; nullable?: true };
+  | { kind: 'enum'; values: readonly string[]; nullable?: true };
 
 /** A nested table with a fixed set of optional sub-keys (the reference stores these as free-form dicts). */
 export type TableType = { kind: 'table'; keys: Record<string, ScalarType> };
@@ -97,10 +96,21 @@ export interface AttnDsaOptions {
   idx_dim?: number;
   top_k?: number;
   training_mode?: 'sparse' | 'dense_warmup';
+  /** nmoe's addition: the weight of the indexer's KL alignment loss (0: off, as the reference never calls it). */
+  indexer_loss_weight?: number;
 }
 
+/** The reference's DSA defaults (its attn_dsa table starts empty). */
+export const DSA_DEFAULTS: Required<AttnDsaOptions> = {
+  n_idx_heads: 4,
+  idx_dim: 64,
+  top_k: 2048,
+  training_mode: 'sparse',
+  indexer_loss_weight: 0,
+};
+
 export type Dtype = 'bf16' | 'fp8' | 'nvfp4';
-export type AttnKind = 'mla' | 'mha' | 'swa' | 'kda' | 'nsa';
+export type AttnKind = 'mla' | 'mha' | 'swa' | 'kda' | 'nsa' | 'dsa';
 export type Device = 'auto' | 'cpu' | 'cuda';
 
 /** Field meanings and defaults are documented once, in `FIELDS` below. */
@@ -248,8 +258,6 @@ const STRING = { kind: 'string' } as const;
 const INT_OR_NULL = { kind: 'int', nullable: true } as const;
 const FLOAT_OR_NULL = { kind: 'float', nullable: true } as const;
 const STRING_OR_NULL = { kind: 'string', nullable: true } as const;
-/** The reference's attention kinds that nmoe refuses. */
-export const SPARSE_ATTN = ['dsa'] as const;
 const UNUSED = 'UNUSED in the reference trainer (kept so reference configs load).';
 
 function field<T>(section: Section, type: FieldType, def: T, math: boolean, doc: string): FieldSpec<T> {
@@ -306,19 +314,20 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
 
   attn: field(
     'attention',
-    { kind: 'enum', values: ['mla', 'mha', 'swa', 'kda', 'nsa'], notYet: SPARSE_ATTN },
+    { kind: 'enum', values: ['mla', 'mha', 'swa', 'kda', 'nsa', 'dsa'] },
     'mla',
     true,
     'Attention type of global layers: mla (DeepSeek multi-head latent attention), mha, swa (sinks, no window), ' +
-      'kda (Kimi Delta Attention, experimental) or nsa (native sparse attention, experimental, CPU only).',
+      'kda (Kimi Delta Attention), nsa (native sparse attention) or dsa (DeepSeek Sparse Attention); kda, nsa and ' +
+      'dsa are experimental and CPU only.',
   ),
   attn_local: field(
     'attention',
-    { kind: 'enum', values: ['mla', 'swa', 'kda', 'nsa', ...SPARSE_ATTN] },
+    { kind: 'enum', values: ['mla', 'swa', 'kda', 'nsa', 'dsa'] },
     'swa',
     true,
-    'Attention type of local layers: swa (sliding window with sinks), kda (no window) or nsa (with its sliding ' +
-      'branch over the window); unused while attn_global_every = 1.',
+    'Attention type of local layers: swa (sliding window with sinks), nsa (with its sliding branch over the window), ' +
+      'kda or dsa (no window); unused while attn_global_every = 1.',
   ),
   attn_global_every: field(
     'attention',
@@ -370,11 +379,13 @@ export const FIELDS: { [K in keyof Config]: FieldSpec<Config[K]> } = {
         idx_dim: INT,
         top_k: INT,
         training_mode: { kind: 'enum', values: ['sparse', 'dense_warmup'] },
+        indexer_loss_weight: FLOAT,
       },
     },
     {},
     true,
-    'DSA options: n_idx_heads 4, idx_dim 64, top_k 2048, training_mode sparse|dense_warmup.',
+    'DSA options: n_idx_heads 4, idx_dim 64, top_k 2048 (keys per query), training_mode sparse|dense_warmup; ' +
+      'indexer_loss_weight 0 (an nmoe addition: > 0 adds the indexer KL alignment loss, which trains the indexer).',
   ),
 
   max_position_embeddings: field('rope', INT, 8192, true, 'RoPE base context length; tables cover twice this.'),

@@ -52,6 +52,7 @@ export const MODEL_KEYS = keys(
   'attn_local_window',
   'attn_swa',
   'attn_nsa',
+  'attn_dsa',
   'dtype',
   'deterministic',
 );
@@ -143,7 +144,6 @@ export const RUN_KEYS = keys(
  * but does not act on: no component receives them.
  */
 export const IGNORED_KEYS = keys(
-  'attn_dsa',
   'aux_loss_alpha',
   'norm_topk_prob',
   'hf_dataset',

@@ -7,7 +7,7 @@
 import { yarnBand } from './yarn.ts';
 import { UserError } from '../util/errors.ts';
 import { RANGES, type Range, hasDense, hasMoe, hasNsa, outOfRange } from './ranges.ts';
-import { FIELDS, SPARSE_ATTN, TOKENIZERS, tomlLiteral, type Config, type ScalarType } from './schema.ts';
+import { DSA_DEFAULTS, FIELDS, TOKENIZERS, tomlLiteral, type Config, type ScalarType } from './schema.ts';
 
 export class ConfigError extends UserError {
   override name = 'ConfigError';
@@ -140,9 +140,6 @@ export function coerce(name: string, type: ScalarType, value: unknown, where: st
     case 'enum': {
       const choices = type.values.map((v) => JSON.stringify(v)).join(', ');
       if (typeof value === 'string' && type.values.includes(value)) return { ok: true, value };
-      if (typeof value === 'string' && type.notYet?.includes(value)) {
-        return bad('is supported by the reference but not implemented in nmoe yet', `use one of ${choices}`);
-      }
       const guess = typeof value === 'string' ? closest(value, type.values) : undefined;
       return bad(`is not one of ${choices}`, guess ? `did you mean ${name} = "${guess}"?` : `use one of ${choices}`);
     }
@@ -174,6 +171,7 @@ interface Rule {
 const hasLocalLayers = (c: Checked): boolean => c.attn_global_every > 1 && c.n_layers > 1;
 const usesSwa = (c: Checked): boolean => c.attn === 'swa' || (hasLocalLayers(c) && c.attn_local === 'swa');
 const usesKda = (c: Checked): boolean => c.attn === 'kda' || (hasLocalLayers(c) && c.attn_local === 'kda');
+const usesDsa = (c: Checked): boolean => c.attn === 'dsa' || (hasLocalLayers(c) && c.attn_local === 'dsa');
 const usesNsa = (c: Checked): boolean => hasNsa(c as Config);
 
 /** NSA's head geometry and [attn_nsa] ranges (its kv_heads falls back to [attn_swa]'s, then n_heads). */
@@ -323,12 +321,9 @@ const RULES: Rule[] = [
   {
     keys: ['attn_local', 'attn_global_every'],
     when: hasLocalLayers,
-    ok: (c) => c.attn_local === 'swa' || c.attn_local === 'kda' || c.attn_local === 'nsa',
-    what: (c) =>
-      (SPARSE_ATTN as readonly string[]).includes(c.attn_local)
-        ? 'is supported by the reference but not implemented in nmoe yet'
-        : 'has no window: local layers (attn_global_every > 1) need windowed attention',
-    fix: () => 'set attn_local = "swa" (or "kda" or "nsa"), or attn_global_every = 1 (every layer global)',
+    ok: (c) => c.attn_local === 'swa' || c.attn_local === 'kda' || c.attn_local === 'nsa' || c.attn_local === 'dsa',
+    what: () => 'is global attention: local layers (attn_global_every > 1) take swa, kda, nsa or dsa',
+    fix: () => 'set attn_local = "swa" (or "kda", "nsa" or "dsa"), or attn_global_every = 1 (every layer global)',
   },
   ...NSA_RULES,
   {
@@ -355,6 +350,29 @@ const RULES: Rule[] = [
     ok: (c) => c.q_lora_rank > 0,
     what: () => 'must be > 0 with KDA layers: KDA always projects its query through wq_a and q_norm',
     fix: () => 'give q_lora_rank a positive rank (the reference KDA has no uncompressed query projection)',
+  },
+  // DSA
+  ...(['n_idx_heads', 'idx_dim', 'top_k'] as const).map((key): Rule => ({
+    keys: ['attn_dsa'],
+    when: usesDsa,
+    ok: (c) => (c.attn_dsa[key] ?? 1) >= 1,
+    what: (c) => `has ${key} = ${c.attn_dsa[key]}, which must be >= 1`,
+    fix: () => `set attn_dsa.${key} to a positive integer (the reference's default: ${DSA_DEFAULTS[key]})`,
+  })),
+  {
+    keys: ['attn_dsa'],
+    when: usesDsa,
+    ok: (c) => (c.attn_dsa.indexer_loss_weight ?? 0) >= 0,
+    what: (c) => `has indexer_loss_weight = ${c.attn_dsa.indexer_loss_weight}, which must be >= 0`,
+    fix: () => 'set attn_dsa.indexer_loss_weight to 0 (off) or a positive weight such as 1.0',
+  },
+  {
+    // Each rank would average the loss over its own tokens, and the summed gradients would count it world times.
+    keys: ['attn_dsa'],
+    when: (c) => usesDsa(c) && (c.attn_dsa.indexer_loss_weight ?? 0) > 0,
+    ok: (_c, world) => world === 1,
+    what: (_c, world) => `sets indexer_loss_weight on ${world} ranks; the indexer loss is built for one rank`,
+    fix: () => 'train on one rank, or set attn_dsa.indexer_loss_weight = 0',
   },
   {
     keys: ['decay_floor', 'lr_expert', 'lr_dense'],

@@ -6,7 +6,8 @@
  * from wkv_b(kv_norm(c_kv)). RoPE rotates q_pe and k_pe; softmax scale is (d_nope + d_rope)^-1/2 (no YaRN mscale, as
  * the reference). MHA: plain q/k/v projections with RoPE on the last qk_rope_head_dim dims of each q and k head.
  * SWA (sliding window with sinks) lives in swa.ts, KDA (Kimi Delta Attention) in kda.ts, NSA (native sparse
- * attention) in nsa.ts; the functions here dispatch on each layer's kind.
+ * attention) in nsa.ts; the functions here dispatch on each layer's kind. DSA is MLA over the keys its indexer
+ * (dsa.ts) selects.
  *
  * Shapes: T = batch*seq tokens, D dim, H heads, dqk = d_nope + d_rope, dv.
  */
@@ -17,6 +18,7 @@ import { layerAttention, qkHeadDim } from './spec.ts';
 import { type SwaSaved, releaseSwaSaved, swaBackward, swaCore, swaOutput } from './swa.ts';
 import { type KdaSaved, kdaBackward, kdaCore, releaseKdaSaved } from './kda.ts';
 import { type NsaSaved, nsaBackward, nsaCore, nsaOutput, releaseNsaSaved } from './nsa.ts';
+import { dsaAlignmentLoss, dsaSelection } from './dsa.ts';
 
 /** What an MLA or MHA layer (dense causal) keeps for its backward. */
 export interface DenseAttentionSaved {
@@ -33,6 +35,8 @@ export interface DenseAttentionSaved {
   v: Tensor;
   o: Tensor;
   lse: Tensor;
+  /** DSA: each query's selected keys (attention ran over these only); null for dense attention. */
+  selected: Tensor | null;
 }
 
 export type AttentionSaved = DenseAttentionSaved | SwaSaved | KdaSaved | NsaSaved;
@@ -61,7 +65,8 @@ export interface KvSink {
 
 /**
  * Block `layer`'s attention (its kind from layerAttention): h [T, D] (already normed) -> out [T, D]. The caller keeps
- * ownership of h; `saved` holds it until backward.
+ * ownership of h; `saved` holds it until backward. With `training`, a DSA layer also returns its indexer alignment
+ * loss (null elsewhere and while attn_dsa.indexer_loss_weight is 0), whose gradient it accumulates when `grad`.
  */
 export function attentionForward(
   ctx: LayerContext,
@@ -69,11 +74,15 @@ export function attentionForward(
   prefix: string,
   h: Tensor,
   sink?: KvSink,
-): { out: Tensor; saved: AttentionSaved } {
+  training?: { grad: boolean },
+): { out: Tensor; saved: AttentionSaved; indexerLoss: Tensor | null } {
   const saved = attentionCore(ctx, layer, prefix, h, sink);
-  if (saved.kind === 'nsa') return { out: nsaOutput(ctx, prefix, saved), saved };
+  if (saved.kind === 'nsa') return { out: nsaOutput(ctx, prefix, saved), saved, indexerLoss: null };
   const out = saved.kind === 'swa' ? swaOutput(ctx, prefix, saved) : linear(ctx, saved.o, `${prefix}.wo.weight`);
-  return { out, saved };
+  // DSA: the alignment loss reads the attention's probabilities.
+  const dsa = training && layerAttention(ctx.cfg, layer).kind === 'dsa' && saved.kind === 'dense';
+  const indexerLoss = dsa ? dsaAlignmentLoss(ctx, prefix, h, saved, training.grad) : null;
+  return { out, saved, indexerLoss };
 }
 
 /** MHA's projections, q and k roped: q, k [T, H*dqk], v [T, H*dv]. */
@@ -153,8 +162,12 @@ export function attentionCore(
     const { q, k, v } = mhaProjections(ctx, prefix, h);
     sink?.mha(k, v);
     const { out: o, lse } = b.attention(q, k, v, attnSpec(ctx));
-    return { kind: 'dense', h, qa: null, qaRstd: null, qan: null, kvc: null, kvRstd: null, kvn: null, q, k, v, o, lse };
+    const none = { qa: null, qaRstd: null, qan: null, kvc: null, kvRstd: null, kvn: null, selected: null };
+    return { kind: 'dense', h, ...none, q, k, v, o, lse };
   }
+  // DSA: MLA over the indexer's keys.
+  if (kind === 'dsa' && sink) throw new Error('attention: DSA layers keep no KV cache');
+  const selected = kind === 'dsa' ? dsaSelection(ctx, prefix, h) : null;
   const { qa, qaRstd, qan, q } = mlaQuery(ctx, prefix, h);
   const { kvc, kvRstd, kvn, kpe } = mlaLatent(ctx, prefix, h);
   sink?.mla(kvn, kpe);
@@ -162,8 +175,10 @@ export function attentionCore(
   const { k, v } = b.mlaAssembleKV(kvb, kpe, cfg.n_heads, cfg.qk_nope_head_dim, cfg.v_head_dim);
   kvb.free();
   kpe.free();
-  const { out: o, lse } = b.attention(q, k, v, attnSpec(ctx));
-  return { kind: 'dense', h, qa, qaRstd, qan, kvc, kvRstd, kvn, q, k, v, o, lse };
+  const { out: o, lse } = selected
+    ? b.selectedAttention(q, k, v, selected, attnSpec(ctx))
+    : b.attention(q, k, v, attnSpec(ctx));
+  return { kind: 'dense', h, qa, qaRstd, qan, kvc, kvRstd, kvn, q, k, v, o, lse, selected };
 }
 
 /** Frees a saved record except h (the caller's). */
@@ -185,7 +200,9 @@ export function attentionBackward(ctx: LayerContext, prefix: string, dOut: Tenso
     dqk = qkHeadDim(cfg),
     dNope = cfg.qk_nope_head_dim;
   const dO = linearBackward(ctx, dOut, s.o, `${prefix}.wo.weight`);
-  const { dq, dk, dv } = b.attentionBackward(dO, s.q, s.k, s.v, s.o, s.lse, attnSpec(ctx));
+  const { dq, dk, dv } = s.selected
+    ? b.selectedAttentionBackward(dO, s.q, s.k, s.v, s.selected, s.o, s.lse, attnSpec(ctx))
+    : b.attentionBackward(dO, s.q, s.k, s.v, s.o, s.lse, attnSpec(ctx));
   dO.free();
   rope(ctx, dq, H, dqk, dNope, true);
   let dh: Tensor;

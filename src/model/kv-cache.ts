@@ -12,7 +12,7 @@
  * so per-head keys and values are never formed. Both absorptions are grouped GEMMs with one row per head.
  * MHA caches k and v head-major ([H, capacity, d]), so each head's first L keys are one contiguous [L, d] view.
  *
- * Models with SWA, KDA or NSA layers have no cache (the constructor refuses them). The cache holds one sequence. The
+ * Models with SWA, KDA, NSA or DSA layers have no cache (the constructor refuses them). The cache holds one sequence. The
  * sums run in another order than the full forward's (the absorbed products), so cached decoding agrees with a full
  * re-forward to rounding, not bit for bit.
  */
@@ -77,7 +77,7 @@ export class KvCache {
       throw new Error(`KvCache: capacity ${capacity} exceeds max_position_embeddings ${cfg.max_position_embeddings}`);
     }
     const cacheless = Array.from({ length: cfg.n_layers }, (_, i) => layerAttention(cfg, i).kind).find(
-      (kind) => kind === 'swa' || kind === 'kda' || kind === 'nsa',
+      (kind) => kind === 'swa' || kind === 'kda' || kind === 'nsa' || kind === 'dsa',
     );
     if (cacheless) {
       throw new UserError(

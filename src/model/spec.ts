@@ -1,9 +1,10 @@
 /**
  * The model's parameter list, derived from the config: names, local shapes and initialisers. Layer kinds follow
  * the reference: layers [0, n_dense_layers) use a dense SwiGLU MLP, the rest are MoE; global layers use `attn`
- * (MLA, MHA, SWA, KDA or NSA) and, with attn_global_every > 1, the others `attn_local` (SWA or NSA over
- * attn_local_window keys, or KDA).
+ * (MLA, MHA, SWA, KDA, NSA or DSA) and, with attn_global_every > 1, the others `attn_local` (SWA or NSA over
+ * attn_local_window keys, KDA or DSA).
  */
+import { DSA_DEFAULTS } from '../config/schema.ts';
 import type { ModelConfig } from '../config/sections.ts';
 import { nsaParamSpecs } from './nsa.ts';
 import type { ParamSpec } from './params.ts';
@@ -34,7 +35,7 @@ export function qkHeadDim(cfg: ModelConfig): number {
 
 /** The attention of one layer: its kind and its window of keys (0: every earlier key). */
 export interface LayerAttention {
-  kind: 'mla' | 'mha' | 'swa' | 'kda' | 'nsa';
+  kind: 'mla' | 'mha' | 'swa' | 'kda' | 'nsa' | 'dsa';
   window: number;
 }
 
@@ -46,14 +47,45 @@ export function isGlobalLayer(cfg: ModelConfig, layer: number): boolean {
 
 export function layerAttention(cfg: ModelConfig, layer: number): LayerAttention {
   if (isGlobalLayer(cfg, layer)) return { kind: cfg.attn, window: 0 };
-  // Validation admits only "swa", "nsa" and "kda" for local layers; KDA has no window (its state spans the sequence).
+  // Validation admits only "swa", "nsa", "kda" and "dsa" for local layers; KDA has no window (its state spans the
+  // sequence), and DSA's indexer picks its keys.
   if (cfg.attn_local === 'kda') return { kind: 'kda', window: 0 };
+  if (cfg.attn_local === 'dsa') return { kind: 'dsa', window: 0 };
   return { kind: cfg.attn_local as 'swa' | 'nsa', window: cfg.attn_local_window };
 }
 
 /** SWA's head geometry: H query heads and KV key/value heads (GQA) of d = v_head_dim dims. */
 export function swaHeads(cfg: ModelConfig): { heads: number; kvHeads: number; headDim: number } {
   return { heads: cfg.n_heads, kvHeads: cfg.attn_swa.kv_heads ?? cfg.n_heads, headDim: cfg.v_head_dim };
+}
+
+/** DSA's lightning indexer geometry: attn_dsa's keys with the reference's defaults. */
+export function dsaIndexer(cfg: ModelConfig): {
+  heads: number;
+  dim: number;
+  topK: number;
+  mode: 'sparse' | 'dense_warmup';
+  lossWeight: number;
+} {
+  const o = { ...DSA_DEFAULTS, ...cfg.attn_dsa };
+  return {
+    heads: o.n_idx_heads,
+    dim: o.idx_dim,
+    topK: o.top_k,
+    mode: o.training_mode,
+    lossWeight: o.indexer_loss_weight,
+  };
+}
+
+/** DSA: MLA's projections plus the indexer's query (n_idx_heads heads), its one key head and its per-head weights. */
+function dsaIndexerSpecs(cfg: ModelConfig, prefix: string): ParamSpec[] {
+  const { heads, dim } = dsaIndexer(cfg);
+  const input = { kind: 'normal', std: 0.02 } as const;
+  return [
+    { name: `${prefix}.wq_idx.weight`, shape: [heads * dim, cfg.dim], init: input },
+    { name: `${prefix}.wk_idx.weight`, shape: [dim, cfg.dim], init: input },
+    { name: `${prefix}.w_idx.weight`, shape: [heads, cfg.dim], init: input },
+  ];
 }
 
 /** Depth-scaled std for output projections, router gates and experts of block `layer`. */
@@ -113,6 +145,7 @@ function attentionSpecs(cfg: ModelConfig, prefix: string, layer: number): ParamS
           { name: `${prefix}.wb.weight`, shape: [h, d], init: input },
         ]
       : []),
+    ...(kind === 'dsa' ? dsaIndexerSpecs(cfg, prefix) : []),
   ];
 }
 

@@ -5,6 +5,7 @@
  *   x = embedding(tokens) * 10.667                      (the reference's muP input scale)
  *   for each block: x += attn(attn_norm(x)); x += ffn(ffn_norm(x))     (ffn: dense MLP or MoE)
  *   loss = CE(norm(x) @ lm_head^T * 0.125, targets)    (EOS targets masked unless loss_mask_eos = false)
+ *          + each DSA layer's indexer alignment loss   (only with attn_dsa.indexer_loss_weight > 0)
  *
  * The loss's own gradient comes out of the forward's chunked cross-entropy pass (the lm_head gradient accumulates
  * there), so the [tokens x vocab] logits are formed once per step.
@@ -133,10 +134,12 @@ export class Transformer {
     let x = b.embedding(ids, p.get('embedding.weight'), EMBED_SCALE);
     const blocks: BlockSaved[] = [];
     const routerCounts: Tensor[] = [];
+    const indexerLosses: Tensor[] = [];
     for (let i = 0; i < cfg.n_layers; i++) {
       const pre = `blocks.${i}`;
       const { y: attnIn, rstd: attnNormRstd } = b.rmsnorm(x, p.get(`${pre}.attn_norm.weight`), cfg.rms_norm_eps);
-      const attn = attentionForward(ctx, i, `${pre}.attn`, attnIn);
+      const attn = attentionForward(ctx, i, `${pre}.attn`, attnIn, undefined, { grad: opts.grad !== false });
+      if (attn.indexerLoss) indexerLosses.push(attn.indexerLoss);
       const mid = b.add(x, attn.out);
       attn.out.free();
       if (cfg.attn_recompute) releaseAttentionSaved(attn.saved);
@@ -178,8 +181,15 @@ export class Transformer {
       freeAll({ xNormed, count });
       return { loss, normRstd, dxNormed };
     });
+    // DSA's indexer alignment losses join the loss; their gradients are already accumulated.
+    let loss = head.loss;
+    for (const extra of indexerLosses) {
+      const sum = b.add(loss, extra);
+      freeAll({ loss, extra });
+      loss = sum;
+    }
     return {
-      loss: head.loss,
+      loss,
       routerCounts,
       saved: { ids, targets, blocks, xFinal: x, normRstd: head.normRstd, dxNormed: head.dxNormed, batch },
     };

@@ -75,6 +75,30 @@ export interface DeltaAttentionSpec {
   scale: number;
 }
 
+/** DSA's lightning indexer (the reference's DSA): per sequence, causal, one key head shared by its query heads. */
+export interface IndexerSpec {
+  batch: number;
+  seqLen: number;
+  /** Indexer query heads (attn_dsa.n_idx_heads). */
+  heads: number;
+  /** Keys kept per query (attn_dsa.top_k); every visible key when fewer are visible. */
+  topK: number;
+}
+
+/** DSA's indexer alignment loss (attn_dsa.indexer_loss_weight). */
+export interface IndexerAlignmentSpec {
+  batch: number;
+  seqLen: number;
+  /** Attention heads (their probabilities are summed). */
+  heads: number;
+  /** Indexer query heads. */
+  idxHeads: number;
+  /** The attention's softmax scale (with lse, recomputes its probabilities). */
+  scale: number;
+  /** Multiplies the mean over queries. */
+  weight: number;
+}
+
 export interface CrossEntropySpec {
   /** Multiplies the logits (the reference's 0.125). */
   logitScale: number;
@@ -305,6 +329,49 @@ export interface Backend extends NsaOps {
     beta: Tensor,
     spec: DeltaAttentionSpec,
   ): { dq: Tensor; dk: Tensor; dv: Tensor; dGate: Tensor; dBeta: Tensor };
+
+  /**
+   * DSA's lightning indexer: I[i, j] = sum_h w[i, h] ReLU(qIdx[i, h] . kIdx[j]) over the keys j <= i of query i's
+   * sequence; returns i32 [T, min(topK, seqLen)], each row the positions of its top-k keys (best first, the lower
+   * position on ties), -1 where fewer keys are visible. qIdx [T, heads*d], kIdx [T, d], wIdx [T, heads]. No gradient.
+   */
+  indexerTopK(qIdx: Tensor, kIdx: Tensor, wIdx: Tensor, spec: IndexerSpec): Tensor;
+  /** Causal attention (as `attention`) over each query's selected keys only (indexerTopK's rows, shared by all heads). */
+  selectedAttention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    selected: Tensor,
+    spec: AttentionSpec,
+  ): { out: Tensor; lse: Tensor };
+  /** Gradients of selectedAttention with the selection held fixed. */
+  selectedAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    selected: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    spec: AttentionSpec,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor };
+
+  /**
+   * DSA's indexer alignment loss, f32 [1]: weight * mean over queries of KL(P || softmax(I)), P the attention's
+   * probabilities (from q, k and lse, constant) summed over heads and L1-normalised, I the index scores, both over
+   * the selected keys (or every causal key when `selected` is null). Returns the gradients of that loss for the
+   * indexer's inputs along with it (the loss is a leaf: nothing flows back into it).
+   */
+  indexerAlignment(
+    qIdx: Tensor,
+    kIdx: Tensor,
+    wIdx: Tensor,
+    q: Tensor,
+    k: Tensor,
+    lse: Tensor,
+    selected: Tensor | null,
+    spec: IndexerAlignmentSpec,
+  ): { loss: Tensor; dqIdx: Tensor; dkIdx: Tensor; dwIdx: Tensor };
 
   // --- router and experts -----------------------------------------------------------------------------------
   /**

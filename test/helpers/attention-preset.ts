@@ -46,10 +46,11 @@ export function stepBytes(dir: string, step: number): string[] {
   );
 }
 
+/** `extra`: overrides every run of the preset takes (e.g. a smaller top_k). */
 export function presetTraining(
   preset: string,
   root: string,
-  timeoutMs = 180_000,
+  { extra = [], timeoutMs = 180_000 }: { extra?: string[]; timeoutMs?: number } = {},
 ): { straightDir: string; steps: number } {
   const straightDir = join(root, 'straight');
   const steps = 6;
@@ -57,7 +58,7 @@ export function presetTraining(
   it(
     'trains on the CPU with the loss falling',
     async () => {
-      const { losses } = await trainPreset(preset, root, join(root, 'learn'), 30, ['--checkpoint_every=0']);
+      const { losses } = await trainPreset(preset, root, join(root, 'learn'), 30, ['--checkpoint_every=0', ...extra]);
       expect(losses).toHaveLength(30);
       const tail = losses.slice(-5).reduce((a, b) => a + b, 0) / 5;
       expect(tail).toBeLessThan(losses[0]! - 1);
@@ -68,11 +69,11 @@ export function presetTraining(
   it(
     'k steps, stop, resume to N: bit-identical losses and final files',
     async () => {
-      const straight = await trainPreset(preset, root, straightDir, steps);
+      const straight = await trainPreset(preset, root, straightDir, steps, extra);
       const dir = join(root, 'resume');
-      const first = await trainPreset(preset, root, dir, 3);
+      const first = await trainPreset(preset, root, dir, 3, extra);
       expect(first.losses).toEqual(straight.losses.slice(0, 3));
-      const second = await trainPreset(preset, root, dir, steps, ['--resume']);
+      const second = await trainPreset(preset, root, dir, steps, ['--resume', ...extra]);
       expect(second.summary.startStep).toBe(3);
       expect(second.losses).toEqual(straight.losses.slice(3));
       expect(stepBytes(dir, steps)).toEqual(stepBytes(straightDir, steps));

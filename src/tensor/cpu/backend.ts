@@ -13,6 +13,8 @@ import type {
   CrossEntropySpec,
   DeltaAttentionSpec,
   ExpertFormat,
+  IndexerAlignmentSpec,
+  IndexerSpec,
   MatmulOptions,
   MoePlan,
   MuonMomentumSpec,
@@ -32,6 +34,7 @@ import * as optim from './optim.ts';
 import * as swa from './sliding-attention.ts';
 import * as nsa from './nsa.ts';
 import type { NsaSpec } from '../nsa.ts';
+import * as dsa from './sparse-attention.ts';
 import { CpuTensor, allocate, asCpu, newFloats, settle } from './storage.ts';
 
 function asPlan(p: MoePlan): moe.CpuMoePlan {
@@ -260,6 +263,42 @@ export class CpuBackend implements Backend {
     spec: DeltaAttentionSpec,
   ) {
     return kda.deltaAttentionBackward(asCpu(dOut), asCpu(q), asCpu(k), asCpu(v), asCpu(gate), asCpu(beta), spec);
+  }
+
+  indexerTopK(qIdx: Tensor, kIdx: Tensor, wIdx: Tensor, spec: IndexerSpec) {
+    return dsa.indexerTopK(asCpu(qIdx), asCpu(kIdx), asCpu(wIdx), spec);
+  }
+
+  selectedAttention(q: Tensor, k: Tensor, v: Tensor, selected: Tensor, spec: AttentionSpec) {
+    return dsa.selectedAttention(asCpu(q), asCpu(k), asCpu(v), asCpu(selected), spec);
+  }
+
+  selectedAttentionBackward(
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    selected: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    spec: AttentionSpec,
+  ) {
+    const [g, qq, kk, vv, sel, o, l] = [dOut, q, k, v, selected, out, lse].map(asCpu) as CpuTensor[];
+    return dsa.selectedAttentionBackward(g!, qq!, kk!, vv!, sel!, o!, l!, spec);
+  }
+
+  indexerAlignment(
+    qIdx: Tensor,
+    kIdx: Tensor,
+    wIdx: Tensor,
+    q: Tensor,
+    k: Tensor,
+    lse: Tensor,
+    selected: Tensor | null,
+    spec: IndexerAlignmentSpec,
+  ) {
+    const [qi, ki, wi, qq, kk, l] = [qIdx, kIdx, wIdx, q, k, lse].map(asCpu) as CpuTensor[];
+    return dsa.indexerAlignment(qi!, ki!, wi!, qq!, kk!, l!, selected && asCpu(selected), spec);
   }
 
   routerTopK(logits: Tensor, bias: Tensor, topK: number, routeScale: number): { gates: Tensor; idx: Tensor } {

@@ -39,6 +39,8 @@ import { UserError } from '../../util/errors.ts';
 
 export type { GroupedGemmOptions } from './grouped-options.ts';
 
+const DSA_CPU_ONLY =
+  'attn = "dsa" (DeepSeek Sparse Attention) runs on the CPU backend only: nmoe has no DSA GPU kernels. Fix: train with --device=cpu.';
 const KDA_CPU_ONLY =
   'attn = "kda" (Kimi Delta Attention) runs on the CPU backend only: nmoe has no KDA GPU kernels. Fix: train with --device=cpu.';
 
@@ -289,6 +291,22 @@ export class CudaBackend implements Backend, CudaContext {
 
   deltaAttentionBackward(): never {
     throw new UserError(KDA_CPU_ONLY);
+  }
+
+  indexerTopK(): never {
+    throw new UserError(DSA_CPU_ONLY);
+  }
+
+  selectedAttention(): never {
+    throw new UserError(DSA_CPU_ONLY);
+  }
+
+  selectedAttentionBackward(): never {
+    throw new UserError(DSA_CPU_ONLY);
+  }
+
+  indexerAlignment(): never {
+    throw new UserError(DSA_CPU_ONLY);
   }
 
   // --- router and experts -----------------------------------------------------------------------------------

@@ -3,11 +3,9 @@
  * changes, training with the loss falling, exact resume, the Hugging Face export and import, and parity with the
  * independent PyTorch model (tools/torch_ref.py) for the loss and every gradient.
  */
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { exportHf } from '../src/checkpoint/export-hf.ts';
 import { importHf } from '../src/checkpoint/import-hf.ts';
@@ -15,20 +13,16 @@ import { DENSE_FILE, listSteps } from '../src/checkpoint/layout.ts';
 import { readSafetensors } from '../src/checkpoint/safetensors.ts';
 import { loadConfig } from '../src/config/load.ts';
 import { modelConfig } from '../src/config/sections.ts';
-import { Decoder } from '../src/model/decoder.ts';
 import { layerAttention, modelParamSpecs } from '../src/model/spec.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { asCpu, setDoubleStorage } from '../src/tensor/cpu/storage.ts';
-import { UserError } from '../src/util/errors.ts';
-import { TOLERANCES, compareFiles, formatComparison, nmoeGrads, prepareParity } from '../tools/parity.ts';
-import { presetTraining } from './helpers/attention-preset.ts';
-import { TORCH_PYTHON, haveTorch, requireTorch } from './helpers/torch.ts';
+import { expectNoKvCache, presetTraining, torchParity } from './helpers/attention-preset.ts';
+import { haveTorch, requireTorch } from './helpers/torch.ts';
 
 requireTorch('DSA parity with PyTorch', 'test/dsa.test.ts');
 
 const PRESET = 'configs/tiny-dsa.toml';
-const TORCH_REF = fileURLToPath(new URL('../tools/torch_ref.py', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'nmoe-dsa-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
@@ -71,16 +65,7 @@ describe('configs/tiny-dsa.toml', () => {
   });
 
   it('cached decoding refuses a model with DSA layers in one line; full forwards run', () => {
-    const cfg = modelConfig(loadConfig(PRESET, { env: {}, overrides: ['--seq_len=8'] }).config);
-    const backend = new CpuBackend();
-    const model = new Transformer(backend, cfg);
-    model.params.initialize(cfg.seed);
-    const dec = new Decoder(model);
-    expect(() => dec.newCache(16)).toThrow(UserError);
-    expect(() => dec.newCache(16)).toThrow(/has DSA layers .* Fix: score it with `nmoe eval` likelihood tasks/);
-    const h = dec.hidden(backend.upload(Int32Array.of(1, 2, 3, 4, 5, 6, 7, 8), [8], 'i32'), 1, 8);
-    expect(h.shape).toEqual([8, cfg.dim]);
-    model.free();
+    expectNoKvCache(PRESET, 'DSA', 8);
   });
 
   // Top 16 of up to 48 keys, so the indexer's choice matters.
@@ -189,20 +174,7 @@ describe.skipIf(!haveTorch)('DSA parity with PyTorch', () => {
     '%s: fp32 loss and every gradient agree',
     async (label, extra) => {
       const outDir = join(root, `parity-${label.length}`);
-      const { files } = await prepareParity({
-        configPath: PRESET,
-        overrides: ['--batch_size=2', ...extra],
-        device: 'cpu',
-        precision: 'fp32',
-        outDir,
-      });
-      await nmoeGrads(files, { device: 'cpu', precision: 'fp32' });
-      const ref = join(outDir, 'torch_grads.safetensors');
-      const args = ['--config', files.config, '--weights', files.weights, '--batch', files.batch, '--out', ref];
-      const r = spawnSync(TORCH_PYTHON, [TORCH_REF, ...args, '--device', 'cpu'], { encoding: 'utf8' });
-      expect(r.status, r.stderr).toBe(0);
-      const c = compareFiles(files.grads, ref, TOLERANCES.fp32);
-      expect(c.ok, formatComparison(c).join('\n')).toBe(true);
+      const c = await torchParity(PRESET, outDir, ['--batch_size=2', ...extra]);
       expect(c.rows.some((row) => row.name.endsWith('.attn.wkv_b.weight') && row.normRef > 0)).toBe(true);
       const trained = c.rows.some((row) => row.name.endsWith('.attn.wq_idx.weight') && row.normRef > 0);
       expect(trained).toBe(extra.some((o) => o.startsWith('--attn_dsa.indexer_loss_weight')));

@@ -4,34 +4,26 @@
  * the Hugging Face export and import, and parity with the independent PyTorch model (tools/torch_ref.py) for the
  * loss and every gradient.
  */
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { exportHf } from '../src/checkpoint/export-hf.ts';
 import { importHf } from '../src/checkpoint/import-hf.ts';
 import { DENSE_FILE, listSteps } from '../src/checkpoint/layout.ts';
 import { readSafetensors } from '../src/checkpoint/safetensors.ts';
 import { loadConfig } from '../src/config/load.ts';
-import { Decoder } from '../src/model/decoder.ts';
 import { modelConfig } from '../src/config/sections.ts';
 import { layerAttention, modelParamSpecs } from '../src/model/spec.ts';
-import { Transformer } from '../src/model/transformer.ts';
-import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { KDA_CHUNK, deltaAttention, deltaAttentionRecurrent } from '../src/tensor/cpu/delta-attention.ts';
 import { type CpuTensor, asCpu } from '../src/tensor/cpu/storage.ts';
-import { UserError } from '../src/util/errors.ts';
-import { TOLERANCES, compareFiles, formatComparison, nmoeGrads, prepareParity } from '../tools/parity.ts';
 import { cpu, data, randn } from './helpers/gradcheck.ts';
-import { presetTraining } from './helpers/attention-preset.ts';
-import { TORCH_PYTHON, haveTorch, requireTorch } from './helpers/torch.ts';
+import { expectNoKvCache, presetTraining, torchParity } from './helpers/attention-preset.ts';
+import { haveTorch, requireTorch } from './helpers/torch.ts';
 
 requireTorch('KDA parity with PyTorch', 'test/kda.test.ts');
 
 const PRESET = 'configs/tiny-kda.toml';
-const TORCH_REF = fileURLToPath(new URL('../tools/torch_ref.py', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'nmoe-kda-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
@@ -117,16 +109,7 @@ describe('configs/tiny-kda.toml', () => {
   });
 
   it('cached decoding refuses a model with KDA layers in one line; full forwards run', () => {
-    const cfg = modelConfig(loadConfig(PRESET, { env: {}, overrides: ['--seq_len=8'] }).config);
-    const backend = new CpuBackend();
-    const model = new Transformer(backend, cfg);
-    model.params.initialize(cfg.seed);
-    const dec = new Decoder(model);
-    expect(() => dec.newCache(16)).toThrow(UserError);
-    expect(() => dec.newCache(16)).toThrow(/has KDA layers .* Fix: score it with `nmoe eval` likelihood tasks/);
-    const h = dec.hidden(backend.upload(Int32Array.of(1, 2, 3, 4, 5, 6, 7, 8), [8], 'i32'), 1, 8);
-    expect(h.shape).toEqual([8, cfg.dim]);
-    model.free();
+    expectNoKvCache(PRESET, 'KDA', 8);
   });
 
   const { straightDir, steps: N } = presetTraining(PRESET, root);
@@ -160,20 +143,7 @@ describe.skipIf(!haveTorch)('KDA parity with PyTorch', () => {
     '%s: fp32 loss and every gradient agree',
     async (_label, extra) => {
       const outDir = join(root, `parity-${extra.length}`);
-      const { files } = await prepareParity({
-        configPath: PRESET,
-        overrides: ['--batch_size=2', ...extra],
-        device: 'cpu',
-        precision: 'fp32',
-        outDir,
-      });
-      await nmoeGrads(files, { device: 'cpu', precision: 'fp32' });
-      const ref = join(outDir, 'torch_grads.safetensors');
-      const args = ['--config', files.config, '--weights', files.weights, '--batch', files.batch, '--out', ref];
-      const r = spawnSync(TORCH_PYTHON, [TORCH_REF, ...args, '--device', 'cpu'], { encoding: 'utf8' });
-      expect(r.status, r.stderr).toBe(0);
-      const c = compareFiles(files.grads, ref, TOLERANCES.fp32);
-      expect(c.ok, formatComparison(c).join('\n')).toBe(true);
+      const c = await torchParity(PRESET, outDir, ['--batch_size=2', ...extra]);
       expect(c.rows.some((row) => row.name.endsWith('.attn.wg.bias') && row.normRef > 0)).toBe(true);
     },
     120_000,

@@ -3,32 +3,26 @@
  * resume, the Hugging Face export and import, and parity with the independent PyTorch model (tools/torch_ref.py)
  * for the loss and every gradient.
  */
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { exportHf } from '../src/checkpoint/export-hf.ts';
 import { importHf } from '../src/checkpoint/import-hf.ts';
 import { DENSE_FILE, listSteps } from '../src/checkpoint/layout.ts';
 import { readSafetensors } from '../src/checkpoint/safetensors.ts';
 import { loadConfig } from '../src/config/load.ts';
-import { Decoder } from '../src/model/decoder.ts';
 import { modelConfig } from '../src/config/sections.ts';
 import { layerAttention, modelParamSpecs } from '../src/model/spec.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { CpuBackend } from '../src/tensor/cpu/backend.ts';
 import { asCpu } from '../src/tensor/cpu/storage.ts';
-import { UserError } from '../src/util/errors.ts';
-import { TOLERANCES, compareFiles, formatComparison, nmoeGrads, prepareParity } from '../tools/parity.ts';
-import { presetTraining } from './helpers/attention-preset.ts';
-import { TORCH_PYTHON, haveTorch, requireTorch } from './helpers/torch.ts';
+import { expectNoKvCache, presetTraining, torchParity } from './helpers/attention-preset.ts';
+import { haveTorch, requireTorch } from './helpers/torch.ts';
 
 requireTorch('NSA parity with PyTorch', 'test/nsa.test.ts');
 
 const PRESET = 'configs/tiny-nsa.toml';
-const TORCH_REF = fileURLToPath(new URL('../tools/torch_ref.py', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'nmoe-nsa-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
@@ -63,19 +57,9 @@ describe('configs/tiny-nsa.toml', () => {
   });
 
   it('cached decoding refuses an NSA model in one line; full forwards (likelihood scoring) run', () => {
-    const cfg = modelConfig(loadConfig(PRESET, { env: {}, overrides: ['--seq_len=8'] }).config);
-    const cpu = new CpuBackend();
-    const model = new Transformer(cpu, cfg);
-    model.params.initialize(cfg.seed);
-    const dec = new Decoder(model);
-    expect(() => dec.newCache(16)).toThrow(UserError);
-    expect(() => dec.newCache(16)).toThrow(/has NSA layers .* Fix: score it with `nmoe eval` likelihood tasks/);
     // 6 tokens, fewer than cmp_len and slc_block: no compressed block ends and no selection block is scored, so
     // the compressed branch adds zeros and every token attends to its own block.
-    const h = dec.hidden(cpu.upload(Int32Array.of(1, 2, 3, 4, 5, 6), [6], 'i32'), 1, 6);
-    expect(h.shape).toEqual([6, cfg.dim]);
-    expect(Array.from(asCpu(h).f).every(Number.isFinite)).toBe(true);
-    model.free();
+    expectNoKvCache(PRESET, 'NSA', 6);
   });
 
   const { straightDir, steps: N } = presetTraining(PRESET, root);
@@ -103,12 +87,6 @@ describe('configs/tiny-nsa.toml', () => {
 
 describe.skipIf(!haveTorch)('NSA parity with PyTorch', () => {
   /** tools/torch_ref.py on a prepared folder: the reference's loss and gradients. */
-  function torchGrads(files: { config: string; weights: string; batch: string }, out: string): void {
-    const args = ['--config', files.config, '--weights', files.weights, '--batch', files.batch, '--out', out];
-    const r = spawnSync(TORCH_PYTHON, [TORCH_REF, ...args, '--device', 'cpu'], { encoding: 'utf8' });
-    expect(r.status, r.stderr).toBe(0);
-  }
-
   // Selection blocks of 4 over 32 tokens (8 blocks), so the scored choice matters from block 4 on.
   const SHAPE = ['--seq_len=32', '--batch_size=2', '--attn_nsa.slc_block=4'];
 
@@ -122,18 +100,7 @@ describe.skipIf(!haveTorch)('NSA parity with PyTorch', () => {
     '%s: fp32 loss and every gradient agree',
     async (label, extra) => {
       const outDir = join(root, `parity-${extra.length}-${label.length}`);
-      const { files } = await prepareParity({
-        configPath: PRESET,
-        overrides: [...SHAPE, ...extra],
-        device: 'cpu',
-        precision: 'fp32',
-        outDir,
-      });
-      await nmoeGrads(files, { device: 'cpu', precision: 'fp32' });
-      const ref = join(outDir, 'torch_grads.safetensors');
-      torchGrads(files, ref);
-      const c = compareFiles(files.grads, ref, TOLERANCES.fp32);
-      expect(c.ok, formatComparison(c).join('\n')).toBe(true);
+      const c = await torchParity(PRESET, outDir, [...SHAPE, ...extra]);
       for (const name of ['cmp_pos', 'cmp_mlp.0.weight', 'gate_mlp.2.bias', 'qkv.weight'])
         expect(
           c.rows.some((r) => r.name.endsWith(`.attn.${name}`) && r.normRef > 0),

@@ -3,11 +3,9 @@
  * falling, exact resume, the Hugging Face export and import, and parity with the independent PyTorch model
  * (tools/torch_ref.py) for the loss and every gradient.
  */
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { exportHf } from '../src/checkpoint/export-hf.ts';
 import { importHf } from '../src/checkpoint/import-hf.ts';
@@ -16,18 +14,12 @@ import { readSafetensors } from '../src/checkpoint/safetensors.ts';
 import { loadConfig } from '../src/config/load.ts';
 import { modelConfig } from '../src/config/sections.ts';
 import { layerAttention, modelParamSpecs } from '../src/model/spec.ts';
-import { Decoder } from '../src/model/decoder.ts';
-import { Transformer } from '../src/model/transformer.ts';
-import { CpuBackend } from '../src/tensor/cpu/backend.ts';
-import { UserError } from '../src/util/errors.ts';
-import { TOLERANCES, compareFiles, formatComparison, nmoeGrads, prepareParity } from '../tools/parity.ts';
-import { presetTraining } from './helpers/attention-preset.ts';
-import { TORCH_PYTHON, haveTorch, requireTorch } from './helpers/torch.ts';
+import { expectNoKvCache, presetTraining, torchParity } from './helpers/attention-preset.ts';
+import { haveTorch, requireTorch } from './helpers/torch.ts';
 
 requireTorch('SWA parity with PyTorch', 'test/swa.test.ts');
 
 const PRESET = 'configs/tiny-swa.toml';
-const TORCH_REF = fileURLToPath(new URL('../tools/torch_ref.py', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'nmoe-swa-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
@@ -60,16 +52,7 @@ describe('configs/tiny-swa.toml', () => {
   });
 
   it('cached decoding refuses a model with SWA layers in one line; full forwards (likelihood scoring) run', () => {
-    const cfg = modelConfig(loadConfig(PRESET, { env: {}, overrides: ['--seq_len=8'] }).config);
-    const cpu = new CpuBackend();
-    const model = new Transformer(cpu, cfg);
-    model.params.initialize(cfg.seed);
-    const dec = new Decoder(model);
-    expect(() => dec.newCache(16)).toThrow(UserError);
-    expect(() => dec.newCache(16)).toThrow(/has SWA layers .* Fix: score it with `nmoe eval` likelihood tasks/);
-    const h = dec.hidden(cpu.upload(Int32Array.of(1, 2, 3, 4, 5, 6, 7, 8), [8], 'i32'), 1, 8);
-    expect(h.shape).toEqual([8, cfg.dim]);
-    model.free();
+    expectNoKvCache(PRESET, 'SWA', 8);
   });
 
   const { straightDir, steps: N } = presetTraining(PRESET, root);
@@ -104,27 +87,6 @@ describe('configs/tiny-swa.toml', () => {
 
 describe.skipIf(!haveTorch)('SWA parity with PyTorch', () => {
   /** tools/torch_ref.py on a prepared folder: the reference's loss and gradients. */
-  function torchGrads(files: { config: string; weights: string; batch: string }, out: string): void {
-    const r = spawnSync(
-      TORCH_PYTHON,
-      [
-        TORCH_REF,
-        '--config',
-        files.config,
-        '--weights',
-        files.weights,
-        '--batch',
-        files.batch,
-        '--out',
-        out,
-        '--device',
-        'cpu',
-      ],
-      { encoding: 'utf8' },
-    );
-    expect(r.status, r.stderr).toBe(0);
-  }
-
   it.each([
     ['local SWA between MLA (GQA, window 5)', ['--attn_local_window=5']],
     ['global SWA everywhere (MHA heads, no window)', ['--attn=swa', '--attn_global_every=1', '--attn_swa.kv_heads=4']],
@@ -132,18 +94,7 @@ describe.skipIf(!haveTorch)('SWA parity with PyTorch', () => {
     '%s: fp32 loss and every gradient agree',
     async (_label, extra) => {
       const outDir = join(root, `parity-${extra.length}`);
-      const { files } = await prepareParity({
-        configPath: PRESET,
-        overrides: ['--seq_len=16', '--batch_size=2', ...extra],
-        device: 'cpu',
-        precision: 'fp32',
-        outDir,
-      });
-      await nmoeGrads(files, { device: 'cpu', precision: 'fp32' });
-      const ref = join(outDir, 'torch_grads.safetensors');
-      torchGrads(files, ref);
-      const c = compareFiles(files.grads, ref, TOLERANCES.fp32);
-      expect(c.ok, formatComparison(c).join('\n')).toBe(true);
+      const c = await torchParity(PRESET, outDir, ['--seq_len=16', '--batch_size=2', ...extra]);
       expect(c.rows.some((r) => r.name.endsWith('.attn.sinks') && r.normRef > 0)).toBe(true);
     },
     120_000,

@@ -3,15 +3,28 @@
  * the loss falling, and k steps, a stop and a resume to N give the losses and checkpoint files of N straight steps,
  * bit for bit. `presetTraining` registers those two tests in the calling describe block and returns the folder of the
  * straight run, whose last step the caller's own tests (the Hugging Face export) read once they run after them.
+ * `torchParity` compares one step's loss and gradients with tools/torch_ref.py's independent implementation, and
+ * `expectNoKvCache` checks that a kind cached decoding does not hold is refused in one line while full forwards run.
  */
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 import { DENSE_FILE, iterName, rankFile } from '../../src/checkpoint/layout.ts';
 import { loadConfig } from '../../src/config/load.ts';
+import { modelConfig } from '../../src/config/sections.ts';
+import { Decoder } from '../../src/model/decoder.ts';
+import { Transformer } from '../../src/model/transformer.ts';
+import { asCpu } from '../../src/tensor/cpu/storage.ts';
+import { UserError } from '../../src/util/errors.ts';
 import { CpuBackend } from '../../src/tensor/cpu/backend.ts';
 import { train } from '../../src/train/trainer.ts';
+import { TOLERANCES, compareFiles, formatComparison, nmoeGrads, prepareParity } from '../../tools/parity.ts';
+import { TORCH_PYTHON } from './torch.ts';
+
+const TORCH_REF = fileURLToPath(new URL('../../tools/torch_ref.py', import.meta.url));
 
 const QUICK = ['--seq_len=48', '--batch_size=2', '--warmup_steps=2', '--log_every=100', '--checkpoint_every=2'];
 
@@ -82,4 +95,42 @@ export function presetTraining(
   );
 
   return { straightDir, steps };
+}
+
+/**
+ * One fp32 forward and backward of `preset` (with `overrides`) by nmoe and by tools/torch_ref.py, from the same
+ * weights and batch, on the CPU. Fails unless the loss and every gradient agree; returns the comparison for the
+ * caller's own checks (that the kind's parameters took part).
+ */
+export async function torchParity(preset: string, outDir: string, overrides: string[]) {
+  const { files } = await prepareParity({ configPath: preset, overrides, device: 'cpu', precision: 'fp32', outDir });
+  await nmoeGrads(files, { device: 'cpu', precision: 'fp32' });
+  const ref = join(outDir, 'torch_grads.safetensors');
+  const args = ['--config', files.config, '--weights', files.weights, '--batch', files.batch, '--out', ref];
+  const r = spawnSync(TORCH_PYTHON, [TORCH_REF, ...args, '--device', 'cpu'], { encoding: 'utf8' });
+  expect(r.status, r.stderr).toBe(0);
+  const c = compareFiles(files.grads, ref, TOLERANCES.fp32);
+  expect(c.ok, formatComparison(c).join('\n')).toBe(true);
+  return c;
+}
+
+/**
+ * A model of `preset` refuses cached decoding in one line naming its `kind` layers and the fix (likelihood tasks),
+ * and a full forward of `tokens` tokens (what likelihood scoring runs) gives finite hidden states.
+ */
+export function expectNoKvCache(preset: string, kind: string, tokens: number): void {
+  const cfg = modelConfig(loadConfig(preset, { env: {}, overrides: ['--seq_len=8'] }).config);
+  const cpu = new CpuBackend();
+  const model = new Transformer(cpu, cfg);
+  model.params.initialize(cfg.seed);
+  const dec = new Decoder(model);
+  expect(() => dec.newCache(16)).toThrow(UserError);
+  expect(() => dec.newCache(16)).toThrow(
+    new RegExp(`has ${kind} layers .* Fix: score it with \`nmoe eval\` likelihood tasks`),
+  );
+  const ids = Int32Array.from({ length: tokens }, (_, i) => i + 1);
+  const h = dec.hidden(cpu.upload(ids, [tokens], 'i32'), 1, tokens);
+  expect(h.shape).toEqual([tokens, cfg.dim]);
+  expect(Array.from(asCpu(h).f).every(Number.isFinite)).toBe(true);
+  model.free();
 }

@@ -71,6 +71,25 @@ async function nmoe(args: string[]): Promise<{ code: number; err: string }> {
   }
 }
 
+/** `nmoe data hydra grade` on the CPU: `input` is `--input-jsonl F` or `--input-shards D`, graded with `heads` into `out`. */
+function hydraGrade(heads: string, input: string[], out: string, ...extra: string[]) {
+  return nmoe([
+    'data',
+    'hydra',
+    'grade',
+    '--checkpoint',
+    ckpt,
+    '--heads-dir',
+    heads,
+    ...input,
+    '--out',
+    out,
+    '--device',
+    'cpu',
+    ...extra,
+  ]);
+}
+
 beforeAll(async () => {
   const { config } = loadConfig(defaultConfigPath(), {
     env: {},
@@ -227,22 +246,7 @@ describe('grade', () => {
     return path;
   };
   const grade = (heads: string, out: string, ...extra: string[]) =>
-    nmoe([
-      'data',
-      'hydra',
-      'grade',
-      '--checkpoint',
-      ckpt,
-      '--heads-dir',
-      heads,
-      '--input-jsonl',
-      input(),
-      '--out',
-      join(root, out),
-      '--device',
-      'cpu',
-      ...extra,
-    ]);
+    hydraGrade(heads, ['--input-jsonl', input()], join(root, out), ...extra);
 
   it('follows the rule on hand-set heads: clamped, weighted aggregate; keep, band, judge drop, early drop', async () => {
     const passing = handSetHeads('h-pass', 0, [6, -1, 4, 4, 4]); // clamped 4, 0, 4, 4, 4
@@ -279,22 +283,7 @@ describe('grade', () => {
   it('calibrate fits the thresholds from a --no-early-exit sidecar and refuses an early-exit one', async () => {
     const set = [...docs(GOOD, 6, 6), ...docs(BAD, 6, 7)].map((text, i) => ({ id: `c${i}`, text }));
     const scores = join(root, 'calib-scores.jsonl');
-    await nmoe([
-      'data',
-      'hydra',
-      'grade',
-      '--checkpoint',
-      ckpt,
-      '--heads-dir',
-      trainedDir,
-      '--input-jsonl',
-      jsonl(join(root, 'calib.jsonl'), set),
-      '--out',
-      scores,
-      '--no-early-exit',
-      '--device',
-      'cpu',
-    ]);
+    await hydraGrade(trainedDir, ['--input-jsonl', jsonl(join(root, 'calib.jsonl'), set)], scores, '--no-early-exit');
     const out = join(root, 'calibration.json');
     expect(
       (await nmoe(['data', 'hydra', 'calibrate', '--scores', scores, '--out', out, '--target-keep', '0.25'])).code,
@@ -309,24 +298,7 @@ describe('grade', () => {
   it('an interrupted grade resumes by doc id: the sidecar ends as an uninterrupted one', async () => {
     const set = [...docs(GOOD, 5, 8), ...docs(BAD, 5, 9)].map((text, i) => ({ id: `r${i}`, text }));
     const path = jsonl(join(root, 'resume.jsonl'), set);
-    const run = (out: string) =>
-      nmoe([
-        'data',
-        'hydra',
-        'grade',
-        '--checkpoint',
-        ckpt,
-        '--heads-dir',
-        trainedDir,
-        '--input-jsonl',
-        path,
-        '--out',
-        out,
-        '--batch-size',
-        '3',
-        '--device',
-        'cpu',
-      ]);
+    const run = (out: string) => hydraGrade(trainedDir, ['--input-jsonl', path], out, '--batch-size', '3');
     const whole = join(root, 'whole.jsonl'),
       cut = join(root, 'cut.jsonl');
     await run(whole);
@@ -355,23 +327,7 @@ describe('prep --hydra-filter', () => {
       texts.map((text, i) => ({ id: `p${i}`, text })),
     );
     const graded = join(root, 'corpus-grades.jsonl');
-    await nmoe([
-      'data',
-      'hydra',
-      'grade',
-      '--checkpoint',
-      ckpt,
-      '--heads-dir',
-      trainedDir,
-      '--input-jsonl',
-      path,
-      '--out',
-      graded,
-      '--device',
-      'cpu',
-      '--max-ctx',
-      '64',
-    ]);
+    await hydraGrade(trainedDir, ['--input-jsonl', path], graded, '--max-ctx', '64');
     const kept = sidecar(graded)
       .filter((g) => g.decision === 'keep')
       .map((g) => texts[Number(g.id.slice(1))]!);
@@ -422,8 +378,7 @@ describe('prep --hydra-filter', () => {
     );
     // The written shards graded again: every document is one prep kept, named by the reference's doc id.
     const again = join(root, 'shard-grades.jsonl');
-    const g = ['data', 'hydra', 'grade', '--checkpoint', ckpt, '--heads-dir', trainedDir, '--out', again];
-    expect((await nmoe([...g, '--input-shards', out, '--device', 'cpu', '--max-ctx', '64'])).code).toBe(0);
+    expect((await hydraGrade(trainedDir, ['--input-shards', out], again, '--max-ctx', '64')).code).toBe(0);
     const regraded = sidecar(again);
     expect(regraded.map((r) => r.decision)).toEqual(kept.map(() => 'keep'));
     expect(regraded[0]!.id).toBe(`h//${m.shards[0]!.path}#s=0:e=${kept[0]!.length + 1}`);

@@ -77,6 +77,17 @@ function entry(fixture: string): string[] {
   return ['--entry', join(FIXTURES, fixture)];
 }
 
+/** Node `rank` of a 2-node launch of the rank-worker fixture, `nproc` ranks on it, meeting at 127.0.0.1:`port`. */
+function nodeLaunch(port: string, rank: number, env: Record<string, string>, nproc = '2') {
+  return nmoeLaunch(
+    [
+      ...['--nproc-per-node', nproc, '--nnodes', '2', '--node-rank', String(rank)],
+      ...['--master-addr', '127.0.0.1', '--master-port', port, ...entry('rank-worker.ts')],
+    ],
+    env,
+  );
+}
+
 /** From the failing rank's last moment to the launcher's exit: the teardown, whatever start-up cost. */
 function teardownMs(launcher: Finished): number {
   return launcher.endedAt - Number(readFileSync(join(out, 'failed-at'), 'utf8'));
@@ -648,26 +659,7 @@ describe('nmoe launch', () => {
 
   it("stops node 0's ranks when a rank on node 1 fails", async () => {
     const port = String(await freePort());
-    const node = (rank: number) =>
-      nmoeLaunch(
-        [
-          '--nproc-per-node',
-          '2',
-          '--nnodes',
-          '2',
-          '--node-rank',
-          String(rank),
-          '--master-addr',
-          '127.0.0.1',
-          '--master-port',
-          port,
-          ...entry('rank-worker.ts'),
-        ],
-        {
-          FIXTURE_FAIL_RANK: '3',
-          FIXTURE_FAIL_WITH: 'exit:7',
-        },
-      );
+    const node = (rank: number) => nodeLaunch(port, rank, { FIXTURE_FAIL_RANK: '3', FIXTURE_FAIL_WITH: 'exit:7' });
     const [node1, node0] = [node(1), node(0)]; // node 1 first: its launcher waits for node 0's store
     const [r0, r1] = await Promise.all([node0.finished, node1.finished]);
     expect(r1.code).toBe(7);
@@ -683,25 +675,7 @@ describe('nmoe launch', () => {
 
   it("forwards Ctrl-C to every node's ranks, which stop cleanly", async () => {
     const port = String(await freePort());
-    const node = (rank: number) =>
-      nmoeLaunch(
-        [
-          '--nproc-per-node',
-          '2',
-          '--nnodes',
-          '2',
-          '--node-rank',
-          String(rank),
-          '--master-addr',
-          '127.0.0.1',
-          '--master-port',
-          port,
-          ...entry('rank-worker.ts'),
-        ],
-        {
-          FIXTURE_ON_SIGNAL: 'stop',
-        },
-      );
+    const node = (rank: number) => nodeLaunch(port, rank, { FIXTURE_ON_SIGNAL: 'stop' });
     const [node0, node1] = [node(0), node(1)];
     await waitForFiles([0, 1, 2, 3].map((r) => `pid-${r}`));
     node0.child.kill('SIGINT');
@@ -728,25 +702,7 @@ describe('nmoe launch', () => {
 
   it('stops every node when one was started with a different shape', async () => {
     const port = String(await freePort());
-    const node = (rank: number, nproc: string) =>
-      nmoeLaunch(
-        [
-          '--nproc-per-node',
-          nproc,
-          '--nnodes',
-          '2',
-          '--node-rank',
-          String(rank),
-          '--master-addr',
-          '127.0.0.1',
-          '--master-port',
-          port,
-          ...entry('rank-worker.ts'),
-        ],
-        {
-          NMOE_RDZV_TIMEOUT_S: '20',
-        },
-      );
+    const node = (rank: number, nproc: string) => nodeLaunch(port, rank, { NMOE_RDZV_TIMEOUT_S: '20' }, nproc);
     const [r0, r1] = await Promise.all([node(0, '2').finished, node(1, '1').finished]);
     const reason =
       'node 1 was started with --nnodes 2 --nproc-per-node 1 but node 0 with --nnodes 2 --nproc-per-node 2';
